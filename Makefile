@@ -1,0 +1,102 @@
+# tandem - build, test, sanitize, fuzz and bench.
+#   make            build/bin/tandem (CPU path; the CUDA backend too when nvcc is present)
+#   make test       every test that needs no GPU
+#   make check      the tests again under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make fuzz       run each libFuzzer target for FUZZ_SECONDS (clang)
+#   make bench      benchmarks (never part of make test)
+#   make format     clang-format every hand-written source
+
+PKGS      := libzmq libprotobuf-c openblas libcjson libpcre2-8 libutf8proc
+BUILD     ?= build
+CC        ?= cc
+OPT       ?= -O2 -march=native
+SAN       ?=
+CFLAGS    ?= $(OPT) -g
+CFLAGS    += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fopenmp -I. $(SAN)
+LDFLAGS   += -fopenmp $(SAN)
+
+DEPS_OK := $(shell pkg-config --exists $(PKGS) 2>/dev/null && echo yes)
+ifneq ($(DEPS_OK),yes)
+  ifeq ($(filter deps help format,$(MAKECMDGOALS)),)
+    $(info Missing system libraries; installing them with scripts/install-deps.sh ...)
+    $(shell sh scripts/install-deps.sh >&2)
+    DEPS_OK := $(shell pkg-config --exists $(PKGS) 2>/dev/null && echo yes)
+    ifneq ($(DEPS_OK),yes)
+      $(error System libraries missing. Run: sudo sh scripts/install-deps.sh)
+    endif
+  endif
+endif
+
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CFLAGS += $(PKG_CFLAGS)
+LDLIBS += $(PKG_LIBS) -lm -lpthread
+
+LIB_SRC   := $(wildcard common/*.c kernels/*.c model/*.c protocol/*.c drafter/*.c verifier/*.c)
+LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+LIB       := $(BUILD)/libtandem.a
+BRIDGE_SRC:= $(wildcard bridge/*.c)
+BRIDGE_OBJ:= $(BRIDGE_SRC:%.c=$(BUILD)/obj/%.o)
+TEST_SRC  := $(wildcard tests/test_*.c)
+TEST_BIN  := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+TEST_COMMON := $(BUILD)/obj/tests/tdtest.o
+BENCH_SRC := $(wildcard bench/*.c)
+BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
+FUZZ_SRC  := $(wildcard fuzz/fuzz_*.c)
+FUZZ_SECONDS ?= 60
+
+.PHONY: all test check fuzz fuzz-smoke bench format deps clean
+all: $(BUILD)/bin/tandem
+
+deps:
+	sh scripts/install-deps.sh
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/bin/tandem: $(BRIDGE_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $(BRIDGE_OBJ) $(LIB) $(LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_COMMON) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(TEST_COMMON) $(LIB) $(LDLIBS)
+
+$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+
+test: $(BUILD)/bin/tandem $(TEST_BIN)
+	@sh tests/run.sh $(BUILD) $(TEST_BIN)
+
+check:
+	$(MAKE) BUILD=build-san OPT="-O1 -fno-omit-frame-pointer" SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" test
+
+bench: $(BENCH_BIN) $(BUILD)/bin/tandem
+	@for b in $(BENCH_BIN); do echo "== $$b"; $$b || exit 1; done
+
+# libFuzzer targets, built with clang against the library sources (not the archive) under ASan/UBSan.
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -I. $(PKG_CFLAGS) -fsanitize=fuzzer,address,undefined -fopenmp=libgomp
+fuzz-build: $(FUZZ_SRC:fuzz/%.c=$(BUILD)/fuzz/%)
+$(BUILD)/fuzz/%: fuzz/%.c $(LIB_SRC)
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -o $@ $< $(LIB_SRC) $(PKG_LIBS) -lm -lpthread -lgomp
+fuzz: fuzz-build
+	@for f in $(FUZZ_SRC:fuzz/%.c=%); do echo "== fuzz $$f ($(FUZZ_SECONDS)s)"; \
+	  mkdir -p $(BUILD)/fuzz/corpus-$$f; \
+	  $(BUILD)/fuzz/$$f -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 $(BUILD)/fuzz/corpus-$$f fuzz/seeds/$$f 2>&1 | tail -3 || exit 1; done
+fuzz-smoke:
+	$(MAKE) fuzz FUZZ_SECONDS=20
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h' '*.cu' '*.cuh' | grep -v '\.pb-c\.')
+
+clean:
+	rm -rf build build-san
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -1,0 +1,100 @@
+/* td_common.h - error handling, dtypes and small helpers shared by every tandem module.
+ *
+ * Conventions (see docs/DESIGN.md): public names start with td_; functions return TD_OK (0) or a
+ * negative TD_ERR_* code and, when given a td_err_t, a human-readable message saying what failed
+ * and where (file, tensor, byte offset...). Library code never exits. */
+#ifndef TD_COMMON_H
+#define TD_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum {
+    TD_OK = 0,
+    TD_ERR = -1,            /* generic failure */
+    TD_ERR_IO = -2,         /* open/read/mmap failed */
+    TD_ERR_FORMAT = -3,     /* malformed input (header, json, message) */
+    TD_ERR_NOMEM = -4,      /* allocation failed */
+    TD_ERR_ARG = -5,        /* bad argument from the caller or the user */
+    TD_ERR_UNSUPPORTED = -6 /* valid input that tandem does not handle (e.g. unknown architecture) */
+};
+
+/* An error buffer: functions that fail write a message here (when non-NULL). */
+typedef struct td_err {
+    int code;
+    char msg[1024];
+} td_err_t;
+
+/* Formats a message into err (if non-NULL) and returns code, so callers can write
+ * `return td_err_set(err, TD_ERR_FORMAT, "bad header in %s", path);` */
+int td_err_set(td_err_t *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* Prepends context to an existing message: "ctx: old message". Returns err->code (or TD_ERR). */
+int td_err_prefix(td_err_t *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Element types, named as in safetensors. Only F32, F16 and BF16 are computed with; the others
+ * can be listed by `tandem inspect`. */
+typedef enum td_dtype {
+    TD_DTYPE_F32 = 0,
+    TD_DTYPE_F16,
+    TD_DTYPE_BF16,
+    TD_DTYPE_F64,
+    TD_DTYPE_I64,
+    TD_DTYPE_I32,
+    TD_DTYPE_I16,
+    TD_DTYPE_I8,
+    TD_DTYPE_U64,
+    TD_DTYPE_U32,
+    TD_DTYPE_U16,
+    TD_DTYPE_U8,
+    TD_DTYPE_BOOL,
+    TD_DTYPE_F8_E4M3,
+    TD_DTYPE_F8_E5M2,
+    TD_DTYPE_COUNT
+} td_dtype_t;
+
+const char *td_dtype_name(td_dtype_t t);     /* "F32", "BF16", ... */
+int td_dtype_from_name(const char *name);    /* td_dtype_t, or -1 when unknown */
+size_t td_dtype_size(td_dtype_t t);          /* bytes per element */
+
+/* Scalar conversions (round-to-nearest-even for the narrowing ones). */
+static inline float td_bf16_to_f32(uint16_t h) {
+    union { uint32_t u; float f; } v;
+    v.u = (uint32_t)h << 16;
+    return v.f;
+}
+static inline uint16_t td_f32_to_bf16(float f) {
+    union { uint32_t u; float f; } v;
+    v.f = f;
+    if ((v.u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((v.u >> 16) | 0x40); /* quiet NaN */
+    uint32_t lsb = (v.u >> 16) & 1u;
+    v.u += 0x7fffu + lsb;
+    return (uint16_t)(v.u >> 16);
+}
+float td_f16_to_f32(uint16_t h);
+uint16_t td_f32_to_f16(float f);
+
+/* Converts n elements of type t at src into floats. */
+void td_to_f32(float *dst, const void *src, td_dtype_t t, int64_t n);
+
+/* Reads a whole file into a NUL-terminated malloc'd buffer. Returns TD_OK or TD_ERR_IO. */
+int td_read_file(const char *path, char **data, size_t *len, td_err_t *err);
+
+/* Joins dir and name into out (PATH_MAX-sized buffers are fine). Returns out. */
+char *td_path_join(char *out, size_t cap, const char *dir, const char *name);
+
+/* Monotonic clock in seconds. */
+double td_time_now(void);
+
+/* Logging to stderr; level from TD_LOG (error|warn|info|debug), default warn. */
+enum { TD_LOG_ERROR = 0, TD_LOG_WARN, TD_LOG_INFO, TD_LOG_DEBUG };
+void td_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#ifdef __cplusplus
+}
+#endif
+#endif

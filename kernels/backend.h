@@ -1,0 +1,115 @@
+/* backend.h - the compute backend interface: one API over an opaque handle, as in ggml-backend.
+ *
+ * The model code calls only these functions; a backend (CPU here, CUDA in kernels/cuda/) fills one
+ * static table of function pointers (backend_impl.h). Activations are always float32 in backend
+ * memory; weights stay in their stored dtype (F32, F16 or BF16) and are described by td_weight_t.
+ * Pointers passed to ops are backend memory (td_backend_alloc / td_backend_weights). */
+#ifndef TD_BACKEND_H
+#define TD_BACKEND_H
+
+#include "common/td_common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct td_backend td_backend_t;
+
+/* A weight matrix or vector in its stored dtype. A matrix computes y = x W^T: rows = out
+ * features, cols = in features, stored [rows, cols] row-major; when transposed is set the
+ * storage is [cols, rows] (GPT-2 Conv1D). A vector (norm weight, bias) has rows = 1. */
+typedef struct td_weight {
+    const void *data;
+    td_dtype_t dtype;
+    int64_t rows, cols;
+    int transposed;
+} td_weight_t;
+
+/* Attention mask kinds (per query token, over key positions of its own sequence). */
+typedef enum td_attn_kind {
+    TD_ATTN_CAUSAL = 0,   /* key pos <= query pos */
+    TD_ATTN_BIDIR,        /* every key position < kv_len of the sequence */
+    TD_ATTN_BLOCK_CAUSAL, /* key_pos / block <= query_pos / block */
+    TD_ATTN_EXPLICIT      /* mask[t * mask_stride + key_pos] != 0 */
+} td_attn_kind_t;
+
+/* One attention call over a batch of n query tokens. The KV cache of a layer is laid out
+ * [n_seq_max, n_ctx, n_kv_head, head_dim] (float32); a token of sequence s at position p reads
+ * keys 0 .. kv_len[s]-1 of sequence s, filtered by the mask. */
+typedef struct td_attn_desc {
+    int n;                 /* query tokens */
+    int n_head, n_kv_head, head_dim;
+    int n_ctx;             /* cache capacity per sequence */
+    const int32_t *pos;    /* [n] query positions (host memory) */
+    const int32_t *seq;    /* [n] sequence of each query (host memory) */
+    const int32_t *kv_len; /* [n_seq_max] valid cache length per sequence (host memory) */
+    td_attn_kind_t kind;
+    int block_size;        /* TD_ATTN_BLOCK_CAUSAL */
+    const uint8_t *mask;   /* TD_ATTN_EXPLICIT: [n, mask_stride] (host memory) */
+    int64_t mask_stride;
+    float scale;           /* usually 1/sqrt(head_dim) */
+} td_attn_desc_t;
+
+/* --- construction ------------------------------------------------------------------------- */
+
+/* CPU backend: OpenBLAS for large GEMMs, SIMD kernels for skinny ones, plain C for the rest.
+ * n_threads <= 0 means all cores. reference != 0 selects naive loops everywhere (double
+ * accumulation, no BLAS, no SIMD): slow, used by tests as the ground truth for the fast paths. */
+td_backend_t *td_backend_cpu_new(int n_threads, int reference, td_err_t *err);
+
+/* Destroys the backend and nulls *be; safe on NULL and twice. Memory allocated from it must
+ * have been freed first. */
+void td_backend_destroy(td_backend_t **be);
+
+const char *td_backend_name(const td_backend_t *be); /* "cpu", "cpu-ref", "cuda:0" */
+int td_backend_n_threads(const td_backend_t *be);
+
+/* --- memory ------------------------------------------------------------------------------- */
+
+void *td_backend_alloc(td_backend_t *be, size_t nbytes); /* zeroed; NULL on failure */
+void td_backend_free(td_backend_t *be, void *p);
+/* Makes a weight usable by the backend. CPU: returns host_data itself (the mmap, no copy).
+ * Device backends copy it once. NULL on failure. Released by td_backend_free_weights. */
+const void *td_backend_weights(td_backend_t *be, const void *host_data, size_t nbytes);
+void td_backend_free_weights(td_backend_t *be, const void *p);
+void td_backend_set(td_backend_t *be, void *dst, const void *host_src, size_t nbytes);
+void td_backend_get(td_backend_t *be, void *host_dst, const void *src, size_t nbytes);
+void td_backend_copy(td_backend_t *be, void *dst, const void *src, size_t nbytes);
+void td_backend_sync(td_backend_t *be);
+
+/* --- ops (float32 activations; shapes in comments) ----------------------------------------- */
+
+/* y[n, w->rows] = x[n, w->cols] W^T (+ bias[w->rows] when bias != NULL) */
+void td_op_matmul(td_backend_t *be, float *y, const float *x, const td_weight_t *w,
+                  const td_weight_t *bias, int n);
+/* y[n, table->cols] = table[ids[i], :] ; ids in host memory, each in [0, table->rows) */
+void td_op_get_rows(td_backend_t *be, float *y, const td_weight_t *table, const int32_t *ids, int n);
+/* y[n, d] = x / sqrt(mean(x^2) + eps) * w ; y may equal x */
+void td_op_rmsnorm(td_backend_t *be, float *y, const float *x, const td_weight_t *w, int n, int d,
+                   float eps);
+/* y[n, d] = (x - mean) / sqrt(var + eps) * w + b ; b may be NULL ; y may equal x */
+void td_op_layernorm(td_backend_t *be, float *y, const float *x, const td_weight_t *w,
+                     const td_weight_t *b, int n, int d, float eps);
+/* Rotary embedding in place, HF "rotate_half" layout: x[n, n_head, head_dim], the first
+ * rot_dim dims of each head rotated (pairs i and i + rot_dim/2), pos in host memory. */
+void td_op_rope(td_backend_t *be, float *x, const int32_t *pos, int n, int n_head, int head_dim,
+                int rot_dim, float theta);
+/* y[i] = silu(gate[i]) * up[i], i < count ; y may equal gate */
+void td_op_swiglu(td_backend_t *be, float *y, const float *gate, const float *up, int64_t count);
+/* x[i] = gelu_tanh(x[i]) in place */
+void td_op_gelu_tanh(td_backend_t *be, float *x, int64_t count);
+/* y[i] += x[i] */
+void td_op_add(td_backend_t *be, float *y, const float *x, int64_t count);
+/* dst[idx[i] * row_stride + j] = src[i * d + j] for j < d (KV cache writes); idx in host memory */
+void td_op_scatter_rows(td_backend_t *be, float *dst, int64_t row_stride, const float *src,
+                        const int64_t *idx, int n, int d);
+/* out[n, n_head, head_dim] = softmax(q k^T * scale + mask) v over the cache (see td_attn_desc_t);
+ * q is [n, n_head, head_dim]; GQA maps head h to kv head h / (n_head / n_kv_head). A query that
+ * sees no key gets zeros. */
+void td_op_attention(td_backend_t *be, float *out, const float *q, const float *k_cache,
+                     const float *v_cache, const td_attn_desc_t *desc);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

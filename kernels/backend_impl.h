@@ -1,0 +1,45 @@
+/* backend_impl.h - what a backend implements: one static table of function pointers.
+ * Only backend sources include this; everybody else uses backend.h. */
+#ifndef TD_BACKEND_IMPL_H
+#define TD_BACKEND_IMPL_H
+
+#include "kernels/backend.h"
+
+struct td_backend_i {
+    const char *name;
+    void (*destroy)(td_backend_t *be);
+    void *(*alloc)(td_backend_t *be, size_t nbytes);
+    void (*free)(td_backend_t *be, void *p);
+    const void *(*weights)(td_backend_t *be, const void *host, size_t nbytes);
+    void (*free_weights)(td_backend_t *be, const void *p);
+    void (*set)(td_backend_t *be, void *dst, const void *src, size_t nbytes);
+    void (*get)(td_backend_t *be, void *dst, const void *src, size_t nbytes);
+    void (*copy)(td_backend_t *be, void *dst, const void *src, size_t nbytes);
+    void (*sync)(td_backend_t *be); /* (optional) */
+
+    void (*matmul)(td_backend_t *be, float *y, const float *x, const td_weight_t *w,
+                   const td_weight_t *bias, int n);
+    void (*get_rows)(td_backend_t *be, float *y, const td_weight_t *table, const int32_t *ids, int n);
+    void (*rmsnorm)(td_backend_t *be, float *y, const float *x, const td_weight_t *w, int n, int d,
+                    float eps);
+    void (*layernorm)(td_backend_t *be, float *y, const float *x, const td_weight_t *w,
+                      const td_weight_t *b, int n, int d, float eps);
+    void (*rope)(td_backend_t *be, float *x, const int32_t *pos, int n, int n_head, int head_dim,
+                 int rot_dim, float theta);
+    void (*swiglu)(td_backend_t *be, float *y, const float *gate, const float *up, int64_t count);
+    void (*gelu_tanh)(td_backend_t *be, float *x, int64_t count);
+    void (*add)(td_backend_t *be, float *y, const float *x, int64_t count);
+    void (*scatter_rows)(td_backend_t *be, float *dst, int64_t row_stride, const float *src,
+                         const int64_t *idx, int n, int d);
+    void (*attention)(td_backend_t *be, float *out, const float *q, const float *k_cache,
+                      const float *v_cache, const td_attn_desc_t *desc);
+};
+
+struct td_backend {
+    const struct td_backend_i *iface;
+    void *ctx;
+    int n_threads;
+    char name[32];
+};
+
+#endif

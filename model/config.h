@@ -1,0 +1,67 @@
+/* config.h - HF config.json -> one flat description of the network tandem runs.
+ *
+ * Architecture adapters map each supported family onto this struct: Qwen2/Qwen2.5, LLaMA, Dream
+ * (Qwen2 weights, bidirectional, logit shift, mask token), LLaDA (OLMo-style fields),
+ * GPT-2 and DiffuGPT. Anything else is refused by name. */
+#ifndef TD_CONFIG_H
+#define TD_CONFIG_H
+
+#include "common/td_common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum td_arch {
+    TD_ARCH_QWEN2 = 0,
+    TD_ARCH_LLAMA,
+    TD_ARCH_DREAM,
+    TD_ARCH_LLADA,
+    TD_ARCH_GPT2,
+    TD_ARCH_DIFFUGPT,
+    TD_ARCH_COUNT
+} td_arch_t;
+
+typedef enum td_norm_kind { TD_NORM_RMS = 0, TD_NORM_LAYER } td_norm_kind_t;
+typedef enum td_act_kind { TD_ACT_SILU_GLU = 0, TD_ACT_GELU_TANH } td_act_kind_t;
+typedef enum td_pos_kind { TD_POS_ROPE = 0, TD_POS_LEARNED } td_pos_kind_t;
+
+typedef struct td_config {
+    td_arch_t arch;
+    char arch_name[64];   /* e.g. "Qwen2ForCausalLM" (architectures[0]) or model_type */
+    char model_type[64];  /* config.json model_type */
+    int n_vocab;          /* rows of the embedding / LM head */
+    int n_embd;           /* hidden size */
+    int n_layer;
+    int n_head;
+    int n_kv_head;
+    int head_dim;
+    int n_ff;             /* MLP inner size */
+    int n_ctx_train;      /* max_position_embeddings / n_positions (0 = unknown) */
+    float rope_theta;
+    float norm_eps;
+    td_norm_kind_t norm;
+    td_act_kind_t act;
+    td_pos_kind_t pos;
+    int tie_embeddings;   /* LM head shares the token embedding */
+    int qkv_bias;         /* q/k/v projections have a bias */
+    int mlp_bias;         /* MLP and attention-output projections have biases (GPT-2) */
+    int causal;           /* default attention: 1 for AR models, 0 for diffusion LMs */
+    int is_diffusion;     /* a masked-diffusion LM */
+    int logit_shift;      /* token i is predicted from the hidden state at i-1 (Dream, DiffuGPT) */
+    int mask_token_id;    /* -1 when none */
+    int bos_token_id, eos_token_id, pad_token_id; /* -1 when none */
+} td_config_t;
+
+const char *td_arch_name(td_arch_t a); /* "qwen2", "llama", "dream", "llada", "gpt2", "diffugpt" */
+
+/* Parses config.json text. Unknown architectures are refused with TD_ERR_UNSUPPORTED naming the
+ * architecture; missing or out-of-range fields give TD_ERR_FORMAT naming the field. */
+int td_config_parse(const char *json, size_t len, td_config_t *cfg, td_err_t *err);
+/* Reads DIR/config.json and parses it. */
+int td_config_load(const char *dir, td_config_t *cfg, td_err_t *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

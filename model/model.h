@@ -1,0 +1,80 @@
+/* model.h - a loaded network and its batched multi-token forward pass with a KV cache.
+ *
+ * td_model_t borrows the checkpoint's mmapped weights (no dtype conversion, no copy on the CPU
+ * backend). The forward takes any set of tokens with explicit positions and sequence slots and an
+ * attention mask kind (causal, bidirectional, block-causal, explicit), writes their keys/values into
+ * the KV cache at those positions (appending, or rewriting in place), and returns logits. */
+#ifndef TD_MODEL_H
+#define TD_MODEL_H
+
+#include "common/td_common.h"
+#include "kernels/backend.h"
+#include "model/config.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct td_model td_model_t;
+typedef struct td_kv_cache td_kv_cache_t;
+
+/* Loads DIR (config.json + safetensors, single or sharded). Every expected tensor is checked for
+ * presence, shape and dtype (F32, F16 or BF16); errors name the file and the tensor. */
+td_model_t *td_model_load(const char *dir, td_backend_t *be, td_err_t *err);
+
+/* A model with random weights of dtype (F32/F16/BF16), generated in memory from seed (for
+ * benchmarks at real shapes without a checkpoint). */
+td_model_t *td_model_new_synthetic(const td_config_t *cfg, td_dtype_t dtype, uint64_t seed,
+                                   td_backend_t *be, td_err_t *err);
+void td_model_destroy(td_model_t **self_p);
+
+const td_config_t *td_model_config(const td_model_t *m);
+td_backend_t *td_model_backend(const td_model_t *m);
+int64_t td_model_n_params(const td_model_t *m);
+uint64_t td_model_weight_bytes(const td_model_t *m); /* bytes read per forward (all weights) */
+td_dtype_t td_model_dtype(const td_model_t *m);     /* dtype of the matmul weights */
+
+/* --- KV cache --------------------------------------------------------------------------------- */
+
+/* A cache of n_seq independent sequence slots of n_ctx positions each (float32). Slot position p
+ * holds the keys/values of the token at position p. */
+td_kv_cache_t *td_kv_cache_new(td_model_t *m, int n_seq, int n_ctx, td_err_t *err);
+void td_kv_cache_destroy(td_kv_cache_t **self_p);
+int td_kv_cache_n_seq(const td_kv_cache_t *kv);
+int td_kv_cache_n_ctx(const td_kv_cache_t *kv);
+/* Valid length of a sequence: positions 0 .. len-1 hold keys/values. */
+int td_kv_cache_len(const td_kv_cache_t *kv, int seq);
+/* Drops positions >= n of seq (n <= len). */
+void td_kv_cache_crop(td_kv_cache_t *kv, int seq, int n);
+/* Makes dst a copy of src's first len positions (draft branches sharing a prefix). */
+int td_kv_cache_copy_seq(td_kv_cache_t *kv, int src, int dst, int len);
+size_t td_kv_cache_bytes(const td_kv_cache_t *kv);
+
+/* --- forward ---------------------------------------------------------------------------------- */
+
+typedef struct td_batch {
+    int n;                   /* tokens in the batch */
+    const int32_t *tokens;   /* [n] */
+    const int32_t *pos;      /* [n] positions; NULL = kv_len(seq) + i (append in order) */
+    const int32_t *seq;      /* [n] cache slots; NULL = all slot 0 */
+    td_attn_kind_t attn;     /* mask kind */
+    int block_size;          /* TD_ATTN_BLOCK_CAUSAL */
+    const uint8_t *mask;     /* TD_ATTN_EXPLICIT: [n, mask_stride], 1 = key position visible */
+    int64_t mask_stride;
+    const uint8_t *logits_for; /* [n] rows to return logits for; NULL = all */
+} td_batch_t;
+
+/* Runs the batch. Each token's keys/values are written at (seq, pos); a sequence's length becomes
+ * max(old length, max pos + 1); positions must not leave a hole (pos <= current length, counting
+ * tokens earlier in the batch) and must be < n_ctx. Query t of sequence s sees positions
+ * 0 .. len(s)-1 of s (after the writes) filtered by the mask kind. logits receives n_out rows of
+ * n_vocab floats (host memory), one per selected token in batch order, raw (no Dream shift: row i
+ * is the prediction made from position i). Returns TD_OK, or TD_ERR_ARG for a bad token id,
+ * position or slot, with nothing in the cache changed. */
+int td_model_forward(td_model_t *m, td_kv_cache_t *kv, const td_batch_t *batch, float *logits,
+                     td_err_t *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

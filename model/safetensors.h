@@ -1,0 +1,52 @@
+/* safetensors.h - read-only, zero-copy access to safetensors checkpoints (single file or sharded).
+ *
+ * Files are mmapped; tensor data pointers point into the mapping and stay valid until the
+ * td_safetensors_t is destroyed. Nothing is converted or copied. */
+#ifndef TD_SAFETENSORS_H
+#define TD_SAFETENSORS_H
+
+#include "common/td_common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define TD_ST_MAX_DIMS 8
+
+typedef struct td_st_tensor {
+    const char *name;
+    td_dtype_t dtype;
+    int ndim;
+    int64_t shape[TD_ST_MAX_DIMS];
+    const void *data;  /* into the mmap */
+    uint64_t nbytes;
+    int file;          /* index into the shard list */
+} td_st_tensor_t;
+
+typedef struct td_safetensors td_safetensors_t;
+
+/* Opens a checkpoint. path may be a .safetensors file, a model.safetensors.index.json, or a
+ * directory holding either (model.safetensors preferred, then the index). Every header is
+ * validated: size fields against the file size, JSON syntax, dtypes, shapes against byte ranges,
+ * ranges inside the data section and not overlapping. On failure returns NULL and err names the
+ * file (and tensor) at fault. */
+td_safetensors_t *td_safetensors_open(const char *path, td_err_t *err);
+void td_safetensors_destroy(td_safetensors_t **self_p);
+
+int td_safetensors_count(const td_safetensors_t *st);
+const td_st_tensor_t *td_safetensors_at(const td_safetensors_t *st, int i);
+/* NULL when absent. */
+const td_st_tensor_t *td_safetensors_find(const td_safetensors_t *st, const char *name);
+int td_safetensors_n_files(const td_safetensors_t *st);
+const char *td_safetensors_file_path(const td_safetensors_t *st, int file);
+uint64_t td_safetensors_total_bytes(const td_safetensors_t *st); /* sum of tensor bytes */
+
+/* Parses one file image already in memory (buf, len = the whole file). Used by the fuzzer and by
+ * tests; the returned object borrows buf (which must outlive it). name is used in messages. */
+td_safetensors_t *td_safetensors_from_memory(const void *buf, size_t len, const char *name,
+                                             td_err_t *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,45 @@
+/* sampler.h - seeded token sampling: temperature, top-k, top-p, Gumbel-max.
+ *
+ * The sampler owns its RNG (xoshiro256**), so a run replays exactly from its seed. It can return
+ * the exact distribution it sampled from (after temperature, top-k and top-p truncation and
+ * renormalisation): speculative sampling needs q and p, not just a token. */
+#ifndef TD_SAMPLER_H
+#define TD_SAMPLER_H
+
+#include "common/td_common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct td_sampling {
+    float temperature; /* 0 = greedy (argmax, ties to the lowest id) */
+    int top_k;         /* 0 = off */
+    float top_p;       /* 1 = off */
+} td_sampling_t;
+
+typedef struct td_rng { uint64_t s[4]; } td_rng_t;
+void td_rng_seed(td_rng_t *r, uint64_t seed);
+uint64_t td_rng_next(td_rng_t *r);
+double td_rng_uniform(td_rng_t *r); /* [0, 1) with 53 random bits */
+
+/* Writes the exact distribution that td_sample draws from into probs[n] (zeros outside the kept
+ * set; sums to 1). Greedy puts probability 1 on the argmax. Returns the number of kept ids. */
+int td_sampling_dist(const td_sampling_t *sp, const float *logits, int n, float *probs);
+
+/* Draws one id from td_sampling_dist(sp, logits) with rng. When probs is non-NULL it receives that
+ * distribution. Returns the id (>= 0). */
+int td_sample(const td_sampling_t *sp, td_rng_t *rng, const float *logits, int n, float *probs);
+
+/* Draws from an explicit distribution probs[n] (need not be normalised; sum > 0). */
+int td_sample_probs(td_rng_t *rng, const float *probs, int n);
+
+int td_argmax(const float *x, int n);
+
+/* log-softmax of logits[n] into out[n] (out may equal logits). */
+void td_log_softmax(float *out, const float *logits, int n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
