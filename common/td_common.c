@@ -27,7 +27,7 @@ int td_err_prefix(td_err_t *err, const char *fmt, ...) {
     vsnprintf(pre, sizeof pre, fmt, ap);
     va_end(ap);
     memcpy(old, err->msg, sizeof old);
-    snprintf(err->msg, sizeof err->msg, "%s: %s", pre, old);
+    snprintf(err->msg, sizeof err->msg, "%.400s: %.600s", pre, old);
     return err->code ? err->code : TD_ERR;
 }
 

@@ -23,6 +23,8 @@ typedef struct td_weight {
     td_dtype_t dtype;
     int64_t rows, cols;
     int transposed;
+    int64_t ld; /* elements between consecutive stored rows; 0 = dense (cols, or rows when
+                   transposed). Lets a weight be a column slice of a fused matrix (GPT-2 c_attn). */
 } td_weight_t;
 
 /* Attention mask kinds (per query token, over key positions of its own sequence). */

@@ -1,0 +1,87 @@
+/* backend.c - the dispatching wrappers of backend.h: check arguments, call the backend's table. */
+#include "kernels/backend_impl.h"
+
+#include <assert.h>
+#include <stdlib.h>
+
+void td_backend_destroy(td_backend_t **be) {
+    if (!be || !*be) return;
+    (*be)->iface->destroy(*be);
+    *be = NULL;
+}
+
+const char *td_backend_name(const td_backend_t *be) { return be->name; }
+int td_backend_n_threads(const td_backend_t *be) { return be->n_threads; }
+
+void *td_backend_alloc(td_backend_t *be, size_t nbytes) { return be->iface->alloc(be, nbytes); }
+void td_backend_free(td_backend_t *be, void *p) {
+    if (p) be->iface->free(be, p);
+}
+const void *td_backend_weights(td_backend_t *be, const void *host, size_t nbytes) {
+    return be->iface->weights(be, host, nbytes);
+}
+void td_backend_free_weights(td_backend_t *be, const void *p) {
+    if (p) be->iface->free_weights(be, p);
+}
+void td_backend_set(td_backend_t *be, void *dst, const void *src, size_t n) {
+    be->iface->set(be, dst, src, n);
+}
+void td_backend_get(td_backend_t *be, void *dst, const void *src, size_t n) {
+    be->iface->get(be, dst, src, n);
+}
+void td_backend_copy(td_backend_t *be, void *dst, const void *src, size_t n) {
+    be->iface->copy(be, dst, src, n);
+}
+void td_backend_sync(td_backend_t *be) {
+    if (be->iface->sync) be->iface->sync(be);
+}
+
+static int s_weight_ok(const td_weight_t *w) {
+    return w && w->data && w->rows > 0 && w->cols > 0 &&
+           (w->dtype == TD_DTYPE_F32 || w->dtype == TD_DTYPE_F16 || w->dtype == TD_DTYPE_BF16);
+}
+
+void td_op_matmul(td_backend_t *be, float *y, const float *x, const td_weight_t *w,
+                  const td_weight_t *bias, int n) {
+    assert(s_weight_ok(w) && n >= 0);
+    assert(!bias || (s_weight_ok(bias) && bias->rows * bias->cols >= w->rows));
+    if (n == 0) return;
+    be->iface->matmul(be, y, x, w, bias, n);
+}
+void td_op_get_rows(td_backend_t *be, float *y, const td_weight_t *t, const int32_t *ids, int n) {
+    assert(s_weight_ok(t));
+    be->iface->get_rows(be, y, t, ids, n);
+}
+void td_op_rmsnorm(td_backend_t *be, float *y, const float *x, const td_weight_t *w, int n, int d,
+                   float eps) {
+    assert(s_weight_ok(w) && w->rows * w->cols == d);
+    be->iface->rmsnorm(be, y, x, w, n, d, eps);
+}
+void td_op_layernorm(td_backend_t *be, float *y, const float *x, const td_weight_t *w,
+                     const td_weight_t *b, int n, int d, float eps) {
+    assert(s_weight_ok(w) && w->rows * w->cols == d);
+    be->iface->layernorm(be, y, x, w, b, n, d, eps);
+}
+void td_op_rope(td_backend_t *be, float *x, const int32_t *pos, int n, int n_head, int head_dim,
+                int rot_dim, float theta) {
+    assert(rot_dim % 2 == 0 && rot_dim <= head_dim);
+    be->iface->rope(be, x, pos, n, n_head, head_dim, rot_dim, theta);
+}
+void td_op_swiglu(td_backend_t *be, float *y, const float *g, const float *u, int64_t count) {
+    be->iface->swiglu(be, y, g, u, count);
+}
+void td_op_gelu_tanh(td_backend_t *be, float *x, int64_t count) {
+    be->iface->gelu_tanh(be, x, count);
+}
+void td_op_add(td_backend_t *be, float *y, const float *x, int64_t count) {
+    be->iface->add(be, y, x, count);
+}
+void td_op_scatter_rows(td_backend_t *be, float *dst, int64_t row_stride, const float *src,
+                        const int64_t *idx, int n, int d) {
+    be->iface->scatter_rows(be, dst, row_stride, src, idx, n, d);
+}
+void td_op_attention(td_backend_t *be, float *out, const float *q, const float *k_cache,
+                     const float *v_cache, const td_attn_desc_t *desc) {
+    assert(desc->n_kv_head > 0 && desc->n_head % desc->n_kv_head == 0);
+    be->iface->attention(be, out, q, k_cache, v_cache, desc);
+}

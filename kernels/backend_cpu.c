@@ -1,0 +1,467 @@
+/* backend_cpu.c - the CPU backend: OpenBLAS SGEMM for wide products, AVX2 kernels that read
+ * BF16/F16/F32 weights in place for skinny ones (decode, short verification blocks), plain C for
+ * everything else. The reference mode replaces every product by a naive double-accumulating loop
+ * on one thread: slow, obviously right, and the ground truth the fast paths are tested against.
+ *
+ * Threads: OpenMP for our loops, openblas_set_num_threads for BLAS, both set to n_threads. */
+#include "kernels/backend_impl.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define TD_AVX2 1
+#endif
+
+/* Skinny products (n <= TD_SKINNY_MAX rows of x) stream the weights once and never convert them
+ * into a float copy; wider ones convert a panel of weight rows to float and call SGEMM, where the
+ * conversion is amortised over n rows. */
+#define TD_SKINNY_MAX 16
+#define TD_PANEL_ROWS 256
+
+typedef struct cpu_ctx {
+    int reference;
+    float *panel;       /* [n_threads][TD_PANEL_ROWS * max cols] conversion scratch */
+    size_t panel_cap;   /* floats */
+    float *att;         /* attention score scratch [n_threads][att_cap] */
+    size_t att_cap;
+} cpu_ctx_t;
+
+static void *s_alloc(td_backend_t *be, size_t nbytes) {
+    void *p = NULL;
+    if (posix_memalign(&p, 64, nbytes ? nbytes : 64) != 0) return NULL;
+    memset(p, 0, nbytes);
+    return p;
+}
+static void s_free(td_backend_t *be, void *p) { free(p); }
+static const void *s_weights(td_backend_t *be, const void *host, size_t nbytes) { return host; }
+static void s_free_weights(td_backend_t *be, const void *p) {}
+static void s_memcpy(td_backend_t *be, void *dst, const void *src, size_t n) {
+    if (n) memmove(dst, src, n);
+}
+
+static void s_destroy(td_backend_t *be) {
+    cpu_ctx_t *c = be->ctx;
+    free(c->panel);
+    free(c->att);
+    free(c);
+    free(be);
+}
+
+/* Element (r, c) of a weight as float: r indexes output features, c input features. */
+static inline float s_w_at(const td_weight_t *w, int64_t r, int64_t c) {
+    int64_t ld = w->ld ? w->ld : (w->transposed ? w->rows : w->cols);
+    int64_t off = w->transposed ? c * ld + r : r * ld + c;
+    switch (w->dtype) {
+    case TD_DTYPE_F32: return ((const float *)w->data)[off];
+    case TD_DTYPE_BF16: return td_bf16_to_f32(((const uint16_t *)w->data)[off]);
+    default: return td_f16_to_f32(((const uint16_t *)w->data)[off]);
+    }
+}
+
+static inline int64_t s_ld(const td_weight_t *w) {
+    return w->ld ? w->ld : (w->transposed ? w->rows : w->cols);
+}
+
+/* Converts count consecutive stored elements starting at element off into dst. */
+static inline void s_load_f32(float *dst, const td_weight_t *w, int64_t off, int64_t count) {
+    if (w->dtype == TD_DTYPE_F32) {
+        memcpy(dst, (const float *)w->data + off, (size_t)count * 4);
+        return;
+    }
+    const uint16_t *s = (const uint16_t *)w->data + off;
+    int64_t i = 0;
+#ifdef TD_AVX2
+    if (w->dtype == TD_DTYPE_BF16) {
+        for (; i + 8 <= count; i += 8) {
+            __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(s + i)));
+            _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
+        }
+    } else {
+        for (; i + 8 <= count; i += 8)
+            _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + i))));
+    }
+#endif
+    if (w->dtype == TD_DTYPE_BF16)
+        for (; i < count; i++) dst[i] = td_bf16_to_f32(s[i]);
+    else
+        for (; i < count; i++) dst[i] = td_f16_to_f32(s[i]);
+}
+
+static void s_add_bias(float *y, const td_weight_t *bias, int n, int64_t m) {
+    if (!bias) return;
+    float *b = malloc((size_t)m * sizeof(float));
+    if (!b) abort();
+    s_load_f32(b, bias, 0, m);
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < n; t++)
+        for (int64_t j = 0; j < m; j++) y[(int64_t)t * m + j] += b[j];
+    free(b);
+}
+
+/* --- reference products ------------------------------------------------------------------------ */
+
+static void s_matmul_ref(float *y, const float *x, const td_weight_t *w, const td_weight_t *bias,
+                         int n) {
+    for (int t = 0; t < n; t++)
+        for (int64_t r = 0; r < w->rows; r++) {
+            double acc = bias ? (double)s_w_at(bias, 0, r) : 0.0;
+            for (int64_t c = 0; c < w->cols; c++)
+                acc += (double)x[(int64_t)t * w->cols + c] * (double)s_w_at(w, r, c);
+            y[(int64_t)t * w->rows + r] = (float)acc;
+        }
+}
+
+/* --- skinny products: weights [rows, cols] stored row-major --------------------------------- */
+
+#ifdef TD_AVX2
+static inline __m256 s_load8(const td_weight_t *w, const void *p) {
+    if (w->dtype == TD_DTYPE_BF16) {
+        __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+    }
+    if (w->dtype == TD_DTYPE_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_loadu_ps((const float *)p);
+}
+static inline float s_hsum(__m256 v) {
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_add_ss(a, _mm_movehdup_ps(a));
+    return _mm_cvtss_f32(a);
+}
+#endif
+
+/* y[t, r] = sum_c x[t, c] W[r, c] for t < n <= TD_SKINNY_MAX; each weight row is read from memory
+ * once and reused from L1 for every x row. */
+static void s_matmul_skinny(float *y, const float *x, const td_weight_t *w, int n) {
+    const int64_t rows = w->rows, cols = w->cols, ld = s_ld(w);
+    const size_t es = td_dtype_size(w->dtype);
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const char *wr = (const char *)w->data + (size_t)(r * ld) * es;
+        for (int t0 = 0; t0 < n; t0 += 4) {
+            int nt = n - t0 < 4 ? n - t0 : 4;
+            float out[4] = {0, 0, 0, 0};
+            int64_t c = 0;
+#ifdef TD_AVX2
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            const float *x0 = x + (int64_t)t0 * cols;
+            for (; c + 8 <= cols; c += 8) {
+                __m256 wv = s_load8(w, wr + (size_t)c * es);
+                a0 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x0 + c), a0);
+                if (nt > 1) a1 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x0 + cols + c), a1);
+                if (nt > 2) a2 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x0 + 2 * cols + c), a2);
+                if (nt > 3) a3 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x0 + 3 * cols + c), a3);
+            }
+            out[0] = s_hsum(a0), out[1] = s_hsum(a1), out[2] = s_hsum(a2), out[3] = s_hsum(a3);
+#endif
+            for (; c < cols; c++) {
+                float wv = w->dtype == TD_DTYPE_F32 ? ((const float *)wr)[c]
+                           : w->dtype == TD_DTYPE_BF16 ? td_bf16_to_f32(((const uint16_t *)wr)[c])
+                                                       : td_f16_to_f32(((const uint16_t *)wr)[c]);
+                for (int t = 0; t < nt; t++) out[t] += wv * x[(int64_t)(t0 + t) * cols + c];
+            }
+            for (int t = 0; t < nt; t++) y[(int64_t)(t0 + t) * rows + r] = out[t];
+        }
+    }
+}
+
+/* Transposed storage W^T [cols, rows] (GPT-2 Conv1D): y[t, :] = sum_c x[t, c] W^T[c, :], split
+ * over column blocks of the output so each thread streams its slice of every stored row. */
+static void s_matmul_skinny_t(float *y, const float *x, const td_weight_t *w, int n) {
+    const int64_t rows = w->rows, cols = w->cols, ld = s_ld(w);
+    const int64_t blk = 256;
+    const int64_t nblk = (rows + blk - 1) / blk;
+#pragma omp parallel
+    {
+        float buf[256];
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < nblk; b++) {
+            int64_t j0 = b * blk, nj = rows - j0 < blk ? rows - j0 : blk;
+            for (int t = 0; t < n; t++) memset(y + (int64_t)t * rows + j0, 0, (size_t)nj * 4);
+            for (int64_t c = 0; c < cols; c++) {
+                s_load_f32(buf, w, c * ld + j0, nj);
+                for (int t = 0; t < n; t++) {
+                    float xv = x[(int64_t)t * cols + c];
+                    float *yt = y + (int64_t)t * rows + j0;
+                    for (int64_t j = 0; j < nj; j++) yt[j] += xv * buf[j];
+                }
+            }
+        }
+    }
+}
+
+/* Wide products: SGEMM directly on F32 weights; for BF16/F16 convert TD_PANEL_ROWS weight rows
+ * at a time into float and SGEMM each panel. */
+static int s_panel_reserve(cpu_ctx_t *c, size_t floats) {
+    if (c->panel_cap >= floats) return 0;
+    free(c->panel);
+    c->panel = NULL;
+    if (posix_memalign((void **)&c->panel, 64, floats * sizeof(float)) != 0) {
+        c->panel_cap = 0;
+        return -1;
+    }
+    c->panel_cap = floats;
+    return 0;
+}
+
+static void s_matmul_wide(cpu_ctx_t *cx, float *y, const float *x, const td_weight_t *w, int n) {
+    const int64_t rows = w->rows, cols = w->cols, ld = s_ld(w);
+    if (w->dtype == TD_DTYPE_F32) {
+        if (!w->transposed)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)rows, (int)cols, 1.0f, x,
+                        (int)cols, w->data, (int)ld, 0.0f, y, (int)rows);
+        else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, (int)rows, (int)cols, 1.0f, x,
+                        (int)cols, w->data, (int)ld, 0.0f, y, (int)rows);
+        return;
+    }
+    if (!w->transposed) {
+        const int64_t pr = TD_PANEL_ROWS;
+        if (s_panel_reserve(cx, (size_t)(pr * cols))) abort();
+        for (int64_t r0 = 0; r0 < rows; r0 += pr) {
+            int64_t nr = rows - r0 < pr ? rows - r0 : pr;
+#pragma omp parallel for schedule(static)
+            for (int64_t r = 0; r < nr; r++) s_load_f32(cx->panel + r * cols, w, (r0 + r) * ld, cols);
+            /* y[:, r0:r0+nr] = x panel^T, written with ldc = rows */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)nr, (int)cols, 1.0f, x,
+                        (int)cols, cx->panel, (int)cols, 0.0f, y + r0, (int)rows);
+        }
+    } else {
+        /* stored [cols, rows]: convert blocks of input features (stored rows) */
+        const int64_t pc = TD_PANEL_ROWS;
+        if (s_panel_reserve(cx, (size_t)(pc * rows))) abort();
+        for (int64_t c0 = 0; c0 < cols; c0 += pc) {
+            int64_t nc = cols - c0 < pc ? cols - c0 : pc;
+#pragma omp parallel for schedule(static)
+            for (int64_t c = 0; c < nc; c++) s_load_f32(cx->panel + c * rows, w, (c0 + c) * ld, rows);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, (int)rows, (int)nc, 1.0f,
+                        x + c0, (int)cols, cx->panel, (int)rows, c0 == 0 ? 0.0f : 1.0f, y,
+                        (int)rows);
+        }
+    }
+}
+
+static void s_matmul(td_backend_t *be, float *y, const float *x, const td_weight_t *w,
+                     const td_weight_t *bias, int n) {
+    cpu_ctx_t *c = be->ctx;
+    if (c->reference) {
+        s_matmul_ref(y, x, w, bias, n);
+        return;
+    }
+    if (n <= TD_SKINNY_MAX) {
+        if (w->transposed) s_matmul_skinny_t(y, x, w, n);
+        else s_matmul_skinny(y, x, w, n);
+    } else {
+        s_matmul_wide(c, y, x, w, n);
+    }
+    s_add_bias(y, bias, n, w->rows);
+}
+
+/* --- element-wise and normalisation ------------------------------------------------------------ */
+
+static void s_get_rows(td_backend_t *be, float *y, const td_weight_t *t, const int32_t *ids, int n) {
+    for (int i = 0; i < n; i++) {
+        if (!t->transposed) s_load_f32(y + (int64_t)i * t->cols, t, (int64_t)ids[i] * s_ld(t), t->cols);
+        else
+            for (int64_t c = 0; c < t->cols; c++) y[(int64_t)i * t->cols + c] = s_w_at(t, ids[i], c);
+    }
+}
+
+static void s_rmsnorm(td_backend_t *be, float *y, const float *x, const td_weight_t *w, int n, int d,
+                      float eps) {
+    float *wf = malloc((size_t)d * sizeof(float));
+    if (!wf) abort();
+    s_load_f32(wf, w, 0, d);
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < n; t++) {
+        const float *xt = x + (int64_t)t * d;
+        float *yt = y + (int64_t)t * d;
+        double ss = 0;
+        for (int i = 0; i < d; i++) ss += (double)xt[i] * xt[i];
+        float inv = (float)(1.0 / sqrt(ss / d + (double)eps));
+        for (int i = 0; i < d; i++) yt[i] = wf[i] * (xt[i] * inv);
+    }
+    free(wf);
+}
+
+static void s_layernorm(td_backend_t *be, float *y, const float *x, const td_weight_t *w,
+                        const td_weight_t *b, int n, int d, float eps) {
+    float *wf = malloc((size_t)d * 2 * sizeof(float));
+    if (!wf) abort();
+    float *bf = wf + d;
+    s_load_f32(wf, w, 0, d);
+    if (b) s_load_f32(bf, b, 0, d);
+    else memset(bf, 0, (size_t)d * sizeof(float));
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < n; t++) {
+        const float *xt = x + (int64_t)t * d;
+        float *yt = y + (int64_t)t * d;
+        double mean = 0, var = 0;
+        for (int i = 0; i < d; i++) mean += xt[i];
+        mean /= d;
+        for (int i = 0; i < d; i++) var += ((double)xt[i] - mean) * ((double)xt[i] - mean);
+        var /= d;
+        float inv = (float)(1.0 / sqrt(var + (double)eps));
+        for (int i = 0; i < d; i++) yt[i] = (float)((xt[i] - mean) * inv) * wf[i] + bf[i];
+    }
+    free(wf);
+}
+
+static void s_rope(td_backend_t *be, float *x, const int32_t *pos, int n, int n_head, int head_dim,
+                   int rot_dim, float theta) {
+    int half = rot_dim / 2;
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < n; t++) {
+        for (int i = 0; i < half; i++) {
+            /* as HF: inv_freq in float32, angle = pos * inv_freq in float32 */
+            float inv_freq = (float)(1.0 / pow((double)theta, (double)(2 * i) / (double)rot_dim));
+            float ang = (float)pos[t] * inv_freq;
+            float cs = cosf(ang), sn = sinf(ang);
+            for (int h = 0; h < n_head; h++) {
+                float *v = x + ((int64_t)t * n_head + h) * head_dim;
+                float a = v[i], b = v[i + half];
+                v[i] = a * cs - b * sn;
+                v[i + half] = b * cs + a * sn;
+            }
+        }
+    }
+}
+
+static void s_swiglu(td_backend_t *be, float *y, const float *g, const float *u, int64_t count) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < count; i++) {
+        float gv = g[i];
+        y[i] = gv / (1.0f + expf(-gv)) * u[i];
+    }
+}
+
+static void s_gelu_tanh(td_backend_t *be, float *x, int64_t count) {
+    const float k = 0.7978845608028654f; /* sqrt(2/pi) */
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < count; i++) {
+        float v = x[i];
+        x[i] = 0.5f * v * (1.0f + tanhf(k * (v + 0.044715f * v * v * v)));
+    }
+}
+
+static void s_add(td_backend_t *be, float *y, const float *x, int64_t count) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < count; i++) y[i] += x[i];
+}
+
+static void s_scatter_rows(td_backend_t *be, float *dst, int64_t row_stride, const float *src,
+                           const int64_t *idx, int n, int d) {
+    for (int i = 0; i < n; i++)
+        memcpy(dst + idx[i] * row_stride, src + (int64_t)i * d, (size_t)d * sizeof(float));
+}
+
+/* --- attention --------------------------------------------------------------------------------- */
+
+static inline int s_visible(const td_attn_desc_t *a, int t, int kp) {
+    int qp = a->pos[t];
+    switch (a->kind) {
+    case TD_ATTN_CAUSAL: return kp <= qp;
+    case TD_ATTN_BIDIR: return 1;
+    case TD_ATTN_BLOCK_CAUSAL: return kp / a->block_size <= qp / a->block_size;
+    default: return a->mask[(int64_t)t * a->mask_stride + kp] != 0;
+    }
+}
+
+static void s_attention(td_backend_t *be, float *out, const float *q, const float *kc,
+                        const float *vc, const td_attn_desc_t *a) {
+    cpu_ctx_t *c = be->ctx;
+    const int hd = a->head_dim, nh = a->n_head, nkv = a->n_kv_head, group = nh / nkv;
+    const int64_t row = (int64_t)nkv * hd;
+    int nthr = c->reference ? 1 : omp_get_max_threads();
+    size_t need = (size_t)nthr * (size_t)a->n_ctx;
+    if (c->att_cap < need) {
+        free(c->att);
+        c->att = malloc(need * sizeof(float));
+        if (!c->att) abort();
+        c->att_cap = need;
+    }
+#pragma omp parallel for collapse(2) schedule(static) num_threads(nthr)
+    for (int t = 0; t < a->n; t++)
+        for (int h = 0; h < nh; h++) {
+            float *sc = c->att + (size_t)omp_get_thread_num() * (size_t)a->n_ctx;
+            const int s = a->seq[t], len = a->kv_len[s], kvh = h / group;
+            const float *qv = q + ((int64_t)t * nh + h) * hd;
+            const float *kbase = kc + (int64_t)s * a->n_ctx * row + (int64_t)kvh * hd;
+            const float *vbase = vc + (int64_t)s * a->n_ctx * row + (int64_t)kvh * hd;
+            float *o = out + ((int64_t)t * nh + h) * hd;
+            float mx = -INFINITY;
+            for (int j = 0; j < len; j++) {
+                if (!s_visible(a, t, j)) { sc[j] = -INFINITY; continue; }
+                const float *kv = kbase + (int64_t)j * row;
+                float d = 0;
+                for (int i = 0; i < hd; i++) d += qv[i] * kv[i];
+                sc[j] = d * a->scale;
+                if (sc[j] > mx) mx = sc[j];
+            }
+            for (int i = 0; i < hd; i++) o[i] = 0;
+            if (mx == -INFINITY) continue;
+            double sum = 0;
+            for (int j = 0; j < len; j++) {
+                float e = sc[j] == -INFINITY ? 0.0f : expf(sc[j] - mx);
+                sc[j] = e;
+                sum += e;
+            }
+            float inv = (float)(1.0 / sum);
+            for (int j = 0; j < len; j++) {
+                if (sc[j] == 0.0f) continue;
+                const float *vv = vbase + (int64_t)j * row;
+                float p = sc[j] * inv;
+                for (int i = 0; i < hd; i++) o[i] += p * vv[i];
+            }
+        }
+}
+
+static const struct td_backend_i s_cpu_iface = {
+    .name = "cpu",
+    .destroy = s_destroy,
+    .alloc = s_alloc,
+    .free = s_free,
+    .weights = s_weights,
+    .free_weights = s_free_weights,
+    .set = s_memcpy,
+    .get = s_memcpy,
+    .copy = s_memcpy,
+    .sync = NULL,
+    .matmul = s_matmul,
+    .get_rows = s_get_rows,
+    .rmsnorm = s_rmsnorm,
+    .layernorm = s_layernorm,
+    .rope = s_rope,
+    .swiglu = s_swiglu,
+    .gelu_tanh = s_gelu_tanh,
+    .add = s_add,
+    .scatter_rows = s_scatter_rows,
+    .attention = s_attention,
+};
+
+td_backend_t *td_backend_cpu_new(int n_threads, int reference, td_err_t *err) {
+    td_backend_t *be = calloc(1, sizeof *be);
+    cpu_ctx_t *c = calloc(1, sizeof *c);
+    if (!be || !c) {
+        free(be);
+        free(c);
+        td_err_set(err, TD_ERR_NOMEM, "out of memory creating the CPU backend");
+        return NULL;
+    }
+    if (n_threads <= 0) n_threads = omp_get_num_procs();
+    if (reference) n_threads = 1;
+    c->reference = reference;
+    be->iface = &s_cpu_iface;
+    be->ctx = c;
+    be->n_threads = n_threads;
+    snprintf(be->name, sizeof be->name, "%s", reference ? "cpu-ref" : "cpu");
+    omp_set_num_threads(n_threads);
+    openblas_set_num_threads(n_threads);
+    return be;
+}

@@ -1,0 +1,622 @@
+/* model.c - architecture adapters (tensor names -> weights), the batched forward pass, the KV cache.
+ *
+ * One forward serves every family: the RMSNorm/RoPE/SwiGLU stack (Qwen2, LLaMA, Dream, LLaDA) and
+ * the LayerNorm/learned-position/GELU stack (GPT-2, DiffuGPT). Weights are borrowed from the
+ * safetensors mmap in their stored dtype; the model only ever calls backend ops, so the same code
+ * runs on the CPU and the CUDA backend. */
+#include "model/model.h"
+
+#include "model/safetensors.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct td_layer {
+    td_weight_t attn_norm, attn_norm_b; /* [C] */
+    td_weight_t wq, wk, wv;             /* [nh*hd, C], [nkv*hd, C], [nkv*hd, C] */
+    td_weight_t bq, bk, bv;             /* biases (data NULL when absent) */
+    td_weight_t wo, bo;                 /* [C, nh*hd] */
+    td_weight_t ffn_norm, ffn_norm_b;   /* [C] */
+    td_weight_t w_gate, w_up, w_down;   /* [F, C], [F, C], [C, F]; GPT-2: w_up = c_fc, no gate */
+    td_weight_t b_up, b_down;
+} td_layer_t;
+
+struct td_model {
+    td_config_t cfg;
+    td_backend_t *be;
+    td_safetensors_t *st;   /* NULL for synthetic models */
+    void *synthetic;        /* owned weight memory of a synthetic model */
+    td_dtype_t dtype;
+    int64_t n_params;
+    uint64_t weight_bytes;
+    td_weight_t tok_embd;   /* [V, C] */
+    td_weight_t pos_embd;   /* [n_ctx_train, C] (learned positions) */
+    td_weight_t out_norm, out_norm_b;
+    td_weight_t lm_head;    /* [V, C] */
+    td_layer_t *layers;
+    /* scratch in backend memory, grown on demand */
+    int cap_n, cap_out;
+    float *x, *h, *q, *k, *v, *att, *f1, *f2, *hsel, *logits;
+    float *pos_tmp;
+};
+
+struct td_kv_cache {
+    td_model_t *m;
+    int n_seq, n_ctx;
+    int32_t *len;      /* [n_seq] host */
+    float **k, **v;    /* [n_layer] -> [n_seq, n_ctx, nkv, hd] backend memory */
+    size_t bytes;
+};
+
+/* --- weight binding -------------------------------------------------------------------------- */
+
+typedef struct binder {
+    td_model_t *m;
+    td_err_t *err;
+    int failed;
+} binder_t;
+
+static int s_is_float(td_dtype_t t) {
+    return t == TD_DTYPE_F32 || t == TD_DTYPE_F16 || t == TD_DTYPE_BF16;
+}
+
+/* Binds tensor `name` expecting shape [d0] (d1 == 0) or [d0, d1]. Missing optional tensors leave
+ * w->data NULL; anything else wrong records an error naming file and tensor. */
+static void s_bind(binder_t *b, td_weight_t *w, const char *name, int64_t d0, int64_t d1,
+                   int optional) {
+    memset(w, 0, sizeof *w);
+    if (b->failed) return;
+    const td_st_tensor_t *t = td_safetensors_find(b->m->st, name);
+    const char *file = t ? td_safetensors_file_path(b->m->st, t->file)
+                         : td_safetensors_file_path(b->m->st, 0);
+    if (!t) {
+        if (optional) return;
+        b->failed = 1;
+        td_err_set(b->err, TD_ERR_FORMAT, "%s: tensor '%s' is missing (architecture %s)", file, name,
+                   td_arch_name(b->m->cfg.arch));
+        return;
+    }
+    if (!s_is_float(t->dtype)) {
+        b->failed = 1;
+        td_err_set(b->err, TD_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype %s (need F32, F16 or BF16)",
+                   file, name, td_dtype_name(t->dtype));
+        return;
+    }
+    int ok = d1 ? (t->ndim == 2 && t->shape[0] == d0 && t->shape[1] == d1)
+                : (t->ndim == 1 && t->shape[0] == d0);
+    if (!ok) {
+        char got[128] = "", *p = got;
+        for (int i = 0; i < t->ndim && p < got + 100; i++)
+            p += snprintf(p, (size_t)(got + sizeof got - p), "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+        b->failed = 1;
+        if (d1)
+            td_err_set(b->err, TD_ERR_FORMAT, "%s: tensor '%s' has shape [%s], expected [%lld, %lld]",
+                       file, name, got, (long long)d0, (long long)d1);
+        else
+            td_err_set(b->err, TD_ERR_FORMAT, "%s: tensor '%s' has shape [%s], expected [%lld]", file,
+                       name, got, (long long)d0);
+        return;
+    }
+    w->data = td_backend_weights(b->m->be, t->data, t->nbytes);
+    w->dtype = t->dtype;
+    w->rows = d1 ? d0 : 1;
+    w->cols = d1 ? d1 : d0;
+    b->m->n_params += d1 ? d0 * d1 : d0;
+    b->m->weight_bytes += t->nbytes;
+}
+
+static void s_bindf(binder_t *b, td_weight_t *w, int64_t d0, int64_t d1, int optional,
+                    const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+static void s_bindf(binder_t *b, td_weight_t *w, int64_t d0, int64_t d1, int optional,
+                    const char *fmt, ...) {
+    char name[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    s_bind(b, w, name, d0, d1, optional);
+}
+
+/* Makes w a column slice [c0, c0 + n) of a Conv1D weight stored [in, out] (transposed). */
+static td_weight_t s_conv1d_slice(const td_weight_t *full, int64_t c0, int64_t n) {
+    td_weight_t w = *full;
+    size_t es = td_dtype_size(full->dtype);
+    w.data = (const char *)full->data + (size_t)c0 * es;
+    w.rows = n;
+    w.cols = full->rows;
+    w.transposed = 1;
+    w.ld = full->cols;
+    return w;
+}
+
+static td_weight_t s_conv1d(const td_weight_t *full) { return s_conv1d_slice(full, 0, full->cols); }
+
+static td_weight_t s_vec_slice(const td_weight_t *full, int64_t c0, int64_t n) {
+    td_weight_t w = *full;
+    w.data = (const char *)full->data + (size_t)c0 * td_dtype_size(full->dtype);
+    w.cols = n;
+    return w;
+}
+
+static void s_bind_llama_like(binder_t *b) {
+    td_model_t *m = b->m;
+    const td_config_t *c = &m->cfg;
+    const int64_t C = c->n_embd, Q = (int64_t)c->n_head * c->head_dim,
+                  KV = (int64_t)c->n_kv_head * c->head_dim, F = c->n_ff, V = c->n_vocab;
+    int llada = c->arch == TD_ARCH_LLADA;
+    const char *emb = llada ? "model.transformer.wte.weight" : "model.embed_tokens.weight";
+    s_bind(b, &m->tok_embd, emb, V, C, 0);
+    for (int i = 0; i < c->n_layer && !b->failed; i++) {
+        td_layer_t *L = &m->layers[i];
+        if (llada) {
+            const char *p = "model.transformer.blocks";
+            s_bindf(b, &L->attn_norm, C, 0, 0, "%s.%d.attn_norm.weight", p, i);
+            s_bindf(b, &L->wq, Q, C, 0, "%s.%d.q_proj.weight", p, i);
+            s_bindf(b, &L->wk, KV, C, 0, "%s.%d.k_proj.weight", p, i);
+            s_bindf(b, &L->wv, KV, C, 0, "%s.%d.v_proj.weight", p, i);
+            s_bindf(b, &L->bq, Q, 0, !c->qkv_bias, "%s.%d.q_proj.bias", p, i);
+            s_bindf(b, &L->bk, KV, 0, !c->qkv_bias, "%s.%d.k_proj.bias", p, i);
+            s_bindf(b, &L->bv, KV, 0, !c->qkv_bias, "%s.%d.v_proj.bias", p, i);
+            s_bindf(b, &L->wo, C, Q, 0, "%s.%d.attn_out.weight", p, i);
+            s_bindf(b, &L->ffn_norm, C, 0, 0, "%s.%d.ff_norm.weight", p, i);
+            s_bindf(b, &L->w_gate, F, C, 0, "%s.%d.ff_proj.weight", p, i);
+            s_bindf(b, &L->w_up, F, C, 0, "%s.%d.up_proj.weight", p, i);
+            s_bindf(b, &L->w_down, C, F, 0, "%s.%d.ff_out.weight", p, i);
+        } else {
+            const char *p = "model.layers";
+            s_bindf(b, &L->attn_norm, C, 0, 0, "%s.%d.input_layernorm.weight", p, i);
+            s_bindf(b, &L->wq, Q, C, 0, "%s.%d.self_attn.q_proj.weight", p, i);
+            s_bindf(b, &L->wk, KV, C, 0, "%s.%d.self_attn.k_proj.weight", p, i);
+            s_bindf(b, &L->wv, KV, C, 0, "%s.%d.self_attn.v_proj.weight", p, i);
+            s_bindf(b, &L->bq, Q, 0, !c->qkv_bias, "%s.%d.self_attn.q_proj.bias", p, i);
+            s_bindf(b, &L->bk, KV, 0, !c->qkv_bias, "%s.%d.self_attn.k_proj.bias", p, i);
+            s_bindf(b, &L->bv, KV, 0, !c->qkv_bias, "%s.%d.self_attn.v_proj.bias", p, i);
+            s_bindf(b, &L->wo, C, Q, 0, "%s.%d.self_attn.o_proj.weight", p, i);
+            s_bindf(b, &L->bo, C, 0, 1, "%s.%d.self_attn.o_proj.bias", p, i);
+            s_bindf(b, &L->ffn_norm, C, 0, 0, "%s.%d.post_attention_layernorm.weight", p, i);
+            s_bindf(b, &L->w_gate, F, C, 0, "%s.%d.mlp.gate_proj.weight", p, i);
+            s_bindf(b, &L->w_up, F, C, 0, "%s.%d.mlp.up_proj.weight", p, i);
+            s_bindf(b, &L->w_down, C, F, 0, "%s.%d.mlp.down_proj.weight", p, i);
+        }
+    }
+    s_bind(b, &m->out_norm, llada ? "model.transformer.ln_f.weight" : "model.norm.weight", C, 0, 0);
+    if (c->tie_embeddings) m->lm_head = m->tok_embd;
+    else s_bind(b, &m->lm_head, llada ? "model.transformer.ff_out.weight" : "lm_head.weight", V, C, 0);
+}
+
+static void s_bind_gpt2(binder_t *b) {
+    td_model_t *m = b->m;
+    const td_config_t *c = &m->cfg;
+    const int64_t C = c->n_embd, F = c->n_ff, V = c->n_vocab;
+    const char *pre = td_safetensors_find(m->st, "transformer.wte.weight") ? "transformer." : "";
+    s_bindf(b, &m->tok_embd, V, C, 0, "%swte.weight", pre);
+    s_bindf(b, &m->pos_embd, c->n_ctx_train, C, 0, "%swpe.weight", pre);
+    for (int i = 0; i < c->n_layer && !b->failed; i++) {
+        td_layer_t *L = &m->layers[i];
+        td_weight_t qkv, bqkv, wo, fc, proj;
+        s_bindf(b, &L->attn_norm, C, 0, 0, "%sh.%d.ln_1.weight", pre, i);
+        s_bindf(b, &L->attn_norm_b, C, 0, 0, "%sh.%d.ln_1.bias", pre, i);
+        s_bindf(b, &qkv, C, 3 * C, 0, "%sh.%d.attn.c_attn.weight", pre, i);
+        s_bindf(b, &bqkv, 3 * C, 0, 0, "%sh.%d.attn.c_attn.bias", pre, i);
+        s_bindf(b, &wo, C, C, 0, "%sh.%d.attn.c_proj.weight", pre, i);
+        s_bindf(b, &L->bo, C, 0, 0, "%sh.%d.attn.c_proj.bias", pre, i);
+        s_bindf(b, &L->ffn_norm, C, 0, 0, "%sh.%d.ln_2.weight", pre, i);
+        s_bindf(b, &L->ffn_norm_b, C, 0, 0, "%sh.%d.ln_2.bias", pre, i);
+        s_bindf(b, &fc, C, F, 0, "%sh.%d.mlp.c_fc.weight", pre, i);
+        s_bindf(b, &L->b_up, F, 0, 0, "%sh.%d.mlp.c_fc.bias", pre, i);
+        s_bindf(b, &proj, F, C, 0, "%sh.%d.mlp.c_proj.weight", pre, i);
+        s_bindf(b, &L->b_down, C, 0, 0, "%sh.%d.mlp.c_proj.bias", pre, i);
+        if (b->failed) break;
+        /* Conv1D stores [in, out]: as seen by matmul, rows = out, cols = in, transposed. */
+        L->wq = s_conv1d_slice(&qkv, 0, C);
+        L->wk = s_conv1d_slice(&qkv, C, C);
+        L->wv = s_conv1d_slice(&qkv, 2 * C, C);
+        L->bq = s_vec_slice(&bqkv, 0, C);
+        L->bk = s_vec_slice(&bqkv, C, C);
+        L->bv = s_vec_slice(&bqkv, 2 * C, C);
+        L->wo = s_conv1d(&wo);
+        L->w_up = s_conv1d(&fc);
+        L->w_down = s_conv1d(&proj);
+    }
+    s_bindf(b, &m->out_norm, C, 0, 0, "%sln_f.weight", pre);
+    s_bindf(b, &m->out_norm_b, C, 0, 0, "%sln_f.bias", pre);
+    m->lm_head = m->tok_embd;
+}
+
+static int s_is_gpt2(const td_config_t *c) {
+    return c->arch == TD_ARCH_GPT2 || c->arch == TD_ARCH_DIFFUGPT;
+}
+
+td_model_t *td_model_load(const char *dir, td_backend_t *be, td_err_t *err) {
+    td_model_t *m = calloc(1, sizeof *m);
+    if (!m) {
+        td_err_set(err, TD_ERR_NOMEM, "out of memory");
+        return NULL;
+    }
+    m->be = be;
+    if (td_config_load(dir, &m->cfg, err) != TD_OK) goto fail;
+    m->st = td_safetensors_open(dir, err);
+    if (!m->st) goto fail;
+    m->layers = calloc((size_t)m->cfg.n_layer, sizeof *m->layers);
+    if (!m->layers) {
+        td_err_set(err, TD_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    binder_t b = {m, err, 0};
+    if (s_is_gpt2(&m->cfg)) s_bind_gpt2(&b);
+    else s_bind_llama_like(&b);
+    if (b.failed) goto fail;
+    m->dtype = m->layers[0].wq.dtype;
+    return m;
+fail:
+    td_model_destroy(&m);
+    return NULL;
+}
+
+/* --- synthetic weights ----------------------------------------------------------------------- */
+
+typedef struct synth {
+    td_model_t *m;
+    char *mem;
+    size_t off, cap;
+    uint64_t rng;
+} synth_t;
+
+static void s_synth(synth_t *s, td_weight_t *w, int64_t rows, int64_t cols, float scale, float bias) {
+    size_t es = td_dtype_size(s->m->dtype), n = (size_t)(rows * cols);
+    w->data = s->mem + s->off;
+    w->dtype = s->m->dtype;
+    w->rows = rows;
+    w->cols = cols;
+    w->transposed = 0;
+    w->ld = 0;
+    s->off += (n * es + 63) & ~(size_t)63;
+    s->m->n_params += (int64_t)n;
+    s->m->weight_bytes += n * es;
+    uint64_t x = s->rng;
+    for (size_t i = 0; i < n; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        float u = ((float)(x >> 40) / (float)(1 << 24) - 0.5f) * 2.0f * scale + bias;
+        if (s->m->dtype == TD_DTYPE_F32) ((float *)w->data)[i] = u;
+        else if (s->m->dtype == TD_DTYPE_BF16) ((uint16_t *)w->data)[i] = td_f32_to_bf16(u);
+        else ((uint16_t *)w->data)[i] = td_f32_to_f16(u);
+    }
+    s->rng = x;
+}
+
+td_model_t *td_model_new_synthetic(const td_config_t *cfg, td_dtype_t dtype, uint64_t seed,
+                                   td_backend_t *be, td_err_t *err) {
+    if (s_is_gpt2(cfg)) {
+        td_err_set(err, TD_ERR_UNSUPPORTED, "synthetic weights are implemented for the Qwen2/LLaMA family only");
+        return NULL;
+    }
+    if (dtype != TD_DTYPE_F32 && dtype != TD_DTYPE_BF16 && dtype != TD_DTYPE_F16) {
+        td_err_set(err, TD_ERR_ARG, "synthetic weights need F32, F16 or BF16");
+        return NULL;
+    }
+    td_model_t *m = calloc(1, sizeof *m);
+    if (!m) return NULL;
+    m->cfg = *cfg;
+    m->be = be;
+    m->dtype = dtype;
+    const int64_t C = cfg->n_embd, Q = (int64_t)cfg->n_head * cfg->head_dim,
+                  KV = (int64_t)cfg->n_kv_head * cfg->head_dim, F = cfg->n_ff, V = cfg->n_vocab;
+    size_t es = td_dtype_size(dtype);
+    int64_t per_layer = 2 * C + Q * C + 2 * KV * C + (cfg->qkv_bias ? Q + 2 * KV : 0) + C * Q + 3 * F * C;
+    size_t cap = (size_t)(cfg->n_layer * per_layer + V * C * (cfg->tie_embeddings ? 1 : 2) + C) * es +
+                 64 * (size_t)(cfg->n_layer * 16 + 8);
+    m->layers = calloc((size_t)cfg->n_layer, sizeof *m->layers);
+    if (!m->layers || posix_memalign(&m->synthetic, 64, cap) != 0) {
+        td_err_set(err, TD_ERR_NOMEM, "out of memory allocating %zu bytes of synthetic weights", cap);
+        m->synthetic = NULL;
+        td_model_destroy(&m);
+        return NULL;
+    }
+    synth_t s = {m, m->synthetic, 0, cap, seed * 0x9E3779B97F4A7C15ull + 1};
+    float ws = 1.0f / sqrtf((float)C);
+    s_synth(&s, &m->tok_embd, V, C, 1.0f, 0);
+    for (int i = 0; i < cfg->n_layer; i++) {
+        td_layer_t *L = &m->layers[i];
+        s_synth(&s, &L->attn_norm, 1, C, 0.1f, 1.0f);
+        s_synth(&s, &L->wq, Q, C, ws, 0);
+        s_synth(&s, &L->wk, KV, C, ws, 0);
+        s_synth(&s, &L->wv, KV, C, ws, 0);
+        if (cfg->qkv_bias) {
+            s_synth(&s, &L->bq, 1, Q, 0.1f, 0);
+            s_synth(&s, &L->bk, 1, KV, 0.1f, 0);
+            s_synth(&s, &L->bv, 1, KV, 0.1f, 0);
+        }
+        s_synth(&s, &L->wo, C, Q, ws, 0);
+        s_synth(&s, &L->ffn_norm, 1, C, 0.1f, 1.0f);
+        s_synth(&s, &L->w_gate, F, C, ws, 0);
+        s_synth(&s, &L->w_up, F, C, ws, 0);
+        s_synth(&s, &L->w_down, C, F, 1.0f / sqrtf((float)F), 0);
+    }
+    s_synth(&s, &m->out_norm, 1, C, 0.1f, 1.0f);
+    if (cfg->tie_embeddings) m->lm_head = m->tok_embd;
+    else s_synth(&s, &m->lm_head, V, C, ws, 0);
+    return m;
+}
+
+void td_model_destroy(td_model_t **self_p) {
+    if (!self_p || !*self_p) return;
+    td_model_t *m = *self_p;
+    td_backend_t *be = m->be;
+    float *bufs[] = {m->x, m->h, m->q, m->k, m->v, m->att, m->f1, m->f2, m->hsel, m->logits};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) td_backend_free(be, bufs[i]);
+    free(m->layers);
+    free(m->synthetic);
+    td_safetensors_destroy(&m->st);
+    free(m);
+    *self_p = NULL;
+}
+
+const td_config_t *td_model_config(const td_model_t *m) { return &m->cfg; }
+td_backend_t *td_model_backend(const td_model_t *m) { return m->be; }
+int64_t td_model_n_params(const td_model_t *m) { return m->n_params; }
+uint64_t td_model_weight_bytes(const td_model_t *m) { return m->weight_bytes; }
+td_dtype_t td_model_dtype(const td_model_t *m) { return m->dtype; }
+
+/* --- KV cache -------------------------------------------------------------------------------- */
+
+td_kv_cache_t *td_kv_cache_new(td_model_t *m, int n_seq, int n_ctx, td_err_t *err) {
+    const td_config_t *c = &m->cfg;
+    if (n_seq <= 0 || n_ctx <= 0) {
+        td_err_set(err, TD_ERR_ARG, "KV cache needs n_seq > 0 and n_ctx > 0 (got %d, %d)", n_seq, n_ctx);
+        return NULL;
+    }
+    if (s_is_gpt2(c) && n_ctx > c->n_ctx_train) {
+        td_err_set(err, TD_ERR_ARG, "context %d exceeds the %d learned positions of this model", n_ctx,
+                   c->n_ctx_train);
+        return NULL;
+    }
+    td_kv_cache_t *kv = calloc(1, sizeof *kv);
+    if (!kv) return NULL;
+    kv->m = m;
+    kv->n_seq = n_seq;
+    kv->n_ctx = n_ctx;
+    kv->len = calloc((size_t)n_seq, sizeof *kv->len);
+    kv->k = calloc((size_t)c->n_layer, sizeof *kv->k);
+    kv->v = calloc((size_t)c->n_layer, sizeof *kv->v);
+    size_t per = (size_t)n_seq * (size_t)n_ctx * (size_t)c->n_kv_head * (size_t)c->head_dim * sizeof(float);
+    int ok = kv->len && kv->k && kv->v;
+    for (int l = 0; ok && l < c->n_layer; l++) {
+        kv->k[l] = td_backend_alloc(m->be, per);
+        kv->v[l] = td_backend_alloc(m->be, per);
+        ok = kv->k[l] && kv->v[l];
+    }
+    kv->bytes = per * 2 * (size_t)c->n_layer;
+    if (!ok) {
+        td_err_set(err, TD_ERR_NOMEM, "out of memory allocating a KV cache of %zu bytes", kv->bytes);
+        td_kv_cache_destroy(&kv);
+    }
+    return kv;
+}
+
+void td_kv_cache_destroy(td_kv_cache_t **self_p) {
+    if (!self_p || !*self_p) return;
+    td_kv_cache_t *kv = *self_p;
+    for (int l = 0; l < kv->m->cfg.n_layer; l++) {
+        if (kv->k) td_backend_free(kv->m->be, kv->k[l]);
+        if (kv->v) td_backend_free(kv->m->be, kv->v[l]);
+    }
+    free(kv->k);
+    free(kv->v);
+    free(kv->len);
+    free(kv);
+    *self_p = NULL;
+}
+
+int td_kv_cache_n_seq(const td_kv_cache_t *kv) { return kv->n_seq; }
+int td_kv_cache_n_ctx(const td_kv_cache_t *kv) { return kv->n_ctx; }
+int td_kv_cache_len(const td_kv_cache_t *kv, int seq) {
+    return seq >= 0 && seq < kv->n_seq ? kv->len[seq] : 0;
+}
+size_t td_kv_cache_bytes(const td_kv_cache_t *kv) { return kv->bytes; }
+
+void td_kv_cache_crop(td_kv_cache_t *kv, int seq, int n) {
+    if (seq < 0 || seq >= kv->n_seq || n < 0) return;
+    if (n < kv->len[seq]) kv->len[seq] = n;
+}
+
+int td_kv_cache_copy_seq(td_kv_cache_t *kv, int src, int dst, int len) {
+    if (src < 0 || dst < 0 || src >= kv->n_seq || dst >= kv->n_seq || len < 0 || len > kv->len[src])
+        return TD_ERR_ARG;
+    if (src == dst) {
+        kv->len[dst] = len;
+        return TD_OK;
+    }
+    const td_config_t *c = &kv->m->cfg;
+    size_t row = (size_t)c->n_kv_head * (size_t)c->head_dim;
+    for (int l = 0; l < c->n_layer; l++) {
+        td_backend_copy(kv->m->be, kv->k[l] + (size_t)dst * kv->n_ctx * row,
+                        kv->k[l] + (size_t)src * kv->n_ctx * row, (size_t)len * row * sizeof(float));
+        td_backend_copy(kv->m->be, kv->v[l] + (size_t)dst * kv->n_ctx * row,
+                        kv->v[l] + (size_t)src * kv->n_ctx * row, (size_t)len * row * sizeof(float));
+    }
+    kv->len[dst] = len;
+    return TD_OK;
+}
+
+/* --- forward --------------------------------------------------------------------------------- */
+
+static int s_reserve(td_model_t *m, int n, int n_out) {
+    const td_config_t *c = &m->cfg;
+    if (n > m->cap_n) {
+        int cap = n < 16 ? 16 : n;
+        float **bufs[] = {&m->x, &m->h, &m->q, &m->k, &m->v, &m->att, &m->f1, &m->f2};
+        size_t sizes[] = {(size_t)c->n_embd,
+                          (size_t)c->n_embd,
+                          (size_t)c->n_head * c->head_dim,
+                          (size_t)c->n_kv_head * c->head_dim,
+                          (size_t)c->n_kv_head * c->head_dim,
+                          (size_t)c->n_head * c->head_dim,
+                          (size_t)c->n_ff,
+                          (size_t)c->n_ff};
+        for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+            td_backend_free(m->be, *bufs[i]);
+            *bufs[i] = td_backend_alloc(m->be, sizes[i] * (size_t)cap * sizeof(float));
+            if (!*bufs[i]) {
+                m->cap_n = 0;
+                return TD_ERR_NOMEM;
+            }
+        }
+        m->cap_n = cap;
+    }
+    if (n_out > m->cap_out) {
+        int cap = n_out < 4 ? 4 : n_out;
+        td_backend_free(m->be, m->hsel);
+        td_backend_free(m->be, m->logits);
+        m->hsel = td_backend_alloc(m->be, (size_t)c->n_embd * (size_t)cap * sizeof(float));
+        m->logits = td_backend_alloc(m->be, (size_t)c->n_vocab * (size_t)cap * sizeof(float));
+        if (!m->hsel || !m->logits) {
+            m->cap_out = 0;
+            return TD_ERR_NOMEM;
+        }
+        m->cap_out = cap;
+    }
+    return TD_OK;
+}
+
+static const td_weight_t *s_opt(const td_weight_t *w) { return w->data ? w : NULL; }
+
+int td_model_forward(td_model_t *m, td_kv_cache_t *kv, const td_batch_t *b, float *logits,
+                     td_err_t *err) {
+    const td_config_t *c = &m->cfg;
+    const int n = b->n;
+    if (n <= 0) return td_err_set(err, TD_ERR_ARG, "empty batch");
+    if (kv->m != m) return td_err_set(err, TD_ERR_ARG, "KV cache belongs to another model");
+    if (b->attn == TD_ATTN_BLOCK_CAUSAL && b->block_size <= 0)
+        return td_err_set(err, TD_ERR_ARG, "block-causal attention needs block_size > 0");
+    if (b->attn == TD_ATTN_EXPLICIT && (!b->mask || b->mask_stride < kv->n_ctx))
+        return td_err_set(err, TD_ERR_ARG, "explicit attention needs a mask with stride >= n_ctx (%d)",
+                          kv->n_ctx);
+
+    int32_t *pos = malloc((size_t)n * sizeof *pos), *seq = malloc((size_t)n * sizeof *seq);
+    int32_t *new_len = malloc((size_t)kv->n_seq * sizeof *new_len);
+    int64_t *idx = malloc((size_t)n * sizeof *idx);
+    int32_t *sel = malloc((size_t)n * sizeof *sel);
+    uint8_t *covered = NULL;
+    int rc = TD_OK;
+    if (!pos || !seq || !new_len || !idx || !sel) {
+        rc = td_err_set(err, TD_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    /* validate everything before touching the cache */
+    memcpy(new_len, kv->len, (size_t)kv->n_seq * sizeof *new_len);
+    for (int i = 0; i < n; i++) {
+        int s = b->seq ? b->seq[i] : 0;
+        if (s < 0 || s >= kv->n_seq) {
+            rc = td_err_set(err, TD_ERR_ARG, "token %d: sequence slot %d out of range [0, %d)", i, s, kv->n_seq);
+            goto done;
+        }
+        seq[i] = s;
+        if (b->tokens[i] < 0 || b->tokens[i] >= c->n_vocab) {
+            rc = td_err_set(err, TD_ERR_ARG, "token %d: id %d out of range [0, %d)", i, b->tokens[i], c->n_vocab);
+            goto done;
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        int p;
+        if (b->pos) p = b->pos[i];
+        else p = new_len[seq[i]]; /* append in order */
+        if (p < 0 || p >= kv->n_ctx) {
+            rc = td_err_set(err, TD_ERR_ARG, "token %d: position %d outside the context [0, %d)", i, p, kv->n_ctx);
+            goto done;
+        }
+        pos[i] = p;
+        if (!b->pos && p + 1 > new_len[seq[i]]) new_len[seq[i]] = p + 1;
+    }
+    if (b->pos) {
+        /* new positions must extend each sequence without a hole */
+        covered = calloc((size_t)kv->n_seq * (size_t)kv->n_ctx, 1);
+        if (!covered) {
+            rc = td_err_set(err, TD_ERR_NOMEM, "out of memory");
+            goto done;
+        }
+        for (int i = 0; i < n; i++) {
+            covered[(size_t)seq[i] * kv->n_ctx + pos[i]] = 1;
+            if (pos[i] + 1 > new_len[seq[i]]) new_len[seq[i]] = pos[i] + 1;
+        }
+        for (int s = 0; s < kv->n_seq; s++)
+            for (int p = kv->len[s]; p < new_len[s]; p++)
+                if (!covered[(size_t)s * kv->n_ctx + p]) {
+                    rc = td_err_set(err, TD_ERR_ARG,
+                                    "sequence %d: position %d would be left empty (cache length %d, batch "
+                                    "reaches %d)", s, p, kv->len[s], new_len[s]);
+                    goto done;
+                }
+    }
+    int n_out = 0;
+    for (int i = 0; i < n; i++)
+        if (!b->logits_for || b->logits_for[i]) sel[n_out++] = i;
+    if (s_reserve(m, n, n_out) != TD_OK) {
+        rc = td_err_set(err, TD_ERR_NOMEM, "out of memory for activations of %d tokens", n);
+        goto done;
+    }
+    for (int i = 0; i < n; i++) idx[i] = (int64_t)seq[i] * kv->n_ctx + pos[i];
+    memcpy(kv->len, new_len, (size_t)kv->n_seq * sizeof *new_len);
+
+    td_backend_t *be = m->be;
+    const int C = c->n_embd, hd = c->head_dim, nh = c->n_head, nkv = c->n_kv_head, F = c->n_ff;
+    const int gpt2 = s_is_gpt2(c);
+    td_op_get_rows(be, m->x, &m->tok_embd, b->tokens, n);
+    if (gpt2) {
+        td_op_get_rows(be, m->h, &m->pos_embd, pos, n);
+        td_op_add(be, m->x, m->h, (int64_t)n * C);
+    }
+    td_attn_desc_t ad = {
+        .n = n, .n_head = nh, .n_kv_head = nkv, .head_dim = hd, .n_ctx = kv->n_ctx, .pos = pos,
+        .seq = seq, .kv_len = kv->len, .kind = b->attn, .block_size = b->block_size, .mask = b->mask,
+        .mask_stride = b->mask_stride, .scale = 1.0f / sqrtf((float)hd)};
+    for (int l = 0; l < c->n_layer; l++) {
+        const td_layer_t *L = &m->layers[l];
+        if (gpt2) td_op_layernorm(be, m->h, m->x, &L->attn_norm, s_opt(&L->attn_norm_b), n, C, c->norm_eps);
+        else td_op_rmsnorm(be, m->h, m->x, &L->attn_norm, n, C, c->norm_eps);
+        td_op_matmul(be, m->q, m->h, &L->wq, s_opt(&L->bq), n);
+        td_op_matmul(be, m->k, m->h, &L->wk, s_opt(&L->bk), n);
+        td_op_matmul(be, m->v, m->h, &L->wv, s_opt(&L->bv), n);
+        if (!gpt2) {
+            td_op_rope(be, m->q, pos, n, nh, hd, hd, c->rope_theta);
+            td_op_rope(be, m->k, pos, n, nkv, hd, hd, c->rope_theta);
+        }
+        td_op_scatter_rows(be, kv->k[l], (int64_t)nkv * hd, m->k, idx, n, nkv * hd);
+        td_op_scatter_rows(be, kv->v[l], (int64_t)nkv * hd, m->v, idx, n, nkv * hd);
+        td_op_attention(be, m->att, m->q, kv->k[l], kv->v[l], &ad);
+        td_op_matmul(be, m->h, m->att, &L->wo, s_opt(&L->bo), n);
+        td_op_add(be, m->x, m->h, (int64_t)n * C);
+        if (gpt2) {
+            td_op_layernorm(be, m->h, m->x, &L->ffn_norm, s_opt(&L->ffn_norm_b), n, C, c->norm_eps);
+            td_op_matmul(be, m->f1, m->h, &L->w_up, s_opt(&L->b_up), n);
+            td_op_gelu_tanh(be, m->f1, (int64_t)n * F);
+        } else {
+            td_op_rmsnorm(be, m->h, m->x, &L->ffn_norm, n, C, c->norm_eps);
+            td_op_matmul(be, m->f1, m->h, &L->w_gate, NULL, n);
+            td_op_matmul(be, m->f2, m->h, &L->w_up, NULL, n);
+            td_op_swiglu(be, m->f1, m->f1, m->f2, (int64_t)n * F);
+        }
+        td_op_matmul(be, m->h, m->f1, &L->w_down, s_opt(&L->b_down), n);
+        td_op_add(be, m->x, m->h, (int64_t)n * C);
+    }
+    if (n_out > 0) {
+        for (int i = 0; i < n_out; i++)
+            if (sel[i] != i || n_out != n)
+                td_backend_copy(be, m->hsel + (size_t)i * C, m->x + (size_t)sel[i] * C, (size_t)C * sizeof(float));
+        const float *hx = n_out == n ? m->x : m->hsel;
+        if (gpt2) td_op_layernorm(be, m->hsel, hx, &m->out_norm, s_opt(&m->out_norm_b), n_out, C, c->norm_eps);
+        else td_op_rmsnorm(be, m->hsel, hx, &m->out_norm, n_out, C, c->norm_eps);
+        td_op_matmul(be, m->logits, m->hsel, &m->lm_head, NULL, n_out);
+        td_backend_get(be, logits, m->logits, (size_t)n_out * c->n_vocab * sizeof(float));
+    }
+done:
+    free(pos);
+    free(seq);
+    free(new_len);
+    free(idx);
+    free(sel);
+    free(covered);
+    return rc;
+}
