@@ -2,7 +2,25 @@
  *
  * Architecture adapters map each supported family onto this struct: Qwen2/Qwen2.5, LLaMA, Dream
  * (Qwen2 weights, bidirectional, logit shift, mask token), LLaDA (OLMo-style fields),
- * GPT-2 and DiffuGPT. Anything else is refused by name. */
+ * GPT-2 and DiffuGPT. Anything else is refused by name.
+ *
+ * Detection, in order:
+ *   1. a top-level string "tandem_arch" (one of the td_arch_name() names) overrides everything,
+ *      for checkpoints whose config does not say what they are;
+ *   2. model_type "diffugpt", or model_type "gpt2" with architectures[0] containing "Diffu"
+ *      (any case) -> DIFFUGPT;
+ *   3. architectures[0]: Qwen2ForCausalLM, LlamaForCausalLM, DreamModel, LLaDAModelLM,
+ *      GPT2LMHeadModel; another class name is refused (even with a known model_type: Fast-dLLM,
+ *      DiffuLLaMA, Mistral... compute something else) unless model_type is "dream" or "llada";
+ *   4. no architectures: model_type qwen2 / llama / dream / llada / gpt2 (any case).
+ * Field sources: Qwen2/LLaMA/Dream use HF names (hidden_size, num_hidden_layers, ...; rope_theta
+ * at top level or in transformers 5's rope_parameters); LLaDA uses OLMo names (d_model, n_layers,
+ * n_heads, n_kv_heads, mlp_hidden_size or mlp_ratio*d_model, embedding_size else vocab_size,
+ * weight_tying default true as in OLMo, include_bias / include_qkv_bias); GPT-2/DiffuGPT use
+ * n_embd, n_layer, n_head, n_inner (default 4*n_embd), n_positions. JSON null means absent.
+ * Refused as TD_ERR_UNSUPPORTED: rope scaling other than "default", sliding windows, activations
+ * other than SiLU (SwiGLU) / tanh-GELU, LLaMA with attention_bias != mlp_bias (o_proj bias alone
+ * cannot be expressed here), GPT-2 attention-scaling variants, LLaDA blocks other than "llama". */
 #ifndef TD_CONFIG_H
 #define TD_CONFIG_H
 
@@ -28,37 +46,40 @@ typedef enum td_pos_kind { TD_POS_ROPE = 0, TD_POS_LEARNED } td_pos_kind_t;
 
 typedef struct td_config {
     td_arch_t arch;
-    char arch_name[64];   /* e.g. "Qwen2ForCausalLM" (architectures[0]) or model_type */
-    char model_type[64];  /* config.json model_type */
-    int n_vocab;          /* rows of the embedding / LM head */
-    int n_embd;           /* hidden size */
+    char arch_name[64];  /* e.g. "Qwen2ForCausalLM" (architectures[0]) or model_type */
+    char model_type[64]; /* config.json model_type */
+    int n_vocab;         /* rows of the embedding / LM head */
+    int n_embd;          /* hidden size */
     int n_layer;
     int n_head;
     int n_kv_head;
     int head_dim;
-    int n_ff;             /* MLP inner size */
-    int n_ctx_train;      /* max_position_embeddings / n_positions (0 = unknown) */
+    int n_ff;        /* MLP inner size */
+    int n_ctx_train; /* max_position_embeddings / n_positions (0 = unknown) */
     float rope_theta;
     float norm_eps;
     td_norm_kind_t norm;
     td_act_kind_t act;
     td_pos_kind_t pos;
-    int tie_embeddings;   /* LM head shares the token embedding */
-    int qkv_bias;         /* q/k/v projections have a bias */
-    int mlp_bias;         /* MLP and attention-output projections have biases (GPT-2) */
-    int causal;           /* default attention: 1 for AR models, 0 for diffusion LMs */
-    int is_diffusion;     /* a masked-diffusion LM */
-    int logit_shift;      /* token i is predicted from the hidden state at i-1 (Dream, DiffuGPT) */
-    int mask_token_id;    /* -1 when none */
+    int tie_embeddings; /* LM head shares the token embedding */
+    int qkv_bias;       /* q/k/v projections have a bias */
+    int mlp_bias;       /* MLP and attention-output projections have biases (GPT-2) */
+    int causal;         /* default attention: 1 for AR models, 0 for diffusion LMs */
+    int is_diffusion;   /* a masked-diffusion LM */
+    int logit_shift;    /* token i is predicted from the hidden state at i-1 (Dream, DiffuGPT) */
+    int mask_token_id;  /* -1 when none */
     int bos_token_id, eos_token_id, pad_token_id; /* -1 when none */
 } td_config_t;
 
 const char *td_arch_name(td_arch_t a); /* "qwen2", "llama", "dream", "llada", "gpt2", "diffugpt" */
 
-/* Parses config.json text. Unknown architectures are refused with TD_ERR_UNSUPPORTED naming the
- * architecture; missing or out-of-range fields give TD_ERR_FORMAT naming the field. */
+/* Parses config.json text (len bytes, NUL not needed). Unknown architectures are refused with
+ * TD_ERR_UNSUPPORTED naming the architecture; missing, mistyped or out-of-range fields give
+ * TD_ERR_FORMAT naming the field. Token ids must be -1 or inside the vocabulary; a diffusion LM
+ * always has a mask token. *cfg is written only on success. */
 int td_config_parse(const char *json, size_t len, td_config_t *cfg, td_err_t *err);
-/* Reads DIR/config.json and parses it. */
+/* Reads DIR/config.json (or DIR itself when it ends in ".json") and parses it; messages name the
+ * file. */
 int td_config_load(const char *dir, td_config_t *cfg, td_err_t *err);
 
 #ifdef __cplusplus

@@ -18,9 +18,9 @@ typedef struct td_st_tensor {
     td_dtype_t dtype;
     int ndim;
     int64_t shape[TD_ST_MAX_DIMS];
-    const void *data;  /* into the mmap */
+    const void *data; /* into the mmap */
     uint64_t nbytes;
-    int file;          /* index into the shard list */
+    int file; /* index into the shard list */
 } td_st_tensor_t;
 
 typedef struct td_safetensors td_safetensors_t;
@@ -29,7 +29,9 @@ typedef struct td_safetensors td_safetensors_t;
  * directory holding either (model.safetensors preferred, then the index). Every header is
  * validated: size fields against the file size, JSON syntax, dtypes, shapes against byte ranges,
  * ranges inside the data section and not overlapping. On failure returns NULL and err names the
- * file (and tensor) at fault. */
+ * file (and tensor) at fault. Names are unique across all files. For an index, every shard it
+ * names is opened once and must hold the tensors the weight_map assigns to it; tensors present in
+ * a shard but absent from the map are loaded too. Header size is limited to 100 MB. */
 td_safetensors_t *td_safetensors_open(const char *path, td_err_t *err);
 void td_safetensors_destroy(td_safetensors_t **self_p);
 
@@ -40,6 +42,15 @@ const td_st_tensor_t *td_safetensors_find(const td_safetensors_t *st, const char
 int td_safetensors_n_files(const td_safetensors_t *st);
 const char *td_safetensors_file_path(const td_safetensors_t *st, int file);
 uint64_t td_safetensors_total_bytes(const td_safetensors_t *st); /* sum of tensor bytes */
+
+/* Number of elements of t (product of its shape; 1 for a scalar). */
+int64_t td_safetensors_n_elements(const td_st_tensor_t *t);
+
+/* The "__metadata__" string map of every file, in file order (a key may repeat across shards).
+ * td_safetensors_metadata returns the first value for key, or NULL. */
+int td_safetensors_n_metadata(const td_safetensors_t *st);
+const char *td_safetensors_metadata_at(const td_safetensors_t *st, int i, const char **value);
+const char *td_safetensors_metadata(const td_safetensors_t *st, const char *key);
 
 /* Parses one file image already in memory (buf, len = the whole file). Used by the fuzzer and by
  * tests; the returned object borrows buf (which must outlive it). name is used in messages. */

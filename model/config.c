@@ -1,0 +1,609 @@
+/* config.c - HF config.json -> td_config_t, with one adapter per supported family.
+ *
+ * The JSON is read with cJSON. Every field is fetched through typed getters that treat JSON null
+ * as absent and refuse wrong types with TD_ERR_FORMAT naming the field, so a malformed config can
+ * never crash the parser or yield a half-read struct: td_config_parse fills a local copy and
+ * writes *cfg only on success. */
+#include "model/config.h"
+
+#include <cjson/cJSON.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+static const char *s_arch_names[TD_ARCH_COUNT] = {
+    [TD_ARCH_QWEN2] = "qwen2", [TD_ARCH_LLAMA] = "llama", [TD_ARCH_DREAM] = "dream",
+    [TD_ARCH_LLADA] = "llada", [TD_ARCH_GPT2] = "gpt2",   [TD_ARCH_DIFFUGPT] = "diffugpt",
+};
+
+#define S_SUPPORTED "(supported: qwen2, llama, dream, llada, gpt2, diffugpt)"
+
+const char *td_arch_name(td_arch_t a) {
+    return (unsigned)a < TD_ARCH_COUNT ? s_arch_names[a] : "?";
+}
+
+/* --- typed getters -----------------------------------------------------------------------------
+ */
+
+typedef struct s_ctx {
+    const cJSON *root;
+    const char *label; /* "config.json" or the path, for messages */
+    td_err_t *err;
+} s_ctx_t;
+
+static const char *s_type_name(const cJSON *j) {
+    if (cJSON_IsString(j)) return "a string";
+    if (cJSON_IsNumber(j)) return "a number";
+    if (cJSON_IsBool(j)) return "a boolean";
+    if (cJSON_IsArray(j)) return "an array";
+    if (cJSON_IsObject(j)) return "an object";
+    return "something else";
+}
+
+/* The item for key, or NULL when absent or JSON null. */
+static const cJSON *s_item(const cJSON *obj, const char *key) {
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(obj, key);
+    return (j && !cJSON_IsNull(j)) ? j : NULL;
+}
+
+static int s_has(const s_ctx_t *c, const char *key) { return s_item(c->root, key) != NULL; }
+
+/* Reads an integer field; absent -> *out = def (or an error when required). */
+static int s_int(const s_ctx_t *c, const char *key, int required, int def, int *out) {
+    const cJSON *j = s_item(c->root, key);
+    if (!j) {
+        if (required)
+            return td_err_set(c->err, TD_ERR_FORMAT, "%s: required field '%s' is missing", c->label,
+                              key);
+        *out = def;
+        return TD_OK;
+    }
+    if (!cJSON_IsNumber(j))
+        return td_err_set(c->err, TD_ERR_FORMAT, "%s: field '%s' must be an integer, got %s",
+                          c->label, key, s_type_name(j));
+    double d = j->valuedouble;
+    if (d != floor(d) || d < (double)INT_MIN || d > (double)INT_MAX)
+        return td_err_set(c->err, TD_ERR_FORMAT,
+                          "%s: field '%s' = %g is not an integer that fits int", c->label, key, d);
+    *out = (int)d;
+    return TD_OK;
+}
+
+static int s_float(const s_ctx_t *c, const char *key, float def, float *out) {
+    const cJSON *j = s_item(c->root, key);
+    if (!j) {
+        *out = def;
+        return TD_OK;
+    }
+    if (!cJSON_IsNumber(j))
+        return td_err_set(c->err, TD_ERR_FORMAT, "%s: field '%s' must be a number, got %s",
+                          c->label, key, s_type_name(j));
+    *out = (float)j->valuedouble;
+    return TD_OK;
+}
+
+static int s_bool(const s_ctx_t *c, const char *key, int def, int *out) {
+    const cJSON *j = s_item(c->root, key);
+    if (!j) {
+        *out = def;
+        return TD_OK;
+    }
+    if (cJSON_IsBool(j)) {
+        *out = cJSON_IsTrue(j);
+        return TD_OK;
+    }
+    if (cJSON_IsNumber(j) && (j->valuedouble == 0.0 || j->valuedouble == 1.0)) {
+        *out = j->valuedouble != 0.0;
+        return TD_OK;
+    }
+    return td_err_set(c->err, TD_ERR_FORMAT, "%s: field '%s' must be true or false, got %s",
+                      c->label, key, s_type_name(j));
+}
+
+/* A string field; absent -> NULL. */
+static int s_str(const s_ctx_t *c, const char *key, const char **out) {
+    const cJSON *j = s_item(c->root, key);
+    *out = NULL;
+    if (!j) return TD_OK;
+    if (!cJSON_IsString(j))
+        return td_err_set(c->err, TD_ERR_FORMAT, "%s: field '%s' must be a string, got %s",
+                          c->label, key, s_type_name(j));
+    *out = j->valuestring;
+    return TD_OK;
+}
+
+/* A token id: an integer, or a list of integers (the first is taken); absent -> -1. */
+static int s_token(const s_ctx_t *c, const char *key, int def, int *out) {
+    const cJSON *j = s_item(c->root, key);
+    if (j && cJSON_IsArray(j)) {
+        const cJSON *first = j->child;
+        if (!first) {
+            *out = -1;
+            return TD_OK;
+        }
+        if (!cJSON_IsNumber(first) || first->valuedouble != floor(first->valuedouble) ||
+            first->valuedouble < -1 || first->valuedouble > INT_MAX)
+            return td_err_set(c->err, TD_ERR_FORMAT, "%s: field '%s' must list integer token ids",
+                              c->label, key);
+        *out = (int)first->valuedouble;
+        return TD_OK;
+    }
+    return s_int(c, key, 0, def, out);
+}
+
+static int s_contains_ci(const char *hay, const char *needle) {
+    size_t n = strlen(needle);
+    for (; *hay; hay++)
+        if (strncasecmp(hay, needle, n) == 0) return 1;
+    return 0;
+}
+
+/* --- architecture detection --------------------------------------------------------------------
+ */
+
+static int s_detect(const s_ctx_t *c, td_config_t *cfg) {
+    int rc;
+    const char *override = NULL, *mt = NULL, *a0 = NULL;
+    if ((rc = s_str(c, "tandem_arch", &override)) < 0) return rc;
+    if ((rc = s_str(c, "model_type", &mt)) < 0) return rc;
+    const cJSON *archs = s_item(c->root, "architectures");
+    if (archs) {
+        if (!cJSON_IsArray(archs))
+            return td_err_set(c->err, TD_ERR_FORMAT,
+                              "%s: field 'architectures' must be an array of strings, got %s",
+                              c->label, s_type_name(archs));
+        if (archs->child) {
+            if (!cJSON_IsString(archs->child))
+                return td_err_set(c->err, TD_ERR_FORMAT,
+                                  "%s: field 'architectures' must be an array of strings",
+                                  c->label);
+            a0 = archs->child->valuestring;
+        }
+    }
+    snprintf(cfg->model_type, sizeof cfg->model_type, "%s", mt ? mt : "");
+    snprintf(cfg->arch_name, sizeof cfg->arch_name, "%s", a0 ? a0 : (mt ? mt : ""));
+
+    if (override) {
+        for (int a = 0; a < TD_ARCH_COUNT; a++) {
+            if (strcasecmp(override, s_arch_names[a]) == 0) {
+                cfg->arch = (td_arch_t)a;
+                return TD_OK;
+            }
+        }
+        return td_err_set(c->err, TD_ERR_UNSUPPORTED,
+                          "%s: unsupported architecture '%s' in tandem_arch " S_SUPPORTED, c->label,
+                          override);
+    }
+
+    static const struct {
+        const char *name;
+        td_arch_t arch;
+    } by_class[] = {
+        {"Qwen2ForCausalLM", TD_ARCH_QWEN2}, {"LlamaForCausalLM", TD_ARCH_LLAMA},
+        {"DreamModel", TD_ARCH_DREAM},       {"LLaDAModelLM", TD_ARCH_LLADA},
+        {"GPT2LMHeadModel", TD_ARCH_GPT2},
+    };
+    static const struct {
+        const char *name;
+        td_arch_t arch;
+    } by_type[] = {
+        {"qwen2", TD_ARCH_QWEN2}, {"llama", TD_ARCH_LLAMA}, {"dream", TD_ARCH_DREAM},
+        {"llada", TD_ARCH_LLADA}, {"gpt2", TD_ARCH_GPT2},   {"diffugpt", TD_ARCH_DIFFUGPT},
+    };
+    int from_type = -1;
+    for (size_t i = 0; mt && i < sizeof by_type / sizeof by_type[0]; i++)
+        if (strcasecmp(mt, by_type[i].name) == 0) from_type = (int)by_type[i].arch;
+
+    /* DiffuGPT ships GPT-2 configs whose class name says "Diffu". */
+    if (from_type == TD_ARCH_DIFFUGPT ||
+        (from_type == TD_ARCH_GPT2 && a0 && s_contains_ci(a0, "diffu"))) {
+        cfg->arch = TD_ARCH_DIFFUGPT;
+        return TD_OK;
+    }
+    if (a0) {
+        for (size_t i = 0; i < sizeof by_class / sizeof by_class[0]; i++) {
+            if (strcmp(a0, by_class[i].name) == 0) {
+                cfg->arch = by_class[i].arch;
+                return TD_OK;
+            }
+        }
+        /* An unknown class is refused even when model_type is known: a Qwen2 or LLaMA variant
+         * with another class name (Fast-dLLM, DiffuLLaMA, ...) computes something else. The
+         * diffusion families are recognised by model_type alone (their classes vary). */
+        if (from_type == TD_ARCH_DREAM || from_type == TD_ARCH_LLADA) {
+            cfg->arch = (td_arch_t)from_type;
+            return TD_OK;
+        }
+        return td_err_set(c->err, TD_ERR_UNSUPPORTED,
+                          "%s: unsupported architecture '%s' " S_SUPPORTED, c->label, a0);
+    }
+    if (from_type >= 0) {
+        cfg->arch = (td_arch_t)from_type;
+        return TD_OK;
+    }
+    if (mt)
+        return td_err_set(c->err, TD_ERR_UNSUPPORTED,
+                          "%s: unsupported architecture '%s' " S_SUPPORTED, c->label, mt);
+    return td_err_set(c->err, TD_ERR_FORMAT,
+                      "%s: neither 'architectures' nor 'model_type' says which architecture this "
+                      "is " S_SUPPORTED,
+                      c->label);
+}
+
+/* --- family adapters ---------------------------------------------------------------------------
+ */
+
+/* rope_theta (top level, or transformers 5's rope_parameters) and the RoPE scaling type. */
+static int s_rope(const s_ctx_t *c, const char *theta_key, td_config_t *cfg) {
+    int rc;
+    const cJSON *params = s_item(c->root, "rope_parameters");
+    if (params && !cJSON_IsObject(params))
+        return td_err_set(c->err, TD_ERR_FORMAT, "%s: field 'rope_parameters' must be an object",
+                          c->label);
+    if ((rc = s_float(c, theta_key, 10000.0f, &cfg->rope_theta)) < 0) return rc;
+    if (!s_has(c, theta_key) && params) {
+        s_ctx_t sub = {params, c->label, c->err};
+        if ((rc = s_float(&sub, "rope_theta", 10000.0f, &cfg->rope_theta)) < 0) return rc;
+    }
+    const char *keys[] = {"rope_scaling", "rope_parameters"};
+    for (int k = 0; k < 2; k++) {
+        const cJSON *rs = s_item(c->root, keys[k]);
+        if (!rs) continue;
+        if (!cJSON_IsObject(rs))
+            return td_err_set(c->err, TD_ERR_FORMAT, "%s: field '%s' must be an object or null",
+                              c->label, keys[k]);
+        const cJSON *t = s_item(rs, "rope_type");
+        if (!t) t = s_item(rs, "type");
+        if (!t) {
+            if (k == 1) continue; /* rope_parameters with only a theta */
+            return td_err_set(c->err, TD_ERR_UNSUPPORTED,
+                              "%s: rope_scaling without a type is not supported", c->label);
+        }
+        if (!cJSON_IsString(t))
+            return td_err_set(c->err, TD_ERR_FORMAT, "%s: %s.rope_type must be a string", c->label,
+                              keys[k]);
+        if (strcmp(t->valuestring, "default") != 0 && strcmp(t->valuestring, "none") != 0)
+            return td_err_set(c->err, TD_ERR_UNSUPPORTED,
+                              "%s: rope scaling type '%s' is not supported (only plain RoPE)",
+                              c->label, t->valuestring);
+    }
+    return TD_OK;
+}
+
+/* Qwen2, LLaMA and Dream: HF LLaMA-style field names. */
+static int s_llama_like(const s_ctx_t *c, td_config_t *cfg) {
+    int rc, head_dim = 0;
+    if ((rc = s_int(c, "vocab_size", 1, 0, &cfg->n_vocab)) < 0 ||
+        (rc = s_int(c, "hidden_size", 1, 0, &cfg->n_embd)) < 0 ||
+        (rc = s_int(c, "num_hidden_layers", 1, 0, &cfg->n_layer)) < 0 ||
+        (rc = s_int(c, "num_attention_heads", 1, 0, &cfg->n_head)) < 0 ||
+        (rc = s_int(c, "num_key_value_heads", 0, cfg->n_head, &cfg->n_kv_head)) < 0 ||
+        (rc = s_int(c, "head_dim", 0, 0, &head_dim)) < 0 ||
+        (rc = s_int(c, "intermediate_size", 1, 0, &cfg->n_ff)) < 0 ||
+        (rc = s_int(c, "max_position_embeddings", 0, 0, &cfg->n_ctx_train)) < 0 ||
+        (rc = s_float(c, "rms_norm_eps", 1e-6f, &cfg->norm_eps)) < 0 ||
+        (rc = s_bool(c, "tie_word_embeddings", 0, &cfg->tie_embeddings)) < 0 ||
+        (rc = s_rope(c, "rope_theta", cfg)) < 0)
+        return rc;
+    if (s_has(c, "head_dim"))
+        cfg->head_dim = head_dim;
+    else if (cfg->n_head > 0) {
+        if (cfg->n_embd % cfg->n_head != 0)
+            return td_err_set(c->err, TD_ERR_FORMAT,
+                              "%s: field 'hidden_size' (%d) is not a multiple of "
+                              "'num_attention_heads' (%d)",
+                              c->label, cfg->n_embd, cfg->n_head);
+        cfg->head_dim = cfg->n_embd / cfg->n_head;
+    }
+    const char *act = NULL;
+    if ((rc = s_str(c, "hidden_act", &act)) < 0) return rc;
+    if (act && strcmp(act, "silu") != 0 && strcmp(act, "swish") != 0)
+        return td_err_set(c->err, TD_ERR_UNSUPPORTED,
+                          "%s: hidden_act '%s' is not supported for %s (only silu)", c->label, act,
+                          td_arch_name(cfg->arch));
+    cfg->norm = TD_NORM_RMS;
+    cfg->act = TD_ACT_SILU_GLU;
+    cfg->pos = TD_POS_ROPE;
+    if (cfg->arch == TD_ARCH_LLAMA) {
+        int attn_bias = 0, mlp_bias = 0;
+        if ((rc = s_bool(c, "attention_bias", 0, &attn_bias)) < 0 ||
+            (rc = s_bool(c, "mlp_bias", 0, &mlp_bias)) < 0)
+            return rc;
+        /* HF LLaMA's attention_bias also puts a bias on o_proj; td_config_t can only say "q/k/v"
+         * (qkv_bias) and "MLP and o_proj" (mlp_bias), so only the matching pairs are accepted. */
+        if (attn_bias != mlp_bias)
+            return td_err_set(c->err, TD_ERR_UNSUPPORTED,
+                              "%s: llama with attention_bias=%s and mlp_bias=%s is not supported "
+                              "(both or neither)",
+                              c->label, attn_bias ? "true" : "false", mlp_bias ? "true" : "false");
+        cfg->qkv_bias = attn_bias;
+        cfg->mlp_bias = mlp_bias;
+    } else {
+        int sliding = 0;
+        if ((rc = s_bool(c, "use_sliding_window", 0, &sliding)) < 0) return rc;
+        if (sliding)
+            return td_err_set(c->err, TD_ERR_UNSUPPORTED,
+                              "%s: use_sliding_window=true is not supported", c->label);
+        cfg->qkv_bias = 1;
+        cfg->mlp_bias = 0;
+    }
+    cfg->causal = 1;
+    if ((rc = s_token(c, "bos_token_id", -1, &cfg->bos_token_id)) < 0 ||
+        (rc = s_token(c, "eos_token_id", -1, &cfg->eos_token_id)) < 0 ||
+        (rc = s_token(c, "pad_token_id", -1, &cfg->pad_token_id)) < 0)
+        return rc;
+    if (cfg->arch == TD_ARCH_DREAM) {
+        cfg->causal = 0;
+        cfg->is_diffusion = 1;
+        cfg->logit_shift = 1;
+        if ((rc = s_token(c, "mask_token_id", 151666, &cfg->mask_token_id)) < 0) return rc;
+    }
+    return TD_OK;
+}
+
+/* LLaDA: OLMo-style field names (configuration_llada.py). */
+static int s_llada(const s_ctx_t *c, td_config_t *cfg) {
+    int rc, vocab = 0, mqa = 0, mlp_ratio = 4, include_bias = 0, qkv_bias = 0, rope = 1;
+    if ((rc = s_int(c, "d_model", 1, 0, &cfg->n_embd)) < 0 ||
+        (rc = s_int(c, "n_layers", 1, 0, &cfg->n_layer)) < 0 ||
+        (rc = s_int(c, "n_heads", 1, 0, &cfg->n_head)) < 0 ||
+        (rc = s_bool(c, "multi_query_attention", 0, &mqa)) < 0 ||
+        (rc = s_int(c, "n_kv_heads", 0, mqa ? 1 : cfg->n_head, &cfg->n_kv_head)) < 0 ||
+        (rc = s_int(c, "mlp_ratio", 0, 4, &mlp_ratio)) < 0 ||
+        (rc = s_int(c, "vocab_size", 1, 0, &vocab)) < 0 ||
+        (rc = s_int(c, "embedding_size", 0, vocab, &cfg->n_vocab)) < 0 ||
+        (rc = s_int(c, "max_sequence_length", 0, 0, &cfg->n_ctx_train)) < 0 ||
+        (rc = s_float(c, "rms_norm_eps", 1e-5f, &cfg->norm_eps)) < 0 ||
+        (rc = s_bool(c, "include_bias", 0, &include_bias)) < 0 ||
+        (rc = s_bool(c, "include_qkv_bias", 0, &qkv_bias)) < 0 ||
+        (rc = s_bool(c, "weight_tying", 1, &cfg->tie_embeddings)) < 0 ||
+        (rc = s_bool(c, "rope", 1, &rope)) < 0 || (rc = s_rope(c, "rope_theta", cfg)) < 0)
+        return rc;
+    if (!s_has(c, "mlp_hidden_size")) {
+        if ((long long)mlp_ratio * cfg->n_embd > INT_MAX || mlp_ratio <= 0)
+            return td_err_set(c->err, TD_ERR_FORMAT, "%s: field 'mlp_ratio' (%d) is out of range",
+                              c->label, mlp_ratio);
+        cfg->n_ff = mlp_ratio * cfg->n_embd;
+    } else if ((rc = s_int(c, "mlp_hidden_size", 1, 0, &cfg->n_ff)) < 0)
+        return rc;
+    if (cfg->n_head > 0) {
+        if (cfg->n_embd % cfg->n_head != 0)
+            return td_err_set(c->err, TD_ERR_FORMAT,
+                              "%s: field 'd_model' (%d) is not a multiple of 'n_heads' (%d)",
+                              c->label, cfg->n_embd, cfg->n_head);
+        cfg->head_dim = cfg->n_embd / cfg->n_head;
+    }
+    if (!rope)
+        return td_err_set(c->err, TD_ERR_UNSUPPORTED,
+                          "%s: llada with rope=false (ALiBi or learned positions) is not supported",
+                          c->label);
+    const char *s = NULL;
+    if ((rc = s_str(c, "block_type", &s)) < 0) return rc;
+    if (s && strcmp(s, "llama") != 0)
+        return td_err_set(c->err, TD_ERR_UNSUPPORTED,
+                          "%s: llada block_type '%s' is not supported (only llama)", c->label, s);
+    if ((rc = s_str(c, "layer_norm_type", &s)) < 0) return rc;
+    if (s && strcmp(s, "rms") != 0)
+        return td_err_set(c->err, TD_ERR_UNSUPPORTED,
+                          "%s: llada layer_norm_type '%s' is not supported (only rms)", c->label,
+                          s);
+    if ((rc = s_str(c, "activation_type", &s)) < 0) return rc;
+    if (s && strcmp(s, "silu") != 0 && strcmp(s, "swiglu") != 0)
+        return td_err_set(c->err, TD_ERR_UNSUPPORTED,
+                          "%s: llada activation_type '%s' is not supported (only silu)", c->label,
+                          s);
+    cfg->qkv_bias = qkv_bias || include_bias;
+    cfg->mlp_bias = include_bias;
+    cfg->norm = TD_NORM_RMS;
+    cfg->act = TD_ACT_SILU_GLU;
+    cfg->pos = TD_POS_ROPE;
+    cfg->causal = 0;
+    cfg->is_diffusion = 1;
+    cfg->logit_shift = 0;
+    if ((rc = s_token(c, "bos_token_id", -1, &cfg->bos_token_id)) < 0 ||
+        (rc = s_token(c, "eos_token_id", -1, &cfg->eos_token_id)) < 0 ||
+        (rc = s_token(c, "pad_token_id", -1, &cfg->pad_token_id)) < 0 ||
+        (rc = s_token(c, "mask_token_id", 126336, &cfg->mask_token_id)) < 0)
+        return rc;
+    return TD_OK;
+}
+
+/* GPT-2 and DiffuGPT. */
+static int s_gpt2(const s_ctx_t *c, td_config_t *cfg) {
+    int rc, n_inner = 0, ctx_alt = 0, scale = 1, inv_layer = 0;
+    if ((rc = s_int(c, "vocab_size", 1, 0, &cfg->n_vocab)) < 0 ||
+        (rc = s_int(c, "n_embd", 1, 0, &cfg->n_embd)) < 0 ||
+        (rc = s_int(c, "n_layer", 1, 0, &cfg->n_layer)) < 0 ||
+        (rc = s_int(c, "n_head", 1, 0, &cfg->n_head)) < 0 ||
+        (rc = s_int(c, "n_inner", 0, 0, &n_inner)) < 0 ||
+        (rc = s_int(c, "n_ctx", 0, 1024, &ctx_alt)) < 0 ||
+        (rc = s_int(c, "n_positions", 0, ctx_alt, &cfg->n_ctx_train)) < 0 ||
+        (rc = s_float(c, "layer_norm_epsilon", 1e-5f, &cfg->norm_eps)) < 0 ||
+        (rc = s_bool(c, "tie_word_embeddings", 1, &cfg->tie_embeddings)) < 0 ||
+        (rc = s_bool(c, "scale_attn_weights", 1, &scale)) < 0 ||
+        (rc = s_bool(c, "scale_attn_by_inverse_layer_idx", 0, &inv_layer)) < 0)
+        return rc;
+    if (!scale || inv_layer)
+        return td_err_set(c->err, TD_ERR_UNSUPPORTED,
+                          "%s: gpt2 with scale_attn_weights=false or "
+                          "scale_attn_by_inverse_layer_idx=true is not supported",
+                          c->label);
+    const char *act = NULL;
+    if ((rc = s_str(c, "activation_function", &act)) < 0) return rc;
+    if (act && strcmp(act, "gelu_new") != 0 && strcmp(act, "gelu_pytorch_tanh") != 0)
+        return td_err_set(c->err, TD_ERR_UNSUPPORTED,
+                          "%s: activation_function '%s' is not supported (gelu_new / tanh GELU "
+                          "only)",
+                          c->label, act);
+    if (s_has(c, "n_inner"))
+        cfg->n_ff = n_inner;
+    else if (cfg->n_embd > 0 && cfg->n_embd <= INT_MAX / 4)
+        cfg->n_ff = 4 * cfg->n_embd;
+    if (cfg->n_head > 0) {
+        if (cfg->n_embd % cfg->n_head != 0)
+            return td_err_set(c->err, TD_ERR_FORMAT,
+                              "%s: field 'n_embd' (%d) is not a multiple of 'n_head' (%d)",
+                              c->label, cfg->n_embd, cfg->n_head);
+        cfg->head_dim = cfg->n_embd / cfg->n_head;
+    }
+    cfg->n_kv_head = cfg->n_head;
+    cfg->rope_theta = 10000.0f;
+    cfg->norm = TD_NORM_LAYER;
+    cfg->act = TD_ACT_GELU_TANH;
+    cfg->pos = TD_POS_LEARNED;
+    cfg->qkv_bias = 1;
+    cfg->mlp_bias = 1;
+    cfg->causal = 1;
+    if ((rc = s_token(c, "bos_token_id", -1, &cfg->bos_token_id)) < 0 ||
+        (rc = s_token(c, "eos_token_id", -1, &cfg->eos_token_id)) < 0 ||
+        (rc = s_token(c, "pad_token_id", -1, &cfg->pad_token_id)) < 0)
+        return rc;
+    if (cfg->arch == TD_ARCH_DIFFUGPT) {
+        cfg->causal = 0;
+        cfg->is_diffusion = 1;
+        cfg->logit_shift = 1;
+        int def = cfg->n_vocab == 50257 ? 10541 : 50257;
+        if ((rc = s_token(c, "mask_token_id", def, &cfg->mask_token_id)) < 0) return rc;
+    }
+    return TD_OK;
+}
+
+/* --- validation --------------------------------------------------------------------------------
+ */
+
+static int s_positive(const s_ctx_t *c, const char *what, long long v, long long max) {
+    if (v <= 0 || v > max)
+        return td_err_set(c->err, TD_ERR_FORMAT, "%s: %s = %lld is out of range (1 .. %lld)",
+                          c->label, what, v, max);
+    return TD_OK;
+}
+
+static int s_token_ok(const s_ctx_t *c, const char *what, int id, int n_vocab) {
+    if (id < -1 || id >= n_vocab)
+        return td_err_set(c->err, TD_ERR_FORMAT, "%s: %s = %d is not a token id (vocabulary of %d)",
+                          c->label, what, id, n_vocab);
+    return TD_OK;
+}
+
+static int s_validate(const s_ctx_t *c, const td_config_t *cfg) {
+    int rc;
+    int gpt = cfg->arch == TD_ARCH_GPT2 || cfg->arch == TD_ARCH_DIFFUGPT;
+    int lla = cfg->arch == TD_ARCH_LLADA;
+    if ((rc = s_positive(c, "n_vocab (vocab_size)", cfg->n_vocab, (1 << 24) - 1)) < 0 ||
+        (rc = s_positive(c,
+                         gpt   ? "n_embd"
+                         : lla ? "d_model"
+                               : "hidden_size",
+                         cfg->n_embd, 1 << 20)) < 0 ||
+        (rc = s_positive(c,
+                         gpt   ? "n_layer"
+                         : lla ? "n_layers"
+                               : "num_hidden_layers",
+                         cfg->n_layer, 4096)) < 0 ||
+        (rc = s_positive(c,
+                         gpt   ? "n_head"
+                         : lla ? "n_heads"
+                               : "num_attention_heads",
+                         cfg->n_head, 1 << 16)) < 0 ||
+        (rc = s_positive(c, lla ? "n_kv_heads" : "num_key_value_heads", cfg->n_kv_head,
+                         cfg->n_head)) < 0 ||
+        (rc = s_positive(c, "head_dim", cfg->head_dim, 1 << 16)) < 0 ||
+        (rc = s_positive(c,
+                         gpt   ? "n_inner"
+                         : lla ? "mlp_hidden_size"
+                               : "intermediate_size",
+                         cfg->n_ff, 1 << 24)) < 0)
+        return rc;
+    if (cfg->n_head % cfg->n_kv_head != 0)
+        return td_err_set(c->err, TD_ERR_FORMAT,
+                          "%s: the number of heads (%d) is not a multiple of the key/value heads "
+                          "(%d)",
+                          c->label, cfg->n_head, cfg->n_kv_head);
+    if ((long long)cfg->n_head * cfg->head_dim > (1 << 20))
+        return td_err_set(c->err, TD_ERR_FORMAT, "%s: heads x head_dim = %lld is too large",
+                          c->label, (long long)cfg->n_head * cfg->head_dim);
+    if (cfg->pos == TD_POS_ROPE && cfg->head_dim % 2 != 0)
+        return td_err_set(c->err, TD_ERR_FORMAT, "%s: head_dim = %d must be even for RoPE",
+                          c->label, cfg->head_dim);
+    if (cfg->n_ctx_train < 0 || (cfg->pos == TD_POS_LEARNED && cfg->n_ctx_train <= 0))
+        return td_err_set(c->err, TD_ERR_FORMAT, "%s: context length %s = %d is out of range",
+                          c->label, gpt ? "n_positions" : "max_position_embeddings",
+                          cfg->n_ctx_train);
+    if (cfg->pos == TD_POS_ROPE && !(isfinite(cfg->rope_theta) && cfg->rope_theta > 0.0f))
+        return td_err_set(c->err, TD_ERR_FORMAT, "%s: rope_theta = %g must be positive", c->label,
+                          (double)cfg->rope_theta);
+    if (!(isfinite(cfg->norm_eps) && cfg->norm_eps > 0.0f && cfg->norm_eps < 1.0f))
+        return td_err_set(c->err, TD_ERR_FORMAT, "%s: %s = %g must be in (0, 1)", c->label,
+                          gpt ? "layer_norm_epsilon" : "rms_norm_eps", (double)cfg->norm_eps);
+    if ((rc = s_token_ok(c, "bos_token_id", cfg->bos_token_id, cfg->n_vocab)) < 0 ||
+        (rc = s_token_ok(c, "eos_token_id", cfg->eos_token_id, cfg->n_vocab)) < 0 ||
+        (rc = s_token_ok(c, "pad_token_id", cfg->pad_token_id, cfg->n_vocab)) < 0 ||
+        (rc = s_token_ok(c, "mask_token_id", cfg->mask_token_id, cfg->n_vocab)) < 0)
+        return rc;
+    if (cfg->is_diffusion && cfg->mask_token_id < 0)
+        return td_err_set(c->err, TD_ERR_FORMAT, "%s: a diffusion LM needs a mask_token_id",
+                          c->label);
+    return TD_OK;
+}
+
+/* --- public API --------------------------------------------------------------------------------
+ */
+
+static int s_parse(const char *json, size_t len, td_config_t *out, const char *label,
+                   td_err_t *err) {
+    if (!json) return td_err_set(err, TD_ERR_ARG, "%s: no text", label);
+    cJSON *root = cJSON_ParseWithLength(json, len);
+    if (!root) return td_err_set(err, TD_ERR_FORMAT, "%s: not valid JSON", label);
+    s_ctx_t c = {root, label, err};
+    td_config_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.mask_token_id = cfg.bos_token_id = cfg.eos_token_id = cfg.pad_token_id = -1;
+    int rc;
+    if (!cJSON_IsObject(root)) {
+        rc = td_err_set(err, TD_ERR_FORMAT, "%s: top level is not a JSON object", label);
+        goto done;
+    }
+    if ((rc = s_detect(&c, &cfg)) < 0) goto done;
+    switch (cfg.arch) {
+    case TD_ARCH_QWEN2:
+    case TD_ARCH_LLAMA:
+    case TD_ARCH_DREAM:
+        rc = s_llama_like(&c, &cfg);
+        break;
+    case TD_ARCH_LLADA:
+        rc = s_llada(&c, &cfg);
+        break;
+    default:
+        rc = s_gpt2(&c, &cfg);
+        break;
+    }
+    if (rc < 0) goto done;
+    if ((rc = s_validate(&c, &cfg)) < 0) goto done;
+    *out = cfg;
+done:
+    cJSON_Delete(root);
+    return rc;
+}
+
+int td_config_parse(const char *json, size_t len, td_config_t *cfg, td_err_t *err) {
+    return s_parse(json, len, cfg, "config.json", err);
+}
+
+int td_config_load(const char *dir, td_config_t *cfg, td_err_t *err) {
+    char path[4096];
+    size_t n = strlen(dir);
+    if (n >= 5 && strcmp(dir + n - 5, ".json") == 0)
+        snprintf(path, sizeof path, "%s", dir);
+    else
+        td_path_join(path, sizeof path, dir, "config.json");
+    char *text = NULL;
+    size_t len = 0;
+    int rc = td_read_file(path, &text, &len, err);
+    if (rc < 0) return rc;
+    rc = s_parse(text, len, cfg, path, err);
+    free(text);
+    return rc;
+}
