@@ -1,0 +1,153 @@
+/* cli.c - option parsing, model loading and JSON string output for the subcommands. */
+#include <stdio.h>
+
+#include "bridge/cli.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+void td_opts_init(td_opts_t *o, int argc, char **argv) {
+    memset(o, 0, sizeof *o);
+    o->argc = argc;
+    o->argv = argv;
+    o->i = 0;
+    o->cmd = argv[0];
+}
+
+int td_opts_next(td_opts_t *o, const char **pos) {
+    static char name[128];
+    if (++o->i >= o->argc) return 0;
+    const char *a = o->argv[o->i];
+    if (a[0] != '-' || a[1] == 0) {
+        *pos = a;
+        return -1;
+    }
+    a += (a[1] == '-') ? 2 : 1;
+    const char *eq = strchr(a, '=');
+    size_t n = eq ? (size_t)(eq - a) : strlen(a);
+    if (n >= sizeof name) n = sizeof name - 1;
+    memcpy(name, a, n);
+    name[n] = 0;
+    o->name = name;
+    o->inl = eq ? eq + 1 : NULL;
+    return 1;
+}
+
+int td_opts_is(const td_opts_t *o, const char *name) { return strcmp(o->name, name) == 0; }
+
+const char *td_opts_value(td_opts_t *o) {
+    if (o->inl) return o->inl;
+    if (o->i + 1 >= o->argc) {
+        fprintf(stderr, "tandem %s: option --%s needs a value\n", o->cmd, o->name);
+        return NULL;
+    }
+    return o->argv[++o->i];
+}
+
+int td_opts_int(td_opts_t *o, long lo, long hi, long *out) {
+    const char *v = td_opts_value(o);
+    if (!v) return -1;
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (errno || *end || end == v || x < lo || x > hi) {
+        fprintf(stderr, "tandem %s: --%s expects an integer in [%ld, %ld], got '%s'\n", o->cmd, o->name,
+                lo, hi, v);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+int td_opts_float(td_opts_t *o, double lo, double hi, double *out) {
+    const char *v = td_opts_value(o);
+    if (!v) return -1;
+    char *end;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (errno || *end || end == v || !(x >= lo && x <= hi)) {
+        fprintf(stderr, "tandem %s: --%s expects a number in [%g, %g], got '%s'\n", o->cmd, o->name, lo,
+                hi, v);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+int td_cli_load(const char *dir, int n_threads, td_backend_t **be, td_model_t **m,
+                td_tokenizer_t **tok) {
+    td_err_t err = {0};
+    *be = NULL;
+    *m = NULL;
+    *tok = NULL;
+    *be = td_backend_cpu_new(n_threads, 0, &err);
+    if (*be) *m = td_model_load(dir, *be, &err);
+    if (*m) *tok = td_tokenizer_load(dir, &err);
+    if (!*tok) {
+        fprintf(stderr, "tandem: %s\n", err.msg);
+        td_model_destroy(m);
+        td_backend_destroy(be);
+        return -1;
+    }
+    const td_config_t *c = td_model_config(*m);
+    int tv = td_tokenizer_n_vocab(*tok);
+    if (tv > c->n_vocab) {
+        fprintf(stderr,
+                "tandem: %s: the tokenizer has %d ids but the model's vocabulary has %d rows: "
+                "tokenizer and checkpoint do not belong together\n",
+                dir, tv, c->n_vocab);
+        td_tokenizer_destroy(tok);
+        td_model_destroy(m);
+        td_backend_destroy(be);
+        return -1;
+    }
+    return 0;
+}
+
+char *td_cli_read_text(const char *path, size_t *len) {
+    if (strcmp(path, "-") != 0) {
+        char *data = NULL;
+        td_err_t err = {0};
+        if (td_read_file(path, &data, len, &err) != TD_OK) {
+            fprintf(stderr, "tandem: %s\n", err.msg);
+            return NULL;
+        }
+        return data;
+    }
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        size_t r = fread(buf + n, 1, cap - n - 1, stdin);
+        n += r;
+        if (r == 0) break;
+        if (n + 1 >= cap) {
+            char *nb = realloc(buf, cap * 2);
+            if (!nb) { free(buf); buf = NULL; break; }
+            buf = nb;
+            cap *= 2;
+        }
+    }
+    if (!buf) return NULL;
+    buf[n] = 0;
+    *len = n;
+    return buf;
+}
+
+void td_cli_json_str(FILE *f, const char *s, size_t len) {
+    fputc('"', f);
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        switch (ch) {
+        case '"': fputs("\\\"", f); break;
+        case '\\': fputs("\\\\", f); break;
+        case '\n': fputs("\\n", f); break;
+        case '\r': fputs("\\r", f); break;
+        case '\t': fputs("\\t", f); break;
+        default:
+            if (ch < 0x20) fprintf(f, "\\u%04x", ch);
+            else fputc(ch, f);
+        }
+    }
+    fputc('"', f);
+}

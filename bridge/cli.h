@@ -1,0 +1,39 @@
+/* cli.h - small helpers shared by the tandem subcommands: option parsing and model loading. */
+#ifndef TD_CLI_H
+#define TD_CLI_H
+
+#include "kernels/backend.h"
+#include "model/model.h"
+#include "model/tokenizer.h"
+
+/* Option parser over argv[1..]: accepts "--name value" and "--name=value". */
+typedef struct td_opts {
+    int argc, i;
+    char **argv;
+    const char *name;  /* current option name without the leading dashes */
+    const char *inl;   /* value given inline with '=' */
+    const char *cmd;   /* subcommand, for messages */
+} td_opts_t;
+
+void td_opts_init(td_opts_t *o, int argc, char **argv);
+/* Advances to the next option; returns 0 at the end, -1 on a positional argument (in *pos). */
+int td_opts_next(td_opts_t *o, const char **pos);
+int td_opts_is(const td_opts_t *o, const char *name);
+/* The option's value (inline or the next argument); prints an error and returns NULL if absent. */
+const char *td_opts_value(td_opts_t *o);
+/* Parses the value as an integer / float in [lo, hi]; prints an error and returns -1 on failure. */
+int td_opts_int(td_opts_t *o, long lo, long hi, long *out);
+int td_opts_float(td_opts_t *o, double lo, double hi, double *out);
+
+/* Loads a model directory on a CPU backend with n_threads (0 = all cores) and its tokenizer.
+ * Prints the error and returns -1 on failure; on success the caller destroys all three. */
+int td_cli_load(const char *dir, int n_threads, td_backend_t **be, td_model_t **m,
+                td_tokenizer_t **tok);
+
+/* Reads all of a file, or stdin for "-". */
+char *td_cli_read_text(const char *path, size_t *len);
+
+/* Writes s to f as a JSON string literal (quotes and escapes included). */
+void td_cli_json_str(FILE *f, const char *s, size_t len);
+
+#endif

@@ -1,0 +1,64 @@
+/* generate.c - plain autoregressive decoding: one prefill pass, then one pass per token. */
+#include "verifier/generate.h"
+
+#include <stdlib.h>
+
+int td_generate_ar(td_model_t *m, const int32_t *prompt, int n_prompt, const td_gen_params_t *p,
+                   td_token_cb cb, void *ud, int32_t *out, td_gen_stats_t *st, td_err_t *err) {
+    const td_config_t *c = td_model_config(m);
+    td_gen_stats_t s = {.prompt_tokens = n_prompt};
+    if (!c->causal)
+        return td_err_set(err, TD_ERR_ARG,
+                          "%s is a diffusion LM (bidirectional): plain AR decoding needs a causal model",
+                          td_arch_name(c->arch));
+    if (n_prompt <= 0) return td_err_set(err, TD_ERR_ARG, "empty prompt");
+    if (p->max_tokens < 0) return td_err_set(err, TD_ERR_ARG, "max_tokens must be >= 0");
+    int n_ctx = n_prompt + p->max_tokens;
+    if (c->n_ctx_train > 0 && n_ctx > c->n_ctx_train) {
+        if (n_prompt >= c->n_ctx_train)
+            return td_err_set(err, TD_ERR_ARG, "prompt of %d tokens does not fit the model's context of %d",
+                              n_prompt, c->n_ctx_train);
+        n_ctx = c->n_ctx_train;
+    }
+    td_kv_cache_t *kv = td_kv_cache_new(m, 1, n_ctx, err);
+    float *logits = malloc((size_t)c->n_vocab * sizeof(float));
+    if (!kv || !logits) {
+        td_kv_cache_destroy(&kv);
+        free(logits);
+        return err && err->code ? err->code : td_err_set(err, TD_ERR_NOMEM, "out of memory");
+    }
+    td_rng_t rng;
+    td_rng_seed(&rng, p->seed);
+    int rc = TD_OK;
+    uint8_t *last = calloc((size_t)n_prompt, 1);
+    if (!last) rc = td_err_set(err, TD_ERR_NOMEM, "out of memory");
+    double t0 = td_time_now();
+    if (rc == TD_OK) {
+        last[n_prompt - 1] = 1;
+        td_batch_t b = {.n = n_prompt, .tokens = prompt, .attn = TD_ATTN_CAUSAL, .logits_for = last};
+        rc = td_model_forward(m, kv, &b, logits, err);
+        s.forwards++;
+    }
+    double t1 = td_time_now();
+    s.prefill_s = t1 - t0;
+    s.stop = TD_STOP_LENGTH;
+    while (rc == TD_OK && s.generated < p->max_tokens && n_prompt + s.generated < n_ctx) {
+        int32_t id = td_sample(&p->sampling, &rng, logits, c->n_vocab, NULL);
+        out[s.generated++] = id;
+        if (cb && cb(ud, id)) { s.stop = TD_STOP_CALLBACK; break; }
+        int stop = 0;
+        for (int i = 0; i < p->n_stop; i++)
+            if (p->stop_ids[i] == id) stop = 1;
+        if (stop) { s.stop = TD_STOP_EOS; break; }
+        if (s.generated == p->max_tokens || n_prompt + s.generated >= n_ctx) break;
+        td_batch_t b = {.n = 1, .tokens = &id, .attn = TD_ATTN_CAUSAL};
+        rc = td_model_forward(m, kv, &b, logits, err);
+        s.forwards++;
+    }
+    s.decode_s = td_time_now() - t1;
+    if (st) *st = s;
+    free(last);
+    free(logits);
+    td_kv_cache_destroy(&kv);
+    return rc;
+}
