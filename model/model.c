@@ -491,9 +491,8 @@ int td_model_forward(td_model_t *m, td_kv_cache_t *kv, const td_batch_t *b, floa
     if (kv->m != m) return td_err_set(err, TD_ERR_ARG, "KV cache belongs to another model");
     if (b->attn == TD_ATTN_BLOCK_CAUSAL && b->block_size <= 0)
         return td_err_set(err, TD_ERR_ARG, "block-causal attention needs block_size > 0");
-    if (b->attn == TD_ATTN_EXPLICIT && (!b->mask || b->mask_stride < kv->n_ctx))
-        return td_err_set(err, TD_ERR_ARG, "explicit attention needs a mask with stride >= n_ctx (%d)",
-                          kv->n_ctx);
+    if (b->attn == TD_ATTN_EXPLICIT && !b->mask)
+        return td_err_set(err, TD_ERR_ARG, "explicit attention needs a mask");
 
     int32_t *pos = malloc((size_t)n * sizeof *pos), *seq = malloc((size_t)n * sizeof *seq);
     int32_t *new_len = malloc((size_t)kv->n_seq * sizeof *new_len);
@@ -550,6 +549,14 @@ int td_model_forward(td_model_t *m, td_kv_cache_t *kv, const td_batch_t *b, floa
                     goto done;
                 }
     }
+    if (b->attn == TD_ATTN_EXPLICIT)
+        for (int i = 0; i < n; i++)
+            if (b->mask_stride < new_len[seq[i]]) {
+                rc = td_err_set(err, TD_ERR_ARG,
+                                "explicit mask rows have %lld entries but sequence %d reaches length %d",
+                                (long long)b->mask_stride, seq[i], new_len[seq[i]]);
+                goto done;
+            }
     int n_out = 0;
     for (int i = 0; i < n; i++)
         if (!b->logits_for || b->logits_for[i]) sel[n_out++] = i;

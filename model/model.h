@@ -59,7 +59,8 @@ typedef struct td_batch {
     const int32_t *seq;      /* [n] cache slots; NULL = all slot 0 */
     td_attn_kind_t attn;     /* mask kind */
     int block_size;          /* TD_ATTN_BLOCK_CAUSAL */
-    const uint8_t *mask;     /* TD_ATTN_EXPLICIT: [n, mask_stride], 1 = key position visible */
+    const uint8_t *mask;     /* TD_ATTN_EXPLICIT: [n, mask_stride], 1 = key position visible;
+                                mask_stride >= the length each sequence reaches */
     int64_t mask_stride;
     const uint8_t *logits_for; /* [n] rows to return logits for; NULL = all */
 } td_batch_t;
