@@ -481,14 +481,20 @@ static int s_positive(const s_ctx_t *c, const char *what, long long v, long long
     return TD_OK;
 }
 
-static int s_token_ok(const s_ctx_t *c, const char *what, int id, int n_vocab) {
-    if (id < -1 || id >= n_vocab)
+/* bos/eos/pad outside the vocabulary (tiny test models keep GPT-2's 50256, and transformers only
+ * warns) become -1 with a warning; a mask token outside it is an error. */
+static int s_token_ok(const s_ctx_t *c, const char *what, int *id, int n_vocab, int fatal) {
+    if (*id >= -1 && *id < n_vocab) return TD_OK;
+    if (fatal)
         return td_err_set(c->err, TD_ERR_FORMAT, "%s: %s = %d is not a token id (vocabulary of %d)",
-                          c->label, what, id, n_vocab);
+                          c->label, what, *id, n_vocab);
+    td_log(TD_LOG_WARN, "%s: %s = %d is outside the vocabulary (%d); ignoring it", c->label, what,
+           *id, n_vocab);
+    *id = -1;
     return TD_OK;
 }
 
-static int s_validate(const s_ctx_t *c, const td_config_t *cfg) {
+static int s_validate(const s_ctx_t *c, td_config_t *cfg) {
     int rc;
     int gpt = cfg->arch == TD_ARCH_GPT2 || cfg->arch == TD_ARCH_DIFFUGPT;
     int lla = cfg->arch == TD_ARCH_LLADA;
@@ -538,10 +544,10 @@ static int s_validate(const s_ctx_t *c, const td_config_t *cfg) {
     if (!(isfinite(cfg->norm_eps) && cfg->norm_eps > 0.0f && cfg->norm_eps < 1.0f))
         return td_err_set(c->err, TD_ERR_FORMAT, "%s: %s = %g must be in (0, 1)", c->label,
                           gpt ? "layer_norm_epsilon" : "rms_norm_eps", (double)cfg->norm_eps);
-    if ((rc = s_token_ok(c, "bos_token_id", cfg->bos_token_id, cfg->n_vocab)) < 0 ||
-        (rc = s_token_ok(c, "eos_token_id", cfg->eos_token_id, cfg->n_vocab)) < 0 ||
-        (rc = s_token_ok(c, "pad_token_id", cfg->pad_token_id, cfg->n_vocab)) < 0 ||
-        (rc = s_token_ok(c, "mask_token_id", cfg->mask_token_id, cfg->n_vocab)) < 0)
+    if ((rc = s_token_ok(c, "bos_token_id", &cfg->bos_token_id, cfg->n_vocab, 0)) < 0 ||
+        (rc = s_token_ok(c, "eos_token_id", &cfg->eos_token_id, cfg->n_vocab, 0)) < 0 ||
+        (rc = s_token_ok(c, "pad_token_id", &cfg->pad_token_id, cfg->n_vocab, 0)) < 0 ||
+        (rc = s_token_ok(c, "mask_token_id", &cfg->mask_token_id, cfg->n_vocab, 1)) < 0)
         return rc;
     if (cfg->is_diffusion && cfg->mask_token_id < 0)
         return td_err_set(c->err, TD_ERR_FORMAT, "%s: a diffusion LM needs a mask_token_id",

@@ -75,8 +75,9 @@ const char *td_arch_name(td_arch_t a); /* "qwen2", "llama", "dream", "llada", "g
 
 /* Parses config.json text (len bytes, NUL not needed). Unknown architectures are refused with
  * TD_ERR_UNSUPPORTED naming the architecture; missing, mistyped or out-of-range fields give
- * TD_ERR_FORMAT naming the field. Token ids must be -1 or inside the vocabulary; a diffusion LM
- * always has a mask token. *cfg is written only on success. */
+ * TD_ERR_FORMAT naming the field. bos/eos/pad ids outside the vocabulary become -1 (with a
+ * td_log warning); the mask token must be inside it, and a diffusion LM always has one. *cfg is
+ * written only on success. */
 int td_config_parse(const char *json, size_t len, td_config_t *cfg, td_err_t *err);
 /* Reads DIR/config.json (or DIR itself when it ends in ".json") and parses it; messages name the
  * file. */

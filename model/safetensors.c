@@ -170,7 +170,7 @@ static int s_parse_entry(td_safetensors_t *st, int file, const cJSON *e, uint64_
         uint64_t v;
         if (!s_json_u64(x, &v) || v > (uint64_t)INT64_MAX)
             return td_err_set(err, TD_ERR_FORMAT,
-                              "%s: tensor '%s': shape[%d] is not a non-negative integer", fname,
+                              "%s: tensor '%s': shape[%d] is not an integer in [0, 2^53]", fname,
                               tname, d);
         shape[d] = (int64_t)v;
         if (__builtin_mul_overflow(count, v, &count)) overflow = 1;
@@ -186,18 +186,21 @@ static int s_parse_entry(td_safetensors_t *st, int file, const cJSON *e, uint64_
     uint64_t b, en;
     if (!s_json_u64(jo->child, &b) || !s_json_u64(jo->child->next, &en))
         return td_err_set(err, TD_ERR_FORMAT,
-                          "%s: tensor '%s': data_offsets are not non-negative integers", fname,
+                          "%s: tensor '%s': data_offsets are not integers in [0, 2^53]", fname,
                           tname);
     if (b > en)
         return td_err_set(err, TD_ERR_FORMAT,
                           "%s: tensor '%s': data_offsets [%llu, %llu] end before they begin", fname,
                           tname, (unsigned long long)b, (unsigned long long)en);
-    if (overflow || nbytes != en - b)
+    if (overflow)
         return td_err_set(err, TD_ERR_FORMAT,
-                          "%s: tensor '%s': shape and dtype %s need %s%llu bytes but data_offsets "
+                          "%s: tensor '%s': shape and dtype %s need more bytes than fit in 64 bits",
+                          fname, tname, jd->valuestring);
+    if (nbytes != en - b)
+        return td_err_set(err, TD_ERR_FORMAT,
+                          "%s: tensor '%s': shape and dtype %s need %llu bytes but data_offsets "
                           "[%llu, %llu] hold %llu",
-                          fname, tname, jd->valuestring, overflow ? "more than " : "",
-                          (unsigned long long)(overflow ? UINT64_MAX : nbytes),
+                          fname, tname, jd->valuestring, (unsigned long long)nbytes,
                           (unsigned long long)b, (unsigned long long)en,
                           (unsigned long long)(en - b));
     if (en > data_len)

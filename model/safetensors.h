@@ -1,7 +1,9 @@
 /* safetensors.h - read-only, zero-copy access to safetensors checkpoints (single file or sharded).
  *
  * Files are mmapped; tensor data pointers point into the mapping and stay valid until the
- * td_safetensors_t is destroyed. Nothing is converted or copied. */
+ * td_safetensors_t is destroyed. Nothing is converted or copied. Data is aligned to its element
+ * size only when the writer padded the header to a multiple of 8 bytes (the safetensors library
+ * and transformers always do); readers of hand-made files should not assume alignment. */
 #ifndef TD_SAFETENSORS_H
 #define TD_SAFETENSORS_H
 
