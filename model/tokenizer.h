@@ -27,6 +27,11 @@ const char *td_tokenizer_piece(const td_tokenizer_t *tok, int32_t id);
 /* Id of an exact vocabulary or added-token string, -1 when absent. */
 int32_t td_tokenizer_token_id(const td_tokenizer_t *tok, const char *piece);
 int td_tokenizer_is_special(const td_tokenizer_t *tok, int32_t id);
+/* 1 when id is an added token (special or not), else 0. */
+int td_tokenizer_is_added(const td_tokenizer_t *tok, int32_t id);
+/* The bytes id decodes to on its own (added tokens verbatim; may be part of a UTF-8 character,
+ * not NUL-terminated in general), length in *len; NULL when id is out of range or unused. */
+const char *td_tokenizer_token_bytes(const td_tokenizer_t *tok, int32_t id, size_t *len);
 
 /* Encodes text (len bytes, UTF-8; invalid UTF-8 is an error). When parse_special is 0, special
  * added tokens appearing in the text are encoded as plain text. On success *ids is malloc'd

@@ -1,0 +1,500 @@
+/* test_tokenizer.c - model/tokenizer.c against HF `tokenizers` reference ids.
+ *
+ * Fixtures come from tools/make_tokenizer_fixtures.py: two trained byte-level BPE tokenizers
+ * (GPT-2 and Qwen2 flavours), each also saved with the other merge format, and expected.tsv
+ * files holding what HF gives for hard strings (encode with and without special-token parsing,
+ * decode with and without skipping specials). Also checks the streaming decoder, the hash and the
+ * error paths. */
+#include "model/tokenizer.h"
+#include "tests/tdtest.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    char *text;
+    size_t text_len;
+    int32_t *ids, *ids_plain;
+    int n, n_plain;
+    char *dec, *dec_skip;
+    size_t dec_len, dec_skip_len;
+} s_case_t;
+
+static char *s_unhex(const char *h, size_t n, size_t *len) {
+    char *out = malloc(n / 2 + 1);
+    for (size_t i = 0; i + 1 < n + 1 && i < n; i += 2) {
+        unsigned v;
+        sscanf(h + i, "%2x", &v);
+        out[i / 2] = (char)v;
+    }
+    out[n / 2] = 0;
+    *len = n / 2;
+    return out;
+}
+
+static int32_t *s_parse_ids(const char *s, size_t n, int *count) {
+    int32_t *ids = malloc((n / 2 + 2) * sizeof *ids);
+    *count = 0;
+    if (n == 1 && s[0] == '-') return ids;
+    char *tmp = strndup(s, n), *p = tmp, *end;
+    for (;;) {
+        long v = strtol(p, &end, 10);
+        if (end == p) break;
+        ids[(*count)++] = (int32_t)v;
+        p = end;
+    }
+    free(tmp);
+    return ids;
+}
+
+/* Reads tests/data/tokenizers/<name>/expected.tsv; returns the number of cases (-1 on error). */
+static int s_load_cases(const char *name, s_case_t **cases) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/tokenizers/%s/expected.tsv", td_test_data(), name);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    size_t cap = 0;
+    char *line = NULL;
+    ssize_t len;
+    int n = 0, want = -1;
+    *cases = NULL;
+    if ((len = getline(&line, &cap, f)) > 0) {
+        const char *c = strstr(line, "cases=");
+        if (strncmp(line, "# tandem-tokenizer-fixture v1 ", 30) != 0 || !c) {
+            fprintf(stderr, "    %s: not a v1 fixture; rerun tools/make_tokenizer_fixtures.py\n",
+                    path);
+            free(line);
+            fclose(f);
+            return -1;
+        }
+        want = atoi(c + 6);
+    }
+    *cases = calloc((size_t)want + 1, sizeof **cases);
+    while ((len = getline(&line, &cap, f)) > 0 && n < want) {
+        if (line[len - 1] == '\n') line[--len] = 0;
+        char *col[5];
+        size_t cl[5];
+        char *p = line;
+        for (int k = 0; k < 5; k++) {
+            char *tab = strchr(p, '\t');
+            col[k] = p;
+            cl[k] = tab ? (size_t)(tab - p) : strlen(p);
+            p = tab ? tab + 1 : p + cl[k];
+        }
+        s_case_t *c = &(*cases)[n++];
+        c->text = s_unhex(col[0], cl[0], &c->text_len);
+        c->ids = s_parse_ids(col[1], cl[1], &c->n);
+        c->ids_plain = s_parse_ids(col[2], cl[2], &c->n_plain);
+        c->dec = s_unhex(col[3], cl[3], &c->dec_len);
+        c->dec_skip = s_unhex(col[4], cl[4], &c->dec_skip_len);
+    }
+    free(line);
+    fclose(f);
+    return n == want ? n : -1;
+}
+
+static void s_free_cases(s_case_t *c, int n) {
+    for (int i = 0; i < n; i++) {
+        free(c[i].text);
+        free(c[i].ids);
+        free(c[i].ids_plain);
+        free(c[i].dec);
+        free(c[i].dec_skip);
+    }
+    free(c);
+}
+
+static td_tokenizer_t *s_load(const char *dir) {
+    char path[512];
+    td_err_t err = {0};
+    snprintf(path, sizeof path, "%s/tokenizers/%s/tokenizer.json", td_test_data(), dir);
+    td_tokenizer_t *tok = td_tokenizer_load(path, &err);
+    if (!tok) fprintf(stderr, "    load %s: %s\n", path, err.msg);
+    return tok;
+}
+
+static int s_ids_equal(const int32_t *a, int na, const int32_t *b, int nb) {
+    return na == nb && (na == 0 || memcmp(a, b, (size_t)na * sizeof *a) == 0);
+}
+
+static void s_print_ids(const char *what, const int32_t *ids, int n) {
+    fprintf(stderr, "      %s:", what);
+    for (int i = 0; i < n; i++) fprintf(stderr, " %d", (int)ids[i]);
+    fputc('\n', stderr);
+}
+
+/* 1 when s[0..n) is well-formed UTF-8. */
+static int s_valid_utf8(const char *s, size_t n) {
+    const uint8_t *p = (const uint8_t *)s;
+    for (size_t i = 0; i < n;) {
+        uint8_t c = p[i];
+        size_t need = c < 0x80                 ? 1
+                      : c >= 0xc2 && c <= 0xdf ? 2
+                      : c >= 0xe0 && c <= 0xef ? 3
+                      : c >= 0xf0 && c <= 0xf4 ? 4
+                                               : 0;
+        if (!need || i + need > n) return 0;
+        for (size_t k = 1; k < need; k++)
+            if ((p[i + k] & 0xc0) != 0x80) return 0;
+        if (c == 0xe0 && p[i + 1] < 0xa0) return 0;
+        if (c == 0xed && p[i + 1] > 0x9f) return 0;
+        if (c == 0xf0 && p[i + 1] < 0x90) return 0;
+        if (c == 0xf4 && p[i + 1] > 0x8f) return 0;
+        i += need;
+    }
+    return 1;
+}
+
+/* Streams ids through td_detok and checks every step's output and the total against batch. */
+static void s_check_stream(const td_tokenizer_t *tok, const int32_t *ids, int n, int skip,
+                           const char *label) {
+    char *batch = NULL;
+    size_t blen = 0;
+    td_err_t err = {0};
+    if (td_tokenizer_decode(tok, ids, n, skip, &batch, &blen, &err) != TD_OK) {
+        CHECK_MSG(0, "%s: decode failed: %s", label, err.msg);
+        return;
+    }
+    td_detok_t *d = td_detok_new(tok, skip);
+    REQUIRE(d);
+    size_t cap = 4096, total = 0;
+    char *acc = malloc(blen + 16), step[4096];
+    int ok = 1;
+    for (int i = 0; i < n && ok; i++) {
+        int m = td_detok_push(d, ids[i], step, cap);
+        if (m < 0 || !s_valid_utf8(step, (size_t)m) || strlen(step) > (size_t)m ||
+            total + (size_t)m > blen) {
+            CHECK_MSG(0, "%s: stream step %d gave %d bytes (invalid or too long)", label, i, m);
+            ok = 0;
+            break;
+        }
+        memcpy(acc + total, step, (size_t)m);
+        total += (size_t)m;
+    }
+    if (ok) {
+        int m = td_detok_flush(d, step, cap);
+        CHECK(m >= 0 && total + (size_t)m <= blen);
+        if (m > 0 && total + (size_t)m <= blen) memcpy(acc + total, step, (size_t)m), total += m;
+        CHECK_MSG(total == blen && memcmp(acc, batch, blen) == 0,
+                  "%s: streamed text differs from batch decode", label);
+    }
+    td_detok_destroy(&d);
+    CHECK(d == NULL);
+    free(acc);
+    free(batch);
+}
+
+/* Runs every fixture case of `expected` against tokenizer file `dir`. */
+static void s_check_fixture(const char *dir, const char *expected, int exact_roundtrip) {
+    s_case_t *cases;
+    int n = s_load_cases(expected, &cases);
+    REQUIRE(n > 0);
+    td_tokenizer_t *tok = s_load(dir);
+    REQUIRE(tok);
+    int bad = 0;
+    for (int i = 0; i < n && bad < 10; i++) {
+        s_case_t *c = &cases[i];
+        td_err_t err = {0};
+        int32_t *ids = NULL;
+        int m = 0;
+        int rc = td_tokenizer_encode(tok, c->text, c->text_len, 1, &ids, &m, &err);
+        if (rc != TD_OK || !s_ids_equal(ids, m, c->ids, c->n)) {
+            CHECK_MSG(0, "%s case %d: encode (specials parsed) differs from HF (rc %d %s)", dir, i,
+                      rc, err.msg);
+            fprintf(stderr, "      text: \"%.*s\"\n", (int)c->text_len, c->text);
+            s_print_ids("ours", ids, m);
+            s_print_ids("HF  ", c->ids, c->n);
+            bad++;
+        }
+        free(ids);
+        ids = NULL;
+        rc = td_tokenizer_encode(tok, c->text, c->text_len, 0, &ids, &m, &err);
+        if (rc != TD_OK || !s_ids_equal(ids, m, c->ids_plain, c->n_plain)) {
+            CHECK_MSG(0, "%s case %d: encode (specials as text) differs from HF", dir, i);
+            fprintf(stderr, "      text: \"%.*s\"\n", (int)c->text_len, c->text);
+            s_print_ids("ours", ids, m);
+            s_print_ids("HF  ", c->ids_plain, c->n_plain);
+            bad++;
+        }
+        free(ids);
+
+        char *dec = NULL;
+        size_t dl = 0;
+        rc = td_tokenizer_decode(tok, c->ids, c->n, 0, &dec, &dl, &err);
+        CHECK_MSG(rc == TD_OK && dl == c->dec_len && memcmp(dec, c->dec, dl) == 0,
+                  "%s case %d: decode differs from HF: \"%s\" vs \"%s\"", dir, i, dec, c->dec);
+        if (exact_roundtrip)
+            CHECK_MSG(dl == c->text_len && memcmp(dec, c->text, dl) == 0,
+                      "%s case %d: decode(encode(x)) != x", dir, i);
+        free(dec);
+        rc = td_tokenizer_decode(tok, c->ids, c->n, 1, &dec, &dl, &err);
+        CHECK_MSG(rc == TD_OK && dl == c->dec_skip_len && memcmp(dec, c->dec_skip, dl) == 0,
+                  "%s case %d: decode(skip_special) differs from HF", dir, i);
+        free(dec);
+        s_check_stream(tok, c->ids, c->n, 0, dir);
+        s_check_stream(tok, c->ids, c->n, 1, dir);
+    }
+    td_tokenizer_destroy(&tok);
+    CHECK(tok == NULL);
+    td_tokenizer_destroy(&tok); /* safe twice */
+    s_free_cases(cases, n);
+}
+
+TD_TEST(gpt2_matches_hf) { s_check_fixture("gpt2", "gpt2", 1); }
+TD_TEST(gpt2_string_merges_match_hf) { s_check_fixture("gpt2-strmerges", "gpt2", 1); }
+TD_TEST(gpt2_ignore_merges_matches_hf) {
+    s_check_fixture("gpt2-ignoremerges", "gpt2-ignoremerges", 1);
+}
+TD_TEST(qwen2_matches_hf) { s_check_fixture("qwen2", "qwen2", 0); }
+TD_TEST(qwen2_string_merges_match_hf) { s_check_fixture("qwen2-strmerges", "qwen2", 0); }
+
+/* NFC: decomposed input decodes to the composed text (HF does the same: the ids are those of
+ * the normalised string), and both spellings encode identically. */
+TD_TEST(qwen2_nfc) {
+    td_tokenizer_t *tok = s_load("qwen2");
+    REQUIRE(tok);
+    td_err_t err = {0};
+    int32_t *a = NULL, *b = NULL;
+    int na = 0, nb = 0;
+    const char *composed = "caf\xc3\xa9 \xc3\x85", *decomposed = "cafe\xcc\x81 A\xcc\x8a";
+    CHECK_EQ_INT(td_tokenizer_encode(tok, composed, strlen(composed), 1, &a, &na, &err), TD_OK);
+    CHECK_EQ_INT(td_tokenizer_encode(tok, decomposed, strlen(decomposed), 1, &b, &nb, &err), TD_OK);
+    CHECK(s_ids_equal(a, na, b, nb));
+    char *dec = NULL;
+    size_t dl;
+    CHECK_EQ_INT(td_tokenizer_decode(tok, b, nb, 0, &dec, &dl, &err), TD_OK);
+    CHECK_STR(dec, composed);
+    free(a);
+    free(b);
+    free(dec);
+    /* gpt2 has no normaliser: the decomposed form round-trips as is */
+    td_tokenizer_t *g = s_load("gpt2");
+    REQUIRE(g);
+    CHECK_EQ_INT(td_tokenizer_encode(g, decomposed, strlen(decomposed), 1, &b, &nb, &err), TD_OK);
+    CHECK_EQ_INT(td_tokenizer_decode(g, b, nb, 0, &dec, &dl, &err), TD_OK);
+    CHECK_STR(dec, decomposed);
+    free(b);
+    free(dec);
+    td_tokenizer_destroy(&g);
+    td_tokenizer_destroy(&tok);
+}
+
+TD_TEST(vocab_queries) {
+    td_tokenizer_t *tok = s_load("qwen2");
+    REQUIRE(tok);
+    int32_t eot = td_tokenizer_token_id(tok, "<|endoftext|>");
+    int32_t im_end = td_tokenizer_token_id(tok, "<|im_end|>");
+    int32_t tool = td_tokenizer_token_id(tok, "<tool_call>");
+    CHECK(eot >= 0 && im_end >= 0 && tool >= 0);
+    CHECK(td_tokenizer_is_special(tok, eot));
+    CHECK(td_tokenizer_is_special(tok, im_end));
+    CHECK(!td_tokenizer_is_special(tok, tool));
+    CHECK(td_tokenizer_is_added(tok, tool));
+    CHECK_STR(td_tokenizer_piece(tok, im_end), "<|im_end|>");
+    CHECK_EQ_INT(td_tokenizer_n_vocab(tok), 1123);
+    CHECK(td_tokenizer_piece(tok, -1) == NULL);
+    CHECK(td_tokenizer_piece(tok, td_tokenizer_n_vocab(tok)) == NULL);
+    CHECK_EQ_INT(td_tokenizer_token_id(tok, "no such piece at all"), -1);
+    /* space is U+0120 in the byte-level alphabet */
+    int32_t sp = td_tokenizer_token_id(tok, "\xc4\xa0");
+    CHECK(sp >= 0);
+    size_t len = 0;
+    const char *b = td_tokenizer_token_bytes(tok, sp, &len);
+    CHECK(b && len == 1 && b[0] == ' ');
+    CHECK(!td_tokenizer_is_special(tok, sp));
+    CHECK(!td_tokenizer_is_special(tok, -5));
+    td_tokenizer_destroy(&tok);
+}
+
+TD_TEST(load_directory_and_hash) {
+    char dir[512];
+    td_err_t err = {0};
+    snprintf(dir, sizeof dir, "%s/tokenizers/gpt2", td_test_data());
+    td_tokenizer_t *a = td_tokenizer_load(dir, &err);
+    REQUIRE(a);
+    td_tokenizer_t *b = s_load("gpt2-strmerges"), *q = s_load("qwen2"),
+                   *q2 = s_load("qwen2-strmerges");
+    REQUIRE(b && q && q2);
+    CHECK(td_tokenizer_hash(a) == td_tokenizer_hash(b));
+    CHECK(td_tokenizer_hash(q) == td_tokenizer_hash(q2));
+    CHECK(td_tokenizer_hash(a) != td_tokenizer_hash(q));
+    CHECK(td_tokenizer_hash(a) != 0);
+    td_tokenizer_destroy(&a);
+    td_tokenizer_destroy(&b);
+    td_tokenizer_destroy(&q);
+    td_tokenizer_destroy(&q2);
+}
+
+/* Partial characters: single-byte tokens that split a UTF-8 character, and bytes that never
+ * complete one. The stream must hold back, then emit exactly what batch decode gives. */
+TD_TEST(stream_partial_utf8) {
+    td_tokenizer_t *tok = s_load("gpt2");
+    REQUIRE(tok);
+    /* byte-level pieces: 0xC3 -> U+00C3, 0xA9 -> U+00A9, 0xE4 -> U+00E4, 0xB8 -> U+00B8 */
+    int32_t c3 = td_tokenizer_token_id(tok, "\xc3\x83"),
+            a9 = td_tokenizer_token_id(tok, "\xc2\xa9");
+    int32_t e4 = td_tokenizer_token_id(tok, "\xc3\xa4"),
+            b8 = td_tokenizer_token_id(tok, "\xc2\xb8");
+    int32_t A = td_tokenizer_token_id(tok, "A");
+    REQUIRE(c3 >= 0 && a9 >= 0 && e4 >= 0 && b8 >= 0 && A >= 0);
+    td_detok_t *d = td_detok_new(tok, 0);
+    REQUIRE(d);
+    char out[256];
+    CHECK_EQ_INT(td_detok_push(d, c3, out, sizeof out), 0);
+    CHECK_EQ_INT(td_detok_push(d, a9, out, sizeof out), 2);
+    CHECK_STR(out, "\xc3\xa9");
+    CHECK_EQ_INT(td_detok_push(d, e4, out, sizeof out), 0);
+    CHECK_EQ_INT(td_detok_push(d, b8, out, sizeof out), 0);
+    CHECK_EQ_INT(td_detok_push(d, A, out, sizeof out), 4); /* E4 B8 'A' -> U+FFFD 'A' */
+    CHECK_STR(out, "\xef\xbf\xbd"
+                   "A");
+    CHECK_EQ_INT(td_detok_push(d, e4, out, sizeof out), 0);
+    CHECK_EQ_INT(td_detok_flush(d, out, sizeof out), 3);
+    CHECK_STR(out, "\xef\xbf\xbd");
+    CHECK_EQ_INT(td_detok_flush(d, out, sizeof out), 0);
+    CHECK(td_detok_push(d, -1, out, sizeof out) < 0);
+    CHECK(td_detok_push(d, td_tokenizer_n_vocab(tok), out, sizeof out) < 0);
+    td_detok_destroy(&d);
+    td_detok_destroy(&d);
+
+    const int32_t seqs[][6] = {{c3, a9, A, e4, b8, A},
+                               {a9, a9, c3, c3, a9, e4},
+                               {e4, b8, e4, b8, b8, A},
+                               {c3, A, e4, A, b8, c3}};
+    for (size_t s = 0; s < sizeof seqs / sizeof seqs[0]; s++)
+        s_check_stream(tok, seqs[s], 6, 0, "synthetic");
+    /* batch decode of a lone continuation byte is U+FFFD, as HF's from_utf8_lossy gives */
+    char *dec = NULL;
+    size_t dl;
+    td_err_t err = {0};
+    CHECK_EQ_INT(td_tokenizer_decode(tok, &a9, 1, 0, &dec, &dl, &err), TD_OK);
+    CHECK_STR(dec, "\xef\xbf\xbd");
+    free(dec);
+    td_tokenizer_destroy(&tok);
+}
+
+TD_TEST(errors) {
+    td_err_t err = {0};
+    CHECK(td_tokenizer_load("tests/data/tokenizers/no-such-dir", &err) == NULL);
+    CHECK_EQ_INT(err.code, TD_ERR_IO);
+    CHECK(td_tokenizer_load("tests/data/tokenizers/no-such.json", &err) == NULL);
+    CHECK_EQ_INT(err.code, TD_ERR_IO);
+
+    const char *bad = "{\"model\": {\"type\": \"BPE\", \"vocab\": {";
+    CHECK(td_tokenizer_from_json(bad, strlen(bad), &err) == NULL);
+    CHECK_EQ_INT(err.code, TD_ERR_FORMAT);
+    CHECK(td_tokenizer_from_json("", 0, &err) == NULL);
+    CHECK_EQ_INT(err.code, TD_ERR_FORMAT);
+    CHECK(td_tokenizer_from_json("[1,2]", 5, &err) == NULL);
+    CHECK_EQ_INT(err.code, TD_ERR_FORMAT);
+
+    const char *wp = "{\"model\": {\"type\": \"WordPiece\", \"unk_token\": \"[UNK]\", "
+                     "\"vocab\": {\"[UNK]\": 0, \"a\": 1}}}";
+    CHECK(td_tokenizer_from_json(wp, strlen(wp), &err) == NULL);
+    CHECK_EQ_INT(err.code, TD_ERR_UNSUPPORTED);
+    CHECK_MSG(strstr(err.msg, "WordPiece") != NULL, "message does not name the type: %s", err.msg);
+    const char *uni = "{\"model\": {\"type\": \"Unigram\", \"vocab\": [[\"a\", -1.0]]}}";
+    CHECK(td_tokenizer_from_json(uni, strlen(uni), &err) == NULL);
+    CHECK_EQ_INT(err.code, TD_ERR_UNSUPPORTED);
+    CHECK(strstr(err.msg, "Unigram") != NULL);
+    const char *meta = "{\"pre_tokenizer\": {\"type\": \"Metaspace\", \"replacement\": \"_\"}, "
+                       "\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}}";
+    CHECK(td_tokenizer_from_json(meta, strlen(meta), &err) == NULL);
+    CHECK_EQ_INT(err.code, TD_ERR_UNSUPPORTED);
+    CHECK(strstr(err.msg, "Metaspace") != NULL);
+    const char *nopre = "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}}";
+    CHECK(td_tokenizer_from_json(nopre, strlen(nopre), &err) == NULL);
+    CHECK_EQ_INT(err.code, TD_ERR_UNSUPPORTED);
+    const char *badmerge = "{\"pre_tokenizer\": {\"type\": \"ByteLevel\"}, \"model\": {\"type\": "
+                           "\"BPE\", \"vocab\": {\"a\": 0, \"b\": 1}, \"merges\": [\"a b\"]}}";
+    CHECK(td_tokenizer_from_json(badmerge, strlen(badmerge), &err) == NULL);
+    CHECK_EQ_INT(err.code, TD_ERR_FORMAT);
+    const char *sparse = "{\"pre_tokenizer\": {\"type\": \"ByteLevel\"}, \"model\": {\"type\": "
+                         "\"BPE\", \"vocab\": {\"a\": 9000000}, \"merges\": []}}";
+    CHECK(td_tokenizer_from_json(sparse, strlen(sparse), &err) == NULL);
+    CHECK_EQ_INT(err.code, TD_ERR_FORMAT);
+    const char *tiny =
+        "{\"pre_tokenizer\": {\"type\": \"ByteLevel\"}, \"model\": {\"type\": "
+        "\"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2}, \"merges\": [\"a b\"]}}";
+    td_tokenizer_t *t = td_tokenizer_from_json(tiny, strlen(tiny), &err);
+    CHECK_MSG(t != NULL, "tiny tokenizer: %s", err.msg);
+    if (t) {
+        int32_t *ids = NULL;
+        int n = 0;
+        CHECK_EQ_INT(td_tokenizer_encode(t, "abab c", 6, 1, &ids, &n, &err), TD_OK);
+        CHECK_EQ_INT(n, 2); /* "ab" "ab", then " c" has no symbols in this vocab: dropped */
+        free(ids);
+        td_tokenizer_destroy(&t);
+    }
+
+    td_tokenizer_t *tok = s_load("qwen2");
+    REQUIRE(tok);
+    const char *invalid[] = {"abc\x80",      "\xe4\xb8",         "x\xc0\xaf",
+                             "\xed\xa0\x80", "\xf5\x80\x80\x80", "ok \xf0\x9f\x98"};
+    for (size_t i = 0; i < sizeof invalid / sizeof invalid[0]; i++) {
+        int32_t *ids = (int32_t *)1;
+        int n = 7;
+        CHECK_EQ_INT(td_tokenizer_encode(tok, invalid[i], strlen(invalid[i]), 1, &ids, &n, &err),
+                     TD_ERR_ARG);
+        CHECK(ids == NULL && n == 0);
+    }
+    int32_t *ids = NULL;
+    int n = -1;
+    CHECK_EQ_INT(td_tokenizer_encode(tok, "", 0, 1, &ids, &n, &err), TD_OK);
+    CHECK_EQ_INT(n, 0);
+    free(ids);
+    char *out = NULL;
+    size_t len = 0;
+    int32_t oob[] = {5, td_tokenizer_n_vocab(tok)};
+    CHECK_EQ_INT(td_tokenizer_decode(tok, oob, 2, 0, &out, &len, &err), TD_ERR_ARG);
+    CHECK(out == NULL);
+    int32_t neg[] = {-1};
+    CHECK_EQ_INT(td_tokenizer_decode(tok, neg, 1, 0, &out, &len, &err), TD_ERR_ARG);
+    CHECK_EQ_INT(td_tokenizer_decode(tok, NULL, 0, 0, &out, &len, &err), TD_OK);
+    CHECK(out && len == 0 && out[0] == 0);
+    free(out);
+    td_tokenizer_destroy(&tok);
+}
+
+/* A megabyte of mixed text: the round trip holds and the time is printed (not asserted). */
+TD_TEST(large_input_roundtrip) {
+    td_tokenizer_t *tok = s_load("qwen2");
+    REQUIRE(tok);
+    const char *parts[] = {"The quick brown fox jumps over the lazy dog. ",
+                           "don't stop 12345 ",
+                           "\n\n",
+                           "caf\xc3\xa9 ",
+                           "\xe4\xbd\xa0\xe5\xa5\xbd ",
+                           "   \t",
+                           "\xf0\x9f\x98\x80 ",
+                           "It's 3.14159! ",
+                           "<|im_end|>"};
+    size_t cap = 1 << 20, n = 0;
+    char *text = malloc(cap + 64);
+    unsigned seed = 7;
+    while (n < cap) {
+        seed = seed * 1103515245u + 12345u;
+        const char *p = parts[(seed >> 16) % (sizeof parts / sizeof parts[0])];
+        size_t l = strlen(p);
+        memcpy(text + n, p, l);
+        n += l;
+    }
+    td_err_t err = {0};
+    int32_t *ids = NULL;
+    int m = 0;
+    double t0 = td_time_now();
+    CHECK_EQ_INT(td_tokenizer_encode(tok, text, n, 1, &ids, &m, &err), TD_OK);
+    double t1 = td_time_now();
+    char *dec = NULL;
+    size_t dl = 0;
+    CHECK_EQ_INT(td_tokenizer_decode(tok, ids, m, 0, &dec, &dl, &err), TD_OK);
+    CHECK(dl == n && memcmp(dec, text, n) == 0);
+    fprintf(stderr, "    encode %zu bytes -> %d ids in %.3f s\n", n, m, t1 - t0);
+    free(dec);
+    free(ids);
+    free(text);
+    td_tokenizer_destroy(&tok);
+}
+
+TD_TEST_MAIN()
