@@ -1,0 +1,464 @@
+/* test_sampler.c - the sampler against HF transformers' warpers and against its own distribution.
+ *
+ * hf_dist: td_sampling_dist equals softmax(TopP(TopK(Temperature(logits)))) as computed by
+ *   transformers (tests/data/sampler/dist.bin, made by tools/make_sampler_fixtures.py).
+ * rng_*: xoshiro256** / splitmix64 outputs against the reference in the same script; seeding.
+ * chi2_*: td_sample and td_sample_probs draw from td_sampling_dist (chi-square goodness of fit,
+ *   alpha = 1e-3, p-values from a regularized incomplete gamma checked against torch's), and the
+ *   same test rejects slightly wrong distributions.
+ * greedy_*, log_softmax_*, nan_*: edge cases. timing_v151936 prints the cost at Qwen's vocabulary.
+ */
+#include "model/sampler.h"
+#include "tests/tdtest.h"
+
+#include <float.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+/* ---- small helpers ---- */
+
+static int s_read(FILE *f, void *p, size_t n) { return fread(p, 1, n, f) == n; }
+
+/* ln Gamma(a) for a > 0 (Lanczos, g = 7, n = 9). */
+static double s_lgamma(double a) { return lgamma(a); }
+
+/* Regularized upper incomplete gamma Q(a, x): series for x < a + 1, continued fraction otherwise
+ * (modified Lentz). */
+static double s_gamma_q(double a, double x) {
+    if (x <= 0.0) return 1.0;
+    double lpre = -x + a * log(x) - s_lgamma(a);
+    if (x < a + 1.0) {
+        double sum = 1.0 / a, term = sum, ap = a;
+        for (int i = 0; i < 100000; i++) {
+            ap += 1.0;
+            term *= x / ap;
+            sum += term;
+            if (fabs(term) < fabs(sum) * 1e-16) break;
+        }
+        return 1.0 - sum * exp(lpre);
+    }
+    double b = x + 1.0 - a, c = 1.0 / DBL_MIN, d = 1.0 / b, h = d;
+    for (int i = 1; i < 100000; i++) {
+        double an = -i * (i - a);
+        b += 2.0;
+        d = an * d + b;
+        if (fabs(d) < DBL_MIN) d = DBL_MIN;
+        c = b + an / c;
+        if (fabs(c) < DBL_MIN) c = DBL_MIN;
+        d = 1.0 / d;
+        double del = d * c;
+        h *= del;
+        if (fabs(del - 1.0) < 1e-16) break;
+    }
+    return exp(lpre) * h;
+}
+
+/* p-value of a chi-square statistic with df degrees of freedom. */
+static double s_chi2_sf(double stat, int df) { return s_gamma_q(0.5 * df, 0.5 * stat); }
+
+typedef struct chi2_result {
+    double stat;
+    int df;
+    double p;
+    double noncentrality; /* N * sum (q_true - q)^2 / q when q_true is given, else 0 */
+} chi2_result_t;
+
+/* Goodness of fit of counts[n] (total N) against expected probabilities q[n] (double, summing to
+ * 1 over the support). Bins with expected count < 5 are pooled into one bin, and if that pool
+ * is still < 5 it joins the smallest regular bin. A count in a bin with q == 0 makes the
+ * statistic infinite. */
+static chi2_result_t s_chi2(const long *counts, const double *q, int n, long total) {
+    chi2_result_t r = {0, 0, 1.0, 0};
+    double pool_e = 0.0;
+    long pool_c = 0;
+    int bins = 0, smallest = -1;
+    for (int i = 0; i < n; i++) {
+        double e = q[i] * (double)total;
+        if (q[i] == 0.0) {
+            if (counts[i] > 0) {
+                r.stat = INFINITY;
+                r.p = 0.0;
+                return r;
+            }
+            continue;
+        }
+        if (e < 5.0) {
+            pool_e += e;
+            pool_c += counts[i];
+            continue;
+        }
+        if (smallest < 0 || e < q[smallest] * (double)total) smallest = i;
+    }
+    double stat = 0.0;
+    for (int i = 0; i < n; i++) {
+        double e = q[i] * (double)total;
+        if (q[i] == 0.0 || e < 5.0) continue;
+        double c = (double)counts[i];
+        if (pool_e > 0.0 && pool_e < 5.0 && i == smallest) {
+            e += pool_e;
+            c += (double)pool_c;
+        }
+        stat += (c - e) * (c - e) / e;
+        bins++;
+    }
+    if (pool_e >= 5.0) {
+        stat += ((double)pool_c - pool_e) * ((double)pool_c - pool_e) / pool_e;
+        bins++;
+    }
+    r.stat = stat;
+    r.df = bins - 1;
+    r.p = r.df > 0 ? s_chi2_sf(stat, r.df) : 1.0;
+    return r;
+}
+
+#define ALPHA 1e-3
+#define NDRAWS 200000L
+
+/* ---- fixtures from HF ---- */
+
+TD_TEST(rng_matches_reference) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/sampler/rng.bin", td_test_data());
+    FILE *f = fopen(path, "rb");
+    REQUIRE(f);
+    char magic[8];
+    uint32_t hdr[3];
+    REQUIRE(s_read(f, magic, 8) && s_read(f, hdr, sizeof hdr));
+    CHECK_MSG(memcmp(magic, "TDRNG001", 8) == 0 && hdr[0] == 1,
+              "%s is stale or not an rng fixture: run python tools/make_sampler_fixtures.py", path);
+    for (uint32_t s = 0; s < hdr[1]; s++) {
+        uint64_t seed, vals[64];
+        double unis[64];
+        REQUIRE(hdr[2] <= 64);
+        REQUIRE(s_read(f, &seed, 8) && s_read(f, vals, 8 * hdr[2]) && s_read(f, unis, 8 * hdr[2]));
+        td_rng_t r;
+        td_rng_seed(&r, seed);
+        for (uint32_t i = 0; i < hdr[2]; i++)
+            CHECK_MSG(td_rng_next(&r) == vals[i], "seed %llu value %u", (unsigned long long)seed,
+                      i);
+        td_rng_seed(&r, seed);
+        for (uint32_t i = 0; i < hdr[2]; i++) {
+            double u = td_rng_uniform(&r);
+            CHECK(u == unis[i] && u >= 0.0 && u < 1.0);
+        }
+    }
+    fclose(f);
+}
+
+TD_TEST(hf_dist) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/sampler/dist.bin", td_test_data());
+    FILE *f = fopen(path, "rb");
+    REQUIRE(f);
+    char magic[8];
+    uint32_t hdr[2];
+    REQUIRE(s_read(f, magic, 8) && s_read(f, hdr, sizeof hdr));
+    REQUIRE(memcmp(magic, "TDSAMPL1", 8) == 0);
+    CHECK_MSG(hdr[0] == 1,
+              "%s has version %u, expected 1: run python tools/make_sampler_fixtures.py", path,
+              hdr[0]);
+    REQUIRE(hdr[0] == 1 && hdr[1] > 0);
+    td_rng_t rng;
+    td_rng_seed(&rng, 1);
+    for (uint32_t c = 0; c < hdr[1]; c++) {
+        uint32_t V, n_kept;
+        td_sampling_t sp;
+        REQUIRE(s_read(f, &V, 4) && s_read(f, &sp.temperature, 4) && s_read(f, &sp.top_k, 4) &&
+                s_read(f, &sp.top_p, 4) && s_read(f, &n_kept, 4));
+        float *logits = malloc(V * sizeof *logits), *probs = malloc(V * sizeof *probs);
+        float *probs2 = malloc(V * sizeof *probs2);
+        double *ref = calloc(V, sizeof *ref);
+        char *listed = calloc(V, 1);
+        REQUIRE(logits && probs && probs2 && ref && listed);
+        REQUIRE(s_read(f, logits, V * sizeof *logits));
+        for (uint32_t i = 0; i < n_kept; i++) {
+            int32_t id;
+            double p;
+            REQUIRE(s_read(f, &id, 4) && s_read(f, &p, 8));
+            REQUIRE(id >= 0 && (uint32_t)id < V);
+            ref[id] = p;
+            listed[id] = 1;
+        }
+        int kept = td_sampling_dist(&sp, logits, (int)V, probs);
+        CHECK_MSG(kept == (int)n_kept, "case %u (V=%u T=%g k=%d p=%g): kept %d, HF keeps %u", c, V,
+                  sp.temperature, sp.top_k, sp.top_p, kept, n_kept);
+        double maxdiff = 0.0, sum = 0.0;
+        int outside = 0;
+        for (uint32_t i = 0; i < V; i++) {
+            double d = fabs((double)probs[i] - ref[i]);
+            if (d > maxdiff) maxdiff = d;
+            if (!listed[i] && probs[i] != 0.0f) outside++;
+            sum += probs[i];
+        }
+        CHECK_MSG(maxdiff < 1e-6, "case %u: max |p - p_hf| = %g", c, maxdiff);
+        CHECK_MSG(outside == 0, "case %u: %d ids outside HF's kept set have mass", c, outside);
+        CHECK_NEAR(sum, 1.0, 1e-5);
+        /* td_sample reports the same distribution, and draws inside it */
+        int id = td_sample(&sp, &rng, logits, (int)V, probs2);
+        CHECK(id >= 0 && (uint32_t)id < V && listed[id]);
+        CHECK(memcmp(probs, probs2, V * sizeof *probs) == 0);
+        free(logits);
+        free(probs);
+        free(probs2);
+        free(ref);
+        free(listed);
+    }
+    fclose(f);
+}
+
+/* ---- the chi-square machinery itself ---- */
+
+TD_TEST(chi2_pvalues_match_torch) {
+    /* torch.special.gammaincc(df/2, x/2) in float64 */
+    static const struct {
+        int df;
+        double x, p;
+    } t[] = {
+        {1, 10.828, 0.000999765719583},   {10, 29.588, 0.00100011194106},
+        {100, 149.449, 0.00100004622177}, {2, 0.5, 0.778800783071},
+        {5, 3.0, 0.699985835879},         {31, 20.0, 0.935803620741},
+        {31, 80.0, 3.31252855285e-06},    {7, 7.0, 0.428879857553},
+        {1000, 1100.0, 0.014614408134},   {60, 200.0, 5.89325969866e-17},
+    };
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+        double p = s_chi2_sf(t[i].x, t[i].df);
+        CHECK_MSG(fabs(p - t[i].p) <= 1e-9 * t[i].p + 1e-15, "df %d x %g: %.12g vs %.12g", t[i].df,
+                  t[i].x, p, t[i].p);
+    }
+}
+
+/* ---- statistical exactness ---- */
+
+static void s_logits(float *x, int n, uint64_t seed, float scale) {
+    td_rng_t r;
+    td_rng_seed(&r, seed);
+    for (int i = 0; i < n; i++) {
+        /* Box-Muller */
+        double u1 = (td_rng_uniform(&r) + 0x1.0p-54), u2 = td_rng_uniform(&r);
+        x[i] = (float)(scale * sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+    }
+}
+
+static void s_to_double(const float *p, double *q, int n) {
+    double s = 0.0;
+    for (int i = 0; i < n; i++) s += p[i];
+    for (int i = 0; i < n; i++) q[i] = p[i] / s;
+}
+
+#define CV 48
+
+TD_TEST(chi2_sample_matches_dist) {
+    static const td_sampling_t settings[] = {
+        {1.0f, 0, 1.0f}, {0.7f, 10, 1.0f}, {1.2f, 0, 0.8f}, {0.5f, 20, 0.9f}, {2.0f, 0, 1.0f},
+    };
+    float logits[CV], probs[CV];
+    double q[CV];
+    long counts[CV];
+    td_rng_t rng;
+    td_rng_seed(&rng, 12345);
+    for (size_t s = 0; s < sizeof settings / sizeof settings[0]; s++) {
+        const td_sampling_t *sp = &settings[s];
+        s_logits(logits, CV, 100 + s, 1.5f);
+        logits[5] = logits[6] = logits[7]; /* ties */
+        REQUIRE(td_sampling_dist(sp, logits, CV, probs) > 1);
+        s_to_double(probs, q, CV);
+        memset(counts, 0, sizeof counts);
+        for (long i = 0; i < NDRAWS; i++) {
+            int id = td_sample(sp, &rng, logits, CV, NULL);
+            REQUIRE(id >= 0 && id < CV);
+            counts[id]++;
+        }
+        chi2_result_t r = s_chi2(counts, q, CV, NDRAWS);
+        printf("    T=%g k=%d p=%g: chi2 %.1f df %d p-value %.3g\n", sp->temperature, sp->top_k,
+               sp->top_p, r.stat, r.df, r.p);
+        CHECK_MSG(r.p >= ALPHA, "setting %zu: td_sample rejected (chi2 %g, df %d, p %g)", s, r.stat,
+                  r.df, r.p);
+
+        /* the same counts against a slightly perturbed distribution: 1% of the mass moved
+         * from the most likely kept id to the second one must be rejected */
+        int a = td_argmax(probs, CV);
+        int b = -1;
+        for (int i = 0; i < CV; i++)
+            if (i != a && (b < 0 || q[i] > q[b])) b = i;
+        double qp[CV];
+        memcpy(qp, q, sizeof qp);
+        qp[a] -= 0.01;
+        qp[b] += 0.01;
+        chi2_result_t w = s_chi2(counts, qp, CV, NDRAWS);
+        printf("      perturbed by 1%% of mass: chi2 %.1f p-value %.3g\n", w.stat, w.p);
+        CHECK_MSG(w.p < ALPHA, "setting %zu: perturbed distribution not rejected (p %g)", s, w.p);
+    }
+}
+
+/* A sampler that is slightly wrong (temperature 1.05 instead of 1) is caught. */
+TD_TEST(chi2_rejects_wrong_temperature) {
+    float logits[CV], probs[CV];
+    double q[CV];
+    long counts[CV] = {0};
+    s_logits(logits, CV, 7, 1.5f);
+    td_sampling_t want = {1.0f, 0, 1.0f}, used = {1.05f, 0, 1.0f};
+    td_sampling_dist(&want, logits, CV, probs);
+    s_to_double(probs, q, CV);
+    td_rng_t rng;
+    td_rng_seed(&rng, 99);
+    for (long i = 0; i < NDRAWS; i++) counts[td_sample(&used, &rng, logits, CV, NULL)]++;
+    chi2_result_t r = s_chi2(counts, q, CV, NDRAWS);
+    printf("    T=1.05 vs T=1: chi2 %.1f df %d p-value %.3g\n", r.stat, r.df, r.p);
+    CHECK(r.p < ALPHA);
+}
+
+TD_TEST(chi2_sample_probs) {
+    float logits[CV], probs[CV];
+    double q[CV];
+    long counts[CV] = {0};
+    s_logits(logits, CV, 3, 1.0f);
+    td_sampling_t sp = {1.0f, 0, 0.9f};
+    td_sampling_dist(&sp, logits, CV, probs);
+    for (int i = 0; i < CV; i++) probs[i] *= 3.0f; /* unnormalised is fine */
+    s_to_double(probs, q, CV);
+    td_rng_t rng;
+    td_rng_seed(&rng, 5);
+    for (long i = 0; i < NDRAWS; i++) {
+        int id = td_sample_probs(&rng, probs, CV);
+        REQUIRE(id >= 0 && id < CV && probs[id] > 0.0f);
+        counts[id]++;
+    }
+    chi2_result_t r = s_chi2(counts, q, CV, NDRAWS);
+    printf("    td_sample_probs: chi2 %.1f df %d p-value %.3g\n", r.stat, r.df, r.p);
+    CHECK(r.p >= ALPHA);
+
+    float bad[3] = {0.0f, -1.0f, NAN};
+    CHECK(td_sample_probs(&rng, bad, 3) < 0);
+    float one[4] = {0.0f, 0.0f, 2.0f, 0.0f};
+    for (int i = 0; i < 100; i++) CHECK_EQ_INT(td_sample_probs(&rng, one, 4), 2);
+}
+
+/* ---- determinism ---- */
+
+TD_TEST(rng_same_seed_same_sequence) {
+    float logits[1000];
+    s_logits(logits, 1000, 11, 2.0f);
+    td_sampling_t sp = {0.8f, 40, 0.95f};
+    int a[500], b[500], c[500];
+    td_rng_t r1, r2, r3;
+    td_rng_seed(&r1, 2024);
+    td_rng_seed(&r2, 2024);
+    td_rng_seed(&r3, 2025);
+    for (int i = 0; i < 500; i++) {
+        a[i] = td_sample(&sp, &r1, logits, 1000, NULL);
+        b[i] = td_sample(&sp, &r2, logits, 1000, NULL);
+        c[i] = td_sample(&sp, &r3, logits, 1000, NULL);
+    }
+    CHECK(memcmp(a, b, sizeof a) == 0);
+    CHECK(memcmp(&r1, &r2, sizeof r1) == 0);
+    int differ = 0;
+    for (int i = 0; i < 500; i++) differ += a[i] != c[i];
+    CHECK_MSG(differ > 100, "seeds 2024 and 2025 agree on %d of 500 draws", 500 - differ);
+    td_rng_seed(&r1, 1);
+    td_rng_seed(&r2, 2);
+    CHECK(td_rng_next(&r1) != td_rng_next(&r2));
+}
+
+/* ---- greedy and edge cases ---- */
+
+TD_TEST(greedy_ties_lowest_id) {
+    float x[10] = {0, 1, 5, 3, 5, NAN, 5, -INFINITY, 2, 1};
+    CHECK_EQ_INT(td_argmax(x, 10), 2);
+    float probs[10];
+    td_sampling_t g = {0.0f, 0, 1.0f};
+    CHECK_EQ_INT(td_sampling_dist(&g, x, 10, probs), 1);
+    for (int i = 0; i < 10; i++) CHECK(probs[i] == (i == 2 ? 1.0f : 0.0f));
+    td_rng_t r, r0;
+    td_rng_seed(&r, 3);
+    r0 = r;
+    CHECK_EQ_INT(td_sample(&g, &r, x, 10, probs), 2);
+    CHECK(memcmp(&r, &r0, sizeof r) == 0); /* greedy consumes no randomness */
+    float nan_first[3] = {NAN, 1.0f, 1.0f};
+    CHECK_EQ_INT(td_argmax(nan_first, 3), 1);
+    float all_nan[3] = {NAN, NAN, NAN};
+    CHECK_EQ_INT(td_argmax(all_nan, 3), 0);
+    td_sampling_t sp = {1.0f, 0, 1.0f};
+    CHECK_EQ_INT(td_sampling_dist(&sp, all_nan, 3, probs), 1);
+    CHECK(probs[0] == 1.0f);
+    CHECK_EQ_INT(td_sample(&sp, &r, all_nan, 3, NULL), 0);
+    /* top_p tiny with a tied maximum: HF (stable order) keeps the highest id of the tie */
+    float tie[4] = {1.0f, 3.0f, 3.0f, 0.0f};
+    td_sampling_t tiny = {1.0f, 0, 1e-8f};
+    CHECK_EQ_INT(td_sampling_dist(&tiny, tie, 4, probs), 1);
+    CHECK(probs[2] == 1.0f);
+    td_sampling_t k1 = {1.0f, 1, 1.0f};
+    CHECK_EQ_INT(td_sampling_dist(&k1, tie, 4, probs), 2); /* top-k keeps the whole tie */
+    CHECK(probs[1] == 0.5f && probs[2] == 0.5f);
+}
+
+TD_TEST(nan_and_inf_logits) {
+    float x[6] = {NAN, 0.0f, INFINITY, 1.0f, INFINITY, -INFINITY};
+    float probs[6];
+    td_sampling_t sp = {1.0f, 0, 1.0f};
+    CHECK_EQ_INT(td_sampling_dist(&sp, x, 6, probs), 2);
+    CHECK(probs[2] == 0.5f && probs[4] == 0.5f && probs[0] == 0.0f && probs[3] == 0.0f);
+    float ls[6];
+    td_log_softmax(ls, x, 6);
+    CHECK_NEAR(ls[2], -log(2.0), 1e-7);
+    CHECK(ls[0] == -INFINITY && ls[1] == -INFINITY);
+}
+
+TD_TEST(log_softmax_matches_double) {
+    float x[300], out[300];
+    s_logits(x, 300, 77, 10.0f);
+    x[17] = NAN;
+    x[18] = -INFINITY;
+    double m = -INFINITY, z = 0.0;
+    for (int i = 0; i < 300; i++)
+        if (!isnan(x[i]) && x[i] > m) m = x[i];
+    for (int i = 0; i < 300; i++)
+        if (!isnan(x[i])) z += exp((double)x[i] - m);
+    td_log_softmax(out, x, 300);
+    for (int i = 0; i < 300; i++) {
+        if (i == 17 || i == 18) {
+            CHECK(out[i] == -INFINITY);
+            continue;
+        }
+        CHECK_NEAR(out[i], (double)x[i] - m - log(z), 1e-5);
+    }
+    td_log_softmax(x, x, 300); /* in place */
+    CHECK(memcmp(x, out, sizeof out) == 0);
+}
+
+/* ---- speed at Qwen's vocabulary ---- */
+
+TD_TEST(timing_v151936) {
+    enum { V = 151936 };
+    float *logits = malloc(V * sizeof *logits), *probs = malloc(V * sizeof *probs);
+    REQUIRE(logits && probs);
+    s_logits(logits, V, 8, 2.5f);
+    static const td_sampling_t settings[] = {
+        {1.0f, 0, 1.0f}, {0.7f, 50, 1.0f}, {0.8f, 0, 0.95f}, {0.7f, 50, 0.9f}, {0.0f, 0, 1.0f},
+    };
+    td_rng_t rng;
+    td_rng_seed(&rng, 1);
+    for (size_t s = 0; s < sizeof settings / sizeof settings[0]; s++) {
+        const td_sampling_t *sp = &settings[s];
+        const int reps = 10;
+        double best_dist = INFINITY, best_sample = INFINITY;
+        int kept = 0;
+        for (int i = 0; i < reps; i++) {
+            double t0 = td_time_now();
+            kept = td_sampling_dist(sp, logits, V, probs);
+            double t1 = td_time_now();
+            CHECK(td_sample(sp, &rng, logits, V, NULL) >= 0);
+            double t2 = td_time_now();
+            if (t1 - t0 < best_dist) best_dist = t1 - t0;
+            if (t2 - t1 < best_sample) best_sample = t2 - t1;
+        }
+        printf("    V=%d T=%g k=%d p=%g: kept %d, best of %d: td_sampling_dist %.2f ms, "
+               "td_sample %.2f ms\n",
+               V, sp->temperature, sp->top_k, sp->top_p, kept, reps, best_dist * 1e3,
+               best_sample * 1e3);
+        CHECK(kept >= 1);
+    }
+    free(logits);
+    free(probs);
+}
+
+TD_TEST_MAIN()
