@@ -4,7 +4,8 @@
  * with float32 weights, <name>-bf16 with the same weights rounded to bfloat16) and records HF
  * transformers logits for six cases: causal, bidirectional, block-causal, explicit mask, a KV cache
  * filled in three chunks, and two sequences of different lengths in one batch. Every case is
- * replayed here on the fast CPU backend and on the reference (naive loop) backend.
+ * replayed here on the fast CPU backend and on the reference (naive loop) backend; the explicit
+ * case twice, with mask rows exactly as long as the sequence and padded to the cache with ones.
  *
  * Tolerances (docs/fixtures.md): float32 weights, max abs error < 1e-4. bf16 weights: against HF
  * float32 run on the bf16-rounded weights (same arithmetic as ours: bf16 weights, f32
@@ -171,8 +172,11 @@ static int s_case_load(const char *refdir, const char *name, s_case_t *c) {
 /* --- replay ------------------------------------------------------------------------------- */
 
 /* Runs the case through td_model_forward (one fresh cache, one forward per chunk) and returns
- * the logits [n, n_vocab] (malloc'd), or NULL after failing the test case. */
-static float *s_replay(td_model_t *m, const s_case_t *c, const char *tag) {
+ * the logits [n, n_vocab] (malloc'd), or NULL after failing the test case. Explicit masks are
+ * passed with rows of mask_stride entries: the fixture's n (exactly the length the sequence
+ * reaches) or more, the extra entries set to 1 (they lie beyond the sequence and must be ignored).
+ */
+static float *s_replay(td_model_t *m, const s_case_t *c, int mask_stride, const char *tag) {
     td_err_t err = {0};
     td_kv_cache_t *kv = td_kv_cache_new(m, c->n_seq, N_CTX, &err);
     if (!kv) {
@@ -181,13 +185,12 @@ static float *s_replay(td_model_t *m, const s_case_t *c, const char *tag) {
     }
     int nv = td_model_config(m)->n_vocab;
     float *out = malloc((size_t)c->n * nv * sizeof(float));
-    /* The fixture's mask rows cover key positions 0..n-1; td_model_forward wants rows that span
-     * the whole cache (mask_stride >= n_ctx), so pad them with zeros (invisible). */
     uint8_t *mask = NULL;
     if (c->mask) {
-        mask = calloc((size_t)c->n * N_CTX, 1);
+        mask = malloc((size_t)c->n * mask_stride);
+        memset(mask, 1, (size_t)c->n * mask_stride);
         for (int r = 0; r < c->n; r++)
-            memcpy(mask + (size_t)r * N_CTX, c->mask + (size_t)r * c->n, c->n);
+            memcpy(mask + (size_t)r * mask_stride, c->mask + (size_t)r * c->n, c->n);
     }
     int start = 0;
     for (int k = 0; k < c->n_chunks; k++) {
@@ -199,8 +202,8 @@ static float *s_replay(td_model_t *m, const s_case_t *c, const char *tag) {
         b.attn = c->kind;
         b.block_size = c->block_size;
         if (mask) {
-            b.mask = mask + (size_t)start * N_CTX;
-            b.mask_stride = N_CTX;
+            b.mask = mask + (size_t)start * mask_stride;
+            b.mask_stride = mask_stride;
         }
         int rc = td_model_forward(m, kv, &b, out + (size_t)start * nv, &err);
         if (rc != TD_OK) {
@@ -305,20 +308,24 @@ static void s_run_family(const s_family_t *fam, int bf16, int reference) {
             s_case_free(&c);
             continue;
         }
-        float *out = s_replay(m, &c, tag);
-        if (out) {
+        for (int pass = 0; pass < (c.mask ? 2 : 1); pass++) {
+            int stride = pass == 0 ? c.n : N_CTX;
+            char tag2[160];
+            snprintf(tag2, sizeof tag2, "%s%s", tag, pass ? "/stride" : "");
+            float *out = s_replay(m, &c, stride, tag2);
+            if (!out) continue;
             if (!bf16) {
-                s_compare(out, &c, refdir, c.logits, F32_TOL, 0, tag, "hf-f32");
+                s_compare(out, &c, refdir, c.logits, F32_TOL, 0, tag2, "hf-f32");
             } else {
                 if (!c.logits_f32[0])
-                    td_test_fail(__FILE__, __LINE__, "%s: no logits_f32; " REGEN_HINT, tag);
+                    td_test_fail(__FILE__, __LINE__, "%s: no logits_f32; " REGEN_HINT, tag2);
                 else
-                    s_compare(out, &c, refdir, c.logits_f32, BF16_TIGHT_TOL, 0, tag, "hf-f32/w16");
-                s_compare(out, &c, refdir, c.logits, BF16_LOOSE_ABS, BF16_LOOSE_REL, tag,
+                    s_compare(out, &c, refdir, c.logits_f32, BF16_TIGHT_TOL, 0, tag2, "hf-f32/w16");
+                s_compare(out, &c, refdir, c.logits, BF16_LOOSE_ABS, BF16_LOOSE_REL, tag2,
                           "hf-bf16");
             }
+            free(out);
         }
-        free(out);
         s_case_free(&c);
     }
     td_model_destroy(&m);
@@ -452,6 +459,31 @@ TD_TEST(forward_rejects_bad_args) {
         CHECK_MSG(td_kv_cache_len(kv, 0) == first, "%s: kv len %d changed from %d", bad[k].what,
                   td_kv_cache_len(kv, 0), first);
         printf("    %-24s -> %d: %s\n", bad[k].what, rc, e2.msg);
+    }
+
+    /* Explicit masks: missing, or rows shorter than the length the sequence reaches. */
+    {
+        uint8_t ones[16 * 16];
+        memset(ones, 1, sizeof ones);
+        struct {
+            const char *what;
+            const uint8_t *mask;
+            int64_t stride;
+        } bm[] = {{"explicit mask NULL", NULL, 16}, {"explicit stride too short", ones, first + 1}};
+        for (size_t k = 0; k < sizeof(bm) / sizeof(bm[0]); k++) {
+            td_batch_t bb = {.n = 2,
+                             .tokens = tok,
+                             .pos = pos,
+                             .attn = TD_ATTN_EXPLICIT,
+                             .mask = bm[k].mask,
+                             .mask_stride = bm[k].stride};
+            td_err_t e2 = {0};
+            int rc = td_model_forward(m, kv, &bb, out + (size_t)first * nv, &e2);
+            CHECK_MSG(rc == TD_ERR_ARG, "%s: rc %d, expected TD_ERR_ARG", bm[k].what, rc);
+            CHECK_MSG(td_kv_cache_len(kv, 0) == first, "%s: kv len %d changed from %d", bm[k].what,
+                      td_kv_cache_len(kv, 0), first);
+            printf("    %-24s -> %d: %s\n", bm[k].what, rc, e2.msg);
+        }
     }
 
     /* The cache is intact: the remaining chunks still reproduce the HF logits. */
