@@ -45,8 +45,14 @@ BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 FUZZ_SRC  := $(wildcard fuzz/fuzz_*.c)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all test check fuzz fuzz-smoke bench format deps clean
+.PHONY: all test check fuzz fuzz-smoke bench format deps clean run
 all: $(BUILD)/bin/tandem
+
+# The main job on the bundled models (README's first command).
+RUN_MODEL  ?= models/tiny-verifier
+RUN_PROMPT ?= And God said
+run: $(BUILD)/bin/tandem
+	$(BUILD)/bin/tandem generate --verifier $(RUN_MODEL) --prompt "$(RUN_PROMPT)" --max-tokens 80
 
 deps:
 	sh scripts/install-deps.sh
