@@ -304,6 +304,12 @@ static int s_llama_like(const s_ctx_t *c, td_config_t *cfg) {
         return td_err_set(c->err, TD_ERR_UNSUPPORTED,
                           "%s: hidden_act '%s' is not supported for %s (only silu)", c->label, act,
                           td_arch_name(cfg->arch));
+    int interleaved = 0;
+    if ((rc = s_bool(c, "rope_interleaved", 0, &interleaved)) < 0) return rc;
+    if (interleaved)
+        return td_err_set(c->err, TD_ERR_UNSUPPORTED,
+                          "%s: rope_interleaved=true is not supported (HF split-halves RoPE only)",
+                          c->label);
     cfg->norm = TD_NORM_RMS;
     cfg->act = TD_ACT_SILU_GLU;
     cfg->pos = TD_POS_ROPE;
