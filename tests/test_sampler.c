@@ -19,7 +19,7 @@
 
 static int s_read(FILE *f, void *p, size_t n) { return fread(p, 1, n, f) == n; }
 
-/* ln Gamma(a) for a > 0 (Lanczos, g = 7, n = 9). */
+/* ln Gamma(a) for a > 0 (libm). */
 static double s_lgamma(double a) { return lgamma(a); }
 
 /* Regularized upper incomplete gamma Q(a, x): series for x < a + 1, continued fraction otherwise
@@ -206,6 +206,115 @@ TD_TEST(hf_dist) {
     fclose(f);
 }
 
+static void s_logits(float *x, int n, uint64_t seed, float scale) {
+    td_rng_t r;
+    td_rng_seed(&r, seed);
+    for (int i = 0; i < n; i++) {
+        /* Box-Muller */
+        double u1 = (td_rng_uniform(&r) + 0x1.0p-54), u2 = td_rng_uniform(&r);
+        x[i] = (float)(scale * sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+    }
+}
+
+/* ---- the O(V) selection against a plain full-sort reading of HF's rules ---- */
+
+typedef struct ref_item {
+    double v;
+    int id;
+} ref_item_t;
+
+/* descending value, and among ties descending id (HF's stable ascending sort, reversed) */
+static int s_ref_cmp(const void *pa, const void *pb) {
+    const ref_item_t *a = pa, *b = pb;
+    if (a->v != b->v) return a->v > b->v ? -1 : 1;
+    return a->id > b->id ? -1 : a->id < b->id;
+}
+
+/* Reference: sort everything, cut at the k-th value (keeping ties), then walk down the sorted
+ * list keeping tokens while the mass above them is < top_p. Writes probs, returns kept count. */
+static int s_ref_dist(const td_sampling_t *sp, const float *x, int n, double *probs, char *mask) {
+    ref_item_t *it = malloc((size_t)n * sizeof *it);
+    for (int i = 0; i < n; i++) {
+        it[i].v = isnan(x[i]) ? -INFINITY : (double)(x[i] / sp->temperature);
+        it[i].id = i;
+    }
+    qsort(it, (size_t)n, sizeof *it, s_ref_cmp);
+    int m = n;
+    if (sp->top_k > 0 && sp->top_k < n) {
+        double kth = it[sp->top_k - 1].v;
+        m = sp->top_k;
+        while (m < n && it[m].v == kth) m++;
+    }
+    while (m > 0 && it[m - 1].v == -INFINITY) m--;
+    double z = 0.0;
+    for (int i = 0; i < m; i++) z += exp(it[i].v - it[0].v);
+    int kept = m;
+    if (sp->top_p < 1.0f) {
+        double above = 0.0;
+        kept = 0;
+        while (kept < m && (kept == 0 || above < (double)sp->top_p * z)) {
+            above += exp(it[kept].v - it[0].v);
+            kept++;
+        }
+    }
+    double zk = 0.0;
+    for (int i = 0; i < kept; i++) zk += exp(it[i].v - it[0].v);
+    for (int i = 0; i < n; i++) probs[i] = 0.0, mask[i] = 0;
+    for (int i = 0; i < kept; i++) {
+        probs[it[i].id] = exp(it[i].v - it[0].v) / zk;
+        mask[it[i].id] = 1;
+    }
+    free(it);
+    return kept;
+}
+
+TD_TEST(selection_matches_full_sort) {
+    enum { MAXV = 3000 };
+    float *x = malloc(MAXV * sizeof *x), *p = malloc(MAXV * sizeof *p);
+    double *ref = malloc(MAXV * sizeof *ref);
+    char *mask = malloc(MAXV);
+    REQUIRE(x && p && ref && mask);
+    td_rng_t r;
+    td_rng_seed(&r, 31337);
+    int mismatches = 0;
+    for (int trial = 0; trial < 400; trial++) {
+        int n = 1 + (int)(td_rng_next(&r) % (trial < 300 ? 300 : MAXV));
+        int levels = (int)(td_rng_next(&r) % 4); /* 0: continuous, else few distinct values */
+        double scale = 0.5 + 4.0 * td_rng_uniform(&r);
+        s_logits(x, n, td_rng_next(&r), (float)scale);
+        for (int i = 0; i < n; i++) {
+            if (levels) x[i] = floorf(x[i] * (float)levels);
+            if (td_rng_uniform(&r) < 0.05) x[i] = -INFINITY;
+        }
+        td_sampling_t sp;
+        sp.temperature = (float)(0.3 + 1.5 * td_rng_uniform(&r));
+        sp.top_k = (td_rng_next(&r) % 3) ? 0 : 1 + (int)(td_rng_next(&r) % (uint64_t)(n + 5));
+        sp.top_p = (td_rng_next(&r) % 4) ? (float)td_rng_uniform(&r) : 1.0f;
+        int kept = td_sampling_dist(&sp, x, n, p);
+        int want = s_ref_dist(&sp, x, n, ref, mask);
+        if (want == 0) continue; /* all -inf: covered by greedy_ties_lowest_id */
+        double maxdiff = 0.0;
+        int pattern = 0;
+        for (int i = 0; i < n; i++) {
+            double d = fabs((double)p[i] - ref[i]);
+            if (d > maxdiff) maxdiff = d;
+            pattern += p[i] != 0.0f && !mask[i]; /* mass outside the kept set */
+        }
+        if (kept != want || maxdiff > 1e-6 || pattern) {
+            if (mismatches++ < 5)
+                td_test_fail(__FILE__, __LINE__,
+                             "trial %d n=%d T=%g k=%d p=%g: kept %d vs %d, max diff %g, %d "
+                             "pattern mismatches",
+                             trial, n, sp.temperature, sp.top_k, sp.top_p, kept, want, maxdiff,
+                             pattern);
+        }
+    }
+    free(x);
+    free(p);
+    free(ref);
+    free(mask);
+}
+
 /* ---- the chi-square machinery itself ---- */
 
 TD_TEST(chi2_pvalues_match_torch) {
@@ -228,16 +337,6 @@ TD_TEST(chi2_pvalues_match_torch) {
 }
 
 /* ---- statistical exactness ---- */
-
-static void s_logits(float *x, int n, uint64_t seed, float scale) {
-    td_rng_t r;
-    td_rng_seed(&r, seed);
-    for (int i = 0; i < n; i++) {
-        /* Box-Muller */
-        double u1 = (td_rng_uniform(&r) + 0x1.0p-54), u2 = td_rng_uniform(&r);
-        x[i] = (float)(scale * sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
-    }
-}
 
 static void s_to_double(const float *p, double *q, int n) {
     double s = 0.0;
