@@ -408,6 +408,11 @@ static int s_ends_with(const char *s, const char *suffix) {
     return n >= m && strcmp(s + n - m, suffix) == 0;
 }
 
+static int s_cmp_shard(const void *a, const void *b) {
+    const cJSON *const *x = a, *const *y = b;
+    return strcmp((*x)->valuestring, (*y)->valuestring);
+}
+
 static int s_open_index(td_safetensors_t *st, const char *index_path, td_err_t *err) {
     char *text = NULL;
     size_t len = 0;
@@ -416,6 +421,7 @@ static int s_open_index(td_safetensors_t *st, const char *index_path, td_err_t *
     cJSON *root = cJSON_ParseWithLength(text, len);
     free(text);
     if (!root) return td_err_set(err, TD_ERR_FORMAT, "%s: not valid JSON", index_path);
+    const cJSON **first = NULL; /* the first weight_map entry naming each shard */
     char dir[4096];
     snprintf(dir, sizeof dir, "%s", index_path);
     char *slash = strrchr(dir, '/');
@@ -432,7 +438,13 @@ static int s_open_index(td_safetensors_t *st, const char *index_path, td_err_t *
         rc = td_err_set(err, TD_ERR_FORMAT, "%s: \"weight_map\" is empty", index_path);
         goto done;
     }
-    /* Open each distinct shard once, in order of first mention. */
+    /* Open each distinct shard once, in name order. */
+    int n_entries = cJSON_GetArraySize(wm), n_shards = 0;
+    first = calloc((size_t)n_entries, sizeof *first);
+    if (!first) {
+        rc = td_err_set(err, TD_ERR_NOMEM, "out of memory");
+        goto done;
+    }
     for (const cJSON *e = wm->child; e; e = e->next) {
         if (!cJSON_IsString(e) || !e->valuestring[0]) {
             rc = td_err_set(err, TD_ERR_FORMAT, "%s: weight_map entry '%s' is not a file name",
@@ -446,14 +458,18 @@ static int s_open_index(td_safetensors_t *st, const char *index_path, td_err_t *
                             index_path, shard, e->string);
             goto done;
         }
-        char path[4096 + 256];
-        td_path_join(path, sizeof path, dir, shard);
         int seen = 0;
-        for (int i = 0; i < st->n_files && !seen; i++) seen = strcmp(st->files[i].path, path) == 0;
-        if (seen) continue;
+        for (int i = 0; i < n_shards && !seen; i++)
+            seen = strcmp(first[i]->valuestring, shard) == 0;
+        if (!seen) first[n_shards++] = e;
+    }
+    qsort(first, (size_t)n_shards, sizeof *first, s_cmp_shard);
+    for (int i = 0; i < n_shards; i++) {
+        char path[4096 + 256];
+        td_path_join(path, sizeof path, dir, first[i]->valuestring);
         if (!s_exists(path)) {
             rc = td_err_set(err, TD_ERR_IO, "%s: shard %s (holding tensor '%s') is missing",
-                            index_path, path, e->string);
+                            index_path, path, first[i]->string);
             goto done;
         }
         if ((rc = s_map_file(st, path, err)) < 0) goto done;
@@ -473,6 +489,7 @@ static int s_open_index(td_safetensors_t *st, const char *index_path, td_err_t *
     }
     rc = TD_OK;
 done:
+    free(first);
     cJSON_Delete(root);
     return rc;
 }

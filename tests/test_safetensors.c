@@ -5,6 +5,8 @@
 #include "model/safetensors.h"
 #include "tests/tdtest.h"
 
+#include <cjson/cJSON.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -12,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 /* --- helpers -----------------------------------------------------------------------------------
@@ -603,6 +606,82 @@ TD_TEST(error_no_checkpoint) {
     s_expect_fail(s_path(d, "nope.safetensors"), TD_ERR_IO, "nope.safetensors", NULL, NULL);
     td_err_t err = {0};
     CHECK(td_safetensors_open("", &err) == NULL);
+}
+
+/* --- tandem inspect ----------------------------------------------------------------------------
+ */
+
+/* build/bin/tandem beside this test binary (build/tests/test_safetensors), or NULL. */
+static const char *s_tandem_bin(void) {
+    static char path[1024];
+    ssize_t n = readlink("/proc/self/exe", path, sizeof path - 32);
+    if (n <= 0) return NULL;
+    path[n] = 0;
+    for (int up = 0; up < 2; up++) {
+        char *s = strrchr(path, '/');
+        if (!s) return NULL;
+        *s = 0;
+    }
+    strcat(path, "/bin/tandem");
+    return access(path, X_OK) == 0 ? path : NULL;
+}
+
+static int s_run(const char *cmd, char *out, size_t cap) {
+    FILE *p = popen(cmd, "r");
+    if (!p) return -1;
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+TD_TEST(inspect_command) {
+    const char *bin = s_tandem_bin();
+    if (!bin) {
+        td_test_skip("no bin/tandem beside the test binary");
+        return;
+    }
+    static char out[1 << 16];
+    char cmd[2048];
+    /* transformers wrote total_parameters / total_size into the index: the reference counts */
+    snprintf(cmd, sizeof cmd, "%s inspect %s/st/gpt2-sharded --json --tensors 2>&1", bin,
+             td_test_data());
+    int rc = s_run(cmd, out, sizeof out);
+    CHECK_EQ_INT(rc, 0);
+    cJSON *j = cJSON_Parse(out);
+    CHECK_MSG(j != NULL, "not JSON: %.200s", out);
+    if (j) {
+        CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItem(j, "arch")), "gpt2");
+        CHECK_EQ_INT(cJSON_GetNumberValue(cJSON_GetObjectItem(j, "n_params")), 2144);
+        const cJSON *mem = cJSON_GetObjectItem(j, "memory");
+        CHECK_EQ_INT(cJSON_GetNumberValue(cJSON_GetObjectItem(mem, "weight_bytes")), 8576);
+        /* 2 (k, v) x 2 layers x 2 kv heads x head_dim 4 x 4 bytes */
+        CHECK_EQ_INT(cJSON_GetNumberValue(cJSON_GetObjectItem(mem, "kv_bytes_per_token")), 128);
+        CHECK_EQ_INT(cJSON_GetNumberValue(cJSON_GetObjectItem(mem, "context")), 16);
+        CHECK_EQ_INT(cJSON_GetNumberValue(cJSON_GetObjectItem(mem, "kv_bytes_context")), 2048);
+        CHECK_EQ_INT(cJSON_GetArraySize(cJSON_GetObjectItem(j, "files")), 6);
+        CHECK_EQ_INT(cJSON_GetArraySize(cJSON_GetObjectItem(j, "tensors")), 28);
+        const cJSON *f32 = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "dtypes"), "F32");
+        CHECK_EQ_INT(cJSON_GetNumberValue(cJSON_GetObjectItem(f32, "bytes")), 8576);
+        cJSON_Delete(j);
+    }
+    snprintf(cmd, sizeof cmd, "%s inspect %s/st/qwen2-tiny --tensors --ctx 10 2>&1", bin,
+             td_test_data());
+    CHECK_EQ_INT(s_run(cmd, out, sizeof out), 0);
+    CHECK(strstr(out, "qwen2 (Qwen2ForCausalLM"));
+    CHECK(strstr(out, "parameters     2640 "));
+    CHECK(strstr(out, "640 bytes (640 B) for 10 tokens")); /* 2 x 1 x 2 x 4 x 4 x 10 */
+    CHECK(strstr(out, "model.layers.0.self_attn.q_proj.bias"));
+    snprintf(cmd, sizeof cmd, "%s inspect %s/st/single 2>&1", bin, td_test_data());
+    CHECK_EQ_INT(s_run(cmd, out, sizeof out), 1); /* no config.json */
+    CHECK(strstr(out, "config.json"));
+    snprintf(cmd, sizeof cmd, "%s inspect 2>&1", bin);
+    CHECK_EQ_INT(s_run(cmd, out, sizeof out), 2);
+    snprintf(cmd, sizeof cmd, "%s inspect --bogus x 2>&1", bin);
+    CHECK_EQ_INT(s_run(cmd, out, sizeof out), 2);
+    snprintf(cmd, sizeof cmd, "%s inspect --help 2>&1", bin);
+    CHECK_EQ_INT(s_run(cmd, out, sizeof out), 0);
+    CHECK(strstr(out, "--tensors") && strstr(out, "--json"));
 }
 
 /* Removes the temp dir (best effort) after all cases. */
