@@ -136,36 +136,67 @@ static inline float s_hsum(__m256 v) {
 }
 #endif
 
+#ifdef TD_AVX2
+/* One weight row against NT activation rows (NT a compile-time constant after inlining, so the
+ * accumulators live in registers and no per-element branch remains). For NT == 1 two accumulators
+ * hide the FMA latency. */
+static inline __attribute__((always_inline)) void
+s_row_dot(const td_weight_t *w, const char *wr, size_t es, const float *x, int64_t cols, int NT,
+          float *out) {
+    __m256 acc[8], acc2 = _mm256_setzero_ps();
+    for (int t = 0; t < NT; t++) acc[t] = _mm256_setzero_ps();
+    int64_t c = 0;
+    if (NT == 1) {
+        for (; c + 16 <= cols; c += 16) {
+            acc[0] = _mm256_fmadd_ps(s_load8(w, wr + (size_t)c * es), _mm256_loadu_ps(x + c), acc[0]);
+            acc2 = _mm256_fmadd_ps(s_load8(w, wr + (size_t)(c + 8) * es), _mm256_loadu_ps(x + c + 8), acc2);
+        }
+    }
+    for (; c + 8 <= cols; c += 8) {
+        __m256 wv = s_load8(w, wr + (size_t)c * es);
+        for (int t = 0; t < NT; t++) acc[t] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + t * cols + c), acc[t]);
+    }
+    acc[0] = _mm256_add_ps(acc[0], acc2);
+    for (int t = 0; t < NT; t++) out[t] = s_hsum(acc[t]);
+    for (; c < cols; c++) {
+        float wv = w->dtype == TD_DTYPE_F32 ? ((const float *)wr)[c]
+                   : w->dtype == TD_DTYPE_BF16 ? td_bf16_to_f32(((const uint16_t *)wr)[c])
+                                               : td_f16_to_f32(((const uint16_t *)wr)[c]);
+        for (int t = 0; t < NT; t++) out[t] += wv * x[t * cols + c];
+    }
+}
+#endif
+
 /* y[t, r] = sum_c x[t, c] W[r, c] for t < n <= TD_SKINNY_MAX; each weight row is read from memory
- * once and reused from L1 for every x row. */
+ * once and reused from L1 for every x row (8 rows of x per pass). */
 static void s_matmul_skinny(float *y, const float *x, const td_weight_t *w, int n) {
     const int64_t rows = w->rows, cols = w->cols, ld = s_ld(w);
     const size_t es = td_dtype_size(w->dtype);
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         const char *wr = (const char *)w->data + (size_t)(r * ld) * es;
-        for (int t0 = 0; t0 < n; t0 += 4) {
-            int nt = n - t0 < 4 ? n - t0 : 4;
-            float out[4] = {0, 0, 0, 0};
-            int64_t c = 0;
+        for (int t0 = 0; t0 < n; t0 += 8) {
+            int nt = n - t0 < 8 ? n - t0 : 8;
+            float out[8];
+            const float *xt = x + (int64_t)t0 * cols;
 #ifdef TD_AVX2
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            const float *x0 = x + (int64_t)t0 * cols;
-            for (; c + 8 <= cols; c += 8) {
-                __m256 wv = s_load8(w, wr + (size_t)c * es);
-                a0 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x0 + c), a0);
-                if (nt > 1) a1 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x0 + cols + c), a1);
-                if (nt > 2) a2 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x0 + 2 * cols + c), a2);
-                if (nt > 3) a3 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x0 + 3 * cols + c), a3);
+            switch (nt) {
+            case 1: s_row_dot(w, wr, es, xt, cols, 1, out); break;
+            case 2: s_row_dot(w, wr, es, xt, cols, 2, out); break;
+            case 3: s_row_dot(w, wr, es, xt, cols, 3, out); break;
+            case 4: s_row_dot(w, wr, es, xt, cols, 4, out); break;
+            case 5: s_row_dot(w, wr, es, xt, cols, 5, out); break;
+            case 6: s_row_dot(w, wr, es, xt, cols, 6, out); break;
+            case 7: s_row_dot(w, wr, es, xt, cols, 7, out); break;
+            default: s_row_dot(w, wr, es, xt, cols, 8, out); break;
             }
-            out[0] = s_hsum(a0), out[1] = s_hsum(a1), out[2] = s_hsum(a2), out[3] = s_hsum(a3);
+#else
+            for (int t = 0; t < nt; t++) {
+                float acc = 0;
+                for (int64_t c = 0; c < cols; c++) acc += s_w_at(w, r, c) * xt[t * cols + c];
+                out[t] = acc;
+            }
 #endif
-            for (; c < cols; c++) {
-                float wv = w->dtype == TD_DTYPE_F32 ? ((const float *)wr)[c]
-                           : w->dtype == TD_DTYPE_BF16 ? td_bf16_to_f32(((const uint16_t *)wr)[c])
-                                                       : td_f16_to_f32(((const uint16_t *)wr)[c]);
-                for (int t = 0; t < nt; t++) out[t] += wv * x[(int64_t)(t0 + t) * cols + c];
-            }
             for (int t = 0; t < nt; t++) y[(int64_t)(t0 + t) * rows + r] = out[t];
         }
     }
