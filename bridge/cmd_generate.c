@@ -163,13 +163,21 @@ int td_cmd_generate(int argc, char **argv) {
     if (top_k >= 0) sp.top_k = (int)top_k;
     if (top_p >= 0) sp.top_p = (float)top_p;
 
-    if (chat_kind == -2) chat_kind = td_chat_detect(model);
-    if (chat_kind != TD_CHAT_NONE) {
+    td_chat_format_t fmt;
+    if (chat_kind == -2) {
+        if (td_chat_format_detect(model, &fmt, &err) != TD_OK) {
+            fprintf(stderr, "tandem generate: %s\n", err.msg);
+            goto done;
+        }
+    } else {
+        td_chat_format_builtin((td_chat_kind_t)chat_kind, &fmt);
+    }
+    if (fmt.kind != TD_CHAT_NONE) {
         td_chat_msg_t msgs[2];
         int nm = 0;
         if (system) msgs[nm++] = (td_chat_msg_t){"system", system};
         msgs[nm++] = (td_chat_msg_t){"user", prompt};
-        if (td_chat_apply((td_chat_kind_t)chat_kind, msgs, nm, 1, &rendered, &err) != TD_OK) {
+        if (td_chat_format_apply(&fmt, msgs, nm, 1, &rendered, &err) != TD_OK) {
             fprintf(stderr, "tandem generate: %s\n", err.msg);
             goto done;
         }
