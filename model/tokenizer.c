@@ -360,6 +360,56 @@ static int s_add_normalizer(td_tokenizer_t *tok, const cJSON *n, td_err_t *err, 
     return TD_OK;
 }
 
+/* The Unicode White_Space set, which HF's regex engine (Oniguruma) uses for \s. PCRE2's UCP \s
+ * differs (it counts U+180E, and not U+0085), so \s and \S are spelled out before compiling. */
+#define S_WS                                                                                       \
+    "\\x{9}-\\x{d}\\x{20}\\x{85}\\x{a0}\\x{1680}\\x{2000}-\\x{200a}\\x{2028}\\x{2029}\\x{202f}"    \
+    "\\x{205f}\\x{3000}"
+
+/* Rewrites \s (anywhere) and \S (outside classes) of pattern into explicit classes. Returns a
+ * malloc'd NUL-terminated pattern, or NULL when out of memory. */
+static char *s_rewrite_spaces(const char *p, size_t n) {
+    size_t ws = strlen(S_WS), cap = n * (ws + 4) + 1, o = 0;
+    char *out = malloc(cap);
+    if (!out) return NULL;
+    int in_class = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = p[i];
+        if (c == '\\' && i + 1 < n) {
+            char e = p[++i];
+            if (e == 's' || (e == 'S' && !in_class)) {
+                if (!in_class) out[o++] = '[';
+                if (e == 'S') out[o++] = '^';
+                memcpy(out + o, S_WS, ws);
+                o += ws;
+                if (!in_class) out[o++] = ']';
+            } else {
+                out[o++] = c;
+                out[o++] = e;
+            }
+            continue;
+        }
+        out[o++] = c;
+        if (!in_class && c == '[') {
+            in_class = 1;
+            if (i + 1 < n && p[i + 1] == '^') out[o++] = p[++i];
+            if (i + 1 < n && p[i + 1] == ']') out[o++] = p[++i]; /* a leading ] is literal */
+        } else if (in_class && c == '[' && i + 1 < n && p[i + 1] == ':') {
+            const char *end = strstr(p + i, ":]"); /* POSIX class [:name:] */
+            if (end && (size_t)(end - p) < n) {
+                size_t k = (size_t)(end - p) + 2 - (i + 1);
+                memcpy(out + o, p + i + 1, k);
+                o += k;
+                i += k;
+            }
+        } else if (in_class && c == ']') {
+            in_class = 0;
+        }
+    }
+    out[o] = 0;
+    return out;
+}
+
 static int s_add_regex_step(td_tokenizer_t *tok, const char *pattern, size_t len, int literal,
                             int kind, td_err_t *err) {
     if (tok->n_steps >= (int)(sizeof tok->steps / sizeof tok->steps[0]))
@@ -367,7 +417,16 @@ static int s_add_regex_step(td_tokenizer_t *tok, const char *pattern, size_t len
     int ec;
     PCRE2_SIZE eo;
     uint32_t opts = PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0);
+    char *rewritten = NULL;
+    if (!literal) {
+        if (len == PCRE2_ZERO_TERMINATED) len = strlen(pattern);
+        if (!(rewritten = s_rewrite_spaces(pattern, len)))
+            return td_err_set(err, TD_ERR_NOMEM, "out of memory");
+        pattern = rewritten;
+        len = strlen(rewritten);
+    }
     pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, len, opts, &ec, &eo, NULL);
+    free(rewritten);
     if (!re) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(ec, msg, sizeof msg);

@@ -124,6 +124,24 @@ def hard_strings(specials):
     pool += list("我们世界日本안녕Привет") + ["😀", "👍", "\u200d", "\u0301", "🇫", "🇷", "<|endoftext|>"]
     for _ in range(60):
         s.append("".join(rnd.choice(pool) for _ in range(rnd.randint(1, 40))))
+    # Code points from many blocks, including the whitespace edge cases where regex engines
+    # disagree (U+0085 is White_Space, U+180E no longer is): HF's engine is the reference.
+    s += ["\u180e's", "a\u0085b  \u180e x", "x \u180e\u180e y\u0085\u0085'LL", "\u2028\u2029 z"]
+    blocks = [(0x20, 0x7e), (0x9, 0xd), (0xa0, 0x24f), (0x300, 0x36f), (0x370, 0x4ff),
+              (0x590, 0x6ff), (0x900, 0x97f), (0xe00, 0xe7f), (0x1100, 0x11ff), (0x1680, 0x1680),
+              (0x180e, 0x180e), (0x2000, 0x206f), (0x20a0, 0x214f), (0x2460, 0x24ff),
+              (0x3000, 0x30ff), (0x4e00, 0x4fff), (0xac00, 0xacff), (0xff00, 0xffef),
+              (0x1f300, 0x1f6ff), (0x1f900, 0x1f9ff), (0x10000, 0x1007f), (0x1d400, 0x1d7ff),
+              (0xe0000, 0xe007f), (0x85, 0x85)]
+    extras = [" ", "  ", "\n", "'s", "'LL", "123", "<|endoftext|>", "\r\n", "\t"]
+    for _ in range(150):
+        out = []
+        for _ in range(rnd.randint(1, 40)):
+            lo, hi = rnd.choice(blocks)
+            out.append(chr(rnd.randint(lo, hi)))
+            if rnd.random() < 0.2:
+                out.append(rnd.choice(extras))
+        s.append("".join(out))
     s.append(EN + "\n" + FR + "\n" + ZH + "\n" + EMOJI)
     return s
 
