@@ -33,13 +33,16 @@ typedef struct td_safetensors td_safetensors_t;
  * ranges inside the data section and not overlapping. On failure returns NULL and err names the
  * file (and tensor) at fault. Names are unique across all files. For an index, every shard it
  * names is opened once and must hold the tensors the weight_map assigns to it; tensors present in
- * a shard but absent from the map are loaded too. Header size is limited to 100 MB. */
+ * a shard but absent from the map are loaded too; shards get file indices in file-name order.
+ * Header size is limited to 100 MB. */
 td_safetensors_t *td_safetensors_open(const char *path, td_err_t *err);
+/* Unmaps everything and sets *self_p to NULL; safe on NULL and twice. */
 void td_safetensors_destroy(td_safetensors_t **self_p);
 
+/* Tensors in file order, then header order; td_safetensors_at returns NULL out of range. */
 int td_safetensors_count(const td_safetensors_t *st);
 const td_st_tensor_t *td_safetensors_at(const td_safetensors_t *st, int i);
-/* NULL when absent. */
+/* Hash lookup by exact name; NULL when absent. */
 const td_st_tensor_t *td_safetensors_find(const td_safetensors_t *st, const char *name);
 int td_safetensors_n_files(const td_safetensors_t *st);
 const char *td_safetensors_file_path(const td_safetensors_t *st, int file);
