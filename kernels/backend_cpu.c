@@ -23,6 +23,10 @@
  * conversion is amortised over n rows. */
 #define TD_SKINNY_MAX 16
 #define TD_PANEL_ROWS 256
+/* Work (elements touched) below which a loop runs on one thread: a parallel region costs a few
+ * microseconds when the cores are idle and a scheduler time slice when they are not. */
+#define TD_PAR_MIN ((int64_t)1 << 15)
+#define TD_PAR(work) ((int64_t)(work) >= TD_PAR_MIN)
 
 typedef struct cpu_ctx {
     int reference;
@@ -98,7 +102,7 @@ static void s_add_bias(float *y, const td_weight_t *bias, int n, int64_t m) {
     float *b = malloc((size_t)m * sizeof(float));
     if (!b) abort();
     s_load_f32(b, bias, 0, m);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (TD_PAR((int64_t)n * m))
     for (int t = 0; t < n; t++)
         for (int64_t j = 0; j < m; j++) y[(int64_t)t * m + j] += b[j];
     free(b);
@@ -172,7 +176,7 @@ s_row_dot(const td_weight_t *w, const char *wr, size_t es, const float *x, int64
 static void s_matmul_skinny(float *y, const float *x, const td_weight_t *w, int n) {
     const int64_t rows = w->rows, cols = w->cols, ld = s_ld(w);
     const size_t es = td_dtype_size(w->dtype);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (TD_PAR(rows * cols))
     for (int64_t r = 0; r < rows; r++) {
         const char *wr = (const char *)w->data + (size_t)(r * ld) * es;
         for (int t0 = 0; t0 < n; t0 += 8) {
@@ -208,7 +212,7 @@ static void s_matmul_skinny_t(float *y, const float *x, const td_weight_t *w, in
     const int64_t rows = w->rows, cols = w->cols, ld = s_ld(w);
     const int64_t blk = 256;
     const int64_t nblk = (rows + blk - 1) / blk;
-#pragma omp parallel
+#pragma omp parallel if (TD_PAR(rows * cols * n))
     {
         float buf[256];
 #pragma omp for schedule(static)
@@ -257,7 +261,7 @@ static void s_matmul_wide(cpu_ctx_t *cx, float *y, const float *x, const td_weig
         if (s_panel_reserve(cx, (size_t)(pr * cols))) abort();
         for (int64_t r0 = 0; r0 < rows; r0 += pr) {
             int64_t nr = rows - r0 < pr ? rows - r0 : pr;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (TD_PAR(nr * cols))
             for (int64_t r = 0; r < nr; r++) s_load_f32(cx->panel + r * cols, w, (r0 + r) * ld, cols);
             /* y[:, r0:r0+nr] = x panel^T, written with ldc = rows */
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)nr, (int)cols, 1.0f, x,
@@ -269,7 +273,7 @@ static void s_matmul_wide(cpu_ctx_t *cx, float *y, const float *x, const td_weig
         if (s_panel_reserve(cx, (size_t)(pc * rows))) abort();
         for (int64_t c0 = 0; c0 < cols; c0 += pc) {
             int64_t nc = cols - c0 < pc ? cols - c0 : pc;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (TD_PAR(nc * rows))
             for (int64_t c = 0; c < nc; c++) s_load_f32(cx->panel + c * rows, w, (c0 + c) * ld, rows);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, (int)rows, (int)nc, 1.0f,
                         x + c0, (int)cols, cx->panel, (int)rows, c0 == 0 ? 0.0f : 1.0f, y,
@@ -309,7 +313,7 @@ static void s_rmsnorm(td_backend_t *be, float *y, const float *x, const td_weigh
     float *wf = malloc((size_t)d * sizeof(float));
     if (!wf) abort();
     s_load_f32(wf, w, 0, d);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (TD_PAR((int64_t)n * d))
     for (int t = 0; t < n; t++) {
         const float *xt = x + (int64_t)t * d;
         float *yt = y + (int64_t)t * d;
@@ -329,7 +333,7 @@ static void s_layernorm(td_backend_t *be, float *y, const float *x, const td_wei
     s_load_f32(wf, w, 0, d);
     if (b) s_load_f32(bf, b, 0, d);
     else memset(bf, 0, (size_t)d * sizeof(float));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (TD_PAR((int64_t)n * d))
     for (int t = 0; t < n; t++) {
         const float *xt = x + (int64_t)t * d;
         float *yt = y + (int64_t)t * d;
@@ -347,7 +351,7 @@ static void s_layernorm(td_backend_t *be, float *y, const float *x, const td_wei
 static void s_rope(td_backend_t *be, float *x, const int32_t *pos, int n, int n_head, int head_dim,
                    int rot_dim, float theta) {
     int half = rot_dim / 2;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (TD_PAR((int64_t)n * half * n_head))
     for (int t = 0; t < n; t++) {
         for (int i = 0; i < half; i++) {
             /* as HF: inv_freq in float32, angle = pos * inv_freq in float32 */
@@ -365,7 +369,7 @@ static void s_rope(td_backend_t *be, float *x, const int32_t *pos, int n, int n_
 }
 
 static void s_swiglu(td_backend_t *be, float *y, const float *g, const float *u, int64_t count) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (TD_PAR(count))
     for (int64_t i = 0; i < count; i++) {
         float gv = g[i];
         y[i] = gv / (1.0f + expf(-gv)) * u[i];
@@ -374,7 +378,7 @@ static void s_swiglu(td_backend_t *be, float *y, const float *g, const float *u,
 
 static void s_gelu_tanh(td_backend_t *be, float *x, int64_t count) {
     const float k = 0.7978845608028654f; /* sqrt(2/pi) */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (TD_PAR(count))
     for (int64_t i = 0; i < count; i++) {
         float v = x[i];
         x[i] = 0.5f * v * (1.0f + tanhf(k * (v + 0.044715f * v * v * v)));
@@ -382,7 +386,7 @@ static void s_gelu_tanh(td_backend_t *be, float *x, int64_t count) {
 }
 
 static void s_add(td_backend_t *be, float *y, const float *x, int64_t count) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (TD_PAR(count))
     for (int64_t i = 0; i < count; i++) y[i] += x[i];
 }
 
@@ -409,7 +413,9 @@ static void s_attention(td_backend_t *be, float *out, const float *q, const floa
     cpu_ctx_t *c = be->ctx;
     const int hd = a->head_dim, nh = a->n_head, nkv = a->n_kv_head, group = nh / nkv;
     const int64_t row = (int64_t)nkv * hd;
-    int nthr = c->reference ? 1 : omp_get_max_threads();
+    int64_t work = 0;
+    for (int t = 0; t < a->n; t++) work += (int64_t)a->kv_len[a->seq[t]] * nh * hd;
+    int nthr = c->reference || !TD_PAR(work) ? 1 : omp_get_max_threads();
     size_t need = (size_t)nthr * (size_t)a->n_ctx;
     if (c->att_cap < need) {
         free(c->att);
