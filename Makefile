@@ -95,7 +95,9 @@ $(BUILD)/fuzz/%: fuzz/%.c $(LIB_SRC)
 fuzz: fuzz-build
 	@for f in $(FUZZ_SRC:fuzz/%.c=%); do echo "== fuzz $$f ($(FUZZ_SECONDS)s)"; \
 	  mkdir -p $(BUILD)/fuzz/corpus-$$f; \
-	  $(BUILD)/fuzz/$$f -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 $(BUILD)/fuzz/corpus-$$f fuzz/seeds/$$f 2>&1 | tail -3 || exit 1; done
+	  TD_LOG=error $(BUILD)/fuzz/$$f -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 \
+	    $(BUILD)/fuzz/corpus-$$f fuzz/seeds/$$f > $(BUILD)/fuzz/$$f.log 2>&1; rc=$$?; \
+	  tail -3 $(BUILD)/fuzz/$$f.log; [ $$rc -eq 0 ] || { echo "fuzz $$f FAILED (see $(BUILD)/fuzz/$$f.log)"; exit 1; }; done
 fuzz-smoke:
 	$(MAKE) fuzz FUZZ_SECONDS=20
 
