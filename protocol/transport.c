@@ -214,6 +214,30 @@ static int s_z85_ok(const char *s) {
     return zmq_z85_decode(bin, s) != NULL;
 }
 
+/* Classifies one line of a key or allow file: 1 = a key (the first word, 40 Z85 characters;
+ * the rest of the line is a comment) copied to z85, 0 = blank or a '#' comment, -1 = neither.
+ * Z85 uses '#' too, so a key is recognised before a comment. */
+static int s_key_line(char *line, char *z85) {
+    char *s = line;
+    while (isspace((unsigned char)*s)) s++;
+    size_t n = 0;
+    while (s[n] && !isspace((unsigned char)s[n])) n++;
+    if (!n) return 0;
+    if (n == 40) {
+        char word[41];
+        memcpy(word, s, 40);
+        word[40] = 0;
+        if (s_z85_ok(word)) {
+            memcpy(z85, word, 41);
+            return 1;
+        }
+    }
+    if (*s == '#') return 0;
+    s[n] = 0;
+    memmove(line, s, n + 1);
+    return -1;
+}
+
 int td_curve_key_read(const char *path, char *z85, td_err_t *err) {
     FILE *f = fopen(path, "r");
     if (!f) return td_err_set(err, TD_ERR_IO, "cannot open key file %s: %s", path, strerror(errno));
@@ -225,18 +249,13 @@ int td_curve_key_read(const char *path, char *z85, td_err_t *err) {
     char line[512];
     int rc = td_err_set(err, TD_ERR_FORMAT, "key file %s holds no key", path);
     while (fgets(line, sizeof line, f)) {
-        char *s = line;
-        while (isspace((unsigned char)*s)) s++;
-        if (!*s || *s == '#') continue;
-        size_t n = strlen(s);
-        while (n && isspace((unsigned char)s[n - 1])) s[--n] = 0;
-        if (!s_z85_ok(s)) {
+        int k = s_key_line(line, z85);
+        if (k == 0) continue;
+        if (k > 0)
+            rc = TD_OK;
+        else
             rc = td_err_set(err, TD_ERR_FORMAT,
-                            "key file %s: '%.50s' is not a 40-character Z85 CURVE key", path, s);
-            break;
-        }
-        memcpy(z85, s, 41);
-        rc = TD_OK;
+                            "key file %s: '%.50s' is not a 40-character Z85 CURVE key", path, line);
         break;
     }
     fclose(f);
@@ -426,26 +445,22 @@ static int s_read_allow(const char *path, s_zap_domain_t *d, td_err_t *err) {
     int lineno = 0, rc = TD_OK;
     while (rc == TD_OK && fgets(line, sizeof line, f)) {
         lineno++;
-        char *hash = strchr(line, '#');
-        if (hash) *hash = 0;
-        char *s = line;
-        while (isspace((unsigned char)*s)) s++;
-        size_t n = strlen(s);
-        while (n && isspace((unsigned char)s[n - 1])) s[--n] = 0;
-        if (!n) continue;
+        char z85[41];
         uint8_t bin[32];
-        if (n != 40 || !zmq_z85_decode(bin, s)) {
+        int k = s_key_line(line, z85);
+        if (k == 0) continue;
+        if (k < 0 || !zmq_z85_decode(bin, z85)) {
             rc = td_err_set(err, TD_ERR_FORMAT,
                             "allow file %s line %d: '%.50s' is not a 40-character Z85 public key",
-                            path, lineno, s);
+                            path, lineno, line);
             break;
         }
-        uint8_t(*k)[32] = realloc(d->keys, (d->n_keys + 1) * sizeof *k);
-        if (!k) {
+        uint8_t(*keys)[32] = realloc(d->keys, (d->n_keys + 1) * sizeof *keys);
+        if (!keys) {
             rc = td_err_set(err, TD_ERR_NOMEM, "out of memory");
             break;
         }
-        d->keys = k;
+        d->keys = keys;
         memcpy(d->keys[d->n_keys++], bin, 32);
     }
     fclose(f);
@@ -557,7 +572,14 @@ td_server_t *td_server_new(const char *endpoint, const td_transport_opts_t *opts
     } else if (!rc && o.curve_allow_file) {
         rc = td_err_set(err, TD_ERR_ARG, "an allow file needs a CURVE secret key for the server");
     }
-    if (!rc && zmq_bind(self->sock, endpoint))
+    /* libzmq reads a bind host as an interface or an address, not a name: localhost means
+     * 127.0.0.1 */
+    char bind_ep[512];
+    if (!strncmp(endpoint, "tcp://localhost:", 16))
+        snprintf(bind_ep, sizeof bind_ep, "tcp://127.0.0.1:%s", endpoint + 16);
+    else
+        snprintf(bind_ep, sizeof bind_ep, "%s", endpoint);
+    if (!rc && zmq_bind(self->sock, bind_ep))
         rc = s_zmq_fail(err, TD_ERR_IO, "cannot bind", endpoint);
     if (rc) {
         td_err_prefix(err, "server %s", endpoint);
