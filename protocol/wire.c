@@ -347,6 +347,42 @@ static int s_session_body(Tandem__Envelope__BodyCase c) {
            c == TANDEM__ENVELOPE__BODY_COMMIT;
 }
 
+/* Unknown fields (from a newer peer) are skipped, but protobuf-c also keeps the invalid field
+ * number 0, which it would then pack into bytes it cannot read back: refuse those. Walks every
+ * sub-message that is present (for a oneof, only the member that is set). */
+static int s_check_unknown(const ProtobufCMessage *m, int depth, td_err_t *err) {
+    if (depth > 8) return td_err_set(err, TD_ERR_FORMAT, "messages nested too deeply");
+    for (unsigned i = 0; i < m->n_unknown_fields; i++)
+        if (m->unknown_fields[i].tag == 0)
+            return td_err_set(err, TD_ERR_FORMAT, "%s holds a field numbered 0",
+                              m->descriptor->short_name);
+    const ProtobufCMessageDescriptor *d = m->descriptor;
+    const char *base = (const char *)m;
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        if (f->type != PROTOBUF_C_TYPE_MESSAGE) continue;
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            size_t n = *(const size_t *)(base + f->quantifier_offset);
+            ProtobufCMessage *const *arr = *(ProtobufCMessage *const *const *)(base + f->offset);
+            for (size_t j = 0; j < n; j++) {
+                if (!arr || !arr[j]) return td_err_set(err, TD_ERR_FORMAT, "empty sub-message");
+                int rc = s_check_unknown(arr[j], depth + 1, err);
+                if (rc) return rc;
+            }
+            continue;
+        }
+        if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+            *(const uint32_t *)(base + f->quantifier_offset) != f->id)
+            continue;
+        const ProtobufCMessage *sub = *(ProtobufCMessage *const *)(base + f->offset);
+        if (sub) {
+            int rc = s_check_unknown(sub, depth + 1, err);
+            if (rc) return rc;
+        }
+    }
+    return TD_OK;
+}
+
 int td_wire_validate(const Tandem__Envelope *env, const td_wire_limits_t *lim, td_err_t *err) {
     if (!env) return td_err_set(err, TD_ERR_FORMAT, "no envelope");
     td_wire_limits_t l = s_limits(lim);
@@ -358,6 +394,7 @@ int td_wire_validate(const Tandem__Envelope *env, const td_wire_limits_t *lim, t
     if (s_session_body(env->body_case) && env->session_id == 0)
         return td_err_set(err, TD_ERR_FORMAT, "%s without a session id", td_wire_body_name(env));
     int rc = s_check_body(env, &l, err);
+    if (rc == TD_OK) rc = s_check_unknown(&env->base, 0, err);
     if (rc) return td_err_prefix(err, "invalid %s", td_wire_body_name(env));
     return TD_OK;
 }
