@@ -95,7 +95,7 @@ def train_verifier(tok, train_ids, held_w, work, seed, steps, batch):
         x = torch.stack(order[pos:pos + batch])
         pos += batch
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, 2e-3, 50)
+            g["lr"] = lr_at(step, steps, 2e-3, 30)
         loss = model(input_ids=x, labels=x).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -108,8 +108,206 @@ def train_verifier(tok, train_ids, held_w, work, seed, steps, batch):
             hist["eval_step"].append(step)
             hist["heldout_loss"].append(hl)
             log("verifier step %d loss %.3f heldout %.3f (%.0fs)" % (step, loss.item(), hl, time.time() - t0))
+        elif step % 10 == 0:
+            log("verifier step %d loss %.3f (%.0fs)" % (step, loss.item(), time.time() - t0))
     save_ckpt(model, os.path.join(work, "verifier.pt"), hist)
     return model
+
+
+# ----------------------------------------------------------------------------- teacher targets
+def load_model(shape, tok, path):
+    m = new_model(shape, tok, 0)
+    m.load_state_dict(torch.load(path, weights_only=False)["state_dict"])
+    return m
+
+
+@torch.no_grad()
+def make_targets(tok, train_ids, work):
+    """Top-TOPK next-token distribution of the verifier at every position of the fixed training windows."""
+    ver = load_model(VERIFIER, tok, os.path.join(work, "verifier.pt")).eval()
+    w = common.windows(train_ids)
+    ids = torch.empty(w.size(0), SEQ_LEN, TOPK, dtype=torch.int16)
+    prob = torch.empty(w.size(0), SEQ_LEN, TOPK, dtype=torch.float16)
+    mass = 0.0
+    t0 = time.time()
+    for i in range(0, w.size(0), 32):
+        p = torch.softmax(ver(input_ids=w[i:i + 32]).logits.float(), -1)
+        v, k = p.topk(TOPK, -1)
+        mass += v.sum(-1).sum().item()
+        ids[i:i + 32] = k.to(torch.int16)
+        prob[i:i + 32] = (v / v.sum(-1, keepdim=True)).to(torch.float16)
+    log("targets: %d windows, mean top-%d mass %.4f (%.0fs)" % (w.size(0), TOPK, mass / w.numel(), time.time() - t0))
+    torch.save({"windows": w, "ids": ids, "prob": prob, "topk_mass": mass / w.numel()},
+               os.path.join(work, "targets.pt"))
+
+
+def soft_ce(logp, t_ids, t_prob):
+    """Cross-entropy of the student log-probs against the teacher's renormalised top-k distribution."""
+    return -(t_prob.float() * logp.gather(-1, t_ids.long())).sum(-1)
+
+
+# ----------------------------------------------------------------------------- AR drafter
+def train_ar_drafter(tok, held_w, work, seed, steps, batch, kd):
+    name = "ar_kd" if kd else "ar_ce"
+    tg = torch.load(os.path.join(work, "targets.pt"), weights_only=False)
+    w, t_ids, t_prob = tg["windows"], tg["ids"], tg["prob"]
+    model = new_model(DRAFTER, tok, seed)
+    rng = np.random.RandomState(seed)
+    opt = make_opt(model, 3e-3)
+    hist = {"step": [], "train_loss": [], "eval_step": [], "heldout_loss": []}
+    order, pos = rng.permutation(w.size(0)), 0
+    t0 = time.time()
+    for step in range(steps):
+        if pos + batch > len(order):
+            order, pos = rng.permutation(w.size(0)), 0
+        idx = torch.from_numpy(order[pos:pos + batch])
+        pos += batch
+        x = w[idx]
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, 3e-3, 30)
+        logp = torch.log_softmax(model(input_ids=x).logits.float()[:, :-1], -1)
+        hard = -logp.gather(-1, x[:, 1:, None]).squeeze(-1).mean()
+        if kd:
+            soft = soft_ce(logp, t_ids[idx, :-1], t_prob[idx, :-1]).mean()
+            loss = 0.7 * soft + 0.3 * hard
+        else:
+            loss = hard
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        hist["step"].append(step)
+        hist["train_loss"].append(hard.item())  # plotted: hard-label CE, comparable across runs
+        if step % 100 == 0 or step == steps - 1:
+            hl = heldout_loss(model, held_w)
+            hist["eval_step"].append(step)
+            hist["heldout_loss"].append(hl)
+            log("%s step %d loss %.3f ce %.3f heldout %.3f (%.0fs)" % (name, step, loss.item(), hard.item(), hl,
+                                                                      time.time() - t0))
+    save_ckpt(model, os.path.join(work, name + ".pt"), hist)
+
+
+# ----------------------------------------------------------------------------- diffusion drafter
+MASK_ID = 3  # <|mask|>, checked against the tokenizer at run time
+
+
+def diffusion_batch(x, rng):
+    """Build one masked-diffusion batch from clean windows x [B, L].
+
+    Returns (inputs, attention mask [B,1,L,L] bool, position ids, per-token loss weight [B,L],
+    soft-target flag [B,L]).  Position i's token is predicted from hidden i-1 (logit shift), so a
+    masked position always has its left neighbour in the same segment.
+      75% of rows: segment A = clean prefix of P tokens + a block of B in [8,16] tokens, masked
+        all (40%), left-to-right partially (30%: first k clean) or at random (30%); weight 1/#masked,
+        distilled from the verifier.  Segment B = the rest of the row as an independent sequence
+        (positions restart at 0, attention confined to it) with random masking at rate t ~ U(.05,1),
+        weight 1/(t*len).
+      25% of rows: the whole row with random masking at rate t, weight 1/(t*len).
+    Attention is bidirectional within a segment.
+    """
+    Bsz, L = x.shape
+    inp = x.clone()
+    seg = torch.zeros(Bsz, L, dtype=torch.long)
+    posid = torch.arange(L).repeat(Bsz, 1)
+    wgt = torch.zeros(Bsz, L)
+    soft = torch.zeros(Bsz, L, dtype=torch.bool)
+
+    def random_mask(r, a, b):  # positions a+1..b-1 of row r (a is the segment start)
+        t = rng.uniform(0.05, 1.0)
+        m = torch.from_numpy(rng.rand(b - a - 1) < t)
+        if not m.any():
+            m[rng.randint(b - a - 1)] = True
+        idx = torch.arange(a + 1, b)[m]
+        inp[r, idx] = MASK_ID
+        wgt[r, idx] = 1.0 / (t * (b - a - 1))
+
+    for r in range(Bsz):
+        if rng.rand() < 0.75:
+            blk = rng.randint(8, 17)
+            p = rng.randint(4, L - blk - 31)
+            mode = rng.rand()
+            if mode < 0.4:
+                m = np.ones(blk, dtype=bool)
+            elif mode < 0.7:
+                m = np.arange(blk) >= rng.randint(1, blk)
+            else:
+                m = rng.rand(blk) < rng.uniform(0.1, 1.0)
+                if not m.any():
+                    m[rng.randint(blk)] = True
+            idx = torch.arange(p, p + blk)[torch.from_numpy(m)]
+            inp[r, idx] = MASK_ID
+            wgt[r, idx] = 1.0 / len(idx)
+            soft[r, idx] = True
+            e = p + blk
+            seg[r, e:] = 1
+            posid[r, e:] = torch.arange(L - e)
+            random_mask(r, e, L)
+        else:
+            random_mask(r, 0, L)
+    attn = (seg[:, :, None] == seg[:, None, :])[:, None]
+    return inp, attn, posid, wgt, soft
+
+
+@torch.no_grad()
+def diffusion_heldout(model, held_w, ratio=0.5, seed=7):
+    """Masked-token CE and accuracy on held-out windows at a fixed mask ratio (shifted prediction)."""
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    x = held_w[:48]
+    m = torch.rand(x.shape, generator=g) < ratio
+    m[:, 0] = False
+    inp = x.masked_fill(m, MASK_ID)
+    attn = torch.ones(x.size(0), 1, x.size(1), x.size(1), dtype=torch.bool)
+    logits = model(input_ids=inp, attention_mask=attn).logits.float()[:, :-1]
+    tm = m[:, 1:]
+    ce = F.cross_entropy(logits[tm], x[:, 1:][tm]).item()
+    acc = (logits[tm].argmax(-1) == x[:, 1:][tm]).float().mean().item()
+    model.train()
+    return ce, acc
+
+
+def train_diffusion(tok, held_w, work, seed, steps, batch):
+    assert tok.token_to_id("<|mask|>") == MASK_ID
+    tg = torch.load(os.path.join(work, "targets.pt"), weights_only=False)
+    w, t_ids, t_prob = tg["windows"], tg["ids"], tg["prob"]
+    model = load_model(DRAFTER, tok, os.path.join(work, "ar_kd.pt"))  # AR -> diffusion adaptation
+    torch.manual_seed(seed)
+    rng = np.random.RandomState(seed)
+    opt = make_opt(model, 2e-3)
+    hist = {"step": [], "train_loss": [], "eval_step": [], "heldout_loss": [], "heldout_acc": []}
+    order, pos = rng.permutation(w.size(0)), 0
+    t0 = time.time()
+    for step in range(steps):
+        if pos + batch > len(order):
+            order, pos = rng.permutation(w.size(0)), 0
+        idx = torch.from_numpy(order[pos:pos + batch])
+        pos += batch
+        x = w[idx]
+        inp, attn, posid, wgt, soft = diffusion_batch(x, rng)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, 2e-3, 30)
+        logits = model(input_ids=inp, attention_mask=attn, position_ids=posid).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], -1)  # row i-1 predicts token i
+        tw, ts = wgt[:, 1:], soft[:, 1:]
+        hard = -logp.gather(-1, x[:, 1:, None]).squeeze(-1)
+        # the verifier's next-token distribution at i-1 (given the clean text up to i-1) as soft target
+        sce = soft_ce(logp, t_ids[idx, :-1], t_prob[idx, :-1])
+        per = torch.where(ts, 0.5 * hard + 0.5 * sce, hard)
+        loss = (per * tw).sum() / x.size(0)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        hist["step"].append(step)
+        hist["train_loss"].append(loss.item())
+        if step % 100 == 0 or step == steps - 1:
+            ce, acc = diffusion_heldout(model, held_w)
+            hist["eval_step"].append(step)
+            hist["heldout_loss"].append(ce)
+            hist["heldout_acc"].append(acc)
+            log("diffusion step %d loss %.3f heldout@0.5 ce %.3f acc %.3f (%.0fs)" % (step, loss.item(), ce, acc,
+                                                                                     time.time() - t0))
+    save_ckpt(model, os.path.join(work, "diffusion.pt"), hist)
 
 
 # ----------------------------------------------------------------------------- main
@@ -123,9 +321,9 @@ def main():
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--stages", default=",".join(STAGES))
     ap.add_argument("--force", action="store_true")
-    ap.add_argument("--verifier-steps", type=int, default=700)
-    ap.add_argument("--drafter-steps", type=int, default=800)
-    ap.add_argument("--diffusion-steps", type=int, default=1100)
+    ap.add_argument("--verifier-steps", type=int, default=350)
+    ap.add_argument("--drafter-steps", type=int, default=400)
+    ap.add_argument("--diffusion-steps", type=int, default=500)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
