@@ -1,37 +1,70 @@
-/* cmd_generate.c - `tandem generate`: one prompt in, streamed text and stats out. */
+/* cmd_generate.c - `tandem generate`: one prompt in, streamed text and stats out, by any method. */
 #include <stdio.h>
 
 #include "bridge/cli.h"
 #include "bridge/commands.h"
+#include "bridge/pair.h"
+#include "drafter/draft.h"
 #include "model/chat.h"
 #include "model/sampler.h"
 #include "verifier/generate.h"
+#include "verifier/spec.h"
 
 #include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static void s_help(FILE *f) {
     fprintf(f,
-            "usage: tandem generate --verifier DIR --prompt T [options]\n\n"
-            "Generates a continuation of the prompt and streams it to stdout; a summary goes to stderr.\n\n"
-            "options:\n"
-            "  --verifier DIR     the (causal) model that generates; --model is a synonym\n"
-            "  --method M         decoding method; available now: ar (plain autoregressive)\n"
+            "usage: tandem generate [--verifier DIR] [--drafter DIR|ENDPOINT] [--method M] --prompt T [options]\n\n"
+            "Generates a continuation of the prompt and streams it to stdout; a summary goes to stderr.\n"
+            "With no model arguments the bundled models (models/tiny-*) and --method specdiff are used.\n\n"
+            "models and method:\n"
+            "  --verifier DIR     the causal model whose distribution is generated (--model: synonym)\n"
+            "  --drafter X        a drafter checkpoint directory (served in this process over inproc://)\n"
+            "                     or the endpoint of a running tandem-drafter (tcp://host:port, ipc://path)\n"
+            "  --method M         ar          plain autoregressive decoding with the verifier (exact)\n"
+            "                     spec-ar     speculative decoding with a small AR drafter (exact)\n"
+            "                     specdiff    a diffusion drafter drafts --gamma tokens in --steps steps (exact\n"
+            "                                 with --order left-to-right or --steps 1 under rejection, any order\n"
+            "                                 under match, and always at temperature 0)\n"
+            "                     apd         diffusion drafts accepted while they equal the argmax of\n"
+            "                                 R*logit_D + (1-R)*logit_AR (LOSSY by design)\n"
+            "                     diffusion   the drafter alone, Fast-dLLM confidence-threshold unmasking\n"
+            "prompt and sampling:\n"
             "  --prompt T         the prompt text; --prompt-file F reads it from a file ('-' = stdin)\n"
             "  --chat MODE        auto (default: the checkpoint's chat template if it has one), none,\n"
             "                     chatml, llama3\n"
             "  --system S         system message for the chat template\n"
             "  --max-tokens N     tokens to generate at most (default 128)\n"
             "  --temperature X    0 = greedy; default: the checkpoint's generation_config.json, else 0\n"
-            "  --top-k K          keep the K most likely tokens (0 = off; default from generation_config)\n"
-            "  --top-p P          nucleus sampling mass (1 = off; default from generation_config)\n"
-            "  --seed S           sampling seed (default 0): the same seed replays the same output\n"
-            "  --threads N        CPU threads (default: all cores)\n"
-            "  --json             print one JSON object {text, tokens, stats} instead of streaming\n");
+            "  --top-k K          keep the K most likely tokens (0 = off)\n"
+            "  --top-p P          nucleus sampling mass (1 = off)\n"
+            "  --seed S           seed (default 0): the same seed replays the same output\n"
+            "speculation:\n"
+            "  --gamma N          draft length (default 8; apd: the lookahead M, default 16)\n"
+            "  --steps T          diffusion denoising steps per draft (default 4; apd 1)\n"
+            "  --order O          left-to-right (default), confidence, entropy, margin\n"
+            "  --verify V         rejection (default), match, greedy (temperature 0 is always greedy)\n"
+            "  --dist-top-k K     drafter distribution entries sent per position (default 32; full rows\n"
+            "                     are fetched only when these cannot decide exactly)\n"
+            "  --mixture R        apd mixture weight R (default 0.7)\n"
+            "  --kv-window W      apd: drafter positions recomputed every round (default 16)\n"
+            "  --lookahead M      apd: synonym of --gamma\n"
+            "  --block-size B     diffusion: block size (default 32)\n"
+            "  --threshold X      diffusion: confidence threshold (default 0.9)\n"
+            "  --timeout-ms N     drafter answer timeout per round (default 5000); on timeout the\n"
+            "                     round is done as plain AR and counted as a fallback\n"
+            "  --curve-server-key F  the drafter's public key (NAME.pub) for a tcp:// drafter with CURVE\n"
+            "  --curve-key F      this side's secret key (NAME.key) for CURVE client authentication\n"
+            "other:\n"
+            "  --threads N        CPU threads per model (default: all cores)\n"
+            "  --json             print one JSON object {text, tokens, prompt_tokens, stats} instead of\n"
+            "                     streaming\n");
 }
 
-/* Sampling defaults from DIR/generation_config.json, as HF generate would use them. */
+/* Sampling defaults and stop ids from DIR/generation_config.json, as HF generate would use them. */
 static void s_gen_defaults(const char *dir, td_sampling_t *sp, int32_t *stop, int *n_stop, int cap) {
     char path[4096], *data = NULL;
     size_t len;
@@ -44,8 +77,7 @@ static void s_gen_defaults(const char *dir, td_sampling_t *sp, int32_t *stop, in
         return;
     }
     cJSON *v;
-    int do_sample = cJSON_IsTrue(cJSON_GetObjectItem(j, "do_sample"));
-    if (do_sample) {
+    if (cJSON_IsTrue(cJSON_GetObjectItem(j, "do_sample"))) {
         sp->temperature = 1.0f;
         if (cJSON_IsNumber(v = cJSON_GetObjectItem(j, "temperature"))) sp->temperature = (float)v->valuedouble;
         if (cJSON_IsNumber(v = cJSON_GetObjectItem(j, "top_k"))) sp->top_k = v->valueint;
@@ -58,6 +90,23 @@ static void s_gen_defaults(const char *dir, td_sampling_t *sp, int32_t *stop, in
         cJSON_ArrayForEach(e, v) if (cJSON_IsNumber(e) && *n_stop < cap) stop[(*n_stop)++] = e->valueint;
     }
     cJSON_Delete(j);
+}
+
+/* The bundled model NAME: ./models/NAME, else next to the executable (../../models/NAME). */
+static const char *s_bundled(const char *name, char *buf, size_t cap) {
+    snprintf(buf, cap, "models/%s", name);
+    if (access(buf, R_OK) == 0) return buf;
+    char exe[2048];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = 0;
+        char *s = strrchr(exe, '/');
+        if (s) *s = 0;
+        snprintf(buf, cap, "%.900s/../../models/%s", exe, name);
+        if (access(buf, R_OK) == 0) return buf;
+    }
+    snprintf(buf, cap, "models/%s", name);
+    return buf;
 }
 
 typedef struct stream {
@@ -77,11 +126,35 @@ static int s_on_token(void *ud, int32_t id) {
     return 0;
 }
 
+/* Prints the --json "stats" object (keys documented in README.md; keep them stable). */
+static void s_print_stats(const char *method, const td_spec_stats_t *s, int gamma, double total) {
+    static const char *reasons[] = {"length", "eos", "callback"};
+    double tps = total > 0 ? s->generated / total : 0;
+    printf("\"stats\":{\"method\":\"%s\",\"lossy\":%s,\"generated\":%d,\"drafted\":%d,\"accepted\":%d,", method,
+           s->lossy ? "true" : "false", s->generated, s->drafted, s->accepted);
+    if (s->drafted) printf("\"acceptance_rate\":%.6f,", (double)s->accepted / s->drafted);
+    else printf("\"acceptance_rate\":null,");
+    if (s->rounds) printf("\"mean_accepted_length\":%.6f,", (double)(s->accepted + s->bonus_tokens) / s->rounds);
+    else printf("\"mean_accepted_length\":null,");
+    printf("\"mean_accepted_length_includes_bonus\":%s,\"accepted_by_position\":[", s->lossy ? "false" : "true");
+    int g = gamma < TD_SPEC_MAX_GAMMA ? gamma : TD_SPEC_MAX_GAMMA;
+    if (!s->rounds) g = 0;
+    for (int j = 0; j < g; j++) printf("%s%d", j ? "," : "", s->accepted_by_position[j]);
+    printf("],\"drafted_by_position\":[");
+    for (int j = 0; j < g; j++) printf("%s%d", j ? "," : "", s->drafted_by_position[j]);
+    printf("],\"rounds\":%d,\"fallbacks\":%d,\"forwards\":%d,\"full_rows\":%d,\"drafter_s\":%.6f,"
+           "\"verifier_s\":%.6f,\"transport_s\":%.6f,\"total_s\":%.6f,\"tokens_per_second\":%.3f,\"stop\":\"%s\"}",
+           s->rounds, s->fallbacks, s->forwards, s->full_rows, s->drafter_s, s->verifier_s, s->transport_s, total,
+           tps, reasons[s->stop]);
+}
+
 int td_cmd_generate(int argc, char **argv) {
-    const char *model = NULL, *prompt = NULL, *prompt_file = NULL, *method = "ar", *chat = "auto",
-               *system = NULL, *pos;
-    long max_tokens = 128, seed = 0, threads = 0, top_k = -1;
-    double temperature = -1, top_p = -1;
+    const char *vdir = NULL, *drafter = NULL, *prompt = NULL, *prompt_file = NULL, *method_s = NULL,
+               *chat = "auto", *system = NULL, *order_s = NULL, *verify_s = NULL, *pos, *ckey = NULL,
+               *cserver = NULL;
+    long max_tokens = 128, seed = 0, threads = 0, top_k = -1, gamma = -1, steps = -1, dist_k = 32,
+         block = 32, timeout = 5000, kvw = -1;
+    double temperature = -1, top_p = -1, mixture = 0.7, threshold = 0.9;
     int json = 0, r;
     td_opts_t o;
     td_opts_init(&o, argc, argv);
@@ -90,46 +163,57 @@ int td_cmd_generate(int argc, char **argv) {
             fprintf(stderr, "tandem generate: unexpected argument '%s'\n", pos);
             return 2;
         }
+#define STR(name, var) else if (td_opts_is(&o, name)) { if (!(var = td_opts_value(&o))) return 2; }
+#define INT(name, var, lo, hi) else if (td_opts_is(&o, name)) { if (td_opts_int(&o, lo, hi, &var)) return 2; }
+#define FLT(name, var, lo, hi) else if (td_opts_is(&o, name)) { if (td_opts_float(&o, lo, hi, &var)) return 2; }
         if (td_opts_is(&o, "help") || td_opts_is(&o, "h")) {
             s_help(stdout);
             return 0;
-        } else if (td_opts_is(&o, "verifier") || td_opts_is(&o, "model")) {
-            if (!(model = td_opts_value(&o))) return 2;
-        } else if (td_opts_is(&o, "method")) {
-            if (!(method = td_opts_value(&o))) return 2;
-        } else if (td_opts_is(&o, "prompt")) {
-            if (!(prompt = td_opts_value(&o))) return 2;
-        } else if (td_opts_is(&o, "prompt-file")) {
-            if (!(prompt_file = td_opts_value(&o))) return 2;
-        } else if (td_opts_is(&o, "chat")) {
-            if (!(chat = td_opts_value(&o))) return 2;
-        } else if (td_opts_is(&o, "system")) {
-            if (!(system = td_opts_value(&o))) return 2;
-        } else if (td_opts_is(&o, "max-tokens")) {
-            if (td_opts_int(&o, 0, 1 << 20, &max_tokens)) return 2;
-        } else if (td_opts_is(&o, "temperature")) {
-            if (td_opts_float(&o, 0, 100, &temperature)) return 2;
-        } else if (td_opts_is(&o, "top-k")) {
-            if (td_opts_int(&o, 0, 1 << 24, &top_k)) return 2;
-        } else if (td_opts_is(&o, "top-p")) {
-            if (td_opts_float(&o, 1e-9, 1, &top_p)) return 2;
-        } else if (td_opts_is(&o, "seed")) {
-            if (td_opts_int(&o, 0, 0x7fffffffL, &seed)) return 2;
-        } else if (td_opts_is(&o, "threads")) {
-            if (td_opts_int(&o, 0, 1024, &threads)) return 2;
-        } else if (td_opts_is(&o, "json")) {
-            json = 1;
-        } else {
+        }
+        STR("verifier", vdir) STR("model", vdir) STR("drafter", drafter) STR("method", method_s)
+        STR("prompt", prompt) STR("prompt-file", prompt_file) STR("chat", chat) STR("system", system)
+        STR("order", order_s) STR("verify", verify_s) STR("curve-key", ckey) STR("curve-server-key", cserver)
+        INT("max-tokens", max_tokens, 0, 1 << 20) INT("top-k", top_k, 0, 1 << 24) INT("seed", seed, 0, 0x7fffffffL)
+        INT("threads", threads, 0, 1024) INT("gamma", gamma, 1, TD_SPEC_MAX_GAMMA) INT("lookahead", gamma, 1, TD_SPEC_MAX_GAMMA)
+        INT("steps", steps, 1, 1024) INT("dist-top-k", dist_k, 1, 1024) INT("block-size", block, 1, 4096)
+        INT("timeout-ms", timeout, 1, 3600000) INT("kv-window", kvw, 0, 1 << 20)
+        FLT("temperature", temperature, 0, 100) FLT("top-p", top_p, 1e-9, 1) FLT("mixture", mixture, 0, 1)
+        FLT("threshold", threshold, 0, 2)
+        else if (td_opts_is(&o, "json")) json = 1;
+        else {
             fprintf(stderr, "tandem generate: unknown option --%s (see --help)\n", o.name);
             return 2;
         }
+#undef STR
+#undef INT
+#undef FLT
     }
-    if (strcmp(method, "ar") != 0) {
-        fprintf(stderr, "tandem generate: method '%s' is not available in this build (available: ar)\n", method);
+    char vbuf[1024], dbuf[1024];
+    int method;
+    if (method_s) {
+        if ((method = td_method_parse(method_s)) < 0) {
+            fprintf(stderr, "tandem generate: unknown --method '%s' (ar, spec-ar, specdiff, apd, diffusion)\n", method_s);
+            return 2;
+        }
+    } else {
+        method = (drafter || !vdir) ? TD_METHOD_SPECDIFF : TD_METHOD_AR;
+    }
+    int needs_v = method != TD_METHOD_DIFFUSION, needs_d = method != TD_METHOD_AR;
+    if (needs_v && !vdir) vdir = s_bundled("tiny-verifier", vbuf, sizeof vbuf);
+    if (needs_d && !drafter)
+        drafter = s_bundled(method == TD_METHOD_SPEC_AR ? "tiny-ar-drafter" : "tiny-diffusion-drafter", dbuf, sizeof dbuf);
+    if (!needs_d) drafter = NULL;
+    if (method == TD_METHOD_DIFFUSION && td_is_endpoint(drafter)) {
+        fprintf(stderr, "tandem generate: --method diffusion runs the drafter checkpoint locally: give a directory\n");
         return 2;
     }
-    if (!model || (!prompt == !prompt_file)) {
-        fprintf(stderr, "tandem generate: need --verifier DIR and exactly one of --prompt / --prompt-file\n");
+    int order = order_s ? td_unmask_order_parse(order_s) : 0, verify = verify_s ? td_verify_parse(verify_s) : 0;
+    if (order < 0 || verify < 0) {
+        fprintf(stderr, "tandem generate: unknown %s '%s'\n", order < 0 ? "--order" : "--verify", order < 0 ? order_s : verify_s);
+        return 2;
+    }
+    if (!prompt == !prompt_file) {
+        fprintf(stderr, "tandem generate: need exactly one of --prompt / --prompt-file (see --help)\n");
         return 2;
     }
     int chat_kind = strcmp(chat, "auto") == 0 ? -2 : td_chat_kind_from_name(chat);
@@ -143,29 +227,36 @@ int td_cmd_generate(int argc, char **argv) {
         if (!(pbuf = td_cli_read_text(prompt_file, &plen))) return 1;
         prompt = pbuf;
     }
-    td_backend_t *be;
-    td_model_t *m;
-    td_tokenizer_t *tok;
-    if (td_cli_load(model, (int)threads, &be, &m, &tok)) {
-        free(pbuf);
-        return 1;
-    }
-    const td_config_t *c = td_model_config(m);
-    int rc = 1;
     td_err_t err = {0};
-    char *text = NULL, *rendered = NULL;
+    td_pair_t pair;
+    td_pair_opts_t po = {.threads = (int)threads, .curve_server_key = cserver, .curve_secret_key = ckey};
+    int rc = 1;
+    char *rendered = NULL, *text = NULL;
     int32_t *ids = NULL, *out = NULL, stop[16];
     int n = 0, n_stop = 0;
+    td_detok_t *dt = NULL;
+    td_backend_t *dbe = NULL;
+    td_model_t *dm = NULL;
+    td_tokenizer_t *dtok = NULL;
+    if (td_pair_open(&pair, needs_v ? vdir : NULL, method == TD_METHOD_DIFFUSION ? NULL : drafter, &po, &err) != TD_OK) {
+        fprintf(stderr, "tandem generate: %s\n", err.msg);
+        goto done;
+    }
+    if (method == TD_METHOD_DIFFUSION && td_cli_load(drafter, (int)threads, &dbe, &dm, &dtok)) goto done;
+    td_model_t *main_model = needs_v ? pair.verifier : dm;
+    const td_tokenizer_t *tok = needs_v ? pair.vtok : dtok;
+    const char *main_dir = needs_v ? vdir : drafter;
+    const td_config_t *c = td_model_config(main_model);
     td_sampling_t sp = {.temperature = 0, .top_k = 0, .top_p = 1};
     if (c->eos_token_id >= 0) stop[n_stop++] = c->eos_token_id;
-    s_gen_defaults(model, &sp, stop, &n_stop, 12);
+    s_gen_defaults(main_dir, &sp, stop, &n_stop, 12);
     if (temperature >= 0) sp.temperature = (float)temperature;
     if (top_k >= 0) sp.top_k = (int)top_k;
     if (top_p >= 0) sp.top_p = (float)top_p;
 
     td_chat_format_t fmt;
     if (chat_kind == -2) {
-        if (td_chat_format_detect(model, &fmt, &err) != TD_OK) {
+        if (td_chat_format_detect(main_dir, &fmt, &err) != TD_OK) {
             fprintf(stderr, "tandem generate: %s\n", err.msg);
             goto done;
         }
@@ -197,62 +288,106 @@ int td_cmd_generate(int argc, char **argv) {
         goto done;
     }
     out = malloc(((size_t)max_tokens + 1) * sizeof *out);
-    td_detok_t *dt = td_detok_new(tok, 1);
-    stream_t st = {dt, !json};
-    td_gen_params_t gp = {.max_tokens = (int)max_tokens, .sampling = sp, .seed = (uint64_t)seed,
-                          .stop_ids = stop, .n_stop = n_stop};
-    td_gen_stats_t gs = {0};
+    dt = td_detok_new(tok, 1);
+    if (!out || !dt) {
+        fprintf(stderr, "tandem generate: out of memory\n");
+        goto done;
+    }
+    stream_t st = {dt, !json && method != TD_METHOD_DIFFUSION};
+    td_spec_stats_t ss;
+    memset(&ss, 0, sizeof ss);
+    td_spec_params_t p = td_spec_params_default((td_method_t)method);
+    p.max_tokens = (int)max_tokens;
+    p.sampling = sp;
+    p.draft_sampling = sp;
+    p.seed = (uint64_t)seed;
+    p.stop_ids = stop;
+    p.n_stop = n_stop;
+    p.order = order;
+    p.verify = (td_verify_t)verify;
+    p.dist_top_k = (int)dist_k;
+    p.apd_mixture = (float)mixture;
+    p.drafter_timeout_ms = (int)timeout;
+    if (gamma > 0) p.gamma = (int)gamma;
+    if (steps > 0) p.steps = (int)steps;
+    if (kvw >= 0) p.apd_kv_window = (int)kvw;
     double t0 = td_time_now();
-    int grc = out && dt ? td_generate_ar(m, ids, n, &gp, s_on_token, &st, out, &gs, &err)
-                        : td_err_set(&err, TD_ERR_NOMEM, "out of memory");
+    int grc;
+    if (method == TD_METHOD_AR) {
+        td_gen_params_t gp = {.max_tokens = (int)max_tokens, .sampling = sp, .seed = (uint64_t)seed,
+                              .stop_ids = stop, .n_stop = n_stop};
+        td_gen_stats_t gs = {0};
+        grc = td_generate_ar(main_model, ids, n, &gp, s_on_token, &st, out, &gs, &err);
+        ss.generated = gs.generated;
+        ss.forwards = gs.forwards;
+        ss.verifier_s = gs.prefill_s + gs.decode_s;
+        ss.stop = gs.stop;
+    } else if (method == TD_METHOD_DIFFUSION) {
+        td_diffusion_params_t dp = td_diffusion_params_default();
+        dp.max_tokens = (int)max_tokens;
+        dp.block_size = (int)block;
+        dp.threshold = (float)threshold;
+        dp.sampling = sp;
+        dp.seed = (uint64_t)seed;
+        dp.stop_ids = stop;
+        dp.n_stop = n_stop;
+        td_diffusion_stats_t ds = {0};
+        grc = td_diffusion_generate(main_model, ids, n, &dp, out, &ds, &err);
+        ss.generated = ds.generated;
+        ss.forwards = ds.forwards;
+        ss.drafter_s = td_time_now() - t0;
+        ss.stop = ds.stopped_at_stop_id ? TD_STOP_EOS : TD_STOP_LENGTH;
+        if (grc == TD_OK && !json)
+            for (int i = 0; i < ds.generated; i++) { st.print = 1; s_on_token(&st, out[i]); }
+    } else {
+        grc = td_spec_generate(main_model, pair.dc, (uint64_t)getpid() << 16 | 1, ids, n, &p, s_on_token, &st, out,
+                               &ss, &err);
+    }
     double total = td_time_now() - t0;
     if (grc != TD_OK) {
         if (!json) fputc('\n', stdout);
         fprintf(stderr, "tandem generate: %s\n", err.msg);
-        td_detok_destroy(&dt);
         goto done;
     }
-    char tail[256];
-    int tn = td_detok_flush(dt, tail, sizeof tail);
-    td_detok_destroy(&dt);
-    double tps = gs.decode_s > 0 && gs.generated > 1 ? (gs.generated - 1) / gs.decode_s : 0;
-    double e2e = total > 0 ? gs.generated / total : 0;
-    static const char *reasons[] = {"length", "eos", "callback"};
     if (json) {
         size_t tl = 0;
-        if (td_tokenizer_decode(tok, out, gs.generated, 1, &text, &tl, &err) != TD_OK) {
+        if (td_tokenizer_decode(tok, out, ss.generated, 1, &text, &tl, &err) != TD_OK) {
             fprintf(stderr, "tandem generate: %s\n", err.msg);
             goto done;
         }
         printf("{\"text\":");
         td_cli_json_str(stdout, text, tl);
         printf(",\"tokens\":[");
-        for (int i = 0; i < gs.generated; i++) printf("%s%d", i ? "," : "", out[i]);
-        printf("],\"prompt_tokens\":%d,\"stats\":{\"method\":\"ar\",\"generated\":%d,\"drafted\":0,"
-               "\"accepted\":0,\"acceptance_rate\":null,\"mean_accepted_length\":1.0,"
-               "\"accepted_by_position\":[],\"rounds\":%d,\"fallbacks\":0,\"forwards\":%d,"
-               "\"prefill_s\":%.6f,\"decode_s\":%.6f,\"total_s\":%.6f,\"tokens_per_second\":%.3f,"
-               "\"decode_tokens_per_second\":%.3f,\"stop\":\"%s\"}}\n",
-               n, gs.generated, gs.generated, gs.forwards, gs.prefill_s, gs.decode_s, total, e2e, tps,
-               reasons[gs.stop]);
+        for (int i = 0; i < ss.generated; i++) printf("%s%d", i ? "," : "", out[i]);
+        printf("],\"prompt_tokens\":%d,", n);
+        s_print_stats(td_method_name((td_method_t)method), &ss, p.gamma, total);
+        printf("}\n");
     } else {
+        char tail[256];
+        int tn = td_detok_flush(dt, tail, sizeof tail);
         if (tn > 0) fwrite(tail, 1, (size_t)tn, stdout);
         fputc('\n', stdout);
         fflush(stdout);
-        fprintf(stderr,
-                "[ar] prompt %d tokens (prefill %.3f s), generated %d tokens in %.3f s: %.2f tok/s "
-                "decode, %.2f tok/s end to end, stop: %s\n",
-                n, gs.prefill_s, gs.generated, total, tps, e2e, reasons[gs.stop]);
+        fprintf(stderr, "[%s] prompt %d tokens, generated %d in %.3f s (%.2f tok/s)", td_method_name((td_method_t)method),
+                n, ss.generated, total, total > 0 ? ss.generated / total : 0);
+        if (ss.rounds)
+            fprintf(stderr, "; %d rounds, accepted %d/%d drafted (%.1f%%), %.2f tokens per round incl. bonus%s",
+                    ss.rounds, ss.accepted, ss.drafted, 100.0 * ss.accepted / (ss.drafted ? ss.drafted : 1),
+                    (double)(ss.accepted + ss.bonus_tokens) / ss.rounds, ss.lossy ? " (lossy)" : "");
+        if (ss.fallbacks) fprintf(stderr, "; %d fallback round(s): %s", ss.fallbacks, ss.last_fallback);
+        fprintf(stderr, "\n");
     }
     rc = 0;
 done:
+    td_detok_destroy(&dt);
     free(text);
     free(rendered);
     free(ids);
     free(out);
     free(pbuf);
-    td_tokenizer_destroy(&tok);
-    td_model_destroy(&m);
-    td_backend_destroy(&be);
+    td_pair_close(&pair);
+    td_tokenizer_destroy(&dtok);
+    td_model_destroy(&dm);
+    td_backend_destroy(&dbe);
     return rc;
 }

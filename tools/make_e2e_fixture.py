@@ -72,6 +72,30 @@ def main():
                    "text": tok.decode(gen, skip_special_tokens=True)}, f, indent=1)
     print("wrote", ROOT, "vocab", vocab, "greedy", gen[:8], "...")
 
+    # Drafters sharing the tokenizer: the verifier's weights plus noise, so that they agree with it
+    # often but not always (exercises both accepting and rejecting paths).
+    mask = tok.token_to_id("<mask>")
+    for name, noise, dream in (("qwen2-ar-drafter", 0.08, False), ("dream-drafter", 0.05, True)):
+        out_dir = os.path.join("tests", "data", "e2e", name)
+        os.makedirs(out_dir, exist_ok=True)
+        d = Qwen2ForCausalLM(cfg).eval()
+        with torch.no_grad():
+            for (n1, p1), (n2, p2) in zip(model.named_parameters(), d.named_parameters()):
+                p2.copy_(p1 + noise * torch.randn_like(p1) * p1.abs().mean())
+        d.save_pretrained(out_dir, safe_serialization=True)
+        shutil.copy(TOK, os.path.join(out_dir, "tokenizer.json"))
+        with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
+            json.dump({"chat_template": CHATML, "eos_token": "<|im_end|>"}, f, indent=1)
+        if dream:
+            with open(os.path.join(out_dir, "config.json")) as f:
+                c = json.load(f)
+            c["model_type"] = "Dream"
+            c["architectures"] = ["DreamModel"]
+            c["mask_token_id"] = mask
+            with open(os.path.join(out_dir, "config.json"), "w") as f:
+                json.dump(c, f, indent=1)
+        print("wrote", out_dir)
+
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,105 @@
+/* pair.c - verifier + drafter set-up (see pair.h). */
+#include "bridge/pair.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+int td_is_endpoint(const char *s) { return s && strstr(s, "://") != NULL; }
+
+static void *s_serve(void *arg) {
+    td_pair_t *p = arg;
+    td_drafter_serve(p->svc, p->srv, &p->stop);
+    return NULL;
+}
+
+static const char *s_base(const char *dir) {
+    const char *b = strrchr(dir, '/');
+    while (b && b[1] == 0 && b > dir) { /* trailing slash */
+        const char *q = b - 1;
+        while (q > dir && *q != '/') q--;
+        return *q == '/' ? q + 1 : q;
+    }
+    return b ? b + 1 : dir;
+}
+
+static int s_load(const char *dir, int threads, td_backend_t **be, td_model_t **m, td_tokenizer_t **tok,
+                  td_err_t *err) {
+    *be = td_backend_cpu_new(threads, 0, err);
+    if (!*be) return TD_ERR;
+    *m = td_model_load(dir, *be, err);
+    if (!*m) return td_err_prefix(err, "loading %s", dir);
+    *tok = td_tokenizer_load(dir, err);
+    if (!*tok) return td_err_prefix(err, "loading the tokenizer of %s", dir);
+    if (td_tokenizer_n_vocab(*tok) > td_model_config(*m)->n_vocab)
+        return td_err_set(err, TD_ERR_FORMAT,
+                          "%s: the tokenizer has %d ids but the model's vocabulary has %d rows: "
+                          "tokenizer and checkpoint do not belong together",
+                          dir, td_tokenizer_n_vocab(*tok), td_model_config(*m)->n_vocab);
+    return TD_OK;
+}
+
+int td_pair_open(td_pair_t *p, const char *verifier_dir, const char *drafter, const td_pair_opts_t *o,
+                 td_err_t *err) {
+    static int s_counter;
+    memset(p, 0, sizeof *p);
+    td_pair_opts_t def = {0};
+    if (!o) o = &def;
+    if (verifier_dir && s_load(verifier_dir, o->threads, &p->vbe, &p->verifier, &p->vtok, err) != TD_OK)
+        return err->code ? err->code : TD_ERR;
+    if (!drafter) return TD_OK;
+    td_transport_opts_t to = {0};
+    if (!td_is_endpoint(drafter)) {
+        int dthreads = o->drafter_threads ? o->drafter_threads : o->threads;
+        if (s_load(drafter, dthreads, &p->dbe, &p->drafter, &p->dtok, err) != TD_OK) return err->code ? err->code : TD_ERR;
+        td_drafter_opts_t dopts = {.max_sessions = 4, .model_id = s_base(drafter)};
+        p->svc = td_drafter_service_new(p->drafter, p->dtok, &dopts, err);
+        if (!p->svc) return TD_ERR;
+        snprintf(p->endpoint, sizeof p->endpoint, "inproc://tandem-drafter-%d-%d", (int)getpid(), s_counter++);
+        p->srv = td_server_new(p->endpoint, &to, err);
+        if (!p->srv) return TD_ERR;
+        if (pthread_create(&p->thread, NULL, s_serve, p) != 0)
+            return td_err_set(err, TD_ERR, "cannot start the drafter thread");
+        p->thread_running = 1;
+    } else {
+        snprintf(p->endpoint, sizeof p->endpoint, "%s", drafter);
+        to.curve_server_key = o->curve_server_key;
+        to.curve_secret_key = o->curve_secret_key;
+    }
+    if (p->verifier) {
+        to.limits = td_wire_limits_default();
+        to.limits.vocab_size = (uint32_t)td_model_config(p->verifier)->n_vocab;
+    }
+    p->dc = td_client_new(p->endpoint, &to, err);
+    if (!p->dc) return TD_ERR;
+    /* our Hello: the verifier's model and tokenizer (or, without a verifier, the drafter's own) */
+    const td_tokenizer_t *tok = p->vtok ? p->vtok : p->dtok;
+    uint64_t h = tok ? td_tokenizer_hash(tok) : 0;
+    snprintf(p->model_id, sizeof p->model_id, "%s", verifier_dir ? s_base(verifier_dir) : "client");
+    snprintf(p->tok_name, sizeof p->tok_name, "tokenizer %016llx", (unsigned long long)h);
+    tandem__hello__init(&p->hello);
+    int vocab = p->verifier ? td_model_config(p->verifier)->n_vocab : 0;
+    td_wire_hello_fill(&p->hello, p->verifier ? TANDEM__ROLE__ROLE_VERIFIER : TANDEM__ROLE__ROLE_CLIENT,
+                       p->model_id, (uint32_t)vocab, -1, h, p->tok_name, NULL, 0);
+    int rc = td_client_handshake(p->dc, &p->hello, NULL, o->timeout_ms > 0 ? o->timeout_ms : 10000, err);
+    if (rc != TD_OK) return td_err_prefix(err, "drafter at %s", p->endpoint);
+    return TD_OK;
+}
+
+void td_pair_close(td_pair_t *p) {
+    td_client_destroy(&p->dc);
+    if (p->thread_running) {
+        p->stop = 1;
+        pthread_join(p->thread, NULL);
+        p->thread_running = 0;
+    }
+    td_server_destroy(&p->srv);
+    td_drafter_service_destroy(&p->svc);
+    td_tokenizer_destroy(&p->dtok);
+    td_model_destroy(&p->drafter);
+    td_backend_destroy(&p->dbe);
+    td_tokenizer_destroy(&p->vtok);
+    td_model_destroy(&p->verifier);
+    td_backend_destroy(&p->vbe);
+}

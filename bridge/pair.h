@@ -1,0 +1,50 @@
+/* pair.h - sets up a verifier and the drafter it talks to, for `generate` and `bench`.
+ *
+ * The drafter is either a checkpoint directory, served in this process by a thread over
+ * inproc:// (one-process mode: the very code paths of the separate worker, with ZeroMQ between
+ * them), or an endpoint (tcp://, ipc://) of a running tandem-drafter. Either way the verifier
+ * reaches it only through a td_client_t after the handshake (which refuses a tokenizer
+ * mismatch). */
+#ifndef TD_PAIR_H
+#define TD_PAIR_H
+
+#include "drafter/service.h"
+#include "model/model.h"
+#include "model/tokenizer.h"
+#include "protocol/transport.h"
+
+#include <pthread.h>
+#include <signal.h>
+
+typedef struct td_pair {
+    td_backend_t *vbe, *dbe;
+    td_model_t *verifier, *drafter; /* drafter: only in one-process mode */
+    td_tokenizer_t *vtok, *dtok;
+    td_drafter_service_t *svc;
+    td_server_t *srv;
+    pthread_t thread;
+    int thread_running;
+    volatile sig_atomic_t stop;
+    td_client_t *dc;
+    char endpoint[512];
+    Tandem__Hello hello;
+    char model_id[256], tok_name[64];
+} td_pair_t;
+
+typedef struct td_pair_opts {
+    int threads;             /* CPU threads per model (0 = all cores) */
+    int drafter_threads;     /* 0 = threads */
+    int timeout_ms;          /* handshake timeout */
+    const char *curve_server_key, *curve_secret_key; /* for tcp:// drafters with CURVE */
+} td_pair_opts_t;
+
+/* Loads the verifier (verifier_dir may be NULL: no verifier) and connects to the drafter
+ * (drafter may be NULL: no drafter). Prints nothing; err says what failed. */
+int td_pair_open(td_pair_t *p, const char *verifier_dir, const char *drafter, const td_pair_opts_t *o,
+                 td_err_t *err);
+void td_pair_close(td_pair_t *p);
+
+/* Whether s names an endpoint (tcp://, ipc://, inproc://) rather than a directory. */
+int td_is_endpoint(const char *s);
+
+#endif
