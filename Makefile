@@ -37,16 +37,19 @@ LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 LIB       := $(BUILD)/libtandem.a
 BRIDGE_SRC:= $(wildcard bridge/*.c)
 BRIDGE_OBJ:= $(BRIDGE_SRC:%.c=$(BUILD)/obj/%.o)
+BRIDGE_LIB:= $(BUILD)/libtandem-bridge.a
+WORKER_SRC := $(wildcard workers/*.c)
+WORKER_BIN := $(WORKER_SRC:workers/%.c=$(BUILD)/bin/%)
 TEST_SRC  := $(wildcard tests/test_*.c)
 TEST_BIN  := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
-TEST_COMMON := $(BUILD)/obj/tests/tdtest.o
+TEST_COMMON := $(BUILD)/obj/tests/tdtest.o $(BUILD)/obj/tests/tdstats.o
 BENCH_SRC := $(wildcard bench/*.c)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 FUZZ_SRC  := $(wildcard fuzz/fuzz_*.c)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all test check fuzz fuzz-smoke bench format deps clean run
-all: $(BUILD)/bin/tandem
+.PHONY: all test check fuzz fuzz-smoke bench format deps clean run proto check-proto
+all: $(BUILD)/bin/tandem $(WORKER_BIN)
 
 # The main job on the bundled models (README's first command).
 RUN_MODEL  ?= models/tiny-verifier
@@ -65,19 +68,28 @@ $(LIB): $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
-$(BUILD)/bin/tandem: $(BRIDGE_OBJ) $(LIB)
+$(BRIDGE_LIB): $(filter-out $(BUILD)/obj/bridge/main.o,$(BRIDGE_OBJ))
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $(BRIDGE_OBJ) $(LIB) $(LDLIBS)
+	rm -f $@ && ar rcs $@ $^
 
-$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_COMMON) $(LIB)
+$(BUILD)/bin/tandem: $(BUILD)/obj/bridge/main.o $(BRIDGE_LIB) $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $< $(TEST_COMMON) $(LIB) $(LDLIBS)
+	$(CC) $(LDFLAGS) -o $@ $< $(BRIDGE_LIB) $(LIB) $(LDLIBS)
+
+# worker programs: workers/NAME.c -> build/bin/NAME
+$(BUILD)/bin/%: $(BUILD)/obj/workers/%.o $(BRIDGE_LIB) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(BRIDGE_LIB) $(LIB) $(LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_COMMON) $(LIB) $(BRIDGE_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(TEST_COMMON) $(BRIDGE_LIB) $(LIB) $(LDLIBS)
 
 $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 
-test: $(BUILD)/bin/tandem $(TEST_BIN)
+test: check-proto all $(TEST_BIN)
 	@sh tests/run.sh $(BUILD) $(TEST_BIN)
 
 check:
@@ -100,6 +112,11 @@ fuzz: fuzz-build
 	  tail -3 $(BUILD)/fuzz/$$f.log; [ $$rc -eq 0 ] || { echo "fuzz $$f FAILED (see $(BUILD)/fuzz/$$f.log)"; exit 1; }; done
 fuzz-smoke:
 	$(MAKE) fuzz FUZZ_SECONDS=20
+
+proto:
+	sh scripts/gen-proto.sh
+check-proto:
+	sh scripts/check-proto.sh
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h' '*.cu' '*.cuh' | grep -v '\.pb-c\.')

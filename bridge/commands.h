@@ -7,5 +7,7 @@ int td_cmd_inspect(int argc, char **argv);
 int td_cmd_tokenize(int argc, char **argv);
 int td_cmd_score(int argc, char **argv);
 int td_cmd_generate(int argc, char **argv);
+int td_cmd_drafter(int argc, char **argv);
+int td_cmd_keygen(int argc, char **argv);
 
 #endif

@@ -12,6 +12,8 @@ static const struct {
     {"generate", td_cmd_generate, "generate text (--method ar for now)"},
     {"score", td_cmd_score, "per-token log-probabilities and perplexity of a text"},
     {"tokenize", td_cmd_tokenize, "text -> token ids and pieces, or --decode ids -> text"},
+    {"keygen", td_cmd_keygen, "make a CURVE key pair (NAME.key, NAME.pub) for encrypted, authenticated links"},
+    {"drafter", td_cmd_drafter, "run a drafter worker (same as tandem-drafter)"},
     {"inspect", td_cmd_inspect, "architecture, parameters, dtypes, tensors and memory of a checkpoint"},
 };
 

@@ -14,6 +14,7 @@
 
 #include "model/sampler.h"
 #include "tests/tdtest.h"
+#include "tests/tdstats.h"
 #include "verifier/accept.h"
 
 #define ALPHA 1e-3
@@ -21,82 +22,14 @@
 #define MAXV 8
 #define MAXG 4
 
-/* ---- chi-square p-value: Q(df/2, x/2), regularized upper incomplete gamma ---- */
-
-/* Lower series P(a, x) for x < a + 1. */
-static double s_gamma_p_series(double a, double x) {
-    double term = 1.0 / a, sum = term;
-    for (int n = 1; n < 10000; n++) {
-        term *= x / (a + n);
-        sum += term;
-        if (fabs(term) < fabs(sum) * 1e-15) break;
-    }
-    return sum * exp(-x + a * log(x) - lgamma(a));
-}
-
-/* Upper continued fraction Q(a, x) for x >= a + 1 (modified Lentz). */
-static double s_gamma_q_cf(double a, double x) {
-    const double tiny = 1e-300;
-    double b = x + 1.0 - a, c = 1.0 / tiny, d = 1.0 / b, h = d;
-    for (int i = 1; i < 10000; i++) {
-        double an = -i * (i - a);
-        b += 2.0;
-        d = an * d + b;
-        if (fabs(d) < tiny) d = tiny;
-        c = b + an / c;
-        if (fabs(c) < tiny) c = tiny;
-        d = 1.0 / d;
-        double del = d * c;
-        h *= del;
-        if (fabs(del - 1.0) < 1e-15) break;
-    }
-    return exp(-x + a * log(x) - lgamma(a)) * h;
-}
-
-static double s_gamma_q(double a, double x) {
-    if (x <= 0.0) return 1.0;
-    if (x < a + 1.0) return 1.0 - s_gamma_p_series(a, x);
-    return s_gamma_q_cf(a, x);
-}
-
-/* Chi-square goodness of fit of counts obs[n] to probabilities expp[n] over total draws.
- * Cells with expected count < 5 are pooled; an observation in a zero-probability cell gives 0. */
-static double s_chisq_pvalue(const long *obs, const double *expp, int n, long total, int *df_out) {
-    double stat = 0.0, pool_e = 0.0;
-    long pool_o = 0;
-    int cells = 0;
-    for (int i = 0; i < n; i++) {
-        double e = expp[i] * (double)total;
-        if (expp[i] <= 0.0) {
-            if (obs[i] > 0) return 0.0;
-            continue;
-        }
-        if (e < 5.0) {
-            pool_e += e;
-            pool_o += obs[i];
-            continue;
-        }
-        stat += ((double)obs[i] - e) * ((double)obs[i] - e) / e;
-        cells++;
-    }
-    if (pool_e > 0.0) {
-        stat += ((double)pool_o - pool_e) * ((double)pool_o - pool_e) / pool_e;
-        cells++;
-    }
-    int df = cells - 1;
-    if (df_out) *df_out = df;
-    if (df <= 0) return 1.0;
-    return s_gamma_q(0.5 * df, 0.5 * stat);
-}
-
 TD_TEST(chisq_pvalue_known_values) {
     /* Reference values of the chi-square survival function (the last two from
      * torch.special.gammaincc in float64). */
-    CHECK_NEAR(s_gamma_q(0.5 * 1, 0.5 * 3.841458820694124), 0.05, 1e-9);
-    CHECK_NEAR(s_gamma_q(0.5 * 10, 0.5 * 18.307038053275146), 0.05, 1e-9);
-    CHECK_NEAR(s_gamma_q(0.5 * 35, 0.5 * 66.61925536014), 0.000999887152530914, 1e-12);
-    CHECK_NEAR(s_gamma_q(0.5 * 4, 0.5 * 2.0), exp(-1.0) * 2.0, 1e-12); /* Q(2,1) = 2/e */
-    CHECK_NEAR(s_gamma_q(0.5 * 35, 0.5 * 34.0), 0.5162331993560392, 1e-12);
+    CHECK_NEAR(td_gamma_q(0.5 * 1, 0.5 * 3.841458820694124), 0.05, 1e-9);
+    CHECK_NEAR(td_gamma_q(0.5 * 10, 0.5 * 18.307038053275146), 0.05, 1e-9);
+    CHECK_NEAR(td_gamma_q(0.5 * 35, 0.5 * 66.61925536014), 0.000999887152530914, 1e-12);
+    CHECK_NEAR(td_gamma_q(0.5 * 4, 0.5 * 2.0), exp(-1.0) * 2.0, 1e-12); /* Q(2,1) = 2/e */
+    CHECK_NEAR(td_gamma_q(0.5 * 35, 0.5 * 34.0), 0.5162331993560392, 1e-12);
 }
 
 /* ---- synthetic conditional distributions ---- */
@@ -275,7 +208,7 @@ static double s_run(rule_t rule, draft_kind_t kind, int gamma, int V, uint64_t s
         obs[cell]++;
     }
     int df = 0;
-    double pv = s_chisq_pvalue(obs, expp, V * V, NSAMP, &df);
+    double pv = td_chisq_pvalue(obs, expp, V * V, NSAMP, &df);
     if (getenv("TD_TEST_VERBOSE"))
         fprintf(stderr, "    rule %d draft %d gamma %d V %d: df %d p-value %.3g\n", (int)rule,
                 (int)kind, gamma, V, df, pv);

@@ -10,6 +10,7 @@
  */
 #include "model/sampler.h"
 #include "tests/tdtest.h"
+#include "tests/tdstats.h"
 
 #include <float.h>
 #include <stdint.h>
@@ -20,41 +21,6 @@
 static int s_read(FILE *f, void *p, size_t n) { return fread(p, 1, n, f) == n; }
 
 /* ln Gamma(a) for a > 0 (libm). */
-static double s_lgamma(double a) { return lgamma(a); }
-
-/* Regularized upper incomplete gamma Q(a, x): series for x < a + 1, continued fraction otherwise
- * (modified Lentz). */
-static double s_gamma_q(double a, double x) {
-    if (x <= 0.0) return 1.0;
-    double lpre = -x + a * log(x) - s_lgamma(a);
-    if (x < a + 1.0) {
-        double sum = 1.0 / a, term = sum, ap = a;
-        for (int i = 0; i < 100000; i++) {
-            ap += 1.0;
-            term *= x / ap;
-            sum += term;
-            if (fabs(term) < fabs(sum) * 1e-16) break;
-        }
-        return 1.0 - sum * exp(lpre);
-    }
-    double b = x + 1.0 - a, c = 1.0 / DBL_MIN, d = 1.0 / b, h = d;
-    for (int i = 1; i < 100000; i++) {
-        double an = -i * (i - a);
-        b += 2.0;
-        d = an * d + b;
-        if (fabs(d) < DBL_MIN) d = DBL_MIN;
-        c = b + an / c;
-        if (fabs(c) < DBL_MIN) c = DBL_MIN;
-        d = 1.0 / d;
-        double del = d * c;
-        h *= del;
-        if (fabs(del - 1.0) < 1e-16) break;
-    }
-    return exp(lpre) * h;
-}
-
-/* p-value of a chi-square statistic with df degrees of freedom. */
-static double s_chi2_sf(double stat, int df) { return s_gamma_q(0.5 * df, 0.5 * stat); }
 
 typedef struct chi2_result {
     double stat;
@@ -107,7 +73,7 @@ static chi2_result_t s_chi2(const long *counts, const double *q, int n, long tot
     }
     r.stat = stat;
     r.df = bins - 1;
-    r.p = r.df > 0 ? s_chi2_sf(stat, r.df) : 1.0;
+    r.p = r.df > 0 ? td_chi2_sf(stat, r.df) : 1.0;
     return r;
 }
 
@@ -330,7 +296,7 @@ TD_TEST(chi2_pvalues_match_torch) {
         {1000, 1100.0, 0.014614408134},   {60, 200.0, 5.89325969866e-17},
     };
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
-        double p = s_chi2_sf(t[i].x, t[i].df);
+        double p = td_chi2_sf(t[i].x, t[i].df);
         CHECK_MSG(fabs(p - t[i].p) <= 1e-9 * t[i].p + 1e-15, "df %d x %g: %.12g vs %.12g", t[i].df,
                   t[i].x, p, t[i].p);
     }

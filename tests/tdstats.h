@@ -1,0 +1,16 @@
+/* tdstats.h - statistics shared by the tests that check sampling rules are exact. */
+#ifndef TD_TDSTATS_H
+#define TD_TDSTATS_H
+
+/* Regularized upper incomplete gamma Q(a, x). */
+double td_gamma_q(double a, double x);
+
+/* Survival function of the chi-square distribution with df degrees of freedom at stat. */
+double td_chi2_sf(double stat, int df);
+
+/* Chi-square goodness of fit of counts obs[n] to probabilities expp[n] over total draws. Cells
+ * with expected count < 5 are pooled; an observation in a zero-probability cell gives p = 0.
+ * Returns the p-value; *df_out (optional) the degrees of freedom. */
+double td_chisq_pvalue(const long *obs, const double *expp, int n, long total, int *df_out);
+
+#endif
