@@ -12,8 +12,9 @@ result exists; --force reruns everything):
   ar_kd      AR drafter (hidden 128, 4 layers), distilled from the verifier's soft targets
   ar_ce      the same AR drafter trained on cross-entropy only (baseline for the KD comparison)
   diffusion  Dream-style diffusion drafter, initialised from ar_kd, masked-diffusion objective
-  export     HF-layout model directories, evaluation (eval.py), README figures
-Everything is seeded (--seed) and runs on the CPU with 2 threads.
+  export     HF-layout model directories, evaluation (export.py): eval_results.json, heldout_ppl.json, loss_curves.png
+Everything is seeded (--seed) and runs on the CPU (--threads, default 1: on a shared 2-core machine one
+thread was 3x faster than two, which stall on each other when another process holds a core).
 """
 import argparse
 import json
@@ -321,11 +322,11 @@ def main():
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--stages", default=",".join(STAGES))
     ap.add_argument("--force", action="store_true")
-    ap.add_argument("--verifier-steps", type=int, default=350)
+    ap.add_argument("--verifier-steps", type=int, default=300)
     ap.add_argument("--drafter-steps", type=int, default=400)
     ap.add_argument("--diffusion-steps", type=int, default=500)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     stages = args.stages.split(",")
