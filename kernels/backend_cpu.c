@@ -97,12 +97,12 @@ static inline void s_load_f32(float *dst, const td_weight_t *w, int64_t off, int
         for (; i < count; i++) dst[i] = td_f16_to_f32(s[i]);
 }
 
-static void s_add_bias(float *y, const td_weight_t *bias, int n, int64_t m) {
+static void s_add_bias(td_backend_t *be, float *y, const td_weight_t *bias, int n, int64_t m) {
     if (!bias) return;
     float *b = malloc((size_t)m * sizeof(float));
     if (!b) abort();
     s_load_f32(b, bias, 0, m);
-#pragma omp parallel for schedule(static) if (TD_PAR((int64_t)n * m))
+#pragma omp parallel for schedule(static) if (TD_PAR((int64_t)n * m)) num_threads(be->n_threads)
     for (int t = 0; t < n; t++)
         for (int64_t j = 0; j < m; j++) y[(int64_t)t * m + j] += b[j];
     free(b);
@@ -173,10 +173,10 @@ s_row_dot(const td_weight_t *w, const char *wr, size_t es, const float *x, int64
 
 /* y[t, r] = sum_c x[t, c] W[r, c] for t < n <= TD_SKINNY_MAX; each weight row is read from memory
  * once and reused from L1 for every x row (8 rows of x per pass). */
-static void s_matmul_skinny(float *y, const float *x, const td_weight_t *w, int n) {
+static void s_matmul_skinny(td_backend_t *be, float *y, const float *x, const td_weight_t *w, int n) {
     const int64_t rows = w->rows, cols = w->cols, ld = s_ld(w);
     const size_t es = td_dtype_size(w->dtype);
-#pragma omp parallel for schedule(static) if (TD_PAR(rows * cols))
+#pragma omp parallel for schedule(static) if (TD_PAR(rows * cols)) num_threads(be->n_threads)
     for (int64_t r = 0; r < rows; r++) {
         const char *wr = (const char *)w->data + (size_t)(r * ld) * es;
         for (int t0 = 0; t0 < n; t0 += 8) {
@@ -208,11 +208,11 @@ static void s_matmul_skinny(float *y, const float *x, const td_weight_t *w, int 
 
 /* Transposed storage W^T [cols, rows] (GPT-2 Conv1D): y[t, :] = sum_c x[t, c] W^T[c, :], split
  * over column blocks of the output so each thread streams its slice of every stored row. */
-static void s_matmul_skinny_t(float *y, const float *x, const td_weight_t *w, int n) {
+static void s_matmul_skinny_t(td_backend_t *be, float *y, const float *x, const td_weight_t *w, int n) {
     const int64_t rows = w->rows, cols = w->cols, ld = s_ld(w);
     const int64_t blk = 256;
     const int64_t nblk = (rows + blk - 1) / blk;
-#pragma omp parallel if (TD_PAR(rows * cols * n))
+#pragma omp parallel if (TD_PAR(rows * cols * n)) num_threads(be->n_threads)
     {
         float buf[256];
 #pragma omp for schedule(static)
@@ -245,7 +245,7 @@ static int s_panel_reserve(cpu_ctx_t *c, size_t floats) {
     return 0;
 }
 
-static void s_matmul_wide(cpu_ctx_t *cx, float *y, const float *x, const td_weight_t *w, int n) {
+static void s_matmul_wide(td_backend_t *be, cpu_ctx_t *cx, float *y, const float *x, const td_weight_t *w, int n) {
     const int64_t rows = w->rows, cols = w->cols, ld = s_ld(w);
     if (w->dtype == TD_DTYPE_F32) {
         if (!w->transposed)
@@ -261,7 +261,7 @@ static void s_matmul_wide(cpu_ctx_t *cx, float *y, const float *x, const td_weig
         if (s_panel_reserve(cx, (size_t)(pr * cols))) abort();
         for (int64_t r0 = 0; r0 < rows; r0 += pr) {
             int64_t nr = rows - r0 < pr ? rows - r0 : pr;
-#pragma omp parallel for schedule(static) if (TD_PAR(nr * cols))
+#pragma omp parallel for schedule(static) if (TD_PAR(nr * cols)) num_threads(be->n_threads)
             for (int64_t r = 0; r < nr; r++) s_load_f32(cx->panel + r * cols, w, (r0 + r) * ld, cols);
             /* y[:, r0:r0+nr] = x panel^T, written with ldc = rows */
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)nr, (int)cols, 1.0f, x,
@@ -273,7 +273,7 @@ static void s_matmul_wide(cpu_ctx_t *cx, float *y, const float *x, const td_weig
         if (s_panel_reserve(cx, (size_t)(pc * rows))) abort();
         for (int64_t c0 = 0; c0 < cols; c0 += pc) {
             int64_t nc = cols - c0 < pc ? cols - c0 : pc;
-#pragma omp parallel for schedule(static) if (TD_PAR(nc * rows))
+#pragma omp parallel for schedule(static) if (TD_PAR(nc * rows)) num_threads(be->n_threads)
             for (int64_t c = 0; c < nc; c++) s_load_f32(cx->panel + c * rows, w, (c0 + c) * ld, rows);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, (int)rows, (int)nc, 1.0f,
                         x + c0, (int)cols, cx->panel, (int)rows, c0 == 0 ? 0.0f : 1.0f, y,
@@ -290,12 +290,12 @@ static void s_matmul(td_backend_t *be, float *y, const float *x, const td_weight
         return;
     }
     if (n <= TD_SKINNY_MAX) {
-        if (w->transposed) s_matmul_skinny_t(y, x, w, n);
-        else s_matmul_skinny(y, x, w, n);
+        if (w->transposed) s_matmul_skinny_t(be, y, x, w, n);
+        else s_matmul_skinny(be, y, x, w, n);
     } else {
-        s_matmul_wide(c, y, x, w, n);
+        s_matmul_wide(be, c, y, x, w, n);
     }
-    s_add_bias(y, bias, n, w->rows);
+    s_add_bias(be, y, bias, n, w->rows);
 }
 
 /* --- element-wise and normalisation ------------------------------------------------------------ */
@@ -313,7 +313,7 @@ static void s_rmsnorm(td_backend_t *be, float *y, const float *x, const td_weigh
     float *wf = malloc((size_t)d * sizeof(float));
     if (!wf) abort();
     s_load_f32(wf, w, 0, d);
-#pragma omp parallel for schedule(static) if (TD_PAR((int64_t)n * d))
+#pragma omp parallel for schedule(static) if (TD_PAR((int64_t)n * d)) num_threads(be->n_threads)
     for (int t = 0; t < n; t++) {
         const float *xt = x + (int64_t)t * d;
         float *yt = y + (int64_t)t * d;
@@ -333,7 +333,7 @@ static void s_layernorm(td_backend_t *be, float *y, const float *x, const td_wei
     s_load_f32(wf, w, 0, d);
     if (b) s_load_f32(bf, b, 0, d);
     else memset(bf, 0, (size_t)d * sizeof(float));
-#pragma omp parallel for schedule(static) if (TD_PAR((int64_t)n * d))
+#pragma omp parallel for schedule(static) if (TD_PAR((int64_t)n * d)) num_threads(be->n_threads)
     for (int t = 0; t < n; t++) {
         const float *xt = x + (int64_t)t * d;
         float *yt = y + (int64_t)t * d;
@@ -351,7 +351,7 @@ static void s_layernorm(td_backend_t *be, float *y, const float *x, const td_wei
 static void s_rope(td_backend_t *be, float *x, const int32_t *pos, int n, int n_head, int head_dim,
                    int rot_dim, float theta) {
     int half = rot_dim / 2;
-#pragma omp parallel for schedule(static) if (TD_PAR((int64_t)n * half * n_head))
+#pragma omp parallel for schedule(static) if (TD_PAR((int64_t)n * half * n_head)) num_threads(be->n_threads)
     for (int t = 0; t < n; t++) {
         for (int i = 0; i < half; i++) {
             /* as HF: inv_freq in float32, angle = pos * inv_freq in float32 */
@@ -369,7 +369,7 @@ static void s_rope(td_backend_t *be, float *x, const int32_t *pos, int n, int n_
 }
 
 static void s_swiglu(td_backend_t *be, float *y, const float *g, const float *u, int64_t count) {
-#pragma omp parallel for schedule(static) if (TD_PAR(count))
+#pragma omp parallel for schedule(static) if (TD_PAR(count)) num_threads(be->n_threads)
     for (int64_t i = 0; i < count; i++) {
         float gv = g[i];
         y[i] = gv / (1.0f + expf(-gv)) * u[i];
@@ -378,7 +378,7 @@ static void s_swiglu(td_backend_t *be, float *y, const float *g, const float *u,
 
 static void s_gelu_tanh(td_backend_t *be, float *x, int64_t count) {
     const float k = 0.7978845608028654f; /* sqrt(2/pi) */
-#pragma omp parallel for schedule(static) if (TD_PAR(count))
+#pragma omp parallel for schedule(static) if (TD_PAR(count)) num_threads(be->n_threads)
     for (int64_t i = 0; i < count; i++) {
         float v = x[i];
         x[i] = 0.5f * v * (1.0f + tanhf(k * (v + 0.044715f * v * v * v)));
@@ -386,7 +386,7 @@ static void s_gelu_tanh(td_backend_t *be, float *x, int64_t count) {
 }
 
 static void s_add(td_backend_t *be, float *y, const float *x, int64_t count) {
-#pragma omp parallel for schedule(static) if (TD_PAR(count))
+#pragma omp parallel for schedule(static) if (TD_PAR(count)) num_threads(be->n_threads)
     for (int64_t i = 0; i < count; i++) y[i] += x[i];
 }
 
@@ -415,7 +415,7 @@ static void s_attention(td_backend_t *be, float *out, const float *q, const floa
     const int64_t row = (int64_t)nkv * hd;
     int64_t work = 0;
     for (int t = 0; t < a->n; t++) work += (int64_t)a->kv_len[a->seq[t]] * nh * hd;
-    int nthr = c->reference || !TD_PAR(work) ? 1 : omp_get_max_threads();
+    int nthr = c->reference || !TD_PAR(work) ? 1 : be->n_threads;
     size_t need = (size_t)nthr * (size_t)a->n_ctx;
     if (c->att_cap < need) {
         free(c->att);

@@ -75,7 +75,7 @@ def main():
     # Drafters sharing the tokenizer: the verifier's weights plus noise, so that they agree with it
     # often but not always (exercises both accepting and rejecting paths).
     mask = tok.token_to_id("<mask>")
-    for name, noise, dream in (("qwen2-ar-drafter", 0.08, False), ("dream-drafter", 0.05, True)):
+    for name, noise, dream in (("qwen2-ar-drafter", 0.08, False), ("dream-drafter", 0.01, True)):
         out_dir = os.path.join("tests", "data", "e2e", name)
         os.makedirs(out_dir, exist_ok=True)
         d = Qwen2ForCausalLM(cfg).eval()
