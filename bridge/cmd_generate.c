@@ -308,6 +308,7 @@ int td_cmd_generate(int argc, char **argv) {
     p.dist_top_k = (int)dist_k;
     p.apd_mixture = (float)mixture;
     p.drafter_timeout_ms = (int)timeout;
+    p.hello = &pair.hello;
     if (gamma > 0) p.gamma = (int)gamma;
     if (steps > 0) p.steps = (int)steps;
     if (kvw >= 0) p.apd_kv_window = (int)kvw;

@@ -77,7 +77,7 @@ int td_pair_open(td_pair_t *p, const char *verifier_dir, const char *drafter, co
     const td_tokenizer_t *tok = p->vtok ? p->vtok : p->dtok;
     uint64_t h = tok ? td_tokenizer_hash(tok) : 0;
     snprintf(p->model_id, sizeof p->model_id, "%s", verifier_dir ? s_base(verifier_dir) : "client");
-    snprintf(p->tok_name, sizeof p->tok_name, "tokenizer %016llx", (unsigned long long)h);
+    snprintf(p->tok_name, sizeof p->tok_name, "%.40s/tokenizer.json", p->model_id);
     tandem__hello__init(&p->hello);
     int vocab = p->verifier ? td_model_config(p->verifier)->n_vocab : 0;
     td_wire_hello_fill(&p->hello, p->verifier ? TANDEM__ROLE__ROLE_VERIFIER : TANDEM__ROLE__ROLE_CLIENT,

@@ -57,7 +57,7 @@ td_drafter_service_t *td_drafter_service_new(td_model_t *m, const td_tokenizer_t
     if (c->n_ctx_train > 0 && s->n_ctx > c->n_ctx_train) s->n_ctx = c->n_ctx_train;
     s->V = c->n_vocab;
     snprintf(s->model_id, sizeof s->model_id, "%s", s->opts.model_id ? s->opts.model_id : "drafter");
-    snprintf(s->tok_name, sizeof s->tok_name, "tokenizer %016llx", (unsigned long long)td_tokenizer_hash(tok));
+    snprintf(s->tok_name, sizeof s->tok_name, "%.40s/tokenizer.json", s->model_id);
     s->kv = td_kv_cache_new(m, s->opts.max_sessions, s->n_ctx, err);
     s->sessions = calloc((size_t)s->opts.max_sessions, sizeof *s->sessions);
     s->draft = malloc(TD_WIRE_MAX_GAMMA * sizeof *s->draft);

@@ -45,6 +45,7 @@ typedef struct link {
     td_client_t *dc;
     uint64_t session;
     int timeout_ms;
+    const Tandem__Hello *hello;
     char why[256];
 } link_t;
 
@@ -128,6 +129,15 @@ static Tandem__Envelope *s_request_draft(link_t *l, uint64_t round, const int32_
         if ((code == TANDEM__ERROR_CODE__ERROR_UNKNOWN_SESSION || code == TANDEM__ERROR_CODE__ERROR_OUT_OF_ORDER) &&
             base > 0) {
             *known = 0; /* the drafter lost the session: send the whole text again */
+            continue;
+        }
+        if (code == TANDEM__ERROR_CODE__ERROR_NO_HANDSHAKE && l->hello && attempt == 0) {
+            /* a drafter that restarted does not know us: handshake again, resend from scratch */
+            if (td_client_handshake(l->dc, l->hello, NULL, l->timeout_ms, &err) != TD_OK) {
+                snprintf(l->why, sizeof l->why, "handshake with the restarted drafter failed: %.200s", err.msg);
+                return NULL;
+            }
+            *known = 0;
             continue;
         }
         return NULL;
@@ -221,7 +231,7 @@ int td_spec_generate(td_model_t *v, td_client_t *dc, uint64_t session_id, const 
     uint64_t round = 0, next_try = 0;
     td_rng_t rng;
     td_rng_seed(&rng, p->seed);
-    link_t l = {dc, session_id, p->drafter_timeout_ms > 0 ? p->drafter_timeout_ms : 5000, ""};
+    link_t l = {dc, session_id, p->drafter_timeout_ms > 0 ? p->drafter_timeout_ms : 5000, p->hello, ""};
     double t_start = td_time_now();
     if (cur >= 2) { /* the cache holds every accepted token but the last */
         double t0 = td_time_now();

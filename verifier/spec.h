@@ -54,6 +54,8 @@ typedef struct td_spec_params {
     float apd_mixture;         /* R */
     int apd_kv_window;         /* W (0 = off) */
     int drafter_timeout_ms;    /* per round; 0 = 5000 */
+    const Tandem__Hello *hello; /* our Hello, to handshake again with a drafter that restarted
+                                   (NULL: a restarted drafter stays unused for this request) */
 } td_spec_params_t;
 
 /* Defaults from the reference: specdiff gamma 8, steps 4 (SpecDiff: T 4-6 best), left-to-right

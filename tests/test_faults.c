@@ -1,0 +1,277 @@
+/* test_faults.c - faults between real processes over real sockets: a drafter that is killed,
+ * stalls, comes back, or answers garbage mid-generation; a drafter whose tokenizer differs.
+ * The request must always complete (the verifier does those rounds as plain AR and counts them),
+ * greedy output must stay identical to AR, and speculation must resume when the drafter is back. */
+#include "tests/tdtest.h"
+
+#include "bridge/pair.h"
+#include "verifier/spec.h"
+
+#include <cjson/cJSON.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#define VDIR "tests/data/e2e/qwen2-chat"
+#define ARDIR "tests/data/e2e/qwen2-ar-drafter"
+
+static char s_dir[64], s_ep[128];
+static td_pair_t *s_cur_pair;
+
+static pid_t s_spawn_drafter(const char *model) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        const char *bin = getenv("TD_DRAFTER_BIN") ? getenv("TD_DRAFTER_BIN") : "build/bin/tandem-drafter";
+        setenv("TD_LOG", "error", 1);
+        execl(bin, bin, "--model", model, "--bind", s_ep, "--threads", "1", (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+static void s_kill(pid_t pid) {
+    if (pid <= 0) return;
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+}
+
+static void s_setup(void) {
+    snprintf(s_dir, sizeof s_dir, "/tmp/td_faults_XXXXXX");
+    if (!mkdtemp(s_dir)) abort();
+    snprintf(s_ep, sizeof s_ep, "ipc://%s/drafter.sock", s_dir);
+}
+
+static void s_teardown(void) {
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", s_dir);
+    if (system(cmd) != 0) fprintf(stderr, "cleanup of %s failed\n", s_dir);
+}
+
+/* Connects (retrying while the worker starts). */
+static int s_open(td_pair_t *pair, const char *ep, td_err_t *err) {
+    td_pair_opts_t po = {.threads = 1, .timeout_ms = 500};
+    for (int i = 0; i < 40; i++) {
+        s_cur_pair = pair;
+        if (td_pair_open(pair, VDIR, ep, &po, err) == TD_OK) return TD_OK;
+        td_pair_close(pair);
+        usleep(100 * 1000);
+    }
+    return TD_ERR;
+}
+
+static const int32_t s_prompt[] = {35, 279, 223, 41, 81, 70, 282, 67};
+
+static void s_ar_reference(td_model_t *v, int n, int32_t *ref) {
+    td_gen_params_t gp = {.max_tokens = n, .sampling = {0, 0, 1}};
+    td_gen_stats_t gs;
+    td_err_t err = {0};
+    if (td_generate_ar(v, s_prompt, 8, &gp, NULL, NULL, ref, &gs, &err) != TD_OK || gs.generated != n) abort();
+}
+
+/* The callback plays the operator: at given token counts it kills, stops, continues or restarts
+ * the drafter process. */
+typedef struct chaos {
+    pid_t pid;
+    int n;
+    int kill_at, restart_at, stop_at, cont_at;
+    const char *model;
+} chaos_t;
+
+static int s_chaos(void *ud, int32_t id) {
+    chaos_t *c = ud;
+    c->n++;
+    if (c->n == c->kill_at) s_kill(c->pid), c->pid = 0;
+    if (c->n == c->restart_at) c->pid = s_spawn_drafter(c->model), usleep(300 * 1000);
+    if (c->n == c->stop_at) kill(c->pid, SIGSTOP);
+    if (c->n == c->cont_at) kill(c->pid, SIGCONT);
+    return 0;
+}
+
+static td_spec_params_t s_greedy(int n) {
+    td_spec_params_t p = td_spec_params_default(TD_METHOD_SPEC_AR);
+    p.hello = s_cur_pair ? &s_cur_pair->hello : NULL;
+    p.gamma = 4;
+    p.max_tokens = n;
+    p.drafter_timeout_ms = 300;
+    return p;
+}
+
+TD_TEST(drafter_killed_then_restarted) {
+    s_setup();
+    chaos_t c = {.pid = s_spawn_drafter(ARDIR), .kill_at = 12, .restart_at = 30, .model = ARDIR};
+    td_pair_t pair;
+    td_err_t err = {0};
+    REQUIRE(s_open(&pair, s_ep, &err) == TD_OK);
+    enum { N = 90 };
+    int32_t ref[N], out[N];
+    s_ar_reference(pair.verifier, N, ref);
+    td_spec_params_t p = s_greedy(N);
+    td_spec_stats_t st;
+    double t0 = td_time_now();
+    CHECK(td_spec_generate(pair.verifier, pair.dc, 42, s_prompt, 8, &p, s_chaos, &c, out, &st, &err) == TD_OK);
+    printf("    killed at token 12, back at 30: %d tokens in %.2f s, %d rounds, %d fallbacks (%s)\n", st.generated,
+           td_time_now() - t0, st.rounds, st.fallbacks, st.last_fallback);
+    CHECK_EQ_INT(st.generated, N);
+    CHECK(memcmp(out, ref, sizeof ref) == 0);
+    CHECK(st.fallbacks > 0);
+    /* speculation resumed: more rounds than could have happened before the kill */
+    CHECK(st.rounds > 12);
+    td_pair_close(&pair);
+    s_kill(c.pid);
+    s_teardown();
+}
+
+TD_TEST(drafter_stalls_then_continues) {
+    s_setup();
+    chaos_t c = {.pid = s_spawn_drafter(ARDIR), .stop_at = 10, .cont_at = 25, .model = ARDIR};
+    td_pair_t pair;
+    td_err_t err = {0};
+    REQUIRE(s_open(&pair, s_ep, &err) == TD_OK);
+    enum { N = 80 };
+    int32_t ref[N], out[N];
+    s_ar_reference(pair.verifier, N, ref);
+    td_spec_params_t p = s_greedy(N);
+    td_spec_stats_t st;
+    CHECK(td_spec_generate(pair.verifier, pair.dc, 43, s_prompt, 8, &p, s_chaos, &c, out, &st, &err) == TD_OK);
+    printf("    stalled from token 10 to 25: %d rounds, %d fallbacks (%s)\n", st.rounds, st.fallbacks, st.last_fallback);
+    CHECK_EQ_INT(st.generated, N);
+    CHECK(memcmp(out, ref, sizeof ref) == 0);
+    CHECK(st.fallbacks > 0);
+    CHECK(st.rounds > 10);
+    td_pair_close(&pair);
+    s_kill(c.pid);
+    s_teardown();
+}
+
+/* A fake drafter that completes the handshake properly, then answers every DraftRequest with
+ * garbage: raw bytes, a proposal of the wrong length, or out-of-vocabulary tokens. */
+typedef struct fake {
+    const Tandem__Hello *hello;
+    volatile int stop;
+    int answered;
+} fake_t;
+
+static void *s_fake(void *arg) {
+    fake_t *f = arg;
+    td_transport_opts_t to = {0};
+    td_err_t err = {0};
+    td_server_t *srv = td_server_new(s_ep, &to, &err);
+    if (!srv) return NULL;
+    while (!f->stop) {
+        td_routing_id_t from;
+        Tandem__Envelope *env = NULL;
+        if (td_server_recv(srv, &from, &env, 50, NULL) != 0) continue;
+        if (env->body_case == TANDEM__ENVELOPE__BODY_HELLO) {
+            td_server_answer_hello(srv, &from, f->hello, env->hello, NULL);
+        } else if (env->body_case == TANDEM__ENVELOPE__BODY_DRAFT_REQUEST) {
+            int kind = f->answered++ % 3;
+            zmq_send(td_server_socket(srv), from.data, from.len, ZMQ_SNDMORE);
+            if (kind == 0) {
+                zmq_send(td_server_socket(srv), "\xff\xfe garbage", 10, 0);
+            } else {
+                Tandem__Envelope out;
+                Tandem__Proposal pr;
+                td_wire_proposal_init(&out, &pr, env->session_id, env->round);
+                uint32_t toks[300];
+                for (int i = 0; i < 300; i++) toks[i] = kind == 1 ? 5u : 1000000u;
+                pr.n_tokens = kind == 1 ? env->draft_request->gamma + 1 : env->draft_request->gamma;
+                pr.tokens = toks;
+                /* packed by hand: our own validation would refuse to send this */
+                size_t len = tandem__envelope__get_packed_size(&out);
+                uint8_t *buf = malloc(len);
+                tandem__envelope__pack(&out, buf);
+                zmq_send(td_server_socket(srv), buf, len, 0);
+                free(buf);
+            }
+        }
+        td_wire_free(&env);
+    }
+    td_server_destroy(&srv);
+    return NULL;
+}
+
+TD_TEST(drafter_answers_garbage) {
+    s_setup();
+    td_err_t err = {0};
+    td_backend_t *be = td_backend_cpu_new(1, 0, &err);
+    td_model_t *dm = td_model_load(ARDIR, be, &err);
+    td_tokenizer_t *tok = td_tokenizer_load(ARDIR, &err);
+    REQUIRE(be && dm && tok);
+    td_drafter_service_t *svc = td_drafter_service_new(dm, tok, NULL, &err);
+    REQUIRE(svc);
+    fake_t f = {.hello = td_drafter_service_hello(svc)};
+    pthread_t th;
+    REQUIRE(pthread_create(&th, NULL, s_fake, &f) == 0);
+    td_pair_t pair;
+    REQUIRE(s_open(&pair, s_ep, &err) == TD_OK);
+    enum { N = 30 };
+    int32_t ref[N], out[N];
+    s_ar_reference(pair.verifier, N, ref);
+    td_spec_params_t p = s_greedy(N);
+    td_spec_stats_t st;
+    CHECK(td_spec_generate(pair.verifier, pair.dc, 44, s_prompt, 8, &p, NULL, NULL, out, &st, &err) == TD_OK);
+    printf("    garbage drafter: %d tokens, %d rounds, %d fallbacks after %d garbage answers (last: %s)\n", st.generated,
+           st.rounds, st.fallbacks, f.answered, st.last_fallback);
+    CHECK_EQ_INT(st.generated, N);
+    CHECK(memcmp(out, ref, sizeof ref) == 0);
+    CHECK_EQ_INT(st.rounds, 0);
+    CHECK(st.fallbacks >= 3 && f.answered >= 3);
+    td_pair_close(&pair);
+    f.stop = 1;
+    pthread_join(th, NULL);
+    td_drafter_service_destroy(&svc);
+    td_tokenizer_destroy(&tok);
+    td_model_destroy(&dm);
+    td_backend_destroy(&be);
+    s_teardown();
+}
+
+TD_TEST(tokenizer_mismatch_refused_at_connect) {
+    s_setup();
+    /* a drafter whose tokenizer differs in one vocabulary entry */
+    char dir[128], cmd[512];
+    snprintf(dir, sizeof dir, "%s/other", s_dir);
+    snprintf(cmd, sizeof cmd, "mkdir -p %s && cp " ARDIR "/config.json " ARDIR "/model.safetensors %s/", dir, dir);
+    REQUIRE(system(cmd) == 0);
+    char *data = NULL;
+    size_t len = 0;
+    REQUIRE(td_read_file(ARDIR "/tokenizer.json", &data, &len, NULL) == TD_OK);
+    cJSON *j = cJSON_Parse(data);
+    free(data);
+    REQUIRE(j);
+    cJSON *vocab = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "model"), "vocab");
+    cJSON *a = cJSON_GetObjectItem(vocab, "a"), *b = cJSON_GetObjectItem(vocab, "b");
+    REQUIRE(a && b);
+    int ia = a->valueint, ib = b->valueint;
+    cJSON_SetNumberValue(a, ib);
+    cJSON_SetNumberValue(b, ia);
+    char *txt = cJSON_PrintUnformatted(j);
+    snprintf(cmd, sizeof cmd, "%s/tokenizer.json", dir);
+    FILE *f = fopen(cmd, "w");
+    REQUIRE(f);
+    fputs(txt, f);
+    fclose(f);
+    free(txt);
+    cJSON_Delete(j);
+    pid_t pid = s_spawn_drafter(dir);
+    td_pair_t pair;
+    td_err_t err = {0};
+    td_pair_opts_t po = {.threads = 1, .timeout_ms = 500};
+    int rc = TD_ERR;
+    for (int i = 0; i < 40; i++) {
+        memset(&err, 0, sizeof err);
+        rc = td_pair_open(&pair, VDIR, s_ep, &po, &err);
+        td_pair_close(&pair);
+        if (rc != TD_OK && strstr(err.msg, "tokenizer")) break;
+        usleep(100 * 1000);
+    }
+    printf("    refused: %s\n", err.msg);
+    CHECK(rc != TD_OK);
+    CHECK(strstr(err.msg, "tokenizer") != NULL);
+    s_kill(pid);
+    s_teardown();
+}
+
+TD_TEST_MAIN()
