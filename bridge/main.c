@@ -10,6 +10,7 @@ static const struct {
     const char *help;
 } s_cmds[] = {
     {"generate", td_cmd_generate, "generate text (--method ar for now)"},
+    {"bench", td_cmd_bench, "compare methods and settings on the same prompts (speedup over ar)"},
     {"score", td_cmd_score, "per-token log-probabilities and perplexity of a text"},
     {"tokenize", td_cmd_tokenize, "text -> token ids and pieces, or --decode ids -> text"},
     {"keygen", td_cmd_keygen, "make a CURVE key pair (NAME.key, NAME.pub) for encrypted, authenticated links"},

@@ -1,0 +1,312 @@
+/* cmd_bench.c - `tandem bench`: every method and setting on the same prompts and seeds, side by
+ * side in one run, with each one's speedup over `ar` measured in that same run. */
+#include <stdio.h>
+
+#include "bridge/cli.h"
+#include "bridge/commands.h"
+#include "bridge/pair.h"
+#include "drafter/draft.h"
+#include "verifier/generate.h"
+#include "verifier/spec.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void s_help(FILE *f) {
+    fprintf(f,
+            "usage: tandem bench [--prompts FILE] [--methods LIST] [options]\n\n"
+            "Runs every combination of method x gamma x steps x order on every prompt (same seeds),\n"
+            "prints a table, and writes PREFIX.json and PREFIX.csv. Speedups are tokens/s relative to\n"
+            "`ar` measured in the same run (ar is always run first).\n\n"
+            "options:\n"
+            "  --prompts FILE     one prompt per line (default bench/prompts.txt)\n"
+            "  --methods LIST     comma-separated: ar,spec-ar,specdiff,apd,diffusion (default all)\n"
+            "  --gamma LIST       draft lengths, e.g. 4,8,16 (default 8)\n"
+            "  --steps LIST       diffusion steps per draft, e.g. 1,2,4 (default 4; spec-ar/apd use 1)\n"
+            "  --orders LIST      unmasking orders (default left-to-right)\n"
+            "  --verify V         rejection (default), match, greedy\n"
+            "  --max-tokens N     tokens per prompt (default 64)\n"
+            "  --temperature X    0 (default) = greedy for every method\n"
+            "  --seed S           base seed; prompt i uses S + i (default 0)\n"
+            "  --mixture R        apd mixture (default 0.7)\n"
+            "  --verifier DIR     default models/tiny-verifier\n"
+            "  --ar-drafter DIR   default models/tiny-ar-drafter\n"
+            "  --diffusion-drafter DIR  default models/tiny-diffusion-drafter\n"
+            "  --limit N          use only the first N prompts\n"
+            "  --threads N        CPU threads per model (default: all cores)\n"
+            "  --out PREFIX       output files (default bench/results/bench)\n");
+}
+
+#define MAX_LIST 16
+
+static int s_parse_list(const char *s, int *out, int lo, int hi) {
+    int n = 0;
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", s);
+    for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+        char *end;
+        long v = strtol(tok, &end, 10);
+        if (*end || v < lo || v > hi || n == MAX_LIST) return -1;
+        out[n++] = (int)v;
+    }
+    return n;
+}
+
+typedef struct row {
+    char method[16], order[16];
+    int gamma, steps;
+    long tokens, drafted, accepted, rounds, fallbacks, forwards, bonus;
+    long acc_pos[TD_SPEC_MAX_GAMMA], dr_pos[TD_SPEC_MAX_GAMMA];
+    double seconds, drafter_s, verifier_s, transport_s;
+} row_t;
+
+static void s_add(row_t *r, const td_spec_stats_t *s, double secs) {
+    r->tokens += s->generated;
+    r->drafted += s->drafted;
+    r->accepted += s->accepted;
+    r->rounds += s->rounds;
+    r->fallbacks += s->fallbacks;
+    r->forwards += s->forwards;
+    r->bonus += s->bonus_tokens;
+    r->seconds += secs;
+    r->drafter_s += s->drafter_s;
+    r->verifier_s += s->verifier_s;
+    r->transport_s += s->transport_s;
+    for (int j = 0; j < TD_SPEC_MAX_GAMMA; j++) r->acc_pos[j] += s->accepted_by_position[j], r->dr_pos[j] += s->drafted_by_position[j];
+}
+
+int td_cmd_bench(int argc, char **argv) {
+    const char *prompts_path = "bench/prompts.txt", *methods_s = "ar,spec-ar,specdiff,apd,diffusion", *gammas_s = "8",
+               *steps_s = "4", *orders_s = "left-to-right", *verify_s = "rejection", *vdir = NULL, *ardir = NULL,
+               *dfdir = NULL, *out_prefix = "bench/results/bench", *pos;
+    long max_tokens = 64, seed = 0, threads = 0, limit = 0;
+    double temperature = 0, mixture = 0.7;
+    int r;
+    td_opts_t o;
+    td_opts_init(&o, argc, argv);
+    while ((r = td_opts_next(&o, &pos)) != 0) {
+        if (r < 0) {
+            fprintf(stderr, "tandem bench: unexpected argument '%s'\n", pos);
+            return 2;
+        }
+#define STR(name, var) else if (td_opts_is(&o, name)) { if (!(var = td_opts_value(&o))) return 2; }
+#define INT(name, var, lo, hi) else if (td_opts_is(&o, name)) { if (td_opts_int(&o, lo, hi, &var)) return 2; }
+#define FLT(name, var, lo, hi) else if (td_opts_is(&o, name)) { if (td_opts_float(&o, lo, hi, &var)) return 2; }
+        if (td_opts_is(&o, "help") || td_opts_is(&o, "h")) {
+            s_help(stdout);
+            return 0;
+        }
+        STR("prompts", prompts_path) STR("methods", methods_s) STR("gamma", gammas_s) STR("steps", steps_s)
+        STR("orders", orders_s) STR("verify", verify_s) STR("verifier", vdir) STR("ar-drafter", ardir)
+        STR("diffusion-drafter", dfdir) STR("out", out_prefix)
+        INT("max-tokens", max_tokens, 1, 1 << 16) INT("seed", seed, 0, 0x7fffffffL) INT("threads", threads, 0, 1024)
+        INT("limit", limit, 0, 1 << 20) FLT("temperature", temperature, 0, 100) FLT("mixture", mixture, 0, 1)
+        else {
+            fprintf(stderr, "tandem bench: unknown option --%s (see --help)\n", o.name);
+            return 2;
+        }
+#undef STR
+#undef INT
+#undef FLT
+    }
+    int gammas[MAX_LIST], steps[MAX_LIST], orders[MAX_LIST], methods[TD_METHOD_COUNT], n_g, n_s, n_o = 0, n_m = 0;
+    if ((n_g = s_parse_list(gammas_s, gammas, 1, TD_SPEC_MAX_GAMMA)) <= 0 || (n_s = s_parse_list(steps_s, steps, 1, 1024)) <= 0) {
+        fprintf(stderr, "tandem bench: bad --gamma or --steps list\n");
+        return 2;
+    }
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", orders_s);
+    for (char *t = strtok(buf, ","); t; t = strtok(NULL, ",")) {
+        int v = td_unmask_order_parse(t);
+        if (v < 0 || n_o == MAX_LIST) {
+            fprintf(stderr, "tandem bench: unknown order '%s'\n", t);
+            return 2;
+        }
+        orders[n_o++] = v;
+    }
+    int want[TD_METHOD_COUNT] = {0};
+    snprintf(buf, sizeof buf, "%s", methods_s);
+    for (char *t = strtok(buf, ","); t; t = strtok(NULL, ",")) {
+        int v = td_method_parse(t);
+        if (v < 0) {
+            fprintf(stderr, "tandem bench: unknown method '%s'\n", t);
+            return 2;
+        }
+        want[v] = 1;
+    }
+    want[TD_METHOD_AR] = 1; /* the baseline is always measured */
+    for (int m = 0; m < TD_METHOD_COUNT; m++)
+        if (want[m]) methods[n_m++] = m;
+    int verify = td_verify_parse(verify_s);
+    if (verify < 0) {
+        fprintf(stderr, "tandem bench: unknown --verify '%s'\n", verify_s);
+        return 2;
+    }
+    static char vb[512], ab[512], db[512];
+    if (!vdir) snprintf(vb, sizeof vb, "models/tiny-verifier"), vdir = vb;
+    if (!ardir) snprintf(ab, sizeof ab, "models/tiny-ar-drafter"), ardir = ab;
+    if (!dfdir) snprintf(db, sizeof db, "models/tiny-diffusion-drafter"), dfdir = db;
+
+    /* prompts */
+    size_t plen = 0;
+    char *ptxt = td_cli_read_text(prompts_path, &plen);
+    if (!ptxt) return 1;
+    char *lines[4096];
+    int n_p = 0;
+    for (char *t = strtok(ptxt, "\n"); t && n_p < 4096; t = strtok(NULL, "\n"))
+        if (*t && *t != '#') lines[n_p++] = t;
+    if (limit > 0 && n_p > limit) n_p = (int)limit;
+    if (n_p == 0) {
+        fprintf(stderr, "tandem bench: no prompts in %s\n", prompts_path);
+        free(ptxt);
+        return 1;
+    }
+    td_err_t err = {0};
+    td_pair_t par = {0}, pdf = {0};
+    td_pair_opts_t po = {.threads = (int)threads};
+    int rc = 1, need_ar = want[TD_METHOD_SPEC_AR], need_df = want[TD_METHOD_SPECDIFF] || want[TD_METHOD_APD];
+    td_backend_t *dbe = NULL;
+    td_model_t *dm = NULL;
+    td_tokenizer_t *dtok = NULL;
+    row_t *rows = calloc(512, sizeof *rows);
+    int n_rows = 0;
+    int32_t **ids = calloc((size_t)n_p, sizeof *ids), *n_ids = calloc((size_t)n_p, sizeof *n_ids);
+    int32_t *out = malloc(sizeof(int32_t) * (size_t)(max_tokens + 1));
+    if (td_pair_open(&par, vdir, need_ar ? ardir : NULL, &po, &err) != TD_OK ||
+        (need_df && td_pair_open(&pdf, NULL, dfdir, &po, &err) != TD_OK)) {
+        fprintf(stderr, "tandem bench: %s\n", err.msg);
+        goto done;
+    }
+    if (want[TD_METHOD_DIFFUSION] && td_cli_load(dfdir, (int)threads, &dbe, &dm, &dtok)) goto done;
+    for (int i = 0; i < n_p; i++)
+        if (td_tokenizer_encode(par.vtok, lines[i], strlen(lines[i]), 0, &ids[i], &n_ids[i], &err) != TD_OK) {
+            fprintf(stderr, "tandem bench: prompt %d: %s\n", i + 1, err.msg);
+            goto done;
+        }
+    const td_config_t *vc = td_model_config(par.verifier);
+    int32_t stop[1] = {vc->eos_token_id};
+    td_sampling_t sp = {(float)temperature, 0, 1};
+    fprintf(stderr, "tandem bench: %d prompts, %ld tokens each, temperature %g, verifier %s\n", n_p, max_tokens, temperature, vdir);
+    for (int mi = 0; mi < n_m; mi++) {
+        td_method_t m = (td_method_t)methods[mi];
+        int spec = m == TD_METHOD_SPEC_AR || m == TD_METHOD_SPECDIFF || m == TD_METHOD_APD;
+        int ng = spec ? n_g : 1, ns = m == TD_METHOD_SPECDIFF ? n_s : 1, no = m == TD_METHOD_SPECDIFF ? n_o : 1;
+        for (int gi = 0; gi < ng; gi++)
+            for (int si = 0; si < ns; si++)
+                for (int oi = 0; oi < no; oi++) {
+                    row_t *rw = &rows[n_rows++];
+                    snprintf(rw->method, sizeof rw->method, "%s", td_method_name(m));
+                    rw->gamma = spec ? gammas[gi] : 0;
+                    rw->steps = m == TD_METHOD_SPECDIFF ? steps[si] : (spec ? 1 : 0);
+                    snprintf(rw->order, sizeof rw->order, "%s", m == TD_METHOD_SPECDIFF ? td_unmask_order_name((td_unmask_order_t)orders[oi]) : "-");
+                    for (int i = 0; i < n_p; i++) {
+                        td_spec_stats_t st;
+                        memset(&st, 0, sizeof st);
+                        double t0 = td_time_now();
+                        int grc;
+                        if (m == TD_METHOD_AR) {
+                            td_gen_params_t gp = {.max_tokens = (int)max_tokens, .sampling = sp, .seed = (uint64_t)(seed + i),
+                                                  .stop_ids = stop, .n_stop = stop[0] >= 0};
+                            td_gen_stats_t gs;
+                            grc = td_generate_ar(par.verifier, ids[i], n_ids[i], &gp, NULL, NULL, out, &gs, &err);
+                            st.generated = gs.generated, st.forwards = gs.forwards;
+                            st.verifier_s = gs.prefill_s + gs.decode_s;
+                        } else if (m == TD_METHOD_DIFFUSION) {
+                            td_diffusion_params_t dp = td_diffusion_params_default();
+                            dp.max_tokens = (int)max_tokens;
+                            dp.sampling = sp;
+                            dp.seed = (uint64_t)(seed + i);
+                            td_diffusion_stats_t ds;
+                            grc = td_diffusion_generate(dm, ids[i], n_ids[i], &dp, out, &ds, &err);
+                            st.generated = ds.generated, st.forwards = ds.forwards;
+                        } else {
+                            td_spec_params_t p = td_spec_params_default(m);
+                            p.gamma = rw->gamma;
+                            p.steps = rw->steps;
+                            p.order = m == TD_METHOD_SPECDIFF ? orders[oi] : 0;
+                            p.verify = (td_verify_t)verify;
+                            p.max_tokens = (int)max_tokens;
+                            p.sampling = p.draft_sampling = sp;
+                            p.seed = (uint64_t)(seed + i);
+                            p.stop_ids = stop;
+                            p.n_stop = stop[0] >= 0;
+                            p.apd_mixture = (float)mixture;
+                            td_pair_t *pp = m == TD_METHOD_SPEC_AR ? &par : &pdf;
+                            p.hello = &pp->hello;
+                            grc = td_spec_generate(par.verifier, pp->dc, 100 + (uint64_t)i, ids[i], n_ids[i], &p, NULL, NULL, out, &st, &err);
+                        }
+                        if (grc != TD_OK) {
+                            fprintf(stderr, "tandem bench: %s prompt %d: %s\n", rw->method, i + 1, err.msg);
+                            goto done;
+                        }
+                        s_add(rw, &st, td_time_now() - t0);
+                    }
+                    fprintf(stderr, "  %-10s gamma %3d steps %3d %-14s %6.1f tok/s\n", rw->method, rw->gamma, rw->steps, rw->order,
+                            rw->tokens / rw->seconds);
+                }
+    }
+    /* table, JSON, CSV */
+    double base = rows[0].tokens / rows[0].seconds;
+    char path[1024];
+    snprintf(path, sizeof path, "%s.csv", out_prefix);
+    FILE *csv = fopen(path, "w");
+    snprintf(path, sizeof path, "%s.json", out_prefix);
+    FILE *js = fopen(path, "w");
+    if (!csv || !js) {
+        fprintf(stderr, "tandem bench: cannot write %s.{csv,json} (does the directory exist?)\n", out_prefix);
+        if (csv) fclose(csv);
+        if (js) fclose(js);
+        goto done;
+    }
+    printf("%-10s %5s %5s %-14s %8s %8s %8s %8s %8s %9s %9s %6s\n", "method", "gamma", "steps", "order", "tokens", "tok/s",
+           "speedup", "accept", "acc.len", "fwd/tok", "transport", "fallb");
+    fprintf(csv, "method,gamma,steps,order,verify,temperature,prompts,tokens,seconds,tokens_per_second,speedup_vs_ar,"
+                 "drafted,accepted,acceptance_rate,rounds,mean_accepted_length,forwards,fallbacks,drafter_s,verifier_s,transport_s,"
+                 "transport_share\n");
+    fprintf(js, "{\"verifier\":\"%s\",\"prompts\":%d,\"max_tokens\":%ld,\"temperature\":%g,\"verify\":\"%s\",\"results\":[", vdir, n_p,
+            max_tokens, temperature, verify_s);
+    for (int k = 0; k < n_rows; k++) {
+        row_t *w = &rows[k];
+        double tps = w->tokens / w->seconds, acc = w->drafted ? (double)w->accepted / w->drafted : 0;
+        int lossy = !strcmp(w->method, "apd");
+        double alen = w->rounds ? (double)(w->accepted + w->bonus) / w->rounds : 0;
+        double tshare = (w->drafter_s + w->verifier_s + w->transport_s) > 0 ? w->transport_s / (w->drafter_s + w->verifier_s + w->transport_s) : 0;
+        printf("%-10s %5d %5d %-14s %8ld %8.1f %7.2fx %8.3f %8.2f %9.3f %8.1f%% %6ld\n", w->method, w->gamma, w->steps, w->order,
+               w->tokens, tps, tps / base, acc, alen, (double)w->forwards / (w->tokens ? w->tokens : 1), 100 * tshare, w->fallbacks);
+        fprintf(csv, "%s,%d,%d,%s,%s,%g,%d,%ld,%.6f,%.4f,%.4f,%ld,%ld,%.6f,%ld,%.4f,%ld,%ld,%.6f,%.6f,%.6f,%.6f\n", w->method, w->gamma,
+                w->steps, w->order, verify_s, temperature, n_p, w->tokens, w->seconds, tps, tps / base, w->drafted, w->accepted, acc,
+                w->rounds, alen, w->forwards, w->fallbacks, w->drafter_s, w->verifier_s, w->transport_s, tshare);
+        fprintf(js, "%s{\"method\":\"%s\",\"lossy\":%s,\"gamma\":%d,\"steps\":%d,\"order\":\"%s\",\"tokens\":%ld,\"seconds\":%.6f,"
+                    "\"tokens_per_second\":%.4f,\"speedup_vs_ar\":%.4f,\"drafted\":%ld,\"accepted\":%ld,\"acceptance_rate\":%.6f,"
+                    "\"rounds\":%ld,\"mean_accepted_length\":%.4f,\"mean_accepted_length_includes_bonus\":%s,\"forwards\":%ld,"
+                    "\"fallbacks\":%ld,\"drafter_s\":%.6f,\"verifier_s\":%.6f,\"transport_s\":%.6f,\"transport_share\":%.6f,"
+                    "\"accepted_by_position\":[",
+                k ? "," : "", w->method, lossy ? "true" : "false", w->gamma, w->steps, w->order, w->tokens, w->seconds, tps, tps / base,
+                w->drafted, w->accepted, acc, w->rounds, alen, lossy ? "false" : "true", w->forwards, w->fallbacks, w->drafter_s,
+                w->verifier_s, w->transport_s, tshare);
+        for (int j = 0; j < w->gamma; j++) fprintf(js, "%s%ld", j ? "," : "", w->acc_pos[j]);
+        fprintf(js, "],\"drafted_by_position\":[");
+        for (int j = 0; j < w->gamma; j++) fprintf(js, "%s%ld", j ? "," : "", w->dr_pos[j]);
+        fprintf(js, "]}");
+    }
+    fprintf(js, "]}\n");
+    fclose(csv);
+    fclose(js);
+    printf("(speedup = tokens/s over ar in this run; acc.len = tokens per verification round incl. the bonus; "
+           "apd is lossy)\nwrote %s.json and %s.csv\n", out_prefix, out_prefix);
+    rc = 0;
+done:
+    for (int i = 0; i < n_p; i++) free(ids[i]);
+    free(ids);
+    free(n_ids);
+    free(out);
+    free(rows);
+    free(ptxt);
+    td_pair_close(&par);
+    td_pair_close(&pdf);
+    td_tokenizer_destroy(&dtok);
+    td_model_destroy(&dm);
+    td_backend_destroy(&dbe);
+    return rc;
+}
