@@ -151,3 +151,26 @@ void td_cli_json_str(FILE *f, const char *s, size_t len) {
     }
     fputc('"', f);
 }
+
+/* Prints the --json "stats" object (keys documented in README.md; keep them stable). */
+void td_cli_print_stats(FILE *f, const char *method, const td_spec_stats_t *s, int gamma, double total) {
+    static const char *reasons[] = {"length", "eos", "callback"};
+    double tps = total > 0 ? s->generated / total : 0;
+    fprintf(f, "\"stats\":{\"method\":\"%s\",\"lossy\":%s,\"generated\":%d,\"drafted\":%d,\"accepted\":%d,", method,
+           s->lossy ? "true" : "false", s->generated, s->drafted, s->accepted);
+    if (s->drafted) fprintf(f, "\"acceptance_rate\":%.6f,", (double)s->accepted / s->drafted);
+    else fprintf(f, "\"acceptance_rate\":null,");
+    if (s->rounds) fprintf(f, "\"mean_accepted_length\":%.6f,", (double)(s->accepted + s->bonus_tokens) / s->rounds);
+    else fprintf(f, "\"mean_accepted_length\":null,");
+    fprintf(f, "\"mean_accepted_length_includes_bonus\":%s,\"accepted_by_position\":[", s->lossy ? "false" : "true");
+    int g = gamma < TD_SPEC_MAX_GAMMA ? gamma : TD_SPEC_MAX_GAMMA;
+    if (!s->rounds) g = 0;
+    for (int j = 0; j < g; j++) fprintf(f, "%s%d", j ? "," : "", s->accepted_by_position[j]);
+    fprintf(f, "],\"drafted_by_position\":[");
+    for (int j = 0; j < g; j++) fprintf(f, "%s%d", j ? "," : "", s->drafted_by_position[j]);
+    fprintf(f, "],\"rounds\":%d,\"fallbacks\":%d,\"forwards\":%d,\"full_rows\":%d,\"drafter_s\":%.6f,"
+           "\"verifier_s\":%.6f,\"transport_s\":%.6f,\"total_s\":%.6f,\"tokens_per_second\":%.3f,\"stop\":\"%s\"}",
+           s->rounds, s->fallbacks, s->forwards, s->full_rows, s->drafter_s, s->verifier_s, s->transport_s, total,
+           tps, reasons[s->stop]);
+}
+

@@ -5,6 +5,9 @@
 #include "kernels/backend.h"
 #include "model/model.h"
 #include "model/tokenizer.h"
+#include "verifier/spec.h"
+
+#include <stdio.h>
 
 /* Option parser over argv[1..]: accepts "--name value" and "--name=value". */
 typedef struct td_opts {
@@ -35,5 +38,8 @@ char *td_cli_read_text(const char *path, size_t *len);
 
 /* Writes s to f as a JSON string literal (quotes and escapes included). */
 void td_cli_json_str(FILE *f, const char *s, size_t len);
+
+/* Writes the "stats":{...} member of the --json output (keys documented in README.md). */
+void td_cli_print_stats(FILE *f, const char *method, const td_spec_stats_t *s, int gamma, double total);
 
 #endif

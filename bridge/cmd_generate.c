@@ -21,7 +21,8 @@ static void s_help(FILE *f) {
             "Generates a continuation of the prompt and streams it to stdout; a summary goes to stderr.\n"
             "With no model arguments the bundled models (models/tiny-*) and --method specdiff are used.\n\n"
             "models and method:\n"
-            "  --verifier DIR     the causal model whose distribution is generated (--model: synonym)\n"
+            "  --verifier X       the causal model whose distribution is generated: a checkpoint directory\n"
+            "                     (--model: synonym), or the endpoint of a running tandem-verifier\n"
             "  --drafter X        a drafter checkpoint directory (served in this process over inproc://)\n"
             "                     or the endpoint of a running tandem-drafter (tcp://host:port, ipc://path)\n"
             "  --method M         ar          plain autoregressive decoding with the verifier (exact)\n"
@@ -55,7 +56,9 @@ static void s_help(FILE *f) {
             "  --block-size B     diffusion: block size (default 32)\n"
             "  --threshold X      diffusion: confidence threshold (default 0.9)\n"
             "  --timeout-ms N     drafter answer timeout per round (default 5000); on timeout the\n"
-            "                     round is done as plain AR and counted as a fallback\n"
+            "                     round is done as plain AR and counted as a fallback. With a remote\n"
+            "                     --verifier ENDPOINT: how long to wait for each streamed chunk (default\n"
+            "                     30000) before reporting the verifier dead\n"
             "  --curve-server-key F  the drafter's public key (NAME.pub) for a tcp:// drafter with CURVE\n"
             "  --curve-key F      this side's secret key (NAME.key) for CURVE client authentication\n"
             "other:\n"
@@ -126,26 +129,118 @@ static int s_on_token(void *ud, int32_t id) {
     return 0;
 }
 
-/* Prints the --json "stats" object (keys documented in README.md; keep them stable). */
-static void s_print_stats(const char *method, const td_spec_stats_t *s, int gamma, double total) {
-    static const char *reasons[] = {"length", "eos", "callback"};
-    double tps = total > 0 ? s->generated / total : 0;
-    printf("\"stats\":{\"method\":\"%s\",\"lossy\":%s,\"generated\":%d,\"drafted\":%d,\"accepted\":%d,", method,
-           s->lossy ? "true" : "false", s->generated, s->drafted, s->accepted);
-    if (s->drafted) printf("\"acceptance_rate\":%.6f,", (double)s->accepted / s->drafted);
-    else printf("\"acceptance_rate\":null,");
-    if (s->rounds) printf("\"mean_accepted_length\":%.6f,", (double)(s->accepted + s->bonus_tokens) / s->rounds);
-    else printf("\"mean_accepted_length\":null,");
-    printf("\"mean_accepted_length_includes_bonus\":%s,\"accepted_by_position\":[", s->lossy ? "false" : "true");
-    int g = gamma < TD_SPEC_MAX_GAMMA ? gamma : TD_SPEC_MAX_GAMMA;
-    if (!s->rounds) g = 0;
-    for (int j = 0; j < g; j++) printf("%s%d", j ? "," : "", s->accepted_by_position[j]);
-    printf("],\"drafted_by_position\":[");
-    for (int j = 0; j < g; j++) printf("%s%d", j ? "," : "", s->drafted_by_position[j]);
-    printf("],\"rounds\":%d,\"fallbacks\":%d,\"forwards\":%d,\"full_rows\":%d,\"drafter_s\":%.6f,"
-           "\"verifier_s\":%.6f,\"transport_s\":%.6f,\"total_s\":%.6f,\"tokens_per_second\":%.3f,\"stop\":\"%s\"}",
-           s->rounds, s->fallbacks, s->forwards, s->full_rows, s->drafter_s, s->verifier_s, s->transport_s, total,
-           tps, reasons[s->stop]);
+/* --verifier ENDPOINT: a running tandem-verifier generates; we stream its chunks. */
+static int s_generate_remote(const char *endpoint, const char *prompt, int chat, const char *method, long max_tokens,
+                             const td_sampling_t *sp, long seed, long gamma, long steps, int order, const char *verify,
+                             double mixture, int json, int timeout_ms, const char *cserver, const char *ckey) {
+    td_err_t err = {0};
+    td_transport_opts_t to = {.curve_server_key = cserver, .curve_secret_key = ckey};
+    td_client_t *cl = td_client_new(endpoint, &to, &err);
+    if (!cl) {
+        fprintf(stderr, "tandem generate: %s\n", err.msg);
+        return 1;
+    }
+    Tandem__Hello hello = TANDEM__HELLO__INIT;
+    td_wire_hello_fill(&hello, TANDEM__ROLE__ROLE_CLIENT, "tandem-generate", 0, -1, 0, "none", NULL, 0);
+    int rc = 1;
+    char *text = NULL;
+    size_t tlen = 0;
+    FILE *acc = json ? open_memstream(&text, &tlen) : NULL;
+    uint32_t *toks = NULL;
+    size_t n_toks = 0, cap = 0;
+    if (td_client_handshake(cl, &hello, NULL, timeout_ms, &err) != TD_OK) {
+        fprintf(stderr, "tandem generate: verifier at %s: %s\n", endpoint, err.msg);
+        goto out;
+    }
+    Tandem__Envelope env;
+    Tandem__GenerateRequest g;
+    Tandem__Sampling smp = TANDEM__SAMPLING__INIT;
+    uint64_t sid = ((uint64_t)getpid() << 20) | 1;
+    td_wire_generate_request_init(&env, &g, sid);
+    g.prompt = (char *)prompt;
+    g.method = (char *)method;
+    g.max_tokens = (uint32_t)max_tokens;
+    smp.temperature = sp->temperature, smp.top_k = (uint32_t)sp->top_k, smp.top_p = sp->top_p;
+    g.sampling = &smp;
+    g.seed = (uint64_t)seed;
+    g.gamma = gamma > 0 ? (uint32_t)gamma : 0;
+    g.steps = steps > 0 ? (uint32_t)steps : 0;
+    g.order = (Tandem__UnmaskOrder)order;
+    g.verify = (char *)(verify ? verify : "");
+    g.mixture = (float)mixture;
+    g.chat = chat;
+    if (td_client_send(cl, &env, &err) != TD_OK) {
+        fprintf(stderr, "tandem generate: %s\n", err.msg);
+        goto out;
+    }
+    for (;;) {
+        Tandem__Envelope *ans = NULL;
+        int r = td_client_recv(cl, &ans, timeout_ms, &err);
+        if (r == -1) {
+            if (!json) fputc('\n', stdout);
+            fprintf(stderr, "tandem generate: the verifier at %s did not answer within %d ms (is it running?)\n", endpoint,
+                    timeout_ms);
+            goto out;
+        }
+        if (r != 0) continue;
+        if (ans->session_id != sid || ans->body_case != TANDEM__ENVELOPE__BODY_TOKEN_CHUNK) {
+            if (ans->body_case == TANDEM__ENVELOPE__BODY_ERROR) {
+                fprintf(stderr, "tandem generate: verifier error: %s\n", ans->error->message);
+                td_wire_free(&ans);
+                goto out;
+            }
+            td_wire_free(&ans);
+            continue;
+        }
+        const Tandem__TokenChunk *ch = ans->token_chunk;
+        if (ch->error && *ch->error) {
+            if (!json) fputc('\n', stdout);
+            fprintf(stderr, "tandem generate: verifier: %s\n", ch->error);
+            td_wire_free(&ans);
+            goto out;
+        }
+        for (size_t i = 0; i < ch->n_tokens; i++) {
+            if (n_toks == cap) {
+                cap = cap ? cap * 2 : 256;
+                uint32_t *nt = realloc(toks, cap * sizeof *toks);
+                if (!nt) goto out;
+                toks = nt;
+            }
+            toks[n_toks++] = ch->tokens[i];
+        }
+        if (ch->text && *ch->text) {
+            if (json) fputs(ch->text, acc);
+            else fputs(ch->text, stdout), fflush(stdout);
+        }
+        if (ch->done) {
+            if (json) {
+                fclose(acc);
+                acc = NULL;
+                printf("{\"text\":");
+                td_cli_json_str(stdout, text, tlen);
+                printf(",\"tokens\":[");
+                for (size_t i = 0; i < n_toks; i++) printf("%s%u", i ? "," : "", toks[i]);
+                /* stats_json is the {"stats":{...}} object the worker printed */
+                const char *st = ch->stats_json && *ch->stats_json ? ch->stats_json + 1 : "}";
+                printf("],\"verifier\":");
+                td_cli_json_str(stdout, endpoint, strlen(endpoint));
+                printf(",%s\n", st);
+            } else {
+                fputc('\n', stdout);
+                fprintf(stderr, "[%s via %s] generated %zu tokens\n", method, endpoint, n_toks);
+            }
+            td_wire_free(&ans);
+            rc = 0;
+            break;
+        }
+        td_wire_free(&ans);
+    }
+out:
+    if (acc) fclose(acc);
+    free(text);
+    free(toks);
+    td_client_destroy(&cl);
+    return rc;
 }
 
 int td_cmd_generate(int argc, char **argv) {
@@ -153,7 +248,7 @@ int td_cmd_generate(int argc, char **argv) {
                *chat = "auto", *system = NULL, *order_s = NULL, *verify_s = NULL, *pos, *ckey = NULL,
                *cserver = NULL;
     long max_tokens = 128, seed = 0, threads = 0, top_k = -1, gamma = -1, steps = -1, dist_k = 32,
-         block = 32, timeout = 5000, kvw = -1;
+         block = 32, timeout = -1, kvw = -1;
     double temperature = -1, top_p = -1, mixture = 0.7, threshold = 0.9;
     int json = 0, r;
     td_opts_t o;
@@ -226,6 +321,18 @@ int td_cmd_generate(int argc, char **argv) {
     if (prompt_file) {
         if (!(pbuf = td_cli_read_text(prompt_file, &plen))) return 1;
         prompt = pbuf;
+    }
+    if (td_is_endpoint(vdir)) {
+        if (drafter && strcmp(drafter, dbuf) != 0)
+            fprintf(stderr, "tandem generate: note: --drafter is ignored with a remote verifier (it has its own)\n");
+        int chat_on = chat_kind != TD_CHAT_NONE && chat_kind != -1;
+        td_sampling_t rsp = {temperature >= 0 ? (float)temperature : 0, top_k >= 0 ? (int)top_k : 0,
+                             top_p >= 0 ? (float)top_p : 1};
+        int rrc = s_generate_remote(vdir, prompt, chat_on, td_method_name((td_method_t)method), max_tokens, &rsp, seed,
+                                    gamma, steps, order, verify_s, mixture, json, timeout > 0 ? (int)timeout : 30000,
+                                    cserver, ckey);
+        free(pbuf);
+        return rrc;
     }
     td_err_t err = {0};
     td_pair_t pair;
@@ -307,7 +414,7 @@ int td_cmd_generate(int argc, char **argv) {
     p.verify = (td_verify_t)verify;
     p.dist_top_k = (int)dist_k;
     p.apd_mixture = (float)mixture;
-    p.drafter_timeout_ms = (int)timeout;
+    p.drafter_timeout_ms = timeout > 0 ? (int)timeout : 5000;
     p.hello = &pair.hello;
     if (gamma > 0) p.gamma = (int)gamma;
     if (steps > 0) p.steps = (int)steps;
@@ -361,7 +468,7 @@ int td_cmd_generate(int argc, char **argv) {
         printf(",\"tokens\":[");
         for (int i = 0; i < ss.generated; i++) printf("%s%d", i ? "," : "", out[i]);
         printf("],\"prompt_tokens\":%d,", n);
-        s_print_stats(td_method_name((td_method_t)method), &ss, p.gamma, total);
+        td_cli_print_stats(stdout, td_method_name((td_method_t)method), &ss, p.gamma, total);
         printf("}\n");
     } else {
         char tail[256];

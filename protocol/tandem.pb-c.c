@@ -682,6 +682,96 @@ void   tandem__envelope__free_unpacked
   assert(message->base.descriptor == &tandem__envelope__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   tandem__generate_request__init
+                     (Tandem__GenerateRequest         *message)
+{
+  static const Tandem__GenerateRequest init_value = TANDEM__GENERATE_REQUEST__INIT;
+  *message = init_value;
+}
+size_t tandem__generate_request__get_packed_size
+                     (const Tandem__GenerateRequest *message)
+{
+  assert(message->base.descriptor == &tandem__generate_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tandem__generate_request__pack
+                     (const Tandem__GenerateRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tandem__generate_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tandem__generate_request__pack_to_buffer
+                     (const Tandem__GenerateRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tandem__generate_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tandem__GenerateRequest *
+       tandem__generate_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tandem__GenerateRequest *)
+     protobuf_c_message_unpack (&tandem__generate_request__descriptor,
+                                allocator, len, data);
+}
+void   tandem__generate_request__free_unpacked
+                     (Tandem__GenerateRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tandem__generate_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   tandem__token_chunk__init
+                     (Tandem__TokenChunk         *message)
+{
+  static const Tandem__TokenChunk init_value = TANDEM__TOKEN_CHUNK__INIT;
+  *message = init_value;
+}
+size_t tandem__token_chunk__get_packed_size
+                     (const Tandem__TokenChunk *message)
+{
+  assert(message->base.descriptor == &tandem__token_chunk__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tandem__token_chunk__pack
+                     (const Tandem__TokenChunk *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tandem__token_chunk__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tandem__token_chunk__pack_to_buffer
+                     (const Tandem__TokenChunk *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tandem__token_chunk__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tandem__TokenChunk *
+       tandem__token_chunk__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tandem__TokenChunk *)
+     protobuf_c_message_unpack (&tandem__token_chunk__descriptor,
+                                allocator, len, data);
+}
+void   tandem__token_chunk__free_unpacked
+                     (Tandem__TokenChunk *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tandem__token_chunk__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 static const ProtobufCFieldDescriptor tandem__sampling__field_descriptors[3] =
 {
   {
@@ -1682,7 +1772,7 @@ const ProtobufCMessageDescriptor tandem__heartbeat__descriptor =
   (ProtobufCMessageInit) tandem__heartbeat__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tandem__envelope__field_descriptors[14] =
+static const ProtobufCFieldDescriptor tandem__envelope__field_descriptors[16] =
 {
   {
     "version",
@@ -1852,6 +1942,30 @@ static const ProtobufCFieldDescriptor tandem__envelope__field_descriptors[14] =
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "generate_request",
+    21,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tandem__Envelope, body_case),
+    offsetof(Tandem__Envelope, generate_request),
+    &tandem__generate_request__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "token_chunk",
+    22,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tandem__Envelope, body_case),
+    offsetof(Tandem__Envelope, token_chunk),
+    &tandem__token_chunk__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tandem__envelope__field_indices_by_name[] = {
   6,   /* field[6] = close_session */
@@ -1860,6 +1974,7 @@ static const unsigned tandem__envelope__field_indices_by_name[] = {
   12,   /* field[12] = error */
   10,   /* field[10] = full_row */
   9,   /* field[9] = full_row_request */
+  14,   /* field[14] = generate_request */
   13,   /* field[13] = heartbeat */
   3,   /* field[3] = hello */
   4,   /* field[4] = hello_ack */
@@ -1867,13 +1982,14 @@ static const unsigned tandem__envelope__field_indices_by_name[] = {
   8,   /* field[8] = proposal */
   2,   /* field[2] = round */
   1,   /* field[1] = session_id */
+  15,   /* field[15] = token_chunk */
   0,   /* field[0] = version */
 };
 static const ProtobufCIntRange tandem__envelope__number_ranges[2 + 1] =
 {
   { 1, 0 },
   { 10, 3 },
-  { 0, 14 }
+  { 0, 16 }
 };
 const ProtobufCMessageDescriptor tandem__envelope__descriptor =
 {
@@ -1883,11 +1999,269 @@ const ProtobufCMessageDescriptor tandem__envelope__descriptor =
   "Tandem__Envelope",
   "tandem",
   sizeof(Tandem__Envelope),
-  14,
+  16,
   tandem__envelope__field_descriptors,
   tandem__envelope__field_indices_by_name,
   2,  tandem__envelope__number_ranges,
   (ProtobufCMessageInit) tandem__envelope__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor tandem__generate_request__field_descriptors[11] =
+{
+  {
+    "prompt",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tandem__GenerateRequest, prompt),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "method",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tandem__GenerateRequest, method),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "max_tokens",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tandem__GenerateRequest, max_tokens),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "sampling",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Tandem__GenerateRequest, sampling),
+    &tandem__sampling__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "seed",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tandem__GenerateRequest, seed),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "gamma",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tandem__GenerateRequest, gamma),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "steps",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tandem__GenerateRequest, steps),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "order",
+    8,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Tandem__GenerateRequest, order),
+    &tandem__unmask_order__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "verify",
+    9,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tandem__GenerateRequest, verify),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "mixture",
+    10,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_FLOAT,
+    0,   /* quantifier_offset */
+    offsetof(Tandem__GenerateRequest, mixture),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "chat",
+    11,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Tandem__GenerateRequest, chat),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tandem__generate_request__field_indices_by_name[] = {
+  10,   /* field[10] = chat */
+  5,   /* field[5] = gamma */
+  2,   /* field[2] = max_tokens */
+  1,   /* field[1] = method */
+  9,   /* field[9] = mixture */
+  7,   /* field[7] = order */
+  0,   /* field[0] = prompt */
+  3,   /* field[3] = sampling */
+  4,   /* field[4] = seed */
+  6,   /* field[6] = steps */
+  8,   /* field[8] = verify */
+};
+static const ProtobufCIntRange tandem__generate_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 11 }
+};
+const ProtobufCMessageDescriptor tandem__generate_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tandem.GenerateRequest",
+  "GenerateRequest",
+  "Tandem__GenerateRequest",
+  "tandem",
+  sizeof(Tandem__GenerateRequest),
+  11,
+  tandem__generate_request__field_descriptors,
+  tandem__generate_request__field_indices_by_name,
+  1,  tandem__generate_request__number_ranges,
+  (ProtobufCMessageInit) tandem__generate_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor tandem__token_chunk__field_descriptors[5] =
+{
+  {
+    "tokens",
+    1,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Tandem__TokenChunk, n_tokens),
+    offsetof(Tandem__TokenChunk, tokens),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "text",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tandem__TokenChunk, text),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "done",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Tandem__TokenChunk, done),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "stats_json",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tandem__TokenChunk, stats_json),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "error",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tandem__TokenChunk, error),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tandem__token_chunk__field_indices_by_name[] = {
+  2,   /* field[2] = done */
+  4,   /* field[4] = error */
+  3,   /* field[3] = stats_json */
+  1,   /* field[1] = text */
+  0,   /* field[0] = tokens */
+};
+static const ProtobufCIntRange tandem__token_chunk__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 5 }
+};
+const ProtobufCMessageDescriptor tandem__token_chunk__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tandem.TokenChunk",
+  "TokenChunk",
+  "Tandem__TokenChunk",
+  "tandem",
+  sizeof(Tandem__TokenChunk),
+  5,
+  tandem__token_chunk__field_descriptors,
+  tandem__token_chunk__field_indices_by_name,
+  1,  tandem__token_chunk__number_ranges,
+  (ProtobufCMessageInit) tandem__token_chunk__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCEnumValue tandem__role__enum_values_by_number[4] =

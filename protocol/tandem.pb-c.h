@@ -30,6 +30,8 @@ typedef struct Tandem__Commit Tandem__Commit;
 typedef struct Tandem__Error Tandem__Error;
 typedef struct Tandem__Heartbeat Tandem__Heartbeat;
 typedef struct Tandem__Envelope Tandem__Envelope;
+typedef struct Tandem__GenerateRequest Tandem__GenerateRequest;
+typedef struct Tandem__TokenChunk Tandem__TokenChunk;
 
 
 /* --- enums --- */
@@ -447,7 +449,9 @@ typedef enum {
   TANDEM__ENVELOPE__BODY_FULL_ROW = 17,
   TANDEM__ENVELOPE__BODY_COMMIT = 18,
   TANDEM__ENVELOPE__BODY_ERROR = 19,
-  TANDEM__ENVELOPE__BODY_HEARTBEAT = 20
+  TANDEM__ENVELOPE__BODY_HEARTBEAT = 20,
+  TANDEM__ENVELOPE__BODY_GENERATE_REQUEST = 21,
+  TANDEM__ENVELOPE__BODY_TOKEN_CHUNK = 22
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(TANDEM__ENVELOPE__BODY__CASE)
 } Tandem__Envelope__BodyCase;
 
@@ -479,11 +483,84 @@ struct  Tandem__Envelope
     Tandem__Commit *commit;
     Tandem__Error *error;
     Tandem__Heartbeat *heartbeat;
+    Tandem__GenerateRequest *generate_request;
+    Tandem__TokenChunk *token_chunk;
   };
 };
 #define TANDEM__ENVELOPE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tandem__envelope__descriptor) \
     , 0, 0, 0, TANDEM__ENVELOPE__BODY__NOT_SET, {0} }
+
+
+/*
+ * A client (tandem generate) asks a verifier worker to generate (Envelope.session_id = the
+ * request id). The verifier owns the tokenizer: the prompt travels as text.
+ */
+struct  Tandem__GenerateRequest
+{
+  ProtobufCMessage base;
+  /*
+   * UTF-8 prompt text
+   */
+  char *prompt;
+  /*
+   * "ar", "spec-ar", "specdiff", "apd"
+   */
+  char *method;
+  /*
+   * [1, 1048576]
+   */
+  uint32_t max_tokens;
+  /*
+   * absent = greedy
+   */
+  Tandem__Sampling *sampling;
+  uint64_t seed;
+  /*
+   * 0 = the method's default, else [1, 256]
+   */
+  uint32_t gamma;
+  /*
+   * 0 = default, else [1, 1024]
+   */
+  uint32_t steps;
+  Tandem__UnmaskOrder order;
+  /*
+   * "", "rejection", "match", "greedy"
+   */
+  char *verify;
+  /*
+   * APD R, [0, 1]
+   */
+  float mixture;
+  /*
+   * render the prompt with the verifier's chat template
+   */
+  protobuf_c_boolean chat;
+};
+#define TANDEM__GENERATE_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tandem__generate_request__descriptor) \
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, NULL, 0, 0, 0, TANDEM__UNMASK_ORDER__ORDER_LEFT_TO_RIGHT, (char *)protobuf_c_empty_string, 0, 0 }
+
+
+/*
+ * The verifier's streamed answer: the text that became complete since the last chunk and its
+ * tokens; the last chunk has done set and carries the stats object of `tandem generate --json`
+ * (or error set when the request failed).
+ */
+struct  Tandem__TokenChunk
+{
+  ProtobufCMessage base;
+  size_t n_tokens;
+  uint32_t *tokens;
+  char *text;
+  protobuf_c_boolean done;
+  char *stats_json;
+  char *error;
+};
+#define TANDEM__TOKEN_CHUNK__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tandem__token_chunk__descriptor) \
+    , 0,NULL, (char *)protobuf_c_empty_string, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
 
 
 /* Tandem__Sampling methods */
@@ -771,6 +848,44 @@ Tandem__Envelope *
 void   tandem__envelope__free_unpacked
                      (Tandem__Envelope *message,
                       ProtobufCAllocator *allocator);
+/* Tandem__GenerateRequest methods */
+void   tandem__generate_request__init
+                     (Tandem__GenerateRequest         *message);
+size_t tandem__generate_request__get_packed_size
+                     (const Tandem__GenerateRequest   *message);
+size_t tandem__generate_request__pack
+                     (const Tandem__GenerateRequest   *message,
+                      uint8_t             *out);
+size_t tandem__generate_request__pack_to_buffer
+                     (const Tandem__GenerateRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Tandem__GenerateRequest *
+       tandem__generate_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tandem__generate_request__free_unpacked
+                     (Tandem__GenerateRequest *message,
+                      ProtobufCAllocator *allocator);
+/* Tandem__TokenChunk methods */
+void   tandem__token_chunk__init
+                     (Tandem__TokenChunk         *message);
+size_t tandem__token_chunk__get_packed_size
+                     (const Tandem__TokenChunk   *message);
+size_t tandem__token_chunk__pack
+                     (const Tandem__TokenChunk   *message,
+                      uint8_t             *out);
+size_t tandem__token_chunk__pack_to_buffer
+                     (const Tandem__TokenChunk   *message,
+                      ProtobufCBuffer     *buffer);
+Tandem__TokenChunk *
+       tandem__token_chunk__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tandem__token_chunk__free_unpacked
+                     (Tandem__TokenChunk *message,
+                      ProtobufCAllocator *allocator);
 /* --- per-message closures --- */
 
 typedef void (*Tandem__Sampling_Closure)
@@ -818,6 +933,12 @@ typedef void (*Tandem__Heartbeat_Closure)
 typedef void (*Tandem__Envelope_Closure)
                  (const Tandem__Envelope *message,
                   void *closure_data);
+typedef void (*Tandem__GenerateRequest_Closure)
+                 (const Tandem__GenerateRequest *message,
+                  void *closure_data);
+typedef void (*Tandem__TokenChunk_Closure)
+                 (const Tandem__TokenChunk *message,
+                  void *closure_data);
 
 /* --- services --- */
 
@@ -843,6 +964,8 @@ extern const ProtobufCMessageDescriptor tandem__commit__descriptor;
 extern const ProtobufCMessageDescriptor tandem__error__descriptor;
 extern const ProtobufCMessageDescriptor tandem__heartbeat__descriptor;
 extern const ProtobufCMessageDescriptor tandem__envelope__descriptor;
+extern const ProtobufCMessageDescriptor tandem__generate_request__descriptor;
+extern const ProtobufCMessageDescriptor tandem__token_chunk__descriptor;
 
 PROTOBUF_C__END_DECLS
 

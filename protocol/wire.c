@@ -333,6 +333,36 @@ static int s_check_body(const Tandem__Envelope *env, const td_wire_limits_t *lim
     case TANDEM__ENVELOPE__BODY_HEARTBEAT:
         if (!env->heartbeat) return td_err_set(err, TD_ERR_FORMAT, "heartbeat body is missing");
         return TD_OK;
+    case TANDEM__ENVELOPE__BODY_GENERATE_REQUEST: {
+        const Tandem__GenerateRequest *g = env->generate_request;
+        if (!g) return td_err_set(err, TD_ERR_FORMAT, "generate_request body is missing");
+        if ((rc = s_check_string(g->prompt, "generate_request.prompt", (size_t)16 << 20, err))) return rc;
+        if ((rc = s_check_string(g->method, "generate_request.method", 64, err))) return rc;
+        if ((rc = s_check_string(g->verify, "generate_request.verify", 64, err))) return rc;
+        if (g->max_tokens < 1 || g->max_tokens > (1u << 20))
+            return td_err_set(err, TD_ERR_FORMAT, "generate_request.max_tokens = %u is outside [1, %u]",
+                              g->max_tokens, 1u << 20);
+        if (g->gamma > TD_WIRE_MAX_GAMMA)
+            return td_err_set(err, TD_ERR_FORMAT, "generate_request.gamma = %u is over %u", g->gamma,
+                              TD_WIRE_MAX_GAMMA);
+        if (g->steps > TD_WIRE_MAX_STEPS)
+            return td_err_set(err, TD_ERR_FORMAT, "generate_request.steps = %u is over %u", g->steps,
+                              TD_WIRE_MAX_STEPS);
+        if ((unsigned)g->order > 3)
+            return td_err_set(err, TD_ERR_FORMAT, "generate_request.order = %d is unknown", (int)g->order);
+        if (!(g->mixture >= 0.0f && g->mixture <= 1.0f))
+            return td_err_set(err, TD_ERR_FORMAT, "generate_request.mixture = %g is outside [0, 1]",
+                              (double)g->mixture);
+        return s_check_sampling(g->sampling, "generate_request.sampling", err);
+    }
+    case TANDEM__ENVELOPE__BODY_TOKEN_CHUNK: {
+        const Tandem__TokenChunk *t = env->token_chunk;
+        if (!t) return td_err_set(err, TD_ERR_FORMAT, "token_chunk body is missing");
+        if ((rc = s_check_tokens(t->tokens, t->n_tokens, "token_chunk.tokens", lim, err))) return rc;
+        if ((rc = s_check_string(t->text, "token_chunk.text", (size_t)16 << 20, err))) return rc;
+        if ((rc = s_check_string(t->stats_json, "token_chunk.stats_json", (size_t)1 << 20, err))) return rc;
+        return s_check_string(t->error, "token_chunk.error", TD_WIRE_MAX_STRING, err);
+    }
     case TANDEM__ENVELOPE__BODY__NOT_SET:
         return td_err_set(err, TD_ERR_FORMAT, "envelope has no body");
     default:
@@ -344,7 +374,8 @@ static int s_session_body(Tandem__Envelope__BodyCase c) {
     return c == TANDEM__ENVELOPE__BODY_OPEN_SESSION || c == TANDEM__ENVELOPE__BODY_CLOSE_SESSION ||
            c == TANDEM__ENVELOPE__BODY_DRAFT_REQUEST || c == TANDEM__ENVELOPE__BODY_PROPOSAL ||
            c == TANDEM__ENVELOPE__BODY_FULL_ROW_REQUEST || c == TANDEM__ENVELOPE__BODY_FULL_ROW ||
-           c == TANDEM__ENVELOPE__BODY_COMMIT;
+           c == TANDEM__ENVELOPE__BODY_COMMIT || c == TANDEM__ENVELOPE__BODY_GENERATE_REQUEST ||
+           c == TANDEM__ENVELOPE__BODY_TOKEN_CHUNK;
 }
 
 /* Unknown fields (from a newer peer) are skipped, but protobuf-c also keeps the invalid field
@@ -486,6 +517,10 @@ const char *td_wire_body_name(const Tandem__Envelope *env) {
         return "error";
     case TANDEM__ENVELOPE__BODY_HEARTBEAT:
         return "heartbeat";
+    case TANDEM__ENVELOPE__BODY_GENERATE_REQUEST:
+        return "generate_request";
+    case TANDEM__ENVELOPE__BODY_TOKEN_CHUNK:
+        return "token_chunk";
     default:
         return "unknown";
     }
@@ -619,6 +654,22 @@ void td_wire_heartbeat_init(Tandem__Envelope *env, Tandem__Heartbeat *body) {
     env->heartbeat = body;
 }
 
+void td_wire_generate_request_init(Tandem__Envelope *env, Tandem__GenerateRequest *body,
+                                   uint64_t session_id) {
+    s_envelope(env, session_id, 0);
+    tandem__generate_request__init(body);
+    env->body_case = TANDEM__ENVELOPE__BODY_GENERATE_REQUEST;
+    env->generate_request = body;
+}
+
+void td_wire_token_chunk_init(Tandem__Envelope *env, Tandem__TokenChunk *body, uint64_t session_id,
+                              uint64_t seq) {
+    s_envelope(env, session_id, seq);
+    tandem__token_chunk__init(body);
+    env->body_case = TANDEM__ENVELOPE__BODY_TOKEN_CHUNK;
+    env->token_chunk = body;
+}
+
 void td_wire_hello_fill(Tandem__Hello *hello, Tandem__Role role, const char *model_id,
                         uint32_t vocab_size, int32_t mask_token_id, uint64_t tokenizer_hash,
                         const char *tokenizer_name, char **capabilities, size_t n_capabilities) {
@@ -645,7 +696,9 @@ int td_wire_hello_compatible(const Tandem__Hello *ours, const Tandem__Hello *the
                           ours->protocol_version, td_wire_role_name(theirs->role),
                           s_str(theirs->model_id, "(no model id)"), theirs->protocol_version);
     }
-    if (theirs->tokenizer_hash != ours->tokenizer_hash) {
+    /* A client exchanges text with a verifier, never token ids: its tokenizer does not matter. */
+    int client = ours->role == TANDEM__ROLE__ROLE_CLIENT || theirs->role == TANDEM__ROLE__ROLE_CLIENT;
+    if (!client && theirs->tokenizer_hash != ours->tokenizer_hash) {
         if (code) *code = TANDEM__ERROR_CODE__ERROR_TOKENIZER_MISMATCH;
         return td_err_set(
             err, TD_ERR_UNSUPPORTED,

@@ -107,6 +107,13 @@ void td_wire_error_init(Tandem__Envelope *env, Tandem__Error *body, uint64_t ses
 /* sent_us = td_wire_now_us(). */
 void td_wire_heartbeat_init(Tandem__Envelope *env, Tandem__Heartbeat *body);
 
+/* A client's generation request to a verifier worker (session_id = the request id). */
+void td_wire_generate_request_init(Tandem__Envelope *env, Tandem__GenerateRequest *body,
+                                   uint64_t session_id);
+/* One streamed piece of the answer; seq (the envelope's round field) counts chunks from 1. */
+void td_wire_token_chunk_init(Tandem__Envelope *env, Tandem__TokenChunk *body, uint64_t session_id,
+                              uint64_t seq);
+
 /* Fills a Hello describing this side (protocol_version = TD_PROTOCOL_VERSION); strings and the
  * capability array are borrowed. mask_token_id -1 = none. */
 void td_wire_hello_fill(Tandem__Hello *hello, Tandem__Role role, const char *model_id,
@@ -114,7 +121,7 @@ void td_wire_hello_fill(Tandem__Hello *hello, Tandem__Role role, const char *mod
                         const char *tokenizer_name, char **capabilities, size_t n_capabilities);
 
 /* Whether a peer whose Hello is theirs can work with us (ours): same protocol version and the
- * same tokenizer hash. Returns TD_OK; or TD_ERR_UNSUPPORTED with a message naming both sides'
+ * same tokenizer hash (not checked when either side is a CLIENT, which exchanges text). Returns TD_OK; or TD_ERR_UNSUPPORTED with a message naming both sides'
  * models and tokenizers, and *code (when non-NULL) the ErrorCode to answer with. */
 int td_wire_hello_compatible(const Tandem__Hello *ours, const Tandem__Hello *theirs,
                              Tandem__ErrorCode *code, td_err_t *err);

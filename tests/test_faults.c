@@ -274,4 +274,74 @@ TD_TEST(tokenizer_mismatch_refused_at_connect) {
     s_teardown();
 }
 
+/* Three real processes: drafter worker, verifier worker, and the tandem command as a client. */
+static pid_t s_spawn(const char *bin, const char *model, const char *drafter, const char *bind) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        setenv("TD_LOG", "error", 1);
+        if (drafter) execl(bin, bin, "--model", model, "--drafter", drafter, "--bind", bind, "--threads", "1", (char *)NULL);
+        else execl(bin, bin, "--model", model, "--bind", bind, "--threads", "1", (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+static int s_popen(const char *cmd, char *out, size_t cap, double *secs) {
+    double t0 = td_time_now();
+    FILE *p = popen(cmd, "r");
+    if (!p) return -1;
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    *secs = td_time_now() - t0;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+TD_TEST(remote_verifier_serves_and_its_death_is_reported) {
+    s_setup();
+    char vep[160], cmd[1024], out[65536];
+    snprintf(vep, sizeof vep, "ipc://%s/verifier.sock", s_dir);
+    pid_t d = s_spawn("build/bin/tandem-drafter", "tests/data/e2e/dream-drafter", NULL, s_ep);
+    pid_t v = s_spawn("build/bin/tandem-verifier", VDIR, s_ep, vep);
+    double secs = 0;
+    /* the three processes produce AR greedy output (tests/data/e2e/qwen2-chat/greedy.json) */
+    snprintf(cmd, sizeof cmd, "build/bin/tandem generate --verifier %s --method specdiff --chat none --max-tokens 24 "
+                              "--temperature 0 --json --prompt 'And God said' 2>&1", vep);
+    int rc = -1;
+    for (int i = 0; i < 30 && rc != 0; i++) {
+        rc = s_popen(cmd, out, sizeof out, &secs);
+        if (rc != 0) usleep(100 * 1000);
+    }
+    CHECK_EQ_INT(rc, 0);
+    cJSON *j = cJSON_Parse(out);
+    char *ref = NULL;
+    size_t rl = 0;
+    REQUIRE(td_read_file(VDIR "/greedy.json", &ref, &rl, NULL) == TD_OK);
+    cJSON *rj = cJSON_Parse(ref);
+    free(ref);
+    REQUIRE(j && rj);
+    char *a = cJSON_PrintUnformatted(cJSON_GetObjectItem(j, "tokens")), *b = cJSON_PrintUnformatted(cJSON_GetObjectItem(rj, "tokens"));
+    CHECK_STR(a, b);
+    cJSON *stats = cJSON_GetObjectItem(j, "stats");
+    CHECK(stats && cJSON_GetObjectItem(stats, "rounds")->valueint > 0);
+    free(a), free(b), cJSON_Delete(j), cJSON_Delete(rj);
+    /* a hung verifier: the client reports it within its timeout */
+    kill(v, SIGSTOP);
+    snprintf(cmd, sizeof cmd, "build/bin/tandem generate --verifier %s --timeout-ms 1000 --chat none --prompt x 2>&1", vep);
+    rc = s_popen(cmd, out, sizeof out, &secs);
+    printf("    hung verifier: exit %d after %.2f s: %s", rc, secs, out);
+    CHECK_EQ_INT(rc, 1);
+    CHECK(secs < 5.0);
+    CHECK(strstr(out, "did not answer") != NULL || strstr(out, "no answer") != NULL);
+    /* a dead verifier */
+    kill(v, SIGKILL);
+    waitpid(v, NULL, 0);
+    rc = s_popen(cmd, out, sizeof out, &secs);
+    printf("    dead verifier: exit %d after %.2f s: %s", rc, secs, out);
+    CHECK_EQ_INT(rc, 1);
+    CHECK(secs < 5.0);
+    s_kill(d);
+    s_teardown();
+}
+
 TD_TEST_MAIN()
