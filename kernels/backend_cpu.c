@@ -408,6 +408,22 @@ static inline int s_visible(const td_attn_desc_t *a, int t, int kp) {
     }
 }
 
+static inline float s_dot(const float *a, const float *b, int n) {
+    int i = 0;
+    float d = 0;
+#ifdef TD_AVX2
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+    for (; i + 16 <= n; i += 16) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), a1);
+    }
+    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), a0);
+    d = s_hsum(_mm256_add_ps(a0, a1));
+#endif
+    for (; i < n; i++) d += a[i] * b[i];
+    return d;
+}
+
 static void s_attention(td_backend_t *be, float *out, const float *q, const float *kc,
                         const float *vc, const td_attn_desc_t *a) {
     cpu_ctx_t *c = be->ctx;
@@ -433,24 +449,28 @@ static void s_attention(td_backend_t *be, float *out, const float *q, const floa
             const float *vbase = vc + (int64_t)s * a->n_ctx * row + (int64_t)kvh * hd;
             float *o = out + ((int64_t)t * nh + h) * hd;
             float mx = -INFINITY;
-            for (int j = 0; j < len; j++) {
+            /* keys past these bounds are never visible to this query */
+            int end = len;
+            if (a->kind == TD_ATTN_CAUSAL && a->pos[t] + 1 < end) end = a->pos[t] + 1;
+            if (a->kind == TD_ATTN_BLOCK_CAUSAL) {
+                int64_t e = ((int64_t)a->pos[t] / a->block_size + 1) * a->block_size;
+                if (e < end) end = (int)e;
+            }
+            for (int j = 0; j < end; j++) {
                 if (!s_visible(a, t, j)) { sc[j] = -INFINITY; continue; }
-                const float *kv = kbase + (int64_t)j * row;
-                float d = 0;
-                for (int i = 0; i < hd; i++) d += qv[i] * kv[i];
-                sc[j] = d * a->scale;
+                sc[j] = s_dot(qv, kbase + (int64_t)j * row, hd) * a->scale;
                 if (sc[j] > mx) mx = sc[j];
             }
             for (int i = 0; i < hd; i++) o[i] = 0;
             if (mx == -INFINITY) continue;
             double sum = 0;
-            for (int j = 0; j < len; j++) {
+            for (int j = 0; j < end; j++) {
                 float e = sc[j] == -INFINITY ? 0.0f : expf(sc[j] - mx);
                 sc[j] = e;
                 sum += e;
             }
             float inv = (float)(1.0 / sum);
-            for (int j = 0; j < len; j++) {
+            for (int j = 0; j < end; j++) {
                 if (sc[j] == 0.0f) continue;
                 const float *vv = vbase + (int64_t)j * row;
                 float p = sc[j] * inv;

@@ -13,7 +13,11 @@ int td_score_causal(td_model_t *m, const int32_t *ids, int n, int window, float 
     if (window <= 0 || window > n) window = n;
     td_kv_cache_t *kv = td_kv_cache_new(m, 1, window, err);
     if (!kv) return err ? err->code : TD_ERR;
-    const int chunk = 64; /* bounds the logits buffer: chunk rows of n_vocab floats */
+    /* rows per forward: large enough to amortise weight conversion, bounded so the logits buffer
+     * stays near 32 MB whatever the vocabulary */
+    int chunk = (int)((8 << 20) / c->n_vocab);
+    if (chunk < 16) chunk = 16;
+    if (chunk > 256) chunk = 256;
     float *logits = malloc((size_t)chunk * (size_t)c->n_vocab * sizeof(float));
     if (!logits) {
         td_kv_cache_destroy(&kv);
