@@ -1,0 +1,113 @@
+/* cuda_common.cuh - what the CUDA backend's translation units share: the backend context, the
+ * error-check macros (file/line into a logged, remembered error; never exit), the upload ring
+ * for the small host index arrays, and the kernel launchers each .cu file defines. */
+#ifndef TD_CUDA_COMMON_CUH
+#define TD_CUDA_COMMON_CUH
+
+#include "kernels/backend_impl.h"
+#include "kernels/cuda/backend_cuda.h"
+
+#include <cublas_v2.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+typedef struct cuda_ctx {
+    int device;
+    int sm_count;
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    int matmul_mode;
+    int synthetic;
+    uint64_t synth_seed, synth_count;
+    /* upload ring: pinned host staging + device mirror, used front to back, synchronised on wrap */
+    char *ring_host, *ring_dev;
+    size_t ring_cap, ring_off;
+    /* activations rounded to BF16/F16 for cuBLAS, reused while the source is unchanged */
+    void *xconv;
+    size_t xconv_cap;
+    const float *xconv_src;
+    int64_t xconv_count;
+    int xconv_dtype;
+    uint64_t xconv_gen;
+    uint64_t gen; /* bumped by every write to device memory */
+    /* explicit attention mask: last upload kept on the device with a host copy to compare */
+    uint8_t *mask_dev, *mask_host;
+    size_t mask_cap, mask_len;
+    /* attention split-K partials */
+    float *att_part;
+    size_t att_part_cap;
+    /* weights uploaded and not yet freed (freed at destroy) */
+    void **wlist;
+    size_t wlist_n, wlist_cap;
+    /* first failure since td_backend_cuda_error */
+    int err_code;
+    char err_msg[768];
+} cuda_ctx_t;
+
+/* Records and logs a failure (first one kept). Returns -1. */
+int tdc_fail(cuda_ctx_t *c, int code, const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+int tdc_check_cuda(cuda_ctx_t *c, cudaError_t e, const char *what, const char *file, int line);
+int tdc_check_blas(cuda_ctx_t *c, cublasStatus_t s, const char *what, const char *file, int line);
+
+#define TDC_CUDA(c, call) tdc_check_cuda((c), (call), #call, __FILE__, __LINE__)
+#define TDC_BLAS(c, call) tdc_check_blas((c), (call), #call, __FILE__, __LINE__)
+/* after every kernel launch */
+#define TDC_LAUNCHED(c) tdc_check_cuda((c), cudaGetLastError(), "kernel launch", __FILE__, __LINE__)
+#define TDC_FAIL(c, code, ...) tdc_fail((c), (code), __FILE__, __LINE__, __VA_ARGS__)
+
+/* Copies nbytes of host memory into the ring and returns its device address (valid for kernels
+ * enqueued on c->stream from now until the ring wraps, which synchronises the stream first).
+ * NULL on failure (logged). */
+const void *tdc_upload(cuda_ctx_t *c, const void *host, size_t nbytes);
+
+/* Grows *buf (device) to at least nbytes; keeps nothing. 0 or -1 (logged). */
+int tdc_reserve(cuda_ctx_t *c, void **buf, size_t *cap, size_t nbytes);
+
+static inline int tdc_blocks(int64_t count, int threads) {
+    int64_t b = (count + threads - 1) / threads;
+    if (b > 65535LL * 32) b = 65535LL * 32;
+    return (int)(b < 1 ? 1 : b);
+}
+
+/* --- device helpers ---------------------------------------------------------------------- */
+
+__device__ __forceinline__ float tdc_bf16(uint16_t h) { return __uint_as_float((uint32_t)h << 16); }
+__device__ __forceinline__ float tdc_f16(uint16_t h) {
+    return __half2float(__ushort_as_half((unsigned short)h));
+}
+/* element i of a linear F32/F16/BF16 array */
+__device__ __forceinline__ float tdc_ld(const void *p, int dt, int64_t i) {
+    if (dt == TD_DTYPE_F32) return ((const float *)p)[i];
+    uint16_t h = ((const uint16_t *)p)[i];
+    return dt == TD_DTYPE_BF16 ? tdc_bf16(h) : tdc_f16(h);
+}
+
+/* --- launchers (kernels_elem.cu, gemv.cu, attention.cu) --------------------------------- */
+
+void tdc_get_rows(cuda_ctx_t *c, float *y, const td_weight_t *t, const int32_t *ids_dev, int n);
+void tdc_rmsnorm(cuda_ctx_t *c, float *y, const float *x, const td_weight_t *w, int n, int d, float eps);
+void tdc_layernorm(cuda_ctx_t *c, float *y, const float *x, const td_weight_t *w, const td_weight_t *b,
+                   int n, int d, float eps);
+void tdc_rope(cuda_ctx_t *c, float *x, const int32_t *pos_dev, int n, int n_head, int head_dim, int rot_dim,
+              float theta);
+void tdc_swiglu(cuda_ctx_t *c, float *y, const float *g, const float *u, int64_t count);
+void tdc_gelu_tanh(cuda_ctx_t *c, float *x, int64_t count);
+void tdc_add(cuda_ctx_t *c, float *y, const float *x, int64_t count);
+void tdc_scatter_rows(cuda_ctx_t *c, float *dst, int64_t row_stride, const float *src, const int64_t *idx_dev,
+                      int n, int d);
+/* out[n, m] += bias[m] */
+void tdc_add_bias(cuda_ctx_t *c, float *y, const td_weight_t *bias, int n, int64_t m);
+/* dst (BF16 or F16 bits) = src rounded to nearest even; F16 saturates at +-65504 */
+void tdc_convert(cuda_ctx_t *c, void *dst, int dt, const float *src, int64_t count);
+void tdc_fill_synthetic(cuda_ctx_t *c, void *dst, size_t nbytes, uint64_t seed);
+
+/* 1 if the GEMV kernel handles this product (else use cuBLAS) */
+int tdc_gemv_ok(const td_weight_t *w, const float *x, int n);
+void tdc_gemv(cuda_ctx_t *c, float *y, const float *x, const td_weight_t *w, const td_weight_t *bias, int n);
+
+void tdc_attention(cuda_ctx_t *c, float *out, const float *q, const float *k_cache, const float *v_cache,
+                   const td_attn_desc_t *a);
+
+#endif
