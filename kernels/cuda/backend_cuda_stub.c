@@ -10,7 +10,7 @@ int td_cuda_device_name(int device, char *buf, size_t cap) {
 }
 
 td_backend_t *td_backend_cuda_new(int device, td_err_t *err) {
-    td_err_set(err, TD_ERR_UNSUPPORTED, "cuda:%d: tandem was built without CUDA (no nvcc at build time)",
+    td_err_set(err, TD_ERR_UNSUPPORTED, "cuda:%d: tandem was built without CUDA (stub backend)",
                device);
     return NULL;
 }

@@ -1,0 +1,582 @@
+/* test_cuda.c - the CUDA backend against the CPU backend: every op at odd shapes and all weight
+ * dtypes, both matmul paths, attention with every mask kind, GQA, several sequences and key
+ * splits, and the whole forward pass of every fixture model in tests/data/models (prefill, decode,
+ * two sequences in one batch, KV crop and in-place rewrite, copied prefixes, explicit masks).
+ *
+ * Without a CUDA device (or in a build without nvcc) every case checks that the backend refuses
+ * to start with a message, then skips; the binary exits 77.
+ *
+ * Tolerances (docs/cuda.md):
+ *  - matmul: per element |gpu - ref| <= u * sum_c |x_c w_rc| + 1e-6, a rounding bound: u = 2^-8
+ *    when cuBLAS rounds activations to BF16, 2^-10 for F16, 1e-5 for FP32 activations (GEMV
+ *    kernel, SGEMM) where only the summation order differs;
+ *  - other ops: |gpu - ref| <= 2e-5 + 2e-5 |ref| (RoPE 1e-4: sincosf vs glibc at large angles);
+ *  - forward logits: max |gpu - cpu| <= 2e-3 * max(1, max |cpu|) with FP32 activations (F32
+ *    weights everywhere; BF16 weights with at most 8 tokens, the GEMV path); 3e-2 * max(1, max
+ *    |cpu|) for BF16 weights through cuBLAS (activations rounded to BF16, as HF's bf16 run). */
+#include "tests/tdtest.h"
+
+#include "kernels/backend.h"
+#include "kernels/cuda/backend_cuda.h"
+#include "model/model.h"
+
+#include <dirent.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+
+static uint64_t s_rng = 0x2545F4914F6CDD1Dull;
+static float s_randf(void) {
+    s_rng ^= s_rng << 13, s_rng ^= s_rng >> 7, s_rng ^= s_rng << 17;
+    return (float)((double)(s_rng >> 11) / 9007199254740992.0) * 2.0f - 1.0f;
+}
+
+/* A CUDA backend on device 0, or NULL after checking the refusal and marking the case skipped. */
+static td_backend_t *s_gpu(int mode) {
+    td_err_t err = {0};
+    if (td_cuda_device_count() == 0) {
+        td_backend_t *be = td_backend_cuda_new(0, &err);
+        CHECK_MSG(be == NULL && err.code != 0 && err.msg[0], "no device, yet td_backend_cuda_new did not fail cleanly");
+        td_backend_destroy(&be);
+        char why[1200];
+        snprintf(why, sizeof why, "no CUDA device (%s)", err.msg);
+        td_test_skip(why);
+        return NULL;
+    }
+    td_backend_t *be = td_backend_cuda_new(0, &err);
+    CHECK_MSG(be != NULL, "td_backend_cuda_new(0): %s", err.msg);
+    if (be) td_backend_cuda_set_matmul(be, mode);
+    return be;
+}
+
+static void s_no_error(td_backend_t *be, const char *what) {
+    td_err_t err = {0};
+    int rc = td_backend_cuda_error(be, &err);
+    CHECK_MSG(rc == TD_OK, "%s: CUDA error %d: %s", what, rc, err.msg);
+}
+
+static void *s_dev_copy(td_backend_t *be, const void *host, size_t nbytes) {
+    void *d = td_backend_alloc(be, nbytes);
+    if (d) td_backend_set(be, d, host, nbytes);
+    return d;
+}
+
+static void *s_make_host(td_dtype_t dt, int64_t count, float scale) {
+    void *p = malloc((size_t)count * td_dtype_size(dt));
+    for (int64_t i = 0; i < count; i++) {
+        float v = s_randf() * scale;
+        if (dt == TD_DTYPE_F32) ((float *)p)[i] = v;
+        else if (dt == TD_DTYPE_BF16) ((uint16_t *)p)[i] = td_f32_to_bf16(v);
+        else ((uint16_t *)p)[i] = td_f32_to_f16(v);
+    }
+    return p;
+}
+
+static float s_elem(const void *p, td_dtype_t dt, int64_t i) {
+    if (dt == TD_DTYPE_F32) return ((const float *)p)[i];
+    uint16_t h = ((const uint16_t *)p)[i];
+    return dt == TD_DTYPE_BF16 ? td_bf16_to_f32(h) : td_f16_to_f32(h);
+}
+
+/* max over elements of |a - b| / (atol + rtol |b|); <= 1 passes (NaN fails) */
+static double s_worst(const float *a, const float *b, int64_t n, double atol, double rtol) {
+    double w = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double e = fabs((double)a[i] - b[i]) / (atol + rtol * fabs((double)b[i]));
+        if (!(e <= w)) w = e;
+    }
+    return w;
+}
+
+/* --- matmul ------------------------------------------------------------------------------------ */
+
+TD_TEST(cuda_matmul_vs_cpu) {
+    const int modes[] = {TD_CUDA_MATMUL_AUTO, TD_CUDA_MATMUL_CUBLAS};
+    td_err_t err = {0};
+    td_backend_t *gpu = s_gpu(TD_CUDA_MATMUL_AUTO);
+    if (!gpu) return;
+    td_backend_t *ref = td_backend_cpu_new(1, 1, &err);
+    REQUIRE(ref);
+    const td_dtype_t dts[] = {TD_DTYPE_F32, TD_DTYPE_BF16, TD_DTYPE_F16};
+    const int ns[] = {1, 2, 3, 8, 9, 17};
+    /* odd shapes (cuBLAS only), multiples of 8 (the GEMV kernel), one wide */
+    const int64_t shapes[][2] = {{7, 5}, {33, 64}, {130, 257}, {300, 96}, {64, 1024}, {1000, 136}};
+    for (int mi = 0; mi < 2; mi++)
+        for (int d = 0; d < 3; d++)
+            for (int s = 0; s < 6; s++)
+                for (int tr = 0; tr < 2; tr++)
+                    for (int ni = 0; ni < 6; ni++) {
+                        td_backend_cuda_set_matmul(gpu, modes[mi]);
+                        const int64_t rows = shapes[s][0], cols = shapes[s][1];
+                        const int n = ns[ni];
+                        /* every other case is a slice of a wider stored matrix (ld) */
+                        const int64_t ld = (tr ? rows : cols) + ((s + ni) & 1 ? 8 : 0);
+                        const int64_t stored = (tr ? cols : rows) * ld;
+                        void *wh = s_make_host(dts[d], stored, 1.0f), *bh = s_make_host(dts[d], rows, 1.0f);
+                        float *x = malloc(sizeof(float) * (size_t)(n * cols));
+                        for (int64_t i = 0; i < n * cols; i++) x[i] = s_randf();
+                        const size_t es = td_dtype_size(dts[d]);
+                        const td_weight_t *bias = NULL;
+                        td_weight_t w = {wh, dts[d], rows, cols, tr, ld}, b = {bh, dts[d], 1, rows, 0, 0};
+                        float *yr = malloc(sizeof(float) * (size_t)(n * rows)), *yg = malloc(sizeof(float) * (size_t)(n * rows));
+                        bias = (ni & 1) ? &b : NULL;
+                        td_op_matmul(ref, yr, x, &w, bias, n);
+                        /* the rounding bound per element */
+                        double *bound = malloc(sizeof(double) * (size_t)(n * rows));
+                        double u = dts[d] == TD_DTYPE_F32 || (modes[mi] == TD_CUDA_MATMUL_AUTO && n <= 8 && !tr &&
+                                                              cols % 8 == 0 && ld % 8 == 0)
+                                       ? 1e-5
+                                   : dts[d] == TD_DTYPE_BF16 ? 1.0 / 256
+                                                             : 1.0 / 1024;
+                        for (int t = 0; t < n; t++)
+                            for (int64_t r = 0; r < rows; r++) {
+                                double sa = 0;
+                                for (int64_t c = 0; c < cols; c++)
+                                    sa += fabs(x[t * cols + c]) * fabs(s_elem(wh, dts[d], tr ? c * ld + r : r * ld + c));
+                                bound[t * rows + r] = u * sa + 1e-6 + 1e-6 * fabs(yr[t * rows + r]);
+                            }
+                        void *wd = s_dev_copy(gpu, wh, (size_t)stored * es), *bd = s_dev_copy(gpu, bh, (size_t)rows * es);
+                        float *xd = s_dev_copy(gpu, x, sizeof(float) * (size_t)(n * cols));
+                        float *yd = td_backend_alloc(gpu, sizeof(float) * (size_t)(n * rows));
+                        REQUIRE(wd && bd && xd && yd);
+                        td_weight_t wg = w, bg = b;
+                        wg.data = wd, bg.data = bd;
+                        td_op_matmul(gpu, yd, xd, &wg, bias ? &bg : NULL, n);
+                        td_backend_get(gpu, yg, yd, sizeof(float) * (size_t)(n * rows));
+                        s_no_error(gpu, "matmul");
+                        int64_t bad = -1;
+                        for (int64_t i = 0; i < n * rows && bad < 0; i++)
+                            if (!(fabs((double)yg[i] - yr[i]) <= bound[i])) bad = i;
+                        CHECK_MSG(bad < 0, "matmul mode %d %s %lldx%lld tr=%d ld=%lld n=%d: y[%lld] = %.7g vs %.7g (bound %.3g)",
+                                  modes[mi], td_dtype_name(dts[d]), (long long)rows, (long long)cols, tr, (long long)ld,
+                                  n, (long long)bad, bad >= 0 ? yg[bad] : 0.0, bad >= 0 ? yr[bad] : 0.0,
+                                  bad >= 0 ? bound[bad] : 0.0);
+                        td_backend_free(gpu, wd), td_backend_free(gpu, bd), td_backend_free(gpu, xd), td_backend_free(gpu, yd);
+                        free(wh), free(bh), free(x), free(yr), free(yg), free(bound);
+                    }
+    td_backend_destroy(&gpu);
+    td_backend_destroy(&ref);
+}
+
+/* the activations converted for cuBLAS are reused by the next product only while unchanged */
+TD_TEST(cuda_matmul_conversion_cache) {
+    td_err_t err = {0};
+    td_backend_t *gpu = s_gpu(TD_CUDA_MATMUL_CUBLAS);
+    if (!gpu) return;
+    td_backend_t *ref = td_backend_cpu_new(1, 1, &err);
+    REQUIRE(ref);
+    const int n = 5, rows = 48, cols = 40;
+    void *wh = s_make_host(TD_DTYPE_BF16, rows * cols, 1.0f);
+    float x1[5 * 40], x2[5 * 40], y1[5 * 48], y2[5 * 48], g[5 * 48];
+    for (int i = 0; i < n * cols; i++) x1[i] = s_randf(), x2[i] = s_randf();
+    td_weight_t w = {wh, TD_DTYPE_BF16, rows, cols, 0, 0};
+    td_op_matmul(ref, y1, x1, &w, NULL, n);
+    td_op_matmul(ref, y2, x2, &w, NULL, n);
+    td_weight_t wg = w;
+    wg.data = s_dev_copy(gpu, wh, (size_t)rows * cols * 2);
+    float *xd = s_dev_copy(gpu, x1, sizeof x1), *x2d = s_dev_copy(gpu, x2, sizeof x2);
+    float *yd = td_backend_alloc(gpu, sizeof g), *y2d = td_backend_alloc(gpu, sizeof g);
+    REQUIRE(wg.data && xd && x2d && yd && y2d);
+    td_op_matmul(gpu, yd, xd, &wg, NULL, n);
+    td_op_matmul(gpu, y2d, xd, &wg, NULL, n); /* reuses the conversion */
+    td_backend_get(gpu, g, y2d, sizeof g);
+    CHECK(s_worst(g, y1, n * rows, 0.05, 0.02) <= 1.0);
+    td_backend_copy(gpu, xd, x2d, sizeof x2); /* same pointer, new contents */
+    td_op_matmul(gpu, yd, xd, &wg, NULL, n);
+    td_backend_get(gpu, g, yd, sizeof g);
+    CHECK_MSG(s_worst(g, y2, n * rows, 0.05, 0.02) <= 1.0, "stale converted activations after td_backend_copy");
+    td_op_add(gpu, xd, x2d, (int64_t)n * cols); /* x = 2 x2 */
+    td_op_matmul(gpu, yd, xd, &wg, NULL, n);
+    td_backend_get(gpu, g, yd, sizeof g);
+    for (int i = 0; i < n * rows; i++) g[i] *= 0.5f;
+    CHECK_MSG(s_worst(g, y2, n * rows, 0.05, 0.02) <= 1.0, "stale converted activations after td_op_add");
+    s_no_error(gpu, "conversion cache");
+    td_backend_free(gpu, xd), td_backend_free(gpu, x2d), td_backend_free(gpu, yd), td_backend_free(gpu, y2d);
+    td_backend_free(gpu, (void *)wg.data);
+    free(wh);
+    td_backend_destroy(&gpu);
+    td_backend_destroy(&ref);
+}
+
+/* --- element-wise ops -------------------------------------------------------------------------- */
+
+static float *s_rand_floats(int64_t n, float scale) {
+    float *p = malloc(sizeof(float) * (size_t)n);
+    for (int64_t i = 0; i < n; i++) p[i] = s_randf() * scale;
+    return p;
+}
+
+TD_TEST(cuda_elementwise_vs_cpu) {
+    td_err_t err = {0};
+    td_backend_t *gpu = s_gpu(TD_CUDA_MATMUL_AUTO);
+    if (!gpu) return;
+    td_backend_t *ref = td_backend_cpu_new(1, 1, &err);
+    REQUIRE(ref);
+    const int dims[] = {1, 37, 64, 896, 5000};
+    for (int di = 0; di < 5; di++)
+        for (int dt = 0; dt < 3; dt++) {
+            const td_dtype_t dty = dt == 0 ? TD_DTYPE_F32 : dt == 1 ? TD_DTYPE_BF16 : TD_DTYPE_F16;
+            const int d = dims[di], n = 3 + di;
+            const int64_t cnt = (int64_t)n * d;
+            float *x = s_rand_floats(cnt, 3.0f), *x2 = s_rand_floats(cnt, 2.0f);
+            float *yr = malloc(sizeof(float) * (size_t)cnt), *yg = malloc(sizeof(float) * (size_t)cnt);
+            void *wh = s_make_host(dty, d, 1.0f), *bh = s_make_host(dty, d, 1.0f);
+            td_weight_t w = {wh, dty, 1, d, 0, 0}, b = {bh, dty, 1, d, 0, 0}, wg = w, bg = b;
+            wg.data = s_dev_copy(gpu, wh, (size_t)d * td_dtype_size(dty));
+            bg.data = s_dev_copy(gpu, bh, (size_t)d * td_dtype_size(dty));
+            float *xd = s_dev_copy(gpu, x, sizeof(float) * (size_t)cnt), *x2d = s_dev_copy(gpu, x2, sizeof(float) * (size_t)cnt);
+            float *yd = td_backend_alloc(gpu, sizeof(float) * (size_t)cnt);
+            REQUIRE(wg.data && bg.data && xd && x2d && yd);
+#define CMP(what, atol, rtol)                                                                                   \
+    do {                                                                                                        \
+        td_backend_get(gpu, yg, yd, sizeof(float) * (size_t)cnt);                                               \
+        double wst = s_worst(yg, yr, cnt, atol, rtol);                                                          \
+        CHECK_MSG(wst <= 1.0, "%s d=%d %s: error %.3g of tolerance", what, d, td_dtype_name(dty), wst);         \
+    } while (0)
+            td_op_rmsnorm(ref, yr, x, &w, n, d, 1e-6f);
+            td_op_rmsnorm(gpu, yd, xd, &wg, n, d, 1e-6f);
+            CMP("rmsnorm", 2e-5, 2e-5);
+            td_op_layernorm(ref, yr, x, &w, (di & 1) ? &b : NULL, n, d, 1e-5f);
+            td_op_layernorm(gpu, yd, xd, &wg, (di & 1) ? &bg : NULL, n, d, 1e-5f);
+            CMP("layernorm", 2e-5, 2e-5);
+            /* in place */
+            memcpy(yr, x, sizeof(float) * (size_t)cnt);
+            td_op_rmsnorm(ref, yr, yr, &w, n, d, 1e-5f);
+            td_backend_copy(gpu, yd, xd, sizeof(float) * (size_t)cnt);
+            td_op_rmsnorm(gpu, yd, yd, &wg, n, d, 1e-5f);
+            CMP("rmsnorm in place", 2e-5, 2e-5);
+            memcpy(yr, x, sizeof(float) * (size_t)cnt);
+            td_op_swiglu(ref, yr, yr, x2, cnt);
+            td_backend_copy(gpu, yd, xd, sizeof(float) * (size_t)cnt);
+            td_op_swiglu(gpu, yd, yd, x2d, cnt);
+            CMP("swiglu", 2e-5, 2e-5);
+            memcpy(yr, x, sizeof(float) * (size_t)cnt);
+            td_op_gelu_tanh(ref, yr, cnt);
+            td_backend_copy(gpu, yd, xd, sizeof(float) * (size_t)cnt);
+            td_op_gelu_tanh(gpu, yd, cnt);
+            CMP("gelu_tanh", 2e-5, 2e-5);
+            memcpy(yr, x, sizeof(float) * (size_t)cnt);
+            td_op_add(ref, yr, x2, cnt);
+            td_backend_copy(gpu, yd, xd, sizeof(float) * (size_t)cnt);
+            td_op_add(gpu, yd, x2d, cnt);
+            CMP("add", 1e-6, 1e-6);
+            s_no_error(gpu, "elementwise");
+            td_backend_free(gpu, (void *)wg.data), td_backend_free(gpu, (void *)bg.data);
+            td_backend_free(gpu, xd), td_backend_free(gpu, x2d), td_backend_free(gpu, yd);
+            free(x), free(x2), free(yr), free(yg), free(wh), free(bh);
+        }
+    td_backend_destroy(&gpu);
+    td_backend_destroy(&ref);
+}
+
+TD_TEST(cuda_rope_get_rows_scatter_vs_cpu) {
+    td_err_t err = {0};
+    td_backend_t *gpu = s_gpu(TD_CUDA_MATMUL_AUTO);
+    if (!gpu) return;
+    td_backend_t *ref = td_backend_cpu_new(1, 1, &err);
+    REQUIRE(ref);
+    /* rope: full and partial rotation, positions up to 6000 */
+    const int cfg[][3] = {{3, 40, 40}, {5, 64, 32}, {2, 128, 128}, {7, 10, 6}};
+    for (int k = 0; k < 4; k++) {
+        const int n = 6, nh = cfg[k][0], hd = cfg[k][1], rot = cfg[k][2];
+        const int64_t cnt = (int64_t)n * nh * hd;
+        int32_t pos[6] = {0, 1, 17, 255, 4095, 6000};
+        float *x = s_rand_floats(cnt, 2.0f), *yg = malloc(sizeof(float) * (size_t)cnt);
+        float *xd = s_dev_copy(gpu, x, sizeof(float) * (size_t)cnt);
+        REQUIRE(xd);
+        td_op_rope(ref, x, pos, n, nh, hd, rot, k & 1 ? 10000.0f : 1e6f);
+        td_op_rope(gpu, xd, pos, n, nh, hd, rot, k & 1 ? 10000.0f : 1e6f);
+        td_backend_get(gpu, yg, xd, sizeof(float) * (size_t)cnt);
+        double wst = s_worst(yg, x, cnt, 1e-4, 1e-4);
+        CHECK_MSG(wst <= 1.0, "rope nh=%d hd=%d rot=%d: error %.3g of tolerance", nh, hd, rot, wst);
+        td_backend_free(gpu, xd);
+        free(x), free(yg);
+    }
+    /* get_rows: every dtype, plain, sliced (ld) and transposed tables */
+    for (int dt = 0; dt < 3; dt++)
+        for (int tr = 0; tr < 2; tr++) {
+            const td_dtype_t dty = dt == 0 ? TD_DTYPE_F32 : dt == 1 ? TD_DTYPE_BF16 : TD_DTYPE_F16;
+            const int64_t rows = 50, cols = 37, ld = (tr ? rows : cols) + 3;
+            const int64_t stored = (tr ? cols : rows) * ld;
+            void *th = s_make_host(dty, stored, 1.0f);
+            td_weight_t t = {th, dty, rows, cols, tr, ld}, tg = t;
+            tg.data = s_dev_copy(gpu, th, (size_t)stored * td_dtype_size(dty));
+            int32_t ids[7] = {0, 49, 3, 3, 17, 1, 48};
+            float yr[7 * 37], yg[7 * 37];
+            float *yd = td_backend_alloc(gpu, sizeof yg);
+            REQUIRE(tg.data && yd);
+            td_op_get_rows(ref, yr, &t, ids, 7);
+            td_op_get_rows(gpu, yd, &tg, ids, 7);
+            td_backend_get(gpu, yg, yd, sizeof yg);
+            CHECK_MSG(memcmp(yr, yg, sizeof yg) == 0, "get_rows %s tr=%d differs", td_dtype_name(dty), tr);
+            td_backend_free(gpu, (void *)tg.data), td_backend_free(gpu, yd);
+            free(th);
+        }
+    /* scatter_rows into a cache with a row stride larger than d */
+    {
+        const int n = 5, d = 24, stride = 40, nrows = 30;
+        float *src = s_rand_floats(n * d, 1.0f), *cache = s_rand_floats(nrows * stride, 1.0f);
+        float got[30 * 40];
+        int64_t idx[5] = {29, 0, 7, 8, 15};
+        float *sd = s_dev_copy(gpu, src, sizeof(float) * n * d), *cd = s_dev_copy(gpu, cache, sizeof got);
+        REQUIRE(sd && cd);
+        td_op_scatter_rows(ref, cache, stride, src, idx, n, d);
+        td_op_scatter_rows(gpu, cd, stride, sd, idx, n, d);
+        td_backend_get(gpu, got, cd, sizeof got);
+        CHECK_MSG(memcmp(got, cache, sizeof got) == 0, "scatter_rows differs");
+        td_backend_free(gpu, sd), td_backend_free(gpu, cd);
+        free(src), free(cache);
+    }
+    s_no_error(gpu, "rope/get_rows/scatter");
+    td_backend_destroy(&gpu);
+    td_backend_destroy(&ref);
+}
+
+/* --- attention --------------------------------------------------------------------------------- */
+
+static void s_attn_case(td_backend_t *gpu, td_backend_t *ref, int nh, int nkv, int hd, int n_ctx, int n_seq,
+                        const int32_t *kv_len, int n, const int32_t *pos, const int32_t *seq, td_attn_kind_t kind,
+                        int block, const uint8_t *mask, int64_t mstride) {
+    const int64_t cache = (int64_t)n_seq * n_ctx * nkv * hd, qn = (int64_t)n * nh * hd;
+    float *kc = s_rand_floats(cache, 1.0f), *vc = s_rand_floats(cache, 1.0f), *q = s_rand_floats(qn, 1.0f);
+    float *outr = malloc(sizeof(float) * (size_t)qn), *outg = malloc(sizeof(float) * (size_t)qn);
+    float *kd = s_dev_copy(gpu, kc, sizeof(float) * (size_t)cache), *vd = s_dev_copy(gpu, vc, sizeof(float) * (size_t)cache);
+    float *qd = s_dev_copy(gpu, q, sizeof(float) * (size_t)qn), *od = td_backend_alloc(gpu, sizeof(float) * (size_t)qn);
+    if (kd && vd && qd && od) {
+        /* poison the output so unwritten elements show */
+        for (int64_t i = 0; i < qn; i++) outg[i] = NAN;
+        td_backend_set(gpu, od, outg, sizeof(float) * (size_t)qn);
+        td_attn_desc_t a = {.n = n, .n_head = nh, .n_kv_head = nkv, .head_dim = hd, .n_ctx = n_ctx, .pos = pos,
+                            .seq = seq, .kv_len = kv_len, .kind = kind, .block_size = block, .mask = mask,
+                            .mask_stride = mstride, .scale = 1.0f / sqrtf((float)hd)};
+        td_op_attention(ref, outr, q, kc, vc, &a);
+        td_op_attention(gpu, od, qd, kd, vd, &a);
+        td_backend_get(gpu, outg, od, sizeof(float) * (size_t)qn);
+        double wst = s_worst(outg, outr, qn, 2e-5, 2e-5);
+        CHECK_MSG(wst <= 1.0, "attention kind %d nh=%d nkv=%d hd=%d n=%d: error %.3g of tolerance", kind, nh, nkv, hd,
+                  n, wst);
+        s_no_error(gpu, "attention");
+    } else {
+        CHECK_MSG(0, "device allocation failed");
+    }
+    td_backend_free(gpu, kd), td_backend_free(gpu, vd), td_backend_free(gpu, qd), td_backend_free(gpu, od);
+    free(kc), free(vc), free(q), free(outr), free(outg);
+}
+
+TD_TEST(cuda_attention_vs_cpu) {
+    td_err_t err = {0};
+    td_backend_t *gpu = s_gpu(TD_CUDA_MATMUL_AUTO);
+    if (!gpu) return;
+    td_backend_t *ref = td_backend_cpu_new(1, 1, &err);
+    REQUIRE(ref);
+    /* head shapes: GQA groups of 3, 7 (Qwen2.5), 12 (> one sub-group of 8), MHA; odd head_dim */
+    const int heads[][3] = {{6, 2, 8}, {14, 2, 64}, {12, 1, 40}, {4, 4, 128}, {2, 1, 200}};
+    for (int hi = 0; hi < 5; hi++) {
+        const int nh = heads[hi][0], nkv = heads[hi][1], hd = heads[hi][2];
+        /* three sequences of different lengths; queries of two of them in one batch */
+        const int n_ctx = 40, n_seq = 3;
+        int32_t kv_len[3] = {23, 40, 9};
+        int32_t pos[6] = {20, 21, 22, 35, 39, 8}, seq[6] = {0, 0, 0, 1, 1, 2};
+        uint8_t mask[6 * 40];
+        for (int t = 0; t < 6; t++)
+            for (int j = 0; j < 40; j++) mask[t * 40 + j] = (uint8_t)(((j * 7 + t * 3) % 5) != 0);
+        memset(mask + 2 * 40, 0, 40); /* a query that sees nothing gets zeros */
+        for (int kind = 0; kind < 4; kind++)
+            s_attn_case(gpu, ref, nh, nkv, hd, n_ctx, n_seq, kv_len, 6, pos, seq, (td_attn_kind_t)kind, 4, mask, 40);
+        /* decode over a long cache: several key splits */
+        int32_t kl[1] = {1500}, p1[1] = {1499}, s1[1] = {0};
+        s_attn_case(gpu, ref, nh, nkv, hd, 1600, 1, kl, 1, p1, s1, TD_ATTN_CAUSAL, 0, NULL, 0);
+        /* a diffusion block: 32 queries, bidirectional over prompt + block */
+        int32_t kl2[1] = {300}, p2[32], s2[32];
+        for (int i = 0; i < 32; i++) p2[i] = 268 + i, s2[i] = 0;
+        s_attn_case(gpu, ref, nh, nkv, hd, 320, 1, kl2, 32, p2, s2, TD_ATTN_BIDIR, 0, NULL, 0);
+        s_attn_case(gpu, ref, nh, nkv, hd, 320, 1, kl2, 32, p2, s2, TD_ATTN_BLOCK_CAUSAL, 32, NULL, 0);
+    }
+    td_backend_destroy(&gpu);
+    td_backend_destroy(&ref);
+}
+
+/* failures inside ops are reported through td_backend_cuda_error, then cleared */
+TD_TEST(cuda_errors_reported) {
+    td_backend_t *gpu = s_gpu(TD_CUDA_MATMUL_AUTO);
+    if (!gpu) return;
+    float *buf = td_backend_alloc(gpu, 4 * 300 * sizeof(float));
+    REQUIRE(buf);
+    int32_t pos[1] = {0}, seq[1] = {0}, kv_len[1] = {1};
+    td_attn_desc_t a = {.n = 1, .n_head = 1, .n_kv_head = 1, .head_dim = 300, .n_ctx = 1, .pos = pos, .seq = seq,
+                        .kv_len = kv_len, .kind = TD_ATTN_CAUSAL, .scale = 1.0f};
+    td_op_attention(gpu, buf, buf + 300, buf + 600, buf + 900, &a);
+    td_err_t err = {0};
+    CHECK_EQ_INT(td_backend_cuda_error(gpu, &err), TD_ERR_UNSUPPORTED);
+    CHECK(strstr(err.msg, "head_dim 300") != NULL);
+    CHECK_EQ_INT(td_backend_cuda_error(gpu, &err), TD_OK);
+    td_backend_free(gpu, buf);
+    td_backend_destroy(&gpu);
+}
+
+/* --- whole forward on the fixture models ------------------------------------------------------- */
+
+static double s_max_abs(const float *a, int64_t n) {
+    double m = 0;
+    for (int64_t i = 0; i < n; i++)
+        if (fabs(a[i]) > m) m = fabs(a[i]);
+    return m;
+}
+
+typedef struct {
+    td_model_t *m[2]; /* cpu, gpu */
+    td_kv_cache_t *kv[2];
+    float *lg[2];
+    int vocab, bf16;
+    const char *name;
+} s_pair_t;
+
+/* Runs batch b on both models and compares the logits of n_out rows. */
+static void s_step(s_pair_t *p, const td_batch_t *b, int n_out, double rel, const char *what) {
+    td_err_t err = {0};
+    for (int k = 0; k < 2; k++) {
+        int rc = td_model_forward(p->m[k], p->kv[k], b, p->lg[k], &err);
+        CHECK_MSG(rc == TD_OK, "%s %s forward %d: %s", p->name, what, k, err.msg);
+        if (rc) return;
+    }
+    s_no_error(td_model_backend(p->m[1]), what);
+    const int64_t cnt = (int64_t)n_out * p->vocab;
+    double scale = s_max_abs(p->lg[0], cnt), worst = 0;
+    if (scale < 1) scale = 1;
+    for (int64_t i = 0; i < cnt; i++) {
+        double e = fabs((double)p->lg[1][i] - p->lg[0][i]);
+        if (!(e <= worst)) worst = e;
+    }
+    CHECK_MSG(worst <= rel * scale, "%s %s: max |gpu - cpu| = %.4g > %.3g x %.4g", p->name, what, worst, rel, scale);
+}
+
+static void s_forward_model(const char *dir, const char *name, int mode) {
+    td_err_t err = {0};
+    td_backend_t *cpu = td_backend_cpu_new(2, 0, &err);
+    td_backend_t *gpu = s_gpu(mode);
+    if (!gpu) {
+        td_backend_destroy(&cpu);
+        return;
+    }
+    s_pair_t p = {.name = name};
+    p.m[0] = td_model_load(dir, cpu, &err);
+    CHECK_MSG(p.m[0] != NULL, "%s on cpu: %s", name, err.msg);
+    p.m[1] = td_model_load(dir, gpu, &err);
+    CHECK_MSG(p.m[1] != NULL, "%s on cuda: %s", name, err.msg);
+    if (!p.m[0] || !p.m[1]) goto done;
+    const td_config_t *c = td_model_config(p.m[0]);
+    p.vocab = c->n_vocab;
+    p.bf16 = td_model_dtype(p.m[0]) != TD_DTYPE_F32;
+    for (int k = 0; k < 2; k++) {
+        p.kv[k] = td_kv_cache_new(p.m[k], 3, 32, &err);
+        CHECK_MSG(p.kv[k] != NULL, "%s: %s", name, err.msg);
+        p.lg[k] = malloc(sizeof(float) * (size_t)16 * (size_t)p.vocab);
+    }
+    if (!p.kv[0] || !p.kv[1]) goto done;
+    /* FP32 activations (tight) unless BF16/F16 weights go through cuBLAS */
+    const double tight = 2e-3, loose = 3e-2;
+    const double small = p.bf16 && mode == TD_CUDA_MATMUL_CUBLAS ? loose : tight;
+    const double wide = p.bf16 ? loose : tight;
+    const td_attn_kind_t def = c->causal ? TD_ATTN_CAUSAL : TD_ATTN_BIDIR;
+    int32_t tok[16], pos[16], seq[16];
+    for (int i = 0; i < 16; i++) tok[i] = (int32_t)((i * 37 + 11) % p.vocab);
+    /* prefill 6, decode 1 */
+    td_batch_t b = {.n = 6, .tokens = tok, .attn = def};
+    s_step(&p, &b, 6, small, "prefill 6");
+    b = (td_batch_t){.n = 1, .tokens = tok + 6, .attn = def};
+    s_step(&p, &b, 1, small, "decode 1");
+    /* two sequences in one batch: 5 new tokens of slot 1, 2 more of slot 0 */
+    for (int i = 0; i < 7; i++) {
+        seq[i] = i < 5 ? 1 : 0;
+        pos[i] = i < 5 ? i : 7 + (i - 5);
+    }
+    b = (td_batch_t){.n = 7, .tokens = tok + 3, .pos = pos, .seq = seq, .attn = TD_ATTN_CAUSAL};
+    s_step(&p, &b, 7, small, "two sequences");
+    /* crop slot 0 to 4 and rewrite positions 4..7 in place, block-causal */
+    for (int k = 0; k < 2; k++) td_kv_cache_crop(p.kv[k], 0, 4);
+    for (int i = 0; i < 4; i++) pos[i] = 4 + i, seq[i] = 0;
+    b = (td_batch_t){.n = 4, .tokens = tok + 9, .pos = pos, .seq = seq, .attn = TD_ATTN_BLOCK_CAUSAL, .block_size = 4};
+    s_step(&p, &b, 4, small, "crop and rewrite");
+    /* a copied prefix in slot 2, extended under an explicit mask; logits of two rows only */
+    for (int k = 0; k < 2; k++) CHECK_EQ_INT(td_kv_cache_copy_seq(p.kv[k], 0, 2, 6), TD_OK);
+    uint8_t mask[3 * 32], sel[3] = {1, 0, 1};
+    for (int t = 0; t < 3; t++)
+        for (int j = 0; j < 32; j++) mask[t * 32 + j] = (uint8_t)(j <= 6 + t && (j + t) % 3 != 1);
+    for (int i = 0; i < 3; i++) pos[i] = 6 + i, seq[i] = 2;
+    b = (td_batch_t){.n = 3, .tokens = tok + 2, .pos = pos, .seq = seq, .attn = TD_ATTN_EXPLICIT, .mask = mask,
+                     .mask_stride = 32, .logits_for = sel};
+    s_step(&p, &b, 2, small, "copied prefix, explicit mask");
+    /* a 12-token prefill in slot 1 (cuBLAS for every path) */
+    for (int k = 0; k < 2; k++) td_kv_cache_crop(p.kv[k], 1, 0);
+    for (int i = 0; i < 12; i++) seq[i] = 1;
+    b = (td_batch_t){.n = 12, .tokens = tok + 1, .seq = seq, .attn = def};
+    s_step(&p, &b, 12, wide, "prefill 12");
+done:
+    for (int k = 0; k < 2; k++) {
+        td_kv_cache_destroy(&p.kv[k]);
+        td_model_destroy(&p.m[k]);
+        free(p.lg[k]);
+    }
+    td_backend_destroy(&gpu);
+    td_backend_destroy(&cpu);
+}
+
+static void s_all_models(int mode) {
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/models", td_test_data());
+    DIR *d = opendir(dir);
+    REQUIRE(d);
+    int count = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.') continue;
+        char path[1300], cfgp[1400];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        snprintf(cfgp, sizeof cfgp, "%s/config.json", path);
+        struct stat st;
+        if (stat(cfgp, &st) != 0) continue;
+        s_forward_model(path, e->d_name, mode);
+        count++;
+        if (td_cuda_device_count() == 0) break; /* skipped: once is enough */
+    }
+    closedir(d);
+    CHECK(count > 0);
+}
+
+TD_TEST(cuda_forward_fixtures_auto) { s_all_models(TD_CUDA_MATMUL_AUTO); }
+TD_TEST(cuda_forward_fixtures_cublas) { s_all_models(TD_CUDA_MATMUL_CUBLAS); }
+
+/* two backends (a drafter and a verifier) on one device, and on a second device when present */
+TD_TEST(cuda_two_backends) {
+    td_backend_t *a = s_gpu(TD_CUDA_MATMUL_AUTO);
+    if (!a) return;
+    td_err_t err = {0};
+    int dev_b = td_cuda_device_count() > 1 ? 1 : 0;
+    td_backend_t *b = td_backend_cuda_new(dev_b, &err);
+    REQUIRE(b);
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/models/qwen2", td_test_data());
+    td_model_t *ma = td_model_load(dir, a, &err), *mb = td_model_load(dir, b, &err);
+    REQUIRE(ma && mb);
+    td_kv_cache_t *ka = td_kv_cache_new(ma, 1, 32, &err), *kb = td_kv_cache_new(mb, 1, 32, &err);
+    REQUIRE(ka && kb);
+    const int V = td_model_config(ma)->n_vocab;
+    float *la = malloc(sizeof(float) * (size_t)V * 4), *lb = malloc(sizeof(float) * (size_t)V * 4);
+    int32_t tok[4] = {5, 9, 2, 7};
+    for (int step = 0; step < 3; step++) {
+        td_batch_t bt = {.n = 4, .tokens = tok, .attn = TD_ATTN_CAUSAL};
+        CHECK(td_model_forward(ma, ka, &bt, la, &err) == TD_OK);
+        CHECK(td_model_forward(mb, kb, &bt, lb, &err) == TD_OK);
+        CHECK_MSG(memcmp(la, lb, sizeof(float) * (size_t)V * 4) == 0, "two backends disagree at step %d", step);
+    }
+    char name[256];
+    CHECK_EQ_INT(td_cuda_device_name(dev_b, name, sizeof name), TD_OK);
+    CHECK(name[0] != '\0');
+    s_no_error(a, "backend a");
+    s_no_error(b, "backend b");
+    free(la), free(lb);
+    td_kv_cache_destroy(&ka), td_kv_cache_destroy(&kb);
+    td_model_destroy(&ma), td_model_destroy(&mb);
+    td_backend_destroy(&a), td_backend_destroy(&b);
+}
+
+TD_TEST_MAIN()
