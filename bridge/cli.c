@@ -168,9 +168,9 @@ void td_cli_print_stats(FILE *f, const char *method, const td_spec_stats_t *s, i
     for (int j = 0; j < g; j++) fprintf(f, "%s%d", j ? "," : "", s->accepted_by_position[j]);
     fprintf(f, "],\"drafted_by_position\":[");
     for (int j = 0; j < g; j++) fprintf(f, "%s%d", j ? "," : "", s->drafted_by_position[j]);
-    fprintf(f, "],\"rounds\":%d,\"fallbacks\":%d,\"forwards\":%d,\"full_rows\":%d,\"drafter_s\":%.6f,"
+    fprintf(f, "],\"rounds\":%d,\"predrafted\":%d,\"fallbacks\":%d,\"forwards\":%d,\"full_rows\":%d,\"drafter_s\":%.6f,"
            "\"verifier_s\":%.6f,\"transport_s\":%.6f,\"total_s\":%.6f,\"tokens_per_second\":%.3f,\"stop\":\"%s\"}",
-           s->rounds, s->fallbacks, s->forwards, s->full_rows, s->drafter_s, s->verifier_s, s->transport_s, total,
+           s->rounds, s->predrafted, s->fallbacks, s->forwards, s->full_rows, s->drafter_s, s->verifier_s, s->transport_s, total,
            tps, reasons[s->stop]);
 }
 

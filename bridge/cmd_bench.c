@@ -35,6 +35,7 @@ static void s_help(FILE *f) {
             "  --diffusion-drafter DIR  default models/tiny-diffusion-drafter\n"
             "  --limit N          use only the first N prompts\n"
             "  --threads N        CPU threads per model (default: all cores)\n"
+            "  --predraft         in-process drafter: draft the next round ahead while the verifier verifies\n"
             "  --out PREFIX       output files (default bench/results/bench)\n");
 }
 
@@ -82,7 +83,7 @@ int td_cmd_bench(int argc, char **argv) {
                *dfdir = NULL, *out_prefix = "bench/results/bench", *pos;
     long max_tokens = 64, seed = 0, threads = 0, limit = 0;
     double temperature = 0, mixture = 0.7;
-    int r;
+    int r, predraft = 0;
     td_opts_t o;
     td_opts_init(&o, argc, argv);
     while ((r = td_opts_next(&o, &pos)) != 0) {
@@ -101,6 +102,7 @@ int td_cmd_bench(int argc, char **argv) {
         STR("orders", orders_s) STR("verify", verify_s) STR("verifier", vdir) STR("ar-drafter", ardir)
         STR("diffusion-drafter", dfdir) STR("out", out_prefix)
         INT("max-tokens", max_tokens, 1, 1 << 16) INT("seed", seed, 0, 0x7fffffffL) INT("threads", threads, 0, 1024)
+        else if (td_opts_is(&o, "predraft")) predraft = 1;
         INT("limit", limit, 0, 1 << 20) FLT("temperature", temperature, 0, 100) FLT("mixture", mixture, 0, 1)
         else {
             fprintf(stderr, "tandem bench: unknown option --%s (see --help)\n", o.name);
@@ -164,7 +166,7 @@ int td_cmd_bench(int argc, char **argv) {
     }
     td_err_t err = {0};
     td_pair_t par = {0}, pdf = {0};
-    td_pair_opts_t po = {.threads = (int)threads};
+    td_pair_opts_t po = {.threads = (int)threads, .predraft = predraft};
     int rc = 1, need_ar = want[TD_METHOD_SPEC_AR], need_df = want[TD_METHOD_SPECDIFF] || want[TD_METHOD_APD];
     td_backend_t *dbe = NULL;
     td_model_t *dm = NULL;

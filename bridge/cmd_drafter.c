@@ -29,6 +29,8 @@ static void s_help(FILE *f) {
             "  --max-sessions N   concurrent sessions (default 8; the least recently used is evicted)\n"
             "  --ctx N            positions per session (default min(model context, 2048))\n"
             "  --exact            diffusion drafts without the prefix cache (slower)\n"
+            "  --predraft         after each proposal, draft the next round ahead (assuming every token\n"
+            "                     is accepted and guessing the bonus) while the verifier verifies\n"
             "  --threads N        CPU threads (default: all cores)\n"
             "  --device N         accelerator to use; this build has the CPU backend only: N must be -1 or 0\n");
 }
@@ -36,7 +38,7 @@ static void s_help(FILE *f) {
 int td_cmd_drafter(int argc, char **argv) {
     const char *model = NULL, *bind = NULL, *ckey = NULL, *callow = NULL, *pos;
     long threads = 0, sessions = 8, ctx = 0, device = -1;
-    int exact = 0, r;
+    int exact = 0, predraft = 0, r;
     td_opts_t o;
     td_opts_init(&o, argc, argv);
     while ((r = td_opts_next(&o, &pos)) != 0) {
@@ -65,6 +67,8 @@ int td_cmd_drafter(int argc, char **argv) {
             if (td_opts_int(&o, -1, 64, &device)) return 2;
         } else if (td_opts_is(&o, "exact")) {
             exact = 1;
+        } else if (td_opts_is(&o, "predraft")) {
+            predraft = 1;
         } else {
             fprintf(stderr, "tandem-drafter: unknown option --%s (see --help)\n", o.name);
             return 2;
@@ -83,7 +87,8 @@ int td_cmd_drafter(int argc, char **argv) {
     td_tokenizer_t *tok;
     if (td_cli_load(model, (int)threads, &be, &m, &tok)) return 1;
     td_err_t err = {0};
-    td_drafter_opts_t dopts = {.max_sessions = (int)sessions, .n_ctx = (int)ctx, .model_id = model, .exact = exact};
+    td_drafter_opts_t dopts = {.max_sessions = (int)sessions, .n_ctx = (int)ctx, .model_id = model, .exact = exact,
+                              .predraft = predraft};
     td_drafter_service_t *svc = td_drafter_service_new(m, tok, &dopts, &err);
     td_transport_opts_t to = {.curve_secret_key = ckey, .curve_allow_file = callow};
     td_server_t *srv = svc ? td_server_new(bind, &to, &err) : NULL;

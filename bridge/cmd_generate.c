@@ -63,6 +63,7 @@ static void s_help(FILE *f) {
             "  --curve-key F      this side's secret key (NAME.key) for CURVE client authentication\n"
             "other:\n"
             "  --threads N        CPU threads per model (default: all cores)\n"
+            "  --predraft         in-process drafter: draft the next round ahead while the verifier verifies\n"
             "  --json             print one JSON object {text, tokens, prompt_tokens, stats} instead of\n"
             "                     streaming\n");
 }
@@ -250,7 +251,7 @@ int td_cmd_generate(int argc, char **argv) {
     long max_tokens = 128, seed = 0, threads = 0, top_k = -1, gamma = -1, steps = -1, dist_k = 32,
          block = 32, timeout = -1, kvw = -1;
     double temperature = -1, top_p = -1, mixture = 0.7, threshold = 0.9;
-    int json = 0, r;
+    int json = 0, predraft = 0, r;
     td_opts_t o;
     td_opts_init(&o, argc, argv);
     while ((r = td_opts_next(&o, &pos)) != 0) {
@@ -275,6 +276,7 @@ int td_cmd_generate(int argc, char **argv) {
         FLT("temperature", temperature, 0, 100) FLT("top-p", top_p, 1e-9, 1) FLT("mixture", mixture, 0, 1)
         FLT("threshold", threshold, 0, 2)
         else if (td_opts_is(&o, "json")) json = 1;
+        else if (td_opts_is(&o, "predraft")) predraft = 1;
         else {
             fprintf(stderr, "tandem generate: unknown option --%s (see --help)\n", o.name);
             return 2;
@@ -336,7 +338,8 @@ int td_cmd_generate(int argc, char **argv) {
     }
     td_err_t err = {0};
     td_pair_t pair;
-    td_pair_opts_t po = {.threads = (int)threads, .curve_server_key = cserver, .curve_secret_key = ckey};
+    td_pair_opts_t po = {.threads = (int)threads, .curve_server_key = cserver, .curve_secret_key = ckey,
+                        .predraft = predraft};
     int rc = 1;
     char *rendered = NULL, *text = NULL;
     int32_t *ids = NULL, *out = NULL, stop[16];

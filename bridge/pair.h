@@ -35,6 +35,7 @@ typedef struct td_pair_opts {
     int threads;             /* CPU threads per model (0 = all cores) */
     int drafter_threads;     /* 0 = threads */
     int timeout_ms;          /* handshake timeout */
+    int predraft;            /* in-process drafter: pre-draft the next round (see service.h) */
     const char *curve_server_key, *curve_secret_key; /* for tcp:// drafters with CURVE */
 } td_pair_opts_t;
 

@@ -11,6 +11,24 @@
 #define MAX_PEERS 256
 #define DEFAULT_TOP_K 32
 
+/* One draft: what a Proposal is built from (and what FullRowRequests read). */
+typedef struct dbuf {
+    int gamma;        /* 0 = empty */
+    uint64_t round;
+    int32_t tok[TD_WIRE_MAX_GAMMA];
+    float *q;         /* [gamma][V] */
+    float *logits;    /* [gamma][V] (APD) or NULL */
+    size_t cap;       /* floats allocated in q (and logits) */
+    double secs;      /* time it took */
+} dbuf_t;
+
+/* What determines a draft besides the text: a pre-draft is used only when these match. */
+typedef struct dkey {
+    int gamma, steps, order, apd, kv_window, top_k;
+    float temperature, top_p;
+    uint64_t seed;
+} dkey_t;
+
 typedef struct session {
     uint64_t id;      /* 0 = free */
     int slot;
@@ -18,10 +36,11 @@ typedef struct session {
     int n;
     int32_t *cache_tok; /* the tokens whose keys/values sit in the slot */
     int cache_n;
-    uint64_t last_round;
-    int last_gamma;   /* 0 = no proposal to serve rows from */
-    float *q;         /* [last_gamma][V] sampling rows of the last proposal */
-    float *logits;    /* [last_gamma][V] raw rows (APD), or NULL */
+    dbuf_t cur;       /* the last proposal sent */
+    dbuf_t pre;       /* drafted ahead for the expected next request */
+    int32_t *pre_text; /* the text pre was drafted after */
+    int pre_n;
+    dkey_t pre_key;
     double used;
 } session_t;
 
@@ -35,6 +54,7 @@ struct td_drafter_service {
     Tandem__Hello hello;
     char *caps[4];
     char model_id[256], tok_name[64];
+    long predraft_hits, predraft_misses;
     td_routing_id_t peers[MAX_PEERS];
     int n_peers;
     /* scratch for one proposal */
@@ -86,8 +106,11 @@ td_drafter_service_t *td_drafter_service_new(td_model_t *m, const td_tokenizer_t
 static void s_session_free(session_t *ss) {
     free(ss->tok);
     free(ss->cache_tok);
-    free(ss->q);
-    free(ss->logits);
+    free(ss->cur.q);
+    free(ss->cur.logits);
+    free(ss->pre.q);
+    free(ss->pre.logits);
+    free(ss->pre_text);
     int slot = ss->slot;
     memset(ss, 0, sizeof *ss);
     ss->slot = slot;
@@ -140,7 +163,8 @@ static session_t *s_create(td_drafter_service_t *s, uint64_t id) {
     best->id = id;
     best->tok = malloc((size_t)s->n_ctx * sizeof *best->tok);
     best->cache_tok = malloc((size_t)s->n_ctx * sizeof *best->cache_tok);
-    if (!best->tok || !best->cache_tok) {
+    best->pre_text = malloc((size_t)s->n_ctx * sizeof *best->pre_text);
+    if (!best->tok || !best->cache_tok || !best->pre_text) {
         s_session_free(best);
         return NULL;
     }
@@ -160,6 +184,144 @@ static void s_reply_error(td_server_t *srv, const td_routing_id_t *to, const Tan
     td_log(TD_LOG_WARN, "drafter: session %llu round %llu: %s", (unsigned long long)req->session_id,
            (unsigned long long)req->round, msg);
     td_server_send_error(srv, to, req->session_id, req->round, code, msg, NULL);
+}
+
+static int s_dbuf_reserve(dbuf_t *d, int gamma, int V, int apd) {
+    size_t need = (size_t)gamma * (size_t)V;
+    if (d->cap < need || (apd && !d->logits)) {
+        free(d->q);
+        free(d->logits);
+        d->q = malloc(need * sizeof(float));
+        d->logits = malloc(need * sizeof(float));
+        d->cap = d->q && d->logits ? need : 0;
+        if (!d->cap) return TD_ERR_NOMEM;
+    }
+    return TD_OK;
+}
+
+/* Drafts after text[n] into d, keeping the slot's cache bookkeeping right. */
+static int s_run_draft(td_drafter_service_t *s, session_t *ss, const int32_t *text, int n, const dkey_t *k,
+                       uint64_t round, dbuf_t *d, td_err_t *err) {
+    const td_config_t *c = td_model_config(s->m);
+    if (s_dbuf_reserve(d, k->gamma, s->V, k->apd)) return td_err_set(err, TD_ERR_NOMEM, "out of memory");
+    /* keep the cached keys/values of the longest prefix that still matches the text */
+    int keep = 0;
+    while (keep < ss->cache_n && keep < n && ss->cache_tok[keep] == text[keep]) keep++;
+    if (k->apd && k->kv_window > 0 && keep > n - k->kv_window) keep = n - k->kv_window > 0 ? n - k->kv_window : 0;
+    td_kv_cache_crop(s->kv, ss->slot, keep);
+    ss->cache_n = keep;
+    td_sampling_t sp = {k->temperature, k->top_k, k->top_p};
+    td_rng_t rng;
+    td_rng_seed(&rng, td_draft_round_seed(k->seed, round));
+    double t0 = td_time_now();
+    int rc;
+    if (c->is_diffusion) {
+        td_draft_opts_t o = {.exact = s->opts.exact, .logits = k->apd ? d->logits : NULL};
+        rc = td_diffusion_draft_ex(s->m, s->kv, ss->slot, text, n, k->gamma, k->steps, (td_unmask_order_t)k->order, &sp,
+                                   &rng, d->tok, d->q, &o, err);
+        if (rc == TD_OK) {
+            memmove(ss->cache_tok, text, (size_t)n * sizeof *text);
+            ss->cache_n = td_kv_cache_len(s->kv, ss->slot);
+        }
+    } else {
+        rc = td_ar_draft(s->m, s->kv, ss->slot, text, n, k->gamma, &sp, &rng, d->tok, d->q, err);
+        if (rc == TD_OK) {
+            memmove(ss->cache_tok, text, (size_t)n * sizeof *text);
+            memcpy(ss->cache_tok + n, d->tok, (size_t)(k->gamma - 1) * sizeof *d->tok);
+            ss->cache_n = td_kv_cache_len(s->kv, ss->slot);
+        }
+    }
+    if (rc != TD_OK) {
+        td_kv_cache_crop(s->kv, ss->slot, 0);
+        ss->cache_n = 0;
+        d->gamma = 0;
+        return rc;
+    }
+    d->gamma = k->gamma;
+    d->round = round;
+    d->secs = td_time_now() - t0;
+    return TD_OK;
+}
+
+/* The drafter's greedy guess of the verifier's bonus token after text[n] (the token that would
+ * follow a fully accepted draft): one cheap forward, reusing the cache. */
+static int s_guess_next(td_drafter_service_t *s, session_t *ss, const int32_t *text, int n, int32_t *out) {
+    dkey_t k = {.gamma = 1, .steps = 1, .temperature = 0, .top_p = 1};
+    dbuf_t tmp = {0};
+    td_err_t err = {0};
+    int rc = s_run_draft(s, ss, text, n, &k, 0, &tmp, &err);
+    if (rc == TD_OK) *out = tmp.tok[0];
+    free(tmp.q);
+    free(tmp.logits);
+    return rc;
+}
+
+static void s_send_proposal(td_drafter_service_t *s, td_server_t *srv, const td_routing_id_t *from,
+                            const Tandem__Envelope *req, const dbuf_t *d, int apd, int predrafted) {
+    const Tandem__DraftRequest *r = req->draft_request;
+    const int gamma = d->gamma;
+    Tandem__Envelope env;
+    Tandem__Proposal prop;
+    td_wire_proposal_init(&env, &prop, req->session_id, req->round);
+    uint32_t toks[TD_WIRE_MAX_GAMMA];
+    for (int j = 0; j < gamma; j++) toks[j] = (uint32_t)d->tok[j];
+    prop.n_tokens = (size_t)gamma;
+    prop.tokens = toks;
+    prop.predrafted = predrafted;
+    Tandem__SparseDist *dists = NULL, **dptr = NULL;
+    uint32_t *all_ids = NULL;
+    float *all_probs = NULL, *all_logits = NULL;
+    int K = r->dist_top_k ? (int)r->dist_top_k : DEFAULT_TOP_K;
+    if (K > s->V) K = s->V;
+    if (r->want_dist) {
+        dists = calloc((size_t)gamma, sizeof *dists);
+        dptr = calloc((size_t)gamma, sizeof *dptr);
+        all_ids = malloc((size_t)gamma * (size_t)K * sizeof *all_ids);
+        all_probs = malloc((size_t)gamma * (size_t)K * sizeof *all_probs);
+        all_logits = apd ? malloc((size_t)gamma * (size_t)K * sizeof *all_logits) : NULL;
+        if (!dists || !dptr || !all_ids || !all_probs || (apd && !all_logits)) {
+            s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_INTERNAL, "out of memory");
+            goto out;
+        }
+        for (int j = 0; j < gamma; j++) {
+            const float *qj = d->q + (size_t)j * s->V;
+            Tandem__SparseDist *sd = &dists[j];
+            tandem__sparse_dist__init(sd);
+            int k;
+            float rest = 0;
+            if (apd) {
+                float bound;
+                k = td_logits_topk(d->logits + (size_t)j * s->V, s->V, K, s->ids, s->vals, &bound);
+                double sum = 0;
+                for (int i = 0; i < k; i++) s->probs[i] = qj[s->ids[i]], sum += s->probs[i];
+                rest = sum < 1.0 ? (float)(1.0 - sum) : 0.0f;
+                sd->logit_bound = bound;
+                sd->n_logits = (size_t)k;
+                sd->logits = all_logits + (size_t)j * K;
+                memcpy(sd->logits, s->vals, (size_t)k * sizeof(float));
+            } else {
+                k = td_dist_topk(qj, s->V, K, s->ids, s->probs, &rest);
+            }
+            sd->n_ids = sd->n_probs = (size_t)k;
+            sd->ids = all_ids + (size_t)j * K;
+            sd->probs = all_probs + (size_t)j * K;
+            for (int i = 0; i < k; i++) sd->ids[i] = (uint32_t)s->ids[i], sd->probs[i] = s->probs[i];
+            sd->rest_mass = rest;
+            dptr[j] = sd;
+        }
+        prop.n_dists = (size_t)gamma;
+        prop.dists = dptr;
+    }
+    prop.drafter_us = (uint64_t)(d->secs * 1e6);
+    td_err_t err = {0};
+    if (td_server_send(srv, from, &env, &err) != TD_OK)
+        td_log(TD_LOG_WARN, "drafter: sending a proposal failed: %s", err.msg);
+out:
+    free(dists);
+    free(dptr);
+    free(all_ids);
+    free(all_probs);
+    free(all_logits);
 }
 
 static void s_draft(td_drafter_service_t *s, td_server_t *srv, const td_routing_id_t *from,
@@ -189,9 +351,10 @@ static void s_draft(td_drafter_service_t *s, td_server_t *srv, const td_routing_
     }
     int64_t n = (int64_t)r->base_len + (int64_t)r->n_prefix_delta;
     int gamma = (int)r->gamma;
-    if (n < 1 || n + gamma > s->n_ctx) {
+    /* +1: room for a pre-draft's bonus guess */
+    if (n < 1 || n + 2 * gamma + 2 > s->n_ctx) {
         s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_UNSUPPORTED,
-                      "text of %lld tokens + draft of %d does not fit the drafter's context of %d",
+                      "text of %lld tokens + drafts of %d do not fit the drafter's context of %d",
                       (long long)n, gamma, s->n_ctx);
         return;
     }
@@ -204,132 +367,60 @@ static void s_draft(td_drafter_service_t *s, td_server_t *srv, const td_routing_
     for (uint32_t i = 0; i < r->n_prefix_delta; i++) ss->tok[r->base_len + i] = (int32_t)r->prefix_delta[i];
     ss->n = (int)n;
     ss->used = td_time_now();
-    /* keep the cached keys/values of the longest prefix that still matches the text */
-    int keep = 0;
-    while (keep < ss->cache_n && keep < ss->n && ss->cache_tok[keep] == ss->tok[keep]) keep++;
-    td_kv_cache_crop(s->kv, ss->slot, keep);
-    ss->cache_n = keep;
-
-    free(ss->q);
-    free(ss->logits);
-    ss->q = malloc((size_t)gamma * (size_t)s->V * sizeof(float));
-    ss->logits = apd ? malloc((size_t)gamma * (size_t)s->V * sizeof(float)) : NULL;
-    ss->last_gamma = 0;
-    if (!ss->q || (apd && !ss->logits)) {
-        s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_INTERNAL, "out of memory");
-        return;
-    }
-    td_sampling_t sp = {.temperature = 0, .top_k = 0, .top_p = 1};
+    dkey_t k = {.gamma = gamma, .steps = (int)r->steps, .order = (int)r->order, .apd = apd,
+                .kv_window = apd ? (int)r->apd->kv_window : 0, .temperature = 0, .top_p = 1, .seed = r->seed};
     if (r->sampling) {
-        sp.temperature = r->sampling->temperature;
-        sp.top_k = (int)r->sampling->top_k;
-        sp.top_p = r->sampling->top_p > 0 ? r->sampling->top_p : 1.0f;
+        k.temperature = r->sampling->temperature;
+        k.top_k = (int)r->sampling->top_k;
+        k.top_p = r->sampling->top_p > 0 ? r->sampling->top_p : 1.0f;
     }
-    td_rng_t rng;
-    td_rng_seed(&rng, r->seed);
-    td_err_t err = {0};
-    double t0 = td_time_now();
-    int rc;
-    if (c->is_diffusion) {
-        td_draft_opts_t o = {.exact = s->opts.exact, .logits = ss->logits};
-        rc = td_diffusion_draft_ex(s->m, s->kv, ss->slot, ss->tok, ss->n, gamma, (int)r->steps,
-                                   (td_unmask_order_t)r->order, &sp, &rng, s->draft, ss->q, &o, &err);
-        if (rc == TD_OK) {
-            memcpy(ss->cache_tok, ss->tok, (size_t)ss->n * sizeof *ss->tok);
-            ss->cache_n = td_kv_cache_len(s->kv, ss->slot);
-        }
+    /* a pre-draft made for exactly this request? */
+    int hit = ss->pre.gamma && ss->pre.round == req->round && ss->pre_n == ss->n &&
+              !memcmp(&ss->pre_key, &k, sizeof k) && !memcmp(ss->pre_text, ss->tok, (size_t)ss->n * sizeof *ss->tok);
+    if (ss->pre.gamma) {
+        if (hit) s->predraft_hits++;
+        else s->predraft_misses++;
+    }
+    if (hit) {
+        dbuf_t t = ss->cur;
+        ss->cur = ss->pre;
+        ss->pre = t;
+        ss->pre.gamma = 0;
     } else {
-        rc = td_ar_draft(s->m, s->kv, ss->slot, ss->tok, ss->n, gamma, &sp, &rng, s->draft, ss->q, &err);
-        if (rc == TD_OK) {
-            memcpy(ss->cache_tok, ss->tok, (size_t)ss->n * sizeof *ss->tok);
-            memcpy(ss->cache_tok + ss->n, s->draft, (size_t)(gamma - 1) * sizeof *s->draft);
-            ss->cache_n = td_kv_cache_len(s->kv, ss->slot);
+        ss->pre.gamma = 0;
+        td_err_t err = {0};
+        if (s_run_draft(s, ss, ss->tok, ss->n, &k, req->round, &ss->cur, &err) != TD_OK) {
+            s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_INTERNAL, "drafting failed: %s", err.msg);
+            return;
         }
     }
-    if (rc != TD_OK) {
-        td_kv_cache_crop(s->kv, ss->slot, 0);
-        ss->cache_n = 0;
-        s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_INTERNAL, "drafting failed: %s", err.msg);
-        return;
-    }
-    ss->last_round = req->round;
-    ss->last_gamma = gamma;
-
-    Tandem__Envelope env;
-    Tandem__Proposal prop;
-    td_wire_proposal_init(&env, &prop, req->session_id, req->round);
-    uint32_t toks[TD_WIRE_MAX_GAMMA];
-    for (int j = 0; j < gamma; j++) toks[j] = (uint32_t)s->draft[j];
-    prop.n_tokens = (size_t)gamma;
-    prop.tokens = toks;
-    Tandem__SparseDist *dists = NULL, **dptr = NULL;
-    uint32_t *all_ids = NULL;
-    float *all_probs = NULL, *all_logits = NULL;
-    int K = r->dist_top_k ? (int)r->dist_top_k : DEFAULT_TOP_K;
-    if (K > s->V) K = s->V;
-    if (r->want_dist) {
-        dists = calloc((size_t)gamma, sizeof *dists);
-        dptr = calloc((size_t)gamma, sizeof *dptr);
-        all_ids = malloc((size_t)gamma * (size_t)K * sizeof *all_ids);
-        all_probs = malloc((size_t)gamma * (size_t)K * sizeof *all_probs);
-        all_logits = apd ? malloc((size_t)gamma * (size_t)K * sizeof *all_logits) : NULL;
-        if (!dists || !dptr || !all_ids || !all_probs || (apd && !all_logits)) {
-            s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_INTERNAL, "out of memory");
-            goto out;
-        }
-        for (int j = 0; j < gamma; j++) {
-            const float *qj = ss->q + (size_t)j * s->V;
-            Tandem__SparseDist *d = &dists[j];
-            tandem__sparse_dist__init(d);
-            int k;
-            float rest = 0;
-            if (apd) {
-                float bound;
-                k = td_logits_topk(ss->logits + (size_t)j * s->V, s->V, K, s->ids, s->vals, &bound);
-                double sum = 0;
-                for (int i = 0; i < k; i++) s->probs[i] = qj[s->ids[i]], sum += s->probs[i];
-                rest = sum < 1.0 ? (float)(1.0 - sum) : 0.0f;
-                d->logit_bound = bound;
-                d->n_logits = (size_t)k;
-                d->logits = all_logits + (size_t)j * K;
-                memcpy(d->logits, s->vals, (size_t)k * sizeof(float));
-            } else {
-                k = td_dist_topk(qj, s->V, K, s->ids, s->probs, &rest);
-            }
-            d->n_ids = d->n_probs = (size_t)k;
-            d->ids = all_ids + (size_t)j * K;
-            d->probs = all_probs + (size_t)j * K;
-            for (int i = 0; i < k; i++) d->ids[i] = (uint32_t)s->ids[i], d->probs[i] = s->probs[i];
-            d->rest_mass = rest;
-            dptr[j] = d;
-        }
-        prop.n_dists = (size_t)gamma;
-        prop.dists = dptr;
-    }
-    prop.drafter_us = (uint64_t)((td_time_now() - t0) * 1e6);
-    if (td_server_send(srv, from, &env, &err) != TD_OK)
-        td_log(TD_LOG_WARN, "drafter: sending a proposal failed: %s", err.msg);
-out:
-    free(dists);
-    free(dptr);
-    free(all_ids);
-    free(all_probs);
-    free(all_logits);
+    s_send_proposal(s, srv, from, req, &ss->cur, apd, hit);
+    if (!s->opts.predraft) return;
+    /* Pre-draft the next round for its most likely request: every drafted token accepted, then the
+     * verifier's bonus token, guessed greedily. Runs while the verifier verifies this round. */
+    int n2 = ss->n + gamma;
+    memcpy(ss->pre_text, ss->tok, (size_t)ss->n * sizeof *ss->tok);
+    memcpy(ss->pre_text + ss->n, ss->cur.tok, (size_t)gamma * sizeof *ss->tok);
+    if (s_guess_next(s, ss, ss->pre_text, n2, &ss->pre_text[n2]) != TD_OK) return;
+    ss->pre_n = n2 + 1;
+    ss->pre_key = k;
+    td_err_t err = {0};
+    if (s_run_draft(s, ss, ss->pre_text, ss->pre_n, &k, req->round + 1, &ss->pre, &err) != TD_OK) ss->pre.gamma = 0;
 }
 
 static void s_full_row(td_drafter_service_t *s, td_server_t *srv, const td_routing_id_t *from,
                        const Tandem__Envelope *req) {
     const Tandem__FullRowRequest *r = req->full_row_request;
     session_t *ss = s_find(s, req->session_id);
-    if (!ss || !ss->last_gamma || ss->last_round != req->round) {
+    if (!ss || !ss->cur.gamma || ss->cur.round != req->round) {
         s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_OUT_OF_ORDER,
                       "no proposal of this session and round to read a row from");
         return;
     }
-    if (r->position >= (uint32_t)ss->last_gamma || (r->kind == TANDEM__ROW_KIND__ROW_LOGITS && !ss->logits)) {
+    if (r->position >= (uint32_t)ss->cur.gamma || (r->kind == TANDEM__ROW_KIND__ROW_LOGITS && !ss->cur.logits)) {
         s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_MALFORMED,
                       "row %u of kind %d is not available (proposal of %d tokens)", r->position, (int)r->kind,
-                      ss->last_gamma);
+                      ss->cur.gamma);
         return;
     }
     Tandem__Envelope env;
@@ -338,7 +429,7 @@ static void s_full_row(td_drafter_service_t *s, td_server_t *srv, const td_routi
     row.position = r->position;
     row.kind = r->kind;
     row.n_values = (size_t)s->V;
-    row.values = (r->kind == TANDEM__ROW_KIND__ROW_LOGITS ? ss->logits : ss->q) + (size_t)r->position * s->V;
+    row.values = (r->kind == TANDEM__ROW_KIND__ROW_LOGITS ? ss->cur.logits : ss->cur.q) + (size_t)r->position * s->V;
     td_err_t err = {0};
     if (td_server_send(srv, from, &env, &err) != TD_OK)
         td_log(TD_LOG_WARN, "drafter: sending a full row failed: %s", err.msg);
@@ -402,4 +493,9 @@ int td_drafter_serve(td_drafter_service_t *svc, td_server_t *srv, volatile sig_a
         }
     }
     return TD_OK;
+}
+
+void td_drafter_service_predraft_stats(const td_drafter_service_t *svc, long *hits, long *misses) {
+    *hits = svc->predraft_hits;
+    *misses = svc->predraft_misses;
 }

@@ -28,6 +28,8 @@ typedef struct td_drafter_opts {
     int n_ctx;            /* positions per session; default min(model context, 2048) */
     const char *model_id; /* shown to peers; default "drafter" */
     int exact;            /* diffusion drafts without the prefix cache (slower, exact) */
+    int predraft;         /* after each proposal, draft the next round ahead for its most likely
+                             request (all accepted + the drafter's greedy guess of the bonus) */
 } td_drafter_opts_t;
 
 /* Borrows m and tok (they must outlive the service). NULL on failure (err says why). */
@@ -42,6 +44,9 @@ void td_drafter_service_handle(td_drafter_service_t *svc, td_server_t *srv,
 
 /* Serves on srv until *stop is set (checked at least every 100 ms). Returns TD_OK. */
 int td_drafter_serve(td_drafter_service_t *svc, td_server_t *srv, volatile sig_atomic_t *stop);
+
+/* Pre-drafts that were used / thrown away so far. */
+void td_drafter_service_predraft_stats(const td_drafter_service_t *svc, long *hits, long *misses);
 
 /* This side's Hello (role DRAFTER); strings borrowed from the service. */
 const Tandem__Hello *td_drafter_service_hello(const td_drafter_service_t *svc);

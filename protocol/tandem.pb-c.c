@@ -1453,7 +1453,7 @@ const ProtobufCMessageDescriptor tandem__sparse_dist__descriptor =
   (ProtobufCMessageInit) tandem__sparse_dist__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tandem__proposal__field_descriptors[3] =
+static const ProtobufCFieldDescriptor tandem__proposal__field_descriptors[4] =
 {
   {
     "tokens",
@@ -1491,16 +1491,29 @@ static const ProtobufCFieldDescriptor tandem__proposal__field_descriptors[3] =
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "predrafted",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Tandem__Proposal, predrafted),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tandem__proposal__field_indices_by_name[] = {
   1,   /* field[1] = dists */
   2,   /* field[2] = drafter_us */
+  3,   /* field[3] = predrafted */
   0,   /* field[0] = tokens */
 };
 static const ProtobufCIntRange tandem__proposal__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 3 }
+  { 0, 4 }
 };
 const ProtobufCMessageDescriptor tandem__proposal__descriptor =
 {
@@ -1510,7 +1523,7 @@ const ProtobufCMessageDescriptor tandem__proposal__descriptor =
   "Tandem__Proposal",
   "tandem",
   sizeof(Tandem__Proposal),
-  3,
+  4,
   tandem__proposal__field_descriptors,
   tandem__proposal__field_indices_by_name,
   1,  tandem__proposal__number_ranges,

@@ -281,6 +281,9 @@ struct  Tandem__DraftRequest
    * absent = the session's sampling
    */
   Tandem__Sampling *sampling;
+  /*
+   * the session's seed: round r draws with td_draft_round_seed(seed, r)
+   */
   uint64_t seed;
   /*
    * return a SparseDist per drafted position
@@ -359,10 +362,14 @@ struct  Tandem__Proposal
    * time the drafter spent, microseconds
    */
   uint64_t drafter_us;
+  /*
+   * drafted ahead, while the verifier verified the last round
+   */
+  protobuf_c_boolean predrafted;
 };
 #define TANDEM__PROPOSAL__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tandem__proposal__descriptor) \
-    , 0,NULL, 0,NULL, 0 }
+    , 0,NULL, 0,NULL, 0, 0 }
 
 
 /*

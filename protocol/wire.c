@@ -727,3 +727,11 @@ uint64_t td_wire_hash64(const void *data, size_t len) {
     }
     return h;
 }
+
+uint64_t td_draft_round_seed(uint64_t seed, uint64_t round) {
+    uint64_t x = seed ^ (round * 0x2545F4914F6CDD1Dull);
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}

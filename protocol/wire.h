@@ -133,6 +133,10 @@ int td_wire_hello_has_capability(const Tandem__Hello *hello, const char *cap);
  * tokenizer.json bytes). */
 uint64_t td_wire_hash64(const void *data, size_t len);
 
+/* The seed a drafter uses for round `round` of a session whose DraftRequest.seed is `seed`. Both
+ * sides derive it, so a drafter can draft round r+1 before it is asked (pre-drafting). */
+uint64_t td_draft_round_seed(uint64_t seed, uint64_t round);
+
 #ifdef __cplusplus
 }
 #endif

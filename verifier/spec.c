@@ -34,12 +34,6 @@ td_spec_params_t td_spec_params_default(td_method_t method) {
     return p;
 }
 
-static uint64_t s_mix(uint64_t x) {
-    x += 0x9E3779B97F4A7C15ull;
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-    return x ^ (x >> 31);
-}
 
 typedef struct link {
     td_client_t *dc;
@@ -100,7 +94,7 @@ static Tandem__Envelope *s_request_draft(link_t *l, uint64_t round, const int32_
         smp.top_k = (uint32_t)(p->draft_sampling.top_k > 0 ? p->draft_sampling.top_k : 0);
         smp.top_p = p->draft_sampling.top_p;
         r.sampling = &smp;
-        r.seed = s_mix(p->seed ^ (round * 0x2545F4914F6CDD1Dull));
+        r.seed = p->seed;
         r.want_dist = want_dist;
         r.dist_top_k = (uint32_t)(p->dist_top_k > 0 ? p->dist_top_k : 32);
         if (p->method == TD_METHOD_APD) {
@@ -292,6 +286,7 @@ int td_spec_generate(td_model_t *v, td_client_t *dc, uint64_t session_id, const 
             n_emit = 1;
         } else {
             const Tandem__Proposal *pr = prop->proposal;
+            int predrafted = pr->predrafted ? 1 : 0;
             for (int j = 0; j < g; j++) draft[j] = (int32_t)pr->tokens[j];
             int nr = apd ? g : g + 1;
             btok[0] = text[cur - 1];
@@ -365,6 +360,7 @@ int td_spec_generate(td_model_t *v, td_client_t *dc, uint64_t session_id, const 
                 continue;
             }
             s.rounds++;
+            s.predrafted += predrafted;
             s.drafted += g;
             s.accepted += n_acc;
             if (!apd) s.bonus_tokens++;

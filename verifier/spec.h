@@ -70,6 +70,7 @@ typedef struct td_spec_stats {
     int forwards;              /* verifier forward passes (critical path on the verifier) */
     int full_rows;             /* full drafter rows fetched because a sparse row could not decide */
     int bonus_tokens;          /* verifier-produced tokens (resampled or bonus) in speculative rounds */
+    int predrafted;            /* proposals the drafter had drafted ahead (pre-drafting hits) */
     int drafted_by_position[TD_SPEC_MAX_GAMMA];
     int accepted_by_position[TD_SPEC_MAX_GAMMA];
     double drafter_s, verifier_s, transport_s, total_s;
