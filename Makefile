@@ -51,11 +51,10 @@ FUZZ_SECONDS ?= 60
 .PHONY: all test check fuzz fuzz-smoke bench format deps clean run proto check-proto
 all: $(BUILD)/bin/tandem $(WORKER_BIN)
 
-# The main job on the bundled models (README's first command).
-RUN_MODEL  ?= models/tiny-verifier
+# The main job on the bundled models (README's first command): specdiff with the bundled pair.
 RUN_PROMPT ?= And God said
-run: $(BUILD)/bin/tandem
-	$(BUILD)/bin/tandem generate --verifier $(RUN_MODEL) --prompt "$(RUN_PROMPT)" --max-tokens 80
+run: all
+	$(BUILD)/bin/tandem generate --prompt "$(RUN_PROMPT)" --max-tokens 80
 
 deps:
 	sh scripts/install-deps.sh
