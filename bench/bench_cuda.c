@@ -14,9 +14,9 @@
  * bound = (weight bytes read per forward / copy bandwidth) / measured time. Weight bytes read per
  * forward exclude an untied input embedding (one row of it is read per token).
  * Options: --model NAME (qwen2.5-0.5b, qwen2.5-7b, dream-7b, tiny; repeatable; default the first
- * three), --device N, --tokens N decode steps (64), --prompt N (128), --matmul auto|cublas|gemv|both
- * (both: decode and scoring with each path), --dry-run (write and load the checkpoints on the CPU
- * backend only, to check them without a GPU). */
+ * three), --device N, --tokens N decode steps (64), --prompt N (128), --matmul
+ * auto|cublas|gemv|both (both: decode and scoring with each path), --dry-run (write and load the
+ * checkpoints on the CPU backend only, to check them without a GPU). */
 #include "kernels/backend.h"
 #include "kernels/cuda/backend_cuda.h"
 #include "model/model.h"
@@ -36,12 +36,14 @@ typedef struct shape {
 static const shape_t s_shapes[] = {
     {"qwen2.5-0.5b", 151936, 896, 24, 14, 2, 64, 4864, 1, 0},
     {"qwen2.5-7b", 152064, 3584, 28, 28, 4, 128, 18944, 0, 0},
-    /* Dream-v0-Instruct-7B has Qwen2.5-7B's shapes; run as a Qwen2 stack with bidirectional batches */
+    /* Dream-v0-Instruct-7B has Qwen2.5-7B's shapes; run as a Qwen2 stack with bidirectional batches
+     */
     {"dream-7b", 152064, 3584, 28, 28, 4, 128, 18944, 0, 1},
     {"tiny", 4096, 256, 4, 8, 2, 32, 768, 1, 0},
 };
 
-/* --- the sparse checkpoint --------------------------------------------------------------------- */
+/* --- the sparse checkpoint ---------------------------------------------------------------------
+ */
 
 typedef struct hdr {
     char *buf;
@@ -64,11 +66,13 @@ static void s_tensor(hdr_t *h, const char *name, int64_t d0, int64_t d1) {
     char line[512];
     uint64_t bytes = (uint64_t)d0 * (uint64_t)(d1 ? d1 : 1) * 2;
     if (d1)
-        snprintf(line, sizeof line, "%s\"%s\":{\"dtype\":\"BF16\",\"shape\":[%lld,%lld],\"data_offsets\":[%llu,%llu]}",
-                 h->len > 1 ? "," : "", name, (long long)d0, (long long)d1, (unsigned long long)h->off,
-                 (unsigned long long)(h->off + bytes));
+        snprintf(line, sizeof line,
+                 "%s\"%s\":{\"dtype\":\"BF16\",\"shape\":[%lld,%lld],\"data_offsets\":[%llu,%llu]}",
+                 h->len > 1 ? "," : "", name, (long long)d0, (long long)d1,
+                 (unsigned long long)h->off, (unsigned long long)(h->off + bytes));
     else
-        snprintf(line, sizeof line, "%s\"%s\":{\"dtype\":\"BF16\",\"shape\":[%lld],\"data_offsets\":[%llu,%llu]}",
+        snprintf(line, sizeof line,
+                 "%s\"%s\":{\"dtype\":\"BF16\",\"shape\":[%lld],\"data_offsets\":[%llu,%llu]}",
                  h->len > 1 ? "," : "", name, (long long)d0, (unsigned long long)h->off,
                  (unsigned long long)(h->off + bytes));
     s_app(h, line);
@@ -83,13 +87,15 @@ static int s_write_checkpoint(const char *dir, const shape_t *s) {
     if (!f) return -1;
     fprintf(f,
             "{\"architectures\":[\"Qwen2ForCausalLM\"],\"model_type\":\"qwen2\",\"vocab_size\":%d,"
-            "\"hidden_size\":%d,\"intermediate_size\":%d,\"num_hidden_layers\":%d,\"num_attention_heads\":%d,"
+            "\"hidden_size\":%d,\"intermediate_size\":%d,\"num_hidden_layers\":%d,\"num_attention_"
+            "heads\":%d,"
             "\"num_key_value_heads\":%d,\"max_position_embeddings\":32768,\"rope_theta\":1000000.0,"
-            "\"rms_norm_eps\":1e-06,\"tie_word_embeddings\":%s,\"hidden_act\":\"silu\",\"torch_dtype\":\"bfloat16\"}\n",
+            "\"rms_norm_eps\":1e-06,\"tie_word_embeddings\":%s,\"hidden_act\":\"silu\",\"torch_"
+            "dtype\":\"bfloat16\"}\n",
             s->vocab, s->embd, s->ff, s->layers, s->heads, s->kv_heads, s->tied ? "true" : "false");
     fclose(f);
-    const int64_t C = s->embd, Q = (int64_t)s->heads * s->head_dim, KV = (int64_t)s->kv_heads * s->head_dim,
-                  F = s->ff, V = s->vocab;
+    const int64_t C = s->embd, Q = (int64_t)s->heads * s->head_dim,
+                  KV = (int64_t)s->kv_heads * s->head_dim, F = s->ff, V = s->vocab;
     hdr_t h = {0};
     s_app(&h, "{");
     s_tensor(&h, "model.embed_tokens.weight", V, C);
@@ -136,7 +142,8 @@ static void s_remove_checkpoint(const char *dir) {
     rmdir(dir);
 }
 
-/* --- timing ------------------------------------------------------------------------------------ */
+/* --- timing ------------------------------------------------------------------------------------
+ */
 
 static int s_cmp_d(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -148,8 +155,8 @@ static double s_median(double *v, int n) {
 }
 
 /* Median seconds of `reps` forwards of k tokens at the end of slot 0 (cropped back each time). */
-static double s_time_block(td_model_t *m, td_kv_cache_t *kv, const int32_t *tok, int k, td_attn_kind_t kind,
-                           int all_logits, float *logits, int reps) {
+static double s_time_block(td_model_t *m, td_kv_cache_t *kv, const int32_t *tok, int k,
+                           td_attn_kind_t kind, int all_logits, float *logits, int reps) {
     td_err_t err = {0};
     int base = td_kv_cache_len(kv, 0);
     double *t = malloc(sizeof(double) * (size_t)reps);
@@ -172,7 +179,8 @@ static double s_time_block(td_model_t *m, td_kv_cache_t *kv, const int32_t *tok,
     return med;
 }
 
-static int s_bench_model(const shape_t *s, int device, int steps, int prompt, int matmul, int dry, double bw) {
+static int s_bench_model(const shape_t *s, int device, int steps, int prompt, int matmul, int dry,
+                         double bw) {
     char dir[] = "/tmp/tandem-bench-XXXXXX";
     if (!mkdtemp(dir) || s_write_checkpoint(dir, s)) {
         fprintf(stderr, "bench_cuda: cannot write a synthetic checkpoint under /tmp\n");
@@ -199,9 +207,11 @@ static int s_bench_model(const shape_t *s, int device, int steps, int prompt, in
     const double load_s = td_time_now() - t0;
     const uint64_t wbytes = td_model_weight_bytes(m);
     const uint64_t read = wbytes - (s->tied ? 0 : (uint64_t)s->vocab * s->embd * 2);
-    printf("\n== %s (BF16 weights, synthetic): %.2fB params, %.2f GB of weights, %.2f GB read per forward; "
+    printf("\n== %s (BF16 weights, synthetic): %.2fB params, %.2f GB of weights, %.2f GB read per "
+           "forward; "
            "set up in %.2f s on %s\n",
-           s->name, td_model_n_params(m) / 1e9, wbytes / 1e9, read / 1e9, load_s, td_backend_name(be));
+           s->name, td_model_n_params(m) / 1e9, wbytes / 1e9, read / 1e9, load_s,
+           td_backend_name(be));
     if (dry) {
         td_model_destroy(&m);
         td_backend_destroy(&be);
@@ -227,7 +237,9 @@ static int s_bench_model(const shape_t *s, int device, int steps, int prompt, in
         td_kv_cache_crop(kv, 0, 0);
         uint8_t last[4096] = {0};
         last[prompt - 1] = 1;
-        td_batch_t pb = {.n = prompt, .tokens = tok, .attn = s->diffusion ? TD_ATTN_BIDIR : TD_ATTN_CAUSAL,
+        td_batch_t pb = {.n = prompt,
+                         .tokens = tok,
+                         .attn = s->diffusion ? TD_ATTN_BIDIR : TD_ATTN_CAUSAL,
                          .logits_for = last};
         double a = td_time_now();
         if (td_model_forward(m, kv, &pb, logits, &err)) {
@@ -235,11 +247,13 @@ static int s_bench_model(const shape_t *s, int device, int steps, int prompt, in
             return 1;
         }
         const double pf = td_time_now() - a;
-        printf("   [matmul %s] prefill %d tokens: %.1f ms (%.0f tok/s)\n", mname[mi], prompt, pf * 1e3, prompt / pf);
+        printf("   [matmul %s] prefill %d tokens: %.1f ms (%.0f tok/s)\n", mname[mi], prompt,
+               pf * 1e3, prompt / pf);
         if (!s->diffusion) {
             double *t = malloc(sizeof(double) * (size_t)steps);
             for (int i = -3; i < steps; i++) {
-                td_batch_t b = {.n = 1, .tokens = &tok[prompt + (i < 0 ? 0 : i)], .attn = TD_ATTN_CAUSAL};
+                td_batch_t b = {
+                    .n = 1, .tokens = &tok[prompt + (i < 0 ? 0 : i)], .attn = TD_ATTN_CAUSAL};
                 if (i < 0) td_kv_cache_crop(kv, 0, prompt);
                 a = td_time_now();
                 td_model_forward(m, kv, &b, logits, &err);
@@ -249,24 +263,29 @@ static int s_bench_model(const shape_t *s, int device, int steps, int prompt, in
             double mean = 0;
             for (int i = 0; i < steps; i++) mean += t[i] / steps;
             const double med = s_median(t, steps);
-            printf("   [matmul %s] AR decode batch 1: %.1f tok/s (median %.3f ms/token, mean %.3f ms), %.0f%% of "
+            printf("   [matmul %s] AR decode batch 1: %.1f tok/s (median %.3f ms/token, mean %.3f "
+                   "ms), %.0f%% of "
                    "the bandwidth bound\n",
                    mname[mi], 1.0 / med, med * 1e3, mean * 1e3, 100.0 * bound / med);
             free(t);
             const double one = s_time_block(m, kv, tok + 7, 1, TD_ATTN_CAUSAL, 1, logits, 20);
             const double t8 = s_time_block(m, kv, tok + 7, 8, TD_ATTN_CAUSAL, 1, logits, 20);
             const double t16 = s_time_block(m, kv, tok + 7, 16, TD_ATTN_CAUSAL, 1, logits, 20);
-            printf("   [matmul %s] score 1 token: %.3f ms (%.0f%% of bound); 8 tokens in one pass: %.3f ms = %.2fx; "
+            printf("   [matmul %s] score 1 token: %.3f ms (%.0f%% of bound); 8 tokens in one pass: "
+                   "%.3f ms = %.2fx; "
                    "16 tokens: %.3f ms = %.2fx (logits of every row returned)\n",
-                   mname[mi], one * 1e3, 100.0 * bound / one, t8 * 1e3, t8 / one, t16 * 1e3, t16 / one);
+                   mname[mi], one * 1e3, 100.0 * bound / one, t8 * 1e3, t8 / one, t16 * 1e3,
+                   t16 / one);
         } else {
             /* one denoising step: 32 masks after the prompt, bidirectional, rewritten in place */
             int32_t masks[32];
             for (int i = 0; i < 32; i++) masks[i] = s->vocab - 1 - (i % 3);
             const double st = s_time_block(m, kv, masks, 32, TD_ATTN_BIDIR, 1, logits, 20);
             const double st1 = s_time_block(m, kv, masks, 32, TD_ATTN_BIDIR, 0, logits, 20);
-            printf("   [matmul %s] diffusion step, block of 32 masks after %d prompt tokens: %.3f ms with the "
-                   "logits of all 32 rows, %.3f ms with one row (%.0f%% / %.0f%% of the bandwidth bound)\n",
+            printf("   [matmul %s] diffusion step, block of 32 masks after %d prompt tokens: %.3f "
+                   "ms with the "
+                   "logits of all 32 rows, %.3f ms with one row (%.0f%% / %.0f%% of the bandwidth "
+                   "bound)\n",
                    mname[mi], prompt, st * 1e3, st1 * 1e3, 100.0 * bound / st, 100.0 * bound / st1);
         }
         if (td_backend_cuda_error(be, &err)) {
@@ -289,23 +308,31 @@ int main(int argc, char **argv) {
     int device = 0, steps = 64, prompt = 128, matmul = 0, dry = 0, nm = 0;
     const char *models[8];
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--model") && i + 1 < argc && nm < 8) models[nm++] = argv[++i];
-        else if (!strcmp(argv[i], "--device") && i + 1 < argc) device = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--tokens") && i + 1 < argc) steps = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--prompt") && i + 1 < argc) prompt = atoi(argv[++i]);
+        if (!strcmp(argv[i], "--model") && i + 1 < argc && nm < 8)
+            models[nm++] = argv[++i];
+        else if (!strcmp(argv[i], "--device") && i + 1 < argc)
+            device = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--tokens") && i + 1 < argc)
+            steps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--prompt") && i + 1 < argc)
+            prompt = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--matmul") && i + 1 < argc) {
             const char *v = argv[++i];
             matmul = !strcmp(v, "cublas") ? 1 : !strcmp(v, "gemv") ? 2 : !strcmp(v, "both") ? 3 : 0;
-        } else if (!strcmp(argv[i], "--dry-run")) dry = 1;
+        } else if (!strcmp(argv[i], "--dry-run"))
+            dry = 1;
         else {
-            fprintf(stderr, "usage: bench_cuda [--model qwen2.5-0.5b|qwen2.5-7b|dream-7b|tiny]... [--device N] "
-                            "[--tokens N] [--prompt N] [--matmul auto|cublas|gemv|both] [--dry-run]\n");
+            fprintf(
+                stderr,
+                "usage: bench_cuda [--model qwen2.5-0.5b|qwen2.5-7b|dream-7b|tiny]... [--device N] "
+                "[--tokens N] [--prompt N] [--matmul auto|cublas|gemv|both] [--dry-run]\n");
             return 2;
         }
     }
     if (steps < 1) steps = 1;
     if (prompt < 1 || prompt > 4000) prompt = 128;
-    if (nm == 0) models[nm++] = "qwen2.5-0.5b", models[nm++] = "qwen2.5-7b", models[nm++] = "dream-7b";
+    if (nm == 0)
+        models[nm++] = "qwen2.5-0.5b", models[nm++] = "qwen2.5-7b", models[nm++] = "dream-7b";
     double bw = 0;
     if (!dry) {
         int count = td_cuda_device_count();
@@ -327,7 +354,9 @@ int main(int argc, char **argv) {
         bw = td_cuda_copy_bandwidth(be, (size_t)1 << 30);
         td_backend_destroy(&be);
         printf("device %d of %d: %s\n", device, count, name);
-        printf("copy bandwidth (device-to-device cudaMemcpy of 1 GiB, read + write bytes): %.0f GB/s\n", bw / 1e9);
+        printf("copy bandwidth (device-to-device cudaMemcpy of 1 GiB, read + write bytes): %.0f "
+               "GB/s\n",
+               bw / 1e9);
         if (bw <= 0) return 1;
     }
     int rc = 0;

@@ -35,7 +35,8 @@ static td_backend_t *s_gpu(int mode) {
     td_err_t err = {0};
     if (td_cuda_device_count() == 0) {
         td_backend_t *be = td_backend_cuda_new(0, &err);
-        CHECK_MSG(be == NULL && err.code != 0 && err.msg[0], "no device, yet td_backend_cuda_new did not fail cleanly");
+        CHECK_MSG(be == NULL && err.code != 0 && err.msg[0],
+                  "no device, yet td_backend_cuda_new did not fail cleanly");
         td_backend_destroy(&be);
         char why[1200];
         snprintf(why, sizeof why, "no CUDA device (%s)", err.msg);
@@ -64,9 +65,12 @@ static void *s_make_host(td_dtype_t dt, int64_t count, float scale) {
     void *p = malloc((size_t)count * td_dtype_size(dt));
     for (int64_t i = 0; i < count; i++) {
         float v = s_randf() * scale;
-        if (dt == TD_DTYPE_F32) ((float *)p)[i] = v;
-        else if (dt == TD_DTYPE_BF16) ((uint16_t *)p)[i] = td_f32_to_bf16(v);
-        else ((uint16_t *)p)[i] = td_f32_to_f16(v);
+        if (dt == TD_DTYPE_F32)
+            ((float *)p)[i] = v;
+        else if (dt == TD_DTYPE_BF16)
+            ((uint16_t *)p)[i] = td_f32_to_bf16(v);
+        else
+            ((uint16_t *)p)[i] = td_f32_to_f16(v);
     }
     return p;
 }
@@ -87,7 +91,8 @@ static double s_worst(const float *a, const float *b, int64_t n, double atol, do
     return w;
 }
 
-/* --- matmul ------------------------------------------------------------------------------------ */
+/* --- matmul ------------------------------------------------------------------------------------
+ */
 
 TD_TEST(cuda_matmul_vs_cpu) {
     const int modes[] = {TD_CUDA_MATMUL_AUTO, TD_CUDA_MATMUL_CUBLAS};
@@ -111,30 +116,36 @@ TD_TEST(cuda_matmul_vs_cpu) {
                         /* every other case is a slice of a wider stored matrix (ld) */
                         const int64_t ld = (tr ? rows : cols) + ((s + ni) & 1 ? 8 : 0);
                         const int64_t stored = (tr ? cols : rows) * ld;
-                        void *wh = s_make_host(dts[d], stored, 1.0f), *bh = s_make_host(dts[d], rows, 1.0f);
+                        void *wh = s_make_host(dts[d], stored, 1.0f),
+                             *bh = s_make_host(dts[d], rows, 1.0f);
                         float *x = malloc(sizeof(float) * (size_t)(n * cols));
                         for (int64_t i = 0; i < n * cols; i++) x[i] = s_randf();
                         const size_t es = td_dtype_size(dts[d]);
                         const td_weight_t *bias = NULL;
-                        td_weight_t w = {wh, dts[d], rows, cols, tr, ld}, b = {bh, dts[d], 1, rows, 0, 0};
-                        float *yr = malloc(sizeof(float) * (size_t)(n * rows)), *yg = malloc(sizeof(float) * (size_t)(n * rows));
+                        td_weight_t w = {wh, dts[d], rows, cols, tr, ld},
+                                    b = {bh, dts[d], 1, rows, 0, 0};
+                        float *yr = malloc(sizeof(float) * (size_t)(n * rows)),
+                              *yg = malloc(sizeof(float) * (size_t)(n * rows));
                         bias = (ni & 1) ? &b : NULL;
                         td_op_matmul(ref, yr, x, &w, bias, n);
                         /* the rounding bound per element */
                         double *bound = malloc(sizeof(double) * (size_t)(n * rows));
-                        double u = dts[d] == TD_DTYPE_F32 || (modes[mi] == TD_CUDA_MATMUL_AUTO && n <= 8 && !tr &&
-                                                              cols % 8 == 0 && ld % 8 == 0)
-                                       ? 1e-5
-                                   : dts[d] == TD_DTYPE_BF16 ? 1.0 / 256
-                                                             : 1.0 / 1024;
+                        double u =
+                            dts[d] == TD_DTYPE_F32 || (modes[mi] == TD_CUDA_MATMUL_AUTO && n <= 8 &&
+                                                       !tr && cols % 8 == 0 && ld % 8 == 0)
+                                ? 1e-5
+                            : dts[d] == TD_DTYPE_BF16 ? 1.0 / 256
+                                                      : 1.0 / 1024;
                         for (int t = 0; t < n; t++)
                             for (int64_t r = 0; r < rows; r++) {
                                 double sa = 0;
                                 for (int64_t c = 0; c < cols; c++)
-                                    sa += fabs(x[t * cols + c]) * fabs(s_elem(wh, dts[d], tr ? c * ld + r : r * ld + c));
+                                    sa += fabs(x[t * cols + c]) *
+                                          fabs(s_elem(wh, dts[d], tr ? c * ld + r : r * ld + c));
                                 bound[t * rows + r] = u * sa + 1e-6 + 1e-6 * fabs(yr[t * rows + r]);
                             }
-                        void *wd = s_dev_copy(gpu, wh, (size_t)stored * es), *bd = s_dev_copy(gpu, bh, (size_t)rows * es);
+                        void *wd = s_dev_copy(gpu, wh, (size_t)stored * es),
+                             *bd = s_dev_copy(gpu, bh, (size_t)rows * es);
                         float *xd = s_dev_copy(gpu, x, sizeof(float) * (size_t)(n * cols));
                         float *yd = td_backend_alloc(gpu, sizeof(float) * (size_t)(n * rows));
                         REQUIRE(wd && bd && xd && yd);
@@ -146,11 +157,15 @@ TD_TEST(cuda_matmul_vs_cpu) {
                         int64_t bad = -1;
                         for (int64_t i = 0; i < n * rows && bad < 0; i++)
                             if (!(fabs((double)yg[i] - yr[i]) <= bound[i])) bad = i;
-                        CHECK_MSG(bad < 0, "matmul mode %d %s %lldx%lld tr=%d ld=%lld n=%d: y[%lld] = %.7g vs %.7g (bound %.3g)",
-                                  modes[mi], td_dtype_name(dts[d]), (long long)rows, (long long)cols, tr, (long long)ld,
-                                  n, (long long)bad, bad >= 0 ? yg[bad] : 0.0, bad >= 0 ? yr[bad] : 0.0,
+                        CHECK_MSG(bad < 0,
+                                  "matmul mode %d %s %lldx%lld tr=%d ld=%lld n=%d: y[%lld] = %.7g "
+                                  "vs %.7g (bound %.3g)",
+                                  modes[mi], td_dtype_name(dts[d]), (long long)rows,
+                                  (long long)cols, tr, (long long)ld, n, (long long)bad,
+                                  bad >= 0 ? yg[bad] : 0.0, bad >= 0 ? yr[bad] : 0.0,
                                   bad >= 0 ? bound[bad] : 0.0);
-                        td_backend_free(gpu, wd), td_backend_free(gpu, bd), td_backend_free(gpu, xd), td_backend_free(gpu, yd);
+                        td_backend_free(gpu, wd), td_backend_free(gpu, bd),
+                            td_backend_free(gpu, xd), td_backend_free(gpu, yd);
                         free(wh), free(bh), free(x), free(yr), free(yg), free(bound);
                     }
     td_backend_destroy(&gpu);
@@ -183,21 +198,25 @@ TD_TEST(cuda_matmul_conversion_cache) {
     td_backend_copy(gpu, xd, x2d, sizeof x2); /* same pointer, new contents */
     td_op_matmul(gpu, yd, xd, &wg, NULL, n);
     td_backend_get(gpu, g, yd, sizeof g);
-    CHECK_MSG(s_worst(g, y2, n * rows, 0.05, 0.02) <= 1.0, "stale converted activations after td_backend_copy");
+    CHECK_MSG(s_worst(g, y2, n * rows, 0.05, 0.02) <= 1.0,
+              "stale converted activations after td_backend_copy");
     td_op_add(gpu, xd, x2d, (int64_t)n * cols); /* x = 2 x2 */
     td_op_matmul(gpu, yd, xd, &wg, NULL, n);
     td_backend_get(gpu, g, yd, sizeof g);
     for (int i = 0; i < n * rows; i++) g[i] *= 0.5f;
-    CHECK_MSG(s_worst(g, y2, n * rows, 0.05, 0.02) <= 1.0, "stale converted activations after td_op_add");
+    CHECK_MSG(s_worst(g, y2, n * rows, 0.05, 0.02) <= 1.0,
+              "stale converted activations after td_op_add");
     s_no_error(gpu, "conversion cache");
-    td_backend_free(gpu, xd), td_backend_free(gpu, x2d), td_backend_free(gpu, yd), td_backend_free(gpu, y2d);
+    td_backend_free(gpu, xd), td_backend_free(gpu, x2d), td_backend_free(gpu, yd),
+        td_backend_free(gpu, y2d);
     td_backend_free(gpu, (void *)wg.data);
     free(wh);
     td_backend_destroy(&gpu);
     td_backend_destroy(&ref);
 }
 
-/* --- element-wise ops -------------------------------------------------------------------------- */
+/* --- element-wise ops --------------------------------------------------------------------------
+ */
 
 static float *s_rand_floats(int64_t n, float scale) {
     float *p = malloc(sizeof(float) * (size_t)n);
@@ -218,19 +237,22 @@ TD_TEST(cuda_elementwise_vs_cpu) {
             const int d = dims[di], n = 3 + di;
             const int64_t cnt = (int64_t)n * d;
             float *x = s_rand_floats(cnt, 3.0f), *x2 = s_rand_floats(cnt, 2.0f);
-            float *yr = malloc(sizeof(float) * (size_t)cnt), *yg = malloc(sizeof(float) * (size_t)cnt);
+            float *yr = malloc(sizeof(float) * (size_t)cnt),
+                  *yg = malloc(sizeof(float) * (size_t)cnt);
             void *wh = s_make_host(dty, d, 1.0f), *bh = s_make_host(dty, d, 1.0f);
             td_weight_t w = {wh, dty, 1, d, 0, 0}, b = {bh, dty, 1, d, 0, 0}, wg = w, bg = b;
             wg.data = s_dev_copy(gpu, wh, (size_t)d * td_dtype_size(dty));
             bg.data = s_dev_copy(gpu, bh, (size_t)d * td_dtype_size(dty));
-            float *xd = s_dev_copy(gpu, x, sizeof(float) * (size_t)cnt), *x2d = s_dev_copy(gpu, x2, sizeof(float) * (size_t)cnt);
+            float *xd = s_dev_copy(gpu, x, sizeof(float) * (size_t)cnt),
+                  *x2d = s_dev_copy(gpu, x2, sizeof(float) * (size_t)cnt);
             float *yd = td_backend_alloc(gpu, sizeof(float) * (size_t)cnt);
             REQUIRE(wg.data && bg.data && xd && x2d && yd);
-#define CMP(what, atol, rtol)                                                                                   \
-    do {                                                                                                        \
-        td_backend_get(gpu, yg, yd, sizeof(float) * (size_t)cnt);                                               \
-        double wst = s_worst(yg, yr, cnt, atol, rtol);                                                          \
-        CHECK_MSG(wst <= 1.0, "%s d=%d %s: error %.3g of tolerance", what, d, td_dtype_name(dty), wst);         \
+#define CMP(what, atol, rtol)                                                                      \
+    do {                                                                                           \
+        td_backend_get(gpu, yg, yd, sizeof(float) * (size_t)cnt);                                  \
+        double wst = s_worst(yg, yr, cnt, atol, rtol);                                             \
+        CHECK_MSG(wst <= 1.0, "%s d=%d %s: error %.3g of tolerance", what, d, td_dtype_name(dty),  \
+                  wst);                                                                            \
     } while (0)
             td_op_rmsnorm(ref, yr, x, &w, n, d, 1e-6f);
             td_op_rmsnorm(gpu, yd, xd, &wg, n, d, 1e-6f);
@@ -307,7 +329,8 @@ TD_TEST(cuda_rope_get_rows_scatter_vs_cpu) {
             td_op_get_rows(ref, yr, &t, ids, 7);
             td_op_get_rows(gpu, yd, &tg, ids, 7);
             td_backend_get(gpu, yg, yd, sizeof yg);
-            CHECK_MSG(memcmp(yr, yg, sizeof yg) == 0, "get_rows %s tr=%d differs", td_dtype_name(dty), tr);
+            CHECK_MSG(memcmp(yr, yg, sizeof yg) == 0, "get_rows %s tr=%d differs",
+                      td_dtype_name(dty), tr);
             td_backend_free(gpu, (void *)tg.data), td_backend_free(gpu, yd);
             free(th);
         }
@@ -317,7 +340,8 @@ TD_TEST(cuda_rope_get_rows_scatter_vs_cpu) {
         float *src = s_rand_floats(n * d, 1.0f), *cache = s_rand_floats(nrows * stride, 1.0f);
         float got[30 * 40];
         int64_t idx[5] = {29, 0, 7, 8, 15};
-        float *sd = s_dev_copy(gpu, src, sizeof(float) * n * d), *cd = s_dev_copy(gpu, cache, sizeof got);
+        float *sd = s_dev_copy(gpu, src, sizeof(float) * n * d),
+              *cd = s_dev_copy(gpu, cache, sizeof got);
         REQUIRE(sd && cd);
         td_op_scatter_rows(ref, cache, stride, src, idx, n, d);
         td_op_scatter_rows(gpu, cd, stride, sd, idx, n, d);
@@ -331,34 +355,50 @@ TD_TEST(cuda_rope_get_rows_scatter_vs_cpu) {
     td_backend_destroy(&ref);
 }
 
-/* --- attention --------------------------------------------------------------------------------- */
+/* --- attention ---------------------------------------------------------------------------------
+ */
 
-static void s_attn_case(td_backend_t *gpu, td_backend_t *ref, int nh, int nkv, int hd, int n_ctx, int n_seq,
-                        const int32_t *kv_len, int n, const int32_t *pos, const int32_t *seq, td_attn_kind_t kind,
-                        int block, const uint8_t *mask, int64_t mstride) {
+static void s_attn_case(td_backend_t *gpu, td_backend_t *ref, int nh, int nkv, int hd, int n_ctx,
+                        int n_seq, const int32_t *kv_len, int n, const int32_t *pos,
+                        const int32_t *seq, td_attn_kind_t kind, int block, const uint8_t *mask,
+                        int64_t mstride) {
     const int64_t cache = (int64_t)n_seq * n_ctx * nkv * hd, qn = (int64_t)n * nh * hd;
-    float *kc = s_rand_floats(cache, 1.0f), *vc = s_rand_floats(cache, 1.0f), *q = s_rand_floats(qn, 1.0f);
+    float *kc = s_rand_floats(cache, 1.0f), *vc = s_rand_floats(cache, 1.0f),
+          *q = s_rand_floats(qn, 1.0f);
     float *outr = malloc(sizeof(float) * (size_t)qn), *outg = malloc(sizeof(float) * (size_t)qn);
-    float *kd = s_dev_copy(gpu, kc, sizeof(float) * (size_t)cache), *vd = s_dev_copy(gpu, vc, sizeof(float) * (size_t)cache);
-    float *qd = s_dev_copy(gpu, q, sizeof(float) * (size_t)qn), *od = td_backend_alloc(gpu, sizeof(float) * (size_t)qn);
+    float *kd = s_dev_copy(gpu, kc, sizeof(float) * (size_t)cache),
+          *vd = s_dev_copy(gpu, vc, sizeof(float) * (size_t)cache);
+    float *qd = s_dev_copy(gpu, q, sizeof(float) * (size_t)qn),
+          *od = td_backend_alloc(gpu, sizeof(float) * (size_t)qn);
     if (kd && vd && qd && od) {
         /* poison the output so unwritten elements show */
         for (int64_t i = 0; i < qn; i++) outg[i] = NAN;
         td_backend_set(gpu, od, outg, sizeof(float) * (size_t)qn);
-        td_attn_desc_t a = {.n = n, .n_head = nh, .n_kv_head = nkv, .head_dim = hd, .n_ctx = n_ctx, .pos = pos,
-                            .seq = seq, .kv_len = kv_len, .kind = kind, .block_size = block, .mask = mask,
-                            .mask_stride = mstride, .scale = 1.0f / sqrtf((float)hd)};
+        td_attn_desc_t a = {.n = n,
+                            .n_head = nh,
+                            .n_kv_head = nkv,
+                            .head_dim = hd,
+                            .n_ctx = n_ctx,
+                            .pos = pos,
+                            .seq = seq,
+                            .kv_len = kv_len,
+                            .kind = kind,
+                            .block_size = block,
+                            .mask = mask,
+                            .mask_stride = mstride,
+                            .scale = 1.0f / sqrtf((float)hd)};
         td_op_attention(ref, outr, q, kc, vc, &a);
         td_op_attention(gpu, od, qd, kd, vd, &a);
         td_backend_get(gpu, outg, od, sizeof(float) * (size_t)qn);
         double wst = s_worst(outg, outr, qn, 2e-5, 2e-5);
-        CHECK_MSG(wst <= 1.0, "attention kind %d nh=%d nkv=%d hd=%d n=%d: error %.3g of tolerance", kind, nh, nkv, hd,
-                  n, wst);
+        CHECK_MSG(wst <= 1.0, "attention kind %d nh=%d nkv=%d hd=%d n=%d: error %.3g of tolerance",
+                  kind, nh, nkv, hd, n, wst);
         s_no_error(gpu, "attention");
     } else {
         CHECK_MSG(0, "device allocation failed");
     }
-    td_backend_free(gpu, kd), td_backend_free(gpu, vd), td_backend_free(gpu, qd), td_backend_free(gpu, od);
+    td_backend_free(gpu, kd), td_backend_free(gpu, vd), td_backend_free(gpu, qd),
+        td_backend_free(gpu, od);
     free(kc), free(vc), free(q), free(outr), free(outg);
 }
 
@@ -381,7 +421,8 @@ TD_TEST(cuda_attention_vs_cpu) {
             for (int j = 0; j < 40; j++) mask[t * 40 + j] = (uint8_t)(((j * 7 + t * 3) % 5) != 0);
         memset(mask + 2 * 40, 0, 40); /* a query that sees nothing gets zeros */
         for (int kind = 0; kind < 4; kind++)
-            s_attn_case(gpu, ref, nh, nkv, hd, n_ctx, n_seq, kv_len, 6, pos, seq, (td_attn_kind_t)kind, 4, mask, 40);
+            s_attn_case(gpu, ref, nh, nkv, hd, n_ctx, n_seq, kv_len, 6, pos, seq,
+                        (td_attn_kind_t)kind, 4, mask, 40);
         /* decode over a long cache: several key splits */
         int32_t kl[1] = {1500}, p1[1] = {1499}, s1[1] = {0};
         s_attn_case(gpu, ref, nh, nkv, hd, 1600, 1, kl, 1, p1, s1, TD_ATTN_CAUSAL, 0, NULL, 0);
@@ -389,7 +430,8 @@ TD_TEST(cuda_attention_vs_cpu) {
         int32_t kl2[1] = {300}, p2[32], s2[32];
         for (int i = 0; i < 32; i++) p2[i] = 268 + i, s2[i] = 0;
         s_attn_case(gpu, ref, nh, nkv, hd, 320, 1, kl2, 32, p2, s2, TD_ATTN_BIDIR, 0, NULL, 0);
-        s_attn_case(gpu, ref, nh, nkv, hd, 320, 1, kl2, 32, p2, s2, TD_ATTN_BLOCK_CAUSAL, 32, NULL, 0);
+        s_attn_case(gpu, ref, nh, nkv, hd, 320, 1, kl2, 32, p2, s2, TD_ATTN_BLOCK_CAUSAL, 32, NULL,
+                    0);
     }
     td_backend_destroy(&gpu);
     td_backend_destroy(&ref);
@@ -402,8 +444,16 @@ TD_TEST(cuda_errors_reported) {
     float *buf = td_backend_alloc(gpu, 4 * 300 * sizeof(float));
     REQUIRE(buf);
     int32_t pos[1] = {0}, seq[1] = {0}, kv_len[1] = {1};
-    td_attn_desc_t a = {.n = 1, .n_head = 1, .n_kv_head = 1, .head_dim = 300, .n_ctx = 1, .pos = pos, .seq = seq,
-                        .kv_len = kv_len, .kind = TD_ATTN_CAUSAL, .scale = 1.0f};
+    td_attn_desc_t a = {.n = 1,
+                        .n_head = 1,
+                        .n_kv_head = 1,
+                        .head_dim = 300,
+                        .n_ctx = 1,
+                        .pos = pos,
+                        .seq = seq,
+                        .kv_len = kv_len,
+                        .kind = TD_ATTN_CAUSAL,
+                        .scale = 1.0f};
     td_op_attention(gpu, buf, buf + 300, buf + 600, buf + 900, &a);
     td_err_t err = {0};
     CHECK_EQ_INT(td_backend_cuda_error(gpu, &err), TD_ERR_UNSUPPORTED);
@@ -413,7 +463,8 @@ TD_TEST(cuda_errors_reported) {
     td_backend_destroy(&gpu);
 }
 
-/* --- whole forward on the fixture models ------------------------------------------------------- */
+/* --- whole forward on the fixture models -------------------------------------------------------
+ */
 
 static double s_max_abs(const float *a, int64_t n) {
     double m = 0;
@@ -446,7 +497,8 @@ static void s_step(s_pair_t *p, const td_batch_t *b, int n_out, double rel, cons
         double e = fabs((double)p->lg[1][i] - p->lg[0][i]);
         if (!(e <= worst)) worst = e;
     }
-    CHECK_MSG(worst <= rel * scale, "%s %s: max |gpu - cpu| = %.4g > %.3g x %.4g", p->name, what, worst, rel, scale);
+    CHECK_MSG(worst <= rel * scale, "%s %s: max |gpu - cpu| = %.4g > %.3g x %.4g", p->name, what,
+              worst, rel, scale);
 }
 
 static void s_forward_model(const char *dir, const char *name, int mode) {
@@ -494,7 +546,12 @@ static void s_forward_model(const char *dir, const char *name, int mode) {
     /* crop slot 0 to 4 and rewrite positions 4..7 in place, block-causal */
     for (int k = 0; k < 2; k++) td_kv_cache_crop(p.kv[k], 0, 4);
     for (int i = 0; i < 4; i++) pos[i] = 4 + i, seq[i] = 0;
-    b = (td_batch_t){.n = 4, .tokens = tok + 9, .pos = pos, .seq = seq, .attn = TD_ATTN_BLOCK_CAUSAL, .block_size = 4};
+    b = (td_batch_t){.n = 4,
+                     .tokens = tok + 9,
+                     .pos = pos,
+                     .seq = seq,
+                     .attn = TD_ATTN_BLOCK_CAUSAL,
+                     .block_size = 4};
     s_step(&p, &b, 4, small, "crop and rewrite");
     /* a copied prefix in slot 2, extended under an explicit mask; logits of two rows only */
     for (int k = 0; k < 2; k++) CHECK_EQ_INT(td_kv_cache_copy_seq(p.kv[k], 0, 2, 6), TD_OK);
@@ -502,8 +559,14 @@ static void s_forward_model(const char *dir, const char *name, int mode) {
     for (int t = 0; t < 3; t++)
         for (int j = 0; j < 32; j++) mask[t * 32 + j] = (uint8_t)(j <= 6 + t && (j + t) % 3 != 1);
     for (int i = 0; i < 3; i++) pos[i] = 6 + i, seq[i] = 2;
-    b = (td_batch_t){.n = 3, .tokens = tok + 2, .pos = pos, .seq = seq, .attn = TD_ATTN_EXPLICIT, .mask = mask,
-                     .mask_stride = 32, .logits_for = sel};
+    b = (td_batch_t){.n = 3,
+                     .tokens = tok + 2,
+                     .pos = pos,
+                     .seq = seq,
+                     .attn = TD_ATTN_EXPLICIT,
+                     .mask = mask,
+                     .mask_stride = 32,
+                     .logits_for = sel};
     s_step(&p, &b, 2, small, "copied prefix, explicit mask");
     /* a 12-token prefill in slot 1 (cuBLAS for every path) */
     for (int k = 0; k < 2; k++) td_kv_cache_crop(p.kv[k], 1, 0);
@@ -566,7 +629,8 @@ TD_TEST(cuda_two_backends) {
         td_batch_t bt = {.n = 4, .tokens = tok, .attn = TD_ATTN_CAUSAL};
         CHECK(td_model_forward(ma, ka, &bt, la, &err) == TD_OK);
         CHECK(td_model_forward(mb, kb, &bt, lb, &err) == TD_OK);
-        CHECK_MSG(memcmp(la, lb, sizeof(float) * (size_t)V * 4) == 0, "two backends disagree at step %d", step);
+        CHECK_MSG(memcmp(la, lb, sizeof(float) * (size_t)V * 4) == 0,
+                  "two backends disagree at step %d", step);
     }
     char name[256];
     CHECK_EQ_INT(td_cuda_device_name(dev_b, name, sizeof name), TD_OK);

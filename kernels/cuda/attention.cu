@@ -21,7 +21,7 @@
 struct att_args {
     const float *q, *kc, *vc;
     float *out;
-    float *part;   /* [splits][n][nh][hd] */
+    float *part;    /* [splits][n][nh][hd] */
     float *part_ml; /* [splits][n][nh][2] */
     const int32_t *pos, *seq, *kv_len;
     const uint8_t *mask;
@@ -43,8 +43,7 @@ __device__ __forceinline__ int s_key_end(const att_args &a, int t, int s) {
     return end;
 }
 
-template <int DPL>
-__global__ void __launch_bounds__(TDC_ATT_WARPS * 32) k_attention(att_args a) {
+template <int DPL> __global__ void __launch_bounds__(TDC_ATT_WARPS * 32) k_attention(att_args a) {
     extern __shared__ float sh[]; /* [WARPS][GMAX][hd] acc, then [WARPS][GMAX][2] (m, l) */
     int bid = blockIdx.x;
     const int hsub = bid % a.n_hsub;
@@ -69,15 +68,19 @@ __global__ void __launch_bounds__(TDC_ATT_WARPS * 32) k_attention(att_args a) {
 #pragma unroll
         for (int d = 0; d < DPL; d++) {
             const int dd = lane + 32 * d;
-            qr[hh][d] = hh < ng && dd < hd ? a.q[((int64_t)t * a.nh + h0 + hh) * hd + dd] * a.scale : 0.0f;
+            qr[hh][d] =
+                hh < ng && dd < hd ? a.q[((int64_t)t * a.nh + h0 + hh) * hd + dd] * a.scale : 0.0f;
             acc[hh][d] = 0.0f;
         }
     }
     for (int j = j0 + warp; j < j1; j += TDC_ATT_WARPS) {
         bool vis = true;
-        if (a.kind == TD_ATTN_BLOCK_CAUSAL) vis = j / a.block_size <= p / a.block_size;
-        else if (a.kind == TD_ATTN_EXPLICIT) vis = a.mask[(int64_t)t * a.mask_stride + j] != 0;
-        else if (a.kind == TD_ATTN_CAUSAL) vis = j <= p;
+        if (a.kind == TD_ATTN_BLOCK_CAUSAL)
+            vis = j / a.block_size <= p / a.block_size;
+        else if (a.kind == TD_ATTN_EXPLICIT)
+            vis = a.mask[(int64_t)t * a.mask_stride + j] != 0;
+        else if (a.kind == TD_ATTN_CAUSAL)
+            vis = j <= p;
         if (!vis) continue; /* uniform over the warp */
         float kr[DPL], vr[DPL];
 #pragma unroll
@@ -188,7 +191,8 @@ static const uint8_t *s_mask(cuda_ctx_t *c, const uint8_t *mask, size_t len) {
     memcpy(c->mask_host, mask, len);
     c->mask_len = len;
     /* mask_host is ours until the next call, but may be rewritten then: copy synchronously */
-    if (TDC_CUDA(c, cudaMemcpyAsync(c->mask_dev, c->mask_host, len, cudaMemcpyHostToDevice, c->stream)) ||
+    if (TDC_CUDA(c, cudaMemcpyAsync(c->mask_dev, c->mask_host, len, cudaMemcpyHostToDevice,
+                                    c->stream)) ||
         TDC_CUDA(c, cudaStreamSynchronize(c->stream))) {
         c->mask_len = 0;
         return NULL;
@@ -200,7 +204,8 @@ void tdc_attention(cuda_ctx_t *c, float *out, const float *q, const float *kc, c
                    const td_attn_desc_t *d) {
     const int n = d->n, hd = d->head_dim;
     if (hd > 32 * 8 || hd <= 0) {
-        TDC_FAIL(c, TD_ERR_UNSUPPORTED, "attention: head_dim %d is not supported (at most 256)", hd);
+        TDC_FAIL(c, TD_ERR_UNSUPPORTED, "attention: head_dim %d is not supported (at most 256)",
+                 hd);
         return;
     }
     if (d->kind == TD_ATTN_BLOCK_CAUSAL && d->block_size <= 0) {
@@ -224,7 +229,8 @@ void tdc_attention(cuda_ctx_t *c, float *out, const float *q, const float *kc, c
     memset(&a, 0, sizeof a);
     a.q = q, a.kc = kc, a.vc = vc, a.out = out;
     a.kind = d->kind, a.block_size = d->block_size, a.mask_stride = d->mask_stride;
-    a.n = n, a.nh = d->n_head, a.nkv = d->n_kv_head, a.hd = hd, a.n_ctx = d->n_ctx, a.scale = d->scale;
+    a.n = n, a.nh = d->n_head, a.nkv = d->n_kv_head, a.hd = hd, a.n_ctx = d->n_ctx,
+    a.scale = d->scale;
     const int G = a.nh / a.nkv;
     a.n_hsub = (G + TDC_ATT_GMAX - 1) / TDC_ATT_GMAX;
     const int64_t base = (int64_t)n * a.nkv * a.n_hsub;
@@ -253,7 +259,8 @@ void tdc_attention(cuda_ctx_t *c, float *out, const float *q, const float *kc, c
     memcpy(host, d->pos, sizeof(int32_t) * (size_t)n);
     memcpy(host + n, d->seq, sizeof(int32_t) * (size_t)n);
     memcpy(host + 2 * n, d->kv_len, sizeof(int32_t) * (size_t)max_seq);
-    const int32_t *dev = (const int32_t *)tdc_upload(c, host, sizeof(int32_t) * (size_t)(2 * n + max_seq));
+    const int32_t *dev =
+        (const int32_t *)tdc_upload(c, host, sizeof(int32_t) * (size_t)(2 * n + max_seq));
     free(host);
     if (!dev) return;
     a.pos = dev, a.seq = dev + n, a.kv_len = dev + 2 * n;
@@ -271,10 +278,14 @@ void tdc_attention(cuda_ctx_t *c, float *out, const float *q, const float *kc, c
     const size_t smem = sizeof(float) * (size_t)TDC_ATT_WARPS * TDC_ATT_GMAX * ((size_t)hd + 2);
     dim3 grid((unsigned)base, (unsigned)splits);
     const int threads = TDC_ATT_WARPS * 32;
-    if (hd <= 32) k_attention<1><<<grid, threads, smem, c->stream>>>(a);
-    else if (hd <= 64) k_attention<2><<<grid, threads, smem, c->stream>>>(a);
-    else if (hd <= 128) k_attention<4><<<grid, threads, smem, c->stream>>>(a);
-    else k_attention<8><<<grid, threads, smem, c->stream>>>(a);
+    if (hd <= 32)
+        k_attention<1><<<grid, threads, smem, c->stream>>>(a);
+    else if (hd <= 64)
+        k_attention<2><<<grid, threads, smem, c->stream>>>(a);
+    else if (hd <= 128)
+        k_attention<4><<<grid, threads, smem, c->stream>>>(a);
+    else
+        k_attention<8><<<grid, threads, smem, c->stream>>>(a);
     if (TDC_LAUNCHED(c)) return;
     if (splits > 1) {
         const int64_t total = (int64_t)n * a.nh * hd;

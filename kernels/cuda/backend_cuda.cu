@@ -33,14 +33,14 @@ int tdc_fail(cuda_ctx_t *c, int code, const char *file, int line, const char *fm
 
 int tdc_check_cuda(cuda_ctx_t *c, cudaError_t e, const char *what, const char *file, int line) {
     if (e == cudaSuccess) return 0;
-    return tdc_fail(c, e == cudaErrorMemoryAllocation ? TD_ERR_NOMEM : TD_ERR, file, line, "%s: %s (%s)",
-                    what, cudaGetErrorString(e), cudaGetErrorName(e));
+    return tdc_fail(c, e == cudaErrorMemoryAllocation ? TD_ERR_NOMEM : TD_ERR, file, line,
+                    "%s: %s (%s)", what, cudaGetErrorString(e), cudaGetErrorName(e));
 }
 
 int tdc_check_blas(cuda_ctx_t *c, cublasStatus_t s, const char *what, const char *file, int line) {
     if (s == CUBLAS_STATUS_SUCCESS) return 0;
-    return tdc_fail(c, s == CUBLAS_STATUS_ALLOC_FAILED ? TD_ERR_NOMEM : TD_ERR, file, line, "%s: cuBLAS %s",
-                    what, cublasGetStatusString(s));
+    return tdc_fail(c, s == CUBLAS_STATUS_ALLOC_FAILED ? TD_ERR_NOMEM : TD_ERR, file, line,
+                    "%s: cuBLAS %s", what, cublasGetStatusString(s));
 }
 
 static cuda_ctx_t *s_ctx(td_backend_t *be) {
@@ -103,7 +103,8 @@ const void *tdc_upload(cuda_ctx_t *c, const void *host, size_t nbytes) {
     c->ring_off += need;
     if (nbytes) {
         memcpy(h, host, nbytes);
-        if (TDC_CUDA(c, cudaMemcpyAsync(d, h, nbytes, cudaMemcpyHostToDevice, c->stream))) return NULL;
+        if (TDC_CUDA(c, cudaMemcpyAsync(d, h, nbytes, cudaMemcpyHostToDevice, c->stream)))
+            return NULL;
     }
     return d;
 }
@@ -143,7 +144,8 @@ static const void *s_weights(td_backend_t *be, const void *host, size_t nbytes) 
         c->wlist_cap = cap;
     }
     if (TDC_CUDA(c, cudaMalloc(&p, nbytes ? (nbytes + 15) & ~(size_t)15 : 16))) {
-        TDC_FAIL(c, TD_ERR_NOMEM, "cannot allocate %zu bytes of device memory for a weight", nbytes);
+        TDC_FAIL(c, TD_ERR_NOMEM, "cannot allocate %zu bytes of device memory for a weight",
+                 nbytes);
         return NULL;
     }
     if (c->synthetic) {
@@ -237,8 +239,9 @@ static void s_matmul_blas(cuda_ctx_t *c, float *y, const float *x, const td_weig
     const cublasOperation_t op = w->transposed ? CUBLAS_OP_N : CUBLAS_OP_T;
     const float one = 1.0f, zero = 0.0f;
     if (w->dtype == TD_DTYPE_F32) {
-        TDC_BLAS(c, cublasSgemm(c->blas, op, CUBLAS_OP_N, (int)rows, n, (int)cols, &one, (const float *)w->data,
-                                (int)ld, x, (int)cols, &zero, y, (int)rows));
+        TDC_BLAS(c,
+                 cublasSgemm(c->blas, op, CUBLAS_OP_N, (int)rows, n, (int)cols, &one,
+                             (const float *)w->data, (int)ld, x, (int)cols, &zero, y, (int)rows));
         return;
     }
     const int64_t count = (int64_t)n * cols;
@@ -252,17 +255,17 @@ static void s_matmul_blas(cuda_ctx_t *c, float *y, const float *x, const td_weig
         c->xconv_gen = c->gen;
     }
     const cudaDataType_t t = s_cuda_type(w->dtype);
-    TDC_BLAS(c, cublasGemmEx(c->blas, op, CUBLAS_OP_N, (int)rows, n, (int)cols, &one, w->data, t, (int)ld,
-                             c->xconv, t, (int)cols, &zero, y, CUDA_R_32F, (int)rows, CUBLAS_COMPUTE_32F,
-                             CUBLAS_GEMM_DEFAULT));
+    TDC_BLAS(c, cublasGemmEx(c->blas, op, CUBLAS_OP_N, (int)rows, n, (int)cols, &one, w->data, t,
+                             (int)ld, c->xconv, t, (int)cols, &zero, y, CUDA_R_32F, (int)rows,
+                             CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
-static void s_matmul(td_backend_t *be, float *y, const float *x, const td_weight_t *w, const td_weight_t *bias,
-                     int n) {
+static void s_matmul(td_backend_t *be, float *y, const float *x, const td_weight_t *w,
+                     const td_weight_t *bias, int n) {
     cuda_ctx_t *c = s_ctx(be);
     if (w->rows > INT32_MAX || w->cols > INT32_MAX) {
-        TDC_FAIL(c, TD_ERR_UNSUPPORTED, "matmul: %lldx%lld weight exceeds int32 dimensions", (long long)w->rows,
-                 (long long)w->cols);
+        TDC_FAIL(c, TD_ERR_UNSUPPORTED, "matmul: %lldx%lld weight exceeds int32 dimensions",
+                 (long long)w->rows, (long long)w->cols);
         return;
     }
     if (c->matmul_mode != TD_CUDA_MATMUL_CUBLAS && tdc_gemv_ok(w, x, n)) {
@@ -272,15 +275,16 @@ static void s_matmul(td_backend_t *be, float *y, const float *x, const td_weight
         if (bias) tdc_add_bias(c, y, bias, n, w->rows);
     }
     /* the converted activations stay valid when y did not overwrite their source */
-    int keep = c->xconv_gen == c->gen &&
-               !s_ranges_overlap(y, (size_t)n * w->rows * 4, c->xconv_src, (size_t)c->xconv_count * 4);
+    int keep = c->xconv_gen == c->gen && !s_ranges_overlap(y, (size_t)n * w->rows * 4, c->xconv_src,
+                                                           (size_t)c->xconv_count * 4);
     c->gen++;
     if (keep) c->xconv_gen = c->gen;
 }
 
 /* --- ops with host index arrays ------------------------------------------------------------- */
 
-static void s_get_rows(td_backend_t *be, float *y, const td_weight_t *t, const int32_t *ids, int n) {
+static void s_get_rows(td_backend_t *be, float *y, const td_weight_t *t, const int32_t *ids,
+                       int n) {
     cuda_ctx_t *c = s_ctx(be);
     if (n <= 0) return;
     const int32_t *d = (const int32_t *)tdc_upload(c, ids, (size_t)n * sizeof *ids);
@@ -288,8 +292,8 @@ static void s_get_rows(td_backend_t *be, float *y, const td_weight_t *t, const i
     c->gen++;
 }
 
-static void s_rope(td_backend_t *be, float *x, const int32_t *pos, int n, int n_head, int head_dim, int rot_dim,
-                   float theta) {
+static void s_rope(td_backend_t *be, float *x, const int32_t *pos, int n, int n_head, int head_dim,
+                   int rot_dim, float theta) {
     cuda_ctx_t *c = s_ctx(be);
     if (n <= 0 || rot_dim <= 0) return;
     const int32_t *d = (const int32_t *)tdc_upload(c, pos, (size_t)n * sizeof *pos);
@@ -297,8 +301,8 @@ static void s_rope(td_backend_t *be, float *x, const int32_t *pos, int n, int n_
     c->gen++;
 }
 
-static void s_scatter_rows(td_backend_t *be, float *dst, int64_t row_stride, const float *src, const int64_t *idx,
-                           int n, int d) {
+static void s_scatter_rows(td_backend_t *be, float *dst, int64_t row_stride, const float *src,
+                           const int64_t *idx, int n, int d) {
     cuda_ctx_t *c = s_ctx(be);
     if (n <= 0 || d <= 0) return;
     const int64_t *di = (const int64_t *)tdc_upload(c, idx, (size_t)n * sizeof *idx);
@@ -306,8 +310,8 @@ static void s_scatter_rows(td_backend_t *be, float *dst, int64_t row_stride, con
     c->gen++;
 }
 
-static void s_attention(td_backend_t *be, float *out, const float *q, const float *kc, const float *vc,
-                        const td_attn_desc_t *a) {
+static void s_attention(td_backend_t *be, float *out, const float *q, const float *kc,
+                        const float *vc, const td_attn_desc_t *a) {
     cuda_ctx_t *c = s_ctx(be);
     if (a->n > 0) tdc_attention(c, out, q, kc, vc, a);
     c->gen++;
@@ -315,13 +319,14 @@ static void s_attention(td_backend_t *be, float *out, const float *q, const floa
 
 /* --- element-wise ---------------------------------------------------------------------------- */
 
-static void s_rmsnorm(td_backend_t *be, float *y, const float *x, const td_weight_t *w, int n, int d, float eps) {
+static void s_rmsnorm(td_backend_t *be, float *y, const float *x, const td_weight_t *w, int n,
+                      int d, float eps) {
     cuda_ctx_t *c = s_ctx(be);
     if (n > 0) tdc_rmsnorm(c, y, x, w, n, d, eps);
     c->gen++;
 }
-static void s_layernorm(td_backend_t *be, float *y, const float *x, const td_weight_t *w, const td_weight_t *b,
-                        int n, int d, float eps) {
+static void s_layernorm(td_backend_t *be, float *y, const float *x, const td_weight_t *w,
+                        const td_weight_t *b, int n, int d, float eps) {
     cuda_ctx_t *c = s_ctx(be);
     if (n > 0) tdc_layernorm(c, y, x, w, b, n, d, eps);
     c->gen++;
@@ -344,9 +349,9 @@ static void s_add(td_backend_t *be, float *y, const float *x, int64_t count) {
 
 /* positional: C++ has no designated initialisers before C++20 */
 static const struct td_backend_i s_cuda_iface = {
-    "cuda",      s_destroy, s_alloc,   s_free,    s_weights,  s_free_weights, s_set,
-    s_get,       s_copy,    s_sync,    s_matmul,  s_get_rows, s_rmsnorm,      s_layernorm,
-    s_rope,      s_swiglu,  s_gelu_tanh, s_add,   s_scatter_rows, s_attention,
+    "cuda", s_destroy, s_alloc,     s_free,   s_weights,      s_free_weights, s_set,
+    s_get,  s_copy,    s_sync,      s_matmul, s_get_rows,     s_rmsnorm,      s_layernorm,
+    s_rope, s_swiglu,  s_gelu_tanh, s_add,    s_scatter_rows, s_attention,
 };
 
 /* --- public ---------------------------------------------------------------------------------- */
@@ -374,7 +379,8 @@ extern "C" td_backend_t *td_backend_cuda_new(int device, td_err_t *err) {
     cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess) {
         cudaGetLastError();
-        td_err_set(err, TD_ERR_UNSUPPORTED, "cuda:%d: no usable CUDA device (%s)", device, cudaGetErrorString(e));
+        td_err_set(err, TD_ERR_UNSUPPORTED, "cuda:%d: no usable CUDA device (%s)", device,
+                   cudaGetErrorString(e));
         return NULL;
     }
     if (device < 0 || device >= count) {
@@ -404,12 +410,14 @@ extern "C" td_backend_t *td_backend_cuda_new(int device, td_err_t *err) {
     if ((e = cudaGetDeviceProperties(&p, device)) != cudaSuccess) goto fail;
     c->sm_count = p.multiProcessorCount;
     stage = "cudaStreamCreateWithFlags";
-    if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess) goto fail;
+    if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess)
+        goto fail;
     {
         cublasStatus_t s = cublasCreate(&c->blas);
         if (s == CUBLAS_STATUS_SUCCESS) s = cublasSetStream(c->blas, c->stream);
         if (s != CUBLAS_STATUS_SUCCESS) {
-            td_err_set(err, TD_ERR, "cuda:%d: cuBLAS initialisation failed: %s", device, cublasGetStatusString(s));
+            td_err_set(err, TD_ERR, "cuda:%d: cuBLAS initialisation failed: %s", device,
+                       cublasGetStatusString(s));
             s_destroy(be);
             return NULL;
         }
@@ -423,8 +431,10 @@ extern "C" td_backend_t *td_backend_cuda_new(int device, td_err_t *err) {
     }
     {
         const char *mm = getenv("TD_CUDA_MATMUL");
-        if (mm && !strcmp(mm, "cublas")) c->matmul_mode = TD_CUDA_MATMUL_CUBLAS;
-        else if (mm && !strcmp(mm, "gemv")) c->matmul_mode = TD_CUDA_MATMUL_GEMV;
+        if (mm && !strcmp(mm, "cublas"))
+            c->matmul_mode = TD_CUDA_MATMUL_CUBLAS;
+        else if (mm && !strcmp(mm, "gemv"))
+            c->matmul_mode = TD_CUDA_MATMUL_GEMV;
     }
     return be;
 fail:
@@ -473,7 +483,8 @@ extern "C" double td_cuda_copy_bandwidth(td_backend_t *be, size_t bytes) {
     if (TDC_CUDA(c, cudaEventCreate(&e0)) || TDC_CUDA(c, cudaEventCreate(&e1))) goto done;
     for (int rep = 0; rep < 12; rep++) {
         cudaEventRecord(e0, c->stream);
-        cudaMemcpyAsync(rep & 1 ? a : b, rep & 1 ? b : a, bytes, cudaMemcpyDeviceToDevice, c->stream);
+        cudaMemcpyAsync(rep & 1 ? a : b, rep & 1 ? b : a, bytes, cudaMemcpyDeviceToDevice,
+                        c->stream);
         cudaEventRecord(e1, c->stream);
         if (TDC_CUDA(c, cudaEventSynchronize(e1))) goto done;
         float ms = 0;

@@ -87,16 +87,17 @@ __device__ __forceinline__ float tdc_ld(const void *p, int dt, int64_t i) {
 /* --- launchers (kernels_elem.cu, gemv.cu, attention.cu) --------------------------------- */
 
 void tdc_get_rows(cuda_ctx_t *c, float *y, const td_weight_t *t, const int32_t *ids_dev, int n);
-void tdc_rmsnorm(cuda_ctx_t *c, float *y, const float *x, const td_weight_t *w, int n, int d, float eps);
-void tdc_layernorm(cuda_ctx_t *c, float *y, const float *x, const td_weight_t *w, const td_weight_t *b,
-                   int n, int d, float eps);
-void tdc_rope(cuda_ctx_t *c, float *x, const int32_t *pos_dev, int n, int n_head, int head_dim, int rot_dim,
-              float theta);
+void tdc_rmsnorm(cuda_ctx_t *c, float *y, const float *x, const td_weight_t *w, int n, int d,
+                 float eps);
+void tdc_layernorm(cuda_ctx_t *c, float *y, const float *x, const td_weight_t *w,
+                   const td_weight_t *b, int n, int d, float eps);
+void tdc_rope(cuda_ctx_t *c, float *x, const int32_t *pos_dev, int n, int n_head, int head_dim,
+              int rot_dim, float theta);
 void tdc_swiglu(cuda_ctx_t *c, float *y, const float *g, const float *u, int64_t count);
 void tdc_gelu_tanh(cuda_ctx_t *c, float *x, int64_t count);
 void tdc_add(cuda_ctx_t *c, float *y, const float *x, int64_t count);
-void tdc_scatter_rows(cuda_ctx_t *c, float *dst, int64_t row_stride, const float *src, const int64_t *idx_dev,
-                      int n, int d);
+void tdc_scatter_rows(cuda_ctx_t *c, float *dst, int64_t row_stride, const float *src,
+                      const int64_t *idx_dev, int n, int d);
 /* out[n, m] += bias[m] */
 void tdc_add_bias(cuda_ctx_t *c, float *y, const td_weight_t *bias, int n, int64_t m);
 /* dst (BF16 or F16 bits) = src rounded to nearest even; F16 saturates at +-65504 */
@@ -105,9 +106,10 @@ void tdc_fill_synthetic(cuda_ctx_t *c, void *dst, size_t nbytes, uint64_t seed);
 
 /* 1 if the GEMV kernel handles this product (else use cuBLAS) */
 int tdc_gemv_ok(const td_weight_t *w, const float *x, int n);
-void tdc_gemv(cuda_ctx_t *c, float *y, const float *x, const td_weight_t *w, const td_weight_t *bias, int n);
+void tdc_gemv(cuda_ctx_t *c, float *y, const float *x, const td_weight_t *w,
+              const td_weight_t *bias, int n);
 
-void tdc_attention(cuda_ctx_t *c, float *out, const float *q, const float *k_cache, const float *v_cache,
-                   const td_attn_desc_t *a);
+void tdc_attention(cuda_ctx_t *c, float *out, const float *q, const float *k_cache,
+                   const float *v_cache, const td_attn_desc_t *a);
 
 #endif

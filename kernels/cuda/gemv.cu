@@ -45,8 +45,8 @@ template <> struct s_vec<TD_DTYPE_F16> {
 
 template <int NT, int DT>
 __global__ void __launch_bounds__(TDC_GEMV_THREADS)
-    k_gemv(float *__restrict__ y, const float *__restrict__ x, const void *__restrict__ w, int64_t ld, int rows,
-           int cols, const void *__restrict__ bias, int bdt) {
+    k_gemv(float *__restrict__ y, const float *__restrict__ x, const void *__restrict__ w,
+           int64_t ld, int rows, int cols, const void *__restrict__ bias, int bdt) {
     constexpr int VE = s_vec<DT>::VE, R = TDC_GEMV_R;
     const int64_t gw = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const int lane = threadIdx.x & 31;
@@ -56,7 +56,8 @@ __global__ void __launch_bounds__(TDC_GEMV_THREADS)
     const uint4 *wr[R];
 #pragma unroll
     for (int r = 0; r < R; r++) {
-        const int64_t rr = r0 + r < rows ? r0 + r : rows - 1; /* a clamped duplicate, never written */
+        const int64_t rr =
+            r0 + r < rows ? r0 + r : rows - 1; /* a clamped duplicate, never written */
         wr[r] = (const uint4 *)((const char *)w + (size_t)rr * (size_t)ld * es);
     }
     float acc[NT][R];
@@ -93,7 +94,8 @@ __global__ void __launch_bounds__(TDC_GEMV_THREADS)
 #pragma unroll
         for (int r = 0; r < R; r++)
 #pragma unroll
-            for (int o = 16; o > 0; o >>= 1) acc[t][r] += __shfl_xor_sync(0xffffffffu, acc[t][r], o);
+            for (int o = 16; o > 0; o >>= 1)
+                acc[t][r] += __shfl_xor_sync(0xffffffffu, acc[t][r], o);
     if (lane == 0) {
 #pragma unroll
         for (int r = 0; r < R; r++) {
@@ -109,13 +111,13 @@ int tdc_gemv_ok(const td_weight_t *w, const float *x, int n) {
     if (n < 1 || n > TDC_GEMV_MAX_N || w->transposed) return 0;
     const int64_t ve = w->dtype == TD_DTYPE_F32 ? 4 : 8;
     const int64_t ld = w->ld ? w->ld : w->cols;
-    return w->cols % ve == 0 && ld % ve == 0 && ((uintptr_t)w->data & 15) == 0 && ((uintptr_t)x & 15) == 0 &&
-           w->rows <= INT32_MAX && w->cols <= INT32_MAX;
+    return w->cols % ve == 0 && ld % ve == 0 && ((uintptr_t)w->data & 15) == 0 &&
+           ((uintptr_t)x & 15) == 0 && w->rows <= INT32_MAX && w->cols <= INT32_MAX;
 }
 
 template <int DT>
-static void s_launch(cuda_ctx_t *c, float *y, const float *x, const td_weight_t *w, const td_weight_t *bias,
-                     int n) {
+static void s_launch(cuda_ctx_t *c, float *y, const float *x, const td_weight_t *w,
+                     const td_weight_t *bias, int n) {
     const int64_t ld = w->ld ? w->ld : w->cols;
     const int rows = (int)w->rows, cols = (int)w->cols;
     const int64_t warps = (rows + TDC_GEMV_R - 1) / TDC_GEMV_R;
@@ -124,7 +126,8 @@ static void s_launch(cuda_ctx_t *c, float *y, const float *x, const td_weight_t 
     const int bdt = bias ? bias->dtype : 0;
 #define TDC_GEMV_CASE(NT)                                                                          \
     case NT:                                                                                       \
-        k_gemv<NT, DT><<<blocks, TDC_GEMV_THREADS, 0, c->stream>>>(y, x, w->data, ld, rows, cols, b, bdt); \
+        k_gemv<NT, DT>                                                                             \
+            <<<blocks, TDC_GEMV_THREADS, 0, c->stream>>>(y, x, w->data, ld, rows, cols, b, bdt);   \
         break;
     switch (n) {
         TDC_GEMV_CASE(1)
@@ -135,16 +138,25 @@ static void s_launch(cuda_ctx_t *c, float *y, const float *x, const td_weight_t 
         TDC_GEMV_CASE(6)
         TDC_GEMV_CASE(7)
         TDC_GEMV_CASE(8)
-    default: TDC_FAIL(c, TD_ERR_ARG, "gemv: n = %d out of range", n); return;
+    default:
+        TDC_FAIL(c, TD_ERR_ARG, "gemv: n = %d out of range", n);
+        return;
     }
 #undef TDC_GEMV_CASE
     TDC_LAUNCHED(c);
 }
 
-void tdc_gemv(cuda_ctx_t *c, float *y, const float *x, const td_weight_t *w, const td_weight_t *bias, int n) {
+void tdc_gemv(cuda_ctx_t *c, float *y, const float *x, const td_weight_t *w,
+              const td_weight_t *bias, int n) {
     switch (w->dtype) {
-    case TD_DTYPE_F32: s_launch<TD_DTYPE_F32>(c, y, x, w, bias, n); break;
-    case TD_DTYPE_BF16: s_launch<TD_DTYPE_BF16>(c, y, x, w, bias, n); break;
-    default: s_launch<TD_DTYPE_F16>(c, y, x, w, bias, n); break;
+    case TD_DTYPE_F32:
+        s_launch<TD_DTYPE_F32>(c, y, x, w, bias, n);
+        break;
+    case TD_DTYPE_BF16:
+        s_launch<TD_DTYPE_BF16>(c, y, x, w, bias, n);
+        break;
+    default:
+        s_launch<TD_DTYPE_F16>(c, y, x, w, bias, n);
+        break;
     }
 }

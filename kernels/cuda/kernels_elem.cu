@@ -33,11 +33,12 @@ __device__ float s_block_sum(float v, float *sh /* [33] */) {
 
 /* --- embedding ------------------------------------------------------------------------------- */
 
-__global__ void k_get_rows(float *y, const void *data, int dt, int64_t ld, int transposed, int64_t cols,
-                           const int32_t *ids) {
+__global__ void k_get_rows(float *y, const void *data, int dt, int64_t ld, int transposed,
+                           int64_t cols, const int32_t *ids) {
     const int i = blockIdx.y;
     const int64_t r = ids[i];
-    for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < cols; c += (int64_t)gridDim.x * blockDim.x) {
+    for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < cols;
+         c += (int64_t)gridDim.x * blockDim.x) {
         int64_t off = transposed ? c * ld + r : r * ld + c;
         y[(int64_t)i * cols + c] = tdc_ld(data, dt, off);
     }
@@ -46,12 +47,14 @@ __global__ void k_get_rows(float *y, const void *data, int dt, int64_t ld, int t
 void tdc_get_rows(cuda_ctx_t *c, float *y, const td_weight_t *t, const int32_t *ids, int n) {
     if (n > 65535) {
         for (int i0 = 0; i0 < n; i0 += 65535)
-            tdc_get_rows(c, y + (int64_t)i0 * t->cols, t, ids + i0, n - i0 < 65535 ? n - i0 : 65535);
+            tdc_get_rows(c, y + (int64_t)i0 * t->cols, t, ids + i0,
+                         n - i0 < 65535 ? n - i0 : 65535);
         return;
     }
     int64_t ld = t->ld ? t->ld : (t->transposed ? t->rows : t->cols);
     dim3 grid((unsigned)((t->cols + TDC_THREADS - 1) / TDC_THREADS), (unsigned)n);
-    k_get_rows<<<grid, TDC_THREADS, 0, c->stream>>>(y, t->data, t->dtype, ld, t->transposed, t->cols, ids);
+    k_get_rows<<<grid, TDC_THREADS, 0, c->stream>>>(y, t->data, t->dtype, ld, t->transposed,
+                                                    t->cols, ids);
     TDC_LAUNCHED(c);
 }
 
@@ -68,18 +71,19 @@ __global__ void k_rmsnorm(float *y, const float *x, const void *w, int wdt, int 
     for (int i = threadIdx.x; i < d; i += blockDim.x) yt[i] = tdc_ld(w, wdt, i) * (xt[i] * inv);
 }
 
-void tdc_rmsnorm(cuda_ctx_t *c, float *y, const float *x, const td_weight_t *w, int n, int d, float eps) {
+void tdc_rmsnorm(cuda_ctx_t *c, float *y, const float *x, const td_weight_t *w, int n, int d,
+                 float eps) {
     const int threads = d >= 4096 ? 1024 : d >= 1024 ? 512 : d >= 256 ? 256 : 64;
     for (int i0 = 0; i0 < n; i0 += 65535 * 32) {
         int nb = n - i0 < 65535 * 32 ? n - i0 : 65535 * 32;
-        k_rmsnorm<<<nb, threads, 0, c->stream>>>(y + (int64_t)i0 * d, x + (int64_t)i0 * d, w->data, w->dtype, d,
-                                                 eps);
+        k_rmsnorm<<<nb, threads, 0, c->stream>>>(y + (int64_t)i0 * d, x + (int64_t)i0 * d, w->data,
+                                                 w->dtype, d, eps);
         TDC_LAUNCHED(c);
     }
 }
 
-__global__ void k_layernorm(float *y, const float *x, const void *w, int wdt, const void *b, int bdt, int d,
-                            float eps) {
+__global__ void k_layernorm(float *y, const float *x, const void *w, int wdt, const void *b,
+                            int bdt, int d, float eps) {
     __shared__ float sh[33];
     const float *xt = x + (int64_t)blockIdx.x * d;
     float *yt = y + (int64_t)blockIdx.x * d;
@@ -94,13 +98,14 @@ __global__ void k_layernorm(float *y, const float *x, const void *w, int wdt, co
         yt[i] = ((xt[i] - mean) * inv) * tdc_ld(w, wdt, i) + (b ? tdc_ld(b, bdt, i) : 0.0f);
 }
 
-void tdc_layernorm(cuda_ctx_t *c, float *y, const float *x, const td_weight_t *w, const td_weight_t *b, int n,
-                   int d, float eps) {
+void tdc_layernorm(cuda_ctx_t *c, float *y, const float *x, const td_weight_t *w,
+                   const td_weight_t *b, int n, int d, float eps) {
     const int threads = d >= 4096 ? 1024 : d >= 1024 ? 512 : d >= 256 ? 256 : 64;
     for (int i0 = 0; i0 < n; i0 += 65535 * 32) {
         int nb = n - i0 < 65535 * 32 ? n - i0 : 65535 * 32;
-        k_layernorm<<<nb, threads, 0, c->stream>>>(y + (int64_t)i0 * d, x + (int64_t)i0 * d, w->data, w->dtype,
-                                                   b ? b->data : NULL, b ? b->dtype : 0, d, eps);
+        k_layernorm<<<nb, threads, 0, c->stream>>>(y + (int64_t)i0 * d, x + (int64_t)i0 * d,
+                                                   w->data, w->dtype, b ? b->data : NULL,
+                                                   b ? b->dtype : 0, d, eps);
         TDC_LAUNCHED(c);
     }
 }
@@ -108,7 +113,8 @@ void tdc_layernorm(cuda_ctx_t *c, float *y, const float *x, const td_weight_t *w
 /* --- rotary embedding ------------------------------------------------------------------------ */
 
 /* one thread per (token, head, pair i < half): pairs (i, i + half) of the first rot_dim dims */
-__global__ void k_rope(float *x, const int32_t *pos, int n, int n_head, int head_dim, int rot_dim, float theta) {
+__global__ void k_rope(float *x, const int32_t *pos, int n, int n_head, int head_dim, int rot_dim,
+                       float theta) {
     const int half = rot_dim / 2;
     const int64_t total = (int64_t)n * n_head * half;
     for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total;
@@ -128,11 +134,11 @@ __global__ void k_rope(float *x, const int32_t *pos, int n, int n_head, int head
     }
 }
 
-void tdc_rope(cuda_ctx_t *c, float *x, const int32_t *pos, int n, int n_head, int head_dim, int rot_dim,
-              float theta) {
+void tdc_rope(cuda_ctx_t *c, float *x, const int32_t *pos, int n, int n_head, int head_dim,
+              int rot_dim, float theta) {
     const int64_t total = (int64_t)n * n_head * (rot_dim / 2);
-    k_rope<<<tdc_blocks(total, TDC_THREADS), TDC_THREADS, 0, c->stream>>>(x, pos, n, n_head, head_dim, rot_dim,
-                                                                          theta);
+    k_rope<<<tdc_blocks(total, TDC_THREADS), TDC_THREADS, 0, c->stream>>>(x, pos, n, n_head,
+                                                                          head_dim, rot_dim, theta);
     TDC_LAUNCHED(c);
 }
 
@@ -178,21 +184,24 @@ __global__ void k_add_bias(float *y, const void *b, int bdt, int64_t m, int64_t 
 }
 void tdc_add_bias(cuda_ctx_t *c, float *y, const td_weight_t *bias, int n, int64_t m) {
     const int64_t count = (int64_t)n * m;
-    k_add_bias<<<tdc_blocks(count, TDC_THREADS), TDC_THREADS, 0, c->stream>>>(y, bias->data, bias->dtype, m, count);
+    k_add_bias<<<tdc_blocks(count, TDC_THREADS), TDC_THREADS, 0, c->stream>>>(
+        y, bias->data, bias->dtype, m, count);
     TDC_LAUNCHED(c);
 }
 
-__global__ void k_scatter_rows(float *dst, int64_t row_stride, const float *src, const int64_t *idx, int n, int d) {
+__global__ void k_scatter_rows(float *dst, int64_t row_stride, const float *src, const int64_t *idx,
+                               int n, int d) {
     const int64_t total = (int64_t)n * d;
     TDC_GRID_STRIDE(e, total) {
         const int64_t i = e / d, j = e % d;
         dst[idx[i] * row_stride + j] = src[e];
     }
 }
-void tdc_scatter_rows(cuda_ctx_t *c, float *dst, int64_t row_stride, const float *src, const int64_t *idx, int n,
-                      int d) {
+void tdc_scatter_rows(cuda_ctx_t *c, float *dst, int64_t row_stride, const float *src,
+                      const int64_t *idx, int n, int d) {
     const int64_t total = (int64_t)n * d;
-    k_scatter_rows<<<tdc_blocks(total, TDC_THREADS), TDC_THREADS, 0, c->stream>>>(dst, row_stride, src, idx, n, d);
+    k_scatter_rows<<<tdc_blocks(total, TDC_THREADS), TDC_THREADS, 0, c->stream>>>(dst, row_stride,
+                                                                                  src, idx, n, d);
     TDC_LAUNCHED(c);
 }
 
@@ -214,9 +223,11 @@ __global__ void k_to_f16(__half *dst, const float *src, int64_t count) {
 
 void tdc_convert(cuda_ctx_t *c, void *dst, int dt, const float *src, int64_t count) {
     if (dt == TD_DTYPE_BF16)
-        k_to_bf16<<<tdc_blocks(count, TDC_THREADS), TDC_THREADS, 0, c->stream>>>((uint16_t *)dst, src, count);
+        k_to_bf16<<<tdc_blocks(count, TDC_THREADS), TDC_THREADS, 0, c->stream>>>((uint16_t *)dst,
+                                                                                 src, count);
     else
-        k_to_f16<<<tdc_blocks(count, TDC_THREADS), TDC_THREADS, 0, c->stream>>>((__half *)dst, src, count);
+        k_to_f16<<<tdc_blocks(count, TDC_THREADS), TDC_THREADS, 0, c->stream>>>((__half *)dst, src,
+                                                                                count);
     TDC_LAUNCHED(c);
 }
 
@@ -235,6 +246,7 @@ __global__ void k_fill_synth(uint16_t *p, int64_t count, uint64_t seed) {
 
 void tdc_fill_synthetic(cuda_ctx_t *c, void *dst, size_t nbytes, uint64_t seed) {
     const int64_t count = (int64_t)((nbytes + 1) / 2);
-    k_fill_synth<<<tdc_blocks(count, TDC_THREADS), TDC_THREADS, 0, c->stream>>>((uint16_t *)dst, count, seed);
+    k_fill_synth<<<tdc_blocks(count, TDC_THREADS), TDC_THREADS, 0, c->stream>>>((uint16_t *)dst,
+                                                                                count, seed);
     TDC_LAUNCHED(c);
 }
