@@ -1,0 +1,570 @@
+/* test_planned.c - planned diffusion (drafter/planned.c): tag lookup and the no-tag fallback
+ * error, the strict plan parser, attention rows checked cell by cell, and scaffold filling on a
+ * random-weight Dream model whose vocabulary is the e2e drafter's plus the six tags (a copy of
+ * its tokenizer.json with the tags appended as added tokens 1123..1128).
+ *
+ * Span isolation is checked two ways: at the forward level (a span's logits are bitwise the same
+ * whatever its siblings contain, and match a run of the prefix and that span alone), and at the
+ * filler level (filling one span alone gives the same tokens as filling all of them; with dense
+ * attention it does not). The critical path is checked against the schedule computed here. */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/td_common.h"
+#include "drafter/planned.h"
+#include "kernels/backend.h"
+#include "model/config.h"
+#include "model/model.h"
+#include "model/tokenizer.h"
+#include "tests/tdtest.h"
+
+#define TAG0 1123
+
+static td_tokenizer_t *s_tok_with_tags(void) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/e2e/dream-drafter/tokenizer.json", td_test_data());
+    char *text = NULL;
+    size_t len = 0;
+    td_err_t err = {0};
+    if (td_read_file(path, &text, &len, &err) != TD_OK) return NULL;
+    cJSON *j = cJSON_Parse(text);
+    free(text);
+    if (!j) return NULL;
+    cJSON *added = cJSON_GetObjectItem(j, "added_tokens");
+    static const char *tags[6] = {"<async>",  "</async>", "<promise>-<topic>",
+                                  "</topic>", "<sync/>",  "[PAD]"};
+    for (int i = 0; i < 6; i++) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddNumberToObject(o, "id", TAG0 + i);
+        cJSON_AddStringToObject(o, "content", tags[i]);
+        cJSON_AddBoolToObject(o, "single_word", 0);
+        cJSON_AddBoolToObject(o, "lstrip", 0);
+        cJSON_AddBoolToObject(o, "rstrip", 0);
+        cJSON_AddBoolToObject(o, "normalized", 0);
+        cJSON_AddBoolToObject(o, "special", 1);
+        cJSON_AddItemToArray(added, o);
+    }
+    char *out = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    td_tokenizer_t *tok = td_tokenizer_from_json(out, strlen(out), &err);
+    free(out);
+    return tok;
+}
+
+typedef struct env {
+    td_tokenizer_t *tok;
+    td_plan_tags_t tags;
+} env_t;
+
+static int s_env(env_t *e) {
+    memset(e, 0, sizeof *e);
+    e->tok = s_tok_with_tags();
+    if (!e->tok) {
+        td_test_fail(__FILE__, __LINE__, "could not build the tokenizer with tags");
+        return 0;
+    }
+    td_err_t err = {0};
+    if (td_plan_tags_init(&e->tags, e->tok, 2, &err) != TD_OK) {
+        td_test_fail(__FILE__, __LINE__, "tags: %s", err.msg);
+        td_tokenizer_destroy(&e->tok);
+        return 0;
+    }
+    return 1;
+}
+
+static void s_env_free(env_t *e) {
+    td_plan_tags_free(&e->tags);
+    td_tokenizer_destroy(&e->tok);
+}
+
+static int s_parse_text(env_t *e, const char *text, td_plan_t *plan, td_err_t *err) {
+    int32_t *ids = NULL;
+    int n = 0;
+    if (td_tokenizer_encode(e->tok, text, strlen(text), 1, &ids, &n, err) != TD_OK) return -100;
+    int rc = td_plan_parse(ids, n, &e->tags, plan, err);
+    free(ids);
+    return rc;
+}
+
+TD_TEST(tags_from_tokenizer) {
+    env_t e;
+    if (!s_env(&e)) return;
+    CHECK_EQ_INT(e.tags.async_open, TAG0);
+    CHECK_EQ_INT(e.tags.async_close, TAG0 + 1);
+    CHECK_EQ_INT(e.tags.promise, TAG0 + 2);
+    CHECK_EQ_INT(e.tags.topic_close, TAG0 + 3);
+    CHECK_EQ_INT(e.tags.sync, TAG0 + 4);
+    CHECK_EQ_INT(e.tags.pad, TAG0 + 5);
+    int32_t five = td_tokenizer_token_id(e.tok, "5");
+    REQUIRE(five >= 0);
+    CHECK_EQ_INT(e.tags.kind[five], 2);
+    CHECK_EQ_INT(e.tags.value[five], 5);
+    int32_t the = td_tokenizer_token_id(e.tok, "the");
+    if (the >= 0) CHECK_EQ_INT(e.tags.kind[the], 0);
+    s_env_free(&e);
+}
+
+TD_TEST(no_tags_is_a_clear_error_with_a_fallback) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/e2e/dream-drafter", td_test_data());
+    td_err_t err = {0};
+    td_tokenizer_t *tok = td_tokenizer_load(path, &err);
+    REQUIRE(tok);
+    td_plan_tags_t t;
+    CHECK_EQ_INT(td_plan_tags_init(&t, tok, 2, &err), TD_ERR_UNSUPPORTED);
+    CHECK(strstr(err.msg, "<async>") && strstr(err.msg, "<promise>-<topic>"));
+    CHECK(strstr(err.msg, "plain decoding") != NULL);
+    td_plan_tags_free(&t);
+    td_tokenizer_destroy(&tok);
+}
+
+TD_TEST(plan_parser_accepts) {
+    env_t e;
+    if (!s_env(&e)) return;
+    td_plan_t p;
+    td_err_t err = {0};
+    CHECK_EQ_INT(s_parse_text(&e,
+                              "Verses:<promise>-<topic> In the beginning 3</topic>"
+                              "<promise>-<topic> And God said 12 </topic><sync/>",
+                              &p, &err),
+                 TD_OK);
+    CHECK_EQ_INT(p.n_spans, 2);
+    CHECK_EQ_INT(p.spans[0].units, 3);
+    CHECK_EQ_INT(p.spans[0].length, 30);
+    CHECK_EQ_INT(p.spans[1].units, 12);
+    CHECK_EQ_INT(p.spans[1].length, 120);
+    CHECK_EQ_INT(p.end, TD_PLAN_END_SYNC);
+    CHECK(p.spans[0].promise_at < p.spans[0].close_at);
+    CHECK(p.spans[0].close_at < p.spans[1].promise_at);
+    CHECK_EQ_INT(s_parse_text(&e, "<promise>-<topic> x 1</topic>[PAD]<|im_end|>", &p, &err), TD_OK);
+    CHECK_EQ_INT(p.n_spans, 1);
+    CHECK_EQ_INT(p.end, TD_PLAN_END_EOS);
+    CHECK_EQ_INT(s_parse_text(&e, "Just an answer.<|im_end|>", &p, &err), TD_OK);
+    CHECK_EQ_INT(p.n_spans, 0);
+    CHECK_EQ_INT(s_parse_text(&e, "<promise>-<topic> 99 words</topic>", &p, &err), TD_OK);
+    CHECK_EQ_INT(p.spans[0].units, 99);
+    CHECK_EQ_INT(p.end, TD_PLAN_END_NONE);
+    s_env_free(&e);
+}
+
+TD_TEST(plan_parser_rejects) {
+    env_t e;
+    if (!s_env(&e)) return;
+    static const struct {
+        const char *text, *msg;
+    } bad[] = {
+        {"<promise>-<topic> words </topic><sync/>", "no length"},
+        {"<promise>-<topic> words 123</topic><sync/>", "more than 2 digits"},
+        {"<promise>-<topic> words 0</topic><sync/>", "is 0"},
+        {"<promise>-<topic> words 00</topic><sync/>", "is 0"},
+        {"<promise>-<topic> words 3 and 4</topic><sync/>", "two numbers"},
+        {"<promise>-<topic> words 3<sync/>", "unterminated"},
+        {"<promise>-<topic> words 3<|im_end|>", "unterminated"},
+        {"<promise>-<topic> words 3", "unterminated"},
+        {"words 3</topic><sync/>", "without an open"},
+        {"<promise>-<topic> a 2<promise>-<topic> b 3</topic>", "inside the promise"},
+        {"<promise>-<topic> a 2</topic><async><sync/>", "async tags belong"},
+        {"<promise>-<topic> a 2</topic><sync/> more", "after the stage"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        td_plan_t p;
+        td_err_t err = {0};
+        int rc = s_parse_text(&e, bad[i].text, &p, &err);
+        CHECK_MSG(rc == TD_ERR_FORMAT, "\"%s\" gave %d", bad[i].text, rc);
+        CHECK_MSG(strstr(err.msg, bad[i].msg) != NULL, "\"%s\": message \"%s\" lacks \"%s\"",
+                  bad[i].text, err.msg, bad[i].msg);
+    }
+    s_env_free(&e);
+}
+
+/* Cell by cell, against the rule written out here. */
+TD_TEST(scaffold_rows_and_mask_cells) {
+    env_t e;
+    if (!s_env(&e)) return;
+    td_plan_t p = {.n_spans = 3};
+    p.spans[0].length = 10;
+    p.spans[1].length = 20;
+    p.spans[2].length = 10;
+    const int P = 7, L = 12 + 22 + 12, N = P + L;
+    int32_t tok[64];
+    td_pd_row_t rows[64];
+    for (int dense = 0; dense < 2; dense++) {
+        for (int i = 0; i < P; i++) rows[i] = (td_pd_row_t){i + 1, 0, 0};
+        CHECK_EQ_INT(td_planned_scaffold(&p, &e.tags, 1121, P, dense, tok + P, rows + P, 64 - P),
+                     L);
+        CHECK_EQ_INT(td_planned_scaffold(&p, &e.tags, 1121, P, dense, tok + P, rows + P, L - 1),
+                     TD_ERR_ARG);
+        /* tokens: <async> masks </async> per span */
+        int starts[3] = {P, P + 12, P + 34}, lens[3] = {10, 20, 10};
+        for (int k = 0; k < 3; k++) {
+            CHECK_EQ_INT(tok[starts[k]], e.tags.async_open);
+            CHECK_EQ_INT(tok[starts[k] + lens[k] + 1], e.tags.async_close);
+            for (int j = 1; j <= lens[k]; j++) CHECK_EQ_INT(tok[starts[k] + j], 1121);
+        }
+        uint8_t *mask = malloc((size_t)N * N);
+        td_pd_rows_mask(rows, N, mask, N);
+        int bad = 0;
+        for (int q = 0; q < N; q++) {
+            int qs = -1;
+            for (int k = 0; k < 3; k++)
+                if (q >= starts[k] && q < starts[k] + lens[k] + 2) qs = k;
+            for (int key = 0; key < N; key++) {
+                int ks = -1;
+                for (int k = 0; k < 3; k++)
+                    if (key >= starts[k] && key < starts[k] + lens[k] + 2) ks = k;
+                int want;
+                if (qs < 0)
+                    want = key <= q; /* prefix: causal, never a span */
+                else if (ks < 0)
+                    want = 1; /* span rows see the whole prefix */
+                else
+                    want = dense ? 1 : ks == qs; /* own span; siblings only when dense */
+                if (mask[(size_t)q * N + key] != want) bad++;
+            }
+        }
+        CHECK_MSG(bad == 0, "%d wrong mask cells (dense %d)", bad, dense);
+        free(mask);
+    }
+    s_env_free(&e);
+}
+
+TD_TEST(clean_strips_tags_promises_and_pad) {
+    env_t e;
+    if (!s_env(&e)) return;
+    const td_plan_tags_t *t = &e.tags;
+    int32_t raw[] = {40,
+                     t->promise,
+                     41,
+                     23,
+                     t->topic_close,
+                     t->async_open,
+                     50,
+                     51,
+                     t->pad,
+                     t->pad,
+                     t->async_close,
+                     t->sync,
+                     42,
+                     t->async_open,
+                     52,
+                     t->async_close,
+                     2};
+    int32_t out[32];
+    int n = td_planned_clean(t, raw, (int)(sizeof raw / sizeof raw[0]), out);
+    int32_t want[] = {40, 50, 51, 42, 52};
+    CHECK_EQ_INT(n, 5);
+    for (int i = 0; i < 5 && i < n; i++) CHECK_EQ_INT(out[i], want[i]);
+    s_env_free(&e);
+}
+
+/* ---- the filler on a random-weight Dream model with the tag vocabulary ---- */
+
+typedef struct mfx {
+    td_backend_t *be;
+    td_model_t *m;
+} mfx_t;
+
+static int s_model(mfx_t *f, uint64_t seed) {
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/e2e/dream-drafter", td_test_data());
+    td_err_t err = {0};
+    td_config_t cfg;
+    if (td_config_load(dir, &cfg, &err) != TD_OK) {
+        td_test_fail(__FILE__, __LINE__, "%s", err.msg);
+        return 0;
+    }
+    cfg.n_vocab = TAG0 + 6;
+    f->be = td_backend_cpu_new(1, 0, &err);
+    f->m = f->be ? td_model_new_synthetic(&cfg, TD_DTYPE_F32, seed, f->be, &err) : NULL;
+    if (!f->m) {
+        td_test_fail(__FILE__, __LINE__, "synthetic model: %s", err.msg);
+        td_backend_destroy(&f->be);
+        return 0;
+    }
+    return 1;
+}
+
+static void s_model_free(mfx_t *f) {
+    td_model_destroy(&f->m);
+    td_backend_destroy(&f->be);
+}
+
+static void s_ctx(int32_t *ctx, int n, uint64_t seed) {
+    td_rng_t r;
+    td_rng_seed(&r, seed);
+    for (int i = 0; i < n; i++) ctx[i] = 3 + (int)(td_rng_next(&r) % 1100);
+}
+
+/* Forward-level isolation: logits of the rows of one span do not depend on its siblings. */
+TD_TEST(span_logits_never_see_siblings) {
+    env_t e;
+    mfx_t f;
+    if (!s_env(&e)) return;
+    if (!s_model(&f, 7)) return;
+    const int V = TAG0 + 6, P = 9;
+    td_plan_t p = {.n_spans = 3};
+    p.spans[0].length = 10;
+    p.spans[1].length = 20;
+    p.spans[2].length = 10;
+    int32_t tok[80], tok2[80];
+    td_pd_row_t rows[80];
+    s_ctx(tok, P, 3);
+    for (int i = 0; i < P; i++) rows[i] = (td_pd_row_t){i + 1, 0, 0};
+    for (int dense = 0; dense < 2; dense++) {
+        int L = td_planned_scaffold(&p, &e.tags, 1121, P, dense, tok + P, rows + P, 80 - P);
+        int N = P + L;
+        /* some span content: a few committed tokens among the masks */
+        for (int i = P; i < N; i++)
+            if (tok[i] == 1121 && i % 3 == 0) tok[i] = 100 + i;
+        memcpy(tok2, tok, sizeof tok);
+        /* siblings of span 1 (spans 0 and 2) rewritten */
+        for (int i = P + 1; i < P + 11; i++) tok2[i] = 500 + i;
+        for (int i = P + 35; i < P + 45; i++) tok2[i] = 700 + i;
+        uint8_t *mask = malloc((size_t)N * N);
+        td_pd_rows_mask(rows, N, mask, N);
+        float *a = malloc((size_t)N * V * sizeof *a), *b = malloc((size_t)N * V * sizeof *b);
+        td_err_t err = {0};
+        for (int run = 0; run < 2; run++) {
+            td_kv_cache_t *kv = td_kv_cache_new(f.m, 1, N, &err);
+            td_batch_t bt = {.n = N,
+                             .tokens = run ? tok2 : tok,
+                             .attn = TD_ATTN_EXPLICIT,
+                             .mask = mask,
+                             .mask_stride = N};
+            CHECK(td_model_forward(f.m, kv, &bt, run ? b : a, &err) == TD_OK);
+            td_kv_cache_destroy(&kv);
+        }
+        int span1_same = memcmp(a + (size_t)(P + 12) * V, b + (size_t)(P + 12) * V,
+                                (size_t)22 * V * sizeof *a) == 0;
+        int prefix_same = memcmp(a, b, (size_t)P * V * sizeof *a) == 0;
+        CHECK(prefix_same); /* the prefix never sees any span */
+        if (!dense)
+            CHECK_MSG(span1_same, "span 1 logits changed with its siblings (sparse)");
+        else
+            CHECK_MSG(!span1_same, "dense: span 1 should see its siblings");
+        if (!dense) {
+            /* prefix + span 0 alone, bidirectional within, is the same computation */
+            int n0 = P + 12;
+            td_pd_row_t r0[80];
+            memcpy(r0, rows, (size_t)n0 * sizeof *r0);
+            uint8_t *m0 = malloc((size_t)n0 * n0);
+            td_pd_rows_mask(r0, n0, m0, n0);
+            float *c0 = malloc((size_t)n0 * V * sizeof *c0);
+            td_kv_cache_t *kv = td_kv_cache_new(f.m, 1, n0, &err);
+            td_batch_t bt = {
+                .n = n0, .tokens = tok, .attn = TD_ATTN_EXPLICIT, .mask = m0, .mask_stride = n0};
+            CHECK(td_model_forward(f.m, kv, &bt, c0, &err) == TD_OK);
+            double md = 0;
+            for (size_t i = (size_t)P * V; i < (size_t)n0 * V; i++) {
+                double dd = fabs((double)c0[i] - (double)a[i]);
+                if (dd > md) md = dd;
+            }
+            CHECK_MSG(md < 1e-4, "span 0 alone differs by %g", md);
+            td_kv_cache_destroy(&kv);
+            free(m0);
+            free(c0);
+        }
+        free(mask);
+        free(a);
+        free(b);
+    }
+    s_model_free(&f);
+    s_env_free(&e);
+}
+
+/* The count schedule of one span, computed independently: steps with masks. */
+static int s_expected_steps(int len, int steps) {
+    int masked = len, n = 0;
+    for (int i = 0; i < steps && masked > 0; i++) {
+        int take = masked;
+        if (i < steps - 1) {
+            float t = (float)(1.0 + (1e-3 - 1.0) * i / steps);
+            float s = (float)(1.0 + (1e-3 - 1.0) * (i + 1) / steps);
+            take = (int)((float)masked * (1.0f - s / t));
+            if (take < 1) take = 1;
+        }
+        masked -= take;
+        n++;
+    }
+    return n;
+}
+
+TD_TEST(fill_spans_shapes_isolation_and_critical_path) {
+    env_t e;
+    mfx_t f;
+    if (!s_env(&e)) return;
+    if (!s_model(&f, 11)) return;
+    const int P = 12;
+    int32_t ctx[16];
+    s_ctx(ctx, P, 5);
+    td_plan_t p = {.n_spans = 3, .end = TD_PLAN_END_SYNC};
+    int lens[3] = {10, 30, 20};
+    for (int k = 0; k < 3; k++) p.spans[k].length = lens[k];
+    for (int dense = 0; dense < 2; dense++) {
+        td_planned_params_t pp = td_planned_params_default();
+        pp.dense = dense;
+        int32_t all[100], one[100];
+        td_pd_row_t rows[100];
+        td_planned_stats_t st = {0};
+        td_rng_t rng;
+        td_rng_seed(&rng, 1);
+        td_err_t err = {0};
+        int n =
+            td_planned_fill(f.m, &e.tags, ctx, NULL, P, &p, &pp, &rng, all, rows, 100, &st, &err);
+        REQUIRE(n == 12 + 32 + 22);
+        /* shape: tags in place, no masks left */
+        int at = 0, masks = 0;
+        for (int k = 0; k < 3; k++) {
+            CHECK_EQ_INT(all[at], e.tags.async_open);
+            CHECK_EQ_INT(all[at + lens[k] + 1], e.tags.async_close);
+            at += lens[k] + 2;
+        }
+        for (int i = 0; i < n; i++) masks += all[i] == 1121;
+        CHECK_EQ_INT(masks, 0);
+        /* critical path: steps = longest span (30); forwards = the slowest span's steps */
+        int exp_sum = 0, exp_max = 0;
+        for (int k = 0; k < 3; k++) {
+            int s = s_expected_steps(lens[k], 30);
+            exp_sum += s;
+            if (s > exp_max) exp_max = s;
+        }
+        CHECK_EQ_INT(st.diffusion_forwards, exp_max);
+        CHECK_EQ_INT(st.span_steps, exp_sum);
+        CHECK_EQ_INT(st.spans, 3);
+        CHECK_EQ_INT(st.span_tokens, 60);
+        CHECK_EQ_INT(st.stages, 1);
+        /* each span alone */
+        int differs = 0;
+        at = 0;
+        for (int k = 0; k < 3; k++) {
+            pp.only_span = k;
+            td_planned_stats_t s1 = {0};
+            td_rng_seed(&rng, 1);
+            CHECK_EQ_INT(td_planned_fill(f.m, &e.tags, ctx, NULL, P, &p, &pp, &rng, one, rows, 100,
+                                         &s1, &err),
+                         n);
+            CHECK_EQ_INT(s1.diffusion_forwards, s_expected_steps(lens[k], 30));
+            int same = memcmp(all + at, one + at, (size_t)(lens[k] + 2) * sizeof *all) == 0;
+            if (!dense) CHECK_MSG(same, "span %d filled alone differs (sparse)", k);
+            differs += !same;
+            at += lens[k] + 2;
+        }
+        pp.only_span = -1;
+        if (dense)
+            printf("  dense: %d of 3 spans changed when filled without their siblings\n", differs);
+    }
+    /* a span longer than the context */
+    td_planned_params_t pp = td_planned_params_default();
+    td_plan_t big = {.n_spans = 1};
+    big.spans[0].length = 200;
+    int32_t sc[300];
+    td_pd_row_t rows[300];
+    td_rng_t rng;
+    td_rng_seed(&rng, 1);
+    td_err_t err = {0};
+    CHECK_EQ_INT(
+        td_planned_fill(f.m, &e.tags, ctx, NULL, P, &big, &pp, &rng, sc, rows, 300, NULL, &err),
+        TD_ERR_ARG);
+    CHECK(strstr(err.msg, "only") != NULL);
+    s_model_free(&f);
+    s_env_free(&e);
+}
+
+/* The same isolation check on the e2e Dream drafter (trained weights, no tag tokens: the scaffold
+ * tags are stood in for by two of its added tokens). Sparse: each span alone gives the same
+ * tokens; dense: some span must change, which shows the comparison can fail. */
+TD_TEST(fill_isolation_on_trained_drafter) {
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/e2e/dream-drafter", td_test_data());
+    td_err_t err = {0};
+    td_backend_t *be = td_backend_cpu_new(1, 0, &err);
+    td_model_t *m = be ? td_model_load(dir, be, &err) : NULL;
+    REQUIRE(m);
+    td_plan_tags_t tags = {.async_open = 1120,
+                           .async_close = 1122,
+                           .promise = 1,
+                           .topic_close = 0,
+                           .sync = 1,
+                           .pad = 0,
+                           .eos = 2};
+    td_tokenizer_t *tok = td_tokenizer_load(dir, &err);
+    REQUIRE(tok);
+    const char *text = "And God said, Let there be light: and there was light.";
+    int32_t *ctx = NULL;
+    int P = 0;
+    REQUIRE(td_tokenizer_encode(tok, text, strlen(text), 0, &ctx, &P, &err) == TD_OK);
+    td_plan_t p = {.n_spans = 3};
+    int lens[3] = {10, 20, 10};
+    for (int k = 0; k < 3; k++) p.spans[k].length = lens[k];
+    int changed[2] = {0, 0};
+    for (int dense = 0; dense < 2; dense++) {
+        td_planned_params_t pp = td_planned_params_default();
+        pp.dense = dense;
+        int32_t all[64], one[64];
+        td_pd_row_t rows[64];
+        td_rng_t rng;
+        td_rng_seed(&rng, 1);
+        int n = td_planned_fill(m, &tags, ctx, NULL, P, &p, &pp, &rng, all, rows, 64, NULL, &err);
+        REQUIRE(n == 46);
+        for (int k = 0, at = 0; k < 3; at += lens[k] + 2, k++) {
+            pp.only_span = k;
+            CHECK_EQ_INT(
+                td_planned_fill(m, &tags, ctx, NULL, P, &p, &pp, &rng, one, rows, 64, NULL, &err),
+                n);
+            changed[dense] += memcmp(all + at, one + at, (size_t)(lens[k] + 2) * sizeof *all) != 0;
+        }
+    }
+    CHECK_MSG(changed[0] == 0, "sparse: %d spans changed when filled alone", changed[0]);
+    CHECK_MSG(changed[1] > 0, "dense: no span depended on its siblings");
+    printf("  trained drafter: dense attention changed %d of 3 spans filled alone\n", changed[1]);
+    free(ctx);
+    td_tokenizer_destroy(&tok);
+    td_model_destroy(&m);
+    td_backend_destroy(&be);
+}
+
+/* The whole loop with random weights: whatever the planner writes, the counts add up (one
+ * forward per plan token; critical path = AR + diffusion forwards) or the plan is refused with a
+ * parse error. The same model plans (run causally) and fills. */
+TD_TEST(generate_counts_or_refuses) {
+    env_t e;
+    mfx_t f;
+    if (!s_env(&e)) return;
+    if (!s_model(&f, 13)) return;
+    int ok = 0, refused = 0;
+    for (uint64_t seed = 0; seed < 6; seed++) {
+        int32_t prompt[8], out[64], raw[64];
+        s_ctx(prompt, 8, 100 + seed);
+        td_planned_params_t pp = td_planned_params_default();
+        pp.max_tokens = 48;
+        pp.max_plan_tokens = 16;
+        pp.sampling.temperature = 1.0f;
+        pp.seed = seed;
+        td_planned_stats_t st;
+        int n_out = 0, n_raw = 0;
+        td_err_t err = {0};
+        int rc = td_planned_generate(f.m, f.m, &e.tags, prompt, 8, &pp, out, &n_out, raw, &n_raw,
+                                     &st, &err);
+        if (rc == TD_ERR_FORMAT) {
+            CHECK(strstr(err.msg, "plan") != NULL);
+            refused++;
+            continue;
+        }
+        CHECK_MSG(rc == TD_OK, "rc %d: %s", rc, err.msg);
+        ok++;
+        CHECK_EQ_INT(st.ar_forwards, st.plan_tokens);
+        CHECK_EQ_INT(st.critical_path, st.ar_forwards + st.diffusion_forwards);
+        CHECK_EQ_INT(st.raw_tokens, n_raw);
+        CHECK(n_out <= n_raw);
+        for (int i = 0; i < n_out; i++)
+            CHECK(out[i] < TAG0 && out[i] != 2); /* no tag, pad or EOS left */
+    }
+    CHECK(ok + refused == 6);
+    s_model_free(&f);
+    s_env_free(&e);
+}
+
+TD_TEST_MAIN()
