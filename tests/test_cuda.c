@@ -526,7 +526,9 @@ static void s_forward_model(const char *dir, const char *name, int mode) {
     if (!p.kv[0] || !p.kv[1]) goto done;
     /* FP32 activations (tight) unless BF16/F16 weights go through cuBLAS */
     const double tight = 2e-3, loose = 3e-2;
-    const double small = p.bf16 && mode == TD_CUDA_MATMUL_CUBLAS ? loose : tight;
+    /* GPT-2's transposed Conv1D weights always take cuBLAS */
+    const int transposed = c->arch == TD_ARCH_GPT2 || c->arch == TD_ARCH_DIFFUGPT;
+    const double small = p.bf16 && (mode == TD_CUDA_MATMUL_CUBLAS || transposed) ? loose : tight;
     const double wide = p.bf16 ? loose : tight;
     const td_attn_kind_t def = c->causal ? TD_ATTN_CAUSAL : TD_ATTN_BIDIR;
     int32_t tok[16], pos[16], seq[16];
@@ -629,8 +631,10 @@ TD_TEST(cuda_two_backends) {
         td_batch_t bt = {.n = 4, .tokens = tok, .attn = TD_ATTN_CAUSAL};
         CHECK(td_model_forward(ma, ka, &bt, la, &err) == TD_OK);
         CHECK(td_model_forward(mb, kb, &bt, lb, &err) == TD_OK);
-        CHECK_MSG(memcmp(la, lb, sizeof(float) * (size_t)V * 4) == 0,
-                  "two backends disagree at step %d", step);
+        /* bitwise equal on one device; another device model may pick other cuBLAS kernels */
+        double wst = s_worst(lb, la, (int64_t)V * 4, 1e-4, 1e-4);
+        CHECK_MSG(dev_b == 0 ? memcmp(la, lb, sizeof(float) * (size_t)V * 4) == 0 : wst <= 1.0,
+                  "two backends disagree at step %d (error %.3g of tolerance)", step, wst);
     }
     char name[256];
     CHECK_EQ_INT(td_cuda_device_name(dev_b, name, sizeof name), TD_OK);
