@@ -240,7 +240,9 @@ def plot_curves(work, path):
         ax[0 if name == "verifier" else 1].plot(np.arange(len(s)) + 12, s, color=color, label=label + " train CE")
         ax[0 if name == "verifier" else 1].plot(h["eval_step"], h["heldout_loss"], "o--", color=color, ms=3,
                                                 label=label + " held-out CE")
-    h = torch.load(os.path.join(work, "diffusion.pt"), weights_only=False)["history"]
+    p = os.path.join(work, "diffusion.pt")
+    h = torch.load(p, weights_only=False)["history"] if os.path.exists(p) else {
+        "train_loss": [], "eval_step": [], "heldout_loss": [], "heldout_acc": []}
     s = smooth(h["train_loss"])
     ax[2].plot(np.arange(len(s)) + 12, s, color="C3", label="diffusion train loss (weighted)")
     ax[2].plot(h["eval_step"], h["heldout_loss"], "o--", color="C4", ms=3, label="held-out masked CE @0.5")
@@ -254,8 +256,8 @@ def plot_curves(work, path):
         a.set_ylabel("nats / token")
         a.legend(fontsize=7)
         a.grid(alpha=0.3)
-    ax[0].set_ylim(1.5, 6)
-    ax[1].set_ylim(1.5, 6)
+    ax[0].set_ylim(3.5, 6.5)
+    ax[1].set_ylim(3.5, 6.5)
     fig.tight_layout()
     fig.savefig(path, dpi=70)
 
@@ -272,10 +274,33 @@ def export_all(tok_path, work, out, args):
     for key, shape in shapes.items():
         if not os.path.exists(os.path.join(work, key + ".pt")):
             continue
-        d = os.path.join(out, NAMES[key]) if key in NAMES else os.path.join(work, "export-" + key)
+        d = os.path.join(out, NAMES[key]) if key in ("verifier", "diffusion") else os.path.join(work, "export-" + key)
         write_model_dir(d, T.load_model(shape, tok, os.path.join(work, key + ".pt")), tok_path, ids,
                         key == "diffusion")
         dirs[key] = d
+    # Which AR drafter ships: the one the verifier agrees with more on prompts from the TRAINING text
+    # (so the held-out figures below stay untouched by the choice).
+    res = {"seed": args.seed, "sizes": {}, "heldout": {}, "agreement": {}}
+    sel_ids = common.encode_file(tok, os.path.join(work, "corpus", "train.txt"))[-200000:]
+    sel_prompts, _ = prompts_from(sel_ids)
+    ver = load_shipped(dirs["verifier"], VERIFIER, tok)
+    sel_ref = ar_greedy(ver, sel_prompts, DRAFT_LEN, bad)
+    sel = {}
+    for k in ["ar_kd", "ar_ce"]:
+        if k in dirs:
+            sel[k] = agreement(ar_greedy(load_shipped(dirs[k], DRAFTER, tok), sel_prompts, DRAFT_LEN, bad),
+                               sel_ref)["mean_accepted_per_verification"]
+    shipped = max(sel, key=lambda k: (sel[k], k == "ar_kd"))
+    log("AR drafter selection on training-text prompts: %s -> ship %s" % (sel, shipped))
+    res["ar_selection"] = {"mean_accepted_on_train_prompts": sel, "shipped": shipped,
+                           "rule": "the AR drafter with the higher mean accepted tokens per verification (draft 8) "
+                                   "on %d prompts from the last 200000 tokens of the training text" % N_PROMPTS}
+    dst = os.path.join(out, NAMES["ar_kd"])
+    if os.path.exists(dst):
+        shutil.rmtree(dst)
+    shutil.copytree(dirs[shipped], dst)
+    dirs[shipped] = dst
+    NAMES[shipped] = NAMES.pop("ar_kd")
     corpus = os.path.join(work, "corpus")
     shutil.copyfile(os.path.join(corpus, "heldout.txt"), os.path.join(out, "heldout.txt"))
     shutil.copyfile(os.path.join(corpus, "corpus_info.json"), os.path.join(out, "corpus_info.json"))
@@ -284,7 +309,6 @@ def export_all(tok_path, work, out, args):
     with open(os.path.join(out, "heldout.txt"), encoding="utf-8") as f:
         held_text = f.read()
     held = np.array(tok.encode(held_text).ids, dtype=np.int32)
-    res = {"seed": args.seed, "sizes": {}, "heldout": {}, "agreement": {}}
     vflops = common.count_flops_params(models["verifier"])
     for k, m in models.items():
         fp = common.count_flops_params(m)
@@ -307,7 +331,7 @@ def export_all(tok_path, work, out, args):
     for k in ["verifier", "ar_kd", "ar_ce"]:
         if k in models:
             r = heldout_ppl(models[k], held)
-            name = NAMES.get(k, "ar-drafter-ce-baseline (not shipped)")
+            name = NAMES.get(k, "%s AR drafter (not shipped)" % ("distilled" if k == "ar_kd" else "CE-only"))
             ppl["models"][name] = r
             res["heldout"][k] = r
             log("%s held-out ppl %.3f over %d tokens" % (k, r["ppl"], r["scored_tokens"]))
@@ -353,7 +377,7 @@ def export_all(tok_path, work, out, args):
 
     # HF transformers loads the causal directories and gives the same logits
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    for k in ["verifier", "ar_kd"]:
+    for k in ["verifier", shipped]:
         hf = AutoModelForCausalLM.from_pretrained(dirs[k], dtype=torch.float32).eval()
         at = AutoTokenizer.from_pretrained(dirs[k])
         x = torch.tensor([at("And God said, Let there be light")["input_ids"]])
