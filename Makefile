@@ -124,3 +124,6 @@ clean:
 	rm -rf build build-san
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+
+# CUDA backend (built when nvcc is present; a stub otherwise). Must stay after the program lists.
+-include kernels/cuda/cuda.mk

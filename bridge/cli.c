@@ -2,6 +2,7 @@
 #include <stdio.h>
 
 #include "bridge/cli.h"
+#include "kernels/cuda/backend_cuda.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -75,13 +76,28 @@ int td_opts_float(td_opts_t *o, double lo, double hi, double *out) {
     return 0;
 }
 
-int td_cli_load(const char *dir, int n_threads, td_backend_t **be, td_model_t **m,
-                td_tokenizer_t **tok) {
+td_backend_t *td_cli_backend_new(int device, int n_threads, td_err_t *err) {
+    if (device < 0) return td_backend_cpu_new(n_threads, 0, err);
+    int n = td_cuda_device_count();
+    if (device >= n) {
+        td_err_set(err, TD_ERR_ARG, "--device %d: %s", device,
+                   n ? "no such CUDA device" : "no CUDA device (or this build has no CUDA backend); use the CPU (--device -1)");
+        return NULL;
+    }
+    return td_backend_cuda_new(device, err);
+}
+
+int td_cli_load(const char *dir, int n_threads, td_backend_t **be, td_model_t **m, td_tokenizer_t **tok) {
+    return td_cli_load_on(dir, -1, n_threads, be, m, tok);
+}
+
+int td_cli_load_on(const char *dir, int device, int n_threads, td_backend_t **be, td_model_t **m,
+                   td_tokenizer_t **tok) {
     td_err_t err = {0};
     *be = NULL;
     *m = NULL;
     *tok = NULL;
-    *be = td_backend_cpu_new(n_threads, 0, &err);
+    *be = td_cli_backend_new(device, n_threads, &err);
     if (*be) *m = td_model_load(dir, *be, &err);
     if (*m) *tok = td_tokenizer_load(dir, &err);
     if (!*tok) {

@@ -28,10 +28,17 @@ const char *td_opts_value(td_opts_t *o);
 int td_opts_int(td_opts_t *o, long lo, long hi, long *out);
 int td_opts_float(td_opts_t *o, double lo, double hi, double *out);
 
+/* A backend: CUDA device `device` when device >= 0 (an error when this build or machine has no such
+ * device), else the CPU backend with n_threads. */
+td_backend_t *td_cli_backend_new(int device, int n_threads, td_err_t *err);
+
 /* Loads a model directory on a CPU backend with n_threads (0 = all cores) and its tokenizer.
  * Prints the error and returns -1 on failure; on success the caller destroys all three. */
 int td_cli_load(const char *dir, int n_threads, td_backend_t **be, td_model_t **m,
                 td_tokenizer_t **tok);
+/* The same on a chosen device (-1 = CPU). */
+int td_cli_load_on(const char *dir, int device, int n_threads, td_backend_t **be, td_model_t **m,
+                   td_tokenizer_t **tok);
 
 /* Reads all of a file, or stdin for "-". */
 char *td_cli_read_text(const char *path, size_t *len);

@@ -6,6 +6,8 @@
 #include "bridge/commands.h"
 #include "bridge/pair.h"
 #include "drafter/draft.h"
+#include "drafter/planned.h"
+#include "drafter/selfspec.h"
 #include "verifier/generate.h"
 #include "verifier/spec.h"
 
@@ -21,7 +23,8 @@ static void s_help(FILE *f) {
             "`ar` measured in the same run (ar is always run first).\n\n"
             "options:\n"
             "  --prompts FILE     one prompt per line (default bench/prompts.txt)\n"
-            "  --methods LIST     comma-separated: ar,spec-ar,specdiff,apd,diffusion (default all)\n"
+            "  --methods LIST     comma-separated: ar,spec-ar,specdiff,apd,diffusion,selfspec,planned\n"
+            "                     (default all but planned, which needs a checkpoint with plan tags)\n"
             "  --gamma LIST       draft lengths, e.g. 4,8,16 (default 8)\n"
             "  --steps LIST       diffusion steps per draft, e.g. 1,2,4 (default 4; spec-ar/apd use 1)\n"
             "  --orders LIST      unmasking orders (default left-to-right)\n"
@@ -35,6 +38,8 @@ static void s_help(FILE *f) {
             "  --diffusion-drafter DIR  default models/tiny-diffusion-drafter\n"
             "  --limit N          use only the first N prompts\n"
             "  --threads N        CPU threads per model (default: all cores)\n"
+            "  --device N         CUDA device of the verifier (default -1: CPU); --drafter-device N for an\n"
+            "                     in-process drafter\n"
             "  --predraft         in-process drafter: draft the next round ahead while the verifier verifies\n"
             "  --out PREFIX       output files (default bench/results/bench)\n");
 }
@@ -78,10 +83,10 @@ static void s_add(row_t *r, const td_spec_stats_t *s, double secs) {
 }
 
 int td_cmd_bench(int argc, char **argv) {
-    const char *prompts_path = "bench/prompts.txt", *methods_s = "ar,spec-ar,specdiff,apd,diffusion", *gammas_s = "8",
+    const char *prompts_path = "bench/prompts.txt", *methods_s = "ar,spec-ar,specdiff,apd,diffusion,selfspec", *gammas_s = "8",
                *steps_s = "4", *orders_s = "left-to-right", *verify_s = "rejection", *vdir = NULL, *ardir = NULL,
                *dfdir = NULL, *out_prefix = "bench/results/bench", *pos;
-    long max_tokens = 64, seed = 0, threads = 0, limit = 0;
+    long device = -1, ddevice = -1, max_tokens = 64, seed = 0, threads = 0, limit = 0;
     double temperature = 0, mixture = 0.7;
     int r, predraft = 0;
     td_opts_t o;
@@ -101,7 +106,7 @@ int td_cmd_bench(int argc, char **argv) {
         STR("prompts", prompts_path) STR("methods", methods_s) STR("gamma", gammas_s) STR("steps", steps_s)
         STR("orders", orders_s) STR("verify", verify_s) STR("verifier", vdir) STR("ar-drafter", ardir)
         STR("diffusion-drafter", dfdir) STR("out", out_prefix)
-        INT("max-tokens", max_tokens, 1, 1 << 16) INT("seed", seed, 0, 0x7fffffffL) INT("threads", threads, 0, 1024)
+        INT("max-tokens", max_tokens, 1, 1 << 16) INT("seed", seed, 0, 0x7fffffffL) INT("threads", threads, 0, 1024) INT("device", device, -1, 64) INT("drafter-device", ddevice, -1, 64)
         else if (td_opts_is(&o, "predraft")) predraft = 1;
         INT("limit", limit, 0, 1 << 20) FLT("temperature", temperature, 0, 100) FLT("mixture", mixture, 0, 1)
         else {
@@ -165,8 +170,10 @@ int td_cmd_bench(int argc, char **argv) {
         return 1;
     }
     td_err_t err = {0};
+    td_plan_tags_t tags;
+    int have_tags = 0;
     td_pair_t par = {0}, pdf = {0};
-    td_pair_opts_t po = {.threads = (int)threads, .predraft = predraft};
+    td_pair_opts_t po = {.device = (int)device, .drafter_device = (int)ddevice, .threads = (int)threads, .predraft = predraft};
     int rc = 1, need_ar = want[TD_METHOD_SPEC_AR], need_df = want[TD_METHOD_SPECDIFF] || want[TD_METHOD_APD];
     td_backend_t *dbe = NULL;
     td_model_t *dm = NULL;
@@ -180,7 +187,16 @@ int td_cmd_bench(int argc, char **argv) {
         fprintf(stderr, "tandem bench: %s\n", err.msg);
         goto done;
     }
-    if (want[TD_METHOD_DIFFUSION] && td_cli_load(dfdir, (int)threads, &dbe, &dm, &dtok)) goto done;
+    if ((want[TD_METHOD_DIFFUSION] || want[TD_METHOD_SELFSPEC] || want[TD_METHOD_PLANNED]) &&
+        td_cli_load_on(dfdir, (int)ddevice, (int)threads, &dbe, &dm, &dtok))
+        goto done;
+    if (want[TD_METHOD_PLANNED]) {
+        if (td_plan_tags_init(&tags, dtok, td_model_config(dm)->eos_token_id, &err) == TD_OK) have_tags = 1;
+        else fprintf(stderr, "tandem bench: planned skipped: %s\n", err.msg), want[TD_METHOD_PLANNED] = 0;
+    }
+    n_m = 0;
+    for (int m = 0; m < TD_METHOD_COUNT; m++)
+        if (want[m]) methods[n_m++] = m;
     for (int i = 0; i < n_p; i++)
         if (td_tokenizer_encode(par.vtok, lines[i], strlen(lines[i]), 0, &ids[i], &n_ids[i], &err) != TD_OK) {
             fprintf(stderr, "tandem bench: prompt %d: %s\n", i + 1, err.msg);
@@ -214,6 +230,21 @@ int td_cmd_bench(int argc, char **argv) {
                             grc = td_generate_ar(par.verifier, ids[i], n_ids[i], &gp, NULL, NULL, out, &gs, &err);
                             st.generated = gs.generated, st.forwards = gs.forwards;
                             st.verifier_s = gs.prefill_s + gs.decode_s;
+                        } else if (m == TD_METHOD_SELFSPEC) {
+                            td_selfspec_params_t sp2 = td_selfspec_params_default();
+                            sp2.max_tokens = (int)max_tokens;
+                            td_selfspec_stats_t ts = {0};
+                            grc = td_selfspec_generate(dm, ids[i], n_ids[i], &sp2, out, &ts, &err);
+                            st.generated = ts.generated, st.forwards = ts.forwards, st.rounds = ts.rounds;
+                            st.drafted = ts.drafted, st.accepted = ts.commits - ts.rounds;
+                        } else if (m == TD_METHOD_PLANNED) {
+                            td_planned_params_t pp = td_planned_params_default();
+                            pp.max_tokens = (int)max_tokens;
+                            pp.seed = (uint64_t)(seed + i);
+                            td_planned_stats_t ps = {0};
+                            int n_out = 0;
+                            grc = td_planned_generate(dm, dm, &tags, ids[i], n_ids[i], &pp, out, &n_out, NULL, NULL, &ps, &err);
+                            st.generated = n_out, st.forwards = ps.critical_path;
                         } else if (m == TD_METHOD_DIFFUSION) {
                             td_diffusion_params_t dp = td_diffusion_params_default();
                             dp.max_tokens = (int)max_tokens;
@@ -307,6 +338,7 @@ done:
     free(ptxt);
     td_pair_close(&par);
     td_pair_close(&pdf);
+    if (have_tags) td_plan_tags_free(&tags);
     td_tokenizer_destroy(&dtok);
     td_model_destroy(&dm);
     td_backend_destroy(&dbe);

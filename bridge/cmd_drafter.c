@@ -32,7 +32,7 @@ static void s_help(FILE *f) {
             "  --predraft         after each proposal, draft the next round ahead (assuming every token\n"
             "                     is accepted and guessing the bonus) while the verifier verifies\n"
             "  --threads N        CPU threads (default: all cores)\n"
-            "  --device N         accelerator to use; this build has the CPU backend only: N must be -1 or 0\n");
+            "  --device N         CUDA device (default -1: CPU)\n");
 }
 
 int td_cmd_drafter(int argc, char **argv) {
@@ -78,14 +78,10 @@ int td_cmd_drafter(int argc, char **argv) {
         fprintf(stderr, "tandem-drafter: need --model DIR and --bind ENDPOINT (see --help)\n");
         return 2;
     }
-    if (device > 0) {
-        fprintf(stderr, "tandem-drafter: --device %ld: this build has no CUDA backend (CPU only)\n", device);
-        return 1;
-    }
     td_backend_t *be;
     td_model_t *m;
     td_tokenizer_t *tok;
-    if (td_cli_load(model, (int)threads, &be, &m, &tok)) return 1;
+    if (td_cli_load_on(model, (int)device, (int)threads, &be, &m, &tok)) return 1;
     td_err_t err = {0};
     td_drafter_opts_t dopts = {.max_sessions = (int)sessions, .n_ctx = (int)ctx, .model_id = model, .exact = exact,
                               .predraft = predraft};

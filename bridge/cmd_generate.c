@@ -5,6 +5,8 @@
 #include "bridge/commands.h"
 #include "bridge/pair.h"
 #include "drafter/draft.h"
+#include "drafter/planned.h"
+#include "drafter/selfspec.h"
 #include "model/chat.h"
 #include "model/sampler.h"
 #include "verifier/generate.h"
@@ -33,6 +35,11 @@ static void s_help(FILE *f) {
             "                     apd         diffusion drafts accepted while they equal the argmax of\n"
             "                                 R*logit_D + (1-R)*logit_AR (LOSSY by design)\n"
             "                     diffusion   the drafter alone, Fast-dLLM confidence-threshold unmasking\n"
+            "                     selfspec    the drafter verifies its own drafts: output identical to its\n"
+            "                                 one-token-per-step greedy decoding, fewer sequential passes\n"
+            "                     planned     an AR plan (<promise> spans) filled by parallel diffusion; the\n"
+            "                                 planner is --verifier when given, else the drafter run causally;\n"
+            "                                 a checkpoint without the plan tags falls back to diffusion\n"
             "prompt and sampling:\n"
             "  --prompt T         the prompt text; --prompt-file F reads it from a file ('-' = stdin)\n"
             "  --chat MODE        auto (default: the checkpoint's chat template if it has one), none,\n"
@@ -53,7 +60,9 @@ static void s_help(FILE *f) {
             "  --mixture R        apd mixture weight R (default 0.7)\n"
             "  --kv-window W      apd: drafter positions recomputed every round (default 16)\n"
             "  --lookahead M      apd: synonym of --gamma\n"
-            "  --block-size B     diffusion: block size (default 32)\n"
+            "  --block-size B     diffusion, selfspec: block size (default 32)\n"
+            "  --draft-k K        selfspec: drafts chained per forward (default 4)\n"
+            "  --span-attention A planned: sparse (default: sibling spans invisible) or dense\n"
             "  --threshold X      diffusion: confidence threshold (default 0.9)\n"
             "  --timeout-ms N     drafter answer timeout per round (default 5000); on timeout the\n"
             "                     round is done as plain AR and counted as a fallback. With a remote\n"
@@ -63,6 +72,8 @@ static void s_help(FILE *f) {
             "  --curve-key F      this side's secret key (NAME.key) for CURVE client authentication\n"
             "other:\n"
             "  --threads N        CPU threads per model (default: all cores)\n"
+            "  --device N         CUDA device of the verifier (default -1: CPU); --drafter-device N for an\n"
+            "                     in-process drafter\n"
             "  --predraft         in-process drafter: draft the next round ahead while the verifier verifies\n"
             "  --json             print one JSON object {text, tokens, prompt_tokens, stats} instead of\n"
             "                     streaming\n");
@@ -248,7 +259,9 @@ int td_cmd_generate(int argc, char **argv) {
     const char *vdir = NULL, *drafter = NULL, *prompt = NULL, *prompt_file = NULL, *method_s = NULL,
                *chat = "auto", *system = NULL, *order_s = NULL, *verify_s = NULL, *pos, *ckey = NULL,
                *cserver = NULL;
-    long max_tokens = 128, seed = 0, threads = 0, top_k = -1, gamma = -1, steps = -1, dist_k = 32,
+    long draft_k = 4;
+    const char *span_att = "sparse";
+    long device = -1, ddevice = -1, max_tokens = 128, seed = 0, threads = 0, top_k = -1, gamma = -1, steps = -1, dist_k = 32,
          block = 32, timeout = -1, kvw = -1;
     double temperature = -1, top_p = -1, mixture = 0.7, threshold = 0.9;
     int json = 0, predraft = 0, r;
@@ -270,9 +283,10 @@ int td_cmd_generate(int argc, char **argv) {
         STR("prompt", prompt) STR("prompt-file", prompt_file) STR("chat", chat) STR("system", system)
         STR("order", order_s) STR("verify", verify_s) STR("curve-key", ckey) STR("curve-server-key", cserver)
         INT("max-tokens", max_tokens, 0, 1 << 20) INT("top-k", top_k, 0, 1 << 24) INT("seed", seed, 0, 0x7fffffffL)
-        INT("threads", threads, 0, 1024) INT("gamma", gamma, 1, TD_SPEC_MAX_GAMMA) INT("lookahead", gamma, 1, TD_SPEC_MAX_GAMMA)
+        INT("threads", threads, 0, 1024) INT("device", device, -1, 64) INT("drafter-device", ddevice, -1, 64) INT("gamma", gamma, 1, TD_SPEC_MAX_GAMMA) INT("lookahead", gamma, 1, TD_SPEC_MAX_GAMMA)
         INT("steps", steps, 1, 1024) INT("dist-top-k", dist_k, 1, 1024) INT("block-size", block, 1, 4096)
-        INT("timeout-ms", timeout, 1, 3600000) INT("kv-window", kvw, 0, 1 << 20)
+        INT("timeout-ms", timeout, 1, 3600000) INT("kv-window", kvw, 0, 1 << 20) INT("draft-k", draft_k, 1, 16)
+        STR("span-attention", span_att)
         FLT("temperature", temperature, 0, 100) FLT("top-p", top_p, 1e-9, 1) FLT("mixture", mixture, 0, 1)
         FLT("threshold", threshold, 0, 2)
         else if (td_opts_is(&o, "json")) json = 1;
@@ -289,19 +303,26 @@ int td_cmd_generate(int argc, char **argv) {
     int method;
     if (method_s) {
         if ((method = td_method_parse(method_s)) < 0) {
-            fprintf(stderr, "tandem generate: unknown --method '%s' (ar, spec-ar, specdiff, apd, diffusion)\n", method_s);
+            fprintf(stderr, "tandem generate: unknown --method '%s' (ar, spec-ar, specdiff, apd, diffusion, selfspec, planned)\n", method_s);
             return 2;
         }
     } else {
         method = (drafter || !vdir) ? TD_METHOD_SPECDIFF : TD_METHOD_AR;
     }
-    int needs_v = method != TD_METHOD_DIFFUSION, needs_d = method != TD_METHOD_AR;
+    const int local_dllm = method == TD_METHOD_DIFFUSION || method == TD_METHOD_SELFSPEC || method == TD_METHOD_PLANNED;
+    const char *planner_dir = method == TD_METHOD_PLANNED ? vdir : NULL; /* explicit --verifier only */
+    int needs_v = !local_dllm, needs_d = method != TD_METHOD_AR;
     if (needs_v && !vdir) vdir = s_bundled("tiny-verifier", vbuf, sizeof vbuf);
     if (needs_d && !drafter)
         drafter = s_bundled(method == TD_METHOD_SPEC_AR ? "tiny-ar-drafter" : "tiny-diffusion-drafter", dbuf, sizeof dbuf);
     if (!needs_d) drafter = NULL;
-    if (method == TD_METHOD_DIFFUSION && td_is_endpoint(drafter)) {
-        fprintf(stderr, "tandem generate: --method diffusion runs the drafter checkpoint locally: give a directory\n");
+    if (local_dllm && td_is_endpoint(drafter)) {
+        fprintf(stderr, "tandem generate: --method %s runs the drafter checkpoint in this process: give a directory\n",
+                td_method_name((td_method_t)method));
+        return 2;
+    }
+    if (strcmp(span_att, "sparse") != 0 && strcmp(span_att, "dense") != 0) {
+        fprintf(stderr, "tandem generate: --span-attention is sparse or dense\n");
         return 2;
     }
     int order = order_s ? td_unmask_order_parse(order_s) : 0, verify = verify_s ? td_verify_parse(verify_s) : 0;
@@ -324,7 +345,7 @@ int td_cmd_generate(int argc, char **argv) {
         if (!(pbuf = td_cli_read_text(prompt_file, &plen))) return 1;
         prompt = pbuf;
     }
-    if (td_is_endpoint(vdir)) {
+    if (vdir && td_is_endpoint(vdir) && !local_dllm) {
         if (drafter && strcmp(drafter, dbuf) != 0)
             fprintf(stderr, "tandem generate: note: --drafter is ignored with a remote verifier (it has its own)\n");
         int chat_on = chat_kind != TD_CHAT_NONE && chat_kind != -1;
@@ -338,7 +359,7 @@ int td_cmd_generate(int argc, char **argv) {
     }
     td_err_t err = {0};
     td_pair_t pair;
-    td_pair_opts_t po = {.threads = (int)threads, .curve_server_key = cserver, .curve_secret_key = ckey,
+    td_pair_opts_t po = {.device = (int)device, .drafter_device = (int)ddevice, .threads = (int)threads, .curve_server_key = cserver, .curve_secret_key = ckey,
                         .predraft = predraft};
     int rc = 1;
     char *rendered = NULL, *text = NULL;
@@ -348,11 +369,11 @@ int td_cmd_generate(int argc, char **argv) {
     td_backend_t *dbe = NULL;
     td_model_t *dm = NULL;
     td_tokenizer_t *dtok = NULL;
-    if (td_pair_open(&pair, needs_v ? vdir : NULL, method == TD_METHOD_DIFFUSION ? NULL : drafter, &po, &err) != TD_OK) {
+    if (td_pair_open(&pair, needs_v ? vdir : planner_dir, local_dllm ? NULL : drafter, &po, &err) != TD_OK) {
         fprintf(stderr, "tandem generate: %s\n", err.msg);
         goto done;
     }
-    if (method == TD_METHOD_DIFFUSION && td_cli_load(drafter, (int)threads, &dbe, &dm, &dtok)) goto done;
+    if (local_dllm && td_cli_load_on(drafter, (int)ddevice, (int)threads, &dbe, &dm, &dtok)) goto done;
     td_model_t *main_model = needs_v ? pair.verifier : dm;
     const td_tokenizer_t *tok = needs_v ? pair.vtok : dtok;
     const char *main_dir = needs_v ? vdir : drafter;
@@ -433,7 +454,54 @@ int td_cmd_generate(int argc, char **argv) {
         ss.forwards = gs.forwards;
         ss.verifier_s = gs.prefill_s + gs.decode_s;
         ss.stop = gs.stop;
+    } else if (method == TD_METHOD_SELFSPEC) {
+        td_selfspec_params_t sp2 = td_selfspec_params_default();
+        sp2.max_tokens = (int)max_tokens;
+        sp2.block_size = (int)block;
+        sp2.draft_k = (int)draft_k;
+        sp2.stop_ids = stop;
+        sp2.n_stop = n_stop;
+        td_selfspec_stats_t ts = {0};
+        if (sp.temperature > 0) td_log(TD_LOG_WARN, "selfspec is greedy: --temperature ignored");
+        grc = td_selfspec_generate(main_model, ids, n, &sp2, out, &ts, &err);
+        ss.generated = ts.generated, ss.forwards = ts.forwards, ss.rounds = ts.rounds;
+        ss.drafted = ts.drafted, ss.accepted = ts.commits - ts.rounds;
+        ss.drafter_s = td_time_now() - t0;
+        ss.stop = ts.stopped_at_stop_id ? TD_STOP_EOS : TD_STOP_LENGTH;
+        if (grc == TD_OK && !json)
+            for (int i = 0; i < ts.generated; i++) { st.print = 1; s_on_token(&st, out[i]); }
+    } else if (method == TD_METHOD_PLANNED) {
+        td_plan_tags_t tags;
+        int eos = c->eos_token_id;
+        if (td_plan_tags_init(&tags, tok, eos, &err) != TD_OK) {
+            fprintf(stderr, "tandem generate: planned: %s; falling back to --method diffusion\n", err.msg);
+            method = TD_METHOD_DIFFUSION;
+            goto diffusion;
+        }
+        td_planned_params_t pp = td_planned_params_default();
+        pp.max_tokens = (int)max_tokens;
+        pp.dense = !strcmp(span_att, "dense");
+        pp.sampling = sp;
+        pp.seed = (uint64_t)seed;
+        td_planned_stats_t ps = {0};
+        int n_out = 0;
+        td_model_t *planner = pair.verifier ? pair.verifier : main_model;
+        grc = td_planned_generate(planner, main_model, &tags, ids, n, &pp, out, &n_out, NULL, NULL, &ps, &err);
+        td_plan_tags_free(&tags);
+        if (grc == TD_ERR_FORMAT) {
+            fprintf(stderr, "tandem generate: planned: %s; falling back to --method diffusion\n", err.msg);
+            method = TD_METHOD_DIFFUSION;
+            goto diffusion;
+        }
+        ss.generated = n_out, ss.forwards = ps.critical_path;
+        ss.drafter_s = td_time_now() - t0;
+        ss.stop = ps.stopped_at_eos ? TD_STOP_EOS : TD_STOP_LENGTH;
+        fprintf(stderr, "[planned] plan %d tokens, %d stage(s), %d span(s), %.1f steps per span, critical path %d passes\n",
+                ps.plan_tokens, ps.stages, ps.spans, ps.spans ? (double)ps.span_steps / ps.spans : 0.0, ps.critical_path);
+        if (grc == TD_OK && !json)
+            for (int i = 0; i < n_out; i++) { st.print = 1; s_on_token(&st, out[i]); }
     } else if (method == TD_METHOD_DIFFUSION) {
+    diffusion:;
         td_diffusion_params_t dp = td_diffusion_params_default();
         dp.max_tokens = (int)max_tokens;
         dp.block_size = (int)block;

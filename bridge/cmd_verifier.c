@@ -36,7 +36,7 @@ static void s_help(FILE *f) {
             "  --drafter-server-key F  the drafter's public key when it serves with CURVE\n"
             "  --timeout-ms N     drafter answer timeout per round (default 5000)\n"
             "  --threads N        CPU threads (default: all cores)\n"
-            "  --device N         accelerator; this build has the CPU backend only: N must be -1 or 0\n");
+            "  --device N         CUDA device (default -1: CPU); an in-process drafter uses it too\n");
 }
 
 typedef struct serve_ctx {
@@ -219,13 +219,9 @@ int td_cmd_verifier(int argc, char **argv) {
         fprintf(stderr, "tandem-verifier: need --model DIR and --bind ENDPOINT (see --help)\n");
         return 2;
     }
-    if (device > 0) {
-        fprintf(stderr, "tandem-verifier: --device %ld: this build has no CUDA backend (CPU only)\n", device);
-        return 1;
-    }
     td_err_t err = {0};
     td_pair_t pair;
-    td_pair_opts_t po = {.threads = (int)threads, .curve_server_key = dkey, .curve_secret_key = dkey ? ckey : NULL};
+    td_pair_opts_t po = {.device = (int)device, .drafter_device = (int)device, .threads = (int)threads, .curve_server_key = dkey, .curve_secret_key = dkey ? ckey : NULL};
     td_transport_opts_t to = {.curve_secret_key = ckey, .curve_allow_file = callow};
     td_server_t *srv = NULL;
     int rc = 1;

@@ -1,6 +1,8 @@
 /* pair.c - verifier + drafter set-up (see pair.h). */
 #include "bridge/pair.h"
 
+#include "bridge/cli.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,9 +26,15 @@ static const char *s_base(const char *dir) {
     return b ? b + 1 : dir;
 }
 
-static int s_load(const char *dir, int threads, td_backend_t **be, td_model_t **m, td_tokenizer_t **tok,
+td_pair_opts_t td_pair_opts_default(void) {
+    td_pair_opts_t o = {0};
+    o.device = o.drafter_device = -1;
+    return o;
+}
+
+static int s_load(const char *dir, int device, int threads, td_backend_t **be, td_model_t **m, td_tokenizer_t **tok,
                   td_err_t *err) {
-    *be = td_backend_cpu_new(threads, 0, err);
+    *be = td_cli_backend_new(device, threads, err);
     if (!*be) return TD_ERR;
     *m = td_model_load(dir, *be, err);
     if (!*m) return td_err_prefix(err, "loading %s", dir);
@@ -44,15 +52,15 @@ int td_pair_open(td_pair_t *p, const char *verifier_dir, const char *drafter, co
                  td_err_t *err) {
     static int s_counter;
     memset(p, 0, sizeof *p);
-    td_pair_opts_t def = {0};
+    td_pair_opts_t def = td_pair_opts_default();
     if (!o) o = &def;
-    if (verifier_dir && s_load(verifier_dir, o->threads, &p->vbe, &p->verifier, &p->vtok, err) != TD_OK)
+    if (verifier_dir && s_load(verifier_dir, o->device, o->threads, &p->vbe, &p->verifier, &p->vtok, err) != TD_OK)
         return err->code ? err->code : TD_ERR;
     if (!drafter) return TD_OK;
     td_transport_opts_t to = {0};
     if (!td_is_endpoint(drafter)) {
         int dthreads = o->drafter_threads ? o->drafter_threads : o->threads;
-        if (s_load(drafter, dthreads, &p->dbe, &p->drafter, &p->dtok, err) != TD_OK) return err->code ? err->code : TD_ERR;
+        if (s_load(drafter, o->drafter_device, dthreads, &p->dbe, &p->drafter, &p->dtok, err) != TD_OK) return err->code ? err->code : TD_ERR;
         td_drafter_opts_t dopts = {.max_sessions = 4, .model_id = s_base(drafter), .predraft = o->predraft};
         p->svc = td_drafter_service_new(p->drafter, p->dtok, &dopts, err);
         if (!p->svc) return TD_ERR;

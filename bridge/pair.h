@@ -34,10 +34,15 @@ typedef struct td_pair {
 typedef struct td_pair_opts {
     int threads;             /* CPU threads per model (0 = all cores) */
     int drafter_threads;     /* 0 = threads */
+    int device, drafter_device; /* CUDA device of each model; -1 = CPU. Zero-initialised opts mean
+                                   device 0: set both to -1 for the CPU (td_pair_opts_default) */
     int timeout_ms;          /* handshake timeout */
     int predraft;            /* in-process drafter: pre-draft the next round (see service.h) */
     const char *curve_server_key, *curve_secret_key; /* for tcp:// drafters with CURVE */
 } td_pair_opts_t;
+
+/* CPU for both models, all threads. */
+td_pair_opts_t td_pair_opts_default(void);
 
 /* Loads the verifier (verifier_dir may be NULL: no verifier) and connects to the drafter
  * (drafter may be NULL: no drafter). Prints nothing; err says what failed. */

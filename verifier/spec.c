@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *s_methods[TD_METHOD_COUNT] = {"ar", "spec-ar", "specdiff", "apd", "diffusion"};
+static const char *s_methods[TD_METHOD_COUNT] = {"ar", "spec-ar", "specdiff", "apd", "diffusion", "selfspec", "planned"};
 static const char *s_verifies[] = {"rejection", "match", "greedy"};
 
 const char *td_method_name(td_method_t m) { return (unsigned)m < TD_METHOD_COUNT ? s_methods[m] : "?"; }

@@ -26,6 +26,8 @@ typedef enum td_method {
     TD_METHOD_SPECDIFF,
     TD_METHOD_APD,
     TD_METHOD_DIFFUSION,
+    TD_METHOD_SELFSPEC,
+    TD_METHOD_PLANNED,
     TD_METHOD_COUNT
 } td_method_t;
 
