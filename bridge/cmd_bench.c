@@ -236,7 +236,7 @@ int td_cmd_bench(int argc, char **argv) {
                             td_selfspec_stats_t ts = {0};
                             grc = td_selfspec_generate(dm, ids[i], n_ids[i], &sp2, out, &ts, &err);
                             st.generated = ts.generated, st.forwards = ts.forwards, st.rounds = ts.rounds;
-                            st.drafted = ts.drafted, st.accepted = ts.commits - ts.rounds;
+                            st.drafted = ts.drafted, st.accepted = ts.commits - ts.rounds, st.bonus_tokens = ts.rounds;
                         } else if (m == TD_METHOD_PLANNED) {
                             td_planned_params_t pp = td_planned_params_default();
                             pp.max_tokens = (int)max_tokens;

@@ -465,7 +465,7 @@ int td_cmd_generate(int argc, char **argv) {
         if (sp.temperature > 0) td_log(TD_LOG_WARN, "selfspec is greedy: --temperature ignored");
         grc = td_selfspec_generate(main_model, ids, n, &sp2, out, &ts, &err);
         ss.generated = ts.generated, ss.forwards = ts.forwards, ss.rounds = ts.rounds;
-        ss.drafted = ts.drafted, ss.accepted = ts.commits - ts.rounds;
+        ss.drafted = ts.drafted, ss.accepted = ts.commits - ts.rounds, ss.bonus_tokens = ts.rounds;
         ss.drafter_s = td_time_now() - t0;
         ss.stop = ts.stopped_at_stop_id ? TD_STOP_EOS : TD_STOP_LENGTH;
         if (grc == TD_OK && !json)

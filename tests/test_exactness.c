@@ -99,7 +99,7 @@ static td_spec_params_t s_params(td_method_t m, td_verify_t v, int order, int st
 static void s_check(const char *dname, td_spec_params_t p, const char *label) {
     td_pair_t pair;
     td_err_t err = {0};
-    td_pair_opts_t po = {.threads = 1};
+    td_pair_opts_t po = {.device = -1, .drafter_device = -1, .threads = 1};
     int rc = td_pair_open(&pair, VDIR, dname, &po, &err);
     CHECK_MSG(rc == TD_OK, "pair: %s", err.msg);
     if (rc == TD_OK) {
@@ -131,7 +131,7 @@ TD_TEST(specdiff_match_any_order_is_exact) {
 TD_TEST(test_detects_a_wrong_distribution) {
     td_pair_t pair;
     td_err_t err = {0};
-    td_pair_opts_t po = {.threads = 1};
+    td_pair_opts_t po = {.device = -1, .drafter_device = -1, .threads = 1};
     REQUIRE(td_pair_open(&pair, VDIR, ARDIR, &po, &err) == TD_OK);
     td_spec_params_t p = s_params(TD_METHOD_SPEC_AR, TD_VERIFY_REJECTION, 0, 1);
     int32_t t1s[TOPK * TOPK], t2s[TOPK * TOPK];
@@ -166,7 +166,7 @@ TD_TEST(greedy_equals_ar_greedy) {
     const int orders[] = {0, 0, 1, 2};
     for (int k = 0; k < 4; k++) {
         td_pair_t pair;
-        td_pair_opts_t po = {.threads = 1};
+        td_pair_opts_t po = {.device = -1, .drafter_device = -1, .threads = 1};
         REQUIRE(td_pair_open(&pair, VDIR, drafters[k], &po, &err) == TD_OK);
         for (int plen = 2; plen <= NP; plen += 3) {
             int32_t ar[40], sp[40];

@@ -51,7 +51,7 @@ static void s_teardown(void) {
 
 /* Connects (retrying while the worker starts). */
 static int s_open(td_pair_t *pair, const char *ep, td_err_t *err) {
-    td_pair_opts_t po = {.threads = 1, .timeout_ms = 500};
+    td_pair_opts_t po = {.device = -1, .drafter_device = -1, .threads = 1, .timeout_ms = 500};
     for (int i = 0; i < 40; i++) {
         s_cur_pair = pair;
         if (td_pair_open(pair, VDIR, ep, &po, err) == TD_OK) return TD_OK;
@@ -258,7 +258,7 @@ TD_TEST(tokenizer_mismatch_refused_at_connect) {
     pid_t pid = s_spawn_drafter(dir);
     td_pair_t pair;
     td_err_t err = {0};
-    td_pair_opts_t po = {.threads = 1, .timeout_ms = 500};
+    td_pair_opts_t po = {.device = -1, .drafter_device = -1, .threads = 1, .timeout_ms = 500};
     int rc = TD_ERR;
     for (int i = 0; i < 40; i++) {
         memset(&err, 0, sizeof err);
