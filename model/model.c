@@ -37,6 +37,8 @@ struct td_model {
     td_weight_t out_norm, out_norm_b;
     td_weight_t lm_head;    /* [V, C] */
     td_layer_t *layers;
+    const void **uploads;   /* what td_backend_weights returned, released on destroy */
+    int n_uploads, cap_uploads;
     /* scratch in backend memory, grown on demand */
     int cap_n, cap_out;
     float *x, *h, *q, *k, *v, *att, *f1, *f2, *hsel, *logits;
@@ -61,6 +63,19 @@ typedef struct binder {
 
 static int s_is_float(td_dtype_t t) {
     return t == TD_DTYPE_F32 || t == TD_DTYPE_F16 || t == TD_DTYPE_BF16;
+}
+
+/* Remembers a weight placed by td_backend_weights, to release it with the model. */
+static int s_track(td_model_t *m, const void *p) {
+    if (m->n_uploads == m->cap_uploads) {
+        int cap = m->cap_uploads ? 2 * m->cap_uploads : 64;
+        const void **u = realloc(m->uploads, (size_t)cap * sizeof *u);
+        if (!u) return -1;
+        m->uploads = u;
+        m->cap_uploads = cap;
+    }
+    m->uploads[m->n_uploads++] = p;
+    return 0;
 }
 
 /* Binds tensor `name` expecting shape [d0] (d1 == 0) or [d0, d1]. Missing optional tensors leave
@@ -101,6 +116,12 @@ static void s_bind(binder_t *b, td_weight_t *w, const char *name, int64_t d0, in
         return;
     }
     w->data = td_backend_weights(b->m->be, t->data, t->nbytes);
+    if (!w->data || s_track(b->m, w->data)) {
+        b->failed = 1;
+        td_err_set(b->err, TD_ERR_NOMEM, "%s: cannot place tensor '%s' (%llu bytes) in %s memory", file, name,
+                   (unsigned long long)t->nbytes, td_backend_name(b->m->be));
+        return;
+    }
     w->dtype = t->dtype;
     w->rows = d1 ? d0 : 1;
     w->cols = d1 ? d1 : d0;
@@ -338,6 +359,27 @@ td_model_t *td_model_new_synthetic(const td_config_t *cfg, td_dtype_t dtype, uin
     s_synth(&s, &m->out_norm, 1, C, 0.1f, 1.0f);
     if (cfg->tie_embeddings) m->lm_head = m->tok_embd;
     else s_synth(&s, &m->lm_head, V, C, ws, 0);
+    /* place the whole block on the backend once and rebase every weight into it */
+    const char *host = m->synthetic;
+    const char *dev = td_backend_weights(be, host, s.off);
+    if (!dev || s_track(m, dev)) {
+        td_err_set(err, TD_ERR_NOMEM, "cannot place %zu bytes of synthetic weights in %s memory", s.off, td_backend_name(be));
+        td_model_destroy(&m);
+        return NULL;
+    }
+    if (dev != host) {
+        td_weight_t *all[] = {&m->tok_embd, &m->out_norm, &m->lm_head};
+        for (size_t i = 0; i < 3; i++) all[i]->data = dev + ((const char *)all[i]->data - host);
+        for (int i = 0; i < cfg->n_layer; i++) {
+            td_layer_t *L = &m->layers[i];
+            td_weight_t *lw[] = {&L->attn_norm, &L->wq, &L->wk, &L->wv, &L->bq, &L->bk, &L->bv, &L->wo, &L->ffn_norm,
+                                 &L->w_gate, &L->w_up, &L->w_down};
+            for (size_t j = 0; j < sizeof lw / sizeof lw[0]; j++)
+                if (lw[j]->data) lw[j]->data = dev + ((const char *)lw[j]->data - host);
+        }
+        free(m->synthetic);
+        m->synthetic = NULL;
+    }
     return m;
 }
 
@@ -347,6 +389,8 @@ void td_model_destroy(td_model_t **self_p) {
     td_backend_t *be = m->be;
     float *bufs[] = {m->x, m->h, m->q, m->k, m->v, m->att, m->f1, m->f2, m->hsel, m->logits};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) td_backend_free(be, bufs[i]);
+    for (int i = 0; i < m->n_uploads; i++) td_backend_free_weights(be, m->uploads[i]);
+    free(m->uploads);
     free(m->layers);
     free(m->synthetic);
     td_safetensors_destroy(&m->st);
