@@ -94,8 +94,11 @@ test: check-proto all $(TEST_BIN)
 check:
 	$(MAKE) BUILD=build-san OPT="-O1 -fno-omit-frame-pointer" SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" test
 
-bench: $(BENCH_BIN) $(BUILD)/bin/tandem
-	@for b in $(BENCH_BIN); do echo "== $$b"; $$b || exit 1; done
+bench: $(BENCH_BIN) all
+	@for b in $(filter-out %bench_cuda,$(BENCH_BIN)); do echo "== $$b"; $$b || exit 1; done
+	@if [ -d models/tiny-verifier ]; then mkdir -p bench/results; echo "== tandem bench (bundled models)"; \
+	  $(BUILD)/bin/tandem bench --threads 1 --max-tokens 64 --gamma 4,8 --steps 1,4 --out bench/results/cpu-bench; \
+	else echo "tandem bench skipped: models/ not present"; fi
 
 # libFuzzer targets, built with clang against the library sources (not the archive) under ASan/UBSan.
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -I. $(PKG_CFLAGS) -fsanitize=fuzzer,address,undefined -fopenmp=libgomp
