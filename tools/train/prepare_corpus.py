@@ -108,7 +108,9 @@ def main():
         "package": "bible-kjv-text",
         "package_version": package_version("bible-kjv-text"),
         "reader_package_version": package_version("bible-kjv"),
-        "licence": "public domain (King James Version, 1611/1769 text; Debian copyright: public domain)",
+        "licence": ("public domain: the King James Version (1611) is out of copyright (see "
+                    "/usr/share/doc/bible-kjv-text/copyright: \"The copyright for the King James Version text of the "
+                    "Bible is expired\"; the data file itself is provided for unrestricted use)"),
         "books": len(books),
         "verses": len(verses),
         "verse_text_chars": total_chars,
