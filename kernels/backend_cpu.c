@@ -141,34 +141,57 @@ static inline float s_hsum(__m256 v) {
 #endif
 
 #ifdef TD_AVX2
-/* One weight row against NT activation rows (NT a compile-time constant after inlining, so the
- * accumulators live in registers and no per-element branch remains). For NT == 1 two accumulators
- * hide the FMA latency. */
-static inline __attribute__((always_inline)) void
-s_row_dot(const td_weight_t *w, const char *wr, size_t es, const float *x, int64_t cols, int NT,
-          float *out) {
+/* 8 weights at p of dtype DT (a compile-time constant after inlining) as floats. */
+static inline __attribute__((always_inline)) __m256 s_ld8(int DT, const void *p) {
+    if (DT == TD_DTYPE_BF16)
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+    if (DT == TD_DTYPE_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_loadu_ps((const float *)p);
+}
+
+/* One weight row against NT activation rows. DT and NT are compile-time constants after inlining
+ * (see the dispatch below), so the accumulators live in registers and no branch is left in the
+ * inner loop. For NT == 1 two accumulators hide the FMA latency. */
+static inline __attribute__((always_inline)) void s_row_dot(int DT, int NT, const char *wr, const float *x,
+                                                            int64_t cols, float *out) {
+    const size_t es = DT == TD_DTYPE_F32 ? 4 : 2;
     __m256 acc[8], acc2 = _mm256_setzero_ps();
+#pragma GCC unroll 8
     for (int t = 0; t < NT; t++) acc[t] = _mm256_setzero_ps();
     int64_t c = 0;
     if (NT == 1) {
         for (; c + 16 <= cols; c += 16) {
-            acc[0] = _mm256_fmadd_ps(s_load8(w, wr + (size_t)c * es), _mm256_loadu_ps(x + c), acc[0]);
-            acc2 = _mm256_fmadd_ps(s_load8(w, wr + (size_t)(c + 8) * es), _mm256_loadu_ps(x + c + 8), acc2);
+            acc[0] = _mm256_fmadd_ps(s_ld8(DT, wr + (size_t)c * es), _mm256_loadu_ps(x + c), acc[0]);
+            acc2 = _mm256_fmadd_ps(s_ld8(DT, wr + (size_t)(c + 8) * es), _mm256_loadu_ps(x + c + 8), acc2);
         }
     }
     for (; c + 8 <= cols; c += 8) {
-        __m256 wv = s_load8(w, wr + (size_t)c * es);
+        __m256 wv = s_ld8(DT, wr + (size_t)c * es);
+#pragma GCC unroll 8
         for (int t = 0; t < NT; t++) acc[t] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + t * cols + c), acc[t]);
     }
     acc[0] = _mm256_add_ps(acc[0], acc2);
+#pragma GCC unroll 8
     for (int t = 0; t < NT; t++) out[t] = s_hsum(acc[t]);
     for (; c < cols; c++) {
-        float wv = w->dtype == TD_DTYPE_F32 ? ((const float *)wr)[c]
-                   : w->dtype == TD_DTYPE_BF16 ? td_bf16_to_f32(((const uint16_t *)wr)[c])
-                                               : td_f16_to_f32(((const uint16_t *)wr)[c]);
+        float wv = DT == TD_DTYPE_F32    ? ((const float *)wr)[c]
+                   : DT == TD_DTYPE_BF16 ? td_bf16_to_f32(((const uint16_t *)wr)[c])
+                                         : td_f16_to_f32(((const uint16_t *)wr)[c]);
         for (int t = 0; t < NT; t++) out[t] += wv * x[t * cols + c];
     }
 }
+
+#define TD_ROW_DOT_NT(DT)                                                                          \
+    switch (nt) {                                                                                  \
+    case 1: s_row_dot(DT, 1, wr, xt, cols, out); break;                                            \
+    case 2: s_row_dot(DT, 2, wr, xt, cols, out); break;                                            \
+    case 3: s_row_dot(DT, 3, wr, xt, cols, out); break;                                            \
+    case 4: s_row_dot(DT, 4, wr, xt, cols, out); break;                                            \
+    case 5: s_row_dot(DT, 5, wr, xt, cols, out); break;                                            \
+    case 6: s_row_dot(DT, 6, wr, xt, cols, out); break;                                            \
+    case 7: s_row_dot(DT, 7, wr, xt, cols, out); break;                                            \
+    default: s_row_dot(DT, 8, wr, xt, cols, out); break;                                           \
+    }
 #endif
 
 /* y[t, r] = sum_c x[t, c] W[r, c] for t < n <= TD_SKINNY_MAX; each weight row is read from memory
@@ -176,6 +199,7 @@ s_row_dot(const td_weight_t *w, const char *wr, size_t es, const float *x, int64
 static void s_matmul_skinny(td_backend_t *be, float *y, const float *x, const td_weight_t *w, int n) {
     const int64_t rows = w->rows, cols = w->cols, ld = s_ld(w);
     const size_t es = td_dtype_size(w->dtype);
+    const int dt = w->dtype;
 #pragma omp parallel for schedule(static) if (TD_PAR(rows * cols)) num_threads(be->n_threads)
     for (int64_t r = 0; r < rows; r++) {
         const char *wr = (const char *)w->data + (size_t)(r * ld) * es;
@@ -184,16 +208,9 @@ static void s_matmul_skinny(td_backend_t *be, float *y, const float *x, const td
             float out[8];
             const float *xt = x + (int64_t)t0 * cols;
 #ifdef TD_AVX2
-            switch (nt) {
-            case 1: s_row_dot(w, wr, es, xt, cols, 1, out); break;
-            case 2: s_row_dot(w, wr, es, xt, cols, 2, out); break;
-            case 3: s_row_dot(w, wr, es, xt, cols, 3, out); break;
-            case 4: s_row_dot(w, wr, es, xt, cols, 4, out); break;
-            case 5: s_row_dot(w, wr, es, xt, cols, 5, out); break;
-            case 6: s_row_dot(w, wr, es, xt, cols, 6, out); break;
-            case 7: s_row_dot(w, wr, es, xt, cols, 7, out); break;
-            default: s_row_dot(w, wr, es, xt, cols, 8, out); break;
-            }
+            if (dt == TD_DTYPE_BF16) { TD_ROW_DOT_NT(TD_DTYPE_BF16) }
+            else if (dt == TD_DTYPE_F16) { TD_ROW_DOT_NT(TD_DTYPE_F16) }
+            else { TD_ROW_DOT_NT(TD_DTYPE_F32) }
 #else
             for (int t = 0; t < nt; t++) {
                 float acc = 0;

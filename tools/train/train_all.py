@@ -62,7 +62,7 @@ def new_model(shape, tok, seed):
 
 
 @torch.no_grad()
-def heldout_loss(model, held_windows, attn_mask_fn=None):
+def heldout_loss(model, held_windows):
     model.eval()
     tot, n = 0.0, 0
     for i in range(0, len(held_windows), 16):
