@@ -17,7 +17,6 @@ Everything is seeded (--seed) and runs on the CPU (--threads, default 1: on a sh
 thread was 3x faster than two, which stall on each other when another process holds a core).
 """
 import argparse
-import json
 import math
 import os
 import subprocess
