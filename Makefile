@@ -54,7 +54,7 @@ all: $(BUILD)/bin/tandem $(WORKER_BIN)
 # The main job on the bundled models (README's first command): specdiff with the bundled pair.
 RUN_PROMPT ?= And God said
 run: all
-	$(BUILD)/bin/tandem generate --prompt "$(RUN_PROMPT)" --max-tokens 80
+	$(BUILD)/bin/tandem generate --prompt "$(RUN_PROMPT)" --max-tokens 80 --temperature 0.8 --top-p 0.95
 
 deps:
 	sh scripts/install-deps.sh
