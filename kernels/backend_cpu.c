@@ -3,7 +3,8 @@
  * everything else. The reference mode replaces every product by a naive double-accumulating loop
  * on one thread: slow, obviously right, and the ground truth the fast paths are tested against.
  *
- * Threads: OpenMP for our loops, openblas_set_num_threads for BLAS, both set to n_threads. */
+ * Threads: OpenMP with n_threads for every loop; OpenBLAS single-threaded, called by those
+ * threads on separate blocks (one thread pool, no oversubscription). */
 #include "kernels/backend_impl.h"
 
 #include <cblas.h>
@@ -262,39 +263,45 @@ static int s_panel_reserve(cpu_ctx_t *c, size_t floats) {
     return 0;
 }
 
+/* Wide products (prefill, long verification blocks): the output columns are split into blocks of
+ * TD_PANEL_ROWS, one OpenMP thread per block, each calling a single-threaded SGEMM on its block
+ * (after converting it to float for BF16/F16). One thread pool only: OpenBLAS runs with one
+ * thread, since its own pool and OpenMP's would fight over the same cores. */
 static void s_matmul_wide(td_backend_t *be, cpu_ctx_t *cx, float *y, const float *x, const td_weight_t *w, int n) {
-    const int64_t rows = w->rows, cols = w->cols, ld = s_ld(w);
-    if (w->dtype == TD_DTYPE_F32) {
-        if (!w->transposed)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)rows, (int)cols, 1.0f, x,
-                        (int)cols, w->data, (int)ld, 0.0f, y, (int)rows);
-        else
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, (int)rows, (int)cols, 1.0f, x,
-                        (int)cols, w->data, (int)ld, 0.0f, y, (int)rows);
-        return;
-    }
-    if (!w->transposed) {
-        const int64_t pr = TD_PANEL_ROWS;
-        if (s_panel_reserve(cx, (size_t)(pr * cols))) abort();
-        for (int64_t r0 = 0; r0 < rows; r0 += pr) {
-            int64_t nr = rows - r0 < pr ? rows - r0 : pr;
-#pragma omp parallel for schedule(static) if (TD_PAR(nr * cols)) num_threads(be->n_threads)
-            for (int64_t r = 0; r < nr; r++) s_load_f32(cx->panel + r * cols, w, (r0 + r) * ld, cols);
-            /* y[:, r0:r0+nr] = x panel^T, written with ldc = rows */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)nr, (int)cols, 1.0f, x,
-                        (int)cols, cx->panel, (int)cols, 0.0f, y + r0, (int)rows);
-        }
-    } else {
-        /* stored [cols, rows]: convert blocks of input features (stored rows) */
-        const int64_t pc = TD_PANEL_ROWS;
-        if (s_panel_reserve(cx, (size_t)(pc * rows))) abort();
-        for (int64_t c0 = 0; c0 < cols; c0 += pc) {
-            int64_t nc = cols - c0 < pc ? cols - c0 : pc;
-#pragma omp parallel for schedule(static) if (TD_PAR(nc * rows)) num_threads(be->n_threads)
-            for (int64_t c = 0; c < nc; c++) s_load_f32(cx->panel + c * rows, w, (c0 + c) * ld, rows);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, (int)rows, (int)nc, 1.0f,
-                        x + c0, (int)cols, cx->panel, (int)rows, c0 == 0 ? 0.0f : 1.0f, y,
-                        (int)rows);
+    const int64_t rows = w->rows, cols = w->cols, ld = s_ld(w), pr = TD_PANEL_ROWS;
+    const int64_t nblk = (rows + pr - 1) / pr;
+    const int conv = w->dtype != TD_DTYPE_F32, nt = be->n_threads;
+    if (conv && s_panel_reserve(cx, (size_t)nt * (size_t)(pr * cols))) abort();
+    const size_t es = td_dtype_size(w->dtype);
+#pragma omp parallel for schedule(dynamic) num_threads(nt)
+    for (int64_t b = 0; b < nblk; b++) {
+        int64_t r0 = b * pr, nr = rows - r0 < pr ? rows - r0 : pr;
+        if (!w->transposed) {
+            /* stored rows r0 .. r0+nr of [rows, cols] */
+            const float *wp;
+            int64_t lda;
+            if (conv) {
+                float *panel = cx->panel + (size_t)omp_get_thread_num() * (size_t)(pr * cols);
+                for (int64_t r = 0; r < nr; r++) s_load_f32(panel + r * cols, w, (r0 + r) * ld, cols);
+                wp = panel, lda = cols;
+            } else {
+                wp = (const float *)w->data + r0 * ld, lda = ld;
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)nr, (int)cols, 1.0f, x, (int)cols, wp,
+                        (int)lda, 0.0f, y + r0, (int)rows);
+        } else {
+            /* stored [cols, rows]: the column block r0 .. r0+nr of every stored row */
+            const float *wp;
+            int64_t ldb;
+            if (conv) {
+                float *panel = cx->panel + (size_t)omp_get_thread_num() * (size_t)(pr * cols);
+                for (int64_t c = 0; c < cols; c++) s_load_f32(panel + c * nr, w, c * ld + r0, nr);
+                wp = panel, ldb = nr;
+            } else {
+                wp = (const float *)((const char *)w->data + (size_t)r0 * es), ldb = ld;
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, (int)nr, (int)cols, 1.0f, x, (int)cols, wp,
+                        (int)ldb, 0.0f, y + r0, (int)rows);
         }
     }
 }
@@ -536,6 +543,6 @@ td_backend_t *td_backend_cpu_new(int n_threads, int reference, td_err_t *err) {
     be->n_threads = n_threads;
     snprintf(be->name, sizeof be->name, "%s", reference ? "cpu-ref" : "cpu");
     omp_set_num_threads(n_threads);
-    openblas_set_num_threads(n_threads);
+    openblas_set_num_threads(1); /* our OpenMP threads call it, one block each */
     return be;
 }
