@@ -62,7 +62,7 @@ static int s_parse_list(const char *s, int *out, int lo, int hi) {
 typedef struct row {
     char method[16], order[16];
     int gamma, steps;
-    long tokens, drafted, accepted, rounds, fallbacks, forwards, bonus;
+    long tokens, drafted, accepted, rounds, fallbacks, forwards, bonus, predrafted;
     long acc_pos[TD_SPEC_MAX_GAMMA], dr_pos[TD_SPEC_MAX_GAMMA];
     double seconds, drafter_s, verifier_s, transport_s;
 } row_t;
@@ -75,6 +75,7 @@ static void s_add(row_t *r, const td_spec_stats_t *s, double secs) {
     r->fallbacks += s->fallbacks;
     r->forwards += s->forwards;
     r->bonus += s->bonus_tokens;
+    r->predrafted += s->predrafted;
     r->seconds += secs;
     r->drafter_s += s->drafter_s;
     r->verifier_s += s->verifier_s;
@@ -312,11 +313,11 @@ int td_cmd_bench(int argc, char **argv) {
                 w->rounds, alen, w->forwards, w->fallbacks, w->drafter_s, w->verifier_s, w->transport_s, tshare);
         fprintf(js, "%s{\"method\":\"%s\",\"lossy\":%s,\"gamma\":%d,\"steps\":%d,\"order\":\"%s\",\"tokens\":%ld,\"seconds\":%.6f,"
                     "\"tokens_per_second\":%.4f,\"speedup_vs_ar\":%.4f,\"drafted\":%ld,\"accepted\":%ld,\"acceptance_rate\":%.6f,"
-                    "\"rounds\":%ld,\"mean_accepted_length\":%.4f,\"mean_accepted_length_includes_bonus\":%s,\"forwards\":%ld,"
+                    "\"rounds\":%ld,\"predrafted\":%ld,\"mean_accepted_length\":%.4f,\"mean_accepted_length_includes_bonus\":%s,\"forwards\":%ld,"
                     "\"fallbacks\":%ld,\"drafter_s\":%.6f,\"verifier_s\":%.6f,\"transport_s\":%.6f,\"transport_share\":%.6f,"
                     "\"accepted_by_position\":[",
                 k ? "," : "", w->method, lossy ? "true" : "false", w->gamma, w->steps, w->order, w->tokens, w->seconds, tps, tps / base,
-                w->drafted, w->accepted, acc, w->rounds, alen, lossy ? "false" : "true", w->forwards, w->fallbacks, w->drafter_s,
+                w->drafted, w->accepted, acc, w->rounds, w->predrafted, alen, lossy ? "false" : "true", w->forwards, w->fallbacks, w->drafter_s,
                 w->verifier_s, w->transport_s, tshare);
         for (int j = 0; j < w->gamma; j++) fprintf(js, "%s%ld", j ? "," : "", w->acc_pos[j]);
         fprintf(js, "],\"drafted_by_position\":[");
