@@ -86,7 +86,7 @@ int td_cmd_drafter(int argc, char **argv) {
     td_drafter_opts_t dopts = {.max_sessions = (int)sessions, .n_ctx = (int)ctx, .model_id = model, .exact = exact,
                               .predraft = predraft};
     td_drafter_service_t *svc = td_drafter_service_new(m, tok, &dopts, &err);
-    td_transport_opts_t to = {.curve_secret_key = ckey, .curve_allow_file = callow};
+    td_transport_opts_t to = {.curve_secret_key = ckey, .curve_allow_file = callow, .heartbeat_ivl_ms = 1000};
     td_server_t *srv = svc ? td_server_new(bind, &to, &err) : NULL;
     int rc = 1;
     if (!srv) {

@@ -146,7 +146,7 @@ static int s_generate_remote(const char *endpoint, const char *prompt, int chat,
                              const td_sampling_t *sp, long seed, long gamma, long steps, int order, const char *verify,
                              double mixture, int json, int timeout_ms, const char *cserver, const char *ckey) {
     td_err_t err = {0};
-    td_transport_opts_t to = {.curve_server_key = cserver, .curve_secret_key = ckey};
+    td_transport_opts_t to = {.curve_server_key = cserver, .curve_secret_key = ckey, .heartbeat_ivl_ms = 1000};
     td_client_t *cl = td_client_new(endpoint, &to, &err);
     if (!cl) {
         fprintf(stderr, "tandem generate: %s\n", err.msg);

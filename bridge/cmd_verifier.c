@@ -222,7 +222,7 @@ int td_cmd_verifier(int argc, char **argv) {
     td_err_t err = {0};
     td_pair_t pair;
     td_pair_opts_t po = {.device = (int)device, .drafter_device = (int)device, .threads = (int)threads, .curve_server_key = dkey, .curve_secret_key = dkey ? ckey : NULL};
-    td_transport_opts_t to = {.curve_secret_key = ckey, .curve_allow_file = callow};
+    td_transport_opts_t to = {.curve_secret_key = ckey, .curve_allow_file = callow, .heartbeat_ivl_ms = 1000};
     td_server_t *srv = NULL;
     int rc = 1;
     if (td_pair_open(&pair, model, drafter, &po, &err) != TD_OK) {

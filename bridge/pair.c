@@ -57,7 +57,7 @@ int td_pair_open(td_pair_t *p, const char *verifier_dir, const char *drafter, co
     if (verifier_dir && s_load(verifier_dir, o->device, o->threads, &p->vbe, &p->verifier, &p->vtok, err) != TD_OK)
         return err->code ? err->code : TD_ERR;
     if (!drafter) return TD_OK;
-    td_transport_opts_t to = {0};
+    td_transport_opts_t to = {.heartbeat_ivl_ms = 1000};
     if (!td_is_endpoint(drafter)) {
         int dthreads = o->drafter_threads ? o->drafter_threads : o->threads;
         if (s_load(drafter, o->drafter_device, dthreads, &p->dbe, &p->drafter, &p->dtok, err) != TD_OK) return err->code ? err->code : TD_ERR;
