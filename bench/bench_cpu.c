@@ -1,5 +1,5 @@
-/* bench_cpu.c - `make bench`: CPU decode speed at Qwen2.5-0.5B shape in BF16 (random weights made in
- * memory), against the memory-bandwidth bound measured by this same program.
+/* bench_cpu.c - `make bench`: CPU decode speed at Qwen2.5-0.5B shape in BF16 (random weights made
+ * in memory), against the memory-bandwidth bound measured by this same program.
  *
  * Prints: read bandwidth (GB/s), AR decode tokens/s at batch 1, the cost of scoring 8 tokens in one
  * pass relative to 1, the achieved fraction of the bandwidth bound (weight bytes per token /
@@ -54,30 +54,53 @@ int main(int argc, char **argv) {
     int threads = 0, steps = 32;
     const char *name = "qwen2.5-0.5b", *dts = "bf16";
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--tokens") && i + 1 < argc) steps = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--model") && i + 1 < argc) name = argv[++i];
-        else if (!strcmp(argv[i], "--dtype") && i + 1 < argc) dts = argv[++i];
+        if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+            threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--tokens") && i + 1 < argc)
+            steps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--model") && i + 1 < argc)
+            name = argv[++i];
+        else if (!strcmp(argv[i], "--dtype") && i + 1 < argc)
+            dts = argv[++i];
         else {
-            fprintf(stderr, "usage: bench_cpu [--threads N] [--tokens N] [--model qwen2.5-0.5b|qwen2.5-1.5b|tiny] [--dtype bf16|f16|f32]\n");
+            fprintf(stderr, "usage: bench_cpu [--threads N] [--tokens N] [--model "
+                            "qwen2.5-0.5b|qwen2.5-1.5b|tiny] [--dtype bf16|f16|f32]\n");
             return 2;
         }
     }
-    td_config_t c = {.arch = TD_ARCH_QWEN2, .n_vocab = 151936, .n_embd = 896, .n_layer = 24, .n_head = 14,
-                     .n_kv_head = 2, .head_dim = 64, .n_ff = 4864, .n_ctx_train = 32768, .rope_theta = 1e6f,
-                     .norm_eps = 1e-6f, .tie_embeddings = 1, .qkv_bias = 1, .causal = 1, .mask_token_id = -1};
+    td_config_t c = {.arch = TD_ARCH_QWEN2,
+                     .n_vocab = 151936,
+                     .n_embd = 896,
+                     .n_layer = 24,
+                     .n_head = 14,
+                     .n_kv_head = 2,
+                     .head_dim = 64,
+                     .n_ff = 4864,
+                     .n_ctx_train = 32768,
+                     .rope_theta = 1e6f,
+                     .norm_eps = 1e-6f,
+                     .tie_embeddings = 1,
+                     .qkv_bias = 1,
+                     .causal = 1,
+                     .mask_token_id = -1};
     if (!strcmp(name, "qwen2.5-1.5b")) {
         c.n_embd = 1536, c.n_layer = 28, c.n_head = 12, c.head_dim = 128, c.n_ff = 8960;
     } else if (!strcmp(name, "tiny")) {
-        c.n_vocab = 4096, c.n_embd = 256, c.n_layer = 6, c.n_head = 8, c.head_dim = 32, c.n_ff = 768;
+        c.n_vocab = 4096, c.n_embd = 256, c.n_layer = 6, c.n_head = 8, c.head_dim = 32,
+        c.n_ff = 768;
     } else if (strcmp(name, "qwen2.5-0.5b") != 0) {
         fprintf(stderr, "bench_cpu: unknown --model %s\n", name);
         return 2;
     }
-    td_dtype_t dt = !strcmp(dts, "f32") ? TD_DTYPE_F32 : !strcmp(dts, "f16") ? TD_DTYPE_F16 : TD_DTYPE_BF16;
+    td_dtype_t dt = !strcmp(dts, "f32")   ? TD_DTYPE_F32
+                    : !strcmp(dts, "f16") ? TD_DTYPE_F16
+                                          : TD_DTYPE_BF16;
     td_err_t err = {0};
     td_backend_t *be = td_backend_cpu_new(threads, 0, &err);
-    if (!be) { fprintf(stderr, "%s\n", err.msg); return 1; }
+    if (!be) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
     threads = td_backend_n_threads(be);
     printf("machine: %d threads\n", threads);
     double bw = s_bandwidth(threads);
@@ -85,7 +108,10 @@ int main(int argc, char **argv) {
 
     double t0 = td_time_now();
     td_model_t *m = td_model_new_synthetic(&c, dt, 42, be, &err);
-    if (!m) { fprintf(stderr, "%s\n", err.msg); return 1; }
+    if (!m) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
     printf("model: %s shape, %s, %.1fM params, %.1f MB of weights (made in %.1f s)\n", name, dts,
            td_model_n_params(m) / 1e6, td_model_weight_bytes(m) / 1e6, td_time_now() - t0);
     const int prompt = 32, ctx = prompt + steps + 64;
@@ -97,8 +123,12 @@ int main(int argc, char **argv) {
     last[prompt - 1] = 1;
     td_batch_t pb = {.n = prompt, .tokens = toks, .attn = TD_ATTN_CAUSAL, .logits_for = last};
     t0 = td_time_now();
-    if (td_model_forward(m, kv, &pb, logits, &err)) { fprintf(stderr, "%s\n", err.msg); return 1; }
-    printf("prefill %d tokens: %.3f s (%.1f tok/s)\n", prompt, td_time_now() - t0, prompt / (td_time_now() - t0));
+    if (td_model_forward(m, kv, &pb, logits, &err)) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
+    printf("prefill %d tokens: %.3f s (%.1f tok/s)\n", prompt, td_time_now() - t0,
+           prompt / (td_time_now() - t0));
 
     /* decode at batch 1 */
     double best1 = 1e30, sum1 = 0;
@@ -125,12 +155,15 @@ int main(int argc, char **argv) {
         if (d < best8) best8 = d;
     }
     double mean8 = sum8 / reps8;
-    double bound = td_model_weight_bytes(m) / bw; /* seconds per token if only weight reads counted */
-    printf("decode batch 1: %.2f tok/s (mean %.1f ms/token, best %.1f ms)\n", 1.0 / mean1, mean1 * 1e3, best1 * 1e3);
-    printf("bandwidth bound: %.1f ms/token (%.2f tok/s): achieved %.0f%% of the bound (best step %.0f%%)\n",
+    double bound =
+        td_model_weight_bytes(m) / bw; /* seconds per token if only weight reads counted */
+    printf("decode batch 1: %.2f tok/s (mean %.1f ms/token, best %.1f ms)\n", 1.0 / mean1,
+           mean1 * 1e3, best1 * 1e3);
+    printf("bandwidth bound: %.1f ms/token (%.2f tok/s): achieved %.0f%% of the bound (best step "
+           "%.0f%%)\n",
            bound * 1e3, 1.0 / bound, 100.0 * bound / mean1, 100.0 * bound / best1);
-    printf("score 8 tokens in one pass: %.1f ms = %.2fx the cost of 1 token (best %.2fx)\n", mean8 * 1e3,
-           mean8 / mean1, best8 / best1);
+    printf("score 8 tokens in one pass: %.1f ms = %.2fx the cost of 1 token (best %.2fx)\n",
+           mean8 * 1e3, mean8 / mean1, best8 / best1);
     printf("peak resident memory: %.0f MB\n", s_peak_rss_kb() / 1024.0);
     free(logits);
     td_kv_cache_destroy(&kv);

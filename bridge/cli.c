@@ -53,8 +53,8 @@ int td_opts_int(td_opts_t *o, long lo, long hi, long *out) {
     errno = 0;
     long x = strtol(v, &end, 10);
     if (errno || *end || end == v || x < lo || x > hi) {
-        fprintf(stderr, "tandem %s: --%s expects an integer in [%ld, %ld], got '%s'\n", o->cmd, o->name,
-                lo, hi, v);
+        fprintf(stderr, "tandem %s: --%s expects an integer in [%ld, %ld], got '%s'\n", o->cmd,
+                o->name, lo, hi, v);
         return -1;
     }
     *out = x;
@@ -68,8 +68,8 @@ int td_opts_float(td_opts_t *o, double lo, double hi, double *out) {
     errno = 0;
     double x = strtod(v, &end);
     if (errno || *end || end == v || !(x >= lo && x <= hi)) {
-        fprintf(stderr, "tandem %s: --%s expects a number in [%g, %g], got '%s'\n", o->cmd, o->name, lo,
-                hi, v);
+        fprintf(stderr, "tandem %s: --%s expects a number in [%g, %g], got '%s'\n", o->cmd, o->name,
+                lo, hi, v);
         return -1;
     }
     *out = x;
@@ -80,14 +80,17 @@ td_backend_t *td_cli_backend_new(int device, int n_threads, td_err_t *err) {
     if (device < 0) return td_backend_cpu_new(n_threads, 0, err);
     int n = td_cuda_device_count();
     if (device >= n) {
-        td_err_set(err, TD_ERR_ARG, "--device %d: %s", device,
-                   n ? "no such CUDA device" : "no CUDA device (or this build has no CUDA backend); use the CPU (--device -1)");
+        td_err_set(
+            err, TD_ERR_ARG, "--device %d: %s", device,
+            n ? "no such CUDA device"
+              : "no CUDA device (or this build has no CUDA backend); use the CPU (--device -1)");
         return NULL;
     }
     return td_backend_cuda_new(device, err);
 }
 
-int td_cli_load(const char *dir, int n_threads, td_backend_t **be, td_model_t **m, td_tokenizer_t **tok) {
+int td_cli_load(const char *dir, int n_threads, td_backend_t **be, td_model_t **m,
+                td_tokenizer_t **tok) {
     return td_cli_load_on(dir, -1, n_threads, be, m, tok);
 }
 
@@ -139,7 +142,11 @@ char *td_cli_read_text(const char *path, size_t *len) {
         if (r == 0) break;
         if (n + 1 >= cap) {
             char *nb = realloc(buf, cap * 2);
-            if (!nb) { free(buf); buf = NULL; break; }
+            if (!nb) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
             buf = nb;
             cap *= 2;
         }
@@ -155,38 +162,61 @@ void td_cli_json_str(FILE *f, const char *s, size_t len) {
     for (size_t i = 0; i < len; i++) {
         unsigned char ch = (unsigned char)s[i];
         switch (ch) {
-        case '"': fputs("\\\"", f); break;
-        case '\\': fputs("\\\\", f); break;
-        case '\n': fputs("\\n", f); break;
-        case '\r': fputs("\\r", f); break;
-        case '\t': fputs("\\t", f); break;
+        case '"':
+            fputs("\\\"", f);
+            break;
+        case '\\':
+            fputs("\\\\", f);
+            break;
+        case '\n':
+            fputs("\\n", f);
+            break;
+        case '\r':
+            fputs("\\r", f);
+            break;
+        case '\t':
+            fputs("\\t", f);
+            break;
         default:
-            if (ch < 0x20) fprintf(f, "\\u%04x", ch);
-            else fputc(ch, f);
+            if (ch < 0x20)
+                fprintf(f, "\\u%04x", ch);
+            else
+                fputc(ch, f);
         }
     }
     fputc('"', f);
 }
 
 /* Prints the --json "stats" object (keys documented in README.md; keep them stable). */
-void td_cli_print_stats(FILE *f, const char *method, const td_spec_stats_t *s, int gamma, double total) {
+void td_cli_print_stats(FILE *f, const char *method, const td_spec_stats_t *s, int gamma,
+                        double total) {
     static const char *reasons[] = {"length", "eos", "callback"};
     double tps = total > 0 ? s->generated / total : 0;
-    fprintf(f, "\"stats\":{\"method\":\"%s\",\"lossy\":%s,\"generated\":%d,\"drafted\":%d,\"accepted\":%d,", method,
-           s->lossy ? "true" : "false", s->generated, s->drafted, s->accepted);
-    if (s->drafted) fprintf(f, "\"acceptance_rate\":%.6f,", (double)s->accepted / s->drafted);
-    else fprintf(f, "\"acceptance_rate\":null,");
-    if (s->rounds) fprintf(f, "\"mean_accepted_length\":%.6f,", (double)(s->accepted + s->bonus_tokens) / s->rounds);
-    else fprintf(f, "\"mean_accepted_length\":null,");
-    fprintf(f, "\"mean_accepted_length_includes_bonus\":%s,\"accepted_by_position\":[", s->lossy ? "false" : "true");
+    fprintf(f,
+            "\"stats\":{\"method\":\"%s\",\"lossy\":%s,\"generated\":%d,\"drafted\":%d,"
+            "\"accepted\":%d,",
+            method, s->lossy ? "true" : "false", s->generated, s->drafted, s->accepted);
+    if (s->drafted)
+        fprintf(f, "\"acceptance_rate\":%.6f,", (double)s->accepted / s->drafted);
+    else
+        fprintf(f, "\"acceptance_rate\":null,");
+    if (s->rounds)
+        fprintf(f, "\"mean_accepted_length\":%.6f,",
+                (double)(s->accepted + s->bonus_tokens) / s->rounds);
+    else
+        fprintf(f, "\"mean_accepted_length\":null,");
+    fprintf(f, "\"mean_accepted_length_includes_bonus\":%s,\"accepted_by_position\":[",
+            s->lossy ? "false" : "true");
     int g = gamma < TD_SPEC_MAX_GAMMA ? gamma : TD_SPEC_MAX_GAMMA;
     if (!s->rounds) g = 0;
     for (int j = 0; j < g; j++) fprintf(f, "%s%d", j ? "," : "", s->accepted_by_position[j]);
     fprintf(f, "],\"drafted_by_position\":[");
     for (int j = 0; j < g; j++) fprintf(f, "%s%d", j ? "," : "", s->drafted_by_position[j]);
-    fprintf(f, "],\"rounds\":%d,\"predrafted\":%d,\"fallbacks\":%d,\"forwards\":%d,\"full_rows\":%d,\"drafter_s\":%.6f,"
-           "\"verifier_s\":%.6f,\"transport_s\":%.6f,\"total_s\":%.6f,\"tokens_per_second\":%.3f,\"stop\":\"%s\"}",
-           s->rounds, s->predrafted, s->fallbacks, s->forwards, s->full_rows, s->drafter_s, s->verifier_s, s->transport_s, total,
-           tps, reasons[s->stop]);
+    fprintf(f,
+            "],\"rounds\":%d,\"predrafted\":%d,\"fallbacks\":%d,\"forwards\":%d,\"full_rows\":%d,"
+            "\"drafter_s\":%.6f,"
+            "\"verifier_s\":%.6f,\"transport_s\":%.6f,\"total_s\":%.6f,\"tokens_per_second\":%.3f,"
+            "\"stop\":\"%s\"}",
+            s->rounds, s->predrafted, s->fallbacks, s->forwards, s->full_rows, s->drafter_s,
+            s->verifier_s, s->transport_s, total, tps, reasons[s->stop]);
 }
-

@@ -13,9 +13,9 @@
 typedef struct td_opts {
     int argc, i;
     char **argv;
-    const char *name;  /* current option name without the leading dashes */
-    const char *inl;   /* value given inline with '=' */
-    const char *cmd;   /* subcommand, for messages */
+    const char *name; /* current option name without the leading dashes */
+    const char *inl;  /* value given inline with '=' */
+    const char *cmd;  /* subcommand, for messages */
 } td_opts_t;
 
 void td_opts_init(td_opts_t *o, int argc, char **argv);
@@ -47,6 +47,7 @@ char *td_cli_read_text(const char *path, size_t *len);
 void td_cli_json_str(FILE *f, const char *s, size_t len);
 
 /* Writes the "stats":{...} member of the --json output (keys documented in README.md). */
-void td_cli_print_stats(FILE *f, const char *method, const td_spec_stats_t *s, int gamma, double total);
+void td_cli_print_stats(FILE *f, const char *method, const td_spec_stats_t *s, int gamma,
+                        double total);
 
 #endif

@@ -16,32 +16,36 @@
 #include <unistd.h>
 
 static void s_help(FILE *f) {
-    fprintf(f,
-            "usage: tandem bench [--prompts FILE] [--methods LIST] [options]\n\n"
-            "Runs every combination of method x gamma x steps x order on every prompt (same seeds),\n"
-            "prints a table, and writes PREFIX.json and PREFIX.csv. Speedups are tokens/s relative to\n"
-            "`ar` measured in the same run (ar is always run first).\n\n"
-            "options:\n"
-            "  --prompts FILE     one prompt per line (default bench/prompts.txt)\n"
-            "  --methods LIST     comma-separated: ar,spec-ar,specdiff,apd,diffusion,selfspec,planned\n"
-            "                     (default all but planned, which needs a checkpoint with plan tags)\n"
-            "  --gamma LIST       draft lengths, e.g. 4,8,16 (default 8)\n"
-            "  --steps LIST       diffusion steps per draft, e.g. 1,2,4 (default 4; spec-ar/apd use 1)\n"
-            "  --orders LIST      unmasking orders (default left-to-right)\n"
-            "  --verify V         rejection (default), match, greedy\n"
-            "  --max-tokens N     tokens per prompt (default 64)\n"
-            "  --temperature X    0 (default) = greedy for every method\n"
-            "  --seed S           base seed; prompt i uses S + i (default 0)\n"
-            "  --mixture R        apd mixture (default 0.7)\n"
-            "  --verifier DIR     default models/tiny-verifier\n"
-            "  --ar-drafter DIR   default models/tiny-ar-drafter\n"
-            "  --diffusion-drafter DIR  default models/tiny-diffusion-drafter\n"
-            "  --limit N          use only the first N prompts\n"
-            "  --threads N        CPU threads per model (default: all cores)\n"
-            "  --device N         CUDA device of the verifier (default -1: CPU); --drafter-device N for an\n"
-            "                     in-process drafter\n"
-            "  --predraft         in-process drafter: draft the next round ahead while the verifier verifies\n"
-            "  --out PREFIX       output files (default bench/results/bench)\n");
+    fprintf(
+        f,
+        "usage: tandem bench [--prompts FILE] [--methods LIST] [options]\n\n"
+        "Runs every combination of method x gamma x steps x order on every prompt (same seeds),\n"
+        "prints a table, and writes PREFIX.json and PREFIX.csv. Speedups are tokens/s relative to\n"
+        "`ar` measured in the same run (ar is always run first).\n\n"
+        "options:\n"
+        "  --prompts FILE     one prompt per line (default bench/prompts.txt)\n"
+        "  --methods LIST     comma-separated: ar,spec-ar,specdiff,apd,diffusion,selfspec,planned\n"
+        "                     (default all but planned, which needs a checkpoint with plan tags)\n"
+        "  --gamma LIST       draft lengths, e.g. 4,8,16 (default 8)\n"
+        "  --steps LIST       diffusion steps per draft, e.g. 1,2,4 (default 4; spec-ar/apd use "
+        "1)\n"
+        "  --orders LIST      unmasking orders (default left-to-right)\n"
+        "  --verify V         rejection (default), match, greedy\n"
+        "  --max-tokens N     tokens per prompt (default 64)\n"
+        "  --temperature X    0 (default) = greedy for every method\n"
+        "  --seed S           base seed; prompt i uses S + i (default 0)\n"
+        "  --mixture R        apd mixture (default 0.7)\n"
+        "  --verifier DIR     default models/tiny-verifier\n"
+        "  --ar-drafter DIR   default models/tiny-ar-drafter\n"
+        "  --diffusion-drafter DIR  default models/tiny-diffusion-drafter\n"
+        "  --limit N          use only the first N prompts\n"
+        "  --threads N        CPU threads per model (default: all cores)\n"
+        "  --device N         CUDA device of the verifier (default -1: CPU); --drafter-device N "
+        "for an\n"
+        "                     in-process drafter\n"
+        "  --predraft         in-process drafter: draft the next round ahead while the verifier "
+        "verifies\n"
+        "  --out PREFIX       output files (default bench/results/bench)\n");
 }
 
 #define MAX_LIST 16
@@ -80,13 +84,15 @@ static void s_add(row_t *r, const td_spec_stats_t *s, double secs) {
     r->drafter_s += s->drafter_s;
     r->verifier_s += s->verifier_s;
     r->transport_s += s->transport_s;
-    for (int j = 0; j < TD_SPEC_MAX_GAMMA; j++) r->acc_pos[j] += s->accepted_by_position[j], r->dr_pos[j] += s->drafted_by_position[j];
+    for (int j = 0; j < TD_SPEC_MAX_GAMMA; j++)
+        r->acc_pos[j] += s->accepted_by_position[j], r->dr_pos[j] += s->drafted_by_position[j];
 }
 
 int td_cmd_bench(int argc, char **argv) {
-    const char *prompts_path = "bench/prompts.txt", *methods_s = "ar,spec-ar,specdiff,apd,diffusion,selfspec", *gammas_s = "8",
-               *steps_s = "4", *orders_s = "left-to-right", *verify_s = "rejection", *vdir = NULL, *ardir = NULL,
-               *dfdir = NULL, *out_prefix = "bench/results/bench", *pos;
+    const char *prompts_path = "bench/prompts.txt",
+               *methods_s = "ar,spec-ar,specdiff,apd,diffusion,selfspec", *gammas_s = "8",
+               *steps_s = "4", *orders_s = "left-to-right", *verify_s = "rejection", *vdir = NULL,
+               *ardir = NULL, *dfdir = NULL, *out_prefix = "bench/results/bench", *pos;
     long device = -1, ddevice = -1, max_tokens = 64, seed = 0, threads = 0, limit = 0;
     double temperature = 0, mixture = 0.7;
     int r, predraft = 0;
@@ -97,20 +103,32 @@ int td_cmd_bench(int argc, char **argv) {
             fprintf(stderr, "tandem bench: unexpected argument '%s'\n", pos);
             return 2;
         }
-#define STR(name, var) else if (td_opts_is(&o, name)) { if (!(var = td_opts_value(&o))) return 2; }
-#define INT(name, var, lo, hi) else if (td_opts_is(&o, name)) { if (td_opts_int(&o, lo, hi, &var)) return 2; }
-#define FLT(name, var, lo, hi) else if (td_opts_is(&o, name)) { if (td_opts_float(&o, lo, hi, &var)) return 2; }
+#define STR(name, var)                                                                             \
+    else if (td_opts_is(&o, name)) {                                                               \
+        if (!(var = td_opts_value(&o))) return 2;                                                  \
+    }
+#define INT(name, var, lo, hi)                                                                     \
+    else if (td_opts_is(&o, name)) {                                                               \
+        if (td_opts_int(&o, lo, hi, &var)) return 2;                                               \
+    }
+#define FLT(name, var, lo, hi)                                                                     \
+    else if (td_opts_is(&o, name)) {                                                               \
+        if (td_opts_float(&o, lo, hi, &var)) return 2;                                             \
+    }
         if (td_opts_is(&o, "help") || td_opts_is(&o, "h")) {
             s_help(stdout);
             return 0;
         }
-        STR("prompts", prompts_path) STR("methods", methods_s) STR("gamma", gammas_s) STR("steps", steps_s)
-        STR("orders", orders_s) STR("verify", verify_s) STR("verifier", vdir) STR("ar-drafter", ardir)
-        STR("diffusion-drafter", dfdir) STR("out", out_prefix)
-        INT("max-tokens", max_tokens, 1, 1 << 16) INT("seed", seed, 0, 0x7fffffffL) INT("threads", threads, 0, 1024) INT("device", device, -1, 64) INT("drafter-device", ddevice, -1, 64)
-        else if (td_opts_is(&o, "predraft")) predraft = 1;
-        INT("limit", limit, 0, 1 << 20) FLT("temperature", temperature, 0, 100) FLT("mixture", mixture, 0, 1)
-        else {
+        STR("prompts", prompts_path)
+        STR("methods", methods_s) STR("gamma", gammas_s) STR("steps", steps_s)
+            STR("orders", orders_s) STR("verify", verify_s) STR("verifier", vdir)
+                STR("ar-drafter", ardir) STR("diffusion-drafter", dfdir) STR("out", out_prefix)
+                    INT("max-tokens", max_tokens, 1, 1 << 16) INT("seed", seed, 0, 0x7fffffffL)
+                        INT("threads", threads, 0, 1024) INT("device", device, -1, 64)
+                            INT("drafter-device", ddevice, -1,
+                                64) else if (td_opts_is(&o, "predraft")) predraft = 1;
+        INT("limit", limit, 0, 1 << 20)
+        FLT("temperature", temperature, 0, 100) FLT("mixture", mixture, 0, 1) else {
             fprintf(stderr, "tandem bench: unknown option --%s (see --help)\n", o.name);
             return 2;
         }
@@ -118,8 +136,10 @@ int td_cmd_bench(int argc, char **argv) {
 #undef INT
 #undef FLT
     }
-    int gammas[MAX_LIST], steps[MAX_LIST], orders[MAX_LIST], methods[TD_METHOD_COUNT], n_g, n_s, n_o = 0, n_m = 0;
-    if ((n_g = s_parse_list(gammas_s, gammas, 1, TD_SPEC_MAX_GAMMA)) <= 0 || (n_s = s_parse_list(steps_s, steps, 1, 1024)) <= 0) {
+    int gammas[MAX_LIST], steps[MAX_LIST], orders[MAX_LIST], methods[TD_METHOD_COUNT], n_g, n_s,
+        n_o = 0, n_m = 0;
+    if ((n_g = s_parse_list(gammas_s, gammas, 1, TD_SPEC_MAX_GAMMA)) <= 0 ||
+        (n_s = s_parse_list(steps_s, steps, 1, 1024)) <= 0) {
         fprintf(stderr, "tandem bench: bad --gamma or --steps list\n");
         return 2;
     }
@@ -174,8 +194,12 @@ int td_cmd_bench(int argc, char **argv) {
     td_plan_tags_t tags;
     int have_tags = 0;
     td_pair_t par = {0}, pdf = {0};
-    td_pair_opts_t po = {.device = (int)device, .drafter_device = (int)ddevice, .threads = (int)threads, .predraft = predraft};
-    int rc = 1, need_ar = want[TD_METHOD_SPEC_AR], need_df = want[TD_METHOD_SPECDIFF] || want[TD_METHOD_APD];
+    td_pair_opts_t po = {.device = (int)device,
+                         .drafter_device = (int)ddevice,
+                         .threads = (int)threads,
+                         .predraft = predraft};
+    int rc = 1, need_ar = want[TD_METHOD_SPEC_AR],
+        need_df = want[TD_METHOD_SPECDIFF] || want[TD_METHOD_APD];
     td_backend_t *dbe = NULL;
     td_model_t *dm = NULL;
     td_tokenizer_t *dtok = NULL;
@@ -192,25 +216,31 @@ int td_cmd_bench(int argc, char **argv) {
         td_cli_load_on(dfdir, (int)ddevice, (int)threads, &dbe, &dm, &dtok))
         goto done;
     if (want[TD_METHOD_PLANNED]) {
-        if (td_plan_tags_init(&tags, dtok, td_model_config(dm)->eos_token_id, &err) == TD_OK) have_tags = 1;
-        else fprintf(stderr, "tandem bench: planned skipped: %s\n", err.msg), want[TD_METHOD_PLANNED] = 0;
+        if (td_plan_tags_init(&tags, dtok, td_model_config(dm)->eos_token_id, &err) == TD_OK)
+            have_tags = 1;
+        else
+            fprintf(stderr, "tandem bench: planned skipped: %s\n", err.msg),
+                want[TD_METHOD_PLANNED] = 0;
     }
     n_m = 0;
     for (int m = 0; m < TD_METHOD_COUNT; m++)
         if (want[m]) methods[n_m++] = m;
     for (int i = 0; i < n_p; i++)
-        if (td_tokenizer_encode(par.vtok, lines[i], strlen(lines[i]), 0, &ids[i], &n_ids[i], &err) != TD_OK) {
+        if (td_tokenizer_encode(par.vtok, lines[i], strlen(lines[i]), 0, &ids[i], &n_ids[i],
+                                &err) != TD_OK) {
             fprintf(stderr, "tandem bench: prompt %d: %s\n", i + 1, err.msg);
             goto done;
         }
     const td_config_t *vc = td_model_config(par.verifier);
     int32_t stop[1] = {vc->eos_token_id};
     td_sampling_t sp = {(float)temperature, 0, 1};
-    fprintf(stderr, "tandem bench: %d prompts, %ld tokens each, temperature %g, verifier %s\n", n_p, max_tokens, temperature, vdir);
+    fprintf(stderr, "tandem bench: %d prompts, %ld tokens each, temperature %g, verifier %s\n", n_p,
+            max_tokens, temperature, vdir);
     for (int mi = 0; mi < n_m; mi++) {
         td_method_t m = (td_method_t)methods[mi];
         int spec = m == TD_METHOD_SPEC_AR || m == TD_METHOD_SPECDIFF || m == TD_METHOD_APD;
-        int ng = spec ? n_g : 1, ns = m == TD_METHOD_SPECDIFF ? n_s : 1, no = m == TD_METHOD_SPECDIFF ? n_o : 1;
+        int ng = spec ? n_g : 1, ns = m == TD_METHOD_SPECDIFF ? n_s : 1,
+            no = m == TD_METHOD_SPECDIFF ? n_o : 1;
         for (int gi = 0; gi < ng; gi++)
             for (int si = 0; si < ns; si++)
                 for (int oi = 0; oi < no; oi++) {
@@ -218,17 +248,24 @@ int td_cmd_bench(int argc, char **argv) {
                     snprintf(rw->method, sizeof rw->method, "%s", td_method_name(m));
                     rw->gamma = spec ? gammas[gi] : 0;
                     rw->steps = m == TD_METHOD_SPECDIFF ? steps[si] : (spec ? 1 : 0);
-                    snprintf(rw->order, sizeof rw->order, "%s", m == TD_METHOD_SPECDIFF ? td_unmask_order_name((td_unmask_order_t)orders[oi]) : "-");
+                    snprintf(rw->order, sizeof rw->order, "%s",
+                             m == TD_METHOD_SPECDIFF
+                                 ? td_unmask_order_name((td_unmask_order_t)orders[oi])
+                                 : "-");
                     for (int i = 0; i < n_p; i++) {
                         td_spec_stats_t st;
                         memset(&st, 0, sizeof st);
                         double t0 = td_time_now();
                         int grc;
                         if (m == TD_METHOD_AR) {
-                            td_gen_params_t gp = {.max_tokens = (int)max_tokens, .sampling = sp, .seed = (uint64_t)(seed + i),
-                                                  .stop_ids = stop, .n_stop = stop[0] >= 0};
+                            td_gen_params_t gp = {.max_tokens = (int)max_tokens,
+                                                  .sampling = sp,
+                                                  .seed = (uint64_t)(seed + i),
+                                                  .stop_ids = stop,
+                                                  .n_stop = stop[0] >= 0};
                             td_gen_stats_t gs;
-                            grc = td_generate_ar(par.verifier, ids[i], n_ids[i], &gp, NULL, NULL, out, &gs, &err);
+                            grc = td_generate_ar(par.verifier, ids[i], n_ids[i], &gp, NULL, NULL,
+                                                 out, &gs, &err);
                             st.generated = gs.generated, st.forwards = gs.forwards;
                             st.verifier_s = gs.prefill_s + gs.decode_s;
                         } else if (m == TD_METHOD_SELFSPEC) {
@@ -236,15 +273,18 @@ int td_cmd_bench(int argc, char **argv) {
                             sp2.max_tokens = (int)max_tokens;
                             td_selfspec_stats_t ts = {0};
                             grc = td_selfspec_generate(dm, ids[i], n_ids[i], &sp2, out, &ts, &err);
-                            st.generated = ts.generated, st.forwards = ts.forwards, st.rounds = ts.rounds;
-                            st.drafted = ts.drafted, st.accepted = ts.commits - ts.rounds, st.bonus_tokens = ts.rounds;
+                            st.generated = ts.generated, st.forwards = ts.forwards,
+                            st.rounds = ts.rounds;
+                            st.drafted = ts.drafted, st.accepted = ts.commits - ts.rounds,
+                            st.bonus_tokens = ts.rounds;
                         } else if (m == TD_METHOD_PLANNED) {
                             td_planned_params_t pp = td_planned_params_default();
                             pp.max_tokens = (int)max_tokens;
                             pp.seed = (uint64_t)(seed + i);
                             td_planned_stats_t ps = {0};
                             int n_out = 0;
-                            grc = td_planned_generate(dm, dm, &tags, ids[i], n_ids[i], &pp, out, &n_out, NULL, NULL, &ps, &err);
+                            grc = td_planned_generate(dm, dm, &tags, ids[i], n_ids[i], &pp, out,
+                                                      &n_out, NULL, NULL, &ps, &err);
                             st.generated = n_out, st.forwards = ps.critical_path;
                         } else if (m == TD_METHOD_DIFFUSION) {
                             td_diffusion_params_t dp = td_diffusion_params_default();
@@ -268,16 +308,18 @@ int td_cmd_bench(int argc, char **argv) {
                             p.apd_mixture = (float)mixture;
                             td_pair_t *pp = m == TD_METHOD_SPEC_AR ? &par : &pdf;
                             p.hello = &pp->hello;
-                            grc = td_spec_generate(par.verifier, pp->dc, 100 + (uint64_t)i, ids[i], n_ids[i], &p, NULL, NULL, out, &st, &err);
+                            grc = td_spec_generate(par.verifier, pp->dc, 100 + (uint64_t)i, ids[i],
+                                                   n_ids[i], &p, NULL, NULL, out, &st, &err);
                         }
                         if (grc != TD_OK) {
-                            fprintf(stderr, "tandem bench: %s prompt %d: %s\n", rw->method, i + 1, err.msg);
+                            fprintf(stderr, "tandem bench: %s prompt %d: %s\n", rw->method, i + 1,
+                                    err.msg);
                             goto done;
                         }
                         s_add(rw, &st, td_time_now() - t0);
                     }
-                    fprintf(stderr, "  %-10s gamma %3d steps %3d %-14s %6.1f tok/s\n", rw->method, rw->gamma, rw->steps, rw->order,
-                            rw->tokens / rw->seconds);
+                    fprintf(stderr, "  %-10s gamma %3d steps %3d %-14s %6.1f tok/s\n", rw->method,
+                            rw->gamma, rw->steps, rw->order, rw->tokens / rw->seconds);
                 }
     }
     /* table, JSON, CSV */
@@ -288,37 +330,56 @@ int td_cmd_bench(int argc, char **argv) {
     snprintf(path, sizeof path, "%s.json", out_prefix);
     FILE *js = fopen(path, "w");
     if (!csv || !js) {
-        fprintf(stderr, "tandem bench: cannot write %s.{csv,json} (does the directory exist?)\n", out_prefix);
+        fprintf(stderr, "tandem bench: cannot write %s.{csv,json} (does the directory exist?)\n",
+                out_prefix);
         if (csv) fclose(csv);
         if (js) fclose(js);
         goto done;
     }
-    printf("%-10s %5s %5s %-14s %8s %8s %8s %8s %8s %9s %9s %6s\n", "method", "gamma", "steps", "order", "tokens", "tok/s",
-           "speedup", "accept", "acc.len", "fwd/tok", "transport", "fallb");
-    fprintf(csv, "method,gamma,steps,order,verify,temperature,prompts,tokens,seconds,tokens_per_second,speedup_vs_ar,"
-                 "drafted,accepted,acceptance_rate,rounds,mean_accepted_length,forwards,fallbacks,drafter_s,verifier_s,transport_s,"
+    printf("%-10s %5s %5s %-14s %8s %8s %8s %8s %8s %9s %9s %6s\n", "method", "gamma", "steps",
+           "order", "tokens", "tok/s", "speedup", "accept", "acc.len", "fwd/tok", "transport",
+           "fallb");
+    fprintf(csv, "method,gamma,steps,order,verify,temperature,prompts,tokens,seconds,tokens_per_"
+                 "second,speedup_vs_ar,"
+                 "drafted,accepted,acceptance_rate,rounds,mean_accepted_length,forwards,fallbacks,"
+                 "drafter_s,verifier_s,transport_s,"
                  "transport_share\n");
-    fprintf(js, "{\"verifier\":\"%s\",\"prompts\":%d,\"max_tokens\":%ld,\"temperature\":%g,\"verify\":\"%s\",\"results\":[", vdir, n_p,
-            max_tokens, temperature, verify_s);
+    fprintf(js,
+            "{\"verifier\":\"%s\",\"prompts\":%d,\"max_tokens\":%ld,\"temperature\":%g,\"verify\":"
+            "\"%s\",\"results\":[",
+            vdir, n_p, max_tokens, temperature, verify_s);
     for (int k = 0; k < n_rows; k++) {
         row_t *w = &rows[k];
-        double tps = w->tokens / w->seconds, acc = w->drafted ? (double)w->accepted / w->drafted : 0;
+        double tps = w->tokens / w->seconds,
+               acc = w->drafted ? (double)w->accepted / w->drafted : 0;
         int lossy = !strcmp(w->method, "apd");
         double alen = w->rounds ? (double)(w->accepted + w->bonus) / w->rounds : 0;
-        double tshare = (w->drafter_s + w->verifier_s + w->transport_s) > 0 ? w->transport_s / (w->drafter_s + w->verifier_s + w->transport_s) : 0;
-        printf("%-10s %5d %5d %-14s %8ld %8.1f %7.2fx %8.3f %8.2f %9.3f %8.1f%% %6ld\n", w->method, w->gamma, w->steps, w->order,
-               w->tokens, tps, tps / base, acc, alen, (double)w->forwards / (w->tokens ? w->tokens : 1), 100 * tshare, w->fallbacks);
-        fprintf(csv, "%s,%d,%d,%s,%s,%g,%d,%ld,%.6f,%.4f,%.4f,%ld,%ld,%.6f,%ld,%.4f,%ld,%ld,%.6f,%.6f,%.6f,%.6f\n", w->method, w->gamma,
-                w->steps, w->order, verify_s, temperature, n_p, w->tokens, w->seconds, tps, tps / base, w->drafted, w->accepted, acc,
-                w->rounds, alen, w->forwards, w->fallbacks, w->drafter_s, w->verifier_s, w->transport_s, tshare);
-        fprintf(js, "%s{\"method\":\"%s\",\"lossy\":%s,\"gamma\":%d,\"steps\":%d,\"order\":\"%s\",\"tokens\":%ld,\"seconds\":%.6f,"
-                    "\"tokens_per_second\":%.4f,\"speedup_vs_ar\":%.4f,\"drafted\":%ld,\"accepted\":%ld,\"acceptance_rate\":%.6f,"
-                    "\"rounds\":%ld,\"predrafted\":%ld,\"mean_accepted_length\":%.4f,\"mean_accepted_length_includes_bonus\":%s,\"forwards\":%ld,"
-                    "\"fallbacks\":%ld,\"drafter_s\":%.6f,\"verifier_s\":%.6f,\"transport_s\":%.6f,\"transport_share\":%.6f,"
-                    "\"accepted_by_position\":[",
-                k ? "," : "", w->method, lossy ? "true" : "false", w->gamma, w->steps, w->order, w->tokens, w->seconds, tps, tps / base,
-                w->drafted, w->accepted, acc, w->rounds, w->predrafted, alen, lossy ? "false" : "true", w->forwards, w->fallbacks, w->drafter_s,
-                w->verifier_s, w->transport_s, tshare);
+        double tshare = (w->drafter_s + w->verifier_s + w->transport_s) > 0
+                            ? w->transport_s / (w->drafter_s + w->verifier_s + w->transport_s)
+                            : 0;
+        printf("%-10s %5d %5d %-14s %8ld %8.1f %7.2fx %8.3f %8.2f %9.3f %8.1f%% %6ld\n", w->method,
+               w->gamma, w->steps, w->order, w->tokens, tps, tps / base, acc, alen,
+               (double)w->forwards / (w->tokens ? w->tokens : 1), 100 * tshare, w->fallbacks);
+        fprintf(csv,
+                "%s,%d,%d,%s,%s,%g,%d,%ld,%.6f,%.4f,%.4f,%ld,%ld,%.6f,%ld,%.4f,%ld,%ld,%.6f,%.6f,%."
+                "6f,%.6f\n",
+                w->method, w->gamma, w->steps, w->order, verify_s, temperature, n_p, w->tokens,
+                w->seconds, tps, tps / base, w->drafted, w->accepted, acc, w->rounds, alen,
+                w->forwards, w->fallbacks, w->drafter_s, w->verifier_s, w->transport_s, tshare);
+        fprintf(js,
+                "%s{\"method\":\"%s\",\"lossy\":%s,\"gamma\":%d,\"steps\":%d,\"order\":\"%s\","
+                "\"tokens\":%ld,\"seconds\":%.6f,"
+                "\"tokens_per_second\":%.4f,\"speedup_vs_ar\":%.4f,\"drafted\":%ld,\"accepted\":%"
+                "ld,\"acceptance_rate\":%.6f,"
+                "\"rounds\":%ld,\"predrafted\":%ld,\"mean_accepted_length\":%.4f,\"mean_accepted_"
+                "length_includes_bonus\":%s,\"forwards\":%ld,"
+                "\"fallbacks\":%ld,\"drafter_s\":%.6f,\"verifier_s\":%.6f,\"transport_s\":%.6f,"
+                "\"transport_share\":%.6f,"
+                "\"accepted_by_position\":[",
+                k ? "," : "", w->method, lossy ? "true" : "false", w->gamma, w->steps, w->order,
+                w->tokens, w->seconds, tps, tps / base, w->drafted, w->accepted, acc, w->rounds,
+                w->predrafted, alen, lossy ? "false" : "true", w->forwards, w->fallbacks,
+                w->drafter_s, w->verifier_s, w->transport_s, tshare);
         for (int j = 0; j < w->gamma; j++) fprintf(js, "%s%ld", j ? "," : "", w->acc_pos[j]);
         fprintf(js, "],\"drafted_by_position\":[");
         for (int j = 0; j < w->gamma; j++) fprintf(js, "%s%ld", j ? "," : "", w->dr_pos[j]);
@@ -327,8 +388,10 @@ int td_cmd_bench(int argc, char **argv) {
     fprintf(js, "]}\n");
     fclose(csv);
     fclose(js);
-    printf("(speedup = tokens/s over ar in this run; acc.len = tokens per verification round incl. the bonus; "
-           "apd is lossy)\nwrote %s.json and %s.csv\n", out_prefix, out_prefix);
+    printf("(speedup = tokens/s over ar in this run; acc.len = tokens per verification round incl. "
+           "the bonus; "
+           "apd is lossy)\nwrote %s.json and %s.csv\n",
+           out_prefix, out_prefix);
     rc = 0;
 done:
     for (int i = 0; i < n_p; i++) free(ids[i]);

@@ -16,23 +16,27 @@ static void s_on_signal(int sig) {
 }
 
 static void s_help(FILE *f) {
-    fprintf(f,
-            "usage: tandem-drafter --model DIR --bind ENDPOINT [options]\n\n"
-            "Serves draft proposals for many sessions until SIGINT/SIGTERM. A diffusion LM drafts\n"
-            "blocks (specdiff, apd); a causal LM drafts autoregressively (spec-ar).\n\n"
-            "options:\n"
-            "  --model DIR        the drafter checkpoint\n"
-            "  --bind ENDPOINT    tcp://127.0.0.1:5555, ipc:///tmp/drafter.sock, ... Without --curve-key a\n"
-            "                     tcp endpoint must be loopback\n"
-            "  --curve-key F      serve with CURVE encryption using this secret key (tandem keygen)\n"
-            "  --curve-allow F    accept only the client public keys listed in F (one Z85 key per line)\n"
-            "  --max-sessions N   concurrent sessions (default 8; the least recently used is evicted)\n"
-            "  --ctx N            positions per session (default min(model context, 2048))\n"
-            "  --exact            diffusion drafts without the prefix cache (slower)\n"
-            "  --predraft         after each proposal, draft the next round ahead (assuming every token\n"
-            "                     is accepted and guessing the bonus) while the verifier verifies\n"
-            "  --threads N        CPU threads (default: all cores)\n"
-            "  --device N         CUDA device (default -1: CPU)\n");
+    fprintf(
+        f,
+        "usage: tandem-drafter --model DIR --bind ENDPOINT [options]\n\n"
+        "Serves draft proposals for many sessions until SIGINT/SIGTERM. A diffusion LM drafts\n"
+        "blocks (specdiff, apd); a causal LM drafts autoregressively (spec-ar).\n\n"
+        "options:\n"
+        "  --model DIR        the drafter checkpoint\n"
+        "  --bind ENDPOINT    tcp://127.0.0.1:5555, ipc:///tmp/drafter.sock, ... Without "
+        "--curve-key a\n"
+        "                     tcp endpoint must be loopback\n"
+        "  --curve-key F      serve with CURVE encryption using this secret key (tandem keygen)\n"
+        "  --curve-allow F    accept only the client public keys listed in F (one Z85 key per "
+        "line)\n"
+        "  --max-sessions N   concurrent sessions (default 8; the least recently used is evicted)\n"
+        "  --ctx N            positions per session (default min(model context, 2048))\n"
+        "  --exact            diffusion drafts without the prefix cache (slower)\n"
+        "  --predraft         after each proposal, draft the next round ahead (assuming every "
+        "token\n"
+        "                     is accepted and guessing the bonus) while the verifier verifies\n"
+        "  --threads N        CPU threads (default: all cores)\n"
+        "  --device N         CUDA device (default -1: CPU)\n");
 }
 
 int td_cmd_drafter(int argc, char **argv) {
@@ -83,10 +87,14 @@ int td_cmd_drafter(int argc, char **argv) {
     td_tokenizer_t *tok;
     if (td_cli_load_on(model, (int)device, (int)threads, &be, &m, &tok)) return 1;
     td_err_t err = {0};
-    td_drafter_opts_t dopts = {.max_sessions = (int)sessions, .n_ctx = (int)ctx, .model_id = model, .exact = exact,
-                              .predraft = predraft};
+    td_drafter_opts_t dopts = {.max_sessions = (int)sessions,
+                               .n_ctx = (int)ctx,
+                               .model_id = model,
+                               .exact = exact,
+                               .predraft = predraft};
     td_drafter_service_t *svc = td_drafter_service_new(m, tok, &dopts, &err);
-    td_transport_opts_t to = {.curve_secret_key = ckey, .curve_allow_file = callow, .heartbeat_ivl_ms = 1000};
+    td_transport_opts_t to = {
+        .curve_secret_key = ckey, .curve_allow_file = callow, .heartbeat_ivl_ms = 1000};
     td_server_t *srv = svc ? td_server_new(bind, &to, &err) : NULL;
     int rc = 1;
     if (!srv) {
@@ -98,8 +106,8 @@ int td_cmd_drafter(int argc, char **argv) {
     sa.sa_handler = s_on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    fprintf(stderr, "tandem-drafter: %s (%s) serving on %s\n", model, td_arch_name(td_model_config(m)->arch),
-            td_server_endpoint(srv));
+    fprintf(stderr, "tandem-drafter: %s (%s) serving on %s\n", model,
+            td_arch_name(td_model_config(m)->arch), td_server_endpoint(srv));
     td_drafter_serve(svc, srv, &s_stop);
     fprintf(stderr, "tandem-drafter: shutting down\n");
     rc = 0;

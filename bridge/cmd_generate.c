@@ -18,69 +18,93 @@
 #include <unistd.h>
 
 static void s_help(FILE *f) {
-    fprintf(f,
-            "usage: tandem generate [--verifier DIR] [--drafter DIR|ENDPOINT] [--method M] --prompt T [options]\n\n"
-            "Generates a continuation of the prompt and streams it to stdout; a summary goes to stderr.\n"
-            "With no model arguments the bundled models (models/tiny-*) and --method specdiff are used.\n\n"
-            "models and method:\n"
-            "  --verifier X       the causal model whose distribution is generated: a checkpoint directory\n"
-            "                     (--model: synonym), or the endpoint of a running tandem-verifier\n"
-            "  --drafter X        a drafter checkpoint directory (served in this process over inproc://)\n"
-            "                     or the endpoint of a running tandem-drafter (tcp://host:port, ipc://path)\n"
-            "  --method M         ar          plain autoregressive decoding with the verifier (exact)\n"
-            "                     spec-ar     speculative decoding with a small AR drafter (exact)\n"
-            "                     specdiff    a diffusion drafter drafts --gamma tokens in --steps steps (exact\n"
-            "                                 with --order left-to-right or --steps 1 under rejection, any order\n"
-            "                                 under match, and always at temperature 0)\n"
-            "                     apd         diffusion drafts accepted while they equal the argmax of\n"
-            "                                 R*logit_D + (1-R)*logit_AR (LOSSY by design)\n"
-            "                     diffusion   the drafter alone, Fast-dLLM confidence-threshold unmasking\n"
-            "                     selfspec    the drafter verifies its own drafts: output identical to its\n"
-            "                                 one-token-per-step greedy decoding, fewer sequential passes\n"
-            "                     planned     an AR plan (<promise> spans) filled by parallel diffusion; the\n"
-            "                                 planner is --verifier when given, else the drafter run causally;\n"
-            "                                 a checkpoint without the plan tags falls back to diffusion\n"
-            "prompt and sampling:\n"
-            "  --prompt T         the prompt text; --prompt-file F reads it from a file ('-' = stdin)\n"
-            "  --chat MODE        auto (default: the checkpoint's chat template if it has one), none,\n"
-            "                     chatml, llama3\n"
-            "  --system S         system message for the chat template\n"
-            "  --max-tokens N     tokens to generate at most (default 128)\n"
-            "  --temperature X    0 = greedy; default: the checkpoint's generation_config.json, else 0\n"
-            "  --top-k K          keep the K most likely tokens (0 = off)\n"
-            "  --top-p P          nucleus sampling mass (1 = off)\n"
-            "  --seed S           seed (default 0): the same seed replays the same output\n"
-            "speculation:\n"
-            "  --gamma N          draft length (default 8; apd: the lookahead M, default 16)\n"
-            "  --steps T          diffusion denoising steps per draft (default 4; apd 1)\n"
-            "  --order O          left-to-right (default), confidence, entropy, margin\n"
-            "  --verify V         rejection (default), match, greedy (temperature 0 is always greedy)\n"
-            "  --dist-top-k K     drafter distribution entries sent per position (default 32; full rows\n"
-            "                     are fetched only when these cannot decide exactly)\n"
-            "  --mixture R        apd mixture weight R (default 0.7)\n"
-            "  --kv-window W      apd: drafter positions recomputed every round (default 16)\n"
-            "  --lookahead M      apd: synonym of --gamma\n"
-            "  --block-size B     diffusion, selfspec: block size (default 32)\n"
-            "  --draft-k K        selfspec: drafts chained per forward (default 4)\n"
-            "  --span-attention A planned: sparse (default: sibling spans invisible) or dense\n"
-            "  --threshold X      diffusion: confidence threshold (default 0.9)\n"
-            "  --timeout-ms N     drafter answer timeout per round (default 5000); on timeout the\n"
-            "                     round is done as plain AR and counted as a fallback. With a remote\n"
-            "                     --verifier ENDPOINT: how long to wait for each streamed chunk (default\n"
-            "                     30000) before reporting the verifier dead\n"
-            "  --curve-server-key F  the drafter's public key (NAME.pub) for a tcp:// drafter with CURVE\n"
-            "  --curve-key F      this side's secret key (NAME.key) for CURVE client authentication\n"
-            "other:\n"
-            "  --threads N        CPU threads per model (default: all cores)\n"
-            "  --device N         CUDA device of the verifier (default -1: CPU); --drafter-device N for an\n"
-            "                     in-process drafter\n"
-            "  --predraft         in-process drafter: draft the next round ahead while the verifier verifies\n"
-            "  --json             print one JSON object {text, tokens, prompt_tokens, stats} instead of\n"
-            "                     streaming\n");
+    fprintf(
+        f,
+        "usage: tandem generate [--verifier DIR] [--drafter DIR|ENDPOINT] [--method M] --prompt T "
+        "[options]\n\n"
+        "Generates a continuation of the prompt and streams it to stdout; a summary goes to "
+        "stderr.\n"
+        "With no model arguments the bundled models (models/tiny-*) and --method specdiff are "
+        "used.\n\n"
+        "models and method:\n"
+        "  --verifier X       the causal model whose distribution is generated: a checkpoint "
+        "directory\n"
+        "                     (--model: synonym), or the endpoint of a running tandem-verifier\n"
+        "  --drafter X        a drafter checkpoint directory (served in this process over "
+        "inproc://)\n"
+        "                     or the endpoint of a running tandem-drafter (tcp://host:port, "
+        "ipc://path)\n"
+        "  --method M         ar          plain autoregressive decoding with the verifier (exact)\n"
+        "                     spec-ar     speculative decoding with a small AR drafter (exact)\n"
+        "                     specdiff    a diffusion drafter drafts --gamma tokens in --steps "
+        "steps (exact\n"
+        "                                 with --order left-to-right or --steps 1 under rejection, "
+        "any order\n"
+        "                                 under match, and always at temperature 0)\n"
+        "                     apd         diffusion drafts accepted while they equal the argmax "
+        "of\n"
+        "                                 R*logit_D + (1-R)*logit_AR (LOSSY by design)\n"
+        "                     diffusion   the drafter alone, Fast-dLLM confidence-threshold "
+        "unmasking\n"
+        "                     selfspec    the drafter verifies its own drafts: output identical to "
+        "its\n"
+        "                                 one-token-per-step greedy decoding, fewer sequential "
+        "passes\n"
+        "                     planned     an AR plan (<promise> spans) filled by parallel "
+        "diffusion; the\n"
+        "                                 planner is --verifier when given, else the drafter run "
+        "causally;\n"
+        "                                 a checkpoint without the plan tags falls back to "
+        "diffusion\n"
+        "prompt and sampling:\n"
+        "  --prompt T         the prompt text; --prompt-file F reads it from a file ('-' = stdin)\n"
+        "  --chat MODE        auto (default: the checkpoint's chat template if it has one), none,\n"
+        "                     chatml, llama3\n"
+        "  --system S         system message for the chat template\n"
+        "  --max-tokens N     tokens to generate at most (default 128)\n"
+        "  --temperature X    0 = greedy; default: the checkpoint's generation_config.json, else "
+        "0\n"
+        "  --top-k K          keep the K most likely tokens (0 = off)\n"
+        "  --top-p P          nucleus sampling mass (1 = off)\n"
+        "  --seed S           seed (default 0): the same seed replays the same output\n"
+        "speculation:\n"
+        "  --gamma N          draft length (default 8; apd: the lookahead M, default 16)\n"
+        "  --steps T          diffusion denoising steps per draft (default 4; apd 1)\n"
+        "  --order O          left-to-right (default), confidence, entropy, margin\n"
+        "  --verify V         rejection (default), match, greedy (temperature 0 is always greedy)\n"
+        "  --dist-top-k K     drafter distribution entries sent per position (default 32; full "
+        "rows\n"
+        "                     are fetched only when these cannot decide exactly)\n"
+        "  --mixture R        apd mixture weight R (default 0.7)\n"
+        "  --kv-window W      apd: drafter positions recomputed every round (default 16)\n"
+        "  --lookahead M      apd: synonym of --gamma\n"
+        "  --block-size B     diffusion, selfspec: block size (default 32)\n"
+        "  --draft-k K        selfspec: drafts chained per forward (default 4)\n"
+        "  --span-attention A planned: sparse (default: sibling spans invisible) or dense\n"
+        "  --threshold X      diffusion: confidence threshold (default 0.9)\n"
+        "  --timeout-ms N     drafter answer timeout per round (default 5000); on timeout the\n"
+        "                     round is done as plain AR and counted as a fallback. With a remote\n"
+        "                     --verifier ENDPOINT: how long to wait for each streamed chunk "
+        "(default\n"
+        "                     30000) before reporting the verifier dead\n"
+        "  --curve-server-key F  the drafter's public key (NAME.pub) for a tcp:// drafter with "
+        "CURVE\n"
+        "  --curve-key F      this side's secret key (NAME.key) for CURVE client authentication\n"
+        "other:\n"
+        "  --threads N        CPU threads per model (default: all cores)\n"
+        "  --device N         CUDA device of the verifier (default -1: CPU); --drafter-device N "
+        "for an\n"
+        "                     in-process drafter\n"
+        "  --predraft         in-process drafter: draft the next round ahead while the verifier "
+        "verifies\n"
+        "  --json             print one JSON object {text, tokens, prompt_tokens, stats} instead "
+        "of\n"
+        "                     streaming\n");
 }
 
 /* Sampling defaults and stop ids from DIR/generation_config.json, as HF generate would use them. */
-static void s_gen_defaults(const char *dir, td_sampling_t *sp, int32_t *stop, int *n_stop, int cap) {
+static void s_gen_defaults(const char *dir, td_sampling_t *sp, int32_t *stop, int *n_stop,
+                           int cap) {
     char path[4096], *data = NULL;
     size_t len;
     td_path_join(path, sizeof path, dir, "generation_config.json");
@@ -94,7 +118,8 @@ static void s_gen_defaults(const char *dir, td_sampling_t *sp, int32_t *stop, in
     cJSON *v;
     if (cJSON_IsTrue(cJSON_GetObjectItem(j, "do_sample"))) {
         sp->temperature = 1.0f;
-        if (cJSON_IsNumber(v = cJSON_GetObjectItem(j, "temperature"))) sp->temperature = (float)v->valuedouble;
+        if (cJSON_IsNumber(v = cJSON_GetObjectItem(j, "temperature")))
+            sp->temperature = (float)v->valuedouble;
         if (cJSON_IsNumber(v = cJSON_GetObjectItem(j, "top_k"))) sp->top_k = v->valueint;
         if (cJSON_IsNumber(v = cJSON_GetObjectItem(j, "top_p"))) sp->top_p = (float)v->valuedouble;
     }
@@ -102,7 +127,8 @@ static void s_gen_defaults(const char *dir, td_sampling_t *sp, int32_t *stop, in
     if (cJSON_IsNumber(v) && *n_stop < cap) stop[(*n_stop)++] = v->valueint;
     if (cJSON_IsArray(v)) {
         cJSON *e;
-        cJSON_ArrayForEach(e, v) if (cJSON_IsNumber(e) && *n_stop < cap) stop[(*n_stop)++] = e->valueint;
+        cJSON_ArrayForEach(e, v) if (cJSON_IsNumber(e) && *n_stop < cap) stop[(*n_stop)++] =
+            e->valueint;
     }
     cJSON_Delete(j);
 }
@@ -142,18 +168,21 @@ static int s_on_token(void *ud, int32_t id) {
 }
 
 /* --verifier ENDPOINT: a running tandem-verifier generates; we stream its chunks. */
-static int s_generate_remote(const char *endpoint, const char *prompt, int chat, const char *method, long max_tokens,
-                             const td_sampling_t *sp, long seed, long gamma, long steps, int order, const char *verify,
-                             double mixture, int json, int timeout_ms, const char *cserver, const char *ckey) {
+static int s_generate_remote(const char *endpoint, const char *prompt, int chat, const char *method,
+                             long max_tokens, const td_sampling_t *sp, long seed, long gamma,
+                             long steps, int order, const char *verify, double mixture, int json,
+                             int timeout_ms, const char *cserver, const char *ckey) {
     td_err_t err = {0};
-    td_transport_opts_t to = {.curve_server_key = cserver, .curve_secret_key = ckey, .heartbeat_ivl_ms = 1000};
+    td_transport_opts_t to = {
+        .curve_server_key = cserver, .curve_secret_key = ckey, .heartbeat_ivl_ms = 1000};
     td_client_t *cl = td_client_new(endpoint, &to, &err);
     if (!cl) {
         fprintf(stderr, "tandem generate: %s\n", err.msg);
         return 1;
     }
     Tandem__Hello hello = TANDEM__HELLO__INIT;
-    td_wire_hello_fill(&hello, TANDEM__ROLE__ROLE_CLIENT, "tandem-generate", 0, -1, 0, "none", NULL, 0);
+    td_wire_hello_fill(&hello, TANDEM__ROLE__ROLE_CLIENT, "tandem-generate", 0, -1, 0, "none", NULL,
+                       0);
     int rc = 1;
     char *text = NULL;
     size_t tlen = 0;
@@ -190,8 +219,10 @@ static int s_generate_remote(const char *endpoint, const char *prompt, int chat,
         int r = td_client_recv(cl, &ans, timeout_ms, &err);
         if (r == -1) {
             if (!json) fputc('\n', stdout);
-            fprintf(stderr, "tandem generate: the verifier at %s did not answer within %d ms (is it running?)\n", endpoint,
-                    timeout_ms);
+            fprintf(stderr,
+                    "tandem generate: the verifier at %s did not answer within %d ms (is it "
+                    "running?)\n",
+                    endpoint, timeout_ms);
             goto out;
         }
         if (r != 0) continue;
@@ -221,8 +252,10 @@ static int s_generate_remote(const char *endpoint, const char *prompt, int chat,
             toks[n_toks++] = ch->tokens[i];
         }
         if (ch->text && *ch->text) {
-            if (json) fputs(ch->text, acc);
-            else fputs(ch->text, stdout), fflush(stdout);
+            if (json)
+                fputs(ch->text, acc);
+            else
+                fputs(ch->text, stdout), fflush(stdout);
         }
         if (ch->done) {
             if (json) {
@@ -257,12 +290,12 @@ out:
 
 int td_cmd_generate(int argc, char **argv) {
     const char *vdir = NULL, *drafter = NULL, *prompt = NULL, *prompt_file = NULL, *method_s = NULL,
-               *chat = "auto", *system = NULL, *order_s = NULL, *verify_s = NULL, *pos, *ckey = NULL,
-               *cserver = NULL;
+               *chat = "auto", *system = NULL, *order_s = NULL, *verify_s = NULL, *pos,
+               *ckey = NULL, *cserver = NULL;
     long draft_k = 4;
     const char *span_att = "sparse";
-    long device = -1, ddevice = -1, max_tokens = 128, seed = 0, threads = 0, top_k = -1, gamma = -1, steps = -1, dist_k = 32,
-         block = 32, timeout = -1, kvw = -1;
+    long device = -1, ddevice = -1, max_tokens = 128, seed = 0, threads = 0, top_k = -1, gamma = -1,
+         steps = -1, dist_k = 32, block = 32, timeout = -1, kvw = -1;
     double temperature = -1, top_p = -1, mixture = 0.7, threshold = 0.9;
     int json = 0, predraft = 0, r;
     td_opts_t o;
@@ -272,24 +305,41 @@ int td_cmd_generate(int argc, char **argv) {
             fprintf(stderr, "tandem generate: unexpected argument '%s'\n", pos);
             return 2;
         }
-#define STR(name, var) else if (td_opts_is(&o, name)) { if (!(var = td_opts_value(&o))) return 2; }
-#define INT(name, var, lo, hi) else if (td_opts_is(&o, name)) { if (td_opts_int(&o, lo, hi, &var)) return 2; }
-#define FLT(name, var, lo, hi) else if (td_opts_is(&o, name)) { if (td_opts_float(&o, lo, hi, &var)) return 2; }
+#define STR(name, var)                                                                             \
+    else if (td_opts_is(&o, name)) {                                                               \
+        if (!(var = td_opts_value(&o))) return 2;                                                  \
+    }
+#define INT(name, var, lo, hi)                                                                     \
+    else if (td_opts_is(&o, name)) {                                                               \
+        if (td_opts_int(&o, lo, hi, &var)) return 2;                                               \
+    }
+#define FLT(name, var, lo, hi)                                                                     \
+    else if (td_opts_is(&o, name)) {                                                               \
+        if (td_opts_float(&o, lo, hi, &var)) return 2;                                             \
+    }
         if (td_opts_is(&o, "help") || td_opts_is(&o, "h")) {
             s_help(stdout);
             return 0;
         }
-        STR("verifier", vdir) STR("model", vdir) STR("drafter", drafter) STR("method", method_s)
-        STR("prompt", prompt) STR("prompt-file", prompt_file) STR("chat", chat) STR("system", system)
-        STR("order", order_s) STR("verify", verify_s) STR("curve-key", ckey) STR("curve-server-key", cserver)
-        INT("max-tokens", max_tokens, 0, 1 << 20) INT("top-k", top_k, 0, 1 << 24) INT("seed", seed, 0, 0x7fffffffL)
-        INT("threads", threads, 0, 1024) INT("device", device, -1, 64) INT("drafter-device", ddevice, -1, 64) INT("gamma", gamma, 1, TD_SPEC_MAX_GAMMA) INT("lookahead", gamma, 1, TD_SPEC_MAX_GAMMA)
-        INT("steps", steps, 1, 1024) INT("dist-top-k", dist_k, 1, 1024) INT("block-size", block, 1, 4096)
-        INT("timeout-ms", timeout, 1, 3600000) INT("kv-window", kvw, 0, 1 << 20) INT("draft-k", draft_k, 1, 16)
-        STR("span-attention", span_att)
-        FLT("temperature", temperature, 0, 100) FLT("top-p", top_p, 1e-9, 1) FLT("mixture", mixture, 0, 1)
-        FLT("threshold", threshold, 0, 2)
-        else if (td_opts_is(&o, "json")) json = 1;
+        STR("verifier", vdir)
+        STR("model", vdir) STR("drafter", drafter) STR("method", method_s) STR("prompt", prompt)
+            STR("prompt-file", prompt_file) STR("chat", chat) STR("system", system) STR(
+                "order", order_s) STR("verify", verify_s) STR("curve-key", ckey)
+                STR("curve-server-key", cserver) INT("max-tokens", max_tokens, 0, 1 << 20) INT(
+                    "top-k", top_k, 0, 1 << 24) INT("seed", seed, 0, 0x7fffffffL)
+                    INT("threads", threads, 0, 1024) INT("device", device, -1, 64) INT(
+                        "drafter-device", ddevice, -1, 64) INT("gamma", gamma, 1, TD_SPEC_MAX_GAMMA)
+                        INT("lookahead", gamma, 1, TD_SPEC_MAX_GAMMA) INT("steps", steps, 1, 1024)
+                            INT("dist-top-k", dist_k, 1, 1024) INT("block-size", block, 1, 4096)
+                                INT("timeout-ms", timeout, 1, 3600000)
+                                    INT("kv-window", kvw, 0, 1 << 20) INT("draft-k", draft_k, 1, 16)
+                                        STR("span-attention", span_att)
+                                            FLT("temperature", temperature, 0, 100)
+                                                FLT("top-p", top_p, 1e-9, 1)
+                                                    FLT("mixture", mixture, 0, 1)
+                                                        FLT("threshold", threshold, 0,
+                                                            2) else if (td_opts_is(&o, "json"))
+                                                            json = 1;
         else if (td_opts_is(&o, "predraft")) predraft = 1;
         else {
             fprintf(stderr, "tandem generate: unknown option --%s (see --help)\n", o.name);
@@ -303,21 +353,30 @@ int td_cmd_generate(int argc, char **argv) {
     int method;
     if (method_s) {
         if ((method = td_method_parse(method_s)) < 0) {
-            fprintf(stderr, "tandem generate: unknown --method '%s' (ar, spec-ar, specdiff, apd, diffusion, selfspec, planned)\n", method_s);
+            fprintf(stderr,
+                    "tandem generate: unknown --method '%s' (ar, spec-ar, specdiff, apd, "
+                    "diffusion, selfspec, planned)\n",
+                    method_s);
             return 2;
         }
     } else {
         method = (drafter || !vdir) ? TD_METHOD_SPECDIFF : TD_METHOD_AR;
     }
-    const int local_dllm = method == TD_METHOD_DIFFUSION || method == TD_METHOD_SELFSPEC || method == TD_METHOD_PLANNED;
-    const char *planner_dir = method == TD_METHOD_PLANNED ? vdir : NULL; /* explicit --verifier only */
+    const int local_dllm = method == TD_METHOD_DIFFUSION || method == TD_METHOD_SELFSPEC ||
+                           method == TD_METHOD_PLANNED;
+    const char *planner_dir =
+        method == TD_METHOD_PLANNED ? vdir : NULL; /* explicit --verifier only */
     int needs_v = !local_dllm, needs_d = method != TD_METHOD_AR;
     if (needs_v && !vdir) vdir = s_bundled("tiny-verifier", vbuf, sizeof vbuf);
     if (needs_d && !drafter)
-        drafter = s_bundled(method == TD_METHOD_SPEC_AR ? "tiny-ar-drafter" : "tiny-diffusion-drafter", dbuf, sizeof dbuf);
+        drafter =
+            s_bundled(method == TD_METHOD_SPEC_AR ? "tiny-ar-drafter" : "tiny-diffusion-drafter",
+                      dbuf, sizeof dbuf);
     if (!needs_d) drafter = NULL;
     if (local_dllm && td_is_endpoint(drafter)) {
-        fprintf(stderr, "tandem generate: --method %s runs the drafter checkpoint in this process: give a directory\n",
+        fprintf(stderr,
+                "tandem generate: --method %s runs the drafter checkpoint in this process: give a "
+                "directory\n",
                 td_method_name((td_method_t)method));
         return 2;
     }
@@ -325,18 +384,22 @@ int td_cmd_generate(int argc, char **argv) {
         fprintf(stderr, "tandem generate: --span-attention is sparse or dense\n");
         return 2;
     }
-    int order = order_s ? td_unmask_order_parse(order_s) : 0, verify = verify_s ? td_verify_parse(verify_s) : 0;
+    int order = order_s ? td_unmask_order_parse(order_s) : 0,
+        verify = verify_s ? td_verify_parse(verify_s) : 0;
     if (order < 0 || verify < 0) {
-        fprintf(stderr, "tandem generate: unknown %s '%s'\n", order < 0 ? "--order" : "--verify", order < 0 ? order_s : verify_s);
+        fprintf(stderr, "tandem generate: unknown %s '%s'\n", order < 0 ? "--order" : "--verify",
+                order < 0 ? order_s : verify_s);
         return 2;
     }
     if (!prompt == !prompt_file) {
-        fprintf(stderr, "tandem generate: need exactly one of --prompt / --prompt-file (see --help)\n");
+        fprintf(stderr,
+                "tandem generate: need exactly one of --prompt / --prompt-file (see --help)\n");
         return 2;
     }
     int chat_kind = strcmp(chat, "auto") == 0 ? -2 : td_chat_kind_from_name(chat);
     if (chat_kind == -1) {
-        fprintf(stderr, "tandem generate: unknown --chat '%s' (auto, none, chatml, llama3)\n", chat);
+        fprintf(stderr, "tandem generate: unknown --chat '%s' (auto, none, chatml, llama3)\n",
+                chat);
         return 2;
     }
     char *pbuf = NULL;
@@ -347,20 +410,25 @@ int td_cmd_generate(int argc, char **argv) {
     }
     if (vdir && td_is_endpoint(vdir) && !local_dllm) {
         if (drafter && strcmp(drafter, dbuf) != 0)
-            fprintf(stderr, "tandem generate: note: --drafter is ignored with a remote verifier (it has its own)\n");
+            fprintf(stderr, "tandem generate: note: --drafter is ignored with a remote verifier "
+                            "(it has its own)\n");
         int chat_on = chat_kind != TD_CHAT_NONE && chat_kind != -1;
         td_sampling_t rsp = {temperature >= 0 ? (float)temperature : 0, top_k >= 0 ? (int)top_k : 0,
                              top_p >= 0 ? (float)top_p : 1};
-        int rrc = s_generate_remote(vdir, prompt, chat_on, td_method_name((td_method_t)method), max_tokens, &rsp, seed,
-                                    gamma, steps, order, verify_s, mixture, json, timeout > 0 ? (int)timeout : 30000,
-                                    cserver, ckey);
+        int rrc = s_generate_remote(vdir, prompt, chat_on, td_method_name((td_method_t)method),
+                                    max_tokens, &rsp, seed, gamma, steps, order, verify_s, mixture,
+                                    json, timeout > 0 ? (int)timeout : 30000, cserver, ckey);
         free(pbuf);
         return rrc;
     }
     td_err_t err = {0};
     td_pair_t pair;
-    td_pair_opts_t po = {.device = (int)device, .drafter_device = (int)ddevice, .threads = (int)threads, .curve_server_key = cserver, .curve_secret_key = ckey,
-                        .predraft = predraft};
+    td_pair_opts_t po = {.device = (int)device,
+                         .drafter_device = (int)ddevice,
+                         .threads = (int)threads,
+                         .curve_server_key = cserver,
+                         .curve_secret_key = ckey,
+                         .predraft = predraft};
     int rc = 1;
     char *rendered = NULL, *text = NULL;
     int32_t *ids = NULL, *out = NULL, stop[16];
@@ -369,11 +437,13 @@ int td_cmd_generate(int argc, char **argv) {
     td_backend_t *dbe = NULL;
     td_model_t *dm = NULL;
     td_tokenizer_t *dtok = NULL;
-    if (td_pair_open(&pair, needs_v ? vdir : planner_dir, local_dllm ? NULL : drafter, &po, &err) != TD_OK) {
+    if (td_pair_open(&pair, needs_v ? vdir : planner_dir, local_dllm ? NULL : drafter, &po, &err) !=
+        TD_OK) {
         fprintf(stderr, "tandem generate: %s\n", err.msg);
         goto done;
     }
-    if (local_dllm && td_cli_load_on(drafter, (int)ddevice, (int)threads, &dbe, &dm, &dtok)) goto done;
+    if (local_dllm && td_cli_load_on(drafter, (int)ddevice, (int)threads, &dbe, &dm, &dtok))
+        goto done;
     td_model_t *main_model = needs_v ? pair.verifier : dm;
     const td_tokenizer_t *tok = needs_v ? pair.vtok : dtok;
     const char *main_dir = needs_v ? vdir : drafter;
@@ -446,8 +516,11 @@ int td_cmd_generate(int argc, char **argv) {
     double t0 = td_time_now();
     int grc;
     if (method == TD_METHOD_AR) {
-        td_gen_params_t gp = {.max_tokens = (int)max_tokens, .sampling = sp, .seed = (uint64_t)seed,
-                              .stop_ids = stop, .n_stop = n_stop};
+        td_gen_params_t gp = {.max_tokens = (int)max_tokens,
+                              .sampling = sp,
+                              .seed = (uint64_t)seed,
+                              .stop_ids = stop,
+                              .n_stop = n_stop};
         td_gen_stats_t gs = {0};
         grc = td_generate_ar(main_model, ids, n, &gp, s_on_token, &st, out, &gs, &err);
         ss.generated = gs.generated;
@@ -469,12 +542,16 @@ int td_cmd_generate(int argc, char **argv) {
         ss.drafter_s = td_time_now() - t0;
         ss.stop = ts.stopped_at_stop_id ? TD_STOP_EOS : TD_STOP_LENGTH;
         if (grc == TD_OK && !json)
-            for (int i = 0; i < ts.generated; i++) { st.print = 1; s_on_token(&st, out[i]); }
+            for (int i = 0; i < ts.generated; i++) {
+                st.print = 1;
+                s_on_token(&st, out[i]);
+            }
     } else if (method == TD_METHOD_PLANNED) {
         td_plan_tags_t tags;
         int eos = c->eos_token_id;
         if (td_plan_tags_init(&tags, tok, eos, &err) != TD_OK) {
-            fprintf(stderr, "tandem generate: planned: %s; falling back to --method diffusion\n", err.msg);
+            fprintf(stderr, "tandem generate: planned: %s; falling back to --method diffusion\n",
+                    err.msg);
             method = TD_METHOD_DIFFUSION;
             goto diffusion;
         }
@@ -486,20 +563,28 @@ int td_cmd_generate(int argc, char **argv) {
         td_planned_stats_t ps = {0};
         int n_out = 0;
         td_model_t *planner = pair.verifier ? pair.verifier : main_model;
-        grc = td_planned_generate(planner, main_model, &tags, ids, n, &pp, out, &n_out, NULL, NULL, &ps, &err);
+        grc = td_planned_generate(planner, main_model, &tags, ids, n, &pp, out, &n_out, NULL, NULL,
+                                  &ps, &err);
         td_plan_tags_free(&tags);
         if (grc == TD_ERR_FORMAT) {
-            fprintf(stderr, "tandem generate: planned: %s; falling back to --method diffusion\n", err.msg);
+            fprintf(stderr, "tandem generate: planned: %s; falling back to --method diffusion\n",
+                    err.msg);
             method = TD_METHOD_DIFFUSION;
             goto diffusion;
         }
         ss.generated = n_out, ss.forwards = ps.critical_path;
         ss.drafter_s = td_time_now() - t0;
         ss.stop = ps.stopped_at_eos ? TD_STOP_EOS : TD_STOP_LENGTH;
-        fprintf(stderr, "[planned] plan %d tokens, %d stage(s), %d span(s), %.1f steps per span, critical path %d passes\n",
-                ps.plan_tokens, ps.stages, ps.spans, ps.spans ? (double)ps.span_steps / ps.spans : 0.0, ps.critical_path);
+        fprintf(stderr,
+                "[planned] plan %d tokens, %d stage(s), %d span(s), %.1f steps per span, critical "
+                "path %d passes\n",
+                ps.plan_tokens, ps.stages, ps.spans,
+                ps.spans ? (double)ps.span_steps / ps.spans : 0.0, ps.critical_path);
         if (grc == TD_OK && !json)
-            for (int i = 0; i < n_out; i++) { st.print = 1; s_on_token(&st, out[i]); }
+            for (int i = 0; i < n_out; i++) {
+                st.print = 1;
+                s_on_token(&st, out[i]);
+            }
     } else if (method == TD_METHOD_DIFFUSION) {
     diffusion:;
         td_diffusion_params_t dp = td_diffusion_params_default();
@@ -517,10 +602,13 @@ int td_cmd_generate(int argc, char **argv) {
         ss.drafter_s = td_time_now() - t0;
         ss.stop = ds.stopped_at_stop_id ? TD_STOP_EOS : TD_STOP_LENGTH;
         if (grc == TD_OK && !json)
-            for (int i = 0; i < ds.generated; i++) { st.print = 1; s_on_token(&st, out[i]); }
+            for (int i = 0; i < ds.generated; i++) {
+                st.print = 1;
+                s_on_token(&st, out[i]);
+            }
     } else {
-        grc = td_spec_generate(main_model, pair.dc, (uint64_t)getpid() << 16 | 1, ids, n, &p, s_on_token, &st, out,
-                               &ss, &err);
+        grc = td_spec_generate(main_model, pair.dc, (uint64_t)getpid() << 16 | 1, ids, n, &p,
+                               s_on_token, &st, out, &ss, &err);
     }
     double total = td_time_now() - t0;
     if (grc != TD_OK) {
@@ -547,13 +635,18 @@ int td_cmd_generate(int argc, char **argv) {
         if (tn > 0) fwrite(tail, 1, (size_t)tn, stdout);
         fputc('\n', stdout);
         fflush(stdout);
-        fprintf(stderr, "[%s] prompt %d tokens, generated %d in %.3f s (%.2f tok/s)", td_method_name((td_method_t)method),
-                n, ss.generated, total, total > 0 ? ss.generated / total : 0);
+        fprintf(stderr, "[%s] prompt %d tokens, generated %d in %.3f s (%.2f tok/s)",
+                td_method_name((td_method_t)method), n, ss.generated, total,
+                total > 0 ? ss.generated / total : 0);
         if (ss.rounds)
-            fprintf(stderr, "; %d rounds, accepted %d/%d drafted (%.1f%%), %.2f tokens per round incl. bonus%s",
-                    ss.rounds, ss.accepted, ss.drafted, 100.0 * ss.accepted / (ss.drafted ? ss.drafted : 1),
-                    (double)(ss.accepted + ss.bonus_tokens) / ss.rounds, ss.lossy ? " (lossy)" : "");
-        if (ss.fallbacks) fprintf(stderr, "; %d fallback round(s): %s", ss.fallbacks, ss.last_fallback);
+            fprintf(
+                stderr,
+                "; %d rounds, accepted %d/%d drafted (%.1f%%), %.2f tokens per round incl. bonus%s",
+                ss.rounds, ss.accepted, ss.drafted,
+                100.0 * ss.accepted / (ss.drafted ? ss.drafted : 1),
+                (double)(ss.accepted + ss.bonus_tokens) / ss.rounds, ss.lossy ? " (lossy)" : "");
+        if (ss.fallbacks)
+            fprintf(stderr, "; %d fallback round(s): %s", ss.fallbacks, ss.last_fallback);
         fprintf(stderr, "\n");
     }
     rc = 0;

@@ -10,28 +10,34 @@
 #include <string.h>
 
 static void s_help(FILE *f) {
-    fprintf(f,
-            "usage: tandem score --model DIR (--text T | --file F) [options]\n\n"
-            "Causal LMs: the log-probability of every token given the ones before it, and the\n"
-            "perplexity exp(-mean log p) over the scored tokens (the first token of each window has no\n"
-            "context and is not scored).\n"
-            "Diffusion LMs (Dream, LLaDA, DiffuGPT): the masked-token log-likelihood: --draws times, a\n"
-            "random fraction --mask-ratio of the positions is replaced by the mask token, the sequence is\n"
-            "run once with bidirectional attention, and the log-probability of each true token at a\n"
-            "masked position is summed; the masked perplexity is exp(-sum / count). With a logit shift\n"
-            "(Dream, DiffuGPT) position 0 is never masked.\n\n"
-            "options:\n"
-            "  --model DIR        checkpoint directory (config.json, safetensors, tokenizer.json)\n"
-            "  --text T           text to score\n"
-            "  --file F           read the text from F ('-' = stdin)\n"
-            "  --window N         causal: score in non-overlapping windows of N tokens, each from its\n"
-            "                     own start (default: the model's context, or the whole text)\n"
-            "  --mask-ratio R     diffusion: fraction of positions masked per draw (default 0.15)\n"
-            "  --draws N          diffusion: number of random maskings (default 1)\n"
-            "  --seed S           diffusion: seed of the maskings (default 0)\n"
-            "  --threads N        CPU threads (default: all cores)\n"
-            "  --json             one JSON object: tokens, logprobs, n_scored, mean_logprob, perplexity\n"
-            "  --summary          print only the summary line (no per-token lines)\n");
+    fprintf(
+        f,
+        "usage: tandem score --model DIR (--text T | --file F) [options]\n\n"
+        "Causal LMs: the log-probability of every token given the ones before it, and the\n"
+        "perplexity exp(-mean log p) over the scored tokens (the first token of each window has "
+        "no\n"
+        "context and is not scored).\n"
+        "Diffusion LMs (Dream, LLaDA, DiffuGPT): the masked-token log-likelihood: --draws times, "
+        "a\n"
+        "random fraction --mask-ratio of the positions is replaced by the mask token, the sequence "
+        "is\n"
+        "run once with bidirectional attention, and the log-probability of each true token at a\n"
+        "masked position is summed; the masked perplexity is exp(-sum / count). With a logit "
+        "shift\n"
+        "(Dream, DiffuGPT) position 0 is never masked.\n\n"
+        "options:\n"
+        "  --model DIR        checkpoint directory (config.json, safetensors, tokenizer.json)\n"
+        "  --text T           text to score\n"
+        "  --file F           read the text from F ('-' = stdin)\n"
+        "  --window N         causal: score in non-overlapping windows of N tokens, each from its\n"
+        "                     own start (default: the model's context, or the whole text)\n"
+        "  --mask-ratio R     diffusion: fraction of positions masked per draw (default 0.15)\n"
+        "  --draws N          diffusion: number of random maskings (default 1)\n"
+        "  --seed S           diffusion: seed of the maskings (default 0)\n"
+        "  --threads N        CPU threads (default: all cores)\n"
+        "  --json             one JSON object: tokens, logprobs, n_scored, mean_logprob, "
+        "perplexity\n"
+        "  --summary          print only the summary line (no per-token lines)\n");
 }
 
 int td_cmd_score(int argc, char **argv) {
@@ -75,7 +81,8 @@ int td_cmd_score(int argc, char **argv) {
         }
     }
     if (!model || (!text == !file)) {
-        fprintf(stderr, "tandem score: need --model and exactly one of --text / --file (see --help)\n");
+        fprintf(stderr,
+                "tandem score: need --model and exactly one of --text / --file (see --help)\n");
         return 2;
     }
     size_t len = 0;
@@ -109,7 +116,8 @@ int td_cmd_score(int argc, char **argv) {
         int win = (int)window;
         if (win <= 0 && c->n_ctx_train > 0 && n > c->n_ctx_train) win = c->n_ctx_train;
         if (c->n_ctx_train > 0 && win > c->n_ctx_train) {
-            fprintf(stderr, "tandem score: --window %d exceeds the model's context %d\n", win, c->n_ctx_train);
+            fprintf(stderr, "tandem score: --window %d exceeds the model's context %d\n", win,
+                    c->n_ctx_train);
             goto out;
         }
         float *lp = malloc((size_t)n * sizeof *lp);
@@ -126,15 +134,19 @@ int td_cmd_score(int argc, char **argv) {
         if (json) {
             printf("{\"model\":");
             td_cli_json_str(stdout, model, strlen(model));
-            printf(",\"kind\":\"causal\",\"n_tokens\":%d,\"n_scored\":%d,\"window\":%d,\"tokens\":[", n,
-                   scored, win > 0 ? win : n);
+            printf(
+                ",\"kind\":\"causal\",\"n_tokens\":%d,\"n_scored\":%d,\"window\":%d,\"tokens\":[",
+                n, scored, win > 0 ? win : n);
             for (int i = 0; i < n; i++) printf("%s%d", i ? "," : "", ids[i]);
             printf("],\"logprobs\":[");
             for (int i = 0; i < n; i++) {
-                if (isnan(lp[i])) printf("%snull", i ? "," : "");
-                else printf("%s%.6f", i ? "," : "", lp[i]);
+                if (isnan(lp[i]))
+                    printf("%snull", i ? "," : "");
+                else
+                    printf("%s%.6f", i ? "," : "", lp[i]);
             }
-            printf("],\"sum_logprob\":%.6f,\"mean_logprob\":%.6f,\"perplexity\":%.6f}\n", sum, mean, ppl);
+            printf("],\"sum_logprob\":%.6f,\"mean_logprob\":%.6f,\"perplexity\":%.6f}\n", sum, mean,
+                   ppl);
         } else {
             if (!summary)
                 for (int i = 0; i < n; i++) {
@@ -148,14 +160,16 @@ int td_cmd_score(int argc, char **argv) {
                     printf("\n");
                     free(piece);
                 }
-            printf("tokens %d, scored %d, mean log-prob %.4f, perplexity %.4f\n", n, scored, mean, ppl);
+            printf("tokens %d, scored %d, mean log-prob %.4f, perplexity %.4f\n", n, scored, mean,
+                   ppl);
         }
         free(lp);
         rc = 0;
     } else {
         double total = 0;
         int64_t count = 0;
-        if (td_score_masked(m, ids, n, (float)ratio, (int)draws, (uint64_t)seed, &total, &count, &err) != TD_OK) {
+        if (td_score_masked(m, ids, n, (float)ratio, (int)draws, (uint64_t)seed, &total, &count,
+                            &err) != TD_OK) {
             fprintf(stderr, "tandem score: %s\n", err.msg);
             goto out;
         }
@@ -168,7 +182,8 @@ int td_cmd_score(int argc, char **argv) {
                    "\"perplexity\":%.6f}\n",
                    n, ratio, draws, seed, (long long)count, total, mean, ppl);
         } else
-            printf("tokens %d, masked-token log-likelihood at ratio %.3f over %ld draw(s): %lld tokens, "
+            printf("tokens %d, masked-token log-likelihood at ratio %.3f over %ld draw(s): %lld "
+                   "tokens, "
                    "mean log-prob %.4f, masked perplexity %.4f\n",
                    n, ratio, draws, (long long)count, mean, ppl);
         rc = 0;

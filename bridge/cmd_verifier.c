@@ -22,21 +22,24 @@ static void s_on_signal(int sig) {
 }
 
 static void s_help(FILE *f) {
-    fprintf(f,
-            "usage: tandem-verifier --model DIR --drafter DIR|ENDPOINT --bind ENDPOINT [options]\n\n"
-            "Serves generation requests from clients (tandem generate --verifier ENDPOINT) until\n"
-            "SIGINT/SIGTERM, asking the drafter for proposals. Requests are served one at a time.\n\n"
-            "options:\n"
-            "  --model DIR        the verifier checkpoint (a causal LM)\n"
-            "  --drafter X        the drafter: an endpoint of a running tandem-drafter, or a checkpoint\n"
-            "                     directory served in this process; optional (then only ar is served)\n"
-            "  --bind ENDPOINT    where clients connect (tcp loopback, ipc://, or tcp with --curve-key)\n"
-            "  --curve-key F      serve clients with CURVE using this secret key\n"
-            "  --curve-allow F    accept only the client public keys listed in F\n"
-            "  --drafter-server-key F  the drafter's public key when it serves with CURVE\n"
-            "  --timeout-ms N     drafter answer timeout per round (default 5000)\n"
-            "  --threads N        CPU threads (default: all cores)\n"
-            "  --device N         CUDA device (default -1: CPU); an in-process drafter uses it too\n");
+    fprintf(
+        f,
+        "usage: tandem-verifier --model DIR --drafter DIR|ENDPOINT --bind ENDPOINT [options]\n\n"
+        "Serves generation requests from clients (tandem generate --verifier ENDPOINT) until\n"
+        "SIGINT/SIGTERM, asking the drafter for proposals. Requests are served one at a time.\n\n"
+        "options:\n"
+        "  --model DIR        the verifier checkpoint (a causal LM)\n"
+        "  --drafter X        the drafter: an endpoint of a running tandem-drafter, or a "
+        "checkpoint\n"
+        "                     directory served in this process; optional (then only ar is served)\n"
+        "  --bind ENDPOINT    where clients connect (tcp loopback, ipc://, or tcp with "
+        "--curve-key)\n"
+        "  --curve-key F      serve clients with CURVE using this secret key\n"
+        "  --curve-allow F    accept only the client public keys listed in F\n"
+        "  --drafter-server-key F  the drafter's public key when it serves with CURVE\n"
+        "  --timeout-ms N     drafter answer timeout per round (default 5000)\n"
+        "  --threads N        CPU threads (default: all cores)\n"
+        "  --device N         CUDA device (default -1: CPU); an in-process drafter uses it too\n");
 }
 
 typedef struct serve_ctx {
@@ -74,18 +77,20 @@ static int s_on_token(void *ud, int32_t id) {
     int n = td_detok_push(c->dt, id, buf, sizeof buf);
     buf[n > 0 ? n : 0] = 0;
     uint32_t t = (uint32_t)id;
-    return s_send_chunk(c, &t, 1, buf, 0, NULL, NULL) ? 1 : 0; /* a vanished client stops the request */
+    return s_send_chunk(c, &t, 1, buf, 0, NULL, NULL) ? 1
+                                                      : 0; /* a vanished client stops the request */
 }
 
-static void s_generate(td_pair_t *pair, td_server_t *srv, const td_routing_id_t *from, const Tandem__Envelope *req,
-                       const char *model_dir, int timeout_ms) {
+static void s_generate(td_pair_t *pair, td_server_t *srv, const td_routing_id_t *from,
+                       const Tandem__Envelope *req, const char *model_dir, int timeout_ms) {
     const Tandem__GenerateRequest *g = req->generate_request;
     serve_ctx_t c = {.srv = srv, .to = *from, .session = req->session_id};
     const char *ms = g->method && *g->method ? g->method : "ar";
     int method = td_method_parse(ms);
     char msg[512];
     if (method < 0 || method == TD_METHOD_DIFFUSION) {
-        snprintf(msg, sizeof msg, "method '%s' is not served by a verifier (ar, spec-ar, specdiff, apd)", ms);
+        snprintf(msg, sizeof msg,
+                 "method '%s' is not served by a verifier (ar, spec-ar, specdiff, apd)", ms);
         s_send_chunk(&c, NULL, 0, NULL, 1, NULL, msg);
         return;
     }
@@ -111,7 +116,10 @@ static void s_generate(td_pair_t *pair, td_server_t *srv, const td_routing_id_t 
     }
     int32_t *ids = NULL, n = 0, *out = malloc(sizeof(int32_t) * (g->max_tokens + 1));
     const char *in = rendered ? rendered : prompt;
-    if (!out || td_tokenizer_encode(pair->vtok, in, strlen(in), rendered != NULL, &ids, &n, &err) != TD_OK || n == 0) {
+    if (!out ||
+        td_tokenizer_encode(pair->vtok, in, strlen(in), rendered != NULL, &ids, &n, &err) !=
+            TD_OK ||
+        n == 0) {
         s_send_chunk(&c, NULL, 0, NULL, 1, NULL, n == 0 && !err.msg[0] ? "empty prompt" : err.msg);
         goto out;
     }
@@ -124,7 +132,9 @@ static void s_generate(td_pair_t *pair, td_server_t *srv, const td_routing_id_t 
         if (id >= 0) stop[n_stop++] = id;
     }
     td_sampling_t sp = {0, 0, 1};
-    if (g->sampling) sp = (td_sampling_t){g->sampling->temperature, (int)g->sampling->top_k, g->sampling->top_p > 0 ? g->sampling->top_p : 1};
+    if (g->sampling)
+        sp = (td_sampling_t){g->sampling->temperature, (int)g->sampling->top_k,
+                             g->sampling->top_p > 0 ? g->sampling->top_p : 1};
     c.dt = td_detok_new(pair->vtok, 1);
     td_spec_stats_t ss;
     memset(&ss, 0, sizeof ss);
@@ -132,7 +142,11 @@ static void s_generate(td_pair_t *pair, td_server_t *srv, const td_routing_id_t 
     double t0 = td_time_now();
     int rc;
     if (method == TD_METHOD_AR) {
-        td_gen_params_t gp = {.max_tokens = (int)g->max_tokens, .sampling = sp, .seed = g->seed, .stop_ids = stop, .n_stop = n_stop};
+        td_gen_params_t gp = {.max_tokens = (int)g->max_tokens,
+                              .sampling = sp,
+                              .seed = g->seed,
+                              .stop_ids = stop,
+                              .n_stop = n_stop};
         td_gen_stats_t gs = {0};
         rc = td_generate_ar(pair->verifier, ids, n, &gp, s_on_token, &c, out, &gs, &err);
         ss.generated = gs.generated, ss.forwards = gs.forwards, ss.stop = gs.stop;
@@ -149,7 +163,8 @@ static void s_generate(td_pair_t *pair, td_server_t *srv, const td_routing_id_t 
         if (g->mixture > 0) p.apd_mixture = g->mixture;
         p.drafter_timeout_ms = timeout_ms;
         p.hello = &pair->hello;
-        rc = td_spec_generate(pair->verifier, pair->dc, req->session_id, ids, n, &p, s_on_token, &c, out, &ss, &err);
+        rc = td_spec_generate(pair->verifier, pair->dc, req->session_id, ids, n, &p, s_on_token, &c,
+                              out, &ss, &err);
     }
     double total = td_time_now() - t0;
     if (c.failed) goto out;
@@ -179,7 +194,8 @@ out:
 }
 
 int td_cmd_verifier(int argc, char **argv) {
-    const char *model = NULL, *drafter = NULL, *bind = NULL, *ckey = NULL, *callow = NULL, *dkey = NULL, *pos;
+    const char *model = NULL, *drafter = NULL, *bind = NULL, *ckey = NULL, *callow = NULL,
+               *dkey = NULL, *pos;
     long threads = 0, device = -1, timeout = 5000;
     int r;
     td_opts_t o;
@@ -221,8 +237,13 @@ int td_cmd_verifier(int argc, char **argv) {
     }
     td_err_t err = {0};
     td_pair_t pair;
-    td_pair_opts_t po = {.device = (int)device, .drafter_device = (int)device, .threads = (int)threads, .curve_server_key = dkey, .curve_secret_key = dkey ? ckey : NULL};
-    td_transport_opts_t to = {.curve_secret_key = ckey, .curve_allow_file = callow, .heartbeat_ivl_ms = 1000};
+    td_pair_opts_t po = {.device = (int)device,
+                         .drafter_device = (int)device,
+                         .threads = (int)threads,
+                         .curve_server_key = dkey,
+                         .curve_secret_key = dkey ? ckey : NULL};
+    td_transport_opts_t to = {
+        .curve_secret_key = ckey, .curve_allow_file = callow, .heartbeat_ivl_ms = 1000};
     td_server_t *srv = NULL;
     int rc = 1;
     if (td_pair_open(&pair, model, drafter, &po, &err) != TD_OK) {
@@ -238,8 +259,8 @@ int td_cmd_verifier(int argc, char **argv) {
     sa.sa_handler = s_on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    fprintf(stderr, "tandem-verifier: %s serving on %s (drafter: %s)\n", model, td_server_endpoint(srv),
-            drafter ? pair.endpoint : "none");
+    fprintf(stderr, "tandem-verifier: %s serving on %s (drafter: %s)\n", model,
+            td_server_endpoint(srv), drafter ? pair.endpoint : "none");
     while (!s_stop) {
         td_routing_id_t from;
         Tandem__Envelope *env = NULL;
@@ -264,7 +285,8 @@ int td_cmd_verifier(int argc, char **argv) {
             td_wire_heartbeat_init(&hb, &body);
             td_server_send(srv, &from, &hb, NULL);
         } else {
-            td_server_send_error(srv, &from, env->session_id, env->round, TANDEM__ERROR_CODE__ERROR_UNSUPPORTED,
+            td_server_send_error(srv, &from, env->session_id, env->round,
+                                 TANDEM__ERROR_CODE__ERROR_UNSUPPORTED,
                                  "a verifier serves generate_request", NULL);
         }
         td_wire_free(&env);

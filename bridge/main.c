@@ -13,10 +13,12 @@ static const struct {
     {"bench", td_cmd_bench, "compare methods and settings on the same prompts (speedup over ar)"},
     {"score", td_cmd_score, "per-token log-probabilities and perplexity of a text"},
     {"tokenize", td_cmd_tokenize, "text -> token ids and pieces, or --decode ids -> text"},
-    {"keygen", td_cmd_keygen, "make a CURVE key pair (NAME.key, NAME.pub) for encrypted, authenticated links"},
+    {"keygen", td_cmd_keygen,
+     "make a CURVE key pair (NAME.key, NAME.pub) for encrypted, authenticated links"},
     {"drafter", td_cmd_drafter, "run a drafter worker (same as tandem-drafter)"},
     {"verifier", td_cmd_verifier, "run a verifier worker (same as tandem-verifier)"},
-    {"inspect", td_cmd_inspect, "architecture, parameters, dtypes, tensors and memory of a checkpoint"},
+    {"inspect", td_cmd_inspect,
+     "architecture, parameters, dtypes, tensors and memory of a checkpoint"},
 };
 
 static void s_usage(FILE *f) {

@@ -32,8 +32,8 @@ td_pair_opts_t td_pair_opts_default(void) {
     return o;
 }
 
-static int s_load(const char *dir, int device, int threads, td_backend_t **be, td_model_t **m, td_tokenizer_t **tok,
-                  td_err_t *err) {
+static int s_load(const char *dir, int device, int threads, td_backend_t **be, td_model_t **m,
+                  td_tokenizer_t **tok, td_err_t *err) {
     *be = td_cli_backend_new(device, threads, err);
     if (!*be) return TD_ERR;
     *m = td_model_load(dir, *be, err);
@@ -48,23 +48,28 @@ static int s_load(const char *dir, int device, int threads, td_backend_t **be, t
     return TD_OK;
 }
 
-int td_pair_open(td_pair_t *p, const char *verifier_dir, const char *drafter, const td_pair_opts_t *o,
-                 td_err_t *err) {
+int td_pair_open(td_pair_t *p, const char *verifier_dir, const char *drafter,
+                 const td_pair_opts_t *o, td_err_t *err) {
     static int s_counter;
     memset(p, 0, sizeof *p);
     td_pair_opts_t def = td_pair_opts_default();
     if (!o) o = &def;
-    if (verifier_dir && s_load(verifier_dir, o->device, o->threads, &p->vbe, &p->verifier, &p->vtok, err) != TD_OK)
+    if (verifier_dir &&
+        s_load(verifier_dir, o->device, o->threads, &p->vbe, &p->verifier, &p->vtok, err) != TD_OK)
         return err->code ? err->code : TD_ERR;
     if (!drafter) return TD_OK;
     td_transport_opts_t to = {.heartbeat_ivl_ms = 1000};
     if (!td_is_endpoint(drafter)) {
         int dthreads = o->drafter_threads ? o->drafter_threads : o->threads;
-        if (s_load(drafter, o->drafter_device, dthreads, &p->dbe, &p->drafter, &p->dtok, err) != TD_OK) return err->code ? err->code : TD_ERR;
-        td_drafter_opts_t dopts = {.max_sessions = 4, .model_id = s_base(drafter), .predraft = o->predraft};
+        if (s_load(drafter, o->drafter_device, dthreads, &p->dbe, &p->drafter, &p->dtok, err) !=
+            TD_OK)
+            return err->code ? err->code : TD_ERR;
+        td_drafter_opts_t dopts = {
+            .max_sessions = 4, .model_id = s_base(drafter), .predraft = o->predraft};
         p->svc = td_drafter_service_new(p->drafter, p->dtok, &dopts, err);
         if (!p->svc) return TD_ERR;
-        snprintf(p->endpoint, sizeof p->endpoint, "inproc://tandem-drafter-%d-%d", (int)getpid(), s_counter++);
+        snprintf(p->endpoint, sizeof p->endpoint, "inproc://tandem-drafter-%d-%d", (int)getpid(),
+                 s_counter++);
         p->srv = td_server_new(p->endpoint, &to, err);
         if (!p->srv) return TD_ERR;
         if (pthread_create(&p->thread, NULL, s_serve, p) != 0)
@@ -88,9 +93,11 @@ int td_pair_open(td_pair_t *p, const char *verifier_dir, const char *drafter, co
     snprintf(p->tok_name, sizeof p->tok_name, "%.40s/tokenizer.json", p->model_id);
     tandem__hello__init(&p->hello);
     int vocab = p->verifier ? td_model_config(p->verifier)->n_vocab : 0;
-    td_wire_hello_fill(&p->hello, p->verifier ? TANDEM__ROLE__ROLE_VERIFIER : TANDEM__ROLE__ROLE_CLIENT,
+    td_wire_hello_fill(&p->hello,
+                       p->verifier ? TANDEM__ROLE__ROLE_VERIFIER : TANDEM__ROLE__ROLE_CLIENT,
                        p->model_id, (uint32_t)vocab, -1, h, p->tok_name, NULL, 0);
-    int rc = td_client_handshake(p->dc, &p->hello, NULL, o->timeout_ms > 0 ? o->timeout_ms : 10000, err);
+    int rc =
+        td_client_handshake(p->dc, &p->hello, NULL, o->timeout_ms > 0 ? o->timeout_ms : 10000, err);
     if (rc != TD_OK) return td_err_prefix(err, "drafter at %s", p->endpoint);
     return TD_OK;
 }

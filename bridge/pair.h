@@ -32,12 +32,12 @@ typedef struct td_pair {
 } td_pair_t;
 
 typedef struct td_pair_opts {
-    int threads;             /* CPU threads per model (0 = all cores) */
-    int drafter_threads;     /* 0 = threads */
+    int threads;                /* CPU threads per model (0 = all cores) */
+    int drafter_threads;        /* 0 = threads */
     int device, drafter_device; /* CUDA device of each model; -1 = CPU. Zero-initialised opts mean
                                    device 0: set both to -1 for the CPU (td_pair_opts_default) */
-    int timeout_ms;          /* handshake timeout */
-    int predraft;            /* in-process drafter: pre-draft the next round (see service.h) */
+    int timeout_ms;             /* handshake timeout */
+    int predraft;               /* in-process drafter: pre-draft the next round (see service.h) */
     const char *curve_server_key, *curve_secret_key; /* for tcp:// drafters with CURVE */
 } td_pair_opts_t;
 
@@ -46,8 +46,8 @@ td_pair_opts_t td_pair_opts_default(void);
 
 /* Loads the verifier (verifier_dir may be NULL: no verifier) and connects to the drafter
  * (drafter may be NULL: no drafter). Prints nothing; err says what failed. */
-int td_pair_open(td_pair_t *p, const char *verifier_dir, const char *drafter, const td_pair_opts_t *o,
-                 td_err_t *err);
+int td_pair_open(td_pair_t *p, const char *verifier_dir, const char *drafter,
+                 const td_pair_opts_t *o, td_err_t *err);
 void td_pair_close(td_pair_t *p);
 
 /* Whether s names an endpoint (tcp://, ipc://, inproc://) rather than a directory. */

@@ -31,7 +31,10 @@ int td_err_prefix(td_err_t *err, const char *fmt, ...) {
     return err->code ? err->code : TD_ERR;
 }
 
-static const struct { const char *name; size_t size; } s_dtypes[TD_DTYPE_COUNT] = {
+static const struct {
+    const char *name;
+    size_t size;
+} s_dtypes[TD_DTYPE_COUNT] = {
     [TD_DTYPE_F32] = {"F32", 4},         [TD_DTYPE_F16] = {"F16", 2},
     [TD_DTYPE_BF16] = {"BF16", 2},       [TD_DTYPE_F64] = {"F64", 8},
     [TD_DTYPE_I64] = {"I64", 8},         [TD_DTYPE_I32] = {"I32", 4},
@@ -57,21 +60,33 @@ size_t td_dtype_size(td_dtype_t t) { return (unsigned)t < TD_DTYPE_COUNT ? s_dty
 float td_f16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, u;
     if (exp == 0) {
-        if (man == 0) u = sign;
+        if (man == 0)
+            u = sign;
         else { /* subnormal: renormalise */
             exp = 127 - 15 + 1;
-            while (!(man & 0x400)) { man <<= 1; exp--; }
+            while (!(man & 0x400)) {
+                man <<= 1;
+                exp--;
+            }
             man &= 0x3ff;
             u = sign | (exp << 23) | (man << 13);
         }
-    } else if (exp == 31) u = sign | 0x7f800000u | (man << 13);
-    else u = sign | ((exp + 127 - 15) << 23) | (man << 13);
-    union { uint32_t u; float f; } v = {.u = u};
+    } else if (exp == 31)
+        u = sign | 0x7f800000u | (man << 13);
+    else
+        u = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    union {
+        uint32_t u;
+        float f;
+    } v = {.u = u};
     return v.f;
 }
 
 uint16_t td_f32_to_f16(float f) {
-    union { uint32_t u; float f; } v = {.f = f};
+    union {
+        uint32_t u;
+        float f;
+    } v = {.f = f};
     uint32_t x = v.u, sign = (x >> 16) & 0x8000;
     int32_t exp = (int32_t)((x >> 23) & 0xff) - 127 + 15;
     uint32_t man = x & 0x7fffff;
@@ -93,7 +108,9 @@ uint16_t td_f32_to_f16(float f) {
 
 void td_to_f32(float *dst, const void *src, td_dtype_t t, int64_t n) {
     switch (t) {
-    case TD_DTYPE_F32: memcpy(dst, src, (size_t)n * 4); break;
+    case TD_DTYPE_F32:
+        memcpy(dst, src, (size_t)n * 4);
+        break;
     case TD_DTYPE_BF16: {
         const uint16_t *s = src;
         for (int64_t i = 0; i < n; i++) dst[i] = td_bf16_to_f32(s[i]);
@@ -114,8 +131,14 @@ int td_read_file(const char *path, char **data, size_t *len, td_err_t *err) {
     long sz = ftell(f);
     if (sz < 0 || fseek(f, 0, SEEK_SET) != 0) goto io;
     char *buf = malloc((size_t)sz + 1);
-    if (!buf) { fclose(f); return td_err_set(err, TD_ERR_NOMEM, "out of memory reading %s", path); }
-    if (fread(buf, 1, (size_t)sz, f) != (size_t)sz) { free(buf); goto io; }
+    if (!buf) {
+        fclose(f);
+        return td_err_set(err, TD_ERR_NOMEM, "out of memory reading %s", path);
+    }
+    if (fread(buf, 1, (size_t)sz, f) != (size_t)sz) {
+        free(buf);
+        goto io;
+    }
     buf[sz] = 0;
     fclose(f);
     *data = buf;
@@ -145,9 +168,12 @@ void td_log(int level, const char *fmt, ...) {
         const char *e = getenv("TD_LOG");
         s_log_level = TD_LOG_WARN;
         if (e) {
-            if (!strcmp(e, "error")) s_log_level = TD_LOG_ERROR;
-            else if (!strcmp(e, "info")) s_log_level = TD_LOG_INFO;
-            else if (!strcmp(e, "debug")) s_log_level = TD_LOG_DEBUG;
+            if (!strcmp(e, "error"))
+                s_log_level = TD_LOG_ERROR;
+            else if (!strcmp(e, "info"))
+                s_log_level = TD_LOG_INFO;
+            else if (!strcmp(e, "debug"))
+                s_log_level = TD_LOG_DEBUG;
         }
     }
     if (level > s_log_level) return;

@@ -15,12 +15,13 @@ extern "C" {
 
 enum {
     TD_OK = 0,
-    TD_ERR = -1,            /* generic failure */
-    TD_ERR_IO = -2,         /* open/read/mmap failed */
-    TD_ERR_FORMAT = -3,     /* malformed input (header, json, message) */
-    TD_ERR_NOMEM = -4,      /* allocation failed */
-    TD_ERR_ARG = -5,        /* bad argument from the caller or the user */
-    TD_ERR_UNSUPPORTED = -6 /* valid input that tandem does not handle (e.g. unknown architecture) */
+    TD_ERR = -1,        /* generic failure */
+    TD_ERR_IO = -2,     /* open/read/mmap failed */
+    TD_ERR_FORMAT = -3, /* malformed input (header, json, message) */
+    TD_ERR_NOMEM = -4,  /* allocation failed */
+    TD_ERR_ARG = -5,    /* bad argument from the caller or the user */
+    TD_ERR_UNSUPPORTED =
+        -6 /* valid input that tandem does not handle (e.g. unknown architecture) */
 };
 
 /* An error buffer: functions that fail write a message here (when non-NULL). */
@@ -57,18 +58,24 @@ typedef enum td_dtype {
     TD_DTYPE_COUNT
 } td_dtype_t;
 
-const char *td_dtype_name(td_dtype_t t);     /* "F32", "BF16", ... */
-int td_dtype_from_name(const char *name);    /* td_dtype_t, or -1 when unknown */
-size_t td_dtype_size(td_dtype_t t);          /* bytes per element */
+const char *td_dtype_name(td_dtype_t t);  /* "F32", "BF16", ... */
+int td_dtype_from_name(const char *name); /* td_dtype_t, or -1 when unknown */
+size_t td_dtype_size(td_dtype_t t);       /* bytes per element */
 
 /* Scalar conversions (round-to-nearest-even for the narrowing ones). */
 static inline float td_bf16_to_f32(uint16_t h) {
-    union { uint32_t u; float f; } v;
+    union {
+        uint32_t u;
+        float f;
+    } v;
     v.u = (uint32_t)h << 16;
     return v.f;
 }
 static inline uint16_t td_f32_to_bf16(float f) {
-    union { uint32_t u; float f; } v;
+    union {
+        uint32_t u;
+        float f;
+    } v;
     v.f = f;
     if ((v.u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((v.u >> 16) | 0x40); /* quiet NaN */
     uint32_t lsb = (v.u >> 16) & 1u;

@@ -13,13 +13,13 @@
 
 /* One draft: what a Proposal is built from (and what FullRowRequests read). */
 typedef struct dbuf {
-    int gamma;        /* 0 = empty */
+    int gamma; /* 0 = empty */
     uint64_t round;
     int32_t tok[TD_WIRE_MAX_GAMMA];
-    float *q;         /* [gamma][V] */
-    float *logits;    /* [gamma][V] (APD) or NULL */
-    size_t cap;       /* floats allocated in q (and logits) */
-    double secs;      /* time it took */
+    float *q;      /* [gamma][V] */
+    float *logits; /* [gamma][V] (APD) or NULL */
+    size_t cap;    /* floats allocated in q (and logits) */
+    double secs;   /* time it took */
 } dbuf_t;
 
 /* What determines a draft besides the text: a pre-draft is used only when these match. */
@@ -30,14 +30,14 @@ typedef struct dkey {
 } dkey_t;
 
 typedef struct session {
-    uint64_t id;      /* 0 = free */
+    uint64_t id; /* 0 = free */
     int slot;
-    int32_t *tok;     /* the session's text as the verifier last sent it */
+    int32_t *tok; /* the session's text as the verifier last sent it */
     int n;
     int32_t *cache_tok; /* the tokens whose keys/values sit in the slot */
     int cache_n;
-    dbuf_t cur;       /* the last proposal sent */
-    dbuf_t pre;       /* drafted ahead for the expected next request */
+    dbuf_t cur;        /* the last proposal sent */
+    dbuf_t pre;        /* drafted ahead for the expected next request */
     int32_t *pre_text; /* the text pre was drafted after */
     int pre_n;
     dkey_t pre_key;
@@ -62,7 +62,9 @@ struct td_drafter_service {
     float *probs, *vals;
 };
 
-const Tandem__Hello *td_drafter_service_hello(const td_drafter_service_t *svc) { return &svc->hello; }
+const Tandem__Hello *td_drafter_service_hello(const td_drafter_service_t *svc) {
+    return &svc->hello;
+}
 
 td_drafter_service_t *td_drafter_service_new(td_model_t *m, const td_tokenizer_t *tok,
                                              const td_drafter_opts_t *opts, td_err_t *err) {
@@ -76,7 +78,8 @@ td_drafter_service_t *td_drafter_service_new(td_model_t *m, const td_tokenizer_t
     s->n_ctx = s->opts.n_ctx > 0 ? s->opts.n_ctx : 2048;
     if (c->n_ctx_train > 0 && s->n_ctx > c->n_ctx_train) s->n_ctx = c->n_ctx_train;
     s->V = c->n_vocab;
-    snprintf(s->model_id, sizeof s->model_id, "%s", s->opts.model_id ? s->opts.model_id : "drafter");
+    snprintf(s->model_id, sizeof s->model_id, "%s",
+             s->opts.model_id ? s->opts.model_id : "drafter");
     snprintf(s->tok_name, sizeof s->tok_name, "%.40s/tokenizer.json", s->model_id);
     s->kv = td_kv_cache_new(m, s->opts.max_sessions, s->n_ctx, err);
     s->sessions = calloc((size_t)s->opts.max_sessions, sizeof *s->sessions);
@@ -133,13 +136,15 @@ void td_drafter_service_destroy(td_drafter_service_t **self_p) {
 
 static int s_peer_known(td_drafter_service_t *s, const td_routing_id_t *from) {
     for (int i = 0; i < s->n_peers; i++)
-        if (s->peers[i].len == from->len && !memcmp(s->peers[i].data, from->data, from->len)) return 1;
+        if (s->peers[i].len == from->len && !memcmp(s->peers[i].data, from->data, from->len))
+            return 1;
     return 0;
 }
 
 static void s_peer_add(td_drafter_service_t *s, const td_routing_id_t *from) {
     if (s_peer_known(s, from)) return;
-    if (s->n_peers == MAX_PEERS) memmove(s->peers, s->peers + 1, sizeof s->peers[0] * (MAX_PEERS - 1)), s->n_peers--;
+    if (s->n_peers == MAX_PEERS)
+        memmove(s->peers, s->peers + 1, sizeof s->peers[0] * (MAX_PEERS - 1)), s->n_peers--;
     s->peers[s->n_peers++] = *from;
 }
 
@@ -155,10 +160,14 @@ static session_t *s_create(td_drafter_service_t *s, uint64_t id) {
     for (int i = 0; i < s->opts.max_sessions; i++) {
         session_t *ss = &s->sessions[i];
         ss->slot = i;
-        if (!ss->id) { best = ss; break; }
+        if (!ss->id) {
+            best = ss;
+            break;
+        }
         if (!best || ss->used < best->used) best = ss;
     }
-    if (best->id) td_log(TD_LOG_INFO, "drafter: evicting session %llu", (unsigned long long)best->id);
+    if (best->id)
+        td_log(TD_LOG_INFO, "drafter: evicting session %llu", (unsigned long long)best->id);
     s_session_free(best);
     best->id = id;
     best->tok = malloc((size_t)s->n_ctx * sizeof *best->tok);
@@ -173,7 +182,8 @@ static session_t *s_create(td_drafter_service_t *s, uint64_t id) {
 }
 
 static void s_reply_error(td_server_t *srv, const td_routing_id_t *to, const Tandem__Envelope *req,
-                          Tandem__ErrorCode code, const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+                          Tandem__ErrorCode code, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
 static void s_reply_error(td_server_t *srv, const td_routing_id_t *to, const Tandem__Envelope *req,
                           Tandem__ErrorCode code, const char *fmt, ...) {
     char msg[512];
@@ -200,14 +210,16 @@ static int s_dbuf_reserve(dbuf_t *d, int gamma, int V, int apd) {
 }
 
 /* Drafts after text[n] into d, keeping the slot's cache bookkeeping right. */
-static int s_run_draft(td_drafter_service_t *s, session_t *ss, const int32_t *text, int n, const dkey_t *k,
-                       uint64_t round, dbuf_t *d, td_err_t *err) {
+static int s_run_draft(td_drafter_service_t *s, session_t *ss, const int32_t *text, int n,
+                       const dkey_t *k, uint64_t round, dbuf_t *d, td_err_t *err) {
     const td_config_t *c = td_model_config(s->m);
-    if (s_dbuf_reserve(d, k->gamma, s->V, k->apd)) return td_err_set(err, TD_ERR_NOMEM, "out of memory");
+    if (s_dbuf_reserve(d, k->gamma, s->V, k->apd))
+        return td_err_set(err, TD_ERR_NOMEM, "out of memory");
     /* keep the cached keys/values of the longest prefix that still matches the text */
     int keep = 0;
     while (keep < ss->cache_n && keep < n && ss->cache_tok[keep] == text[keep]) keep++;
-    if (k->apd && k->kv_window > 0 && keep > n - k->kv_window) keep = n - k->kv_window > 0 ? n - k->kv_window : 0;
+    if (k->apd && k->kv_window > 0 && keep > n - k->kv_window)
+        keep = n - k->kv_window > 0 ? n - k->kv_window : 0;
     td_kv_cache_crop(s->kv, ss->slot, keep);
     ss->cache_n = keep;
     td_sampling_t sp = {k->temperature, k->top_k, k->top_p};
@@ -217,8 +229,8 @@ static int s_run_draft(td_drafter_service_t *s, session_t *ss, const int32_t *te
     int rc;
     if (c->is_diffusion) {
         td_draft_opts_t o = {.exact = s->opts.exact, .logits = k->apd ? d->logits : NULL};
-        rc = td_diffusion_draft_ex(s->m, s->kv, ss->slot, text, n, k->gamma, k->steps, (td_unmask_order_t)k->order, &sp,
-                                   &rng, d->tok, d->q, &o, err);
+        rc = td_diffusion_draft_ex(s->m, s->kv, ss->slot, text, n, k->gamma, k->steps,
+                                   (td_unmask_order_t)k->order, &sp, &rng, d->tok, d->q, &o, err);
         if (rc == TD_OK) {
             memmove(ss->cache_tok, text, (size_t)n * sizeof *text);
             ss->cache_n = td_kv_cache_len(s->kv, ss->slot);
@@ -245,7 +257,8 @@ static int s_run_draft(td_drafter_service_t *s, session_t *ss, const int32_t *te
 
 /* The drafter's greedy guess of the verifier's bonus token after text[n] (the token that would
  * follow a fully accepted draft): one cheap forward, reusing the cache. */
-static int s_guess_next(td_drafter_service_t *s, session_t *ss, const int32_t *text, int n, int32_t *out) {
+static int s_guess_next(td_drafter_service_t *s, session_t *ss, const int32_t *text, int n,
+                        int32_t *out) {
     dkey_t k = {.gamma = 1, .steps = 1, .temperature = 0, .top_p = 1};
     dbuf_t tmp = {0};
     td_err_t err = {0};
@@ -305,7 +318,8 @@ static void s_send_proposal(td_drafter_service_t *s, td_server_t *srv, const td_
             sd->n_ids = sd->n_probs = (size_t)k;
             sd->ids = all_ids + (size_t)j * K;
             sd->probs = all_probs + (size_t)j * K;
-            for (int i = 0; i < k; i++) sd->ids[i] = (uint32_t)s->ids[i], sd->probs[i] = s->probs[i];
+            for (int i = 0; i < k; i++)
+                sd->ids[i] = (uint32_t)s->ids[i], sd->probs[i] = s->probs[i];
             sd->rest_mass = rest;
             dptr[j] = sd;
         }
@@ -329,14 +343,16 @@ static void s_draft(td_drafter_service_t *s, td_server_t *srv, const td_routing_
     const Tandem__DraftRequest *r = req->draft_request;
     const td_config_t *c = td_model_config(s->m);
     if (req->session_id == 0) {
-        s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_MALFORMED, "session id 0 is reserved");
+        s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_MALFORMED,
+                      "session id 0 is reserved");
         return;
     }
     session_t *ss = s_find(s, req->session_id);
     if (!ss) {
         if (r->base_len != 0) {
-            s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_UNKNOWN_SESSION,
-                          "unknown session (drafter restarted or evicted it): resend from base_len 0");
+            s_reply_error(
+                srv, from, req, TANDEM__ERROR_CODE__ERROR_UNKNOWN_SESSION,
+                "unknown session (drafter restarted or evicted it): resend from base_len 0");
             return;
         }
         if (!(ss = s_create(s, req->session_id))) {
@@ -361,14 +377,22 @@ static void s_draft(td_drafter_service_t *s, td_server_t *srv, const td_routing_
     int apd = r->apd != NULL;
     if (apd && !c->is_diffusion) {
         s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_UNSUPPORTED,
-                      "APD needs a diffusion-LM drafter; this one is causal (%s)", td_arch_name(c->arch));
+                      "APD needs a diffusion-LM drafter; this one is causal (%s)",
+                      td_arch_name(c->arch));
         return;
     }
-    for (uint32_t i = 0; i < r->n_prefix_delta; i++) ss->tok[r->base_len + i] = (int32_t)r->prefix_delta[i];
+    for (uint32_t i = 0; i < r->n_prefix_delta; i++)
+        ss->tok[r->base_len + i] = (int32_t)r->prefix_delta[i];
     ss->n = (int)n;
     ss->used = td_time_now();
-    dkey_t k = {.gamma = gamma, .steps = (int)r->steps, .order = (int)r->order, .apd = apd,
-                .kv_window = apd ? (int)r->apd->kv_window : 0, .temperature = 0, .top_p = 1, .seed = r->seed};
+    dkey_t k = {.gamma = gamma,
+                .steps = (int)r->steps,
+                .order = (int)r->order,
+                .apd = apd,
+                .kv_window = apd ? (int)r->apd->kv_window : 0,
+                .temperature = 0,
+                .top_p = 1,
+                .seed = r->seed};
     if (r->sampling) {
         k.temperature = r->sampling->temperature;
         k.top_k = (int)r->sampling->top_k;
@@ -376,10 +400,13 @@ static void s_draft(td_drafter_service_t *s, td_server_t *srv, const td_routing_
     }
     /* a pre-draft made for exactly this request? */
     int hit = ss->pre.gamma && ss->pre.round == req->round && ss->pre_n == ss->n &&
-              !memcmp(&ss->pre_key, &k, sizeof k) && !memcmp(ss->pre_text, ss->tok, (size_t)ss->n * sizeof *ss->tok);
+              !memcmp(&ss->pre_key, &k, sizeof k) &&
+              !memcmp(ss->pre_text, ss->tok, (size_t)ss->n * sizeof *ss->tok);
     if (ss->pre.gamma) {
-        if (hit) s->predraft_hits++;
-        else s->predraft_misses++;
+        if (hit)
+            s->predraft_hits++;
+        else
+            s->predraft_misses++;
     }
     if (hit) {
         dbuf_t t = ss->cur;
@@ -390,7 +417,8 @@ static void s_draft(td_drafter_service_t *s, td_server_t *srv, const td_routing_
         ss->pre.gamma = 0;
         td_err_t err = {0};
         if (s_run_draft(s, ss, ss->tok, ss->n, &k, req->round, &ss->cur, &err) != TD_OK) {
-            s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_INTERNAL, "drafting failed: %s", err.msg);
+            s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_INTERNAL, "drafting failed: %s",
+                          err.msg);
             return;
         }
     }
@@ -405,7 +433,8 @@ static void s_draft(td_drafter_service_t *s, td_server_t *srv, const td_routing_
     ss->pre_n = n2 + 1;
     ss->pre_key = k;
     td_err_t err = {0};
-    if (s_run_draft(s, ss, ss->pre_text, ss->pre_n, &k, req->round + 1, &ss->pre, &err) != TD_OK) ss->pre.gamma = 0;
+    if (s_run_draft(s, ss, ss->pre_text, ss->pre_n, &k, req->round + 1, &ss->pre, &err) != TD_OK)
+        ss->pre.gamma = 0;
 }
 
 static void s_full_row(td_drafter_service_t *s, td_server_t *srv, const td_routing_id_t *from,
@@ -417,10 +446,11 @@ static void s_full_row(td_drafter_service_t *s, td_server_t *srv, const td_routi
                       "no proposal of this session and round to read a row from");
         return;
     }
-    if (r->position >= (uint32_t)ss->cur.gamma || (r->kind == TANDEM__ROW_KIND__ROW_LOGITS && !ss->cur.logits)) {
+    if (r->position >= (uint32_t)ss->cur.gamma ||
+        (r->kind == TANDEM__ROW_KIND__ROW_LOGITS && !ss->cur.logits)) {
         s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_MALFORMED,
-                      "row %u of kind %d is not available (proposal of %d tokens)", r->position, (int)r->kind,
-                      ss->cur.gamma);
+                      "row %u of kind %d is not available (proposal of %d tokens)", r->position,
+                      (int)r->kind, ss->cur.gamma);
         return;
     }
     Tandem__Envelope env;
@@ -429,19 +459,22 @@ static void s_full_row(td_drafter_service_t *s, td_server_t *srv, const td_routi
     row.position = r->position;
     row.kind = r->kind;
     row.n_values = (size_t)s->V;
-    row.values = (r->kind == TANDEM__ROW_KIND__ROW_LOGITS ? ss->cur.logits : ss->cur.q) + (size_t)r->position * s->V;
+    row.values = (r->kind == TANDEM__ROW_KIND__ROW_LOGITS ? ss->cur.logits : ss->cur.q) +
+                 (size_t)r->position * s->V;
     td_err_t err = {0};
     if (td_server_send(srv, from, &env, &err) != TD_OK)
         td_log(TD_LOG_WARN, "drafter: sending a full row failed: %s", err.msg);
 }
 
-void td_drafter_service_handle(td_drafter_service_t *s, td_server_t *srv, const td_routing_id_t *from,
-                               const Tandem__Envelope *req) {
+void td_drafter_service_handle(td_drafter_service_t *s, td_server_t *srv,
+                               const td_routing_id_t *from, const Tandem__Envelope *req) {
     td_err_t err = {0};
     switch (req->body_case) {
     case TANDEM__ENVELOPE__BODY_HELLO:
-        if (td_server_answer_hello(srv, from, &s->hello, req->hello, &err) == TD_OK) s_peer_add(s, from);
-        else td_log(TD_LOG_WARN, "drafter: refused a peer: %s", err.msg);
+        if (td_server_answer_hello(srv, from, &s->hello, req->hello, &err) == TD_OK)
+            s_peer_add(s, from);
+        else
+            td_log(TD_LOG_WARN, "drafter: refused a peer: %s", err.msg);
         return;
     case TANDEM__ENVELOPE__BODY_HEARTBEAT: {
         Tandem__Envelope env;
@@ -458,8 +491,12 @@ void td_drafter_service_handle(td_drafter_service_t *s, td_server_t *srv, const 
         return;
     }
     switch (req->body_case) {
-    case TANDEM__ENVELOPE__BODY_DRAFT_REQUEST: s_draft(s, srv, from, req); break;
-    case TANDEM__ENVELOPE__BODY_FULL_ROW_REQUEST: s_full_row(s, srv, from, req); break;
+    case TANDEM__ENVELOPE__BODY_DRAFT_REQUEST:
+        s_draft(s, srv, from, req);
+        break;
+    case TANDEM__ENVELOPE__BODY_FULL_ROW_REQUEST:
+        s_full_row(s, srv, from, req);
+        break;
     case TANDEM__ENVELOPE__BODY_CLOSE_SESSION: {
         session_t *ss = s_find(s, req->session_id);
         if (ss) {
@@ -473,8 +510,8 @@ void td_drafter_service_handle(td_drafter_service_t *s, td_server_t *srv, const 
         /* sessions start with their first DraftRequest, whose delta carries the accepted text */
         break;
     default:
-        s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_UNSUPPORTED, "a drafter does not handle %s",
-                      td_wire_body_name(req));
+        s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_UNSUPPORTED,
+                      "a drafter does not handle %s", td_wire_body_name(req));
     }
 }
 

@@ -39,17 +39,17 @@ typedef enum td_attn_kind {
  * [n_seq_max, n_ctx, n_kv_head, head_dim] (float32); a token of sequence s at position p reads
  * keys 0 .. kv_len[s]-1 of sequence s, filtered by the mask. */
 typedef struct td_attn_desc {
-    int n;                 /* query tokens */
+    int n; /* query tokens */
     int n_head, n_kv_head, head_dim;
     int n_ctx;             /* cache capacity per sequence */
     const int32_t *pos;    /* [n] query positions (host memory) */
     const int32_t *seq;    /* [n] sequence of each query (host memory) */
     const int32_t *kv_len; /* [n_seq_max] valid cache length per sequence (host memory) */
     td_attn_kind_t kind;
-    int block_size;        /* TD_ATTN_BLOCK_CAUSAL */
-    const uint8_t *mask;   /* TD_ATTN_EXPLICIT: [n, mask_stride] (host memory) */
+    int block_size;      /* TD_ATTN_BLOCK_CAUSAL */
+    const uint8_t *mask; /* TD_ATTN_EXPLICIT: [n, mask_stride] (host memory) */
     int64_t mask_stride;
-    float scale;           /* usually 1/sqrt(head_dim) */
+    float scale; /* usually 1/sqrt(head_dim) */
 } td_attn_desc_t;
 
 /* --- construction ------------------------------------------------------------------------- */
@@ -85,7 +85,8 @@ void td_backend_sync(td_backend_t *be);
 void td_op_matmul(td_backend_t *be, float *y, const float *x, const td_weight_t *w,
                   const td_weight_t *bias, int n);
 /* y[n, table->cols] = table[ids[i], :] ; ids in host memory, each in [0, table->rows) */
-void td_op_get_rows(td_backend_t *be, float *y, const td_weight_t *table, const int32_t *ids, int n);
+void td_op_get_rows(td_backend_t *be, float *y, const td_weight_t *table, const int32_t *ids,
+                    int n);
 /* y[n, d] = x / sqrt(mean(x^2) + eps) * w ; y may equal x */
 void td_op_rmsnorm(td_backend_t *be, float *y, const float *x, const td_weight_t *w, int n, int d,
                    float eps);

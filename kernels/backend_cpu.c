@@ -31,9 +31,9 @@
 
 typedef struct cpu_ctx {
     int reference;
-    float *panel;       /* [n_threads][TD_PANEL_ROWS * max cols] conversion scratch */
-    size_t panel_cap;   /* floats */
-    float *att;         /* attention score scratch [n_threads][att_cap] */
+    float *panel;     /* [n_threads][TD_PANEL_ROWS * max cols] conversion scratch */
+    size_t panel_cap; /* floats */
+    float *att;       /* attention score scratch [n_threads][att_cap] */
     size_t att_cap;
 } cpu_ctx_t;
 
@@ -63,9 +63,12 @@ static inline float s_w_at(const td_weight_t *w, int64_t r, int64_t c) {
     int64_t ld = w->ld ? w->ld : (w->transposed ? w->rows : w->cols);
     int64_t off = w->transposed ? c * ld + r : r * ld + c;
     switch (w->dtype) {
-    case TD_DTYPE_F32: return ((const float *)w->data)[off];
-    case TD_DTYPE_BF16: return td_bf16_to_f32(((const uint16_t *)w->data)[off]);
-    default: return td_f16_to_f32(((const uint16_t *)w->data)[off]);
+    case TD_DTYPE_F32:
+        return ((const float *)w->data)[off];
+    case TD_DTYPE_BF16:
+        return td_bf16_to_f32(((const uint16_t *)w->data)[off]);
+    default:
+        return td_f16_to_f32(((const uint16_t *)w->data)[off]);
     }
 }
 
@@ -109,7 +112,8 @@ static void s_add_bias(td_backend_t *be, float *y, const td_weight_t *bias, int 
     free(b);
 }
 
-/* --- reference products ------------------------------------------------------------------------ */
+/* --- reference products ------------------------------------------------------------------------
+ */
 
 static void s_matmul_ref(float *y, const float *x, const td_weight_t *w, const td_weight_t *bias,
                          int n) {
@@ -145,7 +149,8 @@ static inline float s_hsum(__m256 v) {
 /* 8 weights at p of dtype DT (a compile-time constant after inlining) as floats. */
 static inline __attribute__((always_inline)) __m256 s_ld8(int DT, const void *p) {
     if (DT == TD_DTYPE_BF16)
-        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+        return _mm256_castsi256_ps(
+            _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
     if (DT == TD_DTYPE_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
     return _mm256_loadu_ps((const float *)p);
 }
@@ -153,8 +158,8 @@ static inline __attribute__((always_inline)) __m256 s_ld8(int DT, const void *p)
 /* One weight row against NT activation rows. DT and NT are compile-time constants after inlining
  * (see the dispatch below), so the accumulators live in registers and no branch is left in the
  * inner loop. For NT == 1 two accumulators hide the FMA latency. */
-static inline __attribute__((always_inline)) void s_row_dot(int DT, int NT, const char *wr, const float *x,
-                                                            int64_t cols, float *out) {
+static inline __attribute__((always_inline)) void
+s_row_dot(int DT, int NT, const char *wr, const float *x, int64_t cols, float *out) {
     const size_t es = DT == TD_DTYPE_F32 ? 4 : 2;
     __m256 acc[8], acc2 = _mm256_setzero_ps();
 #pragma GCC unroll 8
@@ -162,14 +167,17 @@ static inline __attribute__((always_inline)) void s_row_dot(int DT, int NT, cons
     int64_t c = 0;
     if (NT == 1) {
         for (; c + 16 <= cols; c += 16) {
-            acc[0] = _mm256_fmadd_ps(s_ld8(DT, wr + (size_t)c * es), _mm256_loadu_ps(x + c), acc[0]);
-            acc2 = _mm256_fmadd_ps(s_ld8(DT, wr + (size_t)(c + 8) * es), _mm256_loadu_ps(x + c + 8), acc2);
+            acc[0] =
+                _mm256_fmadd_ps(s_ld8(DT, wr + (size_t)c * es), _mm256_loadu_ps(x + c), acc[0]);
+            acc2 = _mm256_fmadd_ps(s_ld8(DT, wr + (size_t)(c + 8) * es), _mm256_loadu_ps(x + c + 8),
+                                   acc2);
         }
     }
     for (; c + 8 <= cols; c += 8) {
         __m256 wv = s_ld8(DT, wr + (size_t)c * es);
 #pragma GCC unroll 8
-        for (int t = 0; t < NT; t++) acc[t] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + t * cols + c), acc[t]);
+        for (int t = 0; t < NT; t++)
+            acc[t] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + t * cols + c), acc[t]);
     }
     acc[0] = _mm256_add_ps(acc[0], acc2);
 #pragma GCC unroll 8
@@ -184,20 +192,37 @@ static inline __attribute__((always_inline)) void s_row_dot(int DT, int NT, cons
 
 #define TD_ROW_DOT_NT(DT)                                                                          \
     switch (nt) {                                                                                  \
-    case 1: s_row_dot(DT, 1, wr, xt, cols, out); break;                                            \
-    case 2: s_row_dot(DT, 2, wr, xt, cols, out); break;                                            \
-    case 3: s_row_dot(DT, 3, wr, xt, cols, out); break;                                            \
-    case 4: s_row_dot(DT, 4, wr, xt, cols, out); break;                                            \
-    case 5: s_row_dot(DT, 5, wr, xt, cols, out); break;                                            \
-    case 6: s_row_dot(DT, 6, wr, xt, cols, out); break;                                            \
-    case 7: s_row_dot(DT, 7, wr, xt, cols, out); break;                                            \
-    default: s_row_dot(DT, 8, wr, xt, cols, out); break;                                           \
+    case 1:                                                                                        \
+        s_row_dot(DT, 1, wr, xt, cols, out);                                                       \
+        break;                                                                                     \
+    case 2:                                                                                        \
+        s_row_dot(DT, 2, wr, xt, cols, out);                                                       \
+        break;                                                                                     \
+    case 3:                                                                                        \
+        s_row_dot(DT, 3, wr, xt, cols, out);                                                       \
+        break;                                                                                     \
+    case 4:                                                                                        \
+        s_row_dot(DT, 4, wr, xt, cols, out);                                                       \
+        break;                                                                                     \
+    case 5:                                                                                        \
+        s_row_dot(DT, 5, wr, xt, cols, out);                                                       \
+        break;                                                                                     \
+    case 6:                                                                                        \
+        s_row_dot(DT, 6, wr, xt, cols, out);                                                       \
+        break;                                                                                     \
+    case 7:                                                                                        \
+        s_row_dot(DT, 7, wr, xt, cols, out);                                                       \
+        break;                                                                                     \
+    default:                                                                                       \
+        s_row_dot(DT, 8, wr, xt, cols, out);                                                       \
+        break;                                                                                     \
     }
 #endif
 
 /* y[t, r] = sum_c x[t, c] W[r, c] for t < n <= TD_SKINNY_MAX; each weight row is read from memory
  * once and reused from L1 for every x row (8 rows of x per pass). */
-static void s_matmul_skinny(td_backend_t *be, float *y, const float *x, const td_weight_t *w, int n) {
+static void s_matmul_skinny(td_backend_t *be, float *y, const float *x, const td_weight_t *w,
+                            int n) {
     const int64_t rows = w->rows, cols = w->cols, ld = s_ld(w);
     const size_t es = td_dtype_size(w->dtype);
     const int dt = w->dtype;
@@ -209,9 +234,13 @@ static void s_matmul_skinny(td_backend_t *be, float *y, const float *x, const td
             float out[8];
             const float *xt = x + (int64_t)t0 * cols;
 #ifdef TD_AVX2
-            if (dt == TD_DTYPE_BF16) { TD_ROW_DOT_NT(TD_DTYPE_BF16) }
-            else if (dt == TD_DTYPE_F16) { TD_ROW_DOT_NT(TD_DTYPE_F16) }
-            else { TD_ROW_DOT_NT(TD_DTYPE_F32) }
+            if (dt == TD_DTYPE_BF16) {
+                TD_ROW_DOT_NT(TD_DTYPE_BF16)
+            } else if (dt == TD_DTYPE_F16) {
+                TD_ROW_DOT_NT(TD_DTYPE_F16)
+            } else {
+                TD_ROW_DOT_NT(TD_DTYPE_F32)
+            }
 #else
             for (int t = 0; t < nt; t++) {
                 float acc = 0;
@@ -226,7 +255,8 @@ static void s_matmul_skinny(td_backend_t *be, float *y, const float *x, const td
 
 /* Transposed storage W^T [cols, rows] (GPT-2 Conv1D): y[t, :] = sum_c x[t, c] W^T[c, :], split
  * over column blocks of the output so each thread streams its slice of every stored row. */
-static void s_matmul_skinny_t(td_backend_t *be, float *y, const float *x, const td_weight_t *w, int n) {
+static void s_matmul_skinny_t(td_backend_t *be, float *y, const float *x, const td_weight_t *w,
+                              int n) {
     const int64_t rows = w->rows, cols = w->cols, ld = s_ld(w);
     const int64_t blk = 256;
     const int64_t nblk = (rows + blk - 1) / blk;
@@ -267,7 +297,8 @@ static int s_panel_reserve(cpu_ctx_t *c, size_t floats) {
  * TD_PANEL_ROWS, one OpenMP thread per block, each calling a single-threaded SGEMM on its block
  * (after converting it to float for BF16/F16). One thread pool only: OpenBLAS runs with one
  * thread, since its own pool and OpenMP's would fight over the same cores. */
-static void s_matmul_wide(td_backend_t *be, cpu_ctx_t *cx, float *y, const float *x, const td_weight_t *w, int n) {
+static void s_matmul_wide(td_backend_t *be, cpu_ctx_t *cx, float *y, const float *x,
+                          const td_weight_t *w, int n) {
     const int64_t rows = w->rows, cols = w->cols, ld = s_ld(w), pr = TD_PANEL_ROWS;
     const int64_t nblk = (rows + pr - 1) / pr;
     const int conv = w->dtype != TD_DTYPE_F32, nt = be->n_threads;
@@ -282,13 +313,14 @@ static void s_matmul_wide(td_backend_t *be, cpu_ctx_t *cx, float *y, const float
             int64_t lda;
             if (conv) {
                 float *panel = cx->panel + (size_t)omp_get_thread_num() * (size_t)(pr * cols);
-                for (int64_t r = 0; r < nr; r++) s_load_f32(panel + r * cols, w, (r0 + r) * ld, cols);
+                for (int64_t r = 0; r < nr; r++)
+                    s_load_f32(panel + r * cols, w, (r0 + r) * ld, cols);
                 wp = panel, lda = cols;
             } else {
                 wp = (const float *)w->data + r0 * ld, lda = ld;
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)nr, (int)cols, 1.0f, x, (int)cols, wp,
-                        (int)lda, 0.0f, y + r0, (int)rows);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)nr, (int)cols, 1.0f, x,
+                        (int)cols, wp, (int)lda, 0.0f, y + r0, (int)rows);
         } else {
             /* stored [cols, rows]: the column block r0 .. r0+nr of every stored row */
             const float *wp;
@@ -300,8 +332,8 @@ static void s_matmul_wide(td_backend_t *be, cpu_ctx_t *cx, float *y, const float
             } else {
                 wp = (const float *)((const char *)w->data + (size_t)r0 * es), ldb = ld;
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, (int)nr, (int)cols, 1.0f, x, (int)cols, wp,
-                        (int)ldb, 0.0f, y + r0, (int)rows);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, (int)nr, (int)cols, 1.0f, x,
+                        (int)cols, wp, (int)ldb, 0.0f, y + r0, (int)rows);
         }
     }
 }
@@ -314,26 +346,32 @@ static void s_matmul(td_backend_t *be, float *y, const float *x, const td_weight
         return;
     }
     if (n <= TD_SKINNY_MAX) {
-        if (w->transposed) s_matmul_skinny_t(be, y, x, w, n);
-        else s_matmul_skinny(be, y, x, w, n);
+        if (w->transposed)
+            s_matmul_skinny_t(be, y, x, w, n);
+        else
+            s_matmul_skinny(be, y, x, w, n);
     } else {
         s_matmul_wide(be, c, y, x, w, n);
     }
     s_add_bias(be, y, bias, n, w->rows);
 }
 
-/* --- element-wise and normalisation ------------------------------------------------------------ */
+/* --- element-wise and normalisation ------------------------------------------------------------
+ */
 
-static void s_get_rows(td_backend_t *be, float *y, const td_weight_t *t, const int32_t *ids, int n) {
+static void s_get_rows(td_backend_t *be, float *y, const td_weight_t *t, const int32_t *ids,
+                       int n) {
     for (int i = 0; i < n; i++) {
-        if (!t->transposed) s_load_f32(y + (int64_t)i * t->cols, t, (int64_t)ids[i] * s_ld(t), t->cols);
+        if (!t->transposed)
+            s_load_f32(y + (int64_t)i * t->cols, t, (int64_t)ids[i] * s_ld(t), t->cols);
         else
-            for (int64_t c = 0; c < t->cols; c++) y[(int64_t)i * t->cols + c] = s_w_at(t, ids[i], c);
+            for (int64_t c = 0; c < t->cols; c++)
+                y[(int64_t)i * t->cols + c] = s_w_at(t, ids[i], c);
     }
 }
 
-static void s_rmsnorm(td_backend_t *be, float *y, const float *x, const td_weight_t *w, int n, int d,
-                      float eps) {
+static void s_rmsnorm(td_backend_t *be, float *y, const float *x, const td_weight_t *w, int n,
+                      int d, float eps) {
     float *wf = malloc((size_t)d * sizeof(float));
     if (!wf) abort();
     s_load_f32(wf, w, 0, d);
@@ -355,8 +393,10 @@ static void s_layernorm(td_backend_t *be, float *y, const float *x, const td_wei
     if (!wf) abort();
     float *bf = wf + d;
     s_load_f32(wf, w, 0, d);
-    if (b) s_load_f32(bf, b, 0, d);
-    else memset(bf, 0, (size_t)d * sizeof(float));
+    if (b)
+        s_load_f32(bf, b, 0, d);
+    else
+        memset(bf, 0, (size_t)d * sizeof(float));
 #pragma omp parallel for schedule(static) if (TD_PAR((int64_t)n * d)) num_threads(be->n_threads)
     for (int t = 0; t < n; t++) {
         const float *xt = x + (int64_t)t * d;
@@ -375,7 +415,8 @@ static void s_layernorm(td_backend_t *be, float *y, const float *x, const td_wei
 static void s_rope(td_backend_t *be, float *x, const int32_t *pos, int n, int n_head, int head_dim,
                    int rot_dim, float theta) {
     int half = rot_dim / 2;
-#pragma omp parallel for schedule(static) if (TD_PAR((int64_t)n * half * n_head)) num_threads(be->n_threads)
+#pragma omp parallel for schedule(static) if (TD_PAR((int64_t)n * half * n_head))                  \
+    num_threads(be->n_threads)
     for (int t = 0; t < n; t++) {
         for (int i = 0; i < half; i++) {
             /* as HF: inv_freq in float32, angle = pos * inv_freq in float32 */
@@ -420,15 +461,20 @@ static void s_scatter_rows(td_backend_t *be, float *dst, int64_t row_stride, con
         memcpy(dst + idx[i] * row_stride, src + (int64_t)i * d, (size_t)d * sizeof(float));
 }
 
-/* --- attention --------------------------------------------------------------------------------- */
+/* --- attention ---------------------------------------------------------------------------------
+ */
 
 static inline int s_visible(const td_attn_desc_t *a, int t, int kp) {
     int qp = a->pos[t];
     switch (a->kind) {
-    case TD_ATTN_CAUSAL: return kp <= qp;
-    case TD_ATTN_BIDIR: return 1;
-    case TD_ATTN_BLOCK_CAUSAL: return kp / a->block_size <= qp / a->block_size;
-    default: return a->mask[(int64_t)t * a->mask_stride + kp] != 0;
+    case TD_ATTN_CAUSAL:
+        return kp <= qp;
+    case TD_ATTN_BIDIR:
+        return 1;
+    case TD_ATTN_BLOCK_CAUSAL:
+        return kp / a->block_size <= qp / a->block_size;
+    default:
+        return a->mask[(int64_t)t * a->mask_stride + kp] != 0;
     }
 }
 
@@ -441,7 +487,8 @@ static inline float s_dot(const float *a, const float *b, int n) {
         a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), a0);
         a1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), a1);
     }
-    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), a0);
+    for (; i + 8 <= n; i += 8)
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), a0);
     d = s_hsum(_mm256_add_ps(a0, a1));
 #endif
     for (; i < n; i++) d += a[i] * b[i];
@@ -481,7 +528,10 @@ static void s_attention(td_backend_t *be, float *out, const float *q, const floa
                 if (e < end) end = (int)e;
             }
             for (int j = 0; j < end; j++) {
-                if (!s_visible(a, t, j)) { sc[j] = -INFINITY; continue; }
+                if (!s_visible(a, t, j)) {
+                    sc[j] = -INFINITY;
+                    continue;
+                }
                 sc[j] = s_dot(qv, kbase + (int64_t)j * row, hd) * a->scale;
                 if (sc[j] > mx) mx = sc[j];
             }

@@ -19,7 +19,8 @@ struct td_backend_i {
 
     void (*matmul)(td_backend_t *be, float *y, const float *x, const td_weight_t *w,
                    const td_weight_t *bias, int n);
-    void (*get_rows)(td_backend_t *be, float *y, const td_weight_t *table, const int32_t *ids, int n);
+    void (*get_rows)(td_backend_t *be, float *y, const td_weight_t *table, const int32_t *ids,
+                     int n);
     void (*rmsnorm)(td_backend_t *be, float *y, const float *x, const td_weight_t *w, int n, int d,
                     float eps);
     void (*layernorm)(td_backend_t *be, float *y, const float *x, const td_weight_t *w,

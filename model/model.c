@@ -1,4 +1,5 @@
-/* model.c - architecture adapters (tensor names -> weights), the batched forward pass, the KV cache.
+/* model.c - architecture adapters (tensor names -> weights), the batched forward pass, the KV
+ * cache.
  *
  * One forward serves every family: the RMSNorm/RoPE/SwiGLU stack (Qwen2, LLaMA, Dream, LLaDA) and
  * the LayerNorm/learned-position/GELU stack (GPT-2, DiffuGPT). Weights are borrowed from the
@@ -27,17 +28,17 @@ typedef struct td_layer {
 struct td_model {
     td_config_t cfg;
     td_backend_t *be;
-    td_safetensors_t *st;   /* NULL for synthetic models */
-    void *synthetic;        /* owned weight memory of a synthetic model */
+    td_safetensors_t *st; /* NULL for synthetic models */
+    void *synthetic;      /* owned weight memory of a synthetic model */
     td_dtype_t dtype;
     int64_t n_params;
     uint64_t weight_bytes;
-    td_weight_t tok_embd;   /* [V, C] */
-    td_weight_t pos_embd;   /* [n_ctx_train, C] (learned positions) */
+    td_weight_t tok_embd; /* [V, C] */
+    td_weight_t pos_embd; /* [n_ctx_train, C] (learned positions) */
     td_weight_t out_norm, out_norm_b;
-    td_weight_t lm_head;    /* [V, C] */
+    td_weight_t lm_head; /* [V, C] */
     td_layer_t *layers;
-    const void **uploads;   /* what td_backend_weights returned, released on destroy */
+    const void **uploads; /* what td_backend_weights returned, released on destroy */
     int n_uploads, cap_uploads;
     /* scratch in backend memory, grown on demand */
     int cap_n, cap_out;
@@ -48,8 +49,8 @@ struct td_model {
 struct td_kv_cache {
     td_model_t *m;
     int n_seq, n_ctx;
-    int32_t *len;      /* [n_seq] host */
-    float **k, **v;    /* [n_layer] -> [n_seq, n_ctx, nkv, hd] backend memory */
+    int32_t *len;   /* [n_seq] host */
+    float **k, **v; /* [n_layer] -> [n_seq, n_ctx, nkv, hd] backend memory */
     size_t bytes;
 };
 
@@ -85,19 +86,20 @@ static void s_bind(binder_t *b, td_weight_t *w, const char *name, int64_t d0, in
     memset(w, 0, sizeof *w);
     if (b->failed) return;
     const td_st_tensor_t *t = td_safetensors_find(b->m->st, name);
-    const char *file = t ? td_safetensors_file_path(b->m->st, t->file)
-                         : td_safetensors_file_path(b->m->st, 0);
+    const char *file =
+        t ? td_safetensors_file_path(b->m->st, t->file) : td_safetensors_file_path(b->m->st, 0);
     if (!t) {
         if (optional) return;
         b->failed = 1;
-        td_err_set(b->err, TD_ERR_FORMAT, "%s: tensor '%s' is missing (architecture %s)", file, name,
-                   td_arch_name(b->m->cfg.arch));
+        td_err_set(b->err, TD_ERR_FORMAT, "%s: tensor '%s' is missing (architecture %s)", file,
+                   name, td_arch_name(b->m->cfg.arch));
         return;
     }
     if (!s_is_float(t->dtype)) {
         b->failed = 1;
-        td_err_set(b->err, TD_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype %s (need F32, F16 or BF16)",
-                   file, name, td_dtype_name(t->dtype));
+        td_err_set(b->err, TD_ERR_UNSUPPORTED,
+                   "%s: tensor '%s' has dtype %s (need F32, F16 or BF16)", file, name,
+                   td_dtype_name(t->dtype));
         return;
     }
     int ok = d1 ? (t->ndim == 2 && t->shape[0] == d0 && t->shape[1] == d1)
@@ -105,21 +107,23 @@ static void s_bind(binder_t *b, td_weight_t *w, const char *name, int64_t d0, in
     if (!ok) {
         char got[128] = "", *p = got;
         for (int i = 0; i < t->ndim && p < got + 100; i++)
-            p += snprintf(p, (size_t)(got + sizeof got - p), "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+            p += snprintf(p, (size_t)(got + sizeof got - p), "%s%lld", i ? ", " : "",
+                          (long long)t->shape[i]);
         b->failed = 1;
         if (d1)
-            td_err_set(b->err, TD_ERR_FORMAT, "%s: tensor '%s' has shape [%s], expected [%lld, %lld]",
-                       file, name, got, (long long)d0, (long long)d1);
+            td_err_set(b->err, TD_ERR_FORMAT,
+                       "%s: tensor '%s' has shape [%s], expected [%lld, %lld]", file, name, got,
+                       (long long)d0, (long long)d1);
         else
-            td_err_set(b->err, TD_ERR_FORMAT, "%s: tensor '%s' has shape [%s], expected [%lld]", file,
-                       name, got, (long long)d0);
+            td_err_set(b->err, TD_ERR_FORMAT, "%s: tensor '%s' has shape [%s], expected [%lld]",
+                       file, name, got, (long long)d0);
         return;
     }
     w->data = td_backend_weights(b->m->be, t->data, t->nbytes);
     if (!w->data || s_track(b->m, w->data)) {
         b->failed = 1;
-        td_err_set(b->err, TD_ERR_NOMEM, "%s: cannot place tensor '%s' (%llu bytes) in %s memory", file, name,
-                   (unsigned long long)t->nbytes, td_backend_name(b->m->be));
+        td_err_set(b->err, TD_ERR_NOMEM, "%s: cannot place tensor '%s' (%llu bytes) in %s memory",
+                   file, name, (unsigned long long)t->nbytes, td_backend_name(b->m->be));
         return;
     }
     w->dtype = t->dtype;
@@ -204,8 +208,11 @@ static void s_bind_llama_like(binder_t *b) {
         }
     }
     s_bind(b, &m->out_norm, llada ? "model.transformer.ln_f.weight" : "model.norm.weight", C, 0, 0);
-    if (c->tie_embeddings) m->lm_head = m->tok_embd;
-    else s_bind(b, &m->lm_head, llada ? "model.transformer.ff_out.weight" : "lm_head.weight", V, C, 0);
+    if (c->tie_embeddings)
+        m->lm_head = m->tok_embd;
+    else
+        s_bind(b, &m->lm_head, llada ? "model.transformer.ff_out.weight" : "lm_head.weight", V, C,
+               0);
 }
 
 static void s_bind_gpt2(binder_t *b) {
@@ -267,8 +274,10 @@ td_model_t *td_model_load(const char *dir, td_backend_t *be, td_err_t *err) {
         goto fail;
     }
     binder_t b = {m, err, 0};
-    if (s_is_gpt2(&m->cfg)) s_bind_gpt2(&b);
-    else s_bind_llama_like(&b);
+    if (s_is_gpt2(&m->cfg))
+        s_bind_gpt2(&b);
+    else
+        s_bind_llama_like(&b);
     if (b.failed) goto fail;
     m->dtype = m->layers[0].wq.dtype;
     return m;
@@ -286,7 +295,8 @@ typedef struct synth {
     uint64_t rng;
 } synth_t;
 
-static void s_synth(synth_t *s, td_weight_t *w, int64_t rows, int64_t cols, float scale, float bias) {
+static void s_synth(synth_t *s, td_weight_t *w, int64_t rows, int64_t cols, float scale,
+                    float bias) {
     size_t es = td_dtype_size(s->m->dtype), n = (size_t)(rows * cols);
     w->data = s->mem + s->off;
     w->dtype = s->m->dtype;
@@ -301,9 +311,12 @@ static void s_synth(synth_t *s, td_weight_t *w, int64_t rows, int64_t cols, floa
     for (size_t i = 0; i < n; i++) {
         x ^= x << 13, x ^= x >> 7, x ^= x << 17;
         float u = ((float)(x >> 40) / (float)(1 << 24) - 0.5f) * 2.0f * scale + bias;
-        if (s->m->dtype == TD_DTYPE_F32) ((float *)w->data)[i] = u;
-        else if (s->m->dtype == TD_DTYPE_BF16) ((uint16_t *)w->data)[i] = td_f32_to_bf16(u);
-        else ((uint16_t *)w->data)[i] = td_f32_to_f16(u);
+        if (s->m->dtype == TD_DTYPE_F32)
+            ((float *)w->data)[i] = u;
+        else if (s->m->dtype == TD_DTYPE_BF16)
+            ((uint16_t *)w->data)[i] = td_f32_to_bf16(u);
+        else
+            ((uint16_t *)w->data)[i] = td_f32_to_f16(u);
     }
     s->rng = x;
 }
@@ -311,7 +324,8 @@ static void s_synth(synth_t *s, td_weight_t *w, int64_t rows, int64_t cols, floa
 td_model_t *td_model_new_synthetic(const td_config_t *cfg, td_dtype_t dtype, uint64_t seed,
                                    td_backend_t *be, td_err_t *err) {
     if (s_is_gpt2(cfg)) {
-        td_err_set(err, TD_ERR_UNSUPPORTED, "synthetic weights are implemented for the Qwen2/LLaMA family only");
+        td_err_set(err, TD_ERR_UNSUPPORTED,
+                   "synthetic weights are implemented for the Qwen2/LLaMA family only");
         return NULL;
     }
     if (dtype != TD_DTYPE_F32 && dtype != TD_DTYPE_BF16 && dtype != TD_DTYPE_F16) {
@@ -326,12 +340,15 @@ td_model_t *td_model_new_synthetic(const td_config_t *cfg, td_dtype_t dtype, uin
     const int64_t C = cfg->n_embd, Q = (int64_t)cfg->n_head * cfg->head_dim,
                   KV = (int64_t)cfg->n_kv_head * cfg->head_dim, F = cfg->n_ff, V = cfg->n_vocab;
     size_t es = td_dtype_size(dtype);
-    int64_t per_layer = 2 * C + Q * C + 2 * KV * C + (cfg->qkv_bias ? Q + 2 * KV : 0) + C * Q + 3 * F * C;
-    size_t cap = (size_t)(cfg->n_layer * per_layer + V * C * (cfg->tie_embeddings ? 1 : 2) + C) * es +
-                 64 * (size_t)(cfg->n_layer * 16 + 8);
+    int64_t per_layer =
+        2 * C + Q * C + 2 * KV * C + (cfg->qkv_bias ? Q + 2 * KV : 0) + C * Q + 3 * F * C;
+    size_t cap =
+        (size_t)(cfg->n_layer * per_layer + V * C * (cfg->tie_embeddings ? 1 : 2) + C) * es +
+        64 * (size_t)(cfg->n_layer * 16 + 8);
     m->layers = calloc((size_t)cfg->n_layer, sizeof *m->layers);
     if (!m->layers || posix_memalign(&m->synthetic, 64, cap) != 0) {
-        td_err_set(err, TD_ERR_NOMEM, "out of memory allocating %zu bytes of synthetic weights", cap);
+        td_err_set(err, TD_ERR_NOMEM, "out of memory allocating %zu bytes of synthetic weights",
+                   cap);
         m->synthetic = NULL;
         td_model_destroy(&m);
         return NULL;
@@ -357,13 +374,16 @@ td_model_t *td_model_new_synthetic(const td_config_t *cfg, td_dtype_t dtype, uin
         s_synth(&s, &L->w_down, C, F, 1.0f / sqrtf((float)F), 0);
     }
     s_synth(&s, &m->out_norm, 1, C, 0.1f, 1.0f);
-    if (cfg->tie_embeddings) m->lm_head = m->tok_embd;
-    else s_synth(&s, &m->lm_head, V, C, ws, 0);
+    if (cfg->tie_embeddings)
+        m->lm_head = m->tok_embd;
+    else
+        s_synth(&s, &m->lm_head, V, C, ws, 0);
     /* place the whole block on the backend once and rebase every weight into it */
     const char *host = m->synthetic;
     const char *dev = td_backend_weights(be, host, s.off);
     if (!dev || s_track(m, dev)) {
-        td_err_set(err, TD_ERR_NOMEM, "cannot place %zu bytes of synthetic weights in %s memory", s.off, td_backend_name(be));
+        td_err_set(err, TD_ERR_NOMEM, "cannot place %zu bytes of synthetic weights in %s memory",
+                   s.off, td_backend_name(be));
         td_model_destroy(&m);
         return NULL;
     }
@@ -372,8 +392,9 @@ td_model_t *td_model_new_synthetic(const td_config_t *cfg, td_dtype_t dtype, uin
         for (size_t i = 0; i < 3; i++) all[i]->data = dev + ((const char *)all[i]->data - host);
         for (int i = 0; i < cfg->n_layer; i++) {
             td_layer_t *L = &m->layers[i];
-            td_weight_t *lw[] = {&L->attn_norm, &L->wq, &L->wk, &L->wv, &L->bq, &L->bk, &L->bv, &L->wo, &L->ffn_norm,
-                                 &L->w_gate, &L->w_up, &L->w_down};
+            td_weight_t *lw[] = {&L->attn_norm, &L->wq,     &L->wk,   &L->wv,
+                                 &L->bq,        &L->bk,     &L->bv,   &L->wo,
+                                 &L->ffn_norm,  &L->w_gate, &L->w_up, &L->w_down};
             for (size_t j = 0; j < sizeof lw / sizeof lw[0]; j++)
                 if (lw[j]->data) lw[j]->data = dev + ((const char *)lw[j]->data - host);
         }
@@ -409,12 +430,13 @@ td_dtype_t td_model_dtype(const td_model_t *m) { return m->dtype; }
 td_kv_cache_t *td_kv_cache_new(td_model_t *m, int n_seq, int n_ctx, td_err_t *err) {
     const td_config_t *c = &m->cfg;
     if (n_seq <= 0 || n_ctx <= 0) {
-        td_err_set(err, TD_ERR_ARG, "KV cache needs n_seq > 0 and n_ctx > 0 (got %d, %d)", n_seq, n_ctx);
+        td_err_set(err, TD_ERR_ARG, "KV cache needs n_seq > 0 and n_ctx > 0 (got %d, %d)", n_seq,
+                   n_ctx);
         return NULL;
     }
     if (s_is_gpt2(c) && n_ctx > c->n_ctx_train) {
-        td_err_set(err, TD_ERR_ARG, "context %d exceeds the %d learned positions of this model", n_ctx,
-                   c->n_ctx_train);
+        td_err_set(err, TD_ERR_ARG, "context %d exceeds the %d learned positions of this model",
+                   n_ctx, c->n_ctx_train);
         return NULL;
     }
     td_kv_cache_t *kv = calloc(1, sizeof *kv);
@@ -425,7 +447,8 @@ td_kv_cache_t *td_kv_cache_new(td_model_t *m, int n_seq, int n_ctx, td_err_t *er
     kv->len = calloc((size_t)n_seq, sizeof *kv->len);
     kv->k = calloc((size_t)c->n_layer, sizeof *kv->k);
     kv->v = calloc((size_t)c->n_layer, sizeof *kv->v);
-    size_t per = (size_t)n_seq * (size_t)n_ctx * (size_t)c->n_kv_head * (size_t)c->head_dim * sizeof(float);
+    size_t per =
+        (size_t)n_seq * (size_t)n_ctx * (size_t)c->n_kv_head * (size_t)c->head_dim * sizeof(float);
     int ok = kv->len && kv->k && kv->v;
     for (int l = 0; ok && l < c->n_layer; l++) {
         kv->k[l] = td_backend_alloc(m->be, per);
@@ -434,7 +457,8 @@ td_kv_cache_t *td_kv_cache_new(td_model_t *m, int n_seq, int n_ctx, td_err_t *er
     }
     kv->bytes = per * 2 * (size_t)c->n_layer;
     if (!ok) {
-        td_err_set(err, TD_ERR_NOMEM, "out of memory allocating a KV cache of %zu bytes", kv->bytes);
+        td_err_set(err, TD_ERR_NOMEM, "out of memory allocating a KV cache of %zu bytes",
+                   kv->bytes);
         td_kv_cache_destroy(&kv);
     }
     return kv;
@@ -477,9 +501,11 @@ int td_kv_cache_copy_seq(td_kv_cache_t *kv, int src, int dst, int len) {
     size_t row = (size_t)c->n_kv_head * (size_t)c->head_dim;
     for (int l = 0; l < c->n_layer; l++) {
         td_backend_copy(kv->m->be, kv->k[l] + (size_t)dst * kv->n_ctx * row,
-                        kv->k[l] + (size_t)src * kv->n_ctx * row, (size_t)len * row * sizeof(float));
+                        kv->k[l] + (size_t)src * kv->n_ctx * row,
+                        (size_t)len * row * sizeof(float));
         td_backend_copy(kv->m->be, kv->v[l] + (size_t)dst * kv->n_ctx * row,
-                        kv->v[l] + (size_t)src * kv->n_ctx * row, (size_t)len * row * sizeof(float));
+                        kv->v[l] + (size_t)src * kv->n_ctx * row,
+                        (size_t)len * row * sizeof(float));
     }
     kv->len[dst] = len;
     return TD_OK;
@@ -553,21 +579,26 @@ int td_model_forward(td_model_t *m, td_kv_cache_t *kv, const td_batch_t *b, floa
     for (int i = 0; i < n; i++) {
         int s = b->seq ? b->seq[i] : 0;
         if (s < 0 || s >= kv->n_seq) {
-            rc = td_err_set(err, TD_ERR_ARG, "token %d: sequence slot %d out of range [0, %d)", i, s, kv->n_seq);
+            rc = td_err_set(err, TD_ERR_ARG, "token %d: sequence slot %d out of range [0, %d)", i,
+                            s, kv->n_seq);
             goto done;
         }
         seq[i] = s;
         if (b->tokens[i] < 0 || b->tokens[i] >= c->n_vocab) {
-            rc = td_err_set(err, TD_ERR_ARG, "token %d: id %d out of range [0, %d)", i, b->tokens[i], c->n_vocab);
+            rc = td_err_set(err, TD_ERR_ARG, "token %d: id %d out of range [0, %d)", i,
+                            b->tokens[i], c->n_vocab);
             goto done;
         }
     }
     for (int i = 0; i < n; i++) {
         int p;
-        if (b->pos) p = b->pos[i];
-        else p = new_len[seq[i]]; /* append in order */
+        if (b->pos)
+            p = b->pos[i];
+        else
+            p = new_len[seq[i]]; /* append in order */
         if (p < 0 || p >= kv->n_ctx) {
-            rc = td_err_set(err, TD_ERR_ARG, "token %d: position %d outside the context [0, %d)", i, p, kv->n_ctx);
+            rc = td_err_set(err, TD_ERR_ARG, "token %d: position %d outside the context [0, %d)", i,
+                            p, kv->n_ctx);
             goto done;
         }
         pos[i] = p;
@@ -587,18 +618,21 @@ int td_model_forward(td_model_t *m, td_kv_cache_t *kv, const td_batch_t *b, floa
         for (int s = 0; s < kv->n_seq; s++)
             for (int p = kv->len[s]; p < new_len[s]; p++)
                 if (!covered[(size_t)s * kv->n_ctx + p]) {
-                    rc = td_err_set(err, TD_ERR_ARG,
-                                    "sequence %d: position %d would be left empty (cache length %d, batch "
-                                    "reaches %d)", s, p, kv->len[s], new_len[s]);
+                    rc = td_err_set(
+                        err, TD_ERR_ARG,
+                        "sequence %d: position %d would be left empty (cache length %d, batch "
+                        "reaches %d)",
+                        s, p, kv->len[s], new_len[s]);
                     goto done;
                 }
     }
     if (b->attn == TD_ATTN_EXPLICIT)
         for (int i = 0; i < n; i++)
             if (b->mask_stride < new_len[seq[i]]) {
-                rc = td_err_set(err, TD_ERR_ARG,
-                                "explicit mask rows have %lld entries but sequence %d reaches length %d",
-                                (long long)b->mask_stride, seq[i], new_len[seq[i]]);
+                rc = td_err_set(
+                    err, TD_ERR_ARG,
+                    "explicit mask rows have %lld entries but sequence %d reaches length %d",
+                    (long long)b->mask_stride, seq[i], new_len[seq[i]]);
                 goto done;
             }
     int n_out = 0;
@@ -619,14 +653,26 @@ int td_model_forward(td_model_t *m, td_kv_cache_t *kv, const td_batch_t *b, floa
         td_op_get_rows(be, m->h, &m->pos_embd, pos, n);
         td_op_add(be, m->x, m->h, (int64_t)n * C);
     }
-    td_attn_desc_t ad = {
-        .n = n, .n_head = nh, .n_kv_head = nkv, .head_dim = hd, .n_ctx = kv->n_ctx, .pos = pos,
-        .seq = seq, .kv_len = kv->len, .kind = b->attn, .block_size = b->block_size, .mask = b->mask,
-        .mask_stride = b->mask_stride, .scale = 1.0f / sqrtf((float)hd)};
+    td_attn_desc_t ad = {.n = n,
+                         .n_head = nh,
+                         .n_kv_head = nkv,
+                         .head_dim = hd,
+                         .n_ctx = kv->n_ctx,
+                         .pos = pos,
+                         .seq = seq,
+                         .kv_len = kv->len,
+                         .kind = b->attn,
+                         .block_size = b->block_size,
+                         .mask = b->mask,
+                         .mask_stride = b->mask_stride,
+                         .scale = 1.0f / sqrtf((float)hd)};
     for (int l = 0; l < c->n_layer; l++) {
         const td_layer_t *L = &m->layers[l];
-        if (gpt2) td_op_layernorm(be, m->h, m->x, &L->attn_norm, s_opt(&L->attn_norm_b), n, C, c->norm_eps);
-        else td_op_rmsnorm(be, m->h, m->x, &L->attn_norm, n, C, c->norm_eps);
+        if (gpt2)
+            td_op_layernorm(be, m->h, m->x, &L->attn_norm, s_opt(&L->attn_norm_b), n, C,
+                            c->norm_eps);
+        else
+            td_op_rmsnorm(be, m->h, m->x, &L->attn_norm, n, C, c->norm_eps);
         td_op_matmul(be, m->q, m->h, &L->wq, s_opt(&L->bq), n);
         td_op_matmul(be, m->k, m->h, &L->wk, s_opt(&L->bk), n);
         td_op_matmul(be, m->v, m->h, &L->wv, s_opt(&L->bv), n);
@@ -655,10 +701,14 @@ int td_model_forward(td_model_t *m, td_kv_cache_t *kv, const td_batch_t *b, floa
     if (n_out > 0) {
         for (int i = 0; i < n_out; i++)
             if (sel[i] != i || n_out != n)
-                td_backend_copy(be, m->hsel + (size_t)i * C, m->x + (size_t)sel[i] * C, (size_t)C * sizeof(float));
+                td_backend_copy(be, m->hsel + (size_t)i * C, m->x + (size_t)sel[i] * C,
+                                (size_t)C * sizeof(float));
         const float *hx = n_out == n ? m->x : m->hsel;
-        if (gpt2) td_op_layernorm(be, m->hsel, hx, &m->out_norm, s_opt(&m->out_norm_b), n_out, C, c->norm_eps);
-        else td_op_rmsnorm(be, m->hsel, hx, &m->out_norm, n_out, C, c->norm_eps);
+        if (gpt2)
+            td_op_layernorm(be, m->hsel, hx, &m->out_norm, s_opt(&m->out_norm_b), n_out, C,
+                            c->norm_eps);
+        else
+            td_op_rmsnorm(be, m->hsel, hx, &m->out_norm, n_out, C, c->norm_eps);
         td_op_matmul(be, m->logits, m->hsel, &m->lm_head, NULL, n_out);
         td_backend_get(be, logits, m->logits, (size_t)n_out * c->n_vocab * sizeof(float));
     }

@@ -2,8 +2,8 @@
  *
  * td_model_t borrows the checkpoint's mmapped weights (no dtype conversion, no copy on the CPU
  * backend). The forward takes any set of tokens with explicit positions and sequence slots and an
- * attention mask kind (causal, bidirectional, block-causal, explicit), writes their keys/values into
- * the KV cache at those positions (appending, or rewriting in place), and returns logits. */
+ * attention mask kind (causal, bidirectional, block-causal, explicit), writes their keys/values
+ * into the KV cache at those positions (appending, or rewriting in place), and returns logits. */
 #ifndef TD_MODEL_H
 #define TD_MODEL_H
 
@@ -32,7 +32,7 @@ const td_config_t *td_model_config(const td_model_t *m);
 td_backend_t *td_model_backend(const td_model_t *m);
 int64_t td_model_n_params(const td_model_t *m);
 uint64_t td_model_weight_bytes(const td_model_t *m); /* bytes read per forward (all weights) */
-td_dtype_t td_model_dtype(const td_model_t *m);     /* dtype of the matmul weights */
+td_dtype_t td_model_dtype(const td_model_t *m);      /* dtype of the matmul weights */
 
 /* --- KV cache --------------------------------------------------------------------------------- */
 
@@ -53,14 +53,14 @@ size_t td_kv_cache_bytes(const td_kv_cache_t *kv);
 /* --- forward ---------------------------------------------------------------------------------- */
 
 typedef struct td_batch {
-    int n;                   /* tokens in the batch */
-    const int32_t *tokens;   /* [n] */
-    const int32_t *pos;      /* [n] positions; NULL = kv_len(seq) + i (append in order) */
-    const int32_t *seq;      /* [n] cache slots; NULL = all slot 0 */
-    td_attn_kind_t attn;     /* mask kind */
-    int block_size;          /* TD_ATTN_BLOCK_CAUSAL */
-    const uint8_t *mask;     /* TD_ATTN_EXPLICIT: [n, mask_stride], 1 = key position visible;
-                                mask_stride >= the length each sequence reaches */
+    int n;                 /* tokens in the batch */
+    const int32_t *tokens; /* [n] */
+    const int32_t *pos;    /* [n] positions; NULL = kv_len(seq) + i (append in order) */
+    const int32_t *seq;    /* [n] cache slots; NULL = all slot 0 */
+    td_attn_kind_t attn;   /* mask kind */
+    int block_size;        /* TD_ATTN_BLOCK_CAUSAL */
+    const uint8_t *mask;   /* TD_ATTN_EXPLICIT: [n, mask_stride], 1 = key position visible;
+                              mask_stride >= the length each sequence reaches */
     int64_t mask_stride;
     const uint8_t *logits_for; /* [n] rows to return logits for; NULL = all */
 } td_batch_t;

@@ -52,7 +52,8 @@ int td_score_masked(td_model_t *m, const int32_t *ids, int n, float ratio, int n
                     uint64_t seed, double *total_logprob, int64_t *n_scored, td_err_t *err) {
     const td_config_t *c = td_model_config(m);
     if (c->mask_token_id < 0 || c->mask_token_id >= c->n_vocab)
-        return td_err_set(err, TD_ERR_ARG, "model has no mask token: masked scoring needs a diffusion LM");
+        return td_err_set(err, TD_ERR_ARG,
+                          "model has no mask token: masked scoring needs a diffusion LM");
     if (!(ratio > 0.0f && ratio <= 1.0f))
         return td_err_set(err, TD_ERR_ARG, "mask ratio must be in (0, 1], got %g", ratio);
     const int first = c->logit_shift ? 1 : 0, eligible = n - first;

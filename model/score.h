@@ -9,8 +9,8 @@
 extern "C" {
 #endif
 
-/* Causal scoring of ids[n] in non-overlapping windows of `window` tokens (0 = one window of n), each
- * window scored from its own start (no context carried across windows): logprobs[i] receives
+/* Causal scoring of ids[n] in non-overlapping windows of `window` tokens (0 = one window of n),
+ * each window scored from its own start (no context carried across windows): logprobs[i] receives
  * log p(ids[i] | ids[window start .. i-1]) for every i that is not the first token of a window,
  * and NAN for first tokens. Returns TD_OK; *n_scored (optional) counts the non-NAN entries. */
 int td_score_causal(td_model_t *m, const int32_t *ids, int n, int window, float *logprobs,

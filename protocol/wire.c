@@ -336,20 +336,23 @@ static int s_check_body(const Tandem__Envelope *env, const td_wire_limits_t *lim
     case TANDEM__ENVELOPE__BODY_GENERATE_REQUEST: {
         const Tandem__GenerateRequest *g = env->generate_request;
         if (!g) return td_err_set(err, TD_ERR_FORMAT, "generate_request body is missing");
-        if ((rc = s_check_string(g->prompt, "generate_request.prompt", (size_t)16 << 20, err))) return rc;
+        if ((rc = s_check_string(g->prompt, "generate_request.prompt", (size_t)16 << 20, err)))
+            return rc;
         if ((rc = s_check_string(g->method, "generate_request.method", 64, err))) return rc;
         if ((rc = s_check_string(g->verify, "generate_request.verify", 64, err))) return rc;
         if (g->max_tokens < 1 || g->max_tokens > (1u << 20))
-            return td_err_set(err, TD_ERR_FORMAT, "generate_request.max_tokens = %u is outside [1, %u]",
-                              g->max_tokens, 1u << 20);
+            return td_err_set(err, TD_ERR_FORMAT,
+                              "generate_request.max_tokens = %u is outside [1, %u]", g->max_tokens,
+                              1u << 20);
         if (g->gamma > TD_WIRE_MAX_GAMMA)
-            return td_err_set(err, TD_ERR_FORMAT, "generate_request.gamma = %u is over %u", g->gamma,
-                              TD_WIRE_MAX_GAMMA);
+            return td_err_set(err, TD_ERR_FORMAT, "generate_request.gamma = %u is over %u",
+                              g->gamma, TD_WIRE_MAX_GAMMA);
         if (g->steps > TD_WIRE_MAX_STEPS)
-            return td_err_set(err, TD_ERR_FORMAT, "generate_request.steps = %u is over %u", g->steps,
-                              TD_WIRE_MAX_STEPS);
+            return td_err_set(err, TD_ERR_FORMAT, "generate_request.steps = %u is over %u",
+                              g->steps, TD_WIRE_MAX_STEPS);
         if ((unsigned)g->order > 3)
-            return td_err_set(err, TD_ERR_FORMAT, "generate_request.order = %d is unknown", (int)g->order);
+            return td_err_set(err, TD_ERR_FORMAT, "generate_request.order = %d is unknown",
+                              (int)g->order);
         if (!(g->mixture >= 0.0f && g->mixture <= 1.0f))
             return td_err_set(err, TD_ERR_FORMAT, "generate_request.mixture = %g is outside [0, 1]",
                               (double)g->mixture);
@@ -358,9 +361,11 @@ static int s_check_body(const Tandem__Envelope *env, const td_wire_limits_t *lim
     case TANDEM__ENVELOPE__BODY_TOKEN_CHUNK: {
         const Tandem__TokenChunk *t = env->token_chunk;
         if (!t) return td_err_set(err, TD_ERR_FORMAT, "token_chunk body is missing");
-        if ((rc = s_check_tokens(t->tokens, t->n_tokens, "token_chunk.tokens", lim, err))) return rc;
+        if ((rc = s_check_tokens(t->tokens, t->n_tokens, "token_chunk.tokens", lim, err)))
+            return rc;
         if ((rc = s_check_string(t->text, "token_chunk.text", (size_t)16 << 20, err))) return rc;
-        if ((rc = s_check_string(t->stats_json, "token_chunk.stats_json", (size_t)1 << 20, err))) return rc;
+        if ((rc = s_check_string(t->stats_json, "token_chunk.stats_json", (size_t)1 << 20, err)))
+            return rc;
         return s_check_string(t->error, "token_chunk.error", TD_WIRE_MAX_STRING, err);
     }
     case TANDEM__ENVELOPE__BODY__NOT_SET:
@@ -697,7 +702,8 @@ int td_wire_hello_compatible(const Tandem__Hello *ours, const Tandem__Hello *the
                           s_str(theirs->model_id, "(no model id)"), theirs->protocol_version);
     }
     /* A client exchanges text with a verifier, never token ids: its tokenizer does not matter. */
-    int client = ours->role == TANDEM__ROLE__ROLE_CLIENT || theirs->role == TANDEM__ROLE__ROLE_CLIENT;
+    int client =
+        ours->role == TANDEM__ROLE__ROLE_CLIENT || theirs->role == TANDEM__ROLE__ROLE_CLIENT;
     if (!client && theirs->tokenizer_hash != ours->tokenizer_hash) {
         if (code) *code = TANDEM__ERROR_CODE__ERROR_TOKENIZER_MISMATCH;
         return td_err_set(

@@ -121,8 +121,9 @@ void td_wire_hello_fill(Tandem__Hello *hello, Tandem__Role role, const char *mod
                         const char *tokenizer_name, char **capabilities, size_t n_capabilities);
 
 /* Whether a peer whose Hello is theirs can work with us (ours): same protocol version and the
- * same tokenizer hash (not checked when either side is a CLIENT, which exchanges text). Returns TD_OK; or TD_ERR_UNSUPPORTED with a message naming both sides'
- * models and tokenizers, and *code (when non-NULL) the ErrorCode to answer with. */
+ * same tokenizer hash (not checked when either side is a CLIENT, which exchanges text). Returns
+ * TD_OK; or TD_ERR_UNSUPPORTED with a message naming both sides' models and tokenizers, and *code
+ * (when non-NULL) the ErrorCode to answer with. */
 int td_wire_hello_compatible(const Tandem__Hello *ours, const Tandem__Hello *theirs,
                              Tandem__ErrorCode *code, td_err_t *err);
 

@@ -5,13 +5,20 @@
 #include <stdlib.h>
 
 #define MAX_TESTS 512
-static struct { const char *name; td_test_fn fn; } s_tests[MAX_TESTS];
+static struct {
+    const char *name;
+    td_test_fn fn;
+} s_tests[MAX_TESTS];
 static int s_n;
 int td_test_failed_now;
 static int s_skipped_now;
 
 void td_test_register(const char *name, td_test_fn fn) {
-    if (s_n < MAX_TESTS) { s_tests[s_n].name = name; s_tests[s_n].fn = fn; s_n++; }
+    if (s_n < MAX_TESTS) {
+        s_tests[s_n].name = name;
+        s_tests[s_n].fn = fn;
+        s_n++;
+    }
 }
 
 void td_test_fail(const char *file, int line, const char *fmt, ...) {
@@ -39,15 +46,23 @@ int td_test_main(int argc, char **argv) {
     for (int i = 0; i < s_n; i++) {
         if (argc > 1) {
             int want = 0;
-            for (int a = 1; a < argc; a++) if (strcmp(argv[a], s_tests[i].name) == 0) want = 1;
+            for (int a = 1; a < argc; a++)
+                if (strcmp(argv[a], s_tests[i].name) == 0) want = 1;
             if (!want) continue;
         }
         td_test_failed_now = 0;
         s_skipped_now = 0;
         s_tests[i].fn();
-        if (td_test_failed_now) { failed++; printf("  FAIL %s\n", s_tests[i].name); }
-        else if (s_skipped_now) { skipped++; printf("  skip %s\n", s_tests[i].name); }
-        else { passed++; printf("  ok   %s\n", s_tests[i].name); }
+        if (td_test_failed_now) {
+            failed++;
+            printf("  FAIL %s\n", s_tests[i].name);
+        } else if (s_skipped_now) {
+            skipped++;
+            printf("  skip %s\n", s_tests[i].name);
+        } else {
+            passed++;
+            printf("  ok   %s\n", s_tests[i].name);
+        }
         fflush(stdout);
     }
     printf("%s: %d passed, %d failed, %d skipped\n", argv[0], passed, failed, skipped);

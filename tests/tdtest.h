@@ -1,8 +1,9 @@
 /* tdtest.h - the tiny test harness every tests/test_*.c uses.
  *
  * A test binary registers cases with TD_TEST(name) { ... } and calls td_test_main(argc, argv) from
- * main (TD_TEST_MAIN does that). `build/tests/test_x NAME` runs one case. Checks record file and line;
- * a failed check fails its case and the binary exits 1. Exit 77 means "skipped" (e.g. no GPU). */
+ * main (TD_TEST_MAIN does that). `build/tests/test_x NAME` runs one case. Checks record file and
+ * line; a failed check fails its case and the binary exits 1. Exit 77 means "skipped" (e.g. no
+ * GPU). */
 #ifndef TD_TDTEST_H
 #define TD_TDTEST_H
 
@@ -15,7 +16,7 @@ void td_test_register(const char *name, td_test_fn fn);
 int td_test_main(int argc, char **argv);
 void td_test_fail(const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-void td_test_skip(const char *why);   /* marks the current case skipped */
+void td_test_skip(const char *why); /* marks the current case skipped */
 extern int td_test_failed_now;
 /* Directory holding tests/ fixtures (from TD_TEST_DATA or "tests/data"). */
 const char *td_test_data(void);
@@ -39,24 +40,30 @@ const char *td_test_data(void);
 #define CHECK_EQ_INT(a, b)                                                                         \
     do {                                                                                           \
         long long _a = (long long)(a), _b = (long long)(b);                                        \
-        if (_a != _b) td_test_fail(__FILE__, __LINE__, "%s == %lld, expected %s == %lld", #a, _a, #b, _b); \
+        if (_a != _b)                                                                              \
+            td_test_fail(__FILE__, __LINE__, "%s == %lld, expected %s == %lld", #a, _a, #b, _b);   \
     } while (0)
 #define CHECK_STR(a, b)                                                                            \
     do {                                                                                           \
         const char *_a = (a), *_b = (b);                                                           \
         if (!_a || !_b || strcmp(_a, _b) != 0)                                                     \
-            td_test_fail(__FILE__, __LINE__, "%s == \"%s\", expected \"%s\"", #a, _a ? _a : "(null)", _b ? _b : "(null)"); \
+            td_test_fail(__FILE__, __LINE__, "%s == \"%s\", expected \"%s\"", #a,                  \
+                         _a ? _a : "(null)", _b ? _b : "(null)");                                  \
     } while (0)
 #define CHECK_NEAR(a, b, tol)                                                                      \
     do {                                                                                           \
         double _a = (a), _b = (b);                                                                 \
         if (!(fabs(_a - _b) <= (tol)))                                                             \
-            td_test_fail(__FILE__, __LINE__, "%s = %.8g vs %s = %.8g (tol %g)", #a, _a, #b, _b, (double)(tol)); \
+            td_test_fail(__FILE__, __LINE__, "%s = %.8g vs %s = %.8g (tol %g)", #a, _a, #b, _b,    \
+                         (double)(tol));                                                           \
     } while (0)
 /* A check that must hold before the case can continue. */
 #define REQUIRE(cond)                                                                              \
     do {                                                                                           \
-        if (!(cond)) { td_test_fail(__FILE__, __LINE__, "REQUIRE(%s)", #cond); return; }           \
+        if (!(cond)) {                                                                             \
+            td_test_fail(__FILE__, __LINE__, "REQUIRE(%s)", #cond);                                \
+            return;                                                                                \
+        }                                                                                          \
     } while (0)
 
 #endif

@@ -16,15 +16,19 @@ static void *s_make_weight(td_dtype_t dt, int64_t count) {
     void *p = malloc((size_t)count * td_dtype_size(dt));
     for (int64_t i = 0; i < count; i++) {
         float v = s_randf();
-        if (dt == TD_DTYPE_F32) ((float *)p)[i] = v;
-        else if (dt == TD_DTYPE_BF16) ((uint16_t *)p)[i] = td_f32_to_bf16(v);
-        else ((uint16_t *)p)[i] = td_f32_to_f16(v);
+        if (dt == TD_DTYPE_F32)
+            ((float *)p)[i] = v;
+        else if (dt == TD_DTYPE_BF16)
+            ((uint16_t *)p)[i] = td_f32_to_bf16(v);
+        else
+            ((uint16_t *)p)[i] = td_f32_to_f16(v);
     }
     return p;
 }
 
 /* max |a-b| / (atol + rtol |b|) <= 1 */
-static int s_close(const float *a, const float *b, int64_t n, double atol, double rtol, double *worst) {
+static int s_close(const float *a, const float *b, int64_t n, double atol, double rtol,
+                   double *worst) {
     double w = 0;
     for (int64_t i = 0; i < n; i++) {
         double e = fabs((double)a[i] - b[i]) / (atol + rtol * fabs((double)b[i]));
@@ -56,13 +60,15 @@ TD_TEST(matmul_fast_matches_reference) {
                     td_weight_t b = {bd, dts[d], 1, rows, 0, 0};
                     float *x = malloc(sizeof(float) * (size_t)(n * cols));
                     for (int64_t i = 0; i < n * cols; i++) x[i] = s_randf();
-                    float *y1 = malloc(sizeof(float) * (size_t)(n * rows)), *y2 = malloc(sizeof(float) * (size_t)(n * rows));
+                    float *y1 = malloc(sizeof(float) * (size_t)(n * rows)),
+                          *y2 = malloc(sizeof(float) * (size_t)(n * rows));
                     td_op_matmul(fast, y1, x, &w, (ni & 1) ? &b : NULL, n);
                     td_op_matmul(ref, y2, x, &w, (ni & 1) ? &b : NULL, n);
                     double worst;
                     CHECK_MSG(s_close(y1, y2, n * rows, 1e-5, 1e-4, &worst),
-                              "matmul %s %lldx%lld tr=%d n=%d: error %.3g of tolerance", td_dtype_name(dts[d]),
-                              (long long)rows, (long long)cols, tr, n, worst);
+                              "matmul %s %lldx%lld tr=%d n=%d: error %.3g of tolerance",
+                              td_dtype_name(dts[d]), (long long)rows, (long long)cols, tr, n,
+                              worst);
                     free(wd), free(bd), free(x), free(y1), free(y2);
                 }
     td_backend_destroy(&fast);
@@ -77,7 +83,8 @@ TD_TEST(attention_masks_and_gqa) {
     REQUIRE(be);
     const int nh = 4, nkv = 2, hd = 8, n_ctx = 13, n_seq = 2;
     const int64_t row = nkv * hd;
-    float *kc = malloc(sizeof(float) * (size_t)(n_seq * n_ctx * row)), *vc = malloc(sizeof(float) * (size_t)(n_seq * n_ctx * row));
+    float *kc = malloc(sizeof(float) * (size_t)(n_seq * n_ctx * row)),
+          *vc = malloc(sizeof(float) * (size_t)(n_seq * n_ctx * row));
     for (int64_t i = 0; i < n_seq * n_ctx * row; i++) kc[i] = s_randf(), vc[i] = s_randf();
     const int n = 6;
     int32_t pos[6] = {0, 3, 7, 9, 2, 5}, seq[6] = {0, 0, 0, 0, 1, 1}, kv_len[2] = {10, 6};
@@ -86,9 +93,19 @@ TD_TEST(attention_masks_and_gqa) {
     uint8_t mask[6 * 13];
     for (int i = 0; i < 6 * 13; i++) mask[i] = (uint8_t)(s_randf() > 0);
     for (int k = 0; k < 4; k++) {
-        td_attn_desc_t a = {.n = n, .n_head = nh, .n_kv_head = nkv, .head_dim = hd, .n_ctx = n_ctx, .pos = pos,
-                            .seq = seq, .kv_len = kv_len, .kind = (td_attn_kind_t)k, .block_size = 4,
-                            .mask = mask, .mask_stride = 13, .scale = 0.35f};
+        td_attn_desc_t a = {.n = n,
+                            .n_head = nh,
+                            .n_kv_head = nkv,
+                            .head_dim = hd,
+                            .n_ctx = n_ctx,
+                            .pos = pos,
+                            .seq = seq,
+                            .kv_len = kv_len,
+                            .kind = (td_attn_kind_t)k,
+                            .block_size = 4,
+                            .mask = mask,
+                            .mask_stride = 13,
+                            .scale = 0.35f};
         td_op_attention(be, out, q, kc, vc, &a);
         for (int t = 0; t < n; t++)
             for (int h = 0; h < nh; h++) {
@@ -96,11 +113,16 @@ TD_TEST(attention_masks_and_gqa) {
                 int any = 0;
                 const int s = seq[t], kh = h / (nh / nkv);
                 for (int j = 0; j < kv_len[s]; j++) {
-                    int vis = k == 0 ? j <= pos[t] : k == 1 ? 1 : k == 2 ? j / 4 <= pos[t] / 4 : mask[t * 13 + j];
+                    int vis = k == 0   ? j <= pos[t]
+                              : k == 1 ? 1
+                              : k == 2 ? j / 4 <= pos[t] / 4
+                                       : mask[t * 13 + j];
                     sc[j] = -1e300;
                     if (!vis) continue;
                     double d = 0;
-                    for (int i = 0; i < hd; i++) d += (double)q[(t * nh + h) * hd + i] * kc[(s * n_ctx + j) * row + kh * hd + i];
+                    for (int i = 0; i < hd; i++)
+                        d += (double)q[(t * nh + h) * hd + i] *
+                             kc[(s * n_ctx + j) * row + kh * hd + i];
                     sc[j] = d * 0.35;
                     if (sc[j] > mx) mx = sc[j];
                     any = 1;
@@ -138,7 +160,8 @@ TD_TEST(norms_rope_activations) {
         for (int i = 0; i < d; i++) ss += x[t * d + i] * x[t * d + i];
         double inv = 1 / sqrt(ss / d + 1e-6);
         for (int i = 0; i < d; i++)
-            CHECK_NEAR(y[t * d + i], x[t * d + i] * inv * td_bf16_to_f32(((uint16_t *)wd)[i]), 1e-5);
+            CHECK_NEAR(y[t * d + i], x[t * d + i] * inv * td_bf16_to_f32(((uint16_t *)wd)[i]),
+                       1e-5);
     }
     td_op_layernorm(be, y, x, &w, &b, n, d, 1e-5f);
     for (int t = 0; t < n; t++) {
@@ -148,8 +171,11 @@ TD_TEST(norms_rope_activations) {
         for (int i = 0; i < d; i++) var += (x[t * d + i] - mu) * (x[t * d + i] - mu);
         var /= d;
         for (int i = 0; i < d; i++)
-            CHECK_NEAR(y[t * d + i], (x[t * d + i] - mu) / sqrt(var + 1e-5) * td_bf16_to_f32(((uint16_t *)wd)[i]) +
-                                         td_bf16_to_f32(((uint16_t *)bd)[i]), 1e-5);
+            CHECK_NEAR(y[t * d + i],
+                       (x[t * d + i] - mu) / sqrt(var + 1e-5) *
+                               td_bf16_to_f32(((uint16_t *)wd)[i]) +
+                           td_bf16_to_f32(((uint16_t *)bd)[i]),
+                       1e-5);
     }
     /* RoPE: rotating by position p then by -p is not expressible; check against the formula */
     const int nh = 2, hd = 6;
@@ -163,7 +189,8 @@ TD_TEST(norms_rope_activations) {
                 double ang = pos[t] * pow(10000.0, -2.0 * i / hd);
                 const float *v = r0 + (t * nh + h) * hd;
                 CHECK_NEAR(r[(t * nh + h) * hd + i], v[i] * cos(ang) - v[i + 3] * sin(ang), 1e-5);
-                CHECK_NEAR(r[(t * nh + h) * hd + i + 3], v[i + 3] * cos(ang) + v[i] * sin(ang), 1e-5);
+                CHECK_NEAR(r[(t * nh + h) * hd + i + 3], v[i + 3] * cos(ang) + v[i] * sin(ang),
+                           1e-5);
             }
     float g[5] = {-3, -0.5f, 0, 0.5f, 4}, u[5] = {1, 2, 3, 4, 5}, o[5];
     td_op_swiglu(be, o, g, u, 5);
@@ -171,7 +198,10 @@ TD_TEST(norms_rope_activations) {
     td_op_gelu_tanh(be, g, 5);
     const double gin[5] = {-3, -0.5, 0, 0.5, 4};
     for (int i = 0; i < 5; i++)
-        CHECK_NEAR(g[i], 0.5 * gin[i] * (1 + tanh(0.7978845608028654 * (gin[i] + 0.044715 * pow(gin[i], 3)))), 1e-6);
+        CHECK_NEAR(g[i],
+                   0.5 * gin[i] *
+                       (1 + tanh(0.7978845608028654 * (gin[i] + 0.044715 * pow(gin[i], 3)))),
+                   1e-6);
     free(wd), free(bd);
     td_backend_destroy(&be);
 }
@@ -179,9 +209,10 @@ TD_TEST(norms_rope_activations) {
 TD_TEST(dtype_conversions) {
     /* bf16 round-to-nearest-even and f16 round trips, including subnormals and infinities */
     CHECK_EQ_INT(td_f32_to_bf16(1.0f), 0x3f80);
-    CHECK_EQ_INT(td_f32_to_bf16(1.00390625f), 0x3f80);  /* exactly half way: to even */
-    CHECK_EQ_INT(td_f32_to_bf16(1.01171875f), 0x3f82);  /* half way above an odd mantissa: up */
-    const float vals[] = {0.0f, -0.0f, 1.0f, -2.5f, 65504.0f, 6.1035156e-05f, 5.9604645e-08f, 3.14159f};
+    CHECK_EQ_INT(td_f32_to_bf16(1.00390625f), 0x3f80); /* exactly half way: to even */
+    CHECK_EQ_INT(td_f32_to_bf16(1.01171875f), 0x3f82); /* half way above an odd mantissa: up */
+    const float vals[] = {0.0f,     -0.0f,          1.0f,           -2.5f,
+                          65504.0f, 6.1035156e-05f, 5.9604645e-08f, 3.14159f};
     for (int i = 0; i < 8; i++) {
         float back = td_f16_to_f32(td_f32_to_f16(vals[i]));
         CHECK_NEAR(back, vals[i], fabs(vals[i]) * 1e-3 + 1e-12);

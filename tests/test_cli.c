@@ -78,7 +78,8 @@ TD_TEST(greedy_generate_matches_hf) {
     cJSON *rt = cJSON_GetObjectItem(ref, "tokens");
     char args[1024], *out = NULL;
     snprintf(args, sizeof args,
-             "generate --verifier " E2E " --method ar --chat none --temperature 0 --max-tokens %d --json --prompt '%s'",
+             "generate --verifier " E2E
+             " --method ar --chat none --temperature 0 --max-tokens %d --json --prompt '%s'",
              cJSON_GetArraySize(rt), cJSON_GetObjectItem(ref, "prompt")->valuestring);
     CHECK_EQ_INT(s_run(args, 0, &out), 0);
     cJSON *got = cJSON_Parse(out);
@@ -90,18 +91,27 @@ TD_TEST(greedy_generate_matches_hf) {
         CHECK_EQ_INT(cJSON_GetArrayItem(gt, i)->valueint, cJSON_GetArrayItem(rt, i)->valueint);
     CHECK_EQ_INT(cJSON_GetObjectItem(got, "prompt_tokens")->valueint,
                  cJSON_GetArraySize(cJSON_GetObjectItem(ref, "prompt_tokens")));
-    const char *keys[] = {"drafted", "accepted", "acceptance_rate", "mean_accepted_length",
-                          "accepted_by_position", "rounds", "fallbacks", "tokens_per_second"};
+    const char *keys[] = {
+        "drafted", "accepted",  "acceptance_rate",  "mean_accepted_length", "accepted_by_position",
+        "rounds",  "fallbacks", "tokens_per_second"};
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
         CHECK_MSG(cJSON_GetObjectItem(stats, keys[i]) != NULL, "stats lacks %s", keys[i]);
-    CHECK_STR(cJSON_GetObjectItem(got, "text")->valuestring, cJSON_GetObjectItem(ref, "text")->valuestring);
+    CHECK_STR(cJSON_GetObjectItem(got, "text")->valuestring,
+              cJSON_GetObjectItem(ref, "text")->valuestring);
     cJSON_Delete(ref), cJSON_Delete(got), free(out);
 }
 
 TD_TEST(streamed_text_equals_json_text) {
     char *a = NULL, *b = NULL;
-    CHECK_EQ_INT(s_run("generate --verifier " E2E " --chat none --max-tokens 20 --temperature 0.8 --seed 7 --prompt 'And God'", 0, &a), 0);
-    CHECK_EQ_INT(s_run("generate --verifier " E2E " --chat none --max-tokens 20 --temperature 0.8 --seed 7 --json --prompt 'And God'", 0, &b), 0);
+    CHECK_EQ_INT(s_run("generate --verifier " E2E
+                       " --chat none --max-tokens 20 --temperature 0.8 --seed 7 --prompt 'And God'",
+                       0, &a),
+                 0);
+    CHECK_EQ_INT(
+        s_run("generate --verifier " E2E
+              " --chat none --max-tokens 20 --temperature 0.8 --seed 7 --json --prompt 'And God'",
+              0, &b),
+        0);
     cJSON *j = cJSON_Parse(b);
     REQUIRE(j);
     size_t n = strlen(a);
@@ -109,23 +119,33 @@ TD_TEST(streamed_text_equals_json_text) {
     CHECK_STR(a, cJSON_GetObjectItem(j, "text")->valuestring);
     /* same seed, same tokens; another seed differs */
     char *c = NULL;
-    CHECK_EQ_INT(s_run("generate --verifier " E2E " --chat none --max-tokens 20 --temperature 0.8 --seed 8 --json --prompt 'And God'", 0, &c), 0);
+    CHECK_EQ_INT(
+        s_run("generate --verifier " E2E
+              " --chat none --max-tokens 20 --temperature 0.8 --seed 8 --json --prompt 'And God'",
+              0, &c),
+        0);
     cJSON *k = cJSON_Parse(c);
     REQUIRE(k);
-    char *t1 = cJSON_PrintUnformatted(cJSON_GetObjectItem(j, "tokens")), *t2 = cJSON_PrintUnformatted(cJSON_GetObjectItem(k, "tokens"));
+    char *t1 = cJSON_PrintUnformatted(cJSON_GetObjectItem(j, "tokens")),
+         *t2 = cJSON_PrintUnformatted(cJSON_GetObjectItem(k, "tokens"));
     CHECK(strcmp(t1, t2) != 0);
     free(t1), free(t2), cJSON_Delete(j), cJSON_Delete(k), free(a), free(b), free(c);
 }
 
 TD_TEST(chat_template_applied_and_stops) {
     char *out = NULL;
-    /* a chat prompt renders through the checkpoint's template: more prompt tokens than the raw text */
-    CHECK_EQ_INT(s_run("generate --verifier " E2E " --max-tokens 4 --json --prompt 'hi'", 0, &out), 0);
+    /* a chat prompt renders through the checkpoint's template: more prompt tokens than the raw text
+     */
+    CHECK_EQ_INT(s_run("generate --verifier " E2E " --max-tokens 4 --json --prompt 'hi'", 0, &out),
+                 0);
     cJSON *j = cJSON_Parse(out);
     REQUIRE(j);
     CHECK(cJSON_GetObjectItem(j, "prompt_tokens")->valueint > 10);
     cJSON_Delete(j), free(out);
-    CHECK_EQ_INT(s_run("generate --verifier " E2E " --chat none --max-tokens 4 --json --prompt 'hi'", 0, &out), 0);
+    CHECK_EQ_INT(s_run("generate --verifier " E2E
+                       " --chat none --max-tokens 4 --json --prompt 'hi'",
+                       0, &out),
+                 0);
     j = cJSON_Parse(out);
     REQUIRE(j);
     CHECK(cJSON_GetObjectItem(j, "prompt_tokens")->valueint < 5);
@@ -152,7 +172,10 @@ TD_TEST(errors_are_clear) {
     char tmpl[] = "/tmp/td_cli_XXXXXX";
     REQUIRE(mkdtemp(tmpl));
     char cmd[1024];
-    snprintf(cmd, sizeof cmd, "cp tests/data/models/qwen2/config.json tests/data/models/qwen2/model.safetensors %s/ && cp tests/data/tokenizers/qwen2/tokenizer.json %s/", tmpl, tmpl);
+    snprintf(cmd, sizeof cmd,
+             "cp tests/data/models/qwen2/config.json tests/data/models/qwen2/model.safetensors %s/ "
+             "&& cp tests/data/tokenizers/qwen2/tokenizer.json %s/",
+             tmpl, tmpl);
     REQUIRE(system(cmd) == 0);
     snprintf(cmd, sizeof cmd, "generate --verifier %s --prompt x", tmpl);
     CHECK_EQ_INT(s_run(cmd, 1, &out), 1);
@@ -178,7 +201,8 @@ TD_TEST(help_and_subcommands) {
     CHECK_EQ_INT(s_run("tokenize --model " E2E " --text 'And God said' --json", 0, &out), 0);
     cJSON *j = cJSON_Parse(out), *ref = s_load_json(E2E "/greedy.json");
     REQUIRE(j && ref);
-    char *a = cJSON_PrintUnformatted(cJSON_GetObjectItem(j, "ids")), *b = cJSON_PrintUnformatted(cJSON_GetObjectItem(ref, "prompt_tokens"));
+    char *a = cJSON_PrintUnformatted(cJSON_GetObjectItem(j, "ids")),
+         *b = cJSON_PrintUnformatted(cJSON_GetObjectItem(ref, "prompt_tokens"));
     CHECK_STR(a, b);
     free(a), free(b), cJSON_Delete(j), cJSON_Delete(ref), free(out);
 }

@@ -23,7 +23,8 @@ static const int32_t s_prompt[] = {35, 279, 223, 41, 81, 70, 282, 67};
 #define NP ((int)(sizeof s_prompt / sizeof s_prompt[0]))
 
 /* Exact joint of the first two tokens under the verifier's sampling distribution. */
-static void s_exact_joint(td_model_t *v, const td_sampling_t *sp, int32_t *t1s, int32_t *t2s, double *pj, int *n) {
+static void s_exact_joint(td_model_t *v, const td_sampling_t *sp, int32_t *t1s, int32_t *t2s,
+                          double *pj, int *n) {
     const int V = td_model_config(v)->n_vocab;
     td_err_t err = {0};
     float *logits = malloc(sizeof(float) * (size_t)V), *p1 = malloc(sizeof(float) * (size_t)V),
@@ -66,9 +67,11 @@ static double s_run(td_pair_t *pair, td_spec_params_t p, int n_gen, double *acc_
         int32_t out[4];
         td_spec_stats_t st;
         td_err_t err = {0};
-        int rc = td_spec_generate(pair->verifier, pair->dc, 1000 + (uint64_t)(s % 3), s_prompt, NP, &p, NULL, NULL, out, &st, &err);
+        int rc = td_spec_generate(pair->verifier, pair->dc, 1000 + (uint64_t)(s % 3), s_prompt, NP,
+                                  &p, NULL, NULL, out, &st, &err);
         if (rc != TD_OK || st.generated != 2 || st.fallbacks) {
-            td_test_fail(__FILE__, __LINE__, "generation %d: rc %d, %d tokens, %d fallbacks (%s / %s)", s, rc,
+            td_test_fail(__FILE__, __LINE__,
+                         "generation %d: rc %d, %d tokens, %d fallbacks (%s / %s)", s, rc,
                          st.generated, st.fallbacks, err.msg, st.last_fallback);
             return 0;
         }
@@ -107,7 +110,8 @@ static void s_check(const char *dname, td_spec_params_t p, const char *label) {
         double pv = s_run(&pair, p, 6000, &acc);
         printf("    %-44s p-value %.4f, acceptance %.3f\n", label, pv, acc);
         CHECK_MSG(pv > ALPHA, "%s: chi-square rejects exactness (p = %.3g)", label, pv);
-        CHECK_MSG(acc > 0.05, "%s: acceptance %.3f too low for the test to exercise acceptance", label, acc);
+        CHECK_MSG(acc > 0.05, "%s: acceptance %.3f too low for the test to exercise acceptance",
+                  label, acc);
     }
     td_pair_close(&pair);
 }
@@ -116,14 +120,18 @@ TD_TEST(spec_ar_rejection_is_exact) {
     s_check(ARDIR, s_params(TD_METHOD_SPEC_AR, TD_VERIFY_REJECTION, 0, 1), "spec-ar rejection");
 }
 TD_TEST(specdiff_rejection_left_to_right_is_exact) {
-    s_check(DDIR, s_params(TD_METHOD_SPECDIFF, TD_VERIFY_REJECTION, 0, 3), "specdiff rejection l2r steps=gamma");
+    s_check(DDIR, s_params(TD_METHOD_SPECDIFF, TD_VERIFY_REJECTION, 0, 3),
+            "specdiff rejection l2r steps=gamma");
 }
 TD_TEST(specdiff_rejection_one_step_is_exact) {
-    s_check(DDIR, s_params(TD_METHOD_SPECDIFF, TD_VERIFY_REJECTION, 1, 1), "specdiff rejection confidence steps=1");
+    s_check(DDIR, s_params(TD_METHOD_SPECDIFF, TD_VERIFY_REJECTION, 1, 1),
+            "specdiff rejection confidence steps=1");
 }
 TD_TEST(specdiff_match_any_order_is_exact) {
-    s_check(DDIR, s_params(TD_METHOD_SPECDIFF, TD_VERIFY_MATCH, 1, 2), "specdiff match confidence steps=2");
-    s_check(DDIR, s_params(TD_METHOD_SPECDIFF, TD_VERIFY_MATCH, 3, 3), "specdiff match margin steps=3");
+    s_check(DDIR, s_params(TD_METHOD_SPECDIFF, TD_VERIFY_MATCH, 1, 2),
+            "specdiff match confidence steps=2");
+    s_check(DDIR, s_params(TD_METHOD_SPECDIFF, TD_VERIFY_MATCH, 3, 3),
+            "specdiff match margin steps=3");
 }
 
 /* A deliberately wrong target shows the test has power: generations at temperature 1.3 compared
@@ -145,7 +153,8 @@ TD_TEST(test_detects_a_wrong_distribution) {
         p.seed = (uint64_t)s + 1;
         int32_t out[4];
         td_spec_stats_t st;
-        REQUIRE(td_spec_generate(pair.verifier, pair.dc, 7, s_prompt, NP, &p, NULL, NULL, out, &st, &err) == TD_OK);
+        REQUIRE(td_spec_generate(pair.verifier, pair.dc, 7, s_prompt, NP, &p, NULL, NULL, out, &st,
+                                 &err) == TD_OK);
         int cell = cells;
         for (int i = 0; i < cells; i++)
             if (t1s[i] == out[0] && t2s[i] == out[1]) cell = i;
@@ -162,7 +171,8 @@ TD_TEST(test_detects_a_wrong_distribution) {
 TD_TEST(greedy_equals_ar_greedy) {
     td_err_t err = {0};
     const char *drafters[] = {ARDIR, DDIR, DDIR, DDIR};
-    const td_method_t methods[] = {TD_METHOD_SPEC_AR, TD_METHOD_SPECDIFF, TD_METHOD_SPECDIFF, TD_METHOD_SPECDIFF};
+    const td_method_t methods[] = {TD_METHOD_SPEC_AR, TD_METHOD_SPECDIFF, TD_METHOD_SPECDIFF,
+                                   TD_METHOD_SPECDIFF};
     const int orders[] = {0, 0, 1, 2};
     for (int k = 0; k < 4; k++) {
         td_pair_t pair;
@@ -172,18 +182,20 @@ TD_TEST(greedy_equals_ar_greedy) {
             int32_t ar[40], sp[40];
             td_gen_params_t gp = {.max_tokens = 40, .sampling = {0, 0, 1}};
             td_gen_stats_t gs;
-            REQUIRE(td_generate_ar(pair.verifier, s_prompt, plen, &gp, NULL, NULL, ar, &gs, &err) == TD_OK);
+            REQUIRE(td_generate_ar(pair.verifier, s_prompt, plen, &gp, NULL, NULL, ar, &gs, &err) ==
+                    TD_OK);
             td_spec_params_t p = s_params(methods[k], TD_VERIFY_REJECTION, orders[k], 2);
             p.sampling = p.draft_sampling = (td_sampling_t){0, 0, 1};
             p.gamma = 5;
             p.max_tokens = 40;
             td_spec_stats_t st;
-            REQUIRE(td_spec_generate(pair.verifier, pair.dc, 55, s_prompt, plen, &p, NULL, NULL, sp, &st, &err) == TD_OK);
+            REQUIRE(td_spec_generate(pair.verifier, pair.dc, 55, s_prompt, plen, &p, NULL, NULL, sp,
+                                     &st, &err) == TD_OK);
             CHECK_EQ_INT(st.generated, gs.generated);
             int same = 1;
             for (int i = 0; i < gs.generated && i < st.generated; i++) same &= ar[i] == sp[i];
-            CHECK_MSG(same, "%s order %d prompt %d: greedy speculative output differs from AR", td_method_name(methods[k]),
-                      orders[k], plen);
+            CHECK_MSG(same, "%s order %d prompt %d: greedy speculative output differs from AR",
+                      td_method_name(methods[k]), orders[k], plen);
             CHECK(st.rounds > 0 && st.fallbacks == 0);
         }
         td_pair_close(&pair);

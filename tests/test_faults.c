@@ -23,7 +23,8 @@ static td_pair_t *s_cur_pair;
 static pid_t s_spawn_drafter(const char *model) {
     pid_t pid = fork();
     if (pid == 0) {
-        const char *bin = getenv("TD_DRAFTER_BIN") ? getenv("TD_DRAFTER_BIN") : "build/bin/tandem-drafter";
+        const char *bin =
+            getenv("TD_DRAFTER_BIN") ? getenv("TD_DRAFTER_BIN") : "build/bin/tandem-drafter";
         setenv("TD_LOG", "error", 1);
         execl(bin, bin, "--model", model, "--bind", s_ep, "--threads", "1", (char *)NULL);
         _exit(127);
@@ -67,7 +68,9 @@ static void s_ar_reference(td_model_t *v, int n, int32_t *ref) {
     td_gen_params_t gp = {.max_tokens = n, .sampling = {0, 0, 1}};
     td_gen_stats_t gs;
     td_err_t err = {0};
-    if (td_generate_ar(v, s_prompt, 8, &gp, NULL, NULL, ref, &gs, &err) != TD_OK || gs.generated != n) abort();
+    if (td_generate_ar(v, s_prompt, 8, &gp, NULL, NULL, ref, &gs, &err) != TD_OK ||
+        gs.generated != n)
+        abort();
 }
 
 /* The callback plays the operator: at given token counts it kills, stops, continues or restarts
@@ -110,9 +113,11 @@ TD_TEST(drafter_killed_then_restarted) {
     td_spec_params_t p = s_greedy(N);
     td_spec_stats_t st;
     double t0 = td_time_now();
-    CHECK(td_spec_generate(pair.verifier, pair.dc, 42, s_prompt, 8, &p, s_chaos, &c, out, &st, &err) == TD_OK);
-    printf("    killed at token 12, back at 30: %d tokens in %.2f s, %d rounds, %d fallbacks (%s)\n", st.generated,
-           td_time_now() - t0, st.rounds, st.fallbacks, st.last_fallback);
+    CHECK(td_spec_generate(pair.verifier, pair.dc, 42, s_prompt, 8, &p, s_chaos, &c, out, &st,
+                           &err) == TD_OK);
+    printf(
+        "    killed at token 12, back at 30: %d tokens in %.2f s, %d rounds, %d fallbacks (%s)\n",
+        st.generated, td_time_now() - t0, st.rounds, st.fallbacks, st.last_fallback);
     CHECK_EQ_INT(st.generated, N);
     CHECK(memcmp(out, ref, sizeof ref) == 0);
     CHECK(st.fallbacks > 0);
@@ -134,8 +139,10 @@ TD_TEST(drafter_stalls_then_continues) {
     s_ar_reference(pair.verifier, N, ref);
     td_spec_params_t p = s_greedy(N);
     td_spec_stats_t st;
-    CHECK(td_spec_generate(pair.verifier, pair.dc, 43, s_prompt, 8, &p, s_chaos, &c, out, &st, &err) == TD_OK);
-    printf("    stalled from token 10 to 25: %d rounds, %d fallbacks (%s)\n", st.rounds, st.fallbacks, st.last_fallback);
+    CHECK(td_spec_generate(pair.verifier, pair.dc, 43, s_prompt, 8, &p, s_chaos, &c, out, &st,
+                           &err) == TD_OK);
+    printf("    stalled from token 10 to 25: %d rounds, %d fallbacks (%s)\n", st.rounds,
+           st.fallbacks, st.last_fallback);
     CHECK_EQ_INT(st.generated, N);
     CHECK(memcmp(out, ref, sizeof ref) == 0);
     CHECK(st.fallbacks > 0);
@@ -211,9 +218,11 @@ TD_TEST(drafter_answers_garbage) {
     s_ar_reference(pair.verifier, N, ref);
     td_spec_params_t p = s_greedy(N);
     td_spec_stats_t st;
-    CHECK(td_spec_generate(pair.verifier, pair.dc, 44, s_prompt, 8, &p, NULL, NULL, out, &st, &err) == TD_OK);
-    printf("    garbage drafter: %d tokens, %d rounds, %d fallbacks after %d garbage answers (last: %s)\n", st.generated,
-           st.rounds, st.fallbacks, f.answered, st.last_fallback);
+    CHECK(td_spec_generate(pair.verifier, pair.dc, 44, s_prompt, 8, &p, NULL, NULL, out, &st,
+                           &err) == TD_OK);
+    printf("    garbage drafter: %d tokens, %d rounds, %d fallbacks after %d garbage answers "
+           "(last: %s)\n",
+           st.generated, st.rounds, st.fallbacks, f.answered, st.last_fallback);
     CHECK_EQ_INT(st.generated, N);
     CHECK(memcmp(out, ref, sizeof ref) == 0);
     CHECK_EQ_INT(st.rounds, 0);
@@ -233,7 +242,8 @@ TD_TEST(tokenizer_mismatch_refused_at_connect) {
     /* a drafter whose tokenizer differs in one vocabulary entry */
     char dir[128], cmd[512];
     snprintf(dir, sizeof dir, "%s/other", s_dir);
-    snprintf(cmd, sizeof cmd, "mkdir -p %s && cp " ARDIR "/config.json " ARDIR "/model.safetensors %s/", dir, dir);
+    snprintf(cmd, sizeof cmd,
+             "mkdir -p %s && cp " ARDIR "/config.json " ARDIR "/model.safetensors %s/", dir, dir);
     REQUIRE(system(cmd) == 0);
     char *data = NULL;
     size_t len = 0;
@@ -279,8 +289,11 @@ static pid_t s_spawn(const char *bin, const char *model, const char *drafter, co
     pid_t pid = fork();
     if (pid == 0) {
         setenv("TD_LOG", "error", 1);
-        if (drafter) execl(bin, bin, "--model", model, "--drafter", drafter, "--bind", bind, "--threads", "1", (char *)NULL);
-        else execl(bin, bin, "--model", model, "--bind", bind, "--threads", "1", (char *)NULL);
+        if (drafter)
+            execl(bin, bin, "--model", model, "--drafter", drafter, "--bind", bind, "--threads",
+                  "1", (char *)NULL);
+        else
+            execl(bin, bin, "--model", model, "--bind", bind, "--threads", "1", (char *)NULL);
         _exit(127);
     }
     return pid;
@@ -305,8 +318,11 @@ TD_TEST(remote_verifier_serves_and_its_death_is_reported) {
     pid_t v = s_spawn("build/bin/tandem-verifier", VDIR, s_ep, vep);
     double secs = 0;
     /* the three processes produce AR greedy output (tests/data/e2e/qwen2-chat/greedy.json) */
-    snprintf(cmd, sizeof cmd, "build/bin/tandem generate --verifier %s --method specdiff --chat none --max-tokens 24 "
-                              "--temperature 0 --json --prompt 'And God said' 2>&1", vep);
+    snprintf(
+        cmd, sizeof cmd,
+        "build/bin/tandem generate --verifier %s --method specdiff --chat none --max-tokens 24 "
+        "--temperature 0 --json --prompt 'And God said' 2>&1",
+        vep);
     int rc = -1;
     for (int i = 0; i < 30 && rc != 0; i++) {
         rc = s_popen(cmd, out, sizeof out, &secs);
@@ -320,14 +336,18 @@ TD_TEST(remote_verifier_serves_and_its_death_is_reported) {
     cJSON *rj = cJSON_Parse(ref);
     free(ref);
     REQUIRE(j && rj);
-    char *a = cJSON_PrintUnformatted(cJSON_GetObjectItem(j, "tokens")), *b = cJSON_PrintUnformatted(cJSON_GetObjectItem(rj, "tokens"));
+    char *a = cJSON_PrintUnformatted(cJSON_GetObjectItem(j, "tokens")),
+         *b = cJSON_PrintUnformatted(cJSON_GetObjectItem(rj, "tokens"));
     CHECK_STR(a, b);
     cJSON *stats = cJSON_GetObjectItem(j, "stats");
     CHECK(stats && cJSON_GetObjectItem(stats, "rounds")->valueint > 0);
     free(a), free(b), cJSON_Delete(j), cJSON_Delete(rj);
     /* a hung verifier: the client reports it within its timeout */
     kill(v, SIGSTOP);
-    snprintf(cmd, sizeof cmd, "build/bin/tandem generate --verifier %s --timeout-ms 1000 --chat none --prompt x 2>&1", vep);
+    snprintf(
+        cmd, sizeof cmd,
+        "build/bin/tandem generate --verifier %s --timeout-ms 1000 --chat none --prompt x 2>&1",
+        vep);
     rc = s_popen(cmd, out, sizeof out, &secs);
     printf("    hung verifier: exit %d after %.2f s: %s", rc, secs, out);
     CHECK_EQ_INT(rc, 1);

@@ -8,15 +8,17 @@ int td_generate_ar(td_model_t *m, const int32_t *prompt, int n_prompt, const td_
     const td_config_t *c = td_model_config(m);
     td_gen_stats_t s = {.prompt_tokens = n_prompt};
     if (!c->causal)
-        return td_err_set(err, TD_ERR_ARG,
-                          "%s is a diffusion LM (bidirectional): plain AR decoding needs a causal model",
-                          td_arch_name(c->arch));
+        return td_err_set(
+            err, TD_ERR_ARG,
+            "%s is a diffusion LM (bidirectional): plain AR decoding needs a causal model",
+            td_arch_name(c->arch));
     if (n_prompt <= 0) return td_err_set(err, TD_ERR_ARG, "empty prompt");
     if (p->max_tokens < 0) return td_err_set(err, TD_ERR_ARG, "max_tokens must be >= 0");
     int n_ctx = n_prompt + p->max_tokens;
     if (c->n_ctx_train > 0 && n_ctx > c->n_ctx_train) {
         if (n_prompt >= c->n_ctx_train)
-            return td_err_set(err, TD_ERR_ARG, "prompt of %d tokens does not fit the model's context of %d",
+            return td_err_set(err, TD_ERR_ARG,
+                              "prompt of %d tokens does not fit the model's context of %d",
                               n_prompt, c->n_ctx_train);
         n_ctx = c->n_ctx_train;
     }
@@ -35,7 +37,8 @@ int td_generate_ar(td_model_t *m, const int32_t *prompt, int n_prompt, const td_
     double t0 = td_time_now();
     if (rc == TD_OK) {
         last[n_prompt - 1] = 1;
-        td_batch_t b = {.n = n_prompt, .tokens = prompt, .attn = TD_ATTN_CAUSAL, .logits_for = last};
+        td_batch_t b = {
+            .n = n_prompt, .tokens = prompt, .attn = TD_ATTN_CAUSAL, .logits_for = last};
         rc = td_model_forward(m, kv, &b, logits, err);
         s.forwards++;
     }
@@ -45,11 +48,17 @@ int td_generate_ar(td_model_t *m, const int32_t *prompt, int n_prompt, const td_
     while (rc == TD_OK && s.generated < p->max_tokens && n_prompt + s.generated < n_ctx) {
         int32_t id = td_sample(&p->sampling, &rng, logits, c->n_vocab, NULL);
         out[s.generated++] = id;
-        if (cb && cb(ud, id)) { s.stop = TD_STOP_CALLBACK; break; }
+        if (cb && cb(ud, id)) {
+            s.stop = TD_STOP_CALLBACK;
+            break;
+        }
         int stop = 0;
         for (int i = 0; i < p->n_stop; i++)
             if (p->stop_ids[i] == id) stop = 1;
-        if (stop) { s.stop = TD_STOP_EOS; break; }
+        if (stop) {
+            s.stop = TD_STOP_EOS;
+            break;
+        }
         if (s.generated == p->max_tokens || n_prompt + s.generated >= n_ctx) break;
         td_batch_t b = {.n = 1, .tokens = &id, .attn = TD_ATTN_CAUSAL};
         rc = td_model_forward(m, kv, &b, logits, err);

@@ -11,7 +11,7 @@ extern "C" {
 #endif
 
 typedef struct td_gen_params {
-    int max_tokens;          /* generated tokens at most */
+    int max_tokens; /* generated tokens at most */
     td_sampling_t sampling;
     uint64_t seed;
     const int32_t *stop_ids; /* generation ends after emitting one of these (it is kept in out) */
@@ -23,7 +23,7 @@ typedef enum td_stop_reason { TD_STOP_LENGTH = 0, TD_STOP_EOS, TD_STOP_CALLBACK 
 typedef struct td_gen_stats {
     int prompt_tokens;
     int generated;
-    int forwards;            /* sequential forward passes (the critical path) */
+    int forwards; /* sequential forward passes (the critical path) */
     double prefill_s, decode_s;
     td_stop_reason_t stop;
 } td_gen_stats_t;

@@ -8,10 +8,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *s_methods[TD_METHOD_COUNT] = {"ar", "spec-ar", "specdiff", "apd", "diffusion", "selfspec", "planned"};
+static const char *s_methods[TD_METHOD_COUNT] = {"ar",        "spec-ar",  "specdiff", "apd",
+                                                 "diffusion", "selfspec", "planned"};
 static const char *s_verifies[] = {"rejection", "match", "greedy"};
 
-const char *td_method_name(td_method_t m) { return (unsigned)m < TD_METHOD_COUNT ? s_methods[m] : "?"; }
+const char *td_method_name(td_method_t m) {
+    return (unsigned)m < TD_METHOD_COUNT ? s_methods[m] : "?";
+}
 int td_method_parse(const char *s) {
     for (int i = 0; i < TD_METHOD_COUNT; i++)
         if (!strcmp(s, s_methods[i])) return i;
@@ -25,15 +28,22 @@ int td_verify_parse(const char *s) {
 }
 
 td_spec_params_t td_spec_params_default(td_method_t method) {
-    td_spec_params_t p = {
-        .method = method, .gamma = 8, .steps = 4, .order = 0, .verify = TD_VERIFY_REJECTION,
-        .max_tokens = 128, .sampling = {0, 0, 1}, .draft_sampling = {0, 0, 1}, .dist_top_k = 32,
-        .apd_mixture = 0.7f, .apd_kv_window = 16, .drafter_timeout_ms = 5000};
+    td_spec_params_t p = {.method = method,
+                          .gamma = 8,
+                          .steps = 4,
+                          .order = 0,
+                          .verify = TD_VERIFY_REJECTION,
+                          .max_tokens = 128,
+                          .sampling = {0, 0, 1},
+                          .draft_sampling = {0, 0, 1},
+                          .dist_top_k = 32,
+                          .apd_mixture = 0.7f,
+                          .apd_kv_window = 16,
+                          .drafter_timeout_ms = 5000};
     if (method == TD_METHOD_SPEC_AR) p.steps = 1;
     if (method == TD_METHOD_APD) p.gamma = 16, p.steps = 1;
     return p;
 }
-
 
 typedef struct link {
     td_client_t *dc;
@@ -70,7 +80,8 @@ static Tandem__Envelope *s_wait(link_t *l, uint64_t round, Tandem__Envelope__Bod
 }
 
 static Tandem__Envelope *s_request_draft(link_t *l, uint64_t round, const int32_t *text, int *known,
-                                         int cur, int gamma, const td_spec_params_t *p, int want_dist) {
+                                         int cur, int gamma, const td_spec_params_t *p,
+                                         int want_dist) {
     for (int attempt = 0; attempt < 2; attempt++) {
         Tandem__Envelope env;
         Tandem__DraftRequest r;
@@ -120,7 +131,8 @@ static Tandem__Envelope *s_request_draft(link_t *l, uint64_t round, const int32_
         snprintf(l->why, sizeof l->why, "drafter error %s: %.200s", td_wire_error_code_name(code),
                  ans->error->message ? ans->error->message : "");
         td_wire_free(&ans);
-        if ((code == TANDEM__ERROR_CODE__ERROR_UNKNOWN_SESSION || code == TANDEM__ERROR_CODE__ERROR_OUT_OF_ORDER) &&
+        if ((code == TANDEM__ERROR_CODE__ERROR_UNKNOWN_SESSION ||
+             code == TANDEM__ERROR_CODE__ERROR_OUT_OF_ORDER) &&
             base > 0) {
             *known = 0; /* the drafter lost the session: send the whole text again */
             continue;
@@ -128,7 +140,8 @@ static Tandem__Envelope *s_request_draft(link_t *l, uint64_t round, const int32_
         if (code == TANDEM__ERROR_CODE__ERROR_NO_HANDSHAKE && l->hello && attempt == 0) {
             /* a drafter that restarted does not know us: handshake again, resend from scratch */
             if (td_client_handshake(l->dc, l->hello, NULL, l->timeout_ms, &err) != TD_OK) {
-                snprintf(l->why, sizeof l->why, "handshake with the restarted drafter failed: %.200s", err.msg);
+                snprintf(l->why, sizeof l->why,
+                         "handshake with the restarted drafter failed: %.200s", err.msg);
                 return NULL;
             }
             *known = 0;
@@ -140,7 +153,8 @@ static Tandem__Envelope *s_request_draft(link_t *l, uint64_t round, const int32_
 }
 
 /* Fetches the drafter's full row of the current proposal into dst[V]. */
-static int s_fetch_row(link_t *l, uint64_t round, int pos, Tandem__RowKind kind, float *dst, int V) {
+static int s_fetch_row(link_t *l, uint64_t round, int pos, Tandem__RowKind kind, float *dst,
+                       int V) {
     Tandem__Envelope env;
     Tandem__FullRowRequest r;
     td_wire_full_row_request_init(&env, &r, l->session, round);
@@ -155,7 +169,8 @@ static int s_fetch_row(link_t *l, uint64_t round, int pos, Tandem__RowKind kind,
         Tandem__Envelope *ans = s_wait(l, round, TANDEM__ENVELOPE__BODY_FULL_ROW);
         if (!ans) return -1;
         if (ans->body_case == TANDEM__ENVELOPE__BODY_ERROR) {
-            snprintf(l->why, sizeof l->why, "drafter error on a full row: %.200s", ans->error->message);
+            snprintf(l->why, sizeof l->why, "drafter error on a full row: %.200s",
+                     ans->error->message);
             td_wire_free(&ans);
             return -1;
         }
@@ -164,15 +179,19 @@ static int s_fetch_row(link_t *l, uint64_t round, int pos, Tandem__RowKind kind,
             continue;
         }
         int ok = ans->full_row->n_values >= (size_t)V;
-        if (ok) memcpy(dst, ans->full_row->values, (size_t)V * sizeof(float));
-        else snprintf(l->why, sizeof l->why, "drafter sent a row of %zu values, need %d", ans->full_row->n_values, V);
+        if (ok)
+            memcpy(dst, ans->full_row->values, (size_t)V * sizeof(float));
+        else
+            snprintf(l->why, sizeof l->why, "drafter sent a row of %zu values, need %d",
+                     ans->full_row->n_values, V);
         td_wire_free(&ans);
         return ok ? 0 : -1;
     }
 }
 
 /* Checks a proposal's shape; NULL when usable, else why not. */
-static const char *s_check_proposal(const Tandem__Proposal *pr, int gamma, int V, int want_dist, int apd) {
+static const char *s_check_proposal(const Tandem__Proposal *pr, int gamma, int V, int want_dist,
+                                    int apd) {
     if (pr->n_tokens != (size_t)gamma) return "wrong number of drafted tokens";
     for (size_t j = 0; j < pr->n_tokens; j++)
         if (pr->tokens[j] >= (uint32_t)V) return "drafted token outside the verifier's vocabulary";
@@ -181,39 +200,46 @@ static const char *s_check_proposal(const Tandem__Proposal *pr, int gamma, int V
     for (size_t j = 0; j < pr->n_dists; j++) {
         const Tandem__SparseDist *d = pr->dists[j];
         for (size_t i = 0; i < d->n_ids; i++)
-            if (d->ids[i] >= (uint32_t)V) return "distribution id outside the verifier's vocabulary";
+            if (d->ids[i] >= (uint32_t)V)
+                return "distribution id outside the verifier's vocabulary";
         if (apd && d->n_logits != d->n_ids) return "APD proposal without logits";
     }
     return NULL;
 }
 
 int td_spec_generate(td_model_t *v, td_client_t *dc, uint64_t session_id, const int32_t *prompt,
-                     int n_prompt, const td_spec_params_t *p, td_token_cb cb, void *ud, int32_t *out,
-                     td_spec_stats_t *st, td_err_t *err) {
+                     int n_prompt, const td_spec_params_t *p, td_token_cb cb, void *ud,
+                     int32_t *out, td_spec_stats_t *st, td_err_t *err) {
     const td_config_t *c = td_model_config(v);
     const int V = c->n_vocab, apd = p->method == TD_METHOD_APD;
     td_spec_stats_t s;
     memset(&s, 0, sizeof s);
     s.lossy = apd;
-    if (!c->causal) return td_err_set(err, TD_ERR_ARG, "the verifier must be a causal LM (%s is not)", td_arch_name(c->arch));
+    if (!c->causal)
+        return td_err_set(err, TD_ERR_ARG, "the verifier must be a causal LM (%s is not)",
+                          td_arch_name(c->arch));
     if (p->gamma < 1 || p->gamma > TD_SPEC_MAX_GAMMA)
-        return td_err_set(err, TD_ERR_ARG, "gamma must be in [1, %d], got %d", TD_SPEC_MAX_GAMMA, p->gamma);
+        return td_err_set(err, TD_ERR_ARG, "gamma must be in [1, %d], got %d", TD_SPEC_MAX_GAMMA,
+                          p->gamma);
     if (n_prompt < 1) return td_err_set(err, TD_ERR_ARG, "empty prompt");
     int n_ctx = n_prompt + p->max_tokens + p->gamma + 1;
     if (c->n_ctx_train > 0 && n_ctx > c->n_ctx_train) n_ctx = c->n_ctx_train;
     if (n_prompt + 1 >= n_ctx)
-        return td_err_set(err, TD_ERR_ARG, "prompt of %d tokens does not fit the context of %d", n_prompt, n_ctx);
+        return td_err_set(err, TD_ERR_ARG, "prompt of %d tokens does not fit the context of %d",
+                          n_prompt, n_ctx);
     const int greedy = p->sampling.temperature <= 0 || p->verify == TD_VERIFY_GREEDY;
     const int want_dist = apd || (!greedy && p->verify == TD_VERIFY_REJECTION);
     td_kv_cache_t *kv = td_kv_cache_new(v, 1, n_ctx, err);
     int32_t *text = malloc((size_t)n_ctx * sizeof *text);
     const size_t rows = (size_t)p->gamma + 1;
-    float *logits = malloc(rows * (size_t)V * sizeof(float)), *prob = malloc(rows * (size_t)V * sizeof(float));
+    float *logits = malloc(rows * (size_t)V * sizeof(float)),
+          *prob = malloc(rows * (size_t)V * sizeof(float));
     float *qfull_mem = NULL;
     const float **qfull = calloc(rows, sizeof *qfull);
     td_sparse_row_t *sq = calloc(rows, sizeof *sq);
     td_apd_row_t *ar = calloc(rows, sizeof *ar);
-    int32_t *ids = malloc(rows * (size_t)TD_WIRE_MAX_DIST_TOP_K * sizeof *ids), acc_out[TD_SPEC_MAX_GAMMA + 1];
+    int32_t *ids = malloc(rows * (size_t)TD_WIRE_MAX_DIST_TOP_K * sizeof *ids),
+            acc_out[TD_SPEC_MAX_GAMMA + 1];
     int32_t draft[TD_SPEC_MAX_GAMMA], btok[TD_SPEC_MAX_GAMMA + 1], bpos[TD_SPEC_MAX_GAMMA + 1];
     int rc = TD_OK;
     if (!kv || !text || !logits || !prob || !qfull || !sq || !ar || !ids) {
@@ -225,13 +251,15 @@ int td_spec_generate(td_model_t *v, td_client_t *dc, uint64_t session_id, const 
     uint64_t round = 0, next_try = 0;
     td_rng_t rng;
     td_rng_seed(&rng, p->seed);
-    link_t l = {dc, session_id, p->drafter_timeout_ms > 0 ? p->drafter_timeout_ms : 5000, p->hello, ""};
+    link_t l = {dc, session_id, p->drafter_timeout_ms > 0 ? p->drafter_timeout_ms : 5000, p->hello,
+                ""};
     double t_start = td_time_now();
     if (cur >= 2) { /* the cache holds every accepted token but the last */
         double t0 = td_time_now();
         uint8_t *none = calloc((size_t)cur, 1);
         td_batch_t b = {.n = cur - 1, .tokens = text, .attn = TD_ATTN_CAUSAL, .logits_for = none};
-        rc = none ? td_model_forward(v, kv, &b, NULL, err) : td_err_set(err, TD_ERR_NOMEM, "out of memory");
+        rc = none ? td_model_forward(v, kv, &b, NULL, err)
+                  : td_err_set(err, TD_ERR_NOMEM, "out of memory");
         free(none);
         s.forwards++;
         s.verifier_s += td_time_now() - t0;
@@ -276,7 +304,8 @@ int td_spec_generate(td_model_t *v, td_client_t *dc, uint64_t session_id, const 
             if (g >= 1) {
                 s.fallbacks++;
                 snprintf(s.last_fallback, sizeof s.last_fallback, "%s", l.why);
-                td_log(TD_LOG_INFO, "verifier: round %llu as plain AR: %s", (unsigned long long)round, l.why);
+                td_log(TD_LOG_INFO, "verifier: round %llu as plain AR: %s",
+                       (unsigned long long)round, l.why);
             }
             int32_t last = text[cur - 1], pos = cur - 1;
             td_batch_t b = {.n = 1, .tokens = &last, .pos = &pos, .attn = TD_ATTN_CAUSAL};
@@ -313,8 +342,15 @@ int td_spec_generate(td_model_t *v, td_client_t *dc, uint64_t session_id, const 
                 for (;;) {
                     rc = td_apd_accept(ar, qfull, logits, draft, g, V, p->apd_mixture, &k, &need);
                     if (rc != TD_OK || need < 0) break;
-                    if (!qfull_mem && !(qfull_mem = malloc(rows * (size_t)V * sizeof(float)))) { fail = 1; break; }
-                    if (s_fetch_row(&l, round, need, TANDEM__ROW_KIND__ROW_LOGITS, qfull_mem + (size_t)need * V, V)) { fail = 1; break; }
+                    if (!qfull_mem && !(qfull_mem = malloc(rows * (size_t)V * sizeof(float)))) {
+                        fail = 1;
+                        break;
+                    }
+                    if (s_fetch_row(&l, round, need, TANDEM__ROW_KIND__ROW_LOGITS,
+                                    qfull_mem + (size_t)need * V, V)) {
+                        fail = 1;
+                        break;
+                    }
                     qfull[need] = qfull_mem + (size_t)need * V;
                     s.full_rows++;
                 }
@@ -333,10 +369,18 @@ int td_spec_generate(td_model_t *v, td_client_t *dc, uint64_t session_id, const 
                     rc = td_accept_match(prob, draft, g, V, &rng, acc_out, &n_acc);
                 } else {
                     for (;;) {
-                        rc = td_accept_rejection_sparse(prob, sq, qfull, draft, g, V, &rng, acc_out, &n_acc, &need);
+                        rc = td_accept_rejection_sparse(prob, sq, qfull, draft, g, V, &rng, acc_out,
+                                                        &n_acc, &need);
                         if (rc != TD_OK || need < 0) break;
-                        if (!qfull_mem && !(qfull_mem = malloc(rows * (size_t)V * sizeof(float)))) { fail = 1; break; }
-                        if (s_fetch_row(&l, round, need, TANDEM__ROW_KIND__ROW_PROBS, qfull_mem + (size_t)need * V, V)) { fail = 1; break; }
+                        if (!qfull_mem && !(qfull_mem = malloc(rows * (size_t)V * sizeof(float)))) {
+                            fail = 1;
+                            break;
+                        }
+                        if (s_fetch_row(&l, round, need, TANDEM__ROW_KIND__ROW_PROBS,
+                                        qfull_mem + (size_t)need * V, V)) {
+                            fail = 1;
+                            break;
+                        }
                         qfull[need] = qfull_mem + (size_t)need * V;
                         s.full_rows++;
                     }
@@ -345,7 +389,8 @@ int td_spec_generate(td_model_t *v, td_client_t *dc, uint64_t session_id, const 
             }
             td_wire_free(&prop);
             if (rc != TD_OK) {
-                td_err_set(err, rc, "acceptance rule failed (round %llu)", (unsigned long long)round);
+                td_err_set(err, rc, "acceptance rule failed (round %llu)",
+                           (unsigned long long)round);
                 break;
             }
             if (fail) {
@@ -376,15 +421,22 @@ int td_spec_generate(td_model_t *v, td_client_t *dc, uint64_t session_id, const 
             text[cur++] = id;
             out[s.generated++] = id;
             emitted++;
-            if (cb && cb(ud, id)) { s.stop = TD_STOP_CALLBACK; break; }
+            if (cb && cb(ud, id)) {
+                s.stop = TD_STOP_CALLBACK;
+                break;
+            }
             int stop = 0;
             for (int k = 0; k < p->n_stop; k++) stop |= p->stop_ids[k] == id;
-            if (stop) { s.stop = TD_STOP_EOS; break; }
+            if (stop) {
+                s.stop = TD_STOP_EOS;
+                break;
+            }
         }
         /* keep the keys/values of verified positions only: the cache must hold cur - 1 tokens */
         int keep = cur - 1;
         td_kv_cache_crop(kv, 0, keep);
-        if (td_kv_cache_len(kv, 0) < keep) { /* cannot happen: every emitted token but the last was in the batch */
+        if (td_kv_cache_len(kv, 0) <
+            keep) { /* cannot happen: every emitted token but the last was in the batch */
             rc = td_err_set(err, TD_ERR, "internal: verifier cache behind the text");
             break;
         }
