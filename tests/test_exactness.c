@@ -12,6 +12,7 @@
 #include "verifier/spec.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #define VDIR "tests/data/e2e/qwen2-chat"
 #define ARDIR "tests/data/e2e/qwen2-ar-drafter"
@@ -200,6 +201,42 @@ TD_TEST(greedy_equals_ar_greedy) {
         }
         td_pair_close(&pair);
     }
+}
+
+/* Pre-drafting changes timing only: with the same seed the output is identical with and without
+ * it, at temperature 0 and when sampling; with the verifier as its own drafter (every draft
+ * accepted) pre-drafts are actually used. */
+TD_TEST(predraft_changes_no_output) {
+    const char *drafters[] = {ARDIR, VDIR};
+    for (int k = 0; k < 2; k++)
+        for (int temp = 0; temp < 2; temp++) {
+            int32_t outs[2][48];
+            td_spec_stats_t sts[2];
+            for (int pd = 0; pd < 2; pd++) {
+                td_pair_t pair;
+                td_err_t err = {0};
+                td_pair_opts_t po = {
+                    .device = -1, .drafter_device = -1, .threads = 1, .predraft = pd};
+                REQUIRE(td_pair_open(&pair, VDIR, drafters[k], &po, &err) == TD_OK);
+                td_spec_params_t p = s_params(TD_METHOD_SPEC_AR, TD_VERIFY_REJECTION, 0, 1);
+                if (!temp) p.sampling = p.draft_sampling = (td_sampling_t){0, 0, 1};
+                p.gamma = 4;
+                p.max_tokens = 48;
+                p.seed = 99;
+                p.hello = &pair.hello;
+                REQUIRE(td_spec_generate(pair.verifier, pair.dc, 77, s_prompt, NP, &p, NULL, NULL,
+                                         outs[pd], &sts[pd], &err) == TD_OK);
+                td_pair_close(&pair);
+            }
+            CHECK_EQ_INT(sts[0].generated, sts[1].generated);
+            CHECK_MSG(!memcmp(outs[0], outs[1], sizeof(int32_t) * (size_t)sts[0].generated),
+                      "drafter %s, temperature %d: pre-drafting changed the output", drafters[k],
+                      temp);
+            CHECK_EQ_INT(sts[0].predrafted, 0);
+            printf("    drafter %-32s T=%d: %d rounds, %d pre-drafted\n", drafters[k], temp,
+                   sts[1].rounds, sts[1].predrafted);
+            if (k == 1 && temp == 0) CHECK(sts[1].predrafted > 0);
+        }
 }
 
 TD_TEST_MAIN()
