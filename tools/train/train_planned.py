@@ -205,6 +205,65 @@ def export(model, out_dir, tok, hist):
     common.save_json(hist, os.path.join(ROOT, "build", "train", "planned", "train_log.json"))
 
 
+PROMPTS = 8  # held-out prompts for --report: the first verse of every 7th held-out chapter
+
+
+def report(model_dir, max_tokens=192):
+    """Runs build/bin/tandem on held-out prompts: --method planned on model_dir (planner and filler)
+    and --method ar on models/tiny-verifier, greedy; the outputs' mean NLL per token under the
+    verifier (given the prompt) as the quality measure. Returns a dict (also printed)."""
+    import re
+    import subprocess
+    import export as ex
+    chs = open(os.path.join(ROOT, "models", "heldout.txt"), encoding="utf-8").read().split("\n\n")
+    prompts = [c.strip().split("\n")[0] for c in chs[::7]][:PROMPTS]
+    vtok = pdata.load_tokenizer()
+    ver = ex.load_shipped(os.path.join(ROOT, "models", "tiny-verifier"), common.VERIFIER, vtok)
+    tandem = os.path.join(ROOT, "build", "bin", "tandem")
+
+    def run(args):
+        p = subprocess.run([tandem, "generate"] + args + ["--max-tokens", str(max_tokens), "--json"],
+                           capture_output=True, text=True, cwd=ROOT, timeout=300)
+        if "{" not in p.stdout:
+            return None, None, p.stderr
+        js = json.loads(p.stdout[p.stdout.index("{"):p.stdout.rindex("}") + 1])
+        m = re.search(r"\[planned\] plan (\d+) tokens, (\d+) stage.*?(\d+) span.*?([0-9.]+) steps per span, "
+                      r"critical path (\d+)", p.stderr)
+        return js, m, p.stderr
+
+    @torch.no_grad()
+    def nll(prompt, out_ids):
+        pi = vtok.encode(prompt).ids
+        ids = torch.tensor([pi + out_ids])
+        if not out_ids:
+            return float("nan")
+        lp = torch.log_softmax(ver(input_ids=ids).logits.float()[0, :-1], -1)
+        t = ids[0, 1:]
+        return -lp[torch.arange(len(t)), t][len(pi) - 1:].mean().item()
+
+    rows = []
+    for pr in prompts:
+        pj, pm, perr = run(["--drafter", model_dir, "--method", "planned", "--prompt", pr])
+        aj, _, _ = run(["--verifier", os.path.join(ROOT, "models", "tiny-verifier"), "--method", "ar",
+                        "--prompt", pr])
+        if pj is None:
+            rows.append({"prompt": pr, "error": perr.strip().splitlines()[-1]})
+            print(json.dumps(rows[-1]), flush=True)
+            continue
+        row = {"prompt": pr, "fallback": "falling back" in perr,
+               "planned": {"text": pj["text"], "tokens": pj["stats"]["generated"],
+                           "critical_path": pj["stats"]["forwards"], "total_s": pj["stats"]["total_s"],
+                           "verifier_nll": nll(pr, pj["tokens"])},
+               "ar": {"text": aj["text"], "tokens": aj["stats"]["generated"], "critical_path": aj["stats"]["forwards"],
+                      "total_s": aj["stats"]["total_s"], "verifier_nll": nll(pr, aj["tokens"])}}
+        if pm:
+            row["planned"].update(plan_tokens=int(pm.group(1)), spans=int(pm.group(3)),
+                                  steps_per_span=float(pm.group(4)))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=os.path.join(ROOT, "build", "train", "planned", "train.pt"))
@@ -216,8 +275,13 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--eval-every", type=int, default=150)
     ap.add_argument("--time-only", type=int, default=0, help="run N steps, print the step time, exit")
+    ap.add_argument("--report", action="store_true", help="only run the tandem comparison on --out")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    if a.report:
+        rows = report(a.out)
+        common.save_json(rows, os.path.join(ROOT, "build", "train", "planned", "report.json"))
+        return
     torch.manual_seed(a.seed)
     rng = np.random.RandomState(a.seed)
     examples = torch.load(a.data, weights_only=False)["examples"]
