@@ -92,7 +92,7 @@ test: check-proto all $(TEST_BIN)
 	@sh tests/run.sh $(BUILD) $(TEST_BIN)
 
 check:
-	$(MAKE) BUILD=build-san OPT="-O1 -fno-omit-frame-pointer" SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" test
+	TD_TEST_LIGHT=1 $(MAKE) BUILD=build-san OPT="-O1 -fno-omit-frame-pointer" SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" test
 
 bench: $(BENCH_BIN) all
 	@for b in $(filter-out %bench_cuda,$(BENCH_BIN)); do echo "== $$b"; $$b || exit 1; done
