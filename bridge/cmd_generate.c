@@ -293,6 +293,7 @@ int td_cmd_generate(int argc, char **argv) {
                *chat = "auto", *system = NULL, *order_s = NULL, *verify_s = NULL, *pos,
                *ckey = NULL, *cserver = NULL;
     long draft_k = 4;
+    double steps_ratio = -1;
     const char *span_att = "sparse";
     long device = -1, ddevice = -1, max_tokens = 128, seed = 0, threads = 0, top_k = -1, gamma = -1,
          steps = -1, dist_k = 32, block = 32, timeout = -1, kvw = -1;
@@ -333,7 +334,7 @@ int td_cmd_generate(int argc, char **argv) {
                             INT("dist-top-k", dist_k, 1, 1024) INT("block-size", block, 1, 4096)
                                 INT("timeout-ms", timeout, 1, 3600000)
                                     INT("kv-window", kvw, 0, 1 << 20) INT("draft-k", draft_k, 1, 16)
-                                        STR("span-attention", span_att)
+                                        STR("span-attention", span_att) FLT("steps-ratio", steps_ratio, 0.01, 10)
                                             FLT("temperature", temperature, 0, 100)
                                                 FLT("top-p", top_p, 1e-9, 1)
                                                     FLT("mixture", mixture, 0, 1)
@@ -558,6 +559,7 @@ int td_cmd_generate(int argc, char **argv) {
         td_planned_params_t pp = td_planned_params_default();
         pp.max_tokens = (int)max_tokens;
         pp.dense = !strcmp(span_att, "dense");
+        if (steps_ratio > 0) pp.steps_ratio = (float)steps_ratio;
         pp.sampling = sp;
         pp.seed = (uint64_t)seed;
         td_planned_stats_t ps = {0};
