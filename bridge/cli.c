@@ -13,7 +13,15 @@ void td_opts_init(td_opts_t *o, int argc, char **argv) {
     o->argc = argc;
     o->argv = argv;
     o->i = 0;
-    o->cmd = argv[0];
+    const char *slash = strrchr(argv[0], '/');
+    o->cmd = slash ? slash + 1 : argv[0];
+}
+
+/* "tandem score" for a subcommand, "tandem-drafter" for a worker program. */
+static const char *s_who(const td_opts_t *o) {
+    static char buf[160];
+    snprintf(buf, sizeof buf, "%s%s", strncmp(o->cmd, "tandem", 6) ? "tandem " : "", o->cmd);
+    return buf;
 }
 
 int td_opts_next(td_opts_t *o, const char **pos) {
@@ -40,7 +48,7 @@ int td_opts_is(const td_opts_t *o, const char *name) { return strcmp(o->name, na
 const char *td_opts_value(td_opts_t *o) {
     if (o->inl) return o->inl;
     if (o->i + 1 >= o->argc) {
-        fprintf(stderr, "tandem %s: option --%s needs a value\n", o->cmd, o->name);
+        fprintf(stderr, "%s: option --%s needs a value\n", s_who(o), o->name);
         return NULL;
     }
     return o->argv[++o->i];
@@ -53,8 +61,8 @@ int td_opts_int(td_opts_t *o, long lo, long hi, long *out) {
     errno = 0;
     long x = strtol(v, &end, 10);
     if (errno || *end || end == v || x < lo || x > hi) {
-        fprintf(stderr, "tandem %s: --%s expects an integer in [%ld, %ld], got '%s'\n", o->cmd,
-                o->name, lo, hi, v);
+        fprintf(stderr, "%s: --%s expects an integer in [%ld, %ld], got '%s'\n", s_who(o), o->name,
+                lo, hi, v);
         return -1;
     }
     *out = x;
@@ -68,8 +76,8 @@ int td_opts_float(td_opts_t *o, double lo, double hi, double *out) {
     errno = 0;
     double x = strtod(v, &end);
     if (errno || *end || end == v || !(x >= lo && x <= hi)) {
-        fprintf(stderr, "tandem %s: --%s expects a number in [%g, %g], got '%s'\n", o->cmd, o->name,
-                lo, hi, v);
+        fprintf(stderr, "%s: --%s expects a number in [%g, %g], got '%s'\n", s_who(o), o->name, lo,
+                hi, v);
         return -1;
     }
     *out = x;
@@ -87,6 +95,46 @@ td_backend_t *td_cli_backend_new(int device, int n_threads, td_err_t *err) {
         return NULL;
     }
     return td_backend_cuda_new(device, err);
+}
+
+int td_opts_parse(int argc, char **argv, const td_opt_spec_t *spec, int n) {
+    td_opts_t o;
+    const char *pos;
+    int r;
+    td_opts_init(&o, argc, argv);
+    while ((r = td_opts_next(&o, &pos)) != 0) {
+        if (r < 0) {
+            fprintf(stderr, "%s: unexpected argument '%s'\n", s_who(&o), pos);
+            return 2;
+        }
+        if (td_opts_is(&o, "help") || td_opts_is(&o, "h")) return 1;
+        int i = 0;
+        while (i < n && !td_opts_is(&o, spec[i].name)) i++;
+        if (i == n) {
+            fprintf(stderr, "%s: unknown option --%s (see --help)\n", s_who(&o), o.name);
+            return 2;
+        }
+        const td_opt_spec_t *sp = &spec[i];
+        switch (sp->kind) {
+        case TD_OPT_STR:
+            if (!(*(const char **)sp->var = td_opts_value(&o))) return 2;
+            break;
+        case TD_OPT_INT:
+            if (td_opts_int(&o, (long)sp->lo, (long)sp->hi, (long *)sp->var)) return 2;
+            break;
+        case TD_OPT_FLT:
+            if (td_opts_float(&o, sp->lo, sp->hi, (double *)sp->var)) return 2;
+            break;
+        case TD_OPT_FLAG:
+            if (o.inl) {
+                fprintf(stderr, "%s: --%s takes no value\n", s_who(&o), o.name);
+                return 2;
+            }
+            *(int *)sp->var = 1;
+            break;
+        }
+    }
+    return 0;
 }
 
 int td_cli_load(const char *dir, int n_threads, td_backend_t **be, td_model_t **m,

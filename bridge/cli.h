@@ -28,6 +28,20 @@ const char *td_opts_value(td_opts_t *o);
 int td_opts_int(td_opts_t *o, long lo, long hi, long *out);
 int td_opts_float(td_opts_t *o, double lo, double hi, double *out);
 
+/* Table-driven option parsing: one row per option. var points to a `const char *` (STR), a
+ * `long` (INT, range [lo, hi]), a `double` (FLT, range [lo, hi]) or an `int` set to 1 (FLAG). */
+typedef enum td_opt_kind { TD_OPT_STR, TD_OPT_INT, TD_OPT_FLT, TD_OPT_FLAG } td_opt_kind_t;
+typedef struct td_opt_spec {
+    const char *name;
+    td_opt_kind_t kind;
+    void *var;
+    double lo, hi;
+} td_opt_spec_t;
+
+/* Parses argv[1..] (argv[0] is the command name used in messages) by spec[n]. Returns 0 when
+ * parsed, 1 when --help/-h was given, 2 on a usage error (already printed). */
+int td_opts_parse(int argc, char **argv, const td_opt_spec_t *spec, int n);
+
 /* A backend: CUDA device `device` when device >= 0 (an error when this build or machine has no such
  * device), else the CPU backend with n_threads. */
 td_backend_t *td_cli_backend_new(int device, int n_threads, td_err_t *err);

@@ -92,50 +92,37 @@ int td_cmd_bench(int argc, char **argv) {
     const char *prompts_path = "bench/prompts.txt",
                *methods_s = "ar,spec-ar,specdiff,apd,diffusion,selfspec", *gammas_s = "8",
                *steps_s = "4", *orders_s = "left-to-right", *verify_s = "rejection", *vdir = NULL,
-               *ardir = NULL, *dfdir = NULL, *out_prefix = "bench/results/bench", *pos;
+               *ardir = NULL, *dfdir = NULL, *out_prefix = "bench/results/bench";
     long device = -1, ddevice = -1, max_tokens = 64, seed = 0, threads = 0, limit = 0;
     double temperature = 0, mixture = 0.7;
-    int r, predraft = 0;
-    td_opts_t o;
-    td_opts_init(&o, argc, argv);
-    while ((r = td_opts_next(&o, &pos)) != 0) {
-        if (r < 0) {
-            fprintf(stderr, "tandem bench: unexpected argument '%s'\n", pos);
-            return 2;
-        }
-#define STR(name, var)                                                                             \
-    else if (td_opts_is(&o, name)) {                                                               \
-        if (!(var = td_opts_value(&o))) return 2;                                                  \
+    int predraft = 0;
+    const td_opt_spec_t spec[] = {
+        {"prompts", TD_OPT_STR, &prompts_path, 0, 0},
+        {"methods", TD_OPT_STR, &methods_s, 0, 0},
+        {"gamma", TD_OPT_STR, &gammas_s, 0, 0},
+        {"steps", TD_OPT_STR, &steps_s, 0, 0},
+        {"orders", TD_OPT_STR, &orders_s, 0, 0},
+        {"verify", TD_OPT_STR, &verify_s, 0, 0},
+        {"verifier", TD_OPT_STR, &vdir, 0, 0},
+        {"ar-drafter", TD_OPT_STR, &ardir, 0, 0},
+        {"diffusion-drafter", TD_OPT_STR, &dfdir, 0, 0},
+        {"out", TD_OPT_STR, &out_prefix, 0, 0},
+        {"max-tokens", TD_OPT_INT, &max_tokens, 1, 1 << 16},
+        {"seed", TD_OPT_INT, &seed, 0, 0x7fffffffL},
+        {"threads", TD_OPT_INT, &threads, 0, 1024},
+        {"device", TD_OPT_INT, &device, -1, 64},
+        {"drafter-device", TD_OPT_INT, &ddevice, -1, 64},
+        {"limit", TD_OPT_INT, &limit, 0, 1 << 20},
+        {"temperature", TD_OPT_FLT, &temperature, 0, 100},
+        {"mixture", TD_OPT_FLT, &mixture, 0, 1},
+        {"predraft", TD_OPT_FLAG, &predraft, 0, 0},
+    };
+    int pr = td_opts_parse(argc, argv, spec, (int)(sizeof spec / sizeof spec[0]));
+    if (pr == 1) {
+        s_help(stdout);
+        return 0;
     }
-#define INT(name, var, lo, hi)                                                                     \
-    else if (td_opts_is(&o, name)) {                                                               \
-        if (td_opts_int(&o, lo, hi, &var)) return 2;                                               \
-    }
-#define FLT(name, var, lo, hi)                                                                     \
-    else if (td_opts_is(&o, name)) {                                                               \
-        if (td_opts_float(&o, lo, hi, &var)) return 2;                                             \
-    }
-        if (td_opts_is(&o, "help") || td_opts_is(&o, "h")) {
-            s_help(stdout);
-            return 0;
-        }
-        STR("prompts", prompts_path)
-        STR("methods", methods_s) STR("gamma", gammas_s) STR("steps", steps_s)
-            STR("orders", orders_s) STR("verify", verify_s) STR("verifier", vdir)
-                STR("ar-drafter", ardir) STR("diffusion-drafter", dfdir) STR("out", out_prefix)
-                    INT("max-tokens", max_tokens, 1, 1 << 16) INT("seed", seed, 0, 0x7fffffffL)
-                        INT("threads", threads, 0, 1024) INT("device", device, -1, 64)
-                            INT("drafter-device", ddevice, -1,
-                                64) else if (td_opts_is(&o, "predraft")) predraft = 1;
-        INT("limit", limit, 0, 1 << 20)
-        FLT("temperature", temperature, 0, 100) FLT("mixture", mixture, 0, 1) else {
-            fprintf(stderr, "tandem bench: unknown option --%s (see --help)\n", o.name);
-            return 2;
-        }
-#undef STR
-#undef INT
-#undef FLT
-    }
+    if (pr) return 2;
     int gammas[MAX_LIST], steps[MAX_LIST], orders[MAX_LIST], methods[TD_METHOD_COUNT], n_g, n_s,
         n_o = 0, n_m = 0;
     if ((n_g = s_parse_list(gammas_s, gammas, 1, TD_SPEC_MAX_GAMMA)) <= 0 ||

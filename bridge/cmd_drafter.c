@@ -40,44 +40,27 @@ static void s_help(FILE *f) {
 }
 
 int td_cmd_drafter(int argc, char **argv) {
-    const char *model = NULL, *bind = NULL, *ckey = NULL, *callow = NULL, *pos;
+    const char *model = NULL, *bind = NULL, *ckey = NULL, *callow = NULL;
     long threads = 0, sessions = 8, ctx = 0, device = -1;
-    int exact = 0, predraft = 0, r;
-    td_opts_t o;
-    td_opts_init(&o, argc, argv);
-    while ((r = td_opts_next(&o, &pos)) != 0) {
-        if (r < 0) {
-            fprintf(stderr, "tandem-drafter: unexpected argument '%s'\n", pos);
-            return 2;
-        }
-        if (td_opts_is(&o, "help") || td_opts_is(&o, "h")) {
-            s_help(stdout);
-            return 0;
-        } else if (td_opts_is(&o, "model")) {
-            if (!(model = td_opts_value(&o))) return 2;
-        } else if (td_opts_is(&o, "bind")) {
-            if (!(bind = td_opts_value(&o))) return 2;
-        } else if (td_opts_is(&o, "curve-key")) {
-            if (!(ckey = td_opts_value(&o))) return 2;
-        } else if (td_opts_is(&o, "curve-allow")) {
-            if (!(callow = td_opts_value(&o))) return 2;
-        } else if (td_opts_is(&o, "max-sessions")) {
-            if (td_opts_int(&o, 1, 4096, &sessions)) return 2;
-        } else if (td_opts_is(&o, "ctx")) {
-            if (td_opts_int(&o, 1, 1 << 22, &ctx)) return 2;
-        } else if (td_opts_is(&o, "threads")) {
-            if (td_opts_int(&o, 0, 1024, &threads)) return 2;
-        } else if (td_opts_is(&o, "device")) {
-            if (td_opts_int(&o, -1, 64, &device)) return 2;
-        } else if (td_opts_is(&o, "exact")) {
-            exact = 1;
-        } else if (td_opts_is(&o, "predraft")) {
-            predraft = 1;
-        } else {
-            fprintf(stderr, "tandem-drafter: unknown option --%s (see --help)\n", o.name);
-            return 2;
-        }
+    int exact = 0, predraft = 0;
+    const td_opt_spec_t spec[] = {
+        {"model", TD_OPT_STR, &model, 0, 0},
+        {"bind", TD_OPT_STR, &bind, 0, 0},
+        {"curve-key", TD_OPT_STR, &ckey, 0, 0},
+        {"curve-allow", TD_OPT_STR, &callow, 0, 0},
+        {"max-sessions", TD_OPT_INT, &sessions, 1, 4096},
+        {"ctx", TD_OPT_INT, &ctx, 1, 1 << 22},
+        {"threads", TD_OPT_INT, &threads, 0, 1024},
+        {"device", TD_OPT_INT, &device, -1, 64},
+        {"exact", TD_OPT_FLAG, &exact, 0, 0},
+        {"predraft", TD_OPT_FLAG, &predraft, 0, 0},
+    };
+    int pr = td_opts_parse(argc, argv, spec, (int)(sizeof spec / sizeof spec[0]));
+    if (pr == 1) {
+        s_help(stdout);
+        return 0;
     }
+    if (pr) return 2;
     if (!model || !bind) {
         fprintf(stderr, "tandem-drafter: need --model DIR and --bind ENDPOINT (see --help)\n");
         return 2;

@@ -290,66 +290,57 @@ out:
 
 int td_cmd_generate(int argc, char **argv) {
     const char *vdir = NULL, *drafter = NULL, *prompt = NULL, *prompt_file = NULL, *method_s = NULL,
-               *chat = "auto", *system = NULL, *order_s = NULL, *verify_s = NULL, *pos,
-               *ckey = NULL, *cserver = NULL;
+               *chat = "auto", *system = NULL, *order_s = NULL, *verify_s = NULL, *ckey = NULL,
+               *cserver = NULL;
     long draft_k = 4;
     double steps_ratio = -1;
     const char *span_att = "sparse";
     long device = -1, ddevice = -1, max_tokens = 128, seed = 0, threads = 0, top_k = -1, gamma = -1,
          steps = -1, dist_k = 32, block = 32, timeout = -1, kvw = -1;
     double temperature = -1, top_p = -1, mixture = 0.7, threshold = 0.9;
-    int json = 0, predraft = 0, r;
-    td_opts_t o;
-    td_opts_init(&o, argc, argv);
-    while ((r = td_opts_next(&o, &pos)) != 0) {
-        if (r < 0) {
-            fprintf(stderr, "tandem generate: unexpected argument '%s'\n", pos);
-            return 2;
-        }
-#define STR(name, var)                                                                             \
-    else if (td_opts_is(&o, name)) {                                                               \
-        if (!(var = td_opts_value(&o))) return 2;                                                  \
+    int json = 0, predraft = 0;
+    const td_opt_spec_t spec[] = {
+        {"verifier", TD_OPT_STR, &vdir, 0, 0},
+        {"model", TD_OPT_STR, &vdir, 0, 0},
+        {"drafter", TD_OPT_STR, &drafter, 0, 0},
+        {"method", TD_OPT_STR, &method_s, 0, 0},
+        {"prompt", TD_OPT_STR, &prompt, 0, 0},
+        {"prompt-file", TD_OPT_STR, &prompt_file, 0, 0},
+        {"chat", TD_OPT_STR, &chat, 0, 0},
+        {"system", TD_OPT_STR, &system, 0, 0},
+        {"order", TD_OPT_STR, &order_s, 0, 0},
+        {"verify", TD_OPT_STR, &verify_s, 0, 0},
+        {"curve-key", TD_OPT_STR, &ckey, 0, 0},
+        {"curve-server-key", TD_OPT_STR, &cserver, 0, 0},
+        {"span-attention", TD_OPT_STR, &span_att, 0, 0},
+        {"max-tokens", TD_OPT_INT, &max_tokens, 0, 1 << 20},
+        {"top-k", TD_OPT_INT, &top_k, 0, 1 << 24},
+        {"seed", TD_OPT_INT, &seed, 0, 0x7fffffffL},
+        {"threads", TD_OPT_INT, &threads, 0, 1024},
+        {"device", TD_OPT_INT, &device, -1, 64},
+        {"drafter-device", TD_OPT_INT, &ddevice, -1, 64},
+        {"gamma", TD_OPT_INT, &gamma, 1, TD_SPEC_MAX_GAMMA},
+        {"lookahead", TD_OPT_INT, &gamma, 1, TD_SPEC_MAX_GAMMA},
+        {"steps", TD_OPT_INT, &steps, 1, 1024},
+        {"dist-top-k", TD_OPT_INT, &dist_k, 1, 1024},
+        {"block-size", TD_OPT_INT, &block, 1, 4096},
+        {"timeout-ms", TD_OPT_INT, &timeout, 1, 3600000},
+        {"kv-window", TD_OPT_INT, &kvw, 0, 1 << 20},
+        {"draft-k", TD_OPT_INT, &draft_k, 1, 16},
+        {"temperature", TD_OPT_FLT, &temperature, 0, 100},
+        {"top-p", TD_OPT_FLT, &top_p, 1e-9, 1},
+        {"mixture", TD_OPT_FLT, &mixture, 0, 1},
+        {"threshold", TD_OPT_FLT, &threshold, 0, 2},
+        {"steps-ratio", TD_OPT_FLT, &steps_ratio, 0.01, 10},
+        {"json", TD_OPT_FLAG, &json, 0, 0},
+        {"predraft", TD_OPT_FLAG, &predraft, 0, 0},
+    };
+    int pr = td_opts_parse(argc, argv, spec, (int)(sizeof spec / sizeof spec[0]));
+    if (pr == 1) {
+        s_help(stdout);
+        return 0;
     }
-#define INT(name, var, lo, hi)                                                                     \
-    else if (td_opts_is(&o, name)) {                                                               \
-        if (td_opts_int(&o, lo, hi, &var)) return 2;                                               \
-    }
-#define FLT(name, var, lo, hi)                                                                     \
-    else if (td_opts_is(&o, name)) {                                                               \
-        if (td_opts_float(&o, lo, hi, &var)) return 2;                                             \
-    }
-        if (td_opts_is(&o, "help") || td_opts_is(&o, "h")) {
-            s_help(stdout);
-            return 0;
-        }
-        STR("verifier", vdir)
-        STR("model", vdir) STR("drafter", drafter) STR("method", method_s) STR("prompt", prompt)
-            STR("prompt-file", prompt_file) STR("chat", chat) STR("system", system) STR(
-                "order", order_s) STR("verify", verify_s) STR("curve-key", ckey)
-                STR("curve-server-key", cserver) INT("max-tokens", max_tokens, 0, 1 << 20) INT(
-                    "top-k", top_k, 0, 1 << 24) INT("seed", seed, 0, 0x7fffffffL)
-                    INT("threads", threads, 0, 1024) INT("device", device, -1, 64) INT(
-                        "drafter-device", ddevice, -1, 64) INT("gamma", gamma, 1, TD_SPEC_MAX_GAMMA)
-                        INT("lookahead", gamma, 1, TD_SPEC_MAX_GAMMA) INT("steps", steps, 1, 1024)
-                            INT("dist-top-k", dist_k, 1, 1024) INT("block-size", block, 1, 4096)
-                                INT("timeout-ms", timeout, 1, 3600000)
-                                    INT("kv-window", kvw, 0, 1 << 20) INT("draft-k", draft_k, 1, 16)
-                                        STR("span-attention", span_att) FLT("steps-ratio", steps_ratio, 0.01, 10)
-                                            FLT("temperature", temperature, 0, 100)
-                                                FLT("top-p", top_p, 1e-9, 1)
-                                                    FLT("mixture", mixture, 0, 1)
-                                                        FLT("threshold", threshold, 0,
-                                                            2) else if (td_opts_is(&o, "json"))
-                                                            json = 1;
-        else if (td_opts_is(&o, "predraft")) predraft = 1;
-        else {
-            fprintf(stderr, "tandem generate: unknown option --%s (see --help)\n", o.name);
-            return 2;
-        }
-#undef STR
-#undef INT
-#undef FLT
-    }
+    if (pr) return 2;
     char vbuf[1024], dbuf[1024];
     int method;
     if (method_s) {

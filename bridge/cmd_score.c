@@ -41,45 +41,28 @@ static void s_help(FILE *f) {
 }
 
 int td_cmd_score(int argc, char **argv) {
-    const char *model = NULL, *text = NULL, *file = NULL, *pos;
+    const char *model = NULL, *text = NULL, *file = NULL;
     long window = 0, draws = 1, seed = 0, threads = 0;
     double ratio = 0.15;
-    int json = 0, summary = 0, r;
-    td_opts_t o;
-    td_opts_init(&o, argc, argv);
-    while ((r = td_opts_next(&o, &pos)) != 0) {
-        if (r < 0) {
-            fprintf(stderr, "tandem score: unexpected argument '%s'\n", pos);
-            return 2;
-        }
-        if (td_opts_is(&o, "help") || td_opts_is(&o, "h")) {
-            s_help(stdout);
-            return 0;
-        } else if (td_opts_is(&o, "model")) {
-            if (!(model = td_opts_value(&o))) return 2;
-        } else if (td_opts_is(&o, "text")) {
-            if (!(text = td_opts_value(&o))) return 2;
-        } else if (td_opts_is(&o, "file")) {
-            if (!(file = td_opts_value(&o))) return 2;
-        } else if (td_opts_is(&o, "window")) {
-            if (td_opts_int(&o, 0, 1 << 24, &window)) return 2;
-        } else if (td_opts_is(&o, "mask-ratio")) {
-            if (td_opts_float(&o, 1e-6, 1.0, &ratio)) return 2;
-        } else if (td_opts_is(&o, "draws")) {
-            if (td_opts_int(&o, 1, 1 << 20, &draws)) return 2;
-        } else if (td_opts_is(&o, "seed")) {
-            if (td_opts_int(&o, 0, 0x7fffffffL, &seed)) return 2;
-        } else if (td_opts_is(&o, "threads")) {
-            if (td_opts_int(&o, 0, 1024, &threads)) return 2;
-        } else if (td_opts_is(&o, "json")) {
-            json = 1;
-        } else if (td_opts_is(&o, "summary")) {
-            summary = 1;
-        } else {
-            fprintf(stderr, "tandem score: unknown option --%s (see --help)\n", o.name);
-            return 2;
-        }
+    int json = 0, summary = 0;
+    const td_opt_spec_t spec[] = {
+        {"model", TD_OPT_STR, &model, 0, 0},
+        {"text", TD_OPT_STR, &text, 0, 0},
+        {"file", TD_OPT_STR, &file, 0, 0},
+        {"window", TD_OPT_INT, &window, 0, 1 << 24},
+        {"mask-ratio", TD_OPT_FLT, &ratio, 1e-6, 1.0},
+        {"draws", TD_OPT_INT, &draws, 1, 1 << 20},
+        {"seed", TD_OPT_INT, &seed, 0, 0x7fffffffL},
+        {"threads", TD_OPT_INT, &threads, 0, 1024},
+        {"json", TD_OPT_FLAG, &json, 0, 0},
+        {"summary", TD_OPT_FLAG, &summary, 0, 0},
+    };
+    int pr = td_opts_parse(argc, argv, spec, (int)(sizeof spec / sizeof spec[0]));
+    if (pr == 1) {
+        s_help(stdout);
+        return 0;
     }
+    if (pr) return 2;
     if (!model || (!text == !file)) {
         fprintf(stderr,
                 "tandem score: need --model and exactly one of --text / --file (see --help)\n");

@@ -195,42 +195,25 @@ out:
 
 int td_cmd_verifier(int argc, char **argv) {
     const char *model = NULL, *drafter = NULL, *bind = NULL, *ckey = NULL, *callow = NULL,
-               *dkey = NULL, *pos;
+               *dkey = NULL;
     long threads = 0, device = -1, timeout = 5000;
-    int r;
-    td_opts_t o;
-    td_opts_init(&o, argc, argv);
-    while ((r = td_opts_next(&o, &pos)) != 0) {
-        if (r < 0) {
-            fprintf(stderr, "tandem-verifier: unexpected argument '%s'\n", pos);
-            return 2;
-        }
-        if (td_opts_is(&o, "help") || td_opts_is(&o, "h")) {
-            s_help(stdout);
-            return 0;
-        } else if (td_opts_is(&o, "model")) {
-            if (!(model = td_opts_value(&o))) return 2;
-        } else if (td_opts_is(&o, "drafter")) {
-            if (!(drafter = td_opts_value(&o))) return 2;
-        } else if (td_opts_is(&o, "bind")) {
-            if (!(bind = td_opts_value(&o))) return 2;
-        } else if (td_opts_is(&o, "curve-key")) {
-            if (!(ckey = td_opts_value(&o))) return 2;
-        } else if (td_opts_is(&o, "curve-allow")) {
-            if (!(callow = td_opts_value(&o))) return 2;
-        } else if (td_opts_is(&o, "drafter-server-key")) {
-            if (!(dkey = td_opts_value(&o))) return 2;
-        } else if (td_opts_is(&o, "timeout-ms")) {
-            if (td_opts_int(&o, 1, 3600000, &timeout)) return 2;
-        } else if (td_opts_is(&o, "threads")) {
-            if (td_opts_int(&o, 0, 1024, &threads)) return 2;
-        } else if (td_opts_is(&o, "device")) {
-            if (td_opts_int(&o, -1, 64, &device)) return 2;
-        } else {
-            fprintf(stderr, "tandem-verifier: unknown option --%s (see --help)\n", o.name);
-            return 2;
-        }
+    const td_opt_spec_t spec[] = {
+        {"model", TD_OPT_STR, &model, 0, 0},
+        {"drafter", TD_OPT_STR, &drafter, 0, 0},
+        {"bind", TD_OPT_STR, &bind, 0, 0},
+        {"curve-key", TD_OPT_STR, &ckey, 0, 0},
+        {"curve-allow", TD_OPT_STR, &callow, 0, 0},
+        {"drafter-server-key", TD_OPT_STR, &dkey, 0, 0},
+        {"timeout-ms", TD_OPT_INT, &timeout, 1, 3600000},
+        {"threads", TD_OPT_INT, &threads, 0, 1024},
+        {"device", TD_OPT_INT, &device, -1, 64},
+    };
+    int pr = td_opts_parse(argc, argv, spec, (int)(sizeof spec / sizeof spec[0]));
+    if (pr == 1) {
+        s_help(stdout);
+        return 0;
     }
+    if (pr) return 2;
     if (!model || !bind) {
         fprintf(stderr, "tandem-verifier: need --model DIR and --bind ENDPOINT (see --help)\n");
         return 2;

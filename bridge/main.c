@@ -9,7 +9,8 @@ static const struct {
     int (*fn)(int, char **);
     const char *help;
 } s_cmds[] = {
-    {"generate", td_cmd_generate, "generate text: ar, spec-ar, specdiff, apd, diffusion, selfspec, planned"},
+    {"generate", td_cmd_generate,
+     "generate text: ar, spec-ar, specdiff, apd, diffusion, selfspec, planned"},
     {"bench", td_cmd_bench, "compare methods and settings on the same prompts (speedup over ar)"},
     {"score", td_cmd_score, "per-token log-probabilities and perplexity of a text"},
     {"tokenize", td_cmd_tokenize, "text -> token ids and pieces, or --decode ids -> text"},
