@@ -35,7 +35,29 @@ typedef struct cpu_ctx {
     size_t panel_cap; /* floats */
     float *att;       /* attention score scratch [n_threads][att_cap] */
     size_t att_cap;
+    float *vec; /* norm weights / biases converted to float, reused across calls */
+    size_t vec_cap;
 } cpu_ctx_t;
+
+static inline void s_load_f32(float *dst, const td_weight_t *w, int64_t off, int64_t count);
+
+/* count elements of vector weight w as floats: the stored data itself for F32, else converted
+ * into the backend's reusable scratch (no allocation per call once it has grown). slot 0 or 1
+ * (a layer norm needs its weight and bias at once). */
+static const float *s_vec(td_backend_t *be, const td_weight_t *w, int64_t count, int slot) {
+    cpu_ctx_t *c = be->ctx;
+    if (w->dtype == TD_DTYPE_F32 && !w->transposed) return (const float *)w->data;
+    size_t need = 2 * (size_t)count;
+    if (c->vec_cap < need) {
+        free(c->vec);
+        c->vec = malloc(need * sizeof(float));
+        if (!c->vec) abort();
+        c->vec_cap = need;
+    }
+    float *dst = c->vec + (size_t)slot * (size_t)count;
+    s_load_f32(dst, w, 0, count);
+    return dst;
+}
 
 static void *s_alloc(td_backend_t *be, size_t nbytes) {
     void *p = NULL;
@@ -54,6 +76,7 @@ static void s_destroy(td_backend_t *be) {
     cpu_ctx_t *c = be->ctx;
     free(c->panel);
     free(c->att);
+    free(c->vec);
     free(c);
     free(be);
 }
@@ -103,13 +126,10 @@ static inline void s_load_f32(float *dst, const td_weight_t *w, int64_t off, int
 
 static void s_add_bias(td_backend_t *be, float *y, const td_weight_t *bias, int n, int64_t m) {
     if (!bias) return;
-    float *b = malloc((size_t)m * sizeof(float));
-    if (!b) abort();
-    s_load_f32(b, bias, 0, m);
+    const float *b = s_vec(be, bias, m, 0);
 #pragma omp parallel for schedule(static) if (TD_PAR((int64_t)n * m)) num_threads(be->n_threads)
     for (int t = 0; t < n; t++)
         for (int64_t j = 0; j < m; j++) y[(int64_t)t * m + j] += b[j];
-    free(b);
 }
 
 /* --- reference products ------------------------------------------------------------------------
@@ -372,9 +392,7 @@ static void s_get_rows(td_backend_t *be, float *y, const td_weight_t *t, const i
 
 static void s_rmsnorm(td_backend_t *be, float *y, const float *x, const td_weight_t *w, int n,
                       int d, float eps) {
-    float *wf = malloc((size_t)d * sizeof(float));
-    if (!wf) abort();
-    s_load_f32(wf, w, 0, d);
+    const float *wf = s_vec(be, w, d, 0);
 #pragma omp parallel for schedule(static) if (TD_PAR((int64_t)n * d)) num_threads(be->n_threads)
     for (int t = 0; t < n; t++) {
         const float *xt = x + (int64_t)t * d;
@@ -384,19 +402,11 @@ static void s_rmsnorm(td_backend_t *be, float *y, const float *x, const td_weigh
         float inv = (float)(1.0 / sqrt(ss / d + (double)eps));
         for (int i = 0; i < d; i++) yt[i] = wf[i] * (xt[i] * inv);
     }
-    free(wf);
 }
 
 static void s_layernorm(td_backend_t *be, float *y, const float *x, const td_weight_t *w,
                         const td_weight_t *b, int n, int d, float eps) {
-    float *wf = malloc((size_t)d * 2 * sizeof(float));
-    if (!wf) abort();
-    float *bf = wf + d;
-    s_load_f32(wf, w, 0, d);
-    if (b)
-        s_load_f32(bf, b, 0, d);
-    else
-        memset(bf, 0, (size_t)d * sizeof(float));
+    const float *wf = s_vec(be, w, d, 0), *bf = b ? s_vec(be, b, d, 1) : NULL;
 #pragma omp parallel for schedule(static) if (TD_PAR((int64_t)n * d)) num_threads(be->n_threads)
     for (int t = 0; t < n; t++) {
         const float *xt = x + (int64_t)t * d;
@@ -407,9 +417,9 @@ static void s_layernorm(td_backend_t *be, float *y, const float *x, const td_wei
         for (int i = 0; i < d; i++) var += ((double)xt[i] - mean) * ((double)xt[i] - mean);
         var /= d;
         float inv = (float)(1.0 / sqrt(var + (double)eps));
-        for (int i = 0; i < d; i++) yt[i] = (float)((xt[i] - mean) * inv) * wf[i] + bf[i];
+        for (int i = 0; i < d; i++)
+            yt[i] = (float)((xt[i] - mean) * inv) * wf[i] + (bf ? bf[i] : 0.0f);
     }
-    free(wf);
 }
 
 static void s_rope(td_backend_t *be, float *x, const int32_t *pos, int n, int n_head, int head_dim,

@@ -415,12 +415,10 @@ int td_spec_generate(td_model_t *v, td_client_t *dc, uint64_t session_id, const 
             }
         }
         /* commit: emit tokens one by one, honouring stop ids and max_tokens */
-        int emitted = 0;
         for (int i = 0; i < n_emit && s.generated < p->max_tokens; i++) {
             int32_t id = acc_out[i];
             text[cur++] = id;
             out[s.generated++] = id;
-            emitted++;
             if (cb && cb(ud, id)) {
                 s.stop = TD_STOP_CALLBACK;
                 break;
@@ -441,7 +439,6 @@ int td_spec_generate(td_model_t *v, td_client_t *dc, uint64_t session_id, const 
             break;
         }
         s.verifier_s += td_time_now() - tv;
-        (void)emitted;
         if (s.stop != TD_STOP_LENGTH) break;
     }
     s.total_s = td_time_now() - t_start;
