@@ -212,6 +212,27 @@ void tdc_attention(cuda_ctx_t *c, float *out, const float *q, const float *kc, c
         TDC_FAIL(c, TD_ERR_ARG, "attention: block-causal with block_size %d", d->block_size);
         return;
     }
+    if (d->n_head <= 0 || d->n_kv_head <= 0 || d->n_head % d->n_kv_head || d->n_ctx <= 0 ||
+        (d->kind == TD_ATTN_EXPLICIT && !d->mask)) {
+        TDC_FAIL(c, TD_ERR_ARG, "attention: bad descriptor (n_head %d, n_kv_head %d, n_ctx %d%s)",
+                 d->n_head, d->n_kv_head, d->n_ctx,
+                 d->kind == TD_ATTN_EXPLICIT && !d->mask ? ", explicit mask missing" : "");
+        return;
+    }
+    /* what the kernel would read out of bounds is refused here, with the query named (the CPU
+     * backend trusts the model's validation; a device fault would poison the whole context) */
+    for (int t = 0; t < n; t++) {
+        const int s = d->seq[t];
+        const int len = s >= 0 ? d->kv_len[s] : 0;
+        if (s < 0 || len < 0 || len > d->n_ctx ||
+            (d->kind == TD_ATTN_EXPLICIT && d->mask_stride < len)) {
+            TDC_FAIL(c, TD_ERR_ARG,
+                     "attention: query %d: sequence %d with kv_len %d (n_ctx %d, mask_stride "
+                     "%lld)",
+                     t, s, len, d->n_ctx, (long long)d->mask_stride);
+            return;
+        }
+    }
     /* the longest key range of any query decides the split */
     int max_seq = 0, max_end = 0;
     for (int t = 0; t < n; t++)

@@ -154,7 +154,11 @@ static const void *s_weights(td_backend_t *be, const void *host, size_t nbytes) 
             cudaFree(p);
             return NULL;
         }
-    } else if (nbytes && TDC_CUDA(c, cudaMemcpy(p, host, nbytes, cudaMemcpyHostToDevice))) {
+    } else if (nbytes &&
+               (TDC_CUDA(c, cudaMemcpyAsync(p, host, nbytes, cudaMemcpyHostToDevice, c->stream)) ||
+                TDC_CUDA(c, cudaStreamSynchronize(c->stream)))) {
+        /* on the backend's stream, not cudaMemcpy: a pageable copy on the legacy stream may still
+         * be in flight when it returns, and our non-blocking stream does not wait for it */
         cudaFree(p);
         return NULL;
     }
@@ -190,9 +194,18 @@ static void s_get(td_backend_t *be, void *dst, const void *src, size_t n) {
     TDC_CUDA(c, cudaStreamSynchronize(c->stream));
 }
 
+static int s_ranges_overlap(const void *a, size_t an, const void *b, size_t bn);
+
 static void s_copy(td_backend_t *be, void *dst, const void *src, size_t n) {
     cuda_ctx_t *c = s_ctx(be);
     if (!n || dst == src) return;
+    if (s_ranges_overlap(dst, n, src, n)) {
+        /* memmove semantics, as the CPU backend: cudaMemcpy's ranges must not overlap */
+        if (tdc_reserve(c, &c->copy_tmp, &c->copy_tmp_cap, n)) return;
+        if (TDC_CUDA(c, cudaMemcpyAsync(c->copy_tmp, src, n, cudaMemcpyDeviceToDevice, c->stream)))
+            return;
+        src = c->copy_tmp;
+    }
     TDC_CUDA(c, cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToDevice, c->stream));
     c->gen++;
 }
@@ -208,6 +221,7 @@ static void s_destroy(td_backend_t *be) {
     for (size_t i = 0; i < c->wlist_n; i++) cudaFree(c->wlist[i]);
     free(c->wlist);
     cudaFree(c->xconv);
+    cudaFree(c->copy_tmp);
     cudaFree(c->att_part);
     cudaFree(c->mask_dev);
     free(c->mask_host);
@@ -287,6 +301,12 @@ static void s_get_rows(td_backend_t *be, float *y, const td_weight_t *t, const i
                        int n) {
     cuda_ctx_t *c = s_ctx(be);
     if (n <= 0) return;
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= t->rows) {
+            TDC_FAIL(c, TD_ERR_ARG, "get_rows: id %d (row %d) outside the table's %lld rows",
+                     (int)ids[i], i, (long long)t->rows);
+            return;
+        }
     const int32_t *d = (const int32_t *)tdc_upload(c, ids, (size_t)n * sizeof *ids);
     if (d) tdc_get_rows(c, y, t, d, n);
     c->gen++;
@@ -305,6 +325,12 @@ static void s_scatter_rows(td_backend_t *be, float *dst, int64_t row_stride, con
                            const int64_t *idx, int n, int d) {
     cuda_ctx_t *c = s_ctx(be);
     if (n <= 0 || d <= 0) return;
+    for (int i = 0; i < n; i++)
+        if (idx[i] < 0) {
+            TDC_FAIL(c, TD_ERR_ARG, "scatter_rows: negative row index %lld (row %d)",
+                     (long long)idx[i], i);
+            return;
+        }
     const int64_t *di = (const int64_t *)tdc_upload(c, idx, (size_t)n * sizeof *idx);
     if (di) tdc_scatter_rows(c, dst, row_stride, src, di, n, d);
     c->gen++;
@@ -482,13 +508,16 @@ extern "C" double td_cuda_copy_bandwidth(td_backend_t *be, size_t bytes) {
     TDC_CUDA(c, cudaMemsetAsync(b, 2, bytes, c->stream));
     if (TDC_CUDA(c, cudaEventCreate(&e0)) || TDC_CUDA(c, cudaEventCreate(&e1))) goto done;
     for (int rep = 0; rep < 12; rep++) {
-        cudaEventRecord(e0, c->stream);
-        cudaMemcpyAsync(rep & 1 ? a : b, rep & 1 ? b : a, bytes, cudaMemcpyDeviceToDevice,
-                        c->stream);
-        cudaEventRecord(e1, c->stream);
-        if (TDC_CUDA(c, cudaEventSynchronize(e1))) goto done;
         float ms = 0;
-        cudaEventElapsedTime(&ms, e0, e1);
+        if (TDC_CUDA(c, cudaEventRecord(e0, c->stream)) ||
+            TDC_CUDA(c, cudaMemcpyAsync(rep & 1 ? a : b, rep & 1 ? b : a, bytes,
+                                        cudaMemcpyDeviceToDevice, c->stream)) ||
+            TDC_CUDA(c, cudaEventRecord(e1, c->stream)) || TDC_CUDA(c, cudaEventSynchronize(e1)) ||
+            TDC_CUDA(c, cudaEventElapsedTime(&ms, e0, e1))) {
+            best = 0;
+            goto done;
+        }
+        if (!(ms > 0)) continue; /* below the timer's resolution: no number */
         double bw = 2.0 * (double)bytes / (ms * 1e-3);
         if (rep >= 2 && bw > best) best = bw; /* the first copies warm up */
     }

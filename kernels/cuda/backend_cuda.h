@@ -28,10 +28,11 @@ int td_cuda_device_name(int device, char *buf, size_t cap);
  * environment variable TD_CUDA_MATMUL (auto|cublas|gemv) sets the initial matmul path. */
 td_backend_t *td_backend_cuda_new(int device, td_err_t *err);
 
-/* Matmul paths. AUTO: our GEMV kernel (FP32 activations, weights read in place) for n <= 8
- * activation rows with untransposed, 16-byte aligned weights, cuBLAS otherwise. CUBLAS: always
- * cuBLAS (activations rounded to the weight dtype, FP32 accumulation). GEMV: the kernel wherever it
- * applies (same conditions as AUTO). */
+/* Matmul paths. AUTO: our GEMV kernel (FP32 activations, weights read in place; 16-byte vector
+ * loads when the row length, stride and addresses allow, element loads otherwise) for n <= 8
+ * activation rows with untransposed weights, cuBLAS otherwise. CUBLAS: always cuBLAS (activations
+ * rounded to the weight dtype, FP32 accumulation). GEMV: the kernel wherever it applies (same
+ * conditions as AUTO). */
 enum { TD_CUDA_MATMUL_AUTO = 0, TD_CUDA_MATMUL_CUBLAS = 1, TD_CUDA_MATMUL_GEMV = 2 };
 /* Selects the matmul path of a CUDA backend; no effect on other backends. */
 void td_backend_cuda_set_matmul(td_backend_t *be, int mode);

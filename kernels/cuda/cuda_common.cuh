@@ -31,6 +31,9 @@ typedef struct cuda_ctx {
     int xconv_dtype;
     uint64_t xconv_gen;
     uint64_t gen; /* bumped by every write to device memory */
+    /* staging for td_backend_copy between overlapping ranges */
+    void *copy_tmp;
+    size_t copy_tmp_cap;
     /* explicit attention mask: last upload kept on the device with a host copy to compare */
     uint8_t *mask_dev, *mask_host;
     size_t mask_cap, mask_len;

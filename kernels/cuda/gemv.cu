@@ -1,11 +1,14 @@
-/* gemv.cu - skinny products y[n, rows] = x[n, cols] W^T (+ bias) for n <= 8 activation rows: the
- * decode and short-verification regime, where reading the weights once is the whole cost.
+/* gemv.cu - skinny products y[n, rows] = x[n, cols] W^T (+ bias) for n <= 8 activation rows and
+ * untransposed weights: the decode and short-verification regime, where reading the weights once
+ * is the whole cost.
  *
  * Each warp owns TDC_GEMV_R consecutive weight rows and walks them in 16-byte vectors (8 BF16/F16
  * or 4 F32 elements per lane), streaming the weights past L1 (__ldcs) while the FP32 activations
  * (small, reread by every warp) stay cached. All n activation rows are multiplied with each loaded
  * weight vector, so the weights are read from memory once for the n tokens. Activations stay FP32
- * (no rounding to BF16), products accumulate in FP32 per lane, then across the warp. */
+ * (no rounding to BF16), products accumulate in FP32 per lane, then across the warp. Shapes the
+ * vector loads cannot take (row length or stride not a multiple of 16 bytes, misaligned data) use
+ * k_gemv_scalar, same arithmetic with element loads. y must not overlap x. */
 #include "kernels/cuda/cuda_common.cuh"
 
 #define TDC_GEMV_R 2
@@ -107,12 +110,67 @@ __global__ void __launch_bounds__(TDC_GEMV_THREADS)
     }
 }
 
-int tdc_gemv_ok(const td_weight_t *w, const float *x, int n) {
-    if (n < 1 || n > TDC_GEMV_MAX_N || w->transposed) return 0;
+/* Any row length, stride or alignment: each lane reads single elements (coalesced across the
+ * warp, two or four bytes each). For shapes the vector kernel cannot take (odd cols, a stride that
+ * is not a multiple of 16 bytes, misaligned data), so that every untransposed product with n <= 8
+ * keeps FP32 activations whatever its shape. */
+template <int NT, int DT>
+__global__ void __launch_bounds__(TDC_GEMV_THREADS)
+    k_gemv_scalar(float *__restrict__ y, const float *__restrict__ x, const void *__restrict__ w,
+                  int64_t ld, int rows, int cols, const void *__restrict__ bias, int bdt) {
+    constexpr int R = TDC_GEMV_R;
+    const int64_t gw = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    const int64_t r0 = gw * R;
+    if (r0 >= rows) return; /* uniform over the warp */
+    int64_t roff[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) roff[r] = (r0 + r < rows ? r0 + r : rows - 1) * ld;
+    float acc[NT][R];
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+#pragma unroll
+        for (int r = 0; r < R; r++) acc[t][r] = 0.0f;
+    for (int k = lane; k < cols; k += 32) {
+        float wf[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) wf[r] = tdc_ld(w, DT, roff[r] + k);
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            const float xv = __ldg(x + (size_t)t * cols + k);
+#pragma unroll
+            for (int r = 0; r < R; r++) acc[t][r] = fmaf(wf[r], xv, acc[t][r]);
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+#pragma unroll
+        for (int r = 0; r < R; r++)
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1)
+                acc[t][r] += __shfl_xor_sync(0xffffffffu, acc[t][r], o);
+    if (lane == 0) {
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            if (r0 + r >= rows) break;
+            const float b = bias ? tdc_ld(bias, bdt, r0 + r) : 0.0f;
+#pragma unroll
+            for (int t = 0; t < NT; t++) y[(size_t)t * rows + r0 + r] = acc[t][r] + b;
+        }
+    }
+}
+
+/* The 16-byte vector kernel's conditions: whole vectors per row, rows and x 16-byte aligned. */
+static int s_vec_ok(const td_weight_t *w, const float *x) {
     const int64_t ve = w->dtype == TD_DTYPE_F32 ? 4 : 8;
     const int64_t ld = w->ld ? w->ld : w->cols;
     return w->cols % ve == 0 && ld % ve == 0 && ((uintptr_t)w->data & 15) == 0 &&
-           ((uintptr_t)x & 15) == 0 && w->rows <= INT32_MAX && w->cols <= INT32_MAX;
+           ((uintptr_t)x & 15) == 0;
+}
+
+int tdc_gemv_ok(const td_weight_t *w, const float *x, int n) {
+    return n >= 1 && n <= TDC_GEMV_MAX_N && !w->transposed && w->rows <= INT32_MAX &&
+           w->cols <= INT32_MAX;
 }
 
 template <int DT>
@@ -124,10 +182,15 @@ static void s_launch(cuda_ctx_t *c, float *y, const float *x, const td_weight_t 
     const unsigned blocks = (unsigned)((warps * 32 + TDC_GEMV_THREADS - 1) / TDC_GEMV_THREADS);
     const void *b = bias ? bias->data : NULL;
     const int bdt = bias ? bias->dtype : 0;
+    const int vec = s_vec_ok(w, x);
 #define TDC_GEMV_CASE(NT)                                                                          \
     case NT:                                                                                       \
-        k_gemv<NT, DT>                                                                             \
-            <<<blocks, TDC_GEMV_THREADS, 0, c->stream>>>(y, x, w->data, ld, rows, cols, b, bdt);   \
+        if (vec)                                                                                   \
+            k_gemv<NT, DT><<<blocks, TDC_GEMV_THREADS, 0, c->stream>>>(y, x, w->data, ld, rows,    \
+                                                                       cols, b, bdt);              \
+        else                                                                                       \
+            k_gemv_scalar<NT, DT><<<blocks, TDC_GEMV_THREADS, 0, c->stream>>>(y, x, w->data, ld,   \
+                                                                              rows, cols, b, bdt); \
         break;
     switch (n) {
         TDC_GEMV_CASE(1)
