@@ -1,24 +1,28 @@
 #!/bin/sh
-# tools/gpu-bundle.sh - packs what the GPU machine needs to run the CUDA test and benchmark built
-# here: build/gpu-bundle/bin (test_cuda, bench_cuda) and build/gpu-bundle/lib (the non-system
+# tools/gpu-bundle.sh - packs what the GPU machine needs to run tools/gpu-check.sh with binaries
+# built here: build/gpu-bundle/bin (test_cuda, bench_cuda, and tandem, tandem-drafter,
+# tandem-verifier for the two-process check) and build/gpu-bundle/lib (the non-system
 # shared libraries they link: libzmq, protobuf-c, openblas, cjson, pcre2, utf8proc and their
 # dependencies; not glibc, libstdc++/libgcc_s, nor the CUDA libraries, which that machine has),
 # then compresses it to build/gpu-bundle.tar.xz (OpenBLAS alone is 35 MB; the device tool carries
 # at most 64 MiB). Run from the repository root after `make` with nvcc present:
-#   make build/tests/test_cuda build/bench/bench_cuda && sh tools/gpu-bundle.sh
+#   make all build/tests/test_cuda build/bench/bench_cuda && sh tools/gpu-bundle.sh
 # Then carry build/gpu-bundle.tar.xz and run `bash tools/gpu-check.sh` there.
 set -eu
 B=${BUILD:-build}
 out=$B/gpu-bundle
-for f in "$B/tests/test_cuda" "$B/bench/bench_cuda"; do
+bins="$B/tests/test_cuda $B/bench/bench_cuda $B/bin/tandem $B/bin/tandem-drafter $B/bin/tandem-verifier"
+for f in $bins; do
   [ -x "$f" ] || { echo "gpu-bundle: $f is missing; run make $f first" >&2; exit 1; }
 done
-if ! nm "$B/tests/test_cuda" | grep -q cublasGemmEx; then
-  echo "gpu-bundle: $B/tests/test_cuda was built with the CUDA stub (no nvcc?)" >&2; exit 1
-fi
+for f in $bins; do
+  if ! nm "$f" | grep -q cublasGemmEx; then
+    echo "gpu-bundle: $f was built with the CUDA stub (no nvcc?); make clean, then make with nvcc" >&2; exit 1
+  fi
+done
 rm -rf "$out" "$B/gpu-bundle.tar.xz"
 mkdir -p "$out/bin" "$out/lib"
-cp "$B/tests/test_cuda" "$B/bench/bench_cuda" "$out/bin/"
+cp $bins "$out/bin/"
 strip --strip-debug "$out/bin/"*
 skip='^(libc|libm|libpthread|libdl|librt|libresolv|ld-linux-x86-64|libstdc\+\+|libgcc_s|linux-vdso|libcuda|libcudart|libcublas|libcublasLt)\.'
 for f in "$out/bin/"*; do
