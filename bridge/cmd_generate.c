@@ -4,6 +4,7 @@
 #include "bridge/cli.h"
 #include "bridge/commands.h"
 #include "bridge/pair.h"
+#include "bridge/remote_methods.h"
 #include "drafter/draft.h"
 #include "drafter/planned.h"
 #include "drafter/selfspec.h"
@@ -34,6 +35,13 @@ static void s_help(FILE *f) {
         "inproc://)\n"
         "                     or the endpoint of a running tandem-drafter (tcp://host:port, "
         "ipc://path)\n"
+        "                     selfspec with an endpoint: the drafter evaluates half of every "
+        "chain;\n"
+        "                     --verifier DIR is the same dLLM here (default the bundled "
+        "drafter)\n"
+        "                     planned with an endpoint: the drafter fills the spans; the planner "
+        "is\n"
+        "                     --verifier DIR (default the bundled tiny-planned, run causally)\n"
         "  --method M         ar          plain autoregressive decoding with the verifier (exact)\n"
         "                     spec-ar     speculative decoding with a small AR drafter (exact)\n"
         "                     specdiff    a diffusion drafter drafts --gamma tokens in --steps "
@@ -365,7 +373,25 @@ int td_cmd_generate(int argc, char **argv) {
             s_bundled(method == TD_METHOD_SPEC_AR ? "tiny-ar-drafter" : "tiny-diffusion-drafter",
                       dbuf, sizeof dbuf);
     if (!needs_d) drafter = NULL;
-    if (local_dllm && td_is_endpoint(drafter)) {
+    /* selfspec / planned with a drafter process: the local side loads --verifier DIR (selfspec:
+     * the same dLLM; planned: the planner) and the drafter evaluates / fills over the wire */
+    const int remote_dllm =
+        (method == TD_METHOD_SELFSPEC || method == TD_METHOD_PLANNED) && td_is_endpoint(drafter);
+    char lbuf[1024];
+    const char *local_dir = NULL;
+    if (remote_dllm) {
+        if (vdir && td_is_endpoint(vdir)) {
+            fprintf(stderr,
+                    "tandem generate: --method %s with a drafter endpoint needs --verifier "
+                    "DIR (a checkpoint directory loaded here)\n",
+                    td_method_name((td_method_t)method));
+            return 2;
+        }
+        local_dir = vdir ? vdir
+                         : s_bundled(method == TD_METHOD_SELFSPEC ? "tiny-diffusion-drafter"
+                                                                  : "tiny-planned",
+                                     lbuf, sizeof lbuf);
+    } else if (local_dllm && td_is_endpoint(drafter)) {
         fprintf(stderr,
                 "tandem generate: --method %s runs the drafter checkpoint in this process: give a "
                 "directory\n",
@@ -400,7 +426,7 @@ int td_cmd_generate(int argc, char **argv) {
         if (!(pbuf = td_cli_read_text(prompt_file, &plen))) return 1;
         prompt = pbuf;
     }
-    if (vdir && td_is_endpoint(vdir) && !local_dllm) {
+    if (vdir && td_is_endpoint(vdir) && !local_dllm && !remote_dllm) {
         if (drafter && strcmp(drafter, dbuf) != 0)
             fprintf(stderr, "tandem generate: note: --drafter is ignored with a remote verifier "
                             "(it has its own)\n");
@@ -429,16 +455,23 @@ int td_cmd_generate(int argc, char **argv) {
     td_backend_t *dbe = NULL;
     td_model_t *dm = NULL;
     td_tokenizer_t *dtok = NULL;
-    if (td_pair_open(&pair, needs_v ? vdir : planner_dir, local_dllm ? NULL : drafter, &po, &err) !=
-        TD_OK) {
+    if (remote_dllm) po.timeout_ms = timeout > 0 ? (int)timeout : 0;
+    if (td_pair_open(&pair,
+                     remote_dllm ? local_dir
+                     : needs_v   ? vdir
+                                 : planner_dir,
+                     local_dllm && !remote_dllm ? NULL : drafter, &po, &err) != TD_OK) {
         fprintf(stderr, "tandem generate: %s\n", err.msg);
         goto done;
     }
-    if (local_dllm && td_cli_load_on(drafter, (int)ddevice, (int)threads, &dbe, &dm, &dtok))
+    if (local_dllm && !remote_dllm &&
+        td_cli_load_on(drafter, (int)ddevice, (int)threads, &dbe, &dm, &dtok))
         goto done;
-    td_model_t *main_model = needs_v ? pair.verifier : dm;
-    const td_tokenizer_t *tok = needs_v ? pair.vtok : dtok;
-    const char *main_dir = needs_v ? vdir : drafter;
+    td_model_t *main_model = needs_v || remote_dllm ? pair.verifier : dm;
+    const td_tokenizer_t *tok = needs_v || remote_dllm ? pair.vtok : dtok;
+    const char *main_dir = remote_dllm ? local_dir : needs_v ? vdir : drafter;
+    td_remote_opts_t ro = {.session = ((uint64_t)getpid() << 20) | 7,
+                           .timeout_ms = timeout > 0 ? (int)timeout : 5000};
     const td_config_t *c = td_model_config(main_model);
     td_sampling_t sp = {.temperature = 0, .top_k = 0, .top_p = 1};
     if (c->eos_token_id >= 0) stop[n_stop++] = c->eos_token_id;
@@ -508,6 +541,7 @@ int td_cmd_generate(int argc, char **argv) {
     double t0 = td_time_now();
     int grc;
     if (method == TD_METHOD_AR) {
+    ar:;
         td_gen_params_t gp = {.max_tokens = (int)max_tokens,
                               .sampling = sp,
                               .seed = (uint64_t)seed,
@@ -528,7 +562,17 @@ int td_cmd_generate(int argc, char **argv) {
         sp2.n_stop = n_stop;
         td_selfspec_stats_t ts = {0};
         if (sp.temperature > 0) td_log(TD_LOG_WARN, "selfspec is greedy: --temperature ignored");
-        grc = td_selfspec_generate(main_model, ids, n, &sp2, out, &ts, &err);
+        if (remote_dllm) {
+            grc = td_selfspec_generate_via(main_model, pair.dc, &ro, ids, n, &sp2, out, &ts, &err);
+            ss.fallbacks = ts.remote_fallbacks;
+            if (!json)
+                fprintf(stderr,
+                        "[selfspec] %d chain states evaluated by the drafter process in %d "
+                        "forwards beside this side's %d; %d round(s) redone here\n",
+                        ts.remote_states, ts.remote_forwards, ts.forwards, ts.remote_fallbacks);
+        } else {
+            grc = td_selfspec_generate(main_model, ids, n, &sp2, out, &ts, &err);
+        }
         ss.generated = ts.generated, ss.forwards = ts.forwards, ss.rounds = ts.rounds;
         ss.drafted = ts.drafted, ss.accepted = ts.commits - ts.rounds, ss.bonus_tokens = ts.rounds;
         ss.drafter_s = td_time_now() - t0;
@@ -542,9 +586,10 @@ int td_cmd_generate(int argc, char **argv) {
         td_plan_tags_t tags;
         int eos = c->eos_token_id;
         if (td_plan_tags_init(&tags, tok, eos, &err) != TD_OK) {
-            fprintf(stderr, "tandem generate: planned: %s; falling back to --method diffusion\n",
-                    err.msg);
-            method = TD_METHOD_DIFFUSION;
+            fprintf(stderr, "tandem generate: planned: %s; falling back to --method %s\n", err.msg,
+                    c->causal ? "ar" : "diffusion");
+            method = c->causal ? TD_METHOD_AR : TD_METHOD_DIFFUSION;
+            if (c->causal) goto ar;
             goto diffusion;
         }
         td_planned_params_t pp = td_planned_params_default();
@@ -556,17 +601,30 @@ int td_cmd_generate(int argc, char **argv) {
         td_planned_stats_t ps = {0};
         int n_out = 0;
         td_model_t *planner = pair.verifier ? pair.verifier : main_model;
-        grc = td_planned_generate(planner, main_model, &tags, ids, n, &pp, out, &n_out, NULL, NULL,
-                                  &ps, &err);
+        double dsec = 0;
+        if (remote_dllm)
+            grc = td_planned_generate_via(planner, pair.dc, &ro, &tags, ids, n, &pp, out, &n_out,
+                                          &ps, &dsec, &err);
+        else
+            grc = td_planned_generate(planner, main_model, &tags, ids, n, &pp, out, &n_out, NULL,
+                                      NULL, &ps, &err);
         td_plan_tags_free(&tags);
+        if (remote_dllm && grc == TD_ERR_UNSUPPORTED) {
+            fprintf(stderr, "tandem generate: planned: %s; falling back to --method %s\n", err.msg,
+                    c->causal ? "ar" : "diffusion");
+            method = c->causal ? TD_METHOD_AR : TD_METHOD_DIFFUSION;
+            if (c->causal) goto ar;
+            goto diffusion;
+        }
         if (grc == TD_ERR_FORMAT) {
-            fprintf(stderr, "tandem generate: planned: %s; falling back to --method diffusion\n",
-                    err.msg);
-            method = TD_METHOD_DIFFUSION;
+            fprintf(stderr, "tandem generate: planned: %s; falling back to --method %s\n", err.msg,
+                    c->causal ? "ar" : "diffusion");
+            method = c->causal ? TD_METHOD_AR : TD_METHOD_DIFFUSION;
+            if (c->causal) goto ar;
             goto diffusion;
         }
         ss.generated = n_out, ss.forwards = ps.critical_path;
-        ss.drafter_s = td_time_now() - t0;
+        ss.drafter_s = remote_dllm ? dsec : td_time_now() - t0;
         ss.stop = ps.stopped_at_eos ? TD_STOP_EOS : TD_STOP_LENGTH;
         fprintf(stderr,
                 "[planned] plan %d tokens, %d stage(s), %d span(s), %.1f steps per span, critical "

@@ -536,21 +536,23 @@ static int s_plan_step(s_planner_t *pl, const int32_t *seq, const td_pd_row_t *r
     return TD_OK;
 }
 
-int td_planned_generate(td_model_t *planner, td_model_t *filler, const td_plan_tags_t *tags,
-                        const int32_t *prompt, int n_prompt, const td_planned_params_t *p,
-                        int32_t *out, int *n_out, int32_t *raw, int *n_raw, td_planned_stats_t *st,
-                        td_err_t *err) {
-    if (!planner || !filler || !tags || !prompt || n_prompt < 1 || !p || p->max_tokens < 0 ||
-        (p->max_tokens > 0 && !out) || !n_out)
+static int s_generate(td_model_t *planner, td_model_t *filler, const td_planned_remote_t *remote,
+                      const td_plan_tags_t *tags, const int32_t *prompt, int n_prompt,
+                      const td_planned_params_t *p, int32_t *out, int *n_out, int32_t *raw,
+                      int *n_raw, td_planned_stats_t *st, td_err_t *err) {
+    if (!planner || (!filler && !remote) || !tags || !prompt || n_prompt < 1 || !p ||
+        p->max_tokens < 0 || (p->max_tokens > 0 && !out) || !n_out)
         return td_err_set(err, TD_ERR_ARG, "planned generate: bad arguments");
-    const td_config_t *pc = td_model_config(planner), *fc = td_model_config(filler);
-    if (!fc->is_diffusion || fc->causal || fc->mask_token_id < 0)
+    const td_config_t *pc = td_model_config(planner), *fc = filler ? td_model_config(filler) : NULL;
+    if (fc && (!fc->is_diffusion || fc->causal || fc->mask_token_id < 0))
         return td_err_set(err, TD_ERR_ARG, "planned: the filler (%s) is not a masked-diffusion LM",
                           td_arch_name(fc->arch));
-    if (pc->n_vocab != fc->n_vocab)
+    if (fc && pc->n_vocab != fc->n_vocab)
         return td_err_set(err, TD_ERR_ARG,
                           "planned: planner and filler vocabularies differ (%d vs %d)", pc->n_vocab,
                           fc->n_vocab);
+    if (remote && !remote->fill)
+        return td_err_set(err, TD_ERR_ARG, "planned: remote filler without a fill function");
     if (!pc->causal && (!pc->is_diffusion || pc->mask_token_id < 0))
         return td_err_set(err, TD_ERR_ARG, "planned: the planner is neither causal nor a dLLM");
     for (int i = 0; i < n_prompt; i++)
@@ -558,7 +560,7 @@ int td_planned_generate(td_model_t *planner, td_model_t *filler, const td_plan_t
             return td_err_set(err, TD_ERR_ARG, "prompt token %d out of range", prompt[i]);
     int total = n_prompt + p->max_tokens;
     int lim = pc->n_ctx_train;
-    if (fc->n_ctx_train > 0 && (lim <= 0 || fc->n_ctx_train < lim)) lim = fc->n_ctx_train;
+    if (fc && fc->n_ctx_train > 0 && (lim <= 0 || fc->n_ctx_train < lim)) lim = fc->n_ctx_train;
     if (lim > 0 && total > lim) total = lim;
     if (total <= n_prompt)
         return td_err_set(err, TD_ERR_ARG, "planned: the prompt (%d tokens) fills the context",
@@ -622,8 +624,26 @@ int td_planned_generate(td_model_t *planner, td_model_t *filler, const td_plan_t
         (void)last;
         int ctx_len = plan.end != TD_PLAN_END_NONE ? n - 1 : n;
         if (plan.n_spans > 0) {
-            int sc = td_planned_fill(filler, tags, seq, rows, ctx_len, &plan, p, &rng,
+            int sc;
+            if (filler) {
+                sc = td_planned_fill(filler, tags, seq, rows, ctx_len, &plan, p, &rng,
                                      seq + ctx_len, rows + ctx_len, total - ctx_len, &s, err);
+            } else {
+                /* the rows are this side's to know; the tokens come from the remote filler */
+                sc = td_planned_scaffold(&plan, tags, 0, ctx_len, p->dense, seq + ctx_len,
+                                         rows + ctx_len, total - ctx_len);
+                if (sc < 0) {
+                    int need = 0;
+                    for (int k = 0; k < plan.n_spans; k++) need += plan.spans[k].length + 2;
+                    rc = td_err_set(err, TD_ERR_ARG,
+                                    "planned: the plan's %d span(s) need %d positions after %d "
+                                    "tokens of context, but only %d fit",
+                                    plan.n_spans, need, ctx_len, total - ctx_len);
+                    goto done;
+                }
+                sc = remote->fill(remote->ud, tags, seq, rows, ctx_len, &plan, p, &rng,
+                                  seq + ctx_len, total - ctx_len, &s, err);
+            }
             if (sc < 0) {
                 rc = sc;
                 goto done;
@@ -661,4 +681,33 @@ done:
     free(rows);
     free(logits);
     return rc;
+}
+
+int td_planned_generate(td_model_t *planner, td_model_t *filler, const td_plan_tags_t *tags,
+                        const int32_t *prompt, int n_prompt, const td_planned_params_t *p,
+                        int32_t *out, int *n_out, int32_t *raw, int *n_raw, td_planned_stats_t *st,
+                        td_err_t *err) {
+    if (!filler) return td_err_set(err, TD_ERR_ARG, "planned generate: no filler");
+    return s_generate(planner, filler, NULL, tags, prompt, n_prompt, p, out, n_out, raw, n_raw, st,
+                      err);
+}
+
+int td_planned_generate_remote(td_model_t *planner, const td_planned_remote_t *remote,
+                               const td_plan_tags_t *tags, const int32_t *prompt, int n_prompt,
+                               const td_planned_params_t *p, int32_t *out, int *n_out, int32_t *raw,
+                               int *n_raw, td_planned_stats_t *st, td_err_t *err) {
+    if (!remote) return td_err_set(err, TD_ERR_ARG, "planned generate: no remote filler");
+    return s_generate(planner, NULL, remote, tags, prompt, n_prompt, p, out, n_out, raw, n_raw, st,
+                      err);
+}
+
+void td_planned_stats_add_fill(td_planned_stats_t *st, const td_plan_t *plan, int forwards,
+                               int span_steps) {
+    if (!st) return;
+    st->diffusion_forwards += forwards;
+    st->span_steps += span_steps;
+    st->stages++;
+    st->spans += plan->n_spans;
+    for (int k = 0; k < plan->n_spans; k++) st->span_tokens += plan->spans[k].length;
+    if (forwards > st->max_span_steps) st->max_span_steps = forwards;
 }

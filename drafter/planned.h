@@ -157,6 +157,31 @@ int td_planned_generate(td_model_t *planner, td_model_t *filler, const td_plan_t
                         int32_t *out, int *n_out, int32_t *raw, int *n_raw, td_planned_stats_t *st,
                         td_err_t *err);
 
+/* ---- two processes: the planner here, the spans filled by a drafter process ----
+ * fill does what td_planned_fill does (same arguments; the scaffold's rows are computed by the
+ * caller with td_planned_scaffold, so only its tokens come back): fills the stage's spans with
+ * p's schedule and sampling, continuing rng (so a sampled run equals the one-process run with the
+ * same seed), writes the filled scaffold into scaffold[cap], adds its counts to st
+ * (td_planned_stats_add_fill) and returns the scaffold length or a negative TD_ERR_*. */
+typedef struct td_planned_remote {
+    int (*fill)(void *ud, const td_plan_tags_t *tags, const int32_t *ctx,
+                const td_pd_row_t *ctx_rows, int n_ctx, const td_plan_t *plan,
+                const td_planned_params_t *p, td_rng_t *rng, int32_t *scaffold, int cap,
+                td_planned_stats_t *st, td_err_t *err);
+    void *ud;
+} td_planned_remote_t;
+
+/* td_planned_generate with the filler behind remote (the planner runs here). Same output as the
+ * one-process call with the same checkpoint, parameters and seed. */
+int td_planned_generate_remote(td_model_t *planner, const td_planned_remote_t *remote,
+                               const td_plan_tags_t *tags, const int32_t *prompt, int n_prompt,
+                               const td_planned_params_t *p, int32_t *out, int *n_out, int32_t *raw,
+                               int *n_raw, td_planned_stats_t *st, td_err_t *err);
+
+/* The counts td_planned_fill adds for one stage of plan (forwards = its denoising steps). */
+void td_planned_stats_add_fill(td_planned_stats_t *st, const td_plan_t *plan, int forwards,
+                               int span_steps);
+
 #ifdef __cplusplus
 }
 #endif

@@ -60,6 +60,13 @@ typedef struct td_selfspec_stats {
     int depth_checked[TD_SELFSPEC_MAX_K + 1];
     int depth_accepted[TD_SELFSPEC_MAX_K + 1];
     int accepted_hist[TD_SELFSPEC_MAX_K + 1];
+    /* two processes (td_selfspec_generate_remote): chain states evaluated by the drafter process,
+     * forwards it ran for them (concurrent with this side's: not on the critical path), rounds
+     * whose remote evaluation failed and was redone here, seconds spent waiting for it */
+    int remote_states;
+    int remote_forwards;
+    int remote_fallbacks;
+    double remote_s;
 } td_selfspec_stats_t;
 
 /* The reference: stepwise greedy decoding of the diffusion LM m after prompt[n_prompt] (>= 1),
@@ -81,6 +88,55 @@ int td_stepwise_greedy_generate(td_model_t *m, const int32_t *prompt, int n_prom
 int td_selfspec_generate(td_model_t *m, const int32_t *prompt, int n_prompt,
                          const td_selfspec_params_t *p, int32_t *out, td_selfspec_stats_t *st,
                          td_err_t *err);
+
+/* ---- two processes: the drafter process evaluates part of every chain with the same dLLM ----
+ *
+ * Each round's chain states S_1..S_n are split: this side evaluates S_1..S_{n - n/2} in its own
+ * forward while the drafter process evaluates the deepest n/2 (rounded down) in its forward, at
+ * the same time. From each evaluated state only its draft list is needed (the min(K, masks) most
+ * confident masks, best first, with their argmax: the first entry is the stepwise greedy choice
+ * that checks the next draft, the list is the next round's drafts when the chain stops there), so
+ * that is what comes back. Both sides run the same decision code on their own logits; with the
+ * same checkpoint (td_selfspec_fingerprint) the output equals td_selfspec_generate's. */
+
+/* The remote side, as two calls around this side's forward. start sends the n states (state i =
+ * prefix[0..n_prefix) + tails[i][0..tail_lens[i]), masks as the mask token, canvas from
+ * canvas_starts[i] to its end); finish receives counts[n] and pos/ids[i * k + d] (canvas index
+ * and token of draft d of state i). Return TD_OK; TD_ERR_UNSUPPORTED aborts the generation (a
+ * configuration error such as a different checkpoint; err says why); any other error, or an
+ * answer that is not a possible draft list, makes this side evaluate those states itself
+ * (remote_fallbacks), so the output never depends on the drafter being healthy. */
+typedef struct td_selfspec_remote {
+    int (*start)(void *ud, const int32_t *prefix, int n_prefix, const int32_t *const *tails,
+                 const int *tail_lens, const int *canvas_starts, int n, int k, td_err_t *err);
+    int (*finish)(void *ud, int n, int k, int *counts, int32_t *pos, int32_t *ids, td_err_t *err);
+    void *ud;
+} td_selfspec_remote_t;
+
+/* td_selfspec_generate with the chain split between m (this process) and remote (the drafter
+ * process, same checkpoint). Same output, same forwards on this side's critical path. */
+int td_selfspec_generate_remote(td_model_t *m, const int32_t *prompt, int n_prompt,
+                                const td_selfspec_params_t *p, const td_selfspec_remote_t *remote,
+                                int32_t *out, td_selfspec_stats_t *st, td_err_t *err);
+
+/* The drafter side: evaluates explicit states in one batched forward and returns their draft
+ * lists (the same code as the in-process decoder). Scratch grows as needed. */
+typedef struct td_selfspec_evaluator td_selfspec_evaluator_t;
+/* NULL with TD_ERR_UNSUPPORTED when m is not a masked-diffusion LM. */
+td_selfspec_evaluator_t *td_selfspec_evaluator_new(td_model_t *m, td_err_t *err);
+void td_selfspec_evaluator_destroy(td_selfspec_evaluator_t **e_p);
+/* n in [1, 16] states as in td_selfspec_remote_t.start (tails concatenated), k in [1, 16]; writes
+ * counts[n], pos[n * k], ids[n * k]. TD_ERR_ARG for a state without a masked canvas position or
+ * a token outside the vocabulary, TD_ERR_UNSUPPORTED for one longer than the model's context. */
+int td_selfspec_evaluate(td_selfspec_evaluator_t *e, const int32_t *prefix, int n_prefix,
+                         const int32_t *tails, const int *tail_lens, const int *canvas_starts,
+                         int n, int k, int *counts, int32_t *pos, int32_t *ids, td_err_t *err);
+
+/* A fingerprint of a checkpoint as selfspec sees it: its config (architecture, vocabulary, mask
+ * and EOS ids, logit shift, context), parameter count, weight dtype and the argmax of every row
+ * of one fixed 8-token probe forward (so two checkpoints of one shape with different weights
+ * differ). Never 0. Costs one small forward. */
+uint64_t td_selfspec_fingerprint(td_model_t *m);
 
 #ifdef __cplusplus
 }

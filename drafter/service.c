@@ -2,6 +2,8 @@
 #include "drafter/service.h"
 
 #include "drafter/draft.h"
+#include "drafter/planned.h"
+#include "drafter/selfspec.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -52,7 +54,13 @@ struct td_drafter_service {
     int V, n_ctx;
     session_t *sessions;
     Tandem__Hello hello;
-    char *caps[4];
+    char *caps[6];
+    /* selfspec (evaluating chain states) and planned (filling spans), made on first use */
+    td_selfspec_evaluator_t *ev;
+    uint64_t fingerprint; /* 0 = not computed yet */
+    td_plan_tags_t tags;
+    int have_tags;
+    char tags_err[1024];
     char model_id[256], tok_name[64];
     long predraft_hits, predraft_misses;
     td_routing_id_t peers[MAX_PEERS];
@@ -97,8 +105,22 @@ td_drafter_service_t *td_drafter_service_new(td_model_t *m, const td_tokenizer_t
         s->caps[nc++] = "specdiff";
         s->caps[nc++] = "apd";
         s->caps[nc++] = "diffusion";
+        s->caps[nc++] = "selfspec";
     } else {
         s->caps[nc++] = "ar-draft";
+    }
+    if (c->is_diffusion) {
+        td_err_t terr = {0};
+        if (tok && td_plan_tags_init(&s->tags, tok, c->eos_token_id, &terr) == TD_OK) {
+            s->have_tags = 1;
+            s->caps[nc++] = "planned";
+        } else {
+            snprintf(s->tags_err, sizeof s->tags_err, "%s", tok ? terr.msg : "no tokenizer");
+        }
+    } else {
+        snprintf(s->tags_err, sizeof s->tags_err,
+                 "planned needs a masked-diffusion LM to fill spans; this drafter is causal (%s)",
+                 td_arch_name(c->arch));
     }
     tandem__hello__init(&s->hello);
     td_wire_hello_fill(&s->hello, TANDEM__ROLE__ROLE_DRAFTER, s->model_id, (uint32_t)s->V,
@@ -126,6 +148,8 @@ void td_drafter_service_destroy(td_drafter_service_t **self_p) {
         for (int i = 0; i < s->opts.max_sessions; i++) s_session_free(&s->sessions[i]);
     free(s->sessions);
     td_kv_cache_destroy(&s->kv);
+    td_selfspec_evaluator_destroy(&s->ev);
+    if (s->have_tags) td_plan_tags_free(&s->tags);
     free(s->draft);
     free(s->ids);
     free(s->probs);
@@ -466,6 +490,161 @@ static void s_full_row(td_drafter_service_t *s, td_server_t *srv, const td_routi
         td_log(TD_LOG_WARN, "drafter: sending a full row failed: %s", err.msg);
 }
 
+/* SelfspecEval: evaluate the chain states with this dLLM and answer their draft lists. */
+static void s_selfspec_eval(td_drafter_service_t *s, td_server_t *srv, const td_routing_id_t *from,
+                            const Tandem__Envelope *req) {
+    const Tandem__SelfspecEval *r = req->selfspec_eval;
+    td_err_t err = {0};
+    double t0 = td_time_now();
+    if (!s->ev && !(s->ev = td_selfspec_evaluator_new(s->m, &err))) {
+        s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_UNSUPPORTED, "%s", err.msg);
+        return;
+    }
+    if (r->model_fingerprint) {
+        if (!s->fingerprint) s->fingerprint = td_selfspec_fingerprint(s->m);
+        if (s->fingerprint != r->model_fingerprint) {
+            s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_UNSUPPORTED,
+                          "selfspec needs the same dLLM checkpoint in both processes: drafter %s "
+                          "has fingerprint %016llx, the verifier's model %016llx",
+                          s->model_id, (unsigned long long)s->fingerprint,
+                          (unsigned long long)r->model_fingerprint);
+            return;
+        }
+    }
+    int n = (int)r->n_tail_lens, k = (int)r->draft_k;
+    int32_t *prefix = malloc((r->n_prefix + 1) * sizeof *prefix),
+            *tails = malloc((r->n_tails + 1) * sizeof *tails);
+    int tl[TD_SELFSPEC_MAX_K], cs[TD_SELFSPEC_MAX_K], counts[TD_SELFSPEC_MAX_K];
+    int32_t pos[TD_SELFSPEC_MAX_K * TD_SELFSPEC_MAX_K], ids[TD_SELFSPEC_MAX_K * TD_SELFSPEC_MAX_K];
+    if (!prefix || !tails) {
+        s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_INTERNAL, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < r->n_prefix; i++) prefix[i] = (int32_t)r->prefix[i];
+    for (size_t i = 0; i < r->n_tails; i++) tails[i] = (int32_t)r->tails[i];
+    for (int i = 0; i < n; i++) tl[i] = (int)r->tail_lens[i], cs[i] = (int)r->canvas_starts[i];
+    int rc = td_selfspec_evaluate(s->ev, prefix, (int)r->n_prefix, tails, tl, cs, n, k, counts, pos,
+                                  ids, &err);
+    if (rc != TD_OK) {
+        s_reply_error(srv, from, req,
+                      rc == TD_ERR_ARG           ? TANDEM__ERROR_CODE__ERROR_MALFORMED
+                      : rc == TD_ERR_UNSUPPORTED ? TANDEM__ERROR_CODE__ERROR_UNSUPPORTED
+                                                 : TANDEM__ERROR_CODE__ERROR_INTERNAL,
+                      "selfspec evaluation failed: %s", err.msg);
+        goto out;
+    }
+    uint32_t ucounts[TD_SELFSPEC_MAX_K], upos[TD_SELFSPEC_MAX_K * TD_SELFSPEC_MAX_K],
+        uids[TD_SELFSPEC_MAX_K * TD_SELFSPEC_MAX_K];
+    size_t m = 0;
+    for (int i = 0; i < n; i++) {
+        ucounts[i] = (uint32_t)counts[i];
+        for (int d = 0; d < counts[i]; d++, m++) {
+            upos[m] = (uint32_t)pos[i * k + d];
+            uids[m] = (uint32_t)ids[i * k + d];
+        }
+    }
+    Tandem__Envelope env;
+    Tandem__SelfspecDrafts ans;
+    td_wire_selfspec_drafts_init(&env, &ans, req->session_id, req->round);
+    ans.n_counts = (size_t)n;
+    ans.counts = ucounts;
+    ans.n_positions = ans.n_tokens = m;
+    ans.positions = upos;
+    ans.tokens = uids;
+    ans.drafter_us = (uint64_t)((td_time_now() - t0) * 1e6);
+    if (td_server_send(srv, from, &env, &err) != TD_OK)
+        td_log(TD_LOG_WARN, "drafter: sending selfspec drafts failed: %s", err.msg);
+out:
+    free(prefix);
+    free(tails);
+}
+
+/* PlannedFill: fill one stage's spans with td_planned_fill and answer the scaffold. */
+static void s_planned_fill(td_drafter_service_t *s, td_server_t *srv, const td_routing_id_t *from,
+                           const Tandem__Envelope *req) {
+    const Tandem__PlannedFill *r = req->planned_fill;
+    td_err_t err = {0};
+    double t0 = td_time_now();
+    if (!s->have_tags) {
+        s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_UNSUPPORTED,
+                      "this drafter (%s) cannot fill planned spans: %s", s->model_id, s->tags_err);
+        return;
+    }
+    const int32_t mine[6] = {s->tags.async_open,  s->tags.async_close, s->tags.promise,
+                             s->tags.topic_close, s->tags.sync,        s->tags.pad};
+    for (int i = 0; i < 6; i++)
+        if ((int32_t)r->tags[i] != mine[i]) {
+            s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_UNSUPPORTED,
+                          "plan tag %d is id %u on the planner but %d on drafter %s: the "
+                          "checkpoints' tokenizers disagree",
+                          i, r->tags[i], mine[i], s->model_id);
+            return;
+        }
+    td_plan_t plan;
+    memset(&plan, 0, sizeof plan);
+    plan.n_spans = (int)r->n_span_units;
+    int need = 0;
+    for (int k = 0; k < plan.n_spans; k++) {
+        plan.spans[k].units = (int)r->span_units[k];
+        plan.spans[k].length = 10 * plan.spans[k].units;
+        need += plan.spans[k].length + 2;
+    }
+    int n_ctx = (int)r->n_context, cap = (int)r->capacity < need ? (int)r->capacity : need;
+    int32_t *ctx = malloc((size_t)n_ctx * sizeof *ctx), *sc = malloc((size_t)need * sizeof *sc);
+    td_pd_row_t *rows = r->n_context_rows ? malloc((size_t)n_ctx * sizeof *rows) : NULL,
+                *sc_rows = malloc((size_t)need * sizeof *sc_rows);
+    uint32_t *usc = malloc((size_t)need * sizeof *usc);
+    if (!ctx || !sc || !sc_rows || !usc || (r->n_context_rows && !rows)) {
+        s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_INTERNAL, "out of memory");
+        goto out;
+    }
+    for (int i = 0; i < n_ctx; i++) ctx[i] = (int32_t)r->context[i];
+    if (rows)
+        for (int i = 0; i < n_ctx; i++)
+            rows[i] =
+                (td_pd_row_t){(int32_t)r->context_rows[3 * i], (int32_t)r->context_rows[3 * i + 1],
+                              (int32_t)r->context_rows[3 * i + 2]};
+    td_planned_params_t pp = td_planned_params_default();
+    pp.steps_ratio = r->steps_ratio;
+    pp.dense = r->dense;
+    if (r->sampling) {
+        pp.sampling.temperature = r->sampling->temperature;
+        pp.sampling.top_k = (int)r->sampling->top_k;
+        pp.sampling.top_p = r->sampling->top_p > 0 ? r->sampling->top_p : 1.0f;
+    }
+    td_rng_t rng;
+    for (int i = 0; i < 4; i++) rng.s[i] = r->rng_state[i];
+    td_planned_stats_t st = {0};
+    int n_sc = td_planned_fill(s->m, &s->tags, ctx, rows, n_ctx, &plan, &pp, &rng, sc, sc_rows, cap,
+                               &st, &err);
+    if (n_sc < 0) {
+        s_reply_error(srv, from, req,
+                      n_sc == TD_ERR_ARG ? TANDEM__ERROR_CODE__ERROR_UNSUPPORTED
+                                         : TANDEM__ERROR_CODE__ERROR_INTERNAL,
+                      "drafter %s: %s", s->model_id, err.msg);
+        goto out;
+    }
+    for (int i = 0; i < n_sc; i++) usc[i] = (uint32_t)sc[i];
+    Tandem__Envelope env;
+    Tandem__PlannedFilled ans;
+    td_wire_planned_filled_init(&env, &ans, req->session_id, req->round);
+    ans.n_scaffold = (size_t)n_sc;
+    ans.scaffold = usc;
+    ans.n_rng_state = 4;
+    ans.rng_state = rng.s;
+    ans.forwards = (uint32_t)st.diffusion_forwards;
+    ans.span_steps = (uint32_t)st.span_steps;
+    ans.drafter_us = (uint64_t)((td_time_now() - t0) * 1e6);
+    if (td_server_send(srv, from, &env, &err) != TD_OK)
+        td_log(TD_LOG_WARN, "drafter: sending a planned fill failed: %s", err.msg);
+out:
+    free(ctx);
+    free(sc);
+    free(rows);
+    free(sc_rows);
+    free(usc);
+}
+
 void td_drafter_service_handle(td_drafter_service_t *s, td_server_t *srv,
                                const td_routing_id_t *from, const Tandem__Envelope *req) {
     td_err_t err = {0};
@@ -496,6 +675,12 @@ void td_drafter_service_handle(td_drafter_service_t *s, td_server_t *srv,
         break;
     case TANDEM__ENVELOPE__BODY_FULL_ROW_REQUEST:
         s_full_row(s, srv, from, req);
+        break;
+    case TANDEM__ENVELOPE__BODY_SELFSPEC_EVAL:
+        s_selfspec_eval(s, srv, from, req);
+        break;
+    case TANDEM__ENVELOPE__BODY_PLANNED_FILL:
+        s_planned_fill(s, srv, from, req);
         break;
     case TANDEM__ENVELOPE__BODY_CLOSE_SESSION: {
         session_t *ss = s_find(s, req->session_id);

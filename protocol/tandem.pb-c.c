@@ -772,6 +772,186 @@ void   tandem__token_chunk__free_unpacked
   assert(message->base.descriptor == &tandem__token_chunk__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   tandem__selfspec_eval__init
+                     (Tandem__SelfspecEval         *message)
+{
+  static const Tandem__SelfspecEval init_value = TANDEM__SELFSPEC_EVAL__INIT;
+  *message = init_value;
+}
+size_t tandem__selfspec_eval__get_packed_size
+                     (const Tandem__SelfspecEval *message)
+{
+  assert(message->base.descriptor == &tandem__selfspec_eval__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tandem__selfspec_eval__pack
+                     (const Tandem__SelfspecEval *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tandem__selfspec_eval__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tandem__selfspec_eval__pack_to_buffer
+                     (const Tandem__SelfspecEval *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tandem__selfspec_eval__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tandem__SelfspecEval *
+       tandem__selfspec_eval__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tandem__SelfspecEval *)
+     protobuf_c_message_unpack (&tandem__selfspec_eval__descriptor,
+                                allocator, len, data);
+}
+void   tandem__selfspec_eval__free_unpacked
+                     (Tandem__SelfspecEval *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tandem__selfspec_eval__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   tandem__selfspec_drafts__init
+                     (Tandem__SelfspecDrafts         *message)
+{
+  static const Tandem__SelfspecDrafts init_value = TANDEM__SELFSPEC_DRAFTS__INIT;
+  *message = init_value;
+}
+size_t tandem__selfspec_drafts__get_packed_size
+                     (const Tandem__SelfspecDrafts *message)
+{
+  assert(message->base.descriptor == &tandem__selfspec_drafts__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tandem__selfspec_drafts__pack
+                     (const Tandem__SelfspecDrafts *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tandem__selfspec_drafts__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tandem__selfspec_drafts__pack_to_buffer
+                     (const Tandem__SelfspecDrafts *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tandem__selfspec_drafts__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tandem__SelfspecDrafts *
+       tandem__selfspec_drafts__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tandem__SelfspecDrafts *)
+     protobuf_c_message_unpack (&tandem__selfspec_drafts__descriptor,
+                                allocator, len, data);
+}
+void   tandem__selfspec_drafts__free_unpacked
+                     (Tandem__SelfspecDrafts *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tandem__selfspec_drafts__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   tandem__planned_fill__init
+                     (Tandem__PlannedFill         *message)
+{
+  static const Tandem__PlannedFill init_value = TANDEM__PLANNED_FILL__INIT;
+  *message = init_value;
+}
+size_t tandem__planned_fill__get_packed_size
+                     (const Tandem__PlannedFill *message)
+{
+  assert(message->base.descriptor == &tandem__planned_fill__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tandem__planned_fill__pack
+                     (const Tandem__PlannedFill *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tandem__planned_fill__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tandem__planned_fill__pack_to_buffer
+                     (const Tandem__PlannedFill *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tandem__planned_fill__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tandem__PlannedFill *
+       tandem__planned_fill__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tandem__PlannedFill *)
+     protobuf_c_message_unpack (&tandem__planned_fill__descriptor,
+                                allocator, len, data);
+}
+void   tandem__planned_fill__free_unpacked
+                     (Tandem__PlannedFill *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tandem__planned_fill__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   tandem__planned_filled__init
+                     (Tandem__PlannedFilled         *message)
+{
+  static const Tandem__PlannedFilled init_value = TANDEM__PLANNED_FILLED__INIT;
+  *message = init_value;
+}
+size_t tandem__planned_filled__get_packed_size
+                     (const Tandem__PlannedFilled *message)
+{
+  assert(message->base.descriptor == &tandem__planned_filled__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tandem__planned_filled__pack
+                     (const Tandem__PlannedFilled *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tandem__planned_filled__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tandem__planned_filled__pack_to_buffer
+                     (const Tandem__PlannedFilled *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tandem__planned_filled__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tandem__PlannedFilled *
+       tandem__planned_filled__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tandem__PlannedFilled *)
+     protobuf_c_message_unpack (&tandem__planned_filled__descriptor,
+                                allocator, len, data);
+}
+void   tandem__planned_filled__free_unpacked
+                     (Tandem__PlannedFilled *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tandem__planned_filled__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 static const ProtobufCFieldDescriptor tandem__sampling__field_descriptors[3] =
 {
   {
@@ -1785,7 +1965,7 @@ const ProtobufCMessageDescriptor tandem__heartbeat__descriptor =
   (ProtobufCMessageInit) tandem__heartbeat__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tandem__envelope__field_descriptors[16] =
+static const ProtobufCFieldDescriptor tandem__envelope__field_descriptors[20] =
 {
   {
     "version",
@@ -1979,6 +2159,54 @@ static const ProtobufCFieldDescriptor tandem__envelope__field_descriptors[16] =
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "selfspec_eval",
+    23,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tandem__Envelope, body_case),
+    offsetof(Tandem__Envelope, selfspec_eval),
+    &tandem__selfspec_eval__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "selfspec_drafts",
+    24,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tandem__Envelope, body_case),
+    offsetof(Tandem__Envelope, selfspec_drafts),
+    &tandem__selfspec_drafts__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "planned_fill",
+    25,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tandem__Envelope, body_case),
+    offsetof(Tandem__Envelope, planned_fill),
+    &tandem__planned_fill__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "planned_filled",
+    26,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tandem__Envelope, body_case),
+    offsetof(Tandem__Envelope, planned_filled),
+    &tandem__planned_filled__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tandem__envelope__field_indices_by_name[] = {
   6,   /* field[6] = close_session */
@@ -1992,8 +2220,12 @@ static const unsigned tandem__envelope__field_indices_by_name[] = {
   3,   /* field[3] = hello */
   4,   /* field[4] = hello_ack */
   5,   /* field[5] = open_session */
+  18,   /* field[18] = planned_fill */
+  19,   /* field[19] = planned_filled */
   8,   /* field[8] = proposal */
   2,   /* field[2] = round */
+  17,   /* field[17] = selfspec_drafts */
+  16,   /* field[16] = selfspec_eval */
   1,   /* field[1] = session_id */
   15,   /* field[15] = token_chunk */
   0,   /* field[0] = version */
@@ -2002,7 +2234,7 @@ static const ProtobufCIntRange tandem__envelope__number_ranges[2 + 1] =
 {
   { 1, 0 },
   { 10, 3 },
-  { 0, 16 }
+  { 0, 20 }
 };
 const ProtobufCMessageDescriptor tandem__envelope__descriptor =
 {
@@ -2012,7 +2244,7 @@ const ProtobufCMessageDescriptor tandem__envelope__descriptor =
   "Tandem__Envelope",
   "tandem",
   sizeof(Tandem__Envelope),
-  16,
+  20,
   tandem__envelope__field_descriptors,
   tandem__envelope__field_indices_by_name,
   2,  tandem__envelope__number_ranges,
@@ -2275,6 +2507,418 @@ const ProtobufCMessageDescriptor tandem__token_chunk__descriptor =
   tandem__token_chunk__field_indices_by_name,
   1,  tandem__token_chunk__number_ranges,
   (ProtobufCMessageInit) tandem__token_chunk__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor tandem__selfspec_eval__field_descriptors[6] =
+{
+  {
+    "prefix",
+    1,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Tandem__SelfspecEval, n_prefix),
+    offsetof(Tandem__SelfspecEval, prefix),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "tails",
+    2,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Tandem__SelfspecEval, n_tails),
+    offsetof(Tandem__SelfspecEval, tails),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "tail_lens",
+    3,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Tandem__SelfspecEval, n_tail_lens),
+    offsetof(Tandem__SelfspecEval, tail_lens),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "canvas_starts",
+    4,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Tandem__SelfspecEval, n_canvas_starts),
+    offsetof(Tandem__SelfspecEval, canvas_starts),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "draft_k",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tandem__SelfspecEval, draft_k),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "model_fingerprint",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_FIXED64,
+    0,   /* quantifier_offset */
+    offsetof(Tandem__SelfspecEval, model_fingerprint),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tandem__selfspec_eval__field_indices_by_name[] = {
+  3,   /* field[3] = canvas_starts */
+  4,   /* field[4] = draft_k */
+  5,   /* field[5] = model_fingerprint */
+  0,   /* field[0] = prefix */
+  2,   /* field[2] = tail_lens */
+  1,   /* field[1] = tails */
+};
+static const ProtobufCIntRange tandem__selfspec_eval__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 6 }
+};
+const ProtobufCMessageDescriptor tandem__selfspec_eval__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tandem.SelfspecEval",
+  "SelfspecEval",
+  "Tandem__SelfspecEval",
+  "tandem",
+  sizeof(Tandem__SelfspecEval),
+  6,
+  tandem__selfspec_eval__field_descriptors,
+  tandem__selfspec_eval__field_indices_by_name,
+  1,  tandem__selfspec_eval__number_ranges,
+  (ProtobufCMessageInit) tandem__selfspec_eval__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor tandem__selfspec_drafts__field_descriptors[4] =
+{
+  {
+    "counts",
+    1,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Tandem__SelfspecDrafts, n_counts),
+    offsetof(Tandem__SelfspecDrafts, counts),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "positions",
+    2,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Tandem__SelfspecDrafts, n_positions),
+    offsetof(Tandem__SelfspecDrafts, positions),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "tokens",
+    3,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Tandem__SelfspecDrafts, n_tokens),
+    offsetof(Tandem__SelfspecDrafts, tokens),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "drafter_us",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tandem__SelfspecDrafts, drafter_us),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tandem__selfspec_drafts__field_indices_by_name[] = {
+  0,   /* field[0] = counts */
+  3,   /* field[3] = drafter_us */
+  1,   /* field[1] = positions */
+  2,   /* field[2] = tokens */
+};
+static const ProtobufCIntRange tandem__selfspec_drafts__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 4 }
+};
+const ProtobufCMessageDescriptor tandem__selfspec_drafts__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tandem.SelfspecDrafts",
+  "SelfspecDrafts",
+  "Tandem__SelfspecDrafts",
+  "tandem",
+  sizeof(Tandem__SelfspecDrafts),
+  4,
+  tandem__selfspec_drafts__field_descriptors,
+  tandem__selfspec_drafts__field_indices_by_name,
+  1,  tandem__selfspec_drafts__number_ranges,
+  (ProtobufCMessageInit) tandem__selfspec_drafts__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor tandem__planned_fill__field_descriptors[9] =
+{
+  {
+    "context",
+    1,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Tandem__PlannedFill, n_context),
+    offsetof(Tandem__PlannedFill, context),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "context_rows",
+    2,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Tandem__PlannedFill, n_context_rows),
+    offsetof(Tandem__PlannedFill, context_rows),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "span_units",
+    3,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Tandem__PlannedFill, n_span_units),
+    offsetof(Tandem__PlannedFill, span_units),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "steps_ratio",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_FLOAT,
+    0,   /* quantifier_offset */
+    offsetof(Tandem__PlannedFill, steps_ratio),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "dense",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Tandem__PlannedFill, dense),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "sampling",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Tandem__PlannedFill, sampling),
+    &tandem__sampling__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "rng_state",
+    7,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_FIXED64,
+    offsetof(Tandem__PlannedFill, n_rng_state),
+    offsetof(Tandem__PlannedFill, rng_state),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "capacity",
+    8,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tandem__PlannedFill, capacity),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "tags",
+    9,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Tandem__PlannedFill, n_tags),
+    offsetof(Tandem__PlannedFill, tags),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tandem__planned_fill__field_indices_by_name[] = {
+  7,   /* field[7] = capacity */
+  0,   /* field[0] = context */
+  1,   /* field[1] = context_rows */
+  4,   /* field[4] = dense */
+  6,   /* field[6] = rng_state */
+  5,   /* field[5] = sampling */
+  2,   /* field[2] = span_units */
+  3,   /* field[3] = steps_ratio */
+  8,   /* field[8] = tags */
+};
+static const ProtobufCIntRange tandem__planned_fill__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 9 }
+};
+const ProtobufCMessageDescriptor tandem__planned_fill__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tandem.PlannedFill",
+  "PlannedFill",
+  "Tandem__PlannedFill",
+  "tandem",
+  sizeof(Tandem__PlannedFill),
+  9,
+  tandem__planned_fill__field_descriptors,
+  tandem__planned_fill__field_indices_by_name,
+  1,  tandem__planned_fill__number_ranges,
+  (ProtobufCMessageInit) tandem__planned_fill__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor tandem__planned_filled__field_descriptors[5] =
+{
+  {
+    "scaffold",
+    1,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Tandem__PlannedFilled, n_scaffold),
+    offsetof(Tandem__PlannedFilled, scaffold),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "rng_state",
+    2,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_FIXED64,
+    offsetof(Tandem__PlannedFilled, n_rng_state),
+    offsetof(Tandem__PlannedFilled, rng_state),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "forwards",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tandem__PlannedFilled, forwards),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "span_steps",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tandem__PlannedFilled, span_steps),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "drafter_us",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tandem__PlannedFilled, drafter_us),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tandem__planned_filled__field_indices_by_name[] = {
+  4,   /* field[4] = drafter_us */
+  2,   /* field[2] = forwards */
+  1,   /* field[1] = rng_state */
+  0,   /* field[0] = scaffold */
+  3,   /* field[3] = span_steps */
+};
+static const ProtobufCIntRange tandem__planned_filled__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 5 }
+};
+const ProtobufCMessageDescriptor tandem__planned_filled__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tandem.PlannedFilled",
+  "PlannedFilled",
+  "Tandem__PlannedFilled",
+  "tandem",
+  sizeof(Tandem__PlannedFilled),
+  5,
+  tandem__planned_filled__field_descriptors,
+  tandem__planned_filled__field_indices_by_name,
+  1,  tandem__planned_filled__number_ranges,
+  (ProtobufCMessageInit) tandem__planned_filled__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCEnumValue tandem__role__enum_values_by_number[4] =

@@ -32,6 +32,10 @@ typedef struct Tandem__Heartbeat Tandem__Heartbeat;
 typedef struct Tandem__Envelope Tandem__Envelope;
 typedef struct Tandem__GenerateRequest Tandem__GenerateRequest;
 typedef struct Tandem__TokenChunk Tandem__TokenChunk;
+typedef struct Tandem__SelfspecEval Tandem__SelfspecEval;
+typedef struct Tandem__SelfspecDrafts Tandem__SelfspecDrafts;
+typedef struct Tandem__PlannedFill Tandem__PlannedFill;
+typedef struct Tandem__PlannedFilled Tandem__PlannedFilled;
 
 
 /* --- enums --- */
@@ -458,7 +462,11 @@ typedef enum {
   TANDEM__ENVELOPE__BODY_ERROR = 19,
   TANDEM__ENVELOPE__BODY_HEARTBEAT = 20,
   TANDEM__ENVELOPE__BODY_GENERATE_REQUEST = 21,
-  TANDEM__ENVELOPE__BODY_TOKEN_CHUNK = 22
+  TANDEM__ENVELOPE__BODY_TOKEN_CHUNK = 22,
+  TANDEM__ENVELOPE__BODY_SELFSPEC_EVAL = 23,
+  TANDEM__ENVELOPE__BODY_SELFSPEC_DRAFTS = 24,
+  TANDEM__ENVELOPE__BODY_PLANNED_FILL = 25,
+  TANDEM__ENVELOPE__BODY_PLANNED_FILLED = 26
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(TANDEM__ENVELOPE__BODY__CASE)
 } Tandem__Envelope__BodyCase;
 
@@ -492,6 +500,10 @@ struct  Tandem__Envelope
     Tandem__Heartbeat *heartbeat;
     Tandem__GenerateRequest *generate_request;
     Tandem__TokenChunk *token_chunk;
+    Tandem__SelfspecEval *selfspec_eval;
+    Tandem__SelfspecDrafts *selfspec_drafts;
+    Tandem__PlannedFill *planned_fill;
+    Tandem__PlannedFilled *planned_filled;
   };
 };
 #define TANDEM__ENVELOPE__INIT \
@@ -568,6 +580,166 @@ struct  Tandem__TokenChunk
 #define TANDEM__TOKEN_CHUNK__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tandem__token_chunk__descriptor) \
     , 0,NULL, (char *)protobuf_c_empty_string, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
+
+
+/*
+ * Self-speculative diffusion over two processes (docs/selfspec.md): the verifier side asks the
+ * drafter to evaluate some states of a round's chain with the same dLLM (Envelope.session_id: the
+ * generation, nonzero; Envelope.round: the round). Stateless on the drafter: every state travels
+ * whole, as `prefix` (tokens shared by all states) + its tail. A state's masked positions hold the
+ * model's mask token; its canvas is [canvas_start, len(prefix) + len(tail)).
+ */
+struct  Tandem__SelfspecEval
+{
+  ProtobufCMessage base;
+  /*
+   * tokens every state starts with
+   */
+  size_t n_prefix;
+  uint32_t *prefix;
+  /*
+   * the states' tails after the prefix, concatenated
+   */
+  size_t n_tails;
+  uint32_t *tails;
+  /*
+   * one per state, [1, 16] states, each tail non-empty
+   */
+  size_t n_tail_lens;
+  uint32_t *tail_lens;
+  /*
+   * one per state, in [len(prefix), len(prefix) + tail_len)
+   */
+  size_t n_canvas_starts;
+  uint32_t *canvas_starts;
+  /*
+   * drafts wanted per state, [1, 16]
+   */
+  uint32_t draft_k;
+  /*
+   * td_selfspec_fingerprint of the asking side's model; 0 =
+   */
+  uint64_t model_fingerprint;
+};
+#define TANDEM__SELFSPEC_EVAL__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tandem__selfspec_eval__descriptor) \
+    , 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0, 0 }
+
+
+/*
+ * The drafter's answer (same session and round): per state in request order, its draft list = the
+ * min(draft_k, masks) most confident masked positions, best first (leftmost on ties), each with its
+ * argmax; the first entry is the stepwise greedy choice at that state.
+ */
+struct  Tandem__SelfspecDrafts
+{
+  ProtobufCMessage base;
+  /*
+   * entries per state, [0, 16]
+   */
+  size_t n_counts;
+  uint32_t *counts;
+  /*
+   * canvas indices (relative to the state's canvas_start)
+   */
+  size_t n_positions;
+  uint32_t *positions;
+  /*
+   * their tokens; positions and tokens have sum(counts) entries
+   */
+  size_t n_tokens;
+  uint32_t *tokens;
+  uint64_t drafter_us;
+};
+#define TANDEM__SELFSPEC_DRAFTS__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tandem__selfspec_drafts__descriptor) \
+    , 0,NULL, 0,NULL, 0,NULL, 0 }
+
+
+/*
+ * Planned diffusion over two processes (docs/planned.md): the planner side sends one stage's
+ * context and plan; the drafter fills its spans with td_planned_fill and answers PlannedFilled
+ * (same session and round; round = the stage).
+ */
+struct  Tandem__PlannedFill
+{
+  ProtobufCMessage base;
+  /*
+   * everything before the scaffold, [1, ...) tokens
+   */
+  size_t n_context;
+  uint32_t *context;
+  /*
+   * empty: all causal; else 3 per context token (pre, lo, hi):
+   */
+  size_t n_context_rows;
+  uint32_t *context_rows;
+  /*
+   * key k visible iff k < pre or lo <= k < hi; <= len(context)
+   */
+  /*
+   * N of each span (length 10 N), 1..64 spans, N in [1, 99]
+   */
+  size_t n_span_units;
+  uint32_t *span_units;
+  /*
+   * denoising steps = int(longest span * ratio), (0, 10]
+   */
+  float steps_ratio;
+  /*
+   * spans of the stage see each other
+   */
+  protobuf_c_boolean dense;
+  /*
+   * absent = greedy
+   */
+  Tandem__Sampling *sampling;
+  /*
+   * the planner's generator (4 words): the fill continues it
+   */
+  size_t n_rng_state;
+  uint64_t *rng_state;
+  /*
+   * scaffold positions available, [1, 2^20]
+   */
+  uint32_t capacity;
+  /*
+   * the planner's tag ids: async_open, async_close, promise,
+   */
+  size_t n_tags;
+  uint32_t *tags;
+};
+#define TANDEM__PLANNED_FILL__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tandem__planned_fill__descriptor) \
+    , 0,NULL, 0,NULL, 0,NULL, 0, 0, NULL, 0,NULL, 0, 0,NULL }
+
+
+struct  Tandem__PlannedFilled
+{
+  ProtobufCMessage base;
+  /*
+   * the filled scaffold (<async> span </async> per span)
+   */
+  size_t n_scaffold;
+  uint32_t *scaffold;
+  /*
+   * the generator after the fill (4 words)
+   */
+  size_t n_rng_state;
+  uint64_t *rng_state;
+  /*
+   * denoising forwards (one per step)
+   */
+  uint32_t forwards;
+  /*
+   * sum over spans of the steps in which the span had masks
+   */
+  uint32_t span_steps;
+  uint64_t drafter_us;
+};
+#define TANDEM__PLANNED_FILLED__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tandem__planned_filled__descriptor) \
+    , 0,NULL, 0,NULL, 0, 0, 0 }
 
 
 /* Tandem__Sampling methods */
@@ -893,6 +1065,82 @@ Tandem__TokenChunk *
 void   tandem__token_chunk__free_unpacked
                      (Tandem__TokenChunk *message,
                       ProtobufCAllocator *allocator);
+/* Tandem__SelfspecEval methods */
+void   tandem__selfspec_eval__init
+                     (Tandem__SelfspecEval         *message);
+size_t tandem__selfspec_eval__get_packed_size
+                     (const Tandem__SelfspecEval   *message);
+size_t tandem__selfspec_eval__pack
+                     (const Tandem__SelfspecEval   *message,
+                      uint8_t             *out);
+size_t tandem__selfspec_eval__pack_to_buffer
+                     (const Tandem__SelfspecEval   *message,
+                      ProtobufCBuffer     *buffer);
+Tandem__SelfspecEval *
+       tandem__selfspec_eval__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tandem__selfspec_eval__free_unpacked
+                     (Tandem__SelfspecEval *message,
+                      ProtobufCAllocator *allocator);
+/* Tandem__SelfspecDrafts methods */
+void   tandem__selfspec_drafts__init
+                     (Tandem__SelfspecDrafts         *message);
+size_t tandem__selfspec_drafts__get_packed_size
+                     (const Tandem__SelfspecDrafts   *message);
+size_t tandem__selfspec_drafts__pack
+                     (const Tandem__SelfspecDrafts   *message,
+                      uint8_t             *out);
+size_t tandem__selfspec_drafts__pack_to_buffer
+                     (const Tandem__SelfspecDrafts   *message,
+                      ProtobufCBuffer     *buffer);
+Tandem__SelfspecDrafts *
+       tandem__selfspec_drafts__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tandem__selfspec_drafts__free_unpacked
+                     (Tandem__SelfspecDrafts *message,
+                      ProtobufCAllocator *allocator);
+/* Tandem__PlannedFill methods */
+void   tandem__planned_fill__init
+                     (Tandem__PlannedFill         *message);
+size_t tandem__planned_fill__get_packed_size
+                     (const Tandem__PlannedFill   *message);
+size_t tandem__planned_fill__pack
+                     (const Tandem__PlannedFill   *message,
+                      uint8_t             *out);
+size_t tandem__planned_fill__pack_to_buffer
+                     (const Tandem__PlannedFill   *message,
+                      ProtobufCBuffer     *buffer);
+Tandem__PlannedFill *
+       tandem__planned_fill__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tandem__planned_fill__free_unpacked
+                     (Tandem__PlannedFill *message,
+                      ProtobufCAllocator *allocator);
+/* Tandem__PlannedFilled methods */
+void   tandem__planned_filled__init
+                     (Tandem__PlannedFilled         *message);
+size_t tandem__planned_filled__get_packed_size
+                     (const Tandem__PlannedFilled   *message);
+size_t tandem__planned_filled__pack
+                     (const Tandem__PlannedFilled   *message,
+                      uint8_t             *out);
+size_t tandem__planned_filled__pack_to_buffer
+                     (const Tandem__PlannedFilled   *message,
+                      ProtobufCBuffer     *buffer);
+Tandem__PlannedFilled *
+       tandem__planned_filled__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tandem__planned_filled__free_unpacked
+                     (Tandem__PlannedFilled *message,
+                      ProtobufCAllocator *allocator);
 /* --- per-message closures --- */
 
 typedef void (*Tandem__Sampling_Closure)
@@ -946,6 +1194,18 @@ typedef void (*Tandem__GenerateRequest_Closure)
 typedef void (*Tandem__TokenChunk_Closure)
                  (const Tandem__TokenChunk *message,
                   void *closure_data);
+typedef void (*Tandem__SelfspecEval_Closure)
+                 (const Tandem__SelfspecEval *message,
+                  void *closure_data);
+typedef void (*Tandem__SelfspecDrafts_Closure)
+                 (const Tandem__SelfspecDrafts *message,
+                  void *closure_data);
+typedef void (*Tandem__PlannedFill_Closure)
+                 (const Tandem__PlannedFill *message,
+                  void *closure_data);
+typedef void (*Tandem__PlannedFilled_Closure)
+                 (const Tandem__PlannedFilled *message,
+                  void *closure_data);
 
 /* --- services --- */
 
@@ -973,6 +1233,10 @@ extern const ProtobufCMessageDescriptor tandem__heartbeat__descriptor;
 extern const ProtobufCMessageDescriptor tandem__envelope__descriptor;
 extern const ProtobufCMessageDescriptor tandem__generate_request__descriptor;
 extern const ProtobufCMessageDescriptor tandem__token_chunk__descriptor;
+extern const ProtobufCMessageDescriptor tandem__selfspec_eval__descriptor;
+extern const ProtobufCMessageDescriptor tandem__selfspec_drafts__descriptor;
+extern const ProtobufCMessageDescriptor tandem__planned_fill__descriptor;
+extern const ProtobufCMessageDescriptor tandem__planned_filled__descriptor;
 
 PROTOBUF_C__END_DECLS
 

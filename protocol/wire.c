@@ -194,6 +194,153 @@ static int s_check_dist(const Tandem__SparseDist *d, size_t pos, const td_wire_l
     return TD_OK;
 }
 
+static int s_check_u32s(const void *arr, size_t n, const char *what, td_err_t *err) {
+    if (n && !arr) return td_err_set(err, TD_ERR_FORMAT, "%s: %zu entries but no array", what, n);
+    return TD_OK;
+}
+
+static int s_check_selfspec_eval(const Tandem__SelfspecEval *e, const td_wire_limits_t *lim,
+                                 td_err_t *err) {
+    if (!e) return td_err_set(err, TD_ERR_FORMAT, "selfspec_eval body is missing");
+    int rc;
+    if ((rc = s_check_tokens(e->prefix, e->n_prefix, "selfspec_eval.prefix", lim, err)) ||
+        (rc = s_check_tokens(e->tails, e->n_tails, "selfspec_eval.tails", lim, err)) ||
+        (rc = s_check_u32s(e->tail_lens, e->n_tail_lens, "selfspec_eval.tail_lens", err)) ||
+        (rc = s_check_u32s(e->canvas_starts, e->n_canvas_starts, "selfspec_eval.canvas_starts",
+                           err)))
+        return rc;
+    if (e->draft_k < 1 || e->draft_k > TD_WIRE_MAX_SELFSPEC_K)
+        return td_err_set(err, TD_ERR_FORMAT, "selfspec_eval.draft_k = %u is outside [1, %u]",
+                          e->draft_k, TD_WIRE_MAX_SELFSPEC_K);
+    if (e->n_tail_lens < 1 || e->n_tail_lens > TD_WIRE_MAX_SELFSPEC_K)
+        return td_err_set(err, TD_ERR_FORMAT, "selfspec_eval has %zu states, not in [1, %u]",
+                          e->n_tail_lens, TD_WIRE_MAX_SELFSPEC_K);
+    if (e->n_canvas_starts != e->n_tail_lens)
+        return td_err_set(err, TD_ERR_FORMAT, "selfspec_eval: %zu tail_lens but %zu canvas_starts",
+                          e->n_tail_lens, e->n_canvas_starts);
+    uint64_t sum = 0;
+    for (size_t i = 0; i < e->n_tail_lens; i++) {
+        uint32_t t = e->tail_lens[i], c = e->canvas_starts[i];
+        if (t < 1)
+            return td_err_set(err, TD_ERR_FORMAT, "selfspec_eval.tail_lens[%zu] is 0 (no canvas)",
+                              i);
+        if ((uint64_t)e->n_prefix + t > lim->max_tokens)
+            return td_err_set(err, TD_ERR_FORMAT,
+                              "selfspec_eval: state %zu has %llu tokens, more than the limit %u", i,
+                              (unsigned long long)(e->n_prefix + t), lim->max_tokens);
+        if (c < e->n_prefix || (uint64_t)c >= (uint64_t)e->n_prefix + t)
+            return td_err_set(err, TD_ERR_FORMAT,
+                              "selfspec_eval.canvas_starts[%zu] = %u is outside [%zu, %llu)", i, c,
+                              e->n_prefix, (unsigned long long)(e->n_prefix + t));
+        sum += t;
+    }
+    if (sum != e->n_tails)
+        return td_err_set(err, TD_ERR_FORMAT,
+                          "selfspec_eval: tail_lens sum to %llu but %zu tail tokens were sent",
+                          (unsigned long long)sum, e->n_tails);
+    return TD_OK;
+}
+
+static int s_check_selfspec_drafts(const Tandem__SelfspecDrafts *d, const td_wire_limits_t *lim,
+                                   td_err_t *err) {
+    if (!d) return td_err_set(err, TD_ERR_FORMAT, "selfspec_drafts body is missing");
+    int rc;
+    if ((rc = s_check_u32s(d->counts, d->n_counts, "selfspec_drafts.counts", err)) ||
+        (rc = s_check_u32s(d->positions, d->n_positions, "selfspec_drafts.positions", err)) ||
+        (rc = s_check_tokens(d->tokens, d->n_tokens, "selfspec_drafts.tokens", lim, err)))
+        return rc;
+    if (d->n_counts < 1 || d->n_counts > TD_WIRE_MAX_SELFSPEC_K)
+        return td_err_set(err, TD_ERR_FORMAT, "selfspec_drafts has %zu states, not in [1, %u]",
+                          d->n_counts, TD_WIRE_MAX_SELFSPEC_K);
+    size_t sum = 0;
+    for (size_t i = 0; i < d->n_counts; i++) {
+        if (d->counts[i] > TD_WIRE_MAX_SELFSPEC_K)
+            return td_err_set(err, TD_ERR_FORMAT, "selfspec_drafts.counts[%zu] = %u is over %u", i,
+                              d->counts[i], TD_WIRE_MAX_SELFSPEC_K);
+        sum += d->counts[i];
+    }
+    if (d->n_positions != sum || d->n_tokens != sum)
+        return td_err_set(err, TD_ERR_FORMAT,
+                          "selfspec_drafts: counts sum to %zu but %zu positions and %zu tokens",
+                          sum, d->n_positions, d->n_tokens);
+    for (size_t i = 0; i < d->n_positions; i++)
+        if (d->positions[i] >= lim->max_tokens)
+            return td_err_set(err, TD_ERR_FORMAT, "selfspec_drafts.positions[%zu] = %u is over %u",
+                              i, d->positions[i], lim->max_tokens);
+    return TD_OK;
+}
+
+static int s_check_rng(const uint64_t *st, size_t n, const char *what, td_err_t *err) {
+    if (n != 4 || !st)
+        return td_err_set(err, TD_ERR_FORMAT, "%s has %zu words, 4 expected", what, n);
+    if (!(st[0] | st[1] | st[2] | st[3]))
+        return td_err_set(err, TD_ERR_FORMAT, "%s is all zero (not a generator state)", what);
+    return TD_OK;
+}
+
+static int s_check_planned_fill(const Tandem__PlannedFill *f, const td_wire_limits_t *lim,
+                                td_err_t *err) {
+    if (!f) return td_err_set(err, TD_ERR_FORMAT, "planned_fill body is missing");
+    int rc;
+    if ((rc = s_check_tokens(f->context, f->n_context, "planned_fill.context", lim, err)) ||
+        (rc = s_check_u32s(f->context_rows, f->n_context_rows, "planned_fill.context_rows", err)) ||
+        (rc = s_check_u32s(f->span_units, f->n_span_units, "planned_fill.span_units", err)) ||
+        (rc = s_check_tokens(f->tags, f->n_tags, "planned_fill.tags", lim, err)) ||
+        (rc = s_check_rng(f->rng_state, f->n_rng_state, "planned_fill.rng_state", err)) ||
+        (rc = s_check_sampling(f->sampling, "planned_fill.sampling", err)))
+        return rc;
+    if (f->n_context < 1) return td_err_set(err, TD_ERR_FORMAT, "planned_fill.context is empty");
+    if (f->n_context_rows != 0 && f->n_context_rows != 3 * f->n_context)
+        return td_err_set(err, TD_ERR_FORMAT,
+                          "planned_fill.context_rows has %zu entries, 0 or 3 x %zu expected",
+                          f->n_context_rows, f->n_context);
+    for (size_t i = 0; i < f->n_context_rows; i += 3) {
+        uint32_t pre = f->context_rows[i], lo = f->context_rows[i + 1], hi = f->context_rows[i + 2];
+        if (pre > f->n_context || lo > hi || hi > f->n_context)
+            return td_err_set(err, TD_ERR_FORMAT,
+                              "planned_fill.context_rows of token %zu = (%u, %u, %u) is not "
+                              "within the %zu context tokens",
+                              i / 3, pre, lo, hi, f->n_context);
+    }
+    if (f->n_span_units < 1 || f->n_span_units > TD_WIRE_MAX_PLAN_SPANS)
+        return td_err_set(err, TD_ERR_FORMAT, "planned_fill has %zu spans, not in [1, %u]",
+                          f->n_span_units, TD_WIRE_MAX_PLAN_SPANS);
+    for (size_t i = 0; i < f->n_span_units; i++)
+        if (f->span_units[i] < 1 || f->span_units[i] > 99)
+            return td_err_set(err, TD_ERR_FORMAT,
+                              "planned_fill.span_units[%zu] = %u is not a length in [1, 99]", i,
+                              f->span_units[i]);
+    if (!(f->steps_ratio > 0.0f && f->steps_ratio <= 10.0f))
+        return td_err_set(err, TD_ERR_FORMAT, "planned_fill.steps_ratio = %g is outside (0, 10]",
+                          (double)f->steps_ratio);
+    if (f->capacity < 1 || f->capacity > lim->max_tokens)
+        return td_err_set(err, TD_ERR_FORMAT, "planned_fill.capacity = %u is outside [1, %u]",
+                          f->capacity, lim->max_tokens);
+    if (f->n_tags != 6)
+        return td_err_set(err, TD_ERR_FORMAT, "planned_fill has %zu tags, 6 expected", f->n_tags);
+    return TD_OK;
+}
+
+static int s_check_planned_filled(const Tandem__PlannedFilled *f, const td_wire_limits_t *lim,
+                                  td_err_t *err) {
+    if (!f) return td_err_set(err, TD_ERR_FORMAT, "planned_filled body is missing");
+    int rc;
+    if ((rc = s_check_tokens(f->scaffold, f->n_scaffold, "planned_filled.scaffold", lim, err)) ||
+        (rc = s_check_rng(f->rng_state, f->n_rng_state, "planned_filled.rng_state", err)))
+        return rc;
+    if (f->n_scaffold < 3)
+        return td_err_set(err, TD_ERR_FORMAT, "planned_filled.scaffold has %zu tokens (< 3)",
+                          f->n_scaffold);
+    if (f->forwards > TD_WIRE_MAX_STEPS * 10u)
+        return td_err_set(err, TD_ERR_FORMAT, "planned_filled.forwards = %u is over %u",
+                          f->forwards, TD_WIRE_MAX_STEPS * 10u);
+    if ((uint64_t)f->span_steps > (uint64_t)f->forwards * TD_WIRE_MAX_PLAN_SPANS)
+        return td_err_set(err, TD_ERR_FORMAT,
+                          "planned_filled.span_steps = %u is more than forwards x spans",
+                          f->span_steps);
+    return TD_OK;
+}
+
 static int s_check_body(const Tandem__Envelope *env, const td_wire_limits_t *lim, td_err_t *err) {
     int rc;
     switch (env->body_case) {
@@ -368,6 +515,14 @@ static int s_check_body(const Tandem__Envelope *env, const td_wire_limits_t *lim
             return rc;
         return s_check_string(t->error, "token_chunk.error", TD_WIRE_MAX_STRING, err);
     }
+    case TANDEM__ENVELOPE__BODY_SELFSPEC_EVAL:
+        return s_check_selfspec_eval(env->selfspec_eval, lim, err);
+    case TANDEM__ENVELOPE__BODY_SELFSPEC_DRAFTS:
+        return s_check_selfspec_drafts(env->selfspec_drafts, lim, err);
+    case TANDEM__ENVELOPE__BODY_PLANNED_FILL:
+        return s_check_planned_fill(env->planned_fill, lim, err);
+    case TANDEM__ENVELOPE__BODY_PLANNED_FILLED:
+        return s_check_planned_filled(env->planned_filled, lim, err);
     case TANDEM__ENVELOPE__BODY__NOT_SET:
         return td_err_set(err, TD_ERR_FORMAT, "envelope has no body");
     default:
@@ -380,7 +535,9 @@ static int s_session_body(Tandem__Envelope__BodyCase c) {
            c == TANDEM__ENVELOPE__BODY_DRAFT_REQUEST || c == TANDEM__ENVELOPE__BODY_PROPOSAL ||
            c == TANDEM__ENVELOPE__BODY_FULL_ROW_REQUEST || c == TANDEM__ENVELOPE__BODY_FULL_ROW ||
            c == TANDEM__ENVELOPE__BODY_COMMIT || c == TANDEM__ENVELOPE__BODY_GENERATE_REQUEST ||
-           c == TANDEM__ENVELOPE__BODY_TOKEN_CHUNK;
+           c == TANDEM__ENVELOPE__BODY_TOKEN_CHUNK || c == TANDEM__ENVELOPE__BODY_SELFSPEC_EVAL ||
+           c == TANDEM__ENVELOPE__BODY_SELFSPEC_DRAFTS ||
+           c == TANDEM__ENVELOPE__BODY_PLANNED_FILL || c == TANDEM__ENVELOPE__BODY_PLANNED_FILLED;
 }
 
 /* Unknown fields (from a newer peer) are skipped, but protobuf-c also keeps the invalid field
@@ -526,6 +683,14 @@ const char *td_wire_body_name(const Tandem__Envelope *env) {
         return "generate_request";
     case TANDEM__ENVELOPE__BODY_TOKEN_CHUNK:
         return "token_chunk";
+    case TANDEM__ENVELOPE__BODY_SELFSPEC_EVAL:
+        return "selfspec_eval";
+    case TANDEM__ENVELOPE__BODY_SELFSPEC_DRAFTS:
+        return "selfspec_drafts";
+    case TANDEM__ENVELOPE__BODY_PLANNED_FILL:
+        return "planned_fill";
+    case TANDEM__ENVELOPE__BODY_PLANNED_FILLED:
+        return "planned_filled";
     default:
         return "unknown";
     }
@@ -674,6 +839,19 @@ void td_wire_token_chunk_init(Tandem__Envelope *env, Tandem__TokenChunk *body, u
     env->body_case = TANDEM__ENVELOPE__BODY_TOKEN_CHUNK;
     env->token_chunk = body;
 }
+
+#define S_BODY_INIT(fn, type, lower, CASE)                                                         \
+    void td_wire_##fn##_init(Tandem__Envelope *env, Tandem__##type *body, uint64_t session_id,     \
+                             uint64_t round) {                                                     \
+        s_envelope(env, session_id, round);                                                        \
+        tandem__##lower##__init(body);                                                             \
+        env->body_case = TANDEM__ENVELOPE__BODY_##CASE;                                            \
+        env->fn = body;                                                                            \
+    }
+S_BODY_INIT(selfspec_eval, SelfspecEval, selfspec_eval, SELFSPEC_EVAL)
+S_BODY_INIT(selfspec_drafts, SelfspecDrafts, selfspec_drafts, SELFSPEC_DRAFTS)
+S_BODY_INIT(planned_fill, PlannedFill, planned_fill, PLANNED_FILL)
+S_BODY_INIT(planned_filled, PlannedFilled, planned_filled, PLANNED_FILLED)
 
 void td_wire_hello_fill(Tandem__Hello *hello, Tandem__Role role, const char *model_id,
                         uint32_t vocab_size, int32_t mask_token_id, uint64_t tokenizer_hash,

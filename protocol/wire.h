@@ -35,6 +35,8 @@ extern "C" {
 #define TD_WIRE_MAX_STRING 4096u                /* bytes of a model id, message, reason */
 #define TD_WIRE_MAX_CAPABILITIES 64u
 #define TD_WIRE_MAX_LOOKAHEAD 65536u
+#define TD_WIRE_MAX_SELFSPEC_K 16u  /* selfspec: states per SelfspecEval, drafts per state */
+#define TD_WIRE_MAX_PLAN_SPANS 64u  /* planned: spans per PlannedFill */
 #define TD_WIRE_PROB_TOLERANCE 1e-3 /* |sum(probs) + rest_mass - 1| */
 
 typedef struct td_wire_limits {
@@ -113,6 +115,16 @@ void td_wire_generate_request_init(Tandem__Envelope *env, Tandem__GenerateReques
 /* One streamed piece of the answer; seq (the envelope's round field) counts chunks from 1. */
 void td_wire_token_chunk_init(Tandem__Envelope *env, Tandem__TokenChunk *body, uint64_t session_id,
                               uint64_t seq);
+
+/* Self-speculative diffusion and planned diffusion across processes (session messages). */
+void td_wire_selfspec_eval_init(Tandem__Envelope *env, Tandem__SelfspecEval *body,
+                                uint64_t session_id, uint64_t round);
+void td_wire_selfspec_drafts_init(Tandem__Envelope *env, Tandem__SelfspecDrafts *body,
+                                  uint64_t session_id, uint64_t round);
+void td_wire_planned_fill_init(Tandem__Envelope *env, Tandem__PlannedFill *body,
+                               uint64_t session_id, uint64_t round);
+void td_wire_planned_filled_init(Tandem__Envelope *env, Tandem__PlannedFilled *body,
+                                 uint64_t session_id, uint64_t round);
 
 /* Fills a Hello describing this side (protocol_version = TD_PROTOCOL_VERSION); strings and the
  * capability array are borrowed. mask_token_id -1 = none. */

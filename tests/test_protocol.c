@@ -726,9 +726,10 @@ TD_TEST(field_number_zero_is_refused) {
 /* The fuzz seeds are packed valid messages of every type: each must decode. */
 TD_TEST(fuzz_seeds_decode) {
     const char *names[] = {
-        "hello",         "hello_ack", "hello_ack_refused", "open_session", "close_session",
-        "draft_request", "proposal",  "full_row_request",  "full_row",     "commit",
-        "error",         "heartbeat"};
+        "hello",         "hello_ack", "hello_ack_refused", "open_session",    "close_session",
+        "draft_request", "proposal",  "full_row_request",  "full_row",        "commit",
+        "error",         "heartbeat", "selfspec_eval",     "selfspec_drafts", "planned_fill",
+        "planned_filled"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         char path[256];
         snprintf(path, sizeof path, "fuzz/seeds/fuzz_wire/%s.bin", names[i]);
@@ -746,6 +747,183 @@ TD_TEST(fuzz_seeds_decode) {
                       strncmp(names[i], "hello_ack", 9) ? names[i] : "hello_ack");
         td_wire_free(&out);
     }
+}
+
+/* ---- selfspec and planned across processes ---- */
+
+TD_TEST(selfspec_eval_rules) {
+    td_wire_limits_t lim = td_wire_limits_default();
+    lim.vocab_size = 100;
+    lim.max_tokens = 64;
+    Tandem__Envelope env;
+    Tandem__SelfspecEval e;
+    uint32_t prefix[4] = {1, 2, 3, 4}, tails[6] = {5, 99, 99, 6, 99, 99};
+    uint32_t lens[2] = {3, 3}, starts[2] = {4, 5};
+    td_wire_selfspec_eval_init(&env, &e, 3, 1);
+    e.prefix = prefix, e.n_prefix = 4, e.tails = tails, e.n_tails = 6;
+    e.tail_lens = lens, e.n_tail_lens = 2, e.canvas_starts = starts, e.n_canvas_starts = 2;
+    e.draft_k = 4;
+    CHECK_GOOD(&env, &lim);
+    Tandem__Envelope *rt = s_roundtrip(&env, &lim);
+    CHECK(rt && rt->body_case == TANDEM__ENVELOPE__BODY_SELFSPEC_EVAL &&
+          rt->selfspec_eval->n_tails == 6 && rt->selfspec_eval->canvas_starts[1] == 5);
+    td_wire_free(&rt);
+    env.session_id = 0;
+    CHECK_BAD(&env, &lim, "without a session id");
+    env.session_id = 3;
+    e.draft_k = 0;
+    CHECK_BAD(&env, &lim, "draft_k = 0");
+    e.draft_k = 17;
+    CHECK_BAD(&env, &lim, "draft_k = 17");
+    e.draft_k = 16;
+    CHECK_GOOD(&env, &lim);
+    e.n_canvas_starts = 1;
+    CHECK_BAD(&env, &lim, "2 tail_lens but 1 canvas_starts");
+    e.n_canvas_starts = 2;
+    starts[0] = 3; /* before the end of the prefix */
+    CHECK_BAD(&env, &lim, "canvas_starts[0] = 3");
+    starts[0] = 7; /* past the state's end (4 + 3) */
+    CHECK_BAD(&env, &lim, "canvas_starts[0] = 7");
+    starts[0] = 6;
+    CHECK_GOOD(&env, &lim);
+    starts[0] = 4;
+    lens[0] = 2; /* sums to 5, 6 sent */
+    CHECK_BAD(&env, &lim, "sum to 5");
+    lens[0] = 0;
+    CHECK_BAD(&env, &lim, "tail_lens[0] is 0");
+    lens[0] = 3;
+    tails[2] = 100;
+    CHECK_BAD(&env, &lim, "outside the vocabulary");
+    tails[2] = 99;
+    e.n_tail_lens = e.n_canvas_starts = 0;
+    CHECK_BAD(&env, &lim, "0 states");
+    e.n_tail_lens = e.n_canvas_starts = 2;
+    lim.max_tokens = 6; /* a state of 7 tokens */
+    CHECK_BAD(&env, &lim, "more than the limit");
+}
+
+TD_TEST(selfspec_drafts_rules) {
+    td_wire_limits_t lim = td_wire_limits_default();
+    lim.vocab_size = 100;
+    Tandem__Envelope env;
+    Tandem__SelfspecDrafts d;
+    uint32_t counts[2] = {2, 1}, pos[3] = {0, 2, 1}, toks[3] = {5, 6, 7};
+    td_wire_selfspec_drafts_init(&env, &d, 3, 1);
+    d.counts = counts, d.n_counts = 2, d.positions = pos, d.n_positions = 3;
+    d.tokens = toks, d.n_tokens = 3;
+    CHECK_GOOD(&env, &lim);
+    Tandem__Envelope *rt = s_roundtrip(&env, &lim);
+    CHECK(rt && rt->selfspec_drafts->n_counts == 2 && rt->selfspec_drafts->tokens[2] == 7);
+    td_wire_free(&rt);
+    d.n_tokens = 2;
+    CHECK_BAD(&env, &lim, "counts sum to 3 but 3 positions and 2 tokens");
+    d.n_tokens = 3;
+    counts[0] = 17;
+    CHECK_BAD(&env, &lim, "counts[0] = 17");
+    counts[0] = 2;
+    toks[1] = 100;
+    CHECK_BAD(&env, &lim, "outside the vocabulary");
+    toks[1] = 6;
+    d.n_counts = 0;
+    CHECK_BAD(&env, &lim, "0 states");
+}
+
+TD_TEST(planned_fill_rules) {
+    td_wire_limits_t lim = td_wire_limits_default();
+    lim.vocab_size = 100;
+    Tandem__Envelope env;
+    Tandem__PlannedFill f;
+    Tandem__Sampling s;
+    uint32_t ctx[3] = {1, 2, 3}, rows[9] = {1, 0, 0, 2, 0, 0, 3, 0, 0}, units[2] = {2, 3};
+    uint32_t tags[6] = {90, 91, 92, 93, 94, 95};
+    uint64_t rng[4] = {1, 2, 3, 4};
+    td_wire_planned_fill_init(&env, &f, 5, 1);
+    tandem__sampling__init(&s);
+    f.context = ctx, f.n_context = 3, f.span_units = units, f.n_span_units = 2;
+    f.steps_ratio = 1.0f, f.rng_state = rng, f.n_rng_state = 4, f.capacity = 60;
+    f.tags = tags, f.n_tags = 6;
+    CHECK_GOOD(&env, &lim);
+    f.context_rows = rows, f.n_context_rows = 9;
+    f.sampling = &s;
+    CHECK_GOOD(&env, &lim);
+    Tandem__Envelope *rt = s_roundtrip(&env, &lim);
+    CHECK(rt && rt->planned_fill->n_context_rows == 9 && rt->planned_fill->rng_state[3] == 4 &&
+          rt->planned_fill->tags[5] == 95);
+    td_wire_free(&rt);
+    f.n_context_rows = 6;
+    CHECK_BAD(&env, &lim, "0 or 3 x 3 expected");
+    f.n_context_rows = 9;
+    rows[3] = 4; /* pre past the context */
+    CHECK_BAD(&env, &lim, "context_rows of token 1");
+    rows[3] = 2;
+    rows[7] = 2, rows[8] = 1; /* lo > hi */
+    CHECK_BAD(&env, &lim, "context_rows of token 2");
+    rows[7] = rows[8] = 0;
+    units[1] = 0;
+    CHECK_BAD(&env, &lim, "span_units[1] = 0");
+    units[1] = 100;
+    CHECK_BAD(&env, &lim, "span_units[1] = 100");
+    units[1] = 3;
+    f.n_span_units = 0;
+    CHECK_BAD(&env, &lim, "0 spans");
+    f.n_span_units = 2;
+    f.steps_ratio = 0.0f;
+    CHECK_BAD(&env, &lim, "steps_ratio = 0");
+    f.steps_ratio = NAN;
+    CHECK_BAD(&env, &lim, "steps_ratio = nan");
+    f.steps_ratio = 0.25f;
+    f.n_rng_state = 3;
+    CHECK_BAD(&env, &lim, "rng_state has 3 words");
+    f.n_rng_state = 4;
+    rng[0] = rng[1] = rng[2] = rng[3] = 0;
+    CHECK_BAD(&env, &lim, "all zero");
+    rng[0] = 9;
+    f.capacity = 0;
+    CHECK_BAD(&env, &lim, "capacity = 0");
+    f.capacity = 60;
+    f.n_tags = 5;
+    CHECK_BAD(&env, &lim, "5 tags");
+    f.n_tags = 6;
+    tags[2] = 100;
+    CHECK_BAD(&env, &lim, "outside the vocabulary");
+    tags[2] = 92;
+    f.n_context = 0, f.n_context_rows = 0;
+    CHECK_BAD(&env, &lim, "context is empty");
+    f.n_context = 3;
+    s.temperature = -1;
+    CHECK_BAD(&env, &lim, "temperature");
+    s.temperature = 0;
+    CHECK_GOOD(&env, &lim);
+}
+
+TD_TEST(planned_filled_rules) {
+    td_wire_limits_t lim = td_wire_limits_default();
+    lim.vocab_size = 100;
+    Tandem__Envelope env;
+    Tandem__PlannedFilled f;
+    uint32_t sc[12] = {90, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 91};
+    uint64_t rng[4] = {1, 2, 3, 4};
+    td_wire_planned_filled_init(&env, &f, 5, 1);
+    f.scaffold = sc, f.n_scaffold = 12, f.rng_state = rng, f.n_rng_state = 4;
+    f.forwards = 10, f.span_steps = 10;
+    CHECK_GOOD(&env, &lim);
+    Tandem__Envelope *rt = s_roundtrip(&env, &lim);
+    CHECK(rt && rt->planned_filled->n_scaffold == 12 && rt->planned_filled->forwards == 10);
+    td_wire_free(&rt);
+    f.n_scaffold = 2;
+    CHECK_BAD(&env, &lim, "scaffold has 2 tokens");
+    f.n_scaffold = 12;
+    sc[4] = 100;
+    CHECK_BAD(&env, &lim, "outside the vocabulary");
+    sc[4] = 4;
+    f.n_rng_state = 0;
+    CHECK_BAD(&env, &lim, "rng_state has 0 words");
+    f.n_rng_state = 4;
+    f.span_steps = 10 * 64 + 1;
+    CHECK_BAD(&env, &lim, "more than forwards x spans");
+    f.span_steps = 10;
+    f.forwards = 10241;
+    CHECK_BAD(&env, &lim, "forwards = 10241");
 }
 
 TD_TEST_MAIN()

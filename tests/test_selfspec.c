@@ -10,8 +10,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <cjson/cJSON.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include "bridge/pair.h"
+#include "bridge/remote_methods.h"
 #include "drafter/draft.h"
 #include "drafter/selfspec.h"
 #include "kernels/backend.h"
@@ -19,6 +24,7 @@
 #include "model/sampler.h"
 #include "model/tokenizer.h"
 #include "tests/tdtest.h"
+#include "verifier/remote.h"
 
 typedef struct fx {
     td_backend_t *be;
@@ -82,6 +88,12 @@ static int s_prompt(const fx_t *f, int i, int32_t *out, int cap) {
         out[j] = t;
     }
     return n;
+}
+
+/* A token id that is not the mask token. */
+static int32_t prompt_token_safe(const td_config_t *c, int i) {
+    int32_t t = (int32_t)((7 + i * 13) % c->n_vocab);
+    return t == c->mask_token_id ? (t + 1) % c->n_vocab : t;
 }
 
 typedef struct totals {
@@ -306,6 +318,249 @@ TD_TEST(selfspec_bad_arguments) {
     CHECK_EQ_INT(td_selfspec_generate(f.m, prompt, 4, &p, NULL, &st, &err), TD_OK);
     CHECK_EQ_INT(st.generated, 0);
     s_unload(&f);
+}
+
+/* ---- two processes: a real tandem-drafter evaluates the deeper half of every chain ---- */
+
+static char s_tmp[64], s_ep[128];
+
+static pid_t s_spawn_drafter(const char *model) {
+    snprintf(s_tmp, sizeof s_tmp, "/tmp/td_selfspec_XXXXXX");
+    if (!mkdtemp(s_tmp)) abort();
+    snprintf(s_ep, sizeof s_ep, "ipc://%s/drafter.sock", s_tmp);
+    pid_t pid = fork();
+    if (pid == 0) {
+        setenv("TD_LOG", "error", 1);
+        execl("build/bin/tandem-drafter", "build/bin/tandem-drafter", "--model", model, "--bind",
+              s_ep, "--threads", "1", (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+static void s_stop_drafter(pid_t pid) {
+    if (pid > 0) {
+        kill(pid, SIGTERM);
+        waitpid(pid, NULL, 0);
+    }
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", s_tmp);
+    if (system(cmd) != 0) fprintf(stderr, "cleanup of %s failed\n", s_tmp);
+}
+
+/* Loads dir here and connects to the drafter at s_ep (retrying while it starts). */
+static int s_connect(td_pair_t *pair, const char *dir) {
+    td_pair_opts_t po = {.device = -1, .drafter_device = -1, .threads = 1, .timeout_ms = 500};
+    td_err_t err = {0};
+    for (int i = 0; i < 60; i++) {
+        if (td_pair_open(pair, dir, s_ep, &po, &err) == TD_OK) return 1;
+        td_pair_close(pair);
+        usleep(100 * 1000);
+    }
+    td_test_fail(__FILE__, __LINE__, "cannot reach the drafter at %s: %s", s_ep, err.msg);
+    return 0;
+}
+
+/* Remote selfspec == in-process selfspec (== stepwise greedy) on several prompts and settings. */
+static void s_two_process_suite(const char *dir, int n_prompts, int max_tokens) {
+    pid_t pid = s_spawn_drafter(dir);
+    td_pair_t pair;
+    if (!s_connect(&pair, dir)) {
+        s_stop_drafter(pid);
+        return;
+    }
+    fx_t f = {.m = pair.verifier, .c = td_model_config(pair.verifier), .tok = pair.vtok};
+    snprintf(f.name, sizeof f.name, "%s", dir);
+    static const int blocks[] = {8, 32}, ks[] = {4, 8};
+    long remote = 0, fallbacks = 0, cases = 0, tokens = 0;
+    for (int i = 0; i < n_prompts; i++) {
+        int32_t prompt[64];
+        int n = s_prompt(&f, i, prompt, 24);
+        for (int v = 0; v < 2; v++) {
+            if (getenv("TD_TEST_LIGHT") && v) continue;
+            td_err_t err = {0};
+            td_selfspec_params_t p = td_selfspec_params_default();
+            p.max_tokens = max_tokens;
+            p.block_size = blocks[v];
+            p.draft_k = ks[v];
+            p.stop_at_eos = i == 0;
+            int32_t a[256], b[256];
+            td_selfspec_stats_t sa, sb;
+            REQUIRE(td_selfspec_generate(f.m, prompt, n, &p, a, &sa, &err) == TD_OK);
+            td_remote_opts_t ro = {.session = 100 + (uint64_t)cases, .timeout_ms = 20000};
+            int rc = td_selfspec_generate_via(f.m, pair.dc, &ro, prompt, n, &p, b, &sb, &err);
+            CHECK_MSG(rc == TD_OK, "%s: remote selfspec: %s", dir, err.msg);
+            if (rc != TD_OK) continue;
+            CHECK_EQ_INT(sb.generated, sa.generated);
+            CHECK_EQ_INT(sb.forwards, sa.forwards);
+            CHECK_EQ_INT(sb.rounds, sa.rounds);
+            int same = sa.generated == sb.generated;
+            for (int j = 0; same && j < sa.generated; j++) same = a[j] == b[j];
+            CHECK_MSG(same, "%s prompt %d (block %d, K %d): two-process output differs", dir, i,
+                      p.block_size, p.draft_k);
+            remote += sb.remote_states;
+            fallbacks += sb.remote_fallbacks;
+            tokens += sb.generated;
+            cases++;
+        }
+    }
+    printf("  %-40s %ld cases, %ld tokens identical; %ld chain states evaluated by the drafter "
+           "process, %ld fallbacks\n",
+           dir, cases, tokens, remote, fallbacks);
+    CHECK(remote > 0);
+    CHECK_EQ_INT((int)fallbacks, 0);
+
+    /* a drafter running another checkpoint refuses: same request, another fingerprint */
+    td_err_t err = {0};
+    int32_t pre[4] = {prompt_token_safe(f.c, 1), prompt_token_safe(f.c, 2), 0, 0};
+    int32_t tail[3] = {f.c->mask_token_id, f.c->mask_token_id, f.c->mask_token_id};
+    const int32_t *tails[1] = {tail};
+    int tl[1] = {3}, cs[1] = {2}, counts[1];
+    int32_t pos[16], ids[16];
+    REQUIRE(td_remote_selfspec_send(pair.dc, 9, 1, pre, 2, tails, tl, cs, 1, 2, 0x1234, &err) ==
+            TD_OK);
+    CHECK_EQ_INT(td_remote_selfspec_recv(pair.dc, 9, 1, 20000, 1, 2, counts, pos, ids, NULL, &err),
+                 TD_ERR_UNSUPPORTED);
+    CHECK(strstr(err.msg, "same dLLM") != NULL);
+    /* the same request unchecked is answered: 2 drafts, distinct masked positions */
+    REQUIRE(td_remote_selfspec_send(pair.dc, 9, 2, pre, 2, tails, tl, cs, 1, 2, 0, &err) == TD_OK);
+    CHECK_EQ_INT(td_remote_selfspec_recv(pair.dc, 9, 2, 20000, 1, 2, counts, pos, ids, NULL, &err),
+                 TD_OK);
+    CHECK_EQ_INT(counts[0], 2);
+    CHECK(pos[0] != pos[1] && pos[0] >= 0 && pos[0] < 3 && pos[1] >= 0 && pos[1] < 3);
+    /* a state without a masked position is refused as malformed, not answered */
+    int32_t full[3] = {prompt_token_safe(f.c, 3), prompt_token_safe(f.c, 4),
+                       prompt_token_safe(f.c, 5)};
+    const int32_t *tails2[1] = {full};
+    REQUIRE(td_remote_selfspec_send(pair.dc, 9, 3, pre, 2, tails2, tl, cs, 1, 2, 0, &err) == TD_OK);
+    CHECK_EQ_INT(td_remote_selfspec_recv(pair.dc, 9, 3, 20000, 1, 2, counts, pos, ids, NULL, &err),
+                 TD_ERR);
+    CHECK(strstr(err.msg, "no masked position") != NULL);
+    td_pair_close(&pair);
+    s_stop_drafter(pid);
+}
+
+TD_TEST(selfspec_two_processes_e2e_dream_drafter) {
+    char d[512];
+    s_dir(d, sizeof d, "e2e/dream-drafter");
+    s_two_process_suite(d, 3, 48);
+}
+
+TD_TEST(selfspec_two_processes_tiny_diffusion_drafter) {
+    if (access("models/tiny-diffusion-drafter/config.json", R_OK) != 0) {
+        td_test_skip("models/tiny-diffusion-drafter not trained");
+        return;
+    }
+    s_two_process_suite("models/tiny-diffusion-drafter", getenv("TD_TEST_LIGHT") ? 2 : 4, 64);
+}
+
+/* A remote side that fails or answers garbage costs local work, never a wrong token; a refusal
+ * (TD_ERR_UNSUPPORTED) ends the generation with its message. */
+typedef struct fake {
+    int mode; /* 0 garbage lists, 1 I/O failure, 2 refusal */
+    int calls;
+} fake_t;
+
+static int s_fake_start(void *ud, const int32_t *prefix, int n_prefix, const int32_t *const *tails,
+                        const int *tail_lens, const int *canvas_starts, int n, int k,
+                        td_err_t *err) {
+    fake_t *f = ud;
+    f->calls++;
+    if (f->mode == 1) return td_err_set(err, TD_ERR_IO, "fake: the drafter is gone");
+    return TD_OK;
+}
+
+static int s_fake_finish(void *ud, int n, int k, int *counts, int32_t *pos, int32_t *ids,
+                         td_err_t *err) {
+    fake_t *f = ud;
+    if (f->mode == 2) return td_err_set(err, TD_ERR_UNSUPPORTED, "fake: another checkpoint");
+    for (int i = 0; i < n; i++) {
+        counts[i] = 1; /* a plausible count would be min(k, masks); position 0 twice is not */
+        pos[i * k] = 100000;
+        ids[i * k] = 1;
+    }
+    return TD_OK;
+}
+
+TD_TEST(selfspec_remote_failures_are_repaired_locally) {
+    char d[512];
+    s_dir(d, sizeof d, "models/dream");
+    fx_t f;
+    if (!s_load(&f, d, 0)) return;
+    int32_t prompt[64], a[64], b[64];
+    int n = s_prompt(&f, 0, prompt, 24);
+    td_selfspec_params_t p = td_selfspec_params_default();
+    p.max_tokens = 40;
+    p.block_size = 16;
+    p.stop_at_eos = 0;
+    td_err_t err = {0};
+    td_selfspec_stats_t sa, sb;
+    REQUIRE(td_selfspec_generate(f.m, prompt, n, &p, a, &sa, &err) == TD_OK);
+    for (int mode = 0; mode < 2; mode++) {
+        fake_t fk = {.mode = mode};
+        td_selfspec_remote_t r = {s_fake_start, s_fake_finish, &fk};
+        REQUIRE(td_selfspec_generate_remote(f.m, prompt, n, &p, &r, b, &sb, &err) == TD_OK);
+        CHECK_EQ_INT(sb.generated, sa.generated);
+        for (int j = 0; j < sa.generated; j++) CHECK_EQ_INT(a[j], b[j]);
+        CHECK(fk.calls > 0);
+        CHECK_EQ_INT(sb.remote_fallbacks, fk.calls);
+        CHECK_EQ_INT(sb.remote_states, 0);
+    }
+    fake_t fk = {.mode = 2};
+    td_selfspec_remote_t r = {s_fake_start, s_fake_finish, &fk};
+    CHECK_EQ_INT(td_selfspec_generate_remote(f.m, prompt, n, &p, &r, b, &sb, &err),
+                 TD_ERR_UNSUPPORTED);
+    CHECK(strstr(err.msg, "another checkpoint") != NULL);
+    s_unload(&f);
+}
+
+/* `tandem generate --method selfspec --drafter ENDPOINT` prints what the in-process run prints. */
+static int s_run(const char *cmd, char *out, size_t cap) {
+    FILE *p = popen(cmd, "r");
+    if (!p) return -1;
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+TD_TEST(selfspec_two_processes_command_line) {
+    char d[512];
+    s_dir(d, sizeof d, "e2e/dream-drafter");
+    pid_t pid = s_spawn_drafter(d);
+    static char out_r[65536], out_l[65536];
+    char cmd[2048];
+    const char *common = "--method selfspec --chat none --max-tokens 40 --block-size 16 "
+                         "--draft-k 4 --threads 1 --json --prompt 'And God said, Let there be'";
+    snprintf(cmd, sizeof cmd, "build/bin/tandem generate --drafter %s --verifier %s %s 2>&1", s_ep,
+             d, common);
+    int rc = -1;
+    for (int i = 0; i < 40 && rc != 0; i++) {
+        rc = s_run(cmd, out_r, sizeof out_r);
+        if (rc != 0) usleep(100 * 1000);
+    }
+    CHECK_MSG(rc == 0, "remote run failed: %s", out_r);
+    snprintf(cmd, sizeof cmd, "build/bin/tandem generate --drafter %s %s 2>&1", d, common);
+    CHECK_EQ_INT(s_run(cmd, out_l, sizeof out_l), 0);
+    cJSON *jr = cJSON_Parse(out_r), *jl = cJSON_Parse(out_l);
+    CHECK_MSG(jr && jl, "not JSON: %s / %s", out_r, out_l);
+    if (jr && jl) {
+        char *a = cJSON_PrintUnformatted(cJSON_GetObjectItem(jr, "tokens")),
+             *b = cJSON_PrintUnformatted(cJSON_GetObjectItem(jl, "tokens"));
+        CHECK_MSG(a && b && !strcmp(a, b), "tokens differ: %s vs %s", a, b);
+        CHECK(a && strlen(a) > 10);
+        free(a);
+        free(b);
+    }
+    cJSON_Delete(jr);
+    cJSON_Delete(jl);
+    /* a drafter endpoint with a remote verifier endpoint is refused clearly */
+    snprintf(cmd, sizeof cmd,
+             "build/bin/tandem generate --drafter %s --verifier ipc:///nonexistent %s 2>&1", s_ep,
+             common);
+    CHECK_EQ_INT(s_run(cmd, out_r, sizeof out_r), 2);
+    CHECK(strstr(out_r, "needs --verifier DIR") != NULL);
+    s_stop_drafter(pid);
 }
 
 TD_TEST_MAIN()
