@@ -13,6 +13,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "bridge/pair.h"
+#include "bridge/remote_methods.h"
 #include "common/td_common.h"
 #include "drafter/planned.h"
 #include "kernels/backend.h"
@@ -20,6 +26,7 @@
 #include "model/model.h"
 #include "model/tokenizer.h"
 #include "tests/tdtest.h"
+#include "verifier/remote.h"
 
 #define TAG0 1123
 
@@ -565,6 +572,222 @@ TD_TEST(generate_counts_or_refuses) {
     CHECK(ok + refused == 6);
     s_model_free(&f);
     s_env_free(&e);
+}
+
+/* ---- two processes: the planner here, the spans filled by a real tandem-drafter ---- */
+
+static char s_tmp[64];
+
+static pid_t s_spawn_drafter(const char *model, const char *name, char *ep, size_t cap) {
+    if (!s_tmp[0]) {
+        snprintf(s_tmp, sizeof s_tmp, "/tmp/td_planned_XXXXXX");
+        if (!mkdtemp(s_tmp)) abort();
+    }
+    snprintf(ep, cap, "ipc://%s/%s.sock", s_tmp, name);
+    pid_t pid = fork();
+    if (pid == 0) {
+        setenv("TD_LOG", "error", 1);
+        execl("build/bin/tandem-drafter", "build/bin/tandem-drafter", "--model", model, "--bind",
+              ep, "--threads", "1", (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+static void s_stop(pid_t pid) {
+    if (pid <= 0) return;
+    kill(pid, SIGTERM);
+    waitpid(pid, NULL, 0);
+}
+
+static void s_cleanup(void) {
+    if (!s_tmp[0]) return;
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", s_tmp);
+    if (system(cmd) != 0) fprintf(stderr, "cleanup of %s failed\n", s_tmp);
+    s_tmp[0] = 0;
+}
+
+static int s_connect(td_pair_t *pair, const char *dir, const char *ep) {
+    td_pair_opts_t po = {.device = -1, .drafter_device = -1, .threads = 1, .timeout_ms = 500};
+    td_err_t err = {0};
+    for (int i = 0; i < 60; i++) {
+        if (td_pair_open(pair, dir, ep, &po, &err) == TD_OK) return 1;
+        td_pair_close(pair);
+        usleep(100 * 1000);
+    }
+    td_test_fail(__FILE__, __LINE__, "cannot reach the drafter at %s: %s", ep, err.msg);
+    return 0;
+}
+
+#define TINY_PLANNED "models/tiny-planned"
+
+/* Remote fill == in-process fill: same cleaned output, same counts, greedy and sampled (the
+ * generator travels with the request), sparse and dense, two step ratios. */
+TD_TEST(planned_two_processes_equal_one_process) {
+    if (access(TINY_PLANNED "/config.json", R_OK) != 0) {
+        td_test_skip("models/tiny-planned not present");
+        return;
+    }
+    char ep[160];
+    pid_t pid = s_spawn_drafter(TINY_PLANNED, "planned", ep, sizeof ep);
+    td_pair_t pair;
+    if (!s_connect(&pair, TINY_PLANNED, ep)) {
+        s_stop(pid);
+        s_cleanup();
+        return;
+    }
+    td_model_t *m = pair.verifier;
+    td_plan_tags_t tags;
+    td_err_t err = {0};
+    REQUIRE(td_plan_tags_init(&tags, pair.vtok, td_model_config(m)->eos_token_id, &err) == TD_OK);
+    static const char *texts[] = {
+        "In the beginning God created the heaven and the earth.",
+        "Now it came to pass in the days when the judges ruled, that there was a famine.",
+        "Cast thy bread upon the waters: for thou shalt find it after many days.",
+        "James, a servant of God and of the Lord Jesus Christ,"};
+    int light = getenv("TD_TEST_LIGHT") != NULL;
+    int cases = 0, with_spans = 0, remote_forwards = 0;
+    for (int i = 0; i < (light ? 2 : 4); i++) {
+        int32_t *ids = NULL;
+        int n = 0;
+        REQUIRE(td_tokenizer_encode(pair.vtok, texts[i], strlen(texts[i]), 0, &ids, &n, &err) ==
+                TD_OK);
+        for (int v = 0; v < (light ? 2 : 4); v++) {
+            td_planned_params_t p = td_planned_params_default();
+            p.max_tokens = 192;
+            p.seed = 11 + (uint64_t)i;
+            p.steps_ratio = v & 2 ? 0.5f : 1.0f;
+            if (v & 1) p.sampling = (td_sampling_t){0.8f, 0, 0.95f};
+            p.dense = v == 3;
+            int32_t a[192], b[192];
+            int na = 0, nb = 0;
+            td_planned_stats_t sa = {0}, sb = {0};
+            td_err_t ea = {0}, eb = {0};
+            int ra = td_planned_generate(m, m, &tags, ids, n, &p, a, &na, NULL, NULL, &sa, &ea);
+            td_remote_opts_t ro = {.session = 50 + (uint64_t)cases, .timeout_ms = 30000};
+            double dsec = 0;
+            int rb = td_planned_generate_via(m, pair.dc, &ro, &tags, ids, n, &p, b, &nb, &sb, &dsec,
+                                             &eb);
+            CHECK_MSG(ra == rb, "prompt %d variant %d: one process %d (%s), two %d (%s)", i, v, ra,
+                      ea.msg, rb, eb.msg);
+            cases++;
+            if (ra != TD_OK || rb != TD_OK) continue;
+            CHECK_EQ_INT(nb, na);
+            int same = na == nb;
+            for (int j = 0; same && j < na; j++) same = a[j] == b[j];
+            CHECK_MSG(same, "prompt %d variant %d: two-process output differs", i, v);
+            CHECK_EQ_INT(sb.critical_path, sa.critical_path);
+            CHECK_EQ_INT(sb.diffusion_forwards, sa.diffusion_forwards);
+            CHECK_EQ_INT(sb.spans, sa.spans);
+            CHECK_EQ_INT(sb.span_steps, sa.span_steps);
+            CHECK_EQ_INT(sb.plan_tokens, sa.plan_tokens);
+            with_spans += sa.spans > 0;
+            remote_forwards += sb.diffusion_forwards;
+            if (sb.spans > 0) CHECK(dsec > 0);
+        }
+        free(ids);
+    }
+    printf("  %d cases, %d with spans filled by the drafter process (%d denoising forwards "
+           "there)\n",
+           cases, with_spans, remote_forwards);
+    CHECK(with_spans > 0);
+
+    /* the drafter refuses a plan whose tag ids are not its own */
+    int32_t ctx[3] = {1, 2, 3}, sc[64], t6[6] = {tags.async_open,  tags.async_close, tags.promise,
+                                                 tags.topic_close, tags.sync,        tags.pad};
+    int units[1] = {1};
+    uint64_t rng[4] = {1, 2, 3, 4};
+    t6[2] = 5;
+    CHECK_EQ_INT(td_remote_planned_fill(pair.dc, 7, 1, 30000, ctx, NULL, 3, units, 1, 1.0f, 0, NULL,
+                                        rng, t6, 64, sc, NULL, NULL, NULL, &err),
+                 TD_ERR_UNSUPPORTED);
+    CHECK(strstr(err.msg, "disagree") != NULL);
+    /* and a scaffold beyond its context, clearly */
+    int big[64];
+    for (int k = 0; k < 64; k++) big[k] = 99;
+    t6[2] = tags.promise;
+    static int32_t sc_big[64 * 992];
+    CHECK_EQ_INT(td_remote_planned_fill(pair.dc, 7, 2, 30000, ctx, NULL, 3, big, 64, 1.0f, 0, NULL,
+                                        rng, t6, 64 * 992, sc_big, NULL, NULL, NULL, &err),
+                 TD_ERR_UNSUPPORTED);
+    CHECK(strstr(err.msg, "span(s) need") != NULL);
+    td_plan_tags_free(&tags);
+    td_pair_close(&pair);
+    s_stop(pid);
+    s_cleanup();
+}
+
+/* A drafter whose checkpoint has no plan tags answers PlannedFill with a clear refusal. */
+TD_TEST(planned_drafter_without_tags_refuses) {
+    char dir[512], ep[160];
+    snprintf(dir, sizeof dir, "%s/e2e/dream-drafter", td_test_data());
+    pid_t pid = s_spawn_drafter(dir, "notags", ep, sizeof ep);
+    td_pair_t pair;
+    if (!s_connect(&pair, dir, ep)) {
+        s_stop(pid);
+        s_cleanup();
+        return;
+    }
+    td_err_t err = {0};
+    int32_t ctx[3] = {1, 2, 3}, sc[64], t6[6] = {10, 11, 12, 13, 14, 15};
+    int units[1] = {1};
+    uint64_t rng[4] = {1, 2, 3, 4};
+    CHECK_EQ_INT(td_remote_planned_fill(pair.dc, 7, 1, 30000, ctx, NULL, 3, units, 1, 1.0f, 0, NULL,
+                                        rng, t6, 64, sc, NULL, NULL, NULL, &err),
+                 TD_ERR_UNSUPPORTED);
+    CHECK(strstr(err.msg, "no planned-diffusion tags") != NULL);
+    printf("    refused: %s\n", err.msg);
+    td_pair_close(&pair);
+    s_stop(pid);
+    s_cleanup();
+}
+
+static int s_run(const char *cmd, char *out, size_t cap) {
+    FILE *p = popen(cmd, "r");
+    if (!p) return -1;
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* `tandem generate --method planned --drafter ENDPOINT` (planner: the bundled tiny-planned run
+ * causally here) prints what the one-process run prints. */
+TD_TEST(planned_two_processes_command_line) {
+    if (access(TINY_PLANNED "/config.json", R_OK) != 0) {
+        td_test_skip("models/tiny-planned not present");
+        return;
+    }
+    char ep[160], cmd[2048];
+    static char out_r[65536], out_l[65536];
+    pid_t pid = s_spawn_drafter(TINY_PLANNED, "cli", ep, sizeof ep);
+    const char *common = "--method planned --max-tokens 192 --threads 1 --temperature 0.8 "
+                         "--seed 5 --json --prompt 'And God said, Let there be light'";
+    snprintf(cmd, sizeof cmd, "build/bin/tandem generate --drafter %s %s 2>/dev/null", ep, common);
+    int rc = -1;
+    for (int i = 0; i < 40 && rc != 0; i++) {
+        rc = s_run(cmd, out_r, sizeof out_r);
+        if (rc != 0) usleep(100 * 1000);
+    }
+    CHECK_MSG(rc == 0, "remote run failed: %s", out_r);
+    snprintf(cmd, sizeof cmd, "build/bin/tandem generate --drafter %s %s 2>/dev/null", TINY_PLANNED,
+             common);
+    CHECK_EQ_INT(s_run(cmd, out_l, sizeof out_l), 0);
+    cJSON *jr = cJSON_Parse(out_r), *jl = cJSON_Parse(out_l);
+    CHECK_MSG(jr && jl, "not JSON: %s / %s", out_r, out_l);
+    if (jr && jl) {
+        char *a = cJSON_PrintUnformatted(cJSON_GetObjectItem(jr, "tokens")),
+             *b = cJSON_PrintUnformatted(cJSON_GetObjectItem(jl, "tokens"));
+        CHECK_MSG(a && b && !strcmp(a, b), "tokens differ: %s vs %s", a, b);
+        CHECK(a && strlen(a) > 5);
+        free(a);
+        free(b);
+    }
+    cJSON_Delete(jr);
+    cJSON_Delete(jl);
+    s_stop(pid);
+    s_cleanup();
 }
 
 TD_TEST_MAIN()
