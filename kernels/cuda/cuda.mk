@@ -1,7 +1,7 @@
 # kernels/cuda/cuda.mk - the CUDA backend, included by the root Makefile after its own rules:
 #     -include kernels/cuda/cuda.mk
 # With nvcc (on PATH, or /usr/local/cuda/bin/nvcc) kernels/cuda/*.cu are compiled for sm_80 and
-# sm_90 into $(BUILD)/libtandem-cuda.a, C sources get -DTD_HAVE_CUDA, and every program links
+# sm_90 (plus compute_90 PTX) into $(BUILD)/libtandem-cuda.a, C sources get -DTD_HAVE_CUDA, and every program links
 # cudart and cuBLAS. Without nvcc (or with CUDA=0, NVCC=false, or a sanitizer build, SAN set),
 # the archive holds kernels/cuda/backend_cuda_stub.c instead: td_backend_cuda_new fails with
 # "built without CUDA", td_cuda_device_count returns 0, and nothing depends on CUDA.
@@ -11,7 +11,9 @@
 NVCC ?= $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
 CUDA ?= 1
 CUDA_LIB := $(BUILD)/libtandem-cuda.a
-CUDA_ARCHS ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
+# SASS for sm_80 and sm_90, plus compute_90 PTX that newer GPUs compile at load time
+CUDA_ARCHS ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+              -gencode arch=compute_90,code=compute_90
 
 TD_CUDA :=
 ifeq ($(CUDA),1)

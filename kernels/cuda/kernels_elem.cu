@@ -218,7 +218,10 @@ __global__ void k_to_bf16(uint16_t *dst, const float *src, int64_t count) {
     TDC_GRID_STRIDE(i, count) dst[i] = s_to_bf16(src[i]);
 }
 __global__ void k_to_f16(__half *dst, const float *src, int64_t count) {
-    TDC_GRID_STRIDE(i, count) dst[i] = __float2half_rn(fminf(fmaxf(src[i], -65504.0f), 65504.0f));
+    TDC_GRID_STRIDE(i, count) {
+        const float v = src[i]; /* saturate, but let a NaN through as the FP32 path would */
+        dst[i] = __float2half_rn(v != v ? v : fminf(fmaxf(v, -65504.0f), 65504.0f));
+    }
 }
 
 void tdc_convert(cuda_ctx_t *c, void *dst, int dt, const float *src, int64_t count) {
