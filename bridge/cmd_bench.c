@@ -8,6 +8,7 @@
 #include "drafter/draft.h"
 #include "drafter/planned.h"
 #include "drafter/selfspec.h"
+#include "model/score.h"
 #include "verifier/generate.h"
 #include "verifier/spec.h"
 
@@ -30,6 +31,10 @@ static void s_help(FILE *f) {
         "  --steps LIST       diffusion steps per draft, e.g. 1,2,4 (default 4; spec-ar/apd use "
         "1)\n"
         "  --orders LIST      unmasking orders (default left-to-right)\n"
+        "  --steps-ratio LIST planned: denoising steps per stage / longest span, e.g. 1,0.5,0.25\n"
+        "                     (default 1); one row per ratio\n"
+        "  --draft-k K        selfspec: drafts chained per forward (default 4)\n"
+        "  --block-size B     selfspec: canvas size (default 32)\n"
         "  --verify V         rejection (default), match, greedy\n"
         "  --max-tokens N     tokens per prompt (default 64)\n"
         "  --temperature X    0 (default) = greedy for every method\n"
@@ -66,10 +71,42 @@ static int s_parse_list(const char *s, int *out, int lo, int hi) {
 typedef struct row {
     char method[16], order[16];
     int gamma, steps;
+    double steps_ratio; /* planned */
+    /* selfspec: commits, depth counts (index d = chain depth d, 1..K) */
+    long commits, depth_checked[TD_SELFSPEC_MAX_K + 1], depth_accepted[TD_SELFSPEC_MAX_K + 1];
+    int draft_k;
+    /* planned */
+    long plan_tokens, spans, stages, span_tokens, span_steps, ar_forwards, diffusion_forwards;
+    /* quality: mean negative log-likelihood of the outputs under the verifier, given the prompt */
+    double nll_sum;
+    long nll_tokens;
     long tokens, drafted, accepted, rounds, fallbacks, forwards, bonus, predrafted;
     long acc_pos[TD_SPEC_MAX_GAMMA], dr_pos[TD_SPEC_MAX_GAMMA];
     double seconds, drafter_s, verifier_s, transport_s;
 } row_t;
+
+/* Sums -log p(output | prompt) under the causal model v into r (outputs with an id outside its
+ * vocabulary are skipped). */
+static void s_score(row_t *r, td_model_t *v, const int32_t *prompt, int n_prompt,
+                    const int32_t *out, int n_out) {
+    if (n_out < 1) return;
+    int n = n_prompt + n_out, V = td_model_config(v)->n_vocab;
+    int32_t *seq = malloc((size_t)n * sizeof *seq);
+    float *lp = malloc((size_t)n * sizeof *lp);
+    if (!seq || !lp) goto out;
+    memcpy(seq, prompt, (size_t)n_prompt * sizeof *seq);
+    for (int i = 0; i < n_out; i++) {
+        if (out[i] < 0 || out[i] >= V) goto out;
+        seq[n_prompt + i] = out[i];
+    }
+    td_err_t err = {0};
+    if (td_score_causal(v, seq, n, 0, lp, NULL, &err) != TD_OK) goto out;
+    for (int i = n_prompt; i < n; i++) r->nll_sum -= lp[i];
+    r->nll_tokens += n_out;
+out:
+    free(seq);
+    free(lp);
+}
 
 static void s_add(row_t *r, const td_spec_stats_t *s, double secs) {
     r->tokens += s->generated;
@@ -96,6 +133,8 @@ int td_cmd_bench(int argc, char **argv) {
     long device = -1, ddevice = -1, max_tokens = 64, seed = 0, threads = 0, limit = 0;
     double temperature = 0, mixture = 0.7;
     int predraft = 0;
+    const char *ratios_s = "1";
+    long draft_k = 4, block = 32;
     const td_opt_spec_t spec[] = {
         {"prompts", TD_OPT_STR, &prompts_path, 0, 0},
         {"methods", TD_OPT_STR, &methods_s, 0, 0},
@@ -116,6 +155,9 @@ int td_cmd_bench(int argc, char **argv) {
         {"temperature", TD_OPT_FLT, &temperature, 0, 100},
         {"mixture", TD_OPT_FLT, &mixture, 0, 1},
         {"predraft", TD_OPT_FLAG, &predraft, 0, 0},
+        {"steps-ratio", TD_OPT_STR, &ratios_s, 0, 0},
+        {"draft-k", TD_OPT_INT, &draft_k, 1, TD_SELFSPEC_MAX_K},
+        {"block-size", TD_OPT_INT, &block, 1, 4096},
     };
     int pr = td_opts_parse(argc, argv, spec, (int)(sizeof spec / sizeof spec[0]));
     if (pr == 1) {
@@ -130,7 +172,19 @@ int td_cmd_bench(int argc, char **argv) {
         fprintf(stderr, "tandem bench: bad --gamma or --steps list\n");
         return 2;
     }
+    double ratios[MAX_LIST];
+    int n_r = 0;
     char buf[256];
+    snprintf(buf, sizeof buf, "%s", ratios_s);
+    for (char *t = strtok(buf, ","); t; t = strtok(NULL, ",")) {
+        char *end;
+        double v = strtod(t, &end);
+        if (*end || !(v >= 0.01 && v <= 10) || n_r == MAX_LIST) {
+            fprintf(stderr, "tandem bench: bad --steps-ratio '%s' (values in [0.01, 10])\n", t);
+            return 2;
+        }
+        ratios[n_r++] = v;
+    }
     snprintf(buf, sizeof buf, "%s", orders_s);
     for (char *t = strtok(buf, ","); t; t = strtok(NULL, ",")) {
         int v = td_unmask_order_parse(t);
@@ -226,7 +280,10 @@ int td_cmd_bench(int argc, char **argv) {
     for (int mi = 0; mi < n_m; mi++) {
         td_method_t m = (td_method_t)methods[mi];
         int spec = m == TD_METHOD_SPEC_AR || m == TD_METHOD_SPECDIFF || m == TD_METHOD_APD;
-        int ng = spec ? n_g : 1, ns = m == TD_METHOD_SPECDIFF ? n_s : 1,
+        int ng = spec ? n_g : 1,
+            ns = m == TD_METHOD_SPECDIFF  ? n_s
+                 : m == TD_METHOD_PLANNED ? n_r
+                                          : 1,
             no = m == TD_METHOD_SPECDIFF ? n_o : 1;
         for (int gi = 0; gi < ng; gi++)
             for (int si = 0; si < ns; si++)
@@ -235,6 +292,8 @@ int td_cmd_bench(int argc, char **argv) {
                     snprintf(rw->method, sizeof rw->method, "%s", td_method_name(m));
                     rw->gamma = spec ? gammas[gi] : 0;
                     rw->steps = m == TD_METHOD_SPECDIFF ? steps[si] : (spec ? 1 : 0);
+                    rw->steps_ratio = m == TD_METHOD_PLANNED ? ratios[si] : 0;
+                    rw->draft_k = m == TD_METHOD_SELFSPEC ? (int)draft_k : 0;
                     snprintf(rw->order, sizeof rw->order, "%s",
                              m == TD_METHOD_SPECDIFF
                                  ? td_unmask_order_name((td_unmask_order_t)orders[oi])
@@ -258,21 +317,49 @@ int td_cmd_bench(int argc, char **argv) {
                         } else if (m == TD_METHOD_SELFSPEC) {
                             td_selfspec_params_t sp2 = td_selfspec_params_default();
                             sp2.max_tokens = (int)max_tokens;
+                            sp2.draft_k = (int)draft_k;
+                            sp2.block_size = (int)block;
                             td_selfspec_stats_t ts = {0};
                             grc = td_selfspec_generate(dm, ids[i], n_ids[i], &sp2, out, &ts, &err);
                             st.generated = ts.generated, st.forwards = ts.forwards,
                             st.rounds = ts.rounds;
                             st.drafted = ts.drafted, st.accepted = ts.commits - ts.rounds,
                             st.bonus_tokens = ts.rounds;
+                            rw->commits += ts.commits;
+                            for (int d = 1; d <= TD_SELFSPEC_MAX_K; d++) {
+                                rw->depth_checked[d] += ts.depth_checked[d];
+                                rw->depth_accepted[d] += ts.depth_accepted[d];
+                            }
                         } else if (m == TD_METHOD_PLANNED) {
                             td_planned_params_t pp = td_planned_params_default();
                             pp.max_tokens = (int)max_tokens;
                             pp.seed = (uint64_t)(seed + i);
+                            pp.steps_ratio = (float)rw->steps_ratio;
+                            pp.sampling = sp;
                             td_planned_stats_t ps = {0};
                             int n_out = 0;
                             grc = td_planned_generate(dm, dm, &tags, ids[i], n_ids[i], &pp, out,
                                                       &n_out, NULL, NULL, &ps, &err);
                             st.generated = n_out, st.forwards = ps.critical_path;
+                            if (grc == TD_ERR_FORMAT || grc == TD_ERR_ARG) {
+                                /* the documented fallback: plain diffusion decoding, counted */
+                                td_log(TD_LOG_INFO, "planned prompt %d: %s; diffusion instead",
+                                       i + 1, err.msg);
+                                td_diffusion_params_t dp = td_diffusion_params_default();
+                                dp.max_tokens = (int)max_tokens;
+                                dp.sampling = sp;
+                                dp.seed = (uint64_t)(seed + i);
+                                td_diffusion_stats_t ds;
+                                grc = td_diffusion_generate(dm, ids[i], n_ids[i], &dp, out, &ds,
+                                                            &err);
+                                st.generated = ds.generated;
+                                st.forwards = ps.critical_path + ds.forwards;
+                                st.fallbacks = 1;
+                            }
+                            rw->plan_tokens += ps.plan_tokens, rw->spans += ps.spans;
+                            rw->stages += ps.stages, rw->span_tokens += ps.span_tokens;
+                            rw->span_steps += ps.span_steps, rw->ar_forwards += ps.ar_forwards;
+                            rw->diffusion_forwards += ps.diffusion_forwards;
                         } else if (m == TD_METHOD_DIFFUSION) {
                             td_diffusion_params_t dp = td_diffusion_params_default();
                             dp.max_tokens = (int)max_tokens;
@@ -304,6 +391,7 @@ int td_cmd_bench(int argc, char **argv) {
                             goto done;
                         }
                         s_add(rw, &st, td_time_now() - t0);
+                        s_score(rw, par.verifier, ids[i], n_ids[i], out, st.generated);
                     }
                     fprintf(stderr, "  %-10s gamma %3d steps %3d %-14s %6.1f tok/s\n", rw->method,
                             rw->gamma, rw->steps, rw->order, rw->tokens / rw->seconds);
@@ -330,7 +418,9 @@ int td_cmd_bench(int argc, char **argv) {
                  "second,speedup_vs_ar,"
                  "drafted,accepted,acceptance_rate,rounds,mean_accepted_length,forwards,fallbacks,"
                  "drafter_s,verifier_s,transport_s,"
-                 "transport_share\n");
+                 "transport_share,verifier_nll,steps_ratio,plan_tokens,spans,stages,span_tokens,"
+                 "span_steps,steps_per_span,ar_forwards,diffusion_forwards,draft_k,commits,"
+                 "drafts_per_forward,acceptance_by_depth\n");
     fprintf(js,
             "{\"verifier\":\"%s\",\"prompts\":%d,\"max_tokens\":%ld,\"temperature\":%g,\"verify\":"
             "\"%s\",\"results\":[",
@@ -349,10 +439,21 @@ int td_cmd_bench(int argc, char **argv) {
                (double)w->forwards / (w->tokens ? w->tokens : 1), 100 * tshare, w->fallbacks);
         fprintf(csv,
                 "%s,%d,%d,%s,%s,%g,%d,%ld,%.6f,%.4f,%.4f,%ld,%ld,%.6f,%ld,%.4f,%ld,%ld,%.6f,%.6f,%."
-                "6f,%.6f\n",
+                "6f,%.6f",
                 w->method, w->gamma, w->steps, w->order, verify_s, temperature, n_p, w->tokens,
                 w->seconds, tps, tps / base, w->drafted, w->accepted, acc, w->rounds, alen,
                 w->forwards, w->fallbacks, w->drafter_s, w->verifier_s, w->transport_s, tshare);
+        double nll = w->nll_tokens ? w->nll_sum / w->nll_tokens : 0,
+               sps = w->spans ? (double)w->span_steps / w->spans : 0,
+               dpf = w->draft_k && w->forwards ? (double)w->commits / w->forwards : 0;
+        /* the CSV line continues: quality, planned and selfspec columns */
+        fprintf(csv, ",%.6f,%g,%ld,%ld,%ld,%ld,%ld,%.4f,%ld,%ld,%d,%ld,%.4f,", nll, w->steps_ratio,
+                w->plan_tokens, w->spans, w->stages, w->span_tokens, w->span_steps, sps,
+                w->ar_forwards, w->diffusion_forwards, w->draft_k, w->commits, dpf);
+        for (int d = 1; d <= w->draft_k; d++)
+            fprintf(csv, "%s%.4f", d > 1 ? ";" : "",
+                    w->depth_checked[d] ? (double)w->depth_accepted[d] / w->depth_checked[d] : 0);
+        fprintf(csv, "\n");
         fprintf(js,
                 "%s{\"method\":\"%s\",\"lossy\":%s,\"gamma\":%d,\"steps\":%d,\"order\":\"%s\","
                 "\"tokens\":%ld,\"seconds\":%.6f,"
@@ -370,11 +471,51 @@ int td_cmd_bench(int argc, char **argv) {
         for (int j = 0; j < w->gamma; j++) fprintf(js, "%s%ld", j ? "," : "", w->acc_pos[j]);
         fprintf(js, "],\"drafted_by_position\":[");
         for (int j = 0; j < w->gamma; j++) fprintf(js, "%s%ld", j ? "," : "", w->dr_pos[j]);
-        fprintf(js, "]}");
+        fprintf(js, "],\"verifier_nll\":%.6f", nll);
+        if (w->steps_ratio > 0)
+            fprintf(js,
+                    ",\"steps_ratio\":%g,\"plan_tokens\":%ld,\"spans\":%ld,\"stages\":%ld,"
+                    "\"span_tokens\":%ld,\"span_steps\":%ld,\"steps_per_span\":%.4f,"
+                    "\"ar_forwards\":%ld,\"diffusion_forwards\":%ld",
+                    w->steps_ratio, w->plan_tokens, w->spans, w->stages, w->span_tokens,
+                    w->span_steps, sps, w->ar_forwards, w->diffusion_forwards);
+        if (w->draft_k) {
+            fprintf(js, ",\"draft_k\":%d,\"commits\":%ld,\"drafts_per_forward\":%.4f", w->draft_k,
+                    w->commits, dpf);
+            fprintf(js, ",\"checked_by_depth\":[");
+            for (int d = 1; d <= w->draft_k; d++)
+                fprintf(js, "%s%ld", d > 1 ? "," : "", w->depth_checked[d]);
+            fprintf(js, "],\"accepted_by_depth\":[");
+            for (int d = 1; d <= w->draft_k; d++)
+                fprintf(js, "%s%ld", d > 1 ? "," : "", w->depth_accepted[d]);
+            fprintf(js, "]");
+        }
+        fprintf(js, "}");
     }
     fprintf(js, "]}\n");
     fclose(csv);
     fclose(js);
+    for (int k = 0; k < n_rows; k++) { /* the methods' own stats, one line each */
+        row_t *w = &rows[k];
+        double tpt = (double)w->forwards / (w->tokens ? w->tokens : 1),
+               nll = w->nll_tokens ? w->nll_sum / w->nll_tokens : 0;
+        if (w->steps_ratio > 0)
+            printf("planned   ratio %g: %ld spans in %ld stage(s), %ld plan tokens, %.1f steps per "
+                   "span, critical path %.3f passes per output token, verifier NLL %.3f (ar "
+                   "%.3f)\n",
+                   w->steps_ratio, w->spans, w->stages, w->plan_tokens,
+                   w->spans ? (double)w->span_steps / w->spans : 0, tpt, nll,
+                   rows[0].nll_tokens ? rows[0].nll_sum / rows[0].nll_tokens : 0);
+        if (w->draft_k) {
+            printf("selfspec  K %d: %.2f drafts per forward; acceptance by chain depth", w->draft_k,
+                   w->forwards ? (double)w->commits / w->forwards : 0);
+            for (int d = 1; d <= w->draft_k; d++)
+                printf(" %d:%.2f", d,
+                       w->depth_checked[d] ? (double)w->depth_accepted[d] / w->depth_checked[d]
+                                           : 0);
+            printf("\n");
+        }
+    }
     printf("(speedup = tokens/s over ar in this run; acc.len = tokens per verification round incl. "
            "the bonus; "
            "apd is lossy)\nwrote %s.json and %s.csv\n",
