@@ -1,7 +1,9 @@
 /* test_cuda.c - the CUDA backend against the CPU backend: every op at odd shapes and all weight
  * dtypes, both matmul paths, attention with every mask kind, GQA, several sequences and key
- * splits, and the whole forward pass of every fixture model in tests/data/models (prefill, decode,
- * two sequences in one batch, KV crop and in-place rewrite, copied prefixes, explicit masks).
+ * splits, 7B-sized operands (2.2 GB weight, 32k-position cache), bad indices refused, overlapping
+ * copies, the synthetic-weights mode, and the whole forward pass of every fixture model in
+ * tests/data/models (prefill, decode, two sequences in one batch, KV crop and in-place rewrite,
+ * copied prefixes, explicit masks).
  *
  * Without a CUDA device (or in a build without nvcc) every case checks that the backend refuses
  * to start with a message, then skips; the binary exits 77.
@@ -9,11 +11,12 @@
  * Tolerances (docs/cuda.md):
  *  - matmul: per element |gpu - ref| <= u * sum_c |x_c w_rc| + 1e-6, a rounding bound: u = 2^-8
  *    when cuBLAS rounds activations to BF16, 2^-10 for F16, 1e-5 for FP32 activations (GEMV
- *    kernel, SGEMM) where only the summation order differs;
+ *    kernel: auto, n <= 8, untransposed, any shape; SGEMM) where only the summation order differs;
  *  - other ops: |gpu - ref| <= 2e-5 + 2e-5 |ref| (RoPE 1e-4: sincosf vs glibc at large angles);
  *  - forward logits: max |gpu - cpu| <= 2e-3 * max(1, max |cpu|) with FP32 activations (F32
- *    weights everywhere; BF16 weights with at most 8 tokens, the GEMV path); 3e-2 * max(1, max
- *    |cpu|) for BF16 weights through cuBLAS (activations rounded to BF16, as HF's bf16 run). */
+ *    weights everywhere; BF16 weights with at most 8 tokens and untransposed weights, the GEMV
+ *    path); 3e-2 * max(1, max |cpu|) for BF16 weights through cuBLAS (activations rounded to BF16,
+ *    as HF's bf16 run): more than 8 tokens, GPT-2's transposed weights, or the cuBLAS mode. */
 #include "tests/tdtest.h"
 
 #include "kernels/backend.h"
