@@ -37,7 +37,10 @@ budget() {
 }
 
 if [ ! -d "$B/gpu-bundle" ] && [ -f "$B/gpu-bundle.tar.xz" ]; then
-  tar -C "$B" -xJf "$B/gpu-bundle.tar.xz" || { echo "gpu-check: cannot unpack $B/gpu-bundle.tar.xz"; exit 1; }
+  # tar's xz filter needs the xz program; Python's tarfile (PyTorch's python3) does without
+  tar -C "$B" -xJf "$B/gpu-bundle.tar.xz" 2>/dev/null ||
+    python3 -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$B/gpu-bundle.tar.xz" "$B" ||
+    { echo "gpu-check: cannot unpack $B/gpu-bundle.tar.xz"; exit 1; }
 fi
 [ -d "$B/gpu-bundle/bin" ] || { echo "gpu-check: no $B/gpu-bundle; run tools/gpu-bundle.sh on the build machine and carry it"; exit 1; }
 BIN=$PWD/$B/gpu-bundle/bin
@@ -94,7 +97,10 @@ echo "== test_cuda"
 if can test_cuda; then
   timeout -k 5 "$(budget 150 330)" "$BIN/test_cuda"; rc=$?
   stage test_cuda $rc; ok $rc || failed=1
-  [ $rc -eq 77 ] && echo "test_cuda skipped everything: no usable device"
+  if [ $rc -eq 77 ]; then
+    echo "test_cuda skipped everything: no usable device"
+    [ "$ngpu" -gt 0 ] && { echo "gpu-check: nvidia-smi lists $ngpu GPU(s), yet CUDA found none: failure"; failed=1; }
+  fi
 else stage test_cuda missing; failed=1; fi
 
 echo "== bench_cuda"
@@ -102,7 +108,9 @@ if can bench_cuda; then
   for m in qwen2.5-0.5b qwen2.5-7b dream-7b; do
     case $m in qwen2.5-0.5b) want=70 reserve=250 ;; qwen2.5-7b) want=90 reserve=160 ;; *) want=70 reserve=90 ;; esac
     echo "-- bench_cuda --model $m --matmul both --device $DEV"
-    timeout -k 5 "$(budget $want $reserve)" "$BIN/bench_cuda" --model "$m" --matmul both --device "$([ "$DEV" -ge 0 ] && echo "$DEV" || echo 0)"; rc=$?
+    timeout -k 5 "$(budget $want $reserve)" "$BIN/bench_cuda" --model "$m" --matmul both --device "$([ "$DEV" -ge 0 ] && echo "$DEV" || echo 0)" | tee "$work/bench.txt"; rc=${PIPESTATUS[0]}
+    # bench_cuda exits 0 when it finds no device; with a GPU present that is a failure
+    [ $rc -eq 0 ] && [ "$ngpu" -gt 0 ] && grep -q '^bench_cuda: skipped' "$work/bench.txt" && rc=77
     stage "bench-$m" $rc; [ $rc -eq 0 ] || failed=1
   done
 else stage bench_cuda missing; failed=1; fi
