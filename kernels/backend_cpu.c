@@ -22,7 +22,7 @@
 /* Skinny products (n <= TD_SKINNY_MAX rows of x) stream the weights once and never convert them
  * into a float copy; wider ones convert a panel of weight rows to float and call SGEMM, where the
  * conversion is amortised over n rows. */
-#define TD_SKINNY_MAX 16
+#define TD_SKINNY_MAX 24
 #define TD_PANEL_ROWS 256
 /* Work (elements touched) below which a loop runs on one thread: a parallel region costs a few
  * microseconds when the cores are idle and a scheduler time slice when they are not. */

@@ -44,7 +44,7 @@ TD_TEST(matmul_fast_matches_reference) {
     REQUIRE(fast && ref);
     const td_dtype_t dts[] = {TD_DTYPE_F32, TD_DTYPE_BF16, TD_DTYPE_F16};
     /* every skinny token count (each 4-row and 2-row grouping, both leftovers) and two wide ones */
-    const int ns[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 40};
+    const int ns[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 24, 25, 40};
     const int64_t shapes[][2] = {{7, 5}, {33, 64}, {130, 257}, {300, 96}};
     for (int d = 0; d < 3; d++)
         for (int s = 0; s < 4; s++)
