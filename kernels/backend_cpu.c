@@ -22,7 +22,7 @@
 /* Skinny products (n <= TD_SKINNY_MAX rows of x) stream the weights once and never convert them
  * into a float copy; wider ones convert a panel of weight rows to float and call SGEMM, where the
  * conversion is amortised over n rows. */
-#define TD_SKINNY_MAX 16
+#define TD_SKINNY_MAX 24
 #define TD_PANEL_ROWS 256
 /* Work (elements touched) below which a loop runs on one thread: a parallel region costs a few
  * microseconds when the cores are idle and a scheduler time slice when they are not. */
@@ -175,17 +175,28 @@ static inline __attribute__((always_inline)) __m256 s_ld8(int DT, const void *p)
     return _mm256_loadu_ps((const float *)p);
 }
 
-/* One weight row against NT activation rows. DT and NT are compile-time constants after inlining
- * (see the dispatch below), so the accumulators live in registers and no branch is left in the
- * inner loop. For NT == 1 two accumulators hide the FMA latency. */
-static inline __attribute__((always_inline)) void
-s_row_dot(int DT, int NT, const char *wr, const float *x, int64_t cols, float *out) {
+static inline __attribute__((always_inline)) float s_wscalar(int DT, const char *wr, int64_t c) {
+    return DT == TD_DTYPE_F32    ? ((const float *)wr)[c]
+           : DT == TD_DTYPE_BF16 ? td_bf16_to_f32(((const uint16_t *)wr)[c])
+                                 : td_f16_to_f32(((const uint16_t *)wr)[c]);
+}
+
+/* NR consecutive weight rows (wr, stride ldb bytes) against NT activation rows (x, stride cols):
+ * out[t * NR + r] = dot(W row r, x row t). DT, NR and NT are compile-time constants after
+ * inlining (see the dispatch below), so the NR * NT accumulators (at most 12) stay in registers
+ * and the inner loop has no branch. Each 8-wide step loads NR weight vectors and NT activation
+ * vectors for NR * NT FMAs: 4 x 3 and 2 x 6 keep the loads well below the two FMA pipes' rate,
+ * which a single weight row against NT rows (1 + NT loads per NT FMAs) does not. For NR == 1,
+ * NT == 1 two accumulators hide the FMA latency. */
+static inline __attribute__((always_inline)) void s_rows_dot(int DT, int NR, int NT, const char *wr,
+                                                             size_t ldb, const float *x,
+                                                             int64_t cols, float *out) {
     const size_t es = DT == TD_DTYPE_F32 ? 4 : 2;
-    __m256 acc[8], acc2 = _mm256_setzero_ps();
-#pragma GCC unroll 8
-    for (int t = 0; t < NT; t++) acc[t] = _mm256_setzero_ps();
+    __m256 acc[12], acc2 = _mm256_setzero_ps();
+#pragma GCC unroll 12
+    for (int i = 0; i < NR * NT; i++) acc[i] = _mm256_setzero_ps();
     int64_t c = 0;
-    if (NT == 1) {
+    if (NR == 1 && NT == 1) {
         for (; c + 16 <= cols; c += 16) {
             acc[0] =
                 _mm256_fmadd_ps(s_ld8(DT, wr + (size_t)c * es), _mm256_loadu_ps(x + c), acc[0]);
@@ -194,83 +205,127 @@ s_row_dot(int DT, int NT, const char *wr, const float *x, int64_t cols, float *o
         }
     }
     for (; c + 8 <= cols; c += 8) {
-        __m256 wv = s_ld8(DT, wr + (size_t)c * es);
-#pragma GCC unroll 8
-        for (int t = 0; t < NT; t++)
-            acc[t] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + t * cols + c), acc[t]);
+        __m256 wv[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++) wv[r] = s_ld8(DT, wr + (size_t)r * ldb + (size_t)c * es);
+#pragma GCC unroll 6
+        for (int t = 0; t < NT; t++) {
+            __m256 xv = _mm256_loadu_ps(x + t * cols + c);
+#pragma GCC unroll 4
+            for (int r = 0; r < NR; r++) acc[t * NR + r] = _mm256_fmadd_ps(wv[r], xv, acc[t * NR + r]);
+        }
     }
     acc[0] = _mm256_add_ps(acc[0], acc2);
-#pragma GCC unroll 8
-    for (int t = 0; t < NT; t++) out[t] = s_hsum(acc[t]);
-    for (; c < cols; c++) {
-        float wv = DT == TD_DTYPE_F32    ? ((const float *)wr)[c]
-                   : DT == TD_DTYPE_BF16 ? td_bf16_to_f32(((const uint16_t *)wr)[c])
-                                         : td_f16_to_f32(((const uint16_t *)wr)[c]);
-        for (int t = 0; t < NT; t++) out[t] += wv * x[t * cols + c];
+    if (NR == 4) {
+        /* four row sums of one token in one vector: two rounds of hadd, then fold the halves */
+#pragma GCC unroll 3
+        for (int t = 0; t < NT; t++) {
+            __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(acc[t * 4], acc[t * 4 + 1]),
+                                      _mm256_hadd_ps(acc[t * 4 + 2], acc[t * 4 + 3]));
+            _mm_storeu_ps(out + t * 4,
+                          _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1)));
+        }
+    } else {
+#pragma GCC unroll 12
+        for (int i = 0; i < NR * NT; i++) out[i] = s_hsum(acc[i]);
     }
+    for (; c < cols; c++)
+        for (int r = 0; r < NR; r++) {
+            float wv = s_wscalar(DT, wr + (size_t)r * ldb, c);
+            for (int t = 0; t < NT; t++) out[t * NR + r] += wv * x[t * cols + c];
+        }
 }
 
-#define TD_ROW_DOT_NT(DT)                                                                          \
-    switch (nt) {                                                                                  \
-    case 1:                                                                                        \
-        s_row_dot(DT, 1, wr, xt, cols, out);                                                       \
-        break;                                                                                     \
-    case 2:                                                                                        \
-        s_row_dot(DT, 2, wr, xt, cols, out);                                                       \
-        break;                                                                                     \
-    case 3:                                                                                        \
-        s_row_dot(DT, 3, wr, xt, cols, out);                                                       \
-        break;                                                                                     \
-    case 4:                                                                                        \
-        s_row_dot(DT, 4, wr, xt, cols, out);                                                       \
-        break;                                                                                     \
-    case 5:                                                                                        \
-        s_row_dot(DT, 5, wr, xt, cols, out);                                                       \
-        break;                                                                                     \
-    case 6:                                                                                        \
-        s_row_dot(DT, 6, wr, xt, cols, out);                                                       \
-        break;                                                                                     \
-    case 7:                                                                                        \
-        s_row_dot(DT, 7, wr, xt, cols, out);                                                       \
-        break;                                                                                     \
-    default:                                                                                       \
-        s_row_dot(DT, 8, wr, xt, cols, out);                                                       \
-        break;                                                                                     \
+/* Calls s_rows_dot with the run-time nt turned into a constant (1 .. MAXT). */
+#define TD_NT_CASE(DT, NR, T)                                                                      \
+    case T:                                                                                        \
+        s_rows_dot(DT, NR, T, wr, ldb, xt, cols, out);                                             \
+        break;
+#define TD_ROWS_DOT(DT, NR)                                                                        \
+    do {                                                                                           \
+        if ((NR) == 4) {                                                                           \
+            switch (nt) {                                                                          \
+                TD_NT_CASE(DT, 4, 1) TD_NT_CASE(DT, 4, 2) default : s_rows_dot(DT, 4, 3, wr, ldb,  \
+                                                                               xt, cols, out);     \
+            }                                                                                      \
+        } else {                                                                                   \
+            switch (nt) {                                                                          \
+                TD_NT_CASE(DT, NR, 1)                                                              \
+                TD_NT_CASE(DT, NR, 2)                                                              \
+                TD_NT_CASE(DT, NR, 3)                                                              \
+                TD_NT_CASE(DT, NR, 4)                                                              \
+                TD_NT_CASE(DT, NR, 5)                                                              \
+            default:                                                                               \
+                s_rows_dot(DT, NR, 6, wr, ldb, xt, cols, out);                                     \
+            }                                                                                      \
+        }                                                                                          \
+    } while (0)
+
+/* One block of nr (4, 2 or 1) weight rows starting at row r against all n activation rows, in
+ * balanced token groups of at most gmax (3 for 4 rows, 6 otherwise) so no pass is a lone token. */
+static inline __attribute__((always_inline)) void s_skinny_block(int DT, int nr, const char *wr,
+                                                                 size_t ldb, const float *x,
+                                                                 int64_t cols, int n, float *y,
+                                                                 int64_t rows, int64_t r) {
+    const int gmax = nr == 4 ? 3 : 6, ng = (n + gmax - 1) / gmax;
+    float out[24];
+    for (int g = 0, t0 = 0; g < ng; g++) {
+        const int nt = (n - t0) / (ng - g);
+        const float *xt = x + (int64_t)t0 * cols;
+        if (nr == 4)
+            TD_ROWS_DOT(DT, 4);
+        else if (nr == 2)
+            TD_ROWS_DOT(DT, 2);
+        else
+            TD_ROWS_DOT(DT, 1);
+        for (int t = 0; t < nt; t++)
+            for (int i = 0; i < nr; i++) y[(int64_t)(t0 + t) * rows + r + i] = out[t * nr + i];
+        t0 += nt;
     }
+}
 #endif
 
-/* y[t, r] = sum_c x[t, c] W[r, c] for t < n <= TD_SKINNY_MAX; each weight row is read from memory
- * once and reused from L1 for every x row (8 rows of x per pass). */
+/* y[t, r] = sum_c x[t, c] W[r, c] for t < n <= TD_SKINNY_MAX. Weight rows go in blocks of 4 (when
+ * n splits into groups of 3: n <= 3 or n % 3 == 0) or of 2 (groups of up to 6), each block read
+ * from memory once and reused from L1 for every token group; leftover rows one at a time. */
 static void s_matmul_skinny(td_backend_t *be, float *y, const float *x, const td_weight_t *w,
                             int n) {
     const int64_t rows = w->rows, cols = w->cols, ld = s_ld(w);
-    const size_t es = td_dtype_size(w->dtype);
-    const int dt = w->dtype;
-#pragma omp parallel for schedule(static) if (TD_PAR(rows * cols)) num_threads(be->n_threads)
-    for (int64_t r = 0; r < rows; r++) {
-        const char *wr = (const char *)w->data + (size_t)(r * ld) * es;
-        for (int t0 = 0; t0 < n; t0 += 8) {
-            int nt = n - t0 < 8 ? n - t0 : 8;
-            float out[8];
-            const float *xt = x + (int64_t)t0 * cols;
+    const size_t es = td_dtype_size(w->dtype), ldb = (size_t)ld * es;
 #ifdef TD_AVX2
-            if (dt == TD_DTYPE_BF16) {
-                TD_ROW_DOT_NT(TD_DTYPE_BF16)
-            } else if (dt == TD_DTYPE_F16) {
-                TD_ROW_DOT_NT(TD_DTYPE_F16)
-            } else {
-                TD_ROW_DOT_NT(TD_DTYPE_F32)
-            }
-#else
-            for (int t = 0; t < nt; t++) {
-                float acc = 0;
-                for (int64_t c = 0; c < cols; c++) acc += s_w_at(w, r, c) * xt[t * cols + c];
-                out[t] = acc;
-            }
-#endif
-            for (int t = 0; t < nt; t++) y[(int64_t)(t0 + t) * rows + r] = out[t];
+    const int dt = w->dtype;
+    const int nr = n <= 3 || n % 3 == 0 ? 4 : 2;
+    const int64_t nblk = rows / nr;
+#pragma omp parallel for schedule(static) if (TD_PAR(rows * cols)) num_threads(be->n_threads)
+    for (int64_t b = 0; b < nblk + (rows - nblk * nr); b++) {
+        /* blocks of nr rows, then the rows - nblk * nr leftover rows one by one */
+        const int64_t r = b < nblk ? b * nr : nblk * nr + (b - nblk);
+        const int k = b < nblk ? nr : 1;
+        const char *wr = (const char *)w->data + (size_t)r * ldb;
+        if (dt == TD_DTYPE_BF16) {
+            if (k == 4) s_skinny_block(TD_DTYPE_BF16, 4, wr, ldb, x, cols, n, y, rows, r);
+            else if (k == 2) s_skinny_block(TD_DTYPE_BF16, 2, wr, ldb, x, cols, n, y, rows, r);
+            else s_skinny_block(TD_DTYPE_BF16, 1, wr, ldb, x, cols, n, y, rows, r);
+        } else if (dt == TD_DTYPE_F16) {
+            if (k == 4) s_skinny_block(TD_DTYPE_F16, 4, wr, ldb, x, cols, n, y, rows, r);
+            else if (k == 2) s_skinny_block(TD_DTYPE_F16, 2, wr, ldb, x, cols, n, y, rows, r);
+            else s_skinny_block(TD_DTYPE_F16, 1, wr, ldb, x, cols, n, y, rows, r);
+        } else {
+            if (k == 4) s_skinny_block(TD_DTYPE_F32, 4, wr, ldb, x, cols, n, y, rows, r);
+            else if (k == 2) s_skinny_block(TD_DTYPE_F32, 2, wr, ldb, x, cols, n, y, rows, r);
+            else s_skinny_block(TD_DTYPE_F32, 1, wr, ldb, x, cols, n, y, rows, r);
         }
     }
+#else
+    (void)es, (void)ldb;
+#pragma omp parallel for schedule(static) if (TD_PAR(rows * cols)) num_threads(be->n_threads)
+    for (int64_t r = 0; r < rows; r++)
+        for (int t = 0; t < n; t++) {
+            float acc = 0;
+            for (int64_t c = 0; c < cols; c++) acc += s_w_at(w, r, c) * x[(int64_t)t * cols + c];
+            y[(int64_t)t * rows + r] = acc;
+        }
+#endif
 }
 
 /* Transposed storage W^T [cols, rows] (GPT-2 Conv1D): y[t, :] = sum_c x[t, c] W^T[c, :], split
@@ -425,13 +480,15 @@ static void s_layernorm(td_backend_t *be, float *y, const float *x, const td_wei
 static void s_rope(td_backend_t *be, float *x, const int32_t *pos, int n, int n_head, int head_dim,
                    int rot_dim, float theta) {
     int half = rot_dim / 2;
+    /* as HF: inv_freq in float32, angle = pos * inv_freq in float32 */
+    float inv_freq[half > 0 ? half : 1];
+    for (int i = 0; i < half; i++)
+        inv_freq[i] = (float)(1.0 / pow((double)theta, (double)(2 * i) / (double)rot_dim));
 #pragma omp parallel for schedule(static) if (TD_PAR((int64_t)n * half * n_head))                  \
     num_threads(be->n_threads)
     for (int t = 0; t < n; t++) {
         for (int i = 0; i < half; i++) {
-            /* as HF: inv_freq in float32, angle = pos * inv_freq in float32 */
-            float inv_freq = (float)(1.0 / pow((double)theta, (double)(2 * i) / (double)rot_dim));
-            float ang = (float)pos[t] * inv_freq;
+            float ang = (float)pos[t] * inv_freq[i];
             float cs = cosf(ang), sn = sinf(ang);
             for (int h = 0; h < n_head; h++) {
                 float *v = x + ((int64_t)t * n_head + h) * head_dim;
@@ -505,6 +562,108 @@ static inline float s_dot(const float *a, const float *b, int n) {
     return d;
 }
 
+#ifdef TD_AVX2
+/* e^x for 8 floats: x = n ln2 + r with |r| <= ln2/2, e^r by its Taylor polynomial to degree 7
+ * (truncation error < 1e-8 relative), times 2^n built in the exponent bits. -inf gives 0. */
+static inline __m256 s_exp8(__m256 x) {
+    const __m256 ninf = _mm256_cmp_ps(x, _mm256_set1_ps(-INFINITY), _CMP_EQ_OQ);
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x); /* ln2 split hi + lo */
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    const __m256i e =
+        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(ninf, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+
+/* The eight sums of a[0..7] as one vector. */
+static inline __m256 s_hsum8x(const __m256 *a) {
+    const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+/* One query head (head_dim % 8 == 0) over keys 0 .. end-1: scores eight keys at a time, a
+ * vectorised softmax, and the weighted sum of values with the output held in registers. Keys the
+ * mask hides get probability exactly 0, as in the scalar path. */
+static void s_attend_avx2(const td_attn_desc_t *a, int t, const float *qv, const float *kbase,
+                          const float *vbase, int64_t row, int end, float *sc, float *o) {
+    const int hd = a->head_dim;
+    const __m256 scale = _mm256_set1_ps(a->scale);
+    int j = 0;
+    for (; j + 8 <= end; j += 8) {
+        __m256 acc[8];
+        for (int u = 0; u < 8; u++) acc[u] = _mm256_setzero_ps();
+        for (int d = 0; d < hd; d += 8) {
+            const __m256 q8 = _mm256_loadu_ps(qv + d);
+#pragma GCC unroll 8
+            for (int u = 0; u < 8; u++)
+                acc[u] = _mm256_fmadd_ps(q8, _mm256_loadu_ps(kbase + (int64_t)(j + u) * row + d),
+                                         acc[u]);
+        }
+        _mm256_storeu_ps(sc + j, _mm256_mul_ps(s_hsum8x(acc), scale));
+    }
+    for (; j < end; j++) sc[j] = s_dot(qv, kbase + (int64_t)j * row, hd) * a->scale;
+    if (a->kind == TD_ATTN_EXPLICIT)
+        for (j = 0; j < end; j++)
+            if (!a->mask[(int64_t)t * a->mask_stride + j]) sc[j] = -INFINITY;
+    float mx = -INFINITY;
+    for (j = 0; j < end; j++)
+        if (sc[j] > mx) mx = sc[j];
+    if (mx == -INFINITY) {
+        memset(o, 0, sizeof(float) * (size_t)hd);
+        return;
+    }
+    const __m256 m8 = _mm256_set1_ps(mx);
+    __m256 s8 = _mm256_setzero_ps();
+    for (j = 0; j + 8 <= end; j += 8) {
+        const __m256 e = s_exp8(_mm256_sub_ps(_mm256_loadu_ps(sc + j), m8));
+        _mm256_storeu_ps(sc + j, e);
+        s8 = _mm256_add_ps(s8, e);
+    }
+    float sum = s_hsum(s8);
+    for (; j < end; j++) {
+        sc[j] = sc[j] == -INFINITY ? 0.0f : expf(sc[j] - mx);
+        sum += sc[j];
+    }
+    const float inv = 1.0f / sum;
+    for (j = 0; j < end; j++) sc[j] *= inv;
+    /* output in chunks of 32 floats (4 registers), then of 8 */
+    int d0 = 0;
+    for (; d0 + 32 <= hd; d0 += 32) {
+        __m256 o0 = _mm256_setzero_ps(), o1 = o0, o2 = o0, o3 = o0;
+        for (j = 0; j < end; j++) {
+            const __m256 p = _mm256_broadcast_ss(sc + j);
+            const float *vv = vbase + (int64_t)j * row + d0;
+            o0 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vv), o0);
+            o1 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vv + 8), o1);
+            o2 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vv + 16), o2);
+            o3 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vv + 24), o3);
+        }
+        _mm256_storeu_ps(o + d0, o0);
+        _mm256_storeu_ps(o + d0 + 8, o1);
+        _mm256_storeu_ps(o + d0 + 16, o2);
+        _mm256_storeu_ps(o + d0 + 24, o3);
+    }
+    for (; d0 < hd; d0 += 8) {
+        __m256 o0 = _mm256_setzero_ps();
+        for (j = 0; j < end; j++)
+            o0 = _mm256_fmadd_ps(_mm256_broadcast_ss(sc + j),
+                                 _mm256_loadu_ps(vbase + (int64_t)j * row + d0), o0);
+        _mm256_storeu_ps(o + d0, o0);
+    }
+}
+#endif
+
 static void s_attention(td_backend_t *be, float *out, const float *q, const float *kc,
                         const float *vc, const td_attn_desc_t *a) {
     cpu_ctx_t *c = be->ctx;
@@ -537,6 +696,12 @@ static void s_attention(td_backend_t *be, float *out, const float *q, const floa
                 int64_t e = ((int64_t)a->pos[t] / a->block_size + 1) * a->block_size;
                 if (e < end) end = (int)e;
             }
+#ifdef TD_AVX2
+            if (!c->reference && hd % 8 == 0) {
+                s_attend_avx2(a, t, qv, kbase, vbase, row, end, sc, o);
+                continue;
+            }
+#endif
             for (int j = 0; j < end; j++) {
                 if (!s_visible(a, t, j)) {
                     sc[j] = -INFINITY;

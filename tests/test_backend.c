@@ -43,12 +43,13 @@ TD_TEST(matmul_fast_matches_reference) {
     td_backend_t *fast = td_backend_cpu_new(2, 0, &err), *ref = td_backend_cpu_new(1, 1, &err);
     REQUIRE(fast && ref);
     const td_dtype_t dts[] = {TD_DTYPE_F32, TD_DTYPE_BF16, TD_DTYPE_F16};
-    const int ns[] = {1, 3, 4, 5, 16, 17, 40};
+    /* every skinny token count (each 4-row and 2-row grouping, both leftovers) and two wide ones */
+    const int ns[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 24, 25, 40};
     const int64_t shapes[][2] = {{7, 5}, {33, 64}, {130, 257}, {300, 96}};
     for (int d = 0; d < 3; d++)
         for (int s = 0; s < 4; s++)
             for (int tr = 0; tr < 2; tr++)
-                for (int ni = 0; ni < 7; ni++) {
+                for (int ni = 0; ni < (int)(sizeof ns / sizeof ns[0]); ni++) {
                     int64_t rows = shapes[s][0], cols = shapes[s][1];
                     int n = ns[ni];
                     /* a column slice of a wider stored matrix exercises ld */
@@ -76,53 +77,54 @@ TD_TEST(matmul_fast_matches_reference) {
     CHECK(fast == NULL);
 }
 
-/* Attention against a direct softmax(q k^T) v computed here, for every mask kind and GQA. */
-TD_TEST(attention_masks_and_gqa) {
-    td_err_t err = {0};
-    td_backend_t *be = td_backend_cpu_new(2, 0, &err);
-    REQUIRE(be);
-    const int nh = 4, nkv = 2, hd = 8, n_ctx = 13, n_seq = 2;
-    const int64_t row = nkv * hd;
-    float *kc = malloc(sizeof(float) * (size_t)(n_seq * n_ctx * row)),
-          *vc = malloc(sizeof(float) * (size_t)(n_seq * n_ctx * row));
-    for (int64_t i = 0; i < n_seq * n_ctx * row; i++) kc[i] = s_randf(), vc[i] = s_randf();
-    const int n = 6;
-    int32_t pos[6] = {0, 3, 7, 9, 2, 5}, seq[6] = {0, 0, 0, 0, 1, 1}, kv_len[2] = {10, 6};
-    float q[6 * 4 * 8], out[6 * 4 * 8];
-    for (int i = 0; i < n * nh * hd; i++) q[i] = s_randf();
-    uint8_t mask[6 * 13];
-    for (int i = 0; i < 6 * 13; i++) mask[i] = (uint8_t)(s_randf() > 0);
+/* Attention against a direct softmax(q k^T) v computed here, for every mask kind and GQA, at head
+ * sizes that take each CPU path (6: scalar; 8: one 8-wide output chunk; 40: a 32-wide chunk and an
+ * 8-wide one), contexts long enough for the 8-key score blocks and their tails, and an explicit
+ * mask row that hides every key (output 0). */
+static void s_check_attention(td_backend_t *be, int hd) {
+    enum { NH = 4, NKV = 2, N_CTX = 29, N_SEQ = 2, N = 6 };
+    const int64_t row = NKV * hd;
+    float *kc = malloc(sizeof(float) * (size_t)(N_SEQ * N_CTX * row)),
+          *vc = malloc(sizeof(float) * (size_t)(N_SEQ * N_CTX * row));
+    float *q = malloc(sizeof(float) * (size_t)(N * NH * hd)),
+          *out = malloc(sizeof(float) * (size_t)(N * NH * hd));
+    for (int64_t i = 0; i < N_SEQ * N_CTX * row; i++) kc[i] = s_randf() * 2, vc[i] = s_randf();
+    int32_t pos[N] = {0, 3, 17, 25, 2, 11}, seq[N] = {0, 0, 0, 0, 1, 1}, kv_len[N_SEQ] = {26, 12};
+    for (int i = 0; i < N * NH * hd; i++) q[i] = s_randf();
+    uint8_t mask[N * N_CTX];
+    for (int i = 0; i < N * N_CTX; i++) mask[i] = (uint8_t)(s_randf() > 0);
+    memset(mask + 4 * N_CTX, 0, N_CTX); /* query 4 sees nothing under the explicit mask */
     for (int k = 0; k < 4; k++) {
-        td_attn_desc_t a = {.n = n,
-                            .n_head = nh,
-                            .n_kv_head = nkv,
+        td_attn_desc_t a = {.n = N,
+                            .n_head = NH,
+                            .n_kv_head = NKV,
                             .head_dim = hd,
-                            .n_ctx = n_ctx,
+                            .n_ctx = N_CTX,
                             .pos = pos,
                             .seq = seq,
                             .kv_len = kv_len,
                             .kind = (td_attn_kind_t)k,
                             .block_size = 4,
                             .mask = mask,
-                            .mask_stride = 13,
+                            .mask_stride = N_CTX,
                             .scale = 0.35f};
         td_op_attention(be, out, q, kc, vc, &a);
-        for (int t = 0; t < n; t++)
-            for (int h = 0; h < nh; h++) {
-                double sc[13], mx = -1e300, sum = 0;
+        for (int t = 0; t < N; t++)
+            for (int h = 0; h < NH; h++) {
+                double sc[N_CTX], mx = -1e300, sum = 0;
                 int any = 0;
-                const int s = seq[t], kh = h / (nh / nkv);
+                const int s = seq[t], kh = h / (NH / NKV);
                 for (int j = 0; j < kv_len[s]; j++) {
                     int vis = k == 0   ? j <= pos[t]
                               : k == 1 ? 1
                               : k == 2 ? j / 4 <= pos[t] / 4
-                                       : mask[t * 13 + j];
+                                       : mask[t * N_CTX + j];
                     sc[j] = -1e300;
                     if (!vis) continue;
                     double d = 0;
                     for (int i = 0; i < hd; i++)
-                        d += (double)q[(t * nh + h) * hd + i] *
-                             kc[(s * n_ctx + j) * row + kh * hd + i];
+                        d += (double)q[(t * NH + h) * hd + i] *
+                             kc[(s * N_CTX + j) * row + kh * hd + i];
                     sc[j] = d * 0.35;
                     if (sc[j] > mx) mx = sc[j];
                     any = 1;
@@ -134,15 +136,25 @@ TD_TEST(attention_masks_and_gqa) {
                         if (sc[j] > -1e300) {
                             double e = exp(sc[j] - mx);
                             sum += e;
-                            o += e * vc[(s * n_ctx + j) * row + kh * hd + i];
+                            o += e * vc[(s * N_CTX + j) * row + kh * hd + i];
                         }
                     double want = any ? o / sum : 0.0;
-                    CHECK_NEAR(out[(t * nh + h) * hd + i], want, 1e-5);
+                    CHECK_NEAR(out[(t * NH + h) * hd + i], want, 1e-5);
                 }
             }
     }
-    free(kc), free(vc);
-    td_backend_destroy(&be);
+    free(kc), free(vc), free(q), free(out);
+}
+
+TD_TEST(attention_masks_and_gqa) {
+    td_err_t err = {0};
+    for (int threads = 1; threads <= 2; threads++) {
+        td_backend_t *be = td_backend_cpu_new(threads, 0, &err);
+        REQUIRE(be);
+        const int hds[] = {6, 8, 40};
+        for (int i = 0; i < 3; i++) s_check_attention(be, hds[i]);
+        td_backend_destroy(&be);
+    }
 }
 
 TD_TEST(norms_rope_activations) {
