@@ -64,6 +64,7 @@ static void s_help(FILE *f) {
         "causally;\n"
         "                                 a checkpoint without the plan tags falls back to "
         "diffusion\n"
+        "                                 (ar when the planner is causal)\n"
         "prompt and sampling:\n"
         "  --prompt T         the prompt text; --prompt-file F reads it from a file ('-' = stdin)\n"
         "  --chat MODE        auto (default: the checkpoint's chat template if it has one), none,\n"
