@@ -36,6 +36,10 @@ void td_backend_sync(td_backend_t *be) {
     if (be->iface->sync) be->iface->sync(be);
 }
 
+int td_backend_status(td_backend_t *be, td_err_t *err) {
+    return be->iface->status ? be->iface->status(be, err) : TD_OK;
+}
+
 static int s_weight_ok(const td_weight_t *w) {
     return w && w->data && w->rows > 0 && w->cols > 0 &&
            (w->dtype == TD_DTYPE_F32 || w->dtype == TD_DTYPE_F16 || w->dtype == TD_DTYPE_BF16);

@@ -78,6 +78,9 @@ void td_backend_set(td_backend_t *be, void *dst, const void *host_src, size_t nb
 void td_backend_get(td_backend_t *be, void *host_dst, const void *src, size_t nbytes);
 void td_backend_copy(td_backend_t *be, void *dst, const void *src, size_t nbytes);
 void td_backend_sync(td_backend_t *be);
+/* TD_OK when every op since the last call succeeded, else the first failure (code and message in
+ * err), which is then cleared. Ops return nothing; td_model_forward checks this at its end. */
+int td_backend_status(td_backend_t *be, td_err_t *err);
 
 /* --- ops (float32 activations; shapes in comments) ----------------------------------------- */
 

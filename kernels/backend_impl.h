@@ -34,6 +34,9 @@ struct td_backend_i {
                          const int64_t *idx, int n, int d);
     void (*attention)(td_backend_t *be, float *out, const float *q, const float *k_cache,
                       const float *v_cache, const td_attn_desc_t *desc);
+    /* (optional) TD_OK, or the first failure since the last call (then cleared): for backends
+     * whose ops cannot return an error themselves (CUDA launches run asynchronously) */
+    int (*status)(td_backend_t *be, td_err_t *err);
 };
 
 struct td_backend {

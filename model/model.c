@@ -712,6 +712,9 @@ int td_model_forward(td_model_t *m, td_kv_cache_t *kv, const td_batch_t *b, floa
         td_op_matmul(be, m->logits, m->hsel, &m->lm_head, NULL, n_out);
         td_backend_get(be, logits, m->logits, (size_t)n_out * c->n_vocab * sizeof(float));
     }
+    /* ops cannot fail on the CPU; a device backend reports here what went wrong during the pass
+     * (the cache rows written by this batch are then unreliable: the caller must not reuse them) */
+    rc = td_backend_status(be, err);
 done:
     free(pos);
     free(seq);

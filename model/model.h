@@ -71,7 +71,8 @@ typedef struct td_batch {
  * 0 .. len(s)-1 of s (after the writes) filtered by the mask kind. logits receives n_out rows of
  * n_vocab floats (host memory), one per selected token in batch order, raw (no Dream shift: row i
  * is the prediction made from position i). Returns TD_OK, or TD_ERR_ARG for a bad token id,
- * position or slot, with nothing in the cache changed. */
+ * position or slot, with nothing in the cache changed, or the error a device backend reported
+ * during the pass (td_backend_status; the rows this batch wrote are then unreliable). */
 int td_model_forward(td_model_t *m, td_kv_cache_t *kv, const td_batch_t *batch, float *logits,
                      td_err_t *err);
 

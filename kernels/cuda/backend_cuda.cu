@@ -373,11 +373,13 @@ static void s_add(td_backend_t *be, float *y, const float *x, int64_t count) {
     c->gen++;
 }
 
+static int s_status(td_backend_t *be, td_err_t *err) { return td_backend_cuda_error(be, err); }
+
 /* positional: C++ has no designated initialisers before C++20 */
 static const struct td_backend_i s_cuda_iface = {
     "cuda", s_destroy, s_alloc,     s_free,   s_weights,      s_free_weights, s_set,
     s_get,  s_copy,    s_sync,      s_matmul, s_get_rows,     s_rmsnorm,      s_layernorm,
-    s_rope, s_swiglu,  s_gelu_tanh, s_add,    s_scatter_rows, s_attention,
+    s_rope, s_swiglu,  s_gelu_tanh, s_add,    s_scatter_rows, s_attention,    s_status,
 };
 
 /* --- public ---------------------------------------------------------------------------------- */
