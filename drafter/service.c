@@ -65,6 +65,7 @@ struct td_drafter_service {
     long predraft_hits, predraft_misses;
     td_routing_id_t peers[MAX_PEERS];
     int n_peers;
+    double t_request; /* when the request being handled reached the handler */
     /* scratch for one proposal */
     int32_t *draft, *ids;
     float *probs, *vals;
@@ -350,7 +351,10 @@ static void s_send_proposal(td_drafter_service_t *s, td_server_t *srv, const td_
         prop.n_dists = (size_t)gamma;
         prop.dists = dptr;
     }
-    prop.drafter_us = (uint64_t)(d->secs * 1e6);
+    /* everything this side did for the request, up to the send: drafting (or nothing, for a
+     * pre-draft hit), the sparse rows, the session bookkeeping; the verifier counts the rest of
+     * its round trip as transport (wire, encoding, wake-ups) */
+    prop.drafter_us = (uint64_t)((td_time_now() - s->t_request) * 1e6);
     td_err_t err = {0};
     if (td_server_send(srv, from, &env, &err) != TD_OK)
         td_log(TD_LOG_WARN, "drafter: sending a proposal failed: %s", err.msg);
@@ -648,6 +652,7 @@ out:
 void td_drafter_service_handle(td_drafter_service_t *s, td_server_t *srv,
                                const td_routing_id_t *from, const Tandem__Envelope *req) {
     td_err_t err = {0};
+    s->t_request = td_time_now();
     switch (req->body_case) {
     case TANDEM__ENVELOPE__BODY_HELLO:
         if (td_server_answer_hello(srv, from, &s->hello, req->hello, &err) == TD_OK)
