@@ -1,5 +1,6 @@
 /* cli.c - option parsing, model loading and JSON string output for the subcommands. */
 #include <stdio.h>
+#include <unistd.h>
 
 #include "bridge/cli.h"
 #include "kernels/cuda/backend_cuda.h"
@@ -170,6 +171,17 @@ int td_cli_load_on(const char *dir, int device, int n_threads, td_backend_t **be
         return -1;
     }
     return 0;
+}
+
+int td_cli_n_cores(void) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+int td_cli_auto_spin_us(int cores_needed) { return cores_needed <= td_cli_n_cores() ? 5000 : 0; }
+
+int td_cli_pair_spin(long spin_opt) {
+    return spin_opt < 0 ? 0 : spin_opt == 0 ? -1 : (int)spin_opt;
 }
 
 char *td_cli_read_text(const char *path, size_t *len) {

@@ -54,6 +54,15 @@ int td_cli_load(const char *dir, int n_threads, td_backend_t **be, td_model_t **
 int td_cli_load_on(const char *dir, int device, int n_threads, td_backend_t **be, td_model_t **m,
                    td_tokenizer_t **tok);
 
+/* Online CPU cores. */
+int td_cli_n_cores(void);
+/* The automatic busy-poll budget (td_transport_opts_t.spin_us) for a process whose compute
+ * threads plus the waiting thread need cores_needed cores: 5000 us when that fits the machine's
+ * cores, else 0 (a spinning thread would take a core from a computing one). */
+int td_cli_auto_spin_us(int cores_needed);
+/* Maps a command's --spin-us value (-1 = not given) to td_pair_opts_t.spin_us (0 auto, -1 off). */
+int td_cli_pair_spin(long spin_opt);
+
 /* Reads all of a file, or stdin for "-". */
 char *td_cli_read_text(const char *path, size_t *len);
 

@@ -45,6 +45,10 @@ static void s_help(FILE *f) {
         "  --diffusion-drafter DIR  default models/tiny-diffusion-drafter\n"
         "  --limit N          use only the first N prompts\n"
         "  --threads N        CPU threads per model (default: all cores)\n"
+        "  --spin-us N        waiting for the other side, poll without sleeping for up to N\n"
+        "                     microseconds first (saves a thread wake-up per message, costs a "
+        "busy\n"
+        "                     core; 0 = off). Default: 5000 when the threads leave a core, else 0\n"
         "  --device N         CUDA device of the verifier (default -1: CPU); --drafter-device N "
         "for an\n"
         "                     in-process drafter\n"
@@ -68,8 +72,11 @@ static int s_parse_list(const char *s, int *out, int lo, int hi) {
     return n;
 }
 
+#define TD_BENCH_MAX_ROWS 512
+
 typedef struct row {
     char method[16], order[16];
+    int m, order_id; /* td_method_t and td_unmask_order_t of this configuration */
     int gamma, steps;
     double steps_ratio; /* planned */
     /* selfspec: commits, depth counts (index d = chain depth d, 1..K) */
@@ -83,7 +90,34 @@ typedef struct row {
     long tokens, drafted, accepted, rounds, fallbacks, forwards, bonus, predrafted;
     long acc_pos[TD_SPEC_MAX_GAMMA], dr_pos[TD_SPEC_MAX_GAMMA];
     double seconds, drafter_s, verifier_s, transport_s;
+    double *pp_tps;                   /* [n_prompts] tokens/s on each prompt */
+    double spd_p25, spd_med, spd_p75; /* per-prompt speedups over ar: quartiles */
 } row_t;
+
+static int s_cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Quartiles of the per-prompt speedups of r over ar (each prompt's two runs were back to back, so
+ * a slow spell of the machine mostly cancels in the ratio; the median ignores the spells that do
+ * not). Linear interpolation between order statistics. */
+static void s_paired(row_t *r, const row_t *ar, int n_p) {
+    double *v = malloc(sizeof(double) * (size_t)n_p);
+    int n = 0;
+    for (int i = 0; v && i < n_p; i++)
+        if (ar->pp_tps[i] > 0 && r->pp_tps[i] > 0) v[n++] = r->pp_tps[i] / ar->pp_tps[i];
+    if (n > 0) {
+        qsort(v, (size_t)n, sizeof *v, s_cmp_double);
+        double q[3] = {0.25, 0.5, 0.75}, *o[3] = {&r->spd_p25, &r->spd_med, &r->spd_p75};
+        for (int k = 0; k < 3; k++) {
+            double x = q[k] * (n - 1);
+            int lo = (int)x;
+            *o[k] = lo + 1 < n ? v[lo] + (x - lo) * (v[lo + 1] - v[lo]) : v[lo];
+        }
+    }
+    free(v);
+}
 
 /* Sums -log p(output | prompt) under the causal model v into r (outputs with an id outside its
  * vocabulary are skipped). */
@@ -130,6 +164,7 @@ int td_cmd_bench(int argc, char **argv) {
                *methods_s = "ar,spec-ar,specdiff,apd,diffusion,selfspec", *gammas_s = "8",
                *steps_s = "4", *orders_s = "left-to-right", *verify_s = "rejection", *vdir = NULL,
                *ardir = NULL, *dfdir = NULL, *out_prefix = "bench/results/bench";
+    long spin_us = -1;
     long device = -1, ddevice = -1, max_tokens = 64, seed = 0, threads = 0, limit = 0;
     double temperature = 0, mixture = 0.7;
     int predraft = 0;
@@ -148,6 +183,7 @@ int td_cmd_bench(int argc, char **argv) {
         {"out", TD_OPT_STR, &out_prefix, 0, 0},
         {"max-tokens", TD_OPT_INT, &max_tokens, 1, 1 << 16},
         {"seed", TD_OPT_INT, &seed, 0, 0x7fffffffL},
+        {"spin-us", TD_OPT_INT, &spin_us, 0, 1000000},
         {"threads", TD_OPT_INT, &threads, 0, 1024},
         {"device", TD_OPT_INT, &device, -1, 64},
         {"drafter-device", TD_OPT_INT, &ddevice, -1, 64},
@@ -238,13 +274,14 @@ int td_cmd_bench(int argc, char **argv) {
     td_pair_opts_t po = {.device = (int)device,
                          .drafter_device = (int)ddevice,
                          .threads = (int)threads,
-                         .predraft = predraft};
+                         .predraft = predraft,
+                         .spin_us = td_cli_pair_spin(spin_us)};
     int rc = 1, need_ar = want[TD_METHOD_SPEC_AR],
         need_df = want[TD_METHOD_SPECDIFF] || want[TD_METHOD_APD];
     td_backend_t *dbe = NULL;
     td_model_t *dm = NULL;
     td_tokenizer_t *dtok = NULL;
-    row_t *rows = calloc(512, sizeof *rows);
+    row_t *rows = calloc(TD_BENCH_MAX_ROWS, sizeof *rows);
     int n_rows = 0;
     int32_t **ids = calloc((size_t)n_p, sizeof *ids), *n_ids = calloc((size_t)n_p, sizeof *n_ids);
     int32_t *out = malloc(sizeof(int32_t) * (size_t)(max_tokens + 1));
@@ -288,7 +325,19 @@ int td_cmd_bench(int argc, char **argv) {
         for (int gi = 0; gi < ng; gi++)
             for (int si = 0; si < ns; si++)
                 for (int oi = 0; oi < no; oi++) {
+                    if (n_rows == TD_BENCH_MAX_ROWS) {
+                        fprintf(stderr, "tandem bench: more than %d combinations; split the run\n",
+                                TD_BENCH_MAX_ROWS);
+                        goto done;
+                    }
                     row_t *rw = &rows[n_rows++];
+                    rw->pp_tps = calloc((size_t)n_p, sizeof *rw->pp_tps);
+                    if (!rw->pp_tps) {
+                        fprintf(stderr, "tandem bench: out of memory\n");
+                        goto done;
+                    }
+                    rw->m = m;
+                    rw->order_id = m == TD_METHOD_SPECDIFF ? orders[oi] : 0;
                     snprintf(rw->method, sizeof rw->method, "%s", td_method_name(m));
                     rw->gamma = spec ? gammas[gi] : 0;
                     rw->steps = m == TD_METHOD_SPECDIFF ? steps[si] : (spec ? 1 : 0);
@@ -298,107 +347,116 @@ int td_cmd_bench(int argc, char **argv) {
                              m == TD_METHOD_SPECDIFF
                                  ? td_unmask_order_name((td_unmask_order_t)orders[oi])
                                  : "-");
-                    for (int i = 0; i < n_p; i++) {
-                        td_spec_stats_t st;
-                        memset(&st, 0, sizeof st);
-                        double t0 = td_time_now();
-                        int grc;
-                        if (m == TD_METHOD_AR) {
-                            td_gen_params_t gp = {.max_tokens = (int)max_tokens,
-                                                  .sampling = sp,
-                                                  .seed = (uint64_t)(seed + i),
-                                                  .stop_ids = stop,
-                                                  .n_stop = stop[0] >= 0};
-                            td_gen_stats_t gs;
-                            grc = td_generate_ar(par.verifier, ids[i], n_ids[i], &gp, NULL, NULL,
-                                                 out, &gs, &err);
-                            st.generated = gs.generated, st.forwards = gs.forwards;
-                            st.verifier_s = gs.prefill_s + gs.decode_s;
-                        } else if (m == TD_METHOD_SELFSPEC) {
-                            td_selfspec_params_t sp2 = td_selfspec_params_default();
-                            sp2.max_tokens = (int)max_tokens;
-                            sp2.draft_k = (int)draft_k;
-                            sp2.block_size = (int)block;
-                            td_selfspec_stats_t ts = {0};
-                            grc = td_selfspec_generate(dm, ids[i], n_ids[i], &sp2, out, &ts, &err);
-                            st.generated = ts.generated, st.forwards = ts.forwards,
-                            st.rounds = ts.rounds;
-                            st.drafted = ts.drafted, st.accepted = ts.commits - ts.rounds,
-                            st.bonus_tokens = ts.rounds;
-                            rw->commits += ts.commits;
-                            for (int d = 1; d <= TD_SELFSPEC_MAX_K; d++) {
-                                rw->depth_checked[d] += ts.depth_checked[d];
-                                rw->depth_accepted[d] += ts.depth_accepted[d];
-                            }
-                        } else if (m == TD_METHOD_PLANNED) {
-                            td_planned_params_t pp = td_planned_params_default();
-                            pp.max_tokens = (int)max_tokens;
-                            pp.seed = (uint64_t)(seed + i);
-                            pp.steps_ratio = (float)rw->steps_ratio;
-                            pp.sampling = sp;
-                            td_planned_stats_t ps = {0};
-                            int n_out = 0;
-                            grc = td_planned_generate(dm, dm, &tags, ids[i], n_ids[i], &pp, out,
-                                                      &n_out, NULL, NULL, &ps, &err);
-                            st.generated = n_out, st.forwards = ps.critical_path;
-                            if (grc == TD_ERR_FORMAT || grc == TD_ERR_ARG) {
-                                /* the documented fallback: plain diffusion decoding, counted */
-                                td_log(TD_LOG_INFO, "planned prompt %d: %s; diffusion instead",
-                                       i + 1, err.msg);
-                                td_diffusion_params_t dp = td_diffusion_params_default();
-                                dp.max_tokens = (int)max_tokens;
-                                dp.sampling = sp;
-                                dp.seed = (uint64_t)(seed + i);
-                                td_diffusion_stats_t ds;
-                                grc = td_diffusion_generate(dm, ids[i], n_ids[i], &dp, out, &ds,
-                                                            &err);
-                                st.generated = ds.generated;
-                                st.forwards = ps.critical_path + ds.forwards;
-                                st.fallbacks = 1;
-                            }
-                            rw->plan_tokens += ps.plan_tokens, rw->spans += ps.spans;
-                            rw->stages += ps.stages, rw->span_tokens += ps.span_tokens;
-                            rw->span_steps += ps.span_steps, rw->ar_forwards += ps.ar_forwards;
-                            rw->diffusion_forwards += ps.diffusion_forwards;
-                        } else if (m == TD_METHOD_DIFFUSION) {
-                            td_diffusion_params_t dp = td_diffusion_params_default();
-                            dp.max_tokens = (int)max_tokens;
-                            dp.sampling = sp;
-                            dp.seed = (uint64_t)(seed + i);
-                            td_diffusion_stats_t ds;
-                            grc = td_diffusion_generate(dm, ids[i], n_ids[i], &dp, out, &ds, &err);
-                            st.generated = ds.generated, st.forwards = ds.forwards;
-                        } else {
-                            td_spec_params_t p = td_spec_params_default(m);
-                            p.gamma = rw->gamma;
-                            p.steps = rw->steps;
-                            p.order = m == TD_METHOD_SPECDIFF ? orders[oi] : 0;
-                            p.verify = (td_verify_t)verify;
-                            p.max_tokens = (int)max_tokens;
-                            p.sampling = p.draft_sampling = sp;
-                            p.seed = (uint64_t)(seed + i);
-                            p.stop_ids = stop;
-                            p.n_stop = stop[0] >= 0;
-                            p.apd_mixture = (float)mixture;
-                            td_pair_t *pp = m == TD_METHOD_SPEC_AR ? &par : &pdf;
-                            p.hello = &pp->hello;
-                            grc = td_spec_generate(par.verifier, pp->dc, 100 + (uint64_t)i, ids[i],
-                                                   n_ids[i], &p, NULL, NULL, out, &st, &err);
-                        }
-                        if (grc != TD_OK) {
-                            fprintf(stderr, "tandem bench: %s prompt %d: %s\n", rw->method, i + 1,
-                                    err.msg);
-                            goto done;
-                        }
-                        s_add(rw, &st, td_time_now() - t0);
-                        s_score(rw, par.verifier, ids[i], n_ids[i], out, st.generated);
-                    }
-                    fprintf(stderr, "  %-10s gamma %3d steps %3d %-14s %6.1f tok/s\n", rw->method,
-                            rw->gamma, rw->steps, rw->order, rw->tokens / rw->seconds);
                 }
     }
+    /* Prompt-major: every configuration runs on prompt 1, then every one on prompt 2, ..., so a
+     * slow spell of a shared machine lands on all rows alike instead of on whichever row was
+     * running (the speedups are ratios of these sums). */
+    for (int i = 0; i < n_p; i++) {
+        for (int k = 0; k < n_rows; k++) {
+            row_t *rw = &rows[k];
+            const td_method_t m = (td_method_t)rw->m;
+            td_spec_stats_t st;
+            memset(&st, 0, sizeof st);
+            double t0 = td_time_now();
+            int grc;
+            if (m == TD_METHOD_AR) {
+                td_gen_params_t gp = {.max_tokens = (int)max_tokens,
+                                      .sampling = sp,
+                                      .seed = (uint64_t)(seed + i),
+                                      .stop_ids = stop,
+                                      .n_stop = stop[0] >= 0};
+                td_gen_stats_t gs;
+                grc =
+                    td_generate_ar(par.verifier, ids[i], n_ids[i], &gp, NULL, NULL, out, &gs, &err);
+                st.generated = gs.generated, st.forwards = gs.forwards;
+                st.verifier_s = gs.prefill_s + gs.decode_s;
+            } else if (m == TD_METHOD_SELFSPEC) {
+                td_selfspec_params_t sp2 = td_selfspec_params_default();
+                sp2.max_tokens = (int)max_tokens;
+                sp2.draft_k = (int)draft_k;
+                sp2.block_size = (int)block;
+                td_selfspec_stats_t ts = {0};
+                grc = td_selfspec_generate(dm, ids[i], n_ids[i], &sp2, out, &ts, &err);
+                st.generated = ts.generated, st.forwards = ts.forwards, st.rounds = ts.rounds;
+                st.drafted = ts.drafted, st.accepted = ts.commits - ts.rounds,
+                st.bonus_tokens = ts.rounds;
+                rw->commits += ts.commits;
+                for (int d = 1; d <= TD_SELFSPEC_MAX_K; d++) {
+                    rw->depth_checked[d] += ts.depth_checked[d];
+                    rw->depth_accepted[d] += ts.depth_accepted[d];
+                }
+            } else if (m == TD_METHOD_PLANNED) {
+                td_planned_params_t pp = td_planned_params_default();
+                pp.max_tokens = (int)max_tokens;
+                pp.seed = (uint64_t)(seed + i);
+                pp.steps_ratio = (float)rw->steps_ratio;
+                pp.sampling = sp;
+                td_planned_stats_t ps = {0};
+                int n_out = 0;
+                grc = td_planned_generate(dm, dm, &tags, ids[i], n_ids[i], &pp, out, &n_out, NULL,
+                                          NULL, &ps, &err);
+                st.generated = n_out, st.forwards = ps.critical_path;
+                if (grc == TD_ERR_FORMAT || grc == TD_ERR_ARG) {
+                    /* the documented fallback: plain diffusion decoding, counted */
+                    td_log(TD_LOG_INFO, "planned prompt %d: %s; diffusion instead", i + 1, err.msg);
+                    td_diffusion_params_t dp = td_diffusion_params_default();
+                    dp.max_tokens = (int)max_tokens;
+                    dp.sampling = sp;
+                    dp.seed = (uint64_t)(seed + i);
+                    td_diffusion_stats_t ds;
+                    grc = td_diffusion_generate(dm, ids[i], n_ids[i], &dp, out, &ds, &err);
+                    st.generated = ds.generated;
+                    st.forwards = ps.critical_path + ds.forwards;
+                    st.fallbacks = 1;
+                }
+                rw->plan_tokens += ps.plan_tokens, rw->spans += ps.spans;
+                rw->stages += ps.stages, rw->span_tokens += ps.span_tokens;
+                rw->span_steps += ps.span_steps, rw->ar_forwards += ps.ar_forwards;
+                rw->diffusion_forwards += ps.diffusion_forwards;
+            } else if (m == TD_METHOD_DIFFUSION) {
+                td_diffusion_params_t dp = td_diffusion_params_default();
+                dp.max_tokens = (int)max_tokens;
+                dp.sampling = sp;
+                dp.seed = (uint64_t)(seed + i);
+                td_diffusion_stats_t ds;
+                grc = td_diffusion_generate(dm, ids[i], n_ids[i], &dp, out, &ds, &err);
+                st.generated = ds.generated, st.forwards = ds.forwards;
+            } else {
+                td_spec_params_t p = td_spec_params_default(m);
+                p.gamma = rw->gamma;
+                p.steps = rw->steps;
+                p.order = rw->order_id;
+                p.verify = (td_verify_t)verify;
+                p.max_tokens = (int)max_tokens;
+                p.sampling = p.draft_sampling = sp;
+                p.seed = (uint64_t)(seed + i);
+                p.stop_ids = stop;
+                p.n_stop = stop[0] >= 0;
+                p.apd_mixture = (float)mixture;
+                td_pair_t *pp = m == TD_METHOD_SPEC_AR ? &par : &pdf;
+                /* a new drafter session for every (configuration, prompt): no row inherits a
+                 * drafter cache another row warmed on the same prompt */
+                const uint64_t sid = 1000 + (uint64_t)k * (uint64_t)n_p + (uint64_t)i;
+                p.hello = &pp->hello;
+                grc = td_spec_generate(par.verifier, pp->dc, sid, ids[i], n_ids[i], &p, NULL, NULL,
+                                       out, &st, &err);
+            }
+            if (grc != TD_OK) {
+                fprintf(stderr, "tandem bench: %s prompt %d: %s\n", rw->method, i + 1, err.msg);
+                goto done;
+            }
+            const double secs = td_time_now() - t0;
+            s_add(rw, &st, secs);
+            rw->pp_tps[i] = secs > 0 ? st.generated / secs : 0;
+            s_score(rw, par.verifier, ids[i], n_ids[i], out, st.generated);
+        }
+        fprintf(stderr, "\r  prompt %d/%d done", i + 1, n_p);
+    }
+    fprintf(stderr, "\n");
     /* table, JSON, CSV */
     double base = rows[0].tokens / rows[0].seconds;
+    for (int k = 0; k < n_rows; k++) s_paired(&rows[k], &rows[0], n_p);
     char path[1024];
     snprintf(path, sizeof path, "%s.csv", out_prefix);
     FILE *csv = fopen(path, "w");
@@ -411,16 +469,16 @@ int td_cmd_bench(int argc, char **argv) {
         if (js) fclose(js);
         goto done;
     }
-    printf("%-10s %5s %5s %-14s %8s %8s %8s %8s %8s %9s %9s %6s\n", "method", "gamma", "steps",
-           "order", "tokens", "tok/s", "speedup", "accept", "acc.len", "fwd/tok", "transport",
-           "fallb");
+    printf("%-10s %5s %5s %-14s %8s %8s %8s %17s %8s %8s %9s %9s %6s\n", "method", "gamma", "steps",
+           "order", "tokens", "tok/s", "speedup", "per-prompt [IQR]", "accept", "acc.len",
+           "fwd/tok", "transport", "fallb");
     fprintf(csv, "method,gamma,steps,order,verify,temperature,prompts,tokens,seconds,tokens_per_"
                  "second,speedup_vs_ar,"
                  "drafted,accepted,acceptance_rate,rounds,mean_accepted_length,forwards,fallbacks,"
                  "drafter_s,verifier_s,transport_s,"
                  "transport_share,verifier_nll,steps_ratio,plan_tokens,spans,stages,span_tokens,"
                  "span_steps,steps_per_span,ar_forwards,diffusion_forwards,draft_k,commits,"
-                 "drafts_per_forward,acceptance_by_depth\n");
+                 "drafts_per_forward,acceptance_by_depth,speedup_median,speedup_p25,speedup_p75\n");
     fprintf(js,
             "{\"verifier\":\"%s\",\"prompts\":%d,\"max_tokens\":%ld,\"temperature\":%g,\"verify\":"
             "\"%s\",\"results\":[",
@@ -434,9 +492,11 @@ int td_cmd_bench(int argc, char **argv) {
         double tshare = (w->drafter_s + w->verifier_s + w->transport_s) > 0
                             ? w->transport_s / (w->drafter_s + w->verifier_s + w->transport_s)
                             : 0;
-        printf("%-10s %5d %5d %-14s %8ld %8.1f %7.2fx %8.3f %8.2f %9.3f %8.1f%% %6ld\n", w->method,
-               w->gamma, w->steps, w->order, w->tokens, tps, tps / base, acc, alen,
-               (double)w->forwards / (w->tokens ? w->tokens : 1), 100 * tshare, w->fallbacks);
+        printf("%-10s %5d %5d %-14s %8ld %8.1f %7.2fx %5.2fx [%.2f-%.2f] %8.3f %8.2f %9.3f %8.1f%% "
+               "%6ld\n",
+               w->method, w->gamma, w->steps, w->order, w->tokens, tps, tps / base, w->spd_med,
+               w->spd_p25, w->spd_p75, acc, alen, (double)w->forwards / (w->tokens ? w->tokens : 1),
+               100 * tshare, w->fallbacks);
         fprintf(csv,
                 "%s,%d,%d,%s,%s,%g,%d,%ld,%.6f,%.4f,%.4f,%ld,%ld,%.6f,%ld,%.4f,%ld,%ld,%.6f,%.6f,%."
                 "6f,%.6f",
@@ -453,7 +513,7 @@ int td_cmd_bench(int argc, char **argv) {
         for (int d = 1; d <= w->draft_k; d++)
             fprintf(csv, "%s%.4f", d > 1 ? ";" : "",
                     w->depth_checked[d] ? (double)w->depth_accepted[d] / w->depth_checked[d] : 0);
-        fprintf(csv, "\n");
+        fprintf(csv, ",%.4f,%.4f,%.4f\n", w->spd_med, w->spd_p25, w->spd_p75);
         fprintf(js,
                 "%s{\"method\":\"%s\",\"lossy\":%s,\"gamma\":%d,\"steps\":%d,\"order\":\"%s\","
                 "\"tokens\":%ld,\"seconds\":%.6f,"
@@ -472,6 +532,8 @@ int td_cmd_bench(int argc, char **argv) {
         fprintf(js, "],\"drafted_by_position\":[");
         for (int j = 0; j < w->gamma; j++) fprintf(js, "%s%ld", j ? "," : "", w->dr_pos[j]);
         fprintf(js, "],\"verifier_nll\":%.6f", nll);
+        fprintf(js, ",\"speedup_median\":%.4f,\"speedup_p25\":%.4f,\"speedup_p75\":%.4f",
+                w->spd_med, w->spd_p25, w->spd_p75);
         if (w->steps_ratio > 0)
             fprintf(js,
                     ",\"steps_ratio\":%g,\"plan_tokens\":%ld,\"spans\":%ld,\"stages\":%ld,"
@@ -516,9 +578,9 @@ int td_cmd_bench(int argc, char **argv) {
             printf("\n");
         }
     }
-    printf("(speedup = tokens/s over ar in this run; acc.len = tokens per verification round incl. "
-           "the bonus; "
-           "apd is lossy)\nwrote %s.json and %s.csv\n",
+    printf("(speedup = tokens/s over ar in this run; per-prompt = median [quartiles] of each "
+           "prompt's tokens/s over ar's on the same prompt, run back to back; acc.len = tokens per "
+           "verification round incl. the bonus; apd is lossy)\nwrote %s.json and %s.csv\n",
            out_prefix, out_prefix);
     rc = 0;
 done:
@@ -526,6 +588,7 @@ done:
     free(ids);
     free(n_ids);
     free(out);
+    for (int k = 0; rows && k < TD_BENCH_MAX_ROWS; k++) free(rows[k].pp_tps);
     free(rows);
     free(ptxt);
     td_pair_close(&par);

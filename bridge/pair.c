@@ -59,8 +59,15 @@ int td_pair_open(td_pair_t *p, const char *verifier_dir, const char *drafter,
         return err->code ? err->code : TD_ERR;
     if (!drafter) return TD_OK;
     td_transport_opts_t to = {.heartbeat_ivl_ms = 1000};
+    const int cores = td_cli_n_cores(), vthreads = o->threads > 0 ? o->threads : cores;
+    int dthreads = o->drafter_threads ? o->drafter_threads : o->threads;
+    if (dthreads <= 0) dthreads = cores;
+    if (o->spin_us > 0)
+        to.spin_us = o->spin_us;
+    else if (o->spin_us == 0)
+        to.spin_us =
+            td_cli_auto_spin_us(td_is_endpoint(drafter) ? vthreads + 1 : vthreads + dthreads);
     if (!td_is_endpoint(drafter)) {
-        int dthreads = o->drafter_threads ? o->drafter_threads : o->threads;
         if (s_load(drafter, o->drafter_device, dthreads, &p->dbe, &p->drafter, &p->dtok, err) !=
             TD_OK)
             return err->code ? err->code : TD_ERR;

@@ -38,6 +38,11 @@ typedef struct td_pair_opts {
                                    device 0: set both to -1 for the CPU (td_pair_opts_default) */
     int timeout_ms;             /* handshake timeout */
     int predraft;               /* in-process drafter: pre-draft the next round (see service.h) */
+    int spin_us; /* waiting for the drafter (and, in-process, the drafter waiting for requests):
+                    poll without sleeping for this long first (td_transport_opts_t.spin_us).
+                    0 = auto: 5000 when the models' threads leave a core for the waiting side
+                    (in-process: verifier + drafter threads <= cores; remote drafter: verifier
+                    threads < cores), else off; -1 = off */
     const char *curve_server_key, *curve_secret_key; /* for tcp:// drafters with CURVE */
 } td_pair_opts_t;
 

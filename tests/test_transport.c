@@ -189,9 +189,10 @@ static void s_session(td_client_t *cli) {
     td_wire_free(&in);
 }
 
-static void s_exchange_over(const char *endpoint) {
+static void s_exchange_over(const char *endpoint, int spin_us) {
     td_err_t err = {0};
-    td_server_t *srv = td_server_new(endpoint, NULL, &err);
+    td_transport_opts_t to = {.spin_us = spin_us};
+    td_server_t *srv = td_server_new(endpoint, &to, &err);
     CHECK_MSG(srv != NULL, "bind %s: %s", endpoint, err.msg);
     if (!srv) return;
     char bound[512];
@@ -199,7 +200,7 @@ static void s_exchange_over(const char *endpoint) {
     CHECK(strstr(bound, "*") == NULL); /* the tcp port is resolved */
     s_worker_t w;
     s_worker_start(&w, srv, 0xabcdef);
-    td_client_t *cli = td_client_new(bound, NULL, &err);
+    td_client_t *cli = td_client_new(bound, &to, &err);
     CHECK_MSG(cli != NULL, "connect %s: %s", bound, err.msg);
     if (cli) s_session(cli);
     td_client_destroy(&cli);
@@ -214,7 +215,32 @@ static void s_exchange_over(const char *endpoint) {
 
 TD_TEST(exchange_inproc) {
     s_guard(60);
-    s_exchange_over("inproc://tandem-test-exchange");
+    s_exchange_over("inproc://tandem-test-exchange", 0);
+}
+
+/* Busy-polling receivers (opts.spin_us) exchange the same messages, and a receive still returns
+ * at its timeout when that is shorter than the spin budget. */
+TD_TEST(exchange_with_busy_polling) {
+    s_guard(60);
+    s_exchange_over("inproc://tandem-test-exchange-spin", 5000);
+    td_err_t err = {0};
+    td_transport_opts_t to = {.spin_us = 2000000}; /* 2 s of spinning allowed */
+    td_server_t *srv = td_server_new("inproc://tandem-test-spin-timeout", &to, &err);
+    REQUIRE(srv);
+    td_client_t *cli = td_client_new("inproc://tandem-test-spin-timeout", &to, &err);
+    REQUIRE(cli);
+    Tandem__Envelope *in = NULL;
+    double t0 = td_time_now();
+    CHECK_EQ_INT(td_client_recv(cli, &in, 100, &err), -1);
+    double dt = td_time_now() - t0;
+    CHECK_MSG(dt >= 0.095 && dt < 1.0, "spinning recv returned after %.3f s, timeout 0.1 s", dt);
+    td_routing_id_t from;
+    t0 = td_time_now();
+    CHECK_EQ_INT(td_server_recv(srv, &from, &in, 150, &err), -1);
+    dt = td_time_now() - t0;
+    CHECK_MSG(dt >= 0.145 && dt < 1.0, "spinning server recv returned after %.3f s", dt);
+    td_client_destroy(&cli);
+    td_server_destroy(&srv);
 }
 
 TD_TEST(exchange_ipc) {
@@ -224,14 +250,14 @@ TD_TEST(exchange_ipc) {
     char ep[512], path[256];
     snprintf(path, sizeof path, "%s/drafter.sock", dir);
     snprintf(ep, sizeof ep, "ipc://%s", path);
-    s_exchange_over(ep);
+    s_exchange_over(ep, 0);
     unlink(path);
     rmdir(dir);
 }
 
 TD_TEST(exchange_tcp_loopback) {
     s_guard(60);
-    s_exchange_over("tcp://127.0.0.1:*");
+    s_exchange_over("tcp://127.0.0.1:*", 0);
 }
 
 TD_TEST(tokenizer_mismatch_refused_at_handshake) {
