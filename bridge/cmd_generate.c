@@ -624,7 +624,9 @@ int td_cmd_generate(int argc, char **argv) {
             if (c->causal) goto ar;
             goto diffusion;
         }
-        if (grc == TD_ERR_FORMAT) {
+        if (grc == TD_ERR_FORMAT || grc == TD_ERR_ARG) {
+            /* an unparseable plan, or one whose spans do not fit the context or the token budget
+             * (as tandem bench): the documented fallback to plain decoding */
             fprintf(stderr, "tandem generate: planned: %s; falling back to --method %s\n", err.msg,
                     c->causal ? "ar" : "diffusion");
             method = c->causal ? TD_METHOD_AR : TD_METHOD_DIFFUSION;

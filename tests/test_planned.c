@@ -790,4 +790,30 @@ TD_TEST(planned_two_processes_command_line) {
     s_cleanup();
 }
 
+/* A plan whose spans do not fit the token budget (64 tokens: the bundled model plans 2 spans of
+ * 30-40 positions for this prompt) is refused with the reason and the command falls back to plain
+ * decoding: exit 0, the message on stderr, tokens in the JSON. */
+TD_TEST(planned_too_long_for_the_budget_falls_back) {
+    if (access(TINY_PLANNED "/config.json", R_OK) != 0) {
+        td_test_skip("models/tiny-planned not present");
+        return;
+    }
+    static char msg[65536], js[65536];
+    const char *common = "build/bin/tandem generate --method planned --drafter " TINY_PLANNED
+                         " --max-tokens 64 --threads 1 --temperature 0 --prompt 'In the beginning "
+                         "God created the heaven and the earth.'";
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "%s 2>&1 >/dev/null", common);
+    CHECK_EQ_INT(s_run(cmd, msg, sizeof msg), 0);
+    CHECK_MSG(strstr(msg, "need") && strstr(msg, "falling back to --method diffusion"),
+              "stderr: %s", msg);
+    snprintf(cmd, sizeof cmd, "%s --json 2>/dev/null", common);
+    CHECK_EQ_INT(s_run(cmd, js, sizeof js), 0);
+    cJSON *j = cJSON_Parse(js);
+    CHECK_MSG(j != NULL, "not JSON: %s", js);
+    cJSON *toks = j ? cJSON_GetObjectItem(j, "tokens") : NULL;
+    CHECK(toks && cJSON_GetArraySize(toks) > 0);
+    cJSON_Delete(j);
+}
+
 TD_TEST_MAIN()
