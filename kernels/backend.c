@@ -1,8 +1,11 @@
 /* backend.c - the dispatching wrappers of backend.h: check arguments, call the backend's table. */
 #include "kernels/backend_impl.h"
+#include "model/sampler.h"
 
 #include <assert.h>
+#include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 void td_backend_destroy(td_backend_t **be) {
     if (!be || !*be) return;
@@ -88,4 +91,57 @@ void td_op_attention(td_backend_t *be, float *out, const float *q, const float *
                      const float *v_cache, const td_attn_desc_t *desc) {
     assert(desc->n_kv_head > 0 && desc->n_head % desc->n_kv_head == 0);
     be->iface->attention(be, out, q, k_cache, v_cache, desc);
+}
+
+int td_backend_host_memory(const td_backend_t *be) {
+    return be && be->iface && be->iface->name && strcmp(be->iface->name, "cpu") == 0;
+}
+
+/* --- sampling -------------------------------------------------------------------------------- */
+
+static int s_desc_greedy(const td_sample_desc_t *sp) { return !(sp->temperature > 0.0f); }
+
+int td_backend_sample_host(const float *logits, int n_rows, int n_vocab, const td_sample_desc_t *sp,
+                           const uint64_t *seeds, td_sample_result_t *out, td_err_t *err) {
+    const td_sampling_t s = {sp->temperature, sp->top_k, sp->top_p};
+    const int greedy = s_desc_greedy(sp);
+    for (int r = 0; r < n_rows; r++) {
+        float prob = 0.0f;
+        int kept = 0;
+        int id = td_sample_seeded(&s, greedy ? 0 : seeds[r], logits + (size_t)r * (size_t)n_vocab,
+                                  n_vocab, &prob, &kept);
+        if (id < 0)
+            return td_err_set(err, id, "sampling row %d of %d: %s", r, n_rows,
+                              id == TD_ERR_NOMEM ? "out of memory" : "bad arguments");
+        out[r].id = id;
+        out[r].prob = prob;
+        out[r].n_kept = kept;
+    }
+    return TD_OK;
+}
+
+int td_op_sample(td_backend_t *be, const float *logits, int n_rows, int n_vocab,
+                 const td_sample_desc_t *sp, const uint64_t *seeds, td_sample_result_t *out,
+                 td_err_t *err) {
+    if (!be || !sp || n_rows < 0 || (n_rows > 0 && (!logits || !out)))
+        return td_err_set(err, TD_ERR_ARG, "td_op_sample: missing argument or negative row count");
+    if (n_vocab <= 0)
+        return td_err_set(err, TD_ERR_ARG, "td_op_sample: vocabulary size %d", n_vocab);
+    if (sp->temperature == INFINITY)
+        return td_err_set(err, TD_ERR_ARG, "td_op_sample: temperature must be finite");
+    if (n_rows == 0) return TD_OK;
+    if (!s_desc_greedy(sp) && !seeds)
+        return td_err_set(err, TD_ERR_ARG, "td_op_sample: sampling needs one seed per row");
+    if (be->iface->sample)
+        return be->iface->sample(be, logits, n_rows, n_vocab, sp, seeds, out, err);
+    /* no device op: the rows come to the host */
+    const size_t bytes = (size_t)n_rows * (size_t)n_vocab * sizeof(float);
+    float *host = malloc(bytes);
+    if (!host)
+        return td_err_set(err, TD_ERR_NOMEM, "td_op_sample: out of memory (%zu bytes)", bytes);
+    td_backend_get(be, host, logits, bytes);
+    int rc = td_backend_status(be, err);
+    if (rc == TD_OK) rc = td_backend_sample_host(host, n_rows, n_vocab, sp, seeds, out, err);
+    free(host);
+    return rc;
 }

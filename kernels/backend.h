@@ -52,6 +52,21 @@ typedef struct td_attn_desc {
     float scale; /* usually 1/sqrt(head_dim) */
 } td_attn_desc_t;
 
+/* Sampling settings of td_op_sample: model/sampler.h's td_sampling_t, repeated here so that the
+ * backends do not depend on model/. */
+typedef struct td_sample_desc {
+    float temperature; /* <= 0 or NaN: greedy (argmax, ties to the lowest id); +inf is refused */
+    int top_k;         /* <= 0 or >= n_vocab: off */
+    float top_p;       /* >= 1 or NaN: off; <= 0 keeps one id */
+} td_sample_desc_t;
+
+/* What td_op_sample returns per row: the only numbers that leave the device. */
+typedef struct td_sample_result {
+    int32_t id;     /* the chosen token */
+    float prob;     /* its probability under td_sampling_dist (1 for greedy) */
+    int32_t n_kept; /* size of the kept set (what td_sampling_dist returns; 1 for greedy) */
+} td_sample_result_t;
+
 /* --- construction ------------------------------------------------------------------------- */
 
 /* CPU backend: OpenBLAS for large GEMMs, SIMD kernels for skinny ones, plain C for the rest.
@@ -81,6 +96,10 @@ void td_backend_sync(td_backend_t *be);
 /* TD_OK when every op since the last call succeeded, else the first failure (code and message in
  * err), which is then cleared. Ops return nothing; td_model_forward checks this at its end. */
 int td_backend_status(td_backend_t *be, td_err_t *err);
+
+/* 1 when the backend's memory is host memory (the CPU backends): a pointer from td_backend_alloc
+ * can be read directly and td_backend_get is a memcpy. */
+int td_backend_host_memory(const td_backend_t *be);
 
 /* --- ops (float32 activations; shapes in comments) ----------------------------------------- */
 
@@ -114,6 +133,30 @@ void td_op_scatter_rows(td_backend_t *be, float *dst, int64_t row_stride, const 
  * sees no key gets zeros. */
 void td_op_attention(td_backend_t *be, float *out, const float *q, const float *k_cache,
                      const float *v_cache, const td_attn_desc_t *desc);
+
+/* --- sampling on the backend ----------------------------------------------------------------- */
+
+/* Draws one token from each of n_rows rows of logits[n_rows, n_vocab] (backend memory) and writes
+ * only out[n_rows] (host memory): the id, its probability and the kept-set size. The distribution
+ * is exactly model/sampler.h's td_sampling_dist (temperature, top-k keeping ties, HF's top-p rule,
+ * NaN as -inf; no finite logit: one-hot on td_argmax). Greedy settings return td_argmax (ties to
+ * the lowest id) with prob 1 and ignore seeds.
+ * The draw is not td_sample's Gumbel-max stream: row r uses Gumbel-max with counter-based noise,
+ * the uniform of token i being td_sample_bits(seeds[r], i) (model/sampler.h, td_sample_seeded is
+ * the host reference). Every backend draws the same id from the same seed and logits, up to
+ * last-bit differences of log/exp and of sums (a near tie of two Gumbel scores, or a top-p cut
+ * whose cumulative mass equals top_p * Z within double rounding); for the same td_rng seed these
+ * ids differ from td_sample's, with the same distribution.
+ * prob is td_sampling_dist's probs[id] (bitwise on the CPU backend; the CUDA backend sums the
+ * normaliser in another order: within 1e-6 relative).
+ * The CPU backends run td_sample_seeded per row; the CUDA backend runs kernels/cuda/sample.cu; a
+ * backend without the op copies the rows to the host and does the same. seeds[n_rows] (host
+ * memory) may be NULL for greedy settings. Returns TD_OK, TD_ERR_ARG (bad sizes or pointers,
+ * temperature +inf, no seeds for sampling), TD_ERR_NOMEM, or a device backend's failure (which
+ * includes one from the ops before it: this call waits for the device, as td_backend_status). */
+int td_op_sample(td_backend_t *be, const float *logits, int n_rows, int n_vocab,
+                 const td_sample_desc_t *sp, const uint64_t *seeds, td_sample_result_t *out,
+                 td_err_t *err);
 
 #ifdef __cplusplus
 }

@@ -728,6 +728,10 @@ static void s_attention(td_backend_t *be, float *out, const float *q, const floa
         }
 }
 
+static int s_sample(td_backend_t *be, const float *logits, int n_rows, int n_vocab,
+                    const td_sample_desc_t *sp, const uint64_t *seeds, td_sample_result_t *out,
+                    td_err_t *err); /* sampling section at the end of the file */
+
 static const struct td_backend_i s_cpu_iface = {
     .name = "cpu",
     .destroy = s_destroy,
@@ -749,6 +753,7 @@ static const struct td_backend_i s_cpu_iface = {
     .add = s_add,
     .scatter_rows = s_scatter_rows,
     .attention = s_attention,
+    .sample = s_sample,
 };
 
 td_backend_t *td_backend_cpu_new(int n_threads, int reference, td_err_t *err) {
@@ -770,4 +775,15 @@ td_backend_t *td_backend_cpu_new(int n_threads, int reference, td_err_t *err) {
     omp_set_num_threads(n_threads);
     openblas_set_num_threads(1); /* our OpenMP threads call it, one block each */
     return be;
+}
+
+/* --- sampling (td_op_sample) ------------------------------------------------------------------
+ * The rows are host memory already: model/sampler.c's td_sample_seeded per row, the reference
+ * the CUDA kernels are tested against. */
+
+static int s_sample(td_backend_t *be, const float *logits, int n_rows, int n_vocab,
+                    const td_sample_desc_t *sp, const uint64_t *seeds, td_sample_result_t *out,
+                    td_err_t *err) {
+    (void)be;
+    return td_backend_sample_host(logits, n_rows, n_vocab, sp, seeds, out, err);
 }

@@ -37,7 +37,17 @@ struct td_backend_i {
     /* (optional) TD_OK, or the first failure since the last call (then cleared): for backends
      * whose ops cannot return an error themselves (CUDA launches run asynchronously) */
     int (*status)(td_backend_t *be, td_err_t *err);
+    /* (optional) td_op_sample with its arguments checked (n_rows >= 1, n_vocab >= 1, seeds set
+     * unless greedy); without it td_op_sample copies the rows to the host */
+    int (*sample)(td_backend_t *be, const float *logits, int n_rows, int n_vocab,
+                  const td_sample_desc_t *sp, const uint64_t *seeds, td_sample_result_t *out,
+                  td_err_t *err);
 };
+
+/* td_op_sample on rows in host memory, one td_sample_seeded per row (backend.c): the CPU
+ * backends' op, and the fallback of backends without one. */
+int td_backend_sample_host(const float *logits, int n_rows, int n_vocab, const td_sample_desc_t *sp,
+                           const uint64_t *seeds, td_sample_result_t *out, td_err_t *err);
 
 struct td_backend {
     const struct td_backend_i *iface;

@@ -553,7 +553,9 @@ static int s_reserve(td_model_t *m, int n, int n_out) {
 
 static const td_weight_t *s_opt(const td_weight_t *w) { return w->data ? w : NULL; }
 
-int td_model_forward(td_model_t *m, td_kv_cache_t *kv, const td_batch_t *b, float *logits,
+/* The forward pass of td_model_forward; logits == NULL leaves the selected rows' logits in
+ * m->logits (backend memory) for td_model_forward_sample. */
+static int s_forward(td_model_t *m, td_kv_cache_t *kv, const td_batch_t *b, float *logits,
                      td_err_t *err) {
     const td_config_t *c = &m->cfg;
     const int n = b->n;
@@ -710,7 +712,8 @@ int td_model_forward(td_model_t *m, td_kv_cache_t *kv, const td_batch_t *b, floa
         else
             td_op_rmsnorm(be, m->hsel, hx, &m->out_norm, n_out, C, c->norm_eps);
         td_op_matmul(be, m->logits, m->hsel, &m->lm_head, NULL, n_out);
-        td_backend_get(be, logits, m->logits, (size_t)n_out * c->n_vocab * sizeof(float));
+        if (logits)
+            td_backend_get(be, logits, m->logits, (size_t)n_out * c->n_vocab * sizeof(float));
     }
     /* ops cannot fail on the CPU; a device backend reports here what went wrong during the pass
      * (the cache rows written by this batch are then unreliable: the caller must not reuse them) */
@@ -722,5 +725,52 @@ done:
     free(idx);
     free(sel);
     free(covered);
+    return rc;
+}
+
+int td_model_forward(td_model_t *m, td_kv_cache_t *kv, const td_batch_t *b, float *logits,
+                     td_err_t *err) {
+    return s_forward(m, kv, b, logits, err);
+}
+
+int td_model_forward_sample(td_model_t *m, td_kv_cache_t *kv, const td_batch_t *b,
+                            const td_sampling_t *sp, td_rng_t *rng, int32_t *ids, float *probs,
+                            td_err_t *err) {
+    if (!m || !kv || !b || !sp || !ids)
+        return td_err_set(err, TD_ERR_ARG, "td_model_forward_sample: missing argument");
+    const int greedy = !(sp->temperature > 0.0f);
+    if (!greedy && !rng)
+        return td_err_set(err, TD_ERR_ARG, "td_model_forward_sample: sampling needs an RNG");
+    if (sp->temperature == INFINITY)
+        return td_err_set(err, TD_ERR_ARG, "td_model_forward_sample: temperature must be finite");
+    if (b->n <= 0) return td_err_set(err, TD_ERR_ARG, "empty batch");
+    int n_out = 0;
+    for (int i = 0; i < b->n; i++) n_out += !b->logits_for || b->logits_for[i];
+    uint64_t *seeds = NULL;
+    td_sample_result_t *res = NULL;
+    if (n_out > 0) {
+        seeds = malloc((size_t)n_out * sizeof *seeds);
+        res = malloc((size_t)n_out * sizeof *res);
+        if (!seeds || !res) {
+            free(seeds);
+            free(res);
+            return td_err_set(err, TD_ERR_NOMEM, "out of memory");
+        }
+    }
+    int rc = s_forward(m, kv, b, NULL, err);
+    if (rc == TD_OK && n_out > 0) {
+        /* one draw of the caller's generator per row, and only when sampling (td_sample draws
+         * nothing for greedy settings either) */
+        for (int r = 0; r < n_out; r++) seeds[r] = greedy ? 0 : td_rng_next(rng);
+        const td_sample_desc_t d = {sp->temperature, sp->top_k, sp->top_p};
+        rc = td_op_sample(m->be, m->logits, n_out, m->cfg.n_vocab, &d, seeds, res, err);
+        if (rc == TD_OK)
+            for (int r = 0; r < n_out; r++) {
+                ids[r] = res[r].id;
+                if (probs) probs[r] = res[r].prob;
+            }
+    }
+    free(seeds);
+    free(res);
     return rc;
 }

@@ -10,6 +10,7 @@
 #include "common/td_common.h"
 #include "kernels/backend.h"
 #include "model/config.h"
+#include "model/sampler.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -75,6 +76,21 @@ typedef struct td_batch {
  * during the pass (td_backend_status; the rows this batch wrote are then unreliable). */
 int td_model_forward(td_model_t *m, td_kv_cache_t *kv, const td_batch_t *batch, float *logits,
                      td_err_t *err);
+
+/* td_model_forward, but the logits stay in backend memory: each selected row is sampled there
+ * (td_op_sample, kernels/backend.h) and only ids[n_out] and probs[n_out] (optional: NULL) come
+ * back, n_out being the rows logits_for selects. ids follow td_sampling_dist(sp) exactly in
+ * distribution; greedy settings give td_argmax of the row (ties to the lowest id) with prob 1, the
+ * same ids as td_model_forward + td_sample. With sampling, row r's noise is seeded by one
+ * td_rng_next(rng) per row (nothing is drawn for greedy settings; rng may then be NULL): another
+ * stream than td_sample's Gumbel-max, so sampled ids differ from the host path's for the same
+ * seed, with the same distribution (td_sample_seeded is the host reference of this stream).
+ * On a CUDA backend 12 bytes per row come back instead of n_vocab floats. Errors as
+ * td_model_forward; TD_ERR_ARG also for a temperature of +inf or sampling without rng (nothing
+ * changed then); a failure of the sampling itself leaves the cache written by the pass. */
+int td_model_forward_sample(td_model_t *m, td_kv_cache_t *kv, const td_batch_t *batch,
+                            const td_sampling_t *sp, td_rng_t *rng, int32_t *ids, float *probs,
+                            td_err_t *err);
 
 #ifdef __cplusplus
 }

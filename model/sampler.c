@@ -350,6 +350,46 @@ int td_sample(const td_sampling_t *sp, td_rng_t *rng, const float *logits, int n
     return best;
 }
 
+/* Counter-based Gumbel-max (see sampler.h): the kept set and weights of td_sampling_dist, one
+ * pass that accumulates the normaliser exactly as s_write_probs does (float weights summed in
+ * double, in id order) and keeps the best score (ties to the lowest id). */
+int td_sample_seeded(const td_sampling_t *sp, uint64_t seed, const float *logits, int n,
+                     float *prob, int *n_kept) {
+    if (!sp || !logits || n <= 0) return TD_ERR_ARG;
+    s_cut_t cut = {0};
+    if (!s_is_greedy(sp)) {
+        int rc = s_compute_cut(sp, logits, n, &cut);
+        if (rc < 0) return rc;
+    }
+    if (s_is_greedy(sp) || cut.vmax == -INFINITY) {
+        if (prob) *prob = 1.0f;
+        if (n_kept) *n_kept = 1;
+        return td_argmax(logits, n);
+    }
+    const float temp = sp->temperature;
+    double z = 0.0, best_score = -INFINITY;
+    int best = -1, count = 0;
+    float best_w = 0.0f;
+    for (int i = 0; i < n; i++) {
+        float v = s_clean(logits[i]) / temp;
+        if (!(s_eligible(&cut, v) && s_above_cut(&cut, v, i))) continue;
+        const double lw = s_logw(&cut, v);
+        const float w = (float)exp(lw);
+        z += (double)w;
+        count++;
+        const double u = ((double)(td_sample_bits(seed, (uint64_t)i) >> 11) + 0.5) * 0x1.0p-53;
+        const double score = lw - log(-log(u));
+        if (best < 0 || score > best_score) {
+            best = i;
+            best_score = score;
+            best_w = w;
+        }
+    }
+    if (prob) *prob = (float)((double)best_w * (1.0 / z));
+    if (n_kept) *n_kept = count;
+    return best;
+}
+
 /* Inverse-CDF draw from probs[n] (unnormalised; negative and NaN entries count as 0) with one
  * uniform. Never returns an id whose weight is 0. Returns TD_ERR_ARG when n <= 0 or the total
  * weight is not positive and finite (rng untouched then). */

@@ -40,6 +40,25 @@ int td_sampling_dist(const td_sampling_t *sp, const float *logits, int n, float 
  * settings draw nothing from rng. Negative TD_ERR_ARG / TD_ERR_NOMEM as td_sampling_dist. */
 int td_sample(const td_sampling_t *sp, td_rng_t *rng, const float *logits, int n, float *probs);
 
+/* The counter-based random bits of td_sample_seeded: splitmix64's i-th output from state seed,
+ * (seed + (i + 1) * golden) mixed. kernels/cuda/sample.cu computes the same bits on the device. */
+static inline uint64_t td_sample_bits(uint64_t seed, uint64_t i) {
+    uint64_t z = seed + (i + 1) * 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* Draws one id from td_sampling_dist(sp, logits) with counter-based noise (the reference of
+ * td_op_sample, kernels/backend.h): Gumbel-max over the kept ids with U_i = (top 53 bits of
+ * td_sample_bits(seed, i) + 0.5) * 2^-53, so every id's noise depends only on (seed, i) and a
+ * device can draw in parallel. Same distribution as td_sample, another stream: for one seed the
+ * ids differ from td_sample's. Greedy settings and inputs with no finite logit return td_argmax.
+ * *prob (optional) receives td_sampling_dist's probs[id] bit for bit (1 for greedy), *n_kept
+ * (optional) its return value. Returns the id, or TD_ERR_ARG / TD_ERR_NOMEM (negative). */
+int td_sample_seeded(const td_sampling_t *sp, uint64_t seed, const float *logits, int n,
+                     float *prob, int *n_kept);
+
 /* Draws from an explicit distribution probs[n] (need not be normalised; sum > 0) by inverse CDF
  * with one uniform; never returns a zero-weight id (negative/NaN weights count as 0). Returns
  * TD_ERR_ARG when the sum is not positive. */

@@ -1,6 +1,13 @@
-/* generate.c - plain autoregressive decoding: one prefill pass, then one pass per token. */
+/* generate.c - plain autoregressive decoding: one prefill pass, then one pass per token.
+ *
+ * On a device backend (CUDA) each pass samples on the device (td_model_forward_sample): only the
+ * chosen id comes back, not n_vocab logits. Greedy decoding takes that path on every backend (the
+ * ids are td_argmax's either way). Sampling on the CPU keeps td_model_forward + td_sample, so CPU
+ * output for a seed is unchanged; on a device the draws use td_sample_seeded's stream (seeded by
+ * one td_rng_next per token): the same distribution, other ids than the CPU's for that seed. */
 #include "verifier/generate.h"
 
+#include <math.h>
 #include <stdlib.h>
 
 int td_generate_ar(td_model_t *m, const int32_t *prompt, int n_prompt, const td_gen_params_t *p,
@@ -22,8 +29,11 @@ int td_generate_ar(td_model_t *m, const int32_t *prompt, int n_prompt, const td_
                               n_prompt, c->n_ctx_train);
         n_ctx = c->n_ctx_train;
     }
+    const int greedy = !(p->sampling.temperature > 0.0f);
+    const int on_backend = (greedy || !td_backend_host_memory(td_model_backend(m))) &&
+                           p->sampling.temperature != INFINITY;
     td_kv_cache_t *kv = td_kv_cache_new(m, 1, n_ctx, err);
-    float *logits = malloc((size_t)c->n_vocab * sizeof(float));
+    float *logits = on_backend ? malloc(1) : malloc((size_t)c->n_vocab * sizeof(float));
     if (!kv || !logits) {
         td_kv_cache_destroy(&kv);
         free(logits);
@@ -32,6 +42,7 @@ int td_generate_ar(td_model_t *m, const int32_t *prompt, int n_prompt, const td_
     td_rng_t rng;
     td_rng_seed(&rng, p->seed);
     int rc = TD_OK;
+    int32_t next = 0; /* the token sampled on the backend by the last pass (on_backend) */
     uint8_t *last = calloc((size_t)n_prompt, 1);
     if (!last) rc = td_err_set(err, TD_ERR_NOMEM, "out of memory");
     double t0 = td_time_now();
@@ -39,14 +50,15 @@ int td_generate_ar(td_model_t *m, const int32_t *prompt, int n_prompt, const td_
         last[n_prompt - 1] = 1;
         td_batch_t b = {
             .n = n_prompt, .tokens = prompt, .attn = TD_ATTN_CAUSAL, .logits_for = last};
-        rc = td_model_forward(m, kv, &b, logits, err);
+        rc = on_backend ? td_model_forward_sample(m, kv, &b, &p->sampling, &rng, &next, NULL, err)
+                        : td_model_forward(m, kv, &b, logits, err);
         s.forwards++;
     }
     double t1 = td_time_now();
     s.prefill_s = t1 - t0;
     s.stop = TD_STOP_LENGTH;
     while (rc == TD_OK && s.generated < p->max_tokens && n_prompt + s.generated < n_ctx) {
-        int32_t id = td_sample(&p->sampling, &rng, logits, c->n_vocab, NULL);
+        int32_t id = on_backend ? next : td_sample(&p->sampling, &rng, logits, c->n_vocab, NULL);
         out[s.generated++] = id;
         if (cb && cb(ud, id)) {
             s.stop = TD_STOP_CALLBACK;
@@ -61,7 +73,8 @@ int td_generate_ar(td_model_t *m, const int32_t *prompt, int n_prompt, const td_
         }
         if (s.generated == p->max_tokens || n_prompt + s.generated >= n_ctx) break;
         td_batch_t b = {.n = 1, .tokens = &id, .attn = TD_ATTN_CAUSAL};
-        rc = td_model_forward(m, kv, &b, logits, err);
+        rc = on_backend ? td_model_forward_sample(m, kv, &b, &p->sampling, &rng, &next, NULL, err)
+                        : td_model_forward(m, kv, &b, logits, err);
         s.forwards++;
     }
     s.decode_s = td_time_now() - t1;

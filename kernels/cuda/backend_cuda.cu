@@ -223,6 +223,8 @@ static void s_destroy(td_backend_t *be) {
     cudaFree(c->xconv);
     cudaFree(c->copy_tmp);
     cudaFree(c->att_part);
+    cudaFree(c->samp_w);
+    cudaFree(c->samp_out);
     cudaFree(c->mask_dev);
     free(c->mask_host);
     cudaFree(c->ring_dev);
@@ -375,11 +377,22 @@ static void s_add(td_backend_t *be, float *y, const float *x, int64_t count) {
 
 static int s_status(td_backend_t *be, td_err_t *err) { return td_backend_cuda_error(be, err); }
 
+/* td_op_sample: the kernels of sample.cu; returns the first failure since the last status check
+ * (an op of the forward before it, or this one) */
+static int s_sample(td_backend_t *be, const float *logits, int n_rows, int n_vocab,
+                    const td_sample_desc_t *sp, const uint64_t *seeds, td_sample_result_t *out,
+                    td_err_t *err) {
+    cuda_ctx_t *c = s_ctx(be);
+    tdc_sample(c, logits, n_rows, n_vocab, sp, seeds, out);
+    return td_backend_cuda_error(be, err);
+}
+
 /* positional: C++ has no designated initialisers before C++20 */
 static const struct td_backend_i s_cuda_iface = {
-    "cuda", s_destroy, s_alloc,     s_free,   s_weights,      s_free_weights, s_set,
-    s_get,  s_copy,    s_sync,      s_matmul, s_get_rows,     s_rmsnorm,      s_layernorm,
-    s_rope, s_swiglu,  s_gelu_tanh, s_add,    s_scatter_rows, s_attention,    s_status,
+    "cuda",         s_destroy,   s_alloc,  s_free,   s_weights,   s_free_weights,
+    s_set,          s_get,       s_copy,   s_sync,   s_matmul,    s_get_rows,
+    s_rmsnorm,      s_layernorm, s_rope,   s_swiglu, s_gelu_tanh, s_add,
+    s_scatter_rows, s_attention, s_status, s_sample,
 };
 
 /* --- public ---------------------------------------------------------------------------------- */

@@ -40,6 +40,9 @@ typedef struct cuda_ctx {
     /* attention split-K partials */
     float *att_part;
     size_t att_part_cap;
+    /* td_op_sample: top-p weights [rows, n_vocab] (double) and the results (sample.cu) */
+    void *samp_w, *samp_out;
+    size_t samp_w_cap, samp_out_cap;
     /* weights uploaded and not yet freed (freed at destroy) */
     void **wlist;
     size_t wlist_n, wlist_cap;
@@ -114,5 +117,10 @@ void tdc_gemv(cuda_ctx_t *c, float *y, const float *x, const td_weight_t *w,
 
 void tdc_attention(cuda_ctx_t *c, float *out, const float *q, const float *k_cache,
                    const float *v_cache, const td_attn_desc_t *a);
+
+/* td_op_sample (sample.cu): launches one block per row, copies out[n_rows] (host) back and waits.
+ * 0, or -1 with the failure recorded. seeds (host) may be NULL for greedy settings. */
+int tdc_sample(cuda_ctx_t *c, const float *logits, int n_rows, int n_vocab,
+               const td_sample_desc_t *sp, const uint64_t *seeds, td_sample_result_t *out);
 
 #endif
