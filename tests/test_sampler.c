@@ -7,9 +7,18 @@
  *   alpha = 1e-3, p-values from a regularized incomplete gamma checked against torch's), and the
  *   same test rejects slightly wrong distributions.
  * greedy_*, log_softmax_*, nan_*: edge cases. timing_v151936 prints the cost at Qwen's vocabulary.
+ * seeded_*, op_sample_*: td_sample_seeded and td_op_sample on the CPU backend (the reference of the
+ *   device-side sampling): greedy is td_argmax on random rows with ties, NaN and infinities; prob
+ *   and the kept count are td_sampling_dist's bit for bit; draws pass the chi-square test against
+ *   td_sampling_dist for several settings (and a perturbed distribution is rejected); bad
+ *   arguments are refused. forward_sample_*: td_model_forward_sample on a fixture model against
+ *   td_model_forward + the host sampler, and td_generate_ar's CPU output unchanged.
  */
+#include "kernels/backend.h"
+#include "model/model.h"
 #include "model/sampler.h"
 #include "tests/tdtest.h"
+#include "verifier/generate.h"
 #include "tests/tdstats.h"
 
 #include <float.h>
@@ -524,6 +533,321 @@ TD_TEST(timing_v151936) {
     }
     free(logits);
     free(probs);
+}
+
+/* ---- counter-based sampling (td_sample_seeded, td_op_sample on the CPU backend) ---- */
+
+/* Random row of kind k: 0 Gaussian, 1 few distinct values (ties), 2 NaN and -inf mixed in,
+ * 3 some +inf, 4 nothing finite, 5 a tied maximum, 6 signed zeros and quarters. */
+static void s_row(float *x, int n, int kind, td_rng_t *r) {
+    for (int i = 0; i < n; i++) {
+        double u = td_rng_uniform(r), g = td_rng_uniform(r);
+        switch (kind) {
+        case 0:
+            x[i] = (float)(3.0 * (g - 0.5) * (g + u));
+            break;
+        case 1:
+            x[i] = (float)floor(g * 5.0);
+            break;
+        case 2:
+            x[i] = u < 0.15 ? NAN : u < 0.3 ? -INFINITY : (float)(4.0 * g);
+            break;
+        case 3:
+            x[i] = u < 0.05 ? INFINITY : (float)(4.0 * g);
+            break;
+        case 4:
+            x[i] = u < 0.5 ? NAN : -INFINITY;
+            break;
+        case 5:
+            x[i] = i % 5 == 2 ? 2.5f : (float)(2.0 * g);
+            break;
+        default:
+            x[i] = (float)(floor(g * 4.0) * 0.25) * (u < 0.5 ? -1.0f : 1.0f);
+            break;
+        }
+    }
+}
+
+static const td_sampling_t s_settings[] = {
+    {1.0f, 0, 1.0f},   {0.7f, 0, 1.0f}, {1.0f, 10, 1.0f}, {1.0f, 1, 1.0f},   {1.0f, 0, 0.9f},
+    {0.5f, 0, 0.5f},   {1.0f, 3, 0.8f}, {1.0f, 0, 0.0f},  {1.3f, 50, 0.95f}, {1.0f, 0, 0.3f},
+    {1e-30f, 0, 0.9f}, {2.0f, 2, 1.0f}, {1.0f, 0, NAN},   {0.9f, 7, 0.0f},
+};
+#define N_SETTINGS ((int)(sizeof s_settings / sizeof s_settings[0]))
+
+TD_TEST(seeded_greedy_is_argmax) {
+    const td_sampling_t greedy[] = {{0.0f, 0, 1.0f}, {-1.0f, 5, 0.5f}, {NAN, 0, 0.1f}};
+    td_err_t err = {0};
+    td_backend_t *cpu = td_backend_cpu_new(1, 0, &err);
+    REQUIRE(cpu);
+    td_rng_t r;
+    td_rng_seed(&r, 77);
+    enum { R = 8, NMAX = 300 };
+    float x[R * NMAX];
+    td_sample_result_t res[R];
+    for (int it = 0; it < 400; it++) {
+        const int n = 1 + (int)(td_rng_next(&r) % NMAX), kind = it % 7;
+        s_row(x, R * n, kind, &r);
+        const td_sampling_t *g = &greedy[it % 3];
+        const td_sample_desc_t d = {g->temperature, g->top_k, g->top_p};
+        REQUIRE(td_op_sample(cpu, x, R, n, &d, NULL, res, &err) == TD_OK); /* no seeds needed */
+        for (int k = 0; k < R; k++) {
+            const float *row = x + k * n;
+            float prob = 0.0f;
+            int kept = 0;
+            const int want = td_argmax(row, n);
+            CHECK_EQ_INT(td_sample_seeded(g, td_rng_next(&r), row, n, &prob, &kept), want);
+            CHECK(prob == 1.0f && kept == 1);
+            CHECK_MSG(res[k].id == want && res[k].prob == 1.0f && res[k].n_kept == 1,
+                      "row %d kind %d n %d: op {%d %g %d}, argmax %d", k, kind, n, res[k].id,
+                      res[k].prob, res[k].n_kept, want);
+        }
+    }
+    /* sampling settings on rows with no finite logit: one-hot on td_argmax as well */
+    float none[5] = {NAN, -INFINITY, NAN, -INFINITY, NAN};
+    float prob = 0.0f;
+    int kept = 0;
+    CHECK_EQ_INT(td_sample_seeded(&s_settings[0], 1, none, 5, &prob, &kept), 0);
+    CHECK(prob == 1.0f && kept == 1);
+    td_backend_destroy(&cpu);
+}
+
+TD_TEST(seeded_probs_match_dist) {
+    td_err_t err = {0};
+    td_backend_t *cpu = td_backend_cpu_new(1, 0, &err);
+    REQUIRE(cpu);
+    td_rng_t r;
+    td_rng_seed(&r, 4242);
+    enum { R = 4, NMAX = 700 };
+    float x[R * NMAX], probs[NMAX];
+    uint64_t seeds[R];
+    td_sample_result_t res[R];
+    long checked = 0;
+    for (int it = 0; it < 60; it++)
+        for (int s = 0; s < N_SETTINGS; s++) {
+            const td_sampling_t *sp = &s_settings[s];
+            const int n = 1 + (int)(td_rng_next(&r) % NMAX), kind = it % 7;
+            s_row(x, R * n, kind, &r);
+            for (int k = 0; k < R; k++) seeds[k] = td_rng_next(&r);
+            const td_sample_desc_t d = {sp->temperature, sp->top_k, sp->top_p};
+            REQUIRE(td_op_sample(cpu, x, R, n, &d, seeds, res, &err) == TD_OK);
+            for (int k = 0; k < R; k++) {
+                const float *row = x + k * n;
+                const int kept = td_sampling_dist(sp, row, n, probs);
+                REQUIRE(kept >= 1);
+                float prob = 0.0f;
+                int nk = 0;
+                const int id = td_sample_seeded(sp, seeds[k], row, n, &prob, &nk);
+                CHECK_MSG(id >= 0 && id < n && probs[id] > 0.0f,
+                          "setting %d kind %d n %d: id %d outside the kept set", s, kind, n, id);
+                if (id < 0 || id >= n) continue;
+                CHECK_MSG(prob == probs[id] && nk == kept,
+                          "setting %d kind %d n %d: prob %.9g kept %d, dist %.9g kept %d", s, kind,
+                          n, prob, nk, probs[id], kept);
+                CHECK(res[k].id == id && res[k].prob == prob && res[k].n_kept == nk);
+                checked++;
+            }
+        }
+    CHECK(checked == 60L * N_SETTINGS * R);
+    td_backend_destroy(&cpu);
+}
+
+/* Draws through td_op_sample (rows of one call share the logits, each has its own seed) pass the
+ * chi-square test against td_sampling_dist; the same counts reject a 1%-perturbed distribution. */
+TD_TEST(seeded_chi2_matches_dist) {
+    static const td_sampling_t settings[] = {
+        {1.0f, 0, 1.0f},  {0.7f, 10, 1.0f}, {1.2f, 0, 0.8f},
+        {0.5f, 20, 0.9f}, {2.0f, 0, 1.0f},  {1.5f, 5, 0.9f},
+    };
+    enum { R = 1000 };
+    td_err_t err = {0};
+    td_backend_t *cpu = td_backend_cpu_new(1, 0, &err);
+    REQUIRE(cpu);
+    float *rows = malloc(sizeof(float) * R * CV), probs[CV];
+    uint64_t *seeds = malloc(sizeof(uint64_t) * R);
+    td_sample_result_t *res = malloc(sizeof *res * R);
+    REQUIRE(rows && seeds && res);
+    double q[CV];
+    long counts[CV];
+    td_rng_t rng;
+    td_rng_seed(&rng, 31337);
+    for (size_t s = 0; s < sizeof settings / sizeof settings[0]; s++) {
+        const td_sampling_t *sp = &settings[s];
+        const td_sample_desc_t d = {sp->temperature, sp->top_k, sp->top_p};
+        s_logits(rows, CV, 200 + s, 1.5f);
+        rows[5] = rows[6] = rows[7]; /* ties */
+        for (int k = 1; k < R; k++) memcpy(rows + k * CV, rows, sizeof(float) * CV);
+        REQUIRE(td_sampling_dist(sp, rows, CV, probs) > 1);
+        s_to_double(probs, q, CV);
+        memset(counts, 0, sizeof counts);
+        for (long done = 0; done < NDRAWS; done += R) {
+            for (int k = 0; k < R; k++) seeds[k] = td_rng_next(&rng);
+            REQUIRE(td_op_sample(cpu, rows, R, CV, &d, seeds, res, &err) == TD_OK);
+            for (int k = 0; k < R; k++) {
+                REQUIRE(res[k].id >= 0 && res[k].id < CV);
+                counts[res[k].id]++;
+            }
+        }
+        chi2_result_t c = s_chi2(counts, q, CV, NDRAWS);
+        printf("    seeded T=%g k=%d p=%g: chi2 %.1f df %d p-value %.3g\n", sp->temperature,
+               sp->top_k, sp->top_p, c.stat, c.df, c.p);
+        CHECK_MSG(c.p >= ALPHA, "setting %zu: td_op_sample rejected (chi2 %g, df %d, p %g)", s,
+                  c.stat, c.df, c.p);
+        int a = td_argmax(probs, CV), b = -1;
+        for (int i = 0; i < CV; i++)
+            if (i != a && (b < 0 || q[i] > q[b])) b = i;
+        double qp[CV];
+        memcpy(qp, q, sizeof qp);
+        qp[a] -= 0.01;
+        qp[b] += 0.01;
+        chi2_result_t w = s_chi2(counts, qp, CV, NDRAWS);
+        CHECK_MSG(w.p < ALPHA, "setting %zu: perturbed distribution not rejected (p %g)", s, w.p);
+    }
+    /* the stream is td_sample_seeded's, not td_sample's: same distribution, other ids */
+    s_logits(rows, CV, 9, 1.5f);
+    td_sampling_t sp = {1.0f, 0, 1.0f};
+    td_rng_t r1, r2;
+    td_rng_seed(&r1, 5);
+    td_rng_seed(&r2, 5);
+    int same = 0;
+    for (int i = 0; i < 1000; i++)
+        same += td_sample(&sp, &r1, rows, CV, NULL) ==
+                td_sample_seeded(&sp, td_rng_next(&r2), rows, CV, NULL, NULL);
+    CHECK_MSG(same < 900, "td_sample and td_sample_seeded agree on %d of 1000 draws", same);
+    free(rows), free(seeds), free(res);
+    td_backend_destroy(&cpu);
+}
+
+TD_TEST(op_sample_bad_arguments) {
+    td_err_t err = {0};
+    td_backend_t *cpu = td_backend_cpu_new(1, 0, &err);
+    REQUIRE(cpu);
+    float x[4] = {1, 2, 3, 4};
+    uint64_t seed = 1;
+    td_sample_result_t res[1] = {{-5, -5.0f, -5}};
+    td_sample_desc_t d = {1.0f, 0, 1.0f};
+    CHECK_EQ_INT(td_op_sample(cpu, x, 1, 0, &d, &seed, res, &err), TD_ERR_ARG);
+    CHECK_EQ_INT(td_op_sample(cpu, x, -1, 4, &d, &seed, res, &err), TD_ERR_ARG);
+    CHECK_EQ_INT(td_op_sample(cpu, x, 1, 4, &d, NULL, res, &err), TD_ERR_ARG); /* no seeds */
+    CHECK(strstr(err.msg, "seed") != NULL);
+    CHECK_EQ_INT(td_op_sample(cpu, x, 1, 4, NULL, &seed, res, &err), TD_ERR_ARG);
+    CHECK_EQ_INT(td_op_sample(cpu, NULL, 1, 4, &d, &seed, res, &err), TD_ERR_ARG);
+    CHECK_EQ_INT(td_op_sample(cpu, x, 1, 4, &d, &seed, NULL, &err), TD_ERR_ARG);
+    d.temperature = INFINITY;
+    CHECK_EQ_INT(td_op_sample(cpu, x, 1, 4, &d, &seed, res, &err), TD_ERR_ARG);
+    CHECK(res[0].id == -5); /* untouched */
+    d.temperature = 1.0f;
+    CHECK_EQ_INT(td_op_sample(cpu, x, 0, 4, &d, NULL, NULL, &err), TD_OK); /* nothing to do */
+    CHECK_EQ_INT(td_op_sample(cpu, x, 1, 4, &d, &seed, res, &err), TD_OK);
+    CHECK(res[0].id >= 0 && res[0].id < 4 && res[0].n_kept == 4);
+    CHECK(td_backend_host_memory(cpu));
+    td_backend_destroy(&cpu);
+}
+
+/* td_model_forward_sample on a fixture model: the rows it samples are td_model_forward's rows,
+ * sampled by td_sample_seeded with one td_rng_next per row (none for greedy); the cache is written
+ * the same way. */
+TD_TEST(forward_sample_matches_host) {
+    td_err_t err = {0};
+    td_backend_t *cpu = td_backend_cpu_new(2, 0, &err);
+    REQUIRE(cpu);
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/models/qwen2", td_test_data());
+    td_model_t *m = td_model_load(dir, cpu, &err);
+    REQUIRE(m);
+    const int V = td_model_config(m)->n_vocab;
+    td_kv_cache_t *ka = td_kv_cache_new(m, 1, 32, &err), *kb = td_kv_cache_new(m, 1, 32, &err);
+    REQUIRE(ka && kb);
+    float *lg = malloc(sizeof(float) * (size_t)V * 6), *probs = malloc(sizeof(float) * (size_t)V);
+    REQUIRE(lg && probs);
+    int32_t tok[6] = {3, 14, 15, 9, 2, 6}, ids[6];
+    float pr[6];
+    uint8_t sel[6] = {1, 0, 0, 1, 0, 1};
+    const td_sampling_t settings[] = {{0.0f, 0, 1.0f}, {0.8f, 20, 0.9f}, {1.0f, 0, 1.0f}};
+    int pos0 = 0;
+    for (int s = 0; s < 3; s++) {
+        const td_sampling_t *sp = &settings[s];
+        td_batch_t b = {.n = 6, .tokens = tok, .attn = TD_ATTN_CAUSAL, .logits_for = sel};
+        int32_t pos[6];
+        for (int i = 0; i < 6; i++) pos[i] = pos0 + i;
+        b.pos = pos;
+        REQUIRE(td_model_forward(m, ka, &b, lg, &err) == TD_OK);
+        td_rng_t r1, r2;
+        td_rng_seed(&r1, 100 + s);
+        r2 = r1;
+        REQUIRE(td_model_forward_sample(m, kb, &b, sp, &r1, ids, pr, &err) == TD_OK);
+        CHECK_EQ_INT(td_kv_cache_len(ka, 0), td_kv_cache_len(kb, 0));
+        for (int k = 0; k < 3; k++) {
+            const float *row = lg + (size_t)k * V;
+            const int greedy = !(sp->temperature > 0.0f);
+            float prob = 0.0f;
+            int want = td_sample_seeded(sp, greedy ? 0 : td_rng_next(&r2), row, V, &prob, NULL);
+            CHECK_MSG(ids[k] == want && pr[k] == prob,
+                      "setting %d row %d: id %d p %g, want %d p %g", s, k, ids[k], pr[k], want,
+                      prob);
+            if (greedy) CHECK_EQ_INT(ids[k], td_argmax(row, V));
+            REQUIRE(td_sampling_dist(sp, row, V, probs) >= 1);
+            CHECK(probs[ids[k]] == pr[k]);
+        }
+        CHECK(memcmp(&r1, &r2, sizeof r1) == 0); /* one draw per row, none for greedy */
+        pos0 += 6;
+    }
+    /* refusals change nothing */
+    td_batch_t b = {.n = 1, .tokens = tok, .attn = TD_ATTN_CAUSAL};
+    const int len = td_kv_cache_len(kb, 0);
+    CHECK_EQ_INT(td_model_forward_sample(m, kb, &b, &settings[1], NULL, ids, NULL, &err),
+                 TD_ERR_ARG);
+    const td_sampling_t hot = {INFINITY, 0, 1.0f};
+    td_rng_t r;
+    td_rng_seed(&r, 1);
+    CHECK_EQ_INT(td_model_forward_sample(m, kb, &b, &hot, &r, ids, NULL, &err), TD_ERR_ARG);
+    CHECK_EQ_INT(td_kv_cache_len(kb, 0), len);
+    free(lg), free(probs);
+    td_kv_cache_destroy(&ka), td_kv_cache_destroy(&kb);
+    td_model_destroy(&m);
+    td_backend_destroy(&cpu);
+}
+
+/* td_generate_ar on the CPU: greedy goes through td_model_forward_sample and gives td_argmax's
+ * tokens; sampling keeps td_model_forward + td_sample (the ids for a seed do not change). */
+TD_TEST(forward_sample_generate_ar_cpu_unchanged) {
+    td_err_t err = {0};
+    td_backend_t *cpu = td_backend_cpu_new(2, 0, &err);
+    REQUIRE(cpu);
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/models/qwen2", td_test_data());
+    td_model_t *m = td_model_load(dir, cpu, &err);
+    REQUIRE(m);
+    const int V = td_model_config(m)->n_vocab;
+    float *lg = malloc(sizeof(float) * (size_t)V);
+    REQUIRE(lg);
+    const int32_t prompt[4] = {5, 9, 2, 7};
+    const td_sampling_t settings[] = {{0.0f, 0, 1.0f}, {0.9f, 0, 0.95f}};
+    for (int s = 0; s < 2; s++) {
+        td_gen_params_t gp = {.max_tokens = 12, .sampling = settings[s], .seed = 42};
+        int32_t out[12], want[12];
+        td_gen_stats_t st = {0};
+        REQUIRE(td_generate_ar(m, prompt, 4, &gp, NULL, NULL, out, &st, &err) == TD_OK);
+        CHECK_EQ_INT(st.generated, 12);
+        /* the host loop of before */
+        td_kv_cache_t *kv = td_kv_cache_new(m, 1, 32, &err);
+        REQUIRE(kv);
+        td_rng_t rng;
+        td_rng_seed(&rng, 42);
+        uint8_t last[4] = {0, 0, 0, 1};
+        td_batch_t b = {.n = 4, .tokens = prompt, .attn = TD_ATTN_CAUSAL, .logits_for = last};
+        REQUIRE(td_model_forward(m, kv, &b, lg, &err) == TD_OK);
+        for (int i = 0; i < 12; i++) {
+            want[i] = td_sample(&settings[s], &rng, lg, V, NULL);
+            td_batch_t d = {.n = 1, .tokens = &want[i], .attn = TD_ATTN_CAUSAL};
+            if (i < 11) REQUIRE(td_model_forward(m, kv, &d, lg, &err) == TD_OK);
+        }
+        CHECK_MSG(memcmp(out, want, sizeof out) == 0, "setting %d: generate_ar differs", s);
+        td_kv_cache_destroy(&kv);
+    }
+    free(lg);
+    td_model_destroy(&m);
+    td_backend_destroy(&cpu);
 }
 
 TD_TEST_MAIN()
