@@ -3,7 +3,8 @@
  * splits, 7B-sized operands (2.2 GB weight, 32k-position cache), bad indices refused, overlapping
  * copies, the synthetic-weights mode, and the whole forward pass of every fixture model in
  * tests/data/models (prefill, decode, two sequences in one batch, KV crop and in-place rewrite,
- * copied prefixes, explicit masks).
+ * copied prefixes, explicit masks), and sampling on the device (td_op_sample,
+ * td_model_forward_sample) against the CPU backend's op.
  *
  * Without a CUDA device (or in a build without nvcc) every case checks that the backend refuses
  * to start with a message, then skips; the binary exits 77.
@@ -16,12 +17,20 @@
  *  - forward logits: max |gpu - cpu| <= 2e-3 * max(1, max |cpu|) with FP32 activations (F32
  *    weights everywhere; BF16 weights with at most 8 tokens and untransposed weights, the GEMV
  *    path); 3e-2 * max(1, max |cpu|) for BF16 weights through cuBLAS (activations rounded to BF16,
- *    as HF's bf16 run): more than 8 tokens, GPT-2's transposed weights, or the cuBLAS mode. */
+ *    as HF's bf16 run): more than 8 tokens, GPT-2's transposed weights, or the cuBLAS mode;
+ *  - td_op_sample: greedy ids identical to the CPU op's (td_argmax); the kept-set size identical
+ *    (the kept set is a prefix of one rank order, so equal sizes mean equal sets) and the id inside
+ *    the CPU's kept set; prob within 1e-6 relative of td_sampling_dist's (the normaliser is summed
+ *    in another order); sampled ids equal to the CPU op's for the same seeds in >= 99% of rows
+ *    (same counter-based noise; only last-bit log/exp differences can flip a near tie), and a
+ *    chi-square test (alpha 1e-3) of the device's draws against td_sampling_dist. */
 #include "tests/tdtest.h"
 
 #include "kernels/backend.h"
 #include "kernels/cuda/backend_cuda.h"
 #include "model/model.h"
+#include "model/sampler.h"
+#include "tests/tdstats.h"
 
 #include <dirent.h>
 #include <stdlib.h>
@@ -830,6 +839,249 @@ TD_TEST(cuda_two_backends) {
     td_kv_cache_destroy(&ka), td_kv_cache_destroy(&kb);
     td_model_destroy(&ma), td_model_destroy(&mb);
     td_backend_destroy(&a), td_backend_destroy(&b);
+}
+
+/* --- sampling on the device ---------------------------------------------------------------------
+ */
+
+/* row kinds: 0 Gaussian-ish, 1 few distinct values (ties), 2 NaN and -inf mixed in, 3 some +inf,
+ * 4 nothing finite, 5 a tied maximum, 6 peaked */
+static void s_sample_row(float *x, int64_t n, int kind) {
+    for (int64_t i = 0; i < n; i++) {
+        float u = 0.5f * (s_randf() + 1.0f), g = s_randf();
+        switch (kind) {
+        case 0:
+            x[i] = 2.0f * g * (u + 0.5f);
+            break;
+        case 1:
+            x[i] = floorf(3.0f * g);
+            break;
+        case 2:
+            x[i] = u < 0.15f ? NAN : u < 0.3f ? -INFINITY : 4.0f * g;
+            break;
+        case 3:
+            x[i] = u < 0.001f ? INFINITY : 4.0f * g;
+            break;
+        case 4:
+            x[i] = u < 0.5f ? NAN : -INFINITY;
+            break;
+        case 5:
+            x[i] = i % 97 == 5 ? 3.0f : 2.0f * g;
+            break;
+        default:
+            x[i] = 12.0f * g;
+            break;
+        }
+    }
+}
+
+static const td_sample_desc_t s_sample_settings[] = {
+    {0.0f, 0, 1.0f}, {NAN, 3, 0.5f},    {1.0f, 0, 1.0f},    {0.7f, 0, 1.0f},  {1.0f, 50, 1.0f},
+    {1.0f, 1, 1.0f}, {1.0f, 0, 0.9f},   {0.8f, 0, 0.95f},   {0.7f, 40, 0.9f}, {1.0f, 0, 0.0f},
+    {1.0f, 0, 0.3f}, {1e-30f, 0, 0.9f}, {2.0f, 4098, 1.0f}, {1.0f, 0, NAN},   {0.6f, 1000, 0.99f},
+};
+
+TD_TEST(cuda_sample_vs_cpu) {
+    td_err_t err = {0};
+    td_backend_t *gpu = s_gpu(TD_CUDA_MATMUL_AUTO);
+    if (!gpu) return;
+    td_backend_t *cpu = td_backend_cpu_new(1, 0, &err);
+    REQUIRE(cpu);
+    const int vocabs[] = {1, 7, 4099, 151936};
+    const int nset = (int)(sizeof s_sample_settings / sizeof s_sample_settings[0]);
+    td_rng_t rng;
+    td_rng_seed(&rng, 2718);
+    long rows_done = 0, sampled = 0, id_diff = 0;
+    for (int vi = 0; vi < 4; vi++) {
+        const int V = vocabs[vi], R = V > 10000 ? 3 : 8;
+        float *x = malloc(sizeof(float) * (size_t)R * V), *dist = malloc(sizeof(float) * V);
+        uint64_t seeds[8];
+        td_sample_result_t rc_[8], rg[8];
+        REQUIRE(x && dist);
+        for (int kind = 0; kind < 7; kind++) {
+            s_sample_row(x, (int64_t)R * V, kind);
+            float *dx = s_dev_copy(gpu, x, sizeof(float) * (size_t)R * V);
+            REQUIRE(dx);
+            for (int si = 0; si < nset; si++) {
+                const td_sample_desc_t *d = &s_sample_settings[si];
+                const td_sampling_t sp = {d->temperature, d->top_k, d->top_p};
+                const int greedy = !(d->temperature > 0.0f);
+                for (int k = 0; k < R; k++) seeds[k] = td_rng_next(&rng);
+                CHECK_EQ_INT(td_op_sample(cpu, x, R, V, d, seeds, rc_, &err), TD_OK);
+                int rc = td_op_sample(gpu, dx, R, V, d, seeds, rg, &err);
+                CHECK_MSG(rc == TD_OK, "V %d kind %d setting %d: %s", V, kind, si, err.msg);
+                if (rc != TD_OK) continue;
+                for (int k = 0; k < R; k++) {
+                    const float *row = x + (size_t)k * V;
+                    rows_done++;
+                    if (greedy || rc_[k].n_kept == 1) {
+                        CHECK_MSG(rg[k].id == rc_[k].id && rg[k].prob == 1.0f && rg[k].n_kept == 1,
+                                  "V %d kind %d setting %d row %d: gpu {%d %g %d} cpu {%d %g %d}",
+                                  V, kind, si, k, rg[k].id, rg[k].prob, rg[k].n_kept, rc_[k].id,
+                                  rc_[k].prob, rc_[k].n_kept);
+                        continue;
+                    }
+                    sampled++;
+                    id_diff += rg[k].id != rc_[k].id;
+                    REQUIRE(td_sampling_dist(&sp, row, V, dist) == rc_[k].n_kept);
+                    const int id = rg[k].id;
+                    CHECK_MSG(rg[k].n_kept == rc_[k].n_kept && id >= 0 && id < V &&
+                                  dist[id] > 0.0f &&
+                                  fabs((double)rg[k].prob - dist[id]) <= 1e-6 * dist[id],
+                              "V %d kind %d setting %d row %d: gpu {%d %.9g %d}, cpu kept %d, "
+                              "dist[id] %.9g",
+                              V, kind, si, k, id, rg[k].prob, rg[k].n_kept, rc_[k].n_kept,
+                              id >= 0 && id < V ? dist[id] : -1.0f);
+                }
+            }
+            td_backend_free(gpu, dx);
+        }
+        free(x), free(dist);
+    }
+    printf("    %ld rows, %ld sampled: %ld ids differ from the CPU op's (same seeds)\n", rows_done,
+           sampled, id_diff);
+    CHECK_MSG(id_diff * 100 <= sampled, "%ld of %ld sampled ids differ from the CPU op's", id_diff,
+              sampled);
+    s_no_error(gpu, "sample");
+    td_backend_destroy(&cpu);
+    td_backend_destroy(&gpu);
+}
+
+/* A row for the chi-square at a large vocabulary: 64 ids spread over it (the last one included)
+ * carry almost all the mass, so a few thousand draws give well-filled cells. */
+static void s_chi2_row(float *x, int V) {
+    for (int i = 0; i < V; i++) x[i] = -8.0f + 0.5f * s_randf();
+    for (int j = 0; j < 64; j++) x[(int64_t)j * (V - 1) / 63] = 1.5f + 1.5f * s_randf();
+}
+
+/* Chi-square of the device's draws (many rows of one logit vector per call, each its own seed)
+ * against td_sampling_dist, at V = 4099 and 151936. */
+TD_TEST(cuda_sample_chi2) {
+    td_err_t err = {0};
+    td_backend_t *gpu = s_gpu(TD_CUDA_MATMUL_AUTO);
+    if (!gpu) return;
+    const struct {
+        int V, rows, calls;
+        td_sample_desc_t d;
+    } cases[] = {{4099, 2000, 50, {1.0f, 0, 1.0f}},  {4099, 2000, 50, {0.8f, 50, 1.0f}},
+                 {4099, 2000, 50, {1.0f, 0, 0.9f}},  {151936, 200, 50, {0.7f, 40, 0.9f}},
+                 {151936, 200, 50, {1.0f, 0, 0.5f}}, {151936, 200, 50, {1.3f, 0, 1.0f}}};
+    td_rng_t rng;
+    td_rng_seed(&rng, 99);
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const int V = cases[ci].V, R = cases[ci].rows;
+        const td_sampling_t sp = {cases[ci].d.temperature, cases[ci].d.top_k, cases[ci].d.top_p};
+        float *row = malloc(sizeof(float) * V), *dist = malloc(sizeof(float) * V);
+        double *q = malloc(sizeof(double) * V);
+        long *obs = calloc((size_t)V, sizeof(long));
+        uint64_t *seeds = malloc(sizeof(uint64_t) * R);
+        td_sample_result_t *res = malloc(sizeof *res * R);
+        float *dx = td_backend_alloc(gpu, sizeof(float) * (size_t)R * V);
+        REQUIRE(row && dist && q && obs && seeds && res && dx);
+        if (V > 10000)
+            s_chi2_row(row, V);
+        else
+            s_sample_row(row, V, 0);
+        for (int k = 0; k < R; k++) td_backend_set(gpu, dx + (size_t)k * V, row, sizeof(float) * V);
+        const int kept = td_sampling_dist(&sp, row, V, dist);
+        for (int i = 0; i < V; i++) q[i] = dist[i];
+        long total = 0;
+        for (int call = 0; call < cases[ci].calls; call++) {
+            for (int k = 0; k < R; k++) seeds[k] = td_rng_next(&rng);
+            int rc = td_op_sample(gpu, dx, R, V, &cases[ci].d, seeds, res, &err);
+            CHECK_MSG(rc == TD_OK, "case %zu: %s", ci, err.msg);
+            if (rc != TD_OK) break;
+            for (int k = 0; k < R; k++)
+                if (res[k].id >= 0 && res[k].id < V) obs[res[k].id]++, total++;
+        }
+        int df = 0;
+        double p = td_chisq_pvalue(obs, q, V, total, &df);
+        printf("    V=%d T=%g k=%d p=%g: kept %d, %ld draws, chi2 df %d p-value %.3g\n", V,
+               sp.temperature, sp.top_k, sp.top_p, kept, total, df, p);
+        CHECK_MSG(total == (long)R * cases[ci].calls && df >= 3 && p >= 1e-3,
+                  "case %zu: device draws rejected (p %g, %ld draws)", ci, p, total);
+        td_backend_free(gpu, dx);
+        free(row), free(dist), free(q), free(obs), free(seeds), free(res);
+    }
+    s_no_error(gpu, "sample chi2");
+    td_backend_destroy(&gpu);
+}
+
+/* td_model_forward_sample on the GPU: greedy ids equal td_argmax of the GPU's own logits (exactly)
+ * and of the CPU's (unless the CPU's top two are within the forward tolerance); sampled ids and
+ * probs equal td_sample_seeded on the GPU's logits with the same seeds. */
+static void s_forward_sample_model(const char *name) {
+    td_err_t err = {0};
+    td_backend_t *gpu = s_gpu(TD_CUDA_MATMUL_AUTO);
+    if (!gpu) return;
+    td_backend_t *cpu = td_backend_cpu_new(2, 0, &err);
+    REQUIRE(cpu);
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/models/%s", td_test_data(), name);
+    td_model_t *mc = td_model_load(dir, cpu, &err), *mg = td_model_load(dir, gpu, &err);
+    REQUIRE(mc && mg);
+    const int V = td_model_config(mc)->n_vocab;
+    td_kv_cache_t *kc = td_kv_cache_new(mc, 1, 32, &err), *kg = td_kv_cache_new(mg, 1, 32, &err),
+                  *kf = td_kv_cache_new(mg, 1, 32, &err);
+    REQUIRE(kc && kg && kf);
+    float *lc = malloc(sizeof(float) * (size_t)V * 6), *lf = malloc(sizeof(float) * (size_t)V * 6);
+    REQUIRE(lc && lf);
+    const td_sampling_t settings[] = {{0.0f, 0, 1.0f}, {0.8f, 20, 0.9f}, {1.0f, 0, 1.0f}};
+    int32_t tok[6] = {4, 8, 15, 16, 23, 42}, ids[6];
+    float pr[6];
+    int near_ties = 0;
+    for (int step = 0; step < 6; step++) {
+        const td_sampling_t *sp = &settings[step % 3];
+        const int n = step == 0 ? 6 : 1;
+        for (int i = 0; i < n; i++) tok[i] %= V;
+        td_batch_t b = {.n = n, .tokens = tok, .attn = TD_ATTN_CAUSAL};
+        REQUIRE(td_model_forward(mc, kc, &b, lc, &err) == TD_OK);
+        REQUIRE(td_model_forward(mg, kf, &b, lf, &err) == TD_OK);
+        td_rng_t r1, r2;
+        td_rng_seed(&r1, 500 + step);
+        r2 = r1;
+        int rc = td_model_forward_sample(mg, kg, &b, sp, &r1, ids, pr, &err);
+        CHECK_MSG(rc == TD_OK, "%s step %d: %s", name, step, err.msg);
+        if (rc != TD_OK) break;
+        const int greedy = !(sp->temperature > 0.0f);
+        for (int k = 0; k < n; k++) {
+            const float *rowf = lf + (size_t)k * V, *rowc = lc + (size_t)k * V;
+            float prob = 0.0f;
+            const int want =
+                td_sample_seeded(sp, greedy ? 0 : td_rng_next(&r2), rowf, V, &prob, NULL);
+            CHECK_MSG(ids[k] == want && fabs((double)pr[k] - prob) <= 1e-6 * prob,
+                      "%s step %d row %d: forward_sample {%d %.9g}, host on the same logits "
+                      "{%d %.9g}",
+                      name, step, k, ids[k], pr[k], want, prob);
+            if (!greedy) continue;
+            const int a = td_argmax(rowc, V);
+            double scale = s_max_abs(rowc, V), second = -INFINITY;
+            for (int i = 0; i < V; i++)
+                if (i != a && rowc[i] > second) second = rowc[i];
+            if (scale < 1) scale = 1;
+            if (rowc[a] - second <= 4e-3 * scale) {
+                near_ties++;
+                continue;
+            }
+            CHECK_MSG(ids[k] == a, "%s step %d row %d: gpu greedy %d, cpu argmax %d", name, step, k,
+                      ids[k], a);
+        }
+        tok[0] = ids[n - 1];
+    }
+    if (near_ties) printf("    %s: %d greedy rows skipped as near ties\n", name, near_ties);
+    s_no_error(gpu, name);
+    free(lc), free(lf);
+    td_kv_cache_destroy(&kc), td_kv_cache_destroy(&kg), td_kv_cache_destroy(&kf);
+    td_model_destroy(&mc), td_model_destroy(&mg);
+    td_backend_destroy(&gpu), td_backend_destroy(&cpu);
+}
+
+TD_TEST(cuda_forward_sample_fixtures) {
+    const char *names[] = {"qwen2", "qwen2-bf16", "llama", "gpt2"};
+    for (int i = 0; i < 4; i++) {
+        s_forward_sample_model(names[i]);
+        if (td_cuda_device_count() == 0) break; /* skipped: once is enough */
+    }
 }
 
 TD_TEST_MAIN()

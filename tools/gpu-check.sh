@@ -6,11 +6,14 @@
 # shared libraries that machine lacks. Stages, each under its own time limit, each logged with its
 # exit status, a failing one never stopping the next:
 #   1. nvidia-smi, nvcc, ldd of every binary (a binary with unresolved libraries is not run);
-#   2. test_cuda: every CUDA op and every fixture forward against the CPU backend;
+#   2. test_cuda: every CUDA op (device-side sampling included) and every fixture forward against
+#      the CPU backend;
 #   3. bench_cuda, one process per model (qwen2.5-0.5b, qwen2.5-7b, dream-7b; both matmul paths):
 #      AR decode, scoring 8/16 vs 1, the Dream-7B diffusion step, each against the HBM bound;
 #   4. a drafter and a verifier process on the same GPU (--device), a client generating through
-#      them, nvidia-smi's process list while they run, the output compared with the CPU's;
+#      them, nvidia-smi's process list while they run, the output compared with the CPU's; both
+#      models in one process; `generate --method ar --device N` (sampling on the device), greedy
+#      compared with the CPU's and one sampled run;
 #   5. --device honoured: a device that does not exist is refused with a message; with two GPUs
 #      the drafter runs on the second one.
 # The whole run stays within GPU_CHECK_SECONDS (default 540 s: the device tool allows 600 per
@@ -148,6 +151,20 @@ if can tandem && can tandem-drafter && can tandem-verifier; then
   timeout -k 5 "$(budget 40 15)" "$BIN/tandem" generate "${gen_args[@]}" --device "$DEV" --drafter-device "$ddev" --threads 2 >"$work/inproc.json"; rc=$?
   echo "-- generate with both models in one process on device $DEV/$ddev: exit $rc"; cat "$work/inproc.json"; echo
   stage in-process $rc; [ $rc -eq 0 ] || failed=1
+  # plain AR decoding on the device: each step samples on the GPU (td_model_forward_sample) and
+  # only the token comes back; greedy compared with the CPU (informational, as above), and one
+  # sampled run (another random stream than the CPU's: its tokens are not compared)
+  ar_args=(--prompt "$prompt" --max-tokens 48 --method ar --json)
+  timeout -k 5 "$(budget 30 10)" "$BIN/tandem" generate "${ar_args[@]}" --temperature 0 --device "$DEV" --threads 2 >"$work/ar-gpu.json"; rc=$?
+  echo "-- ar greedy on device $DEV (sampling on the device): exit $rc"; cat "$work/ar-gpu.json"; echo
+  timeout -k 5 "$(budget 30 10)" "$BIN/tandem" generate "${ar_args[@]}" --temperature 0 --device -1 --threads 4 >"$work/ar-cpu.json"
+  gt=$(sed -n 's/.*"tokens":\[\([^]]*\)\].*/\1/p' "$work/ar-gpu.json") ct=$(sed -n 's/.*"tokens":\[\([^]]*\)\].*/\1/p' "$work/ar-cpu.json")
+  if [ -n "$gt" ] && [ "$gt" = "$ct" ]; then echo "ar: same 48 greedy tokens as the CPU backend"
+  else echo "ar: greedy tokens differ from the CPU backend's (or a run failed):"; echo "cpu: $ct"; echo "gpu: $gt"; fi
+  timeout -k 5 "$(budget 30 10)" "$BIN/tandem" generate "${ar_args[@]}" --temperature 0.8 --top-p 0.95 --seed 7 --device "$DEV" --threads 2 >"$work/ar-gpu-s.json"; rc2=$?
+  echo "-- ar sampled (T 0.8, top-p 0.95) on device $DEV: exit $rc2"; cat "$work/ar-gpu-s.json"; echo
+  [ $rc -eq 0 ] && rc=$rc2
+  stage ar-device $rc; [ $rc -eq 0 ] || failed=1
 else stage processes missing; failed=1; fi
 
 echo "== --device honoured"
