@@ -97,7 +97,8 @@ check:
 bench: $(BENCH_BIN) all
 	@for b in $(filter-out %bench_cuda,$(BENCH_BIN)); do echo "== $$b"; $$b || exit 1; done
 	@if [ -d models/tiny-verifier ]; then mkdir -p bench/results; echo "== tandem bench (bundled models)"; \
-	  $(BUILD)/bin/tandem bench --threads 1 --max-tokens 64 --gamma 4,8 --steps 1,4 --out bench/results/cpu-bench; \
+	  echo "# $(BUILD)/bin/tandem bench --threads 1 --max-tokens 64 --gamma 4,8,16 --steps 1,2,4,8 --out bench/results/cpu-bench" > bench/results/cpu-bench.txt; \
+	  $(BUILD)/bin/tandem bench --threads 1 --max-tokens 64 --gamma 4,8,16 --steps 1,2,4,8 --out bench/results/cpu-bench | tee -a bench/results/cpu-bench.txt; \
 	else echo "tandem bench skipped: models/ not present"; fi
 
 # libFuzzer targets, built with clang against the library sources (not the archive) under ASan/UBSan.
