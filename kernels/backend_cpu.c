@@ -157,11 +157,12 @@ static inline __m256 s_load8(const td_weight_t *w, const void *p) {
     if (w->dtype == TD_DTYPE_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
     return _mm256_loadu_ps((const float *)p);
 }
+/* The sum of v's 8 lanes as ((v0+v1)+(v2+v3)) + ((v4+v5)+(v6+v7)): the order the 4-row hadd
+ * reduction of s_rows_dot uses too, so a dot product rounds the same in every kernel shape. */
 static inline float s_hsum(__m256 v) {
-    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
-    a = _mm_add_ss(a, _mm_movehdup_ps(a));
-    return _mm_cvtss_f32(a);
+    const __m256 t = _mm256_hadd_ps(v, v);
+    const __m256 u = _mm256_hadd_ps(t, t);
+    return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1)));
 }
 #endif
 
@@ -186,24 +187,20 @@ static inline __attribute__((always_inline)) float s_wscalar(int DT, const char 
  * inlining (see the dispatch below), so the NR * NT accumulators (at most 12) stay in registers
  * and the inner loop has no branch. Each 8-wide step loads NR weight vectors and NT activation
  * vectors for NR * NT FMAs: 4 x 3 and 2 x 6 keep the loads well below the two FMA pipes' rate,
- * which a single weight row against NT rows (1 + NT loads per NT FMAs) does not. For NR == 1,
- * NT == 1 two accumulators hide the FMA latency. */
+ * which a single weight row against NT rows (1 + NT loads per NT FMAs) does not.
+ *
+ * Batch invariance: every (row, token) sum is accumulated in the same order whatever NR, NT and n
+ * (one accumulator over the columns in ascending 8-wide steps, lanes reduced as s_hsum does, the
+ * scalar tail last), so a token's outputs are bitwise the same alone or in a batch of up to
+ * TD_SKINNY_MAX. A speculative verification pass then computes exactly what AR steps compute. */
 static inline __attribute__((always_inline)) void s_rows_dot(int DT, int NR, int NT, const char *wr,
                                                              size_t ldb, const float *x,
                                                              int64_t cols, float *out) {
     const size_t es = DT == TD_DTYPE_F32 ? 4 : 2;
-    __m256 acc[12], acc2 = _mm256_setzero_ps();
+    __m256 acc[12];
 #pragma GCC unroll 12
     for (int i = 0; i < NR * NT; i++) acc[i] = _mm256_setzero_ps();
     int64_t c = 0;
-    if (NR == 1 && NT == 1) {
-        for (; c + 16 <= cols; c += 16) {
-            acc[0] =
-                _mm256_fmadd_ps(s_ld8(DT, wr + (size_t)c * es), _mm256_loadu_ps(x + c), acc[0]);
-            acc2 = _mm256_fmadd_ps(s_ld8(DT, wr + (size_t)(c + 8) * es), _mm256_loadu_ps(x + c + 8),
-                                   acc2);
-        }
-    }
     for (; c + 8 <= cols; c += 8) {
         __m256 wv[4];
 #pragma GCC unroll 4
@@ -215,7 +212,6 @@ static inline __attribute__((always_inline)) void s_rows_dot(int DT, int NR, int
             for (int r = 0; r < NR; r++) acc[t * NR + r] = _mm256_fmadd_ps(wv[r], xv, acc[t * NR + r]);
         }
     }
-    acc[0] = _mm256_add_ps(acc[0], acc2);
     if (NR == 4) {
         /* four row sums of one token in one vector: two rounds of hadd, then fold the halves */
 #pragma GCC unroll 3
