@@ -49,7 +49,8 @@ FUZZ_SRC  := $(wildcard fuzz/fuzz_*.c)
 FUZZ_SECONDS ?= 60
 
 .PHONY: all test check fuzz fuzz-smoke bench format deps clean run proto check-proto
-all: $(BUILD)/bin/tandem $(WORKER_BIN) $(BENCH_BIN)
+# the bench programs too (never stale), except in sanitizer builds (bench_cpu needs -march=native)
+all: $(BUILD)/bin/tandem $(WORKER_BIN) $(if $(SAN),,$(BENCH_BIN))
 
 # The main job on the bundled models (README's first command): specdiff with the bundled pair.
 RUN_PROMPT ?= And God said
