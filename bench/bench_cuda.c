@@ -12,7 +12,9 @@
  * pass relative to 1; for dream-7b, one diffusion step over a block of 32 masks (bidirectional,
  * rewriting the block in place, logits of all 32 rows); each with its fraction of the bandwidth
  * bound = (weight bytes read per forward / copy bandwidth) / measured time. Weight bytes read per
- * forward exclude an untied input embedding (one row of it is read per token).
+ * forward exclude an untied input embedding (one row of it is read per token). Last, per model:
+ * the cost of sampling one row of logits on the backend (td_op_sample, greedy and T 0.8 top-p 0.9)
+ * next to copying that row to the host, which host-side sampling needs first.
  * Options: --model NAME (qwen2.5-0.5b, qwen2.5-7b, dream-7b, tiny, tiny-dream; repeatable; default
  * the first three), --device N, --tokens N decode steps (64), --prompt N (128), --matmul
  * auto|cublas|gemv|both (both: decode and scoring with each path), --dry-run (write and load the
@@ -181,6 +183,58 @@ static double s_time_block(td_model_t *m, td_kv_cache_t *kv, const int32_t *tok,
     return med;
 }
 
+/* The cost of choosing a token from one row of logits already in backend memory: td_op_sample
+ * (greedy, and temperature 0.8 + top-p 0.9), against copying the row to the host, which is what a
+ * host-side sampler needs before it starts. Median of reps calls. Returns 0, or 1 on a failure. */
+static int s_bench_sample(td_backend_t *be, int vocab) {
+    const int reps = 200;
+    td_err_t err = {0};
+    float *host = malloc(sizeof(float) * (size_t)vocab);
+    float *dev = td_backend_alloc(be, sizeof(float) * (size_t)vocab);
+    double *t = malloc(sizeof(double) * reps);
+    int rc = 1;
+    if (!host || !dev || !t) goto out;
+    uint64_t x = 88172645463325252ull;
+    for (int i = 0; i < vocab; i++) { /* xorshift logits in [-8, 8) */
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        host[i] = (float)((x >> 11) * (1.0 / 9007199254740992.0) * 16.0 - 8.0);
+    }
+    td_backend_set(be, dev, host, sizeof(float) * (size_t)vocab);
+    td_backend_sync(be);
+    const td_sample_desc_t modes[2] = {{0, 0, 1}, {0.8f, 0, 0.9f}};
+    const char *names[2] = {"greedy", "T 0.8 top-p 0.9"};
+    double med[3];
+    for (int k = 0; k < 2; k++) {
+        for (int r = -2; r < reps; r++) {
+            td_sample_result_t res;
+            uint64_t seed = (uint64_t)r + 7;
+            double a = td_time_now();
+            if (td_op_sample(be, dev, 1, vocab, &modes[k], &seed, &res, &err) != TD_OK) {
+                fprintf(stderr, "bench_cuda: td_op_sample: %s\n", err.msg);
+                goto out;
+            }
+            if (r >= 0) t[r] = td_time_now() - a;
+        }
+        med[k] = s_median(t, reps);
+    }
+    for (int r = -2; r < reps; r++) {
+        double a = td_time_now();
+        td_backend_get(be, host, dev, sizeof(float) * (size_t)vocab);
+        if (r >= 0) t[r] = td_time_now() - a;
+    }
+    med[2] = s_median(t, reps);
+    printf("   sampling one row of %d logits on %s: %s %.1f us, %s %.1f us; copying the row to the "
+           "host instead: %.1f us\n",
+           vocab, td_backend_name(be), names[0], med[0] * 1e6, names[1], med[1] * 1e6,
+           med[2] * 1e6);
+    rc = 0;
+out:
+    free(host);
+    free(t);
+    td_backend_free(be, dev);
+    return rc;
+}
+
 static int s_bench_model(const shape_t *s, int device, int steps, int prompt, int matmul, int dry,
                          double bw) {
     char dir[] = "/tmp/tandem-bench-XXXXXX";
@@ -312,6 +366,10 @@ static int s_bench_model(const shape_t *s, int device, int steps, int prompt, in
             goto out;
         }
         fflush(stdout);
+    }
+    if (s_bench_sample(be, s->vocab)) {
+        rc = 1;
+        goto out;
     }
     size_t fr = 0, tot = 0;
     if (!dry && td_cuda_mem_info(be, &fr, &tot) == TD_OK)
