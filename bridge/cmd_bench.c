@@ -94,6 +94,18 @@ typedef struct row {
     double spd_p25, spd_med, spd_p75; /* per-prompt speedups over ar: quartiles */
 } row_t;
 
+/* Plain diffusion decoding of one prompt, the bench's settings (the diffusion row and planned's
+ * fallback). */
+static int s_diffusion(td_model_t *dm, const int32_t *ids, int n_ids, int max_tokens,
+                       td_sampling_t sp, uint64_t seed, int32_t *out, td_diffusion_stats_t *ds,
+                       td_err_t *err) {
+    td_diffusion_params_t dp = td_diffusion_params_default();
+    dp.max_tokens = max_tokens;
+    dp.sampling = sp;
+    dp.seed = seed;
+    return td_diffusion_generate(dm, ids, n_ids, &dp, out, ds, err);
+}
+
 static int s_cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
@@ -400,12 +412,9 @@ int td_cmd_bench(int argc, char **argv) {
                 if (grc == TD_ERR_FORMAT || grc == TD_ERR_ARG) {
                     /* the documented fallback: plain diffusion decoding, counted */
                     td_log(TD_LOG_INFO, "planned prompt %d: %s; diffusion instead", i + 1, err.msg);
-                    td_diffusion_params_t dp = td_diffusion_params_default();
-                    dp.max_tokens = (int)max_tokens;
-                    dp.sampling = sp;
-                    dp.seed = (uint64_t)(seed + i);
                     td_diffusion_stats_t ds;
-                    grc = td_diffusion_generate(dm, ids[i], n_ids[i], &dp, out, &ds, &err);
+                    grc = s_diffusion(dm, ids[i], n_ids[i], (int)max_tokens, sp,
+                                      (uint64_t)(seed + i), out, &ds, &err);
                     st.generated = ds.generated;
                     st.forwards = ps.critical_path + ds.forwards;
                     st.fallbacks = 1;
@@ -415,12 +424,9 @@ int td_cmd_bench(int argc, char **argv) {
                 rw->span_steps += ps.span_steps, rw->ar_forwards += ps.ar_forwards;
                 rw->diffusion_forwards += ps.diffusion_forwards;
             } else if (m == TD_METHOD_DIFFUSION) {
-                td_diffusion_params_t dp = td_diffusion_params_default();
-                dp.max_tokens = (int)max_tokens;
-                dp.sampling = sp;
-                dp.seed = (uint64_t)(seed + i);
                 td_diffusion_stats_t ds;
-                grc = td_diffusion_generate(dm, ids[i], n_ids[i], &dp, out, &ds, &err);
+                grc = s_diffusion(dm, ids[i], n_ids[i], (int)max_tokens, sp, (uint64_t)(seed + i),
+                                  out, &ds, &err);
                 st.generated = ds.generated, st.forwards = ds.forwards;
             } else {
                 td_spec_params_t p = td_spec_params_default(m);

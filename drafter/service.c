@@ -21,7 +21,6 @@ typedef struct dbuf {
     float *q;      /* [gamma][V] */
     float *logits; /* [gamma][V] (APD) or NULL */
     size_t cap;    /* floats allocated in q (and logits) */
-    double secs;   /* time it took */
 } dbuf_t;
 
 /* What determines a draft besides the text: a pre-draft is used only when these match. */
@@ -250,7 +249,6 @@ static int s_run_draft(td_drafter_service_t *s, session_t *ss, const int32_t *te
     td_sampling_t sp = {k->temperature, k->top_k, k->top_p};
     td_rng_t rng;
     td_rng_seed(&rng, td_draft_round_seed(k->seed, round));
-    double t0 = td_time_now();
     int rc;
     if (c->is_diffusion) {
         td_draft_opts_t o = {.exact = s->opts.exact, .logits = k->apd ? d->logits : NULL};
@@ -276,7 +274,6 @@ static int s_run_draft(td_drafter_service_t *s, session_t *ss, const int32_t *te
     }
     d->gamma = k->gamma;
     d->round = round;
-    d->secs = td_time_now() - t0;
     return TD_OK;
 }
 

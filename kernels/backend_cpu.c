@@ -149,14 +149,6 @@ static void s_matmul_ref(float *y, const float *x, const td_weight_t *w, const t
 /* --- skinny products: weights [rows, cols] stored row-major --------------------------------- */
 
 #ifdef TD_AVX2
-static inline __m256 s_load8(const td_weight_t *w, const void *p) {
-    if (w->dtype == TD_DTYPE_BF16) {
-        __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
-        return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
-    }
-    if (w->dtype == TD_DTYPE_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
-    return _mm256_loadu_ps((const float *)p);
-}
 /* The sum of v's 8 lanes as ((v0+v1)+(v2+v3)) + ((v4+v5)+(v6+v7)): the order the 4-row hadd
  * reduction of s_rows_dot uses too, so a dot product rounds the same in every kernel shape. */
 static inline float s_hsum(__m256 v) {
@@ -209,7 +201,8 @@ static inline __attribute__((always_inline)) void s_rows_dot(int DT, int NR, int
         for (int t = 0; t < NT; t++) {
             __m256 xv = _mm256_loadu_ps(x + t * cols + c);
 #pragma GCC unroll 4
-            for (int r = 0; r < NR; r++) acc[t * NR + r] = _mm256_fmadd_ps(wv[r], xv, acc[t * NR + r]);
+            for (int r = 0; r < NR; r++)
+                acc[t * NR + r] = _mm256_fmadd_ps(wv[r], xv, acc[t * NR + r]);
         }
     }
     if (NR == 4) {
@@ -241,8 +234,8 @@ static inline __attribute__((always_inline)) void s_rows_dot(int DT, int NR, int
     do {                                                                                           \
         if ((NR) == 4) {                                                                           \
             switch (nt) {                                                                          \
-                TD_NT_CASE(DT, 4, 1) TD_NT_CASE(DT, 4, 2) default : s_rows_dot(DT, 4, 3, wr, ldb,  \
-                                                                               xt, cols, out);     \
+                TD_NT_CASE(DT, 4, 1)                                                               \
+                TD_NT_CASE(DT, 4, 2) default : s_rows_dot(DT, 4, 3, wr, ldb, xt, cols, out);       \
             }                                                                                      \
         } else {                                                                                   \
             switch (nt) {                                                                          \
@@ -299,17 +292,26 @@ static void s_matmul_skinny(td_backend_t *be, float *y, const float *x, const td
         const int k = b < nblk ? nr : 1;
         const char *wr = (const char *)w->data + (size_t)r * ldb;
         if (dt == TD_DTYPE_BF16) {
-            if (k == 4) s_skinny_block(TD_DTYPE_BF16, 4, wr, ldb, x, cols, n, y, rows, r);
-            else if (k == 2) s_skinny_block(TD_DTYPE_BF16, 2, wr, ldb, x, cols, n, y, rows, r);
-            else s_skinny_block(TD_DTYPE_BF16, 1, wr, ldb, x, cols, n, y, rows, r);
+            if (k == 4)
+                s_skinny_block(TD_DTYPE_BF16, 4, wr, ldb, x, cols, n, y, rows, r);
+            else if (k == 2)
+                s_skinny_block(TD_DTYPE_BF16, 2, wr, ldb, x, cols, n, y, rows, r);
+            else
+                s_skinny_block(TD_DTYPE_BF16, 1, wr, ldb, x, cols, n, y, rows, r);
         } else if (dt == TD_DTYPE_F16) {
-            if (k == 4) s_skinny_block(TD_DTYPE_F16, 4, wr, ldb, x, cols, n, y, rows, r);
-            else if (k == 2) s_skinny_block(TD_DTYPE_F16, 2, wr, ldb, x, cols, n, y, rows, r);
-            else s_skinny_block(TD_DTYPE_F16, 1, wr, ldb, x, cols, n, y, rows, r);
+            if (k == 4)
+                s_skinny_block(TD_DTYPE_F16, 4, wr, ldb, x, cols, n, y, rows, r);
+            else if (k == 2)
+                s_skinny_block(TD_DTYPE_F16, 2, wr, ldb, x, cols, n, y, rows, r);
+            else
+                s_skinny_block(TD_DTYPE_F16, 1, wr, ldb, x, cols, n, y, rows, r);
         } else {
-            if (k == 4) s_skinny_block(TD_DTYPE_F32, 4, wr, ldb, x, cols, n, y, rows, r);
-            else if (k == 2) s_skinny_block(TD_DTYPE_F32, 2, wr, ldb, x, cols, n, y, rows, r);
-            else s_skinny_block(TD_DTYPE_F32, 1, wr, ldb, x, cols, n, y, rows, r);
+            if (k == 4)
+                s_skinny_block(TD_DTYPE_F32, 4, wr, ldb, x, cols, n, y, rows, r);
+            else if (k == 2)
+                s_skinny_block(TD_DTYPE_F32, 2, wr, ldb, x, cols, n, y, rows, r);
+            else
+                s_skinny_block(TD_DTYPE_F32, 1, wr, ldb, x, cols, n, y, rows, r);
         }
     }
 #else
@@ -585,7 +587,8 @@ static inline __m256 s_exp8(__m256 x) {
 static inline __m256 s_hsum8x(const __m256 *a) {
     const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
     const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
-    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20),
+                         _mm256_permute2f128_ps(u0, u1, 0x31));
 }
 
 /* One query head (head_dim % 8 == 0) over keys 0 .. end-1: scores eight keys at a time, a

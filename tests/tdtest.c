@@ -3,6 +3,7 @@
 
 #include <stdarg.h>
 #include <stdlib.h>
+#include <sys/wait.h>
 
 #define MAX_TESTS 512
 static struct {
@@ -69,4 +70,13 @@ int td_test_main(int argc, char **argv) {
     if (failed) return 1;
     if (passed == 0 && skipped > 0) return 77;
     return 0;
+}
+
+int td_test_run(const char *cmd, char *out, size_t cap) {
+    FILE *p = popen(cmd, "r");
+    if (!p) return -1;
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }

@@ -743,15 +743,6 @@ TD_TEST(planned_drafter_without_tags_refuses) {
     s_cleanup();
 }
 
-static int s_run(const char *cmd, char *out, size_t cap) {
-    FILE *p = popen(cmd, "r");
-    if (!p) return -1;
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = 0;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 /* `tandem generate --method planned --drafter ENDPOINT` (planner: the bundled tiny-planned run
  * causally here) prints what the one-process run prints. */
 TD_TEST(planned_two_processes_command_line) {
@@ -767,13 +758,13 @@ TD_TEST(planned_two_processes_command_line) {
     snprintf(cmd, sizeof cmd, "build/bin/tandem generate --drafter %s %s 2>/dev/null", ep, common);
     int rc = -1;
     for (int i = 0; i < 40 && rc != 0; i++) {
-        rc = s_run(cmd, out_r, sizeof out_r);
+        rc = td_test_run(cmd, out_r, sizeof out_r);
         if (rc != 0) usleep(100 * 1000);
     }
     CHECK_MSG(rc == 0, "remote run failed: %s", out_r);
     snprintf(cmd, sizeof cmd, "build/bin/tandem generate --drafter %s %s 2>/dev/null", TINY_PLANNED,
              common);
-    CHECK_EQ_INT(s_run(cmd, out_l, sizeof out_l), 0);
+    CHECK_EQ_INT(td_test_run(cmd, out_l, sizeof out_l), 0);
     cJSON *jr = cJSON_Parse(out_r), *jl = cJSON_Parse(out_l);
     CHECK_MSG(jr && jl, "not JSON: %s / %s", out_r, out_l);
     if (jr && jl) {
@@ -804,11 +795,11 @@ TD_TEST(planned_too_long_for_the_budget_falls_back) {
                          "God created the heaven and the earth.'";
     char cmd[2048];
     snprintf(cmd, sizeof cmd, "%s 2>&1 >/dev/null", common);
-    CHECK_EQ_INT(s_run(cmd, msg, sizeof msg), 0);
+    CHECK_EQ_INT(td_test_run(cmd, msg, sizeof msg), 0);
     CHECK_MSG(strstr(msg, "need") && strstr(msg, "falling back to --method diffusion"),
               "stderr: %s", msg);
     snprintf(cmd, sizeof cmd, "%s --json 2>/dev/null", common);
-    CHECK_EQ_INT(s_run(cmd, js, sizeof js), 0);
+    CHECK_EQ_INT(td_test_run(cmd, js, sizeof js), 0);
     cJSON *j = cJSON_Parse(js);
     CHECK_MSG(j != NULL, "not JSON: %s", js);
     cJSON *toks = j ? cJSON_GetObjectItem(j, "tokens") : NULL;

@@ -626,15 +626,6 @@ static const char *s_tandem_bin(void) {
     return access(path, X_OK) == 0 ? path : NULL;
 }
 
-static int s_run(const char *cmd, char *out, size_t cap) {
-    FILE *p = popen(cmd, "r");
-    if (!p) return -1;
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = 0;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 TD_TEST(inspect_command) {
     const char *bin = s_tandem_bin();
     if (!bin) {
@@ -646,7 +637,7 @@ TD_TEST(inspect_command) {
     /* transformers wrote total_parameters / total_size into the index: the reference counts */
     snprintf(cmd, sizeof cmd, "%s inspect %s/st/gpt2-sharded --json --tensors 2>&1", bin,
              td_test_data());
-    int rc = s_run(cmd, out, sizeof out);
+    int rc = td_test_run(cmd, out, sizeof out);
     CHECK_EQ_INT(rc, 0);
     cJSON *j = cJSON_Parse(out);
     CHECK_MSG(j != NULL, "not JSON: %.200s", out);
@@ -667,20 +658,20 @@ TD_TEST(inspect_command) {
     }
     snprintf(cmd, sizeof cmd, "%s inspect %s/st/qwen2-tiny --tensors --ctx 10 2>&1", bin,
              td_test_data());
-    CHECK_EQ_INT(s_run(cmd, out, sizeof out), 0);
+    CHECK_EQ_INT(td_test_run(cmd, out, sizeof out), 0);
     CHECK(strstr(out, "qwen2 (Qwen2ForCausalLM"));
     CHECK(strstr(out, "parameters     2640 "));
     CHECK(strstr(out, "640 bytes (640 B) for 10 tokens")); /* 2 x 1 x 2 x 4 x 4 x 10 */
     CHECK(strstr(out, "model.layers.0.self_attn.q_proj.bias"));
     snprintf(cmd, sizeof cmd, "%s inspect %s/st/single 2>&1", bin, td_test_data());
-    CHECK_EQ_INT(s_run(cmd, out, sizeof out), 1); /* no config.json */
+    CHECK_EQ_INT(td_test_run(cmd, out, sizeof out), 1); /* no config.json */
     CHECK(strstr(out, "config.json"));
     snprintf(cmd, sizeof cmd, "%s inspect 2>&1", bin);
-    CHECK_EQ_INT(s_run(cmd, out, sizeof out), 2);
+    CHECK_EQ_INT(td_test_run(cmd, out, sizeof out), 2);
     snprintf(cmd, sizeof cmd, "%s inspect --bogus x 2>&1", bin);
-    CHECK_EQ_INT(s_run(cmd, out, sizeof out), 2);
+    CHECK_EQ_INT(td_test_run(cmd, out, sizeof out), 2);
     snprintf(cmd, sizeof cmd, "%s inspect --help 2>&1", bin);
-    CHECK_EQ_INT(s_run(cmd, out, sizeof out), 0);
+    CHECK_EQ_INT(td_test_run(cmd, out, sizeof out), 0);
     CHECK(strstr(out, "--tensors") && strstr(out, "--json"));
 }
 

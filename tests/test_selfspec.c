@@ -515,14 +515,6 @@ TD_TEST(selfspec_remote_failures_are_repaired_locally) {
 }
 
 /* `tandem generate --method selfspec --drafter ENDPOINT` prints what the in-process run prints. */
-static int s_run(const char *cmd, char *out, size_t cap) {
-    FILE *p = popen(cmd, "r");
-    if (!p) return -1;
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = 0;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
 
 TD_TEST(selfspec_two_processes_command_line) {
     char d[512];
@@ -536,12 +528,12 @@ TD_TEST(selfspec_two_processes_command_line) {
              d, common);
     int rc = -1;
     for (int i = 0; i < 40 && rc != 0; i++) {
-        rc = s_run(cmd, out_r, sizeof out_r);
+        rc = td_test_run(cmd, out_r, sizeof out_r);
         if (rc != 0) usleep(100 * 1000);
     }
     CHECK_MSG(rc == 0, "remote run failed: %s", out_r);
     snprintf(cmd, sizeof cmd, "build/bin/tandem generate --drafter %s %s 2>&1", d, common);
-    CHECK_EQ_INT(s_run(cmd, out_l, sizeof out_l), 0);
+    CHECK_EQ_INT(td_test_run(cmd, out_l, sizeof out_l), 0);
     cJSON *jr = cJSON_Parse(out_r), *jl = cJSON_Parse(out_l);
     CHECK_MSG(jr && jl, "not JSON: %s / %s", out_r, out_l);
     if (jr && jl) {
@@ -558,7 +550,7 @@ TD_TEST(selfspec_two_processes_command_line) {
     snprintf(cmd, sizeof cmd,
              "build/bin/tandem generate --drafter %s --verifier ipc:///nonexistent %s 2>&1", s_ep,
              common);
-    CHECK_EQ_INT(s_run(cmd, out_r, sizeof out_r), 2);
+    CHECK_EQ_INT(td_test_run(cmd, out_r, sizeof out_r), 2);
     CHECK(strstr(out_r, "needs --verifier DIR") != NULL);
     s_stop_drafter(pid);
 }
