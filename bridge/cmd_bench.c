@@ -95,14 +95,16 @@ typedef struct row {
 } row_t;
 
 /* Plain diffusion decoding of one prompt, the bench's settings (the diffusion row and planned's
- * fallback). */
+ * fallback, which passes the plan tags as suppress[n_suppress]: never emitted). */
 static int s_diffusion(td_model_t *dm, const int32_t *ids, int n_ids, int max_tokens,
-                       td_sampling_t sp, uint64_t seed, int32_t *out, td_diffusion_stats_t *ds,
-                       td_err_t *err) {
+                       td_sampling_t sp, uint64_t seed, const int32_t *suppress, int n_suppress,
+                       int32_t *out, td_diffusion_stats_t *ds, td_err_t *err) {
     td_diffusion_params_t dp = td_diffusion_params_default();
     dp.max_tokens = max_tokens;
     dp.sampling = sp;
     dp.seed = seed;
+    dp.suppress_ids = suppress;
+    dp.n_suppress = n_suppress;
     return td_diffusion_generate(dm, ids, n_ids, &dp, out, ds, err);
 }
 
@@ -282,6 +284,8 @@ int td_cmd_bench(int argc, char **argv) {
     td_err_t err = {0};
     td_plan_tags_t tags;
     int have_tags = 0;
+    int32_t tag_ids[TD_PLAN_MAX_TAG_IDS]; /* suppressed in planned's diffusion fallback */
+    int n_tag_ids = 0;
     td_pair_t par = {0}, pdf = {0};
     td_pair_opts_t po = {.device = (int)device,
                          .drafter_device = (int)ddevice,
@@ -306,11 +310,13 @@ int td_cmd_bench(int argc, char **argv) {
         td_cli_load_on(dfdir, (int)ddevice, (int)threads, &dbe, &dm, &dtok))
         goto done;
     if (want[TD_METHOD_PLANNED]) {
-        if (td_plan_tags_init(&tags, dtok, td_model_config(dm)->eos_token_id, &err) == TD_OK)
+        if (td_plan_tags_init(&tags, dtok, td_model_config(dm)->eos_token_id, &err) == TD_OK) {
             have_tags = 1;
-        else
-            fprintf(stderr, "tandem bench: planned skipped: %s\n", err.msg),
-                want[TD_METHOD_PLANNED] = 0;
+            n_tag_ids = td_plan_tag_ids(dtok, tags.eos, tag_ids);
+        } else {
+            fprintf(stderr, "tandem bench: planned skipped: %s\n", err.msg);
+            want[TD_METHOD_PLANNED] = 0;
+        }
     }
     n_m = 0;
     for (int m = 0; m < TD_METHOD_COUNT; m++)
@@ -414,7 +420,7 @@ int td_cmd_bench(int argc, char **argv) {
                     td_log(TD_LOG_INFO, "planned prompt %d: %s; diffusion instead", i + 1, err.msg);
                     td_diffusion_stats_t ds;
                     grc = s_diffusion(dm, ids[i], n_ids[i], (int)max_tokens, sp,
-                                      (uint64_t)(seed + i), out, &ds, &err);
+                                      (uint64_t)(seed + i), tag_ids, n_tag_ids, out, &ds, &err);
                     st.generated = ds.generated;
                     st.forwards = ps.critical_path + ds.forwards;
                     st.fallbacks = 1;
@@ -426,7 +432,7 @@ int td_cmd_bench(int argc, char **argv) {
             } else if (m == TD_METHOD_DIFFUSION) {
                 td_diffusion_stats_t ds;
                 grc = s_diffusion(dm, ids[i], n_ids[i], (int)max_tokens, sp, (uint64_t)(seed + i),
-                                  out, &ds, &err);
+                                  NULL, 0, out, &ds, &err);
                 st.generated = ds.generated, st.forwards = ds.forwards;
             } else {
                 td_spec_params_t p = td_spec_params_default(m);

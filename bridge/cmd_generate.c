@@ -546,6 +546,10 @@ int td_cmd_generate(int argc, char **argv) {
     if (gamma > 0) p.gamma = (int)gamma;
     if (steps > 0) p.steps = (int)steps;
     if (kvw >= 0) p.apd_kv_window = (int)kvw;
+    /* planned's fallback (plain ar / diffusion on the planned checkpoint) never emits a plan tag:
+     * the text would hide it but `tokens` would carry it */
+    int32_t suppress[TD_PLAN_MAX_TAG_IDS];
+    int n_suppress = 0;
     double t0 = td_time_now();
     int grc;
     if (method == TD_METHOD_AR) {
@@ -554,7 +558,9 @@ int td_cmd_generate(int argc, char **argv) {
                               .sampling = sp,
                               .seed = (uint64_t)seed,
                               .stop_ids = stop,
-                              .n_stop = n_stop};
+                              .n_stop = n_stop,
+                              .suppress_ids = suppress,
+                              .n_suppress = n_suppress};
         td_gen_stats_t gs = {0};
         grc = td_generate_ar(main_model, ids, n, &gp, s_on_token, &st, out, &gs, &err);
         ss.generated = gs.generated;
@@ -593,6 +599,8 @@ int td_cmd_generate(int argc, char **argv) {
     } else if (method == TD_METHOD_PLANNED) {
         td_plan_tags_t tags;
         int eos = c->eos_token_id;
+        /* the fallback below decodes with main_model, whose tokenizer is tok */
+        n_suppress = td_plan_tag_ids(tok, eos, suppress);
         if (td_plan_tags_init(&tags, tok, eos, &err) != TD_OK) {
             fprintf(stderr, "tandem generate: planned: %s; falling back to --method %s\n", err.msg,
                     c->causal ? "ar" : "diffusion");
@@ -656,6 +664,8 @@ int td_cmd_generate(int argc, char **argv) {
         dp.seed = (uint64_t)seed;
         dp.stop_ids = stop;
         dp.n_stop = n_stop;
+        dp.suppress_ids = suppress;
+        dp.n_suppress = n_suppress;
         td_diffusion_stats_t ds = {0};
         grc = td_diffusion_generate(main_model, ids, n, &dp, out, &ds, &err);
         ss.generated = ds.generated;

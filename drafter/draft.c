@@ -481,7 +481,9 @@ td_diffusion_params_t td_diffusion_params_default(void) {
                                    .stop_ids = NULL,
                                    .n_stop = 0,
                                    .stop_at_eos = 1,
-                                   .exact = 0};
+                                   .exact = 0,
+                                   .suppress_ids = NULL,
+                                   .n_suppress = 0};
 }
 
 static int s_is_stop(const td_diffusion_params_t *p, int eos, int32_t id) {
@@ -497,7 +499,8 @@ int td_diffusion_generate(td_model_t *m, const int32_t *prompt, int n_prompt,
     int rc = s_check_model(m, err);
     if (rc != TD_OK) return rc;
     if (!prompt || n_prompt < 1 || !p || p->max_tokens < 0 || (p->max_tokens > 0 && !out) ||
-        p->block_size < 1 || (p->n_stop > 0 && !p->stop_ids))
+        p->block_size < 1 || (p->n_stop > 0 && !p->stop_ids) ||
+        (p->n_suppress > 0 && !p->suppress_ids))
         return td_err_set(err, TD_ERR_ARG, "diffusion generate: bad arguments");
     const td_config_t *c = td_model_config(m);
     const int V = c->n_vocab, mask_id = c->mask_token_id;
@@ -560,6 +563,11 @@ int td_diffusion_generate(td_model_t *m, const int32_t *prompt, int n_prompt,
             rc = s_forward(&r, seqbuf, cur, block, g, masked, step == 0, rows, err);
             if (rc != TD_OK) goto done;
             s.forwards++;
+            for (int k = 0; k < p->n_suppress; k++) {
+                const int32_t id = p->suppress_ids[k];
+                if (id < 0 || id >= V) continue;
+                for (int i = 0; i < c2; i++) rows[(size_t)i * V + id] = -INFINITY;
+            }
             int best = -1, any = 0;
             for (int j = 0; j < g; j++) {
                 if (!masked[j]) continue;

@@ -114,9 +114,15 @@ typedef struct td_diffusion_params {
     int n_stop;
     int stop_at_eos; /* also stop at the config's eos_token_id (default 1) */
     int exact;       /* 1: recompute the whole sequence every step (no prefix cache) */
+    /* ids never generated (their logits are -inf before scoring and sampling, like HF's
+     * suppress_tokens; ids outside the vocabulary are ignored); NULL / 0: none. `planned`'s
+     * fallback passes the checkpoint's plan tags (td_plan_tag_ids). */
+    const int32_t *suppress_ids;
+    int n_suppress;
 } td_diffusion_params_t;
 
-/* Defaults: block 32, threshold 0.9, greedy, stop at EOS, prefix cache on, max_tokens 128. */
+/* Defaults: block 32, threshold 0.9, greedy, stop at EOS, prefix cache on, max_tokens 128, no
+ * suppressed ids. */
 td_diffusion_params_t td_diffusion_params_default(void);
 
 typedef struct td_diffusion_stats {
@@ -136,7 +142,8 @@ typedef struct td_diffusion_stats {
  * it committed (the stop id is kept), or at max_tokens. The prefix cache keeps the committed
  * text's keys/values between blocks and steps (each block's tokens are recomputed once, at the
  * next block's first step); exact recomputes everything each step. out[max_tokens] receives the
- * tokens. Returns TD_OK or TD_ERR_*. */
+ * tokens. No position is ever unmasked to a suppressed id (p->suppress_ids) while another id has a
+ * finite logit. Returns TD_OK or TD_ERR_*. */
 int td_diffusion_generate(td_model_t *m, const int32_t *prompt, int n_prompt,
                           const td_diffusion_params_t *p, int32_t *out, td_diffusion_stats_t *st,
                           td_err_t *err);

@@ -77,6 +77,21 @@ void td_plan_tags_free(td_plan_tags_t *t) {
     t->kind = t->ndigits = t->value = NULL;
 }
 
+int td_plan_tag_ids(const td_tokenizer_t *tok, int32_t eos, int32_t *ids) {
+    static const char *names[TD_PLAN_MAX_TAG_IDS] = {
+        "<async>", "</async>", "<promise>-<topic>", "</topic>", "<sync/>", "<sync>", "[PAD]"};
+    int n = 0;
+    if (!tok) return 0;
+    for (int i = 0; i < TD_PLAN_MAX_TAG_IDS; i++) {
+        int32_t id = td_tokenizer_token_id(tok, names[i]);
+        if (id < 0 || id == eos) continue;
+        int dup = 0;
+        for (int k = 0; k < n; k++) dup |= ids[k] == id;
+        if (!dup) ids[n++] = id;
+    }
+    return n;
+}
+
 static int s_kind(const td_plan_tags_t *t, int32_t id) {
     return id >= 0 && id < t->n_vocab && t->kind ? t->kind[id] : 0;
 }

@@ -48,6 +48,15 @@ typedef struct td_plan_tags {
 int td_plan_tags_init(td_plan_tags_t *t, const td_tokenizer_t *tok, int32_t eos, td_err_t *err);
 void td_plan_tags_free(td_plan_tags_t *t);
 
+#define TD_PLAN_MAX_TAG_IDS 7
+/* The ids of the planning control tags tok has (`<async>`, `</async>`, `<promise>-<topic>`,
+ * `</topic>`, `<sync/>`, `<sync>`, `[PAD]`; any subset, so a tokenizer with only some of them is
+ * covered too), except eos, into ids[TD_PLAN_MAX_TAG_IDS]. Returns how many (0 without tok or
+ * without tags). The plain decoding that stands in for `planned` (the fallback of `tandem
+ * generate` / `tandem bench`) suppresses them (td_diffusion_params_t / td_gen_params_t
+ * suppress_ids), so its tokens never hold a tag that the detokenised text would hide. */
+int td_plan_tag_ids(const td_tokenizer_t *tok, int32_t eos, int32_t *ids);
+
 typedef struct td_plan_span {
     int promise_at; /* index of `<promise>-<topic>` in the parsed tokens */
     int close_at;   /* index of its `</topic>` */

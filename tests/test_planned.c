@@ -6,7 +6,11 @@
  * Span isolation is checked two ways: at the forward level (a span's logits are bitwise the same
  * whatever its siblings contain, and match a run of the prefix and that span alone), and at the
  * filler level (filling one span alone gives the same tokens as filling all of them; with dense
- * attention it does not). The critical path is checked against the schedule computed here. */
+ * attention it does not). The critical path is checked against the schedule computed here.
+ *
+ * The fallback to plain decoding never emits a plan tag: td_plan_tag_ids, suppress_ids in
+ * td_diffusion_generate and td_generate_ar (each against an unsuppressed control that does emit
+ * tags), and `tandem generate --method planned` falling back on models/tiny-planned. */
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -20,17 +24,20 @@
 #include "bridge/pair.h"
 #include "bridge/remote_methods.h"
 #include "common/td_common.h"
+#include "drafter/draft.h"
 #include "drafter/planned.h"
 #include "kernels/backend.h"
 #include "model/config.h"
 #include "model/model.h"
 #include "model/tokenizer.h"
 #include "tests/tdtest.h"
+#include "verifier/generate.h"
 #include "verifier/remote.h"
 
 #define TAG0 1123
 
-static td_tokenizer_t *s_tok_with_tags(void) {
+/* A copy of the e2e drafter's tokenizer with tags[n] appended as added tokens TAG0, TAG0+1, ... */
+static td_tokenizer_t *s_tok_with(const char *const *tags, int n) {
     char path[512];
     snprintf(path, sizeof path, "%s/e2e/dream-drafter/tokenizer.json", td_test_data());
     char *text = NULL;
@@ -41,9 +48,7 @@ static td_tokenizer_t *s_tok_with_tags(void) {
     free(text);
     if (!j) return NULL;
     cJSON *added = cJSON_GetObjectItem(j, "added_tokens");
-    static const char *tags[6] = {"<async>",  "</async>", "<promise>-<topic>",
-                                  "</topic>", "<sync/>",  "[PAD]"};
-    for (int i = 0; i < 6; i++) {
+    for (int i = 0; i < n; i++) {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddNumberToObject(o, "id", TAG0 + i);
         cJSON_AddStringToObject(o, "content", tags[i]);
@@ -59,6 +64,12 @@ static td_tokenizer_t *s_tok_with_tags(void) {
     td_tokenizer_t *tok = td_tokenizer_from_json(out, strlen(out), &err);
     free(out);
     return tok;
+}
+
+static td_tokenizer_t *s_tok_with_tags(void) {
+    static const char *tags[6] = {"<async>",  "</async>", "<promise>-<topic>",
+                                  "</topic>", "<sync/>",  "[PAD]"};
+    return s_tok_with(tags, 6);
 }
 
 typedef struct env {
@@ -274,9 +285,10 @@ typedef struct mfx {
     td_model_t *m;
 } mfx_t;
 
-static int s_model(mfx_t *f, uint64_t seed) {
+/* A random-weight model with fixture's config (tests/data/e2e/FIXTURE) and the tag vocabulary. */
+static int s_model_from(mfx_t *f, const char *fixture, uint64_t seed) {
     char dir[512];
-    snprintf(dir, sizeof dir, "%s/e2e/dream-drafter", td_test_data());
+    snprintf(dir, sizeof dir, "%s/e2e/%s", td_test_data(), fixture);
     td_err_t err = {0};
     td_config_t cfg;
     if (td_config_load(dir, &cfg, &err) != TD_OK) {
@@ -293,6 +305,8 @@ static int s_model(mfx_t *f, uint64_t seed) {
     }
     return 1;
 }
+
+static int s_model(mfx_t *f, uint64_t seed) { return s_model_from(f, "dream-drafter", seed); }
 
 static void s_model_free(mfx_t *f) {
     td_model_destroy(&f->m);
@@ -574,9 +588,197 @@ TD_TEST(generate_counts_or_refuses) {
     s_env_free(&e);
 }
 
+/* ---- the fallback to plain decoding never emits a plan tag ---- */
+
+static int s_has_id(const int32_t *ids, int n, int32_t id) {
+    for (int i = 0; i < n; i++)
+        if (ids[i] == id) return 1;
+    return 0;
+}
+
+/* How many of toks[n] are among set[n_set]. */
+static int s_count_in(const int32_t *toks, int n, const int32_t *set, int n_set) {
+    int c = 0;
+    for (int i = 0; i < n; i++) c += s_has_id(set, n_set, toks[i]);
+    return c;
+}
+
+/* The ids the fallback suppresses: every tag the tokenizer has, never EOS, none without tags. */
+TD_TEST(plan_tag_ids_lists_the_tags) {
+    env_t e;
+    if (!s_env(&e)) return;
+    int32_t ids[TD_PLAN_MAX_TAG_IDS];
+    int n = td_plan_tag_ids(e.tok, 2, ids);
+    CHECK_EQ_INT(n, 6);
+    for (int i = 0; i < 6; i++) CHECK_MSG(s_has_id(ids, n, TAG0 + i), "tag %d missing", TAG0 + i);
+    CHECK(s_has_id(ids, n, e.tags.async_open) && s_has_id(ids, n, e.tags.promise) &&
+          s_has_id(ids, n, e.tags.sync) && s_has_id(ids, n, e.tags.pad));
+    /* an EOS that is one of the tag ids stays generable (it ends the answer) */
+    n = td_plan_tag_ids(e.tok, TAG0 + 5, ids);
+    CHECK_EQ_INT(n, 5);
+    CHECK(!s_has_id(ids, n, TAG0 + 5));
+    /* no tokenizer, or one without tags: nothing to suppress */
+    CHECK_EQ_INT(td_plan_tag_ids(NULL, 2, ids), 0);
+    char path[512];
+    snprintf(path, sizeof path, "%s/e2e/dream-drafter/tokenizer.json", td_test_data());
+    td_err_t err = {0};
+    td_tokenizer_t *plain = td_tokenizer_load(path, &err);
+    REQUIRE(plain != NULL);
+    CHECK_EQ_INT(td_plan_tag_ids(plain, 2, ids), 0);
+    td_tokenizer_destroy(&plain);
+    /* a tokenizer with only some tags (too few to plan): the ones it has, `<sync>` included */
+    static const char *some[2] = {"<sync>", "</async>"};
+    td_tokenizer_t *part = s_tok_with(some, 2);
+    REQUIRE(part != NULL);
+    n = td_plan_tag_ids(part, 2, ids);
+    CHECK_EQ_INT(n, 2);
+    CHECK(s_has_id(ids, n, TAG0) && s_has_id(ids, n, TAG0 + 1));
+    td_tokenizer_destroy(&part);
+    s_env_free(&e);
+}
+
+/* Plain diffusion decoding (the fallback's decoder) with suppress_ids on the random-weight tag
+ * vocabulary: sampled at temperature 5 (random weights are too peaked to reach the tags at 1) over
+ * 32 seeds, the unsuppressed control emits tag ids (so the leak is real on this fixture) and the
+ * suppressed runs emit none while generating as many tokens;
+ * greedily, suppressing the ids the control emitted removes every one of them (the greedy rows go
+ * through the same masking). */
+TD_TEST(diffusion_suppress_ids_are_never_emitted) {
+    env_t e;
+    mfx_t f;
+    if (!s_env(&e)) return;
+    if (!s_model(&f, 21)) return;
+    int32_t tag_ids[TD_PLAN_MAX_TAG_IDS];
+    const int n_tags = td_plan_tag_ids(e.tok, 2, tag_ids);
+    REQUIRE(n_tags == 6);
+    int leaked = 0, after = 0, total = 0;
+    for (uint64_t seed = 0; seed < 32; seed++) {
+        int32_t prompt[8], a[48], b[48];
+        s_ctx(prompt, 8, 300 + seed);
+        td_diffusion_params_t dp = td_diffusion_params_default();
+        dp.max_tokens = 48;
+        dp.block_size = 16;
+        dp.stop_at_eos = 0;
+        dp.exact = 1;
+        dp.sampling.temperature = 5.0f;
+        dp.seed = seed;
+        td_diffusion_stats_t sa = {0}, sb = {0};
+        td_err_t err = {0};
+        REQUIRE(td_diffusion_generate(f.m, prompt, 8, &dp, a, &sa, &err) == TD_OK);
+        dp.suppress_ids = tag_ids;
+        dp.n_suppress = n_tags;
+        REQUIRE(td_diffusion_generate(f.m, prompt, 8, &dp, b, &sb, &err) == TD_OK);
+        CHECK_EQ_INT(sa.generated, 48);
+        CHECK_EQ_INT(sb.generated, 48);
+        leaked += s_count_in(a, sa.generated, tag_ids, n_tags);
+        after += s_count_in(b, sb.generated, tag_ids, n_tags);
+        total += sb.generated;
+    }
+    printf("    temperature 5: %d tag ids in the control's 1536 tokens, %d in the %d tokens of the "
+           "suppressed runs\n",
+           leaked, after, total);
+    CHECK_MSG(leaked > 0, "the control emitted no tag id: the fixture no longer shows the leak");
+    CHECK_EQ_INT(after, 0);
+
+    /* greedy: suppress (up to 6 of) the ids the control emitted */
+    int32_t prompt[8], a[32], b[32], ban[6];
+    s_ctx(prompt, 8, 77);
+    td_diffusion_params_t dp = td_diffusion_params_default();
+    dp.max_tokens = 32;
+    dp.stop_at_eos = 0;
+    td_diffusion_stats_t sa = {0}, sb = {0};
+    td_err_t err = {0};
+    REQUIRE(td_diffusion_generate(f.m, prompt, 8, &dp, a, &sa, &err) == TD_OK);
+    int n_ban = 0;
+    for (int i = 0; i < sa.generated && n_ban < 6; i++)
+        if (!s_has_id(ban, n_ban, a[i])) ban[n_ban++] = a[i];
+    REQUIRE(n_ban > 0);
+    dp.suppress_ids = ban;
+    dp.n_suppress = n_ban;
+    REQUIRE(td_diffusion_generate(f.m, prompt, 8, &dp, b, &sb, &err) == TD_OK);
+    CHECK_EQ_INT(sb.generated, 32);
+    CHECK_EQ_INT(s_count_in(b, sb.generated, ban, n_ban), 0);
+    /* out-of-vocabulary ids are ignored; a NULL list with a count is refused */
+    int32_t odd[2] = {-1, TAG0 + 6};
+    dp.suppress_ids = odd;
+    dp.n_suppress = 2;
+    REQUIRE(td_diffusion_generate(f.m, prompt, 8, &dp, b, &sb, &err) == TD_OK);
+    CHECK(memcmp(a, b, sizeof a) == 0);
+    dp.suppress_ids = NULL;
+    CHECK_EQ_INT(td_diffusion_generate(f.m, prompt, 8, &dp, b, &sb, &err), TD_ERR_ARG);
+    s_model_free(&f);
+    s_env_free(&e);
+}
+
+/* The ar fallback (a causal planner decoding plainly) with suppress_ids: a random-weight causal
+ * model with the tag vocabulary emits tag ids when sampled (temperature 5, 48 seeds), none when
+ * they are suppressed; greedy
+ * (normally sampled inside the forward) honours the list too: banning the control's first token
+ * changes the first token, and no banned id appears. */
+TD_TEST(ar_suppress_ids_are_never_emitted) {
+    env_t e;
+    mfx_t f;
+    if (!s_env(&e)) return;
+    if (!s_model_from(&f, "qwen2-chat", 5)) return;
+    int32_t tag_ids[TD_PLAN_MAX_TAG_IDS];
+    const int n_tags = td_plan_tag_ids(e.tok, 2, tag_ids);
+    REQUIRE(n_tags == 6);
+    int leaked = 0, after = 0;
+    for (uint64_t seed = 0; seed < 48; seed++) {
+        int32_t prompt[8], a[48], b[48];
+        s_ctx(prompt, 8, 500 + seed);
+        td_gen_params_t gp = {.max_tokens = 48, .sampling = {5.0f, 0, 1.0f}, .seed = seed};
+        td_gen_stats_t sa = {0}, sb = {0};
+        td_err_t err = {0};
+        REQUIRE(td_generate_ar(f.m, prompt, 8, &gp, NULL, NULL, a, &sa, &err) == TD_OK);
+        gp.suppress_ids = tag_ids;
+        gp.n_suppress = n_tags;
+        REQUIRE(td_generate_ar(f.m, prompt, 8, &gp, NULL, NULL, b, &sb, &err) == TD_OK);
+        CHECK_EQ_INT(sb.generated, 48);
+        leaked += s_count_in(a, sa.generated, tag_ids, n_tags);
+        after += s_count_in(b, sb.generated, tag_ids, n_tags);
+    }
+    printf("    temperature 5: %d tag ids in the control's 2304 tokens, %d in the suppressed runs' "
+           "2304\n",
+           leaked, after);
+    CHECK_MSG(leaked > 0, "the control emitted no tag id: the fixture no longer shows the leak");
+    CHECK_EQ_INT(after, 0);
+
+    int32_t prompt[8], a[24], b[24], ban[4];
+    s_ctx(prompt, 8, 91);
+    td_gen_params_t gp = {.max_tokens = 24, .sampling = {0, 0, 1}};
+    td_gen_stats_t sa = {0}, sb = {0};
+    td_err_t err = {0};
+    REQUIRE(td_generate_ar(f.m, prompt, 8, &gp, NULL, NULL, a, &sa, &err) == TD_OK);
+    REQUIRE(sa.generated == 24);
+    int n_ban = 0;
+    for (int i = 0; i < sa.generated && n_ban < 4; i++)
+        if (!s_has_id(ban, n_ban, a[i])) ban[n_ban++] = a[i];
+    gp.suppress_ids = ban;
+    gp.n_suppress = n_ban;
+    REQUIRE(td_generate_ar(f.m, prompt, 8, &gp, NULL, NULL, b, &sb, &err) == TD_OK);
+    CHECK_EQ_INT(sb.generated, 24);
+    CHECK(b[0] != a[0]);
+    CHECK_EQ_INT(s_count_in(b, sb.generated, ban, n_ban), 0);
+    s_model_free(&f);
+    s_env_free(&e);
+}
+
 /* ---- two processes: the planner here, the spans filled by a real tandem-drafter ---- */
 
 static char s_tmp[64];
+
+/* The binaries under test: TD_TANDEM_BIN / TD_DRAFTER_BIN (as test_cli / test_faults), else
+ * build/bin's. */
+static const char *s_tandem(void) {
+    const char *b = getenv("TD_TANDEM_BIN");
+    return b && *b ? b : "build/bin/tandem";
+}
+
+static const char *s_drafter_bin(void) {
+    const char *b = getenv("TD_DRAFTER_BIN");
+    return b && *b ? b : "build/bin/tandem-drafter";
+}
 
 static pid_t s_spawn_drafter(const char *model, const char *name, char *ep, size_t cap) {
     if (!s_tmp[0]) {
@@ -587,8 +789,8 @@ static pid_t s_spawn_drafter(const char *model, const char *name, char *ep, size
     pid_t pid = fork();
     if (pid == 0) {
         setenv("TD_LOG", "error", 1);
-        execl("build/bin/tandem-drafter", "build/bin/tandem-drafter", "--model", model, "--bind",
-              ep, "--threads", "1", (char *)NULL);
+        execl(s_drafter_bin(), s_drafter_bin(), "--model", model, "--bind", ep, "--threads", "1",
+              (char *)NULL);
         _exit(127);
     }
     return pid;
@@ -755,14 +957,14 @@ TD_TEST(planned_two_processes_command_line) {
     pid_t pid = s_spawn_drafter(TINY_PLANNED, "cli", ep, sizeof ep);
     const char *common = "--method planned --max-tokens 192 --threads 1 --temperature 0.8 "
                          "--seed 5 --json --prompt 'And God said, Let there be light'";
-    snprintf(cmd, sizeof cmd, "build/bin/tandem generate --drafter %s %s 2>/dev/null", ep, common);
+    snprintf(cmd, sizeof cmd, "%s generate --drafter %s %s 2>/dev/null", s_tandem(), ep, common);
     int rc = -1;
     for (int i = 0; i < 40 && rc != 0; i++) {
         rc = td_test_run(cmd, out_r, sizeof out_r);
         if (rc != 0) usleep(100 * 1000);
     }
     CHECK_MSG(rc == 0, "remote run failed: %s", out_r);
-    snprintf(cmd, sizeof cmd, "build/bin/tandem generate --drafter %s %s 2>/dev/null", TINY_PLANNED,
+    snprintf(cmd, sizeof cmd, "%s generate --drafter %s %s 2>/dev/null", s_tandem(), TINY_PLANNED,
              common);
     CHECK_EQ_INT(td_test_run(cmd, out_l, sizeof out_l), 0);
     cJSON *jr = cJSON_Parse(out_r), *jl = cJSON_Parse(out_l);
@@ -790,9 +992,12 @@ TD_TEST(planned_too_long_for_the_budget_falls_back) {
         return;
     }
     static char msg[65536], js[65536];
-    const char *common = "build/bin/tandem generate --method planned --drafter " TINY_PLANNED
-                         " --max-tokens 64 --threads 1 --temperature 0 --prompt 'In the beginning "
-                         "God created the heaven and the earth.'";
+    char common[1024];
+    snprintf(common, sizeof common,
+             "%s generate --method planned --drafter " TINY_PLANNED
+             " --max-tokens 64 --threads 1 --temperature 0 --prompt 'In the beginning God created "
+             "the heaven and the earth.'",
+             s_tandem());
     char cmd[2048];
     snprintf(cmd, sizeof cmd, "%s 2>&1 >/dev/null", common);
     CHECK_EQ_INT(td_test_run(cmd, msg, sizeof msg), 0);
@@ -805,6 +1010,72 @@ TD_TEST(planned_too_long_for_the_budget_falls_back) {
     cJSON *toks = j ? cJSON_GetObjectItem(j, "tokens") : NULL;
     CHECK(toks && cJSON_GetArraySize(toks) > 0);
     cJSON_Delete(j);
+}
+
+/* The leak this guards against: with the budget too small for the plan, `tandem generate --method
+ * planned` falls back to plain diffusion on the planned checkpoint, whose decoder sampled
+ * `<promise>-<topic>` into `tokens` (the text hid it: " the earth  the earth"). The fallback now
+ * suppresses every plan tag, greedy and sampled; `--method diffusion` asked for explicitly is left
+ * as it was and, on the same prompt and settings, still emits the tag - the control showing that
+ * this prompt does reach a tag. */
+TD_TEST(planned_fallback_tokens_hold_no_plan_tags) {
+    if (access(TINY_PLANNED "/config.json", R_OK) != 0) {
+        td_test_skip("models/tiny-planned not present");
+        return;
+    }
+    td_err_t err = {0};
+    td_tokenizer_t *tok = td_tokenizer_load(TINY_PLANNED "/tokenizer.json", &err);
+    REQUIRE(tok != NULL);
+    int32_t tag_ids[TD_PLAN_MAX_TAG_IDS];
+    const int n_tags = td_plan_tag_ids(tok, 0, tag_ids); /* the checkpoint's EOS is 0 */
+    td_tokenizer_destroy(&tok);
+    REQUIRE(n_tags == 6);
+    static const char *settings[] = {"--temperature 0", "--temperature 0.8 --seed 2",
+                                     "--temperature 0.8 --seed 4"};
+    static char js[65536], msg[65536];
+    char cmd[2048];
+    int control_tags = 0;
+    for (int k = 0; k < 3; k++) {
+        int with_tags[2] = {0, 0}, n_tok[2] = {0, 0};
+        for (int plain = 0; plain < 2; plain++) {
+            snprintf(cmd, sizeof cmd,
+                     "%s generate --method %s --drafter " TINY_PLANNED
+                     " --max-tokens 64 --threads 1 %s --json --prompt 'In the beginning God "
+                     "created the heaven and the earth.' 2>/dev/null",
+                     s_tandem(), plain ? "diffusion" : "planned", settings[k]);
+            CHECK_EQ_INT(td_test_run(cmd, js, sizeof js), 0);
+            cJSON *j = cJSON_Parse(js);
+            CHECK_MSG(j != NULL, "not JSON: %s", js);
+            cJSON *toks = j ? cJSON_GetObjectItem(j, "tokens") : NULL;
+            cJSON *stats = j ? cJSON_GetObjectItem(j, "stats") : NULL;
+            cJSON *meth = stats ? cJSON_GetObjectItem(stats, "method") : NULL;
+            /* the planned run fell back: the stats name the method that ran */
+            CHECK_MSG(cJSON_IsString(meth) && !strcmp(meth->valuestring, "diffusion"),
+                      "%s: method %s", settings[k], cJSON_IsString(meth) ? meth->valuestring : "?");
+            for (int i = 0; toks && i < cJSON_GetArraySize(toks); i++) {
+                int32_t id = (int32_t)cJSON_GetArrayItem(toks, i)->valueint;
+                with_tags[plain] += s_has_id(tag_ids, n_tags, id);
+            }
+            n_tok[plain] = toks ? cJSON_GetArraySize(toks) : 0;
+            cJSON_Delete(j);
+        }
+        printf("    %s: fallback %d tokens, %d tag ids; --method diffusion %d tokens, %d tag ids\n",
+               settings[k], n_tok[0], with_tags[0], n_tok[1], with_tags[1]);
+        CHECK_MSG(n_tok[0] > 0, "%s: the fallback produced no tokens", settings[k]);
+        CHECK_MSG(with_tags[0] == 0, "%s: the fallback emitted %d plan tag id(s)", settings[k],
+                  with_tags[0]);
+        control_tags += with_tags[1];
+    }
+    CHECK_MSG(control_tags > 0, "--method diffusion emitted no tag on these prompts: the test no "
+                                "longer reproduces the leak it guards against");
+    /* it was the fallback that ran (not a plan that fit) */
+    snprintf(cmd, sizeof cmd,
+             "%s generate --method planned --drafter " TINY_PLANNED
+             " --max-tokens 64 --threads 1 --temperature 0 --prompt 'In the beginning God created "
+             "the heaven and the earth.' 2>&1 >/dev/null",
+             s_tandem());
+    CHECK_EQ_INT(td_test_run(cmd, msg, sizeof msg), 0);
+    CHECK_MSG(strstr(msg, "falling back to --method diffusion") != NULL, "stderr: %s", msg);
 }
 
 TD_TEST_MAIN()

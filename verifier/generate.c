@@ -4,7 +4,9 @@
  * chosen id comes back, not n_vocab logits. Greedy decoding takes that path on every backend (the
  * ids are td_argmax's either way). Sampling on the CPU keeps td_model_forward + td_sample, so CPU
  * output for a seed is unchanged; on a device the draws use td_sample_seeded's stream (seeded by
- * one td_rng_next per token): the same distribution, other ids than the CPU's for that seed. */
+ * one td_rng_next per token): the same distribution, other ids than the CPU's for that seed.
+ * Suppressed ids (p->suppress_ids) always take the host path: their logits are set to -inf
+ * before td_sample. */
 #include "verifier/generate.h"
 
 #include <math.h>
@@ -30,8 +32,10 @@ int td_generate_ar(td_model_t *m, const int32_t *prompt, int n_prompt, const td_
         n_ctx = c->n_ctx_train;
     }
     const int greedy = !(p->sampling.temperature > 0.0f);
+    if (p->n_suppress > 0 && !p->suppress_ids)
+        return td_err_set(err, TD_ERR_ARG, "suppress_ids is NULL");
     const int on_backend = (greedy || !td_backend_host_memory(td_model_backend(m))) &&
-                           p->sampling.temperature != INFINITY;
+                           p->sampling.temperature != INFINITY && p->n_suppress <= 0;
     td_kv_cache_t *kv = td_kv_cache_new(m, 1, n_ctx, err);
     float *logits = on_backend ? malloc(1) : malloc((size_t)c->n_vocab * sizeof(float));
     if (!kv || !logits) {
@@ -58,6 +62,10 @@ int td_generate_ar(td_model_t *m, const int32_t *prompt, int n_prompt, const td_
     s.prefill_s = t1 - t0;
     s.stop = TD_STOP_LENGTH;
     while (rc == TD_OK && s.generated < p->max_tokens && n_prompt + s.generated < n_ctx) {
+        if (!on_backend)
+            for (int k = 0; k < p->n_suppress; k++)
+                if (p->suppress_ids[k] >= 0 && p->suppress_ids[k] < c->n_vocab)
+                    logits[p->suppress_ids[k]] = -INFINITY;
         int32_t id = on_backend ? next : td_sample(&p->sampling, &rng, logits, c->n_vocab, NULL);
         out[s.generated++] = id;
         if (cb && cb(ud, id)) {

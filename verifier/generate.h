@@ -16,6 +16,11 @@ typedef struct td_gen_params {
     uint64_t seed;
     const int32_t *stop_ids; /* generation ends after emitting one of these (it is kept in out) */
     int n_stop;
+    /* ids never generated (logits -inf before sampling, like HF's suppress_tokens; ids outside
+     * the vocabulary are ignored); NULL / 0: none. Suppressing samples on the host (td_sample),
+     * also on a device backend. `planned`'s ar fallback passes the plan tags (td_plan_tag_ids). */
+    const int32_t *suppress_ids;
+    int n_suppress;
 } td_gen_params_t;
 
 typedef enum td_stop_reason { TD_STOP_LENGTH = 0, TD_STOP_EOS, TD_STOP_CALLBACK } td_stop_reason_t;
