@@ -35,6 +35,7 @@
 #include <dirent.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 /* line-buffered stdout: tools/gpu-check.sh pipes it through tee under a time limit, and a killed
  * run must still show which case it was in */
@@ -954,6 +955,14 @@ static void s_chi2_row(float *x, int V) {
     for (int j = 0; j < 64; j++) x[(int64_t)j * (V - 1) / 63] = 1.5f + 1.5f * s_randf();
 }
 
+/* The CPU emulator (make test-cuda-emu) runs every GPU thread as a fiber: it takes a tenth of the
+ * chi-square draws (still thousands per case) so the case stays within minutes. */
+#ifdef TD_CUDA_EMU
+#define S_CHI2_CALL_DIV 10
+#else
+#define S_CHI2_CALL_DIV 1
+#endif
+
 /* Chi-square of the device's draws (many rows of one logit vector per call, each its own seed)
  * against td_sampling_dist, at V = 4099 and 151936. */
 TD_TEST(cuda_sample_chi2) {
@@ -969,7 +978,7 @@ TD_TEST(cuda_sample_chi2) {
     td_rng_t rng;
     td_rng_seed(&rng, 99);
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
-        const int V = cases[ci].V, R = cases[ci].rows;
+        const int V = cases[ci].V, R = cases[ci].rows, calls = cases[ci].calls / S_CHI2_CALL_DIV;
         const td_sampling_t sp = {cases[ci].d.temperature, cases[ci].d.top_k, cases[ci].d.top_p};
         float *row = malloc(sizeof(float) * V), *dist = malloc(sizeof(float) * V);
         double *q = malloc(sizeof(double) * V);
@@ -986,7 +995,7 @@ TD_TEST(cuda_sample_chi2) {
         const int kept = td_sampling_dist(&sp, row, V, dist);
         for (int i = 0; i < V; i++) q[i] = dist[i];
         long total = 0;
-        for (int call = 0; call < cases[ci].calls; call++) {
+        for (int call = 0; call < calls; call++) {
             for (int k = 0; k < R; k++) seeds[k] = td_rng_next(&rng);
             int rc = td_op_sample(gpu, dx, R, V, &cases[ci].d, seeds, res, &err);
             CHECK_MSG(rc == TD_OK, "case %zu: %s", ci, err.msg);
@@ -998,7 +1007,7 @@ TD_TEST(cuda_sample_chi2) {
         double p = td_chisq_pvalue(obs, q, V, total, &df);
         printf("    V=%d T=%g k=%d p=%g: kept %d, %ld draws, chi2 df %d p-value %.3g\n", V,
                sp.temperature, sp.top_k, sp.top_p, kept, total, df, p);
-        CHECK_MSG(total == (long)R * cases[ci].calls && df >= 3 && p >= 1e-3,
+        CHECK_MSG(total == (long)R * calls && df >= 3 && p >= 1e-3,
                   "case %zu: device draws rejected (p %g, %ld draws)", ci, p, total);
         td_backend_free(gpu, dx);
         free(row), free(dist), free(q), free(obs), free(seeds), free(res);
@@ -1082,6 +1091,74 @@ TD_TEST(cuda_forward_sample_fixtures) {
         s_forward_sample_model(names[i]);
         if (td_cuda_device_count() == 0) break; /* skipped: once is enough */
     }
+}
+
+/* The command line on the device, with the bundled models: `tandem generate --device 0` for ar
+ * (every step sampled on the device) and for specdiff with both models in one process (the
+ * drafter on the last device: --drafter-device), greedy, against the same runs with --device -1
+ * (CPU); and a device that does not exist refused with a message naming it. Equal tokens are
+ * asserted under the emulator (make test-cuda-emu: deterministic arithmetic, checked to match);
+ * on a GPU they are reported, since a near tie may flip (the forward cases above bound the
+ * logits). The binary: TD_TANDEM_BIN, else build/bin/tandem. */
+static int s_tokens(const char *json, char *out, size_t cap) {
+    const char *t = strstr(json, "\"tokens\":[");
+    const char *e = t ? strchr(t, ']') : NULL;
+    if (!t || !e || (size_t)(e - t) >= cap) return -1;
+    memcpy(out, t + 10, (size_t)(e - t - 10));
+    out[e - t - 10] = '\0';
+    int n = out[0] ? 1 : 0;
+    for (const char *c = out; *c; c++) n += *c == ',';
+    return n;
+}
+
+TD_TEST(cuda_cli_device) {
+    td_backend_t *gpu = s_gpu(TD_CUDA_MATMUL_AUTO);
+    if (!gpu) return;
+    td_backend_destroy(&gpu);
+    const char *bin = getenv("TD_TANDEM_BIN");
+    if (!bin || !*bin) bin = "build/bin/tandem";
+    if (access(bin, X_OK) != 0 || access("models/tiny-verifier", R_OK) != 0) {
+        char why[600];
+        snprintf(why, sizeof why, "no %s or no models/tiny-verifier (run from the repository root)",
+                 bin);
+        td_test_skip(why);
+        return;
+    }
+    const int nd = td_cuda_device_count();
+    static char out[2][65536];
+    char cmd[1024], tok[2][4096];
+    const char *methods[] = {"ar", "specdiff"};
+    for (int mi = 0; mi < 2; mi++) {
+        char dev[64];
+        for (int side = 0; side < 2; side++) { /* 0: device, 1: CPU */
+            if (side == 0 && mi == 1)
+                snprintf(dev, sizeof dev, "--device 0 --drafter-device %d", nd - 1);
+            else
+                snprintf(dev, sizeof dev, "--device %d", side == 0 ? 0 : -1);
+            snprintf(cmd, sizeof cmd,
+                     "%s generate --method %s --prompt 'And God said' --max-tokens 12 "
+                     "--temperature 0 --threads 1 --json %s 2>&1",
+                     bin, methods[mi], dev);
+            int rc = td_test_run(cmd, out[side], sizeof out[side]);
+            CHECK_MSG(rc == 0, "%s: exit %d: %.400s", cmd, rc, out[side]);
+            int n = s_tokens(out[side], tok[side], sizeof tok[side]);
+            CHECK_MSG(n == 12, "%s: %d tokens: %.400s", cmd, n, out[side]);
+            if (n != 12) return;
+        }
+        const int same = strcmp(tok[0], tok[1]) == 0;
+        printf("    %s on the device: %s\n", methods[mi],
+               same ? "the CPU's 12 greedy tokens" : "tokens differ from the CPU's");
+        if (!same) printf("      device: %s\n      cpu:    %s\n", tok[0], tok[1]);
+#ifdef TD_CUDA_EMU
+        CHECK_MSG(same, "%s: emulated device and CPU tokens differ", methods[mi]);
+#endif
+    }
+    snprintf(cmd, sizeof cmd, "%s generate --prompt x --max-tokens 2 --device %d 2>&1", bin, nd);
+    int rc = td_test_run(cmd, out[0], sizeof out[0]);
+    char want[64];
+    snprintf(want, sizeof want, "--device %d", nd);
+    CHECK_MSG(rc != 0 && strstr(out[0], want), "a missing device accepted: exit %d: %.300s", rc,
+              out[0]);
 }
 
 TD_TEST_MAIN()

@@ -98,7 +98,7 @@ can() { case " $runnable " in *" $1 "*) return 0 ;; esac; echo "-- $1 not runnab
 
 echo "== test_cuda"
 if can test_cuda; then
-  timeout -k 5 "$(budget 150 330)" "$BIN/test_cuda"; rc=$?
+  TD_TANDEM_BIN="$BIN/tandem" timeout -k 5 "$(budget 150 330)" "$BIN/test_cuda"; rc=$?
   stage test_cuda $rc; ok $rc || failed=1
   if [ $rc -eq 77 ]; then
     echo "test_cuda skipped everything: no usable device"

@@ -15,8 +15,15 @@ CUDA_LIB := $(BUILD)/libtandem-cuda.a
 CUDA_ARCHS ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
               -gencode arch=compute_90,code=compute_90
 
+# CUDA_EMU=1 (make test-cuda-emu): the same .cu sources built by the host C++ compiler against
+# the CPU emulator in tests/cuda_emu/ (fibers for CUDA threads, emulated runtime and cuBLAS), with
+# -DTD_CUDA_EMU; sanitizer builds are allowed. For testing the CUDA code without a GPU only.
+CUDA_EMU ?= 0
+
 TD_CUDA :=
-ifeq ($(CUDA),1)
+ifeq ($(CUDA_EMU),1)
+  TD_CUDA := emu
+else ifeq ($(CUDA),1)
   ifeq ($(SAN),)
     ifneq ($(strip $(NVCC)),)
       TD_CUDA := $(shell $(NVCC) --version >/dev/null 2>&1 && echo yes)
@@ -24,7 +31,34 @@ ifeq ($(CUDA),1)
   endif
 endif
 
-ifeq ($(TD_CUDA),yes)
+ifeq ($(TD_CUDA),emu)
+EMU_HDR   := $(wildcard tests/cuda_emu/*.h tests/cuda_emu/include/*.h)
+CUDA_SRC  := $(wildcard kernels/cuda/*.cu)
+CUDA_OBJ  := $(CUDA_SRC:%.cu=$(BUILD)/obj/%.o) $(BUILD)/obj/tests/cuda_emu/emu.o
+CUDA_DEPS := $(wildcard kernels/cuda/*.cuh) kernels/cuda/backend_cuda.h kernels/backend_impl.h \
+             kernels/backend.h common/td_common.h $(EMU_HDR)
+EMU_CXXFLAGS := -std=c++17 $(OPT) -g -D_GNU_SOURCE -I. -Itests/cuda_emu/include -Wall \
+                -Wno-unused-parameter -Wno-unknown-pragmas $(SAN)
+CFLAGS    += -DTD_HAVE_CUDA -DTD_CUDA_EMU
+LDLIBS    += $(CUDA_LIB) $(LIB) -lstdc++
+# k<<<grid, block, smem, stream>>>(args) -> tdemu::cfg(grid, block, smem, stream).go(k, "k")(args);
+# extern __shared__ T name[]; -> T *name = (T *)tdemu::dyn_smem();
+$(BUILD)/emu/%.cpp: %.cu
+	@mkdir -p $(dir $@)
+	{ echo '#line 1 "$<"'; sed -E \
+	  -e 's/([A-Za-z_][A-Za-z0-9_]*(<[^<>;()]*>)?)<<<([^;]*)>>>/tdemu::cfg(\3).go(\1, "\1")/g' \
+	  -e 's/extern[[:space:]]+__shared__[[:space:]]+([A-Za-z_][A-Za-z0-9_]*)[[:space:]]+([A-Za-z_][A-Za-z0-9_]*)\[\];/\1 *\2 = (\1 *)tdemu::dyn_smem();/' \
+	  $<; } > $@.tmp && mv $@.tmp $@
+$(BUILD)/obj/kernels/cuda/%.o: $(BUILD)/emu/kernels/cuda/%.cpp $(CUDA_DEPS)
+	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_CXXFLAGS) -c $< -o $@
+$(BUILD)/obj/tests/cuda_emu/emu.o: tests/cuda_emu/emu.cpp $(EMU_HDR)
+	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_CXXFLAGS) -c $< -o $@
+$(BUILD)/tests/cuda_emu_selftest: $(BUILD)/emu/tests/cuda_emu/selftest.cpp $(BUILD)/obj/tests/cuda_emu/emu.o $(EMU_HDR)
+	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_CXXFLAGS) -o $@ $(filter %.cpp %.o,$^) $(LDFLAGS)
+else ifeq ($(TD_CUDA),yes)
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(realpath $(shell command -v $(NVCC) 2>/dev/null || echo $(NVCC))))
 CUDA_SRC  := $(wildcard kernels/cuda/*.cu)
 CUDA_OBJ  := $(CUDA_SRC:%.cu=$(BUILD)/obj/%.o)
@@ -48,6 +82,13 @@ $(CUDA_LIB): $(CUDA_OBJ)
 # every program links the archive (through LDLIBS)
 $(TEST_BIN) $(BENCH_BIN) $(WORKER_BIN) $(BUILD)/bin/tandem: $(CUDA_LIB)
 
-.PHONY: cuda-info
+.PHONY: cuda-info test-cuda-emu
 cuda-info:
-	@echo "CUDA backend: $(if $(TD_CUDA),yes ($(NVCC), CUDA_HOME=$(CUDA_HOME)),no (stub))"
+	@echo "CUDA backend: $(if $(filter emu,$(TD_CUDA)),emulated on the CPU (tests/cuda_emu),$(if $(TD_CUDA),yes ($(NVCC), CUDA_HOME=$(CUDA_HOME)),no (stub)))"
+
+# The CUDA backend's tests on the CPU emulator (two emulated devices); a skip counts as failure.
+EMU_BUILD ?= build/emu
+test-cuda-emu:
+	$(MAKE) BUILD=$(EMU_BUILD) CUDA_EMU=1 $(EMU_BUILD)/tests/cuda_emu_selftest $(EMU_BUILD)/tests/test_cuda $(EMU_BUILD)/bin/tandem
+	$(EMU_BUILD)/tests/cuda_emu_selftest
+	TD_CUDA_EMU_DEVICES=2 TD_TANDEM_BIN=$(EMU_BUILD)/bin/tandem $(EMU_BUILD)/tests/test_cuda

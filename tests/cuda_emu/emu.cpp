@@ -1,0 +1,779 @@
+/* emu.cpp - the CPU emulator's runtime: fibers and their scheduler, device memory, streams,
+ * events and cuBLAS's GEMM. See td_cuda_emu.h for what it is for and what it checks. */
+#include "tests/cuda_emu/td_cuda_emu.h"
+
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <vector>
+
+#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+#define TDEMU_ASM_SWITCH 1
+#else
+#include <ucontext.h>
+#endif
+
+namespace tdemu {
+
+/* --- fibers --------------------------------------------------------------------------------- */
+
+enum { T_RUN, T_WAIT_WARP, T_WAIT_BLOCK, T_DONE };
+
+struct thread_state {
+#ifdef TDEMU_ASM_SWITCH
+    void *sp;
+#else
+    ucontext_t ctx;
+#endif
+    uint3 tid;
+    unsigned lane, warp;
+    int state;
+    unsigned wmask;    /* mask of the warp operation it waits in */
+    uint64_t wgen;     /* warp operations completed */
+    char *stack;
+};
+
+thread_local thread_state *cur_thread;
+thread_local block_state *cur_block;
+
+static const size_t STACK = 256 * 1024, GUARD = 4096;
+static thread_local std::vector<thread_state> t_threads;
+static thread_local const std::function<void()> *t_body;
+static thread_local uint64_t t_warp_buf[2][1024];
+static thread_local const char *t_kernel;
+static thread_local bool t_abort; /* the current kernel faulted: run no more of it */
+#ifdef TDEMU_ASM_SWITCH
+static thread_local void *t_sched_sp;
+#else
+static thread_local ucontext_t t_sched_ctx;
+#endif
+
+static void s_fault(cudaError_t e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+} // namespace tdemu
+
+#ifdef TDEMU_ASM_SWITCH
+/* tdemu_switch(save, to): saves the callee-saved registers, MXCSR and the x87 control word on
+ * the current stack, stores the stack pointer in *save, and resumes the stack `to`. */
+extern "C" void tdemu_switch(void **save, void *to);
+asm(".text\n"
+    ".globl tdemu_switch\n"
+    ".type tdemu_switch,@function\n"
+    "tdemu_switch:\n"
+    "  pushq %rbp\n"
+    "  pushq %rbx\n"
+    "  pushq %r12\n"
+    "  pushq %r13\n"
+    "  pushq %r14\n"
+    "  pushq %r15\n"
+    "  subq $8, %rsp\n"
+    "  stmxcsr (%rsp)\n"
+    "  fnstcw 4(%rsp)\n"
+    "  movq %rsp, (%rdi)\n"
+    "  movq %rsi, %rsp\n"
+    "  ldmxcsr (%rsp)\n"
+    "  fldcw 4(%rsp)\n"
+    "  addq $8, %rsp\n"
+    "  popq %r15\n"
+    "  popq %r14\n"
+    "  popq %r13\n"
+    "  popq %r12\n"
+    "  popq %rbx\n"
+    "  popq %rbp\n"
+    "  ret\n"
+    ".size tdemu_switch, .-tdemu_switch\n");
+#endif
+
+namespace tdemu {
+
+static void s_yield(thread_state *t) {
+#ifdef TDEMU_ASM_SWITCH
+    tdemu_switch(&t->sp, t_sched_sp);
+#else
+    swapcontext(&t->ctx, &t_sched_ctx);
+#endif
+}
+
+static void s_resume(thread_state *t) {
+    cur_thread = t;
+#ifdef TDEMU_ASM_SWITCH
+    tdemu_switch(&t_sched_sp, t->sp);
+#else
+    swapcontext(&t_sched_ctx, &t->ctx);
+#endif
+}
+
+static void s_fiber_main() {
+    thread_state *t = cur_thread;
+    (*t_body)();
+    t = cur_thread;
+    t->state = T_DONE;
+    s_yield(t);
+    abort(); /* a finished fiber is never resumed */
+}
+
+static void s_fiber_start(thread_state *t) {
+#ifdef TDEMU_ASM_SWITCH
+    /* the frame tdemu_switch pops: mxcsr/fpcw, r15..rbp, then the return address */
+    uintptr_t top = ((uintptr_t)t->stack + STACK) & ~(uintptr_t)15;
+    uint64_t *sp = (uint64_t *)(top - 16);
+    sp[0] = (uint64_t)(uintptr_t)&s_fiber_main; /* at a 16-aligned address: entry rsp = 8 mod 16 */
+    sp -= 6;
+    for (int i = 0; i < 6; i++) sp[i] = 0;
+    sp -= 1;
+    uint32_t ctl[2] = {0x1f80u, 0x037fu};
+    memcpy(sp, ctl, 8);
+    t->sp = sp;
+#else
+    getcontext(&t->ctx);
+    t->ctx.uc_stack.ss_sp = t->stack;
+    t->ctx.uc_stack.ss_size = STACK;
+    t->ctx.uc_link = nullptr;
+    makecontext(&t->ctx, (void (*)())s_fiber_main, 0);
+#endif
+}
+
+const uint3 &thread_idx() { return cur_thread->tid; }
+unsigned lane_id() { return cur_thread->lane; }
+void *dyn_smem() { return cur_block->dyn_smem; }
+
+void sync_block() {
+    thread_state *t = cur_thread;
+    t->state = T_WAIT_BLOCK;
+    s_yield(t);
+}
+
+void warp_exchange(unsigned mask, uint64_t v, uint64_t *all) {
+    thread_state *t = cur_thread;
+    uint64_t *buf = t_warp_buf[t->wgen & 1] + t->warp * 32;
+    buf[t->lane] = v;
+    t->wmask = mask;
+    t->state = T_WAIT_WARP;
+    s_yield(t);
+    t = cur_thread;
+    buf = t_warp_buf[t->wgen & 1] + t->warp * 32;
+    memcpy(all, buf, 32 * sizeof *all);
+    t->wgen++;
+}
+
+void warp_fault(const char *what, unsigned mask, int lane, int src) {
+    s_fault(cudaErrorLaunchFailure, "%s in %s: lane %d reads lane %d, outside the mask 0x%08x", what,
+            t_kernel, lane, src, mask);
+}
+
+/* --- device state --------------------------------------------------------------------------- */
+
+static std::mutex g_mu;           /* allocations, errors */
+static std::mutex g_kernel_mu;    /* one kernel at a time: __shared__ statics are per process */
+static std::map<uintptr_t, size_t> g_dev, g_host;
+static size_t g_used;
+static cudaError_t g_sticky = cudaSuccess, g_last = cudaSuccess;
+static thread_local int t_device;
+
+static int s_devices() {
+    const char *e = getenv("TD_CUDA_EMU_DEVICES");
+    int n = e ? atoi(e) : 1;
+    return n < 0 ? 0 : n > 16 ? 16 : n;
+}
+static size_t s_total() {
+    const char *e = getenv("TD_CUDA_EMU_MEM_MB");
+    size_t mb = e ? (size_t)strtoull(e, nullptr, 10) : 8192;
+    return mb << 20;
+}
+
+static void s_fault(cudaError_t e, const char *fmt, ...) {
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "cuda-emu: device fault: %s\n", msg);
+    std::lock_guard<std::mutex> lk(g_mu);
+    if (g_sticky == cudaSuccess) g_sticky = e;
+    g_last = e;
+    t_abort = true;
+}
+
+static cudaError_t s_ret(cudaError_t e) {
+    std::lock_guard<std::mutex> lk(g_mu);
+    if (e != cudaSuccess) g_last = e;
+    return e != cudaSuccess ? e : g_sticky;
+}
+
+/* 1 if [p, p+n) lies inside one allocation of map m */
+static bool s_inside(const std::map<uintptr_t, size_t> &m, const void *p, size_t n) {
+    uintptr_t a = (uintptr_t)p;
+    auto it = m.upper_bound(a);
+    if (it == m.begin()) return false;
+    --it;
+    return a >= it->first && a - it->first <= it->second && n <= it->second - (a - it->first);
+}
+static bool s_is_dev(const void *p, size_t n) {
+    std::lock_guard<std::mutex> lk(g_mu);
+    return s_inside(g_dev, p, n);
+}
+static bool s_touches_dev(const void *p) {
+    std::lock_guard<std::mutex> lk(g_mu);
+    return s_inside(g_dev, p, 0);
+}
+
+/* --- kernels -------------------------------------------------------------------------------- */
+
+static const char *s_state_name(int s) {
+    return s == T_RUN ? "running" : s == T_WAIT_WARP ? "in a warp operation"
+           : s == T_WAIT_BLOCK                       ? "in __syncthreads"
+                                                     : "exited";
+}
+
+/* Runs one block to the end; false after a fault (reported). */
+static bool s_run_block(int n) {
+    for (int i = 0; i < n; i++) {
+        thread_state *t = &t_threads[i];
+        t->state = T_RUN;
+        t->wgen = 0;
+        s_fiber_start(t);
+    }
+    const int nw = (n + 31) / 32;
+    for (;;) {
+        for (int i = 0; i < n; i++)
+            if (t_threads[i].state == T_RUN) s_resume(&t_threads[i]);
+        if (t_abort) return false;
+        int done = 0, at_block = 0;
+        for (int i = 0; i < n; i++) {
+            done += t_threads[i].state == T_DONE;
+            at_block += t_threads[i].state == T_WAIT_BLOCK;
+        }
+        if (done == n) return true;
+        bool released = false;
+        if (at_block && at_block + done == n) {
+            if (done) {
+                s_fault(cudaErrorLaunchFailure,
+                        "%s: __syncthreads reached by %d threads while %d have exited (block %u,%u,%u)",
+                        t_kernel, at_block, done, cur_block->bid.x, cur_block->bid.y,
+                        cur_block->bid.z);
+                return false;
+            }
+            for (int i = 0; i < n; i++) t_threads[i].state = T_RUN;
+            continue;
+        }
+        for (int w = 0; w < nw; w++) {
+            const int l0 = w * 32, nl = n - l0 < 32 ? n - l0 : 32;
+            for (int l = 0; l < nl; l++) {
+                thread_state *t = &t_threads[l0 + l];
+                if (t->state != T_WAIT_WARP) continue;
+                bool ready = true;
+                for (int j = 0; j < 32 && ready; j++) {
+                    if (!((t->wmask >> j) & 1u)) continue;
+                    if (j >= nl) {
+                        s_fault(cudaErrorLaunchFailure,
+                                "%s: warp operation with mask 0x%08x names lane %d of a %d-lane warp",
+                                t_kernel, t->wmask, j, nl);
+                        return false;
+                    }
+                    thread_state *u = &t_threads[l0 + j];
+                    if (u->state == T_DONE) {
+                        s_fault(cudaErrorLaunchFailure,
+                                "%s: warp operation (mask 0x%08x) waits for lane %d of warp %d, "
+                                "which has exited (block %u)",
+                                t_kernel, t->wmask, j, w, cur_block->bid.x);
+                        return false;
+                    }
+                    if (u->state != T_WAIT_WARP || u->wmask != t->wmask) ready = false;
+                    else if (u->wgen != t->wgen) {
+                        s_fault(cudaErrorLaunchFailure,
+                                "%s: lanes %d and %d of warp %d meet in different warp operations "
+                                "(their %lluth and %lluth)",
+                                t_kernel, l, j, w, (unsigned long long)t->wgen + 1,
+                                (unsigned long long)u->wgen + 1);
+                        return false;
+                    }
+                }
+                if (!ready) continue;
+                for (int j = 0; j < 32; j++)
+                    if ((t->wmask >> j) & 1u) t_threads[l0 + j].state = T_RUN;
+                released = true;
+            }
+        }
+        if (!released) {
+            char what[512];
+            int off = 0;
+            for (int w = 0; w < nw && off < 400; w++) {
+                const thread_state *a = &t_threads[w * 32];
+                off += snprintf(what + off, sizeof what - off, " warp %d lane 0 %s;", w,
+                                s_state_name(a->state));
+            }
+            s_fault(cudaErrorLaunchFailure,
+                    "%s: deadlock in block %u,%u,%u (threads wait for others that never arrive):%s",
+                    t_kernel, cur_block->bid.x, cur_block->bid.y, cur_block->bid.z, what);
+            return false;
+        }
+    }
+}
+
+void run_kernel(const launch_cfg &c, const char *name, const std::function<void()> &body) {
+    {
+        std::lock_guard<std::mutex> lk(g_mu);
+        if (g_sticky != cudaSuccess) { /* a faulted context runs nothing more */
+            g_last = g_sticky;
+            return;
+        }
+    }
+    const dim3 g = c.grid, b = c.block;
+    const unsigned long long nt = (unsigned long long)b.x * b.y * b.z;
+    if (!g.x || !g.y || !g.z || !b.x || !b.y || !b.z || nt > 1024 || b.z > 64 ||
+        g.x > 2147483647u || g.y > 65535 || g.z > 65535) {
+        fprintf(stderr, "cuda-emu: %s: invalid launch configuration grid (%u,%u,%u) block (%u,%u,%u)\n",
+                name, g.x, g.y, g.z, b.x, b.y, b.z);
+        std::lock_guard<std::mutex> lk(g_mu);
+        g_last = cudaErrorInvalidConfiguration;
+        return;
+    }
+    if (c.smem > 48 * 1024) {
+        fprintf(stderr, "cuda-emu: %s: %zu bytes of dynamic shared memory (more than 48 KiB needs "
+                        "cudaFuncSetAttribute)\n", name, c.smem);
+        std::lock_guard<std::mutex> lk(g_mu);
+        g_last = cudaErrorInvalidValue;
+        return;
+    }
+    std::lock_guard<std::mutex> klk(g_kernel_mu);
+    const int n = (int)nt;
+    if ((int)t_threads.size() < n) {
+        size_t old = t_threads.size();
+        t_threads.resize(n);
+        for (size_t i = old; i < (size_t)n; i++) {
+            char *m = (char *)mmap(nullptr, STACK + GUARD, PROT_READ | PROT_WRITE,
+                                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+            if (m == MAP_FAILED) {
+                fprintf(stderr, "cuda-emu: cannot map a fiber stack\n");
+                abort();
+            }
+            mprotect(m, GUARD, PROT_NONE); /* overflow faults instead of corrupting a neighbour */
+            t_threads[i].stack = m + GUARD;
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        thread_state *t = &t_threads[i];
+        t->tid = uint3{(unsigned)(i % b.x), (unsigned)(i / b.x % b.y), (unsigned)(i / (b.x * b.y))};
+        t->lane = (unsigned)(i & 31);
+        t->warp = (unsigned)(i >> 5);
+    }
+    std::vector<unsigned char> smem(c.smem ? c.smem + 16 : 16);
+    block_state bs;
+    bs.bdim = b;
+    bs.gdim = g;
+    bs.dyn_smem = (void *)(((uintptr_t)smem.data() + 15) & ~(uintptr_t)15);
+    t_body = &body;
+    t_kernel = name;
+    t_abort = false;
+    cur_block = &bs;
+    for (unsigned z = 0; z < g.z; z++)
+        for (unsigned y = 0; y < g.y; y++)
+            for (unsigned x = 0; x < g.x; x++) {
+                bs.bid = uint3{x, y, z};
+                if (c.smem) memset(smem.data(), 0xff, smem.size()); /* uninitialised: NaN */
+                if (!s_run_block(n)) goto out;
+            }
+out:
+    cur_block = nullptr;
+    cur_thread = nullptr;
+    t_abort = false;
+}
+
+} // namespace tdemu
+
+using namespace tdemu;
+
+/* --- runtime API ---------------------------------------------------------------------------- */
+
+const char *cudaGetErrorName(cudaError_t e) {
+    switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevicePointer: return "cudaErrorInvalidDevicePointer";
+    case cudaErrorInvalidMemcpyDirection: return "cudaErrorInvalidMemcpyDirection";
+    case cudaErrorNoDevice: return "cudaErrorNoDevice";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
+    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+    }
+    return "cudaErrorUnknown";
+}
+const char *cudaGetErrorString(cudaError_t e) {
+    switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorInvalidDevicePointer: return "invalid device pointer";
+    case cudaErrorInvalidMemcpyDirection: return "invalid copy direction for memcpy";
+    case cudaErrorNoDevice: return "no CUDA-capable device is detected";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
+    case cudaErrorLaunchFailure: return "unspecified launch failure";
+    }
+    return "unknown error";
+}
+
+cudaError_t cudaGetLastError(void) {
+    std::lock_guard<std::mutex> lk(g_mu);
+    cudaError_t e = g_last;
+    g_last = g_sticky; /* a sticky error stays */
+    return e;
+}
+cudaError_t cudaPeekAtLastError(void) {
+    std::lock_guard<std::mutex> lk(g_mu);
+    return g_last;
+}
+
+cudaError_t cudaGetDeviceCount(int *n) {
+    if (!n) return s_ret(cudaErrorInvalidValue);
+    *n = s_devices();
+    return *n ? cudaSuccess : s_ret(cudaErrorNoDevice);
+}
+cudaError_t cudaSetDevice(int d) {
+    if (d < 0 || d >= s_devices()) return s_ret(cudaErrorInvalidDevice);
+    t_device = d;
+    return s_ret(cudaSuccess);
+}
+cudaError_t cudaGetDevice(int *d) {
+    if (!d) return s_ret(cudaErrorInvalidValue);
+    *d = t_device;
+    return cudaSuccess;
+}
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d) {
+    if (!p) return s_ret(cudaErrorInvalidValue);
+    if (d < 0 || d >= s_devices()) return s_ret(cudaErrorInvalidDevice);
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "tandem CUDA emulator (CPU) #%d", d);
+    p->totalGlobalMem = s_total();
+    p->sharedMemPerBlock = 48 * 1024;
+    p->sharedMemPerBlockOptin = 227 * 1024;
+    p->warpSize = 32;
+    p->maxThreadsPerBlock = 1024;
+    p->maxThreadsDim[0] = p->maxThreadsDim[1] = 1024, p->maxThreadsDim[2] = 64;
+    p->maxGridSize[0] = 2147483647, p->maxGridSize[1] = p->maxGridSize[2] = 65535;
+    p->multiProcessorCount = 4;
+    p->maxThreadsPerMultiProcessor = 2048;
+    p->major = 9, p->minor = 0;
+    return cudaSuccess;
+}
+cudaError_t cudaDeviceSynchronize(void) { return s_ret(cudaSuccess); }
+
+cudaError_t cudaMalloc(void **p, size_t n) {
+    if (!p) return s_ret(cudaErrorInvalidValue);
+    *p = nullptr;
+    {
+        std::lock_guard<std::mutex> lk(g_mu);
+        if (g_sticky != cudaSuccess) return g_sticky;
+        if (n > s_total() - g_used) {
+            g_last = cudaErrorMemoryAllocation;
+            return cudaErrorMemoryAllocation;
+        }
+    }
+    void *m = nullptr;
+    if (posix_memalign(&m, 256, n ? n : 1)) return s_ret(cudaErrorMemoryAllocation);
+    memset(m, 0xff, n); /* uninitialised device memory reads as NaN */
+    std::lock_guard<std::mutex> lk(g_mu);
+    g_dev[(uintptr_t)m] = n;
+    g_used += n;
+    *p = m;
+    return cudaSuccess;
+}
+cudaError_t cudaFree(void *p) {
+    if (!p) return s_ret(cudaSuccess);
+    std::lock_guard<std::mutex> lk(g_mu);
+    auto it = g_dev.find((uintptr_t)p);
+    if (it == g_dev.end()) {
+        fprintf(stderr, "cuda-emu: cudaFree of %p, not a device allocation\n", p);
+        g_last = cudaErrorInvalidValue;
+        return cudaErrorInvalidValue;
+    }
+    g_used -= it->second;
+    g_dev.erase(it);
+    free(p);
+    return g_sticky;
+}
+cudaError_t cudaMallocHost(void **p, size_t n) {
+    if (!p) return s_ret(cudaErrorInvalidValue);
+    void *m = nullptr;
+    if (posix_memalign(&m, 64, n ? n : 1)) return s_ret(cudaErrorMemoryAllocation);
+    memset(m, 0xff, n);
+    std::lock_guard<std::mutex> lk(g_mu);
+    g_host[(uintptr_t)m] = n;
+    *p = m;
+    return cudaSuccess;
+}
+cudaError_t cudaFreeHost(void *p) {
+    if (!p) return s_ret(cudaSuccess);
+    std::lock_guard<std::mutex> lk(g_mu);
+    auto it = g_host.find((uintptr_t)p);
+    if (it == g_host.end()) {
+        fprintf(stderr, "cuda-emu: cudaFreeHost of %p, not from cudaMallocHost\n", p);
+        g_last = cudaErrorInvalidValue;
+        return cudaErrorInvalidValue;
+    }
+    g_host.erase(it);
+    free(p);
+    return g_sticky;
+}
+cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total_b) {
+    std::lock_guard<std::mutex> lk(g_mu);
+    if (free_b) *free_b = s_total() - g_used;
+    if (total_b) *total_b = s_total();
+    return g_sticky;
+}
+
+static cudaError_t s_copy(void *dst, const void *src, size_t n, cudaMemcpyKind kind) {
+    {
+        std::lock_guard<std::mutex> lk(g_mu);
+        if (g_sticky != cudaSuccess) return g_sticky;
+    }
+    if (!n) return cudaSuccess;
+    if (!dst || !src) return s_ret(cudaErrorInvalidValue);
+    const bool dd = s_is_dev(dst, n), sd = s_is_dev(src, n);
+    bool ok;
+    switch (kind) {
+    case cudaMemcpyHostToDevice: ok = dd && !s_touches_dev(src); break;
+    case cudaMemcpyDeviceToHost: ok = sd && !s_touches_dev(dst); break;
+    case cudaMemcpyDeviceToDevice: ok = dd && sd; break;
+    case cudaMemcpyHostToHost: ok = !s_touches_dev(dst) && !s_touches_dev(src); break;
+    default: ok = (dd || !s_touches_dev(dst)) && (sd || !s_touches_dev(src)); break;
+    }
+    if (!ok) {
+        fprintf(stderr, "cuda-emu: cudaMemcpy of %zu bytes %p -> %p (kind %d): a range is outside "
+                        "any device allocation or on the wrong side\n", n, src, dst, (int)kind);
+        return s_ret(cudaErrorInvalidValue);
+    }
+    const char *d = (const char *)dst, *s = (const char *)src;
+    if ((d < s + n && s < d + n) && d != s) {
+        fprintf(stderr, "cuda-emu: cudaMemcpy between overlapping ranges (undefined on a GPU)\n");
+        return s_ret(cudaErrorInvalidValue);
+    }
+    memcpy(dst, src, n);
+    return cudaSuccess;
+}
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, cudaMemcpyKind kind) {
+    return s_copy(dst, src, n, kind);
+}
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, cudaMemcpyKind kind,
+                            cudaStream_t) {
+    return s_copy(dst, src, n, kind);
+}
+cudaError_t cudaMemset(void *p, int v, size_t n) { return cudaMemsetAsync(p, v, n, nullptr); }
+cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t) {
+    if (!n) return s_ret(cudaSuccess);
+    if (!s_is_dev(p, n)) {
+        fprintf(stderr, "cuda-emu: cudaMemset of %zu bytes at %p, outside any device allocation\n",
+                n, p);
+        return s_ret(cudaErrorInvalidValue);
+    }
+    memset(p, v, n);
+    return s_ret(cudaSuccess);
+}
+
+struct tdemu_stream {
+    unsigned flags;
+};
+struct tdemu_event {
+    double t;
+};
+cudaError_t cudaStreamCreate(cudaStream_t *s) { return cudaStreamCreateWithFlags(s, 0); }
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags) {
+    if (!s) return s_ret(cudaErrorInvalidValue);
+    *s = new tdemu_stream{flags};
+    return s_ret(cudaSuccess);
+}
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+    delete s;
+    return s_ret(cudaSuccess);
+}
+/* every operation runs when it is enqueued: a stream is always idle */
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return s_ret(cudaSuccess); }
+
+static double s_now_ms() {
+    using namespace std::chrono;
+    return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
+}
+cudaError_t cudaEventCreate(cudaEvent_t *e) {
+    if (!e) return s_ret(cudaErrorInvalidValue);
+    *e = new tdemu_event{-1};
+    return cudaSuccess;
+}
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+    delete e;
+    return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
+    if (!e) return s_ret(cudaErrorInvalidResourceHandle);
+    e->t = s_now_ms();
+    return s_ret(cudaSuccess);
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+    return s_ret(e ? cudaSuccess : cudaErrorInvalidResourceHandle);
+}
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) {
+    if (!ms || !a || !b || a->t < 0 || b->t < 0) return s_ret(cudaErrorInvalidResourceHandle);
+    *ms = (float)(b->t - a->t);
+    return s_ret(cudaSuccess);
+}
+
+/* --- cuBLAS --------------------------------------------------------------------------------- */
+
+struct tdemu_blas {
+    cudaStream_t stream;
+    cublasMath_t math;
+};
+cublasStatus_t cublasCreate(cublasHandle_t *h) {
+    if (!h) return CUBLAS_STATUS_INVALID_VALUE;
+    *h = new tdemu_blas{nullptr, CUBLAS_DEFAULT_MATH};
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasDestroy(cublasHandle_t h) {
+    if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
+    delete h;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSetStream(cublasHandle_t h, cudaStream_t s) {
+    if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
+    h->stream = s;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSetMathMode(cublasHandle_t h, cublasMath_t m) {
+    if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
+    h->math = m;
+    return CUBLAS_STATUS_SUCCESS;
+}
+const char *cublasGetStatusString(cublasStatus_t s) {
+    switch (s) {
+    case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_MAPPING_ERROR: return "CUBLAS_STATUS_MAPPING_ERROR";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_INTERNAL_ERROR: return "CUBLAS_STATUS_INTERNAL_ERROR";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+    }
+    return "CUBLAS_STATUS_UNKNOWN";
+}
+
+static size_t s_dt_size(cudaDataType_t t) {
+    return t == CUDA_R_32F ? 4 : t == CUDA_R_64F ? 8 : t == CUDA_R_16F || t == CUDA_R_16BF ? 2 : 0;
+}
+static double s_load(const void *p, cudaDataType_t t, size_t i) {
+    switch (t) {
+    case CUDA_R_32F: return ((const float *)p)[i];
+    case CUDA_R_64F: return ((const double *)p)[i];
+    case CUDA_R_16F: return __half2float(((const __half *)p)[i]);
+    default: return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
+    }
+}
+static void s_store(void *p, cudaDataType_t t, size_t i, double v) {
+    switch (t) {
+    case CUDA_R_32F: ((float *)p)[i] = (float)v; break;
+    case CUDA_R_64F: ((double *)p)[i] = v; break;
+    case CUDA_R_16F: ((__half *)p)[i] = __float2half_rn((float)v); break;
+    default: ((__nv_bfloat16 *)p)[i] = __float2bfloat16_rn((float)v); break;
+    }
+}
+
+/* C[m,n] = alpha op(A)[m,k] op(B)[k,n] + beta C, column-major, as the cuBLAS documentation
+ * defines it; operands are checked to lie inside device allocations. Sums in double. */
+static cublasStatus_t s_gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
+                             int n, int k, double alpha, const void *A, cudaDataType_t at, int lda,
+                             const void *B, cudaDataType_t bt, int ldb, double beta, void *C,
+                             cudaDataType_t ct, int ldc, const char *fn) {
+    if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
+    if ((ta != CUBLAS_OP_N && ta != CUBLAS_OP_T && ta != CUBLAS_OP_C) ||
+        (tb != CUBLAS_OP_N && tb != CUBLAS_OP_T && tb != CUBLAS_OP_C) || m < 0 || n < 0 || k < 0 ||
+        lda < (ta == CUBLAS_OP_N ? (m > 1 ? m : 1) : (k > 1 ? k : 1)) ||
+        ldb < (tb == CUBLAS_OP_N ? (k > 1 ? k : 1) : (n > 1 ? n : 1)) || ldc < (m > 1 ? m : 1)) {
+        fprintf(stderr, "cuda-emu: %s: invalid value (ta %d tb %d m %d n %d k %d lda %d ldb %d ldc %d)\n",
+                fn, ta, tb, m, n, k, lda, ldb, ldc);
+        return CUBLAS_STATUS_INVALID_VALUE;
+    }
+    if (!m || !n) return CUBLAS_STATUS_SUCCESS;
+    {
+        std::lock_guard<std::mutex> lk(g_mu);
+        if (g_sticky != cudaSuccess) return CUBLAS_STATUS_EXECUTION_FAILED;
+    }
+    const size_t ar = ta == CUBLAS_OP_N ? m : k, ac = ta == CUBLAS_OP_N ? k : m;
+    const size_t br = tb == CUBLAS_OP_N ? k : n, bc = tb == CUBLAS_OP_N ? n : k;
+    const size_t aext = k ? ((ac - 1) * (size_t)lda + ar) * s_dt_size(at) : 0;
+    const size_t bext = k ? ((bc - 1) * (size_t)ldb + br) * s_dt_size(bt) : 0;
+    const size_t cext = ((size_t)(n - 1) * ldc + m) * s_dt_size(ct);
+    if ((aext && !s_is_dev(A, aext)) || (bext && !s_is_dev(B, bext)) || !s_is_dev(C, cext)) {
+        s_fault(cudaErrorIllegalAddress,
+                "%s: an operand reaches outside its device allocation (A %p %zu bytes, B %p %zu "
+                "bytes, C %p %zu bytes; m %d n %d k %d lda %d ldb %d ldc %d)",
+                fn, A, aext, B, bext, C, cext, m, n, k, lda, ldb, ldc);
+        return CUBLAS_STATUS_EXECUTION_FAILED;
+    }
+    /* op(B) columns and op(A) rows as doubles, then plain dot products */
+    std::vector<double> bcol((size_t)n * k), arow(k);
+    for (int j = 0; j < n; j++)
+        for (int p = 0; p < k; p++)
+            bcol[(size_t)j * k + p] =
+                s_load(B, bt, tb == CUBLAS_OP_N ? (size_t)j * ldb + p : (size_t)p * ldb + j);
+    for (int i = 0; i < m; i++) {
+        for (int p = 0; p < k; p++)
+            arow[p] = s_load(A, at, ta == CUBLAS_OP_N ? (size_t)p * lda + i : (size_t)i * lda + p);
+        for (int j = 0; j < n; j++) {
+            const double *b = &bcol[(size_t)j * k];
+            double s = 0;
+            for (int p = 0; p < k; p++) s += arow[p] * b[p];
+            const size_t ci = (size_t)j * ldc + i;
+            s_store(C, ct, ci, alpha * s + (beta != 0 ? beta * s_load(C, ct, ci) : 0.0));
+        }
+    }
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasSgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
+                           int n, int k, const float *alpha, const float *A, int lda,
+                           const float *B, int ldb, const float *beta, float *C, int ldc) {
+    if (!alpha || !beta) return CUBLAS_STATUS_INVALID_VALUE;
+    return s_gemm(h, ta, tb, m, n, k, *alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb, *beta, C,
+                  CUDA_R_32F, ldc, "cublasSgemm");
+}
+
+cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
+                            int n, int k, const void *alpha, const void *A, cudaDataType_t at,
+                            int lda, const void *B, cudaDataType_t bt, int ldb, const void *beta,
+                            void *C, cudaDataType_t ct, int ldc, cublasComputeType_t compute,
+                            cublasGemmAlgo_t) {
+    if (!alpha || !beta) return CUBLAS_STATUS_INVALID_VALUE;
+    /* the combinations the cuBLAS documentation lists for FP32 compute with these types */
+    const bool f32c = compute == CUBLAS_COMPUTE_32F || compute == CUBLAS_COMPUTE_32F_PEDANTIC ||
+                      compute == CUBLAS_COMPUTE_32F_FAST_16F ||
+                      compute == CUBLAS_COMPUTE_32F_FAST_16BF ||
+                      compute == CUBLAS_COMPUTE_32F_FAST_TF32;
+    const bool types = at == bt && (at == CUDA_R_32F || at == CUDA_R_16F || at == CUDA_R_16BF) &&
+                       (ct == CUDA_R_32F || ct == at);
+    if (!f32c || !types) {
+        fprintf(stderr, "cuda-emu: cublasGemmEx: unsupported types (A %d B %d C %d compute %d)\n",
+                at, bt, ct, compute);
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    }
+    return s_gemm(h, ta, tb, m, n, k, *(const float *)alpha, A, at, lda, B, bt, ldb,
+                  *(const float *)beta, C, ct, ldc, "cublasGemmEx");
+}
+
+/* Clears the sticky error and frees every allocation: only for the emulator's own tests, which
+ * provoke faults on purpose (a real CUDA context would have to be torn down). */
+extern "C" void tdemu_reset_for_tests(void) {
+    std::lock_guard<std::mutex> lk(g_mu);
+    for (auto &a : g_dev) free((void *)a.first);
+    g_dev.clear();
+    g_used = 0;
+    g_sticky = g_last = cudaSuccess;
+}
