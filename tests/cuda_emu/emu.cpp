@@ -11,10 +11,17 @@
 #include <sys/mman.h>
 #include <vector>
 
-#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+#if defined(__x86_64__)
 #define TDEMU_ASM_SWITCH 1
 #else
 #include <ucontext.h>
+#endif
+/* AddressSanitizer is told about every stack switch (its fiber API), so a sanitizer build checks
+ * the kernels' memory accesses too */
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#define TDEMU_ASAN 1
 #endif
 
 namespace tdemu {
@@ -35,6 +42,7 @@ struct thread_state {
     unsigned wmask;    /* mask of the warp operation it waits in */
     uint64_t wgen;     /* warp operations completed */
     char *stack;
+    void *fake;        /* ASan's fake stack of the fiber while it is switched out */
 };
 
 thread_local thread_state *cur_thread;
@@ -46,6 +54,12 @@ static thread_local const std::function<void()> *t_body;
 static thread_local uint64_t t_warp_buf[2][1024];
 static thread_local const char *t_kernel;
 static thread_local bool t_abort; /* the current kernel faulted: run no more of it */
+static thread_local bool t_stale; /* fibers were abandoned mid-kernel (ASan poison left behind) */
+#ifdef TDEMU_ASAN
+static thread_local void *t_sched_fake;
+static thread_local const void *t_sched_bottom;
+static thread_local size_t t_sched_size;
+#endif
 #ifdef TDEMU_ASM_SWITCH
 static thread_local void *t_sched_sp;
 #else
@@ -91,23 +105,41 @@ asm(".text\n"
 namespace tdemu {
 
 static void s_yield(thread_state *t) {
+#ifdef TDEMU_ASAN
+    /* a finished fiber's stack is dead: no fake stack to keep */
+    __sanitizer_start_switch_fiber(t->state == T_DONE ? nullptr : &t->fake, t_sched_bottom,
+                                   t_sched_size);
+#endif
 #ifdef TDEMU_ASM_SWITCH
     tdemu_switch(&t->sp, t_sched_sp);
 #else
     swapcontext(&t->ctx, &t_sched_ctx);
 #endif
+#ifdef TDEMU_ASAN
+    __sanitizer_finish_switch_fiber(t->fake, nullptr, nullptr);
+#endif
 }
 
 static void s_resume(thread_state *t) {
     cur_thread = t;
+#ifdef TDEMU_ASAN
+    __sanitizer_start_switch_fiber(&t_sched_fake, t->stack, STACK);
+#endif
 #ifdef TDEMU_ASM_SWITCH
     tdemu_switch(&t_sched_sp, t->sp);
 #else
     swapcontext(&t_sched_ctx, &t->ctx);
 #endif
+#ifdef TDEMU_ASAN
+    __sanitizer_finish_switch_fiber(t_sched_fake, nullptr, nullptr);
+#endif
 }
 
 static void s_fiber_main() {
+#ifdef TDEMU_ASAN
+    /* learns the scheduler's stack, to switch back to */
+    __sanitizer_finish_switch_fiber(nullptr, &t_sched_bottom, &t_sched_size);
+#endif
     thread_state *t = cur_thread;
     (*t_body)();
     t = cur_thread;
@@ -117,6 +149,9 @@ static void s_fiber_main() {
 }
 
 static void s_fiber_start(thread_state *t) {
+#ifdef TDEMU_ASAN
+    if (t_stale) __asan_unpoison_memory_region(t->stack, STACK);
+#endif
 #ifdef TDEMU_ASM_SWITCH
     /* the frame tdemu_switch pops: mxcsr/fpcw, r15..rbp, then the return address */
     uintptr_t top = ((uintptr_t)t->stack + STACK) & ~(uintptr_t)15;
@@ -375,7 +410,11 @@ void run_kernel(const launch_cfg &c, const char *name, const std::function<void(
             for (unsigned x = 0; x < g.x; x++) {
                 bs.bid = uint3{x, y, z};
                 if (c.smem) memset(smem.data(), 0xff, smem.size()); /* uninitialised: NaN */
-                if (!s_run_block(n)) goto out;
+                if (!s_run_block(n)) {
+                    t_stale = true;
+                    goto out;
+                }
+                t_stale = false;
             }
 out:
     cur_block = nullptr;
