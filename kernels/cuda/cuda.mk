@@ -92,3 +92,7 @@ test-cuda-emu:
 	$(MAKE) BUILD=$(EMU_BUILD) CUDA_EMU=1 $(EMU_BUILD)/tests/cuda_emu_selftest $(EMU_BUILD)/tests/test_cuda $(EMU_BUILD)/bin/tandem
 	$(EMU_BUILD)/tests/cuda_emu_selftest
 	TD_CUDA_EMU_DEVICES=2 TD_TANDEM_BIN=$(EMU_BUILD)/bin/tandem $(EMU_BUILD)/tests/test_cuda
+	@echo "== the kernel cases again, threads resumed in a random order (races change results)"
+	TD_CUDA_EMU_SCHEDULE=shuffle TD_CUDA_EMU_SEED=1 $(EMU_BUILD)/tests/test_cuda cuda_matmul_vs_cpu \
+	  cuda_elementwise_vs_cpu cuda_rope_get_rows_scatter_vs_cpu cuda_attention_vs_cpu \
+	  cuda_forward_fixtures_auto cuda_sample_vs_cpu cuda_forward_sample_fixtures

@@ -264,6 +264,37 @@ static const char *s_state_name(int s) {
                                                      : "exited";
 }
 
+/* The order in which a scheduling pass resumes the block's threads: TD_CUDA_EMU_SCHEDULE=forward
+ * (default: thread 0 first), reverse, or shuffle (a new random order every pass, seeded by
+ * TD_CUDA_EMU_SEED). Every order is a schedule a GPU may run; a kernel whose result depends on it
+ * reads shared or global memory that another thread writes without a barrier in between. */
+static thread_local std::vector<int> t_order;
+static thread_local uint64_t t_rng;
+static int g_schedule = -1;
+static int s_schedule() {
+    int &mode = g_schedule;
+    if (mode < 0) {
+        const char *e = getenv("TD_CUDA_EMU_SCHEDULE");
+        mode = e && !strcmp(e, "reverse") ? 1 : e && !strcmp(e, "shuffle") ? 2 : 0;
+    }
+    return mode;
+}
+static void s_order(int n) {
+    const int mode = s_schedule();
+    t_order.resize(n);
+    for (int k = 0; k < n; k++) t_order[k] = mode == 1 ? n - 1 - k : k;
+    if (mode != 2) return;
+    if (!t_rng) {
+        const char *e = getenv("TD_CUDA_EMU_SEED");
+        t_rng = (e ? strtoull(e, nullptr, 10) : 0) * 0x9E3779B97F4A7C15ull + 0x2545F4914F6CDD1Dull;
+    }
+    for (int k = n - 1; k > 0; k--) {
+        t_rng ^= t_rng << 13, t_rng ^= t_rng >> 7, t_rng ^= t_rng << 17;
+        const int j = (int)(t_rng % (uint64_t)(k + 1));
+        std::swap(t_order[k], t_order[j]);
+    }
+}
+
 /* Runs one block to the end; false after a fault (reported). */
 static bool s_run_block(int n) {
     for (int i = 0; i < n; i++) {
@@ -274,8 +305,11 @@ static bool s_run_block(int n) {
     }
     const int nw = (n + 31) / 32;
     for (;;) {
-        for (int i = 0; i < n; i++)
-            if (t_threads[i].state == T_RUN) s_resume(&t_threads[i]);
+        s_order(n);
+        for (int k = 0; k < n; k++) {
+            thread_state *t = &t_threads[t_order[k]];
+            if (t->state == T_RUN) s_resume(t);
+        }
         if (t_abort) return false;
         int done = 0, at_block = 0;
         for (int i = 0; i < n; i++) {
@@ -816,3 +850,6 @@ extern "C" void tdemu_reset_for_tests(void) {
     g_used = 0;
     g_sticky = g_last = cudaSuccess;
 }
+
+/* Sets the schedule (0 forward, 1 reverse, 2 shuffle) over TD_CUDA_EMU_SCHEDULE: selftest only. */
+extern "C" void tdemu_set_schedule_for_tests(int mode) { g_schedule = mode; }

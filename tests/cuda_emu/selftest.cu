@@ -11,6 +11,7 @@
 #include <stdlib.h>
 
 extern "C" void tdemu_reset_for_tests(void);
+extern "C" void tdemu_set_schedule_for_tests(int mode);
 
 static int s_fail, s_checks;
 #define CHECK(c, ...)                                                                              \
@@ -85,6 +86,13 @@ __global__ void k_barrier_exited(int *x) {
     if (threadIdx.x >= 64) return;
     __syncthreads();
     x[threadIdx.x] = 1;
+}
+
+/* a race: each thread reads its neighbour's shared slot with no barrier after the writes */
+__global__ void k_racy(int *out, int base) {
+    __shared__ int sh[64];
+    sh[threadIdx.x] = base + (int)threadIdx.x;
+    out[threadIdx.x] = sh[(threadIdx.x + 1) & 63];
 }
 
 static int *s_dev_ints(const int *h, int n) {
@@ -201,6 +209,40 @@ static void t_faults() {
     printf("  %s faults\n", s_fail ? "FAIL" : "ok  ");
 }
 
+/* The schedule option exposes the race: forward, reverse and shuffled orders disagree, and the
+ * race-free block sum agrees in every order. */
+static void t_schedules() {
+    int *d = nullptr, h[64], fresh[3] = {0, 0, 0};
+    cudaMalloc(&d, sizeof h);
+    for (int mode = 0; mode < 3; mode++) {
+        tdemu_set_schedule_for_tests(mode);
+        const int base = 1000 * (mode + 1); /* the neighbour's value from this launch */
+        k_racy<<<1, 64>>>(d, base);
+        cudaMemcpy(h, d, sizeof h, cudaMemcpyDeviceToHost);
+        for (int t = 0; t < 64; t++) fresh[mode] += h[t] == base + ((t + 1) & 63);
+    }
+    /* forward: only thread 63 finds its neighbour (thread 0) done; reverse: all but thread 63 */
+    CHECK(fresh[0] == 1 && fresh[1] == 63 && fresh[2] > 1 && fresh[2] < 63,
+          "reads of a neighbour's fresh value: forward %d, reverse %d, shuffle %d", fresh[0],
+          fresh[1], fresh[2]);
+    const int n = 3000;
+    int x[3000], got[3];
+    long want = 0;
+    for (int i = 0; i < n; i++) x[i] = i % 17 - 8, want += x[i];
+    int *dx = s_dev_ints(x, n), *out = nullptr;
+    cudaMalloc(&out, sizeof(int));
+    for (int mode = 0; mode < 3; mode++) {
+        tdemu_set_schedule_for_tests(mode);
+        cudaMemset(out, 0, sizeof(int));
+        k_block_sum<<<2, 128>>>(dx, out, n);
+        cudaMemcpy(&got[mode], out, sizeof(int), cudaMemcpyDeviceToHost);
+        CHECK(got[mode] == want, "block sum under schedule %d: %d, want %ld", mode, got[mode], want);
+    }
+    tdemu_set_schedule_for_tests(0);
+    cudaFree(d), cudaFree(dx), cudaFree(out);
+    printf("  %s schedules\n", s_fail ? "FAIL" : "ok  ");
+}
+
 /* cublasGemmEx against the definition: C(i,j) = sum_p op(A)(i,p) op(B)(p,j), column-major,
  * with leading dimensions larger than the rows */
 static void t_gemm() {
@@ -274,6 +316,7 @@ static void t_half() {
 int main() {
     t_correct_kernels();
     t_faults();
+    t_schedules();
     t_gemm();
     t_half();
     printf("cuda-emu selftest: %d checks, %d failed\n", s_checks, s_fail);
