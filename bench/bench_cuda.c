@@ -15,8 +15,8 @@
  * forward exclude an untied input embedding (one row of it is read per token). Last, per model:
  * the cost of sampling one row of logits on the backend (td_op_sample, greedy and T 0.8 top-p 0.9)
  * next to copying that row to the host, which host-side sampling needs first.
- * Options: --model NAME (qwen2.5-0.5b, qwen2.5-7b, dream-7b, tiny, tiny-dream; repeatable; default
- * the first three), --device N, --tokens N decode steps (64), --prompt N (128), --matmul
+ * Options: --synthetic NAME or --model NAME (the same: qwen2.5-0.5b, qwen2.5-7b, dream-7b, tiny,
+ * tiny-dream; repeatable; default the first three), --device N, --tokens N decode steps (64), --prompt N (128), --matmul
  * auto|cublas|gemv|both (both: decode and scoring with each path), --dry-run (write and load the
  * checkpoints on the CPU backend only, to check them without a GPU; the tiny models also run every
  * measurement there, on zero weights, to check the program itself). */
@@ -390,7 +390,8 @@ int main(int argc, char **argv) {
     int device = 0, steps = 64, prompt = 128, matmul = 0, dry = 0, nm = 0;
     const char *models[8];
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--model") && i + 1 < argc && nm < 8)
+        if ((!strcmp(argv[i], "--model") || !strcmp(argv[i], "--synthetic")) && i + 1 < argc &&
+            nm < 8)
             models[nm++] = argv[++i];
         else if (!strcmp(argv[i], "--device") && i + 1 < argc)
             device = atoi(argv[++i]);
@@ -400,15 +401,28 @@ int main(int argc, char **argv) {
             prompt = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--matmul") && i + 1 < argc) {
             const char *v = argv[++i];
-            matmul = !strcmp(v, "cublas") ? 1 : !strcmp(v, "gemv") ? 2 : !strcmp(v, "both") ? 3 : 0;
+            matmul = !strcmp(v, "auto")     ? 0
+                     : !strcmp(v, "cublas") ? 1
+                     : !strcmp(v, "gemv")   ? 2
+                     : !strcmp(v, "both")   ? 3
+                                            : -1;
+            if (matmul < 0) {
+                fprintf(stderr, "bench_cuda: --matmul %s: expected auto, cublas, gemv or both\n", v);
+                return 2;
+            }
         } else if (!strcmp(argv[i], "--dry-run"))
             dry = 1;
         else {
-            fprintf(stderr,
-                    "usage: bench_cuda [--model "
+            const int help = !strcmp(argv[i], "--help") || !strcmp(argv[i], "-h");
+            fprintf(help ? stdout : stderr,
+                    "usage: bench_cuda [--synthetic|--model "
                     "qwen2.5-0.5b|qwen2.5-7b|dream-7b|tiny|tiny-dream]... [--device N] "
-                    "[--tokens N] [--prompt N] [--matmul auto|cublas|gemv|both] [--dry-run]\n");
-            return 2;
+                    "[--tokens N] [--prompt N] [--matmul auto|cublas|gemv|both] [--dry-run]\n"
+                    "Every model is synthetic: random BF16 weights of the real shapes generated on "
+                    "the device\n(--synthetic and --model are the same option). Default models: "
+                    "qwen2.5-0.5b qwen2.5-7b dream-7b.\n");
+            if (!help) fprintf(stderr, "bench_cuda: unknown option %s\n", argv[i]);
+            return help ? 0 : 2;
         }
     }
     if (steps < 1) steps = 1;
