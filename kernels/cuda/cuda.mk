@@ -82,7 +82,7 @@ $(CUDA_LIB): $(CUDA_OBJ)
 # every program links the archive (through LDLIBS)
 $(TEST_BIN) $(BENCH_BIN) $(WORKER_BIN) $(BUILD)/bin/tandem: $(CUDA_LIB)
 
-.PHONY: cuda-info test-cuda-emu
+.PHONY: cuda-info test-cuda-emu check-cuda-emu
 cuda-info:
 	@echo "CUDA backend: $(if $(filter emu,$(TD_CUDA)),emulated on the CPU (tests/cuda_emu),$(if $(TD_CUDA),yes ($(NVCC), CUDA_HOME=$(CUDA_HOME)),no (stub)))"
 
@@ -96,3 +96,9 @@ test-cuda-emu:
 	TD_CUDA_EMU_SCHEDULE=shuffle TD_CUDA_EMU_SEED=1 $(EMU_BUILD)/tests/test_cuda cuda_matmul_vs_cpu \
 	  cuda_elementwise_vs_cpu cuda_rope_get_rows_scatter_vs_cpu cuda_attention_vs_cpu \
 	  cuda_forward_fixtures_auto cuda_sample_vs_cpu cuda_forward_sample_fixtures
+
+# The same with AddressSanitizer + UndefinedBehaviorSanitizer: every kernel's access to device
+# memory is checked (the emulator reports its fiber switches to ASan). What CI runs.
+check-cuda-emu:
+	$(MAKE) test-cuda-emu EMU_BUILD=build/emu-san OPT="-O1 -fno-omit-frame-pointer" \
+	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined"
