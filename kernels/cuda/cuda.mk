@@ -35,20 +35,24 @@ ifeq ($(TD_CUDA),emu)
 EMU_HDR   := $(wildcard tests/cuda_emu/*.h tests/cuda_emu/include/*.h)
 CUDA_SRC  := $(wildcard kernels/cuda/*.cu)
 CUDA_OBJ  := $(CUDA_SRC:%.cu=$(BUILD)/obj/%.o) $(BUILD)/obj/tests/cuda_emu/emu.o
-CUDA_DEPS := $(wildcard kernels/cuda/*.cuh) kernels/cuda/backend_cuda.h kernels/backend_impl.h \
+# the .cuh headers are rewritten too (a launch or an extern __shared__ in a header works); the
+# copies under $(BUILD)/emu come first on the include path
+EMU_CUH   := $(patsubst %,$(BUILD)/emu/%,$(wildcard kernels/cuda/*.cuh))
+CUDA_DEPS := $(EMU_CUH) kernels/cuda/backend_cuda.h kernels/backend_impl.h \
              kernels/backend.h common/td_common.h $(EMU_HDR)
-EMU_CXXFLAGS := -std=c++17 $(OPT) -g -D_GNU_SOURCE -I. -Itests/cuda_emu/include -Wall \
+EMU_CXXFLAGS := -std=c++17 $(OPT) -g -D_GNU_SOURCE -I$(BUILD)/emu -I. -Itests/cuda_emu/include -Wall \
                 -Wno-unused-parameter -Wno-unknown-pragmas $(SAN)
 CFLAGS    += -DTD_HAVE_CUDA -DTD_CUDA_EMU
 LDLIBS    += $(CUDA_LIB) $(LIB) -lstdc++
-# k<<<grid, block, smem, stream>>>(args) -> tdemu::cfg(grid, block, smem, stream).go(k, "k")(args);
-# extern __shared__ T name[]; -> T *name = (T *)tdemu::dyn_smem();
-$(BUILD)/emu/%.cpp: %.cu
-	@mkdir -p $(dir $@)
-	{ echo '#line 1 "$<"'; sed -E \
-	  -e 's/([A-Za-z_][A-Za-z0-9_]*(<[^<>;()]*>)?)<<<([^;]*)>>>/tdemu::cfg(\3).go(\1, "\1")/g' \
-	  -e 's/extern[[:space:]]+__shared__[[:space:]]+([A-Za-z_][A-Za-z0-9_]*)[[:space:]]+([A-Za-z_][A-Za-z0-9_]*)\[\];/\1 *\2 = (\1 *)tdemu::dyn_smem();/' \
-	  $<; } > $@.tmp && mv $@.tmp $@
+# tests/cuda_emu/rewrite.sed: k<<<grid, block, smem, stream>>>(args) ->
+# tdemu::cfg(grid, block, smem, stream).go(k, "k")(args); extern __shared__ T name[]; ->
+# T *name = (T *)tdemu::dyn_smem(); `__shared__ T name[n];` -> the same plus its registration
+# (filled with 0xff before every block). Line numbers are kept.
+EMU_REWRITE = mkdir -p $(dir $@) && { echo '\#line 1 "$<"'; sed -E -f tests/cuda_emu/rewrite.sed $<; } > $@.tmp && mv $@.tmp $@
+$(BUILD)/emu/%.cpp: %.cu tests/cuda_emu/rewrite.sed
+	$(EMU_REWRITE)
+$(BUILD)/emu/%.cuh: %.cuh tests/cuda_emu/rewrite.sed
+	$(EMU_REWRITE)
 $(BUILD)/obj/kernels/cuda/%.o: $(BUILD)/emu/kernels/cuda/%.cpp $(CUDA_DEPS)
 	@mkdir -p $(dir $@)
 	$(CXX) $(EMU_CXXFLAGS) -c $< -o $@

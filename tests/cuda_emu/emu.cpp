@@ -5,6 +5,7 @@
 #include <chrono>
 #include <map>
 #include <mutex>
+#include <numeric>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,21 +41,35 @@ struct thread_state {
     unsigned lane, warp;
     int state;
     unsigned wmask;    /* mask of the warp operation it waits in */
-    uint64_t wgen;     /* warp operations completed */
+    int wop;           /* which warp intrinsic (warp_op) */
+    uint64_t wval;     /* the value it offers there */
     char *stack;
     void *fake;        /* ASan's fake stack of the fiber while it is switched out */
+    bool stale;        /* abandoned mid-kernel: its stack still carries ASan poison */
 };
 
 thread_local thread_state *cur_thread;
 thread_local block_state *cur_block;
 
 static const size_t STACK = 256 * 1024, GUARD = 4096;
-static thread_local std::vector<thread_state> t_threads;
+/* the fibers of this host thread; their stacks are unmapped when the thread exits */
+struct fiber_pool : std::vector<thread_state> {
+    ~fiber_pool() {
+        for (auto &t : *this) {
+#ifdef TDEMU_ASAN
+            __asan_unpoison_memory_region(t.stack, STACK);
+#endif
+            munmap(t.stack - GUARD, STACK + GUARD);
+        }
+    }
+};
+static thread_local fiber_pool t_threads;
 static thread_local const std::function<void()> *t_body;
-static thread_local uint64_t t_warp_buf[2][1024];
+/* the values of the lanes released by the last warp operation of each warp, read by those lanes
+ * when they resume (in the next scheduling pass, before any other release of their warp) */
+static thread_local uint64_t t_warp_buf[1024];
 static thread_local const char *t_kernel;
 static thread_local bool t_abort; /* the current kernel faulted: run no more of it */
-static thread_local bool t_stale; /* fibers were abandoned mid-kernel (ASan poison left behind) */
 #ifdef TDEMU_ASAN
 static thread_local void *t_sched_fake;
 static thread_local const void *t_sched_bottom;
@@ -150,8 +165,9 @@ static void s_fiber_main() {
 
 static void s_fiber_start(thread_state *t) {
 #ifdef TDEMU_ASAN
-    if (t_stale) __asan_unpoison_memory_region(t->stack, STACK);
+    if (t->stale) __asan_unpoison_memory_region(t->stack, STACK);
 #endif
+    t->stale = false;
 #ifdef TDEMU_ASM_SWITCH
     /* the frame tdemu_switch pops: mxcsr/fpcw, r15..rbp, then the return address */
     uintptr_t top = ((uintptr_t)t->stack + STACK) & ~(uintptr_t)15;
@@ -182,22 +198,52 @@ void sync_block() {
     s_yield(t);
 }
 
-void warp_exchange(unsigned mask, uint64_t v, uint64_t *all) {
+static const char *const s_warp_op_name[] = {
+    "__syncwarp",      "__shfl_sync",   "__shfl_up_sync", "__shfl_down_sync",
+    "__shfl_xor_sync", "__ballot_sync", "__any_sync",     "__all_sync"};
+
+void warp_exchange(unsigned mask, uint64_t v, uint64_t *all, warp_op op) {
     thread_state *t = cur_thread;
-    uint64_t *buf = t_warp_buf[t->wgen & 1] + t->warp * 32;
-    buf[t->lane] = v;
+    if (!((mask >> t->lane) & 1u))
+        s_fault(cudaErrorLaunchFailure, "%s in %s: lane %u of warp %u calls it with mask 0x%08x, "
+                "which does not name the calling lane", s_warp_op_name[op], t_kernel, t->lane,
+                t->warp, mask);
+    t->wval = v;
     t->wmask = mask;
+    t->wop = op;
     t->state = T_WAIT_WARP;
     s_yield(t);
     t = cur_thread;
-    buf = t_warp_buf[t->wgen & 1] + t->warp * 32;
-    memcpy(all, buf, 32 * sizeof *all);
-    t->wgen++;
+    memcpy(all, t_warp_buf + t->warp * 32, 32 * sizeof *all);
+}
+
+void warp_width(const char *what, int width) {
+    if (width < 1 || width > 32 || (width & (width - 1)))
+        s_fault(cudaErrorLaunchFailure, "%s in %s: width %d is not a power of two from 1 to 32",
+                what, t_kernel, width);
 }
 
 void warp_fault(const char *what, unsigned mask, int lane, int src) {
     s_fault(cudaErrorLaunchFailure, "%s in %s: lane %d reads lane %d, outside the mask 0x%08x", what,
             t_kernel, lane, src, mask);
+}
+
+/* --- static __shared__ variables -------------------------------------------------------------- */
+
+/* every declaration cuda.mk registered: filled with 0xff before each block (kernels run one at a
+ * time, so refilling another kernel's variables is harmless) */
+static std::mutex g_shared_mu;
+static std::vector<std::pair<volatile void *, size_t>> g_shared;
+
+bool shared_decl(volatile void *p, size_t n) {
+    memset((void *)p, 0xff, n);
+    std::lock_guard<std::mutex> lk(g_shared_mu);
+    g_shared.emplace_back(p, n);
+    return true;
+}
+static void s_poison_shared() {
+    std::lock_guard<std::mutex> lk(g_shared_mu);
+    for (auto &v : g_shared) memset((void *)v.first, 0xff, v.second);
 }
 
 /* --- device state --------------------------------------------------------------------------- */
@@ -221,6 +267,7 @@ static size_t s_total() {
 }
 
 static void s_fault(cudaError_t e, const char *fmt, ...) {
+    if (cur_block && t_abort) return; /* a kernel's first fault is the one reported */
     char msg[1024];
     va_list ap;
     va_start(ap, fmt);
@@ -230,7 +277,7 @@ static void s_fault(cudaError_t e, const char *fmt, ...) {
     std::lock_guard<std::mutex> lk(g_mu);
     if (g_sticky == cudaSuccess) g_sticky = e;
     g_last = e;
-    t_abort = true;
+    if (cur_block) t_abort = true;
 }
 
 static cudaError_t s_ret(cudaError_t e) {
@@ -279,18 +326,21 @@ static int s_schedule() {
     }
     return mode;
 }
+static uint64_t s_rand() {
+    if (!t_rng) {
+        const char *e = getenv("TD_CUDA_EMU_SEED");
+        t_rng = (e ? strtoull(e, nullptr, 10) : 0) * 0x9E3779B97F4A7C15ull + 0x2545F4914F6CDD1Dull;
+    }
+    t_rng ^= t_rng << 13, t_rng ^= t_rng >> 7, t_rng ^= t_rng << 17;
+    return t_rng;
+}
 static void s_order(int n) {
     const int mode = s_schedule();
     t_order.resize(n);
     for (int k = 0; k < n; k++) t_order[k] = mode == 1 ? n - 1 - k : k;
     if (mode != 2) return;
-    if (!t_rng) {
-        const char *e = getenv("TD_CUDA_EMU_SEED");
-        t_rng = (e ? strtoull(e, nullptr, 10) : 0) * 0x9E3779B97F4A7C15ull + 0x2545F4914F6CDD1Dull;
-    }
     for (int k = n - 1; k > 0; k--) {
-        t_rng ^= t_rng << 13, t_rng ^= t_rng >> 7, t_rng ^= t_rng << 17;
-        const int j = (int)(t_rng % (uint64_t)(k + 1));
+        const int j = (int)(s_rand() % (uint64_t)(k + 1));
         std::swap(t_order[k], t_order[j]);
     }
 }
@@ -300,7 +350,6 @@ static bool s_run_block(int n) {
     for (int i = 0; i < n; i++) {
         thread_state *t = &t_threads[i];
         t->state = T_RUN;
-        t->wgen = 0;
         s_fiber_start(t);
     }
     const int nw = (n + 31) / 32;
@@ -352,18 +401,21 @@ static bool s_run_block(int n) {
                         return false;
                     }
                     if (u->state != T_WAIT_WARP || u->wmask != t->wmask) ready = false;
-                    else if (u->wgen != t->wgen) {
+                    else if (u->wop != t->wop) {
                         s_fault(cudaErrorLaunchFailure,
-                                "%s: lanes %d and %d of warp %d meet in different warp operations "
-                                "(their %lluth and %lluth)",
-                                t_kernel, l, j, w, (unsigned long long)t->wgen + 1,
-                                (unsigned long long)u->wgen + 1);
+                                "%s: lanes %d and %d of warp %d meet with mask 0x%08x in different "
+                                "warp operations (%s and %s)",
+                                t_kernel, l, j, w, t->wmask, s_warp_op_name[t->wop],
+                                s_warp_op_name[u->wop]);
                         return false;
                     }
                 }
                 if (!ready) continue;
                 for (int j = 0; j < 32; j++)
-                    if ((t->wmask >> j) & 1u) t_threads[l0 + j].state = T_RUN;
+                    if ((t->wmask >> j) & 1u) {
+                        t_threads[l0 + j].state = T_RUN;
+                        t_warp_buf[l0 + j] = t_threads[l0 + j].wval;
+                    }
                 released = true;
             }
         }
@@ -439,18 +491,27 @@ void run_kernel(const launch_cfg &c, const char *name, const std::function<void(
     t_kernel = name;
     t_abort = false;
     cur_block = &bs;
-    for (unsigned z = 0; z < g.z; z++)
-        for (unsigned y = 0; y < g.y; y++)
-            for (unsigned x = 0; x < g.x; x++) {
-                bs.bid = uint3{x, y, z};
-                if (c.smem) memset(smem.data(), 0xff, smem.size()); /* uninitialised: NaN */
-                if (!s_run_block(n)) {
-                    t_stale = true;
-                    goto out;
-                }
-                t_stale = false;
-            }
-out:
+    /* the blocks in the schedule's order too (forward: x fastest; reverse; shuffle: i -> (a i +
+     * c) mod nb with a random a prime to nb), as a GPU may run them in any order */
+    const uint64_t nb = (uint64_t)g.x * g.y * g.z;
+    uint64_t ba = 1, bc = 0;
+    if (s_schedule() == 2 && nb > 1) {
+        do ba = 1 + s_rand() % (nb - 1);
+        while (std::gcd(ba, nb) != 1);
+        bc = s_rand() % nb;
+    }
+    for (uint64_t k = 0; k < nb; k++) {
+        const uint64_t i = s_schedule() == 1   ? nb - 1 - k
+                           : s_schedule() == 2 ? (uint64_t)(((unsigned __int128)ba * k + bc) % nb)
+                                               : k;
+        bs.bid = uint3{(unsigned)(i % g.x), (unsigned)(i / g.x % g.y), (unsigned)(i / g.x / g.y)};
+        if (c.smem) memset(smem.data(), 0xff, smem.size()); /* uninitialised: NaN */
+        s_poison_shared();
+        if (!s_run_block(n)) {
+            for (int j = 0; j < n; j++) t_threads[j].stale = true;
+            break;
+        }
+    }
     cur_block = nullptr;
     cur_thread = nullptr;
     t_abort = false;
@@ -475,6 +536,7 @@ const char *cudaGetErrorName(cudaError_t e) {
     case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
     case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
     case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+    case cudaErrorUnknown: return "cudaErrorUnknown";
     }
     return "cudaErrorUnknown";
 }
@@ -491,6 +553,7 @@ const char *cudaGetErrorString(cudaError_t e) {
     case cudaErrorInvalidResourceHandle: return "invalid resource handle";
     case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
     case cudaErrorLaunchFailure: return "unspecified launch failure";
+    case cudaErrorUnknown: break;
     }
     return "unknown error";
 }
@@ -538,7 +601,76 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d) {
     p->major = 9, p->minor = 0;
     return cudaSuccess;
 }
-cudaError_t cudaDeviceSynchronize(void) { return s_ret(cudaSuccess); }
+/* --- asynchrony with pinned host memory ----------------------------------------------------- */
+
+/* Kernels and copies run when they are enqueued, except what the host could observe out of
+ * order: a cudaMemcpyAsync into pinned (cudaMallocHost) memory lands there only when its stream
+ * is synchronised (until then the range reads 0xff bytes), and one out of pinned memory must find
+ * its source unchanged when its stream is synchronised (else the GPU might have copied either
+ * value: reported as an error). Pageable copies are synchronous for the host, as in CUDA. */
+struct pending_copy {
+    void *host;
+    size_t n;
+    std::vector<unsigned char> data; /* device to host: the bytes to land */
+    uint64_t hash;                   /* host to device: the source's hash at enqueue */
+    bool to_host;
+};
+struct tdemu_stream {
+    unsigned flags;
+    std::vector<pending_copy> q;
+};
+struct tdemu_event {
+    double t;
+    cudaStream_t stream;
+};
+static std::mutex g_async_mu;
+static tdemu_stream g_legacy{0, {}}; /* stream 0 */
+static std::vector<tdemu_stream *> g_streams;
+
+static uint64_t s_hash(const void *p, size_t n) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; i++) h = (h ^ ((const unsigned char *)p)[i]) * 0x100000001b3ull;
+    return h;
+}
+static bool s_is_pinned(const void *p, size_t n) {
+    std::lock_guard<std::mutex> lk(g_mu);
+    return s_inside(g_host, p, n);
+}
+/* completes the stream's pending copies (g_async_mu held) */
+static void s_flush_locked(tdemu_stream *st) {
+    for (auto &c : st->q) {
+        if (c.to_host) memcpy(c.host, c.data.data(), c.n);
+        else if (s_hash(c.host, c.n) != c.hash) {
+            fprintf(stderr,
+                    "cuda-emu: host race: the pinned source of a cudaMemcpyAsync (%zu bytes at %p) "
+                    "changed before its stream was synchronised\n",
+                    c.n, c.host);
+            std::lock_guard<std::mutex> lk(g_mu);
+            if (g_sticky == cudaSuccess) g_sticky = cudaErrorUnknown;
+            g_last = g_sticky;
+        }
+    }
+    st->q.clear();
+}
+static void s_flush(cudaStream_t s) {
+    std::lock_guard<std::mutex> lk(g_async_mu);
+    if (!s) s_flush_locked(&g_legacy);
+    for (auto *st : g_streams) /* (an event's stream may have been destroyed since) */
+        if (st == s) s_flush_locked(st);
+}
+/* every stream (all = true), or what a blocking call on the legacy stream waits for: the legacy
+ * stream and the streams created without cudaStreamNonBlocking */
+static void s_flush_all(bool all) {
+    std::lock_guard<std::mutex> lk(g_async_mu);
+    s_flush_locked(&g_legacy);
+    for (auto *st : g_streams)
+        if (all || !(st->flags & cudaStreamNonBlocking)) s_flush_locked(st);
+}
+
+cudaError_t cudaDeviceSynchronize(void) {
+    s_flush_all(true);
+    return s_ret(cudaSuccess);
+}
 
 cudaError_t cudaMalloc(void **p, size_t n) {
     if (!p) return s_ret(cudaErrorInvalidValue);
@@ -562,6 +694,7 @@ cudaError_t cudaMalloc(void **p, size_t n) {
 }
 cudaError_t cudaFree(void *p) {
     if (!p) return s_ret(cudaSuccess);
+    s_flush_all(true); /* cudaFree synchronises the device */
     std::lock_guard<std::mutex> lk(g_mu);
     auto it = g_dev.find((uintptr_t)p);
     if (it == g_dev.end()) {
@@ -586,6 +719,7 @@ cudaError_t cudaMallocHost(void **p, size_t n) {
 }
 cudaError_t cudaFreeHost(void *p) {
     if (!p) return s_ret(cudaSuccess);
+    s_flush_all(true); /* so does cudaFreeHost */
     std::lock_guard<std::mutex> lk(g_mu);
     auto it = g_host.find((uintptr_t)p);
     if (it == g_host.end()) {
@@ -609,6 +743,10 @@ static cudaError_t s_copy(void *dst, const void *src, size_t n, cudaMemcpyKind k
         std::lock_guard<std::mutex> lk(g_mu);
         if (g_sticky != cudaSuccess) return g_sticky;
     }
+    if ((unsigned)kind > (unsigned)cudaMemcpyDefault) {
+        fprintf(stderr, "cuda-emu: cudaMemcpy with kind %d, not a cudaMemcpyKind\n", (int)kind);
+        return s_ret(cudaErrorInvalidMemcpyDirection);
+    }
     if (!n) return cudaSuccess;
     if (!dst || !src) return s_ret(cudaErrorInvalidValue);
     const bool dd = s_is_dev(dst, n), sd = s_is_dev(src, n);
@@ -618,7 +756,9 @@ static cudaError_t s_copy(void *dst, const void *src, size_t n, cudaMemcpyKind k
     case cudaMemcpyDeviceToHost: ok = sd && !s_touches_dev(dst); break;
     case cudaMemcpyDeviceToDevice: ok = dd && sd; break;
     case cudaMemcpyHostToHost: ok = !s_touches_dev(dst) && !s_touches_dev(src); break;
-    default: ok = (dd || !s_touches_dev(dst)) && (sd || !s_touches_dev(src)); break;
+    default: /* cudaMemcpyDefault: the pointers say where they are */
+        ok = (dd || !s_touches_dev(dst)) && (sd || !s_touches_dev(src));
+        break;
     }
     if (!ok) {
         fprintf(stderr, "cuda-emu: cudaMemcpy of %zu bytes %p -> %p (kind %d): a range is outside "
@@ -633,15 +773,41 @@ static cudaError_t s_copy(void *dst, const void *src, size_t n, cudaMemcpyKind k
     memcpy(dst, src, n);
     return cudaSuccess;
 }
+/* blocking, on the legacy stream: waits for it and the blocking streams, not for work queued on a
+ * cudaStreamNonBlocking stream */
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, cudaMemcpyKind kind) {
+    s_flush_all(false);
     return s_copy(dst, src, n, kind);
 }
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, cudaMemcpyKind kind,
-                            cudaStream_t) {
-    return s_copy(dst, src, n, kind);
+                            cudaStream_t s) {
+    const bool to_host = n && dst && src && s_is_dev(src, n) && !s_touches_dev(dst);
+    const bool from_pinned = n && dst && src && s_is_dev(dst, n) && s_is_pinned(src, n);
+    const bool to_pinned = to_host && s_is_pinned(dst, n);
+    if (to_host && !to_pinned) s_flush(s); /* to pageable memory: returns once the copy is done */
+    cudaError_t e = s_copy(dst, src, n, kind);
+    if (e != cudaSuccess || !(to_pinned || from_pinned)) return e;
+    pending_copy c{dst, n, {}, 0, to_pinned};
+    if (to_pinned) {
+        c.data.assign((const unsigned char *)dst, (const unsigned char *)dst + n);
+        memset(dst, 0xff, n); /* not there yet */
+    } else {
+        c.host = (void *)src;
+        c.hash = s_hash(src, n);
+    }
+    std::lock_guard<std::mutex> lk(g_async_mu);
+    (s ? s : &g_legacy)->q.push_back(std::move(c));
+    return e;
 }
-cudaError_t cudaMemset(void *p, int v, size_t n) { return cudaMemsetAsync(p, v, n, nullptr); }
+cudaError_t cudaMemset(void *p, int v, size_t n) {
+    s_flush_all(false);
+    return cudaMemsetAsync(p, v, n, nullptr);
+}
 cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t) {
+    {
+        std::lock_guard<std::mutex> lk(g_mu);
+        if (g_sticky != cudaSuccess) return g_sticky; /* a faulted context runs nothing more */
+    }
     if (!n) return s_ret(cudaSuccess);
     if (!s_is_dev(p, n)) {
         fprintf(stderr, "cuda-emu: cudaMemset of %zu bytes at %p, outside any device allocation\n",
@@ -652,24 +818,27 @@ cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t) {
     return s_ret(cudaSuccess);
 }
 
-struct tdemu_stream {
-    unsigned flags;
-};
-struct tdemu_event {
-    double t;
-};
 cudaError_t cudaStreamCreate(cudaStream_t *s) { return cudaStreamCreateWithFlags(s, 0); }
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags) {
     if (!s) return s_ret(cudaErrorInvalidValue);
-    *s = new tdemu_stream{flags};
+    *s = new tdemu_stream{flags, {}};
+    std::lock_guard<std::mutex> lk(g_async_mu);
+    g_streams.push_back(*s);
     return s_ret(cudaSuccess);
 }
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
+    if (!s) return s_ret(cudaErrorInvalidResourceHandle);
+    std::lock_guard<std::mutex> lk(g_async_mu);
+    s_flush_locked(s); /* its work still completes */
+    for (size_t i = 0; i < g_streams.size(); i++)
+        if (g_streams[i] == s) g_streams.erase(g_streams.begin() + (long)i);
     delete s;
     return s_ret(cudaSuccess);
 }
-/* every operation runs when it is enqueued: a stream is always idle */
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return s_ret(cudaSuccess); }
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+    s_flush(s);
+    return s_ret(cudaSuccess);
+}
 
 static double s_now_ms() {
     using namespace std::chrono;
@@ -677,19 +846,22 @@ static double s_now_ms() {
 }
 cudaError_t cudaEventCreate(cudaEvent_t *e) {
     if (!e) return s_ret(cudaErrorInvalidValue);
-    *e = new tdemu_event{-1};
+    *e = new tdemu_event{-1, nullptr};
     return cudaSuccess;
 }
 cudaError_t cudaEventDestroy(cudaEvent_t e) {
     delete e;
     return cudaSuccess;
 }
-cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
     if (!e) return s_ret(cudaErrorInvalidResourceHandle);
     e->t = s_now_ms();
+    e->stream = s;
     return s_ret(cudaSuccess);
 }
+/* completes the event's stream (all of it: a superset of the work before the event) */
 cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+    if (e) s_flush(e->stream);
     return s_ret(e ? cudaSuccess : cudaErrorInvalidResourceHandle);
 }
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) {
@@ -742,9 +914,23 @@ const char *cublasGetStatusString(cublasStatus_t s) {
 static size_t s_dt_size(cudaDataType_t t) {
     return t == CUDA_R_32F ? 4 : t == CUDA_R_64F ? 8 : t == CUDA_R_16F || t == CUDA_R_16BF ? 2 : 0;
 }
-static double s_load(const void *p, cudaDataType_t t, size_t i) {
+/* how a tensor-core mode rounds FP32 inputs before the products */
+enum { IN_EXACT, IN_TF32, IN_F16, IN_BF16 };
+static float s_round_in(float x, int mode) {
+    switch (mode) {
+    case IN_TF32: { /* 10 mantissa bits, to nearest (ties away, as cvt.rna.tf32.f32) */
+        unsigned u = __float_as_uint(x);
+        if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & ~0x1fffu;
+        return __uint_as_float(u);
+    }
+    case IN_F16: return __half2float(__float2half_rn(x));
+    case IN_BF16: return __bfloat162float(__float2bfloat16_rn(x));
+    }
+    return x;
+}
+static double s_load(const void *p, cudaDataType_t t, size_t i, int in = IN_EXACT) {
     switch (t) {
-    case CUDA_R_32F: return ((const float *)p)[i];
+    case CUDA_R_32F: return s_round_in(((const float *)p)[i], in);
     case CUDA_R_64F: return ((const double *)p)[i];
     case CUDA_R_16F: return __half2float(((const __half *)p)[i]);
     default: return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
@@ -764,7 +950,7 @@ static void s_store(void *p, cudaDataType_t t, size_t i, double v) {
 static cublasStatus_t s_gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
                              int n, int k, double alpha, const void *A, cudaDataType_t at, int lda,
                              const void *B, cudaDataType_t bt, int ldb, double beta, void *C,
-                             cudaDataType_t ct, int ldc, const char *fn) {
+                             cudaDataType_t ct, int ldc, int in, const char *fn) {
     if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
     if ((ta != CUBLAS_OP_N && ta != CUBLAS_OP_T && ta != CUBLAS_OP_C) ||
         (tb != CUBLAS_OP_N && tb != CUBLAS_OP_T && tb != CUBLAS_OP_C) || m < 0 || n < 0 || k < 0 ||
@@ -796,10 +982,11 @@ static cublasStatus_t s_gemm(cublasHandle_t h, cublasOperation_t ta, cublasOpera
     for (int j = 0; j < n; j++)
         for (int p = 0; p < k; p++)
             bcol[(size_t)j * k + p] =
-                s_load(B, bt, tb == CUBLAS_OP_N ? (size_t)j * ldb + p : (size_t)p * ldb + j);
+                s_load(B, bt, tb == CUBLAS_OP_N ? (size_t)j * ldb + p : (size_t)p * ldb + j, in);
     for (int i = 0; i < m; i++) {
         for (int p = 0; p < k; p++)
-            arow[p] = s_load(A, at, ta == CUBLAS_OP_N ? (size_t)p * lda + i : (size_t)i * lda + p);
+            arow[p] =
+                s_load(A, at, ta == CUBLAS_OP_N ? (size_t)p * lda + i : (size_t)i * lda + p, in);
         for (int j = 0; j < n; j++) {
             const double *b = &bcol[(size_t)j * k];
             double s = 0;
@@ -815,8 +1002,10 @@ cublasStatus_t cublasSgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperati
                            int n, int k, const float *alpha, const float *A, int lda,
                            const float *B, int ldb, const float *beta, float *C, int ldc) {
     if (!alpha || !beta) return CUBLAS_STATUS_INVALID_VALUE;
+    /* CUBLAS_TF32_TENSOR_OP_MATH lets SGEMM round its inputs to TF32 */
+    const int in = h && h->math == CUBLAS_TF32_TENSOR_OP_MATH ? IN_TF32 : IN_EXACT;
     return s_gemm(h, ta, tb, m, n, k, *alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb, *beta, C,
-                  CUDA_R_32F, ldc, "cublasSgemm");
+                  CUDA_R_32F, ldc, in, "cublasSgemm");
 }
 
 cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
@@ -825,25 +1014,41 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperat
                             void *C, cudaDataType_t ct, int ldc, cublasComputeType_t compute,
                             cublasGemmAlgo_t) {
     if (!alpha || !beta) return CUBLAS_STATUS_INVALID_VALUE;
-    /* the combinations the cuBLAS documentation lists for FP32 compute with these types */
-    const bool f32c = compute == CUBLAS_COMPUTE_32F || compute == CUBLAS_COMPUTE_32F_PEDANTIC ||
-                      compute == CUBLAS_COMPUTE_32F_FAST_16F ||
+    /* the real-type combinations the cuBLAS documentation lists for FP32 compute: with
+     * CUBLAS_COMPUTE_32F(_PEDANTIC) A = B in 32F, 16F or 16BF and C 32F or A's type; the
+     * CUBLAS_COMPUTE_32F_FAST_* types take 32F operands only (and round them on the way in) */
+    const bool fast = compute == CUBLAS_COMPUTE_32F_FAST_16F ||
                       compute == CUBLAS_COMPUTE_32F_FAST_16BF ||
                       compute == CUBLAS_COMPUTE_32F_FAST_TF32;
-    const bool types = at == bt && (at == CUDA_R_32F || at == CUDA_R_16F || at == CUDA_R_16BF) &&
-                       (ct == CUDA_R_32F || ct == at);
-    if (!f32c || !types) {
+    const bool types =
+        fast ? at == CUDA_R_32F && bt == CUDA_R_32F && ct == CUDA_R_32F
+             : (compute == CUBLAS_COMPUTE_32F || compute == CUBLAS_COMPUTE_32F_PEDANTIC) &&
+                   at == bt && (at == CUDA_R_32F || at == CUDA_R_16F || at == CUDA_R_16BF) &&
+                   (ct == CUDA_R_32F || ct == at);
+    if (!types) {
         fprintf(stderr, "cuda-emu: cublasGemmEx: unsupported types (A %d B %d C %d compute %d)\n",
                 at, bt, ct, compute);
         return CUBLAS_STATUS_NOT_SUPPORTED;
     }
+    const int in = compute == CUBLAS_COMPUTE_32F_FAST_TF32   ? IN_TF32
+                   : compute == CUBLAS_COMPUTE_32F_FAST_16F  ? IN_F16
+                   : compute == CUBLAS_COMPUTE_32F_FAST_16BF ? IN_BF16
+                   : compute == CUBLAS_COMPUTE_32F && at == CUDA_R_32F && h &&
+                           h->math == CUBLAS_TF32_TENSOR_OP_MATH
+                       ? IN_TF32
+                       : IN_EXACT;
     return s_gemm(h, ta, tb, m, n, k, *(const float *)alpha, A, at, lda, B, bt, ldb,
-                  *(const float *)beta, C, ct, ldc, "cublasGemmEx");
+                  *(const float *)beta, C, ct, ldc, in, "cublasGemmEx");
 }
 
 /* Clears the sticky error and frees every allocation: only for the emulator's own tests, which
  * provoke faults on purpose (a real CUDA context would have to be torn down). */
 extern "C" void tdemu_reset_for_tests(void) {
+    {
+        std::lock_guard<std::mutex> lk(g_async_mu);
+        g_legacy.q.clear();
+        for (auto *st : g_streams) st->q.clear();
+    }
     std::lock_guard<std::mutex> lk(g_mu);
     for (auto &a : g_dev) free((void *)a.first);
     g_dev.clear();

@@ -2,19 +2,20 @@
  * kernels/cuda/ uses, so the CUDA backend's own source runs (and is tested against the CPU
  * backend) on machines without a GPU: `make test-cuda-emu`.
  *
- * How: the .cu files of kernels/cuda are compiled by the host C++ compiler with this header standing in for
- * cuda_runtime.h, cuda_fp16.h and cublas_v2.h (tests/cuda_emu/include/). A launch
- * `k<<<grid, block, smem, stream>>>(args)` is rewritten by cuda.mk (sed) into
- * `tdemu::cfg(grid, block, smem, stream).go(k, "k")(args)`. Every CUDA thread of a block is a
+ * How: the .cu files of kernels/cuda are compiled by the host C++ compiler with this header
+ * standing in for cuda_runtime.h, cuda_fp16.h and cublas_v2.h (tests/cuda_emu/include/). A launch
+ * `k<<<grid, block, smem, stream>>>(args)` is rewritten by cuda.mk (tests/cuda_emu/rewrite.sed)
+ * into `tdemu::cfg(grid, block, smem, stream).go(k, "k")(args)`. Every CUDA thread of a block is a
  * fiber with its own stack; blocks run one after another. __syncthreads and the warp operations
  * (__shfl_*_sync, __ballot_sync, __syncwarp) are scheduling points: a fiber runs until it reaches
  * one, and waits there until every thread that must take part has arrived. __shared__ variables
- * are static locals (one copy per kernel, shared by the block's fibers); dynamic shared memory
- * is a per-launch buffer filled with 0xff bytes (NaN as floats), as is every cudaMalloc.
+ * are static locals (one copy per kernel, shared by the block's fibers), refilled with 0xff bytes
+ * before every block when rewrite.sed registered them; dynamic shared memory is a per-launch
+ * buffer filled with 0xff bytes (NaN as floats) before every block, as is every cudaMalloc.
  *
  * What it checks that a GPU run would only show as wrong numbers or a hang: a barrier or warp
  * operation that not every required thread reaches (divergent __syncthreads, a shuffle with an
- * exited lane, warps whose lanes run different numbers of warp operations), launch
+ * exited lane, lanes of one mask in different warp intrinsics), launch
  * configurations a GPU refuses (empty grid, more than 1024 threads, more than 48 KiB of dynamic
  * shared memory), copies and cuBLAS operands outside a device allocation or with the wrong
  * direction, cuBLAS argument errors (leading dimensions), and reads of uninitialised device
@@ -45,6 +46,7 @@
 #define __noinline__
 #define __launch_bounds__(...)
 #define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
 #define __restrict__ __restrict
 
 struct uint3 {
@@ -82,6 +84,7 @@ typedef enum cudaError {
     cudaErrorInvalidResourceHandle = 400,
     cudaErrorIllegalAddress = 700,
     cudaErrorLaunchFailure = 719,
+    cudaErrorUnknown = 999,
 } cudaError_t;
 
 typedef struct tdemu_stream *cudaStream_t;
@@ -101,9 +104,18 @@ extern thread_local block_state *cur_block;
 const uint3 &thread_idx();
 unsigned lane_id();
 void sync_block();
-/* Writes this lane's v, waits for every lane in mask, copies the 32 lanes' values into all. */
-void warp_exchange(unsigned mask, uint64_t v, uint64_t *all);
+/* which warp intrinsic a lane waits in: the lanes of one mask must all call the same one */
+enum warp_op { W_SYNCWARP, W_SHFL_IDX, W_SHFL_UP, W_SHFL_DOWN, W_SHFL_XOR, W_BALLOT, W_ANY, W_ALL };
+/* Offers this lane's v to warp operation `op` with `mask` (which must name the calling lane),
+ * waits for every lane in mask, and copies the values of the mask's lanes into all[32]. */
+void warp_exchange(unsigned mask, uint64_t v, uint64_t *all, warp_op op);
+/* a shuffle's width must be a power of two from 1 to 32 (a device fault otherwise) */
+void warp_width(const char *what, int width);
 void *dyn_smem();
+/* Called (once, through a static) at each `__shared__ T name...;` declaration that cuda.mk's
+ * rewrite recognises: the variable is filled with 0xff bytes now and at the start of every later
+ * block, as uninitialised shared memory (CUDA keeps no __shared__ value from block to block). */
+bool shared_decl(volatile void *p, size_t n);
 
 template <class T> inline uint64_t to_bits(T v) {
     static_assert(sizeof(T) <= 8 && std::is_trivially_copyable<T>::value, "shuffle type");
@@ -157,14 +169,18 @@ constexpr int warpSize = 32;
 inline void __syncthreads() { tdemu::sync_block(); }
 inline void __syncwarp(unsigned mask = 0xffffffffu) {
     uint64_t all[32];
-    tdemu::warp_exchange(mask, 0, all);
+    tdemu::warp_exchange(mask, 0, all, tdemu::W_SYNCWARP);
 }
 inline void __threadfence() {}
 inline void __threadfence_block() {}
 
+/* The shuffles as PTX shfl.sync defines them: the lane offset / xor mask uses its low 5 bits,
+ * width splits the warp into segments; a source outside the lane's segment (later segments for
+ * xor, beyond either end for up/down) gives the lane its own value. */
 template <class T> inline T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
     uint64_t all[32];
-    tdemu::warp_exchange(mask, tdemu::to_bits(v), all);
+    tdemu::warp_width("__shfl_sync", width);
+    tdemu::warp_exchange(mask, tdemu::to_bits(v), all, tdemu::W_SHFL_IDX);
     const int lane = (int)tdemu::lane_id(), base = lane & ~(width - 1);
     const int s = base + (src & (width - 1));
     if (!((mask >> s) & 1u)) tdemu::warp_fault("__shfl_sync", mask, lane, s);
@@ -172,66 +188,103 @@ template <class T> inline T __shfl_sync(unsigned mask, T v, int src, int width =
 }
 template <class T> inline T __shfl_xor_sync(unsigned mask, T v, int lm, int width = 32) {
     uint64_t all[32];
-    tdemu::warp_exchange(mask, tdemu::to_bits(v), all);
+    tdemu::warp_width("__shfl_xor_sync", width);
+    tdemu::warp_exchange(mask, tdemu::to_bits(v), all, tdemu::W_SHFL_XOR);
     const int lane = (int)tdemu::lane_id();
-    int s = lane ^ lm;
-    if ((s & ~(width - 1)) > (lane & ~(width - 1)) || s > 31) s = lane; /* later group: own value */
+    int s = lane ^ (lm & 31);
+    if ((s & ~(width - 1)) > (lane & ~(width - 1))) s = lane; /* later segment: own value */
     if (!((mask >> s) & 1u)) tdemu::warp_fault("__shfl_xor_sync", mask, lane, s);
     return tdemu::from_bits<T>(all[s]);
 }
 template <class T> inline T __shfl_up_sync(unsigned mask, T v, unsigned d, int width = 32) {
     uint64_t all[32];
-    tdemu::warp_exchange(mask, tdemu::to_bits(v), all);
+    tdemu::warp_width("__shfl_up_sync", width);
+    tdemu::warp_exchange(mask, tdemu::to_bits(v), all, tdemu::W_SHFL_UP);
     const int lane = (int)tdemu::lane_id(), base = lane & ~(width - 1);
-    int s = lane - (int)d;
+    int s = lane - (int)(d & 31);
     if (s < base) s = lane;
     if (!((mask >> s) & 1u)) tdemu::warp_fault("__shfl_up_sync", mask, lane, s);
     return tdemu::from_bits<T>(all[s]);
 }
 template <class T> inline T __shfl_down_sync(unsigned mask, T v, unsigned d, int width = 32) {
     uint64_t all[32];
-    tdemu::warp_exchange(mask, tdemu::to_bits(v), all);
+    tdemu::warp_width("__shfl_down_sync", width);
+    tdemu::warp_exchange(mask, tdemu::to_bits(v), all, tdemu::W_SHFL_DOWN);
     const int lane = (int)tdemu::lane_id(), base = lane & ~(width - 1);
-    int s = lane + (int)d;
+    int s = lane + (int)(d & 31);
     if (s >= base + width) s = lane;
     if (!((mask >> s) & 1u)) tdemu::warp_fault("__shfl_down_sync", mask, lane, s);
     return tdemu::from_bits<T>(all[s]);
 }
-inline unsigned __ballot_sync(unsigned mask, int pred) {
+namespace tdemu {
+inline unsigned vote(unsigned mask, int pred, warp_op op) {
     uint64_t all[32];
-    tdemu::warp_exchange(mask, pred ? 1 : 0, all);
+    warp_exchange(mask, pred ? 1 : 0, all, op);
     unsigned r = 0;
     for (int l = 0; l < 32; l++)
         if (((mask >> l) & 1u) && all[l]) r |= 1u << l;
     return r;
 }
-inline int __any_sync(unsigned mask, int pred) { return __ballot_sync(mask, pred) != 0; }
-inline int __all_sync(unsigned mask, int pred) { return __ballot_sync(mask, pred) == mask; }
+} // namespace tdemu
+inline unsigned __ballot_sync(unsigned mask, int pred) {
+    return tdemu::vote(mask, pred, tdemu::W_BALLOT);
+}
+inline int __any_sync(unsigned mask, int pred) {
+    return tdemu::vote(mask, pred, tdemu::W_ANY) != 0;
+}
+inline int __all_sync(unsigned mask, int pred) {
+    return tdemu::vote(mask, pred, tdemu::W_ALL) == mask;
+}
 
-/* no preemption between scheduling points: read-modify-write is atomic */
-template <class T> inline T atomicAdd(T *p, T v) {
+/* no preemption between scheduling points: read-modify-write is atomic. The operand is not
+ * deduced (atomicAdd(&unsigned_counter, 1) converts 1, as CUDA's overloads do). */
+namespace tdemu {
+template <class T> struct same { typedef T type; };
+} // namespace tdemu
+template <class T> inline T atomicAdd(T *p, typename tdemu::same<T>::type v) {
     T old = *p;
     *p = old + v;
     return old;
 }
-template <class T> inline T atomicMax(T *p, T v) {
+template <class T> inline T atomicSub(T *p, typename tdemu::same<T>::type v) {
+    T old = *p;
+    *p = old - v;
+    return old;
+}
+template <class T> inline T atomicMax(T *p, typename tdemu::same<T>::type v) {
     T old = *p;
     if (v > old) *p = v;
     return old;
 }
-template <class T> inline T atomicMin(T *p, T v) {
+template <class T> inline T atomicMin(T *p, typename tdemu::same<T>::type v) {
     T old = *p;
     if (v < old) *p = v;
     return old;
 }
-template <class T> inline T atomicExch(T *p, T v) {
+template <class T> inline T atomicExch(T *p, typename tdemu::same<T>::type v) {
     T old = *p;
     *p = v;
     return old;
 }
-template <class T> inline T atomicCAS(T *p, T cmp, T v) {
+template <class T>
+inline T atomicCAS(T *p, typename tdemu::same<T>::type cmp, typename tdemu::same<T>::type v) {
     T old = *p;
     if (old == cmp) *p = v;
+    return old;
+}
+template <class T> inline T atomicAnd(T *p, typename tdemu::same<T>::type v) {
+    T old = *p;
+    *p = old & v;
+    return old;
+}
+template <class T> inline T atomicOr(T *p, typename tdemu::same<T>::type v) {
+    T old = *p;
+    *p = old | v;
+    return old;
+}
+template <class T> inline T atomicXor(T *p, typename tdemu::same<T>::type v) {
+    T old = *p;
+    *p = old ^ v;
     return old;
 }
 
@@ -264,7 +317,7 @@ inline float __sinf(float x) { return sinf(x); }
 inline float __cosf(float x) { return cosf(x); }
 inline float __fdividef(float a, float b) { return a / b; }
 inline float __frcp_rn(float a) { return 1.0f / a; }
-inline float __saturatef(float x) { return x < 0.0f ? 0.0f : x > 1.0f ? 1.0f : x; }
+inline float __saturatef(float x) { return !(x > 0.0f) ? 0.0f : x > 1.0f ? 1.0f : x; } /* NaN: 0 */
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 inline double rsqrt(double x) { return 1.0 / sqrt(x); }
 
