@@ -299,15 +299,12 @@ static pid_t s_spawn(const char *bin, const char *model, const char *drafter, co
     return pid;
 }
 
+/* td_test_run, timed */
 static int s_popen(const char *cmd, char *out, size_t cap, double *secs) {
     double t0 = td_time_now();
-    FILE *p = popen(cmd, "r");
-    if (!p) return -1;
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = 0;
-    int st = pclose(p);
+    int rc = td_test_run(cmd, out, cap);
     *secs = td_time_now() - t0;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return rc;
 }
 
 TD_TEST(remote_verifier_serves_and_its_death_is_reported) {

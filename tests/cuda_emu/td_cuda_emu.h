@@ -241,50 +241,26 @@ inline int __all_sync(unsigned mask, int pred) {
 namespace tdemu {
 template <class T> struct same { typedef T type; };
 } // namespace tdemu
-template <class T> inline T atomicAdd(T *p, typename tdemu::same<T>::type v) {
-    T old = *p;
-    *p = old + v;
-    return old;
-}
-template <class T> inline T atomicSub(T *p, typename tdemu::same<T>::type v) {
-    T old = *p;
-    *p = old - v;
-    return old;
-}
-template <class T> inline T atomicMax(T *p, typename tdemu::same<T>::type v) {
-    T old = *p;
-    if (v > old) *p = v;
-    return old;
-}
-template <class T> inline T atomicMin(T *p, typename tdemu::same<T>::type v) {
-    T old = *p;
-    if (v < old) *p = v;
-    return old;
-}
-template <class T> inline T atomicExch(T *p, typename tdemu::same<T>::type v) {
-    T old = *p;
-    *p = v;
-    return old;
-}
+/* atomicOP(p, v): old = *p; *p = NEW (an expression of old and v); return old */
+#define TDEMU_ATOMIC(name, NEW)                                                                    \
+    template <class T> inline T name(T *p, typename tdemu::same<T>::type v) {                      \
+        T old = *p;                                                                                \
+        *p = (NEW);                                                                                \
+        return old;                                                                                \
+    }
+TDEMU_ATOMIC(atomicAdd, old + v)
+TDEMU_ATOMIC(atomicSub, old - v)
+TDEMU_ATOMIC(atomicMax, v > old ? v : old)
+TDEMU_ATOMIC(atomicMin, v < old ? v : old)
+TDEMU_ATOMIC(atomicExch, v)
+TDEMU_ATOMIC(atomicAnd, old & v)
+TDEMU_ATOMIC(atomicOr, old | v)
+TDEMU_ATOMIC(atomicXor, old ^ v)
+#undef TDEMU_ATOMIC
 template <class T>
 inline T atomicCAS(T *p, typename tdemu::same<T>::type cmp, typename tdemu::same<T>::type v) {
     T old = *p;
     if (old == cmp) *p = v;
-    return old;
-}
-template <class T> inline T atomicAnd(T *p, typename tdemu::same<T>::type v) {
-    T old = *p;
-    *p = old & v;
-    return old;
-}
-template <class T> inline T atomicOr(T *p, typename tdemu::same<T>::type v) {
-    T old = *p;
-    *p = old | v;
-    return old;
-}
-template <class T> inline T atomicXor(T *p, typename tdemu::same<T>::type v) {
-    T old = *p;
-    *p = old ^ v;
     return old;
 }
 
