@@ -33,7 +33,9 @@ int td_err_prefix(td_err_t *err, const char *fmt, ...) {
 
 static const struct {
     const char *name;
-    size_t size;
+    size_t size;  /* bytes per element (0: block-quantized) */
+    int blk;      /* elements per block */
+    size_t bbytes; /* bytes per block */
 } s_dtypes[TD_DTYPE_COUNT] = {
     [TD_DTYPE_F32] = {"F32", 4},         [TD_DTYPE_F16] = {"F16", 2},
     [TD_DTYPE_BF16] = {"BF16", 2},       [TD_DTYPE_F64] = {"F64", 8},
@@ -43,6 +45,10 @@ static const struct {
     [TD_DTYPE_U16] = {"U16", 2},         [TD_DTYPE_U8] = {"U8", 1},
     [TD_DTYPE_BOOL] = {"BOOL", 1},       [TD_DTYPE_F8_E4M3] = {"F8_E4M3", 1},
     [TD_DTYPE_F8_E5M2] = {"F8_E5M2", 1},
+    [TD_DTYPE_Q8_0] = {"Q8_0", 0, 32, 34},   [TD_DTYPE_Q4_0] = {"Q4_0", 0, 32, 18},
+    [TD_DTYPE_Q4_1] = {"Q4_1", 0, 32, 20},   [TD_DTYPE_Q5_0] = {"Q5_0", 0, 32, 22},
+    [TD_DTYPE_Q5_1] = {"Q5_1", 0, 32, 24},   [TD_DTYPE_Q4_K] = {"Q4_K", 0, 256, 144},
+    [TD_DTYPE_Q5_K] = {"Q5_K", 0, 256, 176}, [TD_DTYPE_Q6_K] = {"Q6_K", 0, 256, 210},
 };
 
 const char *td_dtype_name(td_dtype_t t) {
@@ -56,6 +62,26 @@ int td_dtype_from_name(const char *name) {
 }
 
 size_t td_dtype_size(td_dtype_t t) { return (unsigned)t < TD_DTYPE_COUNT ? s_dtypes[t].size : 0; }
+
+int td_dtype_is_quantized(td_dtype_t t) {
+    return (unsigned)t < TD_DTYPE_COUNT && s_dtypes[t].size == 0 && s_dtypes[t].blk > 0;
+}
+
+int td_dtype_block_elems(td_dtype_t t) {
+    if ((unsigned)t >= TD_DTYPE_COUNT) return 0;
+    return s_dtypes[t].blk ? s_dtypes[t].blk : 1;
+}
+
+size_t td_dtype_block_bytes(td_dtype_t t) {
+    if ((unsigned)t >= TD_DTYPE_COUNT) return 0;
+    return s_dtypes[t].blk ? s_dtypes[t].bbytes : s_dtypes[t].size;
+}
+
+uint64_t td_dtype_row_bytes(td_dtype_t t, int64_t n) {
+    int b = td_dtype_block_elems(t);
+    if (b <= 0 || n < 0 || n % b) return 0;
+    return (uint64_t)(n / b) * td_dtype_block_bytes(t);
+}
 
 float td_f16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, u;

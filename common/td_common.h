@@ -37,8 +37,11 @@ int td_err_set(td_err_t *err, int code, const char *fmt, ...) __attribute__((for
 /* Prepends context to an existing message: "ctx: old message". Returns err->code (or TD_ERR). */
 int td_err_prefix(td_err_t *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* Element types, named as in safetensors. Only F32, F16 and BF16 are computed with; the others
- * can be listed by `tandem inspect`. */
+/* Element types, named as in safetensors, then the block-quantized types of GGUF (ggml's block
+ * layouts, named as llama.cpp names them). F32, F16, BF16 and the quantized types are computed
+ * with; the others can be listed by `tandem inspect`. A quantized type stores a row of cols
+ * elements as cols / td_dtype_block_elems(t) blocks of td_dtype_block_bytes(t) bytes each;
+ * cols must be a multiple of the block's element count. */
 typedef enum td_dtype {
     TD_DTYPE_F32 = 0,
     TD_DTYPE_F16,
@@ -55,12 +58,25 @@ typedef enum td_dtype {
     TD_DTYPE_BOOL,
     TD_DTYPE_F8_E4M3,
     TD_DTYPE_F8_E5M2,
+    TD_DTYPE_Q8_0, /* 32 elems: f16 d, int8 q[32]; x = d*q */
+    TD_DTYPE_Q4_0, /* 32 elems: f16 d, 16 bytes of nibbles; x = d*(q-8) */
+    TD_DTYPE_Q4_1, /* 32 elems: f16 d, f16 m, 16 bytes of nibbles; x = d*q + m */
+    TD_DTYPE_Q5_0, /* 32 elems: f16 d, u32 high bits, 16 bytes of nibbles; x = d*(q-16) */
+    TD_DTYPE_Q5_1, /* 32 elems: f16 d, f16 m, u32 high bits, nibbles; x = d*q + m */
+    TD_DTYPE_Q4_K, /* 256 elems, 144 bytes: super-block of 8 sub-blocks, 6-bit scales/mins */
+    TD_DTYPE_Q5_K, /* 256 elems, 176 bytes */
+    TD_DTYPE_Q6_K, /* 256 elems, 210 bytes */
     TD_DTYPE_COUNT
 } td_dtype_t;
 
 const char *td_dtype_name(td_dtype_t t);  /* "F32", "BF16", ... */
 int td_dtype_from_name(const char *name); /* td_dtype_t, or -1 when unknown */
-size_t td_dtype_size(td_dtype_t t);       /* bytes per element */
+size_t td_dtype_size(td_dtype_t t);       /* bytes per element; 0 for block-quantized types */
+int td_dtype_is_quantized(td_dtype_t t);  /* 1 for the block-quantized types */
+int td_dtype_block_elems(td_dtype_t t);   /* elements per block (1 for plain types) */
+size_t td_dtype_block_bytes(td_dtype_t t); /* bytes per block (the element size for plain types) */
+/* Bytes of n elements (n a multiple of the block's element count; 0 otherwise). */
+uint64_t td_dtype_row_bytes(td_dtype_t t, int64_t n);
 
 /* Scalar conversions (round-to-nearest-even for the narrowing ones). */
 static inline float td_bf16_to_f32(uint16_t h) {
@@ -85,7 +101,8 @@ static inline uint16_t td_f32_to_bf16(float f) {
 float td_f16_to_f32(uint16_t h);
 uint16_t td_f32_to_f16(float f);
 
-/* Converts n elements of type t at src into floats. */
+/* Converts n elements of type t at src into floats (quantized types: n a multiple of the block
+ * size, the reference dequantization of kernels/quant.h). */
 void td_to_f32(float *dst, const void *src, td_dtype_t t, int64_t n);
 
 /* Reads a whole file into a NUL-terminated malloc'd buffer. Returns TD_OK or TD_ERR_IO. */

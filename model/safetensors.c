@@ -153,7 +153,7 @@ static int s_parse_entry(td_safetensors_t *st, int file, const cJSON *e, uint64_
         return td_err_set(err, TD_ERR_FORMAT, "%s: tensor '%s': missing or non-string 'dtype'",
                           fname, tname);
     int dt = td_dtype_from_name(jd->valuestring);
-    if (dt < 0)
+    if (dt < 0 || td_dtype_is_quantized((td_dtype_t)dt)) /* GGUF block types are not safetensors' */
         return td_err_set(err, TD_ERR_FORMAT, "%s: tensor '%s': unknown dtype '%s'", fname, tname,
                           jd->valuestring);
     if (!cJSON_IsArray(js))
