@@ -349,6 +349,7 @@ void td_tokenizer_destroy(td_tokenizer_t **self_p) {
 void td_tok_spec_init(td_tok_spec_t *spec) {
     memset(spec, 0, sizeof *spec);
     spec->bos_id = spec->eos_id = spec->unk_id = spec->pad_id = spec->eot_id = -1;
+    spec->bpe_unk_id = -1;
 }
 
 static int s_add_norm(td_tokenizer_t *tok, int kind, td_err_t *err) {
@@ -790,7 +791,8 @@ static void s_compute_hash(td_tokenizer_t *tok) {
         h = s_fnv(h, a->content, a->len);
     }
     int complete = 1;
-    for (int b = 0; b < 256; b++) complete &= tok->byte_id[b] >= 0;
+    for (int b = 0; b < 256; b++) /* bytes valid UTF-8 never holds cannot need unk */
+        if (b != 0xc0 && b != 0xc1 && b < 0xf5) complete &= tok->byte_id[b] >= 0;
     if (!complete) {
         h = s_fnv(h, "unk", 3);
         h = s_fnv_u32(h, tok->unk_id < 0 ? 0xffffffffu : (uint32_t)tok->unk_id);
@@ -879,16 +881,17 @@ static int s_build(td_tokenizer_t *tok, const td_tok_spec_t *spec, td_err_t *err
         int n = (int)utf8proc_encode_char(tok->byte_cp[b], (utf8proc_uint8_t *)s);
         tok->byte_id[b] = s_vocab_find(tok, s, (size_t)n);
     }
-    const int32_t ids[5] = {spec->bos_id, spec->eos_id, spec->unk_id, spec->pad_id, spec->eot_id};
-    static const char *const names[5] = {"bos", "eos", "unk", "pad", "eot"};
-    for (int i = 0; i < 5; i++)
+    const int32_t ids[6] = {spec->bos_id, spec->eos_id, spec->unk_id,
+                            spec->pad_id, spec->eot_id, spec->bpe_unk_id};
+    static const char *const names[6] = {"bos", "eos", "unk", "pad", "eot", "BPE unk"};
+    for (int i = 0; i < 6; i++)
         if (ids[i] < -1 || ids[i] >= tok->n_ids || (ids[i] >= 0 && !tok->piece[ids[i]]))
             return td_err_set(err, TD_ERR_FORMAT, "%s token id %d is not a token", names[i],
                               (int)ids[i]);
     tok->specials =
         (td_tok_specials_t){spec->bos_id, spec->eos_id,       spec->unk_id,      spec->pad_id,
                             spec->eot_id, spec->add_bos != 0, spec->add_eos != 0};
-    tok->unk_id = spec->unk_id;
+    tok->unk_id = spec->bpe_unk_id;
     if (s_build_bytes(tok)) return td_err_set(err, TD_ERR_NOMEM, "out of memory");
     s_compute_hash(tok);
     return TD_OK;
@@ -1198,10 +1201,11 @@ static int s_json_spec(s_json_spec_t *j, const cJSON *root, td_err_t *err) {
 
     v = cJSON_GetObjectItemCaseSensitive(model, "unk_token");
     if (cJSON_IsString(v)) { /* an added token of that content, else the vocabulary's */
-        for (int i = 0; i < k && sp->unk_id < 0; i++)
-            if (strcmp(j->added[i].content, v->valuestring) == 0) sp->unk_id = j->added[i].id;
+        for (int i = 0; i < k && sp->bpe_unk_id < 0; i++)
+            if (strcmp(j->added[i].content, v->valuestring) == 0) sp->bpe_unk_id = j->added[i].id;
         const cJSON *u = cJSON_GetObjectItemCaseSensitive(vocab, v->valuestring);
-        if (sp->unk_id < 0 && u) s_get_id(u, &sp->unk_id);
+        if (sp->bpe_unk_id < 0 && u) s_get_id(u, &sp->bpe_unk_id);
+        sp->unk_id = sp->bpe_unk_id;
     }
     return TD_OK;
 }

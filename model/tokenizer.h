@@ -98,14 +98,18 @@ typedef struct td_tok_spec {
     /* Added tokens with explicit flags (tokenizer.json); may be NULL. */
     const td_tok_added_t *added;
     int n_added;
-    /* Special ids, -1 when absent (td_tok_spec_init sets all to -1). unk_id is the BPE unknown
-     * symbol, used only for bytes missing from the vocabulary. The others are reported by
-     * td_tokenizer_specials; encode never adds BOS/EOS itself. */
+    /* Special ids, -1 when absent (td_tok_spec_init sets all to -1), reported by
+     * td_tokenizer_specials; encode never adds BOS/EOS itself. unk_id is the unknown token's role
+     * (GGUF `unknown_token_id`, tokenizer_config's unk_token): it does not change encoding. */
     int32_t bos_id, eos_id, unk_id, pad_id, eot_id;
     int add_bos, add_eos;
+    /* The BPE model's unknown symbol (tokenizer.json model.unk_token), emitted for a byte that has
+     * no vocabulary string; -1 drops such bytes, as HF does when model.unk_token is null (and as
+     * transformers' GGUF tokenizer does: a GGUF loader leaves this at -1). */
+    int32_t bpe_unk_id;
 } td_tok_spec_t;
 
-/* Zeroes spec and sets every special id to -1. */
+/* Zeroes spec and sets every special id (and bpe_unk_id) to -1. */
 void td_tok_spec_init(td_tok_spec_t *spec);
 
 /* Builds a tokenizer from spec. NULL on failure with err set: TD_ERR_UNSUPPORTED for an unknown
@@ -166,10 +170,11 @@ int td_tokenizer_decode(const td_tokenizer_t *tok, const int32_t *ids, int n, in
  *   "merges": the merge count (u32), then each merge's left and right ids (u32) by rank;
  *   "added": the count (u32), then per added token sorted by (length desc, id): id (u32),
  *     special, lstrip, rstrip, single_word (u8 each), length (u32), the content;
- *   "unk": the unknown symbol's id (u32, 0xffffffff for none), only when some byte has no
- *     vocabulary string (otherwise it can never be emitted).
- * Not hashed: BOS/EOS/PAD/EOT ids and add_bos/add_eos (tokenizer.json does not hold them; they
- * belong to the model config), the added tokens' `normalized` flag (tandem matches added
+ *   "unk": the BPE unknown symbol's id (bpe_unk_id; u32, 0xffffffff for none), only when some
+ *     byte that valid UTF-8 can hold (not C0, C1, F5-FF) has no vocabulary string (otherwise it
+ *     can never be emitted).
+ * Not hashed: the BOS/EOS/UNK/PAD/EOT roles and add_bos/add_eos (tokenizer.json does not hold them;
+ * they belong to the model config), the added tokens' `normalized` flag (tandem matches added
  * tokens on the raw text either way), decoders. */
 uint64_t td_tokenizer_hash(const td_tokenizer_t *tok);
 
