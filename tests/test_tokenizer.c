@@ -615,7 +615,10 @@ static td_tokenizer_t *s_smollm2(s_dump_t *d) {
     td_tok_spec_t sp;
     s_dump_spec(d, &sp);
     td_err_t err = {0};
+    double t0 = td_time_now();
     td_tokenizer_t *tok = td_tokenizer_from_vocab(&sp, &err);
+    fprintf(stderr, "    from_vocab: %lld tokens, %lld merges in %.3f s\n", (long long)d->n_tokens,
+            (long long)d->n_merges, td_time_now() - t0);
     CHECK_MSG(tok != NULL, "smollm2 from_vocab: %s", err.msg);
     return tok;
 }
@@ -773,7 +776,10 @@ TD_TEST(smollm2_json_and_gguf_same_identity) {
     }
     s_cats(&js, "]}}");
     td_err_t err = {0};
+    double t0 = td_time_now();
     td_tokenizer_t *tj = td_tokenizer_from_json(js.p, js.n, &err);
+    fprintf(stderr, "    from_json: %zu bytes of tokenizer.json in %.3f s\n", js.n,
+            td_time_now() - t0);
     CHECK_MSG(tj != NULL, "smollm2 tokenizer.json: %s", err.msg);
     if (tj) {
         CHECK(td_tokenizer_hash(tj) == td_tokenizer_hash(tok));
