@@ -48,7 +48,7 @@ static const char s_llama3_pattern[] =
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+"
     "[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
-enum { S_ADDED = 1, S_SPECIAL = 2 };
+enum { S_ADDED = 1, S_SPECIAL = 2, S_UNUSED = 4 }; /* S_UNUSED: GGUF type 5, not hashed */
 
 typedef struct {
     char *content;
@@ -576,7 +576,7 @@ static int s_set_added(td_tokenizer_t *tok, int32_t *slot, int32_t id, const cha
     a->rstrip = fl->rstrip != 0;
     a->single_word = fl->single_word != 0;
     a->normalized = fl->normalized != 0;
-    tok->flags[id] = (uint8_t)(S_ADDED | (a->special ? S_SPECIAL : 0));
+    tok->flags[id] = (uint8_t)(S_ADDED | (a->special ? S_SPECIAL : 0)); /* drops S_UNUSED */
     return TD_OK;
 }
 
@@ -753,7 +753,6 @@ static uint64_t s_fnv_u8(uint64_t h, int v) {
 /* The identity documented at td_tokenizer_hash in tokenizer.h: keep the two in step. */
 static void s_compute_hash(td_tokenizer_t *tok) {
     uint64_t h = s_fnv(S_FNV_INIT, "td-tok-v2", 9);
-    h = s_fnv_u32(h, (uint32_t)tok->n_ids);
     h = s_fnv(h, "pre", 3);
     h = s_fnv_u8(h, tok->ignore_merges);
     h = s_fnv_u8(h, tok->prefix_space);
@@ -769,7 +768,7 @@ static void s_compute_hash(td_tokenizer_t *tok) {
     }
     h = s_fnv(h, "vocab", 5);
     for (int32_t id = 0; id < tok->n_ids; id++) {
-        if (!tok->vstr[id] || (tok->flags[id] & S_ADDED)) continue;
+        if (!tok->vstr[id] || (tok->flags[id] & (S_ADDED | S_UNUSED))) continue;
         h = s_fnv_u32(h, (uint32_t)id);
         h = s_fnv_u32(h, tok->vstr_len[id]);
         h = s_fnv(h, tok->vstr[id], tok->vstr_len[id]);
@@ -862,6 +861,8 @@ static int s_build(td_tokenizer_t *tok, const td_tok_spec_t *spec, td_err_t *err
         if (!(tok->vstr[id] = s_strndup(s, len)))
             return td_err_set(err, TD_ERR_NOMEM, "out of memory");
         tok->vstr_len[id] = (uint32_t)len;
+        if (spec->token_types && spec->token_types[id] == TD_TOK_TYPE_UNUSED)
+            tok->flags[id] = S_UNUSED;
         tok->piece[id] = tok->vstr[id];
         tok->piece_len[id] = (uint32_t)len;
         count++;

@@ -160,22 +160,25 @@ int td_tokenizer_decode(const td_tokenizer_t *tok, const int32_t *ids, int n, in
  * decoding, never from the bytes of a file, so the same tokenizer read from tokenizer.json and
  * from a GGUF hashes equal, on any machine (all integers hashed as little-endian). It is the
  * 64-bit FNV-1a, in this order, of:
- *   "td-tok-v2"; n_ids (u32);
+ *   "td-tok-v2";
  *   "pre": ignore_merges, prefix_space (u8 each); the normalisers (u32 count, then each
  *     TD_TOK_NORM_* as u32); the split steps (u32 count, then per step behavior, literal (u8 each),
  *     pattern length (u32) and the pattern text as written: a named pre-tokenizer hashes as the
  *     steps it stands for, e.g. "smollm" as tokenizer.json's Digits(individual) + ByteLevel);
- *   "vocab": for each id in order that has a vocabulary string and is not an added token: id
- *     (u32), length (u32), the string;
+ *   "vocab": for each id in order that has a vocabulary string and is neither an added token nor
+ *     of type UNUSED: id (u32), length (u32), the string;
  *   "merges": the merge count (u32), then each merge's left and right ids (u32) by rank;
  *   "added": the count (u32), then per added token sorted by (length desc, id): id (u32),
  *     special, lstrip, rstrip, single_word (u8 each), length (u32), the content;
  *   "unk": the BPE unknown symbol's id (bpe_unk_id; u32, 0xffffffff for none), only when some
  *     byte that valid UTF-8 can hold (not C0, C1, F5-FF) has no vocabulary string (otherwise it
  *     can never be emitted).
- * Not hashed: the BOS/EOS/UNK/PAD/EOT roles and add_bos/add_eos (tokenizer.json does not hold them;
- * they belong to the model config), the added tokens' `normalized` flag (tandem matches added
- * tokens on the raw text either way), decoders. */
+ * Not hashed: the number of ids and UNUSED tokens (a GGUF converter pads the vocabulary to the
+ * embedding size with "[PAD151665]"-like UNUSED entries that no text encodes to; checkpoints pad
+ * differently, and the protocol allows vocabulary sizes to differ); the BOS/EOS/UNK/PAD/EOT roles
+ * and add_bos/add_eos (tokenizer.json does not hold them; they belong to the model config), the
+ * added tokens' `normalized` flag (tandem matches added tokens on the raw text either way),
+ * decoders. */
 uint64_t td_tokenizer_hash(const td_tokenizer_t *tok);
 
 /* Streaming decoder: push ids one at a time, get back only complete UTF-8 characters. */

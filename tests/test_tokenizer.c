@@ -1021,6 +1021,28 @@ TD_TEST(from_vocab_refusals) {
         td_tokenizer_destroy(&t0);
         td_tokenizer_destroy(&t);
     }
+    /* a GGUF's padding of the vocabulary (UNUSED "[PADn]" entries) is not part of the identity;
+     * the same strings as NORMAL tokens are */
+    SPEC();
+    t = td_tokenizer_from_vocab(&sp, &err);
+    REQUIRE(t);
+    const char *padded[] = {"a", "b", "ab", "<s>", "Ġ", "[PAD5]", "[PAD6]"};
+    int32_t pad_types[] = {1, 1, 1, 3, 1, 5, 5};
+    sp.tokens = padded;
+    sp.token_types = pad_types;
+    sp.n_tokens = 7;
+    td_tokenizer_t *tp = td_tokenizer_from_vocab(&sp, &err);
+    REQUIRE(tp);
+    CHECK_EQ_INT(td_tokenizer_n_vocab(tp), 7);
+    CHECK(td_tokenizer_hash(tp) == td_tokenizer_hash(t));
+    td_tokenizer_destroy(&tp);
+    pad_types[5] = pad_types[6] = 1;
+    tp = td_tokenizer_from_vocab(&sp, &err);
+    REQUIRE(tp);
+    CHECK(td_tokenizer_hash(tp) != td_tokenizer_hash(t));
+    td_tokenizer_destroy(&tp);
+    td_tokenizer_destroy(&t);
+
     SPEC();
     const char *dup[] = {"a", "b", "ab", "<s>", "a"};
     sp.tokens = dup;
