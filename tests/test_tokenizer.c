@@ -9,6 +9,10 @@
 #include "tests/tdtest.h"
 
 #include <cjson/cJSON.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -1051,6 +1055,167 @@ TD_TEST(from_vocab_refusals) {
     CHECK_EQ_INT(td_tokenizer_token_id(t, "a"), 4);
     td_tokenizer_destroy(&t);
 #undef SPEC
+}
+
+/* ---------- the real GGUF, when present ---------- */
+
+/* A bounds-checked cursor over a GGUF header (just enough to reach the tokenizer arrays). */
+typedef struct {
+    const uint8_t *p, *end;
+    int bad;
+} s_gguf_cur_t;
+
+static uint64_t s_gguf_u(s_gguf_cur_t *c, int n) {
+    if (c->bad || (size_t)(c->end - c->p) < (size_t)n) {
+        c->bad = 1;
+        return 0;
+    }
+    uint64_t v = 0;
+    for (int i = 0; i < n; i++) v |= (uint64_t)c->p[i] << (8 * i);
+    c->p += n;
+    return v;
+}
+
+static const char *s_gguf_str(s_gguf_cur_t *c, size_t *len) {
+    uint64_t n = s_gguf_u(c, 8);
+    if (c->bad || (uint64_t)(c->end - c->p) < n) {
+        c->bad = 1;
+        return NULL;
+    }
+    const char *s = (const char *)c->p;
+    c->p += n;
+    *len = (size_t)n;
+    return s;
+}
+
+static const int s_gguf_size[13] = {1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8};
+
+/* Reads the arrays of the GGUF at path into sp (strings point into the mapping, with lengths:
+ * not NUL-terminated, as a GGUF loader would pass them). Returns 0, or -1 on a malformed file. */
+typedef struct {
+    const char **tokens, **merges;
+    size_t *tlen, *mlen;
+    int32_t *types;
+    char model[32], pre[32];
+} s_gguf_tok_t;
+
+static int s_gguf_read(const uint8_t *data, size_t size, td_tok_spec_t *sp, s_gguf_tok_t *g) {
+    s_gguf_cur_t c = {data, data + size, 0};
+    if (size < 24 || memcmp(data, "GGUF", 4) != 0) return -1;
+    c.p += 4;
+    uint32_t version = (uint32_t)s_gguf_u(&c, 4);
+    if (version < 2 || version > 3) return -1;
+    s_gguf_u(&c, 8); /* tensors */
+    uint64_t n_kv = s_gguf_u(&c, 8);
+    td_tok_spec_init(sp);
+    for (uint64_t k = 0; k < n_kv && !c.bad; k++) {
+        size_t kl = 0;
+        const char *key = s_gguf_str(&c, &kl);
+        uint32_t type = (uint32_t)s_gguf_u(&c, 4);
+        if (c.bad || type > 12) return -1;
+#define KEY(name) (kl == strlen(name) && memcmp(key, name, kl) == 0)
+        if (type == 9) {
+            uint32_t et = (uint32_t)s_gguf_u(&c, 4);
+            uint64_t n = s_gguf_u(&c, 8);
+            if (c.bad || et > 12 || et == 9 || n > size) return -1;
+            int tok = KEY("tokenizer.ggml.tokens"), mer = KEY("tokenizer.ggml.merges");
+            int typ = KEY("tokenizer.ggml.token_type");
+            if (tok) {
+                g->tokens = calloc(n + 1, sizeof *g->tokens);
+                g->tlen = calloc(n + 1, sizeof *g->tlen);
+                sp->n_tokens = (int64_t)n;
+            } else if (mer) {
+                g->merges = calloc(n + 1, sizeof *g->merges);
+                g->mlen = calloc(n + 1, sizeof *g->mlen);
+                sp->n_merges = (int64_t)n;
+            } else if (typ) {
+                g->types = calloc(n + 1, sizeof *g->types);
+            }
+            for (uint64_t i = 0; i < n && !c.bad; i++) {
+                if (et == 8) {
+                    size_t l = 0;
+                    const char *str = s_gguf_str(&c, &l);
+                    if (tok) g->tokens[i] = str, g->tlen[i] = l;
+                    if (mer) g->merges[i] = str, g->mlen[i] = l;
+                } else {
+                    uint64_t v = s_gguf_u(&c, s_gguf_size[et]);
+                    if (typ) g->types[i] = (int32_t)v;
+                }
+            }
+        } else if (type == 8) {
+            size_t l = 0;
+            const char *str = s_gguf_str(&c, &l);
+            if (KEY("tokenizer.ggml.model"))
+                snprintf(g->model, sizeof g->model, "%.*s", (int)l, str);
+            if (KEY("tokenizer.ggml.pre")) snprintf(g->pre, sizeof g->pre, "%.*s", (int)l, str);
+        } else {
+            uint64_t v = s_gguf_u(&c, s_gguf_size[type]);
+            if (KEY("tokenizer.ggml.bos_token_id")) sp->bos_id = (int32_t)v;
+            if (KEY("tokenizer.ggml.eos_token_id")) sp->eos_id = (int32_t)v;
+            if (KEY("tokenizer.ggml.unknown_token_id")) sp->unk_id = (int32_t)v;
+            if (KEY("tokenizer.ggml.padding_token_id")) sp->pad_id = (int32_t)v;
+            if (KEY("tokenizer.ggml.eot_token_id")) sp->eot_id = (int32_t)v;
+            if (KEY("tokenizer.ggml.add_bos_token")) sp->add_bos = (int)v;
+            if (KEY("tokenizer.ggml.add_eos_token")) sp->add_eos = (int)v;
+        }
+#undef KEY
+    }
+    if (c.bad || !g->tokens || !g->merges || !g->types) return -1;
+    sp->model = g->model;
+    sp->pre = g->pre;
+    sp->tokens = g->tokens;
+    sp->token_lens = g->tlen;
+    sp->token_types = g->types;
+    sp->merges = g->merges;
+    sp->merge_lens = g->mlen;
+    return 0;
+}
+
+/* The committed vocab.txt is the real model's tokenizer: built from the GGUF itself (strings
+ * straight from the file, by length), it hashes and encodes the same. Skips without the model
+ * (models/smollm2/, fetched by the project's model script; TD_SMOLLM2_GGUF overrides). */
+TD_TEST(smollm2_real_gguf_arrays) {
+    const char *path = getenv("TD_SMOLLM2_GGUF");
+    if (!path || !*path) path = "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) {
+        char why[600];
+        snprintf(why, sizeof why, "%s not present (fetch the real model first)", path);
+        td_test_skip(why);
+        return;
+    }
+    struct stat st;
+    REQUIRE(fstat(fd, &st) == 0 && st.st_size > 0);
+    void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    REQUIRE(map != MAP_FAILED);
+    td_tok_spec_t sp;
+    s_gguf_tok_t g;
+    memset(&g, 0, sizeof g);
+    CHECK_MSG(s_gguf_read(map, (size_t)st.st_size, &sp, &g) == 0, "%s: malformed GGUF", path);
+    td_err_t err = {0};
+    td_tokenizer_t *real = g.tokens ? td_tokenizer_from_vocab(&sp, &err) : NULL;
+    CHECK_MSG(real != NULL, "%s: %s", path, err.msg);
+    s_dump_t d;
+    td_tokenizer_t *dump = s_smollm2(&d);
+    if (real && dump) {
+        CHECK(td_tokenizer_hash(real) == td_tokenizer_hash(dump));
+        CHECK_EQ_INT(td_tokenizer_n_vocab(real), td_tokenizer_n_vocab(dump));
+        td_tok_specials_t a, b;
+        td_tokenizer_specials(real, &a);
+        td_tokenizer_specials(dump, &b);
+        CHECK(memcmp(&a, &b, sizeof a) == 0);
+        s_check_cases(real, "smollm2 (real GGUF)", "smollm2-gguf", 1);
+    }
+    td_tokenizer_destroy(&real);
+    td_tokenizer_destroy(&dump);
+    s_dump_free(&d);
+    free(g.tokens);
+    free(g.tlen);
+    free(g.merges);
+    free(g.mlen);
+    free(g.types);
+    munmap(map, (size_t)st.st_size);
 }
 
 TD_TEST_MAIN()
