@@ -516,7 +516,7 @@ static int s_set_pre(td_tokenizer_t *tok, const td_tok_spec_t *spec, td_err_t *e
     if (spec->n_pre_steps < 0 || (spec->n_pre_steps > 0 && !spec->pre_steps) || spec->n_norm < 0 ||
         (spec->n_norm > 0 && !spec->norm))
         return td_err_set(err, TD_ERR_ARG, "bad pre-tokenizer steps or normaliser list");
-    if (spec->n_pre_steps == 0 && !spec->prefix_space)
+    if (!spec->pre_steps)
         return td_err_set(err, TD_ERR_ARG,
                           "no pre-tokenizer: name one (pre) or give its steps (pre_steps)");
     for (int i = 0; i < spec->n_pre_steps; i++) {

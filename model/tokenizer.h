@@ -68,8 +68,10 @@ typedef struct td_tok_spec {
      *    Unknown names (and "default", which matches no HF tokenizer) are refused by name with
      *    TD_ERR_UNSUPPORTED; with a name, pre_steps, norm, prefix_space and ignore_merges must be
      *    left 0 (TD_ERR_ARG otherwise).
-     *  - pre_steps[n_pre_steps] (pre == NULL): explicit steps, with norm[n_norm], prefix_space
-     *    (ByteLevel add_prefix_space) and ignore_merges as given. */
+     *  - pre_steps[n_pre_steps] (pre == NULL, pre_steps != NULL): explicit steps (n_pre_steps
+     *    may be 0: no splitting), with norm[n_norm], prefix_space (ByteLevel add_prefix_space) and
+     *    ignore_merges as given.
+     *  Both NULL is TD_ERR_ARG (a GGUF without tokenizer.ggml.pre must not be guessed at). */
     const char *pre;
     const td_tok_pre_step_t *pre_steps;
     int n_pre_steps;

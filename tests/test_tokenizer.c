@@ -432,7 +432,22 @@ TD_TEST(errors) {
     const char *tiny =
         "{\"pre_tokenizer\": {\"type\": \"ByteLevel\"}, \"model\": {\"type\": "
         "\"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2}, \"merges\": [\"a b\"]}}";
-    td_tokenizer_t *t = td_tokenizer_from_json(tiny, strlen(tiny), &err);
+    /* ByteLevel without its regex and nothing else: no splitting at all */
+    const char *noregex =
+        "{\"pre_tokenizer\": {\"type\": \"ByteLevel\", \"use_regex\": false}, \"model\": "
+        "{\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"\u0120\": 1, \"\u0120a\": 2}, "
+        "\"merges\": [\"\u0120 a\"]}}";
+    td_tokenizer_t *t = td_tokenizer_from_json(noregex, strlen(noregex), &err);
+    CHECK_MSG(t != NULL, "no-regex tokenizer: %s", err.msg);
+    if (t) {
+        int32_t *ids = NULL;
+        int n = 0;
+        CHECK_EQ_INT(td_tokenizer_encode(t, "a a a", 5, 1, &ids, &n, &err), TD_OK);
+        CHECK(n == 3 && ids[0] == 0 && ids[1] == 2 && ids[2] == 2);
+        free(ids);
+        td_tokenizer_destroy(&t);
+    }
+    t = td_tokenizer_from_json(tiny, strlen(tiny), &err);
     CHECK_MSG(t != NULL, "tiny tokenizer: %s", err.msg);
     if (t) {
         int32_t *ids = NULL;
