@@ -1,4 +1,5 @@
-/* tokenizer.h - HF tokenizer.json byte-level BPE (GPT-2 and Qwen2 flavours).
+/* tokenizer.h - byte-level BPE (GPT-2, Qwen2, LLaMA-3, SmolLM flavours) from HF tokenizer.json or
+ * from plain arrays (a GGUF's `tokenizer.ggml.*`), through one constructor.
  *
  * Pre-tokenizer regex through PCRE2 (JIT), NFC normalisation through utf8proc when the
  * tokenizer asks for it, added/special tokens split out before pre-tokenizing, both merge
