@@ -7,6 +7,10 @@
  *   2  the payload as little-endian int32 ids: batch decode must equal the streamed decode,
  *      and every streamed piece must be whole UTF-8 characters
  *   3  the payload as a tokenizer.json; when it loads, encode and decode a fixed text with it
+ *   4  the payload as GGUF-style arrays for td_tokenizer_from_vocab: byte 0 picks the model and
+ *      pre-tokenizer names (some refused), then NUL-separated strings: tokens (a leading byte
+ *      1..7 is the token type) up to an empty string, then merges; when it builds, encode and
+ *      decode a fixed text with it and check the hash is stable
  * The fixture is TD_FUZZ_TOKENIZER, default tests/data/tokenizers/qwen2/tokenizer.json (run from
  * the repository root). The round-trip property assumes the tokenizer has no non-special added
  * token with lstrip/rstrip (true of the fixtures). */
@@ -139,6 +143,65 @@ static void s_json_mode(const char *json, size_t len) {
     td_tokenizer_destroy(&tok);
 }
 
+static void s_vocab_mode(const char *p, size_t n) {
+    static const char *const models[] = {"gpt2", "gpt2", "gpt2", "llama", "bert"};
+    static const char *const pres[] = {"gpt2",   "smollm",  "qwen2",   "llama-bpe",
+                                       "llama3", "default", "unknown", "llama-v3"};
+    if (n < 1) return;
+    td_tok_spec_t sp;
+    td_tok_spec_init(&sp);
+    sp.model = models[(uint8_t)p[0] % 5];
+    sp.pre = pres[((uint8_t)p[0] >> 3) % 8];
+    const char *tokens[256], *merges[256];
+    size_t tlen[256], mlen[256];
+    int32_t types[256];
+    int nt = 0, nm = 0, in_merges = 0;
+    size_t i = 1;
+    while (i < n) {
+        const char *z = memchr(p + i, 0, n - i);
+        size_t len = z ? (size_t)(z - (p + i)) : n - i;
+        if (!in_merges) {
+            if (len == 0 || nt == 256) {
+                in_merges = 1;
+            } else {
+                uint8_t t = (uint8_t)p[i];
+                int typed = t >= 1 && t <= 7;
+                types[nt] = typed ? t : 1;
+                tokens[nt] = p + i + typed;
+                tlen[nt++] = len - (size_t)typed;
+            }
+        } else if (nm < 256) {
+            merges[nm] = p + i;
+            mlen[nm++] = len;
+        }
+        i += len + 1;
+    }
+    sp.n_tokens = nt;
+    sp.tokens = tokens;
+    sp.token_lens = tlen;
+    sp.token_types = types;
+    sp.n_merges = nm;
+    sp.merges = merges;
+    sp.merge_lens = mlen;
+    sp.eos_id = nt > 0 ? nt - 1 : -1;
+    td_err_t err;
+    td_tokenizer_t *tok = td_tokenizer_from_vocab(&sp, &err);
+    if (!tok) return;
+    td_tokenizer_t *again = td_tokenizer_from_vocab(&sp, &err);
+    if (!again || td_tokenizer_hash(again) != td_tokenizer_hash(tok)) s_fail("hash is not stable");
+    td_tokenizer_destroy(&again);
+    static const char text[] = "Hello  world, don't 12345\r\n\tcafe\xcc\x81 \xe4\xb8\x96 ab<s>";
+    int32_t *ids = NULL;
+    int m = 0;
+    for (int ps = 0; ps < 2; ps++) {
+        if (td_tokenizer_encode(tok, text, sizeof text - 1, ps, &ids, &m, &err) == TD_OK) {
+            s_stream_check(tok, ids, m, ps);
+            free(ids);
+        }
+    }
+    td_tokenizer_destroy(&tok);
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     const char *path = getenv("TD_FUZZ_TOKENIZER");
     if (!path || !*path) path = "tests/data/tokenizers/qwen2/tokenizer.json";
@@ -164,7 +227,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size == 0) return 0;
-    int mode = data[0] % 4;
+    int mode = data[0] % 5;
     const char *p = (const char *)data + 1;
     size_t n = size - 1;
     if (mode == 0 || mode == 1) {
@@ -181,8 +244,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
         s_stream_check(s_tok, ids, count, data[0] & 4 ? 1 : 0);
         free(ids);
-    } else {
+    } else if (mode == 3) {
         s_json_mode(p, n);
+    } else {
+        s_vocab_mode(p, n);
     }
     return 0;
 }

@@ -357,28 +357,10 @@ static int s_config_template(const cJSON *root, const char **tmpl, td_err_t *err
                       "chat: tokenizer_config.json chat_template is neither a string nor a list");
 }
 
-int td_chat_format_parse(const char *config_json, size_t config_len, const char *jinja,
-                         td_chat_format_t *fmt, td_err_t *err) {
-    memset(fmt, 0, sizeof *fmt);
-    fmt->kind = TD_CHAT_NONE;
-    cJSON *root = NULL;
-    const char *tmpl = NULL, *bos_token = NULL;
+/* Recognises the family of template text tmpl and reads its strings into fmt (already NONE). */
+static int s_from_template(const char *tmpl, const char *bos_token, td_chat_format_t *fmt,
+                           td_err_t *err) {
     int rc = TD_OK;
-    if (config_json) {
-        root = cJSON_ParseWithLength(config_json, config_len);
-        if (!root || !cJSON_IsObject(root)) {
-            cJSON_Delete(root);
-            return td_err_set(err, TD_ERR_FORMAT,
-                              "chat: tokenizer_config.json is not a JSON object");
-        }
-        rc = s_config_template(root, &tmpl, err);
-        if (rc < 0) goto done;
-        const cJSON *bt = cJSON_GetObjectItemCaseSensitive(root, "bos_token");
-        if (cJSON_IsObject(bt)) bt = cJSON_GetObjectItemCaseSensitive(bt, "content");
-        if (cJSON_IsString(bt)) bos_token = bt->valuestring;
-    }
-    if (!tmpl) tmpl = jinja;
-    if (!tmpl) goto done;
 
     if (strstr(tmpl, "<|im_start|>")) {
         fmt->kind = TD_CHAT_CHATML;
@@ -402,6 +384,45 @@ int td_chat_format_parse(const char *config_json, size_t config_len, const char 
         td_log(TD_LOG_WARN,
                "chat: unrecognised chat template family; using raw text (no template)");
     }
+    return rc;
+}
+
+int td_chat_format_from_template(const char *tmpl, const char *bos_token, td_chat_format_t *fmt,
+                                 td_err_t *err) {
+    if (!fmt) return td_err_set(err, TD_ERR_ARG, "chat: fmt is NULL");
+    memset(fmt, 0, sizeof *fmt);
+    fmt->kind = TD_CHAT_NONE;
+    if (!tmpl || !*tmpl) return TD_OK;
+    int rc = s_from_template(tmpl, bos_token, fmt, err);
+    if (rc < 0) {
+        memset(fmt, 0, sizeof *fmt);
+        fmt->kind = TD_CHAT_NONE;
+    }
+    return rc;
+}
+
+int td_chat_format_parse(const char *config_json, size_t config_len, const char *jinja,
+                         td_chat_format_t *fmt, td_err_t *err) {
+    memset(fmt, 0, sizeof *fmt);
+    fmt->kind = TD_CHAT_NONE;
+    cJSON *root = NULL;
+    const char *tmpl = NULL, *bos_token = NULL;
+    int rc = TD_OK;
+    if (config_json) {
+        root = cJSON_ParseWithLength(config_json, config_len);
+        if (!root || !cJSON_IsObject(root)) {
+            cJSON_Delete(root);
+            return td_err_set(err, TD_ERR_FORMAT,
+                              "chat: tokenizer_config.json is not a JSON object");
+        }
+        rc = s_config_template(root, &tmpl, err);
+        if (rc < 0) goto done;
+        const cJSON *bt = cJSON_GetObjectItemCaseSensitive(root, "bos_token");
+        if (cJSON_IsObject(bt)) bt = cJSON_GetObjectItemCaseSensitive(bt, "content");
+        if (cJSON_IsString(bt)) bos_token = bt->valuestring;
+    }
+    if (!tmpl) tmpl = jinja;
+    if (tmpl) rc = s_from_template(tmpl, bos_token, fmt, err);
 done:
     cJSON_Delete(root);
     if (rc < 0) {

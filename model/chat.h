@@ -1,5 +1,6 @@
 /* chat.h - built-in chat templates (Qwen ChatML, LLaMA-3 style as used by LLaDA), chosen from the
- * checkpoint's tokenizer_config.json / tokenizer and overridable by name. */
+ * checkpoint's tokenizer_config.json / chat_template.jinja, or a GGUF's template string, and
+ * overridable by name. */
 #ifndef TD_CHAT_H
 #define TD_CHAT_H
 
@@ -80,6 +81,15 @@ int td_chat_format_detect(const char *model_dir, td_chat_format_t *fmt, td_err_t
  * jinja (chat_template.jinja, may be NULL, used when the config has no chat_template). */
 int td_chat_format_parse(const char *config_json, size_t config_len, const char *jinja,
                          td_chat_format_t *fmt, td_err_t *err);
+
+/* The same from a template string alone, as a GGUF carries it (`tokenizer.chat_template`):
+ * tmpl (NULL or "" gives NONE) is recognised as in td_chat_format_parse; bos_token is the text of
+ * the BOS token (GGUF: tokens[bos_token_id]; may be NULL), used when a LLAMA3 template writes
+ * bos_token. SmolLM2's GGUF template gives CHATML with default system prompt "You are a helpful
+ * AI assistant named SmolLM, trained by Hugging Face". Errors as td_chat_format_parse (no
+ * TD_ERR_FORMAT/TD_ERR_IO: there is no JSON or file); TD_ERR_ARG when fmt is NULL. */
+int td_chat_format_from_template(const char *tmpl, const char *bos_token, td_chat_format_t *fmt,
+                                 td_err_t *err);
 
 /* td_chat_apply_ex with fmt's strings. */
 int td_chat_format_apply(const td_chat_format_t *fmt, const td_chat_msg_t *msgs, int n,

@@ -1,12 +1,19 @@
-/* tokenizer.c - HF tokenizer.json byte-level BPE: loading, encoding, decoding, streaming decode.
+/* tokenizer.c - byte-level BPE: construction from plain arrays (GGUF) or tokenizer.json,
+ * encoding, decoding, streaming decode.
+ *
+ * Both formats end in td_tokenizer_from_vocab: td_tokenizer_from_json turns a tokenizer.json into
+ * a td_tok_spec_t (vocabulary by id, merges, added tokens with their flags, the pre-tokenizer as
+ * explicit split steps) and the GGUF loader fills the same spec from `tokenizer.ggml.*`, naming
+ * its pre-tokenizer ("smollm", "qwen2", "llama-bpe", "gpt2"), which this file maps to the steps
+ * of that family's tokenizer.json.
  *
  * Encoding follows the HF `tokenizers` pipeline for the byte-level BPE family (GPT-2, Qwen2,
- * LLaMA-3 style files):
+ * LLaMA-3, SmolLM style files):
  *   1. added tokens are split out of the raw text first (leftmost-longest match, with the
  *      lstrip / rstrip / single_word flags; special ones only when parse_special is set);
  *   2. each remaining segment is normalised (NFC/NFD/NFKC/NFKD through utf8proc, or nothing);
- *   3. the pre-tokenizer steps split it: Split(regex) and ByteLevel(use_regex) through PCRE2
- *      (UTF + UCP, JIT when available);
+ *   3. the pre-tokenizer steps split it: Split(regex), Digits and ByteLevel(use_regex) through
+ *      PCRE2 (UTF + UCP, JIT when available);
  *   4. each pre-token's bytes become byte-level symbols and are merged by rank with a heap
  *      (lowest rank first, leftmost on ties: the order HF uses).
  * Vocabulary and merges live in small open-addressing hash tables. Decoding maps each id back to
@@ -26,11 +33,22 @@
 
 #define TD_TOK_MAX_ID (1 << 24) /* ids beyond this are treated as a malformed file */
 
-static const char *s_gpt2_pattern =
+/* The regex of HF's ByteLevel pre-tokenizer (use_regex = true). */
+static const char s_gpt2_pattern[] =
     "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+/* HF's Digits pre-tokenizer: individual_digits = true, and false. */
+static const char s_digit_pattern[] = "\\p{N}";
+static const char s_digits_pattern[] = "\\p{N}+";
+/* Qwen2's tokenizer.json Split regex. */
+static const char s_qwen2_pattern[] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|"
+                                      "\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
+                                      "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+/* LLaMA-3's tokenizer.json Split regex. */
+static const char s_llama3_pattern[] =
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+"
+    "[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
-enum { S_ADDED = 1, S_SPECIAL = 2 };
-enum { S_STEP_SPLIT_ISOLATED, S_STEP_SPLIT_REMOVED };
+enum { S_ADDED = 1, S_SPECIAL = 2, S_UNUSED = 4 }; /* S_UNUSED: GGUF type 5, not hashed */
 
 typedef struct {
     char *content;
@@ -40,7 +58,10 @@ typedef struct {
 } s_added_t;
 
 typedef struct {
-    int kind;
+    int kind; /* td_tok_split_t */
+    int literal;
+    char *pattern; /* as given (hashed), NUL-terminated */
+    size_t pattern_len;
     pcre2_code *re;
 } s_step_t;
 
@@ -52,14 +73,17 @@ typedef struct {
 
 struct td_tokenizer {
     int32_t n_ids;
-    /* per id (n_ids): raw piece (vocab string or added content), its decoded bytes, flags */
+    /* per id (n_ids): shown piece (added content, else the vocabulary string), the vocabulary
+     * string (NULL when the id has none; shares piece's memory when equal), decoded bytes, flags */
     char **piece;
     uint32_t *piece_len;
+    char **vstr;
+    uint32_t *vstr_len;
     char **bytes;
     uint32_t *bytes_len;
     uint8_t *flags;
     size_t max_bytes_len;
-    /* model vocabulary: open addressing over ids, keyed by piece */
+    /* model vocabulary: open addressing over ids, keyed by vstr */
     int32_t *vocab_tab;
     uint64_t vocab_mask;
     /* merges by rank, and their hash */
@@ -76,12 +100,14 @@ struct td_tokenizer {
     s_added_t *added;
     int n_added;
     uint8_t added_first[256];
-    /* normaliser: utf8proc option sets applied in order */
+    /* normaliser: TD_TOK_NORM_* codes and their utf8proc option sets, applied in order */
     int n_norm;
+    int norm_kind[8];
     int norm_opts[8];
     int prefix_space;
     s_step_t steps[8];
     int n_steps;
+    td_tok_specials_t specials;
     uint64_t hash;
 };
 
@@ -246,14 +272,22 @@ static int32_t s_vocab_find(const td_tokenizer_t *tok, const char *s, size_t n) 
     for (;;) {
         int32_t id = tok->vocab_tab[i];
         if (id < 0) return -1;
-        if (tok->piece_len[id] == n && memcmp(tok->piece[id], s, n) == 0) return id;
+        if (tok->vstr_len[id] == n && memcmp(tok->vstr[id], s, n) == 0) return id;
         i = (i + 1) & tok->vocab_mask;
     }
 }
 
+/* Inserts id under its vocabulary string; a string already present now finds id (the last one
+ * wins, as in a dict built in id order). */
 static void s_vocab_insert(td_tokenizer_t *tok, int32_t id) {
-    uint64_t i = s_mix(s_fnv(S_FNV_INIT, tok->piece[id], tok->piece_len[id])) & tok->vocab_mask;
-    while (tok->vocab_tab[i] >= 0) i = (i + 1) & tok->vocab_mask;
+    const char *s = tok->vstr[id];
+    size_t n = tok->vstr_len[id];
+    uint64_t i = s_mix(s_fnv(S_FNV_INIT, s, n)) & tok->vocab_mask;
+    for (;;) {
+        int32_t o = tok->vocab_tab[i];
+        if (o < 0 || (tok->vstr_len[o] == n && memcmp(tok->vstr[o], s, n) == 0)) break;
+        i = (i + 1) & tok->vocab_mask;
+    }
     tok->vocab_tab[i] = id;
 }
 
@@ -283,17 +317,20 @@ static uint64_t s_table_size(size_t n) {
     return cap;
 }
 
-/* ---------- loading ---------- */
+/* ---------- construction ---------- */
 
 void td_tokenizer_destroy(td_tokenizer_t **self_p) {
     if (!self_p || !*self_p) return;
     td_tokenizer_t *t = *self_p;
     for (int32_t i = 0; i < t->n_ids; i++) {
         if (t->bytes && t->bytes[i] != t->piece[i]) free(t->bytes[i]);
+        if (t->vstr && t->vstr[i] != t->piece[i]) free(t->vstr[i]);
         if (t->piece) free(t->piece[i]);
     }
     free(t->piece);
     free(t->piece_len);
+    free(t->vstr);
+    free(t->vstr_len);
     free(t->bytes);
     free(t->bytes_len);
     free(t->flags);
@@ -301,61 +338,41 @@ void td_tokenizer_destroy(td_tokenizer_t **self_p) {
     free(t->merge_pairs);
     free(t->merge_tab);
     free(t->added); /* contents are owned by piece[] */
-    for (int i = 0; i < t->n_steps; i++) pcre2_code_free(t->steps[i].re);
+    for (int i = 0; i < t->n_steps; i++) {
+        pcre2_code_free(t->steps[i].re);
+        free(t->steps[i].pattern);
+    }
     free(t);
     *self_p = NULL;
 }
 
-static int s_get_id(const cJSON *v, int32_t *id) {
-    if (!cJSON_IsNumber(v)) return 0;
-    double d = v->valuedouble;
-    if (!(d >= 0 && d < TD_TOK_MAX_ID) || d != (double)(int32_t)d) return 0;
-    *id = (int32_t)d;
-    return 1;
+void td_tok_spec_init(td_tok_spec_t *spec) {
+    memset(spec, 0, sizeof *spec);
+    spec->bos_id = spec->eos_id = spec->unk_id = spec->pad_id = spec->eot_id = -1;
+    spec->bpe_unk_id = -1;
 }
 
-static int s_flag(const cJSON *o, const char *name, int dflt) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
-    if (cJSON_IsBool(v)) return cJSON_IsTrue(v);
-    return dflt;
-}
-
-static const char *s_type(const cJSON *o) {
-    const cJSON *t = cJSON_GetObjectItemCaseSensitive(o, "type");
-    return cJSON_IsString(t) ? t->valuestring : NULL;
-}
-
-static int s_add_normalizer(td_tokenizer_t *tok, const cJSON *n, td_err_t *err, int depth) {
-    if (!n || cJSON_IsNull(n)) return TD_OK;
-    const char *type = s_type(n);
-    if (!cJSON_IsObject(n) || !type)
-        return td_err_set(err, TD_ERR_FORMAT, "normalizer is not an object with a type");
-    int opts = -1;
-    if (strcmp(type, "NFC") == 0)
+static int s_add_norm(td_tokenizer_t *tok, int kind, td_err_t *err) {
+    int opts;
+    switch (kind) {
+    case TD_TOK_NORM_NFC:
         opts = UTF8PROC_STABLE | UTF8PROC_COMPOSE;
-    else if (strcmp(type, "NFD") == 0)
+        break;
+    case TD_TOK_NORM_NFD:
         opts = UTF8PROC_STABLE | UTF8PROC_DECOMPOSE;
-    else if (strcmp(type, "NFKC") == 0)
+        break;
+    case TD_TOK_NORM_NFKC:
         opts = UTF8PROC_STABLE | UTF8PROC_COMPOSE | UTF8PROC_COMPAT;
-    else if (strcmp(type, "NFKD") == 0)
+        break;
+    case TD_TOK_NORM_NFKD:
         opts = UTF8PROC_STABLE | UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT;
-    else if (strcmp(type, "Sequence") == 0 && depth < 4) {
-        const cJSON *list = cJSON_GetObjectItemCaseSensitive(n, "normalizers"), *e;
-        if (!cJSON_IsArray(list))
-            return td_err_set(err, TD_ERR_FORMAT, "normalizer Sequence without a normalizers list");
-        cJSON_ArrayForEach(e, list) {
-            int rc = s_add_normalizer(tok, e, err, depth + 1);
-            if (rc) return rc;
-        }
-        return TD_OK;
+        break;
+    default:
+        return td_err_set(err, TD_ERR_ARG, "unknown normaliser code %d", kind);
     }
-    if (opts < 0)
-        return td_err_set(err, TD_ERR_UNSUPPORTED,
-                          "normalizer '%s' is not supported (only NFC, NFD, NFKC, NFKD and "
-                          "Sequences of them)",
-                          type);
     if (tok->n_norm >= (int)(sizeof tok->norm_opts / sizeof tok->norm_opts[0]))
         return td_err_set(err, TD_ERR_UNSUPPORTED, "too many normalizers");
+    tok->norm_kind[tok->n_norm] = kind;
     tok->norm_opts[tok->n_norm++] = opts;
     return TD_OK;
 }
@@ -414,190 +431,115 @@ static int s_add_regex_step(td_tokenizer_t *tok, const char *pattern, size_t len
                             int kind, td_err_t *err) {
     if (tok->n_steps >= (int)(sizeof tok->steps / sizeof tok->steps[0]))
         return td_err_set(err, TD_ERR_UNSUPPORTED, "too many pre-tokenizer steps");
+    if (kind != TD_TOK_SPLIT_ISOLATED && kind != TD_TOK_SPLIT_REMOVED)
+        return td_err_set(err, TD_ERR_ARG, "unknown split behavior %d", kind);
+    if (!pattern) return td_err_set(err, TD_ERR_ARG, "pre-tokenizer step without a pattern");
     int ec;
     PCRE2_SIZE eo;
     uint32_t opts = PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0);
-    char *rewritten = NULL;
+    char *copy = malloc(len + 1), *rewritten = NULL;
+    if (!copy) return td_err_set(err, TD_ERR_NOMEM, "out of memory");
+    memcpy(copy, pattern, len);
+    copy[len] = 0;
+    const char *src = copy;
+    size_t src_len = len;
     if (!literal) {
-        if (len == PCRE2_ZERO_TERMINATED) len = strlen(pattern);
-        if (!(rewritten = s_rewrite_spaces(pattern, len)))
+        if (!(rewritten = s_rewrite_spaces(copy, len))) {
+            free(copy);
             return td_err_set(err, TD_ERR_NOMEM, "out of memory");
-        pattern = rewritten;
-        len = strlen(rewritten);
+        }
+        src = rewritten;
+        src_len = strlen(rewritten);
     }
-    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, len, opts, &ec, &eo, NULL);
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)src, src_len, opts, &ec, &eo, NULL);
     free(rewritten);
     if (!re) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(ec, msg, sizeof msg);
+        free(copy);
         return td_err_set(err, TD_ERR_UNSUPPORTED,
                           "pre-tokenizer regex does not compile with PCRE2 at offset %zu: %s",
                           (size_t)eo, (const char *)msg);
     }
     (void)pcre2_jit_compile(re, PCRE2_JIT_COMPLETE); /* interpreted matching when JIT fails */
-    tok->steps[tok->n_steps++] = (s_step_t){kind, re};
+    tok->steps[tok->n_steps++] = (s_step_t){kind, literal != 0, copy, len, re};
     return TD_OK;
 }
 
-static int s_add_pretok(td_tokenizer_t *tok, const cJSON *p, int *byte_level, td_err_t *err,
-                        int depth) {
-    const char *type = s_type(p);
-    if (!cJSON_IsObject(p) || !type)
-        return td_err_set(err, TD_ERR_FORMAT, "pre_tokenizer is not an object with a type");
-    if (strcmp(type, "Sequence") == 0 && depth < 4) {
-        const cJSON *list = cJSON_GetObjectItemCaseSensitive(p, "pretokenizers"), *e;
-        if (!cJSON_IsArray(list))
-            return td_err_set(err, TD_ERR_FORMAT, "pre_tokenizer Sequence without pretokenizers");
-        cJSON_ArrayForEach(e, list) {
-            int rc = s_add_pretok(tok, e, byte_level, err, depth + 1);
-            if (rc) return rc;
-        }
-        return TD_OK;
-    }
-    if (strcmp(type, "ByteLevel") == 0) {
-        if (s_flag(p, "add_prefix_space", 0)) {
-            if (tok->n_steps > 0)
-                return td_err_set(err, TD_ERR_UNSUPPORTED,
-                                  "ByteLevel add_prefix_space after another pre-tokenizer step");
-            tok->prefix_space = 1;
-        }
-        *byte_level = 1;
-        if (s_flag(p, "use_regex", 1))
-            return s_add_regex_step(tok, s_gpt2_pattern, PCRE2_ZERO_TERMINATED, 0,
-                                    S_STEP_SPLIT_ISOLATED, err);
-        return TD_OK;
-    }
-    if (strcmp(type, "Split") == 0) {
-        const cJSON *pat = cJSON_GetObjectItemCaseSensitive(p, "pattern");
-        const cJSON *re = cJSON_GetObjectItemCaseSensitive(pat, "Regex");
-        const cJSON *str = cJSON_GetObjectItemCaseSensitive(pat, "String");
-        const cJSON *beh = cJSON_GetObjectItemCaseSensitive(p, "behavior");
-        const char *b = cJSON_IsString(beh) ? beh->valuestring : "";
-        int kind;
-        if (strcmp(b, "Isolated") == 0)
-            kind = S_STEP_SPLIT_ISOLATED;
-        else if (strcmp(b, "Removed") == 0)
-            kind = S_STEP_SPLIT_REMOVED;
-        else
+/* The pre-tokenizers GGUF names (`tokenizer.ggml.pre`), as the tokenizer.json of each family
+ * spells them: the split patterns (Isolated), the normaliser, ignore_merges. */
+typedef struct {
+    const char *name;
+    const char *patterns[3];
+    int norm;
+    int ignore_merges;
+} s_named_pre_t;
+
+static const s_named_pre_t s_named_pre[] = {
+    /* GPT-2: ByteLevel(use_regex) */
+    {"gpt2", {s_gpt2_pattern}, 0, 0},
+    /* SmolLM / SmolLM2: Sequence[Digits(individual_digits), ByteLevel(use_regex)] */
+    {"smollm", {s_digit_pattern, s_gpt2_pattern}, 0, 0},
+    /* Qwen2 / Qwen2.5: NFC, Sequence[Split(regex, Isolated), ByteLevel(use_regex=false)] */
+    {"qwen2", {s_qwen2_pattern}, TD_TOK_NORM_NFC, 0},
+    /* LLaMA 3: Sequence[Split(regex, Isolated), ByteLevel(use_regex=false)], ignore_merges */
+    {"llama-bpe", {s_llama3_pattern}, 0, 1},
+    {"llama3", {s_llama3_pattern}, 0, 1},
+    {"llama-v3", {s_llama3_pattern}, 0, 1},
+};
+
+static int s_set_pre(td_tokenizer_t *tok, const td_tok_spec_t *spec, td_err_t *err) {
+    int rc;
+    if (spec->pre) {
+        if (spec->n_pre_steps || spec->pre_steps || spec->n_norm || spec->prefix_space ||
+            spec->ignore_merges)
+            return td_err_set(err, TD_ERR_ARG,
+                              "pre-tokenizer '%s' named together with explicit steps, "
+                              "normalisers, prefix_space or ignore_merges",
+                              spec->pre);
+        const s_named_pre_t *np = NULL;
+        for (size_t i = 0; i < sizeof s_named_pre / sizeof s_named_pre[0]; i++)
+            if (strcmp(spec->pre, s_named_pre[i].name) == 0) np = &s_named_pre[i];
+        if (!np)
             return td_err_set(err, TD_ERR_UNSUPPORTED,
-                              "Split pre-tokenizer behavior '%s' is not supported (Isolated, "
-                              "Removed)",
-                              b);
-        if (s_flag(p, "invert", 0))
-            return td_err_set(err, TD_ERR_UNSUPPORTED, "Split pre-tokenizer with invert=true");
-        if (cJSON_IsString(re))
-            return s_add_regex_step(tok, re->valuestring, strlen(re->valuestring), 0, kind, err);
-        if (cJSON_IsString(str))
-            return s_add_regex_step(tok, str->valuestring, strlen(str->valuestring), 1, kind, err);
-        return td_err_set(err, TD_ERR_FORMAT, "Split pre-tokenizer without a pattern");
+                              "pre-tokenizer '%s' is not supported (known: gpt2, smollm, qwen2, "
+                              "llama-bpe, llama3, llama-v3)",
+                              spec->pre);
+        for (int i = 0; i < 3 && np->patterns[i]; i++)
+            if ((rc = s_add_regex_step(tok, np->patterns[i], strlen(np->patterns[i]), 0,
+                                       TD_TOK_SPLIT_ISOLATED, err)))
+                return rc;
+        if (np->norm && (rc = s_add_norm(tok, np->norm, err))) return rc;
+        tok->ignore_merges = np->ignore_merges;
+        return TD_OK;
     }
-    return td_err_set(err, TD_ERR_UNSUPPORTED,
-                      "pre-tokenizer '%s' is not supported (byte-level BPE only: ByteLevel, "
-                      "Split, Sequence)",
-                      type);
-}
-
-/* Grows the per-id arrays so that id fits. */
-static int s_reserve_id(td_tokenizer_t *tok, int32_t id, int32_t *cap) {
-    if (id < *cap) return TD_OK;
-    int32_t nc = *cap ? *cap : 1024;
-    while (nc <= id) nc *= 2;
-    char **p = realloc(tok->piece, (size_t)nc * sizeof *p);
-    if (p) tok->piece = p;
-    uint32_t *pl = realloc(tok->piece_len, (size_t)nc * sizeof *pl);
-    if (pl) tok->piece_len = pl;
-    uint8_t *f = realloc(tok->flags, (size_t)nc);
-    if (f) tok->flags = f;
-    if (!p || !pl || !f) return TD_ERR_NOMEM;
-    for (int32_t i = *cap; i < nc; i++) {
-        tok->piece[i] = NULL;
-        tok->piece_len[i] = 0;
-        tok->flags[i] = 0;
+    if (spec->n_pre_steps < 0 || (spec->n_pre_steps > 0 && !spec->pre_steps) || spec->n_norm < 0 ||
+        (spec->n_norm > 0 && !spec->norm))
+        return td_err_set(err, TD_ERR_ARG, "bad pre-tokenizer steps or normaliser list");
+    if (!spec->pre_steps)
+        return td_err_set(err, TD_ERR_ARG,
+                          "no pre-tokenizer: name one (pre) or give its steps (pre_steps)");
+    for (int i = 0; i < spec->n_pre_steps; i++) {
+        const td_tok_pre_step_t *s = &spec->pre_steps[i];
+        if (!s->pattern)
+            return td_err_set(err, TD_ERR_ARG, "pre-tokenizer step %d has no pattern", i);
+        if ((rc = s_add_regex_step(tok, s->pattern, strlen(s->pattern), s->literal,
+                                   (int)s->behavior, err)))
+            return rc;
     }
-    *cap = nc;
+    for (int i = 0; i < spec->n_norm; i++)
+        if ((rc = s_add_norm(tok, spec->norm[i], err))) return rc;
+    tok->prefix_space = spec->prefix_space != 0;
+    tok->ignore_merges = spec->ignore_merges != 0;
     return TD_OK;
 }
 
-static int s_load_vocab(td_tokenizer_t *tok, const cJSON *vocab, int32_t *cap, td_err_t *err) {
-    const cJSON *e;
-    size_t n = 0;
-    cJSON_ArrayForEach(e, vocab) {
-        int32_t id;
-        if (!e->string || !s_get_id(e, &id))
-            return td_err_set(err, TD_ERR_FORMAT, "vocab entry \"%s\" has no valid id",
-                              e->string ? e->string : "?");
-        if (s_reserve_id(tok, id, cap)) return td_err_set(err, TD_ERR_NOMEM, "out of memory");
-        if (tok->piece[id])
-            return td_err_set(err, TD_ERR_FORMAT, "vocab id %d is used twice (\"%s\", \"%s\")",
-                              (int)id, tok->piece[id], e->string);
-        size_t len = strlen(e->string);
-        tok->piece[id] = malloc(len + 1);
-        if (!tok->piece[id]) return td_err_set(err, TD_ERR_NOMEM, "out of memory");
-        memcpy(tok->piece[id], e->string, len + 1);
-        tok->piece_len[id] = (uint32_t)len;
-        if (id >= tok->n_ids) tok->n_ids = id + 1;
-        n++;
-    }
-    tok->vocab_mask = s_table_size(n) - 1;
-    tok->vocab_tab = malloc((tok->vocab_mask + 1) * sizeof *tok->vocab_tab);
-    if (!tok->vocab_tab) return td_err_set(err, TD_ERR_NOMEM, "out of memory");
-    memset(tok->vocab_tab, 0xff, (tok->vocab_mask + 1) * sizeof *tok->vocab_tab);
-    for (int32_t id = 0; id < tok->n_ids; id++)
-        if (tok->piece[id]) s_vocab_insert(tok, id);
-    return TD_OK;
-}
-
-static int s_load_merges(td_tokenizer_t *tok, const cJSON *merges, td_err_t *err) {
-    int n = cJSON_GetArraySize(merges);
-    tok->merge_pairs = malloc(((size_t)n + 1) * 2 * sizeof *tok->merge_pairs);
-    tok->merge_mask = s_table_size((size_t)n) - 1;
-    tok->merge_tab = malloc((tok->merge_mask + 1) * sizeof *tok->merge_tab);
-    if (!tok->merge_pairs || !tok->merge_tab) return td_err_set(err, TD_ERR_NOMEM, "out of memory");
-    for (uint64_t i = 0; i <= tok->merge_mask; i++) tok->merge_tab[i].key = UINT64_MAX;
-    const cJSON *e;
-    char buf[512];
-    int rank = 0;
-    cJSON_ArrayForEach(e, merges) {
-        const char *a = NULL, *b = NULL;
-        size_t la = 0, lb = 0;
-        if (cJSON_IsString(e)) {
-            const char *sp = strchr(e->valuestring, ' ');
-            if (!sp)
-                return td_err_set(err, TD_ERR_FORMAT, "merge %d \"%s\" has no space", rank,
-                                  e->valuestring);
-            a = e->valuestring;
-            la = (size_t)(sp - a);
-            b = sp + 1;
-            lb = strlen(b);
-        } else if (cJSON_IsArray(e) && cJSON_GetArraySize(e) == 2 &&
-                   cJSON_IsString(cJSON_GetArrayItem(e, 0)) &&
-                   cJSON_IsString(cJSON_GetArrayItem(e, 1))) {
-            a = cJSON_GetArrayItem(e, 0)->valuestring;
-            b = cJSON_GetArrayItem(e, 1)->valuestring;
-            la = strlen(a);
-            lb = strlen(b);
-        } else {
-            return td_err_set(err, TD_ERR_FORMAT, "merge %d is neither \"a b\" nor [\"a\",\"b\"]",
-                              rank);
-        }
-        int32_t ia = s_vocab_find(tok, a, la), ib = s_vocab_find(tok, b, lb);
-        if (la + lb >= sizeof buf)
-            return td_err_set(err, TD_ERR_FORMAT, "merge %d is too long", rank);
-        memcpy(buf, a, la);
-        memcpy(buf + la, b, lb);
-        int32_t ic = s_vocab_find(tok, buf, la + lb);
-        if (ia < 0 || ib < 0 || ic < 0)
-            return td_err_set(err, TD_ERR_FORMAT,
-                              "merge %d (\"%.*s\" \"%.*s\") uses a token "
-                              "that is not in the vocabulary",
-                              rank, (int)la, a, (int)lb, b);
-        tok->merge_pairs[2 * rank] = ia;
-        tok->merge_pairs[2 * rank + 1] = ib;
-        s_merge_insert(tok, ia, ib, rank, ic);
-        rank++;
-    }
-    tok->n_merges = rank;
-    return TD_OK;
+static char *s_strndup(const char *s, size_t n) {
+    char *p = malloc(n + 1);
+    if (!p) return NULL;
+    if (n) memcpy(p, s, n);
+    p[n] = 0;
+    return p;
 }
 
 static int s_added_cmp(const void *x, const void *y) {
@@ -606,45 +548,155 @@ static int s_added_cmp(const void *x, const void *y) {
     return a->id < b->id ? -1 : a->id > b->id;
 }
 
-static int s_load_added(td_tokenizer_t *tok, const cJSON *list, int32_t *cap, td_err_t *err) {
-    int n = cJSON_GetArraySize(list);
-    tok->added = calloc((size_t)n + 1, sizeof *tok->added);
-    if (!tok->added) return td_err_set(err, TD_ERR_NOMEM, "out of memory");
-    const cJSON *e;
-    cJSON_ArrayForEach(e, list) {
-        int32_t id;
-        const cJSON *c = cJSON_GetObjectItemCaseSensitive(e, "content");
-        if (!cJSON_IsObject(e) || !s_get_id(cJSON_GetObjectItemCaseSensitive(e, "id"), &id) ||
-            !cJSON_IsString(c) || !c->valuestring[0])
-            return td_err_set(err, TD_ERR_FORMAT,
-                              "added_tokens entry %d needs an id and a non-empty content",
-                              tok->n_added);
-        size_t len = strlen(c->valuestring);
-        if (s_reserve_id(tok, id, cap)) return td_err_set(err, TD_ERR_NOMEM, "out of memory");
-        if (!(tok->flags[id] & S_ADDED)) { /* content replaces a vocab piece of the same id */
-            char *copy = malloc(len + 1);
-            if (!copy) return td_err_set(err, TD_ERR_NOMEM, "out of memory");
-            memcpy(copy, c->valuestring, len + 1);
-            free(tok->piece[id]);
-            tok->piece[id] = copy;
-            tok->piece_len[id] = (uint32_t)len;
-        } else if (tok->piece_len[id] != len || memcmp(tok->piece[id], c->valuestring, len)) {
-            return td_err_set(err, TD_ERR_FORMAT, "added token id %d is used twice", (int)id);
-        }
-        s_added_t *a = &tok->added[tok->n_added++];
-        a->content = tok->piece[id];
-        a->len = len;
-        a->id = id;
-        a->special = s_flag(e, "special", 0);
-        a->lstrip = s_flag(e, "lstrip", 0);
-        a->rstrip = s_flag(e, "rstrip", 0);
-        a->single_word = s_flag(e, "single_word", 0);
-        a->normalized = s_flag(e, "normalized", !a->special);
-        tok->flags[id] |= S_ADDED | (a->special ? S_SPECIAL : 0);
-        tok->added_first[(uint8_t)a->content[0]] = 1;
-        if (id >= tok->n_ids) tok->n_ids = id + 1;
+/* Makes id an added token with content c[0..len) (NULL: its vocabulary string) and the flags;
+ * slot[id] is its index into tok->added (-1 before), so a later entry for the same id replaces
+ * the earlier one. */
+static int s_set_added(td_tokenizer_t *tok, int32_t *slot, int32_t id, const char *c, size_t len,
+                       const td_tok_added_t *fl, td_err_t *err) {
+    if (!c) {
+        c = tok->vstr[id];
+        len = tok->vstr_len[id];
     }
+    if (!c || len == 0) return td_err_set(err, TD_ERR_FORMAT, "added token %d is empty", (int)id);
+    if (!tok->piece[id] || tok->piece_len[id] != len || memcmp(tok->piece[id], c, len) != 0) {
+        char *copy = s_strndup(c, len);
+        if (!copy) return td_err_set(err, TD_ERR_NOMEM, "out of memory");
+        if (tok->piece[id] != tok->vstr[id]) free(tok->piece[id]);
+        tok->piece[id] = copy;
+        tok->piece_len[id] = (uint32_t)len;
+    }
+    int k = slot[id];
+    if (k < 0) k = slot[id] = tok->n_added++;
+    s_added_t *a = &tok->added[k];
+    a->content = tok->piece[id];
+    a->len = len;
+    a->id = id;
+    a->special = fl->special != 0;
+    a->lstrip = fl->lstrip != 0;
+    a->rstrip = fl->rstrip != 0;
+    a->single_word = fl->single_word != 0;
+    a->normalized = fl->normalized != 0;
+    tok->flags[id] = (uint8_t)(S_ADDED | (a->special ? S_SPECIAL : 0)); /* drops S_UNUSED */
+    return TD_OK;
+}
+
+static int s_load_added(td_tokenizer_t *tok, const td_tok_spec_t *spec, td_err_t *err) {
+    int32_t *slot = malloc((size_t)tok->n_ids * sizeof *slot);
+    tok->added = calloc((size_t)tok->n_ids + 1, sizeof *tok->added);
+    if (!slot || !tok->added) {
+        free(slot);
+        return td_err_set(err, TD_ERR_NOMEM, "out of memory");
+    }
+    for (int32_t i = 0; i < tok->n_ids; i++) slot[i] = -1;
+    int rc = TD_OK;
+    for (int64_t id = 0; id < spec->n_tokens && spec->token_types && rc == TD_OK; id++) {
+        int32_t t = spec->token_types[id];
+        if (t != TD_TOK_TYPE_CONTROL && t != TD_TOK_TYPE_USER_DEFINED) continue;
+        if (!tok->vstr[id]) {
+            rc = td_err_set(err, TD_ERR_FORMAT, "token %d has type %d but no string", (int)id, t);
+            break;
+        }
+        td_tok_added_t fl = {.special = t == TD_TOK_TYPE_CONTROL};
+        rc = s_set_added(tok, slot, (int32_t)id, NULL, 0, &fl, err);
+    }
+    /* explicit entries override the types; the same id twice must name the same content */
+    uint8_t *seen = calloc((size_t)tok->n_ids, 1);
+    if (!seen && rc == TD_OK) rc = td_err_set(err, TD_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < spec->n_added && rc == TD_OK; i++) {
+        const td_tok_added_t *a = &spec->added[i];
+        if (a->id < 0 || a->id >= tok->n_ids) {
+            rc = td_err_set(err, TD_ERR_FORMAT, "added token %d has id %d out of range", i,
+                            (int)a->id);
+            break;
+        }
+        if (!a->content || !a->content[0]) {
+            rc = td_err_set(err, TD_ERR_FORMAT, "added token %d (id %d) has no content", i,
+                            (int)a->id);
+            break;
+        }
+        size_t len = strlen(a->content);
+        if (seen[a->id] &&
+            (tok->piece_len[a->id] != len || memcmp(tok->piece[a->id], a->content, len) != 0)) {
+            rc = td_err_set(err, TD_ERR_FORMAT, "added token id %d is used twice", (int)a->id);
+            break;
+        }
+        seen[a->id] = 1;
+        rc = s_set_added(tok, slot, a->id, a->content, len, a, err);
+    }
+    free(seen);
+    free(slot);
+    if (rc) return rc;
+    for (int i = 0; i < tok->n_added; i++) tok->added_first[(uint8_t)tok->added[i].content[0]] = 1;
     qsort(tok->added, (size_t)tok->n_added, sizeof *tok->added, s_added_cmp);
+    return TD_OK;
+}
+
+static int s_load_merges(td_tokenizer_t *tok, const td_tok_spec_t *spec, td_err_t *err) {
+    int64_t n = spec->n_merges;
+    tok->merge_pairs = malloc(((size_t)n + 1) * 2 * sizeof *tok->merge_pairs);
+    tok->merge_mask = s_table_size((size_t)n) - 1;
+    tok->merge_tab = malloc((tok->merge_mask + 1) * sizeof *tok->merge_tab);
+    if (!tok->merge_pairs || !tok->merge_tab) return td_err_set(err, TD_ERR_NOMEM, "out of memory");
+    for (uint64_t i = 0; i <= tok->merge_mask; i++) tok->merge_tab[i].key = UINT64_MAX;
+    char *buf = NULL;
+    size_t cap = 0;
+    int rc = TD_OK;
+    for (int64_t rank = 0; rank < n; rank++) {
+        const char *a = spec->merges[rank], *b;
+        size_t la, lb;
+        if (!a) {
+            rc = td_err_set(err, TD_ERR_FORMAT, "merge %lld is missing", (long long)rank);
+            break;
+        }
+        size_t lm = spec->merge_lens ? spec->merge_lens[rank] : strlen(a);
+        if (spec->merges_right) {
+            b = spec->merges_right[rank];
+            if (!b) {
+                rc =
+                    td_err_set(err, TD_ERR_FORMAT, "merge %lld has no right part", (long long)rank);
+                break;
+            }
+            la = lm;
+            lb = spec->merges_right_lens ? spec->merges_right_lens[rank] : strlen(b);
+        } else {
+            const char *sp = memchr(a, ' ', lm);
+            if (!sp) {
+                rc = td_err_set(err, TD_ERR_FORMAT, "merge %lld \"%.*s\" has no space",
+                                (long long)rank, (int)(lm > 200 ? 200 : lm), a);
+                break;
+            }
+            la = (size_t)(sp - a);
+            b = sp + 1;
+            lb = lm - la - 1;
+        }
+        if (la + lb + 1 > cap) {
+            cap = 2 * (la + lb + 1);
+            char *nb = realloc(buf, cap);
+            if (!nb) {
+                rc = td_err_set(err, TD_ERR_NOMEM, "out of memory");
+                break;
+            }
+            buf = nb;
+        }
+        int32_t ia = s_vocab_find(tok, a, la), ib = s_vocab_find(tok, b, lb);
+        memcpy(buf, a, la);
+        memcpy(buf + la, b, lb);
+        int32_t ic = s_vocab_find(tok, buf, la + lb);
+        if (ia < 0 || ib < 0 || ic < 0) {
+            rc = td_err_set(err, TD_ERR_FORMAT,
+                            "merge %lld (\"%.*s\" \"%.*s\") uses a token that is not in the "
+                            "vocabulary",
+                            (long long)rank, (int)(la > 200 ? 200 : la), a,
+                            (int)(lb > 200 ? 200 : lb), b);
+            break;
+        }
+        tok->merge_pairs[2 * rank] = ia;
+        tok->merge_pairs[2 * rank + 1] = ib;
+        s_merge_insert(tok, ia, ib, (int32_t)rank, ic);
+    }
+    free(buf);
+    if (rc) return rc;
+    tok->n_merges = (int32_t)n;
     return TD_OK;
 }
 
@@ -688,34 +740,334 @@ static int s_build_bytes(td_tokenizer_t *tok) {
     return TD_OK;
 }
 
+static uint64_t s_fnv_u32(uint64_t h, uint32_t v) {
+    uint8_t b[4] = {(uint8_t)v, (uint8_t)(v >> 8), (uint8_t)(v >> 16), (uint8_t)(v >> 24)};
+    return s_fnv(h, b, 4);
+}
+
+static uint64_t s_fnv_u8(uint64_t h, int v) {
+    uint8_t b = (uint8_t)v;
+    return s_fnv(h, &b, 1);
+}
+
+/* The identity documented at td_tokenizer_hash in tokenizer.h: keep the two in step. */
 static void s_compute_hash(td_tokenizer_t *tok) {
-    uint64_t h = S_FNV_INIT;
+    uint64_t h = s_fnv(S_FNV_INIT, "td-tok-v2", 9);
+    h = s_fnv(h, "pre", 3);
+    h = s_fnv_u8(h, tok->ignore_merges);
+    h = s_fnv_u8(h, tok->prefix_space);
+    h = s_fnv_u32(h, (uint32_t)tok->n_norm);
+    for (int i = 0; i < tok->n_norm; i++) h = s_fnv_u32(h, (uint32_t)tok->norm_kind[i]);
+    h = s_fnv_u32(h, (uint32_t)tok->n_steps);
+    for (int i = 0; i < tok->n_steps; i++) {
+        const s_step_t *s = &tok->steps[i];
+        h = s_fnv_u8(h, s->kind);
+        h = s_fnv_u8(h, s->literal);
+        h = s_fnv_u32(h, (uint32_t)s->pattern_len);
+        h = s_fnv(h, s->pattern, s->pattern_len);
+    }
     h = s_fnv(h, "vocab", 5);
     for (int32_t id = 0; id < tok->n_ids; id++) {
-        if (!tok->piece[id] || (tok->flags[id] & S_ADDED)) continue;
-        uint32_t len = tok->piece_len[id];
-        h = s_fnv(h, &id, sizeof id);
-        h = s_fnv(h, &len, sizeof len);
-        h = s_fnv(h, tok->piece[id], len);
+        if (!tok->vstr[id] || (tok->flags[id] & (S_ADDED | S_UNUSED))) continue;
+        h = s_fnv_u32(h, (uint32_t)id);
+        h = s_fnv_u32(h, tok->vstr_len[id]);
+        h = s_fnv(h, tok->vstr[id], tok->vstr_len[id]);
     }
     h = s_fnv(h, "merges", 6);
-    h = s_fnv(h, tok->merge_pairs, (size_t)tok->n_merges * 2 * sizeof *tok->merge_pairs);
+    h = s_fnv_u32(h, (uint32_t)tok->n_merges);
+    for (int64_t i = 0; i < 2 * (int64_t)tok->n_merges; i++)
+        h = s_fnv_u32(h, (uint32_t)tok->merge_pairs[i]);
     h = s_fnv(h, "added", 5);
+    h = s_fnv_u32(h, (uint32_t)tok->n_added);
     for (int i = 0; i < tok->n_added; i++) { /* sorted by length, then id */
         const s_added_t *a = &tok->added[i];
-        int32_t id = a->id;
-        uint8_t fl[5] = {(uint8_t)a->special, (uint8_t)a->lstrip, (uint8_t)a->rstrip,
-                         (uint8_t)a->single_word, (uint8_t)a->normalized};
-        uint32_t len = (uint32_t)a->len;
-        h = s_fnv(h, &id, sizeof id);
-        h = s_fnv(h, fl, sizeof fl);
-        h = s_fnv(h, &len, sizeof len);
-        h = s_fnv(h, a->content, len);
+        h = s_fnv_u32(h, (uint32_t)a->id);
+        h = s_fnv_u8(h, a->special);
+        h = s_fnv_u8(h, a->lstrip);
+        h = s_fnv_u8(h, a->rstrip);
+        h = s_fnv_u8(h, a->single_word);
+        h = s_fnv_u32(h, (uint32_t)a->len);
+        h = s_fnv(h, a->content, a->len);
+    }
+    int complete = 1;
+    for (int b = 0; b < 256; b++) /* bytes valid UTF-8 never holds cannot need unk */
+        if (b != 0xc0 && b != 0xc1 && b < 0xf5) complete &= tok->byte_id[b] >= 0;
+    if (!complete) {
+        h = s_fnv(h, "unk", 3);
+        h = s_fnv_u32(h, tok->unk_id < 0 ? 0xffffffffu : (uint32_t)tok->unk_id);
     }
     tok->hash = h;
 }
 
-static int s_load_json(td_tokenizer_t *tok, const cJSON *root, td_err_t *err) {
+static int s_build(td_tokenizer_t *tok, const td_tok_spec_t *spec, td_err_t *err) {
+    int rc;
+    if (!spec->model) return td_err_set(err, TD_ERR_ARG, "tokenizer spec names no model");
+    if (strcmp(spec->model, "gpt2") != 0)
+        return td_err_set(err, TD_ERR_UNSUPPORTED,
+                          "tokenizer model '%s' is not supported (only 'gpt2': byte-level BPE)",
+                          spec->model);
+    if (spec->n_tokens < 0 || spec->n_tokens > TD_TOK_MAX_ID || (spec->n_tokens && !spec->tokens))
+        return td_err_set(err, TD_ERR_FORMAT, "bad vocabulary size %lld",
+                          (long long)spec->n_tokens);
+    if (spec->n_merges < 0 || spec->n_merges > INT32_MAX / 2 || (spec->n_merges && !spec->merges))
+        return td_err_set(err, TD_ERR_FORMAT, "bad merge count %lld", (long long)spec->n_merges);
+    if (spec->n_added < 0 || (spec->n_added && !spec->added))
+        return td_err_set(err, TD_ERR_ARG, "bad added token list");
+    if ((rc = s_set_pre(tok, spec, err))) return rc;
+
+    /* ids: the vocabulary, and added ids past it (dense enough that the per-id arrays stay
+     * proportional to the input) */
+    int64_t n_ids = spec->n_tokens;
+    for (int i = 0; i < spec->n_added; i++) {
+        int32_t id = spec->added[i].id;
+        if (id < 0 || id >= TD_TOK_MAX_ID)
+            return td_err_set(err, TD_ERR_FORMAT, "added token %d has id %d out of range", i,
+                              (int)id);
+        if (id >= n_ids) n_ids = (int64_t)id + 1;
+    }
+    if (n_ids > 2 * (spec->n_tokens + spec->n_added) + 1024)
+        return td_err_set(err, TD_ERR_FORMAT,
+                          "token ids are too sparse (max id %lld for %lld tokens)",
+                          (long long)n_ids - 1, (long long)(spec->n_tokens + spec->n_added));
+    if (n_ids == 0) return td_err_set(err, TD_ERR_FORMAT, "empty vocabulary");
+    size_t nn = (size_t)n_ids;
+    tok->piece = calloc(nn, sizeof *tok->piece);
+    tok->piece_len = calloc(nn, sizeof *tok->piece_len);
+    tok->vstr = calloc(nn, sizeof *tok->vstr);
+    tok->vstr_len = calloc(nn, sizeof *tok->vstr_len);
+    tok->flags = calloc(nn, 1);
+    if (!tok->piece || !tok->piece_len || !tok->vstr || !tok->vstr_len || !tok->flags)
+        return td_err_set(err, TD_ERR_NOMEM, "out of memory");
+    tok->n_ids = (int32_t)n_ids;
+
+    size_t count = 0;
+    for (int64_t id = 0; id < spec->n_tokens; id++) {
+        const char *s = spec->tokens[id];
+        if (spec->token_types) {
+            int32_t t = spec->token_types[id];
+            if (t < TD_TOK_TYPE_NORMAL || t > TD_TOK_TYPE_BYTE)
+                return td_err_set(err, TD_ERR_FORMAT, "token %lld has type %d (not 1..6)",
+                                  (long long)id, (int)t);
+            if (t == TD_TOK_TYPE_BYTE)
+                return td_err_set(err, TD_ERR_UNSUPPORTED,
+                                  "token %lld is a sentencepiece byte token (type 6), which a "
+                                  "byte-level BPE vocabulary does not have",
+                                  (long long)id);
+        }
+        if (!s) continue;
+        size_t len = spec->token_lens ? spec->token_lens[id] : strlen(s);
+        if (len > UINT32_MAX / 2)
+            return td_err_set(err, TD_ERR_FORMAT, "token %lld is too long", (long long)id);
+        if (!(tok->vstr[id] = s_strndup(s, len)))
+            return td_err_set(err, TD_ERR_NOMEM, "out of memory");
+        tok->vstr_len[id] = (uint32_t)len;
+        if (spec->token_types && spec->token_types[id] == TD_TOK_TYPE_UNUSED)
+            tok->flags[id] = S_UNUSED;
+        tok->piece[id] = tok->vstr[id];
+        tok->piece_len[id] = (uint32_t)len;
+        count++;
+    }
+    tok->vocab_mask = s_table_size(count) - 1;
+    tok->vocab_tab = malloc((tok->vocab_mask + 1) * sizeof *tok->vocab_tab);
+    if (!tok->vocab_tab) return td_err_set(err, TD_ERR_NOMEM, "out of memory");
+    memset(tok->vocab_tab, 0xff, (tok->vocab_mask + 1) * sizeof *tok->vocab_tab);
+    for (int32_t id = 0; id < tok->n_ids; id++)
+        if (tok->vstr[id]) s_vocab_insert(tok, id);
+
+    if ((rc = s_load_added(tok, spec, err))) return rc;
+    if ((rc = s_load_merges(tok, spec, err))) return rc;
+    s_init_alphabet(tok);
+    for (int b = 0; b < 256; b++) {
+        char s[4];
+        int n = (int)utf8proc_encode_char(tok->byte_cp[b], (utf8proc_uint8_t *)s);
+        tok->byte_id[b] = s_vocab_find(tok, s, (size_t)n);
+    }
+    const int32_t ids[6] = {spec->bos_id, spec->eos_id, spec->unk_id,
+                            spec->pad_id, spec->eot_id, spec->bpe_unk_id};
+    static const char *const names[6] = {"bos", "eos", "unk", "pad", "eot", "BPE unk"};
+    for (int i = 0; i < 6; i++)
+        if (ids[i] < -1 || ids[i] >= tok->n_ids || (ids[i] >= 0 && !tok->piece[ids[i]]))
+            return td_err_set(err, TD_ERR_FORMAT, "%s token id %d is not a token", names[i],
+                              (int)ids[i]);
+    tok->specials =
+        (td_tok_specials_t){spec->bos_id, spec->eos_id,       spec->unk_id,      spec->pad_id,
+                            spec->eot_id, spec->add_bos != 0, spec->add_eos != 0};
+    tok->unk_id = spec->bpe_unk_id;
+    if (s_build_bytes(tok)) return td_err_set(err, TD_ERR_NOMEM, "out of memory");
+    s_compute_hash(tok);
+    return TD_OK;
+}
+
+td_tokenizer_t *td_tokenizer_from_vocab(const td_tok_spec_t *spec, td_err_t *err) {
+    if (!spec) {
+        td_err_set(err, TD_ERR_ARG, "tokenizer spec is NULL");
+        return NULL;
+    }
+    td_tokenizer_t *tok = calloc(1, sizeof *tok);
+    if (!tok) {
+        td_err_set(err, TD_ERR_NOMEM, "out of memory");
+        return NULL;
+    }
+    if (s_build(tok, spec, err)) {
+        td_tokenizer_destroy(&tok);
+        return NULL;
+    }
+    return tok;
+}
+
+void td_tokenizer_specials(const td_tokenizer_t *tok, td_tok_specials_t *out) {
+    *out = tok->specials;
+}
+
+/* ---------- tokenizer.json -> spec ---------- */
+
+static int s_get_id(const cJSON *v, int32_t *id) {
+    if (!cJSON_IsNumber(v)) return 0;
+    double d = v->valuedouble;
+    if (!(d >= 0 && d < TD_TOK_MAX_ID) || d != (double)(int32_t)d) return 0;
+    *id = (int32_t)d;
+    return 1;
+}
+
+static int s_flag(const cJSON *o, const char *name, int dflt) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+    if (cJSON_IsBool(v)) return cJSON_IsTrue(v);
+    return dflt;
+}
+
+static const char *s_type(const cJSON *o) {
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(o, "type");
+    return cJSON_IsString(t) ? t->valuestring : NULL;
+}
+
+/* What a tokenizer.json says, borrowed from the cJSON tree (valid while it lives). */
+typedef struct {
+    td_tok_spec_t spec;
+    td_tok_pre_step_t steps[8];
+    int norm[8];
+    int byte_level;
+    const char **tokens;
+    const char **left, **right;
+    size_t *left_len, *right_len;
+    td_tok_added_t *added;
+} s_json_spec_t;
+
+static void s_json_spec_free(s_json_spec_t *j) {
+    free(j->tokens);
+    free(j->left);
+    free(j->right);
+    free(j->left_len);
+    free(j->right_len);
+    free(j->added);
+}
+
+static int s_json_norm(s_json_spec_t *j, const cJSON *n, td_err_t *err, int depth) {
+    if (!n || cJSON_IsNull(n)) return TD_OK;
+    const char *type = s_type(n);
+    if (!cJSON_IsObject(n) || !type)
+        return td_err_set(err, TD_ERR_FORMAT, "normalizer is not an object with a type");
+    int kind = 0;
+    if (strcmp(type, "NFC") == 0)
+        kind = TD_TOK_NORM_NFC;
+    else if (strcmp(type, "NFD") == 0)
+        kind = TD_TOK_NORM_NFD;
+    else if (strcmp(type, "NFKC") == 0)
+        kind = TD_TOK_NORM_NFKC;
+    else if (strcmp(type, "NFKD") == 0)
+        kind = TD_TOK_NORM_NFKD;
+    else if (strcmp(type, "Sequence") == 0 && depth < 4) {
+        const cJSON *list = cJSON_GetObjectItemCaseSensitive(n, "normalizers"), *e;
+        if (!cJSON_IsArray(list))
+            return td_err_set(err, TD_ERR_FORMAT, "normalizer Sequence without a normalizers list");
+        cJSON_ArrayForEach(e, list) {
+            int rc = s_json_norm(j, e, err, depth + 1);
+            if (rc) return rc;
+        }
+        return TD_OK;
+    }
+    if (!kind)
+        return td_err_set(err, TD_ERR_UNSUPPORTED,
+                          "normalizer '%s' is not supported (only NFC, NFD, NFKC, NFKD and "
+                          "Sequences of them)",
+                          type);
+    if (j->spec.n_norm >= (int)(sizeof j->norm / sizeof j->norm[0]))
+        return td_err_set(err, TD_ERR_UNSUPPORTED, "too many normalizers");
+    j->norm[j->spec.n_norm++] = kind;
+    return TD_OK;
+}
+
+static int s_json_step(s_json_spec_t *j, const char *pattern, int literal, td_tok_split_t kind,
+                       td_err_t *err) {
+    if (j->spec.n_pre_steps >= (int)(sizeof j->steps / sizeof j->steps[0]))
+        return td_err_set(err, TD_ERR_UNSUPPORTED, "too many pre-tokenizer steps");
+    j->steps[j->spec.n_pre_steps++] = (td_tok_pre_step_t){pattern, literal, kind};
+    return TD_OK;
+}
+
+static int s_json_pretok(s_json_spec_t *j, const cJSON *p, td_err_t *err, int depth) {
+    const char *type = s_type(p);
+    if (!cJSON_IsObject(p) || !type)
+        return td_err_set(err, TD_ERR_FORMAT, "pre_tokenizer is not an object with a type");
+    if (strcmp(type, "Sequence") == 0 && depth < 4) {
+        const cJSON *list = cJSON_GetObjectItemCaseSensitive(p, "pretokenizers"), *e;
+        if (!cJSON_IsArray(list))
+            return td_err_set(err, TD_ERR_FORMAT, "pre_tokenizer Sequence without pretokenizers");
+        cJSON_ArrayForEach(e, list) {
+            int rc = s_json_pretok(j, e, err, depth + 1);
+            if (rc) return rc;
+        }
+        return TD_OK;
+    }
+    if (strcmp(type, "ByteLevel") == 0) {
+        if (s_flag(p, "add_prefix_space", 0)) {
+            if (j->spec.n_pre_steps > 0)
+                return td_err_set(err, TD_ERR_UNSUPPORTED,
+                                  "ByteLevel add_prefix_space after another pre-tokenizer step");
+            j->spec.prefix_space = 1;
+        }
+        j->byte_level = 1;
+        if (s_flag(p, "use_regex", 1))
+            return s_json_step(j, s_gpt2_pattern, 0, TD_TOK_SPLIT_ISOLATED, err);
+        return TD_OK;
+    }
+    if (strcmp(type, "Digits") == 0) /* splits at Unicode numerals, as Rust's is_numeric */
+        return s_json_step(j,
+                           s_flag(p, "individual_digits", 0) ? s_digit_pattern : s_digits_pattern,
+                           0, TD_TOK_SPLIT_ISOLATED, err);
+    if (strcmp(type, "Split") == 0) {
+        const cJSON *pat = cJSON_GetObjectItemCaseSensitive(p, "pattern");
+        const cJSON *re = cJSON_GetObjectItemCaseSensitive(pat, "Regex");
+        const cJSON *str = cJSON_GetObjectItemCaseSensitive(pat, "String");
+        const cJSON *beh = cJSON_GetObjectItemCaseSensitive(p, "behavior");
+        const char *b = cJSON_IsString(beh) ? beh->valuestring : "";
+        td_tok_split_t kind;
+        if (strcmp(b, "Isolated") == 0)
+            kind = TD_TOK_SPLIT_ISOLATED;
+        else if (strcmp(b, "Removed") == 0)
+            kind = TD_TOK_SPLIT_REMOVED;
+        else
+            return td_err_set(err, TD_ERR_UNSUPPORTED,
+                              "Split pre-tokenizer behavior '%s' is not supported (Isolated, "
+                              "Removed)",
+                              b);
+        if (s_flag(p, "invert", 0))
+            return td_err_set(err, TD_ERR_UNSUPPORTED, "Split pre-tokenizer with invert=true");
+        if (cJSON_IsString(re)) return s_json_step(j, re->valuestring, 0, kind, err);
+        if (cJSON_IsString(str)) return s_json_step(j, str->valuestring, 1, kind, err);
+        return td_err_set(err, TD_ERR_FORMAT, "Split pre-tokenizer without a pattern");
+    }
+    return td_err_set(err, TD_ERR_UNSUPPORTED,
+                      "pre-tokenizer '%s' is not supported (byte-level BPE only: ByteLevel, "
+                      "Split, Digits, Sequence)",
+                      type);
+}
+
+static int s_json_spec(s_json_spec_t *j, const cJSON *root, td_err_t *err) {
+    td_tok_spec_t *sp = &j->spec;
+    td_tok_spec_init(sp);
+    sp->model = "gpt2";
+    sp->pre_steps = j->steps;
+    sp->norm = j->norm;
     if (!cJSON_IsObject(root)) return td_err_set(err, TD_ERR_FORMAT, "not a JSON object");
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
     if (!cJSON_IsObject(model)) return td_err_set(err, TD_ERR_FORMAT, "no \"model\" object");
@@ -735,27 +1087,33 @@ static int s_load_json(td_tokenizer_t *tok, const cJSON *root, td_err_t *err) {
     v = cJSON_GetObjectItemCaseSensitive(model, "end_of_word_suffix");
     if (cJSON_IsString(v) && v->valuestring[0])
         return td_err_set(err, TD_ERR_UNSUPPORTED, "BPE end_of_word_suffix is not supported");
-    tok->ignore_merges = s_flag(model, "ignore_merges", 0);
+    sp->ignore_merges = s_flag(model, "ignore_merges", 0);
 
-    int byte_level = 0, rc;
+    int rc;
     const cJSON *pre = cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer");
-    if (pre && !cJSON_IsNull(pre) && (rc = s_add_pretok(tok, pre, &byte_level, err, 0))) return rc;
-    if (!byte_level)
+    if (pre && !cJSON_IsNull(pre) && (rc = s_json_pretok(j, pre, err, 0))) return rc;
+    if (!j->byte_level)
         return td_err_set(err, TD_ERR_UNSUPPORTED,
                           "BPE tokenizer without a ByteLevel pre-tokenizer (%s) is not supported "
                           "(only byte-level BPE)",
                           pre && s_type(pre) ? s_type(pre) : "none");
-    if ((rc = s_add_normalizer(tok, cJSON_GetObjectItemCaseSensitive(root, "normalizer"), err, 0)))
+    if ((rc = s_json_norm(j, cJSON_GetObjectItemCaseSensitive(root, "normalizer"), err, 0)))
         return rc;
 
     /* ids must be dense enough that the per-id arrays stay proportional to the file */
     const cJSON *added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens"), *e;
-    int32_t cap = 0, max_id = -1, id;
+    if (added && !cJSON_IsNull(added) && !cJSON_IsArray(added))
+        return td_err_set(err, TD_ERR_FORMAT, "added_tokens not a list");
+    int32_t max_id = -1, id = 0;
     size_t count = 0;
     cJSON_ArrayForEach(e, vocab) {
-        if (s_get_id(e, &id) && id > max_id) max_id = id;
+        if (!e->string || !s_get_id(e, &id))
+            return td_err_set(err, TD_ERR_FORMAT, "vocab entry \"%s\" has no valid id",
+                              e->string ? e->string : "?");
+        if (id > max_id) max_id = id;
         count++;
     }
+    int n_added = cJSON_IsArray(added) ? cJSON_GetArraySize(added) : 0;
     if (cJSON_IsArray(added)) {
         cJSON_ArrayForEach(e, added) {
             if (s_get_id(cJSON_GetObjectItemCaseSensitive(e, "id"), &id) && id > max_id)
@@ -766,27 +1124,90 @@ static int s_load_json(td_tokenizer_t *tok, const cJSON *root, td_err_t *err) {
     if ((size_t)max_id + 1 > 2 * count + 1024)
         return td_err_set(err, TD_ERR_FORMAT, "token ids are too sparse (max id %d for %zu tokens)",
                           (int)max_id, count);
-    s_init_alphabet(tok);
-    if (max_id >= 0 && s_reserve_id(tok, max_id, &cap))
+
+    int32_t n_vocab = 0;
+    cJSON_ArrayForEach(e, vocab) {
+        s_get_id(e, &id);
+        if (id >= n_vocab) n_vocab = id + 1;
+    }
+    int n_merges = cJSON_GetArraySize(merges);
+    j->tokens = calloc((size_t)n_vocab + 1, sizeof *j->tokens);
+    j->left = calloc((size_t)n_merges + 1, sizeof *j->left);
+    j->right = calloc((size_t)n_merges + 1, sizeof *j->right);
+    j->left_len = calloc((size_t)n_merges + 1, sizeof *j->left_len);
+    j->right_len = calloc((size_t)n_merges + 1, sizeof *j->right_len);
+    j->added = calloc((size_t)n_added + 1, sizeof *j->added);
+    if (!j->tokens || !j->left || !j->right || !j->left_len || !j->right_len || !j->added)
         return td_err_set(err, TD_ERR_NOMEM, "out of memory");
-    if ((rc = s_load_vocab(tok, vocab, &cap, err))) return rc;
-    if ((rc = s_load_merges(tok, merges, err))) return rc;
-    if (added && !cJSON_IsNull(added)) {
-        if (!cJSON_IsArray(added)) return td_err_set(err, TD_ERR_FORMAT, "added_tokens not a list");
-        if ((rc = s_load_added(tok, added, &cap, err))) return rc;
+    cJSON_ArrayForEach(e, vocab) {
+        s_get_id(e, &id);
+        if (j->tokens[id])
+            return td_err_set(err, TD_ERR_FORMAT, "vocab id %d is used twice (\"%s\", \"%s\")",
+                              (int)id, j->tokens[id], e->string);
+        j->tokens[id] = e->string;
     }
-    if (tok->n_ids == 0) return td_err_set(err, TD_ERR_FORMAT, "empty vocabulary");
-    for (int b = 0; b < 256; b++) {
-        char s[4];
-        int cp = tok->byte_cp[b];
-        int n = (int)utf8proc_encode_char(cp, (utf8proc_uint8_t *)s);
-        tok->byte_id[b] = s_vocab_find(tok, s, (size_t)n);
+    sp->n_tokens = n_vocab;
+    sp->tokens = j->tokens;
+
+    int rank = 0;
+    cJSON_ArrayForEach(e, merges) {
+        if (cJSON_IsString(e)) {
+            const char *s = e->valuestring, *spc = strchr(s, ' ');
+            if (!spc)
+                return td_err_set(err, TD_ERR_FORMAT, "merge %d \"%s\" has no space", rank, s);
+            j->left[rank] = s;
+            j->left_len[rank] = (size_t)(spc - s);
+            j->right[rank] = spc + 1;
+            j->right_len[rank] = strlen(spc + 1);
+        } else if (cJSON_IsArray(e) && cJSON_GetArraySize(e) == 2 &&
+                   cJSON_IsString(cJSON_GetArrayItem(e, 0)) &&
+                   cJSON_IsString(cJSON_GetArrayItem(e, 1))) {
+            j->left[rank] = cJSON_GetArrayItem(e, 0)->valuestring;
+            j->right[rank] = cJSON_GetArrayItem(e, 1)->valuestring;
+            j->left_len[rank] = strlen(j->left[rank]);
+            j->right_len[rank] = strlen(j->right[rank]);
+        } else {
+            return td_err_set(err, TD_ERR_FORMAT, "merge %d is neither \"a b\" nor [\"a\",\"b\"]",
+                              rank);
+        }
+        rank++;
     }
-    tok->unk_id = -1;
+    sp->n_merges = rank;
+    sp->merges = j->left;
+    sp->merge_lens = j->left_len;
+    sp->merges_right = j->right;
+    sp->merges_right_lens = j->right_len;
+
+    int k = 0;
+    if (cJSON_IsArray(added)) {
+        cJSON_ArrayForEach(e, added) {
+            const cJSON *c = cJSON_GetObjectItemCaseSensitive(e, "content");
+            td_tok_added_t *a = &j->added[k];
+            if (!cJSON_IsObject(e) ||
+                !s_get_id(cJSON_GetObjectItemCaseSensitive(e, "id"), &a->id) ||
+                !cJSON_IsString(c) || !c->valuestring[0])
+                return td_err_set(err, TD_ERR_FORMAT,
+                                  "added_tokens entry %d needs an id and a non-empty content", k);
+            a->content = c->valuestring;
+            a->special = s_flag(e, "special", 0);
+            a->lstrip = s_flag(e, "lstrip", 0);
+            a->rstrip = s_flag(e, "rstrip", 0);
+            a->single_word = s_flag(e, "single_word", 0);
+            a->normalized = s_flag(e, "normalized", !a->special);
+            k++;
+        }
+    }
+    sp->added = j->added;
+    sp->n_added = k;
+
     v = cJSON_GetObjectItemCaseSensitive(model, "unk_token");
-    if (cJSON_IsString(v)) tok->unk_id = td_tokenizer_token_id(tok, v->valuestring);
-    if (s_build_bytes(tok)) return td_err_set(err, TD_ERR_NOMEM, "out of memory");
-    s_compute_hash(tok);
+    if (cJSON_IsString(v)) { /* an added token of that content, else the vocabulary's */
+        for (int i = 0; i < k && sp->bpe_unk_id < 0; i++)
+            if (strcmp(j->added[i].content, v->valuestring) == 0) sp->bpe_unk_id = j->added[i].id;
+        const cJSON *u = cJSON_GetObjectItemCaseSensitive(vocab, v->valuestring);
+        if (sp->bpe_unk_id < 0 && u) s_get_id(u, &sp->bpe_unk_id);
+        sp->unk_id = sp->bpe_unk_id;
+    }
     return TD_OK;
 }
 
@@ -798,18 +1219,12 @@ td_tokenizer_t *td_tokenizer_from_json(const char *json, size_t len, td_err_t *e
         td_err_set(err, TD_ERR_FORMAT, "tokenizer.json is not valid JSON (near byte %ld)", off);
         return NULL;
     }
-    td_tokenizer_t *tok = calloc(1, sizeof *tok);
-    if (!tok) {
-        cJSON_Delete(root);
-        td_err_set(err, TD_ERR_NOMEM, "out of memory");
-        return NULL;
-    }
-    int rc = s_load_json(tok, root, err);
+    s_json_spec_t j;
+    memset(&j, 0, sizeof j);
+    td_tokenizer_t *tok = NULL;
+    if (s_json_spec(&j, root, err) == TD_OK) tok = td_tokenizer_from_vocab(&j.spec, err);
+    s_json_spec_free(&j);
     cJSON_Delete(root);
-    if (rc) {
-        td_tokenizer_destroy(&tok);
-        return NULL;
-    }
     return tok;
 }
 
@@ -1028,7 +1443,7 @@ static int s_split(s_enc_t *e, const s_step_t *step, const char *buf, size_t sta
             continue;
         }
         if (s_range_push(e, k, start + gap, ms - gap)) return TD_ERR_NOMEM;
-        if (step->kind == S_STEP_SPLIT_ISOLATED && s_range_push(e, k, start + ms, me - ms))
+        if (step->kind == TD_TOK_SPLIT_ISOLATED && s_range_push(e, k, start + ms, me - ms))
             return TD_ERR_NOMEM;
         pos = gap = me;
     }

@@ -142,8 +142,8 @@ int td_wire_hello_compatible(const Tandem__Hello *ours, const Tandem__Hello *the
 /* Whether the Hello lists capability cap (exact match). */
 int td_wire_hello_has_capability(const Tandem__Hello *hello, const char *cap);
 
-/* FNV-1a 64-bit hash of len bytes, the hash tandem uses for Hello.tokenizer_hash (over the
- * tokenizer.json bytes). */
+/* FNV-1a 64-bit hash of len bytes. (Hello.tokenizer_hash is td_tokenizer_hash, which is
+ * defined over the tokenizer's contents, not a file's bytes: see model/tokenizer.h.) */
 uint64_t td_wire_hash64(const void *data, size_t len);
 
 /* The seed a drafter uses for round `round` of a session whose DraftRequest.seed is `seed`. Both

@@ -41,10 +41,8 @@ static void s_check_render(const char *fam, int idx, const char *got, const char
                  i, got ? got + i : "(null)", want ? want + i : "(null)");
 }
 
-/* Renders every case of dir/cases.json with fmt. */
-static void s_run_cases(const char *fam, const td_chat_format_t *fmt) {
-    char rel[512];
-    snprintf(rel, sizeof rel, "chat/%s/cases.json", fam);
+/* Renders every case of the cases.json at rel (under the test data) with fmt. */
+static void s_run_cases_at(const char *fam, const char *rel, const td_chat_format_t *fmt) {
     cJSON *root = s_load_json(rel);
     if (!root) return;
     const cJSON *cases = cJSON_GetObjectItemCaseSensitive(root, "cases");
@@ -71,6 +69,13 @@ static void s_run_cases(const char *fam, const td_chat_format_t *fmt) {
         idx++;
     }
     cJSON_Delete(root);
+}
+
+/* Renders every case of chat/<fam>/cases.json with fmt. */
+static void s_run_cases(const char *fam, const td_chat_format_t *fmt) {
+    char rel[512];
+    snprintf(rel, sizeof rel, "chat/%s/cases.json", fam);
+    s_run_cases_at(fam, rel, fmt);
 }
 
 TD_TEST(detect_and_render_families) {
@@ -217,6 +222,48 @@ TD_TEST(parse_edge_cases) {
     const char *nobos = "{\"chat_template\": \"<|start_header_id|>\", \"bos_token\": \"<s>\"}";
     CHECK_EQ_INT(td_chat_format_parse(nobos, strlen(nobos), NULL, &fmt, &err), TD_OK);
     CHECK_STR(fmt.bos, "");
+}
+
+/* A GGUF carries its template as a string (tokenizer.chat_template): SmolLM2's, byte for byte
+ * from the real model (tools/make_gguf_tokenizer_fixtures.py), is ChatML with SmolLM's default
+ * system prompt, and renders as transformers renders it. */
+TD_TEST(gguf_template_string_smollm2) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/tokenizers/smollm2-gguf/chat_template.jinja", td_test_data());
+    char *tmpl = NULL;
+    size_t len = 0;
+    td_err_t err = {0};
+    REQUIRE(td_read_file(path, &tmpl, &len, &err) == TD_OK);
+    td_chat_format_t fmt;
+    CHECK_EQ_INT(td_chat_format_from_template(tmpl, "<|im_start|>", &fmt, &err), TD_OK);
+    CHECK_EQ_INT(fmt.kind, TD_CHAT_CHATML);
+    CHECK(fmt.has_default_system);
+    CHECK_STR(fmt.default_system,
+              "You are a helpful AI assistant named SmolLM, trained by Hugging Face");
+    CHECK_STR(fmt.bos, "");
+    s_run_cases_at("smollm2-gguf", "tokenizers/smollm2-gguf/chat_cases.json", &fmt);
+    /* the same text as a chat_template.jinja or a tokenizer_config.json string */
+    td_chat_format_t f2;
+    CHECK_EQ_INT(td_chat_format_parse(NULL, 0, tmpl, &f2, &err), TD_OK);
+    CHECK(memcmp(&f2, &fmt, sizeof f2) == 0);
+    free(tmpl);
+
+    /* no template, another family, a LLaMA-3 template taking the GGUF's BOS text */
+    CHECK_EQ_INT(td_chat_format_from_template(NULL, NULL, &fmt, &err), TD_OK);
+    CHECK_EQ_INT(fmt.kind, TD_CHAT_NONE);
+    CHECK_EQ_INT(td_chat_format_from_template("", NULL, &fmt, &err), TD_OK);
+    CHECK_EQ_INT(fmt.kind, TD_CHAT_NONE);
+    CHECK_EQ_INT(td_chat_format_from_template("{{ '<start_of_turn>' }}", NULL, &fmt, &err), TD_OK);
+    CHECK_EQ_INT(fmt.kind, TD_CHAT_NONE);
+    const char *l3 = "{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] "
+                     "+ '<|end_header_id|>\\n\\n' + m['content'] | trim + '<|eot_id|>' }}"
+                     "{% endfor %}";
+    CHECK_EQ_INT(td_chat_format_from_template(l3, "<|begin_of_text|>", &fmt, &err), TD_OK);
+    CHECK_EQ_INT(fmt.kind, TD_CHAT_LLAMA3);
+    CHECK_STR(fmt.bos, "<|begin_of_text|>");
+    CHECK_EQ_INT(td_chat_format_from_template(l3, NULL, &fmt, &err), TD_OK);
+    CHECK_STR(fmt.bos, "");
+    CHECK_EQ_INT(td_chat_format_from_template(l3, NULL, NULL, &err), TD_ERR_ARG);
 }
 
 TD_TEST_MAIN()
