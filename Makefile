@@ -6,7 +6,7 @@
 #   make bench      benchmarks (never part of make test)
 #   make format     clang-format every hand-written source
 
-PKGS      := libzmq libprotobuf-c openblas libcjson libpcre2-8 libutf8proc
+PKGS      := libzmq libprotobuf-c openblas libcjson libpcre2-8 libutf8proc libmicrohttpd
 BUILD     ?= build
 CC        ?= cc
 OPT       ?= -O2 -march=native
