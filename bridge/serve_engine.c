@@ -394,7 +394,8 @@ int td_serve_submit(td_serve_engine_t *e, const td_serve_gen_t *g, td_serve_job_
     j->t_first = -1;
     j->refs = 2; /* the submitter's and the engine's */
     pthread_mutex_lock(&e->mu);
-    if (e->stopping || e->queued >= e->o.queue_cap) {
+    /* idle slots take a job at once: only jobs beyond them count against the queue */
+    if (e->stopping || e->queued >= e->o.queue_cap + (e->n_slots - e->running)) {
         int stopping = e->stopping;
         pthread_mutex_unlock(&e->mu);
         j->refs = 1;
