@@ -635,28 +635,33 @@ static enum MHD_Result s_generate(server_t *s, struct MHD_Connection *c, td_serv
     if (q->method) {
         int m = td_method_parse(q->method);
         if (m < 0 || !td_serve_engine_method_ok(s->eng, (td_method_t)m)) {
+            enum MHD_Result ret =
+                s_error(s, c, 400, "invalid_request_error", NULL, "tandem.method",
+                        "method '%.40s' is not available on this server (it serves ar and %s)",
+                        q->method, td_method_name(td_serve_engine_method(s->eng)));
             free(ids);
             s_gen_free(g);
-            return s_error(s, c, 400, "invalid_request_error", NULL, "tandem.method",
-                           "method '%.40s' is not available on this server (it serves ar and %s)",
-                           q->method, td_method_name(td_serve_engine_method(s->eng)));
+            return ret;
         }
         gg.method = m;
     }
     if (q->gamma > 0) gg.gamma = (int)q->gamma;
     if (q->steps > 0) gg.steps = (int)q->steps;
     if (q->order && (gg.order = td_unmask_order_parse(q->order)) < 0) {
+        enum MHD_Result ret =
+            s_error(s, c, 400, "invalid_request_error", NULL, "tandem.order",
+                    "unknown order '%.40s' (left-to-right, confidence, entropy, margin)", q->order);
         free(ids);
         s_gen_free(g);
-        return s_error(s, c, 400, "invalid_request_error", NULL, "tandem.order",
-                       "unknown order '%.40s' (left-to-right, confidence, entropy, margin)",
-                       q->order);
+        return ret;
     }
     if (q->verify && (gg.verify = td_verify_parse(q->verify)) < 0) {
+        enum MHD_Result ret =
+            s_error(s, c, 400, "invalid_request_error", NULL, "tandem.verify",
+                    "unknown verify '%.40s' (rejection, match, greedy)", q->verify);
         free(ids);
         s_gen_free(g);
-        return s_error(s, c, 400, "invalid_request_error", NULL, "tandem.verify",
-                       "unknown verify '%.40s' (rejection, match, greedy)", q->verify);
+        return ret;
     }
     if (kind == TD_SERVE_CHAT) gg.stop_ids = s->chat_stop, gg.n_stop = s->n_chat_stop;
     rc = td_serve_submit(s->eng, &gg, &g->job, &err);
@@ -1076,7 +1081,7 @@ int td_cmd_serve(int argc, char **argv) {
         size_t tl = strlen(tmp);
         while (tl > 1 && tmp[tl - 1] == '/') tmp[--tl] = 0;
         const char *b = strrchr(tmp, '/');
-        snprintf(s->model_name, sizeof s->model_name, "%s", b ? b + 1 : tmp);
+        snprintf(s->model_name, sizeof s->model_name, "%.255s", b ? b + 1 : tmp);
     }
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
                      MHD_USE_ERROR_LOG | MHD_USE_ITC | (v6 ? MHD_USE_IPv6 : 0);

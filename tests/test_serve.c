@@ -306,8 +306,12 @@ static int s_stop(srv_t *s) {
     for (int i = 0; i < 600; i++) {
         if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
             s->pid = 0;
-            unlink(s->log);
-            return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+            int rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+            if (rc == 0)
+                unlink(s->log);
+            else
+                fprintf(stderr, "test_serve: the server exited with %d; its log: %s\n", rc, s->log);
+            return rc;
         }
         usleep(100000);
     }
@@ -683,6 +687,10 @@ TD_TEST(e2e_bad_requests) {
         {"/v1/completions", "{\"prompt\":\"x\",\"tandem\":{\"method\":\"spec-ar\"}}", 400,
          "tandem.method"},
         {"/v1/completions", "{\"prompt\":\"\"}", 400, "empty"},
+        {"/v1/completions", "{\"prompt\":\"x\",\"tandem\":{\"order\":\"sideways\"}}", 400,
+         "tandem.order"},
+        {"/v1/completions", "{\"prompt\":\"x\",\"tandem\":{\"verify\":\"maybe\"}}", 400,
+         "tandem.verify"},
         {"/v1/nothing", "{}", 404, "unknown path"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
