@@ -574,8 +574,9 @@ TD_TEST(e2e_concurrent_clients) {
     static char out[1 << 16];
     enum { N = 8 };
     char solo[N][1024];
-    /* each request alone */
-    for (int i = 0; i < N; i++) {
+    /* each request alone (sanitizer builds: the first two; all eight still run concurrently) */
+    int n_solo = getenv("TD_TEST_LIGHT") ? 2 : N;
+    for (int i = 0; i < n_solo; i++) {
         char body[256];
         snprintf(body, sizeof body,
                  "{\"prompt\":\"And God said\",\"max_tokens\":12,\"temperature\":0.9,\"seed\":%d}",
@@ -613,7 +614,7 @@ TD_TEST(e2e_concurrent_clients) {
         cJSON *j = cJSON_Parse(data);
         CHECK_MSG(j && s_text_of(j), "client %d: %s", i, data);
         /* the same answer alone and among others */
-        if (j && s_text_of(j))
+        if (j && s_text_of(j) && i < n_solo)
             CHECK_MSG(!strcmp(s_text_of(j), solo[i]), "client %d: '%s' concurrent vs '%s' alone", i,
                       s_text_of(j), solo[i]);
         cJSON_Delete(j);
