@@ -13,6 +13,7 @@
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
 #include <microhttpd.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -551,6 +552,15 @@ static cJSON *s_full_response(gen_t *g) {
     return o;
 }
 
+/* Whether the client closed its connection (a non-streamed request's client that gave up). */
+static int s_client_gone(struct MHD_Connection *c) {
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci) return 0;
+    struct pollfd p = {.fd = ci->connect_fd, .events = POLLRDHUP};
+    return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+}
+
 static uint64_t s_next_id(void) {
     static uint64_t n;
     return __atomic_add_fetch(&n, 1, __ATOMIC_RELAXED);
@@ -699,6 +709,13 @@ static enum MHD_Result s_generate(server_t *s, struct MHD_Connection *c, td_serv
     while (!g->ended) {
         s_pull(g, 1000);
         s_sendable(g);
+        if (!g->ended && !g->stop_hit && s_client_gone(c)) {
+            /* nobody to answer: stop the generation and free the slot */
+            td_serve_job_cancel(g->job);
+            enum MHD_Result ret = MHD_NO;
+            s_gen_free(g); /* counts it as cancelled */
+            return ret;
+        }
     }
     const td_serve_result_t *r = td_serve_job_result(g->job);
     enum MHD_Result ret;

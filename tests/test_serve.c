@@ -657,6 +657,23 @@ TD_TEST(e2e_disconnect_frees_slot) {
     }
     CHECK_MSG(cancelled > before, "cancelled %g, before %g", cancelled, before);
     CHECK_EQ_INT((int)running, 0);
+    /* a non-streamed request whose client gives up is cancelled too */
+    before = cancelled;
+    snprintf(cmd, sizeof cmd,
+             "curl -sS -m 0.5 --data-binary '{\"prompt\":\"And\",\"max_tokens\":1000,"
+             "\"tandem\":{\"method\":\"ar\"}}' http://127.0.0.1:%d/v1/completions > /dev/null "
+             "2>&1",
+             p);
+    td_test_run(cmd, out, sizeof out);
+    running = 1;
+    for (int i = 0; i < 100 && (cancelled <= before || running != 0); i++) {
+        usleep(100000);
+        if (s_curl(p, "/metrics", NULL, NULL, out, sizeof out) != 200) continue;
+        cancelled = s_metric(out, "tandem:request_success_total{outcome=\"cancelled\"}");
+        running = s_metric(out, "tandem:num_requests_running");
+    }
+    CHECK_MSG(cancelled > before, "non-streamed: cancelled %g, before %g", cancelled, before);
+    CHECK_EQ_INT((int)running, 0);
     /* the server still answers */
     CHECK_EQ_INT(s_curl(p, "/v1/completions", "{\"prompt\":\"And\",\"max_tokens\":4}", NULL, out,
                         sizeof out),
