@@ -283,7 +283,8 @@ typedef struct gen {
     char *pend;
     size_t pend_len, pend_off;
     int metrics_done;
-    int seen; /* tokens read from the job */
+    int seen;   /* tokens read from the job */
+    int n_used; /* of them, up to and including the one completing a stop string */
 } gen_t;
 
 static int s_text_append(gen_t *g, const char *p, size_t n) {
@@ -300,6 +301,8 @@ static int s_text_append(gen_t *g, const char *p, size_t n) {
     return 0;
 }
 
+static size_t s_sendable(gen_t *g);
+
 /* Reads tokens (waiting up to timeout_ms) into g->text; sets g->ended when the job is over. */
 static void s_pull(gen_t *g, int timeout_ms) {
     int32_t ids[256];
@@ -309,6 +312,10 @@ static void s_pull(gen_t *g, int timeout_ms) {
     for (int i = 0; i < n && !g->stop_hit; i++) {
         int k = td_detok_push(g->dt, ids[i], buf, sizeof buf);
         if (k > 0) s_text_append(g, buf, (size_t)k);
+        g->n_used++;
+        /* token by token, so that usage counts the tokens up to the stop string however the
+         * tokens were batched (the same streamed or not) */
+        if (g->req.n_stop && k > 0) s_sendable(g);
     }
     if (done) {
         if (!g->stop_hit) {
@@ -340,11 +347,13 @@ static const char *s_finish_reason(const gen_t *g, const td_serve_result_t *r) {
     return r->stats.stop == TD_STOP_LENGTH ? "length" : "stop";
 }
 
-static cJSON *s_usage(const td_serve_result_t *r) {
+static cJSON *s_usage(const gen_t *g, const td_serve_result_t *r) {
+    /* ended by a stop string: the tokens up to it (the engine may have made a few more) */
+    int n = g->stop_hit ? g->n_used : r->stats.generated;
     cJSON *u = cJSON_CreateObject();
     cJSON_AddNumberToObject(u, "prompt_tokens", r->prompt_tokens);
-    cJSON_AddNumberToObject(u, "completion_tokens", r->stats.generated);
-    cJSON_AddNumberToObject(u, "total_tokens", r->prompt_tokens + r->stats.generated);
+    cJSON_AddNumberToObject(u, "completion_tokens", n);
+    cJSON_AddNumberToObject(u, "total_tokens", r->prompt_tokens + n);
     return u;
 }
 
@@ -511,7 +520,7 @@ static ssize_t s_stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
                 cJSON *o = s_obj_head(g, g->kind == TD_SERVE_CHAT ? "chat.completion.chunk"
                                                                   : "text_completion");
                 cJSON_AddArrayToObject(o, "choices");
-                cJSON_AddItemToObject(o, "usage", s_usage(r));
+                cJSON_AddItemToObject(o, "usage", s_usage(g, r));
                 cJSON_AddItemToObject(o, "tandem", s_tandem_obj(r));
                 char *u = cJSON_PrintUnformatted(o);
                 cJSON_Delete(o);
@@ -547,7 +556,7 @@ static cJSON *s_full_response(gen_t *g) {
     }
     cJSON_AddNullToObject(c, "logprobs");
     cJSON_AddStringToObject(c, "finish_reason", s_finish_reason(g, r));
-    cJSON_AddItemToObject(o, "usage", s_usage(r));
+    cJSON_AddItemToObject(o, "usage", s_usage(g, r));
     cJSON_AddItemToObject(o, "tandem", s_tandem_obj(r));
     return o;
 }
@@ -1123,7 +1132,8 @@ int td_cmd_serve(int argc, char **argv) {
     fprintf(stderr, "tandem serve: %s: shutting down (running requests get %.0f s)\n",
             sig == SIGINT ? "SIGINT" : "SIGTERM", grace);
     s->draining = 1;
-    MHD_quiesce_daemon(d); /* no new connections */
+    MHD_socket lfd = MHD_quiesce_daemon(d); /* no new connections; the socket is ours now */
+    if (lfd != MHD_INVALID_SOCKET) close(lfd);
     td_serve_engine_stop(s->eng, grace);
     MHD_stop_daemon(d); /* waits for the connection threads, whose jobs have all ended */
     td_serve_engine_destroy(&s->eng, 0);

@@ -560,13 +560,20 @@ TD_TEST(e2e_stop_strings) {
     REQUIRE(j && s_text_of(j));
     CHECK_STR(s_text_of(j), expect);
     CHECK_STR(s_finish_of(j), "stop");
+    int ct = s_usage_of(j, "completion_tokens");
+    CHECK(ct > 0 && ct < 16);
     cJSON_Delete(j);
-    snprintf(body, sizeof body, "{%s,\"stop\":\"%s\",\"stream\":true}", req, stop);
+    snprintf(body, sizeof body,
+             "{%s,\"stop\":\"%s\",\"stream\":true,\"stream_options\":{\"include_usage\":true}}",
+             req, stop);
     REQUIRE(s_curl(p, "/v1/completions", body, NULL, out, sizeof out) == 200);
     int done, ev;
-    cJSON_Delete(s_sse(out, text, sizeof text, &done, &ev));
+    cJSON *u = s_sse(out, text, sizeof text, &done, &ev);
     CHECK(done);
     CHECK_STR(text, expect);
+    /* the tokens up to the stop string, however they were read */
+    CHECK(u && s_usage_of(u, "completion_tokens") == ct);
+    cJSON_Delete(u);
 }
 
 TD_TEST(e2e_concurrent_clients) {
