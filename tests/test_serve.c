@@ -452,6 +452,23 @@ TD_TEST(e2e_completion_and_chat) {
     CHECK_EQ_INT(cJSON_GetObjectItem(stats, "generated")->valueint, ct);
     CHECK(cJSON_GetObjectItem(stats, "rounds")->valueint > 0);
     cJSON_Delete(j);
+    /* the tandem object of the request reaches the method: gamma 3 drafts at most 3 per round */
+    st = s_curl(p, "/v1/completions",
+                "{\"prompt\":\"And God said\",\"max_tokens\":12,\"temperature\":0,\"tandem\":"
+                "{\"gamma\":3,\"steps\":1}}",
+                NULL, out, sizeof out);
+    CHECK_EQ_INT(st, 200);
+    j = s_json(out);
+    REQUIRE(j);
+    stats = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "tandem"), "stats");
+    CHECK_EQ_INT(cJSON_GetArraySize(cJSON_GetObjectItem(stats, "drafted_by_position")), 3);
+    CHECK(cJSON_GetObjectItem(stats, "rounds")->valueint > 0);
+    CHECK(cJSON_GetObjectItem(stats, "drafted")->valueint <=
+          3 * cJSON_GetObjectItem(stats, "rounds")->valueint);
+    cJSON_Delete(j);
+    /* no CORS headers unless asked (--cors) */
+    CHECK_EQ_INT(s_curl(p, "/health", NULL, "-i", out, sizeof out), 200);
+    CHECK(!strstr(out, "Access-Control-Allow-Origin"));
     /* chat, and ar picked per request */
     st = s_curl(p, "/v1/chat/completions",
                 "{\"messages\":[{\"role\":\"user\",\"content\":\"Hello there\"}],\"max_tokens\":8,"
@@ -757,7 +774,9 @@ TD_TEST(e2e_auth_queue_shutdown) {
     REQUIRE(write(fd, "s3cret-key\n", 11) == 11);
     close(fd);
     srv_t s;
-    snprintf(cmd, sizeof cmd, "--verifier %s --method ar --parallel 1 --queue 0 --api-key-file %s",
+    snprintf(cmd, sizeof cmd,
+             "--verifier %s --method ar --parallel 1 --queue 0 --api-key-file %s --cors "
+             "http://example.test",
              model, keyf);
     int up = s_start(&s, cmd);
     unlink(keyf);
@@ -771,6 +790,9 @@ TD_TEST(e2e_auth_queue_shutdown) {
                  401);
     CHECK_EQ_INT(s_curl(p, "/metrics", NULL, NULL, out, sizeof out), 401);
     CHECK_EQ_INT(s_curl(p, "/health", NULL, NULL, out, sizeof out), 200);
+    /* --cors: preflight answered without a key, the origin allowed */
+    CHECK_EQ_INT(s_curl(p, "/v1/chat/completions", NULL, "-i -X OPTIONS", out, sizeof out), 204);
+    CHECK(strstr(out, "Access-Control-Allow-Origin: http://example.test"));
     const char *auth = "-H 'Authorization: Bearer s3cret-key'";
     CHECK_EQ_INT(s_curl(p, "/v1/chat/completions", chat, auth, out, sizeof out), 200);
     cJSON *j = s_json(out);
