@@ -6,7 +6,7 @@
 #   make bench      benchmarks (never part of make test)
 #   make format     clang-format every hand-written source
 
-PKGS      := libzmq libprotobuf-c openblas libcjson libpcre2-8 libutf8proc
+PKGS      := libzmq libprotobuf-c openblas libcjson libpcre2-8 libutf8proc libmicrohttpd
 BUILD     ?= build
 CC        ?= cc
 OPT       ?= -O2 -march=native
@@ -105,9 +105,11 @@ bench: $(BENCH_BIN) all
 # libFuzzer targets, built with clang against the library sources (not the archive) under ASan/UBSan.
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -I. $(PKG_CFLAGS) -fsanitize=fuzzer,address,undefined -fopenmp=libgomp
 fuzz-build: $(FUZZ_SRC:fuzz/%.c=$(BUILD)/fuzz/%)
-$(BUILD)/fuzz/%: fuzz/%.c $(LIB_SRC)
+# targets over bridge/ code name the extra sources here
+FUZZ_EXTRA_fuzz_serve := bridge/serve_req.c
+$(BUILD)/fuzz/%: fuzz/%.c $(LIB_SRC) $(wildcard bridge/serve_req.c)
 	@mkdir -p $(dir $@)
-	clang $(FUZZ_CFLAGS) -o $@ $< $(LIB_SRC) $(PKG_LIBS) -lm -lpthread -lgomp
+	clang $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_EXTRA_$*) $(LIB_SRC) $(PKG_LIBS) -lm -lpthread -lgomp
 fuzz: fuzz-build
 	@for f in $(FUZZ_SRC:fuzz/%.c=%); do echo "== fuzz $$f ($(FUZZ_SECONDS)s)"; \
 	  mkdir -p $(BUILD)/fuzz/corpus-$$f; \

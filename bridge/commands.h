@@ -11,5 +11,6 @@ int td_cmd_drafter(int argc, char **argv);
 int td_cmd_keygen(int argc, char **argv);
 int td_cmd_bench(int argc, char **argv);
 int td_cmd_verifier(int argc, char **argv);
+int td_cmd_serve(int argc, char **argv);
 
 #endif

@@ -11,6 +11,8 @@ static const struct {
 } s_cmds[] = {
     {"generate", td_cmd_generate,
      "generate text: ar, spec-ar, specdiff, apd, diffusion, selfspec, planned"},
+    {"serve", td_cmd_serve,
+     "OpenAI-compatible HTTP server (chat/completions, streaming, /metrics)"},
     {"bench", td_cmd_bench, "compare methods and settings on the same prompts (speedup over ar)"},
     {"score", td_cmd_score, "per-token log-probabilities and perplexity of a text"},
     {"tokenize", td_cmd_tokenize, "text -> token ids and pieces, or --decode ids -> text"},

@@ -1,0 +1,471 @@
+/* serve_engine.c - the engine of `tandem serve` on today's single-request loops: --parallel worker
+ * slots, each with its own verifier + drafter pair, taking jobs from a bounded queue (see
+ * serve_engine.h). */
+#include "bridge/serve_engine.h"
+
+#include "bridge/cli.h"
+#include "bridge/pair.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_STOP 32
+
+struct td_serve_job {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int refs;
+    /* request */
+    int32_t *prompt;
+    int n_prompt;
+    td_serve_gen_t g;
+    int32_t stop[MAX_STOP];
+    int n_stop;
+    /* progress */
+    int32_t *toks;
+    int n_toks, cap_toks;
+    int done, cancel;
+    double t_submit, t_first;
+    td_serve_result_t res;
+    td_serve_job_t *next; /* queue link */
+};
+
+typedef struct slot {
+    td_serve_engine_t *eng;
+    td_pair_t pair;
+    int opened;
+    pthread_t th;
+    int th_running;
+    td_serve_job_t *cur;
+} slot_t;
+
+struct td_serve_engine {
+    td_serve_engine_opts_t o;
+    char vdir[1024];
+    slot_t *slots;
+    int n_slots;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    td_serve_job_t *head, *tail;
+    int queued, running, stopping, stopped;
+    int32_t eos[MAX_STOP];
+    int n_eos;
+    td_sampling_t gen_sp;
+    int gen_sp_set;
+    uint64_t session_counter;
+};
+
+static void s_job_finish(td_serve_job_t *j, int rc, const char *msg) {
+    pthread_mutex_lock(&j->mu);
+    j->res.rc = rc;
+    if (msg) snprintf(j->res.msg, sizeof j->res.msg, "%s", msg);
+    j->res.cancelled = j->cancel;
+    j->done = 1;
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+}
+
+/* the per-token hook of the decoding loops: record, wake the reader, stop when cancelled */
+static int s_on_token(void *ud, int32_t id) {
+    td_serve_job_t *j = ud;
+    pthread_mutex_lock(&j->mu);
+    if (j->n_toks == j->cap_toks) {
+        int nc = j->cap_toks ? j->cap_toks * 2 : 64;
+        int32_t *nt = realloc(j->toks, (size_t)nc * sizeof *nt);
+        if (!nt) {
+            pthread_mutex_unlock(&j->mu);
+            return 1;
+        }
+        j->toks = nt, j->cap_toks = nc;
+    }
+    j->toks[j->n_toks++] = id;
+    if (j->t_first < 0) j->t_first = td_time_now();
+    int stop = j->cancel;
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+    return stop;
+}
+
+static void s_run(slot_t *s, td_serve_job_t *j) {
+    td_serve_engine_t *e = s->eng;
+    td_err_t err = {0};
+    const td_serve_gen_t *g = &j->g;
+    td_method_t method = g->method >= 0 ? (td_method_t)g->method : e->o.method;
+    int32_t *out = malloc(((size_t)g->max_tokens + 1) * sizeof *out);
+    if (!out) {
+        s_job_finish(j, TD_ERR_NOMEM, "out of memory");
+        return;
+    }
+    td_spec_stats_t ss;
+    memset(&ss, 0, sizeof ss);
+    td_spec_params_t p = td_spec_params_default(method);
+    double t0 = td_time_now();
+    int grc;
+    if (method == TD_METHOD_AR) {
+        td_gen_params_t gp = {.max_tokens = g->max_tokens,
+                              .sampling = g->sampling,
+                              .seed = g->seed,
+                              .stop_ids = j->stop,
+                              .n_stop = j->n_stop};
+        td_gen_stats_t gs = {0};
+        grc = td_generate_ar(s->pair.verifier, j->prompt, j->n_prompt, &gp, s_on_token, j, out, &gs,
+                             &err);
+        ss.generated = gs.generated, ss.forwards = gs.forwards;
+        ss.verifier_s = gs.prefill_s + gs.decode_s;
+        ss.stop = gs.stop;
+        p.gamma = 0;
+    } else {
+        if (e->o.gamma > 0) p.gamma = e->o.gamma;
+        if (e->o.steps > 0) p.steps = e->o.steps;
+        if (e->o.order >= 0) p.order = e->o.order;
+        if (e->o.verify >= 0) p.verify = (td_verify_t)e->o.verify;
+        if (e->o.dist_top_k > 0) p.dist_top_k = e->o.dist_top_k;
+        if (e->o.kv_window >= 0) p.apd_kv_window = e->o.kv_window;
+        if (e->o.mixture >= 0) p.apd_mixture = (float)e->o.mixture;
+        if (g->gamma > 0) p.gamma = g->gamma;
+        if (g->steps > 0) p.steps = g->steps;
+        if (g->order >= 0) p.order = g->order;
+        if (g->verify >= 0) p.verify = (td_verify_t)g->verify;
+        p.max_tokens = g->max_tokens;
+        p.sampling = p.draft_sampling = g->sampling;
+        p.seed = g->seed;
+        p.stop_ids = j->stop;
+        p.n_stop = j->n_stop;
+        p.drafter_timeout_ms = e->o.timeout_ms > 0 ? e->o.timeout_ms : 5000;
+        p.hello = &s->pair.hello;
+        pthread_mutex_lock(&e->mu);
+        uint64_t sid = ((uint64_t)getpid() << 24) | (++e->session_counter & 0xffffff);
+        pthread_mutex_unlock(&e->mu);
+        grc = td_spec_generate(s->pair.verifier, s->pair.dc, sid, j->prompt, j->n_prompt, &p,
+                               s_on_token, j, out, &ss, &err);
+    }
+    free(out);
+    j->res.total_s = td_time_now() - t0;
+    j->res.stats = ss;
+    j->res.method = method;
+    j->res.gamma = p.gamma;
+    j->res.prompt_tokens = j->n_prompt;
+    s_job_finish(j, grc, grc == TD_OK ? NULL : err.msg);
+}
+
+static void *s_worker(void *arg) {
+    slot_t *s = arg;
+    td_serve_engine_t *e = s->eng;
+    for (;;) {
+        pthread_mutex_lock(&e->mu);
+        while (!e->head && !e->stopping) pthread_cond_wait(&e->cv, &e->mu);
+        if (!e->head) { /* stopping and nothing left */
+            pthread_mutex_unlock(&e->mu);
+            return NULL;
+        }
+        td_serve_job_t *j = e->head;
+        e->head = j->next;
+        if (!e->head) e->tail = NULL;
+        j->next = NULL;
+        e->queued--;
+        e->running++;
+        s->cur = j;
+        pthread_mutex_unlock(&e->mu);
+        j->res.queued_s = td_time_now() - j->t_submit;
+        pthread_mutex_lock(&j->mu);
+        int cancelled = j->cancel;
+        pthread_mutex_unlock(&j->mu);
+        if (cancelled)
+            s_job_finish(j, TD_ERR, "cancelled before it started");
+        else
+            s_run(s, j);
+        pthread_mutex_lock(&e->mu);
+        e->running--;
+        s->cur = NULL;
+        pthread_cond_broadcast(&e->cv);
+        pthread_mutex_unlock(&e->mu);
+        td_serve_job_release(&j);
+    }
+}
+
+/* eos ids and sampling defaults from DIR/generation_config.json */
+static void s_gen_config(td_serve_engine_t *e) {
+    char path[2048], *data = NULL;
+    size_t len;
+    td_path_join(path, sizeof path, e->vdir, "generation_config.json");
+    if (td_read_file(path, &data, &len, NULL) != TD_OK) return;
+    cJSON *j = cJSON_ParseWithLength(data, len);
+    free(data);
+    if (!j) return;
+    cJSON *v;
+    if (cJSON_IsTrue(cJSON_GetObjectItem(j, "do_sample"))) {
+        e->gen_sp_set = 1;
+        e->gen_sp.temperature = 1.0f;
+        e->gen_sp.top_k = 0;
+        e->gen_sp.top_p = 1;
+        if (cJSON_IsNumber(v = cJSON_GetObjectItem(j, "temperature")))
+            e->gen_sp.temperature = (float)v->valuedouble;
+        if (cJSON_IsNumber(v = cJSON_GetObjectItem(j, "top_k"))) e->gen_sp.top_k = v->valueint;
+        if (cJSON_IsNumber(v = cJSON_GetObjectItem(j, "top_p")))
+            e->gen_sp.top_p = (float)v->valuedouble;
+    }
+    v = cJSON_GetObjectItem(j, "eos_token_id");
+    if (cJSON_IsNumber(v) && e->n_eos < MAX_STOP / 2) e->eos[e->n_eos++] = v->valueint;
+    if (cJSON_IsArray(v)) {
+        cJSON *x;
+        cJSON_ArrayForEach(x, v) if (cJSON_IsNumber(x) && e->n_eos < MAX_STOP / 2)
+            e->eos[e->n_eos++] = x->valueint;
+    }
+    cJSON_Delete(j);
+}
+
+td_serve_engine_t *td_serve_engine_new(const td_serve_engine_opts_t *o, td_err_t *err) {
+    if (!o || !o->verifier || o->parallel < 1 || o->queue_cap < 0) {
+        td_err_set(err, TD_ERR_ARG, "serve engine: a verifier and parallel >= 1 are needed");
+        return NULL;
+    }
+    if (o->method != TD_METHOD_AR && o->method != TD_METHOD_SPEC_AR &&
+        o->method != TD_METHOD_SPECDIFF && o->method != TD_METHOD_APD) {
+        td_err_set(err, TD_ERR_UNSUPPORTED,
+                   "serve: --method %s is not served (ar, spec-ar, specdiff, apd)",
+                   td_method_name(o->method));
+        return NULL;
+    }
+    if (o->method != TD_METHOD_AR && !o->drafter) {
+        td_err_set(err, TD_ERR_ARG, "serve: --method %s needs a drafter",
+                   td_method_name(o->method));
+        return NULL;
+    }
+    td_serve_engine_t *e = calloc(1, sizeof *e);
+    if (!e) {
+        td_err_set(err, TD_ERR_NOMEM, "out of memory");
+        return NULL;
+    }
+    e->o = *o;
+    snprintf(e->vdir, sizeof e->vdir, "%s", o->verifier);
+    e->o.verifier = e->vdir;
+    if (o->method == TD_METHOD_AR) e->o.drafter = NULL;
+    pthread_mutex_init(&e->mu, NULL);
+    pthread_cond_init(&e->cv, NULL);
+    e->slots = calloc((size_t)o->parallel, sizeof *e->slots);
+    if (!e->slots) {
+        td_err_set(err, TD_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    int threads = o->threads;
+    if (threads <= 0) {
+        threads = td_cli_n_cores() / o->parallel;
+        if (threads < 1) threads = 1;
+    }
+    td_pair_opts_t po = td_pair_opts_default();
+    po.threads = threads;
+    po.device = o->device;
+    po.drafter_device = o->drafter_device;
+    po.spin_us = o->spin_us;
+    po.curve_server_key = o->curve_server_key;
+    po.curve_secret_key = o->curve_secret_key;
+    for (int i = 0; i < o->parallel; i++) {
+        slot_t *s = &e->slots[i];
+        s->eng = e;
+        e->n_slots = i + 1;
+        s->opened = 1;
+        if (td_pair_open(&s->pair, e->vdir, e->o.drafter, &po, err) != TD_OK) {
+            td_err_prefix(err, "slot %d", i);
+            goto fail;
+        }
+    }
+    const td_config_t *c = td_model_config(e->slots[0].pair.verifier);
+    if (c->eos_token_id >= 0) e->eos[e->n_eos++] = c->eos_token_id;
+    s_gen_config(e);
+    for (int i = 0; i < e->n_slots; i++) {
+        if (pthread_create(&e->slots[i].th, NULL, s_worker, &e->slots[i]) != 0) {
+            td_err_set(err, TD_ERR, "cannot start a worker thread");
+            goto fail;
+        }
+        e->slots[i].th_running = 1;
+    }
+    return e;
+fail:
+    td_serve_engine_destroy(&e, 0);
+    return NULL;
+}
+
+void td_serve_engine_stop(td_serve_engine_t *e, double grace_s) {
+    pthread_mutex_lock(&e->mu);
+    if (e->stopped) {
+        pthread_mutex_unlock(&e->mu);
+        return;
+    }
+    e->stopping = e->stopped = 1;
+    /* queued jobs end now */
+    td_serve_job_t *q = e->head;
+    e->head = e->tail = NULL;
+    e->queued = 0;
+    pthread_cond_broadcast(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    while (q) {
+        td_serve_job_t *n = q->next;
+        q->next = NULL;
+        s_job_finish(q, TD_ERR_UNSUPPORTED, "the server is shutting down");
+        td_serve_job_release(&q);
+        q = n;
+    }
+    /* running ones: grace, then cancel */
+    double t_end = td_time_now() + grace_s;
+    pthread_mutex_lock(&e->mu);
+    while (e->running > 0 && td_time_now() < t_end) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 50 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+        pthread_cond_timedwait(&e->cv, &e->mu, &ts);
+    }
+    for (int i = 0; i < e->n_slots; i++)
+        if (e->slots[i].cur) td_serve_job_cancel(e->slots[i].cur);
+    pthread_mutex_unlock(&e->mu);
+    for (int i = 0; i < e->n_slots; i++)
+        if (e->slots[i].th_running) pthread_join(e->slots[i].th, NULL), e->slots[i].th_running = 0;
+}
+
+void td_serve_engine_destroy(td_serve_engine_t **self_p, double grace_s) {
+    td_serve_engine_t *e = self_p ? *self_p : NULL;
+    if (!e) return;
+    *self_p = NULL;
+    td_serve_engine_stop(e, grace_s);
+    for (int i = 0; i < e->n_slots; i++)
+        if (e->slots[i].opened) td_pair_close(&e->slots[i].pair);
+    free(e->slots);
+    pthread_mutex_destroy(&e->mu);
+    pthread_cond_destroy(&e->cv);
+    free(e);
+}
+
+const td_tokenizer_t *td_serve_engine_tokenizer(const td_serve_engine_t *e) {
+    return e->slots[0].pair.vtok;
+}
+const char *td_serve_engine_model_dir(const td_serve_engine_t *e) { return e->vdir; }
+int td_serve_engine_n_ctx(const td_serve_engine_t *e) {
+    return td_model_config(e->slots[0].pair.verifier)->n_ctx_train;
+}
+void td_serve_engine_gen_defaults(const td_serve_engine_t *e, td_sampling_t *sp) {
+    if (e->gen_sp_set) *sp = e->gen_sp;
+}
+td_method_t td_serve_engine_method(const td_serve_engine_t *e) { return e->o.method; }
+
+int td_serve_engine_method_ok(const td_serve_engine_t *e, td_method_t m) {
+    if (m == TD_METHOD_AR || m == e->o.method) return 1;
+    /* specdiff and apd share the diffusion drafter */
+    return (m == TD_METHOD_SPECDIFF || m == TD_METHOD_APD) &&
+           (e->o.method == TD_METHOD_SPECDIFF || e->o.method == TD_METHOD_APD);
+}
+
+void td_serve_engine_load(td_serve_engine_t *e, int *queued, int *running) {
+    pthread_mutex_lock(&e->mu);
+    if (queued) *queued = e->queued;
+    if (running) *running = e->running;
+    pthread_mutex_unlock(&e->mu);
+}
+
+int td_serve_submit(td_serve_engine_t *e, const td_serve_gen_t *g, td_serve_job_t **job,
+                    td_err_t *err) {
+    *job = NULL;
+    if (!g->prompt || g->n_prompt < 1 || g->max_tokens < 0 || g->n_stop < 0)
+        return td_err_set(err, TD_ERR_ARG, "empty prompt or negative max_tokens");
+    if (g->method >= 0 && !td_serve_engine_method_ok(e, (td_method_t)g->method))
+        return td_err_set(err, TD_ERR_ARG, "method %s is not available on this server",
+                          td_method_name((td_method_t)g->method));
+    td_serve_job_t *j = calloc(1, sizeof *j);
+    if (!j || !(j->prompt = malloc((size_t)g->n_prompt * sizeof *j->prompt))) {
+        free(j);
+        return td_err_set(err, TD_ERR_NOMEM, "out of memory");
+    }
+    pthread_mutex_init(&j->mu, NULL);
+    pthread_cond_init(&j->cv, NULL);
+    memcpy(j->prompt, g->prompt, (size_t)g->n_prompt * sizeof *j->prompt);
+    j->n_prompt = g->n_prompt;
+    j->g = *g;
+    j->g.prompt = j->prompt;
+    for (int i = 0; i < e->n_eos && j->n_stop < MAX_STOP; i++) j->stop[j->n_stop++] = e->eos[i];
+    for (int i = 0; i < g->n_stop && j->n_stop < MAX_STOP; i++)
+        j->stop[j->n_stop++] = g->stop_ids[i];
+    j->g.stop_ids = NULL;
+    j->t_submit = td_time_now();
+    j->t_first = -1;
+    j->refs = 2; /* the submitter's and the engine's */
+    pthread_mutex_lock(&e->mu);
+    /* idle slots take a job at once: only jobs beyond them count against the queue */
+    if (e->stopping || e->queued >= e->o.queue_cap + (e->n_slots - e->running)) {
+        int stopping = e->stopping;
+        pthread_mutex_unlock(&e->mu);
+        j->refs = 1;
+        td_serve_job_release(&j);
+        return td_err_set(err, TD_ERR_UNSUPPORTED, "%s",
+                          stopping ? "the server is shutting down"
+                                   : "the request queue is full, retry later");
+    }
+    if (e->tail)
+        e->tail->next = j;
+    else
+        e->head = j;
+    e->tail = j;
+    e->queued++;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    *job = j;
+    return TD_OK;
+}
+
+int td_serve_job_wait(td_serve_job_t *j, int *seen, int32_t *ids, int cap, int timeout_ms,
+                      int *done) {
+    *done = 0;
+    pthread_mutex_lock(&j->mu);
+    if (j->n_toks <= *seen && !j->done && timeout_ms > 0) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += timeout_ms / 1000;
+        ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+        while (j->n_toks <= *seen && !j->done)
+            if (pthread_cond_timedwait(&j->cv, &j->mu, &ts) == ETIMEDOUT) break;
+    }
+    int n = j->n_toks - *seen;
+    if (n > cap) n = cap;
+    if (n > 0) memcpy(ids, j->toks + *seen, (size_t)n * sizeof *ids);
+    if (n < 0) n = 0;
+    *seen += n;
+    if (j->done && *seen >= j->n_toks) *done = 1;
+    pthread_mutex_unlock(&j->mu);
+    return n;
+}
+
+void td_serve_job_cancel(td_serve_job_t *j) {
+    pthread_mutex_lock(&j->mu);
+    j->cancel = 1;
+    pthread_mutex_unlock(&j->mu);
+}
+
+const td_serve_result_t *td_serve_job_result(const td_serve_job_t *j) { return &j->res; }
+
+double td_serve_job_ttft(const td_serve_job_t *j) {
+    td_serve_job_t *m = (td_serve_job_t *)j;
+    pthread_mutex_lock(&m->mu);
+    double t = m->t_first < 0 ? -1 : m->t_first - m->t_submit;
+    pthread_mutex_unlock(&m->mu);
+    return t;
+}
+
+void td_serve_job_release(td_serve_job_t **jp) {
+    td_serve_job_t *j = jp ? *jp : NULL;
+    if (!j) return;
+    *jp = NULL;
+    pthread_mutex_lock(&j->mu);
+    int left = --j->refs;
+    pthread_mutex_unlock(&j->mu);
+    if (left > 0) return;
+    pthread_mutex_destroy(&j->mu);
+    pthread_cond_destroy(&j->cv);
+    free(j->prompt);
+    free(j->toks);
+    free(j);
+}
