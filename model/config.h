@@ -25,6 +25,7 @@
 #define TD_CONFIG_H
 
 #include "common/td_common.h"
+#include "kernels/backend.h" /* td_rope_layout_t */
 
 #ifdef __cplusplus
 extern "C" {
@@ -57,6 +58,7 @@ typedef struct td_config {
     int n_ff;        /* MLP inner size */
     int n_ctx_train; /* max_position_embeddings / n_positions (0 = unknown) */
     float rope_theta;
+    td_rope_layout_t rope_layout; /* TD_ROPE_HALF for HF checkpoints; GGUF llama: interleaved */
     float norm_eps;
     td_norm_kind_t norm;
     td_act_kind_t act;

@@ -679,8 +679,8 @@ static int s_forward(td_model_t *m, td_kv_cache_t *kv, const td_batch_t *b, floa
         td_op_matmul(be, m->k, m->h, &L->wk, s_opt(&L->bk), n);
         td_op_matmul(be, m->v, m->h, &L->wv, s_opt(&L->bv), n);
         if (!gpt2) {
-            td_op_rope(be, m->q, pos, n, nh, hd, hd, c->rope_theta);
-            td_op_rope(be, m->k, pos, n, nkv, hd, hd, c->rope_theta);
+            td_op_rope(be, m->q, pos, n, nh, hd, hd, c->rope_theta, c->rope_layout);
+            td_op_rope(be, m->k, pos, n, nkv, hd, hd, c->rope_theta, c->rope_layout);
         }
         td_op_scatter_rows(be, kv->k[l], (int64_t)nkv * hd, m->k, idx, n, nkv * hd);
         td_op_scatter_rows(be, kv->v[l], (int64_t)nkv * hd, m->v, idx, n, nkv * hd);
