@@ -85,6 +85,17 @@ int td_config_parse(const char *json, size_t len, td_config_t *cfg, td_err_t *er
  * file. */
 int td_config_load(const char *dir, td_config_t *cfg, td_err_t *err);
 
+/* Fills *cfg from GGUF metadata: general.architecture llama, qwen2 or gpt2 (anything else refused
+ * by name, TD_ERR_UNSUPPORTED) and the <arch>.* keys (embedding_length, block_count,
+ * feed_forward_length, attention.head_count, head_count_kv, key_length, layer_norm_rms_epsilon /
+ * layer_norm_epsilon, rope.freq_base, context_length); the vocabulary size from the
+ * tokenizer.ggml.tokens list (else <arch>.vocab_size, else token_embd's rows); bos/eos/pad from
+ * tokenizer.ggml.*_token_id; tied embeddings when there is no output.weight tensor; llama gets
+ * the interleaved RoPE layout (its converter permuted Q/K), qwen2 rotate-half. Missing required
+ * keys and wrong types are TD_ERR_FORMAT naming the key; *cfg is written only on success. */
+struct td_gguf;
+int td_config_from_gguf(const struct td_gguf *g, td_config_t *cfg, td_err_t *err);
+
 #ifdef __cplusplus
 }
 #endif
