@@ -178,3 +178,6 @@ const char *td_tensor_source_metadata(const td_tensor_source_t *s, const char *k
     return s && key ? s->ops->metadata(s, key) : NULL;
 }
 const td_gguf_t *td_tensor_source_gguf(const td_tensor_source_t *s) { return s ? s->gguf : NULL; }
+const td_safetensors_t *td_tensor_source_safetensors(const td_tensor_source_t *s) {
+    return s ? s->st : NULL;
+}

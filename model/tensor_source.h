@@ -57,8 +57,9 @@ uint64_t td_tensor_source_total_bytes(const td_tensor_source_t *s);
 
 /* String metadata by key (safetensors __metadata__; GGUF string values), NULL when absent. */
 const char *td_tensor_source_metadata(const td_tensor_source_t *s, const char *key);
-/* The GGUF file behind s (typed metadata), or NULL for safetensors. */
+/* The file behind s (typed metadata, shard lists), or NULL when s is of the other format. */
 const td_gguf_t *td_tensor_source_gguf(const td_tensor_source_t *s);
+const td_safetensors_t *td_tensor_source_safetensors(const td_tensor_source_t *s);
 
 #ifdef __cplusplus
 }
