@@ -173,6 +173,20 @@ static void s_print_gguf_header(const td_gguf_t *g) {
     }
 }
 
+static void s_print_tensors(const td_tensor_source_t *src) {
+    printf("\n%-60s %-8s %-24s %s\n", "tensor", "dtype", "shape", "file");
+    td_tensor_info_t t;
+    for (int64_t i = 0; td_tensor_source_at(src, i, &t); i++) {
+        char shape[256];
+        int w = snprintf(shape, sizeof shape, "[");
+        for (int d = 0; d < t.ndim && w < (int)sizeof shape; d++)
+            w += snprintf(shape + w, sizeof shape - (size_t)w, "%s%lld", d ? ", " : "",
+                          (long long)t.shape[d]);
+        if (w < (int)sizeof shape) snprintf(shape + w, sizeof shape - (size_t)w, "]");
+        printf("%-60s %-8s %-24s %s\n", t.name, td_dtype_name(t.dtype), shape, s_base(t.file));
+    }
+}
+
 static void s_print_text(const char *dir, const td_config_t *c, const td_tensor_source_t *src,
                          const s_summary_t *s, int tensors) {
     char h1[32], h2[32];
@@ -246,19 +260,7 @@ static void s_print_text(const char *dir, const td_config_t *c, const td_tensor_
         printf("\n");
     }
     if (td_tensor_source_gguf(src)) s_print_gguf_header(td_tensor_source_gguf(src));
-    if (tensors) {
-        printf("\n%-60s %-8s %-24s %s\n", "tensor", "dtype", "shape", "file");
-        td_tensor_info_t t;
-        for (int64_t i = 0; td_tensor_source_at(src, i, &t); i++) {
-            char shape[256];
-            int w = snprintf(shape, sizeof shape, "[");
-            for (int d = 0; d < t.ndim && w < (int)sizeof shape; d++)
-                w += snprintf(shape + w, sizeof shape - (size_t)w, "%s%lld", d ? ", " : "",
-                              (long long)t.shape[d]);
-            if (w < (int)sizeof shape) snprintf(shape + w, sizeof shape - (size_t)w, "]");
-            printf("%-60s %-8s %-24s %s\n", t.name, td_dtype_name(t.dtype), shape, s_base(t.file));
-        }
-    }
+    if (tensors) s_print_tensors(src);
 }
 
 static int s_print_json(const char *dir, const td_config_t *c, const td_tensor_source_t *src,
@@ -435,6 +437,7 @@ int td_cmd_inspect(int argc, char **argv) {
             if (!json) {
                 printf("model          %s\n", dir);
                 s_print_gguf_header(td_tensor_source_gguf(src));
+                if (tensors) s_print_tensors(src);
             }
             fprintf(stderr, "tandem inspect: %s\n", err.msg);
             td_tensor_source_destroy(&src);

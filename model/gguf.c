@@ -669,7 +669,9 @@ const char *td_gguf_arr_str(const td_gguf_kv_t *kv, uint64_t i, uint64_t *len) {
 }
 
 int64_t td_gguf_arr_int(const td_gguf_kv_t *kv, uint64_t i) {
-    if (!kv || kv->type != TD_GGUF_ARRAY || i >= kv->n || !s_is_int(kv->arr_type)) return 0;
+    if (!kv || kv->type != TD_GGUF_ARRAY || i >= kv->n ||
+        !(s_is_int(kv->arr_type) || kv->arr_type == TD_GGUF_BOOL))
+        return 0;
     int big;
     return s_int_at((const uint8_t *)kv->data + i * s_type_size[kv->arr_type], kv->arr_type, &big);
 }

@@ -109,7 +109,8 @@ int td_gguf_get_str(const td_gguf_t *g, const char *key, const char **out, td_er
 int td_gguf_get_arr(const td_gguf_t *g, const char *key, td_gguf_type_t want,
                     const td_gguf_kv_t **kv, td_err_t *err);
 /* Array elements (i < kv->n; the caller checks the element type): a string's bytes and length
- * (not NUL-terminated), an integer element as int64 (u64 above INT64_MAX: INT64_MAX), a number. */
+ * (not NUL-terminated), an integer or bool element as int64 (u64 above INT64_MAX: INT64_MAX), a
+ * number. Out of range or the wrong element type: NULL / 0. */
 const char *td_gguf_arr_str(const td_gguf_kv_t *kv, uint64_t i, uint64_t *len);
 int64_t td_gguf_arr_int(const td_gguf_kv_t *kv, uint64_t i);
 double td_gguf_arr_float(const td_gguf_kv_t *kv, uint64_t i);

@@ -736,6 +736,74 @@ TD_TEST(smollm2_q4_1) {
     td_backend_destroy(&be);
 }
 
+/* --- files written by llama.cpp's own writer (the gguf package: tools/make_gguf_seeds.py) ------
+ */
+
+TD_TEST(reference_writer_files) {
+    td_err_t err = {0};
+    char path[512];
+    snprintf(path, sizeof path, "fuzz/seeds/fuzz_gguf/metadata.gguf");
+    td_gguf_t *g = td_gguf_open(path, &err);
+    REQUIRE(g);
+    int64_t iv = 0;
+    double fv = 0;
+    int bv = 0;
+    const char *sv = NULL;
+    CHECK(td_gguf_get_int(g, "t.u8", &iv, &err) == TD_OK && iv == 7);
+    CHECK(td_gguf_get_int(g, "t.i8", &iv, &err) == TD_OK && iv == -7);
+    CHECK(td_gguf_get_int(g, "t.i16", &iv, &err) == TD_OK && iv == -700);
+    CHECK(td_gguf_get_int(g, "t.u32", &iv, &err) == TD_OK && iv == 70000);
+    CHECK(td_gguf_get_int(g, "t.i32", &iv, &err) == TD_OK && iv == -70000);
+    CHECK(td_gguf_get_int(g, "t.u64", &iv, &err) == TD_OK && iv == 1LL << 40);
+    CHECK(td_gguf_get_int(g, "t.i64", &iv, &err) == TD_OK && iv == -(1LL << 40));
+    CHECK(td_gguf_get_float(g, "t.f32", &fv, &err) == TD_OK && fv == 1.5);
+    CHECK(td_gguf_get_float(g, "t.f64", &fv, &err) == TD_OK && fv == 2.25);
+    CHECK(td_gguf_get_bool(g, "t.bool", &bv, &err) == TD_OK && bv == 1);
+    CHECK(td_gguf_get_str(g, "t.str", &sv, &err) == TD_OK && !strcmp(sv, "h\xc3\xa9llo"));
+    const td_gguf_kv_t *a = NULL;
+    REQUIRE(td_gguf_get_arr(g, "t.strs", TD_GGUF_STRING, &a, &err) == TD_OK && a->n == 4);
+    uint64_t len = 9;
+    CHECK(td_gguf_arr_str(a, 2, &len) && len == 0);
+    CHECK(td_gguf_arr_str(a, 1, &len) && len == 2 && !memcmp(td_gguf_arr_str(a, 1, &len), "bc", 2));
+    CHECK(td_gguf_arr_str(a, 4, &len) == NULL);
+    REQUIRE(td_gguf_get_arr(g, "t.floats", TD_GGUF_F32, &a, &err) == TD_OK);
+    CHECK(td_gguf_arr_float(a, 1) == -1.0);
+    REQUIRE(td_gguf_get_arr(g, "t.bools", TD_GGUF_BOOL, &a, &err) == TD_OK);
+    CHECK(td_gguf_arr_int(a, 0) == 1 && td_gguf_arr_int(a, 1) == 0);
+    const td_gguf_tensor_t *t = td_gguf_find_tensor(g, "plain.f16");
+    REQUIRE(t);
+    CHECK(t->dtype == TD_DTYPE_F16 && t->ne[0] == 8 && t->ne[1] == 2 && t->nbytes == 32);
+    td_gguf_destroy(&g);
+    /* block-quantized tensors: sizes as the reference writer laid them out back to back */
+    g = td_gguf_open("fuzz/seeds/fuzz_gguf/quantized.gguf", &err);
+    REQUIRE(g);
+    CHECK_EQ_INT(td_gguf_n_tensors(g), 9);
+    for (int64_t i = 0; i + 1 < td_gguf_n_tensors(g); i++) {
+        const td_gguf_tensor_t *x = td_gguf_tensor_at(g, i), *y = td_gguf_tensor_at(g, i + 1);
+        CHECK_MSG(y->offset - x->offset == ((x->nbytes + 31) / 32) * 32, "%s: %llu bytes", x->name,
+                  (unsigned long long)x->nbytes);
+    }
+    td_gguf_destroy(&g);
+    /* a tiny llama written by the reference writer loads and runs */
+    td_backend_t *be = td_backend_cpu_new(1, 0, &err);
+    td_model_t *m = td_model_load("fuzz/seeds/fuzz_gguf/tiny-llama.gguf", be, &err);
+    CHECK_MSG(m, "%s", err.msg);
+    if (m) {
+        CHECK_EQ_INT(td_model_config(m)->n_vocab, 8);
+        td_kv_cache_t *kv = td_kv_cache_new(m, 1, 8, &err);
+        int32_t toks[3] = {0, 4, 6};
+        float lg[3 * 8];
+        td_batch_t b = {0};
+        b.n = 3;
+        b.tokens = toks;
+        CHECK(kv && td_model_forward(m, kv, &b, lg, &err) == TD_OK);
+        for (int i = 0; i < 24; i++) CHECK(isfinite(lg[i]));
+        td_kv_cache_destroy(&kv);
+    }
+    td_model_destroy(&m);
+    td_backend_destroy(&be);
+}
+
 static void s_cleanup(void) {
     if (!s_tmpdir[0]) return;
     char cmd[512];
