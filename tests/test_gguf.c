@@ -47,6 +47,7 @@ typedef struct buf {
 } buf_t;
 
 static void b_put(buf_t *b, const void *src, size_t n) {
+    if (n == 0) return;
     if (b->n + n > b->cap) {
         b->cap = (b->n + n) * 2 + 64;
         b->p = realloc(b->p, b->cap);
