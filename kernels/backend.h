@@ -118,9 +118,11 @@ void td_op_layernorm(td_backend_t *be, float *y, const float *x, const td_weight
 /* Which dims of a head RoPE rotates together. Pair i (i < rot_dim/2) turns by pos * theta^(-2i/
  * rot_dim) in both layouts. */
 typedef enum td_rope_layout {
-    TD_ROPE_HALF = 0,    /* HF "rotate_half": dims i and i + rot_dim/2 (llama.cpp's NEOX mode) */
-    TD_ROPE_INTERLEAVED, /* adjacent dims 2i and 2i+1 (llama.cpp's normal mode; GGUF llama, whose
-                            converter permuted the Q/K rows so that this equals HF on the original) */
+    /* HF "rotate_half": dims i and i + rot_dim/2 (llama.cpp's NEOX mode) */
+    TD_ROPE_HALF = 0,
+    /* adjacent dims 2i and 2i+1 (llama.cpp's normal mode): GGUF llama, whose converter permuted
+     * the Q/K rows so that this equals HF's rotation on the original weights */
+    TD_ROPE_INTERLEAVED,
 } td_rope_layout_t;
 
 /* Rotary embedding in place: x[n, n_head, head_dim], the first rot_dim dims of each head rotated

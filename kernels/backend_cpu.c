@@ -479,7 +479,8 @@ static void s_rope(td_backend_t *be, float *x, const int32_t *pos, int n, int n_
                    int rot_dim, float theta, td_rope_layout_t layout) {
     int half = rot_dim / 2;
     /* pair i is dims (i*s0, i*s0 + s1): rotate-half (i, i + half), interleaved (2i, 2i + 1) */
-    const int s0 = layout == TD_ROPE_INTERLEAVED ? 2 : 1, s1 = layout == TD_ROPE_INTERLEAVED ? 1 : half;
+    const int s0 = layout == TD_ROPE_INTERLEAVED ? 2 : 1,
+              s1 = layout == TD_ROPE_INTERLEAVED ? 1 : half;
     /* as HF: inv_freq in float32, angle = pos * inv_freq in float32 */
     float inv_freq[half > 0 ? half : 1];
     for (int i = 0; i < half; i++)

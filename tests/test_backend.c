@@ -262,7 +262,8 @@ TD_TEST(norms_rope_activations) {
             for (int h = 0; h < nh2; h++)
                 for (int i = 0; i < rot2 / 2; i++)
                     for (int s = 0; s < 2; s++)
-                        p[(t * nh2 + h) * hd2 + 2 * i + s] = a[(t * nh2 + h) * hd2 + s * rot2 / 2 + i];
+                        p[(t * nh2 + h) * hd2 + 2 * i + s] =
+                            a[(t * nh2 + h) * hd2 + s * rot2 / 2 + i];
         td_op_rope(bm, a, pos2, 2, nh2, hd2, rot2, 1e6f, TD_ROPE_HALF);
         td_op_rope(bm, p, pos2, 2, nh2, hd2, rot2, 1e6f, TD_ROPE_INTERLEAVED);
         for (int t = 0; t < 2; t++)

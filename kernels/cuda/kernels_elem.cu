@@ -139,8 +139,8 @@ __global__ void k_rope(float *x, const int32_t *pos, int n, int n_head, int head
 void tdc_rope(cuda_ctx_t *c, float *x, const int32_t *pos, int n, int n_head, int head_dim,
               int rot_dim, float theta, int interleaved) {
     const int64_t total = (int64_t)n * n_head * (rot_dim / 2);
-    k_rope<<<tdc_blocks(total, TDC_THREADS), TDC_THREADS, 0, c->stream>>>(x, pos, n, n_head,
-                                                                          head_dim, rot_dim, theta, interleaved);
+    k_rope<<<tdc_blocks(total, TDC_THREADS), TDC_THREADS, 0, c->stream>>>(
+        x, pos, n, n_head, head_dim, rot_dim, theta, interleaved);
     TDC_LAUNCHED(c);
 }
 
