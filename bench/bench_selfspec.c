@@ -1,6 +1,7 @@
 /* bench_selfspec.c - selfspec against the stepwise greedy decoder it must reproduce: same prompts
  * (bench/prompts.txt), identical output checked, forwards and wall-clock compared side by side.
  * Usage: build/bench/bench_selfspec [MODEL_DIR] (default models/tiny-diffusion-drafter). */
+#include "model/checkpoint.h"
 #include "drafter/selfspec.h"
 #include "model/tokenizer.h"
 #include <stdio.h>
@@ -11,7 +12,7 @@ int main(int argc, char **argv) {
     td_err_t err = {0};
     td_backend_t *be = td_backend_cpu_new(1, 0, &err);
     td_model_t *m = td_model_load(dir, be, &err);
-    td_tokenizer_t *tok = td_tokenizer_load(dir, &err);
+    td_tokenizer_t *tok = td_checkpoint_tokenizer(dir, &err);
     if (!m || !tok) {
         fprintf(stderr, "bench_selfspec: %s\n", err.msg);
         return 1;

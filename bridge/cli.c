@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <unistd.h>
 
+#include "model/checkpoint.h"
 #include "bridge/cli.h"
 #include "kernels/cuda/backend_cuda.h"
 
@@ -151,7 +152,7 @@ int td_cli_load_on(const char *dir, int device, int n_threads, td_backend_t **be
     *tok = NULL;
     *be = td_cli_backend_new(device, n_threads, &err);
     if (*be) *m = td_model_load(dir, *be, &err);
-    if (*m) *tok = td_tokenizer_load(dir, &err);
+    if (*m) *tok = td_checkpoint_tokenizer(dir, &err);
     if (!*tok) {
         fprintf(stderr, "tandem: %s\n", err.msg);
         td_model_destroy(m);

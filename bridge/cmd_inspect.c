@@ -1,12 +1,14 @@
-/* cmd_inspect.c - `tandem inspect`: what a checkpoint directory holds, without running it.
+/* cmd_inspect.c - `tandem inspect`: what a checkpoint holds, without running it.
  *
- * Reads config.json (td_config_load) and the safetensors headers (td_safetensors_open: mmap, no
- * weight is touched), then prints the architecture, the hyper-parameters tandem will use, the
+ * Reads config.json (td_config_load) and the safetensors headers, or a GGUF file's header and
+ * metadata (td_config_from_gguf), through the tensor source (mmap, no weight is touched), then
+ * prints the architecture, the hyper-parameters tandem will use, the
  * parameter count, bytes per dtype, the memory a run needs (weights + float32 KV cache), and with
  * --tensors every tensor. --json prints the same as one JSON object. */
 #include "bridge/commands.h"
 #include "model/config.h"
-#include "model/safetensors.h"
+#include "model/gguf.h"
+#include "model/tensor_source.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -17,9 +19,11 @@
 static void s_usage(FILE *f) {
     fprintf(
         f,
-        "usage: tandem inspect DIR [--json] [--tensors] [--ctx N]\n\n"
+        "usage: tandem inspect DIR|FILE.gguf [--json] [--tensors] [--ctx N]\n\n"
         "  DIR          a checkpoint directory: config.json plus model.safetensors or\n"
         "               model.safetensors.index.json and its shards (--model DIR also works)\n"
+        "  FILE.gguf    a GGUF file: its header, metadata (long arrays abbreviated) and, with\n"
+        "               --tensors, every tensor with its GGUF type\n"
         "  --json       print one JSON object instead of text\n"
         "  --tensors    also list every tensor: name, dtype, shape, file\n"
         "  --ctx N      context length for the KV-cache estimate (default: the trained\n"
@@ -64,16 +68,36 @@ typedef struct s_summary {
     uint64_t kv_ctx;
 } s_summary_t;
 
-static void s_summarize(const td_config_t *c, const td_safetensors_t *st, int ctx, s_summary_t *s) {
+static int64_t s_elems(const td_tensor_info_t *t) {
+    int64_t n = 1;
+    for (int d = 0; d < t->ndim; d++) n *= t->shape[d];
+    return n;
+}
+
+/* The files holding tensors, in order of first appearance (file order for shards). */
+static int s_files(const td_tensor_source_t *src, const char **files, int cap) {
+    int n = 0;
+    td_tensor_info_t t;
+    for (int64_t i = 0; td_tensor_source_at(src, i, &t); i++) {
+        int seen = 0;
+        for (int j = 0; j < n && !seen; j++) seen = strcmp(files[j], t.file) == 0;
+        if (!seen && n < cap) files[n++] = t.file;
+    }
+    if (n == 0 && cap > 0) files[n++] = td_tensor_source_path(src);
+    return n;
+}
+
+static void s_summarize(const td_config_t *c, const td_tensor_source_t *src, int ctx,
+                        s_summary_t *s) {
     memset(s, 0, sizeof *s);
-    for (int i = 0; i < td_safetensors_count(st); i++) {
-        const td_st_tensor_t *t = td_safetensors_at(st, i);
-        int64_t n = td_safetensors_n_elements(t);
+    td_tensor_info_t t;
+    for (int64_t i = 0; td_tensor_source_at(src, i, &t); i++) {
+        int64_t n = s_elems(&t);
         s->n_params += n;
-        s->weight_bytes += t->nbytes;
-        s->dtype_tensors[t->dtype]++;
-        s->dtype_bytes[t->dtype] += t->nbytes;
-        s->dtype_elems[t->dtype] += (uint64_t)n;
+        s->weight_bytes += t.nbytes;
+        s->dtype_tensors[t.dtype]++;
+        s->dtype_bytes[t.dtype] += t.nbytes;
+        s->dtype_elems[t.dtype] += (uint64_t)n;
     }
     s->kv_per_token =
         2ull * (uint64_t)c->n_layer * (uint64_t)c->n_kv_head * (uint64_t)c->head_dim * 4u;
@@ -95,7 +119,75 @@ static const char *s_act_name(const td_config_t *c) {
     return c->act == TD_ACT_SILU_GLU ? "SwiGLU (SiLU gate)" : "GELU (tanh)";
 }
 
-static void s_print_text(const char *dir, const td_config_t *c, const td_safetensors_t *st,
+/* A metadata value as text: scalars in full (strings cut at 200 bytes), arrays as their type,
+ * length and first elements. */
+static void s_gguf_value(const td_gguf_kv_t *kv, char *buf, size_t cap) {
+    const td_gguf_type_t t = kv->type == TD_GGUF_ARRAY ? kv->arr_type : kv->type;
+    if (kv->type == TD_GGUF_STRING) {
+        snprintf(buf, cap, "\"%.200s%s\"", kv->str, kv->str_len > 200 ? "..." : "");
+        for (char *p = buf; *p; p++)
+            if (*p == '\n' || *p == '\r' || *p == '\t') *p = ' ';
+        return;
+    }
+    /* a scalar is read as a one-element array view */
+    td_gguf_kv_t one = *kv;
+    if (kv->type != TD_GGUF_ARRAY) {
+        one.type = TD_GGUF_ARRAY;
+        one.arr_type = kv->type;
+        one.n = 1;
+    }
+    size_t w = 0;
+    if (kv->type == TD_GGUF_ARRAY)
+        w += (size_t)snprintf(buf + w, cap - w, "[%s x %llu]", td_gguf_type_name(t),
+                              (unsigned long long)kv->n);
+    for (uint64_t i = 0; i < one.n && i < 4 && w < cap; i++) {
+        const char *sep = kv->type == TD_GGUF_ARRAY ? (i ? ", " : " ") : "";
+        if (t == TD_GGUF_STRING) {
+            uint64_t len;
+            const char *sv = td_gguf_arr_str(&one, i, &len);
+            w += (size_t)snprintf(buf + w, cap - w, "%s\"%.*s\"", sep, (int)(len > 40 ? 40 : len),
+                                  sv);
+        } else if (t == TD_GGUF_F32 || t == TD_GGUF_F64)
+            w += (size_t)snprintf(buf + w, cap - w, "%s%g", sep, td_gguf_arr_float(&one, i));
+        else if (t == TD_GGUF_BOOL)
+            w += (size_t)snprintf(buf + w, cap - w, "%s%s", sep,
+                                  td_gguf_arr_int(&one, i) ? "true" : "false");
+        else
+            w += (size_t)snprintf(buf + w, cap - w, "%s%lld", sep,
+                                  (long long)td_gguf_arr_int(&one, i));
+    }
+    if (kv->type == TD_GGUF_ARRAY && kv->n > 4 && w < cap) snprintf(buf + w, cap - w, ", ...");
+}
+
+static void s_print_gguf_header(const td_gguf_t *g) {
+    char h1[32];
+    printf("format         GGUF v%u, alignment %u, data at byte %llu, file %s\n",
+           td_gguf_version(g), td_gguf_alignment(g), (unsigned long long)td_gguf_data_offset(g),
+           s_human(td_gguf_file_size(g), h1, sizeof h1));
+    printf("metadata       %lld keys\n", (long long)td_gguf_n_kv(g));
+    for (int64_t i = 0; i < td_gguf_n_kv(g); i++) {
+        const td_gguf_kv_t *kv = td_gguf_kv_at(g, i);
+        char v[512];
+        s_gguf_value(kv, v, sizeof v);
+        printf("  %-40s %-7s %s\n", kv->key, td_gguf_type_name(kv->type), v);
+    }
+}
+
+static void s_print_tensors(const td_tensor_source_t *src) {
+    printf("\n%-60s %-8s %-24s %s\n", "tensor", "dtype", "shape", "file");
+    td_tensor_info_t t;
+    for (int64_t i = 0; td_tensor_source_at(src, i, &t); i++) {
+        char shape[256];
+        int w = snprintf(shape, sizeof shape, "[");
+        for (int d = 0; d < t.ndim && w < (int)sizeof shape; d++)
+            w += snprintf(shape + w, sizeof shape - (size_t)w, "%s%lld", d ? ", " : "",
+                          (long long)t.shape[d]);
+        if (w < (int)sizeof shape) snprintf(shape + w, sizeof shape - (size_t)w, "]");
+        printf("%-60s %-8s %-24s %s\n", t.name, td_dtype_name(t.dtype), shape, s_base(t.file));
+    }
+}
+
+static void s_print_text(const char *dir, const td_config_t *c, const td_tensor_source_t *src,
                          const s_summary_t *s, int tensors) {
     char h1[32], h2[32];
     printf("model          %s\n", dir);
@@ -131,11 +223,16 @@ static void s_print_text(const char *dir, const td_config_t *c, const td_safeten
                                                              : "none");
     printf("tokens         bos %d, eos %d, pad %d, mask %d  (-1 = none)\n", c->bos_token_id,
            c->eos_token_id, c->pad_token_id, c->mask_token_id);
-    printf("files          %d:", td_safetensors_n_files(st));
-    for (int i = 0; i < td_safetensors_n_files(st); i++)
-        printf(" %s", s_base(td_safetensors_file_path(st, i)));
+    if (c->pos == TD_POS_ROPE)
+        printf("rope layout    %s\n", c->rope_layout == TD_ROPE_INTERLEAVED
+                                          ? "interleaved pairs (GGUF llama Q/K permutation)"
+                                          : "rotate-half");
+    const char *files[256];
+    int nf = s_files(src, files, 256);
+    printf("files          %d:", nf);
+    for (int i = 0; i < nf; i++) printf(" %s", s_base(files[i]));
     printf("\n");
-    printf("tensors        %d\n", td_safetensors_count(st));
+    printf("tensors        %lld\n", (long long)td_tensor_source_count(src));
     printf("parameters     %lld (%.3f M)\n", (long long)s->n_params, (double)s->n_params / 1e6);
     for (int d = 0; d < TD_DTYPE_COUNT; d++)
         if (s->dtype_tensors[d])
@@ -153,7 +250,8 @@ static void s_print_text(const char *dir, const td_config_t *c, const td_safeten
         printf("total          %s for weights + KV cache of %d tokens\n",
                s_human(s->weight_bytes + s->kv_ctx, h2, sizeof h2), s->ctx);
     }
-    if (td_safetensors_n_metadata(st) > 0) {
+    const td_safetensors_t *st = td_tensor_source_safetensors(src);
+    if (st && td_safetensors_n_metadata(st) > 0) {
         printf("metadata      ");
         for (int i = 0; i < td_safetensors_n_metadata(st); i++) {
             const char *v = NULL, *k = td_safetensors_metadata_at(st, i, &v);
@@ -161,23 +259,11 @@ static void s_print_text(const char *dir, const td_config_t *c, const td_safeten
         }
         printf("\n");
     }
-    if (tensors) {
-        printf("\n%-60s %-8s %-24s %s\n", "tensor", "dtype", "shape", "file");
-        for (int i = 0; i < td_safetensors_count(st); i++) {
-            const td_st_tensor_t *t = td_safetensors_at(st, i);
-            char shape[256];
-            int w = snprintf(shape, sizeof shape, "[");
-            for (int d = 0; d < t->ndim && w < (int)sizeof shape; d++)
-                w += snprintf(shape + w, sizeof shape - (size_t)w, "%s%lld", d ? ", " : "",
-                              (long long)t->shape[d]);
-            if (w < (int)sizeof shape) snprintf(shape + w, sizeof shape - (size_t)w, "]");
-            printf("%-60s %-8s %-24s %s\n", t->name, td_dtype_name(t->dtype), shape,
-                   s_base(td_safetensors_file_path(st, t->file)));
-        }
-    }
+    if (td_tensor_source_gguf(src)) s_print_gguf_header(td_tensor_source_gguf(src));
+    if (tensors) s_print_tensors(src);
 }
 
-static int s_print_json(const char *dir, const td_config_t *c, const td_safetensors_t *st,
+static int s_print_json(const char *dir, const td_config_t *c, const td_tensor_source_t *src,
                         const s_summary_t *s, int tensors) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "path", dir);
@@ -198,6 +284,8 @@ static int s_print_json(const char *dir, const td_config_t *c, const td_safetens
     cJSON_AddStringToObject(k, "norm", c->norm == TD_NORM_RMS ? "rms" : "layer");
     cJSON_AddStringToObject(k, "act", c->act == TD_ACT_SILU_GLU ? "silu_glu" : "gelu_tanh");
     cJSON_AddStringToObject(k, "pos", c->pos == TD_POS_ROPE ? "rope" : "learned");
+    cJSON_AddStringToObject(k, "rope_layout",
+                            c->rope_layout == TD_ROPE_INTERLEAVED ? "interleaved" : "half");
     cJSON_AddBoolToObject(k, "tie_embeddings", c->tie_embeddings);
     cJSON_AddBoolToObject(k, "qkv_bias", c->qkv_bias);
     cJSON_AddBoolToObject(k, "mlp_bias", c->mlp_bias);
@@ -209,9 +297,10 @@ static int s_print_json(const char *dir, const td_config_t *c, const td_safetens
     cJSON_AddNumberToObject(k, "eos_token_id", c->eos_token_id);
     cJSON_AddNumberToObject(k, "pad_token_id", c->pad_token_id);
     cJSON *files = cJSON_AddArrayToObject(o, "files");
-    for (int i = 0; i < td_safetensors_n_files(st); i++)
-        cJSON_AddItemToArray(files, cJSON_CreateString(td_safetensors_file_path(st, i)));
-    cJSON_AddNumberToObject(o, "n_tensors", td_safetensors_count(st));
+    const char *fl[256];
+    int nf = s_files(src, fl, 256);
+    for (int i = 0; i < nf; i++) cJSON_AddItemToArray(files, cJSON_CreateString(fl[i]));
+    cJSON_AddNumberToObject(o, "n_tensors", (double)td_tensor_source_count(src));
     cJSON_AddNumberToObject(o, "n_params", (double)s->n_params);
     cJSON *dt = cJSON_AddObjectToObject(o, "dtypes");
     for (int d = 0; d < TD_DTYPE_COUNT; d++) {
@@ -228,22 +317,46 @@ static int s_print_json(const char *dir, const td_config_t *c, const td_safetens
     cJSON_AddNumberToObject(mem, "kv_bytes_context", (double)s->kv_ctx);
     cJSON_AddNumberToObject(mem, "total_bytes_context", (double)(s->weight_bytes + s->kv_ctx));
     cJSON *meta = cJSON_AddObjectToObject(o, "metadata");
-    for (int i = 0; i < td_safetensors_n_metadata(st); i++) {
+    const td_safetensors_t *st = td_tensor_source_safetensors(src);
+    for (int i = 0; st && i < td_safetensors_n_metadata(st); i++) {
         const char *v = NULL, *key = td_safetensors_metadata_at(st, i, &v);
         if (!cJSON_GetObjectItemCaseSensitive(meta, key)) cJSON_AddStringToObject(meta, key, v);
     }
+    const td_gguf_t *g = td_tensor_source_gguf(src);
+    if (g) {
+        cJSON *gg = cJSON_AddObjectToObject(o, "gguf");
+        cJSON_AddNumberToObject(gg, "version", td_gguf_version(g));
+        cJSON_AddNumberToObject(gg, "alignment", td_gguf_alignment(g));
+        cJSON_AddNumberToObject(gg, "data_offset", (double)td_gguf_data_offset(g));
+        cJSON_AddNumberToObject(gg, "file_bytes", (double)td_gguf_file_size(g));
+        for (int64_t i = 0; i < td_gguf_n_kv(g); i++) {
+            const td_gguf_kv_t *kv = td_gguf_kv_at(g, i);
+            char v[512];
+            s_gguf_value(kv, v, sizeof v);
+            cJSON *e = cJSON_AddObjectToObject(meta, kv->key);
+            cJSON_AddStringToObject(e, "type", td_gguf_type_name(kv->type));
+            if (kv->type == TD_GGUF_ARRAY) {
+                cJSON_AddStringToObject(e, "element_type", td_gguf_type_name(kv->arr_type));
+                cJSON_AddNumberToObject(e, "length", (double)kv->n);
+            }
+            if (kv->type == TD_GGUF_STRING)
+                cJSON_AddStringToObject(e, "value", kv->str);
+            else
+                cJSON_AddStringToObject(e, "text", v);
+        }
+    }
     if (tensors) {
         cJSON *arr = cJSON_AddArrayToObject(o, "tensors");
-        for (int i = 0; i < td_safetensors_count(st); i++) {
-            const td_st_tensor_t *t = td_safetensors_at(st, i);
+        td_tensor_info_t t;
+        for (int64_t i = 0; td_tensor_source_at(src, i, &t); i++) {
             cJSON *e = cJSON_CreateObject();
-            cJSON_AddStringToObject(e, "name", t->name);
-            cJSON_AddStringToObject(e, "dtype", td_dtype_name(t->dtype));
+            cJSON_AddStringToObject(e, "name", t.name);
+            cJSON_AddStringToObject(e, "dtype", td_dtype_name(t.dtype));
             cJSON *sh = cJSON_AddArrayToObject(e, "shape");
-            for (int d = 0; d < t->ndim; d++)
-                cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)t->shape[d]));
-            cJSON_AddStringToObject(e, "file", s_base(td_safetensors_file_path(st, t->file)));
-            cJSON_AddNumberToObject(e, "bytes", (double)t->nbytes);
+            for (int d = 0; d < t.ndim; d++)
+                cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)t.shape[d]));
+            cJSON_AddStringToObject(e, "file", s_base(t.file));
+            cJSON_AddNumberToObject(e, "bytes", (double)t.nbytes);
             cJSON_AddItemToArray(arr, e);
         }
     }
@@ -316,22 +429,34 @@ int td_cmd_inspect(int argc, char **argv) {
     }
     td_config_t cfg;
     td_err_t err = {0};
-    if (td_config_load(dir, &cfg, &err) != TD_OK) {
-        fprintf(stderr, "tandem inspect: %s\n", err.msg);
-        return 1;
+    td_tensor_source_t *src = NULL;
+    if (td_path_is_gguf(dir)) {
+        src = td_tensor_source_open(dir, &err);
+        if (src && td_config_from_gguf(td_tensor_source_gguf(src), &cfg, &err) != TD_OK) {
+            /* still show what the file holds, then the reason it cannot run */
+            if (!json) {
+                printf("model          %s\n", dir);
+                s_print_gguf_header(td_tensor_source_gguf(src));
+                if (tensors) s_print_tensors(src);
+            }
+            fprintf(stderr, "tandem inspect: %s\n", err.msg);
+            td_tensor_source_destroy(&src);
+            return 1;
+        }
+    } else if (td_config_load(dir, &cfg, &err) == TD_OK) {
+        src = td_tensor_source_open(dir, &err);
     }
-    td_safetensors_t *st = td_safetensors_open(dir, &err);
-    if (!st) {
+    if (!src) {
         fprintf(stderr, "tandem inspect: %s\n", err.msg);
         return 1;
     }
     s_summary_t s;
-    s_summarize(&cfg, st, (int)ctx, &s);
+    s_summarize(&cfg, src, (int)ctx, &s);
     int rc = 0;
     if (json)
-        rc = s_print_json(dir, &cfg, st, &s, tensors);
+        rc = s_print_json(dir, &cfg, src, &s, tensors);
     else
-        s_print_text(dir, &cfg, st, &s, tensors);
-    td_safetensors_destroy(&st);
+        s_print_text(dir, &cfg, src, &s, tensors);
+    td_tensor_source_destroy(&src);
     return rc;
 }

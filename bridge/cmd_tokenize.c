@@ -2,6 +2,7 @@
  *
  * Loads only the tokenizer (a model directory holding tokenizer.json, or the file itself), so it
  * works on any checkpoint without reading weights. */
+#include "model/checkpoint.h"
 #include "bridge/commands.h"
 #include "model/tokenizer.h"
 
@@ -15,7 +16,8 @@ static void s_usage(FILE *f) {
         f,
         "usage: tandem tokenize --model DIR (--text T | --file PATH) [--json] [--no-special]\n"
         "       tandem tokenize --model DIR --decode \"ID ID ...\" [--skip-special]\n\n"
-        "  --model DIR       model directory with tokenizer.json, or the tokenizer.json file\n"
+        "  --model DIR       model directory with tokenizer.json, the tokenizer.json file, or a\n"
+        "                    .gguf file (its tokenizer.ggml.* metadata)\n"
         "  --text T          text to encode (\"-\" reads stdin)\n"
         "  --file PATH       read the text to encode from a file (\"-\" for stdin)\n"
         "  --json            print {\"ids\":[...],\"pieces\":[...]} instead of one token per "
@@ -214,7 +216,7 @@ int td_cmd_tokenize(int argc, char **argv) {
         return 2;
     }
     td_err_t err = {0};
-    td_tokenizer_t *tok = td_tokenizer_load(model, &err);
+    td_tokenizer_t *tok = td_checkpoint_tokenizer(model, &err);
     if (!tok) {
         fprintf(stderr, "tandem tokenize: %s\n", err.msg);
         return 1;

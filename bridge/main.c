@@ -30,7 +30,8 @@ static void s_usage(FILE *f) {
     for (size_t i = 0; i < sizeof s_cmds / sizeof s_cmds[0]; i++)
         fprintf(f, "  %-10s %s\n", s_cmds[i].name, s_cmds[i].help);
     fprintf(f, "\nModels are HuggingFace checkpoint directories (config.json, *.safetensors, "
-               "tokenizer.json).\nEnvironment: TD_LOG=error|warn|info|debug.\n");
+               "tokenizer.json)\nor GGUF files (MODEL.gguf) wherever a DIR is asked "
+               "for.\nEnvironment: TD_LOG=error|warn|info|debug.\n");
 }
 
 int main(int argc, char **argv) {

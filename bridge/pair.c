@@ -1,4 +1,5 @@
 /* pair.c - verifier + drafter set-up (see pair.h). */
+#include "model/checkpoint.h"
 #include "bridge/pair.h"
 
 #include "bridge/cli.h"
@@ -38,7 +39,7 @@ static int s_load(const char *dir, int device, int threads, td_backend_t **be, t
     if (!*be) return TD_ERR;
     *m = td_model_load(dir, *be, err);
     if (!*m) return td_err_prefix(err, "loading %s", dir);
-    *tok = td_tokenizer_load(dir, err);
+    *tok = td_checkpoint_tokenizer(dir, err);
     if (!*tok) return td_err_prefix(err, "loading the tokenizer of %s", dir);
     if (td_tokenizer_n_vocab(*tok) > td_model_config(*m)->n_vocab)
         return td_err_set(err, TD_ERR_FORMAT,

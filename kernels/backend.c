@@ -70,9 +70,10 @@ void td_op_layernorm(td_backend_t *be, float *y, const float *x, const td_weight
     be->iface->layernorm(be, y, x, w, b, n, d, eps);
 }
 void td_op_rope(td_backend_t *be, float *x, const int32_t *pos, int n, int n_head, int head_dim,
-                int rot_dim, float theta) {
+                int rot_dim, float theta, td_rope_layout_t layout) {
     assert(rot_dim % 2 == 0 && rot_dim <= head_dim);
-    be->iface->rope(be, x, pos, n, n_head, head_dim, rot_dim, theta);
+    assert(layout == TD_ROPE_HALF || layout == TD_ROPE_INTERLEAVED);
+    be->iface->rope(be, x, pos, n, n_head, head_dim, rot_dim, theta, layout);
 }
 void td_op_swiglu(td_backend_t *be, float *y, const float *g, const float *u, int64_t count) {
     be->iface->swiglu(be, y, g, u, count);

@@ -115,10 +115,20 @@ void td_op_rmsnorm(td_backend_t *be, float *y, const float *x, const td_weight_t
 /* y[n, d] = (x - mean) / sqrt(var + eps) * w + b ; b may be NULL ; y may equal x */
 void td_op_layernorm(td_backend_t *be, float *y, const float *x, const td_weight_t *w,
                      const td_weight_t *b, int n, int d, float eps);
-/* Rotary embedding in place, HF "rotate_half" layout: x[n, n_head, head_dim], the first
- * rot_dim dims of each head rotated (pairs i and i + rot_dim/2), pos in host memory. */
+/* Which dims of a head RoPE rotates together. Pair i (i < rot_dim/2) turns by pos * theta^(-2i/
+ * rot_dim) in both layouts. */
+typedef enum td_rope_layout {
+    /* HF "rotate_half": dims i and i + rot_dim/2 (llama.cpp's NEOX mode) */
+    TD_ROPE_HALF = 0,
+    /* adjacent dims 2i and 2i+1 (llama.cpp's normal mode): GGUF llama, whose converter permuted
+     * the Q/K rows so that this equals HF's rotation on the original weights */
+    TD_ROPE_INTERLEAVED,
+} td_rope_layout_t;
+
+/* Rotary embedding in place: x[n, n_head, head_dim], the first rot_dim dims of each head rotated
+ * in pairs chosen by layout, pos in host memory. */
 void td_op_rope(td_backend_t *be, float *x, const int32_t *pos, int n, int n_head, int head_dim,
-                int rot_dim, float theta);
+                int rot_dim, float theta, td_rope_layout_t layout);
 /* y[i] = silu(gate[i]) * up[i], i < count ; y may equal gate */
 void td_op_swiglu(td_backend_t *be, float *y, const float *gate, const float *up, int64_t count);
 /* x[i] = gelu_tanh(x[i]) in place */

@@ -476,8 +476,11 @@ static void s_layernorm(td_backend_t *be, float *y, const float *x, const td_wei
 }
 
 static void s_rope(td_backend_t *be, float *x, const int32_t *pos, int n, int n_head, int head_dim,
-                   int rot_dim, float theta) {
+                   int rot_dim, float theta, td_rope_layout_t layout) {
     int half = rot_dim / 2;
+    /* pair i is dims (i*s0, i*s0 + s1): rotate-half (i, i + half), interleaved (2i, 2i + 1) */
+    const int s0 = layout == TD_ROPE_INTERLEAVED ? 2 : 1,
+              s1 = layout == TD_ROPE_INTERLEAVED ? 1 : half;
     /* as HF: inv_freq in float32, angle = pos * inv_freq in float32 */
     float inv_freq[half > 0 ? half : 1];
     for (int i = 0; i < half; i++)
@@ -490,9 +493,9 @@ static void s_rope(td_backend_t *be, float *x, const int32_t *pos, int n, int n_
             float cs = cosf(ang), sn = sinf(ang);
             for (int h = 0; h < n_head; h++) {
                 float *v = x + ((int64_t)t * n_head + h) * head_dim;
-                float a = v[i], b = v[i + half];
-                v[i] = a * cs - b * sn;
-                v[i + half] = b * cs + a * sn;
+                float a = v[i * s0], b = v[i * s0 + s1];
+                v[i * s0] = a * cs - b * sn;
+                v[i * s0 + s1] = b * cs + a * sn;
             }
         }
     }

@@ -26,7 +26,7 @@ struct td_backend_i {
     void (*layernorm)(td_backend_t *be, float *y, const float *x, const td_weight_t *w,
                       const td_weight_t *b, int n, int d, float eps);
     void (*rope)(td_backend_t *be, float *x, const int32_t *pos, int n, int n_head, int head_dim,
-                 int rot_dim, float theta);
+                 int rot_dim, float theta, td_rope_layout_t layout);
     void (*swiglu)(td_backend_t *be, float *y, const float *gate, const float *up, int64_t count);
     void (*gelu_tanh)(td_backend_t *be, float *x, int64_t count);
     void (*add)(td_backend_t *be, float *y, const float *x, int64_t count);

@@ -7,6 +7,9 @@
  * Tool calls and Qwen's special rendering of the "tool" role are not reproduced. */
 #include "model/chat.h"
 
+#include "model/gguf.h"
+#include "model/tensor_source.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <limits.h>
@@ -449,10 +452,56 @@ static int s_read_optional(const char *dir, const char *name, char **data, size_
     return td_read_file(path, data, len, err);
 }
 
+/* A GGUF checkpoint: tokenizer.chat_template is the template text, the BOS string is the token
+ * tokenizer.ggml.bos_token_id names; both go through td_chat_format_parse as a
+ * tokenizer_config.json would carry them. */
+static int s_detect_gguf(const char *path, td_chat_format_t *fmt, td_err_t *err) {
+    td_gguf_t *g = td_gguf_open(path, err);
+    if (!g) return err ? err->code : TD_ERR;
+    const char *tmpl = NULL;
+    int64_t bos = -1;
+    const td_gguf_kv_t *toks = NULL;
+    int rc = td_gguf_get_str(g, "tokenizer.chat_template", &tmpl, err);
+    if (rc == 1) rc = TD_OK, tmpl = NULL;
+    if (rc == TD_OK && td_gguf_get_int(g, "tokenizer.ggml.bos_token_id", &bos, err) < 0)
+        rc = TD_ERR_FORMAT;
+    if (rc == TD_OK && td_gguf_get_arr(g, "tokenizer.ggml.tokens", TD_GGUF_STRING, &toks, err) < 0)
+        rc = TD_ERR_FORMAT;
+    cJSON *o = rc == TD_OK && tmpl ? cJSON_CreateObject() : NULL;
+    if (o) {
+        cJSON_AddStringToObject(o, "chat_template", tmpl);
+        uint64_t len = 0;
+        const char *b = toks && bos >= 0 ? td_gguf_arr_str(toks, (uint64_t)bos, &len) : NULL;
+        if (b && len < 256) {
+            char buf[256];
+            memcpy(buf, b, len);
+            buf[len] = 0;
+            cJSON_AddStringToObject(o, "bos_token", buf);
+        }
+        char *text = cJSON_PrintUnformatted(o);
+        cJSON_Delete(o);
+        if (!text)
+            rc = td_err_set(err, TD_ERR_NOMEM, "out of memory");
+        else
+            rc = td_chat_format_parse(text, strlen(text), NULL, fmt, err);
+        cJSON_free(text);
+    }
+    td_gguf_destroy(&g);
+    return rc;
+}
+
 int td_chat_format_detect(const char *model_dir, td_chat_format_t *fmt, td_err_t *err) {
     memset(fmt, 0, sizeof *fmt);
     fmt->kind = TD_CHAT_NONE;
     if (!model_dir) return td_err_set(err, TD_ERR_ARG, "chat: no model directory");
+    if (td_path_is_gguf(model_dir)) {
+        int rc = s_detect_gguf(model_dir, fmt, err);
+        if (rc < 0) {
+            memset(fmt, 0, sizeof *fmt);
+            fmt->kind = TD_CHAT_NONE;
+        }
+        return rc;
+    }
     char *cfg = NULL, *jinja = NULL;
     size_t cfg_len = 0, jinja_len = 0;
     int rc = s_read_optional(model_dir, "tokenizer_config.json", &cfg, &cfg_len, err);

@@ -75,6 +75,8 @@ void td_chat_format_builtin(td_chat_kind_t kind, td_chat_format_t *fmt);
  * another family: NONE with a warning logged. Returns TD_OK, or TD_ERR_FORMAT (malformed JSON,
  * chat_template of the wrong type), TD_ERR_IO (unreadable file), TD_ERR_UNSUPPORTED (default
  * system prompt or BOS longer than the buffers); fmt is NONE on failure. */
+/* model_dir may also be a .gguf file: its tokenizer.chat_template string is the template and the
+ * token named by tokenizer.ggml.bos_token_id the bos_token. */
 int td_chat_format_detect(const char *model_dir, td_chat_format_t *fmt, td_err_t *err);
 
 /* The same from in-memory text: config_json (tokenizer_config.json, may be NULL) and

@@ -6,6 +6,8 @@
  * writes *cfg only on success. */
 #include "model/config.h"
 
+#include "model/gguf.h"
+
 #include <cjson/cJSON.h>
 #include <limits.h>
 #include <math.h>
@@ -618,4 +620,163 @@ int td_config_load(const char *dir, td_config_t *cfg, td_err_t *err) {
     rc = s_parse(text, len, cfg, path, err);
     free(text);
     return rc;
+}
+
+/* --- GGUF metadata ------------------------------------------------------------------------------
+ */
+
+/* Reads integer key into *out when present (else def; required keys have def < 0 meaning "must be
+ * there"), refusing values outside [lo, hi]. */
+static int s_gg_int(const td_gguf_t *g, const char *label, const char *key, long long def,
+                    long long lo, long long hi, int *out, td_err_t *err) {
+    int64_t v = 0;
+    int rc = td_gguf_get_int(g, key, &v, err);
+    if (rc < 0) return rc;
+    if (rc == 1) {
+        if (def < 0)
+            return td_err_set(err, TD_ERR_FORMAT, "%s: metadata '%s' is missing", label, key);
+        v = def;
+    }
+    if (v < lo || v > hi)
+        return td_err_set(err, TD_ERR_FORMAT,
+                          "%s: metadata '%s' = %lld is out of range (%lld .. %lld)", label, key,
+                          (long long)v, lo, hi);
+    *out = (int)v;
+    return TD_OK;
+}
+
+static int s_gg_float(const td_gguf_t *g, const char *label, const char *key, double def,
+                      float *out, td_err_t *err) {
+    double v = 0;
+    int rc = td_gguf_get_float(g, key, &v, err);
+    if (rc < 0) return rc;
+    if (rc == 1) {
+        if (def < 0)
+            return td_err_set(err, TD_ERR_FORMAT, "%s: metadata '%s' is missing", label, key);
+        v = def;
+    }
+    *out = (float)v;
+    return TD_OK;
+}
+
+int td_config_from_gguf(const td_gguf_t *g, td_config_t *out, td_err_t *err) {
+    const char *label = td_gguf_path(g), *arch = NULL;
+    int rc = td_gguf_get_str(g, "general.architecture", &arch, err);
+    if (rc < 0) return rc;
+    if (rc == 1)
+        return td_err_set(err, TD_ERR_FORMAT, "%s: metadata 'general.architecture' is missing",
+                          label);
+    td_config_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.mask_token_id = cfg.bos_token_id = cfg.eos_token_id = cfg.pad_token_id = -1;
+    if (strcmp(arch, "llama") == 0)
+        cfg.arch = TD_ARCH_LLAMA;
+    else if (strcmp(arch, "qwen2") == 0)
+        cfg.arch = TD_ARCH_QWEN2;
+    else if (strcmp(arch, "gpt2") == 0)
+        cfg.arch = TD_ARCH_GPT2;
+    else
+        return td_err_set(err, TD_ERR_UNSUPPORTED,
+                          "%s: GGUF architecture '%.60s' is not supported (llama, qwen2, gpt2)",
+                          label, arch);
+    snprintf(cfg.arch_name, sizeof cfg.arch_name, "%s", arch);
+    snprintf(cfg.model_type, sizeof cfg.model_type, "%s", arch);
+    const int gpt = cfg.arch == TD_ARCH_GPT2;
+    char k[160];
+#define KEY(suffix) (snprintf(k, sizeof k, "%s." suffix, arch), k)
+    if ((rc = s_gg_int(g, label, KEY("embedding_length"), -1, 1, 1 << 20, &cfg.n_embd, err)) < 0 ||
+        (rc = s_gg_int(g, label, KEY("block_count"), -1, 1, 4096, &cfg.n_layer, err)) < 0 ||
+        (rc = s_gg_int(g, label, KEY("feed_forward_length"), gpt ? 4LL * cfg.n_embd : -1, 1,
+                       1 << 24, &cfg.n_ff, err)) < 0 ||
+        (rc = s_gg_int(g, label, KEY("attention.head_count"), -1, 1, 1 << 16, &cfg.n_head, err)) <
+            0 ||
+        (rc = s_gg_int(g, label, KEY("attention.head_count_kv"), cfg.n_head, 1, 1 << 16,
+                       &cfg.n_kv_head, err)) < 0 ||
+        (rc = s_gg_int(g, label, KEY("context_length"), gpt ? -1 : 0, 0, INT_MAX, &cfg.n_ctx_train,
+                       err)) < 0)
+        return rc;
+    if (cfg.n_embd % cfg.n_head)
+        return td_err_set(err, TD_ERR_FORMAT,
+                          "%s: embedding_length %d is not a multiple of head_count %d", label,
+                          cfg.n_embd, cfg.n_head);
+    if ((rc = s_gg_int(g, label, KEY("attention.key_length"), cfg.n_embd / cfg.n_head, 1, 1 << 16,
+                       &cfg.head_dim, err)) < 0)
+        return rc;
+    int vlen = cfg.head_dim;
+    if ((rc = s_gg_int(g, label, KEY("attention.value_length"), cfg.head_dim, 1, 1 << 16, &vlen,
+                       err)) < 0)
+        return rc;
+    if (vlen != cfg.head_dim)
+        return td_err_set(err, TD_ERR_UNSUPPORTED,
+                          "%s: attention.value_length %d != key_length %d is not supported", label,
+                          vlen, cfg.head_dim);
+    if (gpt) {
+        if ((rc = s_gg_float(g, label, KEY("attention.layer_norm_epsilon"), 1e-5, &cfg.norm_eps,
+                             err)) < 0)
+            return rc;
+        cfg.rope_theta = 10000.0f;
+        cfg.norm = TD_NORM_LAYER;
+        cfg.act = TD_ACT_GELU_TANH;
+        cfg.pos = TD_POS_LEARNED;
+        cfg.qkv_bias = cfg.mlp_bias = 1;
+    } else {
+        int rot = cfg.head_dim;
+        const char *scaling = NULL;
+        if ((rc = s_gg_float(g, label, KEY("attention.layer_norm_rms_epsilon"), -1, &cfg.norm_eps,
+                             err)) < 0 ||
+            (rc = s_gg_float(g, label, KEY("rope.freq_base"), 10000.0, &cfg.rope_theta, err)) < 0 ||
+            (rc = s_gg_int(g, label, KEY("rope.dimension_count"), cfg.head_dim, 1, 1 << 16, &rot,
+                           err)) < 0 ||
+            (rc = td_gguf_get_str(g, KEY("rope.scaling.type"), &scaling, err)) < 0)
+            return rc;
+        if (rot != cfg.head_dim)
+            return td_err_set(err, TD_ERR_UNSUPPORTED,
+                              "%s: partial rotary embedding (rope.dimension_count %d of head_dim "
+                              "%d) is not supported",
+                              label, rot, cfg.head_dim);
+        if (scaling && strcmp(scaling, "none") != 0)
+            return td_err_set(err, TD_ERR_UNSUPPORTED,
+                              "%s: rope scaling type '%.40s' is not supported (only plain RoPE)",
+                              label, scaling);
+        /* llama.cpp's converter permuted llama's Q/K rows for adjacent-pair RoPE; qwen2 is
+         * stored as in HF and rotated NEOX-style (rotate-half) */
+        cfg.rope_layout = cfg.arch == TD_ARCH_LLAMA ? TD_ROPE_INTERLEAVED : TD_ROPE_HALF;
+        cfg.norm = TD_NORM_RMS;
+        cfg.act = TD_ACT_SILU_GLU;
+        cfg.pos = TD_POS_ROPE;
+        cfg.qkv_bias = cfg.arch == TD_ARCH_QWEN2 || td_gguf_find_tensor(g, "blk.0.attn_q.bias");
+    }
+#undef KEY
+    cfg.causal = 1;
+    cfg.tie_embeddings = td_gguf_find_tensor(g, "output.weight") == NULL;
+    /* vocabulary: the tokenizer's token list, else <arch>.vocab_size, else the embedding rows */
+    const td_gguf_kv_t *toks = NULL;
+    if ((rc = td_gguf_get_arr(g, "tokenizer.ggml.tokens", TD_GGUF_STRING, &toks, err)) < 0)
+        return rc;
+    const td_gguf_tensor_t *emb = td_gguf_find_tensor(g, "token_embd.weight");
+    if (toks) {
+        if (toks->n > INT_MAX)
+            return td_err_set(err, TD_ERR_FORMAT, "%s: tokenizer.ggml.tokens is too long", label);
+        cfg.n_vocab = (int)toks->n;
+    } else {
+        snprintf(k, sizeof k, "%s.vocab_size", arch);
+        if ((rc = s_gg_int(g, label, k, emb && emb->ndim == 2 ? emb->ne[1] : -1, 1, INT_MAX,
+                           &cfg.n_vocab, err)) < 0)
+            return rc;
+    }
+    if ((rc = s_gg_int(g, label, "tokenizer.ggml.bos_token_id", 0, 0, INT_MAX, &cfg.bos_token_id,
+                       err)) < 0 ||
+        (rc = s_gg_int(g, label, "tokenizer.ggml.eos_token_id", 0, 0, INT_MAX, &cfg.eos_token_id,
+                       err)) < 0 ||
+        (rc = s_gg_int(g, label, "tokenizer.ggml.padding_token_id", 0, 0, INT_MAX,
+                       &cfg.pad_token_id, err)) < 0)
+        return rc;
+    /* absent ids: -1 (the 0 defaults above only stand for "present" checks) */
+    if (!td_gguf_find_kv(g, "tokenizer.ggml.bos_token_id")) cfg.bos_token_id = -1;
+    if (!td_gguf_find_kv(g, "tokenizer.ggml.eos_token_id")) cfg.eos_token_id = -1;
+    if (!td_gguf_find_kv(g, "tokenizer.ggml.padding_token_id")) cfg.pad_token_id = -1;
+    s_ctx_t c = {NULL, label, err};
+    if ((rc = s_validate(&c, &cfg)) < 0) return rc;
+    *out = cfg;
+    return TD_OK;
 }

@@ -25,6 +25,7 @@
 #define TD_CONFIG_H
 
 #include "common/td_common.h"
+#include "kernels/backend.h" /* td_rope_layout_t */
 
 #ifdef __cplusplus
 extern "C" {
@@ -57,6 +58,7 @@ typedef struct td_config {
     int n_ff;        /* MLP inner size */
     int n_ctx_train; /* max_position_embeddings / n_positions (0 = unknown) */
     float rope_theta;
+    td_rope_layout_t rope_layout; /* TD_ROPE_HALF for HF checkpoints; GGUF llama: interleaved */
     float norm_eps;
     td_norm_kind_t norm;
     td_act_kind_t act;
@@ -82,6 +84,17 @@ int td_config_parse(const char *json, size_t len, td_config_t *cfg, td_err_t *er
 /* Reads DIR/config.json (or DIR itself when it ends in ".json") and parses it; messages name the
  * file. */
 int td_config_load(const char *dir, td_config_t *cfg, td_err_t *err);
+
+/* Fills *cfg from GGUF metadata: general.architecture llama, qwen2 or gpt2 (anything else refused
+ * by name, TD_ERR_UNSUPPORTED) and the <arch>.* keys (embedding_length, block_count,
+ * feed_forward_length, attention.head_count, head_count_kv, key_length, layer_norm_rms_epsilon /
+ * layer_norm_epsilon, rope.freq_base, context_length); the vocabulary size from the
+ * tokenizer.ggml.tokens list (else <arch>.vocab_size, else token_embd's rows); bos/eos/pad from
+ * tokenizer.ggml.*_token_id; tied embeddings when there is no output.weight tensor; llama gets
+ * the interleaved RoPE layout (its converter permuted Q/K), qwen2 rotate-half. Missing required
+ * keys and wrong types are TD_ERR_FORMAT naming the key; *cfg is written only on success. */
+struct td_gguf;
+int td_config_from_gguf(const struct td_gguf *g, td_config_t *cfg, td_err_t *err);
 
 #ifdef __cplusplus
 }

@@ -7,7 +7,7 @@
  * runs on the CPU and the CUDA backend. */
 #include "model/model.h"
 
-#include "model/safetensors.h"
+#include "model/tensor_source.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -28,8 +28,8 @@ typedef struct td_layer {
 struct td_model {
     td_config_t cfg;
     td_backend_t *be;
-    td_safetensors_t *st; /* NULL for synthetic models */
-    void *synthetic;      /* owned weight memory of a synthetic model */
+    td_tensor_source_t *src; /* NULL for synthetic models */
+    void *synthetic;         /* owned weight memory of a synthetic model */
     td_dtype_t dtype;
     int64_t n_params;
     uint64_t weight_bytes;
@@ -79,36 +79,38 @@ static int s_track(td_model_t *m, const void *p) {
     return 0;
 }
 
-/* Binds tensor `name` expecting shape [d0] (d1 == 0) or [d0, d1]. Missing optional tensors leave
- * w->data NULL; anything else wrong records an error naming file and tensor. */
+/* Binds tensor `name` expecting shape [d0] (d1 == 0) or [d0, d1] (HF order, from the tensor
+ * source). Missing optional tensors leave w->data NULL; anything else wrong records an error
+ * naming file and tensor. Matrices may be block-quantized (rows of whole blocks); vectors are
+ * F32, F16 or BF16. */
 static void s_bind(binder_t *b, td_weight_t *w, const char *name, int64_t d0, int64_t d1,
                    int optional) {
     memset(w, 0, sizeof *w);
     if (b->failed) return;
-    const td_st_tensor_t *t = td_safetensors_find(b->m->st, name);
-    const char *file =
-        t ? td_safetensors_file_path(b->m->st, t->file) : td_safetensors_file_path(b->m->st, 0);
-    if (!t) {
+    td_tensor_info_t t;
+    if (!td_tensor_source_find(b->m->src, name, &t)) {
         if (optional) return;
         b->failed = 1;
-        td_err_set(b->err, TD_ERR_FORMAT, "%s: tensor '%s' is missing (architecture %s)", file,
-                   name, td_arch_name(b->m->cfg.arch));
+        td_err_set(b->err, TD_ERR_FORMAT, "%s: tensor '%s' is missing (architecture %s)",
+                   td_tensor_source_path(b->m->src), name, td_arch_name(b->m->cfg.arch));
         return;
     }
-    if (!s_is_float(t->dtype)) {
+    const char *file = t.file;
+    if (!s_is_float(t.dtype) && !(d1 && td_dtype_is_quantized(t.dtype))) {
         b->failed = 1;
-        td_err_set(b->err, TD_ERR_UNSUPPORTED,
-                   "%s: tensor '%s' has dtype %s (need F32, F16 or BF16)", file, name,
-                   td_dtype_name(t->dtype));
+        td_err_set(b->err, TD_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype %s (need %s)", file, name,
+                   td_dtype_name(t.dtype),
+                   d1 ? "F32, F16, BF16 or a block-quantized type" : "F32, F16 or BF16");
         return;
     }
-    int ok = d1 ? (t->ndim == 2 && t->shape[0] == d0 && t->shape[1] == d1)
-                : (t->ndim == 1 && t->shape[0] == d0);
+    int ok = d1 ? (t.ndim == 2 && t.shape[0] == d0 && t.shape[1] == d1)
+                : (t.ndim == 1 && t.shape[0] == d0);
+    if (ok && d1 && td_dtype_is_quantized(t.dtype) && d1 % td_dtype_block_elems(t.dtype)) ok = 0;
     if (!ok) {
         char got[128] = "", *p = got;
-        for (int i = 0; i < t->ndim && p < got + 100; i++)
+        for (int i = 0; i < t.ndim && p < got + 100; i++)
             p += snprintf(p, (size_t)(got + sizeof got - p), "%s%lld", i ? ", " : "",
-                          (long long)t->shape[i]);
+                          (long long)t.shape[i]);
         b->failed = 1;
         if (d1)
             td_err_set(b->err, TD_ERR_FORMAT,
@@ -119,18 +121,18 @@ static void s_bind(binder_t *b, td_weight_t *w, const char *name, int64_t d0, in
                        file, name, got, (long long)d0);
         return;
     }
-    w->data = td_backend_weights(b->m->be, t->data, t->nbytes);
+    w->data = td_backend_weights(b->m->be, t.data, t.nbytes);
     if (!w->data || s_track(b->m, w->data)) {
         b->failed = 1;
         td_err_set(b->err, TD_ERR_NOMEM, "%s: cannot place tensor '%s' (%llu bytes) in %s memory",
-                   file, name, (unsigned long long)t->nbytes, td_backend_name(b->m->be));
+                   file, name, (unsigned long long)t.nbytes, td_backend_name(b->m->be));
         return;
     }
-    w->dtype = t->dtype;
+    w->dtype = t.dtype;
     w->rows = d1 ? d0 : 1;
     w->cols = d1 ? d1 : d0;
     b->m->n_params += d1 ? d0 * d1 : d0;
-    b->m->weight_bytes += t->nbytes;
+    b->m->weight_bytes += t.nbytes;
 }
 
 static void s_bindf(binder_t *b, td_weight_t *w, int64_t d0, int64_t d1, int optional,
@@ -159,6 +161,14 @@ static td_weight_t s_conv1d_slice(const td_weight_t *full, int64_t c0, int64_t n
 
 static td_weight_t s_conv1d(const td_weight_t *full) { return s_conv1d_slice(full, 0, full->cols); }
 
+/* Makes w rows [r0, r0 + n) of a dense [rows, cols] matrix (any dtype, quantized included). */
+static td_weight_t s_row_slice(const td_weight_t *full, int64_t r0, int64_t n) {
+    td_weight_t w = *full;
+    w.data = (const char *)full->data + (size_t)r0 * td_dtype_row_bytes(full->dtype, full->cols);
+    w.rows = n;
+    return w;
+}
+
 static td_weight_t s_vec_slice(const td_weight_t *full, int64_t c0, int64_t n) {
     td_weight_t w = *full;
     w.data = (const char *)full->data + (size_t)c0 * td_dtype_size(full->dtype);
@@ -166,60 +176,104 @@ static td_weight_t s_vec_slice(const td_weight_t *full, int64_t c0, int64_t n) {
     return w;
 }
 
+/* Tensor names of the RMSNorm/RoPE/SwiGLU stack, per naming scheme: the binder is one function
+ * driven by these tables (HF's names, LLaDA's OLMo names, llama.cpp's GGUF names) rather than a
+ * rewrite of one scheme into another. Layer entries are printf formats taking the layer index. */
+typedef struct llama_names {
+    const char *emb, *out_norm, *lm_head;
+    const char *attn_norm, *wq, *wk, *wv, *bq, *bk, *bv, *wo, *bo, *ffn_norm, *gate, *up, *down;
+} llama_names_t;
+
+static const llama_names_t s_names_hf = {
+    "model.embed_tokens.weight",
+    "model.norm.weight",
+    "lm_head.weight",
+    "model.layers.%d.input_layernorm.weight",
+    "model.layers.%d.self_attn.q_proj.weight",
+    "model.layers.%d.self_attn.k_proj.weight",
+    "model.layers.%d.self_attn.v_proj.weight",
+    "model.layers.%d.self_attn.q_proj.bias",
+    "model.layers.%d.self_attn.k_proj.bias",
+    "model.layers.%d.self_attn.v_proj.bias",
+    "model.layers.%d.self_attn.o_proj.weight",
+    "model.layers.%d.self_attn.o_proj.bias",
+    "model.layers.%d.post_attention_layernorm.weight",
+    "model.layers.%d.mlp.gate_proj.weight",
+    "model.layers.%d.mlp.up_proj.weight",
+    "model.layers.%d.mlp.down_proj.weight",
+};
+
+static const llama_names_t s_names_llada = {
+    "model.transformer.wte.weight",
+    "model.transformer.ln_f.weight",
+    "model.transformer.ff_out.weight",
+    "model.transformer.blocks.%d.attn_norm.weight",
+    "model.transformer.blocks.%d.q_proj.weight",
+    "model.transformer.blocks.%d.k_proj.weight",
+    "model.transformer.blocks.%d.v_proj.weight",
+    "model.transformer.blocks.%d.q_proj.bias",
+    "model.transformer.blocks.%d.k_proj.bias",
+    "model.transformer.blocks.%d.v_proj.bias",
+    "model.transformer.blocks.%d.attn_out.weight",
+    NULL, /* no output bias */
+    "model.transformer.blocks.%d.ff_norm.weight",
+    "model.transformer.blocks.%d.ff_proj.weight",
+    "model.transformer.blocks.%d.up_proj.weight",
+    "model.transformer.blocks.%d.ff_out.weight",
+};
+
+static const llama_names_t s_names_gguf = {
+    "token_embd.weight",       "output_norm.weight",        "output.weight",
+    "blk.%d.attn_norm.weight", "blk.%d.attn_q.weight",      "blk.%d.attn_k.weight",
+    "blk.%d.attn_v.weight",    "blk.%d.attn_q.bias",        "blk.%d.attn_k.bias",
+    "blk.%d.attn_v.bias",      "blk.%d.attn_output.weight", "blk.%d.attn_output.bias",
+    "blk.%d.ffn_norm.weight",  "blk.%d.ffn_gate.weight",    "blk.%d.ffn_up.weight",
+    "blk.%d.ffn_down.weight",
+};
+
+/* the formats are the tables' own, each with exactly one %d */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
 static void s_bind_llama_like(binder_t *b) {
     td_model_t *m = b->m;
     const td_config_t *c = &m->cfg;
     const int64_t C = c->n_embd, Q = (int64_t)c->n_head * c->head_dim,
                   KV = (int64_t)c->n_kv_head * c->head_dim, F = c->n_ff, V = c->n_vocab;
-    int llada = c->arch == TD_ARCH_LLADA;
-    const char *emb = llada ? "model.transformer.wte.weight" : "model.embed_tokens.weight";
-    s_bind(b, &m->tok_embd, emb, V, C, 0);
+    const llama_names_t *nm = td_tensor_source_format(m->src) == TD_FORMAT_GGUF ? &s_names_gguf
+                              : c->arch == TD_ARCH_LLADA                        ? &s_names_llada
+                                                                                : &s_names_hf;
+    s_bind(b, &m->tok_embd, nm->emb, V, C, 0);
     for (int i = 0; i < c->n_layer && !b->failed; i++) {
         td_layer_t *L = &m->layers[i];
-        if (llada) {
-            const char *p = "model.transformer.blocks";
-            s_bindf(b, &L->attn_norm, C, 0, 0, "%s.%d.attn_norm.weight", p, i);
-            s_bindf(b, &L->wq, Q, C, 0, "%s.%d.q_proj.weight", p, i);
-            s_bindf(b, &L->wk, KV, C, 0, "%s.%d.k_proj.weight", p, i);
-            s_bindf(b, &L->wv, KV, C, 0, "%s.%d.v_proj.weight", p, i);
-            s_bindf(b, &L->bq, Q, 0, !c->qkv_bias, "%s.%d.q_proj.bias", p, i);
-            s_bindf(b, &L->bk, KV, 0, !c->qkv_bias, "%s.%d.k_proj.bias", p, i);
-            s_bindf(b, &L->bv, KV, 0, !c->qkv_bias, "%s.%d.v_proj.bias", p, i);
-            s_bindf(b, &L->wo, C, Q, 0, "%s.%d.attn_out.weight", p, i);
-            s_bindf(b, &L->ffn_norm, C, 0, 0, "%s.%d.ff_norm.weight", p, i);
-            s_bindf(b, &L->w_gate, F, C, 0, "%s.%d.ff_proj.weight", p, i);
-            s_bindf(b, &L->w_up, F, C, 0, "%s.%d.up_proj.weight", p, i);
-            s_bindf(b, &L->w_down, C, F, 0, "%s.%d.ff_out.weight", p, i);
-        } else {
-            const char *p = "model.layers";
-            s_bindf(b, &L->attn_norm, C, 0, 0, "%s.%d.input_layernorm.weight", p, i);
-            s_bindf(b, &L->wq, Q, C, 0, "%s.%d.self_attn.q_proj.weight", p, i);
-            s_bindf(b, &L->wk, KV, C, 0, "%s.%d.self_attn.k_proj.weight", p, i);
-            s_bindf(b, &L->wv, KV, C, 0, "%s.%d.self_attn.v_proj.weight", p, i);
-            s_bindf(b, &L->bq, Q, 0, !c->qkv_bias, "%s.%d.self_attn.q_proj.bias", p, i);
-            s_bindf(b, &L->bk, KV, 0, !c->qkv_bias, "%s.%d.self_attn.k_proj.bias", p, i);
-            s_bindf(b, &L->bv, KV, 0, !c->qkv_bias, "%s.%d.self_attn.v_proj.bias", p, i);
-            s_bindf(b, &L->wo, C, Q, 0, "%s.%d.self_attn.o_proj.weight", p, i);
-            s_bindf(b, &L->bo, C, 0, 1, "%s.%d.self_attn.o_proj.bias", p, i);
-            s_bindf(b, &L->ffn_norm, C, 0, 0, "%s.%d.post_attention_layernorm.weight", p, i);
-            s_bindf(b, &L->w_gate, F, C, 0, "%s.%d.mlp.gate_proj.weight", p, i);
-            s_bindf(b, &L->w_up, F, C, 0, "%s.%d.mlp.up_proj.weight", p, i);
-            s_bindf(b, &L->w_down, C, F, 0, "%s.%d.mlp.down_proj.weight", p, i);
-        }
+        s_bindf(b, &L->attn_norm, C, 0, 0, nm->attn_norm, i);
+        s_bindf(b, &L->wq, Q, C, 0, nm->wq, i);
+        s_bindf(b, &L->wk, KV, C, 0, nm->wk, i);
+        s_bindf(b, &L->wv, KV, C, 0, nm->wv, i);
+        s_bindf(b, &L->bq, Q, 0, !c->qkv_bias, nm->bq, i);
+        s_bindf(b, &L->bk, KV, 0, !c->qkv_bias, nm->bk, i);
+        s_bindf(b, &L->bv, KV, 0, !c->qkv_bias, nm->bv, i);
+        s_bindf(b, &L->wo, C, Q, 0, nm->wo, i);
+        if (nm->bo) s_bindf(b, &L->bo, C, 0, 1, nm->bo, i);
+        s_bindf(b, &L->ffn_norm, C, 0, 0, nm->ffn_norm, i);
+        s_bindf(b, &L->w_gate, F, C, 0, nm->gate, i);
+        s_bindf(b, &L->w_up, F, C, 0, nm->up, i);
+        s_bindf(b, &L->w_down, C, F, 0, nm->down, i);
     }
-    s_bind(b, &m->out_norm, llada ? "model.transformer.ln_f.weight" : "model.norm.weight", C, 0, 0);
+    s_bind(b, &m->out_norm, nm->out_norm, C, 0, 0);
     if (c->tie_embeddings)
         m->lm_head = m->tok_embd;
     else
-        s_bind(b, &m->lm_head, llada ? "model.transformer.ff_out.weight" : "lm_head.weight", V, C,
-               0);
+        s_bind(b, &m->lm_head, nm->lm_head, V, C, 0);
 }
+#pragma GCC diagnostic pop
 
 static void s_bind_gpt2(binder_t *b) {
     td_model_t *m = b->m;
     const td_config_t *c = &m->cfg;
     const int64_t C = c->n_embd, F = c->n_ff, V = c->n_vocab;
-    const char *pre = td_safetensors_find(m->st, "transformer.wte.weight") ? "transformer." : "";
+    td_tensor_info_t probe;
+    const char *pre =
+        td_tensor_source_find(m->src, "transformer.wte.weight", &probe) ? "transformer." : "";
     s_bindf(b, &m->tok_embd, V, C, 0, "%swte.weight", pre);
     s_bindf(b, &m->pos_embd, c->n_ctx_train, C, 0, "%swpe.weight", pre);
     for (int i = 0; i < c->n_layer && !b->failed; i++) {
@@ -238,6 +292,14 @@ static void s_bind_gpt2(binder_t *b) {
         s_bindf(b, &proj, F, C, 0, "%sh.%d.mlp.c_proj.weight", pre, i);
         s_bindf(b, &L->b_down, C, 0, 0, "%sh.%d.mlp.c_proj.bias", pre, i);
         if (b->failed) break;
+        if (td_dtype_is_quantized(qkv.dtype) || td_dtype_is_quantized(wo.dtype) ||
+            td_dtype_is_quantized(fc.dtype) || td_dtype_is_quantized(proj.dtype)) {
+            b->failed = 1;
+            td_err_set(b->err, TD_ERR_UNSUPPORTED,
+                       "%s: layer %d: quantized GPT-2 Conv1D weights are not supported",
+                       td_tensor_source_path(m->src), i);
+            break;
+        }
         /* Conv1D stores [in, out]: as seen by matmul, rows = out, cols = in, transposed. */
         L->wq = s_conv1d_slice(&qkv, 0, C);
         L->wk = s_conv1d_slice(&qkv, C, C);
@@ -254,28 +316,74 @@ static void s_bind_gpt2(binder_t *b) {
     m->lm_head = m->tok_embd;
 }
 
+/* GPT-2 from GGUF: llama.cpp's converter stores the Conv1D weights transposed to the usual
+ * [out, in] orientation and keeps c_attn fused (attn_qkv, [3C, C]): Q, K, V are row slices. */
+static void s_bind_gpt2_gguf(binder_t *b) {
+    td_model_t *m = b->m;
+    const td_config_t *c = &m->cfg;
+    const int64_t C = c->n_embd, F = c->n_ff, V = c->n_vocab;
+    s_bind(b, &m->tok_embd, "token_embd.weight", V, C, 0);
+    s_bind(b, &m->pos_embd, "position_embd.weight", c->n_ctx_train, C, 0);
+    for (int i = 0; i < c->n_layer && !b->failed; i++) {
+        td_layer_t *L = &m->layers[i];
+        td_weight_t qkv, bqkv;
+        s_bindf(b, &L->attn_norm, C, 0, 0, "blk.%d.attn_norm.weight", i);
+        s_bindf(b, &L->attn_norm_b, C, 0, 0, "blk.%d.attn_norm.bias", i);
+        s_bindf(b, &qkv, 3 * C, C, 0, "blk.%d.attn_qkv.weight", i);
+        s_bindf(b, &bqkv, 3 * C, 0, 0, "blk.%d.attn_qkv.bias", i);
+        s_bindf(b, &L->wo, C, C, 0, "blk.%d.attn_output.weight", i);
+        s_bindf(b, &L->bo, C, 0, 0, "blk.%d.attn_output.bias", i);
+        s_bindf(b, &L->ffn_norm, C, 0, 0, "blk.%d.ffn_norm.weight", i);
+        s_bindf(b, &L->ffn_norm_b, C, 0, 0, "blk.%d.ffn_norm.bias", i);
+        s_bindf(b, &L->w_up, F, C, 0, "blk.%d.ffn_up.weight", i);
+        s_bindf(b, &L->b_up, F, 0, 0, "blk.%d.ffn_up.bias", i);
+        s_bindf(b, &L->w_down, C, F, 0, "blk.%d.ffn_down.weight", i);
+        s_bindf(b, &L->b_down, C, 0, 0, "blk.%d.ffn_down.bias", i);
+        if (b->failed) break;
+        L->wq = s_row_slice(&qkv, 0, C);
+        L->wk = s_row_slice(&qkv, C, C);
+        L->wv = s_row_slice(&qkv, 2 * C, C);
+        L->bq = s_vec_slice(&bqkv, 0, C);
+        L->bk = s_vec_slice(&bqkv, C, C);
+        L->bv = s_vec_slice(&bqkv, 2 * C, C);
+    }
+    s_bind(b, &m->out_norm, "output_norm.weight", C, 0, 0);
+    s_bind(b, &m->out_norm_b, "output_norm.bias", C, 0, 0);
+    if (c->tie_embeddings)
+        m->lm_head = m->tok_embd;
+    else
+        s_bind(b, &m->lm_head, "output.weight", V, C, 0);
+}
+
 static int s_is_gpt2(const td_config_t *c) {
     return c->arch == TD_ARCH_GPT2 || c->arch == TD_ARCH_DIFFUGPT;
 }
 
-td_model_t *td_model_load(const char *dir, td_backend_t *be, td_err_t *err) {
+td_model_t *td_model_load(const char *path, td_backend_t *be, td_err_t *err) {
     td_model_t *m = calloc(1, sizeof *m);
     if (!m) {
         td_err_set(err, TD_ERR_NOMEM, "out of memory");
         return NULL;
     }
     m->be = be;
-    if (td_config_load(dir, &m->cfg, err) != TD_OK) goto fail;
-    m->st = td_safetensors_open(dir, err);
-    if (!m->st) goto fail;
+    if (td_path_is_gguf(path)) {
+        m->src = td_tensor_source_open(path, err);
+        if (!m->src) goto fail;
+        if (td_config_from_gguf(td_tensor_source_gguf(m->src), &m->cfg, err) != TD_OK) goto fail;
+    } else {
+        if (td_config_load(path, &m->cfg, err) != TD_OK) goto fail;
+        m->src = td_tensor_source_open(path, err);
+        if (!m->src) goto fail;
+    }
     m->layers = calloc((size_t)m->cfg.n_layer, sizeof *m->layers);
     if (!m->layers) {
         td_err_set(err, TD_ERR_NOMEM, "out of memory");
         goto fail;
     }
     binder_t b = {m, err, 0};
+    int gguf = td_tensor_source_format(m->src) == TD_FORMAT_GGUF;
     if (s_is_gpt2(&m->cfg))
-        s_bind_gpt2(&b);
+        gguf ? s_bind_gpt2_gguf(&b) : s_bind_gpt2(&b);
     else
         s_bind_llama_like(&b);
     if (b.failed) goto fail;
@@ -414,7 +522,7 @@ void td_model_destroy(td_model_t **self_p) {
     free(m->uploads);
     free(m->layers);
     free(m->synthetic);
-    td_safetensors_destroy(&m->st);
+    td_tensor_source_destroy(&m->src);
     free(m);
     *self_p = NULL;
 }
@@ -679,8 +787,8 @@ static int s_forward(td_model_t *m, td_kv_cache_t *kv, const td_batch_t *b, floa
         td_op_matmul(be, m->k, m->h, &L->wk, s_opt(&L->bk), n);
         td_op_matmul(be, m->v, m->h, &L->wv, s_opt(&L->bv), n);
         if (!gpt2) {
-            td_op_rope(be, m->q, pos, n, nh, hd, hd, c->rope_theta);
-            td_op_rope(be, m->k, pos, n, nkv, hd, hd, c->rope_theta);
+            td_op_rope(be, m->q, pos, n, nh, hd, hd, c->rope_theta, c->rope_layout);
+            td_op_rope(be, m->k, pos, n, nkv, hd, hd, c->rope_theta, c->rope_layout);
         }
         td_op_scatter_rows(be, kv->k[l], (int64_t)nkv * hd, m->k, idx, n, nkv * hd);
         td_op_scatter_rows(be, kv->v[l], (int64_t)nkv * hd, m->v, idx, n, nkv * hd);

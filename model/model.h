@@ -19,9 +19,12 @@ extern "C" {
 typedef struct td_model td_model_t;
 typedef struct td_kv_cache td_kv_cache_t;
 
-/* Loads DIR (config.json + safetensors, single or sharded). Every expected tensor is checked for
- * presence, shape and dtype (F32, F16 or BF16); errors name the file and the tensor. */
-td_model_t *td_model_load(const char *dir, td_backend_t *be, td_err_t *err);
+/* Loads a checkpoint: a directory (config.json + safetensors, single or sharded) or a .gguf file
+ * (config from its metadata, td_config_from_gguf; llama.cpp's tensor names). Weights come through
+ * a tensor source (model/tensor_source.h). Every expected tensor is checked for presence, shape
+ * and dtype (F32, F16, BF16; matrices may also be GGUF block-quantized types, computed by the
+ * backend's quantized kernels); errors name the file and the tensor. */
+td_model_t *td_model_load(const char *path, td_backend_t *be, td_err_t *err);
 
 /* A model with random weights of dtype (F32/F16/BF16), generated in memory from seed (for
  * benchmarks at real shapes without a checkpoint). */

@@ -225,7 +225,7 @@ TD_TEST(norms_rope_activations) {
     float r[2 * 2 * 6], r0[2 * 2 * 6];
     int32_t pos[2] = {0, 5};
     for (int i = 0; i < 24; i++) r[i] = r0[i] = s_randf();
-    td_op_rope(be, r, pos, 2, nh, hd, hd, 10000.0f);
+    td_op_rope(be, r, pos, 2, nh, hd, hd, 10000.0f, TD_ROPE_HALF);
     for (int t = 0; t < 2; t++)
         for (int h = 0; h < nh; h++)
             for (int i = 0; i < hd / 2; i++) {
@@ -235,6 +235,45 @@ TD_TEST(norms_rope_activations) {
                 CHECK_NEAR(r[(t * nh + h) * hd + i + 3], v[i + 3] * cos(ang) + v[i] * sin(ang),
                            1e-5);
             }
+    /* interleaved layout: pairs (2i, 2i+1), against the formula */
+    float ri[24];
+    memcpy(ri, r0, sizeof ri);
+    td_op_rope(be, ri, pos, 2, nh, hd, hd, 10000.0f, TD_ROPE_INTERLEAVED);
+    for (int t = 0; t < 2; t++)
+        for (int h = 0; h < nh; h++)
+            for (int i = 0; i < hd / 2; i++) {
+                double ang = pos[t] * pow(10000.0, -2.0 * i / hd);
+                const float *v = r0 + (t * nh + h) * hd;
+                CHECK_NEAR(ri[(t * nh + h) * hd + 2 * i],
+                           v[2 * i] * cos(ang) - v[2 * i + 1] * sin(ang), 1e-5);
+                CHECK_NEAR(ri[(t * nh + h) * hd + 2 * i + 1],
+                           v[2 * i + 1] * cos(ang) + v[2 * i] * sin(ang), 1e-5);
+            }
+    /* and the two layouts agree exactly through the converter's row permutation: interleaved on
+     * permuted rows = permuted (rotate-half on the original), on the fast and reference backends */
+    for (int mode = 0; mode < 2; mode++) {
+        td_backend_t *bm = mode ? td_backend_cpu_new(1, 1, &err) : be;
+        REQUIRE(bm);
+        const int nh2 = 3, hd2 = 10, rot2 = 10;
+        float a[2 * 3 * 10], p[2 * 3 * 10];
+        int32_t pos2[2] = {3, 1000};
+        for (int i = 0; i < 60; i++) a[i] = s_randf();
+        for (int t = 0; t < 2; t++)
+            for (int h = 0; h < nh2; h++)
+                for (int i = 0; i < rot2 / 2; i++)
+                    for (int s = 0; s < 2; s++)
+                        p[(t * nh2 + h) * hd2 + 2 * i + s] =
+                            a[(t * nh2 + h) * hd2 + s * rot2 / 2 + i];
+        td_op_rope(bm, a, pos2, 2, nh2, hd2, rot2, 1e6f, TD_ROPE_HALF);
+        td_op_rope(bm, p, pos2, 2, nh2, hd2, rot2, 1e6f, TD_ROPE_INTERLEAVED);
+        for (int t = 0; t < 2; t++)
+            for (int h = 0; h < nh2; h++)
+                for (int i = 0; i < rot2 / 2; i++)
+                    for (int s = 0; s < 2; s++)
+                        CHECK(p[(t * nh2 + h) * hd2 + 2 * i + s] ==
+                              a[(t * nh2 + h) * hd2 + s * rot2 / 2 + i]);
+        if (mode) td_backend_destroy(&bm);
+    }
     float g[5] = {-3, -0.5f, 0, 0.5f, 4}, u[5] = {1, 2, 3, 4, 5}, o[5];
     td_op_swiglu(be, o, g, u, 5);
     for (int i = 0; i < 5; i++) CHECK_NEAR(o[i], g[i] / (1 + exp(-g[i])) * u[i], 1e-6);

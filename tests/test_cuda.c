@@ -316,18 +316,20 @@ TD_TEST(cuda_rope_get_rows_scatter_vs_cpu) {
     REQUIRE(ref);
     /* rope: full and partial rotation, positions up to 6000 */
     const int cfg[][3] = {{3, 40, 40}, {5, 64, 32}, {2, 128, 128}, {7, 10, 6}};
-    for (int k = 0; k < 4; k++) {
-        const int n = 6, nh = cfg[k][0], hd = cfg[k][1], rot = cfg[k][2];
+    for (int k = 0; k < 8; k++) {
+        const int n = 6, nh = cfg[k % 4][0], hd = cfg[k % 4][1], rot = cfg[k % 4][2];
+        const td_rope_layout_t lay = k < 4 ? TD_ROPE_HALF : TD_ROPE_INTERLEAVED;
         const int64_t cnt = (int64_t)n * nh * hd;
         int32_t pos[6] = {0, 1, 17, 255, 4095, 6000};
         float *x = s_rand_floats(cnt, 2.0f), *yg = malloc(sizeof(float) * (size_t)cnt);
         float *xd = s_dev_copy(gpu, x, sizeof(float) * (size_t)cnt);
         REQUIRE(xd);
-        td_op_rope(ref, x, pos, n, nh, hd, rot, k & 1 ? 10000.0f : 1e6f);
-        td_op_rope(gpu, xd, pos, n, nh, hd, rot, k & 1 ? 10000.0f : 1e6f);
+        td_op_rope(ref, x, pos, n, nh, hd, rot, k & 1 ? 10000.0f : 1e6f, lay);
+        td_op_rope(gpu, xd, pos, n, nh, hd, rot, k & 1 ? 10000.0f : 1e6f, lay);
         td_backend_get(gpu, yg, xd, sizeof(float) * (size_t)cnt);
         double wst = s_worst(yg, x, cnt, 1e-4, 1e-4);
-        CHECK_MSG(wst <= 1.0, "rope nh=%d hd=%d rot=%d: error %.3g of tolerance", nh, hd, rot, wst);
+        CHECK_MSG(wst <= 1.0, "rope nh=%d hd=%d rot=%d layout=%d: error %.3g of tolerance", nh, hd,
+                  rot, (int)lay, wst);
         td_backend_free(gpu, xd);
         free(x), free(yg);
     }

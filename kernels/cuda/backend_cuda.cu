@@ -315,11 +315,11 @@ static void s_get_rows(td_backend_t *be, float *y, const td_weight_t *t, const i
 }
 
 static void s_rope(td_backend_t *be, float *x, const int32_t *pos, int n, int n_head, int head_dim,
-                   int rot_dim, float theta) {
+                   int rot_dim, float theta, td_rope_layout_t layout) {
     cuda_ctx_t *c = s_ctx(be);
     if (n <= 0 || rot_dim <= 0) return;
     const int32_t *d = (const int32_t *)tdc_upload(c, pos, (size_t)n * sizeof *pos);
-    if (d) tdc_rope(c, x, d, n, n_head, head_dim, rot_dim, theta);
+    if (d) tdc_rope(c, x, d, n, n_head, head_dim, rot_dim, theta, layout == TD_ROPE_INTERLEAVED);
     c->gen++;
 }
 

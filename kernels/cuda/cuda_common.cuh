@@ -98,7 +98,7 @@ void tdc_rmsnorm(cuda_ctx_t *c, float *y, const float *x, const td_weight_t *w, 
 void tdc_layernorm(cuda_ctx_t *c, float *y, const float *x, const td_weight_t *w,
                    const td_weight_t *b, int n, int d, float eps);
 void tdc_rope(cuda_ctx_t *c, float *x, const int32_t *pos_dev, int n, int n_head, int head_dim,
-              int rot_dim, float theta);
+              int rot_dim, float theta, int interleaved);
 void tdc_swiglu(cuda_ctx_t *c, float *y, const float *g, const float *u, int64_t count);
 void tdc_gelu_tanh(cuda_ctx_t *c, float *x, int64_t count);
 void tdc_add(cuda_ctx_t *c, float *y, const float *x, int64_t count);

@@ -112,10 +112,12 @@ void tdc_layernorm(cuda_ctx_t *c, float *y, const float *x, const td_weight_t *w
 
 /* --- rotary embedding ------------------------------------------------------------------------ */
 
-/* one thread per (token, head, pair i < half): pairs (i, i + half) of the first rot_dim dims */
+/* one thread per (token, head, pair i < half): pairs (i, i + half) of the first rot_dim dims, or
+ * (2i, 2i + 1) when interleaved */
 __global__ void k_rope(float *x, const int32_t *pos, int n, int n_head, int head_dim, int rot_dim,
-                       float theta) {
+                       float theta, int interleaved) {
     const int half = rot_dim / 2;
+    const int s0 = interleaved ? 2 : 1, s1 = interleaved ? 1 : half;
     const int64_t total = (int64_t)n * n_head * half;
     for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total;
          e += (int64_t)gridDim.x * blockDim.x) {
@@ -128,17 +130,17 @@ __global__ void k_rope(float *x, const int32_t *pos, int n, int n_head, int head
         float sn, cs;
         sincosf(ang, &sn, &cs);
         float *v = x + th * head_dim;
-        const float a = v[i], b = v[i + half];
-        v[i] = a * cs - b * sn;
-        v[i + half] = b * cs + a * sn;
+        const float a = v[i * s0], b = v[i * s0 + s1];
+        v[i * s0] = a * cs - b * sn;
+        v[i * s0 + s1] = b * cs + a * sn;
     }
 }
 
 void tdc_rope(cuda_ctx_t *c, float *x, const int32_t *pos, int n, int n_head, int head_dim,
-              int rot_dim, float theta) {
+              int rot_dim, float theta, int interleaved) {
     const int64_t total = (int64_t)n * n_head * (rot_dim / 2);
-    k_rope<<<tdc_blocks(total, TDC_THREADS), TDC_THREADS, 0, c->stream>>>(x, pos, n, n_head,
-                                                                          head_dim, rot_dim, theta);
+    k_rope<<<tdc_blocks(total, TDC_THREADS), TDC_THREADS, 0, c->stream>>>(
+        x, pos, n, n_head, head_dim, rot_dim, theta, interleaved);
     TDC_LAUNCHED(c);
 }
 
