@@ -3,6 +3,7 @@
 
 #include "model/tensor_source.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 static int s_id(const td_gguf_t *g, const char *key, int32_t *out, td_err_t *err) {
@@ -60,16 +61,61 @@ int td_gguf_vocab_read(const td_gguf_t *g, td_gguf_vocab_t *v, td_err_t *err) {
     return TD_OK;
 }
 
-/* The one place a GGUF vocabulary becomes a tokenizer: the constructor from plain arrays
- * (tokenizer.c) is not in this branch yet. */
+/* The one place a GGUF vocabulary becomes a tokenizer: the arrays (pointing into the mmap, with
+ * lengths) go to the format-independent constructor. The BPE unknown symbol stays -1 (bytes
+ * without a vocabulary string are dropped, as HF and transformers' GGUF tokenizer do), whatever
+ * tokenizer.ggml.unknown_token_id says: that id is the unknown token's role only. */
 static td_tokenizer_t *s_tokenizer_from_vocab(const td_gguf_t *g, const td_gguf_vocab_t *v,
                                               td_err_t *err) {
-    td_err_set(err, TD_ERR_UNSUPPORTED,
-               "%s: the tokenizer from GGUF is not available yet (tokenizer.ggml.model '%s', pre "
-               "'%s', %lld tokens, %lld merges)",
-               td_gguf_path(g), v->model, v->pre ? v->pre : "(none)", (long long)v->n_tokens,
-               (long long)v->n_merges);
-    return NULL;
+    int64_t n = v->n_tokens, nm = v->n_merges;
+    const char **toks = calloc((size_t)(n ? n : 1), sizeof *toks);
+    size_t *tlen = calloc((size_t)(n ? n : 1), sizeof *tlen);
+    int32_t *types = v->token_type ? calloc((size_t)(n ? n : 1), sizeof *types) : NULL;
+    const char **merges = calloc((size_t)(nm ? nm : 1), sizeof *merges);
+    size_t *mlen = calloc((size_t)(nm ? nm : 1), sizeof *mlen);
+    td_tokenizer_t *tok = NULL;
+    if (!toks || !tlen || !merges || !mlen || (v->token_type && !types)) {
+        td_err_set(err, TD_ERR_NOMEM, "%s: out of memory reading the vocabulary", td_gguf_path(g));
+        goto done;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        toks[i] = v->tokens[i].s;
+        tlen[i] = (size_t)v->tokens[i].len;
+        if (types) {
+            int64_t t = td_gguf_arr_int(v->token_type, (uint64_t)i);
+            types[i] = t < INT32_MIN || t > INT32_MAX ? 0 : (int32_t)t;
+        }
+    }
+    for (int64_t i = 0; i < nm; i++) {
+        merges[i] = v->merges[i].s;
+        mlen[i] = (size_t)v->merges[i].len;
+    }
+    td_tok_spec_t spec;
+    td_tok_spec_init(&spec);
+    spec.model = v->model;
+    spec.pre = v->pre;
+    spec.n_tokens = n;
+    spec.tokens = toks;
+    spec.token_lens = tlen;
+    spec.token_types = types;
+    spec.n_merges = nm;
+    spec.merges = merges;
+    spec.merge_lens = mlen;
+    spec.bos_id = v->bos_id;
+    spec.eos_id = v->eos_id;
+    spec.unk_id = v->unk_id;
+    spec.pad_id = v->pad_id;
+    spec.add_bos = v->add_bos > 0;
+    spec.add_eos = v->add_eos > 0;
+    tok = td_tokenizer_from_vocab(&spec, err);
+    if (!tok) td_err_prefix(err, "%s", td_gguf_path(g));
+done:
+    free(toks);
+    free(tlen);
+    free(types);
+    free(merges);
+    free(mlen);
+    return tok;
 }
 
 td_tokenizer_t *td_checkpoint_tokenizer(const char *path, td_err_t *err) {
