@@ -1,6 +1,6 @@
 /* backend.c - the dispatching wrappers of backend.h: check arguments, call the backend's table. */
 #include "kernels/backend_impl.h"
-#include "model/sampler.h"
+#include "kernels/sampler.h"
 
 #include <assert.h>
 #include <math.h>

@@ -52,7 +52,7 @@ typedef struct td_attn_desc {
     float scale; /* usually 1/sqrt(head_dim) */
 } td_attn_desc_t;
 
-/* Sampling settings of td_op_sample: model/sampler.h's td_sampling_t, repeated here so that the
+/* Sampling settings of td_op_sample: kernels/sampler.h's td_sampling_t, repeated here so that the
  * backends do not depend on model/. */
 typedef struct td_sample_desc {
     float temperature; /* <= 0 or NaN: greedy (argmax, ties to the lowest id); +inf is refused */
@@ -138,11 +138,11 @@ void td_op_attention(td_backend_t *be, float *out, const float *q, const float *
 
 /* Draws one token from each of n_rows rows of logits[n_rows, n_vocab] (backend memory) and writes
  * only out[n_rows] (host memory): the id, its probability and the kept-set size. The distribution
- * is exactly model/sampler.h's td_sampling_dist (temperature, top-k keeping ties, HF's top-p rule,
+ * is exactly kernels/sampler.h's td_sampling_dist (temperature, top-k keeping ties, HF's top-p rule,
  * NaN as -inf; no finite logit: one-hot on td_argmax). Greedy settings return td_argmax (ties to
  * the lowest id) with prob 1 and ignore seeds.
  * The draw is not td_sample's Gumbel-max stream: row r uses Gumbel-max with counter-based noise,
- * the uniform of token i being td_sample_bits(seeds[r], i) (model/sampler.h, td_sample_seeded is
+ * the uniform of token i being td_sample_bits(seeds[r], i) (kernels/sampler.h, td_sample_seeded is
  * the host reference). Every backend draws the same id from the same seed and logits, up to
  * last-bit differences of log/exp and of sums (a near tie of two Gumbel scores, or a top-p cut
  * whose cumulative mass equals top_p * Z within double rounding); for the same td_rng seed these

@@ -23,8 +23,7 @@ static td_pair_t *s_cur_pair;
 static pid_t s_spawn_drafter(const char *model) {
     pid_t pid = fork();
     if (pid == 0) {
-        const char *bin =
-            getenv("TD_DRAFTER_BIN") ? getenv("TD_DRAFTER_BIN") : "build/bin/tandem-drafter";
+        const char *bin = td_test_bin("tandem-drafter");
         setenv("TD_LOG", "error", 1);
         execl(bin, bin, "--model", model, "--bind", s_ep, "--threads", "1", (char *)NULL);
         _exit(127);
@@ -311,15 +310,14 @@ TD_TEST(remote_verifier_serves_and_its_death_is_reported) {
     s_setup();
     char vep[160], cmd[1024], out[65536];
     snprintf(vep, sizeof vep, "ipc://%s/verifier.sock", s_dir);
-    pid_t d = s_spawn("build/bin/tandem-drafter", "tests/data/e2e/dream-drafter", NULL, s_ep);
-    pid_t v = s_spawn("build/bin/tandem-verifier", VDIR, s_ep, vep);
+    pid_t d = s_spawn(td_test_bin("tandem-drafter"), "tests/data/e2e/dream-drafter", NULL, s_ep);
+    pid_t v = s_spawn(td_test_bin("tandem-verifier"), VDIR, s_ep, vep);
     double secs = 0;
     /* the three processes produce AR greedy output (tests/data/e2e/qwen2-chat/greedy.json) */
-    snprintf(
-        cmd, sizeof cmd,
-        "build/bin/tandem generate --verifier %s --method specdiff --chat none --max-tokens 24 "
-        "--temperature 0 --json --prompt 'And God said' 2>&1",
-        vep);
+    snprintf(cmd, sizeof cmd,
+             "%s generate --verifier %s --method specdiff --chat none --max-tokens 24 "
+             "--temperature 0 --json --prompt 'And God said' 2>&1",
+             td_test_bin("tandem"), vep);
     int rc = -1;
     for (int i = 0; i < 30 && rc != 0; i++) {
         rc = s_popen(cmd, out, sizeof out, &secs);
@@ -341,10 +339,9 @@ TD_TEST(remote_verifier_serves_and_its_death_is_reported) {
     free(a), free(b), cJSON_Delete(j), cJSON_Delete(rj);
     /* a hung verifier: the client reports it within its timeout */
     kill(v, SIGSTOP);
-    snprintf(
-        cmd, sizeof cmd,
-        "build/bin/tandem generate --verifier %s --timeout-ms 1000 --chat none --prompt x 2>&1",
-        vep);
+    snprintf(cmd, sizeof cmd,
+             "%s generate --verifier %s --timeout-ms 1000 --chat none --prompt x 2>&1",
+             td_test_bin("tandem"), vep);
     rc = s_popen(cmd, out, sizeof out, &secs);
     printf("    hung verifier: exit %d after %.2f s: %s", rc, secs, out);
     CHECK_EQ_INT(rc, 1);
