@@ -71,7 +71,15 @@ typedef struct td_sample_result {
 
 /* CPU backend: OpenBLAS for large GEMMs, SIMD kernels for skinny ones, plain C for the rest.
  * n_threads <= 0 means all cores. reference != 0 selects naive loops everywhere (double
- * accumulation, no BLAS, no SIMD): slow, used by tests as the ground truth for the fast paths. */
+ * accumulation, no BLAS, no SIMD): slow, used by tests as the ground truth for the fast paths.
+ * Threads are per backend: every OpenMP loop of the backend names its own n_threads (two CPU
+ * backends with different counts coexist; the process-wide OpenMP default is left alone). What
+ * cannot be per backend: OpenBLAS's thread count is one process-wide setting (the pthread
+ * OpenBLAS has no per-call or per-thread count), so every CPU backend sets it to 1 and calls SGEMM
+ * from its own OpenMP threads, one block each; a caller that wants a multi-threaded OpenBLAS for
+ * its own use must set it again after creating a backend. Out of memory inside an op (scratch
+ * growth) is recorded and reported by td_backend_status (the op's output is then undefined);
+ * the CPU backend never aborts. */
 td_backend_t *td_backend_cpu_new(int n_threads, int reference, td_err_t *err);
 
 /* Destroys the backend and nulls *be; safe on NULL and twice. Memory allocated from it must
@@ -97,8 +105,21 @@ void td_backend_sync(td_backend_t *be);
  * err), which is then cleared. Ops return nothing; td_model_forward checks this at its end. */
 int td_backend_status(td_backend_t *be, td_err_t *err);
 
-/* 1 when the backend's memory is host memory (the CPU backends): a pointer from td_backend_alloc
- * can be read directly and td_backend_get is a memcpy. */
+/* What a backend can do, as flags (td_backend_caps): asked for by capability, never by name. */
+enum {
+    /* its memory is host memory: a pointer from td_backend_alloc can be read directly and
+     * td_backend_get is a memcpy (the CPU backends) */
+    TD_BACKEND_CAP_HOST_MEMORY = 1u << 0,
+    /* td_op_sample runs on the backend itself (no copy of the rows to the host) */
+    TD_BACKEND_CAP_DEVICE_SAMPLE = 1u << 1,
+    /* n_threads applies to this backend's own parallel loops only (OpenMP num_threads clauses);
+     * see td_backend_cpu_new for what stays process-wide */
+    TD_BACKEND_CAP_OWN_THREADS = 1u << 2,
+};
+/* The TD_BACKEND_CAP_* flags of be (0 for NULL). */
+unsigned td_backend_caps(const td_backend_t *be);
+
+/* 1 when be has TD_BACKEND_CAP_HOST_MEMORY. */
 int td_backend_host_memory(const td_backend_t *be);
 
 /* --- ops (float32 activations; shapes in comments) ----------------------------------------- */

@@ -63,6 +63,10 @@ static td_backend_t *s_gpu(int mode) {
     td_backend_t *be = td_backend_cuda_new(0, &err);
     CHECK_MSG(be != NULL, "td_backend_cuda_new(0): %s", err.msg);
     if (be) td_backend_cuda_set_matmul(be, mode);
+    if (be) { /* device memory and a device sampling op, by flags (not by name) */
+        CHECK(!td_backend_host_memory(be));
+        CHECK(td_backend_caps(be) & TD_BACKEND_CAP_DEVICE_SAMPLE);
+    }
     return be;
 }
 
