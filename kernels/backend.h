@@ -159,22 +159,21 @@ void td_op_attention(td_backend_t *be, float *out, const float *q, const float *
 
 /* Draws one token from each of n_rows rows of logits[n_rows, n_vocab] (backend memory) and writes
  * only out[n_rows] (host memory): the id, its probability and the kept-set size. The distribution
- * is exactly kernels/sampler.h's td_sampling_dist (temperature, top-k keeping ties, HF's top-p rule,
- * NaN as -inf; no finite logit: one-hot on td_argmax). Greedy settings return td_argmax (ties to
- * the lowest id) with prob 1 and ignore seeds.
- * The draw is not td_sample's Gumbel-max stream: row r uses Gumbel-max with counter-based noise,
- * the uniform of token i being td_sample_bits(seeds[r], i) (kernels/sampler.h, td_sample_seeded is
- * the host reference). Every backend draws the same id from the same seed and logits, up to
- * last-bit differences of log/exp and of sums (a near tie of two Gumbel scores, or a top-p cut
- * whose cumulative mass equals top_p * Z within double rounding); for the same td_rng seed these
- * ids differ from td_sample's, with the same distribution.
- * prob is td_sampling_dist's probs[id] (bitwise on the CPU backend; the CUDA backend sums the
- * normaliser in another order: within 1e-6 relative).
- * The CPU backends run td_sample_seeded per row; the CUDA backend runs kernels/cuda/sample.cu; a
- * backend without the op copies the rows to the host and does the same. seeds[n_rows] (host
- * memory) may be NULL for greedy settings. Returns TD_OK, TD_ERR_ARG (bad sizes or pointers,
- * temperature +inf, no seeds for sampling), TD_ERR_NOMEM, or a device backend's failure (which
- * includes one from the ops before it: this call waits for the device, as td_backend_status). */
+ * is exactly kernels/sampler.h's td_sampling_dist (temperature, top-k keeping ties, HF's top-p
+ * rule, NaN as -inf; no finite logit: one-hot on td_argmax). Greedy settings return td_argmax (ties
+ * to the lowest id) with prob 1 and ignore seeds. The draw is not td_sample's Gumbel-max stream:
+ * row r uses Gumbel-max with counter-based noise, the uniform of token i being
+ * td_sample_bits(seeds[r], i) (kernels/sampler.h, td_sample_seeded is the host reference). Every
+ * backend draws the same id from the same seed and logits, up to last-bit differences of log/exp
+ * and of sums (a near tie of two Gumbel scores, or a top-p cut whose cumulative mass equals top_p *
+ * Z within double rounding); for the same td_rng seed these ids differ from td_sample's, with the
+ * same distribution. prob is td_sampling_dist's probs[id] (bitwise on the CPU backend; the CUDA
+ * backend sums the normaliser in another order: within 1e-6 relative). The CPU backends run
+ * td_sample_seeded per row; the CUDA backend runs kernels/cuda/sample.cu; a backend without the op
+ * copies the rows to the host and does the same. seeds[n_rows] (host memory) may be NULL for greedy
+ * settings. Returns TD_OK, TD_ERR_ARG (bad sizes or pointers, temperature +inf, no seeds for
+ * sampling), TD_ERR_NOMEM, or a device backend's failure (which includes one from the ops before
+ * it: this call waits for the device, as td_backend_status). */
 int td_op_sample(td_backend_t *be, const float *logits, int n_rows, int n_vocab,
                  const td_sample_desc_t *sp, const uint64_t *seeds, td_sample_result_t *out,
                  td_err_t *err);

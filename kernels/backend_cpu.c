@@ -41,8 +41,8 @@ typedef struct cpu_ctx {
     size_t att_cap;
     float *vec; /* norm weights / biases converted to float, reused across calls */
     size_t vec_cap;
-    int failed;     /* TD_OK, or the first failure since td_backend_status last asked */
-    char why[160];  /* its message */
+    int failed;    /* TD_OK, or the first failure since td_backend_status last asked */
+    char why[160]; /* its message */
 } cpu_ctx_t;
 
 /* Records the first failure since the last td_backend_status (later ones are dropped). */
@@ -810,7 +810,8 @@ td_backend_t *td_backend_cpu_new(int n_threads, int reference, td_err_t *err) {
     be->n_threads = n_threads;
     snprintf(be->name, sizeof be->name, "%s", reference ? "cpu-ref" : "cpu");
     /* no omp_set_num_threads: every loop names be->n_threads. OpenBLAS's count is process-wide
-     * (no per-call form in the pthread build): 1, since our OpenMP threads call it one block each */
+     * (no per-call form in the pthread build): 1, since our OpenMP threads call it one block each
+     */
     openblas_set_num_threads(1);
     return be;
 }

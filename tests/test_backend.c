@@ -339,9 +339,16 @@ TD_TEST(out_of_memory_is_a_status_not_an_abort) {
         float q[HD] = {1, 0, 0, 0}, k[HD] = {1, 0, 0, 0}, v[HD] = {1, 2, 3, 4}, o[HD];
         int32_t pos = 0, seq = 0, kv_len = 1;
         /* one key, but a cache capacity that asks for 4 GiB of score scratch */
-        td_attn_desc_t d = {.n = 1, .n_head = 1, .n_kv_head = 1, .head_dim = HD,
-                            .n_ctx = 1 << 30, .pos = &pos, .seq = &seq, .kv_len = &kv_len,
-                            .kind = TD_ATTN_CAUSAL, .scale = 1.0f};
+        td_attn_desc_t d = {.n = 1,
+                            .n_head = 1,
+                            .n_kv_head = 1,
+                            .head_dim = HD,
+                            .n_ctx = 1 << 30,
+                            .pos = &pos,
+                            .seq = &seq,
+                            .kv_len = &kv_len,
+                            .kind = TD_ATTN_CAUSAL,
+                            .scale = 1.0f};
         td_op_attention(be, o, q, k, v, &d);
         int rc = td_backend_status(be, &err);
         if (rc != TD_ERR_NOMEM || !strstr(err.msg, "out of memory")) _exit(13);
