@@ -810,8 +810,7 @@ td_backend_t *td_backend_cpu_new(int n_threads, int reference, td_err_t *err) {
     be->n_threads = n_threads;
     snprintf(be->name, sizeof be->name, "%s", reference ? "cpu-ref" : "cpu");
     /* no omp_set_num_threads: every loop names be->n_threads. OpenBLAS's count is process-wide
-     * (no per-call form in the pthread build): 1, since our OpenMP threads call it one block each
-     */
+     * (no per-call form in the pthread build): 1, as our OpenMP threads call it a block each */
     openblas_set_num_threads(1);
     return be;
 }
