@@ -74,8 +74,9 @@ typedef struct td_sample_result {
  * accumulation, no BLAS, no SIMD): slow, used by tests as the ground truth for the fast paths.
  * Threads are per backend: every OpenMP loop of the backend names its own n_threads (two CPU
  * backends with different counts coexist; the process-wide OpenMP default is left alone). What
- * cannot be per backend: OpenBLAS's thread count is one process-wide setting (the pthread
- * OpenBLAS has no per-call or per-thread count), so every CPU backend sets it to 1 and calls SGEMM
+ * cannot be per backend: OpenBLAS's thread count is one process-wide setting (no per-call
+ * count; a per-thread one, openblas_set_num_threads_local, only from OpenBLAS 0.3.27, and CI's is
+ * 0.3.21), so every CPU backend sets it to 1 and calls SGEMM
  * from its own OpenMP threads, one block each; a caller that wants a multi-threaded OpenBLAS for
  * its own use must set it again after creating a backend. Out of memory inside an op (scratch
  * growth) is recorded and reported by td_backend_status (the op's output is then undefined);
