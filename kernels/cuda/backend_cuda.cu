@@ -387,7 +387,6 @@ static int s_sample(td_backend_t *be, const float *logits, int n_rows, int n_voc
     return td_backend_cuda_error(be, err);
 }
 
-/* positional: C++ has no designated initialisers before C++20 */
 /* Designated initializers (C++20, accepted by nvcc's and g++'s C++17 modes): every member in
  * declaration order, so a field added to td_backend_i cannot shift the others. */
 static const struct td_backend_i s_cuda_iface = {
