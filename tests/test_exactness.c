@@ -176,6 +176,10 @@ TD_TEST(specdiff_match_any_order_is_exact) {
     CHECK_MSG(memcmp(obs_a, obs_b, sizeof obs_a) != 0, "the two settings drew the same samples");
 }
 
+/* Generations per *_bonus_* check: fewer under TD_TEST_LIGHT (make check's sanitizer build,
+ * where they only need to run the paths; the statistical power is make test's). */
+static int s_bonus_gens(void) { return getenv("TD_TEST_LIGHT") ? 1500 : 4000; }
+
 /* gamma = 1, so a round that accepts emits the bonus token (row 1) as token 2: rejection with an
  * AR drafter, a diffusion drafter, and the verifier as its own drafter at another draft
  * temperature (high acceptance; with top-k 8 against the target's 4 the sparse rows on the wire
@@ -183,21 +187,23 @@ TD_TEST(specdiff_match_any_order_is_exact) {
 TD_TEST(rejection_bonus_token_is_exact) {
     td_spec_params_t p = s_params(TD_METHOD_SPEC_AR, TD_VERIFY_REJECTION, 0, 1);
     p.gamma = 1;
-    s_check_ex(ARDIR, p, "spec-ar rejection gamma=1", 4000, 0, 0.3, 0.25, NULL);
+    s_check_ex(ARDIR, p, "spec-ar rejection gamma=1", s_bonus_gens(), 0, 0.3, 0.25, NULL);
     td_spec_params_t d = s_params(TD_METHOD_SPECDIFF, TD_VERIFY_REJECTION, 0, 1);
     d.gamma = 1;
-    s_check_ex(DDIR, d, "specdiff rejection gamma=1", 4000, 0, 0.15, 0.1, NULL);
+    s_check_ex(DDIR, d, "specdiff rejection gamma=1", s_bonus_gens(), 0, 0.15, 0.1, NULL);
     p.draft_sampling = (td_sampling_t){.temperature = 2.5f, .top_k = 8, .top_p = 1.0f};
-    s_check_ex(VDIR, p, "self-drafted rejection gamma=1 draft T=2.5 k=8", 4000, 0, 0.4, 0.35, NULL);
+    s_check_ex(VDIR, p, "self-drafted rejection gamma=1 draft T=2.5 k=8", s_bonus_gens(), 0, 0.4,
+               0.35, NULL);
     p.draft_sampling = (td_sampling_t){.temperature = 0.5f, .top_k = TOPK, .top_p = 1.0f};
-    s_check_ex(VDIR, p, "self-drafted rejection gamma=1 draft T=0.5", 4000, 0, 0.8, 0.75, NULL);
+    s_check_ex(VDIR, p, "self-drafted rejection gamma=1 draft T=0.5", s_bonus_gens(), 0, 0.8, 0.75,
+               NULL);
 }
 
 /* The match rule's bonus token (row gamma = 1) inside the window, with the verifier drafting. */
 TD_TEST(match_bonus_token_is_exact) {
     td_spec_params_t p = s_params(TD_METHOD_SPEC_AR, TD_VERIFY_MATCH, 0, 1);
     p.gamma = 1;
-    s_check_ex(VDIR, p, "self-drafted match gamma=1", 4000, 0, 0.15, 0.12, NULL);
+    s_check_ex(VDIR, p, "self-drafted match gamma=1", s_bonus_gens(), 0, 0.15, 0.12, NULL);
 }
 
 /* A deliberately wrong target shows the test has power: generations at temperature 1.3 compared
