@@ -48,7 +48,6 @@ BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 FUZZ_SRC  := $(wildcard fuzz/fuzz_*.c)
 FUZZ_SECONDS ?= 60
 
-
 .PHONY: all test check check-layers fuzz fuzz-smoke bench format deps clean run proto check-proto
 # the bench programs too (never stale), except in sanitizer builds (bench_cpu needs -march=native)
 all: $(BUILD)/bin/tandem $(WORKER_BIN) $(if $(SAN),,$(BENCH_BIN))
