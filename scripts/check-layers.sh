@@ -6,7 +6,8 @@
 #   common <- protocol <- drafter, verifier, bridge       (protocol beside kernels/model)
 # drafter and verifier are siblings: neither includes the other. tests/, bench/, fuzz/ and tools/
 # may include anything. Run by `make check-layers`, which `make test` and `make check` depend on.
-cd "$(dirname "$0")/.." || exit 2
+# The tree checked: $1 when given (tests/test_layers.c plants a bad include in a copy), else ours.
+cd "${1:-$(dirname "$0")/..}" || exit 2
 allowed() { # allowed LAYER -> the directories LAYER may include from
     case $1 in
     common) echo "common" ;;
@@ -26,7 +27,7 @@ for layer in common kernels model protocol drafter verifier bridge workers; do
         -o -name '*.cpp' \) 2>/dev/null)
     [ -n "$files" ] || continue
     # every '#include "dir/..."' line: file:line:dir
-    hits=$(grep -nE '^[[:space:]]*#[[:space:]]*include[[:space:]]*"[A-Za-z0-9_]+/' $files |
+    hits=$(grep -HnE '^[[:space:]]*#[[:space:]]*include[[:space:]]*"[A-Za-z0-9_]+/' $files |
         sed -E 's/^([^:]+):([0-9]+):[[:space:]]*#[[:space:]]*include[[:space:]]*"([A-Za-z0-9_]+)\/.*/\1:\2:\3/')
     for h in $hits; do
         dir=${h##*:}
