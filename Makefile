@@ -49,7 +49,7 @@ BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 FUZZ_SRC  := $(wildcard fuzz/fuzz_*.c)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all test check fuzz fuzz-smoke bench format deps clean run proto check-proto models
+.PHONY: all test check check-layers fuzz fuzz-smoke bench format deps clean run proto check-proto models
 # the bench programs too (never stale), except in sanitizer builds (bench_cpu needs -march=native)
 all: $(BUILD)/bin/tandem $(WORKER_BIN) $(if $(SAN),,$(BENCH_BIN))
 
@@ -70,9 +70,17 @@ $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
-$(LIB): $(LIB_OBJ)
+# The layering (scripts/check-layers.sh): an #include pointing up the layers fails the build.
+LAYER_SRC := $(shell find common kernels model protocol drafter verifier bridge workers -type f \
+               \( -name '*.[ch]' -o -name '*.cu' -o -name '*.cuh' \) 2>/dev/null)
+$(BUILD)/layers.ok: scripts/check-layers.sh $(LAYER_SRC)
 	@mkdir -p $(dir $@)
-	rm -f $@ && ar rcs $@ $^
+	@sh scripts/check-layers.sh && touch $@
+check-layers: $(BUILD)/layers.ok
+
+$(LIB): $(LIB_OBJ) $(BUILD)/layers.ok
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $(LIB_OBJ)
 
 $(BRIDGE_LIB): $(filter-out $(BUILD)/obj/bridge/main.o,$(BRIDGE_OBJ))
 	@mkdir -p $(dir $@)
@@ -95,8 +103,13 @@ $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 
-test: check-proto all $(TEST_BIN)
-	@sh tests/run.sh $(BUILD) $(TEST_BIN)
+# The process tests (test_faults, test_selfspec, test_cli, test_planned...) spawn the programs of
+# THIS build (build-san/bin under make check), never another build's.
+TEST_ENV := TD_TANDEM_BIN=$(BUILD)/bin/tandem TD_DRAFTER_BIN=$(BUILD)/bin/tandem-drafter \
+            TD_VERIFIER_BIN=$(BUILD)/bin/tandem-verifier
+
+test: check-proto check-layers all $(TEST_BIN)
+	@$(TEST_ENV) sh tests/run.sh $(BUILD) $(TEST_BIN)
 
 check:
 	TD_TEST_LIGHT=1 $(MAKE) BUILD=build-san OPT="-O1 -fno-omit-frame-pointer" SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" test

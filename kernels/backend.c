@@ -1,6 +1,6 @@
 /* backend.c - the dispatching wrappers of backend.h: check arguments, call the backend's table. */
 #include "kernels/backend_impl.h"
-#include "model/sampler.h"
+#include "kernels/sampler.h"
 
 #include <assert.h>
 #include <math.h>
@@ -94,8 +94,10 @@ void td_op_attention(td_backend_t *be, float *out, const float *q, const float *
     be->iface->attention(be, out, q, k_cache, v_cache, desc);
 }
 
+unsigned td_backend_caps(const td_backend_t *be) { return be && be->iface ? be->iface->caps : 0; }
+
 int td_backend_host_memory(const td_backend_t *be) {
-    return be && be->iface && be->iface->name && strcmp(be->iface->name, "cpu") == 0;
+    return (td_backend_caps(be) & TD_BACKEND_CAP_HOST_MEMORY) != 0;
 }
 
 /* --- sampling -------------------------------------------------------------------------------- */

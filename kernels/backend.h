@@ -52,7 +52,7 @@ typedef struct td_attn_desc {
     float scale; /* usually 1/sqrt(head_dim) */
 } td_attn_desc_t;
 
-/* Sampling settings of td_op_sample: model/sampler.h's td_sampling_t, repeated here so that the
+/* Sampling settings of td_op_sample: kernels/sampler.h's td_sampling_t, repeated here so that the
  * backends do not depend on model/. */
 typedef struct td_sample_desc {
     float temperature; /* <= 0 or NaN: greedy (argmax, ties to the lowest id); +inf is refused */
@@ -71,7 +71,16 @@ typedef struct td_sample_result {
 
 /* CPU backend: OpenBLAS for large GEMMs, SIMD kernels for skinny ones, plain C for the rest.
  * n_threads <= 0 means all cores. reference != 0 selects naive loops everywhere (double
- * accumulation, no BLAS, no SIMD): slow, used by tests as the ground truth for the fast paths. */
+ * accumulation, no BLAS, no SIMD): slow, used by tests as the ground truth for the fast paths.
+ * Threads are per backend: every OpenMP loop of the backend names its own n_threads (two CPU
+ * backends with different counts coexist; the process-wide OpenMP default is left alone). What
+ * cannot be per backend: OpenBLAS's thread count is one process-wide setting (no per-call
+ * count; a per-thread one, openblas_set_num_threads_local, only from OpenBLAS 0.3.27, and CI's is
+ * 0.3.21), so every CPU backend sets it to 1 and calls SGEMM
+ * from its own OpenMP threads, one block each; a caller that wants a multi-threaded OpenBLAS for
+ * its own use must set it again after creating a backend. Out of memory inside an op (scratch
+ * growth) is recorded and reported by td_backend_status (the op's output is then undefined);
+ * the CPU backend never aborts. */
 td_backend_t *td_backend_cpu_new(int n_threads, int reference, td_err_t *err);
 
 /* Destroys the backend and nulls *be; safe on NULL and twice. Memory allocated from it must
@@ -97,8 +106,21 @@ void td_backend_sync(td_backend_t *be);
  * err), which is then cleared. Ops return nothing; td_model_forward checks this at its end. */
 int td_backend_status(td_backend_t *be, td_err_t *err);
 
-/* 1 when the backend's memory is host memory (the CPU backends): a pointer from td_backend_alloc
- * can be read directly and td_backend_get is a memcpy. */
+/* What a backend can do, as flags (td_backend_caps): asked for by capability, never by name. */
+enum {
+    /* its memory is host memory: a pointer from td_backend_alloc can be read directly and
+     * td_backend_get is a memcpy (the CPU backends) */
+    TD_BACKEND_CAP_HOST_MEMORY = 1u << 0,
+    /* td_op_sample runs on the backend itself (no copy of the rows to the host) */
+    TD_BACKEND_CAP_DEVICE_SAMPLE = 1u << 1,
+    /* n_threads applies to this backend's own parallel loops only (OpenMP num_threads clauses);
+     * see td_backend_cpu_new for what stays process-wide */
+    TD_BACKEND_CAP_OWN_THREADS = 1u << 2,
+};
+/* The TD_BACKEND_CAP_* flags of be (0 for NULL). */
+unsigned td_backend_caps(const td_backend_t *be);
+
+/* 1 when be has TD_BACKEND_CAP_HOST_MEMORY. */
 int td_backend_host_memory(const td_backend_t *be);
 
 /* --- ops (float32 activations; shapes in comments) ----------------------------------------- */
@@ -148,22 +170,21 @@ void td_op_attention(td_backend_t *be, float *out, const float *q, const float *
 
 /* Draws one token from each of n_rows rows of logits[n_rows, n_vocab] (backend memory) and writes
  * only out[n_rows] (host memory): the id, its probability and the kept-set size. The distribution
- * is exactly model/sampler.h's td_sampling_dist (temperature, top-k keeping ties, HF's top-p rule,
- * NaN as -inf; no finite logit: one-hot on td_argmax). Greedy settings return td_argmax (ties to
- * the lowest id) with prob 1 and ignore seeds.
- * The draw is not td_sample's Gumbel-max stream: row r uses Gumbel-max with counter-based noise,
- * the uniform of token i being td_sample_bits(seeds[r], i) (model/sampler.h, td_sample_seeded is
- * the host reference). Every backend draws the same id from the same seed and logits, up to
- * last-bit differences of log/exp and of sums (a near tie of two Gumbel scores, or a top-p cut
- * whose cumulative mass equals top_p * Z within double rounding); for the same td_rng seed these
- * ids differ from td_sample's, with the same distribution.
- * prob is td_sampling_dist's probs[id] (bitwise on the CPU backend; the CUDA backend sums the
- * normaliser in another order: within 1e-6 relative).
- * The CPU backends run td_sample_seeded per row; the CUDA backend runs kernels/cuda/sample.cu; a
- * backend without the op copies the rows to the host and does the same. seeds[n_rows] (host
- * memory) may be NULL for greedy settings. Returns TD_OK, TD_ERR_ARG (bad sizes or pointers,
- * temperature +inf, no seeds for sampling), TD_ERR_NOMEM, or a device backend's failure (which
- * includes one from the ops before it: this call waits for the device, as td_backend_status). */
+ * is exactly kernels/sampler.h's td_sampling_dist (temperature, top-k keeping ties, HF's top-p
+ * rule, NaN as -inf; no finite logit: one-hot on td_argmax). Greedy settings return td_argmax (ties
+ * to the lowest id) with prob 1 and ignore seeds. The draw is not td_sample's Gumbel-max stream:
+ * row r uses Gumbel-max with counter-based noise, the uniform of token i being
+ * td_sample_bits(seeds[r], i) (kernels/sampler.h, td_sample_seeded is the host reference). Every
+ * backend draws the same id from the same seed and logits, up to last-bit differences of log/exp
+ * and of sums (a near tie of two Gumbel scores, or a top-p cut whose cumulative mass equals top_p *
+ * Z within double rounding); for the same td_rng seed these ids differ from td_sample's, with the
+ * same distribution. prob is td_sampling_dist's probs[id] (bitwise on the CPU backend; the CUDA
+ * backend sums the normaliser in another order: within 1e-6 relative). The CPU backends run
+ * td_sample_seeded per row; the CUDA backend runs kernels/cuda/sample.cu; a backend without the op
+ * copies the rows to the host and does the same. seeds[n_rows] (host memory) may be NULL for greedy
+ * settings. Returns TD_OK, TD_ERR_ARG (bad sizes or pointers, temperature +inf, no seeds for
+ * sampling), TD_ERR_NOMEM, or a device backend's failure (which includes one from the ops before
+ * it: this call waits for the device, as td_backend_status). */
 int td_op_sample(td_backend_t *be, const float *logits, int n_rows, int n_vocab,
                  const td_sample_desc_t *sp, const uint64_t *seeds, td_sample_result_t *out,
                  td_err_t *err);

@@ -3,8 +3,12 @@
  * everything else. The reference mode replaces every product by a naive double-accumulating loop
  * on one thread: slow, obviously right, and the ground truth the fast paths are tested against.
  *
- * Threads: OpenMP with n_threads for every loop; OpenBLAS single-threaded, called by those
- * threads on separate blocks (one thread pool, no oversubscription). */
+ * Threads: OpenMP with the backend's n_threads named in every loop (num_threads clauses, never
+ * the process-wide omp_set_num_threads); OpenBLAS single-threaded (a process-wide setting, the
+ * only one), called by those threads on separate blocks (one thread pool, no oversubscription).
+ *
+ * Out of memory while growing a scratch buffer is recorded in the context (the op is skipped)
+ * and returned by td_backend_status; nothing here aborts. */
 #include "kernels/backend_impl.h"
 
 #include <cblas.h>
@@ -37,13 +41,31 @@ typedef struct cpu_ctx {
     size_t att_cap;
     float *vec; /* norm weights / biases converted to float, reused across calls */
     size_t vec_cap;
+    int failed;    /* TD_OK, or the first failure since td_backend_status last asked */
+    char why[160]; /* its message */
 } cpu_ctx_t;
+
+/* Records the first failure since the last td_backend_status (later ones are dropped). */
+static void s_fail(cpu_ctx_t *c, int code, const char *what, size_t bytes) {
+    if (c->failed != TD_OK) return;
+    c->failed = code;
+    snprintf(c->why, sizeof c->why, "CPU backend: out of memory growing the %s scratch (%zu bytes)",
+             what, bytes);
+}
+
+static int s_status(td_backend_t *be, td_err_t *err) {
+    cpu_ctx_t *c = be->ctx;
+    if (c->failed == TD_OK) return TD_OK;
+    int code = c->failed;
+    c->failed = TD_OK;
+    return td_err_set(err, code, "%s", c->why);
+}
 
 static inline void s_load_f32(float *dst, const td_weight_t *w, int64_t off, int64_t count);
 
 /* count elements of vector weight w as floats: the stored data itself for F32, else converted
  * into the backend's reusable scratch (no allocation per call once it has grown). slot 0 or 1
- * (a layer norm needs its weight and bias at once). */
+ * (a layer norm needs its weight and bias at once). NULL (failure recorded) when out of memory. */
 static const float *s_vec(td_backend_t *be, const td_weight_t *w, int64_t count, int slot) {
     cpu_ctx_t *c = be->ctx;
     if (w->dtype == TD_DTYPE_F32 && !w->transposed) return (const float *)w->data;
@@ -51,7 +73,11 @@ static const float *s_vec(td_backend_t *be, const td_weight_t *w, int64_t count,
     if (c->vec_cap < need) {
         free(c->vec);
         c->vec = malloc(need * sizeof(float));
-        if (!c->vec) abort();
+        if (!c->vec) {
+            c->vec_cap = 0;
+            s_fail(c, TD_ERR_NOMEM, "vector", need * sizeof(float));
+            return NULL;
+        }
         c->vec_cap = need;
     }
     float *dst = c->vec + (size_t)slot * (size_t)count;
@@ -127,6 +153,7 @@ static inline void s_load_f32(float *dst, const td_weight_t *w, int64_t off, int
 static void s_add_bias(td_backend_t *be, float *y, const td_weight_t *bias, int n, int64_t m) {
     if (!bias) return;
     const float *b = s_vec(be, bias, m, 0);
+    if (!b) return; /* out of memory: recorded for td_backend_status */
 #pragma omp parallel for schedule(static) if (TD_PAR((int64_t)n * m)) num_threads(be->n_threads)
     for (int t = 0; t < n; t++)
         for (int64_t j = 0; j < m; j++) y[(int64_t)t * m + j] += b[j];
@@ -375,7 +402,10 @@ static void s_matmul_wide(td_backend_t *be, cpu_ctx_t *cx, float *y, const float
     const int64_t rows = w->rows, cols = w->cols, ld = s_ld(w), pr = TD_PANEL_ROWS;
     const int64_t nblk = (rows + pr - 1) / pr;
     const int conv = w->dtype != TD_DTYPE_F32, nt = be->n_threads;
-    if (conv && s_panel_reserve(cx, (size_t)nt * (size_t)(pr * cols))) abort();
+    if (conv && s_panel_reserve(cx, (size_t)nt * (size_t)(pr * cols))) {
+        s_fail(cx, TD_ERR_NOMEM, "weight panel", (size_t)nt * (size_t)(pr * cols) * sizeof(float));
+        return;
+    }
     const size_t es = td_dtype_size(w->dtype);
 #pragma omp parallel for schedule(dynamic) num_threads(nt)
     for (int64_t b = 0; b < nblk; b++) {
@@ -446,6 +476,7 @@ static void s_get_rows(td_backend_t *be, float *y, const td_weight_t *t, const i
 static void s_rmsnorm(td_backend_t *be, float *y, const float *x, const td_weight_t *w, int n,
                       int d, float eps) {
     const float *wf = s_vec(be, w, d, 0);
+    if (!wf) return; /* out of memory: recorded for td_backend_status */
 #pragma omp parallel for schedule(static) if (TD_PAR((int64_t)n * d)) num_threads(be->n_threads)
     for (int t = 0; t < n; t++) {
         const float *xt = x + (int64_t)t * d;
@@ -460,6 +491,7 @@ static void s_rmsnorm(td_backend_t *be, float *y, const float *x, const td_weigh
 static void s_layernorm(td_backend_t *be, float *y, const float *x, const td_weight_t *w,
                         const td_weight_t *b, int n, int d, float eps) {
     const float *wf = s_vec(be, w, d, 0), *bf = b ? s_vec(be, b, d, 1) : NULL;
+    if (!wf || (b && !bf)) return; /* out of memory: recorded for td_backend_status */
 #pragma omp parallel for schedule(static) if (TD_PAR((int64_t)n * d)) num_threads(be->n_threads)
     for (int t = 0; t < n; t++) {
         const float *xt = x + (int64_t)t * d;
@@ -678,7 +710,11 @@ static void s_attention(td_backend_t *be, float *out, const float *q, const floa
     if (c->att_cap < need) {
         free(c->att);
         c->att = malloc(need * sizeof(float));
-        if (!c->att) abort();
+        if (!c->att) {
+            c->att_cap = 0;
+            s_fail(c, TD_ERR_NOMEM, "attention", need * sizeof(float));
+            return;
+        }
         c->att_cap = need;
     }
 #pragma omp parallel for collapse(2) schedule(static) num_threads(nthr)
@@ -736,6 +772,7 @@ static int s_sample(td_backend_t *be, const float *logits, int n_rows, int n_voc
 
 static const struct td_backend_i s_cpu_iface = {
     .name = "cpu",
+    .caps = TD_BACKEND_CAP_HOST_MEMORY | TD_BACKEND_CAP_OWN_THREADS,
     .destroy = s_destroy,
     .alloc = s_alloc,
     .free = s_free,
@@ -755,6 +792,7 @@ static const struct td_backend_i s_cpu_iface = {
     .add = s_add,
     .scatter_rows = s_scatter_rows,
     .attention = s_attention,
+    .status = s_status,
     .sample = s_sample,
 };
 
@@ -774,13 +812,14 @@ td_backend_t *td_backend_cpu_new(int n_threads, int reference, td_err_t *err) {
     be->ctx = c;
     be->n_threads = n_threads;
     snprintf(be->name, sizeof be->name, "%s", reference ? "cpu-ref" : "cpu");
-    omp_set_num_threads(n_threads);
-    openblas_set_num_threads(1); /* our OpenMP threads call it, one block each */
+    /* no omp_set_num_threads: every loop names be->n_threads. OpenBLAS's count is process-wide
+     * (no per-call form in the pthread build): 1, as our OpenMP threads call it a block each */
+    openblas_set_num_threads(1);
     return be;
 }
 
 /* --- sampling (td_op_sample) ------------------------------------------------------------------
- * The rows are host memory already: model/sampler.c's td_sample_seeded per row, the reference
+ * The rows are host memory already: kernels/sampler.c's td_sample_seeded per row, the reference
  * the CUDA kernels are tested against. */
 
 static int s_sample(td_backend_t *be, const float *logits, int n_rows, int n_vocab,

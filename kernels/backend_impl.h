@@ -7,6 +7,7 @@
 
 struct td_backend_i {
     const char *name;
+    unsigned caps; /* TD_BACKEND_CAP_* (backend.h) */
     void (*destroy)(td_backend_t *be);
     void *(*alloc)(td_backend_t *be, size_t nbytes);
     void (*free)(td_backend_t *be, void *p);

@@ -661,6 +661,19 @@ static int s_reserve(td_model_t *m, int n, int n_out) {
 
 static const td_weight_t *s_opt(const td_weight_t *w) { return w->data ? w : NULL; }
 
+/* Copies the residual stream m->x of the n_out selected rows to the host slots of every asked
+ * hidden layer equal to L (td_batch_t.hidden_layers). */
+static void s_take_hidden(td_model_t *m, const td_batch_t *b, const int32_t *sel, int n_out,
+                          int L) {
+    const size_t C = (size_t)m->cfg.n_embd, nh = (size_t)b->n_hidden_layers;
+    for (size_t k = 0; k < nh; k++) {
+        if (b->hidden_layers[k] != L) continue;
+        for (int i = 0; i < n_out; i++)
+            td_backend_get(m->be, b->hidden_out + ((size_t)i * nh + k) * C,
+                           m->x + (size_t)sel[i] * C, C * sizeof(float));
+    }
+}
+
 /* The forward pass of td_model_forward; logits == NULL leaves the selected rows' logits in
  * m->logits (backend memory) for td_model_forward_sample. */
 static int s_forward(td_model_t *m, td_kv_cache_t *kv, const td_batch_t *b, float *logits,
@@ -673,6 +686,16 @@ static int s_forward(td_model_t *m, td_kv_cache_t *kv, const td_batch_t *b, floa
         return td_err_set(err, TD_ERR_ARG, "block-causal attention needs block_size > 0");
     if (b->attn == TD_ATTN_EXPLICIT && !b->mask)
         return td_err_set(err, TD_ERR_ARG, "explicit attention needs a mask");
+    if (!b->tokens && !b->embd)
+        return td_err_set(err, TD_ERR_ARG, "a batch needs tokens or input embeddings");
+    if (b->n_hidden_layers < 0 || (b->n_hidden_layers > 0 && (!b->hidden_layers || !b->hidden_out)))
+        return td_err_set(
+            err, TD_ERR_ARG, "hidden states: %d layers asked, layer list %s, output %s",
+            b->n_hidden_layers, b->hidden_layers ? "set" : "NULL", b->hidden_out ? "set" : "NULL");
+    for (int k = 0; k < b->n_hidden_layers; k++)
+        if (b->hidden_layers[k] < 0 || b->hidden_layers[k] > c->n_layer)
+            return td_err_set(err, TD_ERR_ARG, "hidden state of layer %d: outside 0..%d",
+                              b->hidden_layers[k], c->n_layer);
 
     int32_t *pos = malloc((size_t)n * sizeof *pos), *seq = malloc((size_t)n * sizeof *seq);
     int32_t *new_len = malloc((size_t)kv->n_seq * sizeof *new_len);
@@ -694,7 +717,7 @@ static int s_forward(td_model_t *m, td_kv_cache_t *kv, const td_batch_t *b, floa
             goto done;
         }
         seq[i] = s;
-        if (b->tokens[i] < 0 || b->tokens[i] >= c->n_vocab) {
+        if (!b->embd && (b->tokens[i] < 0 || b->tokens[i] >= c->n_vocab)) {
             rc = td_err_set(err, TD_ERR_ARG, "token %d: id %d out of range [0, %d)", i,
                             b->tokens[i], c->n_vocab);
             goto done;
@@ -758,11 +781,15 @@ static int s_forward(td_model_t *m, td_kv_cache_t *kv, const td_batch_t *b, floa
     td_backend_t *be = m->be;
     const int C = c->n_embd, hd = c->head_dim, nh = c->n_head, nkv = c->n_kv_head, F = c->n_ff;
     const int gpt2 = s_is_gpt2(c);
-    td_op_get_rows(be, m->x, &m->tok_embd, b->tokens, n);
+    if (b->embd)
+        td_backend_set(be, m->x, b->embd, (size_t)n * C * sizeof(float));
+    else
+        td_op_get_rows(be, m->x, &m->tok_embd, b->tokens, n);
     if (gpt2) {
         td_op_get_rows(be, m->h, &m->pos_embd, pos, n);
         td_op_add(be, m->x, m->h, (int64_t)n * C);
     }
+    s_take_hidden(m, b, sel, n_out, 0);
     td_attn_desc_t ad = {.n = n,
                          .n_head = nh,
                          .n_kv_head = nkv,
@@ -807,6 +834,7 @@ static int s_forward(td_model_t *m, td_kv_cache_t *kv, const td_batch_t *b, floa
         }
         td_op_matmul(be, m->h, m->f1, &L->w_down, s_opt(&L->b_down), n);
         td_op_add(be, m->x, m->h, (int64_t)n * C);
+        s_take_hidden(m, b, sel, n_out, l + 1);
     }
     if (n_out > 0) {
         for (int i = 0; i < n_out; i++)

@@ -58,7 +58,7 @@ size_t td_kv_cache_bytes(const td_kv_cache_t *kv);
 
 typedef struct td_batch {
     int n;                 /* tokens in the batch */
-    const int32_t *tokens; /* [n] */
+    const int32_t *tokens; /* [n]; may be NULL when embd is given */
     const int32_t *pos;    /* [n] positions; NULL = kv_len(seq) + i (append in order) */
     const int32_t *seq;    /* [n] cache slots; NULL = all slot 0 */
     td_attn_kind_t attn;   /* mask kind */
@@ -67,6 +67,21 @@ typedef struct td_batch {
                               mask_stride >= the length each sequence reaches */
     int64_t mask_stride;
     const uint8_t *logits_for; /* [n] rows to return logits for; NULL = all */
+    /* (optional) extra per-token input: the input embeddings [n, n_embd] (host memory), used
+     * INSTEAD of the token embedding lookup tok_embd[tokens[i]] (not added to it); position
+     * embeddings (GPT-2) are still added. Giving the embedding rows of some ids reproduces the
+     * forward of those ids. tokens may then be NULL. */
+    const float *embd;
+    /* (optional) hidden states: for each of the n_out selected rows (logits_for) and each of the
+     * n_hidden_layers entries L of hidden_layers (any order, repeats allowed, each in
+     * 0..n_layer), hidden_out[(row * n_hidden_layers + k) * n_embd ..] receives the residual
+     * stream at layer boundary L: L = 0 the input embeddings (after position embeddings), L = l
+     * the output of decoder layer l, always BEFORE the final norm (so L = n_layer differs from
+     * HF's last output_hidden_states entry, which has the final norm applied). hidden_out is
+     * [n_out, n_hidden_layers, n_embd] floats in host memory. Works on every backend. */
+    const int *hidden_layers;
+    int n_hidden_layers;
+    float *hidden_out;
 } td_batch_t;
 
 /* Runs the batch. Each token's keys/values are written at (seq, pos); a sequence's length becomes
@@ -74,8 +89,10 @@ typedef struct td_batch {
  * tokens earlier in the batch) and must be < n_ctx. Query t of sequence s sees positions
  * 0 .. len(s)-1 of s (after the writes) filtered by the mask kind. logits receives n_out rows of
  * n_vocab floats (host memory), one per selected token in batch order, raw (no Dream shift: row i
- * is the prediction made from position i). Returns TD_OK, or TD_ERR_ARG for a bad token id,
- * position or slot, with nothing in the cache changed, or the error a device backend reported
+ * is the prediction made from position i); logits may be NULL when only hidden states are
+ * wanted. Returns TD_OK, or TD_ERR_ARG for a bad token id, position or slot, missing tokens and
+ * embd, or a hidden layer outside 0..n_layer (or without hidden_out), with nothing in the cache
+ * changed, or the error a device backend reported
  * during the pass (td_backend_status; the rows this batch wrote are then unreliable). */
 int td_model_forward(td_model_t *m, td_kv_cache_t *kv, const td_batch_t *batch, float *logits,
                      td_err_t *err);

@@ -44,6 +44,15 @@ const char *td_test_data(void) {
 
 int td_test_main(int argc, char **argv) {
     int passed = 0, failed = 0, skipped = 0;
+    /* every case named on the command line must exist: a typo must not pass as "0 run" */
+    for (int a = 1; a < argc; a++) {
+        int known = 0;
+        for (int i = 0; i < s_n; i++) known |= strcmp(argv[a], s_tests[i].name) == 0;
+        if (!known) {
+            fprintf(stderr, "%s: no test case named '%s'\n", argv[0], argv[a]);
+            return 2;
+        }
+    }
     for (int i = 0; i < s_n; i++) {
         if (argc > 1) {
             int want = 0;
@@ -79,4 +88,18 @@ int td_test_run(const char *cmd, char *out, size_t cap) {
     out[n] = 0;
     int st = pclose(p);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+const char *td_test_bin(const char *name) {
+    const char *env = !strcmp(name, "tandem")            ? "TD_TANDEM_BIN"
+                      : !strcmp(name, "tandem-drafter")  ? "TD_DRAFTER_BIN"
+                      : !strcmp(name, "tandem-verifier") ? "TD_VERIFIER_BIN"
+                                                         : NULL;
+    const char *b = env ? getenv(env) : NULL;
+    if (b && *b) return b;
+    static char paths[4][256];
+    static int next;
+    char *p = paths[next++ & 3];
+    snprintf(p, sizeof paths[0], "build/bin/%s", name);
+    return p;
 }

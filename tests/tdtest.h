@@ -23,6 +23,10 @@ const char *td_test_data(void);
 /* Runs a shell command, capturing up to cap-1 bytes of its stdout into out (NUL-terminated);
  * returns its exit status, or -1 when it could not run or did not exit normally. */
 int td_test_run(const char *cmd, char *out, size_t cap);
+/* The program NAME ("tandem", "tandem-drafter", "tandem-verifier") the process tests run:
+ * $TD_TANDEM_BIN / $TD_DRAFTER_BIN / $TD_VERIFIER_BIN when set (make test / make check point them
+ * at the build under test, e.g. build-san/bin), else build/bin/NAME. The string is static. */
+const char *td_test_bin(const char *name);
 
 #define TD_TEST(name)                                                                              \
     static void name(void);                                                                        \

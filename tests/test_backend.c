@@ -4,7 +4,21 @@
 
 #include "kernels/backend.h"
 
+#include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define TD_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TD_ASAN 1
+#endif
+#endif
 
 static uint64_t s_rng = 88172645463325252ull;
 static float s_randf(void) {
@@ -301,6 +315,96 @@ TD_TEST(dtype_conversions) {
     }
     CHECK(isinf(td_f16_to_f32(td_f32_to_f16(1e6f))));
     CHECK_EQ_INT(td_f32_to_f16(5.9604645e-08f), 1); /* smallest subnormal */
+}
+
+/* Capabilities are flags, not names: both CPU backends (the reference one is named "cpu-ref")
+ * have host memory and their own threads; NULL has none. */
+TD_TEST(capability_flags) {
+    td_err_t err = {0};
+    td_backend_t *fast = td_backend_cpu_new(2, 0, &err), *ref = td_backend_cpu_new(1, 1, &err);
+    REQUIRE(fast && ref);
+    CHECK(strcmp(td_backend_name(ref), "cpu") != 0);
+    for (int k = 0; k < 2; k++) {
+        td_backend_t *be = k ? ref : fast;
+        CHECK(td_backend_caps(be) & TD_BACKEND_CAP_HOST_MEMORY);
+        CHECK(td_backend_caps(be) & TD_BACKEND_CAP_OWN_THREADS);
+        CHECK(!(td_backend_caps(be) & TD_BACKEND_CAP_DEVICE_SAMPLE));
+        CHECK(td_backend_host_memory(be));
+    }
+    CHECK_EQ_INT((int)td_backend_caps(NULL), 0);
+    CHECK(!td_backend_host_memory(NULL));
+    td_backend_destroy(&fast);
+    td_backend_destroy(&ref);
+}
+
+/* Creating a backend does not change the process's OpenMP default, and two backends keep their
+ * own counts. */
+TD_TEST(threads_are_per_backend) {
+    td_err_t err = {0};
+    omp_set_num_threads(3);
+    td_backend_t *a = td_backend_cpu_new(1, 0, &err), *b = td_backend_cpu_new(2, 0, &err);
+    REQUIRE(a && b);
+    CHECK_EQ_INT(omp_get_max_threads(), 3);
+    CHECK_EQ_INT(td_backend_n_threads(a), 1);
+    CHECK_EQ_INT(td_backend_n_threads(b), 2);
+    td_backend_destroy(&a);
+    td_backend_destroy(&b);
+}
+
+/* Out of memory inside an op is an error reported by td_backend_status, not an abort: in a child
+ * whose address space is capped, an attention whose scratch cannot be allocated returns, the
+ * status says TD_ERR_NOMEM once (then clears), and the backend keeps working. Not under ASan
+ * (its shadow memory needs the address space). */
+TD_TEST(out_of_memory_is_a_status_not_an_abort) {
+#ifdef TD_ASAN
+    td_test_skip("address space limits and ASan do not mix");
+#else
+    fflush(stdout);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        td_err_t err = {0};
+        td_backend_t *be = td_backend_cpu_new(1, 0, &err);
+        if (!be) _exit(10);
+        long pages = 0;
+        FILE *f = fopen("/proc/self/statm", "r");
+        if (!f || fscanf(f, "%ld", &pages) != 1) _exit(11);
+        fclose(f);
+        struct rlimit rl = {(rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + (256u << 20),
+                            RLIM_INFINITY};
+        rl.rlim_max = rl.rlim_cur;
+        if (setrlimit(RLIMIT_AS, &rl) != 0) _exit(12);
+        enum { HD = 4 };
+        float q[HD] = {1, 0, 0, 0}, k[HD] = {1, 0, 0, 0}, v[HD] = {1, 2, 3, 4}, o[HD];
+        int32_t pos = 0, seq = 0, kv_len = 1;
+        /* one key, but a cache capacity that asks for 4 GiB of score scratch */
+        td_attn_desc_t d = {.n = 1,
+                            .n_head = 1,
+                            .n_kv_head = 1,
+                            .head_dim = HD,
+                            .n_ctx = 1 << 30,
+                            .pos = &pos,
+                            .seq = &seq,
+                            .kv_len = &kv_len,
+                            .kind = TD_ATTN_CAUSAL,
+                            .scale = 1.0f};
+        td_op_attention(be, o, q, k, v, &d);
+        int rc = td_backend_status(be, &err);
+        if (rc != TD_ERR_NOMEM || !strstr(err.msg, "out of memory")) _exit(13);
+        if (td_backend_status(be, &err) != TD_OK) _exit(14); /* cleared */
+        d.n_ctx = 1;
+        td_op_attention(be, o, q, k, v, &d);
+        if (td_backend_status(be, &err) != TD_OK) _exit(15);
+        for (int i = 0; i < HD; i++)
+            if (o[i] != v[i]) _exit(16);
+        td_backend_destroy(&be);
+        _exit(0);
+    }
+    int st = 0;
+    REQUIRE(waitpid(pid, &st, 0) == pid);
+    CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child: %s %d",
+              WIFEXITED(st) ? "exit" : "signal", WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+#endif
 }
 
 TD_TEST_MAIN()

@@ -63,6 +63,10 @@ static td_backend_t *s_gpu(int mode) {
     td_backend_t *be = td_backend_cuda_new(0, &err);
     CHECK_MSG(be != NULL, "td_backend_cuda_new(0): %s", err.msg);
     if (be) td_backend_cuda_set_matmul(be, mode);
+    if (be) { /* device memory and a device sampling op, by flags (not by name) */
+        CHECK(!td_backend_host_memory(be));
+        CHECK(td_backend_caps(be) & TD_BACKEND_CAP_DEVICE_SAMPLE);
+    }
     return be;
 }
 
@@ -802,6 +806,71 @@ static void s_all_models(int mode) {
     }
     closedir(d);
     CHECK(count > 0);
+}
+
+/* The open forward on the device: hidden states (td_batch_t.hidden_layers, rows selected, layers
+ * out of order) against the CPU backend's, and input embeddings (the rows of the ids, from the
+ * CPU model's L = 0 hidden states) giving the same logits as the ids on the device. */
+TD_TEST(cuda_hidden_states_and_embd_vs_cpu) {
+    td_err_t err = {0};
+    td_backend_t *gpu = s_gpu(TD_CUDA_MATMUL_AUTO);
+    if (!gpu) return;
+    td_backend_t *cpu = td_backend_cpu_new(2, 0, &err);
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/models/qwen2", td_test_data());
+    td_model_t *mc = td_model_load(dir, cpu, &err), *mg = td_model_load(dir, gpu, &err);
+    REQUIRE(mc && mg);
+    const td_config_t *c = td_model_config(mc);
+    const int C = c->n_embd, V = c->n_vocab;
+    enum { N = 8 };
+    int32_t tok[N];
+    for (int i = 0; i < N; i++) tok[i] = (int32_t)((i * 37 + 11) % V);
+    int layers[3] = {c->n_layer, 0, 1};
+    uint8_t sel[N] = {1, 0, 0, 1, 0, 1, 0, 1};
+    float hc[4 * 3 * 64], hg[4 * 3 * 64];
+    REQUIRE(C <= 64);
+    float *lc = malloc(sizeof(float) * 4 * (size_t)V), *lg = malloc(sizeof(float) * 4 * (size_t)V);
+    td_kv_cache_t *kc = td_kv_cache_new(mc, 1, 32, &err), *kg = td_kv_cache_new(mg, 1, 32, &err);
+    td_batch_t bc = {.n = N,
+                     .tokens = tok,
+                     .attn = TD_ATTN_CAUSAL,
+                     .logits_for = sel,
+                     .hidden_layers = layers,
+                     .n_hidden_layers = 3,
+                     .hidden_out = hc};
+    td_batch_t bg = bc;
+    bg.hidden_out = hg;
+    CHECK_EQ_INT(td_model_forward(mc, kc, &bc, lc, &err), TD_OK);
+    CHECK_MSG(td_model_forward(mg, kg, &bg, lg, &err) == TD_OK, "cuda: %s", err.msg);
+    double w = s_worst(hg, hc, 4 * 3 * (int64_t)C, 2e-3, 2e-3);
+    printf("    hidden states cuda vs cpu: worst %.3g\n", w);
+    CHECK(w <= 1.0);
+    /* embeddings in: the L = 0 rows of every token (hidden states of all rows on the CPU) */
+    float *emb = malloc(sizeof(float) * N * (size_t)C);
+    int l0 = 0;
+    td_batch_t be = {.n = N,
+                     .tokens = tok,
+                     .attn = TD_ATTN_CAUSAL,
+                     .hidden_layers = &l0,
+                     .n_hidden_layers = 1,
+                     .hidden_out = emb};
+    td_kv_cache_crop(kc, 0, 0);
+    CHECK_EQ_INT(td_model_forward(mc, kc, &be, NULL, &err), TD_OK);
+    td_batch_t bt = {.n = N, .tokens = tok, .attn = TD_ATTN_CAUSAL, .logits_for = sel};
+    td_batch_t bm = {.n = N, .embd = emb, .attn = TD_ATTN_CAUSAL, .logits_for = sel};
+    td_kv_cache_crop(kg, 0, 0);
+    CHECK_EQ_INT(td_model_forward(mg, kg, &bt, lc, &err), TD_OK);
+    td_kv_cache_crop(kg, 0, 0);
+    CHECK_EQ_INT(td_model_forward(mg, kg, &bm, lg, &err), TD_OK);
+    CHECK_MSG(!memcmp(lc, lg, sizeof(float) * 4 * (size_t)V),
+              "cuda: embeddings of the ids give other logits than the ids");
+    free(emb), free(lc), free(lg);
+    td_kv_cache_destroy(&kc);
+    td_kv_cache_destroy(&kg);
+    td_model_destroy(&mc);
+    td_model_destroy(&mg);
+    td_backend_destroy(&cpu);
+    td_backend_destroy(&gpu);
 }
 
 TD_TEST(cuda_forward_fixtures_auto) { s_all_models(TD_CUDA_MATMUL_AUTO); }

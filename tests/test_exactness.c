@@ -4,13 +4,23 @@
  * chi-square test of the joint distribution of the first two tokens against the exact AR joint
  * p(t1) p(t2 | t1) computed from the verifier (alpha = 1e-3). Temperature 0 must reproduce AR
  * greedy decoding token for token. Models: tests/data/e2e (tiny Qwen2 verifier, a noisy AR copy
- * and a noisy Dream-style copy sharing its tokenizer). */
+ * and a noisy Dream-style copy sharing its tokenizer; the verifier itself as a drafter with
+ * another draft temperature for high acceptance).
+ *
+ * What the window of two tokens sees: with gamma >= 2 the first round drafts both tokens, so
+ * token 2 is a draft or a resampled token but never the bonus token (drawn from row gamma,
+ * outside the window). With gamma = 1 a round that accepts its draft emits the bonus token as
+ * token 2, so the *_bonus_* cases use gamma = 1 and check that the bonus fell inside the window
+ * in a good share of the generations. A bonus drawn from the wrong row, a reversed acceptance
+ * ratio, an unnormalised or truncated residual are each rejected by some case here (checked by
+ * planting them in verifier/accept.c). */
 #include "tests/tdstats.h"
 #include "tests/tdtest.h"
 
 #include "bridge/pair.h"
 #include "verifier/spec.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -51,8 +61,12 @@ static void s_exact_joint(td_model_t *v, const td_sampling_t *sp, int32_t *t1s, 
     free(logits), free(p1), free(p2);
 }
 
-/* Runs n_gen seeded 2-token generations with params p through the pair; returns the p-value. */
-static double s_run(td_pair_t *pair, td_spec_params_t p, int n_gen, double *acc_rate) {
+/* Runs n_gen seeded 2-token generations with params p through the pair; returns the p-value.
+ * *acc_rate: accepted / drafted; *bonus_rate (optional): share of generations whose second token
+ * is a bonus token (first round accepted its whole draft of one token); obs_out (optional,
+ * [TOPK * TOPK + 1]): the histogram of (t1, t2) cells. */
+static double s_run_ex(td_pair_t *pair, td_spec_params_t p, int n_gen, uint64_t seed_salt,
+                       double *acc_rate, double *bonus_rate, long *obs_out) {
     int32_t t1s[TOPK * TOPK], t2s[TOPK * TOPK];
     double pj[TOPK * TOPK];
     int cells = 0;
@@ -61,10 +75,10 @@ static double s_run(td_pair_t *pair, td_spec_params_t p, int n_gen, double *acc_
     double expp[TOPK * TOPK + 1];
     for (int i = 0; i < cells; i++) expp[i] = pj[i];
     expp[cells] = 0; /* anything outside the support */
-    long drafted = 0, accepted = 0;
+    long drafted = 0, accepted = 0, bonus = 0;
     p.max_tokens = 2;
     for (int s = 0; s < n_gen; s++) {
-        p.seed = (uint64_t)s * 7919u + 1;
+        p.seed = (uint64_t)s * 7919u + 1 + seed_salt;
         int32_t out[4];
         td_spec_stats_t st;
         td_err_t err = {0};
@@ -78,12 +92,16 @@ static double s_run(td_pair_t *pair, td_spec_params_t p, int n_gen, double *acc_
         }
         drafted += st.drafted;
         accepted += st.accepted;
+        bonus += p.gamma == 1 && st.rounds >= 1 && st.accepted_by_position[0] >= 1 &&
+                 st.rounds + st.fallbacks == 1; /* one round emitted draft + bonus */
         int cell = cells;
         for (int i = 0; i < cells; i++)
             if (t1s[i] == out[0] && t2s[i] == out[1]) cell = i;
         obs[cell]++;
     }
     *acc_rate = drafted ? (double)accepted / drafted : 0;
+    if (bonus_rate) *bonus_rate = (double)bonus / n_gen;
+    if (obs_out) memcpy(obs_out, obs, sizeof obs);
     int df = 0;
     return td_chisq_pvalue(obs, expp, cells + 1, n_gen, &df);
 }
@@ -100,21 +118,34 @@ static td_spec_params_t s_params(td_method_t m, td_verify_t v, int order, int st
     return p;
 }
 
-static void s_check(const char *dname, td_spec_params_t p, const char *label) {
+/* One exactness check: n_gen generations, the chi-square must accept, the acceptance rate must
+ * exceed min_acc and (gamma = 1) the bonus token must be the second token in at least min_bonus
+ * of the generations. obs (optional) receives the histogram. */
+static double s_check_ex(const char *dname, td_spec_params_t p, const char *label, int n_gen,
+                         uint64_t seed_salt, double min_acc, double min_bonus, long *obs) {
+    double acc = 0, bon = 0;
     td_pair_t pair;
     td_err_t err = {0};
     td_pair_opts_t po = {.device = -1, .drafter_device = -1, .threads = 1};
     int rc = td_pair_open(&pair, VDIR, dname, &po, &err);
     CHECK_MSG(rc == TD_OK, "pair: %s", err.msg);
     if (rc == TD_OK) {
-        double acc = 0;
-        double pv = s_run(&pair, p, 6000, &acc);
-        printf("    %-44s p-value %.4f, acceptance %.3f\n", label, pv, acc);
+        double pv = s_run_ex(&pair, p, n_gen, seed_salt, &acc, &bon, obs);
+        printf("    %-44s p-value %.4f, acceptance %.3f, bonus in window %.3f\n", label, pv, acc,
+               bon);
         CHECK_MSG(pv > ALPHA, "%s: chi-square rejects exactness (p = %.3g)", label, pv);
-        CHECK_MSG(acc > 0.05, "%s: acceptance %.3f too low for the test to exercise acceptance",
-                  label, acc);
+        CHECK_MSG(acc > min_acc,
+                  "%s: acceptance %.3f <= %.2f, too low for the test to exercise acceptance", label,
+                  acc, min_acc);
+        CHECK_MSG(bon >= min_bonus, "%s: the bonus token was token 2 in %.3f < %.2f of the runs",
+                  label, bon, min_bonus);
     }
     td_pair_close(&pair);
+    return acc;
+}
+
+static void s_check(const char *dname, td_spec_params_t p, const char *label) {
+    s_check_ex(dname, p, label, 6000, 0, 0.05, 0, NULL);
 }
 
 TD_TEST(spec_ar_rejection_is_exact) {
@@ -128,11 +159,51 @@ TD_TEST(specdiff_rejection_one_step_is_exact) {
     s_check(DDIR, s_params(TD_METHOD_SPECDIFF, TD_VERIFY_REJECTION, 1, 1),
             "specdiff rejection confidence steps=1");
 }
+/* Two draft procedures that really differ (two sequential confidence-ordered steps; both tokens
+ * in one parallel margin-ordered step, each sampled without seeing the other), checked through
+ * their acceptance rates. Match outputs the verifier's own draws y_j, so from one seed it emits
+ * the same tokens whatever the draft: the second setting runs on other seeds, making it a second
+ * independent sample rather than a copy of the first. */
 TD_TEST(specdiff_match_any_order_is_exact) {
-    s_check(DDIR, s_params(TD_METHOD_SPECDIFF, TD_VERIFY_MATCH, 1, 2),
-            "specdiff match confidence steps=2");
-    s_check(DDIR, s_params(TD_METHOD_SPECDIFF, TD_VERIFY_MATCH, 3, 3),
-            "specdiff match margin steps=3");
+    long obs_a[TOPK * TOPK + 1], obs_b[TOPK * TOPK + 1];
+    double acc_a = s_check_ex(DDIR, s_params(TD_METHOD_SPECDIFF, TD_VERIFY_MATCH, 1, 2),
+                              "specdiff match confidence steps=2", 6000, 0, 0.05, 0, obs_a);
+    double acc_b = s_check_ex(DDIR, s_params(TD_METHOD_SPECDIFF, TD_VERIFY_MATCH, 3, 1),
+                              "specdiff match margin steps=1", 6000, 500000, 0.015, 0, obs_b);
+    CHECK_MSG(fabs(acc_a - acc_b) > 0.01,
+              "the two match settings accept alike (%.3f, %.3f): one draft procedure twice", acc_a,
+              acc_b);
+    CHECK_MSG(memcmp(obs_a, obs_b, sizeof obs_a) != 0, "the two settings drew the same samples");
+}
+
+/* Generations per *_bonus_* check: fewer under TD_TEST_LIGHT (make check's sanitizer build,
+ * where they only need to run the paths; the statistical power is make test's). */
+static int s_bonus_gens(void) { return getenv("TD_TEST_LIGHT") ? 1500 : 4000; }
+
+/* gamma = 1, so a round that accepts emits the bonus token (row 1) as token 2: rejection with an
+ * AR drafter, a diffusion drafter, and the verifier as its own drafter at another draft
+ * temperature (high acceptance; with top-k 8 against the target's 4 the sparse rows on the wire
+ * are incomplete and rejected rows are fetched in full). */
+TD_TEST(rejection_bonus_token_is_exact) {
+    td_spec_params_t p = s_params(TD_METHOD_SPEC_AR, TD_VERIFY_REJECTION, 0, 1);
+    p.gamma = 1;
+    s_check_ex(ARDIR, p, "spec-ar rejection gamma=1", s_bonus_gens(), 0, 0.3, 0.25, NULL);
+    td_spec_params_t d = s_params(TD_METHOD_SPECDIFF, TD_VERIFY_REJECTION, 0, 1);
+    d.gamma = 1;
+    s_check_ex(DDIR, d, "specdiff rejection gamma=1", s_bonus_gens(), 0, 0.15, 0.1, NULL);
+    p.draft_sampling = (td_sampling_t){.temperature = 2.5f, .top_k = 8, .top_p = 1.0f};
+    s_check_ex(VDIR, p, "self-drafted rejection gamma=1 draft T=2.5 k=8", s_bonus_gens(), 0, 0.4,
+               0.35, NULL);
+    p.draft_sampling = (td_sampling_t){.temperature = 0.5f, .top_k = TOPK, .top_p = 1.0f};
+    s_check_ex(VDIR, p, "self-drafted rejection gamma=1 draft T=0.5", s_bonus_gens(), 0, 0.8, 0.75,
+               NULL);
+}
+
+/* The match rule's bonus token (row gamma = 1) inside the window, with the verifier drafting. */
+TD_TEST(match_bonus_token_is_exact) {
+    td_spec_params_t p = s_params(TD_METHOD_SPEC_AR, TD_VERIFY_MATCH, 0, 1);
+    p.gamma = 1;
+    s_check_ex(VDIR, p, "self-drafted match gamma=1", s_bonus_gens(), 0, 0.15, 0.12, NULL);
 }
 
 /* A deliberately wrong target shows the test has power: generations at temperature 1.3 compared

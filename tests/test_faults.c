@@ -23,8 +23,7 @@ static td_pair_t *s_cur_pair;
 static pid_t s_spawn_drafter(const char *model) {
     pid_t pid = fork();
     if (pid == 0) {
-        const char *bin =
-            getenv("TD_DRAFTER_BIN") ? getenv("TD_DRAFTER_BIN") : "build/bin/tandem-drafter";
+        const char *bin = td_test_bin("tandem-drafter");
         setenv("TD_LOG", "error", 1);
         execl(bin, bin, "--model", model, "--bind", s_ep, "--threads", "1", (char *)NULL);
         _exit(127);
@@ -128,6 +127,67 @@ TD_TEST(drafter_killed_then_restarted) {
     s_teardown();
 }
 
+/* Every token of out[n] (after the 8-token prompt) has non-zero probability under the verifier's
+ * sampling distribution sp given the tokens before it. */
+static void s_check_support(td_model_t *v, const td_sampling_t *sp, const int32_t *out, int n) {
+    const int V = td_model_config(v)->n_vocab, total = 8 + n - 1;
+    int32_t *toks = malloc(sizeof(int32_t) * (size_t)total);
+    uint8_t *sel = calloc((size_t)total, 1);
+    float *logits = malloc(sizeof(float) * (size_t)n * V), *prob = malloc(sizeof(float) * V);
+    memcpy(toks, s_prompt, sizeof s_prompt);
+    memcpy(toks + 8, out, sizeof(int32_t) * (size_t)(n - 1));
+    for (int i = 7; i < total; i++) sel[i] = 1;
+    td_err_t err = {0};
+    td_kv_cache_t *kv = td_kv_cache_new(v, 1, total, &err);
+    td_batch_t b = {.n = total, .tokens = toks, .attn = TD_ATTN_CAUSAL, .logits_for = sel};
+    CHECK(kv && td_model_forward(v, kv, &b, logits, &err) == TD_OK);
+    int outside = 0;
+    for (int i = 0; i < n; i++) {
+        td_sampling_dist(sp, logits + (size_t)i * V, V, prob);
+        if (!(prob[out[i]] > 0)) {
+            if (!outside) printf("    token %d (%d) is outside the target's support\n", i, out[i]);
+            outside++;
+        }
+    }
+    CHECK_MSG(outside == 0, "%d of %d tokens outside the verifier's top-k support", outside, n);
+    td_kv_cache_destroy(&kv);
+    free(toks), free(sel), free(logits), free(prob);
+}
+
+/* The sampled path (temperature > 0, rejection sampling with distributions on the wire) through a
+ * drafter that is killed and restarted: the generation completes, speculation resumes, and every
+ * token lies in the verifier's top-3 support although the drafter samples from its top 8 (a
+ * draft token let through unchecked, or a residual drawn from the drafter's row,
+ * would land outside it). */
+TD_TEST(drafter_killed_then_restarted_sampled) {
+    s_setup();
+    chaos_t c = {.pid = s_spawn_drafter(ARDIR), .kill_at = 12, .restart_at = 30, .model = ARDIR};
+    td_pair_t pair;
+    td_err_t err = {0};
+    REQUIRE(s_open(&pair, s_ep, &err) == TD_OK);
+    enum { N = 90 };
+    int32_t out[N];
+    td_spec_params_t p = s_greedy(N);
+    p.sampling = (td_sampling_t){1.0f, 3, 1.0f};
+    p.draft_sampling = (td_sampling_t){1.0f, 8, 1.0f};
+    p.seed = 77;
+    td_spec_stats_t st;
+    CHECK(td_spec_generate(pair.verifier, pair.dc, 45, s_prompt, 8, &p, s_chaos, &c, out, &st,
+                           &err) == TD_OK);
+    printf("    sampled, killed at token 12, back at 30: %d tokens, %d rounds, %d fallbacks, "
+           "%d/%d accepted, %d full rows (%s)\n",
+           st.generated, st.rounds, st.fallbacks, st.accepted, st.drafted, st.full_rows,
+           st.last_fallback);
+    CHECK_EQ_INT(st.generated, N);
+    CHECK(st.fallbacks > 0);
+    CHECK(st.rounds > 12);
+    CHECK(st.accepted > 0 && st.accepted < st.drafted); /* both branches of the rule ran */
+    s_check_support(pair.verifier, &p.sampling, out, st.generated);
+    td_pair_close(&pair);
+    s_kill(c.pid);
+    s_teardown();
+}
+
 TD_TEST(drafter_stalls_then_continues) {
     s_setup();
     chaos_t c = {.pid = s_spawn_drafter(ARDIR), .stop_at = 10, .cont_at = 25, .model = ARDIR};
@@ -199,7 +259,10 @@ static void *s_fake(void *arg) {
     return NULL;
 }
 
-TD_TEST(drafter_answers_garbage) {
+/* The garbage drafter at temperature t: every round falls back to plain AR, so the output is the
+ * verifier's own AR output for the same seed (greedy, or sampled: the fallback draws from the same
+ * generator in the same order as td_generate_ar). */
+static void s_garbage(float temperature) {
     s_setup();
     td_err_t err = {0};
     td_backend_t *be = td_backend_cpu_new(1, 0, &err);
@@ -215,14 +278,25 @@ TD_TEST(drafter_answers_garbage) {
     REQUIRE(s_open(&pair, s_ep, &err) == TD_OK);
     enum { N = 30 };
     int32_t ref[N], out[N];
-    s_ar_reference(pair.verifier, N, ref);
     td_spec_params_t p = s_greedy(N);
+    if (temperature > 0) {
+        p.sampling = p.draft_sampling = (td_sampling_t){temperature, 0, 1.0f};
+        p.seed = 1234;
+        td_gen_params_t gp = {.max_tokens = N, .sampling = p.sampling, .seed = p.seed};
+        td_gen_stats_t gs;
+        REQUIRE(td_generate_ar(pair.verifier, s_prompt, 8, &gp, NULL, NULL, ref, &gs, &err) ==
+                TD_OK);
+        REQUIRE(gs.generated == N);
+    } else {
+        s_ar_reference(pair.verifier, N, ref);
+    }
     td_spec_stats_t st;
     CHECK(td_spec_generate(pair.verifier, pair.dc, 44, s_prompt, 8, &p, NULL, NULL, out, &st,
                            &err) == TD_OK);
-    printf("    garbage drafter: %d tokens, %d rounds, %d fallbacks after %d garbage answers "
-           "(last: %s)\n",
-           st.generated, st.rounds, st.fallbacks, f.answered, st.last_fallback);
+    printf(
+        "    garbage drafter, T=%.1f: %d tokens, %d rounds, %d fallbacks after %d garbage answers "
+        "(last: %s)\n",
+        temperature, st.generated, st.rounds, st.fallbacks, f.answered, st.last_fallback);
     CHECK_EQ_INT(st.generated, N);
     CHECK(memcmp(out, ref, sizeof ref) == 0);
     CHECK_EQ_INT(st.rounds, 0);
@@ -236,6 +310,9 @@ TD_TEST(drafter_answers_garbage) {
     td_backend_destroy(&be);
     s_teardown();
 }
+
+TD_TEST(drafter_answers_garbage) { s_garbage(0.0f); }
+TD_TEST(drafter_answers_garbage_sampled) { s_garbage(0.9f); }
 
 TD_TEST(tokenizer_mismatch_refused_at_connect) {
     s_setup();
@@ -311,15 +388,14 @@ TD_TEST(remote_verifier_serves_and_its_death_is_reported) {
     s_setup();
     char vep[160], cmd[1024], out[65536];
     snprintf(vep, sizeof vep, "ipc://%s/verifier.sock", s_dir);
-    pid_t d = s_spawn("build/bin/tandem-drafter", "tests/data/e2e/dream-drafter", NULL, s_ep);
-    pid_t v = s_spawn("build/bin/tandem-verifier", VDIR, s_ep, vep);
+    pid_t d = s_spawn(td_test_bin("tandem-drafter"), "tests/data/e2e/dream-drafter", NULL, s_ep);
+    pid_t v = s_spawn(td_test_bin("tandem-verifier"), VDIR, s_ep, vep);
     double secs = 0;
     /* the three processes produce AR greedy output (tests/data/e2e/qwen2-chat/greedy.json) */
-    snprintf(
-        cmd, sizeof cmd,
-        "build/bin/tandem generate --verifier %s --method specdiff --chat none --max-tokens 24 "
-        "--temperature 0 --json --prompt 'And God said' 2>&1",
-        vep);
+    snprintf(cmd, sizeof cmd,
+             "%s generate --verifier %s --method specdiff --chat none --max-tokens 24 "
+             "--temperature 0 --json --prompt 'And God said' 2>&1",
+             td_test_bin("tandem"), vep);
     int rc = -1;
     for (int i = 0; i < 30 && rc != 0; i++) {
         rc = s_popen(cmd, out, sizeof out, &secs);
@@ -341,10 +417,9 @@ TD_TEST(remote_verifier_serves_and_its_death_is_reported) {
     free(a), free(b), cJSON_Delete(j), cJSON_Delete(rj);
     /* a hung verifier: the client reports it within its timeout */
     kill(v, SIGSTOP);
-    snprintf(
-        cmd, sizeof cmd,
-        "build/bin/tandem generate --verifier %s --timeout-ms 1000 --chat none --prompt x 2>&1",
-        vep);
+    snprintf(cmd, sizeof cmd,
+             "%s generate --verifier %s --timeout-ms 1000 --chat none --prompt x 2>&1",
+             td_test_bin("tandem"), vep);
     rc = s_popen(cmd, out, sizeof out, &secs);
     printf("    hung verifier: exit %d after %.2f s: %s", rc, secs, out);
     CHECK_EQ_INT(rc, 1);

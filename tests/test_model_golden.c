@@ -14,6 +14,7 @@
 #include "kernels/backend.h"
 #include "model/config.h"
 #include "model/model.h"
+#include "model/safetensors.h"
 #include "tests/tdtest.h"
 
 #include <cjson/cJSON.h>
@@ -716,6 +717,201 @@ TD_TEST(verification_pass_bitwise_equals_ar_steps) {
     const int blocks[] = {5, 8, 9};
     for (int k = 0; k < 3; k++)
         for (int j = 0; j < 3; j++) s_block_vs_steps(names[k], blocks[j]);
+}
+
+/* --- the open model API: hidden states out, embeddings in ------------------------------------ */
+
+/* Hidden states (td_batch_t.hidden_layers) against HF's output_hidden_states
+ * (tools/make_hidden_fixtures.py: L = 0 embeddings, L = 1..n_layer each layer's output before
+ * the final norm), for every row and for a subset of rows with the layers asked out of order and
+ * one twice; on the fast and the reference CPU backend. */
+static void s_hidden_vs_hf(const char *name, int reference) {
+    char dir[512], path[700];
+    snprintf(dir, sizeof dir, "%s/models/%s", td_test_data(), name);
+    td_err_t err = {0};
+    td_backend_t *be = td_backend_cpu_new(1, reference, &err);
+    td_model_t *m = be ? td_model_load(dir, be, &err) : NULL;
+    if (!m) {
+        td_test_fail(__FILE__, __LINE__, "%s: %s", dir, err.msg);
+        td_backend_destroy(&be);
+        return;
+    }
+    const td_config_t *cfg = td_model_config(m);
+    const int C = cfg->n_embd, NL = cfg->n_layer + 1;
+    s_case_t c;
+    char refdir[600];
+    snprintf(refdir, sizeof refdir, "%s/ref", dir);
+    if (s_case_load(refdir, "causal", &c) != 0) {
+        td_model_destroy(&m);
+        td_backend_destroy(&be);
+        return;
+    }
+    snprintf(path, sizeof path, "%s/hidden.bin", refdir);
+    s_logits_t ref;
+    char why[1200];
+    if (s_read_logits(path, c.n * NL, C, &ref, why, sizeof why) != 0) {
+        td_test_fail(__FILE__, __LINE__, "%s (rerun: python3 tools/make_hidden_fixtures.py)", why);
+        s_case_free(&c);
+        td_model_destroy(&m);
+        td_backend_destroy(&be);
+        return;
+    }
+    const int n = c.n;
+    int *all = malloc(sizeof(int) * (size_t)NL);
+    for (int L = 0; L < NL; L++) all[L] = L;
+    float *hid = malloc(sizeof(float) * (size_t)n * NL * C),
+          *logits = malloc(sizeof(float) * (size_t)n * cfg->n_vocab);
+    /* 1: every row, every layer boundary */
+    td_kv_cache_t *kv = td_kv_cache_new(m, 1, N_CTX, &err);
+    REQUIRE(kv);
+    td_batch_t b = {.n = n,
+                    .tokens = c.tokens,
+                    .attn = TD_ATTN_CAUSAL,
+                    .hidden_layers = all,
+                    .n_hidden_layers = NL,
+                    .hidden_out = hid};
+    CHECK_EQ_INT(td_model_forward(m, kv, &b, logits, &err), TD_OK);
+    double rmax = 0, e = s_max_abs(hid, ref.data, (size_t)n * NL * C, &rmax);
+    printf("    %-10s %-8s hidden states L=0..%d: max|err| %.3g (max|h| %.2f)\n", name,
+           reference ? "cpu-ref" : "cpu", NL - 1, e, rmax);
+    CHECK_MSG(e <= F32_TOL * (1 + rmax), "%s: hidden states differ from HF by %.3g", name, e);
+    /* the logits are unchanged by asking for hidden states */
+    {
+        s_logits_t lref;
+        snprintf(path, sizeof path, "%s/%s", refdir, c.logits);
+        REQUIRE(s_read_logits(path, n, cfg->n_vocab, &lref, why, sizeof why) == 0);
+        double lmax = 0, le = s_max_abs(logits, lref.data, (size_t)n * cfg->n_vocab, &lmax);
+        CHECK_MSG(le <= F32_TOL, "%s: logits with hidden states differ from HF by %.3g", name, le);
+        free(lref.data);
+    }
+    td_kv_cache_destroy(&kv);
+    /* 2: rows 1, 5 and n-1 only; layers {n_layer, 0, n_layer, 1}; no logits */
+    uint8_t pick[64] = {0};
+    pick[1] = pick[5] = pick[n - 1] = 1;
+    const int rows[3] = {1, 5, n - 1};
+    int ask[4] = {NL - 1, 0, NL - 1, 1};
+    float *h2 = malloc(sizeof(float) * 3 * 4 * (size_t)C);
+    kv = td_kv_cache_new(m, 1, N_CTX, &err);
+    td_batch_t b2 = {.n = n,
+                     .tokens = c.tokens,
+                     .attn = TD_ATTN_CAUSAL,
+                     .logits_for = pick,
+                     .hidden_layers = ask,
+                     .n_hidden_layers = 4,
+                     .hidden_out = h2};
+    CHECK_EQ_INT(td_model_forward(m, kv, &b2, NULL, &err), TD_OK);
+    double e2 = 0;
+    for (int i = 0; i < 3; i++)
+        for (int k = 0; k < 4; k++) {
+            double d = s_max_abs(h2 + ((size_t)i * 4 + k) * C,
+                                 ref.data + ((size_t)rows[i] * NL + ask[k]) * C, (size_t)C, NULL);
+            if (!(d <= e2)) e2 = d;
+        }
+    CHECK_MSG(e2 <= F32_TOL * (1 + rmax), "%s: selected rows' hidden states off by %.3g", name, e2);
+    /* 3: refused before touching the cache: a layer beyond n_layer, hidden_out missing */
+    int bad = NL;
+    td_batch_t b3 = {.n = 1,
+                     .tokens = c.tokens,
+                     .attn = TD_ATTN_CAUSAL,
+                     .hidden_layers = &bad,
+                     .n_hidden_layers = 1,
+                     .hidden_out = h2};
+    int len = td_kv_cache_len(kv, 0);
+    CHECK_EQ_INT(td_model_forward(m, kv, &b3, NULL, &err), TD_ERR_ARG);
+    b3.hidden_layers = all, b3.hidden_out = NULL;
+    CHECK_EQ_INT(td_model_forward(m, kv, &b3, NULL, &err), TD_ERR_ARG);
+    b3.hidden_out = h2, b3.tokens = NULL;
+    CHECK_EQ_INT(td_model_forward(m, kv, &b3, NULL, &err), TD_ERR_ARG);
+    CHECK_EQ_INT(td_kv_cache_len(kv, 0), len);
+    td_kv_cache_destroy(&kv);
+    free(h2);
+    free(all);
+    free(hid);
+    free(logits);
+    free(ref.data);
+    s_case_free(&c);
+    td_model_destroy(&m);
+    td_backend_destroy(&be);
+}
+
+TD_TEST(hidden_states_match_hf) {
+    const char *names[] = {"qwen2", "llama", "gpt2"};
+    for (int i = 0; i < 3; i++) {
+        s_hidden_vs_hf(names[i], 0);
+        s_hidden_vs_hf(names[i], 1);
+    }
+}
+
+/* Input embeddings instead of token ids (td_batch_t.embd): given the token embedding rows of some
+ * ids (read from the checkpoint), the forward reproduces the forward of those ids bit for bit
+ * (logits and hidden states, KV cache included: a later token-id step continues the same way);
+ * GPT-2 still adds its position embeddings. tokens may be NULL. */
+static void s_embd_equals_tokens(const char *name, const char *embd_tensor) {
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/models/%s", td_test_data(), name);
+    td_err_t err = {0};
+    td_backend_t *be = td_backend_cpu_new(2, 0, &err);
+    td_model_t *m = be ? td_model_load(dir, be, &err) : NULL;
+    td_safetensors_t *st = td_safetensors_open(dir, &err);
+    REQUIRE(m && st);
+    const td_st_tensor_t *t = td_safetensors_find(st, embd_tensor);
+    REQUIRE(t && t->dtype == TD_DTYPE_F32);
+    const td_config_t *cfg = td_model_config(m);
+    const int C = cfg->n_embd, V = cfg->n_vocab, NL = cfg->n_layer + 1;
+    REQUIRE(t->shape[0] == V && t->shape[1] == C);
+    enum { N = 9 };
+    int32_t ids[N + 1];
+    for (int i = 0; i <= N; i++) ids[i] = (int32_t)((i * 37 + 11) % V);
+    float *emb = malloc(sizeof(float) * N * (size_t)C);
+    for (int i = 0; i < N; i++)
+        memcpy(emb + (size_t)i * C, (const float *)t->data + (size_t)ids[i] * C,
+               sizeof(float) * (size_t)C);
+    int layers[2] = {0, NL - 1};
+    float *la = malloc(sizeof(float) * (size_t)(N + 1) * V),
+          *lb = malloc(sizeof(float) * (size_t)(N + 1) * V);
+    float *ha = malloc(sizeof(float) * N * 2 * (size_t)C),
+          *hb = malloc(sizeof(float) * N * 2 * (size_t)C);
+    td_kv_cache_t *ka = td_kv_cache_new(m, 1, N_CTX, &err),
+                  *kb = td_kv_cache_new(m, 1, N_CTX, &err);
+    td_batch_t a = {.n = N,
+                    .tokens = ids,
+                    .attn = TD_ATTN_CAUSAL,
+                    .hidden_layers = layers,
+                    .n_hidden_layers = 2,
+                    .hidden_out = ha};
+    td_batch_t b = {.n = N,
+                    .tokens = NULL,
+                    .embd = emb,
+                    .attn = TD_ATTN_CAUSAL,
+                    .hidden_layers = layers,
+                    .n_hidden_layers = 2,
+                    .hidden_out = hb};
+    CHECK_EQ_INT(td_model_forward(m, ka, &a, la, &err), TD_OK);
+    CHECK_EQ_INT(td_model_forward(m, kb, &b, lb, &err), TD_OK);
+    CHECK_MSG(!memcmp(la, lb, sizeof(float) * N * (size_t)V), "%s: logits differ", name);
+    CHECK_MSG(!memcmp(ha, hb, sizeof(float) * N * 2 * (size_t)C), "%s: hidden states differ", name);
+    /* the caches agree: one more token by id on each */
+    td_batch_t a1 = {.n = 1, .tokens = ids + N, .attn = TD_ATTN_CAUSAL};
+    CHECK_EQ_INT(td_model_forward(m, ka, &a1, la, &err), TD_OK);
+    CHECK_EQ_INT(td_model_forward(m, kb, &a1, lb, &err), TD_OK);
+    CHECK_MSG(!memcmp(la, lb, sizeof(float) * (size_t)V), "%s: caches differ", name);
+    /* other embeddings give other logits (the input is really used) */
+    for (int i = 0; i < C; i++) emb[i] += 0.5f;
+    td_kv_cache_crop(kb, 0, 0);
+    CHECK_EQ_INT(td_model_forward(m, kb, &b, lb, &err), TD_OK);
+    CHECK(memcmp(la, lb, sizeof(float) * (size_t)V) != 0);
+    printf("    %s: embeddings in == token ids in (logits, hidden states, cache)\n", name);
+    td_kv_cache_destroy(&ka);
+    td_kv_cache_destroy(&kb);
+    free(emb), free(la), free(lb), free(ha), free(hb);
+    td_safetensors_destroy(&st);
+    td_model_destroy(&m);
+    td_backend_destroy(&be);
+}
+
+TD_TEST(embeddings_as_input_equal_token_ids) {
+    s_embd_equals_tokens("qwen2", "model.embed_tokens.weight");
+    s_embd_equals_tokens("gpt2", "transformer.wte.weight");
 }
 
 TD_TEST_MAIN()

@@ -331,8 +331,8 @@ static pid_t s_spawn_drafter(const char *model) {
     pid_t pid = fork();
     if (pid == 0) {
         setenv("TD_LOG", "error", 1);
-        execl("build/bin/tandem-drafter", "build/bin/tandem-drafter", "--model", model, "--bind",
-              s_ep, "--threads", "1", (char *)NULL);
+        const char *bin = td_test_bin("tandem-drafter");
+        execl(bin, bin, "--model", model, "--bind", s_ep, "--threads", "1", (char *)NULL);
         _exit(127);
     }
     return pid;
@@ -524,15 +524,15 @@ TD_TEST(selfspec_two_processes_command_line) {
     char cmd[2048];
     const char *common = "--method selfspec --chat none --max-tokens 40 --block-size 16 "
                          "--draft-k 4 --threads 1 --json --prompt 'And God said, Let there be'";
-    snprintf(cmd, sizeof cmd, "build/bin/tandem generate --drafter %s --verifier %s %s 2>&1", s_ep,
-             d, common);
+    snprintf(cmd, sizeof cmd, "%s generate --drafter %s --verifier %s %s 2>&1",
+             td_test_bin("tandem"), s_ep, d, common);
     int rc = -1;
     for (int i = 0; i < 40 && rc != 0; i++) {
         rc = td_test_run(cmd, out_r, sizeof out_r);
         if (rc != 0) usleep(100 * 1000);
     }
     CHECK_MSG(rc == 0, "remote run failed: %s", out_r);
-    snprintf(cmd, sizeof cmd, "build/bin/tandem generate --drafter %s %s 2>&1", d, common);
+    snprintf(cmd, sizeof cmd, "%s generate --drafter %s %s 2>&1", td_test_bin("tandem"), d, common);
     CHECK_EQ_INT(td_test_run(cmd, out_l, sizeof out_l), 0);
     cJSON *jr = cJSON_Parse(out_r), *jl = cJSON_Parse(out_l);
     CHECK_MSG(jr && jl, "not JSON: %s / %s", out_r, out_l);
@@ -547,9 +547,8 @@ TD_TEST(selfspec_two_processes_command_line) {
     cJSON_Delete(jr);
     cJSON_Delete(jl);
     /* a drafter endpoint with a remote verifier endpoint is refused clearly */
-    snprintf(cmd, sizeof cmd,
-             "build/bin/tandem generate --drafter %s --verifier ipc:///nonexistent %s 2>&1", s_ep,
-             common);
+    snprintf(cmd, sizeof cmd, "%s generate --drafter %s --verifier ipc:///nonexistent %s 2>&1",
+             td_test_bin("tandem"), s_ep, common);
     CHECK_EQ_INT(td_test_run(cmd, out_r, sizeof out_r), 2);
     CHECK(strstr(out_r, "needs --verifier DIR") != NULL);
     s_stop_drafter(pid);

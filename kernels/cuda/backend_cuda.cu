@@ -387,12 +387,32 @@ static int s_sample(td_backend_t *be, const float *logits, int n_rows, int n_voc
     return td_backend_cuda_error(be, err);
 }
 
-/* positional: C++ has no designated initialisers before C++20 */
+/* Designated initializers (C++20, accepted by nvcc's and g++'s C++17 modes): every member in
+ * declaration order, so a field added to td_backend_i cannot shift the others. */
 static const struct td_backend_i s_cuda_iface = {
-    "cuda",         s_destroy,   s_alloc,  s_free,   s_weights,   s_free_weights,
-    s_set,          s_get,       s_copy,   s_sync,   s_matmul,    s_get_rows,
-    s_rmsnorm,      s_layernorm, s_rope,   s_swiglu, s_gelu_tanh, s_add,
-    s_scatter_rows, s_attention, s_status, s_sample,
+    .name = "cuda",
+    .caps = TD_BACKEND_CAP_DEVICE_SAMPLE,
+    .destroy = s_destroy,
+    .alloc = s_alloc,
+    .free = s_free,
+    .weights = s_weights,
+    .free_weights = s_free_weights,
+    .set = s_set,
+    .get = s_get,
+    .copy = s_copy,
+    .sync = s_sync,
+    .matmul = s_matmul,
+    .get_rows = s_get_rows,
+    .rmsnorm = s_rmsnorm,
+    .layernorm = s_layernorm,
+    .rope = s_rope,
+    .swiglu = s_swiglu,
+    .gelu_tanh = s_gelu_tanh,
+    .add = s_add,
+    .scatter_rows = s_scatter_rows,
+    .attention = s_attention,
+    .status = s_status,
+    .sample = s_sample,
 };
 
 /* --- public ---------------------------------------------------------------------------------- */

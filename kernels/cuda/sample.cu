@@ -1,5 +1,5 @@
 /* sample.cu - td_op_sample on the device: per row of logits, the greedy argmax or a draw from
- * td_sampling_dist (model/sampler.c) with counter-based Gumbel noise, and only
+ * td_sampling_dist (kernels/sampler.c) with counter-based Gumbel noise, and only
  * {id, prob, n_kept} (12 bytes) copied back.
  *
  * One block of TDC_SAMPLE_THREADS threads per row, in passes over the row (all from L2 after the
@@ -17,7 +17,7 @@
  *     r-th largest of their ids by a count radix selection (skipped when r == m);
  *  4. over the kept ids (eligible and at or above the cut): Z' = sum of (float) exp(v - vmax) in
  *     double (as sampler.c's s_write_probs), the count, and argmax of (v - vmax) + Gumbel(U_i) with
- *     U_i from td_sample_bits(seed, i) (model/sampler.h); prob = w_id / Z'.
+ *     U_i from td_sample_bits(seed, i) (kernels/sampler.h); prob = w_id / Z'.
  * Every comparison that decides the kept set is the one sampler.c makes on the same float values
  * (IEEE division, no fast math), so the kept set is the CPU's except when a top-p boundary mass
  * equals p Z within double rounding (sums run in another order). */
@@ -53,7 +53,7 @@ typedef struct s_sh {
     int bc;
 } s_sh_t;
 
-/* must equal td_sample_bits in model/sampler.h */
+/* must equal td_sample_bits in kernels/sampler.h */
 __device__ __forceinline__ uint64_t d_bits(uint64_t seed, uint64_t i) {
     uint64_t z = seed + (i + 1) * 0x9e3779b97f4a7c15ull;
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;

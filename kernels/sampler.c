@@ -9,7 +9,7 @@
  * every id whose value equals the k-th largest (cut id -1), as HF's TopKLogitsWarper does.
  *
  * NaN logits are treated as -inf everywhere in this file. */
-#include "model/sampler.h"
+#include "kernels/sampler.h"
 
 #include <math.h>
 #include <stdlib.h>
