@@ -4,7 +4,7 @@
 #include "bridge/cli.h"
 #include "bridge/commands.h"
 #include "bridge/pair.h"
-#include "bridge/remote_methods.h"
+#include "engine/remote_methods.h"
 #include "drafter/draft.h"
 #include "drafter/planned.h"
 #include "drafter/selfspec.h"
@@ -230,7 +230,7 @@ static int s_generate_remote(const char *endpoint, const char *prompt, int chat,
     for (;;) {
         Tandem__Envelope *ans = NULL;
         int r = td_client_recv(cl, &ans, timeout_ms, &err);
-        if (r == -1) {
+        if (r == TD_RECV_TIMEOUT) {
             if (!json) fputc('\n', stdout);
             fprintf(stderr,
                     "tandem generate: the verifier at %s did not answer within %d ms (is it "
@@ -238,7 +238,7 @@ static int s_generate_remote(const char *endpoint, const char *prompt, int chat,
                     endpoint, timeout_ms);
             goto out;
         }
-        if (r != 0) continue;
+        if (r != TD_RECV_OK) continue;
         if (ans->session_id != sid || ans->body_case != TANDEM__ENVELOPE__BODY_TOKEN_CHUNK) {
             if (ans->body_case == TANDEM__ENVELOPE__BODY_ERROR) {
                 fprintf(stderr, "tandem generate: verifier error: %s\n", ans->error->message);

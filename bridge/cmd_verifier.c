@@ -253,7 +253,7 @@ int td_cmd_verifier(int argc, char **argv) {
     while (!s_stop) {
         td_routing_id_t from;
         Tandem__Envelope *env = NULL;
-        if (td_server_recv(srv, &from, &env, 100, &err) != 0) continue;
+        if (td_server_recv(srv, &from, &env, 100, &err) != TD_RECV_OK) continue;
         if (env->body_case == TANDEM__ENVELOPE__BODY_HELLO) {
             /* clients send text, so their tokenizer does not matter; other roles must match ours */
             if (env->hello->role == TANDEM__ROLE__ROLE_CLIENT) {

@@ -711,7 +711,7 @@ int td_drafter_serve(td_drafter_service_t *svc, td_server_t *srv, volatile sig_a
         Tandem__Envelope *env = NULL;
         td_err_t err = {0};
         int rc = td_server_recv(srv, &from, &env, 100, &err);
-        if (rc == 0) {
+        if (rc == TD_RECV_OK) {
             td_drafter_service_handle(svc, srv, &from, env);
             td_wire_free(&env);
         }

@@ -205,18 +205,18 @@ static int s_recv_payload(void *sock, const td_wire_limits_t *lim, Tandem__Envel
     zmq_msg_init(&m);
     if (zmq_msg_recv(&m, sock, ZMQ_DONTWAIT) < 0) {
         zmq_msg_close(&m);
-        return -1;
+        return TD_RECV_TIMEOUT;
     }
     if (zmq_msg_more(&m)) {
         int extra = s_drain(sock);
         zmq_msg_close(&m);
         td_err_set(err, TD_ERR_FORMAT, "message of %d frames, expected one envelope frame",
                    extra + 1);
-        return -2;
+        return TD_RECV_MALFORMED;
     }
     int rc = td_wire_unpack(zmq_msg_data(&m), zmq_msg_size(&m), lim, out, err);
     zmq_msg_close(&m);
-    return rc == TD_OK ? 0 : -2;
+    return rc == TD_OK ? TD_RECV_OK : TD_RECV_MALFORMED;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -629,12 +629,12 @@ int td_server_recv(td_server_t *self, td_routing_id_t *from, Tandem__Envelope **
     if (!err) err = &local;
     *out = NULL;
     from->len = 0;
-    if (!s_wait(self->sock, timeout_ms, self->spin_us)) return -1;
+    if (!s_wait(self->sock, timeout_ms, self->spin_us)) return TD_RECV_TIMEOUT;
     zmq_msg_t id;
     zmq_msg_init(&id);
     if (zmq_msg_recv(&id, self->sock, ZMQ_DONTWAIT) < 0) {
         zmq_msg_close(&id);
-        return -1;
+        return TD_RECV_TIMEOUT;
     }
     int more = zmq_msg_more(&id);
     size_t n = zmq_msg_size(&id);
@@ -644,12 +644,12 @@ int td_server_recv(td_server_t *self, td_routing_id_t *from, Tandem__Envelope **
     int rc;
     if (!more) {
         td_err_set(err, TD_ERR_FORMAT, "message without an envelope frame");
-        rc = -2;
+        rc = TD_RECV_MALFORMED;
     } else {
         rc = s_recv_payload(self->sock, &self->limits, out, err);
-        if (rc == -1) return -1;
+        if (rc == TD_RECV_TIMEOUT) return TD_RECV_TIMEOUT;
     }
-    if (rc == -2) {
+    if (rc == TD_RECV_MALFORMED) {
         td_log(TD_LOG_WARN, "%s: malformed message from a peer: %s", self->endpoint, err->msg);
         char msg[1100];
         snprintf(msg, sizeof msg, "malformed message: %s", err->msg);
@@ -821,9 +821,9 @@ int td_client_send(td_client_t *self, const Tandem__Envelope *env, td_err_t *err
 
 int td_client_recv(td_client_t *self, Tandem__Envelope **out, int timeout_ms, td_err_t *err) {
     *out = NULL;
-    if (!s_wait(self->sock, timeout_ms, self->spin_us)) return -1;
+    if (!s_wait(self->sock, timeout_ms, self->spin_us)) return TD_RECV_TIMEOUT;
     int rc = s_recv_payload(self->sock, &self->limits, out, err);
-    if (rc == -2)
+    if (rc == TD_RECV_MALFORMED)
         td_log(TD_LOG_WARN, "%s: malformed message from the server: %s", self->endpoint,
                err ? err->msg : "");
     return rc;
@@ -853,8 +853,8 @@ int td_client_handshake(td_client_t *self, const Tandem__Hello *ours, Tandem__En
                               self->endpoint, timeout_ms);
         Tandem__Envelope *in = NULL;
         int r = td_client_recv(self, &in, (int)(left * 1000.0) + 1, err);
-        if (r == -1) continue;
-        if (r == -2) return td_err_prefix(err, "%s: handshake", self->endpoint);
+        if (r == TD_RECV_TIMEOUT) continue;
+        if (r == TD_RECV_MALFORMED) return td_err_prefix(err, "%s: handshake", self->endpoint);
         if (in->body_case == TANDEM__ENVELOPE__BODY_HEARTBEAT) {
             td_wire_free(&in);
             continue;

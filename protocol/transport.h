@@ -86,8 +86,13 @@ void *td_server_socket(td_server_t *self);
 /* Replaces the limits received messages are checked against (e.g. once the vocabulary is known). */
 void td_server_set_limits(td_server_t *self, const td_wire_limits_t *limits);
 
-/* Waits up to timeout_ms (-1 = forever, 0 = poll) for one message. Returns 0 with *out (release
- * with td_wire_free) and *from set; -1 on timeout or interruption (*out NULL); -2 when a message
+/* What td_server_recv / td_client_recv return: a message, nothing in time, or a malformed one.
+ * Positive, so they never read as a TD_ERR_* code. */
+enum { TD_RECV_OK = 0, TD_RECV_TIMEOUT = 1, TD_RECV_MALFORMED = 2 };
+
+/* Waits up to timeout_ms (-1 = forever, 0 = poll) for one message. Returns TD_RECV_OK with *out
+ * (release with td_wire_free) and *from set; TD_RECV_TIMEOUT on timeout or interruption (*out
+ * NULL); TD_RECV_MALFORMED when a message
  * arrived but was malformed: *from names the sender, err says why (code TD_ERR_FORMAT), the
  * sender has been answered with an Error (ERROR_MALFORMED) and the problem logged. */
 int td_server_recv(td_server_t *self, td_routing_id_t *from, Tandem__Envelope **out, int timeout_ms,
@@ -126,8 +131,8 @@ void td_client_set_limits(td_client_t *self, const td_wire_limits_t *limits);
  * timed out or failed. */
 int td_client_send(td_client_t *self, const Tandem__Envelope *env, td_err_t *err);
 
-/* As td_server_recv, without the routing id: 0 ok, -1 timeout/interrupted, -2 malformed (logged;
- * a client does not answer malformed messages). */
+/* As td_server_recv, without the routing id: TD_RECV_OK, TD_RECV_TIMEOUT (or interrupted),
+ * TD_RECV_MALFORMED (logged; a client does not answer malformed messages). */
 int td_client_recv(td_client_t *self, Tandem__Envelope **out, int timeout_ms, td_err_t *err);
 
 /* The handshake from the asking side: sends a Hello (ours) and waits up to timeout_ms for the

@@ -17,8 +17,8 @@ static Tandem__Envelope *s_wait(td_client_t *c, uint64_t session, uint64_t round
         Tandem__Envelope *env = NULL;
         td_err_t e = {0};
         int rc = td_client_recv(c, &env, left, &e);
-        if (rc == -1) continue;
-        if (rc == -2) {
+        if (rc == TD_RECV_TIMEOUT) continue;
+        if (rc == TD_RECV_MALFORMED) {
             td_err_set(err, TD_ERR_FORMAT, "the drafter sent a malformed message: %.300s", e.msg);
             return NULL;
         }
