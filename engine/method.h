@@ -29,15 +29,15 @@ extern "C" {
 
 /* Capability flags of a method. */
 enum {
-    TD_CAP_LOSSY = 1u << 0,          /* does not preserve the verifier's distribution */
-    TD_CAP_VERIFIER = 1u << 1,       /* needs a causal verifier model (td_run_ctx_t.verifier) */
-    TD_CAP_DRAFTER = 1u << 2,        /* needs a drafter (a link to a drafter service) */
-    TD_CAP_LOCAL_DLLM = 1u << 3,     /* runs a diffusion LM in this process (ctx.dllm) */
-    TD_CAP_REMOTE_DLLM = 1u << 4,    /* can hand its dLLM work to a drafter process (ctx.dc) */
+    TD_CAP_LOSSY = 1u << 0,           /* does not preserve the verifier's distribution */
+    TD_CAP_VERIFIER = 1u << 1,        /* needs a causal verifier model (td_run_ctx_t.verifier) */
+    TD_CAP_DRAFTER = 1u << 2,         /* needs a drafter (a link to a drafter service) */
+    TD_CAP_LOCAL_DLLM = 1u << 3,      /* runs a diffusion LM in this process (ctx.dllm) */
+    TD_CAP_REMOTE_DLLM = 1u << 4,     /* can hand its dLLM work to a drafter process (ctx.dc) */
     TD_CAP_TARGET_FEATURES = 1u << 5, /* needs the verifier's hidden states (none yet: DFlash) */
-    TD_CAP_STREAMS = 1u << 6,        /* tokens reach the callback as they are committed (else all
-                                        at the end of the request) */
-    TD_CAP_SERVED = 1u << 7,         /* a verifier worker serves it (GenerateRequest) */
+    TD_CAP_STREAMS = 1u << 6,         /* tokens reach the callback as they are committed (else all
+                                         at the end of the request) */
+    TD_CAP_SERVED = 1u << 7,          /* a verifier worker serves it (GenerateRequest) */
 };
 
 /* Which drafter a method talks to (the bundled default the bridge picks). */
@@ -103,8 +103,8 @@ typedef struct td_method_desc {
     /* defaults for this method on top of td_run_params_default's common ones */
     void (*defaults)(td_run_params_t *p);
     /* one request, start to finish: out[p->max_tokens] receives st->s.generated ids */
-    int (*run)(const td_run_ctx_t *c, const td_run_params_t *p, const int32_t *prompt,
-               int n_prompt, int32_t *out, td_run_stats_t *st, td_err_t *err);
+    int (*run)(const td_run_ctx_t *c, const td_run_params_t *p, const int32_t *prompt, int n_prompt,
+               int32_t *out, td_run_stats_t *st, td_err_t *err);
     /* a per-request session for td_driver_t (verifier/driver.h); NULL: not batched yet */
     td_session_t *(*session_new)(const td_run_ctx_t *c, const td_run_params_t *p,
                                  const int32_t *prompt, int n_prompt, td_err_t *err);

@@ -72,8 +72,8 @@ struct td_driver {
 
 /* The context a request needs: prompt + max_tokens + lookahead, clamped to the model's context.
  * The one place that decides whether a prompt fits. */
-static int s_plan_ctx(const td_config_t *c, int n_prompt, int max_tokens, int lookahead,
-                      int *n_ctx, td_err_t *err) {
+static int s_plan_ctx(const td_config_t *c, int n_prompt, int max_tokens, int lookahead, int *n_ctx,
+                      td_err_t *err) {
     if (n_prompt < 1) return td_err_set(err, TD_ERR_ARG, "empty prompt");
     if (max_tokens < 0) return td_err_set(err, TD_ERR_ARG, "max_tokens must be >= 0");
     int n = n_prompt + max_tokens + lookahead;
@@ -98,8 +98,7 @@ td_session_t *td_session_new(td_model_t *v, const td_session_opts_t *o, td_err_t
     const int spec = o->method == TD_METHOD_SPEC_AR || o->method == TD_METHOD_SPECDIFF ||
                      o->method == TD_METHOD_APD;
     if (!spec && o->method != TD_METHOD_AR) {
-        td_err_set(err, TD_ERR_ARG, "method %s has no verifier session",
-                   td_method_name(o->method));
+        td_err_set(err, TD_ERR_ARG, "method %s has no verifier session", td_method_name(o->method));
         return NULL;
     }
     if (!c->causal) {
@@ -190,7 +189,8 @@ int td_session_status(const td_session_t *s, td_err_t *err) {
     return s->rc;
 }
 
-/* ---- the drafter side of a round --------------------------------------------------------------- */
+/* ---- the drafter side of a round ---------------------------------------------------------------
+ */
 
 /* Sends the DraftRequest for this round (text the drafter has not seen, from s->known). */
 static int s_send_draft(td_session_t *s) {
@@ -342,7 +342,8 @@ static const char *s_check_proposal(const Tandem__Proposal *pr, int gamma, int V
     return NULL;
 }
 
-/* ---- session steps ----------------------------------------------------------------------------- */
+/* ---- session steps -----------------------------------------------------------------------------
+ */
 
 static int s_finished(const td_session_t *s) {
     return s->rc != TD_OK || s->s.stop != TD_STOP_LENGTH || s->s.generated >= s->p.max_tokens ||
@@ -371,8 +372,7 @@ static int s_prepare(td_session_t *s, int32_t *tok, int32_t *pos, int32_t *seq, 
             double dus = s->prop->proposal->drafter_us / 1e6;
             s->s.drafter_s += dus < rt ? dus : rt;
             s->s.transport_s += dus < rt ? rt - dus : 0;
-            const char *bad =
-                s_check_proposal(s->prop->proposal, s->g, s->V, s->want_dist, s->apd);
+            const char *bad = s_check_proposal(s->prop->proposal, s->g, s->V, s->want_dist, s->apd);
             if (bad) {
                 snprintf(s->why, sizeof s->why, "drafter sent an unusable proposal: %s", bad);
                 td_wire_free(&s->prop);
@@ -546,7 +546,8 @@ static void s_commit(td_session_t *s, float *logits) {
     s->s.verifier_s += td_time_now() - s->t_fwd;
 }
 
-/* ---- driver ------------------------------------------------------------------------------------ */
+/* ---- driver ------------------------------------------------------------------------------------
+ */
 
 td_driver_t *td_driver_new(td_model_t *v, int max_sessions, int n_ctx, td_err_t *err) {
     if (max_sessions < 1 || n_ctx < 1) {

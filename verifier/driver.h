@@ -43,11 +43,11 @@ typedef struct td_session td_session_t;
 typedef struct td_driver td_driver_t;
 
 typedef struct td_session_opts {
-    td_method_t method;            /* ar, spec-ar, specdiff or apd */
+    td_method_t method;             /* ar, spec-ar, specdiff or apd */
     const td_spec_params_t *params; /* copied (stop_ids and suppress_ids are borrowed) */
-    td_link_t *link;               /* the drafter link (borrowed; NULL for ar) */
-    uint64_t session_id;           /* the drafter session id (unique per live session) */
-    const int32_t *prompt;         /* copied */
+    td_link_t *link;                /* the drafter link (borrowed; NULL for ar) */
+    uint64_t session_id;            /* the drafter session id (unique per live session) */
+    const int32_t *prompt;          /* copied */
     int n_prompt;
     td_token_cb cb; /* optional: each committed token; non-zero ends the request (STOP_CALLBACK) */
     void *ud;

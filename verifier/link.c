@@ -70,8 +70,8 @@ static void s_keep(td_link_t *l, Tandem__Envelope *env) {
  * session's (keep). */
 static int s_match(const Tandem__Envelope *env, uint64_t session, uint64_t round, int want) {
     if (env->session_id != session) return -1;
-    if (env->round == round && ((int)env->body_case == want ||
-                                env->body_case == TANDEM__ENVELOPE__BODY_ERROR))
+    if (env->round == round &&
+        ((int)env->body_case == want || env->body_case == TANDEM__ENVELOPE__BODY_ERROR))
         return 1;
     return 0;
 }
