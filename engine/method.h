@@ -23,6 +23,8 @@
 #include "verifier/driver.h"
 #include "verifier/spec.h"
 
+#include <stdio.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -38,6 +40,17 @@ enum {
     TD_CAP_STREAMS = 1u << 6,         /* tokens reach the callback as they are committed (else all
                                          at the end of the request) */
     TD_CAP_SERVED = 1u << 7,          /* a verifier worker serves it (GenerateRequest) */
+};
+
+/* Which options of td_run_params_t a method reads (beyond the common ones): lets `bench` sweep
+ * only what matters. */
+enum {
+    TD_OPTS_GAMMA = 1u << 0,       /* gamma (and verify, dist_top_k, timeout) */
+    TD_OPTS_STEPS = 1u << 1,       /* steps per draft */
+    TD_OPTS_ORDER = 1u << 2,       /* unmasking order */
+    TD_OPTS_STEPS_RATIO = 1u << 3, /* planned */
+    TD_OPTS_DRAFT_K = 1u << 4,     /* selfspec */
+    TD_OPTS_BLOCK = 1u << 5,       /* block_size */
 };
 
 /* Which drafter a method talks to (the bundled default the bridge picks). */
@@ -69,6 +82,9 @@ typedef struct td_run_params {
     int draft_k;       /* selfspec */
     float steps_ratio; /* planned (<= 0: its default) */
     int dense;         /* planned: dense span attention */
+    /* ar, diffusion: ids never generated (planned's fallback passes its plan tags); borrowed */
+    const int32_t *suppress_ids;
+    int n_suppress;
 } td_run_params_t;
 
 /* One stats type for every method: `s` holds the counters all methods fill (and the bridge
@@ -78,7 +94,8 @@ typedef struct td_run_stats {
     td_method_t ran;              /* the method that produced the output (planned may fall back) */
     td_selfspec_stats_t selfspec; /* selfspec only */
     td_planned_stats_t planned;   /* planned only */
-    double drafter_fill_s;        /* planned with a drafter process: its fill time */
+    int remote;                   /* selfspec / planned: the dLLM work went to a drafter process */
+    char note[512];               /* why a fallback method ran instead (empty: none) */
 } td_run_stats_t;
 
 /* What a request runs with. Borrowed; unused members may be NULL. */
@@ -100,14 +117,17 @@ typedef struct td_method_desc {
     const char *summary; /* one line for --help */
     unsigned caps;       /* TD_CAP_* */
     td_drafter_kind_t drafter;
+    unsigned opts; /* TD_OPTS_* */
     /* defaults for this method on top of td_run_params_default's common ones */
     void (*defaults)(td_run_params_t *p);
     /* one request, start to finish: out[p->max_tokens] receives st->s.generated ids */
     int (*run)(const td_run_ctx_t *c, const td_run_params_t *p, const int32_t *prompt, int n_prompt,
                int32_t *out, td_run_stats_t *st, td_err_t *err);
     /* a per-request session for td_driver_t (verifier/driver.h); NULL: not batched yet */
-    td_session_t *(*session_new)(const td_run_ctx_t *c, const td_run_params_t *p,
+    td_session_t *(*session_new)(const td_run_ctx_t *c, td_link_t *link, const td_run_params_t *p,
                                  const int32_t *prompt, int n_prompt, td_err_t *err);
+    /* optional: method-specific lines for a human reader (stderr of `generate`) */
+    void (*report)(FILE *f, const td_run_stats_t *st);
 } td_method_desc_t;
 
 /* The entry of m, or NULL when out of range. */
@@ -123,6 +143,9 @@ td_run_params_t td_run_params_default(td_method_t m);
 /* The speculative loop's parameters for p (the one conversion). */
 td_spec_params_t td_run_spec_params(td_method_t m, const td_run_params_t *p,
                                     const Tandem__Hello *hello);
+
+/* The method list for messages: "ar, spec-ar, ..." */
+const char *td_method_list(void);
 
 /* Runs method m: td_method_get(m)->run with *st zeroed first and st->ran set. */
 int td_method_run(td_method_t m, const td_run_ctx_t *c, const td_run_params_t *p,

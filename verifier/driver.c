@@ -744,3 +744,20 @@ int td_driver_run(td_driver_t *d, td_err_t *err) {
     }
     return TD_OK;
 }
+
+int td_driver_generate(td_model_t *v, const td_session_opts_t *o, int32_t *out, td_spec_stats_t *st,
+                       td_err_t *err) {
+    td_session_t *s = td_session_new(v, o, err);
+    td_driver_t *d = s ? td_driver_new(v, 1, td_session_n_ctx(s), err) : NULL;
+    int rc = s && d ? TD_OK : (err && err->code ? err->code : TD_ERR);
+    if (rc == TD_OK) rc = td_driver_submit(d, s, err);
+    if (rc == TD_OK) rc = td_driver_run(d, err);
+    if (s) {
+        if (rc == TD_OK) rc = td_session_status(s, err);
+        memcpy(out, s->out, (size_t)s->s.generated * sizeof *out);
+        if (st) *st = s->s;
+    }
+    td_driver_destroy(&d);
+    td_session_destroy(&s);
+    return rc;
+}

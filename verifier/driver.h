@@ -94,6 +94,12 @@ int td_driver_live(const td_driver_t *d);
 /* Verifier forwards the driver ran (prefills included). */
 int64_t td_driver_forwards(const td_driver_t *d);
 
+/* One request alone: a driver with one slot of exactly the context it needs and one session (what
+ * td_spec_generate and the method table's single-request runs do). out[max_tokens] receives the
+ * ids; *st (optional) the stats. TD_OK or the verifier-side error. */
+int td_driver_generate(td_model_t *v, const td_session_opts_t *o, int32_t *out, td_spec_stats_t *st,
+                       td_err_t *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -49,8 +49,8 @@ int td_spec_generate(td_model_t *v, td_client_t *dc, uint64_t session_id, const 
                      int n_prompt, const td_spec_params_t *p, td_token_cb cb, void *ud,
                      int32_t *out, td_spec_stats_t *st, td_err_t *err) {
     /* the driver with one session: one KV slot of exactly the context the request needs */
-    td_link_t *link = td_link_new(dc, p->hello, err);
-    if (!link) return err ? err->code : TD_ERR_NOMEM;
+    td_link_t *link = NULL;
+    if (dc && !(link = td_link_new(dc, p->hello, err))) return err ? err->code : TD_ERR_NOMEM;
     td_session_opts_t o = {.method = p->method,
                            .params = p,
                            .link = link,
@@ -59,20 +59,7 @@ int td_spec_generate(td_model_t *v, td_client_t *dc, uint64_t session_id, const 
                            .n_prompt = n_prompt,
                            .cb = cb,
                            .ud = ud};
-    td_session_t *s = td_session_new(v, &o, err);
-    td_driver_t *d = s ? td_driver_new(v, 1, td_session_n_ctx(s), err) : NULL;
-    int rc = s && d ? TD_OK : (err && err->code ? err->code : TD_ERR);
-    if (rc == TD_OK) rc = td_driver_submit(d, s, err);
-    if (rc == TD_OK) rc = td_driver_run(d, err);
-    if (s) {
-        if (rc == TD_OK) rc = td_session_status(s, err);
-        int n = 0;
-        const int32_t *toks = td_session_tokens(s, &n);
-        memcpy(out, toks, (size_t)n * sizeof *out);
-        if (st) *st = *td_session_stats(s);
-    }
-    td_driver_destroy(&d);
-    td_session_destroy(&s);
+    int rc = td_driver_generate(v, &o, out, st, err);
     td_link_destroy(&link);
     return rc;
 }
