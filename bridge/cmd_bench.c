@@ -192,12 +192,8 @@ int td_cmd_bench(int argc, char **argv) {
         {"draft-k", TD_OPT_INT, &draft_k, 1, TD_SELFSPEC_MAX_K},
         {"block-size", TD_OPT_INT, &block, 1, 4096},
     };
-    int pr = td_opts_parse(argc, argv, spec, (int)(sizeof spec / sizeof spec[0]));
-    if (pr == 1) {
-        s_help(stdout);
-        return 0;
-    }
-    if (pr) return 2;
+    int ec = TD_CLI_OPTS(argc, argv, spec, s_help);
+    if (ec >= 0) return ec;
     int gammas[MAX_LIST], steps[MAX_LIST], orders[MAX_LIST], methods[TD_METHOD_COUNT], n_g, n_s,
         n_o = 0, n_m = 0;
     if ((n_g = s_parse_list(gammas_s, gammas, 1, TD_SPEC_MAX_GAMMA)) <= 0 ||

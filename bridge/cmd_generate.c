@@ -346,12 +346,8 @@ int td_cmd_generate(int argc, char **argv) {
         {"json", TD_OPT_FLAG, &json, 0, 0},
         {"predraft", TD_OPT_FLAG, &predraft, 0, 0},
     };
-    int pr = td_opts_parse(argc, argv, spec, (int)(sizeof spec / sizeof spec[0]));
-    if (pr == 1) {
-        s_help(stdout);
-        return 0;
-    }
-    if (pr) return 2;
+    int ec = TD_CLI_OPTS(argc, argv, spec, s_help);
+    if (ec >= 0) return ec;
     char vbuf[1024], dbuf[1024];
     int method;
     if (method_s) {

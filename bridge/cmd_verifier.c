@@ -14,12 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static volatile sig_atomic_t s_stop;
-static void s_on_signal(int sig) {
-    (void)sig;
-    s_stop = 1;
-}
-
 static void s_help(FILE *f) {
     fprintf(
         f,
@@ -206,12 +200,8 @@ int td_cmd_verifier(int argc, char **argv) {
         {"threads", TD_OPT_INT, &threads, 0, 1024},
         {"device", TD_OPT_INT, &device, -1, 64},
     };
-    int pr = td_opts_parse(argc, argv, spec, (int)(sizeof spec / sizeof spec[0]));
-    if (pr == 1) {
-        s_help(stdout);
-        return 0;
-    }
-    if (pr) return 2;
+    int ec = TD_CLI_OPTS(argc, argv, spec, s_help);
+    if (ec >= 0) return ec;
     if (!model || !bind) {
         fprintf(stderr, "tandem-verifier: need --model DIR and --bind ENDPOINT (see --help)\n");
         return 2;
@@ -236,14 +226,10 @@ int td_cmd_verifier(int argc, char **argv) {
         fprintf(stderr, "tandem-verifier: %s\n", err.msg);
         goto out;
     }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = s_on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    volatile sig_atomic_t *stop = td_cli_stop_on_signals();
     fprintf(stderr, "tandem-verifier: %s serving on %s (drafter: %s)\n", model,
             td_server_endpoint(srv), drafter ? pair.endpoint : "none");
-    while (!s_stop) {
+    while (!*stop) {
         td_routing_id_t from;
         Tandem__Envelope *env = NULL;
         if (td_server_recv(srv, &from, &env, 100, &err) != TD_RECV_OK) continue;

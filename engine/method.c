@@ -39,20 +39,27 @@ td_spec_params_t td_run_spec_params(td_method_t m, const td_run_params_t *p,
 /* ---- ar and the speculative methods: the driver with one session ------------------------------
  */
 
+/* The session options of one request of method m (sp: its converted parameters). */
+static td_session_opts_t s_opts(const td_run_ctx_t *c, td_link_t *link, const td_run_params_t *p,
+                                const td_spec_params_t *sp, const int32_t *prompt, int n_prompt,
+                                td_method_t m) {
+    return (td_session_opts_t){.method = m,
+                               .params = sp,
+                               .link = link,
+                               .session_id = c->session,
+                               .prompt = prompt,
+                               .n_prompt = n_prompt,
+                               .cb = c->cb,
+                               .ud = c->ud,
+                               .suppress_ids = p->suppress_ids,
+                               .n_suppress = p->n_suppress};
+}
+
 static td_session_t *s_session_new(const td_run_ctx_t *c, td_link_t *link, const td_run_params_t *p,
                                    const int32_t *prompt, int n_prompt, td_method_t m,
                                    td_err_t *err) {
     td_spec_params_t sp = td_run_spec_params(m, p, c->hello);
-    td_session_opts_t o = {.method = m,
-                           .params = &sp,
-                           .link = link,
-                           .session_id = c->session,
-                           .prompt = prompt,
-                           .n_prompt = n_prompt,
-                           .cb = c->cb,
-                           .ud = c->ud,
-                           .suppress_ids = p->suppress_ids,
-                           .n_suppress = p->n_suppress};
+    td_session_opts_t o = s_opts(c, link, p, &sp, prompt, n_prompt, m);
     return td_session_new(c->verifier, &o, err);
 }
 
@@ -77,16 +84,7 @@ static int s_run_driver(const td_run_ctx_t *c, const td_run_params_t *p, const i
         if (!(link = td_link_new(c->dc, c->hello, err))) return TD_ERR_NOMEM;
     }
     td_spec_params_t sp = td_run_spec_params(st->ran, p, c->hello);
-    td_session_opts_t o = {.method = st->ran,
-                           .params = &sp,
-                           .link = link,
-                           .session_id = c->session,
-                           .prompt = prompt,
-                           .n_prompt = n_prompt,
-                           .cb = c->cb,
-                           .ud = c->ud,
-                           .suppress_ids = p->suppress_ids,
-                           .n_suppress = p->n_suppress};
+    td_session_opts_t o = s_opts(c, link, p, &sp, prompt, n_prompt, st->ran);
     int rc = td_driver_generate(c->verifier, &o, out, &st->s, err);
     td_link_destroy(&link);
     return rc;
@@ -114,22 +112,17 @@ static int s_run_ar(const td_run_ctx_t *c, const td_run_params_t *p, const int32
     return rc;
 }
 
-/* ---- diffusion-LM methods ----------------------------------------------------------------------
+/* ---- diffusion-LM methods ---------------------------------------------------------------------
  */
 
 static int s_run_diffusion(const td_run_ctx_t *c, const td_run_params_t *p, const int32_t *prompt,
                            int n_prompt, int32_t *out, td_run_stats_t *st, td_err_t *err) {
     if (!c->dllm) return td_err_set(err, TD_ERR_ARG, "diffusion needs a diffusion LM");
     td_diffusion_params_t dp = td_diffusion_params_default();
-    dp.max_tokens = p->max_tokens;
-    dp.block_size = p->block_size;
-    dp.threshold = p->threshold;
-    dp.sampling = p->sampling;
-    dp.seed = p->seed;
-    dp.stop_ids = p->stop_ids;
-    dp.n_stop = p->n_stop;
-    dp.suppress_ids = p->suppress_ids;
-    dp.n_suppress = p->n_suppress;
+    dp.max_tokens = p->max_tokens, dp.block_size = p->block_size, dp.threshold = p->threshold;
+    dp.sampling = p->sampling, dp.seed = p->seed;
+    dp.stop_ids = p->stop_ids, dp.n_stop = p->n_stop;
+    dp.suppress_ids = p->suppress_ids, dp.n_suppress = p->n_suppress;
     td_diffusion_stats_t ds = {0};
     double t0 = td_time_now();
     int rc = td_diffusion_generate(c->dllm, prompt, n_prompt, &dp, out, &ds, err);
@@ -147,11 +140,8 @@ static int s_run_selfspec(const td_run_ctx_t *c, const td_run_params_t *p, const
     td_model_t *m = c->dc ? (c->verifier ? c->verifier : c->dllm) : c->dllm;
     if (!m) return td_err_set(err, TD_ERR_ARG, "selfspec needs a diffusion LM");
     td_selfspec_params_t sp = td_selfspec_params_default();
-    sp.max_tokens = p->max_tokens;
-    sp.block_size = p->block_size;
-    sp.draft_k = p->draft_k;
-    sp.stop_ids = p->stop_ids;
-    sp.n_stop = p->n_stop;
+    sp.max_tokens = p->max_tokens, sp.block_size = p->block_size, sp.draft_k = p->draft_k;
+    sp.stop_ids = p->stop_ids, sp.n_stop = p->n_stop;
     if (p->sampling.temperature > 0)
         td_log(TD_LOG_WARN, "selfspec is greedy: --temperature ignored");
     td_selfspec_stats_t *ts = &st->selfspec;
@@ -267,69 +257,45 @@ static void s_def_apd(td_run_params_t *p) { p->gamma = 16, p->steps = 1; }
 
 #define SPEC_CAPS (TD_CAP_VERIFIER | TD_CAP_DRAFTER | TD_CAP_STREAMS | TD_CAP_SERVED)
 
+/* One entry: id, name, summary, caps, drafter kind, options read, defaults, run, session, report.
+ */
+#define METHOD(ID, NAME, SUM, CAPS, DK, OPTS, DEF, RUN, SESS, REP)                                 \
+    [ID] = {.id = ID,                                                                              \
+            .name = NAME,                                                                          \
+            .summary = SUM,                                                                        \
+            .caps = CAPS,                                                                          \
+            .drafter = DK,                                                                         \
+            .opts = OPTS,                                                                          \
+            .defaults = DEF,                                                                       \
+            .run = RUN,                                                                            \
+            .session_new = SESS,                                                                   \
+            .report = REP}
+
+/* clang-format off */
 static const td_method_desc_t s_table[TD_METHOD_COUNT] = {
-    [TD_METHOD_AR] = {.id = TD_METHOD_AR,
-                      .name = "ar",
-                      .summary = "plain autoregressive decoding with the verifier (exact)",
-                      .caps = TD_CAP_VERIFIER | TD_CAP_STREAMS | TD_CAP_SERVED,
-                      .drafter = TD_DRAFTER_NONE,
-                      .defaults = s_def_none,
-                      .run = s_run_ar,
-                      .session_new = s_ar_session},
-    [TD_METHOD_SPEC_AR] = {.id = TD_METHOD_SPEC_AR,
-                           .name = "spec-ar",
-                           .summary = "speculative decoding with a small AR drafter (exact)",
-                           .caps = SPEC_CAPS,
-                           .drafter = TD_DRAFTER_AR,
-                           .opts = TD_OPTS_GAMMA,
-                           .defaults = s_def_spec_ar,
-                           .run = s_run_driver,
-                           .session_new = s_spec_ar_session},
-    [TD_METHOD_SPECDIFF] = {.id = TD_METHOD_SPECDIFF,
-                            .name = "specdiff",
-                            .summary = "a diffusion drafter drafts gamma tokens in steps steps",
-                            .caps = SPEC_CAPS,
-                            .drafter = TD_DRAFTER_DIFFUSION,
-                            .opts = TD_OPTS_GAMMA | TD_OPTS_STEPS | TD_OPTS_ORDER,
-                            .defaults = s_def_none,
-                            .run = s_run_driver,
-                            .session_new = s_specdiff_session},
-    [TD_METHOD_APD] = {.id = TD_METHOD_APD,
-                       .name = "apd",
-                       .summary = "diffusion drafts judged by the APD mixture (lossy)",
-                       .caps = SPEC_CAPS | TD_CAP_LOSSY,
-                       .drafter = TD_DRAFTER_DIFFUSION,
-                       .opts = TD_OPTS_GAMMA,
-                       .defaults = s_def_apd,
-                       .run = s_run_driver,
-                       .session_new = s_apd_session},
-    [TD_METHOD_DIFFUSION] = {.id = TD_METHOD_DIFFUSION,
-                             .name = "diffusion",
-                             .summary = "the drafter alone, confidence-threshold unmasking",
-                             .caps = TD_CAP_LOCAL_DLLM | TD_CAP_LOSSY,
-                             .drafter = TD_DRAFTER_DIFFUSION,
-                             .opts = TD_OPTS_BLOCK,
-                             .defaults = s_def_none,
-                             .run = s_run_diffusion},
-    [TD_METHOD_SELFSPEC] = {.id = TD_METHOD_SELFSPEC,
-                            .name = "selfspec",
-                            .summary = "the dLLM verifies its own drafts (= its stepwise greedy)",
-                            .caps = TD_CAP_LOCAL_DLLM | TD_CAP_REMOTE_DLLM,
-                            .drafter = TD_DRAFTER_DIFFUSION,
-                            .opts = TD_OPTS_DRAFT_K | TD_OPTS_BLOCK,
-                            .defaults = s_def_none,
-                            .run = s_run_selfspec,
-                            .report = s_report_selfspec},
-    [TD_METHOD_PLANNED] = {.id = TD_METHOD_PLANNED,
-                           .name = "planned",
-                           .summary = "an AR plan of <promise> spans filled by parallel diffusion",
-                           .caps = TD_CAP_LOCAL_DLLM | TD_CAP_REMOTE_DLLM | TD_CAP_LOSSY,
-                           .drafter = TD_DRAFTER_PLANNED,
-                           .opts = TD_OPTS_STEPS_RATIO,
-                           .defaults = s_def_none,
-                           .run = s_run_planned,
-                           .report = s_report_planned},
+    METHOD(TD_METHOD_AR, "ar", "plain autoregressive decoding with the verifier (exact)",
+           TD_CAP_VERIFIER | TD_CAP_STREAMS | TD_CAP_SERVED, TD_DRAFTER_NONE, 0,
+           s_def_none, s_run_ar, s_ar_session, NULL),
+    METHOD(TD_METHOD_SPEC_AR, "spec-ar", "speculative decoding with a small AR drafter (exact)",
+           SPEC_CAPS, TD_DRAFTER_AR, TD_OPTS_GAMMA,
+           s_def_spec_ar, s_run_driver, s_spec_ar_session, NULL),
+    METHOD(TD_METHOD_SPECDIFF, "specdiff", "a diffusion drafter drafts gamma tokens in steps steps",
+           SPEC_CAPS, TD_DRAFTER_DIFFUSION, TD_OPTS_GAMMA | TD_OPTS_STEPS | TD_OPTS_ORDER,
+           s_def_none, s_run_driver, s_specdiff_session, NULL),
+    METHOD(TD_METHOD_APD, "apd", "diffusion drafts judged by the APD mixture (lossy)",
+           SPEC_CAPS | TD_CAP_LOSSY, TD_DRAFTER_DIFFUSION, TD_OPTS_GAMMA,
+           s_def_apd, s_run_driver, s_apd_session, NULL),
+    METHOD(TD_METHOD_DIFFUSION, "diffusion", "the drafter alone, confidence-threshold unmasking",
+           TD_CAP_LOCAL_DLLM | TD_CAP_LOSSY, TD_DRAFTER_DIFFUSION, TD_OPTS_BLOCK,
+           s_def_none, s_run_diffusion, NULL, NULL),
+    METHOD(TD_METHOD_SELFSPEC, "selfspec", "the dLLM verifies its own drafts (= its stepwise greedy)",
+           TD_CAP_LOCAL_DLLM | TD_CAP_REMOTE_DLLM, TD_DRAFTER_DIFFUSION,
+           TD_OPTS_DRAFT_K | TD_OPTS_BLOCK, s_def_none, s_run_selfspec, NULL, s_report_selfspec),
+    METHOD(TD_METHOD_PLANNED, "planned", "an AR plan of <promise> spans filled by parallel diffusion",
+           TD_CAP_LOCAL_DLLM | TD_CAP_REMOTE_DLLM | TD_CAP_LOSSY, TD_DRAFTER_PLANNED,
+           TD_OPTS_STEPS_RATIO, s_def_none, s_run_planned, NULL, s_report_planned),
 };
+/* clang-format on */
 
 const td_method_desc_t *td_method_get(td_method_t m) {
     return (unsigned)m < TD_METHOD_COUNT ? &s_table[m] : NULL;
@@ -345,20 +311,13 @@ const char *td_method_list(void) {
 }
 
 td_run_params_t td_run_params_default(td_method_t m) {
-    td_run_params_t p = {.max_tokens = 128,
-                         .sampling = {0, 0, 1},
-                         .draft_sampling = {0, 0, 1},
-                         .gamma = 8,
-                         .steps = 4,
-                         .order = 0,
-                         .verify = TD_VERIFY_REJECTION,
-                         .dist_top_k = 32,
-                         .apd_mixture = 0.7f,
-                         .apd_kv_window = 16,
-                         .drafter_timeout_ms = 5000,
-                         .block_size = 32,
-                         .threshold = 0.9f,
-                         .draft_k = 4};
+    /* the speculative loop's documented defaults, then the dLLM methods' */
+    td_spec_params_t s = td_spec_params_default(TD_METHOD_SPECDIFF);
+    td_run_params_t p = {.max_tokens = s.max_tokens, .sampling = s.sampling};
+    p.draft_sampling = s.draft_sampling, p.gamma = s.gamma, p.steps = s.steps, p.order = s.order;
+    p.verify = s.verify, p.dist_top_k = s.dist_top_k, p.drafter_timeout_ms = s.drafter_timeout_ms;
+    p.apd_mixture = s.apd_mixture, p.apd_kv_window = s.apd_kv_window;
+    p.block_size = 32, p.threshold = 0.9f, p.draft_k = 4;
     const td_method_desc_t *d = td_method_get(m);
     if (d && d->defaults) d->defaults(&p);
     return p;

@@ -54,6 +54,23 @@ static td_spec_params_t s_params(td_method_t m, int i) {
     return p;
 }
 
+/* Creates session i (prompt i, id base + i, callbacks into r) and submits it to d. */
+static int s_submit(td_driver_t *d, td_model_t *v, td_link_t *link, td_method_t m,
+                    const td_spec_params_t *p, int i, uint64_t base, req_t *r) {
+    td_err_t err = {0};
+    td_session_opts_t o = {.method = m,
+                           .params = p,
+                           .link = link,
+                           .session_id = base + (uint64_t)i,
+                           .prompt = s_prompts[i],
+                           .n_prompt = s_np[i],
+                           .cb = s_cb,
+                           .ud = r,
+                           .on_done = s_done};
+    if (!(r->s = td_session_new(v, &o, &err))) return err.code;
+    return td_driver_submit(d, r->s, &err);
+}
+
 /* Runs session i of method m alone (td_spec_generate: the driver with one session). */
 static int s_alone(td_pair_t *pair, td_method_t m, int i, int32_t *out, td_spec_stats_t *st) {
     td_spec_params_t p = s_params(m, i);
@@ -81,18 +98,7 @@ static void s_together(td_pair_t *pair, td_method_t m, const char *label) {
     memset(rq, 0, sizeof rq);
     for (int i = 0; i < NS; i++) {
         ps[i] = s_params(m, i);
-        td_session_opts_t o = {.method = m,
-                               .params = &ps[i],
-                               .link = link,
-                               .session_id = 200 + (uint64_t)i,
-                               .prompt = s_prompts[i],
-                               .n_prompt = s_np[i],
-                               .cb = s_cb,
-                               .ud = &rq[i],
-                               .on_done = s_done};
-        rq[i].s = td_session_new(pair->verifier, &o, &err);
-        REQUIRE(rq[i].s);
-        REQUIRE(td_driver_submit(d, rq[i].s, &err) == TD_OK);
+        REQUIRE(s_submit(d, pair->verifier, link, m, &ps[i], i, 200, &rq[i]) == TD_OK);
     }
     int64_t f0 = td_driver_forwards(d);
     CHECK_EQ_INT(td_driver_run(d, &err), TD_OK);
@@ -257,17 +263,8 @@ TD_TEST(cancelled_session_leaves_others_unchanged) {
     td_spec_params_t ps[2] = {s_params(TD_METHOD_SPEC_AR, 0), s_params(TD_METHOD_SPEC_AR, 1)};
     req_t rq[2] = {{0}, {.cancel_after = 3}};
     for (int i = 0; i < 2; i++) {
-        td_session_opts_t o = {.method = TD_METHOD_SPEC_AR,
-                               .params = &ps[i],
-                               .link = link,
-                               .session_id = 300 + (uint64_t)i,
-                               .prompt = s_prompts[i],
-                               .n_prompt = s_np[i],
-                               .cb = s_cb,
-                               .ud = &rq[i],
-                               .on_done = s_done};
-        REQUIRE((rq[i].s = td_session_new(pair.verifier, &o, &err)));
-        REQUIRE(td_driver_submit(d, rq[i].s, &err) == TD_OK);
+        REQUIRE(s_submit(d, pair.verifier, link, TD_METHOD_SPEC_AR, &ps[i], i, 300, &rq[i]) ==
+                TD_OK);
     }
     int rounds = 0;
     while (!td_session_done(rq[1].s) && rounds < 100) {

@@ -163,14 +163,8 @@ void td_session_destroy(td_session_t **self_p) {
     if (!self_p || !*self_p) return;
     td_session_t *s = *self_p;
     td_wire_free(&s->prop);
-    free(s->text);
-    free(s->out);
-    free(s->prob);
-    free(s->qfull_mem);
-    free(s->qfull);
-    free(s->sq);
-    free(s->ar);
-    free(s->ids);
+    void *bufs[] = {s->text, s->out, s->prob, s->qfull_mem, (void *)s->qfull, s->sq, s->ar, s->ids};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     free(s);
     *self_p = NULL;
 }
@@ -324,6 +318,20 @@ static int s_fetch_row(td_session_t *s, int pos, Tandem__RowKind kind, float *ds
     }
 }
 
+/* Fetches the drafter's full row at position need into the session's full-row store (an
+ * acceptance rule asked for it). 0, or 1 when the drafter failed (s->why says why). */
+static int s_need_row(td_session_t *s, int need, Tandem__RowKind kind) {
+    const size_t V = (size_t)s->V, rows = (size_t)s->p.gamma + 1;
+    if (!s->qfull_mem && !(s->qfull_mem = malloc(rows * V * sizeof(float)))) {
+        snprintf(s->why, sizeof s->why, "out of memory");
+        return 1;
+    }
+    if (s_fetch_row(s, need, kind, s->qfull_mem + (size_t)need * V)) return 1;
+    s->qfull[need] = s->qfull_mem + (size_t)need * V;
+    s->s.full_rows++;
+    return 0;
+}
+
 /* Checks a proposal's shape; NULL when usable, else why not. */
 static const char *s_check_proposal(const Tandem__Proposal *pr, int gamma, int V, int want_dist,
                                     int apd) {
@@ -438,7 +446,6 @@ static void s_emit(td_session_t *s, int n_emit) {
 static void s_commit(td_session_t *s, float *logits) {
     const td_spec_params_t *p = &s->p;
     const int V = s->V, g = s->g;
-    const size_t rows = (size_t)p->gamma + 1;
     int n_emit = 0, n_acc = 0, rc = TD_OK;
     if (!s->prop) {
         for (int k = 0; k < s->n_suppress; k++)
@@ -464,17 +471,7 @@ static void s_commit(td_session_t *s, float *logits) {
                 rc = td_apd_accept(s->ar, s->qfull, logits, s->draft, g, V, p->apd_mixture, &k,
                                    &need);
                 if (rc != TD_OK || need < 0) break;
-                if (!s->qfull_mem && !(s->qfull_mem = malloc(rows * (size_t)V * sizeof(float)))) {
-                    fail = 1;
-                    break;
-                }
-                if (s_fetch_row(s, need, TANDEM__ROW_KIND__ROW_LOGITS,
-                                s->qfull_mem + (size_t)need * V)) {
-                    fail = 1;
-                    break;
-                }
-                s->qfull[need] = s->qfull_mem + (size_t)need * V;
-                s->s.full_rows++;
+                if ((fail = s_need_row(s, need, TANDEM__ROW_KIND__ROW_LOGITS))) break;
             }
             if (rc == TD_OK && !fail) {
                 n_acc = k;
@@ -494,18 +491,7 @@ static void s_commit(td_session_t *s, float *logits) {
                     rc = td_accept_rejection_sparse(s->prob, s->sq, s->qfull, s->draft, g, V,
                                                     &s->rng, s->acc_out, &n_acc, &need);
                     if (rc != TD_OK || need < 0) break;
-                    if (!s->qfull_mem &&
-                        !(s->qfull_mem = malloc(rows * (size_t)V * sizeof(float)))) {
-                        fail = 1;
-                        break;
-                    }
-                    if (s_fetch_row(s, need, TANDEM__ROW_KIND__ROW_PROBS,
-                                    s->qfull_mem + (size_t)need * V)) {
-                        fail = 1;
-                        break;
-                    }
-                    s->qfull[need] = s->qfull_mem + (size_t)need * V;
-                    s->s.full_rows++;
+                    if ((fail = s_need_row(s, need, TANDEM__ROW_KIND__ROW_PROBS))) break;
                 }
             }
             n_emit = n_acc + 1;
@@ -562,15 +548,8 @@ td_driver_t *td_driver_new(td_model_t *v, int max_sessions, int n_ctx, td_err_t 
     d->v = v, d->max_sessions = max_sessions, d->n_ctx = n_ctx;
     d->V = td_model_config(v)->n_vocab;
     d->live = calloc((size_t)max_sessions, sizeof *d->live);
-    if (!d->live) {
-        td_err_set(err, TD_ERR_NOMEM, "out of memory");
-        td_driver_destroy(&d);
-        return NULL;
-    }
-    if (!(d->kv = td_kv_cache_new(v, max_sessions, n_ctx, err))) {
-        td_driver_destroy(&d);
-        return NULL;
-    }
+    if (!d->live) td_err_set(err, TD_ERR_NOMEM, "out of memory");
+    if (!d->live || !(d->kv = td_kv_cache_new(v, max_sessions, n_ctx, err))) td_driver_destroy(&d);
     return d;
 }
 
@@ -580,40 +559,46 @@ void td_driver_destroy(td_driver_t **self_p) {
     for (int i = 0; d->live && i < d->max_sessions; i++)
         if (d->live[i]) d->live[i]->d = NULL, d->live[i]->state = S_DONE;
     td_kv_cache_destroy(&d->kv);
-    free(d->live);
-    free(d->tokens);
-    free(d->pos);
-    free(d->seq);
-    free(d->logits_for);
-    free(d->logits);
-    free(d);
+    void *bufs[] = {d->live, d->tokens, d->logits_for, d->logits, d};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     *self_p = NULL;
 }
 
 int td_driver_live(const td_driver_t *d) { return d->n_live; }
 int64_t td_driver_forwards(const td_driver_t *d) { return d->forwards; }
 
+/* Room for rows batch rows (tokens, positions and slots in one block) and logit_rows rows of
+ * logits; the contents are not kept (a round fills them after reserving). */
 static int s_reserve(td_driver_t *d, int rows, int logit_rows, td_err_t *err) {
     if (rows > d->cap_rows) {
         int cap = rows > 2 * d->cap_rows ? rows : 2 * d->cap_rows;
-        int32_t *t = realloc(d->tokens, (size_t)cap * sizeof *t);
-        if (t) d->tokens = t;
-        int32_t *p = realloc(d->pos, (size_t)cap * sizeof *p);
-        if (p) d->pos = p;
-        int32_t *q = realloc(d->seq, (size_t)cap * sizeof *q);
-        if (q) d->seq = q;
-        uint8_t *l = realloc(d->logits_for, (size_t)cap);
-        if (l) d->logits_for = l;
-        if (!t || !p || !q || !l) return td_err_set(err, TD_ERR_NOMEM, "out of memory");
-        d->cap_rows = cap;
+        free(d->tokens), free(d->logits_for);
+        d->tokens = malloc((size_t)cap * 3 * sizeof *d->tokens);
+        d->logits_for = malloc((size_t)cap);
+        d->cap_rows = d->tokens && d->logits_for ? cap : 0;
+        if (!d->cap_rows) return td_err_set(err, TD_ERR_NOMEM, "out of memory");
+        d->pos = d->tokens + cap, d->seq = d->tokens + 2 * (size_t)cap;
     }
     if (logit_rows > d->cap_logits) {
         int cap = logit_rows > 2 * d->cap_logits ? logit_rows : 2 * d->cap_logits;
-        float *lg = realloc(d->logits, (size_t)cap * (size_t)d->V * sizeof *lg);
-        if (!lg) return td_err_set(err, TD_ERR_NOMEM, "out of memory");
-        d->logits = lg, d->cap_logits = cap;
+        free(d->logits);
+        d->logits = malloc((size_t)cap * (size_t)d->V * sizeof *d->logits);
+        d->cap_logits = d->logits ? cap : 0;
+        if (!d->logits) return td_err_set(err, TD_ERR_NOMEM, "out of memory");
     }
     return TD_OK;
+}
+
+/* One causal forward of the n rows in the batch buffers (tokens: NULL = d->tokens). */
+static int s_forward(td_driver_t *d, int n, const int32_t *tokens, float *logits, td_err_t *err) {
+    td_batch_t b = {.n = n,
+                    .tokens = tokens ? tokens : d->tokens,
+                    .pos = d->pos,
+                    .seq = d->seq,
+                    .attn = TD_ATTN_CAUSAL,
+                    .logits_for = d->logits_for};
+    d->forwards++;
+    return td_model_forward(d->v, d->kv, &b, logits, err);
 }
 
 /* The session leaves at once: slot freed, drafter told, on_done called. */
@@ -657,14 +642,7 @@ int td_driver_submit(td_driver_t *d, td_session_t *s, td_err_t *err) {
         int n = s->cur - 1, rc = s_reserve(d, n, 0, err);
         if (rc == TD_OK) {
             for (int i = 0; i < n; i++) d->seq[i] = slot, d->pos[i] = i, d->logits_for[i] = 0;
-            td_batch_t b = {.n = n,
-                            .tokens = s->text,
-                            .pos = d->pos,
-                            .seq = d->seq,
-                            .attn = TD_ATTN_CAUSAL,
-                            .logits_for = d->logits_for};
-            rc = td_model_forward(d->v, d->kv, &b, NULL, err);
-            d->forwards++;
+            rc = s_forward(d, n, s->text, NULL, err);
             s->s.forwards++;
         }
         s->s.verifier_s += td_time_now() - t0;
@@ -709,16 +687,7 @@ int td_driver_round(td_driver_t *d, td_err_t *err) {
         n_out += s->n_logit_rows;
     }
     /* 3. one forward for every session */
-    if (rc == TD_OK && n > 0) {
-        td_batch_t b = {.n = n,
-                        .tokens = d->tokens,
-                        .pos = d->pos,
-                        .seq = d->seq,
-                        .attn = TD_ATTN_CAUSAL,
-                        .logits_for = d->logits_for};
-        rc = td_model_forward(d->v, d->kv, &b, d->logits, err);
-        d->forwards++;
-    }
+    if (rc == TD_OK && n > 0) rc = s_forward(d, n, NULL, d->logits, err);
     /* 4. each session commits on its own rows; finished ones leave at once */
     for (int i = 0; i < d->max_sessions; i++) {
         td_session_t *s = d->live[i];
