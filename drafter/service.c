@@ -702,21 +702,37 @@ void td_drafter_service_handle(td_drafter_service_t *s, td_server_t *srv,
     }
 }
 
-int td_drafter_serve(td_drafter_service_t *svc, td_server_t *srv, volatile sig_atomic_t *stop) {
+/* Serves until *stop is set or a command comes on ctl (either may be NULL). */
+static int s_serve(td_drafter_service_t *svc, td_server_t *srv, volatile sig_atomic_t *stop,
+                   td_pipe_t *ctl) {
     td_wire_limits_t lim = td_wire_limits_default();
     lim.vocab_size = (uint32_t)svc->V;
     td_server_set_limits(srv, &lim);
-    while (!*stop) {
+    while (!(stop && *stop)) {
+        int ev = td_server_poll(srv, ctl, stop ? 100 : -1);
+        if (ev == TD_POLL_PIPE) {
+            char cmd[32];
+            td_pipe_recv(ctl, cmd, sizeof cmd, 0);
+            break;
+        }
+        if (ev != TD_POLL_SERVER) continue;
         td_routing_id_t from;
         Tandem__Envelope *env = NULL;
         td_err_t err = {0};
-        int rc = td_server_recv(srv, &from, &env, 100, &err);
-        if (rc == TD_RECV_OK) {
+        if (td_server_recv(srv, &from, &env, 0, &err) == TD_RECV_OK) {
             td_drafter_service_handle(svc, srv, &from, env);
             td_wire_free(&env);
         }
     }
     return TD_OK;
+}
+
+int td_drafter_serve(td_drafter_service_t *svc, td_server_t *srv, volatile sig_atomic_t *stop) {
+    return s_serve(svc, srv, stop, NULL);
+}
+
+int td_drafter_serve_until(td_drafter_service_t *svc, td_server_t *srv, td_pipe_t *ctl) {
+    return s_serve(svc, srv, NULL, ctl);
 }
 
 void td_drafter_service_predraft_stats(const td_drafter_service_t *svc, long *hits, long *misses) {

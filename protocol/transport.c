@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -917,4 +918,67 @@ int td_heartbeat_alive(const td_heartbeat_t *hb, double now) {
 int td_heartbeat_wait_ms(const td_heartbeat_t *hb, double now) {
     double d = hb->next_send - now;
     return d <= 0 ? 0 : (int)(d * 1000.0 + 0.999);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Actor pipes */
+
+struct td_pipe {
+    void *sock;
+};
+
+static void s_pipe_free(td_pipe_t *p) {
+    if (!p) return;
+    if (p->sock) zmq_close(p->sock);
+    free(p);
+}
+
+int td_pipe_new(td_pipe_t **a, td_pipe_t **b, td_err_t *err) {
+    static atomic_int s_pipes;
+    *a = *b = NULL;
+    void *ctx = td_transport_context_shared();
+    td_pipe_t *x = calloc(1, sizeof *x), *y = calloc(1, sizeof *y);
+    char ep[96];
+    snprintf(ep, sizeof ep, "inproc://td-pipe-%d-%d", (int)getpid(), atomic_fetch_add(&s_pipes, 1));
+    int linger = 0;
+    if (ctx && x && y && (x->sock = zmq_socket(ctx, ZMQ_PAIR)) &&
+        (y->sock = zmq_socket(ctx, ZMQ_PAIR)) &&
+        zmq_setsockopt(x->sock, ZMQ_LINGER, &linger, sizeof linger) == 0 &&
+        zmq_setsockopt(y->sock, ZMQ_LINGER, &linger, sizeof linger) == 0 &&
+        zmq_bind(x->sock, ep) == 0 && zmq_connect(y->sock, ep) == 0) {
+        *a = x, *b = y;
+        return TD_OK;
+    }
+    int e = zmq_errno();
+    s_pipe_free(x);
+    s_pipe_free(y);
+    return td_err_set(err, TD_ERR, "cannot create an actor pipe: %s", zmq_strerror(e));
+}
+
+void td_pipe_destroy(td_pipe_t **p) {
+    if (!p || !*p) return;
+    s_pipe_free(*p);
+    *p = NULL;
+}
+
+int td_pipe_send(td_pipe_t *p, const char *cmd, td_err_t *err) {
+    if (zmq_send(p->sock, cmd, strlen(cmd), 0) < 0)
+        return td_err_set(err, TD_ERR_IO, "actor pipe: %s", zmq_strerror(zmq_errno()));
+    return TD_OK;
+}
+
+int td_pipe_recv(td_pipe_t *p, char *cmd, size_t cap, int timeout_ms) {
+    if (!s_wait(p->sock, timeout_ms, 0)) return 0;
+    int n = zmq_recv(p->sock, cmd, cap ? cap - 1 : 0, ZMQ_DONTWAIT);
+    if (n < 0) return 0;
+    if (cap) cmd[(size_t)n < cap - 1 ? (size_t)n : cap - 1] = 0;
+    return 1;
+}
+
+int td_server_poll(td_server_t *srv, td_pipe_t *ctl, int timeout_ms) {
+    zmq_pollitem_t it[2] = {{srv->sock, 0, ZMQ_POLLIN, 0}, {ctl ? ctl->sock : NULL, 0, 0, 0}};
+    if (ctl) it[1].events = ZMQ_POLLIN;
+    if (zmq_poll(it, ctl ? 2 : 1, timeout_ms) <= 0) return 0;
+    if (ctl && (it[1].revents & ZMQ_POLLIN)) return TD_POLL_PIPE;
+    return (it[0].revents & ZMQ_POLLIN) ? TD_POLL_SERVER : 0;
 }

@@ -181,6 +181,22 @@ int td_curve_keygen(const char *name, int force, char *public_z85, td_err_t *err
  * key file is readable by group or others. TD_OK, TD_ERR_IO, TD_ERR_FORMAT. */
 int td_curve_key_read(const char *path, char *z85, td_err_t *err);
 
+/* ---- actor pipes ----
+ * Two connected inproc PAIR sockets, one for each of two threads: how a thread that serves (the
+ * in-process drafter) is told to stop, instead of a shared flag it would poll. Commands are short
+ * strings ("STOP"). A pipe end belongs to one thread. */
+typedef struct td_pipe td_pipe_t;
+int td_pipe_new(td_pipe_t **a, td_pipe_t **b, td_err_t *err);
+void td_pipe_destroy(td_pipe_t **p);
+int td_pipe_send(td_pipe_t *p, const char *cmd, td_err_t *err);
+/* Waits up to timeout_ms for a command: 1 with cmd[cap] filled (NUL-terminated), 0 on timeout. */
+int td_pipe_recv(td_pipe_t *p, char *cmd, size_t cap, int timeout_ms);
+
+/* Waits up to timeout_ms (-1 = forever) until srv has a message (TD_POLL_SERVER) or ctl (may be
+ * NULL) has a command (TD_POLL_PIPE, checked first); 0 on timeout. */
+enum { TD_POLL_SERVER = 1, TD_POLL_PIPE = 2 };
+int td_server_poll(td_server_t *srv, td_pipe_t *ctl, int timeout_ms);
+
 #ifdef __cplusplus
 }
 #endif

@@ -206,12 +206,12 @@ typedef struct ipc_drafter {
     td_drafter_service_t *svc;
     td_server_t *srv;
     pthread_t th;
-    volatile sig_atomic_t stop;
+    td_pipe_t *ctl, *ctl_thread; /* stopped through an actor pipe, not a shared flag */
 } ipc_drafter_t;
 
 static void *s_serve(void *arg) {
     ipc_drafter_t *x = arg;
-    td_drafter_serve(x->svc, x->srv, &x->stop);
+    td_drafter_serve_until(x->svc, x->srv, x->ctl_thread);
     return NULL;
 }
 
@@ -228,6 +228,7 @@ TD_TEST(spec_sessions_share_one_link_ipc) {
     REQUIRE((x.svc = td_drafter_service_new(x.m, x.tok, &dopts, &err)));
     td_transport_opts_t to = {0};
     REQUIRE((x.srv = td_server_new(ep, &to, &err)));
+    REQUIRE(td_pipe_new(&x.ctl, &x.ctl_thread, &err) == TD_OK);
     REQUIRE(pthread_create(&x.th, NULL, s_serve, &x) == 0);
     td_pair_t pair;
     td_pair_opts_t po = {.device = -1, .drafter_device = -1, .threads = 1};
@@ -235,8 +236,14 @@ TD_TEST(spec_sessions_share_one_link_ipc) {
     CHECK_MSG(rc == TD_OK, "%s", err.msg);
     if (rc == TD_OK) s_together(&pair, TD_METHOD_SPECDIFF, "specdiff/ipc");
     td_pair_close(&pair);
-    x.stop = 1;
+    /* the serving thread sleeps in one poll with no timeout: only the pipe can wake it */
+    double t0 = td_time_now();
+    CHECK_EQ_INT(td_pipe_send(x.ctl, "STOP", &err), TD_OK);
     pthread_join(x.th, NULL);
+    CHECK_MSG(td_time_now() - t0 < 1.0, "the drafter thread took %.3f s to stop",
+              td_time_now() - t0);
+    td_pipe_destroy(&x.ctl);
+    td_pipe_destroy(&x.ctl_thread);
     td_server_destroy(&x.srv);
     td_drafter_service_destroy(&x.svc);
     td_tokenizer_destroy(&x.tok);
@@ -340,6 +347,29 @@ TD_TEST(link_routes_by_session_and_keeps_the_others) {
     td_link_destroy(&link);
     td_client_destroy(&cl);
     td_server_destroy(&srv);
+}
+
+/* An actor pipe carries commands between two threads' ends, and td_server_poll wakes on it. */
+TD_TEST(actor_pipe) {
+    td_err_t err = {0};
+    td_pipe_t *a = NULL, *b = NULL;
+    REQUIRE(td_pipe_new(&a, &b, &err) == TD_OK);
+    char cmd[16];
+    CHECK_EQ_INT(td_pipe_recv(b, cmd, sizeof cmd, 20), 0);
+    CHECK_EQ_INT(td_pipe_send(a, "STOP", &err), TD_OK);
+    CHECK_EQ_INT(td_pipe_recv(b, cmd, sizeof cmd, 1000), 1);
+    CHECK_STR(cmd, "STOP");
+    char ep[128];
+    snprintf(ep, sizeof ep, "inproc://td-engine-poll-%d", (int)getpid());
+    td_transport_opts_t to = {0};
+    td_server_t *srv = td_server_new(ep, &to, &err);
+    REQUIRE(srv);
+    CHECK_EQ_INT(td_server_poll(srv, b, 20), 0);
+    CHECK_EQ_INT(td_pipe_send(a, "X", &err), TD_OK);
+    CHECK_EQ_INT(td_server_poll(srv, b, 1000), TD_POLL_PIPE);
+    td_server_destroy(&srv);
+    td_pipe_destroy(&a);
+    td_pipe_destroy(&b);
 }
 
 TD_TEST_MAIN()
