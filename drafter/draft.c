@@ -487,10 +487,7 @@ td_diffusion_params_t td_diffusion_params_default(void) {
 }
 
 static int s_is_stop(const td_diffusion_params_t *p, int eos, int32_t id) {
-    if (p->stop_at_eos && eos >= 0 && id == eos) return 1;
-    for (int i = 0; i < p->n_stop; i++)
-        if (p->stop_ids[i] == id) return 1;
-    return 0;
+    return td_is_stop_id(p->stop_ids, p->n_stop, p->stop_at_eos ? eos : -1, id);
 }
 
 int td_diffusion_generate(td_model_t *m, const int32_t *prompt, int n_prompt,
@@ -507,14 +504,8 @@ int td_diffusion_generate(td_model_t *m, const int32_t *prompt, int n_prompt,
     for (int i = 0; i < n_prompt; i++)
         if (prompt[i] < 0 || prompt[i] >= V)
             return td_err_set(err, TD_ERR_ARG, "prompt token %d out of range", prompt[i]);
-    int n_ctx = n_prompt + p->max_tokens;
-    if (c->n_ctx_train > 0 && n_ctx > c->n_ctx_train) {
-        if (n_prompt >= c->n_ctx_train)
-            return td_err_set(err, TD_ERR_ARG,
-                              "prompt of %d tokens does not fit the model's context of %d",
-                              n_prompt, c->n_ctx_train);
-        n_ctx = c->n_ctx_train;
-    }
+    int n_ctx = 0;
+    if ((rc = td_config_fit_ctx(c, n_prompt, p->max_tokens, 0, &n_ctx, err)) != TD_OK) return rc;
     td_diffusion_stats_t s = {0};
     if (n_ctx == n_prompt) {
         if (st) *st = s;

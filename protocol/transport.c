@@ -982,3 +982,56 @@ int td_server_poll(td_server_t *srv, td_pipe_t *ctl, int timeout_ms) {
     if (ctl && (it[1].revents & ZMQ_POLLIN)) return TD_POLL_PIPE;
     return (it[0].revents & ZMQ_POLLIN) ? TD_POLL_SERVER : 0;
 }
+
+/* ---------------------------------------------------------------------------------------------
+ * The draft exchange from plain values */
+
+int td_client_send_draft_request(td_client_t *c, const td_draft_args_t *a, td_err_t *err) {
+    Tandem__Envelope env;
+    Tandem__DraftRequest r;
+    Tandem__Sampling smp = TANDEM__SAMPLING__INIT;
+    Tandem__ApdSettings apd = TANDEM__APD_SETTINGS__INIT;
+    td_wire_draft_request_init(&env, &r, a->session, a->round);
+    uint32_t *delta = malloc(sizeof(uint32_t) * ((size_t)a->n_delta + 1));
+    if (!delta) return td_err_set(err, TD_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < a->n_delta; i++) delta[i] = (uint32_t)a->delta[i];
+    r.base_len = (uint32_t)a->base_len;
+    r.n_prefix_delta = (size_t)a->n_delta;
+    r.prefix_delta = delta;
+    r.gamma = (uint32_t)a->gamma;
+    r.steps = (uint32_t)(a->steps > 0 ? a->steps : 1);
+    r.order = (Tandem__UnmaskOrder)a->order;
+    smp.temperature = a->temperature;
+    smp.top_k = (uint32_t)(a->top_k > 0 ? a->top_k : 0);
+    smp.top_p = a->top_p;
+    r.sampling = &smp;
+    r.seed = a->seed;
+    r.want_dist = a->want_dist;
+    r.dist_top_k = (uint32_t)(a->dist_top_k > 0 ? a->dist_top_k : 32);
+    if (a->apd) {
+        apd.mixture = a->apd_mixture;
+        apd.kv_window = (uint32_t)a->apd_kv_window;
+        apd.lookahead = (uint32_t)a->gamma;
+        r.apd = &apd;
+    }
+    int rc = td_client_send(c, &env, err);
+    free(delta);
+    return rc;
+}
+
+int td_client_send_full_row_request(td_client_t *c, uint64_t session, uint64_t round, int pos,
+                                    int logits, td_err_t *err) {
+    Tandem__Envelope env;
+    Tandem__FullRowRequest r;
+    td_wire_full_row_request_init(&env, &r, session, round);
+    r.position = (uint32_t)pos;
+    r.kind = logits ? TANDEM__ROW_KIND__ROW_LOGITS : TANDEM__ROW_KIND__ROW_PROBS;
+    return td_client_send(c, &env, err);
+}
+
+int td_client_send_close_session(td_client_t *c, uint64_t session, td_err_t *err) {
+    Tandem__Envelope env;
+    Tandem__CloseSession cs;
+    td_wire_close_session_init(&env, &cs, session);
+    return td_client_send(c, &env, err);
+}

@@ -181,6 +181,30 @@ int td_curve_keygen(const char *name, int force, char *public_z85, td_err_t *err
  * key file is readable by group or others. TD_OK, TD_ERR_IO, TD_ERR_FORMAT. */
 int td_curve_key_read(const char *path, char *z85, td_err_t *err);
 
+/* ---- the draft exchange without protobuf types ----
+ * What a verifier-side loop sends, from plain values (the envelopes are built here). */
+typedef struct td_draft_args {
+    uint64_t session, round;
+    int base_len;         /* tokens of the text the drafter already holds */
+    const int32_t *delta; /* the text from base_len on */
+    int n_delta;
+    int gamma, steps, order; /* order: Tandem__UnmaskOrder value (td_unmask_order_t) */
+    float temperature, top_p;
+    int top_k;
+    uint64_t seed;
+    int want_dist, dist_top_k;
+    int apd; /* APD settings below are sent */
+    float apd_mixture;
+    int apd_kv_window;
+} td_draft_args_t;
+
+/* DraftRequest; FullRowRequest (logits: 1 = a logit row, 0 = a probability row); CloseSession.
+ * As td_client_send (TD_ERR_NOMEM when the delta cannot be converted). */
+int td_client_send_draft_request(td_client_t *c, const td_draft_args_t *a, td_err_t *err);
+int td_client_send_full_row_request(td_client_t *c, uint64_t session, uint64_t round, int pos,
+                                    int logits, td_err_t *err);
+int td_client_send_close_session(td_client_t *c, uint64_t session, td_err_t *err);
+
 /* ---- actor pipes ----
  * Two connected inproc PAIR sockets, one for each of two threads: how a thread that serves (the
  * in-process drafter) is told to stop, instead of a shared flag it would poll. Commands are short

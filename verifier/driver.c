@@ -70,28 +70,6 @@ struct td_driver {
 
 /* ---- parameters ------------------------------------------------------------------------------ */
 
-/* The context a request needs: prompt + max_tokens + lookahead, clamped to the model's context.
- * The one place that decides whether a prompt fits. */
-static int s_plan_ctx(const td_config_t *c, int n_prompt, int max_tokens, int lookahead, int *n_ctx,
-                      td_err_t *err) {
-    if (n_prompt < 1) return td_err_set(err, TD_ERR_ARG, "empty prompt");
-    if (max_tokens < 0) return td_err_set(err, TD_ERR_ARG, "max_tokens must be >= 0");
-    int n = n_prompt + max_tokens + lookahead;
-    if (c->n_ctx_train > 0 && n > c->n_ctx_train) n = c->n_ctx_train;
-    /* ar needs room for the prompt; speculation for the prompt and one more token */
-    if (lookahead > 0 ? n_prompt + 1 >= n : n_prompt >= n && max_tokens > 0)
-        return td_err_set(err, TD_ERR_ARG, "prompt of %d tokens does not fit the context of %d",
-                          n_prompt, n);
-    *n_ctx = n;
-    return TD_OK;
-}
-
-static int s_is_stop(const td_spec_params_t *p, int32_t id) {
-    for (int k = 0; k < p->n_stop; k++)
-        if (p->stop_ids[k] == id) return 1;
-    return 0;
-}
-
 td_session_t *td_session_new(td_model_t *v, const td_session_opts_t *o, td_err_t *err) {
     const td_config_t *c = td_model_config(v);
     const td_spec_params_t *p = o->params;
@@ -120,7 +98,8 @@ td_session_t *td_session_new(td_model_t *v, const td_session_opts_t *o, td_err_t
         return NULL;
     }
     int n_ctx = 0;
-    if (s_plan_ctx(c, o->n_prompt, p->max_tokens, spec ? p->gamma + 1 : 0, &n_ctx, err) != TD_OK)
+    if (td_config_fit_ctx(c, o->n_prompt, p->max_tokens, spec ? p->gamma + 1 : 0, &n_ctx, err) !=
+        TD_OK)
         return NULL;
     td_session_t *s = calloc(1, sizeof *s);
     if (!s) {
@@ -189,41 +168,25 @@ int td_session_status(const td_session_t *s, td_err_t *err) {
 /* Sends the DraftRequest for this round (text the drafter has not seen, from s->known). */
 static int s_send_draft(td_session_t *s) {
     const td_spec_params_t *p = &s->p;
-    Tandem__Envelope env;
-    Tandem__DraftRequest r;
-    Tandem__Sampling smp = TANDEM__SAMPLING__INIT;
-    Tandem__ApdSettings apd = TANDEM__APD_SETTINGS__INIT;
-    td_wire_draft_request_init(&env, &r, s->sid, s->round);
-    int base = s->known;
-    uint32_t *delta = malloc(sizeof(uint32_t) * (size_t)(s->cur - base + 1));
-    if (!delta) {
-        snprintf(s->why, sizeof s->why, "out of memory");
-        return -1;
-    }
-    for (int i = base; i < s->cur; i++) delta[i - base] = (uint32_t)s->text[i];
-    r.base_len = (uint32_t)base;
-    r.n_prefix_delta = (size_t)(s->cur - base);
-    r.prefix_delta = delta;
-    r.gamma = (uint32_t)s->g;
-    r.steps = (uint32_t)(p->steps > 0 ? p->steps : 1);
-    r.order = (Tandem__UnmaskOrder)p->order;
-    smp.temperature = p->draft_sampling.temperature;
-    smp.top_k = (uint32_t)(p->draft_sampling.top_k > 0 ? p->draft_sampling.top_k : 0);
-    smp.top_p = p->draft_sampling.top_p;
-    r.sampling = &smp;
-    r.seed = p->seed;
-    r.want_dist = s->want_dist;
-    r.dist_top_k = (uint32_t)(p->dist_top_k > 0 ? p->dist_top_k : 32);
-    if (s->apd) {
-        apd.mixture = p->apd_mixture;
-        apd.kv_window = (uint32_t)p->apd_kv_window;
-        apd.lookahead = (uint32_t)s->g;
-        r.apd = &apd;
-    }
+    td_draft_args_t a = {.session = s->sid,
+                         .round = s->round,
+                         .base_len = s->known,
+                         .delta = s->text + s->known,
+                         .n_delta = s->cur - s->known,
+                         .gamma = s->g,
+                         .steps = p->steps,
+                         .order = p->order,
+                         .temperature = p->draft_sampling.temperature,
+                         .top_p = p->draft_sampling.top_p,
+                         .top_k = p->draft_sampling.top_k,
+                         .seed = p->seed,
+                         .want_dist = s->want_dist,
+                         .dist_top_k = p->dist_top_k,
+                         .apd = s->apd,
+                         .apd_mixture = p->apd_mixture,
+                         .apd_kv_window = p->apd_kv_window};
     td_err_t err = {0};
-    int rc = td_link_send(s->link, &env, &err);
-    free(delta);
-    if (rc != TD_OK) {
+    if (td_client_send_draft_request(td_link_client(s->link), &a, &err) != TD_OK) {
         snprintf(s->why, sizeof s->why, "sending to the drafter failed: %.200s", err.msg);
         return -1;
     }
@@ -283,14 +246,10 @@ static Tandem__Envelope *s_collect(td_session_t *s) {
 }
 
 /* Fetches the drafter's full row of the current proposal into dst[V]. */
-static int s_fetch_row(td_session_t *s, int pos, Tandem__RowKind kind, float *dst) {
-    Tandem__Envelope env;
-    Tandem__FullRowRequest r;
-    td_wire_full_row_request_init(&env, &r, s->sid, s->round);
-    r.position = (uint32_t)pos;
-    r.kind = kind;
+static int s_fetch_row(td_session_t *s, int pos, int logits, float *dst) {
     td_err_t err = {0};
-    if (td_link_send(s->link, &env, &err) != TD_OK) {
+    if (td_client_send_full_row_request(td_link_client(s->link), s->sid, s->round, pos, logits,
+                                        &err) != TD_OK) {
         snprintf(s->why, sizeof s->why, "sending to the drafter failed: %.200s", err.msg);
         return -1;
     }
@@ -320,13 +279,13 @@ static int s_fetch_row(td_session_t *s, int pos, Tandem__RowKind kind, float *ds
 
 /* Fetches the drafter's full row at position need into the session's full-row store (an
  * acceptance rule asked for it). 0, or 1 when the drafter failed (s->why says why). */
-static int s_need_row(td_session_t *s, int need, Tandem__RowKind kind) {
+static int s_need_row(td_session_t *s, int need, int logits) {
     const size_t V = (size_t)s->V, rows = (size_t)s->p.gamma + 1;
     if (!s->qfull_mem && !(s->qfull_mem = malloc(rows * V * sizeof(float)))) {
         snprintf(s->why, sizeof s->why, "out of memory");
         return 1;
     }
-    if (s_fetch_row(s, need, kind, s->qfull_mem + (size_t)need * V)) return 1;
+    if (s_fetch_row(s, need, logits, s->qfull_mem + (size_t)need * V)) return 1;
     s->qfull[need] = s->qfull_mem + (size_t)need * V;
     s->s.full_rows++;
     return 0;
@@ -435,7 +394,7 @@ static void s_emit(td_session_t *s, int n_emit) {
             s->s.stop = TD_STOP_CALLBACK;
             break;
         }
-        if (s_is_stop(&s->p, id)) {
+        if (td_is_stop_id(s->p.stop_ids, s->p.n_stop, -1, id)) {
             s->s.stop = TD_STOP_EOS;
             break;
         }
@@ -471,7 +430,7 @@ static void s_commit(td_session_t *s, float *logits) {
                 rc = td_apd_accept(s->ar, s->qfull, logits, s->draft, g, V, p->apd_mixture, &k,
                                    &need);
                 if (rc != TD_OK || need < 0) break;
-                if ((fail = s_need_row(s, need, TANDEM__ROW_KIND__ROW_LOGITS))) break;
+                if ((fail = s_need_row(s, need, 1))) break;
             }
             if (rc == TD_OK && !fail) {
                 n_acc = k;
@@ -491,7 +450,7 @@ static void s_commit(td_session_t *s, float *logits) {
                     rc = td_accept_rejection_sparse(s->prob, s->sq, s->qfull, s->draft, g, V,
                                                     &s->rng, s->acc_out, &n_acc, &need);
                     if (rc != TD_OK || need < 0) break;
-                    if ((fail = s_need_row(s, need, TANDEM__ROW_KIND__ROW_PROBS))) break;
+                    if ((fail = s_need_row(s, need, 0))) break;
                 }
             }
             n_emit = n_acc + 1;
@@ -605,10 +564,7 @@ static int s_forward(td_driver_t *d, int n, const int32_t *tokens, float *logits
 static void s_leave(td_driver_t *d, td_session_t *s) {
     s->s.total_s = td_time_now() - s->t_start;
     if (s->rc == TD_OK && s->known > 0 && s->link) {
-        Tandem__Envelope env;
-        Tandem__CloseSession cs;
-        td_wire_close_session_init(&env, &cs, s->sid);
-        td_link_send(s->link, &env, NULL);
+        td_client_send_close_session(td_link_client(s->link), s->sid, NULL);
     }
     if (s->link) td_link_forget(s->link, s->sid);
     td_wire_free(&s->prop);
