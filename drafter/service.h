@@ -51,6 +51,11 @@ int td_drafter_serve(td_drafter_service_t *svc, td_server_t *srv, volatile sig_a
  * on both sockets; nothing is shared with the thread that stops it. Returns TD_OK. */
 int td_drafter_serve_until(td_drafter_service_t *svc, td_server_t *srv, td_pipe_t *ctl);
 
+/* Batched drafting calls so far: DraftRequests that were waiting together (several sessions over
+ * one link send theirs before awaiting any answer) are drafted together when the drafter is a
+ * causal LM and pre-drafting is off, one forward per draft position for all of them. */
+long td_drafter_service_batched_forwards(const td_drafter_service_t *svc);
+
 /* Pre-drafts that were used / thrown away so far. */
 void td_drafter_service_predraft_stats(const td_drafter_service_t *svc, long *hits, long *misses);
 

@@ -349,6 +349,141 @@ TD_TEST(link_routes_by_session_and_keeps_the_others) {
     td_server_destroy(&srv);
 }
 
+/* Sends a DraftRequest of session sid (its text = prompt i) over cl. */
+static void s_send_req(td_client_t *cl, uint64_t sid, int i, int gamma, float temp) {
+    td_draft_args_t a = {.session = sid,
+                         .round = 1,
+                         .delta = s_prompts[i],
+                         .n_delta = s_np[i],
+                         .gamma = gamma,
+                         .steps = 1,
+                         .temperature = temp,
+                         .top_p = 1,
+                         .seed = 5 + (uint64_t)i,
+                         .want_dist = 1,
+                         .dist_top_k = 4};
+    td_err_t err = {0};
+    CHECK_EQ_INT(td_client_send_draft_request(cl, &a, &err), TD_OK);
+}
+
+/* A drafter service (causal drafter) on a fresh inproc server with a handshaken client. When
+ * `waiting` > 0 that many DraftRequests are queued before the serving thread starts. */
+typedef struct svc_run {
+    td_backend_t *be;
+    td_model_t *m;
+    td_tokenizer_t *tok;
+    td_drafter_service_t *svc;
+    td_server_t *srv;
+    td_client_t *cl;
+    pthread_t th;
+    td_pipe_t *ctl, *ctl_thread;
+} svc_run_t;
+
+static void *s_serve_run(void *arg) {
+    svc_run_t *x = arg;
+    td_drafter_serve_until(x->svc, x->srv, x->ctl_thread);
+    return NULL;
+}
+
+static int s_svc_open(svc_run_t *x, int k) {
+    td_err_t err = {0};
+    char ep[128];
+    snprintf(ep, sizeof ep, "inproc://td-engine-svc-%d-%d", (int)getpid(), k);
+    td_drafter_opts_t o = {.max_sessions = 8};
+    td_transport_opts_t to = {0};
+    if (!(x->be = td_backend_cpu_new(1, 0, &err)) || !(x->m = td_model_load(ARDIR, x->be, &err)) ||
+        !(x->tok = td_tokenizer_load(ARDIR, &err)) ||
+        !(x->svc = td_drafter_service_new(x->m, x->tok, &o, &err)) ||
+        !(x->srv = td_server_new(ep, &to, &err)) || !(x->cl = td_client_new(ep, &to, &err)))
+        return -1;
+    /* handshake, answered by hand before the serving thread exists */
+    Tandem__Envelope env;
+    Tandem__Hello hello;
+    td_wire_hello_init(&env, &hello);
+    env.hello = (Tandem__Hello *)td_drafter_service_hello(x->svc);
+    if (td_client_send(x->cl, &env, &err) != TD_OK) return -1;
+    td_routing_id_t from;
+    Tandem__Envelope *in = NULL;
+    if (td_server_recv(x->srv, &from, &in, 5000, &err) != TD_RECV_OK) return -1;
+    td_drafter_service_handle(x->svc, x->srv, &from, in);
+    td_wire_free(&in);
+    if (td_client_recv(x->cl, &in, 5000, &err) != TD_RECV_OK) return -1;
+    td_wire_free(&in);
+    return 0;
+}
+
+static void s_svc_start(svc_run_t *x) {
+    td_err_t err = {0};
+    REQUIRE(td_pipe_new(&x->ctl, &x->ctl_thread, &err) == TD_OK);
+    REQUIRE(pthread_create(&x->th, NULL, s_serve_run, x) == 0);
+}
+
+static void s_svc_close(svc_run_t *x) {
+    if (x->ctl) {
+        td_pipe_send(x->ctl, "STOP", NULL);
+        pthread_join(x->th, NULL);
+    }
+    td_pipe_destroy(&x->ctl);
+    td_pipe_destroy(&x->ctl_thread);
+    td_client_destroy(&x->cl);
+    td_server_destroy(&x->srv);
+    td_drafter_service_destroy(&x->svc);
+    td_tokenizer_destroy(&x->tok);
+    td_model_destroy(&x->m);
+    td_backend_destroy(&x->be);
+}
+
+/* The drafter service drafts requests that wait together in one batched forward per position,
+ * with answers bit-identical to drafting each alone. */
+TD_TEST(drafter_batches_waiting_requests) {
+    Tandem__Envelope *alone[NS] = {0}, *together[NS] = {0};
+    td_err_t err = {0};
+    for (int mode = 0; mode < 2; mode++) {
+        svc_run_t x = {0};
+        REQUIRE(s_svc_open(&x, mode) == 0);
+        if (mode == 0) { /* one request at a time: each answered before the next is sent */
+            s_svc_start(&x);
+            for (int i = 0; i < NS; i++) {
+                s_send_req(x.cl, 10 + (uint64_t)i, i, 3 + i, i == 1 ? 0.0f : 1.0f);
+                CHECK_EQ_INT(td_client_recv(x.cl, &alone[i], 5000, &err), TD_RECV_OK);
+            }
+            CHECK_EQ_INT(td_drafter_service_batched_forwards(x.svc), 0);
+        } else { /* all waiting when the service starts */
+            for (int i = 0; i < NS; i++)
+                s_send_req(x.cl, 10 + (uint64_t)i, i, 3 + i, i == 1 ? 0.0f : 1.0f);
+            usleep(50000);
+            s_svc_start(&x);
+            for (int i = 0; i < NS; i++) {
+                Tandem__Envelope *in = NULL;
+                CHECK_EQ_INT(td_client_recv(x.cl, &in, 5000, &err), TD_RECV_OK);
+                if (in && in->session_id >= 10 && in->session_id < 10 + NS)
+                    together[in->session_id - 10] = in;
+                else
+                    td_wire_free(&in);
+            }
+            CHECK_EQ_INT(td_drafter_service_batched_forwards(x.svc), 1);
+        }
+        s_svc_close(&x);
+    }
+    for (int i = 0; i < NS; i++) {
+        REQUIRE(alone[i] && together[i]);
+        REQUIRE(alone[i]->body_case == TANDEM__ENVELOPE__BODY_PROPOSAL &&
+                together[i]->body_case == TANDEM__ENVELOPE__BODY_PROPOSAL);
+        const Tandem__Proposal *a = alone[i]->proposal, *b = together[i]->proposal;
+        CHECK_EQ_INT(a->n_tokens, 3 + i);
+        CHECK_MSG(a->n_tokens == b->n_tokens &&
+                      !memcmp(a->tokens, b->tokens, a->n_tokens * sizeof *a->tokens),
+                  "request %d: batched draft differs", i);
+        for (size_t j = 0; j < a->n_dists && j < b->n_dists; j++)
+            CHECK_MSG(a->dists[j]->n_ids == b->dists[j]->n_ids &&
+                          !memcmp(a->dists[j]->probs, b->dists[j]->probs,
+                                  a->dists[j]->n_probs * sizeof(float)),
+                      "request %d position %zu: batched distribution differs", i, j);
+        td_wire_free(&alone[i]);
+        td_wire_free(&together[i]);
+    }
+}
+
 /* An actor pipe carries commands between two threads' ends, and td_server_poll wakes on it. */
 TD_TEST(actor_pipe) {
     td_err_t err = {0};
