@@ -484,14 +484,8 @@ int td_ar_draft(td_model_t *m, td_kv_cache_t *kv, int seq, const int32_t *prefix
             return err && err->code ? err->code : TD_ERR_NOMEM;
         kv = own, seq = 0;
     }
-    td_ar_job_t job = {.seq = seq,
-                       .prefix = prefix,
-                       .n_prefix = n_prefix,
-                       .gamma = gamma,
-                       .sp = sp,
-                       .rng = rng,
-                       .draft = draft,
-                       .q = q};
+    td_ar_job_t job = {.seq = seq, .prefix = prefix, .n_prefix = n_prefix, .gamma = gamma};
+    job.sp = sp, job.rng = rng, job.draft = draft, job.q = q;
     int rc = td_ar_draft_many(m, kv, &job, 1, err);
     td_kv_cache_destroy(&own);
     return rc;

@@ -96,13 +96,9 @@ static int s_run_ar(const td_run_ctx_t *c, const td_run_params_t *p, const int32
     if (td_backend_host_memory(td_model_backend(c->verifier)))
         return s_run_driver(c, p, prompt, n_prompt, out, st, err);
     /* a device backend: sample on the device, 12 bytes back per token instead of a logits row */
-    td_gen_params_t gp = {.max_tokens = p->max_tokens,
-                          .sampling = p->sampling,
-                          .seed = p->seed,
-                          .stop_ids = p->stop_ids,
-                          .n_stop = p->n_stop,
-                          .suppress_ids = p->suppress_ids,
-                          .n_suppress = p->n_suppress};
+    td_gen_params_t gp = {.max_tokens = p->max_tokens, .sampling = p->sampling, .seed = p->seed};
+    gp.stop_ids = p->stop_ids, gp.n_stop = p->n_stop;
+    gp.suppress_ids = p->suppress_ids, gp.n_suppress = p->n_suppress;
     td_gen_stats_t gs = {0};
     int rc = td_generate_ar(c->verifier, prompt, n_prompt, &gp, c->cb, c->ud, out, &gs, err);
     st->s.generated = gs.generated;

@@ -198,63 +198,6 @@ TD_TEST(spec_sessions_share_one_link_inproc) {
     }
 }
 
-/* A drafter service on an ipc:// endpoint, served by a thread of this process. */
-typedef struct ipc_drafter {
-    td_backend_t *be;
-    td_model_t *m;
-    td_tokenizer_t *tok;
-    td_drafter_service_t *svc;
-    td_server_t *srv;
-    pthread_t th;
-    td_pipe_t *ctl, *ctl_thread; /* stopped through an actor pipe, not a shared flag */
-} ipc_drafter_t;
-
-static void *s_serve(void *arg) {
-    ipc_drafter_t *x = arg;
-    td_drafter_serve_until(x->svc, x->srv, x->ctl_thread);
-    return NULL;
-}
-
-TD_TEST(spec_sessions_share_one_link_ipc) {
-    char dir[] = "/tmp/td-engine-XXXXXX", ep[256];
-    REQUIRE(mkdtemp(dir));
-    snprintf(ep, sizeof ep, "ipc://%s/drafter.sock", dir);
-    ipc_drafter_t x = {0};
-    td_err_t err = {0};
-    REQUIRE((x.be = td_backend_cpu_new(1, 0, &err)));
-    REQUIRE((x.m = td_model_load(DDIR, x.be, &err)));
-    REQUIRE((x.tok = td_tokenizer_load(DDIR, &err)));
-    td_drafter_opts_t dopts = {.max_sessions = 4};
-    REQUIRE((x.svc = td_drafter_service_new(x.m, x.tok, &dopts, &err)));
-    td_transport_opts_t to = {0};
-    REQUIRE((x.srv = td_server_new(ep, &to, &err)));
-    REQUIRE(td_pipe_new(&x.ctl, &x.ctl_thread, &err) == TD_OK);
-    REQUIRE(pthread_create(&x.th, NULL, s_serve, &x) == 0);
-    td_pair_t pair;
-    td_pair_opts_t po = {.device = -1, .drafter_device = -1, .threads = 1};
-    int rc = td_pair_open(&pair, VDIR, ep, &po, &err);
-    CHECK_MSG(rc == TD_OK, "%s", err.msg);
-    if (rc == TD_OK) s_together(&pair, TD_METHOD_SPECDIFF, "specdiff/ipc");
-    td_pair_close(&pair);
-    /* the serving thread sleeps in one poll with no timeout: only the pipe can wake it */
-    double t0 = td_time_now();
-    CHECK_EQ_INT(td_pipe_send(x.ctl, "STOP", &err), TD_OK);
-    pthread_join(x.th, NULL);
-    CHECK_MSG(td_time_now() - t0 < 1.0, "the drafter thread took %.3f s to stop",
-              td_time_now() - t0);
-    td_pipe_destroy(&x.ctl);
-    td_pipe_destroy(&x.ctl_thread);
-    td_server_destroy(&x.srv);
-    td_drafter_service_destroy(&x.svc);
-    td_tokenizer_destroy(&x.tok);
-    td_model_destroy(&x.m);
-    td_backend_destroy(&x.be);
-    char path[300];
-    snprintf(path, sizeof path, "%s/drafter.sock", dir);
-    unlink(path);
-    rmdir(dir);
-}
-
 /* A session cancelled by its callback leaves at once; the others finish as they would alone. */
 TD_TEST(cancelled_session_leaves_others_unchanged) {
     td_pair_t pair;
@@ -366,8 +309,9 @@ static void s_send_req(td_client_t *cl, uint64_t sid, int i, int gamma, float te
     CHECK_EQ_INT(td_client_send_draft_request(cl, &a, &err), TD_OK);
 }
 
-/* A drafter service (causal drafter) on a fresh inproc server with a handshaken client. When
- * `waiting` > 0 that many DraftRequests are queued before the serving thread starts. */
+/* A drafter service for DIR on endpoint EP, served by a thread of this process that is started
+ * (s_svc_start) after the test had its say: with `handshake`, a client connected and handshaken
+ * by hand first, so requests can wait on the socket before anyone serves them. */
 typedef struct svc_run {
     td_backend_t *be;
     td_model_t *m;
@@ -376,7 +320,7 @@ typedef struct svc_run {
     td_server_t *srv;
     td_client_t *cl;
     pthread_t th;
-    td_pipe_t *ctl, *ctl_thread;
+    td_pipe_t *ctl, *ctl_thread; /* stopped through an actor pipe, not a shared flag */
 } svc_run_t;
 
 static void *s_serve_run(void *arg) {
@@ -385,18 +329,18 @@ static void *s_serve_run(void *arg) {
     return NULL;
 }
 
-static int s_svc_open(svc_run_t *x, int k) {
+static int s_svc_open(svc_run_t *x, const char *dir, const char *ep, int handshake) {
     td_err_t err = {0};
-    char ep[128];
-    snprintf(ep, sizeof ep, "inproc://td-engine-svc-%d-%d", (int)getpid(), k);
     td_drafter_opts_t o = {.max_sessions = 8};
     td_transport_opts_t to = {0};
-    if (!(x->be = td_backend_cpu_new(1, 0, &err)) || !(x->m = td_model_load(ARDIR, x->be, &err)) ||
-        !(x->tok = td_tokenizer_load(ARDIR, &err)) ||
+    if (!(x->be = td_backend_cpu_new(1, 0, &err)) || !(x->m = td_model_load(dir, x->be, &err)) ||
+        !(x->tok = td_tokenizer_load(dir, &err)) ||
         !(x->svc = td_drafter_service_new(x->m, x->tok, &o, &err)) ||
-        !(x->srv = td_server_new(ep, &to, &err)) || !(x->cl = td_client_new(ep, &to, &err)))
+        !(x->srv = td_server_new(ep, &to, &err)))
         return -1;
-    /* handshake, answered by hand before the serving thread exists */
+    if (!handshake) return 0;
+    /* a client and its handshake, answered by hand before the serving thread exists */
+    if (!(x->cl = td_client_new(ep, &to, &err))) return -1;
     Tandem__Envelope env;
     Tandem__Hello hello;
     td_wire_hello_init(&env, &hello);
@@ -440,7 +384,9 @@ TD_TEST(drafter_batches_waiting_requests) {
     td_err_t err = {0};
     for (int mode = 0; mode < 2; mode++) {
         svc_run_t x = {0};
-        REQUIRE(s_svc_open(&x, mode) == 0);
+        char ep[128];
+        snprintf(ep, sizeof ep, "inproc://td-engine-svc-%d-%d", (int)getpid(), mode);
+        REQUIRE(s_svc_open(&x, ARDIR, ep, 1) == 0);
         if (mode == 0) { /* one request at a time: each answered before the next is sent */
             s_svc_start(&x);
             for (int i = 0; i < NS; i++) {
@@ -482,6 +428,30 @@ TD_TEST(drafter_batches_waiting_requests) {
         td_wire_free(&alone[i]);
         td_wire_free(&together[i]);
     }
+}
+
+TD_TEST(spec_sessions_share_one_link_ipc) {
+    char dir[] = "/tmp/td-engine-XXXXXX", ep[256], path[300];
+    REQUIRE(mkdtemp(dir));
+    snprintf(ep, sizeof ep, "ipc://%s/drafter.sock", dir);
+    svc_run_t x = {0};
+    REQUIRE(s_svc_open(&x, DDIR, ep, 0) == 0);
+    s_svc_start(&x);
+    td_pair_t pair;
+    td_err_t err = {0};
+    td_pair_opts_t po = {.device = -1, .drafter_device = -1, .threads = 1};
+    int rc = td_pair_open(&pair, VDIR, ep, &po, &err);
+    CHECK_MSG(rc == TD_OK, "%s", err.msg);
+    if (rc == TD_OK) s_together(&pair, TD_METHOD_SPECDIFF, "specdiff/ipc");
+    td_pair_close(&pair);
+    /* the serving thread sleeps in one poll with no timeout: only the pipe can wake it */
+    double t0 = td_time_now();
+    s_svc_close(&x);
+    CHECK_MSG(td_time_now() - t0 < 1.0, "the drafter thread took %.3f s to stop",
+              td_time_now() - t0);
+    snprintf(path, sizeof path, "%s/drafter.sock", dir);
+    unlink(path);
+    rmdir(dir);
 }
 
 /* An actor pipe carries commands between two threads' ends, and td_server_poll wakes on it. */

@@ -51,14 +51,8 @@ int td_spec_generate(td_model_t *v, td_client_t *dc, uint64_t session_id, const 
     /* the driver with one session: one KV slot of exactly the context the request needs */
     td_link_t *link = NULL;
     if (dc && !(link = td_link_new(dc, p->hello, err))) return err ? err->code : TD_ERR_NOMEM;
-    td_session_opts_t o = {.method = p->method,
-                           .params = p,
-                           .link = link,
-                           .session_id = session_id,
-                           .prompt = prompt,
-                           .n_prompt = n_prompt,
-                           .cb = cb,
-                           .ud = ud};
+    td_session_opts_t o = {.method = p->method, .params = p, .link = link, .cb = cb, .ud = ud};
+    o.session_id = session_id, o.prompt = prompt, o.n_prompt = n_prompt;
     int rc = td_driver_generate(v, &o, out, st, err);
     td_link_destroy(&link);
     return rc;
