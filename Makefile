@@ -33,7 +33,7 @@ PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CFLAGS += $(PKG_CFLAGS)
 LDLIBS += $(PKG_LIBS) -lm -lpthread
 
-LIB_SRC   := $(wildcard common/*.c kernels/*.c model/*.c protocol/*.c drafter/*.c verifier/*.c)
+LIB_SRC   := $(wildcard common/*.c kernels/*.c model/*.c protocol/*.c drafter/*.c verifier/*.c engine/*.c)
 LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 LIB       := $(BUILD)/libtandem.a
 BRIDGE_SRC:= $(wildcard bridge/*.c)

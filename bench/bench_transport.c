@@ -43,7 +43,7 @@ static void s_serve(td_server_t *srv) {
         td_routing_id_t from;
         Tandem__Envelope *in = NULL;
         td_err_t err = {0};
-        if (td_server_recv(srv, &from, &in, 10000, &err) != 0) return;
+        if (td_server_recv(srv, &from, &in, 10000, &err) != TD_RECV_OK) return;
         int stop = in->body_case == TANDEM__ENVELOPE__BODY_CLOSE_SESSION;
         if (in->body_case == TANDEM__ENVELOPE__BODY_DRAFT_REQUEST) {
             Tandem__Envelope env;
@@ -74,7 +74,7 @@ static int s_client(const char *ep, int spin_us, int rounds, double *rt) {
         d.base_len = 40, d.prefix_delta = delta, d.n_prefix_delta = 3, d.gamma = GAMMA;
         d.steps = 1, d.want_dist = 1, d.dist_top_k = TOPK;
         double t0 = td_time_now();
-        if (td_client_send(cl, &env, &err) != TD_OK || td_client_recv(cl, &in, 10000, &err) != 0)
+        if (td_client_send(cl, &env, &err) != TD_OK || td_client_recv(cl, &in, 10000, &err) != TD_RECV_OK)
             bad = 1;
         else if (r >= 50)
             rt[r - 50] = td_time_now() - t0;

@@ -281,3 +281,27 @@ void td_cli_print_stats(FILE *f, const char *method, const td_spec_stats_t *s, i
             s->rounds, s->predrafted, s->fallbacks, s->forwards, s->full_rows, s->drafter_s,
             s->verifier_s, s->transport_s, total, tps, reasons[s->stop]);
 }
+
+int td_cli_opts(int argc, char **argv, const td_opt_spec_t *spec, int n, void (*help)(FILE *)) {
+    int pr = td_opts_parse(argc, argv, spec, n);
+    if (pr == 1) {
+        help(stdout);
+        return 0;
+    }
+    return pr ? 2 : -1;
+}
+
+static volatile sig_atomic_t s_signalled;
+static void s_on_signal(int sig) {
+    (void)sig;
+    s_signalled = 1;
+}
+
+volatile sig_atomic_t *td_cli_stop_on_signals(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = s_on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    return &s_signalled;
+}

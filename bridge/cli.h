@@ -7,6 +7,7 @@
 #include "model/tokenizer.h"
 #include "verifier/spec.h"
 
+#include <signal.h>
 #include <stdio.h>
 
 /* Option parser over argv[1..]: accepts "--name value" and "--name=value". */
@@ -41,6 +42,15 @@ typedef struct td_opt_spec {
 /* Parses argv[1..] (argv[0] is the command name used in messages) by spec[n]. Returns 0 when
  * parsed, 1 when --help/-h was given, 2 on a usage error (already printed). */
 int td_opts_parse(int argc, char **argv, const td_opt_spec_t *spec, int n);
+
+/* Installs SIGINT/SIGTERM handlers that set the returned flag (a worker's serve loop polls it). */
+volatile sig_atomic_t *td_cli_stop_on_signals(void);
+
+/* td_opts_parse for a command: -1 to go on; else the exit code (0 after printing help(stdout)
+ * for --help, 2 for a bad option). */
+int td_cli_opts(int argc, char **argv, const td_opt_spec_t *spec, int n, void (*help)(FILE *));
+#define TD_CLI_OPTS(argc, argv, spec, help)                                                        \
+    td_cli_opts(argc, argv, spec, (int)(sizeof spec / sizeof spec[0]), help)
 
 /* A backend: CUDA device `device` when device >= 0 (an error when this build or machine has no such
  * device), else the CPU backend with n_threads. */

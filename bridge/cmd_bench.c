@@ -6,11 +6,8 @@
 #include "bridge/commands.h"
 #include "bridge/pair.h"
 #include "drafter/draft.h"
-#include "drafter/planned.h"
-#include "drafter/selfspec.h"
+#include "engine/method.h"
 #include "model/score.h"
-#include "verifier/generate.h"
-#include "verifier/spec.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -93,20 +90,6 @@ typedef struct row {
     double *pp_tps;                   /* [n_prompts] tokens/s on each prompt */
     double spd_p25, spd_med, spd_p75; /* per-prompt speedups over ar: quartiles */
 } row_t;
-
-/* Plain diffusion decoding of one prompt, the bench's settings (the diffusion row and planned's
- * fallback, which passes the plan tags as suppress[n_suppress]: never emitted). */
-static int s_diffusion(td_model_t *dm, const int32_t *ids, int n_ids, int max_tokens,
-                       td_sampling_t sp, uint64_t seed, const int32_t *suppress, int n_suppress,
-                       int32_t *out, td_diffusion_stats_t *ds, td_err_t *err) {
-    td_diffusion_params_t dp = td_diffusion_params_default();
-    dp.max_tokens = max_tokens;
-    dp.sampling = sp;
-    dp.seed = seed;
-    dp.suppress_ids = suppress;
-    dp.n_suppress = n_suppress;
-    return td_diffusion_generate(dm, ids, n_ids, &dp, out, ds, err);
-}
 
 static int s_cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -209,12 +192,8 @@ int td_cmd_bench(int argc, char **argv) {
         {"draft-k", TD_OPT_INT, &draft_k, 1, TD_SELFSPEC_MAX_K},
         {"block-size", TD_OPT_INT, &block, 1, 4096},
     };
-    int pr = td_opts_parse(argc, argv, spec, (int)(sizeof spec / sizeof spec[0]));
-    if (pr == 1) {
-        s_help(stdout);
-        return 0;
-    }
-    if (pr) return 2;
+    int ec = TD_CLI_OPTS(argc, argv, spec, s_help);
+    if (ec >= 0) return ec;
     int gammas[MAX_LIST], steps[MAX_LIST], orders[MAX_LIST], methods[TD_METHOD_COUNT], n_g, n_s,
         n_o = 0, n_m = 0;
     if ((n_g = s_parse_list(gammas_s, gammas, 1, TD_SPEC_MAX_GAMMA)) <= 0 ||
@@ -282,18 +261,23 @@ int td_cmd_bench(int argc, char **argv) {
         return 1;
     }
     td_err_t err = {0};
-    td_plan_tags_t tags;
-    int have_tags = 0;
-    int32_t tag_ids[TD_PLAN_MAX_TAG_IDS]; /* suppressed in planned's diffusion fallback */
-    int n_tag_ids = 0;
     td_pair_t par = {0}, pdf = {0};
     td_pair_opts_t po = {.device = (int)device,
                          .drafter_device = (int)ddevice,
                          .threads = (int)threads,
                          .predraft = predraft,
                          .spin_us = td_cli_pair_spin(spin_us)};
-    int rc = 1, need_ar = want[TD_METHOD_SPEC_AR],
-        need_df = want[TD_METHOD_SPECDIFF] || want[TD_METHOD_APD];
+    /* the models and drafters to set up follow from the wanted methods' capabilities */
+    int rc = 1, need_ar = 0, need_df = 0, need_dllm = 0;
+    for (int m = 0; m < TD_METHOD_COUNT; m++) {
+        const td_method_desc_t *md = td_method_get((td_method_t)m);
+        if (!want[m]) continue;
+        if (md->caps & TD_CAP_DRAFTER) {
+            need_ar |= md->drafter == TD_DRAFTER_AR;
+            need_df |= md->drafter != TD_DRAFTER_AR;
+        }
+        need_dllm |= (md->caps & TD_CAP_LOCAL_DLLM) != 0;
+    }
     td_backend_t *dbe = NULL;
     td_model_t *dm = NULL;
     td_tokenizer_t *dtok = NULL;
@@ -306,16 +290,17 @@ int td_cmd_bench(int argc, char **argv) {
         fprintf(stderr, "tandem bench: %s\n", err.msg);
         goto done;
     }
-    if ((want[TD_METHOD_DIFFUSION] || want[TD_METHOD_SELFSPEC] || want[TD_METHOD_PLANNED]) &&
-        td_cli_load_on(dfdir, (int)ddevice, (int)threads, &dbe, &dm, &dtok))
-        goto done;
-    if (want[TD_METHOD_PLANNED]) {
+    if (need_dllm && td_cli_load_on(dfdir, (int)ddevice, (int)threads, &dbe, &dm, &dtok)) goto done;
+    for (int m = 0; m < TD_METHOD_COUNT; m++) {
+        /* a checkpoint without plan tags cannot plan: the row would only measure the fallback */
+        td_plan_tags_t tags;
+        if (!want[m] || td_method_get((td_method_t)m)->drafter != TD_DRAFTER_PLANNED) continue;
         if (td_plan_tags_init(&tags, dtok, td_model_config(dm)->eos_token_id, &err) == TD_OK) {
-            have_tags = 1;
-            n_tag_ids = td_plan_tag_ids(dtok, tags.eos, tag_ids);
+            td_plan_tags_free(&tags);
         } else {
-            fprintf(stderr, "tandem bench: planned skipped: %s\n", err.msg);
-            want[TD_METHOD_PLANNED] = 0;
+            fprintf(stderr, "tandem bench: %s skipped: %s\n", td_method_name((td_method_t)m),
+                    err.msg);
+            want[m] = 0;
         }
     }
     n_m = 0;
@@ -334,12 +319,13 @@ int td_cmd_bench(int argc, char **argv) {
             max_tokens, temperature, vdir);
     for (int mi = 0; mi < n_m; mi++) {
         td_method_t m = (td_method_t)methods[mi];
-        int spec = m == TD_METHOD_SPEC_AR || m == TD_METHOD_SPECDIFF || m == TD_METHOD_APD;
+        const unsigned o = td_method_get(m)->opts;
+        int spec = (o & TD_OPTS_GAMMA) != 0;
         int ng = spec ? n_g : 1,
-            ns = m == TD_METHOD_SPECDIFF  ? n_s
-                 : m == TD_METHOD_PLANNED ? n_r
-                                          : 1,
-            no = m == TD_METHOD_SPECDIFF ? n_o : 1;
+            ns = o & TD_OPTS_STEPS         ? n_s
+                 : o & TD_OPTS_STEPS_RATIO ? n_r
+                                           : 1,
+            no = o & TD_OPTS_ORDER ? n_o : 1;
         for (int gi = 0; gi < ng; gi++)
             for (int si = 0; si < ns; si++)
                 for (int oi = 0; oi < no; oi++) {
@@ -355,16 +341,15 @@ int td_cmd_bench(int argc, char **argv) {
                         goto done;
                     }
                     rw->m = m;
-                    rw->order_id = m == TD_METHOD_SPECDIFF ? orders[oi] : 0;
+                    rw->order_id = o & TD_OPTS_ORDER ? orders[oi] : 0;
                     snprintf(rw->method, sizeof rw->method, "%s", td_method_name(m));
                     rw->gamma = spec ? gammas[gi] : 0;
-                    rw->steps = m == TD_METHOD_SPECDIFF ? steps[si] : (spec ? 1 : 0);
-                    rw->steps_ratio = m == TD_METHOD_PLANNED ? ratios[si] : 0;
-                    rw->draft_k = m == TD_METHOD_SELFSPEC ? (int)draft_k : 0;
+                    rw->steps = o & TD_OPTS_STEPS ? steps[si] : (spec ? 1 : 0);
+                    rw->steps_ratio = o & TD_OPTS_STEPS_RATIO ? ratios[si] : 0;
+                    rw->draft_k = o & TD_OPTS_DRAFT_K ? (int)draft_k : 0;
                     snprintf(rw->order, sizeof rw->order, "%s",
-                             m == TD_METHOD_SPECDIFF
-                                 ? td_unmask_order_name((td_unmask_order_t)orders[oi])
-                                 : "-");
+                             o & TD_OPTS_ORDER ? td_unmask_order_name((td_unmask_order_t)orders[oi])
+                                               : "-");
                 }
     }
     /* Prompt-major: every configuration runs on prompt 1, then every one on prompt 2, ..., so a
@@ -374,86 +359,45 @@ int td_cmd_bench(int argc, char **argv) {
         for (int k = 0; k < n_rows; k++) {
             row_t *rw = &rows[k];
             const td_method_t m = (td_method_t)rw->m;
-            td_spec_stats_t st;
-            memset(&st, 0, sizeof st);
+            const td_method_desc_t *md = td_method_get(m);
+            td_run_params_t p = td_run_params_default(m);
+            p.max_tokens = (int)max_tokens;
+            p.sampling = p.draft_sampling = sp;
+            p.seed = (uint64_t)(seed + i);
+            p.stop_ids = stop;
+            p.n_stop = stop[0] >= 0;
+            p.verify = (td_verify_t)verify;
+            p.apd_mixture = (float)mixture;
+            p.block_size = (int)block;
+            p.draft_k = (int)draft_k;
+            if (md->opts & TD_OPTS_GAMMA) p.gamma = rw->gamma, p.steps = rw->steps;
+            if (md->opts & TD_OPTS_ORDER) p.order = rw->order_id;
+            if (md->opts & TD_OPTS_STEPS_RATIO) p.steps_ratio = (float)rw->steps_ratio;
+            td_pair_t *pp = md->drafter == TD_DRAFTER_AR ? &par : &pdf;
+            /* a new drafter session for every (configuration, prompt): no row inherits a drafter
+             * cache another row warmed on the same prompt */
+            td_run_ctx_t ctx = {.verifier = md->caps & TD_CAP_VERIFIER ? par.verifier : NULL,
+                                .dllm = md->caps & TD_CAP_LOCAL_DLLM ? dm : NULL,
+                                .dc = md->caps & TD_CAP_DRAFTER ? pp->dc : NULL,
+                                .hello = &pp->hello,
+                                .tok = dtok,
+                                .session = 1000 + (uint64_t)k * (uint64_t)n_p + (uint64_t)i};
+            td_run_stats_t rs;
             double t0 = td_time_now();
-            int grc;
-            if (m == TD_METHOD_AR) {
-                td_gen_params_t gp = {.max_tokens = (int)max_tokens,
-                                      .sampling = sp,
-                                      .seed = (uint64_t)(seed + i),
-                                      .stop_ids = stop,
-                                      .n_stop = stop[0] >= 0};
-                td_gen_stats_t gs;
-                grc =
-                    td_generate_ar(par.verifier, ids[i], n_ids[i], &gp, NULL, NULL, out, &gs, &err);
-                st.generated = gs.generated, st.forwards = gs.forwards;
-                st.verifier_s = gs.prefill_s + gs.decode_s;
-            } else if (m == TD_METHOD_SELFSPEC) {
-                td_selfspec_params_t sp2 = td_selfspec_params_default();
-                sp2.max_tokens = (int)max_tokens;
-                sp2.draft_k = (int)draft_k;
-                sp2.block_size = (int)block;
-                td_selfspec_stats_t ts = {0};
-                grc = td_selfspec_generate(dm, ids[i], n_ids[i], &sp2, out, &ts, &err);
-                st.generated = ts.generated, st.forwards = ts.forwards, st.rounds = ts.rounds;
-                st.drafted = ts.drafted, st.accepted = ts.commits - ts.rounds,
-                st.bonus_tokens = ts.rounds;
-                rw->commits += ts.commits;
-                for (int d = 1; d <= TD_SELFSPEC_MAX_K; d++) {
-                    rw->depth_checked[d] += ts.depth_checked[d];
-                    rw->depth_accepted[d] += ts.depth_accepted[d];
-                }
-            } else if (m == TD_METHOD_PLANNED) {
-                td_planned_params_t pp = td_planned_params_default();
-                pp.max_tokens = (int)max_tokens;
-                pp.seed = (uint64_t)(seed + i);
-                pp.steps_ratio = (float)rw->steps_ratio;
-                pp.sampling = sp;
-                td_planned_stats_t ps = {0};
-                int n_out = 0;
-                grc = td_planned_generate(dm, dm, &tags, ids[i], n_ids[i], &pp, out, &n_out, NULL,
-                                          NULL, &ps, &err);
-                st.generated = n_out, st.forwards = ps.critical_path;
-                if (grc == TD_ERR_FORMAT || grc == TD_ERR_ARG) {
-                    /* the documented fallback: plain diffusion decoding, counted */
-                    td_log(TD_LOG_INFO, "planned prompt %d: %s; diffusion instead", i + 1, err.msg);
-                    td_diffusion_stats_t ds;
-                    grc = s_diffusion(dm, ids[i], n_ids[i], (int)max_tokens, sp,
-                                      (uint64_t)(seed + i), tag_ids, n_tag_ids, out, &ds, &err);
-                    st.generated = ds.generated;
-                    st.forwards = ps.critical_path + ds.forwards;
-                    st.fallbacks = 1;
-                }
-                rw->plan_tokens += ps.plan_tokens, rw->spans += ps.spans;
-                rw->stages += ps.stages, rw->span_tokens += ps.span_tokens;
-                rw->span_steps += ps.span_steps, rw->ar_forwards += ps.ar_forwards;
-                rw->diffusion_forwards += ps.diffusion_forwards;
-            } else if (m == TD_METHOD_DIFFUSION) {
-                td_diffusion_stats_t ds;
-                grc = s_diffusion(dm, ids[i], n_ids[i], (int)max_tokens, sp, (uint64_t)(seed + i),
-                                  NULL, 0, out, &ds, &err);
-                st.generated = ds.generated, st.forwards = ds.forwards;
-            } else {
-                td_spec_params_t p = td_spec_params_default(m);
-                p.gamma = rw->gamma;
-                p.steps = rw->steps;
-                p.order = rw->order_id;
-                p.verify = (td_verify_t)verify;
-                p.max_tokens = (int)max_tokens;
-                p.sampling = p.draft_sampling = sp;
-                p.seed = (uint64_t)(seed + i);
-                p.stop_ids = stop;
-                p.n_stop = stop[0] >= 0;
-                p.apd_mixture = (float)mixture;
-                td_pair_t *pp = m == TD_METHOD_SPEC_AR ? &par : &pdf;
-                /* a new drafter session for every (configuration, prompt): no row inherits a
-                 * drafter cache another row warmed on the same prompt */
-                const uint64_t sid = 1000 + (uint64_t)k * (uint64_t)n_p + (uint64_t)i;
-                p.hello = &pp->hello;
-                grc = td_spec_generate(par.verifier, pp->dc, sid, ids[i], n_ids[i], &p, NULL, NULL,
-                                       out, &st, &err);
+            int grc = td_method_run(m, &ctx, &p, ids[i], n_ids[i], out, &rs, &err);
+            const td_spec_stats_t st = rs.s;
+            if (rs.note[0]) td_log(TD_LOG_INFO, "prompt %d: %s", i + 1, rs.note);
+            /* method detail (zero for the methods that do not fill it) */
+            rw->commits += rs.selfspec.commits;
+            for (int d = 1; d <= TD_SELFSPEC_MAX_K; d++) {
+                rw->depth_checked[d] += rs.selfspec.depth_checked[d];
+                rw->depth_accepted[d] += rs.selfspec.depth_accepted[d];
             }
+            const td_planned_stats_t *ps = &rs.planned;
+            rw->plan_tokens += ps->plan_tokens, rw->spans += ps->spans;
+            rw->stages += ps->stages, rw->span_tokens += ps->span_tokens;
+            rw->span_steps += ps->span_steps, rw->ar_forwards += ps->ar_forwards;
+            rw->diffusion_forwards += ps->diffusion_forwards;
             if (grc != TD_OK) {
                 fprintf(stderr, "tandem bench: %s prompt %d: %s\n", rw->method, i + 1, err.msg);
                 goto done;
@@ -605,7 +549,6 @@ done:
     free(ptxt);
     td_pair_close(&par);
     td_pair_close(&pdf);
-    if (have_tags) td_plan_tags_free(&tags);
     td_tokenizer_destroy(&dtok);
     td_model_destroy(&dm);
     td_backend_destroy(&dbe);

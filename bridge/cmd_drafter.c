@@ -9,12 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static volatile sig_atomic_t s_stop;
-static void s_on_signal(int sig) {
-    (void)sig;
-    s_stop = 1;
-}
-
 static void s_help(FILE *f) {
     fprintf(
         f,
@@ -60,12 +54,8 @@ int td_cmd_drafter(int argc, char **argv) {
         {"exact", TD_OPT_FLAG, &exact, 0, 0},
         {"predraft", TD_OPT_FLAG, &predraft, 0, 0},
     };
-    int pr = td_opts_parse(argc, argv, spec, (int)(sizeof spec / sizeof spec[0]));
-    if (pr == 1) {
-        s_help(stdout);
-        return 0;
-    }
-    if (pr) return 2;
+    int ec = TD_CLI_OPTS(argc, argv, spec, s_help);
+    if (ec >= 0) return ec;
     if (!model || !bind) {
         fprintf(stderr, "tandem-drafter: need --model DIR and --bind ENDPOINT (see --help)\n");
         return 2;
@@ -93,14 +83,10 @@ int td_cmd_drafter(int argc, char **argv) {
         fprintf(stderr, "tandem-drafter: %s\n", err.msg);
         goto out;
     }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = s_on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    volatile sig_atomic_t *stop = td_cli_stop_on_signals();
     fprintf(stderr, "tandem-drafter: %s (%s) serving on %s\n", model,
             td_arch_name(td_model_config(m)->arch), td_server_endpoint(srv));
-    td_drafter_serve(svc, srv, &s_stop);
+    td_drafter_serve(svc, srv, stop);
     fprintf(stderr, "tandem-drafter: shutting down\n");
     rc = 0;
 out:

@@ -4,14 +4,10 @@
 #include "bridge/cli.h"
 #include "bridge/commands.h"
 #include "bridge/pair.h"
-#include "bridge/remote_methods.h"
 #include "drafter/draft.h"
-#include "drafter/planned.h"
-#include "drafter/selfspec.h"
+#include "engine/method.h"
 #include "model/chat.h"
 #include "model/sampler.h"
-#include "verifier/generate.h"
-#include "verifier/spec.h"
 
 #include <cjson/cJSON.h>
 #include <stdlib.h>
@@ -230,7 +226,7 @@ static int s_generate_remote(const char *endpoint, const char *prompt, int chat,
     for (;;) {
         Tandem__Envelope *ans = NULL;
         int r = td_client_recv(cl, &ans, timeout_ms, &err);
-        if (r == -1) {
+        if (r == TD_RECV_TIMEOUT) {
             if (!json) fputc('\n', stdout);
             fprintf(stderr,
                     "tandem generate: the verifier at %s did not answer within %d ms (is it "
@@ -238,7 +234,7 @@ static int s_generate_remote(const char *endpoint, const char *prompt, int chat,
                     endpoint, timeout_ms);
             goto out;
         }
-        if (r != 0) continue;
+        if (r != TD_RECV_OK) continue;
         if (ans->session_id != sid || ans->body_case != TANDEM__ENVELOPE__BODY_TOKEN_CHUNK) {
             if (ans->body_case == TANDEM__ENVELOPE__BODY_ERROR) {
                 fprintf(stderr, "tandem generate: verifier error: %s\n", ans->error->message);
@@ -350,40 +346,34 @@ int td_cmd_generate(int argc, char **argv) {
         {"json", TD_OPT_FLAG, &json, 0, 0},
         {"predraft", TD_OPT_FLAG, &predraft, 0, 0},
     };
-    int pr = td_opts_parse(argc, argv, spec, (int)(sizeof spec / sizeof spec[0]));
-    if (pr == 1) {
-        s_help(stdout);
-        return 0;
-    }
-    if (pr) return 2;
+    int ec = TD_CLI_OPTS(argc, argv, spec, s_help);
+    if (ec >= 0) return ec;
     char vbuf[1024], dbuf[1024];
     int method;
     if (method_s) {
         if ((method = td_method_parse(method_s)) < 0) {
-            fprintf(stderr,
-                    "tandem generate: unknown --method '%s' (ar, spec-ar, specdiff, apd, "
-                    "diffusion, selfspec, planned)\n",
-                    method_s);
+            fprintf(stderr, "tandem generate: unknown --method '%s' (%s)\n", method_s,
+                    td_method_list());
             return 2;
         }
     } else {
         method = (drafter || !vdir) ? TD_METHOD_SPECDIFF : TD_METHOD_AR;
     }
-    const int local_dllm = method == TD_METHOD_DIFFUSION || method == TD_METHOD_SELFSPEC ||
-                           method == TD_METHOD_PLANNED;
+    /* which models to load comes from the method's capabilities */
+    const td_method_desc_t *md = td_method_get((td_method_t)method);
+    const int local_dllm = (md->caps & TD_CAP_LOCAL_DLLM) != 0;
     const char *planner_dir =
-        method == TD_METHOD_PLANNED ? vdir : NULL; /* explicit --verifier only */
-    int needs_v = !local_dllm, needs_d = method != TD_METHOD_AR;
+        md->drafter == TD_DRAFTER_PLANNED ? vdir : NULL; /* explicit --verifier only */
+    int needs_v = (md->caps & TD_CAP_VERIFIER) != 0, needs_d = md->drafter != TD_DRAFTER_NONE;
     if (needs_v && !vdir) vdir = s_bundled("tiny-verifier", vbuf, sizeof vbuf);
     if (needs_d && !drafter)
         drafter =
-            s_bundled(method == TD_METHOD_SPEC_AR ? "tiny-ar-drafter" : "tiny-diffusion-drafter",
+            s_bundled(md->drafter == TD_DRAFTER_AR ? "tiny-ar-drafter" : "tiny-diffusion-drafter",
                       dbuf, sizeof dbuf);
     if (!needs_d) drafter = NULL;
-    /* selfspec / planned with a drafter process: the local side loads --verifier DIR (selfspec:
-     * the same dLLM; planned: the planner) and the drafter evaluates / fills over the wire */
-    const int remote_dllm =
-        (method == TD_METHOD_SELFSPEC || method == TD_METHOD_PLANNED) && td_is_endpoint(drafter);
+    /* a dLLM method with a drafter process: the local side loads --verifier DIR (selfspec: the
+     * same dLLM; planned: the planner) and the drafter evaluates / fills over the wire */
+    const int remote_dllm = (md->caps & TD_CAP_REMOTE_DLLM) && td_is_endpoint(drafter);
     char lbuf[1024];
     const char *local_dir = NULL;
     if (remote_dllm) {
@@ -391,18 +381,18 @@ int td_cmd_generate(int argc, char **argv) {
             fprintf(stderr,
                     "tandem generate: --method %s with a drafter endpoint needs --verifier "
                     "DIR (a checkpoint directory loaded here)\n",
-                    td_method_name((td_method_t)method));
+                    md->name);
             return 2;
         }
         local_dir = vdir ? vdir
-                         : s_bundled(method == TD_METHOD_SELFSPEC ? "tiny-diffusion-drafter"
-                                                                  : "tiny-planned",
+                         : s_bundled(md->drafter == TD_DRAFTER_PLANNED ? "tiny-planned"
+                                                                       : "tiny-diffusion-drafter",
                                      lbuf, sizeof lbuf);
     } else if (local_dllm && td_is_endpoint(drafter)) {
         fprintf(stderr,
                 "tandem generate: --method %s runs the drafter checkpoint in this process: give a "
                 "directory\n",
-                td_method_name((td_method_t)method));
+                md->name);
         return 2;
     }
     if (strcmp(span_att, "sparse") != 0 && strcmp(span_att, "dense") != 0) {
@@ -478,8 +468,6 @@ int td_cmd_generate(int argc, char **argv) {
     td_model_t *main_model = needs_v || remote_dllm ? pair.verifier : dm;
     const td_tokenizer_t *tok = needs_v || remote_dllm ? pair.vtok : dtok;
     const char *main_dir = remote_dllm ? local_dir : needs_v ? vdir : drafter;
-    td_remote_opts_t ro = {.session = ((uint64_t)getpid() << 20) | 7,
-                           .timeout_ms = timeout > 0 ? (int)timeout : 5000};
     const td_config_t *c = td_model_config(main_model);
     td_sampling_t sp = {.temperature = 0, .top_k = 0, .top_p = 1};
     if (c->eos_token_id >= 0) stop[n_stop++] = c->eos_token_id;
@@ -527,10 +515,8 @@ int td_cmd_generate(int argc, char **argv) {
         fprintf(stderr, "tandem generate: out of memory\n");
         goto done;
     }
-    stream_t st = {dt, !json && method != TD_METHOD_DIFFUSION};
-    td_spec_stats_t ss;
-    memset(&ss, 0, sizeof ss);
-    td_spec_params_t p = td_spec_params_default((td_method_t)method);
+    stream_t st = {dt, !json};
+    td_run_params_t p = td_run_params_default((td_method_t)method);
     p.max_tokens = (int)max_tokens;
     p.sampling = sp;
     p.draft_sampling = sp;
@@ -542,145 +528,32 @@ int td_cmd_generate(int argc, char **argv) {
     p.dist_top_k = (int)dist_k;
     p.apd_mixture = (float)mixture;
     p.drafter_timeout_ms = timeout > 0 ? (int)timeout : 5000;
-    p.hello = &pair.hello;
     if (gamma > 0) p.gamma = (int)gamma;
     if (steps > 0) p.steps = (int)steps;
     if (kvw >= 0) p.apd_kv_window = (int)kvw;
-    /* planned's fallback (plain ar / diffusion on the planned checkpoint) never emits a plan tag:
-     * the text would hide it but `tokens` would carry it */
-    int32_t suppress[TD_PLAN_MAX_TAG_IDS];
-    int n_suppress = 0;
+    p.block_size = (int)block;
+    p.threshold = (float)threshold;
+    p.draft_k = (int)draft_k;
+    p.steps_ratio = (float)steps_ratio;
+    p.dense = !strcmp(span_att, "dense");
+    /* the models the method runs with: the verifier (or the local planner / dLLM copy), the
+     * in-process dLLM, the drafter link */
+    td_run_ctx_t rctx = {.verifier = pair.verifier,
+                         .dllm = dm,
+                         .dc = pair.dc,
+                         .hello = &pair.hello,
+                         .tok = tok,
+                         .session = (uint64_t)getpid() << 16 | 1,
+                         .cb = s_on_token,
+                         .ud = &st};
+    td_run_stats_t rs;
     double t0 = td_time_now();
-    int grc;
-    if (method == TD_METHOD_AR) {
-    ar:;
-        td_gen_params_t gp = {.max_tokens = (int)max_tokens,
-                              .sampling = sp,
-                              .seed = (uint64_t)seed,
-                              .stop_ids = stop,
-                              .n_stop = n_stop,
-                              .suppress_ids = suppress,
-                              .n_suppress = n_suppress};
-        td_gen_stats_t gs = {0};
-        grc = td_generate_ar(main_model, ids, n, &gp, s_on_token, &st, out, &gs, &err);
-        ss.generated = gs.generated;
-        ss.forwards = gs.forwards;
-        ss.verifier_s = gs.prefill_s + gs.decode_s;
-        ss.stop = gs.stop;
-    } else if (method == TD_METHOD_SELFSPEC) {
-        td_selfspec_params_t sp2 = td_selfspec_params_default();
-        sp2.max_tokens = (int)max_tokens;
-        sp2.block_size = (int)block;
-        sp2.draft_k = (int)draft_k;
-        sp2.stop_ids = stop;
-        sp2.n_stop = n_stop;
-        td_selfspec_stats_t ts = {0};
-        if (sp.temperature > 0) td_log(TD_LOG_WARN, "selfspec is greedy: --temperature ignored");
-        if (remote_dllm) {
-            grc = td_selfspec_generate_via(main_model, pair.dc, &ro, ids, n, &sp2, out, &ts, &err);
-            ss.fallbacks = ts.remote_fallbacks;
-            if (!json)
-                fprintf(stderr,
-                        "[selfspec] %d chain states evaluated by the drafter process in %d "
-                        "forwards beside this side's %d; %d round(s) redone here\n",
-                        ts.remote_states, ts.remote_forwards, ts.forwards, ts.remote_fallbacks);
-        } else {
-            grc = td_selfspec_generate(main_model, ids, n, &sp2, out, &ts, &err);
-        }
-        ss.generated = ts.generated, ss.forwards = ts.forwards, ss.rounds = ts.rounds;
-        ss.drafted = ts.drafted, ss.accepted = ts.commits - ts.rounds, ss.bonus_tokens = ts.rounds;
-        ss.drafter_s = td_time_now() - t0;
-        ss.stop = ts.stopped_at_stop_id ? TD_STOP_EOS : TD_STOP_LENGTH;
-        if (grc == TD_OK && !json)
-            for (int i = 0; i < ts.generated; i++) {
-                st.print = 1;
-                s_on_token(&st, out[i]);
-            }
-    } else if (method == TD_METHOD_PLANNED) {
-        td_plan_tags_t tags;
-        int eos = c->eos_token_id;
-        /* the fallback below decodes with main_model, whose tokenizer is tok */
-        n_suppress = td_plan_tag_ids(tok, eos, suppress);
-        if (td_plan_tags_init(&tags, tok, eos, &err) != TD_OK) {
-            fprintf(stderr, "tandem generate: planned: %s; falling back to --method %s\n", err.msg,
-                    c->causal ? "ar" : "diffusion");
-            method = c->causal ? TD_METHOD_AR : TD_METHOD_DIFFUSION;
-            if (c->causal) goto ar;
-            goto diffusion;
-        }
-        td_planned_params_t pp = td_planned_params_default();
-        pp.max_tokens = (int)max_tokens;
-        pp.dense = !strcmp(span_att, "dense");
-        if (steps_ratio > 0) pp.steps_ratio = (float)steps_ratio;
-        pp.sampling = sp;
-        pp.seed = (uint64_t)seed;
-        td_planned_stats_t ps = {0};
-        int n_out = 0;
-        td_model_t *planner = pair.verifier ? pair.verifier : main_model;
-        double dsec = 0;
-        if (remote_dllm)
-            grc = td_planned_generate_via(planner, pair.dc, &ro, &tags, ids, n, &pp, out, &n_out,
-                                          &ps, &dsec, &err);
-        else
-            grc = td_planned_generate(planner, main_model, &tags, ids, n, &pp, out, &n_out, NULL,
-                                      NULL, &ps, &err);
-        td_plan_tags_free(&tags);
-        if (remote_dllm && grc == TD_ERR_UNSUPPORTED) {
-            fprintf(stderr, "tandem generate: planned: %s; falling back to --method %s\n", err.msg,
-                    c->causal ? "ar" : "diffusion");
-            method = c->causal ? TD_METHOD_AR : TD_METHOD_DIFFUSION;
-            if (c->causal) goto ar;
-            goto diffusion;
-        }
-        if (grc == TD_ERR_FORMAT || grc == TD_ERR_ARG) {
-            /* an unparseable plan, or one whose spans do not fit the context or the token budget
-             * (as tandem bench): the documented fallback to plain decoding */
-            fprintf(stderr, "tandem generate: planned: %s; falling back to --method %s\n", err.msg,
-                    c->causal ? "ar" : "diffusion");
-            method = c->causal ? TD_METHOD_AR : TD_METHOD_DIFFUSION;
-            if (c->causal) goto ar;
-            goto diffusion;
-        }
-        ss.generated = n_out, ss.forwards = ps.critical_path;
-        ss.drafter_s = remote_dllm ? dsec : td_time_now() - t0;
-        ss.stop = ps.stopped_at_eos ? TD_STOP_EOS : TD_STOP_LENGTH;
-        fprintf(stderr,
-                "[planned] plan %d tokens, %d stage(s), %d span(s), %.1f steps per span, critical "
-                "path %d passes\n",
-                ps.plan_tokens, ps.stages, ps.spans,
-                ps.spans ? (double)ps.span_steps / ps.spans : 0.0, ps.critical_path);
-        if (grc == TD_OK && !json)
-            for (int i = 0; i < n_out; i++) {
-                st.print = 1;
-                s_on_token(&st, out[i]);
-            }
-    } else if (method == TD_METHOD_DIFFUSION) {
-    diffusion:;
-        td_diffusion_params_t dp = td_diffusion_params_default();
-        dp.max_tokens = (int)max_tokens;
-        dp.block_size = (int)block;
-        dp.threshold = (float)threshold;
-        dp.sampling = sp;
-        dp.seed = (uint64_t)seed;
-        dp.stop_ids = stop;
-        dp.n_stop = n_stop;
-        dp.suppress_ids = suppress;
-        dp.n_suppress = n_suppress;
-        td_diffusion_stats_t ds = {0};
-        grc = td_diffusion_generate(main_model, ids, n, &dp, out, &ds, &err);
-        ss.generated = ds.generated;
-        ss.forwards = ds.forwards;
-        ss.drafter_s = td_time_now() - t0;
-        ss.stop = ds.stopped_at_stop_id ? TD_STOP_EOS : TD_STOP_LENGTH;
-        if (grc == TD_OK && !json)
-            for (int i = 0; i < ds.generated; i++) {
-                st.print = 1;
-                s_on_token(&st, out[i]);
-            }
-    } else {
-        grc = td_spec_generate(main_model, pair.dc, (uint64_t)getpid() << 16 | 1, ids, n, &p,
-                               s_on_token, &st, out, &ss, &err);
-    }
+    int grc = td_method_run((td_method_t)method, &rctx, &p, ids, n, out, &rs, &err);
+    const td_spec_stats_t ss = rs.s;
+    if (rs.note[0]) fprintf(stderr, "tandem generate: %s\n", rs.note);
+    const td_method_desc_t *ran = td_method_get(rs.ran);
+    if (ran->report && !json) ran->report(stderr, &rs);
+    method = rs.ran;
     double total = td_time_now() - t0;
     if (grc != TD_OK) {
         if (!json) fputc('\n', stdout);

@@ -59,12 +59,8 @@ int td_cmd_score(int argc, char **argv) {
         {"json", TD_OPT_FLAG, &json, 0, 0},
         {"summary", TD_OPT_FLAG, &summary, 0, 0},
     };
-    int pr = td_opts_parse(argc, argv, spec, (int)(sizeof spec / sizeof spec[0]));
-    if (pr == 1) {
-        s_help(stdout);
-        return 0;
-    }
-    if (pr) return 2;
+    int ec = TD_CLI_OPTS(argc, argv, spec, s_help);
+    if (ec >= 0) return ec;
     if (!model || (!text == !file)) {
         fprintf(stderr,
                 "tandem score: need --model and exactly one of --text / --file (see --help)\n");

@@ -8,18 +8,11 @@
 #include "bridge/commands.h"
 #include "bridge/pair.h"
 #include "model/chat.h"
-#include "verifier/generate.h"
-#include "verifier/spec.h"
+#include "engine/method.h"
 
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-
-static volatile sig_atomic_t s_stop;
-static void s_on_signal(int sig) {
-    (void)sig;
-    s_stop = 1;
-}
 
 static void s_help(FILE *f) {
     fprintf(
@@ -90,15 +83,16 @@ static void s_generate(td_pair_t *pair, td_server_t *srv, const td_routing_id_t 
     const Tandem__GenerateRequest *g = req->generate_request;
     serve_ctx_t c = {.srv = srv, .to = *from, .session = req->session_id};
     const char *ms = g->method && *g->method ? g->method : "ar";
-    int method = td_method_parse(ms);
+    const td_method_desc_t *md = td_method_find(ms);
     char msg[512];
-    if (method < 0 || method == TD_METHOD_DIFFUSION) {
+    if (!md || !(md->caps & TD_CAP_SERVED)) {
         snprintf(msg, sizeof msg,
                  "method '%s' is not served by a verifier (ar, spec-ar, specdiff, apd)", ms);
         s_send_chunk(&c, NULL, 0, NULL, 1, NULL, msg);
         return;
     }
-    if (method != TD_METHOD_AR && !pair->dc) {
+    const td_method_t method = md->id;
+    if ((md->caps & TD_CAP_DRAFTER) && !pair->dc) {
         snprintf(msg, sizeof msg, "this verifier has no drafter: only ar is served");
         s_send_chunk(&c, NULL, 0, NULL, 1, NULL, msg);
         return;
@@ -140,36 +134,29 @@ static void s_generate(td_pair_t *pair, td_server_t *srv, const td_routing_id_t 
         sp = (td_sampling_t){g->sampling->temperature, (int)g->sampling->top_k,
                              g->sampling->top_p > 0 ? g->sampling->top_p : 1};
     c.dt = td_detok_new(pair->vtok, 1);
-    td_spec_stats_t ss;
-    memset(&ss, 0, sizeof ss);
-    td_spec_params_t p = td_spec_params_default((td_method_t)method);
+    td_run_params_t p = td_run_params_default(method);
+    p.max_tokens = (int)g->max_tokens;
+    p.sampling = p.draft_sampling = sp;
+    p.seed = g->seed;
+    p.stop_ids = stop;
+    p.n_stop = n_stop;
+    if (g->gamma) p.gamma = (int)g->gamma;
+    if (g->steps) p.steps = (int)g->steps;
+    p.order = (int)g->order;
+    p.verify = (td_verify_t)verify;
+    if (g->mixture > 0) p.apd_mixture = g->mixture;
+    p.drafter_timeout_ms = timeout_ms;
+    td_run_ctx_t ctx = {.verifier = pair->verifier,
+                        .dc = pair->dc,
+                        .hello = &pair->hello,
+                        .tok = pair->vtok,
+                        .session = req->session_id,
+                        .cb = s_on_token,
+                        .ud = &c};
+    td_run_stats_t rs;
     double t0 = td_time_now();
-    int rc;
-    if (method == TD_METHOD_AR) {
-        td_gen_params_t gp = {.max_tokens = (int)g->max_tokens,
-                              .sampling = sp,
-                              .seed = g->seed,
-                              .stop_ids = stop,
-                              .n_stop = n_stop};
-        td_gen_stats_t gs = {0};
-        rc = td_generate_ar(pair->verifier, ids, n, &gp, s_on_token, &c, out, &gs, &err);
-        ss.generated = gs.generated, ss.forwards = gs.forwards, ss.stop = gs.stop;
-    } else {
-        p.max_tokens = (int)g->max_tokens;
-        p.sampling = p.draft_sampling = sp;
-        p.seed = g->seed;
-        p.stop_ids = stop;
-        p.n_stop = n_stop;
-        if (g->gamma) p.gamma = (int)g->gamma;
-        if (g->steps) p.steps = (int)g->steps;
-        p.order = (int)g->order;
-        p.verify = (td_verify_t)verify;
-        if (g->mixture > 0) p.apd_mixture = g->mixture;
-        p.drafter_timeout_ms = timeout_ms;
-        p.hello = &pair->hello;
-        rc = td_spec_generate(pair->verifier, pair->dc, req->session_id, ids, n, &p, s_on_token, &c,
-                              out, &ss, &err);
-    }
+    int rc = td_method_run(method, &ctx, &p, ids, n, out, &rs, &err);
+    const td_spec_stats_t ss = rs.s;
     double total = td_time_now() - t0;
     if (c.failed) goto out;
     if (rc != TD_OK) {
@@ -213,12 +200,8 @@ int td_cmd_verifier(int argc, char **argv) {
         {"threads", TD_OPT_INT, &threads, 0, 1024},
         {"device", TD_OPT_INT, &device, -1, 64},
     };
-    int pr = td_opts_parse(argc, argv, spec, (int)(sizeof spec / sizeof spec[0]));
-    if (pr == 1) {
-        s_help(stdout);
-        return 0;
-    }
-    if (pr) return 2;
+    int ec = TD_CLI_OPTS(argc, argv, spec, s_help);
+    if (ec >= 0) return ec;
     if (!model || !bind) {
         fprintf(stderr, "tandem-verifier: need --model DIR and --bind ENDPOINT (see --help)\n");
         return 2;
@@ -243,17 +226,13 @@ int td_cmd_verifier(int argc, char **argv) {
         fprintf(stderr, "tandem-verifier: %s\n", err.msg);
         goto out;
     }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = s_on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    volatile sig_atomic_t *stop = td_cli_stop_on_signals();
     fprintf(stderr, "tandem-verifier: %s serving on %s (drafter: %s)\n", model,
             td_server_endpoint(srv), drafter ? pair.endpoint : "none");
-    while (!s_stop) {
+    while (!*stop) {
         td_routing_id_t from;
         Tandem__Envelope *env = NULL;
-        if (td_server_recv(srv, &from, &env, 100, &err) != 0) continue;
+        if (td_server_recv(srv, &from, &env, 100, &err) != TD_RECV_OK) continue;
         if (env->body_case == TANDEM__ENVELOPE__BODY_HELLO) {
             /* clients send text, so their tokenizer does not matter; other roles must match ours */
             if (env->hello->role == TANDEM__ROLE__ROLE_CLIENT) {

@@ -13,7 +13,7 @@ int td_is_endpoint(const char *s) { return s && strstr(s, "://") != NULL; }
 
 static void *s_serve(void *arg) {
     td_pair_t *p = arg;
-    td_drafter_serve(p->svc, p->srv, &p->stop);
+    td_drafter_serve_until(p->svc, p->srv, p->ctl_thread);
     return NULL;
 }
 
@@ -80,6 +80,7 @@ int td_pair_open(td_pair_t *p, const char *verifier_dir, const char *drafter,
                  s_counter++);
         p->srv = td_server_new(p->endpoint, &to, err);
         if (!p->srv) return TD_ERR;
+        if (td_pipe_new(&p->ctl, &p->ctl_thread, err) != TD_OK) return TD_ERR;
         if (pthread_create(&p->thread, NULL, s_serve, p) != 0)
             return td_err_set(err, TD_ERR, "cannot start the drafter thread");
         p->thread_running = 1;
@@ -113,10 +114,12 @@ int td_pair_open(td_pair_t *p, const char *verifier_dir, const char *drafter,
 void td_pair_close(td_pair_t *p) {
     td_client_destroy(&p->dc);
     if (p->thread_running) {
-        p->stop = 1;
+        td_pipe_send(p->ctl, "STOP", NULL);
         pthread_join(p->thread, NULL);
         p->thread_running = 0;
     }
+    td_pipe_destroy(&p->ctl);
+    td_pipe_destroy(&p->ctl_thread);
     td_server_destroy(&p->srv);
     td_drafter_service_destroy(&p->svc);
     td_tokenizer_destroy(&p->dtok);

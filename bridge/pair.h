@@ -14,7 +14,6 @@
 #include "protocol/transport.h"
 
 #include <pthread.h>
-#include <signal.h>
 
 typedef struct td_pair {
     td_backend_t *vbe, *dbe;
@@ -24,7 +23,7 @@ typedef struct td_pair {
     td_server_t *srv;
     pthread_t thread;
     int thread_running;
-    volatile sig_atomic_t stop;
+    td_pipe_t *ctl, *ctl_thread; /* actor pipe to the drafter thread: ours, its end */
     td_client_t *dc;
     char endpoint[512];
     Tandem__Hello hello;

@@ -399,73 +399,94 @@ int td_diffusion_draft(td_model_t *m, td_kv_cache_t *kv, int seq, const int32_t 
 
 /* ---- AR drafts ---- */
 
+int td_ar_draft_many(td_model_t *m, td_kv_cache_t *kv, td_ar_job_t *jobs, int n_jobs,
+                     td_err_t *err) {
+    const td_config_t *c = td_model_config(m);
+    if (!c->causal) return td_err_set(err, TD_ERR_ARG, "AR draft needs a causal model");
+    const int V = c->n_vocab;
+    int rows = 0, max_gamma = 0;
+    for (int k = 0; k < n_jobs; k++) {
+        td_ar_job_t *J = &jobs[k];
+        if (!J->prefix || J->n_prefix < 1 || J->gamma < 1 || !J->sp || !J->rng || !J->draft)
+            return td_err_set(err, TD_ERR_ARG, "AR draft: bad arguments (n_prefix %d, gamma %d)",
+                              J->n_prefix, J->gamma);
+        for (int i = 0; i < J->n_prefix; i++)
+            if (J->prefix[i] < 0 || J->prefix[i] >= V)
+                return td_err_set(err, TD_ERR_ARG, "prefix token %d out of range", J->prefix[i]);
+        if (J->seq < 0 || J->seq >= td_kv_cache_n_seq(kv) ||
+            J->n_prefix + J->gamma - 1 > td_kv_cache_n_ctx(kv))
+            return td_err_set(err, TD_ERR_ARG,
+                              "AR draft: slot %d or length %d does not fit the cache", J->seq,
+                              J->n_prefix + J->gamma - 1);
+        for (int l = 0; l < k; l++)
+            if (jobs[l].seq == J->seq) return td_err_set(err, TD_ERR_ARG, "AR draft: slot twice");
+        int L = td_kv_cache_len(kv, J->seq);
+        rows += J->n_prefix - (L < J->n_prefix - 1 ? L : J->n_prefix - 1);
+        if (J->gamma > max_gamma) max_gamma = J->gamma;
+    }
+    if (rows < n_jobs) rows = n_jobs;
+    int32_t *tok = malloc((size_t)rows * 3 * sizeof *tok);
+    uint8_t *lf = calloc((size_t)rows, 1);
+    float *logits = malloc((size_t)n_jobs * (size_t)V * sizeof *logits);
+    int rc = TD_OK;
+    if (!tok || !lf || !logits) rc = td_err_set(err, TD_ERR_NOMEM, "out of memory");
+    int32_t *pos = tok + rows, *sq = tok + 2 * (size_t)rows;
+    /* step j: every job still drafting adds its rows (step 0: the prefix its slot lacks, logits
+     * for the last), one forward for all, then each samples its draft j from its own row */
+    for (int j = 0; rc == TD_OK && j < max_gamma; j++) {
+        int n = 0;
+        for (int k = 0; k < n_jobs; k++) {
+            td_ar_job_t *J = &jobs[k];
+            if (j >= J->gamma) continue;
+            if (j == 0) {
+                int L = td_kv_cache_len(kv, J->seq);
+                if (L > J->n_prefix - 1) td_kv_cache_crop(kv, J->seq, L = J->n_prefix - 1);
+                for (int i = L; i < J->n_prefix; i++, n++)
+                    tok[n] = J->prefix[i], pos[n] = i, sq[n] = J->seq, lf[n] = 0;
+            } else {
+                tok[n] = J->draft[j - 1], pos[n] = J->n_prefix + j - 1, sq[n] = J->seq;
+                lf[n++] = 0;
+            }
+            lf[n - 1] = 1;
+        }
+        td_batch_t b = {
+            .n = n, .tokens = tok, .pos = pos, .seq = sq, .attn = TD_ATTN_CAUSAL, .logits_for = lf};
+        if ((rc = td_model_forward(m, kv, &b, logits, err)) != TD_OK) break;
+        for (int k = 0, r = 0; k < n_jobs; k++) {
+            td_ar_job_t *J = &jobs[k];
+            if (j >= J->gamma) continue;
+            float *qj = J->q ? J->q + (size_t)j * V : NULL;
+            int id = td_sample(J->sp, J->rng, logits + (size_t)r++ * V, V, qj);
+            if (id < 0) {
+                rc = td_err_set(err, id, "sampling failed at draft position %d", j);
+                break;
+            }
+            J->draft[j] = id;
+        }
+    }
+    free(tok);
+    free(lf);
+    free(logits);
+    return rc;
+}
+
 int td_ar_draft(td_model_t *m, td_kv_cache_t *kv, int seq, const int32_t *prefix, int n_prefix,
                 int gamma, const td_sampling_t *sp, td_rng_t *rng, int32_t *draft, float *q,
                 td_err_t *err) {
     if (!m || !prefix || n_prefix < 1 || gamma < 1 || !sp || !rng || !draft)
         return td_err_set(err, TD_ERR_ARG, "AR draft: bad arguments (n_prefix %d, gamma %d)",
                           n_prefix, gamma);
-    const td_config_t *c = td_model_config(m);
-    if (!c->causal) return td_err_set(err, TD_ERR_ARG, "AR draft needs a causal model");
-    const int V = c->n_vocab;
-    for (int i = 0; i < n_prefix; i++)
-        if (prefix[i] < 0 || prefix[i] >= V)
-            return td_err_set(err, TD_ERR_ARG, "prefix token %d out of range", prefix[i]);
+    if (!td_model_config(m)->causal)
+        return td_err_set(err, TD_ERR_ARG, "AR draft needs a causal model");
     td_kv_cache_t *own = NULL;
     if (!kv) {
-        own = td_kv_cache_new(m, 1, n_prefix + gamma, err);
-        if (!own) return err && err->code ? err->code : TD_ERR_NOMEM;
-        kv = own;
-        seq = 0;
-    } else if (seq < 0 || seq >= td_kv_cache_n_seq(kv) ||
-               n_prefix + gamma - 1 > td_kv_cache_n_ctx(kv)) {
-        return td_err_set(err, TD_ERR_ARG, "AR draft: slot %d or length %d does not fit the cache",
-                          seq, n_prefix + gamma - 1);
+        if (!(own = td_kv_cache_new(m, 1, n_prefix + gamma, err)))
+            return err && err->code ? err->code : TD_ERR_NOMEM;
+        kv = own, seq = 0;
     }
-    int rc = TD_OK;
-    int L = td_kv_cache_len(kv, seq);
-    if (L > n_prefix - 1) {
-        td_kv_cache_crop(kv, seq, n_prefix - 1);
-        L = n_prefix - 1;
-    }
-    int n = n_prefix - L;
-    int32_t *pos = malloc((size_t)n * sizeof *pos), *sq = malloc((size_t)n * sizeof *sq);
-    uint8_t *lf = calloc((size_t)n, 1);
-    float *logits = malloc((size_t)V * sizeof *logits);
-    if (!pos || !sq || !lf || !logits) {
-        rc = td_err_set(err, TD_ERR_NOMEM, "out of memory");
-        goto done;
-    }
-    for (int i = 0; i < n; i++) {
-        pos[i] = L + i;
-        sq[i] = seq;
-    }
-    lf[n - 1] = 1;
-    td_batch_t b = {.n = n,
-                    .tokens = prefix + L,
-                    .pos = pos,
-                    .seq = sq,
-                    .attn = TD_ATTN_CAUSAL,
-                    .logits_for = lf};
-    rc = td_model_forward(m, kv, &b, logits, err);
-    for (int j = 0; rc == TD_OK && j < gamma; j++) {
-        int id = td_sample(sp, rng, logits, V, q ? q + (size_t)j * V : NULL);
-        if (id < 0) {
-            rc = td_err_set(err, id, "sampling failed at draft position %d", j);
-            break;
-        }
-        draft[j] = id;
-        if (j == gamma - 1) break;
-        int32_t p1 = n_prefix + j, s1 = seq;
-        td_batch_t b1 = {
-            .n = 1, .tokens = &draft[j], .pos = &p1, .seq = &s1, .attn = TD_ATTN_CAUSAL};
-        rc = td_model_forward(m, kv, &b1, logits, err);
-    }
-done:
-    free(pos);
-    free(sq);
-    free(lf);
-    free(logits);
+    td_ar_job_t job = {.seq = seq, .prefix = prefix, .n_prefix = n_prefix, .gamma = gamma};
+    job.sp = sp, job.rng = rng, job.draft = draft, job.q = q;
+    int rc = td_ar_draft_many(m, kv, &job, 1, err);
     td_kv_cache_destroy(&own);
     return rc;
 }
@@ -487,10 +508,7 @@ td_diffusion_params_t td_diffusion_params_default(void) {
 }
 
 static int s_is_stop(const td_diffusion_params_t *p, int eos, int32_t id) {
-    if (p->stop_at_eos && eos >= 0 && id == eos) return 1;
-    for (int i = 0; i < p->n_stop; i++)
-        if (p->stop_ids[i] == id) return 1;
-    return 0;
+    return td_is_stop_id(p->stop_ids, p->n_stop, p->stop_at_eos ? eos : -1, id);
 }
 
 int td_diffusion_generate(td_model_t *m, const int32_t *prompt, int n_prompt,
@@ -507,14 +525,8 @@ int td_diffusion_generate(td_model_t *m, const int32_t *prompt, int n_prompt,
     for (int i = 0; i < n_prompt; i++)
         if (prompt[i] < 0 || prompt[i] >= V)
             return td_err_set(err, TD_ERR_ARG, "prompt token %d out of range", prompt[i]);
-    int n_ctx = n_prompt + p->max_tokens;
-    if (c->n_ctx_train > 0 && n_ctx > c->n_ctx_train) {
-        if (n_prompt >= c->n_ctx_train)
-            return td_err_set(err, TD_ERR_ARG,
-                              "prompt of %d tokens does not fit the model's context of %d",
-                              n_prompt, c->n_ctx_train);
-        n_ctx = c->n_ctx_train;
-    }
+    int n_ctx = 0;
+    if ((rc = td_config_fit_ctx(c, n_prompt, p->max_tokens, 0, &n_ctx, err)) != TD_OK) return rc;
     td_diffusion_stats_t s = {0};
     if (n_ctx == n_prompt) {
         if (st) *st = s;

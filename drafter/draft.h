@@ -91,6 +91,23 @@ int td_ar_draft(td_model_t *m, td_kv_cache_t *kv, int seq, const int32_t *prefix
                 int gamma, const td_sampling_t *sp, td_rng_t *rng, int32_t *draft /*[gamma]*/,
                 float *q /*[gamma][n_vocab] or NULL*/, td_err_t *err);
 
+/* Several AR drafts at once, each exactly td_ar_draft's (same cache contract per slot, same
+ * draws from its own rng): step j runs every job still drafting in ONE forward (step 0 carries
+ * each slot's missing prefix). Slots must differ; kv must not be NULL. The CPU kernels are
+ * batch-invariant, so a job's draft does not depend on the others. TD_OK or the first error
+ * (the outputs of every job are then unspecified). */
+typedef struct td_ar_job {
+    int seq;
+    const int32_t *prefix;
+    int n_prefix, gamma;
+    const td_sampling_t *sp;
+    td_rng_t *rng;
+    int32_t *draft; /* [gamma] */
+    float *q;       /* [gamma][n_vocab] or NULL */
+} td_ar_job_t;
+int td_ar_draft_many(td_model_t *m, td_kv_cache_t *kv, td_ar_job_t *jobs, int n_jobs,
+                     td_err_t *err);
+
 /* Sparse form of a probability row for the wire: the (up to) k largest entries of p[n] that are
  * > 0, largest first (ties to the lowest id), into ids/probs, and *rest = the total of every
  * entry not written (exactly 0 when the written ones are the whole support). Returns the number

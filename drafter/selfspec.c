@@ -33,10 +33,7 @@ static int s_row_choice(const float *row, int V, float *tmp, double *conf) {
 }
 
 static int s_is_stop(const td_selfspec_params_t *p, int eos, int32_t id) {
-    if (p->stop_at_eos && eos >= 0 && id == eos) return 1;
-    for (int i = 0; i < p->n_stop; i++)
-        if (p->stop_ids[i] == id) return 1;
-    return 0;
+    return td_is_stop_id(p->stop_ids, p->n_stop, p->stop_at_eos ? eos : -1, id);
 }
 
 typedef struct s_ctx {

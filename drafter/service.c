@@ -1,6 +1,8 @@
 /* service.c - the drafter worker's request handling and serve loop (see service.h). */
 #include "drafter/service.h"
 
+#define TD_DRAFTER_MAX_BATCH 32
+
 #include "drafter/draft.h"
 #include "drafter/planned.h"
 #include "drafter/selfspec.h"
@@ -64,7 +66,8 @@ struct td_drafter_service {
     long predraft_hits, predraft_misses;
     td_routing_id_t peers[MAX_PEERS];
     int n_peers;
-    double t_request; /* when the request being handled reached the handler */
+    double t_request;      /* when the request being handled reached the handler */
+    long batched_forwards; /* AR drafting calls that served several requests at once */
     /* scratch for one proposal */
     int32_t *draft, *ids;
     float *probs, *vals;
@@ -233,48 +236,57 @@ static int s_dbuf_reserve(dbuf_t *d, int gamma, int V, int apd) {
     return TD_OK;
 }
 
-/* Drafts after text[n] into d, keeping the slot's cache bookkeeping right. */
-static int s_run_draft(td_drafter_service_t *s, session_t *ss, const int32_t *text, int n,
-                       const dkey_t *k, uint64_t round, dbuf_t *d, td_err_t *err) {
-    const td_config_t *c = td_model_config(s->m);
+/* Before drafting after text[n] into d: room in d, the slot cropped to the longest cached prefix
+ * that still matches the text, the round's sampling settings and generator. */
+static int s_draft_begin(td_drafter_service_t *s, session_t *ss, const int32_t *text, int n,
+                         const dkey_t *k, uint64_t round, dbuf_t *d, td_sampling_t *sp,
+                         td_rng_t *rng, td_err_t *err) {
     if (s_dbuf_reserve(d, k->gamma, s->V, k->apd))
         return td_err_set(err, TD_ERR_NOMEM, "out of memory");
-    /* keep the cached keys/values of the longest prefix that still matches the text */
     int keep = 0;
     while (keep < ss->cache_n && keep < n && ss->cache_tok[keep] == text[keep]) keep++;
     if (k->apd && k->kv_window > 0 && keep > n - k->kv_window)
         keep = n - k->kv_window > 0 ? n - k->kv_window : 0;
     td_kv_cache_crop(s->kv, ss->slot, keep);
     ss->cache_n = keep;
-    td_sampling_t sp = {k->temperature, k->top_k, k->top_p};
-    td_rng_t rng;
-    td_rng_seed(&rng, td_draft_round_seed(k->seed, round));
-    int rc;
-    if (c->is_diffusion) {
-        td_draft_opts_t o = {.exact = s->opts.exact, .logits = k->apd ? d->logits : NULL};
-        rc = td_diffusion_draft_ex(s->m, s->kv, ss->slot, text, n, k->gamma, k->steps,
-                                   (td_unmask_order_t)k->order, &sp, &rng, d->tok, d->q, &o, err);
-        if (rc == TD_OK) {
-            memmove(ss->cache_tok, text, (size_t)n * sizeof *text);
-            ss->cache_n = td_kv_cache_len(s->kv, ss->slot);
-        }
-    } else {
-        rc = td_ar_draft(s->m, s->kv, ss->slot, text, n, k->gamma, &sp, &rng, d->tok, d->q, err);
-        if (rc == TD_OK) {
-            memmove(ss->cache_tok, text, (size_t)n * sizeof *text);
-            memcpy(ss->cache_tok + n, d->tok, (size_t)(k->gamma - 1) * sizeof *d->tok);
-            ss->cache_n = td_kv_cache_len(s->kv, ss->slot);
-        }
-    }
+    *sp = (td_sampling_t){k->temperature, k->top_k, k->top_p};
+    td_rng_seed(rng, td_draft_round_seed(k->seed, round));
+    return TD_OK;
+}
+
+/* After drafting (rc): the slot's bookkeeping (which tokens its keys/values came from). */
+static int s_draft_end(td_drafter_service_t *s, session_t *ss, const int32_t *text, int n,
+                       const dkey_t *k, uint64_t round, dbuf_t *d, int rc) {
     if (rc != TD_OK) {
         td_kv_cache_crop(s->kv, ss->slot, 0);
         ss->cache_n = 0;
         d->gamma = 0;
         return rc;
     }
+    memmove(ss->cache_tok, text, (size_t)n * sizeof *text);
+    if (!td_model_config(s->m)->is_diffusion) /* an AR drafter caches its own drafts */
+        memcpy(ss->cache_tok + n, d->tok, (size_t)(k->gamma - 1) * sizeof *d->tok);
+    ss->cache_n = td_kv_cache_len(s->kv, ss->slot);
     d->gamma = k->gamma;
     d->round = round;
     return TD_OK;
+}
+
+/* Drafts after text[n] into d, keeping the slot's cache bookkeeping right. */
+static int s_run_draft(td_drafter_service_t *s, session_t *ss, const int32_t *text, int n,
+                       const dkey_t *k, uint64_t round, dbuf_t *d, td_err_t *err) {
+    td_sampling_t sp;
+    td_rng_t rng;
+    int rc = s_draft_begin(s, ss, text, n, k, round, d, &sp, &rng, err);
+    if (rc != TD_OK) return rc;
+    if (td_model_config(s->m)->is_diffusion) {
+        td_draft_opts_t o = {.exact = s->opts.exact, .logits = k->apd ? d->logits : NULL};
+        rc = td_diffusion_draft_ex(s->m, s->kv, ss->slot, text, n, k->gamma, k->steps,
+                                   (td_unmask_order_t)k->order, &sp, &rng, d->tok, d->q, &o, err);
+    } else {
+        rc = td_ar_draft(s->m, s->kv, ss->slot, text, n, k->gamma, &sp, &rng, d->tok, d->q, err);
+    }
+    return s_draft_end(s, ss, text, n, k, round, d, rc);
 }
 
 /* The drafter's greedy guess of the verifier's bonus token after text[n] (the token that would
@@ -363,14 +375,16 @@ out:
     free(all_logits);
 }
 
-static void s_draft(td_drafter_service_t *s, td_server_t *srv, const td_routing_id_t *from,
-                    const Tandem__Envelope *req) {
+/* Checks a DraftRequest and takes its text into the session: 1 with *ssp and *kp set, or 0 after
+ * replying with an Error. */
+static int s_draft_prepare(td_drafter_service_t *s, td_server_t *srv, const td_routing_id_t *from,
+                           const Tandem__Envelope *req, session_t **ssp, dkey_t *kp) {
     const Tandem__DraftRequest *r = req->draft_request;
     const td_config_t *c = td_model_config(s->m);
     if (req->session_id == 0) {
         s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_MALFORMED,
                       "session id 0 is reserved");
-        return;
+        return 0;
     }
     session_t *ss = s_find(s, req->session_id);
     if (!ss) {
@@ -378,17 +392,17 @@ static void s_draft(td_drafter_service_t *s, td_server_t *srv, const td_routing_
             s_reply_error(
                 srv, from, req, TANDEM__ERROR_CODE__ERROR_UNKNOWN_SESSION,
                 "unknown session (drafter restarted or evicted it): resend from base_len 0");
-            return;
+            return 0;
         }
         if (!(ss = s_create(s, req->session_id))) {
             s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_INTERNAL, "out of memory");
-            return;
+            return 0;
         }
     }
     if (r->base_len > (uint32_t)ss->n) {
         s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_OUT_OF_ORDER,
                       "base_len %u is past the %d tokens this drafter holds", r->base_len, ss->n);
-        return;
+        return 0;
     }
     int64_t n = (int64_t)r->base_len + (int64_t)r->n_prefix_delta;
     int gamma = (int)r->gamma;
@@ -397,14 +411,14 @@ static void s_draft(td_drafter_service_t *s, td_server_t *srv, const td_routing_
         s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_UNSUPPORTED,
                       "text of %lld tokens + drafts of %d do not fit the drafter's context of %d",
                       (long long)n, gamma, s->n_ctx);
-        return;
+        return 0;
     }
     int apd = r->apd != NULL;
     if (apd && !c->is_diffusion) {
         s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_UNSUPPORTED,
                       "APD needs a diffusion-LM drafter; this one is causal (%s)",
                       td_arch_name(c->arch));
-        return;
+        return 0;
     }
     for (uint32_t i = 0; i < r->n_prefix_delta; i++)
         ss->tok[r->base_len + i] = (int32_t)r->prefix_delta[i];
@@ -423,6 +437,17 @@ static void s_draft(td_drafter_service_t *s, td_server_t *srv, const td_routing_
         k.top_k = (int)r->sampling->top_k;
         k.top_p = r->sampling->top_p > 0 ? r->sampling->top_p : 1.0f;
     }
+    *ssp = ss, *kp = k;
+    return 1;
+}
+
+static void s_draft(td_drafter_service_t *s, td_server_t *srv, const td_routing_id_t *from,
+                    const Tandem__Envelope *req) {
+    session_t *ss;
+    dkey_t k;
+    if (!s_draft_prepare(s, srv, from, req, &ss, &k)) return;
+    const int gamma = k.gamma, apd = k.apd;
+
     /* a pre-draft made for exactly this request? */
     int hit = ss->pre.gamma && ss->pre.round == req->round && ss->pre_n == ss->n &&
               !memcmp(&ss->pre_key, &k, sizeof k) &&
@@ -460,6 +485,51 @@ static void s_draft(td_drafter_service_t *s, td_server_t *srv, const td_routing_
     td_err_t err = {0};
     if (s_run_draft(s, ss, ss->pre_text, ss->pre_n, &k, req->round + 1, &ss->pre, &err) != TD_OK)
         ss->pre.gamma = 0;
+}
+
+/* Several DraftRequests that were waiting together, drafted by a causal drafter in one forward per
+ * draft position (td_ar_draft_many); each answer equals the one s_draft would give alone. */
+static void s_draft_batch(td_drafter_service_t *s, td_server_t *srv, const td_routing_id_t *from,
+                          Tandem__Envelope **reqs, int n_req) {
+    session_t *ss[TD_DRAFTER_MAX_BATCH];
+    dkey_t k[TD_DRAFTER_MAX_BATCH];
+    td_sampling_t sp[TD_DRAFTER_MAX_BATCH];
+    td_rng_t rng[TD_DRAFTER_MAX_BATCH];
+    td_ar_job_t jobs[TD_DRAFTER_MAX_BATCH];
+    int idx[TD_DRAFTER_MAX_BATCH], n = 0;
+    td_err_t err = {0};
+    s->t_request = td_time_now();
+    for (int i = 0; i < n_req; i++) {
+        if (!s_draft_prepare(s, srv, &from[i], reqs[i], &ss[n], &k[n])) continue;
+        ss[n]->pre.gamma = 0;
+        if (s_draft_begin(s, ss[n], ss[n]->tok, ss[n]->n, &k[n], reqs[i]->round, &ss[n]->cur,
+                          &sp[n], &rng[n], &err) != TD_OK) {
+            s_reply_error(srv, &from[i], reqs[i], TANDEM__ERROR_CODE__ERROR_INTERNAL,
+                          "drafting failed: %s", err.msg);
+            continue;
+        }
+        jobs[n] = (td_ar_job_t){.seq = ss[n]->slot,
+                                .prefix = ss[n]->tok,
+                                .n_prefix = ss[n]->n,
+                                .gamma = k[n].gamma,
+                                .sp = &sp[n],
+                                .rng = &rng[n],
+                                .draft = ss[n]->cur.tok,
+                                .q = ss[n]->cur.q};
+        idx[n++] = i;
+    }
+    if (!n) return;
+    int rc = td_ar_draft_many(s->m, s->kv, jobs, n, &err);
+    s->batched_forwards += rc == TD_OK ? 1 : 0;
+    for (int j = 0; j < n; j++) {
+        const Tandem__Envelope *req = reqs[idx[j]];
+        if (s_draft_end(s, ss[j], ss[j]->tok, ss[j]->n, &k[j], req->round, &ss[j]->cur, rc) !=
+            TD_OK)
+            s_reply_error(srv, &from[idx[j]], req, TANDEM__ERROR_CODE__ERROR_INTERNAL,
+                          "drafting failed: %s", err.msg);
+        else
+            s_send_proposal(s, srv, &from[idx[j]], req, &ss[j]->cur, 0, 0);
+    }
 }
 
 static void s_full_row(td_drafter_service_t *s, td_server_t *srv, const td_routing_id_t *from,
@@ -702,21 +772,70 @@ void td_drafter_service_handle(td_drafter_service_t *s, td_server_t *srv,
     }
 }
 
-int td_drafter_serve(td_drafter_service_t *svc, td_server_t *srv, volatile sig_atomic_t *stop) {
+/* Whether req can join a batch: a DraftRequest from a known peer, for a causal drafter without
+ * pre-drafting, for a session not already in the batch. */
+static int s_batchable(td_drafter_service_t *s, const td_routing_id_t *from,
+                       Tandem__Envelope **batch, int n, const Tandem__Envelope *req) {
+    if (req->body_case != TANDEM__ENVELOPE__BODY_DRAFT_REQUEST || s->opts.predraft ||
+        td_model_config(s->m)->is_diffusion || req->draft_request->apd || !s_peer_known(s, from) ||
+        n >= TD_DRAFTER_MAX_BATCH || n >= s->opts.max_sessions - 1)
+        return 0;
+    for (int i = 0; i < n; i++)
+        if (batch[i]->session_id == req->session_id) return 0;
+    return 1;
+}
+
+/* Handles the messages waiting on srv (up to TD_DRAFTER_MAX_BATCH), in arrival order; DraftRequests
+ * that arrived together are drafted together. */
+static void s_serve_waiting(td_drafter_service_t *svc, td_server_t *srv) {
+    td_routing_id_t from[TD_DRAFTER_MAX_BATCH];
+    Tandem__Envelope *env[TD_DRAFTER_MAX_BATCH];
+    int n = 0;
+    td_err_t err = {0};
+    while (n < TD_DRAFTER_MAX_BATCH &&
+           td_server_recv(srv, &from[n], &env[n], 0, &err) == TD_RECV_OK)
+        n++;
+    for (int i = 0; i < n;) {
+        int j = i;
+        while (j < n && s_batchable(svc, &from[j], env + i, j - i, env[j])) j++;
+        if (j - i >= 2) {
+            s_draft_batch(svc, srv, from + i, env + i, j - i);
+        } else {
+            j = i + 1;
+            td_drafter_service_handle(svc, srv, &from[i], env[i]);
+        }
+        for (; i < j; i++) td_wire_free(&env[i]);
+    }
+}
+
+/* Serves until *stop is set or a command comes on ctl (either may be NULL). */
+static int s_serve(td_drafter_service_t *svc, td_server_t *srv, volatile sig_atomic_t *stop,
+                   td_pipe_t *ctl) {
     td_wire_limits_t lim = td_wire_limits_default();
     lim.vocab_size = (uint32_t)svc->V;
     td_server_set_limits(srv, &lim);
-    while (!*stop) {
-        td_routing_id_t from;
-        Tandem__Envelope *env = NULL;
-        td_err_t err = {0};
-        int rc = td_server_recv(srv, &from, &env, 100, &err);
-        if (rc == 0) {
-            td_drafter_service_handle(svc, srv, &from, env);
-            td_wire_free(&env);
+    while (!(stop && *stop)) {
+        int ev = td_server_poll(srv, ctl, stop ? 100 : -1);
+        if (ev == TD_POLL_PIPE) {
+            char cmd[32];
+            td_pipe_recv(ctl, cmd, sizeof cmd, 0);
+            break;
         }
+        if (ev == TD_POLL_SERVER) s_serve_waiting(svc, srv);
     }
     return TD_OK;
+}
+
+long td_drafter_service_batched_forwards(const td_drafter_service_t *svc) {
+    return svc->batched_forwards;
+}
+
+int td_drafter_serve(td_drafter_service_t *svc, td_server_t *srv, volatile sig_atomic_t *stop) {
+    return s_serve(svc, srv, stop, NULL);
+}
+
+int td_drafter_serve_until(td_drafter_service_t *svc, td_server_t *srv, td_pipe_t *ctl) {
+    return s_serve(svc, srv, NULL, ctl);
 }
 
 void td_drafter_service_predraft_stats(const td_drafter_service_t *svc, long *hits, long *misses) {

@@ -42,8 +42,19 @@ void td_drafter_service_destroy(td_drafter_service_t **self_p);
 void td_drafter_service_handle(td_drafter_service_t *svc, td_server_t *srv,
                                const td_routing_id_t *from, const Tandem__Envelope *req);
 
-/* Serves on srv until *stop is set (checked at least every 100 ms). Returns TD_OK. */
+/* Serves on srv until *stop is set (checked at least every 100 ms; for a process stopped by a
+ * signal handler). Returns TD_OK. */
 int td_drafter_serve(td_drafter_service_t *svc, td_server_t *srv, volatile sig_atomic_t *stop);
+
+/* Serves on srv until a command ("STOP") arrives on ctl, this thread's end of an actor pipe
+ * (td_pipe_new): the way to run a drafter in a thread of another component. Sleeps in one poll
+ * on both sockets; nothing is shared with the thread that stops it. Returns TD_OK. */
+int td_drafter_serve_until(td_drafter_service_t *svc, td_server_t *srv, td_pipe_t *ctl);
+
+/* Batched drafting calls so far: DraftRequests that were waiting together (several sessions over
+ * one link send theirs before awaiting any answer) are drafted together when the drafter is a
+ * causal LM and pre-drafting is off, one forward per draft position for all of them. */
+long td_drafter_service_batched_forwards(const td_drafter_service_t *svc);
 
 /* Pre-drafts that were used / thrown away so far. */
 void td_drafter_service_predraft_stats(const td_drafter_service_t *svc, long *hits, long *misses);

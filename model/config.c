@@ -779,4 +779,21 @@ int td_config_from_gguf(const td_gguf_t *g, td_config_t *out, td_err_t *err) {
     if ((rc = s_validate(&c, &cfg)) < 0) return rc;
     *out = cfg;
     return TD_OK;
+
+int td_config_fit_ctx(const td_config_t *c, int n_prompt, int max_tokens, int lookahead, int *n_ctx,
+                      td_err_t *err) {
+    int n = n_prompt + max_tokens + lookahead;
+    if (c->n_ctx_train > 0 && n > c->n_ctx_train) n = c->n_ctx_train;
+    if (lookahead > 0 ? n_prompt + 1 >= n : n_prompt >= n && max_tokens > 0)
+        return td_err_set(err, TD_ERR_ARG, "prompt of %d tokens does not fit the context of %d",
+                          n_prompt, n);
+    *n_ctx = n;
+    return TD_OK;
+}
+
+int td_is_stop_id(const int32_t *stop_ids, int n_stop, int32_t eos, int32_t id) {
+    if (eos >= 0 && id == eos) return 1;
+    for (int i = 0; i < n_stop; i++)
+        if (stop_ids[i] == id) return 1;
+    return 0;
 }

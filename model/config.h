@@ -96,6 +96,16 @@ int td_config_load(const char *dir, td_config_t *cfg, td_err_t *err);
 struct td_gguf;
 int td_config_from_gguf(const struct td_gguf *g, td_config_t *cfg, td_err_t *err);
 
+/* The one context clamp of the decoding loops: *n_ctx = n_prompt + max_tokens + lookahead, cut to
+ * the model's trained context. TD_ERR_ARG when the prompt does not fit: with lookahead 0 when
+ * the prompt fills the cut context and tokens were asked for, else when fewer than
+ * n_prompt + 2 positions remain (a speculative round needs the prompt and one token). */
+int td_config_fit_ctx(const td_config_t *c, int n_prompt, int max_tokens, int lookahead, int *n_ctx,
+                      td_err_t *err);
+
+/* The one stop-id check: id is in stop_ids[n_stop], or equals eos (>= 0). */
+int td_is_stop_id(const int32_t *stop_ids, int n_stop, int32_t eos, int32_t id);
+
 #ifdef __cplusplus
 }
 #endif

@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -205,18 +206,18 @@ static int s_recv_payload(void *sock, const td_wire_limits_t *lim, Tandem__Envel
     zmq_msg_init(&m);
     if (zmq_msg_recv(&m, sock, ZMQ_DONTWAIT) < 0) {
         zmq_msg_close(&m);
-        return -1;
+        return TD_RECV_TIMEOUT;
     }
     if (zmq_msg_more(&m)) {
         int extra = s_drain(sock);
         zmq_msg_close(&m);
         td_err_set(err, TD_ERR_FORMAT, "message of %d frames, expected one envelope frame",
                    extra + 1);
-        return -2;
+        return TD_RECV_MALFORMED;
     }
     int rc = td_wire_unpack(zmq_msg_data(&m), zmq_msg_size(&m), lim, out, err);
     zmq_msg_close(&m);
-    return rc == TD_OK ? 0 : -2;
+    return rc == TD_OK ? TD_RECV_OK : TD_RECV_MALFORMED;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -629,12 +630,12 @@ int td_server_recv(td_server_t *self, td_routing_id_t *from, Tandem__Envelope **
     if (!err) err = &local;
     *out = NULL;
     from->len = 0;
-    if (!s_wait(self->sock, timeout_ms, self->spin_us)) return -1;
+    if (!s_wait(self->sock, timeout_ms, self->spin_us)) return TD_RECV_TIMEOUT;
     zmq_msg_t id;
     zmq_msg_init(&id);
     if (zmq_msg_recv(&id, self->sock, ZMQ_DONTWAIT) < 0) {
         zmq_msg_close(&id);
-        return -1;
+        return TD_RECV_TIMEOUT;
     }
     int more = zmq_msg_more(&id);
     size_t n = zmq_msg_size(&id);
@@ -644,12 +645,12 @@ int td_server_recv(td_server_t *self, td_routing_id_t *from, Tandem__Envelope **
     int rc;
     if (!more) {
         td_err_set(err, TD_ERR_FORMAT, "message without an envelope frame");
-        rc = -2;
+        rc = TD_RECV_MALFORMED;
     } else {
         rc = s_recv_payload(self->sock, &self->limits, out, err);
-        if (rc == -1) return -1;
+        if (rc == TD_RECV_TIMEOUT) return TD_RECV_TIMEOUT;
     }
-    if (rc == -2) {
+    if (rc == TD_RECV_MALFORMED) {
         td_log(TD_LOG_WARN, "%s: malformed message from a peer: %s", self->endpoint, err->msg);
         char msg[1100];
         snprintf(msg, sizeof msg, "malformed message: %s", err->msg);
@@ -821,9 +822,9 @@ int td_client_send(td_client_t *self, const Tandem__Envelope *env, td_err_t *err
 
 int td_client_recv(td_client_t *self, Tandem__Envelope **out, int timeout_ms, td_err_t *err) {
     *out = NULL;
-    if (!s_wait(self->sock, timeout_ms, self->spin_us)) return -1;
+    if (!s_wait(self->sock, timeout_ms, self->spin_us)) return TD_RECV_TIMEOUT;
     int rc = s_recv_payload(self->sock, &self->limits, out, err);
-    if (rc == -2)
+    if (rc == TD_RECV_MALFORMED)
         td_log(TD_LOG_WARN, "%s: malformed message from the server: %s", self->endpoint,
                err ? err->msg : "");
     return rc;
@@ -853,8 +854,8 @@ int td_client_handshake(td_client_t *self, const Tandem__Hello *ours, Tandem__En
                               self->endpoint, timeout_ms);
         Tandem__Envelope *in = NULL;
         int r = td_client_recv(self, &in, (int)(left * 1000.0) + 1, err);
-        if (r == -1) continue;
-        if (r == -2) return td_err_prefix(err, "%s: handshake", self->endpoint);
+        if (r == TD_RECV_TIMEOUT) continue;
+        if (r == TD_RECV_MALFORMED) return td_err_prefix(err, "%s: handshake", self->endpoint);
         if (in->body_case == TANDEM__ENVELOPE__BODY_HEARTBEAT) {
             td_wire_free(&in);
             continue;
@@ -917,4 +918,120 @@ int td_heartbeat_alive(const td_heartbeat_t *hb, double now) {
 int td_heartbeat_wait_ms(const td_heartbeat_t *hb, double now) {
     double d = hb->next_send - now;
     return d <= 0 ? 0 : (int)(d * 1000.0 + 0.999);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Actor pipes */
+
+struct td_pipe {
+    void *sock;
+};
+
+static void s_pipe_free(td_pipe_t *p) {
+    if (!p) return;
+    if (p->sock) zmq_close(p->sock);
+    free(p);
+}
+
+int td_pipe_new(td_pipe_t **a, td_pipe_t **b, td_err_t *err) {
+    static atomic_int s_pipes;
+    *a = *b = NULL;
+    void *ctx = td_transport_context_shared();
+    td_pipe_t *x = calloc(1, sizeof *x), *y = calloc(1, sizeof *y);
+    char ep[96];
+    snprintf(ep, sizeof ep, "inproc://td-pipe-%d-%d", (int)getpid(), atomic_fetch_add(&s_pipes, 1));
+    int linger = 0;
+    if (ctx && x && y && (x->sock = zmq_socket(ctx, ZMQ_PAIR)) &&
+        (y->sock = zmq_socket(ctx, ZMQ_PAIR)) &&
+        zmq_setsockopt(x->sock, ZMQ_LINGER, &linger, sizeof linger) == 0 &&
+        zmq_setsockopt(y->sock, ZMQ_LINGER, &linger, sizeof linger) == 0 &&
+        zmq_bind(x->sock, ep) == 0 && zmq_connect(y->sock, ep) == 0) {
+        *a = x, *b = y;
+        return TD_OK;
+    }
+    int e = zmq_errno();
+    s_pipe_free(x);
+    s_pipe_free(y);
+    return td_err_set(err, TD_ERR, "cannot create an actor pipe: %s", zmq_strerror(e));
+}
+
+void td_pipe_destroy(td_pipe_t **p) {
+    if (!p || !*p) return;
+    s_pipe_free(*p);
+    *p = NULL;
+}
+
+int td_pipe_send(td_pipe_t *p, const char *cmd, td_err_t *err) {
+    if (zmq_send(p->sock, cmd, strlen(cmd), 0) < 0)
+        return td_err_set(err, TD_ERR_IO, "actor pipe: %s", zmq_strerror(zmq_errno()));
+    return TD_OK;
+}
+
+int td_pipe_recv(td_pipe_t *p, char *cmd, size_t cap, int timeout_ms) {
+    if (!s_wait(p->sock, timeout_ms, 0)) return 0;
+    int n = zmq_recv(p->sock, cmd, cap ? cap - 1 : 0, ZMQ_DONTWAIT);
+    if (n < 0) return 0;
+    if (cap) cmd[(size_t)n < cap - 1 ? (size_t)n : cap - 1] = 0;
+    return 1;
+}
+
+int td_server_poll(td_server_t *srv, td_pipe_t *ctl, int timeout_ms) {
+    zmq_pollitem_t it[2] = {{srv->sock, 0, ZMQ_POLLIN, 0}, {ctl ? ctl->sock : NULL, 0, 0, 0}};
+    if (ctl) it[1].events = ZMQ_POLLIN;
+    if (zmq_poll(it, ctl ? 2 : 1, timeout_ms) <= 0) return 0;
+    if (ctl && (it[1].revents & ZMQ_POLLIN)) return TD_POLL_PIPE;
+    return (it[0].revents & ZMQ_POLLIN) ? TD_POLL_SERVER : 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The draft exchange from plain values */
+
+int td_client_send_draft_request(td_client_t *c, const td_draft_args_t *a, td_err_t *err) {
+    Tandem__Envelope env;
+    Tandem__DraftRequest r;
+    Tandem__Sampling smp = TANDEM__SAMPLING__INIT;
+    Tandem__ApdSettings apd = TANDEM__APD_SETTINGS__INIT;
+    td_wire_draft_request_init(&env, &r, a->session, a->round);
+    uint32_t *delta = malloc(sizeof(uint32_t) * ((size_t)a->n_delta + 1));
+    if (!delta) return td_err_set(err, TD_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < a->n_delta; i++) delta[i] = (uint32_t)a->delta[i];
+    r.base_len = (uint32_t)a->base_len;
+    r.n_prefix_delta = (size_t)a->n_delta;
+    r.prefix_delta = delta;
+    r.gamma = (uint32_t)a->gamma;
+    r.steps = (uint32_t)(a->steps > 0 ? a->steps : 1);
+    r.order = (Tandem__UnmaskOrder)a->order;
+    smp.temperature = a->temperature;
+    smp.top_k = (uint32_t)(a->top_k > 0 ? a->top_k : 0);
+    smp.top_p = a->top_p;
+    r.sampling = &smp;
+    r.seed = a->seed;
+    r.want_dist = a->want_dist;
+    r.dist_top_k = (uint32_t)(a->dist_top_k > 0 ? a->dist_top_k : 32);
+    if (a->apd) {
+        apd.mixture = a->apd_mixture;
+        apd.kv_window = (uint32_t)a->apd_kv_window;
+        apd.lookahead = (uint32_t)a->gamma;
+        r.apd = &apd;
+    }
+    int rc = td_client_send(c, &env, err);
+    free(delta);
+    return rc;
+}
+
+int td_client_send_full_row_request(td_client_t *c, uint64_t session, uint64_t round, int pos,
+                                    int logits, td_err_t *err) {
+    Tandem__Envelope env;
+    Tandem__FullRowRequest r;
+    td_wire_full_row_request_init(&env, &r, session, round);
+    r.position = (uint32_t)pos;
+    r.kind = logits ? TANDEM__ROW_KIND__ROW_LOGITS : TANDEM__ROW_KIND__ROW_PROBS;
+    return td_client_send(c, &env, err);
+}
+
+int td_client_send_close_session(td_client_t *c, uint64_t session, td_err_t *err) {
+    Tandem__Envelope env;
+    Tandem__CloseSession cs;
+    td_wire_close_session_init(&env, &cs, session);
+    return td_client_send(c, &env, err);
 }

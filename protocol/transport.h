@@ -86,8 +86,13 @@ void *td_server_socket(td_server_t *self);
 /* Replaces the limits received messages are checked against (e.g. once the vocabulary is known). */
 void td_server_set_limits(td_server_t *self, const td_wire_limits_t *limits);
 
-/* Waits up to timeout_ms (-1 = forever, 0 = poll) for one message. Returns 0 with *out (release
- * with td_wire_free) and *from set; -1 on timeout or interruption (*out NULL); -2 when a message
+/* What td_server_recv / td_client_recv return: a message, nothing in time, or a malformed one.
+ * Positive, so they never read as a TD_ERR_* code. */
+enum { TD_RECV_OK = 0, TD_RECV_TIMEOUT = 1, TD_RECV_MALFORMED = 2 };
+
+/* Waits up to timeout_ms (-1 = forever, 0 = poll) for one message. Returns TD_RECV_OK with *out
+ * (release with td_wire_free) and *from set; TD_RECV_TIMEOUT on timeout or interruption (*out
+ * NULL); TD_RECV_MALFORMED when a message
  * arrived but was malformed: *from names the sender, err says why (code TD_ERR_FORMAT), the
  * sender has been answered with an Error (ERROR_MALFORMED) and the problem logged. */
 int td_server_recv(td_server_t *self, td_routing_id_t *from, Tandem__Envelope **out, int timeout_ms,
@@ -126,8 +131,8 @@ void td_client_set_limits(td_client_t *self, const td_wire_limits_t *limits);
  * timed out or failed. */
 int td_client_send(td_client_t *self, const Tandem__Envelope *env, td_err_t *err);
 
-/* As td_server_recv, without the routing id: 0 ok, -1 timeout/interrupted, -2 malformed (logged;
- * a client does not answer malformed messages). */
+/* As td_server_recv, without the routing id: TD_RECV_OK, TD_RECV_TIMEOUT (or interrupted),
+ * TD_RECV_MALFORMED (logged; a client does not answer malformed messages). */
 int td_client_recv(td_client_t *self, Tandem__Envelope **out, int timeout_ms, td_err_t *err);
 
 /* The handshake from the asking side: sends a Hello (ours) and waits up to timeout_ms for the
@@ -175,6 +180,46 @@ int td_curve_keygen(const char *name, int force, char *public_z85, td_err_t *err
  * comment, 40 Z85 characters) into z85 (41 bytes, NUL-terminated). Warns (td_log) when a secret
  * key file is readable by group or others. TD_OK, TD_ERR_IO, TD_ERR_FORMAT. */
 int td_curve_key_read(const char *path, char *z85, td_err_t *err);
+
+/* ---- the draft exchange without protobuf types ----
+ * What a verifier-side loop sends, from plain values (the envelopes are built here). */
+typedef struct td_draft_args {
+    uint64_t session, round;
+    int base_len;         /* tokens of the text the drafter already holds */
+    const int32_t *delta; /* the text from base_len on */
+    int n_delta;
+    int gamma, steps, order; /* order: Tandem__UnmaskOrder value (td_unmask_order_t) */
+    float temperature, top_p;
+    int top_k;
+    uint64_t seed;
+    int want_dist, dist_top_k;
+    int apd; /* APD settings below are sent */
+    float apd_mixture;
+    int apd_kv_window;
+} td_draft_args_t;
+
+/* DraftRequest; FullRowRequest (logits: 1 = a logit row, 0 = a probability row); CloseSession.
+ * As td_client_send (TD_ERR_NOMEM when the delta cannot be converted). */
+int td_client_send_draft_request(td_client_t *c, const td_draft_args_t *a, td_err_t *err);
+int td_client_send_full_row_request(td_client_t *c, uint64_t session, uint64_t round, int pos,
+                                    int logits, td_err_t *err);
+int td_client_send_close_session(td_client_t *c, uint64_t session, td_err_t *err);
+
+/* ---- actor pipes ----
+ * Two connected inproc PAIR sockets, one for each of two threads: how a thread that serves (the
+ * in-process drafter) is told to stop, instead of a shared flag it would poll. Commands are short
+ * strings ("STOP"). A pipe end belongs to one thread. */
+typedef struct td_pipe td_pipe_t;
+int td_pipe_new(td_pipe_t **a, td_pipe_t **b, td_err_t *err);
+void td_pipe_destroy(td_pipe_t **p);
+int td_pipe_send(td_pipe_t *p, const char *cmd, td_err_t *err);
+/* Waits up to timeout_ms for a command: 1 with cmd[cap] filled (NUL-terminated), 0 on timeout. */
+int td_pipe_recv(td_pipe_t *p, char *cmd, size_t cap, int timeout_ms);
+
+/* Waits up to timeout_ms (-1 = forever) until srv has a message (TD_POLL_SERVER) or ctl (may be
+ * NULL) has a command (TD_POLL_PIPE, checked first); 0 on timeout. */
+enum { TD_POLL_SERVER = 1, TD_POLL_PIPE = 2 };
+int td_server_poll(td_server_t *srv, td_pipe_t *ctl, int timeout_ms);
 
 #ifdef __cplusplus
 }

@@ -2,8 +2,8 @@
 # check-layers.sh - fails when a source file includes a header from a layer above its own.
 #
 # The layers (an arrow A <- B: B may include A's headers, never the reverse):
-#   common <- kernels <- model <- drafter, verifier <- bridge <- workers
-#   common <- protocol <- drafter, verifier, bridge       (protocol beside kernels/model)
+#   common <- kernels <- model <- drafter, verifier <- engine <- bridge <- workers
+#   common <- protocol <- drafter, verifier, engine, bridge   (protocol beside kernels/model)
 # drafter and verifier are siblings: neither includes the other. tests/, bench/, fuzz/ and tools/
 # may include anything. Run by `make check-layers`, which `make test` and `make check` depend on.
 # The tree checked: $1 when given (tests/test_layers.c plants a bad include in a copy), else ours.
@@ -16,12 +16,13 @@ allowed() { # allowed LAYER -> the directories LAYER may include from
     protocol) echo "common protocol" ;;
     drafter) echo "common kernels model protocol drafter" ;;
     verifier) echo "common kernels model protocol verifier" ;;
-    bridge) echo "common kernels model protocol drafter verifier bridge" ;;
-    workers) echo "common kernels model protocol drafter verifier bridge workers" ;;
+    engine) echo "common kernels model protocol drafter verifier engine" ;;
+    bridge) echo "common kernels model protocol drafter verifier engine bridge" ;;
+    workers) echo "common kernels model protocol drafter verifier engine bridge workers" ;;
     esac
 }
 bad=0
-for layer in common kernels model protocol drafter verifier bridge workers; do
+for layer in common kernels model protocol drafter verifier engine bridge workers; do
     ok=$(allowed "$layer")
     files=$(find "$layer" -type f \( -name '*.c' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' \
         -o -name '*.cpp' \) 2>/dev/null)

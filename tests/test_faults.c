@@ -229,7 +229,7 @@ static void *s_fake(void *arg) {
     while (!f->stop) {
         td_routing_id_t from;
         Tandem__Envelope *env = NULL;
-        if (td_server_recv(srv, &from, &env, 50, NULL) != 0) continue;
+        if (td_server_recv(srv, &from, &env, 50, NULL) != TD_RECV_OK) continue;
         if (env->body_case == TANDEM__ENVELOPE__BODY_HELLO) {
             td_server_answer_hello(srv, &from, f->hello, env->hello, NULL);
         } else if (env->body_case == TANDEM__ENVELOPE__BODY_DRAFT_REQUEST) {

@@ -22,7 +22,7 @@
 #include <unistd.h>
 
 #include "bridge/pair.h"
-#include "bridge/remote_methods.h"
+#include "engine/remote_methods.h"
 #include "common/td_common.h"
 #include "drafter/draft.h"
 #include "drafter/planned.h"

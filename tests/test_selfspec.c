@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 #include "bridge/pair.h"
-#include "bridge/remote_methods.h"
+#include "engine/remote_methods.h"
 #include "drafter/draft.h"
 #include "drafter/selfspec.h"
 #include "kernels/backend.h"

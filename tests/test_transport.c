@@ -82,8 +82,8 @@ static void *s_worker_main(void *arg) {
         Tandem__Envelope *in = NULL;
         td_err_t err = {0};
         int rc = td_server_recv(w->srv, &from, &in, 20, &err);
-        if (rc == -1) continue;
-        if (rc == -2) {
+        if (rc == TD_RECV_TIMEOUT) continue;
+        if (rc == TD_RECV_MALFORMED) {
             atomic_fetch_add(&w->n_malformed, 1);
             continue;
         }
@@ -158,7 +158,7 @@ static void s_session(td_client_t *cli) {
     CHECK_EQ_INT(td_client_send(cli, &env, &err), TD_OK);
     Tandem__Envelope *in = NULL;
     rc = td_client_recv(cli, &in, 5000, &err);
-    CHECK_MSG(rc == 0, "no proposal over %s (rc %d): %s", td_client_endpoint(cli), rc, err.msg);
+    CHECK_MSG(rc == TD_RECV_OK, "no proposal over %s (rc %d): %s", td_client_endpoint(cli), rc, err.msg);
     if (rc) return;
     REQUIRE(in->body_case == TANDEM__ENVELOPE__BODY_PROPOSAL);
     CHECK_EQ_INT(in->session_id, 77);
@@ -231,12 +231,12 @@ TD_TEST(exchange_with_busy_polling) {
     REQUIRE(cli);
     Tandem__Envelope *in = NULL;
     double t0 = td_time_now();
-    CHECK_EQ_INT(td_client_recv(cli, &in, 100, &err), -1);
+    CHECK_EQ_INT(td_client_recv(cli, &in, 100, &err), TD_RECV_TIMEOUT);
     double dt = td_time_now() - t0;
     CHECK_MSG(dt >= 0.095 && dt < 1.0, "spinning recv returned after %.3f s, timeout 0.1 s", dt);
     td_routing_id_t from;
     t0 = td_time_now();
-    CHECK_EQ_INT(td_server_recv(srv, &from, &in, 150, &err), -1);
+    CHECK_EQ_INT(td_server_recv(srv, &from, &in, 150, &err), TD_RECV_TIMEOUT);
     dt = td_time_now() - t0;
     CHECK_MSG(dt >= 0.145 && dt < 1.0, "spinning server recv returned after %.3f s", dt);
     td_client_destroy(&cli);
@@ -320,7 +320,7 @@ TD_TEST(malformed_frames_get_an_error_and_the_server_keeps_serving) {
     /* garbage bytes */
     const char junk[] = "\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01 not protobuf";
     REQUIRE(zmq_send(raw, junk, sizeof junk, 0) == (int)sizeof junk);
-    CHECK_EQ_INT(td_server_recv(srv, &from, &in, 5000, &err), -2);
+    CHECK_EQ_INT(td_server_recv(srv, &from, &in, 5000, &err), TD_RECV_MALFORMED);
     CHECK_EQ_INT(err.code, TD_ERR_FORMAT);
     CHECK(in == NULL && from.len > 0);
     Tandem__Envelope *reply = s_raw_recv(raw, 5000);
@@ -338,7 +338,7 @@ TD_TEST(malformed_frames_get_an_error_and_the_server_keeps_serving) {
     uint8_t buf[256];
     size_t n = tandem__envelope__pack(&env, buf);
     REQUIRE(zmq_send(raw, buf, n, 0) == (int)n);
-    CHECK_EQ_INT(td_server_recv(srv, &from, &in, 5000, &err), -2);
+    CHECK_EQ_INT(td_server_recv(srv, &from, &in, 5000, &err), TD_RECV_MALFORMED);
     CHECK(strstr(err.msg, "gamma") != NULL);
     reply = s_raw_recv(raw, 5000);
     CHECK(reply && reply->error && strstr(reply->error->message, "gamma"));
@@ -348,7 +348,7 @@ TD_TEST(malformed_frames_get_an_error_and_the_server_keeps_serving) {
     zmq_send(raw, "a", 1, ZMQ_SNDMORE);
     zmq_send(raw, "b", 1, ZMQ_SNDMORE);
     zmq_send(raw, "c", 1, 0);
-    CHECK_EQ_INT(td_server_recv(srv, &from, &in, 5000, &err), -2);
+    CHECK_EQ_INT(td_server_recv(srv, &from, &in, 5000, &err), TD_RECV_MALFORMED);
     CHECK(strstr(err.msg, "3 frames") != NULL);
     reply = s_raw_recv(raw, 5000);
     CHECK(reply && reply->body_case == TANDEM__ENVELOPE__BODY_ERROR);
@@ -364,9 +364,9 @@ TD_TEST(malformed_frames_get_an_error_and_the_server_keeps_serving) {
     os.prompt_tokens = prompt, os.n_prompt_tokens = 300;
     REQUIRE(td_wire_packed_size(&env) > 512);
     CHECK_EQ_INT(td_client_send(cli, &env, &err), TD_OK);
-    CHECK_EQ_INT(td_server_recv(srv, &from, &in, 5000, &err), -2);
+    CHECK_EQ_INT(td_server_recv(srv, &from, &in, 5000, &err), TD_RECV_MALFORMED);
     CHECK(strstr(err.msg, "over the 512 byte limit") != NULL);
-    CHECK_EQ_INT(td_client_recv(cli, &in, 5000, &err), 0);
+    CHECK_EQ_INT(td_client_recv(cli, &in, 5000, &err), TD_RECV_OK);
     CHECK(in && in->body_case == TANDEM__ENVELOPE__BODY_ERROR);
     td_wire_free(&in);
 
@@ -374,7 +374,7 @@ TD_TEST(malformed_frames_get_an_error_and_the_server_keeps_serving) {
     Tandem__Commit c;
     td_wire_commit_init(&env, &c, 5, 2, 11);
     CHECK_EQ_INT(td_client_send(cli, &env, &err), TD_OK);
-    CHECK_EQ_INT(td_server_recv(srv, &from, &in, 5000, &err), 0);
+    CHECK_EQ_INT(td_server_recv(srv, &from, &in, 5000, &err), TD_RECV_OK);
     REQUIRE(in);
     CHECK_EQ_INT(in->commit->accepted_len, 11);
     td_wire_free(&in);
@@ -382,7 +382,7 @@ TD_TEST(malformed_frames_get_an_error_and_the_server_keeps_serving) {
     Tandem__Heartbeat hb;
     td_wire_heartbeat_init(&env, &hb);
     CHECK_EQ_INT(td_server_send(srv, &from, &env, &err), TD_OK);
-    CHECK_EQ_INT(td_client_recv(cli, &in, 5000, &err), 0);
+    CHECK_EQ_INT(td_client_recv(cli, &in, 5000, &err), TD_RECV_OK);
     td_wire_free(&in);
     td_client_destroy(&cli);
     zmq_close(raw);
@@ -415,13 +415,13 @@ TD_TEST(client_rejects_malformed_answers) {
     zmq_send(router, zmq_msg_data(&id), zmq_msg_size(&id), ZMQ_SNDMORE);
     zmq_send(router, buf, n, 0);
     Tandem__Envelope *in = NULL;
-    CHECK_EQ_INT(td_client_recv(cli, &in, 5000, &err), -2);
+    CHECK_EQ_INT(td_client_recv(cli, &in, 5000, &err), TD_RECV_MALFORMED);
     CHECK(in == NULL && strstr(err.msg, "outside the vocabulary"));
     toks[1] = 9;
     n = tandem__envelope__pack(&env, buf);
     zmq_send(router, zmq_msg_data(&id), zmq_msg_size(&id), ZMQ_SNDMORE);
     zmq_send(router, buf, n, 0);
-    CHECK_EQ_INT(td_client_recv(cli, &in, 5000, &err), 0);
+    CHECK_EQ_INT(td_client_recv(cli, &in, 5000, &err), TD_RECV_OK);
     CHECK(in && in->proposal->tokens[1] == 9);
     td_wire_free(&in);
     zmq_msg_close(&id);
@@ -450,7 +450,7 @@ TD_TEST(dead_peers_time_out) {
     CHECK(strstr(err.msg, "no answer") != NULL);
     Tandem__Envelope *in = NULL;
     t0 = td_time_now();
-    CHECK_EQ_INT(td_client_recv(cli, &in, 250, &err), -1);
+    CHECK_EQ_INT(td_client_recv(cli, &in, 250, &err), TD_RECV_TIMEOUT);
     dt = td_time_now() - t0;
     CHECK_MSG(dt >= 0.24 && dt < 2.0, "recv returned after %.3f s, timeout 0.25 s", dt);
     CHECK(in == NULL);
@@ -461,10 +461,10 @@ TD_TEST(dead_peers_time_out) {
     REQUIRE(srv);
     td_routing_id_t from, ghost = {.len = 5, .data = {0, 1, 2, 3, 4}};
     t0 = td_time_now();
-    CHECK_EQ_INT(td_server_recv(srv, &from, &in, 200, &err), -1);
+    CHECK_EQ_INT(td_server_recv(srv, &from, &in, 200, &err), TD_RECV_TIMEOUT);
     dt = td_time_now() - t0;
     CHECK_MSG(dt >= 0.19 && dt < 2.0, "server recv returned after %.3f s", dt);
-    CHECK_EQ_INT(td_server_recv(srv, &from, &in, 0, &err), -1);
+    CHECK_EQ_INT(td_server_recv(srv, &from, &in, 0, &err), TD_RECV_TIMEOUT);
     Tandem__Envelope env;
     Tandem__Heartbeat hb;
     td_wire_heartbeat_init(&env, &hb);
@@ -475,7 +475,7 @@ TD_TEST(dead_peers_time_out) {
     cli = td_client_new("inproc://tandem-test-lonely", NULL, &err);
     REQUIRE(cli);
     CHECK_EQ_INT(td_client_send_heartbeat(cli, &err), TD_OK);
-    REQUIRE(td_server_recv(srv, &from, &in, 5000, &err) == 0);
+    REQUIRE(td_server_recv(srv, &from, &in, 5000, &err) == TD_RECV_OK);
     td_wire_free(&in);
     CHECK_EQ_INT(td_server_send(srv, &from, &env, &err), TD_OK);
     td_client_destroy(&cli);
@@ -708,7 +708,7 @@ TD_TEST(curve_server_in_own_context_terminates) {
         CHECK_EQ_INT(td_client_send_heartbeat(cli, &err), TD_OK);
         td_routing_id_t from;
         Tandem__Envelope *in = NULL;
-        CHECK_EQ_INT(td_server_recv(srv, &from, &in, 5000, &err), 0);
+        CHECK_EQ_INT(td_server_recv(srv, &from, &in, 5000, &err), TD_RECV_OK);
         td_wire_free(&in);
         td_client_destroy(&cli);
         td_server_destroy(&srv);

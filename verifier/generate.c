@@ -23,14 +23,8 @@ int td_generate_ar(td_model_t *m, const int32_t *prompt, int n_prompt, const td_
             td_arch_name(c->arch));
     if (n_prompt <= 0) return td_err_set(err, TD_ERR_ARG, "empty prompt");
     if (p->max_tokens < 0) return td_err_set(err, TD_ERR_ARG, "max_tokens must be >= 0");
-    int n_ctx = n_prompt + p->max_tokens;
-    if (c->n_ctx_train > 0 && n_ctx > c->n_ctx_train) {
-        if (n_prompt >= c->n_ctx_train)
-            return td_err_set(err, TD_ERR_ARG,
-                              "prompt of %d tokens does not fit the model's context of %d",
-                              n_prompt, c->n_ctx_train);
-        n_ctx = c->n_ctx_train;
-    }
+    int n_ctx = 0, fit = td_config_fit_ctx(c, n_prompt, p->max_tokens, 0, &n_ctx, err);
+    if (fit != TD_OK) return fit;
     const int greedy = !(p->sampling.temperature > 0.0f);
     if (p->n_suppress > 0 && !p->suppress_ids)
         return td_err_set(err, TD_ERR_ARG, "suppress_ids is NULL");
@@ -72,10 +66,7 @@ int td_generate_ar(td_model_t *m, const int32_t *prompt, int n_prompt, const td_
             s.stop = TD_STOP_CALLBACK;
             break;
         }
-        int stop = 0;
-        for (int i = 0; i < p->n_stop; i++)
-            if (p->stop_ids[i] == id) stop = 1;
-        if (stop) {
+        if (td_is_stop_id(p->stop_ids, p->n_stop, -1, id)) {
             s.stop = TD_STOP_EOS;
             break;
         }

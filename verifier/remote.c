@@ -1,32 +1,20 @@
 /* remote.c - requests to a drafter's selfspec and planned services (see remote.h). */
 #include "verifier/remote.h"
 
+#include "verifier/link.h"
+
 #include <stdlib.h>
 #include <string.h>
 
-/* Waits for (session, round) with body `want` or an Error; NULL with err set on timeout. */
+/* Waits for (session, round) with body `want` or an Error; NULL with err set on timeout. Goes
+ * through a drafter link, so heartbeats and late answers are skipped the same way everywhere. */
 static Tandem__Envelope *s_wait(td_client_t *c, uint64_t session, uint64_t round, int timeout_ms,
                                 Tandem__Envelope__BodyCase want, td_err_t *err) {
-    double deadline = td_time_now() + timeout_ms / 1e3;
-    for (;;) {
-        int left = (int)((deadline - td_time_now()) * 1e3);
-        if (left <= 0) {
-            td_err_set(err, TD_ERR_IO, "the drafter did not answer within %d ms", timeout_ms);
-            return NULL;
-        }
-        Tandem__Envelope *env = NULL;
-        td_err_t e = {0};
-        int rc = td_client_recv(c, &env, left, &e);
-        if (rc == -1) continue;
-        if (rc == -2) {
-            td_err_set(err, TD_ERR_FORMAT, "the drafter sent a malformed message: %.300s", e.msg);
-            return NULL;
-        }
-        if (env->session_id == session && env->round == round &&
-            (env->body_case == want || env->body_case == TANDEM__ENVELOPE__BODY_ERROR))
-            return env;
-        td_wire_free(&env); /* heartbeat, or a late answer to an abandoned round */
-    }
+    td_link_t *l = td_link_new(c, NULL, err);
+    Tandem__Envelope *env = NULL;
+    if (l && td_link_wait(l, session, round, (int)want, timeout_ms, &env, err) != TD_OK) env = NULL;
+    td_link_destroy(&l);
+    return env;
 }
 
 /* An Error answer as a return code. */

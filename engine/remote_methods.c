@@ -1,5 +1,5 @@
 /* remote_methods.c - selfspec and planned with a drafter process (see remote_methods.h). */
-#include "bridge/remote_methods.h"
+#include "engine/remote_methods.h"
 
 #include "verifier/remote.h"
 

@@ -1,8 +1,8 @@
 /* remote_methods.h - selfspec and planned with a drafter process: connects the decoding loops of
  * drafter/selfspec.c and drafter/planned.c to the requests of verifier/remote.c over a connected
  * td_client_t (see docs/selfspec.md and docs/planned.md, "two processes"). */
-#ifndef TD_REMOTE_METHODS_H
-#define TD_REMOTE_METHODS_H
+#ifndef TD_ENGINE_REMOTE_METHODS_H
+#define TD_ENGINE_REMOTE_METHODS_H
 
 #include "drafter/planned.h"
 #include "drafter/selfspec.h"
