@@ -779,6 +779,7 @@ int td_config_from_gguf(const td_gguf_t *g, td_config_t *out, td_err_t *err) {
     if ((rc = s_validate(&c, &cfg)) < 0) return rc;
     *out = cfg;
     return TD_OK;
+}
 
 int td_config_fit_ctx(const td_config_t *c, int n_prompt, int max_tokens, int lookahead, int *n_ctx,
                       td_err_t *err) {
