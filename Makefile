@@ -9,7 +9,8 @@
 PKGS      := libzmq libprotobuf-c openblas libcjson libpcre2-8 libutf8proc
 BUILD     ?= build
 CC        ?= cc
-OPT       ?= -O2 -march=native
+# portable baseline (x86-64-v3: AVX2, FMA, F16C); AVX-512 kernels are chosen at run time
+OPT       ?= -O2 -march=x86-64-v3 -mtune=native
 SAN       ?=
 CFLAGS    ?= $(OPT) -g
 CFLAGS    += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fopenmp -I. $(SAN)
