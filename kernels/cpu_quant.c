@@ -32,15 +32,17 @@
 #define TD_QPANEL 128
 #define TD_QPAR_MIN ((int64_t)1 << 15)
 
-/* Quantized activations of n rows: q [n][cols] int8, d [n][nu] scales, and per unit the int32
- * lane corrections (corr [n][nu][8]; offset types) and float lane sums (sv [n][nu][8]; min
- * types). */
+/* Quantized activations of n rows: q [n][cols] int8, d [n][nu] scales (dv: each repeated 8
+ * times, for 512-bit loads), per unit the int32 lane corrections (corr [n][nu][8]; offset types,
+ * and Q8_0 for the VNNI path's w + 128 bytes), and d * sum(q) with tokens innermost
+ * (s [nu][ns]; min types; ns >= n + 3 so 4 tokens load at once). */
 typedef struct td_qx {
     int64_t nu; /* 32-element units per row */
+    int64_t ns;
     int8_t *q;
-    float *d;
+    float *d, *dv;
     int32_t *corr;
-    float *sv;
+    float *s;
 } td_qx_t;
 
 /* Offset types: the weight bytes are q and the element is d * (q - offset); the correction
@@ -48,7 +50,7 @@ typedef struct td_qx {
 static inline int s_has_corr(int dt) {
     return dt == TD_DTYPE_Q4_0 || dt == TD_DTYPE_Q5_0 || dt == TD_DTYPE_Q6_K;
 }
-/* Min types: element = fw * q + mw; the mw term is mw * (dx * sum(activations)), lane 0 of sv. */
+/* Min types: element = fw * q + mw; the mw term is mw * (dx * sum(activations)) = mw * s. */
 static inline int s_has_min(int dt) {
     return dt == TD_DTYPE_Q4_1 || dt == TD_DTYPE_Q5_1 || dt == TD_DTYPE_Q4_K || dt == TD_DTYPE_Q5_K;
 }
@@ -73,16 +75,22 @@ static inline float s_f16p(const uint8_t *p) {
 static int s_qx_alloc(td_qx_t *xa, int n, int64_t cols, int dt) {
     memset(xa, 0, sizeof *xa);
     xa->nu = cols / 32;
-    const size_t nu = (size_t)n * (size_t)xa->nu;
-    size_t bytes = ((size_t)n * (size_t)cols + 63) / 64 * 64 + nu * 4;
-    if (s_has_corr(dt)) bytes += nu * 32;
-    if (s_has_min(dt)) bytes += nu * 32;
+    xa->ns = (n + 3 + 3) / 4 * 4;
+    const size_t nu = (size_t)n * (size_t)xa->nu, qb = ((size_t)n * (size_t)cols + 63) / 64 * 64;
+    const int corr = s_has_corr(dt) || dt == TD_DTYPE_Q8_0, smin = s_has_min(dt);
+    const size_t sb = smin ? ((size_t)xa->nu * (size_t)xa->ns * 4 + 63) / 64 * 64 : 0;
+    size_t bytes = qb + nu * 32 + (corr ? nu * 32 : 0) + sb + (nu * 4 + 63) / 64 * 64;
     char *p = NULL;
-    if (posix_memalign((void **)&p, 64, bytes ? bytes : 64)) return -1;
+    if (posix_memalign((void **)&p, 64, bytes)) return -1;
     xa->q = (int8_t *)p;
-    p += ((size_t)n * (size_t)cols + 63) / 64 * 64;
-    if (s_has_corr(dt)) xa->corr = (int32_t *)p, p += nu * 32;
-    if (s_has_min(dt)) xa->sv = (float *)p, p += nu * 32;
+    p += qb;
+    xa->dv = (float *)p, p += nu * 32;
+    if (corr) xa->corr = (int32_t *)p, p += nu * 32;
+    if (smin) {
+        xa->s = (float *)p;
+        memset(p, 0, sb);
+        p += sb;
+    }
     xa->d = (float *)p;
     return 0;
 }
@@ -94,32 +102,33 @@ static void s_qx_row(td_qx_t *xa, const float *x, int t, int dt) {
         const float *v = x + 32 * k;
         int8_t *q = xa->q + (size_t)t * (size_t)nu * 32 + 32 * k;
         float amax = 0;
-        for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(v[i]));
-        const float d = amax / 127.0f, id = d > 0 ? 1.0f / d : 0.0f;
-        int sa = 0, sb = 0;
         for (int i = 0; i < 32; i++) {
-            const int qi = (int)lrintf(v[i] * id);
-            q[i] = (int8_t)(qi > 127 ? 127 : qi < -127 ? -127 : qi);
-            if (i < 16)
-                sa += q[i];
-            else
-                sb += q[i];
+            const float a = fabsf(v[i]);
+            amax = a > amax ? a : amax;
         }
+        const float d = amax / 127.0f, id = d > 0 ? 1.0f / d : 0.0f;
+        int lane[8] = {0};
+        for (int i = 0; i < 32; i++) {
+            const int qi = (int)rintf(v[i] * id); /* nearest, ties to even */
+            q[i] = (int8_t)(qi > 127 ? 127 : qi < -127 ? -127 : qi);
+            lane[i / 4] += q[i];
+        }
+        const int sa = lane[0] + lane[1] + lane[2] + lane[3],
+                  sb = lane[4] + lane[5] + lane[6] + lane[7];
         const int64_t tk = (int64_t)t * nu + k;
         xa->d[tk] = d;
+        for (int i = 0; i < 8; i++) xa->dv[8 * tk + i] = d;
         if (xa->corr) {
             int32_t *c = xa->corr + 8 * tk;
             memset(c, 0, 32);
-            if (dt == TD_DTYPE_Q6_K)
+            if (dt == TD_DTYPE_Q8_0)
+                for (int i = 0; i < 8; i++) c[i] = -128 * lane[i];
+            else if (dt == TD_DTYPE_Q6_K)
                 c[0] = -32 * sa, c[4] = -32 * sb;
             else
                 c[0] = -(dt == TD_DTYPE_Q4_0 ? 8 : 16) * (sa + sb);
         }
-        if (xa->sv) {
-            float *s = xa->sv + 8 * tk;
-            memset(s, 0, 32);
-            s[0] = d * (float)(sa + sb);
-        }
+        if (xa->s) xa->s[k * xa->ns + t] = d * (float)(sa + sb);
     }
 }
 
@@ -190,7 +199,8 @@ static inline float s_fold8(const float *a) {
 static void s_block_scalar(int dt, int nr, int nt, const uint8_t *w0, size_t ldb, const td_qx_t *xa,
                            int t0, float *out) {
     const int64_t nu = xa->nu, cols = nu * 32;
-    float acc[8][8] = {{0}}; /* [t * nr + r][lane] */
+    const int corr = s_has_corr(dt);               /* Q8_0 multiplies signed weights directly */
+    float acc[2][16][8] = {{{0}}}, macc[16] = {0}; /* [unit parity][t * nr + r][lane] */
     for (int64_t k = 0; k < nu; k++)
         for (int r = 0; r < nr; r++) {
             int w[32];
@@ -199,17 +209,22 @@ static void s_block_scalar(int dt, int nr, int nt, const uint8_t *w0, size_t ldb
             for (int t = 0; t < nt; t++) {
                 const int64_t tk = (int64_t)(t0 + t) * nu + k;
                 const int8_t *q = xa->q + (t0 + t) * cols + 32 * k;
-                float *a = acc[t * nr + r];
+                float *a = acc[k & 1][t * nr + r];
                 for (int i = 0; i < 8; i++) {
-                    int32_t is = xa->corr ? xa->corr[8 * tk + i] : 0;
+                    int32_t is = corr ? xa->corr[8 * tk + i] : 0;
                     for (int e = 4 * i; e < 4 * i + 4; e++) is += w[e] * q[e];
                     const float f = fw[i] * xa->d[tk];
                     a[i] = fmaf((float)is, f, a[i]);
-                    if (xa->sv) a[i] = fmaf(xa->sv[8 * tk + i], mw, a[i]);
                 }
+                if (xa->s)
+                    macc[t * nr + r] = fmaf(mw, xa->s[k * xa->ns + t0 + t], macc[t * nr + r]);
             }
         }
-    for (int i = 0; i < nr * nt; i++) out[i] = s_fold8(acc[i]);
+    for (int i = 0; i < nr * nt; i++) {
+        float e[8];
+        for (int l = 0; l < 8; l++) e[l] = acc[0][i][l] + acc[1][i][l];
+        out[i] = s_fold8(e) + macc[i];
+    }
 }
 
 /* --- SIMD paths ------------------------------------------------------------------------------- */
@@ -328,20 +343,26 @@ static int s_skinny(int n_threads, float *y, const float *x, const td_weight_t *
     td_qx_t xa;
     if (s_qx_alloc(&xa, n, cols, dt)) return TD_ERR_NOMEM;
     for (int t = 0; t < n; t++) s_qx_row(&xa, x + (int64_t)t * cols, t, dt);
-    const s_block_fn fn = s_block_for(s_get_path());
-    const int64_t nblk = rows / 4, nitems = nblk + (rows - nblk * 4);
+    const int path = s_get_path();
+    const s_block_fn fn = s_block_for(path);
+    /* rows x tokens per pass over a block of rows: what the path's registers hold (AVX2: 16
+     * vectors, two accumulators per output; VNNI: 32) */
+    const int nrb = path == S_AVX2 && n > 1 ? 2 : 4;
+    const int ntmax = path == S_VNNI ? 3 : path == S_AVX2 ? 2 : 4, ng = (n + ntmax - 1) / ntmax;
+    const int64_t nblk = rows / nrb, nitems = nblk + (rows - nblk * nrb);
     const uint8_t *base = w->data;
 #pragma omp parallel for schedule(static) if (rows * cols >= TD_QPAR_MIN) num_threads(n_threads)
     for (int64_t b = 0; b < nitems; b++) {
         /* blocks of 4 rows, then the leftover rows one by one; tokens in pairs, then one */
-        const int64_t r = b < nblk ? 4 * b : 4 * nblk + (b - nblk);
-        const int nr = b < nblk ? 4 : 1;
-        float out[8];
-        for (int t0 = 0; t0 < n; t0 += 2) {
-            const int nt = n - t0 >= 2 ? 2 : 1;
+        const int64_t r = b < nblk ? nrb * b : nrb * nblk + (b - nblk);
+        const int nr = b < nblk ? nrb : 1;
+        float out[16];
+        for (int g = 0, t0 = 0; g < ng; g++) {
+            const int nt = (n - t0) / (ng - g); /* balanced groups of at most ntmax tokens */
             fn(dt, nr, nt, base + (size_t)r * ldb, ldb, &xa, t0, out);
             for (int t = 0; t < nt; t++)
                 for (int i = 0; i < nr; i++) y[(int64_t)(t0 + t) * rows + r + i] = out[t * nr + i];
+            t0 += nt;
         }
     }
     free(xa.q);

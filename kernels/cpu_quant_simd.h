@@ -8,14 +8,25 @@
  * 4i .. 4i+3) and a min coefficient mw. For a unit and a token with quantized activations q (int8,
  * scale dx) the 8 int32 lanes are corr + sum of 4 products u * q (exact integers, whichever
  * instruction makes them), and the 8 float lanes of the accumulator get
- *     acc = fma(float(lanes), fw * dx, acc);  acc = fma(sv, mw, acc)   (min types)
- * in ascending unit order; the result is the lanes folded as s_fold8 does. cpu_quant.c's scalar
- * path does exactly these operations, so all paths give bitwise the same floats. */
+ *     acc = fma(float(lanes), fw * dx, acc);   macc = fmaf(mw, s, macc)   (min types; s = dx *
+ *     sum(q))
+ * in ascending unit order; the result is the lanes folded as s_fold8 does, plus macc. cpu_quant.c's
+ * scalar path does exactly these operations, so all paths give bitwise the same floats. */
 
 static inline TQ_ATTR __attribute__((always_inline)) float TQ_FN(h)(const uint8_t *p) {
     uint16_t v;
     memcpy(&v, p, 2);
     return _cvtsh_ss(v);
+}
+
+/* The f16 pair d, m at p: fw = d in every lane, mw = m. */
+static inline TQ_ATTR __attribute__((always_inline)) void TQ_FN(h2)(const uint8_t *p, __m256 *fw,
+                                                                    float *mw) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128(v));
+    *fw = _mm256_broadcastss_ps(dm);
+    *mw = _mm_cvtss_f32(_mm_movehdup_ps(dm));
 }
 
 static inline TQ_ATTR __attribute__((always_inline)) __m256i TQ_FN(nib16)(const uint8_t *p) {
@@ -53,8 +64,7 @@ TQ_FN(unit)(const int DT, const uint8_t *row, int64_t k, __m256 *fw, float *mw, 
     }
     case TD_DTYPE_Q4_1: {
         const uint8_t *b = row + 20 * k;
-        *fw = _mm256_set1_ps(TQ_FN(h)(b));
-        *mw = TQ_FN(h)(b + 2);
+        TQ_FN(h2)(b, fw, mw);
         return TQ_FN(nib16)(b + 4);
     }
     case TD_DTYPE_Q5_0: {
@@ -64,8 +74,7 @@ TQ_FN(unit)(const int DT, const uint8_t *row, int64_t k, __m256 *fw, float *mw, 
     }
     case TD_DTYPE_Q5_1: {
         const uint8_t *b = row + 24 * k;
-        *fw = _mm256_set1_ps(TQ_FN(h)(b));
-        *mw = TQ_FN(h)(b + 2);
+        TQ_FN(h2)(b, fw, mw);
         return _mm256_or_si256(TQ_FN(nib16)(b + 8), TQ_FN(bits32)(b + 4));
     }
     case TD_DTYPE_Q4_K:
@@ -107,55 +116,150 @@ TQ_FN(unit)(const int DT, const uint8_t *row, int64_t k, __m256 *fw, float *mw, 
 }
 
 /* NR weight rows (w0, stride ldb bytes) against NT activation rows t0 .. t0+NT-1 of xa:
- * out[t * NR + r]. DT, NR and NT are constants after inlining. */
+ * out[t * NR + r]. DT, NR and NT are constants after inlining. Units alternate between two
+ * accumulators (even and odd units; the VNNI path holds both in one 512-bit register), min terms
+ * go to a vector whose lanes are the NT tokens. */
 static inline TQ_ATTR __attribute__((always_inline)) void
 TQ_FN(rows)(const int DT, const int NR, const int NT, const uint8_t *w0, size_t ldb,
             const td_qx_t *xa, int t0, float *out) {
-    const int64_t nu = xa->nu, cols = nu * 32;
-    const int has_corr = s_has_corr(DT), has_min = s_has_min(DT);
-    __m256 acc[8];
-#pragma GCC unroll 8
-    for (int i = 0; i < NR * NT; i++) acc[i] = _mm256_setzero_ps();
-#if !TQ_VNNI
+    const int64_t nu = xa->nu, cols = nu * 32, ns = xa->ns;
+    const int has_min = s_has_min(DT);
+    __m128 macc[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++) macc[r] = _mm_setzero_ps();
+#if TQ_VNNI
+    /* Q8_0: bytes w ^ 0x80 = w + 128, corrected per lane by -128 * (sum of its 4 activations) */
+    const int corr = s_has_corr(DT) || DT == TD_DTYPE_Q8_0;
+    __m512 acc[12];
+#pragma GCC unroll 12
+    for (int i = 0; i < NR * NT; i++) acc[i] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 2 <= nu; k += 2) {
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++) {
+            __m256 fw0, fw1;
+            float mw0 = 0, mw1 = 0;
+            __m256i ws0, ws1;
+            const uint8_t *wr = w0 + (size_t)r * ldb;
+            const __m256i u0 = TQ_FN(unit)(DT, wr, k, &fw0, &mw0, &ws0);
+            const __m256i u1 = TQ_FN(unit)(DT, wr, k + 1, &fw1, &mw1, &ws1);
+            __m512i u;
+            if (DT == TD_DTYPE_Q8_0)
+                u = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(ws0), ws1, 1),
+                                     _mm512_set1_epi8(-128));
+            else
+                u = _mm512_inserti64x4(_mm512_castsi256_si512(u0), u1, 1);
+            const __m512 fw = _mm512_castpd_ps(_mm512_insertf64x4(
+                _mm512_castps_pd(_mm512_castps256_ps512(fw0)), _mm256_castps_pd(fw1), 1));
+            if (has_min) {
+                macc[r] =
+                    _mm_fmadd_ps(_mm_set1_ps(mw0), _mm_loadu_ps(xa->s + k * ns + t0), macc[r]);
+                macc[r] = _mm_fmadd_ps(_mm_set1_ps(mw1), _mm_loadu_ps(xa->s + (k + 1) * ns + t0),
+                                       macc[r]);
+            }
+#pragma GCC unroll 4
+            for (int t = 0; t < NT; t++) {
+                const int64_t tk = (int64_t)(t0 + t) * nu + k;
+                const __m512i xv = _mm512_loadu_si512(xa->q + (t0 + t) * cols + 32 * k);
+                __m512i is = corr ? _mm512_loadu_si512(xa->corr + 8 * tk) : _mm512_setzero_si512();
+                is = _mm512_dpbusd_epi32(is, u, xv);
+                const __m512 f = _mm512_mul_ps(fw, _mm512_loadu_ps(xa->dv + 8 * tk));
+                acc[t * NR + r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), f, acc[t * NR + r]);
+            }
+        }
+    }
+    if (k < nu) { /* an odd last unit: the even half only */
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++) {
+            __m256 fw0;
+            float mw0 = 0;
+            __m256i ws0;
+            __m256i u = TQ_FN(unit)(DT, w0 + (size_t)r * ldb, k, &fw0, &mw0, &ws0);
+            if (DT == TD_DTYPE_Q8_0) u = _mm256_xor_si256(ws0, _mm256_set1_epi8(-128));
+            if (has_min)
+                macc[r] =
+                    _mm_fmadd_ps(_mm_set1_ps(mw0), _mm_loadu_ps(xa->s + k * ns + t0), macc[r]);
+#pragma GCC unroll 4
+            for (int t = 0; t < NT; t++) {
+                const int64_t tk = (int64_t)(t0 + t) * nu + k;
+                const __m256i xv =
+                    _mm256_loadu_si256((const __m256i *)(xa->q + (t0 + t) * cols + 32 * k));
+                __m256i is = corr ? _mm256_loadu_si256((const __m256i *)(xa->corr + 8 * tk))
+                                  : _mm256_setzero_si256();
+                is = _mm256_dpbusd_epi32(is, u, xv);
+                const __m256 f = _mm256_mul_ps(fw0, _mm256_broadcast_ss(xa->d + tk));
+                acc[t * NR + r] =
+                    _mm512_mask3_fmadd_ps(_mm512_castps256_ps512(_mm256_cvtepi32_ps(is)),
+                                          _mm512_castps256_ps512(f), acc[t * NR + r], 0x00ff);
+            }
+        }
+    }
+#define TQ_EVEN_ODD(i)                                                                             \
+    _mm256_add_ps(_mm512_castps512_ps256(acc[i]),                                                  \
+                  _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[i]), 1)))
+#else
+    const int corr = s_has_corr(DT);
     const __m256i ones = _mm256_set1_epi16(1);
-#endif
+    __m256 acc[2][8];
+#pragma GCC unroll 8
+    for (int i = 0; i < NR * NT; i++) acc[0][i] = acc[1][i] = _mm256_setzero_ps();
     for (int64_t k = 0; k < nu; k++) {
+        const int par = (int)(k & 1);
 #pragma GCC unroll 4
         for (int r = 0; r < NR; r++) {
             __m256 fw;
             float mw = 0;
             __m256i ws = _mm256_setzero_si256();
             const __m256i u = TQ_FN(unit)(DT, w0 + (size_t)r * ldb, k, &fw, &mw, &ws);
-#pragma GCC unroll 2
+            if (has_min)
+                macc[r] = _mm_fmadd_ps(_mm_set1_ps(mw), _mm_loadu_ps(xa->s + k * ns + t0), macc[r]);
+#pragma GCC unroll 4
             for (int t = 0; t < NT; t++) {
                 const int64_t tk = (int64_t)(t0 + t) * nu + k;
                 __m256i xv =
                     _mm256_loadu_si256((const __m256i *)(xa->q + (t0 + t) * cols + 32 * k));
                 if (DT == TD_DTYPE_Q8_0) xv = _mm256_sign_epi8(xv, ws);
-                __m256i is = has_corr ? _mm256_loadu_si256((const __m256i *)(xa->corr + 8 * tk))
-                                      : _mm256_setzero_si256();
-#if TQ_VNNI
-                is = _mm256_dpbusd_epi32(is, u, xv);
-#else
+                __m256i is = corr ? _mm256_loadu_si256((const __m256i *)(xa->corr + 8 * tk))
+                                  : _mm256_setzero_si256();
                 is = _mm256_add_epi32(is, _mm256_madd_epi16(_mm256_maddubs_epi16(u, xv), ones));
-#endif
                 const __m256 f = _mm256_mul_ps(fw, _mm256_broadcast_ss(xa->d + tk));
-                acc[t * NR + r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), f, acc[t * NR + r]);
-                if (has_min)
-                    acc[t * NR + r] = _mm256_fmadd_ps(_mm256_loadu_ps(xa->sv + 8 * tk),
-                                                      _mm256_set1_ps(mw), acc[t * NR + r]);
+                if (par)
+                    acc[1][t * NR + r] =
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), f, acc[1][t * NR + r]);
+                else
+                    acc[0][t * NR + r] =
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), f, acc[0][t * NR + r]);
             }
         }
     }
-#pragma GCC unroll 8
-    for (int i = 0; i < NR * NT; i++) {
-        const __m128 s =
-            _mm_add_ps(_mm256_castps256_ps128(acc[i]), _mm256_extractf128_ps(acc[i], 1));
-        const __m128 s2 = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        out[i] = _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
-    }
+#define TQ_EVEN_ODD(i) _mm256_add_ps(acc[0][i], acc[1][i])
+#endif
+    float m[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++) _mm_storeu_ps(m[r], macc[r]);
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; t++)
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++) {
+            const __m256 e = TQ_EVEN_ODD(t * NR + r);
+            const __m128 s = _mm_add_ps(_mm256_castps256_ps128(e), _mm256_extractf128_ps(e, 1));
+            const __m128 s2 = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            out[t * NR + r] = _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1))) + m[r][t];
+        }
+#undef TQ_EVEN_ODD
 }
 
+#if TQ_VNNI
+#define TQ_CASE_NT(DT, NR)                                                                         \
+    do {                                                                                           \
+        if (nt == 3)                                                                               \
+            TQ_FN(rows)(DT, NR, 3, w0, ldb, xa, t0, out);                                          \
+        else if (nt == 2)                                                                          \
+            TQ_FN(rows)(DT, NR, 2, w0, ldb, xa, t0, out);                                          \
+        else                                                                                       \
+            TQ_FN(rows)(DT, NR, 1, w0, ldb, xa, t0, out);                                          \
+    } while (0)
+#else
 #define TQ_CASE_NT(DT, NR)                                                                         \
     do {                                                                                           \
         if (nt == 2)                                                                               \
@@ -163,10 +267,13 @@ TQ_FN(rows)(const int DT, const int NR, const int NT, const uint8_t *w0, size_t 
         else                                                                                       \
             TQ_FN(rows)(DT, NR, 1, w0, ldb, xa, t0, out);                                          \
     } while (0)
+#endif
 #define TQ_CASE_DT(DT)                                                                             \
     case DT:                                                                                       \
         if (nr == 4)                                                                               \
             TQ_CASE_NT(DT, 4);                                                                     \
+        else if (nr == 2)                                                                          \
+            TQ_CASE_NT(DT, 2);                                                                     \
         else                                                                                       \
             TQ_CASE_NT(DT, 1);                                                                     \
         break;
