@@ -115,6 +115,53 @@ TQ_FN(unit)(const int DT, const uint8_t *row, int64_t k, __m256 *fw, float *mw, 
     }
 }
 
+#if TQ_VNNI
+/* Units k and k+1 of a row as one 512-bit u (Q8_0: the bytes w + 128), fw (8 lanes each) and the
+ * two min coefficients broadcast (mv0, mv1): the same values as two TQ_FN(unit) calls, with the
+ * scale conversions and nibble splits of Q4_0 / Q4_1 / Q8_0 done once for both blocks. */
+static inline TQ_ATTR __attribute__((always_inline)) __m512i
+TQ_FN(unit2)(const int DT, const uint8_t *row, int64_t k, __m512 *fw, __m128 *mv0, __m128 *mv1) {
+    const __m512i lohalf = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
+    if (DT == TD_DTYPE_Q4_0 || DT == TD_DTYPE_Q4_1) {
+        const int bb = DT == TD_DTYPE_Q4_0 ? 18 : 20, qo = DT == TD_DTYPE_Q4_0 ? 2 : 4;
+        const uint8_t *b0 = row + bb * k, *b1 = b0 + bb;
+        int32_t a, c;
+        memcpy(&a, b0, 4), memcpy(&c, b1, 4); /* d, m (Q4_0: d and the first qs bytes) */
+        const __m128 dm = _mm_cvtph_ps(_mm_insert_epi32(_mm_cvtsi32_si128(a), c, 1));
+        *fw = _mm512_permutexvar_ps(lohalf, _mm512_castps128_ps512(dm)); /* d0 x8, d1 x8 */
+        *mv0 = _mm_permute_ps(dm, 0x55), *mv1 = _mm_permute_ps(dm, 0xff);
+        const __m256i q = _mm256_inserti128_si256(
+            _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(b0 + qo))),
+            _mm_loadu_si128((const __m128i *)(b1 + qo)), 1);
+        const __m256i m4 = _mm256_set1_epi8(15);
+        const __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(q, m4)),
+                                             _mm256_and_si256(_mm256_srli_epi16(q, 4), m4), 1);
+        return _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(3, 1, 2, 0));
+    }
+    if (DT == TD_DTYPE_Q8_0) {
+        const uint8_t *b0 = row + 34 * k, *b1 = b0 + 34;
+        uint16_t a, c;
+        memcpy(&a, b0, 2), memcpy(&c, b1, 2);
+        const __m128 d = _mm_cvtph_ps(_mm_insert_epi16(_mm_cvtsi32_si128(a), c, 2));
+        *fw = _mm512_permutexvar_ps(lohalf, _mm512_castps128_ps512(d));
+        *mv0 = *mv1 = _mm_setzero_ps();
+        const __m512i w = _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(b0 + 2))),
+            _mm256_loadu_si256((const __m256i *)(b1 + 2)), 1);
+        return _mm512_xor_si512(w, _mm512_set1_epi8(-128));
+    }
+    __m256 fw0, fw1;
+    float mw0 = 0, mw1 = 0;
+    __m256i ws0, ws1;
+    const __m256i u0 = TQ_FN(unit)(DT, row, k, &fw0, &mw0, &ws0);
+    const __m256i u1 = TQ_FN(unit)(DT, row, k + 1, &fw1, &mw1, &ws1);
+    *fw = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(fw0)),
+                                              _mm256_castps_pd(fw1), 1));
+    *mv0 = _mm_set1_ps(mw0), *mv1 = _mm_set1_ps(mw1);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(u0), u1, 1);
+}
+#endif
+
 /* NR weight rows (w0, stride ldb bytes) against NT activation rows t0 .. t0+NT-1 of xa:
  * out[t * NR + r]. DT, NR and NT are constants after inlining. Units alternate between two
  * accumulators (even and odd units; the VNNI path holds both in one 512-bit register), min terms
@@ -137,25 +184,12 @@ TQ_FN(rows)(const int DT, const int NR, const int NT, const uint8_t *w0, size_t 
     for (; k + 2 <= nu; k += 2) {
 #pragma GCC unroll 4
         for (int r = 0; r < NR; r++) {
-            __m256 fw0, fw1;
-            float mw0 = 0, mw1 = 0;
-            __m256i ws0, ws1;
-            const uint8_t *wr = w0 + (size_t)r * ldb;
-            const __m256i u0 = TQ_FN(unit)(DT, wr, k, &fw0, &mw0, &ws0);
-            const __m256i u1 = TQ_FN(unit)(DT, wr, k + 1, &fw1, &mw1, &ws1);
-            __m512i u;
-            if (DT == TD_DTYPE_Q8_0)
-                u = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(ws0), ws1, 1),
-                                     _mm512_set1_epi8(-128));
-            else
-                u = _mm512_inserti64x4(_mm512_castsi256_si512(u0), u1, 1);
-            const __m512 fw = _mm512_castpd_ps(_mm512_insertf64x4(
-                _mm512_castps_pd(_mm512_castps256_ps512(fw0)), _mm256_castps_pd(fw1), 1));
+            __m512 fw;
+            __m128 mv0, mv1;
+            const __m512i u = TQ_FN(unit2)(DT, w0 + (size_t)r * ldb, k, &fw, &mv0, &mv1);
             if (has_min) {
-                macc[r] =
-                    _mm_fmadd_ps(_mm_set1_ps(mw0), _mm_loadu_ps(xa->s + k * ns + t0), macc[r]);
-                macc[r] = _mm_fmadd_ps(_mm_set1_ps(mw1), _mm_loadu_ps(xa->s + (k + 1) * ns + t0),
-                                       macc[r]);
+                macc[r] = _mm_fmadd_ps(mv0, _mm_loadu_ps(xa->s + k * ns + t0), macc[r]);
+                macc[r] = _mm_fmadd_ps(mv1, _mm_loadu_ps(xa->s + (k + 1) * ns + t0), macc[r]);
             }
 #pragma GCC unroll 4
             for (int t = 0; t < NT; t++) {
