@@ -50,7 +50,7 @@ FUZZ_SRC  := $(wildcard fuzz/fuzz_*.c)
 FUZZ_SECONDS ?= 60
 
 .PHONY: all test check fuzz fuzz-smoke bench format deps clean run proto check-proto
-# the bench programs too (never stale), except in sanitizer builds (bench_cpu needs -march=native)
+# the bench programs too (never stale), except in sanitizer builds (bench_cpu needs AVX2 at file level)
 all: $(BUILD)/bin/tandem $(WORKER_BIN) $(if $(SAN),,$(BENCH_BIN))
 
 # The main job on the bundled models (README's first command): specdiff with the bundled pair.
