@@ -55,6 +55,34 @@ static inline int s_has_min(int dt) {
     return dt == TD_DTYPE_Q4_1 || dt == TD_DTYPE_Q5_1 || dt == TD_DTYPE_Q4_K || dt == TD_DTYPE_Q5_K;
 }
 
+/* Byte offset of unit k (32 elements) in a row: where its block starts (K types: 8 units per
+ * block). */
+static inline size_t s_unit_off(int dt, int64_t k) {
+    switch (dt) {
+    case TD_DTYPE_Q4_K:
+        return (size_t)(k >> 3) * 144;
+    case TD_DTYPE_Q5_K:
+        return (size_t)(k >> 3) * 176;
+    case TD_DTYPE_Q6_K:
+        return (size_t)(k >> 3) * 210;
+    case TD_DTYPE_Q8_0:
+        return (size_t)k * 34;
+    case TD_DTYPE_Q4_0:
+        return (size_t)k * 18;
+    case TD_DTYPE_Q4_1:
+        return (size_t)k * 20;
+    case TD_DTYPE_Q5_0:
+        return (size_t)k * 22;
+    default:
+        return (size_t)k * 24;
+    }
+}
+
+/* Software prefetch distance of the skinny kernels, in row blocks: the weights two blocks ahead
+ * (a few KB) are requested while this block computes. The hardware prefetchers alone left the
+ * decode products about a third slower on these VMs (bench_quant, cold weights). */
+#define TD_QPF_BLOCKS 2
+
 /* Q4_K / Q5_K sub-block j: fw = d * sc, mw = -(dmin * m). */
 static inline void s_k_scales(const uint8_t *scales, int j, float d, float dmin, float *fw,
                               float *mw) {
