@@ -9,6 +9,7 @@
 #include "kernels/quant.h"
 
 #include <stdlib.h>
+#include <unistd.h>
 
 static uint64_t s_rng = 0x9e3779b97f4a7c15ull;
 static uint64_t s_next(void) {
@@ -398,6 +399,32 @@ TD_TEST(kernel_selection) {
     CHECK_STR(td_cpu_kernels_name(), "scalar");
     CHECK(td_cpu_kernels_select("auto", &err) == TD_OK);
     printf("  kernels in use: %s\n", td_cpu_kernels_name());
+}
+
+/* Helper case for the next one: prints the kernels chosen at first use (run alone). */
+TD_TEST(print_kernels) { printf("  kernels in use: %s\n", td_cpu_kernels_name()); }
+
+/* TD_CPU_KERNELS forces a path in a fresh process; an unknown or unavailable name falls back to
+ * the best the CPU has. */
+TD_TEST(env_var_selects_kernels) {
+    char self[1024], cmd[1400], out[4096];
+    const ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
+    REQUIRE(len > 0);
+    self[len] = 0;
+    for (int p = 0; p < 3; p++) {
+        if (!td_cpu_kernels_available(s_paths[p])) continue;
+        snprintf(cmd, sizeof cmd, "TD_CPU_KERNELS=%s '%s' print_kernels", s_paths[p], self);
+        CHECK_EQ_INT(td_test_run(cmd, out, sizeof out), 0);
+        char want[64];
+        snprintf(want, sizeof want, "kernels in use: %s\n", s_paths[p]);
+        CHECK_MSG(strstr(out, want) != NULL, "%s gave: %s", cmd, out);
+    }
+    snprintf(cmd, sizeof cmd, "TD_CPU_KERNELS=bogus TD_LOG=error '%s' print_kernels", self);
+    CHECK_EQ_INT(td_test_run(cmd, out, sizeof out), 0);
+    const char *best = td_cpu_kernels_available("avx512vnni") ? "avx512vnni"
+                       : td_cpu_kernels_available("avx2")     ? "avx2"
+                                                              : "scalar";
+    CHECK_MSG(strstr(out, best) != NULL, "bogus name gave: %s (want %s)", out, best);
 }
 
 TD_TEST(get_rows_quantized) {
