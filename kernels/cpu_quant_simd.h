@@ -150,6 +150,56 @@ TQ_FN(unit2)(const int DT, const uint8_t *row, int64_t k, __m512 *fw, __m128 *mv
             _mm256_loadu_si256((const __m256i *)(b1 + 2)), 1);
         return _mm512_xor_si512(w, _mm512_set1_epi8(-128));
     }
+    if (DT == TD_DTYPE_Q4_K || DT == TD_DTYPE_Q5_K) { /* k even: both units in one block */
+        const int five = DT == TD_DTYPE_Q5_K, j = (int)(k & 7);
+        const uint8_t *b = row + (five ? 176 : 144) * (k >> 3);
+        int32_t a;
+        memcpy(&a, b, 4);
+        const __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128(a)); /* d, dmin */
+        const float d = _mm_cvtss_f32(dd), dmin = _mm_cvtss_f32(_mm_movehdup_ps(dd));
+        float f0, f1, m0, m1;
+        s_k_scales(b + 4, j, d, dmin, &f0, &m0);
+        s_k_scales(b + 4, j + 1, d, dmin, &f1, &m1);
+        *fw = _mm512_castpd_ps(
+            _mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(_mm256_set1_ps(f0))),
+                               _mm256_castps_pd(_mm256_set1_ps(f1)), 1));
+        *mv0 = _mm_set1_ps(m0), *mv1 = _mm_set1_ps(m1);
+        /* units j, j+1 = the low and high nibbles of the same 32 bytes */
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(b + (five ? 48 : 16) + 16 * j));
+        const __m256i m4 = _mm256_set1_epi8(15);
+        __m512i u = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4)),
+                                       _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), 1);
+        if (five) {
+            const __m256i h = _mm256_loadu_si256((const __m256i *)(b + 16)),
+                          one = _mm256_set1_epi8(1);
+            const __m512i hb = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_and_si256(_mm256_srli_epi16(h, j), one)),
+                _mm256_and_si256(_mm256_srli_epi16(h, j + 1), one), 1);
+            u = _mm512_or_si512(u, _mm512_slli_epi16(hb, 4));
+        }
+        return u;
+    }
+    if (DT == TD_DTYPE_Q6_K) { /* k even: quarters q, q+1 of half h */
+        const int j = (int)(k & 7), h = j >> 2, q = j & 3;
+        const uint8_t *b = row + 210 * (k >> 3);
+        const float d = TQ_FN(h)(b + 208);
+        int32_t sc4;
+        memcpy(&sc4, b + 192 + 2 * j, 4);
+        const __m128 f =
+            _mm_mul_ps(_mm_set1_ps(d), _mm_cvtepi32_ps(_mm_cvtepi8_epi32(_mm_cvtsi32_si128(sc4))));
+        *fw =
+            _mm512_permutexvar_ps(_mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0),
+                                  _mm512_castps128_ps512(f));
+        *mv0 = *mv1 = _mm_setzero_ps();
+        const __m512i lo = _mm512_and_si512(
+            _mm512_srli_epi16(_mm512_loadu_si512(b + 64 * h), 4 * (q >> 1)), _mm512_set1_epi8(15));
+        const __m256i hh = _mm256_loadu_si256((const __m256i *)(b + 128 + 32 * h));
+        const __m512i hi = _mm512_and_si512(
+            _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_srli_epi16(hh, 2 * q)),
+                               _mm256_srli_epi16(hh, 2 * q + 2), 1),
+            _mm512_set1_epi8(3));
+        return _mm512_or_si512(lo, _mm512_slli_epi16(hi, 4));
+    }
     __m256 fw0, fw1;
     float mw0 = 0, mw1 = 0;
     __m256i ws0, ws1;
