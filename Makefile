@@ -10,7 +10,8 @@
 PKGS      := libzmq libprotobuf-c openblas libcjson libpcre2-8 libutf8proc libmicrohttpd
 BUILD     ?= build
 CC        ?= cc
-OPT       ?= -O2 -march=native
+# portable baseline (x86-64-v3: AVX2, FMA, F16C); AVX-512 kernels are chosen at run time
+OPT       ?= -O2 -march=x86-64-v3 -mtune=native
 SAN       ?=
 CFLAGS    ?= $(OPT) -g
 CFLAGS    += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fopenmp -I. $(SAN)
@@ -50,7 +51,7 @@ FUZZ_SRC  := $(wildcard fuzz/fuzz_*.c)
 FUZZ_SECONDS ?= 60
 
 .PHONY: all test check check-layers fuzz fuzz-smoke bench format deps clean run proto check-proto models
-# the bench programs too (never stale), except in sanitizer builds (bench_cpu needs -march=native)
+# the bench programs too (never stale), except in sanitizer builds (bench_cpu needs AVX2 at file level)
 all: $(BUILD)/bin/tandem $(WORKER_BIN) $(if $(SAN),,$(BENCH_BIN))
 
 # The main job on the bundled models (README's first command): specdiff with the bundled pair.

@@ -2,6 +2,7 @@
 #include "common/td_common.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -132,7 +133,18 @@ uint16_t td_f32_to_f16(float f) {
     return (uint16_t)(sign | r);
 }
 
+static td_dequantize_fn s_dequantize;
+
+void td_set_dequantize_hook(td_dequantize_fn fn) { s_dequantize = fn; }
+
 void td_to_f32(float *dst, const void *src, td_dtype_t t, int64_t n) {
+    if (td_dtype_is_quantized(t)) {
+        if (s_dequantize)
+            s_dequantize(t, src, dst, n);
+        else
+            for (int64_t i = 0; i < n; i++) dst[i] = NAN;
+        return;
+    }
     switch (t) {
     case TD_DTYPE_F32:
         memcpy(dst, src, (size_t)n * 4);

@@ -105,6 +105,12 @@ uint16_t td_f32_to_f16(float f);
  * size, the reference dequantization of kernels/quant.h). */
 void td_to_f32(float *dst, const void *src, td_dtype_t t, int64_t n);
 
+/* The handler td_to_f32 calls for quantized types. kernels/quant.c registers its reference
+ * dequantization at program start (common cannot include kernels/); without a handler,
+ * td_to_f32 writes NaNs for quantized types. */
+typedef void (*td_dequantize_fn)(td_dtype_t t, const void *src, float *dst, int64_t n);
+void td_set_dequantize_hook(td_dequantize_fn fn);
+
 /* Reads a whole file into a NUL-terminated malloc'd buffer. Returns TD_OK or TD_ERR_IO. */
 int td_read_file(const char *path, char **data, size_t *len, td_err_t *err);
 

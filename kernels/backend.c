@@ -48,15 +48,25 @@ static int s_weight_ok(const td_weight_t *w) {
            (w->dtype == TD_DTYPE_F32 || w->dtype == TD_DTYPE_F16 || w->dtype == TD_DTYPE_BF16);
 }
 
+/* A matrix operand (matmul, get_rows) may also be block-quantized: stored row-major, cols and ld
+ * multiples of the block. */
+static int s_matrix_ok(const td_weight_t *w) {
+    if (s_weight_ok(w)) return 1;
+    if (!w || !w->data || w->rows <= 0 || w->cols <= 0 || !td_dtype_is_quantized(w->dtype))
+        return 0;
+    const int b = td_dtype_block_elems(w->dtype);
+    return !w->transposed && w->cols % b == 0 && w->ld % b == 0;
+}
+
 void td_op_matmul(td_backend_t *be, float *y, const float *x, const td_weight_t *w,
                   const td_weight_t *bias, int n) {
-    assert(s_weight_ok(w) && n >= 0);
+    assert(s_matrix_ok(w) && n >= 0);
     assert(!bias || (s_weight_ok(bias) && bias->rows * bias->cols >= w->rows));
     if (n == 0) return;
     be->iface->matmul(be, y, x, w, bias, n);
 }
 void td_op_get_rows(td_backend_t *be, float *y, const td_weight_t *t, const int32_t *ids, int n) {
-    assert(s_weight_ok(t));
+    assert(s_matrix_ok(t));
     be->iface->get_rows(be, y, t, ids, n);
 }
 void td_op_rmsnorm(td_backend_t *be, float *y, const float *x, const td_weight_t *w, int n, int d,

@@ -2,7 +2,8 @@
  *
  * The model code calls only these functions; a backend (CPU here, CUDA in kernels/cuda/) fills one
  * static table of function pointers (backend_impl.h). Activations are always float32 in backend
- * memory; weights stay in their stored dtype (F32, F16 or BF16) and are described by td_weight_t.
+ * memory; weights stay in their stored dtype (F32, F16 or BF16, and for matmul / get_rows also
+ * GGUF's block-quantized types, kernels/quant.h) and are described by td_weight_t.
  * Pointers passed to ops are backend memory (td_backend_alloc / td_backend_weights). */
 #ifndef TD_BACKEND_H
 #define TD_BACKEND_H

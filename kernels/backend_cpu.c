@@ -10,6 +10,7 @@
  * Out of memory while growing a scratch buffer is recorded in the context (the op is skipped)
  * and returned by td_backend_status; nothing here aborts. */
 #include "kernels/backend_impl.h"
+#include "kernels/cpu_quant.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -444,6 +445,13 @@ static void s_matmul_wide(td_backend_t *be, cpu_ctx_t *cx, float *y, const float
 static void s_matmul(td_backend_t *be, float *y, const float *x, const td_weight_t *w,
                      const td_weight_t *bias, int n) {
     cpu_ctx_t *c = be->ctx;
+    if (td_dtype_is_quantized(w->dtype)) { /* block-quantized weights: cpu_quant.c */
+        if (c->reference)
+            td_cpu_qmatmul_ref(y, x, w, bias, n);
+        else if (td_cpu_qmatmul(be->n_threads, TD_SKINNY_MAX, y, x, w, n) == TD_OK)
+            s_add_bias(be, y, bias, n, w->rows);
+        return;
+    }
     if (c->reference) {
         s_matmul_ref(y, x, w, bias, n);
         return;
@@ -464,6 +472,10 @@ static void s_matmul(td_backend_t *be, float *y, const float *x, const td_weight
 
 static void s_get_rows(td_backend_t *be, float *y, const td_weight_t *t, const int32_t *ids,
                        int n) {
+    if (td_dtype_is_quantized(t->dtype)) {
+        td_cpu_qget_rows(y, t, ids, n);
+        return;
+    }
     for (int i = 0; i < n; i++) {
         if (!t->transposed)
             s_load_f32(y + (int64_t)i * t->cols, t, (int64_t)ids[i] * s_ld(t), t->cols);

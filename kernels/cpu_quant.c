@@ -1,0 +1,477 @@
+/* cpu_quant.c - products on block-quantized weights for the CPU backend, with kernels chosen at
+ * run time from cpuid: AVX-512 VNNI, AVX2, or plain C. No weight is ever dequantized into a full
+ * copy: skinny products (decode, verification blocks) read the blocks in place; wide ones
+ * dequantize panels of TD_QPANEL rows into per-thread scratch for SGEMM.
+ *
+ * Skinny products. Each activation row is quantized to int8 per 32 elements (scale amax / 127,
+ * round to nearest even), with per-block sums when the weight type needs them. A weight block is
+ * read as 32 unsigned bytes and per-lane scales (cpu_quant_simd.h explains the arithmetic); the
+ * integer dot products are exact, and the float accumulation of an output element follows one
+ * fixed order (ascending blocks, 8 lanes, one fold), whatever the batch size, the grouping of
+ * rows and tokens, or the thread count: batch invariance. The scalar path does the very same
+ * float operations (fmaf per lane), so the three paths agree bitwise, which the tests check.
+ *
+ * The SIMD functions carry target attributes; the rest of the program is built for the baseline
+ * (x86-64-v3), so one binary runs on AVX2-only machines. AMX is never used (these VMs list it in
+ * cpuid but fault on it). */
+#include "kernels/cpu_quant.h"
+
+#include "kernels/quant.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define TD_QX86 1
+#endif
+
+#define TD_QPANEL 128
+#define TD_QPAR_MIN ((int64_t)1 << 15)
+
+/* Quantized activations of n rows: q [n][cols] int8, d [n][nu] scales (dv: each repeated 8
+ * times, for 512-bit loads), per unit the int32 lane corrections (corr [n][nu][8]; offset types,
+ * and Q8_0 for the VNNI path's w + 128 bytes), and d * sum(q) with tokens innermost
+ * (s [nu][ns]; min types; ns >= n + 3 so 4 tokens load at once). */
+typedef struct td_qx {
+    int64_t nu; /* 32-element units per row */
+    int64_t ns;
+    int8_t *q;
+    float *d, *dv;
+    int32_t *corr;
+    float *s;
+} td_qx_t;
+
+/* Offset types: the weight bytes are q and the element is d * (q - offset); the correction
+ * - offset * sum(activations) goes into the integer lanes (Q6_K: per 16, lanes 0 and 4). */
+static inline int s_has_corr(int dt) {
+    return dt == TD_DTYPE_Q4_0 || dt == TD_DTYPE_Q5_0 || dt == TD_DTYPE_Q6_K;
+}
+/* Min types: element = fw * q + mw; the mw term is mw * (dx * sum(activations)) = mw * s. */
+static inline int s_has_min(int dt) {
+    return dt == TD_DTYPE_Q4_1 || dt == TD_DTYPE_Q5_1 || dt == TD_DTYPE_Q4_K || dt == TD_DTYPE_Q5_K;
+}
+
+/* Byte offset of unit k (32 elements) in a row: where its block starts (K types: 8 units per
+ * block). */
+static inline size_t s_unit_off(int dt, int64_t k) {
+    switch (dt) {
+    case TD_DTYPE_Q4_K:
+        return (size_t)(k >> 3) * 144;
+    case TD_DTYPE_Q5_K:
+        return (size_t)(k >> 3) * 176;
+    case TD_DTYPE_Q6_K:
+        return (size_t)(k >> 3) * 210;
+    case TD_DTYPE_Q8_0:
+        return (size_t)k * 34;
+    case TD_DTYPE_Q4_0:
+        return (size_t)k * 18;
+    case TD_DTYPE_Q4_1:
+        return (size_t)k * 20;
+    case TD_DTYPE_Q5_0:
+        return (size_t)k * 22;
+    default:
+        return (size_t)k * 24;
+    }
+}
+
+/* Software prefetch distance of the skinny kernels, in row blocks: the weights two blocks ahead
+ * (a few KB) are requested while this block computes. The hardware prefetchers alone left the
+ * decode products about a third slower on these VMs (bench_quant, cold weights). */
+#define TD_QPF_BLOCKS 2
+
+/* Q4_K / Q5_K sub-block j: fw = d * sc, mw = -(dmin * m). */
+static inline void s_k_scales(const uint8_t *scales, int j, float d, float dmin, float *fw,
+                              float *mw) {
+    int sc, m;
+    td_q4k_scale_min(scales, j, &sc, &m);
+    *fw = d * (float)sc;
+    *mw = -(dmin * (float)m);
+}
+
+static inline float s_f16p(const uint8_t *p) {
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return td_f16_to_f32(v);
+}
+
+/* --- activations ---------------------------------------------------------------------------- */
+
+static int s_qx_alloc(td_qx_t *xa, int n, int64_t cols, int dt) {
+    memset(xa, 0, sizeof *xa);
+    xa->nu = cols / 32;
+    xa->ns = (n + 3 + 3) / 4 * 4;
+    const size_t nu = (size_t)n * (size_t)xa->nu, qb = ((size_t)n * (size_t)cols + 63) / 64 * 64;
+    const int corr = s_has_corr(dt) || dt == TD_DTYPE_Q8_0, smin = s_has_min(dt);
+    const size_t sb = smin ? ((size_t)xa->nu * (size_t)xa->ns * 4 + 63) / 64 * 64 : 0;
+    size_t bytes = qb + nu * 32 + (corr ? nu * 32 : 0) + sb + (nu * 4 + 63) / 64 * 64;
+    char *p = NULL;
+    if (posix_memalign((void **)&p, 64, bytes)) return -1;
+    xa->q = (int8_t *)p;
+    p += qb;
+    xa->dv = (float *)p, p += nu * 32;
+    if (corr) xa->corr = (int32_t *)p, p += nu * 32;
+    if (smin) {
+        xa->s = (float *)p;
+        memset(p, 0, sb);
+        p += sb;
+    }
+    xa->d = (float *)p;
+    return 0;
+}
+
+/* Row t of x into xa for weight type dt. One plain-C routine for every path (identical input). */
+static void s_qx_row(td_qx_t *xa, const float *x, int t, int dt) {
+    const int64_t nu = xa->nu;
+    for (int64_t k = 0; k < nu; k++) {
+        const float *v = x + 32 * k;
+        int8_t *q = xa->q + (size_t)t * (size_t)nu * 32 + 32 * k;
+        float amax = 0;
+        for (int i = 0; i < 32; i++) {
+            const float a = fabsf(v[i]);
+            amax = a > amax ? a : amax;
+        }
+        const float d = amax / 127.0f, id = d > 0 ? 1.0f / d : 0.0f;
+        int lane[8] = {0};
+        for (int i = 0; i < 32; i++) {
+            const int qi = (int)rintf(v[i] * id); /* nearest, ties to even */
+            q[i] = (int8_t)(qi > 127 ? 127 : qi < -127 ? -127 : qi);
+            lane[i / 4] += q[i];
+        }
+        const int sa = lane[0] + lane[1] + lane[2] + lane[3],
+                  sb = lane[4] + lane[5] + lane[6] + lane[7];
+        const int64_t tk = (int64_t)t * nu + k;
+        xa->d[tk] = d;
+        for (int i = 0; i < 8; i++) xa->dv[8 * tk + i] = d;
+        if (xa->corr) {
+            int32_t *c = xa->corr + 8 * tk;
+            memset(c, 0, 32);
+            if (dt == TD_DTYPE_Q8_0)
+                for (int i = 0; i < 8; i++) c[i] = -128 * lane[i];
+            else if (dt == TD_DTYPE_Q6_K)
+                c[0] = -32 * sa, c[4] = -32 * sb;
+            else
+                c[0] = -(dt == TD_DTYPE_Q4_0 ? 8 : 16) * (sa + sb);
+        }
+        if (xa->s) xa->s[k * xa->ns + t] = d * (float)(sa + sb);
+    }
+}
+
+/* --- scalar path ------------------------------------------------------------------------------ */
+
+/* Unit k of a row as 32 integer weights (signed for Q8_0, the unsigned bytes otherwise), fw[8]
+ * and mw: the values the SIMD unit loaders produce. */
+static void s_unit_scalar(int dt, const uint8_t *row, int64_t k, int *w, float *fw, float *mw) {
+    float f = 0;
+    *mw = 0;
+    switch (dt) {
+    case TD_DTYPE_Q8_0: {
+        const uint8_t *b = row + 34 * k;
+        f = s_f16p(b);
+        for (int i = 0; i < 32; i++) w[i] = (int8_t)b[2 + i];
+    } break;
+    case TD_DTYPE_Q4_0:
+    case TD_DTYPE_Q4_1:
+    case TD_DTYPE_Q5_0:
+    case TD_DTYPE_Q5_1: {
+        const int bb = dt == TD_DTYPE_Q4_0   ? 18
+                       : dt == TD_DTYPE_Q4_1 ? 20
+                       : dt == TD_DTYPE_Q5_0 ? 22
+                                             : 24;
+        const int has_m = dt == TD_DTYPE_Q4_1 || dt == TD_DTYPE_Q5_1;
+        const int five = dt == TD_DTYPE_Q5_0 || dt == TD_DTYPE_Q5_1;
+        const uint8_t *b = row + bb * k, *qh = b + (has_m ? 4 : 2), *qs = qh + (five ? 4 : 0);
+        f = s_f16p(b);
+        if (has_m) *mw = s_f16p(b + 2);
+        uint32_t h = 0;
+        if (five)
+            h = (uint32_t)qh[0] | (uint32_t)qh[1] << 8 | (uint32_t)qh[2] << 16 |
+                (uint32_t)qh[3] << 24;
+        for (int i = 0; i < 16; i++) {
+            w[i] = (qs[i] & 15) | (int)((h >> i) & 1) << 4;
+            w[i + 16] = (qs[i] >> 4) | (int)((h >> (i + 16)) & 1) << 4;
+        }
+    } break;
+    case TD_DTYPE_Q4_K:
+    case TD_DTYPE_Q5_K: {
+        const int five = dt == TD_DTYPE_Q5_K, j = (int)(k & 7);
+        const uint8_t *b = row + (five ? 176 : 144) * (k >> 3);
+        s_k_scales(b + 4, j, s_f16p(b), s_f16p(b + 2), &f, mw);
+        const uint8_t *qs = b + (five ? 48 : 16) + 32 * (j >> 1);
+        for (int l = 0; l < 32; l++)
+            w[l] = ((qs[l] >> (4 * (j & 1))) & 15) | (five ? ((b[16 + l] >> j) & 1) << 4 : 0);
+    } break;
+    default: { /* Q6_K */
+        const int j = (int)(k & 7), h = j >> 2, q = j & 3;
+        const uint8_t *b = row + 210 * (k >> 3);
+        const float d = s_f16p(b + 208);
+        const int8_t *sc = (const int8_t *)(b + 192) + 2 * j;
+        const float f0 = d * (float)sc[0], f1 = d * (float)sc[1];
+        for (int i = 0; i < 8; i++) fw[i] = i < 4 ? f0 : f1;
+        const uint8_t *ql = b + 64 * h + 32 * (q & 1), *qh = b + 128 + 32 * h;
+        for (int l = 0; l < 32; l++)
+            w[l] = ((ql[l] >> (4 * (q >> 1))) & 15) | ((qh[l] >> (2 * q)) & 3) << 4;
+        return;
+    }
+    }
+    for (int i = 0; i < 8; i++) fw[i] = f;
+}
+
+static inline float s_fold8(const float *a) {
+    return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+}
+
+static void s_block_scalar(int dt, int nr, int nt, const uint8_t *w0, size_t ldb, const td_qx_t *xa,
+                           int t0, float *out) {
+    const int64_t nu = xa->nu, cols = nu * 32;
+    const int corr = s_has_corr(dt);               /* Q8_0 multiplies signed weights directly */
+    float acc[2][16][8] = {{{0}}}, macc[16] = {0}; /* [unit parity][t * nr + r][lane] */
+    for (int64_t k = 0; k < nu; k++)
+        for (int r = 0; r < nr; r++) {
+            int w[32];
+            float fw[8], mw;
+            s_unit_scalar(dt, w0 + (size_t)r * ldb, k, w, fw, &mw);
+            for (int t = 0; t < nt; t++) {
+                const int64_t tk = (int64_t)(t0 + t) * nu + k;
+                const int8_t *q = xa->q + (t0 + t) * cols + 32 * k;
+                float *a = acc[k & 1][t * nr + r];
+                for (int i = 0; i < 8; i++) {
+                    int32_t is = corr ? xa->corr[8 * tk + i] : 0;
+                    for (int e = 4 * i; e < 4 * i + 4; e++) is += w[e] * q[e];
+                    const float f = fw[i] * xa->d[tk];
+                    a[i] = fmaf((float)is, f, a[i]);
+                }
+                if (xa->s)
+                    macc[t * nr + r] = fmaf(mw, xa->s[k * xa->ns + t0 + t], macc[t * nr + r]);
+            }
+        }
+    for (int i = 0; i < nr * nt; i++) {
+        float e[8];
+        for (int l = 0; l < 8; l++) e[l] = acc[0][i][l] + acc[1][i][l];
+        out[i] = s_fold8(e) + macc[i];
+    }
+}
+
+/* --- SIMD paths ------------------------------------------------------------------------------- */
+
+#ifdef TD_QX86
+#define TQ_ATTR __attribute__((target("avx2,fma,f16c")))
+#define TQ_FN(name) s_avx2_##name
+#define TQ_VNNI 0
+#include "kernels/cpu_quant_simd.h"
+#undef TQ_ATTR
+#undef TQ_FN
+#undef TQ_VNNI
+
+#define TQ_ATTR __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+#define TQ_FN(name) s_vnni_##name
+#define TQ_VNNI 1
+#include "kernels/cpu_quant_simd.h"
+#undef TQ_ATTR
+#undef TQ_FN
+#undef TQ_VNNI
+#endif
+
+/* --- kernel selection ------------------------------------------------------------------------- */
+
+typedef void (*s_block_fn)(int dt, int nr, int nt, const uint8_t *w0, size_t ldb, const td_qx_t *xa,
+                           int t0, float *out);
+enum { S_SCALAR = 0, S_AVX2, S_VNNI, S_NPATH };
+static const char *const s_path_names[S_NPATH] = {"scalar", "avx2", "avx512vnni"};
+static int s_path = -1;
+
+static int s_path_ok(int p) {
+    if (p == S_SCALAR) return 1;
+#ifdef TD_QX86
+    __builtin_cpu_init();
+    const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (p == S_AVX2) return avx2;
+    if (p == S_VNNI)
+        return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+#endif
+    return 0;
+}
+
+static int s_best(void) {
+    for (int p = S_NPATH - 1; p > 0; p--)
+        if (s_path_ok(p)) return p;
+    return S_SCALAR;
+}
+
+static int s_get_path(void) {
+    if (s_path < 0) {
+        const char *e = getenv("TD_CPU_KERNELS");
+        td_err_t err = {0};
+        if (!e || td_cpu_kernels_select(e, &err) != TD_OK) {
+            if (e) td_log(TD_LOG_WARN, "TD_CPU_KERNELS: %s; using the best available", err.msg);
+            s_path = s_best();
+        }
+    }
+    return s_path;
+}
+
+int td_cpu_kernels_available(const char *name) {
+    if (!name) return 0;
+    if (!strcmp(name, "auto")) return 1;
+    for (int p = 0; p < S_NPATH; p++)
+        if (!strcmp(name, s_path_names[p])) return s_path_ok(p);
+    return 0;
+}
+
+int td_cpu_kernels_select(const char *name, td_err_t *err) {
+    if (!name) return td_err_set(err, TD_ERR_ARG, "no kernel name");
+    if (!strcmp(name, "auto")) {
+        s_path = s_best();
+        return TD_OK;
+    }
+    for (int p = 0; p < S_NPATH; p++)
+        if (!strcmp(name, s_path_names[p])) {
+            if (!s_path_ok(p))
+                return td_err_set(err, TD_ERR_UNSUPPORTED, "this CPU cannot run the %s kernels",
+                                  name);
+            s_path = p;
+            return TD_OK;
+        }
+    return td_err_set(err, TD_ERR_ARG, "unknown CPU kernels '%s' (auto, scalar, avx2, avx512vnni)",
+                      name);
+}
+
+const char *td_cpu_kernels_name(void) { return s_path_names[s_get_path()]; }
+
+static s_block_fn s_block_for(int p) {
+#ifdef TD_QX86
+    if (p == S_VNNI) return s_vnni_block;
+    if (p == S_AVX2) return s_avx2_block;
+#endif
+    (void)p;
+    return s_block_scalar;
+}
+
+/* --- products --------------------------------------------------------------------------------- */
+
+static int s_check(const td_weight_t *w) {
+    const int be = td_dtype_block_elems(w->dtype);
+    const int64_t ld = w->ld ? w->ld : w->cols;
+    return td_dtype_is_quantized(w->dtype) && !w->transposed && w->cols > 0 && w->cols % be == 0 &&
+           ld % be == 0 && ld >= w->cols;
+}
+
+static size_t s_ldb(const td_weight_t *w) {
+    return (size_t)td_dtype_row_bytes(w->dtype, w->ld ? w->ld : w->cols);
+}
+
+static int s_skinny(int n_threads, float *y, const float *x, const td_weight_t *w, int n) {
+    const int dt = w->dtype;
+    const int64_t rows = w->rows, cols = w->cols;
+    const size_t ldb = s_ldb(w);
+    td_qx_t xa;
+    if (s_qx_alloc(&xa, n, cols, dt)) return TD_ERR_NOMEM;
+    for (int t = 0; t < n; t++) s_qx_row(&xa, x + (int64_t)t * cols, t, dt);
+    const int path = s_get_path();
+    const s_block_fn fn = s_block_for(path);
+    /* rows x tokens per pass over a block of rows: what the path's registers hold (AVX2: 16
+     * vectors, two accumulators per output; VNNI: 32) */
+    const int nrb = path == S_AVX2 && n > 1 ? 2 : 4;
+    const int ntmax = path == S_VNNI ? 3 : path == S_AVX2 ? 2 : 4, ng = (n + ntmax - 1) / ntmax;
+    const int64_t nblk = rows / nrb, nitems = nblk + (rows - nblk * nrb);
+    const uint8_t *base = w->data;
+#pragma omp parallel for schedule(static) if (rows * cols >= TD_QPAR_MIN) num_threads(n_threads)
+    for (int64_t b = 0; b < nitems; b++) {
+        /* blocks of 4 rows, then the leftover rows one by one; tokens in pairs, then one */
+        const int64_t r = b < nblk ? nrb * b : nrb * nblk + (b - nblk);
+        const int nr = b < nblk ? nrb : 1;
+        float out[16];
+        for (int g = 0, t0 = 0; g < ng; g++) {
+            const int nt = (n - t0) / (ng - g); /* balanced groups of at most ntmax tokens */
+            fn(dt, nr, nt, base + (size_t)r * ldb, ldb, &xa, t0, out);
+            for (int t = 0; t < nt; t++)
+                for (int i = 0; i < nr; i++) y[(int64_t)(t0 + t) * rows + r + i] = out[t * nr + i];
+            t0 += nt;
+        }
+    }
+    free(xa.q);
+    return TD_OK;
+}
+
+static int s_wide(int n_threads, float *y, const float *x, const td_weight_t *w, int n) {
+    const int64_t rows = w->rows, cols = w->cols, pr = TD_QPANEL;
+    const int64_t nblk = (rows + pr - 1) / pr;
+    const size_t ldb = s_ldb(w);
+    int fail = 0;
+#pragma omp parallel num_threads(n_threads) reduction(| : fail)
+    {
+        float *panel = malloc((size_t)(pr * cols) * sizeof(float));
+        if (!panel) fail = 1;
+#pragma omp for schedule(dynamic)
+        for (int64_t b = 0; b < nblk; b++) {
+            if (!panel) continue;
+            const int64_t r0 = b * pr, nr = rows - r0 < pr ? rows - r0 : pr;
+            for (int64_t r = 0; r < nr; r++)
+                td_dequantize_row(w->dtype, (const uint8_t *)w->data + (size_t)(r0 + r) * ldb,
+                                  panel + r * cols, cols);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)nr, (int)cols, 1.0f, x,
+                        (int)cols, panel, (int)cols, 0.0f, y + r0, (int)rows);
+        }
+        free(panel);
+    }
+    return fail ? TD_ERR_NOMEM : TD_OK;
+}
+
+int td_cpu_qmatmul(int n_threads, int skinny_max, float *y, const float *x, const td_weight_t *w,
+                   int n) {
+    int rc = TD_ERR_UNSUPPORTED;
+    if (n <= 0) return TD_OK;
+    if (s_check(w))
+        rc = n <= skinny_max ? s_skinny(n_threads, y, x, w, n) : s_wide(n_threads, y, x, w, n);
+    if (rc != TD_OK) {
+        td_log(TD_LOG_ERROR, "quantized matmul (%s %lldx%lld%s) failed: %s",
+               td_dtype_name(w->dtype), (long long)w->rows, (long long)w->cols,
+               w->transposed ? ", transposed" : "",
+               rc == TD_ERR_NOMEM ? "out of memory" : "unsupported layout");
+        memset(y, 0, (size_t)n * (size_t)w->rows * sizeof(float));
+    }
+    return rc;
+}
+
+void td_cpu_qmatmul_ref(float *y, const float *x, const td_weight_t *w, const td_weight_t *bias,
+                        int n) {
+    const int64_t rows = w->rows, cols = w->cols;
+    float *row = malloc((size_t)cols * sizeof(float)), *bv = NULL;
+    if (bias) bv = malloc((size_t)rows * sizeof(float));
+    if (!row || (bias && !bv) || !s_check(w)) {
+        td_log(TD_LOG_ERROR, "reference quantized matmul: unsupported layout or out of memory");
+        memset(y, 0, (size_t)n * (size_t)rows * sizeof(float));
+        free(row);
+        free(bv);
+        return;
+    }
+    if (bias) td_to_f32(bv, bias->data, bias->dtype, rows);
+    const size_t ldb = s_ldb(w);
+    for (int64_t r = 0; r < rows; r++) {
+        td_dequantize_row(w->dtype, (const uint8_t *)w->data + (size_t)r * ldb, row, cols);
+        for (int t = 0; t < n; t++) {
+            double acc = bv ? (double)bv[r] : 0.0;
+            for (int64_t c = 0; c < cols; c++)
+                acc += (double)x[(int64_t)t * cols + c] * (double)row[c];
+            y[(int64_t)t * rows + r] = (float)acc;
+        }
+    }
+    free(row);
+    free(bv);
+}
+
+void td_cpu_qget_rows(float *y, const td_weight_t *t, const int32_t *ids, int n) {
+    const size_t ldb = s_ldb(t);
+    for (int i = 0; i < n; i++) {
+        if (!s_check(t)) {
+            memset(y + (int64_t)i * t->cols, 0, (size_t)t->cols * sizeof(float));
+            continue;
+        }
+        td_dequantize_row(t->dtype, (const uint8_t *)t->data + (size_t)ids[i] * ldb,
+                          y + (int64_t)i * t->cols, t->cols);
+    }
+}

@@ -1,0 +1,25 @@
+/* cpu_quant.h - the CPU backend's products and lookups on block-quantized weights (cpu_quant.c).
+ * Internal to the CPU backend: backend_cpu.c calls these when a weight's dtype is quantized. */
+#ifndef TD_CPU_QUANT_H
+#define TD_CPU_QUANT_H
+
+#include "kernels/backend.h"
+
+/* y[n, w->rows] = x[n, w->cols] W^T for a quantized, non-transposed w (w->cols and w->ld
+ * multiples of the block). n <= skinny_max: integer dot products against activations quantized to
+ * 8 bits per 32-block, batch-invariant (row t's outputs bitwise the same for every n and every
+ * other row), output rows split over n_threads OpenMP threads. Wider: panels of weight rows
+ * dequantized into scratch and SGEMM. Returns TD_OK, TD_ERR_UNSUPPORTED (transposed, bad
+ * shape) or TD_ERR_NOMEM; on failure y is zeroed. */
+int td_cpu_qmatmul(int n_threads, int skinny_max, float *y, const float *x, const td_weight_t *w,
+                   int n);
+
+/* The reference product: each weight row dequantized (td_dequantize_row) and dotted with x in
+ * double, plus bias (any float dtype) when given. */
+void td_cpu_qmatmul_ref(float *y, const float *x, const td_weight_t *w, const td_weight_t *bias,
+                        int n);
+
+/* y[i, :] = dequantized row ids[i] of table (embedding lookup). */
+void td_cpu_qget_rows(float *y, const td_weight_t *table, const int32_t *ids, int n);
+
+#endif

@@ -1,0 +1,454 @@
+/* test_quant.c - GGUF block formats: dequantization against hand-decoded blocks and against the
+ * gguf Python package (committed fixture), the reference quantizers, and the CPU backend's
+ * quantized products on every kernel path this CPU has: against the dequantize-then-double-dot
+ * reference within the bound of 8-bit activation quantization, the paths bitwise against each
+ * other, and batch invariance bitwise (a token's outputs alone = inside any batch). */
+#include "tests/tdtest.h"
+
+#include "kernels/backend.h"
+#include "kernels/quant.h"
+
+#include <stdlib.h>
+#include <unistd.h>
+
+static uint64_t s_rng = 0x9e3779b97f4a7c15ull;
+static uint64_t s_next(void) {
+    s_rng ^= s_rng << 13, s_rng ^= s_rng >> 7, s_rng ^= s_rng << 17;
+    return s_rng;
+}
+static float s_randf(void) {
+    return (float)((double)(s_next() >> 11) / 9007199254740992.0) * 2 - 1;
+}
+
+static const td_dtype_t s_qtypes[] = {TD_DTYPE_Q8_0, TD_DTYPE_Q4_0, TD_DTYPE_Q4_1, TD_DTYPE_Q5_0,
+                                      TD_DTYPE_Q5_1, TD_DTYPE_Q4_K, TD_DTYPE_Q5_K, TD_DTYPE_Q6_K};
+#define NQT ((int)(sizeof s_qtypes / sizeof s_qtypes[0]))
+
+/* Offsets of the f16 scales inside a block of type t (-1 ends). */
+static const int *s_scale_offs(td_dtype_t t) {
+    static const int d0[] = {0, -1}, dm[] = {0, 2, -1}, q6[] = {208, -1};
+    switch (t) {
+    case TD_DTYPE_Q4_1:
+    case TD_DTYPE_Q5_1:
+    case TD_DTYPE_Q4_K:
+    case TD_DTYPE_Q5_K:
+        return dm;
+    case TD_DTYPE_Q6_K:
+        return q6;
+    default:
+        return d0;
+    }
+}
+
+/* nblocks random blocks: every byte random, the f16 scales random finite in +-[2^-7, 2^-3). */
+static void s_random_blocks(td_dtype_t t, uint8_t *p, int64_t nblocks) {
+    const size_t bb = td_dtype_block_bytes(t);
+    for (int64_t b = 0; b < nblocks; b++) {
+        uint8_t *blk = p + (size_t)b * bb;
+        for (size_t i = 0; i < bb; i++) blk[i] = (uint8_t)s_next();
+        for (const int *o = s_scale_offs(t); *o >= 0; o++) {
+            float v = ldexpf(1.0f + 0.5f * (s_randf() + 1), -7 + (int)(s_next() % 4));
+            if (s_next() & 1) v = -v;
+            uint16_t h = td_f32_to_f16(v);
+            memcpy(blk + *o, &h, 2);
+        }
+    }
+}
+
+TD_TEST(dequant_hand_checked_blocks) {
+    float y[256];
+    const uint16_t half = td_f32_to_f16(0.5f), two = td_f32_to_f16(2.0f), m1 = td_f32_to_f16(-1.0f);
+    { /* Q8_0: d * q */
+        td_block_q8_0 b = {half, {0}};
+        b.qs[0] = -128, b.qs[31] = 127, b.qs[5] = 3;
+        td_dequantize_row(TD_DTYPE_Q8_0, &b, y, 32);
+        CHECK(y[0] == -64.0f && y[31] == 63.5f && y[5] == 1.5f && y[1] == 0.0f);
+    }
+    { /* Q4_0: element j low nibble of qs[j], j + 16 its high nibble; d * (q - 8) */
+        td_block_q4_0 b = {half, {0}};
+        b.qs[0] = 0x1f, b.qs[15] = 0x80;
+        td_dequantize_row(TD_DTYPE_Q4_0, &b, y, 32);
+        CHECK(y[0] == 3.5f && y[16] == -3.5f && y[15] == -4.0f && y[31] == 0.0f && y[1] == -4.0f);
+    }
+    { /* Q4_1: d * q + m */
+        td_block_q4_1 b = {two, m1, {0}};
+        b.qs[2] = 0xf3;
+        td_dequantize_row(TD_DTYPE_Q4_1, &b, y, 32);
+        CHECK(y[2] == 5.0f && y[18] == 29.0f && y[0] == -1.0f);
+    }
+    { /* Q5_0: bit j of qh (little-endian) is bit 4 of element j */
+        td_block_q5_0 b = {half, {0x01, 0x00, 0x01, 0x80}, {0}};
+        b.qs[0] = 0x2f;
+        td_dequantize_row(TD_DTYPE_Q5_0, &b, y, 32);
+        CHECK(y[0] == 7.5f);  /* 31 - 16 */
+        CHECK(y[16] == 1.0f); /* bit 16 set: 2 | 16 = 18 -> 2 */
+        CHECK(y[31] == 0.0f); /* bit 31 set: 0 | 16 -> 0 */
+        CHECK(y[1] == -8.0f); /* 0 - 16 */
+    }
+    { /* Q5_1 */
+        td_block_q5_1 b = {two, m1, {0x00, 0x00, 0x00, 0x40}, {0}};
+        b.qs[14] = 0x51;
+        td_dequantize_row(TD_DTYPE_Q5_1, &b, y, 32);
+        CHECK(y[14] == 1.0f && y[30] == 2 * 21 - 1.0f);
+    }
+    { /* Q4_K: sub-block 1 = high nibbles of qs[0..31]; sub-block 5 scale/min from the packed bits
+       */
+        td_block_q4_k b;
+        memset(&b, 0, sizeof b);
+        b.d = two, b.dmin = half;
+        b.scales[1] = 3;     /* sc1 = 3 */
+        b.scales[5] = 4;     /* m1 = 4 */
+        b.scales[9] = 0x21;  /* sc5 low 4 = 1, m5 low 4 = 2 */
+        b.scales[1] |= 0x40; /* sc5 bit 4 -> sc5 = 17 */
+        b.scales[5] |= 0x80; /* m5 bit 5 -> m5 = 34 */
+        b.qs[0] = 0x70;      /* sub-block 0 elem 0 = 0, sub-block 1 elem 0 = 7 */
+        b.qs[64 + 3] = 0x90; /* sub-block 5 elem 3 = 9 */
+        td_dequantize_row(TD_DTYPE_Q4_K, &b, y, 256);
+        CHECK(y[32] == 2.0f * 3 * 7 - 0.5f * 4);
+        CHECK(y[5 * 32 + 3] == 2.0f * 17 * 9 - 0.5f * 34);
+        CHECK(y[0] == 0.0f);
+    }
+    { /* Q5_K: bit j of qh[l] is bit 4 of element l of sub-block j */
+        td_block_q5_k b;
+        memset(&b, 0, sizeof b);
+        b.d = two, b.dmin = half;
+        b.scales[2] = 1; /* sc2 = 1, m2 = 0 */
+        b.qh[7] = 1 << 2;
+        b.qs[32 + 7] = 0x05; /* sub-block 2 elem 7 low nibble 5 */
+        td_dequantize_row(TD_DTYPE_Q5_K, &b, y, 256);
+        CHECK(y[64 + 7] == 2.0f * 21);
+    }
+    { /* Q6_K: unit 6 (half 1, quarter 2) = high nibbles of ql[64..95] | qh[32..63] bits 4-5 */
+        td_block_q6_k b;
+        memset(&b, 0, sizeof b);
+        b.d = half;
+        b.scales[12] = 4, b.scales[13] = -2;
+        b.ql[64 + 1] = 0xa0, b.qh[32 + 1] = 0x20;   /* q = 10 | 2 << 4 = 42 */
+        b.ql[64 + 17] = 0x00, b.qh[32 + 17] = 0x00; /* q = 0 */
+        td_dequantize_row(TD_DTYPE_Q6_K, &b, y, 256);
+        CHECK(y[192 + 1] == 0.5f * 4 * (42 - 32));
+        CHECK(y[192 + 17] == 0.5f * -2 * (0 - 32));
+    }
+}
+
+/* tests/data/quant/blocks.bin (tools/make_quant_fixtures.py): the gguf package's dequantization of
+ * random blocks of every type; ours must give the same floats, and td_to_f32 too (the hook). */
+TD_TEST(dequant_matches_gguf_python) {
+    char path[1024], *data = NULL;
+    size_t len = 0;
+    td_path_join(path, sizeof path, td_test_data(), "quant/blocks.bin");
+    td_err_t err = {0};
+    REQUIRE(td_read_file(path, &data, &len, &err) == TD_OK);
+    size_t off = 0;
+    int seen = 0;
+    while (off + 20 <= len) {
+        char name[9] = {0};
+        uint32_t nblk, bb, be;
+        memcpy(name, data + off, 8);
+        memcpy(&nblk, data + off + 8, 4), memcpy(&bb, data + off + 12, 4),
+            memcpy(&be, data + off + 16, 4);
+        off += 20;
+        const int t = td_dtype_from_name(name);
+        REQUIRE(t >= 0 && td_dtype_is_quantized(t));
+        CHECK_EQ_INT(bb, td_dtype_block_bytes(t));
+        CHECK_EQ_INT(be, td_dtype_block_elems(t));
+        const size_t n = (size_t)nblk * be;
+        REQUIRE(off + nblk * bb + n * 4 <= len);
+        const uint8_t *blocks = (const uint8_t *)data + off;
+        float *want = malloc(n * 4), *got = malloc(n * 4), *got2 = malloc(n * 4);
+        memcpy(want, data + off + nblk * bb, n * 4);
+        td_dequantize_row(t, blocks, got, (int64_t)n);
+        td_to_f32(got2, blocks, t, (int64_t)n);
+        int64_t bad = 0, first = -1;
+        for (size_t i = 0; i < n; i++)
+            if (memcmp(&got[i], &want[i], 4) != 0 || memcmp(&got2[i], &want[i], 4) != 0) {
+                if (first < 0) first = (int64_t)i;
+                bad++;
+            }
+        CHECK_MSG(bad == 0, "%s: %lld of %zu elements differ from gguf's, first at %lld: %g vs %g",
+                  name, (long long)bad, n, (long long)first, first >= 0 ? got[first] : 0.0,
+                  first >= 0 ? want[first] : 0.0);
+        free(want), free(got), free(got2);
+        off += nblk * bb + n * 4;
+        seen++;
+    }
+    CHECK_EQ_INT(seen, NQT);
+    free(data);
+}
+
+/* Quantize -> dequantize stays within each type's step; the K types reproduce the shape. */
+TD_TEST(quantize_roundtrip) {
+    const int64_t n = 512;
+    float x[512], y[512];
+    uint8_t buf[512 * 2];
+    for (int64_t i = 0; i < n; i++) x[i] = s_randf() * (1 + (float)(i % 7));
+    for (int q = 0; q < NQT; q++) {
+        const td_dtype_t t = s_qtypes[q];
+        REQUIRE(td_quantize_row(t, x, buf, n) == TD_OK);
+        td_dequantize_row(t, buf, y, n);
+        /* per 32 elements: allowed error = the range / levels (one step), plus f16 scale rounding
+         */
+        const double levels = t == TD_DTYPE_Q8_0   ? 254
+                              : t == TD_DTYPE_Q6_K ? 60
+                              : (t == TD_DTYPE_Q5_0 || t == TD_DTYPE_Q5_1 || t == TD_DTYPE_Q5_K)
+                                  ? 31
+                                  : 15;
+        double worst = 0;
+        for (int64_t b = 0; b < n; b += 32) {
+            float lo = x[b], hi = x[b];
+            for (int i = 1; i < 32; i++) lo = fminf(lo, x[b + i]), hi = fmaxf(hi, x[b + i]);
+            const double range = fmax(hi - lo, fmax(fabs(lo), fabs(hi)) * 2);
+            for (int i = 0; i < 32; i++) {
+                const double e = fabs((double)y[b + i] - x[b + i]) / (range / levels);
+                if (e > worst) worst = e;
+            }
+        }
+        /* K types fit 6-bit scales to a super-block maximum: up to two steps */
+        /* Q4_0 / Q5_0 map the largest magnitude to -half: the other sign clips by up to a step */
+        const double lim = t == TD_DTYPE_Q4_K || t == TD_DTYPE_Q5_K || t == TD_DTYPE_Q6_K ? 2.0
+                           : t == TD_DTYPE_Q4_0 || t == TD_DTYPE_Q5_0                     ? 1.0
+                                                                                          : 0.52;
+        CHECK_MSG(worst <= lim, "%s: round-trip error %.3f steps (limit %.2f)", td_dtype_name(t),
+                  worst, lim);
+    }
+    CHECK(td_quantize_row(TD_DTYPE_F32, x, buf, 32) == TD_ERR_ARG);
+    CHECK(td_quantize_row(TD_DTYPE_Q4_0, x, buf, 31) == TD_ERR_ARG);
+}
+
+/* --- products -----------------------------------------------------------------------------------
+ */
+
+static const char *const s_paths[] = {"scalar", "avx2", "avx512vnni"};
+
+/* A random quantized matrix [rows, ld] (ld elements per stored row; the product uses cols). */
+static uint8_t *s_qmatrix(td_dtype_t t, int64_t rows, int64_t ld) {
+    const int64_t nb = rows * (ld / td_dtype_block_elems(t));
+    uint8_t *p = malloc((size_t)nb * td_dtype_block_bytes(t));
+    s_random_blocks(t, p, nb);
+    return p;
+}
+
+/* |y - ref| within the error 8-bit activation quantization can cause (each x off by at most
+ * amax(block) / 254, times |w|) plus float rounding. */
+static int s_check_bound(const float *y, const float *ref, const float *x, const float *wd,
+                         int64_t rows, int64_t cols, int n, double *worst) {
+    *worst = 0;
+    for (int t = 0; t < n; t++)
+        for (int64_t r = 0; r < rows; r++) {
+            double bound = 0, mag = 0;
+            for (int64_t b = 0; b < cols; b += 32) {
+                float amax = 0;
+                for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(x[t * cols + b + i]));
+                double sw = 0;
+                for (int i = 0; i < 32; i++) {
+                    sw += fabs(wd[r * cols + b + i]);
+                    mag += fabs(wd[r * cols + b + i] * x[t * cols + b + i]);
+                }
+                bound += sw * amax / 254.0;
+            }
+            bound = bound * 1.001 + 2e-6 * mag + 1e-30;
+            const double e = fabs((double)y[t * rows + r] - ref[t * rows + r]) / bound;
+            if (!(e <= *worst)) *worst = e;
+        }
+    return *worst <= 1.0;
+}
+
+TD_TEST(matmul_every_type_and_path_vs_reference) {
+    td_err_t err = {0};
+    td_backend_t *be = td_backend_cpu_new(2, 0, &err), *ref = td_backend_cpu_new(1, 1, &err);
+    REQUIRE(be && ref);
+    const int ns[] = {1, 2, 3, 5, 9, 24, 25, 40};
+    const int64_t rows_s[] = {1, 7, 33, 130};
+    int n_paths = 0;
+    for (int p = 0; p < 3; p++) {
+        if (!td_cpu_kernels_available(s_paths[p])) {
+            printf("  (kernels %s not available on this CPU: skipped)\n", s_paths[p]);
+            continue;
+        }
+        n_paths++;
+        REQUIRE(td_cpu_kernels_select(s_paths[p], &err) == TD_OK);
+        CHECK_STR(td_cpu_kernels_name(), s_paths[p]);
+        for (int q = 0; q < NQT; q++) {
+            const td_dtype_t t = s_qtypes[q];
+            const int be_ = td_dtype_block_elems(t);
+            const int64_t cols = be_ == 32 ? 160 : 512;
+            for (int s = 0; s < 4; s++)
+                for (int sl = 0; sl < 2; sl++) {
+                    const int64_t rows = rows_s[s], ld = cols + (sl ? be_ : 0);
+                    uint8_t *wq = s_qmatrix(t, rows, ld);
+                    td_weight_t w = {wq, t, rows, cols, 0, sl ? ld : 0};
+                    float *wd = malloc((size_t)(rows * cols) * 4);
+                    for (int64_t r = 0; r < rows; r++)
+                        td_dequantize_row(t, wq + (size_t)r * td_dtype_row_bytes(t, ld),
+                                          wd + r * cols, cols);
+                    const int nmax = 40;
+                    float *x = malloc((size_t)(nmax * cols) * 4);
+                    for (int64_t i = 0; i < nmax * cols; i++) x[i] = s_randf() * (1 + i % 3);
+                    float *y = malloc((size_t)(nmax * rows) * 4),
+                          *yr = malloc((size_t)(nmax * rows) * 4);
+                    for (int ni = 0; ni < (int)(sizeof ns / sizeof ns[0]); ni++) {
+                        const int n = ns[ni];
+                        td_op_matmul(be, y, x, &w, NULL, n);
+                        td_op_matmul(ref, yr, x, &w, NULL, n);
+                        double worst;
+                        int ok;
+                        if (n <= 24)
+                            ok = s_check_bound(y, yr, x, wd, rows, cols, n, &worst);
+                        else { /* wide: float SGEMM on dequantized panels, float rounding only */
+                            worst = 0;
+                            for (int t2 = 0; t2 < n; t2++)
+                                for (int64_t r = 0; r < rows; r++) {
+                                    double mag = 0;
+                                    for (int64_t c = 0; c < cols; c++)
+                                        mag += fabs(wd[r * cols + c] * x[t2 * cols + c]);
+                                    const double e =
+                                        fabs((double)y[t2 * rows + r] - yr[t2 * rows + r]) /
+                                        (1e-5 * mag + 1e-30);
+                                    if (!(e <= worst)) worst = e;
+                                }
+                            ok = worst <= 1;
+                        }
+                        CHECK_MSG(ok, "%s %s %lldx%lld ld %lld n=%d: error %.3g of the bound",
+                                  s_paths[p], td_dtype_name(t), (long long)rows, (long long)cols,
+                                  (long long)ld, n, worst);
+                    }
+                    free(wq), free(wd), free(x), free(y), free(yr);
+                }
+        }
+    }
+    CHECK(n_paths >= 1);
+    td_cpu_kernels_select("auto", &err);
+    /* bias with a quantized weight, fast and reference */
+    {
+        const int64_t rows = 9, cols = 64;
+        uint8_t *wq = s_qmatrix(TD_DTYPE_Q8_0, rows, cols);
+        float bias[9], x[64], y[9], y2[9], yr[9], yr2[9];
+        for (int i = 0; i < 9; i++) bias[i] = (float)i;
+        for (int i = 0; i < 64; i++) x[i] = s_randf();
+        td_weight_t w = {wq, TD_DTYPE_Q8_0, rows, cols, 0, 0},
+                    b = {bias, TD_DTYPE_F32, 1, rows, 0, 0};
+        td_op_matmul(be, y, x, &w, &b, 1);
+        td_op_matmul(be, y2, x, &w, NULL, 1);
+        td_op_matmul(ref, yr, x, &w, &b, 1);
+        td_op_matmul(ref, yr2, x, &w, NULL, 1);
+        for (int i = 0; i < 9; i++) {
+            CHECK(y[i] == y2[i] + bias[i]);
+            CHECK_NEAR(yr[i] - yr2[i], bias[i], 1e-5 * (1 + fabs(yr2[i])));
+        }
+        free(wq);
+    }
+    td_backend_destroy(&be);
+    td_backend_destroy(&ref);
+}
+
+/* The kernel paths agree bitwise (same integer dot products, same float operations), and every
+ * token's outputs are bitwise the same alone as in any batch up to 24, on 1 or 2 threads. */
+TD_TEST(matmul_paths_bitwise_and_batch_invariant) {
+    td_err_t err = {0};
+    td_backend_t *b2 = td_backend_cpu_new(2, 0, &err), *b1 = td_backend_cpu_new(1, 0, &err);
+    REQUIRE(b2 && b1);
+    for (int q = 0; q < NQT; q++) {
+        const td_dtype_t t = s_qtypes[q];
+        const int64_t rows = 67, cols = td_dtype_block_elems(t) == 32 ? 96 : 256;
+        uint8_t *wq = s_qmatrix(t, rows, cols);
+        td_weight_t w = {wq, t, rows, cols, 0, 0};
+        const int nmax = 24;
+        float *x = malloc((size_t)(nmax * cols) * 4);
+        for (int64_t i = 0; i < nmax * cols; i++) x[i] = s_randf();
+        float *yb = malloc((size_t)(nmax * rows) * 4), *y1 = malloc((size_t)(nmax * rows) * 4),
+              *yp = malloc((size_t)(nmax * rows) * 4);
+        int have_first = 0;
+        for (int p = 0; p < 3; p++) {
+            if (!td_cpu_kernels_available(s_paths[p])) continue;
+            REQUIRE(td_cpu_kernels_select(s_paths[p], &err) == TD_OK);
+            /* each token alone, on one thread */
+            for (int tk = 0; tk < nmax; tk++)
+                td_op_matmul(b1, y1 + tk * rows, x + tk * cols, &w, NULL, 1);
+            for (int n = 2; n <= nmax; n++) {
+                /* tokens 0..n-1 as one batch, and a batch that starts at token nmax - n */
+                td_op_matmul(b2, yb, x, &w, NULL, n);
+                CHECK_MSG(!memcmp(yb, y1, (size_t)(n * rows) * 4),
+                          "%s %s: a batch of %d differs from one token at a time", s_paths[p],
+                          td_dtype_name(t), n);
+                td_op_matmul(b2, yb, x + (nmax - n) * cols, &w, NULL, n);
+                CHECK_MSG(!memcmp(yb, y1 + (nmax - n) * rows, (size_t)(n * rows) * 4),
+                          "%s %s: a shifted batch of %d differs", s_paths[p], td_dtype_name(t), n);
+            }
+            if (!have_first) {
+                memcpy(yp, y1, (size_t)(nmax * rows) * 4);
+                have_first = 1;
+            } else {
+                CHECK_MSG(!memcmp(yp, y1, (size_t)(nmax * rows) * 4),
+                          "%s %s: not bitwise equal to the scalar path", s_paths[p],
+                          td_dtype_name(t));
+            }
+        }
+        free(wq), free(x), free(yb), free(y1), free(yp);
+    }
+    td_cpu_kernels_select("auto", &err);
+    td_backend_destroy(&b2);
+    td_backend_destroy(&b1);
+}
+
+TD_TEST(kernel_selection) {
+    td_err_t err = {0};
+    CHECK(td_cpu_kernels_available("scalar"));
+    CHECK(td_cpu_kernels_select("nonsense", &err) == TD_ERR_ARG);
+    CHECK(strstr(err.msg, "nonsense") != NULL);
+    CHECK(td_cpu_kernels_select("scalar", &err) == TD_OK);
+    CHECK_STR(td_cpu_kernels_name(), "scalar");
+    CHECK(td_cpu_kernels_select("auto", &err) == TD_OK);
+    printf("  kernels in use: %s\n", td_cpu_kernels_name());
+}
+
+/* Helper case for the next one: prints the kernels chosen at first use (run alone). */
+TD_TEST(print_kernels) { printf("  kernels in use: %s\n", td_cpu_kernels_name()); }
+
+/* TD_CPU_KERNELS forces a path in a fresh process; an unknown or unavailable name falls back to
+ * the best the CPU has. */
+TD_TEST(env_var_selects_kernels) {
+    char self[1024], cmd[1400], out[4096];
+    const ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
+    REQUIRE(len > 0);
+    self[len] = 0;
+    for (int p = 0; p < 3; p++) {
+        if (!td_cpu_kernels_available(s_paths[p])) continue;
+        snprintf(cmd, sizeof cmd, "TD_CPU_KERNELS=%s '%s' print_kernels", s_paths[p], self);
+        CHECK_EQ_INT(td_test_run(cmd, out, sizeof out), 0);
+        char want[64];
+        snprintf(want, sizeof want, "kernels in use: %s\n", s_paths[p]);
+        CHECK_MSG(strstr(out, want) != NULL, "%s gave: %s", cmd, out);
+    }
+    snprintf(cmd, sizeof cmd, "TD_CPU_KERNELS=bogus TD_LOG=error '%s' print_kernels", self);
+    CHECK_EQ_INT(td_test_run(cmd, out, sizeof out), 0);
+    const char *best = td_cpu_kernels_available("avx512vnni") ? "avx512vnni"
+                       : td_cpu_kernels_available("avx2")     ? "avx2"
+                                                              : "scalar";
+    CHECK_MSG(strstr(out, best) != NULL, "bogus name gave: %s (want %s)", out, best);
+}
+
+TD_TEST(get_rows_quantized) {
+    td_err_t err = {0};
+    td_backend_t *be = td_backend_cpu_new(1, 0, &err), *ref = td_backend_cpu_new(1, 1, &err);
+    REQUIRE(be && ref);
+    for (int q = 0; q < NQT; q++) {
+        const td_dtype_t t = s_qtypes[q];
+        const int64_t rows = 11, cols = td_dtype_block_elems(t) == 32 ? 64 : 256;
+        uint8_t *wq = s_qmatrix(t, rows, cols);
+        td_weight_t w = {wq, t, rows, cols, 0, 0};
+        const int32_t ids[3] = {10, 0, 4};
+        float y[3 * 256], yr[3 * 256], want[256];
+        td_op_get_rows(be, y, &w, ids, 3);
+        td_op_get_rows(ref, yr, &w, ids, 3);
+        for (int i = 0; i < 3; i++) {
+            td_dequantize_row(t, wq + (size_t)ids[i] * td_dtype_row_bytes(t, cols), want, cols);
+            CHECK(!memcmp(y + i * cols, want, (size_t)cols * 4));
+            CHECK(!memcmp(yr + i * cols, want, (size_t)cols * 4));
+        }
+        free(wq);
+    }
+    td_backend_destroy(&be);
+    td_backend_destroy(&ref);
+}
+
+TD_TEST_MAIN()
