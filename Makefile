@@ -4,6 +4,7 @@
 #   make check      the tests again under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make fuzz       run each libFuzzer target for FUZZ_SECONDS (clang)
 #   make bench      benchmarks (never part of make test)
+#   make bench-peer tandem vs llama.cpp's llama-bench on the SmolLM2 GGUFs (docs/peers.md)
 #   make format     clang-format every hand-written source
 
 PKGS      := libzmq libprotobuf-c openblas libcjson libpcre2-8 libutf8proc
@@ -48,7 +49,7 @@ BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 FUZZ_SRC  := $(wildcard fuzz/fuzz_*.c)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all test check fuzz fuzz-smoke bench format deps clean run proto check-proto
+.PHONY: all test check fuzz fuzz-smoke bench bench-peer format deps clean run proto check-proto
 # the bench programs too (never stale), except in sanitizer builds (bench_cpu needs -march=native)
 all: $(BUILD)/bin/tandem $(WORKER_BIN) $(if $(SAN),,$(BENCH_BIN))
 
@@ -101,6 +102,14 @@ bench: $(BENCH_BIN) all
 	  echo "# $(BUILD)/bin/tandem bench --threads 1 --max-tokens 64 --gamma 4,8,16 --steps 1,2,4,8 --out bench/results/cpu-bench" > bench/results/cpu-bench.txt; \
 	  $(BUILD)/bin/tandem bench --threads 1 --max-tokens 64 --gamma 4,8,16 --steps 1,2,4,8 --out bench/results/cpu-bench | tee -a bench/results/cpu-bench.txt; \
 	else echo "tandem bench skipped: models/ not present"; fi
+
+# tandem vs llama.cpp (docs/peers.md): builds the peer from the llama-cpp-python sdist into build/peer/ (never
+# committed), makes the Q8_0/Q4_K_M/BF16 variants of the shipped Q4_1, then runs both side by side.
+bench-peer: all
+	[ ! -x scripts/get-models.sh ] || scripts/get-models.sh
+	tools/peer/build-llama.sh
+	tools/peer/make-variants.sh
+	bench/peer.sh $(PEER_ARGS)
 
 # libFuzzer targets, built with clang against the library sources (not the archive) under ASan/UBSan.
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -I. $(PKG_CFLAGS) -fsanitize=fuzzer,address,undefined -fopenmp=libgomp

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# tools/peer/build-llama.sh - build llama.cpp's tools (the peer tandem is measured against) from the
+# llama.cpp tree inside the PyPI sdist of llama-cpp-python. Nothing of llama.cpp is committed: the sdist,
+# its sources and the binaries live under build/peer/ (git-ignored).
+#
+# usage: tools/peer/build-llama.sh [VARIANT...]     (default: noamx)
+#   noamx   GGML_NATIVE=ON (-march=native) with the AMX extensions compiled out (-mno-amx-tile/-int8/-bf16).
+#           The build that runs everything here: decode, prompts (batch > 1), llama-server.
+#   avx512  GGML_NATIVE=OFF with AVX2/FMA/F16C/BMI2 + AVX512 F/VBMI/VNNI/BF16 named explicitly, AMX off.
+#   native  GGML_NATIVE=ON as llama.cpp builds by default on this CPU (AMX on). Its one-token decode uses
+#           AVX512-VNNI kernels over repacked weights (the fastest decode here), but any batch > 1 runs AMX
+#           tile code and dies with SIGILL on these VMs (cpuid lists AMX, the hypervisor faults on it):
+#           use it for llama-bench tg only.
+# Binaries: build/peer/<variant>/bin/{llama-bench,llama-quantize,llama-perplexity,llama-server,llama-cli};
+# build/peer/bin is a link to the first variant named. Idempotent: a finished step is not redone.
+# Environment: LLAMA_CPP_PYTHON_VERSION (default 0.3.36), JOBS (default 2), PEER_TARGETS (cmake targets).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+ver=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}
+jobs=${JOBS:-2}
+targets=${PEER_TARGETS:-llama-bench llama-quantize llama-perplexity llama-server llama-cli}
+peer=$root/build/peer
+src=$peer/src/llama_cpp_python-$ver/vendor/llama.cpp
+variants=("$@")
+[ ${#variants[@]} -gt 0 ] || variants=(noamx)
+
+mkdir -p "$peer/src"
+if [ ! -f "$src/CMakeLists.txt" ]; then
+	tarball=$peer/src/llama_cpp_python-$ver.tar.gz
+	if [ ! -f "$tarball" ]; then
+		echo "== pip download llama-cpp-python==$ver (sdist)"
+		python3 -m pip download --no-deps --no-binary :all: "llama-cpp-python==$ver" -d "$peer/src"
+	fi
+	echo "== unpacking $(basename "$tarball")"
+	tar -xzf "$tarball" -C "$peer/src"
+	[ -f "$src/CMakeLists.txt" ] || { echo "build-llama: no llama.cpp tree at $src" >&2; exit 1; }
+fi
+
+common=(-G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF
+	-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_OPENSSL=OFF
+	-DLLAMA_CURL=OFF -DGGML_CCACHE=OFF -DGGML_OPENMP=ON)
+noamx='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'
+
+for v in "${variants[@]}"; do
+	case $v in
+	noamx) flags=(-DGGML_NATIVE=ON "-DCMAKE_C_FLAGS=$noamx" "-DCMAKE_CXX_FLAGS=$noamx") ;;
+	avx512) flags=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+		-DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON
+		-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF) ;;
+	native) flags=(-DGGML_NATIVE=ON) ;;
+	*) echo "build-llama: unknown variant '$v' (noamx, avx512, native)" >&2; exit 2 ;;
+	esac
+	b=$peer/$v
+	echo "== configure $v: ${flags[*]}"
+	cmake -S "$src" -B "$b" "${common[@]}" "${flags[@]}" > "$peer/$v.configure.log" 2>&1 ||
+		{ tail -30 "$peer/$v.configure.log" >&2; exit 1; }
+	echo "== build $v (-j$jobs): $targets"
+	# shellcheck disable=SC2086
+	cmake --build "$b" -j "$jobs" --target $targets > "$peer/$v.build.log" 2>&1 ||
+		{ tail -30 "$peer/$v.build.log" >&2; exit 1; }
+	printf '%s\n' "${flags[*]}" > "$b/FLAGS"
+	echo "== $v: $(ls "$b/bin" | tr '\n' ' ')"
+done
+ln -sfn "${variants[0]}/bin" "$peer/bin"
+echo "== build/peer/bin -> ${variants[0]}/bin"
