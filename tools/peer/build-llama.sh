@@ -12,7 +12,10 @@
 #           tile code and dies with SIGILL on these VMs (cpuid lists AMX, the hypervisor faults on it):
 #           use it for llama-bench tg only.
 # Binaries: build/peer/<variant>/bin/{llama-bench,llama-quantize,llama-perplexity,llama-server,llama-cli};
-# build/peer/bin is a link to the first variant named. Idempotent: a finished step is not redone.
+# build/peer/bin is a link to the first variant named. The first variant is built in full; the others
+# build only ggml's CPU backend (the one library their flags change) and get llama-bench linked from the
+# first variant's other libraries (FULL=1 builds every variant in full). Idempotent: a finished step is
+# not redone (cmake/ninja rebuild only what changed).
 # Environment: LLAMA_CPP_PYTHON_VERSION (default 0.3.36), JOBS (default 2), PEER_TARGETS (cmake targets).
 set -euo pipefail
 
@@ -24,6 +27,7 @@ peer=$root/build/peer
 src=$peer/src/llama_cpp_python-$ver/vendor/llama.cpp
 variants=("$@")
 [ ${#variants[@]} -gt 0 ] || variants=(noamx)
+first=${variants[0]}
 
 mkdir -p "$peer/src"
 if [ ! -f "$src/CMakeLists.txt" ]; then
@@ -55,10 +59,25 @@ for v in "${variants[@]}"; do
 	echo "== configure $v: ${flags[*]}"
 	cmake -S "$src" -B "$b" "${common[@]}" "${flags[@]}" > "$peer/$v.configure.log" 2>&1 ||
 		{ tail -30 "$peer/$v.configure.log" >&2; exit 1; }
-	echo "== build $v (-j$jobs): $targets"
-	# shellcheck disable=SC2086
-	cmake --build "$b" -j "$jobs" --target $targets > "$peer/$v.build.log" 2>&1 ||
-		{ tail -30 "$peer/$v.build.log" >&2; exit 1; }
+	if [ "$v" = "$first" ] || [ "${FULL:-0}" = 1 ]; then
+		echo "== build $v (-j$jobs): $targets"
+		# shellcheck disable=SC2086
+		cmake --build "$b" -j "$jobs" --target $targets > "$peer/$v.build.log" 2>&1 ||
+			{ tail -30 "$peer/$v.build.log" >&2; exit 1; }
+	else
+		# Only ggml's CPU backend depends on these flags: build that library here and link llama-bench
+		# from the first variant's objects with it (saves compiling llama, common and the tools again).
+		echo "== build $v (-j$jobs): ggml-cpu, then llama-bench linked against $first's other libraries"
+		cmake --build "$b" -j "$jobs" --target ggml-cpu > "$peer/$v.build.log" 2>&1 ||
+			{ tail -30 "$peer/$v.build.log" >&2; exit 1; }
+		link=$(cd "$peer/$first" && ninja -t commands bin/llama-bench | tail -1)
+		case $link in *ggml/src/libggml-cpu.a*) ;; *) echo "build-llama: unexpected link line: $link" >&2; exit 1 ;; esac
+		mkdir -p "$b/bin"
+		link=${link//ggml\/src\/libggml-cpu.a/$b\/ggml\/src\/libggml-cpu.a}
+		link=${link//-o bin\/llama-bench/-o $b\/bin\/llama-bench}
+		(cd "$peer/$first" && eval "$link") >> "$peer/$v.build.log" 2>&1 ||
+			{ tail -30 "$peer/$v.build.log" >&2; exit 1; }
+	fi
 	printf '%s\n' "${flags[*]}" > "$b/FLAGS"
 	echo "== $v: $(ls "$b/bin" | tr '\n' ' ')"
 done
