@@ -118,14 +118,17 @@ for f in $files; do
 		ar=$(awk '$1=="ar"{print $2}' "$s_t" | median)
 		n_l=$(awk '$1=="tg"' "$s_l" | wc -l)
 		line=$(awk -v f="$(basename "$f")" -v t="$t" -v tg="$tg" -v p9="$pp9" -v p64="$pp64" -v tgn="$tgn" \
-			-v ar="$ar" -v ok="$tandem_ok" -v n="$n_l" 'BEGIN {
-			r9 = (p9 > 0 && tg > 0) ? sprintf("%.2fx", 9 * tg / p9) : "-";
-			r64 = (p64 > 0 && tg > 0) ? sprintf("%.2fx", 64 * tg / p64) : "-";
-			nat = (tgn == "nan") ? "-" : sprintf("%.1f", tgn);
-			if (ok == 1 && ar != "nan") { ts = sprintf("%.1f", ar); q = sprintf("%.2f", ar / tg);
-				qn = (tgn == "nan") ? "-" : sprintf("%.2f", ar / tgn) }
+			-v ar="$ar" -v ok="$tandem_ok" -v n="$n_l" '
+			function has(x) { return x != "nan" && x + 0 > 0 }
+			function fmt(x) { return has(x) ? sprintf("%.1f", x) : "-" }
+			BEGIN {
+			r9 = (has(p9) && has(tg)) ? sprintf("%.2fx", 9 * tg / p9) : "-";
+			r64 = (has(p64) && has(tg)) ? sprintf("%.2fx", 64 * tg / p64) : "-";
+			nat = fmt(tgn);
+			if (ok == 1 && has(ar)) { ts = sprintf("%.1f", ar); q = has(tg) ? sprintf("%.2f", ar / tg) : "-";
+				qn = has(tgn) ? sprintf("%.2f", ar / tgn) : "-" }
 			else { ts = (ok == 2) ? "skip" : "n/s"; q = "-"; qn = "-" }
-			printf "%-34s %2s %8.1f %8.1f %6s %8.1f %6s %9s %8s %7s %8s %3d", f, t, tg, p9, r9, p64, r64, nat, ts, q, qn, n }')
+			printf "%-34s %2s %8s %8s %6s %8s %6s %9s %8s %7s %8s %3d", f, t, fmt(tg), fmt(p9), r9, fmt(p64), r64, nat, ts, q, qn, n }')
 		summary+=("$line")
 		echo "  $line"
 	done
