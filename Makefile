@@ -103,11 +103,12 @@ bench: $(BENCH_BIN) all
 	  $(BUILD)/bin/tandem bench --threads 1 --max-tokens 64 --gamma 4,8,16 --steps 1,2,4,8 --out bench/results/cpu-bench | tee -a bench/results/cpu-bench.txt; \
 	else echo "tandem bench skipped: models/ not present"; fi
 
-# tandem vs llama.cpp (docs/peers.md): builds the peer from the llama-cpp-python sdist into build/peer/ (never
-# committed), makes the Q8_0/Q4_K_M/BF16 variants of the shipped Q4_1, then runs both side by side.
+# tandem vs llama.cpp (docs/peers.md): builds the peer's llama-bench and llama-quantize from the llama-cpp-python
+# sdist into build/peer/ (never committed; tools/peer/build-llama.sh alone also builds server, cli, perplexity),
+# makes the Q8_0/Q4_K_M/BF16 variants of the shipped Q4_1, then runs both side by side (PEER_ARGS: bench/peer.sh's).
 bench-peer: all
 	[ ! -x scripts/get-models.sh ] || scripts/get-models.sh
-	tools/peer/build-llama.sh
+	PEER_TARGETS="llama-bench llama-quantize" tools/peer/build-llama.sh
 	tools/peer/make-variants.sh
 	bench/peer.sh $(PEER_ARGS)
 
