@@ -5,12 +5,13 @@
 #
 # usage: tools/peer/build-llama.sh [VARIANT...]     (default: noamx)
 #   noamx   GGML_NATIVE=ON (-march=native) with the AMX extensions compiled out (-mno-amx-tile/-int8/-bf16).
-#           The build that runs everything here: decode, prompts (batch > 1), llama-server.
-#   avx512  GGML_NATIVE=OFF with AVX2/FMA/F16C/BMI2 + AVX512 F/VBMI/VNNI/BF16 named explicitly, AMX off.
-#   native  GGML_NATIVE=ON as llama.cpp builds by default on this CPU (AMX on). Its one-token decode uses
-#           AVX512-VNNI kernels over repacked weights (the fastest decode here), but any batch > 1 runs AMX
-#           tile code and dies with SIGILL on these VMs (cpuid lists AMX, the hypervisor faults on it):
-#           use it for llama-bench tg only.
+#           The build that runs everything on every VM seen: decode, prompts (batch > 1), llama-server.
+#   avx512  GGML_NATIVE=OFF with AVX2/FMA/F16C/BMI2 + AVX512 F/VBMI/VNNI/BF16 named explicitly, AMX off
+#           (decode within 5% of noamx here, inside the noise: docs/peers.md).
+#   native  GGML_NATIVE=ON as llama.cpp builds by default. Where cpuid lists AMX, AMX is compiled in: one-token
+#           decode then uses AVX512-VNNI kernels over repacked weights (270 tok/s Q4_1 on such a VM), but any
+#           batch > 1 runs AMX tiles and dies with SIGILL where the hypervisor does not enable them: use it
+#           for llama-bench tg only. Where cpuid lists no AMX (the VM of 2026-12-07) it equals noamx.
 # Binaries: build/peer/<variant>/bin/{llama-bench,llama-quantize,llama-perplexity,llama-server,llama-cli};
 # build/peer/bin is a link to the first variant named. The first variant is built in full; the others
 # build only ggml's CPU backend (the one library their flags change) and get llama-bench linked from the
