@@ -43,7 +43,7 @@ while [ $# -gt 0 ]; do
 	--reps) reps=$2; shift ;;
 	--gen) gen=$2; shift ;;
 	--out) out=$2; shift ;;
-	-h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	-h | --help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) echo "bench/peer.sh: unknown option $1" >&2; exit 2 ;;
 	esac
 	shift
