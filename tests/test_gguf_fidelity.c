@@ -191,8 +191,10 @@ static void s_run_close(s_run_t *r) {
     td_backend_destroy(&r->be);
 }
 
-/* Sanitizer builds: every k-th item only. */
+/* Sanitizer builds: every 4th item only, from the 3rd (the texts then include one of < 25
+ * tokens, so both matmul paths still run). */
 static int s_stride(void) { return getenv("TD_TEST_LIGHT") ? 4 : 1; }
+static int s_first(void) { return getenv("TD_TEST_LIGHT") ? 2 : 0; }
 
 static int s_argmax(const float *row, int nv) {
     int best = 0;
@@ -287,7 +289,7 @@ static void s_scoring(const char *fixture) {
     double sum_ours = 0, sum_ref = 0, max_diff[2] = {0, 0}, sum_abs = 0;
     long n_pos = 0, n_agree = 0;
     int n_scored_texts = 0;
-    for (int t = 0; t < n_texts; t += stride) {
+    for (int t = s_first(); t < n_texts; t += stride) {
         const cJSON *x = cJSON_GetArrayItem(f.texts, t);
         const char *name = cJSON_GetObjectItem(x, "name")->valuestring;
         const cJSON *lp = cJSON_GetObjectItem(x, "logprobs");
@@ -320,8 +322,8 @@ static void s_scoring(const char *fixture) {
             double m_ours = s_ours / (n - 1),
                    m_ref = cJSON_GetObjectItem(x, "mean_logprob")->valuedouble;
             CHECK_MSG(fabs(m_ours - m_ref) <= MEAN_REL_BOUND * fabs(m_ref),
-                      "%s (%d tokens, %s path): mean log-prob %.6f, HF %.6f (bound %.0f%%)", name,
-                      n, path ? "float" : "int8", m_ours, m_ref, MEAN_REL_BOUND * 100);
+                      "%s (%d tokens, %s path): mean log-prob %.6f, HF %.6f (bound %g%%)", name, n,
+                      path ? "float" : "int8", m_ours, m_ref, MEAN_REL_BOUND * 100);
             sum_ours += s_ours;
             sum_ref += s_ref;
             n_scored_texts++;
@@ -340,7 +342,7 @@ static void s_scoring(const char *fixture) {
            max_diff[1], max_diff[0], 100.0 * agree);
     if (stride == 1) CHECK_EQ_INT(n_pos, cJSON_GetObjectItem(f.j, "scored_tokens")->valueint);
     CHECK_MSG(fabs(mean_ours - mean_ref) <= MEAN_REL_BOUND * fabs(mean_ref),
-              "mean log-prob %.6f, HF %.6f (bound %.0f%%)", mean_ours, mean_ref,
+              "mean log-prob %.6f, HF %.6f (bound %g%%)", mean_ours, mean_ref,
               MEAN_REL_BOUND * 100);
     CHECK_MSG(agree >= ARGMAX_MIN, "argmax agreement %.4f < %.2f", agree, ARGMAX_MIN);
     s_run_close(&r);
@@ -360,7 +362,7 @@ static void s_greedy(const char *fixture) {
     int n_prompts = cJSON_GetArraySize(f.greedy), n_run = 0, n_equal = 0, stride = s_stride();
     char report[1024] = "";
     size_t rl = 0;
-    for (int p = 0; p < n_prompts; p += stride) {
+    for (int p = s_first(); p < n_prompts; p += stride) {
         const cJSON *g = cJSON_GetArrayItem(f.greedy, p);
         const char *name = cJSON_GetObjectItem(g, "name")->valuestring;
         const cJSON *margins = cJSON_GetObjectItem(g, "margins");
@@ -387,7 +389,7 @@ static void s_greedy(const char *fixture) {
                 diverged = i;
                 double mg = s_num(margins, i);
                 CHECK_MSG(mg < NEAR_TIE,
-                          "%s: step %d: token %d, HF %d where HF's top-2 margin is %.5f (>= %.1f: "
+                          "%s: step %d: token %d, HF %d where HF's top-2 margin is %.5f (>= %g: "
                           "not a near-tie)",
                           name, i, tok, want[i], mg, NEAR_TIE);
                 break;
