@@ -70,6 +70,8 @@ struct td_serve_engine {
     td_sampling_t gen_sp;
     int gen_sp_set;
     uint64_t session_counter;
+    int64_t rounds, round_sessions; /* driver rounds run; live sessions summed over them */
+    int max_batch;                  /* most sessions in one round */
 };
 
 static void s_job_finish(td_serve_job_t *j, int rc, const char *msg) {
@@ -252,9 +254,15 @@ static void *s_engine(void *arg) {
         for (int i = 0; i < P; i++)
             if (e->act[i].s && !td_session_done(e->act[i].s) && s_job_cancelled(e->act[i].job))
                 td_session_cancel(e->act[i].s);
-        if (td_driver_live(e->drv) > 0) {
+        int live = td_driver_live(e->drv);
+        if (live > 0) {
             td_err_t err = {0};
             td_driver_round(e->drv, &err); /* a failed forward ends its sessions: swept below */
+            pthread_mutex_lock(&e->mu);
+            e->rounds++;
+            e->round_sessions += live;
+            if (live > e->max_batch) e->max_batch = live;
+            pthread_mutex_unlock(&e->mu);
         }
         for (int i = 0; i < P; i++)
             if (e->act[i].s && td_session_done(e->act[i].s)) s_end_job(e, &e->act[i]);
@@ -423,6 +431,15 @@ void td_serve_engine_load(td_serve_engine_t *e, int *queued, int *running) {
     pthread_mutex_lock(&e->mu);
     if (queued) *queued = e->queued;
     if (running) *running = e->running;
+    pthread_mutex_unlock(&e->mu);
+}
+
+void td_serve_engine_batching(td_serve_engine_t *e, int64_t *rounds, int64_t *round_sessions,
+                              int *max_batch) {
+    pthread_mutex_lock(&e->mu);
+    if (rounds) *rounds = e->rounds;
+    if (round_sessions) *round_sessions = e->round_sessions;
+    if (max_batch) *max_batch = e->max_batch;
     pthread_mutex_unlock(&e->mu);
 }
 

@@ -72,8 +72,9 @@ td_serve_engine_t *td_serve_engine_new(const td_serve_engine_opts_t *o, td_err_t
  * reading) until destroyed. Idempotent. */
 void td_serve_engine_stop(td_serve_engine_t *e, double grace_s);
 /* td_serve_engine_stop (if not done) and frees everything. Stops taking jobs; jobs still queued end
- * with an error; jobs running get grace_s seconds to finish, then are cancelled; joins the engine thread
- * and frees everything. Jobs still referenced by their submitters stay valid until released. */
+ * with an error; jobs running get grace_s seconds to finish, then are cancelled; joins the engine
+ * thread and frees everything. Jobs still referenced by their submitters stay valid until released.
+ */
 void td_serve_engine_destroy(td_serve_engine_t **self_p, double grace_s);
 
 /* The tokenizer for rendering prompts and decoding output (owned by the engine; read-only use
@@ -91,6 +92,11 @@ td_method_t td_serve_engine_method(const td_serve_engine_t *e);
 int td_serve_engine_method_ok(const td_serve_engine_t *e, td_method_t m);
 /* Requests queued (waiting for a slot) and running now. */
 void td_serve_engine_load(td_serve_engine_t *e, int *queued, int *running);
+
+/* Batching so far: driver rounds run (each ONE verifier forward), the live sessions summed over
+ * them (round_sessions / rounds = the mean batch) and the most sessions in one round. */
+void td_serve_engine_batching(td_serve_engine_t *e, int64_t *rounds, int64_t *round_sessions,
+                              int *max_batch);
 
 /* Queues g. Returns TD_OK and *job (release it), TD_ERR_UNSUPPORTED when the queue is full or the
  * engine is shutting down (err says which), TD_ERR_ARG for a bad request. */

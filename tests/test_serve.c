@@ -593,6 +593,17 @@ TD_TEST(e2e_stop_strings) {
     cJSON_Delete(u);
 }
 
+/* the value of a metrics line "name value" (first match), or -1 */
+static double s_metric(const char *text, const char *name) {
+    const char *p = text;
+    size_t nl = strlen(name);
+    while ((p = strstr(p, name))) {
+        if ((p == text || p[-1] == '\n') && p[nl] == ' ') return atof(p + nl + 1);
+        p += nl;
+    }
+    return -1;
+}
+
 TD_TEST(e2e_concurrent_clients) {
     if (s_need_main()) return;
     static char out[1 << 16];
@@ -611,6 +622,9 @@ TD_TEST(e2e_concurrent_clients) {
         snprintf(solo[i], sizeof solo[i], "%s", s_text_of(j));
         cJSON_Delete(j);
     }
+    REQUIRE(s_curl(s_main.port, "/metrics", NULL, NULL, out, sizeof out) == 200);
+    double r0 = s_metric(out, "tandem:engine_rounds_total");
+    double q0 = s_metric(out, "tandem:engine_round_requests_total");
     /* the same eight at once (four slots: half of them queue) */
     char dir[] = "/tmp/td_serve_cc_XXXXXX";
     REQUIRE(mkdtemp(dir));
@@ -645,17 +659,16 @@ TD_TEST(e2e_concurrent_clients) {
         free(data);
     }
     rmdir(dir);
-}
-
-/* the value of a metrics line "name value" (first match), or -1 */
-static double s_metric(const char *text, const char *name) {
-    const char *p = text;
-    size_t nl = strlen(name);
-    while ((p = strstr(p, name))) {
-        if ((p == text || p[-1] == '\n') && p[nl] == ' ') return atof(p + nl + 1);
-        p += nl;
-    }
-    return -1;
+    /* they were verified together: rounds held several requests (one forward for all of them) */
+    REQUIRE(s_curl(s_main.port, "/metrics", NULL, NULL, out, sizeof out) == 200);
+    double r1 = s_metric(out, "tandem:engine_rounds_total");
+    double q1 = s_metric(out, "tandem:engine_round_requests_total");
+    CHECK(r1 > r0 && r0 >= 0);
+    CHECK_MSG(q1 - q0 > 1.5 * (r1 - r0), "mean batch %.2f over %g rounds",
+              (q1 - q0) / (r1 - r0 > 0 ? r1 - r0 : 1), r1 - r0);
+    CHECK(s_metric(out, "tandem:engine_batch_max") >= 2);
+    printf("    8 concurrent: %g rounds, mean batch %.2f\n", r1 - r0,
+           (q1 - q0) / (r1 - r0 > 0 ? r1 - r0 : 1));
 }
 
 TD_TEST(e2e_disconnect_frees_slot) {
