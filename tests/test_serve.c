@@ -9,6 +9,7 @@
 #include "tests/tdtest.h"
 
 #include <cjson/cJSON.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -883,6 +884,105 @@ TD_TEST(e2e_openai_client) {
              s_main.port);
     int rc = td_test_run(cmd, out, sizeof out);
     CHECK_MSG(rc == 0 && strstr(out, "ALL OK"), "openai client (rc %d):\n%s", rc, out);
+}
+
+/* A drafter (a separate tandem-drafter) killed while requests decode: every request still
+ * completes, as plain AR (greedy: the same text an ar request gives), the fallbacks counted. */
+TD_TEST(e2e_drafter_dies_under_load) {
+    if (s_need_main()) return;
+    static char out[1 << 16];
+    char dbin[2200], sock[128], cmd[8192];
+    snprintf(dbin, sizeof dbin, "%s/bin/tandem-drafter", s_build);
+    if (access(dbin, X_OK)) {
+        td_test_skip("no bin/tandem-drafter");
+        return;
+    }
+    snprintf(sock, sizeof sock, "/tmp/td_serve_dd_%d.sock", (int)getpid());
+    pid_t dpid = fork();
+    REQUIRE(dpid >= 0);
+    if (dpid == 0) {
+        char ep[160];
+        snprintf(ep, sizeof ep, "ipc://%s", sock);
+        int fd = open("/dev/null", O_WRONLY);
+        if (fd >= 0) dup2(fd, 1), dup2(fd, 2);
+        execl(dbin, dbin, "--model", "models/tiny-diffusion-drafter", "--bind", ep, "--threads",
+              "1", (char *)NULL);
+        _exit(127);
+    }
+    srv_t s;
+    snprintf(cmd, sizeof cmd,
+             "--verifier models/tiny-verifier --drafter ipc://%s --method specdiff --parallel 4 "
+             "--timeout-ms 30",
+             sock);
+    int up = s_start(&s, cmd);
+    if (up != 0) kill(dpid, SIGKILL), waitpid(dpid, NULL, 0);
+    REQUIRE(up == 0);
+    int p = s.port;
+    enum { N = 6, MAXT = 24 };
+    /* greedy answers of plain ar, for reference (the spec methods are lossless when greedy) */
+    char ref[N][1024];
+    for (int i = 0; i < N; i++) {
+        char body[256];
+        snprintf(body, sizeof body,
+                 "{\"prompt\":\"In the beginning %d\",\"max_tokens\":%d,\"temperature\":0,"
+                 "\"tandem\":{\"method\":\"ar\"}}",
+                 i, MAXT);
+        CHECK_EQ_INT(s_curl(p, "/v1/completions", body, NULL, out, sizeof out), 200);
+        cJSON *j = s_json(out);
+        snprintf(ref[i], sizeof ref[i], "%s", j && s_text_of(j) ? s_text_of(j) : "?");
+        cJSON_Delete(j);
+    }
+    /* the drafter works: a specdiff request drafts */
+    CHECK_EQ_INT(s_curl(p, "/v1/completions",
+                        "{\"prompt\":\"In the beginning 0\",\"max_tokens\":24,\"temperature\":0}",
+                        NULL, out, sizeof out),
+                 200);
+    REQUIRE(s_curl(p, "/metrics", NULL, NULL, out, sizeof out) == 200);
+    CHECK(s_metric(out, "tandem:spec_decode_num_draft_tokens_total") > 0);
+    CHECK_EQ_INT((int)s_metric(out, "tandem:spec_decode_fallbacks_total"), 0);
+    /* the first half in flight when the drafter dies, the second half sent after */
+    char dir[] = "/tmp/td_serve_dd_XXXXXX";
+    REQUIRE(mkdtemp(dir));
+    size_t o = 0;
+    for (int i = 0; i < N / 2; i++)
+        o += (size_t)snprintf(cmd + o, sizeof cmd - o,
+                              "curl -sS -o %s/%d.json --data-binary '{\"prompt\":\"In the "
+                              "beginning %d\",\"max_tokens\":%d,\"temperature\":0}' "
+                              "http://127.0.0.1:%d/v1/completions & ",
+                              dir, i, i, MAXT, p);
+    o += (size_t)snprintf(cmd + o, sizeof cmd - o, "sleep 0.05; kill -9 %d; ", (int)dpid);
+    for (int i = N / 2; i < N; i++)
+        o += (size_t)snprintf(cmd + o, sizeof cmd - o,
+                              "curl -sS -o %s/%d.json --data-binary '{\"prompt\":\"In the "
+                              "beginning %d\",\"max_tokens\":%d,\"temperature\":0}' "
+                              "http://127.0.0.1:%d/v1/completions & ",
+                              dir, i, i, MAXT, p);
+    snprintf(cmd + o, sizeof cmd - o, "wait");
+    td_test_run(cmd, out, sizeof out);
+    waitpid(dpid, NULL, 0);
+    for (int i = 0; i < N; i++) {
+        char path[256], data[1 << 14];
+        snprintf(path, sizeof path, "%s/%d.json", dir, i);
+        FILE *f = fopen(path, "r");
+        CHECK_MSG(f != NULL, "request %d got no answer", i);
+        if (!f) continue;
+        size_t n = fread(data, 1, sizeof data - 1, f);
+        data[n] = 0;
+        fclose(f);
+        unlink(path);
+        cJSON *j = cJSON_Parse(data);
+        CHECK_MSG(j && s_text_of(j) && !strcmp(s_text_of(j), ref[i]),
+                  "request %d: '%s', plain ar gives '%s'", i, data, ref[i]);
+        cJSON_Delete(j);
+    }
+    rmdir(dir);
+    REQUIRE(s_curl(p, "/metrics", NULL, NULL, out, sizeof out) == 200);
+    CHECK(s_metric(out, "tandem:spec_decode_fallbacks_total") > 0);
+    CHECK_EQ_INT((int)s_metric(out, "tandem:request_success_total{outcome=\"error\"}"), 0);
+    printf("    drafter killed: %g fallback rounds\n",
+           s_metric(out, "tandem:spec_decode_fallbacks_total"));
+    CHECK_EQ_INT(s_stop(&s), 0);
+    unlink(sock);
 }
 
 /* last: SIGTERM ends the shared server cleanly (exit 0) */
