@@ -333,12 +333,19 @@ td_serve_engine_t *td_serve_engine_new(const td_serve_engine_opts_t *o, td_err_t
         td_err_set(err, TD_ERR_NOMEM, "out of memory");
         goto fail;
     }
-    /* one verifier for all requests: its threads are all the cores unless told */
+    /* one verifier for all requests: all the cores unless told, half of them each when an
+     * in-process drafter shares them (measured: the two models' OpenMP pools fight otherwise) */
     td_pair_opts_t po = td_pair_opts_default();
-    po.threads = o->threads > 0 ? o->threads : td_cli_n_cores();
+    po.threads = o->threads;
+    if (po.threads <= 0) {
+        int in_proc = e->o.drafter && !td_is_endpoint(e->o.drafter);
+        po.threads = in_proc ? td_cli_n_cores() / 2 : td_cli_n_cores();
+        if (po.threads < 1) po.threads = 1;
+    }
     po.device = o->device;
     po.drafter_device = o->drafter_device;
     po.spin_us = o->spin_us;
+    po.drafter_sessions = o->parallel; /* every live request keeps its drafter session */
     po.curve_server_key = o->curve_server_key;
     po.curve_secret_key = o->curve_secret_key;
     e->pair_open = 1;
