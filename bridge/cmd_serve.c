@@ -897,7 +897,7 @@ static void s_help(FILE *f) {
             "defaults for requests (as `tandem generate`):\n"
             "  --max-tokens N --temperature X --top-k K --top-p P --seed S --gamma N --steps T\n"
             "  --order O --verify V --dist-top-k K --mixture R --kv-window W --timeout-ms N\n"
-            "  --threads N (per model; default all cores, half each with an in-process drafter) "
+            "  --threads N (per model; default cores - 1, halved with an in-process drafter) "
             "--device N --drafter-device N\n"
             "  --spin-us N --curve-server-key F --curve-key F\n");
 }

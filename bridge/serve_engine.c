@@ -333,13 +333,14 @@ td_serve_engine_t *td_serve_engine_new(const td_serve_engine_opts_t *o, td_err_t
         td_err_set(err, TD_ERR_NOMEM, "out of memory");
         goto fail;
     }
-    /* one verifier for all requests: all the cores unless told, half of them each when an
-     * in-process drafter shares them (measured: the two models' OpenMP pools fight otherwise) */
+    /* one verifier for all requests. Default threads: the cores but one (left to the HTTP
+     * threads and clients: an OpenMP team as wide as the machine stalls for whole time slices as
+     * soon as anything else runs), split in two when an in-process drafter shares them */
     td_pair_opts_t po = td_pair_opts_default();
     po.threads = o->threads;
     if (po.threads <= 0) {
         int in_proc = e->o.drafter && !td_is_endpoint(e->o.drafter);
-        po.threads = in_proc ? td_cli_n_cores() / 2 : td_cli_n_cores();
+        po.threads = (td_cli_n_cores() - 1) / (in_proc ? 2 : 1);
         if (po.threads < 1) po.threads = 1;
     }
     po.device = o->device;

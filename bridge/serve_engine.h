@@ -28,7 +28,7 @@ typedef struct td_serve_engine_opts {
     td_method_t method;   /* the default method: ar, spec-ar, specdiff or apd */
     int parallel;         /* KV slots (requests decoded at once), >= 1 */
     int queue_cap;        /* requests waiting for a slot at most (then submit says busy) */
-    int threads; /* CPU threads per model (0 = all cores; half each with an in-process drafter) */
+    int threads; /* CPU threads per model (0 = cores - 1, halved with an in-process drafter) */
     int device, drafter_device;
     int timeout_ms; /* drafter answer timeout per round (0 = 5000) */
     int spin_us;    /* td_pair_opts_t.spin_us (-1 off) */
