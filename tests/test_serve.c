@@ -776,7 +776,8 @@ TD_TEST(e2e_auth_queue_shutdown) {
     snprintf(cmd, sizeof cmd, "%s serve --host 0.0.0.0 --port 0 2>&1", s_bin);
     CHECK_EQ_INT(td_test_run(cmd, out, sizeof out), 2);
     CHECK(strstr(out, "api-key"));
-    /* the chat fixture (ChatML template, 128 positions), ar, one slot, no queue, a key */
+    /* the chat fixture (ChatML template, 128 positions), ar, one slot, no queue, a key; two
+     * threads: its 120 tokens then take ~0.1 s (one thread: ~3 ms), time to see the queue full */
     const char *model = "tests/data/e2e/qwen2-chat";
     if (access(model, R_OK)) {
         td_test_skip("tests/data/e2e/qwen2-chat missing");
@@ -788,10 +789,11 @@ TD_TEST(e2e_auth_queue_shutdown) {
     REQUIRE(write(fd, "s3cret-key\n", 11) == 11);
     close(fd);
     srv_t s;
-    snprintf(cmd, sizeof cmd,
-             "--verifier %s --method ar --parallel 1 --queue 0 --api-key-file %s --cors "
-             "http://example.test",
-             model, keyf);
+    snprintf(
+        cmd, sizeof cmd,
+        "--verifier %s --method ar --parallel 1 --queue 0 --threads 2 --api-key-file %s --cors "
+        "http://example.test",
+        model, keyf);
     int up = s_start(&s, cmd);
     unlink(keyf);
     REQUIRE(up == 0);
