@@ -826,9 +826,9 @@ TD_TEST(e2e_auth_queue_shutdown) {
              "\"temperature\":0}' http://127.0.0.1:%d/v1/completions > %s 2>&1 &",
              auth, p, longf);
     CHECK_EQ_INT(system(cmd), 0);
-    /* wait until it runs */
-    for (int i = 0; i < 100; i++) {
-        usleep(50000);
+    /* wait until it runs (polled often: the request lasts ~0.1 s) */
+    for (int i = 0; i < 1000; i++) {
+        usleep(5000);
         if (s_curl(p, "/metrics", NULL, auth, out, sizeof out) == 200 &&
             s_metric(out, "tandem:num_requests_running") == 1)
             break;
