@@ -138,6 +138,9 @@ static char *s_metrics_text(server_t *s, size_t *len) {
     if (!f) return NULL;
     int queued = 0, running = 0;
     td_serve_engine_load(s->eng, &queued, &running);
+    int64_t rounds = 0, round_sessions = 0;
+    int max_batch = 0;
+    td_serve_engine_batching(s->eng, &rounds, &round_sessions, &max_batch);
     metrics_t *m = &s->m;
     pthread_mutex_lock(&m->mu);
 #define COUNTER(name, help, v)                                                                     \
@@ -166,6 +169,12 @@ static char *s_metrics_text(server_t *s, size_t *len) {
     COUNTER("tandem:generation_tokens_total", "Tokens generated.", m->gen_tokens);
     GAUGE("tandem:num_requests_running", "Requests decoding now.", running);
     GAUGE("tandem:num_requests_waiting", "Requests queued for a slot (queue depth).", queued);
+    COUNTER("tandem:engine_rounds_total",
+            "Engine rounds: each one verifier forward for every request decoding then.", rounds);
+    COUNTER("tandem:engine_round_requests_total",
+            "Requests in the engine rounds, summed (divided by the rounds: the mean batch).",
+            round_sessions);
+    GAUGE("tandem:engine_batch_max", "Most requests verified together in one round.", max_batch);
     COUNTER("tandem:spec_decode_num_drafts_total", "Speculative rounds that got a draft.",
             m->drafts);
     COUNTER("tandem:spec_decode_num_draft_tokens_total", "Draft tokens proposed.", m->draft_tokens);
@@ -874,7 +883,8 @@ static void s_help(FILE *f) {
             "  --host H           address to bind (default 127.0.0.1; any other needs an API "
             "key)\n"
             "  --port P           port (default 8080; 0 = any free port, printed at start)\n"
-            "  --parallel N       requests decoded at once (default 4), each in its own slot\n"
+            "  --parallel N       requests decoded at once (default 4), each in its own KV slot,\n"
+            "                     all verified together (one forward per round)\n"
             "  --queue N          requests waiting for a slot at most (default 64); more get 503\n"
             "  --api-key KEY      require \"Authorization: Bearer KEY\" (--api-key-file F: read "
             "it)\n"
@@ -887,7 +897,8 @@ static void s_help(FILE *f) {
             "defaults for requests (as `tandem generate`):\n"
             "  --max-tokens N --temperature X --top-k K --top-p P --seed S --gamma N --steps T\n"
             "  --order O --verify V --dist-top-k K --mixture R --kv-window W --timeout-ms N\n"
-            "  --threads N (per model; default cores / parallel) --device N --drafter-device N\n"
+            "  --threads N (per model; default cores - 1, halved with an in-process drafter) "
+            "--device N --drafter-device N\n"
             "  --spin-us N --curve-server-key F --curve-key F\n");
 }
 
@@ -1064,8 +1075,9 @@ int td_cmd_serve(int argc, char **argv) {
                                  .kv_window = (int)kvw,
                                  .mixture = mixture};
     if (eo.spin_us == 0) eo.spin_us = -1;
-    fprintf(stderr, "tandem serve: loading %ld slot(s) of %s%s%s (%s)...\n", parallel, vdir,
-            eo.drafter ? " + " : "", eo.drafter ? eo.drafter : "", td_method_name(eo.method));
+    fprintf(stderr, "tandem serve: loading %s%s%s (%s), %ld KV slot(s)...\n", vdir,
+            eo.drafter ? " + " : "", eo.drafter ? eo.drafter : "", td_method_name(eo.method),
+            parallel);
     s->eng = td_serve_engine_new(&eo, &err);
     if (!s->eng) {
         fprintf(stderr, "tandem serve: %s\n", err.msg);

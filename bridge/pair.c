@@ -72,8 +72,10 @@ int td_pair_open(td_pair_t *p, const char *verifier_dir, const char *drafter,
         if (s_load(drafter, o->drafter_device, dthreads, &p->dbe, &p->drafter, &p->dtok, err) !=
             TD_OK)
             return err->code ? err->code : TD_ERR;
-        td_drafter_opts_t dopts = {
-            .max_sessions = 4, .model_id = s_base(drafter), .predraft = o->predraft};
+        td_drafter_opts_t dopts = {.max_sessions =
+                                       o->drafter_sessions > 0 ? o->drafter_sessions : 4,
+                                   .model_id = s_base(drafter),
+                                   .predraft = o->predraft};
         p->svc = td_drafter_service_new(p->drafter, p->dtok, &dopts, err);
         if (!p->svc) return TD_ERR;
         snprintf(p->endpoint, sizeof p->endpoint, "inproc://tandem-drafter-%d-%d", (int)getpid(),

@@ -43,6 +43,8 @@ typedef struct td_pair_opts {
                     (in-process: verifier + drafter threads <= cores; remote drafter: verifier
                     threads < cores), else off; -1 = off */
     const char *curve_server_key, *curve_secret_key; /* for tcp:// drafters with CURVE */
+    int drafter_sessions; /* in-process drafter: sessions it keeps (0 = 4); a server sets it to
+                             the requests it decodes at once, or the drafter evicts live ones */
 } td_pair_opts_t;
 
 /* CPU for both models, all threads. */

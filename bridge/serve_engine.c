@@ -1,10 +1,14 @@
-/* serve_engine.c - the engine of `tandem serve` on today's single-request loops: --parallel worker
- * slots, each with its own verifier + drafter pair, taking jobs from a bounded queue (see
- * serve_engine.h). */
+/* serve_engine.c - the engine of `tandem serve` (see serve_engine.h): ONE engine thread owns one
+ * verifier, one drafter link and a batching driver (verifier/driver.h) with --parallel KV slots.
+ * HTTP threads queue jobs; between rounds the engine thread turns queued jobs into sessions
+ * (continuous batching), runs one driver round (one verifier forward for every live request, the
+ * drafts of all of them in flight together), and ends the jobs whose sessions left. */
 #include "bridge/serve_engine.h"
 
 #include "bridge/cli.h"
 #include "bridge/pair.h"
+#include "verifier/driver.h"
+#include "verifier/link.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -16,6 +20,7 @@
 #include <unistd.h>
 
 #define MAX_STOP 32
+#define SLOT_CTX_MAX 4096 /* KV positions per slot at most */
 
 struct td_serve_job {
     pthread_mutex_t mu;
@@ -36,20 +41,26 @@ struct td_serve_job {
     td_serve_job_t *next; /* queue link */
 };
 
-typedef struct slot {
-    td_serve_engine_t *eng;
-    td_pair_t pair;
-    int opened;
-    pthread_t th;
-    int th_running;
-    td_serve_job_t *cur;
-} slot_t;
+/* a job the engine thread decodes now: its session in the driver */
+typedef struct active {
+    td_serve_job_t *job;
+    td_session_t *s;
+    td_spec_params_t p;
+    td_method_t method;
+    double t0;
+} active_t;
 
 struct td_serve_engine {
     td_serve_engine_opts_t o;
     char vdir[1024];
-    slot_t *slots;
-    int n_slots;
+    td_pair_t pair; /* ONE verifier (and the drafter it talks to) for every request */
+    int pair_open;
+    td_link_t *link; /* the drafter link shared by the sessions (NULL for ar) */
+    td_driver_t *drv;
+    int slot_ctx;  /* KV positions per slot */
+    active_t *act; /* parallel entries; act[i].job set under mu, read by stop */
+    pthread_t th;
+    int th_running;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     td_serve_job_t *head, *tail;
@@ -59,6 +70,8 @@ struct td_serve_engine {
     td_sampling_t gen_sp;
     int gen_sp_set;
     uint64_t session_counter;
+    int64_t rounds, round_sessions; /* driver rounds run; live sessions summed over them */
+    int max_batch;                  /* most sessions in one round */
 };
 
 static void s_job_finish(td_serve_job_t *j, int rc, const char *msg) {
@@ -71,7 +84,7 @@ static void s_job_finish(td_serve_job_t *j, int rc, const char *msg) {
     pthread_mutex_unlock(&j->mu);
 }
 
-/* the per-token hook of the decoding loops: record, wake the reader, stop when cancelled */
+/* the per-token hook of the sessions: record, wake the reader, stop when cancelled */
 static int s_on_token(void *ud, int32_t id) {
     td_serve_job_t *j = ud;
     pthread_mutex_lock(&j->mu);
@@ -92,100 +105,167 @@ static int s_on_token(void *ud, int32_t id) {
     return stop;
 }
 
-static void s_run(slot_t *s, td_serve_job_t *j) {
-    td_serve_engine_t *e = s->eng;
-    td_err_t err = {0};
-    const td_serve_gen_t *g = &j->g;
-    td_method_t method = g->method >= 0 ? (td_method_t)g->method : e->o.method;
-    int32_t *out = malloc(((size_t)g->max_tokens + 1) * sizeof *out);
-    if (!out) {
-        s_job_finish(j, TD_ERR_NOMEM, "out of memory");
-        return;
-    }
-    td_spec_stats_t ss;
-    memset(&ss, 0, sizeof ss);
-    td_spec_params_t p = td_spec_params_default(method);
-    double t0 = td_time_now();
-    int grc;
-    if (method == TD_METHOD_AR) {
-        td_gen_params_t gp = {.max_tokens = g->max_tokens,
-                              .sampling = g->sampling,
-                              .seed = g->seed,
-                              .stop_ids = j->stop,
-                              .n_stop = j->n_stop};
-        td_gen_stats_t gs = {0};
-        grc = td_generate_ar(s->pair.verifier, j->prompt, j->n_prompt, &gp, s_on_token, j, out, &gs,
-                             &err);
-        ss.generated = gs.generated, ss.forwards = gs.forwards;
-        ss.verifier_s = gs.prefill_s + gs.decode_s;
-        ss.stop = gs.stop;
-        p.gamma = 0;
-    } else {
-        if (e->o.gamma > 0) p.gamma = e->o.gamma;
-        if (e->o.steps > 0) p.steps = e->o.steps;
-        if (e->o.order >= 0) p.order = e->o.order;
-        if (e->o.verify >= 0) p.verify = (td_verify_t)e->o.verify;
-        if (e->o.dist_top_k > 0) p.dist_top_k = e->o.dist_top_k;
-        if (e->o.kv_window >= 0) p.apd_kv_window = e->o.kv_window;
-        if (e->o.mixture >= 0) p.apd_mixture = (float)e->o.mixture;
-        if (g->gamma > 0) p.gamma = g->gamma;
-        if (g->steps > 0) p.steps = g->steps;
-        if (g->order >= 0) p.order = g->order;
-        if (g->verify >= 0) p.verify = (td_verify_t)g->verify;
-        p.max_tokens = g->max_tokens;
-        p.sampling = p.draft_sampling = g->sampling;
-        p.seed = g->seed;
-        p.stop_ids = j->stop;
-        p.n_stop = j->n_stop;
-        p.drafter_timeout_ms = e->o.timeout_ms > 0 ? e->o.timeout_ms : 5000;
-        p.hello = &s->pair.hello;
-        pthread_mutex_lock(&e->mu);
-        uint64_t sid = ((uint64_t)getpid() << 24) | (++e->session_counter & 0xffffff);
-        pthread_mutex_unlock(&e->mu);
-        grc = td_spec_generate(s->pair.verifier, s->pair.dc, sid, j->prompt, j->n_prompt, &p,
-                               s_on_token, j, out, &ss, &err);
-    }
-    free(out);
-    j->res.total_s = td_time_now() - t0;
-    j->res.stats = ss;
-    j->res.method = method;
-    j->res.gamma = p.gamma;
-    j->res.prompt_tokens = j->n_prompt;
-    s_job_finish(j, grc, grc == TD_OK ? NULL : err.msg);
+static int s_job_cancelled(td_serve_job_t *j) {
+    pthread_mutex_lock(&j->mu);
+    int c = j->cancel;
+    pthread_mutex_unlock(&j->mu);
+    return c;
 }
 
-static void *s_worker(void *arg) {
-    slot_t *s = arg;
-    td_serve_engine_t *e = s->eng;
+/* The request's method parameters (the engine's options, then the request's). */
+static void s_params(const td_serve_engine_t *e, const td_serve_job_t *j, td_method_t method,
+                     td_spec_params_t *p) {
+    const td_serve_gen_t *g = &j->g;
+    *p = td_spec_params_default(method);
+    if (method != TD_METHOD_AR) {
+        if (e->o.gamma > 0) p->gamma = e->o.gamma;
+        if (e->o.steps > 0) p->steps = e->o.steps;
+        if (e->o.order >= 0) p->order = e->o.order;
+        if (e->o.verify >= 0) p->verify = (td_verify_t)e->o.verify;
+        if (e->o.dist_top_k > 0) p->dist_top_k = e->o.dist_top_k;
+        if (e->o.kv_window >= 0) p->apd_kv_window = e->o.kv_window;
+        if (e->o.mixture >= 0) p->apd_mixture = (float)e->o.mixture;
+        if (g->gamma > 0) p->gamma = g->gamma;
+        if (g->steps > 0) p->steps = g->steps;
+        if (g->order >= 0) p->order = g->order;
+        if (g->verify >= 0) p->verify = (td_verify_t)g->verify;
+        p->draft_sampling = g->sampling;
+        p->drafter_timeout_ms = e->o.timeout_ms > 0 ? e->o.timeout_ms : 5000;
+        p->hello = &e->pair.hello;
+    }
+    p->max_tokens = g->max_tokens;
+    p->sampling = g->sampling;
+    p->seed = g->seed;
+    p->stop_ids = j->stop;
+    p->n_stop = j->n_stop;
+}
+
+/* Engine thread: turns job j into a session in slot a and submits it to the driver. On failure
+ * the job ends with the error and the slot stays free. */
+static void s_start_job(td_serve_engine_t *e, active_t *a, td_serve_job_t *j) {
+    td_err_t err = {0};
+    j->res.queued_s = td_time_now() - j->t_submit;
+    if (s_job_cancelled(j)) {
+        s_job_finish(j, TD_ERR, "cancelled before it started");
+        goto drop;
+    }
+    td_method_t method = j->g.method >= 0 ? (td_method_t)j->g.method : e->o.method;
+    s_params(e, j, method, &a->p);
+    pthread_mutex_lock(&e->mu);
+    uint64_t sid = ((uint64_t)getpid() << 24) | (++e->session_counter & 0xffffff);
+    pthread_mutex_unlock(&e->mu);
+    td_session_opts_t so = {.method = method,
+                            .params = &a->p,
+                            .link = method == TD_METHOD_AR ? NULL : e->link,
+                            .session_id = sid,
+                            .prompt = j->prompt,
+                            .n_prompt = j->n_prompt,
+                            .cb = s_on_token,
+                            .ud = j};
+    td_session_t *s = td_session_new(e->pair.verifier, &so, &err);
+    /* a slot holds slot_ctx positions: a request that would run past it ends there */
+    if (s && td_session_n_ctx(s) > e->slot_ctx) {
+        int over = td_session_n_ctx(s) - e->slot_ctx;
+        td_session_destroy(&s);
+        if (a->p.max_tokens - over >= 1) {
+            a->p.max_tokens -= over;
+            s = td_session_new(e->pair.verifier, &so, &err);
+        } else {
+            td_err_set(&err, TD_ERR_ARG, "the prompt does not fit a slot of %d positions",
+                       e->slot_ctx);
+        }
+    }
+    if (!s) {
+        s_job_finish(j, err.code ? err.code : TD_ERR, err.msg);
+        goto drop;
+    }
+    a->s = s, a->method = method, a->t0 = td_time_now();
+    if (td_driver_submit(e->drv, s, &err) != TD_OK && !td_session_done(s)) {
+        td_session_destroy(&a->s);
+        s_job_finish(j, err.code ? err.code : TD_ERR, err.msg);
+        goto drop;
+    }
+    return; /* a failed prefill ended the session: the sweep reports it */
+drop:
+    pthread_mutex_lock(&e->mu);
+    a->job = NULL;
+    e->running--;
+    pthread_cond_broadcast(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    td_serve_job_release(&j);
+}
+
+/* Engine thread: ends the job of a session that left the driver and frees its slot entry. */
+static void s_end_job(td_serve_engine_t *e, active_t *a) {
+    td_serve_job_t *j = a->job;
+    td_err_t err = {0};
+    int rc = td_session_status(a->s, &err);
+    j->res.total_s = td_time_now() - a->t0;
+    j->res.stats = *td_session_stats(a->s);
+    j->res.method = a->method;
+    j->res.gamma = a->method == TD_METHOD_AR ? 0 : a->p.gamma;
+    j->res.prompt_tokens = j->n_prompt;
+    if (e->link) td_link_forget(e->link, td_session_id(a->s)); /* its late answers */
+    td_session_destroy(&a->s);
+    s_job_finish(j, rc, rc == TD_OK ? NULL : err.msg);
+    pthread_mutex_lock(&e->mu);
+    a->job = NULL;
+    e->running--;
+    pthread_cond_broadcast(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    td_serve_job_release(&j);
+}
+
+/* The engine thread: between rounds, queued jobs join as sessions (while KV slots are free) and
+ * cancelled ones are told to leave; then one driver round for every live session; sessions that
+ * left end their jobs at once. */
+static void *s_engine(void *arg) {
+    td_serve_engine_t *e = arg;
+    int P = e->o.parallel;
     for (;;) {
+        int free_slots = 0;
         pthread_mutex_lock(&e->mu);
-        while (!e->head && !e->stopping) pthread_cond_wait(&e->cv, &e->mu);
-        if (!e->head) { /* stopping and nothing left */
+        while (!e->head && e->running == 0 && !e->stopping) pthread_cond_wait(&e->cv, &e->mu);
+        if (e->stopping && e->running == 0 && !e->head) {
             pthread_mutex_unlock(&e->mu);
             return NULL;
         }
-        td_serve_job_t *j = e->head;
-        e->head = j->next;
-        if (!e->head) e->tail = NULL;
-        j->next = NULL;
-        e->queued--;
-        e->running++;
-        s->cur = j;
+        for (int i = 0; i < P; i++) free_slots += !e->act[i].job;
+        while (e->head && free_slots > 0) {
+            td_serve_job_t *j = e->head;
+            e->head = j->next;
+            if (!e->head) e->tail = NULL;
+            j->next = NULL;
+            e->queued--;
+            e->running++;
+            for (int i = 0; i < P; i++)
+                if (!e->act[i].job) {
+                    e->act[i].job = j;
+                    e->act[i].s = NULL;
+                    break;
+                }
+            free_slots--;
+        }
         pthread_mutex_unlock(&e->mu);
-        j->res.queued_s = td_time_now() - j->t_submit;
-        pthread_mutex_lock(&j->mu);
-        int cancelled = j->cancel;
-        pthread_mutex_unlock(&j->mu);
-        if (cancelled)
-            s_job_finish(j, TD_ERR, "cancelled before it started");
-        else
-            s_run(s, j);
-        pthread_mutex_lock(&e->mu);
-        e->running--;
-        s->cur = NULL;
-        pthread_cond_broadcast(&e->cv);
-        pthread_mutex_unlock(&e->mu);
-        td_serve_job_release(&j);
+        /* joins: sessions for the jobs just taken (their entries have job set, no session) */
+        for (int i = 0; i < P; i++)
+            if (e->act[i].job && !e->act[i].s) s_start_job(e, &e->act[i], e->act[i].job);
+        /* cancels: the session leaves at the next round boundary */
+        for (int i = 0; i < P; i++)
+            if (e->act[i].s && !td_session_done(e->act[i].s) && s_job_cancelled(e->act[i].job))
+                td_session_cancel(e->act[i].s);
+        int live = td_driver_live(e->drv);
+        if (live > 0) {
+            td_err_t err = {0};
+            td_driver_round(e->drv, &err); /* a failed forward ends its sessions: swept below */
+            pthread_mutex_lock(&e->mu);
+            e->rounds++;
+            e->round_sessions += live;
+            if (live > e->max_batch) e->max_batch = live;
+            pthread_mutex_unlock(&e->mu);
+        }
+        for (int i = 0; i < P; i++)
+            if (e->act[i].s && td_session_done(e->act[i].s)) s_end_job(e, &e->act[i]);
     }
 }
 
@@ -248,43 +328,42 @@ td_serve_engine_t *td_serve_engine_new(const td_serve_engine_opts_t *o, td_err_t
     if (o->method == TD_METHOD_AR) e->o.drafter = NULL;
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
-    e->slots = calloc((size_t)o->parallel, sizeof *e->slots);
-    if (!e->slots) {
+    e->act = calloc((size_t)o->parallel, sizeof *e->act);
+    if (!e->act) {
         td_err_set(err, TD_ERR_NOMEM, "out of memory");
         goto fail;
     }
-    int threads = o->threads;
-    if (threads <= 0) {
-        threads = td_cli_n_cores() / o->parallel;
-        if (threads < 1) threads = 1;
-    }
+    /* one verifier for all requests. Default threads: the cores but one (left to the HTTP
+     * threads and clients: an OpenMP team as wide as the machine stalls for whole time slices as
+     * soon as anything else runs), split in two when an in-process drafter shares them */
     td_pair_opts_t po = td_pair_opts_default();
-    po.threads = threads;
+    po.threads = o->threads;
+    if (po.threads <= 0) {
+        int in_proc = e->o.drafter && !td_is_endpoint(e->o.drafter);
+        po.threads = (td_cli_n_cores() - 1) / (in_proc ? 2 : 1);
+        if (po.threads < 1) po.threads = 1;
+    }
     po.device = o->device;
     po.drafter_device = o->drafter_device;
     po.spin_us = o->spin_us;
+    po.drafter_sessions = o->parallel; /* every live request keeps its drafter session */
     po.curve_server_key = o->curve_server_key;
     po.curve_secret_key = o->curve_secret_key;
-    for (int i = 0; i < o->parallel; i++) {
-        slot_t *s = &e->slots[i];
-        s->eng = e;
-        e->n_slots = i + 1;
-        s->opened = 1;
-        if (td_pair_open(&s->pair, e->vdir, e->o.drafter, &po, err) != TD_OK) {
-            td_err_prefix(err, "slot %d", i);
-            goto fail;
-        }
-    }
-    const td_config_t *c = td_model_config(e->slots[0].pair.verifier);
+    e->pair_open = 1;
+    if (td_pair_open(&e->pair, e->vdir, e->o.drafter, &po, err) != TD_OK) goto fail;
+    if (e->pair.dc && !(e->link = td_link_new(e->pair.dc, &e->pair.hello, err))) goto fail;
+    const td_config_t *c = td_model_config(e->pair.verifier);
+    /* KV slots: the model's context, at most SLOT_CTX_MAX positions each */
+    e->slot_ctx =
+        c->n_ctx_train > 0 && c->n_ctx_train < SLOT_CTX_MAX ? c->n_ctx_train : SLOT_CTX_MAX;
+    if (!(e->drv = td_driver_new(e->pair.verifier, o->parallel, e->slot_ctx, err))) goto fail;
     if (c->eos_token_id >= 0) e->eos[e->n_eos++] = c->eos_token_id;
     s_gen_config(e);
-    for (int i = 0; i < e->n_slots; i++) {
-        if (pthread_create(&e->slots[i].th, NULL, s_worker, &e->slots[i]) != 0) {
-            td_err_set(err, TD_ERR, "cannot start a worker thread");
-            goto fail;
-        }
-        e->slots[i].th_running = 1;
+    if (pthread_create(&e->th, NULL, s_engine, e) != 0) {
+        td_err_set(err, TD_ERR, "cannot start the engine thread");
+        goto fail;
     }
+    e->th_running = 1;
     return e;
 fail:
     td_serve_engine_destroy(&e, 0);
@@ -311,7 +390,7 @@ void td_serve_engine_stop(td_serve_engine_t *e, double grace_s) {
         td_serve_job_release(&q);
         q = n;
     }
-    /* running ones: grace, then cancel */
+    /* running ones: grace, then cancel (the engine thread ends them at the next round) */
     double t_end = td_time_now() + grace_s;
     pthread_mutex_lock(&e->mu);
     while (e->running > 0 && td_time_now() < t_end) {
@@ -321,11 +400,10 @@ void td_serve_engine_stop(td_serve_engine_t *e, double grace_s) {
         if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
         pthread_cond_timedwait(&e->cv, &e->mu, &ts);
     }
-    for (int i = 0; i < e->n_slots; i++)
-        if (e->slots[i].cur) td_serve_job_cancel(e->slots[i].cur);
+    for (int i = 0; e->act && i < e->o.parallel; i++)
+        if (e->act[i].job) td_serve_job_cancel(e->act[i].job);
     pthread_mutex_unlock(&e->mu);
-    for (int i = 0; i < e->n_slots; i++)
-        if (e->slots[i].th_running) pthread_join(e->slots[i].th, NULL), e->slots[i].th_running = 0;
+    if (e->th_running) pthread_join(e->th, NULL), e->th_running = 0;
 }
 
 void td_serve_engine_destroy(td_serve_engine_t **self_p, double grace_s) {
@@ -333,21 +411,18 @@ void td_serve_engine_destroy(td_serve_engine_t **self_p, double grace_s) {
     if (!e) return;
     *self_p = NULL;
     td_serve_engine_stop(e, grace_s);
-    for (int i = 0; i < e->n_slots; i++)
-        if (e->slots[i].opened) td_pair_close(&e->slots[i].pair);
-    free(e->slots);
+    td_driver_destroy(&e->drv);
+    td_link_destroy(&e->link);
+    if (e->pair_open) td_pair_close(&e->pair);
+    free(e->act);
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);
     free(e);
 }
 
-const td_tokenizer_t *td_serve_engine_tokenizer(const td_serve_engine_t *e) {
-    return e->slots[0].pair.vtok;
-}
+const td_tokenizer_t *td_serve_engine_tokenizer(const td_serve_engine_t *e) { return e->pair.vtok; }
 const char *td_serve_engine_model_dir(const td_serve_engine_t *e) { return e->vdir; }
-int td_serve_engine_n_ctx(const td_serve_engine_t *e) {
-    return td_model_config(e->slots[0].pair.verifier)->n_ctx_train;
-}
+int td_serve_engine_n_ctx(const td_serve_engine_t *e) { return e->slot_ctx; }
 void td_serve_engine_gen_defaults(const td_serve_engine_t *e, td_sampling_t *sp) {
     if (e->gen_sp_set) *sp = e->gen_sp;
 }
@@ -364,6 +439,15 @@ void td_serve_engine_load(td_serve_engine_t *e, int *queued, int *running) {
     pthread_mutex_lock(&e->mu);
     if (queued) *queued = e->queued;
     if (running) *running = e->running;
+    pthread_mutex_unlock(&e->mu);
+}
+
+void td_serve_engine_batching(td_serve_engine_t *e, int64_t *rounds, int64_t *round_sessions,
+                              int *max_batch) {
+    pthread_mutex_lock(&e->mu);
+    if (rounds) *rounds = e->rounds;
+    if (round_sessions) *round_sessions = e->round_sessions;
+    if (max_batch) *max_batch = e->max_batch;
     pthread_mutex_unlock(&e->mu);
 }
 
@@ -395,7 +479,7 @@ int td_serve_submit(td_serve_engine_t *e, const td_serve_gen_t *g, td_serve_job_
     j->refs = 2; /* the submitter's and the engine's */
     pthread_mutex_lock(&e->mu);
     /* idle slots take a job at once: only jobs beyond them count against the queue */
-    if (e->stopping || e->queued >= e->o.queue_cap + (e->n_slots - e->running)) {
+    if (e->stopping || e->queued >= e->o.queue_cap + (e->o.parallel - e->running)) {
         int stopping = e->stopping;
         pthread_mutex_unlock(&e->mu);
         j->refs = 1;

@@ -1,11 +1,12 @@
 /* serve_engine.h - what `tandem serve` asks of the decoding engine: submit a request, read its
  * tokens as they come (streaming), cancel it, get its final stats.
  *
- * Today's implementation (serve_engine.c): --parallel worker slots, each owning a verifier and
- * drafter pair (bridge/pair.h) and running one request at a time through the same loops
- * `tandem generate` uses (td_generate_ar / td_spec_generate), their per-token callback feeding the
- * job. A bounded queue holds requests waiting for a slot. Replacing the slots by a batched driver
- * (many sessions verified in one forward) changes serve_engine.c only: the HTTP side sees jobs.
+ * The implementation (serve_engine.c) batches: one engine thread owns one verifier (and the
+ * drafter it talks to, through one shared link) and a td_driver_t with --parallel KV slots. Jobs
+ * wait in a bounded queue; between rounds the engine thread submits them as sessions while slots
+ * are free (continuous batching), runs one round (ONE verifier forward scoring every live
+ * request's draft), streams each session's tokens to its job, and ends a job as soon as its
+ * session leaves (finished, cancelled, failed). A request's output is the same alone or batched.
  *
  * Threads: every function may be called from any thread; a job is shared by the engine and its
  * submitter (reference counted: td_serve_job_release by the submitter when done with it). */
@@ -25,9 +26,9 @@ typedef struct td_serve_engine_opts {
     const char *verifier; /* checkpoint directory */
     const char *drafter;  /* directory (in-process) or endpoint; NULL for method ar */
     td_method_t method;   /* the default method: ar, spec-ar, specdiff or apd */
-    int parallel;         /* worker slots (requests decoded at once), >= 1 */
+    int parallel;         /* KV slots (requests decoded at once), >= 1 */
     int queue_cap;        /* requests waiting for a slot at most (then submit says busy) */
-    int threads;          /* CPU threads per model (0 = cores / parallel, at least 1) */
+    int threads; /* CPU threads per model (0 = cores - 1, halved with an in-process drafter) */
     int device, drafter_device;
     int timeout_ms; /* drafter answer timeout per round (0 = 5000) */
     int spin_us;    /* td_pair_opts_t.spin_us (-1 off) */
@@ -64,22 +65,24 @@ typedef struct td_serve_result {
     double total_s;        /* generation time in the slot */
 } td_serve_result_t;
 
-/* Loads parallel pairs. NULL with err on failure. */
+/* Loads the models, the driver and starts the engine thread. NULL with err on failure. */
 td_serve_engine_t *td_serve_engine_new(const td_serve_engine_opts_t *o, td_err_t *err);
 /* Stops taking jobs, ends queued ones with an error, gives running ones grace_s seconds, then
- * cancels them and joins the workers. The engine stays valid (tokenizer, queries, job reading)
- * until destroyed. Idempotent. */
+ * cancels them and joins the engine thread. The engine stays valid (tokenizer, queries, job
+ * reading) until destroyed. Idempotent. */
 void td_serve_engine_stop(td_serve_engine_t *e, double grace_s);
 /* td_serve_engine_stop (if not done) and frees everything. Stops taking jobs; jobs still queued end
- * with an error; jobs running get grace_s seconds to finish, then are cancelled; joins the workers
- * and frees everything. Jobs still referenced by their submitters stay valid until released. */
+ * with an error; jobs running get grace_s seconds to finish, then are cancelled; joins the engine
+ * thread and frees everything. Jobs still referenced by their submitters stay valid until released.
+ */
 void td_serve_engine_destroy(td_serve_engine_t **self_p, double grace_s);
 
 /* The tokenizer for rendering prompts and decoding output (owned by the engine; read-only use
  * from any thread). */
 const td_tokenizer_t *td_serve_engine_tokenizer(const td_serve_engine_t *e);
-/* The verifier's directory (chat template, generation_config.json), context length (0 =
- * unknown) and end-of-sequence ids (the model's and generation_config's; up to cap). */
+/* The verifier's directory (chat template, generation_config.json), context length (a KV slot's
+ * positions: the model's, at most 4096) and end-of-sequence ids (the model's and
+ * generation_config's; up to cap). */
 const char *td_serve_engine_model_dir(const td_serve_engine_t *e);
 int td_serve_engine_n_ctx(const td_serve_engine_t *e);
 /* Sampling from the checkpoint's generation_config.json when it samples (else *sp unchanged). */
@@ -89,6 +92,11 @@ td_method_t td_serve_engine_method(const td_serve_engine_t *e);
 int td_serve_engine_method_ok(const td_serve_engine_t *e, td_method_t m);
 /* Requests queued (waiting for a slot) and running now. */
 void td_serve_engine_load(td_serve_engine_t *e, int *queued, int *running);
+
+/* Batching so far: driver rounds run (each ONE verifier forward), the live sessions summed over
+ * them (round_sessions / rounds = the mean batch) and the most sessions in one round. */
+void td_serve_engine_batching(td_serve_engine_t *e, int64_t *rounds, int64_t *round_sessions,
+                              int *max_batch);
 
 /* Queues g. Returns TD_OK and *job (release it), TD_ERR_UNSUPPORTED when the queue is full or the
  * engine is shutting down (err says which), TD_ERR_ARG for a bad request. */

@@ -9,6 +9,7 @@
 #include "tests/tdtest.h"
 
 #include <cjson/cJSON.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -593,6 +594,17 @@ TD_TEST(e2e_stop_strings) {
     cJSON_Delete(u);
 }
 
+/* the value of a metrics line "name value" (first match), or -1 */
+static double s_metric(const char *text, const char *name) {
+    const char *p = text;
+    size_t nl = strlen(name);
+    while ((p = strstr(p, name))) {
+        if ((p == text || p[-1] == '\n') && p[nl] == ' ') return atof(p + nl + 1);
+        p += nl;
+    }
+    return -1;
+}
+
 TD_TEST(e2e_concurrent_clients) {
     if (s_need_main()) return;
     static char out[1 << 16];
@@ -611,6 +623,9 @@ TD_TEST(e2e_concurrent_clients) {
         snprintf(solo[i], sizeof solo[i], "%s", s_text_of(j));
         cJSON_Delete(j);
     }
+    REQUIRE(s_curl(s_main.port, "/metrics", NULL, NULL, out, sizeof out) == 200);
+    double r0 = s_metric(out, "tandem:engine_rounds_total");
+    double q0 = s_metric(out, "tandem:engine_round_requests_total");
     /* the same eight at once (four slots: half of them queue) */
     char dir[] = "/tmp/td_serve_cc_XXXXXX";
     REQUIRE(mkdtemp(dir));
@@ -645,17 +660,16 @@ TD_TEST(e2e_concurrent_clients) {
         free(data);
     }
     rmdir(dir);
-}
-
-/* the value of a metrics line "name value" (first match), or -1 */
-static double s_metric(const char *text, const char *name) {
-    const char *p = text;
-    size_t nl = strlen(name);
-    while ((p = strstr(p, name))) {
-        if ((p == text || p[-1] == '\n') && p[nl] == ' ') return atof(p + nl + 1);
-        p += nl;
-    }
-    return -1;
+    /* they were verified together: rounds held several requests (one forward for all of them) */
+    REQUIRE(s_curl(s_main.port, "/metrics", NULL, NULL, out, sizeof out) == 200);
+    double r1 = s_metric(out, "tandem:engine_rounds_total");
+    double q1 = s_metric(out, "tandem:engine_round_requests_total");
+    CHECK(r1 > r0 && r0 >= 0);
+    CHECK_MSG(q1 - q0 > 1.5 * (r1 - r0), "mean batch %.2f over %g rounds",
+              (q1 - q0) / (r1 - r0 > 0 ? r1 - r0 : 1), r1 - r0);
+    CHECK(s_metric(out, "tandem:engine_batch_max") >= 2);
+    printf("    8 concurrent: %g rounds, mean batch %.2f\n", r1 - r0,
+           (q1 - q0) / (r1 - r0 > 0 ? r1 - r0 : 1));
 }
 
 TD_TEST(e2e_disconnect_frees_slot) {
@@ -762,7 +776,8 @@ TD_TEST(e2e_auth_queue_shutdown) {
     snprintf(cmd, sizeof cmd, "%s serve --host 0.0.0.0 --port 0 2>&1", s_bin);
     CHECK_EQ_INT(td_test_run(cmd, out, sizeof out), 2);
     CHECK(strstr(out, "api-key"));
-    /* the chat fixture (ChatML template, 128 positions), ar, one slot, no queue, a key */
+    /* the chat fixture (ChatML template, 128 positions), ar, one slot, no queue, a key; two
+     * threads: its 120 tokens then take ~0.1 s (one thread: ~3 ms), time to see the queue full */
     const char *model = "tests/data/e2e/qwen2-chat";
     if (access(model, R_OK)) {
         td_test_skip("tests/data/e2e/qwen2-chat missing");
@@ -774,10 +789,11 @@ TD_TEST(e2e_auth_queue_shutdown) {
     REQUIRE(write(fd, "s3cret-key\n", 11) == 11);
     close(fd);
     srv_t s;
-    snprintf(cmd, sizeof cmd,
-             "--verifier %s --method ar --parallel 1 --queue 0 --api-key-file %s --cors "
-             "http://example.test",
-             model, keyf);
+    snprintf(
+        cmd, sizeof cmd,
+        "--verifier %s --method ar --parallel 1 --queue 0 --threads 2 --api-key-file %s --cors "
+        "http://example.test",
+        model, keyf);
     int up = s_start(&s, cmd);
     unlink(keyf);
     REQUIRE(up == 0);
@@ -810,9 +826,9 @@ TD_TEST(e2e_auth_queue_shutdown) {
              "\"temperature\":0}' http://127.0.0.1:%d/v1/completions > %s 2>&1 &",
              auth, p, longf);
     CHECK_EQ_INT(system(cmd), 0);
-    /* wait until it runs */
-    for (int i = 0; i < 100; i++) {
-        usleep(50000);
+    /* wait until it runs (polled often: the request lasts ~0.1 s) */
+    for (int i = 0; i < 1000; i++) {
+        usleep(5000);
         if (s_curl(p, "/metrics", NULL, auth, out, sizeof out) == 200 &&
             s_metric(out, "tandem:num_requests_running") == 1)
             break;
@@ -870,6 +886,108 @@ TD_TEST(e2e_openai_client) {
              s_main.port);
     int rc = td_test_run(cmd, out, sizeof out);
     CHECK_MSG(rc == 0 && strstr(out, "ALL OK"), "openai client (rc %d):\n%s", rc, out);
+}
+
+/* A drafter (a separate tandem-drafter) killed while requests decode: every request still
+ * completes, as plain AR (greedy: the same text an ar request gives), the fallbacks counted. */
+TD_TEST(e2e_drafter_dies_under_load) {
+    if (s_need_main()) return;
+    static char out[1 << 16];
+    char dbin[2200], sock[128], cmd[8192];
+    snprintf(dbin, sizeof dbin, "%s/bin/tandem-drafter", s_build);
+    if (access(dbin, X_OK)) {
+        td_test_skip("no bin/tandem-drafter");
+        return;
+    }
+    snprintf(sock, sizeof sock, "/tmp/td_serve_dd_%d.sock", (int)getpid());
+    pid_t dpid = fork();
+    REQUIRE(dpid >= 0);
+    if (dpid == 0) {
+        char ep[160];
+        snprintf(ep, sizeof ep, "ipc://%s", sock);
+        int fd = open("/dev/null", O_WRONLY);
+        if (fd >= 0) dup2(fd, 1), dup2(fd, 2);
+        execl(dbin, dbin, "--model", "models/tiny-diffusion-drafter", "--bind", ep, "--threads",
+              "1", (char *)NULL);
+        _exit(127);
+    }
+    /* a short drafter timeout keeps the rounds after its death quick; sanitizer builds draft
+     * slowly: a longer one there, and shorter requests */
+    int light = getenv("TD_TEST_LIGHT") != NULL, MAXT = light ? 12 : 24;
+    srv_t s;
+    snprintf(cmd, sizeof cmd,
+             "--verifier models/tiny-verifier --drafter ipc://%s --method specdiff --parallel 4 "
+             "--timeout-ms %d",
+             sock, light ? 100 : 50);
+    int up = s_start(&s, cmd);
+    if (up != 0) kill(dpid, SIGKILL), waitpid(dpid, NULL, 0);
+    REQUIRE(up == 0);
+    int p = s.port;
+    enum { N = 6 };
+    /* greedy answers of plain ar, for reference (the spec methods are lossless when greedy) */
+    char ref[N][1024];
+    for (int i = 0; i < N; i++) {
+        char body[256];
+        snprintf(body, sizeof body,
+                 "{\"prompt\":\"In the beginning %d\",\"max_tokens\":%d,\"temperature\":0,"
+                 "\"tandem\":{\"method\":\"ar\"}}",
+                 i, MAXT);
+        CHECK_EQ_INT(s_curl(p, "/v1/completions", body, NULL, out, sizeof out), 200);
+        cJSON *j = s_json(out);
+        snprintf(ref[i], sizeof ref[i], "%s", j && s_text_of(j) ? s_text_of(j) : "?");
+        cJSON_Delete(j);
+    }
+    /* the drafter works: a specdiff request drafts (sanitizer builds: its first drafts can take
+     * longer than any timeout that keeps this test short, so only the plain build checks) */
+    CHECK_EQ_INT(s_curl(p, "/v1/completions",
+                        "{\"prompt\":\"In the beginning 0\",\"max_tokens\":12,\"temperature\":0}",
+                        NULL, out, sizeof out),
+                 200);
+    REQUIRE(s_curl(p, "/metrics", NULL, NULL, out, sizeof out) == 200);
+    if (!light) CHECK(s_metric(out, "tandem:spec_decode_num_draft_tokens_total") > 0);
+    /* the first half in flight when the drafter dies, the second half sent after */
+    char dir[] = "/tmp/td_serve_dd_XXXXXX";
+    REQUIRE(mkdtemp(dir));
+    size_t o = 0;
+    for (int i = 0; i < N / 2; i++)
+        o += (size_t)snprintf(cmd + o, sizeof cmd - o,
+                              "curl -sS -o %s/%d.json --data-binary '{\"prompt\":\"In the "
+                              "beginning %d\",\"max_tokens\":%d,\"temperature\":0}' "
+                              "http://127.0.0.1:%d/v1/completions & ",
+                              dir, i, i, MAXT, p);
+    o += (size_t)snprintf(cmd + o, sizeof cmd - o, "sleep 0.05; kill -9 %d; ", (int)dpid);
+    for (int i = N / 2; i < N; i++)
+        o += (size_t)snprintf(cmd + o, sizeof cmd - o,
+                              "curl -sS -o %s/%d.json --data-binary '{\"prompt\":\"In the "
+                              "beginning %d\",\"max_tokens\":%d,\"temperature\":0}' "
+                              "http://127.0.0.1:%d/v1/completions & ",
+                              dir, i, i, MAXT, p);
+    snprintf(cmd + o, sizeof cmd - o, "wait");
+    td_test_run(cmd, out, sizeof out);
+    waitpid(dpid, NULL, 0);
+    for (int i = 0; i < N; i++) {
+        char path[256], data[1 << 14];
+        snprintf(path, sizeof path, "%s/%d.json", dir, i);
+        FILE *f = fopen(path, "r");
+        CHECK_MSG(f != NULL, "request %d got no answer", i);
+        if (!f) continue;
+        size_t n = fread(data, 1, sizeof data - 1, f);
+        data[n] = 0;
+        fclose(f);
+        unlink(path);
+        cJSON *j = cJSON_Parse(data);
+        CHECK_MSG(j && s_text_of(j) && !strcmp(s_text_of(j), ref[i]),
+                  "request %d: '%s', plain ar gives '%s'", i, data, ref[i]);
+        cJSON_Delete(j);
+    }
+    rmdir(dir);
+    REQUIRE(s_curl(p, "/metrics", NULL, NULL, out, sizeof out) == 200);
+    CHECK(s_metric(out, "tandem:spec_decode_fallbacks_total") > 0);
+    CHECK_EQ_INT((int)s_metric(out, "tandem:request_success_total{outcome=\"error\"}"), 0);
+    printf("    drafter killed: %g fallback rounds\n",
+           s_metric(out, "tandem:spec_decode_fallbacks_total"));
+    CHECK_EQ_INT(s_stop(&s), 0);
+    unlink(sock);
 }
 
 /* last: SIGTERM ends the shared server cleanly (exit 0) */
