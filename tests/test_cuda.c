@@ -653,7 +653,12 @@ TD_TEST(cuda_synthetic_and_bandwidth) {
     CHECK(memcmp(l1, l2, sizeof(float) * (size_t)V * 4) != 0);
     s_no_error(gpu, "synthetic");
     double bw = td_cuda_copy_bandwidth(gpu, (size_t)64 << 20);
+#ifdef TD_CUDA_EMU
+    /* the emulator's copies are host memcpys on a shared machine: only that it measured something */
+    CHECK_MSG(bw > 0, "copy bandwidth %.3g B/s", bw);
+#else
     CHECK_MSG(bw > 1e10, "copy bandwidth %.3g B/s", bw);
+#endif
     size_t fr = 0, tot = 0;
     CHECK_EQ_INT(td_cuda_mem_info(gpu, &fr, &tot), TD_OK);
     CHECK(tot > 0 && fr <= tot);
