@@ -42,10 +42,10 @@ typedef struct cpu_ctx {
     size_t att_cap;
     float *vec; /* norm weights / biases converted to float, reused across calls */
     size_t vec_cap;
-    uint16_t *xbf; /* activations rounded to bf16 (the avx512bf16 skinny path) */
-    size_t xbf_cap;
-    int failed;    /* TD_OK, or the first failure since td_backend_status last asked */
-    char why[160]; /* its message */
+    void *xbuf;      /* activations rearranged for the AVX-512 BF16 skinny kernels */
+    size_t xbuf_cap; /* bytes */
+    int failed;      /* TD_OK, or the first failure since td_backend_status last asked */
+    char why[160];   /* its message */
 } cpu_ctx_t;
 
 /* Records the first failure since the last td_backend_status (later ones are dropped). */
@@ -106,7 +106,7 @@ static void s_destroy(td_backend_t *be) {
     free(c->panel);
     free(c->att);
     free(c->vec);
-    free(c->xbf);
+    free(c->xbuf);
     free(c);
     free(be);
 }
@@ -412,6 +412,42 @@ static inline TD_XBF_ATTR void s_rows_dotbf(int NR, int NT, const char *wr, size
     for (int i = 0; i < NR * NT; i++) out[i] = s_hsum16(acc[i]);
 }
 
+/* NR bf16 weight rows against NT float activation rows stored even/odd split (xe, stride xld:
+ * per 32 columns, the 16 even ones then the 16 odd ones; zero padded to a multiple of 32). A
+ * 32-bit lane of 32 loaded bf16 weights holds an even weight in its low half and the next odd one
+ * in its high half: shifting left by 16 gives the even weights as floats and masking the low half
+ * off the odd ones, two instructions for 32 conversions instead of a widening move and a shift per
+ * 16. Each (row, token) sum: one accumulator, even then odd FMA per 32 columns, ascending. */
+static inline TD_X512_ATTR void s_rows_dot_eo(int NR, int NT, const char *wr, size_t ldb,
+                                              const float *xe, int64_t xld, int64_t cols,
+                                              float *out) {
+    __m512 acc[24];
+#pragma GCC unroll 24
+    for (int i = 0; i < NR * NT; i++) acc[i] = _mm512_setzero_ps();
+    const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+    for (int64_t c = 0; c < cols; c += 32) {
+        const __mmask32 m = cols - c >= 32 ? ~(__mmask32)0 : (__mmask32)((1u << (cols - c)) - 1u);
+        __m512 we[4], wo[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++) {
+            const __m512i v = _mm512_maskz_loadu_epi16(m, wr + (size_t)r * ldb + (size_t)c * 2);
+            we[r] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+            wo[r] = _mm512_castsi512_ps(_mm512_and_si512(v, hi));
+        }
+#pragma GCC unroll 6
+        for (int t = 0; t < NT; t++) {
+            const __m512 xv0 = _mm512_loadu_ps(xe + t * xld + c),
+                         xv1 = _mm512_loadu_ps(xe + t * xld + c + 16);
+#pragma GCC unroll 4
+            for (int r = 0; r < NR; r++)
+                acc[t * NR + r] =
+                    _mm512_fmadd_ps(wo[r], xv1, _mm512_fmadd_ps(we[r], xv0, acc[t * NR + r]));
+        }
+    }
+#pragma GCC unroll 24
+    for (int i = 0; i < NR * NT; i++) out[i] = s_hsum16(acc[i]);
+}
+
 #define TD_NT16_CASE(KERNEL, NR, T)                                                                \
     case T:                                                                                        \
         KERNEL(NR, T);                                                                             \
@@ -431,8 +467,8 @@ static inline TD_XBF_ATTR void s_rows_dotbf(int NR, int NT, const char *wr, size
  * rows one by one; each block meets the tokens in balanced groups of at most 6 (4 x 6 = 24
  * accumulators). NAME is the function, ATTR its target, KERNEL(NR, NT) the inner product. */
 // clang-format off
-#define TD_SKINNY16_FN(NAME, ATTR, KERNEL)                                                         \
-    static ATTR void NAME(int nthreads, float *y, const float *x, const uint16_t *xb,              \
+#define TD_SKINNY16_FN(NAME, ATTR, KERNEL, XES)                                                    \
+    static ATTR void NAME(int nthreads, float *y, const float *x, const void *xb, int64_t xld,     \
                           const char *data, size_t ldb, int64_t rows, int64_t cols, int n) {       \
         const int64_t nblk = rows / 4;                                                             \
         const int ng = (n + 5) / 6;                                                                \
@@ -446,7 +482,7 @@ static inline TD_XBF_ATTR void s_rows_dotbf(int NR, int NT, const char *wr, size
             for (int g = 0, t0 = 0; g < ng; g++) {                                                 \
                 const int nt = (n - t0) / (ng - g);                                                \
                 const float *xt = x + (int64_t)t0 * cols;                                          \
-                const uint16_t *xbt = xb ? xb + (int64_t)t0 * cols : NULL;                         \
+                const char *xbt = xb ? (const char *)xb + (size_t)t0 * (size_t)xld * (XES) : NULL; \
                 (void)xt, (void)xbt;                                                               \
                 if (nr == 4) {                                                                     \
                     TD_NT16_SWITCH(KERNEL, 4)                                                      \
@@ -462,13 +498,23 @@ static inline TD_XBF_ATTR void s_rows_dotbf(int NR, int NT, const char *wr, size
     }
 // clang-format on
 #define TD_K_F32(NR, T) s_rows_dot16(TD_DTYPE_F32, NR, T, wr, ldb, xt, cols, out)
-#define TD_K_BF16(NR, T) s_rows_dot16(TD_DTYPE_BF16, NR, T, wr, ldb, xt, cols, out)
+#define TD_K_BF16(NR, T) s_rows_dot_eo(NR, T, wr, ldb, (const float *)xbt, xld, cols, out)
 #define TD_K_F16(NR, T) s_rows_dot16(TD_DTYPE_F16, NR, T, wr, ldb, xt, cols, out)
-#define TD_K_BFDOT(NR, T) s_rows_dotbf(NR, T, wr, ldb, xbt, cols, out)
-TD_SKINNY16_FN(s_skinny16_f32, __attribute__((target(TD_X512))), TD_K_F32)
-TD_SKINNY16_FN(s_skinny16_bf16, __attribute__((target(TD_X512))), TD_K_BF16)
-TD_SKINNY16_FN(s_skinny16_f16, __attribute__((target(TD_X512))), TD_K_F16)
-TD_SKINNY16_FN(s_skinny16_bfdot, __attribute__((target(TD_X512 ",avx512bf16"))), TD_K_BFDOT)
+#define TD_K_BFDOT(NR, T) s_rows_dotbf(NR, T, wr, ldb, (const uint16_t *)xbt, cols, out)
+TD_SKINNY16_FN(s_skinny16_f32, __attribute__((target(TD_X512))), TD_K_F32, 4)
+TD_SKINNY16_FN(s_skinny16_bf16, __attribute__((target(TD_X512))), TD_K_BF16, 4)
+TD_SKINNY16_FN(s_skinny16_f16, __attribute__((target(TD_X512))), TD_K_F16, 4)
+TD_SKINNY16_FN(s_skinny16_bfdot, __attribute__((target(TD_X512 ",avx512bf16"))), TD_K_BFDOT, 2)
+
+/* x [n, cols] into the even/odd split layout of s_rows_dot_eo, rows of xld floats. */
+static void s_split_eo(float *xe, const float *x, int n, int64_t cols, int64_t xld) {
+    for (int t = 0; t < n; t++) {
+        float *d = xe + (int64_t)t * xld;
+        memset(d, 0, (size_t)xld * sizeof(float));
+        for (int64_t c = 0; c < cols; c++)
+            d[(c & ~(int64_t)31) + ((c & 1) << 4) + ((c & 31) >> 1)] = x[(int64_t)t * cols + c];
+    }
+}
 #endif
 
 /* --- float kernel selection ------------------------------------------------------------------ */
@@ -552,27 +598,34 @@ static int s_matmul_skinny16(td_backend_t *be, float *y, const float *x, const t
     const int64_t rows = w->rows, cols = w->cols;
     const char *data = (const char *)w->data;
     const int nth = be->n_threads;
-    if (w->dtype == TD_DTYPE_BF16 && p == S_F_AVX512BF16) {
+    if (w->dtype == TD_DTYPE_BF16) {
+        /* scratch: the activations as bf16 (vdpbf16ps) or even/odd split floats (padded rows) */
         cpu_ctx_t *c = be->ctx;
-        const size_t need = (size_t)n * (size_t)cols;
-        if (c->xbf_cap < need) {
-            free(c->xbf);
-            c->xbf = malloc(need * sizeof(uint16_t));
-            if (!c->xbf) {
-                c->xbf_cap = 0;
-                s_fail(c, TD_ERR_NOMEM, "bf16 activation", need * sizeof(uint16_t));
+        const int dot = p == S_F_AVX512BF16;
+        const int64_t xld = dot ? cols : (cols + 31) & ~(int64_t)31;
+        const size_t need = (size_t)n * (size_t)xld * (dot ? sizeof(uint16_t) : sizeof(float));
+        if (c->xbuf_cap < need) {
+            free(c->xbuf);
+            c->xbuf = NULL;
+            if (posix_memalign(&c->xbuf, 64, need) != 0) {
+                c->xbuf = NULL, c->xbuf_cap = 0;
+                s_fail(c, TD_ERR_NOMEM, "activation", need);
                 return -1;
             }
-            c->xbf_cap = need;
+            c->xbuf_cap = need;
         }
-        for (size_t i = 0; i < need; i++) c->xbf[i] = td_f32_to_bf16(x[i]);
-        s_skinny16_bfdot(nth, y, x, c->xbf, data, ldb, rows, cols, n);
-    } else if (w->dtype == TD_DTYPE_BF16) {
-        s_skinny16_bf16(nth, y, x, NULL, data, ldb, rows, cols, n);
+        if (dot) {
+            uint16_t *xb = c->xbuf;
+            for (int64_t i = 0; i < (int64_t)n * cols; i++) xb[i] = td_f32_to_bf16(x[i]);
+            s_skinny16_bfdot(nth, y, x, xb, xld, data, ldb, rows, cols, n);
+        } else {
+            s_split_eo(c->xbuf, x, n, cols, xld);
+            s_skinny16_bf16(nth, y, x, c->xbuf, xld, data, ldb, rows, cols, n);
+        }
     } else if (w->dtype == TD_DTYPE_F16) {
-        s_skinny16_f16(nth, y, x, NULL, data, ldb, rows, cols, n);
+        s_skinny16_f16(nth, y, x, NULL, 0, data, ldb, rows, cols, n);
     } else {
-        s_skinny16_f32(nth, y, x, NULL, data, ldb, rows, cols, n);
+        s_skinny16_f32(nth, y, x, NULL, 0, data, ldb, rows, cols, n);
     }
     return 0;
 }
