@@ -323,6 +323,11 @@ static inline __attribute__((always_inline)) void s_skinny_block(int DT, int nr,
 #define TD_X512_ATTR __attribute__((target(TD_X512), always_inline))
 #define TD_XBF_ATTR __attribute__((target(TD_X512 ",avx512bf16"), always_inline))
 enum { S_F_AVX2 = 0, S_F_AVX512, S_F_AVX512BF16, S_F_NPATH };
+/* clang 14's code generator crashes on the vdpbf16ps kernel ("Do not know how to split the result
+ * of this operator"), so the opt-in avx512bf16 path exists only in GCC builds. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define TD_BFDOT 1
+#endif
 
 static inline TD_X512_ATTR float s_hsum16(__m512 v) {
     const __m256 lo = _mm512_castps512_ps256(v);
@@ -386,6 +391,7 @@ static inline TD_X512_ATTR void s_rows_dot16(int DT, int NR, int NT, const char 
     for (int i = 0; i < NR * NT; i++) out[i] = s_hsum16(acc[i]);
 }
 
+#ifdef TD_BFDOT
 /* NR bf16 weight rows against NT activation rows already rounded to bf16 (xb, stride cols), 32
  * columns per vdpbf16ps. */
 static inline TD_XBF_ATTR void s_rows_dotbf(int NR, int NT, const char *wr, size_t ldb,
@@ -411,6 +417,8 @@ static inline TD_XBF_ATTR void s_rows_dotbf(int NR, int NT, const char *wr, size
 #pragma GCC unroll 24
     for (int i = 0; i < NR * NT; i++) out[i] = s_hsum16(acc[i]);
 }
+
+#endif
 
 /* NR bf16 weight rows against NT float activation rows stored even/odd split (xe, stride xld:
  * per 32 columns, the 16 even ones then the 16 odd ones; zero padded to a multiple of 32). A
@@ -500,11 +508,13 @@ static inline TD_X512_ATTR void s_rows_dot_eo(int NR, int NT, const char *wr, si
 #define TD_K_F32(NR, T) s_rows_dot16(TD_DTYPE_F32, NR, T, wr, ldb, xt, cols, out)
 #define TD_K_BF16(NR, T) s_rows_dot_eo(NR, T, wr, ldb, (const float *)xbt, xld, cols, out)
 #define TD_K_F16(NR, T) s_rows_dot16(TD_DTYPE_F16, NR, T, wr, ldb, xt, cols, out)
-#define TD_K_BFDOT(NR, T) s_rows_dotbf(NR, T, wr, ldb, (const uint16_t *)xbt, cols, out)
 TD_SKINNY16_FN(s_skinny16_f32, __attribute__((target(TD_X512))), TD_K_F32, 4)
 TD_SKINNY16_FN(s_skinny16_bf16, __attribute__((target(TD_X512))), TD_K_BF16, 4)
 TD_SKINNY16_FN(s_skinny16_f16, __attribute__((target(TD_X512))), TD_K_F16, 4)
+#ifdef TD_BFDOT
+#define TD_K_BFDOT(NR, T) s_rows_dotbf(NR, T, wr, ldb, (const uint16_t *)xbt, cols, out)
 TD_SKINNY16_FN(s_skinny16_bfdot, __attribute__((target(TD_X512 ",avx512bf16"))), TD_K_BFDOT, 2)
+#endif
 
 /* x [n, cols] into the even/odd split layout of s_rows_dot_eo, rows of xld floats. */
 static void s_split_eo(float *xe, const float *x, int n, int64_t cols, int64_t xld) {
@@ -534,7 +544,9 @@ static int s_fpath_ok(int p) {
     const int x512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
     if (p == S_F_AVX512) return x512;
+#ifdef TD_BFDOT
     if (p == S_F_AVX512BF16) return x512 && __builtin_cpu_supports("avx512bf16");
+#endif
 #endif
     return 0;
 }
@@ -617,7 +629,9 @@ static int s_matmul_skinny16(td_backend_t *be, float *y, const float *x, const t
         if (dot) {
             uint16_t *xb = c->xbuf;
             for (int64_t i = 0; i < (int64_t)n * cols; i++) xb[i] = td_f32_to_bf16(x[i]);
+#ifdef TD_BFDOT
             s_skinny16_bfdot(nth, y, x, xb, xld, data, ldb, rows, cols, n);
+#endif
         } else {
             s_split_eo(c->xbuf, x, n, cols, xld);
             s_skinny16_bf16(nth, y, x, c->xbuf, xld, data, ldb, rows, cols, n);
