@@ -84,6 +84,20 @@ typedef struct td_sample_result {
  * the CPU backend never aborts. */
 td_backend_t *td_backend_cpu_new(int n_threads, int reference, td_err_t *err);
 
+/* The CPU backend's skinny products on F32/F16/BF16 weights (n <= 24 tokens: decode, short
+ * verification blocks) have these implementations: "avx2" (always, in this x86-64-v3 build),
+ * "avx512" (AVX-512 F/BW/VL/DQ, 16 wide) and "avx512bf16" (as avx512, but BF16 weights meet
+ * activations rounded to bf16 in vdpbf16ps: lossy, never chosen by "auto"). Each is batch
+ * invariant; different paths agree to rounding, not bitwise. "auto" (the default) takes avx512
+ * where cpuid reports it, unless the environment variable TD_CPU_FLOAT_KERNELS names one. Selects
+ * by name, process-wide: TD_OK, TD_ERR_ARG (unknown) or TD_ERR_UNSUPPORTED (not on this CPU). Not
+ * thread-safe against running products. */
+int td_cpu_float_kernels_select(const char *name, td_err_t *err);
+/* The float kernels in use ("avx2", "avx512", "avx512bf16"; "scalar" in a build without AVX2). */
+const char *td_cpu_float_kernels_name(void);
+/* 1 when this CPU can run the named float kernels. */
+int td_cpu_float_kernels_available(const char *name);
+
 /* Destroys the backend and nulls *be; safe on NULL and twice. Memory allocated from it must
  * have been freed first. */
 void td_backend_destroy(td_backend_t **be);

@@ -42,8 +42,10 @@ typedef struct cpu_ctx {
     size_t att_cap;
     float *vec; /* norm weights / biases converted to float, reused across calls */
     size_t vec_cap;
-    int failed;    /* TD_OK, or the first failure since td_backend_status last asked */
-    char why[160]; /* its message */
+    void *xbuf;      /* activations rearranged for the AVX-512 BF16 skinny kernels */
+    size_t xbuf_cap; /* bytes */
+    int failed;      /* TD_OK, or the first failure since td_backend_status last asked */
+    char why[160];   /* its message */
 } cpu_ctx_t;
 
 /* Records the first failure since the last td_backend_status (later ones are dropped). */
@@ -104,6 +106,7 @@ static void s_destroy(td_backend_t *be) {
     free(c->panel);
     free(c->att);
     free(c->vec);
+    free(c->xbuf);
     free(c);
     free(be);
 }
@@ -302,6 +305,346 @@ static inline __attribute__((always_inline)) void s_skinny_block(int DT, int nr,
 }
 #endif
 
+/* --- skinny products, AVX-512 (chosen at run time) ------------------------------------------
+ * The same products 16 floats wide, in functions compiled for AVX-512 (the build targets x86-64-v3
+ * and this code runs only where cpuid reports the features; see td_cpu_float_kernels_select).
+ * Weights convert to float in registers (bf16: zero-extend and shift; f16: vcvtph2ps) and meet the
+ * float activations in FMAs, like the AVX2 kernels. The column tail is a masked step, not a scalar
+ * loop. Its own fixed summation order (one accumulator per (row, token) over ascending 16-wide
+ * steps, the masked tail last, lanes reduced by s_hsum16), different from the AVX2 one, so the two
+ * paths agree to rounding, not bitwise; within a path every (row, token) sum is the same whatever
+ * n and the other rows (batch invariance as above).
+ *
+ * The "avx512bf16" path (opt-in only) rounds the activations to bf16 once per product and uses
+ * vdpbf16ps on BF16 weights: 32 products per instruction, lossy (the activations lose 16 mantissa
+ * bits), the way llama.cpp runs BF16 models on such CPUs. Still batch invariant. */
+#ifdef TD_AVX2
+#define TD_X512 "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq"
+#define TD_X512_ATTR __attribute__((target(TD_X512), always_inline))
+#define TD_XBF_ATTR __attribute__((target(TD_X512 ",avx512bf16"), always_inline))
+enum { S_F_AVX2 = 0, S_F_AVX512, S_F_AVX512BF16, S_F_NPATH };
+/* clang 14's code generator crashes on the vdpbf16ps kernel ("Do not know how to split the result
+ * of this operator"), so the opt-in avx512bf16 path exists only in GCC builds. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define TD_BFDOT 1
+#endif
+
+static inline TD_X512_ATTR float s_hsum16(__m512 v) {
+    const __m256 lo = _mm512_castps512_ps256(v);
+    const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+    const __m256 s = _mm256_add_ps(lo, hi);
+    const __m128 q = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    const __m128 d = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    return _mm_cvtss_f32(_mm_add_ss(d, _mm_movehdup_ps(d)));
+}
+
+/* 16 weights at p of dtype DT as floats, lanes outside m zero. */
+static inline TD_X512_ATTR __m512 s_ld16(int DT, const void *p, __mmask16 m, int full) {
+    if (DT == TD_DTYPE_BF16) {
+        const __m256i h =
+            full ? _mm256_loadu_si256((const __m256i *)p) : _mm256_maskz_loadu_epi16(m, p);
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    if (DT == TD_DTYPE_F16)
+        return _mm512_cvtph_ps(full ? _mm256_loadu_si256((const __m256i *)p)
+                                    : _mm256_maskz_loadu_epi16(m, p));
+    return full ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(m, p);
+}
+
+/* NR weight rows against NT activation rows, as s_rows_dot (NR * NT <= 24 accumulators of the 32
+ * registers). */
+static inline TD_X512_ATTR void s_rows_dot16(int DT, int NR, int NT, const char *wr, size_t ldb,
+                                             const float *x, int64_t cols, float *out) {
+    const size_t es = DT == TD_DTYPE_F32 ? 4 : 2;
+    __m512 acc[24];
+#pragma GCC unroll 24
+    for (int i = 0; i < NR * NT; i++) acc[i] = _mm512_setzero_ps();
+    int64_t c = 0;
+    for (; c + 16 <= cols; c += 16) {
+        __m512 wv[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++)
+            wv[r] = s_ld16(DT, wr + (size_t)r * ldb + (size_t)c * es, 0, 1);
+#pragma GCC unroll 6
+        for (int t = 0; t < NT; t++) {
+            const __m512 xv = _mm512_loadu_ps(x + t * cols + c);
+#pragma GCC unroll 4
+            for (int r = 0; r < NR; r++)
+                acc[t * NR + r] = _mm512_fmadd_ps(wv[r], xv, acc[t * NR + r]);
+        }
+    }
+    if (c < cols) {
+        const __mmask16 m = (__mmask16)((1u << (cols - c)) - 1u);
+        __m512 wv[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++)
+            wv[r] = s_ld16(DT, wr + (size_t)r * ldb + (size_t)c * es, m, 0);
+#pragma GCC unroll 6
+        for (int t = 0; t < NT; t++) {
+            const __m512 xv = _mm512_maskz_loadu_ps(m, x + t * cols + c);
+#pragma GCC unroll 4
+            for (int r = 0; r < NR; r++)
+                acc[t * NR + r] = _mm512_fmadd_ps(wv[r], xv, acc[t * NR + r]);
+        }
+    }
+#pragma GCC unroll 24
+    for (int i = 0; i < NR * NT; i++) out[i] = s_hsum16(acc[i]);
+}
+
+#ifdef TD_BFDOT
+/* NR bf16 weight rows against NT activation rows already rounded to bf16 (xb, stride cols), 32
+ * columns per vdpbf16ps. */
+static inline TD_XBF_ATTR void s_rows_dotbf(int NR, int NT, const char *wr, size_t ldb,
+                                            const uint16_t *xb, int64_t cols, float *out) {
+    __m512 acc[24];
+#pragma GCC unroll 24
+    for (int i = 0; i < NR * NT; i++) acc[i] = _mm512_setzero_ps();
+    int64_t c = 0;
+    for (; c < cols; c += 32) {
+        const __mmask32 m = cols - c >= 32 ? ~(__mmask32)0 : (__mmask32)((1u << (cols - c)) - 1u);
+        __m512i wv[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++)
+            wv[r] = _mm512_maskz_loadu_epi16(m, wr + (size_t)r * ldb + (size_t)c * 2);
+#pragma GCC unroll 6
+        for (int t = 0; t < NT; t++) {
+            const __m512i xv = _mm512_maskz_loadu_epi16(m, xb + t * cols + c);
+#pragma GCC unroll 4
+            for (int r = 0; r < NR; r++)
+                acc[t * NR + r] = _mm512_dpbf16_ps(acc[t * NR + r], (__m512bh)wv[r], (__m512bh)xv);
+        }
+    }
+#pragma GCC unroll 24
+    for (int i = 0; i < NR * NT; i++) out[i] = s_hsum16(acc[i]);
+}
+
+#endif
+
+/* NR bf16 weight rows against NT float activation rows stored even/odd split (xe, stride xld:
+ * per 32 columns, the 16 even ones then the 16 odd ones; zero padded to a multiple of 32). A
+ * 32-bit lane of 32 loaded bf16 weights holds an even weight in its low half and the next odd one
+ * in its high half: shifting left by 16 gives the even weights as floats and masking the low half
+ * off the odd ones, two instructions for 32 conversions instead of a widening move and a shift per
+ * 16. Each (row, token) sum: one accumulator, even then odd FMA per 32 columns, ascending. */
+static inline TD_X512_ATTR void s_rows_dot_eo(int NR, int NT, const char *wr, size_t ldb,
+                                              const float *xe, int64_t xld, int64_t cols,
+                                              float *out) {
+    __m512 acc[24];
+#pragma GCC unroll 24
+    for (int i = 0; i < NR * NT; i++) acc[i] = _mm512_setzero_ps();
+    const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+    for (int64_t c = 0; c < cols; c += 32) {
+        const __mmask32 m = cols - c >= 32 ? ~(__mmask32)0 : (__mmask32)((1u << (cols - c)) - 1u);
+        __m512 we[4], wo[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++) {
+            const __m512i v = _mm512_maskz_loadu_epi16(m, wr + (size_t)r * ldb + (size_t)c * 2);
+            we[r] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+            wo[r] = _mm512_castsi512_ps(_mm512_and_si512(v, hi));
+        }
+#pragma GCC unroll 6
+        for (int t = 0; t < NT; t++) {
+            const __m512 xv0 = _mm512_loadu_ps(xe + t * xld + c),
+                         xv1 = _mm512_loadu_ps(xe + t * xld + c + 16);
+#pragma GCC unroll 4
+            for (int r = 0; r < NR; r++)
+                acc[t * NR + r] =
+                    _mm512_fmadd_ps(wo[r], xv1, _mm512_fmadd_ps(we[r], xv0, acc[t * NR + r]));
+        }
+    }
+#pragma GCC unroll 24
+    for (int i = 0; i < NR * NT; i++) out[i] = s_hsum16(acc[i]);
+}
+
+#define TD_NT16_CASE(KERNEL, NR, T)                                                                \
+    case T:                                                                                        \
+        KERNEL(NR, T);                                                                             \
+        break;
+#define TD_NT16_SWITCH(KERNEL, NR)                                                                 \
+    switch (nt) {                                                                                  \
+        TD_NT16_CASE(KERNEL, NR, 1)                                                                \
+        TD_NT16_CASE(KERNEL, NR, 2)                                                                \
+        TD_NT16_CASE(KERNEL, NR, 3)                                                                \
+        TD_NT16_CASE(KERNEL, NR, 4)                                                                \
+        TD_NT16_CASE(KERNEL, NR, 5)                                                                \
+    default:                                                                                       \
+        KERNEL(NR, 6);                                                                             \
+    }
+
+/* All n <= TD_SKINNY_MAX tokens against every weight row: blocks of 4 rows, then the leftover
+ * rows one by one; each block meets the tokens in balanced groups of at most 6 (4 x 6 = 24
+ * accumulators). NAME is the function, ATTR its target, KERNEL(NR, NT) the inner product. */
+// clang-format off
+#define TD_SKINNY16_FN(NAME, ATTR, KERNEL, XES)                                                    \
+    static ATTR void NAME(int nthreads, float *y, const float *x, const void *xb, int64_t xld,     \
+                          const char *data, size_t ldb, int64_t rows, int64_t cols, int n) {       \
+        const int64_t nblk = rows / 4;                                                             \
+        const int ng = (n + 5) / 6;                                                                \
+        const int par = TD_PAR(rows * cols);                                                       \
+        _Pragma("omp parallel for schedule(static) if (par) num_threads(nthreads)")                \
+        for (int64_t b = 0; b < nblk + (rows - nblk * 4); b++) {                                   \
+            const int64_t r = b < nblk ? b * 4 : nblk * 4 + (b - nblk);                            \
+            const int nr = b < nblk ? 4 : 1;                                                       \
+            const char *wr = data + (size_t)r * ldb;                                               \
+            float out[24];                                                                         \
+            for (int g = 0, t0 = 0; g < ng; g++) {                                                 \
+                const int nt = (n - t0) / (ng - g);                                                \
+                const float *xt = x + (int64_t)t0 * cols;                                          \
+                const char *xbt = xb ? (const char *)xb + (size_t)t0 * (size_t)xld * (XES) : NULL; \
+                (void)xt, (void)xbt;                                                               \
+                if (nr == 4) {                                                                     \
+                    TD_NT16_SWITCH(KERNEL, 4)                                                      \
+                } else {                                                                           \
+                    TD_NT16_SWITCH(KERNEL, 1)                                                      \
+                }                                                                                  \
+                for (int t = 0; t < nt; t++)                                                       \
+                    for (int i = 0; i < nr; i++)                                                   \
+                        y[(int64_t)(t0 + t) * rows + r + i] = out[t * nr + i];                     \
+                t0 += nt;                                                                          \
+            }                                                                                      \
+        }                                                                                          \
+    }
+// clang-format on
+#define TD_K_F32(NR, T) s_rows_dot16(TD_DTYPE_F32, NR, T, wr, ldb, xt, cols, out)
+#define TD_K_BF16(NR, T) s_rows_dot_eo(NR, T, wr, ldb, (const float *)xbt, xld, cols, out)
+#define TD_K_F16(NR, T) s_rows_dot16(TD_DTYPE_F16, NR, T, wr, ldb, xt, cols, out)
+TD_SKINNY16_FN(s_skinny16_f32, __attribute__((target(TD_X512))), TD_K_F32, 4)
+TD_SKINNY16_FN(s_skinny16_bf16, __attribute__((target(TD_X512))), TD_K_BF16, 4)
+TD_SKINNY16_FN(s_skinny16_f16, __attribute__((target(TD_X512))), TD_K_F16, 4)
+#ifdef TD_BFDOT
+#define TD_K_BFDOT(NR, T) s_rows_dotbf(NR, T, wr, ldb, (const uint16_t *)xbt, cols, out)
+TD_SKINNY16_FN(s_skinny16_bfdot, __attribute__((target(TD_X512 ",avx512bf16"))), TD_K_BFDOT, 2)
+#endif
+
+/* x [n, cols] into the even/odd split layout of s_rows_dot_eo, rows of xld floats. */
+static void s_split_eo(float *xe, const float *x, int n, int64_t cols, int64_t xld) {
+    for (int t = 0; t < n; t++) {
+        float *d = xe + (int64_t)t * xld;
+        memset(d, 0, (size_t)xld * sizeof(float));
+        for (int64_t c = 0; c < cols; c++)
+            d[(c & ~(int64_t)31) + ((c & 1) << 4) + ((c & 31) >> 1)] = x[(int64_t)t * cols + c];
+    }
+}
+#endif
+
+/* --- float kernel selection ------------------------------------------------------------------ */
+
+#ifdef TD_AVX2
+static const char *const s_fpath_names[S_F_NPATH] = {"avx2", "avx512", "avx512bf16"};
+#else
+enum { S_F_AVX2 = 0, S_F_NPATH };
+static const char *const s_fpath_names[S_F_NPATH] = {"scalar"};
+#endif
+static int s_fpath = -1;
+
+static int s_fpath_ok(int p) {
+    if (p == S_F_AVX2) return 1;
+#ifdef TD_AVX2
+    __builtin_cpu_init();
+    const int x512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                     __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    if (p == S_F_AVX512) return x512;
+#ifdef TD_BFDOT
+    if (p == S_F_AVX512BF16) return x512 && __builtin_cpu_supports("avx512bf16");
+#endif
+#endif
+    return 0;
+}
+
+/* auto: the widest exact path; the lossy avx512bf16 one only when named */
+static int s_fbest(void) {
+#ifdef TD_AVX2
+    if (s_fpath_ok(S_F_AVX512)) return S_F_AVX512;
+#endif
+    return S_F_AVX2;
+}
+
+static int s_get_fpath(void) {
+    if (s_fpath < 0) {
+        const char *e = getenv("TD_CPU_FLOAT_KERNELS");
+        td_err_t err = {0};
+        if (!e || td_cpu_float_kernels_select(e, &err) != TD_OK) {
+            if (e)
+                td_log(TD_LOG_WARN, "TD_CPU_FLOAT_KERNELS: %s; using the best available", err.msg);
+            s_fpath = s_fbest();
+        }
+    }
+    return s_fpath;
+}
+
+int td_cpu_float_kernels_available(const char *name) {
+    if (!name) return 0;
+    if (!strcmp(name, "auto")) return 1;
+    for (int p = 0; p < S_F_NPATH; p++)
+        if (!strcmp(name, s_fpath_names[p])) return s_fpath_ok(p);
+    return 0;
+}
+
+int td_cpu_float_kernels_select(const char *name, td_err_t *err) {
+    if (!name) return td_err_set(err, TD_ERR_ARG, "no kernel name");
+    if (!strcmp(name, "auto")) {
+        s_fpath = s_fbest();
+        return TD_OK;
+    }
+    for (int p = 0; p < S_F_NPATH; p++)
+        if (!strcmp(name, s_fpath_names[p])) {
+            if (!s_fpath_ok(p))
+                return td_err_set(err, TD_ERR_UNSUPPORTED, "this CPU cannot run the %s kernels",
+                                  name);
+            s_fpath = p;
+            return TD_OK;
+        }
+    return td_err_set(err, TD_ERR_ARG,
+                      "unknown CPU float kernels '%s' (auto, avx2, avx512, avx512bf16)", name);
+}
+
+const char *td_cpu_float_kernels_name(void) { return s_fpath_names[s_get_fpath()]; }
+
+#ifdef TD_AVX2
+/* The AVX-512 skinny product; 0 when done, -1 when the caller must run the AVX2 one (path not
+ * selected, or out of memory for the bf16 activations). */
+static int s_matmul_skinny16(td_backend_t *be, float *y, const float *x, const td_weight_t *w,
+                             int n, size_t ldb) {
+    const int p = s_get_fpath();
+    if (p == S_F_AVX2) return -1;
+    const int64_t rows = w->rows, cols = w->cols;
+    const char *data = (const char *)w->data;
+    const int nth = be->n_threads;
+    if (w->dtype == TD_DTYPE_BF16) {
+        /* scratch: the activations as bf16 (vdpbf16ps) or even/odd split floats (padded rows) */
+        cpu_ctx_t *c = be->ctx;
+        const int dot = p == S_F_AVX512BF16;
+        const int64_t xld = dot ? cols : (cols + 31) & ~(int64_t)31;
+        const size_t need = (size_t)n * (size_t)xld * (dot ? sizeof(uint16_t) : sizeof(float));
+        if (c->xbuf_cap < need) {
+            free(c->xbuf);
+            c->xbuf = NULL;
+            if (posix_memalign(&c->xbuf, 64, need) != 0) {
+                c->xbuf = NULL, c->xbuf_cap = 0;
+                s_fail(c, TD_ERR_NOMEM, "activation", need);
+                return -1;
+            }
+            c->xbuf_cap = need;
+        }
+        if (dot) {
+            uint16_t *xb = c->xbuf;
+            for (int64_t i = 0; i < (int64_t)n * cols; i++) xb[i] = td_f32_to_bf16(x[i]);
+#ifdef TD_BFDOT
+            s_skinny16_bfdot(nth, y, x, xb, xld, data, ldb, rows, cols, n);
+#endif
+        } else {
+            s_split_eo(c->xbuf, x, n, cols, xld);
+            s_skinny16_bf16(nth, y, x, c->xbuf, xld, data, ldb, rows, cols, n);
+        }
+    } else if (w->dtype == TD_DTYPE_F16) {
+        s_skinny16_f16(nth, y, x, NULL, 0, data, ldb, rows, cols, n);
+    } else {
+        s_skinny16_f32(nth, y, x, NULL, 0, data, ldb, rows, cols, n);
+    }
+    return 0;
+}
+#endif
+
 /* y[t, r] = sum_c x[t, c] W[r, c] for t < n <= TD_SKINNY_MAX. Weight rows go in blocks of 4 (when
  * n splits into groups of 3: n <= 3 or n % 3 == 0) or of 2 (groups of up to 6), each block read
  * from memory once and reused from L1 for every token group; leftover rows one at a time. */
@@ -310,6 +653,7 @@ static void s_matmul_skinny(td_backend_t *be, float *y, const float *x, const td
     const int64_t rows = w->rows, cols = w->cols, ld = s_ld(w);
     const size_t es = td_dtype_size(w->dtype), ldb = (size_t)ld * es;
 #ifdef TD_AVX2
+    if (s_matmul_skinny16(be, y, x, w, n, ldb) == 0) return;
     const int dt = w->dtype;
     const int nr = n <= 3 || n % 3 == 0 ? 4 : 2;
     const int64_t nblk = rows / nr;

@@ -4,6 +4,7 @@
 
 #include "kernels/backend.h"
 
+#include <math.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,7 +53,10 @@ static int s_close(const float *a, const float *b, int64_t n, double atol, doubl
     return w <= 1.0;
 }
 
-TD_TEST(matmul_fast_matches_reference) {
+/* The fast matmul against the reference at every dtype, odd shapes and token counts. Tolerance
+ * atol_per_sqrt_col * sqrt(cols) + rtol |want| (the lossy bf16-activation path needs more than the
+ * exact ones' 1e-5 / 1e-4). */
+static void s_check_matmul(double atol_per_sqrt_col, double rtol, const char *label) {
     td_err_t err = {0};
     td_backend_t *fast = td_backend_cpu_new(2, 0, &err), *ref = td_backend_cpu_new(1, 1, &err);
     REQUIRE(fast && ref);
@@ -80,8 +84,9 @@ TD_TEST(matmul_fast_matches_reference) {
                     td_op_matmul(fast, y1, x, &w, (ni & 1) ? &b : NULL, n);
                     td_op_matmul(ref, y2, x, &w, (ni & 1) ? &b : NULL, n);
                     double worst;
-                    CHECK_MSG(s_close(y1, y2, n * rows, 1e-5, 1e-4, &worst),
-                              "matmul %s %lldx%lld tr=%d n=%d: error %.3g of tolerance",
+                    const double atol = atol_per_sqrt_col * sqrt((double)cols);
+                    CHECK_MSG(s_close(y1, y2, n * rows, atol, rtol, &worst),
+                              "%s: matmul %s %lldx%lld tr=%d n=%d: error %.3g of tolerance", label,
                               td_dtype_name(dts[d]), (long long)rows, (long long)cols, tr, n,
                               worst);
                     free(wd), free(bd), free(x), free(y1), free(y2);
@@ -91,10 +96,13 @@ TD_TEST(matmul_fast_matches_reference) {
     CHECK(fast == NULL);
 }
 
+/* the exact paths: 1e-5 * sqrt(cols) <= 1.6e-4 absolute at 257 columns */
+TD_TEST(matmul_fast_matches_reference) { s_check_matmul(1e-5, 1e-4, td_cpu_float_kernels_name()); }
+
 /* Batch invariance of the skinny products: each token's outputs are bitwise the same computed
  * alone (n = 1) or inside any batch up to 24 rows, for every dtype, with leftover rows (7, 33, 130)
  * and column tails (5, 257). */
-TD_TEST(matmul_batch_invariant) {
+static void s_check_batch_invariant(const char *label) {
     td_err_t err = {0};
     td_backend_t *be = td_backend_cpu_new(2, 0, &err);
     REQUIRE(be);
@@ -114,12 +122,72 @@ TD_TEST(matmul_batch_invariant) {
             for (int n = 2; n <= 24; n++) {
                 td_op_matmul(be, y, x, &w, NULL, n);
                 int same = !memcmp(y, one, sizeof(float) * (size_t)(n * rows));
-                CHECK_MSG(same, "%s %lldx%lld: a batch of %d differs from one token at a time",
-                          td_dtype_name(dts[d]), (long long)rows, (long long)cols, n);
+                CHECK_MSG(same, "%s: %s %lldx%lld: a batch of %d differs from one token at a time",
+                          label, td_dtype_name(dts[d]), (long long)rows, (long long)cols, n);
             }
             free(wd), free(x), free(one), free(y);
         }
     td_backend_destroy(&be);
+}
+
+TD_TEST(matmul_batch_invariant) { s_check_batch_invariant(td_cpu_float_kernels_name()); }
+
+/* One BF16 and one F16 skinny product (130 x 257, 5 tokens) on the current float kernels. */
+static void s_skinny_sample(td_dtype_t dt, float *y) {
+    td_err_t err = {0};
+    td_backend_t *be = td_backend_cpu_new(1, 0, &err);
+    REQUIRE(be);
+    uint64_t keep = s_rng;
+    s_rng = 1234567;
+    void *wd = s_make_weight(dt, 130 * 257);
+    float x[5 * 257];
+    for (int i = 0; i < 5 * 257; i++) x[i] = s_randf();
+    s_rng = keep;
+    td_weight_t w = {wd, dt, 130, 257, 0, 0};
+    td_op_matmul(be, y, x, &w, NULL, 5);
+    free(wd);
+    td_backend_destroy(&be);
+}
+
+/* Every float kernel path this CPU has (avx2; avx512 and the opt-in avx512bf16 where cpuid reports
+ * them; the others skip with a message), forced by name: each against the reference and batch
+ * invariant bitwise, and each really a different computation from avx2 (some output differs in
+ * the last bits; bf16 activations by more). */
+TD_TEST(float_kernel_paths) {
+    td_err_t err = {0};
+    const char *paths[] = {"avx2", "avx512", "avx512bf16"};
+    float base_bf[5 * 130], base_h[5 * 130], y[5 * 130];
+    int have_base = 0;
+    for (int p = 0; p < 3; p++) {
+        if (!td_cpu_float_kernels_available(paths[p])) {
+            printf("  skip %s: not on this CPU (or build)\n", paths[p]);
+            continue;
+        }
+        REQUIRE(td_cpu_float_kernels_select(paths[p], &err) == TD_OK);
+        CHECK_STR(td_cpu_float_kernels_name(), paths[p]);
+        if (p == 2)
+            s_check_matmul(4e-3, 1e-2, paths[p]); /* activations rounded to 8 significant bits */
+        else
+            s_check_matmul(1e-5, 1e-4, paths[p]);
+        s_check_batch_invariant(paths[p]);
+        if (p == 0) {
+            s_skinny_sample(TD_DTYPE_BF16, base_bf), s_skinny_sample(TD_DTYPE_F16, base_h);
+            have_base = 1;
+        } else if (have_base) {
+            s_skinny_sample(TD_DTYPE_BF16, y);
+            CHECK_MSG(memcmp(y, base_bf, sizeof y) != 0, "%s: BF16 result bitwise equal to avx2's",
+                      paths[p]);
+            s_skinny_sample(TD_DTYPE_F16, y);
+            CHECK_MSG(memcmp(y, base_h, sizeof y) != 0, "%s: F16 result bitwise equal to avx2's",
+                      paths[p]);
+        }
+    }
+    CHECK(td_cpu_float_kernels_select("nonsense", &err) == TD_ERR_ARG);
+    CHECK(td_cpu_float_kernels_available(td_cpu_float_kernels_name()));
+    CHECK(td_cpu_float_kernels_select("auto", &err) == TD_OK);
+    /* auto never picks the lossy path */
+    CHECK(strcmp(td_cpu_float_kernels_name(), "avx512bf16") != 0);
+    printf("  float kernels in use: %s\n", td_cpu_float_kernels_name());
 }
 
 /* Attention against a direct softmax(q k^T) v computed here, for every mask kind and GQA, at head
