@@ -1,6 +1,5 @@
 /* cli.c - option parsing, model loading and JSON string output for the subcommands. */
 #include <stdio.h>
-#include <unistd.h>
 
 #include "model/checkpoint.h"
 #include "bridge/cli.h"
@@ -9,6 +8,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 void td_opts_init(td_opts_t *o, int argc, char **argv) {
     memset(o, 0, sizeof *o);
@@ -304,4 +304,20 @@ volatile sig_atomic_t *td_cli_stop_on_signals(void) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     return &s_signalled;
+}
+
+const char *td_cli_bundled(const char *name, char *buf, size_t cap) {
+    snprintf(buf, cap, "models/%s", name);
+    if (access(buf, R_OK) == 0) return buf;
+    char exe[2048];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = 0;
+        char *s = strrchr(exe, '/');
+        if (s) *s = 0;
+        snprintf(buf, cap, "%.900s/../../models/%s", exe, name);
+        if (access(buf, R_OK) == 0) return buf;
+    }
+    snprintf(buf, cap, "models/%s", name);
+    return buf;
 }

@@ -49,6 +49,10 @@ volatile sig_atomic_t *td_cli_stop_on_signals(void);
 /* td_opts_parse for a command: -1 to go on; else the exit code (0 after printing help(stdout)
  * for --help, 2 for a bad option). */
 int td_cli_opts(int argc, char **argv, const td_opt_spec_t *spec, int n, void (*help)(FILE *));
+
+/* The bundled model NAME: ./models/NAME when readable, else next to the executable
+ * (EXE_DIR/../../models/NAME), else ./models/NAME (for the error message). Writes into buf. */
+const char *td_cli_bundled(const char *name, char *buf, size_t cap);
 #define TD_CLI_OPTS(argc, argv, spec, help)                                                        \
     td_cli_opts(argc, argv, spec, (int)(sizeof spec / sizeof spec[0]), help)
 

@@ -142,23 +142,6 @@ static void s_gen_defaults(const char *dir, td_sampling_t *sp, int32_t *stop, in
     cJSON_Delete(j);
 }
 
-/* The bundled model NAME: ./models/NAME, else next to the executable (../../models/NAME). */
-static const char *s_bundled(const char *name, char *buf, size_t cap) {
-    snprintf(buf, cap, "models/%s", name);
-    if (access(buf, R_OK) == 0) return buf;
-    char exe[2048];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n > 0) {
-        exe[n] = 0;
-        char *s = strrchr(exe, '/');
-        if (s) *s = 0;
-        snprintf(buf, cap, "%.900s/../../models/%s", exe, name);
-        if (access(buf, R_OK) == 0) return buf;
-    }
-    snprintf(buf, cap, "models/%s", name);
-    return buf;
-}
-
 typedef struct stream {
     td_detok_t *dt;
     int print;
@@ -365,10 +348,10 @@ int td_cmd_generate(int argc, char **argv) {
     const char *planner_dir =
         md->drafter == TD_DRAFTER_PLANNED ? vdir : NULL; /* explicit --verifier only */
     int needs_v = (md->caps & TD_CAP_VERIFIER) != 0, needs_d = md->drafter != TD_DRAFTER_NONE;
-    if (needs_v && !vdir) vdir = s_bundled("tiny-verifier", vbuf, sizeof vbuf);
+    if (needs_v && !vdir) vdir = td_cli_bundled("tiny-verifier", vbuf, sizeof vbuf);
     if (needs_d && !drafter)
         drafter =
-            s_bundled(md->drafter == TD_DRAFTER_AR ? "tiny-ar-drafter" : "tiny-diffusion-drafter",
+            td_cli_bundled(md->drafter == TD_DRAFTER_AR ? "tiny-ar-drafter" : "tiny-diffusion-drafter",
                       dbuf, sizeof dbuf);
     if (!needs_d) drafter = NULL;
     /* a dLLM method with a drafter process: the local side loads --verifier DIR (selfspec: the
@@ -385,7 +368,7 @@ int td_cmd_generate(int argc, char **argv) {
             return 2;
         }
         local_dir = vdir ? vdir
-                         : s_bundled(md->drafter == TD_DRAFTER_PLANNED ? "tiny-planned"
+                         : td_cli_bundled(md->drafter == TD_DRAFTER_PLANNED ? "tiny-planned"
                                                                        : "tiny-diffusion-drafter",
                                      lbuf, sizeof lbuf);
     } else if (local_dllm && td_is_endpoint(drafter)) {

@@ -902,22 +902,6 @@ static void s_help(FILE *f) {
             "  --spin-us N --curve-server-key F --curve-key F\n");
 }
 
-static const char *s_bundled(const char *name, char *buf, size_t cap) {
-    snprintf(buf, cap, "models/%s", name);
-    if (access(buf, R_OK) == 0) return buf;
-    char exe[2048];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n > 0) {
-        exe[n] = 0;
-        char *sl = strrchr(exe, '/');
-        if (sl) *sl = 0;
-        snprintf(buf, cap, "%.900s/../../models/%s", exe, name);
-        if (access(buf, R_OK) == 0) return buf;
-    }
-    snprintf(buf, cap, "models/%s", name);
-    return buf;
-}
-
 static int s_is_loopback(const char *host) {
     return !strcmp(host, "127.0.0.1") || !strcmp(host, "::1") || !strcmp(host, "localhost") ||
            !strncmp(host, "127.", 4);
@@ -1031,10 +1015,10 @@ int td_cmd_serve(int argc, char **argv) {
         return 2;
     }
     char vbuf[1024], dbuf[1024];
-    if (!vdir) vdir = s_bundled("tiny-verifier", vbuf, sizeof vbuf);
+    if (!vdir) vdir = td_cli_bundled("tiny-verifier", vbuf, sizeof vbuf);
     if (method != TD_METHOD_AR && !drafter)
         drafter =
-            s_bundled(method == TD_METHOD_SPEC_AR ? "tiny-ar-drafter" : "tiny-diffusion-drafter",
+            td_cli_bundled(method == TD_METHOD_SPEC_AR ? "tiny-ar-drafter" : "tiny-diffusion-drafter",
                       dbuf, sizeof dbuf);
     if (td_is_endpoint(vdir)) {
         fprintf(stderr, "tandem serve: --verifier must be a checkpoint directory\n");
