@@ -50,6 +50,8 @@ BENCH_SRC := $(wildcard bench/*.c)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 FUZZ_SRC  := $(wildcard fuzz/fuzz_*.c)
 FUZZ_SECONDS ?= 60
+# seconds one input may take before libFuzzer calls it a hang (its default is 1200)
+FUZZ_TIMEOUT ?= 10
 
 .PHONY: all test check check-layers fuzz fuzz-smoke bench bench-peer format deps clean run proto check-proto models
 # the bench programs too (never stale), except in sanitizer builds (bench_cpu needs AVX2 at file level)
@@ -132,18 +134,22 @@ bench-peer: all
 	tools/peer/make-variants.sh
 	bench/peer.sh $(PEER_ARGS)
 
-# libFuzzer targets, built with clang against the library sources (not the archive) under ASan/UBSan.
-FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -I. $(PKG_CFLAGS) -fsanitize=fuzzer,address,undefined -fopenmp=libgomp
+# libFuzzer targets, built with clang under ASan/UBSan. The library sources are compiled once into
+# $(BUILD)/fuzzobj (instrumented for coverage, -fsanitize=fuzzer-no-link) and every target links them.
+FUZZ_SAN    := -fsanitize=address,undefined
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -I. $(PKG_CFLAGS) $(FUZZ_SAN) -fopenmp=libgomp
+FUZZ_OBJ    := $(LIB_SRC:%.c=$(BUILD)/fuzzobj/%.o) $(BUILD)/fuzzobj/bridge/serve_req.o
 fuzz-build: $(FUZZ_SRC:fuzz/%.c=$(BUILD)/fuzz/%)
-# targets over bridge/ code name the extra sources here
-FUZZ_EXTRA_fuzz_serve := bridge/serve_req.c
-$(BUILD)/fuzz/%: fuzz/%.c $(LIB_SRC) $(wildcard bridge/serve_req.c)
+$(BUILD)/fuzzobj/%.o: %.c
 	@mkdir -p $(dir $@)
-	clang $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_EXTRA_$*) $(LIB_SRC) $(PKG_LIBS) -lm -lpthread -lgomp
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+$(BUILD)/fuzz/%: fuzz/%.c $(FUZZ_OBJ)
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_OBJ) $(PKG_LIBS) -lm -lpthread -lgomp
 fuzz: fuzz-build
 	@for f in $(FUZZ_SRC:fuzz/%.c=%); do echo "== fuzz $$f ($(FUZZ_SECONDS)s)"; \
 	  mkdir -p $(BUILD)/fuzz/corpus-$$f; \
-	  TD_LOG=error $(BUILD)/fuzz/$$f -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 \
+	  TD_LOG=error $(BUILD)/fuzz/$$f -max_total_time=$(FUZZ_SECONDS) -timeout=$(FUZZ_TIMEOUT) -rss_limit_mb=4096 \
 	    $(BUILD)/fuzz/corpus-$$f fuzz/seeds/$$f > $(BUILD)/fuzz/$$f.log 2>&1; rc=$$?; \
 	  tail -3 $(BUILD)/fuzz/$$f.log; [ $$rc -eq 0 ] || { echo "fuzz $$f FAILED (see $(BUILD)/fuzz/$$f.log)"; exit 1; }; done
 fuzz-smoke:
@@ -160,7 +166,7 @@ format:
 clean:
 	rm -rf build build-san
 
--include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD)/obj $(BUILD)/fuzzobj -name '*.d' 2>/dev/null)
 
 # CUDA backend (built when nvcc is present; a stub otherwise). Must stay after the program lists.
 -include kernels/cuda/cuda.mk

@@ -558,6 +558,18 @@ static int s_set_added(td_tokenizer_t *tok, int32_t *slot, int32_t id, const cha
         len = tok->vstr_len[id];
     }
     if (!c || len == 0) return td_err_set(err, TD_ERR_FORMAT, "added token %d is empty", (int)id);
+    /* Added tokens are matched in the (valid UTF-8) text before pre-tokenization; one that is not
+     * whole UTF-8 characters would cut a character in two and hand the regex a broken subject. */
+    for (size_t i = 0; i < len;) {
+        utf8proc_int32_t cp;
+        utf8proc_ssize_t m = utf8proc_iterate((const utf8proc_uint8_t *)c + i,
+                                              (utf8proc_ssize_t)(len - i), &cp);
+        if (m <= 0)
+            return td_err_set(err, TD_ERR_FORMAT,
+                              "added token %d is not valid UTF-8 (byte %zu of its %zu)", (int)id,
+                              i, len);
+        i += (size_t)m;
+    }
     if (!tok->piece[id] || tok->piece_len[id] != len || memcmp(tok->piece[id], c, len) != 0) {
         char *copy = s_strndup(c, len);
         if (!copy) return td_err_set(err, TD_ERR_NOMEM, "out of memory");

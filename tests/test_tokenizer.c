@@ -679,6 +679,39 @@ TD_TEST(named_pre_tokenizers_match_hf) {
     s_dump_free(&d);
 }
 
+/* An added (user-defined or control) token that is not whole UTF-8 characters would cut the text
+ * in the middle of a character before the pre-tokenizer regex runs: refused at load, by id. The
+ * fuzzer found this (fuzz/seeds/fuzz_tokenizer/partial-utf8-added). */
+TD_TEST(added_token_must_be_utf8) {
+    const char *tokens[] = {"a", "b", "\xcc", "ab", "</s>"};
+    size_t lens[] = {1, 1, 1, 2, 4};
+    int32_t types[] = {TD_TOK_TYPE_NORMAL, TD_TOK_TYPE_NORMAL, TD_TOK_TYPE_USER_DEFINED,
+                       TD_TOK_TYPE_NORMAL, TD_TOK_TYPE_CONTROL};
+    const char *merges[] = {"a b"};
+    size_t mlens[] = {3};
+    td_tok_spec_t sp;
+    td_tok_spec_init(&sp);
+    sp.model = "gpt2";
+    sp.pre = "gpt2";
+    sp.n_tokens = 5;
+    sp.tokens = tokens;
+    sp.token_lens = lens;
+    sp.token_types = types;
+    sp.n_merges = 1;
+    sp.merges = merges;
+    sp.merge_lens = mlens;
+    sp.eos_id = 4;
+    td_err_t err = {0};
+    td_tokenizer_t *tok = td_tokenizer_from_vocab(&sp, &err);
+    CHECK(tok == NULL);
+    CHECK_MSG(strstr(err.msg, "added token 2 is not valid UTF-8") != NULL, "%s", err.msg);
+    td_tokenizer_destroy(&tok);
+    types[2] = TD_TOK_TYPE_NORMAL; /* as an ordinary token the same byte is fine */
+    tok = td_tokenizer_from_vocab(&sp, &err);
+    CHECK_MSG(tok != NULL, "%s", err.msg);
+    td_tokenizer_destroy(&tok);
+}
+
 TD_TEST(smollm2_gguf_vocab) {
     s_dump_t d;
     td_tokenizer_t *tok = s_smollm2(&d);
