@@ -7,6 +7,7 @@
 
 #include "bridge/cli.h"
 #include "bridge/pair.h"
+#include "engine/method.h"
 #include "verifier/driver.h"
 #include "verifier/link.h"
 
@@ -129,6 +130,7 @@ static void s_params(const td_serve_engine_t *e, const td_serve_job_t *j, td_met
         if (g->steps > 0) p->steps = g->steps;
         if (g->order >= 0) p->order = g->order;
         if (g->verify >= 0) p->verify = (td_verify_t)g->verify;
+        if (g->mixture > 0) p->apd_mixture = (float)g->mixture;
         p->draft_sampling = g->sampling;
         p->drafter_timeout_ms = e->o.timeout_ms > 0 ? e->o.timeout_ms : 5000;
         p->hello = &e->pair.hello;
@@ -428,8 +430,15 @@ void td_serve_engine_gen_defaults(const td_serve_engine_t *e, td_sampling_t *sp)
 }
 td_method_t td_serve_engine_method(const td_serve_engine_t *e) { return e->o.method; }
 
+const Tandem__Hello *td_serve_engine_hello(const td_serve_engine_t *e) { return &e->pair.hello; }
+
 int td_serve_engine_method_ok(const td_serve_engine_t *e, td_method_t m) {
     if (m == TD_METHOD_AR || m == e->o.method) return 1;
+    if (e->o.any_method) {
+        const td_method_desc_t *md = td_method_get(m);
+        return md && (md->caps & TD_CAP_SERVED) && md->session_new &&
+               (!(md->caps & TD_CAP_DRAFTER) || e->link);
+    }
     /* specdiff and apd share the diffusion drafter */
     return (m == TD_METHOD_SPECDIFF || m == TD_METHOD_APD) &&
            (e->o.method == TD_METHOD_SPECDIFF || e->o.method == TD_METHOD_APD);

@@ -36,6 +36,10 @@ typedef struct td_serve_engine_opts {
     /* the server's method options (as `generate`'s); -1 = the method's default */
     int gamma, steps, order, verify, dist_top_k, kv_window;
     double mixture; /* apd R; < 0 = default */
+    /* requests may name any served method that needs no more than this engine has (a verifier
+     * worker: its clients choose; the drafter refuses what it cannot draft for). 0: ar and
+     * the engine's method (and its sibling on the same drafter) only */
+    int any_method;
 } td_serve_engine_opts_t;
 
 /* One request, as the engine needs it (token ids: the HTTP side renders and tokenizes). */
@@ -50,6 +54,7 @@ typedef struct td_serve_gen {
     int order, verify;       /* -1: the engine's */
     const int32_t *stop_ids; /* besides the model's end-of-sequence ids; copied */
     int n_stop;
+    double mixture; /* apd R; <= 0: the engine's */
 } td_serve_gen_t;
 
 /* The outcome of a finished job. */
@@ -88,6 +93,8 @@ int td_serve_engine_n_ctx(const td_serve_engine_t *e);
 /* Sampling from the checkpoint's generation_config.json when it samples (else *sp unchanged). */
 void td_serve_engine_gen_defaults(const td_serve_engine_t *e, td_sampling_t *sp);
 td_method_t td_serve_engine_method(const td_serve_engine_t *e);
+/* The verifier's Hello (what peers handshake against). */
+const Tandem__Hello *td_serve_engine_hello(const td_serve_engine_t *e);
 /* Whether a request may pick method m with this engine's drafter. */
 int td_serve_engine_method_ok(const td_serve_engine_t *e, td_method_t m);
 /* Requests queued (waiting for a slot) and running now. */

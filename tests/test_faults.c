@@ -386,7 +386,7 @@ static int s_popen(const char *cmd, char *out, size_t cap, double *secs) {
 
 TD_TEST(remote_verifier_serves_and_its_death_is_reported) {
     s_setup();
-    char vep[160], cmd[1024], out[65536];
+    char vep[160], cmd[4096], out[65536];
     snprintf(vep, sizeof vep, "ipc://%s/verifier.sock", s_dir);
     pid_t d = s_spawn(td_test_bin("tandem-drafter"), "tests/data/e2e/dream-drafter", NULL, s_ep);
     pid_t v = s_spawn(td_test_bin("tandem-verifier"), VDIR, s_ep, vep);
@@ -414,7 +414,31 @@ TD_TEST(remote_verifier_serves_and_its_death_is_reported) {
     CHECK_STR(a, b);
     cJSON *stats = cJSON_GetObjectItem(j, "stats");
     CHECK(stats && cJSON_GetObjectItem(stats, "rounds")->valueint > 0);
-    free(a), free(b), cJSON_Delete(j), cJSON_Delete(rj);
+    free(a), cJSON_Delete(j);
+    /* three clients at once (the worker decodes them together, one verifier forward per round):
+     * each gets the same tokens as alone; one of them asks for ar, one for more tokens */
+    char f[3][300];
+    for (int k = 0; k < 3; k++) snprintf(f[k], sizeof f[k], "%s/client%d.json", s_dir, k);
+    snprintf(cmd, sizeof cmd,
+             "B=%s; V=%s; A='--chat none --temperature 0 --json --prompt \"And God said\"'; "
+             "eval $B generate --verifier $V --method specdiff --max-tokens 24 $A > %s 2>&1 & "
+             "eval $B generate --verifier $V --method ar --max-tokens 24 $A > %s 2>&1 & "
+             "eval $B generate --verifier $V --method specdiff --gamma 4 --max-tokens 24 $A > %s "
+             "2>&1; wait",
+             td_test_bin("tandem"), vep, f[0], f[1], f[2]);
+    CHECK_EQ_INT(system(cmd), 0);
+    for (int k = 0; k < 3; k++) {
+        char *txt = NULL;
+        size_t tl = 0;
+        REQUIRE(td_read_file(f[k], &txt, &tl, NULL) == TD_OK);
+        cJSON *cj = cJSON_Parse(txt);
+        CHECK_MSG(cj != NULL, "client %d: %.300s", k, txt);
+        char *ca = cj ? cJSON_PrintUnformatted(cJSON_GetObjectItem(cj, "tokens")) : NULL;
+        CHECK_MSG(ca && !strcmp(ca, b), "client %d of 3 concurrent: %s, alone: %s", k,
+                  ca ? ca : "(none)", b);
+        free(ca), cJSON_Delete(cj), free(txt);
+    }
+    free(b), cJSON_Delete(rj);
     /* a hung verifier: the client reports it within its timeout */
     kill(v, SIGSTOP);
     snprintf(cmd, sizeof cmd,
