@@ -64,6 +64,7 @@ typedef struct server {
     time_t created;
     volatile int draining;
     metrics_t m;
+    int live_gens; /* requests submitted whose answer is not fully handed to MHD yet (m.mu) */
 } server_t;
 
 static void s_hist_add(hist_t *h, double v) {
@@ -423,6 +424,9 @@ static char *s_chunk(const gen_t *g, const char *text, size_t n, const char *fin
 static void s_gen_free(gen_t *g) {
     if (!g) return;
     if (g->job) {
+        pthread_mutex_lock(&g->srv->m.mu);
+        g->srv->live_gens--;
+        pthread_mutex_unlock(&g->srv->m.mu);
         if (!g->ended) {
             /* the client went away mid-stream: the request stops and frees its slot */
             td_serve_job_cancel(g->job);
@@ -694,6 +698,11 @@ static enum MHD_Result s_generate(server_t *s, struct MHD_Connection *c, td_serv
     if (kind == TD_SERVE_CHAT) gg.stop_ids = s->chat_stop, gg.n_stop = s->n_chat_stop;
     rc = td_serve_submit(s->eng, &gg, &g->job, &err);
     free(ids);
+    if (rc == TD_OK) {
+        pthread_mutex_lock(&s->m.mu);
+        s->live_gens++;
+        pthread_mutex_unlock(&s->m.mu);
+    }
     if (rc != TD_OK) {
         s_gen_free(g);
         if (rc == TD_ERR_UNSUPPORTED) {
@@ -1130,8 +1139,19 @@ int td_cmd_serve(int argc, char **argv) {
     s->draining = 1;
     MHD_socket lfd = MHD_quiesce_daemon(d); /* no new connections; the socket is ours now */
     if (lfd != MHD_INVALID_SOCKET) close(lfd);
+    double t_stop = td_time_now();
     td_serve_engine_stop(s->eng, grace);
-    MHD_stop_daemon(d); /* waits for the connection threads, whose jobs have all ended */
+    /* every job has ended now; their answers may still be on their way to the clients (a stream's
+     * last chunks, [DONE]): MHD_stop_daemon would cut them, so wait (within the grace) until MHD
+     * has taken every answer whole */
+    for (;;) {
+        pthread_mutex_lock(&s->m.mu);
+        int live = s->live_gens;
+        pthread_mutex_unlock(&s->m.mu);
+        if (live <= 0 || td_time_now() - t_stop > grace + 1) break;
+        usleep(10000);
+    }
+    MHD_stop_daemon(d); /* waits for the connection threads */
     td_serve_engine_destroy(&s->eng, 0);
     fprintf(stderr, "tandem serve: stopped\n");
     return 0;
