@@ -106,6 +106,10 @@ void td_op_attention(td_backend_t *be, float *out, const float *q, const float *
 
 unsigned td_backend_caps(const td_backend_t *be) { return be && be->iface ? be->iface->caps : 0; }
 
+int td_backend_invariant_rows(const td_backend_t *be, td_dtype_t wdt) {
+    return be && be->iface && be->iface->invariant_rows ? be->iface->invariant_rows(be, wdt) : 1;
+}
+
 int td_backend_host_memory(const td_backend_t *be) {
     return (td_backend_caps(be) & TD_BACKEND_CAP_HOST_MEMORY) != 0;
 }

@@ -135,6 +135,14 @@ enum {
 /* The TD_BACKEND_CAP_* flags of be (0 for NULL). */
 unsigned td_backend_caps(const td_backend_t *be);
 
+/* Batch invariance: the most rows td_op_matmul on weights of dtype wdt may have while every row's
+ * result stays bitwise what it is alone (whatever the other rows), or INT_MAX for every batch
+ * size. A backend may switch arithmetic with the batch size (the CPU's float weights: its own
+ * kernels up to 24 rows, SGEMM beyond); callers that promise batch invariance (the driver:
+ * speculative verification == AR steps, a served request == its solo run) keep passes within it.
+ * 1 for NULL or a backend that makes no promise. */
+int td_backend_invariant_rows(const td_backend_t *be, td_dtype_t wdt);
+
 /* 1 when be has TD_BACKEND_CAP_HOST_MEMORY. */
 int td_backend_host_memory(const td_backend_t *be);
 

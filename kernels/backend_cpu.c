@@ -13,6 +13,7 @@
 #include "kernels/cpu_quant.h"
 
 #include <cblas.h>
+#include <limits.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -792,7 +793,7 @@ static void s_matmul(td_backend_t *be, float *y, const float *x, const td_weight
     if (td_dtype_is_quantized(w->dtype)) { /* block-quantized weights: cpu_quant.c */
         if (c->reference)
             td_cpu_qmatmul_ref(y, x, w, bias, n);
-        else if (td_cpu_qmatmul(be->n_threads, TD_SKINNY_MAX, y, x, w, n) == TD_OK)
+        else if (td_cpu_qmatmul(be->n_threads, y, x, w, n) == TD_OK)
             s_add_bias(be, y, bias, n, w->rows);
         return;
     }
@@ -1126,6 +1127,13 @@ static int s_sample(td_backend_t *be, const float *logits, int n_rows, int n_voc
                     const td_sample_desc_t *sp, const uint64_t *seeds, td_sample_result_t *out,
                     td_err_t *err); /* sampling section at the end of the file */
 
+/* Float weights switch to SGEMM past TD_SKINNY_MAX rows (other summation order); quantized ones
+ * take the integer path at every size (cpu_quant.c), as does the plain C reference backend. */
+static int s_invariant_rows(const td_backend_t *be, td_dtype_t wdt) {
+    const cpu_ctx_t *c = be->ctx;
+    return c->reference || td_dtype_is_quantized(wdt) ? INT_MAX : TD_SKINNY_MAX;
+}
+
 static const struct td_backend_i s_cpu_iface = {
     .name = "cpu",
     .caps = TD_BACKEND_CAP_HOST_MEMORY | TD_BACKEND_CAP_OWN_THREADS,
@@ -1150,6 +1158,7 @@ static const struct td_backend_i s_cpu_iface = {
     .attention = s_attention,
     .status = s_status,
     .sample = s_sample,
+    .invariant_rows = s_invariant_rows,
 };
 
 td_backend_t *td_backend_cpu_new(int n_threads, int reference, td_err_t *err) {

@@ -43,6 +43,8 @@ struct td_backend_i {
     int (*sample)(td_backend_t *be, const float *logits, int n_rows, int n_vocab,
                   const td_sample_desc_t *sp, const uint64_t *seeds, td_sample_result_t *out,
                   td_err_t *err);
+    /* (optional) td_backend_invariant_rows; NULL: 1 (no promise beyond one row) */
+    int (*invariant_rows)(const td_backend_t *be, td_dtype_t wdt);
 };
 
 /* td_op_sample on rows in host memory, one td_sample_seeded per row (backend.c): the CPU

@@ -1,10 +1,14 @@
 /* cpu_quant.c - products on block-quantized weights for the CPU backend, with kernels chosen at
- * run time from cpuid: AVX-512 VNNI, AVX2, or plain C. No weight is ever dequantized into a full
- * copy: skinny products (decode, verification blocks) read the blocks in place; wide ones
- * dequantize panels of TD_QPANEL rows into per-thread scratch for SGEMM.
+ * run time from cpuid: AVX-512 VNNI, AVX2, or plain C. No weight is ever dequantized into a copy:
+ * every product reads the blocks in place.
  *
- * Skinny products. Each activation row is quantized to int8 per 32 elements (scale amax / 127,
- * round to nearest even), with per-block sums when the weight type needs them. A weight block is
+ * One arithmetic for every batch size (decode, verification blocks and prefill alike, like
+ * llama.cpp's int8 activations): a float SGEMM path for wide batches would give a token other bits
+ * when it shares a pass with many rows than when it is alone, and batch invariance is what makes
+ * a verification pass equal to the AR steps and a served request equal to its solo run. (It is
+ * also faster here: a 400-token prefill of the Q4_1 SmolLM2 took half the time of the
+ * dequantize-panels-then-SGEMM path it replaced.) Each activation row is quantized to int8 per 32
+ * elements (scale amax / 127, round to nearest even), with per-block sums when the weight type needs them. A weight block is
  * read as 32 unsigned bytes and per-lane scales (cpu_quant_simd.h explains the arithmetic); the
  * integer dot products are exact, and the float accumulation of an output element follows one
  * fixed order (ascending blocks, 8 lanes, one fold), whatever the batch size, the grouping of
@@ -18,7 +22,6 @@
 
 #include "kernels/quant.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -29,7 +32,6 @@
 #define TD_QX86 1
 #endif
 
-#define TD_QPANEL 128
 #define TD_QPAR_MIN ((int64_t)1 << 15)
 
 /* Quantized activations of n rows: q [n][cols] int8, d [n][nu] scales (dv: each repeated 8
@@ -78,7 +80,7 @@ static inline size_t s_unit_off(int dt, int64_t k) {
     }
 }
 
-/* Software prefetch distance of the skinny kernels, in row blocks: the weights two blocks ahead
+/* Software prefetch distance of the kernels, in row blocks: the weights two blocks ahead
  * (a few KB) are requested while this block computes. The hardware prefetchers alone left the
  * decode products about a third slower on these VMs (bench_quant, cold weights). */
 #define TD_QPF_BLOCKS 2
@@ -364,7 +366,7 @@ static size_t s_ldb(const td_weight_t *w) {
     return (size_t)td_dtype_row_bytes(w->dtype, w->ld ? w->ld : w->cols);
 }
 
-static int s_skinny(int n_threads, float *y, const float *x, const td_weight_t *w, int n) {
+static int s_integer(int n_threads, float *y, const float *x, const td_weight_t *w, int n) {
     const int dt = w->dtype;
     const int64_t rows = w->rows, cols = w->cols;
     const size_t ldb = s_ldb(w);
@@ -397,36 +399,11 @@ static int s_skinny(int n_threads, float *y, const float *x, const td_weight_t *
     return TD_OK;
 }
 
-static int s_wide(int n_threads, float *y, const float *x, const td_weight_t *w, int n) {
-    const int64_t rows = w->rows, cols = w->cols, pr = TD_QPANEL;
-    const int64_t nblk = (rows + pr - 1) / pr;
-    const size_t ldb = s_ldb(w);
-    int fail = 0;
-#pragma omp parallel num_threads(n_threads) reduction(| : fail)
-    {
-        float *panel = malloc((size_t)(pr * cols) * sizeof(float));
-        if (!panel) fail = 1;
-#pragma omp for schedule(dynamic)
-        for (int64_t b = 0; b < nblk; b++) {
-            if (!panel) continue;
-            const int64_t r0 = b * pr, nr = rows - r0 < pr ? rows - r0 : pr;
-            for (int64_t r = 0; r < nr; r++)
-                td_dequantize_row(w->dtype, (const uint8_t *)w->data + (size_t)(r0 + r) * ldb,
-                                  panel + r * cols, cols);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)nr, (int)cols, 1.0f, x,
-                        (int)cols, panel, (int)cols, 0.0f, y + r0, (int)rows);
-        }
-        free(panel);
-    }
-    return fail ? TD_ERR_NOMEM : TD_OK;
-}
-
-int td_cpu_qmatmul(int n_threads, int skinny_max, float *y, const float *x, const td_weight_t *w,
-                   int n) {
+int td_cpu_qmatmul(int n_threads, float *y, const float *x, const td_weight_t *w, int n) {
     int rc = TD_ERR_UNSUPPORTED;
     if (n <= 0) return TD_OK;
     if (s_check(w))
-        rc = n <= skinny_max ? s_skinny(n_threads, y, x, w, n) : s_wide(n_threads, y, x, w, n);
+        rc = s_integer(n_threads, y, x, w, n);
     if (rc != TD_OK) {
         td_log(TD_LOG_ERROR, "quantized matmul (%s %lldx%lld%s) failed: %s",
                td_dtype_name(w->dtype), (long long)w->rows, (long long)w->cols,

@@ -6,13 +6,11 @@
 #include "kernels/backend.h"
 
 /* y[n, w->rows] = x[n, w->cols] W^T for a quantized, non-transposed w (w->cols and w->ld
- * multiples of the block). n <= skinny_max: integer dot products against activations quantized to
- * 8 bits per 32-block, batch-invariant (row t's outputs bitwise the same for every n and every
- * other row), output rows split over n_threads OpenMP threads. Wider: panels of weight rows
- * dequantized into scratch and SGEMM. Returns TD_OK, TD_ERR_UNSUPPORTED (transposed, bad
- * shape) or TD_ERR_NOMEM; on failure y is zeroed. */
-int td_cpu_qmatmul(int n_threads, int skinny_max, float *y, const float *x, const td_weight_t *w,
-                   int n);
+ * multiples of the block), for every n: integer dot products against activations quantized to 8
+ * bits per 32-block, batch-invariant (row t's outputs bitwise the same for every n and every other
+ * row), output rows split over n_threads OpenMP threads. Returns TD_OK, TD_ERR_UNSUPPORTED
+ * (transposed, bad shape) or TD_ERR_NOMEM; on failure y is zeroed. */
+int td_cpu_qmatmul(int n_threads, float *y, const float *x, const td_weight_t *w, int n);
 
 /* The reference product: each weight row dequantized (td_dequantize_row) and dotted with x in
  * double, plus bias (any float dtype) when given. */

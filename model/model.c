@@ -9,6 +9,7 @@
 
 #include "model/tensor_source.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -528,6 +529,22 @@ void td_model_destroy(td_model_t **self_p) {
 }
 
 const td_config_t *td_model_config(const td_model_t *m) { return &m->cfg; }
+
+static int s_min_rows(const td_model_t *m, const td_weight_t *w, int cur) {
+    if (!w->data) return cur;
+    int r = td_backend_invariant_rows(m->be, w->dtype);
+    return r < cur ? r : cur;
+}
+
+int td_model_invariant_rows(const td_model_t *m) {
+    int r = s_min_rows(m, &m->lm_head, INT_MAX);
+    for (int l = 0; l < m->cfg.n_layer; l++) {
+        const td_layer_t *L = &m->layers[l];
+        const td_weight_t *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) r = s_min_rows(m, ws[i], r);
+    }
+    return r;
+}
 td_backend_t *td_model_backend(const td_model_t *m) { return m->be; }
 int64_t td_model_n_params(const td_model_t *m) { return m->n_params; }
 uint64_t td_model_weight_bytes(const td_model_t *m) { return m->weight_bytes; }

@@ -84,6 +84,11 @@ typedef struct td_batch {
     float *hidden_out;
 } td_batch_t;
 
+/* The most rows a td_model_forward may have while each row's logits (and keys/values) stay
+ * bitwise what they are alone: the smallest td_backend_invariant_rows over the model's matmul
+ * weights (INT_MAX: any size; 1: no promise). */
+int td_model_invariant_rows(const td_model_t *m);
+
 /* Runs the batch. Each token's keys/values are written at (seq, pos); a sequence's length becomes
  * max(old length, max pos + 1); positions must not leave a hole (pos <= current length, counting
  * tokens earlier in the batch) and must be < n_ctx. Query t of sequence s sees positions

@@ -42,11 +42,15 @@ static int s_cb(void *ud, int32_t id) {
 }
 static void s_done(void *ud, td_session_t *s) { ((req_t *)ud)->done_calls++; }
 
+/* Session i drafts s_gamma0 + i tokens (3: 15 rows per round for three sessions, one pass; 9: 33
+ * rows, more than the float verifier keeps batch-invariant in one pass, so the driver splits). */
+static int s_gamma0 = 3;
+
 /* Per-session settings: session i uses greedy or sampled verification by i. */
 static td_spec_params_t s_params(td_method_t m, int i) {
     td_spec_params_t p = td_spec_params_default(m);
     p.max_tokens = MAXT;
-    p.gamma = 3 + i;
+    p.gamma = s_gamma0 + i;
     p.steps = m == TD_METHOD_SPECDIFF ? 2 : 1;
     p.seed = 7 + (uint64_t)i;
     p.dist_top_k = 2; /* small: exercises the full-row fetch through the shared link */
@@ -120,10 +124,13 @@ static void s_together(td_pair_t *pair, td_method_t m, const char *label) {
         int r = st->rounds + st->fallbacks;
         if (r > max_rounds) max_rounds = r;
     }
-    /* one forward per round for all sessions together (plus one prefill each) */
-    CHECK_MSG(td_driver_forwards(d) - f0 == max_rounds,
-              "%s: %lld forwards for %d rounds of the longest session", label,
-              (long long)(td_driver_forwards(d) - f0), max_rounds);
+    /* one forward per round for all sessions together (plus one prefill each); with more rows
+     * than one batch-invariant pass holds, more than one in the rounds where they all draft */
+    const int64_t fw = td_driver_forwards(d) - f0;
+    const int one_pass = 3 * (s_gamma0 + 2) <= td_model_invariant_rows(pair->verifier);
+    CHECK_MSG(one_pass ? fw == max_rounds : fw > max_rounds,
+              "%s: %lld forwards for %d rounds of the longest session", label, (long long)fw,
+              max_rounds);
     CHECK_EQ_INT(td_link_kept(link), 0);
     printf("    %-10s %d sessions: %lld shared forwards, accepted %d/%d/%d\n", label, NS,
            (long long)td_driver_forwards(d), td_session_stats(rq[0].s)->accepted,
@@ -199,6 +206,51 @@ TD_TEST(spec_sessions_share_one_link_inproc) {
 }
 
 /* A session cancelled by its callback leaves at once; the others finish as they would alone. */
+/* 33 rows a round (gamma 9, 10, 11): the CPU float verifier keeps 24 rows batch-invariant in one
+ * pass, so the driver runs whole sessions in passes within that bound, and each session's output
+ * and acceptance are still exactly its solo run's. */
+TD_TEST(spec_sessions_over_one_invariant_pass) {
+    td_pair_t pair;
+    td_err_t err = {0};
+    td_pair_opts_t po = {.device = -1, .drafter_device = -1, .threads = 1};
+    REQUIRE(td_pair_open(&pair, VDIR, DDIR, &po, &err) == TD_OK);
+    CHECK_EQ_INT(td_model_invariant_rows(pair.verifier), 24);
+    s_gamma0 = 9;
+    s_together(&pair, TD_METHOD_SPECDIFF, "specdiff g9+");
+    s_gamma0 = 3;
+    td_pair_close(&pair);
+}
+
+/* A prompt longer than one batch-invariant pass (30 tokens on the float verifier): greedy
+ * specdiff gives ar's tokens. Every method prefills the prompt but its last token and runs that
+ * token with the first round (td_generate_ar too); when ar prefilled the whole prompt in one SGEMM
+ * pass, the last prompt token's keys/values had other bits than specdiff's and the two parted at
+ * near-ties (seen on SmolLM2 chat prompts; on these tiny models the old mismatch flips no token,
+ * so this case guards the equality, not that particular bit difference). */
+TD_TEST(long_prompt_greedy_specdiff_equals_ar) {
+    td_pair_t pair;
+    td_err_t err = {0};
+    td_pair_opts_t po = {.device = -1, .drafter_device = -1, .threads = 1};
+    REQUIRE(td_pair_open(&pair, VDIR, DDIR, &po, &err) == TD_OK);
+    int32_t prompt[30];
+    for (int i = 0; i < 30; i++) prompt[i] = s_prompts[i % NS][i % s_np[i % NS]] + i;
+    td_gen_params_t gp = {.max_tokens = MAXT};
+    td_gen_stats_t gs;
+    int32_t ar[MAXT], sd[MAXT];
+    REQUIRE(td_generate_ar(pair.verifier, prompt, 30, &gp, NULL, NULL, ar, &gs, &err) == TD_OK);
+    td_spec_params_t p = td_spec_params_default(TD_METHOD_SPECDIFF);
+    p.max_tokens = MAXT;
+    p.gamma = 6;
+    p.hello = &pair.hello;
+    td_spec_stats_t st;
+    REQUIRE(td_spec_generate(pair.verifier, pair.dc, 900, prompt, 30, &p, NULL, NULL, sd, &st,
+                             &err) == TD_OK);
+    CHECK_EQ_INT(st.generated, gs.generated);
+    CHECK_MSG(st.generated == gs.generated && !memcmp(ar, sd, sizeof(int32_t) * (size_t)gs.generated),
+              "greedy specdiff differs from ar on a 30-token prompt");
+    td_pair_close(&pair);
+}
+
 TD_TEST(cancelled_session_leaves_others_unchanged) {
     td_pair_t pair;
     td_err_t err = {0};

@@ -292,22 +292,7 @@ TD_TEST(matmul_every_type_and_path_vs_reference) {
                         td_op_matmul(ref, yr, x, &w, NULL, n);
                         double worst;
                         int ok;
-                        if (n <= 24)
-                            ok = s_check_bound(y, yr, x, wd, rows, cols, n, &worst);
-                        else { /* wide: float SGEMM on dequantized panels, float rounding only */
-                            worst = 0;
-                            for (int t2 = 0; t2 < n; t2++)
-                                for (int64_t r = 0; r < rows; r++) {
-                                    double mag = 0;
-                                    for (int64_t c = 0; c < cols; c++)
-                                        mag += fabs(wd[r * cols + c] * x[t2 * cols + c]);
-                                    const double e =
-                                        fabs((double)y[t2 * rows + r] - yr[t2 * rows + r]) /
-                                        (1e-5 * mag + 1e-30);
-                                    if (!(e <= worst)) worst = e;
-                                }
-                            ok = worst <= 1;
-                        }
+                        ok = s_check_bound(y, yr, x, wd, rows, cols, n, &worst);
                         CHECK_MSG(ok, "%s %s %lldx%lld ld %lld n=%d: error %.3g of the bound",
                                   s_paths[p], td_dtype_name(t), (long long)rows, (long long)cols,
                                   (long long)ld, n, worst);
@@ -352,7 +337,7 @@ TD_TEST(matmul_paths_bitwise_and_batch_invariant) {
         const int64_t rows = 67, cols = td_dtype_block_elems(t) == 32 ? 96 : 256;
         uint8_t *wq = s_qmatrix(t, rows, cols);
         td_weight_t w = {wq, t, rows, cols, 0, 0};
-        const int nmax = 24;
+        const int nmax = 40; /* past TD_SKINNY_MAX: prefill batches take the same arithmetic */
         float *x = malloc((size_t)(nmax * cols) * 4);
         for (int64_t i = 0; i < nmax * cols; i++) x[i] = s_randf();
         float *yb = malloc((size_t)(nmax * rows) * 4), *y1 = malloc((size_t)(nmax * rows) * 4),

@@ -8,6 +8,7 @@
 
 #include "verifier/accept.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,7 +34,7 @@ struct td_session {
     uint64_t round, next_try;
     td_rng_t rng;
     /* this round */
-    int g, pending, n_rows, n_logit_rows, row0;
+    int g, pending, n_rows, n_logit_rows, row0, brow0; /* brow0: first row in the shared batch */
     double t_req, t_fwd;
     Tandem__Envelope *prop;
     /* acceptance scratch */
@@ -58,6 +59,7 @@ struct td_driver {
     td_model_t *v;
     td_kv_cache_t *kv;
     int max_sessions, n_ctx, V;
+    int max_pass; /* rows per forward that keep every row batch-invariant (INT_MAX: any) */
     td_session_t **live; /* by slot; NULL = free */
     int n_live;
     int64_t forwards;
@@ -364,8 +366,8 @@ static int s_prepare(td_session_t *s, int32_t *tok, int32_t *pos, int32_t *seq, 
             td_log(TD_LOG_INFO, "verifier: round %llu as plain AR: %s",
                    (unsigned long long)s->round, s->why);
         }
-        /* every text token the slot does not hold yet, logits for the last (the whole prompt in
-         * an ar session's first round) */
+        /* every text token the slot does not hold yet (one: the prompt was prefilled at submit
+         * but its last token), logits for the last */
         int from = td_kv_cache_len(s->d->kv, s->slot);
         for (int i = from; i < s->cur; i++, n++)
             tok[n] = s->text[i], pos[n] = i, seq[n] = s->slot, lf[n] = i == s->cur - 1;
@@ -506,6 +508,9 @@ td_driver_t *td_driver_new(td_model_t *v, int max_sessions, int n_ctx, td_err_t 
     }
     d->v = v, d->max_sessions = max_sessions, d->n_ctx = n_ctx;
     d->V = td_model_config(v)->n_vocab;
+    /* a backend that promises no batch invariance (1) has nothing to keep: one pass for all */
+    d->max_pass = td_model_invariant_rows(v);
+    if (d->max_pass <= 1) d->max_pass = INT_MAX;
     d->live = calloc((size_t)max_sessions, sizeof *d->live);
     if (!d->live) td_err_set(err, TD_ERR_NOMEM, "out of memory");
     if (!d->live || !(d->kv = td_kv_cache_new(v, max_sessions, n_ctx, err))) td_driver_destroy(&d);
@@ -548,14 +553,16 @@ static int s_reserve(td_driver_t *d, int rows, int logit_rows, td_err_t *err) {
     return TD_OK;
 }
 
-/* One causal forward of the n rows in the batch buffers (tokens: NULL = d->tokens). */
-static int s_forward(td_driver_t *d, int n, const int32_t *tokens, float *logits, td_err_t *err) {
+/* One causal forward of the n rows from batch row off in the batch buffers (tokens: NULL =
+ * d->tokens + off). */
+static int s_forward_at(td_driver_t *d, int off, int n, const int32_t *tokens, float *logits,
+                        td_err_t *err) {
     td_batch_t b = {.n = n,
-                    .tokens = tokens ? tokens : d->tokens,
-                    .pos = d->pos,
-                    .seq = d->seq,
+                    .tokens = tokens ? tokens : d->tokens + off,
+                    .pos = d->pos + off,
+                    .seq = d->seq + off,
                     .attn = TD_ATTN_CAUSAL,
-                    .logits_for = d->logits_for};
+                    .logits_for = d->logits_for + off};
     d->forwards++;
     return td_model_forward(d->v, d->kv, &b, logits, err);
 }
@@ -592,13 +599,15 @@ int td_driver_submit(td_driver_t *d, td_session_t *s, td_err_t *err) {
     td_kv_cache_crop(d->kv, slot, 0);
     s->t_start = td_time_now();
     s->s.stop = TD_STOP_LENGTH;
-    if (s->spec && s->cur >= 2) {
-        /* a speculative session keeps every accepted token but the last in its slot: prefill */
+    if (s->cur >= 2) {
+        /* a session keeps every accepted token but the last in its slot: prefill them now, alone
+         * (the last one is the first round's anchor). An ar session does the same, so a prompt's
+         * keys/values are computed the same way whatever the method (td_generate_ar too) */
         double t0 = td_time_now();
         int n = s->cur - 1, rc = s_reserve(d, n, 0, err);
         if (rc == TD_OK) {
             for (int i = 0; i < n; i++) d->seq[i] = slot, d->pos[i] = i, d->logits_for[i] = 0;
-            rc = s_forward(d, n, s->text, NULL, err);
+            rc = s_forward_at(d, 0, n, s->text, NULL, err);
             s->s.forwards++;
         }
         s->s.verifier_s += td_time_now() - t0;
@@ -638,12 +647,27 @@ int td_driver_round(td_driver_t *d, td_err_t *err) {
         td_session_t *s = d->live[i];
         if (!s) continue;
         s->row0 = n_out;
+        s->brow0 = n;
         int k = s_prepare(s, d->tokens + n, d->pos + n, d->seq + n, d->logits_for + n);
         n += k;
         n_out += s->n_logit_rows;
     }
-    /* 3. one forward for every session */
-    if (rc == TD_OK && n > 0) rc = s_forward(d, n, NULL, d->logits, err);
+    /* 3. one forward for every session, or, when the rows exceed what the backend keeps
+     * batch-invariant (CPU float weights: 24), a few forwards, each holding whole sessions within
+     * that bound (a session alone over it gets a pass of its own, as when it runs alone): each
+     * session's logits are then bitwise the same as in its solo run */
+    for (int i = 0, c0 = -1, c_rows = 0; rc == TD_OK && n > 0 && i <= d->max_sessions; i++) {
+        td_session_t *s = i < d->max_sessions ? d->live[i] : NULL;
+        if (i < d->max_sessions && (!s || !s->n_rows)) continue;
+        if (c0 >= 0 && (!s || c_rows + s->n_rows > d->max_pass)) {
+            const td_session_t *f = d->live[c0];
+            rc = s_forward_at(d, f->brow0, c_rows, NULL, d->logits + (size_t)f->row0 * (size_t)d->V,
+                              err);
+            c0 = -1, c_rows = 0;
+        }
+        if (s && c0 < 0) c0 = i;
+        if (s) c_rows += s->n_rows;
+    }
     /* 4. each session commits on its own rows; finished ones leave at once */
     for (int i = 0; i < d->max_sessions; i++) {
         td_session_t *s = d->live[i];

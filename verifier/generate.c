@@ -1,4 +1,5 @@
-/* generate.c - plain autoregressive decoding: one prefill pass, then one pass per token.
+/* generate.c - plain autoregressive decoding: a prefill pass (the prompt but its last token), then
+ * one pass per token (the first one: the last prompt token).
  *
  * On a device backend (CUDA) each pass samples on the device (td_model_forward_sample): only the
  * chosen id comes back, not n_vocab logits. Greedy decoding takes that path on every backend (the
@@ -44,10 +45,19 @@ int td_generate_ar(td_model_t *m, const int32_t *prompt, int n_prompt, const td_
     uint8_t *last = calloc((size_t)n_prompt, 1);
     if (!last) rc = td_err_set(err, TD_ERR_NOMEM, "out of memory");
     double t0 = td_time_now();
-    if (rc == TD_OK) {
-        last[n_prompt - 1] = 1;
+    /* The prompt but its last token in one pass, then the last token alone: exactly how the
+     * batched driver and every speculative method treat a prompt (the last prompt token is the
+     * first round's anchor), so a token's keys/values come from the same computation whatever the
+     * method, and greedy outputs can be compared token for token (a pass's arithmetic may depend on
+     * how many rows it has: CPU float weights take SGEMM above TD_SKINNY_MAX rows). */
+    if (rc == TD_OK && n_prompt > 1) {
         td_batch_t b = {
-            .n = n_prompt, .tokens = prompt, .attn = TD_ATTN_CAUSAL, .logits_for = last};
+            .n = n_prompt - 1, .tokens = prompt, .attn = TD_ATTN_CAUSAL, .logits_for = last};
+        rc = td_model_forward(m, kv, &b, NULL, err);
+        s.forwards++;
+    }
+    if (rc == TD_OK) {
+        td_batch_t b = {.n = 1, .tokens = prompt + n_prompt - 1, .attn = TD_ATTN_CAUSAL};
         rc = on_backend ? td_model_forward_sample(m, kv, &b, &p->sampling, &rng, &next, NULL, err)
                         : td_model_forward(m, kv, &b, logits, err);
         s.forwards++;

@@ -413,6 +413,7 @@ static const struct td_backend_i s_cuda_iface = {
     .attention = s_attention,
     .status = s_status,
     .sample = s_sample,
+    .invariant_rows = NULL, /* no promise: gemv up to TDC_GEMV_MAX_N rows, cuBLAS beyond */
 };
 
 /* --- public ---------------------------------------------------------------------------------- */
