@@ -248,11 +248,13 @@ static void s_gemv(cuda_ctx_t *c, float *y, const float *x, const td_weight_t *w
         const int nt = n - t0 < TDC_QG_NT ? n - t0 : TDC_QG_NT;
         float *yt = y + (size_t)t0 * rows;
         const float *xt = x + (size_t)t0 * cols;
+// clang-format off: the emulator's launch rewrite wants the kernel name and its chevrons on one line
 #define TDC_QG_CASE(NT)                                                                            \
     case NT:                                                                                       \
-        k_qgemv<NT, DT>                                                                            \
-            <<<blocks, TDC_QG_THREADS, 0, c->stream>>>(yt, xt, wd, rb, rows, cols, b, bdt);        \
+        k_qgemv<NT, DT><<<blocks, TDC_QG_THREADS, 0, c->stream>>>(yt, xt, wd, rb, rows, cols, b,   \
+                                                                  bdt);                            \
         break;
+        // clang-format on
         switch (nt) {
             TDC_QG_CASE(1)
             TDC_QG_CASE(2)
