@@ -1291,15 +1291,16 @@ static double s_max_diff(const float *a, const float *b, int64_t n) {
  * the skinny steps, far more than the CUDA-vs-reference difference; a fixed bound would say
  * nothing). Steps: prefill 6 and a 9-token verification (skinny products), decode 1, prefill 30
  * (dequantized panels + SGEMM on both sides). */
-TD_TEST(cuda_quant_forward) {
+typedef struct {
+    int t0, n, crop;
+    const char *what;
+} s_qstep_t;
+
+/* Loads the GGUF at path on gpu, the CPU reference backend and the CPU backend, runs the steps
+ * (tokens from tok) on one sequence and checks the bounds above at every step. */
+static void s_quant_compare(td_backend_t *gpu, const char *path, const int32_t *tok,
+                            const s_qstep_t *steps, int n_steps, int n_ctx, int n_max) {
     td_err_t err = {0};
-    td_backend_t *gpu = s_gpu(TD_CUDA_MATMUL_AUTO);
-    if (!gpu) return;
-    char path[] = "/tmp/td-cuda-quant-XXXXXX.gguf";
-    int fd = mkstemps(path, 5);
-    REQUIRE(fd >= 0);
-    close(fd);
-    REQUIRE(s_write_quant_gguf(path) == 0);
     td_backend_t *be[3] = {gpu, td_backend_cpu_new(1, 1, &err), td_backend_cpu_new(2, 0, &err)};
     td_model_t *m[3] = {0};
     td_kv_cache_t *kv[3] = {0};
@@ -1308,40 +1309,34 @@ TD_TEST(cuda_quant_forward) {
     for (int k = 0; k < 3; k++) {
         REQUIRE(be[k]);
         m[k] = td_model_load(path, be[k], &err);
-        CHECK_MSG(m[k] != NULL, "quantized GGUF on %s: %s", td_backend_name(be[k]), err.msg);
+        CHECK_MSG(m[k] != NULL, "%s on %s: %s", path, td_backend_name(be[k]), err.msg);
         if (!m[k]) goto done;
         V = td_model_config(m[k])->n_vocab;
-        kv[k] = td_kv_cache_new(m[k], 1, 64, &err);
-        lg[k] = malloc(sizeof(float) * 30 * (size_t)V);
+        kv[k] = td_kv_cache_new(m[k], 1, n_ctx, &err);
+        lg[k] = malloc(sizeof(float) * (size_t)n_max * (size_t)V);
         REQUIRE(kv[k] && lg[k]);
     }
-    CHECK_EQ_INT(V, 300);
-    int32_t tok[30];
-    for (int i = 0; i < 30; i++) tok[i] = (int32_t)((i * 53 + 7) % V);
-    const struct {
-        int t0, n, crop;
-        const char *what;
-    } steps[] = {{0, 6, 0, "prefill 6"},
-                 {6, 1, 0, "decode 1"},
-                 {7, 9, 0, "verify 9"},
-                 {0, 30, 1, "prefill 30"}};
-    for (int s = 0; s < 4; s++) {
-        td_batch_t b = {.n = steps[s].n, .tokens = tok + steps[s].t0, .attn = TD_ATTN_CAUSAL};
-        for (int k = 0; k < 3; k++) {
+    for (int s = 0; s < n_steps; s++) {
+        int32_t *t = malloc(sizeof(int32_t) * (size_t)steps[s].n);
+        for (int i = 0; i < steps[s].n; i++) t[i] = tok[steps[s].t0 + i] % V;
+        td_batch_t b = {.n = steps[s].n, .tokens = t, .attn = TD_ATTN_CAUSAL};
+        int rc = TD_OK;
+        for (int k = 0; k < 3 && rc == TD_OK; k++) {
             if (steps[s].crop) td_kv_cache_crop(kv[k], 0, 0);
-            int rc = td_model_forward(m[k], kv[k], &b, lg[k], &err);
+            rc = td_model_forward(m[k], kv[k], &b, lg[k], &err);
             CHECK_MSG(rc == TD_OK, "%s on %s: %s", steps[s].what, td_backend_name(be[k]), err.msg);
-            if (rc) goto done;
         }
+        free(t);
+        if (rc) goto done;
         s_no_error(gpu, steps[s].what);
         const int64_t cnt = (int64_t)steps[s].n * V;
         double scale = s_max_abs(lg[1], cnt);
         if (scale < 1) scale = 1;
         const double d_ref = s_max_diff(lg[0], lg[1], cnt), d_cpu = s_max_diff(lg[0], lg[2], cnt),
                      d_int8 = s_max_diff(lg[1], lg[2], cnt);
-        printf("    quantized forward, %s: max |cuda - reference| %.3g, |cuda - cpu| %.3g, "
-               "|reference - cpu| %.3g (max |logit| %.3g)\n",
-               steps[s].what, d_ref, d_cpu, d_int8, scale);
+        printf("    %s, %s: max |cuda - reference| %.3g, |cuda - cpu| %.3g, |reference - cpu| "
+               "%.3g (max |logit| %.3g)\n",
+               path, steps[s].what, d_ref, d_cpu, d_int8, scale);
         CHECK_MSG(d_ref <= 2e-3 * scale, "%s: max |cuda - cpu reference| = %.4g > 2e-3 x %.4g",
                   steps[s].what, d_ref, scale);
         CHECK_MSG(d_cpu <= d_int8 + 2e-3 * scale,
@@ -1353,9 +1348,57 @@ done:
         td_kv_cache_destroy(&kv[k]);
         td_model_destroy(&m[k]);
         free(lg[k]);
-        td_backend_destroy(&be[k]);
+        if (k) td_backend_destroy(&be[k]);
     }
+}
+
+TD_TEST(cuda_quant_forward) {
+    td_backend_t *gpu = s_gpu(TD_CUDA_MATMUL_AUTO);
+    if (!gpu) return;
+    char path[] = "/tmp/td-cuda-quant-XXXXXX.gguf";
+    int fd = mkstemps(path, 5);
+    REQUIRE(fd >= 0);
+    close(fd);
+    REQUIRE(s_write_quant_gguf(path) == 0);
+    int32_t tok[30];
+    for (int i = 0; i < 30; i++) tok[i] = (int32_t)(i * 53 + 7);
+    const s_qstep_t steps[] = {{0, 6, 0, "prefill 6"},
+                               {6, 1, 0, "decode 1"},
+                               {7, 9, 0, "verify 9"},
+                               {0, 30, 1, "prefill 30"}};
+    s_quant_compare(gpu, path, tok, steps, 4, 64, 30);
+    td_backend_destroy(&gpu);
     unlink(path);
+}
+
+/* The project's real model (SmolLM2-135M-Instruct Q4_1, Q8_0 embeddings; scripts/get-models.sh),
+ * same checks. Skips when absent, and on the emulator (minutes per step) unless
+ * TD_CUDA_QUANT_REAL=1. */
+TD_TEST(cuda_quant_smollm2) {
+    const char *path = getenv("TD_CUDA_QUANT_MODEL");
+    if (!path || !*path) path = "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+    if (access(path, R_OK) != 0) {
+        char why[600];
+        snprintf(why, sizeof why, "%s absent (scripts/get-models.sh)", path);
+        td_test_skip(why);
+        return;
+    }
+#ifdef TD_CUDA_EMU
+    if (!getenv("TD_CUDA_QUANT_REAL")) {
+        td_test_skip("the real model on the emulator is slow (TD_CUDA_QUANT_REAL=1 runs it)");
+        return;
+    }
+#endif
+    td_backend_t *gpu = s_gpu(TD_CUDA_MATMUL_AUTO);
+    if (!gpu) return;
+    int32_t tok[40];
+    for (int i = 0; i < 40; i++) tok[i] = (int32_t)(i * 977 + 13);
+    const s_qstep_t steps[] = {{0, 9, 0, "prefill 9"},
+                               {9, 1, 0, "decode 1"},
+                               {10, 9, 0, "verify 9"},
+                               {0, 40, 1, "prefill 40"}};
+    s_quant_compare(gpu, path, tok, steps, getenv("TD_CUDA_QUANT_REAL_STEPS") ? 2 : 4, 64, 40);
+    td_backend_destroy(&gpu);
 }
 
 /* --- sampling on the device ---------------------------------------------------------------------
