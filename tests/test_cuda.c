@@ -4,7 +4,9 @@
  * copies, the synthetic-weights mode, and the whole forward pass of every fixture model in
  * tests/data/models (prefill, decode, two sequences in one batch, KV crop and in-place rewrite,
  * copied prefixes, explicit masks), and sampling on the device (td_op_sample,
- * td_model_forward_sample) against the CPU backend's op.
+ * td_model_forward_sample) against the CPU backend's op, and block-quantized GGUF weights (all
+ * eight block types: products, embedding rows, a tiny quantized GGUF written here, and the real
+ * SmolLM2 Q4_1 model when models/smollm2 holds it) against both CPU backends.
  *
  * Without a CUDA device (or in a build without nvcc) every case checks that the backend refuses
  * to start with a message, then skips; the binary exits 77.
@@ -18,6 +20,9 @@
  *    weights everywhere; BF16 weights with at most 8 tokens and untransposed weights, the GEMV
  *    path); 3e-2 * max(1, max |cpu|) for BF16 weights through cuBLAS (activations rounded to BF16,
  *    as HF's bf16 run): more than 8 tokens, GPT-2's transposed weights, or the cuBLAS mode;
+ *  - quantized weights: see the section "block-quantized weights" below (exact dequantization
+ *    and FP32 activations: 1e-5 x sum |x w| against the CPU reference backend; plus the int8
+ *    rounding bound against the CPU backend; skinny products bitwise batch-invariant);
  *  - td_op_sample: greedy ids identical to the CPU op's (td_argmax); the kept-set size identical
  *    (the kept set is a prefix of one rank order, so equal sizes mean equal sets) and the id inside
  *    the CPU's kept set; prob within 1e-6 relative of td_sampling_dist's (the normaliser is summed
