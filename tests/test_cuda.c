@@ -4,7 +4,9 @@
  * copies, the synthetic-weights mode, and the whole forward pass of every fixture model in
  * tests/data/models (prefill, decode, two sequences in one batch, KV crop and in-place rewrite,
  * copied prefixes, explicit masks), and sampling on the device (td_op_sample,
- * td_model_forward_sample) against the CPU backend's op.
+ * td_model_forward_sample) against the CPU backend's op, and block-quantized GGUF weights (all
+ * eight block types: products, embedding rows, a tiny quantized GGUF written here, and the real
+ * SmolLM2 Q4_1 model when models/smollm2 holds it) against both CPU backends.
  *
  * Without a CUDA device (or in a build without nvcc) every case checks that the backend refuses
  * to start with a message, then skips; the binary exits 77.
@@ -18,6 +20,9 @@
  *    weights everywhere; BF16 weights with at most 8 tokens and untransposed weights, the GEMV
  *    path); 3e-2 * max(1, max |cpu|) for BF16 weights through cuBLAS (activations rounded to BF16,
  *    as HF's bf16 run): more than 8 tokens, GPT-2's transposed weights, or the cuBLAS mode;
+ *  - quantized weights: see the section "block-quantized weights" below (exact dequantization
+ *    and FP32 activations: 1e-5 x sum |x w| against the CPU reference backend; plus the int8
+ *    rounding bound against the CPU backend; skinny products bitwise batch-invariant);
  *  - td_op_sample: greedy ids identical to the CPU op's (td_argmax); the kept-set size identical
  *    (the kept set is a prefix of one rank order, so equal sizes mean equal sets) and the id inside
  *    the CPU's kept set; prob within 1e-6 relative of td_sampling_dist's (the normaliser is summed
@@ -27,6 +32,8 @@
 #include "tests/tdtest.h"
 
 #include "kernels/backend.h"
+#include "kernels/backend_impl.h"
+#include "kernels/quant.h"
 #include "kernels/cuda/backend_cuda.h"
 #include "model/model.h"
 #include "model/sampler.h"
@@ -916,6 +923,487 @@ TD_TEST(cuda_two_backends) {
     td_kv_cache_destroy(&ka), td_kv_cache_destroy(&kb);
     td_model_destroy(&ma), td_model_destroy(&mb);
     td_backend_destroy(&a), td_backend_destroy(&b);
+}
+
+/* --- block-quantized weights (quant.cu) ----------------------------------------------------------
+ * Products against two CPU products on the same blocks:
+ *  - the reference backend (each row dequantized by td_dequantize_row, dotted in double): the GPU
+ *    uses the bitwise same weights and FP32 activations, so only the summation order differs:
+ *    |gpu - ref| <= 1e-5 sum_c |x_c w_rc| + 1e-6 (the float GEMV bound);
+ *  - the CPU backend's own product, which rounds each 32-block of activations to int8 with scale
+ *    d = amax / 127 (an element moves by at most d / 2): |gpu - cpu| <= 1e-5 sum |x w| +
+ *    0.501 sum_c |w_rc| d_blk(c) + 1e-6.
+ * Skinny products (n <= 24 in auto mode, any n in the GEMV mode) are batch-invariant: the rows of
+ * a token are memcmp-equal to that token's product alone. get_rows is bitwise td_dequantize_row. */
+
+static const td_dtype_t s_qtypes[] = {TD_DTYPE_Q8_0, TD_DTYPE_Q4_0, TD_DTYPE_Q4_1, TD_DTYPE_Q5_0,
+                                      TD_DTYPE_Q5_1, TD_DTYPE_Q4_K, TD_DTYPE_Q5_K, TD_DTYPE_Q6_K};
+#define S_NQTYPES ((int)(sizeof s_qtypes / sizeof s_qtypes[0]))
+
+/* rows x ld random floats (row scales vary, a few rows with an offset) quantized row by row */
+static void *s_quant_host(td_dtype_t dt, int64_t rows, int64_t ld, float scale) {
+    const size_t rb = td_dtype_row_bytes(dt, ld);
+    uint8_t *q = malloc(rb * (size_t)rows);
+    float *f = malloc(sizeof(float) * (size_t)ld);
+    for (int64_t r = 0; r < rows; r++) {
+        const float rs = scale * (0.25f + (float)(r % 5) * 0.3f), off = r % 7 == 3 ? 0.5f : 0.0f;
+        for (int64_t c = 0; c < ld; c++) f[c] = s_randf() * rs + off * scale;
+        CHECK_EQ_INT(td_quantize_row(dt, f, q + rb * (size_t)r, ld), TD_OK);
+    }
+    free(f);
+    return q;
+}
+
+/* |error| bounds per output element (see above): vs the reference, and vs the CPU's int8 path */
+static void s_qbounds(const td_weight_t *w, const float *x, int n, double *b_ref, double *b_cpu) {
+    const int64_t rows = w->rows, cols = w->cols, ld = w->ld ? w->ld : cols;
+    const size_t rb = td_dtype_row_bytes(w->dtype, ld);
+    float *wr = malloc(sizeof(float) * (size_t)ld);
+    double *dblk = malloc(sizeof(double) * (size_t)(cols / 32));
+    for (int64_t r = 0; r < rows; r++) {
+        td_dequantize_row(w->dtype, (const uint8_t *)w->data + rb * (size_t)r, wr, ld);
+        for (int t = 0; t < n; t++) {
+            const float *xt = x + (int64_t)t * cols;
+            for (int64_t k = 0; k < cols / 32; k++) {
+                double amax = 0;
+                for (int j = 0; j < 32; j++)
+                    if (fabs(xt[32 * k + j]) > amax) amax = fabs(xt[32 * k + j]);
+                dblk[k] = amax / 127;
+            }
+            double sa = 0, sq = 0;
+            for (int64_t c = 0; c < cols; c++) {
+                sa += fabs((double)xt[c] * wr[c]);
+                sq += fabs((double)wr[c]) * dblk[c / 32];
+            }
+            b_ref[t * rows + r] = 1e-5 * sa + 1e-6;
+            b_cpu[t * rows + r] = 1e-5 * sa + 0.501 * sq + 1e-6;
+        }
+    }
+    free(wr), free(dblk);
+}
+
+static int64_t s_first_over(const float *a, const float *b, const double *bound, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        if (!(fabs((double)a[i] - b[i]) <= bound[i])) return i;
+    return -1;
+}
+
+/* One weight, products at every n of ns (in the given matmul mode) against both CPU backends,
+ * and (skinny) the batch invariance against n = 1 products of each token. */
+static void s_qcase(td_backend_t *gpu, td_backend_t *ref, td_backend_t *cpu, td_dtype_t dt,
+                    int64_t rows, int64_t cols, int64_t ld, int with_bias, int mode, const int *ns,
+                    int nn) {
+    int nmax = 0;
+    for (int i = 0; i < nn; i++) nmax = ns[i] > nmax ? ns[i] : nmax;
+    const size_t rb = td_dtype_row_bytes(dt, ld);
+    void *wh = s_quant_host(dt, rows, ld, 0.5f);
+    float *bh = s_rand_floats(rows, 1.0f);
+    float *x = s_rand_floats(nmax * cols, 1.0f);
+    for (int64_t i = 0; i < nmax * cols; i += 29) x[i] *= 8.0f; /* outliers inside blocks */
+    td_weight_t w = {wh, dt, rows, cols, 0, ld == cols ? 0 : ld},
+                b = {bh, TD_DTYPE_F32, 1, rows, 0, 0};
+    void *wd = s_dev_copy(gpu, wh, rb * (size_t)rows);
+    float *bd = s_dev_copy(gpu, bh, sizeof(float) * (size_t)rows);
+    float *xd = s_dev_copy(gpu, x, sizeof(float) * (size_t)(nmax * cols));
+    float *yd = td_backend_alloc(gpu, sizeof(float) * (size_t)(nmax * rows));
+    float *y1d = td_backend_alloc(gpu, sizeof(float) * (size_t)(nmax * rows));
+    float *yr = malloc(sizeof(float) * (size_t)(nmax * rows)),
+          *yc = malloc(sizeof(float) * (size_t)(nmax * rows)),
+          *yg = malloc(sizeof(float) * (size_t)(nmax * rows)),
+          *y1 = malloc(sizeof(float) * (size_t)(nmax * rows));
+    double *br = malloc(sizeof(double) * (size_t)(nmax * rows)),
+           *bc = malloc(sizeof(double) * (size_t)(nmax * rows));
+    REQUIRE(wd && bd && xd && yd && y1d);
+    td_weight_t wg = w, bg = b;
+    wg.data = wd, bg.data = bd;
+    const td_weight_t *bias = with_bias ? &b : NULL, *biasg = with_bias ? &bg : NULL;
+    td_backend_cuda_set_matmul(gpu, mode);
+    const int skinny_max = mode == TD_CUDA_MATMUL_GEMV   ? 1 << 30
+                           : mode == TD_CUDA_MATMUL_AUTO ? 24
+                                                         : 0;
+    /* every token alone (the batch-invariance reference) */
+    for (int t = 0; t < nmax && nmax <= skinny_max; t++)
+        td_op_matmul(gpu, y1d + (int64_t)t * rows, xd + (int64_t)t * cols, &wg, biasg, 1);
+    td_backend_get(gpu, y1, y1d, sizeof(float) * (size_t)(nmax * rows));
+    s_qbounds(&w, x, nmax, br, bc);
+    if (with_bias)
+        for (int64_t i = 0; i < nmax * rows; i++) {
+            br[i] += 1e-6 * fabs(bh[i % rows]);
+            bc[i] += 1e-6 * fabs(bh[i % rows]);
+        }
+    for (int i = 0; i < nn; i++) {
+        const int n = ns[i];
+        const int64_t cnt = (int64_t)n * rows;
+        td_op_matmul(ref, yr, x, &w, bias, n);
+        td_op_matmul(cpu, yc, x, &w, bias, n);
+        td_op_matmul(gpu, yd, xd, &wg, biasg, n);
+        td_backend_get(gpu, yg, yd, sizeof(float) * (size_t)cnt);
+        s_no_error(gpu, "quantized matmul");
+        int64_t bad = s_first_over(yg, yr, br, cnt);
+        CHECK_MSG(
+            bad < 0,
+            "%s %lldx%lld ld %lld mode %d n=%d: y[%lld] = %.8g vs reference %.8g (bound %.3g)",
+            td_dtype_name(dt), (long long)rows, (long long)cols, (long long)ld, mode, n,
+            (long long)bad, bad >= 0 ? yg[bad] : 0.0, bad >= 0 ? yr[bad] : 0.0,
+            bad >= 0 ? br[bad] : 0.0);
+        bad = s_first_over(yg, yc, bc, cnt);
+        CHECK_MSG(
+            bad < 0,
+            "%s %lldx%lld mode %d n=%d: y[%lld] = %.8g vs cpu (int8 activations) %.8g (bound %.3g)",
+            td_dtype_name(dt), (long long)rows, (long long)cols, mode, n, (long long)bad,
+            bad >= 0 ? yg[bad] : 0.0, bad >= 0 ? yc[bad] : 0.0, bad >= 0 ? bc[bad] : 0.0);
+        if (n <= skinny_max)
+            CHECK_MSG(memcmp(yg, y1, sizeof(float) * (size_t)cnt) == 0,
+                      "%s %lldx%lld mode %d n=%d: not bitwise the tokens' single products",
+                      td_dtype_name(dt), (long long)rows, (long long)cols, mode, n);
+    }
+    td_backend_free(gpu, wd), td_backend_free(gpu, bd), td_backend_free(gpu, xd);
+    td_backend_free(gpu, yd), td_backend_free(gpu, y1d);
+    free(wh), free(bh), free(x), free(yr), free(yc), free(yg), free(y1), free(br), free(bc);
+}
+
+TD_TEST(cuda_quant_matmul_vs_cpu) {
+    td_err_t err = {0};
+    td_backend_t *gpu = s_gpu(TD_CUDA_MATMUL_AUTO);
+    if (!gpu) return;
+    td_backend_t *ref = td_backend_cpu_new(1, 1, &err), *cpu = td_backend_cpu_new(1, 0, &err);
+    REQUIRE(ref && cpu);
+    int all[24];
+    for (int i = 0; i < 24; i++) all[i] = i + 1;
+    const int some[] = {1, 3, 8, 9, 17, 24}, wide[] = {25, 40}, gemv[] = {2, 11, 40};
+    for (int q = 0; q < S_NQTYPES; q++) {
+        const td_dtype_t dt = s_qtypes[q];
+        const int64_t blk = td_dtype_block_elems(dt);
+        /* odd row counts (a clamped last warp row), 3 or 5 blocks per row, a sliced weight */
+        const int64_t c0 = blk == 32 ? 96 : 256, c1 = blk == 32 ? 160 : 512;
+        s_qcase(gpu, ref, cpu, dt, 37, c0, c0, 0, TD_CUDA_MATMUL_AUTO, all, 24);
+        s_qcase(gpu, ref, cpu, dt, 67, c1, c1 + blk, 1, TD_CUDA_MATMUL_AUTO, some, 6);
+        s_qcase(gpu, ref, cpu, dt, 67, c1, c1 + blk, 1, TD_CUDA_MATMUL_AUTO, wide, 2);
+        s_qcase(gpu, ref, cpu, dt, 37, c0, c0, 0, TD_CUDA_MATMUL_CUBLAS, some, 3);
+        s_qcase(gpu, ref, cpu, dt, 37, c0, c0, 1, TD_CUDA_MATMUL_GEMV, gemv, 3);
+    }
+    td_backend_destroy(&gpu), td_backend_destroy(&ref), td_backend_destroy(&cpu);
+}
+
+/* embedding rows of quantized tables: bitwise the reference dequantization (and the CPU op's) */
+TD_TEST(cuda_quant_get_rows) {
+    td_err_t err = {0};
+    td_backend_t *gpu = s_gpu(TD_CUDA_MATMUL_AUTO);
+    if (!gpu) return;
+    td_backend_t *cpu = td_backend_cpu_new(1, 0, &err);
+    REQUIRE(cpu);
+    const int32_t ids[] = {0, 49, 7, 7, 23, 48};
+    const int n = 6;
+    for (int q = 0; q < S_NQTYPES; q++) {
+        const td_dtype_t dt = s_qtypes[q];
+        const int64_t blk = td_dtype_block_elems(dt), cols = blk == 32 ? 96 : 512, ld = cols + blk;
+        const size_t rb = td_dtype_row_bytes(dt, ld);
+        void *th = s_quant_host(dt, 50, ld, 2.0f);
+        void *td = s_dev_copy(gpu, th, rb * 50);
+        float *yd = td_backend_alloc(gpu, sizeof(float) * (size_t)(n * cols));
+        float *yg = malloc(sizeof(float) * (size_t)(n * cols)),
+              *yc = malloc(sizeof(float) * (size_t)(n * cols)),
+              *yr = malloc(sizeof(float) * (size_t)(n * ld));
+        REQUIRE(td && yd);
+        td_weight_t t = {th, dt, 50, cols, 0, ld}, tg = t;
+        tg.data = td;
+        td_op_get_rows(gpu, yd, &tg, ids, n);
+        td_backend_get(gpu, yg, yd, sizeof(float) * (size_t)(n * cols));
+        s_no_error(gpu, "quantized get_rows");
+        td_op_get_rows(cpu, yc, &t, ids, n);
+        for (int i = 0; i < n; i++) {
+            td_dequantize_row(dt, (const uint8_t *)th + rb * (size_t)ids[i], yr, ld);
+            CHECK_MSG(memcmp(yg + (int64_t)i * cols, yr, sizeof(float) * (size_t)cols) == 0,
+                      "%s get_rows row %d: not the reference dequantization", td_dtype_name(dt), i);
+        }
+        CHECK_MSG(memcmp(yg, yc, sizeof(float) * (size_t)(n * cols)) == 0,
+                  "%s get_rows: not the CPU backend's rows", td_dtype_name(dt));
+        td_backend_free(gpu, td), td_backend_free(gpu, yd);
+        free(th), free(yg), free(yc), free(yr);
+    }
+    /* transposed quantized weights are refused with a message, not computed wrongly */
+    {
+        void *wh = s_quant_host(TD_DTYPE_Q8_0, 4, 32, 1.0f);
+        void *wd = s_dev_copy(gpu, wh, td_dtype_row_bytes(TD_DTYPE_Q8_0, 32) * 4);
+        float *xd = td_backend_alloc(gpu, sizeof(float) * 32), *yd = td_backend_alloc(gpu, 64);
+        td_weight_t w = {wd, TD_DTYPE_Q8_0, 32, 4, 1, 0}; /* the caller's checks would assert */
+        td_backend_cuda_set_matmul(gpu, TD_CUDA_MATMUL_AUTO);
+        gpu->iface->matmul(gpu, yd, xd, &w, NULL, 1);
+        td_err_t e = {0};
+        CHECK_EQ_INT(td_backend_cuda_error(gpu, &e), TD_ERR_UNSUPPORTED);
+        CHECK(strstr(e.msg, "transposed") != NULL);
+        td_backend_free(gpu, wd), td_backend_free(gpu, xd), td_backend_free(gpu, yd);
+        free(wh);
+    }
+    td_backend_destroy(&gpu), td_backend_destroy(&cpu);
+}
+
+/* --- a tiny quantized GGUF (llama, 2 layers, every block type), CUDA vs CPU logits --------------
+ */
+
+typedef struct {
+    uint8_t *p;
+    size_t n, cap;
+} s_buf_t;
+static void s_bput(s_buf_t *b, const void *src, size_t n) {
+    if (b->n + n > b->cap) {
+        b->cap = (b->n + n) * 2 + 64;
+        b->p = realloc(b->p, b->cap);
+    }
+    if (n) memcpy(b->p + b->n, src, n);
+    b->n += n;
+}
+static void s_bu32(s_buf_t *b, uint32_t v) { s_bput(b, &v, 4); } /* little-endian host */
+static void s_bu64(s_buf_t *b, uint64_t v) { s_bput(b, &v, 8); }
+static void s_bstr(s_buf_t *b, const char *s) {
+    s_bu64(b, strlen(s));
+    s_bput(b, s, strlen(s));
+}
+static void s_bpad(s_buf_t *b) {
+    const uint8_t z = 0;
+    while (b->n % 32) s_bput(b, &z, 1);
+}
+
+typedef struct {
+    s_buf_t kv, info, data;
+    uint64_t n_kv, n_t;
+} s_gguf_w_t;
+
+static void s_kv_u32(s_gguf_w_t *g, const char *k, uint32_t v) {
+    s_bstr(&g->kv, k), s_bu32(&g->kv, 4 /* UINT32 */), s_bu32(&g->kv, v), g->n_kv++;
+}
+static void s_kv_f32(s_gguf_w_t *g, const char *k, float v) {
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    s_bstr(&g->kv, k), s_bu32(&g->kv, 6 /* FLOAT32 */), s_bu32(&g->kv, u), g->n_kv++;
+}
+static void s_kv_str(s_gguf_w_t *g, const char *k, const char *v) {
+    s_bstr(&g->kv, k), s_bu32(&g->kv, 8 /* STRING */), s_bstr(&g->kv, v), g->n_kv++;
+}
+/* ggml's type ids of td_dtype_t's types */
+static uint32_t s_ggml_id(td_dtype_t t) {
+    switch (t) {
+    case TD_DTYPE_Q4_0:
+        return 2;
+    case TD_DTYPE_Q4_1:
+        return 3;
+    case TD_DTYPE_Q5_0:
+        return 6;
+    case TD_DTYPE_Q5_1:
+        return 7;
+    case TD_DTYPE_Q8_0:
+        return 8;
+    case TD_DTYPE_Q4_K:
+        return 12;
+    case TD_DTYPE_Q5_K:
+        return 13;
+    case TD_DTYPE_Q6_K:
+        return 14;
+    default:
+        return 0; /* F32 */
+    }
+}
+/* a [rows, cols] tensor (a vector when rows == 0): random, quantized unless dt is F32 */
+static void s_gguf_tensor(s_gguf_w_t *g, const char *name, td_dtype_t dt, int64_t rows,
+                          int64_t cols, float scale, float offset) {
+    s_bpad(&g->data);
+    s_bstr(&g->info, name);
+    s_bu32(&g->info, rows ? 2 : 1);
+    s_bu64(&g->info, (uint64_t)cols);
+    if (rows) s_bu64(&g->info, (uint64_t)rows);
+    s_bu32(&g->info, s_ggml_id(dt));
+    s_bu64(&g->info, g->data.n);
+    const int64_t r = rows ? rows : 1;
+    if (dt == TD_DTYPE_F32) {
+        for (int64_t i = 0; i < r * cols; i++) {
+            const float v = offset + scale * s_randf();
+            s_bput(&g->data, &v, 4);
+        }
+    } else {
+        void *q = s_quant_host(dt, r, cols, scale);
+        s_bput(&g->data, q, td_dtype_row_bytes(dt, cols) * (size_t)r);
+        free(q);
+    }
+    g->n_t++;
+}
+
+/* Writes the model; 0 or -1. C 256 (4 heads of 64, 2 KV heads), FFN 512, vocabulary 300. */
+static int s_write_quant_gguf(const char *path) {
+    const int64_t C = 256, KV = 128, F = 512, V = 300;
+    s_gguf_w_t g = {0};
+    s_kv_str(&g, "general.architecture", "llama");
+    s_kv_u32(&g, "llama.embedding_length", (uint32_t)C);
+    s_kv_u32(&g, "llama.block_count", 2);
+    s_kv_u32(&g, "llama.feed_forward_length", (uint32_t)F);
+    s_kv_u32(&g, "llama.attention.head_count", 4);
+    s_kv_u32(&g, "llama.attention.head_count_kv", 2);
+    s_kv_u32(&g, "llama.context_length", 256);
+    s_kv_f32(&g, "llama.attention.layer_norm_rms_epsilon", 1e-5f);
+    s_kv_f32(&g, "llama.rope.freq_base", 10000.0f);
+    /* Q4_1 embeddings as the shipped SmolLM2; every block type in some matrix */
+    const td_dtype_t lt[2][7] = {{TD_DTYPE_Q4_K, TD_DTYPE_Q6_K, TD_DTYPE_Q8_0, TD_DTYPE_Q4_0,
+                                  TD_DTYPE_Q5_K, TD_DTYPE_Q5_0, TD_DTYPE_Q6_K},
+                                 {TD_DTYPE_Q4_1, TD_DTYPE_Q4_0, TD_DTYPE_Q5_1, TD_DTYPE_Q8_0,
+                                  TD_DTYPE_Q4_K, TD_DTYPE_Q6_K, TD_DTYPE_Q4_1}};
+    s_gguf_tensor(&g, "token_embd.weight", TD_DTYPE_Q4_1, V, C, 1.0f, 0);
+    s_gguf_tensor(&g, "output_norm.weight", TD_DTYPE_F32, 0, C, 0.1f, 1.0f);
+    s_gguf_tensor(&g, "output.weight", TD_DTYPE_Q8_0, V, C, 0.15f, 0);
+    char nm[64];
+    for (int l = 0; l < 2; l++) {
+        const float s = 0.12f;
+#define S_T(suffix, dt, rows, cols, sc, off)                                                       \
+    snprintf(nm, sizeof nm, "blk.%d." suffix, l), s_gguf_tensor(&g, nm, dt, rows, cols, sc, off)
+        S_T("attn_norm.weight", TD_DTYPE_F32, 0, C, 0.1f, 1.0f);
+        S_T("attn_q.weight", lt[l][0], C, C, s, 0);
+        S_T("attn_k.weight", lt[l][1], KV, C, s, 0);
+        S_T("attn_v.weight", lt[l][2], KV, C, s, 0);
+        S_T("attn_output.weight", lt[l][3], C, C, s, 0);
+        S_T("ffn_norm.weight", TD_DTYPE_F32, 0, C, 0.1f, 1.0f);
+        S_T("ffn_gate.weight", lt[l][4], F, C, s, 0);
+        S_T("ffn_up.weight", lt[l][5], F, C, s, 0);
+        S_T("ffn_down.weight", lt[l][6], C, F, s * 0.7f, 0);
+#undef S_T
+    }
+    s_buf_t f = {0};
+    s_bu32(&f, 0x46554747u), s_bu32(&f, 3), s_bu64(&f, g.n_t), s_bu64(&f, g.n_kv);
+    s_bput(&f, g.kv.p, g.kv.n);
+    s_bput(&f, g.info.p, g.info.n);
+    s_bpad(&f);
+    s_bput(&f, g.data.p, g.data.n);
+    FILE *fp = fopen(path, "wb");
+    int rc = fp && fwrite(f.p, 1, f.n, fp) == f.n ? 0 : -1;
+    if (fp && fclose(fp)) rc = -1;
+    free(f.p), free(g.kv.p), free(g.info.p), free(g.data.p);
+    return rc;
+}
+
+/* max |a - b| over n */
+static double s_max_diff(const float *a, const float *b, int64_t n) {
+    double w = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double e = fabs((double)a[i] - b[i]);
+        if (!(e <= w)) w = e;
+    }
+    return w;
+}
+
+/* The whole forward of the tiny quantized GGUF on three backends: CUDA, the CPU reference backend
+ * (exact dequantization, FP32 activations, double sums) and the CPU backend (int8 activations on
+ * the skinny path). CUDA vs reference: 2e-3 x max(1, max |logit|), the float fixtures' bound (the
+ * same weights, FP32 activations: only summation order and the FP32 ops of the layers differ).
+ * CUDA vs the CPU backend: no farther than the reference is from it, + 2e-3 x max(1, max |logit|)
+ * (the int8 rounding of every activation compounds over the layers: about 0.3-0.5 logits here on
+ * the skinny steps, far more than the CUDA-vs-reference difference; a fixed bound would say
+ * nothing). Steps: prefill 6 and a 9-token verification (skinny products), decode 1, prefill 30
+ * (dequantized panels + SGEMM on both sides). */
+typedef struct {
+    int t0, n, crop;
+    const char *what;
+} s_qstep_t;
+
+/* Loads the GGUF at path on gpu, the CPU reference backend and the CPU backend, runs the steps
+ * (tokens from tok) on one sequence and checks the bounds above at every step. */
+static void s_quant_compare(td_backend_t *gpu, const char *path, const int32_t *tok,
+                            const s_qstep_t *steps, int n_steps, int n_ctx, int n_max) {
+    td_err_t err = {0};
+    td_backend_t *be[3] = {gpu, td_backend_cpu_new(1, 1, &err), td_backend_cpu_new(2, 0, &err)};
+    td_model_t *m[3] = {0};
+    td_kv_cache_t *kv[3] = {0};
+    float *lg[3] = {0};
+    int V = 0;
+    for (int k = 0; k < 3; k++) {
+        REQUIRE(be[k]);
+        m[k] = td_model_load(path, be[k], &err);
+        CHECK_MSG(m[k] != NULL, "%s on %s: %s", path, td_backend_name(be[k]), err.msg);
+        if (!m[k]) goto done;
+        V = td_model_config(m[k])->n_vocab;
+        kv[k] = td_kv_cache_new(m[k], 1, n_ctx, &err);
+        lg[k] = malloc(sizeof(float) * (size_t)n_max * (size_t)V);
+        REQUIRE(kv[k] && lg[k]);
+    }
+    for (int s = 0; s < n_steps; s++) {
+        int32_t *t = malloc(sizeof(int32_t) * (size_t)steps[s].n);
+        for (int i = 0; i < steps[s].n; i++) t[i] = tok[steps[s].t0 + i] % V;
+        td_batch_t b = {.n = steps[s].n, .tokens = t, .attn = TD_ATTN_CAUSAL};
+        int rc = TD_OK;
+        for (int k = 0; k < 3 && rc == TD_OK; k++) {
+            if (steps[s].crop) td_kv_cache_crop(kv[k], 0, 0);
+            rc = td_model_forward(m[k], kv[k], &b, lg[k], &err);
+            CHECK_MSG(rc == TD_OK, "%s on %s: %s", steps[s].what, td_backend_name(be[k]), err.msg);
+        }
+        free(t);
+        if (rc) goto done;
+        s_no_error(gpu, steps[s].what);
+        const int64_t cnt = (int64_t)steps[s].n * V;
+        double scale = s_max_abs(lg[1], cnt);
+        if (scale < 1) scale = 1;
+        const double d_ref = s_max_diff(lg[0], lg[1], cnt), d_cpu = s_max_diff(lg[0], lg[2], cnt),
+                     d_int8 = s_max_diff(lg[1], lg[2], cnt);
+        printf("    %s, %s: max |cuda - reference| %.3g, |cuda - cpu| %.3g, |reference - cpu| "
+               "%.3g (max |logit| %.3g)\n",
+               path, steps[s].what, d_ref, d_cpu, d_int8, scale);
+        CHECK_MSG(d_ref <= 2e-3 * scale, "%s: max |cuda - cpu reference| = %.4g > 2e-3 x %.4g",
+                  steps[s].what, d_ref, scale);
+        CHECK_MSG(d_cpu <= d_int8 + 2e-3 * scale,
+                  "%s: max |cuda - cpu| = %.4g > |reference - cpu| %.4g + 2e-3 x %.4g",
+                  steps[s].what, d_cpu, d_int8, scale);
+    }
+done:
+    for (int k = 0; k < 3; k++) {
+        td_kv_cache_destroy(&kv[k]);
+        td_model_destroy(&m[k]);
+        free(lg[k]);
+        if (k) td_backend_destroy(&be[k]);
+    }
+}
+
+TD_TEST(cuda_quant_forward) {
+    td_backend_t *gpu = s_gpu(TD_CUDA_MATMUL_AUTO);
+    if (!gpu) return;
+    char path[] = "/tmp/td-cuda-quant-XXXXXX.gguf";
+    int fd = mkstemps(path, 5);
+    REQUIRE(fd >= 0);
+    close(fd);
+    REQUIRE(s_write_quant_gguf(path) == 0);
+    int32_t tok[30];
+    for (int i = 0; i < 30; i++) tok[i] = (int32_t)(i * 53 + 7);
+    const s_qstep_t steps[] = {{0, 6, 0, "prefill 6"},
+                               {6, 1, 0, "decode 1"},
+                               {7, 9, 0, "verify 9"},
+                               {0, 30, 1, "prefill 30"}};
+    s_quant_compare(gpu, path, tok, steps, 4, 64, 30);
+    td_backend_destroy(&gpu);
+    unlink(path);
+}
+
+/* The project's real model (SmolLM2-135M-Instruct Q4_1, Q8_0 embeddings; scripts/get-models.sh),
+ * same checks. Skips when absent, and on the emulator (minutes per step) unless
+ * TD_CUDA_QUANT_REAL=1. */
+TD_TEST(cuda_quant_smollm2) {
+    const char *path = getenv("TD_CUDA_QUANT_MODEL");
+    if (!path || !*path) path = "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+    if (access(path, R_OK) != 0) {
+        char why[600];
+        snprintf(why, sizeof why, "%s absent (scripts/get-models.sh)", path);
+        td_test_skip(why);
+        return;
+    }
+#ifdef TD_CUDA_EMU
+    if (!getenv("TD_CUDA_QUANT_REAL")) {
+        td_test_skip("the real model on the emulator is slow (TD_CUDA_QUANT_REAL=1 runs it)");
+        return;
+    }
+#endif
+    td_backend_t *gpu = s_gpu(TD_CUDA_MATMUL_AUTO);
+    if (!gpu) return;
+    int32_t tok[40];
+    for (int i = 0; i < 40; i++) tok[i] = (int32_t)(i * 977 + 13);
+    const s_qstep_t steps[] = {{0, 9, 0, "prefill 9"},
+                               {9, 1, 0, "decode 1"},
+                               {10, 9, 0, "verify 9"},
+                               {0, 40, 1, "prefill 40"}};
+    s_quant_compare(gpu, path, tok, steps, getenv("TD_CUDA_QUANT_REAL_STEPS") ? 2 : 4, 64, 40);
+    td_backend_destroy(&gpu);
 }
 
 /* --- sampling on the device ---------------------------------------------------------------------

@@ -222,6 +222,7 @@ static void s_destroy(td_backend_t *be) {
     free(c->wlist);
     cudaFree(c->xconv);
     cudaFree(c->copy_tmp);
+    cudaFree(c->qdeq);
     cudaFree(c->att_part);
     cudaFree(c->samp_w);
     cudaFree(c->samp_out);
@@ -284,7 +285,9 @@ static void s_matmul(td_backend_t *be, float *y, const float *x, const td_weight
                  (long long)w->rows, (long long)w->cols);
         return;
     }
-    if (c->matmul_mode != TD_CUDA_MATMUL_CUBLAS && tdc_gemv_ok(w, x, n)) {
+    if (td_dtype_is_quantized(w->dtype)) {
+        tdc_qmatmul(c, y, x, w, bias, n);
+    } else if (c->matmul_mode != TD_CUDA_MATMUL_CUBLAS && tdc_gemv_ok(w, x, n)) {
         tdc_gemv(c, y, x, w, bias, n);
     } else {
         s_matmul_blas(c, y, x, w, n);
@@ -310,7 +313,10 @@ static void s_get_rows(td_backend_t *be, float *y, const td_weight_t *t, const i
             return;
         }
     const int32_t *d = (const int32_t *)tdc_upload(c, ids, (size_t)n * sizeof *ids);
-    if (d) tdc_get_rows(c, y, t, d, n);
+    if (d && td_dtype_is_quantized(t->dtype))
+        tdc_qget_rows(c, y, t, d, n);
+    else if (d)
+        tdc_get_rows(c, y, t, d, n);
     c->gen++;
 }
 

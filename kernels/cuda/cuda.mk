@@ -99,7 +99,8 @@ test-cuda-emu:
 	@echo "== the kernel cases again, threads resumed in a random order (races change results)"
 	TD_CUDA_EMU_SCHEDULE=shuffle TD_CUDA_EMU_SEED=1 $(EMU_BUILD)/tests/test_cuda cuda_matmul_vs_cpu \
 	  cuda_elementwise_vs_cpu cuda_rope_get_rows_scatter_vs_cpu cuda_attention_vs_cpu \
-	  cuda_forward_fixtures_auto cuda_sample_vs_cpu cuda_forward_sample_fixtures
+	  cuda_forward_fixtures_auto cuda_sample_vs_cpu cuda_forward_sample_fixtures \
+	  cuda_quant_matmul_vs_cpu cuda_quant_get_rows
 
 # The same with AddressSanitizer + UndefinedBehaviorSanitizer: every kernel's access to device
 # memory is checked (the emulator reports its fiber switches to ASan). What CI runs.

@@ -31,6 +31,9 @@ typedef struct cuda_ctx {
     int xconv_dtype;
     uint64_t xconv_gen;
     uint64_t gen; /* bumped by every write to device memory */
+    /* dequantized FP32 weight panels for the wide products on quantized weights (quant.cu) */
+    void *qdeq;
+    size_t qdeq_cap;
     /* staging for td_backend_copy between overlapping ranges */
     void *copy_tmp;
     size_t copy_tmp_cap;
@@ -114,6 +117,15 @@ void tdc_fill_synthetic(cuda_ctx_t *c, void *dst, size_t nbytes, uint64_t seed);
 int tdc_gemv_ok(const td_weight_t *w, const float *x, int n);
 void tdc_gemv(cuda_ctx_t *c, float *y, const float *x, const td_weight_t *w,
               const td_weight_t *bias, int n);
+
+/* Block-quantized weights (quant.cu). Products with n <= TDC_QGEMV_MAX_N tokens (auto mode;
+ * any n in the GEMV mode) dequantize in registers, batch-invariant; wider ones (or the cuBLAS
+ * mode) dequantize FP32 panels for SGEMM. Transposed or partial-block weights are refused. */
+#define TDC_QGEMV_MAX_N 24
+void tdc_qmatmul(cuda_ctx_t *c, float *y, const float *x, const td_weight_t *w,
+                 const td_weight_t *bias, int n);
+/* y[i, :] = dequantized row ids_dev[i] of t (ids already checked against t->rows) */
+void tdc_qget_rows(cuda_ctx_t *c, float *y, const td_weight_t *t, const int32_t *ids_dev, int n);
 
 void tdc_attention(cuda_ctx_t *c, float *out, const float *q, const float *k_cache,
                    const float *v_cache, const td_attn_desc_t *a);
