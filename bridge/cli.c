@@ -1,6 +1,7 @@
 /* cli.c - option parsing, model loading and JSON string output for the subcommands. */
 #include <stdio.h>
 
+#include "model/chat.h"
 #include "model/checkpoint.h"
 #include "bridge/cli.h"
 #include "kernels/cuda/backend_cuda.h"
@@ -320,4 +321,41 @@ const char *td_cli_bundled(const char *name, char *buf, size_t cap) {
     }
     snprintf(buf, cap, "models/%s", name);
     return buf;
+}
+
+int td_cli_encode_prompt(const char *dir, int chat_kind, const char *system, const char *prompt,
+                         const td_tokenizer_t *tok, int32_t **ids, int *n, int32_t *stop,
+                         int *n_stop, int cap, td_err_t *err) {
+    td_chat_format_t fmt;
+    *ids = NULL;
+    *n = 0;
+    if (chat_kind == -2) {
+        int rc = td_chat_format_detect(dir, &fmt, err);
+        if (rc != TD_OK) return rc;
+    } else {
+        td_chat_format_builtin(chat_kind < 0 ? TD_CHAT_NONE : (td_chat_kind_t)chat_kind, &fmt);
+    }
+    char *rendered = NULL;
+    if (fmt.kind != TD_CHAT_NONE) {
+        td_chat_msg_t msgs[2];
+        int nm = 0;
+        if (system) msgs[nm++] = (td_chat_msg_t){"system", system};
+        msgs[nm++] = (td_chat_msg_t){"user", prompt};
+        int rc = td_chat_format_apply(&fmt, msgs, nm, 1, &rendered, err);
+        if (rc != TD_OK) return rc;
+        const char *ends[] = {"<|im_end|>", "<|eot_id|>", "<|endoftext|>"};
+        for (size_t i = 0; i < 3 && *n_stop < cap; i++) {
+            int32_t id = td_tokenizer_token_id(tok, ends[i]);
+            if (id >= 0) stop[(*n_stop)++] = id;
+        }
+    }
+    const char *in = rendered ? rendered : prompt;
+    int rc = td_tokenizer_encode(tok, in, strlen(in), rendered != NULL, ids, n, err);
+    free(rendered);
+    if (rc == TD_OK && *n == 0) {
+        free(*ids);
+        *ids = NULL;
+        rc = td_err_set(err, TD_ERR_ARG, "the prompt is empty");
+    }
+    return rc;
 }

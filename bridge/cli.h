@@ -77,6 +77,15 @@ int td_cli_auto_spin_us(int cores_needed);
 /* Maps a command's --spin-us value (-1 = not given) to td_pair_opts_t.spin_us (0 auto, -1 off). */
 int td_cli_pair_spin(long spin_opt);
 
+/* A user prompt as a model sees it: chat_kind -2 = the checkpoint's own template (dir), -1 or
+ * TD_CHAT_NONE = the text as is, else a built-in template (td_chat_kind_t); system may be NULL.
+ * *ids (malloc'd) / *n get the token ids; the template's end-of-turn ids (<|im_end|>, <|eot_id|>,
+ * <|endoftext|> when the tokenizer has them) are appended to stop[*n_stop] up to cap. TD_OK, or
+ * the template / tokenizer error (an empty prompt is TD_ERR_ARG). */
+int td_cli_encode_prompt(const char *dir, int chat_kind, const char *system, const char *prompt,
+                         const td_tokenizer_t *tok, int32_t **ids, int *n, int32_t *stop,
+                         int *n_stop, int cap, td_err_t *err);
+
 /* Reads all of a file, or stdin for "-". */
 char *td_cli_read_text(const char *path, size_t *len);
 

@@ -3,6 +3,7 @@
 #include <stdio.h>
 
 #include "bridge/cli.h"
+#include "model/chat.h"
 #include "bridge/commands.h"
 #include "bridge/pair.h"
 #include "drafter/draft.h"
@@ -22,6 +23,10 @@ static void s_help(FILE *f) {
         "`ar` measured in the same run (ar is always run first).\n\n"
         "options:\n"
         "  --prompts FILE     one prompt per line (default bench/prompts.txt)\n"
+        "  --chat MODE        none (default: each line as it is), auto (the verifier's chat\n"
+        "                     template), chatml, llama3: lines are rendered as user turns and\n"
+        "                     the template's end-of-turn ids stop generation\n"
+        "  --system S         system message for the chat template\n"
         "  --methods LIST     comma-separated: ar,spec-ar,specdiff,apd,diffusion,selfspec,planned\n"
         "                     (default all but planned, which needs a checkpoint with plan tags)\n"
         "  --gamma LIST       draft lengths, e.g. 4,8,16 (default 8)\n"
@@ -160,7 +165,8 @@ int td_cmd_bench(int argc, char **argv) {
     const char *prompts_path = "bench/prompts.txt",
                *methods_s = "ar,spec-ar,specdiff,apd,diffusion,selfspec", *gammas_s = "8",
                *steps_s = "4", *orders_s = "left-to-right", *verify_s = "rejection", *vdir = NULL,
-               *ardir = NULL, *dfdir = NULL, *out_prefix = "bench/results/bench";
+               *ardir = NULL, *dfdir = NULL, *out_prefix = "bench/results/bench", *chat = "none",
+               *system = NULL;
     long spin_us = -1;
     long device = -1, ddevice = -1, max_tokens = 64, seed = 0, threads = 0, limit = 0;
     double temperature = 0, mixture = 0.7;
@@ -169,6 +175,8 @@ int td_cmd_bench(int argc, char **argv) {
     long draft_k = 4, block = 32;
     const td_opt_spec_t spec[] = {
         {"prompts", TD_OPT_STR, &prompts_path, 0, 0},
+        {"chat", TD_OPT_STR, &chat, 0, 0},
+        {"system", TD_OPT_STR, &system, 0, 0},
         {"methods", TD_OPT_STR, &methods_s, 0, 0},
         {"gamma", TD_OPT_STR, &gammas_s, 0, 0},
         {"steps", TD_OPT_STR, &steps_s, 0, 0},
@@ -241,6 +249,11 @@ int td_cmd_bench(int argc, char **argv) {
         fprintf(stderr, "tandem bench: unknown --verify '%s'\n", verify_s);
         return 2;
     }
+    const int chat_kind = strcmp(chat, "auto") == 0 ? -2 : td_chat_kind_from_name(chat);
+    if (chat_kind == -1) {
+        fprintf(stderr, "tandem bench: unknown --chat '%s' (auto, none, chatml, llama3)\n", chat);
+        return 2;
+    }
     static char vb[512], ab[512], db[512];
     if (!vdir) snprintf(vb, sizeof vb, "models/tiny-verifier"), vdir = vb;
     if (!ardir) snprintf(ab, sizeof ab, "models/tiny-ar-drafter"), ardir = ab;
@@ -306,14 +319,19 @@ int td_cmd_bench(int argc, char **argv) {
     n_m = 0;
     for (int m = 0; m < TD_METHOD_COUNT; m++)
         if (want[m]) methods[n_m++] = m;
-    for (int i = 0; i < n_p; i++)
-        if (td_tokenizer_encode(par.vtok, lines[i], strlen(lines[i]), 0, &ids[i], &n_ids[i],
-                                &err) != TD_OK) {
+    const td_config_t *vc = td_model_config(par.verifier);
+    int32_t stop[8];
+    int n_stop = 0;
+    if (vc->eos_token_id >= 0) stop[n_stop++] = vc->eos_token_id;
+    for (int i = 0; i < n_p; i++) {
+        int ns = n_stop; /* every prompt adds the same end-of-turn ids: keep the first's */
+        if (td_cli_encode_prompt(vdir, chat_kind, system, lines[i], par.vtok, &ids[i], &n_ids[i],
+                                 stop, &ns, 8, &err) != TD_OK) {
             fprintf(stderr, "tandem bench: prompt %d: %s\n", i + 1, err.msg);
             goto done;
         }
-    const td_config_t *vc = td_model_config(par.verifier);
-    int32_t stop[1] = {vc->eos_token_id};
+        if (i == n_p - 1) n_stop = ns;
+    }
     td_sampling_t sp = {(float)temperature, 0, 1};
     fprintf(stderr, "tandem bench: %d prompts, %ld tokens each, temperature %g, verifier %s\n", n_p,
             max_tokens, temperature, vdir);
@@ -365,7 +383,7 @@ int td_cmd_bench(int argc, char **argv) {
             p.sampling = p.draft_sampling = sp;
             p.seed = (uint64_t)(seed + i);
             p.stop_ids = stop;
-            p.n_stop = stop[0] >= 0;
+            p.n_stop = n_stop;
             p.verify = (td_verify_t)verify;
             p.apd_mixture = (float)mixture;
             p.block_size = (int)block;

@@ -429,7 +429,7 @@ int td_cmd_generate(int argc, char **argv) {
                          .predraft = predraft,
                          .spin_us = td_cli_pair_spin(spin_us)};
     int rc = 1;
-    char *rendered = NULL, *text = NULL;
+    char *text = NULL;
     int32_t *ids = NULL, *out = NULL, stop[16];
     int n = 0, n_stop = 0;
     td_detok_t *dt = NULL;
@@ -459,37 +459,9 @@ int td_cmd_generate(int argc, char **argv) {
     if (top_k >= 0) sp.top_k = (int)top_k;
     if (top_p >= 0) sp.top_p = (float)top_p;
 
-    td_chat_format_t fmt;
-    if (chat_kind == -2) {
-        if (td_chat_format_detect(main_dir, &fmt, &err) != TD_OK) {
-            fprintf(stderr, "tandem generate: %s\n", err.msg);
-            goto done;
-        }
-    } else {
-        td_chat_format_builtin((td_chat_kind_t)chat_kind, &fmt);
-    }
-    if (fmt.kind != TD_CHAT_NONE) {
-        td_chat_msg_t msgs[2];
-        int nm = 0;
-        if (system) msgs[nm++] = (td_chat_msg_t){"system", system};
-        msgs[nm++] = (td_chat_msg_t){"user", prompt};
-        if (td_chat_format_apply(&fmt, msgs, nm, 1, &rendered, &err) != TD_OK) {
-            fprintf(stderr, "tandem generate: %s\n", err.msg);
-            goto done;
-        }
-        const char *ends[] = {"<|im_end|>", "<|eot_id|>", "<|endoftext|>"};
-        for (size_t i = 0; i < 3 && n_stop < 16; i++) {
-            int32_t id = td_tokenizer_token_id(tok, ends[i]);
-            if (id >= 0) stop[n_stop++] = id;
-        }
-    }
-    const char *in = rendered ? rendered : prompt;
-    if (td_tokenizer_encode(tok, in, strlen(in), rendered != NULL, &ids, &n, &err) != TD_OK) {
+    if (td_cli_encode_prompt(main_dir, chat_kind, system, prompt, tok, &ids, &n, stop, &n_stop, 16,
+                             &err) != TD_OK) {
         fprintf(stderr, "tandem generate: %s\n", err.msg);
-        goto done;
-    }
-    if (n == 0) {
-        fprintf(stderr, "tandem generate: the prompt is empty\n");
         goto done;
     }
     out = malloc(((size_t)max_tokens + 1) * sizeof *out);
@@ -580,7 +552,6 @@ int td_cmd_generate(int argc, char **argv) {
 done:
     td_detok_destroy(&dt);
     free(text);
-    free(rendered);
     free(ids);
     free(out);
     free(pbuf);
