@@ -42,8 +42,24 @@ typedef struct td_qx {
     int8_t *q;
     float *d, *dv;
     int32_t *corr;
+    int32_t *qsum; /* [n][nu] the sum of the 32 q of a unit */
     float *s;
 } td_qx_t;
+
+/* Row tiles: Q4_1 and Q8_0 (the shipped SmolLM2 GGUF's types) go through kernels that take 16
+ * weight rows at a time and unpack each unit of them once for every token of the batch, so a
+ * verification block costs little more than a decode step. Their arithmetic, per weight row and
+ * token, differs from the other types': for each unit k in ascending order the EXACT integer sum
+ * S = sum of the 32 products w * q (Q4_1: nibbles 0..15; Q8_0: signed bytes; |S| < 2^24, so
+ * (float)S is exact) enters as
+ *     acc = fmaf((float)S, d_w * d_x, acc);   macc = fmaf(m_w, s_x, macc)   (Q4_1)
+ * and the output is acc + macc. The scalar path (s_tile_scalar) defines it; both SIMD paths
+ * (cpu_quant_simd.h, "row tiles") compute S by whatever exact integer route suits them and then
+ * do these very float operations, lane by lane. Rows beyond the last full tile use the scalar
+ * path on every kernel path. */
+#define TD_QTILE_ROWS 16
+#define TD_QTILE_NT 24 /* tokens per pass over a tile (more: another pass) */
+static inline int s_is_tiled(int dt) { return dt == TD_DTYPE_Q4_1 || dt == TD_DTYPE_Q8_0; }
 
 /* Offset types: the weight bytes are q and the element is d * (q - offset); the correction
  * - offset * sum(activations) goes into the integer lanes (Q6_K: per 16, lanes 0 and 4). */
@@ -107,7 +123,7 @@ static int s_qx_alloc(td_qx_t *xa, int n, int64_t cols, int dt) {
     const size_t nu = (size_t)n * (size_t)xa->nu, qb = ((size_t)n * (size_t)cols + 63) / 64 * 64;
     const int corr = s_has_corr(dt) || dt == TD_DTYPE_Q8_0, smin = s_has_min(dt);
     const size_t sb = smin ? ((size_t)xa->nu * (size_t)xa->ns * 4 + 63) / 64 * 64 : 0;
-    size_t bytes = qb + nu * 32 + (corr ? nu * 32 : 0) + sb + (nu * 4 + 63) / 64 * 64;
+    size_t bytes = qb + nu * 32 + (corr ? nu * 32 : 0) + sb + 2 * ((nu * 4 + 63) / 64 * 64);
     char *p = NULL;
     if (posix_memalign((void **)&p, 64, bytes)) return -1;
     xa->q = (int8_t *)p;
@@ -120,6 +136,8 @@ static int s_qx_alloc(td_qx_t *xa, int n, int64_t cols, int dt) {
         p += sb;
     }
     xa->d = (float *)p;
+    p += (nu * 4 + 63) / 64 * 64;
+    xa->qsum = (int32_t *)p;
     return 0;
 }
 
@@ -145,6 +163,7 @@ static void s_qx_row(td_qx_t *xa, const float *x, int t, int dt) {
                   sb = lane[4] + lane[5] + lane[6] + lane[7];
         const int64_t tk = (int64_t)t * nu + k;
         xa->d[tk] = d;
+        xa->qsum[tk] = sa + sb;
         for (int i = 0; i < 8; i++) xa->dv[8 * tk + i] = d;
         if (xa->corr) {
             int32_t *c = xa->corr + 8 * tk;
@@ -255,6 +274,29 @@ static void s_block_scalar(int dt, int nr, int nt, const uint8_t *w0, size_t ldb
     }
 }
 
+/* Row tiles (see TD_QTILE_ROWS): rows r0 .. r0+nr-1 against tokens t0 .. t0+nt-1, out[t * nr +
+ * i]. The definition of their arithmetic. */
+static void s_tile_scalar(int dt, int nr, const uint8_t *w0, size_t ldb, const td_qx_t *xa, int t0,
+                          int nt, float *out) {
+    const int64_t nu = xa->nu, cols = nu * 32;
+    for (int r = 0; r < nr; r++)
+        for (int t = 0; t < nt; t++) {
+            float acc = 0, macc = 0;
+            for (int64_t k = 0; k < nu; k++) {
+                int w[32];
+                float fw[8], mw;
+                s_unit_scalar(dt, w0 + (size_t)r * ldb, k, w, fw, &mw);
+                const int64_t tk = (int64_t)(t0 + t) * nu + k;
+                const int8_t *q = xa->q + (t0 + t) * cols + 32 * k;
+                int32_t is = 0;
+                for (int e = 0; e < 32; e++) is += w[e] * q[e];
+                acc = fmaf((float)is, fw[0] * xa->d[tk], acc);
+                if (dt == TD_DTYPE_Q4_1) macc = fmaf(mw, xa->s[k * xa->ns + t0 + t], macc);
+            }
+            out[t * nr + r] = acc + macc;
+        }
+}
+
 /* --- SIMD paths ------------------------------------------------------------------------------- */
 
 #ifdef TD_QX86
@@ -279,6 +321,8 @@ static void s_block_scalar(int dt, int nr, int nt, const uint8_t *w0, size_t ldb
 
 typedef void (*s_block_fn)(int dt, int nr, int nt, const uint8_t *w0, size_t ldb, const td_qx_t *xa,
                            int t0, float *out);
+typedef void (*s_tile_fn)(int dt, const uint8_t *w0, size_t ldb, const td_qx_t *xa, int t0, int nt,
+                          float *out, const uint8_t *pf, size_t pfn);
 enum { S_SCALAR = 0, S_AVX2, S_VNNI, S_NPATH };
 static const char *const s_path_names[S_NPATH] = {"scalar", "avx2", "avx512vnni"};
 static int s_path = -1;
@@ -351,6 +395,15 @@ static s_block_fn s_block_for(int p) {
     return s_block_scalar;
 }
 
+static s_tile_fn s_tile_for(int p) {
+#ifdef TD_QX86
+    if (p == S_VNNI) return s_vnni_tile;
+    if (p == S_AVX2) return s_avx2_tile;
+#endif
+    (void)p;
+    return NULL;
+}
+
 /* --- products --------------------------------------------------------------------------------- */
 
 static int s_check(const td_weight_t *w) {
@@ -372,6 +425,33 @@ static int s_skinny(int n_threads, float *y, const float *x, const td_weight_t *
     if (s_qx_alloc(&xa, n, cols, dt)) return TD_ERR_NOMEM;
     for (int t = 0; t < n; t++) s_qx_row(&xa, x + (int64_t)t * cols, t, dt);
     const int path = s_get_path();
+    if (s_is_tiled(dt)) {
+        const s_tile_fn tf = s_tile_for(path);
+        const int64_t ntile = tf ? rows / TD_QTILE_ROWS : 0, nitems = ntile + (rows - ntile * 16);
+        const uint8_t *base = w->data;
+        const size_t tbytes = (size_t)TD_QTILE_ROWS * ldb;
+#pragma omp parallel for schedule(static) if (rows * cols >= TD_QPAR_MIN) num_threads(n_threads)
+        for (int64_t b = 0; b < nitems; b++) {
+            /* tiles of 16 rows, then the leftover rows one by one */
+            const int64_t r = b < ntile ? TD_QTILE_ROWS * b : TD_QTILE_ROWS * ntile + (b - ntile);
+            const int nr = b < ntile ? TD_QTILE_ROWS : 1;
+            const uint8_t *w0 = base + (size_t)r * ldb;
+            float out[TD_QTILE_ROWS * TD_QTILE_NT];
+            for (int t0 = 0; t0 < n; t0 += TD_QTILE_NT) {
+                const int nt = n - t0 < TD_QTILE_NT ? n - t0 : TD_QTILE_NT;
+                if (b < ntile) /* prefetch: the next tile, during the first pass over this one */
+                    tf(dt, w0, ldb, &xa, t0, nt, out, w0 + tbytes,
+                       t0 == 0 && b + 1 < ntile ? tbytes : 0);
+                else
+                    s_tile_scalar(dt, nr, w0, ldb, &xa, t0, nt, out);
+                for (int t = 0; t < nt; t++)
+                    for (int i = 0; i < nr; i++)
+                        y[(int64_t)(t0 + t) * rows + r + i] = out[t * nr + i];
+            }
+        }
+        free(xa.q);
+        return TD_OK;
+    }
     const s_block_fn fn = s_block_for(path);
     /* rows x tokens per pass over a block of rows: what the path's registers hold (AVX2: 16
      * vectors, two accumulators per output; VNNI: 32) */
