@@ -438,6 +438,87 @@ static inline TQ_ATTR __attribute__((always_inline)) TQ_FN(vi) TQ_FN(reduce4)(co
 
 /* TQ_TR rows at w0 (stride ldb) against tokens t0 .. t0 + nt - 1 (nt <= TD_QTILE_NT):
  * out[t * TQ_TR + i]. pf: the bytes to prefetch while this runs (the next tile), pfn of them. */
+#if TQ_VNNI
+#ifndef TD_I32A_DEFINED
+#define TD_I32A_DEFINED
+typedef int32_t td_i32a __attribute__((may_alias, aligned(1)));
+#endif
+/* 4 vectors whose lane l holds 4 dwords of row 4l + g (g = the vector) -> 4 vectors whose dword
+ * 4l + g holds dword j (j = the vector) of that row: row i in dword i. */
+static inline TQ_ATTR __attribute__((always_inline)) void TQ_FN(tr4)(const __m512i *v, __m512i *o) {
+    const __m512i a = _mm512_unpacklo_epi32(v[0], v[1]), b = _mm512_unpackhi_epi32(v[0], v[1]);
+    const __m512i c = _mm512_unpacklo_epi32(v[2], v[3]), d = _mm512_unpackhi_epi32(v[2], v[3]);
+    o[0] = _mm512_unpacklo_epi64(a, c), o[1] = _mm512_unpackhi_epi64(a, c);
+    o[2] = _mm512_unpacklo_epi64(b, d), o[3] = _mm512_unpackhi_epi64(b, d);
+}
+
+/* VNNI: the 16 rows' unit is transposed once (row i in dword i, 8 vectors of 4 elements each),
+ * then each token costs 8 vpdpbusd against its activation dwords broadcast, and the float ops. */
+static inline TQ_ATTR __attribute__((always_inline)) void
+TQ_FN(tile_t)(const int DT, const uint8_t *w0, size_t ldb, const td_qx_t *xa, int t0, int nt,
+              float *out, const uint8_t *pf, size_t pfn) {
+    const int64_t nu = xa->nu, cols = nu * 32, ns = xa->ns;
+    const int q8 = DT == TD_DTYPE_Q8_0;
+    const size_t bb = q8 ? 34 : 20;
+    __m512 acc[TD_QTILE_NT], macc[TD_QTILE_NT];
+    for (int t = 0; t < nt; t++) acc[t] = macc[t] = _mm512_setzero_ps();
+    const size_t pstep = (pfn / (size_t)nu + 63) & ~(size_t)63;
+    for (int64_t k = 0; k < nu; k++) {
+        for (size_t o = (size_t)k * pstep; o < (size_t)(k + 1) * pstep && o < pfn; o += 64)
+            _mm_prefetch((const char *)(pf + o), _MM_HINT_T0);
+        const size_t off = (size_t)k * bb;
+        __m512i raw[4], dm[4], u[8]; /* u[j]: elements 4j .. 4j+3 of row i in dword i */
+#pragma GCC unroll 4
+        for (int g = 0; g < 4; g++) dm[g] = TQ_FN(lanes)(w0, ldb, g, off);
+        if (q8) {
+            const __m512i s = _mm512_set1_epi8(-128);
+#pragma GCC unroll 4
+            for (int g = 0; g < 4; g++) raw[g] = TQ_FN(lanes)(w0, ldb, g, off + 2);
+            TQ_FN(tr4)(raw, u);
+#pragma GCC unroll 4
+            for (int g = 0; g < 4; g++) raw[g] = TQ_FN(lanes)(w0, ldb, g, off + 18);
+            TQ_FN(tr4)(raw, u + 4);
+#pragma GCC unroll 8
+            for (int j = 0; j < 8; j++) u[j] = _mm512_xor_si512(u[j], s);
+        } else {
+            const __m512i m4 = _mm512_set1_epi8(15);
+#pragma GCC unroll 4
+            for (int g = 0; g < 4; g++) raw[g] = TQ_FN(lanes)(w0, ldb, g, off + 4);
+            TQ_FN(tr4)(raw, u);
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                u[j + 4] = _mm512_and_si512(_mm512_srli_epi16(u[j], 4), m4);
+                u[j] = _mm512_and_si512(u[j], m4);
+            }
+        }
+        /* the f16 d (and m) of each row: dword 0 of every lane, into row order */
+        const __m512i d01 = _mm512_unpacklo_epi32(dm[0], dm[1]),
+                      d23 = _mm512_unpacklo_epi32(dm[2], dm[3]);
+        const __m512i dmv = _mm512_unpacklo_epi64(d01, d23);
+        const __m512 fw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dmv));
+        const __m512 mw = q8 ? _mm512_setzero_ps()
+                             : _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dmv, 16)));
+        for (int t = 0; t < nt; t++) {
+            const int64_t tk = (int64_t)(t0 + t) * nu + k;
+            const int8_t *xq = xa->q + (t0 + t) * cols + 32 * k;
+            __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+#pragma GCC unroll 4
+            for (int j = 0; j < 8; j += 2) { /* the 4 activation bytes: a broadcast load */
+                s0 = _mm512_dpbusd_epi32(s0, u[j],
+                                         _mm512_set1_epi32(*(const td_i32a *)(xq + 4 * j)));
+                s1 = _mm512_dpbusd_epi32(s1, u[j + 1],
+                                         _mm512_set1_epi32(*(const td_i32a *)(xq + 4 * j + 4)));
+            }
+            __m512i s = _mm512_add_epi32(s0, s1);
+            if (q8) s = _mm512_add_epi32(s, _mm512_set1_epi32(-128 * xa->qsum[tk]));
+            const __m512 f = _mm512_mul_ps(fw, _mm512_set1_ps(xa->d[tk]));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), f, acc[t]);
+            if (!q8) macc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xa->s[k * ns + t0 + t]), macc[t]);
+        }
+    }
+    for (int t = 0; t < nt; t++) _mm512_storeu_ps(out + t * 16, _mm512_add_ps(acc[t], macc[t]));
+}
+#else
 static inline TQ_ATTR __attribute__((always_inline)) void
 TQ_FN(tile_t)(const int DT, const uint8_t *w0, size_t ldb, const td_qx_t *xa, int t0, int nt,
               float *out, const uint8_t *pf, size_t pfn) {
@@ -557,6 +638,8 @@ TQ_FN(tile_t)(const int DT, const uint8_t *w0, size_t ldb, const td_qx_t *xa, in
 #endif
     }
 }
+
+#endif
 
 /* TD_QTILE_ROWS (16) rows: the VNNI path in one pass, AVX2 in two halves of 8. */
 static TQ_ATTR void TQ_FN(tile)(int dt, const uint8_t *w0, size_t ldb, const td_qx_t *xa, int t0,
