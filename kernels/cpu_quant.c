@@ -427,7 +427,9 @@ static int s_skinny(int n_threads, float *y, const float *x, const td_weight_t *
     const int path = s_get_path();
     if (s_is_tiled(dt)) {
         const s_tile_fn tf = s_tile_for(path);
-        const int64_t ntile = tf ? rows / TD_QTILE_ROWS : 0, nitems = ntile + (rows - ntile * 16);
+        /* (the VNNI kernel gathers with 32-bit offsets up to 15 rows away) */
+        const int64_t ntile = tf && ldb < ((size_t)1 << 27) ? rows / TD_QTILE_ROWS : 0,
+                      nitems = ntile + (rows - ntile * 16);
         const uint8_t *base = w->data;
         const size_t tbytes = (size_t)TD_QTILE_ROWS * ldb;
 #pragma omp parallel for schedule(static) if (rows * cols >= TD_QPAR_MIN) num_threads(n_threads)

@@ -462,14 +462,17 @@ TQ_FN(tile_t)(const int DT, const uint8_t *w0, size_t ldb, const td_qx_t *xa, in
     const size_t bb = q8 ? 34 : 20;
     __m512 acc[TD_QTILE_NT], macc[TD_QTILE_NT];
     for (int t = 0; t < nt; t++) acc[t] = macc[t] = _mm512_setzero_ps();
+    const __m512i vidx =
+        _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                           _mm512_set1_epi32((int)ldb));
     const size_t pstep = (pfn / (size_t)nu + 63) & ~(size_t)63;
     for (int64_t k = 0; k < nu; k++) {
         for (size_t o = (size_t)k * pstep; o < (size_t)(k + 1) * pstep && o < pfn; o += 64)
             _mm_prefetch((const char *)(pf + o), _MM_HINT_T0);
         const size_t off = (size_t)k * bb;
-        __m512i raw[4], dm[4], u[8]; /* u[j]: elements 4j .. 4j+3 of row i in dword i */
-#pragma GCC unroll 4
-        for (int g = 0; g < 4; g++) dm[g] = TQ_FN(lanes)(w0, ldb, g, off);
+        __m512i raw[4], u[8]; /* u[j]: elements 4j .. 4j+3 of row i in dword i */
+        /* the f16 d (and m) of the 16 rows: one gather (cheaper here than 16 loads + shuffles) */
+        const __m512i dmv = _mm512_i32gather_epi32(vidx, (const void *)(w0 + off), 1);
         if (q8) {
             const __m512i s = _mm512_set1_epi8(-128);
 #pragma GCC unroll 4
@@ -491,10 +494,6 @@ TQ_FN(tile_t)(const int DT, const uint8_t *w0, size_t ldb, const td_qx_t *xa, in
                 u[j] = _mm512_and_si512(u[j], m4);
             }
         }
-        /* the f16 d (and m) of each row: dword 0 of every lane, into row order */
-        const __m512i d01 = _mm512_unpacklo_epi32(dm[0], dm[1]),
-                      d23 = _mm512_unpacklo_epi32(dm[2], dm[3]);
-        const __m512i dmv = _mm512_unpacklo_epi64(d01, d23);
         const __m512 fw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dmv));
         const __m512 mw = q8 ? _mm512_setzero_ps()
                              : _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dmv, 16)));
