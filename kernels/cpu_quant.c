@@ -148,6 +148,35 @@ static void s_qx_row(td_qx_t *xa, const float *x, int t, int dt) {
         const float *v = x + 32 * k;
         int8_t *q = xa->q + (size_t)t * (size_t)nu * 32 + 32 * k;
         float amax = 0;
+#ifdef __AVX2__ /* the same values as the plain loops below (exact max; one product, rounded) */
+        const __m256 sgn = _mm256_set1_ps(-0.0f);
+        const __m256 a01 = _mm256_max_ps(_mm256_andnot_ps(sgn, _mm256_loadu_ps(v)),
+                                         _mm256_andnot_ps(sgn, _mm256_loadu_ps(v + 8)));
+        const __m256 a23 = _mm256_max_ps(_mm256_andnot_ps(sgn, _mm256_loadu_ps(v + 16)),
+                                         _mm256_andnot_ps(sgn, _mm256_loadu_ps(v + 24)));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(_mm256_max_ps(a01, a23)),
+                               _mm256_extractf128_ps(_mm256_max_ps(a01, a23), 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+        amax = _mm_cvtss_f32(m4);
+        const float d = amax / 127.0f, id = d > 0 ? 1.0f / d : 0.0f;
+        const __m256 idv = _mm256_set1_ps(id);
+        __m256i qv[4];
+        for (int j = 0; j < 4; j++) {
+            const __m256 r = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(v + 8 * j), idv),
+                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            qv[j] =
+                _mm256_max_epi32(_mm256_min_epi32(_mm256_cvtps_epi32(r), _mm256_set1_epi32(127)),
+                                 _mm256_set1_epi32(-127));
+        }
+        /* int32 -> int8 with saturating packs (values are in range), then undo their lane order */
+        const __m256i p16 =
+            _mm256_packs_epi16(_mm256_packs_epi32(qv[0], qv[1]), _mm256_packs_epi32(qv[2], qv[3]));
+        _mm256_storeu_si256((__m256i *)q, _mm256_permutevar8x32_epi32(
+                                              p16, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+        int lane[8] = {0};
+        for (int i = 0; i < 32; i++) lane[i / 4] += q[i];
+#else
         for (int i = 0; i < 32; i++) {
             const float a = fabsf(v[i]);
             amax = a > amax ? a : amax;
@@ -159,6 +188,7 @@ static void s_qx_row(td_qx_t *xa, const float *x, int t, int dt) {
             q[i] = (int8_t)(qi > 127 ? 127 : qi < -127 ? -127 : qi);
             lane[i / 4] += q[i];
         }
+#endif
         const int sa = lane[0] + lane[1] + lane[2] + lane[3],
                   sb = lane[4] + lane[5] + lane[6] + lane[7];
         const int64_t tk = (int64_t)t * nu + k;
