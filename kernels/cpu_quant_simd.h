@@ -500,16 +500,11 @@ TQ_FN(tile_t)(const int DT, const uint8_t *w0, size_t ldb, const td_qx_t *xa, in
         for (int t = 0; t < nt; t++) {
             const int64_t tk = (int64_t)(t0 + t) * nu + k;
             const int8_t *xq = xa->q + (t0 + t) * cols + 32 * k;
-            __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
-#pragma GCC unroll 4
-            for (int j = 0; j < 8; j += 2) { /* the 4 activation bytes: a broadcast load */
-                s0 = _mm512_dpbusd_epi32(s0, u[j],
-                                         _mm512_set1_epi32(*(const td_i32a *)(xq + 4 * j)));
-                s1 = _mm512_dpbusd_epi32(s1, u[j + 1],
-                                         _mm512_set1_epi32(*(const td_i32a *)(xq + 4 * j + 4)));
-            }
-            __m512i s = _mm512_add_epi32(s0, s1);
-            if (q8) s = _mm512_add_epi32(s, _mm512_set1_epi32(-128 * xa->qsum[tk]));
+            /* one chain (tokens and units overlap in the core); Q8_0 starts from its correction */
+            __m512i s = q8 ? _mm512_set1_epi32(-128 * xa->qsum[tk]) : _mm512_setzero_si512();
+#pragma GCC unroll 8
+            for (int j = 0; j < 8; j++) /* the 4 activation bytes: a broadcast load */
+                s = _mm512_dpbusd_epi32(s, u[j], _mm512_set1_epi32(*(const td_i32a *)(xq + 4 * j)));
             const __m512 f = _mm512_mul_ps(fw, _mm512_set1_ps(xa->d[tk]));
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), f, acc[t]);
             if (!q8) macc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xa->s[k * ns + t0 + t]), macc[t]);
