@@ -10,6 +10,9 @@
  * fixed order (ascending blocks, 8 lanes, one fold), whatever the batch size, the grouping of
  * rows and tokens, or the thread count: batch invariance. The scalar path does the very same
  * float operations (fmaf per lane), so the three paths agree bitwise, which the tests check.
+ * Q4_1 and Q8_0 (the shipped SmolLM2 GGUF) use row tiles instead (TD_QTILE_ROWS below): 16 rows
+ * unpacked once per unit for the whole batch, one fmaf per unit on its exact integer sum; the
+ * same invariance and bitwise agreement hold for them.
  *
  * The SIMD functions carry target attributes; the rest of the program is built for the baseline
  * (x86-64-v3), so one binary runs on AVX2-only machines. AMX is never used (these VMs list it in
