@@ -412,8 +412,10 @@ static inline TQ_ATTR __attribute__((always_inline)) TQ_FN(vi)
 #if TQ_VNNI
     const __m128i c = _mm_loadu_si128((const __m128i *)(w0 + (size_t)(8 + g) * ldb + off));
     const __m128i d = _mm_loadu_si128((const __m128i *)(w0 + (size_t)(12 + g) * ldb + off));
-    return _mm512_inserti32x4(
-        _mm512_inserti32x4(_mm512_inserti32x4(_mm512_castsi128_si512(a), b, 1), c, 2), d, 3);
+    /* two 256-bit inserts (any vector port) and one 512-bit insert (one port only) */
+    const __m256i ab = _mm256_inserti128_si256(_mm256_castsi128_si256(a), b, 1);
+    const __m256i cd = _mm256_inserti128_si256(_mm256_castsi128_si256(c), d, 1);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(ab), cd, 1);
 #else
     return _mm256_inserti128_si256(_mm256_castsi128_si256(a), b, 1);
 #endif
