@@ -36,9 +36,10 @@
 #define TD_QPAR_MIN ((int64_t)1 << 15)
 
 /* Quantized activations of n rows: q [n][cols] int8, d [n][nu] scales (dv: each repeated 8
- * times, for 512-bit loads), per unit the int32 lane corrections (corr [n][nu][8]; offset types,
- * and Q8_0 for the VNNI path's w + 128 bytes), and d * sum(q) with tokens innermost
- * (s [nu][ns]; min types; ns >= n + 3 so 4 tokens load at once). */
+ * times, for 512-bit loads), per unit the int32 lane corrections (corr [n][nu][8]; offset
+ * types), the integer sum of the unit's q (qsum; the Q8_0 row tiles' w + 128 correction), and
+ * d * sum(q) with tokens innermost (s [nu][ns]; min types; ns >= n + 3 so 4 tokens load at
+ * once). */
 typedef struct td_qx {
     int64_t nu; /* 32-element units per row */
     int64_t ns;
@@ -124,7 +125,7 @@ static int s_qx_alloc(td_qx_t *xa, int n, int64_t cols, int dt) {
     xa->nu = cols / 32;
     xa->ns = (n + 3 + 3) / 4 * 4;
     const size_t nu = (size_t)n * (size_t)xa->nu, qb = ((size_t)n * (size_t)cols + 63) / 64 * 64;
-    const int corr = s_has_corr(dt) || dt == TD_DTYPE_Q8_0, smin = s_has_min(dt);
+    const int corr = s_has_corr(dt), smin = s_has_min(dt);
     const size_t sb = smin ? ((size_t)xa->nu * (size_t)xa->ns * 4 + 63) / 64 * 64 : 0;
     size_t bytes = qb + nu * 32 + (corr ? nu * 32 : 0) + sb + 2 * ((nu * 4 + 63) / 64 * 64);
     char *p = NULL;
@@ -201,9 +202,7 @@ static void s_qx_row(td_qx_t *xa, const float *x, int t, int dt) {
         if (xa->corr) {
             int32_t *c = xa->corr + 8 * tk;
             memset(c, 0, 32);
-            if (dt == TD_DTYPE_Q8_0)
-                for (int i = 0; i < 8; i++) c[i] = -128 * lane[i];
-            else if (dt == TD_DTYPE_Q6_K)
+            if (dt == TD_DTYPE_Q6_K)
                 c[0] = -32 * sa, c[4] = -32 * sb;
             else
                 c[0] = -(dt == TD_DTYPE_Q4_0 ? 8 : 16) * (sa + sb);

@@ -370,10 +370,8 @@ TQ_FN(rows)(const int DT, const int NR, const int NT, const uint8_t *w0, size_t 
 
 static TQ_ATTR void TQ_FN(block)(int dt, int nr, int nt, const uint8_t *w0, size_t ldb,
                                  const td_qx_t *xa, int t0, float *out) {
-    switch (dt) {
-        TQ_CASE_DT(TD_DTYPE_Q8_0)
+    switch (dt) { /* Q4_1 and Q8_0 go through the row tiles below */
         TQ_CASE_DT(TD_DTYPE_Q4_0)
-        TQ_CASE_DT(TD_DTYPE_Q4_1)
         TQ_CASE_DT(TD_DTYPE_Q5_0)
         TQ_CASE_DT(TD_DTYPE_Q5_1)
         TQ_CASE_DT(TD_DTYPE_Q4_K)
