@@ -14,6 +14,9 @@
  * fixed order (ascending blocks, 8 lanes, one fold), whatever the batch size, the grouping of
  * rows and tokens, or the thread count: batch invariance. The scalar path does the very same
  * float operations (fmaf per lane), so the three paths agree bitwise, which the tests check.
+ * Q4_1 and Q8_0 (the shipped SmolLM2 GGUF) use row tiles instead (TD_QTILE_ROWS below): 16 rows
+ * unpacked once per unit for the whole batch, one fmaf per unit on its exact integer sum; the
+ * same invariance and bitwise agreement hold for them.
  *
  * The SIMD functions carry target attributes; the rest of the program is built for the baseline
  * (x86-64-v3), so one binary runs on AVX2-only machines. AMX is never used (these VMs list it in
@@ -35,17 +38,34 @@
 #define TD_QPAR_MIN ((int64_t)1 << 15)
 
 /* Quantized activations of n rows: q [n][cols] int8, d [n][nu] scales (dv: each repeated 8
- * times, for 512-bit loads), per unit the int32 lane corrections (corr [n][nu][8]; offset types,
- * and Q8_0 for the VNNI path's w + 128 bytes), and d * sum(q) with tokens innermost
- * (s [nu][ns]; min types; ns >= n + 3 so 4 tokens load at once). */
+ * times, for 512-bit loads), per unit the int32 lane corrections (corr [n][nu][8]; offset
+ * types), the integer sum of the unit's q (qsum; the Q8_0 row tiles' w + 128 correction), and
+ * d * sum(q) with tokens innermost (s [nu][ns]; min types; ns >= n + 3 so 4 tokens load at
+ * once). */
 typedef struct td_qx {
     int64_t nu; /* 32-element units per row */
     int64_t ns;
     int8_t *q;
     float *d, *dv;
     int32_t *corr;
+    int32_t *qsum; /* [n][nu] the sum of the 32 q of a unit */
     float *s;
 } td_qx_t;
+
+/* Row tiles: Q4_1 and Q8_0 (the shipped SmolLM2 GGUF's types) go through kernels that take 16
+ * weight rows at a time and unpack each unit of them once for every token of the batch, so a
+ * verification block costs little more than a decode step. Their arithmetic, per weight row and
+ * token, differs from the other types': for each unit k in ascending order the EXACT integer sum
+ * S = sum of the 32 products w * q (Q4_1: nibbles 0..15; Q8_0: signed bytes; |S| < 2^24, so
+ * (float)S is exact) enters as
+ *     acc = fmaf((float)S, d_w * d_x, acc);   macc = fmaf(m_w, s_x, macc)   (Q4_1)
+ * and the output is acc + macc. The scalar path (s_tile_scalar) defines it; both SIMD paths
+ * (cpu_quant_simd.h, "row tiles") compute S by whatever exact integer route suits them and then
+ * do these very float operations, lane by lane. Rows beyond the last full tile use the scalar
+ * path on every kernel path. */
+#define TD_QTILE_ROWS 16
+#define TD_QTILE_NT 24 /* tokens per pass over a tile (more: another pass) */
+static inline int s_is_tiled(int dt) { return dt == TD_DTYPE_Q4_1 || dt == TD_DTYPE_Q8_0; }
 
 /* Offset types: the weight bytes are q and the element is d * (q - offset); the correction
  * - offset * sum(activations) goes into the integer lanes (Q6_K: per 16, lanes 0 and 4). */
@@ -107,9 +127,9 @@ static int s_qx_alloc(td_qx_t *xa, int n, int64_t cols, int dt) {
     xa->nu = cols / 32;
     xa->ns = (n + 3 + 3) / 4 * 4;
     const size_t nu = (size_t)n * (size_t)xa->nu, qb = ((size_t)n * (size_t)cols + 63) / 64 * 64;
-    const int corr = s_has_corr(dt) || dt == TD_DTYPE_Q8_0, smin = s_has_min(dt);
+    const int corr = s_has_corr(dt), smin = s_has_min(dt);
     const size_t sb = smin ? ((size_t)xa->nu * (size_t)xa->ns * 4 + 63) / 64 * 64 : 0;
-    size_t bytes = qb + nu * 32 + (corr ? nu * 32 : 0) + sb + (nu * 4 + 63) / 64 * 64;
+    size_t bytes = qb + nu * 32 + (corr ? nu * 32 : 0) + sb + 2 * ((nu * 4 + 63) / 64 * 64);
     char *p = NULL;
     if (posix_memalign((void **)&p, 64, bytes)) return -1;
     xa->q = (int8_t *)p;
@@ -122,6 +142,8 @@ static int s_qx_alloc(td_qx_t *xa, int n, int64_t cols, int dt) {
         p += sb;
     }
     xa->d = (float *)p;
+    p += (nu * 4 + 63) / 64 * 64;
+    xa->qsum = (int32_t *)p;
     return 0;
 }
 
@@ -132,6 +154,35 @@ static void s_qx_row(td_qx_t *xa, const float *x, int t, int dt) {
         const float *v = x + 32 * k;
         int8_t *q = xa->q + (size_t)t * (size_t)nu * 32 + 32 * k;
         float amax = 0;
+#ifdef __AVX2__ /* the same values as the plain loops below (exact max; one product, rounded) */
+        const __m256 sgn = _mm256_set1_ps(-0.0f);
+        const __m256 a01 = _mm256_max_ps(_mm256_andnot_ps(sgn, _mm256_loadu_ps(v)),
+                                         _mm256_andnot_ps(sgn, _mm256_loadu_ps(v + 8)));
+        const __m256 a23 = _mm256_max_ps(_mm256_andnot_ps(sgn, _mm256_loadu_ps(v + 16)),
+                                         _mm256_andnot_ps(sgn, _mm256_loadu_ps(v + 24)));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(_mm256_max_ps(a01, a23)),
+                               _mm256_extractf128_ps(_mm256_max_ps(a01, a23), 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+        amax = _mm_cvtss_f32(m4);
+        const float d = amax / 127.0f, id = d > 0 ? 1.0f / d : 0.0f;
+        const __m256 idv = _mm256_set1_ps(id);
+        __m256i qv[4];
+        for (int j = 0; j < 4; j++) {
+            const __m256 r = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(v + 8 * j), idv),
+                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            qv[j] =
+                _mm256_max_epi32(_mm256_min_epi32(_mm256_cvtps_epi32(r), _mm256_set1_epi32(127)),
+                                 _mm256_set1_epi32(-127));
+        }
+        /* int32 -> int8 with saturating packs (values are in range), then undo their lane order */
+        const __m256i p16 =
+            _mm256_packs_epi16(_mm256_packs_epi32(qv[0], qv[1]), _mm256_packs_epi32(qv[2], qv[3]));
+        _mm256_storeu_si256((__m256i *)q, _mm256_permutevar8x32_epi32(
+                                              p16, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+        int lane[8] = {0};
+        for (int i = 0; i < 32; i++) lane[i / 4] += q[i];
+#else
         for (int i = 0; i < 32; i++) {
             const float a = fabsf(v[i]);
             amax = a > amax ? a : amax;
@@ -143,17 +194,17 @@ static void s_qx_row(td_qx_t *xa, const float *x, int t, int dt) {
             q[i] = (int8_t)(qi > 127 ? 127 : qi < -127 ? -127 : qi);
             lane[i / 4] += q[i];
         }
+#endif
         const int sa = lane[0] + lane[1] + lane[2] + lane[3],
                   sb = lane[4] + lane[5] + lane[6] + lane[7];
         const int64_t tk = (int64_t)t * nu + k;
         xa->d[tk] = d;
+        xa->qsum[tk] = sa + sb;
         for (int i = 0; i < 8; i++) xa->dv[8 * tk + i] = d;
         if (xa->corr) {
             int32_t *c = xa->corr + 8 * tk;
             memset(c, 0, 32);
-            if (dt == TD_DTYPE_Q8_0)
-                for (int i = 0; i < 8; i++) c[i] = -128 * lane[i];
-            else if (dt == TD_DTYPE_Q6_K)
+            if (dt == TD_DTYPE_Q6_K)
                 c[0] = -32 * sa, c[4] = -32 * sb;
             else
                 c[0] = -(dt == TD_DTYPE_Q4_0 ? 8 : 16) * (sa + sb);
@@ -257,6 +308,29 @@ static void s_block_scalar(int dt, int nr, int nt, const uint8_t *w0, size_t ldb
     }
 }
 
+/* Row tiles (see TD_QTILE_ROWS): rows r0 .. r0+nr-1 against tokens t0 .. t0+nt-1, out[t * nr +
+ * i]. The definition of their arithmetic. */
+static void s_tile_scalar(int dt, int nr, const uint8_t *w0, size_t ldb, const td_qx_t *xa, int t0,
+                          int nt, float *out) {
+    const int64_t nu = xa->nu, cols = nu * 32;
+    for (int r = 0; r < nr; r++)
+        for (int t = 0; t < nt; t++) {
+            float acc = 0, macc = 0;
+            for (int64_t k = 0; k < nu; k++) {
+                int w[32];
+                float fw[8], mw;
+                s_unit_scalar(dt, w0 + (size_t)r * ldb, k, w, fw, &mw);
+                const int64_t tk = (int64_t)(t0 + t) * nu + k;
+                const int8_t *q = xa->q + (t0 + t) * cols + 32 * k;
+                int32_t is = 0;
+                for (int e = 0; e < 32; e++) is += w[e] * q[e];
+                acc = fmaf((float)is, fw[0] * xa->d[tk], acc);
+                if (dt == TD_DTYPE_Q4_1) macc = fmaf(mw, xa->s[k * xa->ns + t0 + t], macc);
+            }
+            out[t * nr + r] = acc + macc;
+        }
+}
+
 /* --- SIMD paths ------------------------------------------------------------------------------- */
 
 #ifdef TD_QX86
@@ -281,6 +355,8 @@ static void s_block_scalar(int dt, int nr, int nt, const uint8_t *w0, size_t ldb
 
 typedef void (*s_block_fn)(int dt, int nr, int nt, const uint8_t *w0, size_t ldb, const td_qx_t *xa,
                            int t0, float *out);
+typedef void (*s_tile_fn)(int dt, const uint8_t *w0, size_t ldb, const td_qx_t *xa, int t0, int nt,
+                          float *out, const uint8_t *pf, size_t pfn);
 enum { S_SCALAR = 0, S_AVX2, S_VNNI, S_NPATH };
 static const char *const s_path_names[S_NPATH] = {"scalar", "avx2", "avx512vnni"};
 static int s_path = -1;
@@ -353,6 +429,15 @@ static s_block_fn s_block_for(int p) {
     return s_block_scalar;
 }
 
+static s_tile_fn s_tile_for(int p) {
+#ifdef TD_QX86
+    if (p == S_VNNI) return s_vnni_tile;
+    if (p == S_AVX2) return s_avx2_tile;
+#endif
+    (void)p;
+    return NULL;
+}
+
 /* --- products --------------------------------------------------------------------------------- */
 
 static int s_check(const td_weight_t *w) {
@@ -374,6 +459,35 @@ static int s_integer(int n_threads, float *y, const float *x, const td_weight_t 
     if (s_qx_alloc(&xa, n, cols, dt)) return TD_ERR_NOMEM;
     for (int t = 0; t < n; t++) s_qx_row(&xa, x + (int64_t)t * cols, t, dt);
     const int path = s_get_path();
+    if (s_is_tiled(dt)) {
+        const s_tile_fn tf = s_tile_for(path);
+        /* (the VNNI kernel gathers with 32-bit offsets up to 15 rows away) */
+        const int64_t ntile = tf && ldb < ((size_t)1 << 27) ? rows / TD_QTILE_ROWS : 0,
+                      nitems = ntile + (rows - ntile * 16);
+        const uint8_t *base = w->data;
+        const size_t tbytes = (size_t)TD_QTILE_ROWS * ldb;
+#pragma omp parallel for schedule(static) if (rows * cols >= TD_QPAR_MIN) num_threads(n_threads)
+        for (int64_t b = 0; b < nitems; b++) {
+            /* tiles of 16 rows, then the leftover rows one by one */
+            const int64_t r = b < ntile ? TD_QTILE_ROWS * b : TD_QTILE_ROWS * ntile + (b - ntile);
+            const int nr = b < ntile ? TD_QTILE_ROWS : 1;
+            const uint8_t *w0 = base + (size_t)r * ldb;
+            float out[TD_QTILE_ROWS * TD_QTILE_NT];
+            for (int t0 = 0; t0 < n; t0 += TD_QTILE_NT) {
+                const int nt = n - t0 < TD_QTILE_NT ? n - t0 : TD_QTILE_NT;
+                if (b < ntile) /* prefetch: the next tile, during the first pass over this one */
+                    tf(dt, w0, ldb, &xa, t0, nt, out, w0 + tbytes,
+                       t0 == 0 && b + 1 < ntile ? tbytes : 0);
+                else
+                    s_tile_scalar(dt, nr, w0, ldb, &xa, t0, nt, out);
+                for (int t = 0; t < nt; t++)
+                    for (int i = 0; i < nr; i++)
+                        y[(int64_t)(t0 + t) * rows + r + i] = out[t * nr + i];
+            }
+        }
+        free(xa.q);
+        return TD_OK;
+    }
     const s_block_fn fn = s_block_for(path);
     /* rows x tokens per pass over a block of rows: what the path's registers hold (AVX2: 16
      * vectors, two accumulators per output; VNNI: 32) */

@@ -370,10 +370,8 @@ TQ_FN(rows)(const int DT, const int NR, const int NT, const uint8_t *w0, size_t 
 
 static TQ_ATTR void TQ_FN(block)(int dt, int nr, int nt, const uint8_t *w0, size_t ldb,
                                  const td_qx_t *xa, int t0, float *out) {
-    switch (dt) {
-        TQ_CASE_DT(TD_DTYPE_Q8_0)
+    switch (dt) { /* Q4_1 and Q8_0 go through the row tiles below */
         TQ_CASE_DT(TD_DTYPE_Q4_0)
-        TQ_CASE_DT(TD_DTYPE_Q4_1)
         TQ_CASE_DT(TD_DTYPE_Q5_0)
         TQ_CASE_DT(TD_DTYPE_Q5_1)
         TQ_CASE_DT(TD_DTYPE_Q4_K)
@@ -385,3 +383,280 @@ static TQ_ATTR void TQ_FN(block)(int dt, int nr, int nt, const uint8_t *w0, size
 }
 #undef TQ_CASE_NT
 #undef TQ_CASE_DT
+
+/* --- row tiles (Q4_1, Q8_0) -------------------------------------------------------------------
+ * 16 weight rows x all the tokens per pass: each unit of the 16 rows is loaded and unpacked once
+ * and multiplied with every token (cpu_quant.c: "row tiles" gives the arithmetic). Unit k of rows
+ * 4l + g goes to 128-bit lane l of vector g: elements 0..15 in lo[g], 16..31 in hi[g] (Q4_1: the
+ * low and high nibbles; Q8_0: the bytes + 128). A token's 16 + 16 activation bytes are broadcast
+ * to every lane, so lane l, dword j of the integer products holds 4 products of row 4l + g; two
+ * rounds of unpack + add leave row i's exact unit sum in dword i. */
+
+#if TQ_VNNI
+typedef __m512i TQ_FN(vi);
+typedef __m512 TQ_FN(vf);
+#define TQ_TR 16 /* rows per vector */
+#else
+typedef __m256i TQ_FN(vi);
+typedef __m256 TQ_FN(vf);
+#define TQ_TR 8
+#endif
+
+/* 128 bits at p + off from rows g, 4 + g (, 8 + g, 12 + g), lane l = row 4l + g. */
+static inline TQ_ATTR __attribute__((always_inline)) TQ_FN(vi)
+    TQ_FN(lanes)(const uint8_t *w0, size_t ldb, int g, size_t off) {
+    const __m128i a = _mm_loadu_si128((const __m128i *)(w0 + (size_t)g * ldb + off));
+    const __m128i b = _mm_loadu_si128((const __m128i *)(w0 + (size_t)(4 + g) * ldb + off));
+#if TQ_VNNI
+    const __m128i c = _mm_loadu_si128((const __m128i *)(w0 + (size_t)(8 + g) * ldb + off));
+    const __m128i d = _mm_loadu_si128((const __m128i *)(w0 + (size_t)(12 + g) * ldb + off));
+    /* two 256-bit inserts (any vector port) and one 512-bit insert (one port only) */
+    const __m256i ab = _mm256_inserti128_si256(_mm256_castsi128_si256(a), b, 1);
+    const __m256i cd = _mm256_inserti128_si256(_mm256_castsi128_si256(c), d, 1);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(ab), cd, 1);
+#else
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(a), b, 1);
+#endif
+}
+
+/* dword i of the result: the sum of the 4 dwords of row i (vector i % 4, lane i / 4). */
+static inline TQ_ATTR __attribute__((always_inline)) TQ_FN(vi) TQ_FN(reduce4)(const TQ_FN(vi) * v) {
+#if TQ_VNNI
+    const __m512i p =
+        _mm512_add_epi32(_mm512_unpacklo_epi32(v[0], v[1]), _mm512_unpackhi_epi32(v[0], v[1]));
+    const __m512i q =
+        _mm512_add_epi32(_mm512_unpacklo_epi32(v[2], v[3]), _mm512_unpackhi_epi32(v[2], v[3]));
+    return _mm512_add_epi32(_mm512_unpacklo_epi64(p, q), _mm512_unpackhi_epi64(p, q));
+#else
+    const __m256i p =
+        _mm256_add_epi32(_mm256_unpacklo_epi32(v[0], v[1]), _mm256_unpackhi_epi32(v[0], v[1]));
+    const __m256i q =
+        _mm256_add_epi32(_mm256_unpacklo_epi32(v[2], v[3]), _mm256_unpackhi_epi32(v[2], v[3]));
+    return _mm256_add_epi32(_mm256_unpacklo_epi64(p, q), _mm256_unpackhi_epi64(p, q));
+#endif
+}
+
+/* TQ_TR rows at w0 (stride ldb) against tokens t0 .. t0 + nt - 1 (nt <= TD_QTILE_NT):
+ * out[t * TQ_TR + i]. pf: the bytes to prefetch while this runs (the next tile), pfn of them. */
+#if TQ_VNNI
+#ifndef TD_I32A_DEFINED
+#define TD_I32A_DEFINED
+typedef int32_t td_i32a __attribute__((may_alias, aligned(1)));
+#endif
+/* 4 vectors whose lane l holds 4 dwords of row 4l + g (g = the vector) -> 4 vectors whose dword
+ * 4l + g holds dword j (j = the vector) of that row: row i in dword i. */
+static inline TQ_ATTR __attribute__((always_inline)) void TQ_FN(tr4)(const __m512i *v, __m512i *o) {
+    const __m512i a = _mm512_unpacklo_epi32(v[0], v[1]), b = _mm512_unpackhi_epi32(v[0], v[1]);
+    const __m512i c = _mm512_unpacklo_epi32(v[2], v[3]), d = _mm512_unpackhi_epi32(v[2], v[3]);
+    o[0] = _mm512_unpacklo_epi64(a, c), o[1] = _mm512_unpackhi_epi64(a, c);
+    o[2] = _mm512_unpacklo_epi64(b, d), o[3] = _mm512_unpackhi_epi64(b, d);
+}
+
+/* VNNI: the 16 rows' unit is transposed once (row i in dword i, 8 vectors of 4 elements each),
+ * then each token costs 8 vpdpbusd against its activation dwords broadcast, and the float ops. */
+static inline TQ_ATTR __attribute__((always_inline)) void
+TQ_FN(tile_t)(const int DT, const uint8_t *w0, size_t ldb, const td_qx_t *xa, int t0, int nt,
+              float *out, const uint8_t *pf, size_t pfn) {
+    const int64_t nu = xa->nu, cols = nu * 32, ns = xa->ns;
+    const int q8 = DT == TD_DTYPE_Q8_0;
+    const size_t bb = q8 ? 34 : 20;
+    __m512 acc[TD_QTILE_NT], macc[TD_QTILE_NT];
+    for (int t = 0; t < nt; t++) acc[t] = macc[t] = _mm512_setzero_ps();
+    const __m512i vidx =
+        _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                           _mm512_set1_epi32((int)ldb));
+    const size_t pstep = (pfn / (size_t)nu + 63) & ~(size_t)63;
+    for (int64_t k = 0; k < nu; k++) {
+        for (size_t o = (size_t)k * pstep; o < (size_t)(k + 1) * pstep && o < pfn; o += 64)
+            _mm_prefetch((const char *)(pf + o), _MM_HINT_T0);
+        const size_t off = (size_t)k * bb;
+        __m512i raw[4], u[8]; /* u[j]: elements 4j .. 4j+3 of row i in dword i */
+        /* the f16 d (and m) of the 16 rows: one gather (cheaper here than 16 loads + shuffles) */
+        const __m512i dmv = _mm512_i32gather_epi32(vidx, (const void *)(w0 + off), 1);
+        if (q8) {
+            const __m512i s = _mm512_set1_epi8(-128);
+#pragma GCC unroll 4
+            for (int g = 0; g < 4; g++) raw[g] = TQ_FN(lanes)(w0, ldb, g, off + 2);
+            TQ_FN(tr4)(raw, u);
+#pragma GCC unroll 4
+            for (int g = 0; g < 4; g++) raw[g] = TQ_FN(lanes)(w0, ldb, g, off + 18);
+            TQ_FN(tr4)(raw, u + 4);
+#pragma GCC unroll 8
+            for (int j = 0; j < 8; j++) u[j] = _mm512_xor_si512(u[j], s);
+        } else {
+            const __m512i m4 = _mm512_set1_epi8(15);
+#pragma GCC unroll 4
+            for (int g = 0; g < 4; g++) raw[g] = TQ_FN(lanes)(w0, ldb, g, off + 4);
+            TQ_FN(tr4)(raw, u);
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                u[j + 4] = _mm512_and_si512(_mm512_srli_epi16(u[j], 4), m4);
+                u[j] = _mm512_and_si512(u[j], m4);
+            }
+        }
+        const __m512 fw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dmv));
+        const __m512 mw = q8 ? _mm512_setzero_ps()
+                             : _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dmv, 16)));
+        for (int t = 0; t < nt; t++) {
+            const int64_t tk = (int64_t)(t0 + t) * nu + k;
+            const int8_t *xq = xa->q + (t0 + t) * cols + 32 * k;
+            /* one chain (tokens and units overlap in the core); Q8_0 starts from its correction */
+            __m512i s = q8 ? _mm512_set1_epi32(-128 * xa->qsum[tk]) : _mm512_setzero_si512();
+#pragma GCC unroll 8
+            for (int j = 0; j < 8; j++) /* the 4 activation bytes: a broadcast load */
+                s = _mm512_dpbusd_epi32(s, u[j], _mm512_set1_epi32(*(const td_i32a *)(xq + 4 * j)));
+            const __m512 f = _mm512_mul_ps(fw, _mm512_set1_ps(xa->d[tk]));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), f, acc[t]);
+            if (!q8) macc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xa->s[k * ns + t0 + t]), macc[t]);
+        }
+    }
+    for (int t = 0; t < nt; t++) _mm512_storeu_ps(out + t * 16, _mm512_add_ps(acc[t], macc[t]));
+}
+#else
+static inline TQ_ATTR __attribute__((always_inline)) void
+TQ_FN(tile_t)(const int DT, const uint8_t *w0, size_t ldb, const td_qx_t *xa, int t0, int nt,
+              float *out, const uint8_t *pf, size_t pfn) {
+    const int64_t nu = xa->nu, cols = nu * 32, ns = xa->ns;
+    const int q8 = DT == TD_DTYPE_Q8_0;
+    const size_t bb = q8 ? 34 : 20;
+    TQ_FN(vf) acc[TD_QTILE_NT], macc[TD_QTILE_NT];
+    for (int t = 0; t < nt; t++) {
+#if TQ_VNNI
+        acc[t] = macc[t] = _mm512_setzero_ps();
+#else
+        acc[t] = macc[t] = _mm256_setzero_ps();
+#endif
+    }
+    const size_t pstep = (pfn / (size_t)nu + 63) & ~(size_t)63;
+    for (int64_t k = 0; k < nu; k++) {
+        for (size_t o = (size_t)k * pstep; o < (size_t)(k + 1) * pstep && o < pfn; o += 64)
+            _mm_prefetch((const char *)(pf + o), _MM_HINT_T0);
+        const size_t off = (size_t)k * bb;
+        TQ_FN(vi) lo[4], hi[4], dm[4];
+#pragma GCC unroll 4
+        for (int g = 0; g < 4; g++) {
+            dm[g] = TQ_FN(lanes)(w0, ldb, g, off);
+#if TQ_VNNI
+            if (q8) {
+                const __m512i s = _mm512_set1_epi8(-128);
+                lo[g] = _mm512_xor_si512(TQ_FN(lanes)(w0, ldb, g, off + 2), s);
+                hi[g] = _mm512_xor_si512(TQ_FN(lanes)(w0, ldb, g, off + 18), s);
+            } else {
+                const __m512i v = TQ_FN(lanes)(w0, ldb, g, off + 4), m4 = _mm512_set1_epi8(15);
+                lo[g] = _mm512_and_si512(v, m4);
+                hi[g] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+            }
+#else
+            if (q8) { /* signed bytes: |w| here, the sign goes onto the activations */
+                lo[g] = TQ_FN(lanes)(w0, ldb, g, off + 2);
+                hi[g] = TQ_FN(lanes)(w0, ldb, g, off + 18);
+            } else {
+                const __m256i v = TQ_FN(lanes)(w0, ldb, g, off + 4), m4 = _mm256_set1_epi8(15);
+                lo[g] = _mm256_and_si256(v, m4);
+                hi[g] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+            }
+#endif
+        }
+        /* the f16 d (and m) of each row: dword 0 of every lane, into row order */
+#if TQ_VNNI
+        const __m512i d01 = _mm512_unpacklo_epi32(dm[0], dm[1]),
+                      d23 = _mm512_unpacklo_epi32(dm[2], dm[3]);
+        const __m512i dmv = _mm512_unpacklo_epi64(d01, d23);
+        const __m512 fw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dmv));
+        const __m512 mw = q8 ? _mm512_setzero_ps()
+                             : _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dmv, 16)));
+#else
+        const __m256i d01 = _mm256_unpacklo_epi32(dm[0], dm[1]),
+                      d23 = _mm256_unpacklo_epi32(dm[2], dm[3]);
+        const __m256i dmv = _mm256_unpacklo_epi64(d01, d23);
+        const __m256i lo16 =
+            _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 4, 5,
+                             8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1);
+        const __m256i hp = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(dmv, lo16), 0x08);
+        const __m256 fw = _mm256_cvtph_ps(_mm256_castsi256_si128(hp));
+        __m256 mw = _mm256_setzero_ps();
+        if (!q8) {
+            const __m256i hm = _mm256_permute4x64_epi64(
+                _mm256_shuffle_epi8(_mm256_srli_epi32(dmv, 16), lo16), 0x08);
+            mw = _mm256_cvtph_ps(_mm256_castsi256_si128(hm));
+        }
+        const __m256i ones = _mm256_set1_epi16(1);
+#endif
+        for (int t = 0; t < nt; t++) {
+            const int64_t tk = (int64_t)(t0 + t) * nu + k;
+            const int8_t *xq = xa->q + (t0 + t) * cols + 32 * k;
+            TQ_FN(vi) v[4];
+#if TQ_VNNI
+            const __m512i xl = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)xq));
+            const __m512i xh = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xq + 16)));
+#pragma GCC unroll 4
+            for (int g = 0; g < 4; g++)
+                v[g] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[g], xl),
+                                           hi[g], xh);
+            __m512i s = TQ_FN(reduce4)(v);
+            if (q8) s = _mm512_add_epi32(s, _mm512_set1_epi32(-128 * xa->qsum[tk]));
+            const __m512 f = _mm512_mul_ps(fw, _mm512_set1_ps(xa->d[tk]));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), f, acc[t]);
+            if (!q8) macc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xa->s[k * ns + t0 + t]), macc[t]);
+#else
+            const __m256i xl = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)xq));
+            const __m256i xh =
+                _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(xq + 16)));
+#pragma GCC unroll 4
+            for (int g = 0; g < 4; g++) {
+                __m256i pl, ph;
+                if (q8) {
+                    pl = _mm256_maddubs_epi16(_mm256_abs_epi8(lo[g]), _mm256_sign_epi8(xl, lo[g]));
+                    ph = _mm256_maddubs_epi16(_mm256_abs_epi8(hi[g]), _mm256_sign_epi8(xh, hi[g]));
+                } else {
+                    pl = _mm256_maddubs_epi16(lo[g], xl);
+                    ph = _mm256_maddubs_epi16(hi[g], xh);
+                }
+                /* Q4_1 pairs are below 2 * 15 * 127: their sum fits 16 bits; Q8_0's do not */
+                v[g] =
+                    q8 ? _mm256_add_epi32(_mm256_madd_epi16(pl, ones), _mm256_madd_epi16(ph, ones))
+                       : _mm256_madd_epi16(_mm256_add_epi16(pl, ph), ones);
+            }
+            const __m256i s = TQ_FN(reduce4)(v);
+            const __m256 f = _mm256_mul_ps(fw, _mm256_set1_ps(xa->d[tk]));
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), f, acc[t]);
+            if (!q8) macc[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xa->s[k * ns + t0 + t]), macc[t]);
+#endif
+        }
+    }
+    for (int t = 0; t < nt; t++) {
+#if TQ_VNNI
+        _mm512_storeu_ps(out + t * TQ_TR, _mm512_add_ps(acc[t], macc[t]));
+#else
+        _mm256_storeu_ps(out + t * TQ_TR, _mm256_add_ps(acc[t], macc[t]));
+#endif
+    }
+}
+
+#endif
+
+/* TD_QTILE_ROWS (16) rows: the VNNI path in one pass, AVX2 in two halves of 8. */
+static TQ_ATTR void TQ_FN(tile)(int dt, const uint8_t *w0, size_t ldb, const td_qx_t *xa, int t0,
+                                int nt, float *out, const uint8_t *pf, size_t pfn) {
+#if TQ_VNNI
+    if (dt == TD_DTYPE_Q8_0)
+        TQ_FN(tile_t)(TD_DTYPE_Q8_0, w0, ldb, xa, t0, nt, out, pf, pfn);
+    else
+        TQ_FN(tile_t)(TD_DTYPE_Q4_1, w0, ldb, xa, t0, nt, out, pf, pfn);
+#else
+    float o2[2][TD_QTILE_NT * 8];
+    for (int h = 0; h < 2; h++) {
+        const uint8_t *wh = w0 + (size_t)(8 * h) * ldb;
+        if (dt == TD_DTYPE_Q8_0)
+            TQ_FN(tile_t)(TD_DTYPE_Q8_0, wh, ldb, xa, t0, nt, o2[h], pf + h * (pfn / 2), pfn / 2);
+        else
+            TQ_FN(tile_t)(TD_DTYPE_Q4_1, wh, ldb, xa, t0, nt, o2[h], pf + h * (pfn / 2), pfn / 2);
+    }
+    for (int t = 0; t < nt; t++)
+        for (int i = 0; i < 8; i++) {
+            out[t * 16 + i] = o2[0][t * 8 + i];
+            out[t * 16 + 8 + i] = o2[1][t * 8 + i];
+        }
+#endif
+}
+#undef TQ_TR

@@ -2,10 +2,12 @@
  * gguf Python package (committed fixture), the reference quantizers, and the CPU backend's
  * quantized products on every kernel path this CPU has: against the dequantize-then-double-dot
  * reference within the bound of 8-bit activation quantization, the paths bitwise against each
- * other, and batch invariance bitwise (a token's outputs alone = inside any batch). */
+ * other, and batch invariance bitwise (a token's outputs alone = inside any batch); Q4_1 and Q8_0
+ * (row tiles) also bitwise against a plain-C statement of their arithmetic. */
 #include "tests/tdtest.h"
 
 #include "kernels/backend.h"
+#include "kernels/cpu_quant.h"
 #include "kernels/quant.h"
 
 #include <stdlib.h>
@@ -373,6 +375,81 @@ TD_TEST(matmul_paths_bitwise_and_batch_invariant) {
     td_cpu_kernels_select("auto", &err);
     td_backend_destroy(&b2);
     td_backend_destroy(&b1);
+}
+
+/* Q4_1 and Q8_0 skinny products (cpu_quant.c, "row tiles"), written out here from their
+ * definition: activations to int8 per 32 (d = amax / 127, nearest even), per unit the exact
+ * integer sum S of the 32 products, acc = fmaf(S, d_w * d_x, acc), Q4_1's min term
+ * macc = fmaf(m_w, d_x * sum(q), macc), out = acc + macc. Every kernel path must give these bits
+ * for full tiles of 16 rows, leftover rows, a zero activation unit, and more tokens than one pass
+ * over a tile takes (40 > 24). */
+static float s_tile_def(td_dtype_t t, const uint8_t *row, const float *x, int64_t cols) {
+    float acc = 0, macc = 0;
+    for (int64_t k = 0; k < cols / 32; k++) {
+        const float *v = x + 32 * k;
+        float amax = 0;
+        for (int i = 0; i < 32; i++) amax = fabsf(v[i]) > amax ? fabsf(v[i]) : amax;
+        const float dx = amax / 127.0f, id = dx > 0 ? 1.0f / dx : 0.0f;
+        int32_t sum = 0, sq = 0;
+        uint16_t h;
+        for (int i = 0; i < 32; i++) {
+            int q = (int)rintf(v[i] * id);
+            q = q > 127 ? 127 : q < -127 ? -127 : q;
+            int w;
+            if (t == TD_DTYPE_Q8_0)
+                w = (int8_t)row[34 * k + 2 + i];
+            else
+                w = i < 16 ? row[20 * k + 4 + i] & 15 : row[20 * k + 4 + i - 16] >> 4;
+            sum += w * q, sq += q;
+        }
+        memcpy(&h, row + (t == TD_DTYPE_Q8_0 ? 34 : 20) * k, 2);
+        acc = fmaf((float)sum, td_f16_to_f32(h) * dx, acc);
+        if (t == TD_DTYPE_Q4_1) {
+            memcpy(&h, row + 20 * k + 2, 2);
+            macc = fmaf(td_f16_to_f32(h), dx * (float)sq, macc);
+        }
+    }
+    return acc + macc;
+}
+
+TD_TEST(row_tiles_match_their_definition) {
+    const td_dtype_t types[2] = {TD_DTYPE_Q4_1, TD_DTYPE_Q8_0};
+    const int64_t rows = 37, cols = 128, ld = 160; /* 2 tiles + 5 rows; rows padded in memory */
+    const int n = 40;
+    float *x = malloc((size_t)(n * cols) * 4), *y = malloc((size_t)(n * rows) * 4);
+    REQUIRE(x && y);
+    for (int64_t i = 0; i < n * cols; i++) x[i] = s_randf() * (float)(1 + i % 5);
+    for (int i = 0; i < 32; i++) x[3 * cols + 64 + i] = 0; /* token 3, unit 2: all zero */
+    x[5 * cols + 7] = 1e4f;                                /* a unit dominated by one element */
+    td_err_t err = {0};
+    int n_paths = 0;
+    for (int q = 0; q < 2; q++) {
+        const td_dtype_t t = types[q];
+        uint8_t *wq = s_qmatrix(t, rows, ld);
+        const size_t ldb = (size_t)td_dtype_row_bytes(t, ld);
+        td_weight_t w = {wq, t, rows, cols, 0, ld};
+        for (int p = 0; p < 3; p++) {
+            if (!td_cpu_kernels_available(s_paths[p])) continue;
+            REQUIRE(td_cpu_kernels_select(s_paths[p], &err) == TD_OK);
+            n_paths++;
+            memset(y, 0xff, (size_t)(n * rows) * 4);
+            REQUIRE(td_cpu_qmatmul(2, 64, y, x, &w, n) == TD_OK);
+            int bad = 0;
+            for (int tk = 0; tk < n; tk++)
+                for (int64_t r = 0; r < rows; r++) {
+                    const float want = s_tile_def(t, wq + (size_t)r * ldb, x + tk * cols, cols);
+                    if (memcmp(&want, &y[tk * rows + r], 4) && bad++ < 3)
+                        printf("    %s %s token %d row %lld: %.9g, definition %.9g\n", s_paths[p],
+                               td_dtype_name(t), tk, (long long)r, y[tk * rows + r], want);
+                }
+            CHECK_MSG(!bad, "%s %s: %d outputs differ from the definition", s_paths[p],
+                      td_dtype_name(t), bad);
+        }
+        free(wq);
+    }
+    CHECK(n_paths >= 2);
+    td_cpu_kernels_select("auto", &err);
+    free(x), free(y);
 }
 
 TD_TEST(kernel_selection) {
