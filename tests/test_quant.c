@@ -433,7 +433,7 @@ TD_TEST(row_tiles_match_their_definition) {
             REQUIRE(td_cpu_kernels_select(s_paths[p], &err) == TD_OK);
             n_paths++;
             memset(y, 0xff, (size_t)(n * rows) * 4);
-            REQUIRE(td_cpu_qmatmul(2, 64, y, x, &w, n) == TD_OK);
+            REQUIRE(td_cpu_qmatmul(2, y, x, &w, n) == TD_OK);
             int bad = 0;
             for (int tk = 0; tk < n; tk++)
                 for (int64_t r = 0; r < rows; r++) {
