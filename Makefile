@@ -53,7 +53,8 @@ FUZZ_SECONDS ?= 60
 # seconds one input may take before libFuzzer calls it a hang (its default is 1200)
 FUZZ_TIMEOUT ?= 10
 
-.PHONY: all test check check-layers fuzz fuzz-smoke bench bench-peer format deps clean run proto check-proto models
+.PHONY: all test check check-layers fuzz fuzz-smoke bench bench-peer format deps clean run proto check-proto models \
+        dflash-drafter
 # the bench programs too (never stale), except in sanitizer builds (bench_cpu needs AVX2 at file level)
 all: $(BUILD)/bin/tandem $(WORKER_BIN) $(if $(SAN),,$(BENCH_BIN))
 
@@ -69,6 +70,20 @@ deps:
 # models/smollm2/, sha256-checked; tests that need it skip when it is absent.
 models:
 	sh scripts/get-models.sh
+
+# The DFlash drafter for SmolLM2 (issue 13), rebuilt from scratch, reproducibly (seeded):
+# self-distilled answers by tandem itself, HF features, CPU training, export to
+# models/dflash-smollm2/. tools/train/dflash/README.md gives the times measured.
+# DFLASH_PY: a python with torch, transformers, gguf, safetensors, matplotlib.
+DFLASH_PY ?= /work/venv/bin/python
+DFLASH_N ?= 800
+DFLASH_STEPS ?= 2000
+DFLASH_THREADS ?= 2
+dflash-drafter: all models
+	$(DFLASH_PY) tools/train/dflash/gen_data.py answers --n $(DFLASH_N) --threads $(DFLASH_THREADS)
+	$(DFLASH_PY) tools/train/dflash/gen_data.py features --threads $(DFLASH_THREADS)
+	$(DFLASH_PY) tools/train/dflash/train.py --steps $(DFLASH_STEPS) --threads $(DFLASH_THREADS)
+	$(DFLASH_PY) tools/train/dflash/export.py
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)

@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Exports the trained DFlash drafter (issue 13) as the checkpoint directory the C drafter reads
+(spec: /work/briefs/dflash-spec.md, docs): config.json + model.safetensors (BF16, the drafter's
+own weights only: fc, hidden_norm, layers.*, norm; nothing of the target's).
+
+target.fingerprints: taken from `build/bin/tandem inspect --json <target>` ("fingerprint") for
+every --target file; when the binary does not print one yet (the C side adds it) the list stays
+empty and a warning says so.
+
+    python3 tools/train/dflash/export.py [--ckpt build/dflash-train/best.pt] [--out models/dflash-smollm2]
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import torch
+from safetensors.torch import save_file
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
+
+
+def fingerprint(tandem, path):
+    try:
+        r = subprocess.run([tandem, "inspect", "--json", path], capture_output=True, check=True)
+        fp = json.loads(r.stdout).get("fingerprint")
+    except (OSError, subprocess.CalledProcessError, ValueError) as e:
+        print(f"export: tandem inspect failed on {path}: {e}", file=sys.stderr)
+        return None
+    return fp
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ckpt", default=os.path.join(ROOT, "build/dflash-train/best.pt"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "models/dflash-smollm2"))
+    ap.add_argument("--tandem", default=os.path.join(ROOT, "build/bin/tandem"))
+    ap.add_argument("--target", nargs="+",
+                    default=[os.path.join(ROOT, "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")])
+    args = ap.parse_args()
+
+    ck = torch.load(args.ckpt, weights_only=False)
+    cfg = json.loads(json.dumps(ck["cfg"]))
+    fps = []
+    for t in args.target:
+        fp = fingerprint(args.tandem, t)
+        if fp:
+            fps.append(fp)
+        else:
+            print(f"export: WARNING: no fingerprint for {t} (tandem inspect --json has no "
+                  f"'fingerprint' yet); target.fingerprints left without it", file=sys.stderr)
+    cfg["target"]["fingerprints"] = fps
+    ev = ck.get("eval", {})
+    tr = ck.get("training", {})
+    cfg["training"] = {
+        "data": "self-distillation: greedy answers of the Q4_1 GGUF as `tandem generate --method ar` "
+                "runs it, prompts tools/train/dflash/prompts.txt (idx % 10 == 9 held out); features by "
+                "HF transformers on the same GGUF, bf16",
+        "train_sequences": tr.get("train_sequences"), "heldout_sequences": tr.get("heldout_sequences"),
+        "step": tr.get("step"), "train_seconds": round(tr.get("train_s", 0.0), 1), "seed": tr.get("seed"),
+        "loss": "CE on block rows 1..B-1, weight exp(-(i-1)/gamma), gamma 7 (B=16) / 4 (B=8); "
+                "25% of blocks of size 8",
+        "heldout_tokens_per_verify_block16": ev.get("eval16", {}).get("tokens_per_verify") if ev.get("eval16") else None,
+        "heldout_tokens_per_verify_block8": ev.get("eval8", {}).get("tokens_per_verify") if ev.get("eval8") else None,
+        "script": "tools/train/dflash (make dflash-drafter)",
+    }
+    sd = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in ck["model"].items()}
+    assert not any(k.startswith("embed") for k in sd), "target weights must not be exported"
+    os.makedirs(args.out, exist_ok=True)
+    save_file(sd, os.path.join(args.out, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(args.out, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+        f.write("\n")
+    size = os.path.getsize(os.path.join(args.out, "model.safetensors"))
+    print(f"export: {args.out}: {len(sd)} tensors, {sum(v.numel() for v in sd.values()) / 1e6:.2f}M params, "
+          f"{size / 1e6:.1f} MB; fingerprints {fps}; held-out tokens/verify "
+          f"b16 {cfg['training']['heldout_tokens_per_verify_block16']} "
+          f"b8 {cfg['training']['heldout_tokens_per_verify_block8']}")
+    assert size <= 20 * 1000 * 1000, "drafter over 20 MB"
+
+
+if __name__ == "__main__":
+    main()
