@@ -5,6 +5,8 @@
  * (HF hidden states, bf16-rounded) go in, the logits must match to ~1e-4; the features tandem's
  * own verifier forward computes must match HF's to bf16 precision. */
 #include <cjson/cJSON.h>
+#include <pthread.h>
+#include <unistd.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -395,6 +397,163 @@ TD_TEST(sampled_exact_chisq) {
      * the sparse dists and fetched full rows), not that acceptance is high */
     CHECK_MSG(drafted >= n_gen, "only %ld drafts in %d generations", drafted, n_gen);
     td_pair_close(&pair);
+}
+
+/* ---- the verifier's feature bookkeeping, with drafts that get accepted ------------------------
+ * A scripted drafter (a server in a thread of this test, speaking the protocol as a dflash
+ * drafter) proposes the verifier's own greedy continuation with one wrong token per round at a
+ * rotating index, so rounds accept 0..gamma drafts. It records every feature row it receives by
+ * position and checks the invariant (feature_start == rows held, rows up to base_len + delta - 2).
+ * The rows must equal a fresh forward over the final text, bf16-rounded. */
+
+#define FK_MAXPOS 256
+typedef struct fake {
+    td_server_t *srv;
+    volatile int stop;
+    const int32_t *cont; /* the verifier's greedy continuation after the prompt */
+    int n_prompt, n_cont, fdim;
+    float *rows; /* [FK_MAXPOS, fdim] */
+    int held, bad_invariant, requests;
+    uint64_t round;
+} fake_t;
+
+static void *s_fake_serve(void *arg) {
+    fake_t *f = arg;
+    Tandem__Hello hello;
+    tandem__hello__init(&hello);
+    char *caps[] = {"dflash"};
+    uint32_t layers[] = {1, 3, 5};
+    td_wire_hello_fill(&hello, TANDEM__ROLE__ROLE_DRAFTER, "fake", 4096, -1, 0, "fake", caps, 1);
+    hello.n_target_layers = 3, hello.target_layers = layers, hello.block_size = 8;
+    while (!f->stop) {
+        td_routing_id_t from;
+        Tandem__Envelope *req = NULL;
+        td_err_t err = {0};
+        if (td_server_recv(f->srv, &from, &req, 50, &err) != TD_RECV_OK) continue;
+        if (req->body_case == TANDEM__ENVELOPE__BODY_HELLO) {
+            hello.tokenizer_hash = req->hello->tokenizer_hash;
+            td_server_answer_hello(f->srv, &from, &hello, req->hello, NULL);
+        } else if (req->body_case == TANDEM__ENVELOPE__BODY_DRAFT_REQUEST) {
+            const Tandem__DraftRequest *r = req->draft_request;
+            int n = (int)(r->base_len + r->n_prefix_delta);
+            int rows = (int)(r->features.len / ((size_t)f->fdim * 2));
+            if (r->base_len == 0) f->held = 0;
+            if ((int)r->feature_start != f->held || (int)r->feature_start + rows != n - 1 ||
+                r->feature_type != TANDEM__FEATURE_TYPE__FEATURE_BF16)
+                f->bad_invariant++;
+            const uint8_t *b = r->features.data;
+            for (int i = 0; i < rows && r->feature_start + i < FK_MAXPOS; i++)
+                for (int j = 0; j < f->fdim; j++) {
+                    size_t k = (size_t)i * f->fdim + j;
+                    f->rows[(size_t)(r->feature_start + i) * f->fdim + j] =
+                        td_bf16_to_f32((uint16_t)(b[2 * k] | (b[2 * k + 1] << 8)));
+                }
+            f->held = n - 1;
+            Tandem__Envelope env;
+            Tandem__Proposal prop;
+            td_wire_proposal_init(&env, &prop, req->session_id, req->round);
+            uint32_t toks[256];
+            int g = (int)r->gamma, wrong = (int)(f->requests % (uint64_t)(g + 1));
+            for (int j = 0; j < g; j++) {
+                int c = n - f->n_prompt + j;
+                toks[j] = c < f->n_cont ? (uint32_t)f->cont[c] : 1;
+                if (j == wrong) toks[j] = (toks[j] + 1) % 4096; /* wrong == g: all right */
+            }
+            f->requests++;
+            prop.n_tokens = (size_t)g, prop.tokens = toks;
+            td_server_send(f->srv, &from, &env, NULL);
+        }
+        td_wire_free(&req);
+    }
+    return NULL;
+}
+
+TD_TEST(features_of_accepted_rows) {
+    td_err_t err = {0};
+    td_backend_t *be = td_backend_cpu_new(1, 0, &err);
+    td_model_t *v = be ? td_model_load(s_tiny, be, &err) : NULL;
+    REQUIRE(v);
+    const int NP = 8, NT = 40, FD = 3 * 256;
+    /* the reference: ar greedy */
+    td_run_params_t pa = td_run_params_default(TD_METHOD_AR);
+    pa.max_tokens = NT;
+    int32_t ref[64], got[64];
+    td_run_stats_t sa, sd;
+    td_run_ctx_t ca = {.verifier = v};
+    REQUIRE(td_method_run(TD_METHOD_AR, &ca, &pa, s_prompts[1], NP, ref, &sa, &err) == TD_OK);
+    fake_t f = {.cont = ref, .n_prompt = NP, .n_cont = sa.s.generated, .fdim = FD};
+    f.rows = calloc((size_t)FK_MAXPOS * FD, sizeof *f.rows);
+    char ep[128];
+    snprintf(ep, sizeof ep, "inproc://td-fake-dflash-%d", (int)getpid());
+    f.srv = td_server_new(ep, NULL, &err);
+    REQUIRE(f.srv);
+    pthread_t th;
+    REQUIRE(pthread_create(&th, NULL, s_fake_serve, &f) == 0);
+    td_client_t *dc = td_client_new(ep, NULL, &err);
+    Tandem__Hello ours;
+    tandem__hello__init(&ours);
+    td_wire_hello_fill(&ours, TANDEM__ROLE__ROLE_VERIFIER, "v", 4096, -1, 0, "v", NULL, 0);
+    Tandem__Envelope *ack = NULL;
+    int rc = dc ? td_client_handshake(dc, &ours, &ack, 5000, &err) : TD_ERR;
+    CHECK_MSG(rc == TD_OK, "handshake: %s", err.msg);
+    if (rc == TD_OK) {
+        td_run_params_t pd = td_run_params_default(TD_METHOD_DFLASH);
+        pd.max_tokens = NT;
+        pd.gamma = 5;
+        td_run_ctx_t c = {.verifier = v,
+                          .dc = dc,
+                          .hello = &ours,
+                          .drafter_hello = ack->hello_ack->hello,
+                          .session = 7};
+        rc = td_method_run(TD_METHOD_DFLASH, &c, &pd, s_prompts[1], NP, got, &sd, &err);
+        CHECK_MSG(rc == TD_OK, "dflash: %s", err.msg);
+        CHECK_EQ_INT(sd.s.generated, sa.s.generated);
+        CHECK(!memcmp(got, ref, (size_t)sa.s.generated * sizeof *ref));
+        CHECK_EQ_INT(sd.s.fallbacks, 0);
+        CHECK_EQ_INT(f.bad_invariant, 0);
+        /* accepted 0..gamma per round: some rounds accepted several drafts */
+        CHECK_MSG(sd.s.accepted >= sd.s.rounds, "accepted %d in %d rounds", sd.s.accepted,
+                  sd.s.rounds);
+        CHECK(sd.s.accepted_by_position[4] > 0);
+        /* every position the drafter holds: equal to a fresh forward of the final text */
+        int32_t text[128];
+        memcpy(text, s_prompts[1], NP * sizeof *text);
+        memcpy(text + NP, got, (size_t)sd.s.generated * sizeof *text);
+        int held = f.held;
+        CHECK(held >= NP + sd.s.generated - 1 - 5);
+        td_kv_cache_t *kv = td_kv_cache_new(v, 1, 128, &err);
+        float *want = calloc((size_t)held * FD, sizeof *want);
+        int layers[] = {1, 3, 5};
+        td_batch_t b = {.n = held,
+                        .tokens = text,
+                        .attn = TD_ATTN_CAUSAL,
+                        .hidden_layers = layers,
+                        .n_hidden_layers = 3,
+                        .hidden_out = want};
+        REQUIRE(td_model_forward(v, kv, &b, NULL, &err) == TD_OK);
+        td_feature_round(want, (int64_t)held * FD, TD_FEATURE_BF16);
+        int bad = 0, first = -1;
+        for (int pI = 0; pI < held; pI++)
+            for (int j = 0; j < FD; j++) {
+                float a = f.rows[(size_t)pI * FD + j], w = want[(size_t)pI * FD + j];
+                if (fabsf(a - w) > 1e-2f * (1 + fabsf(w))) {
+                    bad++;
+                    if (first < 0) first = pI;
+                }
+            }
+        CHECK_MSG(bad == 0, "%d feature values differ (first at position %d of %d)", bad, first,
+                  held);
+        free(want);
+        td_kv_cache_destroy(&kv);
+    }
+    f.stop = 1;
+    pthread_join(th, NULL);
+    td_wire_free(&ack);
+    td_client_destroy(&dc);
+    td_server_destroy(&f.srv);
+    free(f.rows);
+    td_model_destroy(&v);
+    td_backend_destroy(&be);
 }
 
 TD_TEST_MAIN()
