@@ -6,6 +6,8 @@
  * own verifier forward computes must match HF's to bf16 precision. */
 #include <cjson/cJSON.h>
 #include <pthread.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <math.h>
 #include <stdlib.h>
@@ -554,6 +556,221 @@ TD_TEST(features_of_accepted_rows) {
     free(f.rows);
     td_model_destroy(&v);
     td_backend_destroy(&be);
+}
+
+/* ---- two processes: tandem-drafter --model <dflash dir> --target <file> over ipc:// -----------
+ */
+
+static pid_t s_spawn(const char *ep, const char *target, int any) {
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/dflash/drafter", td_test_data());
+    pid_t pid = fork();
+    if (pid == 0) {
+        const char *bin = td_test_bin("tandem-drafter");
+        setenv("TD_LOG", "error", 1);
+        execl(bin, bin, "--model", dir, "--target", target, "--bind", ep, "--threads", "1",
+              any ? "--dflash-any-target" : (char *)NULL, (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+static void s_kill(pid_t pid) {
+    if (pid <= 0) return;
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+}
+
+/* td_pair_open against an endpoint, retrying while the worker starts. */
+static int s_open_ep(td_pair_t *pair, const char *vdir, const char *ep, td_err_t *err) {
+    td_pair_opts_t po = {
+        .device = -1, .drafter_device = -1, .threads = 1, .timeout_ms = 500, .dflash = 1};
+    for (int i = 0; i < 50; i++) {
+        if (td_pair_open(pair, vdir, ep, &po, err) == TD_OK) return TD_OK;
+        td_pair_close(pair);
+        if (strstr(err->msg, "refused")) return TD_ERR;
+        usleep(100 * 1000);
+    }
+    return TD_ERR;
+}
+
+typedef struct killer {
+    pid_t pid;
+    int n, kill_at;
+} killer_t;
+
+static int s_kill_cb(void *ud, int32_t id) {
+    (void)id;
+    killer_t *k = ud;
+    if (++k->n == k->kill_at) s_kill(k->pid), k->pid = 0;
+    return 0;
+}
+
+TD_TEST(ipc_equals_inproc_and_faults) {
+    char tmp[] = "/tmp/td_dflash_XXXXXX", ep[128];
+    REQUIRE(mkdtemp(tmp));
+    snprintf(ep, sizeof ep, "ipc://%s/d.sock", tmp);
+    pid_t pid = s_spawn(ep, s_tiny, 0);
+    td_pair_t ipc, inp;
+    td_err_t err = {0};
+    int ok = s_open_ep(&ipc, s_tiny, ep, &err) == TD_OK;
+    CHECK_MSG(ok, "ipc pair: %s", err.msg);
+    if (ok && s_pair(&inp, NULL)) {
+        for (int mode = 0; mode < 2; mode++) { /* greedy, then sampled with a seed */
+            td_run_params_t p = td_run_params_default(TD_METHOD_DFLASH);
+            p.max_tokens = 30;
+            if (mode) {
+                p.sampling = (td_sampling_t){.temperature = 0.9f, .top_k = 0, .top_p = 1.0f};
+                p.draft_sampling = p.sampling;
+                p.seed = 1234;
+            }
+            int32_t a[64], b[64];
+            td_run_stats_t sa, sb;
+            REQUIRE(s_run(&ipc, TD_METHOD_DFLASH, &p, s_prompts[2], 8, 41, a, &sa) == TD_OK);
+            REQUIRE(s_run(&inp, TD_METHOD_DFLASH, &p, s_prompts[2], 8, 42, b, &sb) == TD_OK);
+            CHECK_EQ_INT(sa.s.generated, sb.s.generated);
+            CHECK_MSG(!memcmp(a, b, (size_t)sa.s.generated * sizeof *a),
+                      "mode %d: ipc and inproc outputs differ", mode);
+            CHECK_EQ_INT(sa.s.drafted, sb.s.drafted);
+            CHECK_EQ_INT(sa.s.fallbacks, 0);
+            CHECK(sa.s.feature_bytes == sb.s.feature_bytes && sa.s.feature_bytes > 0);
+        }
+        /* the drafter killed mid-generation: the rest runs as AR, output still equal to ar */
+        td_run_params_t pa = td_run_params_default(TD_METHOD_AR);
+        pa.max_tokens = 30;
+        int32_t ref[64], got[64];
+        td_run_stats_t sr, sg;
+        REQUIRE(s_run(&inp, TD_METHOD_AR, &pa, s_prompts[0], 8, 1, ref, &sr) == TD_OK);
+        td_run_params_t pd = td_run_params_default(TD_METHOD_DFLASH);
+        pd.max_tokens = 30;
+        pd.drafter_timeout_ms = 300;
+        killer_t k = {.pid = pid, .kill_at = 10};
+        td_run_ctx_t c = {.verifier = ipc.verifier,
+                          .dc = ipc.dc,
+                          .hello = &ipc.hello,
+                          .drafter_hello = td_pair_drafter_hello(&ipc),
+                          .session = 77,
+                          .cb = s_kill_cb,
+                          .ud = &k};
+        REQUIRE(td_method_run(TD_METHOD_DFLASH, &c, &pd, s_prompts[0], 8, got, &sg, &err) == TD_OK);
+        pid = k.pid;
+        CHECK_EQ_INT(sg.s.generated, sr.s.generated);
+        CHECK(!memcmp(got, ref, (size_t)sr.s.generated * sizeof *ref));
+        CHECK_MSG(sg.s.fallbacks > 0, "no fallback after the drafter died");
+        td_pair_close(&inp);
+    }
+    if (ok) td_pair_close(&ipc);
+    s_kill(pid);
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
+    CHECK(system(cmd) == 0);
+}
+
+/* A verifier whose weights differ by one byte has another fingerprint: the drafter refuses the
+ * handshake naming both; with --dflash-any-target it accepts. */
+TD_TEST(handshake_refuses_other_target) {
+    char tmp[] = "/tmp/td_dflash_XXXXXX", ep[128], vdir[256], cmd[600];
+    REQUIRE(mkdtemp(tmp));
+    snprintf(ep, sizeof ep, "ipc://%s/d.sock", tmp);
+    snprintf(vdir, sizeof vdir, "%s/v", tmp);
+    snprintf(cmd, sizeof cmd, "mkdir -p %s && cp -r %s/. %s/", vdir, s_tiny, vdir);
+    REQUIRE(system(cmd) == 0);
+    char path[512];
+    snprintf(path, sizeof path, "%s/model.safetensors", vdir);
+    FILE *f = fopen(path, "r+b");
+    REQUIRE(f);
+    fseek(f, -3, SEEK_END);
+    int c = fgetc(f);
+    fseek(f, -3, SEEK_END);
+    fputc(c ^ 1, f);
+    fclose(f);
+    uint64_t fa = 0, fb = 0;
+    td_err_t err = {0};
+    REQUIRE(td_checkpoint_fingerprint(s_tiny, &fa, &err) == TD_OK);
+    REQUIRE(td_checkpoint_fingerprint(vdir, &fb, &err) == TD_OK);
+    pid_t pid = s_spawn(ep, s_tiny, 0);
+    td_pair_t pair;
+    CHECK(s_open_ep(&pair, vdir, ep, &err) != TD_OK);
+    char a[32], b[32];
+    snprintf(a, sizeof a, "0x%016llx", (unsigned long long)fa);
+    snprintf(b, sizeof b, "0x%016llx", (unsigned long long)fb);
+    CHECK_MSG(strstr(err.msg, a) && strstr(err.msg, b), "refusal names both: %s", err.msg);
+    s_kill(pid);
+    /* in-process: refused at construction, naming both */
+    td_pair_opts_t po = {.device = -1, .drafter_device = -1, .threads = 1};
+    char dd[512];
+    snprintf(dd, sizeof dd, "%s/dflash/drafter", td_test_data());
+    CHECK(td_pair_open(&pair, vdir, dd, &po, &err) != TD_OK);
+    CHECK_MSG(strstr(err.msg, a) && strstr(err.msg, b), "in-process refusal: %s", err.msg);
+    td_pair_close(&pair);
+    po.dflash_any_target = 1;
+    CHECK_MSG(td_pair_open(&pair, vdir, dd, &po, &err) == TD_OK, "any target: %s", err.msg);
+    td_pair_close(&pair);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
+    CHECK(system(cmd) == 0);
+}
+
+/* Feature payloads the drafter must refuse, each changing nothing: a size that is not whole rows
+ * (ERROR_MALFORMED), rows that do not reach the text's end (ERROR_MALFORMED), a feature_start
+ * other than the rows it holds (ERROR_OUT_OF_ORDER); then a good request still works. */
+TD_TEST(malformed_features_refused) {
+    td_pair_t pair;
+    if (!s_pair(&pair, NULL)) return;
+    td_client_t *dc = pair.dc;
+    const int FD = 3 * 256;
+    float *feat = calloc((size_t)16 * FD, sizeof *feat);
+    int32_t text[8];
+    memcpy(text, s_prompts[0], sizeof text);
+    struct {
+        int base, n_delta, rows, start, cut, code;
+    } cases[] = {
+        {0, 8, 7, 0, 2, TANDEM__ERROR_CODE__ERROR_MALFORMED},    /* 2 bytes short */
+        {0, 8, 6, 0, 0, TANDEM__ERROR_CODE__ERROR_MALFORMED},    /* a row missing */
+        {0, 8, 7, 1, 0, TANDEM__ERROR_CODE__ERROR_OUT_OF_ORDER}, /* starts at 1, holds none */
+        {0, 8, 7, 0, 0, 0},                                      /* good */
+        {8, 0, 0, 7, 0, 0},                                      /* nothing new: fine */
+        {8, 0, 1, 6, 0, TANDEM__ERROR_CODE__ERROR_OUT_OF_ORDER}, /* rewrites a held row */
+    };
+    for (int i = 0; i < (int)(sizeof cases / sizeof cases[0]); i++) {
+        td_draft_args_t a = {.session = 555,
+                             .round = (uint64_t)i + 1,
+                             .base_len = cases[i].base,
+                             .delta = text + cases[i].base,
+                             .n_delta = cases[i].n_delta,
+                             .gamma = 3,
+                             .steps = 1,
+                             .top_p = 1,
+                             .features = feat,
+                             .feature_rows = cases[i].rows,
+                             .feature_dim = FD,
+                             .feature_start = cases[i].start,
+                             .feature_type = TANDEM__FEATURE_TYPE__FEATURE_BF16};
+        td_err_t err = {0};
+        if (cases[i].cut) { /* a payload that is not whole rows: one value fewer */
+            a.feature_rows = 1;
+            a.feature_dim = cases[i].rows * FD - 1;
+        }
+        REQUIRE(td_client_send_draft_request(dc, &a, &err) == TD_OK);
+        Tandem__Envelope *ans = NULL;
+        for (;;) {
+            REQUIRE(td_client_recv(dc, &ans, 5000, &err) == TD_RECV_OK);
+            if (ans->body_case != TANDEM__ENVELOPE__BODY_HEARTBEAT) break;
+            td_wire_free(&ans);
+        }
+        if (cases[i].code) {
+            CHECK_MSG(ans->body_case == TANDEM__ENVELOPE__BODY_ERROR &&
+                          (int)ans->error->code == cases[i].code,
+                      "case %d: expected error %d, got %s", i, cases[i].code,
+                      td_wire_body_name(ans));
+        } else {
+            CHECK_MSG(ans->body_case == TANDEM__ENVELOPE__BODY_PROPOSAL, "case %d: got %s (%s)", i,
+                      td_wire_body_name(ans),
+                      ans->body_case == TANDEM__ENVELOPE__BODY_ERROR ? ans->error->message : "");
+        }
+        td_wire_free(&ans);
+    }
+    free(feat);
+    td_pair_close(&pair);
 }
 
 TD_TEST_MAIN()
