@@ -773,4 +773,88 @@ TD_TEST(malformed_features_refused) {
     td_pair_close(&pair);
 }
 
+/* The wire rules of the new fields (td_wire_validate). */
+TD_TEST(wire_validation) {
+    Tandem__Envelope env;
+    Tandem__DraftRequest r;
+    Tandem__Sampling smp = TANDEM__SAMPLING__INIT;
+    td_wire_draft_request_init(&env, &r, 9, 1);
+    uint32_t delta[4] = {1, 2, 3, 4};
+    uint8_t feat[6] = {0};
+    r.n_prefix_delta = 4, r.prefix_delta = delta, r.gamma = 3, r.steps = 1, r.sampling = &smp;
+    smp.top_p = 1;
+    r.features.data = feat, r.features.len = 6;
+    r.feature_type = TANDEM__FEATURE_TYPE__FEATURE_BF16;
+    td_err_t err = {0};
+    CHECK(td_wire_validate(&env, NULL, &err) == TD_OK);
+    r.features.len = 5; /* not 16-bit values */
+    CHECK(td_wire_validate(&env, NULL, &err) == TD_ERR_FORMAT);
+    r.features.len = 6;
+    r.feature_type = (Tandem__FeatureType)7;
+    CHECK(td_wire_validate(&env, NULL, &err) == TD_ERR_FORMAT);
+    r.feature_type = TANDEM__FEATURE_TYPE__FEATURE_NONE; /* bytes without a type */
+    CHECK(td_wire_validate(&env, NULL, &err) == TD_ERR_FORMAT);
+    r.feature_type = TANDEM__FEATURE_TYPE__FEATURE_F16;
+    r.feature_start = 5; /* past the text of 4 tokens */
+    CHECK(td_wire_validate(&env, NULL, &err) == TD_ERR_FORMAT);
+    r.feature_start = 2;
+    CHECK(td_wire_validate(&env, NULL, &err) == TD_OK);
+    /* Hello: layer ids and block size */
+    Tandem__Envelope he;
+    Tandem__Hello h;
+    td_wire_hello_init(&he, &h);
+    td_wire_hello_fill(&h, TANDEM__ROLE__ROLE_DRAFTER, "d", 100, -1, 1, "t", NULL, 0);
+    uint32_t layers[2] = {1, 0};
+    h.n_target_layers = 2, h.target_layers = layers;
+    CHECK(td_wire_validate(&he, NULL, &err) == TD_ERR_FORMAT); /* layer 0 */
+    layers[1] = 3;
+    CHECK(td_wire_validate(&he, NULL, &err) == TD_OK);
+    h.block_size = 100000;
+    CHECK(td_wire_validate(&he, NULL, &err) == TD_ERR_FORMAT);
+    /* fingerprints: a shared value pairs, disjoint lists are refused naming both */
+    h.block_size = 8;
+    Tandem__Hello v;
+    tandem__hello__init(&v);
+    td_wire_hello_fill(&v, TANDEM__ROLE__ROLE_VERIFIER, "v", 100, -1, 1, "t", NULL, 0);
+    uint64_t fd[2] = {0x1111, 0x2222}, fv[1] = {0x2222};
+    h.n_target_fingerprints = 2, h.target_fingerprints = fd;
+    v.n_target_fingerprints = 1, v.target_fingerprints = fv;
+    CHECK(td_wire_hello_compatible(&h, &v, NULL, &err) == TD_OK);
+    fv[0] = 0x3333;
+    CHECK(td_wire_hello_compatible(&h, &v, NULL, &err) == TD_ERR_UNSUPPORTED);
+    CHECK_MSG(strstr(err.msg, "0x0000000000003333") && strstr(err.msg, "0x0000000000001111"), "%s",
+              err.msg);
+    v.n_target_fingerprints = 0; /* a verifier that lists none (not asked for dflash) */
+    CHECK(td_wire_hello_compatible(&h, &v, NULL, &err) == TD_OK);
+}
+
+/* The commands: generate --method dflash in-process equals ar; bench runs a dflash row. */
+TD_TEST(cli_generate_and_bench) {
+    char cmd[2048], a[8192], b[8192];
+    snprintf(cmd, sizeof cmd,
+             "%s generate --verifier %s --drafter %s/dflash/drafter --prompt 'And God said' "
+             "--max-tokens 16 --threads 1 --json 2>/dev/null",
+             td_test_bin("tandem"), s_tiny, td_test_data());
+    CHECK(td_test_run(cmd, a, sizeof a) == 0);
+    snprintf(cmd, sizeof cmd,
+             "%s generate --verifier %s --method ar --prompt 'And God said' --max-tokens 16 "
+             "--threads 1 --json 2>/dev/null",
+             td_test_bin("tandem"), s_tiny);
+    CHECK(td_test_run(cmd, b, sizeof b) == 0);
+    cJSON *ja = cJSON_Parse(a), *jb = cJSON_Parse(b);
+    REQUIRE(ja && jb);
+    CHECK_STR(cJSON_GetObjectItem(ja, "text")->valuestring,
+              cJSON_GetObjectItem(jb, "text")->valuestring);
+    cJSON_Delete(ja), cJSON_Delete(jb);
+    char tmp[] = "/tmp/td_dflash_XXXXXX";
+    REQUIRE(mkdtemp(tmp));
+    snprintf(cmd, sizeof cmd,
+             "printf 'And God said\n' > %s/p.txt && %s bench --methods ar,dflash "
+             "--dflash-drafter %s/dflash/drafter --gamma 7 --prompts %s/p.txt --max-tokens 8 "
+             "--threads 1 --out %s/b 2>/dev/null && cat %s/b.csv && rm -rf %s",
+             tmp, td_test_bin("tandem"), td_test_data(), tmp, tmp, tmp, tmp);
+    CHECK(td_test_run(cmd, a, sizeof a) == 0);
+    CHECK_MSG(strstr(a, "dflash"), "no dflash row: %.500s", a);
+}
+
 TD_TEST_MAIN()
