@@ -36,7 +36,7 @@ enum {
     TD_CAP_DRAFTER = 1u << 2,         /* needs a drafter (a link to a drafter service) */
     TD_CAP_LOCAL_DLLM = 1u << 3,      /* runs a diffusion LM in this process (ctx.dllm) */
     TD_CAP_REMOTE_DLLM = 1u << 4,     /* can hand its dLLM work to a drafter process (ctx.dc) */
-    TD_CAP_TARGET_FEATURES = 1u << 5, /* needs the verifier's hidden states (none yet: DFlash) */
+    TD_CAP_TARGET_FEATURES = 1u << 5, /* needs the verifier's hidden states (dflash) */
     TD_CAP_STREAMS = 1u << 6,         /* tokens reach the callback as they are committed (else all
                                          at the end of the request) */
     TD_CAP_SERVED = 1u << 7,          /* a verifier worker serves it (GenerateRequest) */
