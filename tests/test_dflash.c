@@ -279,15 +279,17 @@ TD_TEST(greedy_equals_ar) {
     CHECK_EQ_INT(td_pair_drafter_hello(&pair)->block_size, 8);
     int gammas[] = {7, 15, 3};
     long drafted = 0, accepted = 0, rounds = 0;
+    /* TD_TEST_LIGHT (sanitizers): shorter generations */
+    const int nt = getenv("TD_TEST_LIGHT") ? 16 : 40;
     for (int pi = 0; pi < 3; pi++) {
         td_run_params_t pa = td_run_params_default(TD_METHOD_AR);
-        pa.max_tokens = 40;
+        pa.max_tokens = nt;
         int32_t ref[64], got[64];
         td_run_stats_t sa, sd;
         REQUIRE(s_run(&pair, TD_METHOD_AR, &pa, s_prompts[pi], 8, 1, ref, &sa) == TD_OK);
         for (int gi = 0; gi < 3; gi++) {
             td_run_params_t pd = td_run_params_default(TD_METHOD_DFLASH);
-            pd.max_tokens = 40;
+            pd.max_tokens = nt;
             pd.gamma = gammas[gi];
             REQUIRE(s_run(&pair, TD_METHOD_DFLASH, &pd, s_prompts[pi], 8, 2 + gi, got, &sd) ==
                     TD_OK);
