@@ -29,7 +29,8 @@ static void s_help(FILE *f) {
         "  --system S         system message for the chat template\n"
         "  --methods LIST     comma-separated: ar,spec-ar,specdiff,apd,diffusion,selfspec,planned\n"
         "                     (default all but planned, which needs a checkpoint with plan tags)\n"
-        "  --gamma LIST       draft lengths, e.g. 4,8,16 (default 8)\n"
+        "  --gamma LIST       draft lengths, e.g. 4,8,16 (default 8); dflash: gamma = block - 1\n"
+        "                     (--gamma 7,15 measures blocks 8 and 16)\n"
         "  --steps LIST       diffusion steps per draft, e.g. 1,2,4 (default 4; spec-ar/apd use "
         "1)\n"
         "  --orders LIST      unmasking orders (default left-to-right)\n"
@@ -45,6 +46,7 @@ static void s_help(FILE *f) {
         "  --verifier DIR     default models/tiny-verifier\n"
         "  --ar-drafter DIR   default models/tiny-ar-drafter\n"
         "  --diffusion-drafter DIR  default models/tiny-diffusion-drafter\n"
+        "  --dflash-drafter DIR|ENDPOINT  the DFlash drafter of --methods dflash (no default)\n"
         "  --limit N          use only the first N prompts\n"
         "  --threads N        CPU threads per model (default: all cores)\n"
         "  --spin-us N        waiting for the other side, poll without sleeping for up to N\n"
@@ -166,7 +168,7 @@ int td_cmd_bench(int argc, char **argv) {
                *methods_s = "ar,spec-ar,specdiff,apd,diffusion,selfspec", *gammas_s = "8",
                *steps_s = "4", *orders_s = "left-to-right", *verify_s = "rejection", *vdir = NULL,
                *ardir = NULL, *dfdir = NULL, *out_prefix = "bench/results/bench", *chat = "none",
-               *system = NULL;
+               *system = NULL, *fldir = NULL;
     long spin_us = -1;
     long device = -1, ddevice = -1, max_tokens = 64, seed = 0, threads = 0, limit = 0;
     double temperature = 0, mixture = 0.7;
@@ -185,6 +187,7 @@ int td_cmd_bench(int argc, char **argv) {
         {"verifier", TD_OPT_STR, &vdir, 0, 0},
         {"ar-drafter", TD_OPT_STR, &ardir, 0, 0},
         {"diffusion-drafter", TD_OPT_STR, &dfdir, 0, 0},
+        {"dflash-drafter", TD_OPT_STR, &fldir, 0, 0},
         {"out", TD_OPT_STR, &out_prefix, 0, 0},
         {"max-tokens", TD_OPT_INT, &max_tokens, 1, 1 << 16},
         {"seed", TD_OPT_INT, &seed, 0, 0x7fffffffL},
@@ -274,20 +277,21 @@ int td_cmd_bench(int argc, char **argv) {
         return 1;
     }
     td_err_t err = {0};
-    td_pair_t par = {0}, pdf = {0};
+    td_pair_t par = {0}, pdf = {0}, pfl = {0};
     td_pair_opts_t po = {.device = (int)device,
                          .drafter_device = (int)ddevice,
                          .threads = (int)threads,
                          .predraft = predraft,
                          .spin_us = td_cli_pair_spin(spin_us)};
     /* the models and drafters to set up follow from the wanted methods' capabilities */
-    int rc = 1, need_ar = 0, need_df = 0, need_dllm = 0;
+    int rc = 1, need_ar = 0, need_df = 0, need_dllm = 0, need_fl = 0;
     for (int m = 0; m < TD_METHOD_COUNT; m++) {
         const td_method_desc_t *md = td_method_get((td_method_t)m);
         if (!want[m]) continue;
         if (md->caps & TD_CAP_DRAFTER) {
             need_ar |= md->drafter == TD_DRAFTER_AR;
-            need_df |= md->drafter != TD_DRAFTER_AR;
+            need_fl |= md->drafter == TD_DRAFTER_DFLASH;
+            need_df |= md->drafter != TD_DRAFTER_AR && md->drafter != TD_DRAFTER_DFLASH;
         }
         need_dllm |= (md->caps & TD_CAP_LOCAL_DLLM) != 0;
     }
@@ -302,6 +306,19 @@ int td_cmd_bench(int argc, char **argv) {
         (need_df && td_pair_open(&pdf, NULL, dfdir, &po, &err) != TD_OK)) {
         fprintf(stderr, "tandem bench: %s\n", err.msg);
         goto done;
+    }
+    if (need_fl) {
+        /* dflash: its own pair, the drafter (in-process or an endpoint) fed by this verifier */
+        td_pair_opts_t fo = po;
+        fo.dflash = 1;
+        if (!fldir) {
+            fprintf(stderr, "tandem bench: method dflash needs --dflash-drafter DIR|ENDPOINT\n");
+            goto done;
+        }
+        if (td_pair_open(&pfl, vdir, fldir, &fo, &err) != TD_OK) {
+            fprintf(stderr, "tandem bench: %s\n", err.msg);
+            goto done;
+        }
     }
     if (need_dllm && td_cli_load_on(dfdir, (int)ddevice, (int)threads, &dbe, &dm, &dtok)) goto done;
     for (int m = 0; m < TD_METHOD_COUNT; m++) {
@@ -391,10 +408,15 @@ int td_cmd_bench(int argc, char **argv) {
             if (md->opts & TD_OPTS_GAMMA) p.gamma = rw->gamma, p.steps = rw->steps;
             if (md->opts & TD_OPTS_ORDER) p.order = rw->order_id;
             if (md->opts & TD_OPTS_STEPS_RATIO) p.steps_ratio = (float)rw->steps_ratio;
-            td_pair_t *pp = md->drafter == TD_DRAFTER_AR ? &par : &pdf;
+            td_pair_t *pp = md->drafter == TD_DRAFTER_AR       ? &par
+                            : md->drafter == TD_DRAFTER_DFLASH ? &pfl
+                                                               : &pdf;
             /* a new drafter session for every (configuration, prompt): no row inherits a drafter
              * cache another row warmed on the same prompt */
-            td_run_ctx_t ctx = {.verifier = md->caps & TD_CAP_VERIFIER ? par.verifier : NULL,
+            td_run_ctx_t ctx = {.verifier = !(md->caps & TD_CAP_VERIFIER)        ? NULL
+                                            : md->drafter == TD_DRAFTER_DFLASH ? pfl.verifier
+                                                                               : par.verifier,
+                                .drafter_hello = td_pair_drafter_hello(pp),
                                 .dllm = md->caps & TD_CAP_LOCAL_DLLM ? dm : NULL,
                                 .dc = md->caps & TD_CAP_DRAFTER ? pp->dc : NULL,
                                 .hello = &pp->hello,
@@ -567,6 +589,7 @@ done:
     free(ptxt);
     td_pair_close(&par);
     td_pair_close(&pdf);
+    td_pair_close(&pfl);
     td_tokenizer_destroy(&dtok);
     td_model_destroy(&dm);
     td_backend_destroy(&dbe);

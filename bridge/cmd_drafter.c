@@ -3,7 +3,10 @@
 
 #include "bridge/cli.h"
 #include "bridge/commands.h"
+#include "bridge/pair.h"
+#include "drafter/dflash.h"
 #include "drafter/service.h"
+#include "model/checkpoint.h"
 
 #include <signal.h>
 #include <stdlib.h>
@@ -16,7 +19,11 @@ static void s_help(FILE *f) {
         "Serves draft proposals for many sessions until SIGINT/SIGTERM. A diffusion LM drafts\n"
         "blocks (specdiff, apd); a causal LM drafts autoregressively (spec-ar).\n\n"
         "options:\n"
-        "  --model DIR        the drafter checkpoint\n"
+        "  --model DIR        the drafter checkpoint (a DFlash drafter directory needs --target)\n"
+        "  --target FILE      DFlash: the target model (GGUF file or directory) whose embedding\n"
+        "                     and LM head the drafter uses (read from it, never copied)\n"
+        "  --dflash-any-target  DFlash: pair with any target of the right shape, not only the\n"
+        "                     fingerprints in the drafter's config.json\n"
         "  --bind ENDPOINT    tcp://127.0.0.1:5555, ipc:///tmp/drafter.sock, ... Without "
         "--curve-key a\n"
         "                     tcp endpoint must be loopback\n"
@@ -38,7 +45,8 @@ static void s_help(FILE *f) {
 }
 
 int td_cmd_drafter(int argc, char **argv) {
-    const char *model = NULL, *bind = NULL, *ckey = NULL, *callow = NULL;
+    const char *model = NULL, *bind = NULL, *ckey = NULL, *callow = NULL, *target = NULL;
+    int any_target = 0;
     long threads = 0, sessions = 8, ctx = 0, device = -1, spin_us = -1;
     int exact = 0, predraft = 0;
     const td_opt_spec_t spec[] = {
@@ -53,6 +61,8 @@ int td_cmd_drafter(int argc, char **argv) {
         {"device", TD_OPT_INT, &device, -1, 64},
         {"exact", TD_OPT_FLAG, &exact, 0, 0},
         {"predraft", TD_OPT_FLAG, &predraft, 0, 0},
+        {"target", TD_OPT_STR, &target, 0, 0},
+        {"dflash-any-target", TD_OPT_FLAG, &any_target, 0, 0},
     };
     int ec = TD_CLI_OPTS(argc, argv, spec, s_help);
     if (ec >= 0) return ec;
@@ -60,16 +70,40 @@ int td_cmd_drafter(int argc, char **argv) {
         fprintf(stderr, "tandem-drafter: need --model DIR and --bind ENDPOINT (see --help)\n");
         return 2;
     }
+    const int dflash = td_is_dflash_dir(model);
+    if (dflash && !target) {
+        fprintf(stderr, "tandem-drafter: %s is a DFlash drafter: give its target with --target "
+                        "FILE\n",
+                model);
+        return 2;
+    }
     td_backend_t *be;
     td_model_t *m;
     td_tokenizer_t *tok;
-    if (td_cli_load_on(model, (int)device, (int)threads, &be, &m, &tok)) return 1;
+    /* a DFlash drafter computes on its target's backend with the target's embedding/LM head */
+    if (td_cli_load_on(dflash ? target : model, (int)device, (int)threads, &be, &m, &tok))
+        return 1;
     td_err_t err = {0};
+    td_dflash_t *df = NULL;
+    if (dflash) {
+        uint64_t fp = 0;
+        if (td_checkpoint_fingerprint(target, &fp, &err) == TD_OK)
+            df = td_dflash_load(model, m, fp, any_target, &err);
+        if (!df) {
+            fprintf(stderr, "tandem-drafter: %s with target %s: %s\n", model, target, err.msg);
+            td_tokenizer_destroy(&tok);
+            td_model_destroy(&m);
+            td_backend_destroy(&be);
+            return 1;
+        }
+    }
     td_drafter_opts_t dopts = {.max_sessions = (int)sessions,
                                .n_ctx = (int)ctx,
                                .model_id = model,
                                .exact = exact,
-                               .predraft = predraft};
+                               .predraft = predraft,
+                               .dflash = df,
+                               .dflash_any_target = any_target};
     td_drafter_service_t *svc = td_drafter_service_new(m, tok, &dopts, &err);
     td_transport_opts_t to = {
         .curve_secret_key = ckey, .curve_allow_file = callow, .heartbeat_ivl_ms = 1000};
@@ -92,6 +126,7 @@ int td_cmd_drafter(int argc, char **argv) {
 out:
     td_server_destroy(&srv);
     td_drafter_service_destroy(&svc);
+    td_dflash_destroy(&df);
     td_tokenizer_destroy(&tok);
     td_model_destroy(&m);
     td_backend_destroy(&be);

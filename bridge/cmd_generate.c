@@ -60,6 +60,12 @@ static void s_help(FILE *f) {
         "causally;\n"
         "                                 a checkpoint without the plan tags falls back to "
         "diffusion\n"
+        "                     dflash      a DFlash drafter (--drafter DIR, or an endpoint of "
+        "tandem-drafter\n"
+        "                                 --model DIR --target FILE) fed the verifier's hidden "
+        "states drafts\n"
+        "                                 a block of --gamma tokens in one pass (exact; "
+        "docs/dflash.md)\n"
         "                                 (ar when the planner is causal)\n"
         "prompt and sampling:\n"
         "  --prompt T         the prompt text; --prompt-file F reads it from a file ('-' = stdin)\n"
@@ -73,7 +79,8 @@ static void s_help(FILE *f) {
         "  --top-p P          nucleus sampling mass (1 = off)\n"
         "  --seed S           seed (default 0): the same seed replays the same output\n"
         "speculation:\n"
-        "  --gamma N          draft length (default 8; apd: the lookahead M, default 16)\n"
+        "  --gamma N          draft length (default 8; apd: the lookahead M, default 16; dflash:\n"
+        "                     the block size B - 1, default the drafter's block_size - 1)\n"
         "  --steps T          diffusion denoising steps per draft (default 4; apd 1)\n"
         "  --order O          left-to-right (default), confidence, entropy, margin\n"
         "  --verify V         rejection (default), match, greedy (temperature 0 is always greedy)\n"
@@ -106,6 +113,9 @@ static void s_help(FILE *f) {
         "                     in-process drafter\n"
         "  --predraft         in-process drafter: draft the next round ahead while the verifier "
         "verifies\n"
+        "  --dflash-any-target  dflash with an in-process drafter: pair even when the verifier's\n"
+        "                     fingerprint is not one the drafter lists (same shapes still needed)\n"
+        "  --feature-type T   dflash: bf16 (default) or f16 features on the wire\n"
         "  --json             print one JSON object {text, tokens, prompt_tokens, stats} instead "
         "of\n"
         "                     streaming\n");
@@ -291,7 +301,8 @@ int td_cmd_generate(int argc, char **argv) {
     long device = -1, ddevice = -1, max_tokens = 128, seed = 0, threads = 0, top_k = -1, gamma = -1,
          steps = -1, dist_k = 32, block = 32, timeout = -1, kvw = -1;
     double temperature = -1, top_p = -1, mixture = 0.7, threshold = 0.9;
-    int json = 0, predraft = 0;
+    int json = 0, predraft = 0, any_target = 0;
+    const char *ftype_s = "bf16";
     const td_opt_spec_t spec[] = {
         {"verifier", TD_OPT_STR, &vdir, 0, 0},
         {"model", TD_OPT_STR, &vdir, 0, 0},
@@ -328,6 +339,8 @@ int td_cmd_generate(int argc, char **argv) {
         {"steps-ratio", TD_OPT_FLT, &steps_ratio, 0.01, 10},
         {"json", TD_OPT_FLAG, &json, 0, 0},
         {"predraft", TD_OPT_FLAG, &predraft, 0, 0},
+        {"dflash-any-target", TD_OPT_FLAG, &any_target, 0, 0},
+        {"feature-type", TD_OPT_STR, &ftype_s, 0, 0},
     };
     int ec = TD_CLI_OPTS(argc, argv, spec, s_help);
     if (ec >= 0) return ec;
@@ -339,8 +352,19 @@ int td_cmd_generate(int argc, char **argv) {
                     td_method_list());
             return 2;
         }
+    } else if (drafter && td_is_dflash_dir(drafter)) {
+        method = TD_METHOD_DFLASH;
     } else {
         method = (drafter || !vdir) ? TD_METHOD_SPECDIFF : TD_METHOD_AR;
+    }
+    if (strcmp(ftype_s, "bf16") && strcmp(ftype_s, "f16")) {
+        fprintf(stderr, "tandem generate: --feature-type must be bf16 or f16\n");
+        return 2;
+    }
+    if (method == TD_METHOD_DFLASH && !drafter) {
+        fprintf(stderr, "tandem generate: --method dflash needs --drafter DIR (a DFlash drafter "
+                        "directory) or an endpoint of a tandem-drafter serving one\n");
+        return 2;
     }
     /* which models to load comes from the method's capabilities */
     const td_method_desc_t *md = td_method_get((td_method_t)method);
@@ -427,7 +451,9 @@ int td_cmd_generate(int argc, char **argv) {
                          .curve_server_key = cserver,
                          .curve_secret_key = ckey,
                          .predraft = predraft,
-                         .spin_us = td_cli_pair_spin(spin_us)};
+                         .spin_us = td_cli_pair_spin(spin_us),
+                         .dflash = method == TD_METHOD_DFLASH,
+                         .dflash_any_target = any_target};
     int rc = 1;
     char *text = NULL;
     int32_t *ids = NULL, *out = NULL, stop[16];
@@ -484,6 +510,7 @@ int td_cmd_generate(int argc, char **argv) {
     p.apd_mixture = (float)mixture;
     p.drafter_timeout_ms = timeout > 0 ? (int)timeout : 5000;
     if (gamma > 0) p.gamma = (int)gamma;
+    p.feature_type = !strcmp(ftype_s, "f16") ? 1 : 2;
     if (steps > 0) p.steps = (int)steps;
     if (kvw >= 0) p.apd_kv_window = (int)kvw;
     p.block_size = (int)block;
@@ -497,6 +524,7 @@ int td_cmd_generate(int argc, char **argv) {
                          .dllm = dm,
                          .dc = pair.dc,
                          .hello = &pair.hello,
+                         .drafter_hello = td_pair_drafter_hello(&pair),
                          .tok = tok,
                          .session = (uint64_t)getpid() << 16 | 1,
                          .cb = s_on_token,

@@ -6,7 +6,9 @@
  * parameter count, bytes per dtype, the memory a run needs (weights + float32 KV cache), and with
  * --tensors every tensor. --json prints the same as one JSON object. */
 #include "bridge/commands.h"
+#include "model/checkpoint.h"
 #include "model/config.h"
+#include "model/model.h"
 #include "model/gguf.h"
 #include "model/tensor_source.h"
 
@@ -270,6 +272,15 @@ static int s_print_json(const char *dir, const td_config_t *c, const td_tensor_s
     cJSON_AddStringToObject(o, "arch", td_arch_name(c->arch));
     cJSON_AddStringToObject(o, "arch_name", c->arch_name);
     cJSON_AddStringToObject(o, "model_type", c->model_type);
+    /* td_fingerprint_tensors with the checkpoint's tokenizer (absent when it has none) */
+    td_tokenizer_t *tok = td_checkpoint_tokenizer(dir, NULL);
+    if (tok) {
+        char fp[32];
+        snprintf(fp, sizeof fp, "0x%016llx",
+                 (unsigned long long)td_fingerprint_tensors(src, c, td_tokenizer_hash(tok)));
+        cJSON_AddStringToObject(o, "fingerprint", fp);
+        td_tokenizer_destroy(&tok);
+    }
     cJSON *k = cJSON_AddObjectToObject(o, "config");
     cJSON_AddNumberToObject(k, "n_vocab", c->n_vocab);
     cJSON_AddNumberToObject(k, "n_embd", c->n_embd);

@@ -11,6 +11,23 @@
 
 int td_is_endpoint(const char *s) { return s && strstr(s, "://") != NULL; }
 
+int td_is_dflash_dir(const char *dir) {
+    if (!dir || td_is_endpoint(dir)) return 0;
+    td_dflash_config_t c;
+    td_err_t err = {0};
+    char path[4096], *text = NULL;
+    size_t len = 0;
+    td_path_join(path, sizeof path, dir, "config.json");
+    if (td_read_file(path, &text, &len, NULL) != TD_OK) return 0;
+    int yes = strstr(text, "\"dflash\"") != NULL;
+    free(text);
+    return yes && td_dflash_config_load(dir, &c, &err) == TD_OK;
+}
+
+const Tandem__Hello *td_pair_drafter_hello(const td_pair_t *p) {
+    return p->ack && p->ack->hello_ack ? p->ack->hello_ack->hello : NULL;
+}
+
 static void *s_serve(void *arg) {
     td_pair_t *p = arg;
     td_drafter_serve_until(p->svc, p->srv, p->ctl_thread);
@@ -68,7 +85,33 @@ int td_pair_open(td_pair_t *p, const char *verifier_dir, const char *drafter,
     else if (o->spin_us == 0)
         to.spin_us =
             td_cli_auto_spin_us(td_is_endpoint(drafter) ? vthreads + 1 : vthreads + dthreads);
-    if (!td_is_endpoint(drafter)) {
+    const int dflash_dir = td_is_dflash_dir(drafter);
+    if ((dflash_dir || o->dflash) && p->verifier &&
+        td_checkpoint_fingerprint(verifier_dir, &p->fingerprint, err) != TD_OK)
+        return td_err_prefix(err, "fingerprint of %s", verifier_dir);
+    if (dflash_dir) {
+        /* the drafter's target is the verifier itself: its embedding and LM head, no copy */
+        if (!p->verifier)
+            return td_err_set(err, TD_ERR_ARG, "a dflash drafter (%s) needs a verifier", drafter);
+        p->dflash =
+            td_dflash_load(drafter, p->verifier, p->fingerprint, o->dflash_any_target, err);
+        if (!p->dflash) return td_err_prefix(err, "dflash drafter %s", drafter);
+        td_drafter_opts_t dopts = {.max_sessions =
+                                       o->drafter_sessions > 0 ? o->drafter_sessions : 4,
+                                   .model_id = s_base(drafter),
+                                   .dflash = p->dflash,
+                                   .dflash_any_target = o->dflash_any_target};
+        p->svc = td_drafter_service_new(p->verifier, p->vtok, &dopts, err);
+        if (!p->svc) return TD_ERR;
+        snprintf(p->endpoint, sizeof p->endpoint, "inproc://tandem-drafter-%d-%d", (int)getpid(),
+                 s_counter++);
+        p->srv = td_server_new(p->endpoint, &to, err);
+        if (!p->srv) return TD_ERR;
+        if (td_pipe_new(&p->ctl, &p->ctl_thread, err) != TD_OK) return TD_ERR;
+        if (pthread_create(&p->thread, NULL, s_serve, p) != 0)
+            return td_err_set(err, TD_ERR, "cannot start the drafter thread");
+        p->thread_running = 1;
+    } else if (!td_is_endpoint(drafter)) {
         if (s_load(drafter, o->drafter_device, dthreads, &p->dbe, &p->drafter, &p->dtok, err) !=
             TD_OK)
             return err->code ? err->code : TD_ERR;
@@ -111,8 +154,13 @@ int td_pair_open(td_pair_t *p, const char *verifier_dir, const char *drafter,
     td_wire_hello_fill(&p->hello,
                        p->verifier ? TANDEM__ROLE__ROLE_VERIFIER : TANDEM__ROLE__ROLE_CLIENT,
                        p->model_id, (uint32_t)vocab, -1, h, p->tok_name, NULL, 0);
-    int rc =
-        td_client_handshake(p->dc, &p->hello, NULL, o->timeout_ms > 0 ? o->timeout_ms : 10000, err);
+    if (p->fingerprint && !o->dflash_any_target) {
+        p->fp_list[0] = p->fingerprint;
+        p->hello.n_target_fingerprints = 1;
+        p->hello.target_fingerprints = p->fp_list;
+    }
+    int rc = td_client_handshake(p->dc, &p->hello, &p->ack,
+                                 o->timeout_ms > 0 ? o->timeout_ms : 10000, err);
     if (rc != TD_OK) return td_err_prefix(err, "drafter at %s", p->endpoint);
     return TD_OK;
 }
@@ -128,6 +176,8 @@ void td_pair_close(td_pair_t *p) {
     td_pipe_destroy(&p->ctl_thread);
     td_server_destroy(&p->srv);
     td_drafter_service_destroy(&p->svc);
+    td_wire_free(&p->ack);
+    td_dflash_destroy(&p->dflash);
     td_tokenizer_destroy(&p->dtok);
     td_model_destroy(&p->drafter);
     td_backend_destroy(&p->dbe);

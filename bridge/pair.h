@@ -8,6 +8,7 @@
 #ifndef TD_PAIR_H
 #define TD_PAIR_H
 
+#include "drafter/dflash.h"
 #include "drafter/service.h"
 #include "model/model.h"
 #include "model/tokenizer.h"
@@ -28,6 +29,12 @@ typedef struct td_pair {
     char endpoint[512];
     Tandem__Hello hello;
     char model_id[256], tok_name[64];
+    /* the drafter's HelloAck (its Hello: capabilities, dflash layers and block size) */
+    Tandem__Envelope *ack;
+    /* dflash: the in-process drafter (its target is the verifier), the verifier's fingerprint
+     * (our Hello lists it so that a dflash drafter refuses another target) */
+    td_dflash_t *dflash;
+    uint64_t fingerprint, fp_list[1];
 } td_pair_t;
 
 typedef struct td_pair_opts {
@@ -45,6 +52,10 @@ typedef struct td_pair_opts {
     const char *curve_server_key, *curve_secret_key; /* for tcp:// drafters with CURVE */
     int drafter_sessions; /* in-process drafter: sessions it keeps (0 = 4); a server sets it to
                              the requests it decodes at once, or the drafter evicts live ones */
+    int dflash;            /* list the verifier's fingerprint in our Hello (a remote dflash
+                              drafter then refuses another target); implied by a dflash
+                              drafter directory */
+    int dflash_any_target; /* in-process dflash drafter: pair with any target of the right shape */
 } td_pair_opts_t;
 
 /* CPU for both models, all threads. */
@@ -58,5 +69,11 @@ void td_pair_close(td_pair_t *p);
 
 /* Whether s names an endpoint (tcp://, ipc://, inproc://) rather than a directory. */
 int td_is_endpoint(const char *s);
+
+/* 1 when dir is a DFlash drafter directory (config.json says "architecture": "dflash"). */
+int td_is_dflash_dir(const char *dir);
+
+/* The drafter's Hello from the handshake (NULL without a drafter). */
+const Tandem__Hello *td_pair_drafter_hello(const td_pair_t *p);
 
 #endif

@@ -3,6 +3,7 @@
 
 #define TD_DRAFTER_MAX_BATCH 32
 
+#include "drafter/dflash.h"
 #include "drafter/draft.h"
 #include "drafter/planned.h"
 #include "drafter/selfspec.h"
@@ -71,6 +72,13 @@ struct td_drafter_service {
     /* scratch for one proposal */
     int32_t *draft, *ids;
     float *probs, *vals;
+    /* dflash: the drafter, one context cache per slot, the Hello's lists, feature scratch */
+    td_dflash_t *df;
+    td_dflash_ctx_t **dctx;
+    uint32_t hello_layers[TD_DFLASH_MAX_TARGET_LAYERS];
+    uint64_t hello_fps[TD_DFLASH_MAX_FINGERPRINTS];
+    float *fbuf;
+    size_t fbuf_cap;
 };
 
 const Tandem__Hello *td_drafter_service_hello(const td_drafter_service_t *svc) {
@@ -92,7 +100,18 @@ td_drafter_service_t *td_drafter_service_new(td_model_t *m, const td_tokenizer_t
     snprintf(s->model_id, sizeof s->model_id, "%s",
              s->opts.model_id ? s->opts.model_id : "drafter");
     snprintf(s->tok_name, sizeof s->tok_name, "%.40s/tokenizer.json", s->model_id);
-    s->kv = td_kv_cache_new(m, s->opts.max_sessions, s->n_ctx, err);
+    s->df = s->opts.dflash;
+    /* a dflash service keeps no target keys/values: a token-sized cache keeps the common code */
+    s->kv = td_kv_cache_new(m, s->opts.max_sessions, s->df ? 1 : s->n_ctx, err);
+    if (s->df && s->kv) {
+        s->dctx = calloc((size_t)s->opts.max_sessions, sizeof *s->dctx);
+        for (int i = 0; s->dctx && i < s->opts.max_sessions; i++)
+            if (!(s->dctx[i] = td_dflash_ctx_new(s->df, s->n_ctx, err))) {
+                td_drafter_service_destroy(&s);
+                return NULL;
+            }
+        if (!s->dctx) td_kv_cache_destroy(&s->kv);
+    }
     s->sessions = calloc((size_t)s->opts.max_sessions, sizeof *s->sessions);
     s->draft = malloc(TD_WIRE_MAX_GAMMA * sizeof *s->draft);
     s->ids = malloc(TD_WIRE_MAX_DIST_TOP_K * sizeof *s->ids);
@@ -104,7 +123,10 @@ td_drafter_service_t *td_drafter_service_new(td_model_t *m, const td_tokenizer_t
         return NULL;
     }
     int nc = 0;
-    if (c->is_diffusion) {
+    if (s->df) {
+        s->caps[nc++] = "dflash";
+        snprintf(s->tags_err, sizeof s->tags_err, "a dflash drafter only drafts for dflash");
+    } else if (c->is_diffusion) {
         s->caps[nc++] = "specdiff";
         s->caps[nc++] = "apd";
         s->caps[nc++] = "diffusion";
@@ -112,7 +134,8 @@ td_drafter_service_t *td_drafter_service_new(td_model_t *m, const td_tokenizer_t
     } else {
         s->caps[nc++] = "ar-draft";
     }
-    if (c->is_diffusion) {
+    if (s->df) {
+    } else if (c->is_diffusion) {
         td_err_t terr = {0};
         if (tok && td_plan_tags_init(&s->tags, tok, c->eos_token_id, &terr) == TD_OK) {
             s->have_tags = 1;
@@ -128,6 +151,19 @@ td_drafter_service_t *td_drafter_service_new(td_model_t *m, const td_tokenizer_t
     tandem__hello__init(&s->hello);
     td_wire_hello_fill(&s->hello, TANDEM__ROLE__ROLE_DRAFTER, s->model_id, (uint32_t)s->V,
                        c->mask_token_id, td_tokenizer_hash(tok), s->tok_name, s->caps, (size_t)nc);
+    if (s->df) {
+        const td_dflash_config_t *dc = td_dflash_config(s->df);
+        for (int i = 0; i < dc->n_target_layers; i++)
+            s->hello_layers[i] = (uint32_t)dc->target_layers[i];
+        s->hello.n_target_layers = (size_t)dc->n_target_layers;
+        s->hello.target_layers = s->hello_layers;
+        s->hello.block_size = (uint32_t)dc->block_size;
+        if (!s->opts.dflash_any_target) {
+            memcpy(s->hello_fps, dc->fingerprints, sizeof s->hello_fps);
+            s->hello.n_target_fingerprints = (size_t)dc->n_fingerprints;
+            s->hello.target_fingerprints = s->hello_fps;
+        }
+    }
     return s;
 }
 
@@ -150,6 +186,9 @@ void td_drafter_service_destroy(td_drafter_service_t **self_p) {
     if (s->sessions)
         for (int i = 0; i < s->opts.max_sessions; i++) s_session_free(&s->sessions[i]);
     free(s->sessions);
+    for (int i = 0; s->dctx && i < s->opts.max_sessions; i++) td_dflash_ctx_destroy(&s->dctx[i]);
+    free(s->dctx);
+    free(s->fbuf);
     td_kv_cache_destroy(&s->kv);
     td_selfspec_evaluator_destroy(&s->ev);
     if (s->have_tags) td_plan_tags_free(&s->tags);
@@ -205,6 +244,7 @@ static session_t *s_create(td_drafter_service_t *s, uint64_t id) {
         return NULL;
     }
     td_kv_cache_crop(s->kv, best->slot, 0);
+    if (s->dctx) td_dflash_ctx_reset(s->dctx[best->slot]);
     return best;
 }
 
@@ -441,8 +481,105 @@ static int s_draft_prepare(td_drafter_service_t *s, td_server_t *srv, const td_r
     return 1;
 }
 
+/* A DFlash draft: the request's feature rows are checked against what the session holds (before
+ * anything changes), appended to its context cache, and the block drafted in one forward. */
+static void s_draft_dflash(td_drafter_service_t *s, td_server_t *srv, const td_routing_id_t *from,
+                           const Tandem__Envelope *req) {
+    const Tandem__DraftRequest *r = req->draft_request;
+    const td_dflash_config_t *dc = td_dflash_config(s->df);
+    const int fdim = td_dflash_feature_dim(s->df);
+    const size_t rowbytes = (size_t)fdim * 2;
+    session_t *ss = req->session_id ? s_find(s, req->session_id) : NULL;
+    const int64_t n = (int64_t)r->base_len + (int64_t)r->n_prefix_delta;
+    int64_t rows = (int64_t)(r->features.len / rowbytes);
+    if (ss || r->base_len == 0) { /* else s_draft_prepare answers ERROR_UNKNOWN_SESSION */
+        if (r->features.len % rowbytes) {
+            s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_MALFORMED,
+                          "features: %zu bytes is not a whole number of rows of %d 16-bit values "
+                          "(%d target layers x hidden %d)",
+                          r->features.len, fdim, dc->n_target_layers, dc->hidden);
+            return;
+        }
+        if (rows > 0 && r->feature_type == TANDEM__FEATURE_TYPE__FEATURE_NONE) {
+            s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_MALFORMED,
+                          "features without a feature_type");
+            return;
+        }
+        int held = ss && r->base_len > 0 ? td_dflash_ctx_len(s->dctx[ss->slot]) : 0;
+        if ((int64_t)r->feature_start != held) {
+            s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_OUT_OF_ORDER,
+                          "feature_start %u, but this drafter holds the features of %d positions",
+                          r->feature_start, held);
+            return;
+        }
+        if ((int64_t)r->feature_start + rows != n - 1) {
+            s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_MALFORMED,
+                          "features cover positions %u..%lld; a text of %lld tokens needs every "
+                          "position up to %lld",
+                          r->feature_start, (long long)(r->feature_start + rows - 1), (long long)n,
+                          (long long)(n - 2));
+            return;
+        }
+    }
+    int gamma = (int)r->gamma;
+    int B = gamma + 1 > dc->block_size ? gamma + 1 : dc->block_size;
+    if (B - 1 > (int)TD_WIRE_MAX_GAMMA || n - 1 + B > s->n_ctx) {
+        s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_UNSUPPORTED,
+                      "a text of %lld tokens and a block of %d do not fit the drafter's context "
+                      "of %d",
+                      (long long)n, B, s->n_ctx);
+        return;
+    }
+    dkey_t k;
+    if (!s_draft_prepare(s, srv, from, req, &ss, &k)) return;
+    td_dflash_ctx_t *cx = s->dctx[ss->slot];
+    if (r->base_len == 0) td_dflash_ctx_reset(cx);
+    td_err_t err = {0};
+    size_t nf = (size_t)rows * (size_t)fdim;
+    if (nf > s->fbuf_cap) {
+        free(s->fbuf);
+        s->fbuf = malloc(nf * sizeof *s->fbuf);
+        s->fbuf_cap = s->fbuf ? nf : 0;
+    }
+    if (nf && !s->fbuf) {
+        td_dflash_ctx_reset(cx);
+        s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_INTERNAL, "out of memory");
+        return;
+    }
+    const uint8_t *b = r->features.data;
+    const int bf = r->feature_type == TANDEM__FEATURE_TYPE__FEATURE_BF16;
+    for (size_t i = 0; i < nf; i++) {
+        uint16_t h = (uint16_t)(b[2 * i] | (b[2 * i + 1] << 8));
+        s->fbuf[i] = bf ? td_bf16_to_f32(h) : td_f16_to_f32(h);
+    }
+    td_sampling_t sp = {k.temperature, k.top_k, k.top_p};
+    td_rng_t rng;
+    td_rng_seed(&rng, td_draft_round_seed(k.seed, req->round));
+    dbuf_t *d = &ss->cur;
+    int rc = s_dbuf_reserve(d, B - 1, s->V, 0) ? td_err_set(&err, TD_ERR_NOMEM, "out of memory")
+                                                : TD_OK;
+    if (rc == TD_OK) rc = td_dflash_ctx_append(cx, s->fbuf, (int)rows, &err);
+    if (rc == TD_OK)
+        rc = td_dflash_draft(cx, ss->tok[n - 1], B, &sp, &rng, s->draft, d->q, NULL, &err);
+    if (rc != TD_OK) {
+        td_dflash_ctx_reset(cx);
+        d->gamma = 0;
+        s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_INTERNAL, "drafting failed: %s",
+                      err.msg);
+        return;
+    }
+    memcpy(d->tok, s->draft, (size_t)gamma * sizeof *d->tok);
+    d->gamma = gamma;
+    d->round = req->round;
+    s_send_proposal(s, srv, from, req, d, 0, 0);
+}
+
 static void s_draft(td_drafter_service_t *s, td_server_t *srv, const td_routing_id_t *from,
                     const Tandem__Envelope *req) {
+    if (s->df) {
+        s_draft_dflash(s, srv, from, req);
+        return;
+    }
     session_t *ss;
     dkey_t k;
     if (!s_draft_prepare(s, srv, from, req, &ss, &k)) return;
@@ -758,6 +895,7 @@ void td_drafter_service_handle(td_drafter_service_t *s, td_server_t *srv,
         session_t *ss = s_find(s, req->session_id);
         if (ss) {
             td_kv_cache_crop(s->kv, ss->slot, 0);
+            if (s->dctx) td_dflash_ctx_reset(s->dctx[ss->slot]);
             s_session_free(ss);
         }
         break;
@@ -776,7 +914,7 @@ void td_drafter_service_handle(td_drafter_service_t *s, td_server_t *srv,
  * pre-drafting, for a session not already in the batch. */
 static int s_batchable(td_drafter_service_t *s, const td_routing_id_t *from,
                        Tandem__Envelope **batch, int n, const Tandem__Envelope *req) {
-    if (req->body_case != TANDEM__ENVELOPE__BODY_DRAFT_REQUEST || s->opts.predraft ||
+    if (req->body_case != TANDEM__ENVELOPE__BODY_DRAFT_REQUEST || s->opts.predraft || s->df ||
         td_model_config(s->m)->is_diffusion || req->draft_request->apd || !s_peer_known(s, from) ||
         n >= TD_DRAFTER_MAX_BATCH || n >= s->opts.max_sessions - 1)
         return 0;

@@ -30,6 +30,12 @@ typedef struct td_drafter_opts {
     int exact;            /* diffusion drafts without the prefix cache (slower, exact) */
     int predraft;         /* after each proposal, draft the next round ahead for its most likely
                              request (all accepted + the drafter's greedy guess of the bonus) */
+    /* a DFlash drafter (drafter/dflash.h; borrowed): the service's model m is then its target
+     * (vocabulary, embedding and LM head), the only capability is "dflash", the Hello lists the
+     * drafter's target_layers, block_size and (unless dflash_any_target) its target
+     * fingerprints, and each DraftRequest must carry the committed rows' features */
+    struct td_dflash *dflash;
+    int dflash_any_target;
 } td_drafter_opts_t;
 
 /* Borrows m and tok (they must outlive the service). NULL on failure (err says why). */

@@ -55,11 +55,30 @@ static td_session_opts_t s_opts(const td_run_ctx_t *c, td_link_t *link, const td
                                .n_suppress = p->n_suppress};
 }
 
+/* dflash: the drafter's layer list into layers[64] and o, gamma from its block size when unset.
+ * TD_OK or TD_ERR_ARG (no dflash drafter behind the link). */
+static int s_dflash_opts(const td_run_ctx_t *c, const td_run_params_t *p, td_spec_params_t *sp,
+                         td_session_opts_t *o, int *layers, td_err_t *err) {
+    const Tandem__Hello *h = c->drafter_hello;
+    if (!h || !td_wire_hello_has_capability(h, "dflash") || !h->n_target_layers ||
+        h->n_target_layers > 64)
+        return td_err_set(err, TD_ERR_ARG,
+                          "dflash needs a dflash drafter (its Hello lists no target layers)");
+    for (size_t i = 0; i < h->n_target_layers; i++) layers[i] = (int)h->target_layers[i];
+    o->feature_layers = layers;
+    o->n_feature_layers = (int)h->n_target_layers;
+    o->feature_type = p->feature_type;
+    if (sp->gamma <= 0) sp->gamma = h->block_size > 1 ? (int)h->block_size - 1 : 15;
+    return TD_OK;
+}
+
 static td_session_t *s_session_new(const td_run_ctx_t *c, td_link_t *link, const td_run_params_t *p,
                                    const int32_t *prompt, int n_prompt, td_method_t m,
                                    td_err_t *err) {
     td_spec_params_t sp = td_run_spec_params(m, p, c->hello);
     td_session_opts_t o = s_opts(c, link, p, &sp, prompt, n_prompt, m);
+    int layers[64];
+    if (m == TD_METHOD_DFLASH && s_dflash_opts(c, p, &sp, &o, layers, err) != TD_OK) return NULL;
     return td_session_new(c->verifier, &o, err);
 }
 
@@ -72,6 +91,7 @@ SESSION_CTOR(s_ar_session, TD_METHOD_AR)
 SESSION_CTOR(s_spec_ar_session, TD_METHOD_SPEC_AR)
 SESSION_CTOR(s_specdiff_session, TD_METHOD_SPECDIFF)
 SESSION_CTOR(s_apd_session, TD_METHOD_APD)
+SESSION_CTOR(s_dflash_session, TD_METHOD_DFLASH)
 
 static int s_run_driver(const td_run_ctx_t *c, const td_run_params_t *p, const int32_t *prompt,
                         int n_prompt, int32_t *out, td_run_stats_t *st, td_err_t *err) {
@@ -85,7 +105,9 @@ static int s_run_driver(const td_run_ctx_t *c, const td_run_params_t *p, const i
     }
     td_spec_params_t sp = td_run_spec_params(st->ran, p, c->hello);
     td_session_opts_t o = s_opts(c, link, p, &sp, prompt, n_prompt, st->ran);
-    int rc = td_driver_generate(c->verifier, &o, out, &st->s, err);
+    int layers[64];
+    int rc = st->ran == TD_METHOD_DFLASH ? s_dflash_opts(c, p, &sp, &o, layers, err) : TD_OK;
+    if (rc == TD_OK) rc = td_driver_generate(c->verifier, &o, out, &st->s, err);
     td_link_destroy(&link);
     return rc;
 }
@@ -250,6 +272,7 @@ static void s_report_planned(FILE *f, const td_run_stats_t *st) {
 static void s_def_none(td_run_params_t *p) { (void)p; }
 static void s_def_spec_ar(td_run_params_t *p) { p->steps = 1; }
 static void s_def_apd(td_run_params_t *p) { p->gamma = 16, p->steps = 1; }
+static void s_def_dflash(td_run_params_t *p) { p->gamma = 0, p->steps = 1; }
 
 #define SPEC_CAPS (TD_CAP_VERIFIER | TD_CAP_DRAFTER | TD_CAP_STREAMS | TD_CAP_SERVED)
 
@@ -290,6 +313,10 @@ static const td_method_desc_t s_table[TD_METHOD_COUNT] = {
     METHOD(TD_METHOD_PLANNED, "planned", "an AR plan of <promise> spans filled by parallel diffusion",
            TD_CAP_LOCAL_DLLM | TD_CAP_REMOTE_DLLM | TD_CAP_LOSSY, TD_DRAFTER_PLANNED,
            TD_OPTS_STEPS_RATIO, s_def_none, s_run_planned, NULL, s_report_planned),
+    METHOD(TD_METHOD_DFLASH, "dflash", "a DFlash drafter fed the verifier's features drafts a block in one pass (exact)",
+           TD_CAP_VERIFIER | TD_CAP_DRAFTER | TD_CAP_STREAMS | TD_CAP_TARGET_FEATURES,
+           TD_DRAFTER_DFLASH, TD_OPTS_GAMMA,
+           s_def_dflash, s_run_driver, s_dflash_session, NULL),
 };
 /* clang-format on */
 
@@ -303,7 +330,7 @@ const td_method_desc_t *td_method_find(const char *s) {
 }
 
 const char *td_method_list(void) {
-    return "ar, spec-ar, specdiff, apd, diffusion, selfspec, planned";
+    return "ar, spec-ar, specdiff, apd, diffusion, selfspec, planned, dflash";
 }
 
 td_run_params_t td_run_params_default(td_method_t m) {

@@ -36,7 +36,7 @@ enum {
     TD_CAP_DRAFTER = 1u << 2,         /* needs a drafter (a link to a drafter service) */
     TD_CAP_LOCAL_DLLM = 1u << 3,      /* runs a diffusion LM in this process (ctx.dllm) */
     TD_CAP_REMOTE_DLLM = 1u << 4,     /* can hand its dLLM work to a drafter process (ctx.dc) */
-    TD_CAP_TARGET_FEATURES = 1u << 5, /* needs the verifier's hidden states (none yet: DFlash) */
+    TD_CAP_TARGET_FEATURES = 1u << 5, /* needs the verifier's hidden states (dflash) */
     TD_CAP_STREAMS = 1u << 6,         /* tokens reach the callback as they are committed (else all
                                          at the end of the request) */
     TD_CAP_SERVED = 1u << 7,          /* a verifier worker serves it (GenerateRequest) */
@@ -59,6 +59,7 @@ typedef enum td_drafter_kind {
     TD_DRAFTER_AR,        /* a small causal LM */
     TD_DRAFTER_DIFFUSION, /* a diffusion LM */
     TD_DRAFTER_PLANNED,   /* a diffusion LM with plan tags */
+    TD_DRAFTER_DFLASH,    /* a DFlash drafter (a directory of its own weights + its target) */
 } td_drafter_kind_t;
 
 /* Every option of every method; the fields a method does not use are ignored by it. */
@@ -82,6 +83,9 @@ typedef struct td_run_params {
     int draft_k;       /* selfspec */
     float steps_ratio; /* planned (<= 0: its default) */
     int dense;         /* planned: dense span attention */
+    /* dflash: the features' wire type (Tandem__FeatureType: 1 F16, 2 BF16; 0 = BF16). Its gamma
+     * <= 0 means the drafter's block_size - 1 (the default) */
+    int feature_type;
     /* ar, diffusion: ids never generated (planned's fallback passes its plan tags); borrowed */
     const int32_t *suppress_ids;
     int n_suppress;
@@ -105,6 +109,9 @@ typedef struct td_run_ctx {
     td_model_t *dllm;     /* in-process diffusion LM (diffusion, selfspec, planned) */
     td_client_t *dc;      /* connected drafter (spec methods; remote selfspec / planned) */
     const Tandem__Hello *hello; /* our Hello, to handshake again with a restarted drafter */
+    /* the drafter's Hello (from the handshake's ack): dflash reads its target_layers and
+     * block_size */
+    const Tandem__Hello *drafter_hello;
     const td_tokenizer_t *tok;  /* the tokenizer of the model planned plans with (plan tags) */
     uint64_t session;           /* drafter session id (nonzero) */
     td_token_cb cb;             /* optional: each token (see TD_CAP_STREAMS); non-zero stops */

@@ -1,6 +1,8 @@
 /* checkpoint.c - tokenizer of a checkpoint directory or GGUF file (checkpoint.h). */
 #include "model/checkpoint.h"
 
+#include "model/config.h"
+#include "model/model.h"
 #include "model/tensor_source.h"
 
 #include <stdlib.h>
@@ -127,4 +129,31 @@ td_tokenizer_t *td_checkpoint_tokenizer(const char *path, td_err_t *err) {
     if (td_gguf_vocab_read(g, &v, err) == TD_OK) tok = s_tokenizer_from_vocab(g, &v, err);
     td_gguf_destroy(&g);
     return tok;
+}
+
+int td_checkpoint_fingerprint(const char *path, uint64_t *out, td_err_t *err) {
+    td_config_t cfg;
+    td_tensor_source_t *src = NULL;
+    int rc;
+    if (td_path_is_gguf(path)) {
+        src = td_tensor_source_open(path, err);
+        if (!src) return err ? err->code : TD_ERR_IO;
+        if ((rc = td_config_from_gguf(td_tensor_source_gguf(src), &cfg, err)) != TD_OK) {
+            td_tensor_source_destroy(&src);
+            return rc;
+        }
+    } else {
+        if ((rc = td_config_load(path, &cfg, err)) != TD_OK) return rc;
+        src = td_tensor_source_open(path, err);
+        if (!src) return err ? err->code : TD_ERR_IO;
+    }
+    td_tokenizer_t *tok = td_checkpoint_tokenizer(path, err);
+    if (!tok) {
+        td_tensor_source_destroy(&src);
+        return err ? err->code : TD_ERR_IO;
+    }
+    *out = td_fingerprint_tensors(src, &cfg, td_tokenizer_hash(tok));
+    td_tokenizer_destroy(&tok);
+    td_tensor_source_destroy(&src);
+    return TD_OK;
 }

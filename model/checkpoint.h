@@ -35,6 +35,10 @@ int td_gguf_vocab_read(const td_gguf_t *g, td_gguf_vocab_t *v, td_err_t *err);
  * from its tokenizer.ggml.* metadata. */
 td_tokenizer_t *td_checkpoint_tokenizer(const char *path, td_err_t *err);
 
+/* td_fingerprint_tensors (model/model.h) of the checkpoint at path (directory or .gguf) with its
+ * own tokenizer's td_tokenizer_hash: TD_OK and *out, or the error of opening it. */
+int td_checkpoint_fingerprint(const char *path, uint64_t *out, td_err_t *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -549,6 +549,77 @@ td_backend_t *td_model_backend(const td_model_t *m) { return m->be; }
 int64_t td_model_n_params(const td_model_t *m) { return m->n_params; }
 uint64_t td_model_weight_bytes(const td_model_t *m) { return m->weight_bytes; }
 td_dtype_t td_model_dtype(const td_model_t *m) { return m->dtype; }
+const td_weight_t *td_model_tok_embd(const td_model_t *m) { return &m->tok_embd; }
+const td_weight_t *td_model_lm_head(const td_model_t *m) { return &m->lm_head; }
+
+/* --- fingerprint ------------------------------------------------------------------------------ */
+
+#define S_FNV_BASIS 0xcbf29ce484222325ull
+#define S_FNV_PRIME 0x100000001b3ull
+
+static uint64_t s_fnv_bytes(uint64_t h, const void *p, size_t n) {
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * S_FNV_PRIME;
+    return h;
+}
+
+static uint64_t s_fnv_u32(uint64_t h, uint32_t v) {
+    unsigned char b[4] = {(unsigned char)v, (unsigned char)(v >> 8), (unsigned char)(v >> 16),
+                          (unsigned char)(v >> 24)};
+    return s_fnv_bytes(h, b, 4);
+}
+
+static uint64_t s_fnv_u64(uint64_t h, uint64_t v) {
+    h = s_fnv_u32(h, (uint32_t)v);
+    return s_fnv_u32(h, (uint32_t)(v >> 32));
+}
+
+static uint64_t s_fnv_str(uint64_t h, const char *s) {
+    size_t n = s ? strlen(s) : 0;
+    h = s_fnv_u32(h, (uint32_t)n);
+    return s_fnv_bytes(h, s, n);
+}
+
+/* Whole little-endian 64-bit words, then the tail bytes (x86-64 is little-endian; memcpy keeps
+ * it alignment-safe). */
+static uint64_t s_fnv_words(uint64_t h, const void *p, uint64_t n) {
+    const unsigned char *b = p;
+    uint64_t nw = n / 8;
+    for (uint64_t i = 0; i < nw; i++) {
+        uint64_t w;
+        memcpy(&w, b + 8 * i, 8);
+        h = (h ^ w) * S_FNV_PRIME;
+    }
+    return s_fnv_bytes(h, b + 8 * nw, (size_t)(n - 8 * nw));
+}
+
+static uint64_t s_fp_head(const td_config_t *cfg, uint64_t tokenizer_hash) {
+    uint64_t h = s_fnv_bytes(S_FNV_BASIS, "td-fp-v1", 8);
+    h = s_fnv_u64(h, tokenizer_hash);
+    h = s_fnv_str(h, td_arch_name(cfg->arch));
+    h = s_fnv_u32(h, (uint32_t)cfg->n_layer);
+    h = s_fnv_u32(h, (uint32_t)cfg->n_embd);
+    return s_fnv_u32(h, (uint32_t)cfg->n_vocab);
+}
+
+uint64_t td_fingerprint_tensors(const struct td_tensor_source *src, const td_config_t *cfg,
+                                uint64_t tokenizer_hash) {
+    uint64_t h = s_fp_head(cfg, tokenizer_hash);
+    td_tensor_info_t t;
+    for (int64_t i = 0; src && td_tensor_source_at(src, i, &t); i++) {
+        h = s_fnv_str(h, t.name);
+        h = s_fnv_u32(h, (uint32_t)t.dtype);
+        h = s_fnv_u32(h, (uint32_t)t.ndim);
+        for (int d = 0; d < t.ndim; d++) h = s_fnv_u64(h, (uint64_t)t.shape[d]);
+        h = s_fnv_u64(h, t.nbytes);
+        h = s_fnv_words(h, t.data, t.nbytes);
+    }
+    return h ? h : 1;
+}
+
+uint64_t td_model_fingerprint(const td_model_t *m, uint64_t tokenizer_hash) {
+    return td_fingerprint_tensors(m->src, &m->cfg, tokenizer_hash);
+}
 
 /* --- KV cache -------------------------------------------------------------------------------- */
 

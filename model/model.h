@@ -38,6 +38,29 @@ int64_t td_model_n_params(const td_model_t *m);
 uint64_t td_model_weight_bytes(const td_model_t *m); /* bytes read per forward (all weights) */
 td_dtype_t td_model_dtype(const td_model_t *m);      /* dtype of the matmul weights */
 
+/* The token embedding table [n_vocab, n_embd] and the LM head [n_vocab, n_embd] (the same weight
+ * when tied), in backend memory and their stored dtype, borrowed (valid while m lives). A DFlash
+ * drafter (drafter/dflash.h) computes with the target's own rows through these: no copy. */
+const td_weight_t *td_model_tok_embd(const td_model_t *m);
+const td_weight_t *td_model_lm_head(const td_model_t *m);
+
+/* --- fingerprint ------------------------------------------------------------------------------ */
+
+struct td_tensor_source;
+/* One 64-bit value identifying a target checkpoint (a DFlash drafter lists the fingerprints of
+ * the targets it was trained for). Definition (docs/dflash.md), all integers little-endian:
+ * h = FNV-1a 64 (offset basis 0xcbf29ce484222325, prime 0x100000001b3) of the bytes
+ *   "td-fp-v1", tokenizer_hash (u64), the arch name (td_arch_name, u32 length + bytes),
+ *   n_layer, n_embd, n_vocab (u32 each),
+ * then for every tensor of src in file order: its name (u32 length + bytes), dtype (u32,
+ * td_dtype_t), ndim (u32), each dim (u64), nbytes (u64), then its data folded as 64-bit words:
+ * for each whole 8-byte little-endian word w: h = (h ^ w) * prime; the 0..7 tail bytes one at a
+ * time as FNV-1a. A result of 0 is mapped to 1 (never 0). Reads every weight byte once. */
+uint64_t td_fingerprint_tensors(const struct td_tensor_source *src, const td_config_t *cfg,
+                                uint64_t tokenizer_hash);
+/* td_fingerprint_tensors over m's checkpoint; a synthetic model (no file) hashes no tensors. */
+uint64_t td_model_fingerprint(const td_model_t *m, uint64_t tokenizer_hash);
+
 /* --- KV cache --------------------------------------------------------------------------------- */
 
 /* A cache of n_seq independent sequence slots of n_ctx positions each (float32). Slot position p

@@ -1080,7 +1080,7 @@ const ProtobufCMessageDescriptor tandem__apd_settings__descriptor =
   (ProtobufCMessageInit) tandem__apd_settings__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tandem__hello__field_descriptors[8] =
+static const ProtobufCFieldDescriptor tandem__hello__field_descriptors[11] =
 {
   {
     "protocol_version",
@@ -1178,13 +1178,52 @@ static const ProtobufCFieldDescriptor tandem__hello__field_descriptors[8] =
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "target_layers",
+    9,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Tandem__Hello, n_target_layers),
+    offsetof(Tandem__Hello, target_layers),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "block_size",
+    10,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tandem__Hello, block_size),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "target_fingerprints",
+    11,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_FIXED64,
+    offsetof(Tandem__Hello, n_target_fingerprints),
+    offsetof(Tandem__Hello, target_fingerprints),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tandem__hello__field_indices_by_name[] = {
+  9,   /* field[9] = block_size */
   6,   /* field[6] = capabilities */
   4,   /* field[4] = mask_token_id */
   2,   /* field[2] = model_id */
   0,   /* field[0] = protocol_version */
   1,   /* field[1] = role */
+  10,   /* field[10] = target_fingerprints */
+  8,   /* field[8] = target_layers */
   5,   /* field[5] = tokenizer_hash */
   7,   /* field[7] = tokenizer_name */
   3,   /* field[3] = vocab_size */
@@ -1192,7 +1231,7 @@ static const unsigned tandem__hello__field_indices_by_name[] = {
 static const ProtobufCIntRange tandem__hello__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 8 }
+  { 0, 11 }
 };
 const ProtobufCMessageDescriptor tandem__hello__descriptor =
 {
@@ -1202,7 +1241,7 @@ const ProtobufCMessageDescriptor tandem__hello__descriptor =
   "Tandem__Hello",
   "tandem",
   sizeof(Tandem__Hello),
-  8,
+  11,
   tandem__hello__field_descriptors,
   tandem__hello__field_indices_by_name,
   1,  tandem__hello__number_ranges,
@@ -1375,7 +1414,7 @@ const ProtobufCMessageDescriptor tandem__close_session__descriptor =
   (ProtobufCMessageInit) tandem__close_session__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tandem__draft_request__field_descriptors[11] =
+static const ProtobufCFieldDescriptor tandem__draft_request__field_descriptors[14] =
 {
   {
     "base_len",
@@ -1509,12 +1548,51 @@ static const ProtobufCFieldDescriptor tandem__draft_request__field_descriptors[1
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "features",
+    12,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Tandem__DraftRequest, features),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "feature_type",
+    13,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Tandem__DraftRequest, feature_type),
+    &tandem__feature_type__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "feature_start",
+    14,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tandem__DraftRequest, feature_start),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tandem__draft_request__field_indices_by_name[] = {
   9,   /* field[9] = apd */
   0,   /* field[0] = base_len */
   10,   /* field[10] = confidence_threshold */
   8,   /* field[8] = dist_top_k */
+  13,   /* field[13] = feature_start */
+  12,   /* field[12] = feature_type */
+  11,   /* field[11] = features */
   2,   /* field[2] = gamma */
   4,   /* field[4] = order */
   1,   /* field[1] = prefix_delta */
@@ -1526,7 +1604,7 @@ static const unsigned tandem__draft_request__field_indices_by_name[] = {
 static const ProtobufCIntRange tandem__draft_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 11 }
+  { 0, 14 }
 };
 const ProtobufCMessageDescriptor tandem__draft_request__descriptor =
 {
@@ -1536,7 +1614,7 @@ const ProtobufCMessageDescriptor tandem__draft_request__descriptor =
   "Tandem__DraftRequest",
   "tandem",
   sizeof(Tandem__DraftRequest),
-  11,
+  14,
   tandem__draft_request__field_descriptors,
   tandem__draft_request__field_indices_by_name,
   1,  tandem__draft_request__number_ranges,
@@ -3055,5 +3133,35 @@ const ProtobufCEnumDescriptor tandem__row_kind__descriptor =
   tandem__row_kind__enum_values_by_name,
   1,
   tandem__row_kind__value_ranges,
+  NULL,NULL,NULL,NULL   /* reserved[1234] */
+};
+static const ProtobufCEnumValue tandem__feature_type__enum_values_by_number[3] =
+{
+  { "FEATURE_NONE", "TANDEM__FEATURE_TYPE__FEATURE_NONE", 0 },
+  { "FEATURE_F16", "TANDEM__FEATURE_TYPE__FEATURE_F16", 1 },
+  { "FEATURE_BF16", "TANDEM__FEATURE_TYPE__FEATURE_BF16", 2 },
+};
+static const ProtobufCIntRange tandem__feature_type__value_ranges[] = {
+{0, 0},{0, 3}
+};
+static const ProtobufCEnumValueIndex tandem__feature_type__enum_values_by_name[3] =
+{
+  { "FEATURE_BF16", 2 },
+  { "FEATURE_F16", 1 },
+  { "FEATURE_NONE", 0 },
+};
+const ProtobufCEnumDescriptor tandem__feature_type__descriptor =
+{
+  PROTOBUF_C__ENUM_DESCRIPTOR_MAGIC,
+  "tandem.FeatureType",
+  "FeatureType",
+  "Tandem__FeatureType",
+  "tandem",
+  3,
+  tandem__feature_type__enum_values_by_number,
+  3,
+  tandem__feature_type__enum_values_by_name,
+  1,
+  tandem__feature_type__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };

@@ -123,6 +123,12 @@ typedef enum _Tandem__RowKind {
   TANDEM__ROW_KIND__ROW_LOGITS = 1
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(TANDEM__ROW_KIND)
 } Tandem__RowKind;
+typedef enum _Tandem__FeatureType {
+  TANDEM__FEATURE_TYPE__FEATURE_NONE = 0,
+  TANDEM__FEATURE_TYPE__FEATURE_F16 = 1,
+  TANDEM__FEATURE_TYPE__FEATURE_BF16 = 2
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(TANDEM__FEATURE_TYPE)
+} Tandem__FeatureType;
 
 /* --- messages --- */
 
@@ -198,10 +204,20 @@ struct  Tandem__Hello
    * human-readable tokenizer origin, for error messages
    */
   char *tokenizer_name;
+  /*
+   * DFlash drafters (capability "dflash"; docs/dflash.md): the target layer boundaries whose
+   * features each DraftRequest carries, the block size B (gamma = B - 1) and the
+   * td_model_fingerprint values of the targets the drafter was trained for (empty: any)
+   */
+  size_t n_target_layers;
+  uint32_t *target_layers;
+  uint32_t block_size;
+  size_t n_target_fingerprints;
+  uint64_t *target_fingerprints;
 };
 #define TANDEM__HELLO__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tandem__hello__descriptor) \
-    , 0, TANDEM__ROLE__ROLE_UNSPECIFIED, (char *)protobuf_c_empty_string, 0, 0, 0, 0,NULL, (char *)protobuf_c_empty_string }
+    , 0, TANDEM__ROLE__ROLE_UNSPECIFIED, (char *)protobuf_c_empty_string, 0, 0, 0, 0,NULL, (char *)protobuf_c_empty_string, 0,NULL, 0, 0,NULL }
 
 
 /*
@@ -305,10 +321,19 @@ struct  Tandem__DraftRequest
    * Fast-dLLM parallel unmasking threshold, 0 = off, [0, 1]
    */
   float confidence_threshold;
+  /*
+   * DFlash: the target features of the rows that became committed, row-major
+   * [rows, len(target_layers) * hidden] of feature_type values (little-endian 16-bit), rows at
+   * absolute positions feature_start ..; after the request the drafter holds exactly the rows of
+   * positions 0 .. base_len + len(prefix_delta) - 2 (every committed token but the last)
+   */
+  ProtobufCBinaryData features;
+  Tandem__FeatureType feature_type;
+  uint32_t feature_start;
 };
 #define TANDEM__DRAFT_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tandem__draft_request__descriptor) \
-    , 0, 0,NULL, 0, 0, TANDEM__UNMASK_ORDER__ORDER_LEFT_TO_RIGHT, NULL, 0, 0, 0, NULL, 0 }
+    , 0, 0,NULL, 0, 0, TANDEM__UNMASK_ORDER__ORDER_LEFT_TO_RIGHT, NULL, 0, 0, 0, NULL, 0, {0,NULL}, TANDEM__FEATURE_TYPE__FEATURE_NONE, 0 }
 
 
 /*
@@ -1216,6 +1241,7 @@ extern const ProtobufCEnumDescriptor    tandem__role__descriptor;
 extern const ProtobufCEnumDescriptor    tandem__unmask_order__descriptor;
 extern const ProtobufCEnumDescriptor    tandem__error_code__descriptor;
 extern const ProtobufCEnumDescriptor    tandem__row_kind__descriptor;
+extern const ProtobufCEnumDescriptor    tandem__feature_type__descriptor;
 extern const ProtobufCMessageDescriptor tandem__sampling__descriptor;
 extern const ProtobufCMessageDescriptor tandem__apd_settings__descriptor;
 extern const ProtobufCMessageDescriptor tandem__hello__descriptor;

@@ -1014,8 +1014,24 @@ int td_client_send_draft_request(td_client_t *c, const td_draft_args_t *a, td_er
         apd.lookahead = (uint32_t)a->gamma;
         r.apd = &apd;
     }
+    uint16_t *feat = NULL;
+    if (a->features && a->feature_rows > 0 && a->feature_dim > 0) {
+        size_t n = (size_t)a->feature_rows * (size_t)a->feature_dim;
+        if (!(feat = malloc(n * sizeof *feat))) {
+            free(delta);
+            return td_err_set(err, TD_ERR_NOMEM, "out of memory");
+        }
+        int bf = a->feature_type == TANDEM__FEATURE_TYPE__FEATURE_BF16;
+        for (size_t i = 0; i < n; i++)
+            feat[i] = bf ? td_f32_to_bf16(a->features[i]) : td_f32_to_f16(a->features[i]);
+        r.features.data = (uint8_t *)feat; /* little-endian host (x86-64) */
+        r.features.len = n * sizeof *feat;
+    }
+    r.feature_type = (Tandem__FeatureType)a->feature_type;
+    r.feature_start = (uint32_t)(a->feature_start > 0 ? a->feature_start : 0);
     int rc = td_client_send(c, &env, err);
     free(delta);
+    free(feat);
     return rc;
 }
 

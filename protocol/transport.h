@@ -196,6 +196,11 @@ typedef struct td_draft_args {
     int apd; /* APD settings below are sent */
     float apd_mixture;
     int apd_kv_window;
+    /* dflash: feature rows [feature_rows, feature_dim] f32 (already rounded to feature_type),
+     * sent as 16-bit feature_type values (Tandem__FeatureType) starting at position
+     * feature_start; NULL / 0 rows: none */
+    const float *features;
+    int feature_rows, feature_dim, feature_start, feature_type;
 } td_draft_args_t;
 
 /* DraftRequest; FullRowRequest (logits: 1 = a logit row, 0 = a probability row); CloseSession.

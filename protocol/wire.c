@@ -6,6 +6,7 @@
 #include "protocol/wire.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -105,6 +106,19 @@ static int s_check_hello(const Tandem__Hello *h, const char *what, td_err_t *err
     if (h->n_capabilities > TD_WIRE_MAX_CAPABILITIES)
         return td_err_set(err, TD_ERR_FORMAT, "%s lists %zu capabilities, more than %u", what,
                           h->n_capabilities, TD_WIRE_MAX_CAPABILITIES);
+    if (h->n_target_layers > TD_WIRE_MAX_TARGET_LAYERS)
+        return td_err_set(err, TD_ERR_FORMAT, "%s lists %zu target layers, more than %u", what,
+                          h->n_target_layers, TD_WIRE_MAX_TARGET_LAYERS);
+    for (size_t i = 0; i < h->n_target_layers; i++)
+        if (h->target_layers[i] < 1 || h->target_layers[i] > 100000)
+            return td_err_set(err, TD_ERR_FORMAT, "%s.target_layers[%zu] = %u is not a layer id",
+                              what, i, h->target_layers[i]);
+    if (h->n_target_fingerprints > TD_WIRE_MAX_TARGET_FINGERPRINTS)
+        return td_err_set(err, TD_ERR_FORMAT, "%s lists %zu target fingerprints, more than %u",
+                          what, h->n_target_fingerprints, TD_WIRE_MAX_TARGET_FINGERPRINTS);
+    if (h->block_size > TD_WIRE_MAX_GAMMA + 1)
+        return td_err_set(err, TD_ERR_FORMAT, "%s.block_size = %u is over %u", what,
+                          h->block_size, TD_WIRE_MAX_GAMMA + 1);
     if (h->n_capabilities && !h->capabilities)
         return td_err_set(err, TD_ERR_FORMAT, "%s.capabilities: no array", what);
     for (size_t i = 0; i < h->n_capabilities; i++) {
@@ -397,6 +411,26 @@ static int s_check_body(const Tandem__Envelope *env, const td_wire_limits_t *lim
                               "draft_request: base_len %u + %zu tokens overflows", d->base_len,
                               d->n_prefix_delta);
         if ((rc = s_check_sampling(d->sampling, "draft_request.sampling", err))) return rc;
+        if (d->feature_type != TANDEM__FEATURE_TYPE__FEATURE_NONE &&
+            d->feature_type != TANDEM__FEATURE_TYPE__FEATURE_F16 &&
+            d->feature_type != TANDEM__FEATURE_TYPE__FEATURE_BF16)
+            return td_err_set(err, TD_ERR_FORMAT, "draft_request.feature_type = %d is unknown",
+                              (int)d->feature_type);
+        if (d->features.len) {
+            if (d->feature_type == TANDEM__FEATURE_TYPE__FEATURE_NONE)
+                return td_err_set(err, TD_ERR_FORMAT,
+                                  "draft_request.features without a feature_type");
+            if (d->features.len % 2)
+                return td_err_set(err, TD_ERR_FORMAT,
+                                  "draft_request.features: %zu bytes is not a whole number of "
+                                  "16-bit values",
+                                  d->features.len);
+        }
+        if ((uint64_t)d->feature_start > (uint64_t)d->base_len + d->n_prefix_delta)
+            return td_err_set(err, TD_ERR_FORMAT,
+                              "draft_request.feature_start %u is past the text (%llu tokens)",
+                              d->feature_start,
+                              (unsigned long long)((uint64_t)d->base_len + d->n_prefix_delta));
         if (d->apd) {
             if (!(d->apd->mixture >= 0.0f && d->apd->mixture <= 1.0f))
                 return td_err_set(err, TD_ERR_FORMAT,
@@ -869,6 +903,14 @@ void td_wire_hello_fill(Tandem__Hello *hello, Tandem__Role role, const char *mod
 
 static const char *s_str(const char *s, const char *dflt) { return s && s[0] ? s : dflt; }
 
+static void s_fp_list(const Tandem__Hello *h, char *out, size_t cap) {
+    size_t o = 0;
+    out[0] = 0;
+    for (size_t i = 0; i < h->n_target_fingerprints && o + 24 < cap; i++)
+        o += (size_t)snprintf(out + o, cap - o, "%s0x%016llx", i ? ", " : "",
+                              (unsigned long long)h->target_fingerprints[i]);
+}
+
 int td_wire_hello_compatible(const Tandem__Hello *ours, const Tandem__Hello *theirs,
                              Tandem__ErrorCode *code, td_err_t *err) {
     if (theirs->protocol_version != ours->protocol_version) {
@@ -892,6 +934,24 @@ int td_wire_hello_compatible(const Tandem__Hello *ours, const Tandem__Hello *the
             s_str(ours->tokenizer_name, "(unnamed)"), (unsigned long long)ours->tokenizer_hash,
             td_wire_role_name(theirs->role), s_str(theirs->model_id, "(no model id)"),
             s_str(theirs->tokenizer_name, "(unnamed)"), (unsigned long long)theirs->tokenizer_hash);
+    }
+    /* a DFlash drafter lists the targets it was trained for; a verifier that pairs with one lists
+     * its own fingerprint: when both list some, one must be shared */
+    if (ours->n_target_fingerprints && theirs->n_target_fingerprints) {
+        for (size_t i = 0; i < ours->n_target_fingerprints; i++)
+            for (size_t j = 0; j < theirs->n_target_fingerprints; j++)
+                if (ours->target_fingerprints[i] == theirs->target_fingerprints[j]) return TD_OK;
+        char a[256], b[256];
+        s_fp_list(ours, a, sizeof a);
+        s_fp_list(theirs, b, sizeof b);
+        if (code) *code = TANDEM__ERROR_CODE__ERROR_UNSUPPORTED;
+        return td_err_set(err, TD_ERR_UNSUPPORTED,
+                          "target models differ: %s %s has target fingerprints [%s], %s %s has "
+                          "[%s] (a dflash drafter pairs only with the target it was trained for; "
+                          "tandem-drafter --dflash-any-target overrides)",
+                          td_wire_role_name(ours->role), s_str(ours->model_id, "(no model id)"), a,
+                          td_wire_role_name(theirs->role), s_str(theirs->model_id, "(no model id)"),
+                          b);
     }
     return TD_OK;
 }

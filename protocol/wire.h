@@ -37,6 +37,8 @@ extern "C" {
 #define TD_WIRE_MAX_LOOKAHEAD 65536u
 #define TD_WIRE_MAX_SELFSPEC_K 16u  /* selfspec: states per SelfspecEval, drafts per state */
 #define TD_WIRE_MAX_PLAN_SPANS 64u  /* planned: spans per PlannedFill */
+#define TD_WIRE_MAX_TARGET_LAYERS 64u      /* dflash: Hello.target_layers */
+#define TD_WIRE_MAX_TARGET_FINGERPRINTS 16u /* dflash: Hello.target_fingerprints */
 #define TD_WIRE_PROB_TOLERANCE 1e-3 /* |sum(probs) + rest_mass - 1| */
 
 typedef struct td_wire_limits {

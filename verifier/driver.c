@@ -28,6 +28,11 @@ struct td_session {
     const int32_t *suppress;
     int n_suppress;
     int V, apd, greedy, want_dist, spec, n_prompt, n_ctx, timeout_ms;
+    /* dflash: feature layers, row width, wire type, the rounded features of positions
+     * 0 .. cur-2 [n_ctx, fdim], and the position of this round's first batch row */
+    int dflash, n_hl, fdim, ftype, pos0;
+    int hl[64];
+    float *feat;
     /* text and drafter state */
     int32_t *text;
     int cur, known, backoff;
@@ -63,6 +68,10 @@ struct td_driver {
     td_session_t **live; /* by slot; NULL = free */
     int n_live;
     int64_t forwards;
+    /* dflash sessions' hidden states: the shared layer list and [cap_logits, n_hl, n_embd] */
+    int n_hl, n_embd;
+    int hl[64];
+    float *hidden;
     /* the shared batch */
     int cap_rows, cap_logits;
     int32_t *tokens, *pos, *seq;
@@ -76,7 +85,26 @@ td_session_t *td_session_new(td_model_t *v, const td_session_opts_t *o, td_err_t
     const td_config_t *c = td_model_config(v);
     const td_spec_params_t *p = o->params;
     const int spec = o->method == TD_METHOD_SPEC_AR || o->method == TD_METHOD_SPECDIFF ||
-                     o->method == TD_METHOD_APD;
+                     o->method == TD_METHOD_APD || o->method == TD_METHOD_DFLASH;
+    if (o->method == TD_METHOD_DFLASH) {
+        if (o->n_feature_layers < 1 || o->n_feature_layers > 64 || !o->feature_layers) {
+            td_err_set(err, TD_ERR_ARG, "dflash needs 1..64 feature layers (got %d)",
+                       o->n_feature_layers);
+            return NULL;
+        }
+        for (int i = 0; i < o->n_feature_layers; i++)
+            if (o->feature_layers[i] < 1 || o->feature_layers[i] > c->n_layer) {
+                td_err_set(err, TD_ERR_ARG,
+                           "the dflash drafter wants features of layer %d; the verifier has "
+                           "layers 1..%d",
+                           o->feature_layers[i], c->n_layer);
+                return NULL;
+            }
+        if (o->feature_type < 0 || o->feature_type > 2) {
+            td_err_set(err, TD_ERR_ARG, "unknown feature type %d", o->feature_type);
+            return NULL;
+        }
+    }
     if (!spec && o->method != TD_METHOD_AR) {
         td_err_set(err, TD_ERR_ARG, "method %s has no verifier session", td_method_name(o->method));
         return NULL;
@@ -119,6 +147,19 @@ td_session_t *td_session_new(td_model_t *v, const td_session_opts_t *o, td_err_t
     s->s.lossy = s->apd;
     s->slot = -1;
     s->backoff = 1;
+    if (o->method == TD_METHOD_DFLASH) {
+        s->dflash = 1;
+        s->n_hl = o->n_feature_layers;
+        memcpy(s->hl, o->feature_layers, (size_t)s->n_hl * sizeof *s->hl);
+        s->fdim = s->n_hl * c->n_embd;
+        s->ftype = o->feature_type ? o->feature_type : 2;
+        s->feat = malloc((size_t)n_ctx * (size_t)s->fdim * sizeof *s->feat);
+        if (!s->feat) {
+            free(s);
+            td_err_set(err, TD_ERR_NOMEM, "out of memory");
+            return NULL;
+        }
+    }
     const size_t rows = spec ? (size_t)p->gamma + 1 : 1, V = (size_t)s->V;
     s->text = malloc((size_t)n_ctx * sizeof *s->text);
     s->out = malloc(((size_t)p->max_tokens + 1) * sizeof *s->out);
@@ -144,7 +185,8 @@ void td_session_destroy(td_session_t **self_p) {
     if (!self_p || !*self_p) return;
     td_session_t *s = *self_p;
     td_wire_free(&s->prop);
-    void *bufs[] = {s->text, s->out, s->prob, s->qfull_mem, (void *)s->qfull, s->sq, s->ar, s->ids};
+    void *bufs[] = {s->text, s->out,    s->prob, s->qfull_mem, (void *)s->qfull,
+                    s->sq,   s->ar,     s->ids,  s->feat};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     free(s);
     *self_p = NULL;
@@ -187,6 +229,17 @@ static int s_send_draft(td_session_t *s) {
                          .apd = s->apd,
                          .apd_mixture = p->apd_mixture,
                          .apd_kv_window = p->apd_kv_window};
+    if (s->dflash) {
+        /* the drafter holds the features of positions 0 .. known-2; it gets the rest up to
+         * cur-2 (every committed position but the last) */
+        int start = s->known > 0 ? s->known - 1 : 0;
+        a.features = s->feat + (size_t)start * s->fdim;
+        a.feature_rows = s->cur - 1 - start;
+        a.feature_dim = s->fdim;
+        a.feature_start = start;
+        a.feature_type = s->ftype;
+        s->s.feature_bytes += (int64_t)a.feature_rows * s->fdim * 2;
+    }
     td_err_t err = {0};
     if (td_client_send_draft_request(td_link_client(s->link), &a, &err) != TD_OK) {
         snprintf(s->why, sizeof s->why, "sending to the drafter failed: %.200s", err.msg);
@@ -370,8 +423,10 @@ static int s_prepare(td_session_t *s, int32_t *tok, int32_t *pos, int32_t *seq, 
          * but its last token), logits for the last */
         int from = td_kv_cache_len(s->d->kv, s->slot);
         for (int i = from; i < s->cur; i++, n++)
-            tok[n] = s->text[i], pos[n] = i, seq[n] = s->slot, lf[n] = i == s->cur - 1;
-        s->n_logit_rows = 1;
+            tok[n] = s->text[i], pos[n] = i, seq[n] = s->slot,
+            lf[n] = s->dflash || i == s->cur - 1;
+        s->n_logit_rows = s->dflash ? n : 1;
+        s->pos0 = from;
     } else {
         const Tandem__Proposal *pr = s->prop->proposal;
         for (int j = 0; j < s->g; j++) s->draft[j] = (int32_t)pr->tokens[j];
@@ -381,6 +436,7 @@ static int s_prepare(td_session_t *s, int32_t *tok, int32_t *pos, int32_t *seq, 
         for (int j = 0; j < nr; j++) seq[j] = s->slot, lf[j] = 1;
         n = nr;
         s->n_logit_rows = nr;
+        s->pos0 = s->cur - 1;
     }
     s->n_rows = n;
     return n;
@@ -403,12 +459,34 @@ static void s_emit(td_session_t *s, int n_emit) {
     }
 }
 
+/* Rounds x[n] to the wire's feature type (what the drafter will decode), so an in-process drafter
+ * sees the same values as a remote one. */
+static void s_round_features(float *x, int64_t n, int ftype) {
+    if (ftype == 2)
+        for (int64_t i = 0; i < n; i++) x[i] = td_bf16_to_f32(td_f32_to_bf16(x[i]));
+    else if (ftype == 1)
+        for (int64_t i = 0; i < n; i++) x[i] = td_f16_to_f32(td_f32_to_f16(x[i]));
+}
+
+/* dflash: keeps the features of positions from .. s->cur-2 from this session's hidden rows (row r
+ * = position s->pos0 + r). */
+static void s_keep_features(td_session_t *s, const float *hidden, int from) {
+    for (int p = from; p <= s->cur - 2; p++) {
+        int r = p - s->pos0;
+        if (r < 0 || r >= s->n_logit_rows) continue;
+        float *dst = s->feat + (size_t)p * s->fdim;
+        memcpy(dst, hidden + (size_t)r * s->fdim, (size_t)s->fdim * sizeof *dst);
+        s_round_features(dst, s->fdim, s->ftype);
+    }
+}
+
 /* Applies the acceptance rule to this session's rows of the logits and emits. */
-static void s_commit(td_session_t *s, float *logits) {
+static void s_commit(td_session_t *s, float *logits, const float *hidden) {
     const td_spec_params_t *p = &s->p;
-    const int V = s->V, g = s->g;
+    const int V = s->V, g = s->g, cur0 = s->cur;
     int n_emit = 0, n_acc = 0, rc = TD_OK;
     if (!s->prop) {
+        logits += (size_t)(s->n_logit_rows - 1) * (size_t)V; /* the last row's */
         for (int k = 0; k < s->n_suppress; k++)
             if (s->suppress[k] >= 0 && s->suppress[k] < V) logits[s->suppress[k]] = -INFINITY;
         s->acc_out[0] = td_sample(&p->sampling, &s->rng, logits, V, NULL);
@@ -485,6 +563,7 @@ static void s_commit(td_session_t *s, float *logits) {
         }
     }
     s_emit(s, n_emit);
+    if (s->dflash && hidden) s_keep_features(s, hidden, cur0 - 1);
     /* keep the keys/values of verified positions only: the slot must hold cur - 1 tokens */
     int keep = s->cur - 1;
     td_kv_cache_crop(s->d->kv, s->slot, keep);
@@ -523,7 +602,7 @@ void td_driver_destroy(td_driver_t **self_p) {
     for (int i = 0; d->live && i < d->max_sessions; i++)
         if (d->live[i]) d->live[i]->d = NULL, d->live[i]->state = S_DONE;
     td_kv_cache_destroy(&d->kv);
-    void *bufs[] = {d->live, d->tokens, d->logits_for, d->logits, d};
+    void *bufs[] = {d->live, d->tokens, d->logits_for, d->logits, d->hidden, d};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     *self_p = NULL;
 }
@@ -546,23 +625,35 @@ static int s_reserve(td_driver_t *d, int rows, int logit_rows, td_err_t *err) {
     if (logit_rows > d->cap_logits) {
         int cap = logit_rows > 2 * d->cap_logits ? logit_rows : 2 * d->cap_logits;
         free(d->logits);
+        free(d->hidden);
+        d->hidden = NULL;
         d->logits = malloc((size_t)cap * (size_t)d->V * sizeof *d->logits);
         d->cap_logits = d->logits ? cap : 0;
         if (!d->logits) return td_err_set(err, TD_ERR_NOMEM, "out of memory");
+    }
+    if (d->n_hl && !d->hidden && d->cap_logits) {
+        d->hidden = malloc((size_t)d->cap_logits * d->n_hl * d->n_embd * sizeof *d->hidden);
+        if (!d->hidden) return td_err_set(err, TD_ERR_NOMEM, "out of memory");
     }
     return TD_OK;
 }
 
 /* One causal forward of the n rows from batch row off in the batch buffers (tokens: NULL =
- * d->tokens + off). */
+ * d->tokens + off); hidden (or NULL): where the selected rows' hidden states at the dflash layers
+ * go (d->hl). */
 static int s_forward_at(td_driver_t *d, int off, int n, const int32_t *tokens, float *logits,
-                        td_err_t *err) {
+                        float *hidden, td_err_t *err) {
     td_batch_t b = {.n = n,
                     .tokens = tokens ? tokens : d->tokens + off,
                     .pos = d->pos + off,
                     .seq = d->seq + off,
                     .attn = TD_ATTN_CAUSAL,
                     .logits_for = d->logits_for + off};
+    if (hidden) {
+        b.hidden_layers = d->hl;
+        b.n_hidden_layers = d->n_hl;
+        b.hidden_out = hidden;
+    }
     d->forwards++;
     return td_model_forward(d->v, d->kv, &b, logits, err);
 }
@@ -593,6 +684,21 @@ int td_driver_submit(td_driver_t *d, td_session_t *s, td_err_t *err) {
         if (!d->live[i]) slot = i;
     if (slot < 0)
         return td_err_set(err, TD_ERR_ARG, "all %d session slots are busy", d->max_sessions);
+    if (s->dflash) {
+        int same = d->n_hl == s->n_hl && !memcmp(d->hl, s->hl, (size_t)s->n_hl * sizeof *s->hl);
+        int busy = 0;
+        for (int i = 0; i < d->max_sessions; i++) busy |= d->live[i] && d->live[i]->dflash;
+        if (!same && busy)
+            return td_err_set(err, TD_ERR_ARG,
+                              "a dflash session with other feature layers is live in this driver");
+        if (!same) {
+            d->n_hl = s->n_hl;
+            d->n_embd = s->fdim / s->n_hl;
+            memcpy(d->hl, s->hl, (size_t)s->n_hl * sizeof *s->hl);
+            free(d->hidden);
+            d->hidden = NULL;
+        }
+    }
     s->slot = slot, s->d = d, s->state = S_LIVE;
     d->live[slot] = s;
     d->n_live++;
@@ -604,11 +710,16 @@ int td_driver_submit(td_driver_t *d, td_session_t *s, td_err_t *err) {
          * (the last one is the first round's anchor). An ar session does the same, so a prompt's
          * keys/values are computed the same way whatever the method (td_generate_ar too) */
         double t0 = td_time_now();
-        int n = s->cur - 1, rc = s_reserve(d, n, 0, err);
+        int n = s->cur - 1, rc = s_reserve(d, n, s->dflash ? n : 0, err);
         if (rc == TD_OK) {
-            for (int i = 0; i < n; i++) d->seq[i] = slot, d->pos[i] = i, d->logits_for[i] = 0;
-            rc = s_forward_at(d, 0, n, s->text, NULL, err);
+            for (int i = 0; i < n; i++)
+                d->seq[i] = slot, d->pos[i] = i, d->logits_for[i] = (uint8_t)s->dflash;
+            rc = s_forward_at(d, 0, n, s->text, NULL, s->dflash ? d->hidden : NULL, err);
             s->s.forwards++;
+        }
+        if (rc == TD_OK && s->dflash) { /* the prompt's features: positions 0 .. cur-2 */
+            memcpy(s->feat, d->hidden, (size_t)n * s->fdim * sizeof *s->feat);
+            s_round_features(s->feat, (int64_t)n * s->fdim, s->ftype);
         }
         s->s.verifier_s += td_time_now() - t0;
         if (rc != TD_OK) {
@@ -661,8 +772,11 @@ int td_driver_round(td_driver_t *d, td_err_t *err) {
         if (i < d->max_sessions && (!s || !s->n_rows)) continue;
         if (c0 >= 0 && (!s || c_rows + s->n_rows > d->max_pass)) {
             const td_session_t *f = d->live[c0];
+            float *hid = d->n_hl && d->hidden
+                             ? d->hidden + (size_t)f->row0 * (size_t)d->n_hl * (size_t)d->n_embd
+                             : NULL;
             rc = s_forward_at(d, f->brow0, c_rows, NULL, d->logits + (size_t)f->row0 * (size_t)d->V,
-                              err);
+                              hid, err);
             c0 = -1, c_rows = 0;
         }
         if (s && c0 < 0) c0 = i;
@@ -679,7 +793,8 @@ int td_driver_round(td_driver_t *d, td_err_t *err) {
             continue;
         }
         s->s.forwards++;
-        s_commit(s, d->logits + (size_t)s->row0 * (size_t)d->V);
+        s_commit(s, d->logits + (size_t)s->row0 * (size_t)d->V,
+                 s->dflash ? d->hidden + (size_t)s->row0 * d->n_hl * d->n_embd : NULL);
         if (s->cancelled && s->s.stop == TD_STOP_LENGTH) s->s.stop = TD_STOP_CALLBACK;
         if (s->cancelled || s_finished(s)) s_leave(d, s);
     }

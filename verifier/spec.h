@@ -28,6 +28,7 @@ typedef enum td_method {
     TD_METHOD_DIFFUSION,
     TD_METHOD_SELFSPEC,
     TD_METHOD_PLANNED,
+    TD_METHOD_DFLASH, /* a DFlash drafter fed the verifier's features (docs/dflash.md) */
     TD_METHOD_COUNT
 } td_method_t;
 
@@ -73,6 +74,7 @@ typedef struct td_spec_stats {
     int full_rows;         /* full drafter rows fetched because a sparse row could not decide */
     int bonus_tokens;      /* verifier-produced tokens (resampled or bonus) in speculative rounds */
     int predrafted;        /* proposals the drafter had drafted ahead (pre-drafting hits) */
+    int64_t feature_bytes; /* dflash: target-feature bytes sent to the drafter */
     int drafted_by_position[TD_SPEC_MAX_GAMMA];
     int accepted_by_position[TD_SPEC_MAX_GAMMA];
     double drafter_s, verifier_s, transport_s, total_s;

@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""Figures for issue 13 from `tandem bench` JSON output (bench/dflash.sh writes them).
+
+    python3 tools/plot/bench_dflash.py bench/results/dflash-q4_1.json [more.json ...] --out PREFIX
+
+PREFIX-speedup.png: tokens/s over `ar` (same run) against block size (gamma + 1) for each
+speculative method, one line per input file (e.g. the Q4_1 and the BF16 GGUF), with llama.cpp's
+plain decoding as a horizontal line when --peer-ratio FILE=R gives its tokens/s over tandem's ar.
+PREFIX-acceptance.png: per draft position, the fraction of drafts accepted there (accepted_by_
+position / drafted_by_position) for every speculative row.
+"""
+import argparse
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("files", nargs="+")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--peer-ratio", action="append", default=[],
+                    help="FILE=R: llama.cpp tokens/s over tandem ar for that file's model")
+    a = ap.parse_args()
+    peers = dict(x.split("=", 1) for x in a.peer_ratio)
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    fig2, ax2 = plt.subplots(figsize=(6.4, 4))
+    for path in a.files:
+        j = load(path)
+        label = os.path.splitext(os.path.basename(path))[0]
+        by_m = {}
+        for r in j["results"]:
+            if r["method"] == "ar":
+                continue
+            by_m.setdefault(r["method"], []).append(r)
+        for m, rows in sorted(by_m.items()):
+            rows.sort(key=lambda r: r["gamma"])
+            ax.plot([r["gamma"] + 1 for r in rows], [r["speedup_vs_ar"] for r in rows], marker="o",
+                    label=f"{m} ({label})")
+            for r in rows:
+                acc = r.get("accepted_by_position") or []
+                dr = r.get("drafted_by_position") or []
+                fr = [x / d if d else 0 for x, d in zip(acc, dr)]
+                if fr:
+                    ax2.plot(range(1, len(fr) + 1), fr, marker=".",
+                             label=f"{m} block {r['gamma'] + 1} ({label})")
+        if path in peers:
+            ax.axhline(float(peers[path]), linestyle="--", color="gray",
+                       label=f"llama.cpp plain decoding ({label})")
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xlabel("block size (gamma + 1)")
+    ax.set_ylabel("tokens/s over tandem ar (same run)")
+    ax.set_title("speculative decoding on SmolLM2-135M-Instruct")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(a.out + "-speedup.png", dpi=110)
+    ax2.set_xlabel("draft position")
+    ax2.set_ylabel("accepted / drafted at that position")
+    ax2.set_title("acceptance by position")
+    ax2.legend(fontsize=7)
+    fig2.tight_layout()
+    fig2.savefig(a.out + "-acceptance.png", dpi=110)
+    print("wrote", a.out + "-speedup.png", a.out + "-acceptance.png")
+
+
+if __name__ == "__main__":
+    main()
