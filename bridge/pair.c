@@ -144,11 +144,7 @@ int td_pair_open(td_pair_t *p, const char *verifier_dir, const char *drafter,
     const td_tokenizer_t *tok = p->vtok ? p->vtok : p->dtok;
     uint64_t h = tok ? td_tokenizer_hash(tok) : 0;
     snprintf(p->model_id, sizeof p->model_id, "%s", verifier_dir ? s_base(verifier_dir) : "client");
-    size_t ml = strlen(p->model_id);
-    if (ml > 5 && strcmp(p->model_id + ml - 5, ".gguf") == 0) /* the file's tokenizer.ggml.* */
-        snprintf(p->tok_name, sizeof p->tok_name, "%.40s (GGUF)", p->model_id);
-    else
-        snprintf(p->tok_name, sizeof p->tok_name, "%.40s/tokenizer.json", p->model_id);
+    td_checkpoint_tokenizer_origin(p->model_id, p->tok_name, sizeof p->tok_name);
     tandem__hello__init(&p->hello);
     int vocab = p->verifier ? td_model_config(p->verifier)->n_vocab : 0;
     td_wire_hello_fill(&p->hello,

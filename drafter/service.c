@@ -7,6 +7,7 @@
 #include "drafter/draft.h"
 #include "drafter/planned.h"
 #include "drafter/selfspec.h"
+#include "model/checkpoint.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -99,7 +100,7 @@ td_drafter_service_t *td_drafter_service_new(td_model_t *m, const td_tokenizer_t
     s->V = c->n_vocab;
     snprintf(s->model_id, sizeof s->model_id, "%s",
              s->opts.model_id ? s->opts.model_id : "drafter");
-    snprintf(s->tok_name, sizeof s->tok_name, "%.40s/tokenizer.json", s->model_id);
+    td_checkpoint_tokenizer_origin(s->model_id, s->tok_name, sizeof s->tok_name);
     s->df = s->opts.dflash;
     /* a dflash service keeps no target keys/values: a token-sized cache keeps the common code */
     s->kv = td_kv_cache_new(m, s->opts.max_sessions, s->df ? 1 : s->n_ctx, err);

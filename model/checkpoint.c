@@ -5,6 +5,7 @@
 #include "model/model.h"
 #include "model/tensor_source.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -156,4 +157,12 @@ int td_checkpoint_fingerprint(const char *path, uint64_t *out, td_err_t *err) {
     td_tokenizer_destroy(&tok);
     td_tensor_source_destroy(&src);
     return TD_OK;
+}
+
+void td_checkpoint_tokenizer_origin(const char *name, char *buf, size_t cap) {
+    size_t n = strlen(name);
+    if (n > 5 && strcmp(name + n - 5, ".gguf") == 0) /* the file's tokenizer.ggml.* arrays */
+        snprintf(buf, cap, "%.40s (GGUF)", name);
+    else
+        snprintf(buf, cap, "%.40s/tokenizer.json", name);
 }

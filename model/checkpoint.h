@@ -35,6 +35,10 @@ int td_gguf_vocab_read(const td_gguf_t *g, td_gguf_vocab_t *v, td_err_t *err);
  * from its tokenizer.ggml.* metadata. */
 td_tokenizer_t *td_checkpoint_tokenizer(const char *path, td_err_t *err);
 
+/* Where the tokenizer of checkpoint `name` (a directory or .gguf base name) comes from, for
+ * messages: "NAME (GGUF)" for a .gguf, else "NAME/tokenizer.json" (name cut to 40 bytes). */
+void td_checkpoint_tokenizer_origin(const char *name, char *buf, size_t cap);
+
 /* td_fingerprint_tensors (model/model.h) of the checkpoint at path (directory or .gguf) with its
  * own tokenizer's td_tokenizer_hash: TD_OK and *out, or the error of opening it. */
 int td_checkpoint_fingerprint(const char *path, uint64_t *out, td_err_t *err);
