@@ -31,22 +31,12 @@ import torch.nn.functional as F
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
 GGUF = os.path.join(ROOT, "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+sys.path.insert(0, os.path.join(ROOT, "tools/train/dflash"))
+from gen_data import load_answers  # noqa: E402  (the same answers.jsonl reader as DFlash's)
 
 
 def log(msg):
     print(time.strftime("%H:%M:%S"), msg, flush=True)
-
-
-def load_records(data):
-    recs = {}
-    with open(os.path.join(data, "answers.jsonl"), encoding="utf-8") as f:
-        for line in f:
-            try:
-                r = json.loads(line)
-            except ValueError:
-                continue
-            recs[r["idx"]] = r
-    return [recs[k] for k in sorted(recs)]
 
 
 def split(recs, held_frac):
@@ -270,7 +260,7 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
-    recs = load_records(args.data)
+    recs = load_answers(args.data)
     train, held = split(recs, args.held_frac)
     used = set()
     for r in recs:
