@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 int td_err_set(td_err_t *err, int code, const char *fmt, ...) {
@@ -165,6 +166,12 @@ void td_to_f32(float *dst, const void *src, td_dtype_t t, int64_t n) {
 int td_read_file(const char *path, char **data, size_t *len, td_err_t *err) {
     FILE *f = fopen(path, "rb");
     if (!f) return td_err_set(err, TD_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+        /* a directory opens, but its "size" from ftell is LONG_MAX */
+        fclose(f);
+        return td_err_set(err, TD_ERR_IO, "cannot read %s: not a regular file", path);
+    }
     if (fseek(f, 0, SEEK_END) != 0) goto io;
     long sz = ftell(f);
     if (sz < 0 || fseek(f, 0, SEEK_SET) != 0) goto io;

@@ -712,6 +712,21 @@ TD_TEST(added_token_must_be_utf8) {
     td_tokenizer_destroy(&tok);
 }
 
+/* A directory without tokenizer.json: a clear error, not a read of the directory itself (fopen
+ * opens one, and its ftell "size" is LONG_MAX: malloc of 2^63 bytes, caught by ASan in `tandem
+ * inspect --json` of a checkpoint without a tokenizer). */
+TD_TEST(directory_without_tokenizer) {
+    td_err_t err = {0};
+    td_tokenizer_t *tok = td_tokenizer_load("tests/data/st/gpt2-sharded", &err);
+    CHECK(tok == NULL);
+    CHECK_MSG(strstr(err.msg, "tokenizer.json") != NULL, "%s", err.msg);
+    char *data = NULL;
+    size_t len = 0;
+    CHECK_EQ_INT(td_read_file("tests/data/st", &data, &len, &err), TD_ERR_IO);
+    CHECK_MSG(strstr(err.msg, "not a regular file") != NULL, "%s", err.msg);
+    CHECK(data == NULL);
+}
+
 TD_TEST(smollm2_gguf_vocab) {
     s_dump_t d;
     td_tokenizer_t *tok = s_smollm2(&d);
