@@ -66,9 +66,22 @@ static int s_load(const char *dir, int device, int threads, td_backend_t **be, t
     return TD_OK;
 }
 
+/* Serves p->svc on a fresh inproc endpoint from a thread of its own (the in-process drafter). */
+static int s_counter;
+static int s_start_inproc(td_pair_t *p, const td_transport_opts_t *to, td_err_t *err) {
+    snprintf(p->endpoint, sizeof p->endpoint, "inproc://tandem-drafter-%d-%d", (int)getpid(),
+             s_counter++);
+    p->srv = td_server_new(p->endpoint, to, err);
+    if (!p->srv) return TD_ERR;
+    if (td_pipe_new(&p->ctl, &p->ctl_thread, err) != TD_OK) return TD_ERR;
+    if (pthread_create(&p->thread, NULL, s_serve, p) != 0)
+        return td_err_set(err, TD_ERR, "cannot start the drafter thread");
+    p->thread_running = 1;
+    return TD_OK;
+}
+
 int td_pair_open(td_pair_t *p, const char *verifier_dir, const char *drafter,
                  const td_pair_opts_t *o, td_err_t *err) {
-    static int s_counter;
     memset(p, 0, sizeof *p);
     td_pair_opts_t def = td_pair_opts_default();
     if (!o) o = &def;
@@ -103,14 +116,7 @@ int td_pair_open(td_pair_t *p, const char *verifier_dir, const char *drafter,
                                    .dflash_any_target = o->dflash_any_target};
         p->svc = td_drafter_service_new(p->verifier, p->vtok, &dopts, err);
         if (!p->svc) return TD_ERR;
-        snprintf(p->endpoint, sizeof p->endpoint, "inproc://tandem-drafter-%d-%d", (int)getpid(),
-                 s_counter++);
-        p->srv = td_server_new(p->endpoint, &to, err);
-        if (!p->srv) return TD_ERR;
-        if (td_pipe_new(&p->ctl, &p->ctl_thread, err) != TD_OK) return TD_ERR;
-        if (pthread_create(&p->thread, NULL, s_serve, p) != 0)
-            return td_err_set(err, TD_ERR, "cannot start the drafter thread");
-        p->thread_running = 1;
+        if (s_start_inproc(p, &to, err) != TD_OK) return TD_ERR;
     } else if (!td_is_endpoint(drafter)) {
         if (s_load(drafter, o->drafter_device, dthreads, &p->dbe, &p->drafter, &p->dtok, err) !=
             TD_OK)
@@ -121,14 +127,7 @@ int td_pair_open(td_pair_t *p, const char *verifier_dir, const char *drafter,
                                    .predraft = o->predraft};
         p->svc = td_drafter_service_new(p->drafter, p->dtok, &dopts, err);
         if (!p->svc) return TD_ERR;
-        snprintf(p->endpoint, sizeof p->endpoint, "inproc://tandem-drafter-%d-%d", (int)getpid(),
-                 s_counter++);
-        p->srv = td_server_new(p->endpoint, &to, err);
-        if (!p->srv) return TD_ERR;
-        if (td_pipe_new(&p->ctl, &p->ctl_thread, err) != TD_OK) return TD_ERR;
-        if (pthread_create(&p->thread, NULL, s_serve, p) != 0)
-            return td_err_set(err, TD_ERR, "cannot start the drafter thread");
-        p->thread_running = 1;
+        if (s_start_inproc(p, &to, err) != TD_OK) return TD_ERR;
     } else {
         snprintf(p->endpoint, sizeof p->endpoint, "%s", drafter);
         to.curve_server_key = o->curve_server_key;

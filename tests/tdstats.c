@@ -2,6 +2,7 @@
 #include "tests/tdstats.h"
 
 #include <math.h>
+#include <stdlib.h>
 
 /* ---- chi-square p-value: Q(df/2, x/2), regularized upper incomplete gamma ---- */
 
@@ -72,3 +73,30 @@ double td_chisq_pvalue(const long *obs, const double *expp, int n, long total, i
 }
 
 double td_chi2_sf(double stat, int df) { return td_gamma_q(0.5 * df, 0.5 * stat); }
+
+void td_exact_joint2(td_model_t *v, const td_sampling_t *sp, const int32_t *prompt, int np,
+                     int32_t *t1s, int32_t *t2s, double *pj, int *n) {
+    const int V = td_model_config(v)->n_vocab;
+    td_err_t err = {0};
+    float *logits = malloc(sizeof(float) * (size_t)V), *p1 = malloc(sizeof(float) * (size_t)V),
+          *p2 = malloc(sizeof(float) * (size_t)V);
+    uint8_t *last = calloc((size_t)np, 1);
+    td_kv_cache_t *kv = td_kv_cache_new(v, 1, np + 4, &err);
+    last[np - 1] = 1;
+    td_batch_t b = {.n = np, .tokens = prompt, .attn = TD_ATTN_CAUSAL, .logits_for = last};
+    td_model_forward(v, kv, &b, logits, &err);
+    td_sampling_dist(sp, logits, V, p1);
+    *n = 0;
+    for (int a = 0; a < V; a++) {
+        if (p1[a] <= 0) continue;
+        td_kv_cache_crop(kv, 0, np);
+        int32_t tok = a;
+        td_batch_t b2 = {.n = 1, .tokens = &tok, .attn = TD_ATTN_CAUSAL};
+        td_model_forward(v, kv, &b2, logits, &err);
+        td_sampling_dist(sp, logits, V, p2);
+        for (int c = 0; c < V; c++)
+            if (p2[c] > 0) t1s[*n] = a, t2s[*n] = c, pj[*n] = (double)p1[a] * p2[c], (*n)++;
+    }
+    td_kv_cache_destroy(&kv);
+    free(last), free(logits), free(p1), free(p2);
+}

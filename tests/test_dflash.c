@@ -315,34 +315,6 @@ TD_TEST(greedy_equals_ar) {
     td_pair_close(&pair);
 }
 
-/* Exact joint of the first two tokens (as test_exactness.c). */
-static void s_exact_joint(td_model_t *v, const td_sampling_t *sp, const int32_t *prompt, int np,
-                          int32_t *t1s, int32_t *t2s, double *pj, int *n) {
-    const int V = td_model_config(v)->n_vocab;
-    td_err_t err = {0};
-    float *logits = malloc(sizeof(float) * (size_t)V), *p1 = malloc(sizeof(float) * (size_t)V),
-          *p2 = malloc(sizeof(float) * (size_t)V);
-    td_kv_cache_t *kv = td_kv_cache_new(v, 1, np + 4, &err);
-    uint8_t last[16] = {0};
-    last[np - 1] = 1;
-    td_batch_t b = {.n = np, .tokens = prompt, .attn = TD_ATTN_CAUSAL, .logits_for = last};
-    td_model_forward(v, kv, &b, logits, &err);
-    td_sampling_dist(sp, logits, V, p1);
-    *n = 0;
-    for (int a = 0; a < V; a++) {
-        if (p1[a] <= 0) continue;
-        td_kv_cache_crop(kv, 0, np);
-        int32_t tok = a;
-        td_batch_t b2 = {.n = 1, .tokens = &tok, .attn = TD_ATTN_CAUSAL};
-        td_model_forward(v, kv, &b2, logits, &err);
-        td_sampling_dist(sp, logits, V, p2);
-        for (int c = 0; c < V; c++)
-            if (p2[c] > 0) t1s[*n] = a, t2s[*n] = c, pj[*n] = (double)p1[a] * p2[c], (*n)++;
-    }
-    td_kv_cache_destroy(&kv);
-    free(logits), free(p1), free(p2);
-}
-
 /* Sampled output is exact: seeded 2-token generations, chi-square of the (t1, t2) joint against
  * the verifier's exact joint. Negative control (the test's power at this sample size): the same
  * histogram against the joint at another temperature must be rejected. The random drafter's
@@ -358,8 +330,8 @@ TD_TEST(sampled_exact_chisq) {
     int32_t t1s[16], t2s[16], w1[16], w2[16];
     double pj[17], pw[17];
     int cells = 0, wcells = 0;
-    s_exact_joint(pair.verifier, &sp, s_prompts[0], 8, t1s, t2s, pj, &cells);
-    s_exact_joint(pair.verifier, &wrong, s_prompts[0], 8, w1, w2, pw, &wcells);
+    td_exact_joint2(pair.verifier, &sp, s_prompts[0], 8, t1s, t2s, pj, &cells);
+    td_exact_joint2(pair.verifier, &wrong, s_prompts[0], 8, w1, w2, pw, &wcells);
     REQUIRE(cells == 16 && wcells == 16);
     long obs[17] = {0}, drafted = 0, accepted = 0;
     for (int g = 0; g < n_gen; g++) {

@@ -33,34 +33,6 @@
 static const int32_t s_prompt[] = {35, 279, 223, 41, 81, 70, 282, 67};
 #define NP ((int)(sizeof s_prompt / sizeof s_prompt[0]))
 
-/* Exact joint of the first two tokens under the verifier's sampling distribution. */
-static void s_exact_joint(td_model_t *v, const td_sampling_t *sp, int32_t *t1s, int32_t *t2s,
-                          double *pj, int *n) {
-    const int V = td_model_config(v)->n_vocab;
-    td_err_t err = {0};
-    float *logits = malloc(sizeof(float) * (size_t)V), *p1 = malloc(sizeof(float) * (size_t)V),
-          *p2 = malloc(sizeof(float) * (size_t)V);
-    td_kv_cache_t *kv = td_kv_cache_new(v, 1, NP + 4, &err);
-    uint8_t last[NP] = {0};
-    last[NP - 1] = 1;
-    td_batch_t b = {.n = NP, .tokens = s_prompt, .attn = TD_ATTN_CAUSAL, .logits_for = last};
-    td_model_forward(v, kv, &b, logits, &err);
-    td_sampling_dist(sp, logits, V, p1);
-    *n = 0;
-    for (int a = 0; a < V; a++) {
-        if (p1[a] <= 0) continue;
-        td_kv_cache_crop(kv, 0, NP);
-        int32_t tok = a;
-        td_batch_t b2 = {.n = 1, .tokens = &tok, .attn = TD_ATTN_CAUSAL};
-        td_model_forward(v, kv, &b2, logits, &err);
-        td_sampling_dist(sp, logits, V, p2);
-        for (int c = 0; c < V; c++)
-            if (p2[c] > 0) t1s[*n] = a, t2s[*n] = c, pj[*n] = (double)p1[a] * p2[c], (*n)++;
-    }
-    td_kv_cache_destroy(&kv);
-    free(logits), free(p1), free(p2);
-}
-
 /* Runs n_gen seeded 2-token generations with params p through the pair; returns the p-value.
  * *acc_rate: accepted / drafted; *bonus_rate (optional): share of generations whose second token
  * is a bonus token (first round accepted its whole draft of one token); obs_out (optional,
@@ -70,7 +42,7 @@ static double s_run_ex(td_pair_t *pair, td_spec_params_t p, int n_gen, uint64_t 
     int32_t t1s[TOPK * TOPK], t2s[TOPK * TOPK];
     double pj[TOPK * TOPK];
     int cells = 0;
-    s_exact_joint(pair->verifier, &p.sampling, t1s, t2s, pj, &cells);
+    td_exact_joint2(pair->verifier, &p.sampling, s_prompt, NP, t1s, t2s, pj, &cells);
     long obs[TOPK * TOPK + 1] = {0};
     double expp[TOPK * TOPK + 1];
     for (int i = 0; i < cells; i++) expp[i] = pj[i];
@@ -217,7 +189,7 @@ TD_TEST(test_detects_a_wrong_distribution) {
     int32_t t1s[TOPK * TOPK], t2s[TOPK * TOPK];
     double pj[TOPK * TOPK + 1];
     int cells = 0;
-    s_exact_joint(pair.verifier, &p.sampling, t1s, t2s, pj, &cells);
+    td_exact_joint2(pair.verifier, &p.sampling, s_prompt, NP, t1s, t2s, pj, &cells);
     p.sampling.temperature = 1.3f;
     long obs[TOPK * TOPK + 1] = {0};
     p.max_tokens = 2;

@@ -42,8 +42,8 @@ int td_generate_ar(td_model_t *m, const int32_t *prompt, int n_prompt, const td_
     td_rng_seed(&rng, p->seed);
     int rc = TD_OK;
     int32_t next = 0; /* the token sampled on the backend by the last pass (on_backend) */
-    uint8_t *last = calloc((size_t)n_prompt, 1);
-    if (!last) rc = td_err_set(err, TD_ERR_NOMEM, "out of memory");
+    uint8_t *none = calloc((size_t)n_prompt, 1); /* logits of no prefill row */
+    if (!none) rc = td_err_set(err, TD_ERR_NOMEM, "out of memory");
     double t0 = td_time_now();
     /* The prompt but its last token in one pass, then the last token alone: exactly how the
      * batched driver and every speculative method treat a prompt (the last prompt token is the
@@ -52,7 +52,7 @@ int td_generate_ar(td_model_t *m, const int32_t *prompt, int n_prompt, const td_
      * how many rows it has: CPU float weights take SGEMM above TD_SKINNY_MAX rows). */
     if (rc == TD_OK && n_prompt > 1) {
         td_batch_t b = {
-            .n = n_prompt - 1, .tokens = prompt, .attn = TD_ATTN_CAUSAL, .logits_for = last};
+            .n = n_prompt - 1, .tokens = prompt, .attn = TD_ATTN_CAUSAL, .logits_for = none};
         rc = td_model_forward(m, kv, &b, NULL, err);
         s.forwards++;
     }
@@ -88,7 +88,7 @@ int td_generate_ar(td_model_t *m, const int32_t *prompt, int n_prompt, const td_
     }
     s.decode_s = td_time_now() - t1;
     if (st) *st = s;
-    free(last);
+    free(none);
     free(logits);
     td_kv_cache_destroy(&kv);
     return rc;
