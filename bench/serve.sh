@@ -9,7 +9,7 @@
 # Usage: sh bench/serve.sh [OUT]   (default bench/results/serve.txt)
 # Environment: BUILD (build), VERIFIER / DRAFTER (default: the bundled pair), METHOD (specdiff),
 #   PARALLEL (16 slots), THREADS (per model; default: cores / slots), MAX_TOKENS (128),
-#   REQS_PER_CLIENT (2), CLIENTS ("1 4 8 16"), MALFORMED (1000), LLAMA_SERVER, GGUF.
+#   REQS_PER_CLIENT (2), CLIENTS ("1 4 8 16"), MALFORMED (1000), PROMPTS (bench/prompts.txt), LLAMA_SERVER, GGUF.
 set -e
 BIN=${BUILD:-build}/bin/tandem
 OUT=${1:-bench/results/serve.txt}
@@ -19,6 +19,7 @@ MAX_TOKENS=${MAX_TOKENS:-128}
 RPC=${REQS_PER_CLIENT:-2}
 CLIENTS=${CLIENTS:-1 4 8 16}
 MALFORMED=${MALFORMED:-1000}
+PROMPTS=${PROMPTS:-bench/prompts.txt}
 MODEL_ARGS=""
 [ -n "$VERIFIER" ] && MODEL_ARGS="$MODEL_ARGS --verifier $VERIFIER"
 [ -n "$DRAFTER" ] && MODEL_ARGS="$MODEL_ARGS --drafter $DRAFTER"
@@ -42,7 +43,7 @@ load() { # label port [extra serve_load args]
   for c in $CLIENTS; do
     printf '%-28s ' "$label" | tee -a "$OUT"
     python3 tools/serve_load.py --url "http://127.0.0.1:$port" --clients "$c" \
-      --requests $((c * RPC)) --max-tokens "$MAX_TOKENS" --prompts bench/prompts.txt "$@" | tee -a "$OUT"
+      --requests $((c * RPC)) --max-tokens "$MAX_TOKENS" --prompts "$PROMPTS" "$@" | tee -a "$OUT"
   done
 }
 
@@ -53,7 +54,9 @@ mkdir -p "$(dirname "$OUT")"
   echo "# streamed chat, $MAX_TOKENS max tokens, temperature 0 (tools/serve_load.py); tok/s = completion tokens / wall"
 } > "$OUT"
 
-for m in ar "$METHOD"; do
+methods=ar
+[ "$METHOD" != ar ] && methods="ar $METHOD"
+for m in $methods; do
   "$BIN" serve $MODEL_ARGS --method "$m" --parallel "$PARALLEL" $THREAD_ARGS --port "$PORT" \
     --max-tokens "$MAX_TOKENS" >"$LOG" 2>&1 &
   SRV=$!
