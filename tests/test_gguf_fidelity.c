@@ -46,8 +46,11 @@
  * calibration: 0.04 on average, 0.40 at most), and which element lands on which int8 step depends
  * on the float code around it, so the result shifts with the build: misc-list measured 0.88% off
  * HF with make's -O2 -march=x86-64-v3, 1.07% with make check's -O1 sanitizer build. 1% on 21
- * tokens is inside that noise; 2% is not reached by either. The overall mean keeps the 1%. */
-#define MEAN_REL_BOUND_INT8 0.02
+ * tokens is inside that noise. Since prefill also takes the int8 path (every n), the worst text
+ * measured: Q4_1 (shipped) 1.49%, Q8_0 (made locally) 2.95% (code-shell, 36 tokens: 0.068 nats
+ * per token, the size of the per-token noise itself, 0.06); so 4% per text. The overall mean
+ * keeps the issue's 1% (both files: 0.10-0.11%), and argmax agreement its 95%. */
+#define MEAN_REL_BOUND_INT8 0.04
 #define ARGMAX_MIN 0.95
 #define NEAR_TIE 0.5
 #define VERIFY_N 9
@@ -295,7 +298,8 @@ static void s_scoring(const char *fixture) {
     const int nv = f.n_vocab;
     REQUIRE(td_model_config(r.m)->n_vocab == nv);
     int n_texts = cJSON_GetArraySize(f.texts), stride = s_stride();
-    double sum_ours = 0, sum_ref = 0, max_diff = 0, sum_abs = 0;
+    double sum_ours = 0, sum_ref = 0, max_diff = 0, sum_abs = 0, worst_rel = 0;
+    const char *worst = "-";
     long n_pos = 0, n_agree = 0;
     int n_scored_texts = 0;
     for (int t = s_first(); t < n_texts; t += stride) {
@@ -332,6 +336,8 @@ static void s_scoring(const char *fixture) {
             CHECK_MSG(fabs(m_ours - m_ref) <= MEAN_REL_BOUND_INT8 * fabs(m_ref),
                       "%s (%d tokens): mean log-prob %.6f, HF %.6f (bound %g%%)", name, n, m_ours,
                       m_ref, MEAN_REL_BOUND_INT8 * 100);
+            if (fabs(m_ours - m_ref) > worst_rel * fabs(m_ref))
+                worst_rel = fabs(m_ours - m_ref) / fabs(m_ref), worst = name;
             sum_ours += s_ours;
             sum_ref += s_ref;
             n_scored_texts++;
@@ -344,10 +350,10 @@ static void s_scoring(const char *fixture) {
     /* all texts: the fixture's own mean; a subset (TD_TEST_LIGHT): the mean of its entries */
     double mean_ref = stride == 1 ? f.mean_logprob : sum_ref / (double)n_pos;
     printf("    scoring %s: %d texts, %ld tokens: mean log-prob %.6f, HF %.6f (%.3f%%); per-token "
-           "|diff| mean %.2e, max %.2e; argmax agreement %.2f%%\n",
+           "|diff| mean %.2e, max %.2e; argmax agreement %.2f%%; worst text %s %.2f%%\n",
            fixture, n_scored_texts, n_pos, mean_ours, mean_ref,
            100.0 * fabs(mean_ours - mean_ref) / fabs(mean_ref), sum_abs / (double)n_pos, max_diff,
-           100.0 * agree);
+           100.0 * agree, worst, 100.0 * worst_rel);
     if (stride == 1) CHECK_EQ_INT(n_pos, cJSON_GetObjectItem(f.j, "scored_tokens")->valueint);
     CHECK_MSG(fabs(mean_ours - mean_ref) <= MEAN_REL_BOUND * fabs(mean_ref),
               "mean log-prob %.6f, HF %.6f (bound %g%%)", mean_ours, mean_ref,
