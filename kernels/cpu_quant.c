@@ -180,8 +180,12 @@ static void s_qx_row(td_qx_t *xa, const float *x, int t, int dt) {
             _mm256_packs_epi16(_mm256_packs_epi32(qv[0], qv[1]), _mm256_packs_epi32(qv[2], qv[3]));
         _mm256_storeu_si256((__m256i *)q, _mm256_permutevar8x32_epi32(
                                               p16, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
-        int lane[8] = {0};
-        for (int i = 0; i < 32; i++) lane[i / 4] += q[i];
+        /* the sums of elements 0..15 and 16..31 (exact integers, any order) */
+        const __m256i h01 = _mm256_add_epi32(qv[0], qv[1]), h23 = _mm256_add_epi32(qv[2], qv[3]);
+        const __m256i hs = _mm256_hadd_epi32(h01, h23); /* lane pairs: 01 01 23 23 | 01 01 23 23 */
+        const __m128i h4 = _mm_add_epi32(_mm256_castsi256_si128(hs), _mm256_extracti128_si256(hs, 1));
+        const __m128i h2 = _mm_hadd_epi32(h4, h4);
+        const int sa = _mm_cvtsi128_si32(h2), sb = _mm_extract_epi32(h2, 1);
 #else
         for (int i = 0; i < 32; i++) {
             const float a = fabsf(v[i]);
@@ -194,9 +198,9 @@ static void s_qx_row(td_qx_t *xa, const float *x, int t, int dt) {
             q[i] = (int8_t)(qi > 127 ? 127 : qi < -127 ? -127 : qi);
             lane[i / 4] += q[i];
         }
-#endif
         const int sa = lane[0] + lane[1] + lane[2] + lane[3],
                   sb = lane[4] + lane[5] + lane[6] + lane[7];
+#endif
         const int64_t tk = (int64_t)t * nu + k;
         xa->d[tk] = d;
         xa->qsum[tk] = sa + sb;
