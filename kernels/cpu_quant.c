@@ -8,15 +8,15 @@
  * a verification pass equal to the AR steps and a served request equal to its solo run. (It is
  * also faster here: a 400-token prefill of the Q4_1 SmolLM2 took half the time of the
  * dequantize-panels-then-SGEMM path it replaced.) Each activation row is quantized to int8 per 32
- * elements (scale amax / 127, round to nearest even), with per-block sums when the weight type needs them. A weight block is
- * read as 32 unsigned bytes and per-lane scales (cpu_quant_simd.h explains the arithmetic); the
- * integer dot products are exact, and the float accumulation of an output element follows one
- * fixed order (ascending blocks, 8 lanes, one fold), whatever the batch size, the grouping of
- * rows and tokens, or the thread count: batch invariance. The scalar path does the very same
- * float operations (fmaf per lane), so the three paths agree bitwise, which the tests check.
- * Q4_1 and Q8_0 (the shipped SmolLM2 GGUF) use row tiles instead (TD_QTILE_ROWS below): 16 rows
- * unpacked once per unit for the whole batch, one fmaf per unit on its exact integer sum; the
- * same invariance and bitwise agreement hold for them.
+ * elements (scale amax / 127, round to nearest even), with per-block sums when the weight type
+ * needs them. A weight block is read as 32 unsigned bytes and per-lane scales (cpu_quant_simd.h
+ * explains the arithmetic); the integer dot products are exact, and the float accumulation of an
+ * output element follows one fixed order (ascending blocks, 8 lanes, one fold), whatever the batch
+ * size, the grouping of rows and tokens, or the thread count: batch invariance. The scalar path
+ * does the very same float operations (fmaf per lane), so the three paths agree bitwise, which the
+ * tests check. Q4_1 and Q8_0 (the shipped SmolLM2 GGUF) use row tiles instead (TD_QTILE_ROWS
+ * below): 16 rows unpacked once per unit for the whole batch, one fmaf per unit on its exact
+ * integer sum; the same invariance and bitwise agreement hold for them.
  *
  * The SIMD functions carry target attributes; the rest of the program is built for the baseline
  * (x86-64-v3), so one binary runs on AVX2-only machines. AMX is never used (these VMs list it in
@@ -183,7 +183,8 @@ static void s_qx_row(td_qx_t *xa, const float *x, int t, int dt) {
         /* the sums of elements 0..15 and 16..31 (exact integers, any order) */
         const __m256i h01 = _mm256_add_epi32(qv[0], qv[1]), h23 = _mm256_add_epi32(qv[2], qv[3]);
         const __m256i hs = _mm256_hadd_epi32(h01, h23); /* lane pairs: 01 01 23 23 | 01 01 23 23 */
-        const __m128i h4 = _mm_add_epi32(_mm256_castsi256_si128(hs), _mm256_extracti128_si256(hs, 1));
+        const __m128i h4 =
+            _mm_add_epi32(_mm256_castsi256_si128(hs), _mm256_extracti128_si256(hs, 1));
         const __m128i h2 = _mm_hadd_epi32(h4, h4);
         const int sa = _mm_cvtsi128_si32(h2), sb = _mm_extract_epi32(h2, 1);
 #else
@@ -520,8 +521,7 @@ static int s_integer(int n_threads, float *y, const float *x, const td_weight_t 
 int td_cpu_qmatmul(int n_threads, float *y, const float *x, const td_weight_t *w, int n) {
     int rc = TD_ERR_UNSUPPORTED;
     if (n <= 0) return TD_OK;
-    if (s_check(w))
-        rc = s_integer(n_threads, y, x, w, n);
+    if (s_check(w)) rc = s_integer(n_threads, y, x, w, n);
     if (rc != TD_OK) {
         td_log(TD_LOG_ERROR, "quantized matmul (%s %lldx%lld%s) failed: %s",
                td_dtype_name(w->dtype), (long long)w->rows, (long long)w->cols,

@@ -12,6 +12,9 @@
 #include "kernels/sampler.h"
 
 #include <math.h>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -64,6 +67,33 @@ int td_argmax(const float *x, int n) {
     if (n <= 0) return -1;
     int best = 0;
     float bv = s_clean(x[0]);
+#ifdef __AVX2__
+    /* the largest cleaned value (max is exact and order-free), then the first index holding it:
+     * the same answer as the loop below, without a compare-and-branch per element */
+    if (n >= 64) {
+        const __m256 ninf = _mm256_set1_ps(-INFINITY);
+        __m256 m = ninf;
+        int i = 0;
+        for (; i + 8 <= n; i += 8) {
+            const __m256 v = _mm256_loadu_ps(x + i);
+            m = _mm256_max_ps(m, _mm256_blendv_ps(v, ninf, _mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+        }
+        float lanes[8];
+        _mm256_storeu_ps(lanes, m);
+        for (int j = 0; j < 8; j++) bv = lanes[j] > bv ? lanes[j] : bv;
+        for (; i < n; i++) bv = s_clean(x[i]) > bv ? s_clean(x[i]) : bv;
+        if (bv == -INFINITY) return 0; /* every entry NaN or -inf */
+        const __m256 b8 = _mm256_set1_ps(bv);
+        for (i = 0; i + 8 <= n; i += 8) {
+            const int hit =
+                _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), b8, _CMP_EQ_OQ));
+            if (hit) return i + __builtin_ctz((unsigned)hit);
+        }
+        for (; i < n; i++)
+            if (s_clean(x[i]) == bv) return i;
+        return 0; /* not reached: bv is one of the entries */
+    }
+#endif
     for (int i = 1; i < n; i++) {
         float v = s_clean(x[i]);
         if (v > bv) {

@@ -435,6 +435,43 @@ TD_TEST(rng_same_seed_same_sequence) {
 
 /* ---- greedy and edge cases ---- */
 
+/* td_argmax on long rows (the vector path, n >= 64) equals the plain first-maximum loop with NaN
+ * as -inf: ties, NaN first, infinities, all -inf with a NaN in front, maxima in the tail. */
+static int s_argmax_ref(const float *x, int n) {
+    int best = 0;
+    float bv = isnan(x[0]) ? -INFINITY : x[0];
+    for (int i = 1; i < n; i++) {
+        const float v = isnan(x[i]) ? -INFINITY : x[i];
+        if (v > bv) bv = v, best = i;
+    }
+    return best;
+}
+
+TD_TEST(argmax_long_rows_equal_reference) {
+    enum { N = 300 };
+    float x[N];
+    td_rng_t r;
+    td_rng_seed(&r, 77);
+    for (int trial = 0; trial < 2000; trial++) {
+        const int n = 64 + (int)(td_rng_next(&r) % (N - 63)), kind = trial % 6;
+        for (int i = 0; i < n; i++) x[i] = (float)(td_rng_next(&r) % 16) - 8.0f; /* many ties */
+        if (kind == 1) x[td_rng_next(&r) % n] = NAN, x[0] = NAN;
+        if (kind == 2) x[td_rng_next(&r) % n] = INFINITY, x[td_rng_next(&r) % n] = INFINITY;
+        if (kind == 3) {
+            for (int i = 0; i < n; i++) x[i] = -INFINITY;
+            x[0] = NAN;
+            x[td_rng_next(&r) % n] = NAN;
+        }
+        if (kind == 4) x[n - 1] = 100.0f; /* the maximum in the scalar tail */
+        if (kind == 5)
+            for (int i = 0; i < n; i++) x[i] = NAN;
+        const int got = td_argmax(x, n), want = s_argmax_ref(x, n);
+        CHECK_MSG(got == want, "trial %d kind %d n %d: %d, reference %d", trial, kind, n, got,
+                  want);
+        if (got != want) break;
+    }
+}
+
 TD_TEST(greedy_ties_lowest_id) {
     float x[10] = {0, 1, 5, 3, 5, NAN, 5, -INFINITY, 2, 1};
     CHECK_EQ_INT(td_argmax(x, 10), 2);
