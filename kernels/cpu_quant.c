@@ -485,9 +485,9 @@ static int s_integer(int n_threads, float *y, const float *x, const td_weight_t 
                        t0 == 0 && b + 1 < ntile ? tbytes : 0);
                 else
                     s_tile_scalar(dt, nr, w0, ldb, &xa, t0, nt, out);
-                for (int t = 0; t < nt; t++)
-                    for (int i = 0; i < nr; i++)
-                        y[(int64_t)(t0 + t) * rows + r + i] = out[t * nr + i];
+                for (int t = 0; t < nt; t++) /* (a 64-byte copy per token for a full tile) */
+                    memcpy(y + (int64_t)(t0 + t) * rows + r, out + t * nr,
+                           sizeof(float) * (size_t)nr);
             }
         }
         free(xa.q);
