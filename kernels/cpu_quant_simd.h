@@ -452,6 +452,14 @@ static inline TQ_ATTR __attribute__((always_inline)) void TQ_FN(tr4)(const __m51
     o[2] = _mm512_unpacklo_epi64(b, d), o[3] = _mm512_unpackhi_epi64(b, d);
 }
 
+/* s + u . (the 4 bytes at p broadcast to every dword), with the broadcast embedded in the
+ * instruction (one fused uop; GCC emits a separate vpbroadcastd for the intrinsic form). */
+static inline TQ_ATTR __attribute__((always_inline)) __m512i TQ_FN(dpbusd_b)(__m512i s, __m512i u,
+                                                                             const int8_t *p) {
+    __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(s) : "v"(u), "m"(*(const td_i32a *)p));
+    return s;
+}
+
 /* VNNI: the 16 rows' unit is transposed once (row i in dword i, 8 vectors of 4 elements each),
  * then each token costs 8 vpdpbusd against its activation dwords broadcast, and the float ops. */
 static inline TQ_ATTR __attribute__((always_inline)) void
@@ -503,8 +511,8 @@ TQ_FN(tile_t)(const int DT, const uint8_t *w0, size_t ldb, const td_qx_t *xa, in
             /* one chain (tokens and units overlap in the core); Q8_0 starts from its correction */
             __m512i s = q8 ? _mm512_set1_epi32(-128 * xa->qsum[tk]) : _mm512_setzero_si512();
 #pragma GCC unroll 8
-            for (int j = 0; j < 8; j++) /* the 4 activation bytes: a broadcast load */
-                s = _mm512_dpbusd_epi32(s, u[j], _mm512_set1_epi32(*(const td_i32a *)(xq + 4 * j)));
+            for (int j = 0; j < 8; j++) /* the 4 activation bytes: an embedded broadcast */
+                s = TQ_FN(dpbusd_b)(s, u[j], xq + 4 * j);
             const __m512 f = _mm512_mul_ps(fw, _mm512_set1_ps(xa->d[tk]));
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), f, acc[t]);
             if (!q8) macc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xa->s[k * ns + t0 + t]), macc[t]);
