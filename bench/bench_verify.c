@@ -59,8 +59,8 @@ static void w_matmul(td_backend_t *be, float *y, const float *x, const td_weight
              (long long)w->cols);
     s_add_time(nm, s_cpu_now() - t0);
 }
-static void w_attention(td_backend_t *be, float *out, const float *q, const float *k,
-                        const float *v, const td_attn_desc_t *d) {
+static void w_attention(td_backend_t *be, float *out, const float *q, const void *k,
+                        const void *v, const td_attn_desc_t *d) {
     const double t0 = s_cpu_now();
     s_real->attention(be, out, q, k, v, d);
     s_add_time("attention", s_cpu_now() - t0);
@@ -174,7 +174,8 @@ int main(int argc, char **argv) {
     }
     const td_config_t *c = td_model_config(m);
     td_kv_cache_t *kv = td_kv_cache_new(m, 1, ctx + NMAX + 8, &err);
-    float *logits = malloc((size_t)c->n_vocab * NMAX * sizeof(float));
+    /* (the prefix's forward writes ctx rows of logits too) */
+    float *logits = malloc((size_t)c->n_vocab * (size_t)(ctx > NMAX ? ctx : NMAX) * sizeof(float));
     int32_t toks[NMAX + 512];
     for (int i = 0; i < NMAX + 512; i++) toks[i] = (int32_t)((i * 7919 + 13) % c->n_vocab);
     if (!kv || !logits || ctx > 512) {

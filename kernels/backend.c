@@ -98,13 +98,23 @@ void td_op_scatter_rows(td_backend_t *be, float *dst, int64_t row_stride, const 
                         const int64_t *idx, int n, int d) {
     be->iface->scatter_rows(be, dst, row_stride, src, idx, n, d);
 }
-void td_op_attention(td_backend_t *be, float *out, const float *q, const float *k_cache,
-                     const float *v_cache, const td_attn_desc_t *desc) {
+void td_op_scatter_rows_f16(td_backend_t *be, uint16_t *dst, int64_t row_stride, const float *src,
+                            const int64_t *idx, int n, int d) {
+    assert(be->iface->scatter_rows_f16);
+    be->iface->scatter_rows_f16(be, dst, row_stride, src, idx, n, d);
+}
+void td_op_attention(td_backend_t *be, float *out, const float *q, const void *k_cache,
+                     const void *v_cache, const td_attn_desc_t *desc) {
     assert(desc->n_kv_head > 0 && desc->n_head % desc->n_kv_head == 0);
+    assert(!desc->kv_f16 || be->iface->scatter_rows_f16);
     be->iface->attention(be, out, q, k_cache, v_cache, desc);
 }
 
 unsigned td_backend_caps(const td_backend_t *be) { return be && be->iface ? be->iface->caps : 0; }
+
+int td_backend_kv_f16(const td_backend_t *be) {
+    return be && be->iface && be->iface->scatter_rows_f16 != NULL;
+}
 
 int td_backend_invariant_rows(const td_backend_t *be, td_dtype_t wdt) {
     return be && be->iface && be->iface->invariant_rows ? be->iface->invariant_rows(be, wdt) : 1;

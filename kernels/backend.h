@@ -37,8 +37,8 @@ typedef enum td_attn_kind {
 } td_attn_kind_t;
 
 /* One attention call over a batch of n query tokens. The KV cache of a layer is laid out
- * [n_seq_max, n_ctx, n_kv_head, head_dim] (float32); a token of sequence s at position p reads
- * keys 0 .. kv_len[s]-1 of sequence s, filtered by the mask. */
+ * [n_seq_max, n_ctx, n_kv_head, head_dim] (float32, or IEEE half when kv_f16); a token of
+ * sequence s at position p reads keys 0 .. kv_len[s]-1 of sequence s, filtered by the mask. */
 typedef struct td_attn_desc {
     int n; /* query tokens */
     int n_head, n_kv_head, head_dim;
@@ -51,6 +51,7 @@ typedef struct td_attn_desc {
     const uint8_t *mask; /* TD_ATTN_EXPLICIT: [n, mask_stride] (host memory) */
     int64_t mask_stride;
     float scale; /* usually 1/sqrt(head_dim) */
+    int kv_f16;  /* the cache holds halves (td_backend_kv_f16 backends only; 0: float32) */
 } td_attn_desc_t;
 
 /* Sampling settings of td_op_sample: kernels/sampler.h's td_sampling_t, repeated here so that the
@@ -135,6 +136,10 @@ enum {
 /* The TD_BACKEND_CAP_* flags of be (0 for NULL). */
 unsigned td_backend_caps(const td_backend_t *be);
 
+/* 1 when be can keep a KV cache in IEEE half floats (td_op_scatter_rows_f16 and
+ * td_attn_desc_t.kv_f16): the CPU backends. */
+int td_backend_kv_f16(const td_backend_t *be);
+
 /* Batch invariance: the most rows td_op_matmul on weights of dtype wdt may have while every row's
  * result stays bitwise what it is alone (whatever the other rows), or INT_MAX for every batch
  * size. A backend may switch arithmetic with the batch size (the CPU's float weights: its own
@@ -183,11 +188,15 @@ void td_op_add(td_backend_t *be, float *y, const float *x, int64_t count);
 /* dst[idx[i] * row_stride + j] = src[i * d + j] for j < d (KV cache writes); idx in host memory */
 void td_op_scatter_rows(td_backend_t *be, float *dst, int64_t row_stride, const float *src,
                         const int64_t *idx, int n, int d);
+/* The same into an f16 cache: each value rounded to the nearest half, ties to even
+ * (td_f32_to_f16). Only where td_backend_kv_f16(be). */
+void td_op_scatter_rows_f16(td_backend_t *be, uint16_t *dst, int64_t row_stride, const float *src,
+                            const int64_t *idx, int n, int d);
 /* out[n, n_head, head_dim] = softmax(q k^T * scale + mask) v over the cache (see td_attn_desc_t);
  * q is [n, n_head, head_dim]; GQA maps head h to kv head h / (n_head / n_kv_head). A query that
  * sees no key gets zeros. */
-void td_op_attention(td_backend_t *be, float *out, const float *q, const float *k_cache,
-                     const float *v_cache, const td_attn_desc_t *desc);
+void td_op_attention(td_backend_t *be, float *out, const float *q, const void *k_cache,
+                     const void *v_cache, const td_attn_desc_t *desc);
 
 /* --- sampling on the backend ----------------------------------------------------------------- */
 

@@ -951,6 +951,24 @@ static void s_scatter_rows(td_backend_t *be, float *dst, int64_t row_stride, con
         memcpy(dst + idx[i] * row_stride, src + (int64_t)i * d, (size_t)d * sizeof(float));
 }
 
+/* The f16 cache's writes: each float rounded to the nearest half (ties to even), as
+ * td_f32_to_f16; vcvtps2ph rounds the same way. */
+static void s_scatter_rows_f16(td_backend_t *be, uint16_t *dst, int64_t row_stride,
+                               const float *src, const int64_t *idx, int n, int d) {
+    (void)be;
+    for (int i = 0; i < n; i++) {
+        uint16_t *o = dst + idx[i] * row_stride;
+        const float *x = src + (int64_t)i * d;
+        int j = 0;
+#ifdef TD_AVX2
+        for (; j + 8 <= d; j += 8)
+            _mm_storeu_si128((__m128i *)(o + j),
+                             _mm256_cvtps_ph(_mm256_loadu_ps(x + j), _MM_FROUND_TO_NEAREST_INT));
+#endif
+        for (; j < d; j++) o[j] = td_f32_to_f16(x[j]);
+    }
+}
+
 /* --- attention ---------------------------------------------------------------------------------
  */
 
@@ -984,6 +1002,39 @@ static inline float s_dot(const float *a, const float *b, int n) {
     for (; i < n; i++) d += a[i] * b[i];
     return d;
 }
+
+/* Cache element i of p: float32, or IEEE half when the cache is f16 (converted exactly). */
+static inline float s_kv1(const void *p, int64_t i, int f16) {
+    return f16 ? td_f16_to_f32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+/* q . (n cache elements from element i of p), as s_dot */
+static inline float s_dot_kv(const float *q, const void *p, int64_t i, int n, int f16) {
+    if (!f16) return s_dot(q, (const float *)p + i, n);
+    int k = 0;
+    float d = 0;
+#ifdef TD_AVX2
+    const uint16_t *h = (const uint16_t *)p + i;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+    for (; k + 16 <= n; k += 16) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + k),
+                             _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + k))), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + k + 8),
+                             _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + k + 8))), a1);
+    }
+    for (; k + 8 <= n; k += 8)
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + k),
+                             _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + k))), a0);
+    d = s_hsum(_mm256_add_ps(a0, a1));
+#endif
+    for (; k < n; k++) d += q[k] * s_kv1(p, i + k, f16);
+    return d;
+}
+#ifdef TD_AVX2
+static inline __attribute__((always_inline)) __m256 s_kv8(const void *p, int64_t i, int f16) {
+    return f16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)))
+               : _mm256_loadu_ps((const float *)p + i);
+}
+#endif
 
 #ifdef TD_AVX2
 /* e^x for 8 floats: x = n ln2 + r with |r| <= ln2/2, e^r by its Taylor polynomial to degree 7
@@ -1019,8 +1070,9 @@ static inline __m256 s_hsum8x(const __m256 *a) {
 /* One query head (head_dim % 8 == 0) over keys 0 .. end-1: scores eight keys at a time, a
  * vectorised softmax, and the weighted sum of values with the output held in registers. Keys the
  * mask hides get probability exactly 0, as in the scalar path. */
-static void s_attend_avx2(const td_attn_desc_t *a, int t, const float *qv, const float *kbase,
-                          const float *vbase, int64_t row, int end, float *sc, float *o) {
+static inline __attribute__((always_inline)) void
+s_attend_avx2(const td_attn_desc_t *a, int t, const float *qv, const void *kc, const void *vc,
+              int64_t base, int64_t row, int end, float *sc, float *o, const int f16) {
     const int hd = a->head_dim;
     const __m256 scale = _mm256_set1_ps(a->scale);
     int j = 0;
@@ -1031,12 +1083,12 @@ static void s_attend_avx2(const td_attn_desc_t *a, int t, const float *qv, const
             const __m256 q8 = _mm256_loadu_ps(qv + d);
 #pragma GCC unroll 8
             for (int u = 0; u < 8; u++)
-                acc[u] = _mm256_fmadd_ps(q8, _mm256_loadu_ps(kbase + (int64_t)(j + u) * row + d),
-                                         acc[u]);
+                acc[u] =
+                    _mm256_fmadd_ps(q8, s_kv8(kc, base + (int64_t)(j + u) * row + d, f16), acc[u]);
         }
         _mm256_storeu_ps(sc + j, _mm256_mul_ps(s_hsum8x(acc), scale));
     }
-    for (; j < end; j++) sc[j] = s_dot(qv, kbase + (int64_t)j * row, hd) * a->scale;
+    for (; j < end; j++) sc[j] = s_dot_kv(qv, kc, base + (int64_t)j * row, hd, f16) * a->scale;
     if (a->kind == TD_ATTN_EXPLICIT)
         for (j = 0; j < end; j++)
             if (!a->mask[(int64_t)t * a->mask_stride + j]) sc[j] = -INFINITY;
@@ -1067,11 +1119,11 @@ static void s_attend_avx2(const td_attn_desc_t *a, int t, const float *qv, const
         __m256 o0 = _mm256_setzero_ps(), o1 = o0, o2 = o0, o3 = o0;
         for (j = 0; j < end; j++) {
             const __m256 p = _mm256_broadcast_ss(sc + j);
-            const float *vv = vbase + (int64_t)j * row + d0;
-            o0 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vv), o0);
-            o1 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vv + 8), o1);
-            o2 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vv + 16), o2);
-            o3 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vv + 24), o3);
+            const int64_t vv = base + (int64_t)j * row + d0;
+            o0 = _mm256_fmadd_ps(p, s_kv8(vc, vv, f16), o0);
+            o1 = _mm256_fmadd_ps(p, s_kv8(vc, vv + 8, f16), o1);
+            o2 = _mm256_fmadd_ps(p, s_kv8(vc, vv + 16, f16), o2);
+            o3 = _mm256_fmadd_ps(p, s_kv8(vc, vv + 24, f16), o3);
         }
         _mm256_storeu_ps(o + d0, o0);
         _mm256_storeu_ps(o + d0 + 8, o1);
@@ -1082,14 +1134,14 @@ static void s_attend_avx2(const td_attn_desc_t *a, int t, const float *qv, const
         __m256 o0 = _mm256_setzero_ps();
         for (j = 0; j < end; j++)
             o0 = _mm256_fmadd_ps(_mm256_broadcast_ss(sc + j),
-                                 _mm256_loadu_ps(vbase + (int64_t)j * row + d0), o0);
+                                 s_kv8(vc, base + (int64_t)j * row + d0, f16), o0);
         _mm256_storeu_ps(o + d0, o0);
     }
 }
 #endif
 
-static void s_attention(td_backend_t *be, float *out, const float *q, const float *kc,
-                        const float *vc, const td_attn_desc_t *a) {
+static void s_attention(td_backend_t *be, float *out, const float *q, const void *kc,
+                        const void *vc, const td_attn_desc_t *a) {
     cpu_ctx_t *c = be->ctx;
     const int hd = a->head_dim, nh = a->n_head, nkv = a->n_kv_head, group = nh / nkv;
     const int64_t row = (int64_t)nkv * hd;
@@ -1113,8 +1165,8 @@ static void s_attention(td_backend_t *be, float *out, const float *q, const floa
             float *sc = c->att + (size_t)omp_get_thread_num() * (size_t)a->n_ctx;
             const int s = a->seq[t], len = a->kv_len[s], kvh = h / group;
             const float *qv = q + ((int64_t)t * nh + h) * hd;
-            const float *kbase = kc + (int64_t)s * a->n_ctx * row + (int64_t)kvh * hd;
-            const float *vbase = vc + (int64_t)s * a->n_ctx * row + (int64_t)kvh * hd;
+            const int64_t base = (int64_t)s * a->n_ctx * row + (int64_t)kvh * hd;
+            const int f16 = a->kv_f16;
             float *o = out + ((int64_t)t * nh + h) * hd;
             float mx = -INFINITY;
             /* keys past these bounds are never visible to this query */
@@ -1126,7 +1178,10 @@ static void s_attention(td_backend_t *be, float *out, const float *q, const floa
             }
 #ifdef TD_AVX2
             if (!c->reference && hd % 8 == 0) {
-                s_attend_avx2(a, t, qv, kbase, vbase, row, end, sc, o);
+                if (f16)
+                    s_attend_avx2(a, t, qv, kc, vc, base, row, end, sc, o, 1);
+                else
+                    s_attend_avx2(a, t, qv, kc, vc, base, row, end, sc, o, 0);
                 continue;
             }
 #endif
@@ -1135,7 +1190,7 @@ static void s_attention(td_backend_t *be, float *out, const float *q, const floa
                     sc[j] = -INFINITY;
                     continue;
                 }
-                sc[j] = s_dot(qv, kbase + (int64_t)j * row, hd) * a->scale;
+                sc[j] = s_dot_kv(qv, kc, base + (int64_t)j * row, hd, f16) * a->scale;
                 if (sc[j] > mx) mx = sc[j];
             }
             for (int i = 0; i < hd; i++) o[i] = 0;
@@ -1149,9 +1204,9 @@ static void s_attention(td_backend_t *be, float *out, const float *q, const floa
             float inv = (float)(1.0 / sum);
             for (int j = 0; j < end; j++) {
                 if (sc[j] == 0.0f) continue;
-                const float *vv = vbase + (int64_t)j * row;
+                const int64_t vv = base + (int64_t)j * row;
                 float p = sc[j] * inv;
-                for (int i = 0; i < hd; i++) o[i] += p * vv[i];
+                for (int i = 0; i < hd; i++) o[i] += p * s_kv1(vc, vv + i, f16);
             }
         }
 }
@@ -1188,6 +1243,7 @@ static const struct td_backend_i s_cpu_iface = {
     .gelu_tanh = s_gelu_tanh,
     .add = s_add,
     .scatter_rows = s_scatter_rows,
+    .scatter_rows_f16 = s_scatter_rows_f16,
     .attention = s_attention,
     .status = s_status,
     .sample = s_sample,

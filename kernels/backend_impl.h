@@ -33,8 +33,14 @@ struct td_backend_i {
     void (*add)(td_backend_t *be, float *y, const float *x, int64_t count);
     void (*scatter_rows)(td_backend_t *be, float *dst, int64_t row_stride, const float *src,
                          const int64_t *idx, int n, int d);
-    void (*attention)(td_backend_t *be, float *out, const float *q, const float *k_cache,
-                      const float *v_cache, const td_attn_desc_t *desc);
+    /* k_cache/v_cache: float32, or uint16_t halves when desc->kv_f16 (backends with
+     * scatter_rows_f16 only) */
+    void (*attention)(td_backend_t *be, float *out, const float *q, const void *k_cache,
+                      const void *v_cache, const td_attn_desc_t *desc);
+    /* (optional) td_op_scatter_rows into an f16 cache (floats rounded to the nearest half); a
+     * backend that has it supports desc->kv_f16 in attention (td_backend_kv_f16) */
+    void (*scatter_rows_f16)(td_backend_t *be, uint16_t *dst, int64_t row_stride, const float *src,
+                             const int64_t *idx, int n, int d);
     /* (optional) TD_OK, or the first failure since the last call (then cleared): for backends
      * whose ops cannot return an error themselves (CUDA launches run asynchronously) */
     int (*status)(td_backend_t *be, td_err_t *err);

@@ -50,8 +50,9 @@ struct td_model {
 struct td_kv_cache {
     td_model_t *m;
     int n_seq, n_ctx;
-    int32_t *len;   /* [n_seq] host */
-    float **k, **v; /* [n_layer] -> [n_seq, n_ctx, nkv, hd] backend memory */
+    int32_t *len;  /* [n_seq] host */
+    void **k, **v; /* [n_layer] -> [n_seq, n_ctx, nkv, hd] backend memory, float32 or f16 */
+    int f16;       /* elements are IEEE halves (td_kv_cache_new says when) */
     size_t bytes;
 };
 
@@ -540,7 +541,8 @@ int td_model_invariant_rows(const td_model_t *m) {
     int r = s_min_rows(m, &m->lm_head, INT_MAX);
     for (int l = 0; l < m->cfg.n_layer; l++) {
         const td_layer_t *L = &m->layers[l];
-        const td_weight_t *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        const td_weight_t *ws[] = {&L->wq,     &L->wk,   &L->wv,    &L->wo,
+                                   &L->w_gate, &L->w_up, &L->w_down};
         for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) r = s_min_rows(m, ws[i], r);
     }
     return r;
@@ -623,8 +625,31 @@ uint64_t td_model_fingerprint(const td_model_t *m, uint64_t tokenizer_hash) {
 
 /* --- KV cache -------------------------------------------------------------------------------- */
 
+/* Whether a new cache of m holds halves: TD_KV_TYPE=f32|f16 when set (benchmarks, tests), else
+ * f16 exactly when the layers' weights are block-quantized (their products already round the
+ * activations to int8 per 32, far coarser than a half's 11 bits) and the backend can. */
+static int s_kv_f16(const td_model_t *m, int *f16, td_err_t *err) {
+    const char *e = getenv("TD_KV_TYPE");
+    const int can = td_backend_kv_f16(m->be);
+    if (e && *e) {
+        if (strcmp(e, "f32") && strcmp(e, "f16"))
+            return td_err_set(err, TD_ERR_ARG, "TD_KV_TYPE is f32 or f16 (got '%s')", e);
+        *f16 = !strcmp(e, "f16");
+        if (*f16 && !can)
+            return td_err_set(err, TD_ERR_UNSUPPORTED,
+                              "TD_KV_TYPE=f16: the %s backend keeps float32 caches only",
+                              td_backend_name(m->be));
+        return TD_OK;
+    }
+    *f16 = can && m->cfg.n_layer > 0 && td_dtype_is_quantized(m->layers[0].wq.dtype) &&
+           td_dtype_is_quantized(m->layers[0].w_down.dtype);
+    return TD_OK;
+}
+
 td_kv_cache_t *td_kv_cache_new(td_model_t *m, int n_seq, int n_ctx, td_err_t *err) {
     const td_config_t *c = &m->cfg;
+    int f16 = 0;
+    if (s_kv_f16(m, &f16, err) != TD_OK) return NULL;
     if (n_seq <= 0 || n_ctx <= 0) {
         td_err_set(err, TD_ERR_ARG, "KV cache needs n_seq > 0 and n_ctx > 0 (got %d, %d)", n_seq,
                    n_ctx);
@@ -640,11 +665,12 @@ td_kv_cache_t *td_kv_cache_new(td_model_t *m, int n_seq, int n_ctx, td_err_t *er
     kv->m = m;
     kv->n_seq = n_seq;
     kv->n_ctx = n_ctx;
+    kv->f16 = f16;
     kv->len = calloc((size_t)n_seq, sizeof *kv->len);
     kv->k = calloc((size_t)c->n_layer, sizeof *kv->k);
     kv->v = calloc((size_t)c->n_layer, sizeof *kv->v);
-    size_t per =
-        (size_t)n_seq * (size_t)n_ctx * (size_t)c->n_kv_head * (size_t)c->head_dim * sizeof(float);
+    size_t per = (size_t)n_seq * (size_t)n_ctx * (size_t)c->n_kv_head * (size_t)c->head_dim *
+                 (f16 ? sizeof(uint16_t) : sizeof(float));
     int ok = kv->len && kv->k && kv->v;
     for (int l = 0; ok && l < c->n_layer; l++) {
         kv->k[l] = td_backend_alloc(m->be, per);
@@ -680,6 +706,7 @@ int td_kv_cache_len(const td_kv_cache_t *kv, int seq) {
     return seq >= 0 && seq < kv->n_seq ? kv->len[seq] : 0;
 }
 size_t td_kv_cache_bytes(const td_kv_cache_t *kv) { return kv->bytes; }
+int td_kv_cache_f16(const td_kv_cache_t *kv) { return kv->f16; }
 
 void td_kv_cache_crop(td_kv_cache_t *kv, int seq, int n) {
     if (seq < 0 || seq >= kv->n_seq || n < 0) return;
@@ -694,14 +721,14 @@ int td_kv_cache_copy_seq(td_kv_cache_t *kv, int src, int dst, int len) {
         return TD_OK;
     }
     const td_config_t *c = &kv->m->cfg;
-    size_t row = (size_t)c->n_kv_head * (size_t)c->head_dim;
+    /* bytes of one position's keys (or values) and of one sequence */
+    const size_t row = (size_t)c->n_kv_head * (size_t)c->head_dim *
+                       (kv->f16 ? sizeof(uint16_t) : sizeof(float)),
+                 seq = (size_t)kv->n_ctx * row;
     for (int l = 0; l < c->n_layer; l++) {
-        td_backend_copy(kv->m->be, kv->k[l] + (size_t)dst * kv->n_ctx * row,
-                        kv->k[l] + (size_t)src * kv->n_ctx * row,
-                        (size_t)len * row * sizeof(float));
-        td_backend_copy(kv->m->be, kv->v[l] + (size_t)dst * kv->n_ctx * row,
-                        kv->v[l] + (size_t)src * kv->n_ctx * row,
-                        (size_t)len * row * sizeof(float));
+        char *k = kv->k[l], *v = kv->v[l];
+        td_backend_copy(kv->m->be, k + (size_t)dst * seq, k + (size_t)src * seq, (size_t)len * row);
+        td_backend_copy(kv->m->be, v + (size_t)dst * seq, v + (size_t)src * seq, (size_t)len * row);
     }
     kv->len[dst] = len;
     return TD_OK;
@@ -890,7 +917,8 @@ static int s_forward(td_model_t *m, td_kv_cache_t *kv, const td_batch_t *b, floa
                          .block_size = b->block_size,
                          .mask = b->mask,
                          .mask_stride = b->mask_stride,
-                         .scale = 1.0f / sqrtf((float)hd)};
+                         .scale = 1.0f / sqrtf((float)hd),
+                         .kv_f16 = kv->f16};
     for (int l = 0; l < c->n_layer; l++) {
         const td_layer_t *L = &m->layers[l];
         if (gpt2)
@@ -905,8 +933,13 @@ static int s_forward(td_model_t *m, td_kv_cache_t *kv, const td_batch_t *b, floa
             td_op_rope(be, m->q, pos, n, nh, hd, hd, c->rope_theta, c->rope_layout);
             td_op_rope(be, m->k, pos, n, nkv, hd, hd, c->rope_theta, c->rope_layout);
         }
-        td_op_scatter_rows(be, kv->k[l], (int64_t)nkv * hd, m->k, idx, n, nkv * hd);
-        td_op_scatter_rows(be, kv->v[l], (int64_t)nkv * hd, m->v, idx, n, nkv * hd);
+        if (kv->f16) {
+            td_op_scatter_rows_f16(be, kv->k[l], (int64_t)nkv * hd, m->k, idx, n, nkv * hd);
+            td_op_scatter_rows_f16(be, kv->v[l], (int64_t)nkv * hd, m->v, idx, n, nkv * hd);
+        } else {
+            td_op_scatter_rows(be, kv->k[l], (int64_t)nkv * hd, m->k, idx, n, nkv * hd);
+            td_op_scatter_rows(be, kv->v[l], (int64_t)nkv * hd, m->v, idx, n, nkv * hd);
+        }
         td_op_attention(be, m->att, m->q, kv->k[l], kv->v[l], &ad);
         td_op_matmul(be, m->h, m->att, &L->wo, s_opt(&L->bo), n);
         td_op_add(be, m->x, m->h, (int64_t)n * C);

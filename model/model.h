@@ -76,6 +76,11 @@ void td_kv_cache_crop(td_kv_cache_t *kv, int seq, int n);
 /* Makes dst a copy of src's first len positions (draft branches sharing a prefix). */
 int td_kv_cache_copy_seq(td_kv_cache_t *kv, int src, int dst, int len);
 size_t td_kv_cache_bytes(const td_kv_cache_t *kv);
+/* 1 when the cache keeps keys and values as IEEE halves: by default for models whose layer
+ * weights are block-quantized (GGUF Q4_1, Q8_0, ...) on a backend that can (the CPU's), float32
+ * otherwise; TD_KV_TYPE=f32|f16 in the environment overrides it (a backend without f16 caches
+ * refuses f16). Halves the cache's memory and its reads in attention. */
+int td_kv_cache_f16(const td_kv_cache_t *kv);
 
 /* --- forward ---------------------------------------------------------------------------------- */
 

@@ -270,6 +270,77 @@ TD_TEST(attention_masks_and_gqa) {
     }
 }
 
+/* An f16 KV cache: td_op_scatter_rows_f16 rounds each value as td_f32_to_f16 does (special
+ * values and the non-multiple-of-8 tail included), and attention over it is bitwise the attention
+ * over a float cache holding the same rounded values, on every kind, head size, thread count and
+ * the reference backend. */
+TD_TEST(attention_f16_cache_equals_rounded_float_cache) {
+    enum { NH = 6, NKV = 2, N_CTX = 37, N_SEQ = 2, N = 5 };
+    td_err_t err = {0};
+    const int hds[] = {6, 8, 40, 64};
+    for (int bi = 0; bi < 3; bi++) {
+        td_backend_t *be = td_backend_cpu_new(bi == 1 ? 2 : 1, bi == 2, &err);
+        REQUIRE(be);
+        CHECK(td_backend_kv_f16(be));
+        for (int hi = 0; hi < 4; hi++) {
+            const int hd = hds[hi];
+            const int64_t row = NKV * hd, cells = N_SEQ * N_CTX * row;
+            uint16_t *kh = calloc((size_t)cells, 2), *vh = calloc((size_t)cells, 2);
+            float *kf = calloc((size_t)cells, 4), *vf = calloc((size_t)cells, 4);
+            float *src = malloc(sizeof(float) * (size_t)cells);
+            int64_t *idx = malloc(sizeof(int64_t) * N_SEQ * N_CTX);
+            const float special[] = {65504.0f, -1e-7f, 1.0f + 1.0f / 2048.0f,
+                                     -0.0f,    3e-5f,  70000.0f};
+            for (int which = 0; which < 2; which++) {
+                for (int64_t i = 0; i < cells; i++) src[i] = s_randf() * (which ? 1.0f : 2.5f);
+                for (int i = 0; i < 6; i++) src[(i * 97) % cells] = special[i];
+                /* rows written in a scrambled order, as a batch of positions would be */
+                for (int r = 0; r < N_SEQ * N_CTX; r++) idx[r] = (r * 31) % (N_SEQ * N_CTX);
+                td_op_scatter_rows_f16(be, which ? vh : kh, row, src, idx, N_SEQ * N_CTX, (int)row);
+                int bad = 0;
+                for (int r = 0; r < N_SEQ * N_CTX && !bad; r++)
+                    for (int64_t j = 0; j < row; j++) {
+                        const uint16_t h = (which ? vh : kh)[idx[r] * row + j];
+                        if (h != td_f32_to_f16(src[r * row + j])) bad = 1;
+                        (which ? vf : kf)[idx[r] * row + j] = td_f16_to_f32(h);
+                    }
+                CHECK_MSG(!bad, "hd %d: scatter_rows_f16 differs from td_f32_to_f16", hd);
+            }
+            float *q = malloc(sizeof(float) * (size_t)(N * NH * hd)),
+                  *o16 = malloc(sizeof(float) * (size_t)(N * NH * hd)),
+                  *o32 = malloc(sizeof(float) * (size_t)(N * NH * hd));
+            for (int i = 0; i < N * NH * hd; i++) q[i] = s_randf();
+            int32_t pos[N] = {0, 9, 30, 3, 20}, seq[N] = {0, 0, 0, 1, 1}, kv_len[N_SEQ] = {31, 21};
+            uint8_t mask[N * N_CTX];
+            for (int i = 0; i < N * N_CTX; i++) mask[i] = (uint8_t)(s_randf() > 0);
+            for (int k = 0; k < 4; k++) {
+                td_attn_desc_t a = {.n = N,
+                                    .n_head = NH,
+                                    .n_kv_head = NKV,
+                                    .head_dim = hd,
+                                    .n_ctx = N_CTX,
+                                    .pos = pos,
+                                    .seq = seq,
+                                    .kv_len = kv_len,
+                                    .kind = (td_attn_kind_t)k,
+                                    .block_size = 4,
+                                    .mask = mask,
+                                    .mask_stride = N_CTX,
+                                    .scale = 0.3f};
+                td_op_attention(be, o32, q, kf, vf, &a);
+                a.kv_f16 = 1;
+                td_op_attention(be, o16, q, kh, vh, &a);
+                CHECK_MSG(memcmp(o16, o32, sizeof(float) * (size_t)(N * NH * hd)) == 0,
+                          "backend %d hd %d kind %d: f16 cache != its rounded float cache", bi, hd,
+                          k);
+            }
+            free(q), free(o16), free(o32), free(kh), free(vh), free(kf), free(vf), free(src);
+            free(idx);
+        }
+        td_backend_destroy(&be);
+    }
+}
+
 TD_TEST(norms_rope_activations) {
     td_err_t err = {0};
     td_backend_t *be = td_backend_cpu_new(2, 0, &err);

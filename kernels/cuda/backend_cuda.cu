@@ -344,10 +344,11 @@ static void s_scatter_rows(td_backend_t *be, float *dst, int64_t row_stride, con
     c->gen++;
 }
 
-static void s_attention(td_backend_t *be, float *out, const float *q, const float *kc,
-                        const float *vc, const td_attn_desc_t *a) {
+static void s_attention(td_backend_t *be, float *out, const float *q, const void *kc,
+                        const void *vc, const td_attn_desc_t *a) {
     cuda_ctx_t *c = s_ctx(be);
-    if (a->n > 0) tdc_attention(c, out, q, kc, vc, a);
+    /* float32 caches only: no scatter_rows_f16 here, so kv_f16 is never set for this backend */
+    if (a->n > 0) tdc_attention(c, out, q, (const float *)kc, (const float *)vc, a);
     c->gen++;
 }
 
