@@ -69,7 +69,7 @@ struct td_drafter_service {
     td_routing_id_t peers[MAX_PEERS];
     int n_peers;
     double t_request;      /* when the request being handled reached the handler */
-    long batched_forwards; /* AR drafting calls that served several requests at once */
+    long batched_forwards; /* drafting calls that served several requests at once */
     /* scratch for one proposal */
     int32_t *draft, *ids;
     float *probs, *vals;
@@ -557,8 +557,8 @@ static void s_draft_dflash(td_drafter_service_t *s, td_server_t *srv, const td_r
     td_rng_t rng;
     td_rng_seed(&rng, td_draft_round_seed(k.seed, req->round));
     dbuf_t *d = &ss->cur;
-    int rc = s_dbuf_reserve(d, B - 1, s->V, 0) ? td_err_set(&err, TD_ERR_NOMEM, "out of memory")
-                                                : TD_OK;
+    int rc =
+        s_dbuf_reserve(d, B - 1, s->V, 0) ? td_err_set(&err, TD_ERR_NOMEM, "out of memory") : TD_OK;
     if (rc == TD_OK) rc = td_dflash_ctx_append(cx, s->fbuf, (int)rows, &err);
     if (rc == TD_OK)
         rc = td_dflash_draft(cx, ss->tok[n - 1], B, &sp, &rng, s->draft, d->q, NULL, &err);
@@ -625,8 +625,9 @@ static void s_draft(td_drafter_service_t *s, td_server_t *srv, const td_routing_
         ss->pre.gamma = 0;
 }
 
-/* Several DraftRequests that were waiting together, drafted by a causal drafter in one forward per
- * draft position (td_ar_draft_many); each answer equals the one s_draft would give alone. */
+/* Several DraftRequests that were waiting together, drafted in one batch per draft position (a
+ * causal drafter: td_ar_draft_many) or per denoising step (a diffusion LM:
+ * td_diffusion_draft_many); each answer equals the one s_draft would give alone. */
 static void s_draft_batch(td_drafter_service_t *s, td_server_t *srv, const td_routing_id_t *from,
                           Tandem__Envelope **reqs, int n_req) {
     session_t *ss[TD_DRAFTER_MAX_BATCH];
@@ -634,6 +635,9 @@ static void s_draft_batch(td_drafter_service_t *s, td_server_t *srv, const td_ro
     td_sampling_t sp[TD_DRAFTER_MAX_BATCH];
     td_rng_t rng[TD_DRAFTER_MAX_BATCH];
     td_ar_job_t jobs[TD_DRAFTER_MAX_BATCH];
+    td_diffusion_job_t djobs[TD_DRAFTER_MAX_BATCH];
+    td_draft_opts_t dopts = {.exact = s->opts.exact};
+    const int diffusion = td_model_config(s->m)->is_diffusion;
     int idx[TD_DRAFTER_MAX_BATCH], n = 0;
     td_err_t err = {0};
     s->t_request = td_time_now();
@@ -654,10 +658,22 @@ static void s_draft_batch(td_drafter_service_t *s, td_server_t *srv, const td_ro
                                 .rng = &rng[n],
                                 .draft = ss[n]->cur.tok,
                                 .q = ss[n]->cur.q};
+        djobs[n] = (td_diffusion_job_t){.seq = ss[n]->slot,
+                                        .prefix = ss[n]->tok,
+                                        .n_prefix = ss[n]->n,
+                                        .gamma = k[n].gamma,
+                                        .steps = k[n].steps,
+                                        .order = (td_unmask_order_t)k[n].order,
+                                        .sp = &sp[n],
+                                        .rng = &rng[n],
+                                        .draft = ss[n]->cur.tok,
+                                        .q = ss[n]->cur.q,
+                                        .opts = &dopts};
         idx[n++] = i;
     }
     if (!n) return;
-    int rc = td_ar_draft_many(s->m, s->kv, jobs, n, &err);
+    int rc = diffusion ? td_diffusion_draft_many(s->m, s->kv, djobs, n, NULL, &err)
+                       : td_ar_draft_many(s->m, s->kv, jobs, n, &err);
     s->batched_forwards += rc == TD_OK ? 1 : 0;
     for (int j = 0; j < n; j++) {
         const Tandem__Envelope *req = reqs[idx[j]];
@@ -911,13 +927,13 @@ void td_drafter_service_handle(td_drafter_service_t *s, td_server_t *srv,
     }
 }
 
-/* Whether req can join a batch: a DraftRequest from a known peer, for a causal drafter without
- * pre-drafting, for a session not already in the batch. */
+/* Whether req can join a batch: a DraftRequest (not APD) from a known peer, for a causal or
+ * diffusion drafter without pre-drafting, for a session not already in the batch. */
 static int s_batchable(td_drafter_service_t *s, const td_routing_id_t *from,
                        Tandem__Envelope **batch, int n, const Tandem__Envelope *req) {
     if (req->body_case != TANDEM__ENVELOPE__BODY_DRAFT_REQUEST || s->opts.predraft || s->df ||
-        td_model_config(s->m)->is_diffusion || req->draft_request->apd || !s_peer_known(s, from) ||
-        n >= TD_DRAFTER_MAX_BATCH || n >= s->opts.max_sessions - 1)
+        req->draft_request->apd || !s_peer_known(s, from) || n >= TD_DRAFTER_MAX_BATCH ||
+        n >= s->opts.max_sessions - 1)
         return 0;
     for (int i = 0; i < n; i++)
         if (batch[i]->session_id == req->session_id) return 0;
