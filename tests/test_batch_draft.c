@@ -143,4 +143,89 @@ TD_TEST(diffusion_many_equals_solo) {
     td_backend_destroy(&be);
 }
 
+/* td_dflash_draft_many on the fixture drafter (block 8, F32/BF16 weights: 4 blocks are 32 rows,
+ * more than one batch-invariant piece) for 1..4 contexts of different lengths and features,
+ * greedy and sampled, blocks 8 and 5: each equals its td_dflash_draft alone, bitwise. */
+TD_TEST(dflash_many_equals_solo) {
+    td_err_t err = {0};
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/dflash/drafter", td_test_data());
+    const char *vdir = "models/tiny-verifier";
+    td_backend_t *be = td_backend_cpu_new(1, 0, &err);
+    REQUIRE(be);
+    td_model_t *m = td_model_load(vdir, be, &err);
+    uint64_t fp = 0;
+    td_dflash_t *d = m && td_checkpoint_fingerprint(vdir, &fp, &err) == TD_OK
+                         ? td_dflash_load(dir, m, fp, 0, &err)
+                         : NULL;
+    if (!d) td_test_fail(__FILE__, __LINE__, "setup: %s", err.msg);
+    REQUIRE(d);
+    const int V = td_model_config(m)->n_vocab, FD = td_dflash_feature_dim(d);
+    const int ctx_rows[NJ] = {11, 3, 20, 7}, blocks[NJ] = {8, 5, 8, 8};
+    const td_sampling_t sps[NJ] = {
+        {0.0f, 0, 1.0f}, {0.9f, 0, 0.95f}, {1.0f, 0, 1.0f}, {0.0f, 0, 1.0f}};
+    float *feat = malloc((size_t)32 * FD * sizeof *feat);
+    REQUIRE(feat);
+    td_dflash_ctx_t *cs[NJ], *cm[NJ];
+    int32_t dr[2][NJ][8];
+    float *q[2][NJ];
+    for (int k = 0; k < NJ; k++) {
+        td_rng_t r;
+        td_rng_seed(&r, 40 + (uint64_t)k);
+        for (int i = 0; i < ctx_rows[k] * FD; i++)
+            feat[i] = (float)((double)(td_rng_next(&r) >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+        cs[k] = td_dflash_ctx_new(d, 64, &err);
+        cm[k] = td_dflash_ctx_new(d, 64, &err);
+        REQUIRE(cs[k] && cm[k]);
+        CHECK(td_dflash_ctx_append(cs[k], feat, ctx_rows[k], &err) == TD_OK);
+        CHECK(td_dflash_ctx_append(cm[k], feat, ctx_rows[k], &err) == TD_OK);
+        for (int a = 0; a < 2; a++) REQUIRE((q[a][k] = malloc((size_t)7 * V * sizeof(float))));
+    }
+    for (int nj = 1; nj <= NJ; nj++) {
+        td_dflash_job_t jobs[NJ];
+        td_rng_t rs[NJ], rm[NJ];
+        for (int k = 0; k < nj; k++) {
+            td_rng_seed(&rs[k], 90 + (uint64_t)k + (uint64_t)nj);
+            rm[k] = rs[k];
+            const int32_t anchor = 5 + 7 * k;
+            CHECK(td_dflash_draft(cs[k], anchor, blocks[k], &sps[k], &rs[k], dr[0][k], q[0][k],
+                                  NULL, &err) == TD_OK);
+            jobs[k] = (td_dflash_job_t){.ctx = cm[k],
+                                        .anchor = anchor,
+                                        .block = blocks[k],
+                                        .sp = &sps[k],
+                                        .rng = &rm[k],
+                                        .draft = dr[1][k],
+                                        .q = q[1][k]};
+        }
+        CHECK_MSG(td_dflash_draft_many(jobs, nj, &err) == TD_OK, "%s", err.msg);
+        for (int k = 0; k < nj; k++) {
+            const int g = blocks[k] - 1;
+            CHECK_MSG(!memcmp(dr[0][k], dr[1][k], (size_t)g * sizeof(int32_t)),
+                      "%d blocks: block %d's draft differs from its solo run", nj, k);
+            CHECK_MSG(!memcmp(q[0][k], q[1][k], (size_t)g * V * sizeof(float)),
+                      "%d blocks: block %d's q differs from its solo run", nj, k);
+            CHECK(td_rng_next(&rm[k]) == td_rng_next(&rs[k]));
+            CHECK_EQ_INT(td_dflash_ctx_len(cm[k]), ctx_rows[k]);
+        }
+    }
+    /* one context twice, a block past the context: refused */
+    td_dflash_job_t bad[2] = {
+        {.ctx = cm[0], .anchor = 1, .block = 8, .sp = &sps[0], .draft = dr[1][0]},
+        {.ctx = cm[0], .anchor = 1, .block = 8, .sp = &sps[0], .draft = dr[1][1]}};
+    CHECK(td_dflash_draft_many(bad, 2, &err) == TD_ERR_ARG);
+    bad[1].ctx = cm[1];
+    bad[1].block = 62;
+    CHECK(td_dflash_draft_many(bad, 2, &err) == TD_ERR_ARG);
+    for (int k = 0; k < NJ; k++) {
+        td_dflash_ctx_destroy(&cs[k]);
+        td_dflash_ctx_destroy(&cm[k]);
+        free(q[0][k]), free(q[1][k]);
+    }
+    free(feat);
+    td_dflash_destroy(&d);
+    td_model_destroy(&m);
+    td_backend_destroy(&be);
+}
+
 TD_TEST_MAIN()
