@@ -606,6 +606,28 @@ static double s_metric(const char *text, const char *name) {
     return -1;
 }
 
+/* The answers clients 0..n-1 left in DIR/i.json (the files and DIR are removed): each a
+ * completion whose text, for i < n_solo, is solo[i] (what the request answered alone). */
+static void s_check_answers(const char *dir, int n, char (*solo)[1024], int n_solo) {
+    for (int i = 0; i < n; i++) {
+        char path[256], *data = NULL;
+        size_t len = 0;
+        snprintf(path, sizeof path, "%s/%d.json", dir, i);
+        CHECK_MSG(td_read_file(path, &data, &len, NULL) == TD_OK, "client %d got no answer", i);
+        unlink(path);
+        if (!data) continue;
+        cJSON *j = cJSON_Parse(data);
+        CHECK_MSG(j && s_text_of(j), "client %d: %s", i, data);
+        /* the same answer alone and among others */
+        if (j && s_text_of(j) && i < n_solo)
+            CHECK_MSG(!strcmp(s_text_of(j), solo[i]), "client %d: '%s' concurrent vs '%s' alone", i,
+                      s_text_of(j), solo[i]);
+        cJSON_Delete(j);
+        free(data);
+    }
+    rmdir(dir);
+}
+
 TD_TEST(e2e_concurrent_clients) {
     if (s_need_main()) return;
     static char out[1 << 16];
@@ -640,27 +662,7 @@ TD_TEST(e2e_concurrent_clients) {
                               dir, i, 100 + i, s_main.port);
     snprintf(cmd + o, sizeof cmd - o, "wait");
     CHECK_EQ_INT(td_test_run(cmd, out, sizeof out), 0);
-    for (int i = 0; i < N; i++) {
-        char path[256], *data = NULL;
-        snprintf(path, sizeof path, "%s/%d.json", dir, i);
-        FILE *f = fopen(path, "r");
-        CHECK_MSG(f != NULL, "client %d got no answer", i);
-        if (!f) continue;
-        data = calloc(1, 1 << 16);
-        size_t n = fread(data, 1, (1 << 16) - 1, f);
-        data[n] = 0;
-        fclose(f);
-        unlink(path);
-        cJSON *j = cJSON_Parse(data);
-        CHECK_MSG(j && s_text_of(j), "client %d: %s", i, data);
-        /* the same answer alone and among others */
-        if (j && s_text_of(j) && i < n_solo)
-            CHECK_MSG(!strcmp(s_text_of(j), solo[i]), "client %d: '%s' concurrent vs '%s' alone", i,
-                      s_text_of(j), solo[i]);
-        cJSON_Delete(j);
-        free(data);
-    }
-    rmdir(dir);
+    s_check_answers(dir, N, solo, n_solo);
     /* they were verified together: rounds held several requests (one forward for all of them) */
     REQUIRE(s_curl(s_main.port, "/metrics", NULL, NULL, out, sizeof out) == 200);
     double r1 = s_metric(out, "tandem:engine_rounds_total");
@@ -1096,23 +1098,7 @@ TD_TEST(e2e_dflash_smollm2) {
     }
     snprintf(cmd + o, sizeof cmd - o, "wait");
     CHECK_EQ_INT(td_test_run(cmd, out, sizeof out), 0);
-    for (int i = 0; i < N; i++) {
-        char path[256];
-        snprintf(path, sizeof path, "%s/%d.json", dir, i);
-        char *data = NULL;
-        size_t len = 0;
-        CHECK_MSG(td_read_file(path, &data, &len, NULL) == TD_OK, "client %d got no answer", i);
-        unlink(path);
-        if (!data) continue;
-        cJSON *j = cJSON_Parse(data);
-        CHECK_MSG(j && s_text_of(j), "client %d: %s", i, data);
-        if (j && s_text_of(j))
-            CHECK_MSG(!strcmp(s_text_of(j), solo[i]), "client %d: '%s' concurrent vs '%s' alone", i,
-                      s_text_of(j), solo[i]);
-        cJSON_Delete(j);
-        free(data);
-    }
-    rmdir(dir);
+    s_check_answers(dir, N, solo, N);
     REQUIRE(s_curl(sv.port, "/metrics", NULL, NULL, out, sizeof out) == 200);
     double r1 = s_metric(out, "tandem:engine_rounds_total");
     double q1 = s_metric(out, "tandem:engine_round_requests_total");
