@@ -228,4 +228,61 @@ TD_TEST(dflash_many_equals_solo) {
     td_backend_destroy(&be);
 }
 
+/* td_ar_draft_many on the bundled AR drafter (BF16: 24 rows batch-invariant): four fresh slots
+ * with prefixes of 12-20 tokens put 60 rows into the first step, more than one pass holds; each
+ * job's draft and q still equal td_ar_draft alone, bitwise, and a second round on the cached
+ * prefixes too. */
+TD_TEST(ar_many_over_one_pass_equals_solo) {
+    const char *dir = "models/tiny-ar-drafter";
+    td_err_t err = {0};
+    td_backend_t *be = td_backend_cpu_new(1, 0, &err);
+    REQUIRE(be);
+    td_model_t *m = td_model_load(dir, be, &err);
+    if (!m) td_test_fail(__FILE__, __LINE__, "%s: %s", dir, err.msg);
+    REQUIRE(m);
+    CHECK_EQ_INT(td_model_invariant_rows(m), 24);
+    const int V = td_model_config(m)->n_vocab;
+    const int np[NJ] = {20, 12, 16, 12}, gam[NJ] = {5, 3, 6, 4};
+    int32_t text[NJ][64], dr[2][NJ][8];
+    float *q[2][NJ];
+    for (int k = 0; k < NJ; k++) {
+        s_text(300 + (uint64_t)k, V, -1, 64, text[k]);
+        for (int a = 0; a < 2; a++) REQUIRE((q[a][k] = malloc((size_t)8 * V * sizeof(float))));
+    }
+    td_kv_cache_t *kv[2] = {td_kv_cache_new(m, NJ, 64, &err), td_kv_cache_new(m, NJ, 64, &err)};
+    REQUIRE(kv[0] && kv[1]);
+    for (int round = 0; round < 2; round++) {
+        td_rng_t rs[NJ], rm[NJ];
+        td_ar_job_t jobs[NJ];
+        for (int k = 0; k < NJ; k++) {
+            td_rng_seed(&rs[k], 5 + (uint64_t)k);
+            rm[k] = rs[k];
+            const int n = np[k] + 4 * round;
+            CHECK(td_ar_draft(m, kv[0], k, text[k], n, gam[k], &s_sp[k], &rs[k], dr[0][k], q[0][k],
+                              &err) == TD_OK);
+            jobs[k] = (td_ar_job_t){.seq = k,
+                                    .prefix = text[k],
+                                    .n_prefix = n,
+                                    .gamma = gam[k],
+                                    .sp = &s_sp[k],
+                                    .rng = &rm[k],
+                                    .draft = dr[1][k],
+                                    .q = q[1][k]};
+        }
+        CHECK_MSG(td_ar_draft_many(m, kv[1], jobs, NJ, &err) == TD_OK, "%s", err.msg);
+        for (int k = 0; k < NJ; k++) {
+            CHECK_MSG(!memcmp(dr[0][k], dr[1][k], (size_t)gam[k] * sizeof(int32_t)),
+                      "round %d: AR job %d's draft differs from its solo run", round, k);
+            CHECK_MSG(!memcmp(q[0][k], q[1][k], (size_t)gam[k] * V * sizeof(float)),
+                      "round %d: AR job %d's q differs from its solo run", round, k);
+            CHECK_EQ_INT(td_kv_cache_len(kv[1], k), td_kv_cache_len(kv[0], k));
+        }
+    }
+    for (int k = 0; k < NJ; k++) free(q[0][k]), free(q[1][k]);
+    td_kv_cache_destroy(&kv[0]);
+    td_kv_cache_destroy(&kv[1]);
+    td_model_destroy(&m);
+    td_backend_destroy(&be);
+}
+
 TD_TEST_MAIN()
