@@ -885,8 +885,8 @@ static void s_help(FILE *f) {
             "With no model arguments the bundled models and --method specdiff are served.\n\n"
             "  --verifier DIR     the causal model (--model: synonym)\n"
             "  --drafter X        drafter directory (in-process) or endpoint of a tandem-drafter\n"
-            "  --method M         ar, spec-ar, specdiff (default with a drafter) or apd; a request "
-            "may\n"
+            "  --method M         ar, spec-ar, specdiff (default with a drafter), apd or dflash\n"
+            "                     (default with a DFlash drafter directory); a request may\n"
             "                     pick ar or a method sharing the drafter in its \"tandem\" "
             "object\n"
             "  --host H           address to bind (default 127.0.0.1; any other needs an API "
@@ -969,13 +969,22 @@ int td_cmd_serve(int argc, char **argv) {
     if (method_s) {
         if ((method = td_method_parse(method_s)) < 0 ||
             (method != TD_METHOD_AR && method != TD_METHOD_SPEC_AR &&
-             method != TD_METHOD_SPECDIFF && method != TD_METHOD_APD)) {
-            fprintf(stderr, "tandem serve: --method is ar, spec-ar, specdiff or apd (got '%s')\n",
+             method != TD_METHOD_SPECDIFF && method != TD_METHOD_APD &&
+             method != TD_METHOD_DFLASH)) {
+            fprintf(stderr,
+                    "tandem serve: --method is ar, spec-ar, specdiff, apd or dflash (got '%s')\n",
                     method_s);
             return 2;
         }
     } else {
-        method = (drafter || !vdir) ? TD_METHOD_SPECDIFF : TD_METHOD_AR;
+        method = drafter && td_is_dflash_dir(drafter) ? TD_METHOD_DFLASH
+                 : (drafter || !vdir)                 ? TD_METHOD_SPECDIFF
+                                                      : TD_METHOD_AR;
+    }
+    if (method == TD_METHOD_DFLASH && !drafter) {
+        fprintf(stderr, "tandem serve: --method dflash needs --drafter DIR (a DFlash drafter "
+                        "trained for the verifier) or the endpoint of one\n");
+        return 2;
     }
     int order = order_s ? td_unmask_order_parse(order_s) : -1,
         verify = verify_s ? td_verify_parse(verify_s) : -1;
@@ -1026,9 +1035,9 @@ int td_cmd_serve(int argc, char **argv) {
     char vbuf[1024], dbuf[1024];
     if (!vdir) vdir = td_cli_bundled("tiny-verifier", vbuf, sizeof vbuf);
     if (method != TD_METHOD_AR && !drafter)
-        drafter =
-            td_cli_bundled(method == TD_METHOD_SPEC_AR ? "tiny-ar-drafter" : "tiny-diffusion-drafter",
-                      dbuf, sizeof dbuf);
+        drafter = td_cli_bundled(method == TD_METHOD_SPEC_AR ? "tiny-ar-drafter"
+                                                             : "tiny-diffusion-drafter",
+                                 dbuf, sizeof dbuf);
     if (td_is_endpoint(vdir)) {
         fprintf(stderr, "tandem serve: --verifier must be a checkpoint directory\n");
         return 2;

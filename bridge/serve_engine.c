@@ -57,6 +57,9 @@ struct td_serve_engine {
     td_pair_t pair; /* ONE verifier (and the drafter it talks to) for every request */
     int pair_open;
     td_link_t *link; /* the drafter link shared by the sessions (NULL for ar) */
+    /* a dflash drafter: the target layers its Hello lists (the features every dflash session
+     * sends) and its block size; n_flayers 0 otherwise */
+    int flayers[TD_DFLASH_MAX_TARGET_LAYERS], n_flayers, fblock;
     td_driver_t *drv;
     int slot_ctx;  /* KV positions per slot */
     active_t *act; /* parallel entries; act[i].job set under mu, read by stop */
@@ -133,6 +136,9 @@ static void s_params(const td_serve_engine_t *e, const td_serve_job_t *j, td_met
         if (g->mixture > 0) p->apd_mixture = (float)g->mixture;
         p->draft_sampling = g->sampling;
         p->drafter_timeout_ms = e->o.timeout_ms > 0 ? e->o.timeout_ms : 5000;
+        /* dflash: the drafter's block less the anchor unless asked otherwise */
+        if (method == TD_METHOD_DFLASH && e->o.gamma <= 0 && g->gamma <= 0)
+            p->gamma = e->fblock > 1 ? e->fblock - 1 : 15;
         p->hello = &e->pair.hello;
     }
     p->max_tokens = g->max_tokens;
@@ -164,6 +170,11 @@ static void s_start_job(td_serve_engine_t *e, active_t *a, td_serve_job_t *j) {
                             .n_prompt = j->n_prompt,
                             .cb = s_on_token,
                             .ud = j};
+    if (method == TD_METHOD_DFLASH) { /* the verifier sends the drafter's target features */
+        so.feature_layers = e->flayers;
+        so.n_feature_layers = e->n_flayers;
+        so.feature_type = TANDEM__FEATURE_TYPE__FEATURE_BF16;
+    }
     td_session_t *s = td_session_new(e->pair.verifier, &so, &err);
     /* a slot holds slot_ctx positions: a request that would run past it ends there */
     if (s && td_session_n_ctx(s) > e->slot_ctx) {
@@ -308,9 +319,10 @@ td_serve_engine_t *td_serve_engine_new(const td_serve_engine_opts_t *o, td_err_t
         return NULL;
     }
     if (o->method != TD_METHOD_AR && o->method != TD_METHOD_SPEC_AR &&
-        o->method != TD_METHOD_SPECDIFF && o->method != TD_METHOD_APD) {
+        o->method != TD_METHOD_SPECDIFF && o->method != TD_METHOD_APD &&
+        o->method != TD_METHOD_DFLASH) {
         td_err_set(err, TD_ERR_UNSUPPORTED,
-                   "serve: --method %s is not served (ar, spec-ar, specdiff, apd)",
+                   "serve: --method %s is not served (ar, spec-ar, specdiff, apd, dflash)",
                    td_method_name(o->method));
         return NULL;
     }
@@ -351,9 +363,27 @@ td_serve_engine_t *td_serve_engine_new(const td_serve_engine_opts_t *o, td_err_t
     po.drafter_sessions = o->parallel; /* every live request keeps its drafter session */
     po.curve_server_key = o->curve_server_key;
     po.curve_secret_key = o->curve_secret_key;
+    /* dflash: our Hello lists the verifier's fingerprint (a remote dflash drafter refuses another
+     * target; an in-process one is loaded against the verifier itself) */
+    po.dflash = o->method == TD_METHOD_DFLASH;
     e->pair_open = 1;
     if (td_pair_open(&e->pair, e->vdir, e->o.drafter, &po, err) != TD_OK) goto fail;
     if (e->pair.dc && !(e->link = td_link_new(e->pair.dc, &e->pair.hello, err))) goto fail;
+    const Tandem__Hello *dh = td_pair_drafter_hello(&e->pair);
+    if (dh && td_wire_hello_has_capability(dh, "dflash") && dh->n_target_layers > 0 &&
+        dh->n_target_layers <= TD_DFLASH_MAX_TARGET_LAYERS) {
+        for (size_t i = 0; i < dh->n_target_layers; i++) e->flayers[i] = (int)dh->target_layers[i];
+        e->n_flayers = (int)dh->n_target_layers;
+        e->fblock = (int)dh->block_size;
+    }
+    if ((o->method == TD_METHOD_DFLASH) != (e->n_flayers > 0) && o->method != TD_METHOD_AR) {
+        td_err_set(err, TD_ERR_ARG,
+                   o->method == TD_METHOD_DFLASH
+                       ? "serve: --method dflash needs a DFlash drafter (%s lists no target layers)"
+                       : "serve: %s is a DFlash drafter: serve it with --method dflash",
+                   e->o.drafter);
+        goto fail;
+    }
     const td_config_t *c = td_model_config(e->pair.verifier);
     /* KV slots: the model's context, at most SLOT_CTX_MAX positions each */
     e->slot_ctx =
@@ -434,6 +464,8 @@ const Tandem__Hello *td_serve_engine_hello(const td_serve_engine_t *e) { return 
 
 int td_serve_engine_method_ok(const td_serve_engine_t *e, td_method_t m) {
     if (m == TD_METHOD_AR || m == e->o.method) return 1;
+    /* a DFlash drafter drafts for dflash only, and only it does */
+    if (m == TD_METHOD_DFLASH || e->n_flayers > 0) return 0;
     if (e->o.any_method) {
         const td_method_desc_t *md = td_method_get(m);
         return md && (md->caps & TD_CAP_SERVED) && md->session_new &&

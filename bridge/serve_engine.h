@@ -25,7 +25,7 @@ typedef struct td_serve_job td_serve_job_t;
 typedef struct td_serve_engine_opts {
     const char *verifier; /* checkpoint directory */
     const char *drafter;  /* directory (in-process) or endpoint; NULL for method ar */
-    td_method_t method;   /* the default method: ar, spec-ar, specdiff or apd */
+    td_method_t method;   /* the default method: ar, spec-ar, specdiff, apd or dflash */
     int parallel;         /* KV slots (requests decoded at once), >= 1 */
     int queue_cap;        /* requests waiting for a slot at most (then submit says busy) */
     int threads; /* CPU threads per model (0 = cores - 1, halved with an in-process drafter) */

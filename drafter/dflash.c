@@ -380,20 +380,35 @@ int td_dflash_ctx_len(const td_dflash_ctx_t *c) { return c->len; }
 int td_dflash_ctx_capacity(const td_dflash_ctx_t *c) { return c->n_ctx; }
 void td_dflash_ctx_reset(td_dflash_ctx_t *c) { c->len = 0; }
 
-/* Writes keys (RoPE'd at pos) and values of layer l from the normed rows x[n, H] at rows
- * pos[0] .. of the context cache. */
-static void s_kv(td_dflash_ctx_t *c, int l, const float *x, const int32_t *pos, const int64_t *idx,
-                 int n) {
-    td_dflash_t *d = c->d;
+/* y[n] = x[n] W^T in pieces of at most td_backend_invariant_rows rows for w's dtype, so every row
+ * is bitwise what it is alone (a block drafted in a batch of blocks equals the block alone); one
+ * call when the backend makes no promise (as the driver does). */
+static void s_mm(td_dflash_t *d, float *y, const float *x, const td_weight_t *w, int n) {
+    int chunk = td_backend_invariant_rows(d->be, w->dtype);
+    if (chunk <= 1) chunk = n;
+    for (int r0 = 0; r0 < n; r0 += chunk) {
+        int k = n - r0 < chunk ? n - r0 : chunk;
+        td_op_matmul(d->be, y + (size_t)r0 * w->rows, x + (size_t)r0 * w->cols, w, NULL, k);
+    }
+}
+
+/* Keys (RoPE'd at pos) and values of layer l from the normed rows x[n, H] into the scratch
+ * d->k / d->v (in pieces within the backend's batch-invariant rows). */
+static void s_kv_proj(td_dflash_t *d, int l, const float *x, const int32_t *pos, int n) {
     const td_dflash_config_t *cf = &d->cfg;
     const dl_layer_t *L = &d->layers[l];
-    int KV = cf->n_kv_head * cf->head_dim;
-    td_op_matmul(d->be, d->k, x, &L->wk, NULL, n);
-    td_op_matmul(d->be, d->v, x, &L->wv, NULL, n);
+    s_mm(d, d->k, x, &L->wk, n);
+    s_mm(d, d->v, x, &L->wv, n);
     td_op_rope(d->be, d->k, pos, n, cf->n_kv_head, cf->head_dim, cf->head_dim, cf->rope_theta,
                TD_ROPE_HALF);
-    td_op_scatter_rows(d->be, c->k[l], KV, d->k, idx, n, KV);
-    td_op_scatter_rows(d->be, c->v[l], KV, d->v, idx, n, KV);
+}
+
+/* Scratch key/value rows row0 .. row0+n-1 into rows idx[0..n) of layer l of c's cache. */
+static void s_kv_store(td_dflash_ctx_t *c, int l, int row0, const int64_t *idx, int n) {
+    td_dflash_t *d = c->d;
+    const int KV = d->cfg.n_kv_head * d->cfg.head_dim;
+    td_op_scatter_rows(d->be, c->k[l], KV, d->k + (size_t)row0 * KV, idx, n, KV);
+    td_op_scatter_rows(d->be, c->v[l], KV, d->v + (size_t)row0 * KV, idx, n, KV);
 }
 
 int td_dflash_ctx_append(td_dflash_ctx_t *c, const float *features, int rows, td_err_t *err) {
@@ -417,7 +432,10 @@ int td_dflash_ctx_append(td_dflash_ctx_t *c, const float *features, int rows, td
                        (size_t)n * d->fdim * sizeof(float));
         td_op_matmul(d->be, d->x, d->fin, &d->fc, NULL, n);
         td_op_rmsnorm(d->be, d->x, d->x, &d->hidden_norm, n, d->cfg.hidden, d->cfg.eps);
-        for (int l = 0; l < d->cfg.n_layer; l++) s_kv(c, l, d->x, pos, idx, n);
+        for (int l = 0; l < d->cfg.n_layer; l++) {
+            s_kv_proj(d, l, d->x, pos, n);
+            s_kv_store(c, l, 0, idx, n);
+        }
     }
     int rc = td_backend_status(d->be, err);
     if (rc) return rc;
@@ -428,92 +446,135 @@ int td_dflash_ctx_append(td_dflash_ctx_t *c, const float *features, int rows, td
 /* --- draft -------------------------------------------------------------------------------------
  */
 
-int td_dflash_draft(td_dflash_ctx_t *c, int32_t anchor, int block, const td_sampling_t *sp,
-                    td_rng_t *rng, int32_t *draft, float *q, float *logits, td_err_t *err) {
-    td_dflash_t *d = c->d;
+int td_dflash_draft_many(td_dflash_job_t *jobs, int n_jobs, td_err_t *err) {
+    if (n_jobs < 1 || !jobs || !jobs[0].ctx)
+        return td_err_set(err, TD_ERR_ARG, "dflash: bad job list");
+    td_dflash_t *d = jobs[0].ctx->d;
     const td_dflash_config_t *cf = &d->cfg;
-    const int B = block, H = cf->hidden, V = d->n_vocab;
-    if (B < 2 || B > 1024 || !draft || anchor < 0 || anchor >= V)
-        return td_err_set(err, TD_ERR_ARG, "dflash: bad draft (block %d, anchor %d)", B, anchor);
-    if (c->len + B > c->n_ctx)
-        return td_err_set(err, TD_ERR_ARG,
-                          "dflash: context full (%d rows + block %d > %d positions)", c->len, B,
-                          c->n_ctx);
-    td_rng_t greedy_rng; /* td_sample wants one; greedy settings draw nothing from it */
-    if (!rng) {
-        if (sp && sp->temperature > 0)
+    const int H = cf->hidden, V = d->n_vocab, Q = cf->n_head * cf->head_dim;
+    int N = 0, M = 0;
+    for (int j = 0; j < n_jobs; j++) {
+        td_dflash_job_t *J = &jobs[j];
+        const int B = J->block;
+        if (!J->ctx || J->ctx->d != d || B < 2 || B > 1024 || !J->draft || J->anchor < 0 ||
+            J->anchor >= V)
+            return td_err_set(err, TD_ERR_ARG, "dflash: bad draft (block %d, anchor %d)", B,
+                              J->anchor);
+        if (J->ctx->len + B > J->ctx->n_ctx)
+            return td_err_set(err, TD_ERR_ARG,
+                              "dflash: context full (%d rows + block %d > %d positions)",
+                              J->ctx->len, B, J->ctx->n_ctx);
+        if (!J->rng && J->sp && J->sp->temperature > 0)
             return td_err_set(err, TD_ERR_ARG, "dflash: sampling needs an rng");
-        td_rng_seed(&greedy_rng, 0);
-        rng = &greedy_rng;
+        for (int i = 0; i < j; i++)
+            if (jobs[i].ctx == J->ctx)
+                return td_err_set(err, TD_ERR_ARG, "dflash: one context twice in a batch");
+        N += B, M += B - 1;
     }
-    int rc = s_scratch(d, B, err);
+    int rc = s_scratch(d, N, err);
     if (rc) return rc;
-    int32_t *ids = malloc((size_t)B * sizeof *ids), *pos = malloc((size_t)B * sizeof *pos),
-            *seq = calloc((size_t)B, sizeof *seq);
-    int64_t *idx = malloc((size_t)B * sizeof *idx);
-    float *host = malloc((size_t)(B - 1) * V * sizeof *host);
-    float *qrow = q ? NULL : malloc((size_t)V * sizeof *qrow);
-    if (!ids || !pos || !seq || !idx || !host || (!q && !qrow)) {
+    int32_t *ids = malloc((size_t)N * sizeof *ids), *pos = malloc((size_t)N * sizeof *pos),
+            *seq = calloc((size_t)N, sizeof *seq),
+            *kv_len = malloc((size_t)n_jobs * sizeof *kv_len);
+    int64_t *idx = malloc((size_t)N * sizeof *idx);
+    float *host = malloc((size_t)M * V * sizeof *host);
+    float *qrow = malloc((size_t)V * sizeof *qrow);
+    if (!ids || !pos || !seq || !kv_len || !idx || !host || !qrow) {
         rc = td_err_set(err, TD_ERR_NOMEM, "out of memory");
         goto done;
     }
-    for (int i = 0; i < B; i++) {
-        ids[i] = i ? cf->mask_token_id : anchor;
-        pos[i] = c->len + i;
-        idx[i] = pos[i];
+    /* every block's rows one after the other: [anchor, mask x (B-1)] at its context's end */
+    for (int j = 0, r = 0; j < n_jobs; j++) {
+        const td_dflash_job_t *J = &jobs[j];
+        for (int i = 0; i < J->block; i++, r++) {
+            ids[r] = i ? cf->mask_token_id : J->anchor;
+            pos[r] = J->ctx->len + i;
+            idx[r] = pos[r];
+        }
+        kv_len[j] = J->ctx->len + J->block;
     }
-    td_op_get_rows(d->be, d->h, d->embd, ids, B);
-    int32_t kv_len = c->len + B;
-    td_attn_desc_t ad = {.n = B,
-                         .n_head = cf->n_head,
-                         .n_kv_head = cf->n_kv_head,
-                         .head_dim = cf->head_dim,
-                         .n_ctx = c->n_ctx,
-                         .pos = pos,
-                         .seq = seq,
-                         .kv_len = &kv_len,
-                         .kind = TD_ATTN_BIDIR,
-                         .scale = 1.0f / sqrtf((float)cf->head_dim)};
+    td_op_get_rows(d->be, d->h, d->embd, ids, N);
     for (int l = 0; l < cf->n_layer; l++) {
         const dl_layer_t *L = &d->layers[l];
-        td_op_rmsnorm(d->be, d->x, d->h, &L->in_norm, B, H, cf->eps);
-        td_op_matmul(d->be, d->q, d->x, &L->wq, NULL, B);
-        td_op_rope(d->be, d->q, pos, B, cf->n_head, cf->head_dim, cf->head_dim, cf->rope_theta,
+        td_op_rmsnorm(d->be, d->x, d->h, &L->in_norm, N, H, cf->eps);
+        s_mm(d, d->q, d->x, &L->wq, N);
+        td_op_rope(d->be, d->q, pos, N, cf->n_head, cf->head_dim, cf->head_dim, cf->rope_theta,
                    TD_ROPE_HALF);
-        s_kv(c, l, d->x, pos, idx, B); /* the block's rows sit past the context, rewritten */
-        td_op_attention(d->be, d->att, d->q, c->k[l], c->v[l], &ad);
-        td_op_matmul(d->be, d->x, d->att, &L->wo, NULL, B);
-        td_op_add(d->be, d->h, d->x, (int64_t)B * H);
-        td_op_rmsnorm(d->be, d->x, d->h, &L->post_norm, B, H, cf->eps);
-        td_op_matmul(d->be, d->g, d->x, &L->gate, NULL, B);
-        td_op_matmul(d->be, d->u, d->x, &L->up, NULL, B);
-        td_op_swiglu(d->be, d->g, d->g, d->u, (int64_t)B * cf->n_ff);
-        td_op_matmul(d->be, d->x, d->g, &L->down, NULL, B);
-        td_op_add(d->be, d->h, d->x, (int64_t)B * H);
-    }
-    td_op_rmsnorm(d->be, d->x, d->h + H, &d->norm, B - 1, H, cf->eps);
-    td_op_matmul(d->be, d->logits, d->x, d->lm_head, NULL, B - 1);
-    td_backend_get(d->be, host, d->logits, (size_t)(B - 1) * V * sizeof *host);
-    if ((rc = td_backend_status(d->be, err))) goto done;
-    for (int i = 0; i < B - 1; i++) {
-        const float *row = host + (size_t)i * V;
-        float *qi = q ? q + (size_t)i * V : qrow;
-        int id = td_sample(sp, rng, row, V, qi);
-        if (id < 0) {
-            rc = td_err_set(err, id, "dflash: sampling failed at draft position %d", i);
-            goto done;
+        s_kv_proj(d, l, d->x, pos, N);
+        /* each block's keys/values sit past its own context (rewritten each draft); its queries
+         * see that context and the whole block */
+        for (int j = 0, r0 = 0; j < n_jobs; r0 += jobs[j++].block) {
+            td_dflash_ctx_t *c = jobs[j].ctx;
+            s_kv_store(c, l, r0, idx + r0, jobs[j].block);
+            td_attn_desc_t ad = {.n = jobs[j].block,
+                                 .n_head = cf->n_head,
+                                 .n_kv_head = cf->n_kv_head,
+                                 .head_dim = cf->head_dim,
+                                 .n_ctx = c->n_ctx,
+                                 .pos = pos + r0,
+                                 .seq = seq + r0,
+                                 .kv_len = &kv_len[j],
+                                 .kind = TD_ATTN_BIDIR,
+                                 .scale = 1.0f / sqrtf((float)cf->head_dim)};
+            td_op_attention(d->be, d->att + (size_t)r0 * Q, d->q + (size_t)r0 * Q, c->k[l], c->v[l],
+                            &ad);
         }
-        draft[i] = id;
+        s_mm(d, d->x, d->att, &L->wo, N);
+        td_op_add(d->be, d->h, d->x, (int64_t)N * H);
+        td_op_rmsnorm(d->be, d->x, d->h, &L->post_norm, N, H, cf->eps);
+        s_mm(d, d->g, d->x, &L->gate, N);
+        s_mm(d, d->u, d->x, &L->up, N);
+        td_op_swiglu(d->be, d->g, d->g, d->u, (int64_t)N * cf->n_ff);
+        s_mm(d, d->x, d->g, &L->down, N);
+        td_op_add(d->be, d->h, d->x, (int64_t)N * H);
     }
-    if (logits) memcpy(logits, host, (size_t)(B - 1) * V * sizeof *host);
+    /* rows 1..B-1 of every block through the final norm, packed, then one LM head product */
+    for (int j = 0, r0 = 0, o0 = 0; j < n_jobs; r0 += jobs[j].block, o0 += jobs[j++].block - 1)
+        td_op_rmsnorm(d->be, d->x + (size_t)o0 * H, d->h + (size_t)(r0 + 1) * H, &d->norm,
+                      jobs[j].block - 1, H, cf->eps);
+    s_mm(d, d->logits, d->x, d->lm_head, M);
+    td_backend_get(d->be, host, d->logits, (size_t)M * V * sizeof *host);
+    if ((rc = td_backend_status(d->be, err))) goto done;
+    for (int j = 0, o0 = 0; j < n_jobs; o0 += jobs[j++].block - 1) {
+        td_dflash_job_t *J = &jobs[j];
+        td_rng_t greedy_rng; /* td_sample wants one; greedy settings draw nothing from it */
+        td_rng_seed(&greedy_rng, 0);
+        td_rng_t *rng = J->rng ? J->rng : &greedy_rng;
+        for (int i = 0; i < J->block - 1; i++) {
+            const float *row = host + (size_t)(o0 + i) * V;
+            float *qi = J->q ? J->q + (size_t)i * V : qrow;
+            int id = td_sample(J->sp, rng, row, V, qi);
+            if (id < 0) {
+                rc = td_err_set(err, id, "dflash: sampling failed at draft position %d", i);
+                goto done;
+            }
+            J->draft[i] = id;
+        }
+        if (J->logits)
+            memcpy(J->logits, host + (size_t)o0 * V, (size_t)(J->block - 1) * V * sizeof *host);
+    }
 done:
     free(ids);
     free(pos);
     free(seq);
+    free(kv_len);
     free(idx);
     free(host);
     free(qrow);
     return rc;
+}
+
+int td_dflash_draft(td_dflash_ctx_t *c, int32_t anchor, int block, const td_sampling_t *sp,
+                    td_rng_t *rng, int32_t *draft, float *q, float *logits, td_err_t *err) {
+    td_dflash_job_t job = {.ctx = c,
+                           .anchor = anchor,
+                           .block = block,
+                           .sp = sp,
+                           .rng = rng,
+                           .draft = draft,
+                           .q = q,
+                           .logits = logits};
+    return td_dflash_draft_many(&job, 1, err);
 }
 
 /* --- features ----------------------------------------------------------------------------------

@@ -90,6 +90,24 @@ int td_dflash_draft(td_dflash_ctx_t *c, int32_t anchor, int block, const td_samp
                     td_rng_t *rng, int32_t *draft, float *q, float *logits, td_err_t *err);
 /* (rng may be NULL for greedy settings.) */
 
+/* Several blocks at once, each exactly td_dflash_draft's for its own context (contexts of one
+ * drafter, each at most once): every block's rows go through ONE forward of the drafter, each
+ * block attending to its own context only, the matrix products in pieces of at most
+ * td_backend_invariant_rows rows so that every row is bitwise what it is alone, and the LM head
+ * once for all blocks. td_dflash_draft is the one-job case. TD_OK or the first error (every
+ * job's outputs are then unspecified). */
+typedef struct td_dflash_job {
+    td_dflash_ctx_t *ctx;
+    int32_t anchor;
+    int block;
+    const td_sampling_t *sp;
+    td_rng_t *rng;  /* NULL for greedy settings */
+    int32_t *draft; /* [block - 1] */
+    float *q;       /* [block - 1][n_vocab] or NULL */
+    float *logits;  /* [block - 1][n_vocab] or NULL */
+} td_dflash_job_t;
+int td_dflash_draft_many(td_dflash_job_t *jobs, int n_jobs, td_err_t *err);
+
 /* --- features on the wire ----------------------------------------------------------------------
  */
 

@@ -3,6 +3,7 @@
  * the sparse top-K forms of distributions and logits for the wire. */
 #include "drafter/draft.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -193,12 +194,14 @@ static int s_run_init(s_run_t *r, td_model_t *m, td_kv_cache_t *kv, int seq, int
     return TD_OK;
 }
 
-/* One forward over prefix + block (or the part of the prefix not cached), returning into rows
- * the logits predicting block position j for every j with want[j] (in increasing j), with the
- * mask token's logit set to -inf. first: the first step for this block (the prefix tail may be
- * missing from the cache). */
-static int s_forward(s_run_t *r, const int32_t *prefix, int n_prefix, const int32_t *block, int g,
-                     const uint8_t *want, int first, float *rows, td_err_t *err) {
+/* The batch rows of one forward over prefix + block (or the part of the prefix not cached) into
+ * tok/pos/sq/lf (room for cap rows), logits wanted for every block position j with want[j] (in
+ * increasing j, *n_out of them). first: the first step for this block (the prefix tail may be
+ * missing from the cache; a cache longer than the prefix is cropped). Returns the row count or
+ * TD_ERR_ARG (err set) past cap. */
+static int s_fill(s_run_t *r, const int32_t *prefix, int n_prefix, const int32_t *block, int g,
+                  const uint8_t *want, int first, int cap, int32_t *tok, int32_t *pos, int32_t *sq,
+                  uint8_t *lf, int *n_out, td_err_t *err) {
     int start;
     if (r->exact) {
         td_kv_cache_crop(r->kv, r->seq, 0);
@@ -213,20 +216,37 @@ static int s_forward(s_run_t *r, const int32_t *prefix, int n_prefix, const int3
         if (first && L < start) start = L;
     }
     int n = n_prefix - start + g;
-    if (n > r->cap) return td_err_set(err, TD_ERR_ARG, "batch of %d tokens exceeds %d", n, r->cap);
+    if (n > cap) return td_err_set(err, TD_ERR_ARG, "batch of %d tokens exceeds %d", n, cap);
     for (int i = 0; i < n; i++) {
         int p = start + i;
-        r->tok[i] = p < n_prefix ? prefix[p] : block[p - n_prefix];
-        r->pos[i] = p;
-        r->sq[i] = r->seq;
-        r->lf[i] = 0;
+        tok[i] = p < n_prefix ? prefix[p] : block[p - n_prefix];
+        pos[i] = p;
+        sq[i] = r->seq;
+        lf[i] = 0;
     }
-    int n_out = 0;
+    *n_out = 0;
     for (int j = 0; j < g; j++)
         if (want[j]) {
-            r->lf[n_prefix + j - r->shift - start] = 1;
-            n_out++;
+            lf[n_prefix + j - r->shift - start] = 1;
+            ++*n_out;
         }
+    return n;
+}
+
+/* The mask token is never drafted: its logit in each of the n_out rows becomes -inf. */
+static void s_mask_rows(const s_run_t *r, float *rows, int n_out) {
+    if (r->mask_id >= 0 && r->mask_id < r->V)
+        for (int i = 0; i < n_out; i++) rows[(size_t)i * r->V + r->mask_id] = -INFINITY;
+}
+
+/* One forward over prefix + block (s_fill's rows), returning into rows the logits predicting
+ * block position j for every j with want[j] (in increasing j), the mask token's logit -inf. */
+static int s_forward(s_run_t *r, const int32_t *prefix, int n_prefix, const int32_t *block, int g,
+                     const uint8_t *want, int first, float *rows, td_err_t *err) {
+    int n_out = 0;
+    int n = s_fill(r, prefix, n_prefix, block, g, want, first, r->cap, r->tok, r->pos, r->sq, r->lf,
+                   &n_out, err);
+    if (n < 0) return n;
     if (n_out == 0) return TD_OK;
     td_batch_t b = {.n = n,
                     .tokens = r->tok,
@@ -236,8 +256,38 @@ static int s_forward(s_run_t *r, const int32_t *prefix, int n_prefix, const int3
                     .logits_for = r->lf};
     int rc = td_model_forward(r->m, r->kv, &b, rows, err);
     if (rc != TD_OK) return rc;
-    if (r->mask_id >= 0 && r->mask_id < r->V)
-        for (int i = 0; i < n_out; i++) rows[(size_t)i * r->V + r->mask_id] = -INFINITY;
+    s_mask_rows(r, rows, n_out);
+    return TD_OK;
+}
+
+/* Several jobs' rows of one step in one batch (tok/pos/sq/lf, job g's rows from grow[g] to
+ * grow[g+1]-1, all on cache kvs[g]), run in as few forwards as keep every row bitwise what it is
+ * alone: consecutive jobs share a forward while they use the same cache and their rows fit
+ * td_model_invariant_rows (a job over that bound runs alone, as it does alone). The logits of the
+ * rows with lf set land in logits, in batch order. *forwards (optional) counts the forwards. */
+static int s_forward_jobs(td_model_t *m, td_kv_cache_t *const *kvs, const int *grow, int n_groups,
+                          int32_t *tok, int32_t *pos, int32_t *sq, uint8_t *lf, td_attn_kind_t attn,
+                          float *logits, int *forwards, td_err_t *err) {
+    int max_pass = td_model_invariant_rows(m);
+    if (max_pass <= 1) max_pass = INT_MAX; /* no promise: as the driver does, one forward */
+    const size_t V = (size_t)td_model_config(m)->n_vocab;
+    int out = 0;
+    for (int g0 = 0; g0 < n_groups;) {
+        int g1 = g0 + 1;
+        while (g1 < n_groups && kvs[g1] == kvs[g0] && grow[g1 + 1] - grow[g0] <= max_pass) g1++;
+        const int r0 = grow[g0], n = grow[g1] - r0;
+        td_batch_t b = {.n = n,
+                        .tokens = tok + r0,
+                        .pos = pos + r0,
+                        .seq = sq + r0,
+                        .attn = attn,
+                        .logits_for = lf + r0};
+        int rc = td_model_forward(m, kvs[g0], &b, logits + (size_t)out * V, err);
+        if (rc != TD_OK) return rc;
+        if (forwards) ++*forwards;
+        for (int i = r0; i < r0 + n; i++) out += lf[i] != 0;
+        g0 = g1;
+    }
     return TD_OK;
 }
 
@@ -285,108 +335,228 @@ static int s_check_model(td_model_t *m, td_err_t *err) {
     return TD_OK;
 }
 
+/* One diffusion job's state between the forwards of td_diffusion_draft_many. */
+typedef struct s_dj {
+    td_diffusion_job_t *J;
+    td_draft_opts_t o;
+    s_run_t r;
+    int inited, steps, step, remaining, k, n_out, out0, forwards;
+    float *dist, *qrow;
+    double *score;
+    int *rowof;
+    uint8_t *masked, *want, *pick;
+} s_dj_t;
+
+static int s_dj_init(s_dj_t *D, td_model_t *m, td_kv_cache_t *kv, td_diffusion_job_t *J,
+                     td_err_t *err) {
+    memset(D, 0, sizeof *D);
+    D->J = J;
+    if (!J->prefix || J->n_prefix < 1 || J->gamma < 1 || !J->sp || !J->rng || !J->draft ||
+        J->order < 0 || J->order >= TD_ORDER_COUNT)
+        return td_err_set(err, TD_ERR_ARG, "diffusion draft: bad arguments (n_prefix %d, gamma %d)",
+                          J->n_prefix, J->gamma);
+    D->o = J->opts ? *J->opts : (td_draft_opts_t){0};
+    int exact = D->o.exact || !kv;
+    if (!exact) {
+        if (J->seq < 0 || J->seq >= td_kv_cache_n_seq(kv))
+            return td_err_set(err, TD_ERR_ARG, "cache slot %d out of range", J->seq);
+        if (J->n_prefix + J->gamma > td_kv_cache_n_ctx(kv))
+            return td_err_set(err, TD_ERR_ARG, "prefix %d + gamma %d exceeds the cache (%d)",
+                              J->n_prefix, J->gamma, td_kv_cache_n_ctx(kv));
+    }
+    const int gamma = J->gamma, V = td_model_config(m)->n_vocab;
+    D->steps = J->steps > gamma ? gamma : J->steps < 1 ? 1 : J->steps;
+    for (int i = 0; i < J->n_prefix; i++)
+        if (J->prefix[i] < 0 || J->prefix[i] >= V)
+            return td_err_set(err, TD_ERR_ARG, "prefix token %d out of range", J->prefix[i]);
+    int rc = s_run_init(&D->r, m, kv, J->seq, exact, J->n_prefix + gamma, J->n_prefix + gamma, err);
+    if (rc != TD_OK) return rc;
+    D->inited = 1;
+    D->dist = malloc((size_t)V * sizeof *D->dist);
+    D->qrow = malloc((size_t)V * sizeof *D->qrow);
+    D->score = malloc((size_t)gamma * sizeof *D->score);
+    D->rowof = malloc((size_t)gamma * sizeof *D->rowof);
+    D->masked = malloc((size_t)gamma), D->want = malloc((size_t)gamma);
+    D->pick = malloc((size_t)gamma);
+    if (!D->dist || !D->qrow || !D->score || !D->rowof || !D->masked || !D->want || !D->pick)
+        return td_err_set(err, TD_ERR_NOMEM, "out of memory");
+    for (int j = 0; j < gamma; j++) {
+        J->draft[j] = D->r.mask_id;
+        D->masked[j] = 1;
+    }
+    D->remaining = gamma;
+    return TD_OK;
+}
+
+/* Whether the job runs another step; if so, which rows it wants (every mask for scored orders,
+ * the k leftmost for left-to-right). */
+static int s_dj_plan(s_dj_t *D) {
+    const td_diffusion_job_t *J = D->J;
+    if (D->step >= D->steps || D->remaining == 0) return 0;
+    D->k = td_draft_step_count(J->gamma, D->steps, D->step, D->remaining);
+    int c = 0;
+    for (int j = 0; j < J->gamma; j++) {
+        D->want[j] = D->masked[j] && (J->order != TD_ORDER_LEFT_TO_RIGHT || c < D->k);
+        if (D->want[j]) D->rowof[j] = c++;
+        D->pick[j] = 0;
+    }
+    return 1;
+}
+
+/* After the step's forward (rows: its logits rows, mask token already -inf): chooses the k
+ * positions by order and samples them. */
+static int s_dj_take(s_dj_t *D, const float *rows, td_err_t *err) {
+    td_diffusion_job_t *J = D->J;
+    const int V = D->r.V, gamma = J->gamma;
+    D->forwards++;
+    if (J->order == TD_ORDER_LEFT_TO_RIGHT) {
+        for (int j = 0; j < gamma; j++) D->pick[j] = D->want[j];
+    } else {
+        for (int j = 0; j < gamma; j++)
+            if (D->want[j]) {
+                s_score_dist(J->sp, rows + (size_t)D->rowof[j] * V, V, D->dist);
+                D->score[j] = s_score(J->order, D->dist, V);
+            }
+        for (int n = 0; n < D->k; n++) {
+            int best = -1;
+            for (int j = 0; j < gamma; j++)
+                if (D->want[j] && !D->pick[j] && (best < 0 || D->score[j] > D->score[best]))
+                    best = j;
+            D->pick[best] = 1;
+        }
+    }
+    for (int j = 0; j < gamma; j++) {
+        if (!D->pick[j]) continue;
+        const float *lrow = rows + (size_t)D->rowof[j] * V;
+        float *qj = J->q ? J->q + (size_t)j * V : D->qrow;
+        int id = td_sample(J->sp, J->rng, lrow, V, qj);
+        if (id < 0) return td_err_set(err, id, "sampling failed at draft position %d", j);
+        J->draft[j] = id;
+        D->masked[j] = 0;
+        D->remaining--;
+        if (D->o.logits) memcpy(D->o.logits + (size_t)j * V, lrow, (size_t)V * sizeof *lrow);
+        if (D->o.step_of) D->o.step_of[j] = D->step;
+    }
+    D->step++;
+    return TD_OK;
+}
+
+static void s_dj_free(s_dj_t *D, int ok) {
+    if (D->inited) {
+        if (ok && D->o.n_forwards) *D->o.n_forwards = D->forwards;
+        if (!D->r.exact && td_kv_cache_len(D->r.kv, D->r.seq) > D->J->n_prefix)
+            td_kv_cache_crop(D->r.kv, D->r.seq, D->J->n_prefix);
+        s_run_free(&D->r);
+    }
+    free(D->dist);
+    free(D->qrow);
+    free(D->score);
+    free(D->rowof);
+    free(D->masked);
+    free(D->want);
+    free(D->pick);
+}
+
+int td_diffusion_draft_many(td_model_t *m, td_kv_cache_t *kv, td_diffusion_job_t *jobs, int n_jobs,
+                            int *n_forwards, td_err_t *err) {
+    int rc = s_check_model(m, err);
+    if (rc != TD_OK) return rc;
+    if (n_jobs < 0 || (n_jobs > 0 && !jobs))
+        return td_err_set(err, TD_ERR_ARG, "diffusion draft: bad job list");
+    if (n_forwards) *n_forwards = 0;
+    if (n_jobs == 0) return TD_OK;
+    s_dj_t *D = calloc((size_t)n_jobs, sizeof *D);
+    td_kv_cache_t **kvs = calloc((size_t)n_jobs, sizeof *kvs);
+    int *grow = calloc((size_t)n_jobs + 1, sizeof *grow);
+    s_dj_t **act = calloc((size_t)n_jobs, sizeof *act);
+    int32_t *tok = NULL;
+    uint8_t *lf = NULL;
+    float *logits = NULL;
+    if (!D || !kvs || !grow || !act) {
+        rc = td_err_set(err, TD_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    size_t cap = 0, out_cap = 0;
+    for (int i = 0; i < n_jobs; i++) {
+        if ((rc = s_dj_init(&D[i], m, kv, &jobs[i], err)) != TD_OK) goto done;
+        for (int l = 0; l < i; l++)
+            if (!D[i].r.exact && !D[l].r.exact && jobs[l].seq == jobs[i].seq) {
+                rc = td_err_set(err, TD_ERR_ARG, "diffusion draft: slot %d twice", jobs[i].seq);
+                goto done;
+            }
+        cap += (size_t)jobs[i].n_prefix + (size_t)jobs[i].gamma;
+        out_cap += (size_t)jobs[i].gamma;
+    }
+    const size_t V = (size_t)td_model_config(m)->n_vocab;
+    tok = malloc(cap * 3 * sizeof *tok);
+    lf = malloc(cap);
+    logits = malloc(out_cap * V * sizeof *logits);
+    if (!tok || !lf || !logits) {
+        rc = td_err_set(err, TD_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    int32_t *pos = tok + cap, *sq = tok + 2 * cap;
+    /* step j of every job still denoising in one batch (each job's rows as it would run them
+     * alone), forwarded in passes of whole jobs, then each job picks and samples on its rows */
+    for (;;) {
+        int g = 0, n = 0, out = 0;
+        for (int i = 0; i < n_jobs; i++) {
+            s_dj_t *d = &D[i];
+            if (!s_dj_plan(d)) continue;
+            const td_diffusion_job_t *J = d->J;
+            int k =
+                s_fill(&d->r, J->prefix, J->n_prefix, J->draft, J->gamma, d->want, d->step == 0,
+                       (int)(cap - (size_t)n), tok + n, pos + n, sq + n, lf + n, &d->n_out, err);
+            if (k < 0) {
+                rc = k;
+                goto done;
+            }
+            d->out0 = out;
+            out += d->n_out;
+            kvs[g] = d->r.kv;
+            grow[g] = n;
+            act[g++] = d;
+            n += k;
+        }
+        if (!g) break;
+        grow[g] = n;
+        if ((rc = s_forward_jobs(m, kvs, grow, g, tok, pos, sq, lf, TD_ATTN_BIDIR, logits,
+                                 n_forwards, err)) != TD_OK)
+            goto done;
+        for (int a = 0; a < g; a++) {
+            float *rows = logits + (size_t)act[a]->out0 * V;
+            s_mask_rows(&act[a]->r, rows, act[a]->n_out);
+            if ((rc = s_dj_take(act[a], rows, err)) != TD_OK) goto done;
+        }
+    }
+done:
+    for (int i = 0; D && i < n_jobs; i++) s_dj_free(&D[i], rc == TD_OK);
+    free(D);
+    free(kvs);
+    free(grow);
+    free(act);
+    free(tok);
+    free(lf);
+    free(logits);
+    return rc;
+}
+
 int td_diffusion_draft_ex(td_model_t *m, td_kv_cache_t *kv, int seq, const int32_t *prefix,
                           int n_prefix, int gamma, int steps, td_unmask_order_t order,
                           const td_sampling_t *sp, td_rng_t *rng, int32_t *draft, float *q,
                           const td_draft_opts_t *opts, td_err_t *err) {
-    int rc = s_check_model(m, err);
-    if (rc != TD_OK) return rc;
-    if (!prefix || n_prefix < 1 || gamma < 1 || !sp || !rng || !draft || order < 0 ||
-        order >= TD_ORDER_COUNT)
-        return td_err_set(err, TD_ERR_ARG, "diffusion draft: bad arguments (n_prefix %d, gamma %d)",
-                          n_prefix, gamma);
-    td_draft_opts_t o = opts ? *opts : (td_draft_opts_t){0};
-    int exact = o.exact || !kv;
-    if (!exact) {
-        if (seq < 0 || seq >= td_kv_cache_n_seq(kv))
-            return td_err_set(err, TD_ERR_ARG, "cache slot %d out of range", seq);
-        if (n_prefix + gamma > td_kv_cache_n_ctx(kv))
-            return td_err_set(err, TD_ERR_ARG, "prefix %d + gamma %d exceeds the cache (%d)",
-                              n_prefix, gamma, td_kv_cache_n_ctx(kv));
-    }
-    if (steps > gamma) steps = gamma;
-    if (steps < 1) steps = 1;
-    const int V = td_model_config(m)->n_vocab, mask_id = td_model_config(m)->mask_token_id;
-    for (int i = 0; i < n_prefix; i++)
-        if (prefix[i] < 0 || prefix[i] >= V)
-            return td_err_set(err, TD_ERR_ARG, "prefix token %d out of range", prefix[i]);
-
-    s_run_t r;
-    rc = s_run_init(&r, m, kv, seq, exact, n_prefix + gamma, n_prefix + gamma, err);
-    if (rc != TD_OK) return rc;
-    float *rows = malloc((size_t)gamma * V * sizeof *rows);
-    float *dist = malloc((size_t)V * sizeof *dist);
-    float *qrow = malloc((size_t)V * sizeof *qrow);
-    double *score = malloc((size_t)gamma * sizeof *score);
-    int *rowof = malloc((size_t)gamma * sizeof *rowof);
-    uint8_t *masked = malloc((size_t)gamma), *want = malloc((size_t)gamma),
-            *pick = malloc((size_t)gamma);
-    if (!rows || !dist || !qrow || !score || !rowof || !masked || !want || !pick) {
-        rc = td_err_set(err, TD_ERR_NOMEM, "out of memory");
-        goto done;
-    }
-    for (int j = 0; j < gamma; j++) {
-        draft[j] = mask_id;
-        masked[j] = 1;
-    }
-    int remaining = gamma, forwards = 0;
-    for (int step = 0; step < steps && remaining > 0; step++) {
-        int k = td_draft_step_count(gamma, steps, step, remaining);
-        /* which rows to compute: every mask for scored orders, the k leftmost for left-to-right */
-        int c = 0;
-        for (int j = 0; j < gamma; j++) {
-            want[j] = masked[j] && (order != TD_ORDER_LEFT_TO_RIGHT || c < k);
-            if (want[j]) rowof[j] = c++;
-            pick[j] = 0;
-        }
-        rc = s_forward(&r, prefix, n_prefix, draft, gamma, want, step == 0, rows, err);
-        if (rc != TD_OK) goto done;
-        forwards++;
-        if (order == TD_ORDER_LEFT_TO_RIGHT) {
-            for (int j = 0; j < gamma; j++) pick[j] = want[j];
-        } else {
-            for (int j = 0; j < gamma; j++)
-                if (want[j]) {
-                    s_score_dist(sp, rows + (size_t)rowof[j] * V, V, dist);
-                    score[j] = s_score(order, dist, V);
-                }
-            for (int n = 0; n < k; n++) {
-                int best = -1;
-                for (int j = 0; j < gamma; j++)
-                    if (want[j] && !pick[j] && (best < 0 || score[j] > score[best])) best = j;
-                pick[best] = 1;
-            }
-        }
-        for (int j = 0; j < gamma; j++) {
-            if (!pick[j]) continue;
-            const float *lrow = rows + (size_t)rowof[j] * V;
-            float *qj = q ? q + (size_t)j * V : qrow;
-            int id = td_sample(sp, rng, lrow, V, qj);
-            if (id < 0) {
-                rc = td_err_set(err, id, "sampling failed at draft position %d", j);
-                goto done;
-            }
-            draft[j] = id;
-            masked[j] = 0;
-            remaining--;
-            if (o.logits) memcpy(o.logits + (size_t)j * V, lrow, (size_t)V * sizeof *lrow);
-            if (o.step_of) o.step_of[j] = step;
-        }
-    }
-    if (o.n_forwards) *o.n_forwards = forwards;
-done:
-    if (!r.exact && td_kv_cache_len(r.kv, r.seq) > n_prefix)
-        td_kv_cache_crop(r.kv, r.seq, n_prefix);
-    s_run_free(&r);
-    free(rows);
-    free(dist);
-    free(qrow);
-    free(score);
-    free(rowof);
-    free(masked);
-    free(want);
-    free(pick);
-    return rc;
+    td_diffusion_job_t job = {.seq = seq,
+                              .prefix = prefix,
+                              .n_prefix = n_prefix,
+                              .gamma = gamma,
+                              .steps = steps,
+                              .order = order,
+                              .sp = sp,
+                              .rng = rng,
+                              .draft = draft,
+                              .q = q,
+                              .opts = opts};
+    return td_diffusion_draft_many(m, kv, &job, 1, NULL, err);
 }
 
 int td_diffusion_draft(td_model_t *m, td_kv_cache_t *kv, int seq, const int32_t *prefix,
@@ -428,16 +598,20 @@ int td_ar_draft_many(td_model_t *m, td_kv_cache_t *kv, td_ar_job_t *jobs, int n_
     int32_t *tok = malloc((size_t)rows * 3 * sizeof *tok);
     uint8_t *lf = calloc((size_t)rows, 1);
     float *logits = malloc((size_t)n_jobs * (size_t)V * sizeof *logits);
+    int *grow = malloc(((size_t)n_jobs + 1) * sizeof *grow);
+    td_kv_cache_t **kvs = malloc((size_t)n_jobs * sizeof *kvs);
     int rc = TD_OK;
-    if (!tok || !lf || !logits) rc = td_err_set(err, TD_ERR_NOMEM, "out of memory");
+    if (!tok || !lf || !logits || !grow || !kvs)
+        rc = td_err_set(err, TD_ERR_NOMEM, "out of memory");
     int32_t *pos = tok + rows, *sq = tok + 2 * (size_t)rows;
     /* step j: every job still drafting adds its rows (step 0: the prefix its slot lacks, logits
      * for the last), one forward for all, then each samples its draft j from its own row */
     for (int j = 0; rc == TD_OK && j < max_gamma; j++) {
-        int n = 0;
+        int n = 0, g = 0;
         for (int k = 0; k < n_jobs; k++) {
             td_ar_job_t *J = &jobs[k];
             if (j >= J->gamma) continue;
+            kvs[g] = kv, grow[g++] = n;
             if (j == 0) {
                 int L = td_kv_cache_len(kv, J->seq);
                 if (L > J->n_prefix - 1) td_kv_cache_crop(kv, J->seq, L = J->n_prefix - 1);
@@ -449,9 +623,10 @@ int td_ar_draft_many(td_model_t *m, td_kv_cache_t *kv, td_ar_job_t *jobs, int n_
             }
             lf[n - 1] = 1;
         }
-        td_batch_t b = {
-            .n = n, .tokens = tok, .pos = pos, .seq = sq, .attn = TD_ATTN_CAUSAL, .logits_for = lf};
-        if ((rc = td_model_forward(m, kv, &b, logits, err)) != TD_OK) break;
+        grow[g] = n;
+        if ((rc = s_forward_jobs(m, kvs, grow, g, tok, pos, sq, lf, TD_ATTN_CAUSAL, logits, NULL,
+                                 err)) != TD_OK)
+            break;
         for (int k = 0, r = 0; k < n_jobs; k++) {
             td_ar_job_t *J = &jobs[k];
             if (j >= J->gamma) continue;
@@ -467,6 +642,8 @@ int td_ar_draft_many(td_model_t *m, td_kv_cache_t *kv, td_ar_job_t *jobs, int n_
     free(tok);
     free(lf);
     free(logits);
+    free(grow);
+    free(kvs);
     return rc;
 }
 

@@ -75,6 +75,29 @@ int td_diffusion_draft_ex(td_model_t *m, td_kv_cache_t *kv, int seq, const int32
                           float *q /*[gamma][n_vocab] or NULL*/, const td_draft_opts_t *opts,
                           td_err_t *err);
 
+/* Several diffusion drafts at once, each exactly td_diffusion_draft_ex's with the same arguments
+ * (its own slot, prefix, gamma, steps, order, sampling, rng and options; same cache contract per
+ * slot): denoising step s of every job that still has a step to run goes into ONE batch, forwarded
+ * in passes of whole jobs that keep each row bitwise what it is alone (td_model_invariant_rows
+ * rows per pass; a job over it alone, as it runs alone); a job that finished its steps drops out
+ * of later batches. Slots of the cached jobs must differ. kv NULL (or a job's opts->exact): that
+ * job runs exact on a private cache, in passes of its own. *n_forwards (optional) receives the
+ * forwards run in all. TD_OK or the first error (every job's outputs are then unspecified and each
+ * cached slot holds at most its n_prefix positions). */
+typedef struct td_diffusion_job {
+    int seq;
+    const int32_t *prefix;
+    int n_prefix, gamma, steps;
+    td_unmask_order_t order;
+    const td_sampling_t *sp;
+    td_rng_t *rng;
+    int32_t *draft;              /* [gamma] */
+    float *q;                    /* [gamma][n_vocab] or NULL */
+    const td_draft_opts_t *opts; /* or NULL */
+} td_diffusion_job_t;
+int td_diffusion_draft_many(td_model_t *m, td_kv_cache_t *kv, td_diffusion_job_t *jobs, int n_jobs,
+                            int *n_forwards, td_err_t *err);
+
 /* td_diffusion_draft_ex with no options (exact mode when kv is NULL). */
 int td_diffusion_draft(td_model_t *m, td_kv_cache_t *kv, int seq, const int32_t *prefix,
                        int n_prefix, int gamma, int steps, td_unmask_order_t order,
@@ -92,10 +115,11 @@ int td_ar_draft(td_model_t *m, td_kv_cache_t *kv, int seq, const int32_t *prefix
                 float *q /*[gamma][n_vocab] or NULL*/, td_err_t *err);
 
 /* Several AR drafts at once, each exactly td_ar_draft's (same cache contract per slot, same
- * draws from its own rng): step j runs every job still drafting in ONE forward (step 0 carries
- * each slot's missing prefix). Slots must differ; kv must not be NULL. The CPU kernels are
- * batch-invariant, so a job's draft does not depend on the others. TD_OK or the first error
- * (the outputs of every job are then unspecified). */
+ * draws from its own rng): step j runs every job still drafting in ONE batch (step 0 carries
+ * each slot's missing prefix), forwarded in passes of whole jobs as td_diffusion_draft_many does.
+ * Slots must differ; kv must not be NULL. The CPU kernels are batch-invariant, so a job's draft
+ * does not depend on the others. TD_OK or the first error (the outputs of every job are then
+ * unspecified). */
 typedef struct td_ar_job {
     int seq;
     const int32_t *prefix;

@@ -69,7 +69,7 @@ struct td_drafter_service {
     td_routing_id_t peers[MAX_PEERS];
     int n_peers;
     double t_request;      /* when the request being handled reached the handler */
-    long batched_forwards; /* AR drafting calls that served several requests at once */
+    long batched_forwards; /* drafting calls that served several requests at once */
     /* scratch for one proposal */
     int32_t *draft, *ids;
     float *probs, *vals;
@@ -482,10 +482,11 @@ static int s_draft_prepare(td_drafter_service_t *s, td_server_t *srv, const td_r
     return 1;
 }
 
-/* A DFlash draft: the request's feature rows are checked against what the session holds (before
- * anything changes), appended to its context cache, and the block drafted in one forward. */
-static void s_draft_dflash(td_drafter_service_t *s, td_server_t *srv, const td_routing_id_t *from,
-                           const Tandem__Envelope *req) {
+/* A DFlash request before its draft: the feature rows are checked against what the session holds
+ * (before anything changes), the text taken and the rows appended to its context cache. 1 with
+ * *ssp, *kp and *bp (the block) set, or 0 after replying with an Error. */
+static int s_dflash_take(td_drafter_service_t *s, td_server_t *srv, const td_routing_id_t *from,
+                         const Tandem__Envelope *req, session_t **ssp, dkey_t *kp, int *bp) {
     const Tandem__DraftRequest *r = req->draft_request;
     const td_dflash_config_t *dc = td_dflash_config(s->df);
     const int fdim = td_dflash_feature_dim(s->df);
@@ -499,19 +500,19 @@ static void s_draft_dflash(td_drafter_service_t *s, td_server_t *srv, const td_r
                           "features: %zu bytes is not a whole number of rows of %d 16-bit values "
                           "(%d target layers x hidden %d)",
                           r->features.len, fdim, dc->n_target_layers, dc->hidden);
-            return;
+            return 0;
         }
         if (rows > 0 && r->feature_type == TANDEM__FEATURE_TYPE__FEATURE_NONE) {
             s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_MALFORMED,
                           "features without a feature_type");
-            return;
+            return 0;
         }
         int held = ss && r->base_len > 0 ? td_dflash_ctx_len(s->dctx[ss->slot]) : 0;
         if ((int64_t)r->feature_start != held) {
             s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_OUT_OF_ORDER,
                           "feature_start %u, but this drafter holds the features of %d positions",
                           r->feature_start, held);
-            return;
+            return 0;
         }
         if ((int64_t)r->feature_start + rows != n - 1) {
             s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_MALFORMED,
@@ -519,7 +520,7 @@ static void s_draft_dflash(td_drafter_service_t *s, td_server_t *srv, const td_r
                           "position up to %lld",
                           r->feature_start, (long long)(r->feature_start + rows - 1), (long long)n,
                           (long long)(n - 2));
-            return;
+            return 0;
         }
     }
     int gamma = (int)r->gamma;
@@ -529,10 +530,9 @@ static void s_draft_dflash(td_drafter_service_t *s, td_server_t *srv, const td_r
                       "a text of %lld tokens and a block of %d do not fit the drafter's context "
                       "of %d",
                       (long long)n, B, s->n_ctx);
-        return;
+        return 0;
     }
-    dkey_t k;
-    if (!s_draft_prepare(s, srv, from, req, &ss, &k)) return;
+    if (!s_draft_prepare(s, srv, from, req, &ss, kp)) return 0;
     td_dflash_ctx_t *cx = s->dctx[ss->slot];
     if (r->base_len == 0) td_dflash_ctx_reset(cx);
     td_err_t err = {0};
@@ -542,10 +542,12 @@ static void s_draft_dflash(td_drafter_service_t *s, td_server_t *srv, const td_r
         s->fbuf = malloc(nf * sizeof *s->fbuf);
         s->fbuf_cap = s->fbuf ? nf : 0;
     }
-    if (nf && !s->fbuf) {
+    dbuf_t *d = &ss->cur;
+    if ((nf && !s->fbuf) || s_dbuf_reserve(d, B - 1, s->V, 0)) {
         td_dflash_ctx_reset(cx);
+        d->gamma = 0;
         s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_INTERNAL, "out of memory");
-        return;
+        return 0;
     }
     const uint8_t *b = r->features.data;
     const int bf = r->feature_type == TANDEM__FEATURE_TYPE__FEATURE_BF16;
@@ -553,26 +555,63 @@ static void s_draft_dflash(td_drafter_service_t *s, td_server_t *srv, const td_r
         uint16_t h = (uint16_t)(b[2 * i] | (b[2 * i + 1] << 8));
         s->fbuf[i] = bf ? td_bf16_to_f32(h) : td_f16_to_f32(h);
     }
-    td_sampling_t sp = {k.temperature, k.top_k, k.top_p};
-    td_rng_t rng;
-    td_rng_seed(&rng, td_draft_round_seed(k.seed, req->round));
-    dbuf_t *d = &ss->cur;
-    int rc = s_dbuf_reserve(d, B - 1, s->V, 0) ? td_err_set(&err, TD_ERR_NOMEM, "out of memory")
-                                                : TD_OK;
-    if (rc == TD_OK) rc = td_dflash_ctx_append(cx, s->fbuf, (int)rows, &err);
-    if (rc == TD_OK)
-        rc = td_dflash_draft(cx, ss->tok[n - 1], B, &sp, &rng, s->draft, d->q, NULL, &err);
-    if (rc != TD_OK) {
+    if (td_dflash_ctx_append(cx, s->fbuf, (int)rows, &err) != TD_OK) {
         td_dflash_ctx_reset(cx);
         d->gamma = 0;
         s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_INTERNAL, "drafting failed: %s",
                       err.msg);
+        return 0;
+    }
+    *ssp = ss, *bp = B;
+    return 1;
+}
+
+/* The session's DFlash job: its block after the last token, drawn with the round's generator
+ * (sp and rng: the caller's storage). */
+static td_dflash_job_t s_dflash_job(td_drafter_service_t *s, session_t *ss, const dkey_t *k, int B,
+                                    uint64_t round, td_sampling_t *sp, td_rng_t *rng) {
+    *sp = (td_sampling_t){k->temperature, k->top_k, k->top_p};
+    td_rng_seed(rng, td_draft_round_seed(k->seed, round));
+    return (td_dflash_job_t){.ctx = s->dctx[ss->slot],
+                             .anchor = ss->tok[ss->n - 1],
+                             .block = B,
+                             .sp = sp,
+                             .rng = rng,
+                             .draft = ss->cur.tok,
+                             .q = ss->cur.q};
+}
+
+/* After a DFlash draft (rc): the proposal of gamma tokens, or an Error. */
+static void s_dflash_answer(td_drafter_service_t *s, td_server_t *srv, const td_routing_id_t *from,
+                            const Tandem__Envelope *req, session_t *ss, const dkey_t *k, int rc,
+                            const td_err_t *err) {
+    dbuf_t *d = &ss->cur;
+    if (rc != TD_OK) {
+        td_dflash_ctx_reset(s->dctx[ss->slot]);
+        d->gamma = 0;
+        s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_INTERNAL, "drafting failed: %s",
+                      err->msg);
         return;
     }
-    memcpy(d->tok, s->draft, (size_t)gamma * sizeof *d->tok);
-    d->gamma = gamma;
+    d->gamma = k->gamma;
     d->round = req->round;
     s_send_proposal(s, srv, from, req, d, 0, 0);
+}
+
+/* A DFlash draft: the request's features into the session's context, the block drafted in one
+ * forward. */
+static void s_draft_dflash(td_drafter_service_t *s, td_server_t *srv, const td_routing_id_t *from,
+                           const Tandem__Envelope *req) {
+    session_t *ss;
+    dkey_t k;
+    int B;
+    if (!s_dflash_take(s, srv, from, req, &ss, &k, &B)) return;
+    td_sampling_t sp;
+    td_rng_t rng;
+    td_dflash_job_t job = s_dflash_job(s, ss, &k, B, req->round, &sp, &rng);
+    td_err_t err = {0};
+    int rc = td_dflash_draft_many(&job, 1, &err);
+    s_dflash_answer(s, srv, from, req, ss, &k, rc, &err);
 }
 
 static void s_draft(td_drafter_service_t *s, td_server_t *srv, const td_routing_id_t *from,
@@ -625,8 +664,10 @@ static void s_draft(td_drafter_service_t *s, td_server_t *srv, const td_routing_
         ss->pre.gamma = 0;
 }
 
-/* Several DraftRequests that were waiting together, drafted by a causal drafter in one forward per
- * draft position (td_ar_draft_many); each answer equals the one s_draft would give alone. */
+/* Several DraftRequests that were waiting together, drafted in one batch per draft position (a
+ * causal drafter: td_ar_draft_many), per denoising step (a diffusion LM:
+ * td_diffusion_draft_many) or in one block forward (DFlash: td_dflash_draft_many); each answer
+ * equals the one s_draft would give alone. */
 static void s_draft_batch(td_drafter_service_t *s, td_server_t *srv, const td_routing_id_t *from,
                           Tandem__Envelope **reqs, int n_req) {
     session_t *ss[TD_DRAFTER_MAX_BATCH];
@@ -634,9 +675,27 @@ static void s_draft_batch(td_drafter_service_t *s, td_server_t *srv, const td_ro
     td_sampling_t sp[TD_DRAFTER_MAX_BATCH];
     td_rng_t rng[TD_DRAFTER_MAX_BATCH];
     td_ar_job_t jobs[TD_DRAFTER_MAX_BATCH];
+    td_diffusion_job_t djobs[TD_DRAFTER_MAX_BATCH];
+    td_draft_opts_t dopts = {.exact = s->opts.exact};
+    const int diffusion = td_model_config(s->m)->is_diffusion;
     int idx[TD_DRAFTER_MAX_BATCH], n = 0;
     td_err_t err = {0};
     s->t_request = td_time_now();
+    if (s->df) { /* DFlash: every block in one drafter forward */
+        td_dflash_job_t fj[TD_DRAFTER_MAX_BATCH];
+        for (int i = 0; i < n_req; i++) {
+            int B;
+            if (!s_dflash_take(s, srv, &from[i], reqs[i], &ss[n], &k[n], &B)) continue;
+            fj[n] = s_dflash_job(s, ss[n], &k[n], B, reqs[i]->round, &sp[n], &rng[n]);
+            idx[n++] = i;
+        }
+        if (!n) return;
+        int rc = td_dflash_draft_many(fj, n, &err);
+        s->batched_forwards += rc == TD_OK ? 1 : 0;
+        for (int j = 0; j < n; j++)
+            s_dflash_answer(s, srv, &from[idx[j]], reqs[idx[j]], ss[j], &k[j], rc, &err);
+        return;
+    }
     for (int i = 0; i < n_req; i++) {
         if (!s_draft_prepare(s, srv, &from[i], reqs[i], &ss[n], &k[n])) continue;
         ss[n]->pre.gamma = 0;
@@ -654,10 +713,22 @@ static void s_draft_batch(td_drafter_service_t *s, td_server_t *srv, const td_ro
                                 .rng = &rng[n],
                                 .draft = ss[n]->cur.tok,
                                 .q = ss[n]->cur.q};
+        djobs[n] = (td_diffusion_job_t){.seq = ss[n]->slot,
+                                        .prefix = ss[n]->tok,
+                                        .n_prefix = ss[n]->n,
+                                        .gamma = k[n].gamma,
+                                        .steps = k[n].steps,
+                                        .order = (td_unmask_order_t)k[n].order,
+                                        .sp = &sp[n],
+                                        .rng = &rng[n],
+                                        .draft = ss[n]->cur.tok,
+                                        .q = ss[n]->cur.q,
+                                        .opts = &dopts};
         idx[n++] = i;
     }
     if (!n) return;
-    int rc = td_ar_draft_many(s->m, s->kv, jobs, n, &err);
+    int rc = diffusion ? td_diffusion_draft_many(s->m, s->kv, djobs, n, NULL, &err)
+                       : td_ar_draft_many(s->m, s->kv, jobs, n, &err);
     s->batched_forwards += rc == TD_OK ? 1 : 0;
     for (int j = 0; j < n; j++) {
         const Tandem__Envelope *req = reqs[idx[j]];
@@ -911,13 +982,13 @@ void td_drafter_service_handle(td_drafter_service_t *s, td_server_t *srv,
     }
 }
 
-/* Whether req can join a batch: a DraftRequest from a known peer, for a causal drafter without
- * pre-drafting, for a session not already in the batch. */
+/* Whether req can join a batch: a DraftRequest (not APD) from a known peer, for a causal,
+ * diffusion or DFlash drafter without pre-drafting, for a session not already in the batch. */
 static int s_batchable(td_drafter_service_t *s, const td_routing_id_t *from,
                        Tandem__Envelope **batch, int n, const Tandem__Envelope *req) {
-    if (req->body_case != TANDEM__ENVELOPE__BODY_DRAFT_REQUEST || s->opts.predraft || s->df ||
-        td_model_config(s->m)->is_diffusion || req->draft_request->apd || !s_peer_known(s, from) ||
-        n >= TD_DRAFTER_MAX_BATCH || n >= s->opts.max_sessions - 1)
+    if (req->body_case != TANDEM__ENVELOPE__BODY_DRAFT_REQUEST || s->opts.predraft ||
+        req->draft_request->apd || !s_peer_known(s, from) || n >= TD_DRAFTER_MAX_BATCH ||
+        n >= s->opts.max_sessions - 1)
         return 0;
     for (int i = 0; i < n; i++)
         if (batch[i]->session_id == req->session_id) return 0;

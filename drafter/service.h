@@ -58,8 +58,9 @@ int td_drafter_serve(td_drafter_service_t *svc, td_server_t *srv, volatile sig_a
 int td_drafter_serve_until(td_drafter_service_t *svc, td_server_t *srv, td_pipe_t *ctl);
 
 /* Batched drafting calls so far: DraftRequests that were waiting together (several sessions over
- * one link send theirs before awaiting any answer) are drafted together when the drafter is a
- * causal LM and pre-drafting is off, one forward per draft position for all of them. */
+ * one link send theirs before awaiting any answer) are drafted together when pre-drafting is off
+ * and they are not APD requests: one batch per draft position for a causal LM, per denoising
+ * step for a diffusion LM, one block forward for a DFlash drafter. */
 long td_drafter_service_batched_forwards(const td_drafter_service_t *svc);
 
 /* Pre-drafts that were used / thrown away so far. */

@@ -15,7 +15,10 @@
 
 #include "bridge/pair.h"
 #include "drafter/dflash.h"
+#include "drafter/service.h"
 #include "engine/method.h"
+#include "verifier/driver.h"
+#include "verifier/link.h"
 #include "tests/tdstats.h"
 #include "model/checkpoint.h"
 #include "model/model.h"
@@ -830,6 +833,84 @@ TD_TEST(cli_generate_and_bench) {
              tmp, td_test_bin("tandem"), td_test_data(), tmp, tmp, tmp, tmp);
     CHECK(td_test_run(cmd, a, sizeof a) == 0);
     CHECK_MSG(strstr(a, "dflash"), "no dflash row: %.500s", a);
+}
+
+/* Three dflash sessions in one driver through one link (the server's set-up): the in-process
+ * drafter drafts the requests that arrive together in one batched forward (its counter moves),
+ * and every session equals its solo run: the greedy ones ar's tokens, the sampled one its own
+ * solo dflash run, token for token and in acceptance. */
+TD_TEST(sessions_batched_equal_solo) {
+    td_pair_t pair;
+    if (!s_pair(&pair, NULL)) return;
+    const Tandem__Hello *h = td_pair_drafter_hello(&pair);
+    int layers[64];
+    for (size_t i = 0; i < h->n_target_layers; i++) layers[i] = (int)h->target_layers[i];
+    const int nt = getenv("TD_TEST_LIGHT") ? 16 : 32, gammas[3] = {7, 3, 5};
+    td_spec_params_t ps[3];
+    td_session_opts_t so[3];
+    int32_t solo[3][64];
+    td_spec_stats_t ss[3];
+    td_err_t err = {0};
+    for (int i = 0; i < 3; i++) {
+        ps[i] = td_spec_params_default(TD_METHOD_DFLASH);
+        ps[i].max_tokens = nt;
+        ps[i].gamma = gammas[i];
+        ps[i].seed = 11 + (uint64_t)i;
+        ps[i].hello = &pair.hello;
+        if (i == 1) ps[i].sampling = ps[i].draft_sampling = (td_sampling_t){1.0f, 8, 1.0f};
+        so[i] = (td_session_opts_t){.method = TD_METHOD_DFLASH,
+                                    .params = &ps[i],
+                                    .session_id = 700 + (uint64_t)i,
+                                    .prompt = s_prompts[i],
+                                    .n_prompt = 8,
+                                    .feature_layers = layers,
+                                    .n_feature_layers = (int)h->n_target_layers};
+        td_link_t *l1 = td_link_new(pair.dc, &pair.hello, &err);
+        REQUIRE(l1);
+        so[i].link = l1;
+        CHECK_MSG(td_driver_generate(pair.verifier, &so[i], solo[i], &ss[i], &err) == TD_OK, "%s",
+                  err.msg);
+        td_link_destroy(&l1);
+        if (i != 1) { /* greedy: ar's tokens */
+            td_run_params_t pa = td_run_params_default(TD_METHOD_AR);
+            pa.max_tokens = nt;
+            int32_t ref[64];
+            td_run_stats_t sa;
+            REQUIRE(s_run(&pair, TD_METHOD_AR, &pa, s_prompts[i], 8, 1, ref, &sa) == TD_OK);
+            CHECK_EQ_INT(ss[i].generated, sa.s.generated);
+            CHECK(!memcmp(ref, solo[i], (size_t)sa.s.generated * sizeof *ref));
+        }
+    }
+    td_link_t *link = td_link_new(pair.dc, &pair.hello, &err);
+    td_driver_t *d = td_driver_new(pair.verifier, 3, 128, &err);
+    REQUIRE(link && d);
+    td_session_t *s[3];
+    const long b0 = td_drafter_service_batched_forwards(pair.svc);
+    for (int i = 0; i < 3; i++) {
+        so[i].link = link;
+        so[i].session_id = 800 + (uint64_t)i;
+        REQUIRE((s[i] = td_session_new(pair.verifier, &so[i], &err)));
+        REQUIRE(td_driver_submit(d, s[i], &err) == TD_OK);
+    }
+    CHECK_EQ_INT(td_driver_run(d, &err), TD_OK);
+    const long batched = td_drafter_service_batched_forwards(pair.svc) - b0;
+    CHECK_MSG(batched > 0, "the dflash drafter never batched");
+    for (int i = 0; i < 3; i++) {
+        int n = 0;
+        const int32_t *toks = td_session_tokens(s[i], &n);
+        CHECK_EQ_INT(td_session_status(s[i], &err), TD_OK);
+        CHECK_EQ_INT(n, ss[i].generated);
+        CHECK_MSG(n == ss[i].generated && !memcmp(toks, solo[i], (size_t)n * sizeof *toks),
+                  "session %d in a batch differs from its solo run", i);
+        CHECK_EQ_INT(td_session_stats(s[i])->rounds, ss[i].rounds);
+        CHECK_EQ_INT(td_session_stats(s[i])->accepted, ss[i].accepted);
+        CHECK_EQ_INT(td_session_stats(s[i])->fallbacks, 0);
+        td_session_destroy(&s[i]);
+    }
+    if (getenv("TD_TEST_VERBOSE")) printf("    3 dflash sessions: %ld batched drafts\n", batched);
+    td_driver_destroy(&d);
+    td_link_destroy(&link);
+    td_pair_close(&pair);
 }
 
 TD_TEST_MAIN()

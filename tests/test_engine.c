@@ -105,7 +105,12 @@ static void s_together(td_pair_t *pair, td_method_t m, const char *label) {
         REQUIRE(s_submit(d, pair->verifier, link, m, &ps[i], i, 200, &rq[i]) == TD_OK);
     }
     int64_t f0 = td_driver_forwards(d);
+    const long b0 = pair->svc ? td_drafter_service_batched_forwards(pair->svc) : 0;
     CHECK_EQ_INT(td_driver_run(d, &err), TD_OK);
+    /* the in-process drafter served requests that arrived together in one batched call (every
+     * session sends its DraftRequest before any answer is awaited) */
+    const long batched = pair->svc ? td_drafter_service_batched_forwards(pair->svc) - b0 : -1;
+    if (pair->svc) CHECK_MSG(batched > 0, "%s: the drafter never batched", label);
     int max_rounds = 0;
     for (int i = 0; i < NS; i++) {
         const td_spec_stats_t *st = td_session_stats(rq[i].s);
@@ -132,9 +137,10 @@ static void s_together(td_pair_t *pair, td_method_t m, const char *label) {
               "%s: %lld forwards for %d rounds of the longest session", label, (long long)fw,
               max_rounds);
     CHECK_EQ_INT(td_link_kept(link), 0);
-    printf("    %-10s %d sessions: %lld shared forwards, accepted %d/%d/%d\n", label, NS,
-           (long long)td_driver_forwards(d), td_session_stats(rq[0].s)->accepted,
-           td_session_stats(rq[1].s)->accepted, td_session_stats(rq[2].s)->accepted);
+    printf("    %-10s %d sessions: %lld shared forwards, %ld batched drafts, accepted %d/%d/%d\n",
+           label, NS, (long long)td_driver_forwards(d), batched,
+           td_session_stats(rq[0].s)->accepted, td_session_stats(rq[1].s)->accepted,
+           td_session_stats(rq[2].s)->accepted);
     for (int i = 0; i < NS; i++) td_session_destroy(&rq[i].s);
     td_driver_destroy(&d);
     td_link_destroy(&link);
@@ -246,7 +252,8 @@ TD_TEST(long_prompt_greedy_specdiff_equals_ar) {
     REQUIRE(td_spec_generate(pair.verifier, pair.dc, 900, prompt, 30, &p, NULL, NULL, sd, &st,
                              &err) == TD_OK);
     CHECK_EQ_INT(st.generated, gs.generated);
-    CHECK_MSG(st.generated == gs.generated && !memcmp(ar, sd, sizeof(int32_t) * (size_t)gs.generated),
+    CHECK_MSG(st.generated == gs.generated &&
+                  !memcmp(ar, sd, sizeof(int32_t) * (size_t)gs.generated),
               "greedy specdiff differs from ar on a 30-token prompt");
     td_pair_close(&pair);
 }
@@ -351,7 +358,7 @@ static void s_send_req(td_client_t *cl, uint64_t sid, int i, int gamma, float te
                          .delta = s_prompts[i],
                          .n_delta = s_np[i],
                          .gamma = gamma,
-                         .steps = 1,
+                         .steps = 1 + (uint32_t)i, /* a diffusion drafter: 1, 2, 3 steps */
                          .temperature = temp,
                          .top_p = 1,
                          .seed = 5 + (uint64_t)i,
@@ -429,16 +436,18 @@ static void s_svc_close(svc_run_t *x) {
     td_backend_destroy(&x->be);
 }
 
-/* The drafter service drafts requests that wait together in one batched forward per position,
- * with answers bit-identical to drafting each alone. */
-TD_TEST(drafter_batches_waiting_requests) {
+/* The drafter service drafts requests that wait together in one batched forward per position
+ * (AR drafter) or per denoising step (diffusion drafter, 1-3 steps), with answers bit-identical
+ * to drafting each alone. */
+static void s_batches_waiting(const char *dir) {
     Tandem__Envelope *alone[NS] = {0}, *together[NS] = {0};
     td_err_t err = {0};
+    static int s_ep;
     for (int mode = 0; mode < 2; mode++) {
         svc_run_t x = {0};
         char ep[128];
-        snprintf(ep, sizeof ep, "inproc://td-engine-svc-%d-%d", (int)getpid(), mode);
-        REQUIRE(s_svc_open(&x, ARDIR, ep, 1) == 0);
+        snprintf(ep, sizeof ep, "inproc://td-engine-svc-%d-%d", (int)getpid(), s_ep++);
+        REQUIRE(s_svc_open(&x, dir, ep, 1) == 0);
         if (mode == 0) { /* one request at a time: each answered before the next is sent */
             s_svc_start(&x);
             for (int i = 0; i < NS; i++) {
@@ -481,6 +490,9 @@ TD_TEST(drafter_batches_waiting_requests) {
         td_wire_free(&together[i]);
     }
 }
+
+TD_TEST(drafter_batches_waiting_requests) { s_batches_waiting(ARDIR); }
+TD_TEST(diffusion_drafter_batches_waiting_requests) { s_batches_waiting(DDIR); }
 
 TD_TEST(spec_sessions_share_one_link_ipc) {
     char dir[] = "/tmp/td-engine-XXXXXX", ep[256], path[300];

@@ -6,6 +6,7 @@
  * with the official `openai` Python package (installed into BUILD/venv-openai; skipped when pip
  * cannot reach PyPI). */
 #include "bridge/serve_req.h"
+#include "common/td_common.h"
 #include "tests/tdtest.h"
 
 #include <cjson/cJSON.h>
@@ -605,6 +606,28 @@ static double s_metric(const char *text, const char *name) {
     return -1;
 }
 
+/* The answers clients 0..n-1 left in DIR/i.json (the files and DIR are removed): each a
+ * completion whose text, for i < n_solo, is solo[i] (what the request answered alone). */
+static void s_check_answers(const char *dir, int n, char (*solo)[1024], int n_solo) {
+    for (int i = 0; i < n; i++) {
+        char path[256], *data = NULL;
+        size_t len = 0;
+        snprintf(path, sizeof path, "%s/%d.json", dir, i);
+        CHECK_MSG(td_read_file(path, &data, &len, NULL) == TD_OK, "client %d got no answer", i);
+        unlink(path);
+        if (!data) continue;
+        cJSON *j = cJSON_Parse(data);
+        CHECK_MSG(j && s_text_of(j), "client %d: %s", i, data);
+        /* the same answer alone and among others */
+        if (j && s_text_of(j) && i < n_solo)
+            CHECK_MSG(!strcmp(s_text_of(j), solo[i]), "client %d: '%s' concurrent vs '%s' alone", i,
+                      s_text_of(j), solo[i]);
+        cJSON_Delete(j);
+        free(data);
+    }
+    rmdir(dir);
+}
+
 TD_TEST(e2e_concurrent_clients) {
     if (s_need_main()) return;
     static char out[1 << 16];
@@ -639,27 +662,7 @@ TD_TEST(e2e_concurrent_clients) {
                               dir, i, 100 + i, s_main.port);
     snprintf(cmd + o, sizeof cmd - o, "wait");
     CHECK_EQ_INT(td_test_run(cmd, out, sizeof out), 0);
-    for (int i = 0; i < N; i++) {
-        char path[256], *data = NULL;
-        snprintf(path, sizeof path, "%s/%d.json", dir, i);
-        FILE *f = fopen(path, "r");
-        CHECK_MSG(f != NULL, "client %d got no answer", i);
-        if (!f) continue;
-        data = calloc(1, 1 << 16);
-        size_t n = fread(data, 1, (1 << 16) - 1, f);
-        data[n] = 0;
-        fclose(f);
-        unlink(path);
-        cJSON *j = cJSON_Parse(data);
-        CHECK_MSG(j && s_text_of(j), "client %d: %s", i, data);
-        /* the same answer alone and among others */
-        if (j && s_text_of(j) && i < n_solo)
-            CHECK_MSG(!strcmp(s_text_of(j), solo[i]), "client %d: '%s' concurrent vs '%s' alone", i,
-                      s_text_of(j), solo[i]);
-        cJSON_Delete(j);
-        free(data);
-    }
-    rmdir(dir);
+    s_check_answers(dir, N, solo, n_solo);
     /* they were verified together: rounds held several requests (one forward for all of them) */
     REQUIRE(s_curl(s_main.port, "/metrics", NULL, NULL, out, sizeof out) == 200);
     double r1 = s_metric(out, "tandem:engine_rounds_total");
@@ -1028,6 +1031,80 @@ __attribute__((destructor)) static void s_main_down(void) {
         int rc = s_stop(&s_main);
         if (rc != 0) fprintf(stderr, "test_serve: the server exited with %d on SIGTERM\n", rc);
     }
+}
+
+/* `tandem serve --method dflash` on SmolLM2 (the Q4_1 GGUF and the shipped DFlash drafter; skipped
+ * when the GGUF is absent): three greedy requests at once each answer what they answer alone and
+ * what `ar` answers (greedy dflash is lossless), with dflash stats in the response, and the
+ * rounds held several requests. */
+TD_TEST(e2e_dflash_smollm2) {
+    const char *gguf = "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+    if (access(gguf, R_OK) || access("models/dflash-smollm2/config.json", R_OK)) {
+        td_test_skip("models/smollm2 Q4_1 GGUF or models/dflash-smollm2 absent");
+        return;
+    }
+    if (s_find_bin() != 0 || system("curl --version > /dev/null 2>&1") != 0) {
+        td_test_skip("no bin/tandem or no curl");
+        return;
+    }
+    srv_t sv;
+    char args[1024];
+    snprintf(args, sizeof args,
+             "--method dflash --drafter models/dflash-smollm2 --verifier %s --parallel 3 "
+             "--max-tokens 12",
+             gguf);
+    REQUIRE(s_start(&sv, args) == 0);
+    static char out[1 << 16];
+    enum { N = 3 };
+    const char *prompts[N] = {"The capital of France is", "List three fruits:", "Once upon a time"};
+    char solo[N][1024], ar[N][1024], body[N][512];
+    for (int i = 0; i < N; i++) {
+        snprintf(body[i], sizeof body[i],
+                 "{\"prompt\":\"%s\",\"max_tokens\":12,\"temperature\":0,\"tandem\":{\"method\":"
+                 "\"%%s\"}}",
+                 prompts[i]);
+        char b[512];
+        for (int m = 0; m < 2; m++) {
+            snprintf(b, sizeof b, body[i], m ? "ar" : "dflash");
+            REQUIRE(s_curl(sv.port, "/v1/completions", b, NULL, out, sizeof out) == 200);
+            cJSON *j = s_json(out);
+            REQUIRE(j && s_text_of(j));
+            snprintf(m ? ar[i] : solo[i], 1024, "%s", s_text_of(j));
+            if (!m) {
+                const cJSON *st = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "tandem"), "stats");
+                const cJSON *mm = cJSON_GetObjectItem(st, "method");
+                CHECK_MSG(cJSON_IsString(mm) && !strcmp(mm->valuestring, "dflash"),
+                          "request %d did not run dflash", i);
+            }
+            cJSON_Delete(j);
+        }
+        CHECK_MSG(!strcmp(solo[i], ar[i]), "prompt %d: greedy dflash '%s' vs ar '%s'", i, solo[i],
+                  ar[i]);
+    }
+    REQUIRE(s_curl(sv.port, "/metrics", NULL, NULL, out, sizeof out) == 200);
+    double r0 = s_metric(out, "tandem:engine_rounds_total");
+    double q0 = s_metric(out, "tandem:engine_round_requests_total");
+    char dir[] = "/tmp/td_serve_df_XXXXXX";
+    REQUIRE(mkdtemp(dir));
+    char cmd[8192];
+    size_t o = 0;
+    for (int i = 0; i < N; i++) {
+        char b[512];
+        snprintf(b, sizeof b, body[i], "dflash");
+        o += (size_t)snprintf(cmd + o, sizeof cmd - o,
+                              "curl -sS -o %s/%d.json --data-binary '%s' "
+                              "http://127.0.0.1:%d/v1/completions & ",
+                              dir, i, b, sv.port);
+    }
+    snprintf(cmd + o, sizeof cmd - o, "wait");
+    CHECK_EQ_INT(td_test_run(cmd, out, sizeof out), 0);
+    s_check_answers(dir, N, solo, N);
+    REQUIRE(s_curl(sv.port, "/metrics", NULL, NULL, out, sizeof out) == 200);
+    double r1 = s_metric(out, "tandem:engine_rounds_total");
+    double q1 = s_metric(out, "tandem:engine_round_requests_total");
+    CHECK_MSG(r1 > r0 && q1 - q0 > 1.5 * (r1 - r0), "mean batch %.2f over %g rounds",
+              (q1 - q0) / (r1 - r0 > 0 ? r1 - r0 : 1), r1 - r0);
+    CHECK_EQ_INT(s_stop(&sv), 0);
 }
 
 TD_TEST_MAIN()
