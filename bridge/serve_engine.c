@@ -365,7 +365,7 @@ td_serve_engine_t *td_serve_engine_new(const td_serve_engine_opts_t *o, td_err_t
     po.curve_secret_key = o->curve_secret_key;
     /* dflash: our Hello lists the verifier's fingerprint (a remote dflash drafter refuses another
      * target; an in-process one is loaded against the verifier itself) */
-    po.dflash = o->method == TD_METHOD_DFLASH;
+    po.dflash = o->method == TD_METHOD_DFLASH || o->any_method; /* (a worker: any drafter) */
     e->pair_open = 1;
     if (td_pair_open(&e->pair, e->vdir, e->o.drafter, &po, err) != TD_OK) goto fail;
     if (e->pair.dc && !(e->link = td_link_new(e->pair.dc, &e->pair.hello, err))) goto fail;
@@ -376,9 +376,11 @@ td_serve_engine_t *td_serve_engine_new(const td_serve_engine_opts_t *o, td_err_t
         e->n_flayers = (int)dh->n_target_layers;
         e->fblock = (int)dh->block_size;
     }
-    if ((o->method == TD_METHOD_DFLASH) != (e->n_flayers > 0) && o->method != TD_METHOD_AR) {
+    /* a worker (tandem-verifier) serves what its drafter drafts: dflash for a DFlash drafter */
+    if (o->any_method && e->n_flayers > 0) e->o.method = TD_METHOD_DFLASH;
+    if ((e->o.method == TD_METHOD_DFLASH) != (e->n_flayers > 0) && e->o.method != TD_METHOD_AR) {
         td_err_set(err, TD_ERR_ARG,
-                   o->method == TD_METHOD_DFLASH
+                   e->o.method == TD_METHOD_DFLASH
                        ? "serve: --method dflash needs a DFlash drafter (%s lists no target layers)"
                        : "serve: %s is a DFlash drafter: serve it with --method dflash",
                    e->o.drafter);

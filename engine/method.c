@@ -314,7 +314,7 @@ static const td_method_desc_t s_table[TD_METHOD_COUNT] = {
            TD_CAP_LOCAL_DLLM | TD_CAP_REMOTE_DLLM | TD_CAP_LOSSY, TD_DRAFTER_PLANNED,
            TD_OPTS_STEPS_RATIO, s_def_none, s_run_planned, NULL, s_report_planned),
     METHOD(TD_METHOD_DFLASH, "dflash", "a DFlash drafter fed the verifier's features drafts a block in one pass (exact)",
-           TD_CAP_VERIFIER | TD_CAP_DRAFTER | TD_CAP_STREAMS | TD_CAP_TARGET_FEATURES,
+           TD_CAP_VERIFIER | TD_CAP_DRAFTER | TD_CAP_STREAMS | TD_CAP_TARGET_FEATURES | TD_CAP_SERVED,
            TD_DRAFTER_DFLASH, TD_OPTS_GAMMA,
            s_def_dflash, s_run_driver, s_dflash_session, NULL),
 };

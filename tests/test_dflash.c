@@ -835,6 +835,41 @@ TD_TEST(cli_generate_and_bench) {
     CHECK_MSG(strstr(a, "dflash"), "no dflash row: %.500s", a);
 }
 
+/* A verifier worker (tandem-verifier) with a DFlash drafter serves dflash to a client that names
+ * only the worker's endpoint (the text equals ar's), and refuses another speculative method with a
+ * message that names what it serves. */
+TD_TEST(verifier_worker_serves_dflash) {
+    char dir[] = "/tmp/td_dfw_XXXXXX", cmd[4096], a[8192], b[8192];
+    REQUIRE(mkdtemp(dir));
+    snprintf(cmd, sizeof cmd,
+             "%s --model %s --drafter %s/dflash/drafter --bind ipc://%s/w.sock --threads 1 "
+             "--parallel 2 2>%s/w.log & P=$!; "
+             "for i in $(seq 100); do [ -S %s/w.sock ] && break; sleep 0.1; done; "
+             "%s generate --verifier ipc://%s/w.sock --method dflash --prompt 'And God said' "
+             "--max-tokens 16 --json 2>%s/g.err; R=$?; "
+             "%s generate --verifier ipc://%s/w.sock --method specdiff --prompt 'And God said' "
+             "--max-tokens 4 >/dev/null 2>%s/s.err; S=$?; kill $P; wait $P; "
+             "[ $R = 0 ] && [ $S != 0 ] && grep -q \"serves ar and dflash\" %s/s.err",
+             td_test_bin("tandem-verifier"), s_tiny, td_test_data(), dir, dir, dir,
+             td_test_bin("tandem"), dir, dir, td_test_bin("tandem"), dir, dir, dir);
+    CHECK_MSG(td_test_run(cmd, a, sizeof a) == 0, "worker run failed: %.400s", a);
+    snprintf(cmd, sizeof cmd,
+             "%s generate --verifier %s --method ar --prompt 'And God said' --max-tokens 16 "
+             "--threads 1 --json 2>/dev/null",
+             td_test_bin("tandem"), s_tiny);
+    CHECK(td_test_run(cmd, b, sizeof b) == 0);
+    cJSON *ja = cJSON_Parse(a), *jb = cJSON_Parse(b);
+    REQUIRE(ja && jb);
+    const cJSON *st = cJSON_GetObjectItem(ja, "stats");
+    CHECK_STR(cJSON_GetObjectItem(st, "method")->valuestring, "dflash");
+    CHECK(cJSON_GetObjectItem(st, "rounds")->valueint > 0);
+    CHECK_STR(cJSON_GetObjectItem(ja, "text")->valuestring,
+              cJSON_GetObjectItem(jb, "text")->valuestring);
+    cJSON_Delete(ja), cJSON_Delete(jb);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK(system(cmd) == 0);
+}
+
 /* Three dflash sessions in one driver through one link (the server's set-up): the in-process
  * drafter drafts the requests that arrive together in one batched forward (its counter moves),
  * and every session equals its solo run: the greedy ones ar's tokens, the sampled one its own
