@@ -50,14 +50,16 @@ load() { # label port [extra serve_load args]
 mkdir -p "$(dirname "$OUT")"
 {
   echo "# sh bench/serve.sh $OUT  ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -m))"
-  echo "# tandem serve $MODEL_ARGS --parallel $PARALLEL $THREAD_ARGS; clients: $CLIENTS; $RPC requests per client;"
+  echo "# tandem serve $MODEL_ARGS --parallel $PARALLEL $THREAD_ARGS (ar: without the drafter when VERIFIER is set); clients: $CLIENTS; $RPC requests per client;"
   echo "# streamed chat, $MAX_TOKENS max tokens, temperature 0 (tools/serve_load.py); tok/s = completion tokens / wall"
 } > "$OUT"
 
 methods=ar
 [ "$METHOD" != ar ] && methods="ar $METHOD"
 for m in $methods; do
-  "$BIN" serve $MODEL_ARGS --method "$m" --parallel "$PARALLEL" $THREAD_ARGS --port "$PORT" \
+  args=$MODEL_ARGS # ar with a given verifier: no drafter loaded beside it
+  [ "$m" = ar ] && [ -n "$VERIFIER" ] && args="--verifier $VERIFIER"
+  "$BIN" serve $args --method "$m" --parallel "$PARALLEL" $THREAD_ARGS --port "$PORT" \
     --max-tokens "$MAX_TOKENS" >"$LOG" 2>&1 &
   SRV=$!
   wait_up "$PORT"
