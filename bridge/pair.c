@@ -106,8 +106,15 @@ int td_pair_open(td_pair_t *p, const char *verifier_dir, const char *drafter,
         /* the drafter's target is the verifier itself: its embedding and LM head, no copy */
         if (!p->verifier)
             return td_err_set(err, TD_ERR_ARG, "a dflash drafter (%s) needs a verifier", drafter);
-        p->dflash =
-            td_dflash_load(drafter, p->verifier, p->fingerprint, o->dflash_any_target, err);
+        /* it computes on the verifier's backend, where the borrowed weights live (drafter/dflash.h)
+         */
+        if (o->drafter_device >= 0 && o->drafter_device != o->device)
+            return td_err_set(err, TD_ERR_ARG,
+                              "a DFlash drafter in this process runs on the verifier's device "
+                              "(%d), not --drafter-device %d: it borrows the verifier's embedding "
+                              "and LM head; run tandem-drafter --device N to place it elsewhere",
+                              o->device, o->drafter_device);
+        p->dflash = td_dflash_load(drafter, p->verifier, p->fingerprint, o->dflash_any_target, err);
         if (!p->dflash) return td_err_prefix(err, "dflash drafter %s", drafter);
         td_drafter_opts_t dopts = {.max_sessions =
                                        o->drafter_sessions > 0 ? o->drafter_sessions : 4,

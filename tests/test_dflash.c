@@ -833,6 +833,13 @@ TD_TEST(cli_generate_and_bench) {
              tmp, td_test_bin("tandem"), td_test_data(), tmp, tmp, tmp, tmp);
     CHECK(td_test_run(cmd, a, sizeof a) == 0);
     CHECK_MSG(strstr(a, "dflash"), "no dflash row: %.500s", a);
+    /* an in-process DFlash drafter cannot sit on another device than the verifier it borrows from */
+    snprintf(cmd, sizeof cmd,
+             "%s generate --verifier %s --drafter %s/dflash/drafter --drafter-device 0 "
+             "--prompt 'And God said' --max-tokens 4 2>&1",
+             td_test_bin("tandem"), s_tiny, td_test_data());
+    CHECK(td_test_run(cmd, a, sizeof a) != 0);
+    CHECK_MSG(strstr(a, "runs on the verifier's device"), "no clear refusal: %.300s", a);
 }
 
 /* A verifier worker (tandem-verifier) with a DFlash drafter serves dflash to a client that names
