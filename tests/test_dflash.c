@@ -20,6 +20,7 @@
 #include "model/checkpoint.h"
 #include "model/model.h"
 #include "tests/tdtest.h"
+#include "tests/tdproc.h"
 
 static const char *s_tiny = "models/tiny-verifier";
 
@@ -539,22 +540,11 @@ TD_TEST(features_of_accepted_rows) {
 static pid_t s_spawn(const char *ep, const char *target, int any) {
     char dir[512];
     snprintf(dir, sizeof dir, "%s/dflash/drafter", td_test_data());
-    pid_t pid = fork();
-    if (pid == 0) {
-        const char *bin = td_test_bin("tandem-drafter");
-        setenv("TD_LOG", "error", 1);
-        execl(bin, bin, "--model", dir, "--target", target, "--bind", ep, "--threads", "1",
-              any ? "--dflash-any-target" : (char *)NULL, (char *)NULL);
-        _exit(127);
-    }
-    return pid;
+    const char *extra[] = {"--target", target, any ? "--dflash-any-target" : NULL, NULL};
+    return td_test_spawn_worker("tandem-drafter", dir, ep, extra);
 }
 
-static void s_kill(pid_t pid) {
-    if (pid <= 0) return;
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-}
+static void s_kill(pid_t pid) { td_test_stop(pid, SIGKILL); }
 
 /* td_pair_open against an endpoint, retrying while the worker starts. */
 static int s_open_ep(td_pair_t *pair, const char *vdir, const char *ep, td_err_t *err) {
@@ -636,9 +626,7 @@ TD_TEST(ipc_equals_inproc_and_faults) {
     }
     if (ok) td_pair_close(&ipc);
     s_kill(pid);
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
-    CHECK(system(cmd) == 0);
+    CHECK(td_test_rmtree(tmp) == 0);
 }
 
 /* A verifier whose weights differ by one byte has another fingerprint: the drafter refuses the
@@ -650,15 +638,7 @@ TD_TEST(handshake_refuses_other_target) {
     snprintf(vdir, sizeof vdir, "%s/v", tmp);
     snprintf(cmd, sizeof cmd, "mkdir -p %s && cp -r %s/. %s/", vdir, s_tiny, vdir);
     REQUIRE(system(cmd) == 0);
-    char path[512];
-    snprintf(path, sizeof path, "%s/model.safetensors", vdir);
-    FILE *f = fopen(path, "r+b");
-    REQUIRE(f);
-    fseek(f, -3, SEEK_END);
-    int c = fgetc(f);
-    fseek(f, -3, SEEK_END);
-    fputc(c ^ 1, f);
-    fclose(f);
+    REQUIRE(td_test_flip_byte(vdir, "model.safetensors", 3) == 0);
     uint64_t fa = 0, fb = 0;
     td_err_t err = {0};
     REQUIRE(td_checkpoint_fingerprint(s_tiny, &fa, &err) == TD_OK);
@@ -681,8 +661,7 @@ TD_TEST(handshake_refuses_other_target) {
     po.dflash_any_target = 1;
     CHECK_MSG(td_pair_open(&pair, vdir, dd, &po, &err) == TD_OK, "any target: %s", err.msg);
     td_pair_close(&pair);
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
-    CHECK(system(cmd) == 0);
+    CHECK(td_test_rmtree(tmp) == 0);
 }
 
 /* Feature payloads the drafter must refuse, each changing nothing: a size that is not whole rows

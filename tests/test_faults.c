@@ -3,6 +3,7 @@
  * The request must always complete (the verifier does those rounds as plain AR and counts them),
  * greedy output must stay identical to AR, and speculation must resume when the drafter is back. */
 #include "tests/tdtest.h"
+#include "tests/tdproc.h"
 
 #include "bridge/pair.h"
 #include "verifier/spec.h"
@@ -21,21 +22,10 @@ static char s_dir[64], s_ep[128];
 static td_pair_t *s_cur_pair;
 
 static pid_t s_spawn_drafter(const char *model) {
-    pid_t pid = fork();
-    if (pid == 0) {
-        const char *bin = td_test_bin("tandem-drafter");
-        setenv("TD_LOG", "error", 1);
-        execl(bin, bin, "--model", model, "--bind", s_ep, "--threads", "1", (char *)NULL);
-        _exit(127);
-    }
-    return pid;
+    return td_test_spawn_worker("tandem-drafter", model, s_ep, NULL);
 }
 
-static void s_kill(pid_t pid) {
-    if (pid <= 0) return;
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-}
+static void s_kill(pid_t pid) { td_test_stop(pid, SIGKILL); }
 
 static void s_setup(void) {
     snprintf(s_dir, sizeof s_dir, "/tmp/td_faults_XXXXXX");
@@ -43,22 +33,13 @@ static void s_setup(void) {
     snprintf(s_ep, sizeof s_ep, "ipc://%s/drafter.sock", s_dir);
 }
 
-static void s_teardown(void) {
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", s_dir);
-    if (system(cmd) != 0) fprintf(stderr, "cleanup of %s failed\n", s_dir);
-}
+static void s_teardown(void) { td_test_rmtree(s_dir); }
 
 /* Connects (retrying while the worker starts). */
 static int s_open(td_pair_t *pair, const char *ep, td_err_t *err) {
     td_pair_opts_t po = {.device = -1, .drafter_device = -1, .threads = 1, .timeout_ms = 500};
-    for (int i = 0; i < 40; i++) {
-        s_cur_pair = pair;
-        if (td_pair_open(pair, VDIR, ep, &po, err) == TD_OK) return TD_OK;
-        td_pair_close(pair);
-        usleep(100 * 1000);
-    }
-    return TD_ERR;
+    s_cur_pair = pair;
+    return td_test_pair_open_retry(pair, VDIR, ep, &po, 40, err) == TD_OK ? TD_OK : TD_ERR;
 }
 
 static const int32_t s_prompt[] = {35, 279, 223, 41, 81, 70, 282, 67};
@@ -362,19 +343,6 @@ TD_TEST(tokenizer_mismatch_refused_at_connect) {
 }
 
 /* Three real processes: drafter worker, verifier worker, and the tandem command as a client. */
-static pid_t s_spawn(const char *bin, const char *model, const char *drafter, const char *bind) {
-    pid_t pid = fork();
-    if (pid == 0) {
-        setenv("TD_LOG", "error", 1);
-        if (drafter)
-            execl(bin, bin, "--model", model, "--drafter", drafter, "--bind", bind, "--threads",
-                  "1", (char *)NULL);
-        else
-            execl(bin, bin, "--model", model, "--bind", bind, "--threads", "1", (char *)NULL);
-        _exit(127);
-    }
-    return pid;
-}
 
 /* td_test_run, timed */
 static int s_popen(const char *cmd, char *out, size_t cap, double *secs) {
@@ -388,8 +356,9 @@ TD_TEST(remote_verifier_serves_and_its_death_is_reported) {
     s_setup();
     char vep[160], cmd[4096], out[65536];
     snprintf(vep, sizeof vep, "ipc://%s/verifier.sock", s_dir);
-    pid_t d = s_spawn(td_test_bin("tandem-drafter"), "tests/data/e2e/dream-drafter", NULL, s_ep);
-    pid_t v = s_spawn(td_test_bin("tandem-verifier"), VDIR, s_ep, vep);
+    pid_t d = td_test_spawn_worker("tandem-drafter", "tests/data/e2e/dream-drafter", s_ep, NULL);
+    pid_t v = td_test_spawn_worker("tandem-verifier", VDIR, vep,
+                                   (const char *const[]){"--drafter", s_ep, NULL});
     double secs = 0;
     /* the three processes produce AR greedy output (tests/data/e2e/qwen2-chat/greedy.json) */
     snprintf(cmd, sizeof cmd,
