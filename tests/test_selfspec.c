@@ -23,6 +23,7 @@
 #include "model/model.h"
 #include "model/sampler.h"
 #include "model/tokenizer.h"
+#include "tests/tdmodel.h"
 #include "tests/tdtest.h"
 #include "tests/tdproc.h"
 #include "verifier/remote.h"
@@ -39,13 +40,7 @@ static int s_load(fx_t *f, const char *dir, int reference) {
     td_err_t err = {0};
     memset(f, 0, sizeof *f);
     snprintf(f->name, sizeof f->name, "%s%s", dir, reference ? " (cpu-ref)" : "");
-    f->be = td_backend_cpu_new(1, reference, &err);
-    f->m = f->be ? td_model_load(dir, f->be, &err) : NULL;
-    if (!f->m) {
-        td_test_fail(__FILE__, __LINE__, "load %s: %s", dir, err.msg);
-        td_backend_destroy(&f->be);
-        return 0;
-    }
+    if (!(f->m = td_test_load_cpu(dir, 1, reference, &f->be))) return 0;
     f->c = td_model_config(f->m);
     char tp[600];
     snprintf(tp, sizeof tp, "%s/tokenizer.json", dir);
