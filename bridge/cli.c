@@ -196,18 +196,21 @@ char *td_cli_read_text(const char *path, size_t *len) {
         }
         return data;
     }
+    return td_cli_read_stream(stdin, len);
+}
+
+char *td_cli_read_stream(FILE *f, size_t *len) {
     size_t cap = 1 << 16, n = 0;
     char *buf = malloc(cap);
     while (buf) {
-        size_t r = fread(buf + n, 1, cap - n - 1, stdin);
+        size_t r = fread(buf + n, 1, cap - n - 1, f);
         n += r;
         if (r == 0) break;
         if (n + 1 >= cap) {
             char *nb = realloc(buf, cap * 2);
             if (!nb) {
                 free(buf);
-                buf = NULL;
-                break;
+                return NULL;
             }
             buf = nb;
             cap *= 2;

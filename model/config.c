@@ -608,11 +608,7 @@ int td_config_parse(const char *json, size_t len, td_config_t *cfg, td_err_t *er
 
 int td_config_load(const char *dir, td_config_t *cfg, td_err_t *err) {
     char path[4096];
-    size_t n = strlen(dir);
-    if (n >= 5 && strcmp(dir + n - 5, ".json") == 0)
-        snprintf(path, sizeof path, "%s", dir);
-    else
-        td_path_join(path, sizeof path, dir, "config.json");
+    td_path_json(path, sizeof path, dir, "config.json");
     char *text = NULL;
     size_t len = 0;
     int rc = td_read_file(path, &text, &len, err);
