@@ -8,15 +8,15 @@
  * a verification pass equal to the AR steps and a served request equal to its solo run. (It is
  * also faster here: a 400-token prefill of the Q4_1 SmolLM2 took half the time of the
  * dequantize-panels-then-SGEMM path it replaced.) Each activation row is quantized to int8 per 32
- * elements (scale amax / 127, round to nearest even), with per-block sums when the weight type needs them. A weight block is
- * read as 32 unsigned bytes and per-lane scales (cpu_quant_simd.h explains the arithmetic); the
- * integer dot products are exact, and the float accumulation of an output element follows one
- * fixed order (ascending blocks, 8 lanes, one fold), whatever the batch size, the grouping of
- * rows and tokens, or the thread count: batch invariance. The scalar path does the very same
- * float operations (fmaf per lane), so the three paths agree bitwise, which the tests check.
- * Q4_1 and Q8_0 (the shipped SmolLM2 GGUF) use row tiles instead (TD_QTILE_ROWS below): 16 rows
- * unpacked once per unit for the whole batch, one fmaf per unit on its exact integer sum; the
- * same invariance and bitwise agreement hold for them.
+ * elements (scale amax / 127, round to nearest even), with per-block sums when the weight type
+ * needs them. A weight block is read as 32 unsigned bytes and per-lane scales (cpu_quant_simd.h
+ * explains the arithmetic); the integer dot products are exact, and the float accumulation of an
+ * output element follows one fixed order (ascending blocks, 8 lanes, one fold), whatever the batch
+ * size, the grouping of rows and tokens, or the thread count: batch invariance. The scalar path
+ * does the very same float operations (fmaf per lane), so the three paths agree bitwise, which the
+ * tests check. Q4_1 and Q8_0 (the shipped SmolLM2 GGUF) use row tiles instead (TD_QTILE_ROWS
+ * below): 16 rows unpacked once per unit for the whole batch, one fmaf per unit on its exact
+ * integer sum; the same invariance and bitwise agreement hold for them.
  *
  * The SIMD functions carry target attributes; the rest of the program is built for the baseline
  * (x86-64-v3), so one binary runs on AVX2-only machines. AMX is never used (these VMs list it in
@@ -420,22 +420,16 @@ int td_cpu_kernels_select(const char *name, td_err_t *err) {
 
 const char *td_cpu_kernels_name(void) { return s_path_names[s_get_path()]; }
 
-static s_block_fn s_block_for(int p) {
+/* The kernels of path p: the row-block product (scalar when p has none) and the 16-row tile
+ * product (NULL when p has none). */
+static void s_kernels_for(int p, s_block_fn *block, s_tile_fn *tile) {
+    *block = s_block_scalar;
+    *tile = NULL;
 #ifdef TD_QX86
-    if (p == S_VNNI) return s_vnni_block;
-    if (p == S_AVX2) return s_avx2_block;
+    if (p == S_VNNI) *block = s_vnni_block, *tile = s_vnni_tile;
+    if (p == S_AVX2) *block = s_avx2_block, *tile = s_avx2_tile;
 #endif
     (void)p;
-    return s_block_scalar;
-}
-
-static s_tile_fn s_tile_for(int p) {
-#ifdef TD_QX86
-    if (p == S_VNNI) return s_vnni_tile;
-    if (p == S_AVX2) return s_avx2_tile;
-#endif
-    (void)p;
-    return NULL;
 }
 
 /* --- products --------------------------------------------------------------------------------- */
@@ -459,8 +453,10 @@ static int s_integer(int n_threads, float *y, const float *x, const td_weight_t 
     if (s_qx_alloc(&xa, n, cols, dt)) return TD_ERR_NOMEM;
     for (int t = 0; t < n; t++) s_qx_row(&xa, x + (int64_t)t * cols, t, dt);
     const int path = s_get_path();
+    s_block_fn fn;
+    s_tile_fn tf;
+    s_kernels_for(path, &fn, &tf);
     if (s_is_tiled(dt)) {
-        const s_tile_fn tf = s_tile_for(path);
         /* (the VNNI kernel gathers with 32-bit offsets up to 15 rows away) */
         const int64_t ntile = tf && ldb < ((size_t)1 << 27) ? rows / TD_QTILE_ROWS : 0,
                       nitems = ntile + (rows - ntile * 16);
@@ -488,7 +484,6 @@ static int s_integer(int n_threads, float *y, const float *x, const td_weight_t 
         free(xa.q);
         return TD_OK;
     }
-    const s_block_fn fn = s_block_for(path);
     /* rows x tokens per pass over a block of rows: what the path's registers hold (AVX2: 16
      * vectors, two accumulators per output; VNNI: 32) */
     const int nrb = path == S_AVX2 && n > 1 ? 2 : 4;
@@ -516,8 +511,7 @@ static int s_integer(int n_threads, float *y, const float *x, const td_weight_t 
 int td_cpu_qmatmul(int n_threads, float *y, const float *x, const td_weight_t *w, int n) {
     int rc = TD_ERR_UNSUPPORTED;
     if (n <= 0) return TD_OK;
-    if (s_check(w))
-        rc = s_integer(n_threads, y, x, w, n);
+    if (s_check(w)) rc = s_integer(n_threads, y, x, w, n);
     if (rc != TD_OK) {
         td_log(TD_LOG_ERROR, "quantized matmul (%s %lldx%lld%s) failed: %s",
                td_dtype_name(w->dtype), (long long)w->rows, (long long)w->cols,
