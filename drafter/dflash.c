@@ -1,6 +1,7 @@
 /* dflash.c - the DFlash drafter (dflash.h): config, target checks, weight binding, the context
  * cache and the one-forward block draft, all on backend ops. */
 #include "drafter/dflash.h"
+#include "drafter/draft.h"
 
 #include "model/tensor_source.h"
 
@@ -497,13 +498,7 @@ int td_dflash_draft(td_dflash_ctx_t *c, int32_t anchor, int block, const td_samp
     if ((rc = td_backend_status(d->be, err))) goto done;
     for (int i = 0; i < B - 1; i++) {
         const float *row = host + (size_t)i * V;
-        float *qi = q ? q + (size_t)i * V : qrow;
-        int id = td_sample(sp, rng, row, V, qi);
-        if (id < 0) {
-            rc = td_err_set(err, id, "dflash: sampling failed at draft position %d", i);
-            goto done;
-        }
-        draft[i] = id;
+        if ((rc = td_draft_sample(sp, rng, row, V, q, qrow, i, draft, "dflash: ", err))) goto done;
     }
     if (logits) memcpy(logits, host, (size_t)(B - 1) * V * sizeof *host);
 done:

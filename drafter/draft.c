@@ -97,6 +97,14 @@ static int s_topk(const float *x, int n, int k, int positive_only, int32_t *ids,
     return m;
 }
 
+int td_draft_sample(const td_sampling_t *sp, td_rng_t *rng, const float *row, int V, float *q,
+                    float *qrow, int j, int32_t *draft, const char *prefix, td_err_t *err) {
+    int id = td_sample(sp, rng, row, V, q ? q + (size_t)j * V : qrow);
+    if (id < 0) return td_err_set(err, id, "%ssampling failed at draft position %d", prefix, j);
+    draft[j] = id;
+    return TD_OK;
+}
+
 int td_dist_topk(const float *p, int n, int k, int32_t *ids, float *probs, float *rest) {
     if (!p || n <= 0 || k < 0 || (k > 0 && (!ids || !probs)) || !rest) return TD_ERR_ARG;
     if (k > n) k = n;
@@ -360,13 +368,7 @@ int td_diffusion_draft_ex(td_model_t *m, td_kv_cache_t *kv, int seq, const int32
         for (int j = 0; j < gamma; j++) {
             if (!pick[j]) continue;
             const float *lrow = rows + (size_t)rowof[j] * V;
-            float *qj = q ? q + (size_t)j * V : qrow;
-            int id = td_sample(sp, rng, lrow, V, qj);
-            if (id < 0) {
-                rc = td_err_set(err, id, "sampling failed at draft position %d", j);
-                goto done;
-            }
-            draft[j] = id;
+            if ((rc = td_draft_sample(sp, rng, lrow, V, q, qrow, j, draft, "", err))) goto done;
             masked[j] = 0;
             remaining--;
             if (o.logits) memcpy(o.logits + (size_t)j * V, lrow, (size_t)V * sizeof *lrow);
