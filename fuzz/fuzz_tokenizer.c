@@ -87,6 +87,19 @@ static void s_stream_check(const td_tokenizer_t *tok, const int32_t *ids, int n,
     free(batch);
 }
 
+/* Encodes text with and without special-token parsing and checks each encoding's stream decode. */
+static void s_encode_check(const td_tokenizer_t *tok, const char *text, size_t len) {
+    for (int ps = 0; ps < 2; ps++) {
+        int32_t *ids = NULL;
+        int n = 0;
+        td_err_t err = {0};
+        if (td_tokenizer_encode(tok, text, len, ps, &ids, &n, &err) == TD_OK) {
+            s_stream_check(tok, ids, n, ps);
+            free(ids);
+        }
+    }
+}
+
 static void s_encode_mode(const char *text, size_t len, int parse_special) {
     int32_t *ids = NULL;
     int n = 0;
@@ -127,14 +140,7 @@ static void s_json_mode(const char *json, size_t len) {
     static const char text[] =
         "Hello  world, don't 12345\r\n\tcafe\xcc\x81 \xe4\xb8\x96\xe7\x95\x8c "
         "\xf0\x9f\x98\x80<|endoftext|><mask> x";
-    int32_t *ids = NULL;
-    int n = 0;
-    for (int ps = 0; ps < 2; ps++) {
-        if (td_tokenizer_encode(tok, text, sizeof text - 1, ps, &ids, &n, &err) == TD_OK) {
-            s_stream_check(tok, ids, n, ps);
-            free(ids);
-        }
-    }
+    s_encode_check(tok, text, sizeof text - 1);
     int nv = td_tokenizer_n_vocab(tok);
     int32_t some[4] = {0, nv - 1, nv / 2, nv};
     s_stream_check(tok, some, 4, 0);
@@ -191,14 +197,7 @@ static void s_vocab_mode(const char *p, size_t n) {
     if (!again || td_tokenizer_hash(again) != td_tokenizer_hash(tok)) s_fail("hash is not stable");
     td_tokenizer_destroy(&again);
     static const char text[] = "Hello  world, don't 12345\r\n\tcafe\xcc\x81 \xe4\xb8\x96 ab<s>";
-    int32_t *ids = NULL;
-    int m = 0;
-    for (int ps = 0; ps < 2; ps++) {
-        if (td_tokenizer_encode(tok, text, sizeof text - 1, ps, &ids, &m, &err) == TD_OK) {
-            s_stream_check(tok, ids, m, ps);
-            free(ids);
-        }
-    }
+    s_encode_check(tok, text, sizeof text - 1);
     td_tokenizer_destroy(&tok);
 }
 

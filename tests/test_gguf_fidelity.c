@@ -107,14 +107,10 @@ static void s_fix_free(s_fix_t *f) {
 
 static int s_fix_load(const char *name, s_fix_t *f) {
     char path[512], why[256];
-    snprintf(path, sizeof path, "%s/gguf/%s", td_test_data(), name);
-    char *text = NULL;
+    snprintf(path, sizeof path, "gguf/%s", name);
     size_t len = 0;
-    td_err_t err = {0};
-    if (td_read_file(path, &text, &len, &err) != TD_OK) {
-        td_test_fail(__FILE__, __LINE__, "%s", err.msg);
-        return -1;
-    }
+    char *text = td_test_read(path, &len);
+    if (!text) return -1;
     int rc = s_fix_parse(text, len, f, why, sizeof why);
     free(text);
     if (rc != 0) td_test_fail(__FILE__, __LINE__, "%s: %s", path, why);
