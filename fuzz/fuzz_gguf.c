@@ -4,6 +4,7 @@
  * every tensor's bytes must lie inside the image (touched here so ASan would catch a bad range),
  * every name and key must be found again, and every metadata value must be readable through the
  * typed getters and array accessors. */
+#include "fuzz/fuzz_common.h"
 #include "model/gguf.h"
 
 #include <stdint.h>
@@ -11,10 +12,8 @@
 #include <string.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    /* A private copy, so ASan knows exactly where the image ends. */
-    uint8_t *buf = malloc(size ? size : 1);
+    uint8_t *buf = td_fuzz_copy(data, size);
     if (!buf) return 0;
-    if (size) memcpy(buf, data, size);
     td_err_t err = {0};
     td_gguf_t *g = td_gguf_from_memory(buf, size, "fuzz.gguf", &err);
     if (g) {
@@ -52,8 +51,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
         (void)sink;
         td_gguf_destroy(&g);
-    } else if (err.code != TD_ERR_NOMEM && !strstr(err.msg, "fuzz.gguf")) {
-        abort(); /* every failure names the file */
+    } else {
+        td_fuzz_check_named(&err, "fuzz.gguf");
     }
     free(buf);
     return 0;

@@ -3,6 +3,7 @@
  * Whatever the input, parsing must not crash, leak or read outside the buffer; when it succeeds,
  * every tensor's bytes must lie inside the image (touched here so ASan would catch a bad range)
  * and every name must be found again by td_safetensors_find. */
+#include "fuzz/fuzz_common.h"
 #include "model/safetensors.h"
 
 #include <stdint.h>
@@ -10,10 +11,8 @@
 #include <string.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    /* A private copy, so ASan knows exactly where the image ends. */
-    uint8_t *buf = malloc(size ? size : 1);
+    uint8_t *buf = td_fuzz_copy(data, size);
     if (!buf) return 0;
-    if (size) memcpy(buf, data, size);
     td_err_t err = {0};
     td_safetensors_t *st = td_safetensors_from_memory(buf, size, "fuzz.safetensors", &err);
     if (st) {
@@ -37,8 +36,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
         (void)sink;
         td_safetensors_destroy(&st);
-    } else if (err.code != TD_ERR_NOMEM && !strstr(err.msg, "fuzz.safetensors")) {
-        abort(); /* every failure names the file */
+    } else {
+        td_fuzz_check_named(&err, "fuzz.safetensors");
     }
     free(buf);
     return 0;
