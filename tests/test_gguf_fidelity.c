@@ -196,6 +196,31 @@ static void s_run_close(s_run_t *r) {
     td_backend_destroy(&r->be);
 }
 
+/* s_fix_load, s_model_ready and s_run_open (n_seq slots) together: 1 when the fixture's model is
+ * loaded and ready to compare, else 0 with nothing left open (the case skipped or failed). */
+static int s_fixture_open(const char *fixture, int n_seq, s_fix_t *f, s_run_t *r) {
+    if (s_fix_load(fixture, f) != 0) return 0;
+    if (s_model_ready(f) && s_run_open(f, n_seq, r) == 0) return 1;
+    s_fix_free(f);
+    return 0;
+}
+
+static void s_fixture_close(s_fix_t *f, s_run_t *r) {
+    s_run_close(r);
+    s_fix_free(f);
+}
+
+/* Prefills prompt[np] on slot 0 with the logits of its last row only, into row. */
+static int s_prefill(s_run_t *r, const int32_t *prompt, int np, float *row, td_err_t *err) {
+    uint8_t *sel = calloc((size_t)np, 1);
+    if (!sel) return TD_ERR_NOMEM;
+    sel[np - 1] = 1;
+    td_batch_t b = {.n = np, .tokens = prompt, .logits_for = sel};
+    int rc = td_model_forward(r->m, r->kv, &b, row, err);
+    free(sel);
+    return rc;
+}
+
 /* Sanitizer builds: every 4th item only, from the 3rd (the texts then include one of < 25
  * tokens, so both matmul paths still run). */
 static int s_stride(void) { return getenv("TD_TEST_LIGHT") ? 4 : 1; }
@@ -282,12 +307,8 @@ static void s_tokenizer(const char *fixture) {
 
 static void s_scoring(const char *fixture) {
     s_fix_t f;
-    if (s_fix_load(fixture, &f) != 0) return;
     s_run_t r;
-    if (!s_model_ready(&f) || s_run_open(&f, 1, &r) != 0) {
-        s_fix_free(&f);
-        return;
-    }
+    if (!s_fixture_open(fixture, 1, &f, &r)) return;
     const int nv = f.n_vocab;
     REQUIRE(td_model_config(r.m)->n_vocab == nv);
     int n_texts = cJSON_GetArraySize(f.texts), stride = s_stride();
@@ -349,18 +370,13 @@ static void s_scoring(const char *fixture) {
               "mean log-prob %.6f, HF %.6f (bound %g%%)", mean_ours, mean_ref,
               MEAN_REL_BOUND * 100);
     CHECK_MSG(agree >= ARGMAX_MIN, "argmax agreement %.4f < %.2f", agree, ARGMAX_MIN);
-    s_run_close(&r);
-    s_fix_free(&f);
+    s_fixture_close(&f, &r);
 }
 
 static void s_greedy(const char *fixture) {
     s_fix_t f;
-    if (s_fix_load(fixture, &f) != 0) return;
     s_run_t r;
-    if (!s_model_ready(&f) || s_run_open(&f, 1, &r) != 0) {
-        s_fix_free(&f);
-        return;
-    }
+    if (!s_fixture_open(fixture, 1, &f, &r)) return;
     const int nv = f.n_vocab;
     float *row = malloc(sizeof(float) * (size_t)nv);
     int n_prompts = cJSON_GetArraySize(f.greedy), n_run = 0, n_equal = 0, stride = s_stride();
@@ -377,14 +393,7 @@ static void s_greedy(const char *fixture) {
         td_err_t err = {0};
         td_kv_cache_crop(r.kv, 0, 0);
         /* prefill: logits of the last prompt row only */
-        uint8_t *sel = calloc((size_t)np, 1);
-        sel[np - 1] = 1;
-        td_batch_t b = {0};
-        b.n = np;
-        b.tokens = prompt;
-        b.logits_for = sel;
-        int rc = td_model_forward(r.m, r.kv, &b, row, &err);
-        free(sel);
+        int rc = s_prefill(&r, prompt, np, row, &err);
         CHECK_MSG(rc == TD_OK, "%s: %s", name, err.msg);
         int i = 0, diverged = -1;
         for (; rc == TD_OK && i < ng; i++) {
@@ -424,20 +433,15 @@ static void s_greedy(const char *fixture) {
     printf("    greedy %s: %d of %d prompts equal to HF%s%s\n", fixture, n_equal, n_run,
            rl ? "; near-tie divergences:" : "", report);
     free(row);
-    s_run_close(&r);
-    s_fix_free(&f);
+    s_fixture_close(&f, &r);
 }
 
 /* A verification pass scores the drafted tokens in one batch; its logits must be bitwise those of
  * the AR steps, or a greedy speculative run could emit other tokens than plain decoding. */
 static void s_verify_bitwise(const char *fixture) {
     s_fix_t f;
-    if (s_fix_load(fixture, &f) != 0) return;
     s_run_t r;
-    if (!s_model_ready(&f) || s_run_open(&f, 2, &r) != 0) {
-        s_fix_free(&f);
-        return;
-    }
+    if (!s_fixture_open(fixture, 2, &f, &r)) return;
     const int nv = f.n_vocab;
     /* quantized weights take one arithmetic at every batch size: no pass-size limit */
     CHECK_EQ_INT(td_model_invariant_rows(r.m), INT_MAX);
@@ -449,13 +453,7 @@ static void s_verify_bitwise(const char *fixture) {
     td_err_t err = {0};
     float *batch = malloc(sizeof(float) * VERIFY_N * (size_t)nv);
     float *ar = malloc(sizeof(float) * VERIFY_N * (size_t)nv);
-    uint8_t *sel = calloc((size_t)np, 1);
-    sel[np - 1] = 1;
-    td_batch_t b = {0};
-    b.n = np;
-    b.tokens = prompt;
-    b.logits_for = sel;
-    CHECK_MSG(td_model_forward(r.m, r.kv, &b, ar, &err) == TD_OK, "prefill: %s", err.msg);
+    CHECK_MSG(s_prefill(&r, prompt, np, ar, &err) == TD_OK, "prefill: %s", err.msg);
     CHECK(td_kv_cache_copy_seq(r.kv, 0, 1, np) == TD_OK);
     /* verification pass: the 9 tokens in one forward on slot 0 */
     td_batch_t v = {0};
@@ -485,13 +483,11 @@ static void s_verify_bitwise(const char *fixture) {
     }
     printf("    verify %s: %d of %d rows of a %d-token batch bitwise equal to the AR steps\n",
            fixture, n_same, VERIFY_N, VERIFY_N);
-    free(sel);
     free(batch);
     free(ar);
     free(prompt);
     free(cont);
-    s_run_close(&r);
-    s_fix_free(&f);
+    s_fixture_close(&f, &r);
 }
 
 #define Q4_1 "smollm2-q4_1-fidelity.json"
