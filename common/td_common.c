@@ -220,6 +220,11 @@ char *td_path_json(char *out, size_t cap, const char *path, const char *name) {
     return out;
 }
 
+int td_read_json_file(const char *path_or_dir, const char *name, char *path, size_t cap,
+                      char **data, size_t *len, td_err_t *err) {
+    return td_read_file(td_path_json(path, cap, path_or_dir, name), data, len, err);
+}
+
 double td_time_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -121,6 +121,11 @@ char *td_path_join(char *out, size_t cap, const char *dir, const char *name);
  * directory PATH ("config.json", "tokenizer.json"). Writes it to out and returns out. */
 char *td_path_json(char *out, size_t cap, const char *path, const char *name);
 
+/* td_read_file of the JSON file td_path_json names (PATH itself, or NAME in the directory PATH);
+ * that file's path goes to path[cap] (for messages). */
+int td_read_json_file(const char *path_or_dir, const char *name, char *path, size_t cap,
+                      char **data, size_t *len, td_err_t *err);
+
 /* Monotonic clock in seconds. */
 double td_time_now(void);
 

@@ -129,11 +129,9 @@ static int s_parse(const cJSON *o, td_dflash_config_t *c, const char *file, td_e
 }
 
 int td_dflash_config_load(const char *dir, td_dflash_config_t *c, td_err_t *err) {
-    char path[4096];
-    td_path_join(path, sizeof path, dir, "config.json");
-    char *text = NULL;
+    char path[4096], *text = NULL;
     size_t len = 0;
-    int rc = td_read_file(path, &text, &len, err);
+    int rc = td_read_json_file(dir, "config.json", path, sizeof path, &text, &len, err);
     if (rc != TD_OK) return rc;
     cJSON *o = cJSON_ParseWithLength(text, len);
     free(text);

@@ -607,11 +607,9 @@ int td_config_parse(const char *json, size_t len, td_config_t *cfg, td_err_t *er
 }
 
 int td_config_load(const char *dir, td_config_t *cfg, td_err_t *err) {
-    char path[4096];
-    td_path_json(path, sizeof path, dir, "config.json");
-    char *text = NULL;
+    char path[4096], *text = NULL;
     size_t len = 0;
-    int rc = td_read_file(path, &text, &len, err);
+    int rc = td_read_json_file(dir, "config.json", path, sizeof path, &text, &len, err);
     if (rc < 0) return rc;
     rc = s_parse(text, len, cfg, path, err);
     free(text);
