@@ -22,6 +22,7 @@
  * (x86-64-v3), so one binary runs on AVX2-only machines. AMX is never used (these VMs list it in
  * cpuid but fault on it). */
 #include "kernels/cpu_quant.h"
+#include "kernels/cpu_paths.h"
 
 #include "kernels/quant.h"
 
@@ -380,42 +381,21 @@ static int s_best(void) {
     return S_SCALAR;
 }
 
-static int s_get_path(void) {
-    if (s_path < 0) {
-        const char *e = getenv("TD_CPU_KERNELS");
-        td_err_t err = {0};
-        if (!e || td_cpu_kernels_select(e, &err) != TD_OK) {
-            if (e) td_log(TD_LOG_WARN, "TD_CPU_KERNELS: %s; using the best available", err.msg);
-            s_path = s_best();
-        }
-    }
-    return s_path;
-}
+static const td_cpu_paths_t s_paths = {.what = "CPU kernels",
+                                       .env = "TD_CPU_KERNELS",
+                                       .choices = "auto, scalar, avx2, avx512vnni",
+                                       .names = s_path_names,
+                                       .n = S_NPATH,
+                                       .ok = s_path_ok,
+                                       .best = s_best,
+                                       .cur = &s_path};
 
-int td_cpu_kernels_available(const char *name) {
-    if (!name) return 0;
-    if (!strcmp(name, "auto")) return 1;
-    for (int p = 0; p < S_NPATH; p++)
-        if (!strcmp(name, s_path_names[p])) return s_path_ok(p);
-    return 0;
-}
+static int s_get_path(void) { return s_path >= 0 ? s_path : td_cpu_paths_get(&s_paths); }
+
+int td_cpu_kernels_available(const char *name) { return td_cpu_paths_available(&s_paths, name); }
 
 int td_cpu_kernels_select(const char *name, td_err_t *err) {
-    if (!name) return td_err_set(err, TD_ERR_ARG, "no kernel name");
-    if (!strcmp(name, "auto")) {
-        s_path = s_best();
-        return TD_OK;
-    }
-    for (int p = 0; p < S_NPATH; p++)
-        if (!strcmp(name, s_path_names[p])) {
-            if (!s_path_ok(p))
-                return td_err_set(err, TD_ERR_UNSUPPORTED, "this CPU cannot run the %s kernels",
-                                  name);
-            s_path = p;
-            return TD_OK;
-        }
-    return td_err_set(err, TD_ERR_ARG, "unknown CPU kernels '%s' (auto, scalar, avx2, avx512vnni)",
-                      name);
+    return td_cpu_paths_select(&s_paths, name, err);
 }
 
 const char *td_cpu_kernels_name(void) { return s_path_names[s_get_path()]; }
