@@ -19,6 +19,7 @@
 #include "tests/tdstats.h"
 #include "model/checkpoint.h"
 #include "model/model.h"
+#include "tests/tdmodel.h"
 #include "tests/tdtest.h"
 #include "tests/tdproc.h"
 
@@ -30,29 +31,42 @@ typedef struct fx {
     td_dflash_t *d;
     uint64_t fp;
     char dir[512];
+    cJSON *cases; /* dflash/cases.json: the reference cases */
 } fx_t;
 
+static cJSON *s_cases(void) {
+    char path[1024], *text = NULL;
+    size_t len = 0;
+    snprintf(path, sizeof path, "%s/dflash/cases.json", td_test_data());
+    if (td_read_file(path, &text, &len, NULL) != TD_OK) return NULL;
+    cJSON *o = cJSON_ParseWithLength(text, len);
+    free(text);
+    return o;
+}
+
+static void s_close(fx_t *f) {
+    cJSON_Delete(f->cases);
+    td_dflash_destroy(&f->d);
+    td_model_destroy(&f->m);
+    td_backend_destroy(&f->be);
+}
+
+/* The tiny verifier, the fixture's drafter for it, and the reference cases. */
 static int s_open(fx_t *f) {
     memset(f, 0, sizeof *f);
     td_err_t err = {0};
     snprintf(f->dir, sizeof f->dir, "%s/dflash/drafter", td_test_data());
-    f->be = td_backend_cpu_new(1, 0, &err);
-    if (f->be) f->m = td_model_load(s_tiny, f->be, &err);
-    if (f->m && td_checkpoint_fingerprint(s_tiny, &f->fp, &err) == TD_OK)
+    if (!(f->m = td_test_load_cpu(s_tiny, 1, 0, &f->be))) return 0;
+    if (td_checkpoint_fingerprint(s_tiny, &f->fp, &err) == TD_OK)
         f->d = td_dflash_load(f->dir, f->m, f->fp, 0, &err);
-    if (!f->d) {
-        td_test_fail(__FILE__, __LINE__, "setup: %s", err.msg);
-        td_model_destroy(&f->m);
-        td_backend_destroy(&f->be);
+    if (f->d) f->cases = s_cases();
+    if (!f->cases) {
+        td_test_fail(__FILE__, __LINE__, "setup: %s",
+                     f->d ? "dflash/cases.json unreadable" : err.msg);
+        s_close(f);
         return 0;
     }
     return 1;
-}
-
-static void s_close(fx_t *f) {
-    td_dflash_destroy(&f->d);
-    td_model_destroy(&f->m);
-    td_backend_destroy(&f->be);
 }
 
 static float *s_read_f32(const char *name, size_t *n) {
@@ -66,16 +80,6 @@ static float *s_read_f32(const char *name, size_t *n) {
     memcpy(out, data, len);
     free(data);
     return out;
-}
-
-static cJSON *s_cases(void) {
-    char path[1024], *text = NULL;
-    size_t len = 0;
-    snprintf(path, sizeof path, "%s/dflash/cases.json", td_test_data());
-    if (td_read_file(path, &text, &len, NULL) != TD_OK) return NULL;
-    cJSON *o = cJSON_ParseWithLength(text, len);
-    free(text);
-    return o;
 }
 
 TD_TEST(config_and_target_checks) {
@@ -119,9 +123,7 @@ TD_TEST(config_and_target_checks) {
 TD_TEST(forward_matches_reference) {
     fx_t f;
     if (!s_open(&f)) return;
-    cJSON *cases = s_cases();
-    REQUIRE(cases);
-    const cJSON *arr = cJSON_GetObjectItem(cases, "cases");
+    const cJSON *arr = cJSON_GetObjectItem(f.cases, "cases");
     int nc = cJSON_GetArraySize(arr);
     CHECK(nc >= 3);
     const int V = td_model_config(f.m)->n_vocab, FD = td_dflash_feature_dim(f.d);
@@ -168,7 +170,6 @@ TD_TEST(forward_matches_reference) {
         free(want);
         td_dflash_ctx_destroy(&cx);
     }
-    cJSON_Delete(cases);
     s_close(&f);
 }
 
@@ -177,9 +178,7 @@ TD_TEST(forward_matches_reference) {
 TD_TEST(verifier_features_match_hf) {
     fx_t f;
     if (!s_open(&f)) return;
-    cJSON *cases = s_cases();
-    REQUIRE(cases);
-    const cJSON *cs = cJSON_GetArrayItem(cJSON_GetObjectItem(cases, "cases"), 1);
+    const cJSON *cs = cJSON_GetArrayItem(cJSON_GetObjectItem(f.cases, "cases"), 1);
     const cJSON *toks = cJSON_GetObjectItem(cs, "tokens");
     int n = cJSON_GetArraySize(toks), FD = td_dflash_feature_dim(f.d);
     size_t nf = 0;
@@ -207,7 +206,6 @@ TD_TEST(verifier_features_match_hf) {
     free(got);
     free(want);
     td_kv_cache_destroy(&kv);
-    cJSON_Delete(cases);
     s_close(&f);
 }
 
