@@ -22,4 +22,23 @@ static inline void td_fuzz_check_named(const td_err_t *err, const char *file) {
     if (err->code != TD_ERR_NOMEM && !strstr(err->msg, file)) abort();
 }
 
+/* The libFuzzer entry of a target that parses a whole in-memory image (GGUF, safetensors): TYPE
+ * *PARSE(buf, size, FILE, &err) on a private copy of the input; on success CHECK(obj, buf, size)
+ * then DESTROY(&obj), else the error must name FILE. */
+#define TD_FUZZ_IMAGE_TARGET(FILE, TYPE, PARSE, CHECK, DESTROY)                                    \
+    int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {                                 \
+        uint8_t *buf = td_fuzz_copy(data, size);                                                   \
+        if (!buf) return 0;                                                                        \
+        td_err_t err = {0};                                                                        \
+        TYPE *obj = PARSE(buf, size, FILE, &err);                                                  \
+        if (obj) {                                                                                 \
+            CHECK(obj, buf, size);                                                                 \
+            DESTROY(&obj);                                                                         \
+        } else {                                                                                   \
+            td_fuzz_check_named(&err, FILE);                                                       \
+        }                                                                                          \
+        free(buf);                                                                                 \
+        return 0;                                                                                  \
+    }
+
 #endif
