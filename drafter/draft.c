@@ -283,7 +283,7 @@ static double s_score(td_unmask_order_t order, const float *d, int V) {
     }
 }
 
-static int s_check_model(td_model_t *m, td_err_t *err) {
+int td_diffusion_check_model(const td_model_t *m, td_err_t *err) {
     if (!m) return td_err_set(err, TD_ERR_ARG, "no model");
     const td_config_t *c = td_model_config(m);
     if (!c->is_diffusion || c->causal || c->mask_token_id < 0)
@@ -297,7 +297,7 @@ int td_diffusion_draft_ex(td_model_t *m, td_kv_cache_t *kv, int seq, const int32
                           int n_prefix, int gamma, int steps, td_unmask_order_t order,
                           const td_sampling_t *sp, td_rng_t *rng, int32_t *draft, float *q,
                           const td_draft_opts_t *opts, td_err_t *err) {
-    int rc = s_check_model(m, err);
+    int rc = td_diffusion_check_model(m, err);
     if (rc != TD_OK) return rc;
     if (!prefix || n_prefix < 1 || gamma < 1 || !sp || !rng || !draft || order < 0 ||
         order >= TD_ORDER_COUNT)
@@ -516,7 +516,7 @@ static int s_is_stop(const td_diffusion_params_t *p, int eos, int32_t id) {
 int td_diffusion_generate(td_model_t *m, const int32_t *prompt, int n_prompt,
                           const td_diffusion_params_t *p, int32_t *out, td_diffusion_stats_t *st,
                           td_err_t *err) {
-    int rc = s_check_model(m, err);
+    int rc = td_diffusion_check_model(m, err);
     if (rc != TD_OK) return rc;
     if (!prompt || n_prompt < 1 || !p || p->max_tokens < 0 || (p->max_tokens > 0 && !out) ||
         p->block_size < 1 || (p->n_stop > 0 && !p->stop_ids) ||
