@@ -796,21 +796,32 @@ static int s_connect(td_pair_t *pair, const char *dir, const char *ep) {
 
 #define TINY_PLANNED "models/tiny-planned"
 
+/* A drafter worker serving model at a fresh endpoint NAME (into ep) and the pair connected to it
+ * with model here too; returns its pid, or -1 (the case failed; everything stopped and removed). */
+static pid_t s_spawn_connect(const char *model, const char *name, char *ep, size_t cap,
+                             td_pair_t *pair) {
+    pid_t pid = s_spawn_drafter(model, name, ep, cap);
+    if (s_connect(pair, model, ep)) return pid;
+    s_stop(pid);
+    s_cleanup();
+    return -1;
+}
+
+/* 1 when the bundled models/tiny-planned is there, else 0 with the case skipped. */
+static int s_have_tiny_planned(void) {
+    if (access(TINY_PLANNED "/config.json", R_OK) == 0) return 1;
+    td_test_skip("models/tiny-planned not present");
+    return 0;
+}
+
 /* Remote fill == in-process fill: same cleaned output, same counts, greedy and sampled (the
  * generator travels with the request), sparse and dense, two step ratios. */
 TD_TEST(planned_two_processes_equal_one_process) {
-    if (access(TINY_PLANNED "/config.json", R_OK) != 0) {
-        td_test_skip("models/tiny-planned not present");
-        return;
-    }
+    if (!s_have_tiny_planned()) return;
     char ep[160];
-    pid_t pid = s_spawn_drafter(TINY_PLANNED, "planned", ep, sizeof ep);
     td_pair_t pair;
-    if (!s_connect(&pair, TINY_PLANNED, ep)) {
-        s_stop(pid);
-        s_cleanup();
-        return;
-    }
+    pid_t pid = s_spawn_connect(TINY_PLANNED, "planned", ep, sizeof ep, &pair);
+    if (pid < 0) return;
     td_model_t *m = pair.verifier;
     td_plan_tags_t tags;
     td_err_t err = {0};
@@ -896,13 +907,9 @@ TD_TEST(planned_two_processes_equal_one_process) {
 TD_TEST(planned_drafter_without_tags_refuses) {
     char dir[512], ep[160];
     snprintf(dir, sizeof dir, "%s/e2e/dream-drafter", td_test_data());
-    pid_t pid = s_spawn_drafter(dir, "notags", ep, sizeof ep);
     td_pair_t pair;
-    if (!s_connect(&pair, dir, ep)) {
-        s_stop(pid);
-        s_cleanup();
-        return;
-    }
+    pid_t pid = s_spawn_connect(dir, "notags", ep, sizeof ep, &pair);
+    if (pid < 0) return;
     td_err_t err = {0};
     int32_t ctx[3] = {1, 2, 3}, sc[64], t6[6] = {10, 11, 12, 13, 14, 15};
     int units[1] = {1};
@@ -920,10 +927,7 @@ TD_TEST(planned_drafter_without_tags_refuses) {
 /* `tandem generate --method planned --drafter ENDPOINT` (planner: the bundled tiny-planned run
  * causally here) prints what the one-process run prints. */
 TD_TEST(planned_two_processes_command_line) {
-    if (access(TINY_PLANNED "/config.json", R_OK) != 0) {
-        td_test_skip("models/tiny-planned not present");
-        return;
-    }
+    if (!s_have_tiny_planned()) return;
     char ep[160], cmd[2048];
     static char out_r[65536], out_l[65536];
     pid_t pid = s_spawn_drafter(TINY_PLANNED, "cli", ep, sizeof ep);
@@ -945,10 +949,7 @@ TD_TEST(planned_two_processes_command_line) {
  * 30-40 positions for this prompt) is refused with the reason and the command falls back to plain
  * decoding: exit 0, the message on stderr, tokens in the JSON. */
 TD_TEST(planned_too_long_for_the_budget_falls_back) {
-    if (access(TINY_PLANNED "/config.json", R_OK) != 0) {
-        td_test_skip("models/tiny-planned not present");
-        return;
-    }
+    if (!s_have_tiny_planned()) return;
     static char msg[65536], js[65536];
     char common[1024];
     snprintf(common, sizeof common,
@@ -977,10 +978,7 @@ TD_TEST(planned_too_long_for_the_budget_falls_back) {
  * as it was and, on the same prompt and settings, still emits the tag - the control showing that
  * this prompt does reach a tag. */
 TD_TEST(planned_fallback_tokens_hold_no_plan_tags) {
-    if (access(TINY_PLANNED "/config.json", R_OK) != 0) {
-        td_test_skip("models/tiny-planned not present");
-        return;
-    }
+    if (!s_have_tiny_planned()) return;
     td_err_t err = {0};
     td_tokenizer_t *tok = td_tokenizer_load(TINY_PLANNED "/tokenizer.json", &err);
     REQUIRE(tok != NULL);
