@@ -46,7 +46,7 @@ WORKER_SRC := $(wildcard workers/*.c)
 WORKER_BIN := $(WORKER_SRC:workers/%.c=$(BUILD)/bin/%)
 TEST_SRC  := $(wildcard tests/test_*.c)
 TEST_BIN  := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
-TEST_COMMON := $(BUILD)/obj/tests/tdtest.o $(BUILD)/obj/tests/tdstats.o
+TEST_COMMON := $(BUILD)/obj/tests/tdtest.o $(BUILD)/obj/tests/tdstats.o $(BUILD)/obj/tests/tdproc.o $(BUILD)/obj/tests/tdmodel.o
 BENCH_SRC := $(wildcard bench/*.c)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 FUZZ_SRC  := $(wildcard fuzz/fuzz_*.c)

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 static double s_bandwidth(int threads) {
     const size_t n = (size_t)512 << 20; /* 512 MiB of reads, well past every cache */
@@ -40,14 +41,21 @@ static double s_bandwidth(int threads) {
     return best;
 }
 
+/* Peak resident set size in kB (Linux's ru_maxrss, the VmHWM of /proc/self/status). */
 static long s_peak_rss_kb(void) {
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    long kb = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, "VmHWM:", 6)) kb = atol(line + 6);
-    if (f) fclose(f);
-    return kb;
+    struct rusage ru;
+    return getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss : -1;
+}
+
+/* One timed forward of b: adds its seconds to *sum and keeps the fastest in *best. */
+static void s_time_forward(td_model_t *m, td_kv_cache_t *kv, const td_batch_t *b, float *logits,
+                           double *sum, double *best) {
+    td_err_t err = {0};
+    double a = td_time_now();
+    td_model_forward(m, kv, b, logits, &err);
+    double d = td_time_now() - a;
+    *sum += d;
+    if (d < *best) *best = d;
 }
 
 int main(int argc, char **argv) {
@@ -134,11 +142,7 @@ int main(int argc, char **argv) {
     double best1 = 1e30, sum1 = 0;
     for (int s = 0; s < steps; s++) {
         td_batch_t b = {.n = 1, .tokens = &toks[s % 64], .attn = TD_ATTN_CAUSAL};
-        double a = td_time_now();
-        td_model_forward(m, kv, &b, logits, &err);
-        double d = td_time_now() - a;
-        sum1 += d;
-        if (d < best1) best1 = d;
+        s_time_forward(m, kv, &b, logits, &sum1, &best1);
     }
     double mean1 = sum1 / steps;
     /* scoring 8 tokens in one pass (a verification block), rewriting the same positions */
@@ -148,11 +152,7 @@ int main(int argc, char **argv) {
     for (int r = 0; r < reps8; r++) {
         td_kv_cache_crop(kv, 0, base);
         td_batch_t b = {.n = 8, .tokens = toks, .attn = TD_ATTN_CAUSAL};
-        double a = td_time_now();
-        td_model_forward(m, kv, &b, logits, &err);
-        double d = td_time_now() - a;
-        sum8 += d;
-        if (d < best8) best8 = d;
+        s_time_forward(m, kv, &b, logits, &sum8, &best8);
     }
     double mean8 = sum8 / reps8;
     double bound =

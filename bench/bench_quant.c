@@ -11,6 +11,7 @@
  * Options: --threads LIST (default 1,2), --reps N (default 15), --set NAME (only that set),
  * --n LIST (default 1,9), --kernels NAME (only that path), --hot 1 (one layer's weights reused:
  * cache-resident, measures the kernels' compute; lm_head replaced by a 576x576 matrix). */
+#include "bench/bench_opts.h"
 #include "kernels/backend.h"
 #include "kernels/quant.h"
 
@@ -101,20 +102,10 @@ static int s_in_list(const char *list, int v) {
 int main(int argc, char **argv) {
     const char *threads = "1,2", *only = NULL, *nlist = "1,9", *konly = NULL;
     int reps = 15, hot = 0;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--threads"))
-            threads = argv[i + 1];
-        else if (!strcmp(argv[i], "--reps"))
-            reps = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--set"))
-            only = argv[i + 1];
-        else if (!strcmp(argv[i], "--n"))
-            nlist = argv[i + 1];
-        else if (!strcmp(argv[i], "--hot"))
-            hot = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--kernels"))
-            konly = argv[i + 1];
-    }
+    const td_bench_opt_t opts[] = {{"threads", 's', &threads}, {"reps", 'i', &reps},
+                                   {"set", 's', &only},        {"n", 's', &nlist},
+                                   {"hot", 'i', &hot},         {"kernels", 's', &konly}};
+    td_bench_opts(argc, argv, opts, (int)(sizeof opts / sizeof *opts), "bench_quant", 0);
     static const struct {
         const char *name;
         td_dtype_t layer, head;

@@ -11,6 +11,7 @@
  * time per op, summed per kind and matmul shape) and printed per n, in ms per forward.
  * Options: --model PATH, --threads N (default 1), --n LIST (default 1,2,4,9,16,24), --rounds R
  * (default 9), --ctx P (default 64), --kernels NAME (quantized kernel path), --profile 0|1. */
+#include "bench/bench_opts.h"
 #include "kernels/backend_impl.h"
 #include "kernels/quant.h"
 #include "model/model.h"
@@ -118,26 +119,12 @@ int main(int argc, char **argv) {
     const char *path = "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", *nlist = "1,2,4,9,16,24",
                *kern = NULL;
     int threads = 1, rounds = 9, ctx = 64, profile = 0;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--model"))
-            path = argv[i + 1];
-        else if (!strcmp(argv[i], "--threads"))
-            threads = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--n"))
-            nlist = argv[i + 1];
-        else if (!strcmp(argv[i], "--rounds"))
-            rounds = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--ctx"))
-            ctx = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--kernels"))
-            kern = argv[i + 1];
-        else if (!strcmp(argv[i], "--profile"))
-            profile = atoi(argv[i + 1]);
-        else {
-            fprintf(stderr, "bench_verify: unknown option %s\n", argv[i]);
-            return 2;
-        }
-    }
+    const td_bench_opt_t opts[] = {{"model", 's', &path},     {"threads", 'i', &threads},
+                                   {"n", 's', &nlist},        {"rounds", 'i', &rounds},
+                                   {"ctx", 'i', &ctx},        {"kernels", 's', &kern},
+                                   {"profile", 'i', &profile}};
+    if (td_bench_opts(argc, argv, opts, (int)(sizeof opts / sizeof *opts), "bench_verify", 1))
+        return 2;
     FILE *f = fopen(path, "rb");
     if (!f) {
         printf("bench_verify: %s not present (make models): skipped\n", path);

@@ -94,13 +94,8 @@ if [ ! -f "$MODEL" ] || ! sha256sum "$MODEL" | grep -q "$SHA"; then
   sha256sum "$MODEL" | grep -q "$SHA" || { echo "cuda-quant: $MODEL: wrong sha256"; exit 1; }
 fi
 BIN=$PWD/$B/gpu-bundle/bin
-libdirs="$PWD/$B/gpu-bundle/lib"
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do [ -d "$d" ] && libdirs="$libdirs:$d"; done
-export LD_LIBRARY_PATH="$libdirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-for lib in $(ldd "$BIN"/* 2>/dev/null | awk '/not found/{print $1}' | sort -u); do
-  d=$(find /usr /opt -name "$lib" -printf '%h\n' 2>/dev/null | head -1)
-  [ -n "$d" ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$d"
-done
+. "$(dirname "$0")/../tools/gpu-libpath.sh"
+gpu_libpath "$PWD/$B/gpu-bundle" "$BIN"
 work=$(mktemp -d /tmp/tandem-cq-XXXXXX)
 
 echo "== nvidia-smi"

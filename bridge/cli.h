@@ -89,6 +89,10 @@ int td_cli_encode_prompt(const char *dir, int chat_kind, const char *system, con
 /* Reads all of a file, or stdin for "-". */
 char *td_cli_read_text(const char *path, size_t *len);
 
+/* Reads f to its end into a NUL-terminated malloc'd buffer (*len bytes before the NUL); NULL when
+ * out of memory. */
+char *td_cli_read_stream(FILE *f, size_t *len);
+
 /* Writes s to f as a JSON string literal (quotes and escapes included). */
 void td_cli_json_str(FILE *f, const char *s, size_t len);
 

@@ -444,6 +444,20 @@ static void s_gen_free(gen_t *g) {
     free(g);
 }
 
+/* Refuses a request whose tandem.NAME is VALUE, none of CHOICES (400), then frees ids and g (VALUE
+ * may live in g). */
+static enum MHD_Result s_refuse_choice(server_t *s, struct MHD_Connection *c, gen_t *g,
+                                       int32_t *ids, const char *name, const char *value,
+                                       const char *choices) {
+    char param[32];
+    snprintf(param, sizeof param, "tandem.%s", name);
+    enum MHD_Result ret = s_error(s, c, 400, "invalid_request_error", NULL, param,
+                                  "unknown %s '%.40s' (%s)", name, value, choices);
+    free(ids);
+    s_gen_free(g);
+    return ret;
+}
+
 static void s_finish_metrics(gen_t *g) {
     if (g->metrics_done) return;
     g->metrics_done = 1;
@@ -679,22 +693,11 @@ static enum MHD_Result s_generate(server_t *s, struct MHD_Connection *c, td_serv
     }
     if (q->gamma > 0) gg.gamma = (int)q->gamma;
     if (q->steps > 0) gg.steps = (int)q->steps;
-    if (q->order && (gg.order = td_unmask_order_parse(q->order)) < 0) {
-        enum MHD_Result ret =
-            s_error(s, c, 400, "invalid_request_error", NULL, "tandem.order",
-                    "unknown order '%.40s' (left-to-right, confidence, entropy, margin)", q->order);
-        free(ids);
-        s_gen_free(g);
-        return ret;
-    }
-    if (q->verify && (gg.verify = td_verify_parse(q->verify)) < 0) {
-        enum MHD_Result ret =
-            s_error(s, c, 400, "invalid_request_error", NULL, "tandem.verify",
-                    "unknown verify '%.40s' (rejection, match, greedy)", q->verify);
-        free(ids);
-        s_gen_free(g);
-        return ret;
-    }
+    if (q->order && (gg.order = td_unmask_order_parse(q->order)) < 0)
+        return s_refuse_choice(s, c, g, ids, "order", q->order,
+                               "left-to-right, confidence, entropy, margin");
+    if (q->verify && (gg.verify = td_verify_parse(q->verify)) < 0)
+        return s_refuse_choice(s, c, g, ids, "verify", q->verify, "rejection, match, greedy");
     if (kind == TD_SERVE_CHAT) gg.stop_ids = s->chat_stop, gg.n_stop = s->n_chat_stop;
     rc = td_serve_submit(s->eng, &gg, &g->job, &err);
     free(ids);

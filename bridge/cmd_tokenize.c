@@ -3,6 +3,7 @@
  * Loads only the tokenizer (a model directory holding tokenizer.json, or the file itself), so it
  * works on any checkpoint without reading weights. */
 #include "model/checkpoint.h"
+#include "bridge/cli.h"
 #include "bridge/commands.h"
 #include "model/tokenizer.h"
 
@@ -79,28 +80,6 @@ static void s_print_escaped(FILE *f, const char *p, size_t n, int json) {
         i++;
     }
     fputc('"', f);
-}
-
-static char *s_read_stream(FILE *f, size_t *len) {
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        size_t r = fread(buf + n, 1, cap - n - 1, f);
-        n += r;
-        if (r == 0) break;
-        if (n + 1 == cap) {
-            char *nb = realloc(buf, cap * 2);
-            if (!nb) {
-                free(buf);
-                return NULL;
-            }
-            buf = nb;
-            cap *= 2;
-        }
-    }
-    if (buf) buf[n] = 0;
-    *len = n;
-    return buf;
 }
 
 static int s_decode(const td_tokenizer_t *tok, const char *list, int skip_special) {
@@ -235,7 +214,7 @@ int td_cmd_tokenize(int argc, char **argv) {
                 td_tokenizer_destroy(&tok);
                 return 1;
             }
-            buf = s_read_stream(f, &len);
+            buf = td_cli_read_stream(f, &len);
             if (f != stdin) fclose(f);
         }
         rc = path && !buf

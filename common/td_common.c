@@ -35,22 +35,33 @@ int td_err_prefix(td_err_t *err, const char *fmt, ...) {
 
 static const struct {
     const char *name;
-    size_t size;  /* bytes per element (0: block-quantized) */
-    int blk;      /* elements per block */
+    size_t size;   /* bytes per element (0: block-quantized) */
+    int blk;       /* elements per block */
     size_t bbytes; /* bytes per block */
 } s_dtypes[TD_DTYPE_COUNT] = {
-    [TD_DTYPE_F32] = {"F32", 4},         [TD_DTYPE_F16] = {"F16", 2},
-    [TD_DTYPE_BF16] = {"BF16", 2},       [TD_DTYPE_F64] = {"F64", 8},
-    [TD_DTYPE_I64] = {"I64", 8},         [TD_DTYPE_I32] = {"I32", 4},
-    [TD_DTYPE_I16] = {"I16", 2},         [TD_DTYPE_I8] = {"I8", 1},
-    [TD_DTYPE_U64] = {"U64", 8},         [TD_DTYPE_U32] = {"U32", 4},
-    [TD_DTYPE_U16] = {"U16", 2},         [TD_DTYPE_U8] = {"U8", 1},
-    [TD_DTYPE_BOOL] = {"BOOL", 1},       [TD_DTYPE_F8_E4M3] = {"F8_E4M3", 1},
+    [TD_DTYPE_F32] = {"F32", 4},
+    [TD_DTYPE_F16] = {"F16", 2},
+    [TD_DTYPE_BF16] = {"BF16", 2},
+    [TD_DTYPE_F64] = {"F64", 8},
+    [TD_DTYPE_I64] = {"I64", 8},
+    [TD_DTYPE_I32] = {"I32", 4},
+    [TD_DTYPE_I16] = {"I16", 2},
+    [TD_DTYPE_I8] = {"I8", 1},
+    [TD_DTYPE_U64] = {"U64", 8},
+    [TD_DTYPE_U32] = {"U32", 4},
+    [TD_DTYPE_U16] = {"U16", 2},
+    [TD_DTYPE_U8] = {"U8", 1},
+    [TD_DTYPE_BOOL] = {"BOOL", 1},
+    [TD_DTYPE_F8_E4M3] = {"F8_E4M3", 1},
     [TD_DTYPE_F8_E5M2] = {"F8_E5M2", 1},
-    [TD_DTYPE_Q8_0] = {"Q8_0", 0, 32, 34},   [TD_DTYPE_Q4_0] = {"Q4_0", 0, 32, 18},
-    [TD_DTYPE_Q4_1] = {"Q4_1", 0, 32, 20},   [TD_DTYPE_Q5_0] = {"Q5_0", 0, 32, 22},
-    [TD_DTYPE_Q5_1] = {"Q5_1", 0, 32, 24},   [TD_DTYPE_Q4_K] = {"Q4_K", 0, 256, 144},
-    [TD_DTYPE_Q5_K] = {"Q5_K", 0, 256, 176}, [TD_DTYPE_Q6_K] = {"Q6_K", 0, 256, 210},
+    [TD_DTYPE_Q8_0] = {"Q8_0", 0, 32, 34},
+    [TD_DTYPE_Q4_0] = {"Q4_0", 0, 32, 18},
+    [TD_DTYPE_Q4_1] = {"Q4_1", 0, 32, 20},
+    [TD_DTYPE_Q5_0] = {"Q5_0", 0, 32, 22},
+    [TD_DTYPE_Q5_1] = {"Q5_1", 0, 32, 24},
+    [TD_DTYPE_Q4_K] = {"Q4_K", 0, 256, 144},
+    [TD_DTYPE_Q5_K] = {"Q5_K", 0, 256, 176},
+    [TD_DTYPE_Q6_K] = {"Q6_K", 0, 256, 210},
 };
 
 const char *td_dtype_name(td_dtype_t t) {
@@ -198,6 +209,20 @@ char *td_path_join(char *out, size_t cap, const char *dir, const char *name) {
     size_t n = strlen(dir);
     snprintf(out, cap, "%s%s%s", dir, (n && dir[n - 1] == '/') ? "" : "/", name);
     return out;
+}
+
+char *td_path_json(char *out, size_t cap, const char *path, const char *name) {
+    size_t n = strlen(path);
+    if (n >= 5 && strcmp(path + n - 5, ".json") == 0)
+        snprintf(out, cap, "%s", path);
+    else
+        td_path_join(out, cap, path, name);
+    return out;
+}
+
+int td_read_json_file(const char *path_or_dir, const char *name, char *path, size_t cap,
+                      char **data, size_t *len, td_err_t *err) {
+    return td_read_file(td_path_json(path, cap, path_or_dir, name), data, len, err);
 }
 
 double td_time_now(void) {

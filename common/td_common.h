@@ -69,11 +69,11 @@ typedef enum td_dtype {
     TD_DTYPE_COUNT
 } td_dtype_t;
 
-const char *td_dtype_name(td_dtype_t t);  /* "F32", "BF16", ... */
-int td_dtype_from_name(const char *name); /* td_dtype_t, or -1 when unknown */
-size_t td_dtype_size(td_dtype_t t);       /* bytes per element; 0 for block-quantized types */
-int td_dtype_is_quantized(td_dtype_t t);  /* 1 for the block-quantized types */
-int td_dtype_block_elems(td_dtype_t t);   /* elements per block (1 for plain types) */
+const char *td_dtype_name(td_dtype_t t);   /* "F32", "BF16", ... */
+int td_dtype_from_name(const char *name);  /* td_dtype_t, or -1 when unknown */
+size_t td_dtype_size(td_dtype_t t);        /* bytes per element; 0 for block-quantized types */
+int td_dtype_is_quantized(td_dtype_t t);   /* 1 for the block-quantized types */
+int td_dtype_block_elems(td_dtype_t t);    /* elements per block (1 for plain types) */
 size_t td_dtype_block_bytes(td_dtype_t t); /* bytes per block (the element size for plain types) */
 /* Bytes of n elements (n a multiple of the block's element count; 0 otherwise). */
 uint64_t td_dtype_row_bytes(td_dtype_t t, int64_t n);
@@ -116,6 +116,15 @@ int td_read_file(const char *path, char **data, size_t *len, td_err_t *err);
 
 /* Joins dir and name into out (PATH_MAX-sized buffers are fine). Returns out. */
 char *td_path_join(char *out, size_t cap, const char *dir, const char *name);
+
+/* The JSON file PATH names: PATH itself when it ends in ".json", else the file NAME in the
+ * directory PATH ("config.json", "tokenizer.json"). Writes it to out and returns out. */
+char *td_path_json(char *out, size_t cap, const char *path, const char *name);
+
+/* td_read_file of the JSON file td_path_json names (PATH itself, or NAME in the directory PATH);
+ * that file's path goes to path[cap] (for messages). */
+int td_read_json_file(const char *path_or_dir, const char *name, char *path, size_t cap,
+                      char **data, size_t *len, td_err_t *err);
 
 /* Monotonic clock in seconds. */
 double td_time_now(void);

@@ -1,6 +1,7 @@
 /* dflash.c - the DFlash drafter (dflash.h): config, target checks, weight binding, the context
  * cache and the one-forward block draft, all on backend ops. */
 #include "drafter/dflash.h"
+#include "drafter/draft.h"
 
 #include "model/tensor_source.h"
 
@@ -128,11 +129,9 @@ static int s_parse(const cJSON *o, td_dflash_config_t *c, const char *file, td_e
 }
 
 int td_dflash_config_load(const char *dir, td_dflash_config_t *c, td_err_t *err) {
-    char path[4096];
-    td_path_join(path, sizeof path, dir, "config.json");
-    char *text = NULL;
+    char path[4096], *text = NULL;
     size_t len = 0;
-    int rc = td_read_file(path, &text, &len, err);
+    int rc = td_read_json_file(dir, "config.json", path, sizeof path, &text, &len, err);
     if (rc != TD_OK) return rc;
     cJSON *o = cJSON_ParseWithLength(text, len);
     free(text);
@@ -542,13 +541,9 @@ int td_dflash_draft_many(td_dflash_job_t *jobs, int n_jobs, td_err_t *err) {
         td_rng_t *rng = J->rng ? J->rng : &greedy_rng;
         for (int i = 0; i < J->block - 1; i++) {
             const float *row = host + (size_t)(o0 + i) * V;
-            float *qi = J->q ? J->q + (size_t)i * V : qrow;
-            int id = td_sample(J->sp, rng, row, V, qi);
-            if (id < 0) {
-                rc = td_err_set(err, id, "dflash: sampling failed at draft position %d", i);
+            if ((rc = td_draft_sample(J->sp, rng, row, V, J->q, qrow, i, J->draft, "dflash: ",
+                                      err)))
                 goto done;
-            }
-            J->draft[i] = id;
         }
         if (J->logits)
             memcpy(J->logits, host + (size_t)o0 * V, (size_t)(J->block - 1) * V * sizeof *host);

@@ -98,6 +98,14 @@ static int s_topk(const float *x, int n, int k, int positive_only, int32_t *ids,
     return m;
 }
 
+int td_draft_sample(const td_sampling_t *sp, td_rng_t *rng, const float *row, int V, float *q,
+                    float *qrow, int j, int32_t *draft, const char *prefix, td_err_t *err) {
+    int id = td_sample(sp, rng, row, V, q ? q + (size_t)j * V : qrow);
+    if (id < 0) return td_err_set(err, id, "%ssampling failed at draft position %d", prefix, j);
+    draft[j] = id;
+    return TD_OK;
+}
+
 int td_dist_topk(const float *p, int n, int k, int32_t *ids, float *probs, float *rest) {
     if (!p || n <= 0 || k < 0 || (k > 0 && (!ids || !probs)) || !rest) return TD_ERR_ARG;
     if (k > n) k = n;
@@ -325,7 +333,7 @@ static double s_score(td_unmask_order_t order, const float *d, int V) {
     }
 }
 
-static int s_check_model(td_model_t *m, td_err_t *err) {
+int td_diffusion_check_model(const td_model_t *m, td_err_t *err) {
     if (!m) return td_err_set(err, TD_ERR_ARG, "no model");
     const td_config_t *c = td_model_config(m);
     if (!c->is_diffusion || c->causal || c->mask_token_id < 0)
@@ -459,7 +467,7 @@ static void s_dj_free(s_dj_t *D, int ok) {
 
 int td_diffusion_draft_many(td_model_t *m, td_kv_cache_t *kv, td_diffusion_job_t *jobs, int n_jobs,
                             int *n_forwards, td_err_t *err) {
-    int rc = s_check_model(m, err);
+    int rc = td_diffusion_check_model(m, err);
     if (rc != TD_OK) return rc;
     if (n_jobs < 0 || (n_jobs > 0 && !jobs))
         return td_err_set(err, TD_ERR_ARG, "diffusion draft: bad job list");
@@ -691,7 +699,7 @@ static int s_is_stop(const td_diffusion_params_t *p, int eos, int32_t id) {
 int td_diffusion_generate(td_model_t *m, const int32_t *prompt, int n_prompt,
                           const td_diffusion_params_t *p, int32_t *out, td_diffusion_stats_t *st,
                           td_err_t *err) {
-    int rc = s_check_model(m, err);
+    int rc = td_diffusion_check_model(m, err);
     if (rc != TD_OK) return rc;
     if (!prompt || n_prompt < 1 || !p || p->max_tokens < 0 || (p->max_tokens > 0 && !out) ||
         p->block_size < 1 || (p->n_stop > 0 && !p->stop_ids) ||

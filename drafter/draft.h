@@ -132,6 +132,16 @@ typedef struct td_ar_job {
 int td_ar_draft_many(td_model_t *m, td_kv_cache_t *kv, td_ar_job_t *jobs, int n_jobs,
                      td_err_t *err);
 
+/* TD_OK when m is a masked-diffusion LM (bidirectional, with a mask token); else TD_ERR_ARG naming
+ * its architecture (no model: TD_ERR_ARG too). */
+int td_diffusion_check_model(const td_model_t *m, td_err_t *err);
+
+/* Samples draft position j from its logits row (V wide) under sp: the id into draft[j], the
+ * distribution it was drawn from into row j of q ([positions, V]) or, when q is NULL, into the
+ * scratch row qrow. Returns TD_OK, or the sampler's error (in err, after PREFIX, naming j). */
+int td_draft_sample(const td_sampling_t *sp, td_rng_t *rng, const float *row, int V, float *q,
+                    float *qrow, int j, int32_t *draft, const char *prefix, td_err_t *err);
+
 /* Sparse form of a probability row for the wire: the (up to) k largest entries of p[n] that are
  * > 0, largest first (ties to the lowest id), into ids/probs, and *rest = the total of every
  * entry not written (exactly 0 when the written ones are the whole support). Returns the number

@@ -2,6 +2,8 @@
  * that reproduces it with chains of drafted states verified in one batched forward. */
 #include "drafter/selfspec.h"
 
+#include "drafter/draft.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,12 +48,9 @@ typedef struct s_ctx {
 
 static int s_setup(s_ctx_t *c, td_model_t *m, const int32_t *prompt, int n_prompt,
                    const td_selfspec_params_t *p, int32_t *out, td_err_t *err) {
-    if (!m) return td_err_set(err, TD_ERR_ARG, "no model");
+    int rc = td_diffusion_check_model(m, err);
+    if (rc != TD_OK) return rc;
     const td_config_t *cf = td_model_config(m);
-    if (!cf->is_diffusion || cf->causal || cf->mask_token_id < 0)
-        return td_err_set(err, TD_ERR_ARG,
-                          "%s is not a masked-diffusion LM (no mask token or causal)",
-                          td_arch_name(cf->arch));
     if (!prompt || n_prompt < 1 || !p || p->max_tokens < 0 || (p->max_tokens > 0 && !out) ||
         (p->n_stop > 0 && !p->stop_ids))
         return td_err_set(err, TD_ERR_ARG, "stepwise/selfspec generate: bad arguments");

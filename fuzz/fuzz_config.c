@@ -3,6 +3,7 @@
  * Parsing must never crash or read past len; on success the result must satisfy the invariants
  * td_config_parse promises (sizes positive, heads divisible by key/value heads, token ids in the
  * vocabulary or -1, a mask token for every diffusion LM). */
+#include "fuzz/fuzz_common.h"
 #include "model/config.h"
 
 #include <stdint.h>
@@ -10,9 +11,8 @@
 #include <string.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    char *buf = malloc(size ? size : 1); /* not NUL-terminated: len must be honoured */
+    char *buf = td_fuzz_copy(data, size); /* not NUL-terminated: len must be honoured */
     if (!buf) return 0;
-    if (size) memcpy(buf, data, size);
     td_config_t cfg;
     td_err_t err = {0};
     int rc = td_config_parse(buf, size, &cfg, &err);

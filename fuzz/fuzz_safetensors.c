@@ -3,43 +3,33 @@
  * Whatever the input, parsing must not crash, leak or read outside the buffer; when it succeeds,
  * every tensor's bytes must lie inside the image (touched here so ASan would catch a bad range)
  * and every name must be found again by td_safetensors_find. */
+#include "fuzz/fuzz_common.h"
 #include "model/safetensors.h"
 
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    /* A private copy, so ASan knows exactly where the image ends. */
-    uint8_t *buf = malloc(size ? size : 1);
-    if (!buf) return 0;
-    if (size) memcpy(buf, data, size);
-    td_err_t err = {0};
-    td_safetensors_t *st = td_safetensors_from_memory(buf, size, "fuzz.safetensors", &err);
-    if (st) {
-        volatile uint8_t sink = 0;
-        uint64_t total = 0;
-        for (int i = 0; i < td_safetensors_count(st); i++) {
-            const td_st_tensor_t *t = td_safetensors_at(st, i);
-            const uint8_t *p = t->data;
-            if (p < buf || p + t->nbytes > buf + size) abort();
-            if (t->nbytes) sink ^= p[0] ^ p[t->nbytes - 1];
-            if (td_safetensors_find(st, t->name) != t) abort();
-            if ((uint64_t)td_safetensors_n_elements(t) * td_dtype_size(t->dtype) != t->nbytes)
-                abort();
-            total += t->nbytes;
-        }
-        if (total != td_safetensors_total_bytes(st)) abort();
-        for (int i = 0; i < td_safetensors_n_metadata(st); i++) {
-            const char *v = NULL;
-            const char *k = td_safetensors_metadata_at(st, i, &v);
-            sink ^= (uint8_t)(k[0] ^ v[0]);
-        }
-        (void)sink;
-        td_safetensors_destroy(&st);
-    } else if (err.code != TD_ERR_NOMEM && !strstr(err.msg, "fuzz.safetensors")) {
-        abort(); /* every failure names the file */
+static void s_check(const td_safetensors_t *st, const uint8_t *buf, size_t size) {
+    volatile uint8_t sink = 0;
+    uint64_t total = 0;
+    for (int i = 0; i < td_safetensors_count(st); i++) {
+        const td_st_tensor_t *t = td_safetensors_at(st, i);
+        const uint8_t *p = t->data;
+        if (p < buf || p + t->nbytes > buf + size) abort();
+        if (t->nbytes) sink ^= p[0] ^ p[t->nbytes - 1];
+        if (td_safetensors_find(st, t->name) != t) abort();
+        if ((uint64_t)td_safetensors_n_elements(t) * td_dtype_size(t->dtype) != t->nbytes) abort();
+        total += t->nbytes;
     }
-    free(buf);
-    return 0;
+    if (total != td_safetensors_total_bytes(st)) abort();
+    for (int i = 0; i < td_safetensors_n_metadata(st); i++) {
+        const char *v = NULL;
+        const char *k = td_safetensors_metadata_at(st, i, &v);
+        sink ^= (uint8_t)(k[0] ^ v[0]);
+    }
+    (void)sink;
 }
+
+TD_FUZZ_IMAGE_TARGET("fuzz.safetensors", td_safetensors_t, td_safetensors_from_memory, s_check,
+                     td_safetensors_destroy)

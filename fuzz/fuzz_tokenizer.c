@@ -14,6 +14,7 @@
  * The fixture is TD_FUZZ_TOKENIZER, default tests/data/tokenizers/qwen2/tokenizer.json (run from
  * the repository root). The round-trip property assumes the tokenizer has no non-special added
  * token with lstrip/rstrip (true of the fixtures). */
+#include "tests/tdutf8.h"
 #include "model/tokenizer.h"
 
 #include <stdio.h>
@@ -22,26 +23,6 @@
 
 static td_tokenizer_t *s_tok;
 static int s_normalizes;
-
-static int s_valid_utf8(const char *p, size_t n) {
-    const unsigned char *s = (const unsigned char *)p;
-    for (size_t i = 0; i < n;) {
-        unsigned char c = s[i];
-        size_t need = c < 0x80                 ? 1
-                      : c >= 0xc2 && c <= 0xdf ? 2
-                      : c >= 0xe0 && c <= 0xef ? 3
-                      : c >= 0xf0 && c <= 0xf4 ? 4
-                                               : 0;
-        if (!need || i + need > n) return 0;
-        for (size_t k = 1; k < need; k++)
-            if ((s[i + k] & 0xc0) != 0x80) return 0;
-        if ((c == 0xe0 && s[i + 1] < 0xa0) || (c == 0xed && s[i + 1] > 0x9f) ||
-            (c == 0xf0 && s[i + 1] < 0x90) || (c == 0xf4 && s[i + 1] > 0x8f))
-            return 0;
-        i += need;
-    }
-    return 1;
-}
 
 static void s_fail(const char *what) {
     fprintf(stderr, "fuzz_tokenizer: %s\n", what);
@@ -66,7 +47,7 @@ static void s_stream_check(const td_tokenizer_t *tok, const int32_t *ids, int n,
             stream_ok = 0;
             break;
         }
-        if (!s_valid_utf8(step, (size_t)m)) s_fail("stream emitted invalid UTF-8");
+        if (!td_test_utf8_valid(step, (size_t)m)) s_fail("stream emitted invalid UTF-8");
         if (rc == TD_OK && total + (size_t)m > blen) s_fail("stream longer than batch");
         if (rc == TD_OK) memcpy(acc + total, step, (size_t)m);
         total += (size_t)m;
@@ -79,12 +60,25 @@ static void s_stream_check(const td_tokenizer_t *tok, const int32_t *ids, int n,
         memcpy(acc + total, step, (size_t)m);
         total += (size_t)m;
         if (total != blen || memcmp(acc, batch, blen) != 0) s_fail("stream != batch decode");
-        if (!s_valid_utf8(batch, blen)) s_fail("batch decode gave invalid UTF-8");
+        if (!td_test_utf8_valid(batch, blen)) s_fail("batch decode gave invalid UTF-8");
     }
     td_detok_destroy(&d);
     free(step);
     free(acc);
     free(batch);
+}
+
+/* Encodes text with and without special-token parsing and checks each encoding's stream decode. */
+static void s_encode_check(const td_tokenizer_t *tok, const char *text, size_t len) {
+    for (int ps = 0; ps < 2; ps++) {
+        int32_t *ids = NULL;
+        int n = 0;
+        td_err_t err = {0};
+        if (td_tokenizer_encode(tok, text, len, ps, &ids, &n, &err) == TD_OK) {
+            s_stream_check(tok, ids, n, ps);
+            free(ids);
+        }
+    }
 }
 
 static void s_encode_mode(const char *text, size_t len, int parse_special) {
@@ -94,10 +88,10 @@ static void s_encode_mode(const char *text, size_t len, int parse_special) {
     int rc = td_tokenizer_encode(s_tok, text, len, parse_special, &ids, &n, &err);
     if (rc != TD_OK) {
         if (rc != TD_ERR_ARG) s_fail(err.msg);
-        if (s_valid_utf8(text, len)) s_fail("valid UTF-8 refused");
+        if (td_test_utf8_valid(text, len)) s_fail("valid UTF-8 refused");
         return;
     }
-    if (!s_valid_utf8(text, len)) s_fail("invalid UTF-8 accepted");
+    if (!td_test_utf8_valid(text, len)) s_fail("invalid UTF-8 accepted");
     char *dec = NULL;
     size_t dl = 0;
     if (td_tokenizer_decode(s_tok, ids, n, 0, &dec, &dl, &err) != TD_OK) s_fail(err.msg);
@@ -127,14 +121,7 @@ static void s_json_mode(const char *json, size_t len) {
     static const char text[] =
         "Hello  world, don't 12345\r\n\tcafe\xcc\x81 \xe4\xb8\x96\xe7\x95\x8c "
         "\xf0\x9f\x98\x80<|endoftext|><mask> x";
-    int32_t *ids = NULL;
-    int n = 0;
-    for (int ps = 0; ps < 2; ps++) {
-        if (td_tokenizer_encode(tok, text, sizeof text - 1, ps, &ids, &n, &err) == TD_OK) {
-            s_stream_check(tok, ids, n, ps);
-            free(ids);
-        }
-    }
+    s_encode_check(tok, text, sizeof text - 1);
     int nv = td_tokenizer_n_vocab(tok);
     int32_t some[4] = {0, nv - 1, nv / 2, nv};
     s_stream_check(tok, some, 4, 0);
@@ -191,14 +178,7 @@ static void s_vocab_mode(const char *p, size_t n) {
     if (!again || td_tokenizer_hash(again) != td_tokenizer_hash(tok)) s_fail("hash is not stable");
     td_tokenizer_destroy(&again);
     static const char text[] = "Hello  world, don't 12345\r\n\tcafe\xcc\x81 \xe4\xb8\x96 ab<s>";
-    int32_t *ids = NULL;
-    int m = 0;
-    for (int ps = 0; ps < 2; ps++) {
-        if (td_tokenizer_encode(tok, text, sizeof text - 1, ps, &ids, &m, &err) == TD_OK) {
-            s_stream_check(tok, ids, m, ps);
-            free(ids);
-        }
-    }
+    s_encode_check(tok, text, sizeof text - 1);
     td_tokenizer_destroy(&tok);
 }
 

@@ -4,6 +4,7 @@
  * and the defaults). A message it accepts must satisfy td_wire_validate, pack again (td_wire_pack
  * validates too), and decode from those bytes to a message that packs to the same bytes. A
  * rejection must come with TD_ERR_FORMAT and a message. */
+#include "fuzz/fuzz_common.h"
 #include "protocol/wire.h"
 
 #include <stdint.h>
@@ -38,10 +39,8 @@ static void s_one(const uint8_t *data, size_t size, const td_wire_limits_t *lim)
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    /* a copy of exactly size bytes, so ASan sees any read past the end */
-    uint8_t *copy = malloc(size ? size : 1);
+    uint8_t *copy = td_fuzz_copy(data, size);
     if (!copy) return 0;
-    if (size) memcpy(copy, data, size);
     td_wire_limits_t small = {.max_message = 1 << 20, .vocab_size = 1000, .max_tokens = 4096};
     s_one(copy, size, &small);
     s_one(copy, size, NULL);

@@ -10,6 +10,7 @@
  * Out of memory while growing a scratch buffer is recorded in the context (the op is skipped)
  * and returned by td_backend_status; nothing here aborts. */
 #include "kernels/backend_impl.h"
+#include "kernels/cpu_paths.h"
 #include "kernels/cpu_quant.h"
 
 #include <cblas.h>
@@ -567,43 +568,23 @@ static int s_fbest(void) {
     return S_F_AVX2;
 }
 
-static int s_get_fpath(void) {
-    if (s_fpath < 0) {
-        const char *e = getenv("TD_CPU_FLOAT_KERNELS");
-        td_err_t err = {0};
-        if (!e || td_cpu_float_kernels_select(e, &err) != TD_OK) {
-            if (e)
-                td_log(TD_LOG_WARN, "TD_CPU_FLOAT_KERNELS: %s; using the best available", err.msg);
-            s_fpath = s_fbest();
-        }
-    }
-    return s_fpath;
-}
+static const td_cpu_paths_t s_fpaths = {.what = "CPU float kernels",
+                                        .env = "TD_CPU_FLOAT_KERNELS",
+                                        .choices = "auto, avx2, avx512, avx512bf16",
+                                        .names = s_fpath_names,
+                                        .n = S_F_NPATH,
+                                        .ok = s_fpath_ok,
+                                        .best = s_fbest,
+                                        .cur = &s_fpath};
+
+static int s_get_fpath(void) { return s_fpath >= 0 ? s_fpath : td_cpu_paths_get(&s_fpaths); }
 
 int td_cpu_float_kernels_available(const char *name) {
-    if (!name) return 0;
-    if (!strcmp(name, "auto")) return 1;
-    for (int p = 0; p < S_F_NPATH; p++)
-        if (!strcmp(name, s_fpath_names[p])) return s_fpath_ok(p);
-    return 0;
+    return td_cpu_paths_available(&s_fpaths, name);
 }
 
 int td_cpu_float_kernels_select(const char *name, td_err_t *err) {
-    if (!name) return td_err_set(err, TD_ERR_ARG, "no kernel name");
-    if (!strcmp(name, "auto")) {
-        s_fpath = s_fbest();
-        return TD_OK;
-    }
-    for (int p = 0; p < S_F_NPATH; p++)
-        if (!strcmp(name, s_fpath_names[p])) {
-            if (!s_fpath_ok(p))
-                return td_err_set(err, TD_ERR_UNSUPPORTED, "this CPU cannot run the %s kernels",
-                                  name);
-            s_fpath = p;
-            return TD_OK;
-        }
-    return td_err_set(err, TD_ERR_ARG,
-                      "unknown CPU float kernels '%s' (auto, avx2, avx512, avx512bf16)", name);
+    return td_cpu_paths_select(&s_fpaths, name, err);
 }
 
 const char *td_cpu_float_kernels_name(void) { return s_fpath_names[s_get_fpath()]; }

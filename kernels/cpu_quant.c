@@ -22,6 +22,7 @@
  * (x86-64-v3), so one binary runs on AVX2-only machines. AMX is never used (these VMs list it in
  * cpuid but fault on it). */
 #include "kernels/cpu_quant.h"
+#include "kernels/cpu_paths.h"
 
 #include "kernels/quant.h"
 
@@ -385,62 +386,35 @@ static int s_best(void) {
     return S_SCALAR;
 }
 
-static int s_get_path(void) {
-    if (s_path < 0) {
-        const char *e = getenv("TD_CPU_KERNELS");
-        td_err_t err = {0};
-        if (!e || td_cpu_kernels_select(e, &err) != TD_OK) {
-            if (e) td_log(TD_LOG_WARN, "TD_CPU_KERNELS: %s; using the best available", err.msg);
-            s_path = s_best();
-        }
-    }
-    return s_path;
-}
+static const td_cpu_paths_t s_paths = {.what = "CPU kernels",
+                                       .env = "TD_CPU_KERNELS",
+                                       .choices = "auto, scalar, avx2, avx512vnni",
+                                       .names = s_path_names,
+                                       .n = S_NPATH,
+                                       .ok = s_path_ok,
+                                       .best = s_best,
+                                       .cur = &s_path};
 
-int td_cpu_kernels_available(const char *name) {
-    if (!name) return 0;
-    if (!strcmp(name, "auto")) return 1;
-    for (int p = 0; p < S_NPATH; p++)
-        if (!strcmp(name, s_path_names[p])) return s_path_ok(p);
-    return 0;
-}
+static int s_get_path(void) { return s_path >= 0 ? s_path : td_cpu_paths_get(&s_paths); }
+
+int td_cpu_kernels_available(const char *name) { return td_cpu_paths_available(&s_paths, name); }
 
 int td_cpu_kernels_select(const char *name, td_err_t *err) {
-    if (!name) return td_err_set(err, TD_ERR_ARG, "no kernel name");
-    if (!strcmp(name, "auto")) {
-        s_path = s_best();
-        return TD_OK;
-    }
-    for (int p = 0; p < S_NPATH; p++)
-        if (!strcmp(name, s_path_names[p])) {
-            if (!s_path_ok(p))
-                return td_err_set(err, TD_ERR_UNSUPPORTED, "this CPU cannot run the %s kernels",
-                                  name);
-            s_path = p;
-            return TD_OK;
-        }
-    return td_err_set(err, TD_ERR_ARG, "unknown CPU kernels '%s' (auto, scalar, avx2, avx512vnni)",
-                      name);
+    return td_cpu_paths_select(&s_paths, name, err);
 }
 
 const char *td_cpu_kernels_name(void) { return s_path_names[s_get_path()]; }
 
-static s_block_fn s_block_for(int p) {
+/* The kernels of path p: the row-block product (scalar when p has none) and the 16-row tile
+ * product (NULL when p has none). */
+static void s_kernels_for(int p, s_block_fn *block, s_tile_fn *tile) {
+    *block = s_block_scalar;
+    *tile = NULL;
 #ifdef TD_QX86
-    if (p == S_VNNI) return s_vnni_block;
-    if (p == S_AVX2) return s_avx2_block;
+    if (p == S_VNNI) *block = s_vnni_block, *tile = s_vnni_tile;
+    if (p == S_AVX2) *block = s_avx2_block, *tile = s_avx2_tile;
 #endif
     (void)p;
-    return s_block_scalar;
-}
-
-static s_tile_fn s_tile_for(int p) {
-#ifdef TD_QX86
-    if (p == S_VNNI) return s_vnni_tile;
-    if (p == S_AVX2) return s_avx2_tile;
-#endif
-    (void)p;
-    return NULL;
 }
 
 /* --- products --------------------------------------------------------------------------------- */
@@ -464,8 +438,10 @@ static int s_integer(int n_threads, float *y, const float *x, const td_weight_t 
     if (s_qx_alloc(&xa, n, cols, dt)) return TD_ERR_NOMEM;
     for (int t = 0; t < n; t++) s_qx_row(&xa, x + (int64_t)t * cols, t, dt);
     const int path = s_get_path();
+    s_block_fn fn;
+    s_tile_fn tf;
+    s_kernels_for(path, &fn, &tf);
     if (s_is_tiled(dt)) {
-        const s_tile_fn tf = s_tile_for(path);
         /* (the VNNI kernel gathers with 32-bit offsets up to 15 rows away) */
         const int64_t ntile = tf && ldb < ((size_t)1 << 27) ? rows / TD_QTILE_ROWS : 0,
                       nitems = ntile + (rows - ntile * 16);
@@ -493,7 +469,6 @@ static int s_integer(int n_threads, float *y, const float *x, const td_weight_t 
         free(xa.q);
         return TD_OK;
     }
-    const s_block_fn fn = s_block_for(path);
     /* rows x tokens per pass over a block of rows: what the path's registers hold (AVX2: 16
      * vectors, two accumulators per output; VNNI: 32) */
     const int nrb = path == S_AVX2 && n > 1 ? 2 : 4;

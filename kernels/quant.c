@@ -10,6 +10,7 @@
 #include "kernels/quant.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <string.h>
 
 _Static_assert(sizeof(td_block_q8_0) == 34, "Q8_0 block");
@@ -20,21 +21,32 @@ _Static_assert(sizeof(td_block_q5_1) == 24, "Q5_1 block");
 _Static_assert(sizeof(td_block_q4_k) == 144, "Q4_K block");
 _Static_assert(sizeof(td_block_q5_k) == 176, "Q5_K block");
 _Static_assert(sizeof(td_block_q6_k) == 210, "Q6_K block");
+/* s_q_legacy writes the 32-element blocks by these offsets */
+_Static_assert(offsetof(td_block_q4_0, qs) == 2 && offsetof(td_block_q4_1, m) == 2 &&
+                   offsetof(td_block_q4_1, qs) == 4,
+               "Q4_0 / Q4_1 layout");
+_Static_assert(offsetof(td_block_q5_0, qh) == 2 && offsetof(td_block_q5_0, qs) == 6 &&
+                   offsetof(td_block_q5_1, m) == 2 && offsetof(td_block_q5_1, qh) == 4 &&
+                   offsetof(td_block_q5_1, qs) == 8,
+               "Q5_0 / Q5_1 layout");
 
 static inline float s_h(uint16_t h) { return td_f16_to_f32(h); }
 
-static void s_deq_q8_0(const td_block_q8_0 *b, float *y) {
+static void s_deq_q8_0(const void *p, float *y) {
+    const td_block_q8_0 *b = p;
     const float d = s_h(b->d);
     for (int i = 0; i < 32; i++) y[i] = (float)b->qs[i] * d;
 }
-static void s_deq_q4_0(const td_block_q4_0 *b, float *y) {
+static void s_deq_q4_0(const void *p, float *y) {
+    const td_block_q4_0 *b = p;
     const float d = s_h(b->d);
     for (int i = 0; i < 16; i++) {
         y[i] = d * (float)((b->qs[i] & 15) - 8);
         y[i + 16] = d * (float)((b->qs[i] >> 4) - 8);
     }
 }
-static void s_deq_q4_1(const td_block_q4_1 *b, float *y) {
+static void s_deq_q4_1(const void *p, float *y) {
+    const td_block_q4_1 *b = p;
     const float d = s_h(b->d), m = s_h(b->m);
     for (int i = 0; i < 16; i++) {
         const float lo = d * (float)(b->qs[i] & 15), hi = d * (float)(b->qs[i] >> 4);
@@ -45,7 +57,8 @@ static void s_deq_q4_1(const td_block_q4_1 *b, float *y) {
 static uint32_t s_le32(const uint8_t *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
-static void s_deq_q5_0(const td_block_q5_0 *b, float *y) {
+static void s_deq_q5_0(const void *p, float *y) {
+    const td_block_q5_0 *b = p;
     const float d = s_h(b->d);
     const uint32_t qh = s_le32(b->qh);
     for (int i = 0; i < 16; i++) {
@@ -55,7 +68,8 @@ static void s_deq_q5_0(const td_block_q5_0 *b, float *y) {
         y[i + 16] = d * (float)(hi - 16);
     }
 }
-static void s_deq_q5_1(const td_block_q5_1 *b, float *y) {
+static void s_deq_q5_1(const void *p, float *y) {
+    const td_block_q5_1 *b = p;
     const float d = s_h(b->d), m = s_h(b->m);
     const uint32_t qh = s_le32(b->qh);
     for (int i = 0; i < 16; i++) {
@@ -66,36 +80,34 @@ static void s_deq_q5_1(const td_block_q5_1 *b, float *y) {
         y[i + 16] = c + m;
     }
 }
-static void s_deq_q4_k(const td_block_q4_k *b, float *y) {
-    const float d = s_h(b->d), dmin = s_h(b->dmin);
+/* Q4_K / Q5_K: 8 sub-blocks of 32 with 6-bit scales and mins; qh holds Q5_K's fifth bits (NULL
+ * for Q4_K). */
+static void s_deq_k(uint16_t dh, uint16_t dminh, const uint8_t *scales, const uint8_t *qs,
+                    const uint8_t *qh, float *y) {
+    const float d = s_h(dh), dmin = s_h(dminh);
     for (int j = 0; j < 8; j++) {
         int sc, m;
-        td_q4k_scale_min(b->scales, j, &sc, &m);
+        td_q4k_scale_min(scales, j, &sc, &m);
         const float ds = d * (float)sc, dm = dmin * (float)m;
-        const uint8_t *q = b->qs + 32 * (j / 2);
+        const uint8_t *q = qs + 32 * (j / 2);
         const int sh = 4 * (j & 1);
         for (int l = 0; l < 32; l++) {
-            const float p = ds * (float)((q[l] >> sh) & 15);
-            y[32 * j + l] = p - dm;
-        }
-    }
-}
-static void s_deq_q5_k(const td_block_q5_k *b, float *y) {
-    const float d = s_h(b->d), dmin = s_h(b->dmin);
-    for (int j = 0; j < 8; j++) {
-        int sc, m;
-        td_q4k_scale_min(b->scales, j, &sc, &m);
-        const float ds = d * (float)sc, dm = dmin * (float)m;
-        const uint8_t *q = b->qs + 32 * (j / 2);
-        const int sh = 4 * (j & 1);
-        for (int l = 0; l < 32; l++) {
-            const int v = ((q[l] >> sh) & 15) | ((b->qh[l] >> j) & 1) << 4;
+            const int v = ((q[l] >> sh) & 15) | (qh ? ((qh[l] >> j) & 1) << 4 : 0);
             const float p = ds * (float)v;
             y[32 * j + l] = p - dm;
         }
     }
 }
-static void s_deq_q6_k(const td_block_q6_k *b, float *y) {
+static void s_deq_q4_k(const void *p, float *y) {
+    const td_block_q4_k *b = p;
+    s_deq_k(b->d, b->dmin, b->scales, b->qs, NULL, y);
+}
+static void s_deq_q5_k(const void *p, float *y) {
+    const td_block_q5_k *b = p;
+    s_deq_k(b->d, b->dmin, b->scales, b->qs, b->qh, y);
+}
+static void s_deq_q6_k(const void *p, float *y) {
+    const td_block_q6_k *b = p;
     const float d = s_h(b->d);
     for (int u = 0; u < 8; u++) { /* 8 units of 32: half h, quarter k */
         const int h = u / 4, k = u % 4;
@@ -107,6 +119,13 @@ static void s_deq_q6_k(const td_block_q6_k *b, float *y) {
         }
     }
 }
+
+/* One block of type t to floats. */
+typedef void (*s_deq_fn)(const void *block, float *y);
+static const s_deq_fn s_deq[] = {
+    [TD_DTYPE_Q8_0] = s_deq_q8_0, [TD_DTYPE_Q4_0] = s_deq_q4_0, [TD_DTYPE_Q4_1] = s_deq_q4_1,
+    [TD_DTYPE_Q5_0] = s_deq_q5_0, [TD_DTYPE_Q5_1] = s_deq_q5_1, [TD_DTYPE_Q4_K] = s_deq_q4_k,
+    [TD_DTYPE_Q5_K] = s_deq_q5_k, [TD_DTYPE_Q6_K] = s_deq_q6_k};
 
 void td_dequantize_row(td_dtype_t t, const void *src, float *dst, int64_t n) {
     const int be = td_dtype_block_elems(t);
@@ -121,34 +140,11 @@ void td_dequantize_row(td_dtype_t t, const void *src, float *dst, int64_t n) {
     const uint8_t *p = src;
     for (int64_t i = 0; i + be <= n; i += be, p += bb) {
         float *y = dst + i;
-        switch (t) {
-        case TD_DTYPE_Q8_0:
-            s_deq_q8_0((const td_block_q8_0 *)p, y);
-            break;
-        case TD_DTYPE_Q4_0:
-            s_deq_q4_0((const td_block_q4_0 *)p, y);
-            break;
-        case TD_DTYPE_Q4_1:
-            s_deq_q4_1((const td_block_q4_1 *)p, y);
-            break;
-        case TD_DTYPE_Q5_0:
-            s_deq_q5_0((const td_block_q5_0 *)p, y);
-            break;
-        case TD_DTYPE_Q5_1:
-            s_deq_q5_1((const td_block_q5_1 *)p, y);
-            break;
-        case TD_DTYPE_Q4_K:
-            s_deq_q4_k((const td_block_q4_k *)p, y);
-            break;
-        case TD_DTYPE_Q5_K:
-            s_deq_q5_k((const td_block_q5_k *)p, y);
-            break;
-        case TD_DTYPE_Q6_K:
-            s_deq_q6_k((const td_block_q6_k *)p, y);
-            break;
-        default:
+        const s_deq_fn fn = (size_t)t < sizeof s_deq / sizeof *s_deq ? s_deq[t] : NULL;
+        if (fn)
+            fn(p, y);
+        else
             memset(y, 0, (size_t)be * sizeof(float));
-        }
     }
 }
 
@@ -190,6 +186,23 @@ static void s_pack_high(const uint8_t *q, uint8_t *qh) {
     uint32_t h = 0;
     for (int i = 0; i < 32; i++) h |= (uint32_t)((q[i] >> 4) & 1) << i;
     for (int i = 0; i < 4; i++) qh[i] = (uint8_t)(h >> (8 * i));
+}
+/* Q4_0 / Q4_1 / Q5_0 / Q5_1 (symmetric or affine, 4 or 5 bits): d (and m), the fifth bits (Q5),
+ * then the nibbles, at the offsets of td_block_q4_0 .. td_block_q5_1 (asserted above). */
+static void s_q_legacy(td_dtype_t t, const float *x, uint8_t *p) {
+    const int five = t == TD_DTYPE_Q5_0 || t == TD_DTYPE_Q5_1;
+    const int aff = t == TD_DTYPE_Q4_1 || t == TD_DTYPE_Q5_1;
+    uint8_t q[32];
+    uint16_t d, m;
+    if (aff)
+        s_q_aff(x, five ? 31 : 15, &d, &m, q);
+    else
+        s_q_sym(x, five ? 16 : 8, &d, q);
+    memcpy(p, &d, 2);
+    if (aff) memcpy(p + 2, &m, 2);
+    uint8_t *qh = p + (aff ? 4 : 2), *qs = qh + (five ? 4 : 0);
+    s_pack_nibbles(q, qs);
+    if (five) s_pack_high(q, qh);
 }
 static int s_clampi(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
 
@@ -283,28 +296,12 @@ int td_quantize_row(td_dtype_t t, const float *src, void *dst, int64_t n) {
             for (int l = 0; l < 32; l++) b->qs[l] = (int8_t)roundf(x[l] * id);
             b->d = td_f32_to_f16(d);
         } break;
-        case TD_DTYPE_Q4_0: {
-            td_block_q4_0 *b = (td_block_q4_0 *)p;
-            s_q_sym(x, 8, &b->d, q);
-            s_pack_nibbles(q, b->qs);
-        } break;
-        case TD_DTYPE_Q4_1: {
-            td_block_q4_1 *b = (td_block_q4_1 *)p;
-            s_q_aff(x, 15, &b->d, &b->m, q);
-            s_pack_nibbles(q, b->qs);
-        } break;
-        case TD_DTYPE_Q5_0: {
-            td_block_q5_0 *b = (td_block_q5_0 *)p;
-            s_q_sym(x, 16, &b->d, q);
-            s_pack_nibbles(q, b->qs);
-            s_pack_high(q, b->qh);
-        } break;
-        case TD_DTYPE_Q5_1: {
-            td_block_q5_1 *b = (td_block_q5_1 *)p;
-            s_q_aff(x, 31, &b->d, &b->m, q);
-            s_pack_nibbles(q, b->qs);
-            s_pack_high(q, b->qh);
-        } break;
+        case TD_DTYPE_Q4_0:
+        case TD_DTYPE_Q4_1:
+        case TD_DTYPE_Q5_0:
+        case TD_DTYPE_Q5_1:
+            s_q_legacy(t, x, p);
+            break;
         case TD_DTYPE_Q4_K:
         case TD_DTYPE_Q5_K: {
             const int five = t == TD_DTYPE_Q5_K;

@@ -267,29 +267,10 @@ static size_t s_parse_literal(const char *s, s_buf_t *b) {
             i += 2 + (size_t)hexn;
             continue;
         }
-        switch (e) {
-        case 'n':
-            s_put(b, "\n", 1);
-            break;
-        case 't':
-            s_put(b, "\t", 1);
-            break;
-        case 'r':
-            s_put(b, "\r", 1);
-            break;
-        case '\\':
-            s_put(b, "\\", 1);
-            break;
-        case '\'':
-            s_put(b, "'", 1);
-            break;
-        case '"':
-            s_put(b, "\"", 1);
-            break;
-        default:
-            s_put(b, s + i, 2);
-            break;
-        }
+        /* the escape's character, or the two characters kept as they are */
+        const char *c = e == 'n' ? "\n" : e == 't' ? "\t" : e == 'r' ? "\r" : NULL;
+        if (e == '\\' || e == '\'' || e == '"') c = s + i + 1;
+        s_put(b, c ? c : s + i, c ? 1 : 2);
         i += 2;
     }
     return s[i] == q ? i + 1 : 0;

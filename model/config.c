@@ -74,17 +74,24 @@ static int s_int(const s_ctx_t *c, const char *key, int required, int def, int *
     return TD_OK;
 }
 
-static int s_float(const s_ctx_t *c, const char *key, float def, float *out) {
+/* Field key as *out when present and of the type is() accepts (else an error naming WANT);
+ * *out = NULL when absent. */
+static int s_typed(const s_ctx_t *c, const char *key, cJSON_bool (*is)(const cJSON *),
+                   const char *want, const cJSON **out) {
     const cJSON *j = s_item(c->root, key);
-    if (!j) {
-        *out = def;
-        return TD_OK;
-    }
-    if (!cJSON_IsNumber(j))
-        return td_err_set(c->err, TD_ERR_FORMAT, "%s: field '%s' must be a number, got %s",
-                          c->label, key, s_type_name(j));
-    *out = (float)j->valuedouble;
+    *out = NULL;
+    if (j && !is(j))
+        return td_err_set(c->err, TD_ERR_FORMAT, "%s: field '%s' must be %s, got %s", c->label, key,
+                          want, s_type_name(j));
+    *out = j;
     return TD_OK;
+}
+
+static int s_float(const s_ctx_t *c, const char *key, float def, float *out) {
+    const cJSON *j;
+    int rc = s_typed(c, key, cJSON_IsNumber, "a number", &j);
+    if (rc == TD_OK) *out = j ? (float)j->valuedouble : def;
+    return rc;
 }
 
 static int s_bool(const s_ctx_t *c, const char *key, int def, int *out) {
@@ -107,14 +114,11 @@ static int s_bool(const s_ctx_t *c, const char *key, int def, int *out) {
 
 /* A string field; absent -> NULL. */
 static int s_str(const s_ctx_t *c, const char *key, const char **out) {
-    const cJSON *j = s_item(c->root, key);
+    const cJSON *j;
     *out = NULL;
-    if (!j) return TD_OK;
-    if (!cJSON_IsString(j))
-        return td_err_set(c->err, TD_ERR_FORMAT, "%s: field '%s' must be a string, got %s",
-                          c->label, key, s_type_name(j));
-    *out = j->valuestring;
-    return TD_OK;
+    int rc = s_typed(c, key, cJSON_IsString, "a string", &j);
+    if (j) *out = j->valuestring;
+    return rc;
 }
 
 /* A token id: an integer, or a list of integers (the first is taken); absent -> -1. */
@@ -134,6 +138,48 @@ static int s_token(const s_ctx_t *c, const char *key, int def, int *out) {
         return TD_OK;
     }
     return s_int(c, key, 0, def, out);
+}
+
+/* bos_token_id, eos_token_id and pad_token_id (absent: -1). */
+static int s_special_ids(const s_ctx_t *c, td_config_t *cfg) {
+    int rc;
+    if ((rc = s_token(c, "bos_token_id", -1, &cfg->bos_token_id)) < 0 ||
+        (rc = s_token(c, "eos_token_id", -1, &cfg->eos_token_id)) < 0 ||
+        (rc = s_token(c, "pad_token_id", -1, &cfg->pad_token_id)) < 0)
+        return rc;
+    return TD_OK;
+}
+
+/* A masked-diffusion LM: bidirectional attention; logit_shift as the family does it. */
+static void s_diffusion(td_config_t *cfg, int logit_shift) {
+    cfg->causal = 0;
+    cfg->is_diffusion = 1;
+    cfg->logit_shift = logit_shift;
+}
+
+/* The end of an AR family's parse: its special ids, and when the checkpoint is the family's
+ * masked-diffusion variant (arch DIFFUSION: Dream for Qwen2, DiffuGPT for GPT-2) the diffusion
+ * flags (logits shifted) and the mask id (absent: mask_def); else causal. */
+static int s_ids_and_variant(const s_ctx_t *c, td_config_t *cfg, td_arch_t diffusion,
+                             int mask_def) {
+    int rc;
+    cfg->causal = 1;
+    if ((rc = s_special_ids(c, cfg)) < 0) return rc;
+    if (cfg->arch != diffusion) return TD_OK;
+    s_diffusion(cfg, 1);
+    return s_token(c, "mask_token_id", mask_def, &cfg->mask_token_id);
+}
+
+/* head_dim = n_embd / n_head (when there are heads), which must divide (EMBD and HEADS: the
+ * family's field names). */
+static int s_head_dim(const s_ctx_t *c, td_config_t *cfg, const char *embd, const char *heads) {
+    if (cfg->n_head <= 0) return TD_OK;
+    if (cfg->n_embd % cfg->n_head != 0)
+        return td_err_set(c->err, TD_ERR_FORMAT,
+                          "%s: field '%s' (%d) is not a multiple of '%s' (%d)", c->label, embd,
+                          cfg->n_embd, heads, cfg->n_head);
+    cfg->head_dim = cfg->n_embd / cfg->n_head;
+    return TD_OK;
 }
 
 static int s_contains_ci(const char *hay, const char *needle) {
@@ -292,14 +338,8 @@ static int s_llama_like(const s_ctx_t *c, td_config_t *cfg) {
         return rc;
     if (s_has(c, "head_dim"))
         cfg->head_dim = head_dim;
-    else if (cfg->n_head > 0) {
-        if (cfg->n_embd % cfg->n_head != 0)
-            return td_err_set(c->err, TD_ERR_FORMAT,
-                              "%s: field 'hidden_size' (%d) is not a multiple of "
-                              "'num_attention_heads' (%d)",
-                              c->label, cfg->n_embd, cfg->n_head);
-        cfg->head_dim = cfg->n_embd / cfg->n_head;
-    }
+    else if ((rc = s_head_dim(c, cfg, "hidden_size", "num_attention_heads")) < 0)
+        return rc;
     const char *act = NULL;
     if ((rc = s_str(c, "hidden_act", &act)) < 0) return rc;
     if (act && strcmp(act, "silu") != 0 && strcmp(act, "swish") != 0)
@@ -338,18 +378,7 @@ static int s_llama_like(const s_ctx_t *c, td_config_t *cfg) {
         cfg->qkv_bias = 1;
         cfg->mlp_bias = 0;
     }
-    cfg->causal = 1;
-    if ((rc = s_token(c, "bos_token_id", -1, &cfg->bos_token_id)) < 0 ||
-        (rc = s_token(c, "eos_token_id", -1, &cfg->eos_token_id)) < 0 ||
-        (rc = s_token(c, "pad_token_id", -1, &cfg->pad_token_id)) < 0)
-        return rc;
-    if (cfg->arch == TD_ARCH_DREAM) {
-        cfg->causal = 0;
-        cfg->is_diffusion = 1;
-        cfg->logit_shift = 1;
-        if ((rc = s_token(c, "mask_token_id", 151666, &cfg->mask_token_id)) < 0) return rc;
-    }
-    return TD_OK;
+    return s_ids_and_variant(c, cfg, TD_ARCH_DREAM, 151666);
 }
 
 /* LLaDA: OLMo-style field names (configuration_llada.py). */
@@ -377,13 +406,7 @@ static int s_llada(const s_ctx_t *c, td_config_t *cfg) {
         cfg->n_ff = mlp_ratio * cfg->n_embd;
     } else if ((rc = s_int(c, "mlp_hidden_size", 1, 0, &cfg->n_ff)) < 0)
         return rc;
-    if (cfg->n_head > 0) {
-        if (cfg->n_embd % cfg->n_head != 0)
-            return td_err_set(c->err, TD_ERR_FORMAT,
-                              "%s: field 'd_model' (%d) is not a multiple of 'n_heads' (%d)",
-                              c->label, cfg->n_embd, cfg->n_head);
-        cfg->head_dim = cfg->n_embd / cfg->n_head;
-    }
+    if ((rc = s_head_dim(c, cfg, "d_model", "n_heads")) < 0) return rc;
     if (!rope)
         return td_err_set(c->err, TD_ERR_UNSUPPORTED,
                           "%s: llada with rope=false (ALiBi or learned positions) is not supported",
@@ -408,12 +431,8 @@ static int s_llada(const s_ctx_t *c, td_config_t *cfg) {
     cfg->norm = TD_NORM_RMS;
     cfg->act = TD_ACT_SILU_GLU;
     cfg->pos = TD_POS_ROPE;
-    cfg->causal = 0;
-    cfg->is_diffusion = 1;
-    cfg->logit_shift = 0;
-    if ((rc = s_token(c, "bos_token_id", -1, &cfg->bos_token_id)) < 0 ||
-        (rc = s_token(c, "eos_token_id", -1, &cfg->eos_token_id)) < 0 ||
-        (rc = s_token(c, "pad_token_id", -1, &cfg->pad_token_id)) < 0 ||
+    s_diffusion(cfg, 0);
+    if ((rc = s_special_ids(c, cfg)) < 0 ||
         (rc = s_token(c, "mask_token_id", 126336, &cfg->mask_token_id)) < 0)
         return rc;
     return TD_OK;
@@ -450,13 +469,7 @@ static int s_gpt2(const s_ctx_t *c, td_config_t *cfg) {
         cfg->n_ff = n_inner;
     else if (cfg->n_embd > 0 && cfg->n_embd <= INT_MAX / 4)
         cfg->n_ff = 4 * cfg->n_embd;
-    if (cfg->n_head > 0) {
-        if (cfg->n_embd % cfg->n_head != 0)
-            return td_err_set(c->err, TD_ERR_FORMAT,
-                              "%s: field 'n_embd' (%d) is not a multiple of 'n_head' (%d)",
-                              c->label, cfg->n_embd, cfg->n_head);
-        cfg->head_dim = cfg->n_embd / cfg->n_head;
-    }
+    if ((rc = s_head_dim(c, cfg, "n_embd", "n_head")) < 0) return rc;
     cfg->n_kv_head = cfg->n_head;
     cfg->rope_theta = 10000.0f;
     cfg->norm = TD_NORM_LAYER;
@@ -464,19 +477,8 @@ static int s_gpt2(const s_ctx_t *c, td_config_t *cfg) {
     cfg->pos = TD_POS_LEARNED;
     cfg->qkv_bias = 1;
     cfg->mlp_bias = 1;
-    cfg->causal = 1;
-    if ((rc = s_token(c, "bos_token_id", -1, &cfg->bos_token_id)) < 0 ||
-        (rc = s_token(c, "eos_token_id", -1, &cfg->eos_token_id)) < 0 ||
-        (rc = s_token(c, "pad_token_id", -1, &cfg->pad_token_id)) < 0)
-        return rc;
-    if (cfg->arch == TD_ARCH_DIFFUGPT) {
-        cfg->causal = 0;
-        cfg->is_diffusion = 1;
-        cfg->logit_shift = 1;
-        int def = cfg->n_vocab == 50257 ? 10541 : 50257;
-        if ((rc = s_token(c, "mask_token_id", def, &cfg->mask_token_id)) < 0) return rc;
-    }
-    return TD_OK;
+    /* DiffuGPT's mask: the small model's 10541 at vocab 50257, else the added token */
+    return s_ids_and_variant(c, cfg, TD_ARCH_DIFFUGPT, cfg->n_vocab == 50257 ? 10541 : 50257);
 }
 
 /* --- validation --------------------------------------------------------------------------------
@@ -607,15 +609,9 @@ int td_config_parse(const char *json, size_t len, td_config_t *cfg, td_err_t *er
 }
 
 int td_config_load(const char *dir, td_config_t *cfg, td_err_t *err) {
-    char path[4096];
-    size_t n = strlen(dir);
-    if (n >= 5 && strcmp(dir + n - 5, ".json") == 0)
-        snprintf(path, sizeof path, "%s", dir);
-    else
-        td_path_join(path, sizeof path, dir, "config.json");
-    char *text = NULL;
+    char path[4096], *text = NULL;
     size_t len = 0;
-    int rc = td_read_file(path, &text, &len, err);
+    int rc = td_read_json_file(dir, "config.json", path, sizeof path, &text, &len, err);
     if (rc < 0) return rc;
     rc = s_parse(text, len, cfg, path, err);
     free(text);
@@ -625,18 +621,22 @@ int td_config_load(const char *dir, td_config_t *cfg, td_err_t *err) {
 /* --- GGUF metadata ------------------------------------------------------------------------------
  */
 
+/* What a td_gguf_get_* answer rc means for key: TD_OK (present), 1 (absent, the default to be
+ * used) or an error (absent although REQUIRED: "missing", naming the key). */
+static int s_gg_found(int rc, int required, const char *label, const char *key, td_err_t *err) {
+    if (rc == 1 && required)
+        return td_err_set(err, TD_ERR_FORMAT, "%s: metadata '%s' is missing", label, key);
+    return rc;
+}
+
 /* Reads integer key into *out when present (else def; required keys have def < 0 meaning "must be
  * there"), refusing values outside [lo, hi]. */
 static int s_gg_int(const td_gguf_t *g, const char *label, const char *key, long long def,
                     long long lo, long long hi, int *out, td_err_t *err) {
     int64_t v = 0;
-    int rc = td_gguf_get_int(g, key, &v, err);
+    int rc = s_gg_found(td_gguf_get_int(g, key, &v, err), def < 0, label, key, err);
     if (rc < 0) return rc;
-    if (rc == 1) {
-        if (def < 0)
-            return td_err_set(err, TD_ERR_FORMAT, "%s: metadata '%s' is missing", label, key);
-        v = def;
-    }
+    if (rc == 1) v = def;
     if (v < lo || v > hi)
         return td_err_set(err, TD_ERR_FORMAT,
                           "%s: metadata '%s' = %lld is out of range (%lld .. %lld)", label, key,
@@ -648,13 +648,9 @@ static int s_gg_int(const td_gguf_t *g, const char *label, const char *key, long
 static int s_gg_float(const td_gguf_t *g, const char *label, const char *key, double def,
                       float *out, td_err_t *err) {
     double v = 0;
-    int rc = td_gguf_get_float(g, key, &v, err);
+    int rc = s_gg_found(td_gguf_get_float(g, key, &v, err), def < 0, label, key, err);
     if (rc < 0) return rc;
-    if (rc == 1) {
-        if (def < 0)
-            return td_err_set(err, TD_ERR_FORMAT, "%s: metadata '%s' is missing", label, key);
-        v = def;
-    }
+    if (rc == 1) v = def;
     *out = (float)v;
     return TD_OK;
 }

@@ -196,21 +196,34 @@ static int s_name(rd_t *r, const char *s, uint64_t n, char **out, const char *wh
     return TD_OK;
 }
 
+/* A key or tensor name (a GGUF string, checked by s_name) into *out (NULL when refused). */
+static int s_read_name(rd_t *r, const char **out, const char *what) {
+    const char *s;
+    uint64_t n;
+    char *name = NULL;
+    int rc = s_str(r, &s, &n, what) ? TD_ERR_FORMAT : s_name(r, s, n, &name, what);
+    *out = name;
+    return rc;
+}
+
+/* A value type (u32, WHAT in messages) that must be one of td_gguf_type_t: else "NOUN 'NAME' has
+ * unknown KIND type T". */
+static int s_read_type(rd_t *r, uint32_t *t, const char *what, const char *noun, const char *name,
+                       const char *kind) {
+    if (s_u32(r, t, what)) return TD_ERR_FORMAT;
+    if (*t < TD_GGUF_TYPE_COUNT) return TD_OK;
+    return td_err_set(r->err, TD_ERR_FORMAT, "%s: %s '%s' has unknown %s type %u", r->file, noun,
+                      name, kind, *t);
+}
+
 static int s_parse_kv(rd_t *r, td_gguf_kv_t *kv, int64_t idx) {
-    const char *ks;
-    uint64_t kn;
-    char what[128], *key = NULL;
+    char what[128];
     snprintf(what, sizeof what, "metadata key %lld", (long long)idx);
-    if (s_str(r, &ks, &kn, what)) return TD_ERR_FORMAT;
-    int rc = s_name(r, ks, kn, &key, what);
-    kv->key = key;
+    int rc = s_read_name(r, &kv->key, what);
     if (rc) return rc;
     uint32_t t;
     snprintf(what, sizeof what, "type of metadata '%.60s'", kv->key);
-    if (s_u32(r, &t, what)) return TD_ERR_FORMAT;
-    if (t >= TD_GGUF_TYPE_COUNT)
-        return td_err_set(r->err, TD_ERR_FORMAT, "%s: metadata '%s' has unknown value type %u",
-                          r->file, kv->key, t);
+    if ((rc = s_read_type(r, &t, what, "metadata", kv->key, "value"))) return rc;
     kv->type = (td_gguf_type_t)t;
     snprintf(what, sizeof what, "value of metadata '%.60s'", kv->key);
     if (t == TD_GGUF_STRING) {
@@ -238,10 +251,7 @@ static int s_parse_kv(rd_t *r, td_gguf_kv_t *kv, int64_t idx) {
     uint32_t at;
     uint64_t n;
     snprintf(what, sizeof what, "element type of array '%.60s'", kv->key);
-    if (s_u32(r, &at, what)) return TD_ERR_FORMAT;
-    if (at >= TD_GGUF_TYPE_COUNT)
-        return td_err_set(r->err, TD_ERR_FORMAT, "%s: array '%s' has unknown element type %u",
-                          r->file, kv->key, at);
+    if ((rc = s_read_type(r, &at, what, "array", kv->key, "element"))) return rc;
     if (at == TD_GGUF_ARRAY)
         return td_err_set(r->err, TD_ERR_FORMAT,
                           "%s: array '%s' holds arrays (nested arrays are not supported)", r->file,
@@ -279,13 +289,9 @@ static int s_parse_kv(rd_t *r, td_gguf_kv_t *kv, int64_t idx) {
 }
 
 static int s_parse_tensor(rd_t *r, td_gguf_tensor_t *t, int64_t idx) {
-    const char *s;
-    uint64_t n;
-    char what[128], *name = NULL;
+    char what[128];
     snprintf(what, sizeof what, "name of tensor %lld", (long long)idx);
-    if (s_str(r, &s, &n, what)) return TD_ERR_FORMAT;
-    int rc = s_name(r, s, n, &name, what);
-    t->name = name;
+    int rc = s_read_name(r, &t->name, what);
     if (rc) return rc;
     uint32_t nd, type;
     snprintf(what, sizeof what, "n_dims of tensor '%.60s'", t->name);

@@ -178,6 +178,18 @@ static td_weight_t s_vec_slice(const td_weight_t *full, int64_t c0, int64_t n) {
     return w;
 }
 
+/* GPT-2's fused c_attn: Q, K, V are the three C-wide parts of qkv (taken by slice, a column
+ * slice of a Conv1D weight or a row slice of a dense one) and of the bias bqkv. */
+static void s_split_qkv(td_layer_t *L, const td_weight_t *qkv, const td_weight_t *bqkv, int64_t C,
+                        td_weight_t (*slice)(const td_weight_t *, int64_t, int64_t)) {
+    L->wq = slice(qkv, 0, C);
+    L->wk = slice(qkv, C, C);
+    L->wv = slice(qkv, 2 * C, C);
+    L->bq = s_vec_slice(bqkv, 0, C);
+    L->bk = s_vec_slice(bqkv, C, C);
+    L->bv = s_vec_slice(bqkv, 2 * C, C);
+}
+
 /* Tensor names of the RMSNorm/RoPE/SwiGLU stack, per naming scheme: the binder is one function
  * driven by these tables (HF's names, LLaDA's OLMo names, llama.cpp's GGUF names) rather than a
  * rewrite of one scheme into another. Layer entries are printf formats taking the layer index. */
@@ -303,12 +315,7 @@ static void s_bind_gpt2(binder_t *b) {
             break;
         }
         /* Conv1D stores [in, out]: as seen by matmul, rows = out, cols = in, transposed. */
-        L->wq = s_conv1d_slice(&qkv, 0, C);
-        L->wk = s_conv1d_slice(&qkv, C, C);
-        L->wv = s_conv1d_slice(&qkv, 2 * C, C);
-        L->bq = s_vec_slice(&bqkv, 0, C);
-        L->bk = s_vec_slice(&bqkv, C, C);
-        L->bv = s_vec_slice(&bqkv, 2 * C, C);
+        s_split_qkv(L, &qkv, &bqkv, C, s_conv1d_slice);
         L->wo = s_conv1d(&wo);
         L->w_up = s_conv1d(&fc);
         L->w_down = s_conv1d(&proj);
@@ -342,12 +349,7 @@ static void s_bind_gpt2_gguf(binder_t *b) {
         s_bindf(b, &L->w_down, C, F, 0, "blk.%d.ffn_down.weight", i);
         s_bindf(b, &L->b_down, C, 0, 0, "blk.%d.ffn_down.bias", i);
         if (b->failed) break;
-        L->wq = s_row_slice(&qkv, 0, C);
-        L->wk = s_row_slice(&qkv, C, C);
-        L->wv = s_row_slice(&qkv, 2 * C, C);
-        L->bq = s_vec_slice(&bqkv, 0, C);
-        L->bk = s_vec_slice(&bqkv, C, C);
-        L->bv = s_vec_slice(&bqkv, 2 * C, C);
+        s_split_qkv(L, &qkv, &bqkv, C, s_row_slice);
     }
     s_bind(b, &m->out_norm, "output_norm.weight", C, 0, 0);
     s_bind(b, &m->out_norm_b, "output_norm.bias", C, 0, 0);

@@ -61,16 +61,28 @@ static uint64_t s_hash(const char *s) {
     return h;
 }
 
+/* arr (n elements of elem bytes in use, *cap allocated) with room for one more: doubled (from
+ * first) when full. Returns the array, maybe moved, or NULL when out of memory (arr unchanged). */
+static void *s_grow(void *arr, int *cap, int n, size_t elem, int first) {
+    if (n < *cap) return arr;
+    int c = *cap ? 2 * *cap : first;
+    void *a = realloc(arr, (size_t)c * elem);
+    if (a) *cap = c;
+    return a;
+}
+
+/* st when rc says it was built, else NULL (st destroyed). */
+static td_safetensors_t *s_done(td_safetensors_t *st, int rc) {
+    if (rc < 0) td_safetensors_destroy(&st);
+    return st;
+}
+
 static td_safetensors_t *s_new(void) { return calloc(1, sizeof(td_safetensors_t)); }
 
 static int s_add_file(td_safetensors_t *st, const char *path, td_err_t *err) {
-    if (st->n_files == st->cap_files) {
-        int cap = st->cap_files ? 2 * st->cap_files : 4;
-        s_file_t *f = realloc(st->files, (size_t)cap * sizeof *f);
-        if (!f) return td_err_set(err, TD_ERR_NOMEM, "out of memory");
-        st->files = f;
-        st->cap_files = cap;
-    }
+    s_file_t *files = s_grow(st->files, &st->cap_files, st->n_files, sizeof *files, 4);
+    if (!files) return td_err_set(err, TD_ERR_NOMEM, "out of memory");
+    st->files = files;
     s_file_t *f = &st->files[st->n_files];
     memset(f, 0, sizeof *f);
     f->path = strdup(path);
@@ -79,16 +91,12 @@ static int s_add_file(td_safetensors_t *st, const char *path, td_err_t *err) {
 }
 
 static td_st_tensor_t *s_add_tensor(td_safetensors_t *st, const char *name, td_err_t *err) {
-    if (st->n == st->cap) {
-        int cap = st->cap ? 2 * st->cap : 64;
-        td_st_tensor_t *t = realloc(st->tensors, (size_t)cap * sizeof *t);
-        if (!t) {
-            td_err_set(err, TD_ERR_NOMEM, "out of memory");
-            return NULL;
-        }
-        st->tensors = t;
-        st->cap = cap;
+    td_st_tensor_t *tensors = s_grow(st->tensors, &st->cap, st->n, sizeof *tensors, 64);
+    if (!tensors) {
+        td_err_set(err, TD_ERR_NOMEM, "out of memory");
+        return NULL;
     }
+    st->tensors = tensors;
     td_st_tensor_t *t = &st->tensors[st->n];
     memset(t, 0, sizeof *t);
     t->name = strdup(name);
@@ -101,13 +109,9 @@ static td_st_tensor_t *s_add_tensor(td_safetensors_t *st, const char *name, td_e
 }
 
 static int s_add_meta(td_safetensors_t *st, const char *key, const char *value, td_err_t *err) {
-    if (st->n_meta == st->cap_meta) {
-        int cap = st->cap_meta ? 2 * st->cap_meta : 8;
-        s_meta_t *m = realloc(st->meta, (size_t)cap * sizeof *m);
-        if (!m) return td_err_set(err, TD_ERR_NOMEM, "out of memory");
-        st->meta = m;
-        st->cap_meta = cap;
-    }
+    s_meta_t *meta = s_grow(st->meta, &st->cap_meta, st->n_meta, sizeof *meta, 8);
+    if (!meta) return td_err_set(err, TD_ERR_NOMEM, "out of memory");
+    st->meta = meta;
     s_meta_t *m = &st->meta[st->n_meta];
     m->key = strdup(key);
     m->value = strdup(value);
@@ -528,11 +532,7 @@ td_safetensors_t *td_safetensors_open(const char *path, td_err_t *err) {
         rc = s_map_file(st, path, err);
         if (rc >= 0) rc = s_build_table(st, err);
     }
-    if (rc < 0) {
-        td_safetensors_destroy(&st);
-        return NULL;
-    }
-    return st;
+    return s_done(st, rc);
 }
 
 td_safetensors_t *td_safetensors_from_memory(const void *buf, size_t len, const char *name,
@@ -550,11 +550,7 @@ td_safetensors_t *td_safetensors_from_memory(const void *buf, size_t len, const 
         rc = s_parse_image(st, file, err);
         if (rc >= 0) rc = s_build_table(st, err);
     }
-    if (rc < 0) {
-        td_safetensors_destroy(&st);
-        return NULL;
-    }
-    return st;
+    return s_done(st, rc);
 }
 
 void td_safetensors_destroy(td_safetensors_t **self_p) {

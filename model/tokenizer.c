@@ -562,12 +562,12 @@ static int s_set_added(td_tokenizer_t *tok, int32_t *slot, int32_t id, const cha
      * whole UTF-8 characters would cut a character in two and hand the regex a broken subject. */
     for (size_t i = 0; i < len;) {
         utf8proc_int32_t cp;
-        utf8proc_ssize_t m = utf8proc_iterate((const utf8proc_uint8_t *)c + i,
-                                              (utf8proc_ssize_t)(len - i), &cp);
+        utf8proc_ssize_t m =
+            utf8proc_iterate((const utf8proc_uint8_t *)c + i, (utf8proc_ssize_t)(len - i), &cp);
         if (m <= 0)
             return td_err_set(err, TD_ERR_FORMAT,
-                              "added token %d is not valid UTF-8 (byte %zu of its %zu)", (int)id,
-                              i, len);
+                              "added token %d is not valid UTF-8 (byte %zu of its %zu)", (int)id, i,
+                              len);
         i += (size_t)m;
     }
     if (!tok->piece[id] || tok->piece_len[id] != len || memcmp(tok->piece[id], c, len) != 0) {
@@ -1242,11 +1242,7 @@ td_tokenizer_t *td_tokenizer_from_json(const char *json, size_t len, td_err_t *e
 
 td_tokenizer_t *td_tokenizer_load(const char *path, td_err_t *err) {
     char file[4096];
-    size_t n = strlen(path);
-    if (n >= 5 && strcmp(path + n - 5, ".json") == 0)
-        snprintf(file, sizeof file, "%s", path);
-    else
-        td_path_join(file, sizeof file, path, "tokenizer.json");
+    td_path_json(file, sizeof file, path, "tokenizer.json");
     char *data = NULL;
     size_t len = 0;
     if (td_read_file(file, &data, &len, err)) {

@@ -1,6 +1,8 @@
 /* tdtest.c - registry, runner and reporting for tdtest.h. */
 #include "tests/tdtest.h"
 
+#include "common/td_common.h"
+
 #include <stdarg.h>
 #include <stdlib.h>
 #include <sys/wait.h>
@@ -40,6 +42,16 @@ void td_test_skip(const char *why) {
 const char *td_test_data(void) {
     const char *d = getenv("TD_TEST_DATA");
     return d && *d ? d : "tests/data";
+}
+
+char *td_test_read(const char *rel, size_t *len) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", td_test_data(), rel);
+    char *data = NULL;
+    td_err_t err = {0};
+    if (td_read_file(path, &data, len, &err) == TD_OK) return data;
+    td_test_fail(__FILE__, __LINE__, "%s", err.msg);
+    return NULL;
 }
 
 int td_test_main(int argc, char **argv) {

@@ -20,6 +20,9 @@ void td_test_skip(const char *why); /* marks the current case skipped */
 extern int td_test_failed_now;
 /* Directory holding tests/ fixtures (from TD_TEST_DATA or "tests/data"). */
 const char *td_test_data(void);
+/* Reads the fixture td_test_data()/REL into a NUL-terminated malloc'd buffer (*len bytes before
+ * the NUL); on failure fails the current case with the error and returns NULL. */
+char *td_test_read(const char *rel, size_t *len);
 /* Runs a shell command, capturing up to cap-1 bytes of its stdout into out (NUL-terminated);
  * returns its exit status, or -1 when it could not run or did not exit normally. */
 int td_test_run(const char *cmd, char *out, size_t cap);

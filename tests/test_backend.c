@@ -373,35 +373,28 @@ TD_TEST(norms_rope_activations) {
                            td_bf16_to_f32(((uint16_t *)bd)[i]),
                        1e-5);
     }
-    /* RoPE: rotating by position p then by -p is not expressible; check against the formula */
+    /* RoPE: rotating by position p then by -p is not expressible; check against the formula, in
+     * both layouts: rotate-half pairs (i, i + hd/2), interleaved pairs (2i, 2i+1) */
     const int nh = 2, hd = 6;
-    float r[2 * 2 * 6], r0[2 * 2 * 6];
+    float r0[2 * 2 * 6];
     int32_t pos[2] = {0, 5};
-    for (int i = 0; i < 24; i++) r[i] = r0[i] = s_randf();
-    td_op_rope(be, r, pos, 2, nh, hd, hd, 10000.0f, TD_ROPE_HALF);
-    for (int t = 0; t < 2; t++)
-        for (int h = 0; h < nh; h++)
-            for (int i = 0; i < hd / 2; i++) {
-                double ang = pos[t] * pow(10000.0, -2.0 * i / hd);
-                const float *v = r0 + (t * nh + h) * hd;
-                CHECK_NEAR(r[(t * nh + h) * hd + i], v[i] * cos(ang) - v[i + 3] * sin(ang), 1e-5);
-                CHECK_NEAR(r[(t * nh + h) * hd + i + 3], v[i + 3] * cos(ang) + v[i] * sin(ang),
-                           1e-5);
-            }
-    /* interleaved layout: pairs (2i, 2i+1), against the formula */
-    float ri[24];
-    memcpy(ri, r0, sizeof ri);
-    td_op_rope(be, ri, pos, 2, nh, hd, hd, 10000.0f, TD_ROPE_INTERLEAVED);
-    for (int t = 0; t < 2; t++)
-        for (int h = 0; h < nh; h++)
-            for (int i = 0; i < hd / 2; i++) {
-                double ang = pos[t] * pow(10000.0, -2.0 * i / hd);
-                const float *v = r0 + (t * nh + h) * hd;
-                CHECK_NEAR(ri[(t * nh + h) * hd + 2 * i],
-                           v[2 * i] * cos(ang) - v[2 * i + 1] * sin(ang), 1e-5);
-                CHECK_NEAR(ri[(t * nh + h) * hd + 2 * i + 1],
-                           v[2 * i + 1] * cos(ang) + v[2 * i] * sin(ang), 1e-5);
-            }
+    for (int i = 0; i < 24; i++) r0[i] = s_randf();
+    for (int interleaved = 0; interleaved < 2; interleaved++) {
+        float r[24];
+        memcpy(r, r0, sizeof r);
+        td_op_rope(be, r, pos, 2, nh, hd, hd, 10000.0f,
+                   interleaved ? TD_ROPE_INTERLEAVED : TD_ROPE_HALF);
+        for (int t = 0; t < 2; t++)
+            for (int h = 0; h < nh; h++)
+                for (int i = 0; i < hd / 2; i++) {
+                    double ang = pos[t] * pow(10000.0, -2.0 * i / hd);
+                    const float *v = r0 + (t * nh + h) * hd;
+                    const float *o = r + (t * nh + h) * hd;
+                    const int x = interleaved ? 2 * i : i, y = interleaved ? 2 * i + 1 : i + 3;
+                    CHECK_NEAR(o[x], v[x] * cos(ang) - v[y] * sin(ang), 1e-5);
+                    CHECK_NEAR(o[y], v[y] * cos(ang) + v[x] * sin(ang), 1e-5);
+                }
+    }
     /* and the two layouts agree exactly through the converter's row permutation: interleaved on
      * permuted rows = permuted (rotate-half on the original), on the fast and reference backends */
     for (int mode = 0; mode < 2; mode++) {

@@ -11,18 +11,12 @@
 #include <stdlib.h>
 
 static cJSON *s_load_json(const char *rel) {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/%s", td_test_data(), rel);
-    char *data = NULL;
     size_t len = 0;
-    td_err_t err = {0};
-    if (td_read_file(path, &data, &len, &err) != TD_OK) {
-        td_test_fail(__FILE__, __LINE__, "%s", err.msg);
-        return NULL;
-    }
+    char *data = td_test_read(rel, &len);
+    if (!data) return NULL;
     cJSON *j = cJSON_ParseWithLength(data, len);
     free(data);
-    if (!j) td_test_fail(__FILE__, __LINE__, "%s: bad JSON", path);
+    if (!j) td_test_fail(__FILE__, __LINE__, "%s/%s: bad JSON", td_test_data(), rel);
     return j;
 }
 

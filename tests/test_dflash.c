@@ -22,7 +22,9 @@
 #include "tests/tdstats.h"
 #include "model/checkpoint.h"
 #include "model/model.h"
+#include "tests/tdmodel.h"
 #include "tests/tdtest.h"
+#include "tests/tdproc.h"
 
 static const char *s_tiny = "models/tiny-verifier";
 
@@ -32,29 +34,42 @@ typedef struct fx {
     td_dflash_t *d;
     uint64_t fp;
     char dir[512];
+    cJSON *cases; /* dflash/cases.json: the reference cases */
 } fx_t;
 
+static cJSON *s_cases(void) {
+    char path[1024], *text = NULL;
+    size_t len = 0;
+    snprintf(path, sizeof path, "%s/dflash/cases.json", td_test_data());
+    if (td_read_file(path, &text, &len, NULL) != TD_OK) return NULL;
+    cJSON *o = cJSON_ParseWithLength(text, len);
+    free(text);
+    return o;
+}
+
+static void s_close(fx_t *f) {
+    cJSON_Delete(f->cases);
+    td_dflash_destroy(&f->d);
+    td_model_destroy(&f->m);
+    td_backend_destroy(&f->be);
+}
+
+/* The tiny verifier, the fixture's drafter for it, and the reference cases. */
 static int s_open(fx_t *f) {
     memset(f, 0, sizeof *f);
     td_err_t err = {0};
     snprintf(f->dir, sizeof f->dir, "%s/dflash/drafter", td_test_data());
-    f->be = td_backend_cpu_new(1, 0, &err);
-    if (f->be) f->m = td_model_load(s_tiny, f->be, &err);
-    if (f->m && td_checkpoint_fingerprint(s_tiny, &f->fp, &err) == TD_OK)
+    if (!(f->m = td_test_load_cpu(s_tiny, 1, 0, &f->be))) return 0;
+    if (td_checkpoint_fingerprint(s_tiny, &f->fp, &err) == TD_OK)
         f->d = td_dflash_load(f->dir, f->m, f->fp, 0, &err);
-    if (!f->d) {
-        td_test_fail(__FILE__, __LINE__, "setup: %s", err.msg);
-        td_model_destroy(&f->m);
-        td_backend_destroy(&f->be);
+    if (f->d) f->cases = s_cases();
+    if (!f->cases) {
+        td_test_fail(__FILE__, __LINE__, "setup: %s",
+                     f->d ? "dflash/cases.json unreadable" : err.msg);
+        s_close(f);
         return 0;
     }
     return 1;
-}
-
-static void s_close(fx_t *f) {
-    td_dflash_destroy(&f->d);
-    td_model_destroy(&f->m);
-    td_backend_destroy(&f->be);
 }
 
 static float *s_read_f32(const char *name, size_t *n) {
@@ -68,16 +83,6 @@ static float *s_read_f32(const char *name, size_t *n) {
     memcpy(out, data, len);
     free(data);
     return out;
-}
-
-static cJSON *s_cases(void) {
-    char path[1024], *text = NULL;
-    size_t len = 0;
-    snprintf(path, sizeof path, "%s/dflash/cases.json", td_test_data());
-    if (td_read_file(path, &text, &len, NULL) != TD_OK) return NULL;
-    cJSON *o = cJSON_ParseWithLength(text, len);
-    free(text);
-    return o;
 }
 
 TD_TEST(config_and_target_checks) {
@@ -121,9 +126,7 @@ TD_TEST(config_and_target_checks) {
 TD_TEST(forward_matches_reference) {
     fx_t f;
     if (!s_open(&f)) return;
-    cJSON *cases = s_cases();
-    REQUIRE(cases);
-    const cJSON *arr = cJSON_GetObjectItem(cases, "cases");
+    const cJSON *arr = cJSON_GetObjectItem(f.cases, "cases");
     int nc = cJSON_GetArraySize(arr);
     CHECK(nc >= 3);
     const int V = td_model_config(f.m)->n_vocab, FD = td_dflash_feature_dim(f.d);
@@ -170,7 +173,6 @@ TD_TEST(forward_matches_reference) {
         free(want);
         td_dflash_ctx_destroy(&cx);
     }
-    cJSON_Delete(cases);
     s_close(&f);
 }
 
@@ -179,9 +181,7 @@ TD_TEST(forward_matches_reference) {
 TD_TEST(verifier_features_match_hf) {
     fx_t f;
     if (!s_open(&f)) return;
-    cJSON *cases = s_cases();
-    REQUIRE(cases);
-    const cJSON *cs = cJSON_GetArrayItem(cJSON_GetObjectItem(cases, "cases"), 1);
+    const cJSON *cs = cJSON_GetArrayItem(cJSON_GetObjectItem(f.cases, "cases"), 1);
     const cJSON *toks = cJSON_GetObjectItem(cs, "tokens");
     int n = cJSON_GetArraySize(toks), FD = td_dflash_feature_dim(f.d);
     size_t nf = 0;
@@ -209,7 +209,6 @@ TD_TEST(verifier_features_match_hf) {
     free(got);
     free(want);
     td_kv_cache_destroy(&kv);
-    cJSON_Delete(cases);
     s_close(&f);
 }
 
@@ -542,22 +541,11 @@ TD_TEST(features_of_accepted_rows) {
 static pid_t s_spawn(const char *ep, const char *target, int any) {
     char dir[512];
     snprintf(dir, sizeof dir, "%s/dflash/drafter", td_test_data());
-    pid_t pid = fork();
-    if (pid == 0) {
-        const char *bin = td_test_bin("tandem-drafter");
-        setenv("TD_LOG", "error", 1);
-        execl(bin, bin, "--model", dir, "--target", target, "--bind", ep, "--threads", "1",
-              any ? "--dflash-any-target" : (char *)NULL, (char *)NULL);
-        _exit(127);
-    }
-    return pid;
+    const char *extra[] = {"--target", target, any ? "--dflash-any-target" : NULL, NULL};
+    return td_test_spawn_worker("tandem-drafter", dir, ep, extra);
 }
 
-static void s_kill(pid_t pid) {
-    if (pid <= 0) return;
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-}
+static void s_kill(pid_t pid) { td_test_stop(pid, SIGKILL); }
 
 /* td_pair_open against an endpoint, retrying while the worker starts. */
 static int s_open_ep(td_pair_t *pair, const char *vdir, const char *ep, td_err_t *err) {
@@ -639,9 +627,7 @@ TD_TEST(ipc_equals_inproc_and_faults) {
     }
     if (ok) td_pair_close(&ipc);
     s_kill(pid);
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
-    CHECK(system(cmd) == 0);
+    CHECK(td_test_rmtree(tmp) == 0);
 }
 
 /* A verifier whose weights differ by one byte has another fingerprint: the drafter refuses the
@@ -653,15 +639,7 @@ TD_TEST(handshake_refuses_other_target) {
     snprintf(vdir, sizeof vdir, "%s/v", tmp);
     snprintf(cmd, sizeof cmd, "mkdir -p %s && cp -r %s/. %s/", vdir, s_tiny, vdir);
     REQUIRE(system(cmd) == 0);
-    char path[512];
-    snprintf(path, sizeof path, "%s/model.safetensors", vdir);
-    FILE *f = fopen(path, "r+b");
-    REQUIRE(f);
-    fseek(f, -3, SEEK_END);
-    int c = fgetc(f);
-    fseek(f, -3, SEEK_END);
-    fputc(c ^ 1, f);
-    fclose(f);
+    REQUIRE(td_test_flip_byte(vdir, "model.safetensors", 3) == 0);
     uint64_t fa = 0, fb = 0;
     td_err_t err = {0};
     REQUIRE(td_checkpoint_fingerprint(s_tiny, &fa, &err) == TD_OK);
@@ -684,8 +662,7 @@ TD_TEST(handshake_refuses_other_target) {
     po.dflash_any_target = 1;
     CHECK_MSG(td_pair_open(&pair, vdir, dd, &po, &err) == TD_OK, "any target: %s", err.msg);
     td_pair_close(&pair);
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
-    CHECK(system(cmd) == 0);
+    CHECK(td_test_rmtree(tmp) == 0);
 }
 
 /* Feature payloads the drafter must refuse, each changing nothing: a size that is not whole rows

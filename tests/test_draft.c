@@ -14,6 +14,7 @@
 #include "kernels/backend.h"
 #include "model/model.h"
 #include "model/sampler.h"
+#include "tests/tdmodel.h"
 #include "tests/tdtest.h"
 #include "verifier/generate.h"
 
@@ -25,16 +26,7 @@ typedef struct fx {
 } fx_t;
 
 static int s_load(fx_t *f, const char *family) {
-    char dir[512];
-    td_err_t err = {0};
-    snprintf(dir, sizeof dir, "%s/models/%s", td_test_data(), family);
-    f->be = td_backend_cpu_new(1, 0, &err);
-    f->m = f->be ? td_model_load(dir, f->be, &err) : NULL;
-    if (!f->m) {
-        td_test_fail(__FILE__, __LINE__, "load %s: %s", dir, err.msg);
-        td_backend_destroy(&f->be);
-        return 0;
-    }
+    if (!(f->m = td_test_load_fixture(family, 1, 0, &f->be))) return 0;
     f->c = td_model_config(f->m);
     f->V = f->c->n_vocab;
     return 1;

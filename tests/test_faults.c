@@ -3,6 +3,7 @@
  * The request must always complete (the verifier does those rounds as plain AR and counts them),
  * greedy output must stay identical to AR, and speculation must resume when the drafter is back. */
 #include "tests/tdtest.h"
+#include "tests/tdproc.h"
 
 #include "bridge/pair.h"
 #include "verifier/spec.h"
@@ -21,21 +22,10 @@ static char s_dir[64], s_ep[128];
 static td_pair_t *s_cur_pair;
 
 static pid_t s_spawn_drafter(const char *model) {
-    pid_t pid = fork();
-    if (pid == 0) {
-        const char *bin = td_test_bin("tandem-drafter");
-        setenv("TD_LOG", "error", 1);
-        execl(bin, bin, "--model", model, "--bind", s_ep, "--threads", "1", (char *)NULL);
-        _exit(127);
-    }
-    return pid;
+    return td_test_spawn_worker("tandem-drafter", model, s_ep, NULL);
 }
 
-static void s_kill(pid_t pid) {
-    if (pid <= 0) return;
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-}
+static void s_kill(pid_t pid) { td_test_stop(pid, SIGKILL); }
 
 static void s_setup(void) {
     snprintf(s_dir, sizeof s_dir, "/tmp/td_faults_XXXXXX");
@@ -43,22 +33,13 @@ static void s_setup(void) {
     snprintf(s_ep, sizeof s_ep, "ipc://%s/drafter.sock", s_dir);
 }
 
-static void s_teardown(void) {
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", s_dir);
-    if (system(cmd) != 0) fprintf(stderr, "cleanup of %s failed\n", s_dir);
-}
+static void s_teardown(void) { td_test_rmtree(s_dir); }
 
 /* Connects (retrying while the worker starts). */
 static int s_open(td_pair_t *pair, const char *ep, td_err_t *err) {
     td_pair_opts_t po = {.device = -1, .drafter_device = -1, .threads = 1, .timeout_ms = 500};
-    for (int i = 0; i < 40; i++) {
-        s_cur_pair = pair;
-        if (td_pair_open(pair, VDIR, ep, &po, err) == TD_OK) return TD_OK;
-        td_pair_close(pair);
-        usleep(100 * 1000);
-    }
-    return TD_ERR;
+    s_cur_pair = pair;
+    return td_test_pair_open_retry(pair, VDIR, ep, &po, 40, err) == TD_OK ? TD_OK : TD_ERR;
 }
 
 static const int32_t s_prompt[] = {35, 279, 223, 41, 81, 70, 282, 67};
@@ -100,31 +81,60 @@ static td_spec_params_t s_greedy(int n) {
     return p;
 }
 
-TD_TEST(drafter_killed_then_restarted) {
+/* Starts the AR drafter worker that c disturbs and opens the pair to it. */
+static int s_chaos_begin(chaos_t *c, td_pair_t *pair) {
     s_setup();
-    chaos_t c = {.pid = s_spawn_drafter(ARDIR), .kill_at = 12, .restart_at = 30, .model = ARDIR};
-    td_pair_t pair;
+    c->model = ARDIR;
+    c->pid = s_spawn_drafter(ARDIR);
     td_err_t err = {0};
-    REQUIRE(s_open(&pair, s_ep, &err) == TD_OK);
-    enum { N = 90 };
-    int32_t ref[N], out[N];
-    s_ar_reference(pair.verifier, N, ref);
-    td_spec_params_t p = s_greedy(N);
+    int rc = s_open(pair, s_ep, &err);
+    if (rc != TD_OK) printf("    open: %s\n", err.msg);
+    return rc;
+}
+
+static void s_chaos_end(chaos_t *c, td_pair_t *pair) {
+    td_pair_close(pair);
+    s_kill(c->pid);
+    s_teardown();
+}
+
+/* td_spec_generate of out[p->max_tokens] after s_prompt (session id) with c disturbing the
+ * drafter as the tokens come. */
+static int s_chaos_generate(td_pair_t *pair, chaos_t *c, uint64_t session,
+                            const td_spec_params_t *p, int32_t *out, td_spec_stats_t *st) {
+    td_err_t err = {0};
+    int rc = td_spec_generate(pair->verifier, pair->dc, session, s_prompt, 8, p, s_chaos, c, out,
+                              st, &err);
+    if (rc != TD_OK) printf("    generate: %s\n", err.msg);
+    return rc;
+}
+
+/* Greedy generation of n tokens while c disturbs the drafter (WHAT says how): it completes, equals
+ * plain AR decoding, fell back at least once, and speculated again after (more than min_rounds
+ * rounds: more than could have happened before the disturbance). */
+static void s_greedy_chaos(chaos_t c, int n, uint64_t session, const char *what, int min_rounds) {
+    td_pair_t pair;
+    REQUIRE(s_chaos_begin(&c, &pair) == TD_OK);
+    int32_t *ref = malloc(sizeof(int32_t) * (size_t)n), *out = malloc(sizeof(int32_t) * (size_t)n);
+    REQUIRE(ref && out);
+    s_ar_reference(pair.verifier, n, ref);
+    td_spec_params_t p = s_greedy(n);
     td_spec_stats_t st;
     double t0 = td_time_now();
-    CHECK(td_spec_generate(pair.verifier, pair.dc, 42, s_prompt, 8, &p, s_chaos, &c, out, &st,
-                           &err) == TD_OK);
-    printf(
-        "    killed at token 12, back at 30: %d tokens in %.2f s, %d rounds, %d fallbacks (%s)\n",
-        st.generated, td_time_now() - t0, st.rounds, st.fallbacks, st.last_fallback);
-    CHECK_EQ_INT(st.generated, N);
-    CHECK(memcmp(out, ref, sizeof ref) == 0);
+    CHECK(s_chaos_generate(&pair, &c, session, &p, out, &st) == TD_OK);
+    printf("    %s: %d tokens in %.2f s, %d rounds, %d fallbacks (%s)\n", what, st.generated,
+           td_time_now() - t0, st.rounds, st.fallbacks, st.last_fallback);
+    CHECK_EQ_INT(st.generated, n);
+    CHECK(memcmp(out, ref, sizeof(int32_t) * (size_t)n) == 0);
     CHECK(st.fallbacks > 0);
-    /* speculation resumed: more rounds than could have happened before the kill */
-    CHECK(st.rounds > 12);
-    td_pair_close(&pair);
-    s_kill(c.pid);
-    s_teardown();
+    CHECK(st.rounds > min_rounds);
+    free(ref), free(out);
+    s_chaos_end(&c, &pair);
+}
+
+TD_TEST(drafter_killed_then_restarted) {
+    s_greedy_chaos((chaos_t){.kill_at = 12, .restart_at = 30}, 90, 42,
+                   "killed at token 12, back at 30", 12);
 }
 
 /* Every token of out[n] (after the 8-token prompt) has non-zero probability under the verifier's
@@ -160,11 +170,9 @@ static void s_check_support(td_model_t *v, const td_sampling_t *sp, const int32_
  * draft token let through unchecked, or a residual drawn from the drafter's row,
  * would land outside it). */
 TD_TEST(drafter_killed_then_restarted_sampled) {
-    s_setup();
-    chaos_t c = {.pid = s_spawn_drafter(ARDIR), .kill_at = 12, .restart_at = 30, .model = ARDIR};
+    chaos_t c = {.kill_at = 12, .restart_at = 30};
     td_pair_t pair;
-    td_err_t err = {0};
-    REQUIRE(s_open(&pair, s_ep, &err) == TD_OK);
+    REQUIRE(s_chaos_begin(&c, &pair) == TD_OK);
     enum { N = 90 };
     int32_t out[N];
     td_spec_params_t p = s_greedy(N);
@@ -172,8 +180,7 @@ TD_TEST(drafter_killed_then_restarted_sampled) {
     p.draft_sampling = (td_sampling_t){1.0f, 8, 1.0f};
     p.seed = 77;
     td_spec_stats_t st;
-    CHECK(td_spec_generate(pair.verifier, pair.dc, 45, s_prompt, 8, &p, s_chaos, &c, out, &st,
-                           &err) == TD_OK);
+    CHECK(s_chaos_generate(&pair, &c, 45, &p, out, &st) == TD_OK);
     printf("    sampled, killed at token 12, back at 30: %d tokens, %d rounds, %d fallbacks, "
            "%d/%d accepted, %d full rows (%s)\n",
            st.generated, st.rounds, st.fallbacks, st.accepted, st.drafted, st.full_rows,
@@ -183,33 +190,12 @@ TD_TEST(drafter_killed_then_restarted_sampled) {
     CHECK(st.rounds > 12);
     CHECK(st.accepted > 0 && st.accepted < st.drafted); /* both branches of the rule ran */
     s_check_support(pair.verifier, &p.sampling, out, st.generated);
-    td_pair_close(&pair);
-    s_kill(c.pid);
-    s_teardown();
+    s_chaos_end(&c, &pair);
 }
 
 TD_TEST(drafter_stalls_then_continues) {
-    s_setup();
-    chaos_t c = {.pid = s_spawn_drafter(ARDIR), .stop_at = 10, .cont_at = 25, .model = ARDIR};
-    td_pair_t pair;
-    td_err_t err = {0};
-    REQUIRE(s_open(&pair, s_ep, &err) == TD_OK);
-    enum { N = 80 };
-    int32_t ref[N], out[N];
-    s_ar_reference(pair.verifier, N, ref);
-    td_spec_params_t p = s_greedy(N);
-    td_spec_stats_t st;
-    CHECK(td_spec_generate(pair.verifier, pair.dc, 43, s_prompt, 8, &p, s_chaos, &c, out, &st,
-                           &err) == TD_OK);
-    printf("    stalled from token 10 to 25: %d rounds, %d fallbacks (%s)\n", st.rounds,
-           st.fallbacks, st.last_fallback);
-    CHECK_EQ_INT(st.generated, N);
-    CHECK(memcmp(out, ref, sizeof ref) == 0);
-    CHECK(st.fallbacks > 0);
-    CHECK(st.rounds > 10);
-    td_pair_close(&pair);
-    s_kill(c.pid);
-    s_teardown();
+    s_greedy_chaos((chaos_t){.stop_at = 10, .cont_at = 25}, 80, 43, "stalled from token 10 to 25",
+                   10);
 }
 
 /* A fake drafter that completes the handshake properly, then answers every DraftRequest with
@@ -362,19 +348,6 @@ TD_TEST(tokenizer_mismatch_refused_at_connect) {
 }
 
 /* Three real processes: drafter worker, verifier worker, and the tandem command as a client. */
-static pid_t s_spawn(const char *bin, const char *model, const char *drafter, const char *bind) {
-    pid_t pid = fork();
-    if (pid == 0) {
-        setenv("TD_LOG", "error", 1);
-        if (drafter)
-            execl(bin, bin, "--model", model, "--drafter", drafter, "--bind", bind, "--threads",
-                  "1", (char *)NULL);
-        else
-            execl(bin, bin, "--model", model, "--bind", bind, "--threads", "1", (char *)NULL);
-        _exit(127);
-    }
-    return pid;
-}
 
 /* td_test_run, timed */
 static int s_popen(const char *cmd, char *out, size_t cap, double *secs) {
@@ -388,8 +361,9 @@ TD_TEST(remote_verifier_serves_and_its_death_is_reported) {
     s_setup();
     char vep[160], cmd[4096], out[65536];
     snprintf(vep, sizeof vep, "ipc://%s/verifier.sock", s_dir);
-    pid_t d = s_spawn(td_test_bin("tandem-drafter"), "tests/data/e2e/dream-drafter", NULL, s_ep);
-    pid_t v = s_spawn(td_test_bin("tandem-verifier"), VDIR, s_ep, vep);
+    pid_t d = td_test_spawn_worker("tandem-drafter", "tests/data/e2e/dream-drafter", s_ep, NULL);
+    pid_t v = td_test_spawn_worker("tandem-verifier", VDIR, vep,
+                                   (const char *const[]){"--drafter", s_ep, NULL});
     double secs = 0;
     /* the three processes produce AR greedy output (tests/data/e2e/qwen2-chat/greedy.json) */
     snprintf(cmd, sizeof cmd,

@@ -9,6 +9,7 @@
 #include "model/checkpoint.h"
 #include "model/model.h"
 #include "model/tensor_source.h"
+#include "tests/tdproc.h"
 #include "tests/tdtest.h"
 
 static const char *s_tiny = "models/tiny-verifier";
@@ -50,20 +51,10 @@ TD_TEST(one_weight_byte_changes_it) {
     REQUIRE(td_checkpoint_fingerprint(dir, &same, &err) == TD_OK);
     CHECK(orig == same); /* a copy elsewhere hashes equal: no paths in it */
     /* flip one byte inside the last tensor's data (the file's last byte is tensor data) */
-    char path[600];
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    FILE *f = fopen(path, "r+b");
-    REQUIRE(f);
-    fseek(f, -3, SEEK_END);
-    int c = fgetc(f);
-    fseek(f, -3, SEEK_END);
-    fputc(c ^ 0x01, f);
-    fclose(f);
+    REQUIRE(td_test_flip_byte(dir, "model.safetensors", 3) == 0);
     REQUIRE(td_checkpoint_fingerprint(dir, &patched, &err) == TD_OK);
     CHECK(patched != orig);
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    CHECK(system(cmd) == 0);
+    CHECK(td_test_rmtree(dir) == 0);
 }
 
 TD_TEST(inspect_json_prints_it) {

@@ -110,14 +110,10 @@ static void s_fix_free(s_fix_t *f) {
 
 static int s_fix_load(const char *name, s_fix_t *f) {
     char path[512], why[256];
-    snprintf(path, sizeof path, "%s/gguf/%s", td_test_data(), name);
-    char *text = NULL;
+    snprintf(path, sizeof path, "gguf/%s", name);
     size_t len = 0;
-    td_err_t err = {0};
-    if (td_read_file(path, &text, &len, &err) != TD_OK) {
-        td_test_fail(__FILE__, __LINE__, "%s", err.msg);
-        return -1;
-    }
+    char *text = td_test_read(path, &len);
+    if (!text) return -1;
     int rc = s_fix_parse(text, len, f, why, sizeof why);
     free(text);
     if (rc != 0) td_test_fail(__FILE__, __LINE__, "%s: %s", path, why);
@@ -201,6 +197,36 @@ static void s_run_close(s_run_t *r) {
     td_kv_cache_destroy(&r->kv);
     td_model_destroy(&r->m);
     td_backend_destroy(&r->be);
+}
+
+/* s_fix_load, s_model_ready and s_run_open (n_seq slots) together: 1 when the fixture's model is
+ * loaded and ready to compare, else 0 with nothing left open (the case skipped or failed). */
+typedef struct s_fixture {
+    s_fix_t f; /* the fixture */
+    s_run_t r; /* its model, loaded */
+} s_fixture_t;
+
+static int s_fixture_open(const char *fixture, int n_seq, s_fixture_t *fx) {
+    if (s_fix_load(fixture, &fx->f) != 0) return 0;
+    if (s_model_ready(&fx->f) && s_run_open(&fx->f, n_seq, &fx->r) == 0) return 1;
+    s_fix_free(&fx->f);
+    return 0;
+}
+
+static void s_fixture_close(s_fixture_t *fx) {
+    s_run_close(&fx->r);
+    s_fix_free(&fx->f);
+}
+
+/* Prefills prompt[np] on slot 0 with the logits of its last row only, into row. */
+static int s_prefill(s_run_t *r, const int32_t *prompt, int np, float *row, td_err_t *err) {
+    uint8_t *sel = calloc((size_t)np, 1);
+    if (!sel) return TD_ERR_NOMEM;
+    sel[np - 1] = 1;
+    td_batch_t b = {.n = np, .tokens = prompt, .logits_for = sel};
+    int rc = td_model_forward(r->m, r->kv, &b, row, err);
+    free(sel);
+    return rc;
 }
 
 /* Sanitizer builds: every 4th item only, from the 3rd (the texts then include one of < 25
@@ -288,22 +314,17 @@ static void s_tokenizer(const char *fixture) {
 }
 
 static void s_scoring(const char *fixture) {
-    s_fix_t f;
-    if (s_fix_load(fixture, &f) != 0) return;
-    s_run_t r;
-    if (!s_model_ready(&f) || s_run_open(&f, 1, &r) != 0) {
-        s_fix_free(&f);
-        return;
-    }
-    const int nv = f.n_vocab;
-    REQUIRE(td_model_config(r.m)->n_vocab == nv);
-    int n_texts = cJSON_GetArraySize(f.texts), stride = s_stride();
+    s_fixture_t fx;
+    if (!s_fixture_open(fixture, 1, &fx)) return;
+    const int nv = fx.f.n_vocab;
+    REQUIRE(td_model_config(fx.r.m)->n_vocab == nv);
+    int n_texts = cJSON_GetArraySize(fx.f.texts), stride = s_stride();
     double sum_ours = 0, sum_ref = 0, max_diff = 0, sum_abs = 0, worst_rel = 0;
     const char *worst = "-";
     long n_pos = 0, n_agree = 0;
     int n_scored_texts = 0;
     for (int t = s_first(); t < n_texts; t += stride) {
-        const cJSON *x = cJSON_GetArrayItem(f.texts, t);
+        const cJSON *x = cJSON_GetArrayItem(fx.f.texts, t);
         const char *name = cJSON_GetObjectItem(x, "name")->valuestring;
         const cJSON *lp = cJSON_GetObjectItem(x, "logprobs");
         const cJSON *am = cJSON_GetObjectItem(x, "argmax");
@@ -315,8 +336,8 @@ static void s_scoring(const char *fixture) {
         td_batch_t b = {0};
         b.n = n;
         b.tokens = ids;
-        td_kv_cache_crop(r.kv, 0, 0);
-        int rc = td_model_forward(r.m, r.kv, &b, logits, &err);
+        td_kv_cache_crop(fx.r.kv, 0, 0);
+        int rc = td_model_forward(fx.r.m, fx.r.kv, &b, logits, &err);
         CHECK_MSG(rc == TD_OK, "%s: %s", name, err.msg);
         if (rc == TD_OK) {
             double s_ours = 0, s_ref = 0;
@@ -348,36 +369,30 @@ static void s_scoring(const char *fixture) {
     REQUIRE(n_pos > 0);
     double mean_ours = sum_ours / (double)n_pos, agree = (double)n_agree / (double)n_pos;
     /* all texts: the fixture's own mean; a subset (TD_TEST_LIGHT): the mean of its entries */
-    double mean_ref = stride == 1 ? f.mean_logprob : sum_ref / (double)n_pos;
+    double mean_ref = stride == 1 ? fx.f.mean_logprob : sum_ref / (double)n_pos;
     printf("    scoring %s: %d texts, %ld tokens: mean log-prob %.6f, HF %.6f (%.3f%%); per-token "
            "|diff| mean %.2e, max %.2e; argmax agreement %.2f%%; worst text %s %.2f%%\n",
            fixture, n_scored_texts, n_pos, mean_ours, mean_ref,
            100.0 * fabs(mean_ours - mean_ref) / fabs(mean_ref), sum_abs / (double)n_pos, max_diff,
            100.0 * agree, worst, 100.0 * worst_rel);
-    if (stride == 1) CHECK_EQ_INT(n_pos, cJSON_GetObjectItem(f.j, "scored_tokens")->valueint);
+    if (stride == 1) CHECK_EQ_INT(n_pos, cJSON_GetObjectItem(fx.f.j, "scored_tokens")->valueint);
     CHECK_MSG(fabs(mean_ours - mean_ref) <= MEAN_REL_BOUND * fabs(mean_ref),
               "mean log-prob %.6f, HF %.6f (bound %g%%)", mean_ours, mean_ref,
               MEAN_REL_BOUND * 100);
     CHECK_MSG(agree >= ARGMAX_MIN, "argmax agreement %.4f < %.2f", agree, ARGMAX_MIN);
-    s_run_close(&r);
-    s_fix_free(&f);
+    s_fixture_close(&fx);
 }
 
 static void s_greedy(const char *fixture) {
-    s_fix_t f;
-    if (s_fix_load(fixture, &f) != 0) return;
-    s_run_t r;
-    if (!s_model_ready(&f) || s_run_open(&f, 1, &r) != 0) {
-        s_fix_free(&f);
-        return;
-    }
-    const int nv = f.n_vocab;
+    s_fixture_t fx;
+    if (!s_fixture_open(fixture, 1, &fx)) return;
+    const int nv = fx.f.n_vocab;
     float *row = malloc(sizeof(float) * (size_t)nv);
-    int n_prompts = cJSON_GetArraySize(f.greedy), n_run = 0, n_equal = 0, stride = s_stride();
+    int n_prompts = cJSON_GetArraySize(fx.f.greedy), n_run = 0, n_equal = 0, stride = s_stride();
     char report[1024] = "";
     size_t rl = 0;
     for (int p = s_first(); p < n_prompts; p += stride) {
-        const cJSON *g = cJSON_GetArrayItem(f.greedy, p);
+        const cJSON *g = cJSON_GetArrayItem(fx.f.greedy, p);
         const char *name = cJSON_GetObjectItem(g, "name")->valuestring;
         const cJSON *margins = cJSON_GetObjectItem(g, "margins");
         int np = 0, ng = 0;
@@ -385,16 +400,9 @@ static void s_greedy(const char *fixture) {
         int32_t *want = s_ids(cJSON_GetObjectItem(g, "ids"), &ng);
         REQUIRE(np + ng <= N_CTX && cJSON_GetArraySize(margins) == ng);
         td_err_t err = {0};
-        td_kv_cache_crop(r.kv, 0, 0);
+        td_kv_cache_crop(fx.r.kv, 0, 0);
         /* prefill: logits of the last prompt row only */
-        uint8_t *sel = calloc((size_t)np, 1);
-        sel[np - 1] = 1;
-        td_batch_t b = {0};
-        b.n = np;
-        b.tokens = prompt;
-        b.logits_for = sel;
-        int rc = td_model_forward(r.m, r.kv, &b, row, &err);
-        free(sel);
+        int rc = s_prefill(&fx.r, prompt, np, row, &err);
         CHECK_MSG(rc == TD_OK, "%s: %s", name, err.msg);
         int i = 0, diverged = -1;
         for (; rc == TD_OK && i < ng; i++) {
@@ -408,14 +416,14 @@ static void s_greedy(const char *fixture) {
                           name, i, tok, want[i], mg, NEAR_TIE);
                 break;
             }
-            if (tok == f.eos_id || i + 1 == ng) {
+            if (tok == fx.f.eos_id || i + 1 == ng) {
                 i++;
                 break;
             }
             td_batch_t d = {0};
             d.n = 1;
             d.tokens = &tok;
-            rc = td_model_forward(r.m, r.kv, &d, row, &err);
+            rc = td_model_forward(fx.r.m, fx.r.kv, &d, row, &err);
             CHECK_MSG(rc == TD_OK, "%s: step %d: %s", name, i, err.msg);
         }
         if (rc == TD_OK) {
@@ -434,24 +442,18 @@ static void s_greedy(const char *fixture) {
     printf("    greedy %s: %d of %d prompts equal to HF%s%s\n", fixture, n_equal, n_run,
            rl ? "; near-tie divergences:" : "", report);
     free(row);
-    s_run_close(&r);
-    s_fix_free(&f);
+    s_fixture_close(&fx);
 }
 
 /* A verification pass scores the drafted tokens in one batch; its logits must be bitwise those of
  * the AR steps, or a greedy speculative run could emit other tokens than plain decoding. */
 static void s_verify_bitwise(const char *fixture) {
-    s_fix_t f;
-    if (s_fix_load(fixture, &f) != 0) return;
-    s_run_t r;
-    if (!s_model_ready(&f) || s_run_open(&f, 2, &r) != 0) {
-        s_fix_free(&f);
-        return;
-    }
-    const int nv = f.n_vocab;
+    s_fixture_t fx;
+    if (!s_fixture_open(fixture, 2, &fx)) return;
+    const int nv = fx.f.n_vocab;
     /* quantized weights take one arithmetic at every batch size: no pass-size limit */
-    CHECK_EQ_INT(td_model_invariant_rows(r.m), INT_MAX);
-    const cJSON *g = cJSON_GetArrayItem(f.greedy, 1); /* a 32-token continuation */
+    CHECK_EQ_INT(td_model_invariant_rows(fx.r.m), INT_MAX);
+    const cJSON *g = cJSON_GetArrayItem(fx.f.greedy, 1); /* a 32-token continuation */
     int np = 0, ng = 0;
     int32_t *prompt = s_ids(cJSON_GetObjectItem(g, "prompt_ids"), &np);
     int32_t *cont = s_ids(cJSON_GetObjectItem(g, "ids"), &ng);
@@ -459,19 +461,13 @@ static void s_verify_bitwise(const char *fixture) {
     td_err_t err = {0};
     float *batch = malloc(sizeof(float) * VERIFY_N * (size_t)nv);
     float *ar = malloc(sizeof(float) * VERIFY_N * (size_t)nv);
-    uint8_t *sel = calloc((size_t)np, 1);
-    sel[np - 1] = 1;
-    td_batch_t b = {0};
-    b.n = np;
-    b.tokens = prompt;
-    b.logits_for = sel;
-    CHECK_MSG(td_model_forward(r.m, r.kv, &b, ar, &err) == TD_OK, "prefill: %s", err.msg);
-    CHECK(td_kv_cache_copy_seq(r.kv, 0, 1, np) == TD_OK);
+    CHECK_MSG(s_prefill(&fx.r, prompt, np, ar, &err) == TD_OK, "prefill: %s", err.msg);
+    CHECK(td_kv_cache_copy_seq(fx.r.kv, 0, 1, np) == TD_OK);
     /* verification pass: the 9 tokens in one forward on slot 0 */
     td_batch_t v = {0};
     v.n = VERIFY_N;
     v.tokens = cont;
-    CHECK_MSG(td_model_forward(r.m, r.kv, &v, batch, &err) == TD_OK, "batch: %s", err.msg);
+    CHECK_MSG(td_model_forward(fx.r.m, fx.r.kv, &v, batch, &err) == TD_OK, "batch: %s", err.msg);
     /* the AR steps: one token per forward on slot 1 */
     int32_t one_seq = 1;
     for (int i = 0; i < VERIFY_N; i++) {
@@ -479,11 +475,11 @@ static void s_verify_bitwise(const char *fixture) {
         s.n = 1;
         s.tokens = &cont[i];
         s.seq = &one_seq;
-        CHECK_MSG(td_model_forward(r.m, r.kv, &s, ar + (size_t)i * (size_t)nv, &err) == TD_OK,
+        CHECK_MSG(td_model_forward(fx.r.m, fx.r.kv, &s, ar + (size_t)i * (size_t)nv, &err) == TD_OK,
                   "step %d: %s", i, err.msg);
     }
-    CHECK_EQ_INT(td_kv_cache_len(r.kv, 0), np + VERIFY_N);
-    CHECK_EQ_INT(td_kv_cache_len(r.kv, 1), np + VERIFY_N);
+    CHECK_EQ_INT(td_kv_cache_len(fx.r.kv, 0), np + VERIFY_N);
+    CHECK_EQ_INT(td_kv_cache_len(fx.r.kv, 1), np + VERIFY_N);
     int n_same = 0;
     for (int i = 0; i < VERIFY_N; i++) {
         const float *x = batch + (size_t)i * (size_t)nv, *y = ar + (size_t)i * (size_t)nv;
@@ -495,13 +491,11 @@ static void s_verify_bitwise(const char *fixture) {
     }
     printf("    verify %s: %d of %d rows of a %d-token batch bitwise equal to the AR steps\n",
            fixture, n_same, VERIFY_N, VERIFY_N);
-    free(sel);
     free(batch);
     free(ar);
     free(prompt);
     free(cont);
-    s_run_close(&r);
-    s_fix_free(&f);
+    s_fixture_close(&fx);
 }
 
 #define Q4_1 "smollm2-q4_1-fidelity.json"

@@ -605,12 +605,18 @@ static int s_rewrite_safetensors(const char *src, const char *dst, const char *d
     return ok ? 0 : -1;
 }
 
-/* Copies the qwen2 fixture into a temp dir with one tensor broken; checks the load fails and
- * names the tensor. */
-static void s_check_broken(const char *what, const char *drop, const char *reshape, int d0, int d1,
-                           const char *dtype, const char *expect_name) {
+/* Copies the qwen2 fixture into a temp dir with its safetensors rewritten by
+ * s_rewrite_safetensors (drop, reshape, d0, d1, dtype), loads it on a one-thread CPU backend (*be)
+ * and removes the copy; returns the model, or NULL with the error in *err. */
+static td_model_t *s_load_rewritten(td_backend_t **be, const char *drop, const char *reshape,
+                                    int d0, int d1, const char *dtype, td_err_t *err) {
     char tmp[] = "/tmp/td_golden_ckpt_XXXXXX";
-    REQUIRE(mkdtemp(tmp) != NULL);
+    *be = td_backend_cpu_new(1, 0, err);
+    if (!*be) return NULL;
+    if (!mkdtemp(tmp)) {
+        td_test_fail(__FILE__, __LINE__, "mkdtemp failed");
+        return NULL;
+    }
     char src[600], dst[600], cfg_src[600], cfg_dst[600];
     snprintf(src, sizeof src, "%s/models/qwen2/model.safetensors", td_test_data());
     snprintf(cfg_src, sizeof cfg_src, "%s/models/qwen2/config.json", td_test_data());
@@ -618,10 +624,19 @@ static void s_check_broken(const char *what, const char *drop, const char *resha
     snprintf(cfg_dst, sizeof cfg_dst, "%s/config.json", tmp);
     CHECK(s_copy_file(cfg_src, cfg_dst) == 0);
     CHECK(s_rewrite_safetensors(src, dst, drop, reshape, d0, d1, dtype) == 0);
+    td_model_t *m = td_model_load(tmp, *be, err);
+    unlink(dst);
+    unlink(cfg_dst);
+    rmdir(tmp);
+    return m;
+}
 
+/* The qwen2 fixture with one tensor broken: checks the load fails and names the tensor. */
+static void s_check_broken(const char *what, const char *drop, const char *reshape, int d0, int d1,
+                           const char *dtype, const char *expect_name) {
     td_err_t err = {0};
-    td_backend_t *be = td_backend_cpu_new(1, 0, &err);
-    td_model_t *m = be ? td_model_load(tmp, be, &err) : NULL;
+    td_backend_t *be = NULL;
+    td_model_t *m = s_load_rewritten(&be, drop, reshape, d0, d1, dtype, &err);
     CHECK_MSG(m == NULL, "%s: td_model_load succeeded", what);
     CHECK_MSG(err.code < 0, "%s: no error code", what);
     CHECK_MSG(strstr(err.msg, expect_name) != NULL, "%s: message does not name %s: \"%s\"", what,
@@ -629,32 +644,17 @@ static void s_check_broken(const char *what, const char *drop, const char *resha
     printf("    %-22s -> %s\n", what, err.msg);
     td_model_destroy(&m);
     td_backend_destroy(&be);
-    unlink(dst);
-    unlink(cfg_dst);
-    rmdir(tmp);
 }
 
 TD_TEST(load_rejects_broken_checkpoint) {
     /* An unmodified rewrite must load: proves the rewriter itself is sound. */
     {
-        char tmp[] = "/tmp/td_golden_ckpt_XXXXXX";
-        REQUIRE(mkdtemp(tmp) != NULL);
-        char src[600], dst[600], cfg_src[600], cfg_dst[600];
-        snprintf(src, sizeof src, "%s/models/qwen2/model.safetensors", td_test_data());
-        snprintf(cfg_src, sizeof cfg_src, "%s/models/qwen2/config.json", td_test_data());
-        snprintf(dst, sizeof dst, "%s/model.safetensors", tmp);
-        snprintf(cfg_dst, sizeof cfg_dst, "%s/config.json", tmp);
-        CHECK(s_copy_file(cfg_src, cfg_dst) == 0);
-        CHECK(s_rewrite_safetensors(src, dst, NULL, NULL, 0, 0, NULL) == 0);
         td_err_t err = {0};
-        td_backend_t *be = td_backend_cpu_new(1, 0, &err);
-        td_model_t *m = be ? td_model_load(tmp, be, &err) : NULL;
+        td_backend_t *be = NULL;
+        td_model_t *m = s_load_rewritten(&be, NULL, NULL, 0, 0, NULL, &err);
         CHECK_MSG(m != NULL, "rewritten intact checkpoint failed to load: %s", err.msg);
         td_model_destroy(&m);
         td_backend_destroy(&be);
-        unlink(dst);
-        unlink(cfg_dst);
-        rmdir(tmp);
     }
     s_check_broken("missing tensor", "model.layers.1.mlp.down_proj.weight", NULL, 0, 0, NULL,
                    "model.layers.1.mlp.down_proj.weight");
@@ -879,13 +879,10 @@ static void s_embd_equals_tokens(const char *name, const char *embd_tensor) {
                     .hidden_layers = layers,
                     .n_hidden_layers = 2,
                     .hidden_out = ha};
-    td_batch_t b = {.n = N,
-                    .tokens = NULL,
-                    .embd = emb,
-                    .attn = TD_ATTN_CAUSAL,
-                    .hidden_layers = layers,
-                    .n_hidden_layers = 2,
-                    .hidden_out = hb};
+    td_batch_t b = a; /* the same batch given as embeddings */
+    b.tokens = NULL;
+    b.embd = emb;
+    b.hidden_out = hb;
     CHECK_EQ_INT(td_model_forward(m, ka, &a, la, &err), TD_OK);
     CHECK_EQ_INT(td_model_forward(m, kb, &b, lb, &err), TD_OK);
     CHECK_MSG(!memcmp(la, lb, sizeof(float) * N * (size_t)V), "%s: logits differ", name);

@@ -31,6 +31,7 @@
 #include "model/model.h"
 #include "model/tokenizer.h"
 #include "tests/tdtest.h"
+#include "tests/tdproc.h"
 #include "verifier/generate.h"
 #include "verifier/remote.h"
 
@@ -768,77 +769,59 @@ TD_TEST(ar_suppress_ids_are_never_emitted) {
 
 static char s_tmp[64];
 
-/* The binaries under test: TD_TANDEM_BIN / TD_DRAFTER_BIN (as test_cli / test_faults), else
- * build/bin's. */
-static const char *s_tandem(void) {
-    const char *b = getenv("TD_TANDEM_BIN");
-    return b && *b ? b : "build/bin/tandem";
-}
-
-static const char *s_drafter_bin(void) {
-    const char *b = getenv("TD_DRAFTER_BIN");
-    return b && *b ? b : "build/bin/tandem-drafter";
-}
-
 static pid_t s_spawn_drafter(const char *model, const char *name, char *ep, size_t cap) {
     if (!s_tmp[0]) {
         snprintf(s_tmp, sizeof s_tmp, "/tmp/td_planned_XXXXXX");
         if (!mkdtemp(s_tmp)) abort();
     }
     snprintf(ep, cap, "ipc://%s/%s.sock", s_tmp, name);
-    pid_t pid = fork();
-    if (pid == 0) {
-        setenv("TD_LOG", "error", 1);
-        execl(s_drafter_bin(), s_drafter_bin(), "--model", model, "--bind", ep, "--threads", "1",
-              (char *)NULL);
-        _exit(127);
-    }
-    return pid;
+    return td_test_spawn_worker("tandem-drafter", model, ep, NULL);
 }
 
-static void s_stop(pid_t pid) {
-    if (pid <= 0) return;
-    kill(pid, SIGTERM);
-    waitpid(pid, NULL, 0);
-}
+static void s_stop(pid_t pid) { td_test_stop(pid, SIGTERM); }
 
 static void s_cleanup(void) {
     if (!s_tmp[0]) return;
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", s_tmp);
-    if (system(cmd) != 0) fprintf(stderr, "cleanup of %s failed\n", s_tmp);
+    td_test_rmtree(s_tmp);
     s_tmp[0] = 0;
 }
 
 static int s_connect(td_pair_t *pair, const char *dir, const char *ep) {
     td_pair_opts_t po = {.device = -1, .drafter_device = -1, .threads = 1, .timeout_ms = 500};
     td_err_t err = {0};
-    for (int i = 0; i < 60; i++) {
-        if (td_pair_open(pair, dir, ep, &po, &err) == TD_OK) return 1;
-        td_pair_close(pair);
-        usleep(100 * 1000);
-    }
+    if (td_test_pair_open_retry(pair, dir, ep, &po, 60, &err) == TD_OK) return 1;
     td_test_fail(__FILE__, __LINE__, "cannot reach the drafter at %s: %s", ep, err.msg);
     return 0;
 }
 
 #define TINY_PLANNED "models/tiny-planned"
 
+/* A drafter worker serving model at a fresh endpoint NAME (into ep) and the pair connected to it
+ * with model here too; returns its pid, or -1 (the case failed; everything stopped and removed). */
+static pid_t s_spawn_connect(const char *model, const char *name, char *ep, size_t cap,
+                             td_pair_t *pair) {
+    pid_t pid = s_spawn_drafter(model, name, ep, cap);
+    if (s_connect(pair, model, ep)) return pid;
+    s_stop(pid);
+    s_cleanup();
+    return -1;
+}
+
+/* 1 when the bundled models/tiny-planned is there, else 0 with the case skipped. */
+static int s_have_tiny_planned(void) {
+    if (access(TINY_PLANNED "/config.json", R_OK) == 0) return 1;
+    td_test_skip("models/tiny-planned not present");
+    return 0;
+}
+
 /* Remote fill == in-process fill: same cleaned output, same counts, greedy and sampled (the
  * generator travels with the request), sparse and dense, two step ratios. */
 TD_TEST(planned_two_processes_equal_one_process) {
-    if (access(TINY_PLANNED "/config.json", R_OK) != 0) {
-        td_test_skip("models/tiny-planned not present");
-        return;
-    }
+    if (!s_have_tiny_planned()) return;
     char ep[160];
-    pid_t pid = s_spawn_drafter(TINY_PLANNED, "planned", ep, sizeof ep);
     td_pair_t pair;
-    if (!s_connect(&pair, TINY_PLANNED, ep)) {
-        s_stop(pid);
-        s_cleanup();
-        return;
-    }
+    pid_t pid = s_spawn_connect(TINY_PLANNED, "planned", ep, sizeof ep, &pair);
+    if (pid < 0) return;
     td_model_t *m = pair.verifier;
     td_plan_tags_t tags;
     td_err_t err = {0};
@@ -924,13 +907,9 @@ TD_TEST(planned_two_processes_equal_one_process) {
 TD_TEST(planned_drafter_without_tags_refuses) {
     char dir[512], ep[160];
     snprintf(dir, sizeof dir, "%s/e2e/dream-drafter", td_test_data());
-    pid_t pid = s_spawn_drafter(dir, "notags", ep, sizeof ep);
     td_pair_t pair;
-    if (!s_connect(&pair, dir, ep)) {
-        s_stop(pid);
-        s_cleanup();
-        return;
-    }
+    pid_t pid = s_spawn_connect(dir, "notags", ep, sizeof ep, &pair);
+    if (pid < 0) return;
     td_err_t err = {0};
     int32_t ctx[3] = {1, 2, 3}, sc[64], t6[6] = {10, 11, 12, 13, 14, 15};
     int units[1] = {1};
@@ -948,37 +927,20 @@ TD_TEST(planned_drafter_without_tags_refuses) {
 /* `tandem generate --method planned --drafter ENDPOINT` (planner: the bundled tiny-planned run
  * causally here) prints what the one-process run prints. */
 TD_TEST(planned_two_processes_command_line) {
-    if (access(TINY_PLANNED "/config.json", R_OK) != 0) {
-        td_test_skip("models/tiny-planned not present");
-        return;
-    }
+    if (!s_have_tiny_planned()) return;
     char ep[160], cmd[2048];
     static char out_r[65536], out_l[65536];
     pid_t pid = s_spawn_drafter(TINY_PLANNED, "cli", ep, sizeof ep);
     const char *common = "--method planned --max-tokens 192 --threads 1 --temperature 0.8 "
                          "--seed 5 --json --prompt 'And God said, Let there be light'";
-    snprintf(cmd, sizeof cmd, "%s generate --drafter %s %s 2>/dev/null", s_tandem(), ep, common);
-    int rc = -1;
-    for (int i = 0; i < 40 && rc != 0; i++) {
-        rc = td_test_run(cmd, out_r, sizeof out_r);
-        if (rc != 0) usleep(100 * 1000);
-    }
-    CHECK_MSG(rc == 0, "remote run failed: %s", out_r);
-    snprintf(cmd, sizeof cmd, "%s generate --drafter %s %s 2>/dev/null", s_tandem(), TINY_PLANNED,
+    snprintf(cmd, sizeof cmd, "%s generate --drafter %s %s 2>/dev/null", td_test_bin("tandem"), ep,
              common);
+    int rc = td_test_run_retry(cmd, out_r, sizeof out_r, 40);
+    CHECK_MSG(rc == 0, "remote run failed: %s", out_r);
+    snprintf(cmd, sizeof cmd, "%s generate --drafter %s %s 2>/dev/null", td_test_bin("tandem"),
+             TINY_PLANNED, common);
     CHECK_EQ_INT(td_test_run(cmd, out_l, sizeof out_l), 0);
-    cJSON *jr = cJSON_Parse(out_r), *jl = cJSON_Parse(out_l);
-    CHECK_MSG(jr && jl, "not JSON: %s / %s", out_r, out_l);
-    if (jr && jl) {
-        char *a = cJSON_PrintUnformatted(cJSON_GetObjectItem(jr, "tokens")),
-             *b = cJSON_PrintUnformatted(cJSON_GetObjectItem(jl, "tokens"));
-        CHECK_MSG(a && b && !strcmp(a, b), "tokens differ: %s vs %s", a, b);
-        CHECK(a && strlen(a) > 5);
-        free(a);
-        free(b);
-    }
-    cJSON_Delete(jr);
-    cJSON_Delete(jl);
+    td_test_check_same_tokens(out_r, out_l, 5);
     s_stop(pid);
     s_cleanup();
 }
@@ -987,17 +949,14 @@ TD_TEST(planned_two_processes_command_line) {
  * 30-40 positions for this prompt) is refused with the reason and the command falls back to plain
  * decoding: exit 0, the message on stderr, tokens in the JSON. */
 TD_TEST(planned_too_long_for_the_budget_falls_back) {
-    if (access(TINY_PLANNED "/config.json", R_OK) != 0) {
-        td_test_skip("models/tiny-planned not present");
-        return;
-    }
+    if (!s_have_tiny_planned()) return;
     static char msg[65536], js[65536];
     char common[1024];
     snprintf(common, sizeof common,
              "%s generate --method planned --drafter " TINY_PLANNED
              " --max-tokens 64 --threads 1 --temperature 0 --prompt 'In the beginning God created "
              "the heaven and the earth.'",
-             s_tandem());
+             td_test_bin("tandem"));
     char cmd[2048];
     snprintf(cmd, sizeof cmd, "%s 2>&1 >/dev/null", common);
     CHECK_EQ_INT(td_test_run(cmd, msg, sizeof msg), 0);
@@ -1019,10 +978,7 @@ TD_TEST(planned_too_long_for_the_budget_falls_back) {
  * as it was and, on the same prompt and settings, still emits the tag - the control showing that
  * this prompt does reach a tag. */
 TD_TEST(planned_fallback_tokens_hold_no_plan_tags) {
-    if (access(TINY_PLANNED "/config.json", R_OK) != 0) {
-        td_test_skip("models/tiny-planned not present");
-        return;
-    }
+    if (!s_have_tiny_planned()) return;
     td_err_t err = {0};
     td_tokenizer_t *tok = td_tokenizer_load(TINY_PLANNED "/tokenizer.json", &err);
     REQUIRE(tok != NULL);
@@ -1042,7 +998,7 @@ TD_TEST(planned_fallback_tokens_hold_no_plan_tags) {
                      "%s generate --method %s --drafter " TINY_PLANNED
                      " --max-tokens 64 --threads 1 %s --json --prompt 'In the beginning God "
                      "created the heaven and the earth.' 2>/dev/null",
-                     s_tandem(), plain ? "diffusion" : "planned", settings[k]);
+                     td_test_bin("tandem"), plain ? "diffusion" : "planned", settings[k]);
             CHECK_EQ_INT(td_test_run(cmd, js, sizeof js), 0);
             cJSON *j = cJSON_Parse(js);
             CHECK_MSG(j != NULL, "not JSON: %s", js);
@@ -1073,7 +1029,7 @@ TD_TEST(planned_fallback_tokens_hold_no_plan_tags) {
              "%s generate --method planned --drafter " TINY_PLANNED
              " --max-tokens 64 --threads 1 --temperature 0 --prompt 'In the beginning God created "
              "the heaven and the earth.' 2>&1 >/dev/null",
-             s_tandem());
+             td_test_bin("tandem"));
     CHECK_EQ_INT(td_test_run(cmd, msg, sizeof msg), 0);
     CHECK_MSG(strstr(msg, "falling back to --method diffusion") != NULL, "stderr: %s", msg);
 }

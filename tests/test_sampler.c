@@ -17,6 +17,7 @@
 #include "kernels/backend.h"
 #include "model/model.h"
 #include "model/sampler.h"
+#include "tests/tdmodel.h"
 #include "tests/tdtest.h"
 #include "verifier/generate.h"
 #include "tests/tdstats.h"
@@ -786,11 +787,8 @@ TD_TEST(op_sample_bad_arguments) {
  * the same way. */
 TD_TEST(forward_sample_matches_host) {
     td_err_t err = {0};
-    td_backend_t *cpu = td_backend_cpu_new(2, 0, &err);
-    REQUIRE(cpu);
-    char dir[1024];
-    snprintf(dir, sizeof dir, "%s/models/qwen2", td_test_data());
-    td_model_t *m = td_model_load(dir, cpu, &err);
+    td_backend_t *cpu = NULL;
+    td_model_t *m = td_test_load_fixture("qwen2", 2, 0, &cpu);
     REQUIRE(m);
     const int V = td_model_config(m)->n_vocab;
     td_kv_cache_t *ka = td_kv_cache_new(m, 1, 32, &err), *kb = td_kv_cache_new(m, 1, 32, &err);
@@ -849,11 +847,8 @@ TD_TEST(forward_sample_matches_host) {
  * tokens; sampling keeps td_model_forward + td_sample (the ids for a seed do not change). */
 TD_TEST(forward_sample_generate_ar_cpu_unchanged) {
     td_err_t err = {0};
-    td_backend_t *cpu = td_backend_cpu_new(2, 0, &err);
-    REQUIRE(cpu);
-    char dir[1024];
-    snprintf(dir, sizeof dir, "%s/models/qwen2", td_test_data());
-    td_model_t *m = td_model_load(dir, cpu, &err);
+    td_backend_t *cpu = NULL;
+    td_model_t *m = td_test_load_fixture("qwen2", 2, 0, &cpu);
     REQUIRE(m);
     const int V = td_model_config(m)->n_vocab;
     float *lg = malloc(sizeof(float) * (size_t)V);

@@ -23,7 +23,9 @@
 #include "model/model.h"
 #include "model/sampler.h"
 #include "model/tokenizer.h"
+#include "tests/tdmodel.h"
 #include "tests/tdtest.h"
+#include "tests/tdproc.h"
 #include "verifier/remote.h"
 
 typedef struct fx {
@@ -38,13 +40,7 @@ static int s_load(fx_t *f, const char *dir, int reference) {
     td_err_t err = {0};
     memset(f, 0, sizeof *f);
     snprintf(f->name, sizeof f->name, "%s%s", dir, reference ? " (cpu-ref)" : "");
-    f->be = td_backend_cpu_new(1, reference, &err);
-    f->m = f->be ? td_model_load(dir, f->be, &err) : NULL;
-    if (!f->m) {
-        td_test_fail(__FILE__, __LINE__, "load %s: %s", dir, err.msg);
-        td_backend_destroy(&f->be);
-        return 0;
-    }
+    if (!(f->m = td_test_load_cpu(dir, 1, reference, &f->be))) return 0;
     f->c = td_model_config(f->m);
     char tp[600];
     snprintf(tp, sizeof tp, "%s/tokenizer.json", dir);
@@ -328,35 +324,19 @@ static pid_t s_spawn_drafter(const char *model) {
     snprintf(s_tmp, sizeof s_tmp, "/tmp/td_selfspec_XXXXXX");
     if (!mkdtemp(s_tmp)) abort();
     snprintf(s_ep, sizeof s_ep, "ipc://%s/drafter.sock", s_tmp);
-    pid_t pid = fork();
-    if (pid == 0) {
-        setenv("TD_LOG", "error", 1);
-        const char *bin = td_test_bin("tandem-drafter");
-        execl(bin, bin, "--model", model, "--bind", s_ep, "--threads", "1", (char *)NULL);
-        _exit(127);
-    }
-    return pid;
+    return td_test_spawn_worker("tandem-drafter", model, s_ep, NULL);
 }
 
 static void s_stop_drafter(pid_t pid) {
-    if (pid > 0) {
-        kill(pid, SIGTERM);
-        waitpid(pid, NULL, 0);
-    }
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", s_tmp);
-    if (system(cmd) != 0) fprintf(stderr, "cleanup of %s failed\n", s_tmp);
+    td_test_stop(pid, SIGTERM);
+    td_test_rmtree(s_tmp);
 }
 
 /* Loads dir here and connects to the drafter at s_ep (retrying while it starts). */
 static int s_connect(td_pair_t *pair, const char *dir) {
     td_pair_opts_t po = {.device = -1, .drafter_device = -1, .threads = 1, .timeout_ms = 500};
     td_err_t err = {0};
-    for (int i = 0; i < 60; i++) {
-        if (td_pair_open(pair, dir, s_ep, &po, &err) == TD_OK) return 1;
-        td_pair_close(pair);
-        usleep(100 * 1000);
-    }
+    if (td_test_pair_open_retry(pair, dir, s_ep, &po, 60, &err) == TD_OK) return 1;
     td_test_fail(__FILE__, __LINE__, "cannot reach the drafter at %s: %s", s_ep, err.msg);
     return 0;
 }
@@ -526,26 +506,11 @@ TD_TEST(selfspec_two_processes_command_line) {
                          "--draft-k 4 --threads 1 --json --prompt 'And God said, Let there be'";
     snprintf(cmd, sizeof cmd, "%s generate --drafter %s --verifier %s %s 2>&1",
              td_test_bin("tandem"), s_ep, d, common);
-    int rc = -1;
-    for (int i = 0; i < 40 && rc != 0; i++) {
-        rc = td_test_run(cmd, out_r, sizeof out_r);
-        if (rc != 0) usleep(100 * 1000);
-    }
+    int rc = td_test_run_retry(cmd, out_r, sizeof out_r, 40);
     CHECK_MSG(rc == 0, "remote run failed: %s", out_r);
     snprintf(cmd, sizeof cmd, "%s generate --drafter %s %s 2>&1", td_test_bin("tandem"), d, common);
     CHECK_EQ_INT(td_test_run(cmd, out_l, sizeof out_l), 0);
-    cJSON *jr = cJSON_Parse(out_r), *jl = cJSON_Parse(out_l);
-    CHECK_MSG(jr && jl, "not JSON: %s / %s", out_r, out_l);
-    if (jr && jl) {
-        char *a = cJSON_PrintUnformatted(cJSON_GetObjectItem(jr, "tokens")),
-             *b = cJSON_PrintUnformatted(cJSON_GetObjectItem(jl, "tokens"));
-        CHECK_MSG(a && b && !strcmp(a, b), "tokens differ: %s vs %s", a, b);
-        CHECK(a && strlen(a) > 10);
-        free(a);
-        free(b);
-    }
-    cJSON_Delete(jr);
-    cJSON_Delete(jl);
+    td_test_check_same_tokens(out_r, out_l, 10);
     /* a drafter endpoint with a remote verifier endpoint is refused clearly */
     snprintf(cmd, sizeof cmd, "%s generate --drafter %s --verifier ipc:///nonexistent %s 2>&1",
              td_test_bin("tandem"), s_ep, common);

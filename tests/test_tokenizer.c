@@ -7,6 +7,7 @@
  * error paths. */
 #include "model/tokenizer.h"
 #include "tests/tdtest.h"
+#include "tests/tdutf8.h"
 
 #include <cjson/cJSON.h>
 #include <fcntl.h>
@@ -133,28 +134,6 @@ static void s_print_ids(const char *what, const int32_t *ids, int n) {
     fputc('\n', stderr);
 }
 
-/* 1 when s[0..n) is well-formed UTF-8. */
-static int s_valid_utf8(const char *s, size_t n) {
-    const uint8_t *p = (const uint8_t *)s;
-    for (size_t i = 0; i < n;) {
-        uint8_t c = p[i];
-        size_t need = c < 0x80                 ? 1
-                      : c >= 0xc2 && c <= 0xdf ? 2
-                      : c >= 0xe0 && c <= 0xef ? 3
-                      : c >= 0xf0 && c <= 0xf4 ? 4
-                                               : 0;
-        if (!need || i + need > n) return 0;
-        for (size_t k = 1; k < need; k++)
-            if ((p[i + k] & 0xc0) != 0x80) return 0;
-        if (c == 0xe0 && p[i + 1] < 0xa0) return 0;
-        if (c == 0xed && p[i + 1] > 0x9f) return 0;
-        if (c == 0xf0 && p[i + 1] < 0x90) return 0;
-        if (c == 0xf4 && p[i + 1] > 0x8f) return 0;
-        i += need;
-    }
-    return 1;
-}
-
 /* Streams ids through td_detok and checks every step's output and the total against batch. */
 static void s_check_stream(const td_tokenizer_t *tok, const int32_t *ids, int n, int skip,
                            const char *label) {
@@ -172,7 +151,7 @@ static void s_check_stream(const td_tokenizer_t *tok, const int32_t *ids, int n,
     int ok = 1;
     for (int i = 0; i < n && ok; i++) {
         int m = td_detok_push(d, ids[i], step, cap);
-        if (m < 0 || !s_valid_utf8(step, (size_t)m) || strlen(step) > (size_t)m ||
+        if (m < 0 || !td_test_utf8_valid(step, (size_t)m) || strlen(step) > (size_t)m ||
             total + (size_t)m > blen) {
             CHECK_MSG(0, "%s: stream step %d gave %d bytes (invalid or too long)", label, i, m);
             ok = 0;

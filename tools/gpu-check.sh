@@ -57,13 +57,8 @@ exec > >(tee "$res") 2>&1
 work=$(mktemp -d /tmp/tandem-gpu-check-XXXXXX)
 
 # CUDA libraries: the toolkit's, else wherever the missing ones are (PyTorch's nvidia-* wheels)
-libdirs="$PWD/$B/gpu-bundle/lib"
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do [ -d "$d" ] && libdirs="$libdirs:$d"; done
-export LD_LIBRARY_PATH="$libdirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-for lib in $(ldd "$BIN"/* 2>/dev/null | awk '/not found/{print $1}' | sort -u); do
-  d=$(find /usr /opt -name "$lib" -printf '%h\n' 2>/dev/null | head -1)
-  [ -n "$d" ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$d"
-done
+. "$(dirname "$0")/gpu-libpath.sh"
+gpu_libpath "$PWD/$B/gpu-bundle" "$BIN"
 
 summary=""
 # stage NAME STATUS: remember one stage's result for the summary

@@ -21,7 +21,6 @@ Deterministic (float32, greedy, 1 thread by default); a few minutes, most of it 
 """
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -31,6 +30,9 @@ import tempfile
 import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_gguf_tokenizer_fixtures import sha256  # noqa: E402
 
 MAGIC = "TDGGUFFID"
 VERSION = 1
@@ -91,14 +93,6 @@ GREEDY_PROMPTS = [
     ("greedy-math", "What is 15 plus 27?"),
     ("greedy-advice", "Give me one tip for learning a new language."),
 ]
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def chat_ids(tok, messages, gen_prompt):

@@ -33,6 +33,9 @@ from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCaus
                           Qwen2ForCausalLM)
 from transformers.cache_utils import DynamicCache
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "train"))
+from common import hf_sizes  # noqa: E402
+
 SEED = 20240611
 MAGIC = b"TDLOGIT1"
 VERSION = 1
@@ -167,22 +170,25 @@ def save_hf(model, path, dtype, dtype_name, shards=1, strip_prefix=None):
     write_config(path, hf_config_dict(model, dtype_name))
 
 
+def remote_code_head(arch, model_type, stem, config_class):
+    """The first keys of a config.json whose model code ships with the checkpoint
+    (configuration_STEM.py / modeling_STEM.py, as Dream's and LLaDA's do)."""
+    return {
+        "architectures": [arch],
+        "model_type": model_type,
+        "auto_map": {"AutoConfig": f"configuration_{stem}.{config_class}",
+                     "AutoModel": f"modeling_{stem}.{arch}"},
+    }
+
+
 def save_dream(model, path, dtype, dtype_name):
     os.makedirs(path, exist_ok=True)
     save_file(state_for_save(model, dtype), os.path.join(path, "model.safetensors"),
               metadata={"format": "pt"})
     c = model.config
     cfg = {
-        "architectures": ["DreamModel"],
-        "model_type": "Dream",
-        "auto_map": {"AutoConfig": "configuration_dream.DreamConfig",
-                     "AutoModel": "modeling_dream.DreamModel"},
-        "vocab_size": c.vocab_size,
-        "hidden_size": c.hidden_size,
-        "intermediate_size": c.intermediate_size,
-        "num_hidden_layers": c.num_hidden_layers,
-        "num_attention_heads": c.num_attention_heads,
-        "num_key_value_heads": c.num_key_value_heads,
+        **remote_code_head("DreamModel", "Dream", "dream", "DreamConfig"),
+        **hf_sizes(c),
         "max_position_embeddings": c.max_position_embeddings,
         "rope_theta": c.rope_parameters["rope_theta"],
         "rope_scaling": None,
@@ -234,10 +240,7 @@ def save_llada(model, path, dtype, dtype_name):
     save_file(out, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
     c = model.config
     cfg = {
-        "architectures": ["LLaDAModelLM"],
-        "model_type": "llada",
-        "auto_map": {"AutoConfig": "configuration_llada.LLaDAConfig",
-                     "AutoModel": "modeling_llada.LLaDAModelLM"},
+        **remote_code_head("LLaDAModelLM", "llada", "llada", "LLaDAConfig"),
         "d_model": c.hidden_size,
         "n_layers": c.num_hidden_layers,
         "n_heads": c.num_attention_heads,

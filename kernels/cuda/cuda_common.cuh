@@ -93,6 +93,31 @@ __device__ __forceinline__ float tdc_ld(const void *p, int dt, int64_t i) {
     return dt == TD_DTYPE_BF16 ? tdc_bf16(h) : tdc_f16(h);
 }
 
+/* The end of a product with one warp per R weight rows (gemv.cu, quant.cu): each lane's partial
+ * sums acc[t][r] added across the warp (butterfly), then lane 0 writes
+ * y[t * rows + r0 + r] = sum + bias[r0 + r] (dtype bdt; 0 without bias) for the rows that exist. */
+template <int NT, int R>
+__device__ __forceinline__ void tdc_gemv_store(float (&acc)[NT][R], int lane, int64_t r0, int rows,
+                                               float *__restrict__ y, const void *__restrict__ bias,
+                                               int bdt) {
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+#pragma unroll
+        for (int r = 0; r < R; r++)
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1)
+                acc[t][r] += __shfl_xor_sync(0xffffffffu, acc[t][r], o);
+    if (lane == 0) {
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            if (r0 + r >= rows) break;
+            const float b = bias ? tdc_ld(bias, bdt, r0 + r) : 0.0f;
+#pragma unroll
+            for (int t = 0; t < NT; t++) y[(size_t)t * rows + r0 + r] = acc[t][r] + b;
+        }
+    }
+}
+
 /* --- launchers (kernels_elem.cu, gemv.cu, attention.cu) --------------------------------- */
 
 void tdc_get_rows(cuda_ctx_t *c, float *y, const td_weight_t *t, const int32_t *ids_dev, int n);

@@ -23,27 +23,23 @@ template <> struct s_vec<TD_DTYPE_F32> {
         f[3] = __uint_as_float(v.w);
     }
 };
+/* 8 16-bit elements, two per 32-bit word of v (the low half first), to floats through CVT. */
+template <float (*CVT)(uint16_t)>
+static __device__ __forceinline__ void s_cvt8(const uint4 &v, float *f) {
+    const uint32_t u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        f[2 * i] = CVT((uint16_t)(u[i] & 0xffffu));
+        f[2 * i + 1] = CVT((uint16_t)(u[i] >> 16));
+    }
+}
 template <> struct s_vec<TD_DTYPE_BF16> {
     enum { VE = 8 };
-    static __device__ __forceinline__ void cvt(const uint4 &v, float *f) {
-        const uint32_t u[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            f[2 * i] = __uint_as_float(u[i] << 16);
-            f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
-        }
-    }
+    static __device__ __forceinline__ void cvt(const uint4 &v, float *f) { s_cvt8<tdc_bf16>(v, f); }
 };
 template <> struct s_vec<TD_DTYPE_F16> {
     enum { VE = 8 };
-    static __device__ __forceinline__ void cvt(const uint4 &v, float *f) {
-        const uint32_t u[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            f[2 * i] = __half2float(__ushort_as_half((unsigned short)(u[i] & 0xffffu)));
-            f[2 * i + 1] = __half2float(__ushort_as_half((unsigned short)(u[i] >> 16)));
-        }
-    }
+    static __device__ __forceinline__ void cvt(const uint4 &v, float *f) { s_cvt8<tdc_f16>(v, f); }
 };
 
 template <int NT, int DT>
@@ -92,22 +88,7 @@ __global__ void __launch_bounds__(TDC_GEMV_THREADS)
                 for (int e = 0; e < VE; e++) acc[t][r] = fmaf(wf[r][e], xv[e], acc[t][r]);
         }
     }
-#pragma unroll
-    for (int t = 0; t < NT; t++)
-#pragma unroll
-        for (int r = 0; r < R; r++)
-#pragma unroll
-            for (int o = 16; o > 0; o >>= 1)
-                acc[t][r] += __shfl_xor_sync(0xffffffffu, acc[t][r], o);
-    if (lane == 0) {
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-            if (r0 + r >= rows) break;
-            const float b = bias ? tdc_ld(bias, bdt, r0 + r) : 0.0f;
-#pragma unroll
-            for (int t = 0; t < NT; t++) y[(size_t)t * rows + r0 + r] = acc[t][r] + b;
-        }
-    }
+    tdc_gemv_store<NT, R>(acc, lane, r0, rows, y, bias, bdt);
 }
 
 /* Any row length, stride or alignment: each lane reads single elements (coalesced across the
@@ -142,22 +123,7 @@ __global__ void __launch_bounds__(TDC_GEMV_THREADS)
             for (int r = 0; r < R; r++) acc[t][r] = fmaf(wf[r], xv, acc[t][r]);
         }
     }
-#pragma unroll
-    for (int t = 0; t < NT; t++)
-#pragma unroll
-        for (int r = 0; r < R; r++)
-#pragma unroll
-            for (int o = 16; o > 0; o >>= 1)
-                acc[t][r] += __shfl_xor_sync(0xffffffffu, acc[t][r], o);
-    if (lane == 0) {
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-            if (r0 + r >= rows) break;
-            const float b = bias ? tdc_ld(bias, bdt, r0 + r) : 0.0f;
-#pragma unroll
-            for (int t = 0; t < NT; t++) y[(size_t)t * rows + r0 + r] = acc[t][r] + b;
-        }
-    }
+    tdc_gemv_store<NT, R>(acc, lane, r0, rows, y, bias, bdt);
 }
 
 /* The 16-byte vector kernel's conditions: whole vectors per row, rows and x 16-byte aligned. */

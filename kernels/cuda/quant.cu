@@ -146,22 +146,7 @@ __global__ void __launch_bounds__(TDC_QG_THREADS)
             }
         }
     }
-#pragma unroll
-    for (int t = 0; t < NT; t++)
-#pragma unroll
-        for (int r = 0; r < R; r++)
-#pragma unroll
-            for (int o = 16; o > 0; o >>= 1)
-                acc[t][r] += __shfl_xor_sync(0xffffffffu, acc[t][r], o);
-    if (lane == 0) {
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-            if (r0 + r >= rows) break;
-            const float b = bias ? tdc_ld(bias, bdt, r0 + r) : 0.0f;
-#pragma unroll
-            for (int t = 0; t < NT; t++) y[(size_t)t * rows + r0 + r] = acc[t][r] + b;
-        }
-    }
+    tdc_gemv_store<NT, R>(acc, lane, r0, rows, y, bias, bdt);
 }
 
 /* dst[i, :] = row (ids ? ids[i] : r0 + i) of w dequantized, for i < n; cols floats per row. */

@@ -692,20 +692,26 @@ cudaError_t cudaMalloc(void **p, size_t n) {
     *p = m;
     return cudaSuccess;
 }
-cudaError_t cudaFree(void *p) {
+/* cudaFree / cudaFreeHost (WHAT) of p, an allocation of table m (NOT: what else p is): both
+ * synchronise the device first; freeing a device allocation gives its bytes back to g_used. */
+static cudaError_t s_free_from(std::map<uintptr_t, size_t> &m, void *p, const char *what,
+                               const char *not_one) {
     if (!p) return s_ret(cudaSuccess);
-    s_flush_all(true); /* cudaFree synchronises the device */
+    s_flush_all(true);
     std::lock_guard<std::mutex> lk(g_mu);
-    auto it = g_dev.find((uintptr_t)p);
-    if (it == g_dev.end()) {
-        fprintf(stderr, "cuda-emu: cudaFree of %p, not a device allocation\n", p);
+    auto it = m.find((uintptr_t)p);
+    if (it == m.end()) {
+        fprintf(stderr, "cuda-emu: %s of %p, %s\n", what, p, not_one);
         g_last = cudaErrorInvalidValue;
         return cudaErrorInvalidValue;
     }
-    g_used -= it->second;
-    g_dev.erase(it);
+    if (&m == &g_dev) g_used -= it->second;
+    m.erase(it);
     free(p);
     return g_sticky;
+}
+cudaError_t cudaFree(void *p) {
+    return s_free_from(g_dev, p, "cudaFree", "not a device allocation");
 }
 cudaError_t cudaMallocHost(void **p, size_t n) {
     if (!p) return s_ret(cudaErrorInvalidValue);
@@ -718,18 +724,7 @@ cudaError_t cudaMallocHost(void **p, size_t n) {
     return cudaSuccess;
 }
 cudaError_t cudaFreeHost(void *p) {
-    if (!p) return s_ret(cudaSuccess);
-    s_flush_all(true); /* so does cudaFreeHost */
-    std::lock_guard<std::mutex> lk(g_mu);
-    auto it = g_host.find((uintptr_t)p);
-    if (it == g_host.end()) {
-        fprintf(stderr, "cuda-emu: cudaFreeHost of %p, not from cudaMallocHost\n", p);
-        g_last = cudaErrorInvalidValue;
-        return cudaErrorInvalidValue;
-    }
-    g_host.erase(it);
-    free(p);
-    return g_sticky;
+    return s_free_from(g_host, p, "cudaFreeHost", "not from cudaMallocHost");
 }
 cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total_b) {
     std::lock_guard<std::mutex> lk(g_mu);

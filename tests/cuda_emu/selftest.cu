@@ -35,7 +35,8 @@ static int s_fail, s_checks;
 __global__ void k_block_sum(const int *x, int *out, int n) {
     __shared__ int sh[32];
     int v = 0;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) v += x[i];
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
+        v += x[i];
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = v;
     __syncthreads();
@@ -244,32 +245,47 @@ static void t_correct_kernels() {
         for (int t = 0; t < 24; t++) bad += hi[b * 24 + t] != b * 1000 + t;
     CHECK(bad == 0, "%d thread/block indices wrong", bad);
     CHECK(cudaDeviceSynchronize() == cudaSuccess, "no error after correct kernels");
-    cudaFree(d), cudaFree(out), cudaFree(dx), cudaFree(dsc), cudaFree(db), cudaFree(dr), cudaFree(di);
+    cudaFree(d), cudaFree(out), cudaFree(dx), cudaFree(dsc), cudaFree(db), cudaFree(dr),
+        cudaFree(di);
     free(h);
     printf("  %s correct_kernels\n", s_fail ? "FAIL" : "ok  ");
+}
+
+/* A kernel launch the emulator must refuse as a fault. */
+typedef struct {
+    const char *name;
+    void (*run)(int *);
+} fault_case_t;
+
+/* Runs each of cases[n] on a freshly reset emulator with a buffer of `words` ints: it must fail
+ * (cudaErrorLaunchFailure at the synchronisation) and, with sticky, the error must stay for the
+ * next call (a copy). */
+static void s_expect_faults(const fault_case_t *cases, int n, size_t words, bool sticky) {
+    int *d = nullptr;
+    for (int i = 0; i < n; i++) {
+        const fault_case_t &c = cases[i];
+        tdemu_reset_for_tests();
+        cudaMalloc(&d, words * sizeof(int));
+        c.run(d);
+        const cudaError_t e = cudaDeviceSynchronize();
+        CHECK(e == cudaErrorLaunchFailure, "%s: got %s", c.name, cudaGetErrorName(e));
+        if (!sticky) continue;
+        int h = 0;
+        CHECK(cudaMemcpy(&h, d, sizeof h, cudaMemcpyDeviceToHost) == cudaErrorLaunchFailure,
+              "%s: the error is sticky", c.name);
+    }
 }
 
 static void t_faults() {
     int *d = nullptr;
     cudaMalloc(&d, 1024 * sizeof(int));
-    struct {
-        const char *name;
-        void (*run)(int *);
-    } cases[] = {
+    const fault_case_t cases[] = {
         {"divergent __syncthreads", [](int *x) { k_divergent_barrier<<<1, 128>>>(x); }},
         {"shuffle with exited lanes", [](int *x) { k_shfl_exited<<<1, 64>>>(x); }},
-        {"__syncthreads after some threads exited", [](int *x) { k_barrier_exited<<<1, 128>>>(x); }},
+        {"__syncthreads after some threads exited",
+         [](int *x) { k_barrier_exited<<<1, 128>>>(x); }},
     };
-    for (auto &c : cases) {
-        tdemu_reset_for_tests();
-        cudaMalloc(&d, 1024 * sizeof(int));
-        c.run(d);
-        cudaError_t e = cudaDeviceSynchronize();
-        CHECK(e == cudaErrorLaunchFailure, "%s: got %s", c.name, cudaGetErrorName(e));
-        int h = 0;
-        CHECK(cudaMemcpy(&h, d, sizeof h, cudaMemcpyDeviceToHost) == cudaErrorLaunchFailure,
-              "%s: the error is sticky", c.name);
-    }
+    s_expect_faults(cases, 3, 1024, true);
     tdemu_reset_for_tests();
     float *x = nullptr, *y = nullptr;
     cudaMalloc(&x, 100 * sizeof(float));
@@ -322,7 +338,8 @@ static void t_schedules() {
         cudaMemset(out, 0, sizeof(int));
         k_block_sum<<<2, 128>>>(dx, out, n);
         cudaMemcpy(&got[mode], out, sizeof(int), cudaMemcpyDeviceToHost);
-        CHECK(got[mode] == want, "block sum under schedule %d: %d, want %ld", mode, got[mode], want);
+        CHECK(got[mode] == want, "block sum under schedule %d: %d, want %ld", mode, got[mode],
+              want);
     }
     tdemu_set_schedule_for_tests(0);
     cudaFree(d), cudaFree(dx), cudaFree(out);
@@ -346,24 +363,26 @@ static void t_gemm() {
     for (int ta = 0; ta < 2; ta++)
         for (int tb = 0; tb < 2; tb++) {
             const int la = ta ? 5 : lda, lb = tb ? 6 : ldb; /* op T: A is k x m (lda >= k) */
-            cublasStatus_t s = cublasGemmEx(h, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                            tb ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k, &one, dA,
-                                            CUDA_R_32F, la, dB, CUDA_R_32F, lb, &zero, dC,
-                                            CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-            CHECK(s == CUBLAS_STATUS_SUCCESS, "gemm ta %d tb %d: %s", ta, tb, cublasGetStatusString(s));
+            cublasStatus_t s =
+                cublasGemmEx(h, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N, m,
+                             n, k, &one, dA, CUDA_R_32F, la, dB, CUDA_R_32F, lb, &zero, dC,
+                             CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+            CHECK(s == CUBLAS_STATUS_SUCCESS, "gemm ta %d tb %d: %s", ta, tb,
+                  cublasGetStatusString(s));
             float got[4 * 2];
             cudaMemcpy(got, dC, sizeof got, cudaMemcpyDeviceToHost);
             for (int j = 0; j < n; j++)
                 for (int i = 0; i < m; i++) {
                     float want = 0;
                     for (int p = 0; p < k; p++)
-                        want += (ta ? A[i * la + p] : A[p * la + i]) * (tb ? B[p * lb + j] : B[j * lb + p]);
+                        want += (ta ? A[i * la + p] : A[p * la + i]) *
+                                (tb ? B[p * lb + j] : B[j * lb + p]);
                     CHECK(got[j * ldc + i] == want, "ta %d tb %d C(%d,%d) = %g, want %g", ta, tb, i,
                           j, got[j * ldc + i], want);
                 }
         }
-    CHECK(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, dA, CUDA_R_32F, 2, dB, CUDA_R_32F,
-                       ldb, &zero, dC, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
+    CHECK(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, dA, CUDA_R_32F, 2, dB,
+                       CUDA_R_32F, ldb, &zero, dC, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
                        CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_INVALID_VALUE,
           "lda < m refused");
     cublasDestroy(h);
@@ -376,11 +395,20 @@ static void t_half() {
         float f;
         unsigned short h;
     } cases[] = {
-        {0.0f, 0x0000},        {-0.0f, 0x8000},       {1.0f, 0x3c00},         {-2.5f, 0xc100},
-        {65504.0f, 0x7bff},    {65519.0f, 0x7bff},    {65520.0f, 0x7c00},     {1e6f, 0x7c00},
-        {0x1p-24f, 0x0001},     {0x1p-25f, 0x0000} /* tie: even */,
-        {0x1.8p-24f, 0x0002} /* tie: even */,          {0x1p-14f, 0x0400},
-        {0x1.ffcp-15f, 0x0400} /* largest subnormal + half an ulp: tie, even */,          {1.00048828125f, 0x3c00} /* tie, even */,
+        {0.0f, 0x0000},
+        {-0.0f, 0x8000},
+        {1.0f, 0x3c00},
+        {-2.5f, 0xc100},
+        {65504.0f, 0x7bff},
+        {65519.0f, 0x7bff},
+        {65520.0f, 0x7c00},
+        {1e6f, 0x7c00},
+        {0x1p-24f, 0x0001},
+        {0x1p-25f, 0x0000} /* tie: even */,
+        {0x1.8p-24f, 0x0002} /* tie: even */,
+        {0x1p-14f, 0x0400},
+        {0x1.ffcp-15f, 0x0400} /* largest subnormal + half an ulp: tie, even */,
+        {1.00048828125f, 0x3c00} /* tie, even */,
         {1.00146484375f, 0x3c02} /* tie, odd: up */,
     };
     for (auto &c : cases) {
@@ -418,21 +446,12 @@ static void t_warp_subgroups() {
         bad += h[t] != want;
     }
     CHECK(bad == 0, "%d values of the sub-warp shuffles wrong", bad);
-    const struct {
-        const char *name;
-        void (*run)(int *);
-    } cases[] = {
+    const fault_case_t cases[] = {
         {"different intrinsics, one mask", [](int *x) { k_mixed_ops<<<1, 32>>>(x); }},
         {"width 24", [](int *x) { k_bad_width<<<1, 32>>>(x); }},
         {"a mask without the calling lane", [](int *x) { k_not_in_mask<<<1, 32>>>(x); }},
     };
-    for (auto &c : cases) {
-        tdemu_reset_for_tests();
-        cudaMalloc(&d, 64 * sizeof(int));
-        c.run(d);
-        const cudaError_t e = cudaDeviceSynchronize();
-        CHECK(e == cudaErrorLaunchFailure, "%s: got %s", c.name, cudaGetErrorName(e));
-    }
+    s_expect_faults(cases, 3, 64, false);
     tdemu_reset_for_tests();
     cudaMalloc(&d, 128 * sizeof(int));
     int o[128];

@@ -177,44 +177,44 @@ inline void __threadfence_block() {}
 /* The shuffles as PTX shfl.sync defines them: the lane offset / xor mask uses its low 5 bits,
  * width splits the warp into segments; a source outside the lane's segment (later segments for
  * xor, beyond either end for up/down) gives the lane its own value. */
-template <class T> inline T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
+namespace tdemu {
+/* One shuffle (NAME, kind OP): every lane of mask publishes v, then takes the value of lane
+ * from(lane, segment base), which must be in mask. */
+template <class T, class F>
+inline T shuffle(const char *name, unsigned mask, T v, int width, warp_op op, F from) {
     uint64_t all[32];
-    tdemu::warp_width("__shfl_sync", width);
-    tdemu::warp_exchange(mask, tdemu::to_bits(v), all, tdemu::W_SHFL_IDX);
-    const int lane = (int)tdemu::lane_id(), base = lane & ~(width - 1);
-    const int s = base + (src & (width - 1));
-    if (!((mask >> s) & 1u)) tdemu::warp_fault("__shfl_sync", mask, lane, s);
-    return tdemu::from_bits<T>(all[s]);
+    warp_width(name, width);
+    warp_exchange(mask, to_bits(v), all, op);
+    const int lane = (int)lane_id();
+    const int s = from(lane, lane & ~(width - 1));
+    if (!((mask >> s) & 1u)) warp_fault(name, mask, lane, s);
+    return from_bits<T>(all[s]);
+}
+} // namespace tdemu
+template <class T> inline T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
+    return tdemu::shuffle("__shfl_sync", mask, v, width, tdemu::W_SHFL_IDX,
+                          [&](int, int base) { return base + (src & (width - 1)); });
 }
 template <class T> inline T __shfl_xor_sync(unsigned mask, T v, int lm, int width = 32) {
-    uint64_t all[32];
-    tdemu::warp_width("__shfl_xor_sync", width);
-    tdemu::warp_exchange(mask, tdemu::to_bits(v), all, tdemu::W_SHFL_XOR);
-    const int lane = (int)tdemu::lane_id();
-    int s = lane ^ (lm & 31);
-    if ((s & ~(width - 1)) > (lane & ~(width - 1))) s = lane; /* later segment: own value */
-    if (!((mask >> s) & 1u)) tdemu::warp_fault("__shfl_xor_sync", mask, lane, s);
-    return tdemu::from_bits<T>(all[s]);
+    return tdemu::shuffle("__shfl_xor_sync", mask, v, width, tdemu::W_SHFL_XOR,
+                          [&](int lane, int base) {
+                              const int s = lane ^ (lm & 31);
+                              return (s & ~(width - 1)) > base ? lane : s; /* later segment */
+                          });
 }
 template <class T> inline T __shfl_up_sync(unsigned mask, T v, unsigned d, int width = 32) {
-    uint64_t all[32];
-    tdemu::warp_width("__shfl_up_sync", width);
-    tdemu::warp_exchange(mask, tdemu::to_bits(v), all, tdemu::W_SHFL_UP);
-    const int lane = (int)tdemu::lane_id(), base = lane & ~(width - 1);
-    int s = lane - (int)(d & 31);
-    if (s < base) s = lane;
-    if (!((mask >> s) & 1u)) tdemu::warp_fault("__shfl_up_sync", mask, lane, s);
-    return tdemu::from_bits<T>(all[s]);
+    return tdemu::shuffle("__shfl_up_sync", mask, v, width, tdemu::W_SHFL_UP,
+                          [&](int lane, int base) {
+                              const int s = lane - (int)(d & 31);
+                              return s < base ? lane : s;
+                          });
 }
 template <class T> inline T __shfl_down_sync(unsigned mask, T v, unsigned d, int width = 32) {
-    uint64_t all[32];
-    tdemu::warp_width("__shfl_down_sync", width);
-    tdemu::warp_exchange(mask, tdemu::to_bits(v), all, tdemu::W_SHFL_DOWN);
-    const int lane = (int)tdemu::lane_id(), base = lane & ~(width - 1);
-    int s = lane + (int)(d & 31);
-    if (s >= base + width) s = lane;
-    if (!((mask >> s) & 1u)) tdemu::warp_fault("__shfl_down_sync", mask, lane, s);
-    return tdemu::from_bits<T>(all[s]);
+    return tdemu::shuffle("__shfl_down_sync", mask, v, width, tdemu::W_SHFL_DOWN,
+                          [&](int lane, int base) {
+                              const int s = lane + (int)(d & 31);
+                              return s >= base + width ? lane : s;
+                          });
 }
 namespace tdemu {
 inline unsigned vote(unsigned mask, int pred, warp_op op) {

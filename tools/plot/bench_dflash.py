@@ -24,6 +24,16 @@ def load(path):
         return json.load(f)
 
 
+def finish(fig, ax, xlabel, ylabel, title, path):
+    """Labels one figure's axes, adds its legend and writes it to path."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("files", nargs="+")
@@ -57,18 +67,10 @@ def main():
             ax.axhline(float(peers[path]), linestyle="--", color="gray",
                        label=f"llama.cpp plain decoding ({label})")
     ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_xlabel("block size (gamma + 1)")
-    ax.set_ylabel("tokens/s over tandem ar (same run)")
-    ax.set_title("speculative decoding on SmolLM2-135M-Instruct")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(a.out + "-speedup.png", dpi=110)
-    ax2.set_xlabel("draft position")
-    ax2.set_ylabel("accepted / drafted at that position")
-    ax2.set_title("acceptance by position")
-    ax2.legend(fontsize=7)
-    fig2.tight_layout()
-    fig2.savefig(a.out + "-acceptance.png", dpi=110)
+    finish(fig, ax, "block size (gamma + 1)", "tokens/s over tandem ar (same run)",
+           "speculative decoding on SmolLM2-135M-Instruct", a.out + "-speedup.png")
+    finish(fig2, ax2, "draft position", "accepted / drafted at that position",
+           "acceptance by position", a.out + "-acceptance.png")
     print("wrote", a.out + "-speedup.png", a.out + "-acceptance.png")
 
 

@@ -53,6 +53,13 @@ def qwen2_config(shape, tok, **kw):
                        use_sliding_window=False, **shape, **kw)
 
 
+def hf_sizes(c):
+    """The size fields of a Qwen2-style HF config.json, taken from the model config c."""
+    names = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+             "num_attention_heads", "num_key_value_heads")
+    return {k: getattr(c, k) for k in names}
+
+
 def count_flops_params(model):
     """Non-embedding parameters plus the LM head (counted even when tied)."""
     n = 0

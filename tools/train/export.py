@@ -65,12 +65,7 @@ def write_model_dir(d, model, tok_path, ids, diffusion):
     cfg = {
         "architectures": ["DreamModel" if diffusion else "Qwen2ForCausalLM"],
         "model_type": "Dream" if diffusion else "qwen2",
-        "vocab_size": c.vocab_size,
-        "hidden_size": c.hidden_size,
-        "intermediate_size": c.intermediate_size,
-        "num_hidden_layers": c.num_hidden_layers,
-        "num_attention_heads": c.num_attention_heads,
-        "num_key_value_heads": c.num_key_value_heads,
+        **common.hf_sizes(c),
         "head_dim": c.hidden_size // c.num_attention_heads,
         "hidden_act": "silu",
         "max_position_embeddings": c.max_position_embeddings,

@@ -78,6 +78,30 @@ def save_ckpt(model, path, history):
     torch.save({"state_dict": model.state_dict(), "history": history}, path)
 
 
+def set_lr(opt, lr):
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
+def opt_step(model, opt, loss):
+    """Backward through loss, the gradient norm clipped to 1, one optimizer step, gradients cleared."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def shuffled_batches(rng, n, batch, steps):
+    """(step, idx) for each of steps steps: batch indices (a tensor) into n windows, in an order rng
+    shuffles anew at every epoch."""
+    order, pos = rng.permutation(n), 0
+    for step in range(steps):
+        if pos + batch > len(order):
+            order, pos = rng.permutation(n), 0
+        yield step, torch.from_numpy(order[pos:pos + batch])
+        pos += batch
+
+
 # ----------------------------------------------------------------------------- verifier
 def train_verifier(tok, train_ids, held_w, work, seed, steps, batch):
     model = new_model(VERIFIER, tok, seed)
@@ -94,13 +118,9 @@ def train_verifier(tok, train_ids, held_w, work, seed, steps, batch):
             pos = 0
         x = torch.stack(order[pos:pos + batch])
         pos += batch
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, 2e-3, 30)
+        set_lr(opt, lr_at(step, steps, 2e-3, 30))
         loss = model(input_ids=x, labels=x).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        opt_step(model, opt, loss)
         hist["step"].append(step)
         hist["train_loss"].append(loss.item())
         if step % 100 == 0 or step == steps - 1:
@@ -155,16 +175,10 @@ def train_ar_drafter(tok, held_w, work, seed, steps, batch, kd):
     rng = np.random.RandomState(seed)
     opt = make_opt(model, 3e-3)
     hist = {"step": [], "train_loss": [], "eval_step": [], "heldout_loss": []}
-    order, pos = rng.permutation(w.size(0)), 0
     t0 = time.time()
-    for step in range(steps):
-        if pos + batch > len(order):
-            order, pos = rng.permutation(w.size(0)), 0
-        idx = torch.from_numpy(order[pos:pos + batch])
-        pos += batch
+    for step, idx in shuffled_batches(rng, w.size(0), batch, steps):
         x = w[idx]
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, 3e-3, 30)
+        set_lr(opt, lr_at(step, steps, 3e-3, 30))
         logp = torch.log_softmax(model(input_ids=x).logits.float()[:, :-1], -1)
         hard = -logp.gather(-1, x[:, 1:, None]).squeeze(-1).mean()
         if kd:
@@ -172,10 +186,7 @@ def train_ar_drafter(tok, held_w, work, seed, steps, batch, kd):
             loss = 0.7 * soft + 0.3 * hard
         else:
             loss = hard
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        opt_step(model, opt, loss)
         hist["step"].append(step)
         hist["train_loss"].append(hard.item())  # plotted: hard-label CE, comparable across runs
         if step % 100 == 0 or step == steps - 1:
@@ -275,17 +286,11 @@ def train_diffusion(tok, held_w, work, seed, steps, batch):
     rng = np.random.RandomState(seed)
     opt = make_opt(model, 2e-3)
     hist = {"step": [], "train_loss": [], "eval_step": [], "heldout_loss": [], "heldout_acc": []}
-    order, pos = rng.permutation(w.size(0)), 0
     t0 = time.time()
-    for step in range(steps):
-        if pos + batch > len(order):
-            order, pos = rng.permutation(w.size(0)), 0
-        idx = torch.from_numpy(order[pos:pos + batch])
-        pos += batch
+    for step, idx in shuffled_batches(rng, w.size(0), batch, steps):
         x = w[idx]
         inp, attn, posid, wgt, soft = diffusion_batch(x, rng)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, 2e-3, 30)
+        set_lr(opt, lr_at(step, steps, 2e-3, 30))
         logits = model(input_ids=inp, attention_mask=attn, position_ids=posid).logits.float()
         logp = torch.log_softmax(logits[:, :-1], -1)  # row i-1 predicts token i
         tw, ts = wgt[:, 1:], soft[:, 1:]
@@ -294,10 +299,7 @@ def train_diffusion(tok, held_w, work, seed, steps, batch):
         sce = soft_ce(logp, t_ids[idx, :-1], t_prob[idx, :-1])
         per = torch.where(ts, 0.5 * hard + 0.5 * sce, hard)
         loss = (per * tw).sum() / x.size(0)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        opt_step(model, opt, loss)
         hist["step"].append(step)
         hist["train_loss"].append(loss.item())
         if step % 100 == 0 or step == steps - 1:

@@ -99,15 +99,21 @@ def cmd_answers(args):
                   f"({n_new} new, {time.time() - t0:.0f}s)", flush=True)
 
 
-def load_answers(data):
-    recs = {}
+def iter_answers(data):
+    """Every record of data/answers.jsonl in file order (a line that is not JSON is passed over:
+    the last one, when a run was cut off while writing it)."""
     with open(os.path.join(data, "answers.jsonl"), encoding="utf-8") as f:
         for line in f:
             try:
-                r = json.loads(line)
+                yield json.loads(line)
             except ValueError:
                 continue
-            recs[r["idx"]] = r
+
+
+def load_answers(data):
+    recs = {}
+    for r in iter_answers(data):
+        recs[r["idx"]] = r
     return [recs[k] for k in sorted(recs)]
 
 

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
 sys.path.insert(0, HERE)
+from gen_data import iter_answers  # noqa: E402
 from reference import DFlashDrafter  # noqa: E402
 
 TARGET_LAYERS = [1, 8, 15, 22, 29]
@@ -61,14 +62,9 @@ def make_cfg(mask_id, block_size=16):
 def pick_mask_id(data):
     """A special-token id (3..16 of SmolLM2's vocabulary) that occurs in no prompt or answer."""
     seen = set()
-    with open(os.path.join(data, "answers.jsonl"), encoding="utf-8") as f:
-        for line in f:
-            try:
-                r = json.loads(line)
-            except ValueError:
-                continue
-            seen.update(r["prompt_ids"])
-            seen.update(r["answer_ids"])
+    for r in iter_answers(data):
+        seen.update(r["prompt_ids"])
+        seen.update(r["answer_ids"])
     for c in range(3, 17):
         if c not in seen:
             return c, len(seen)
