@@ -16,10 +16,12 @@
  * the cost of sampling one row of logits on the backend (td_op_sample, greedy and T 0.8 top-p 0.9)
  * next to copying that row to the host, which host-side sampling needs first.
  * Options: --synthetic NAME or --model NAME (the same: qwen2.5-0.5b, qwen2.5-7b, dream-7b, tiny,
- * tiny-dream; repeatable; default the first three), --device N, --tokens N decode steps (64), --prompt N (128), --matmul
- * auto|cublas|gemv|both (both: decode and scoring with each path), --dry-run (write and load the
- * checkpoints on the CPU backend only, to check them without a GPU; the tiny models also run every
- * measurement there, on zero weights, to check the program itself). */
+ * tiny-dream; repeatable; default the first three), --device N, --tokens N decode steps (64),
+ * --prompt N (128), --matmul auto|cublas|gemv|both (both: decode and scoring with each path),
+ * --dry-run (write and load the checkpoints on the CPU backend only, to check them without a GPU;
+ * the tiny models also run every measurement there, on zero weights, to check the program itself).
+ */
+#include "bench/bench_opts.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/backend_cuda.h"
 #include "model/model.h"
@@ -149,15 +151,6 @@ static void s_remove_checkpoint(const char *dir) {
 /* --- timing ------------------------------------------------------------------------------------
  */
 
-static int s_cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-static double s_median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, s_cmp_d);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 /* Median seconds of `reps` forwards of k tokens at the end of slot 0 (cropped back each time). */
 static double s_time_block(td_model_t *m, td_kv_cache_t *kv, const int32_t *tok, int k,
                            td_attn_kind_t kind, int all_logits, float *logits, int reps) {
@@ -178,7 +171,7 @@ static double s_time_block(td_model_t *m, td_kv_cache_t *kv, const int32_t *tok,
         if (r >= 0) t[r] = td_time_now() - a;
     }
     td_kv_cache_crop(kv, 0, base);
-    double med = s_median(t, reps);
+    double med = td_bench_median(t, reps);
     free(t);
     return med;
 }
@@ -215,14 +208,14 @@ static int s_bench_sample(td_backend_t *be, int vocab) {
             }
             if (r >= 0) t[r] = td_time_now() - a;
         }
-        med[k] = s_median(t, reps);
+        med[k] = td_bench_median(t, reps);
     }
     for (int r = -2; r < reps; r++) {
         double a = td_time_now();
         td_backend_get(be, host, dev, sizeof(float) * (size_t)vocab);
         if (r >= 0) t[r] = td_time_now() - a;
     }
-    med[2] = s_median(t, reps);
+    med[2] = td_bench_median(t, reps);
     printf("   sampling one row of %d logits on %s: %s %.1f us, %s %.1f us; copying the row to the "
            "host instead: %.1f us\n",
            vocab, td_backend_name(be), names[0], med[0] * 1e6, names[1], med[1] * 1e6,
@@ -326,7 +319,7 @@ static int s_bench_model(const shape_t *s, int device, int steps, int prompt, in
             }
             double mean = 0;
             for (int i = 0; i < steps; i++) mean += t[i] / steps;
-            const double med = s_median(t, steps);
+            const double med = td_bench_median(t, steps);
             printf("   [matmul %s] AR decode batch 1: %.1f tok/s (median %.3f ms/token, mean %.3f "
                    "ms), %.0f%% of "
                    "the bandwidth bound\n",
@@ -407,7 +400,8 @@ int main(int argc, char **argv) {
                      : !strcmp(v, "both")   ? 3
                                             : -1;
             if (matmul < 0) {
-                fprintf(stderr, "bench_cuda: --matmul %s: expected auto, cublas, gemv or both\n", v);
+                fprintf(stderr, "bench_cuda: --matmul %s: expected auto, cublas, gemv or both\n",
+                        v);
                 return 2;
             }
         } else if (!strcmp(argv[i], "--dry-run"))

@@ -11,6 +11,7 @@
  * CPU time per round of 4 drafts and the ratio solo / batched, and checks the drafts agree.
  * Options: --threads N (default 1), --rounds R (default 15), --gamma G (8), --steps S (4),
  * --ctx P (64). */
+#include "bench/bench_opts.h"
 #include "drafter/dflash.h"
 #include "drafter/draft.h"
 #include "model/checkpoint.h"
@@ -31,23 +32,20 @@ static double s_now(clockid_t c) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static int s_cmp(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double s_median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, s_cmp);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 typedef struct timing {
     double wall[2][RMAX], cpu[2][RMAX];
 } timing_t;
 
+/* Round r (r < 0: the warm-up, not kept) of variant v took since wall clock w and CPU clock c. */
+static void s_record(timing_t *t, int v, int r, double w, double c) {
+    if (r < 0) return;
+    t->wall[v][r] = s_now(CLOCK_MONOTONIC) - w;
+    t->cpu[v][r] = s_now(CLOCK_PROCESS_CPUTIME_ID) - c;
+}
+
 static void s_report(const char *what, timing_t *t, int rounds) {
-    double w0 = s_median(t->wall[0], rounds), w1 = s_median(t->wall[1], rounds);
-    double c0 = s_median(t->cpu[0], rounds), c1 = s_median(t->cpu[1], rounds);
+    double w0 = td_bench_median(t->wall[0], rounds), w1 = td_bench_median(t->wall[1], rounds);
+    double c0 = td_bench_median(t->cpu[0], rounds), c1 = td_bench_median(t->cpu[1], rounds);
     printf("%-10s %d sessions: solo %.2f ms (cpu %.2f), batched %.2f ms (cpu %.2f) per round; "
            "solo/batched wall %.2fx, cpu %.2fx\n",
            what, NS, 1e3 * w0, 1e3 * c0, 1e3 * w1, 1e3 * c1, w0 / w1, c0 / c1);
@@ -107,10 +105,7 @@ static int s_diffusion(int threads, int rounds, int gamma, int steps, int ctx) {
             } else {
                 rc = td_diffusion_draft_many(m, kv[1], jobs, NS, NULL, &err);
             }
-            if (r >= 0) {
-                t.wall[v][r] = s_now(CLOCK_MONOTONIC) - w;
-                t.cpu[v][r] = s_now(CLOCK_PROCESS_CPUTIME_ID) - c;
-            }
+            s_record(&t, v, r, w, c);
         }
         if (!rc && memcmp(dr[0], dr[1], sizeof dr[0])) {
             fprintf(stderr, "bench_draft_batch: diffusion drafts differ batched vs solo\n");
@@ -183,10 +178,7 @@ static int s_dflash(int threads, int rounds, int ctx) {
             } else {
                 rc = td_dflash_draft_many(jobs, NS, &err);
             }
-            if (r >= 0) {
-                t.wall[v][r] = s_now(CLOCK_MONOTONIC) - w;
-                t.cpu[v][r] = s_now(CLOCK_PROCESS_CPUTIME_ID) - c;
-            }
+            s_record(&t, v, r, w, c);
         }
         if (!rc && memcmp(dr[0], dr[1], sizeof dr[0])) {
             fprintf(stderr, "bench_draft_batch: dflash drafts differ batched vs solo\n");

@@ -1,5 +1,5 @@
-/* bench_opts.h - the `--name value` option parsing the bench programs share (header only: every
- * bench program is a file of its own). */
+/* bench_opts.h - the `--name value` option parsing and the medians the bench programs share (header
+ * only: every bench program is a file of its own). */
 #ifndef TD_BENCH_OPTS_H
 #define TD_BENCH_OPTS_H
 
@@ -35,6 +35,16 @@ static inline int td_bench_opts(int argc, char **argv, const td_bench_opt_t *opt
             *(int *)o->dst = atoi(argv[i + 1]);
     }
     return 0;
+}
+
+/* The median of v[n] (n >= 1), which it sorts in place. */
+static inline int td_bench_cmp_double(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+static inline double td_bench_median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, td_bench_cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 #endif

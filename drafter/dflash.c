@@ -493,6 +493,8 @@ int td_dflash_draft_many(td_dflash_job_t *jobs, int n_jobs, td_err_t *err) {
         kv_len[j] = J->ctx->len + J->block;
     }
     td_op_get_rows(d->be, d->h, d->embd, ids, N);
+    td_attn_desc_t ad = {.n_head = cf->n_head, .n_kv_head = cf->n_kv_head, .kind = TD_ATTN_BIDIR};
+    ad.head_dim = cf->head_dim, ad.scale = 1.0f / sqrtf((float)cf->head_dim);
     for (int l = 0; l < cf->n_layer; l++) {
         const dl_layer_t *L = &d->layers[l];
         td_op_rmsnorm(d->be, d->x, d->h, &L->in_norm, N, H, cf->eps);
@@ -505,16 +507,8 @@ int td_dflash_draft_many(td_dflash_job_t *jobs, int n_jobs, td_err_t *err) {
         for (int j = 0, r0 = 0; j < n_jobs; r0 += jobs[j++].block) {
             td_dflash_ctx_t *c = jobs[j].ctx;
             s_kv_store(c, l, r0, idx + r0, jobs[j].block);
-            td_attn_desc_t ad = {.n = jobs[j].block,
-                                 .n_head = cf->n_head,
-                                 .n_kv_head = cf->n_kv_head,
-                                 .head_dim = cf->head_dim,
-                                 .n_ctx = c->n_ctx,
-                                 .pos = pos + r0,
-                                 .seq = seq + r0,
-                                 .kv_len = &kv_len[j],
-                                 .kind = TD_ATTN_BIDIR,
-                                 .scale = 1.0f / sqrtf((float)cf->head_dim)};
+            ad.n = jobs[j].block, ad.n_ctx = c->n_ctx, ad.kv_len = &kv_len[j];
+            ad.pos = pos + r0, ad.seq = seq + r0;
             td_op_attention(d->be, d->att + (size_t)r0 * Q, d->q + (size_t)r0 * Q, c->k[l], c->v[l],
                             &ad);
         }
@@ -541,8 +535,8 @@ int td_dflash_draft_many(td_dflash_job_t *jobs, int n_jobs, td_err_t *err) {
         td_rng_t *rng = J->rng ? J->rng : &greedy_rng;
         for (int i = 0; i < J->block - 1; i++) {
             const float *row = host + (size_t)(o0 + i) * V;
-            if ((rc = td_draft_sample(J->sp, rng, row, V, J->q, qrow, i, J->draft, "dflash: ",
-                                      err)))
+            if ((rc =
+                     td_draft_sample(J->sp, rng, row, V, J->q, qrow, i, J->draft, "dflash: ", err)))
                 goto done;
         }
         if (J->logits)
@@ -561,14 +555,8 @@ done:
 
 int td_dflash_draft(td_dflash_ctx_t *c, int32_t anchor, int block, const td_sampling_t *sp,
                     td_rng_t *rng, int32_t *draft, float *q, float *logits, td_err_t *err) {
-    td_dflash_job_t job = {.ctx = c,
-                           .anchor = anchor,
-                           .block = block,
-                           .sp = sp,
-                           .rng = rng,
-                           .draft = draft,
-                           .q = q,
-                           .logits = logits};
+    td_dflash_job_t job = {.ctx = c, .anchor = anchor, .block = block, .sp = sp, .rng = rng};
+    job.draft = draft, job.q = q, job.logits = logits;
     return td_dflash_draft_many(&job, 1, err);
 }
 

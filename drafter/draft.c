@@ -553,17 +553,9 @@ int td_diffusion_draft_ex(td_model_t *m, td_kv_cache_t *kv, int seq, const int32
                           int n_prefix, int gamma, int steps, td_unmask_order_t order,
                           const td_sampling_t *sp, td_rng_t *rng, int32_t *draft, float *q,
                           const td_draft_opts_t *opts, td_err_t *err) {
-    td_diffusion_job_t job = {.seq = seq,
-                              .prefix = prefix,
-                              .n_prefix = n_prefix,
-                              .gamma = gamma,
-                              .steps = steps,
-                              .order = order,
-                              .sp = sp,
-                              .rng = rng,
-                              .draft = draft,
-                              .q = q,
-                              .opts = opts};
+    td_diffusion_job_t job = {.seq = seq, .prefix = prefix, .n_prefix = n_prefix, .gamma = gamma};
+    job.steps = steps, job.order = order, job.sp = sp, job.rng = rng;
+    job.draft = draft, job.q = q, job.opts = opts;
     return td_diffusion_draft_many(m, kv, &job, 1, NULL, err);
 }
 

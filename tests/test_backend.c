@@ -314,19 +314,10 @@ TD_TEST(attention_f16_cache_equals_rounded_float_cache) {
             uint8_t mask[N * N_CTX];
             for (int i = 0; i < N * N_CTX; i++) mask[i] = (uint8_t)(s_randf() > 0);
             for (int k = 0; k < 4; k++) {
-                td_attn_desc_t a = {.n = N,
-                                    .n_head = NH,
-                                    .n_kv_head = NKV,
-                                    .head_dim = hd,
-                                    .n_ctx = N_CTX,
-                                    .pos = pos,
-                                    .seq = seq,
-                                    .kv_len = kv_len,
-                                    .kind = (td_attn_kind_t)k,
-                                    .block_size = 4,
-                                    .mask = mask,
-                                    .mask_stride = N_CTX,
-                                    .scale = 0.3f};
+                td_attn_desc_t a = {.n = N, .n_head = NH, .n_kv_head = NKV, .head_dim = hd};
+                a.n_ctx = N_CTX, a.pos = pos, a.seq = seq, a.kv_len = kv_len;
+                a.kind = (td_attn_kind_t)k, a.block_size = 4, a.scale = 0.3f;
+                a.mask = mask, a.mask_stride = N_CTX;
                 td_op_attention(be, o32, q, kf, vf, &a);
                 a.kv_f16 = 1;
                 td_op_attention(be, o16, q, kh, vh, &a);

@@ -12,6 +12,7 @@
 #include "model/checkpoint.h"
 #include "model/model.h"
 #include "model/sampler.h"
+#include "tests/tdmodel.h"
 #include "tests/tdtest.h"
 
 #define NJ 4
@@ -37,15 +38,19 @@ static void s_text(uint64_t seed, int V, int mask, int n, int32_t *out) {
     }
 }
 
+/* A bundled float drafter on one CPU thread; its batches are bitwise invariant up to 24 rows
+ * (what the pass splitting under test keeps to). Fails the case when it cannot be loaded. */
+static td_model_t *s_load_24(const char *dir, td_backend_t **be) {
+    td_model_t *m = td_test_load_cpu(dir, 1, 0, be);
+    if (m) CHECK_EQ_INT(td_model_invariant_rows(m), 24);
+    return m;
+}
+
 TD_TEST(diffusion_many_equals_solo) {
-    const char *dir = "models/tiny-diffusion-drafter";
     td_err_t err = {0};
-    td_backend_t *be = td_backend_cpu_new(1, 0, &err);
-    REQUIRE(be);
-    td_model_t *m = td_model_load(dir, be, &err);
-    if (!m) td_test_fail(__FILE__, __LINE__, "%s: %s", dir, err.msg);
+    td_backend_t *be = NULL;
+    td_model_t *m = s_load_24("models/tiny-diffusion-drafter", &be);
     REQUIRE(m);
-    CHECK_EQ_INT(td_model_invariant_rows(m), 24);
     const int V = td_model_config(m)->n_vocab, mask = td_model_config(m)->mask_token_id;
     int32_t text[NJ][64];
     for (int k = 0; k < NJ; k++) s_text(100 + (uint64_t)k, V, mask, 64, text[k]);
@@ -233,14 +238,10 @@ TD_TEST(dflash_many_equals_solo) {
  * job's draft and q still equal td_ar_draft alone, bitwise, and a second round on the cached
  * prefixes too. */
 TD_TEST(ar_many_over_one_pass_equals_solo) {
-    const char *dir = "models/tiny-ar-drafter";
     td_err_t err = {0};
-    td_backend_t *be = td_backend_cpu_new(1, 0, &err);
-    REQUIRE(be);
-    td_model_t *m = td_model_load(dir, be, &err);
-    if (!m) td_test_fail(__FILE__, __LINE__, "%s: %s", dir, err.msg);
+    td_backend_t *be = NULL;
+    td_model_t *m = s_load_24("models/tiny-ar-drafter", &be);
     REQUIRE(m);
-    CHECK_EQ_INT(td_model_invariant_rows(m), 24);
     const int V = td_model_config(m)->n_vocab;
     const int np[NJ] = {20, 12, 16, 12}, gam[NJ] = {5, 3, 6, 4};
     int32_t text[NJ][64], dr[2][NJ][8];

@@ -784,6 +784,17 @@ TD_TEST(wire_validation) {
 }
 
 /* The commands: generate --method dflash in-process equals ar; bench runs a dflash row. */
+/* `tandem generate --method ar` on the tiny verifier for the prompt the CLI cases use, parsed
+ * (its --json output in out); NULL when it failed. */
+static cJSON *s_ar_json(char *out, size_t cap) {
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd,
+             "%s generate --verifier %s --method ar --prompt 'And God said' --max-tokens 16 "
+             "--threads 1 --json 2>/dev/null",
+             td_test_bin("tandem"), s_tiny);
+    return td_test_run(cmd, out, cap) == 0 ? cJSON_Parse(out) : NULL;
+}
+
 TD_TEST(cli_generate_and_bench) {
     char cmd[2048], a[8192], b[8192];
     snprintf(cmd, sizeof cmd,
@@ -791,12 +802,7 @@ TD_TEST(cli_generate_and_bench) {
              "--max-tokens 16 --threads 1 --json 2>/dev/null",
              td_test_bin("tandem"), s_tiny, td_test_data());
     CHECK(td_test_run(cmd, a, sizeof a) == 0);
-    snprintf(cmd, sizeof cmd,
-             "%s generate --verifier %s --method ar --prompt 'And God said' --max-tokens 16 "
-             "--threads 1 --json 2>/dev/null",
-             td_test_bin("tandem"), s_tiny);
-    CHECK(td_test_run(cmd, b, sizeof b) == 0);
-    cJSON *ja = cJSON_Parse(a), *jb = cJSON_Parse(b);
+    cJSON *ja = cJSON_Parse(a), *jb = s_ar_json(b, sizeof b);
     REQUIRE(ja && jb);
     CHECK_STR(cJSON_GetObjectItem(ja, "text")->valuestring,
               cJSON_GetObjectItem(jb, "text")->valuestring);
@@ -810,7 +816,8 @@ TD_TEST(cli_generate_and_bench) {
              tmp, td_test_bin("tandem"), td_test_data(), tmp, tmp, tmp, tmp);
     CHECK(td_test_run(cmd, a, sizeof a) == 0);
     CHECK_MSG(strstr(a, "dflash"), "no dflash row: %.500s", a);
-    /* an in-process DFlash drafter cannot sit on another device than the verifier it borrows from */
+    /* an in-process DFlash drafter cannot sit on another device than the verifier it borrows from
+     */
     snprintf(cmd, sizeof cmd,
              "%s generate --verifier %s --drafter %s/dflash/drafter --drafter-device 0 "
              "--prompt 'And God said' --max-tokens 4 2>&1",
@@ -837,12 +844,7 @@ TD_TEST(verifier_worker_serves_dflash) {
              td_test_bin("tandem-verifier"), s_tiny, td_test_data(), dir, dir, dir,
              td_test_bin("tandem"), dir, dir, td_test_bin("tandem"), dir, dir, dir);
     CHECK_MSG(td_test_run(cmd, a, sizeof a) == 0, "worker run failed: %.400s", a);
-    snprintf(cmd, sizeof cmd,
-             "%s generate --verifier %s --method ar --prompt 'And God said' --max-tokens 16 "
-             "--threads 1 --json 2>/dev/null",
-             td_test_bin("tandem"), s_tiny);
-    CHECK(td_test_run(cmd, b, sizeof b) == 0);
-    cJSON *ja = cJSON_Parse(a), *jb = cJSON_Parse(b);
+    cJSON *ja = cJSON_Parse(a), *jb = s_ar_json(b, sizeof b);
     REQUIRE(ja && jb);
     const cJSON *st = cJSON_GetObjectItem(ja, "stats");
     CHECK_STR(cJSON_GetObjectItem(st, "method")->valuestring, "dflash");
