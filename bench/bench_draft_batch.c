@@ -43,6 +43,13 @@ static void s_record(timing_t *t, int v, int r, double w, double c) {
     t->cpu[v][r] = s_now(CLOCK_PROCESS_CPUTIME_ID) - c;
 }
 
+/* 1 with a message when the batched drafts (b) are not the solo ones (a), else 0. */
+static int s_differ(const void *a, const void *b, size_t n, const char *what) {
+    if (!memcmp(a, b, n)) return 0;
+    fprintf(stderr, "bench_draft_batch: %s drafts differ batched vs solo\n", what);
+    return 1;
+}
+
 static void s_report(const char *what, timing_t *t, int rounds) {
     double w0 = td_bench_median(t->wall[0], rounds), w1 = td_bench_median(t->wall[1], rounds);
     double c0 = td_bench_median(t->cpu[0], rounds), c1 = td_bench_median(t->cpu[1], rounds);
@@ -107,10 +114,7 @@ static int s_diffusion(int threads, int rounds, int gamma, int steps, int ctx) {
             }
             s_record(&t, v, r, w, c);
         }
-        if (!rc && memcmp(dr[0], dr[1], sizeof dr[0])) {
-            fprintf(stderr, "bench_draft_batch: diffusion drafts differ batched vs solo\n");
-            rc = 1;
-        }
+        if (!rc) rc = s_differ(dr[0], dr[1], sizeof dr[0], "diffusion");
     }
     if (rc)
         fprintf(stderr, "bench_draft_batch: diffusion: %s\n", err.msg);
@@ -180,10 +184,7 @@ static int s_dflash(int threads, int rounds, int ctx) {
             }
             s_record(&t, v, r, w, c);
         }
-        if (!rc && memcmp(dr[0], dr[1], sizeof dr[0])) {
-            fprintf(stderr, "bench_draft_batch: dflash drafts differ batched vs solo\n");
-            rc = 1;
-        }
+        if (!rc) rc = s_differ(dr[0], dr[1], sizeof dr[0], "dflash");
     }
     if (rc)
         fprintf(stderr, "bench_draft_batch: dflash: %s\n", err.msg);

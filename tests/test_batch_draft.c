@@ -195,13 +195,9 @@ TD_TEST(dflash_many_equals_solo) {
             const int32_t anchor = 5 + 7 * k;
             CHECK(td_dflash_draft(cs[k], anchor, blocks[k], &sps[k], &rs[k], dr[0][k], q[0][k],
                                   NULL, &err) == TD_OK);
-            jobs[k] = (td_dflash_job_t){.ctx = cm[k],
-                                        .anchor = anchor,
-                                        .block = blocks[k],
-                                        .sp = &sps[k],
-                                        .rng = &rm[k],
-                                        .draft = dr[1][k],
-                                        .q = q[1][k]};
+            jobs[k] = (td_dflash_job_t){.ctx = cm[k], .anchor = anchor, .block = blocks[k]};
+            jobs[k].sp = &sps[k], jobs[k].rng = &rm[k], jobs[k].draft = dr[1][k],
+            jobs[k].q = q[1][k];
         }
         CHECK_MSG(td_dflash_draft_many(jobs, nj, &err) == TD_OK, "%s", err.msg);
         for (int k = 0; k < nj; k++) {
