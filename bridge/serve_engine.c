@@ -430,7 +430,7 @@ void td_serve_engine_gen_defaults(const td_serve_engine_t *e, td_sampling_t *sp)
 }
 td_method_t td_serve_engine_method(const td_serve_engine_t *e) { return e->o.method; }
 
-const Tandem__Hello *td_serve_engine_hello(const td_serve_engine_t *e) { return &e->pair.hello; }
+const td_hello_t *td_serve_engine_hello(const td_serve_engine_t *e) { return &e->pair.hello; }
 
 int td_serve_engine_method_ok(const td_serve_engine_t *e, td_method_t m) {
     if (m == TD_METHOD_AR || m == e->o.method) return 1;
