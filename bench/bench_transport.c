@@ -7,7 +7,7 @@
  * The speculative loop's transport_s is round trip minus drafter_us, so its per-round value
  * cannot go below what this measures on the same machine. Prints median and mean microseconds.
  * Options: --rounds N (default 2000). */
-#include "protocol/transport.h"
+#include "protocol/transport_wire.h"
 #include "protocol/wire.h"
 
 #include <pthread.h>
@@ -43,14 +43,14 @@ static void s_serve(td_server_t *srv) {
         td_routing_id_t from;
         Tandem__Envelope *in = NULL;
         td_err_t err = {0};
-        if (td_server_recv(srv, &from, &in, 10000, &err) != TD_RECV_OK) return;
+        if (td_server_recv_env(srv, &from, &in, 10000, &err) != TD_RECV_OK) return;
         int stop = in->body_case == TANDEM__ENVELOPE__BODY_CLOSE_SESSION;
         if (in->body_case == TANDEM__ENVELOPE__BODY_DRAFT_REQUEST) {
             Tandem__Envelope env;
             Tandem__Proposal p;
             td_wire_proposal_init(&env, &p, in->session_id, in->round);
             p.n_tokens = GAMMA, p.tokens = toks, p.n_dists = GAMMA, p.dists = dp;
-            td_server_send(srv, &from, &env, &err);
+            td_server_send_env(srv, &from, &env, &err);
         }
         td_wire_free(&in);
         if (stop) return;
@@ -74,7 +74,7 @@ static int s_client(const char *ep, int spin_us, int rounds, double *rt) {
         d.base_len = 40, d.prefix_delta = delta, d.n_prefix_delta = 3, d.gamma = GAMMA;
         d.steps = 1, d.want_dist = 1, d.dist_top_k = TOPK;
         double t0 = td_time_now();
-        if (td_client_send(cl, &env, &err) != TD_OK || td_client_recv(cl, &in, 10000, &err) != TD_RECV_OK)
+        if (td_client_send_env(cl, &env, &err) != TD_OK || td_client_recv_env(cl, &in, 10000, &err) != TD_RECV_OK)
             bad = 1;
         else if (r >= 50)
             rt[r - 50] = td_time_now() - t0;
@@ -83,7 +83,7 @@ static int s_client(const char *ep, int spin_us, int rounds, double *rt) {
     Tandem__Envelope env;
     Tandem__CloseSession cs;
     td_wire_close_session_init(&env, &cs, 1);
-    td_client_send(cl, &env, &err);
+    td_client_send_env(cl, &env, &err);
     td_client_destroy(&cl);
     if (bad) return fprintf(stderr, "bench_transport: %s: %s\n", ep, err.msg), -1;
     qsort(rt, (size_t)rounds, sizeof *rt, s_cmp);
