@@ -174,36 +174,39 @@ TD_TEST(every_body_converts_both_ways_without_loss) {
     CHECK_EQ_INT(bodies, 17);
 }
 
-/* A Proposal with sparse distributions, built as td_msg_t, encoded (validated) and decoded. */
-static void s_proposal(td_msg_t *m, uint32_t *toks, td_sparse_dist_t *d, uint32_t *ids,
-                       float *probs) {
-    td_msg_init(m, TD_BODY_PROPOSAL, 5, 3);
-    toks[0] = 11, toks[1] = 12;
-    ids[0] = 11, ids[1] = 40, ids[2] = 12, ids[3] = 41;
-    probs[0] = 0.5f, probs[1] = 0.25f, probs[2] = 0.75f, probs[3] = 0.125f;
-    for (int j = 0; j < 2; j++)
-        d[j] = (td_sparse_dist_t){.n_ids = 2,
-                                  .ids = ids + 2 * j,
-                                  .n_probs = 2,
-                                  .probs = probs + 2 * j,
-                                  .rest_mass = 1.0f - probs[2 * j] - probs[2 * j + 1]};
-    m->proposal.n_tokens = 2;
-    m->proposal.tokens = toks;
-    m->proposal.n_dists = 2;
-    m->proposal.dists = d;
-    m->proposal.drafter_us = 99;
-}
-
-TD_TEST(decoded_message_borrows_from_its_buffer) {
+/* A Proposal with sparse distributions, built as td_msg_t over arrays of its own. */
+typedef struct prop_fix {
     td_msg_t m;
     uint32_t toks[2], ids[4];
     float probs[4];
     td_sparse_dist_t d[2];
-    s_proposal(&m, toks, d, ids, probs);
+} prop_fix_t;
+
+static void s_proposal(prop_fix_t *f) {
+    td_msg_init(&f->m, TD_BODY_PROPOSAL, 5, 3);
+    f->toks[0] = 11, f->toks[1] = 12;
+    f->ids[0] = 11, f->ids[1] = 40, f->ids[2] = 12, f->ids[3] = 41;
+    f->probs[0] = 0.5f, f->probs[1] = 0.25f, f->probs[2] = 0.75f, f->probs[3] = 0.125f;
+    for (int j = 0; j < 2; j++)
+        f->d[j] = (td_sparse_dist_t){.n_ids = 2,
+                                     .ids = f->ids + 2 * j,
+                                     .n_probs = 2,
+                                     .probs = f->probs + 2 * j,
+                                     .rest_mass = 1.0f - f->probs[2 * j] - f->probs[2 * j + 1]};
+    f->m.proposal.n_tokens = 2;
+    f->m.proposal.tokens = f->toks;
+    f->m.proposal.n_dists = 2;
+    f->m.proposal.dists = f->d;
+    f->m.proposal.drafter_us = 99;
+}
+
+TD_TEST(decoded_message_borrows_from_its_buffer) {
+    prop_fix_t f;
+    s_proposal(&f);
     uint8_t *buf = NULL;
     size_t len = 0;
     td_err_t err = {0};
-    REQUIRE(td_msg_encode(&m, &buf, &len, &err) == TD_OK);
+    REQUIRE(td_msg_encode(&f.m, &buf, &len, &err) == TD_OK);
     td_msg_t *got = NULL;
     REQUIRE(td_msg_decode(buf, len, NULL, &got, &err) == TD_OK);
     REQUIRE(got->body == TD_BODY_PROPOSAL);
@@ -226,22 +229,19 @@ TD_TEST(decoded_message_borrows_from_its_buffer) {
 
 /* What the wire refuses, td_msg_encode and td_msg_decode refuse too. */
 TD_TEST(encode_and_decode_validate) {
-    td_msg_t m;
-    uint32_t toks[2], ids[4];
-    float probs[4];
-    td_sparse_dist_t d[2];
-    s_proposal(&m, toks, d, ids, probs);
-    probs[1] = 0.9f; /* position 0 sums to 1.4 */
+    prop_fix_t f;
+    s_proposal(&f);
+    f.probs[1] = 0.9f; /* position 0 sums to 1.4 */
     uint8_t *buf = (uint8_t *)1;
     size_t len = 0;
     td_err_t err = {0};
-    CHECK_EQ_INT(td_msg_encode(&m, &buf, &len, &err), TD_ERR_FORMAT);
+    CHECK_EQ_INT(td_msg_encode(&f.m, &buf, &len, &err), TD_ERR_FORMAT);
     CHECK(buf == (uint8_t *)1 && err.msg[0]);
-    m.body = (td_body_t)99;
-    CHECK_EQ_INT(td_msg_encode(&m, &buf, &len, &err), TD_ERR_FORMAT);
+    f.m.body = (td_body_t)99;
+    CHECK_EQ_INT(td_msg_encode(&f.m, &buf, &len, &err), TD_ERR_FORMAT);
     /* a token id outside the vocabulary the receiver names */
-    s_proposal(&m, toks, d, ids, probs);
-    REQUIRE(td_msg_encode(&m, &buf, &len, &err) == TD_OK);
+    s_proposal(&f);
+    REQUIRE(td_msg_encode(&f.m, &buf, &len, &err) == TD_OK);
     td_wire_limits_t lim = td_wire_limits_default();
     lim.vocab_size = 41;
     td_msg_t *got = (td_msg_t *)1;
@@ -352,18 +352,15 @@ TD_TEST(transport_carries_messages) {
     CHECK_STR(in->hello_ack.hello.model_id, "dra");
     td_msg_free(&in);
     /* a proposal back, and one that fails validation on the sending side */
-    td_msg_t m;
-    uint32_t toks[2], ids[4];
-    float probs[4];
-    td_sparse_dist_t d[2];
-    s_proposal(&m, toks, d, ids, probs);
-    CHECK_EQ_INT(td_server_send(srv, &from, &m, &err), TD_OK);
+    prop_fix_t f;
+    s_proposal(&f);
+    CHECK_EQ_INT(td_server_send(srv, &from, &f.m, &err), TD_OK);
     REQUIRE(td_client_recv(cl, &in, 5000, &err) == TD_RECV_OK);
     REQUIRE(in->body == TD_BODY_PROPOSAL && in->proposal.n_dists == 2);
     CHECK(in->proposal.dists[0].ids[1] == 40 && in->proposal.dists[1].probs[1] == 0.125f);
     td_msg_free(&in);
-    probs[0] = 2.0f;
-    CHECK_EQ_INT(td_server_send(srv, &from, &m, &err), TD_ERR_FORMAT);
+    f.probs[0] = 2.0f;
+    CHECK_EQ_INT(td_server_send(srv, &from, &f.m, &err), TD_ERR_FORMAT);
     CHECK_EQ_INT(td_client_recv(cl, &in, 50, &err), TD_RECV_TIMEOUT);
     CHECK(in == NULL);
     /* an error code by name */
