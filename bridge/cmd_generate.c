@@ -374,9 +374,9 @@ int td_cmd_generate(int argc, char **argv) {
     int needs_v = (md->caps & TD_CAP_VERIFIER) != 0, needs_d = md->drafter != TD_DRAFTER_NONE;
     if (needs_v && !vdir) vdir = td_cli_bundled("tiny-verifier", vbuf, sizeof vbuf);
     if (needs_d && !drafter)
-        drafter = td_cli_bundled(md->drafter == TD_DRAFTER_AR ? "tiny-ar-drafter"
-                                                              : "tiny-diffusion-drafter",
-                                 dbuf, sizeof dbuf);
+        drafter =
+            td_cli_bundled(md->drafter == TD_DRAFTER_AR ? "tiny-ar-drafter" : "tiny-diffusion-drafter",
+                      dbuf, sizeof dbuf);
     if (!needs_d) drafter = NULL;
     /* a dLLM method with a drafter process: the local side loads --verifier DIR (selfspec: the
      * same dLLM; planned: the planner) and the drafter evaluates / fills over the wire */
@@ -391,11 +391,10 @@ int td_cmd_generate(int argc, char **argv) {
                     md->name);
             return 2;
         }
-        local_dir =
-            vdir ? vdir
-                 : td_cli_bundled(md->drafter == TD_DRAFTER_PLANNED ? "tiny-planned"
-                                                                    : "tiny-diffusion-drafter",
-                                  lbuf, sizeof lbuf);
+        local_dir = vdir ? vdir
+                         : td_cli_bundled(md->drafter == TD_DRAFTER_PLANNED ? "tiny-planned"
+                                                                       : "tiny-diffusion-drafter",
+                                     lbuf, sizeof lbuf);
     } else if (local_dllm && td_is_endpoint(drafter)) {
         fprintf(stderr,
                 "tandem generate: --method %s runs the drafter checkpoint in this process: give a "

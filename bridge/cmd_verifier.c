@@ -36,8 +36,7 @@ static void s_help(FILE *f) {
         "  --curve-allow F    accept only the client public keys listed in F\n"
         "  --drafter-server-key F  the drafter's public key when it serves with CURVE\n"
         "  --timeout-ms N     drafter answer timeout per round (default 5000)\n"
-        "  --threads N        CPU threads per model (default: cores - 1, halved with an "
-        "in-process\n"
+        "  --threads N        CPU threads per model (default: cores - 1, halved with an in-process\n"
         "                     drafter)\n"
         "  --spin-us N        waiting for the other side, poll without sleeping for up to N\n"
         "                     microseconds first (saves a thread wake-up per message, costs a "
@@ -45,8 +44,7 @@ static void s_help(FILE *f) {
         "                     core; 0 = off). Default: 5000 when the threads leave a core, else 0\n"
         "  --device N         CUDA device (default -1: CPU); an in-process drafter uses it too\n"
         "  --parallel N       requests decoded at once (default 4), each in its own KV slot\n"
-        "  --queue N          requests waiting for a slot at most (default 64); more are "
-        "refused\n");
+        "  --queue N          requests waiting for a slot at most (default 64); more are refused\n");
 }
 
 /* One client request being decoded: where its chunks go and how far they went. */
@@ -184,8 +182,8 @@ static int s_pump(td_server_t *srv, req_t *r) {
             if (m > 0) len += (size_t)m;
         }
         buf[len] = 0;
-        if (s_send_chunk(srv, &r->to, r->session, &r->seq, (const uint32_t *)ids, (size_t)n, buf, 0,
-                         NULL, NULL)) {
+        if (s_send_chunk(srv, &r->to, r->session, &r->seq, (const uint32_t *)ids, (size_t)n, buf,
+                         0, NULL, NULL)) {
             td_serve_job_cancel(r->job);
             return 1;
         }

@@ -106,7 +106,8 @@ int td_pair_open(td_pair_t *p, const char *verifier_dir, const char *drafter,
         /* the drafter's target is the verifier itself: its embedding and LM head, no copy */
         if (!p->verifier)
             return td_err_set(err, TD_ERR_ARG, "a dflash drafter (%s) needs a verifier", drafter);
-        p->dflash = td_dflash_load(drafter, p->verifier, p->fingerprint, o->dflash_any_target, err);
+        p->dflash =
+            td_dflash_load(drafter, p->verifier, p->fingerprint, o->dflash_any_target, err);
         if (!p->dflash) return td_err_prefix(err, "dflash drafter %s", drafter);
         td_drafter_opts_t dopts = {.max_sessions =
                                        o->drafter_sessions > 0 ? o->drafter_sessions : 4,

@@ -50,8 +50,8 @@ typedef struct td_pair_opts {
                     (in-process: verifier + drafter threads <= cores; remote drafter: verifier
                     threads < cores), else off; -1 = off */
     const char *curve_server_key, *curve_secret_key; /* for tcp:// drafters with CURVE */
-    int drafter_sessions;  /* in-process drafter: sessions it keeps (0 = 4); a server sets it to
-                              the requests it decodes at once, or the drafter evicts live ones */
+    int drafter_sessions; /* in-process drafter: sessions it keeps (0 = 4); a server sets it to
+                             the requests it decodes at once, or the drafter evicts live ones */
     int dflash;            /* list the verifier's fingerprint in our Hello (a remote dflash
                               drafter then refuses another target); implied by a dflash
                               drafter directory */

@@ -548,8 +548,8 @@ static void s_draft_dflash(td_drafter_service_t *s, td_server_t *srv, const td_r
     td_rng_t rng;
     td_rng_seed(&rng, td_draft_round_seed(k.seed, req->round));
     dbuf_t *d = &ss->cur;
-    int rc =
-        s_dbuf_reserve(d, B - 1, s->V, 0) ? td_err_set(&err, TD_ERR_NOMEM, "out of memory") : TD_OK;
+    int rc = s_dbuf_reserve(d, B - 1, s->V, 0) ? td_err_set(&err, TD_ERR_NOMEM, "out of memory")
+                                                : TD_OK;
     if (rc == TD_OK) rc = td_dflash_ctx_append(cx, s->fbuf, (int)rows, &err);
     if (rc == TD_OK)
         rc = td_dflash_draft(cx, ss->tok[n - 1], B, &sp, &rng, s->draft, d->q, NULL, &err);

@@ -117,8 +117,8 @@ static int s_check_hello(const Tandem__Hello *h, const char *what, td_err_t *err
         return td_err_set(err, TD_ERR_FORMAT, "%s lists %zu target fingerprints, more than %u",
                           what, h->n_target_fingerprints, TD_WIRE_MAX_TARGET_FINGERPRINTS);
     if (h->block_size > TD_WIRE_MAX_GAMMA + 1)
-        return td_err_set(err, TD_ERR_FORMAT, "%s.block_size = %u is over %u", what, h->block_size,
-                          TD_WIRE_MAX_GAMMA + 1);
+        return td_err_set(err, TD_ERR_FORMAT, "%s.block_size = %u is over %u", what,
+                          h->block_size, TD_WIRE_MAX_GAMMA + 1);
     if (h->n_capabilities && !h->capabilities)
         return td_err_set(err, TD_ERR_FORMAT, "%s.capabilities: no array", what);
     for (size_t i = 0; i < h->n_capabilities; i++) {
@@ -427,9 +427,10 @@ static int s_check_body(const Tandem__Envelope *env, const td_wire_limits_t *lim
                                   d->features.len);
         }
         if ((uint64_t)d->feature_start > (uint64_t)d->base_len + d->n_prefix_delta)
-            return td_err_set(
-                err, TD_ERR_FORMAT, "draft_request.feature_start %u is past the text (%llu tokens)",
-                d->feature_start, (unsigned long long)((uint64_t)d->base_len + d->n_prefix_delta));
+            return td_err_set(err, TD_ERR_FORMAT,
+                              "draft_request.feature_start %u is past the text (%llu tokens)",
+                              d->feature_start,
+                              (unsigned long long)((uint64_t)d->base_len + d->n_prefix_delta));
         if (d->apd) {
             if (!(d->apd->mixture >= 0.0f && d->apd->mixture <= 1.0f))
                 return td_err_set(err, TD_ERR_FORMAT,

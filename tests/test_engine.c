@@ -246,8 +246,7 @@ TD_TEST(long_prompt_greedy_specdiff_equals_ar) {
     REQUIRE(td_spec_generate(pair.verifier, pair.dc, 900, prompt, 30, &p, NULL, NULL, sd, &st,
                              &err) == TD_OK);
     CHECK_EQ_INT(st.generated, gs.generated);
-    CHECK_MSG(st.generated == gs.generated &&
-                  !memcmp(ar, sd, sizeof(int32_t) * (size_t)gs.generated),
+    CHECK_MSG(st.generated == gs.generated && !memcmp(ar, sd, sizeof(int32_t) * (size_t)gs.generated),
               "greedy specdiff differs from ar on a 30-token prompt");
     td_pair_close(&pair);
 }

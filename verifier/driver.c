@@ -64,7 +64,7 @@ struct td_driver {
     td_model_t *v;
     td_kv_cache_t *kv;
     int max_sessions, n_ctx, V;
-    int max_pass;        /* rows per forward that keep every row batch-invariant (INT_MAX: any) */
+    int max_pass; /* rows per forward that keep every row batch-invariant (INT_MAX: any) */
     td_session_t **live; /* by slot; NULL = free */
     int n_live;
     int64_t forwards;
@@ -422,7 +422,8 @@ static int s_prepare(td_session_t *s, int32_t *tok, int32_t *pos, int32_t *seq, 
          * but its last token), logits for the last */
         int from = td_kv_cache_len(s->d->kv, s->slot);
         for (int i = from; i < s->cur; i++, n++)
-            tok[n] = s->text[i], pos[n] = i, seq[n] = s->slot, lf[n] = s->dflash || i == s->cur - 1;
+            tok[n] = s->text[i], pos[n] = i, seq[n] = s->slot,
+            lf[n] = s->dflash || i == s->cur - 1;
         s->n_logit_rows = s->dflash ? n : 1;
         s->pos0 = from;
     } else {

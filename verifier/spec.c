@@ -8,8 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *s_methods[TD_METHOD_COUNT] = {"ar",        "spec-ar",  "specdiff", "apd",
-                                                 "diffusion", "selfspec", "planned",  "dflash"};
+static const char *s_methods[TD_METHOD_COUNT] = {"ar",       "spec-ar",  "specdiff",
+                                                 "apd",      "diffusion", "selfspec",
+                                                 "planned",  "dflash"};
 static const char *s_verifies[] = {"rejection", "match", "greedy"};
 
 const char *td_method_name(td_method_t m) {
