@@ -1,5 +1,5 @@
 /* transport_wire.h - the transport's envelope-level calls, for protocol/ itself and for the tests
- * of the wire format (tests/, fuzz/, bench/bench_transport.c).
+ * of the wire format (tests/, fuzz/).
  *
  * Each is the protobuf twin of the td_msg_t call of the same name in transport.h (same
  * validation, same codes, same logging): received envelopes are released with td_wire_free.

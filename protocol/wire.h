@@ -10,9 +10,9 @@
  * td_wire_<body>_init (sets the version, session, round and links the body), fill the body's
  * fields (arrays are borrowed pointers), then td_wire_pack or td_client_send_env.
  *
- * This header is protocol/'s own (and tests/, fuzz/, bench/bench_transport.c, which test the wire
- * format): the rest of tandem speaks protocol/msg.h's plain types, converted here
- * (td_wire_from_msg / td_wire_to_msg). scripts/check-layers.sh refuses it anywhere else. */
+ * This header is protocol/'s own (and that of tests/ and fuzz/, which test the wire format): the
+ * rest of tandem speaks protocol/msg.h's plain types, converted here (td_wire_from_msg /
+ * td_wire_to_msg). scripts/check-layers.sh refuses it anywhere else. */
 #ifndef TD_WIRE_H
 #define TD_WIRE_H
 

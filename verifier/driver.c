@@ -185,8 +185,8 @@ void td_session_destroy(td_session_t **self_p) {
     if (!self_p || !*self_p) return;
     td_session_t *s = *self_p;
     td_msg_free(&s->prop);
-    void *bufs[] = {s->text, s->out, s->prob, s->qfull_mem, (void *)s->qfull,
-                    s->sq,   s->ar,  s->ids,  s->feat};
+    void *bufs[] = {s->text, s->out,    s->prob, s->qfull_mem, (void *)s->qfull,
+                    s->sq,   s->ar,     s->ids,  s->feat};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     free(s);
     *self_p = NULL;

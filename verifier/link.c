@@ -38,8 +38,8 @@ td_client_t *td_link_client(const td_link_t *l) { return l->dc; }
 const td_hello_t *td_link_hello(const td_link_t *l) { return l->hello; }
 int td_link_kept(const td_link_t *l) { return l->n_kept; }
 
-int td_link_send(td_link_t *l, td_msg_t *env, td_err_t *err) {
-    return td_client_send(l->dc, env, err);
+int td_link_send(td_link_t *l, const td_msg_t *m, td_err_t *err) {
+    return td_client_send(l->dc, m, err);
 }
 
 static void s_remove(td_link_t *l, int i) {

@@ -29,11 +29,11 @@ void td_link_destroy(td_link_t **self_p);
 td_client_t *td_link_client(const td_link_t *l);
 const td_hello_t *td_link_hello(const td_link_t *l);
 
-/* Sends env (validated by the transport). As td_client_send. */
-int td_link_send(td_link_t *l, td_msg_t *env, td_err_t *err);
+/* Sends m (validated by the transport). As td_client_send. */
+int td_link_send(td_link_t *l, const td_msg_t *m, td_err_t *err);
 
-/* Waits up to timeout_ms for the message of (session, round) whose body is `want` or an Error
- * (a kept one first). TD_OK: *out holds it (release with td_wire_free). */
+/* Waits up to timeout_ms for the message of (session, round) whose body is `want` (a td_body_t)
+ * or an Error (a kept one first). TD_OK: *out holds it (release with td_msg_free). */
 int td_link_wait(td_link_t *l, uint64_t session, uint64_t round, int want, int timeout_ms,
                  td_msg_t **out, td_err_t *err);
 
