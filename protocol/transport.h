@@ -5,8 +5,8 @@
  * The server sees [routing id][envelope] and answers a peer by its routing id; the client sends and
  * receives bare envelopes. Every socket has ZMQ_LINGER 0; every receive takes a timeout; every
  * received message is decoded and validated (td_wire_unpack) before it is converted and returned,
- * and a malformed one is answered with an Error, logged, and reported to the caller as -2, so a
- * worker loop keeps serving.
+ * and a malformed one is answered with an Error, logged, and reported to the caller as
+ * TD_RECV_MALFORMED, so a worker loop keeps serving.
  *
  * Endpoints: tcp://HOST:PORT (PORT * = any free port, see td_server_endpoint), ipc://PATH,
  * inproc://NAME (both sides must use the same context: td_transport_context_shared()).
