@@ -105,7 +105,7 @@ $(BUILD)/obj/%.o: %.c
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
 # The layering (scripts/check-layers.sh): an #include pointing up the layers fails the build.
-LAYER_SRC := $(shell find common kernels model protocol drafter verifier bridge workers -type f \
+LAYER_SRC := $(shell find common kernels model protocol drafter verifier engine bridge workers bench -type f \
                \( -name '*.[ch]' -o -name '*.cu' -o -name '*.cuh' \) 2>/dev/null)
 $(BUILD)/layers.ok: scripts/check-layers.sh $(LAYER_SRC)
 	@mkdir -p $(dir $@)

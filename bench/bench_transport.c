@@ -4,11 +4,12 @@
  * between two threads over inproc://, with and without busy-polling (--spin-us), next to a bare
  * libzmq REQ/REP ping-pong of the same size between two processes over ipc://.
  *
- * The speculative loop's transport_s is round trip minus drafter_us, so its per-round value
- * cannot go below what this measures on the same machine. Prints median and mean microseconds.
+ * Both sides use td_msg_t (protocol/msg.h), as the drafter service and the verifier do, so the
+ * conversion to and from protobuf envelopes is part of what is measured. The speculative loop's
+ * transport_s is round trip minus drafter_us, so its per-round value cannot go below what this
+ * measures on the same machine. Prints median and mean microseconds.
  * Options: --rounds N (default 2000). */
 #include "protocol/transport.h"
-#include "protocol/wire.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -30,29 +31,27 @@ static int s_cmp(const void *a, const void *b) {
 static void s_serve(td_server_t *srv) {
     uint32_t toks[GAMMA], ids[GAMMA][TOPK];
     float probs[GAMMA][TOPK];
-    Tandem__SparseDist d[GAMMA], *dp[GAMMA];
+    td_sparse_dist_t d[GAMMA];
     for (int j = 0; j < GAMMA; j++) {
         toks[j] = (uint32_t)(100 + j);
-        tandem__sparse_dist__init(&d[j]);
         for (int k = 0; k < TOPK; k++) ids[j][k] = (uint32_t)(k * 97 % VOCAB), probs[j][k] = 0.01f;
-        d[j].n_ids = d[j].n_probs = TOPK;
-        d[j].ids = ids[j], d[j].probs = probs[j], d[j].rest_mass = 0.68f;
-        dp[j] = &d[j];
+        d[j] = (td_sparse_dist_t){
+            .n_ids = TOPK, .ids = ids[j], .n_probs = TOPK, .probs = probs[j], .rest_mass = 0.68f};
     }
     for (;;) {
         td_routing_id_t from;
-        Tandem__Envelope *in = NULL;
+        td_msg_t *in = NULL;
         td_err_t err = {0};
         if (td_server_recv(srv, &from, &in, 10000, &err) != TD_RECV_OK) return;
-        int stop = in->body_case == TANDEM__ENVELOPE__BODY_CLOSE_SESSION;
-        if (in->body_case == TANDEM__ENVELOPE__BODY_DRAFT_REQUEST) {
-            Tandem__Envelope env;
-            Tandem__Proposal p;
-            td_wire_proposal_init(&env, &p, in->session_id, in->round);
-            p.n_tokens = GAMMA, p.tokens = toks, p.n_dists = GAMMA, p.dists = dp;
-            td_server_send(srv, &from, &env, &err);
+        int stop = in->body == TD_BODY_CLOSE_SESSION;
+        if (in->body == TD_BODY_DRAFT_REQUEST) {
+            td_msg_t m;
+            td_msg_init(&m, TD_BODY_PROPOSAL, in->session_id, in->round);
+            m.proposal.n_tokens = GAMMA, m.proposal.tokens = toks;
+            m.proposal.n_dists = GAMMA, m.proposal.dists = d;
+            td_server_send(srv, &from, &m, &err);
         }
-        td_wire_free(&in);
+        td_msg_free(&in);
         if (stop) return;
     }
 }
@@ -68,22 +67,22 @@ static int s_client(const char *ep, int spin_us, int rounds, double *rt) {
     uint32_t delta[3] = {5, 6, 7};
     int bad = 0;
     for (int r = 0; r < rounds + 50 && !bad; r++) {
-        Tandem__Envelope env, *in = NULL;
-        Tandem__DraftRequest d;
-        td_wire_draft_request_init(&env, &d, 1, (uint64_t)r + 1);
-        d.base_len = 40, d.prefix_delta = delta, d.n_prefix_delta = 3, d.gamma = GAMMA;
-        d.steps = 1, d.want_dist = 1, d.dist_top_k = TOPK;
+        td_msg_t m, *in = NULL;
+        td_msg_init(&m, TD_BODY_DRAFT_REQUEST, 1, (uint64_t)r + 1);
+        td_draft_request_t *d = &m.draft_request;
+        d->base_len = 40, d->prefix_delta = delta, d->n_prefix_delta = 3, d->gamma = GAMMA;
+        d->steps = 1, d->want_dist = 1, d->dist_top_k = TOPK;
         double t0 = td_time_now();
-        if (td_client_send(cl, &env, &err) != TD_OK || td_client_recv(cl, &in, 10000, &err) != TD_RECV_OK)
+        if (td_client_send(cl, &m, &err) != TD_OK ||
+            td_client_recv(cl, &in, 10000, &err) != TD_RECV_OK)
             bad = 1;
         else if (r >= 50)
             rt[r - 50] = td_time_now() - t0;
-        td_wire_free(&in);
+        td_msg_free(&in);
     }
-    Tandem__Envelope env;
-    Tandem__CloseSession cs;
-    td_wire_close_session_init(&env, &cs, 1);
-    td_client_send(cl, &env, &err);
+    td_msg_t m;
+    td_msg_init(&m, TD_BODY_CLOSE_SESSION, 1, 0);
+    td_client_send(cl, &m, &err);
     td_client_destroy(&cl);
     if (bad) return fprintf(stderr, "bench_transport: %s: %s\n", ep, err.msg), -1;
     qsort(rt, (size_t)rounds, sizeof *rt, s_cmp);

@@ -182,9 +182,8 @@ static int s_generate_remote(const char *endpoint, const char *prompt, int chat,
         fprintf(stderr, "tandem generate: %s\n", err.msg);
         return 1;
     }
-    Tandem__Hello hello = TANDEM__HELLO__INIT;
-    td_wire_hello_fill(&hello, TANDEM__ROLE__ROLE_CLIENT, "tandem-generate", 0, -1, 0, "none", NULL,
-                       0);
+    td_hello_t hello;
+    td_hello_fill(&hello, TD_ROLE_CLIENT, "tandem-generate", 0, -1, 0, "none", NULL, 0);
     int rc = 1;
     char *text = NULL;
     size_t tlen = 0;
@@ -195,29 +194,30 @@ static int s_generate_remote(const char *endpoint, const char *prompt, int chat,
         fprintf(stderr, "tandem generate: verifier at %s: %s\n", endpoint, err.msg);
         goto out;
     }
-    Tandem__Envelope env;
-    Tandem__GenerateRequest g;
-    Tandem__Sampling smp = TANDEM__SAMPLING__INIT;
+    td_msg_t env;
     uint64_t sid = ((uint64_t)getpid() << 20) | 1;
-    td_wire_generate_request_init(&env, &g, sid);
-    g.prompt = (char *)prompt;
-    g.method = (char *)method;
-    g.max_tokens = (uint32_t)max_tokens;
-    smp.temperature = sp->temperature, smp.top_k = (uint32_t)sp->top_k, smp.top_p = sp->top_p;
-    g.sampling = &smp;
-    g.seed = (uint64_t)seed;
-    g.gamma = gamma > 0 ? (uint32_t)gamma : 0;
-    g.steps = steps > 0 ? (uint32_t)steps : 0;
-    g.order = (Tandem__UnmaskOrder)order;
-    g.verify = (char *)(verify ? verify : "");
-    g.mixture = (float)mixture;
-    g.chat = chat;
+    td_msg_init(&env, TD_BODY_GENERATE_REQUEST, sid, 0);
+    td_generate_request_t *g = &env.generate_request;
+    g->prompt = prompt;
+    g->method = method;
+    g->max_tokens = (uint32_t)max_tokens;
+    g->has_sampling = 1;
+    g->sampling.temperature = sp->temperature;
+    g->sampling.top_k = (uint32_t)sp->top_k;
+    g->sampling.top_p = sp->top_p;
+    g->seed = (uint64_t)seed;
+    g->gamma = gamma > 0 ? (uint32_t)gamma : 0;
+    g->steps = steps > 0 ? (uint32_t)steps : 0;
+    g->order = order;
+    g->verify = verify ? verify : "";
+    g->mixture = (float)mixture;
+    g->chat = chat;
     if (td_client_send(cl, &env, &err) != TD_OK) {
         fprintf(stderr, "tandem generate: %s\n", err.msg);
         goto out;
     }
     for (;;) {
-        Tandem__Envelope *ans = NULL;
+        td_msg_t *ans = NULL;
         int r = td_client_recv(cl, &ans, timeout_ms, &err);
         if (r == TD_RECV_TIMEOUT) {
             if (!json) fputc('\n', stdout);
@@ -228,20 +228,20 @@ static int s_generate_remote(const char *endpoint, const char *prompt, int chat,
             goto out;
         }
         if (r != TD_RECV_OK) continue;
-        if (ans->session_id != sid || ans->body_case != TANDEM__ENVELOPE__BODY_TOKEN_CHUNK) {
-            if (ans->body_case == TANDEM__ENVELOPE__BODY_ERROR) {
-                fprintf(stderr, "tandem generate: verifier error: %s\n", ans->error->message);
-                td_wire_free(&ans);
+        if (ans->session_id != sid || ans->body != TD_BODY_TOKEN_CHUNK) {
+            if (ans->body == TD_BODY_ERROR) {
+                fprintf(stderr, "tandem generate: verifier error: %s\n", ans->error.message);
+                td_msg_free(&ans);
                 goto out;
             }
-            td_wire_free(&ans);
+            td_msg_free(&ans);
             continue;
         }
-        const Tandem__TokenChunk *ch = ans->token_chunk;
+        const td_token_chunk_t *ch = &ans->token_chunk;
         if (ch->error && *ch->error) {
             if (!json) fputc('\n', stdout);
             fprintf(stderr, "tandem generate: verifier: %s\n", ch->error);
-            td_wire_free(&ans);
+            td_msg_free(&ans);
             goto out;
         }
         for (size_t i = 0; i < ch->n_tokens; i++) {
@@ -276,11 +276,11 @@ static int s_generate_remote(const char *endpoint, const char *prompt, int chat,
                 fputc('\n', stdout);
                 fprintf(stderr, "[%s via %s] generated %zu tokens\n", method, endpoint, n_toks);
             }
-            td_wire_free(&ans);
+            td_msg_free(&ans);
             rc = 0;
             break;
         }
-        td_wire_free(&ans);
+        td_msg_free(&ans);
     }
 out:
     if (acc) fclose(acc);

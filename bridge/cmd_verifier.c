@@ -63,15 +63,15 @@ typedef struct req {
 static int s_send_chunk(td_server_t *srv, const td_routing_id_t *to, uint64_t session,
                         uint64_t *seq, const uint32_t *toks, size_t n, const char *text, int done,
                         const char *stats, const char *error) {
-    Tandem__Envelope env;
-    Tandem__TokenChunk ch;
-    td_wire_token_chunk_init(&env, &ch, session, ++*seq);
-    ch.n_tokens = n;
-    ch.tokens = (uint32_t *)toks;
-    ch.text = (char *)(text ? text : "");
-    ch.done = done;
-    ch.stats_json = (char *)(stats ? stats : "");
-    ch.error = (char *)(error ? error : "");
+    td_msg_t env;
+    td_msg_init(&env, TD_BODY_TOKEN_CHUNK, session, ++*seq);
+    td_token_chunk_t *ch = &env.token_chunk;
+    ch->n_tokens = n;
+    ch->tokens = toks;
+    ch->text = text;
+    ch->done = done;
+    ch->stats_json = stats;
+    ch->error = error;
     td_err_t err = {0};
     if (td_server_send(srv, to, &env, &err) != TD_OK) {
         td_log(TD_LOG_WARN, "verifier: client gone: %s", err.msg);
@@ -89,8 +89,8 @@ static void s_refuse(td_server_t *srv, const td_routing_id_t *to, uint64_t sessi
 
 /* Turns a GenerateRequest into an engine job (*out), or answers it with an error. */
 static void s_submit(td_serve_engine_t *eng, td_server_t *srv, const td_routing_id_t *from,
-                     const Tandem__Envelope *req, req_t **out) {
-    const Tandem__GenerateRequest *g = req->generate_request;
+                     const td_msg_t *req, req_t **out) {
+    const td_generate_request_t *g = &req->generate_request;
     const uint64_t sid = req->session_id;
     *out = NULL;
     const char *ms = g->method && *g->method ? g->method : "ar";
@@ -143,9 +143,9 @@ static void s_submit(td_serve_engine_t *eng, td_server_t *srv, const td_routing_
     }
     int32_t im_end = rendered ? td_tokenizer_token_id(tok, "<|im_end|>") : -1;
     td_sampling_t sp = {0, 0, 1};
-    if (g->sampling)
-        sp = (td_sampling_t){g->sampling->temperature, (int)g->sampling->top_k,
-                             g->sampling->top_p > 0 ? g->sampling->top_p : 1};
+    if (g->has_sampling)
+        sp = (td_sampling_t){g->sampling.temperature, (int)g->sampling.top_k,
+                             g->sampling.top_p > 0 ? g->sampling.top_p : 1};
     td_serve_gen_t gg = {.prompt = ids,
                          .n_prompt = n,
                          .max_tokens = (int)g->max_tokens,
@@ -287,42 +287,40 @@ int td_cmd_verifier(int argc, char **argv) {
         fprintf(stderr, "tandem-verifier: %s\n", err.msg);
         goto out;
     }
-    const Tandem__Hello *hello = td_serve_engine_hello(eng);
+    const td_hello_t *hello = td_serve_engine_hello(eng);
     volatile sig_atomic_t *stop = td_cli_stop_on_signals();
     fprintf(stderr, "tandem-verifier: %s serving on %s (drafter: %s, %ld request(s) at once)\n",
             model, td_server_endpoint(srv), drafter ? drafter : "none", parallel);
     while (!*stop) {
         td_routing_id_t from;
-        Tandem__Envelope *env = NULL;
+        td_msg_t *env = NULL;
         /* with requests running, poll often: their tokens are streamed between messages */
         if (td_server_recv(srv, &from, &env, live ? 1 : 100, &err) == TD_RECV_OK) {
-            if (env->body_case == TANDEM__ENVELOPE__BODY_HELLO) {
+            if (env->body == TD_BODY_HELLO) {
                 /* clients send text, so their tokenizer does not matter; other roles must match */
-                if (env->hello->role == TANDEM__ROLE__ROLE_CLIENT) {
-                    Tandem__Envelope ack;
-                    Tandem__HelloAck body;
-                    td_wire_hello_ack_init(&ack, &body);
-                    body.accepted = 1;
-                    body.hello = (Tandem__Hello *)hello;
+                if (env->hello.role == TD_ROLE_CLIENT) {
+                    td_msg_t ack;
+                    td_msg_init(&ack, TD_BODY_HELLO_ACK, 0, 0);
+                    ack.hello_ack.accepted = 1;
+                    ack.hello_ack.has_hello = 1;
+                    ack.hello_ack.hello = *hello;
                     td_server_send(srv, &from, &ack, NULL);
                 } else {
-                    td_server_answer_hello(srv, &from, hello, env->hello, NULL);
+                    td_server_answer_hello(srv, &from, hello, &env->hello, NULL);
                 }
-            } else if (env->body_case == TANDEM__ENVELOPE__BODY_GENERATE_REQUEST) {
+            } else if (env->body == TD_BODY_GENERATE_REQUEST) {
                 req_t *r = NULL;
                 s_submit(eng, srv, &from, env, &r);
                 if (r) r->next = live, live = r;
-            } else if (env->body_case == TANDEM__ENVELOPE__BODY_HEARTBEAT) {
-                Tandem__Envelope hb;
-                Tandem__Heartbeat body;
-                td_wire_heartbeat_init(&hb, &body);
+            } else if (env->body == TD_BODY_HEARTBEAT) {
+                td_msg_t hb;
+                td_msg_init(&hb, TD_BODY_HEARTBEAT, 0, 0);
                 td_server_send(srv, &from, &hb, NULL);
             } else {
-                td_server_send_error(srv, &from, env->session_id, env->round,
-                                     TANDEM__ERROR_CODE__ERROR_UNSUPPORTED,
+                td_server_send_error(srv, &from, env->session_id, env->round, TD_PERR_UNSUPPORTED,
                                      "a verifier serves generate_request", NULL);
             }
-            td_wire_free(&env);
+            td_msg_free(&env);
         }
         for (req_t **pp = &live; *pp;) {
             req_t *r = *pp;

@@ -24,8 +24,8 @@ int td_is_dflash_dir(const char *dir) {
     return yes && td_dflash_config_load(dir, &c, &err) == TD_OK;
 }
 
-const Tandem__Hello *td_pair_drafter_hello(const td_pair_t *p) {
-    return p->ack && p->ack->hello_ack ? p->ack->hello_ack->hello : NULL;
+const td_hello_t *td_pair_drafter_hello(const td_pair_t *p) {
+    return p->ack && p->ack->hello_ack.has_hello ? &p->ack->hello_ack.hello : NULL;
 }
 
 static void *s_serve(void *arg) {
@@ -151,11 +151,9 @@ int td_pair_open(td_pair_t *p, const char *verifier_dir, const char *drafter,
     uint64_t h = tok ? td_tokenizer_hash(tok) : 0;
     snprintf(p->model_id, sizeof p->model_id, "%s", verifier_dir ? s_base(verifier_dir) : "client");
     td_checkpoint_tokenizer_origin(p->model_id, p->tok_name, sizeof p->tok_name);
-    tandem__hello__init(&p->hello);
     int vocab = p->verifier ? td_model_config(p->verifier)->n_vocab : 0;
-    td_wire_hello_fill(&p->hello,
-                       p->verifier ? TANDEM__ROLE__ROLE_VERIFIER : TANDEM__ROLE__ROLE_CLIENT,
-                       p->model_id, (uint32_t)vocab, -1, h, p->tok_name, NULL, 0);
+    td_hello_fill(&p->hello, p->verifier ? TD_ROLE_VERIFIER : TD_ROLE_CLIENT, p->model_id,
+                  (uint32_t)vocab, -1, h, p->tok_name, NULL, 0);
     if (p->fingerprint && !o->dflash_any_target) {
         p->fp_list[0] = p->fingerprint;
         p->hello.n_target_fingerprints = 1;
@@ -178,7 +176,7 @@ void td_pair_close(td_pair_t *p) {
     td_pipe_destroy(&p->ctl_thread);
     td_server_destroy(&p->srv);
     td_drafter_service_destroy(&p->svc);
-    td_wire_free(&p->ack);
+    td_msg_free(&p->ack);
     td_dflash_destroy(&p->dflash);
     td_tokenizer_destroy(&p->dtok);
     td_model_destroy(&p->drafter);

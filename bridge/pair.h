@@ -27,10 +27,10 @@ typedef struct td_pair {
     td_pipe_t *ctl, *ctl_thread; /* actor pipe to the drafter thread: ours, its end */
     td_client_t *dc;
     char endpoint[512];
-    Tandem__Hello hello;
+    td_hello_t hello;
     char model_id[256], tok_name[64];
     /* the drafter's HelloAck (its Hello: capabilities, dflash layers and block size) */
-    Tandem__Envelope *ack;
+    td_msg_t *ack;
     /* dflash: the in-process drafter (its target is the verifier), the verifier's fingerprint
      * (our Hello lists it so that a dflash drafter refuses another target) */
     td_dflash_t *dflash;
@@ -74,6 +74,6 @@ int td_is_endpoint(const char *s);
 int td_is_dflash_dir(const char *dir);
 
 /* The drafter's Hello from the handshake (NULL without a drafter). */
-const Tandem__Hello *td_pair_drafter_hello(const td_pair_t *p);
+const td_hello_t *td_pair_drafter_hello(const td_pair_t *p);
 
 #endif

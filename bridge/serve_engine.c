@@ -173,7 +173,7 @@ static void s_start_job(td_serve_engine_t *e, active_t *a, td_serve_job_t *j) {
     if (method == TD_METHOD_DFLASH) { /* the verifier sends the drafter's target features */
         so.feature_layers = e->flayers;
         so.n_feature_layers = e->n_flayers;
-        so.feature_type = TANDEM__FEATURE_TYPE__FEATURE_BF16;
+        so.feature_type = TD_FEATURE_BF16;
     }
     td_session_t *s = td_session_new(e->pair.verifier, &so, &err);
     /* a slot holds slot_ctx positions: a request that would run past it ends there */
@@ -369,8 +369,8 @@ td_serve_engine_t *td_serve_engine_new(const td_serve_engine_opts_t *o, td_err_t
     e->pair_open = 1;
     if (td_pair_open(&e->pair, e->vdir, e->o.drafter, &po, err) != TD_OK) goto fail;
     if (e->pair.dc && !(e->link = td_link_new(e->pair.dc, &e->pair.hello, err))) goto fail;
-    const Tandem__Hello *dh = td_pair_drafter_hello(&e->pair);
-    if (dh && td_wire_hello_has_capability(dh, "dflash") && dh->n_target_layers > 0 &&
+    const td_hello_t *dh = td_pair_drafter_hello(&e->pair);
+    if (dh && td_hello_has_capability(dh, "dflash") && dh->n_target_layers > 0 &&
         dh->n_target_layers <= TD_DFLASH_MAX_TARGET_LAYERS) {
         for (size_t i = 0; i < dh->n_target_layers; i++) e->flayers[i] = (int)dh->target_layers[i];
         e->n_flayers = (int)dh->n_target_layers;
@@ -462,7 +462,7 @@ void td_serve_engine_gen_defaults(const td_serve_engine_t *e, td_sampling_t *sp)
 }
 td_method_t td_serve_engine_method(const td_serve_engine_t *e) { return e->o.method; }
 
-const Tandem__Hello *td_serve_engine_hello(const td_serve_engine_t *e) { return &e->pair.hello; }
+const td_hello_t *td_serve_engine_hello(const td_serve_engine_t *e) { return &e->pair.hello; }
 
 int td_serve_engine_method_ok(const td_serve_engine_t *e, td_method_t m) {
     if (m == TD_METHOD_AR || m == e->o.method) return 1;

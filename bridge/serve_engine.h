@@ -94,7 +94,7 @@ int td_serve_engine_n_ctx(const td_serve_engine_t *e);
 void td_serve_engine_gen_defaults(const td_serve_engine_t *e, td_sampling_t *sp);
 td_method_t td_serve_engine_method(const td_serve_engine_t *e);
 /* The verifier's Hello (what peers handshake against). */
-const Tandem__Hello *td_serve_engine_hello(const td_serve_engine_t *e);
+const td_hello_t *td_serve_engine_hello(const td_serve_engine_t *e);
 /* Whether a request may pick method m with this engine's drafter. */
 int td_serve_engine_method_ok(const td_serve_engine_t *e, td_method_t m);
 /* Requests queued (waiting for a slot) and running now. */

@@ -56,8 +56,8 @@ struct td_drafter_service {
     td_drafter_opts_t opts;
     int V, n_ctx;
     session_t *sessions;
-    Tandem__Hello hello;
-    char *caps[6];
+    td_hello_t hello;
+    const char *caps[6];
     /* selfspec (evaluating chain states) and planned (filling spans), made on first use */
     td_selfspec_evaluator_t *ev;
     uint64_t fingerprint; /* 0 = not computed yet */
@@ -82,9 +82,7 @@ struct td_drafter_service {
     size_t fbuf_cap;
 };
 
-const Tandem__Hello *td_drafter_service_hello(const td_drafter_service_t *svc) {
-    return &svc->hello;
-}
+const td_hello_t *td_drafter_service_hello(const td_drafter_service_t *svc) { return &svc->hello; }
 
 td_drafter_service_t *td_drafter_service_new(td_model_t *m, const td_tokenizer_t *tok,
                                              const td_drafter_opts_t *opts, td_err_t *err) {
@@ -149,9 +147,8 @@ td_drafter_service_t *td_drafter_service_new(td_model_t *m, const td_tokenizer_t
                  "planned needs a masked-diffusion LM to fill spans; this drafter is causal (%s)",
                  td_arch_name(c->arch));
     }
-    tandem__hello__init(&s->hello);
-    td_wire_hello_fill(&s->hello, TANDEM__ROLE__ROLE_DRAFTER, s->model_id, (uint32_t)s->V,
-                       c->mask_token_id, td_tokenizer_hash(tok), s->tok_name, s->caps, (size_t)nc);
+    td_hello_fill(&s->hello, TD_ROLE_DRAFTER, s->model_id, (uint32_t)s->V, c->mask_token_id,
+                  td_tokenizer_hash(tok), s->tok_name, s->caps, (size_t)nc);
     if (s->df) {
         const td_dflash_config_t *dc = td_dflash_config(s->df);
         for (int i = 0; i < dc->n_target_layers; i++)
@@ -249,11 +246,10 @@ static session_t *s_create(td_drafter_service_t *s, uint64_t id) {
     return best;
 }
 
-static void s_reply_error(td_server_t *srv, const td_routing_id_t *to, const Tandem__Envelope *req,
-                          Tandem__ErrorCode code, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-static void s_reply_error(td_server_t *srv, const td_routing_id_t *to, const Tandem__Envelope *req,
-                          Tandem__ErrorCode code, const char *fmt, ...) {
+static void s_reply_error(td_server_t *srv, const td_routing_id_t *to, const td_msg_t *req,
+                          int code, const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+static void s_reply_error(td_server_t *srv, const td_routing_id_t *to, const td_msg_t *req,
+                          int code, const char *fmt, ...) {
     char msg[512];
     va_list ap;
     va_start(ap, fmt);
@@ -345,36 +341,36 @@ static int s_guess_next(td_drafter_service_t *s, session_t *ss, const int32_t *t
 }
 
 static void s_send_proposal(td_drafter_service_t *s, td_server_t *srv, const td_routing_id_t *from,
-                            const Tandem__Envelope *req, const dbuf_t *d, int apd, int predrafted) {
-    const Tandem__DraftRequest *r = req->draft_request;
+                            const td_msg_t *req, const dbuf_t *d, int apd, int predrafted) {
+    const td_draft_request_t *r = &req->draft_request;
     const int gamma = d->gamma;
-    Tandem__Envelope env;
-    Tandem__Proposal prop;
-    td_wire_proposal_init(&env, &prop, req->session_id, req->round);
+    td_msg_t env;
+    td_msg_init(&env, TD_BODY_PROPOSAL, req->session_id, req->round);
+    td_proposal_t *prop = &env.proposal;
     uint32_t toks[TD_WIRE_MAX_GAMMA];
     for (int j = 0; j < gamma; j++) toks[j] = (uint32_t)d->tok[j];
-    prop.n_tokens = (size_t)gamma;
-    prop.tokens = toks;
-    prop.predrafted = predrafted;
-    Tandem__SparseDist *dists = NULL, **dptr = NULL;
+    prop->n_tokens = (size_t)gamma;
+    prop->tokens = toks;
+    prop->predrafted = predrafted;
+    td_sparse_dist_t *dists = NULL;
     uint32_t *all_ids = NULL;
     float *all_probs = NULL, *all_logits = NULL;
     int K = r->dist_top_k ? (int)r->dist_top_k : DEFAULT_TOP_K;
     if (K > s->V) K = s->V;
     if (r->want_dist) {
         dists = calloc((size_t)gamma, sizeof *dists);
-        dptr = calloc((size_t)gamma, sizeof *dptr);
         all_ids = malloc((size_t)gamma * (size_t)K * sizeof *all_ids);
         all_probs = malloc((size_t)gamma * (size_t)K * sizeof *all_probs);
         all_logits = apd ? malloc((size_t)gamma * (size_t)K * sizeof *all_logits) : NULL;
-        if (!dists || !dptr || !all_ids || !all_probs || (apd && !all_logits)) {
-            s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_INTERNAL, "out of memory");
+        if (!dists || !all_ids || !all_probs || (apd && !all_logits)) {
+            s_reply_error(srv, from, req, TD_PERR_INTERNAL, "out of memory");
             goto out;
         }
         for (int j = 0; j < gamma; j++) {
             const float *qj = d->q + (size_t)j * s->V;
-            Tandem__SparseDist *sd = &dists[j];
-            tandem__sparse_dist__init(sd);
+            td_sparse_dist_t *sd = &dists[j];
+            uint32_t *ids = all_ids + (size_t)j * K;
+            float *probs = all_probs + (size_t)j * K;
             int k;
             float rest = 0;
             if (apd) {
@@ -386,31 +382,28 @@ static void s_send_proposal(td_drafter_service_t *s, td_server_t *srv, const td_
                 sd->logit_bound = bound;
                 sd->n_logits = (size_t)k;
                 sd->logits = all_logits + (size_t)j * K;
-                memcpy(sd->logits, s->vals, (size_t)k * sizeof(float));
+                memcpy(all_logits + (size_t)j * K, s->vals, (size_t)k * sizeof(float));
             } else {
                 k = td_dist_topk(qj, s->V, K, s->ids, s->probs, &rest);
             }
             sd->n_ids = sd->n_probs = (size_t)k;
-            sd->ids = all_ids + (size_t)j * K;
-            sd->probs = all_probs + (size_t)j * K;
-            for (int i = 0; i < k; i++)
-                sd->ids[i] = (uint32_t)s->ids[i], sd->probs[i] = s->probs[i];
+            sd->ids = ids;
+            sd->probs = probs;
+            for (int i = 0; i < k; i++) ids[i] = (uint32_t)s->ids[i], probs[i] = s->probs[i];
             sd->rest_mass = rest;
-            dptr[j] = sd;
         }
-        prop.n_dists = (size_t)gamma;
-        prop.dists = dptr;
+        prop->n_dists = (size_t)gamma;
+        prop->dists = dists;
     }
     /* everything this side did for the request, up to the send: drafting (or nothing, for a
      * pre-draft hit), the sparse rows, the session bookkeeping; the verifier counts the rest of
      * its round trip as transport (wire, encoding, wake-ups) */
-    prop.drafter_us = (uint64_t)((td_time_now() - s->t_request) * 1e6);
+    prop->drafter_us = (uint64_t)((td_time_now() - s->t_request) * 1e6);
     td_err_t err = {0};
     if (td_server_send(srv, from, &env, &err) != TD_OK)
         td_log(TD_LOG_WARN, "drafter: sending a proposal failed: %s", err.msg);
 out:
     free(dists);
-    free(dptr);
     free(all_ids);
     free(all_probs);
     free(all_logits);
@@ -419,29 +412,28 @@ out:
 /* Checks a DraftRequest and takes its text into the session: 1 with *ssp and *kp set, or 0 after
  * replying with an Error. */
 static int s_draft_prepare(td_drafter_service_t *s, td_server_t *srv, const td_routing_id_t *from,
-                           const Tandem__Envelope *req, session_t **ssp, dkey_t *kp) {
-    const Tandem__DraftRequest *r = req->draft_request;
+                           const td_msg_t *req, session_t **ssp, dkey_t *kp) {
+    const td_draft_request_t *r = &req->draft_request;
     const td_config_t *c = td_model_config(s->m);
     if (req->session_id == 0) {
-        s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_MALFORMED,
-                      "session id 0 is reserved");
+        s_reply_error(srv, from, req, TD_PERR_MALFORMED, "session id 0 is reserved");
         return 0;
     }
     session_t *ss = s_find(s, req->session_id);
     if (!ss) {
         if (r->base_len != 0) {
             s_reply_error(
-                srv, from, req, TANDEM__ERROR_CODE__ERROR_UNKNOWN_SESSION,
+                srv, from, req, TD_PERR_UNKNOWN_SESSION,
                 "unknown session (drafter restarted or evicted it): resend from base_len 0");
             return 0;
         }
         if (!(ss = s_create(s, req->session_id))) {
-            s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_INTERNAL, "out of memory");
+            s_reply_error(srv, from, req, TD_PERR_INTERNAL, "out of memory");
             return 0;
         }
     }
     if (r->base_len > (uint32_t)ss->n) {
-        s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_OUT_OF_ORDER,
+        s_reply_error(srv, from, req, TD_PERR_OUT_OF_ORDER,
                       "base_len %u is past the %d tokens this drafter holds", r->base_len, ss->n);
         return 0;
     }
@@ -449,14 +441,14 @@ static int s_draft_prepare(td_drafter_service_t *s, td_server_t *srv, const td_r
     int gamma = (int)r->gamma;
     /* +1: room for a pre-draft's bonus guess */
     if (n < 1 || n + 2 * gamma + 2 > s->n_ctx) {
-        s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_UNSUPPORTED,
+        s_reply_error(srv, from, req, TD_PERR_UNSUPPORTED,
                       "text of %lld tokens + drafts of %d do not fit the drafter's context of %d",
                       (long long)n, gamma, s->n_ctx);
         return 0;
     }
-    int apd = r->apd != NULL;
+    int apd = r->has_apd;
     if (apd && !c->is_diffusion) {
-        s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_UNSUPPORTED,
+        s_reply_error(srv, from, req, TD_PERR_UNSUPPORTED,
                       "APD needs a diffusion-LM drafter; this one is causal (%s)",
                       td_arch_name(c->arch));
         return 0;
@@ -469,14 +461,14 @@ static int s_draft_prepare(td_drafter_service_t *s, td_server_t *srv, const td_r
                 .steps = (int)r->steps,
                 .order = (int)r->order,
                 .apd = apd,
-                .kv_window = apd ? (int)r->apd->kv_window : 0,
+                .kv_window = apd ? (int)r->apd.kv_window : 0,
                 .temperature = 0,
                 .top_p = 1,
                 .seed = r->seed};
-    if (r->sampling) {
-        k.temperature = r->sampling->temperature;
-        k.top_k = (int)r->sampling->top_k;
-        k.top_p = r->sampling->top_p > 0 ? r->sampling->top_p : 1.0f;
+    if (r->has_sampling) {
+        k.temperature = r->sampling.temperature;
+        k.top_k = (int)r->sampling.top_k;
+        k.top_p = r->sampling.top_p > 0 ? r->sampling.top_p : 1.0f;
     }
     *ssp = ss, *kp = k;
     return 1;
@@ -486,36 +478,35 @@ static int s_draft_prepare(td_drafter_service_t *s, td_server_t *srv, const td_r
  * (before anything changes), the text taken and the rows appended to its context cache. 1 with
  * *ssp, *kp and *bp (the block) set, or 0 after replying with an Error. */
 static int s_dflash_take(td_drafter_service_t *s, td_server_t *srv, const td_routing_id_t *from,
-                         const Tandem__Envelope *req, session_t **ssp, dkey_t *kp, int *bp) {
-    const Tandem__DraftRequest *r = req->draft_request;
+                         const td_msg_t *req, session_t **ssp, dkey_t *kp, int *bp) {
+    const td_draft_request_t *r = &req->draft_request;
     const td_dflash_config_t *dc = td_dflash_config(s->df);
     const int fdim = td_dflash_feature_dim(s->df);
     const size_t rowbytes = (size_t)fdim * 2;
     session_t *ss = req->session_id ? s_find(s, req->session_id) : NULL;
     const int64_t n = (int64_t)r->base_len + (int64_t)r->n_prefix_delta;
-    int64_t rows = (int64_t)(r->features.len / rowbytes);
+    int64_t rows = (int64_t)(r->n_features / rowbytes);
     if (ss || r->base_len == 0) { /* else s_draft_prepare answers ERROR_UNKNOWN_SESSION */
-        if (r->features.len % rowbytes) {
-            s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_MALFORMED,
+        if (r->n_features % rowbytes) {
+            s_reply_error(srv, from, req, TD_PERR_MALFORMED,
                           "features: %zu bytes is not a whole number of rows of %d 16-bit values "
                           "(%d target layers x hidden %d)",
-                          r->features.len, fdim, dc->n_target_layers, dc->hidden);
+                          r->n_features, fdim, dc->n_target_layers, dc->hidden);
             return 0;
         }
-        if (rows > 0 && r->feature_type == TANDEM__FEATURE_TYPE__FEATURE_NONE) {
-            s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_MALFORMED,
-                          "features without a feature_type");
+        if (rows > 0 && r->feature_type == TD_FEATURE_NONE) {
+            s_reply_error(srv, from, req, TD_PERR_MALFORMED, "features without a feature_type");
             return 0;
         }
         int held = ss && r->base_len > 0 ? td_dflash_ctx_len(s->dctx[ss->slot]) : 0;
         if ((int64_t)r->feature_start != held) {
-            s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_OUT_OF_ORDER,
+            s_reply_error(srv, from, req, TD_PERR_OUT_OF_ORDER,
                           "feature_start %u, but this drafter holds the features of %d positions",
                           r->feature_start, held);
             return 0;
         }
         if ((int64_t)r->feature_start + rows != n - 1) {
-            s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_MALFORMED,
+            s_reply_error(srv, from, req, TD_PERR_MALFORMED,
                           "features cover positions %u..%lld; a text of %lld tokens needs every "
                           "position up to %lld",
                           r->feature_start, (long long)(r->feature_start + rows - 1), (long long)n,
@@ -526,7 +517,7 @@ static int s_dflash_take(td_drafter_service_t *s, td_server_t *srv, const td_rou
     int gamma = (int)r->gamma;
     int B = gamma + 1 > dc->block_size ? gamma + 1 : dc->block_size;
     if (B - 1 > (int)TD_WIRE_MAX_GAMMA || n - 1 + B > s->n_ctx) {
-        s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_UNSUPPORTED,
+        s_reply_error(srv, from, req, TD_PERR_UNSUPPORTED,
                       "a text of %lld tokens and a block of %d do not fit the drafter's context "
                       "of %d",
                       (long long)n, B, s->n_ctx);
@@ -546,11 +537,11 @@ static int s_dflash_take(td_drafter_service_t *s, td_server_t *srv, const td_rou
     if ((nf && !s->fbuf) || s_dbuf_reserve(d, B - 1, s->V, 0)) {
         td_dflash_ctx_reset(cx);
         d->gamma = 0;
-        s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_INTERNAL, "out of memory");
+        s_reply_error(srv, from, req, TD_PERR_INTERNAL, "out of memory");
         return 0;
     }
-    const uint8_t *b = r->features.data;
-    const int bf = r->feature_type == TANDEM__FEATURE_TYPE__FEATURE_BF16;
+    const uint8_t *b = r->features;
+    const int bf = r->feature_type == TD_FEATURE_BF16;
     for (size_t i = 0; i < nf; i++) {
         uint16_t h = (uint16_t)(b[2 * i] | (b[2 * i + 1] << 8));
         s->fbuf[i] = bf ? td_bf16_to_f32(h) : td_f16_to_f32(h);
@@ -558,8 +549,7 @@ static int s_dflash_take(td_drafter_service_t *s, td_server_t *srv, const td_rou
     if (td_dflash_ctx_append(cx, s->fbuf, (int)rows, &err) != TD_OK) {
         td_dflash_ctx_reset(cx);
         d->gamma = 0;
-        s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_INTERNAL, "drafting failed: %s",
-                      err.msg);
+        s_reply_error(srv, from, req, TD_PERR_INTERNAL, "drafting failed: %s", err.msg);
         return 0;
     }
     *ssp = ss, *bp = B;
@@ -583,14 +573,13 @@ static td_dflash_job_t s_dflash_job(td_drafter_service_t *s, session_t *ss, cons
 
 /* After a DFlash draft (rc): the proposal of gamma tokens, or an Error. */
 static void s_dflash_answer(td_drafter_service_t *s, td_server_t *srv, const td_routing_id_t *from,
-                            const Tandem__Envelope *req, session_t *ss, const dkey_t *k, int rc,
+                            const td_msg_t *req, session_t *ss, const dkey_t *k, int rc,
                             const td_err_t *err) {
     dbuf_t *d = &ss->cur;
     if (rc != TD_OK) {
         td_dflash_ctx_reset(s->dctx[ss->slot]);
         d->gamma = 0;
-        s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_INTERNAL, "drafting failed: %s",
-                      err->msg);
+        s_reply_error(srv, from, req, TD_PERR_INTERNAL, "drafting failed: %s", err->msg);
         return;
     }
     d->gamma = k->gamma;
@@ -601,7 +590,7 @@ static void s_dflash_answer(td_drafter_service_t *s, td_server_t *srv, const td_
 /* A DFlash draft: the request's features into the session's context, the block drafted in one
  * forward. */
 static void s_draft_dflash(td_drafter_service_t *s, td_server_t *srv, const td_routing_id_t *from,
-                           const Tandem__Envelope *req) {
+                           const td_msg_t *req) {
     session_t *ss;
     dkey_t k;
     int B;
@@ -615,7 +604,7 @@ static void s_draft_dflash(td_drafter_service_t *s, td_server_t *srv, const td_r
 }
 
 static void s_draft(td_drafter_service_t *s, td_server_t *srv, const td_routing_id_t *from,
-                    const Tandem__Envelope *req) {
+                    const td_msg_t *req) {
     if (s->df) {
         s_draft_dflash(s, srv, from, req);
         return;
@@ -644,8 +633,7 @@ static void s_draft(td_drafter_service_t *s, td_server_t *srv, const td_routing_
         ss->pre.gamma = 0;
         td_err_t err = {0};
         if (s_run_draft(s, ss, ss->tok, ss->n, &k, req->round, &ss->cur, &err) != TD_OK) {
-            s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_INTERNAL, "drafting failed: %s",
-                          err.msg);
+            s_reply_error(srv, from, req, TD_PERR_INTERNAL, "drafting failed: %s", err.msg);
             return;
         }
     }
@@ -669,7 +657,7 @@ static void s_draft(td_drafter_service_t *s, td_server_t *srv, const td_routing_
  * td_diffusion_draft_many) or in one block forward (DFlash: td_dflash_draft_many); each answer
  * equals the one s_draft would give alone. */
 static void s_draft_batch(td_drafter_service_t *s, td_server_t *srv, const td_routing_id_t *from,
-                          Tandem__Envelope **reqs, int n_req) {
+                          td_msg_t **reqs, int n_req) {
     session_t *ss[TD_DRAFTER_MAX_BATCH];
     dkey_t k[TD_DRAFTER_MAX_BATCH];
     td_sampling_t sp[TD_DRAFTER_MAX_BATCH];
@@ -701,8 +689,7 @@ static void s_draft_batch(td_drafter_service_t *s, td_server_t *srv, const td_ro
         ss[n]->pre.gamma = 0;
         if (s_draft_begin(s, ss[n], ss[n]->tok, ss[n]->n, &k[n], reqs[i]->round, &ss[n]->cur,
                           &sp[n], &rng[n], &err) != TD_OK) {
-            s_reply_error(srv, &from[i], reqs[i], TANDEM__ERROR_CODE__ERROR_INTERNAL,
-                          "drafting failed: %s", err.msg);
+            s_reply_error(srv, &from[i], reqs[i], TD_PERR_INTERNAL, "drafting failed: %s", err.msg);
             continue;
         }
         jobs[n] = (td_ar_job_t){.seq = ss[n]->slot,
@@ -731,40 +718,39 @@ static void s_draft_batch(td_drafter_service_t *s, td_server_t *srv, const td_ro
                        : td_ar_draft_many(s->m, s->kv, jobs, n, &err);
     s->batched_forwards += rc == TD_OK ? 1 : 0;
     for (int j = 0; j < n; j++) {
-        const Tandem__Envelope *req = reqs[idx[j]];
+        const td_msg_t *req = reqs[idx[j]];
         if (s_draft_end(s, ss[j], ss[j]->tok, ss[j]->n, &k[j], req->round, &ss[j]->cur, rc) !=
             TD_OK)
-            s_reply_error(srv, &from[idx[j]], req, TANDEM__ERROR_CODE__ERROR_INTERNAL,
-                          "drafting failed: %s", err.msg);
+            s_reply_error(srv, &from[idx[j]], req, TD_PERR_INTERNAL, "drafting failed: %s",
+                          err.msg);
         else
             s_send_proposal(s, srv, &from[idx[j]], req, &ss[j]->cur, 0, 0);
     }
 }
 
 static void s_full_row(td_drafter_service_t *s, td_server_t *srv, const td_routing_id_t *from,
-                       const Tandem__Envelope *req) {
-    const Tandem__FullRowRequest *r = req->full_row_request;
+                       const td_msg_t *req) {
+    const td_full_row_request_t *r = &req->full_row_request;
     session_t *ss = s_find(s, req->session_id);
     if (!ss || !ss->cur.gamma || ss->cur.round != req->round) {
-        s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_OUT_OF_ORDER,
+        s_reply_error(srv, from, req, TD_PERR_OUT_OF_ORDER,
                       "no proposal of this session and round to read a row from");
         return;
     }
-    if (r->position >= (uint32_t)ss->cur.gamma ||
-        (r->kind == TANDEM__ROW_KIND__ROW_LOGITS && !ss->cur.logits)) {
-        s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_MALFORMED,
+    if (r->position >= (uint32_t)ss->cur.gamma || (r->kind == TD_ROW_LOGITS && !ss->cur.logits)) {
+        s_reply_error(srv, from, req, TD_PERR_MALFORMED,
                       "row %u of kind %d is not available (proposal of %d tokens)", r->position,
                       (int)r->kind, ss->cur.gamma);
         return;
     }
-    Tandem__Envelope env;
-    Tandem__FullRow row;
-    td_wire_full_row_init(&env, &row, req->session_id, req->round);
-    row.position = r->position;
-    row.kind = r->kind;
-    row.n_values = (size_t)s->V;
-    row.values = (r->kind == TANDEM__ROW_KIND__ROW_LOGITS ? ss->cur.logits : ss->cur.q) +
-                 (size_t)r->position * s->V;
+    td_msg_t env;
+    td_msg_init(&env, TD_BODY_FULL_ROW, req->session_id, req->round);
+    td_full_row_t *row = &env.full_row;
+    row->position = r->position;
+    row->kind = r->kind;
+    row->n_values = (size_t)s->V;
+    row->values =
+        (r->kind == TD_ROW_LOGITS ? ss->cur.logits : ss->cur.q) + (size_t)r->position * s->V;
     td_err_t err = {0};
     if (td_server_send(srv, from, &env, &err) != TD_OK)
         td_log(TD_LOG_WARN, "drafter: sending a full row failed: %s", err.msg);
@@ -772,18 +758,18 @@ static void s_full_row(td_drafter_service_t *s, td_server_t *srv, const td_routi
 
 /* SelfspecEval: evaluate the chain states with this dLLM and answer their draft lists. */
 static void s_selfspec_eval(td_drafter_service_t *s, td_server_t *srv, const td_routing_id_t *from,
-                            const Tandem__Envelope *req) {
-    const Tandem__SelfspecEval *r = req->selfspec_eval;
+                            const td_msg_t *req) {
+    const td_selfspec_eval_t *r = &req->selfspec_eval;
     td_err_t err = {0};
     double t0 = td_time_now();
     if (!s->ev && !(s->ev = td_selfspec_evaluator_new(s->m, &err))) {
-        s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_UNSUPPORTED, "%s", err.msg);
+        s_reply_error(srv, from, req, TD_PERR_UNSUPPORTED, "%s", err.msg);
         return;
     }
     if (r->model_fingerprint) {
         if (!s->fingerprint) s->fingerprint = td_selfspec_fingerprint(s->m);
         if (s->fingerprint != r->model_fingerprint) {
-            s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_UNSUPPORTED,
+            s_reply_error(srv, from, req, TD_PERR_UNSUPPORTED,
                           "selfspec needs the same dLLM checkpoint in both processes: drafter %s "
                           "has fingerprint %016llx, the verifier's model %016llx",
                           s->model_id, (unsigned long long)s->fingerprint,
@@ -797,7 +783,7 @@ static void s_selfspec_eval(td_drafter_service_t *s, td_server_t *srv, const td_
     int tl[TD_SELFSPEC_MAX_K], cs[TD_SELFSPEC_MAX_K], counts[TD_SELFSPEC_MAX_K];
     int32_t pos[TD_SELFSPEC_MAX_K * TD_SELFSPEC_MAX_K], ids[TD_SELFSPEC_MAX_K * TD_SELFSPEC_MAX_K];
     if (!prefix || !tails) {
-        s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_INTERNAL, "out of memory");
+        s_reply_error(srv, from, req, TD_PERR_INTERNAL, "out of memory");
         goto out;
     }
     for (size_t i = 0; i < r->n_prefix; i++) prefix[i] = (int32_t)r->prefix[i];
@@ -807,9 +793,9 @@ static void s_selfspec_eval(td_drafter_service_t *s, td_server_t *srv, const td_
                                   ids, &err);
     if (rc != TD_OK) {
         s_reply_error(srv, from, req,
-                      rc == TD_ERR_ARG           ? TANDEM__ERROR_CODE__ERROR_MALFORMED
-                      : rc == TD_ERR_UNSUPPORTED ? TANDEM__ERROR_CODE__ERROR_UNSUPPORTED
-                                                 : TANDEM__ERROR_CODE__ERROR_INTERNAL,
+                      rc == TD_ERR_ARG           ? TD_PERR_MALFORMED
+                      : rc == TD_ERR_UNSUPPORTED ? TD_PERR_UNSUPPORTED
+                                                 : TD_PERR_INTERNAL,
                       "selfspec evaluation failed: %s", err.msg);
         goto out;
     }
@@ -823,15 +809,15 @@ static void s_selfspec_eval(td_drafter_service_t *s, td_server_t *srv, const td_
             uids[m] = (uint32_t)ids[i * k + d];
         }
     }
-    Tandem__Envelope env;
-    Tandem__SelfspecDrafts ans;
-    td_wire_selfspec_drafts_init(&env, &ans, req->session_id, req->round);
-    ans.n_counts = (size_t)n;
-    ans.counts = ucounts;
-    ans.n_positions = ans.n_tokens = m;
-    ans.positions = upos;
-    ans.tokens = uids;
-    ans.drafter_us = (uint64_t)((td_time_now() - t0) * 1e6);
+    td_msg_t env;
+    td_msg_init(&env, TD_BODY_SELFSPEC_DRAFTS, req->session_id, req->round);
+    td_selfspec_drafts_t *ans = &env.selfspec_drafts;
+    ans->n_counts = (size_t)n;
+    ans->counts = ucounts;
+    ans->n_positions = ans->n_tokens = m;
+    ans->positions = upos;
+    ans->tokens = uids;
+    ans->drafter_us = (uint64_t)((td_time_now() - t0) * 1e6);
     if (td_server_send(srv, from, &env, &err) != TD_OK)
         td_log(TD_LOG_WARN, "drafter: sending selfspec drafts failed: %s", err.msg);
 out:
@@ -841,12 +827,12 @@ out:
 
 /* PlannedFill: fill one stage's spans with td_planned_fill and answer the scaffold. */
 static void s_planned_fill(td_drafter_service_t *s, td_server_t *srv, const td_routing_id_t *from,
-                           const Tandem__Envelope *req) {
-    const Tandem__PlannedFill *r = req->planned_fill;
+                           const td_msg_t *req) {
+    const td_planned_fill_t *r = &req->planned_fill;
     td_err_t err = {0};
     double t0 = td_time_now();
     if (!s->have_tags) {
-        s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_UNSUPPORTED,
+        s_reply_error(srv, from, req, TD_PERR_UNSUPPORTED,
                       "this drafter (%s) cannot fill planned spans: %s", s->model_id, s->tags_err);
         return;
     }
@@ -854,7 +840,7 @@ static void s_planned_fill(td_drafter_service_t *s, td_server_t *srv, const td_r
                              s->tags.topic_close, s->tags.sync,        s->tags.pad};
     for (int i = 0; i < 6; i++)
         if ((int32_t)r->tags[i] != mine[i]) {
-            s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_UNSUPPORTED,
+            s_reply_error(srv, from, req, TD_PERR_UNSUPPORTED,
                           "plan tag %d is id %u on the planner but %d on drafter %s: the "
                           "checkpoints' tokenizers disagree",
                           i, r->tags[i], mine[i], s->model_id);
@@ -875,7 +861,7 @@ static void s_planned_fill(td_drafter_service_t *s, td_server_t *srv, const td_r
                 *sc_rows = malloc((size_t)need * sizeof *sc_rows);
     uint32_t *usc = malloc((size_t)need * sizeof *usc);
     if (!ctx || !sc || !sc_rows || !usc || (r->n_context_rows && !rows)) {
-        s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_INTERNAL, "out of memory");
+        s_reply_error(srv, from, req, TD_PERR_INTERNAL, "out of memory");
         goto out;
     }
     for (int i = 0; i < n_ctx; i++) ctx[i] = (int32_t)r->context[i];
@@ -887,10 +873,10 @@ static void s_planned_fill(td_drafter_service_t *s, td_server_t *srv, const td_r
     td_planned_params_t pp = td_planned_params_default();
     pp.steps_ratio = r->steps_ratio;
     pp.dense = r->dense;
-    if (r->sampling) {
-        pp.sampling.temperature = r->sampling->temperature;
-        pp.sampling.top_k = (int)r->sampling->top_k;
-        pp.sampling.top_p = r->sampling->top_p > 0 ? r->sampling->top_p : 1.0f;
+    if (r->has_sampling) {
+        pp.sampling.temperature = r->sampling.temperature;
+        pp.sampling.top_k = (int)r->sampling.top_k;
+        pp.sampling.top_p = r->sampling.top_p > 0 ? r->sampling.top_p : 1.0f;
     }
     td_rng_t rng;
     for (int i = 0; i < 4; i++) rng.s[i] = r->rng_state[i];
@@ -898,23 +884,21 @@ static void s_planned_fill(td_drafter_service_t *s, td_server_t *srv, const td_r
     int n_sc = td_planned_fill(s->m, &s->tags, ctx, rows, n_ctx, &plan, &pp, &rng, sc, sc_rows, cap,
                                &st, &err);
     if (n_sc < 0) {
-        s_reply_error(srv, from, req,
-                      n_sc == TD_ERR_ARG ? TANDEM__ERROR_CODE__ERROR_UNSUPPORTED
-                                         : TANDEM__ERROR_CODE__ERROR_INTERNAL,
+        s_reply_error(srv, from, req, n_sc == TD_ERR_ARG ? TD_PERR_UNSUPPORTED : TD_PERR_INTERNAL,
                       "drafter %s: %s", s->model_id, err.msg);
         goto out;
     }
     for (int i = 0; i < n_sc; i++) usc[i] = (uint32_t)sc[i];
-    Tandem__Envelope env;
-    Tandem__PlannedFilled ans;
-    td_wire_planned_filled_init(&env, &ans, req->session_id, req->round);
-    ans.n_scaffold = (size_t)n_sc;
-    ans.scaffold = usc;
-    ans.n_rng_state = 4;
-    ans.rng_state = rng.s;
-    ans.forwards = (uint32_t)st.diffusion_forwards;
-    ans.span_steps = (uint32_t)st.span_steps;
-    ans.drafter_us = (uint64_t)((td_time_now() - t0) * 1e6);
+    td_msg_t env;
+    td_msg_init(&env, TD_BODY_PLANNED_FILLED, req->session_id, req->round);
+    td_planned_filled_t *ans = &env.planned_filled;
+    ans->n_scaffold = (size_t)n_sc;
+    ans->scaffold = usc;
+    ans->n_rng_state = 4;
+    ans->rng_state = rng.s;
+    ans->forwards = (uint32_t)st.diffusion_forwards;
+    ans->span_steps = (uint32_t)st.span_steps;
+    ans->drafter_us = (uint64_t)((td_time_now() - t0) * 1e6);
     if (td_server_send(srv, from, &env, &err) != TD_OK)
         td_log(TD_LOG_WARN, "drafter: sending a planned fill failed: %s", err.msg);
 out:
@@ -926,44 +910,43 @@ out:
 }
 
 void td_drafter_service_handle(td_drafter_service_t *s, td_server_t *srv,
-                               const td_routing_id_t *from, const Tandem__Envelope *req) {
+                               const td_routing_id_t *from, const td_msg_t *req) {
     td_err_t err = {0};
     s->t_request = td_time_now();
-    switch (req->body_case) {
-    case TANDEM__ENVELOPE__BODY_HELLO:
-        if (td_server_answer_hello(srv, from, &s->hello, req->hello, &err) == TD_OK)
+    switch (req->body) {
+    case TD_BODY_HELLO:
+        if (td_server_answer_hello(srv, from, &s->hello, &req->hello, &err) == TD_OK)
             s_peer_add(s, from);
         else
             td_log(TD_LOG_WARN, "drafter: refused a peer: %s", err.msg);
         return;
-    case TANDEM__ENVELOPE__BODY_HEARTBEAT: {
-        Tandem__Envelope env;
-        Tandem__Heartbeat hb;
-        td_wire_heartbeat_init(&env, &hb);
-        td_server_send(srv, from, &env, NULL);
+    case TD_BODY_HEARTBEAT: {
+        td_msg_t hb;
+        td_msg_init(&hb, TD_BODY_HEARTBEAT, 0, 0);
+        td_server_send(srv, from, &hb, NULL);
         return;
     }
     default:
         break;
     }
     if (!s_peer_known(s, from)) {
-        s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_NO_HANDSHAKE, "send a Hello first");
+        s_reply_error(srv, from, req, TD_PERR_NO_HANDSHAKE, "send a Hello first");
         return;
     }
-    switch (req->body_case) {
-    case TANDEM__ENVELOPE__BODY_DRAFT_REQUEST:
+    switch (req->body) {
+    case TD_BODY_DRAFT_REQUEST:
         s_draft(s, srv, from, req);
         break;
-    case TANDEM__ENVELOPE__BODY_FULL_ROW_REQUEST:
+    case TD_BODY_FULL_ROW_REQUEST:
         s_full_row(s, srv, from, req);
         break;
-    case TANDEM__ENVELOPE__BODY_SELFSPEC_EVAL:
+    case TD_BODY_SELFSPEC_EVAL:
         s_selfspec_eval(s, srv, from, req);
         break;
-    case TANDEM__ENVELOPE__BODY_PLANNED_FILL:
+    case TD_BODY_PLANNED_FILL:
         s_planned_fill(s, srv, from, req);
         break;
-    case TANDEM__ENVELOPE__BODY_CLOSE_SESSION: {
+    case TD_BODY_CLOSE_SESSION: {
         session_t *ss = s_find(s, req->session_id);
         if (ss) {
             td_kv_cache_crop(s->kv, ss->slot, 0);
@@ -972,23 +955,22 @@ void td_drafter_service_handle(td_drafter_service_t *s, td_server_t *srv,
         }
         break;
     }
-    case TANDEM__ENVELOPE__BODY_OPEN_SESSION:
-    case TANDEM__ENVELOPE__BODY_COMMIT:
+    case TD_BODY_OPEN_SESSION:
+    case TD_BODY_COMMIT:
         /* sessions start with their first DraftRequest, whose delta carries the accepted text */
         break;
     default:
-        s_reply_error(srv, from, req, TANDEM__ERROR_CODE__ERROR_UNSUPPORTED,
-                      "a drafter does not handle %s", td_wire_body_name(req));
+        s_reply_error(srv, from, req, TD_PERR_UNSUPPORTED, "a drafter does not handle %s",
+                      td_msg_body_name(req->body));
     }
 }
 
 /* Whether req can join a batch: a DraftRequest (not APD) from a known peer, for a causal,
  * diffusion or DFlash drafter without pre-drafting, for a session not already in the batch. */
-static int s_batchable(td_drafter_service_t *s, const td_routing_id_t *from,
-                       Tandem__Envelope **batch, int n, const Tandem__Envelope *req) {
-    if (req->body_case != TANDEM__ENVELOPE__BODY_DRAFT_REQUEST || s->opts.predraft ||
-        req->draft_request->apd || !s_peer_known(s, from) || n >= TD_DRAFTER_MAX_BATCH ||
-        n >= s->opts.max_sessions - 1)
+static int s_batchable(td_drafter_service_t *s, const td_routing_id_t *from, td_msg_t **batch,
+                       int n, const td_msg_t *req) {
+    if (req->body != TD_BODY_DRAFT_REQUEST || s->opts.predraft || req->draft_request.has_apd ||
+        !s_peer_known(s, from) || n >= TD_DRAFTER_MAX_BATCH || n >= s->opts.max_sessions - 1)
         return 0;
     for (int i = 0; i < n; i++)
         if (batch[i]->session_id == req->session_id) return 0;
@@ -999,7 +981,7 @@ static int s_batchable(td_drafter_service_t *s, const td_routing_id_t *from,
  * that arrived together are drafted together. */
 static void s_serve_waiting(td_drafter_service_t *svc, td_server_t *srv) {
     td_routing_id_t from[TD_DRAFTER_MAX_BATCH];
-    Tandem__Envelope *env[TD_DRAFTER_MAX_BATCH];
+    td_msg_t *env[TD_DRAFTER_MAX_BATCH];
     int n = 0;
     td_err_t err = {0};
     while (n < TD_DRAFTER_MAX_BATCH &&
@@ -1014,7 +996,7 @@ static void s_serve_waiting(td_drafter_service_t *svc, td_server_t *srv) {
             j = i + 1;
             td_drafter_service_handle(svc, srv, &from[i], env[i]);
         }
-        for (; i < j; i++) td_wire_free(&env[i]);
+        for (; i < j; i++) td_msg_free(&env[i]);
     }
 }
 

@@ -43,10 +43,10 @@ td_drafter_service_t *td_drafter_service_new(td_model_t *m, const td_tokenizer_t
                                              const td_drafter_opts_t *opts, td_err_t *err);
 void td_drafter_service_destroy(td_drafter_service_t **self_p);
 
-/* Handles one received envelope from peer `from`, replying through srv. Never fails the caller:
+/* Handles one received message from peer `from`, replying through srv. Never fails the caller:
  * problems become Error replies (and a log line). */
 void td_drafter_service_handle(td_drafter_service_t *svc, td_server_t *srv,
-                               const td_routing_id_t *from, const Tandem__Envelope *req);
+                               const td_routing_id_t *from, const td_msg_t *req);
 
 /* Serves on srv until *stop is set (checked at least every 100 ms; for a process stopped by a
  * signal handler). Returns TD_OK. */
@@ -67,7 +67,7 @@ long td_drafter_service_batched_forwards(const td_drafter_service_t *svc);
 void td_drafter_service_predraft_stats(const td_drafter_service_t *svc, long *hits, long *misses);
 
 /* This side's Hello (role DRAFTER); strings borrowed from the service. */
-const Tandem__Hello *td_drafter_service_hello(const td_drafter_service_t *svc);
+const td_hello_t *td_drafter_service_hello(const td_drafter_service_t *svc);
 
 #ifdef __cplusplus
 }

@@ -16,7 +16,7 @@ static void s_emit_all(const td_run_ctx_t *c, const int32_t *out, int n) {
 }
 
 td_spec_params_t td_run_spec_params(td_method_t m, const td_run_params_t *p,
-                                    const Tandem__Hello *hello) {
+                                    const td_hello_t *hello) {
     td_spec_params_t s = td_spec_params_default(m);
     s.gamma = p->gamma;
     s.steps = p->steps;
@@ -59,8 +59,8 @@ static td_session_opts_t s_opts(const td_run_ctx_t *c, td_link_t *link, const td
  * TD_OK or TD_ERR_ARG (no dflash drafter behind the link). */
 static int s_dflash_opts(const td_run_ctx_t *c, const td_run_params_t *p, td_spec_params_t *sp,
                          td_session_opts_t *o, int *layers, td_err_t *err) {
-    const Tandem__Hello *h = c->drafter_hello;
-    if (!h || !td_wire_hello_has_capability(h, "dflash") || !h->n_target_layers ||
+    const td_hello_t *h = c->drafter_hello;
+    if (!h || !td_hello_has_capability(h, "dflash") || !h->n_target_layers ||
         h->n_target_layers > 64)
         return td_err_set(err, TD_ERR_ARG,
                           "dflash needs a dflash drafter (its Hello lists no target layers)");

@@ -83,7 +83,8 @@ typedef struct td_run_params {
     int draft_k;       /* selfspec */
     float steps_ratio; /* planned (<= 0: its default) */
     int dense;         /* planned: dense span attention */
-    /* dflash: the features' wire type (Tandem__FeatureType: 1 F16, 2 BF16; 0 = BF16). Its gamma
+    /* dflash: the features' wire type (TD_FEATURE_* of drafter/dflash.h: 1 F16, 2 BF16; 0 = BF16).
+     * Its gamma
      * <= 0 means the drafter's block_size - 1 (the default) */
     int feature_type;
     /* ar, diffusion: ids never generated (planned's fallback passes its plan tags); borrowed */
@@ -104,17 +105,17 @@ typedef struct td_run_stats {
 
 /* What a request runs with. Borrowed; unused members may be NULL. */
 typedef struct td_run_ctx {
-    td_model_t *verifier; /* the causal target; planned: the planner (NULL: the dLLM, causally);
-                             remote selfspec: the same dLLM the drafter runs */
-    td_model_t *dllm;     /* in-process diffusion LM (diffusion, selfspec, planned) */
-    td_client_t *dc;      /* connected drafter (spec methods; remote selfspec / planned) */
-    const Tandem__Hello *hello; /* our Hello, to handshake again with a restarted drafter */
+    td_model_t *verifier;    /* the causal target; planned: the planner (NULL: the dLLM, causally);
+                                remote selfspec: the same dLLM the drafter runs */
+    td_model_t *dllm;        /* in-process diffusion LM (diffusion, selfspec, planned) */
+    td_client_t *dc;         /* connected drafter (spec methods; remote selfspec / planned) */
+    const td_hello_t *hello; /* our Hello, to handshake again with a restarted drafter */
     /* the drafter's Hello (from the handshake's ack): dflash reads its target_layers and
      * block_size */
-    const Tandem__Hello *drafter_hello;
-    const td_tokenizer_t *tok;  /* the tokenizer of the model planned plans with (plan tags) */
-    uint64_t session;           /* drafter session id (nonzero) */
-    td_token_cb cb;             /* optional: each token (see TD_CAP_STREAMS); non-zero stops */
+    const td_hello_t *drafter_hello;
+    const td_tokenizer_t *tok; /* the tokenizer of the model planned plans with (plan tags) */
+    uint64_t session;          /* drafter session id (nonzero) */
+    td_token_cb cb;            /* optional: each token (see TD_CAP_STREAMS); non-zero stops */
     void *ud;
 } td_run_ctx_t;
 
@@ -149,7 +150,7 @@ td_run_params_t td_run_params_default(td_method_t m);
 
 /* The speculative loop's parameters for p (the one conversion). */
 td_spec_params_t td_run_spec_params(td_method_t m, const td_run_params_t *p,
-                                    const Tandem__Hello *hello);
+                                    const td_hello_t *hello);
 
 /* The method list for messages: "ar, spec-ar, ..." */
 const char *td_method_list(void);

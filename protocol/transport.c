@@ -1,6 +1,7 @@
 /* transport.c - ZeroMQ ROUTER/DEALER links carrying tandem envelopes, CURVE keys and the ZAP
  * handler that checks client keys (see transport.h, docs/protocol.md). */
 #include "protocol/transport.h"
+#include "protocol/transport_wire.h"
 
 #include <zmq.h>
 
@@ -624,8 +625,8 @@ void td_server_set_limits(td_server_t *self, const td_wire_limits_t *limits) {
     self->limits = s_limits(limits);
 }
 
-int td_server_recv(td_server_t *self, td_routing_id_t *from, Tandem__Envelope **out, int timeout_ms,
-                   td_err_t *err) {
+int td_server_recv_env(td_server_t *self, td_routing_id_t *from, Tandem__Envelope **out,
+                       int timeout_ms, td_err_t *err) {
     td_err_t local = {0};
     if (!err) err = &local;
     *out = NULL;
@@ -662,8 +663,8 @@ int td_server_recv(td_server_t *self, td_routing_id_t *from, Tandem__Envelope **
     return rc;
 }
 
-int td_server_send(td_server_t *self, const td_routing_id_t *to, const Tandem__Envelope *env,
-                   td_err_t *err) {
+int td_server_send_env(td_server_t *self, const td_routing_id_t *to, const Tandem__Envelope *env,
+                       td_err_t *err) {
     zmq_msg_t m;
     int rc = s_pack_msg(env, &m, err);
     if (rc) return rc;
@@ -682,8 +683,7 @@ int td_server_send(td_server_t *self, const td_routing_id_t *to, const Tandem__E
 }
 
 int td_server_send_error(td_server_t *self, const td_routing_id_t *to, uint64_t session_id,
-                         uint64_t round, Tandem__ErrorCode code, const char *message,
-                         td_err_t *err) {
+                         uint64_t round, int code, const char *message, td_err_t *err) {
     Tandem__Envelope env;
     Tandem__Error body;
     char msg[TD_WIRE_MAX_STRING];
@@ -692,12 +692,13 @@ int td_server_send_error(td_server_t *self, const td_routing_id_t *to, uint64_t 
     for (const char *p = message ? message : ""; *p && n + 1 < sizeof msg; p++)
         msg[n++] = (*p & 0x80) ? '?' : *p;
     msg[n] = 0;
-    td_wire_error_init(&env, &body, session_id, round, code, msg);
-    return td_server_send(self, to, &env, err);
+    td_wire_error_init(&env, &body, session_id, round, (Tandem__ErrorCode)code, msg);
+    return td_server_send_env(self, to, &env, err);
 }
 
-int td_server_answer_hello(td_server_t *self, const td_routing_id_t *to, const Tandem__Hello *ours,
-                           const Tandem__Hello *theirs, td_err_t *err) {
+int td_server_answer_hello_env(td_server_t *self, const td_routing_id_t *to,
+                               const Tandem__Hello *ours, const Tandem__Hello *theirs,
+                               td_err_t *err) {
     Tandem__Envelope env;
     Tandem__HelloAck ack;
     Tandem__Error eb;
@@ -708,7 +709,7 @@ int td_server_answer_hello(td_server_t *self, const td_routing_id_t *to, const T
     if (compat == TD_OK) {
         ack.accepted = 1;
         ack.hello = (Tandem__Hello *)ours;
-        return td_server_send(self, to, &env, err);
+        return td_server_send_env(self, to, &env, err);
     }
     tandem__error__init(&eb);
     eb.code = code;
@@ -717,7 +718,7 @@ int td_server_answer_hello(td_server_t *self, const td_routing_id_t *to, const T
     ack.hello = (Tandem__Hello *)ours;
     ack.error = &eb;
     td_log(TD_LOG_WARN, "%s: refused a peer: %s", self->endpoint, why.msg);
-    int rc = td_server_send(self, to, &env, err);
+    int rc = td_server_send_env(self, to, &env, err);
     if (rc) return rc;
     return td_err_set(err, TD_ERR_UNSUPPORTED, "%s", why.msg);
 }
@@ -806,7 +807,7 @@ void td_client_set_limits(td_client_t *self, const td_wire_limits_t *limits) {
     self->limits = s_limits(limits);
 }
 
-int td_client_send(td_client_t *self, const Tandem__Envelope *env, td_err_t *err) {
+int td_client_send_env(td_client_t *self, const Tandem__Envelope *env, td_err_t *err) {
     zmq_msg_t m;
     int rc = s_pack_msg(env, &m, err);
     if (rc) return rc;
@@ -820,7 +821,7 @@ int td_client_send(td_client_t *self, const Tandem__Envelope *env, td_err_t *err
     return TD_OK;
 }
 
-int td_client_recv(td_client_t *self, Tandem__Envelope **out, int timeout_ms, td_err_t *err) {
+int td_client_recv_env(td_client_t *self, Tandem__Envelope **out, int timeout_ms, td_err_t *err) {
     *out = NULL;
     if (!s_wait(self->sock, timeout_ms, self->spin_us)) return TD_RECV_TIMEOUT;
     int rc = s_recv_payload(self->sock, &self->limits, out, err);
@@ -834,17 +835,17 @@ int td_client_send_heartbeat(td_client_t *self, td_err_t *err) {
     Tandem__Envelope env;
     Tandem__Heartbeat hb;
     td_wire_heartbeat_init(&env, &hb);
-    return td_client_send(self, &env, err);
+    return td_client_send_env(self, &env, err);
 }
 
-int td_client_handshake(td_client_t *self, const Tandem__Hello *ours, Tandem__Envelope **ack,
-                        int timeout_ms, td_err_t *err) {
+int td_client_handshake_env(td_client_t *self, const Tandem__Hello *ours, Tandem__Envelope **ack,
+                            int timeout_ms, td_err_t *err) {
     if (ack) *ack = NULL;
     Tandem__Envelope env;
     Tandem__Hello unused;
     td_wire_hello_init(&env, &unused);
     env.hello = (Tandem__Hello *)ours;
-    int rc = td_client_send(self, &env, err);
+    int rc = td_client_send_env(self, &env, err);
     if (rc) return rc;
     double deadline = td_time_now() + (timeout_ms < 0 ? 1e9 : timeout_ms / 1000.0);
     for (;;) {
@@ -853,7 +854,7 @@ int td_client_handshake(td_client_t *self, const Tandem__Hello *ours, Tandem__En
             return td_err_set(err, TD_ERR_IO, "%s: no answer to the handshake within %d ms",
                               self->endpoint, timeout_ms);
         Tandem__Envelope *in = NULL;
-        int r = td_client_recv(self, &in, (int)(left * 1000.0) + 1, err);
+        int r = td_client_recv_env(self, &in, (int)(left * 1000.0) + 1, err);
         if (r == TD_RECV_TIMEOUT) continue;
         if (r == TD_RECV_MALFORMED) return td_err_prefix(err, "%s: handshake", self->endpoint);
         if (in->body_case == TANDEM__ENVELOPE__BODY_HEARTBEAT) {
@@ -891,6 +892,67 @@ int td_client_handshake(td_client_t *self, const Tandem__Hello *ours, Tandem__En
             td_wire_free(&in);
         return rc;
     }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * td_msg_t over the links (the conversions of protocol/msg.c around the envelope calls) */
+
+/* A valid envelope that cannot be converted (out of memory) is dropped and reported as
+ * TD_RECV_MALFORMED with err's code TD_ERR_NOMEM: every receive loop already survives that. */
+static int s_recv_msg(int rc, Tandem__Envelope **env, td_msg_t **out, td_err_t *err) {
+    if (rc != TD_RECV_OK) return rc;
+    return td_wire_to_msg(env, out, err) == TD_OK ? TD_RECV_OK : TD_RECV_MALFORMED;
+}
+
+int td_server_recv(td_server_t *self, td_routing_id_t *from, td_msg_t **out, int timeout_ms,
+                   td_err_t *err) {
+    Tandem__Envelope *env = NULL;
+    *out = NULL;
+    return s_recv_msg(td_server_recv_env(self, from, &env, timeout_ms, err), &env, out, err);
+}
+
+int td_client_recv(td_client_t *self, td_msg_t **out, int timeout_ms, td_err_t *err) {
+    Tandem__Envelope *env = NULL;
+    *out = NULL;
+    return s_recv_msg(td_client_recv_env(self, &env, timeout_ms, err), &env, out, err);
+}
+
+/* Sends m through the envelope sender (server: srv and to; client: cl). */
+static int s_send_msg(td_server_t *srv, const td_routing_id_t *to, td_client_t *cl,
+                      const td_msg_t *m, td_err_t *err) {
+    td_wire_env_t w;
+    int rc = td_wire_from_msg(m, &w, err);
+    if (rc == TD_OK)
+        rc = srv ? td_server_send_env(srv, to, &w.env, err) : td_client_send_env(cl, &w.env, err);
+    td_wire_env_release(&w);
+    return rc;
+}
+
+int td_server_send(td_server_t *self, const td_routing_id_t *to, const td_msg_t *m, td_err_t *err) {
+    return s_send_msg(self, to, NULL, m, err);
+}
+
+int td_client_send(td_client_t *self, const td_msg_t *m, td_err_t *err) {
+    return s_send_msg(NULL, NULL, self, m, err);
+}
+
+int td_server_answer_hello(td_server_t *self, const td_routing_id_t *to, const td_hello_t *ours,
+                           const td_hello_t *theirs, td_err_t *err) {
+    Tandem__Hello a, b;
+    td_wire_hello_from_msg(ours, &a);
+    td_wire_hello_from_msg(theirs, &b);
+    return td_server_answer_hello_env(self, to, &a, &b, err);
+}
+
+int td_client_handshake(td_client_t *self, const td_hello_t *ours, td_msg_t **ack, int timeout_ms,
+                        td_err_t *err) {
+    Tandem__Hello h;
+    Tandem__Envelope *env = NULL;
+    if (ack) *ack = NULL;
+    td_wire_hello_from_msg(ours, &h);
+    int rc = td_client_handshake_env(self, &h, ack ? &env : NULL, timeout_ms, err);
+    if (rc == TD_OK && ack) rc = td_wire_to_msg(&env, ack, err);
+    return rc;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -1029,7 +1091,7 @@ int td_client_send_draft_request(td_client_t *c, const td_draft_args_t *a, td_er
     }
     r.feature_type = (Tandem__FeatureType)a->feature_type;
     r.feature_start = (uint32_t)(a->feature_start > 0 ? a->feature_start : 0);
-    int rc = td_client_send(c, &env, err);
+    int rc = td_client_send_env(c, &env, err);
     free(delta);
     free(feat);
     return rc;
@@ -1042,12 +1104,12 @@ int td_client_send_full_row_request(td_client_t *c, uint64_t session, uint64_t r
     td_wire_full_row_request_init(&env, &r, session, round);
     r.position = (uint32_t)pos;
     r.kind = logits ? TANDEM__ROW_KIND__ROW_LOGITS : TANDEM__ROW_KIND__ROW_PROBS;
-    return td_client_send(c, &env, err);
+    return td_client_send_env(c, &env, err);
 }
 
 int td_client_send_close_session(td_client_t *c, uint64_t session, td_err_t *err) {
     Tandem__Envelope env;
     Tandem__CloseSession cs;
     td_wire_close_session_init(&env, &cs, session);
-    return td_client_send(c, &env, err);
+    return td_client_send_env(c, &env, err);
 }

@@ -1,10 +1,12 @@
 /* transport.h - tandem's ZeroMQ links: a ROUTER where a worker serves, a DEALER where it asks.
  *
- * One tandem envelope (protocol/wire.h) per message. The server sees [routing id][envelope] and
- * answers a peer by its routing id; the client sends and receives bare envelopes. Every socket has
- * ZMQ_LINGER 0; every receive takes a timeout; every received message is decoded and validated
- * (td_wire_unpack) before it is returned, and a malformed one is answered with an Error, logged,
- * and reported to the caller as -2, so a worker loop keeps serving.
+ * One tandem envelope per message, seen here as a td_msg_t (protocol/msg.h; the protobuf form
+ * is protocol/'s own: protocol/transport_wire.h has the envelope-level calls the wire tests use).
+ * The server sees [routing id][envelope] and answers a peer by its routing id; the client sends and
+ * receives bare envelopes. Every socket has ZMQ_LINGER 0; every receive takes a timeout; every
+ * received message is decoded and validated (td_wire_unpack) before it is converted and returned,
+ * and a malformed one is answered with an Error, logged, and reported to the caller as
+ * TD_RECV_MALFORMED, so a worker loop keeps serving.
  *
  * Endpoints: tcp://HOST:PORT (PORT * = any free port, see td_server_endpoint), ipc://PATH,
  * inproc://NAME (both sides must use the same context: td_transport_context_shared()).
@@ -18,7 +20,7 @@
 #define TD_TRANSPORT_H
 
 #include "common/td_common.h"
-#include "protocol/wire.h"
+#include "protocol/msg.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -91,28 +93,29 @@ void td_server_set_limits(td_server_t *self, const td_wire_limits_t *limits);
 enum { TD_RECV_OK = 0, TD_RECV_TIMEOUT = 1, TD_RECV_MALFORMED = 2 };
 
 /* Waits up to timeout_ms (-1 = forever, 0 = poll) for one message. Returns TD_RECV_OK with *out
- * (release with td_wire_free) and *from set; TD_RECV_TIMEOUT on timeout or interruption (*out
- * NULL); TD_RECV_MALFORMED when a message
+ * (release with td_msg_free; it owns the decoded buffer its arrays point into) and *from set;
+ * TD_RECV_TIMEOUT on timeout or interruption (*out NULL); TD_RECV_MALFORMED when a message
  * arrived but was malformed: *from names the sender, err says why (code TD_ERR_FORMAT), the
- * sender has been answered with an Error (ERROR_MALFORMED) and the problem logged. */
-int td_server_recv(td_server_t *self, td_routing_id_t *from, Tandem__Envelope **out, int timeout_ms,
+ * sender has been answered with an Error (ERROR_MALFORMED) and the problem logged (a valid
+ * message that could not be converted for want of memory: TD_RECV_MALFORMED too, err's code
+ * TD_ERR_NOMEM, nothing answered). */
+int td_server_recv(td_server_t *self, td_routing_id_t *from, td_msg_t **out, int timeout_ms,
                    td_err_t *err);
 
-/* Validates env and sends it to the peer `to`. Returns TD_OK; TD_ERR_FORMAT when env is invalid;
- * TD_ERR_IO when the peer is unknown or gone (ZMQ_ROUTER_MANDATORY) or the send timed out. */
-int td_server_send(td_server_t *self, const td_routing_id_t *to, const Tandem__Envelope *env,
-                   td_err_t *err);
+/* Encodes m (borrowed), validates it and sends it to the peer `to`. Returns TD_OK; TD_ERR_FORMAT
+ * when m is invalid; TD_ERR_IO when the peer is unknown or gone (ZMQ_ROUTER_MANDATORY) or the
+ * send timed out; TD_ERR_NOMEM. */
+int td_server_send(td_server_t *self, const td_routing_id_t *to, const td_msg_t *m, td_err_t *err);
 
-/* Sends an Error envelope (session, round, code, message) to `to`. As td_server_send. */
+/* Sends an Error (session, round, code: td_proto_error_t, message) to `to`. As td_server_send. */
 int td_server_send_error(td_server_t *self, const td_routing_id_t *to, uint64_t session_id,
-                         uint64_t round, Tandem__ErrorCode code, const char *message,
-                         td_err_t *err);
+                         uint64_t round, int code, const char *message, td_err_t *err);
 
-/* Answers a peer's Hello: accepted (HelloAck with ours) when td_wire_hello_compatible, refused
+/* Answers a peer's Hello: accepted (HelloAck with ours) when td_hello_compatible, refused
  * (HelloAck with an Error naming both sides' tokenizers or versions) otherwise. Returns TD_OK
  * when accepted and sent, TD_ERR_UNSUPPORTED when refused (err says why), or a send error. */
-int td_server_answer_hello(td_server_t *self, const td_routing_id_t *to, const Tandem__Hello *ours,
-                           const Tandem__Hello *theirs, td_err_t *err);
+int td_server_answer_hello(td_server_t *self, const td_routing_id_t *to, const td_hello_t *ours,
+                           const td_hello_t *theirs, td_err_t *err);
 
 /* ---- client (DEALER) ---- */
 
@@ -127,21 +130,21 @@ const char *td_client_endpoint(const td_client_t *self);
 void *td_client_socket(td_client_t *self);
 void td_client_set_limits(td_client_t *self, const td_wire_limits_t *limits);
 
-/* Validates and sends env. TD_OK; TD_ERR_FORMAT when env is invalid; TD_ERR_IO when the send
- * timed out or failed. */
-int td_client_send(td_client_t *self, const Tandem__Envelope *env, td_err_t *err);
+/* Encodes, validates and sends m (borrowed). TD_OK; TD_ERR_FORMAT when m is invalid; TD_ERR_IO
+ * when the send timed out or failed; TD_ERR_NOMEM. */
+int td_client_send(td_client_t *self, const td_msg_t *m, td_err_t *err);
 
 /* As td_server_recv, without the routing id: TD_RECV_OK, TD_RECV_TIMEOUT (or interrupted),
  * TD_RECV_MALFORMED (logged; a client does not answer malformed messages). */
-int td_client_recv(td_client_t *self, Tandem__Envelope **out, int timeout_ms, td_err_t *err);
+int td_client_recv(td_client_t *self, td_msg_t **out, int timeout_ms, td_err_t *err);
 
 /* The handshake from the asking side: sends a Hello (ours) and waits up to timeout_ms for the
  * HelloAck, skipping heartbeats. Returns TD_OK when accepted and the peer's Hello is compatible
- * (then *ack, if non-NULL, holds the HelloAck envelope: release with td_wire_free);
+ * (then *ack, if non-NULL, holds the HelloAck message: release with td_msg_free);
  * TD_ERR_UNSUPPORTED when refused by either side (message names both tokenizers or versions);
  * TD_ERR_IO on timeout; TD_ERR_FORMAT on an unexpected answer. */
-int td_client_handshake(td_client_t *self, const Tandem__Hello *ours, Tandem__Envelope **ack,
-                        int timeout_ms, td_err_t *err);
+int td_client_handshake(td_client_t *self, const td_hello_t *ours, td_msg_t **ack, int timeout_ms,
+                        td_err_t *err);
 
 /* Sends a Heartbeat stamped with td_wire_now_us(). As td_client_send. */
 int td_client_send_heartbeat(td_client_t *self, td_err_t *err);
@@ -188,7 +191,7 @@ typedef struct td_draft_args {
     int base_len;         /* tokens of the text the drafter already holds */
     const int32_t *delta; /* the text from base_len on */
     int n_delta;
-    int gamma, steps, order; /* order: Tandem__UnmaskOrder value (td_unmask_order_t) */
+    int gamma, steps, order; /* TD_ORDER_* (drafter/draft.h) */
     float temperature, top_p;
     int top_k;
     uint64_t seed;
@@ -197,7 +200,7 @@ typedef struct td_draft_args {
     float apd_mixture;
     int apd_kv_window;
     /* dflash: feature rows [feature_rows, feature_dim] f32 (already rounded to feature_type),
-     * sent as 16-bit feature_type values (Tandem__FeatureType) starting at position
+     * sent as 16-bit feature_type values (TD_FEATURE_*, drafter/dflash.h) starting at position
      * feature_start; NULL / 0 rows: none */
     const float *features;
     int feature_rows, feature_dim, feature_start, feature_type;

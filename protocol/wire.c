@@ -687,47 +687,7 @@ void td_wire_free(Tandem__Envelope **env_p) {
 }
 
 const char *td_wire_body_name(const Tandem__Envelope *env) {
-    if (!env) return "none";
-    switch (env->body_case) {
-    case TANDEM__ENVELOPE__BODY__NOT_SET:
-        return "none";
-    case TANDEM__ENVELOPE__BODY_HELLO:
-        return "hello";
-    case TANDEM__ENVELOPE__BODY_HELLO_ACK:
-        return "hello_ack";
-    case TANDEM__ENVELOPE__BODY_OPEN_SESSION:
-        return "open_session";
-    case TANDEM__ENVELOPE__BODY_CLOSE_SESSION:
-        return "close_session";
-    case TANDEM__ENVELOPE__BODY_DRAFT_REQUEST:
-        return "draft_request";
-    case TANDEM__ENVELOPE__BODY_PROPOSAL:
-        return "proposal";
-    case TANDEM__ENVELOPE__BODY_FULL_ROW_REQUEST:
-        return "full_row_request";
-    case TANDEM__ENVELOPE__BODY_FULL_ROW:
-        return "full_row";
-    case TANDEM__ENVELOPE__BODY_COMMIT:
-        return "commit";
-    case TANDEM__ENVELOPE__BODY_ERROR:
-        return "error";
-    case TANDEM__ENVELOPE__BODY_HEARTBEAT:
-        return "heartbeat";
-    case TANDEM__ENVELOPE__BODY_GENERATE_REQUEST:
-        return "generate_request";
-    case TANDEM__ENVELOPE__BODY_TOKEN_CHUNK:
-        return "token_chunk";
-    case TANDEM__ENVELOPE__BODY_SELFSPEC_EVAL:
-        return "selfspec_eval";
-    case TANDEM__ENVELOPE__BODY_SELFSPEC_DRAFTS:
-        return "selfspec_drafts";
-    case TANDEM__ENVELOPE__BODY_PLANNED_FILL:
-        return "planned_fill";
-    case TANDEM__ENVELOPE__BODY_PLANNED_FILLED:
-        return "planned_filled";
-    default:
-        return "unknown";
-    }
+    return td_msg_body_name(env ? (td_body_t)env->body_case : TD_BODY_NONE);
 }
 
 const char *td_wire_role_name(int role) {
@@ -901,65 +861,22 @@ void td_wire_hello_fill(Tandem__Hello *hello, Tandem__Role role, const char *mod
     hello->n_capabilities = n_capabilities;
 }
 
-static const char *s_str(const char *s, const char *dflt) { return s && s[0] ? s : dflt; }
-
-static void s_fp_list(const Tandem__Hello *h, char *out, size_t cap) {
-    size_t o = 0;
-    out[0] = 0;
-    for (size_t i = 0; i < h->n_target_fingerprints && o + 24 < cap; i++)
-        o += (size_t)snprintf(out + o, cap - o, "%s0x%016llx", i ? ", " : "",
-                              (unsigned long long)h->target_fingerprints[i]);
-}
-
 int td_wire_hello_compatible(const Tandem__Hello *ours, const Tandem__Hello *theirs,
                              Tandem__ErrorCode *code, td_err_t *err) {
-    if (theirs->protocol_version != ours->protocol_version) {
-        if (code) *code = TANDEM__ERROR_CODE__ERROR_VERSION;
-        return td_err_set(err, TD_ERR_UNSUPPORTED,
-                          "protocol version mismatch: %s %s speaks version %u, %s %s speaks %u",
-                          td_wire_role_name(ours->role), s_str(ours->model_id, "(no model id)"),
-                          ours->protocol_version, td_wire_role_name(theirs->role),
-                          s_str(theirs->model_id, "(no model id)"), theirs->protocol_version);
-    }
-    /* A client exchanges text with a verifier, never token ids: its tokenizer does not matter. */
-    int client =
-        ours->role == TANDEM__ROLE__ROLE_CLIENT || theirs->role == TANDEM__ROLE__ROLE_CLIENT;
-    if (!client && theirs->tokenizer_hash != ours->tokenizer_hash) {
-        if (code) *code = TANDEM__ERROR_CODE__ERROR_TOKENIZER_MISMATCH;
-        return td_err_set(
-            err, TD_ERR_UNSUPPORTED,
-            "tokenizers differ: %s %s uses tokenizer %s (hash %016llx), %s %s uses "
-            "tokenizer %s (hash %016llx)",
-            td_wire_role_name(ours->role), s_str(ours->model_id, "(no model id)"),
-            s_str(ours->tokenizer_name, "(unnamed)"), (unsigned long long)ours->tokenizer_hash,
-            td_wire_role_name(theirs->role), s_str(theirs->model_id, "(no model id)"),
-            s_str(theirs->tokenizer_name, "(unnamed)"), (unsigned long long)theirs->tokenizer_hash);
-    }
-    /* a DFlash drafter lists the targets it was trained for; a verifier that pairs with one lists
-     * its own fingerprint: when both list some, one must be shared */
-    if (ours->n_target_fingerprints && theirs->n_target_fingerprints) {
-        for (size_t i = 0; i < ours->n_target_fingerprints; i++)
-            for (size_t j = 0; j < theirs->n_target_fingerprints; j++)
-                if (ours->target_fingerprints[i] == theirs->target_fingerprints[j]) return TD_OK;
-        char a[256], b[256];
-        s_fp_list(ours, a, sizeof a);
-        s_fp_list(theirs, b, sizeof b);
-        if (code) *code = TANDEM__ERROR_CODE__ERROR_UNSUPPORTED;
-        return td_err_set(err, TD_ERR_UNSUPPORTED,
-                          "target models differ: %s %s has target fingerprints [%s], %s %s has "
-                          "[%s] (a dflash drafter pairs only with the target it was trained for; "
-                          "tandem-drafter --dflash-any-target overrides)",
-                          td_wire_role_name(ours->role), s_str(ours->model_id, "(no model id)"), a,
-                          td_wire_role_name(theirs->role), s_str(theirs->model_id, "(no model id)"),
-                          b);
-    }
-    return TD_OK;
+    td_hello_t a, b;
+    td_wire_hello_to_msg(ours, &a);
+    td_wire_hello_to_msg(theirs, &b);
+    int c = TD_PERR_UNSPECIFIED;
+    int rc = td_hello_compatible(&a, &b, &c, err);
+    if (code) *code = (Tandem__ErrorCode)c;
+    return rc;
 }
 
 int td_wire_hello_has_capability(const Tandem__Hello *hello, const char *cap) {
-    for (size_t i = 0; hello && i < hello->n_capabilities; i++)
-        if (hello->capabilities[i] && !strcmp(hello->capabilities[i], cap)) return 1;
-    return 0;
+    if (!hello) return 0;
+    td_hello_t h;
+    td_wire_hello_to_msg(hello, &h);
+    return td_hello_has_capability(&h, cap);
 }
 
 uint64_t td_wire_hash64(const void *data, size_t len) {

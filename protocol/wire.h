@@ -8,11 +8,16 @@
  *
  * Building a message: declare the envelope and the body on the stack, call the body's
  * td_wire_<body>_init (sets the version, session, round and links the body), fill the body's
- * fields (arrays are borrowed pointers), then td_wire_pack or td_client_send / td_server_send. */
+ * fields (arrays are borrowed pointers), then td_wire_pack or td_client_send_env.
+ *
+ * This header is protocol/'s own (and that of tests/ and fuzz/, which test the wire format): the
+ * rest of tandem speaks protocol/msg.h's plain types, converted here (td_wire_from_msg /
+ * td_wire_to_msg). scripts/check-layers.sh refuses it anywhere else. */
 #ifndef TD_WIRE_H
 #define TD_WIRE_H
 
 #include "common/td_common.h"
+#include "protocol/msg.h"
 #include "protocol/tandem.pb-c.h"
 
 #include <stddef.h>
@@ -21,35 +26,6 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-/* The protocol version this build speaks; Envelope.version and Hello.protocol_version carry it. */
-#define TD_PROTOCOL_VERSION 1u
-
-/* Default and hard limits (see docs/protocol.md, "Limits and validation"). */
-#define TD_WIRE_MAX_MESSAGE_DEFAULT (64u << 20) /* bytes of one packed envelope */
-#define TD_WIRE_MAX_TOKENS_DEFAULT (1u << 20)   /* tokens in one array (prompt, delta) */
-#define TD_WIRE_MAX_VOCAB (1u << 24)            /* vocab_size, FullRow length */
-#define TD_WIRE_MAX_GAMMA 256u                  /* draft length, proposal tokens */
-#define TD_WIRE_MAX_STEPS 1024u                 /* diffusion steps */
-#define TD_WIRE_MAX_DIST_TOP_K 1024u            /* entries of one SparseDist */
-#define TD_WIRE_MAX_STRING 4096u                /* bytes of a model id, message, reason */
-#define TD_WIRE_MAX_CAPABILITIES 64u
-#define TD_WIRE_MAX_LOOKAHEAD 65536u
-#define TD_WIRE_MAX_SELFSPEC_K 16u  /* selfspec: states per SelfspecEval, drafts per state */
-#define TD_WIRE_MAX_PLAN_SPANS 64u  /* planned: spans per PlannedFill */
-#define TD_WIRE_MAX_TARGET_LAYERS 64u      /* dflash: Hello.target_layers */
-#define TD_WIRE_MAX_TARGET_FINGERPRINTS 16u /* dflash: Hello.target_fingerprints */
-#define TD_WIRE_PROB_TOLERANCE 1e-3 /* |sum(probs) + rest_mass - 1| */
-
-typedef struct td_wire_limits {
-    size_t max_message; /* bytes; 0 = TD_WIRE_MAX_MESSAGE_DEFAULT */
-    uint32_t
-        vocab_size; /* token ids must be < vocab_size, FullRow has this length; 0 = unchecked */
-    uint32_t max_tokens; /* per token array; 0 = TD_WIRE_MAX_TOKENS_DEFAULT */
-} td_wire_limits_t;
-
-/* The defaults: 64 MiB messages, token ids unchecked against a vocabulary, 1 Mi tokens. */
-td_wire_limits_t td_wire_limits_default(void);
 
 /* Checks an envelope (decoded or built) against the rules of docs/protocol.md: version, a known
  * body, session id nonzero for session messages, every enum, range, length and probability.
@@ -78,13 +54,6 @@ void td_wire_free(Tandem__Envelope **env_p);
 
 /* "hello", "draft_request", ... for logs; "none" when no body is set, "unknown" otherwise. */
 const char *td_wire_body_name(const Tandem__Envelope *env);
-/* "drafter", "verifier", "client" or "unspecified". */
-const char *td_wire_role_name(int role);
-/* "malformed", "version", ... for logs. */
-const char *td_wire_error_code_name(int code);
-
-/* Microseconds on a monotonic clock (for Heartbeat.sent_us and drafter time). */
-uint64_t td_wire_now_us(void);
 
 /* Constructors: each initialises env (version TD_PROTOCOL_VERSION, session_id, round) and body
  * (the message's defaults) and makes body env's body. Fill the body's fields afterwards; the
@@ -134,23 +103,58 @@ void td_wire_hello_fill(Tandem__Hello *hello, Tandem__Role role, const char *mod
                         uint32_t vocab_size, int32_t mask_token_id, uint64_t tokenizer_hash,
                         const char *tokenizer_name, char **capabilities, size_t n_capabilities);
 
-/* Whether a peer whose Hello is theirs can work with us (ours): same protocol version and the
- * same tokenizer hash (not checked when either side is a CLIENT, which exchanges text). Returns
- * TD_OK; or TD_ERR_UNSUPPORTED with a message naming both sides' models and tokenizers, and *code
- * (when non-NULL) the ErrorCode to answer with. */
+/* td_hello_compatible (protocol/msg.h) on protobuf Hellos. */
 int td_wire_hello_compatible(const Tandem__Hello *ours, const Tandem__Hello *theirs,
                              Tandem__ErrorCode *code, td_err_t *err);
 
-/* Whether the Hello lists capability cap (exact match). */
+/* td_hello_has_capability on a protobuf Hello. */
 int td_wire_hello_has_capability(const Tandem__Hello *hello, const char *cap);
 
-/* FNV-1a 64-bit hash of len bytes. (Hello.tokenizer_hash is td_tokenizer_hash, which is
- * defined over the tokenizer's contents, not a file's bytes: see model/tokenizer.h.) */
-uint64_t td_wire_hash64(const void *data, size_t len);
+/* ---- conversion between envelopes and td_msg_t (protocol/msg.c) ---- */
 
-/* The seed a drafter uses for round `round` of a session whose DraftRequest.seed is `seed`. Both
- * sides derive it, so a drafter can draft round r+1 before it is asked (pre-drafting). */
-uint64_t td_draft_round_seed(uint64_t seed, uint64_t round);
+/* The protobuf structs of one envelope built from a td_msg_t: they borrow the message's arrays
+ * and strings; only a Proposal's distributions are allocated (td_wire_env_release frees them). */
+typedef struct td_wire_env {
+    Tandem__Envelope env;
+    union {
+        Tandem__Hello hello;
+        Tandem__HelloAck hello_ack;
+        Tandem__OpenSession open_session;
+        Tandem__CloseSession close_session;
+        Tandem__DraftRequest draft_request;
+        Tandem__Proposal proposal;
+        Tandem__FullRowRequest full_row_request;
+        Tandem__FullRow full_row;
+        Tandem__Commit commit;
+        Tandem__Error error;
+        Tandem__Heartbeat heartbeat;
+        Tandem__GenerateRequest generate_request;
+        Tandem__TokenChunk token_chunk;
+        Tandem__SelfspecEval selfspec_eval;
+        Tandem__SelfspecDrafts selfspec_drafts;
+        Tandem__PlannedFill planned_fill;
+        Tandem__PlannedFilled planned_filled;
+    } b;
+    /* optional submessages of the body */
+    Tandem__Sampling sampling;
+    Tandem__ApdSettings apd;
+    Tandem__Hello hello;
+    Tandem__Error error;
+    Tandem__SparseDist *dists, **dist_ptrs;
+} td_wire_env_t;
+
+/* Builds w->env from m (not validated here: the send or td_wire_pack does it). TD_OK;
+ * TD_ERR_FORMAT for an unknown body; TD_ERR_NOMEM. Pair with td_wire_env_release. */
+int td_wire_from_msg(const td_msg_t *m, td_wire_env_t *w, td_err_t *err);
+void td_wire_env_release(td_wire_env_t *w);
+
+/* Wraps a decoded, validated envelope in a new td_msg_t that takes it over (*env_p NULLed; on
+ * failure the envelope is freed). TD_OK or TD_ERR_NOMEM. */
+int td_wire_to_msg(Tandem__Envelope **env_p, td_msg_t **out, td_err_t *err);
+
+/* A Hello one way or the other (borrowing strings and arrays). */
+void td_wire_hello_to_msg(const Tandem__Hello *h, td_hello_t *out);
+void td_wire_hello_from_msg(const td_hello_t *h, Tandem__Hello *out);
 
 #ifdef __cplusplus
 }

@@ -22,6 +22,7 @@
 #include "tests/tdstats.h"
 #include "model/checkpoint.h"
 #include "model/model.h"
+#include "protocol/wire.h"
 #include "tests/tdmodel.h"
 #include "tests/tdtest.h"
 #include "tests/tdproc.h"
@@ -277,7 +278,7 @@ static int s_run(td_pair_t *pair, td_method_t m, td_run_params_t *p, const int32
 TD_TEST(greedy_equals_ar) {
     td_pair_t pair;
     if (!s_pair(&pair, NULL)) return;
-    CHECK(td_wire_hello_has_capability(td_pair_drafter_hello(&pair), "dflash"));
+    CHECK(td_hello_has_capability(td_pair_drafter_hello(&pair), "dflash"));
     CHECK_EQ_INT(td_pair_drafter_hello(&pair)->block_size, 8);
     int gammas[] = {7, 15, 3};
     long drafted = 0, accepted = 0, rounds = 0;
@@ -398,29 +399,28 @@ typedef struct fake {
 
 static void *s_fake_serve(void *arg) {
     fake_t *f = arg;
-    Tandem__Hello hello;
-    tandem__hello__init(&hello);
-    char *caps[] = {"dflash"};
+    td_hello_t hello;
+    const char *caps[] = {"dflash"};
     uint32_t layers[] = {1, 3, 5};
-    td_wire_hello_fill(&hello, TANDEM__ROLE__ROLE_DRAFTER, "fake", 4096, -1, 0, "fake", caps, 1);
+    td_hello_fill(&hello, TD_ROLE_DRAFTER, "fake", 4096, -1, 0, "fake", caps, 1);
     hello.n_target_layers = 3, hello.target_layers = layers, hello.block_size = 8;
     while (!f->stop) {
         td_routing_id_t from;
-        Tandem__Envelope *req = NULL;
+        td_msg_t *req = NULL;
         td_err_t err = {0};
         if (td_server_recv(f->srv, &from, &req, 50, &err) != TD_RECV_OK) continue;
-        if (req->body_case == TANDEM__ENVELOPE__BODY_HELLO) {
-            hello.tokenizer_hash = req->hello->tokenizer_hash;
-            td_server_answer_hello(f->srv, &from, &hello, req->hello, NULL);
-        } else if (req->body_case == TANDEM__ENVELOPE__BODY_DRAFT_REQUEST) {
-            const Tandem__DraftRequest *r = req->draft_request;
+        if (req->body == TD_BODY_HELLO) {
+            hello.tokenizer_hash = req->hello.tokenizer_hash;
+            td_server_answer_hello(f->srv, &from, &hello, &req->hello, NULL);
+        } else if (req->body == TD_BODY_DRAFT_REQUEST) {
+            const td_draft_request_t *r = &req->draft_request;
             int n = (int)(r->base_len + r->n_prefix_delta);
-            int rows = (int)(r->features.len / ((size_t)f->fdim * 2));
+            int rows = (int)(r->n_features / ((size_t)f->fdim * 2));
             if (r->base_len == 0) f->held = 0;
             if ((int)r->feature_start != f->held || (int)r->feature_start + rows != n - 1 ||
-                r->feature_type != TANDEM__FEATURE_TYPE__FEATURE_BF16)
+                r->feature_type != TD_FEATURE_BF16)
                 f->bad_invariant++;
-            const uint8_t *b = r->features.data;
+            const uint8_t *b = r->features;
             for (int i = 0; i < rows && r->feature_start + i < FK_MAXPOS; i++)
                 for (int j = 0; j < f->fdim; j++) {
                     size_t k = (size_t)i * f->fdim + j;
@@ -428,9 +428,8 @@ static void *s_fake_serve(void *arg) {
                         td_bf16_to_f32((uint16_t)(b[2 * k] | (b[2 * k + 1] << 8)));
                 }
             f->held = n - 1;
-            Tandem__Envelope env;
-            Tandem__Proposal prop;
-            td_wire_proposal_init(&env, &prop, req->session_id, req->round);
+            td_msg_t env;
+            td_msg_init(&env, TD_BODY_PROPOSAL, req->session_id, req->round);
             uint32_t toks[256];
             int g = (int)r->gamma, wrong = (int)(f->requests % (uint64_t)(g + 1));
             for (int j = 0; j < g; j++) {
@@ -439,10 +438,10 @@ static void *s_fake_serve(void *arg) {
                 if (j == wrong) toks[j] = (toks[j] + 1) % 4096; /* wrong == g: all right */
             }
             f->requests++;
-            prop.n_tokens = (size_t)g, prop.tokens = toks;
+            env.proposal.n_tokens = (size_t)g, env.proposal.tokens = toks;
             td_server_send(f->srv, &from, &env, NULL);
         }
-        td_wire_free(&req);
+        td_msg_free(&req);
     }
     return NULL;
 }
@@ -469,10 +468,9 @@ TD_TEST(features_of_accepted_rows) {
     pthread_t th;
     REQUIRE(pthread_create(&th, NULL, s_fake_serve, &f) == 0);
     td_client_t *dc = td_client_new(ep, NULL, &err);
-    Tandem__Hello ours;
-    tandem__hello__init(&ours);
-    td_wire_hello_fill(&ours, TANDEM__ROLE__ROLE_VERIFIER, "v", 4096, -1, 0, "v", NULL, 0);
-    Tandem__Envelope *ack = NULL;
+    td_hello_t ours;
+    td_hello_fill(&ours, TD_ROLE_VERIFIER, "v", 4096, -1, 0, "v", NULL, 0);
+    td_msg_t *ack = NULL;
     int rc = dc ? td_client_handshake(dc, &ours, &ack, 5000, &err) : TD_ERR;
     CHECK_MSG(rc == TD_OK, "handshake: %s", err.msg);
     if (rc == TD_OK) {
@@ -482,7 +480,7 @@ TD_TEST(features_of_accepted_rows) {
         td_run_ctx_t c = {.verifier = v,
                           .dc = dc,
                           .hello = &ours,
-                          .drafter_hello = ack->hello_ack->hello,
+                          .drafter_hello = &ack->hello_ack.hello,
                           .session = 7};
         rc = td_method_run(TD_METHOD_DFLASH, &c, &pd, s_prompts[1], NP, got, &sd, &err);
         CHECK_MSG(rc == TD_OK, "dflash: %s", err.msg);
@@ -527,7 +525,7 @@ TD_TEST(features_of_accepted_rows) {
     }
     f.stop = 1;
     pthread_join(th, NULL);
-    td_wire_free(&ack);
+    td_msg_free(&ack);
     td_client_destroy(&dc);
     td_server_destroy(&f.srv);
     free(f.rows);
@@ -679,12 +677,12 @@ TD_TEST(malformed_features_refused) {
     struct {
         int base, n_delta, rows, start, cut, code;
     } cases[] = {
-        {0, 8, 7, 0, 2, TANDEM__ERROR_CODE__ERROR_MALFORMED},    /* 2 bytes short */
-        {0, 8, 6, 0, 0, TANDEM__ERROR_CODE__ERROR_MALFORMED},    /* a row missing */
-        {0, 8, 7, 1, 0, TANDEM__ERROR_CODE__ERROR_OUT_OF_ORDER}, /* starts at 1, holds none */
-        {0, 8, 7, 0, 0, 0},                                      /* good */
-        {8, 0, 0, 7, 0, 0},                                      /* nothing new: fine */
-        {8, 0, 1, 6, 0, TANDEM__ERROR_CODE__ERROR_OUT_OF_ORDER}, /* rewrites a held row */
+        {0, 8, 7, 0, 2, TD_PERR_MALFORMED},    /* 2 bytes short */
+        {0, 8, 6, 0, 0, TD_PERR_MALFORMED},    /* a row missing */
+        {0, 8, 7, 1, 0, TD_PERR_OUT_OF_ORDER}, /* starts at 1, holds none */
+        {0, 8, 7, 0, 0, 0},                    /* good */
+        {8, 0, 0, 7, 0, 0},                    /* nothing new: fine */
+        {8, 0, 1, 6, 0, TD_PERR_OUT_OF_ORDER}, /* rewrites a held row */
     };
     for (int i = 0; i < (int)(sizeof cases / sizeof cases[0]); i++) {
         td_draft_args_t a = {.session = 555,
@@ -699,30 +697,29 @@ TD_TEST(malformed_features_refused) {
                              .feature_rows = cases[i].rows,
                              .feature_dim = FD,
                              .feature_start = cases[i].start,
-                             .feature_type = TANDEM__FEATURE_TYPE__FEATURE_BF16};
+                             .feature_type = TD_FEATURE_BF16};
         td_err_t err = {0};
         if (cases[i].cut) { /* a payload that is not whole rows: one value fewer */
             a.feature_rows = 1;
             a.feature_dim = cases[i].rows * FD - 1;
         }
         REQUIRE(td_client_send_draft_request(dc, &a, &err) == TD_OK);
-        Tandem__Envelope *ans = NULL;
+        td_msg_t *ans = NULL;
         for (;;) {
             REQUIRE(td_client_recv(dc, &ans, 5000, &err) == TD_RECV_OK);
-            if (ans->body_case != TANDEM__ENVELOPE__BODY_HEARTBEAT) break;
-            td_wire_free(&ans);
+            if (ans->body != TD_BODY_HEARTBEAT) break;
+            td_msg_free(&ans);
         }
         if (cases[i].code) {
-            CHECK_MSG(ans->body_case == TANDEM__ENVELOPE__BODY_ERROR &&
-                          (int)ans->error->code == cases[i].code,
+            CHECK_MSG(ans->body == TD_BODY_ERROR && ans->error.code == cases[i].code,
                       "case %d: expected error %d, got %s", i, cases[i].code,
-                      td_wire_body_name(ans));
+                      td_msg_body_name(ans->body));
         } else {
-            CHECK_MSG(ans->body_case == TANDEM__ENVELOPE__BODY_PROPOSAL, "case %d: got %s (%s)", i,
-                      td_wire_body_name(ans),
-                      ans->body_case == TANDEM__ENVELOPE__BODY_ERROR ? ans->error->message : "");
+            CHECK_MSG(ans->body == TD_BODY_PROPOSAL, "case %d: got %s (%s)", i,
+                      td_msg_body_name(ans->body),
+                      ans->body == TD_BODY_ERROR ? ans->error.message : "");
         }
-        td_wire_free(&ans);
+        td_msg_free(&ans);
     }
     free(feat);
     td_pair_close(&pair);
@@ -863,7 +860,7 @@ TD_TEST(verifier_worker_serves_dflash) {
 TD_TEST(sessions_batched_equal_solo) {
     td_pair_t pair;
     if (!s_pair(&pair, NULL)) return;
-    const Tandem__Hello *h = td_pair_drafter_hello(&pair);
+    const td_hello_t *h = td_pair_drafter_hello(&pair);
     int layers[64];
     for (size_t i = 0; i < h->n_target_layers; i++) layers[i] = (int)h->target_layers[i];
     const int nt = getenv("TD_TEST_LIGHT") ? 16 : 32, gammas[3] = {7, 3, 5};

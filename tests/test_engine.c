@@ -309,40 +309,34 @@ TD_TEST(link_routes_by_session_and_keeps_the_others) {
     td_link_t *link = td_link_new(cl, NULL, &err);
     REQUIRE(link);
     /* the client speaks first so the server learns its routing id */
-    Tandem__Envelope env;
-    Tandem__CloseSession cs;
-    td_wire_close_session_init(&env, &cs, 9);
+    td_msg_t env;
+    td_msg_init(&env, TD_BODY_CLOSE_SESSION, 9, 0);
     REQUIRE(td_link_send(link, &env, &err) == TD_OK);
     td_routing_id_t from;
-    Tandem__Envelope *in = NULL;
+    td_msg_t *in = NULL;
     REQUIRE(td_server_recv(srv, &from, &in, 5000, &err) == TD_RECV_OK);
-    td_wire_free(&in);
+    td_msg_free(&in);
     /* answers: session 2 round 1, a stale session 1 round 0, session 1 round 1, a heartbeat */
     uint64_t order[][2] = {{2, 1}, {1, 0}, {1, 1}};
     for (int i = 0; i < 3; i++) {
-        Tandem__Proposal pr;
-        td_wire_proposal_init(&env, &pr, order[i][0], order[i][1]);
+        td_msg_init(&env, TD_BODY_PROPOSAL, order[i][0], order[i][1]);
         REQUIRE(td_server_send(srv, &from, &env, &err) == TD_OK);
     }
-    Tandem__Envelope *got = NULL;
-    CHECK_EQ_INT(td_link_wait(link, 1, 1, TANDEM__ENVELOPE__BODY_PROPOSAL, 5000, &got, &err),
-                 TD_OK);
+    td_msg_t *got = NULL;
+    CHECK_EQ_INT(td_link_wait(link, 1, 1, TD_BODY_PROPOSAL, 5000, &got, &err), TD_OK);
     CHECK(got && got->session_id == 1 && got->round == 1);
-    td_wire_free(&got);
+    td_msg_free(&got);
     CHECK_EQ_INT(td_link_kept(link), 1); /* session 2's answer, kept; the stale one dropped */
-    CHECK_EQ_INT(td_link_wait(link, 2, 1, TANDEM__ENVELOPE__BODY_PROPOSAL, 100, &got, &err), TD_OK);
+    CHECK_EQ_INT(td_link_wait(link, 2, 1, TD_BODY_PROPOSAL, 100, &got, &err), TD_OK);
     CHECK(got && got->session_id == 2 && got->round == 1);
-    td_wire_free(&got);
+    td_msg_free(&got);
     CHECK_EQ_INT(td_link_kept(link), 0);
     /* nothing more: a timeout, by name */
-    CHECK_EQ_INT(td_link_wait(link, 2, 2, TANDEM__ENVELOPE__BODY_PROPOSAL, 50, &got, &err),
-                 TD_LINK_TIMEOUT);
+    CHECK_EQ_INT(td_link_wait(link, 2, 2, TD_BODY_PROPOSAL, 50, &got, &err), TD_LINK_TIMEOUT);
     /* a session that left: its late answers are forgotten */
-    Tandem__Proposal pr;
-    td_wire_proposal_init(&env, &pr, 3, 1);
+    td_msg_init(&env, TD_BODY_PROPOSAL, 3, 1);
     REQUIRE(td_server_send(srv, &from, &env, &err) == TD_OK);
-    CHECK_EQ_INT(td_link_wait(link, 4, 1, TANDEM__ENVELOPE__BODY_PROPOSAL, 100, &got, &err),
-                 TD_LINK_TIMEOUT);
+    CHECK_EQ_INT(td_link_wait(link, 4, 1, TD_BODY_PROPOSAL, 100, &got, &err), TD_LINK_TIMEOUT);
     CHECK_EQ_INT(td_link_kept(link), 1);
     td_link_forget(link, 3);
     CHECK_EQ_INT(td_link_kept(link), 0);
@@ -400,18 +394,17 @@ static int s_svc_open(svc_run_t *x, const char *dir, const char *ep, int handsha
     if (!handshake) return 0;
     /* a client and its handshake, answered by hand before the serving thread exists */
     if (!(x->cl = td_client_new(ep, &to, &err))) return -1;
-    Tandem__Envelope env;
-    Tandem__Hello hello;
-    td_wire_hello_init(&env, &hello);
-    env.hello = (Tandem__Hello *)td_drafter_service_hello(x->svc);
+    td_msg_t env;
+    td_msg_init(&env, TD_BODY_HELLO, 0, 0);
+    env.hello = *td_drafter_service_hello(x->svc);
     if (td_client_send(x->cl, &env, &err) != TD_OK) return -1;
     td_routing_id_t from;
-    Tandem__Envelope *in = NULL;
+    td_msg_t *in = NULL;
     if (td_server_recv(x->srv, &from, &in, 5000, &err) != TD_RECV_OK) return -1;
     td_drafter_service_handle(x->svc, x->srv, &from, in);
-    td_wire_free(&in);
+    td_msg_free(&in);
     if (td_client_recv(x->cl, &in, 5000, &err) != TD_RECV_OK) return -1;
-    td_wire_free(&in);
+    td_msg_free(&in);
     return 0;
 }
 
@@ -440,7 +433,7 @@ static void s_svc_close(svc_run_t *x) {
  * (AR drafter) or per denoising step (diffusion drafter, 1-3 steps), with answers bit-identical
  * to drafting each alone. */
 static void s_batches_waiting(const char *dir) {
-    Tandem__Envelope *alone[NS] = {0}, *together[NS] = {0};
+    td_msg_t *alone[NS] = {0}, *together[NS] = {0};
     td_err_t err = {0};
     static int s_ep;
     for (int mode = 0; mode < 2; mode++) {
@@ -461,12 +454,12 @@ static void s_batches_waiting(const char *dir) {
             usleep(50000);
             s_svc_start(&x);
             for (int i = 0; i < NS; i++) {
-                Tandem__Envelope *in = NULL;
+                td_msg_t *in = NULL;
                 CHECK_EQ_INT(td_client_recv(x.cl, &in, 5000, &err), TD_RECV_OK);
                 if (in && in->session_id >= 10 && in->session_id < 10 + NS)
                     together[in->session_id - 10] = in;
                 else
-                    td_wire_free(&in);
+                    td_msg_free(&in);
             }
             CHECK_EQ_INT(td_drafter_service_batched_forwards(x.svc), 1);
         }
@@ -474,20 +467,19 @@ static void s_batches_waiting(const char *dir) {
     }
     for (int i = 0; i < NS; i++) {
         REQUIRE(alone[i] && together[i]);
-        REQUIRE(alone[i]->body_case == TANDEM__ENVELOPE__BODY_PROPOSAL &&
-                together[i]->body_case == TANDEM__ENVELOPE__BODY_PROPOSAL);
-        const Tandem__Proposal *a = alone[i]->proposal, *b = together[i]->proposal;
+        REQUIRE(alone[i]->body == TD_BODY_PROPOSAL && together[i]->body == TD_BODY_PROPOSAL);
+        const td_proposal_t *a = &alone[i]->proposal, *b = &together[i]->proposal;
         CHECK_EQ_INT(a->n_tokens, 3 + i);
         CHECK_MSG(a->n_tokens == b->n_tokens &&
                       !memcmp(a->tokens, b->tokens, a->n_tokens * sizeof *a->tokens),
                   "request %d: batched draft differs", i);
         for (size_t j = 0; j < a->n_dists && j < b->n_dists; j++)
-            CHECK_MSG(a->dists[j]->n_ids == b->dists[j]->n_ids &&
-                          !memcmp(a->dists[j]->probs, b->dists[j]->probs,
-                                  a->dists[j]->n_probs * sizeof(float)),
+            CHECK_MSG(a->dists[j].n_ids == b->dists[j].n_ids &&
+                          !memcmp(a->dists[j].probs, b->dists[j].probs,
+                                  a->dists[j].n_probs * sizeof(float)),
                       "request %d position %zu: batched distribution differs", i, j);
-        td_wire_free(&alone[i]);
-        td_wire_free(&together[i]);
+        td_msg_free(&alone[i]);
+        td_msg_free(&together[i]);
     }
 }
 

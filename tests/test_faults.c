@@ -6,6 +6,7 @@
 #include "tests/tdproc.h"
 
 #include "bridge/pair.h"
+#include "protocol/transport_wire.h"
 #include "verifier/spec.h"
 
 #include <cjson/cJSON.h>
@@ -201,7 +202,7 @@ TD_TEST(drafter_stalls_then_continues) {
 /* A fake drafter that completes the handshake properly, then answers every DraftRequest with
  * garbage: raw bytes, a proposal of the wrong length, or out-of-vocabulary tokens. */
 typedef struct fake {
-    const Tandem__Hello *hello;
+    const td_hello_t *hello;
     volatile int stop;
     int answered;
 } fake_t;
@@ -215,9 +216,11 @@ static void *s_fake(void *arg) {
     while (!f->stop) {
         td_routing_id_t from;
         Tandem__Envelope *env = NULL;
-        if (td_server_recv(srv, &from, &env, 50, NULL) != TD_RECV_OK) continue;
+        if (td_server_recv_env(srv, &from, &env, 50, NULL) != TD_RECV_OK) continue;
         if (env->body_case == TANDEM__ENVELOPE__BODY_HELLO) {
-            td_server_answer_hello(srv, &from, f->hello, env->hello, NULL);
+            Tandem__Hello ours;
+            td_wire_hello_from_msg(f->hello, &ours);
+            td_server_answer_hello_env(srv, &from, &ours, env->hello, NULL);
         } else if (env->body_case == TANDEM__ENVELOPE__BODY_DRAFT_REQUEST) {
             int kind = f->answered++ % 3;
             zmq_send(td_server_socket(srv), from.data, from.len, ZMQ_SNDMORE);

@@ -5,7 +5,7 @@
  *
  * Every receive has a timeout and a SIGALRM guard turns any hang into a failure. Serving happens
  * in a worker thread (s_worker_t) that owns the server socket once started. */
-#include "protocol/transport.h"
+#include "protocol/transport_wire.h"
 #include "tests/tdtest.h"
 
 #include <zmq.h>
@@ -72,7 +72,7 @@ static void s_answer_draft(s_worker_t *w, const td_routing_id_t *to, const Tande
     }
     p.tokens = toks, p.n_tokens = d->gamma, p.drafter_us = 5;
     if (d->want_dist) p.dists = dp, p.n_dists = d->gamma;
-    td_server_send(w->srv, to, &env, &w->last_err);
+    td_server_send_env(w->srv, to, &env, &w->last_err);
 }
 
 static void *s_worker_main(void *arg) {
@@ -81,7 +81,7 @@ static void *s_worker_main(void *arg) {
         td_routing_id_t from;
         Tandem__Envelope *in = NULL;
         td_err_t err = {0};
-        int rc = td_server_recv(w->srv, &from, &in, 20, &err);
+        int rc = td_server_recv_env(w->srv, &from, &in, 20, &err);
         if (rc == TD_RECV_TIMEOUT) continue;
         if (rc == TD_RECV_MALFORMED) {
             atomic_fetch_add(&w->n_malformed, 1);
@@ -90,7 +90,7 @@ static void *s_worker_main(void *arg) {
         atomic_fetch_add(&w->n_served, 1);
         switch (in->body_case) {
         case TANDEM__ENVELOPE__BODY_HELLO:
-            if (td_server_answer_hello(w->srv, &from, &w->hello, in->hello, &err) ==
+            if (td_server_answer_hello_env(w->srv, &from, &w->hello, in->hello, &err) ==
                 TD_ERR_UNSUPPORTED)
                 atomic_fetch_add(&w->n_refused, 1);
             break;
@@ -99,7 +99,7 @@ static void *s_worker_main(void *arg) {
             Tandem__Heartbeat hb;
             td_wire_heartbeat_init(&env, &hb);
             hb.sent_us = in->heartbeat->sent_us; /* echo the peer's stamp */
-            td_server_send(w->srv, &from, &env, &w->last_err);
+            td_server_send_env(w->srv, &from, &env, &w->last_err);
             break;
         }
         case TANDEM__ENVELOPE__BODY_DRAFT_REQUEST:
@@ -132,7 +132,7 @@ static void s_session(td_client_t *cli) {
     Tandem__Hello mine;
     s_hello(&mine, TANDEM__ROLE__ROLE_VERIFIER, 0xabcdef, "verifier-tokenizer");
     Tandem__Envelope *ack = NULL;
-    int rc = td_client_handshake(cli, &mine, &ack, 5000, &err);
+    int rc = td_client_handshake_env(cli, &mine, &ack, 5000, &err);
     CHECK_MSG(rc == TD_OK, "handshake over %s: %s", td_client_endpoint(cli), err.msg);
     if (rc) return;
     REQUIRE(ack && ack->hello_ack->accepted);
@@ -148,16 +148,16 @@ static void s_session(td_client_t *cli) {
     uint32_t prompt[] = {5, 6, 7};
     td_wire_open_session_init(&env, &os, 77);
     os.prompt_tokens = prompt, os.n_prompt_tokens = 3;
-    CHECK_EQ_INT(td_client_send(cli, &env, &err), TD_OK);
+    CHECK_EQ_INT(td_client_send_env(cli, &env, &err), TD_OK);
 
     Tandem__DraftRequest d;
     uint32_t delta[] = {8, 9};
     td_wire_draft_request_init(&env, &d, 77, 1);
     d.base_len = 3, d.prefix_delta = delta, d.n_prefix_delta = 2, d.gamma = 8, d.steps = 2;
     d.want_dist = 1, d.dist_top_k = 2, d.order = TANDEM__UNMASK_ORDER__ORDER_CONFIDENCE;
-    CHECK_EQ_INT(td_client_send(cli, &env, &err), TD_OK);
+    CHECK_EQ_INT(td_client_send_env(cli, &env, &err), TD_OK);
     Tandem__Envelope *in = NULL;
-    rc = td_client_recv(cli, &in, 5000, &err);
+    rc = td_client_recv_env(cli, &in, 5000, &err);
     CHECK_MSG(rc == TD_RECV_OK, "no proposal over %s (rc %d): %s", td_client_endpoint(cli), rc, err.msg);
     if (rc) return;
     REQUIRE(in->body_case == TANDEM__ENVELOPE__BODY_PROPOSAL);
@@ -174,14 +174,14 @@ static void s_session(td_client_t *cli) {
 
     Tandem__Commit c;
     td_wire_commit_init(&env, &c, 77, 1, 9);
-    CHECK_EQ_INT(td_client_send(cli, &env, &err), TD_OK);
+    CHECK_EQ_INT(td_client_send_env(cli, &env, &err), TD_OK);
     Tandem__CloseSession cs;
     td_wire_close_session_init(&env, &cs, 77);
-    CHECK_EQ_INT(td_client_send(cli, &env, &err), TD_OK);
+    CHECK_EQ_INT(td_client_send_env(cli, &env, &err), TD_OK);
 
     /* a heartbeat comes back with our own stamp */
     CHECK_EQ_INT(td_client_send_heartbeat(cli, &err), TD_OK);
-    rc = td_client_recv(cli, &in, 5000, &err);
+    rc = td_client_recv_env(cli, &in, 5000, &err);
     REQUIRE(rc == 0);
     CHECK_EQ_INT(in->body_case, TANDEM__ENVELOPE__BODY_HEARTBEAT);
     CHECK(in->heartbeat->sent_us <= td_wire_now_us());
@@ -231,12 +231,12 @@ TD_TEST(exchange_with_busy_polling) {
     REQUIRE(cli);
     Tandem__Envelope *in = NULL;
     double t0 = td_time_now();
-    CHECK_EQ_INT(td_client_recv(cli, &in, 100, &err), TD_RECV_TIMEOUT);
+    CHECK_EQ_INT(td_client_recv_env(cli, &in, 100, &err), TD_RECV_TIMEOUT);
     double dt = td_time_now() - t0;
     CHECK_MSG(dt >= 0.095 && dt < 1.0, "spinning recv returned after %.3f s, timeout 0.1 s", dt);
     td_routing_id_t from;
     t0 = td_time_now();
-    CHECK_EQ_INT(td_server_recv(srv, &from, &in, 150, &err), TD_RECV_TIMEOUT);
+    CHECK_EQ_INT(td_server_recv_env(srv, &from, &in, 150, &err), TD_RECV_TIMEOUT);
     dt = td_time_now() - t0;
     CHECK_MSG(dt >= 0.145 && dt < 1.0, "spinning server recv returned after %.3f s", dt);
     td_client_destroy(&cli);
@@ -272,7 +272,7 @@ TD_TEST(tokenizer_mismatch_refused_at_handshake) {
     Tandem__Hello mine;
     s_hello(&mine, TANDEM__ROLE__ROLE_VERIFIER, 0x2222, "verifier-tokenizer");
     Tandem__Envelope *ack = (Tandem__Envelope *)1;
-    int rc = td_client_handshake(cli, &mine, &ack, 5000, &err);
+    int rc = td_client_handshake_env(cli, &mine, &ack, 5000, &err);
     CHECK_EQ_INT(rc, TD_ERR_UNSUPPORTED);
     CHECK(ack == NULL);
     CHECK_MSG(strstr(err.msg, "drafter-tokenizer") && strstr(err.msg, "verifier-tokenizer") &&
@@ -281,7 +281,7 @@ TD_TEST(tokenizer_mismatch_refused_at_handshake) {
     /* and a version mismatch */
     mine.tokenizer_hash = 0x1111;
     mine.protocol_version = TD_PROTOCOL_VERSION + 1;
-    rc = td_client_handshake(cli, &mine, NULL, 5000, &err);
+    rc = td_client_handshake_env(cli, &mine, NULL, 5000, &err);
     CHECK_EQ_INT(rc, TD_ERR_UNSUPPORTED);
     CHECK(strstr(err.msg, "version") != NULL);
     td_client_destroy(&cli);
@@ -320,7 +320,7 @@ TD_TEST(malformed_frames_get_an_error_and_the_server_keeps_serving) {
     /* garbage bytes */
     const char junk[] = "\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01 not protobuf";
     REQUIRE(zmq_send(raw, junk, sizeof junk, 0) == (int)sizeof junk);
-    CHECK_EQ_INT(td_server_recv(srv, &from, &in, 5000, &err), TD_RECV_MALFORMED);
+    CHECK_EQ_INT(td_server_recv_env(srv, &from, &in, 5000, &err), TD_RECV_MALFORMED);
     CHECK_EQ_INT(err.code, TD_ERR_FORMAT);
     CHECK(in == NULL && from.len > 0);
     Tandem__Envelope *reply = s_raw_recv(raw, 5000);
@@ -338,7 +338,7 @@ TD_TEST(malformed_frames_get_an_error_and_the_server_keeps_serving) {
     uint8_t buf[256];
     size_t n = tandem__envelope__pack(&env, buf);
     REQUIRE(zmq_send(raw, buf, n, 0) == (int)n);
-    CHECK_EQ_INT(td_server_recv(srv, &from, &in, 5000, &err), TD_RECV_MALFORMED);
+    CHECK_EQ_INT(td_server_recv_env(srv, &from, &in, 5000, &err), TD_RECV_MALFORMED);
     CHECK(strstr(err.msg, "gamma") != NULL);
     reply = s_raw_recv(raw, 5000);
     CHECK(reply && reply->error && strstr(reply->error->message, "gamma"));
@@ -348,7 +348,7 @@ TD_TEST(malformed_frames_get_an_error_and_the_server_keeps_serving) {
     zmq_send(raw, "a", 1, ZMQ_SNDMORE);
     zmq_send(raw, "b", 1, ZMQ_SNDMORE);
     zmq_send(raw, "c", 1, 0);
-    CHECK_EQ_INT(td_server_recv(srv, &from, &in, 5000, &err), TD_RECV_MALFORMED);
+    CHECK_EQ_INT(td_server_recv_env(srv, &from, &in, 5000, &err), TD_RECV_MALFORMED);
     CHECK(strstr(err.msg, "3 frames") != NULL);
     reply = s_raw_recv(raw, 5000);
     CHECK(reply && reply->body_case == TANDEM__ENVELOPE__BODY_ERROR);
@@ -363,26 +363,26 @@ TD_TEST(malformed_frames_get_an_error_and_the_server_keeps_serving) {
     td_wire_open_session_init(&env, &os, 5);
     os.prompt_tokens = prompt, os.n_prompt_tokens = 300;
     REQUIRE(td_wire_packed_size(&env) > 512);
-    CHECK_EQ_INT(td_client_send(cli, &env, &err), TD_OK);
-    CHECK_EQ_INT(td_server_recv(srv, &from, &in, 5000, &err), TD_RECV_MALFORMED);
+    CHECK_EQ_INT(td_client_send_env(cli, &env, &err), TD_OK);
+    CHECK_EQ_INT(td_server_recv_env(srv, &from, &in, 5000, &err), TD_RECV_MALFORMED);
     CHECK(strstr(err.msg, "over the 512 byte limit") != NULL);
-    CHECK_EQ_INT(td_client_recv(cli, &in, 5000, &err), TD_RECV_OK);
+    CHECK_EQ_INT(td_client_recv_env(cli, &in, 5000, &err), TD_RECV_OK);
     CHECK(in && in->body_case == TANDEM__ENVELOPE__BODY_ERROR);
     td_wire_free(&in);
 
     /* the server still serves: a good message from the same client arrives intact */
     Tandem__Commit c;
     td_wire_commit_init(&env, &c, 5, 2, 11);
-    CHECK_EQ_INT(td_client_send(cli, &env, &err), TD_OK);
-    CHECK_EQ_INT(td_server_recv(srv, &from, &in, 5000, &err), TD_RECV_OK);
+    CHECK_EQ_INT(td_client_send_env(cli, &env, &err), TD_OK);
+    CHECK_EQ_INT(td_server_recv_env(srv, &from, &in, 5000, &err), TD_RECV_OK);
     REQUIRE(in);
     CHECK_EQ_INT(in->commit->accepted_len, 11);
     td_wire_free(&in);
     /* and answers it */
     Tandem__Heartbeat hb;
     td_wire_heartbeat_init(&env, &hb);
-    CHECK_EQ_INT(td_server_send(srv, &from, &env, &err), TD_OK);
-    CHECK_EQ_INT(td_client_recv(cli, &in, 5000, &err), TD_RECV_OK);
+    CHECK_EQ_INT(td_server_send_env(srv, &from, &env, &err), TD_OK);
+    CHECK_EQ_INT(td_client_recv_env(cli, &in, 5000, &err), TD_RECV_OK);
     td_wire_free(&in);
     td_client_destroy(&cli);
     zmq_close(raw);
@@ -415,13 +415,13 @@ TD_TEST(client_rejects_malformed_answers) {
     zmq_send(router, zmq_msg_data(&id), zmq_msg_size(&id), ZMQ_SNDMORE);
     zmq_send(router, buf, n, 0);
     Tandem__Envelope *in = NULL;
-    CHECK_EQ_INT(td_client_recv(cli, &in, 5000, &err), TD_RECV_MALFORMED);
+    CHECK_EQ_INT(td_client_recv_env(cli, &in, 5000, &err), TD_RECV_MALFORMED);
     CHECK(in == NULL && strstr(err.msg, "outside the vocabulary"));
     toks[1] = 9;
     n = tandem__envelope__pack(&env, buf);
     zmq_send(router, zmq_msg_data(&id), zmq_msg_size(&id), ZMQ_SNDMORE);
     zmq_send(router, buf, n, 0);
-    CHECK_EQ_INT(td_client_recv(cli, &in, 5000, &err), TD_RECV_OK);
+    CHECK_EQ_INT(td_client_recv_env(cli, &in, 5000, &err), TD_RECV_OK);
     CHECK(in && in->proposal->tokens[1] == 9);
     td_wire_free(&in);
     zmq_msg_close(&id);
@@ -444,13 +444,13 @@ TD_TEST(dead_peers_time_out) {
     Tandem__Hello mine;
     s_hello(&mine, TANDEM__ROLE__ROLE_VERIFIER, 1, "t");
     double t0 = td_time_now();
-    CHECK_EQ_INT(td_client_handshake(cli, &mine, NULL, 300, &err), TD_ERR_IO);
+    CHECK_EQ_INT(td_client_handshake_env(cli, &mine, NULL, 300, &err), TD_ERR_IO);
     double dt = td_time_now() - t0;
     CHECK_MSG(dt >= 0.29 && dt < 2.0, "handshake gave up after %.3f s, timeout 0.3 s", dt);
     CHECK(strstr(err.msg, "no answer") != NULL);
     Tandem__Envelope *in = NULL;
     t0 = td_time_now();
-    CHECK_EQ_INT(td_client_recv(cli, &in, 250, &err), TD_RECV_TIMEOUT);
+    CHECK_EQ_INT(td_client_recv_env(cli, &in, 250, &err), TD_RECV_TIMEOUT);
     dt = td_time_now() - t0;
     CHECK_MSG(dt >= 0.24 && dt < 2.0, "recv returned after %.3f s, timeout 0.25 s", dt);
     CHECK(in == NULL);
@@ -461,27 +461,27 @@ TD_TEST(dead_peers_time_out) {
     REQUIRE(srv);
     td_routing_id_t from, ghost = {.len = 5, .data = {0, 1, 2, 3, 4}};
     t0 = td_time_now();
-    CHECK_EQ_INT(td_server_recv(srv, &from, &in, 200, &err), TD_RECV_TIMEOUT);
+    CHECK_EQ_INT(td_server_recv_env(srv, &from, &in, 200, &err), TD_RECV_TIMEOUT);
     dt = td_time_now() - t0;
     CHECK_MSG(dt >= 0.19 && dt < 2.0, "server recv returned after %.3f s", dt);
-    CHECK_EQ_INT(td_server_recv(srv, &from, &in, 0, &err), TD_RECV_TIMEOUT);
+    CHECK_EQ_INT(td_server_recv_env(srv, &from, &in, 0, &err), TD_RECV_TIMEOUT);
     Tandem__Envelope env;
     Tandem__Heartbeat hb;
     td_wire_heartbeat_init(&env, &hb);
-    CHECK_EQ_INT(td_server_send(srv, &ghost, &env, &err), TD_ERR_IO);
+    CHECK_EQ_INT(td_server_send_env(srv, &ghost, &env, &err), TD_ERR_IO);
     CHECK(strstr(err.msg, "gone") != NULL);
 
     /* a peer that vanishes mid-session: the server notices within a short while */
     cli = td_client_new("inproc://tandem-test-lonely", NULL, &err);
     REQUIRE(cli);
     CHECK_EQ_INT(td_client_send_heartbeat(cli, &err), TD_OK);
-    REQUIRE(td_server_recv(srv, &from, &in, 5000, &err) == TD_RECV_OK);
+    REQUIRE(td_server_recv_env(srv, &from, &in, 5000, &err) == TD_RECV_OK);
     td_wire_free(&in);
-    CHECK_EQ_INT(td_server_send(srv, &from, &env, &err), TD_OK);
+    CHECK_EQ_INT(td_server_send_env(srv, &from, &env, &err), TD_OK);
     td_client_destroy(&cli);
     int gone = 0;
     for (int i = 0; i < 200 && !gone; i++) {
-        gone = td_server_send(srv, &from, &env, &err) == TD_ERR_IO;
+        gone = td_server_send_env(srv, &from, &env, &err) == TD_ERR_IO;
         if (!gone) usleep(10000);
     }
     CHECK_MSG(gone, "sending to a destroyed client kept succeeding");
@@ -606,29 +606,29 @@ TD_TEST(curve_keys_and_allow_list) {
     td_transport_opts_t wrong = {.curve_server_key = oth_pub, .curve_secret_key = cli_key};
     cli = td_client_new(ep, &wrong, &err);
     REQUIRE(cli);
-    CHECK_EQ_INT(td_client_handshake(cli, &mine, NULL, 700, &err), TD_ERR_IO);
+    CHECK_EQ_INT(td_client_handshake_env(cli, &mine, NULL, 700, &err), TD_ERR_IO);
     td_client_destroy(&cli);
     /* the right server key, but a client key not in the allow list */
     td_transport_opts_t stranger = {.curve_server_key = srv_pubf, .curve_secret_key = oth_key};
     cli = td_client_new(ep, &stranger, &err);
     REQUIRE(cli);
-    CHECK_EQ_INT(td_client_handshake(cli, &mine, NULL, 700, &err), TD_ERR_IO);
+    CHECK_EQ_INT(td_client_handshake_env(cli, &mine, NULL, 700, &err), TD_ERR_IO);
     td_client_destroy(&cli);
     /* an ephemeral client key is not listed either */
     td_transport_opts_t eph = {.curve_server_key = srv_pubf};
     cli = td_client_new(ep, &eph, &err);
     REQUIRE(cli);
-    CHECK_EQ_INT(td_client_handshake(cli, &mine, NULL, 700, &err), TD_ERR_IO);
+    CHECK_EQ_INT(td_client_handshake_env(cli, &mine, NULL, 700, &err), TD_ERR_IO);
     td_client_destroy(&cli);
     /* no CURVE at all */
     cli = td_client_new(ep, NULL, &err);
     REQUIRE(cli);
-    CHECK_EQ_INT(td_client_handshake(cli, &mine, NULL, 700, &err), TD_ERR_IO);
+    CHECK_EQ_INT(td_client_handshake_env(cli, &mine, NULL, 700, &err), TD_ERR_IO);
     td_client_destroy(&cli);
     /* the allowed client still gets in after the refusals */
     cli = td_client_new(ep, &good, &err);
     REQUIRE(cli);
-    CHECK_EQ_INT(td_client_handshake(cli, &mine, NULL, 5000, &err), TD_OK);
+    CHECK_EQ_INT(td_client_handshake_env(cli, &mine, NULL, 5000, &err), TD_OK);
     td_client_destroy(&cli);
     s_worker_stop(&w);
     CHECK_EQ_INT(atomic_load(&w.n_malformed), 0);
@@ -642,11 +642,11 @@ TD_TEST(curve_keys_and_allow_list) {
     s_worker_start(&w, srv, 0xabcdef);
     cli = td_client_new(ep, &stranger, &err);
     REQUIRE(cli);
-    CHECK_EQ_INT(td_client_handshake(cli, &mine, NULL, 5000, &err), TD_OK);
+    CHECK_EQ_INT(td_client_handshake_env(cli, &mine, NULL, 5000, &err), TD_OK);
     td_client_destroy(&cli);
     cli = td_client_new(ep, &wrong, &err); /* still needs the right server key */
     REQUIRE(cli);
-    CHECK_EQ_INT(td_client_handshake(cli, &mine, NULL, 700, &err), TD_ERR_IO);
+    CHECK_EQ_INT(td_client_handshake_env(cli, &mine, NULL, 700, &err), TD_ERR_IO);
     td_client_destroy(&cli);
     s_worker_stop(&w);
 
@@ -708,7 +708,7 @@ TD_TEST(curve_server_in_own_context_terminates) {
         CHECK_EQ_INT(td_client_send_heartbeat(cli, &err), TD_OK);
         td_routing_id_t from;
         Tandem__Envelope *in = NULL;
-        CHECK_EQ_INT(td_server_recv(srv, &from, &in, 5000, &err), TD_RECV_OK);
+        CHECK_EQ_INT(td_server_recv_env(srv, &from, &in, 5000, &err), TD_RECV_OK);
         td_wire_free(&in);
         td_client_destroy(&cli);
         td_server_destroy(&srv);

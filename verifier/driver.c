@@ -41,7 +41,7 @@ struct td_session {
     /* this round */
     int g, pending, n_rows, n_logit_rows, row0, brow0; /* brow0: first row in the shared batch */
     double t_req, t_fwd;
-    Tandem__Envelope *prop;
+    td_msg_t *prop;
     /* acceptance scratch */
     float *prob, *qfull_mem;
     const float **qfull;
@@ -184,7 +184,7 @@ td_session_t *td_session_new(td_model_t *v, const td_session_opts_t *o, td_err_t
 void td_session_destroy(td_session_t **self_p) {
     if (!self_p || !*self_p) return;
     td_session_t *s = *self_p;
-    td_wire_free(&s->prop);
+    td_msg_free(&s->prop);
     void *bufs[] = {s->text, s->out,    s->prob, s->qfull_mem, (void *)s->qfull,
                     s->sq,   s->ar,     s->ids,  s->feat};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
@@ -249,8 +249,8 @@ static int s_send_draft(td_session_t *s) {
 }
 
 /* Waits for this round's answer of kind want; NULL with s->why set. */
-static Tandem__Envelope *s_wait(td_session_t *s, int want) {
-    Tandem__Envelope *env = NULL;
+static td_msg_t *s_wait(td_session_t *s, int want) {
+    td_msg_t *env = NULL;
     td_err_t err = {0};
     int rc = td_link_wait(s->link, s->sid, s->round, want, s->timeout_ms, &env, &err);
     if (rc == TD_LINK_TIMEOUT)
@@ -262,28 +262,26 @@ static Tandem__Envelope *s_wait(td_session_t *s, int want) {
 
 /* The proposal of the request s_send_draft sent: retries once from scratch when the drafter lost
  * the session or restarted (a new handshake). NULL with s->why set. */
-static Tandem__Envelope *s_collect(td_session_t *s) {
+static td_msg_t *s_collect(td_session_t *s) {
     for (int attempt = 0; attempt < 2; attempt++) {
         int base = s->known;
         if (attempt > 0 && s_send_draft(s)) return NULL;
-        Tandem__Envelope *ans = s_wait(s, TANDEM__ENVELOPE__BODY_PROPOSAL);
+        td_msg_t *ans = s_wait(s, TD_BODY_PROPOSAL);
         if (!ans) return NULL;
-        if (ans->body_case == TANDEM__ENVELOPE__BODY_PROPOSAL) {
+        if (ans->body == TD_BODY_PROPOSAL) {
             s->known = s->cur;
             return ans;
         }
-        int code = ans->error->code;
+        int code = ans->error.code;
         snprintf(s->why, sizeof s->why, "drafter error %s: %.200s", td_wire_error_code_name(code),
-                 ans->error->message ? ans->error->message : "");
-        td_wire_free(&ans);
-        if ((code == TANDEM__ERROR_CODE__ERROR_UNKNOWN_SESSION ||
-             code == TANDEM__ERROR_CODE__ERROR_OUT_OF_ORDER) &&
-            base > 0) {
+                 ans->error.message ? ans->error.message : "");
+        td_msg_free(&ans);
+        if ((code == TD_PERR_UNKNOWN_SESSION || code == TD_PERR_OUT_OF_ORDER) && base > 0) {
             s->known = 0; /* the drafter lost the session: send the whole text again */
             continue;
         }
-        const Tandem__Hello *hello = td_link_hello(s->link);
-        if (code == TANDEM__ERROR_CODE__ERROR_NO_HANDSHAKE && hello && attempt == 0) {
+        const td_hello_t *hello = td_link_hello(s->link);
+        if (code == TD_PERR_NO_HANDSHAKE && hello && attempt == 0) {
             /* a drafter that restarted does not know us: handshake again, resend from scratch */
             td_err_t err = {0};
             if (td_client_handshake(td_link_client(s->link), hello, NULL, s->timeout_ms, &err) !=
@@ -309,25 +307,25 @@ static int s_fetch_row(td_session_t *s, int pos, int logits, float *dst) {
         return -1;
     }
     for (;;) {
-        Tandem__Envelope *ans = s_wait(s, TANDEM__ENVELOPE__BODY_FULL_ROW);
+        td_msg_t *ans = s_wait(s, TD_BODY_FULL_ROW);
         if (!ans) return -1;
-        if (ans->body_case == TANDEM__ENVELOPE__BODY_ERROR) {
+        if (ans->body == TD_BODY_ERROR) {
             snprintf(s->why, sizeof s->why, "drafter error on a full row: %.200s",
-                     ans->error->message);
-            td_wire_free(&ans);
+                     ans->error.message);
+            td_msg_free(&ans);
             return -1;
         }
-        if (ans->full_row->position != (uint32_t)pos) { /* stale answer to another row */
-            td_wire_free(&ans);
+        if (ans->full_row.position != (uint32_t)pos) { /* stale answer to another row */
+            td_msg_free(&ans);
             continue;
         }
-        int ok = ans->full_row->n_values >= (size_t)s->V;
+        int ok = ans->full_row.n_values >= (size_t)s->V;
         if (ok)
-            memcpy(dst, ans->full_row->values, (size_t)s->V * sizeof(float));
+            memcpy(dst, ans->full_row.values, (size_t)s->V * sizeof(float));
         else
             snprintf(s->why, sizeof s->why, "drafter sent a row of %zu values, need %d",
-                     ans->full_row->n_values, s->V);
-        td_wire_free(&ans);
+                     ans->full_row.n_values, s->V);
+        td_msg_free(&ans);
         return ok ? 0 : -1;
     }
 }
@@ -347,7 +345,7 @@ static int s_need_row(td_session_t *s, int need, int logits) {
 }
 
 /* Checks a proposal's shape; NULL when usable, else why not. */
-static const char *s_check_proposal(const Tandem__Proposal *pr, int gamma, int V, int want_dist,
+static const char *s_check_proposal(const td_proposal_t *pr, int gamma, int V, int want_dist,
                                     int apd) {
     if (pr->n_tokens != (size_t)gamma) return "wrong number of drafted tokens";
     for (size_t j = 0; j < pr->n_tokens; j++)
@@ -355,7 +353,7 @@ static const char *s_check_proposal(const Tandem__Proposal *pr, int gamma, int V
     if (!want_dist) return NULL;
     if (pr->n_dists != (size_t)gamma) return "missing per-position distributions";
     for (size_t j = 0; j < pr->n_dists; j++) {
-        const Tandem__SparseDist *d = pr->dists[j];
+        const td_sparse_dist_t *d = &pr->dists[j];
         for (size_t i = 0; i < d->n_ids; i++)
             if (d->ids[i] >= (uint32_t)V)
                 return "distribution id outside the verifier's vocabulary";
@@ -391,13 +389,14 @@ static int s_prepare(td_session_t *s, int32_t *tok, int32_t *pos, int32_t *seq, 
         s->prop = s->pending > 0 ? s_collect(s) : NULL;
         double rt = td_time_now() - s->t_req;
         if (s->prop) {
-            double dus = s->prop->proposal->drafter_us / 1e6;
+            double dus = s->prop->proposal.drafter_us / 1e6;
             s->s.drafter_s += dus < rt ? dus : rt;
             s->s.transport_s += dus < rt ? rt - dus : 0;
-            const char *bad = s_check_proposal(s->prop->proposal, s->g, s->V, s->want_dist, s->apd);
+            const char *bad =
+                s_check_proposal(&s->prop->proposal, s->g, s->V, s->want_dist, s->apd);
             if (bad) {
                 snprintf(s->why, sizeof s->why, "drafter sent an unusable proposal: %s", bad);
-                td_wire_free(&s->prop);
+                td_msg_free(&s->prop);
             }
         } else {
             s->s.transport_s += rt;
@@ -428,7 +427,7 @@ static int s_prepare(td_session_t *s, int32_t *tok, int32_t *pos, int32_t *seq, 
         s->n_logit_rows = s->dflash ? n : 1;
         s->pos0 = from;
     } else {
-        const Tandem__Proposal *pr = s->prop->proposal;
+        const td_proposal_t *pr = &s->prop->proposal;
         for (int j = 0; j < s->g; j++) s->draft[j] = (int32_t)pr->tokens[j];
         int nr = s->apd ? s->g : s->g + 1;
         tok[0] = s->text[s->cur - 1], pos[0] = s->cur - 1;
@@ -492,10 +491,10 @@ static void s_commit(td_session_t *s, float *logits, const float *hidden) {
         s->acc_out[0] = td_sample(&p->sampling, &s->rng, logits, V, NULL);
         n_emit = 1;
     } else {
-        const Tandem__Proposal *pr = s->prop->proposal;
+        const td_proposal_t *pr = &s->prop->proposal;
         int predrafted = pr->predrafted ? 1 : 0;
         for (int j = 0; j < g; j++) {
-            const Tandem__SparseDist *d = s->want_dist ? pr->dists[j] : NULL;
+            const td_sparse_dist_t *d = s->want_dist ? &pr->dists[j] : NULL;
             if (!d) continue;
             int32_t *row_ids = s->ids + (size_t)j * TD_WIRE_MAX_DIST_TOP_K;
             for (size_t i = 0; i < d->n_ids; i++) row_ids[i] = (int32_t)d->ids[i];
@@ -535,7 +534,7 @@ static void s_commit(td_session_t *s, float *logits, const float *hidden) {
             }
             n_emit = n_acc + 1;
         }
-        td_wire_free(&s->prop);
+        td_msg_free(&s->prop);
         if (rc != TD_OK) {
             s->rc = td_err_set(&s->err, rc, "acceptance rule failed (round %llu)",
                                (unsigned long long)s->round);
@@ -665,7 +664,7 @@ static void s_leave(td_driver_t *d, td_session_t *s) {
         td_client_send_close_session(td_link_client(s->link), s->sid, NULL);
     }
     if (s->link) td_link_forget(s->link, s->sid);
-    td_wire_free(&s->prop);
+    td_msg_free(&s->prop);
     td_kv_cache_crop(d->kv, s->slot, 0);
     d->live[s->slot] = NULL;
     d->n_live--;

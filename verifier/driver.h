@@ -55,11 +55,11 @@ typedef struct td_session_opts {
     const int32_t *suppress_ids;
     int n_suppress;
     /* dflash only: the target layer boundaries whose features the drafter wants (its Hello's
-     * target_layers; each in 1..n_layer) and the wire type of the features (Tandem__FeatureType:
-     * 1 F16, 2 BF16; 0 = BF16). The session's verify rows and prefill request these hidden
-     * states, rounds them to the wire type and sends the rows that became committed with each
-     * DraftRequest (every committed position but the last). All dflash sessions of one driver
-     * must use the same layer list. */
+     * target_layers; each in 1..n_layer) and the wire type of the features (TD_FEATURE_* of
+     * drafter/dflash.h: 1 F16, 2 BF16; 0 = BF16). The session's verify rows and prefill request
+     * these hidden states, rounds them to the wire type and sends the rows that became committed
+     * with each DraftRequest (every committed position but the last). All dflash sessions of one
+     * driver must use the same layer list. */
     const int *feature_layers;
     int n_feature_layers;
     int feature_type;

@@ -23,19 +23,19 @@ enum { TD_LINK_TIMEOUT = 1, TD_LINK_MALFORMED = 2 };
 
 /* Borrows dc and hello (our Hello, to handshake again with a drafter that restarted; NULL: no
  * second handshake). NULL on allocation failure. */
-td_link_t *td_link_new(td_client_t *dc, const Tandem__Hello *hello, td_err_t *err);
+td_link_t *td_link_new(td_client_t *dc, const td_hello_t *hello, td_err_t *err);
 void td_link_destroy(td_link_t **self_p);
 
 td_client_t *td_link_client(const td_link_t *l);
-const Tandem__Hello *td_link_hello(const td_link_t *l);
+const td_hello_t *td_link_hello(const td_link_t *l);
 
-/* Sends env (validated by the transport). As td_client_send. */
-int td_link_send(td_link_t *l, Tandem__Envelope *env, td_err_t *err);
+/* Sends m (validated by the transport). As td_client_send. */
+int td_link_send(td_link_t *l, const td_msg_t *m, td_err_t *err);
 
-/* Waits up to timeout_ms for the message of (session, round) whose body is `want` or an Error
- * (a kept one first). TD_OK: *out holds it (release with td_wire_free). */
+/* Waits up to timeout_ms for the message of (session, round) whose body is `want` (a td_body_t)
+ * or an Error (a kept one first). TD_OK: *out holds it (release with td_msg_free). */
 int td_link_wait(td_link_t *l, uint64_t session, uint64_t round, int want, int timeout_ms,
-                 Tandem__Envelope **out, td_err_t *err);
+                 td_msg_t **out, td_err_t *err);
 
 /* Drops every kept message of session (it left). */
 void td_link_forget(td_link_t *l, uint64_t session);

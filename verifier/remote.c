@@ -8,19 +8,19 @@
 
 /* Waits for (session, round) with body `want` or an Error; NULL with err set on timeout. Goes
  * through a drafter link, so heartbeats and late answers are skipped the same way everywhere. */
-static Tandem__Envelope *s_wait(td_client_t *c, uint64_t session, uint64_t round, int timeout_ms,
-                                Tandem__Envelope__BodyCase want, td_err_t *err) {
+static td_msg_t *s_wait(td_client_t *c, uint64_t session, uint64_t round, int timeout_ms,
+                        td_body_t want, td_err_t *err) {
     td_link_t *l = td_link_new(c, NULL, err);
-    Tandem__Envelope *env = NULL;
+    td_msg_t *env = NULL;
     if (l && td_link_wait(l, session, round, (int)want, timeout_ms, &env, err) != TD_OK) env = NULL;
     td_link_destroy(&l);
     return env;
 }
 
 /* An Error answer as a return code. */
-static int s_error(const Tandem__Envelope *env, td_err_t *err) {
-    const Tandem__Error *e = env->error;
-    int code = e->code == TANDEM__ERROR_CODE__ERROR_UNSUPPORTED ? TD_ERR_UNSUPPORTED : TD_ERR;
+static int s_error(const td_msg_t *env, td_err_t *err) {
+    const td_error_msg_t *e = &env->error;
+    int code = e->code == TD_PERR_UNSUPPORTED ? TD_ERR_UNSUPPORTED : TD_ERR;
     return td_err_set(err, code, "drafter error (%s): %.800s", td_wire_error_code_name(e->code),
                       e->message ? e->message : "");
 }
@@ -48,18 +48,18 @@ int td_remote_selfspec_send(td_client_t *c, uint64_t session, uint64_t round, co
         lens[i] = (uint32_t)tail_lens[i];
         starts[i] = (uint32_t)canvas_starts[i];
     }
-    Tandem__Envelope env;
-    Tandem__SelfspecEval r;
-    td_wire_selfspec_eval_init(&env, &r, session, round);
-    r.n_prefix = (size_t)n_prefix;
-    r.prefix = pre;
-    r.n_tails = total;
-    r.tails = tl;
-    r.n_tail_lens = r.n_canvas_starts = (size_t)n;
-    r.tail_lens = lens;
-    r.canvas_starts = starts;
-    r.draft_k = (uint32_t)k;
-    r.model_fingerprint = fingerprint;
+    td_msg_t env;
+    td_msg_init(&env, TD_BODY_SELFSPEC_EVAL, session, round);
+    td_selfspec_eval_t *r = &env.selfspec_eval;
+    r->n_prefix = (size_t)n_prefix;
+    r->prefix = pre;
+    r->n_tails = total;
+    r->tails = tl;
+    r->n_tail_lens = r->n_canvas_starts = (size_t)n;
+    r->tail_lens = lens;
+    r->canvas_starts = starts;
+    r->draft_k = (uint32_t)k;
+    r->model_fingerprint = fingerprint;
     int rc = td_client_send(c, &env, err);
     free(pre);
     free(tl);
@@ -69,15 +69,14 @@ int td_remote_selfspec_send(td_client_t *c, uint64_t session, uint64_t round, co
 int td_remote_selfspec_recv(td_client_t *c, uint64_t session, uint64_t round, int timeout_ms, int n,
                             int k, int *counts, int32_t *pos, int32_t *ids, uint64_t *drafter_us,
                             td_err_t *err) {
-    Tandem__Envelope *env =
-        s_wait(c, session, round, timeout_ms, TANDEM__ENVELOPE__BODY_SELFSPEC_DRAFTS, err);
+    td_msg_t *env = s_wait(c, session, round, timeout_ms, TD_BODY_SELFSPEC_DRAFTS, err);
     if (!env) return err && err->code ? err->code : TD_ERR_IO;
     int rc = TD_OK;
-    if (env->body_case == TANDEM__ENVELOPE__BODY_ERROR) {
+    if (env->body == TD_BODY_ERROR) {
         rc = s_error(env, err);
         goto out;
     }
-    const Tandem__SelfspecDrafts *d = env->selfspec_drafts;
+    const td_selfspec_drafts_t *d = &env->selfspec_drafts;
     if ((int)d->n_counts != n) {
         rc = td_err_set(err, TD_ERR_FORMAT, "the drafter answered %zu states, %d were asked",
                         d->n_counts, n);
@@ -98,7 +97,7 @@ int td_remote_selfspec_recv(td_client_t *c, uint64_t session, uint64_t round, in
     }
     if (drafter_us) *drafter_us = d->drafter_us;
 out:
-    td_wire_free(&env);
+    td_msg_free(&env);
     return rc;
 }
 
@@ -124,49 +123,47 @@ int td_remote_planned_fill(td_client_t *c, uint64_t session, uint64_t round, int
         for (int i = 0; i < 3 * n_ctx; i++) urows[i] = (uint32_t)rows3[i];
     for (int i = 0; i < n_spans; i++) units[i] = (uint32_t)span_units[i];
     for (int i = 0; i < 6; i++) utags[i] = (uint32_t)tags[i];
-    Tandem__Envelope env;
-    Tandem__PlannedFill r;
-    Tandem__Sampling smp = TANDEM__SAMPLING__INIT;
-    td_wire_planned_fill_init(&env, &r, session, round);
-    r.n_context = (size_t)n_ctx;
-    r.context = uctx;
-    r.n_context_rows = rows3 ? (size_t)n_ctx * 3 : 0;
-    r.context_rows = urows;
-    r.n_span_units = (size_t)n_spans;
-    r.span_units = units;
-    r.steps_ratio = steps_ratio;
-    r.dense = dense;
+    td_msg_t env;
+    td_msg_init(&env, TD_BODY_PLANNED_FILL, session, round);
+    td_planned_fill_t *r = &env.planned_fill;
+    r->n_context = (size_t)n_ctx;
+    r->context = uctx;
+    r->n_context_rows = rows3 ? (size_t)n_ctx * 3 : 0;
+    r->context_rows = urows;
+    r->n_span_units = (size_t)n_spans;
+    r->span_units = units;
+    r->steps_ratio = steps_ratio;
+    r->dense = dense;
     if (sp) {
-        smp.temperature = sp->temperature;
-        smp.top_k = (uint32_t)sp->top_k;
-        smp.top_p = sp->top_p;
-        r.sampling = &smp;
+        r->has_sampling = 1;
+        r->sampling.temperature = sp->temperature;
+        r->sampling.top_k = (uint32_t)sp->top_k;
+        r->sampling.top_p = sp->top_p;
     }
-    r.n_rng_state = 4;
-    r.rng_state = rng;
-    r.capacity = (uint32_t)cap;
-    r.n_tags = 6;
-    r.tags = utags;
+    r->n_rng_state = 4;
+    r->rng_state = rng;
+    r->capacity = (uint32_t)cap;
+    r->n_tags = 6;
+    r->tags = utags;
     int rc = td_client_send(c, &env, err);
     free(uctx);
     free(urows);
     if (rc != TD_OK) return rc;
-    Tandem__Envelope *ans =
-        s_wait(c, session, round, timeout_ms, TANDEM__ENVELOPE__BODY_PLANNED_FILLED, err);
+    td_msg_t *ans = s_wait(c, session, round, timeout_ms, TD_BODY_PLANNED_FILLED, err);
     if (!ans) return err && err->code ? err->code : TD_ERR_IO;
-    if (ans->body_case == TANDEM__ENVELOPE__BODY_ERROR) {
+    if (ans->body == TD_BODY_ERROR) {
         rc = s_error(ans, err);
-        td_wire_free(&ans);
+        td_msg_free(&ans);
         return rc;
     }
-    const Tandem__PlannedFilled *f = ans->planned_filled;
+    const td_planned_filled_t *f = &ans->planned_filled;
     int need = 0;
     for (int i = 0; i < n_spans; i++) need += 10 * span_units[i] + 2;
     if ((int)f->n_scaffold != need || need > cap) {
         rc = td_err_set(err, TD_ERR_FORMAT,
                         "the drafter's scaffold has %zu tokens, the plan needs %d (room %d)",
                         f->n_scaffold, need, cap);
-        td_wire_free(&ans);
+        td_msg_free(&ans);
         return rc;
     }
     for (int i = 0; i < need; i++) scaffold[i] = (int32_t)f->scaffold[i];
@@ -174,6 +171,6 @@ int td_remote_planned_fill(td_client_t *c, uint64_t session, uint64_t round, int
     if (forwards) *forwards = (int)f->forwards;
     if (span_steps) *span_steps = (int)f->span_steps;
     if (drafter_us) *drafter_us = f->drafter_us;
-    td_wire_free(&ans);
+    td_msg_free(&ans);
     return need;
 }

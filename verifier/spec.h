@@ -53,11 +53,11 @@ typedef struct td_spec_params {
     uint64_t seed;
     const int32_t *stop_ids;
     int n_stop;
-    int dist_top_k;             /* K of the sparse distributions on the wire (0 = 32) */
-    float apd_mixture;          /* R */
-    int apd_kv_window;          /* W (0 = off) */
-    int drafter_timeout_ms;     /* per round; 0 = 5000 */
-    const Tandem__Hello *hello; /* our Hello, to handshake again with a drafter that restarted
+    int dist_top_k;          /* K of the sparse distributions on the wire (0 = 32) */
+    float apd_mixture;       /* R */
+    int apd_kv_window;       /* W (0 = off) */
+    int drafter_timeout_ms;  /* per round; 0 = 5000 */
+    const td_hello_t *hello; /* our Hello, to handshake again with a drafter that restarted
                                    (NULL: a restarted drafter stays unused for this request) */
 } td_spec_params_t;
 
