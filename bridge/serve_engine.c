@@ -148,6 +148,17 @@ static void s_params(const td_serve_engine_t *e, const td_serve_job_t *j, td_met
     p->n_stop = j->n_stop;
 }
 
+/* Engine thread: slot a's job (its result delivered) leaves; the engine drops its reference. */
+static void s_slot_free(td_serve_engine_t *e, active_t *a) {
+    td_serve_job_t *j = a->job;
+    pthread_mutex_lock(&e->mu);
+    a->job = NULL;
+    e->running--;
+    pthread_cond_broadcast(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    td_serve_job_release(&j);
+}
+
 /* Engine thread: turns job j into a session in slot a and submits it to the driver. On failure
  * the job ends with the error and the slot stays free. */
 static void s_start_job(td_serve_engine_t *e, active_t *a, td_serve_job_t *j) {
@@ -200,12 +211,7 @@ static void s_start_job(td_serve_engine_t *e, active_t *a, td_serve_job_t *j) {
     }
     return; /* a failed prefill ended the session: the sweep reports it */
 drop:
-    pthread_mutex_lock(&e->mu);
-    a->job = NULL;
-    e->running--;
-    pthread_cond_broadcast(&e->cv);
-    pthread_mutex_unlock(&e->mu);
-    td_serve_job_release(&j);
+    s_slot_free(e, a);
 }
 
 /* Engine thread: ends the job of a session that left the driver and frees its slot entry. */
@@ -221,12 +227,7 @@ static void s_end_job(td_serve_engine_t *e, active_t *a) {
     if (e->link) td_link_forget(e->link, td_session_id(a->s)); /* its late answers */
     td_session_destroy(&a->s);
     s_job_finish(j, rc, rc == TD_OK ? NULL : err.msg);
-    pthread_mutex_lock(&e->mu);
-    a->job = NULL;
-    e->running--;
-    pthread_cond_broadcast(&e->cv);
-    pthread_mutex_unlock(&e->mu);
-    td_serve_job_release(&j);
+    s_slot_free(e, a);
 }
 
 /* The engine thread: between rounds, queued jobs join as sessions (while KV slots are free) and

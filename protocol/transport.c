@@ -527,6 +527,34 @@ static void s_zap_unregister(const char *domain) {
 /* ---------------------------------------------------------------------------------------------
  * Server */
 
+/* A ROUTER or DEALER socket for endpoint on the options' context (or the shared one); NULL with
+ * err set. */
+static void *s_socket_new(const td_transport_opts_t *o, int type, const char *endpoint, void **ctx,
+                          td_err_t *err) {
+    *ctx = o->context ? o->context : td_transport_context_shared();
+    if (!*ctx) {
+        td_err_set(err, TD_ERR, "cannot create a ZeroMQ context");
+        return NULL;
+    }
+    void *sock = zmq_socket(*ctx, type);
+    if (!sock)
+        s_zmq_fail(err, TD_ERR,
+                   type == ZMQ_ROUTER ? "zmq_socket(ROUTER) for" : "zmq_socket(DEALER) for",
+                   endpoint);
+    return sock;
+}
+
+/* size zeroed bytes for the endpoint that owns sock; NULL (sock closed, err set) when out of
+ * memory. */
+static void *s_calloc_or_close(size_t size, void *sock, td_err_t *err) {
+    void *p = calloc(1, size);
+    if (!p) {
+        zmq_close(sock);
+        td_err_set(err, TD_ERR_NOMEM, "out of memory");
+    }
+    return p;
+}
+
 td_server_t *td_server_new(const char *endpoint, const td_transport_opts_t *opts, td_err_t *err) {
     td_transport_opts_t o = {0};
     if (opts) o = *opts;
@@ -549,24 +577,12 @@ td_server_t *td_server_new(const char *endpoint, const td_transport_opts_t *opts
             return NULL;
         }
     }
-    void *ctx = o.context ? o.context : td_transport_context_shared();
-    if (!ctx) {
-        td_err_set(err, TD_ERR, "cannot create a ZeroMQ context");
-        return NULL;
-    }
-    td_server_t *self = calloc(1, sizeof *self);
-    if (!self) {
-        td_err_set(err, TD_ERR_NOMEM, "out of memory");
-        return NULL;
-    }
+    void *ctx = NULL, *sock = s_socket_new(&o, ZMQ_ROUTER, endpoint, &ctx, err);
+    td_server_t *self = sock ? s_calloc_or_close(sizeof *self, sock, err) : NULL;
+    if (!self) return NULL;
+    self->sock = sock;
     self->limits = s_limits(&o.limits);
     self->spin_us = o.spin_us > 0 ? o.spin_us : 0;
-    self->sock = zmq_socket(ctx, ZMQ_ROUTER);
-    if (!self->sock) {
-        s_zmq_fail(err, TD_ERR, "zmq_socket(ROUTER) for", endpoint);
-        free(self);
-        return NULL;
-    }
     int rc = s_socket_common(self->sock, &o, &self->limits, v6, err);
     if (!rc) rc = s_setopt_int(self->sock, ZMQ_ROUTER_MANDATORY, 1, err, "ZMQ_ROUTER_MANDATORY");
     if (!rc && o.curve_secret_key) {
@@ -738,25 +754,13 @@ td_client_t *td_client_new(const char *endpoint, const td_transport_opts_t *opts
             return NULL;
         }
     }
-    void *ctx = o.context ? o.context : td_transport_context_shared();
-    if (!ctx) {
-        td_err_set(err, TD_ERR, "cannot create a ZeroMQ context");
-        return NULL;
-    }
-    td_client_t *self = calloc(1, sizeof *self);
-    if (!self) {
-        td_err_set(err, TD_ERR_NOMEM, "out of memory");
-        return NULL;
-    }
+    void *ctx = NULL, *sock = s_socket_new(&o, ZMQ_DEALER, endpoint, &ctx, err);
+    td_client_t *self = sock ? s_calloc_or_close(sizeof *self, sock, err) : NULL;
+    if (!self) return NULL;
+    self->sock = sock;
     snprintf(self->endpoint, sizeof self->endpoint, "%s", endpoint);
     self->limits = s_limits(&o.limits);
     self->spin_us = o.spin_us > 0 ? o.spin_us : 0;
-    self->sock = zmq_socket(ctx, ZMQ_DEALER);
-    if (!self->sock) {
-        s_zmq_fail(err, TD_ERR, "zmq_socket(DEALER) for", endpoint);
-        free(self);
-        return NULL;
-    }
     int rc = s_socket_common(self->sock, &o, &self->limits, v6, err);
     if (!rc && o.curve_server_key) {
         char server[41], pub[41], sec[41];

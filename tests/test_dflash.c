@@ -501,12 +501,8 @@ TD_TEST(features_of_accepted_rows) {
         td_kv_cache_t *kv = td_kv_cache_new(v, 1, 128, &err);
         float *want = calloc((size_t)held * FD, sizeof *want);
         int layers[] = {1, 3, 5};
-        td_batch_t b = {.n = held,
-                        .tokens = text,
-                        .attn = TD_ATTN_CAUSAL,
-                        .hidden_layers = layers,
-                        .n_hidden_layers = 3,
-                        .hidden_out = want};
+        td_batch_t b = {.n = held, .tokens = text, .attn = TD_ATTN_CAUSAL};
+        b.hidden_layers = layers, b.n_hidden_layers = 3, b.hidden_out = want;
         REQUIRE(td_model_forward(v, kv, &b, NULL, &err) == TD_OK);
         td_feature_round(want, (int64_t)held * FD, TD_FEATURE_BF16);
         int bad = 0, first = -1;
