@@ -1317,7 +1317,11 @@ static void s_quant_compare(td_backend_t *gpu, const char *path, const int32_t *
         CHECK_MSG(m[k] != NULL, "%s on %s: %s", path, td_backend_name(be[k]), err.msg);
         if (!m[k]) goto done;
         V = td_model_config(m[k])->n_vocab;
+        /* float32 caches on the CPUs too: the CUDA backend keeps no f16 cache, and a quantized
+         * model's CPU default (f16) would move every later int8 step (model/model.h) */
+        setenv("TD_KV_TYPE", "f32", 1);
         kv[k] = td_kv_cache_new(m[k], 1, n_ctx, &err);
+        unsetenv("TD_KV_TYPE");
         lg[k] = malloc(sizeof(float) * (size_t)n_max * (size_t)V);
         REQUIRE(kv[k] && lg[k]);
     }
