@@ -366,7 +366,10 @@ td_serve_engine_t *td_serve_engine_new(const td_serve_engine_opts_t *o, td_err_t
     po.curve_secret_key = o->curve_secret_key;
     /* dflash: our Hello lists the verifier's fingerprint (a remote dflash drafter refuses another
      * target; an in-process one is loaded against the verifier itself) */
-    po.dflash = o->method == TD_METHOD_DFLASH || o->any_method; /* (a worker: any drafter) */
+    /* (a worker serves whatever its drafter drafts: a remote one may be a DFlash drafter; an
+     * in-process DFlash directory is recognised by td_pair_open itself) */
+    po.dflash = o->method == TD_METHOD_DFLASH ||
+                (o->any_method && o->drafter && td_is_endpoint(o->drafter));
     e->pair_open = 1;
     if (td_pair_open(&e->pair, e->vdir, e->o.drafter, &po, err) != TD_OK) goto fail;
     if (e->pair.dc && !(e->link = td_link_new(e->pair.dc, &e->pair.hello, err))) goto fail;

@@ -436,10 +436,8 @@ static int s_dj_take(s_dj_t *D, const float *rows, td_err_t *err) {
     for (int j = 0; j < gamma; j++) {
         if (!D->pick[j]) continue;
         const float *lrow = rows + (size_t)D->rowof[j] * V;
-        float *qj = J->q ? J->q + (size_t)j * V : D->qrow;
-        int id = td_sample(J->sp, J->rng, lrow, V, qj);
-        if (id < 0) return td_err_set(err, id, "sampling failed at draft position %d", j);
-        J->draft[j] = id;
+        int rc = td_draft_sample(J->sp, J->rng, lrow, V, J->q, D->qrow, j, J->draft, "", err);
+        if (rc != TD_OK) return rc;
         D->masked[j] = 0;
         D->remaining--;
         if (D->o.logits) memcpy(D->o.logits + (size_t)j * V, lrow, (size_t)V * sizeof *lrow);
@@ -599,7 +597,7 @@ int td_ar_draft_many(td_model_t *m, td_kv_cache_t *kv, td_ar_job_t *jobs, int n_
     uint8_t *lf = calloc((size_t)rows, 1);
     float *logits = malloc((size_t)n_jobs * (size_t)V * sizeof *logits);
     int *grow = malloc(((size_t)n_jobs + 1) * sizeof *grow);
-    td_kv_cache_t **kvs = malloc((size_t)n_jobs * sizeof *kvs);
+    td_kv_cache_t **kvs = calloc((size_t)n_jobs, sizeof *kvs);
     int rc = TD_OK;
     if (!tok || !lf || !logits || !grow || !kvs)
         rc = td_err_set(err, TD_ERR_NOMEM, "out of memory");
@@ -630,13 +628,9 @@ int td_ar_draft_many(td_model_t *m, td_kv_cache_t *kv, td_ar_job_t *jobs, int n_
         for (int k = 0, r = 0; k < n_jobs; k++) {
             td_ar_job_t *J = &jobs[k];
             if (j >= J->gamma) continue;
-            float *qj = J->q ? J->q + (size_t)j * V : NULL;
-            int id = td_sample(J->sp, J->rng, logits + (size_t)r++ * V, V, qj);
-            if (id < 0) {
-                rc = td_err_set(err, id, "sampling failed at draft position %d", j);
-                break;
-            }
-            J->draft[j] = id;
+            rc = td_draft_sample(J->sp, J->rng, logits + (size_t)r++ * V, V, J->q, NULL, j,
+                                 J->draft, "", err);
+            if (rc != TD_OK) break;
         }
     }
     free(tok);
