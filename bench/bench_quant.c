@@ -10,9 +10,12 @@
  * and "bf16" (the float kernels, for a ratio).
  * Options: --threads LIST (default 1,2), --reps N (default 15), --set NAME (only that set),
  * --n LIST (default 1,9), --kernels NAME (only that path), --hot 1 (one layer's weights reused:
- * cache-resident, measures the kernels' compute; lm_head replaced by a 576x576 matrix). */
+ * cache-resident, measures the kernels' compute; lm_head replaced by a 576x576 matrix), --repack
+ * 0|1 (default 1: Q4_1 and Q8_0 in the 16-row tile layout the CPU backend loads them in; 0: the
+ * file's row layout). */
 #include "bench/bench_opts.h"
 #include "kernels/backend.h"
+#include "kernels/cpu_quant.h"
 #include "kernels/quant.h"
 
 #include <stdio.h>
@@ -65,7 +68,17 @@ static void s_make(mat_t *m, td_dtype_t t, int64_t rows, int64_t cols) {
             memcpy(p + i, &v, 2);
         }
     m->mem = p;
-    m->w = (td_weight_t){p, t, rows, cols, 0, 0};
+    m->w = (td_weight_t){.data = p, .dtype = t, .rows = rows, .cols = cols};
+}
+
+/* --repack 1: the 16-row tile layout the CPU backend gives Q4_1 / Q8_0 models at load */
+static void s_repack(mat_t *m) {
+    void *t = td_cpu_qrepack(&m->w);
+    if (!t) return;
+    free(m->mem);
+    m->mem = t;
+    m->w.data = t;
+    m->w.layout = TD_WLAYOUT_TILE16;
 }
 
 static double s_cpu_now(void) {
@@ -101,10 +114,11 @@ static int s_in_list(const char *list, int v) {
 
 int main(int argc, char **argv) {
     const char *threads = "1,2", *only = NULL, *nlist = "1,9", *konly = NULL;
-    int reps = 15, hot = 0;
+    int reps = 15, hot = 0, repack = 1;
     const td_bench_opt_t opts[] = {{"threads", 's', &threads}, {"reps", 'i', &reps},
                                    {"set", 's', &only},        {"n", 's', &nlist},
-                                   {"hot", 'i', &hot},         {"kernels", 's', &konly}};
+                                   {"hot", 'i', &hot},         {"kernels", 's', &konly},
+                                   {"repack", 'i', &repack}};
     td_bench_opts(argc, argv, opts, (int)(sizeof opts / sizeof *opts), "bench_quant", 0);
     static const struct {
         const char *name;
@@ -136,13 +150,16 @@ int main(int argc, char **argv) {
                 if (hot && l > 0) { /* --hot 1: one layer's weights (in cache) 30 times */
                     mats[l * 7 + k] = mats[k];
                     mats[l * 7 + k].mem = NULL;
-                } else
+                } else {
                     s_make(&mats[l * 7 + k], sets[s].layer, shp[k][0], shp[k][1]);
+                    if (repack) s_repack(&mats[l * 7 + k]);
+                }
             }
         if (hot)
             s_make(&mats[nm - 1], sets[s].layer, 576, 576);
         else
             s_make(&mats[nm - 1], sets[s].head, 49152, 576);
+        if (repack) s_repack(&mats[nm - 1]);
         for (int i = 0; i < nm; i++) bytes += mats[i].bytes;
         const int quant = td_dtype_is_quantized(sets[s].layer);
         for (int p = 0; p < 3; p++) {

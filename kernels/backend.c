@@ -26,6 +26,9 @@ const void *td_backend_weights(td_backend_t *be, const void *host, size_t nbytes
 void td_backend_free_weights(td_backend_t *be, const void *p) {
     if (p) be->iface->free_weights(be, p);
 }
+int td_backend_prepare_weight(td_backend_t *be, td_weight_t *w) {
+    return be->iface->prepare_weight ? be->iface->prepare_weight(be, w) : TD_OK;
+}
 void td_backend_set(td_backend_t *be, void *dst, const void *src, size_t n) {
     be->iface->set(be, dst, src, n);
 }

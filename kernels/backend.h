@@ -26,7 +26,11 @@ typedef struct td_weight {
     int transposed;
     int64_t ld; /* elements between consecutive stored rows; 0 = dense (cols, or rows when
                    transposed). Lets a weight be a column slice of a fused matrix (GPT-2 c_attn). */
+    int layout; /* TD_WLAYOUT_ROWS (0): as in the file; or a backend's own regrouping of the same
+                   bytes, set by td_backend_prepare_weight (TD_WLAYOUT_TILE16: kernels/cpu_quant.c) */
 } td_weight_t;
+
+enum { TD_WLAYOUT_ROWS = 0, TD_WLAYOUT_TILE16 = 1 };
 
 /* Attention mask kinds (per query token, over key positions of its own sequence). */
 typedef enum td_attn_kind {
@@ -114,6 +118,13 @@ void td_backend_free(td_backend_t *be, void *p);
  * Device backends copy it once. NULL on failure. Released by td_backend_free_weights. */
 const void *td_backend_weights(td_backend_t *be, const void *host_data, size_t nbytes);
 void td_backend_free_weights(td_backend_t *be, const void *p);
+/* Lets the backend regroup a placed weight (w filled: data from td_backend_weights, dtype,
+ * shape) into the layout its kernels read fastest, without changing any result: the CPU backend
+ * regroups Q4_1 and Q8_0 matrices into 16-row tiles (kernels/cpu_quant.c; TD_QREPACK=0 turns it
+ * off). On success w->data may point to a new block, which the caller releases with
+ * td_backend_free_weights (besides the original); returns TD_OK, or TD_ERR_NOMEM with w
+ * unchanged. Backends without the hook leave w as it is. */
+int td_backend_prepare_weight(td_backend_t *be, td_weight_t *w);
 void td_backend_set(td_backend_t *be, void *dst, const void *host_src, size_t nbytes);
 void td_backend_get(td_backend_t *be, void *host_dst, const void *src, size_t nbytes);
 void td_backend_copy(td_backend_t *be, void *dst, const void *src, size_t nbytes);

@@ -13,6 +13,7 @@ struct td_backend_i {
     void (*free)(td_backend_t *be, void *p);
     const void *(*weights)(td_backend_t *be, const void *host, size_t nbytes);
     void (*free_weights)(td_backend_t *be, const void *p);
+    int (*prepare_weight)(td_backend_t *be, td_weight_t *w); /* (optional) */
     void (*set)(td_backend_t *be, void *dst, const void *src, size_t nbytes);
     void (*get)(td_backend_t *be, void *dst, const void *src, size_t nbytes);
     void (*copy)(td_backend_t *be, void *dst, const void *src, size_t nbytes);

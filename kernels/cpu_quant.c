@@ -68,6 +68,21 @@ typedef struct td_qx {
 #define TD_QTILE_NT 24 /* tokens per pass over a tile (more: another pass) */
 static inline int s_is_tiled(int dt) { return dt == TD_DTYPE_Q4_1 || dt == TD_DTYPE_Q8_0; }
 
+/* The 16-row tile layout (TD_WLAYOUT_TILE16, made once at load by td_cpu_qrepack): the same
+ * bytes as the file, regrouped so that unit k (32 elements) of 16 consecutive rows is one
+ * contiguous, 64-byte-aligned block of 16 x the type's block size, already in the order the
+ * kernels multiply in. Tile b, unit k is at data + (b * nu + k) * TD_T16_BYTES(dt). Within it,
+ * "dword i of vector j" (64 bytes per vector) is bytes 4j .. 4j+3 of row i's quants:
+ *   Q4_1 (320 B): d[16] (f16), m[16] (f16), then 4 vectors of the packed nibbles;
+ *   Q8_0 (544 B): 8 vectors of the signed bytes stored + 128 (unsigned), then d[16] (f16).
+ * The kernels then load a unit with 5 (Q4_1) or 9 (Q8_0) plain vector loads, where the file's
+ * layout needs 16 row loads, a gather and a transpose per unit, and the weights stream from one
+ * address range. No value changes: every path computes what it computes on the file's layout. */
+#ifndef TD_T16_PF
+#define TD_T16_PF 1
+#endif
+#define TD_T16_BYTES(dt) ((dt) == TD_DTYPE_Q8_0 ? 544 : 320)
+
 /* Offset types: the weight bytes are q and the element is d * (q - offset); the correction
  * - offset * sum(activations) goes into the integer lanes (Q6_K: per 16, lanes 0 and 4). */
 static inline int s_has_corr(int dt) {
@@ -337,6 +352,85 @@ static void s_tile_scalar(int dt, int nr, const uint8_t *w0, size_t ldb, const t
         }
 }
 
+/* Row i's unit of tile-unit block t (TD_WLAYOUT_TILE16) back in the file's block format: blk
+ * (20 or 34 bytes). */
+static void s_t16_restore(int dt, const uint8_t *t, int i, uint8_t *blk) {
+    if (dt == TD_DTYPE_Q8_0) {
+        memcpy(blk, t + 512 + 2 * i, 2);
+        for (int e = 0; e < 32; e++) blk[2 + e] = t[64 * (e >> 2) + 4 * i + (e & 3)] ^ 0x80;
+    } else {
+        memcpy(blk, t + 2 * i, 2);
+        memcpy(blk + 2, t + 32 + 2 * i, 2);
+        for (int e = 0; e < 16; e++) blk[4 + e] = t[64 + 64 * (e >> 2) + 4 * i + (e & 3)];
+    }
+}
+
+int td_cpu_qrepack_fits(const td_weight_t *w) {
+    return w && w->data && s_is_tiled(w->dtype) && w->layout == TD_WLAYOUT_ROWS &&
+           !w->transposed && w->rows > 0 && w->rows % 16 == 0 && w->cols > 0 &&
+           w->cols % 32 == 0 && (w->ld == 0 || w->ld == w->cols);
+}
+
+void *td_cpu_qrepack(const td_weight_t *w) {
+    if (!td_cpu_qrepack_fits(w)) return NULL;
+    const int dt = w->dtype, bb = dt == TD_DTYPE_Q8_0 ? 34 : 20;
+    const int64_t nu = w->cols / 32, ntile = w->rows / 16;
+    const size_t ldb = (size_t)nu * (size_t)bb, tub = TD_T16_BYTES(dt);
+    uint8_t *out = NULL;
+    if (posix_memalign((void **)&out, 64, (size_t)(ntile * nu) * tub + 64)) return NULL;
+    for (int64_t b = 0; b < ntile; b++)
+        for (int64_t k = 0; k < nu; k++) {
+            uint8_t *t = out + (size_t)(b * nu + k) * tub;
+            for (int i = 0; i < 16; i++) {
+                const uint8_t *blk = (const uint8_t *)w->data + (size_t)(16 * b + i) * ldb +
+                                     (size_t)k * (size_t)bb;
+                if (dt == TD_DTYPE_Q8_0) {
+                    memcpy(t + 512 + 2 * i, blk, 2);
+                    for (int e = 0; e < 32; e++)
+                        t[64 * (e >> 2) + 4 * i + (e & 3)] = blk[2 + e] ^ 0x80;
+                } else {
+                    memcpy(t + 2 * i, blk, 2);
+                    memcpy(t + 32 + 2 * i, blk + 2, 2);
+                    for (int e = 0; e < 16; e++) t[64 + 64 * (e >> 2) + 4 * i + (e & 3)] = blk[4 + e];
+                }
+            }
+        }
+    return out;
+}
+
+/* Row r of a TD_WLAYOUT_TILE16 weight in the file's format (row: its ldb bytes). */
+static void s_t16_row(const td_weight_t *w, int64_t r, uint8_t *row) {
+    const int dt = w->dtype, bb = dt == TD_DTYPE_Q8_0 ? 34 : 20;
+    const int64_t nu = w->cols / 32;
+    const uint8_t *tile = (const uint8_t *)w->data + (size_t)((r / 16) * nu) * TD_T16_BYTES(dt);
+    for (int64_t k = 0; k < nu; k++)
+        s_t16_restore(dt, tile + (size_t)k * TD_T16_BYTES(dt), (int)(r % 16), row + k * bb);
+}
+
+/* s_tile_scalar on a TD_WLAYOUT_TILE16 tile (w0: its first unit): the very same operations. */
+static void s_t16_scalar(int dt, const uint8_t *w0, const td_qx_t *xa, int t0, int nt,
+                         float *out) {
+    const int64_t nu = xa->nu, cols = nu * 32;
+    for (int r = 0; r < 16; r++)
+        for (int t = 0; t < nt; t++) {
+            float acc = 0, macc = 0;
+            for (int64_t k = 0; k < nu; k++) {
+                uint8_t blk[34];
+                int w[32];
+                float fw[8], mw;
+                s_t16_restore(dt, w0 + (size_t)k * TD_T16_BYTES(dt), r, blk);
+                s_unit_scalar(dt, blk, 0, w, fw, &mw);
+                const int64_t tk = (int64_t)(t0 + t) * nu + k;
+                const int8_t *q = xa->q + (t0 + t) * cols + 32 * k;
+                int32_t is = 0;
+                for (int e = 0; e < 32; e++) is += w[e] * q[e];
+                acc = fmaf((float)is, fw[0] * xa->d[tk], acc);
+                if (dt == TD_DTYPE_Q4_1) macc = fmaf(mw, xa->s[k * xa->ns + t0 + t], macc);
+            }
+            out[t * 16 + r] = acc + macc;
+        }
+}
+
 /* --- SIMD paths ------------------------------------------------------------------------------- */
 
 #ifdef TD_QX86
@@ -363,6 +457,8 @@ typedef void (*s_block_fn)(int dt, int nr, int nt, const uint8_t *w0, size_t ldb
                            int t0, float *out);
 typedef void (*s_tile_fn)(int dt, const uint8_t *w0, size_t ldb, const td_qx_t *xa, int t0, int nt,
                           float *out, const uint8_t *pf, size_t pfn);
+typedef void (*s_t16_fn)(int dt, const uint8_t *w0, const td_qx_t *xa, int t0, int nt, float *out,
+                         const uint8_t *pf, size_t pfn);
 enum { S_SCALAR = 0, S_AVX2, S_VNNI, S_NPATH };
 static const char *const s_path_names[S_NPATH] = {"scalar", "avx2", "avx512vnni"};
 static int s_path = -1;
@@ -405,14 +501,21 @@ int td_cpu_kernels_select(const char *name, td_err_t *err) {
 
 const char *td_cpu_kernels_name(void) { return s_path_names[s_get_path()]; }
 
-/* The kernels of path p: the row-block product (scalar when p has none) and the 16-row tile
- * product (NULL when p has none). */
-static void s_kernels_for(int p, s_block_fn *block, s_tile_fn *tile) {
+static void s_t16_scalar_fn(int dt, const uint8_t *w0, const td_qx_t *xa, int t0, int nt,
+                            float *out, const uint8_t *pf, size_t pfn) {
+    (void)pf, (void)pfn;
+    s_t16_scalar(dt, w0, xa, t0, nt, out);
+}
+
+/* The kernels of path p: the row-block product (scalar when p has none), the 16-row tile
+ * product (NULL when p has none) and the product on TD_WLAYOUT_TILE16 tiles. */
+static void s_kernels_for(int p, s_block_fn *block, s_tile_fn *tile, s_t16_fn *t16) {
     *block = s_block_scalar;
     *tile = NULL;
+    *t16 = s_t16_scalar_fn;
 #ifdef TD_QX86
-    if (p == S_VNNI) *block = s_vnni_block, *tile = s_vnni_tile;
-    if (p == S_AVX2) *block = s_avx2_block, *tile = s_avx2_tile;
+    if (p == S_VNNI) *block = s_vnni_block, *tile = s_vnni_tile, *t16 = s_vnni_t16;
+    if (p == S_AVX2) *block = s_avx2_block, *tile = s_avx2_tile, *t16 = s_avx2_t16;
 #endif
     (void)p;
 }
@@ -422,8 +525,11 @@ static void s_kernels_for(int p, s_block_fn *block, s_tile_fn *tile) {
 static int s_check(const td_weight_t *w) {
     const int be = td_dtype_block_elems(w->dtype);
     const int64_t ld = w->ld ? w->ld : w->cols;
-    return td_dtype_is_quantized(w->dtype) && !w->transposed && w->cols > 0 && w->cols % be == 0 &&
-           ld % be == 0 && ld >= w->cols;
+    if (w->layout == TD_WLAYOUT_TILE16) /* what td_cpu_qrepack makes */
+        return s_is_tiled(w->dtype) && !w->transposed && w->rows % 16 == 0 && w->cols % 32 == 0 &&
+               ld == w->cols;
+    return w->layout == TD_WLAYOUT_ROWS && td_dtype_is_quantized(w->dtype) && !w->transposed &&
+           w->cols > 0 && w->cols % be == 0 && ld % be == 0 && ld >= w->cols;
 }
 
 static size_t s_ldb(const td_weight_t *w) {
@@ -440,7 +546,28 @@ static int s_integer(int n_threads, float *y, const float *x, const td_weight_t 
     const int path = s_get_path();
     s_block_fn fn;
     s_tile_fn tf;
-    s_kernels_for(path, &fn, &tf);
+    s_t16_fn t16;
+    s_kernels_for(path, &fn, &tf, &t16);
+    if (w->layout == TD_WLAYOUT_TILE16) {
+        const int64_t ntile = rows / 16;
+        const size_t tbytes = (size_t)xa.nu * TD_T16_BYTES(dt);
+        const uint8_t *base = w->data;
+#pragma omp parallel for schedule(static) if (rows * cols >= TD_QPAR_MIN) num_threads(n_threads)
+        for (int64_t b = 0; b < ntile; b++) {
+            const uint8_t *w0 = base + (size_t)b * tbytes;
+            float out[16 * TD_QTILE_NT];
+            for (int t0 = 0; t0 < n; t0 += TD_QTILE_NT) {
+                const int nt = n - t0 < TD_QTILE_NT ? n - t0 : TD_QTILE_NT;
+                /* prefetch: the next tile, during the first pass over this one */
+                t16(dt, w0, &xa, t0, nt, out, w0 + TD_T16_PF * tbytes,
+                    t0 == 0 && b + TD_T16_PF < ntile ? tbytes : 0);
+                for (int t = 0; t < nt; t++)
+                    memcpy(y + (int64_t)(t0 + t) * rows + 16 * b, out + 16 * t, 16 * sizeof(float));
+            }
+        }
+        free(xa.q);
+        return TD_OK;
+    }
     if (s_is_tiled(dt)) {
         /* (the VNNI kernel gathers with 32-bit offsets up to 15 rows away) */
         const int64_t ntile = tf && ldb < ((size_t)1 << 27) ? rows / TD_QTILE_ROWS : 0,
@@ -521,8 +648,18 @@ void td_cpu_qmatmul_ref(float *y, const float *x, const td_weight_t *w, const td
     }
     if (bias) td_to_f32(bv, bias->data, bias->dtype, rows);
     const size_t ldb = s_ldb(w);
+    uint8_t *raw = w->layout == TD_WLAYOUT_TILE16 ? malloc(ldb) : NULL;
+    if (w->layout == TD_WLAYOUT_TILE16 && !raw) {
+        td_log(TD_LOG_ERROR, "reference quantized matmul: out of memory");
+        memset(y, 0, (size_t)n * (size_t)rows * sizeof(float));
+        free(row);
+        free(bv);
+        return;
+    }
     for (int64_t r = 0; r < rows; r++) {
-        td_dequantize_row(w->dtype, (const uint8_t *)w->data + (size_t)r * ldb, row, cols);
+        const uint8_t *src = (const uint8_t *)w->data + (size_t)r * ldb;
+        if (raw) s_t16_row(w, r, raw), src = raw;
+        td_dequantize_row(w->dtype, src, row, cols);
         for (int t = 0; t < n; t++) {
             double acc = bv ? (double)bv[r] : 0.0;
             for (int64_t c = 0; c < cols; c++)
@@ -530,6 +667,7 @@ void td_cpu_qmatmul_ref(float *y, const float *x, const td_weight_t *w, const td
             y[(int64_t)t * rows + r] = (float)acc;
         }
     }
+    free(raw);
     free(row);
     free(bv);
 }
@@ -539,6 +677,18 @@ void td_cpu_qget_rows(float *y, const td_weight_t *t, const int32_t *ids, int n)
     for (int i = 0; i < n; i++) {
         if (!s_check(t)) {
             memset(y + (int64_t)i * t->cols, 0, (size_t)t->cols * sizeof(float));
+            continue;
+        }
+        if (t->layout == TD_WLAYOUT_TILE16) { /* unit by unit, back in the file's format */
+            const int64_t nu = t->cols / 32;
+            const uint8_t *tile =
+                (const uint8_t *)t->data + (size_t)((ids[i] / 16) * nu) * TD_T16_BYTES(t->dtype);
+            for (int64_t k = 0; k < nu; k++) {
+                uint8_t blk[34];
+                s_t16_restore(t->dtype, tile + (size_t)k * TD_T16_BYTES(t->dtype), ids[i] % 16,
+                              blk);
+                td_dequantize_row(t->dtype, blk, y + (int64_t)i * t->cols + 32 * k, 32);
+            }
             continue;
         }
         td_dequantize_row(t->dtype, (const uint8_t *)t->data + (size_t)ids[i] * ldb,

@@ -17,6 +17,15 @@ int td_cpu_qmatmul(int n_threads, float *y, const float *x, const td_weight_t *w
 void td_cpu_qmatmul_ref(float *y, const float *x, const td_weight_t *w, const td_weight_t *bias,
                         int n);
 
+/* Q4_1 and Q8_0 matrices of rows % 16 == 0 (dense, not transposed) regrouped into 16-row
+ * tiles (TD_WLAYOUT_TILE16; cpu_quant.c describes it): the products then read each unit of 16
+ * rows with a few plain vector loads. td_cpu_qrepack returns a new 64-byte-aligned block (free()
+ * it) holding w's bytes in that layout, or NULL when w does not fit (td_cpu_qrepack_fits) or
+ * memory is short; the caller sets data and layout. Every product, lookup and reference gives
+ * bitwise the same values on both layouts. */
+int td_cpu_qrepack_fits(const td_weight_t *w);
+void *td_cpu_qrepack(const td_weight_t *w);
+
 /* y[i, :] = dequantized row ids[i] of table (embedding lookup). */
 void td_cpu_qget_rows(float *y, const td_weight_t *table, const int32_t *ids, int n);
 

@@ -667,4 +667,156 @@ static TQ_ATTR void TQ_FN(tile)(int dt, const uint8_t *w0, size_t ldb, const td_
         }
 #endif
 }
+
+/* --- TD_WLAYOUT_TILE16 tiles (cpu_quant.c): a unit of 16 rows is one contiguous block, "dword i
+ * of vector j" = bytes 4j .. 4j+3 of row i. The same integer sums S and float operations as the
+ * row tiles above, with the unit read by plain vector loads. */
+#if TQ_VNNI
+static inline TQ_ATTR __attribute__((always_inline)) void
+TQ_FN(t16_t)(const int DT, const uint8_t *w0, const td_qx_t *xa, int t0, int nt, float *out,
+             const uint8_t *pf, size_t pfn) {
+    const int64_t nu = xa->nu, cols = nu * 32, ns = xa->ns;
+    const int q8 = DT == TD_DTYPE_Q8_0;
+    const size_t tub = q8 ? 544 : 320;
+    __m512 acc[TD_QTILE_NT], macc[TD_QTILE_NT];
+    for (int t = 0; t < nt; t++) acc[t] = macc[t] = _mm512_setzero_ps();
+    const size_t pstep = (pfn / (size_t)nu + 63) & ~(size_t)63;
+    for (int64_t k = 0; k < nu; k++) {
+        for (size_t o = (size_t)k * pstep; o < (size_t)(k + 1) * pstep && o < pfn; o += 64)
+            _mm_prefetch((const char *)(pf + o), _MM_HINT_T2);
+        const uint8_t *blk = w0 + (size_t)k * tub;
+        __m512i u[8];
+        __m512 fw, mw = _mm512_setzero_ps();
+        if (q8) {
+#pragma GCC unroll 8
+            for (int j = 0; j < 8; j++) u[j] = _mm512_loadu_si512((const void *)(blk + 64 * j));
+            fw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(blk + 512)));
+        } else {
+            const __m512i m4 = _mm512_set1_epi8(15);
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                const __m512i v = _mm512_load_si512((const void *)(blk + 64 + 64 * j));
+                u[j] = _mm512_and_si512(v, m4);
+                u[j + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+            }
+            fw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)blk));
+            mw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(blk + 32)));
+        }
+        /* tokens in groups of four with their chains interleaved, then pairs, then one */
+        int t = 0;
+#define TQ_T16_TOKENS(G)                                                                           \
+    for (; t + (G) <= nt; t += (G)) {                                                              \
+        __m512i sv[G];                                                                             \
+        const int8_t *xq[G];                                                                       \
+        _Pragma("GCC unroll 4") for (int g = 0; g < (G); g++) {                                    \
+            const int64_t tk = (int64_t)(t0 + t + g) * nu + k;                                     \
+            xq[g] = xa->q + (t0 + t + g) * cols + 32 * k;                                          \
+            /* Q8_0 (weights stored + 128) starts from its correction */                         \
+            sv[g] = q8 ? _mm512_set1_epi32(-128 * xa->qsum[tk]) : _mm512_setzero_si512();          \
+        }                                                                                          \
+        _Pragma("GCC unroll 8") for (int j = 0; j < 8; j++)                                        \
+            _Pragma("GCC unroll 4") for (int g = 0; g < (G); g++) sv[g] =                          \
+                TQ_FN(dpbusd_b)(sv[g], u[j], xq[g] + 4 * j);                                       \
+        _Pragma("GCC unroll 4") for (int g = 0; g < (G); g++) {                                    \
+            const int64_t tk = (int64_t)(t0 + t + g) * nu + k;                                     \
+            const __m512 f = _mm512_mul_ps(fw, _mm512_set1_ps(xa->d[tk]));                         \
+            acc[t + g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sv[g]), f, acc[t + g]);                \
+            if (!q8)                                                                               \
+                macc[t + g] =                                                                      \
+                    _mm512_fmadd_ps(mw, _mm512_set1_ps(xa->s[k * ns + t0 + t + g]), macc[t + g]);  \
+        }                                                                                          \
+    }
+        TQ_T16_TOKENS(4)
+        TQ_T16_TOKENS(2)
+        TQ_T16_TOKENS(1)
+#undef TQ_T16_TOKENS
+    }
+    for (int t = 0; t < nt; t++) _mm512_storeu_ps(out + t * 16, _mm512_add_ps(acc[t], macc[t]));
+}
+#else
+/* AVX2: rows 8h .. 8h+7 (h = half) are the low or high 32 bytes of each 64-byte vector; vpmaddubsw
+ * against the token's activation dword broadcast, pairs summed in 16 bits where they fit (Q4_1:
+ * 8 x 2 x 15 x 127 < 2^15), by vpmaddwd otherwise. Q8_0 goes back to signed bytes (|w| and the
+ * sign on the activations, as the row tiles do). */
+static inline TQ_ATTR __attribute__((always_inline)) void
+TQ_FN(t16_t)(const int DT, const uint8_t *w0, const td_qx_t *xa, int t0, int nt, float *out,
+             const uint8_t *pf, size_t pfn, int h) {
+    const int64_t nu = xa->nu, cols = nu * 32, ns = xa->ns;
+    const int q8 = DT == TD_DTYPE_Q8_0;
+    const size_t tub = q8 ? 544 : 320;
+    __m256 acc[TD_QTILE_NT], macc[TD_QTILE_NT];
+    for (int t = 0; t < nt; t++) acc[t] = macc[t] = _mm256_setzero_ps();
+    const size_t pstep = (pfn / (size_t)nu + 63) & ~(size_t)63;
+    const __m256i ones = _mm256_set1_epi16(1), m4 = _mm256_set1_epi8(15);
+    for (int64_t k = 0; k < nu; k++) {
+        for (size_t o = (size_t)k * pstep; o < (size_t)(k + 1) * pstep && o < pfn; o += 64)
+            _mm_prefetch((const char *)(pf + o), _MM_HINT_T2);
+        const uint8_t *blk = w0 + (size_t)k * tub;
+        __m256i u[8], a[8]; /* a: |w| (Q8_0); u: the unsigned weights or the signed bytes */
+        __m256 fw, mw = _mm256_setzero_ps();
+        if (q8) {
+            const __m256i s = _mm256_set1_epi8(-128);
+            for (int j = 0; j < 8; j++) {
+                u[j] = _mm256_xor_si256(
+                    _mm256_loadu_si256((const __m256i *)(blk + 64 * j + 32 * h)), s);
+                a[j] = _mm256_abs_epi8(u[j]);
+            }
+            fw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(blk + 512 + 16 * h)));
+        } else {
+            for (int j = 0; j < 4; j++) {
+                const __m256i v = _mm256_load_si256((const __m256i *)(blk + 64 + 64 * j + 32 * h));
+                u[j] = _mm256_and_si256(v, m4);
+                u[j + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+            }
+            fw = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(blk + 16 * h)));
+            mw = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(blk + 32 + 16 * h)));
+        }
+        for (int t = 0; t < nt; t++) {
+            const int64_t tk = (int64_t)(t0 + t) * nu + k;
+            const int8_t *xq = xa->q + (t0 + t) * cols + 32 * k;
+            __m256i sv;
+            if (q8) {
+                sv = _mm256_setzero_si256();
+                for (int j = 0; j < 8; j++) {
+                    int32_t xd;
+                    memcpy(&xd, xq + 4 * j, 4);
+                    const __m256i p = _mm256_maddubs_epi16(
+                        a[j], _mm256_sign_epi8(_mm256_set1_epi32(xd), u[j]));
+                    sv = _mm256_add_epi32(sv, _mm256_madd_epi16(p, ones));
+                }
+            } else {
+                __m256i p16 = _mm256_setzero_si256();
+                for (int j = 0; j < 8; j++) {
+                    int32_t xd;
+                    memcpy(&xd, xq + 4 * j, 4);
+                    p16 = _mm256_add_epi16(p16, _mm256_maddubs_epi16(u[j], _mm256_set1_epi32(xd)));
+                }
+                sv = _mm256_madd_epi16(p16, ones);
+            }
+            const __m256 f = _mm256_mul_ps(fw, _mm256_set1_ps(xa->d[tk]));
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sv), f, acc[t]);
+            if (!q8) macc[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xa->s[k * ns + t0 + t]), macc[t]);
+        }
+    }
+    for (int t = 0; t < nt; t++)
+        _mm256_storeu_ps(out + t * 16 + 8 * h, _mm256_add_ps(acc[t], macc[t]));
+}
+#endif
+
+static TQ_ATTR void TQ_FN(t16)(int dt, const uint8_t *w0, const td_qx_t *xa, int t0, int nt,
+                               float *out, const uint8_t *pf, size_t pfn) {
+#if TQ_VNNI
+    if (dt == TD_DTYPE_Q8_0)
+        TQ_FN(t16_t)(TD_DTYPE_Q8_0, w0, xa, t0, nt, out, pf, pfn);
+    else
+        TQ_FN(t16_t)(TD_DTYPE_Q4_1, w0, xa, t0, nt, out, pf, pfn);
+#else
+    for (int h = 0; h < 2; h++) {
+        if (dt == TD_DTYPE_Q8_0)
+            TQ_FN(t16_t)(TD_DTYPE_Q8_0, w0, xa, t0, nt, out, pf, h ? pfn : 0, h);
+        else
+            TQ_FN(t16_t)(TD_DTYPE_Q4_1, w0, xa, t0, nt, out, pf, h ? pfn : 0, h);
+    }
+#endif
+}
 #undef TQ_TR

@@ -32,6 +32,15 @@ struct td_gguf {
     uint64_t kv_hcap, t_hcap;
 };
 
+void td_gguf_release(const td_gguf_t *g, const void *p, size_t n) {
+    if (!g || !g->map) return;
+    const uintptr_t a = (uintptr_t)p, base = (uintptr_t)g->base;
+    if (a < base || n > g->size || a - base > g->size - n) return;
+    const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+    const uintptr_t lo = (a + pg - 1) / pg * pg, hi = (a + n) / pg * pg;
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
 /* --- type tables ------------------------------------------------------------------------------ */
 
 static const char *const s_type_names[TD_GGUF_TYPE_COUNT] = {

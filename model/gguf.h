@@ -84,6 +84,11 @@ td_gguf_t *td_gguf_open(const char *path, td_err_t *err);
  * messages. For tests and the fuzzer. */
 td_gguf_t *td_gguf_from_memory(const void *buf, size_t len, const char *name, td_err_t *err);
 void td_gguf_destroy(td_gguf_t **self_p); /* safe on NULL and twice */
+/* Tells the kernel the whole pages of [p, p + n) inside the file's read-only mapping are not
+ * needed now (madvise MADV_DONTNEED: they leave the process's resident memory and come back from
+ * the file if read again; the bytes never change). No-op for borrowed memory or a range outside
+ * the mapping. For weights a backend has copied into its own layout. */
+void td_gguf_release(const td_gguf_t *g, const void *p, size_t n);
 
 const char *td_gguf_path(const td_gguf_t *g);
 uint32_t td_gguf_version(const td_gguf_t *g);

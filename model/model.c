@@ -81,6 +81,37 @@ static int s_track(td_model_t *m, const void *p) {
     return 0;
 }
 
+/* Lets the backend regroup every matrix for its kernels (td_backend_prepare_weight); a tied
+ * lm_head shares tok_embd's. Each new block is released with the model. */
+static int s_prepare(td_model_t *m, td_err_t *err) {
+    const int tied = m->lm_head.data == m->tok_embd.data && m->lm_head.dtype == m->tok_embd.dtype;
+    for (int l = -1; l < m->cfg.n_layer; l++) {
+        td_layer_t *L = l >= 0 ? &m->layers[l] : NULL;
+        td_weight_t *ws[7] = {&m->tok_embd, tied ? NULL : &m->lm_head};
+        if (L) {
+            td_weight_t *lw[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+            memcpy(ws, lw, sizeof ws);
+        }
+        for (int i = 0; i < 7; i++) {
+            td_weight_t *w = ws[i];
+            if (!w || !w->data) continue;
+            const void *before = w->data;
+            if (td_backend_prepare_weight(m->be, w) != TD_OK ||
+                (w->data != before && s_track(m, w->data)))
+                return td_err_set(err, TD_ERR_NOMEM,
+                                  "out of memory regrouping a %lldx%lld %s matrix for the %s backend",
+                                  (long long)w->rows, (long long)w->cols, td_dtype_name(w->dtype),
+                                  td_backend_name(m->be));
+            /* the file's copy is not read again: out of resident memory (it stays ~1x) */
+            if (w->data != before)
+                td_tensor_source_release(m->src, before,
+                                         (size_t)w->rows * td_dtype_row_bytes(w->dtype, w->cols));
+        }
+    }
+    if (tied) m->lm_head = m->tok_embd;
+    return TD_OK;
+}
+
 /* Binds tensor `name` expecting shape [d0] (d1 == 0) or [d0, d1] (HF order, from the tensor
  * source). Missing optional tensors leave w->data NULL; anything else wrong records an error
  * naming file and tensor. Matrices may be block-quantized (rows of whole blocks); vectors are
@@ -392,6 +423,7 @@ td_model_t *td_model_load(const char *path, td_backend_t *be, td_err_t *err) {
         s_bind_llama_like(&b);
     if (b.failed) goto fail;
     m->dtype = m->layers[0].wq.dtype;
+    if (s_prepare(m, err) != TD_OK) goto fail;
     return m;
 fail:
     td_model_destroy(&m);
@@ -512,6 +544,10 @@ td_model_t *td_model_new_synthetic(const td_config_t *cfg, td_dtype_t dtype, uin
         }
         free(m->synthetic);
         m->synthetic = NULL;
+    }
+    if (s_prepare(m, err) != TD_OK) {
+        td_model_destroy(&m);
+        return NULL;
     }
     return m;
 }

@@ -157,6 +157,10 @@ void td_tensor_source_destroy(td_tensor_source_t **self_p) {
     *self_p = NULL;
 }
 
+void td_tensor_source_release(const td_tensor_source_t *s, const void *p, size_t n) {
+    if (s && s->gguf) td_gguf_release(s->gguf, p, n);
+}
+
 td_tensor_format_t td_tensor_source_format(const td_tensor_source_t *s) { return s->format; }
 const char *td_tensor_source_path(const td_tensor_source_t *s) { return s->ops->path(s); }
 

@@ -75,8 +75,8 @@ static void s_check_matmul(double atol_per_sqrt_col, double rtol, const char *la
                     int64_t stored = (tr ? cols : rows) * ld;
                     void *wd = s_make_weight(dts[d], stored);
                     void *bd = s_make_weight(dts[d], rows);
-                    td_weight_t w = {wd, dts[d], rows, cols, tr, ld};
-                    td_weight_t b = {bd, dts[d], 1, rows, 0, 0};
+                    td_weight_t w = {wd, dts[d], rows, cols, tr, ld, 0};
+                    td_weight_t b = {bd, dts[d], 1, rows, 0, 0, 0};
                     float *x = malloc(sizeof(float) * (size_t)(n * cols));
                     for (int64_t i = 0; i < n * cols; i++) x[i] = s_randf();
                     float *y1 = malloc(sizeof(float) * (size_t)(n * rows)),
@@ -112,7 +112,7 @@ static void s_check_batch_invariant(const char *label) {
         for (int s = 0; s < 4; s++) {
             const int64_t rows = shapes[s][0], cols = shapes[s][1];
             void *wd = s_make_weight(dts[d], rows * cols);
-            td_weight_t w = {wd, dts[d], rows, cols, 0, 0};
+            td_weight_t w = {wd, dts[d], rows, cols, 0, 0, 0};
             float *x = malloc(sizeof(float) * (size_t)(24 * cols)),
                   *one = malloc(sizeof(float) * (size_t)(24 * rows)),
                   *y = malloc(sizeof(float) * (size_t)(24 * rows));
@@ -143,7 +143,7 @@ static void s_skinny_sample(td_dtype_t dt, float *y) {
     float x[5 * 257];
     for (int i = 0; i < 5 * 257; i++) x[i] = s_randf();
     s_rng = keep;
-    td_weight_t w = {wd, dt, 130, 257, 0, 0};
+    td_weight_t w = {wd, dt, 130, 257, 0, 0, 0};
     td_op_matmul(be, y, x, &w, NULL, 5);
     free(wd);
     td_backend_destroy(&be);
@@ -340,7 +340,7 @@ TD_TEST(norms_rope_activations) {
     float x[3 * 37], y[3 * 37];
     for (int i = 0; i < n * d; i++) x[i] = s_randf() * 3;
     void *wd = s_make_weight(TD_DTYPE_BF16, d), *bd = s_make_weight(TD_DTYPE_BF16, d);
-    td_weight_t w = {wd, TD_DTYPE_BF16, 1, d, 0, 0}, b = {bd, TD_DTYPE_BF16, 1, d, 0, 0};
+    td_weight_t w = {wd, TD_DTYPE_BF16, 1, d, 0, 0, 0}, b = {bd, TD_DTYPE_BF16, 1, d, 0, 0, 0};
     td_op_rmsnorm(be, y, x, &w, n, d, 1e-6f);
     for (int t = 0; t < n; t++) {
         double ss = 0;

@@ -150,8 +150,8 @@ TD_TEST(cuda_matmul_vs_cpu) {
                         for (int64_t i = 0; i < n * cols; i++) x[i] = s_randf();
                         const size_t es = td_dtype_size(dts[d]);
                         const td_weight_t *bias = NULL;
-                        td_weight_t w = {wh, dts[d], rows, cols, tr, ld},
-                                    b = {bh, dts[d], 1, rows, 0, 0};
+                        td_weight_t w = {wh, dts[d], rows, cols, tr, ld, 0},
+                                    b = {bh, dts[d], 1, rows, 0, 0, 0};
                         float *yr = malloc(sizeof(float) * (size_t)(n * rows)),
                               *yg = malloc(sizeof(float) * (size_t)(n * rows));
                         bias = (ni & 1) ? &b : NULL;
@@ -212,7 +212,7 @@ TD_TEST(cuda_matmul_conversion_cache) {
     void *wh = s_make_host(TD_DTYPE_BF16, rows * cols, 1.0f);
     float x1[5 * 40], x2[5 * 40], y1[5 * 48], y2[5 * 48], g[5 * 48];
     for (int i = 0; i < n * cols; i++) x1[i] = s_randf(), x2[i] = s_randf();
-    td_weight_t w = {wh, TD_DTYPE_BF16, rows, cols, 0, 0};
+    td_weight_t w = {wh, TD_DTYPE_BF16, rows, cols, 0, 0, 0};
     td_op_matmul(ref, y1, x1, &w, NULL, n);
     td_op_matmul(ref, y2, x2, &w, NULL, n);
     td_weight_t wg = w;
@@ -269,7 +269,7 @@ TD_TEST(cuda_elementwise_vs_cpu) {
             float *yr = malloc(sizeof(float) * (size_t)cnt),
                   *yg = malloc(sizeof(float) * (size_t)cnt);
             void *wh = s_make_host(dty, d, 1.0f), *bh = s_make_host(dty, d, 1.0f);
-            td_weight_t w = {wh, dty, 1, d, 0, 0}, b = {bh, dty, 1, d, 0, 0}, wg = w, bg = b;
+            td_weight_t w = {wh, dty, 1, d, 0, 0, 0}, b = {bh, dty, 1, d, 0, 0, 0}, wg = w, bg = b;
             wg.data = s_dev_copy(gpu, wh, (size_t)d * td_dtype_size(dty));
             bg.data = s_dev_copy(gpu, bh, (size_t)d * td_dtype_size(dty));
             float *xd = s_dev_copy(gpu, x, sizeof(float) * (size_t)cnt),
@@ -351,7 +351,7 @@ TD_TEST(cuda_rope_get_rows_scatter_vs_cpu) {
             const int64_t rows = 50, cols = 37, ld = (tr ? rows : cols) + 3;
             const int64_t stored = (tr ? cols : rows) * ld;
             void *th = s_make_host(dty, stored, 1.0f);
-            td_weight_t t = {th, dty, rows, cols, tr, ld}, tg = t;
+            td_weight_t t = {th, dty, rows, cols, tr, ld, 0}, tg = t;
             tg.data = s_dev_copy(gpu, th, (size_t)stored * td_dtype_size(dty));
             int32_t ids[7] = {0, 49, 3, 3, 17, 1, 48};
             float yr[7 * 37], yg[7 * 37];
@@ -507,7 +507,7 @@ TD_TEST(cuda_bad_inputs_reported) {
     float table[4 * 16] = {0};
     float *td = s_dev_copy(gpu, table, sizeof table);
     REQUIRE(td);
-    td_weight_t t = {td, TD_DTYPE_F32, 4, 16, 0, 0};
+    td_weight_t t = {td, TD_DTYPE_F32, 4, 16, 0, 0, 0};
     int32_t ids[2] = {1, 4};
     td_op_get_rows(gpu, buf, &t, ids, 2);
     CHECK_EQ_INT(td_backend_cuda_error(gpu, &err), TD_ERR_ARG);
@@ -591,7 +591,7 @@ TD_TEST(cuda_large_shapes) {
     float *xd = s_dev_copy(gpu, x, sizeof(float) * (size_t)(9 * cols));
     float *yd = td_backend_alloc(gpu, sizeof(float) * (size_t)(9 * rows));
     if (wd && xd && yd) {
-        td_weight_t wg = {wd, TD_DTYPE_F32, rows, cols, 0, 0};
+        td_weight_t wg = {wd, TD_DTYPE_F32, rows, cols, 0, 0, 0};
         const int64_t check[] = {0, 1, 77777, rows - 2, rows - 1};
         const int ns[] = {1, 3, 9}; /* GEMV, GEMV, cuBLAS */
         for (int ni = 0; ni < 3; ni++) {
@@ -1000,8 +1000,8 @@ static void s_qcase(td_backend_t *gpu, td_backend_t *ref, td_backend_t *cpu, td_
     float *bh = s_rand_floats(rows, 1.0f);
     float *x = s_rand_floats(nmax * cols, 1.0f);
     for (int64_t i = 0; i < nmax * cols; i += 29) x[i] *= 8.0f; /* outliers inside blocks */
-    td_weight_t w = {wh, dt, rows, cols, 0, ld == cols ? 0 : ld},
-                b = {bh, TD_DTYPE_F32, 1, rows, 0, 0};
+    td_weight_t w = {wh, dt, rows, cols, 0, ld == cols ? 0 : ld, 0},
+                b = {bh, TD_DTYPE_F32, 1, rows, 0, 0, 0};
     void *wd = s_dev_copy(gpu, wh, rb * (size_t)rows);
     float *bd = s_dev_copy(gpu, bh, sizeof(float) * (size_t)rows);
     float *xd = s_dev_copy(gpu, x, sizeof(float) * (size_t)(nmax * cols));
@@ -1105,7 +1105,7 @@ TD_TEST(cuda_quant_get_rows) {
               *yc = malloc(sizeof(float) * (size_t)(n * cols)),
               *yr = malloc(sizeof(float) * (size_t)(n * ld));
         REQUIRE(td && yd);
-        td_weight_t t = {th, dt, 50, cols, 0, ld}, tg = t;
+        td_weight_t t = {th, dt, 50, cols, 0, ld, 0}, tg = t;
         tg.data = td;
         td_op_get_rows(gpu, yd, &tg, ids, n);
         td_backend_get(gpu, yg, yd, sizeof(float) * (size_t)(n * cols));
@@ -1126,7 +1126,7 @@ TD_TEST(cuda_quant_get_rows) {
         void *wh = s_quant_host(TD_DTYPE_Q8_0, 4, 32, 1.0f);
         void *wd = s_dev_copy(gpu, wh, td_dtype_row_bytes(TD_DTYPE_Q8_0, 32) * 4);
         float *xd = td_backend_alloc(gpu, sizeof(float) * 32), *yd = td_backend_alloc(gpu, 64);
-        td_weight_t w = {wd, TD_DTYPE_Q8_0, 32, 4, 1, 0}; /* the caller's checks would assert */
+        td_weight_t w = {wd, TD_DTYPE_Q8_0, 32, 4, 1, 0, 0}; /* the caller's checks would assert */
         td_backend_cuda_set_matmul(gpu, TD_CUDA_MATMUL_AUTO);
         gpu->iface->matmul(gpu, yd, xd, &w, NULL, 1);
         td_err_t e = {0};

@@ -278,7 +278,7 @@ TD_TEST(matmul_every_type_and_path_vs_reference) {
                 for (int sl = 0; sl < 2; sl++) {
                     const int64_t rows = rows_s[s], ld = cols + (sl ? be_ : 0);
                     uint8_t *wq = s_qmatrix(t, rows, ld);
-                    td_weight_t w = {wq, t, rows, cols, 0, sl ? ld : 0};
+                    td_weight_t w = {wq, t, rows, cols, 0, sl ? ld : 0, 0};
                     float *wd = malloc((size_t)(rows * cols) * 4);
                     for (int64_t r = 0; r < rows; r++)
                         td_dequantize_row(t, wq + (size_t)r * td_dtype_row_bytes(t, ld),
@@ -312,8 +312,8 @@ TD_TEST(matmul_every_type_and_path_vs_reference) {
         float bias[9], x[64], y[9], y2[9], yr[9], yr2[9];
         for (int i = 0; i < 9; i++) bias[i] = (float)i;
         for (int i = 0; i < 64; i++) x[i] = s_randf();
-        td_weight_t w = {wq, TD_DTYPE_Q8_0, rows, cols, 0, 0},
-                    b = {bias, TD_DTYPE_F32, 1, rows, 0, 0};
+        td_weight_t w = {wq, TD_DTYPE_Q8_0, rows, cols, 0, 0, 0},
+                    b = {bias, TD_DTYPE_F32, 1, rows, 0, 0, 0};
         td_op_matmul(be, y, x, &w, &b, 1);
         td_op_matmul(be, y2, x, &w, NULL, 1);
         td_op_matmul(ref, yr, x, &w, &b, 1);
@@ -338,7 +338,7 @@ TD_TEST(matmul_paths_bitwise_and_batch_invariant) {
         const td_dtype_t t = s_qtypes[q];
         const int64_t rows = 67, cols = td_dtype_block_elems(t) == 32 ? 96 : 256;
         uint8_t *wq = s_qmatrix(t, rows, cols);
-        td_weight_t w = {wq, t, rows, cols, 0, 0};
+        td_weight_t w = {wq, t, rows, cols, 0, 0, 0};
         const int nmax = 40; /* past TD_SKINNY_MAX: prefill batches take the same arithmetic */
         float *x = malloc((size_t)(nmax * cols) * 4);
         for (int64_t i = 0; i < nmax * cols; i++) x[i] = s_randf();
@@ -427,7 +427,7 @@ TD_TEST(row_tiles_match_their_definition) {
         const td_dtype_t t = types[q];
         uint8_t *wq = s_qmatrix(t, rows, ld);
         const size_t ldb = (size_t)td_dtype_row_bytes(t, ld);
-        td_weight_t w = {wq, t, rows, cols, 0, ld};
+        td_weight_t w = {wq, t, rows, cols, 0, ld, 0};
         for (int p = 0; p < 3; p++) {
             if (!td_cpu_kernels_available(s_paths[p])) continue;
             REQUIRE(td_cpu_kernels_select(s_paths[p], &err) == TD_OK);
@@ -450,6 +450,73 @@ TD_TEST(row_tiles_match_their_definition) {
     CHECK(n_paths >= 2);
     td_cpu_kernels_select("auto", &err);
     free(x), free(y);
+}
+
+/* The 16-row tile layout the CPU backend loads Q4_1 / Q8_0 matrices in (td_cpu_qrepack): every
+ * path gives bitwise what it gives on the file's rows (products for batches of 1 .. 40 tokens,
+ * the embedding lookup, the reference), and every path equals the definition there too. */
+TD_TEST(tile16_layout_gives_the_same_bits) {
+    const td_dtype_t types[2] = {TD_DTYPE_Q4_1, TD_DTYPE_Q8_0};
+    const int64_t rows = 48, cols = 1536; /* 3 tiles, 48 units a row (an FFN down product) */
+    const int ns[] = {1, 2, 3, 4, 5, 7, 9, 16, 24, 25, 40};
+    float *x = malloc((size_t)(40 * cols) * 4), *y0 = malloc((size_t)(5 * cols) * 4),
+          *y1 = malloc((size_t)(5 * cols) * 4); /* (5 looked-up rows > 40 x 48 outputs) */
+    REQUIRE(x && y0 && y1);
+    for (int64_t i = 0; i < 40 * cols; i++) x[i] = s_randf() * (float)(1 + i % 7);
+    td_err_t err = {0};
+    for (int q = 0; q < 2; q++) {
+        const td_dtype_t t = types[q];
+        uint8_t *wq = s_qmatrix(t, rows, cols);
+        const size_t ldb = (size_t)td_dtype_row_bytes(t, cols);
+        const td_weight_t w = {.data = wq, .dtype = t, .rows = rows, .cols = cols};
+        CHECK(td_cpu_qrepack_fits(&w));
+        td_weight_t odd = w;
+        odd.rows = 40; /* not whole tiles: stays in rows */
+        CHECK(!td_cpu_qrepack_fits(&odd) && !td_cpu_qrepack(&odd));
+        void *tp = td_cpu_qrepack(&w);
+        REQUIRE(tp);
+        td_weight_t wt = w;
+        wt.data = tp, wt.layout = TD_WLAYOUT_TILE16;
+        CHECK(!td_cpu_qrepack_fits(&wt)); /* never twice */
+        for (int p = 0; p < 3; p++) {
+            if (!td_cpu_kernels_available(s_paths[p])) continue;
+            REQUIRE(td_cpu_kernels_select(s_paths[p], &err) == TD_OK);
+            for (size_t k = 0; k < sizeof ns / sizeof *ns; k++) {
+                const int n = ns[k];
+                if (p == 0 && n > 9) continue; /* the scalar path is slow */
+                memset(y0, 0xff, (size_t)(n * rows) * 4);
+                memset(y1, 0x7f, (size_t)(n * rows) * 4);
+                REQUIRE(td_cpu_qmatmul(2, y0, x, &w, n) == TD_OK);
+                REQUIRE(td_cpu_qmatmul(2, y1, x, &wt, n) == TD_OK);
+                CHECK_MSG(!memcmp(y0, y1, (size_t)(n * rows) * 4),
+                          "%s %s n=%d: the tile layout changed the products", s_paths[p],
+                          td_dtype_name(t), n);
+                if (n == 9) { /* and both are the definition */
+                    int bad = 0;
+                    for (int tk = 0; tk < n; tk++)
+                        for (int64_t r = 0; r < rows; r++) {
+                            const float want = s_tile_def(t, wq + r * ldb, x + tk * cols, cols);
+                            bad += memcmp(&want, &y1[tk * rows + r], 4) != 0;
+                        }
+                    CHECK_MSG(!bad, "%s %s: %d outputs differ from the definition", s_paths[p],
+                              td_dtype_name(t), bad);
+                }
+            }
+        }
+        td_cpu_kernels_select("auto", &err);
+        int32_t ids[5] = {0, 17, 47, 16, 31};
+        td_cpu_qget_rows(y0, &w, ids, 5);
+        td_cpu_qget_rows(y1, &wt, ids, 5);
+        CHECK_MSG(!memcmp(y0, y1, (size_t)(5 * cols) * 4), "%s: lookups differ",
+                  td_dtype_name(t));
+        td_cpu_qmatmul_ref(y0, x, &w, NULL, 3);
+        td_cpu_qmatmul_ref(y1, x, &wt, NULL, 3);
+        CHECK_MSG(!memcmp(y0, y1, (size_t)(3 * rows) * 4), "%s: references differ",
+                  td_dtype_name(t));
+        free(tp);
+        free(wq);
+    }
+    free(x), free(y0), free(y1);
 }
 
 TD_TEST(kernel_selection) {
@@ -497,7 +564,7 @@ TD_TEST(get_rows_quantized) {
         const td_dtype_t t = s_qtypes[q];
         const int64_t rows = 11, cols = td_dtype_block_elems(t) == 32 ? 64 : 256;
         uint8_t *wq = s_qmatrix(t, rows, cols);
-        td_weight_t w = {wq, t, rows, cols, 0, 0};
+        td_weight_t w = {wq, t, rows, cols, 0, 0, 0};
         const int32_t ids[3] = {10, 0, 4};
         float y[3 * 256], yr[3 * 256], want[256];
         td_op_get_rows(be, y, &w, ids, 3);
