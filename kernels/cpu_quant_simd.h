@@ -672,6 +672,29 @@ static TQ_ATTR void TQ_FN(tile)(int dt, const uint8_t *w0, size_t ldb, const td_
  * of vector j" = bytes 4j .. 4j+3 of row i. The same integer sums S and float operations as the
  * row tiles above, with the unit read by plain vector loads. */
 #if TQ_VNNI
+/* Unit blk of a tile: u[j] the 16 rows' weights (dword i = row i), fw, mw their scales. */
+static inline TQ_ATTR __attribute__((always_inline)) void
+TQ_FN(t16_unit)(const int DT, const uint8_t *blk, __m512i *u, __m512 *fw, __m512 *mw) {
+    if (DT == TD_DTYPE_Q8_0) {
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++) u[j] = _mm512_loadu_si512((const void *)(blk + 64 * j));
+        *fw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(blk + 512)));
+        *mw = _mm512_setzero_ps();
+    } else {
+        const __m512i m4 = _mm512_set1_epi8(15);
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            const __m512i v = _mm512_load_si512((const void *)(blk + 64 + 64 * j));
+            u[j] = _mm512_and_si512(v, m4);
+            u[j + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+        }
+        *fw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)blk));
+        *mw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(blk + 32)));
+    }
+}
+
+/* Unit by unit; each unit against the tokens in groups of four whose vpdpbusd chains are
+ * interleaved, then pairs, then one (a lone token: the plainest loop, decode's case). */
 static inline TQ_ATTR __attribute__((always_inline)) void
 TQ_FN(t16_t)(const int DT, const uint8_t *w0, const td_qx_t *xa, int t0, int nt, float *out,
              const uint8_t *pf, size_t pfn) {
@@ -684,25 +707,21 @@ TQ_FN(t16_t)(const int DT, const uint8_t *w0, const td_qx_t *xa, int t0, int nt,
     for (int64_t k = 0; k < nu; k++) {
         for (size_t o = (size_t)k * pstep; o < (size_t)(k + 1) * pstep && o < pfn; o += 64)
             _mm_prefetch((const char *)(pf + o), _MM_HINT_T2);
-        const uint8_t *blk = w0 + (size_t)k * tub;
         __m512i u[8];
-        __m512 fw, mw = _mm512_setzero_ps();
-        if (q8) {
+        __m512 fw, mw;
+        TQ_FN(t16_unit)(DT, w0 + (size_t)k * tub, u, &fw, &mw);
+        if (nt == 1) {
+            const int8_t *xq = xa->q + t0 * cols + 32 * k;
+            const int64_t tk = (int64_t)t0 * nu + k;
+            /* Q8_0 (weights stored + 128) starts from its correction */
+            __m512i sv = q8 ? _mm512_set1_epi32(-128 * xa->qsum[tk]) : _mm512_setzero_si512();
 #pragma GCC unroll 8
-            for (int j = 0; j < 8; j++) u[j] = _mm512_loadu_si512((const void *)(blk + 64 * j));
-            fw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(blk + 512)));
-        } else {
-            const __m512i m4 = _mm512_set1_epi8(15);
-#pragma GCC unroll 4
-            for (int j = 0; j < 4; j++) {
-                const __m512i v = _mm512_load_si512((const void *)(blk + 64 + 64 * j));
-                u[j] = _mm512_and_si512(v, m4);
-                u[j + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
-            }
-            fw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)blk));
-            mw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(blk + 32)));
+            for (int j = 0; j < 8; j++) sv = TQ_FN(dpbusd_b)(sv, u[j], xq + 4 * j);
+            const __m512 f = _mm512_mul_ps(fw, _mm512_set1_ps(xa->d[tk]));
+            acc[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sv), f, acc[0]);
+            if (!q8) macc[0] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xa->s[k * ns + t0]), macc[0]);
+            continue;
         }
-        /* tokens in groups of four with their chains interleaved, then pairs, then one */
         int t = 0;
 #define TQ_T16_TOKENS(G)                                                                           \
     for (; t + (G) <= nt; t += (G)) {                                                              \
@@ -711,7 +730,6 @@ TQ_FN(t16_t)(const int DT, const uint8_t *w0, const td_qx_t *xa, int t0, int nt,
         _Pragma("GCC unroll 4") for (int g = 0; g < (G); g++) {                                    \
             const int64_t tk = (int64_t)(t0 + t + g) * nu + k;                                     \
             xq[g] = xa->q + (t0 + t + g) * cols + 32 * k;                                          \
-            /* Q8_0 (weights stored + 128) starts from its correction */                         \
             sv[g] = q8 ? _mm512_set1_epi32(-128 * xa->qsum[tk]) : _mm512_setzero_si512();          \
         }                                                                                          \
         _Pragma("GCC unroll 8") for (int j = 0; j < 8; j++)                                        \
