@@ -415,7 +415,7 @@ static inline TD_X512_ATTR void s_rows_dot16(int DT, int NR, int NT, const char 
         __m512 wv[4];
 #pragma GCC unroll 4
         for (int r = 0; r < NR; r++) {
-            _mm_prefetch(wr + (size_t)(r + NR * 3) * ldb + (size_t)c * es, _MM_HINT_T0);
+            _mm_prefetch(wr + (size_t)(r + NR * 3) * ldb + (size_t)c * es, _MM_HINT_T2);
             wv[r] = s_ld16(DT, wr + (size_t)r * ldb + (size_t)c * es, 0, 1);
         }
 #pragma GCC unroll 6
@@ -491,11 +491,12 @@ static inline TD_X512_ATTR void s_rows_dot_eo(int NR, int NT, const char *wr, si
         __m512 we[4], wo[4];
 #pragma GCC unroll 4
         for (int r = 0; r < NR; r++) {
-            /* the same columns three row blocks ahead: a one-thread decode streams the weights
-             * at ~10 GB/s with the hardware prefetchers alone, ~13 with this (BF16 SmolLM2:
-             * 1.3x tok/s, bench/results/bf16-kernels.txt). A prefetch past the matrix is a hint,
-             * never a fault. */
-            _mm_prefetch(wr + (size_t)(r + NR * 3) * ldb + (size_t)c * 2, _MM_HINT_T0);
+            /* the same columns three row blocks ahead, into L2: a one-thread decode streams the
+             * weights at ~10 GB/s with the hardware prefetchers alone, ~13 with this into L1
+             * (Intel VM, bench/results/bf16-kernels.txt), ~19 into L2 (AMD EPYC VM: the L1
+             * prefetches evicted lines still in use; BF16 SmolLM2 step 24.3 -> 14.1 ms). A
+             * prefetch past the matrix is a hint, never a fault. */
+            _mm_prefetch(wr + (size_t)(r + NR * 3) * ldb + (size_t)c * 2, _MM_HINT_T2);
             const __m512i v = _mm512_maskz_loadu_epi16(m, wr + (size_t)r * ldb + (size_t)c * 2);
             we[r] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
             wo[r] = _mm512_castsi512_ps(_mm512_and_si512(v, hi));

@@ -238,7 +238,7 @@ TQ_FN(rows)(const int DT, const int NR, const int NT, const uint8_t *w0, size_t 
             __m128 mv0, mv1;
             _mm_prefetch(
                 (const char *)(w0 + (size_t)(r + TD_QPF_BLOCKS * NR) * ldb + s_unit_off(DT, k)),
-                _MM_HINT_T0);
+                _MM_HINT_T2);
             const __m512i u = TQ_FN(unit2)(DT, w0 + (size_t)r * ldb, k, &fw, &mv0, &mv1);
             if (has_min) {
                 macc[r] = _mm_fmadd_ps(mv0, _mm_loadu_ps(xa->s + k * ns + t0), macc[r]);
@@ -299,7 +299,7 @@ TQ_FN(rows)(const int DT, const int NR, const int NT, const uint8_t *w0, size_t 
             __m256i ws = _mm256_setzero_si256();
             _mm_prefetch(
                 (const char *)(w0 + (size_t)(r + TD_QPF_BLOCKS * NR) * ldb + s_unit_off(DT, k)),
-                _MM_HINT_T0);
+                _MM_HINT_T2);
             const __m256i u = TQ_FN(unit)(DT, w0 + (size_t)r * ldb, k, &fw, &mw, &ws);
             if (has_min)
                 macc[r] = _mm_fmadd_ps(_mm_set1_ps(mw), _mm_loadu_ps(xa->s + k * ns + t0), macc[r]);
