@@ -117,14 +117,16 @@ static void s_free_weights(td_backend_t *be, const void *p) {
 }
 
 /* Q4_1 / Q8_0 matrices into 16-row tiles (kernels/cpu_quant.c) when the AVX-512 VNNI kernels are
- * in use (TD_QREPACK=1 also for the others, 0 never), not on the reference backend. Results are
- * bitwise the same either way; the VNNI kernels read the tiles much faster (Q4_1 SmolLM2 decode
- * 1.6x), the AVX2 ones a little slower (bench_quant --repack). */
+ * in use, Q5_0 ones always (their SIMD row tiles exist only in that layout); TD_QREPACK=1: every
+ * type that fits, 0: none. Not on the reference backend. Results are bitwise the same either way;
+ * the VNNI kernels read the tiles much faster (Q4_1 SmolLM2 decode 1.6x), the AVX2 ones read
+ * Q4_1 / Q8_0 a little slower (bench_quant --repack). */
 static int s_prepare_weight(td_backend_t *be, td_weight_t *w) {
     cpu_ctx_t *c = be->ctx;
     const char *env = getenv("TD_QREPACK");
     const int want = env && *env ? strcmp(env, "0") != 0
-                                 : !strcmp(td_cpu_kernels_name(), "avx512vnni");
+                                 : !strcmp(td_cpu_kernels_name(), "avx512vnni") ||
+                                       w->dtype == TD_DTYPE_Q5_0;
     if (c->reference || !want || !td_cpu_qrepack_fits(w)) return TD_OK;
     pthread_mutex_lock(&c->repack_lock);
     int rc = TD_ERR_NOMEM;

@@ -67,7 +67,12 @@ typedef struct td_qx {
  * path on every kernel path. */
 #define TD_QTILE_ROWS 16
 #define TD_QTILE_NT 24 /* tokens per pass over a tile (more: another pass) */
-static inline int s_is_tiled(int dt) { return dt == TD_DTYPE_Q4_1 || dt == TD_DTYPE_Q8_0; }
+static inline int s_is_tiled(int dt) {
+    return dt == TD_DTYPE_Q4_1 || dt == TD_DTYPE_Q8_0 || dt == TD_DTYPE_Q5_0;
+}
+/* Q5_0's row tiles: the SIMD paths have them only in the tile layout (td_cpu_qrepack, which the
+ * CPU backend applies to Q5_0 on every path); in the file's rows they run the scalar definition. */
+static inline int s_row_tile_simd(int dt) { return dt != TD_DTYPE_Q5_0; }
 
 /* The 16-row tile layout (TD_WLAYOUT_TILE16, made once at load by td_cpu_qrepack): the same
  * bytes as the file, regrouped so that unit k (32 elements) of 16 consecutive rows is one
@@ -75,14 +80,17 @@ static inline int s_is_tiled(int dt) { return dt == TD_DTYPE_Q4_1 || dt == TD_DT
  * kernels multiply in. Tile b, unit k is at data + (b * nu + k) * TD_T16_BYTES(dt). Within it,
  * "dword i of vector j" (64 bytes per vector) is bytes 4j .. 4j+3 of row i's quants:
  *   Q4_1 (320 B): d[16] (f16), m[16] (f16), then 4 vectors of the packed nibbles;
- *   Q8_0 (544 B): 8 vectors of the signed bytes stored + 128 (unsigned), then d[16] (f16).
+ *   Q8_0 (544 B): 8 vectors of the signed bytes stored + 128 (unsigned), then d[16] (f16);
+ *   Q5_0 (352 B): d[16] (f16), one vector of the rows' 32 high bits (dword i = row i's qh), then
+ *   4 vectors of the packed low nibbles as Q4_1.
  * The kernels then load a unit with 5 (Q4_1) or 9 (Q8_0) plain vector loads, where the file's
  * layout needs 16 row loads, a gather and a transpose per unit, and the weights stream from one
  * address range. No value changes: every path computes what it computes on the file's layout. */
 #ifndef TD_T16_PF
 #define TD_T16_PF 1
 #endif
-#define TD_T16_BYTES(dt) ((dt) == TD_DTYPE_Q8_0 ? 544 : 320)
+#define TD_T16_BYTES(dt) ((dt) == TD_DTYPE_Q8_0 ? 544 : (dt) == TD_DTYPE_Q5_0 ? 352 : 320)
+static inline int s_t16_bb(int dt) { return dt == TD_DTYPE_Q8_0 ? 34 : dt == TD_DTYPE_Q5_0 ? 22 : 20; }
 
 /* Offset types: the weight bytes are q and the element is d * (q - offset); the correction
  * - offset * sum(activations) goes into the integer lanes (Q6_K: per 16, lanes 0 and 4). */
@@ -344,7 +352,7 @@ static void s_tile_scalar(int dt, int nr, const uint8_t *w0, size_t ldb, const t
                 s_unit_scalar(dt, w0 + (size_t)r * ldb, k, w, fw, &mw);
                 const int64_t tk = (int64_t)(t0 + t) * nu + k;
                 const int8_t *q = xa->q + (t0 + t) * cols + 32 * k;
-                int32_t is = 0;
+                int32_t is = dt == TD_DTYPE_Q5_0 ? -16 * xa->qsum[tk] : 0;
                 for (int e = 0; e < 32; e++) is += w[e] * q[e];
                 acc = fmaf((float)is, fw[0] * xa->d[tk], acc);
                 if (dt == TD_DTYPE_Q4_1) macc = fmaf(mw, xa->s[k * xa->ns + t0 + t], macc);
@@ -359,6 +367,10 @@ static void s_t16_restore(int dt, const uint8_t *t, int i, uint8_t *blk) {
     if (dt == TD_DTYPE_Q8_0) {
         memcpy(blk, t + 512 + 2 * i, 2);
         for (int e = 0; e < 32; e++) blk[2 + e] = t[64 * (e >> 2) + 4 * i + (e & 3)] ^ 0x80;
+    } else if (dt == TD_DTYPE_Q5_0) {
+        memcpy(blk, t + 2 * i, 2);
+        memcpy(blk + 2, t + 32 + 4 * i, 4);
+        for (int e = 0; e < 16; e++) blk[6 + e] = t[96 + 64 * (e >> 2) + 4 * i + (e & 3)];
     } else {
         memcpy(blk, t + 2 * i, 2);
         memcpy(blk + 2, t + 32 + 2 * i, 2);
@@ -374,7 +386,7 @@ int td_cpu_qrepack_fits(const td_weight_t *w) {
 
 void *td_cpu_qrepack(const td_weight_t *w) {
     if (!td_cpu_qrepack_fits(w)) return NULL;
-    const int dt = w->dtype, bb = dt == TD_DTYPE_Q8_0 ? 34 : 20;
+    const int dt = w->dtype, bb = s_t16_bb(dt);
     const int64_t nu = w->cols / 32, ntile = w->rows / 16;
     const size_t ldb = (size_t)nu * (size_t)bb, tub = TD_T16_BYTES(dt);
     uint8_t *out = NULL;
@@ -396,6 +408,10 @@ void *td_cpu_qrepack(const td_weight_t *w) {
                     memcpy(t + 512 + 2 * i, blk, 2);
                     for (int e = 0; e < 32; e++)
                         t[64 * (e >> 2) + 4 * i + (e & 3)] = blk[2 + e] ^ 0x80;
+                } else if (dt == TD_DTYPE_Q5_0) {
+                    memcpy(t + 2 * i, blk, 2);
+                    memcpy(t + 32 + 4 * i, blk + 2, 4);
+                    for (int e = 0; e < 16; e++) t[96 + 64 * (e >> 2) + 4 * i + (e & 3)] = blk[6 + e];
                 } else {
                     memcpy(t + 2 * i, blk, 2);
                     memcpy(t + 32 + 2 * i, blk + 2, 2);
@@ -408,7 +424,7 @@ void *td_cpu_qrepack(const td_weight_t *w) {
 
 /* Row r of a TD_WLAYOUT_TILE16 weight in the file's format (row: its ldb bytes). */
 static void s_t16_row(const td_weight_t *w, int64_t r, uint8_t *row) {
-    const int dt = w->dtype, bb = dt == TD_DTYPE_Q8_0 ? 34 : 20;
+    const int dt = w->dtype, bb = s_t16_bb(dt);
     const int64_t nu = w->cols / 32;
     const uint8_t *tile = (const uint8_t *)w->data + (size_t)((r / 16) * nu) * TD_T16_BYTES(dt);
     for (int64_t k = 0; k < nu; k++)
@@ -430,7 +446,7 @@ static void s_t16_scalar(int dt, const uint8_t *w0, const td_qx_t *xa, int t0, i
                 s_unit_scalar(dt, blk, 0, w, fw, &mw);
                 const int64_t tk = (int64_t)(t0 + t) * nu + k;
                 const int8_t *q = xa->q + (t0 + t) * cols + 32 * k;
-                int32_t is = 0;
+                int32_t is = dt == TD_DTYPE_Q5_0 ? -16 * xa->qsum[tk] : 0;
                 for (int e = 0; e < 32; e++) is += w[e] * q[e];
                 acc = fmaf((float)is, fw[0] * xa->d[tk], acc);
                 if (dt == TD_DTYPE_Q4_1) macc = fmaf(mw, xa->s[k * xa->ns + t0 + t], macc);
@@ -578,7 +594,8 @@ static int s_integer(int n_threads, float *y, const float *x, const td_weight_t 
     }
     if (s_is_tiled(dt)) {
         /* (the VNNI kernel gathers with 32-bit offsets up to 15 rows away) */
-        const int64_t ntile = tf && ldb < ((size_t)1 << 27) ? rows / TD_QTILE_ROWS : 0,
+        const int64_t ntile =
+                          tf && s_row_tile_simd(dt) && ldb < ((size_t)1 << 27) ? rows / TD_QTILE_ROWS : 0,
                       nitems = ntile + (rows - ntile * 16);
         const uint8_t *base = w->data;
         const size_t tbytes = (size_t)TD_QTILE_ROWS * ldb;

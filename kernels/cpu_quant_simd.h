@@ -680,6 +680,28 @@ TQ_FN(t16_unit)(const int DT, const uint8_t *blk, __m512i *u, __m512 *fw, __m512
         for (int j = 0; j < 8; j++) u[j] = _mm512_loadu_si512((const void *)(blk + 64 * j));
         *fw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(blk + 512)));
         *mw = _mm512_setzero_ps();
+    } else if (DT == TD_DTYPE_Q5_0) {
+        /* the nibbles as Q4_1's, then bit e of a row's qh onto element e: a byte shuffle brings
+         * the qh byte holding the bits of dword j to each of the dword's 4 bytes, a test against
+         * that byte's bit gives the mask of elements that get 16 */
+        const __m512i m4 = _mm512_set1_epi8(15), b16 = _mm512_set1_epi8(16);
+        const __m512i qh = _mm512_loadu_si512((const void *)(blk + 32));
+        const __m512i dsel = _mm512_set4_epi32(0x0c0c0c0c, 0x08080808, 0x04040404, 0);
+        const __m512i bit[2] = {_mm512_set1_epi32(0x08040201), _mm512_set1_epi32((int)0x80402010)};
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            const __m512i v = _mm512_loadu_si512((const void *)(blk + 96 + 64 * j));
+            const __m512i lo = _mm512_and_si512(v, m4),
+                          hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+            const __m512i slo = _mm512_add_epi32(dsel, _mm512_set1_epi32(0x01010101 * (j >> 1))),
+                          shi = _mm512_add_epi32(dsel, _mm512_set1_epi32(0x01010101 * (2 + (j >> 1))));
+            const __mmask64 klo = _mm512_test_epi8_mask(_mm512_shuffle_epi8(qh, slo), bit[j & 1]),
+                            khi = _mm512_test_epi8_mask(_mm512_shuffle_epi8(qh, shi), bit[j & 1]);
+            u[j] = _mm512_mask_add_epi8(lo, klo, lo, b16);
+            u[j + 4] = _mm512_mask_add_epi8(hi, khi, hi, b16);
+        }
+        *fw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk));
+        *mw = _mm512_setzero_ps();
     } else {
         const __m512i m4 = _mm512_set1_epi8(15);
 #pragma GCC unroll 4
@@ -699,8 +721,9 @@ static inline TQ_ATTR __attribute__((always_inline)) void
 TQ_FN(t16_t)(const int DT, const uint8_t *w0, const td_qx_t *xa, int t0, int nt, float *out,
              const uint8_t *pf, size_t pfn) {
     const int64_t nu = xa->nu, cols = nu * 32, ns = xa->ns;
-    const int q8 = DT == TD_DTYPE_Q8_0;
-    const size_t tub = q8 ? 544 : 320;
+    /* Q8_0 (weights stored + 128) and Q5_0 (+ 16) start from their corrections */
+    const int q8 = DT != TD_DTYPE_Q4_1, corr = DT == TD_DTYPE_Q8_0 ? -128 : -16;
+    const size_t tub = DT == TD_DTYPE_Q8_0 ? 544 : DT == TD_DTYPE_Q5_0 ? 352 : 320;
     __m512 acc[TD_QTILE_NT], macc[TD_QTILE_NT];
     for (int t = 0; t < nt; t++) acc[t] = macc[t] = _mm512_setzero_ps();
     const size_t pstep = (pfn / (size_t)nu + 63) & ~(size_t)63;
@@ -713,8 +736,7 @@ TQ_FN(t16_t)(const int DT, const uint8_t *w0, const td_qx_t *xa, int t0, int nt,
         if (nt == 1) {
             const int8_t *xq = xa->q + t0 * cols + 32 * k;
             const int64_t tk = (int64_t)t0 * nu + k;
-            /* Q8_0 (weights stored + 128) starts from its correction */
-            __m512i sv = q8 ? _mm512_set1_epi32(-128 * xa->qsum[tk]) : _mm512_setzero_si512();
+            __m512i sv = q8 ? _mm512_set1_epi32(corr * xa->qsum[tk]) : _mm512_setzero_si512();
 #pragma GCC unroll 8
             for (int j = 0; j < 8; j++) sv = TQ_FN(dpbusd_b)(sv, u[j], xq + 4 * j);
             const __m512 f = _mm512_mul_ps(fw, _mm512_set1_ps(xa->d[tk]));
@@ -730,7 +752,7 @@ TQ_FN(t16_t)(const int DT, const uint8_t *w0, const td_qx_t *xa, int t0, int nt,
         _Pragma("GCC unroll 4") for (int g = 0; g < (G); g++) {                                    \
             const int64_t tk = (int64_t)(t0 + t + g) * nu + k;                                     \
             xq[g] = xa->q + (t0 + t + g) * cols + 32 * k;                                          \
-            sv[g] = q8 ? _mm512_set1_epi32(-128 * xa->qsum[tk]) : _mm512_setzero_si512();          \
+            sv[g] = q8 ? _mm512_set1_epi32(corr * xa->qsum[tk]) : _mm512_setzero_si512();          \
         }                                                                                          \
         _Pragma("GCC unroll 8") for (int j = 0; j < 8; j++)                                        \
             _Pragma("GCC unroll 4") for (int g = 0; g < (G); g++) sv[g] =                          \
@@ -760,8 +782,8 @@ static inline TQ_ATTR __attribute__((always_inline)) void
 TQ_FN(t16_t)(const int DT, const uint8_t *w0, const td_qx_t *xa, int t0, int nt, float *out,
              const uint8_t *pf, size_t pfn, int h) {
     const int64_t nu = xa->nu, cols = nu * 32, ns = xa->ns;
-    const int q8 = DT == TD_DTYPE_Q8_0;
-    const size_t tub = q8 ? 544 : 320;
+    const int q8 = DT == TD_DTYPE_Q8_0, q5 = DT == TD_DTYPE_Q5_0;
+    const size_t tub = q8 ? 544 : q5 ? 352 : 320;
     __m256 acc[TD_QTILE_NT], macc[TD_QTILE_NT];
     for (int t = 0; t < nt; t++) acc[t] = macc[t] = _mm256_setzero_ps();
     const size_t pstep = (pfn / (size_t)nu + 63) & ~(size_t)63;
@@ -780,6 +802,25 @@ TQ_FN(t16_t)(const int DT, const uint8_t *w0, const td_qx_t *xa, int t0, int nt,
                 a[j] = _mm256_abs_epi8(u[j]);
             }
             fw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(blk + 512 + 16 * h)));
+        } else if (q5) { /* as the VNNI loader: qh bit e onto element e */
+            const __m256i qh = _mm256_loadu_si256((const __m256i *)(blk + 32 + 32 * h));
+            const __m256i dsel = _mm256_setr_epi32(0, 0x04040404, 0x08080808, 0x0c0c0c0c, 0,
+                                                   0x04040404, 0x08080808, 0x0c0c0c0c);
+            const __m256i b16 = _mm256_set1_epi8(16);
+            for (int j = 0; j < 4; j++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(blk + 96 + 64 * j + 32 * h));
+                const __m256i bit =
+                    _mm256_set1_epi32(j & 1 ? (int)0x80402010 : 0x08040201);
+                const __m256i tl = _mm256_and_si256(
+                    _mm256_shuffle_epi8(qh, _mm256_add_epi32(dsel, _mm256_set1_epi32(0x01010101 * (j >> 1)))), bit);
+                const __m256i th = _mm256_and_si256(
+                    _mm256_shuffle_epi8(qh, _mm256_add_epi32(dsel, _mm256_set1_epi32(0x01010101 * (2 + (j >> 1))))), bit);
+                u[j] = _mm256_or_si256(_mm256_and_si256(v, m4),
+                                       _mm256_and_si256(_mm256_cmpeq_epi8(tl, bit), b16));
+                u[j + 4] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4),
+                                           _mm256_and_si256(_mm256_cmpeq_epi8(th, bit), b16));
+            }
+            fw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(blk + 16 * h)));
         } else {
             for (int j = 0; j < 4; j++) {
                 const __m256i v = _mm256_load_si256((const __m256i *)(blk + 64 + 64 * j + 32 * h));
@@ -802,6 +843,17 @@ TQ_FN(t16_t)(const int DT, const uint8_t *w0, const td_qx_t *xa, int t0, int nt,
                         a[j], _mm256_sign_epi8(_mm256_set1_epi32(xd), u[j]));
                     sv = _mm256_add_epi32(sv, _mm256_madd_epi16(p, ones));
                 }
+            } else if (q5) { /* pairs below 2 x 31 x 127: four of them fit 16 bits */
+                __m256i p16[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+                for (int j = 0; j < 8; j++) {
+                    int32_t xd;
+                    memcpy(&xd, xq + 4 * j, 4);
+                    p16[j >> 2] =
+                        _mm256_add_epi16(p16[j >> 2], _mm256_maddubs_epi16(u[j], _mm256_set1_epi32(xd)));
+                }
+                sv = _mm256_add_epi32(
+                    _mm256_add_epi32(_mm256_madd_epi16(p16[0], ones), _mm256_madd_epi16(p16[1], ones)),
+                    _mm256_set1_epi32(-16 * xa->qsum[tk]));
             } else {
                 __m256i p16 = _mm256_setzero_si256();
                 for (int j = 0; j < 8; j++) {
@@ -813,7 +865,8 @@ TQ_FN(t16_t)(const int DT, const uint8_t *w0, const td_qx_t *xa, int t0, int nt,
             }
             const __m256 f = _mm256_mul_ps(fw, _mm256_set1_ps(xa->d[tk]));
             acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sv), f, acc[t]);
-            if (!q8) macc[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xa->s[k * ns + t0 + t]), macc[t]);
+            if (!q8 && !q5)
+                macc[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xa->s[k * ns + t0 + t]), macc[t]);
         }
     }
     for (int t = 0; t < nt; t++)
@@ -826,12 +879,16 @@ static TQ_ATTR void TQ_FN(t16)(int dt, const uint8_t *w0, const td_qx_t *xa, int
 #if TQ_VNNI
     if (dt == TD_DTYPE_Q8_0)
         TQ_FN(t16_t)(TD_DTYPE_Q8_0, w0, xa, t0, nt, out, pf, pfn);
+    else if (dt == TD_DTYPE_Q5_0)
+        TQ_FN(t16_t)(TD_DTYPE_Q5_0, w0, xa, t0, nt, out, pf, pfn);
     else
         TQ_FN(t16_t)(TD_DTYPE_Q4_1, w0, xa, t0, nt, out, pf, pfn);
 #else
     for (int h = 0; h < 2; h++) {
         if (dt == TD_DTYPE_Q8_0)
             TQ_FN(t16_t)(TD_DTYPE_Q8_0, w0, xa, t0, nt, out, pf, h ? pfn : 0, h);
+        else if (dt == TD_DTYPE_Q5_0)
+            TQ_FN(t16_t)(TD_DTYPE_Q5_0, w0, xa, t0, nt, out, pf, h ? pfn : 0, h);
         else
             TQ_FN(t16_t)(TD_DTYPE_Q4_1, w0, xa, t0, nt, out, pf, h ? pfn : 0, h);
     }

@@ -377,7 +377,7 @@ TD_TEST(matmul_paths_bitwise_and_batch_invariant) {
     td_backend_destroy(&b1);
 }
 
-/* Q4_1 and Q8_0 skinny products (cpu_quant.c, "row tiles"), written out here from their
+/* Q4_1, Q8_0 and Q5_0 skinny products (cpu_quant.c, "row tiles"), written out here from their
  * definition: activations to int8 per 32 (d = amax / 127, nearest even), per unit the exact
  * integer sum S of the 32 products, acc = fmaf(S, d_w * d_x, acc), Q4_1's min term
  * macc = fmaf(m_w, d_x * sum(q), macc), out = acc + macc. Every kernel path must give these bits
@@ -398,11 +398,17 @@ static float s_tile_def(td_dtype_t t, const uint8_t *row, const float *x, int64_
             int w;
             if (t == TD_DTYPE_Q8_0)
                 w = (int8_t)row[34 * k + 2 + i];
-            else
+            else if (t == TD_DTYPE_Q5_0) { /* d, qh (32 bits), 16 bytes of nibbles; w - 16 */
+                const uint8_t *b = row + 22 * k;
+                const uint32_t qh = b[2] | (uint32_t)b[3] << 8 | (uint32_t)b[4] << 16 |
+                                    (uint32_t)b[5] << 24;
+                w = (i < 16 ? b[6 + i] & 15 : b[6 + i - 16] >> 4) | (int)((qh >> i) & 1) << 4;
+                w -= 16;
+            } else
                 w = i < 16 ? row[20 * k + 4 + i] & 15 : row[20 * k + 4 + i - 16] >> 4;
             sum += w * q, sq += q;
         }
-        memcpy(&h, row + (t == TD_DTYPE_Q8_0 ? 34 : 20) * k, 2);
+        memcpy(&h, row + (t == TD_DTYPE_Q8_0 ? 34 : t == TD_DTYPE_Q5_0 ? 22 : 20) * k, 2);
         acc = fmaf((float)sum, td_f16_to_f32(h) * dx, acc);
         if (t == TD_DTYPE_Q4_1) {
             memcpy(&h, row + 20 * k + 2, 2);
@@ -413,7 +419,7 @@ static float s_tile_def(td_dtype_t t, const uint8_t *row, const float *x, int64_
 }
 
 TD_TEST(row_tiles_match_their_definition) {
-    const td_dtype_t types[2] = {TD_DTYPE_Q4_1, TD_DTYPE_Q8_0};
+    const td_dtype_t types[3] = {TD_DTYPE_Q4_1, TD_DTYPE_Q8_0, TD_DTYPE_Q5_0};
     const int64_t rows = 37, cols = 128, ld = 160; /* 2 tiles + 5 rows; rows padded in memory */
     const int n = 40;
     float *x = malloc((size_t)(n * cols) * 4), *y = malloc((size_t)(n * rows) * 4);
@@ -423,7 +429,7 @@ TD_TEST(row_tiles_match_their_definition) {
     x[5 * cols + 7] = 1e4f;                                /* a unit dominated by one element */
     td_err_t err = {0};
     int n_paths = 0;
-    for (int q = 0; q < 2; q++) {
+    for (int q = 0; q < 3; q++) {
         const td_dtype_t t = types[q];
         uint8_t *wq = s_qmatrix(t, rows, ld);
         const size_t ldb = (size_t)td_dtype_row_bytes(t, ld);
@@ -452,11 +458,11 @@ TD_TEST(row_tiles_match_their_definition) {
     free(x), free(y);
 }
 
-/* The 16-row tile layout the CPU backend loads Q4_1 / Q8_0 matrices in (td_cpu_qrepack): every
+/* The 16-row tile layout the CPU backend loads Q4_1 / Q8_0 / Q5_0 matrices in (td_cpu_qrepack): every
  * path gives bitwise what it gives on the file's rows (products for batches of 1 .. 40 tokens,
  * the embedding lookup, the reference), and every path equals the definition there too. */
 TD_TEST(tile16_layout_gives_the_same_bits) {
-    const td_dtype_t types[2] = {TD_DTYPE_Q4_1, TD_DTYPE_Q8_0};
+    const td_dtype_t types[3] = {TD_DTYPE_Q4_1, TD_DTYPE_Q8_0, TD_DTYPE_Q5_0};
     const int64_t rows = 48, cols = 1536; /* 3 tiles, 48 units a row (an FFN down product) */
     const int ns[] = {1, 2, 3, 4, 5, 7, 9, 16, 24, 25, 40};
     float *x = malloc((size_t)(40 * cols) * 4), *y0 = malloc((size_t)(5 * cols) * 4),
@@ -464,7 +470,7 @@ TD_TEST(tile16_layout_gives_the_same_bits) {
     REQUIRE(x && y0 && y1);
     for (int64_t i = 0; i < 40 * cols; i++) x[i] = s_randf() * (float)(1 + i % 7);
     td_err_t err = {0};
-    for (int q = 0; q < 2; q++) {
+    for (int q = 0; q < 3; q++) {
         const td_dtype_t t = types[q];
         uint8_t *wq = s_qmatrix(t, rows, cols);
         const size_t ldb = (size_t)td_dtype_row_bytes(t, cols);
