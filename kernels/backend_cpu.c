@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
@@ -50,8 +51,8 @@ typedef struct cpu_ctx {
     size_t xbuf_cap; /* bytes */
     int failed;      /* TD_OK, or the first failure since td_backend_status last asked */
     char why[160];   /* its message */
-    void **repacked; /* blocks made by s_prepare_weight (TD_WLAYOUT_TILE16), freed with them */
-    int n_repacked, cap_repacked;
+    struct s_chunk *chunks; /* the weight arena of s_prepare_weight */
+    int n_chunks, cap_chunks;
     pthread_mutex_t repack_lock;
 } cpu_ctx_t;
 
@@ -103,50 +104,98 @@ static void *s_alloc(td_backend_t *be, size_t nbytes) {
 }
 static void s_free(td_backend_t *be, void *p) { free(p); }
 static const void *s_weights(td_backend_t *be, const void *host, size_t nbytes) { return host; }
-/* Frees p when it is a block s_prepare_weight made (host weights are the caller's). */
+/* --- the weight arena ---------------------------------------------------------------------------
+ * s_prepare_weight copies every dense matrix into chunks of anonymous memory on 2 MB boundaries
+ * marked MADV_HUGEPAGE: a token streams the whole model, and with 4 KB pages the TLB walks (nested
+ * ones in a VM) cap what one core reads: a plain read loop here did 22 GB/s over 4 KB pages and 30
+ * over 2 MB ones. Weights are bump-allocated in 32 MB chunks (a larger one gets its own chunk); a
+ * chunk is returned when its last weight is freed. */
+typedef struct s_chunk {
+    char *base;
+    size_t cap, used;
+    int live; /* weights in it not yet freed */
+} s_chunk_t;
+#define S_HUGE ((size_t)2 << 20)
+#define S_CHUNK ((size_t)32 << 20)
+
+static void *s_arena_alloc(cpu_ctx_t *c, size_t n) {
+    n = (n + 63) & ~(size_t)63;
+    s_chunk_t *k = c->n_chunks ? &c->chunks[c->n_chunks - 1] : NULL;
+    if (!k || n > k->cap - k->used) {
+        if (c->n_chunks == c->cap_chunks) {
+            const int cap = c->cap_chunks ? 2 * c->cap_chunks : 16;
+            s_chunk_t *r = realloc(c->chunks, (size_t)cap * sizeof *r);
+            if (!r) return NULL;
+            c->chunks = r, c->cap_chunks = cap;
+        }
+        const size_t cap = n > S_CHUNK / 2 ? (n + S_HUGE - 1) / S_HUGE * S_HUGE : S_CHUNK;
+        void *base = NULL;
+        if (posix_memalign(&base, S_HUGE, cap)) return NULL;
+#ifdef MADV_HUGEPAGE
+        madvise(base, cap, MADV_HUGEPAGE); /* a hint: where THP is off, 4 KB pages */
+#endif
+        /* a big weight gets a chunk of its own, placed before the bump chunk */
+        k = &c->chunks[c->n_chunks++];
+        if (n > S_CHUNK / 2 && c->n_chunks > 1) {
+            *k = c->chunks[c->n_chunks - 2];
+            k = &c->chunks[c->n_chunks - 2];
+        }
+        *k = (s_chunk_t){base, cap, 0, 0};
+    }
+    void *p = k->base + k->used;
+    k->used += n;
+    k->live++;
+    return p;
+}
+
+/* Frees p when it is a weight s_prepare_weight placed (host weights are the caller's). */
 static void s_free_weights(td_backend_t *be, const void *p) {
     cpu_ctx_t *c = be->ctx;
     pthread_mutex_lock(&c->repack_lock);
-    for (int i = 0; i < c->n_repacked; i++)
-        if (c->repacked[i] == p) {
-            free(c->repacked[i]);
-            c->repacked[i] = c->repacked[--c->n_repacked];
-            break;
+    for (int i = 0; i < c->n_chunks; i++) {
+        s_chunk_t *k = &c->chunks[i];
+        if ((const char *)p < k->base || (const char *)p >= k->base + k->used) continue;
+        if (--k->live == 0) {
+            free(k->base);
+            c->chunks[i] = c->chunks[--c->n_chunks];
         }
+        break;
+    }
     pthread_mutex_unlock(&c->repack_lock);
 }
 
-/* Q4_1 / Q8_0 matrices into 16-row tiles (kernels/cpu_quant.c) when the AVX-512 VNNI kernels are
- * in use, Q5_0 ones always (their SIMD row tiles exist only in that layout); TD_QREPACK=1: every
- * type that fits, 0: none. Not on the reference backend. Results are bitwise the same either way;
- * the VNNI kernels read the tiles much faster (Q4_1 SmolLM2 decode 1.6x), the AVX2 ones read
- * Q4_1 / Q8_0 a little slower (bench_quant --repack). */
+/* Every dense matrix into the weight arena (huge pages), as it is or, for Q4_1 / Q8_0 when the
+ * AVX-512 VNNI kernels are in use and Q5_0 always, regrouped into 16-row tiles
+ * (kernels/cpu_quant.c; Q5_0's SIMD row tiles exist only in that layout). TD_QREPACK=0: nothing
+ * moves; TD_QREPACK=1: every type that fits is regrouped. Not on the reference backend. Results
+ * are bitwise the same either way; the VNNI kernels read the tiles much faster (Q4_1 SmolLM2
+ * decode 1.6x), the AVX2 ones read Q4_1 / Q8_0 a little slower (bench_quant --repack). */
 static int s_prepare_weight(td_backend_t *be, td_weight_t *w) {
     cpu_ctx_t *c = be->ctx;
     const char *env = getenv("TD_QREPACK");
-    const int want = env && *env ? strcmp(env, "0") != 0
-                                 : !strcmp(td_cpu_kernels_name(), "avx512vnni") ||
-                                       w->dtype == TD_DTYPE_Q5_0;
-    if (c->reference || !want || !td_cpu_qrepack_fits(w)) return TD_OK;
+    if (c->reference || (env && !strcmp(env, "0")) || !w->data || w->transposed ||
+        w->layout != TD_WLAYOUT_ROWS || (w->ld && w->ld != w->cols) || w->rows <= 0)
+        return TD_OK;
+    const int tile = td_cpu_qrepack_fits(w) &&
+                     (env && *env ? 1
+                                  : !strcmp(td_cpu_kernels_name(), "avx512vnni") ||
+                                        w->dtype == TD_DTYPE_Q5_0);
+    const size_t bytes =
+        tile ? td_cpu_qrepack_bytes(w) : (size_t)w->rows * td_dtype_row_bytes(w->dtype, w->cols);
+    if (!bytes) return TD_OK;
     pthread_mutex_lock(&c->repack_lock);
-    int rc = TD_ERR_NOMEM;
-    if (c->n_repacked == c->cap_repacked) {
-        const int cap = c->cap_repacked ? 2 * c->cap_repacked : 64;
-        void **r = realloc(c->repacked, (size_t)cap * sizeof *r);
-        if (!r) goto out;
-        c->repacked = r;
-        c->cap_repacked = cap;
-    }
-    void *t = td_cpu_qrepack(w);
-    if (!t) goto out;
-    c->repacked[c->n_repacked++] = t;
-    w->data = t;
-    w->layout = TD_WLAYOUT_TILE16;
-    rc = TD_OK;
-out:
+    void *t = s_arena_alloc(c, bytes);
     pthread_mutex_unlock(&c->repack_lock);
-    return rc;
+    if (!t) return TD_ERR_NOMEM;
+    if (tile) {
+        td_cpu_qrepack_into(w, t);
+        w->layout = TD_WLAYOUT_TILE16;
+    } else
+        memcpy(t, w->data, bytes);
+    w->data = t;
+    return TD_OK;
 }
+
 static void s_memcpy(td_backend_t *be, void *dst, const void *src, size_t n) {
     if (n) memmove(dst, src, n);
 }
@@ -157,8 +206,8 @@ static void s_destroy(td_backend_t *be) {
     free(c->att);
     free(c->vec);
     free(c->xbuf);
-    for (int i = 0; i < c->n_repacked; i++) free(c->repacked[i]);
-    free(c->repacked);
+    for (int i = 0; i < c->n_chunks; i++) free(c->chunks[i].base);
+    free(c->chunks);
     pthread_mutex_destroy(&c->repack_lock);
     free(c);
     free(be);
@@ -417,7 +466,7 @@ static inline TD_X512_ATTR void s_rows_dot16(int DT, int NR, int NT, const char 
         __m512 wv[4];
 #pragma GCC unroll 4
         for (int r = 0; r < NR; r++) {
-            _mm_prefetch(wr + (size_t)(r + NR * 3) * ldb + (size_t)c * es, _MM_HINT_T2);
+            _mm_prefetch(wr + (size_t)(r + NR * 6) * ldb + (size_t)c * es, _MM_HINT_T2);
             wv[r] = s_ld16(DT, wr + (size_t)r * ldb + (size_t)c * es, 0, 1);
         }
 #pragma GCC unroll 6
@@ -493,12 +542,13 @@ static inline TD_X512_ATTR void s_rows_dot_eo(int NR, int NT, const char *wr, si
         __m512 we[4], wo[4];
 #pragma GCC unroll 4
         for (int r = 0; r < NR; r++) {
-            /* the same columns three row blocks ahead, into L2: a one-thread decode streams the
-             * weights at ~10 GB/s with the hardware prefetchers alone, ~13 with this into L1
-             * (Intel VM, bench/results/bf16-kernels.txt), ~19 into L2 (AMD EPYC VM: the L1
-             * prefetches evicted lines still in use; BF16 SmolLM2 step 24.3 -> 14.1 ms). A
-             * prefetch past the matrix is a hint, never a fault. */
-            _mm_prefetch(wr + (size_t)(r + NR * 3) * ldb + (size_t)c * 2, _MM_HINT_T2);
+            /* the same columns six row blocks ahead, into L2: a one-thread decode streams the
+             * weights at ~10 GB/s with the hardware prefetchers alone, ~13 with a prefetch three
+             * blocks ahead into L1 (Intel VM, bench/results/bf16-kernels.txt); on the AMD EPYC VM
+             * of session 7 the BF16 SmolLM2 step took 26 ms without, 24 into L1 (it evicts lines
+             * still in use), 13.2 three blocks ahead into L2, 12.2-12.5 four to six blocks ahead
+             * (weights in huge pages). A prefetch past the matrix is a hint, never a fault. */
+            _mm_prefetch(wr + (size_t)(r + NR * 6) * ldb + (size_t)c * 2, _MM_HINT_T2);
             const __m512i v = _mm512_maskz_loadu_epi16(m, wr + (size_t)r * ldb + (size_t)c * 2);
             we[r] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
             wo[r] = _mm512_castsi512_ps(_mm512_and_si512(v, hi));

@@ -30,7 +30,6 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -384,20 +383,25 @@ int td_cpu_qrepack_fits(const td_weight_t *w) {
            w->cols % 32 == 0 && (w->ld == 0 || w->ld == w->cols);
 }
 
+size_t td_cpu_qrepack_bytes(const td_weight_t *w) {
+    return td_cpu_qrepack_fits(w) ? (size_t)(w->rows / 16) * (size_t)(w->cols / 32) *
+                                        TD_T16_BYTES(w->dtype)
+                                  : 0;
+}
+
 void *td_cpu_qrepack(const td_weight_t *w) {
-    if (!td_cpu_qrepack_fits(w)) return NULL;
+    const size_t bytes = td_cpu_qrepack_bytes(w);
+    void *out = NULL;
+    if (!bytes || posix_memalign(&out, 64, bytes)) return NULL;
+    td_cpu_qrepack_into(w, out);
+    return out;
+}
+
+void td_cpu_qrepack_into(const td_weight_t *w, void *dst) {
     const int dt = w->dtype, bb = s_t16_bb(dt);
     const int64_t nu = w->cols / 32, ntile = w->rows / 16;
     const size_t ldb = (size_t)nu * (size_t)bb, tub = TD_T16_BYTES(dt);
-    uint8_t *out = NULL;
-    const size_t bytes = (size_t)(ntile * nu) * tub + 64;
-    /* large blocks on 2 MB boundaries, as transparent huge pages where the kernel allows: the
-     * products stream the whole model per token, and 4 KB pages cost a TLB walk every 13 units */
-    const size_t huge = (size_t)2 << 20;
-    if (posix_memalign((void **)&out, bytes >= huge ? huge : 64, bytes)) return NULL;
-#ifdef MADV_HUGEPAGE
-    if (bytes >= huge) madvise(out, bytes / huge * huge, MADV_HUGEPAGE);
-#endif
+    uint8_t *out = dst;
     for (int64_t b = 0; b < ntile; b++)
         for (int64_t k = 0; k < nu; k++) {
             uint8_t *t = out + (size_t)(b * nu + k) * tub;
@@ -419,7 +423,6 @@ void *td_cpu_qrepack(const td_weight_t *w) {
                 }
             }
         }
-    return out;
 }
 
 /* Row r of a TD_WLAYOUT_TILE16 weight in the file's format (row: its ldb bytes). */

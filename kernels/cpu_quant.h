@@ -25,6 +25,9 @@ void td_cpu_qmatmul_ref(float *y, const float *x, const td_weight_t *w, const td
  * bitwise the same values on both layouts. */
 int td_cpu_qrepack_fits(const td_weight_t *w);
 void *td_cpu_qrepack(const td_weight_t *w);
+/* The same into dst (td_cpu_qrepack_bytes(w) bytes, 64-byte aligned; 0 when w does not fit). */
+size_t td_cpu_qrepack_bytes(const td_weight_t *w);
+void td_cpu_qrepack_into(const td_weight_t *w, void *dst);
 
 /* y[i, :] = dequantized row ids[i] of table (embedding lookup). */
 void td_cpu_qget_rows(float *y, const td_weight_t *table, const int32_t *ids, int n);

@@ -52,6 +52,19 @@ struct td_safetensors {
     size_t table_cap;
 };
 
+void td_safetensors_release(const td_safetensors_t *st, const void *p, size_t n) {
+    if (!st) return;
+    const uintptr_t a = (uintptr_t)p, pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+    for (int i = 0; i < st->n_files; i++) {
+        const s_file_t *f = &st->files[i];
+        const uintptr_t base = (uintptr_t)f->base;
+        if (!f->map || a < base || n > f->len || a - base > f->len - n) continue;
+        const uintptr_t lo = (a + pg - 1) / pg * pg, hi = (a + n) / pg * pg;
+        if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+        return;
+    }
+}
+
 /* --- small helpers -----------------------------------------------------------------------------
  */
 

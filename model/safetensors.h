@@ -38,6 +38,9 @@ typedef struct td_safetensors td_safetensors_t;
 td_safetensors_t *td_safetensors_open(const char *path, td_err_t *err);
 /* Unmaps everything and sets *self_p to NULL; safe on NULL and twice. */
 void td_safetensors_destroy(td_safetensors_t **self_p);
+/* As td_gguf_release: the whole pages of [p, p + n) in a file's read-only mapping leave resident
+ * memory (MADV_DONTNEED; read again, they come back from the file). No-op for borrowed memory. */
+void td_safetensors_release(const td_safetensors_t *st, const void *p, size_t n);
 
 /* Tensors in file order, then header order; td_safetensors_at returns NULL out of range. */
 int td_safetensors_count(const td_safetensors_t *st);

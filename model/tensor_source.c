@@ -159,6 +159,7 @@ void td_tensor_source_destroy(td_tensor_source_t **self_p) {
 
 void td_tensor_source_release(const td_tensor_source_t *s, const void *p, size_t n) {
     if (s && s->gguf) td_gguf_release(s->gguf, p, n);
+    if (s && s->st) td_safetensors_release(s->st, p, n);
 }
 
 td_tensor_format_t td_tensor_source_format(const td_tensor_source_t *s) { return s->format; }

@@ -44,8 +44,8 @@ td_tensor_source_t *td_tensor_source_open(const char *path, td_err_t *err);
 td_tensor_source_t *td_tensor_source_from_safetensors(td_safetensors_t *st, td_err_t *err);
 td_tensor_source_t *td_tensor_source_from_gguf(td_gguf_t *g, td_err_t *err);
 void td_tensor_source_destroy(td_tensor_source_t **self_p); /* safe on NULL and twice */
-/* Drops the resident pages of a tensor's bytes the caller no longer reads (td_gguf_release;
- * other formats: no-op). */
+/* Drops the resident pages of a tensor's bytes the caller no longer reads (td_gguf_release,
+ * td_safetensors_release). */
 void td_tensor_source_release(const td_tensor_source_t *s, const void *p, size_t n);
 
 td_tensor_format_t td_tensor_source_format(const td_tensor_source_t *s);
