@@ -584,12 +584,15 @@ static inline TD_X512_ATTR void s_rows_dot_eo(int NR, int NT, const char *wr, si
 
 /* All n <= TD_SKINNY_MAX tokens against every weight row: blocks of 4 rows, then the leftover
  * rows one by one; each block meets the tokens in balanced groups of at most 6 (4 x 6 = 24
- * accumulators). NAME is the function, ATTR its target, KERNEL(NR, NT) the inner product. */
+ * accumulators). One token (decode) goes one row at a time: one weight stream instead of four
+ * interleaved ones reads faster (BF16 SmolLM2 step 13.2 -> 10.3 ms, AMD EPYC VM, session 7), and a
+ * row's sum is the same operations either way. NAME is the function, ATTR its target,
+ * KERNEL(NR, NT) the inner product. */
 // clang-format off
 #define TD_SKINNY16_FN(NAME, ATTR, KERNEL, XES)                                                    \
     static ATTR void NAME(int nthreads, float *y, const float *x, const void *xb, int64_t xld,     \
                           const char *data, size_t ldb, int64_t rows, int64_t cols, int n) {       \
-        const int64_t nblk = rows / 4;                                                             \
+        const int64_t nblk = n == 1 ? 0 : rows / 4;                                                \
         const int ng = (n + 5) / 6;                                                                \
         const int par = TD_PAR(rows * cols);                                                       \
         _Pragma("omp parallel for schedule(static) if (par) num_threads(nthreads)")                \
