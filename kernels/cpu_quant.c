@@ -67,11 +67,14 @@ typedef struct td_qx {
 #define TD_QTILE_ROWS 16
 #define TD_QTILE_NT 24 /* tokens per pass over a tile (more: another pass) */
 static inline int s_is_tiled(int dt) {
-    return dt == TD_DTYPE_Q4_1 || dt == TD_DTYPE_Q8_0 || dt == TD_DTYPE_Q5_0;
+    return dt == TD_DTYPE_Q4_1 || dt == TD_DTYPE_Q8_0 || dt == TD_DTYPE_Q5_0 || dt == TD_DTYPE_Q4_K;
 }
-/* Q5_0's row tiles: the SIMD paths have them only in the tile layout (td_cpu_qrepack, which the
- * CPU backend applies to Q5_0 on every path); in the file's rows they run the scalar definition. */
-static inline int s_row_tile_simd(int dt) { return dt != TD_DTYPE_Q5_0; }
+/* Q5_0's and Q4_K's row tiles: the SIMD paths have them only in the tile layout (td_cpu_qrepack,
+ * which the CPU backend applies to them on every path); in the file's rows they run the scalar
+ * definition. */
+static inline int s_row_tile_simd(int dt) { return dt == TD_DTYPE_Q4_1 || dt == TD_DTYPE_Q8_0; }
+/* the tile types with a min term (Q4_1: m; Q4_K: -(dmin * m_j)) */
+static inline int s_tile_min(int dt) { return dt == TD_DTYPE_Q4_1 || dt == TD_DTYPE_Q4_K; }
 
 /* The 16-row tile layout (TD_WLAYOUT_TILE16, made once at load by td_cpu_qrepack): the same
  * bytes as the file, regrouped so that unit k (32 elements) of 16 consecutive rows is one
@@ -81,15 +84,21 @@ static inline int s_row_tile_simd(int dt) { return dt != TD_DTYPE_Q5_0; }
  *   Q4_1 (320 B): d[16] (f16), m[16] (f16), then 4 vectors of the packed nibbles;
  *   Q8_0 (544 B): 8 vectors of the signed bytes stored + 128 (unsigned), then d[16] (f16);
  *   Q5_0 (352 B): d[16] (f16), one vector of the rows' 32 high bits (dword i = row i's qh), then
- *   4 vectors of the packed low nibbles as Q4_1.
+ *   4 vectors of the packed low nibbles as Q4_1;
+ *   Q4_K: per super-block (8 units, 2304 B) d[16], dmin[16] (f16), the 12 scale bytes (byte c of
+ *   row i at 64 + 16c + i), then 8 units of 4 nibble vectors packed as Q4_1's (elements e and
+ *   e + 16 in one byte). Its unit arithmetic is Q4_1's with fw = d * sc_j, mw = -(dmin * m_j).
  * The kernels then load a unit with 5 (Q4_1) or 9 (Q8_0) plain vector loads, where the file's
  * layout needs 16 row loads, a gather and a transpose per unit, and the weights stream from one
  * address range. No value changes: every path computes what it computes on the file's layout. */
 #ifndef TD_T16_PF
 #define TD_T16_PF 1
 #endif
-#define TD_T16_BYTES(dt) ((dt) == TD_DTYPE_Q8_0 ? 544 : (dt) == TD_DTYPE_Q5_0 ? 352 : 320)
-static inline int s_t16_bb(int dt) { return dt == TD_DTYPE_Q8_0 ? 34 : dt == TD_DTYPE_Q5_0 ? 22 : 20; }
+#define TD_T16_BYTES(dt)                                                                           \
+    ((dt) == TD_DTYPE_Q8_0 ? 544 : (dt) == TD_DTYPE_Q5_0 ? 352 : (dt) == TD_DTYPE_Q4_K ? 288 : 320)
+static inline int s_t16_bb(int dt) {
+    return dt == TD_DTYPE_Q8_0 ? 34 : dt == TD_DTYPE_Q5_0 ? 22 : dt == TD_DTYPE_Q4_K ? 144 : 20;
+}
 
 /* Offset types: the weight bytes are q and the element is d * (q - offset); the correction
  * - offset * sum(activations) goes into the integer lanes (Q6_K: per 16, lanes 0 and 4). */
@@ -354,33 +363,55 @@ static void s_tile_scalar(int dt, int nr, const uint8_t *w0, size_t ldb, const t
                 int32_t is = dt == TD_DTYPE_Q5_0 ? -16 * xa->qsum[tk] : 0;
                 for (int e = 0; e < 32; e++) is += w[e] * q[e];
                 acc = fmaf((float)is, fw[0] * xa->d[tk], acc);
-                if (dt == TD_DTYPE_Q4_1) macc = fmaf(mw, xa->s[k * xa->ns + t0 + t], macc);
+                if (s_tile_min(dt)) macc = fmaf(mw, xa->s[k * xa->ns + t0 + t], macc);
             }
             out[t * nr + r] = acc + macc;
         }
 }
 
-/* Row i's unit of tile-unit block t (TD_WLAYOUT_TILE16) back in the file's block format: blk
- * (20 or 34 bytes). */
-static void s_t16_restore(int dt, const uint8_t *t, int i, uint8_t *blk) {
+/* A "piece" of the tile layout: one unit (32 elements), or for Q4_K one super-block of 8 units
+ * (its scales are shared); s_t16_bb(dt) bytes of a row in the file, 16 times that in the tile. */
+static inline int s_t16_upp(int dt) { return dt == TD_DTYPE_Q4_K ? 8 : 1; }
+
+/* Row i of tile piece t <-> the file's bytes of that row's piece (blk). */
+static void s_t16_piece(int dt, uint8_t *t, int i, uint8_t *blk, int pack) {
+#define S_MV(tp, bp) (pack ? (void)(*(tp) = *(bp)) : (void)(*(bp) = *(tp)))
     if (dt == TD_DTYPE_Q8_0) {
-        memcpy(blk, t + 512 + 2 * i, 2);
-        for (int e = 0; e < 32; e++) blk[2 + e] = t[64 * (e >> 2) + 4 * i + (e & 3)] ^ 0x80;
-    } else if (dt == TD_DTYPE_Q5_0) {
-        memcpy(blk, t + 2 * i, 2);
-        memcpy(blk + 2, t + 32 + 4 * i, 4);
-        for (int e = 0; e < 16; e++) blk[6 + e] = t[96 + 64 * (e >> 2) + 4 * i + (e & 3)];
+        for (int c = 0; c < 2; c++) S_MV(t + 512 + 2 * i + c, blk + c);
+        for (int e = 0; e < 32; e++) {
+            uint8_t *tp = t + 64 * (e >> 2) + 4 * i + (e & 3);
+            if (pack)
+                *tp = blk[2 + e] ^ 0x80;
+            else
+                blk[2 + e] = *tp ^ 0x80;
+        }
+    } else if (dt == TD_DTYPE_Q4_K) {
+        for (int c = 0; c < 2; c++) S_MV(t + 2 * i + c, blk + c), S_MV(t + 32 + 2 * i + c, blk + 2 + c);
+        for (int c = 0; c < 12; c++) S_MV(t + 64 + 16 * c + i, blk + 4 + c);
+        if (!pack) memset(blk + 16, 0, 128);
+        for (int j = 0; j < 8; j++) /* unit j: elements e, e + 16 in one byte as Q4_1 */
+            for (int p = 0; p < 16; p++) {
+                uint8_t *tp = t + 256 + 256 * j + 64 * (p >> 2) + 4 * i + (p & 3);
+                uint8_t *q = blk + 16 + 32 * (j >> 1);
+                const int sh = 4 * (j & 1);
+                if (pack)
+                    *tp = (uint8_t)(((q[p] >> sh) & 15) | ((q[p + 16] >> sh) & 15) << 4);
+                else
+                    q[p] |= (uint8_t)((*tp & 15) << sh), q[p + 16] |= (uint8_t)((*tp >> 4) << sh);
+            }
     } else {
-        memcpy(blk, t + 2 * i, 2);
-        memcpy(blk + 2, t + 32 + 2 * i, 2);
-        for (int e = 0; e < 16; e++) blk[4 + e] = t[64 + 64 * (e >> 2) + 4 * i + (e & 3)];
+        const int q5 = dt == TD_DTYPE_Q5_0, hdr = q5 ? 6 : 4, qoff = q5 ? 96 : 64;
+        for (int c = 0; c < 2; c++) S_MV(t + 2 * i + c, blk + c);
+        for (int c = 0; c < hdr - 2; c++) S_MV(t + 32 + (hdr - 2) * i + c, blk + 2 + c);
+        for (int e = 0; e < 16; e++) S_MV(t + qoff + 64 * (e >> 2) + 4 * i + (e & 3), blk + hdr + e);
     }
+#undef S_MV
 }
 
 int td_cpu_qrepack_fits(const td_weight_t *w) {
     return w && w->data && s_is_tiled(w->dtype) && w->layout == TD_WLAYOUT_ROWS &&
            !w->transposed && w->rows > 0 && w->rows % 16 == 0 && w->cols > 0 &&
-           w->cols % 32 == 0 && (w->ld == 0 || w->ld == w->cols);
+           w->cols % (32 * s_t16_upp(w->dtype)) == 0 && (w->ld == 0 || w->ld == w->cols);
 }
 
 size_t td_cpu_qrepack_bytes(const td_weight_t *w) {
@@ -398,40 +429,23 @@ void *td_cpu_qrepack(const td_weight_t *w) {
 }
 
 void td_cpu_qrepack_into(const td_weight_t *w, void *dst) {
-    const int dt = w->dtype, bb = s_t16_bb(dt);
-    const int64_t nu = w->cols / 32, ntile = w->rows / 16;
-    const size_t ldb = (size_t)nu * (size_t)bb, tub = TD_T16_BYTES(dt);
-    uint8_t *out = dst;
+    const int dt = w->dtype, bb = s_t16_bb(dt), upp = s_t16_upp(dt);
+    const int64_t np = w->cols / 32 / upp, ntile = w->rows / 16;
+    const size_t ldb = (size_t)np * (size_t)bb, tpb = (size_t)TD_T16_BYTES(dt) * (size_t)upp;
     for (int64_t b = 0; b < ntile; b++)
-        for (int64_t k = 0; k < nu; k++) {
-            uint8_t *t = out + (size_t)(b * nu + k) * tub;
-            for (int i = 0; i < 16; i++) {
-                const uint8_t *blk = (const uint8_t *)w->data + (size_t)(16 * b + i) * ldb +
-                                     (size_t)k * (size_t)bb;
-                if (dt == TD_DTYPE_Q8_0) {
-                    memcpy(t + 512 + 2 * i, blk, 2);
-                    for (int e = 0; e < 32; e++)
-                        t[64 * (e >> 2) + 4 * i + (e & 3)] = blk[2 + e] ^ 0x80;
-                } else if (dt == TD_DTYPE_Q5_0) {
-                    memcpy(t + 2 * i, blk, 2);
-                    memcpy(t + 32 + 4 * i, blk + 2, 4);
-                    for (int e = 0; e < 16; e++) t[96 + 64 * (e >> 2) + 4 * i + (e & 3)] = blk[6 + e];
-                } else {
-                    memcpy(t + 2 * i, blk, 2);
-                    memcpy(t + 32 + 2 * i, blk + 2, 2);
-                    for (int e = 0; e < 16; e++) t[64 + 64 * (e >> 2) + 4 * i + (e & 3)] = blk[4 + e];
-                }
-            }
-        }
+        for (int64_t k = 0; k < np; k++)
+            for (int i = 0; i < 16; i++)
+                s_t16_piece(dt, (uint8_t *)dst + (size_t)(b * np + k) * tpb, i,
+                            (uint8_t *)w->data + (size_t)(16 * b + i) * ldb + (size_t)k * bb, 1);
 }
 
 /* Row r of a TD_WLAYOUT_TILE16 weight in the file's format (row: its ldb bytes). */
 static void s_t16_row(const td_weight_t *w, int64_t r, uint8_t *row) {
-    const int dt = w->dtype, bb = s_t16_bb(dt);
-    const int64_t nu = w->cols / 32;
-    const uint8_t *tile = (const uint8_t *)w->data + (size_t)((r / 16) * nu) * TD_T16_BYTES(dt);
-    for (int64_t k = 0; k < nu; k++)
-        s_t16_restore(dt, tile + (size_t)k * TD_T16_BYTES(dt), (int)(r % 16), row + k * bb);
+    const int dt = w->dtype, bb = s_t16_bb(dt), upp = s_t16_upp(dt);
+    const int64_t np = w->cols / 32 / upp;
+    const size_t tpb = (size_t)TD_T16_BYTES(dt) * (size_t)upp;
+    uint8_t *tile = (uint8_t *)w->data + (size_t)(r / 16) * (size_t)np * tpb;
+    for (int64_t k = 0; k < np; k++) s_t16_piece(dt, tile + (size_t)k * tpb, (int)(r % 16), row + k * bb, 0);
 }
 
 /* s_tile_scalar on a TD_WLAYOUT_TILE16 tile (w0: its first unit): the very same operations. */
@@ -441,18 +455,19 @@ static void s_t16_scalar(int dt, const uint8_t *w0, const td_qx_t *xa, int t0, i
     for (int r = 0; r < 16; r++)
         for (int t = 0; t < nt; t++) {
             float acc = 0, macc = 0;
+            const int upp = s_t16_upp(dt);
             for (int64_t k = 0; k < nu; k++) {
-                uint8_t blk[34];
+                uint8_t blk[144];
                 int w[32];
                 float fw[8], mw;
-                s_t16_restore(dt, w0 + (size_t)k * TD_T16_BYTES(dt), r, blk);
-                s_unit_scalar(dt, blk, 0, w, fw, &mw);
+                s_t16_piece(dt, (uint8_t *)w0 + (size_t)(k / upp * upp) * TD_T16_BYTES(dt), r, blk, 0);
+                s_unit_scalar(dt, blk, k % upp, w, fw, &mw);
                 const int64_t tk = (int64_t)(t0 + t) * nu + k;
                 const int8_t *q = xa->q + (t0 + t) * cols + 32 * k;
                 int32_t is = dt == TD_DTYPE_Q5_0 ? -16 * xa->qsum[tk] : 0;
                 for (int e = 0; e < 32; e++) is += w[e] * q[e];
                 acc = fmaf((float)is, fw[0] * xa->d[tk], acc);
-                if (dt == TD_DTYPE_Q4_1) macc = fmaf(mw, xa->s[k * xa->ns + t0 + t], macc);
+                if (s_tile_min(dt)) macc = fmaf(mw, xa->s[k * xa->ns + t0 + t], macc);
             }
             out[t * 16 + r] = acc + macc;
         }
@@ -707,15 +722,15 @@ void td_cpu_qget_rows(float *y, const td_weight_t *t, const int32_t *ids, int n)
             memset(y + (int64_t)i * t->cols, 0, (size_t)t->cols * sizeof(float));
             continue;
         }
-        if (t->layout == TD_WLAYOUT_TILE16) { /* unit by unit, back in the file's format */
-            const int64_t nu = t->cols / 32;
-            const uint8_t *tile =
-                (const uint8_t *)t->data + (size_t)((ids[i] / 16) * nu) * TD_T16_BYTES(t->dtype);
-            for (int64_t k = 0; k < nu; k++) {
-                uint8_t blk[34];
-                s_t16_restore(t->dtype, tile + (size_t)k * TD_T16_BYTES(t->dtype), ids[i] % 16,
-                              blk);
-                td_dequantize_row(t->dtype, blk, y + (int64_t)i * t->cols + 32 * k, 32);
+        if (t->layout == TD_WLAYOUT_TILE16) { /* piece by piece, back in the file's format */
+            const int upp = s_t16_upp(t->dtype);
+            const int64_t np = t->cols / 32 / upp;
+            const size_t tpb = (size_t)TD_T16_BYTES(t->dtype) * (size_t)upp;
+            uint8_t *tile = (uint8_t *)t->data + (size_t)(ids[i] / 16) * (size_t)np * tpb;
+            for (int64_t k = 0; k < np; k++) {
+                uint8_t blk[144];
+                s_t16_piece(t->dtype, tile + (size_t)k * tpb, ids[i] % 16, blk, 0);
+                td_dequantize_row(t->dtype, blk, y + (int64_t)i * t->cols + 32 * upp * k, 32 * upp);
             }
             continue;
         }

@@ -674,7 +674,44 @@ static TQ_ATTR void TQ_FN(tile)(int dt, const uint8_t *w0, size_t ldb, const td_
 #if TQ_VNNI
 /* Unit blk of a tile: u[j] the 16 rows' weights (dword i = row i), fw, mw their scales. */
 static inline TQ_ATTR __attribute__((always_inline)) void
-TQ_FN(t16_unit)(const int DT, const uint8_t *blk, __m512i *u, __m512 *fw, __m512 *mw) {
+TQ_FN(t16_unit)(const int DT, const uint8_t *w0, int64_t k, __m512i *u, __m512 *fw, __m512 *mw) {
+    const uint8_t *blk =
+        w0 + (size_t)k * (DT == TD_DTYPE_Q8_0 ? 544 : DT == TD_DTYPE_Q5_0 ? 352 : 320);
+    if (DT == TD_DTYPE_Q4_K) {
+        /* super-block k / 8, unit j: the 6-bit scale and min of 16 rows from the scale bytes
+         * (td_q4k_scale_min, a byte per row), fw = d * sc, mw = -(dmin * m) */
+        const uint8_t *sb = w0 + (size_t)(k >> 3) * 2304;
+        const int j = (int)(k & 7);
+        const __m128i m63 = _mm_set1_epi8(63), m15 = _mm_set1_epi8(15), m3 = _mm_set1_epi8(3);
+#define TQ_SB(c) _mm_load_si128((const __m128i *)(sb + 64 + 16 * (c)))
+        __m128i sc, mn;
+        if (j < 4) {
+            sc = _mm_and_si128(TQ_SB(j), m63);
+            mn = _mm_and_si128(TQ_SB(j + 4), m63);
+        } else {
+            const __m128i hi6a = _mm_and_si128(_mm_srli_epi16(TQ_SB(j - 4), 6), m3),
+                          hi6b = _mm_and_si128(_mm_srli_epi16(TQ_SB(j), 6), m3);
+            sc = _mm_or_si128(_mm_and_si128(TQ_SB(j + 4), m15), _mm_slli_epi16(hi6a, 4));
+            mn = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(TQ_SB(j + 4), 4), m15),
+                              _mm_slli_epi16(hi6b, 4));
+        }
+#undef TQ_SB
+        *fw = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_load_si256((const __m256i *)sb)),
+                            _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(sc)));
+        const __m512 dm = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(sb + 32))),
+                                        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(mn)));
+        *mw = _mm512_castsi512_ps( /* -(dmin * m), the sign flipped as the scalar path does */
+            _mm512_xor_si512(_mm512_castps_si512(dm), _mm512_set1_epi32((int)0x80000000u)));
+        blk = sb + 256 + 256 * j - 64; /* the nibbles as Q4_1's, which start at blk + 64 */
+        const __m512i m4 = _mm512_set1_epi8(15);
+#pragma GCC unroll 4
+        for (int jj = 0; jj < 4; jj++) {
+            const __m512i v = _mm512_load_si512((const void *)(blk + 64 + 64 * jj));
+            u[jj] = _mm512_and_si512(v, m4);
+            u[jj + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+        }
+        return;
+    }
     if (DT == TD_DTYPE_Q8_0) {
 #pragma GCC unroll 8
         for (int j = 0; j < 8; j++) u[j] = _mm512_loadu_si512((const void *)(blk + 64 * j));
@@ -722,8 +759,8 @@ TQ_FN(t16_t)(const int DT, const uint8_t *w0, const td_qx_t *xa, int t0, int nt,
              const uint8_t *pf, size_t pfn) {
     const int64_t nu = xa->nu, cols = nu * 32, ns = xa->ns;
     /* Q8_0 (weights stored + 128) and Q5_0 (+ 16) start from their corrections */
-    const int q8 = DT != TD_DTYPE_Q4_1, corr = DT == TD_DTYPE_Q8_0 ? -128 : -16;
-    const size_t tub = DT == TD_DTYPE_Q8_0 ? 544 : DT == TD_DTYPE_Q5_0 ? 352 : 320;
+    const int q8 = DT != TD_DTYPE_Q4_1 && DT != TD_DTYPE_Q4_K, corr = DT == TD_DTYPE_Q8_0 ? -128 : -16;
+
     __m512 acc[TD_QTILE_NT], macc[TD_QTILE_NT];
     for (int t = 0; t < nt; t++) acc[t] = macc[t] = _mm512_setzero_ps();
     const size_t pstep = (pfn / (size_t)nu + 63) & ~(size_t)63;
@@ -732,7 +769,7 @@ TQ_FN(t16_t)(const int DT, const uint8_t *w0, const td_qx_t *xa, int t0, int nt,
             _mm_prefetch((const char *)(pf + o), _MM_HINT_T2);
         __m512i u[8];
         __m512 fw, mw;
-        TQ_FN(t16_unit)(DT, w0 + (size_t)k * tub, u, &fw, &mw);
+        TQ_FN(t16_unit)(DT, w0, k, u, &fw, &mw);
         if (nt == 1) {
             const int8_t *xq = xa->q + t0 * cols + 32 * k;
             const int64_t tk = (int64_t)t0 * nu + k;
@@ -782,7 +819,7 @@ static inline TQ_ATTR __attribute__((always_inline)) void
 TQ_FN(t16_t)(const int DT, const uint8_t *w0, const td_qx_t *xa, int t0, int nt, float *out,
              const uint8_t *pf, size_t pfn, int h) {
     const int64_t nu = xa->nu, cols = nu * 32, ns = xa->ns;
-    const int q8 = DT == TD_DTYPE_Q8_0, q5 = DT == TD_DTYPE_Q5_0;
+    const int q8 = DT == TD_DTYPE_Q8_0, q5 = DT == TD_DTYPE_Q5_0, q4k = DT == TD_DTYPE_Q4_K;
     const size_t tub = q8 ? 544 : q5 ? 352 : 320;
     __m256 acc[TD_QTILE_NT], macc[TD_QTILE_NT];
     for (int t = 0; t < nt; t++) acc[t] = macc[t] = _mm256_setzero_ps();
@@ -792,6 +829,8 @@ TQ_FN(t16_t)(const int DT, const uint8_t *w0, const td_qx_t *xa, int t0, int nt,
         for (size_t o = (size_t)k * pstep; o < (size_t)(k + 1) * pstep && o < pfn; o += 64)
             _mm_prefetch((const char *)(pf + o), _MM_HINT_T2);
         const uint8_t *blk = w0 + (size_t)k * tub;
+        if (q4k) /* super-block k / 8, unit j: nibbles as Q4_1's (at blk + 64) */
+            blk = w0 + (size_t)(k >> 3) * 2304 + 192 + 256 * (k & 7);
         __m256i u[8], a[8]; /* a: |w| (Q8_0); u: the unsigned weights or the signed bytes */
         __m256 fw, mw = _mm256_setzero_ps();
         if (q8) {
@@ -827,8 +866,34 @@ TQ_FN(t16_t)(const int DT, const uint8_t *w0, const td_qx_t *xa, int t0, int nt,
                 u[j] = _mm256_and_si256(v, m4);
                 u[j + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
             }
-            fw = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(blk + 16 * h)));
-            mw = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(blk + 32 + 16 * h)));
+            if (q4k) { /* fw = d * sc_j, mw = -(dmin * m_j) of the half's 8 rows */
+                const uint8_t *sb = w0 + (size_t)(k >> 3) * 2304;
+                const int j = (int)(k & 7);
+                const __m128i m63 = _mm_set1_epi8(63), m15 = _mm_set1_epi8(15),
+                              m3 = _mm_set1_epi8(3);
+#define TQ_SB(c) _mm_loadl_epi64((const __m128i *)(sb + 64 + 16 * (c) + 8 * h))
+                __m128i sc, mn; /* td_q4k_scale_min, a byte per row */
+                if (j < 4) {
+                    sc = _mm_and_si128(TQ_SB(j), m63);
+                    mn = _mm_and_si128(TQ_SB(j + 4), m63);
+                } else {
+                    const __m128i ha = _mm_and_si128(_mm_srli_epi16(TQ_SB(j - 4), 6), m3),
+                                  hb = _mm_and_si128(_mm_srli_epi16(TQ_SB(j), 6), m3);
+                    sc = _mm_or_si128(_mm_and_si128(TQ_SB(j + 4), m15), _mm_slli_epi16(ha, 4));
+                    mn = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(TQ_SB(j + 4), 4), m15),
+                                      _mm_slli_epi16(hb, 4));
+                }
+#undef TQ_SB
+                fw = _mm256_mul_ps(_mm256_cvtph_ps(_mm_load_si128((const __m128i *)(sb + 16 * h))),
+                                   _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sc)));
+                mw = _mm256_xor_ps( /* -(dmin * m), the sign flipped as the scalar path does */
+                    _mm256_mul_ps(_mm256_cvtph_ps(_mm_load_si128((const __m128i *)(sb + 32 + 16 * h))),
+                                  _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(mn))),
+                    _mm256_set1_ps(-0.0f));
+            } else {
+                fw = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(blk + 16 * h)));
+                mw = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(blk + 32 + 16 * h)));
+            }
         }
         for (int t = 0; t < nt; t++) {
             const int64_t tk = (int64_t)(t0 + t) * nu + k;
@@ -881,6 +946,8 @@ static TQ_ATTR void TQ_FN(t16)(int dt, const uint8_t *w0, const td_qx_t *xa, int
         TQ_FN(t16_t)(TD_DTYPE_Q8_0, w0, xa, t0, nt, out, pf, pfn);
     else if (dt == TD_DTYPE_Q5_0)
         TQ_FN(t16_t)(TD_DTYPE_Q5_0, w0, xa, t0, nt, out, pf, pfn);
+    else if (dt == TD_DTYPE_Q4_K)
+        TQ_FN(t16_t)(TD_DTYPE_Q4_K, w0, xa, t0, nt, out, pf, pfn);
     else
         TQ_FN(t16_t)(TD_DTYPE_Q4_1, w0, xa, t0, nt, out, pf, pfn);
 #else
@@ -889,6 +956,8 @@ static TQ_ATTR void TQ_FN(t16)(int dt, const uint8_t *w0, const td_qx_t *xa, int
             TQ_FN(t16_t)(TD_DTYPE_Q8_0, w0, xa, t0, nt, out, pf, h ? pfn : 0, h);
         else if (dt == TD_DTYPE_Q5_0)
             TQ_FN(t16_t)(TD_DTYPE_Q5_0, w0, xa, t0, nt, out, pf, h ? pfn : 0, h);
+        else if (dt == TD_DTYPE_Q4_K)
+            TQ_FN(t16_t)(TD_DTYPE_Q4_K, w0, xa, t0, nt, out, pf, h ? pfn : 0, h);
         else
             TQ_FN(t16_t)(TD_DTYPE_Q4_1, w0, xa, t0, nt, out, pf, h ? pfn : 0, h);
     }

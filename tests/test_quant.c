@@ -404,9 +404,21 @@ static float s_tile_def(td_dtype_t t, const uint8_t *row, const float *x, int64_
                                     (uint32_t)b[5] << 24;
                 w = (i < 16 ? b[6 + i] & 15 : b[6 + i - 16] >> 4) | (int)((qh >> i) & 1) << 4;
                 w -= 16;
-            } else
+            } else if (t == TD_DTYPE_Q4_K) /* sub-block k % 8 of super-block k / 8 */
+                w = (row[144 * (k / 8) + 16 + 32 * (k % 8 / 2) + i] >> (4 * (k % 2))) & 15;
+            else
                 w = i < 16 ? row[20 * k + 4 + i] & 15 : row[20 * k + 4 + i - 16] >> 4;
             sum += w * q, sq += q;
+        }
+        if (t == TD_DTYPE_Q4_K) { /* fw = d * sc, mw = -(dmin * m) */
+            const uint8_t *b = row + 144 * (k / 8);
+            uint16_t hd, hm;
+            int sc, m;
+            memcpy(&hd, b, 2), memcpy(&hm, b + 2, 2);
+            td_q4k_scale_min(b + 4, (int)(k % 8), &sc, &m);
+            acc = fmaf((float)sum, td_f16_to_f32(hd) * (float)sc * dx, acc);
+            macc = fmaf(-(td_f16_to_f32(hm) * (float)m), dx * (float)sq, macc);
+            continue;
         }
         memcpy(&h, row + (t == TD_DTYPE_Q8_0 ? 34 : t == TD_DTYPE_Q5_0 ? 22 : 20) * k, 2);
         acc = fmaf((float)sum, td_f16_to_f32(h) * dx, acc);
@@ -419,7 +431,7 @@ static float s_tile_def(td_dtype_t t, const uint8_t *row, const float *x, int64_
 }
 
 TD_TEST(row_tiles_match_their_definition) {
-    const td_dtype_t types[3] = {TD_DTYPE_Q4_1, TD_DTYPE_Q8_0, TD_DTYPE_Q5_0};
+    const td_dtype_t types[4] = {TD_DTYPE_Q4_1, TD_DTYPE_Q8_0, TD_DTYPE_Q5_0, TD_DTYPE_Q4_K};
     const int64_t rows = 37, cols = 128, ld = 160; /* 2 tiles + 5 rows; rows padded in memory */
     const int n = 40;
     float *x = malloc((size_t)(n * cols) * 4), *y = malloc((size_t)(n * rows) * 4);
@@ -429,7 +441,7 @@ TD_TEST(row_tiles_match_their_definition) {
     x[5 * cols + 7] = 1e4f;                                /* a unit dominated by one element */
     td_err_t err = {0};
     int n_paths = 0;
-    for (int q = 0; q < 3; q++) {
+    for (int q = 0; q < 3; q++) /* (Q4_K: 256-column rows, the layout test below) */ {
         const td_dtype_t t = types[q];
         uint8_t *wq = s_qmatrix(t, rows, ld);
         const size_t ldb = (size_t)td_dtype_row_bytes(t, ld);
@@ -462,7 +474,7 @@ TD_TEST(row_tiles_match_their_definition) {
  * path gives bitwise what it gives on the file's rows (products for batches of 1 .. 40 tokens,
  * the embedding lookup, the reference), and every path equals the definition there too. */
 TD_TEST(tile16_layout_gives_the_same_bits) {
-    const td_dtype_t types[3] = {TD_DTYPE_Q4_1, TD_DTYPE_Q8_0, TD_DTYPE_Q5_0};
+    const td_dtype_t types[4] = {TD_DTYPE_Q4_1, TD_DTYPE_Q8_0, TD_DTYPE_Q5_0, TD_DTYPE_Q4_K};
     const int64_t rows = 48, cols = 1536; /* 3 tiles, 48 units a row (an FFN down product) */
     const int ns[] = {1, 2, 3, 4, 5, 7, 9, 16, 24, 25, 40};
     float *x = malloc((size_t)(40 * cols) * 4), *y0 = malloc((size_t)(5 * cols) * 4),
@@ -470,7 +482,7 @@ TD_TEST(tile16_layout_gives_the_same_bits) {
     REQUIRE(x && y0 && y1);
     for (int64_t i = 0; i < 40 * cols; i++) x[i] = s_randf() * (float)(1 + i % 7);
     td_err_t err = {0};
-    for (int q = 0; q < 3; q++) {
+    for (int q = 0; q < 4; q++) {
         const td_dtype_t t = types[q];
         uint8_t *wq = s_qmatrix(t, rows, cols);
         const size_t ldb = (size_t)td_dtype_row_bytes(t, cols);
