@@ -165,8 +165,8 @@ static void s_free_weights(td_backend_t *be, const void *p) {
 }
 
 /* Every dense matrix into the weight arena (huge pages), as it is or, for Q4_1 / Q8_0 when the
- * AVX-512 VNNI kernels are in use and Q5_0 / Q4_K always, regrouped into 16-row tiles
- * (kernels/cpu_quant.c; the SIMD row tiles of Q5_0 and Q4_K exist only in that layout). TD_QREPACK=0: nothing
+ * AVX-512 VNNI kernels are in use and Q5_0 / Q4_K / Q6_K always, regrouped into 16-row tiles
+ * (kernels/cpu_quant.c; the SIMD row tiles of those three exist only in that layout). TD_QREPACK=0: nothing
  * moves; TD_QREPACK=1: every type that fits is regrouped. Not on the reference backend. Results
  * are bitwise the same either way; the VNNI kernels read the tiles much faster (Q4_1 SmolLM2
  * decode 1.6x), the AVX2 ones read Q4_1 / Q8_0 a little slower (bench_quant --repack). */
@@ -179,7 +179,8 @@ static int s_prepare_weight(td_backend_t *be, td_weight_t *w) {
     const int tile = td_cpu_qrepack_fits(w) &&
                      (env && *env ? 1
                                   : !strcmp(td_cpu_kernels_name(), "avx512vnni") ||
-                                        w->dtype == TD_DTYPE_Q5_0 || w->dtype == TD_DTYPE_Q4_K);
+                                        w->dtype == TD_DTYPE_Q5_0 || w->dtype == TD_DTYPE_Q4_K ||
+                                        w->dtype == TD_DTYPE_Q6_K);
     const size_t bytes =
         tile ? td_cpu_qrepack_bytes(w) : (size_t)w->rows * td_dtype_row_bytes(w->dtype, w->cols);
     if (!bytes) return TD_OK;

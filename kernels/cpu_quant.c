@@ -67,11 +67,13 @@ typedef struct td_qx {
 #define TD_QTILE_ROWS 16
 #define TD_QTILE_NT 24 /* tokens per pass over a tile (more: another pass) */
 static inline int s_is_tiled(int dt) {
-    return dt == TD_DTYPE_Q4_1 || dt == TD_DTYPE_Q8_0 || dt == TD_DTYPE_Q5_0 || dt == TD_DTYPE_Q4_K;
+    return dt == TD_DTYPE_Q4_1 || dt == TD_DTYPE_Q8_0 || dt == TD_DTYPE_Q5_0 ||
+           dt == TD_DTYPE_Q4_K || dt == TD_DTYPE_Q6_K;
 }
-/* Q5_0's and Q4_K's row tiles: the SIMD paths have them only in the tile layout (td_cpu_qrepack,
- * which the CPU backend applies to them on every path); in the file's rows they run the scalar
- * definition. */
+/* The row tiles of Q5_0, Q4_K and Q6_K: the SIMD paths have them only in the tile layout
+ * (td_cpu_qrepack, which the CPU backend applies to them on every path); in the file's rows they
+ * run the scalar definition. Q6_K's unit has two scales (per 16 elements): two integer sums and
+ * two fmaf per unit, halves in order. */
 static inline int s_row_tile_simd(int dt) { return dt == TD_DTYPE_Q4_1 || dt == TD_DTYPE_Q8_0; }
 /* the tile types with a min term (Q4_1: m; Q4_K: -(dmin * m_j)) */
 static inline int s_tile_min(int dt) { return dt == TD_DTYPE_Q4_1 || dt == TD_DTYPE_Q4_K; }
@@ -87,7 +89,11 @@ static inline int s_tile_min(int dt) { return dt == TD_DTYPE_Q4_1 || dt == TD_DT
  *   4 vectors of the packed low nibbles as Q4_1;
  *   Q4_K: per super-block (8 units, 2304 B) d[16], dmin[16] (f16), the 12 scale bytes (byte c of
  *   row i at 64 + 16c + i), then 8 units of 4 nibble vectors packed as Q4_1's (elements e and
- *   e + 16 in one byte). Its unit arithmetic is Q4_1's with fw = d * sc_j, mw = -(dmin * m_j).
+ *   e + 16 in one byte). Its unit arithmetic is Q4_1's with fw = d * sc_j, mw = -(dmin * m_j);
+ *   Q6_K: per super-block (3360 B) 8 units of 384 B (4 vectors of the low 4 bits packed as
+ *   Q4_1's, then 2 vectors H[p] of the high 2 bits: byte c of dword i holds, from bit 0, those of
+ *   elements 4p + c, 16 + 4p + c, 4(p + 2) + c, 16 + 4(p + 2) + c), then d[16] (f16), then the 16
+ *   int8 scales (scale s of row i at 16s + i).
  * The kernels then load a unit with 5 (Q4_1) or 9 (Q8_0) plain vector loads, where the file's
  * layout needs 16 row loads, a gather and a transpose per unit, and the weights stream from one
  * address range. No value changes: every path computes what it computes on the file's layout. */
@@ -95,9 +101,17 @@ static inline int s_tile_min(int dt) { return dt == TD_DTYPE_Q4_1 || dt == TD_DT
 #define TD_T16_PF 1
 #endif
 #define TD_T16_BYTES(dt)                                                                           \
-    ((dt) == TD_DTYPE_Q8_0 ? 544 : (dt) == TD_DTYPE_Q5_0 ? 352 : (dt) == TD_DTYPE_Q4_K ? 288 : 320)
+    ((dt) == TD_DTYPE_Q8_0   ? 544                                                                 \
+     : (dt) == TD_DTYPE_Q5_0 ? 352                                                                 \
+     : (dt) == TD_DTYPE_Q4_K ? 288                                                                 \
+     : (dt) == TD_DTYPE_Q6_K ? 420                                                                 \
+                             : 320)
 static inline int s_t16_bb(int dt) {
-    return dt == TD_DTYPE_Q8_0 ? 34 : dt == TD_DTYPE_Q5_0 ? 22 : dt == TD_DTYPE_Q4_K ? 144 : 20;
+    return dt == TD_DTYPE_Q8_0   ? 34
+           : dt == TD_DTYPE_Q5_0 ? 22
+           : dt == TD_DTYPE_Q4_K ? 144
+           : dt == TD_DTYPE_Q6_K ? 210
+                                 : 20;
 }
 
 /* Offset types: the weight bytes are q and the element is d * (q - offset); the correction
@@ -360,6 +374,13 @@ static void s_tile_scalar(int dt, int nr, const uint8_t *w0, size_t ldb, const t
                 s_unit_scalar(dt, w0 + (size_t)r * ldb, k, w, fw, &mw);
                 const int64_t tk = (int64_t)(t0 + t) * nu + k;
                 const int8_t *q = xa->q + (t0 + t) * cols + 32 * k;
+                if (dt == TD_DTYPE_Q6_K) { /* per 16: w - 32 via the half sums, two fmaf */
+                    int32_t h0 = xa->corr[8 * tk], h1 = xa->corr[8 * tk + 4];
+                    for (int e = 0; e < 16; e++) h0 += w[e] * q[e], h1 += w[16 + e] * q[16 + e];
+                    acc = fmaf((float)h0, fw[0] * xa->d[tk], acc);
+                    acc = fmaf((float)h1, fw[4] * xa->d[tk], acc);
+                    continue;
+                }
                 int32_t is = dt == TD_DTYPE_Q5_0 ? -16 * xa->qsum[tk] : 0;
                 for (int e = 0; e < 32; e++) is += w[e] * q[e];
                 acc = fmaf((float)is, fw[0] * xa->d[tk], acc);
@@ -371,7 +392,7 @@ static void s_tile_scalar(int dt, int nr, const uint8_t *w0, size_t ldb, const t
 
 /* A "piece" of the tile layout: one unit (32 elements), or for Q4_K one super-block of 8 units
  * (its scales are shared); s_t16_bb(dt) bytes of a row in the file, 16 times that in the tile. */
-static inline int s_t16_upp(int dt) { return dt == TD_DTYPE_Q4_K ? 8 : 1; }
+static inline int s_t16_upp(int dt) { return dt == TD_DTYPE_Q4_K || dt == TD_DTYPE_Q6_K ? 8 : 1; }
 
 /* Row i of tile piece t <-> the file's bytes of that row's piece (blk). */
 static void s_t16_piece(int dt, uint8_t *t, int i, uint8_t *blk, int pack) {
@@ -384,6 +405,34 @@ static void s_t16_piece(int dt, uint8_t *t, int i, uint8_t *blk, int pack) {
                 *tp = blk[2 + e] ^ 0x80;
             else
                 blk[2 + e] = *tp ^ 0x80;
+        }
+    } else if (dt == TD_DTYPE_Q6_K) {
+        for (int c = 0; c < 2; c++) S_MV(t + 3072 + 2 * i + c, blk + 208 + c);
+        for (int c = 0; c < 16; c++) S_MV(t + 3104 + 16 * c + i, blk + 192 + c);
+        if (!pack) memset(blk, 0, 192);
+        for (int j = 0; j < 8; j++) {
+            const int h = j >> 2, q = j & 3;
+            uint8_t *ql = blk + 64 * h + 32 * (q & 1), *qh = blk + 128 + 32 * h, *u = t + 384 * j;
+            if (pack) {
+                for (int p = 0; p < 16; p++) u[64 * (p >> 2) + 4 * i + (p & 3)] = 0;
+                for (int p = 0; p < 2; p++)
+                    for (int c = 0; c < 4; c++) u[256 + 64 * p + 4 * i + c] = 0;
+            }
+            for (int e = 0; e < 32; e++) {
+                const int pp = e & 15, hi = e >> 4, jj = pp >> 2, c = pp & 3;
+                uint8_t *nb = u + 64 * jj + 4 * i + c, *hb = u + 256 + 64 * (jj & 1) + 4 * i + c;
+                const int nsh = 4 * hi, hsh = 2 * (2 * (jj >> 1) + hi);
+                const int qsh = 4 * (q >> 1), hqsh = 2 * q;
+                if (pack) {
+                    const int w = ((ql[e] >> qsh) & 15) | ((qh[e] >> hqsh) & 3) << 4;
+                    *nb |= (uint8_t)((w & 15) << nsh);
+                    *hb |= (uint8_t)((w >> 4) << hsh);
+                } else {
+                    const int w = ((*nb >> nsh) & 15) | ((*hb >> hsh) & 3) << 4;
+                    ql[e] |= (uint8_t)((w & 15) << qsh);
+                    qh[e] |= (uint8_t)((w >> 4) << hqsh);
+                }
+            }
         }
     } else if (dt == TD_DTYPE_Q4_K) {
         for (int c = 0; c < 2; c++) S_MV(t + 2 * i + c, blk + c), S_MV(t + 32 + 2 * i + c, blk + 2 + c);
@@ -457,13 +506,20 @@ static void s_t16_scalar(int dt, const uint8_t *w0, const td_qx_t *xa, int t0, i
             float acc = 0, macc = 0;
             const int upp = s_t16_upp(dt);
             for (int64_t k = 0; k < nu; k++) {
-                uint8_t blk[144];
+                uint8_t blk[210];
                 int w[32];
                 float fw[8], mw;
                 s_t16_piece(dt, (uint8_t *)w0 + (size_t)(k / upp * upp) * TD_T16_BYTES(dt), r, blk, 0);
                 s_unit_scalar(dt, blk, k % upp, w, fw, &mw);
                 const int64_t tk = (int64_t)(t0 + t) * nu + k;
                 const int8_t *q = xa->q + (t0 + t) * cols + 32 * k;
+                if (dt == TD_DTYPE_Q6_K) { /* per 16: w - 32 via the half sums, two fmaf */
+                    int32_t h0 = xa->corr[8 * tk], h1 = xa->corr[8 * tk + 4];
+                    for (int e = 0; e < 16; e++) h0 += w[e] * q[e], h1 += w[16 + e] * q[16 + e];
+                    acc = fmaf((float)h0, fw[0] * xa->d[tk], acc);
+                    acc = fmaf((float)h1, fw[4] * xa->d[tk], acc);
+                    continue;
+                }
                 int32_t is = dt == TD_DTYPE_Q5_0 ? -16 * xa->qsum[tk] : 0;
                 for (int e = 0; e < 32; e++) is += w[e] * q[e];
                 acc = fmaf((float)is, fw[0] * xa->d[tk], acc);
@@ -728,7 +784,7 @@ void td_cpu_qget_rows(float *y, const td_weight_t *t, const int32_t *ids, int n)
             const size_t tpb = (size_t)TD_T16_BYTES(t->dtype) * (size_t)upp;
             uint8_t *tile = (uint8_t *)t->data + (size_t)(ids[i] / 16) * (size_t)np * tpb;
             for (int64_t k = 0; k < np; k++) {
-                uint8_t blk[144];
+                uint8_t blk[210];
                 s_t16_piece(t->dtype, tile + (size_t)k * tpb, ids[i] % 16, blk, 0);
                 td_dequantize_row(t->dtype, blk, y + (int64_t)i * t->cols + 32 * upp * k, 32 * upp);
             }

@@ -939,6 +939,116 @@ TQ_FN(t16_t)(const int DT, const uint8_t *w0, const td_qx_t *xa, int t0, int nt,
 }
 #endif
 
+/* Q6_K tiles (cpu_quant.c): per unit the low 4 bits as Q4_1's nibbles, the high 2 from the two
+ * H vectors (16-bit shifts, then the byte mask 0x30 drops what crossed bytes), and per token two
+ * integer sums (elements 0..15 and 16..31, each from its -32 correction) and two fmaf. */
+#if TQ_VNNI
+static inline TQ_ATTR void TQ_FN(t16_q6k)(const uint8_t *w0, const td_qx_t *xa, int t0, int nt,
+                                          float *out, const uint8_t *pf, size_t pfn) {
+    const int64_t nu = xa->nu, cols = nu * 32;
+    __m512 acc[TD_QTILE_NT];
+    for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps();
+    const size_t pstep = (pfn / (size_t)nu + 63) & ~(size_t)63;
+    const __m512i m4 = _mm512_set1_epi8(15), m30 = _mm512_set1_epi8(0x30);
+    for (int64_t k = 0; k < nu; k++) {
+        for (size_t o = (size_t)k * pstep; o < (size_t)(k + 1) * pstep && o < pfn; o += 64)
+            _mm_prefetch((const char *)(pf + o), _MM_HINT_T2);
+        const uint8_t *sb = w0 + (size_t)(k >> 3) * 3360, *ub = sb + 384 * (k & 7);
+        const __m512i h0 = _mm512_loadu_si512((const void *)(ub + 256)),
+                      h1 = _mm512_loadu_si512((const void *)(ub + 320));
+        __m512i u[8];
+#pragma GCC unroll 4
+        for (int jj = 0; jj < 4; jj++) {
+            const __m512i v = _mm512_loadu_si512((const void *)(ub + 64 * jj));
+            const __m512i hs = jj & 1 ? h1 : h0;
+            const __m512i lo2 = jj >> 1 ? hs : _mm512_slli_epi16(hs, 4),
+                          hi2 = jj >> 1 ? _mm512_srli_epi16(hs, 2) : _mm512_slli_epi16(hs, 2);
+            u[jj] = _mm512_or_si512(_mm512_and_si512(v, m4), _mm512_and_si512(lo2, m30));
+            u[jj + 4] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(v, 4), m4),
+                                        _mm512_and_si512(hi2, m30));
+        }
+        const int j = (int)(k & 7);
+        const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sb + 3072)));
+        const __m512 f0 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                                               _mm_loadu_si128((const __m128i *)(sb + 3104 + 32 * j))))),
+                     f1 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                                               (const __m128i *)(sb + 3104 + 32 * j + 16)))));
+        for (int t = 0; t < nt; t++) {
+            const int64_t tk = (int64_t)(t0 + t) * nu + k;
+            const int8_t *xq = xa->q + (t0 + t) * cols + 32 * k;
+            __m512i s0 = _mm512_set1_epi32(xa->corr[8 * tk]),
+                    s1 = _mm512_set1_epi32(xa->corr[8 * tk + 4]);
+#pragma GCC unroll 4
+            for (int jj = 0; jj < 4; jj++) {
+                s0 = TQ_FN(dpbusd_b)(s0, u[jj], xq + 4 * jj);
+                s1 = TQ_FN(dpbusd_b)(s1, u[jj + 4], xq + 16 + 4 * jj);
+            }
+            const __m512 dx = _mm512_set1_ps(xa->d[tk]);
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(f0, dx), acc[t]);
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1), _mm512_mul_ps(f1, dx), acc[t]);
+        }
+    }
+    for (int t = 0; t < nt; t++) _mm512_storeu_ps(out + t * 16, acc[t]);
+}
+#else
+static inline TQ_ATTR void TQ_FN(t16_q6k)(const uint8_t *w0, const td_qx_t *xa, int t0, int nt,
+                                          float *out, const uint8_t *pf, size_t pfn, int h) {
+    const int64_t nu = xa->nu, cols = nu * 32;
+    __m256 acc[TD_QTILE_NT];
+    for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps();
+    const size_t pstep = (pfn / (size_t)nu + 63) & ~(size_t)63;
+    const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30),
+                  ones = _mm256_set1_epi16(1);
+    for (int64_t k = 0; k < nu; k++) {
+        for (size_t o = (size_t)k * pstep; o < (size_t)(k + 1) * pstep && o < pfn; o += 64)
+            _mm_prefetch((const char *)(pf + o), _MM_HINT_T2);
+        const uint8_t *sb = w0 + (size_t)(k >> 3) * 3360, *ub = sb + 384 * (k & 7) + 32 * h;
+        const __m256i h0 = _mm256_loadu_si256((const __m256i *)(ub + 256)),
+                      h1 = _mm256_loadu_si256((const __m256i *)(ub + 320));
+        __m256i u[8];
+        for (int jj = 0; jj < 4; jj++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(ub + 64 * jj));
+            const __m256i hs = jj & 1 ? h1 : h0;
+            const __m256i lo2 = jj >> 1 ? hs : _mm256_slli_epi16(hs, 4),
+                          hi2 = jj >> 1 ? _mm256_srli_epi16(hs, 2) : _mm256_slli_epi16(hs, 2);
+            u[jj] = _mm256_or_si256(_mm256_and_si256(v, m4), _mm256_and_si256(lo2, m30));
+            u[jj + 4] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4),
+                                        _mm256_and_si256(hi2, m30));
+        }
+        const int j = (int)(k & 7);
+        const __m256 d =
+            _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sb + 3072 + 16 * h)));
+        const __m256 f0 = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                                               (const __m128i *)(sb + 3104 + 32 * j + 8 * h))))),
+                     f1 = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                                               (const __m128i *)(sb + 3104 + 32 * j + 16 + 8 * h)))));
+        for (int t = 0; t < nt; t++) {
+            const int64_t tk = (int64_t)(t0 + t) * nu + k;
+            const int8_t *xq = xa->q + (t0 + t) * cols + 32 * k;
+            __m256i s[2];
+            for (int g = 0; g < 2; g++) { /* pairs below 2 x 63 x 127: two of them fit 16 bits */
+                __m256i p[2];
+                for (int pq = 0; pq < 2; pq++) {
+                    int32_t a, b;
+                    memcpy(&a, xq + 16 * g + 8 * pq, 4);
+                    memcpy(&b, xq + 16 * g + 8 * pq + 4, 4);
+                    p[pq] = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(u[4 * g + 2 * pq], _mm256_set1_epi32(a)),
+                        _mm256_maddubs_epi16(u[4 * g + 2 * pq + 1], _mm256_set1_epi32(b)));
+                }
+                s[g] = _mm256_add_epi32(
+                    _mm256_add_epi32(_mm256_madd_epi16(p[0], ones), _mm256_madd_epi16(p[1], ones)),
+                    _mm256_set1_epi32(xa->corr[8 * tk + 4 * g]));
+            }
+            const __m256 dx = _mm256_set1_ps(xa->d[tk]);
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[0]), _mm256_mul_ps(f0, dx), acc[t]);
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[1]), _mm256_mul_ps(f1, dx), acc[t]);
+        }
+    }
+    for (int t = 0; t < nt; t++) _mm256_storeu_ps(out + t * 16 + 8 * h, acc[t]);
+}
+#endif
+
 static TQ_ATTR void TQ_FN(t16)(int dt, const uint8_t *w0, const td_qx_t *xa, int t0, int nt,
                                float *out, const uint8_t *pf, size_t pfn) {
 #if TQ_VNNI
@@ -948,6 +1058,8 @@ static TQ_ATTR void TQ_FN(t16)(int dt, const uint8_t *w0, const td_qx_t *xa, int
         TQ_FN(t16_t)(TD_DTYPE_Q5_0, w0, xa, t0, nt, out, pf, pfn);
     else if (dt == TD_DTYPE_Q4_K)
         TQ_FN(t16_t)(TD_DTYPE_Q4_K, w0, xa, t0, nt, out, pf, pfn);
+    else if (dt == TD_DTYPE_Q6_K)
+        TQ_FN(t16_q6k)(w0, xa, t0, nt, out, pf, pfn);
     else
         TQ_FN(t16_t)(TD_DTYPE_Q4_1, w0, xa, t0, nt, out, pf, pfn);
 #else
@@ -958,6 +1070,8 @@ static TQ_ATTR void TQ_FN(t16)(int dt, const uint8_t *w0, const td_qx_t *xa, int
             TQ_FN(t16_t)(TD_DTYPE_Q5_0, w0, xa, t0, nt, out, pf, h ? pfn : 0, h);
         else if (dt == TD_DTYPE_Q4_K)
             TQ_FN(t16_t)(TD_DTYPE_Q4_K, w0, xa, t0, nt, out, pf, h ? pfn : 0, h);
+        else if (dt == TD_DTYPE_Q6_K)
+            TQ_FN(t16_q6k)(w0, xa, t0, nt, out, pf, h ? pfn : 0, h);
         else
             TQ_FN(t16_t)(TD_DTYPE_Q4_1, w0, xa, t0, nt, out, pf, h ? pfn : 0, h);
     }

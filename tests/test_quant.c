@@ -390,12 +390,20 @@ static float s_tile_def(td_dtype_t t, const uint8_t *row, const float *x, int64_
         float amax = 0;
         for (int i = 0; i < 32; i++) amax = fabsf(v[i]) > amax ? fabsf(v[i]) : amax;
         const float dx = amax / 127.0f, id = dx > 0 ? 1.0f / dx : 0.0f;
-        int32_t sum = 0, sq = 0;
+        int32_t sum = 0, sq = 0, s6[2] = {0, 0};
         uint16_t h;
         for (int i = 0; i < 32; i++) {
             int q = (int)rintf(v[i] * id);
             q = q > 127 ? 127 : q < -127 ? -127 : q;
             int w;
+            if (t == TD_DTYPE_Q6_K) { /* 6 bits (4 from ql, 2 from qh) - 32, per half of 16 */
+                const uint8_t *b = row + 210 * (k / 8);
+                const int j = (int)(k % 8), hh = j >> 2, qq = j & 3;
+                w = ((b[64 * hh + 32 * (qq & 1) + i] >> (4 * (qq >> 1))) & 15) |
+                    ((b[128 + 32 * hh + i] >> (2 * qq)) & 3) << 4;
+                s6[i >> 4] += (w - 32) * q;
+                continue;
+            }
             if (t == TD_DTYPE_Q8_0)
                 w = (int8_t)row[34 * k + 2 + i];
             else if (t == TD_DTYPE_Q5_0) { /* d, qh (32 bits), 16 bytes of nibbles; w - 16 */
@@ -409,6 +417,15 @@ static float s_tile_def(td_dtype_t t, const uint8_t *row, const float *x, int64_
             else
                 w = i < 16 ? row[20 * k + 4 + i] & 15 : row[20 * k + 4 + i - 16] >> 4;
             sum += w * q, sq += q;
+        }
+        if (t == TD_DTYPE_Q6_K) { /* f = d * scale of the half; the halves in order */
+            const uint8_t *b = row + 210 * (k / 8);
+            uint16_t hd;
+            memcpy(&hd, b + 208, 2);
+            const int8_t *sc = (const int8_t *)(b + 192) + 2 * (k % 8);
+            acc = fmaf((float)s6[0], td_f16_to_f32(hd) * (float)sc[0] * dx, acc);
+            acc = fmaf((float)s6[1], td_f16_to_f32(hd) * (float)sc[1] * dx, acc);
+            continue;
         }
         if (t == TD_DTYPE_Q4_K) { /* fw = d * sc, mw = -(dmin * m) */
             const uint8_t *b = row + 144 * (k / 8);
@@ -431,7 +448,8 @@ static float s_tile_def(td_dtype_t t, const uint8_t *row, const float *x, int64_
 }
 
 TD_TEST(row_tiles_match_their_definition) {
-    const td_dtype_t types[4] = {TD_DTYPE_Q4_1, TD_DTYPE_Q8_0, TD_DTYPE_Q5_0, TD_DTYPE_Q4_K};
+    const td_dtype_t types[5] = {TD_DTYPE_Q4_1, TD_DTYPE_Q8_0, TD_DTYPE_Q5_0, TD_DTYPE_Q4_K,
+                                 TD_DTYPE_Q6_K};
     const int64_t rows = 37, cols = 128, ld = 160; /* 2 tiles + 5 rows; rows padded in memory */
     const int n = 40;
     float *x = malloc((size_t)(n * cols) * 4), *y = malloc((size_t)(n * rows) * 4);
@@ -470,11 +488,13 @@ TD_TEST(row_tiles_match_their_definition) {
     free(x), free(y);
 }
 
-/* The 16-row tile layout the CPU backend loads Q4_1 / Q8_0 / Q5_0 matrices in (td_cpu_qrepack): every
+/* The 16-row tile layout the CPU backend loads Q4_1 / Q8_0 / Q5_0 / Q4_K / Q6_K matrices in
+ * (td_cpu_qrepack): every
  * path gives bitwise what it gives on the file's rows (products for batches of 1 .. 40 tokens,
  * the embedding lookup, the reference), and every path equals the definition there too. */
 TD_TEST(tile16_layout_gives_the_same_bits) {
-    const td_dtype_t types[4] = {TD_DTYPE_Q4_1, TD_DTYPE_Q8_0, TD_DTYPE_Q5_0, TD_DTYPE_Q4_K};
+    const td_dtype_t types[5] = {TD_DTYPE_Q4_1, TD_DTYPE_Q8_0, TD_DTYPE_Q5_0, TD_DTYPE_Q4_K,
+                                 TD_DTYPE_Q6_K};
     const int64_t rows = 48, cols = 1536; /* 3 tiles, 48 units a row (an FFN down product) */
     const int ns[] = {1, 2, 3, 4, 5, 7, 9, 16, 24, 25, 40};
     float *x = malloc((size_t)(40 * cols) * 4), *y0 = malloc((size_t)(5 * cols) * 4),
@@ -482,7 +502,7 @@ TD_TEST(tile16_layout_gives_the_same_bits) {
     REQUIRE(x && y0 && y1);
     for (int64_t i = 0; i < 40 * cols; i++) x[i] = s_randf() * (float)(1 + i % 7);
     td_err_t err = {0};
-    for (int q = 0; q < 4; q++) {
+    for (int q = 0; q < 5; q++) {
         const td_dtype_t t = types[q];
         uint8_t *wq = s_qmatrix(t, rows, cols);
         const size_t ldb = (size_t)td_dtype_row_bytes(t, cols);
