@@ -370,13 +370,10 @@ TQ_FN(rows)(const int DT, const int NR, const int NT, const uint8_t *w0, size_t 
 
 static TQ_ATTR void TQ_FN(block)(int dt, int nr, int nt, const uint8_t *w0, size_t ldb,
                                  const td_qx_t *xa, int t0, float *out) {
-    switch (dt) { /* Q4_1 and Q8_0 go through the row tiles below */
+    switch (dt) { /* Q4_1, Q8_0, Q5_0, Q4_K and Q6_K go through the row tiles below */
         TQ_CASE_DT(TD_DTYPE_Q4_0)
-        TQ_CASE_DT(TD_DTYPE_Q5_0)
         TQ_CASE_DT(TD_DTYPE_Q5_1)
-        TQ_CASE_DT(TD_DTYPE_Q4_K)
         TQ_CASE_DT(TD_DTYPE_Q5_K)
-        TQ_CASE_DT(TD_DTYPE_Q6_K)
     default:
         break;
     }
