@@ -1268,7 +1268,6 @@ static inline __m256 s_hsum8x(const __m256 *a) {
  * cache gives bitwise what a float cache holding the same (exactly converted) values gives. */
 #define TD_ATT_CHUNK 128 /* cache rows per block (a multiple of 8) */
 #define TD_ATT_TOK 16    /* tokens per work item at most */
-#define TD_ATT_GROUP 8   /* query heads per KV head at most (more: the scalar path) */
 
 /* Scores of query qv against keys [j0, j1) into sc[j]; key j's element d is element
  * (j - jb) * ks + d of kb: floats, or halves when F16 (converted in registers, exactly). */
@@ -1295,18 +1294,35 @@ static inline __attribute__((always_inline)) void s_att_scores(int F16, const fl
     for (; j < j1; j++) sc[j] = s_dot_kv(qv, kb, (int64_t)(j - jb) * ks, hd, F16) * scale;
 }
 
+/* Keys (and values) this many rows ahead are prefetched: with a cold cache (the weights of the
+ * layer's products pass through it between attentions) the loads otherwise wait one miss at a
+ * time. */
+#define TD_ATT_PF 12
+
+/* Prefetches the hd elements from element i of p (F16: halves, else floats). */
+static inline __attribute__((always_inline)) void s_att_prefetch(int F16, const void *p, int64_t i,
+                                                                 int hd) {
+    const char *c =
+        F16 ? (const char *)((const uint16_t *)p + i) : (const char *)((const float *)p + i);
+    const int nb = hd * (F16 ? 2 : 4);
+    for (int o = 0; o < nb; o += 64) _mm_prefetch(c + o, _MM_HINT_T0);
+    _mm_prefetch(c + nb - 1, _MM_HINT_T0); /* a row need not start on a line */
+}
+
 /* s_att_scores for NQ queries (qv[q] -> sc[q]) at once, four keys at a time: per (query, key) the
  * same accumulator over ascending 8-wide steps and the same reduction (the four-accumulator hadd
  * tree adds each one's lanes as ((0+1)+(2+3)) + ((4+5)+(6+7)), as s_hsum8x does), so the scores
  * are those of s_att_scores bit for bit; a key vector is loaded (converted) once for NQ queries. */
 static inline __attribute__((always_inline)) void
-s_att_scores_q(int F16, int NQ, const float *const *qv, const void *kb, int64_t ks, int jb, int j0,
-               int j1, int end8, int hd, float scale, float *const *sc) {
+s_att_scores_q(int F16, int NQ, int pf, const float *const *qv, const void *kb, int64_t ks, int jb,
+               int j0, int j1, int end8, int hd, float scale, float *const *sc) {
     const __m128 sc4 = _mm_set1_ps(scale);
     const int jv = j1 < end8 ? j1 : end8;
     int j = j0;
     for (; j + 4 <= jv; j += 4) {
         const int64_t k0 = (int64_t)(j - jb) * ks;
+        if (pf && j + TD_ATT_PF < j1) /* the rows TD_ATT_PF keys on, ahead of need */
+            for (int u = 0; u < 4; u++) s_att_prefetch(F16, kb, k0 + (TD_ATT_PF + u) * ks, hd);
         __m256 acc[12];
 #pragma GCC unroll 12
         for (int i = 0; i < NQ * 4; i++) acc[i] = _mm256_setzero_ps();
@@ -1379,16 +1395,16 @@ static inline int s_att_softmax(const td_attn_desc_t *a, int t, int end, float *
  * order (per output element the chain of FMAs of a single query alone: the NQ * NR chains are only
  * interleaved, so the FMA latency is hidden and a value row is loaded once for NQ queries);
  * first: o starts at zero. */
-static inline __attribute__((always_inline)) void s_att_values(int F16, int NQ, int NR,
-                                                               float *const *sc, const void *vb,
-                                                               int64_t vs, int jb, int j0, int j1,
-                                                               int d0, float *const *o, int first) {
+static inline __attribute__((always_inline)) void
+s_att_values(int F16, int NQ, int NR, float *const *sc, const void *vb, int64_t vs, int jb, int j0,
+             int j1, int d0, float *const *o, int first, int pfd) {
     __m256 acc[12];
 #pragma GCC unroll 12
     for (int i = 0; i < NQ * NR; i++)
         acc[i] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(o[i / NR] + d0 + 8 * (i % NR));
     int64_t vr = (int64_t)(j0 - jb) * vs + d0;
     for (int j = j0; j < j1; j++, vr += vs) {
+        if (pfd && j + TD_ATT_PF < j1) s_att_prefetch(F16, vb, vr + TD_ATT_PF * vs, pfd);
         __m256 v[8];
 #pragma GCC unroll 8
         for (int r = 0; r < NR; r++) v[r] = s_kv8(vb, vr + 8 * r, F16);
@@ -1407,31 +1423,33 @@ static inline __attribute__((always_inline)) void s_att_values(int F16, int NQ, 
 /* s_att_values over all hd dims for nq (1 .. 3) queries, in chunks that keep every accumulator,
  * value vector and broadcast probability in the 16 registers (a spilled accumulator would chain
  * each FMA through a store and a load): 3 queries x 24 dims, 2 x 32, 1 x 64, then 8 at a time. */
-static inline __attribute__((always_inline)) void s_att_values_q(int F16, int nq, float *const *sc,
-                                                                 const void *vb, int64_t vs, int jb,
-                                                                 int j0, int j1, int hd,
-                                                                 float *const *o, int first) {
+static inline __attribute__((always_inline)) void
+s_att_values_q(int F16, int nq, float *const *sc, const void *vb, int64_t vs, int jb, int j0,
+               int j1, int hd, float *const *o, int first, int pfd) {
     int d0 = 0;
     if (nq == 3) {
         for (; d0 + 24 <= hd; d0 += 24)
-            s_att_values(F16, 3, 3, sc, vb, vs, jb, j0, j1, d0, o, first);
+            s_att_values(F16, 3, 3, sc, vb, vs, jb, j0, j1, d0, o, first, d0 ? 0 : pfd);
         if (d0 + 16 <= hd) {
-            s_att_values(F16, 3, 2, sc, vb, vs, jb, j0, j1, d0, o, first);
+            s_att_values(F16, 3, 2, sc, vb, vs, jb, j0, j1, d0, o, first, d0 ? 0 : pfd);
             d0 += 16;
         }
-        for (; d0 < hd; d0 += 8) s_att_values(F16, 3, 1, sc, vb, vs, jb, j0, j1, d0, o, first);
+        for (; d0 < hd; d0 += 8)
+            s_att_values(F16, 3, 1, sc, vb, vs, jb, j0, j1, d0, o, first, d0 ? 0 : pfd);
     } else if (nq == 2) {
         for (; d0 + 32 <= hd; d0 += 32)
-            s_att_values(F16, 2, 4, sc, vb, vs, jb, j0, j1, d0, o, first);
-        for (; d0 < hd; d0 += 8) s_att_values(F16, 2, 1, sc, vb, vs, jb, j0, j1, d0, o, first);
+            s_att_values(F16, 2, 4, sc, vb, vs, jb, j0, j1, d0, o, first, d0 ? 0 : pfd);
+        for (; d0 < hd; d0 += 8)
+            s_att_values(F16, 2, 1, sc, vb, vs, jb, j0, j1, d0, o, first, d0 ? 0 : pfd);
     } else {
         for (; d0 + 64 <= hd; d0 += 64)
-            s_att_values(F16, 1, 8, sc, vb, vs, jb, j0, j1, d0, o, first);
+            s_att_values(F16, 1, 8, sc, vb, vs, jb, j0, j1, d0, o, first, d0 ? 0 : pfd);
         if (d0 + 32 <= hd) {
-            s_att_values(F16, 1, 4, sc, vb, vs, jb, j0, j1, d0, o, first);
+            s_att_values(F16, 1, 4, sc, vb, vs, jb, j0, j1, d0, o, first, d0 ? 0 : pfd);
             d0 += 32;
         }
-        for (; d0 < hd; d0 += 8) s_att_values(F16, 1, 1, sc, vb, vs, jb, j0, j1, d0, o, first);
+        for (; d0 < hd; d0 += 8)
+            s_att_values(F16, 1, 1, sc, vb, vs, jb, j0, j1, d0, o, first, d0 ? 0 : pfd);
     }
 }
 
@@ -1454,10 +1472,10 @@ s_att_item_f(int F16, const td_attn_desc_t *a, float *out, const float *q, const
     const int hd = a->head_dim, nh = a->n_head, group = nh / a->n_kv_head;
     const int64_t row = (int64_t)a->n_kv_head * hd,
                   base = (int64_t)a->seq[tok[0]] * a->n_ctx * row + (int64_t)kvh * hd;
-    int end[TD_ATT_TOK], live[TD_ATT_TOK * TD_ATT_GROUP], maxend = 0;
+    int end[TD_ATT_TOK], live[TD_ATT_TOK * group], maxend = 0, ipf = 0;
     for (int i = 0; i < nt; i++) {
         end[i] = s_att_end(a, tok[i]);
-        if (end[i] > maxend) maxend = end[i];
+        if (end[i] > maxend) maxend = end[i], ipf = i; /* it prefetches rows for all */
     }
     /* the rows from j0 on of kc or vc (row j0 + r at element r * row of p) */
 #define TD_ATT_ROWS(cache)                                                                         \
@@ -1481,11 +1499,14 @@ s_att_item_f(int F16, const td_attn_desc_t *a, float *out, const float *q, const
                     scs[r] = scr + (size_t)(i * group + g + r) * (size_t)a->n_ctx;
                 }
                 if (k == 3)
-                    s_att_scores_q(F16, 3, qs, p, ps, j0, j0, j1, end[i] & ~7, hd, a->scale, scs);
+                    s_att_scores_q(F16, 3, i == ipf, qs, p, ps, j0, j0, j1, end[i] & ~7, hd,
+                                   a->scale, scs);
                 else if (k == 2)
-                    s_att_scores_q(F16, 2, qs, p, ps, j0, j0, j1, end[i] & ~7, hd, a->scale, scs);
+                    s_att_scores_q(F16, 2, i == ipf, qs, p, ps, j0, j0, j1, end[i] & ~7, hd,
+                                   a->scale, scs);
                 else
-                    s_att_scores_q(F16, 1, qs, p, ps, j0, j0, j1, end[i] & ~7, hd, a->scale, scs);
+                    s_att_scores_q(F16, 1, i == ipf, qs, p, ps, j0, j0, j1, end[i] & ~7, hd,
+                                   a->scale, scs);
             }
         }
     }
@@ -1512,11 +1533,13 @@ s_att_item_f(int F16, const td_attn_desc_t *a, float *out, const float *q, const
                 scs[k] = scr + (size_t)(i * group + g) * (size_t)a->n_ctx;
                 os[k++] = out + ((int64_t)tok[i] * nh + kvh * group + g) * hd;
                 if (k == 3) {
-                    s_att_values_q(F16, k, scs, p, ps, j0, j0, j1, hd, os, j0 == 0);
+                    s_att_values_q(F16, k, scs, p, ps, j0, j0, j1, hd, os, j0 == 0,
+                                   i == ipf ? hd : 0);
                     k = 0;
                 }
             }
-            if (k) s_att_values_q(F16, k, scs, p, ps, j0, j0, j1, hd, os, j0 == 0);
+            if (k)
+                s_att_values_q(F16, k, scs, p, ps, j0, j0, j1, hd, os, j0 == 0, i == ipf ? hd : 0);
         }
     }
 #undef TD_ATT_ROWS
@@ -1623,7 +1646,7 @@ static void s_attention(td_backend_t *be, float *out, const float *q, const void
     for (int t = 0; t < a->n; t++) work += (int64_t)a->kv_len[a->seq[t]] * nh * hd;
     int nthr = c->reference || !TD_PAR(work) ? 1 : be->n_threads;
 #ifdef TD_AVX2
-    if (!c->reference && hd % 8 == 0 && group <= TD_ATT_GROUP) {
+    if (!c->reference && hd % 8 == 0) {
         s_attention_avx2(be, out, q, kc, vc, a, nthr);
         return;
     }

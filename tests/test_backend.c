@@ -428,7 +428,7 @@ TD_TEST(norms_rope_activations) {
 /* Attention is batch invariant bitwise: each token's output in a batch (tokens of two sequences
  * interleaved, more than one work item per sequence, contexts past one 128-row block) equals its
  * output when it is attended alone, for float and f16 caches, every mask kind, head sizes and GQA
- * groups that take each path (group 16: the scalar path), on one and two threads. */
+ * groups that take each path (three, two and one query heads at a time), on one and two threads. */
 TD_TEST(attention_batch_invariant) {
     enum { N = 37, N_CTX = 300, N_SEQ = 2 };
     td_err_t err = {0};
