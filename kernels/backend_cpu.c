@@ -1158,6 +1158,17 @@ static void s_scatter_rows_f16(td_backend_t *be, uint16_t *dst, int64_t row_stri
 /* --- attention ---------------------------------------------------------------------------------
  */
 
+/* The keys a query at token t can see lie in [0, end). */
+static inline int s_att_end(const td_attn_desc_t *a, int t) {
+    int end = a->kv_len[a->seq[t]];
+    if (a->kind == TD_ATTN_CAUSAL && a->pos[t] + 1 < end) end = a->pos[t] + 1;
+    if (a->kind == TD_ATTN_BLOCK_CAUSAL) {
+        int64_t e = ((int64_t)a->pos[t] / a->block_size + 1) * a->block_size;
+        if (e < end) end = (int)e;
+    }
+    return end;
+}
+
 static inline int s_visible(const td_attn_desc_t *a, int t, int kp) {
     int qp = a->pos[t];
     switch (a->kind) {
@@ -1451,17 +1462,6 @@ s_att_values_q(int F16, int nq, float *const *sc, const void *vb, int64_t vs, in
         for (; d0 < hd; d0 += 8)
             s_att_values(F16, 1, 1, sc, vb, vs, jb, j0, j1, d0, o, first, d0 ? 0 : pfd);
     }
-}
-
-/* The keys a query at token t can see lie in [0, end). */
-static inline int s_att_end(const td_attn_desc_t *a, int t) {
-    int end = a->kv_len[a->seq[t]];
-    if (a->kind == TD_ATTN_CAUSAL && a->pos[t] + 1 < end) end = a->pos[t] + 1;
-    if (a->kind == TD_ATTN_BLOCK_CAUSAL) {
-        int64_t e = ((int64_t)a->pos[t] / a->block_size + 1) * a->block_size;
-        if (e < end) end = (int)e;
-    }
-    return end;
 }
 
 /* One work item: tokens tok[0 .. nt) (all of one sequence) and the group of query heads of KV head
