@@ -39,6 +39,11 @@
 #define TD_PAR_MIN ((int64_t)1 << 15)
 #define TD_PAR(work) ((int64_t)(work) >= TD_PAR_MIN)
 
+/* RoPE tables kept per backend (a drafter and a verifier with different theta may share one), and
+ * the largest position they cover: past it the cosines and sines are computed per call. */
+#define TD_ROPE_TABS 4
+#define TD_ROPE_TAB_MAXPOS (1 << 17)
+
 typedef struct cpu_ctx {
     int reference;
     float *panel;     /* [n_threads][TD_PANEL_ROWS * max cols] conversion scratch */
@@ -49,8 +54,18 @@ typedef struct cpu_ctx {
     size_t vec_cap;
     void *xbuf;      /* activations rearranged for the AVX-512 BF16 skinny kernels */
     size_t xbuf_cap; /* bytes */
-    int failed;      /* TD_OK, or the first failure since td_backend_status last asked */
-    char why[160];   /* its message */
+    int *ati;        /* attention: token order and work items */
+    size_t ati_cap;  /* ints */
+    /* RoPE cos/sin tables by (theta, rot_dim): positions [0, cap), per position rot_dim / 2
+     * cosines then as many sines, each computed exactly as s_rope_cs does */
+    struct {
+        float theta;
+        int rot_dim, cap;
+        float *tab;
+    } rope[TD_ROPE_TABS];
+    int rope_next; /* the slot a new (theta, rot_dim) replaces when all are taken */
+    int failed;    /* TD_OK, or the first failure since td_backend_status last asked */
+    char why[160]; /* its message */
     struct s_chunk *chunks; /* the weight arena of s_prepare_weight */
     int n_chunks, cap_chunks;
     pthread_mutex_t repack_lock;
@@ -207,6 +222,8 @@ static void s_destroy(td_backend_t *be) {
     free(c->att);
     free(c->vec);
     free(c->xbuf);
+    free(c->ati);
+    for (int i = 0; i < TD_ROPE_TABS; i++) free(c->rope[i].tab);
     for (int i = 0; i < c->n_chunks; i++) free(c->chunks[i].base);
     free(c->chunks);
     pthread_mutex_destroy(&c->repack_lock);
@@ -924,19 +941,58 @@ static void s_get_rows(td_backend_t *be, float *y, const td_weight_t *t, const i
     }
 }
 
+/* Threads for an element-wise loop over work elements: 1 (and no OpenMP region at all: entering one
+ * costs about a microsecond even when it runs on one thread) below TD_PAR_MIN. */
+static inline int s_par_threads(const td_backend_t *be, int64_t work) {
+    return TD_PAR(work) && be->n_threads > 1 ? be->n_threads : 1;
+}
+
+/* One row of rmsnorm: the sum of squares in double (each square exact), accumulated in 16 double
+ * lanes over ascending 16-element steps, the lanes added pairwise, the tail sequentially; then
+ * y = w * (x * inv) in float. The same arithmetic for every row, n and thread count. */
+static inline void s_rmsnorm_row(float *yt, const float *xt, const float *wf, int d, float eps) {
+    int i = 0;
+    double ss = 0;
+#ifdef TD_AVX2
+    __m256d s0 = _mm256_setzero_pd(), s1 = s0, s2 = s0, s3 = s0;
+    for (; i + 16 <= d; i += 16) {
+        const __m256d x0 = _mm256_cvtps_pd(_mm_loadu_ps(xt + i)),
+                      x1 = _mm256_cvtps_pd(_mm_loadu_ps(xt + i + 4)),
+                      x2 = _mm256_cvtps_pd(_mm_loadu_ps(xt + i + 8)),
+                      x3 = _mm256_cvtps_pd(_mm_loadu_ps(xt + i + 12));
+        s0 = _mm256_fmadd_pd(x0, x0, s0);
+        s1 = _mm256_fmadd_pd(x1, x1, s1);
+        s2 = _mm256_fmadd_pd(x2, x2, s2);
+        s3 = _mm256_fmadd_pd(x3, x3, s3);
+    }
+    const __m256d s = _mm256_add_pd(_mm256_add_pd(s0, s1), _mm256_add_pd(s2, s3));
+    const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd(s, 1));
+    ss = _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+#endif
+    for (; i < d; i++) ss += (double)xt[i] * xt[i];
+    const float inv = (float)(1.0 / sqrt(ss / d + (double)eps));
+    i = 0;
+#ifdef TD_AVX2
+    const __m256 iv = _mm256_set1_ps(inv);
+    for (; i + 8 <= d; i += 8)
+        _mm256_storeu_ps(yt + i, _mm256_mul_ps(_mm256_loadu_ps(wf + i),
+                                               _mm256_mul_ps(_mm256_loadu_ps(xt + i), iv)));
+#endif
+    for (; i < d; i++) yt[i] = wf[i] * (xt[i] * inv);
+}
+
 static void s_rmsnorm(td_backend_t *be, float *y, const float *x, const td_weight_t *w, int n,
                       int d, float eps) {
     const float *wf = s_vec(be, w, d, 0);
     if (!wf) return; /* out of memory: recorded for td_backend_status */
-#pragma omp parallel for schedule(static) if (TD_PAR((int64_t)n * d)) num_threads(be->n_threads)
-    for (int t = 0; t < n; t++) {
-        const float *xt = x + (int64_t)t * d;
-        float *yt = y + (int64_t)t * d;
-        double ss = 0;
-        for (int i = 0; i < d; i++) ss += (double)xt[i] * xt[i];
-        float inv = (float)(1.0 / sqrt(ss / d + (double)eps));
-        for (int i = 0; i < d; i++) yt[i] = wf[i] * (xt[i] * inv);
+    const int nt = s_par_threads(be, (int64_t)n * d);
+    if (nt == 1) {
+        for (int t = 0; t < n; t++)
+            s_rmsnorm_row(y + (int64_t)t * d, x + (int64_t)t * d, wf, d, eps);
+        return;
     }
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int t = 0; t < n; t++) s_rmsnorm_row(y + (int64_t)t * d, x + (int64_t)t * d, wf, d, eps);
 }
 
 static void s_layernorm(td_backend_t *be, float *y, const float *x, const td_weight_t *w,
@@ -958,30 +1014,146 @@ static void s_layernorm(td_backend_t *be, float *y, const float *x, const td_wei
     }
 }
 
-static void s_rope(td_backend_t *be, float *x, const int32_t *pos, int n, int n_head, int head_dim,
-                   int rot_dim, float theta, td_rope_layout_t layout) {
-    int half = rot_dim / 2;
-    /* pair i is dims (i*s0, i*s0 + s1): rotate-half (i, i + half), interleaved (2i, 2i + 1) */
-    const int s0 = layout == TD_ROPE_INTERLEAVED ? 2 : 1,
-              s1 = layout == TD_ROPE_INTERLEAVED ? 1 : half;
-    /* as HF: inv_freq in float32, angle = pos * inv_freq in float32 */
-    float inv_freq[half > 0 ? half : 1];
+/* inv_freq as HF computes it: in double, rounded to float32 */
+static void s_rope_inv_freq(float *inv_freq, int half, int rot_dim, float theta) {
     for (int i = 0; i < half; i++)
         inv_freq[i] = (float)(1.0 / pow((double)theta, (double)(2 * i) / (double)rot_dim));
-#pragma omp parallel for schedule(static) if (TD_PAR((int64_t)n * half * n_head))                  \
-    num_threads(be->n_threads)
-    for (int t = 0; t < n; t++) {
-        for (int i = 0; i < half; i++) {
-            float ang = (float)pos[t] * inv_freq[i];
-            float cs = cosf(ang), sn = sinf(ang);
-            for (int h = 0; h < n_head; h++) {
-                float *v = x + ((int64_t)t * n_head + h) * head_dim;
-                float a = v[i * s0], b = v[i * s0 + s1];
-                v[i * s0] = a * cs - b * sn;
-                v[i * s0 + s1] = b * cs + a * sn;
+}
+
+/* The cosines and sines of position p: angle = p * inv_freq in float32 (as HF), then cosf/sinf.
+ * The one place they are computed, for the tables and for positions past them alike. */
+static void s_rope_cs(float *cs, float *sn, const float *inv_freq, int half, int32_t p) {
+    for (int i = 0; i < half; i++) {
+        const float ang = (float)p * inv_freq[i];
+        cs[i] = cosf(ang);
+        sn[i] = sinf(ang);
+    }
+}
+
+/* The table for (theta, rot_dim) covering positions [0, need), grown (and filled) as needed; NULL
+ * when need is past TD_ROPE_TAB_MAXPOS or memory is short (the caller computes per position). */
+static const float *s_rope_table(cpu_ctx_t *c, float theta, int rot_dim, int half,
+                                 const float *inv_freq, int64_t need) {
+    if (need > TD_ROPE_TAB_MAXPOS || half <= 0) return NULL;
+    int k = 0;
+    while (k < TD_ROPE_TABS && !(c->rope[k].tab && c->rope[k].rot_dim == rot_dim &&
+                                 memcmp(&c->rope[k].theta, &theta, sizeof theta) == 0))
+        k++;
+    if (k == TD_ROPE_TABS) { /* a new pair: a free slot, else the next in turn */
+        k = 0;
+        while (k < TD_ROPE_TABS && c->rope[k].tab) k++;
+        if (k == TD_ROPE_TABS) {
+            k = c->rope_next;
+            c->rope_next = (c->rope_next + 1) % TD_ROPE_TABS;
+        }
+        free(c->rope[k].tab);
+        c->rope[k].tab = NULL;
+        c->rope[k].theta = theta, c->rope[k].rot_dim = rot_dim, c->rope[k].cap = 0;
+    }
+    if (c->rope[k].cap >= need) return c->rope[k].tab;
+    int64_t cap = c->rope[k].cap ? 2 * (int64_t)c->rope[k].cap : 256;
+    while (cap < need) cap *= 2;
+    if (cap > TD_ROPE_TAB_MAXPOS) cap = TD_ROPE_TAB_MAXPOS;
+    float *t = realloc(c->rope[k].tab, (size_t)cap * 2 * (size_t)half * sizeof(float));
+    if (!t) return c->rope[k].cap >= need ? c->rope[k].tab : NULL;
+    for (int64_t p = c->rope[k].cap; p < cap; p++)
+        s_rope_cs(t + p * 2 * half, t + p * 2 * half + half, inv_freq, half, (int32_t)p);
+    c->rope[k].tab = t, c->rope[k].cap = (int)cap;
+    return t;
+}
+
+/* Rotates the n_head heads of one token by the angles whose cosines and sines are cs, sn. Per
+ * element a * cs - b * sn and b * cs + a * sn, two products rounded then added (no contraction),
+ * in the vector and scalar parts alike. */
+static inline void s_rope_token(float *x, int n_head, int head_dim, int half, int interleaved,
+                                const float *cs, const float *sn) {
+    if (interleaved) { /* pairs (2i, 2i + 1) */
+#ifdef TD_AVX2
+        /* the cosines and sines each repeated for both members of a pair */
+        float c2[2 * half + 8], s2[2 * half + 8];
+        for (int i = 0; i < half; i++) c2[2 * i] = c2[2 * i + 1] = cs[i];
+        for (int i = 0; i < half; i++) s2[2 * i] = s2[2 * i + 1] = sn[i];
+#endif
+        for (int h = 0; h < n_head; h++) {
+            float *v = x + (int64_t)h * head_dim;
+            int i = 0;
+#ifdef TD_AVX2
+            for (; 2 * i + 8 <= 2 * half; i += 4) {
+                const __m256 a = _mm256_loadu_ps(v + 2 * i);  /* a0 b0 a1 b1 ... */
+                const __m256 sw = _mm256_permute_ps(a, 0xB1); /* b0 a0 b1 a1 ... */
+                /* even lanes a * cs - b * sn, odd lanes b * cs + a * sn */
+                _mm256_storeu_ps(v + 2 * i,
+                                 _mm256_addsub_ps(_mm256_mul_ps(a, _mm256_loadu_ps(c2 + 2 * i)),
+                                                  _mm256_mul_ps(sw, _mm256_loadu_ps(s2 + 2 * i))));
+            }
+#endif
+            for (; i < half; i++) {
+                const float a = v[2 * i], b = v[2 * i + 1];
+                v[2 * i] = a * cs[i] - b * sn[i];
+                v[2 * i + 1] = b * cs[i] + a * sn[i];
+            }
+        }
+    } else { /* rotate-half pairs (i, i + half) */
+        for (int h = 0; h < n_head; h++) {
+            float *v = x + (int64_t)h * head_dim;
+            int i = 0;
+#ifdef TD_AVX2
+            for (; i + 8 <= half; i += 8) {
+                const __m256 a = _mm256_loadu_ps(v + i), b = _mm256_loadu_ps(v + i + half);
+                const __m256 c8 = _mm256_loadu_ps(cs + i), s8 = _mm256_loadu_ps(sn + i);
+                _mm256_storeu_ps(v + i, _mm256_sub_ps(_mm256_mul_ps(a, c8), _mm256_mul_ps(b, s8)));
+                _mm256_storeu_ps(v + i + half,
+                                 _mm256_add_ps(_mm256_mul_ps(b, c8), _mm256_mul_ps(a, s8)));
+            }
+#endif
+            for (; i < half; i++) {
+                const float a = v[i], b = v[i + half];
+                v[i] = a * cs[i] - b * sn[i];
+                v[i + half] = b * cs[i] + a * sn[i];
             }
         }
     }
+}
+
+/* Token t of s_rope: its angles from the table, or computed when there is none. */
+static inline void s_rope_pos(float *x, const int32_t *pos, int t, int n_head, int head_dim,
+                              int half, int il, const float *tab, const float *inv_freq) {
+    float cs[half], sn[half];
+    const float *cp = cs, *sp = sn;
+    if (tab)
+        cp = tab + (int64_t)pos[t] * 2 * half, sp = cp + half;
+    else
+        s_rope_cs(cs, sn, inv_freq, half, pos[t]);
+    s_rope_token(x + (int64_t)t * n_head * head_dim, n_head, head_dim, half, il, cp, sp);
+}
+
+/* RoPE with the cosines and sines of each position from the backend's table for (theta, rot_dim)
+ * (filled once, by s_rope_cs, the code that computes positions past it), not per call: the same
+ * values bit for bit, so a token's result depends on nothing but its position. */
+static void s_rope(td_backend_t *be, float *x, const int32_t *pos, int n, int n_head, int head_dim,
+                   int rot_dim, float theta, td_rope_layout_t layout) {
+    cpu_ctx_t *c = be->ctx;
+    const int half = rot_dim / 2, il = layout == TD_ROPE_INTERLEAVED;
+    if (half <= 0 || n <= 0) return;
+    float inv_freq[half];
+    s_rope_inv_freq(inv_freq, half, rot_dim, theta);
+    int64_t need = 0;
+    for (int t = 0; t < n; t++) {
+        if (pos[t] < 0) {
+            need = INT64_MAX;
+            break;
+        }
+        if ((int64_t)pos[t] + 1 > need) need = (int64_t)pos[t] + 1;
+    }
+    const float *tab = s_rope_table(c, theta, rot_dim, half, inv_freq, need);
+    const int nt = s_par_threads(be, (int64_t)n * half * n_head);
+    if (nt == 1) {
+        for (int t = 0; t < n; t++)
+            s_rope_pos(x, pos, t, n_head, head_dim, half, il, tab, inv_freq);
+        return;
+    }
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int t = 0; t < n; t++) s_rope_pos(x, pos, t, n_head, head_dim, half, il, tab, inv_freq);
 }
 
 #ifdef TD_AVX2
@@ -994,13 +1166,66 @@ static inline void s_swiglu8(float *y, const float *g, const float *u) {
     _mm256_storeu_ps(y, _mm256_mul_ps(_mm256_div_ps(gv, _mm256_add_ps(_mm256_set1_ps(1.0f), e)),
                                       _mm256_loadu_ps(u)));
 }
+
+/* s_exp8 16 wide: the same operations lane by lane (vroundps -> vrndscaleps with the same
+ * rounding, the -inf lanes zeroed by a mask instead of vandnps), so each lane's result is bitwise
+ * s_exp8's. Runs only where cpuid reports AVX-512 (s_fpath_ok). */
+static inline __attribute__((target(TD_X512), always_inline)) __m512 s_exp16(__m512 x) {
+    const __mmask16 ninf = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-INFINITY), _CMP_EQ_OQ);
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    const __m512i e =
+        _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_maskz_mul_ps((__mmask16)~ninf, p, _mm512_castsi512_ps(e));
+}
+
+/* s_swiglu8 on blocks [b0, b1) of 8 elements: pairs of blocks 16 wide (x512), the rest 8 wide;
+ * the same arithmetic per element either way. */
+static __attribute__((target(TD_X512))) void s_swiglu_x512(float *y, const float *g, const float *u,
+                                                           int64_t b0, int64_t b1) {
+    int64_t b = b0;
+    for (; b + 2 <= b1; b += 2) {
+        const __m512 gv = _mm512_loadu_ps(g + 8 * b);
+        const __m512 e = s_exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv));
+        _mm512_storeu_ps(y + 8 * b,
+                         _mm512_mul_ps(_mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.0f), e)),
+                                       _mm512_loadu_ps(u + 8 * b)));
+    }
+    for (; b < b1; b++) s_swiglu8(y + 8 * b, g + 8 * b, u + 8 * b);
+}
+
+static void s_swiglu_blocks(int x512, float *y, const float *g, const float *u, int64_t b0,
+                            int64_t b1) {
+    if (x512)
+        s_swiglu_x512(y, g, u, b0, b1);
+    else
+        for (int64_t b = b0; b < b1; b++) s_swiglu8(y + 8 * b, g + 8 * b, u + 8 * b);
+}
 #endif
 
 static void s_swiglu(td_backend_t *be, float *y, const float *g, const float *u, int64_t count) {
 #ifdef TD_AVX2
     const int64_t nb = count / 8;
-#pragma omp parallel for schedule(static) if (TD_PAR(count)) num_threads(be->n_threads)
-    for (int64_t b = 0; b < nb; b++) s_swiglu8(y + 8 * b, g + 8 * b, u + 8 * b);
+    const int nt = s_par_threads(be, count), x512 = s_fpath_ok(S_F_AVX512);
+    if (nt == 1)
+        s_swiglu_blocks(x512, y, g, u, 0, nb);
+    else
+#pragma omp parallel num_threads(nt)
+    {
+        const int k = omp_get_thread_num(), m = omp_get_num_threads();
+        s_swiglu_blocks(x512, y, g, u, nb * k / m, nb * (k + 1) / m);
+    }
     if (count > 8 * nb) {
         float gt[8] = {0}, ut[8] = {0}, yt[8];
         const size_t rest = (size_t)(count - 8 * nb);
@@ -1027,9 +1252,38 @@ static void s_gelu_tanh(td_backend_t *be, float *x, int64_t count) {
     }
 }
 
+static inline void s_add_range(float *y, const float *x, int64_t i0, int64_t i1) {
+    int64_t i = i0;
+#ifdef TD_AVX2
+    for (; i + 32 <= i1; i += 32) {
+        const __m256 a0 = _mm256_add_ps(_mm256_loadu_ps(y + i), _mm256_loadu_ps(x + i));
+        const __m256 a1 = _mm256_add_ps(_mm256_loadu_ps(y + i + 8), _mm256_loadu_ps(x + i + 8));
+        const __m256 a2 = _mm256_add_ps(_mm256_loadu_ps(y + i + 16), _mm256_loadu_ps(x + i + 16));
+        const __m256 a3 = _mm256_add_ps(_mm256_loadu_ps(y + i + 24), _mm256_loadu_ps(x + i + 24));
+        _mm256_storeu_ps(y + i, a0);
+        _mm256_storeu_ps(y + i + 8, a1);
+        _mm256_storeu_ps(y + i + 16, a2);
+        _mm256_storeu_ps(y + i + 24, a3);
+    }
+    for (; i + 8 <= i1; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i), _mm256_loadu_ps(x + i)));
+#endif
+    for (; i < i1; i++) y[i] += x[i];
+}
+
 static void s_add(td_backend_t *be, float *y, const float *x, int64_t count) {
-#pragma omp parallel for schedule(static) if (TD_PAR(count)) num_threads(be->n_threads)
-    for (int64_t i = 0; i < count; i++) y[i] += x[i];
+    const int nt = s_par_threads(be, count);
+    if (nt == 1) {
+        s_add_range(y, x, 0, count);
+        return;
+    }
+    /* blocks of whole 8-float steps per thread (each element is one addition anyway) */
+#pragma omp parallel num_threads(nt)
+    {
+        const int k = omp_get_thread_num(), m = omp_get_num_threads();
+        const int64_t nb = (count + 7) / 8, b0 = nb * k / m, b1 = nb * (k + 1) / m;
+        s_add_range(y, x, 8 * b0, 8 * b1 < count ? 8 * b1 : count);
+    }
 }
 
 static void s_scatter_rows(td_backend_t *be, float *dst, int64_t row_stride, const float *src,
@@ -1058,6 +1312,17 @@ static void s_scatter_rows_f16(td_backend_t *be, uint16_t *dst, int64_t row_stri
 
 /* --- attention ---------------------------------------------------------------------------------
  */
+
+/* The keys a query at token t can see lie in [0, end). */
+static inline int s_att_end(const td_attn_desc_t *a, int t) {
+    int end = a->kv_len[a->seq[t]];
+    if (a->kind == TD_ATTN_CAUSAL && a->pos[t] + 1 < end) end = a->pos[t] + 1;
+    if (a->kind == TD_ATTN_BLOCK_CAUSAL) {
+        int64_t e = ((int64_t)a->pos[t] / a->block_size + 1) * a->block_size;
+        if (e < end) end = (int)e;
+    }
+    return end;
+}
 
 static inline int s_visible(const td_attn_desc_t *a, int t, int kp) {
     int qp = a->pos[t];
@@ -1154,38 +1419,123 @@ static inline __m256 s_hsum8x(const __m256 *a) {
                          _mm256_permute2f128_ps(u0, u1, 0x31));
 }
 
-/* One query head (head_dim % 8 == 0) over keys 0 .. end-1: scores eight keys at a time, a
- * vectorised softmax, and the weighted sum of values with the output held in registers. Keys the
- * mask hides get probability exactly 0, as in the scalar path. */
-static inline __attribute__((always_inline)) void
-s_attend_avx2(const td_attn_desc_t *a, int t, const float *qv, const void *kc, const void *vc,
-              int64_t base, int64_t row, int end, float *sc, float *o, const int f16) {
-    const int hd = a->head_dim;
-    const __m256 scale = _mm256_set1_ps(a->scale);
-    int j = 0;
-    for (; j + 8 <= end; j += 8) {
+/* The AVX2 attention (head_dim % 8 == 0). Per query head the arithmetic is fixed: the score of a
+ * key below end8 (the query's end rounded down to 8) is one accumulator over ascending 8-wide steps
+ * of the head dimension, its lanes added as ((0+1)+(2+3)) + ((4+5)+(6+7)), times the scale; a key
+ * from end8 on is s_dot_kv's two-accumulator sum; a vectorised softmax; each output element the
+ * chain of FMAs over the keys in ascending order. (These are the operations of the earlier
+ * one-query-at-a-time kernel, which scored eight keys per s_hsum8x.) What is shared is the data:
+ * the queries of one KV head (its group of query heads, several tokens of a sequence) go through
+ * the keys and values together, TD_ATT_CHUNK cache rows at a time (they stay in L1 while every
+ * query of the item uses them), and the query heads of a token are processed three at a time, so
+ * a key or value vector is loaded (and, from an f16 cache, converted) once for three queries and
+ * their independent FMA chains overlap. No query's operations depend on what else shares the pass,
+ * so a token's output does not depend on n, on the other tokens or on the thread count; an f16
+ * cache gives bitwise what a float cache holding the same (exactly converted) values gives. */
+#define TD_ATT_CHUNK 128 /* cache rows per block (a multiple of 8) */
+#define TD_ATT_TOK 16    /* tokens per work item at most */
+
+/* Scores of query qv against keys [j0, j1) into sc[j]; key j's element d is element
+ * (j - jb) * ks + d of kb: floats, or halves when F16 (converted in registers, exactly). */
+static inline __attribute__((always_inline)) void s_att_scores(int F16, const float *qv,
+                                                               const void *kb, int64_t ks, int jb,
+                                                               int j0, int j1, int end8, int hd,
+                                                               float scale, float *sc) {
+    const __m256 sc8 = _mm256_set1_ps(scale);
+    const int jv = j1 < end8 ? j1 : end8;
+    int j = j0;
+    for (; j + 8 <= jv; j += 8) {
+        const int64_t k0 = (int64_t)(j - jb) * ks;
         __m256 acc[8];
+#pragma GCC unroll 8
         for (int u = 0; u < 8; u++) acc[u] = _mm256_setzero_ps();
         for (int d = 0; d < hd; d += 8) {
             const __m256 q8 = _mm256_loadu_ps(qv + d);
 #pragma GCC unroll 8
             for (int u = 0; u < 8; u++)
-                acc[u] =
-                    _mm256_fmadd_ps(q8, s_kv8(kc, base + (int64_t)(j + u) * row + d, f16), acc[u]);
+                acc[u] = _mm256_fmadd_ps(q8, s_kv8(kb, k0 + u * ks + d, F16), acc[u]);
         }
-        _mm256_storeu_ps(sc + j, _mm256_mul_ps(s_hsum8x(acc), scale));
+        _mm256_storeu_ps(sc + j, _mm256_mul_ps(s_hsum8x(acc), sc8));
     }
-    for (; j < end; j++) sc[j] = s_dot_kv(qv, kc, base + (int64_t)j * row, hd, f16) * a->scale;
+    for (; j < j1; j++) sc[j] = s_dot_kv(qv, kb, (int64_t)(j - jb) * ks, hd, F16) * scale;
+}
+
+/* Keys (and values) this many rows ahead are prefetched: with a cold cache (the weights of the
+ * layer's products pass through it between attentions) the loads otherwise wait one miss at a
+ * time. */
+#define TD_ATT_PF 12
+
+/* Prefetches the hd elements from element i of p (F16: halves, else floats). */
+static inline __attribute__((always_inline)) void s_att_prefetch(int F16, const void *p, int64_t i,
+                                                                 int hd) {
+    const char *c =
+        F16 ? (const char *)((const uint16_t *)p + i) : (const char *)((const float *)p + i);
+    const int nb = hd * (F16 ? 2 : 4);
+    for (int o = 0; o < nb; o += 64) _mm_prefetch(c + o, _MM_HINT_T0);
+    _mm_prefetch(c + nb - 1, _MM_HINT_T0); /* a row need not start on a line */
+}
+
+/* s_att_scores for NQ queries (qv[q] -> sc[q]) at once, four keys at a time: per (query, key) the
+ * same accumulator over ascending 8-wide steps and the same reduction (the four-accumulator hadd
+ * tree adds each one's lanes as ((0+1)+(2+3)) + ((4+5)+(6+7)), as s_hsum8x does), so the scores
+ * are those of s_att_scores bit for bit; a key vector is loaded (converted) once for NQ queries. */
+static inline __attribute__((always_inline)) void
+s_att_scores_q(int F16, int NQ, int pf, const float *const *qv, const void *kb, int64_t ks, int jb,
+               int j0, int j1, int end8, int hd, float scale, float *const *sc) {
+    const __m128 sc4 = _mm_set1_ps(scale);
+    const int jv = j1 < end8 ? j1 : end8;
+    int j = j0;
+    for (; j + 4 <= jv; j += 4) {
+        const int64_t k0 = (int64_t)(j - jb) * ks;
+        if (pf && j + TD_ATT_PF < j1) /* the rows TD_ATT_PF keys on, ahead of need */
+            for (int u = 0; u < 4; u++) s_att_prefetch(F16, kb, k0 + (TD_ATT_PF + u) * ks, hd);
+        __m256 acc[12];
+#pragma GCC unroll 12
+        for (int i = 0; i < NQ * 4; i++) acc[i] = _mm256_setzero_ps();
+        for (int d = 0; d < hd; d += 8) {
+            __m256 kv[4];
+#pragma GCC unroll 4
+            for (int u = 0; u < 4; u++) kv[u] = s_kv8(kb, k0 + u * ks + d, F16);
+#pragma GCC unroll 3
+            for (int q = 0; q < NQ; q++) {
+                const __m256 q8 = _mm256_loadu_ps(qv[q] + d);
+#pragma GCC unroll 4
+                for (int u = 0; u < 4; u++)
+                    acc[q * 4 + u] = _mm256_fmadd_ps(q8, kv[u], acc[q * 4 + u]);
+            }
+        }
+#pragma GCC unroll 3
+        for (int q = 0; q < NQ; q++) {
+            const __m256 z = _mm256_hadd_ps(_mm256_hadd_ps(acc[q * 4], acc[q * 4 + 1]),
+                                            _mm256_hadd_ps(acc[q * 4 + 2], acc[q * 4 + 3]));
+            _mm_storeu_ps(sc[q] + j, _mm_mul_ps(_mm_add_ps(_mm256_castps256_ps128(z),
+                                                           _mm256_extractf128_ps(z, 1)),
+                                                sc4));
+        }
+    }
+    for (; j < j1; j++)
+        for (int q = 0; q < NQ; q++)
+            sc[q][j] = s_dot_kv(qv[q], kb, (int64_t)(j - jb) * ks, hd, F16) * scale;
+}
+
+/* Softmax of sc[0 .. end) in place (keys the explicit mask hides get exactly 0). 0 when every key
+ * is hidden (the output is then zero). */
+static inline int s_att_softmax(const td_attn_desc_t *a, int t, int end, float *sc) {
+    int j;
     if (a->kind == TD_ATTN_EXPLICIT)
         for (j = 0; j < end; j++)
             if (!a->mask[(int64_t)t * a->mask_stride + j]) sc[j] = -INFINITY;
-    float mx = -INFINITY;
-    for (j = 0; j < end; j++)
+    /* the largest score (a maximum is exact in any order; NaNs are skipped, as by the scalar
+     * sc[j] > mx: vmaxps returns its second operand when the first is NaN) */
+    __m256 mv = _mm256_set1_ps(-INFINITY);
+    for (j = 0; j + 8 <= end; j += 8) mv = _mm256_max_ps(_mm256_loadu_ps(sc + j), mv);
+    float mx = -INFINITY, lanes[8];
+    _mm256_storeu_ps(lanes, mv);
+    for (int l = 0; l < 8; l++)
+        if (lanes[l] > mx) mx = lanes[l];
+    for (; j < end; j++)
         if (sc[j] > mx) mx = sc[j];
-    if (mx == -INFINITY) {
-        memset(o, 0, sizeof(float) * (size_t)hd);
-        return;
-    }
+    if (mx == -INFINITY) return 0;
     const __m256 m8 = _mm256_set1_ps(mx);
     __m256 s8 = _mm256_setzero_ps();
     for (j = 0; j + 8 <= end; j += 8) {
@@ -1199,31 +1549,246 @@ s_attend_avx2(const td_attn_desc_t *a, int t, const float *qv, const void *kc, c
         sum += sc[j];
     }
     const float inv = 1.0f / sum;
-    for (j = 0; j < end; j++) sc[j] *= inv;
-    /* output in chunks of 32 floats (4 registers), then of 8 */
-    int d0 = 0;
-    for (; d0 + 32 <= hd; d0 += 32) {
-        __m256 o0 = _mm256_setzero_ps(), o1 = o0, o2 = o0, o3 = o0;
-        for (j = 0; j < end; j++) {
-            const __m256 p = _mm256_broadcast_ss(sc + j);
-            const int64_t vv = base + (int64_t)j * row + d0;
-            o0 = _mm256_fmadd_ps(p, s_kv8(vc, vv, f16), o0);
-            o1 = _mm256_fmadd_ps(p, s_kv8(vc, vv + 8, f16), o1);
-            o2 = _mm256_fmadd_ps(p, s_kv8(vc, vv + 16, f16), o2);
-            o3 = _mm256_fmadd_ps(p, s_kv8(vc, vv + 24, f16), o3);
+    const __m256 i8 = _mm256_set1_ps(inv);
+    for (j = 0; j + 8 <= end; j += 8)
+        _mm256_storeu_ps(sc + j, _mm256_mul_ps(_mm256_loadu_ps(sc + j), i8));
+    for (; j < end; j++) sc[j] *= inv;
+    return 1;
+}
+
+/* For NQ queries (probabilities sc[q], outputs o[q]) and dims [d0, d0 + 8 NR): o[q] += the sum over
+ * keys [j0, j1) of sc[q][j] * value row j (row j at vb + (j - jb) * vs), key by key in ascending
+ * order (per output element the chain of FMAs of a single query alone: the NQ * NR chains are only
+ * interleaved, so the FMA latency is hidden and a value row is loaded once for NQ queries);
+ * first: o starts at zero. */
+static inline __attribute__((always_inline)) void
+s_att_values(int F16, int NQ, int NR, float *const *sc, const void *vb, int64_t vs, int jb, int j0,
+             int j1, int d0, float *const *o, int first, int pfd) {
+    __m256 acc[12];
+#pragma GCC unroll 12
+    for (int i = 0; i < NQ * NR; i++)
+        acc[i] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(o[i / NR] + d0 + 8 * (i % NR));
+    int64_t vr = (int64_t)(j0 - jb) * vs + d0;
+    for (int j = j0; j < j1; j++, vr += vs) {
+        if (pfd && j + TD_ATT_PF < j1) s_att_prefetch(F16, vb, vr + TD_ATT_PF * vs, pfd);
+        __m256 v[8];
+#pragma GCC unroll 8
+        for (int r = 0; r < NR; r++) v[r] = s_kv8(vb, vr + 8 * r, F16);
+#pragma GCC unroll 3
+        for (int q = 0; q < NQ; q++) {
+            const __m256 p = _mm256_broadcast_ss(sc[q] + j);
+#pragma GCC unroll 8
+            for (int r = 0; r < NR; r++)
+                acc[q * NR + r] = _mm256_fmadd_ps(p, v[r], acc[q * NR + r]);
         }
-        _mm256_storeu_ps(o + d0, o0);
-        _mm256_storeu_ps(o + d0 + 8, o1);
-        _mm256_storeu_ps(o + d0 + 16, o2);
-        _mm256_storeu_ps(o + d0 + 24, o3);
     }
-    for (; d0 < hd; d0 += 8) {
-        __m256 o0 = _mm256_setzero_ps();
-        for (j = 0; j < end; j++)
-            o0 = _mm256_fmadd_ps(_mm256_broadcast_ss(sc + j),
-                                 s_kv8(vc, base + (int64_t)j * row + d0, f16), o0);
-        _mm256_storeu_ps(o + d0, o0);
+#pragma GCC unroll 12
+    for (int i = 0; i < NQ * NR; i++) _mm256_storeu_ps(o[i / NR] + d0 + 8 * (i % NR), acc[i]);
+}
+
+/* s_att_values over all hd dims for nq (1 .. 3) queries, in chunks that keep every accumulator,
+ * value vector and broadcast probability in the 16 registers (a spilled accumulator would chain
+ * each FMA through a store and a load): 3 queries x 24 dims, 2 x 32, 1 x 64, then 8 at a time. */
+static inline __attribute__((always_inline)) void
+s_att_values_q(int F16, int nq, float *const *sc, const void *vb, int64_t vs, int jb, int j0,
+               int j1, int hd, float *const *o, int first, int pfd) {
+    int d0 = 0;
+    if (nq == 3) {
+        for (; d0 + 24 <= hd; d0 += 24)
+            s_att_values(F16, 3, 3, sc, vb, vs, jb, j0, j1, d0, o, first, d0 ? 0 : pfd);
+        if (d0 + 16 <= hd) {
+            s_att_values(F16, 3, 2, sc, vb, vs, jb, j0, j1, d0, o, first, d0 ? 0 : pfd);
+            d0 += 16;
+        }
+        for (; d0 < hd; d0 += 8)
+            s_att_values(F16, 3, 1, sc, vb, vs, jb, j0, j1, d0, o, first, d0 ? 0 : pfd);
+    } else if (nq == 2) {
+        for (; d0 + 32 <= hd; d0 += 32)
+            s_att_values(F16, 2, 4, sc, vb, vs, jb, j0, j1, d0, o, first, d0 ? 0 : pfd);
+        for (; d0 < hd; d0 += 8)
+            s_att_values(F16, 2, 1, sc, vb, vs, jb, j0, j1, d0, o, first, d0 ? 0 : pfd);
+    } else {
+        for (; d0 + 64 <= hd; d0 += 64)
+            s_att_values(F16, 1, 8, sc, vb, vs, jb, j0, j1, d0, o, first, d0 ? 0 : pfd);
+        if (d0 + 32 <= hd) {
+            s_att_values(F16, 1, 4, sc, vb, vs, jb, j0, j1, d0, o, first, d0 ? 0 : pfd);
+            d0 += 32;
+        }
+        for (; d0 < hd; d0 += 8)
+            s_att_values(F16, 1, 1, sc, vb, vs, jb, j0, j1, d0, o, first, d0 ? 0 : pfd);
     }
+}
+
+/* One work item: tokens tok[0 .. nt) (all of one sequence) and the group of query heads of KV head
+ * kvh, F16: an f16 cache. scr: this thread's scratch, nt * group score rows of n_ctx floats. */
+static inline __attribute__((always_inline)) void
+s_att_item_f(int F16, const td_attn_desc_t *a, float *out, const float *q, const void *kc,
+             const void *vc, const int *tok, int nt, int kvh, float *scr) {
+    const int hd = a->head_dim, nh = a->n_head, group = nh / a->n_kv_head;
+    const int64_t row = (int64_t)a->n_kv_head * hd,
+                  base = (int64_t)a->seq[tok[0]] * a->n_ctx * row + (int64_t)kvh * hd;
+    int end[TD_ATT_TOK], live[TD_ATT_TOK * group], maxend = 0, ipf = 0;
+    for (int i = 0; i < nt; i++) {
+        end[i] = s_att_end(a, tok[i]);
+        if (end[i] > maxend) maxend = end[i], ipf = i; /* it prefetches rows for all */
+    }
+    /* the rows from j0 on of kc or vc (row j0 + r at element r * row of p) */
+#define TD_ATT_ROWS(cache)                                                                         \
+    const int64_t ps = row;                                                                        \
+    const void *p = F16 ? (const void *)((const uint16_t *)(cache) + base + (int64_t)j0 * row)     \
+                        : (const void *)((const float *)(cache) + base + (int64_t)j0 * row);
+    /* scores, a block of keys at a time */
+    for (int j0 = 0; j0 < maxend; j0 += TD_ATT_CHUNK) {
+        const int jn = j0 + TD_ATT_CHUNK < maxend ? j0 + TD_ATT_CHUNK : maxend;
+        TD_ATT_ROWS(kc)
+        for (int i = 0; i < nt; i++) {
+            if (end[i] <= j0) continue;
+            const int j1 = jn < end[i] ? jn : end[i];
+            /* the token's query heads, three at a time */
+            for (int g = 0; g < group; g += 3) {
+                const int k = group - g < 3 ? group - g : 3;
+                const float *qs[3];
+                float *scs[3];
+                for (int r = 0; r < k; r++) {
+                    qs[r] = q + ((int64_t)tok[i] * nh + kvh * group + g + r) * hd;
+                    scs[r] = scr + (size_t)(i * group + g + r) * (size_t)a->n_ctx;
+                }
+                if (k == 3)
+                    s_att_scores_q(F16, 3, i == ipf, qs, p, ps, j0, j0, j1, end[i] & ~7, hd,
+                                   a->scale, scs);
+                else if (k == 2)
+                    s_att_scores_q(F16, 2, i == ipf, qs, p, ps, j0, j0, j1, end[i] & ~7, hd,
+                                   a->scale, scs);
+                else
+                    s_att_scores_q(F16, 1, i == ipf, qs, p, ps, j0, j0, j1, end[i] & ~7, hd,
+                                   a->scale, scs);
+            }
+        }
+    }
+    for (int i = 0; i < nt; i++)
+        for (int g = 0; g < group; g++) {
+            float *sc = scr + (size_t)(i * group + g) * (size_t)a->n_ctx;
+            live[i * group + g] = s_att_softmax(a, tok[i], end[i], sc);
+            if (!live[i * group + g])
+                memset(out + ((int64_t)tok[i] * nh + kvh * group + g) * hd, 0,
+                       sizeof(float) * (size_t)hd);
+        }
+    /* the weighted values, a block of rows at a time */
+    for (int j0 = 0; j0 < maxend; j0 += TD_ATT_CHUNK) {
+        const int jn = j0 + TD_ATT_CHUNK < maxend ? j0 + TD_ATT_CHUNK : maxend;
+        TD_ATT_ROWS(vc)
+        for (int i = 0; i < nt; i++) {
+            if (end[i] <= j0) continue;
+            const int j1 = jn < end[i] ? jn : end[i];
+            /* the token's live query heads, three at a time */
+            float *scs[3], *os[3];
+            int k = 0;
+            for (int g = 0; g < group; g++) {
+                if (!live[i * group + g]) continue;
+                scs[k] = scr + (size_t)(i * group + g) * (size_t)a->n_ctx;
+                os[k++] = out + ((int64_t)tok[i] * nh + kvh * group + g) * hd;
+                if (k == 3) {
+                    s_att_values_q(F16, k, scs, p, ps, j0, j0, j1, hd, os, j0 == 0,
+                                   i == ipf ? hd : 0);
+                    k = 0;
+                }
+            }
+            if (k)
+                s_att_values_q(F16, k, scs, p, ps, j0, j0, j1, hd, os, j0 == 0, i == ipf ? hd : 0);
+        }
+    }
+#undef TD_ATT_ROWS
+}
+
+static void s_att_item(const td_attn_desc_t *a, float *out, const float *q, const void *kc,
+                       const void *vc, const int *tok, int nt, int kvh, float *scr) {
+    if (a->kv_f16)
+        s_att_item_f(1, a, out, q, kc, vc, tok, nt, kvh, scr);
+    else
+        s_att_item_f(0, a, out, q, kc, vc, tok, nt, kvh, scr);
+}
+
+static int s_cmp_i64(const void *x, const void *y) {
+    const int64_t a = *(const int64_t *)x, b = *(const int64_t *)y;
+    return a < b ? -1 : a > b;
+}
+
+/* The AVX2 attention: tokens ordered by sequence (stable), each sequence's tokens cut into
+ * balanced parts of at most TD_ATT_TOK (more parts when threads would otherwise idle), one work
+ * item per (part, KV head). 0 when out of memory (recorded). */
+static int s_attention_avx2(td_backend_t *be, float *out, const float *q, const void *kc,
+                            const void *vc, const td_attn_desc_t *a, int nthr) {
+    cpu_ctx_t *c = be->ctx;
+    const int n = a->n, nkv = a->n_kv_head, group = a->n_head / nkv;
+    /* ints: n token indices, then up to 3 per item (start, count, kvh); items <= n * nkv */
+    const size_t ineed = (size_t)n + 3 * (size_t)n * (size_t)nkv;
+    if (c->ati_cap < ineed) {
+        free(c->ati);
+        c->ati = malloc(ineed * sizeof(int));
+        if (!c->ati) {
+            c->ati_cap = 0;
+            s_fail(c, TD_ERR_NOMEM, "attention", ineed * sizeof(int));
+            return 0;
+        }
+        c->ati_cap = ineed;
+    }
+    int *ord = c->ati, *items = c->ati + n, nitem = 0, maxtok = 1;
+    int sorted = 1;
+    for (int t = 1; t < n; t++)
+        if (a->seq[t] < a->seq[t - 1]) sorted = 0;
+    for (int t = 0; t < n; t++) ord[t] = t;
+    if (!sorted) {
+        int64_t *key = malloc(sizeof(int64_t) * (size_t)n);
+        if (!key) {
+            s_fail(c, TD_ERR_NOMEM, "attention", sizeof(int64_t) * (size_t)n);
+            return 0;
+        }
+        for (int t = 0; t < n; t++) key[t] = ((int64_t)a->seq[t] << 32) | t;
+        qsort(key, (size_t)n, sizeof *key, s_cmp_i64);
+        for (int t = 0; t < n; t++) ord[t] = (int)(key[t] & 0xffffffff);
+        free(key);
+    }
+    for (int r0 = 0; r0 < n;) {
+        int r1 = r0 + 1;
+        while (r1 < n && a->seq[ord[r1]] == a->seq[ord[r0]]) r1++;
+        const int len = r1 - r0;
+        int parts = (len + TD_ATT_TOK - 1) / TD_ATT_TOK;
+        if (nthr > 1 && parts * nkv < 2 * nthr) parts = (2 * nthr + nkv - 1) / nkv;
+        if (parts > len) parts = len;
+        for (int p = 0, s0 = r0; p < parts; p++) {
+            const int k = (r1 - s0) / (parts - p);
+            if (k > maxtok) maxtok = k;
+            for (int h = 0; h < nkv; h++) {
+                items[3 * nitem] = s0, items[3 * nitem + 1] = k, items[3 * nitem + 2] = h;
+                nitem++;
+            }
+            s0 += k;
+        }
+        r0 = r1;
+    }
+    const size_t per = (size_t)maxtok * group * (size_t)a->n_ctx;
+    const size_t need = (size_t)nthr * per;
+    if (c->att_cap < need) {
+        free(c->att);
+        c->att = malloc(need * sizeof(float));
+        if (!c->att) {
+            c->att_cap = 0;
+            s_fail(c, TD_ERR_NOMEM, "attention", need * sizeof(float));
+            return 0;
+        }
+        c->att_cap = need;
+    }
+    if (nthr == 1) {
+        for (int it = 0; it < nitem; it++)
+            s_att_item(a, out, q, kc, vc, ord + items[3 * it], items[3 * it + 1], items[3 * it + 2],
+                       c->att);
+        return 1;
+    }
+#pragma omp parallel for schedule(static) num_threads(nthr)
+    for (int it = 0; it < nitem; it++)
+        s_att_item(a, out, q, kc, vc, ord + items[3 * it], items[3 * it + 1], items[3 * it + 2],
+                   c->att + (size_t)omp_get_thread_num() * per);
+    return 1;
 }
 #endif
 
@@ -1235,6 +1800,12 @@ static void s_attention(td_backend_t *be, float *out, const float *q, const void
     int64_t work = 0;
     for (int t = 0; t < a->n; t++) work += (int64_t)a->kv_len[a->seq[t]] * nh * hd;
     int nthr = c->reference || !TD_PAR(work) ? 1 : be->n_threads;
+#ifdef TD_AVX2
+    if (!c->reference && hd % 8 == 0) {
+        s_attention_avx2(be, out, q, kc, vc, a, nthr);
+        return;
+    }
+#endif
     size_t need = (size_t)nthr * (size_t)a->n_ctx;
     if (c->att_cap < need) {
         free(c->att);
@@ -1250,28 +1821,12 @@ static void s_attention(td_backend_t *be, float *out, const float *q, const void
     for (int t = 0; t < a->n; t++)
         for (int h = 0; h < nh; h++) {
             float *sc = c->att + (size_t)omp_get_thread_num() * (size_t)a->n_ctx;
-            const int s = a->seq[t], len = a->kv_len[s], kvh = h / group;
+            const int s = a->seq[t], kvh = h / group, end = s_att_end(a, t);
             const float *qv = q + ((int64_t)t * nh + h) * hd;
             const int64_t base = (int64_t)s * a->n_ctx * row + (int64_t)kvh * hd;
             const int f16 = a->kv_f16;
             float *o = out + ((int64_t)t * nh + h) * hd;
             float mx = -INFINITY;
-            /* keys past these bounds are never visible to this query */
-            int end = len;
-            if (a->kind == TD_ATTN_CAUSAL && a->pos[t] + 1 < end) end = a->pos[t] + 1;
-            if (a->kind == TD_ATTN_BLOCK_CAUSAL) {
-                int64_t e = ((int64_t)a->pos[t] / a->block_size + 1) * a->block_size;
-                if (e < end) end = (int)e;
-            }
-#ifdef TD_AVX2
-            if (!c->reference && hd % 8 == 0) {
-                if (f16)
-                    s_attend_avx2(a, t, qv, kc, vc, base, row, end, sc, o, 1);
-                else
-                    s_attend_avx2(a, t, qv, kc, vc, base, row, end, sc, o, 0);
-                continue;
-            }
-#endif
             for (int j = 0; j < end; j++) {
                 if (!s_visible(a, t, j)) {
                     sc[j] = -INFINITY;

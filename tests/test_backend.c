@@ -425,6 +425,213 @@ TD_TEST(norms_rope_activations) {
     td_backend_destroy(&be);
 }
 
+/* Attention is batch invariant bitwise: each token's output in a batch (tokens of two sequences
+ * interleaved, more than one work item per sequence, contexts past one 128-row block) equals its
+ * output when it is attended alone, for float and f16 caches, every mask kind, head sizes and GQA
+ * groups that take each path (three, two and one query heads at a time), on one and two threads. */
+TD_TEST(attention_batch_invariant) {
+    enum { N = 37, N_CTX = 300, N_SEQ = 2 };
+    td_err_t err = {0};
+    td_backend_t *b1 = td_backend_cpu_new(1, 0, &err), *b2 = td_backend_cpu_new(2, 0, &err);
+    REQUIRE(b1 && b2);
+    const int hds[] = {8, 40, 64, 128}, groups[] = {1, 2, 3, 4, 16};
+    int bad = 0;
+    for (int hi = 0; hi < 4; hi++)
+        for (int gi = 0; gi < 5; gi++) {
+            const int hd = hds[hi], nkv = 2, nh = nkv * groups[gi];
+            const int64_t row = (int64_t)nkv * hd, cells = (int64_t)N_SEQ * N_CTX * row;
+            float *kf = malloc(sizeof(float) * (size_t)cells),
+                  *vf = malloc(sizeof(float) * (size_t)cells);
+            uint16_t *kh = malloc(2 * (size_t)cells), *vh = malloc(2 * (size_t)cells);
+            float *q = malloc(sizeof(float) * (size_t)(N * nh * hd)),
+                  *ob = malloc(sizeof(float) * (size_t)(N * nh * hd)),
+                  *o2 = malloc(sizeof(float) * (size_t)(N * nh * hd)),
+                  *o1 = malloc(sizeof(float) * (size_t)(nh * hd));
+            for (int64_t i = 0; i < cells; i++) {
+                kf[i] = s_randf() * 2, vf[i] = s_randf();
+                kh[i] = td_f32_to_f16(kf[i]), vh[i] = td_f32_to_f16(vf[i]);
+            }
+            for (int i = 0; i < N * nh * hd; i++) q[i] = s_randf() * 2;
+            int32_t pos[N], seq[N], kv_len[N_SEQ] = {290, 141};
+            uint8_t *mask = malloc((size_t)N * N_CTX);
+            for (int t = 0; t < N; t++) {
+                seq[t] = t % 3 == 1;
+                pos[t] = kv_len[seq[t]] - 1 - (t * 13) % 37;
+                for (int j = 0; j < N_CTX; j++)
+                    mask[t * N_CTX + j] = (uint8_t)(t % 11 != 4 && (j * 7 + t) % 5 != 0);
+            }
+            for (int k = 0; k < 4; k++)
+                for (int f16 = 0; f16 < 2; f16++) {
+                    td_attn_desc_t a = {.n = N,
+                                        .n_head = nh,
+                                        .n_kv_head = nkv,
+                                        .head_dim = hd,
+                                        .n_ctx = N_CTX,
+                                        .pos = pos,
+                                        .seq = seq,
+                                        .kv_len = kv_len,
+                                        .kind = (td_attn_kind_t)k,
+                                        .block_size = 16,
+                                        .mask = mask,
+                                        .mask_stride = N_CTX,
+                                        .scale = 1.0f / sqrtf((float)hd),
+                                        .kv_f16 = f16};
+                    const void *kc = f16 ? (const void *)kh : kf, *vc = f16 ? (const void *)vh : vf;
+                    td_op_attention(b1, ob, q, kc, vc, &a);
+                    td_op_attention(b2, o2, q, kc, vc, &a);
+                    bad += memcmp(ob, o2, sizeof(float) * (size_t)(N * nh * hd)) != 0;
+                    for (int t = 0; t < N; t++) {
+                        td_attn_desc_t a1 = a;
+                        a1.n = 1, a1.pos = pos + t, a1.seq = seq + t, a1.mask = mask + t * N_CTX;
+                        td_op_attention(b1, o1, q + (int64_t)t * nh * hd, kc, vc, &a1);
+                        const int diff = memcmp(o1, ob + (int64_t)t * nh * hd,
+                                                sizeof(float) * (size_t)(nh * hd));
+                        if (diff && bad++ < 5)
+                            printf("    hd %d group %d kind %d f16 %d token %d: alone != batched\n",
+                                   hd, groups[gi], k, f16, t);
+                    }
+                }
+            free(kf), free(vf), free(kh), free(vh), free(q), free(ob), free(o2), free(o1);
+            free(mask);
+        }
+    CHECK_EQ_INT(bad, 0);
+    CHECK(td_backend_status(b1, &err) == TD_OK && td_backend_status(b2, &err) == TD_OK);
+    td_backend_destroy(&b1);
+    td_backend_destroy(&b2);
+}
+
+/* RoPE reads its cosines and sines from per-backend tables (by theta and rot_dim) grown as
+ * positions grow: the results are bitwise those of the formula computed here per position (inv_freq
+ * rounded to float, angle in float, cosf/sinf, two rounded products added), across table growth,
+ * for more (theta, rot_dim) pairs than the backend keeps tables (replacement and refill), for
+ * positions past the tables, in both layouts, with odd pair counts, dims past rot_dim untouched,
+ * each token alone as in the batch, on the fast and reference backends and two threads. */
+TD_TEST(rope_tables_equal_the_formula) {
+    td_err_t err = {0};
+    td_backend_t *bes[3] = {td_backend_cpu_new(1, 0, &err), td_backend_cpu_new(2, 0, &err),
+                            td_backend_cpu_new(1, 1, &err)};
+    REQUIRE(bes[0] && bes[1] && bes[2]);
+    enum { NH = 3, HD = 72, N = 40 };
+    const float thetas[] = {10000.0f, 100000.0f, 1e6f, 500000.0f, 10000.0f, 1234.5f};
+    const int rots[] = {64, 72, 10, 22, 64, 72};
+    /* rising positions (the tables grow between calls), then one far past the tables */
+    const int32_t starts[] = {0, 200, 1000, 300, 5000, (1 << 17) + 5};
+    int bad = 0;
+    float *x = malloc(sizeof(float) * N * NH * HD), *y = malloc(sizeof(float) * N * NH * HD),
+          *z = malloc(sizeof(float) * NH * HD);
+    for (int bi = 0; bi < 3; bi++)
+        for (int round = 0; round < 2; round++)
+            for (int ti = 0; ti < 6; ti++)
+                for (int si = 0; si < 6; si++)
+                    for (int il = 0; il < 2; il++) {
+                        const int rot = rots[ti], half = rot / 2;
+                        const float theta = thetas[(ti + round) % 6];
+                        int32_t pos[N];
+                        for (int t = 0; t < N; t++) pos[t] = starts[si] + (t * 37) % 301;
+                        for (int i = 0; i < N * NH * HD; i++) x[i] = y[i] = s_randf() * 3;
+                        const td_rope_layout_t lay = il ? TD_ROPE_INTERLEAVED : TD_ROPE_HALF;
+                        td_op_rope(bes[bi], y, pos, N, NH, HD, rot, theta, lay);
+                        for (int t = 0; t < N; t++) {
+                            memcpy(z, x + t * NH * HD, sizeof(float) * NH * HD);
+                            td_op_rope(bes[bi], z, pos + t, 1, NH, HD, rot, theta, lay);
+                            bad += memcmp(z, y + t * NH * HD, sizeof(float) * NH * HD) != 0;
+                            for (int i = 0; i < half; i++) {
+                                const float inv = (float)(1.0 / pow((double)theta,
+                                                                    (double)(2 * i) / (double)rot));
+                                const float ang = (float)pos[t] * inv;
+                                const float cs = cosf(ang), sn = sinf(ang);
+                                for (int h = 0; h < NH; h++) {
+                                    const float *v = x + (t * NH + h) * HD;
+                                    const float *o = y + (t * NH + h) * HD;
+                                    const int e0 = il ? 2 * i : i, e1 = il ? 2 * i + 1 : i + half;
+                                    const float a = v[e0], b = v[e1];
+                                    const float w0 = a * cs - b * sn, w1 = b * cs + a * sn;
+                                    if ((memcmp(&w0, o + e0, 4) || memcmp(&w1, o + e1, 4)) &&
+                                        bad++ < 5)
+                                        printf("    backend %d theta %g rot %d pos %d pair %d: "
+                                               "%.9g %.9g want %.9g %.9g\n",
+                                               bi, theta, rot, pos[t], i, o[e0], o[e1], w0, w1);
+                                }
+                            }
+                            for (int h = 0; h < NH; h++)
+                                bad += memcmp(x + (t * NH + h) * HD + 2 * half,
+                                              y + (t * NH + h) * HD + 2 * half,
+                                              sizeof(float) * (size_t)(HD - 2 * half)) != 0;
+                        }
+                    }
+    CHECK_EQ_INT(bad, 0);
+    free(x), free(y), free(z);
+    for (int bi = 0; bi < 3; bi++) td_backend_destroy(&bes[bi]);
+}
+
+/* rmsnorm against a double reference (within a few float roundings), bitwise the same for a row
+ * alone as in a batch and on one or two threads (70 x 576 is past the one-thread threshold), at
+ * sizes with and without a tail after the 16-wide steps; add against a plain loop; swiglu per
+ * element the same in any count (special values included). */
+TD_TEST(rmsnorm_add_swiglu) {
+    td_err_t err = {0};
+    td_backend_t *b1 = td_backend_cpu_new(1, 0, &err), *b2 = td_backend_cpu_new(2, 0, &err);
+    REQUIRE(b1 && b2);
+    enum { N = 70 };
+    const int ds[] = {1, 7, 16, 37, 576, 1001};
+    int bad = 0;
+    for (int di = 0; di < 6; di++) {
+        const int d = ds[di];
+        float *x = malloc(sizeof(float) * N * d), *y1 = malloc(sizeof(float) * N * d),
+              *y2 = malloc(sizeof(float) * N * d), *yr = malloc(sizeof(float) * d),
+              *w = malloc(sizeof(float) * d);
+        for (int i = 0; i < N * d; i++) x[i] = s_randf() * (i % 13 == 0 ? 300.0f : 2.0f);
+        for (int i = 0; i < d; i++) w[i] = s_randf();
+        td_weight_t wt = {w, TD_DTYPE_F32, 1, d, 0, 0};
+        td_op_rmsnorm(b1, y1, x, &wt, N, d, 1e-5f);
+        td_op_rmsnorm(b2, y2, x, &wt, N, d, 1e-5f);
+        bad += memcmp(y1, y2, sizeof(float) * N * d) != 0;
+        for (int t = 0; t < N; t++) {
+            td_op_rmsnorm(b1, yr, x + t * d, &wt, 1, d, 1e-5f);
+            bad += memcmp(yr, y1 + t * d, sizeof(float) * d) != 0;
+            double ss = 0;
+            for (int i = 0; i < d; i++) ss += (double)x[t * d + i] * x[t * d + i];
+            const double inv = 1.0 / sqrt(ss / d + 1e-5);
+            for (int i = 0; i < d; i++) {
+                const double want = (double)w[i] * x[t * d + i] * inv;
+                CHECK_NEAR(y1[t * d + i], want, 4e-7 * fabs(want) + 1e-30);
+            }
+        }
+        free(x), free(y1), free(y2), free(yr), free(w);
+    }
+    CHECK_EQ_INT(bad, 0);
+    /* add: counts with and without tails, one and two threads (40000 is past the threshold) */
+    const int64_t counts[] = {1, 7, 8, 33, 577, 40000, 40003};
+    float *a = malloc(sizeof(float) * 40003), *b = malloc(sizeof(float) * 40003),
+          *c = malloc(sizeof(float) * 40003), *g = malloc(sizeof(float) * 40003);
+    for (int ci = 0; ci < 7; ci++)
+        for (int bi = 0; bi < 2; bi++) {
+            const int64_t n = counts[ci];
+            for (int64_t i = 0; i < 40003; i++) a[i] = c[i] = s_randf(), b[i] = s_randf();
+            td_op_add(bi ? b2 : b1, a, b, n);
+            for (int64_t i = 0; i < 40003; i++) {
+                const float want = i < n ? c[i] + b[i] : c[i];
+                if (memcmp(&want, a + i, 4) && bad++ < 5)
+                    printf("    add count %lld: element %lld\n", (long long)n, (long long)i);
+            }
+            /* swiglu: an element's result does not depend on the count or the threads (nor on
+             * whether it went through the 16-wide AVX-512 path or the 8-wide one) */
+            const float special[] = {-INFINITY, 200.0f, -200.0f, -0.0f, 1e-40f, 88.5f, -87.5f};
+            for (int64_t i = 0; i < 40003; i++)
+                g[i] = i % 61 < 7 ? special[i % 61] : s_randf() * (i % 3 ? 8.0f : 90.0f);
+            td_op_swiglu(bi ? b2 : b1, c, g, b, n);
+            for (int64_t i = 0; i < n; i++) {
+                float one;
+                td_op_swiglu(b1, &one, g + i, b + i, 1);
+                bad += memcmp(&one, c + i, 4) != 0;
+            }
+        }
+    CHECK_EQ_INT(bad, 0);
+    free(a), free(b), free(c), free(g);
+    td_backend_destroy(&b1);
+    td_backend_destroy(&b2);
+}
+
 TD_TEST(dtype_conversions) {
     /* bf16 round-to-nearest-even and f16 round trips, including subnormals and infinities */
     CHECK_EQ_INT(td_f32_to_bf16(1.0f), 0x3f80);
