@@ -360,11 +360,31 @@ static void s_block_scalar(int dt, int nr, int nt, const uint8_t *w0, size_t ldb
     }
 }
 
+/* The row tiles' arithmetic for unit k of one weight row (w, fw, mw as s_unit_scalar gives them)
+ * and token t: the exact integer sum (Q5_0: w - 16, Q6_K: w - 32 per half of 16 through the
+ * activation sums), one fmaf with the two scales (Q6_K: two, halves in order), and the min term. */
+static inline void s_tile_unit(int dt, const int *w, const float *fw, float mw, const td_qx_t *xa,
+                               int t, int64_t k, float *acc, float *macc) {
+    const int64_t tk = (int64_t)t * xa->nu + k;
+    const int8_t *q = xa->q + tk * 32;
+    if (dt == TD_DTYPE_Q6_K) {
+        int32_t h0 = xa->corr[8 * tk], h1 = xa->corr[8 * tk + 4];
+        for (int e = 0; e < 16; e++) h0 += w[e] * q[e], h1 += w[16 + e] * q[16 + e];
+        *acc = fmaf((float)h0, fw[0] * xa->d[tk], *acc);
+        *acc = fmaf((float)h1, fw[4] * xa->d[tk], *acc);
+        return;
+    }
+    int32_t is = dt == TD_DTYPE_Q5_0 ? -16 * xa->qsum[tk] : 0;
+    for (int e = 0; e < 32; e++) is += w[e] * q[e];
+    *acc = fmaf((float)is, fw[0] * xa->d[tk], *acc);
+    if (s_tile_min(dt)) *macc = fmaf(mw, xa->s[k * xa->ns + t], *macc);
+}
+
 /* Row tiles (see TD_QTILE_ROWS): rows r0 .. r0+nr-1 against tokens t0 .. t0+nt-1, out[t * nr +
  * i]. The definition of their arithmetic. */
 static void s_tile_scalar(int dt, int nr, const uint8_t *w0, size_t ldb, const td_qx_t *xa, int t0,
                           int nt, float *out) {
-    const int64_t nu = xa->nu, cols = nu * 32;
+    const int64_t nu = xa->nu;
     for (int r = 0; r < nr; r++)
         for (int t = 0; t < nt; t++) {
             float acc = 0, macc = 0;
@@ -372,19 +392,7 @@ static void s_tile_scalar(int dt, int nr, const uint8_t *w0, size_t ldb, const t
                 int w[32];
                 float fw[8], mw;
                 s_unit_scalar(dt, w0 + (size_t)r * ldb, k, w, fw, &mw);
-                const int64_t tk = (int64_t)(t0 + t) * nu + k;
-                const int8_t *q = xa->q + (t0 + t) * cols + 32 * k;
-                if (dt == TD_DTYPE_Q6_K) { /* per 16: w - 32 via the half sums, two fmaf */
-                    int32_t h0 = xa->corr[8 * tk], h1 = xa->corr[8 * tk + 4];
-                    for (int e = 0; e < 16; e++) h0 += w[e] * q[e], h1 += w[16 + e] * q[16 + e];
-                    acc = fmaf((float)h0, fw[0] * xa->d[tk], acc);
-                    acc = fmaf((float)h1, fw[4] * xa->d[tk], acc);
-                    continue;
-                }
-                int32_t is = dt == TD_DTYPE_Q5_0 ? -16 * xa->qsum[tk] : 0;
-                for (int e = 0; e < 32; e++) is += w[e] * q[e];
-                acc = fmaf((float)is, fw[0] * xa->d[tk], acc);
-                if (s_tile_min(dt)) macc = fmaf(mw, xa->s[k * xa->ns + t0 + t], macc);
+                s_tile_unit(dt, w, fw, mw, xa, t0 + t, k, &acc, &macc);
             }
             out[t * nr + r] = acc + macc;
         }
@@ -500,7 +508,7 @@ static void s_t16_row(const td_weight_t *w, int64_t r, uint8_t *row) {
 /* s_tile_scalar on a TD_WLAYOUT_TILE16 tile (w0: its first unit): the very same operations. */
 static void s_t16_scalar(int dt, const uint8_t *w0, const td_qx_t *xa, int t0, int nt,
                          float *out) {
-    const int64_t nu = xa->nu, cols = nu * 32;
+    const int64_t nu = xa->nu;
     for (int r = 0; r < 16; r++)
         for (int t = 0; t < nt; t++) {
             float acc = 0, macc = 0;
@@ -511,19 +519,7 @@ static void s_t16_scalar(int dt, const uint8_t *w0, const td_qx_t *xa, int t0, i
                 float fw[8], mw;
                 s_t16_piece(dt, (uint8_t *)w0 + (size_t)(k / upp * upp) * TD_T16_BYTES(dt), r, blk, 0);
                 s_unit_scalar(dt, blk, k % upp, w, fw, &mw);
-                const int64_t tk = (int64_t)(t0 + t) * nu + k;
-                const int8_t *q = xa->q + (t0 + t) * cols + 32 * k;
-                if (dt == TD_DTYPE_Q6_K) { /* per 16: w - 32 via the half sums, two fmaf */
-                    int32_t h0 = xa->corr[8 * tk], h1 = xa->corr[8 * tk + 4];
-                    for (int e = 0; e < 16; e++) h0 += w[e] * q[e], h1 += w[16 + e] * q[16 + e];
-                    acc = fmaf((float)h0, fw[0] * xa->d[tk], acc);
-                    acc = fmaf((float)h1, fw[4] * xa->d[tk], acc);
-                    continue;
-                }
-                int32_t is = dt == TD_DTYPE_Q5_0 ? -16 * xa->qsum[tk] : 0;
-                for (int e = 0; e < 32; e++) is += w[e] * q[e];
-                acc = fmaf((float)is, fw[0] * xa->d[tk], acc);
-                if (s_tile_min(dt)) macc = fmaf(mw, xa->s[k * xa->ns + t0 + t], macc);
+                s_tile_unit(dt, w, fw, mw, xa, t0 + t, k, &acc, &macc);
             }
             out[t * 16 + r] = acc + macc;
         }
