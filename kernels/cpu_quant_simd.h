@@ -668,6 +668,25 @@ static TQ_ATTR void TQ_FN(tile)(int dt, const uint8_t *w0, size_t ldb, const td_
 /* --- TD_WLAYOUT_TILE16 tiles (cpu_quant.c): a unit of 16 rows is one contiguous block, "dword i
  * of vector j" = bytes 4j .. 4j+3 of row i. The same integer sums S and float operations as the
  * row tiles above, with the unit read by plain vector loads. */
+/* Q4_K tiles: the 6-bit scale and min of sub-block j (td_q4k_scale_min) of the rows whose scale
+ * bytes start at sb + 64 + off (byte c of row i at 64 + 16c + i), a byte per row. */
+static inline TQ_ATTR __attribute__((always_inline)) void
+TQ_FN(q4k_scmn)(const uint8_t *sb, int j, int off, __m128i *sc, __m128i *mn) {
+    const __m128i m63 = _mm_set1_epi8(63), m15 = _mm_set1_epi8(15), m3 = _mm_set1_epi8(3);
+#define TQ_SB(c) _mm_loadu_si128((const __m128i *)(sb + 64 + 16 * (c) + off))
+    if (j < 4) {
+        *sc = _mm_and_si128(TQ_SB(j), m63);
+        *mn = _mm_and_si128(TQ_SB(j + 4), m63);
+    } else {
+        const __m128i ha = _mm_and_si128(_mm_srli_epi16(TQ_SB(j - 4), 6), m3),
+                      hb = _mm_and_si128(_mm_srli_epi16(TQ_SB(j), 6), m3);
+        *sc = _mm_or_si128(_mm_and_si128(TQ_SB(j + 4), m15), _mm_slli_epi16(ha, 4));
+        *mn = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(TQ_SB(j + 4), 4), m15),
+                           _mm_slli_epi16(hb, 4));
+    }
+#undef TQ_SB
+}
+
 #if TQ_VNNI
 /* Unit blk of a tile: u[j] the 16 rows' weights (dword i = row i), fw, mw their scales. */
 static inline TQ_ATTR __attribute__((always_inline)) void
@@ -679,20 +698,8 @@ TQ_FN(t16_unit)(const int DT, const uint8_t *w0, int64_t k, __m512i *u, __m512 *
          * (td_q4k_scale_min, a byte per row), fw = d * sc, mw = -(dmin * m) */
         const uint8_t *sb = w0 + (size_t)(k >> 3) * 2304;
         const int j = (int)(k & 7);
-        const __m128i m63 = _mm_set1_epi8(63), m15 = _mm_set1_epi8(15), m3 = _mm_set1_epi8(3);
-#define TQ_SB(c) _mm_load_si128((const __m128i *)(sb + 64 + 16 * (c)))
         __m128i sc, mn;
-        if (j < 4) {
-            sc = _mm_and_si128(TQ_SB(j), m63);
-            mn = _mm_and_si128(TQ_SB(j + 4), m63);
-        } else {
-            const __m128i hi6a = _mm_and_si128(_mm_srli_epi16(TQ_SB(j - 4), 6), m3),
-                          hi6b = _mm_and_si128(_mm_srli_epi16(TQ_SB(j), 6), m3);
-            sc = _mm_or_si128(_mm_and_si128(TQ_SB(j + 4), m15), _mm_slli_epi16(hi6a, 4));
-            mn = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(TQ_SB(j + 4), 4), m15),
-                              _mm_slli_epi16(hi6b, 4));
-        }
-#undef TQ_SB
+        TQ_FN(q4k_scmn)(sb, j, 0, &sc, &mn);
         *fw = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_load_si256((const __m256i *)sb)),
                             _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(sc)));
         const __m512 dm = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(sb + 32))),
@@ -866,21 +873,8 @@ TQ_FN(t16_t)(const int DT, const uint8_t *w0, const td_qx_t *xa, int t0, int nt,
             if (q4k) { /* fw = d * sc_j, mw = -(dmin * m_j) of the half's 8 rows */
                 const uint8_t *sb = w0 + (size_t)(k >> 3) * 2304;
                 const int j = (int)(k & 7);
-                const __m128i m63 = _mm_set1_epi8(63), m15 = _mm_set1_epi8(15),
-                              m3 = _mm_set1_epi8(3);
-#define TQ_SB(c) _mm_loadl_epi64((const __m128i *)(sb + 64 + 16 * (c) + 8 * h))
-                __m128i sc, mn; /* td_q4k_scale_min, a byte per row */
-                if (j < 4) {
-                    sc = _mm_and_si128(TQ_SB(j), m63);
-                    mn = _mm_and_si128(TQ_SB(j + 4), m63);
-                } else {
-                    const __m128i ha = _mm_and_si128(_mm_srli_epi16(TQ_SB(j - 4), 6), m3),
-                                  hb = _mm_and_si128(_mm_srli_epi16(TQ_SB(j), 6), m3);
-                    sc = _mm_or_si128(_mm_and_si128(TQ_SB(j + 4), m15), _mm_slli_epi16(ha, 4));
-                    mn = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(TQ_SB(j + 4), 4), m15),
-                                      _mm_slli_epi16(hb, 4));
-                }
-#undef TQ_SB
+                __m128i sc, mn;
+                TQ_FN(q4k_scmn)(sb, j, 8 * h, &sc, &mn);
                 fw = _mm256_mul_ps(_mm256_cvtph_ps(_mm_load_si128((const __m128i *)(sb + 16 * h))),
                                    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sc)));
                 mw = _mm256_xor_ps( /* -(dmin * m), the sign flipped as the scalar path does */
