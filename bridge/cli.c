@@ -145,14 +145,26 @@ int td_cli_load(const char *dir, int n_threads, td_backend_t **be, td_model_t **
     return td_cli_load_on(dir, -1, n_threads, be, m, tok);
 }
 
+static int s_load_on(const char *dir, int device, int n_threads, int head_only, td_backend_t **be,
+                     td_model_t **m, td_tokenizer_t **tok);
 int td_cli_load_on(const char *dir, int device, int n_threads, td_backend_t **be, td_model_t **m,
                    td_tokenizer_t **tok) {
+    return s_load_on(dir, device, n_threads, 0, be, m, tok);
+}
+int td_cli_load_target_on(const char *dir, int device, int n_threads, td_backend_t **be,
+                          td_model_t **m, td_tokenizer_t **tok) {
+    return s_load_on(dir, device, n_threads, 1, be, m, tok);
+}
+
+static int s_load_on(const char *dir, int device, int n_threads, int head_only, td_backend_t **be,
+                     td_model_t **m, td_tokenizer_t **tok) {
     td_err_t err = {0};
     *be = NULL;
     *m = NULL;
     *tok = NULL;
     *be = td_cli_backend_new(device, n_threads, &err);
-    if (*be) *m = td_model_load(dir, *be, &err);
+    if (*be)
+        *m = head_only ? td_model_load_head_only(dir, *be, &err) : td_model_load(dir, *be, &err);
     if (*m) *tok = td_checkpoint_tokenizer(dir, &err);
     if (!*tok) {
         fprintf(stderr, "tandem: %s\n", err.msg);

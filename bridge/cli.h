@@ -67,6 +67,10 @@ int td_cli_load(const char *dir, int n_threads, td_backend_t **be, td_model_t **
 /* The same on a chosen device (-1 = CPU). */
 int td_cli_load_on(const char *dir, int device, int n_threads, td_backend_t **be, td_model_t **m,
                    td_tokenizer_t **tok);
+/* The same for a DFlash drafter's target: only its embedding and LM head are read
+ * (td_model_load_head_only). */
+int td_cli_load_target_on(const char *dir, int device, int n_threads, td_backend_t **be,
+                          td_model_t **m, td_tokenizer_t **tok);
 
 /* Online CPU cores. */
 int td_cli_n_cores(void);

@@ -81,7 +81,8 @@ int td_cmd_drafter(int argc, char **argv) {
     td_model_t *m;
     td_tokenizer_t *tok;
     /* a DFlash drafter computes on its target's backend with the target's embedding/LM head */
-    if (td_cli_load_on(dflash ? target : model, (int)device, (int)threads, &be, &m, &tok))
+    if ((dflash ? td_cli_load_target_on : td_cli_load_on)(dflash ? target : model, (int)device,
+                                                           (int)threads, &be, &m, &tok))
         return 1;
     td_err_t err = {0};
     td_dflash_t *df = NULL;

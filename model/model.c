@@ -83,9 +83,9 @@ static int s_track(td_model_t *m, const void *p) {
 
 /* Lets the backend regroup every matrix for its kernels (td_backend_prepare_weight); a tied
  * lm_head shares tok_embd's. Each new block is released with the model. */
-static int s_prepare(td_model_t *m, td_err_t *err) {
+static int s_prepare(td_model_t *m, int layers, td_err_t *err) {
     const int tied = m->lm_head.data == m->tok_embd.data && m->lm_head.dtype == m->tok_embd.dtype;
-    for (int l = -1; l < m->cfg.n_layer; l++) {
+    for (int l = -1; l < (layers ? m->cfg.n_layer : 0); l++) {
         td_layer_t *L = l >= 0 ? &m->layers[l] : NULL;
         td_weight_t *ws[7] = {&m->tok_embd, tied ? NULL : &m->lm_head};
         if (L) {
@@ -394,7 +394,15 @@ static int s_is_gpt2(const td_config_t *c) {
     return c->arch == TD_ARCH_GPT2 || c->arch == TD_ARCH_DIFFUGPT;
 }
 
+static td_model_t *s_load(const char *path, td_backend_t *be, int layers, td_err_t *err);
 td_model_t *td_model_load(const char *path, td_backend_t *be, td_err_t *err) {
+    return s_load(path, be, 1, err);
+}
+td_model_t *td_model_load_head_only(const char *path, td_backend_t *be, td_err_t *err) {
+    return s_load(path, be, 0, err);
+}
+
+static td_model_t *s_load(const char *path, td_backend_t *be, int layers, td_err_t *err) {
     td_model_t *m = calloc(1, sizeof *m);
     if (!m) {
         td_err_set(err, TD_ERR_NOMEM, "out of memory");
@@ -423,7 +431,7 @@ td_model_t *td_model_load(const char *path, td_backend_t *be, td_err_t *err) {
         s_bind_llama_like(&b);
     if (b.failed) goto fail;
     m->dtype = m->layers[0].wq.dtype;
-    if (s_prepare(m, err) != TD_OK) goto fail;
+    if (s_prepare(m, layers, err) != TD_OK) goto fail;
     return m;
 fail:
     td_model_destroy(&m);
@@ -545,7 +553,7 @@ td_model_t *td_model_new_synthetic(const td_config_t *cfg, td_dtype_t dtype, uin
         free(m->synthetic);
         m->synthetic = NULL;
     }
-    if (s_prepare(m, err) != TD_OK) {
+    if (s_prepare(m, 1, err) != TD_OK) {
         td_model_destroy(&m);
         return NULL;
     }

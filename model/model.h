@@ -25,6 +25,11 @@ typedef struct td_kv_cache td_kv_cache_t;
  * and dtype (F32, F16, BF16; matrices may also be GGUF block-quantized types, computed by the
  * backend's quantized kernels); errors name the file and the tensor. */
 td_model_t *td_model_load(const char *path, td_backend_t *be, td_err_t *err);
+/* The same for a process that reads only the token embedding and the LM head (a DFlash drafter
+ * serving a remote verifier): only those two are placed in the backend's own layout and memory
+ * (td_backend_prepare_weight); the layers stay in the file's mapping, untouched until read. A
+ * forward on it gives the same results, slower. */
+td_model_t *td_model_load_head_only(const char *path, td_backend_t *be, td_err_t *err);
 
 /* A model with random weights of dtype (F32/F16/BF16), generated in memory from seed (for
  * benchmarks at real shapes without a checkpoint). */
