@@ -115,10 +115,9 @@ static inline int s_t16_bb(int dt) {
 }
 
 /* Offset types: the weight bytes are q and the element is d * (q - offset); the correction
- * - offset * sum(activations) goes into the integer lanes (Q6_K: per 16, lanes 0 and 4). */
-static inline int s_has_corr(int dt) {
-    return dt == TD_DTYPE_Q4_0 || dt == TD_DTYPE_Q5_0 || dt == TD_DTYPE_Q6_K;
-}
+ * - offset * sum(activations) goes into the integer lanes (Q4_0's row blocks) or starts the
+ * integer sums (Q6_K's tiles: per 16, lanes 0 and 4). Q5_0's tiles take theirs from qsum. */
+static inline int s_has_corr(int dt) { return dt == TD_DTYPE_Q4_0 || dt == TD_DTYPE_Q6_K; }
 /* Min types: element = fw * q + mw; the mw term is mw * (dx * sum(activations)) = mw * s. */
 static inline int s_has_min(int dt) {
     return dt == TD_DTYPE_Q4_1 || dt == TD_DTYPE_Q5_1 || dt == TD_DTYPE_Q4_K || dt == TD_DTYPE_Q5_K;
@@ -126,25 +125,8 @@ static inline int s_has_min(int dt) {
 
 /* Byte offset of unit k (32 elements) in a row: where its block starts (K types: 8 units per
  * block). */
-static inline size_t s_unit_off(int dt, int64_t k) {
-    switch (dt) {
-    case TD_DTYPE_Q4_K:
-        return (size_t)(k >> 3) * 144;
-    case TD_DTYPE_Q5_K:
-        return (size_t)(k >> 3) * 176;
-    case TD_DTYPE_Q6_K:
-        return (size_t)(k >> 3) * 210;
-    case TD_DTYPE_Q8_0:
-        return (size_t)k * 34;
-    case TD_DTYPE_Q4_0:
-        return (size_t)k * 18;
-    case TD_DTYPE_Q4_1:
-        return (size_t)k * 20;
-    case TD_DTYPE_Q5_0:
-        return (size_t)k * 22;
-    default:
-        return (size_t)k * 24;
-    }
+static inline size_t s_unit_off(int dt, int64_t k) { /* (the row-block types) */
+    return dt == TD_DTYPE_Q5_K ? (size_t)(k >> 3) * 176 : (size_t)k * (dt == TD_DTYPE_Q4_0 ? 18 : 24);
 }
 
 /* Software prefetch distance of the kernels, in row blocks: the weights two blocks ahead
@@ -259,7 +241,7 @@ static void s_qx_row(td_qx_t *xa, const float *x, int t, int dt) {
             if (dt == TD_DTYPE_Q6_K)
                 c[0] = -32 * sa, c[4] = -32 * sb;
             else
-                c[0] = -(dt == TD_DTYPE_Q4_0 ? 8 : 16) * (sa + sb);
+                c[0] = -8 * (sa + sb); /* Q4_0 */
         }
         if (xa->s) xa->s[k * xa->ns + t] = d * (float)(sa + sb);
     }

@@ -3,9 +3,9 @@
  * vectors), each time with TQ_ATTR (the target attribute), TQ_FN(name) (a suffixed name) and
  * TQ_VNNI (0 or 1) defined. Not a public header.
  *
- * Every weight type is read as units of 32 weights turned into 32 unsigned bytes u (Q8_0: |w|,
- * the sign moved onto the activation), a per-lane weight scale fw (8 floats: lane i covers elements
- * 4i .. 4i+3) and a min coefficient mw. For a unit and a token with quantized activations q (int8,
+ * The row-block kernels (the types without row tiles: Q4_0, Q5_1, Q5_K) read a weight type as
+ * units of 32 weights turned into 32 unsigned bytes u, a per-lane weight scale fw (8 floats: lane
+ * i covers elements 4i .. 4i+3) and a min coefficient mw. For a unit and a token with quantized activations q (int8,
  * scale dx) the 8 int32 lanes are corr + sum of 4 products u * q (exact integers, whichever
  * instruction makes them), and the 8 float lanes of the accumulator get
  *     acc = fma(float(lanes), fw * dx, acc);   macc = fmaf(mw, s, macc)   (min types; s = dx *
@@ -46,113 +46,61 @@ static inline TQ_ATTR __attribute__((always_inline)) __m256i TQ_FN(bits32)(const
     return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
 }
 
-/* Unit k of weight row `row` of type DT: u, fw, mw (see above); *ws the signed weights (Q8_0). */
+/* Unit k of weight row `row` of type DT (Q4_0, Q5_1, Q5_K): u, fw, mw (see above). */
 static inline TQ_ATTR __attribute__((always_inline)) __m256i
-TQ_FN(unit)(const int DT, const uint8_t *row, int64_t k, __m256 *fw, float *mw, __m256i *ws) {
-    const __m256i m4 = _mm256_set1_epi8(15);
+TQ_FN(unit)(const int DT, const uint8_t *row, int64_t k, __m256 *fw, float *mw) {
     switch (DT) {
-    case TD_DTYPE_Q8_0: {
-        const uint8_t *b = row + 34 * k;
-        *fw = _mm256_set1_ps(TQ_FN(h)(b));
-        *ws = _mm256_loadu_si256((const __m256i *)(b + 2));
-        return _mm256_abs_epi8(*ws);
-    }
     case TD_DTYPE_Q4_0: {
         const uint8_t *b = row + 18 * k;
         *fw = _mm256_set1_ps(TQ_FN(h)(b));
         return TQ_FN(nib16)(b + 2);
-    }
-    case TD_DTYPE_Q4_1: {
-        const uint8_t *b = row + 20 * k;
-        TQ_FN(h2)(b, fw, mw);
-        return TQ_FN(nib16)(b + 4);
-    }
-    case TD_DTYPE_Q5_0: {
-        const uint8_t *b = row + 22 * k;
-        *fw = _mm256_set1_ps(TQ_FN(h)(b));
-        return _mm256_or_si256(TQ_FN(nib16)(b + 6), TQ_FN(bits32)(b + 2));
     }
     case TD_DTYPE_Q5_1: {
         const uint8_t *b = row + 24 * k;
         TQ_FN(h2)(b, fw, mw);
         return _mm256_or_si256(TQ_FN(nib16)(b + 8), TQ_FN(bits32)(b + 4));
     }
-    case TD_DTYPE_Q4_K:
-    case TD_DTYPE_Q5_K: {
-        const int five = DT == TD_DTYPE_Q5_K, j = (int)(k & 7);
-        const uint8_t *b = row + (five ? 176 : 144) * (k >> 3);
+    default: { /* Q5_K */
+        const int j = (int)(k & 7);
+        const uint8_t *b = row + 176 * (k >> 3);
         float f, m;
         s_k_scales(b + 4, j, TQ_FN(h)(b), TQ_FN(h)(b + 2), &f, &m);
         *fw = _mm256_set1_ps(f);
         *mw = m;
-        const __m256i v =
-            _mm256_loadu_si256((const __m256i *)(b + (five ? 48 : 16) + 32 * (j >> 1)));
-        __m256i u = _mm256_and_si256(_mm256_srli_epi16(v, 4 * (j & 1)), m4);
-        if (five) {
-            const __m256i h = _mm256_loadu_si256((const __m256i *)(b + 16));
-            u = _mm256_or_si256(
-                u, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, j), _mm256_set1_epi8(1)),
-                                     4));
-        }
-        return u;
-    }
-    default: { /* Q6_K */
-        const int j = (int)(k & 7), h = j >> 2, q = j & 3;
-        const uint8_t *b = row + 210 * (k >> 3);
-        const float d = TQ_FN(h)(b + 208);
-        const int8_t *sc = (const int8_t *)(b + 192) + 2 * j;
-        const float f0 = d * (float)sc[0], f1 = d * (float)sc[1];
-        *fw = _mm256_set_m128(_mm_set1_ps(f1), _mm_set1_ps(f0));
-        const __m256i lo = _mm256_and_si256(
-            _mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)(b + 64 * h + 32 * (q & 1))),
-                              4 * (q >> 1)),
-            m4);
-        const __m256i hi = _mm256_and_si256(
-            _mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)(b + 128 + 32 * h)), 2 * q),
-            _mm256_set1_epi8(3));
-        return _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4));
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(b + 48 + 32 * (j >> 1)));
+        const __m256i h = _mm256_loadu_si256((const __m256i *)(b + 16));
+        return _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16(v, 4 * (j & 1)), _mm256_set1_epi8(15)),
+            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, j), _mm256_set1_epi8(1)), 4));
     }
     }
 }
 
 #if TQ_VNNI
-/* Units k and k+1 of a row as one 512-bit u (Q8_0: the bytes w + 128), fw (8 lanes each) and the
- * two min coefficients broadcast (mv0, mv1): the same values as two TQ_FN(unit) calls, with the
- * scale conversions and nibble splits of Q4_0 / Q4_1 / Q8_0 done once for both blocks. */
+/* Units k and k+1 of a row as one 512-bit u, fw (8 lanes each) and the two min coefficients
+ * broadcast (mv0, mv1): the same values as two TQ_FN(unit) calls, with Q4_0's scale conversion
+ * and nibble split and Q5_K's shared block done once for both units. */
 static inline TQ_ATTR __attribute__((always_inline)) __m512i
 TQ_FN(unit2)(const int DT, const uint8_t *row, int64_t k, __m512 *fw, __m128 *mv0, __m128 *mv1) {
-    const __m512i lohalf = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
-    if (DT == TD_DTYPE_Q4_0 || DT == TD_DTYPE_Q4_1) {
-        const int bb = DT == TD_DTYPE_Q4_0 ? 18 : 20, qo = DT == TD_DTYPE_Q4_0 ? 2 : 4;
-        const uint8_t *b0 = row + bb * k, *b1 = b0 + bb;
+    if (DT == TD_DTYPE_Q4_0) {
+        const __m512i lohalf = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
+        const uint8_t *b0 = row + 18 * k, *b1 = b0 + 18;
         int32_t a, c;
-        memcpy(&a, b0, 4), memcpy(&c, b1, 4); /* d, m (Q4_0: d and the first qs bytes) */
+        memcpy(&a, b0, 4), memcpy(&c, b1, 4); /* d and the first qs bytes */
         const __m128 dm = _mm_cvtph_ps(_mm_insert_epi32(_mm_cvtsi32_si128(a), c, 1));
         *fw = _mm512_permutexvar_ps(lohalf, _mm512_castps128_ps512(dm)); /* d0 x8, d1 x8 */
-        *mv0 = _mm_permute_ps(dm, 0x55), *mv1 = _mm_permute_ps(dm, 0xff);
+        *mv0 = *mv1 = _mm_setzero_ps();
         const __m256i q = _mm256_inserti128_si256(
-            _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(b0 + qo))),
-            _mm_loadu_si128((const __m128i *)(b1 + qo)), 1);
+            _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(b0 + 2))),
+            _mm_loadu_si128((const __m128i *)(b1 + 2)), 1);
         const __m256i m4 = _mm256_set1_epi8(15);
         const __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(q, m4)),
                                              _mm256_and_si256(_mm256_srli_epi16(q, 4), m4), 1);
         return _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(3, 1, 2, 0));
     }
-    if (DT == TD_DTYPE_Q8_0) {
-        const uint8_t *b0 = row + 34 * k, *b1 = b0 + 34;
-        uint16_t a, c;
-        memcpy(&a, b0, 2), memcpy(&c, b1, 2);
-        const __m128 d = _mm_cvtph_ps(_mm_insert_epi16(_mm_cvtsi32_si128(a), c, 2));
-        *fw = _mm512_permutexvar_ps(lohalf, _mm512_castps128_ps512(d));
-        *mv0 = *mv1 = _mm_setzero_ps();
-        const __m512i w = _mm512_inserti64x4(
-            _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(b0 + 2))),
-            _mm256_loadu_si256((const __m256i *)(b1 + 2)), 1);
-        return _mm512_xor_si512(w, _mm512_set1_epi8(-128));
-    }
-    if (DT == TD_DTYPE_Q4_K || DT == TD_DTYPE_Q5_K) { /* k even: both units in one block */
-        const int five = DT == TD_DTYPE_Q5_K, j = (int)(k & 7);
-        const uint8_t *b = row + (five ? 176 : 144) * (k >> 3);
+    if (DT == TD_DTYPE_Q5_K) { /* k even: both units in one block */
+        const int j = (int)(k & 7);
+        const uint8_t *b = row + 176 * (k >> 3);
         int32_t a;
         memcpy(&a, b, 4);
         const __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128(a)); /* d, dmin */
@@ -164,47 +112,21 @@ TQ_FN(unit2)(const int DT, const uint8_t *row, int64_t k, __m512 *fw, __m128 *mv
             _mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(_mm256_set1_ps(f0))),
                                _mm256_castps_pd(_mm256_set1_ps(f1)), 1));
         *mv0 = _mm_set1_ps(m0), *mv1 = _mm_set1_ps(m1);
-        /* units j, j+1 = the low and high nibbles of the same 32 bytes */
-        const __m256i v = _mm256_loadu_si256((const __m256i *)(b + (five ? 48 : 16) + 16 * j));
+        /* units j, j+1 = the low and high nibbles of the same 32 bytes, plus their high bits */
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(b + 48 + 16 * j));
         const __m256i m4 = _mm256_set1_epi8(15);
-        __m512i u = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4)),
-                                       _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), 1);
-        if (five) {
-            const __m256i h = _mm256_loadu_si256((const __m256i *)(b + 16)),
-                          one = _mm256_set1_epi8(1);
-            const __m512i hb = _mm512_inserti64x4(
-                _mm512_castsi256_si512(_mm256_and_si256(_mm256_srli_epi16(h, j), one)),
-                _mm256_and_si256(_mm256_srli_epi16(h, j + 1), one), 1);
-            u = _mm512_or_si512(u, _mm512_slli_epi16(hb, 4));
-        }
-        return u;
-    }
-    if (DT == TD_DTYPE_Q6_K) { /* k even: quarters q, q+1 of half h */
-        const int j = (int)(k & 7), h = j >> 2, q = j & 3;
-        const uint8_t *b = row + 210 * (k >> 3);
-        const float d = TQ_FN(h)(b + 208);
-        int32_t sc4;
-        memcpy(&sc4, b + 192 + 2 * j, 4);
-        const __m128 f =
-            _mm_mul_ps(_mm_set1_ps(d), _mm_cvtepi32_ps(_mm_cvtepi8_epi32(_mm_cvtsi32_si128(sc4))));
-        *fw =
-            _mm512_permutexvar_ps(_mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0),
-                                  _mm512_castps128_ps512(f));
-        *mv0 = *mv1 = _mm_setzero_ps();
-        const __m512i lo = _mm512_and_si512(
-            _mm512_srli_epi16(_mm512_loadu_si512(b + 64 * h), 4 * (q >> 1)), _mm512_set1_epi8(15));
-        const __m256i hh = _mm256_loadu_si256((const __m256i *)(b + 128 + 32 * h));
-        const __m512i hi = _mm512_and_si512(
-            _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_srli_epi16(hh, 2 * q)),
-                               _mm256_srli_epi16(hh, 2 * q + 2), 1),
-            _mm512_set1_epi8(3));
-        return _mm512_or_si512(lo, _mm512_slli_epi16(hi, 4));
+        const __m512i u = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4)),
+                                             _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), 1);
+        const __m256i h = _mm256_loadu_si256((const __m256i *)(b + 16)), one = _mm256_set1_epi8(1);
+        const __m512i hb = _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm256_and_si256(_mm256_srli_epi16(h, j), one)),
+            _mm256_and_si256(_mm256_srli_epi16(h, j + 1), one), 1);
+        return _mm512_or_si512(u, _mm512_slli_epi16(hb, 4));
     }
     __m256 fw0, fw1;
     float mw0 = 0, mw1 = 0;
-    __m256i ws0, ws1;
-    const __m256i u0 = TQ_FN(unit)(DT, row, k, &fw0, &mw0, &ws0);
-    const __m256i u1 = TQ_FN(unit)(DT, row, k + 1, &fw1, &mw1, &ws1);
+    const __m256i u0 = TQ_FN(unit)(DT, row, k, &fw0, &mw0);
+    const __m256i u1 = TQ_FN(unit)(DT, row, k + 1, &fw1, &mw1);
     *fw = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(fw0)),
                                               _mm256_castps_pd(fw1), 1));
     *mv0 = _mm_set1_ps(mw0), *mv1 = _mm_set1_ps(mw1);
@@ -225,8 +147,7 @@ TQ_FN(rows)(const int DT, const int NR, const int NT, const uint8_t *w0, size_t 
 #pragma GCC unroll 4
     for (int r = 0; r < NR; r++) macc[r] = _mm_setzero_ps();
 #if TQ_VNNI
-    /* Q8_0: bytes w ^ 0x80 = w + 128, corrected per lane by -128 * (sum of its 4 activations) */
-    const int corr = s_has_corr(DT) || DT == TD_DTYPE_Q8_0;
+    const int corr = s_has_corr(DT);
     __m512 acc[12];
 #pragma GCC unroll 12
     for (int i = 0; i < NR * NT; i++) acc[i] = _mm512_setzero_ps();
@@ -260,9 +181,7 @@ TQ_FN(rows)(const int DT, const int NR, const int NT, const uint8_t *w0, size_t 
         for (int r = 0; r < NR; r++) {
             __m256 fw0;
             float mw0 = 0;
-            __m256i ws0;
-            __m256i u = TQ_FN(unit)(DT, w0 + (size_t)r * ldb, k, &fw0, &mw0, &ws0);
-            if (DT == TD_DTYPE_Q8_0) u = _mm256_xor_si256(ws0, _mm256_set1_epi8(-128));
+            const __m256i u = TQ_FN(unit)(DT, w0 + (size_t)r * ldb, k, &fw0, &mw0);
             if (has_min)
                 macc[r] =
                     _mm_fmadd_ps(_mm_set1_ps(mw0), _mm_loadu_ps(xa->s + k * ns + t0), macc[r]);
@@ -296,19 +215,17 @@ TQ_FN(rows)(const int DT, const int NR, const int NT, const uint8_t *w0, size_t 
         for (int r = 0; r < NR; r++) {
             __m256 fw;
             float mw = 0;
-            __m256i ws = _mm256_setzero_si256();
             _mm_prefetch(
                 (const char *)(w0 + (size_t)(r + TD_QPF_BLOCKS * NR) * ldb + s_unit_off(DT, k)),
                 _MM_HINT_T2);
-            const __m256i u = TQ_FN(unit)(DT, w0 + (size_t)r * ldb, k, &fw, &mw, &ws);
+            const __m256i u = TQ_FN(unit)(DT, w0 + (size_t)r * ldb, k, &fw, &mw);
             if (has_min)
                 macc[r] = _mm_fmadd_ps(_mm_set1_ps(mw), _mm_loadu_ps(xa->s + k * ns + t0), macc[r]);
 #pragma GCC unroll 4
             for (int t = 0; t < NT; t++) {
                 const int64_t tk = (int64_t)(t0 + t) * nu + k;
-                __m256i xv =
+                const __m256i xv =
                     _mm256_loadu_si256((const __m256i *)(xa->q + (t0 + t) * cols + 32 * k));
-                if (DT == TD_DTYPE_Q8_0) xv = _mm256_sign_epi8(xv, ws);
                 __m256i is = corr ? _mm256_loadu_si256((const __m256i *)(xa->corr + 8 * tk))
                                   : _mm256_setzero_si256();
                 is = _mm256_add_epi32(is, _mm256_madd_epi16(_mm256_maddubs_epi16(u, xv), ones));
