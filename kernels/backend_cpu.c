@@ -1167,65 +1167,17 @@ static inline void s_swiglu8(float *y, const float *g, const float *u) {
                                       _mm256_loadu_ps(u)));
 }
 
-/* s_exp8 16 wide: the same operations lane by lane (vroundps -> vrndscaleps with the same
- * rounding, the -inf lanes zeroed by a mask instead of vandnps), so each lane's result is bitwise
- * s_exp8's. Runs only where cpuid reports AVX-512 (s_fpath_ok). */
-static inline __attribute__((target(TD_X512), always_inline)) __m512 s_exp16(__m512 x) {
-    const __mmask16 ninf = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-INFINITY), _CMP_EQ_OQ);
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    const __m512i e =
-        _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-    return _mm512_maskz_mul_ps((__mmask16)~ninf, p, _mm512_castsi512_ps(e));
-}
-
-/* s_swiglu8 on blocks [b0, b1) of 8 elements: pairs of blocks 16 wide (x512), the rest 8 wide;
- * the same arithmetic per element either way. */
-static __attribute__((target(TD_X512))) void s_swiglu_x512(float *y, const float *g, const float *u,
-                                                           int64_t b0, int64_t b1) {
-    int64_t b = b0;
-    for (; b + 2 <= b1; b += 2) {
-        const __m512 gv = _mm512_loadu_ps(g + 8 * b);
-        const __m512 e = s_exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv));
-        _mm512_storeu_ps(y + 8 * b,
-                         _mm512_mul_ps(_mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.0f), e)),
-                                       _mm512_loadu_ps(u + 8 * b)));
-    }
-    for (; b < b1; b++) s_swiglu8(y + 8 * b, g + 8 * b, u + 8 * b);
-}
-
-static void s_swiglu_blocks(int x512, float *y, const float *g, const float *u, int64_t b0,
-                            int64_t b1) {
-    if (x512)
-        s_swiglu_x512(y, g, u, b0, b1);
-    else
-        for (int64_t b = b0; b < b1; b++) s_swiglu8(y + 8 * b, g + 8 * b, u + 8 * b);
-}
 #endif
 
 static void s_swiglu(td_backend_t *be, float *y, const float *g, const float *u, int64_t count) {
 #ifdef TD_AVX2
     const int64_t nb = count / 8;
-    const int nt = s_par_threads(be, count), x512 = s_fpath_ok(S_F_AVX512);
+    const int nt = s_par_threads(be, count);
     if (nt == 1)
-        s_swiglu_blocks(x512, y, g, u, 0, nb);
+        for (int64_t b = 0; b < nb; b++) s_swiglu8(y + 8 * b, g + 8 * b, u + 8 * b);
     else
-#pragma omp parallel num_threads(nt)
-    {
-        const int k = omp_get_thread_num(), m = omp_get_num_threads();
-        s_swiglu_blocks(x512, y, g, u, nb * k / m, nb * (k + 1) / m);
-    }
+#pragma omp parallel for schedule(static) num_threads(nt)
+        for (int64_t b = 0; b < nb; b++) s_swiglu8(y + 8 * b, g + 8 * b, u + 8 * b);
     if (count > 8 * nb) {
         float gt[8] = {0}, ut[8] = {0}, yt[8];
         const size_t rest = (size_t)(count - 8 * nb);

@@ -615,7 +615,7 @@ TD_TEST(rmsnorm_add_swiglu) {
                     printf("    add count %lld: element %lld\n", (long long)n, (long long)i);
             }
             /* swiglu: an element's result does not depend on the count or the threads (nor on
-             * whether it went through the 16-wide AVX-512 path or the 8-wide one) */
+             * how the blocks were split between threads; special values included) */
             const float special[] = {-INFINITY, 200.0f, -200.0f, -0.0f, 1e-40f, 88.5f, -87.5f};
             for (int64_t i = 0; i < 40003; i++)
                 g[i] = i % 61 < 7 ? special[i % 61] : s_randf() * (i % 3 ? 8.0f : 90.0f);
