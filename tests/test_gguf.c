@@ -910,6 +910,42 @@ TD_TEST(smollm2_q4_1) {
     td_backend_destroy(&be);
 }
 
+/* td_model_load_head_only (a DFlash drafter's target) leaves the layers in the file's layout and
+ * places only the embedding and LM head in the backend's tiles: a forward on it gives bitwise the
+ * full model's logits, prefill and a decode step (the layouts compute the same arithmetic). */
+TD_TEST(smollm2_head_only_same_logits) {
+    if (access(SMOLLM2_GGUF, R_OK) != 0) {
+        td_test_skip(SMOLLM2_GGUF " absent (make models)");
+        return;
+    }
+    td_err_t err = {0};
+    td_backend_t *be = td_backend_cpu_new(1, 0, &err);
+    REQUIRE(be);
+    td_model_t *m[2] = {td_model_load(SMOLLM2_GGUF, be, &err),
+                        td_model_load_head_only(SMOLLM2_GGUF, be, &err)};
+    CHECK_MSG(m[0] && m[1], "%s", err.msg);
+    REQUIRE(m[0] && m[1]);
+    const int nv = td_model_config(m[0])->n_vocab;
+    int32_t toks[6] = {1, 9690, 198, 2683, 359, 253};
+    float *lg[2];
+    for (int i = 0; i < 2; i++) {
+        lg[i] = malloc(sizeof(float) * 6 * (size_t)nv);
+        REQUIRE(lg[i]);
+        td_kv_cache_t *kv = td_kv_cache_new(m[i], 1, 16, &err);
+        REQUIRE(kv);
+        td_batch_t b = {0};
+        b.n = 5, b.tokens = toks;
+        CHECK(td_model_forward(m[i], kv, &b, lg[i], &err) == TD_OK);
+        b.n = 1, b.tokens = toks + 5;
+        CHECK(td_model_forward(m[i], kv, &b, lg[i] + 5 * (size_t)nv, &err) == TD_OK);
+        td_kv_cache_destroy(&kv);
+    }
+    CHECK_MSG(!memcmp(lg[0], lg[1], sizeof(float) * 6 * (size_t)nv),
+              "head-only model's logits differ from the full model's");
+    for (int i = 0; i < 2; i++) free(lg[i]), td_model_destroy(&m[i]);
+    td_backend_destroy(&be);
+}
+
 /* --- files written by llama.cpp's own writer (the gguf package: tools/make_gguf_seeds.py) ------
  */
 
