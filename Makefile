@@ -75,7 +75,7 @@ models:
 # The DFlash drafter for SmolLM2 (issue 13), rebuilt from scratch, reproducibly (seeded):
 # self-distilled answers by tandem itself, HF features, CPU training, export to
 # models/dflash-smollm2/. tools/train/dflash/README.md gives the times measured.
-# DFLASH_PY: a python with torch, transformers, gguf, safetensors, matplotlib.
+# DFLASH_PY: a python with torch, transformers, accelerate (transformers reads GGUF through it), gguf, safetensors, matplotlib.
 DFLASH_PY ?= /work/venv/bin/python
 DFLASH_N ?= 800
 DFLASH_STEPS ?= 2000

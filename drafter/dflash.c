@@ -90,6 +90,23 @@ static int s_parse(const cJSON *o, td_dflash_config_t *c, const char *file, td_e
         (rc = s_float(o, "rope_theta", &c->rope_theta, file, err)))
         return rc;
     c->mask_token_id = mask;
+    const cJSON *bs = cJSON_GetObjectItemCaseSensitive(o, "block_sizes");
+    int nb = bs ? cJSON_GetArraySize(bs) : 0;
+    if (bs && (!cJSON_IsArray(bs) || nb < 1 || nb > TD_DFLASH_MAX_BLOCK_SIZES))
+        return td_err_set(err, TD_ERR_FORMAT, "%s: 'block_sizes' must be a list of 1..%d sizes",
+                          file, TD_DFLASH_MAX_BLOCK_SIZES);
+    c->n_block_sizes = bs ? nb : 1;
+    c->block_sizes[0] = c->block_size;
+    for (int i = 0; i < nb; i++) {
+        const cJSON *e = cJSON_GetArrayItem(bs, i);
+        if (!cJSON_IsNumber(e) || e->valuedouble < 2 || e->valuedouble > 1024 ||
+            e->valuedouble != floor(e->valuedouble) ||
+            (i > 0 && e->valuedouble <= c->block_sizes[i - 1]))
+            return td_err_set(err, TD_ERR_FORMAT,
+                              "%s: block_sizes[%d] is not a size in 2..1024 above the one before",
+                              file, i);
+        c->block_sizes[i] = (int)e->valuedouble;
+    }
     if (c->block_size < 2 || c->n_layer < 1 || c->n_head < 1 || c->n_kv_head < 1 ||
         c->n_head % c->n_kv_head || c->head_dim < 2 || c->head_dim % 2 || c->hidden < 1 ||
         c->n_ff < 1)
@@ -126,6 +143,12 @@ static int s_parse(const cJSON *o, td_dflash_config_t *c, const char *file, td_e
                               "%s: target.fingerprints[%d] is not a \"0x...\" hex string", file, i);
     }
     return TD_OK;
+}
+
+int td_dflash_block_for(const td_dflash_config_t *c, int gamma) {
+    for (int i = 0; i < c->n_block_sizes; i++)
+        if (c->block_sizes[i] >= gamma + 1) return c->block_sizes[i];
+    return gamma + 1;
 }
 
 int td_dflash_config_load(const char *dir, td_dflash_config_t *c, td_err_t *err) {
@@ -445,6 +468,9 @@ int td_dflash_ctx_append(td_dflash_ctx_t *c, const float *features, int rows, td
 /* --- draft -------------------------------------------------------------------------------------
  */
 
+/* The block rows a job scores and draws. */
+static int s_rows(const td_dflash_job_t *J) { return J->n_draft ? J->n_draft : J->block - 1; }
+
 int td_dflash_draft_many(td_dflash_job_t *jobs, int n_jobs, td_err_t *err) {
     if (n_jobs < 1 || !jobs || !jobs[0].ctx)
         return td_err_set(err, TD_ERR_ARG, "dflash: bad job list");
@@ -456,7 +482,7 @@ int td_dflash_draft_many(td_dflash_job_t *jobs, int n_jobs, td_err_t *err) {
         td_dflash_job_t *J = &jobs[j];
         const int B = J->block;
         if (!J->ctx || J->ctx->d != d || B < 2 || B > 1024 || !J->draft || J->anchor < 0 ||
-            J->anchor >= V)
+            J->anchor >= V || J->n_draft < 0 || J->n_draft > B - 1)
             return td_err_set(err, TD_ERR_ARG, "dflash: bad draft (block %d, anchor %d)", B,
                               J->anchor);
         if (J->ctx->len + B > J->ctx->n_ctx)
@@ -468,7 +494,7 @@ int td_dflash_draft_many(td_dflash_job_t *jobs, int n_jobs, td_err_t *err) {
         for (int i = 0; i < j; i++)
             if (jobs[i].ctx == J->ctx)
                 return td_err_set(err, TD_ERR_ARG, "dflash: one context twice in a batch");
-        N += B, M += B - 1;
+        N += B, M += J->n_draft ? J->n_draft : B - 1;
     }
     int rc = s_scratch(d, N, err);
     if (rc) return rc;
@@ -521,26 +547,26 @@ int td_dflash_draft_many(td_dflash_job_t *jobs, int n_jobs, td_err_t *err) {
         s_mm(d, d->x, d->g, &L->down, N);
         td_op_add(d->be, d->h, d->x, (int64_t)N * H);
     }
-    /* rows 1..B-1 of every block through the final norm, packed, then one LM head product */
-    for (int j = 0, r0 = 0, o0 = 0; j < n_jobs; r0 += jobs[j].block, o0 += jobs[j++].block - 1)
+    /* rows 1..n_draft of every block through the final norm, packed, then one LM head product */
+    for (int j = 0, r0 = 0, o0 = 0; j < n_jobs; r0 += jobs[j].block, o0 += s_rows(&jobs[j++]))
         td_op_rmsnorm(d->be, d->x + (size_t)o0 * H, d->h + (size_t)(r0 + 1) * H, &d->norm,
-                      jobs[j].block - 1, H, cf->eps);
+                      s_rows(&jobs[j]), H, cf->eps);
     s_mm(d, d->logits, d->x, d->lm_head, M);
     td_backend_get(d->be, host, d->logits, (size_t)M * V * sizeof *host);
     if ((rc = td_backend_status(d->be, err))) goto done;
-    for (int j = 0, o0 = 0; j < n_jobs; o0 += jobs[j++].block - 1) {
+    for (int j = 0, o0 = 0; j < n_jobs; o0 += s_rows(&jobs[j++])) {
         td_dflash_job_t *J = &jobs[j];
         td_rng_t greedy_rng; /* td_sample wants one; greedy settings draw nothing from it */
         td_rng_seed(&greedy_rng, 0);
         td_rng_t *rng = J->rng ? J->rng : &greedy_rng;
-        for (int i = 0; i < J->block - 1; i++) {
+        for (int i = 0; i < s_rows(J); i++) {
             const float *row = host + (size_t)(o0 + i) * V;
             if ((rc =
                      td_draft_sample(J->sp, rng, row, V, J->q, qrow, i, J->draft, "dflash: ", err)))
                 goto done;
         }
         if (J->logits)
-            memcpy(J->logits, host + (size_t)o0 * V, (size_t)(J->block - 1) * V * sizeof *host);
+            memcpy(J->logits, host + (size_t)o0 * V, (size_t)s_rows(J) * V * sizeof *host);
     }
 done:
     free(ids);

@@ -26,11 +26,15 @@ extern "C" {
 
 #define TD_DFLASH_MAX_TARGET_LAYERS 64
 #define TD_DFLASH_MAX_FINGERPRINTS 16
+#define TD_DFLASH_MAX_BLOCK_SIZES 8
 
 typedef struct td_dflash_config {
     int n_target_layers;
     int target_layers[TD_DFLASH_MAX_TARGET_LAYERS]; /* boundaries, model.h's hidden_layers */
     int block_size;                                 /* B: gamma = B - 1 */
+    /* the block sizes it was trained for, ascending ("block_sizes"; default {block_size}) */
+    int n_block_sizes;
+    int block_sizes[TD_DFLASH_MAX_BLOCK_SIZES];
     int32_t mask_token_id;                          /* a target vocabulary id */
     int hidden, n_layer, n_head, n_kv_head, head_dim, n_ff;
     float eps, rope_theta;
@@ -51,6 +55,12 @@ int td_dflash_config_load(const char *dir, td_dflash_config_t *c, td_err_t *err)
  * any_target. TD_OK or TD_ERR_ARG with a message naming both sides. */
 int td_dflash_check_target(const td_dflash_config_t *c, const td_config_t *target,
                            uint64_t target_fingerprint, int any_target, td_err_t *err);
+
+/* The block a draft of gamma tokens runs in: the smallest trained block size (block_sizes) that
+ * holds the anchor and gamma masks, or gamma + 1 past the largest. A block is never shorter than
+ * one the drafter was trained for (a shorter one changes what its bidirectional rows see); only
+ * rows 1..gamma of it are scored (td_dflash_job_t.n_draft). */
+int td_dflash_block_for(const td_dflash_config_t *c, int gamma);
 
 typedef struct td_dflash td_dflash_t;
 
@@ -102,9 +112,11 @@ typedef struct td_dflash_job {
     int block;
     const td_sampling_t *sp;
     td_rng_t *rng;  /* NULL for greedy settings */
-    int32_t *draft; /* [block - 1] */
-    float *q;       /* [block - 1][n_vocab] or NULL */
-    float *logits;  /* [block - 1][n_vocab] or NULL */
+    int n_draft;    /* rows 1..n_draft of the block go through the LM head and are drawn
+                       (1..block - 1; 0 means block - 1): the rest only shape the others */
+    int32_t *draft; /* [n_draft] */
+    float *q;       /* [n_draft][n_vocab] or NULL */
+    float *logits;  /* [n_draft][n_vocab] or NULL */
 } td_dflash_job_t;
 int td_dflash_draft_many(td_dflash_job_t *jobs, int n_jobs, td_err_t *err);
 

@@ -515,7 +515,7 @@ static int s_dflash_take(td_drafter_service_t *s, td_server_t *srv, const td_rou
         }
     }
     int gamma = (int)r->gamma;
-    int B = gamma + 1 > dc->block_size ? gamma + 1 : dc->block_size;
+    int B = td_dflash_block_for(dc, gamma);
     if (B - 1 > (int)TD_WIRE_MAX_GAMMA || n - 1 + B > s->n_ctx) {
         s_reply_error(srv, from, req, TD_PERR_UNSUPPORTED,
                       "a text of %lld tokens and a block of %d do not fit the drafter's context "
@@ -565,6 +565,7 @@ static td_dflash_job_t s_dflash_job(td_drafter_service_t *s, session_t *ss, cons
     return (td_dflash_job_t){.ctx = s->dctx[ss->slot],
                              .anchor = ss->tok[ss->n - 1],
                              .block = B,
+                             .n_draft = k->gamma,
                              .sp = sp,
                              .rng = rng,
                              .draft = ss->cur.tok,

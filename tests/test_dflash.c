@@ -177,6 +177,90 @@ TD_TEST(forward_matches_reference) {
     s_close(&f);
 }
 
+/* A job that scores only rows 1..n_draft of its block gives bitwise those rows of the whole
+ * block (the rows past n_draft still shape them: same block, fewer LM head rows). */
+TD_TEST(n_draft_scores_leading_rows) {
+    fx_t f;
+    if (!s_open(&f)) return;
+    const cJSON *cs = cJSON_GetArrayItem(cJSON_GetObjectItem(f.cases, "cases"), 0);
+    const cJSON *toks = cJSON_GetObjectItem(cs, "tokens");
+    int n = cJSON_GetArraySize(toks), B = cJSON_GetObjectItem(cs, "block")->valueint;
+    const int V = td_model_config(f.m)->n_vocab;
+    size_t nf = 0;
+    float *feat = s_read_f32(cJSON_GetObjectItem(cs, "features")->valuestring, &nf);
+    REQUIRE(feat && B >= 4);
+    td_err_t err = {0};
+    td_dflash_ctx_t *cx = td_dflash_ctx_new(f.d, 64, &err);
+    REQUIRE(cx);
+    REQUIRE(td_dflash_ctx_append(cx, feat, n - 1, &err) == TD_OK);
+    int32_t anchor = cJSON_GetArrayItem(toks, n - 1)->valueint, all[32], some[32];
+    float *lall = malloc((size_t)(B - 1) * V * sizeof *lall);
+    td_sampling_t sp = {0};
+    REQUIRE(td_dflash_draft(cx, anchor, B, &sp, NULL, all, NULL, lall, &err) == TD_OK);
+    for (int k = 1; k < B; k++) {
+        /* exactly k rows: a job that wrote more would overrun it (make check's ASan) */
+        float *lsome = malloc((size_t)k * V * sizeof *lsome);
+        td_dflash_job_t j = {.ctx = cx, .anchor = anchor, .block = B, .n_draft = k, .sp = &sp};
+        j.draft = some, j.logits = lsome;
+        CHECK_MSG(td_dflash_draft_many(&j, 1, &err) == TD_OK, "%s", err.msg);
+        CHECK_MSG(!memcmp(some, all, (size_t)k * sizeof *all), "n_draft %d: tokens differ", k);
+        CHECK_MSG(!memcmp(lsome, lall, (size_t)k * V * sizeof *lall), "n_draft %d: logits differ",
+                  k);
+        free(lsome);
+    }
+    td_dflash_job_t bad = {.ctx = cx, .anchor = anchor, .block = B, .n_draft = B, .sp = &sp};
+    bad.draft = some;
+    CHECK(td_dflash_draft_many(&bad, 1, &err) == TD_ERR_ARG);
+    free(lall);
+    free(feat);
+    td_dflash_ctx_destroy(&cx);
+    s_close(&f);
+}
+
+/* config.json's optional block_sizes: the blocks a drafter was trained for; a draft runs in the
+ * smallest that holds it. Malformed lists are refused by name. */
+static int s_config_with(const char *dir, const char *extra, td_dflash_config_t *c, td_err_t *err) {
+    char src[1024], dst[1024], *text = NULL;
+    size_t len = 0;
+    snprintf(src, sizeof src, "%s/dflash/drafter/config.json", td_test_data());
+    if (td_read_file(src, &text, &len, err) != TD_OK) return -1;
+    cJSON *o = cJSON_ParseWithLength(text, len);
+    free(text);
+    if (extra) cJSON_AddItemToObject(o, "block_sizes", cJSON_Parse(extra));
+    char *out = cJSON_Print(o);
+    cJSON_Delete(o);
+    snprintf(dst, sizeof dst, "%s/config.json", dir);
+    FILE *fp = fopen(dst, "w");
+    if (fp) fputs(out, fp), fclose(fp);
+    free(out);
+    return td_dflash_config_load(dir, c, err);
+}
+
+TD_TEST(block_sizes) {
+    char dir[] = "/tmp/td_dflash_bsXXXXXX";
+    REQUIRE(mkdtemp(dir));
+    td_dflash_config_t c;
+    td_err_t err = {0};
+    REQUIRE(s_config_with(dir, NULL, &c, &err) == TD_OK); /* no list: {block_size} = {8} */
+    CHECK_EQ_INT(c.n_block_sizes, 1);
+    CHECK_EQ_INT(td_dflash_block_for(&c, 1), 8);
+    CHECK_EQ_INT(td_dflash_block_for(&c, 7), 8);
+    CHECK_EQ_INT(td_dflash_block_for(&c, 12), 13);
+    REQUIRE(s_config_with(dir, "[4, 8, 16]", &c, &err) == TD_OK);
+    CHECK_EQ_INT(c.n_block_sizes, 3);
+    const int want[17] = {0, 4, 4, 4, 8, 8, 8, 8, 16, 16, 16, 16, 16, 16, 16, 16, 17};
+    for (int g = 1; g <= 16; g++) CHECK_EQ_INT(td_dflash_block_for(&c, g), want[g]);
+    const char *bad[] = {"[8, 4]", "[1, 8]", "[]", "\"8\"", "[4, 4.5]", "[2,3,4,5,6,7,8,9,10]"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        CHECK_MSG(s_config_with(dir, bad[i], &c, &err) == TD_ERR_FORMAT, "%s accepted", bad[i]);
+        CHECK_MSG(strstr(err.msg, "block_sizes"), "%s: %s", bad[i], err.msg);
+    }
+    char path[1100];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    unlink(path);
+    rmdir(dir);
+}
+
 /* The verifier's own hidden states (td_batch_t.hidden_layers) equal the fixture's HF features to
  * bf16 rounding: the layer convention of the features matches training's. */
 TD_TEST(verifier_features_match_hf) {

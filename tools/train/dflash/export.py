@@ -38,13 +38,19 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "models/dflash-smollm2"))
     ap.add_argument("--tandem", default=os.path.join(ROOT, "build/bin/tandem"))
     ap.add_argument("--target", nargs="+",
-                    default=[os.path.join(ROOT, "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")])
+                    default=[os.path.join(ROOT, f"models/smollm2/SmolLM2-135M-Instruct.{q}.gguf")
+                             for q in ("Q4_1", "BF16")],
+                    help="target files whose fingerprints the drafter accepts (missing ones are skipped; "
+                         "the BF16 one comes from tools/peer/make-variants.sh)")
     args = ap.parse_args()
 
     ck = torch.load(args.ckpt, weights_only=False)
     cfg = json.loads(json.dumps(ck["cfg"]))
     fps = []
     for t in args.target:
+        if not os.path.exists(t):
+            print(f"export: {t} is absent; its fingerprint is not listed", file=sys.stderr)
+            continue
         fp = fingerprint(args.tandem, t)
         if fp:
             fps.append(fp)
@@ -52,6 +58,10 @@ def main():
             print(f"export: WARNING: no fingerprint for {t} (tandem inspect --json has no "
                   f"'fingerprint' yet); target.fingerprints left without it", file=sys.stderr)
     cfg["target"]["fingerprints"] = fps
+    # the block sizes it was trained for (train.py --p8: a share of the blocks of size 8): the C
+    # drafter runs a draft of gamma tokens in the smallest of them that holds it
+    p8 = ck.get("training", {}).get("args", {}).get("p8", 0)
+    cfg["block_sizes"] = sorted({8, cfg["block_size"]}) if p8 > 0 else [cfg["block_size"]]
     ev = ck.get("eval", {})
     tr = ck.get("training", {})
     cfg["training"] = {

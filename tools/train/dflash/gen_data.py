@@ -145,13 +145,14 @@ def features_pass(args, model):
     if not os.path.exists(emb_path):
         emb = model.get_input_embeddings().weight.detach().clone()
         torch.save({"embed": emb, "rms_norm_eps": model.config.rms_norm_eps,
-                    "n_layer": model.config.num_hidden_layers}, emb_path)
+                    "n_layer": model.config.num_hidden_layers}, emb_path + f".tmp{args.shard}")
+        os.replace(emb_path + f".tmp{args.shard}", emb_path)  # two shards may both write it
     agree = tot = 0
     t0 = time.time()
     n_new = 0
     for r in recs:
         fp = os.path.join(args.data, f"feat_{r['idx']:05d}.pt")
-        if os.path.exists(fp):
+        if os.path.exists(fp) or r["idx"] % args.shards != args.shard:
             continue
         ids = r["prompt_ids"] + r["answer_ids"]
         x = torch.tensor([ids])
@@ -196,7 +197,7 @@ def main():
     ap.add_argument("--n", type=int, default=800, help="first N prompts of the set")
     ap.add_argument("--max-tokens", type=int, default=192)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--shard", type=int, default=0, help="answers: this process does idx %% shards == shard")
+    ap.add_argument("--shard", type=int, default=0, help="this process does the prompts with idx %% shards == shard (answers and features)")
     ap.add_argument("--shards", type=int, default=1)
     ap.add_argument("--follow", action="store_true", help="features: keep polling for new answers")
     ap.add_argument("--target-layers", type=int, nargs="+", default=TARGET_LAYERS)

@@ -254,6 +254,10 @@ def main():
     ap.add_argument("--init", choices=["target", "random"], default="target")
     ap.add_argument("--ckpt-minutes", type=float, default=3.0)
     ap.add_argument("--eval-every", type=int, default=50)
+    ap.add_argument("--eval-seqs", type=int, default=12, help="held-out sequences in an eval")
+    ap.add_argument("--eval-stride", type=int, default=12, help="answer positions between held-out anchors")
+    ap.add_argument("--bf16", action="store_true",
+                    help="bf16 autocast for the forward/backward (AVX512_BF16 CPUs; master weights stay float32)")
     ap.add_argument("--plot", default=os.path.join(HERE, "plots", "training_curves.png"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -305,8 +309,8 @@ def main():
 
     def do_eval():
         nonlocal best
-        e16 = evaluate(model, data, mask_id, 16)
-        e8 = evaluate(model, data, mask_id, 8)
+        e16 = evaluate(model, data, mask_id, 16, args.eval_seqs, args.eval_stride)
+        e8 = evaluate(model, data, mask_id, 8, args.eval_seqs, args.eval_stride)
         rec = {"step": step, "eval16": e16, "eval8": e8, "train_s": round(train_s, 1)}
         log.append(rec)
         with open(log_path, "a") as f:
@@ -337,7 +341,8 @@ def main():
             anchors.append([rng.randrange(P, T - 1) for _ in range(args.blocks)])
             sizes.append([8 if rng.random() < args.p8 else 16 for _ in range(args.blocks)])
         batch = build_batch(picks, anchors, sizes, mask_id)
-        loss, acc = loss_fn(model, batch, data)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            loss, acc = loss_fn(model, batch, data)
         opt.zero_grad()
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
