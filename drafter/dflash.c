@@ -35,6 +35,7 @@ struct td_dflash_ctx {
     td_dflash_t *d;
     int n_ctx, len;
     float **k, **v; /* [n_layer] -> [n_ctx, n_kv_head * head_dim] backend memory */
+    float *last;    /* anchor_feature: the context row of position len - 1 [hidden] */
 };
 
 /* --- config ------------------------------------------------------------------------------------
@@ -90,6 +91,10 @@ static int s_parse(const cJSON *o, td_dflash_config_t *c, const char *file, td_e
         (rc = s_float(o, "rope_theta", &c->rope_theta, file, err)))
         return rc;
     c->mask_token_id = mask;
+    const cJSON *af = cJSON_GetObjectItemCaseSensitive(o, "anchor_feature");
+    if (af && !cJSON_IsBool(af))
+        return td_err_set(err, TD_ERR_FORMAT, "%s: 'anchor_feature' is not true or false", file);
+    c->anchor_feature = cJSON_IsTrue(af);
     const cJSON *bs = cJSON_GetObjectItemCaseSensitive(o, "block_sizes");
     int nb = bs ? cJSON_GetArraySize(bs) : 0;
     if (bs && (!cJSON_IsArray(bs) || nb < 1 || nb > TD_DFLASH_MAX_BLOCK_SIZES))
@@ -372,6 +377,9 @@ td_dflash_ctx_t *td_dflash_ctx_new(td_dflash_t *d, int n_ctx, td_err_t *err) {
     c->k = calloc((size_t)d->cfg.n_layer, sizeof *c->k);
     c->v = calloc((size_t)d->cfg.n_layer, sizeof *c->v);
     if (!c->k || !c->v) goto nomem;
+    if (d->cfg.anchor_feature &&
+        !(c->last = td_backend_alloc(d->be, (size_t)d->cfg.hidden * sizeof(float))))
+        goto nomem;
     size_t row = (size_t)d->cfg.n_kv_head * d->cfg.head_dim * sizeof(float);
     for (int l = 0; l < d->cfg.n_layer; l++) {
         c->k[l] = td_backend_alloc(d->be, (size_t)n_ctx * row);
@@ -392,6 +400,7 @@ void td_dflash_ctx_destroy(td_dflash_ctx_t **self_p) {
         if (c->k && c->k[l]) td_backend_free(c->d->be, c->k[l]);
         if (c->v && c->v[l]) td_backend_free(c->d->be, c->v[l]);
     }
+    if (c->last) td_backend_free(c->d->be, c->last);
     free(c->k);
     free(c->v);
     free(c);
@@ -454,6 +463,9 @@ int td_dflash_ctx_append(td_dflash_ctx_t *c, const float *features, int rows, td
                        (size_t)n * d->fdim * sizeof(float));
         td_op_matmul(d->be, d->x, d->fin, &d->fc, NULL, n);
         td_op_rmsnorm(d->be, d->x, d->x, &d->hidden_norm, n, d->cfg.hidden, d->cfg.eps);
+        if (c->last)
+            td_backend_copy(d->be, c->last, d->x + (size_t)(n - 1) * d->cfg.hidden,
+                            (size_t)d->cfg.hidden * sizeof(float));
         for (int l = 0; l < d->cfg.n_layer; l++) {
             s_kv_proj(d, l, d->x, pos, n);
             s_kv_store(c, l, 0, idx, n);
@@ -519,6 +531,11 @@ int td_dflash_draft_many(td_dflash_job_t *jobs, int n_jobs, td_err_t *err) {
         kv_len[j] = J->ctx->len + J->block;
     }
     td_op_get_rows(d->be, d->h, d->embd, ids, N);
+    /* anchor_feature: every row of a block also gets its context's last row (none yet: nothing) */
+    for (int j = 0, r0 = 0; j < n_jobs; r0 += jobs[j++].block)
+        if (jobs[j].ctx->last && jobs[j].ctx->len > 0)
+            for (int i = 0; i < jobs[j].block; i++)
+                td_op_add(d->be, d->h + (size_t)(r0 + i) * H, jobs[j].ctx->last, H);
     td_attn_desc_t ad = {.n_head = cf->n_head, .n_kv_head = cf->n_kv_head, .kind = TD_ATTN_BIDIR};
     ad.head_dim = cf->head_dim, ad.scale = 1.0f / sqrtf((float)cf->head_dim);
     for (int l = 0; l < cf->n_layer; l++) {

@@ -36,6 +36,9 @@ typedef struct td_dflash_config {
     int n_block_sizes;
     int block_sizes[TD_DFLASH_MAX_BLOCK_SIZES];
     int32_t mask_token_id;                          /* a target vocabulary id */
+    /* "anchor_feature": every block row starts as its token's embedding plus the context row of
+     * the position before the anchor (the last feature the drafter holds; nothing when none) */
+    int anchor_feature;
     int hidden, n_layer, n_head, n_kv_head, head_dim, n_ff;
     float eps, rope_theta;
     /* the target it was trained for */

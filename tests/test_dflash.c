@@ -123,26 +123,25 @@ TD_TEST(config_and_target_checks) {
     s_close(&f);
 }
 
-/* The C forward against the reference logits, features from the fixture. */
-TD_TEST(forward_matches_reference) {
-    fx_t f;
-    if (!s_open(&f)) return;
-    const cJSON *arr = cJSON_GetObjectItem(f.cases, "cases");
+/* The C forward of drafter d against the reference logits under key (every case), features from
+ * the fixture. */
+static void s_check_cases(fx_t *f, td_dflash_t *d, const char *key) {
+    const cJSON *arr = cJSON_GetObjectItem(f->cases, "cases");
     int nc = cJSON_GetArraySize(arr);
     CHECK(nc >= 3);
-    const int V = td_model_config(f.m)->n_vocab, FD = td_dflash_feature_dim(f.d);
+    const int V = td_model_config(f->m)->n_vocab, FD = td_dflash_feature_dim(d);
     for (int ci = 0; ci < nc; ci++) {
         const cJSON *cs = cJSON_GetArrayItem(arr, ci);
         const cJSON *toks = cJSON_GetObjectItem(cs, "tokens");
         int n = cJSON_GetArraySize(toks), B = cJSON_GetObjectItem(cs, "block")->valueint;
         size_t nf = 0, nl = 0;
         float *feat = s_read_f32(cJSON_GetObjectItem(cs, "features")->valuestring, &nf);
-        float *want = s_read_f32(cJSON_GetObjectItem(cs, "logits")->valuestring, &nl);
+        float *want = s_read_f32(cJSON_GetObjectItem(cs, key)->valuestring, &nl);
         REQUIRE(feat && want);
         CHECK_EQ_INT(nf, (size_t)(n - 1) * FD);
         CHECK_EQ_INT(nl, (size_t)(B - 1) * V);
         td_err_t err = {0};
-        td_dflash_ctx_t *cx = td_dflash_ctx_new(f.d, 64, &err);
+        td_dflash_ctx_t *cx = td_dflash_ctx_new(d, 64, &err);
         REQUIRE(cx);
         /* append in two pieces: the cache must not care */
         int half = (n - 1) / 2;
@@ -161,19 +160,80 @@ TD_TEST(forward_matches_reference) {
             if (dd > maxd) maxd = dd;
             if (fabs(want[i]) > maxa) maxa = fabs(want[i]);
         }
-        CHECK_MSG(maxd < 1e-4 * (1 + maxa), "case %d: max |diff| %g (max |logit| %g)", ci, maxd,
-                  maxa);
+        CHECK_MSG(maxd < 1e-4 * (1 + maxa), "%s case %d: max |diff| %g (max |logit| %g)", key, ci,
+                  maxd, maxa);
         for (int i = 0; i < B - 1; i++) CHECK_EQ_INT(draft[i], td_argmax(want + (size_t)i * V, V));
         /* drafting twice gives the same (the block rows are scratch) */
         int32_t again[32];
         CHECK(td_dflash_draft(cx, anchor, B, &sp, NULL, again, NULL, NULL, &err) == TD_OK);
         CHECK(!memcmp(draft, again, (size_t)(B - 1) * sizeof *draft));
-        if (getenv("TD_TEST_VERBOSE")) printf("    case %d: max diff %g\n", ci, maxd);
+        if (getenv("TD_TEST_VERBOSE")) printf("    %s case %d: max diff %g\n", key, ci, maxd);
         free(got);
         free(feat);
         free(want);
         td_dflash_ctx_destroy(&cx);
     }
+}
+
+TD_TEST(forward_matches_reference) {
+    fx_t f;
+    if (!s_open(&f)) return;
+    s_check_cases(&f, f.d, "logits");
+    s_close(&f);
+}
+
+/* config "anchor_feature": true (the same weights): every block row starts as its embedding plus
+ * the last context row; against the reference's logits for that variant. */
+TD_TEST(anchor_feature_matches_reference) {
+    fx_t f;
+    if (!s_open(&f)) return;
+    char dir[] = "/tmp/td_dflash_afXXXXXX", src[1200], path[1300], *text = NULL;
+    REQUIRE(mkdtemp(dir));
+    size_t len = 0;
+    snprintf(src, sizeof src, "%s/config.json", f.dir);
+    REQUIRE(td_read_file(src, &text, &len, NULL) == TD_OK);
+    cJSON *o = cJSON_ParseWithLength(text, len);
+    free(text);
+    cJSON_AddBoolToObject(o, "anchor_feature", 1);
+    char *out = cJSON_Print(o);
+    cJSON_Delete(o);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    FILE *fp = fopen(path, "w");
+    REQUIRE(fp);
+    fputs(out, fp);
+    fclose(fp);
+    free(out);
+    char real[1100];
+    REQUIRE(realpath(f.dir, real));
+    snprintf(src, sizeof src, "%s/model.safetensors", real);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    REQUIRE(symlink(src, path) == 0);
+    td_err_t err = {0};
+    td_dflash_t *d = td_dflash_load(dir, f.m, f.fp, 0, &err);
+    CHECK_MSG(d, "%s", err.msg);
+    if (d) {
+        CHECK(td_dflash_config(d)->anchor_feature);
+        s_check_cases(&f, d, "logits_anchor_feature");
+        /* without context rows there is nothing to add: the plain drafter's block */
+        td_dflash_ctx_t *c1 = td_dflash_ctx_new(d, 32, &err), *c0 = td_dflash_ctx_new(f.d, 32, &err);
+        REQUIRE(c1 && c0);
+        const int V = td_model_config(f.m)->n_vocab;
+        float *l1 = malloc((size_t)7 * V * sizeof *l1), *l0 = malloc((size_t)7 * V * sizeof *l0);
+        int32_t d1[8], d0[8];
+        td_sampling_t sp = {0};
+        CHECK(td_dflash_draft(c1, 42, 8, &sp, NULL, d1, NULL, l1, &err) == TD_OK);
+        CHECK(td_dflash_draft(c0, 42, 8, &sp, NULL, d0, NULL, l0, &err) == TD_OK);
+        CHECK(!memcmp(l1, l0, (size_t)7 * V * sizeof *l1));
+        free(l1);
+        free(l0);
+        td_dflash_ctx_destroy(&c1);
+        td_dflash_ctx_destroy(&c0);
+        td_dflash_destroy(&d);
+    }
+    unlink(path);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    unlink(path);
+    rmdir(dir);
     s_close(&f);
 }
 
@@ -219,14 +279,15 @@ TD_TEST(n_draft_scores_leading_rows) {
 
 /* config.json's optional block_sizes: the blocks a drafter was trained for; a draft runs in the
  * smallest that holds it. Malformed lists are refused by name. */
-static int s_config_with(const char *dir, const char *extra, td_dflash_config_t *c, td_err_t *err) {
+static int s_config_with(const char *dir, const char *key, const char *extra, td_dflash_config_t *c,
+                         td_err_t *err) {
     char src[1024], dst[1024], *text = NULL;
     size_t len = 0;
     snprintf(src, sizeof src, "%s/dflash/drafter/config.json", td_test_data());
     if (td_read_file(src, &text, &len, err) != TD_OK) return -1;
     cJSON *o = cJSON_ParseWithLength(text, len);
     free(text);
-    if (extra) cJSON_AddItemToObject(o, "block_sizes", cJSON_Parse(extra));
+    if (extra) cJSON_AddItemToObject(o, key, cJSON_Parse(extra));
     char *out = cJSON_Print(o);
     cJSON_Delete(o);
     snprintf(dst, sizeof dst, "%s/config.json", dir);
@@ -241,20 +302,27 @@ TD_TEST(block_sizes) {
     REQUIRE(mkdtemp(dir));
     td_dflash_config_t c;
     td_err_t err = {0};
-    REQUIRE(s_config_with(dir, NULL, &c, &err) == TD_OK); /* no list: {block_size} = {8} */
+    REQUIRE(s_config_with(dir, "block_sizes", NULL, &c, &err) == TD_OK); /* no list: {block_size} = {8} */
     CHECK_EQ_INT(c.n_block_sizes, 1);
     CHECK_EQ_INT(td_dflash_block_for(&c, 1), 8);
     CHECK_EQ_INT(td_dflash_block_for(&c, 7), 8);
     CHECK_EQ_INT(td_dflash_block_for(&c, 12), 13);
-    REQUIRE(s_config_with(dir, "[4, 8, 16]", &c, &err) == TD_OK);
+    REQUIRE(s_config_with(dir, "block_sizes", "[4, 8, 16]", &c, &err) == TD_OK);
     CHECK_EQ_INT(c.n_block_sizes, 3);
     const int want[17] = {0, 4, 4, 4, 8, 8, 8, 8, 16, 16, 16, 16, 16, 16, 16, 16, 17};
     for (int g = 1; g <= 16; g++) CHECK_EQ_INT(td_dflash_block_for(&c, g), want[g]);
     const char *bad[] = {"[8, 4]", "[1, 8]", "[]", "\"8\"", "[4, 4.5]", "[2,3,4,5,6,7,8,9,10]"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-        CHECK_MSG(s_config_with(dir, bad[i], &c, &err) == TD_ERR_FORMAT, "%s accepted", bad[i]);
+        CHECK_MSG(s_config_with(dir, "block_sizes", bad[i], &c, &err) == TD_ERR_FORMAT,
+                  "%s accepted", bad[i]);
         CHECK_MSG(strstr(err.msg, "block_sizes"), "%s: %s", bad[i], err.msg);
     }
+    /* anchor_feature: a boolean or absent */
+    CHECK_EQ_INT(c.anchor_feature, 0);
+    REQUIRE(s_config_with(dir, "anchor_feature", "true", &c, &err) == TD_OK);
+    CHECK_EQ_INT(c.anchor_feature, 1);
+    CHECK(s_config_with(dir, "anchor_feature", "1", &c, &err) == TD_ERR_FORMAT);
+    CHECK_MSG(strstr(err.msg, "anchor_feature"), "%s", err.msg);
     char path[1100];
     snprintf(path, sizeof path, "%s/config.json", dir);
     unlink(path);

@@ -17,6 +17,8 @@ Writes tests/data/dflash/:
                                                    to bf16 (what the wire carries)
   case<i>_logits.bin                               the drafter's logits [block-1, 4096] f32, computed
                                                    in float64 from those features
+  case<i>_logits_af.bin                            the same with "anchor_feature": true (every block
+                                                   row plus the last context row)
 
 Run from the repo root (after `make`): /work/venv/bin/python tools/make_dflash_fixture.py
 """
@@ -61,12 +63,15 @@ def rope(x, pos):  # x [n, heads, hd], HF rotate_half
     return x * cos + rot * sin
 
 
-def reference(W, emb, feats, anchor, block, eps):
-    """The spec's drafter forward in float64. feats [n_ctx, k*H]."""
+def reference(W, emb, feats, anchor, block, eps, anchor_feature=False):
+    """The spec's drafter forward in float64. feats [n_ctx, k*H]. anchor_feature: every block row
+    also gets the last context row c[n_ctx - 1] (config "anchor_feature")."""
     n_ctx = feats.shape[0]
     c = rms(feats @ W["fc.weight"].T, W["hidden_norm.weight"], eps)
     ids = [anchor] + [MASK] * (block - 1)
     h = emb[ids].clone()
+    if anchor_feature and n_ctx > 0:
+        h = h + c[-1]
     pc = torch.arange(n_ctx)
     pb = n_ctx + torch.arange(block)
     for i in range(NL):
@@ -148,8 +153,10 @@ def main():
         logits = reference(W, emb, feats.double(), toks[-1], block, eps).float()
         feats.numpy().astype("<f4").tofile(f"{OUT}/case{ci}_feat.bin")
         logits.numpy().astype("<f4").tofile(f"{OUT}/case{ci}_logits.bin")
+        laf = reference(W, emb, feats.double(), toks[-1], block, eps, anchor_feature=True).float()
+        laf.numpy().astype("<f4").tofile(f"{OUT}/case{ci}_logits_af.bin")
         cases.append({"tokens": toks, "block": block, "features": f"case{ci}_feat.bin",
-                      "logits": f"case{ci}_logits.bin"})
+                      "logits": f"case{ci}_logits.bin", "logits_anchor_feature": f"case{ci}_logits_af.bin"})
     json.dump({"target": TARGET, "target_layers": TARGET_LAYERS, "cases": cases},
               open(OUT + "/cases.json", "w"), indent=1)
     print("wrote", OUT, "fingerprint", fp)

@@ -122,7 +122,7 @@ class DFlashDrafter(nn.Module):
         """feats [S, T, k*H] -> c [S, T, H]."""
         return self.hidden_norm(self.fc(feats))
 
-    def hidden(self, feats, block_tokens, block_pos, ctx_pos, mask):
+    def hidden(self, feats, block_tokens, block_pos, ctx_pos, mask, block_len=None):
         """Packed forward. feats [S, T, kH]; block_tokens/block_pos [S, N] (long); ctx_pos [S, T];
         mask [S, N, T+N] bool. Returns the final-normed hidden states of the block rows [S, N, H]."""
         theta, hd = self.cfg["rope_theta"], self.cfg["head_dim"]
@@ -130,9 +130,22 @@ class DFlashDrafter(nn.Module):
         rq = rope_cos_sin(block_pos, hd, theta)
         rc = rope_cos_sin(ctx_pos, hd, theta)
         h = F.embedding(block_tokens, self.embed)
+        if self.cfg.get("anchor_feature"):
+            h = h + self.anchor_feature(ctx, block_pos, block_len or self.cfg["block_size"])
         for layer in self.layers:
             h = layer(h, ctx, rq, rc, mask)
         return self.norm(h)
+
+    def anchor_feature(self, ctx, block_pos, B):
+        """anchor_feature: every block row also gets the projected context row of the position just
+        before its block's anchor (the last committed feature), c_{a-1}; zeros without context.
+        ctx [S, T, H]; block_pos [S, N] (each block's rows at a .. a+B-1; row 0 of a block is its
+        anchor; B: rows per block in this packing)."""
+        S, N = block_pos.shape
+        a = block_pos.view(S, -1, B)[:, :, :1].expand(S, N // B, B).reshape(S, N)
+        idx = (a - 1).clamp(min=0)
+        g = torch.gather(ctx, 1, idx.unsqueeze(-1).expand(S, N, ctx.shape[-1]))
+        return g * (a >= 1).unsqueeze(-1).to(g.dtype)
 
     def logits(self, hid):
         return hid @ self.embed.t()
@@ -148,5 +161,5 @@ class DFlashDrafter(nn.Module):
         bpos = torch.arange(Lc, Lc + B).unsqueeze(0)
         cpos = torch.arange(Lc).unsqueeze(0)
         mask = torch.ones(1, B, Lc + B, dtype=torch.bool)
-        hid = self.hidden(feats.float().unsqueeze(0), toks, bpos, cpos, mask)
+        hid = self.hidden(feats.float().unsqueeze(0), toks, bpos, cpos, mask, block_len=B)
         return self.logits(hid[0, 1:])

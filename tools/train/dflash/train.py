@@ -50,8 +50,9 @@ def is_heldout(idx):
     return idx % 10 == 9
 
 
-def make_cfg(mask_id, block_size=16):
+def make_cfg(mask_id, block_size=16, anchor_feature=False):
     return {"architecture": "dflash", "target_layers": TARGET_LAYERS, "block_size": block_size,
+            "anchor_feature": anchor_feature,
             "mask_token_id": mask_id, "hidden_size": 576, "num_hidden_layers": 2,
             "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
             "intermediate_size": 1536, "rms_norm_eps": 1e-5, "rope_theta": 100000.0,
@@ -162,7 +163,7 @@ def evaluate(model, data, mask_id, B, max_seqs=12, stride=12):
             continue
         batch = build_batch([(ids, P, f)], [anchors], [[B] * len(anchors)], mask_id, Bmax=B)
         feats, toks, bpos, cpos, mask, labels, _ = batch
-        hid = model.hidden(feats, toks, bpos, cpos, mask)
+        hid = model.hidden(feats, toks, bpos, cpos, mask, block_len=B)
         pred = model.logits(hid).argmax(-1).view(len(anchors), B)
         lab = labels.view(len(anchors), B)
         for n in range(len(anchors)):
@@ -256,6 +257,9 @@ def main():
     ap.add_argument("--eval-every", type=int, default=50)
     ap.add_argument("--eval-seqs", type=int, default=12, help="held-out sequences in an eval")
     ap.add_argument("--eval-stride", type=int, default=12, help="answer positions between held-out anchors")
+    ap.add_argument("--anchor-feature", action="store_true",
+                    help="every block row also gets the projected feature of the position before its anchor "
+                         "(config anchor_feature; see reference.py)")
     ap.add_argument("--bf16", action="store_true",
                     help="bf16 autocast for the forward/backward (AVX512_BF16 CPUs; master weights stay float32)")
     ap.add_argument("--plot", default=os.path.join(HERE, "plots", "training_curves.png"))
@@ -279,7 +283,7 @@ def main():
         torch.manual_seed(args.seed)
         mask_id, nseen = pick_mask_id(args.data)
         print(f"mask_token_id = {mask_id} (absent from the {nseen} distinct ids in the data)", flush=True)
-        cfg = make_cfg(mask_id)
+        cfg = make_cfg(mask_id, anchor_feature=args.anchor_feature)
         model = DFlashDrafter(cfg, emb)
         if args.init == "target":
             init_from_target(model, args.gguf)
