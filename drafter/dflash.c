@@ -3,6 +3,7 @@
 #include "drafter/dflash.h"
 #include "drafter/draft.h"
 
+#include "kernels/quant.h"
 #include "model/tensor_source.h"
 
 #include <cjson/cJSON.h>
@@ -25,6 +26,14 @@ struct td_dflash {
     dl_layer_t *layers;
     const void **uploads;
     int n_uploads;
+    /* draft_vocab: the ids the drafter may propose, ascending, and the target LM head's rows for
+     * them (sub_head, built at load; host copy sub_host), or n_sub = 0: the whole head */
+    int32_t *vocab;
+    int n_sub;
+    td_weight_t sub_head;
+    void *sub_host;
+    float *sub_logits; /* host [rows, n_sub] */
+    size_t sub_cap;
     int n_vocab, fdim;
     /* scratch (backend memory), grown on demand */
     int cap_rows;
@@ -257,6 +266,76 @@ static int s_bind(td_dflash_t *d, td_weight_t *w, int64_t d0, int64_t d1, td_err
     return TD_OK;
 }
 
+/* The optional I32 tensor draft_vocab: the ids this drafter may propose. Their rows of the
+ * target's LM head are gathered once into sub_head (Q8_0 when the head is quantized: a Q8_0
+ * head's rows come back bit for bit; the head's own dtype when it is a float type), so a draft
+ * scores those ids only: a smaller LM head product, the other ids at -inf (never drafted; the
+ * proposal's distribution stays the one the verifier corrects, so nothing changes in what is
+ * accepted but the drafter's cost). */
+static int s_sub_head(td_dflash_t *d, td_err_t *err) {
+    td_tensor_info_t t;
+    if (!td_tensor_source_find(d->src, "draft_vocab", &t)) return TD_OK;
+    if (t.dtype != TD_DTYPE_I32 || t.ndim != 1 || t.shape[0] < 1 || t.shape[0] > d->n_vocab)
+        return td_err_set(err, TD_ERR_FORMAT,
+                          "%s: tensor 'draft_vocab' must be I32 [n] with 1 <= n <= %d (the "
+                          "target's vocabulary)",
+                          t.file, d->n_vocab);
+    const int n = (int)t.shape[0], H = d->cfg.hidden;
+    if (!(d->vocab = malloc((size_t)n * sizeof *d->vocab)))
+        return td_err_set(err, TD_ERR_NOMEM, "out of memory");
+    memcpy(d->vocab, t.data, (size_t)n * sizeof *d->vocab);
+    for (int i = 0; i < n; i++)
+        if (d->vocab[i] < 0 || d->vocab[i] >= d->n_vocab || (i && d->vocab[i] <= d->vocab[i - 1]))
+            return td_err_set(err, TD_ERR_FORMAT,
+                              "%s: draft_vocab[%d] = %d is outside the vocabulary (%d) or not above "
+                              "the id before it",
+                              t.file, i, d->vocab[i], d->n_vocab);
+    const td_dtype_t hd = d->lm_head->dtype;
+    const td_dtype_t dt = td_dtype_is_quantized(hd) ? (H % 32 ? TD_DTYPE_F32 : TD_DTYPE_Q8_0) : hd;
+    const size_t rb = td_dtype_row_bytes(dt, H);
+    float *dev = td_backend_alloc(d->be, (size_t)n * H * sizeof(float));
+    float *rows = malloc((size_t)n * H * sizeof(float));
+    d->sub_host = malloc((size_t)n * rb);
+    int rc = TD_OK;
+    if (!dev || !rows || !d->sub_host) {
+        rc = td_err_set(err, TD_ERR_NOMEM, "out of memory for the draft vocabulary's head");
+        goto done;
+    }
+    td_op_get_rows(d->be, dev, d->lm_head, d->vocab, n);
+    td_backend_get(d->be, rows, dev, (size_t)n * H * sizeof(float));
+    if ((rc = td_backend_status(d->be, err))) goto done;
+    for (int i = 0; i < n; i++) {
+        const float *x = rows + (size_t)i * H;
+        uint8_t *o = (uint8_t *)d->sub_host + (size_t)i * rb;
+        for (int c = 0; c < H && (dt == TD_DTYPE_BF16 || dt == TD_DTYPE_F16); c++) {
+            uint16_t v = dt == TD_DTYPE_BF16 ? td_f32_to_bf16(x[c]) : td_f32_to_f16(x[c]);
+            memcpy(o + 2 * c, &v, 2);
+        }
+        if (dt == TD_DTYPE_F32) memcpy(o, x, rb);
+        if (dt == TD_DTYPE_Q8_0) td_quantize_row(dt, x, o, H);
+    }
+    const void *p = td_backend_weights(d->be, d->sub_host, (size_t)n * rb);
+    if (!p) {
+        rc = td_err_set(err, TD_ERR_NOMEM, "cannot place the draft vocabulary's head");
+        goto done;
+    }
+    d->uploads[d->n_uploads++] = p;
+    td_weight_t w = {.data = p, .dtype = dt, .rows = n, .cols = H};
+    if (td_backend_prepare_weight(d->be, &w) != TD_OK) {
+        rc = td_err_set(err, TD_ERR_NOMEM, "out of memory regrouping the draft vocabulary's head");
+        goto done;
+    }
+    if (w.data != p) d->uploads[d->n_uploads++] = w.data;
+    d->sub_head = w;
+    d->n_sub = n;
+done:
+    if (dev) td_backend_free(d->be, dev);
+    free(rows);
+    return rc;
+}
+
+int td_dflash_draft_vocab(const td_dflash_t *d) { return d->n_sub; }
+
 td_dflash_t *td_dflash_load(const char *dir, td_model_t *target, uint64_t target_fingerprint,
                             int any_target, td_err_t *err) {
     td_dflash_config_t c;
@@ -276,7 +355,7 @@ td_dflash_t *td_dflash_load(const char *dir, td_model_t *target, uint64_t target
     d->n_vocab = t->n_vocab;
     d->fdim = c.n_target_layers * t->n_embd;
     d->layers = calloc((size_t)c.n_layer, sizeof *d->layers);
-    d->uploads = calloc((size_t)(3 + 9 * c.n_layer), sizeof *d->uploads);
+    d->uploads = calloc((size_t)(5 + 9 * c.n_layer), sizeof *d->uploads);
     char path[4096];
     td_path_join(path, sizeof path, dir, "model.safetensors");
     d->src = td_tensor_source_open(path, err);
@@ -304,6 +383,7 @@ td_dflash_t *td_dflash_load(const char *dir, td_model_t *target, uint64_t target
             (rc = s_bind(d, &L->down, H, F, err, "layers.%d.mlp.down_proj.weight", i)))
             break;
     }
+    if (!rc) rc = s_sub_head(d, err);
     if (rc) {
         td_dflash_destroy(&d);
         return NULL;
@@ -327,6 +407,9 @@ void td_dflash_destroy(td_dflash_t **self_p) {
     for (int i = 0; i < d->n_uploads; i++) td_backend_free_weights(d->be, d->uploads[i]);
     free(d->uploads);
     free(d->layers);
+    free(d->vocab);
+    free(d->sub_host);
+    free(d->sub_logits);
     td_tensor_source_destroy(&d->src);
     free(d);
     *self_p = NULL;
@@ -568,8 +651,27 @@ int td_dflash_draft_many(td_dflash_job_t *jobs, int n_jobs, td_err_t *err) {
     for (int j = 0, r0 = 0, o0 = 0; j < n_jobs; r0 += jobs[j].block, o0 += s_rows(&jobs[j++]))
         td_op_rmsnorm(d->be, d->x + (size_t)o0 * H, d->h + (size_t)(r0 + 1) * H, &d->norm,
                       s_rows(&jobs[j]), H, cf->eps);
-    s_mm(d, d->logits, d->x, d->lm_head, M);
-    td_backend_get(d->be, host, d->logits, (size_t)M * V * sizeof *host);
+    if (!d->n_sub) {
+        s_mm(d, d->logits, d->x, d->lm_head, M);
+        td_backend_get(d->be, host, d->logits, (size_t)M * V * sizeof *host);
+    } else { /* the draft vocabulary's logits, the other ids at -inf */
+        const size_t ns = (size_t)d->n_sub;
+        if (d->sub_cap < (size_t)M * ns) {
+            free(d->sub_logits);
+            d->sub_cap = (d->sub_logits = malloc((size_t)M * ns * sizeof(float))) ? M * ns : 0;
+        }
+        if (!d->sub_logits) {
+            rc = td_err_set(err, TD_ERR_NOMEM, "out of memory");
+            goto done;
+        }
+        s_mm(d, d->logits, d->x, &d->sub_head, M);
+        td_backend_get(d->be, d->sub_logits, d->logits, (size_t)M * ns * sizeof(float));
+        for (int r = 0; r < M; r++) {
+            float *row = host + (size_t)r * V;
+            for (int i = 0; i < V; i++) row[i] = -INFINITY;
+            for (size_t i = 0; i < ns; i++) row[d->vocab[i]] = d->sub_logits[(size_t)r * ns + i];
+        }
+    }
     if ((rc = td_backend_status(d->be, err))) goto done;
     for (int j = 0, o0 = 0; j < n_jobs; o0 += s_rows(&jobs[j++])) {
         td_dflash_job_t *J = &jobs[j];

@@ -75,6 +75,10 @@ td_dflash_t *td_dflash_load(const char *dir, td_model_t *target, uint64_t target
 void td_dflash_destroy(td_dflash_t **self_p); /* safe on NULL and twice */
 const td_dflash_config_t *td_dflash_config(const td_dflash_t *d);
 int td_dflash_feature_dim(const td_dflash_t *d); /* k * H: floats per feature row */
+/* Ids in the drafter's draft vocabulary (model.safetensors' optional I32 tensor "draft_vocab":
+ * the only ids it proposes, scored through those rows of the target's LM head; the rest of a
+ * logits row is -inf), or 0 when it scores the whole vocabulary. */
+int td_dflash_draft_vocab(const td_dflash_t *d);
 
 /* --- per-session context cache -----------------------------------------------------------------
  */

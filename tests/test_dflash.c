@@ -237,6 +237,69 @@ TD_TEST(anchor_feature_matches_reference) {
     s_close(&f);
 }
 
+/* A drafter with a draft vocabulary (model.safetensors' draft_vocab): the listed ids get the
+ * reference logits, every other id -inf, and the drafts are the argmax over the listed ids. */
+TD_TEST(draft_vocab_scores_listed_ids) {
+    fx_t f;
+    if (!s_open(&f)) return;
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s/dflash/drafter-vocab", td_test_data());
+    td_err_t err = {0};
+    td_dflash_t *d = td_dflash_load(dir, f.m, f.fp, 0, &err);
+    CHECK_MSG(d, "%s", err.msg);
+    if (!d) {
+        s_close(&f);
+        return;
+    }
+    const int V = td_model_config(f.m)->n_vocab;
+    const int n_sub = td_dflash_draft_vocab(d);
+    CHECK(n_sub > V / 3 && n_sub < V / 2);
+    CHECK_EQ_INT(td_dflash_draft_vocab(f.d), 0);
+    const cJSON *arr = cJSON_GetObjectItem(f.cases, "cases");
+    int changed = 0, kept = 0;
+    for (int ci = 0; ci < cJSON_GetArraySize(arr); ci++) {
+        const cJSON *cs = cJSON_GetArrayItem(arr, ci);
+        const cJSON *toks = cJSON_GetObjectItem(cs, "tokens");
+        int n = cJSON_GetArraySize(toks), B = cJSON_GetObjectItem(cs, "block")->valueint;
+        size_t nf = 0, nl = 0;
+        float *feat = s_read_f32(cJSON_GetObjectItem(cs, "features")->valuestring, &nf);
+        float *want = s_read_f32(cJSON_GetObjectItem(cs, "logits")->valuestring, &nl);
+        REQUIRE(feat && want);
+        td_dflash_ctx_t *cx = td_dflash_ctx_new(d, 64, &err);
+        REQUIRE(cx);
+        REQUIRE(td_dflash_ctx_append(cx, feat, n - 1, &err) == TD_OK);
+        float *got = malloc((size_t)(B - 1) * V * sizeof *got);
+        int32_t draft[32];
+        td_sampling_t sp = {0};
+        REQUIRE(td_dflash_draft(cx, cJSON_GetArrayItem(toks, n - 1)->valueint, B, &sp, NULL, draft,
+                                NULL, got, &err) == TD_OK);
+        int listed = 0, bad = 0;
+        for (int r = 0; r < B - 1; r++) {
+            const float *g = got + (size_t)r * V, *w = want + (size_t)r * V;
+            int best = -1;
+            for (int i = 0; i < V; i++) {
+                if (isinf(g[i]) && g[i] < 0) continue;
+                listed += r == 0;
+                if (fabs((double)g[i] - w[i]) > 1e-4 * (1 + fabs(w[i]))) bad++;
+                if (best < 0 || w[i] > w[best]) best = i;
+            }
+            CHECK_EQ_INT(draft[r], best);
+            int full = td_argmax(w, V);
+            changed += best != full, kept += best == full;
+        }
+        CHECK_EQ_INT(listed, n_sub);
+        CHECK_MSG(bad == 0, "case %d: %d listed logits differ from the reference", ci, bad);
+        free(got);
+        free(feat);
+        free(want);
+        td_dflash_ctx_destroy(&cx);
+    }
+    /* the fixture lists case 0's first argmax ids and two thirds of the rest are gone */
+    CHECK(kept >= 3 && changed >= 3);
+    td_dflash_destroy(&d);
+    s_close(&f);
+}
+
 /* A job that scores only rows 1..n_draft of its block gives bitwise those rows of the whole
  * block (the rows past n_draft still shape them: same block, fewer LM head rows). */
 TD_TEST(n_draft_scores_leading_rows) {

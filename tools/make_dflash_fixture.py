@@ -19,6 +19,10 @@ Writes tests/data/dflash/:
                                                    in float64 from those features
   case<i>_logits_af.bin                            the same with "anchor_feature": true (every block
                                                    row plus the last context row)
+  drafter-vocab/                                   the same drafter with a draft vocabulary: tensor
+                                                   draft_vocab (I32, ascending) in model.safetensors,
+                                                   every third id plus case 0's argmax ids of rows
+                                                   1-3 (so some drafts change, some do not)
 
 Run from the repo root (after `make`): /work/venv/bin/python tools/make_dflash_fixture.py
 """
@@ -159,6 +163,13 @@ def main():
                       "logits": f"case{ci}_logits.bin", "logits_anchor_feature": f"case{ci}_logits_af.bin"})
     json.dump({"target": TARGET, "target_layers": TARGET_LAYERS, "cases": cases},
               open(OUT + "/cases.json", "w"), indent=1)
+    # the draft-vocabulary variant (same weights and config)
+    l0 = np.fromfile(f"{OUT}/case0_logits.bin", dtype="<f4").reshape(-1, tcfg["vocab_size"])
+    keep = set(range(0, tcfg["vocab_size"], 3)) | {int(l0[i].argmax()) for i in range(3)}
+    vocab = torch.tensor(sorted(keep), dtype=torch.int32)
+    os.makedirs(OUT + "/drafter-vocab", exist_ok=True)
+    save_file(dict(Wb, draft_vocab=vocab), OUT + "/drafter-vocab/model.safetensors")
+    json.dump(cfg, open(OUT + "/drafter-vocab/config.json", "w"), indent=2)
     print("wrote", OUT, "fingerprint", fp)
 
 

@@ -32,11 +32,40 @@ def fingerprint(tandem, path):
     return fp
 
 
+def draft_vocab(data, pad_to=16):
+    """Every id of the training sequences (prompt and answer ids of the prompts trained on: those
+    with a feature shard, not held out) - the ids train.py's loss ranges over - padded to a multiple
+    of pad_to with the smallest ids missing; and the share of held-out answer tokens it covers."""
+    sys.path.insert(0, HERE)
+    from gen_data import iter_answers
+    from train import is_heldout
+    ids, held, held_in = set(), [], 0
+    for r in iter_answers(data):
+        if not os.path.exists(os.path.join(data, f"feat_{r['idx']:05d}.pt")):
+            continue
+        if is_heldout(r["idx"]):
+            held.extend(r["answer_ids"])
+        else:
+            ids.update(r["prompt_ids"])
+            ids.update(r["answer_ids"])
+    v = 0
+    while len(ids) % pad_to:
+        if v not in ids:
+            ids.add(v)
+        v += 1
+    held_in = sum(t in ids for t in held)
+    return sorted(ids), held_in / max(1, len(held))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", default=os.path.join(ROOT, "build/dflash-train/best.pt"))
     ap.add_argument("--out", default=os.path.join(ROOT, "models/dflash-smollm2"))
     ap.add_argument("--tandem", default=os.path.join(ROOT, "build/bin/tandem"))
+    ap.add_argument("--data", default=os.path.join(ROOT, "build/dflash-data"),
+                    help="the training data (gen_data.py): its ids make the draft vocabulary")
+    ap.add_argument("--no-draft-vocab", action="store_true",
+                    help="score the whole vocabulary (no draft_vocab tensor)")
     ap.add_argument("--target", nargs="+",
                     default=[os.path.join(ROOT, f"models/smollm2/SmolLM2-135M-Instruct.{q}.gguf")
                              for q in ("Q4_1", "BF16")],
@@ -78,6 +107,13 @@ def main():
     }
     sd = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in ck["model"].items()}
     assert not any(k.startswith("embed") for k in sd), "target weights must not be exported"
+    if not args.no_draft_vocab:
+        vocab, cover = draft_vocab(args.data)
+        sd["draft_vocab"] = torch.tensor(vocab, dtype=torch.int32)
+        cfg["training"]["draft_vocab"] = {"ids": len(vocab), "heldout_answer_tokens_covered": round(cover, 5),
+                                          "what": "every id of the training sequences, padded to a multiple of 16"}
+        print(f"export: draft vocabulary of {len(vocab)} ids covers {100 * cover:.2f}% of the held-out "
+              f"answer tokens")
     os.makedirs(args.out, exist_ok=True)
     save_file(sd, os.path.join(args.out, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(args.out, "config.json"), "w") as f:

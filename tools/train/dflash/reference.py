@@ -117,6 +117,7 @@ class DFlashDrafter(nn.Module):
         self.layers = nn.ModuleList([Layer(cfg) for _ in range(cfg["num_hidden_layers"])])
         self.norm = RMSNorm(H, cfg["rms_norm_eps"])
         self.register_buffer("embed", embed.detach().float(), persistent=False)
+        self.vocab = None  # draft vocabulary (LongTensor of ids) or None: the whole vocabulary
 
     def context(self, feats):
         """feats [S, T, k*H] -> c [S, T, H]."""
@@ -148,7 +149,13 @@ class DFlashDrafter(nn.Module):
         return g * (a >= 1).unsqueeze(-1).to(g.dtype)
 
     def logits(self, hid):
-        return hid @ self.embed.t()
+        """LM head logits; with a draft vocabulary (the checkpoint's draft_vocab tensor) the other
+        ids are -inf, as the C drafter gives them."""
+        if self.vocab is None:
+            return hid @ self.embed.t()
+        out = torch.full(hid.shape[:-1] + (self.embed.shape[0],), float("-inf"), dtype=hid.dtype)
+        out[..., self.vocab] = hid @ self.embed[self.vocab].t()
+        return out
 
     @torch.no_grad()
     def forward_block(self, feats, anchor, block_size=None):
