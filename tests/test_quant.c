@@ -255,6 +255,26 @@ static int s_check_bound(const float *y, const float *ref, const float *x, const
     return *worst <= 1.0;
 }
 
+/* Q8_0 rows quantized the reference way (the block's largest magnitude at +-127) come back bit
+ * for bit when dequantized and quantized again: what lets a DFlash draft vocabulary gather a Q8_0
+ * LM head's rows (drafter/dflash.c) without changing them. Scales over many binades. */
+TD_TEST(q8_0_requantize_is_exact) {
+    const int64_t n = 4096;
+    float *x = malloc((size_t)n * sizeof *x), *y = malloc((size_t)n * sizeof *y);
+    uint8_t *a = malloc((size_t)td_dtype_row_bytes(TD_DTYPE_Q8_0, n)),
+            *b = malloc((size_t)td_dtype_row_bytes(TD_DTYPE_Q8_0, n));
+    REQUIRE(x && y && a && b);
+    for (int64_t i = 0; i < n; i++) x[i] = s_randf() * ldexpf(1.0f, (int)(i / 32 % 24) - 12);
+    REQUIRE(td_quantize_row(TD_DTYPE_Q8_0, x, a, n) == TD_OK);
+    td_dequantize_row(TD_DTYPE_Q8_0, a, y, n);
+    REQUIRE(td_quantize_row(TD_DTYPE_Q8_0, y, b, n) == TD_OK);
+    CHECK(!memcmp(a, b, (size_t)td_dtype_row_bytes(TD_DTYPE_Q8_0, n)));
+    free(x);
+    free(y);
+    free(a);
+    free(b);
+}
+
 TD_TEST(matmul_every_type_and_path_vs_reference) {
     td_err_t err = {0};
     td_backend_t *be = td_backend_cpu_new(2, 0, &err), *ref = td_backend_cpu_new(1, 1, &err);
