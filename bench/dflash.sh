@@ -1,26 +1,27 @@
 #!/usr/bin/env bash
 # bench/dflash.sh - issue 13's measurement: speculative decoding on the real model, side by side.
 #
-#   bench/dflash.sh [--threads N] [--max-tokens N] [--limit N] [--files "A.gguf B.gguf"]
+#   bench/dflash.sh [--threads N] [--max-tokens N] [--limit N] [--gamma LIST] [--files "A.gguf B.gguf"]
 #
 # For each GGUF (default: the shipped Q4_1 and, when tools/peer/make-variants.sh made it, the BF16
 # variant): one `tandem bench` run over the 24 held-out chat prompts (bench/chat-prompts.txt, never
 # trained on) rendered with the model's chat template: ar, specdiff with the standalone baseline
 # drafter (models/specdiff-smollm2, `make specdiff-drafter`; skipped when absent), dflash
-# (models/dflash-smollm2) at blocks 8 and 16 (--gamma 7,15), greedy; then llama.cpp's llama-bench
+# (models/dflash-smollm2) at gamma 3 and 7 (block 8) and 15 (block 16) (--gamma, default 3,7,15), greedy; then llama.cpp's llama-bench
 # tg on the same file and threads (build/peer/bin, tools/peer/build-llama.sh). Writes
 # bench/results/dflash-<variant>.{json,csv,txt} and the figures bench/results/dflash-speedup.png,
 # dflash-acceptance.png (tools/plot/bench_dflash.py). The machine is shared: ratios within one run
 # are what counts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-threads=1 max_tokens=64 limit=24 files=""
+threads=1 max_tokens=64 limit=24 files="" gamma=3,7,15
 while [ $# -gt 0 ]; do
 	case $1 in
 	--threads) threads=$2; shift 2 ;;
 	--max-tokens) max_tokens=$2; shift 2 ;;
 	--limit) limit=$2; shift 2 ;;
 	--files) files=$2; shift 2 ;;
+	--gamma) gamma=$2; shift 2 ;;
 	*) echo "bench/dflash.sh: unknown option $1" >&2; exit 2 ;;
 	esac
 done
@@ -41,7 +42,7 @@ for f in $files; do
 		extra=(--diffusion-drafter models/specdiff-smollm2 --steps 1)
 	fi
 	cmd=(build/bin/tandem bench --verifier "$f" --prompts bench/chat-prompts.txt --chat auto
-		--limit "$limit" --methods "$methods" --gamma 7,15 --dflash-drafter models/dflash-smollm2
+		--limit "$limit" --methods "$methods" --gamma "$gamma" --dflash-drafter models/dflash-smollm2
 		"${extra[@]}" --threads "$threads" --max-tokens "$max_tokens" --out "$out")
 	{
 		echo "# $(date -u +%FT%TZ) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -3,7 +3,8 @@
 
     python3 tools/plot/bench_dflash.py bench/results/dflash-q4_1.json [more.json ...] --out PREFIX
 
-PREFIX-speedup.png: tokens/s over `ar` (same run) against block size (gamma + 1) for each
+PREFIX-speedup.png: tokens/s over `ar` (same run) against the tokens drafted per round (gamma; a
+dflash draft runs in the smallest block its drafter was trained for that holds gamma + 1) for each
 speculative method, one line per input file (e.g. the Q4_1 and the BF16 GGUF), with llama.cpp's
 plain decoding as a horizontal line when --peer-ratio FILE=R gives its tokens/s over tandem's ar.
 PREFIX-acceptance.png: per draft position, the fraction of drafts accepted there (accepted_by_
@@ -54,7 +55,7 @@ def main():
             by_m.setdefault(r["method"], []).append(r)
         for m, rows in sorted(by_m.items()):
             rows.sort(key=lambda r: r["gamma"])
-            ax.plot([r["gamma"] + 1 for r in rows], [r["speedup_vs_ar"] for r in rows], marker="o",
+            ax.plot([r["gamma"] for r in rows], [r["speedup_vs_ar"] for r in rows], marker="o",
                     label=f"{m} ({label})")
             for r in rows:
                 acc = r.get("accepted_by_position") or []
@@ -62,12 +63,12 @@ def main():
                 fr = [x / d if d else 0 for x, d in zip(acc, dr)]
                 if fr:
                     ax2.plot(range(1, len(fr) + 1), fr, marker=".",
-                             label=f"{m} block {r['gamma'] + 1} ({label})")
+                             label=f"{m} gamma {r['gamma']} ({label})")
         if path in peers:
             ax.axhline(float(peers[path]), linestyle="--", color="gray",
                        label=f"llama.cpp plain decoding ({label})")
     ax.axhline(1.0, color="black", linewidth=0.8)
-    finish(fig, ax, "block size (gamma + 1)", "tokens/s over tandem ar (same run)",
+    finish(fig, ax, "tokens drafted per round (gamma)", "tokens/s over tandem ar (same run)",
            "speculative decoding on SmolLM2-135M-Instruct", a.out + "-speedup.png")
     finish(fig2, ax2, "draft position", "accepted / drafted at that position",
            "acceptance by position", a.out + "-acceptance.png")
