@@ -35,9 +35,12 @@
 #include "kernels/backend_impl.h"
 #include "kernels/quant.h"
 #include "kernels/cuda/backend_cuda.h"
+#include "drafter/dflash.h"
 #include "model/model.h"
 #include "model/sampler.h"
 #include "tests/tdstats.h"
+
+#include <cjson/cJSON.h>
 
 #include <dirent.h>
 #include <stdlib.h>
@@ -1727,6 +1730,129 @@ TD_TEST(cuda_cli_device) {
     snprintf(want, sizeof want, "--device %d", nd);
     CHECK_MSG(rc != 0 && strstr(out[0], want), "a missing device accepted: exit %d: %.300s", rc,
               out[0]);
+}
+
+/* --- the DFlash drafter on the device ----------------------------------------------------------
+ * tests/data/dflash's random-init drafter over models/tiny-verifier (plain, with a draft vocabulary,
+ * and with anchor_feature), drafted on the device and on the CPU from the fixture's features: the
+ * same -inf ids, logits within the forward tolerance (2e-3 x max |cpu| up to 8 rows of BF16
+ * weights, the GEMV path; 3e-2 past it, cuBLAS), and the same greedy drafts where the CPU's top-2
+ * margin is clear of that tolerance. */
+static void s_dflash_case(td_dflash_t *d[2], const cJSON *cs, const char *what) {
+    const cJSON *toks = cJSON_GetObjectItem(cs, "tokens");
+    const int n = cJSON_GetArraySize(toks), B = cJSON_GetObjectItem(cs, "block")->valueint;
+    char rel[256];
+    size_t len = 0;
+    snprintf(rel, sizeof rel, "dflash/%s", cJSON_GetObjectItem(cs, "features")->valuestring);
+    char *raw = td_test_read(rel, &len);
+    REQUIRE(raw);
+    const int FD = td_dflash_feature_dim(d[0]);
+    REQUIRE(len == (size_t)(n - 1) * FD * sizeof(float));
+    float *lg[2] = {NULL, NULL};
+    int32_t draft[2][32];
+    const int V = 4096;
+    for (int k = 0; k < 2; k++) {
+        td_err_t err = {0};
+        td_dflash_ctx_t *cx = td_dflash_ctx_new(d[k], 64, &err);
+        REQUIRE(cx);
+        lg[k] = malloc((size_t)(B - 1) * V * sizeof(float));
+        td_sampling_t sp = {0};
+        CHECK_MSG(td_dflash_ctx_append(cx, (const float *)raw, n - 1, &err) == TD_OK &&
+                      td_dflash_draft(cx, cJSON_GetArrayItem(toks, n - 1)->valueint, B, &sp, NULL,
+                                      draft[k], NULL, lg[k], &err) == TD_OK,
+                  "%s %s: %s", what, k ? "cuda" : "cpu", err.msg);
+        td_dflash_ctx_destroy(&cx);
+    }
+    double scale = 1, worst = 0;
+    int inf_bad = 0;
+    for (int64_t i = 0; i < (int64_t)(B - 1) * V; i++)
+        if (isfinite(lg[0][i]) && fabs(lg[0][i]) > scale) scale = fabs(lg[0][i]);
+    const double tol = (B <= 8 ? 2e-3 : 3e-2) * scale;
+    for (int64_t i = 0; i < (int64_t)(B - 1) * V; i++) {
+        if (isinf(lg[0][i]) || isinf(lg[1][i])) {
+            inf_bad += !(isinf(lg[0][i]) && isinf(lg[1][i]));
+            continue;
+        }
+        double dd = fabs((double)lg[0][i] - lg[1][i]);
+        if (dd > worst) worst = dd;
+    }
+    CHECK_MSG(inf_bad == 0, "%s: %d ids -inf on one side only", what, inf_bad);
+    CHECK_MSG(worst <= tol, "%s block %d: max |cuda - cpu| %g > %g", what, B, worst, tol);
+    for (int r = 0; r < B - 1; r++) {
+        const float *row = lg[0] + (size_t)r * V;
+        float top = -INFINITY, second = -INFINITY;
+        for (int i = 0; i < V; i++)
+            if (row[i] > top) second = top, top = row[i];
+            else if (row[i] > second) second = row[i];
+        if (top - second > 2 * tol)
+            CHECK_MSG(draft[0][r] == draft[1][r], "%s row %d: cuda drafts %d, cpu %d", what, r,
+                      draft[1][r], draft[0][r]);
+    }
+    free(lg[0]);
+    free(lg[1]);
+    free(raw);
+}
+
+TD_TEST(cuda_dflash_vs_cpu) {
+    td_backend_t *gpu = s_gpu(TD_CUDA_MATMUL_AUTO);
+    if (!gpu) return;
+    td_err_t err = {0};
+    td_backend_t *cpu = td_backend_cpu_new(1, 0, &err);
+    td_model_t *m[2] = {td_model_load("models/tiny-verifier", cpu, &err), NULL};
+    m[1] = m[0] ? td_model_load("models/tiny-verifier", gpu, &err) : NULL;
+    CHECK_MSG(m[0] && m[1], "tiny verifier: %s", err.msg);
+    char *raw = NULL;
+    size_t len = 0;
+    cJSON *cases = NULL;
+    if (m[0] && m[1] && (raw = td_test_read("dflash/cases.json", &len)))
+        cases = cJSON_ParseWithLength(raw, len);
+    free(raw);
+    CHECK(cases != NULL);
+    /* anchor_feature: the fixture drafter's weights under a config that asks for it */
+    char af[] = "/tmp/td_cuda_dflashXXXXXX", path[1300], src[1200];
+    REQUIRE(mkdtemp(af));
+    snprintf(src, sizeof src, "%s/dflash/drafter/config.json", td_test_data());
+    if (td_read_file(src, &raw, &len, NULL) == TD_OK) {
+        cJSON *o = cJSON_ParseWithLength(raw, len);
+        cJSON_AddBoolToObject(o, "anchor_feature", 1);
+        char *txt = cJSON_Print(o);
+        snprintf(path, sizeof path, "%s/config.json", af);
+        FILE *fp = fopen(path, "w");
+        if (fp) fputs(txt, fp), fclose(fp);
+        free(txt);
+        cJSON_Delete(o);
+        free(raw);
+    }
+    char real[1100] = "";
+    snprintf(src, sizeof src, "%s/dflash/drafter", td_test_data());
+    CHECK(realpath(src, real) != NULL);
+    snprintf(src, sizeof src, "%s/model.safetensors", real);
+    snprintf(path, sizeof path, "%s/model.safetensors", af);
+    CHECK(symlink(src, path) == 0);
+    char dirs[3][1200];
+    snprintf(dirs[0], sizeof dirs[0], "%s/dflash/drafter", td_test_data());
+    snprintf(dirs[1], sizeof dirs[1], "%s/dflash/drafter-vocab", td_test_data());
+    snprintf(dirs[2], sizeof dirs[2], "%s", af);
+    const char *names[3] = {"dflash", "dflash draft_vocab", "dflash anchor_feature"};
+    for (int v = 0; v < 3 && cases; v++) {
+        td_dflash_t *d[2] = {td_dflash_load(dirs[v], m[0], 0, 1, &err), NULL};
+        if (d[0]) d[1] = td_dflash_load(dirs[v], m[1], 0, 1, &err);
+        CHECK_MSG(d[0] && d[1], "%s: %s", names[v], err.msg);
+        const cJSON *arr = cJSON_GetObjectItem(cases, "cases");
+        for (int ci = 0; d[0] && d[1] && ci < cJSON_GetArraySize(arr); ci++)
+            s_dflash_case(d, cJSON_GetArrayItem(arr, ci), names[v]);
+        td_dflash_destroy(&d[0]);
+        td_dflash_destroy(&d[1]);
+    }
+    unlink(path);
+    snprintf(path, sizeof path, "%s/config.json", af);
+    unlink(path);
+    rmdir(af);
+    cJSON_Delete(cases);
+    td_model_destroy(&m[0]);
+    td_model_destroy(&m[1]);
+    td_backend_destroy(&gpu);
+    td_backend_destroy(&cpu);
 }
 
 TD_TEST_MAIN()
