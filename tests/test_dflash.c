@@ -300,6 +300,68 @@ TD_TEST(draft_vocab_scores_listed_ids) {
     s_close(&f);
 }
 
+/* A malformed draft_vocab (ids out of order, an id outside the vocabulary, another dtype) is
+ * refused at load with an error naming it: the fixture's drafter-vocab file with the tensor's bytes
+ * or header edited in place (same lengths). */
+static int s_bad_vocab(const char *dir, int how, td_model_t *m, uint64_t fp, td_err_t *err) {
+    char src[1024], dst[1024], *data = NULL, *cfg = NULL;
+    size_t len = 0, clen = 0;
+    snprintf(src, sizeof src, "%s/dflash/drafter-vocab/model.safetensors", td_test_data());
+    if (td_read_file(src, &data, &len, NULL) != TD_OK) return -1;
+    snprintf(src, sizeof src, "%s/dflash/drafter-vocab/config.json", td_test_data());
+    if (td_read_file(src, &cfg, &clen, NULL) != TD_OK) return -1;
+    uint64_t hlen = 0;
+    memcpy(&hlen, data, 8);
+    cJSON *h = cJSON_ParseWithLength(data + 8, (size_t)hlen);
+    const cJSON *off = cJSON_GetObjectItem(cJSON_GetObjectItem(h, "draft_vocab"), "data_offsets");
+    int32_t *ids = (int32_t *)(void *)(data + 8 + hlen +
+                                       (size_t)cJSON_GetArrayItem(off, 0)->valuedouble);
+    const size_t n = ((size_t)cJSON_GetArrayItem(off, 1)->valuedouble -
+                      (size_t)cJSON_GetArrayItem(off, 0)->valuedouble) / 4;
+    cJSON_Delete(h);
+    if (how == 0) { /* out of order */
+        int32_t t = ids[0];
+        ids[0] = ids[1], ids[1] = t;
+    } else if (how == 1) { /* past the vocabulary */
+        ids[n - 1] = 4096;
+    } else { /* F32 instead of I32: the header entry of draft_vocab only */
+        char *at = strstr(data + 8, "\"draft_vocab\"");
+        char *dt = at ? strstr(at, "\"I32\"") : NULL;
+        if (dt) dt[1] = 'F';
+    }
+    FILE *f;
+    snprintf(dst, sizeof dst, "%s/model.safetensors", dir);
+    if ((f = fopen(dst, "wb"))) fwrite(data, 1, len, f), fclose(f);
+    snprintf(dst, sizeof dst, "%s/config.json", dir);
+    if ((f = fopen(dst, "wb"))) fwrite(cfg, 1, clen, f), fclose(f);
+    free(data);
+    free(cfg);
+    td_dflash_t *d = td_dflash_load(dir, m, fp, 0, err);
+    int rc = d ? 0 : err->code;
+    td_dflash_destroy(&d);
+    return rc;
+}
+
+TD_TEST(draft_vocab_malformed_refused) {
+    fx_t f;
+    if (!s_open(&f)) return;
+    char dir[] = "/tmp/td_dflash_bvXXXXXX", path[1100];
+    REQUIRE(mkdtemp(dir));
+    for (int how = 0; how < 3; how++) {
+        td_err_t err = {0};
+        int rc = s_bad_vocab(dir, how, f.m, f.fp, &err);
+        CHECK_MSG(rc == TD_ERR_FORMAT, "case %d: load gave %d (%s)", how, rc, err.msg);
+        CHECK_MSG(strstr(err.msg, "draft_vocab"), "case %d: %s", how, err.msg);
+        if (getenv("TD_TEST_VERBOSE")) printf("    case %d: %s\n", how, err.msg);
+    }
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    unlink(path);
+    rmdir(dir);
+    s_close(&f);
+}
+
 /* A job that scores only rows 1..n_draft of its block gives bitwise those rows of the whole
  * block (the rows past n_draft still shape them: same block, fewer LM head rows). */
 TD_TEST(n_draft_scores_leading_rows) {
