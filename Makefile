@@ -77,22 +77,27 @@ models:
 # models/dflash-smollm2/. tools/train/dflash/README.md gives the times measured.
 # DFLASH_PY: a python with torch, transformers, accelerate (transformers reads GGUF through it), gguf, safetensors, matplotlib.
 DFLASH_PY ?= /work/venv/bin/python
+# Answers and features run as two one-thread processes (one per core); training on one thread
+# (a second thread gave 1.3x here).
 DFLASH_N ?= 800
-DFLASH_STEPS ?= 2000
-DFLASH_THREADS ?= 2
+DFLASH_STEPS ?= 3200
+DFLASH_MINUTES ?= 80
 dflash-drafter: all models
-	$(DFLASH_PY) tools/train/dflash/gen_data.py answers --n $(DFLASH_N) --threads $(DFLASH_THREADS)
-	$(DFLASH_PY) tools/train/dflash/gen_data.py features --threads $(DFLASH_THREADS)
-	$(DFLASH_PY) tools/train/dflash/train.py --steps $(DFLASH_STEPS) --threads $(DFLASH_THREADS)
+	$(DFLASH_PY) tools/train/dflash/gen_data.py answers --n $(DFLASH_N) --shards 2 --shard 0 & p=$$!; \
+	  $(DFLASH_PY) tools/train/dflash/gen_data.py answers --n $(DFLASH_N) --shards 2 --shard 1 && wait $$p
+	$(DFLASH_PY) tools/train/dflash/gen_data.py features --shards 2 --shard 0 & p=$$!; \
+	  $(DFLASH_PY) tools/train/dflash/gen_data.py features --shards 2 --shard 1 && wait $$p
+	$(DFLASH_PY) tools/train/dflash/train.py --steps $(DFLASH_STEPS) --max-minutes $(DFLASH_MINUTES) \
+	  --anchor-feature --bf16
 	$(DFLASH_PY) tools/train/dflash/export.py
 
 # The baseline drafter of issue 13: a standalone SpecDiff-style (Dream layout) diffusion LM with
 # SmolLM2's vocabulary, from SmolLM2's first 4 layers, trained on the same self-distilled answers
 # (dflash-drafter's first step) for SPECDIFF_MINUTES at one thread -> models/specdiff-smollm2/
 # (85 MB: rebuilt, never committed).
-SPECDIFF_MINUTES ?= 20
+SPECDIFF_MINUTES ?= 62
 specdiff-drafter: all models
-	$(DFLASH_PY) tools/train/dflash/gen_data.py answers --n $(DFLASH_N) --threads $(DFLASH_THREADS)
+	$(DFLASH_PY) tools/train/dflash/gen_data.py answers --n $(DFLASH_N)
 	$(DFLASH_PY) tools/train/specdiff_smollm2/train.py --minutes $(SPECDIFF_MINUTES) --threads 1
 
 # ar / specdiff / dflash on the real model and llama.cpp's plain decoding, side by side
