@@ -34,6 +34,10 @@ struct td_dflash {
     void *sub_host;
     float *sub_logits; /* host [rows, n_sub] */
     size_t sub_cap;
+    /* host logits of a draft [host_rows, n_vocab] and one row of scratch, kept between drafts (a
+     * fresh 1-3 MB buffer per draft cost page faults every round) */
+    float *host, *qrow;
+    int host_rows;
     int n_vocab, fdim;
     /* scratch (backend memory), grown on demand */
     int cap_rows;
@@ -410,6 +414,8 @@ void td_dflash_destroy(td_dflash_t **self_p) {
     free(d->vocab);
     free(d->sub_host);
     free(d->sub_logits);
+    free(d->host);
+    free(d->qrow);
     td_tensor_source_destroy(&d->src);
     free(d);
     *self_p = NULL;
@@ -597,8 +603,13 @@ int td_dflash_draft_many(td_dflash_job_t *jobs, int n_jobs, td_err_t *err) {
             *seq = calloc((size_t)N, sizeof *seq),
             *kv_len = malloc((size_t)n_jobs * sizeof *kv_len);
     int64_t *idx = malloc((size_t)N * sizeof *idx);
-    float *host = malloc((size_t)M * V * sizeof *host);
-    float *qrow = malloc((size_t)V * sizeof *qrow);
+    if (M > d->host_rows) {
+        free(d->host);
+        d->host = malloc((size_t)M * V * sizeof *d->host);
+        d->host_rows = d->host ? M : 0;
+    }
+    if (!d->qrow) d->qrow = malloc((size_t)V * sizeof *d->qrow);
+    float *host = d->host, *qrow = d->qrow;
     if (!ids || !pos || !seq || !kv_len || !idx || !host || !qrow) {
         rc = td_err_set(err, TD_ERR_NOMEM, "out of memory");
         goto done;
@@ -693,8 +704,6 @@ done:
     free(seq);
     free(kv_len);
     free(idx);
-    free(host);
-    free(qrow);
     return rc;
 }
 
