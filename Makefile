@@ -79,9 +79,9 @@ models:
 DFLASH_PY ?= /work/venv/bin/python
 # Answers and features run as two one-thread processes (one per core); training on one thread
 # (a second thread gave 1.3x here).
-DFLASH_N ?= 800
-DFLASH_STEPS ?= 3200
-DFLASH_MINUTES ?= 80
+DFLASH_N ?= 1600
+DFLASH_STEPS ?= 4000
+DFLASH_MINUTES ?= 110
 dflash-drafter: all models
 	$(DFLASH_PY) tools/train/dflash/gen_data.py answers --n $(DFLASH_N) --shards 2 --shard 0 & p=$$!; \
 	  $(DFLASH_PY) tools/train/dflash/gen_data.py answers --n $(DFLASH_N) --shards 2 --shard 1 && wait $$p

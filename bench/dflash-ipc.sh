@@ -3,7 +3,8 @@
 # SmolLM2 with the DFlash drafter in-process and as a second process over ipc:// (tandem-drafter
 # --threads 1), alternately ROUNDS times each, so the machine's drift hits both alike. Writes
 # bench/results/dflash-ipc.txt with every run's line and the ratio of the mean tok/s.
-#   sh bench/dflash-ipc.sh [--rounds N] [--gamma G] [--limit N]
+#   [SPIN="--spin-us 0"] sh bench/dflash-ipc.sh [--rounds N] [--gamma G] [--limit N]
+# SPIN goes to both tandem-drafter and tandem bench (their polling before a blocking wait).
 set -e
 cd "$(dirname "$0")/.."
 BIN=${BUILD:-build}/bin
@@ -20,7 +21,7 @@ G=models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 D=models/dflash-smollm2
 OUT=bench/results/dflash-ipc
 DIR=$(mktemp -d /tmp/tandem-dfipc-XXXXXX)
-"$BIN/tandem-drafter" --model "$D" --target "$G" --bind "ipc://$DIR/d.sock" --threads 1 2>"$DIR/d.log" &
+"$BIN/tandem-drafter" --model "$D" --target "$G" --bind "ipc://$DIR/d.sock" --threads 1 $SPIN 2>"$DIR/d.log" &
 P=$!
 trap 'kill $P 2>/dev/null; wait $P 2>/dev/null; rm -rf "$DIR"' EXIT INT TERM
 sleep 2
@@ -36,7 +37,7 @@ while [ $i -lt "$rounds" ]; do
 		src=$D
 		[ $mode = ipc ] && src=ipc://$DIR/d.sock
 		"$BIN/tandem" bench --verifier "$G" --prompts bench/chat-prompts.txt --chat auto --limit "$limit" \
-			--methods dflash --gamma "$gamma" --dflash-drafter "$src" --threads 1 --max-tokens 64 \
+			--methods dflash --gamma "$gamma" --dflash-drafter "$src" --threads 1 --max-tokens 64 $SPIN \
 			--out "$DIR/$mode-$i" >/dev/null 2>&1
 		python3 -c "
 import json; j = json.load(open('$DIR/$mode-$i.json'))
