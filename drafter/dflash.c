@@ -595,7 +595,7 @@ int td_dflash_draft_many(td_dflash_job_t *jobs, int n_jobs, td_err_t *err) {
         for (int i = 0; i < j; i++)
             if (jobs[i].ctx == J->ctx)
                 return td_err_set(err, TD_ERR_ARG, "dflash: one context twice in a batch");
-        N += B, M += J->n_draft ? J->n_draft : B - 1;
+        N += B, M += s_rows(J);
     }
     int rc = s_scratch(d, N, err);
     if (rc) return rc;

@@ -182,33 +182,41 @@ TD_TEST(forward_matches_reference) {
     s_close(&f);
 }
 
+/* Writes dir/config.json: the fixture drafter's config with key = extra (JSON text; NULL: as
+ * it is), then parses it (td_dflash_config_load's result). */
+static int s_config_with(const char *dir, const char *key, const char *extra, td_dflash_config_t *c,
+                         td_err_t *err) {
+    char src[1024], dst[1024], *text = NULL;
+    size_t len = 0;
+    snprintf(src, sizeof src, "%s/dflash/drafter/config.json", td_test_data());
+    if (td_read_file(src, &text, &len, err) != TD_OK) return -1;
+    cJSON *o = cJSON_ParseWithLength(text, len);
+    free(text);
+    if (extra) cJSON_AddItemToObject(o, key, cJSON_Parse(extra));
+    char *out = cJSON_Print(o);
+    cJSON_Delete(o);
+    snprintf(dst, sizeof dst, "%s/config.json", dir);
+    FILE *fp = fopen(dst, "w");
+    if (fp) fputs(out, fp), fclose(fp);
+    free(out);
+    return td_dflash_config_load(dir, c, err);
+}
+
 /* config "anchor_feature": true (the same weights): every block row starts as its embedding plus
  * the last context row; against the reference's logits for that variant. */
 TD_TEST(anchor_feature_matches_reference) {
     fx_t f;
     if (!s_open(&f)) return;
-    char dir[] = "/tmp/td_dflash_afXXXXXX", src[1200], path[1300], *text = NULL;
+    char dir[] = "/tmp/td_dflash_afXXXXXX", src[1200], path[1300];
     REQUIRE(mkdtemp(dir));
-    size_t len = 0;
-    snprintf(src, sizeof src, "%s/config.json", f.dir);
-    REQUIRE(td_read_file(src, &text, &len, NULL) == TD_OK);
-    cJSON *o = cJSON_ParseWithLength(text, len);
-    free(text);
-    cJSON_AddBoolToObject(o, "anchor_feature", 1);
-    char *out = cJSON_Print(o);
-    cJSON_Delete(o);
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    FILE *fp = fopen(path, "w");
-    REQUIRE(fp);
-    fputs(out, fp);
-    fclose(fp);
-    free(out);
+    td_dflash_config_t cf;
+    td_err_t err = {0};
+    REQUIRE(s_config_with(dir, "anchor_feature", "true", &cf, &err) == TD_OK);
     char real[1100];
     REQUIRE(realpath(f.dir, real));
     snprintf(src, sizeof src, "%s/model.safetensors", real);
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     REQUIRE(symlink(src, path) == 0);
-    td_err_t err = {0};
     td_dflash_t *d = td_dflash_load(dir, f.m, f.fp, 0, &err);
     CHECK_MSG(d, "%s", err.msg);
     if (d) {
@@ -404,24 +412,6 @@ TD_TEST(n_draft_scores_leading_rows) {
 
 /* config.json's optional block_sizes: the blocks a drafter was trained for; a draft runs in the
  * smallest that holds it. Malformed lists are refused by name. */
-static int s_config_with(const char *dir, const char *key, const char *extra, td_dflash_config_t *c,
-                         td_err_t *err) {
-    char src[1024], dst[1024], *text = NULL;
-    size_t len = 0;
-    snprintf(src, sizeof src, "%s/dflash/drafter/config.json", td_test_data());
-    if (td_read_file(src, &text, &len, err) != TD_OK) return -1;
-    cJSON *o = cJSON_ParseWithLength(text, len);
-    free(text);
-    if (extra) cJSON_AddItemToObject(o, key, cJSON_Parse(extra));
-    char *out = cJSON_Print(o);
-    cJSON_Delete(o);
-    snprintf(dst, sizeof dst, "%s/config.json", dir);
-    FILE *fp = fopen(dst, "w");
-    if (fp) fputs(out, fp), fclose(fp);
-    free(out);
-    return td_dflash_config_load(dir, c, err);
-}
-
 TD_TEST(block_sizes) {
     char dir[] = "/tmp/td_dflash_bsXXXXXX";
     REQUIRE(mkdtemp(dir));
